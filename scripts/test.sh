@@ -1,0 +1,29 @@
+#!/usr/bin/env bash
+# THE test command: makes sure redis-server, redis-cli and redis-benchmark exist (the
+# integration tests start real Redis servers), then runs every test target.
+#
+#   scripts/test.sh [extra cargo test args...]
+set -euo pipefail
+
+cd "$(dirname "${BASH_SOURCE[0]}")/.."
+
+missing=()
+for tool in redis-server redis-cli redis-benchmark; do
+    command -v "$tool" >/dev/null 2>&1 || missing+=("$tool")
+done
+
+if ((${#missing[@]} > 0)); then
+    if [[ "$(id -u)" -eq 0 ]] && command -v apt-get >/dev/null 2>&1; then
+        echo "test.sh: installing redis-server redis-tools (missing: ${missing[*]})" >&2
+        export DEBIAN_FRONTEND=noninteractive
+        apt-get update -qq
+        apt-get install -y -qq --no-install-recommends redis-server redis-tools >/dev/null
+    else
+        echo "test.sh: WARNING: missing ${missing[*]}; the integration tests need them" >&2
+        echo "test.sh: and will fail. Install: sudo apt-get install redis-server redis-tools" >&2
+    fi
+fi
+
+# apt's redis-server package starts a system service on 6379 on some hosts; the tests do
+# not use it (each test starts its own server on a free port), so it is left alone.
+exec cargo test --all-targets "$@"

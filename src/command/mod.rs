@@ -1,0 +1,180 @@
+//! Command classification: what the proxy does with each command.
+//!
+//! The table is a byte-literal `match` over the upper-cased command name. Most
+//! commands are stateless and are pipelined onto a shared upstream connection. A few
+//! are answered by the proxy itself because they concern the client's own connection
+//! (SELECT, AUTH, HELLO, CLIENT SETNAME …). Commands that would change the state of
+//! an upstream connection (transactions, blocking pops, pub/sub, MONITOR …) must not
+//! run on a shared connection; until they get dedicated connections they are refused.
+
+/// What the session does with a command.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Route {
+    /// Stateless: forward on a shared, multiplexed upstream connection.
+    Forward,
+    /// `SELECT n`: switch the session's database.
+    Select,
+    /// `PROXY …`: the proxy's admin command.
+    Proxy,
+    /// `AUTH [user] password`: checked against the proxy's client password.
+    Auth,
+    /// `HELLO [protover …]`: protocol negotiation, answered by the proxy.
+    Hello,
+    /// `CLIENT …`: per-connection settings kept by the proxy.
+    Client,
+    /// `QUIT`: reply `+OK` and close.
+    Quit,
+    /// `RESET`: reset the session's state.
+    Reset,
+    /// Cross-database commands (MOVE, COPY … DB, SWAPDB) whose db arguments name
+    /// client-facing indexes.
+    CrossDb,
+    /// Would change the state of a shared upstream connection; refused with the
+    /// family named, until it runs on a dedicated connection.
+    Stateful(Family),
+}
+
+/// Families of connection-stateful commands.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Family {
+    /// MULTI / EXEC / DISCARD / WATCH / UNWATCH.
+    Transaction,
+    /// BLPOP and friends, XREAD … BLOCK, WAIT.
+    Blocking,
+    /// SUBSCRIBE / PSUBSCRIBE / SSUBSCRIBE and their UNSUBSCRIBEs.
+    PubSub,
+    /// MONITOR, SYNC, PSYNC, REPLCONF.
+    Monitor,
+}
+
+impl Family {
+    /// Human-readable name used in error replies.
+    pub fn describe(self) -> &'static str {
+        match self {
+            Family::Transaction => "transactions (MULTI/EXEC/WATCH)",
+            Family::Blocking => "blocking commands",
+            Family::PubSub => "pub/sub",
+            Family::Monitor => "MONITOR and replication commands",
+        }
+    }
+}
+
+/// Longest command name we classify; longer names are unknown (forwarded).
+const MAX_NAME: usize = 32;
+
+/// Upper-cases `name` into `buf` and returns it, or `None` if it is too long.
+#[inline]
+pub fn upper<'a>(name: &[u8], buf: &'a mut [u8; MAX_NAME]) -> Option<&'a [u8]> {
+    if name.len() > MAX_NAME {
+        return None;
+    }
+    let dst = &mut buf[..name.len()];
+    for (d, s) in dst.iter_mut().zip(name) {
+        *d = s.to_ascii_uppercase();
+    }
+    Some(dst)
+}
+
+/// A request's arguments, wherever they are stored (`arg(0)` is the command name).
+pub trait ArgList {
+    /// Number of arguments, the name included.
+    fn count(&self) -> usize;
+    /// Argument `i`; empty if out of range.
+    fn arg(&self, i: usize) -> &[u8];
+    /// Whether any argument from `from` on equals `word` (ASCII case-insensitive).
+    fn has_word(&self, from: usize, word: &[u8]) -> bool {
+        (from..self.count()).any(|i| self.arg(i).eq_ignore_ascii_case(word))
+    }
+}
+
+impl<A: AsRef<[u8]>> ArgList for [A] {
+    fn count(&self) -> usize {
+        self.len()
+    }
+    fn arg(&self, i: usize) -> &[u8] {
+        self.get(i).map(AsRef::as_ref).unwrap_or(b"")
+    }
+}
+
+/// Arguments stored as ranges into a request buffer (what the parser produces).
+#[derive(Debug, Clone, Copy)]
+pub struct Ranged<'a> {
+    /// The buffer the ranges point into.
+    pub buf: &'a [u8],
+    /// One range per argument.
+    pub ranges: &'a [std::ops::Range<usize>],
+}
+
+impl ArgList for Ranged<'_> {
+    fn count(&self) -> usize {
+        self.ranges.len()
+    }
+    fn arg(&self, i: usize) -> &[u8] {
+        self.ranges
+            .get(i)
+            .and_then(|r| self.buf.get(r.clone()))
+            .unwrap_or(b"")
+    }
+}
+
+/// Classifies a command from its arguments (`arg(0)` is the name).
+pub fn classify<L: ArgList + ?Sized>(args: &L) -> Route {
+    let mut buf = [0u8; MAX_NAME];
+    let Some(name) = upper(args.arg(0), &mut buf) else {
+        return Route::Forward;
+    };
+    match name {
+        b"GET" | b"SET" => Route::Forward,
+        b"SELECT" => Route::Select,
+        b"PROXY" => Route::Proxy,
+        b"AUTH" => Route::Auth,
+        b"HELLO" => Route::Hello,
+        b"CLIENT" => Route::Client,
+        b"QUIT" => Route::Quit,
+        b"RESET" => Route::Reset,
+        b"MOVE" | b"SWAPDB" => Route::CrossDb,
+        b"COPY" if args.has_word(3, b"DB") => Route::CrossDb,
+        b"MULTI" | b"EXEC" | b"DISCARD" | b"WATCH" | b"UNWATCH" => {
+            Route::Stateful(Family::Transaction)
+        }
+        b"BLPOP" | b"BRPOP" | b"BLMOVE" | b"BRPOPLPUSH" | b"BZPOPMIN" | b"BZPOPMAX" | b"BLMPOP"
+        | b"BZMPOP" | b"WAIT" | b"WAITAOF" => Route::Stateful(Family::Blocking),
+        b"XREAD" | b"XREADGROUP" if args.has_word(1, b"BLOCK") => Route::Stateful(Family::Blocking),
+        b"SUBSCRIBE" | b"PSUBSCRIBE" | b"SSUBSCRIBE" | b"UNSUBSCRIBE" | b"PUNSUBSCRIBE"
+        | b"SUNSUBSCRIBE" => Route::Stateful(Family::PubSub),
+        b"MONITOR" | b"SYNC" | b"PSYNC" | b"REPLCONF" => Route::Stateful(Family::Monitor),
+        _ => Route::Forward,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn case_insensitive_and_arguments_matter() {
+        assert_eq!(classify(&["get", "k"][..]), Route::Forward);
+        assert_eq!(classify(&["select", "1"][..]), Route::Select);
+        assert_eq!(classify(&["Proxy", "info"][..]), Route::Proxy);
+        assert_eq!(
+            classify(&["xread", "COUNT", "1", "STREAMS", "s", "0"][..]),
+            Route::Forward
+        );
+        assert_eq!(
+            classify(&["xread", "block", "0", "STREAMS", "s", "$"][..]),
+            Route::Stateful(Family::Blocking)
+        );
+        assert_eq!(classify(&["COPY", "a", "b"][..]), Route::Forward);
+        assert_eq!(classify(&["COPY", "a", "b", "db", "2"][..]), Route::CrossDb);
+        assert_eq!(
+            classify(&["multi"][..]),
+            Route::Stateful(Family::Transaction)
+        );
+        assert_eq!(
+            classify(&["psubscribe", "x"][..]),
+            Route::Stateful(Family::PubSub)
+        );
+        let long = "X".repeat(100);
+        assert_eq!(classify(&[long.as_str()][..]), Route::Forward);
+    }
+}

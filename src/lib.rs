@@ -1,0 +1,36 @@
+//! # redis-sidecar
+//!
+//! A sidecar TCP proxy that speaks RESP. Unmodified Redis clients point at
+//! `localhost:6380` and get per-database upstream pools and routing (and, as the
+//! project grows, circuit breaking, safe retries, health probes and statistics).
+//!
+//! ## Layout
+//!
+//! Data flows one way, top to bottom; a module never imports one above it.
+//!
+//! ```text
+//! main.rs        clap flags -> Config::load -> tracing -> Proxy::start -> signals
+//! server.rs      listener: accept loop, connection limit, graceful shutdown
+//! session/       one client: parse, classify, batch, replies back in order
+//!   local.rs     commands the proxy answers itself (SELECT, AUTH, HELLO, CLIENT …)
+//! admin.rs       PROXY INFO
+//! context.rs     what sessions share: config, router, counters
+//! command/       command table: what the proxy does with each command
+//! router.rs      client db index -> Database (its upstream slots and stats)
+//! upstream/      connection setup (AUTH/SELECT), shared multiplexed connections
+//! protocol/      request parser (multibulk + inline) and reply framing
+//! config.rs      YAML config, env overrides, validation
+//! stats.rs       lock-free counters
+//! ```
+#![forbid(unsafe_code)]
+
+pub mod admin;
+pub mod command;
+pub mod config;
+pub mod context;
+pub mod protocol;
+pub mod router;
+pub mod server;
+pub mod session;
+pub mod stats;
+pub mod upstream;

@@ -1,0 +1,116 @@
+//! The `redis-sidecar` binary: flags, config, logging, signals.
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use clap::Parser;
+use redis_sidecar::config::Config;
+use redis_sidecar::server::Proxy;
+
+/// A RESP proxy that gives unmodified Redis clients per-database pools and resilience.
+#[derive(Debug, Parser)]
+#[command(name = "redis-sidecar", version, about)]
+struct Args {
+    /// YAML configuration file.
+    #[arg(long, short = 'c', default_value = "config/redis-databases.yaml")]
+    config: PathBuf,
+    /// Listen address (overrides `listen` in the config and REDIS_SIDECAR_LISTEN).
+    #[arg(long)]
+    listen: Option<std::net::SocketAddr>,
+    /// Log level (overrides `log_level`; RUST_LOG overrides both).
+    #[arg(long)]
+    log_level: Option<String>,
+    /// Log as JSON lines instead of text.
+    #[arg(long)]
+    log_json: bool,
+    /// Validate the configuration, print it resolved (secrets masked) and exit.
+    #[arg(long)]
+    check_config: bool,
+    /// Tokio worker threads (0 = one per core).
+    #[arg(long, default_value_t = 0)]
+    threads: usize,
+}
+
+fn main() -> ExitCode {
+    let args = Args::parse();
+    let mut config = match Config::load(&args.config) {
+        Ok(c) => c,
+        Err(e) => {
+            eprintln!("redis-sidecar: {e}");
+            return ExitCode::from(2);
+        }
+    };
+    if let Some(listen) = args.listen {
+        config.listen = listen;
+    }
+    if args.check_config {
+        print!("{}", config.render_masked());
+        return ExitCode::SUCCESS;
+    }
+    init_tracing(
+        args.log_level.as_deref().unwrap_or(&config.log_level),
+        args.log_json || config.log_format == "json",
+    );
+
+    let mut rt = tokio::runtime::Builder::new_multi_thread();
+    if args.threads > 0 {
+        rt.worker_threads(args.threads);
+    }
+    let rt = match rt.enable_all().build() {
+        Ok(rt) => rt,
+        Err(e) => {
+            eprintln!("redis-sidecar: cannot start runtime: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    rt.block_on(async move {
+        let proxy = match Proxy::start(config).await {
+            Ok(p) => p,
+            Err(e) => {
+                eprintln!("redis-sidecar: cannot listen: {e}");
+                return ExitCode::FAILURE;
+            }
+        };
+        wait_for_signal().await;
+        tracing::info!("signal received, shutting down");
+        proxy.shutdown().await;
+        ExitCode::SUCCESS
+    })
+}
+
+fn init_tracing(level: &str, json: bool) {
+    use tracing_subscriber::EnvFilter;
+    let filter = EnvFilter::try_from_default_env()
+        .or_else(|_| EnvFilter::try_new(level.to_ascii_lowercase()))
+        .unwrap_or_else(|_| EnvFilter::new("info"));
+    let builder = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr);
+    if json {
+        builder.json().init();
+    } else {
+        builder.init();
+    }
+}
+
+async fn wait_for_signal() {
+    #[cfg(unix)]
+    {
+        use tokio::signal::unix::{signal, SignalKind};
+        match signal(SignalKind::terminate()) {
+            Ok(mut term) => {
+                tokio::select! {
+                    _ = term.recv() => {}
+                    _ = tokio::signal::ctrl_c() => {}
+                }
+            }
+            Err(_) => {
+                let _ = tokio::signal::ctrl_c().await;
+            }
+        }
+    }
+    #[cfg(not(unix))]
+    {
+        let _ = tokio::signal::ctrl_c().await;
+    }
+}

@@ -1,0 +1,442 @@
+//! Client request parser: RESP multibulk requests and inline commands.
+//!
+//! The parser never copies a multibulk request: it reports the request's length and
+//! the byte ranges of its arguments inside the caller's buffer, so that the session
+//! can forward a run of requests upstream as one contiguous slice of its read buffer.
+//! Inline commands (`PING\r\n` as typed into telnet) are split like Redis's
+//! `sdssplitargs` and returned as owned arguments.
+
+use std::ops::Range;
+
+use crate::config::Limits;
+
+/// A malformed request. The message is what Redis itself answers (after `-ERR `),
+/// and the connection is closed after it is sent.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("Protocol error: {0}")]
+pub struct ProtocolError(pub String);
+
+impl ProtocolError {
+    fn new(msg: impl Into<String>) -> Self {
+        ProtocolError(msg.into())
+    }
+}
+
+/// What one complete request at the start of the buffer is.
+#[derive(Debug, PartialEq, Eq)]
+pub enum RequestKind {
+    /// A multibulk request; its arguments are the ranges written to `args`.
+    Multibulk,
+    /// An inline command, split into owned arguments (never empty).
+    Inline(Vec<Vec<u8>>),
+    /// Nothing to execute (`*0`, `*-1` or an empty inline line); Redis ignores these.
+    Empty,
+}
+
+/// One complete request found at the start of the buffer.
+#[derive(Debug, PartialEq, Eq)]
+pub struct Request {
+    /// Bytes the request occupies in the buffer.
+    pub len: usize,
+    /// Its kind.
+    pub kind: RequestKind,
+}
+
+/// Position of the first `\r\n` in `buf` at or after `from`.
+#[inline]
+fn find_crlf(buf: &[u8], from: usize) -> Option<usize> {
+    let mut i = from;
+    while let Some(off) = memchr(b'\r', &buf[i..]) {
+        let p = i + off;
+        if p + 1 < buf.len() {
+            if buf[p + 1] == b'\n' {
+                return Some(p);
+            }
+            i = p + 1;
+        } else {
+            return None;
+        }
+    }
+    None
+}
+
+#[inline]
+fn memchr(needle: u8, hay: &[u8]) -> Option<usize> {
+    hay.iter().position(|&b| b == needle)
+}
+
+/// Parses a signed decimal integer the way Redis's `string2ll` does (no spaces, no `+`).
+#[inline]
+pub fn parse_int(digits: &[u8]) -> Option<i64> {
+    let (neg, body) = match digits.split_first() {
+        Some((b'-', rest)) => (true, rest),
+        _ => (false, digits),
+    };
+    if body.is_empty() || body.len() > 19 {
+        return None;
+    }
+    if body.len() > 1 && body[0] == b'0' {
+        return None;
+    }
+    let mut v: i64 = 0;
+    for &d in body {
+        if !d.is_ascii_digit() {
+            return None;
+        }
+        v = v.checked_mul(10)?.checked_add((d - b'0') as i64)?;
+    }
+    Some(if neg { -v } else { v })
+}
+
+/// Parses one request at the start of `buf`.
+///
+/// Returns `Ok(None)` when more bytes are needed. For multibulk requests, `args` is
+/// cleared and filled with the argument ranges (relative to `buf`).
+pub fn parse(
+    buf: &[u8],
+    limits: &Limits,
+    args: &mut Vec<Range<usize>>,
+) -> Result<Option<Request>, ProtocolError> {
+    args.clear();
+    match buf.first() {
+        None => Ok(None),
+        Some(b'*') => parse_multibulk(buf, limits, args),
+        Some(_) => parse_inline(buf, limits),
+    }
+}
+
+fn parse_multibulk(
+    buf: &[u8],
+    limits: &Limits,
+    args: &mut Vec<Range<usize>>,
+) -> Result<Option<Request>, ProtocolError> {
+    let Some(eol) = find_crlf(buf, 1) else {
+        if buf.len() > limits.max_inline_len {
+            return Err(ProtocolError::new("too big mbulk count string"));
+        }
+        return Ok(None);
+    };
+    let count = match parse_int(&buf[1..eol]) {
+        Some(n) if n <= i32::MAX as i64 => n,
+        _ => return Err(ProtocolError::new("invalid multibulk length")),
+    };
+    let mut pos = eol + 2;
+    if count <= 0 {
+        return Ok(Some(Request {
+            len: pos,
+            kind: RequestKind::Empty,
+        }));
+    }
+    if count as usize > limits.max_args {
+        return Err(ProtocolError(format!(
+            "invalid multibulk length ({count} arguments, limit is {})",
+            limits.max_args
+        )));
+    }
+    for _ in 0..count {
+        let Some(&first) = buf.get(pos) else {
+            return Ok(None);
+        };
+        if first != b'$' {
+            return Err(ProtocolError(format!(
+                "expected '$', got '{}'",
+                char::from(first)
+            )));
+        }
+        let Some(eol) = find_crlf(buf, pos + 1) else {
+            if buf.len() - pos > limits.max_inline_len {
+                return Err(ProtocolError::new("too big bulk count string"));
+            }
+            return Ok(None);
+        };
+        let len = match parse_int(&buf[pos + 1..eol]) {
+            Some(n) if n >= 0 && n as u64 <= limits.max_bulk_len as u64 => n as usize,
+            _ => return Err(ProtocolError::new("invalid bulk length")),
+        };
+        let start = eol + 2;
+        let end = start + len;
+        if buf.len() < end + 2 {
+            return Ok(None);
+        }
+        // Redis does not check the terminator bytes; it just skips two bytes.
+        args.push(start..end);
+        pos = end + 2;
+    }
+    Ok(Some(Request {
+        len: pos,
+        kind: RequestKind::Multibulk,
+    }))
+}
+
+fn parse_inline(buf: &[u8], limits: &Limits) -> Result<Option<Request>, ProtocolError> {
+    let Some(nl) = memchr(b'\n', buf) else {
+        if buf.len() > limits.max_inline_len {
+            return Err(ProtocolError::new("too big inline request"));
+        }
+        return Ok(None);
+    };
+    let mut line = &buf[..nl];
+    if let Some(stripped) = line.strip_suffix(b"\r") {
+        line = stripped;
+    }
+    let parts =
+        split_args(line).ok_or_else(|| ProtocolError::new("unbalanced quotes in request"))?;
+    let kind = if parts.is_empty() {
+        RequestKind::Empty
+    } else {
+        if parts.len() > limits.max_args {
+            return Err(ProtocolError::new("invalid multibulk length"));
+        }
+        RequestKind::Inline(parts)
+    };
+    Ok(Some(Request { len: nl + 1, kind }))
+}
+
+fn hex_val(c: u8) -> Option<u8> {
+    match c {
+        b'0'..=b'9' => Some(c - b'0'),
+        b'a'..=b'f' => Some(c - b'a' + 10),
+        b'A'..=b'F' => Some(c - b'A' + 10),
+        _ => None,
+    }
+}
+
+/// Splits an inline line into arguments with Redis's `sdssplitargs` rules: blanks
+/// separate arguments, `"..."` supports `\n \r \t \b \a \\ \" \xHH` escapes,
+/// `'...'` supports `\'`; a closing quote must be followed by a blank.
+/// Returns `None` for unbalanced quotes.
+pub fn split_args(line: &[u8]) -> Option<Vec<Vec<u8>>> {
+    let mut out = Vec::new();
+    let mut i = 0;
+    let n = line.len();
+    let is_space = |c: u8| matches!(c, b' ' | b'\n' | b'\r' | b'\t' | 0x0b | 0x0c);
+    loop {
+        while i < n && is_space(line[i]) {
+            i += 1;
+        }
+        if i >= n {
+            return Some(out);
+        }
+        let mut cur = Vec::new();
+        let mut in_dq = false;
+        let mut in_sq = false;
+        loop {
+            if in_dq {
+                if i >= n {
+                    return None;
+                }
+                let c = line[i];
+                if c == b'\\'
+                    && i + 3 < n
+                    && line[i + 1] == b'x'
+                    && hex_val(line[i + 2]).is_some()
+                    && hex_val(line[i + 3]).is_some()
+                {
+                    let hi = hex_val(line[i + 2]).unwrap_or(0);
+                    let lo = hex_val(line[i + 3]).unwrap_or(0);
+                    cur.push(hi * 16 + lo);
+                    i += 3;
+                } else if c == b'\\' && i + 1 < n {
+                    i += 1;
+                    cur.push(match line[i] {
+                        b'n' => b'\n',
+                        b'r' => b'\r',
+                        b't' => b'\t',
+                        b'b' => 0x08,
+                        b'a' => 0x07,
+                        other => other,
+                    });
+                } else if c == b'"' {
+                    if i + 1 < n && !is_space(line[i + 1]) {
+                        return None;
+                    }
+                    i += 1;
+                    break;
+                } else {
+                    cur.push(c);
+                }
+            } else if in_sq {
+                if i >= n {
+                    return None;
+                }
+                let c = line[i];
+                if c == b'\\' && i + 1 < n && line[i + 1] == b'\'' {
+                    i += 1;
+                    cur.push(b'\'');
+                } else if c == b'\'' {
+                    if i + 1 < n && !is_space(line[i + 1]) {
+                        return None;
+                    }
+                    i += 1;
+                    break;
+                } else {
+                    cur.push(c);
+                }
+            } else {
+                if i >= n {
+                    break;
+                }
+                match line[i] {
+                    c if is_space(c) => break,
+                    b'"' => in_dq = true,
+                    b'\'' => in_sq = true,
+                    c => cur.push(c),
+                }
+            }
+            i += 1;
+        }
+        out.push(cur);
+    }
+}
+
+/// Encodes arguments as a RESP multibulk request.
+pub fn encode_command<A: AsRef<[u8]>>(args: &[A], out: &mut Vec<u8>) {
+    out.push(b'*');
+    out.extend_from_slice(args.len().to_string().as_bytes());
+    out.extend_from_slice(b"\r\n");
+    for a in args {
+        let a = a.as_ref();
+        out.push(b'$');
+        out.extend_from_slice(a.len().to_string().as_bytes());
+        out.extend_from_slice(b"\r\n");
+        out.extend_from_slice(a);
+        out.extend_from_slice(b"\r\n");
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn p(buf: &[u8]) -> (Result<Option<Request>, ProtocolError>, Vec<Vec<u8>>) {
+        let mut args = Vec::new();
+        let r = parse(buf, &Limits::default(), &mut args);
+        let a = args.iter().map(|r| buf[r.clone()].to_vec()).collect();
+        (r, a)
+    }
+
+    #[test]
+    fn multibulk_complete_and_partial() {
+        let full = b"*2\r\n$3\r\nGET\r\n$1\r\nk\r\n";
+        let (r, a) = p(full);
+        assert_eq!(
+            r,
+            Ok(Some(Request {
+                len: full.len(),
+                kind: RequestKind::Multibulk
+            }))
+        );
+        assert_eq!(a, vec![b"GET".to_vec(), b"k".to_vec()]);
+        for cut in 0..full.len() {
+            assert_eq!(p(&full[..cut]).0, Ok(None), "cut at {cut}");
+        }
+    }
+
+    #[test]
+    fn binary_argument_with_crlf_inside() {
+        let buf = b"*1\r\n$4\r\n\r\n\r\n\r\n";
+        let (r, a) = p(buf);
+        assert_eq!(r.unwrap().unwrap().len, buf.len());
+        assert_eq!(a, vec![b"\r\n\r\n".to_vec()]);
+    }
+
+    #[test]
+    fn malformed_requests_get_redis_messages() {
+        assert_eq!(
+            p(b"*x\r\n").0.unwrap_err().to_string(),
+            "Protocol error: invalid multibulk length"
+        );
+        assert_eq!(
+            p(b"*1\r\n+OK\r\n").0.unwrap_err().to_string(),
+            "Protocol error: expected '$', got '+'"
+        );
+        assert_eq!(
+            p(b"*1\r\n$-5\r\n").0.unwrap_err().to_string(),
+            "Protocol error: invalid bulk length"
+        );
+        assert_eq!(
+            p(b"*1\r\n$999999999999\r\n").0.unwrap_err().to_string(),
+            "Protocol error: invalid bulk length"
+        );
+        let long = vec![b'*'; 70_000];
+        assert_eq!(
+            p(&long).0.unwrap_err().to_string(),
+            "Protocol error: too big mbulk count string"
+        );
+        let long = vec![b'a'; 70_000];
+        assert_eq!(
+            p(&long).0.unwrap_err().to_string(),
+            "Protocol error: too big inline request"
+        );
+    }
+
+    #[test]
+    fn limits_are_enforced() {
+        let limits = Limits {
+            max_bulk_len: 10,
+            max_args: 2,
+            max_inline_len: 100,
+        };
+        let mut args = Vec::new();
+        assert!(parse(b"*3\r\n", &limits, &mut args).is_err());
+        assert!(parse(b"*1\r\n$11\r\n", &limits, &mut args).is_err());
+        assert!(parse(b"*1\r\n$10\r\n", &limits, &mut args)
+            .unwrap()
+            .is_none());
+    }
+
+    #[test]
+    fn empty_requests_are_skipped() {
+        assert_eq!(p(b"*0\r\n").0.unwrap().unwrap().kind, RequestKind::Empty);
+        assert_eq!(p(b"*-1\r\n").0.unwrap().unwrap().kind, RequestKind::Empty);
+        assert_eq!(p(b"\r\n").0.unwrap().unwrap().kind, RequestKind::Empty);
+    }
+
+    #[test]
+    fn inline_commands_split_like_redis() {
+        let (r, _) = p(b"SET k \"a b\\x41\\n\" 'it\\'s'\r\nrest");
+        let r = r.unwrap().unwrap();
+        assert_eq!(r.len, 27);
+        assert_eq!(
+            r.kind,
+            RequestKind::Inline(vec![
+                b"SET".to_vec(),
+                b"k".to_vec(),
+                b"a bA\n".to_vec(),
+                b"it's".to_vec()
+            ])
+        );
+        assert_eq!(
+            p(b"PING\n").0.unwrap().unwrap().kind,
+            RequestKind::Inline(vec![b"PING".to_vec()])
+        );
+        assert_eq!(
+            p(b"SET \"a\r\n").0.unwrap_err().to_string(),
+            "Protocol error: unbalanced quotes in request"
+        );
+        assert_eq!(
+            p(b"SET \"a\"b\r\n").0.unwrap_err().to_string(),
+            "Protocol error: unbalanced quotes in request"
+        );
+    }
+
+    #[test]
+    fn parse_int_matches_string2ll() {
+        assert_eq!(parse_int(b"0"), Some(0));
+        assert_eq!(parse_int(b"-12"), Some(-12));
+        assert_eq!(parse_int(b"012"), None);
+        assert_eq!(parse_int(b"+1"), None);
+        assert_eq!(parse_int(b""), None);
+        assert_eq!(parse_int(b"99999999999999999999"), None);
+    }
+
+    #[test]
+    fn encode_roundtrip() {
+        let mut out = Vec::new();
+        encode_command(&[&b"SET"[..], b"k", b""], &mut out);
+        assert_eq!(out, b"*3\r\n$3\r\nSET\r\n$1\r\nk\r\n$0\r\n\r\n");
+        let (r, a) = p(&out);
+        assert_eq!(r.unwrap().unwrap().len, out.len());
+        assert_eq!(a, vec![b"SET".to_vec(), b"k".to_vec(), b"".to_vec()]);
+    }
+}

@@ -1,0 +1,93 @@
+//! The database router: client-facing database index -> that database's upstream.
+
+use std::sync::Arc;
+
+use crate::config::{Config, DatabaseConfig};
+use crate::stats::DbStats;
+use crate::upstream::mux::MuxHandle;
+
+/// One client-facing database and its shared upstream connections.
+#[derive(Debug)]
+pub struct Database {
+    /// Its configuration.
+    pub config: DatabaseConfig,
+    /// Its counters.
+    pub stats: Arc<DbStats>,
+    /// Shared (multiplexed) connection slots.
+    slots: Vec<MuxHandle>,
+}
+
+impl Database {
+    /// The shared connection a session uses. A session always uses the same one, so
+    /// that its commands run upstream in the order it sent them.
+    #[inline]
+    pub fn slot(&self, session_id: u64) -> &MuxHandle {
+        &self.slots[(session_id % self.slots.len() as u64) as usize]
+    }
+
+    /// Number of shared connection slots.
+    pub fn slot_count(&self) -> usize {
+        self.slots.len()
+    }
+
+    /// Whether `other` lives on the same upstream server (so db indexes can be
+    /// translated between the two).
+    pub fn same_server(&self, other: &Database) -> bool {
+        let (a, b) = (&self.config.upstream, &other.config.upstream);
+        a.host == b.host && a.port == b.port && a.username == b.username && a.password == b.password
+    }
+
+    /// `name (db N)` for messages.
+    pub fn label(&self) -> String {
+        format!("'{}' (db {})", self.config.name(), self.config.index)
+    }
+}
+
+/// All databases, indexed by client-facing index.
+#[derive(Debug)]
+pub struct Router {
+    by_index: Vec<Option<Arc<Database>>>,
+    all: Vec<Arc<Database>>,
+}
+
+impl Router {
+    /// Builds the router and starts every database's shared connection slots (they
+    /// connect lazily). Must run inside a tokio runtime.
+    pub fn new(config: &Config) -> Router {
+        let mut by_index: Vec<Option<Arc<Database>>> = Vec::new();
+        let mut all = Vec::new();
+        for db in &config.databases {
+            let stats = Arc::new(DbStats::default());
+            let upstream = Arc::new(db.upstream.clone());
+            let slots = (0..db.upstream.mux_connections.max(1))
+                .map(|_| MuxHandle::spawn(upstream.clone(), stats.clone()))
+                .collect();
+            let d = Arc::new(Database {
+                config: db.clone(),
+                stats,
+                slots,
+            });
+            let i = db.index as usize;
+            if by_index.len() <= i {
+                by_index.resize(i + 1, None);
+            }
+            by_index[i] = Some(d.clone());
+            all.push(d);
+        }
+        Router { by_index, all }
+    }
+
+    /// The database a client selects with `SELECT index`.
+    #[inline]
+    pub fn get(&self, index: i64) -> Option<&Arc<Database>> {
+        usize::try_from(index)
+            .ok()
+            .and_then(|i| self.by_index.get(i))
+            .and_then(Option::as_ref)
+    }
+
+    /// Every database, in index order.
+    pub fn databases(&self) -> &[Arc<Database>] {
+        &self.all
+    }
+}

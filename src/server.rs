@@ -1,0 +1,150 @@
+//! The listener: accepts clients, enforces the connection limit, and shuts down
+//! gracefully (stop accepting, let sessions deliver in-flight replies within a
+//! bounded drain, then return).
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
+
+use tokio::io::AsyncWriteExt;
+use tokio::net::TcpListener;
+use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
+
+use crate::config::Config;
+use crate::context::Context;
+use crate::router::Router;
+use crate::session;
+use crate::stats::{self, get};
+
+/// A running proxy.
+#[derive(Debug)]
+pub struct Proxy {
+    ctx: Arc<Context>,
+    shutdown: CancellationToken,
+    sessions: TaskTracker,
+    accept: tokio::task::JoinHandle<()>,
+}
+
+impl Proxy {
+    /// Binds `config.listen` and starts serving on the current tokio runtime.
+    pub async fn start(config: Config) -> std::io::Result<Proxy> {
+        let listener = TcpListener::bind(config.listen).await?;
+        let local_addr = listener.local_addr()?;
+        let ctx = Arc::new(Context {
+            router: Router::new(&config),
+            config: Arc::new(config),
+            stats: Default::default(),
+            local_addr,
+        });
+        let shutdown = CancellationToken::new();
+        let sessions = TaskTracker::new();
+        let accept = tokio::spawn(accept_loop(
+            listener,
+            ctx.clone(),
+            shutdown.clone(),
+            sessions.clone(),
+        ));
+        tokio::spawn(sample_ops(ctx.clone(), shutdown.clone()));
+        tracing::info!(listen = %local_addr, databases = ctx.router.databases().len(), "redis-sidecar listening");
+        Ok(Proxy {
+            ctx,
+            shutdown,
+            sessions,
+            accept,
+        })
+    }
+
+    /// The address the proxy listens on.
+    pub fn local_addr(&self) -> SocketAddr {
+        self.ctx.local_addr
+    }
+
+    /// Shared state (for reports and tests).
+    pub fn context(&self) -> &Arc<Context> {
+        &self.ctx
+    }
+
+    /// Stops accepting, lets open sessions deliver the replies they are waiting for
+    /// (at most `shutdown_timeout`), then returns. Returns `true` if every session
+    /// finished within the drain time.
+    pub async fn shutdown(self) -> bool {
+        self.shutdown.cancel();
+        let _ = self.accept.await;
+        self.sessions.close();
+        let drained = tokio::time::timeout(self.ctx.config.shutdown_timeout, self.sessions.wait())
+            .await
+            .is_ok();
+        tracing::info!(drained, "redis-sidecar stopped");
+        drained
+    }
+}
+
+async fn accept_loop(
+    listener: TcpListener,
+    ctx: Arc<Context>,
+    shutdown: CancellationToken,
+    sessions: TaskTracker,
+) {
+    let mut next_id: u64 = 1;
+    loop {
+        let accepted = tokio::select! {
+            _ = shutdown.cancelled() => return,
+            a = listener.accept() => a,
+        };
+        let (mut stream, peer) = match accepted {
+            Ok(a) => a,
+            Err(e) => {
+                // EMFILE and friends: back off briefly instead of spinning.
+                tracing::warn!(error = %e, "accept failed");
+                tokio::time::sleep(Duration::from_millis(50)).await;
+                continue;
+            }
+        };
+        if get(&ctx.stats.connected_clients) >= ctx.config.max_clients as u64 {
+            stats::add(&ctx.stats.rejected_connections, 1);
+            tracing::warn!(%peer, "rejecting client: max_clients reached");
+            tokio::spawn(async move {
+                let _ = stream
+                    .write_all(b"-ERR max number of clients reached\r\n")
+                    .await;
+            });
+            continue;
+        }
+        let id = next_id;
+        next_id += 1;
+        stats::add(&ctx.stats.total_connections, 1);
+        stats::add(&ctx.stats.connected_clients, 1);
+        let ctx = ctx.clone();
+        let token = shutdown.clone();
+        sessions.spawn(async move {
+            session::run(stream, ctx.clone(), id, token).await;
+            stats::sub(&ctx.stats.connected_clients, 1);
+        });
+    }
+}
+
+/// Samples the command counters once a second for `instantaneous_ops_per_sec`.
+async fn sample_ops(ctx: Arc<Context>, shutdown: CancellationToken) {
+    let total = |ctx: &Context| {
+        ctx.router
+            .databases()
+            .iter()
+            .map(|d| get(&d.stats.commands))
+            .sum::<u64>()
+            + get(&ctx.stats.local_commands)
+    };
+    let mut last = total(&ctx);
+    let mut tick = tokio::time::interval(Duration::from_secs(1));
+    loop {
+        tokio::select! {
+            _ = shutdown.cancelled() => return,
+            _ = tick.tick() => {}
+        }
+        let now = total(&ctx);
+        ctx.stats
+            .ops_per_sec
+            .store(now - last, std::sync::atomic::Ordering::Relaxed);
+        last = now;
+    }
+}

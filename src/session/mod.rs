@@ -1,0 +1,346 @@
+//! One client connection: read requests, send them on, write replies back in order.
+//!
+//! The session reads whatever the client sent, parses every complete request in the
+//! buffer and classifies it. A run of consecutive stateless requests for the same
+//! database is forwarded as one [`Batch`] — a slice of the read buffer, not a copy —
+//! to the database's shared upstream connection. Requests the proxy answers itself
+//! (SELECT, AUTH, HELLO, CLIENT …, PROXY …) end the run. Every request gets a place
+//! in a FIFO queue of pending replies, which is written to the client strictly in
+//! order, so a pipeline is answered in order even when its commands went to
+//! different upstreams.
+//!
+//! Reading, writing replies and shutdown are raced with `select!` in one task.
+
+mod local;
+
+use std::collections::VecDeque;
+use std::future::poll_fn;
+use std::future::Future;
+use std::ops::Range;
+use std::sync::Arc;
+use std::task::Poll;
+
+use bytes::{Bytes, BytesMut};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::TcpStream;
+use tokio::sync::oneshot;
+use tokio_util::sync::CancellationToken;
+
+use crate::command::{self, Ranged, Route};
+use crate::context::Context;
+use crate::protocol::reply;
+use crate::protocol::request::{self, encode_command, RequestKind};
+use crate::router::Database;
+use crate::stats;
+use crate::upstream::mux::{Batch, BatchReply};
+
+/// Most queue entries a session may have before it stops reading (backpressure).
+const MAX_QUEUE: usize = 1024;
+/// Replies larger than this are written straight from their buffer.
+const DIRECT_WRITE: usize = 16 * 1024;
+
+/// A reply slot in the session's FIFO.
+enum Pending {
+    /// A reply the proxy produced.
+    Ready(Bytes),
+    /// Replies to a batch sent upstream.
+    Upstream {
+        rx: oneshot::Receiver<BatchReply>,
+        count: u32,
+        db: Arc<Database>,
+    },
+    /// Close the connection once everything before this is written.
+    Close,
+}
+
+/// Per-client state kept by the proxy (never applied to a shared connection).
+pub(crate) struct State {
+    /// Session id (also `CLIENT ID`).
+    pub id: u64,
+    /// Client-facing db index.
+    pub db_index: u32,
+    /// The selected database.
+    pub db: Arc<Database>,
+    /// Whether the client has authenticated (or no password is required).
+    pub authenticated: bool,
+    /// `CLIENT SETNAME`.
+    pub name: Option<Vec<u8>>,
+    /// `CLIENT SETINFO LIB-NAME`.
+    pub lib_name: Option<Vec<u8>>,
+    /// `CLIENT SETINFO LIB-VER`.
+    pub lib_ver: Option<Vec<u8>>,
+    /// The client's address.
+    pub peer: String,
+}
+
+/// Serves one client until it disconnects, sends a malformed request, or the proxy
+/// shuts down (then pending replies are still delivered).
+pub async fn run(stream: TcpStream, ctx: Arc<Context>, id: u64, shutdown: CancellationToken) {
+    let Some(db) = ctx.router.databases().first().cloned() else {
+        return;
+    };
+    let peer = stream
+        .peer_addr()
+        .map(|a| a.to_string())
+        .unwrap_or_default();
+    let _ = stream.set_nodelay(true);
+    let state = State {
+        id,
+        db_index: db.config.index,
+        db,
+        authenticated: ctx.config.client_password.is_none(),
+        name: None,
+        lib_name: None,
+        lib_ver: None,
+        peer,
+    };
+    let mut session = Session {
+        ctx,
+        state,
+        queue: VecDeque::new(),
+        out: Vec::with_capacity(16 * 1024),
+        args: Vec::new(),
+        closing: false,
+        done: false,
+    };
+    if let Err(e) = session.serve(stream, shutdown).await {
+        tracing::debug!(session = id, error = %e, "client connection ended");
+    }
+}
+
+struct Session {
+    ctx: Arc<Context>,
+    state: State,
+    queue: VecDeque<Pending>,
+    out: Vec<u8>,
+    args: Vec<Range<usize>>,
+    /// No more requests are read; the session ends when the queue is empty.
+    closing: bool,
+    /// A `Close` entry was reached: stop now.
+    done: bool,
+}
+
+impl Session {
+    async fn serve(
+        &mut self,
+        mut stream: TcpStream,
+        shutdown: CancellationToken,
+    ) -> std::io::Result<()> {
+        let mut inbuf = BytesMut::with_capacity(16 * 1024);
+        loop {
+            self.write_ready(&mut stream).await?;
+            if self.done || (self.closing && self.queue.is_empty()) {
+                break;
+            }
+            let can_read = !self.closing && self.queue.len() < MAX_QUEUE;
+            let queue = &mut self.queue;
+            tokio::select! {
+                biased;
+                r = poll_fn(|cx| match queue.front_mut() {
+                    Some(Pending::Upstream { rx, .. }) => Pin::new(rx).poll(cx).map(Some),
+                    _ => Poll::Ready(None),
+                }), if !queue.is_empty() => {
+                    if let (Some(r), Some(Pending::Upstream { count, db, .. })) = (r, self.queue.pop_front()) {
+                        let bytes = reply_bytes(r.ok(), count, &db);
+                        self.queue.push_front(Pending::Ready(bytes));
+                    }
+                }
+                r = stream.read_buf(&mut inbuf), if can_read => match r {
+                    Ok(0) | Err(_) => self.closing = true,
+                    Ok(_) => {
+                        self.dispatch(&mut inbuf).await;
+                        if inbuf.capacity() - inbuf.len() < 4096 {
+                            inbuf.reserve(16 * 1024);
+                        }
+                    }
+                },
+                _ = shutdown.cancelled(), if !self.closing => self.closing = true,
+            }
+        }
+        let _ = stream.shutdown().await;
+        Ok(())
+    }
+
+    /// Writes every reply at the front of the queue that is already available.
+    async fn write_ready(&mut self, stream: &mut TcpStream) -> std::io::Result<()> {
+        while let Some(front) = self.queue.front_mut() {
+            let bytes = match front {
+                Pending::Ready(b) => std::mem::take(b),
+                Pending::Close => {
+                    self.done = true;
+                    self.queue.clear();
+                    break;
+                }
+                Pending::Upstream { rx, count, db } => match rx.try_recv() {
+                    Ok(r) => reply_bytes(Some(r), *count, db),
+                    Err(oneshot::error::TryRecvError::Empty) => break,
+                    Err(oneshot::error::TryRecvError::Closed) => reply_bytes(None, *count, db),
+                },
+            };
+            self.queue.pop_front();
+            if bytes.len() >= DIRECT_WRITE {
+                if !self.out.is_empty() {
+                    stream.write_all(&self.out).await?;
+                    self.out.clear();
+                }
+                stream.write_all(&bytes).await?;
+            } else {
+                self.out.extend_from_slice(&bytes);
+                if self.out.len() >= 64 * 1024 {
+                    stream.write_all(&self.out).await?;
+                    self.out.clear();
+                }
+            }
+        }
+        if !self.out.is_empty() {
+            stream.write_all(&self.out).await?;
+            self.out.clear();
+            if self.out.capacity() > 256 * 1024 {
+                self.out = Vec::with_capacity(16 * 1024);
+            }
+        }
+        Ok(())
+    }
+
+    fn push_reply(&mut self, bytes: Vec<u8>) {
+        stats::add(&self.ctx.stats.local_commands, 1);
+        self.queue.push_back(Pending::Ready(Bytes::from(bytes)));
+    }
+
+    /// Sends `bytes` (holding `count` requests) to the current database.
+    async fn forward(&mut self, bytes: Bytes, count: u32) {
+        if count == 0 {
+            return;
+        }
+        let db = self.state.db.clone();
+        stats::add(&db.stats.commands, count as u64);
+        let (tx, rx) = oneshot::channel();
+        db.slot(self.state.id)
+            .send(Batch {
+                bytes,
+                count,
+                reply: tx,
+            })
+            .await;
+        self.queue.push_back(Pending::Upstream { rx, count, db });
+    }
+
+    /// Parses and handles every complete request in `inbuf`.
+    async fn dispatch(&mut self, inbuf: &mut BytesMut) {
+        // The current run of forwardable requests: `run_len` bytes, `run_count` replies.
+        let mut run_len = 0usize;
+        let mut run_count = 0u32;
+        let log_commands = self.ctx.config.log_commands;
+        while !self.closing {
+            let parsed = request::parse(&inbuf[run_len..], &self.ctx.config.limits, &mut self.args);
+            let req = match parsed {
+                Ok(Some(req)) => req,
+                Ok(None) => break,
+                Err(e) => {
+                    stats::add(&self.ctx.stats.protocol_errors, 1);
+                    tracing::info!(session = self.state.id, peer = %self.state.peer, error = %e, "closing client after protocol error");
+                    let run = inbuf.split_to(run_len).freeze();
+                    self.forward(run, run_count).await;
+                    inbuf.clear();
+                    let mut out = Vec::new();
+                    reply::error(&mut out, &format!("ERR {e}"));
+                    self.push_reply(out);
+                    self.queue.push_back(Pending::Close);
+                    self.closing = true;
+                    return;
+                }
+            };
+            let route = match &req.kind {
+                RequestKind::Empty => {
+                    // Redis ignores these; they may travel inside a run.
+                    run_len += req.len;
+                    continue;
+                }
+                RequestKind::Multibulk => {
+                    let args = Ranged {
+                        buf: &inbuf[run_len..],
+                        ranges: &self.args,
+                    };
+                    if log_commands {
+                        log_command(self.state.id, command::ArgList::arg(&args, 0));
+                    }
+                    command::classify(&args)
+                }
+                RequestKind::Inline(args) => {
+                    if log_commands {
+                        log_command(self.state.id, command::ArgList::arg(&args[..], 0));
+                    }
+                    command::classify(&args[..])
+                }
+            };
+            if route == Route::Forward
+                && self.state.authenticated
+                && matches!(req.kind, RequestKind::Multibulk)
+            {
+                run_len += req.len;
+                run_count += 1;
+                continue;
+            }
+            // Anything else ends the run.
+            let run = inbuf.split_to(run_len).freeze();
+            self.forward(run, run_count).await;
+            run_len = 0;
+            run_count = 0;
+            let raw = inbuf.split_to(req.len);
+            let outcome = match req.kind {
+                RequestKind::Inline(args) => {
+                    local::handle(&mut self.state, &self.ctx, route, &args[..])
+                }
+                _ => {
+                    let args = Ranged {
+                        buf: &raw,
+                        ranges: &self.args,
+                    };
+                    local::handle(&mut self.state, &self.ctx, route, &args)
+                }
+            };
+            match outcome {
+                local::Outcome::Reply(r) => self.push_reply(r),
+                local::Outcome::Forward(Some(encoded)) => self.forward(encoded.into(), 1).await,
+                local::Outcome::Forward(None) => self.forward(raw.freeze(), 1).await,
+                local::Outcome::Close(r) => {
+                    self.push_reply(r);
+                    self.queue.push_back(Pending::Close);
+                    self.closing = true;
+                }
+            }
+        }
+        let run = inbuf.split_to(run_len).freeze();
+        self.forward(run, run_count).await;
+    }
+}
+
+/// The bytes a client gets for a batch: Redis's replies, or one error per command.
+/// `None` means the reply channel was dropped without an answer.
+fn reply_bytes(r: Option<BatchReply>, count: u32, db: &Database) -> Bytes {
+    let msg = match r {
+        Some(Ok(bytes)) => return bytes,
+        Some(Err(err)) => format!("UPSTREAM database {}: {}", db.label(), err),
+        None => format!(
+            "UPSTREAM database {}: the reply was lost (the command may have been executed)",
+            db.label()
+        ),
+    };
+    let mut e = Vec::new();
+    for _ in 0..count {
+        reply::error(&mut e, &msg);
+    }
+    Bytes::from(e)
+}
+
+fn log_command(session: u64, name: &[u8]) {
+    tracing::info!(session, command = %String::from_utf8_lossy(name).to_ascii_uppercase(), "command");
+}
+
+/// Re-encodes inline arguments as a multibulk request for the upstream.
+fn encode<L: command::ArgList + ?Sized>(args: &L) -> Vec<u8> {
+    let all: Vec<&[u8]> = (0..args.count()).map(|i| args.arg(i)).collect();
+    let mut out = Vec::new();
+    encode_command(&all, &mut out);
+    out
+}

@@ -1,0 +1,85 @@
+//! Opening an upstream connection: TCP connect, then AUTH and SELECT once, all
+//! within the connect timeout.
+
+use bytes::BytesMut;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::TcpStream;
+
+use super::error::UpstreamError;
+use crate::config::UpstreamConfig;
+use crate::protocol::{reply, request::encode_command};
+
+/// Connects to the upstream and prepares the connection (AUTH, SELECT).
+pub async fn connect(cfg: &UpstreamConfig) -> Result<TcpStream, UpstreamError> {
+    let addr = cfg.address();
+    match tokio::time::timeout(cfg.connect_timeout, connect_inner(cfg, &addr)).await {
+        Ok(r) => r,
+        Err(_) => Err(UpstreamError::Connect {
+            addr,
+            reason: format!("timed out after {:?}", cfg.connect_timeout),
+        }),
+    }
+}
+
+async fn connect_inner(cfg: &UpstreamConfig, addr: &str) -> Result<TcpStream, UpstreamError> {
+    let mut stream = TcpStream::connect((cfg.host.as_str(), cfg.port))
+        .await
+        .map_err(|e| UpstreamError::Connect {
+            addr: addr.to_string(),
+            reason: e.to_string(),
+        })?;
+    let _ = stream.set_nodelay(true);
+
+    let mut setup = Vec::new();
+    let mut expected = 0;
+    if let Some(pw) = &cfg.password {
+        match &cfg.username {
+            Some(user) => encode_command(&[b"AUTH", user.as_bytes(), pw.0.as_bytes()], &mut setup),
+            None => encode_command(&[&b"AUTH"[..], pw.0.as_bytes()], &mut setup),
+        }
+        expected += 1;
+    }
+    if cfg.db != 0 {
+        encode_command(
+            &[b"SELECT".to_vec(), cfg.db.to_string().into_bytes()],
+            &mut setup,
+        );
+        expected += 1;
+    }
+    if expected == 0 {
+        return Ok(stream);
+    }
+    let lost = || UpstreamError::Connect {
+        addr: addr.to_string(),
+        reason: "connection closed during setup".into(),
+    };
+    stream.write_all(&setup).await.map_err(|_| lost())?;
+    let mut buf = BytesMut::with_capacity(256);
+    let mut seen = 0;
+    while seen < expected {
+        match reply::scan(&buf) {
+            Ok(Some(frame)) => {
+                let bytes = buf.split_to(frame.len);
+                if frame.is_error {
+                    let text = String::from_utf8_lossy(&bytes[1..bytes.len() - 2]).into_owned();
+                    return Err(UpstreamError::Handshake {
+                        addr: addr.to_string(),
+                        reply: text,
+                    });
+                }
+                seen += 1;
+            }
+            Ok(None) => {
+                if stream.read_buf(&mut buf).await.map_err(|_| lost())? == 0 {
+                    return Err(lost());
+                }
+            }
+            Err(_) => {
+                return Err(UpstreamError::Protocol {
+                    addr: addr.to_string(),
+                })
+            }
+        }
+    }
+    Ok(stream)
+}

@@ -1,0 +1,47 @@
+//! Upstream failures, carrying whether the command may have reached Redis.
+
+/// Why a command sent to an upstream did not get a reply.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum UpstreamError {
+    /// No connection could be opened; the command was never sent.
+    #[error("cannot connect to {addr}: {reason}")]
+    Connect {
+        /// `host:port` of the upstream.
+        addr: String,
+        /// What went wrong (refused, timed out, DNS …).
+        reason: String,
+    },
+    /// The upstream answered AUTH or SELECT with an error; the command was never sent.
+    #[error("upstream {addr} rejected the connection setup: {reply}")]
+    Handshake {
+        /// `host:port` of the upstream.
+        addr: String,
+        /// The error reply, without its leading `-`.
+        reply: String,
+    },
+    /// The connection broke. If `sent`, the command may have run.
+    #[error("connection to {addr} was lost{}", if *sent { " (the command may have been executed)" } else { " before the command was sent" })]
+    Lost {
+        /// `host:port` of the upstream.
+        addr: String,
+        /// Whether any byte of the command may have reached the upstream.
+        sent: bool,
+    },
+    /// The upstream sent bytes that are not RESP; the connection was dropped.
+    #[error("upstream {addr} sent a malformed reply")]
+    Protocol {
+        /// `host:port` of the upstream.
+        addr: String,
+    },
+}
+
+impl UpstreamError {
+    /// Whether the command may have reached (and been executed by) Redis.
+    pub fn may_have_run(&self) -> bool {
+        match self {
+            UpstreamError::Connect { .. } | UpstreamError::Handshake { .. } => false,
+            UpstreamError::Lost { sent, .. } => *sent,
+            UpstreamError::Protocol { .. } => true,
+        }
+    }
+}

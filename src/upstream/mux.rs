@@ -1,0 +1,271 @@
+//! A shared upstream connection onto which many client sessions pipeline their
+//! commands (the multiplexing model of twemproxy and Envoy).
+//!
+//! A *slot* is a long-lived task that owns one upstream connection at a time. Sessions
+//! send it [`Batch`]es: a contiguous run of complete requests (the exact bytes the
+//! client sent) and how many replies they produce. The slot writes batches in the
+//! order received and a companion reader task cuts the reply stream into the same
+//! batches, answering each through its oneshot channel. Redis answers a connection's
+//! commands in order, so the n-th batch written is answered by the n-th run of
+//! replies read. Replies are never decoded, only framed, so clients get Redis's
+//! bytes unchanged.
+//!
+//! The slot connects lazily, when the first batch arrives, and reconnects the same
+//! way after a failure; batches that arrive while no connection can be made are
+//! failed at once with the connect error.
+
+use std::sync::Arc;
+
+use bytes::{Bytes, BytesMut};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::tcp::OwnedReadHalf;
+use tokio::net::TcpStream;
+use tokio::sync::{mpsc, oneshot};
+
+use super::connect::connect;
+use super::error::UpstreamError;
+use crate::config::UpstreamConfig;
+use crate::protocol::reply;
+use crate::stats::{self, DbStats};
+
+/// The answer to a batch: all its replies, back to back, as Redis sent them.
+pub type BatchReply = Result<Bytes, UpstreamError>;
+
+/// A run of complete requests sent as one unit.
+#[derive(Debug)]
+pub struct Batch {
+    /// The requests, exactly as the client sent them (multibulk).
+    pub bytes: Bytes,
+    /// How many replies they produce.
+    pub count: u32,
+    /// Where the replies go.
+    pub reply: oneshot::Sender<BatchReply>,
+}
+
+impl Batch {
+    fn fail(self, err: UpstreamError) {
+        let _ = self.reply.send(Err(err));
+    }
+}
+
+/// Handle to a slot; cheap to clone.
+#[derive(Debug, Clone)]
+pub struct MuxHandle {
+    tx: mpsc::Sender<Batch>,
+}
+
+/// How many batches may wait for a slot's writer before senders are slowed down.
+const QUEUE: usize = 4096;
+/// Write-coalescing bound: batches are gathered up to this many bytes per write.
+const COALESCE: usize = 64 * 1024;
+
+impl MuxHandle {
+    /// Starts a slot for `cfg` on the current runtime.
+    pub fn spawn(cfg: Arc<UpstreamConfig>, stats: Arc<DbStats>) -> MuxHandle {
+        let (tx, rx) = mpsc::channel(QUEUE);
+        tokio::spawn(run_slot(cfg, rx, stats));
+        MuxHandle { tx }
+    }
+
+    /// Queues a batch. If the slot is gone (runtime shutting down), the batch is failed.
+    pub async fn send(&self, batch: Batch) {
+        match self.tx.try_send(batch) {
+            Ok(()) => {}
+            Err(mpsc::error::TrySendError::Full(b)) => {
+                if let Err(mpsc::error::SendError(b)) = self.tx.send(b).await {
+                    drop(b);
+                }
+            }
+            Err(mpsc::error::TrySendError::Closed(b)) => drop(b),
+        }
+    }
+}
+
+async fn run_slot(cfg: Arc<UpstreamConfig>, mut rx: mpsc::Receiver<Batch>, stats: Arc<DbStats>) {
+    let addr = cfg.address();
+    while let Some(first) = rx.recv().await {
+        match connect(&cfg).await {
+            Ok(stream) => {
+                stats::add(&stats.connects, 1);
+                stats::add(&stats.mux_connected, 1);
+                tracing::debug!(upstream = %addr, db = cfg.db, "shared upstream connection open");
+                serve(stream, first, &mut rx, &addr, &stats).await;
+                stats::sub(&stats.mux_connected, 1);
+            }
+            Err(err) => {
+                stats::add(&stats.connect_failures, 1);
+                tracing::warn!(upstream = %addr, error = %err, "upstream connection failed");
+                first.fail(err.clone());
+                while let Ok(b) = rx.try_recv() {
+                    b.fail(err.clone());
+                }
+            }
+        }
+    }
+}
+
+/// A batch written upstream, waiting for its replies.
+struct InFlight {
+    count: u32,
+    reply: oneshot::Sender<BatchReply>,
+}
+
+/// Runs one connection until it breaks or the slot is closed.
+async fn serve(
+    stream: TcpStream,
+    first: Batch,
+    rx: &mut mpsc::Receiver<Batch>,
+    addr: &str,
+    stats: &Arc<DbStats>,
+) {
+    let (rd, mut wr) = stream.into_split();
+    let (ptx, prx) = mpsc::unbounded_channel::<InFlight>();
+    let mut reader = tokio::spawn(read_loop(rd, prx, addr.to_string(), stats.clone()));
+    let mut next = Some(first);
+    let mut out = BytesMut::with_capacity(COALESCE);
+    let mut chunks: Vec<Bytes> = Vec::new();
+    loop {
+        let batch = match next.take() {
+            Some(b) => b,
+            None => tokio::select! {
+                b = rx.recv() => match b {
+                    Some(b) => b,
+                    None => break,
+                },
+                _ = &mut reader => {
+                    // Connection broken on the read side: nothing more can be sent.
+                    return;
+                }
+            },
+        };
+        // Gather what is queued into one write.
+        let mut total = batch.bytes.len();
+        let mut failed = false;
+        for b in std::iter::once(batch).chain(std::iter::from_fn(|| {
+            if total >= COALESCE {
+                return None;
+            }
+            let b = rx.try_recv().ok()?;
+            total += b.bytes.len();
+            Some(b)
+        })) {
+            if failed {
+                b.fail(UpstreamError::Lost {
+                    addr: addr.to_string(),
+                    sent: false,
+                });
+                continue;
+            }
+            let Batch {
+                bytes,
+                count,
+                reply,
+            } = b;
+            stats::add(&stats.in_flight, count as u64);
+            if let Err(mpsc::error::SendError(f)) = ptx.send(InFlight { count, reply }) {
+                stats::sub(&stats.in_flight, f.count as u64);
+                let _ = f.reply.send(Err(UpstreamError::Lost {
+                    addr: addr.to_string(),
+                    sent: false,
+                }));
+                failed = true;
+                continue;
+            }
+            chunks.push(bytes);
+        }
+        let res = if chunks.len() == 1 {
+            wr.write_all(&chunks[0]).await
+        } else {
+            for c in &chunks {
+                out.extend_from_slice(c);
+            }
+            let r = wr.write_all(&out).await;
+            out.clear();
+            r
+        };
+        chunks.clear();
+        if failed || res.is_err() {
+            break;
+        }
+    }
+    // Closing our write half tells Redis we are done; the reader answers or fails
+    // whatever is still in flight when the connection ends.
+    let _ = wr.shutdown().await;
+    drop(ptx);
+    let _ = (&mut reader).await;
+}
+
+/// Reads replies and hands each batch its run of replies.
+async fn read_loop(
+    mut rd: OwnedReadHalf,
+    mut prx: mpsc::UnboundedReceiver<InFlight>,
+    addr: String,
+    stats: Arc<DbStats>,
+) {
+    let mut buf = BytesMut::with_capacity(64 * 1024);
+    let mut cur: Option<InFlight> = None;
+    let mut scanned = 0usize;
+    let mut done = 0u32;
+    let mut errors = 0u64;
+    let err = 'conn: loop {
+        loop {
+            if cur.is_none() {
+                if buf.is_empty() {
+                    break;
+                }
+                match prx.try_recv() {
+                    Ok(f) => cur = Some(f),
+                    Err(_) => {
+                        // Bytes nobody asked for (e.g. a push message): not RESP we can place.
+                        break 'conn UpstreamError::Protocol { addr: addr.clone() };
+                    }
+                }
+            }
+            let Some(f) = cur.as_mut() else { break };
+            match reply::scan(&buf[scanned..]) {
+                Ok(Some(frame)) => {
+                    scanned += frame.len;
+                    done += 1;
+                    errors += frame.is_error as u64;
+                    if done == f.count {
+                        let bytes = buf.split_to(scanned).freeze();
+                        stats::sub(&stats.in_flight, f.count as u64);
+                        if errors > 0 {
+                            stats::add(&stats.errors, errors);
+                        }
+                        if let Some(f) = cur.take() {
+                            let _ = f.reply.send(Ok(bytes));
+                        }
+                        scanned = 0;
+                        done = 0;
+                        errors = 0;
+                    }
+                }
+                Ok(None) => break,
+                Err(_) => break 'conn UpstreamError::Protocol { addr: addr.clone() },
+            }
+        }
+        if buf.capacity() - buf.len() < 16 * 1024 {
+            buf.reserve(64 * 1024);
+        }
+        match rd.read_buf(&mut buf).await {
+            Ok(0) | Err(_) => {
+                break UpstreamError::Lost {
+                    addr: addr.clone(),
+                    sent: true,
+                }
+            }
+            Ok(_) => {}
+        }
+    };
+    tracing::debug!(upstream = %addr, error = %err, "shared upstream connection closed");
+    prx.close();
+    for f in cur
+        .into_iter()
+        .chain(std::iter::from_fn(|| prx.try_recv().ok()))
+    {
+        stats::sub(&stats.in_flight, f.count as u64);
+        stats::add(&stats.upstream_failures, f.count as u64);
+        let _ = f.reply.send(Err(err.clone()));
+    }
+}
