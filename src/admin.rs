@@ -96,9 +96,10 @@ pub fn info(ctx: &Context, sections: &[&str]) -> String {
                 for db in ctx.router.databases() {
                     let c = &db.config;
                     let u = &c.upstream;
+                    let pool = db.pool.state();
                     let _ = write!(
                         s,
-                        "db{}:name={},aliases={},upstream={},upstream_db={},shared_connections={},shared_open={},pool_size={},in_flight={},commands={},errors={},upstream_failures={},connects={},connect_failures={}\r\n",
+                        "db{}:name={},aliases={},upstream={},upstream_db={},shared_connections={},shared_open={},pool_size={},pool_open={},pool_idle={},in_flight={},commands={},errors={},upstream_failures={},connects={},connect_failures={}\r\n",
                         c.index,
                         c.name(),
                         c.names[1..].join("|"),
@@ -107,6 +108,8 @@ pub fn info(ctx: &Context, sections: &[&str]) -> String {
                         db.slot_count(),
                         get(&db.stats.mux_connected),
                         u.pool_size,
+                        pool.connections,
+                        pool.idle_connections,
                         get(&db.stats.in_flight),
                         get(&db.stats.commands),
                         get(&db.stats.errors),

@@ -26,8 +26,9 @@ struct Args {
     /// Validate the configuration, print it resolved (secrets masked) and exit.
     #[arg(long)]
     check_config: bool,
-    /// Tokio worker threads (0 = one per core).
-    #[arg(long, default_value_t = 0)]
+    /// Tokio worker threads: 1 runs everything on one thread (like twemproxy),
+    /// 0 means one per core.
+    #[arg(long, default_value_t = 1)]
     threads: usize,
 }
 
@@ -52,8 +53,12 @@ fn main() -> ExitCode {
         args.log_json || config.log_format == "json",
     );
 
-    let mut rt = tokio::runtime::Builder::new_multi_thread();
-    if args.threads > 0 {
+    let mut rt = if args.threads == 1 {
+        tokio::runtime::Builder::new_current_thread()
+    } else {
+        tokio::runtime::Builder::new_multi_thread()
+    };
+    if args.threads > 1 {
         rt.worker_threads(args.threads);
     }
     let rt = match rt.enable_all().build() {

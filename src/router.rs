@@ -4,6 +4,7 @@ use std::sync::Arc;
 
 use crate::config::{Config, DatabaseConfig};
 use crate::stats::DbStats;
+use crate::upstream::dedicated::{self, Pool};
 use crate::upstream::mux::MuxHandle;
 
 /// One client-facing database and its shared upstream connections.
@@ -13,6 +14,8 @@ pub struct Database {
     pub config: DatabaseConfig,
     /// Its counters.
     pub stats: Arc<DbStats>,
+    /// Pool of exclusive connections (transactions, blocking commands).
+    pub pool: Pool,
     /// Shared (multiplexed) connection slots.
     slots: Vec<MuxHandle>,
 }
@@ -63,6 +66,7 @@ impl Router {
                 .map(|_| MuxHandle::spawn(upstream.clone(), stats.clone()))
                 .collect();
             let d = Arc::new(Database {
+                pool: dedicated::pool(&db.upstream),
                 config: db.clone(),
                 stats,
                 slots,

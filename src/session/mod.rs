@@ -20,18 +20,19 @@ use std::ops::Range;
 use std::sync::Arc;
 use std::task::Poll;
 
-use bytes::{Bytes, BytesMut};
+use bytes::{Buf, Bytes, BytesMut};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 use tokio::sync::oneshot;
 use tokio_util::sync::CancellationToken;
 
-use crate::command::{self, Ranged, Route};
+use crate::command::{self, ArgList, Family, Ranged, Route};
 use crate::context::Context;
 use crate::protocol::reply;
 use crate::protocol::request::{self, encode_command, RequestKind};
 use crate::router::Database;
 use crate::stats;
+use crate::upstream::dedicated::Dedicated;
 use crate::upstream::mux::{Batch, BatchReply};
 
 /// Most queue entries a session may have before it stops reading (backpressure).
@@ -100,8 +101,14 @@ pub async fn run(stream: TcpStream, ctx: Arc<Context>, id: u64, shutdown: Cancel
         queue: VecDeque::new(),
         out: Vec::with_capacity(16 * 1024),
         args: Vec::new(),
+        read_closed: false,
         closing: false,
         done: false,
+        stalled: false,
+        dedicated: None,
+        in_multi: false,
+        watching: false,
+        last_dedicated: false,
     };
     if let Err(e) = session.serve(stream, shutdown).await {
         tracing::debug!(session = id, error = %e, "client connection ended");
@@ -114,10 +121,32 @@ struct Session {
     queue: VecDeque<Pending>,
     out: Vec<u8>,
     args: Vec<Range<usize>>,
-    /// No more requests are read; the session ends when the queue is empty.
+    /// No more bytes are read from the client (EOF or shutdown); what is buffered
+    /// is still executed.
+    read_closed: bool,
+    /// Stop executing requests (protocol error, QUIT); the session ends when the
+    /// queue is empty.
     closing: bool,
     /// A `Close` entry was reached: stop now.
     done: bool,
+    /// The next request must go to another connection than the previous one and
+    /// waits until every reply before it has arrived (so it runs after them).
+    stalled: bool,
+    /// The exclusive connection of a transaction in progress.
+    dedicated: Option<Dedicated>,
+    /// MULTI was sent and not yet EXEC/DISCARD.
+    in_multi: bool,
+    /// WATCH was sent and not yet cleared.
+    watching: bool,
+    /// The last forwarded request went to an exclusive connection.
+    last_dedicated: bool,
+}
+
+/// Which upstream connection a request goes to.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Target {
+    Shared,
+    Dedicated,
 }
 
 impl Session {
@@ -129,10 +158,17 @@ impl Session {
         let mut inbuf = BytesMut::with_capacity(16 * 1024);
         loop {
             self.write_ready(&mut stream).await?;
-            if self.done || (self.closing && self.queue.is_empty()) {
+            if self.stalled && self.queue.is_empty() {
+                self.stalled = false;
+                self.dispatch(&mut inbuf).await;
+                continue;
+            }
+            let finished = self.closing || (self.read_closed && !self.stalled);
+            if self.done || (finished && self.queue.is_empty()) {
                 break;
             }
-            let can_read = !self.closing && self.queue.len() < MAX_QUEUE;
+            let can_read =
+                !self.read_closed && !self.closing && !self.stalled && self.queue.len() < MAX_QUEUE;
             let queue = &mut self.queue;
             tokio::select! {
                 biased;
@@ -146,7 +182,7 @@ impl Session {
                     }
                 }
                 r = stream.read_buf(&mut inbuf), if can_read => match r {
-                    Ok(0) | Err(_) => self.closing = true,
+                    Ok(0) | Err(_) => self.read_closed = true,
                     Ok(_) => {
                         self.dispatch(&mut inbuf).await;
                         if inbuf.capacity() - inbuf.len() < 4096 {
@@ -154,7 +190,7 @@ impl Session {
                         }
                     }
                 },
-                _ = shutdown.cancelled(), if !self.closing => self.closing = true,
+                _ = shutdown.cancelled(), if !self.read_closed => self.read_closed = true,
             }
         }
         let _ = stream.shutdown().await;
@@ -207,31 +243,77 @@ impl Session {
         self.queue.push_back(Pending::Ready(Bytes::from(bytes)));
     }
 
-    /// Sends `bytes` (holding `count` requests) to the current database.
-    async fn forward(&mut self, bytes: Bytes, count: u32) {
+    /// Sends `bytes` (holding `count` requests) to the current database, on the
+    /// shared slot or the session's exclusive connection.
+    async fn forward(&mut self, bytes: Bytes, count: u32, target: Target) {
         if count == 0 {
             return;
         }
         let db = self.state.db.clone();
         stats::add(&db.stats.commands, count as u64);
         let (tx, rx) = oneshot::channel();
-        db.slot(self.state.id)
-            .send(Batch {
-                bytes,
-                count,
-                reply: tx,
-            })
-            .await;
+        let batch = Batch {
+            bytes,
+            count,
+            reply: tx,
+        };
+        match (target, &self.dedicated) {
+            (Target::Dedicated, Some(d)) => d.send(batch),
+            _ => db.slot(self.state.id).send(batch).await,
+        }
         self.queue.push_back(Pending::Upstream { rx, count, db });
+    }
+
+    /// Where a request goes, if upstream: `None` means the proxy answers it.
+    fn target(&self, route: Route) -> Option<Target> {
+        if !self.state.authenticated {
+            return None;
+        }
+        match route {
+            Route::Forward if self.dedicated.is_some() => Some(Target::Dedicated),
+            Route::Forward => Some(Target::Shared),
+            Route::Stateful(Family::Transaction | Family::Blocking) => Some(Target::Dedicated),
+            _ => None,
+        }
+    }
+
+    /// Tracks MULTI/EXEC/WATCH for a request sent to the exclusive connection, and
+    /// returns whether the connection can be given back after it.
+    fn transaction_step(&mut self, op: TxOp) -> bool {
+        match op {
+            TxOp::Multi => self.in_multi = true,
+            TxOp::End => {
+                self.in_multi = false;
+                self.watching = false;
+            }
+            TxOp::Watch if !self.in_multi => self.watching = true,
+            TxOp::Unwatch if !self.in_multi => self.watching = false,
+            _ => {}
+        }
+        !self.in_multi && !self.watching
+    }
+
+    /// Ends a transaction's hold on its exclusive connection. `clean` means the
+    /// connection has no MULTI/WATCH state once its queued commands have run.
+    fn end_dedicated(&mut self, clean: bool) {
+        if let Some(d) = self.dedicated.take() {
+            if clean {
+                d.release();
+            }
+        }
+        self.in_multi = false;
+        self.watching = false;
     }
 
     /// Parses and handles every complete request in `inbuf`.
     async fn dispatch(&mut self, inbuf: &mut BytesMut) {
-        // The current run of forwardable requests: `run_len` bytes, `run_count` replies.
+        // The current run of forwardable requests: `run_len` bytes, `run_count` replies,
+        // all for `run_target`.
         let mut run_len = 0usize;
         let mut run_count = 0u32;
+        let mut run_target = Target::Shared;
         let log_commands = self.ctx.config.log_commands;
-        while !self.closing {
+        while !self.closing && !self.stalled {
             let parsed = request::parse(&inbuf[run_len..], &self.ctx.config.limits, &mut self.args);
             let req = match parsed {
                 Ok(Some(req)) => req,
@@ -240,7 +322,7 @@ impl Session {
                     stats::add(&self.ctx.stats.protocol_errors, 1);
                     tracing::info!(session = self.state.id, peer = %self.state.peer, error = %e, "closing client after protocol error");
                     let run = inbuf.split_to(run_len).freeze();
-                    self.forward(run, run_count).await;
+                    self.forward(run, run_count, run_target).await;
                     inbuf.clear();
                     let mut out = Vec::new();
                     reply::error(&mut out, &format!("ERR {e}"));
@@ -250,7 +332,7 @@ impl Session {
                     return;
                 }
             };
-            let route = match &req.kind {
+            let (route, op) = match &req.kind {
                 RequestKind::Empty => {
                     // Redis ignores these; they may travel inside a run.
                     run_len += req.len;
@@ -261,48 +343,117 @@ impl Session {
                         buf: &inbuf[run_len..],
                         ranges: &self.args,
                     };
+                    let name = args.arg(0);
                     if log_commands {
-                        log_command(self.state.id, command::ArgList::arg(&args, 0));
+                        log_command(self.state.id, name);
                     }
-                    command::classify(&args)
+                    let route = command::classify(&args);
+                    (route, tx_op(route, name))
                 }
                 RequestKind::Inline(args) => {
                     if log_commands {
-                        log_command(self.state.id, command::ArgList::arg(&args[..], 0));
+                        log_command(self.state.id, args[..].arg(0));
                     }
-                    command::classify(&args[..])
+                    let route = command::classify(&args[..]);
+                    (route, tx_op(route, &args[0]))
                 }
             };
-            if route == Route::Forward
-                && self.state.authenticated
-                && matches!(req.kind, RequestKind::Multibulk)
-            {
-                run_len += req.len;
-                run_count += 1;
+            if let Some(target) = self.target(route) {
+                let switching = match target {
+                    Target::Shared => self.last_dedicated,
+                    Target::Dedicated => self.dedicated.is_none(),
+                };
+                if switching || target != run_target {
+                    let run = inbuf.split_to(run_len).freeze();
+                    self.forward(run, run_count, run_target).await;
+                    run_len = 0;
+                    run_count = 0;
+                    run_target = target;
+                }
+                if switching && !self.queue.is_empty() {
+                    // Run it only after everything before it has been answered.
+                    self.stalled = true;
+                    return;
+                }
+                if target == Target::Dedicated && self.dedicated.is_none() {
+                    let db = &self.state.db;
+                    self.dedicated = Some(Dedicated::start(db.pool.clone(), db.label()));
+                }
+                self.last_dedicated = target == Target::Dedicated;
+                match req.kind {
+                    RequestKind::Multibulk => {
+                        run_len += req.len;
+                        run_count += 1;
+                    }
+                    RequestKind::Inline(ref args) => {
+                        let run = inbuf.split_to(run_len).freeze();
+                        self.forward(run, run_count, run_target).await;
+                        run_len = 0;
+                        run_count = 0;
+                        inbuf.advance(req.len);
+                        self.forward(encode(&args[..]).into(), 1, target).await;
+                    }
+                    RequestKind::Empty => {}
+                }
+                if target == Target::Dedicated && self.transaction_step(op) {
+                    let run = inbuf.split_to(run_len).freeze();
+                    self.forward(run, run_count, run_target).await;
+                    run_len = 0;
+                    run_count = 0;
+                    self.end_dedicated(true);
+                }
                 continue;
             }
-            // Anything else ends the run.
+            // Answered by the proxy: this ends the run.
             let run = inbuf.split_to(run_len).freeze();
-            self.forward(run, run_count).await;
+            self.forward(run, run_count, run_target).await;
             run_len = 0;
             run_count = 0;
+            if matches!(route, Route::Client | Route::CrossDb)
+                && self.dedicated.is_none()
+                && self.last_dedicated
+                && !self.queue.is_empty()
+            {
+                // May be forwarded on the shared connection: keep it after the
+                // exclusive connection's commands.
+                self.stalled = true;
+                return;
+            }
             let raw = inbuf.split_to(req.len);
-            let outcome = match req.kind {
-                RequestKind::Inline(args) => {
-                    local::handle(&mut self.state, &self.ctx, route, &args[..])
+            let outcome = if self.dedicated.is_some() && route == Route::Select {
+                local::Outcome::Reply(
+                    b"-ERR SELECT inside a transaction is not supported by redis-sidecar\r\n"
+                        .to_vec(),
+                )
+            } else {
+                if matches!(route, Route::Reset | Route::Quit) {
+                    self.end_dedicated(false);
                 }
-                _ => {
-                    let args = Ranged {
-                        buf: &raw,
-                        ranges: &self.args,
-                    };
-                    local::handle(&mut self.state, &self.ctx, route, &args)
+                match req.kind {
+                    RequestKind::Inline(args) => {
+                        local::handle(&mut self.state, &self.ctx, route, &args[..])
+                    }
+                    _ => {
+                        let args = Ranged {
+                            buf: &raw,
+                            ranges: &self.args,
+                        };
+                        local::handle(&mut self.state, &self.ctx, route, &args)
+                    }
                 }
             };
             match outcome {
                 local::Outcome::Reply(r) => self.push_reply(r),
-                local::Outcome::Forward(Some(encoded)) => self.forward(encoded.into(), 1).await,
-                local::Outcome::Forward(None) => self.forward(raw.freeze(), 1).await,
+                local::Outcome::Forward(encoded) => {
+                    let bytes = encoded.map(Bytes::from).unwrap_or_else(|| raw.freeze());
+                    let target = if self.dedicated.is_some() {
+                        Target::Dedicated
+                    } else {
+                        Target::Shared
+                    };
+                    self.last_dedicated = target == Target::Dedicated;
+                    self.forward(bytes, 1, target).await;
+                }
                 local::Outcome::Close(r) => {
                     self.push_reply(r);
                     self.queue.push_back(Pending::Close);
@@ -311,7 +462,32 @@ impl Session {
             }
         }
         let run = inbuf.split_to(run_len).freeze();
-        self.forward(run, run_count).await;
+        self.forward(run, run_count, run_target).await;
+    }
+}
+
+/// What a transaction-family command does to the MULTI/WATCH state.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum TxOp {
+    None,
+    Multi,
+    /// EXEC or DISCARD.
+    End,
+    Watch,
+    Unwatch,
+}
+
+fn tx_op(route: Route, name: &[u8]) -> TxOp {
+    if route != Route::Stateful(Family::Transaction) {
+        return TxOp::None;
+    }
+    let mut buf = [0u8; 32];
+    match command::upper(name, &mut buf).unwrap_or(b"") {
+        b"MULTI" => TxOp::Multi,
+        b"EXEC" | b"DISCARD" => TxOp::End,
+        b"WATCH" => TxOp::Watch,
+        b"UNWATCH" => TxOp::Unwatch,
+        _ => TxOp::None,
     }
 }
 
