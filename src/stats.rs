@@ -57,6 +57,8 @@ pub struct DbStats {
     pub errors: AtomicU64,
     /// Commands that failed because the upstream could not be reached or was lost.
     pub upstream_failures: AtomicU64,
+    /// Commands that got no reply within the command timeout.
+    pub timeouts: AtomicU64,
     /// Shared (multiplexed) upstream connections open now.
     pub mux_connected: AtomicU64,
     /// Upstream connections opened since start.

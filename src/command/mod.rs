@@ -7,6 +7,8 @@
 //! an upstream connection (transactions, blocking pops, pub/sub, MONITOR …) must not
 //! run on a shared connection; until they get dedicated connections they are refused.
 
+pub mod table;
+
 /// What the session does with a command.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Route {
@@ -147,6 +149,58 @@ pub fn classify<L: ArgList + ?Sized>(args: &L) -> Route {
     }
 }
 
+/// How long a blocking command may legitimately wait for its reply, beyond the
+/// command timeout.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub enum Block {
+    /// Not blocking: the command timeout applies.
+    No,
+    /// Blocks at most this long (its own timeout argument).
+    For(std::time::Duration),
+    /// Timeout 0: blocks until served; the proxy never cuts it.
+    Forever,
+}
+
+/// The block time a blocking command asks for, from its timeout argument
+/// (seconds for BLPOP & co, milliseconds for XREAD BLOCK, WAIT, WAITAOF).
+pub fn block_time<L: ArgList + ?Sized>(args: &L) -> Block {
+    let mut buf = [0u8; MAX_NAME];
+    let Some(name) = upper(args.arg(0), &mut buf) else {
+        return Block::No;
+    };
+    let n = args.count();
+    let (arg, millis) = match name {
+        b"BLPOP" | b"BRPOP" | b"BLMOVE" | b"BRPOPLPUSH" | b"BZPOPMIN" | b"BZPOPMAX" => {
+            (args.arg(n.saturating_sub(1)), false)
+        }
+        b"BLMPOP" | b"BZMPOP" => (args.arg(1), false),
+        b"WAIT" => (args.arg(2), true),
+        b"WAITAOF" => (args.arg(3), true),
+        b"XREAD" | b"XREADGROUP" => {
+            match (1..n).find(|&i| args.arg(i).eq_ignore_ascii_case(b"BLOCK")) {
+                Some(i) => (args.arg(i + 1), true),
+                None => return Block::No,
+            }
+        }
+        _ => return Block::No,
+    };
+    let Some(v) = std::str::from_utf8(arg)
+        .ok()
+        .and_then(|t| t.parse::<f64>().ok())
+    else {
+        // Redis will reject it at once.
+        return Block::No;
+    };
+    if !v.is_finite() || v < 0.0 {
+        return Block::No;
+    }
+    if v == 0.0 {
+        return Block::Forever;
+    }
+    let secs = if millis { v / 1000.0 } else { v };
+    Block::For(std::time::Duration::from_secs_f64(secs.min(1e9)))
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -174,6 +228,23 @@ mod tests {
             classify(&["psubscribe", "x"][..]),
             Route::Stateful(Family::PubSub)
         );
+        use std::time::Duration;
+        assert_eq!(
+            block_time(&["blpop", "a", "b", "2.5"][..]),
+            Block::For(Duration::from_millis(2500))
+        );
+        assert_eq!(block_time(&["BLPOP", "a", "0"][..]), Block::Forever);
+        assert_eq!(
+            block_time(&["BLMPOP", "3", "1", "k", "LEFT"][..]),
+            Block::For(Duration::from_secs(3))
+        );
+        assert_eq!(
+            block_time(&["XREAD", "BLOCK", "1500", "STREAMS", "s", "$"][..]),
+            Block::For(Duration::from_millis(1500))
+        );
+        assert_eq!(block_time(&["WAIT", "1", "0"][..]), Block::Forever);
+        assert_eq!(block_time(&["GET", "k"][..]), Block::No);
+        assert_eq!(block_time(&["BLPOP", "a", "x"][..]), Block::No);
         let long = "X".repeat(100);
         assert_eq!(classify(&[long.as_str()][..]), Route::Forward);
     }

@@ -26,7 +26,7 @@ use tokio::net::TcpStream;
 use tokio::sync::oneshot;
 use tokio_util::sync::CancellationToken;
 
-use crate::command::{self, ArgList, Family, Ranged, Route};
+use crate::command::{self, ArgList, Block, Family, Ranged, Route};
 use crate::context::Context;
 use crate::protocol::reply;
 use crate::protocol::request::{self, encode_command, RequestKind};
@@ -109,6 +109,7 @@ pub async fn run(stream: TcpStream, ctx: Arc<Context>, id: u64, shutdown: Cancel
         in_multi: false,
         watching: false,
         last_dedicated: false,
+        block: Block::No,
     };
     if let Err(e) = session.serve(stream, shutdown).await {
         tracing::debug!(session = id, error = %e, "client connection ended");
@@ -140,6 +141,8 @@ struct Session {
     watching: bool,
     /// The last forwarded request went to an exclusive connection.
     last_dedicated: bool,
+    /// Block time of the blocking command in the run being built.
+    block: Block,
 }
 
 /// Which upstream connection a request goes to.
@@ -256,6 +259,7 @@ impl Session {
             bytes,
             count,
             reply: tx,
+            block: std::mem::replace(&mut self.block, Block::No),
         };
         match (target, &self.dedicated) {
             (Target::Dedicated, Some(d)) => d.send(batch),
@@ -332,7 +336,7 @@ impl Session {
                     return;
                 }
             };
-            let (route, op) = match &req.kind {
+            let (route, op, block) = match &req.kind {
                 RequestKind::Empty => {
                     // Redis ignores these; they may travel inside a run.
                     run_len += req.len;
@@ -348,14 +352,24 @@ impl Session {
                         log_command(self.state.id, name);
                     }
                     let route = command::classify(&args);
-                    (route, tx_op(route, name))
+                    let block = if route == Route::Stateful(Family::Blocking) {
+                        command::block_time(&args)
+                    } else {
+                        Block::No
+                    };
+                    (route, tx_op(route, name), block)
                 }
                 RequestKind::Inline(args) => {
                     if log_commands {
                         log_command(self.state.id, args[..].arg(0));
                     }
                     let route = command::classify(&args[..]);
-                    (route, tx_op(route, &args[0]))
+                    let block = if route == Route::Stateful(Family::Blocking) {
+                        command::block_time(&args[..])
+                    } else {
+                        Block::No
+                    };
+                    (route, tx_op(route, &args[0]), block)
                 }
             };
             if let Some(target) = self.target(route) {
@@ -377,9 +391,17 @@ impl Session {
                 }
                 if target == Target::Dedicated && self.dedicated.is_none() {
                     let db = &self.state.db;
-                    self.dedicated = Some(Dedicated::start(db.pool.clone(), db.label()));
+                    self.dedicated = Some(Dedicated::start(
+                        db.pool.clone(),
+                        db.label(),
+                        db.config.upstream.command_timeout,
+                    ));
                 }
                 self.last_dedicated = target == Target::Dedicated;
+                if !self.in_multi && block != Block::No {
+                    // Travels alone (see transaction_step) with its own deadline.
+                    self.block = block;
+                }
                 match req.kind {
                     RequestKind::Multibulk => {
                         run_len += req.len;

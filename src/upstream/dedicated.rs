@@ -21,6 +21,7 @@ use tokio::sync::mpsc;
 use super::connect::connect;
 use super::error::UpstreamError;
 use super::mux::{Batch, BatchReply};
+use crate::command::Block;
 use crate::config::UpstreamConfig;
 use crate::protocol::reply;
 
@@ -151,9 +152,9 @@ impl std::fmt::Debug for Msg {
 
 impl Dedicated {
     /// Starts the task that checks out a connection and serves this session.
-    pub fn start(pool: Pool, label: String) -> Dedicated {
+    pub fn start(pool: Pool, label: String, command_timeout: std::time::Duration) -> Dedicated {
         let (tx, rx) = mpsc::unbounded_channel();
-        tokio::spawn(run(pool, rx, label));
+        tokio::spawn(run(pool, rx, label, command_timeout));
         Dedicated { tx }
     }
 
@@ -170,7 +171,12 @@ impl Dedicated {
     }
 }
 
-async fn run(pool: Pool, mut rx: mpsc::UnboundedReceiver<Msg>, label: String) {
+async fn run(
+    pool: Pool,
+    mut rx: mpsc::UnboundedReceiver<Msg>,
+    label: String,
+    command_timeout: std::time::Duration,
+) {
     let mut conn = match pool.get().await {
         Ok(c) => c,
         Err(e) => {
@@ -209,10 +215,31 @@ async fn run(pool: Pool, mut rx: mpsc::UnboundedReceiver<Msg>, label: String) {
             bytes,
             count,
             mut reply,
+            block,
         } = batch;
+        let limit = match block {
+            Block::No => Some(command_timeout),
+            Block::For(d) => Some(command_timeout + d),
+            Block::Forever => None,
+        };
+        let sleep = async {
+            match limit {
+                Some(d) => tokio::time::sleep(d).await,
+                None => std::future::pending().await,
+            }
+        };
         tokio::select! {
             r = conn.round_trip(&bytes, count) => {
                 let _ = reply.send(r);
+            }
+            _ = sleep => {
+                // Its place in the reply stream is unknown now: never reuse it.
+                conn.broken = true;
+                let _ = reply.send(Err(UpstreamError::Timeout {
+                    addr: conn.addr.clone(),
+                    after: limit.unwrap_or_default(),
+                }));
+                return;
             }
             _ = reply.closed() => {
                 // The client left while its command was running (e.g. blocked).
@@ -223,8 +250,7 @@ async fn run(pool: Pool, mut rx: mpsc::UnboundedReceiver<Msg>, label: String) {
     }
     if !clean && !conn.broken {
         let reset = b"*1\r\n$7\r\nDISCARD\r\n*1\r\n$7\r\nUNWATCH\r\n";
-        let timeout = std::time::Duration::from_secs(5);
-        match tokio::time::timeout(timeout, conn.round_trip(reset, 2)).await {
+        match tokio::time::timeout(command_timeout, conn.round_trip(reset, 2)).await {
             Ok(Ok(_)) => {}
             _ => conn.broken = true,
         }

@@ -27,6 +27,15 @@ pub enum UpstreamError {
         /// Whether any byte of the command may have reached the upstream.
         sent: bool,
     },
+    /// No reply within the command timeout; the connection was dropped (its
+    /// position in the reply stream is unknown) and the command may have run.
+    #[error("no reply from {addr} within {after:?} (the command may have been executed)")]
+    Timeout {
+        /// `host:port` of the upstream.
+        addr: String,
+        /// The timeout that expired.
+        after: std::time::Duration,
+    },
     /// The upstream sent bytes that are not RESP; the connection was dropped.
     #[error("upstream {addr} sent a malformed reply")]
     Protocol {
@@ -41,7 +50,7 @@ impl UpstreamError {
         match self {
             UpstreamError::Connect { .. } | UpstreamError::Handshake { .. } => false,
             UpstreamError::Lost { sent, .. } => *sent,
-            UpstreamError::Protocol { .. } => true,
+            UpstreamError::Protocol { .. } | UpstreamError::Timeout { .. } => true,
         }
     }
 }

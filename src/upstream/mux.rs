@@ -21,9 +21,11 @@ use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::tcp::OwnedReadHalf;
 use tokio::net::TcpStream;
 use tokio::sync::{mpsc, oneshot};
+use tokio::time::{Duration, Instant};
 
 use super::connect::connect;
 use super::error::UpstreamError;
+use crate::command::Block;
 use crate::config::UpstreamConfig;
 use crate::protocol::reply;
 use crate::stats::{self, DbStats};
@@ -40,6 +42,9 @@ pub struct Batch {
     pub count: u32,
     /// Where the replies go.
     pub reply: oneshot::Sender<BatchReply>,
+    /// For a blocking command on an exclusive connection: how long it may wait
+    /// beyond the command timeout. Shared connections always use the command timeout.
+    pub block: Block,
 }
 
 impl Batch {
@@ -89,7 +94,7 @@ async fn run_slot(cfg: Arc<UpstreamConfig>, mut rx: mpsc::Receiver<Batch>, stats
                 stats::add(&stats.connects, 1);
                 stats::add(&stats.mux_connected, 1);
                 tracing::debug!(upstream = %addr, db = cfg.db, "shared upstream connection open");
-                serve(stream, first, &mut rx, &addr, &stats).await;
+                serve(stream, first, &mut rx, &cfg, &stats).await;
                 stats::sub(&stats.mux_connected, 1);
             }
             Err(err) => {
@@ -108,6 +113,8 @@ async fn run_slot(cfg: Arc<UpstreamConfig>, mut rx: mpsc::Receiver<Batch>, stats
 struct InFlight {
     count: u32,
     reply: oneshot::Sender<BatchReply>,
+    /// When its replies are overdue.
+    deadline: Instant,
 }
 
 /// Runs one connection until it breaks or the slot is closed.
@@ -115,15 +122,26 @@ async fn serve(
     stream: TcpStream,
     first: Batch,
     rx: &mut mpsc::Receiver<Batch>,
-    addr: &str,
+    cfg: &UpstreamConfig,
     stats: &Arc<DbStats>,
 ) {
+    let addr = cfg.address();
     let (rd, mut wr) = stream.into_split();
     let (ptx, prx) = mpsc::unbounded_channel::<InFlight>();
-    let mut reader = tokio::spawn(read_loop(rd, prx, addr.to_string(), stats.clone()));
+    let mut reader = tokio::spawn(read_loop(
+        rd,
+        prx,
+        addr.clone(),
+        cfg.command_timeout,
+        stats.clone(),
+    ));
     let mut next = Some(first);
     let mut out = BytesMut::with_capacity(COALESCE);
     let mut chunks: Vec<Bytes> = Vec::new();
+    let lost = |sent| UpstreamError::Lost {
+        addr: addr.clone(),
+        sent,
+    };
     loop {
         let batch = match next.take() {
             Some(b) => b,
@@ -141,6 +159,7 @@ async fn serve(
         // Gather what is queued into one write.
         let mut total = batch.bytes.len();
         let mut failed = false;
+        let deadline = Instant::now() + cfg.command_timeout;
         for b in std::iter::once(batch).chain(std::iter::from_fn(|| {
             if total >= COALESCE {
                 return None;
@@ -150,38 +169,46 @@ async fn serve(
             Some(b)
         })) {
             if failed {
-                b.fail(UpstreamError::Lost {
-                    addr: addr.to_string(),
-                    sent: false,
-                });
+                b.fail(lost(false));
                 continue;
             }
             let Batch {
                 bytes,
                 count,
                 reply,
+                ..
             } = b;
             stats::add(&stats.in_flight, count as u64);
-            if let Err(mpsc::error::SendError(f)) = ptx.send(InFlight { count, reply }) {
+            let f = InFlight {
+                count,
+                reply,
+                deadline,
+            };
+            if let Err(mpsc::error::SendError(f)) = ptx.send(f) {
                 stats::sub(&stats.in_flight, f.count as u64);
-                let _ = f.reply.send(Err(UpstreamError::Lost {
-                    addr: addr.to_string(),
-                    sent: false,
-                }));
+                let _ = f.reply.send(Err(lost(false)));
                 failed = true;
                 continue;
             }
             chunks.push(bytes);
         }
-        let res = if chunks.len() == 1 {
-            wr.write_all(&chunks[0]).await
-        } else {
-            for c in &chunks {
-                out.extend_from_slice(c);
+        let write = async {
+            if chunks.len() == 1 {
+                wr.write_all(&chunks[0]).await
+            } else {
+                for c in &chunks {
+                    out.extend_from_slice(c);
+                }
+                let r = wr.write_all(&out).await;
+                out.clear();
+                r
             }
-            let r = wr.write_all(&out).await;
-            out.clear();
-            r
+        };
+        // A frozen upstream stops reading; the reader's timeout then ends the
+        // connection, and the write must not outlive it.
+        let res = tokio::select! {
+            r = write => r,
+            _ = &mut reader => return,
         };
         chunks.clear();
         if failed || res.is_err() {
@@ -189,17 +216,20 @@ async fn serve(
         }
     }
     // Closing our write half tells Redis we are done; the reader answers or fails
-    // whatever is still in flight when the connection ends.
+    // whatever is still in flight when the connection ends (or times out).
     let _ = wr.shutdown().await;
     drop(ptx);
     let _ = (&mut reader).await;
 }
 
-/// Reads replies and hands each batch its run of replies.
+/// Reads replies and hands each batch its run of replies. Ends the connection when
+/// it breaks, when Redis sends something that is not a reply, or when the oldest
+/// batch's replies are overdue (its position in the stream is then unknown).
 async fn read_loop(
     mut rd: OwnedReadHalf,
     mut prx: mpsc::UnboundedReceiver<InFlight>,
     addr: String,
+    timeout: Duration,
     stats: Arc<DbStats>,
 ) {
     let mut buf = BytesMut::with_capacity(64 * 1024);
@@ -207,6 +237,9 @@ async fn read_loop(
     let mut scanned = 0usize;
     let mut done = 0u32;
     let mut errors = 0u64;
+    let sleep = tokio::time::sleep(timeout);
+    tokio::pin!(sleep);
+    let mut armed: Option<Instant> = None;
     let err = 'conn: loop {
         loop {
             if cur.is_none() {
@@ -248,7 +281,42 @@ async fn read_loop(
         if buf.capacity() - buf.len() < 16 * 1024 {
             buf.reserve(64 * 1024);
         }
-        match rd.read_buf(&mut buf).await {
+        if cur.is_none() {
+            match prx.try_recv() {
+                Ok(f) => cur = Some(f),
+                Err(mpsc::error::TryRecvError::Empty) => {}
+                Err(mpsc::error::TryRecvError::Disconnected) => {
+                    break UpstreamError::Lost {
+                        addr: addr.clone(),
+                        sent: false,
+                    }
+                }
+            }
+        }
+        let read = match &cur {
+            // Nothing in flight: wait for data or for the next batch.
+            None => tokio::select! {
+                r = rd.read_buf(&mut buf) => r,
+                f = prx.recv() => {
+                    match f {
+                        Some(f) => cur = Some(f),
+                        None => break UpstreamError::Lost { addr: addr.clone(), sent: false },
+                    }
+                    continue;
+                }
+            },
+            Some(f) => {
+                if armed != Some(f.deadline) {
+                    sleep.as_mut().reset(f.deadline);
+                    armed = Some(f.deadline);
+                }
+                tokio::select! {
+                    r = rd.read_buf(&mut buf) => r,
+                    _ = &mut sleep => break UpstreamError::Timeout { addr: addr.clone(), after: timeout },
+                }
+            }
+        };
+        match read {
             Ok(0) | Err(_) => {
                 break UpstreamError::Lost {
                     addr: addr.clone(),
@@ -260,12 +328,17 @@ async fn read_loop(
     };
     tracing::debug!(upstream = %addr, error = %err, "shared upstream connection closed");
     prx.close();
+    let mut failed = 0u64;
     for f in cur
         .into_iter()
         .chain(std::iter::from_fn(|| prx.try_recv().ok()))
     {
         stats::sub(&stats.in_flight, f.count as u64);
-        stats::add(&stats.upstream_failures, f.count as u64);
+        failed += f.count as u64;
         let _ = f.reply.send(Err(err.clone()));
+    }
+    stats::add(&stats.upstream_failures, failed);
+    if matches!(err, UpstreamError::Timeout { .. }) {
+        stats::add(&stats.timeouts, failed);
     }
 }
