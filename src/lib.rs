@@ -29,6 +29,7 @@ pub mod command;
 pub mod config;
 pub mod context;
 pub mod protocol;
+pub mod resilience;
 pub mod router;
 pub mod server;
 pub mod session;

@@ -63,7 +63,7 @@ impl Router {
             let stats = Arc::new(DbStats::default());
             let upstream = Arc::new(db.upstream.clone());
             let slots = (0..db.upstream.mux_connections.max(1))
-                .map(|_| MuxHandle::spawn(upstream.clone(), stats.clone()))
+                .map(|_| MuxHandle::spawn(upstream.clone(), stats.clone(), Arc::new(crate::upstream::NoObserver)))
                 .collect();
             let d = Arc::new(Database {
                 pool: dedicated::pool(&db.upstream),

@@ -4,9 +4,9 @@
 //! The Redis command table: flags, arity and key positions of every command Redis
 //! 7.0.15 reports in `COMMAND`, its subcommands included.
 //!
-//! Entries [`COMMANDS`]`[..`[`TOP_LEVEL`]`]` are top-level commands, sorted by name; the
-//! rest are subcommands of container commands (`config|get`, `client|list` …), sorted
-//! by their full name.
+//! `COMMANDS[..TOP_LEVEL]` (see [`COMMANDS`], [`TOP_LEVEL`]) are the top-level commands,
+//! sorted by name; the rest are subcommands of container commands (`config|get`,
+//! `client|list` …), sorted by their full name.
 //!
 //! Retry safety: a command is retry-safe only if Redis flags it [`READONLY`]. A command
 //! the table does not know (a newer Redis, a module) must be treated as a write. For a

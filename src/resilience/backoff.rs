@@ -84,8 +84,9 @@ impl Backoff {
         }
         // fastrand::f64() is in [0, 1), so the cut is in [0, jitter · ceiling) ⊆ [0, ceiling].
         // The fallible conversion and saturating subtraction keep rounding from ever panicking.
-        let cut = Duration::try_from_secs_f64(ceiling.as_secs_f64() * self.jitter * fastrand::f64())
-            .unwrap_or(Duration::ZERO);
+        let cut =
+            Duration::try_from_secs_f64(ceiling.as_secs_f64() * self.jitter * fastrand::f64())
+                .unwrap_or(Duration::ZERO);
         ceiling.saturating_sub(cut)
     }
 }
@@ -156,7 +157,10 @@ mod tests {
                 assert!(d >= floor, "attempt {attempt}: {d:?} < {floor:?}");
                 seen_below_ceiling |= d < ceiling;
             }
-            assert!(seen_below_ceiling, "jitter never applied at attempt {attempt}");
+            assert!(
+                seen_below_ceiling,
+                "jitter never applied at attempt {attempt}"
+            );
         }
     }
 
@@ -215,6 +219,9 @@ mod tests {
         let msg = Backoff::try_new(secs(1.0), secs(2.0), 2.0)
             .map(|_| ())
             .map_err(|e| e.to_string());
-        assert_eq!(msg, Err("back-off jitter (2) must be between 0.0 and 1.0".to_string()));
+        assert_eq!(
+            msg,
+            Err("back-off jitter (2) must be between 0.0 and 1.0".to_string())
+        );
     }
 }

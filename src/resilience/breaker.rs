@@ -23,7 +23,9 @@
 //! each other's transition.
 //!
 //! Outcomes that arrive while the breaker is open (late replies to requests sent before
-//! it tripped) are ignored.
+//! it tripped) are ignored. Outside the open state an outcome is attributed to the
+//! current state, whenever its request was sent: a half-open breaker reopens on a late
+//! failure of a request sent before it tripped, which errs on the side of caution.
 //!
 //! All time is [`tokio::time::Instant`], so tests can drive it with paused time.
 
@@ -305,11 +307,9 @@ impl Breaker {
     /// `success_threshold` in a row close the breaker. Open: ignored (a late reply).
     pub fn on_success(&self) {
         match self.state.load(Ordering::Acquire) {
-            CLOSED => {
-                // Load first so the common case (already zero) does not write the cache line.
-                if self.failures.load(Ordering::Relaxed) != 0 {
-                    self.failures.store(0, Ordering::Relaxed);
-                }
+            // Load first so the common case (count already zero) does not write the cache line.
+            CLOSED if self.failures.load(Ordering::Relaxed) != 0 => {
+                self.failures.store(0, Ordering::Relaxed);
             }
             HALF_OPEN => {
                 let n = saturating_increment(&self.successes);
@@ -448,7 +448,8 @@ impl Breaker {
     /// Moves to `to`, resetting the consecutive counts. Caller holds `transition`.
     fn enter(&self, to: u8, now: Instant) {
         let since = now.saturating_duration_since(self.epoch).as_nanos();
-        self.since.store(u64::try_from(since).unwrap_or(u64::MAX), Ordering::Release);
+        self.since
+            .store(u64::try_from(since).unwrap_or(u64::MAX), Ordering::Release);
         self.failures.store(0, Ordering::Relaxed);
         self.successes.store(0, Ordering::Relaxed);
         self.state.store(to, Ordering::Release);
@@ -456,7 +457,9 @@ impl Breaker {
 
     fn lock(&self) -> MutexGuard<'_, ()> {
         // The mutex guards no data, so a poisoned one is as good as a healthy one.
-        self.transition.lock().unwrap_or_else(PoisonError::into_inner)
+        self.transition
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
     }
 }
 
@@ -728,7 +731,10 @@ mod tests {
         assert_eq!(b.config().failure_threshold, 1);
         b.on_failure();
         assert_eq!(b.state(), State::Open);
-        assert!(b.check().is_ok(), "zero recovery timeout: straight to half-open");
+        assert!(
+            b.check().is_ok(),
+            "zero recovery timeout: straight to half-open"
+        );
         assert_eq!(b.state(), State::HalfOpen);
         b.on_success();
         assert_eq!(b.state(), State::Closed);

@@ -5,6 +5,48 @@
 pub mod connect;
 pub mod dedicated;
 pub mod error;
+pub mod health;
 pub mod mux;
 
 pub use error::UpstreamError;
+
+/// Receives the outcome of every exchange with an upstream: the circuit breaker's
+/// input. Implemented above this layer (by the resilience module), so the decision
+/// about what counts as a failure is made here, where the failure happens.
+pub trait Observer: Send + Sync + std::fmt::Debug {
+    /// The upstream answered (application errors such as `-WRONGTYPE` included).
+    fn success(&self);
+    /// The upstream could not be reached, broke, timed out, or answered that it is
+    /// not serving (`-LOADING`, `-MASTERDOWN`, `-BUSY`, `-READONLY`).
+    fn failure(&self);
+    /// A health probe's result (by default counted like traffic).
+    fn probe(&self, ok: bool) {
+        if ok {
+            self.success()
+        } else {
+            self.failure()
+        }
+    }
+    /// How long until the next probe, given the configured interval.
+    fn probe_interval(&self, configured: std::time::Duration) -> std::time::Duration {
+        configured
+    }
+}
+
+/// An observer that ignores everything (tests, tools).
+#[derive(Debug, Default)]
+pub struct NoObserver;
+
+impl Observer for NoObserver {
+    fn success(&self) {}
+    fn failure(&self) {}
+}
+
+/// Whether an error reply (starting with `-`) means the server is not serving
+/// rather than that the command was wrong.
+pub fn is_not_serving(error_reply: &[u8]) -> bool {
+    let body = error_reply.get(1..).unwrap_or(b"");
+    [&b"LOADING"[..], b"MASTERDOWN", b"BUSY ", b"READONLY"]
+        .iter()
+        .any(|p| body.starts_with(p))
+}

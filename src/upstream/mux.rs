@@ -25,6 +25,7 @@ use tokio::time::{Duration, Instant};
 
 use super::connect::connect;
 use super::error::UpstreamError;
+use super::Observer;
 use crate::command::Block;
 use crate::config::UpstreamConfig;
 use crate::protocol::reply;
@@ -65,10 +66,15 @@ const QUEUE: usize = 4096;
 const COALESCE: usize = 64 * 1024;
 
 impl MuxHandle {
-    /// Starts a slot for `cfg` on the current runtime.
-    pub fn spawn(cfg: Arc<UpstreamConfig>, stats: Arc<DbStats>) -> MuxHandle {
+    /// Starts a slot for `cfg` on the current runtime; `observer` hears the outcome
+    /// of every connect attempt and batch.
+    pub fn spawn(
+        cfg: Arc<UpstreamConfig>,
+        stats: Arc<DbStats>,
+        observer: Arc<dyn Observer>,
+    ) -> MuxHandle {
         let (tx, rx) = mpsc::channel(QUEUE);
-        tokio::spawn(run_slot(cfg, rx, stats));
+        tokio::spawn(run_slot(cfg, rx, stats, observer));
         MuxHandle { tx }
     }
 
@@ -86,24 +92,50 @@ impl MuxHandle {
     }
 }
 
-async fn run_slot(cfg: Arc<UpstreamConfig>, mut rx: mpsc::Receiver<Batch>, stats: Arc<DbStats>) {
+/// First and largest pause between failed connect attempts of one slot. Batches
+/// arriving during the pause fail at once with the last connect error, so a
+/// restarting Redis is not met by a storm of connects.
+const RECONNECT_MIN: Duration = Duration::from_millis(50);
+const RECONNECT_MAX: Duration = Duration::from_secs(1);
+
+async fn run_slot(
+    cfg: Arc<UpstreamConfig>,
+    mut rx: mpsc::Receiver<Batch>,
+    stats: Arc<DbStats>,
+    observer: Arc<dyn Observer>,
+) {
     let addr = cfg.address();
+    let mut pause = RECONNECT_MIN;
+    let mut last_failure: Option<(Instant, UpstreamError)> = None;
     while let Some(first) = rx.recv().await {
+        if let Some((until, err)) = &last_failure {
+            if Instant::now() < *until {
+                first.fail(err.clone());
+                continue;
+            }
+        }
         match connect(&cfg).await {
             Ok(stream) => {
+                last_failure = None;
+                pause = RECONNECT_MIN;
                 stats::add(&stats.connects, 1);
                 stats::add(&stats.mux_connected, 1);
                 tracing::debug!(upstream = %addr, db = cfg.db, "shared upstream connection open");
-                serve(stream, first, &mut rx, &cfg, &stats).await;
+                serve(stream, first, &mut rx, &cfg, &stats, &observer).await;
                 stats::sub(&stats.mux_connected, 1);
             }
             Err(err) => {
+                observer.failure();
                 stats::add(&stats.connect_failures, 1);
                 tracing::warn!(upstream = %addr, error = %err, "upstream connection failed");
                 first.fail(err.clone());
                 while let Ok(b) = rx.try_recv() {
                     b.fail(err.clone());
                 }
+                // Jittered: between half and all of the pause.
+                let wait = pause.mul_f64(0.5 + fastrand::f64() / 2.0);
+                last_failure = Some((Instant::now() + wait, err));
+                pause = (pause * 2).min(RECONNECT_MAX);
             }
         }
     }
@@ -124,6 +156,7 @@ async fn serve(
     rx: &mut mpsc::Receiver<Batch>,
     cfg: &UpstreamConfig,
     stats: &Arc<DbStats>,
+    observer: &Arc<dyn Observer>,
 ) {
     let addr = cfg.address();
     let (rd, mut wr) = stream.into_split();
@@ -134,6 +167,7 @@ async fn serve(
         addr.clone(),
         cfg.command_timeout,
         stats.clone(),
+        observer.clone(),
     ));
     let mut next = Some(first);
     let mut out = BytesMut::with_capacity(COALESCE);
@@ -231,7 +265,9 @@ async fn read_loop(
     addr: String,
     timeout: Duration,
     stats: Arc<DbStats>,
+    observer: Arc<dyn Observer>,
 ) {
+    let mut not_serving = false;
     let mut buf = BytesMut::with_capacity(64 * 1024);
     let mut cur: Option<InFlight> = None;
     let mut scanned = 0usize;
@@ -259,8 +295,16 @@ async fn read_loop(
                 Ok(Some(frame)) => {
                     scanned += frame.len;
                     done += 1;
-                    errors += frame.is_error as u64;
+                    if frame.is_error {
+                        errors += 1;
+                        not_serving |= super::is_not_serving(&buf[scanned - frame.len..scanned]);
+                    }
                     if done == f.count {
+                        if std::mem::take(&mut not_serving) {
+                            observer.failure();
+                        } else {
+                            observer.success();
+                        }
                         let bytes = buf.split_to(scanned).freeze();
                         stats::sub(&stats.in_flight, f.count as u64);
                         if errors > 0 {
@@ -327,6 +371,9 @@ async fn read_loop(
         }
     };
     tracing::debug!(upstream = %addr, error = %err, "shared upstream connection closed");
+    if cur.is_some() || !matches!(err, UpstreamError::Lost { sent: false, .. }) {
+        observer.failure();
+    }
     prx.close();
     let mut failed = 0u64;
     for f in cur

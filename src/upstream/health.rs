@@ -1,0 +1,118 @@
+//! Health probes: a background task per database that PINGs the upstream on a
+//! connection of its own, records the result, latency and last error, and feeds the
+//! outcome to the database's observer (the circuit breaker), which also decides how
+//! often to probe (more often while the breaker is open).
+
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering::Relaxed};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use bb8::ManageConnection;
+use tokio_util::sync::CancellationToken;
+
+use super::dedicated::{ExclusiveConn, Manager};
+use super::Observer;
+use crate::config::UpstreamConfig;
+
+/// What the last probes found.
+#[derive(Debug, Default)]
+pub struct HealthState {
+    /// The last probe succeeded.
+    pub healthy: AtomicBool,
+    /// Probes run since start.
+    pub probes: AtomicU64,
+    /// Consecutive failed probes.
+    pub consecutive_failures: AtomicU64,
+    /// Consecutive successful probes.
+    pub consecutive_successes: AtomicU64,
+    /// Round-trip time of the last successful probe, in microseconds.
+    pub last_latency_us: AtomicU64,
+    /// When the last probe ran (milliseconds since the Unix epoch; 0 = never).
+    pub last_probe_unix_ms: AtomicU64,
+    /// The last probe error, if the last probe failed.
+    last_error: Mutex<Option<String>>,
+}
+
+impl HealthState {
+    /// The last probe's error, if it failed.
+    pub fn last_error(&self) -> Option<String> {
+        self.last_error
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .clone()
+    }
+
+    fn record(&self, result: Result<Duration, String>) {
+        self.probes.fetch_add(1, Relaxed);
+        let now = SystemTime::now()
+            .duration_since(UNIX_EPOCH)
+            .map(|d| d.as_millis() as u64)
+            .unwrap_or(0);
+        self.last_probe_unix_ms.store(now, Relaxed);
+        let ok = result.is_ok();
+        self.healthy.store(ok, Relaxed);
+        match result {
+            Ok(latency) => {
+                self.last_latency_us.store(latency.as_micros() as u64, Relaxed);
+                self.consecutive_failures.store(0, Relaxed);
+                self.consecutive_successes.fetch_add(1, Relaxed);
+            }
+            Err(_) => {
+                self.consecutive_successes.store(0, Relaxed);
+                self.consecutive_failures.fetch_add(1, Relaxed);
+            }
+        }
+        *self.last_error.lock().unwrap_or_else(|p| p.into_inner()) = result.err();
+    }
+}
+
+/// Starts the probe task of one database. The first probe runs at once.
+pub fn spawn(
+    cfg: Arc<UpstreamConfig>,
+    state: Arc<HealthState>,
+    observer: Arc<dyn Observer>,
+    shutdown: CancellationToken,
+) {
+    tokio::spawn(async move {
+        let manager = Manager::new((*cfg).clone());
+        let mut conn: Option<ExclusiveConn> = None;
+        loop {
+            let result = probe(&manager, &mut conn, &cfg).await;
+            if let Err(e) = &result {
+                tracing::warn!(upstream = %cfg.address(), db = cfg.db, error = %e, "health probe failed");
+            }
+            observer.probe(result.is_ok());
+            state.record(result);
+            let interval = observer.probe_interval(cfg.resilience.health_check_interval);
+            tokio::select! {
+                _ = shutdown.cancelled() => return,
+                _ = tokio::time::sleep(interval) => {}
+            }
+        }
+    });
+}
+
+/// One PING on the probe connection (opened or reopened as needed), bounded by the
+/// connect and command timeouts.
+async fn probe(
+    manager: &Manager,
+    conn: &mut Option<ExclusiveConn>,
+    cfg: &UpstreamConfig,
+) -> Result<Duration, String> {
+    if conn.is_none() {
+        *conn = Some(manager.connect().await.map_err(|e| e.to_string())?);
+    }
+    let Some(c) = conn.as_mut() else {
+        return Err("no probe connection".into());
+    };
+    let started = tokio::time::Instant::now();
+    let result = match tokio::time::timeout(cfg.command_timeout, manager.is_valid(c)).await {
+        Ok(Ok(())) => Ok(started.elapsed()),
+        Ok(Err(e)) => Err(e.to_string()),
+        Err(_) => Err(format!("PING got no reply within {:?}", cfg.command_timeout)),
+    };
+    if result.is_err() {
+        *conn = None;
+    }
+    result
+}
