@@ -2,10 +2,16 @@
 
 use std::sync::Arc;
 
+use tokio_util::sync::CancellationToken;
+
+use crate::command::table;
 use crate::config::{Config, DatabaseConfig};
+use crate::resilience::{Backoff, Breaker, BreakerConfig, StatsTable};
 use crate::stats::DbStats;
 use crate::upstream::dedicated::{self, Pool};
+use crate::upstream::health::{self, HealthState};
 use crate::upstream::mux::MuxHandle;
+use crate::upstream::Observer;
 
 /// One client-facing database and its shared upstream connections.
 #[derive(Debug)]
@@ -16,6 +22,15 @@ pub struct Database {
     pub stats: Arc<DbStats>,
     /// Pool of exclusive connections (transactions, blocking commands).
     pub pool: Pool,
+    /// Circuit breaker, fed by every upstream outcome and the health probe.
+    pub breaker: Arc<Breaker>,
+    /// What the health probe last found.
+    pub health: Arc<HealthState>,
+    /// Per-command statistics, indexed by the command table's index (unknown
+    /// commands share the last slot).
+    pub commands: StatsTable,
+    /// Delays between retries.
+    pub backoff: Backoff,
     /// Shared (multiplexed) connection slots.
     slots: Vec<MuxHandle>,
 }
@@ -54,19 +69,27 @@ pub struct Router {
 }
 
 impl Router {
-    /// Builds the router and starts every database's shared connection slots (they
-    /// connect lazily). Must run inside a tokio runtime.
-    pub fn new(config: &Config) -> Router {
+    /// Builds the router, starts every database's shared connection slots (they
+    /// connect lazily) and health probe. Must run inside a tokio runtime.
+    pub fn new(config: &Config, shutdown: &CancellationToken) -> Router {
         let mut by_index: Vec<Option<Arc<Database>>> = Vec::new();
         let mut all = Vec::new();
         for db in &config.databases {
             let stats = Arc::new(DbStats::default());
             let upstream = Arc::new(db.upstream.clone());
+            let breaker = Arc::new(Breaker::new(BreakerConfig::from(&db.upstream.resilience)));
+            let observer: Arc<dyn Observer> = breaker.clone();
             let slots = (0..db.upstream.mux_connections.max(1))
-                .map(|_| MuxHandle::spawn(upstream.clone(), stats.clone(), Arc::new(crate::upstream::NoObserver)))
+                .map(|_| MuxHandle::spawn(upstream.clone(), stats.clone(), observer.clone()))
                 .collect();
+            let health = Arc::new(HealthState::default());
+            health::spawn(upstream.clone(), health.clone(), observer, shutdown.clone());
             let d = Arc::new(Database {
                 pool: dedicated::pool(&db.upstream),
+                breaker,
+                health,
+                commands: StatsTable::new(table::COUNT),
+                backoff: Backoff::from(&db.upstream.resilience),
                 config: db.clone(),
                 stats,
                 slots,

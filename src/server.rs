@@ -31,13 +31,13 @@ impl Proxy {
     pub async fn start(config: Config) -> std::io::Result<Proxy> {
         let listener = TcpListener::bind(config.listen).await?;
         let local_addr = listener.local_addr()?;
+        let shutdown = CancellationToken::new();
         let ctx = Arc::new(Context {
-            router: Router::new(&config),
+            router: Router::new(&config, &shutdown),
             config: Arc::new(config),
             stats: Default::default(),
             local_addr,
         });
-        let shutdown = CancellationToken::new();
         let sessions = TaskTracker::new();
         let accept = tokio::spawn(accept_loop(
             listener,

@@ -135,6 +135,24 @@ impl CommandStats {
         self.histogram_lock().saturating_record(micros);
     }
 
+    /// Records `n` commands that completed together (one pipelined batch) with the same
+    /// latency: counts each, feeds the moving average once and the histogram `n` times
+    /// in one call.
+    pub fn record_n(&self, latency: Duration, ok: bool, n: u64) {
+        if n == 0 {
+            return;
+        }
+        self.total.fetch_add(n, Relaxed);
+        if ok {
+            self.succeeded.fetch_add(n, Relaxed);
+        } else {
+            self.failed.fetch_add(n, Relaxed);
+        }
+        self.update_ewma(latency.as_secs_f64() * 1000.0);
+        let micros = u64::try_from(latency.as_micros()).unwrap_or(u64::MAX);
+        self.histogram_lock().saturating_record_n(micros, n);
+    }
+
     /// Records a command rejected without being sent (counts `total` and `rejected`;
     /// no latency).
     pub fn record_rejected(&self) {
@@ -280,6 +298,12 @@ impl StatsTable {
     pub fn record(&self, idx: usize, latency: Duration, ok: bool) {
         self.command(idx).record(latency, ok);
         self.all.record(latency, ok);
+    }
+
+    /// [`CommandStats::record_n`] on command `idx` only (the caller records the
+    /// aggregate once per batch with [`StatsTable::all`]).
+    pub fn record_n(&self, idx: usize, latency: Duration, ok: bool, n: u64) {
+        self.command(idx).record_n(latency, ok, n);
     }
 
     /// [`CommandStats::record_rejected`] on command `idx` and on the aggregate.

@@ -45,3 +45,40 @@ pub use breaker::{
     Breaker, BreakerConfig, BreakerSnapshot, Override, Rejected, State, UnknownOverride,
 };
 pub use latency::{CommandStats, Percentiles, StatsTable, EWMA_ALPHA};
+
+use std::time::Duration;
+
+use crate::upstream::Observer;
+
+/// The breaker hears every upstream outcome. Health probes count only while traffic
+/// may flow (closed or half-open; an open breaker whose recovery time has elapsed
+/// turns half-open for the probe), and run more often while the breaker is not
+/// closed: every quarter of the recovery timeout (at least 100 ms), if sooner.
+impl Observer for Breaker {
+    fn success(&self) {
+        self.on_success();
+    }
+
+    fn failure(&self) {
+        self.on_failure();
+    }
+
+    fn probe(&self, ok: bool) {
+        if self.state() == State::Open && self.check().is_err() {
+            return;
+        }
+        if ok {
+            self.on_success();
+        } else {
+            self.on_failure();
+        }
+    }
+
+    fn probe_interval(&self, configured: Duration) -> Duration {
+        if self.state() == State::Closed {
+            configured
+        } else {
+            configured.min((self.config().recovery_timeout / 4).max(Duration::from_millis(100)))
+        }
+    }
+}

@@ -17,16 +17,19 @@ use std::collections::VecDeque;
 use std::future::poll_fn;
 use std::future::Future;
 use std::ops::Range;
+use std::pin::Pin;
 use std::sync::Arc;
 use std::task::Poll;
 
 use bytes::{Buf, Bytes, BytesMut};
+use smallvec::SmallVec;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 use tokio::sync::oneshot;
+use tokio::time::{Instant, Sleep};
 use tokio_util::sync::CancellationToken;
 
-use crate::command::{self, ArgList, Block, Family, Ranged, Route};
+use crate::command::{self, table, ArgList, Block, Family, Ranged, Route};
 use crate::context::Context;
 use crate::protocol::reply;
 use crate::protocol::request::{self, encode_command, RequestKind};
@@ -34,6 +37,7 @@ use crate::router::Database;
 use crate::stats;
 use crate::upstream::dedicated::Dedicated;
 use crate::upstream::mux::{Batch, BatchReply};
+use crate::upstream::UpstreamError;
 
 /// Most queue entries a session may have before it stops reading (backpressure).
 const MAX_QUEUE: usize = 1024;
@@ -45,13 +49,40 @@ enum Pending {
     /// A reply the proxy produced.
     Ready(Bytes),
     /// Replies to a batch sent upstream.
-    Upstream {
-        rx: oneshot::Receiver<BatchReply>,
-        count: u32,
-        db: Arc<Database>,
-    },
+    Upstream(Sent),
     /// Close the connection once everything before this is written.
     Close,
+}
+
+/// Command-table indexes of the commands in a batch (unknown: `table::COUNT`).
+type CmdList = SmallVec<[u16; 16]>;
+
+/// A batch sent upstream and what is needed to retry it.
+struct Sent {
+    rx: oneshot::Receiver<BatchReply>,
+    count: u32,
+    db: Arc<Database>,
+    /// When the first attempt was sent.
+    started: Instant,
+    /// The requests, kept for a retry (a reference to the read buffer, not a copy).
+    bytes: Bytes,
+    cmds: CmdList,
+    /// Every command in the batch is read-only by Redis's command flags.
+    readonly: bool,
+    /// Sent on a shared connection (exclusive ones are never retried).
+    shared: bool,
+    /// Attempts made so far.
+    attempt: u32,
+    /// Backoff before the next attempt, or the overall deadline of a retried batch.
+    timer: Option<Pin<Box<Sleep>>>,
+    /// Waiting for the backoff to pass (no attempt in flight).
+    backing_off: bool,
+}
+
+/// What the front of the queue did.
+enum FrontEvent {
+    Reply(Option<BatchReply>),
+    Timer,
 }
 
 /// Per-client state kept by the proxy (never applied to a shared connection).
@@ -110,6 +141,8 @@ pub async fn run(stream: TcpStream, ctx: Arc<Context>, id: u64, shutdown: Cancel
         watching: false,
         last_dedicated: false,
         block: Block::No,
+        run_cmds: CmdList::new(),
+        run_readonly: true,
     };
     if let Err(e) = session.serve(stream, shutdown).await {
         tracing::debug!(session = id, error = %e, "client connection ended");
@@ -143,6 +176,10 @@ struct Session {
     last_dedicated: bool,
     /// Block time of the blocking command in the run being built.
     block: Block,
+    /// Commands of the run being built.
+    run_cmds: CmdList,
+    /// Every command of the run being built is read-only.
+    run_readonly: bool,
 }
 
 /// Which upstream connection a request goes to.
@@ -175,15 +212,24 @@ impl Session {
             let queue = &mut self.queue;
             tokio::select! {
                 biased;
-                r = poll_fn(|cx| match queue.front_mut() {
-                    Some(Pending::Upstream { rx, .. }) => Pin::new(rx).poll(cx).map(Some),
-                    _ => Poll::Ready(None),
-                }), if !queue.is_empty() => {
-                    if let (Some(r), Some(Pending::Upstream { count, db, .. })) = (r, self.queue.pop_front()) {
-                        let bytes = reply_bytes(r.ok(), count, &db);
-                        self.queue.push_front(Pending::Ready(bytes));
+                ev = poll_fn(|cx| match queue.front_mut() {
+                    Some(Pending::Upstream(sent)) => {
+                        if let Some(t) = sent.timer.as_mut() {
+                            if t.as_mut().poll(cx).is_ready() {
+                                return Poll::Ready(Some(FrontEvent::Timer));
+                            }
+                        }
+                        if sent.backing_off {
+                            return Poll::Pending;
+                        }
+                        Pin::new(&mut sent.rx).poll(cx).map(|r| Some(FrontEvent::Reply(r.ok())))
                     }
-                }
+                    _ => Poll::Ready(None),
+                }), if !queue.is_empty() => match ev {
+                    Some(FrontEvent::Reply(r)) => self.settle_front(r),
+                    Some(FrontEvent::Timer) => self.front_timer().await,
+                    None => {}
+                },
                 r = stream.read_buf(&mut inbuf), if can_read => match r {
                     Ok(0) | Err(_) => self.read_closed = true,
                     Ok(_) => {
@@ -210,11 +256,18 @@ impl Session {
                     self.queue.clear();
                     break;
                 }
-                Pending::Upstream { rx, count, db } => match rx.try_recv() {
-                    Ok(r) => reply_bytes(Some(r), *count, db),
-                    Err(oneshot::error::TryRecvError::Empty) => break,
-                    Err(oneshot::error::TryRecvError::Closed) => reply_bytes(None, *count, db),
-                },
+                Pending::Upstream(sent) => {
+                    if sent.backing_off {
+                        break;
+                    }
+                    let r = match sent.rx.try_recv() {
+                        Ok(r) => Some(r),
+                        Err(oneshot::error::TryRecvError::Empty) => break,
+                        Err(oneshot::error::TryRecvError::Closed) => None,
+                    };
+                    self.settle_front(r);
+                    continue;
+                }
             };
             self.queue.pop_front();
             if bytes.len() >= DIRECT_WRITE {
@@ -246,26 +299,160 @@ impl Session {
         self.queue.push_back(Pending::Ready(Bytes::from(bytes)));
     }
 
-    /// Sends `bytes` (holding `count` requests) to the current database, on the
-    /// shared slot or the session's exclusive connection.
+    /// Sends `bytes` (holding `count` requests, whose commands are in `run_cmds`) to
+    /// the current database, on the shared slot or the session's exclusive
+    /// connection — unless the database's circuit breaker is open.
     async fn forward(&mut self, bytes: Bytes, count: u32, target: Target) {
+        let cmds = std::mem::take(&mut self.run_cmds);
+        let readonly = std::mem::replace(&mut self.run_readonly, true);
+        let block = std::mem::replace(&mut self.block, Block::No);
         if count == 0 {
             return;
         }
         let db = self.state.db.clone();
+        if let Err(rejected) = db.breaker.check() {
+            for &c in &cmds {
+                db.commands.record_rejected(c as usize);
+            }
+            let msg = circuit_open(&db, rejected.retry_in);
+            let mut out = Vec::new();
+            for _ in 0..count {
+                reply::error(&mut out, &msg);
+            }
+            self.queue.push_back(Pending::Ready(Bytes::from(out)));
+            if target == Target::Dedicated {
+                // The transaction cannot go on; its connection is reset.
+                self.end_dedicated(false);
+            }
+            return;
+        }
         stats::add(&db.stats.commands, count as u64);
         let (tx, rx) = oneshot::channel();
         let batch = Batch {
-            bytes,
+            bytes: bytes.clone(),
             count,
             reply: tx,
-            block: std::mem::replace(&mut self.block, Block::No),
+            block,
         };
-        match (target, &self.dedicated) {
-            (Target::Dedicated, Some(d)) => d.send(batch),
-            _ => db.slot(self.state.id).send(batch).await,
+        let shared = match (target, &self.dedicated) {
+            (Target::Dedicated, Some(d)) => {
+                d.send(batch);
+                false
+            }
+            _ => {
+                db.slot(self.state.id).send(batch).await;
+                true
+            }
+        };
+        self.queue.push_back(Pending::Upstream(Sent {
+            rx,
+            count,
+            db,
+            started: Instant::now(),
+            bytes,
+            cmds,
+            readonly,
+            shared,
+            attempt: 1,
+            timer: None,
+            backing_off: false,
+        }));
+    }
+
+    /// The front batch got its answer (`None`: the answer was lost). Replaces it with
+    /// the bytes for the client, or schedules a retry when that is safe: the batch
+    /// provably never reached Redis, or every command in it is read-only.
+    fn settle_front(&mut self, r: Option<BatchReply>) {
+        let Some(Pending::Upstream(sent)) = self.queue.front_mut() else {
+            return;
+        };
+        let latency = sent.started.elapsed();
+        let err = match r {
+            Some(Ok(bytes)) => {
+                record(sent, latency, true);
+                *self.queue.front_mut().expect("front exists") = Pending::Ready(bytes);
+                return;
+            }
+            Some(Err(e)) => e,
+            None => UpstreamError::Lost {
+                addr: sent.db.config.upstream.address(),
+                sent: true,
+            },
+        };
+        let db = sent.db.clone();
+        let res = &db.config.upstream.resilience;
+        let safe = sent.shared && (!err.may_have_run() || sent.readonly);
+        if safe && sent.attempt < res.retry_attempts.max(1) {
+            let delay = db.backoff.delay(sent.attempt - 1);
+            if Instant::now() + delay < sent.started + request_timeout(&db) {
+                sent.attempt += 1;
+                sent.backing_off = true;
+                sent.timer = Some(Box::pin(tokio::time::sleep(delay)));
+                for &c in &sent.cmds {
+                    db.commands.record_retry(c as usize);
+                }
+                tracing::debug!(db = %db.label(), error = %err, ?delay, attempt = sent.attempt, "retrying");
+                return;
+            }
         }
-        self.queue.push_back(Pending::Upstream { rx, count, db });
+        if matches!(err, UpstreamError::Timeout { .. }) {
+            for &c in &sent.cmds {
+                db.commands.record_timeout(c as usize);
+            }
+        }
+        record(sent, latency, false);
+        let attempts = sent.attempt;
+        let mut msg = format!("UPSTREAM database {}: {}", db.label(), err);
+        if attempts > 1 {
+            msg.push_str(&format!(" (after {attempts} attempts)"));
+        }
+        let bytes = errors(sent.count, &msg);
+        *self.queue.front_mut().expect("front exists") = Pending::Ready(bytes);
+    }
+
+    /// The front batch's timer fired: its backoff is over (send it again), or its
+    /// retries ran past the overall deadline (give up).
+    async fn front_timer(&mut self) {
+        let id = self.state.id;
+        let Some(Pending::Upstream(sent)) = self.queue.front_mut() else {
+            return;
+        };
+        let db = sent.db.clone();
+        let deadline = sent.started + request_timeout(&db);
+        if sent.backing_off {
+            if let Err(rejected) = db.breaker.check() {
+                for &c in &sent.cmds {
+                    db.commands.record_rejected(c as usize);
+                }
+                let bytes = errors(sent.count, &circuit_open(&db, rejected.retry_in));
+                *self.queue.front_mut().expect("front exists") = Pending::Ready(bytes);
+                return;
+            }
+            let (tx, rx) = oneshot::channel();
+            sent.rx = rx;
+            sent.backing_off = false;
+            sent.timer = Some(Box::pin(tokio::time::sleep_until(deadline)));
+            let batch = Batch {
+                bytes: sent.bytes.clone(),
+                count: sent.count,
+                reply: tx,
+                block: Block::No,
+            };
+            db.slot(id).send(batch).await;
+        } else {
+            for &c in &sent.cmds {
+                db.commands.record_timeout(c as usize);
+            }
+            record(sent, sent.started.elapsed(), false);
+            let msg = format!(
+                "UPSTREAM database {}: no reply within {:?} after {} attempts (the command may have been executed)",
+                db.label(),
+                request_timeout(&db),
+                sent.attempt
+            );
+            let bytes = errors(sent.count, &msg);
+            *self.queue.front_mut().expect("front exists") = Pending::Ready(bytes);
+        }
     }
 
     /// Where a request goes, if upstream: `None` means the proxy answers it.
@@ -402,6 +589,16 @@ impl Session {
                     // Travels alone (see transaction_step) with its own deadline.
                     self.block = block;
                 }
+                let info = match &req.kind {
+                    RequestKind::Inline(args) => lookup(&args[..]),
+                    _ => lookup(&Ranged {
+                        buf: &inbuf[run_len..],
+                        ranges: &self.args,
+                    }),
+                };
+                self.run_readonly &= info.is_some_and(|i| i.is_readonly());
+                self.run_cmds
+                    .push(info.map_or(table::COUNT as u16, |i| i.index));
                 match req.kind {
                     RequestKind::Multibulk => {
                         run_len += req.len;
@@ -513,22 +710,55 @@ fn tx_op(route: Route, name: &[u8]) -> TxOp {
     }
 }
 
-/// The bytes a client gets for a batch: Redis's replies, or one error per command.
-/// `None` means the reply channel was dropped without an answer.
-fn reply_bytes(r: Option<BatchReply>, count: u32, db: &Database) -> Bytes {
-    let msg = match r {
-        Some(Ok(bytes)) => return bytes,
-        Some(Err(err)) => format!("UPSTREAM database {}: {}", db.label(), err),
+/// The command table's entry for a request (its subcommand's for containers).
+fn lookup<L: ArgList + ?Sized>(args: &L) -> Option<&'static table::CommandInfo> {
+    let info = table::lookup_args(args.arg(0), None)?;
+    if info.has(table::CONTAINER) && args.count() > 1 {
+        return table::lookup_args(args.arg(0), Some(args.arg(1)));
+    }
+    Some(info)
+}
+
+/// Records a finished batch in the database's per-command statistics.
+fn record(sent: &Sent, latency: std::time::Duration, ok: bool) {
+    let table = &sent.db.commands;
+    table.all().record_n(latency, ok, sent.cmds.len() as u64);
+    let mut i = 0;
+    while i < sent.cmds.len() {
+        let c = sent.cmds[i];
+        let n = sent.cmds[i..].iter().take_while(|&&x| x == c).count();
+        table.record_n(c as usize, latency, ok, n as u64);
+        i += n;
+    }
+}
+
+/// The bound on one command's time in the proxy, retries included.
+fn request_timeout(db: &Database) -> std::time::Duration {
+    db.config.upstream.connect_timeout + db.config.upstream.command_timeout
+}
+
+/// `count` copies of an error reply.
+fn errors(count: u32, msg: &str) -> Bytes {
+    let mut out = Vec::new();
+    for _ in 0..count {
+        reply::error(&mut out, msg);
+    }
+    Bytes::from(out)
+}
+
+/// The error text while a database's circuit breaker is open.
+fn circuit_open(db: &Database, retry_in: Option<std::time::Duration>) -> String {
+    match retry_in {
+        Some(d) => format!(
+            "CIRCUITOPEN database {} is unavailable; retry in {}s",
+            db.label(),
+            d.as_secs() + u64::from(d.subsec_nanos() > 0)
+        ),
         None => format!(
-            "UPSTREAM database {}: the reply was lost (the command may have been executed)",
+            "CIRCUITOPEN database {} is unavailable (circuit forced open by an operator)",
             db.label()
         ),
-    };
-    let mut e = Vec::new();
-    for _ in 0..count {
-        reply::error(&mut e, &msg);
     }
-    Bytes::from(e)
 }
 
 fn log_command(session: u64, name: &[u8]) {

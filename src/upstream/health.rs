@@ -53,7 +53,8 @@ impl HealthState {
         self.healthy.store(ok, Relaxed);
         match result {
             Ok(latency) => {
-                self.last_latency_us.store(latency.as_micros() as u64, Relaxed);
+                self.last_latency_us
+                    .store(latency.as_micros() as u64, Relaxed);
                 self.consecutive_failures.store(0, Relaxed);
                 self.consecutive_successes.fetch_add(1, Relaxed);
             }
@@ -109,7 +110,10 @@ async fn probe(
     let result = match tokio::time::timeout(cfg.command_timeout, manager.is_valid(c)).await {
         Ok(Ok(())) => Ok(started.elapsed()),
         Ok(Err(e)) => Err(e.to_string()),
-        Err(_) => Err(format!("PING got no reply within {:?}", cfg.command_timeout)),
+        Err(_) => Err(format!(
+            "PING got no reply within {:?}",
+            cfg.command_timeout
+        )),
     };
     if result.is_err() {
         *conn = None;
