@@ -2,17 +2,25 @@
 //!
 //! `PROXY INFO [section]` answers INFO-style text (`# Section` headers and
 //! `key:value` lines), like Redis's `INFO`, for the sections `server`, `clients`,
-//! `databases` and `stats`. Passwords never appear.
+//! `databases`, `circuits` and `stats`. `PROXY HEALTH`, `PROXY STATS [db]`,
+//! `PROXY RESETSTATS` and `PROXY CIRCUIT <db> OPEN|CLOSE|AUTO` report on and steer
+//! the resilience layer. Passwords never appear.
 
 use std::fmt::Write;
 
-use crate::command::{upper, ArgList};
+use std::sync::atomic::Ordering::Relaxed;
+use std::sync::Arc;
+
+use crate::command::{table, upper, ArgList};
 use crate::context::Context;
 use crate::protocol::reply;
+use crate::protocol::request::parse_int;
+use crate::resilience::{CommandStats, Override, State};
+use crate::router::Database;
 use crate::stats::get;
 
 /// The sections of `PROXY INFO`, in order.
-pub const SECTIONS: &[&str] = &["server", "clients", "databases", "stats"];
+pub const SECTIONS: &[&str] = &["server", "clients", "databases", "circuits", "stats"];
 
 /// Answers a `PROXY` command (`args.arg(0)` is `PROXY`). Returns the encoded reply.
 pub fn proxy<L: ArgList + ?Sized>(ctx: &Context, args: &L) -> Vec<u8> {
@@ -31,11 +39,50 @@ pub fn proxy<L: ArgList + ?Sized>(ctx: &Context, args: &L) -> Vec<u8> {
             };
             reply::bulk(&mut out, text.as_bytes());
         }
+        b"HEALTH" if args.count() == 2 => reply::bulk(&mut out, health(ctx).as_bytes()),
+        b"STATS" if args.count() <= 3 => {
+            let dbs: Vec<&Arc<Database>> = if args.count() == 3 {
+                match find_db(ctx, args.arg(2)) {
+                    Some(db) => vec![db],
+                    None => return unknown_db(args.arg(2)),
+                }
+            } else {
+                ctx.router.databases().iter().collect()
+            };
+            reply::bulk(&mut out, command_stats(&dbs).as_bytes());
+        }
+        b"RESETSTATS" if args.count() == 2 => {
+            for db in ctx.router.databases() {
+                db.commands.reset();
+            }
+            reply::simple(&mut out, "OK");
+        }
+        b"CIRCUIT" if args.count() == 4 => {
+            let Some(db) = find_db(ctx, args.arg(2)) else {
+                return unknown_db(args.arg(2));
+            };
+            match String::from_utf8_lossy(args.arg(3)).parse::<Override>() {
+                Ok(o) => {
+                    tracing::warn!(db = %db.label(), mode = %o, "circuit override set by operator");
+                    db.breaker.set_override(o);
+                    reply::simple(&mut out, "OK");
+                }
+                Err(_) => reply::error(&mut out, "ERR PROXY CIRCUIT <db> OPEN|CLOSE|AUTO"),
+            }
+        }
         b"HELP" => {
             let lines = [
                 "PROXY <subcommand>. Subcommands are:",
                 "INFO [section]",
-                "    INFO-style report of the proxy. Sections: server, clients, databases, stats.",
+                "    INFO-style report of the proxy. Sections: server, clients, databases, circuits, stats.",
+                "HEALTH",
+                "    overall_healthy and, per database, probe result, breaker state, last error.",
+                "STATS [db]",
+                "    Per-command statistics (counts, error rates, moving average, percentiles).",
+                "RESETSTATS",
+                "    Reset the per-command statistics.",
+                "CIRCUIT <db> OPEN|CLOSE|AUTO",
+                "    Force a database's circuit breaker open or closed, or give it back to automatic.",
                 "HELP",
                 "    Print this help.",
             ];
@@ -53,6 +100,116 @@ pub fn proxy<L: ArgList + ?Sized>(ctx: &Context, args: &L) -> Vec<u8> {
         ),
     }
     out
+}
+
+fn unknown_db(name: &[u8]) -> Vec<u8> {
+    let mut out = Vec::new();
+    reply::error(
+        &mut out,
+        &format!("ERR no such database '{}'", String::from_utf8_lossy(name)),
+    );
+    out
+}
+
+/// A database by client-facing index or by name (or alias).
+fn find_db<'a>(ctx: &'a Context, key: &[u8]) -> Option<&'a Arc<Database>> {
+    if let Some(i) = parse_int(key) {
+        return ctx.router.get(i);
+    }
+    ctx.router
+        .databases()
+        .iter()
+        .find(|d| d.config.names.iter().any(|n| n.as_bytes() == key))
+}
+
+/// Text that fits in one `key=value` field.
+fn field(text: &str) -> String {
+    text.chars()
+        .map(|c| {
+            if c == ',' || c == '\r' || c == '\n' {
+                ' '
+            } else {
+                c
+            }
+        })
+        .collect()
+}
+
+/// `PROXY HEALTH`: overall health and one line per database.
+pub fn health(ctx: &Context) -> String {
+    let dbs = ctx.router.databases();
+    let healthy = |d: &Database| d.health.healthy.load(Relaxed) && d.breaker.state() != State::Open;
+    let overall = dbs.iter().all(|d| healthy(d));
+    let mut s = format!("# Health\r\noverall_healthy:{}\r\n", overall as u8);
+    for db in dbs {
+        let b = db.breaker.snapshot();
+        let h = &db.health;
+        let _ = write!(
+            s,
+            "db{}:name={},healthy={},circuit={},override={},last_probe_latency_ms={:.3},probes={},consecutive_failures={},breaker_consecutive_failures={},last_error={}\r\n",
+            db.config.index,
+            db.config.name(),
+            healthy(db) as u8,
+            b.state,
+            b.override_,
+            h.last_latency_us.load(Relaxed) as f64 / 1000.0,
+            h.probes.load(Relaxed),
+            h.consecutive_failures.load(Relaxed),
+            b.consecutive_failures,
+            field(&h.last_error().unwrap_or_default()),
+        );
+    }
+    s
+}
+
+fn stats_line(name: &str, c: &CommandStats) -> String {
+    let total = c.total.load(Relaxed);
+    let failed = c.failed.load(Relaxed);
+    let rejected = c.rejected.load(Relaxed);
+    let p = c.percentiles();
+    let ms = |d: std::time::Duration| d.as_secs_f64() * 1000.0;
+    format!(
+        "{name}:total={total},succeeded={},failed={failed},rejected={rejected},retried={},timed_out={},error_rate={:.4},avg_ms={:.3},p50_ms={:.3},p90_ms={:.3},p99_ms={:.3},max_ms={:.3}\r\n",
+        c.succeeded.load(Relaxed),
+        c.retried.load(Relaxed),
+        c.timed_out.load(Relaxed),
+        if total == 0 { 0.0 } else { (failed + rejected) as f64 / total as f64 },
+        c.ewma_ms(),
+        ms(p.p50),
+        ms(p.p90),
+        ms(p.p99),
+        ms(p.max),
+    )
+}
+
+/// The name of a command-table index (`other` for commands not in the table).
+pub fn command_name(idx: usize) -> String {
+    table::COMMANDS
+        .get(idx)
+        .map_or_else(|| "other".to_string(), |c| c.name.replace('|', "_"))
+}
+
+/// `PROXY STATS`: per database, the aggregate and every command used so far.
+/// Counts cover commands forwarded upstream; errors Redis answers count as
+/// succeeded exchanges (the upstream did answer).
+pub fn command_stats(dbs: &[&Arc<Database>]) -> String {
+    let mut s = String::new();
+    for (n, db) in dbs.iter().enumerate() {
+        if n > 0 {
+            s.push_str("\r\n");
+        }
+        let _ = write!(
+            s,
+            "# Stats db{} ({})\r\n",
+            db.config.index,
+            db.config.name()
+        );
+        s.push_str(&stats_line("all", db.commands.all()));
+        for (idx, c) in db.commands.iter_used() {
+            s.push_str(&stats_line(&format!("cmd_{}", command_name(idx)), c));
+        }
+    }
+    s
 }
 
 /// Renders the INFO text for the given sections (CRLF line endings, like Redis).
@@ -116,6 +273,25 @@ pub fn info(ctx: &Context, sections: &[&str]) -> String {
                         get(&db.stats.upstream_failures),
                         get(&db.stats.connects),
                         get(&db.stats.connect_failures),
+                    );
+                }
+            }
+            "circuits" => {
+                s.push_str("# Circuits\r\n");
+                for db in ctx.router.databases() {
+                    let b = db.breaker.snapshot();
+                    let _ = write!(
+                        s,
+                        "db{}:name={},state={},override={},time_in_state_s={:.1},trips={},rejected={},consecutive_failures={},healthy={}\r\n",
+                        db.config.index,
+                        db.config.name(),
+                        b.state,
+                        b.override_,
+                        b.time_in_state.as_secs_f64(),
+                        b.trips,
+                        b.rejected,
+                        b.consecutive_failures,
+                        db.health.healthy.load(Relaxed) as u8,
                     );
                 }
             }

@@ -87,6 +87,9 @@ pub const ENV_LISTEN: &str = "REDIS_SIDECAR_LISTEN";
 pub const ENV_CLIENT_PASSWORD: &str = "REDIS_SIDECAR_CLIENT_PASSWORD";
 
 const DEFAULT_LISTEN: SocketAddr = SocketAddr::V4(SocketAddrV4::new(Ipv4Addr::LOCALHOST, 6380));
+/// Default address of the Prometheus endpoint (`metrics_listen`).
+pub const DEFAULT_METRICS_LISTEN: SocketAddr =
+    SocketAddr::V4(SocketAddrV4::new(Ipv4Addr::LOCALHOST, 9180));
 const DEFAULT_HOST: &str = "localhost";
 const DEFAULT_PORT: u16 = 6379;
 const DEFAULT_TIMEOUT: Duration = Duration::from_secs(5);
@@ -245,6 +248,9 @@ impl DatabaseConfig {
 pub struct Config {
     /// Where the proxy listens.
     pub listen: SocketAddr,
+    /// Where the Prometheus endpoint (`GET /metrics`) listens; `None` disables it.
+    /// YAML `metrics_listen` (default `127.0.0.1:9180`, `null` disables it).
+    pub metrics_listen: Option<SocketAddr>,
     /// Password clients must send with AUTH, if any.
     pub client_password: Option<Secret>,
     /// Log level name, lower case: `trace`, `debug`, `info`, `warn`, `error` or `off`
@@ -294,6 +300,7 @@ impl Config {
             .collect();
         Config {
             listen: DEFAULT_LISTEN,
+            metrics_listen: None,
             client_password: None,
             log_level: "info".into(),
             log_format: "text".into(),
@@ -359,6 +366,11 @@ impl Config {
             None => line("# resolved configuration".to_string()),
         }
         line(format!("listen: {}", self.listen));
+        line(format!(
+            "metrics_listen: {}",
+            self.metrics_listen
+                .map_or_else(|| "null".to_string(), |a| a.to_string())
+        ));
         line(format!(
             "client_password: {}",
             mask(self.client_password.as_ref())
@@ -1263,6 +1275,7 @@ const UPSTREAM_KEYS: &[&str] = &[
 const TOP_ONLY_KEYS: &[&str] = &[
     "redis_databases",
     "listen",
+    "metrics_listen",
     "client_password",
     "log_commands",
     "log_level",
@@ -1676,6 +1689,11 @@ fn parse_config(
             .set("listen", parse_listen)?
             .map_or(DEFAULT_LISTEN, |s| s.value),
     };
+    let metrics_listen =
+        match set_nullable(&top, "metrics_listen", |p, n| parse_listen(p, n).map(Some))? {
+            None => Some(DEFAULT_METRICS_LISTEN),
+            Some(s) => s.value,
+        };
     let client_password = match env_client_password {
         Some(p) => p,
         None => set_nullable(&top, "client_password", parse_secret)?.and_then(|s| s.value),
@@ -1743,6 +1761,7 @@ fn parse_config(
 
     Ok(Config {
         listen,
+        metrics_listen,
         client_password,
         log_level,
         log_format,

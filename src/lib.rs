@@ -13,11 +13,14 @@
 //! server.rs      listener: accept loop, connection limit, graceful shutdown
 //! session/       one client: parse, classify, batch, replies back in order
 //!   local.rs     commands the proxy answers itself (SELECT, AUTH, HELLO, CLIENT …)
-//! admin.rs       PROXY INFO
+//! admin.rs       PROXY INFO / HEALTH / STATS / RESETSTATS / CIRCUIT
+//! metrics.rs     Prometheus /metrics (read from the same counters at scrape time)
 //! context.rs     what sessions share: config, router, counters
 //! command/       command table: what the proxy does with each command
-//! router.rs      client db index -> Database (its upstream slots and stats)
-//! upstream/      connection setup (AUTH/SELECT), shared multiplexed connections
+//! router.rs      client db index -> Database (slots, pool, breaker, health, stats)
+//! resilience/    breaker, backoff, per-command latency stats (no I/O)
+//! upstream/      connection setup (AUTH/SELECT), shared multiplexed connections,
+//!                exclusive bb8-pooled connections, health probes
 //! protocol/      request parser (multibulk + inline) and reply framing
 //! config.rs      YAML config, env overrides, validation
 //! stats.rs       lock-free counters
@@ -28,6 +31,7 @@ pub mod admin;
 pub mod command;
 pub mod config;
 pub mod context;
+pub mod metrics;
 pub mod protocol;
 pub mod resilience;
 pub mod router;

@@ -17,6 +17,9 @@ struct Args {
     /// Listen address (overrides `listen` in the config and REDIS_SIDECAR_LISTEN).
     #[arg(long)]
     listen: Option<std::net::SocketAddr>,
+    /// Prometheus endpoint address (overrides `metrics_listen`); `off` disables it.
+    #[arg(long)]
+    metrics_listen: Option<String>,
     /// Log level (overrides `log_level`; RUST_LOG overrides both).
     #[arg(long)]
     log_level: Option<String>,
@@ -43,6 +46,21 @@ fn main() -> ExitCode {
     };
     if let Some(listen) = args.listen {
         config.listen = listen;
+    }
+    if let Some(m) = &args.metrics_listen {
+        config.metrics_listen = if m == "off" {
+            None
+        } else {
+            match m.parse() {
+                Ok(a) => Some(a),
+                Err(_) => {
+                    eprintln!(
+                        "redis-sidecar: --metrics-listen: invalid address {m:?} (IP:port or off)"
+                    );
+                    return ExitCode::from(2);
+                }
+            }
+        };
     }
     if args.check_config {
         print!("{}", config.render_masked());

@@ -21,6 +21,7 @@ use crate::stats::{self, get};
 #[derive(Debug)]
 pub struct Proxy {
     ctx: Arc<Context>,
+    metrics_addr: Option<SocketAddr>,
     shutdown: CancellationToken,
     sessions: TaskTracker,
     accept: tokio::task::JoinHandle<()>,
@@ -46,8 +47,16 @@ impl Proxy {
             sessions.clone(),
         ));
         tokio::spawn(sample_ops(ctx.clone(), shutdown.clone()));
+        let metrics_addr = match ctx.config.metrics_listen {
+            Some(addr) => Some(crate::metrics::serve(addr, ctx.clone(), shutdown.clone()).await?),
+            None => None,
+        };
+        if let Some(addr) = metrics_addr {
+            tracing::info!(%addr, "metrics at http://{addr}/metrics");
+        }
         tracing::info!(listen = %local_addr, databases = ctx.router.databases().len(), "redis-sidecar listening");
         Ok(Proxy {
+            metrics_addr,
             ctx,
             shutdown,
             sessions,
@@ -58,6 +67,11 @@ impl Proxy {
     /// The address the proxy listens on.
     pub fn local_addr(&self) -> SocketAddr {
         self.ctx.local_addr
+    }
+
+    /// Where `/metrics` is served, if enabled.
+    pub fn metrics_addr(&self) -> Option<SocketAddr> {
+        self.metrics_addr
     }
 
     /// Shared state (for reports and tests).
