@@ -596,11 +596,12 @@ impl Session {
                         ranges: &self.args,
                     }),
                 };
-                self.run_readonly &= info.is_some_and(|i| i.is_readonly());
-                self.run_cmds
-                    .push(info.map_or(table::COUNT as u16, |i| i.index));
+                let readonly = info.is_some_and(|i| i.is_readonly());
+                let idx = info.map_or(table::COUNT as u16, |i| i.index);
                 match req.kind {
                     RequestKind::Multibulk => {
+                        self.run_readonly &= readonly;
+                        self.run_cmds.push(idx);
                         run_len += req.len;
                         run_count += 1;
                     }
@@ -610,6 +611,8 @@ impl Session {
                         run_len = 0;
                         run_count = 0;
                         inbuf.advance(req.len);
+                        self.run_readonly = readonly;
+                        self.run_cmds.push(idx);
                         self.forward(encode(&args[..]).into(), 1, target).await;
                     }
                     RequestKind::Empty => {}
@@ -671,6 +674,8 @@ impl Session {
                         Target::Shared
                     };
                     self.last_dedicated = target == Target::Dedicated;
+                    // CLIENT KILL/PAUSE, MOVE, SWAPDB …: never retried.
+                    self.run_readonly = false;
                     self.forward(bytes, 1, target).await;
                 }
                 local::Outcome::Close(r) => {
