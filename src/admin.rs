@@ -282,7 +282,7 @@ pub fn info(ctx: &Context, sections: &[&str]) -> String {
                     let b = db.breaker.snapshot();
                     let _ = write!(
                         s,
-                        "db{}:name={},state={},override={},time_in_state_s={:.1},trips={},rejected={},consecutive_failures={},healthy={}\r\n",
+                        "circuit_db{}:name={},state={},override={},time_in_state_s={:.1},trips={},rejected={},consecutive_failures={},healthy={}\r\n",
                         db.config.index,
                         db.config.name(),
                         b.state,

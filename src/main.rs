@@ -90,7 +90,7 @@ fn main() -> ExitCode {
         let proxy = match Proxy::start(config).await {
             Ok(p) => p,
             Err(e) => {
-                eprintln!("redis-sidecar: cannot listen: {e}");
+                eprintln!("redis-sidecar: {e}");
                 return ExitCode::FAILURE;
             }
         };

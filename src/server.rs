@@ -30,7 +30,9 @@ pub struct Proxy {
 impl Proxy {
     /// Binds `config.listen` and starts serving on the current tokio runtime.
     pub async fn start(config: Config) -> std::io::Result<Proxy> {
-        let listener = TcpListener::bind(config.listen).await?;
+        let listener = TcpListener::bind(config.listen).await.map_err(|e| {
+            std::io::Error::new(e.kind(), format!("cannot listen on {}: {e}", config.listen))
+        })?;
         let local_addr = listener.local_addr()?;
         let shutdown = CancellationToken::new();
         let ctx = Arc::new(Context {
@@ -39,6 +41,19 @@ impl Proxy {
             stats: Default::default(),
             local_addr,
         });
+        let metrics_addr = match ctx.config.metrics_listen {
+            Some(addr) => match crate::metrics::serve(addr, ctx.clone(), shutdown.clone()).await {
+                Ok(a) => Some(a),
+                Err(e) => {
+                    shutdown.cancel();
+                    return Err(std::io::Error::new(
+                        e.kind(),
+                        format!("cannot serve metrics on {addr}: {e}"),
+                    ));
+                }
+            },
+            None => None,
+        };
         let sessions = TaskTracker::new();
         let accept = tokio::spawn(accept_loop(
             listener,
@@ -47,14 +62,10 @@ impl Proxy {
             sessions.clone(),
         ));
         tokio::spawn(sample_ops(ctx.clone(), shutdown.clone()));
-        let metrics_addr = match ctx.config.metrics_listen {
-            Some(addr) => Some(crate::metrics::serve(addr, ctx.clone(), shutdown.clone()).await?),
-            None => None,
-        };
+        tracing::info!(listen = %local_addr, databases = ctx.router.databases().len(), "redis-sidecar listening");
         if let Some(addr) = metrics_addr {
             tracing::info!(%addr, "metrics at http://{addr}/metrics");
         }
-        tracing::info!(listen = %local_addr, databases = ctx.router.databases().len(), "redis-sidecar listening");
         Ok(Proxy {
             metrics_addr,
             ctx,

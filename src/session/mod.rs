@@ -231,7 +231,16 @@ impl Session {
                     None => {}
                 },
                 r = stream.read_buf(&mut inbuf), if can_read => match r {
-                    Ok(0) | Err(_) => self.read_closed = true,
+                    Ok(0) if !self.waits_on_exclusive() => self.read_closed = true,
+                    // A client that leaves while a command waits on an exclusive
+                    // connection (a blocked BLPOP) is gone for good, as in Redis:
+                    // drop its replies so the connection is discarded, not left
+                    // blocked to take a later item.
+                    Ok(0) | Err(_) => {
+                        self.queue.clear();
+                        self.read_closed = true;
+                        self.done = true;
+                    }
                     Ok(_) => {
                         self.dispatch(&mut inbuf).await;
                         if inbuf.capacity() - inbuf.len() < 4096 {
@@ -380,9 +389,18 @@ impl Session {
             },
         };
         let db = sent.db.clone();
+        if !sent.shared {
+            // The exclusive connection failed (pool exhausted, connect error,
+            // connection lost): whatever transaction was under way is over.
+            self.end_dedicated(false);
+        }
+        let Some(Pending::Upstream(sent)) = self.queue.front_mut() else {
+            return;
+        };
         let res = &db.config.upstream.resilience;
-        let safe = sent.shared && (!err.may_have_run() || sent.readonly);
-        if safe && sent.attempt < res.retry_attempts.max(1) {
+        let safe = sent.shared && err.is_transient() && (!err.may_have_run() || sent.readonly);
+        // `retry_attempts` counts retries: attempts = 1 + retry_attempts.
+        if safe && sent.attempt <= res.retry_attempts {
             let delay = db.backoff.delay(sent.attempt - 1);
             if Instant::now() + delay < sent.started + request_timeout(&db) {
                 sent.attempt += 1;
@@ -453,6 +471,13 @@ impl Session {
             let bytes = errors(sent.count, &msg);
             *self.queue.front_mut().expect("front exists") = Pending::Ready(bytes);
         }
+    }
+
+    /// Whether a reply is still expected from an exclusive connection.
+    fn waits_on_exclusive(&self) -> bool {
+        self.queue
+            .iter()
+            .any(|p| matches!(p, Pending::Upstream(s) if !s.shared))
     }
 
     /// Where a request goes, if upstream: `None` means the proxy answers it.

@@ -117,17 +117,37 @@ impl bb8::ManageConnection for Manager {
     }
 }
 
-/// A per-database pool of exclusive connections.
-pub type Pool = bb8::Pool<Manager>;
+/// A per-database bb8 pool of exclusive connections.
+#[derive(Debug, Clone)]
+pub struct Pool {
+    inner: bb8::Pool<Manager>,
+    manager: Manager,
+    max: u32,
+}
+
+impl Pool {
+    /// Open and idle connections.
+    pub fn state(&self) -> bb8::State {
+        self.inner.state()
+    }
+}
 
 /// Builds a pool (no connection is opened until one is needed).
 pub fn pool(cfg: &UpstreamConfig) -> Pool {
-    bb8::Pool::builder()
-        .max_size(cfg.pool_size.max(1))
+    let manager = Manager::new(cfg.clone());
+    let max = cfg.pool_size.max(1);
+    let inner = bb8::Pool::builder()
+        .max_size(max)
         .min_idle(None)
         .connection_timeout(cfg.connect_timeout)
         .test_on_check_out(true)
-        .build_unchecked(Manager::new(cfg.clone()))
+        .retry_connection(false)
+        .build_unchecked(manager.clone());
+    Pool {
+        inner,
+        manager,
+        max,
+    }
 }
 
 enum Msg {
@@ -171,13 +191,30 @@ impl Dedicated {
     }
 }
 
+/// Checks out a connection. When none is idle and the pool has room, the new
+/// connection is opened here, so a refused connect or a rejected AUTH is reported
+/// at once with its cause (bb8 would only report a checkout timeout).
+async fn checkout(
+    pool: &Pool,
+) -> Result<bb8::PooledConnection<'_, Manager>, bb8::RunError<UpstreamError>> {
+    let state = pool.inner.state();
+    if state.idle_connections == 0 && state.connections < pool.max {
+        let conn = bb8::ManageConnection::connect(&pool.manager)
+            .await
+            .map_err(bb8::RunError::User)?;
+        // If the pool filled up meanwhile, the connection is dropped and we wait.
+        let _ = pool.inner.add(conn);
+    }
+    pool.inner.get().await
+}
+
 async fn run(
     pool: Pool,
     mut rx: mpsc::UnboundedReceiver<Msg>,
     label: String,
     command_timeout: std::time::Duration,
 ) {
-    let mut conn = match pool.get().await {
+    let mut conn = match checkout(&pool).await {
         Ok(c) => c,
         Err(e) => {
             let err = match e {

@@ -45,6 +45,12 @@ pub enum UpstreamError {
 }
 
 impl UpstreamError {
+    /// Whether trying again soon may succeed. A rejected AUTH/SELECT is a
+    /// configuration problem: retrying only adds load and delay.
+    pub fn is_transient(&self) -> bool {
+        !matches!(self, UpstreamError::Handshake { .. })
+    }
+
     /// Whether the command may have reached (and been executed by) Redis.
     pub fn may_have_run(&self) -> bool {
         match self {

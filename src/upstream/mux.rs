@@ -49,7 +49,10 @@ pub struct Batch {
 }
 
 impl Batch {
-    fn fail(self, err: UpstreamError) {
+    /// Answers the batch with `err`, counting its commands as failed.
+    fn fail(self, err: UpstreamError, stats: &DbStats) {
+        stats::add(&stats.upstream_failures, self.count as u64);
+        stats::add(&stats.errors, self.count as u64);
         let _ = self.reply.send(Err(err));
     }
 }
@@ -93,10 +96,11 @@ impl MuxHandle {
 }
 
 /// First and largest pause between failed connect attempts of one slot. Batches
-/// arriving during the pause fail at once with the last connect error, so a
-/// restarting Redis is not met by a storm of connects.
+/// arriving during the pause wait for its end and the next attempt, so a
+/// restarting Redis is met by one connect per slot and pause, not a storm, and
+/// no client gets a stale error once Redis is back.
 const RECONNECT_MIN: Duration = Duration::from_millis(50);
-const RECONNECT_MAX: Duration = Duration::from_secs(1);
+const RECONNECT_MAX: Duration = Duration::from_millis(500);
 
 async fn run_slot(
     cfg: Arc<UpstreamConfig>,
@@ -106,17 +110,13 @@ async fn run_slot(
 ) {
     let addr = cfg.address();
     let mut pause = RECONNECT_MIN;
-    let mut last_failure: Option<(Instant, UpstreamError)> = None;
+    let mut retry_at: Option<Instant> = None;
     while let Some(first) = rx.recv().await {
-        if let Some((until, err)) = &last_failure {
-            if Instant::now() < *until {
-                first.fail(err.clone());
-                continue;
-            }
+        if let Some(at) = retry_at.take() {
+            tokio::time::sleep_until(at).await;
         }
         match connect(&cfg).await {
             Ok(stream) => {
-                last_failure = None;
                 pause = RECONNECT_MIN;
                 stats::add(&stats.connects, 1);
                 stats::add(&stats.mux_connected, 1);
@@ -128,13 +128,12 @@ async fn run_slot(
                 observer.failure();
                 stats::add(&stats.connect_failures, 1);
                 tracing::warn!(upstream = %addr, error = %err, "upstream connection failed");
-                first.fail(err.clone());
+                first.fail(err.clone(), &stats);
                 while let Ok(b) = rx.try_recv() {
-                    b.fail(err.clone());
+                    b.fail(err.clone(), &stats);
                 }
                 // Jittered: between half and all of the pause.
-                let wait = pause.mul_f64(0.5 + fastrand::f64() / 2.0);
-                last_failure = Some((Instant::now() + wait, err));
+                retry_at = Some(Instant::now() + pause.mul_f64(0.5 + fastrand::f64() / 2.0));
                 pause = (pause * 2).min(RECONNECT_MAX);
             }
         }
@@ -203,7 +202,7 @@ async fn serve(
             Some(b)
         })) {
             if failed {
-                b.fail(lost(false));
+                b.fail(lost(false), stats);
                 continue;
             }
             let Batch {
@@ -385,6 +384,7 @@ async fn read_loop(
         let _ = f.reply.send(Err(err.clone()));
     }
     stats::add(&stats.upstream_failures, failed);
+    stats::add(&stats.errors, failed);
     if matches!(err, UpstreamError::Timeout { .. }) {
         stats::add(&stats.timeouts, failed);
     }

@@ -157,6 +157,39 @@ impl RedisServer {
         panic!("redis-server failed to start after {START_ATTEMPTS} attempts: {last_err}");
     }
 
+    /// Starts a server on exactly `port` (e.g. one a proxy was already pointed at while
+    /// nothing listened there). Retries for a few seconds if the port is still busy;
+    /// panics if it cannot start.
+    pub fn start_on_port(port: u16) -> RedisServer {
+        Self::start_on_port_with_args(port, &[])
+    }
+
+    /// [`start_on_port`](Self::start_on_port) with extra `redis-server` arguments.
+    pub fn start_on_port_with_args(port: u16, extra_args: &[&str]) -> RedisServer {
+        let dir = tempfile::Builder::new()
+            .prefix("redis-sidecar-test-redis")
+            .tempdir()
+            .expect("create temp dir for redis-server");
+        let mut server = RedisServer {
+            child: None,
+            port,
+            extra_args: extra_args.iter().map(|s| s.to_string()).collect(),
+            dir,
+            starts: 0,
+            paused: false,
+        };
+        let deadline = Instant::now() + DEFAULT_TIMEOUT;
+        loop {
+            match server.spawn_and_wait() {
+                Ok(()) => return server,
+                Err(e) if Instant::now() >= deadline => {
+                    panic!("redis-server failed to start on port {port}: {e}")
+                }
+                Err(_) => thread::sleep(Duration::from_millis(100)),
+            }
+        }
+    }
+
     /// The port it listens on (stable across [`restart`](Self::restart)).
     pub fn port(&self) -> u16 {
         self.port
@@ -344,6 +377,16 @@ pub fn proxy_config(redis: &RedisServer) -> Config {
     config
 }
 
+/// Turns off the resilience layer's retries and circuit breaker for every database
+/// (retry_attempts 0, a failure threshold that is never reached), so a test sees each
+/// upstream failure as it happens.
+pub fn without_retries_or_breaker(config: &mut Config) {
+    for db in &mut config.databases {
+        db.upstream.resilience.retry_attempts = 0;
+        db.upstream.resilience.failure_threshold = u32::MAX;
+    }
+}
+
 /// Starts the proxy on the current tokio runtime. Panics if it cannot bind.
 pub async fn start_proxy(config: Config) -> Proxy {
     let listen = config.listen;
@@ -435,6 +478,12 @@ impl BinaryProxy {
                 .arg("--listen")
                 .arg(addr.to_string())
                 .args(extra_args)
+                // Parallel test proxies must not fight over the default 9180.
+                .args(if extra_args.contains(&"--metrics-listen") {
+                    &[][..]
+                } else {
+                    &["--metrics-listen", "127.0.0.1:0"][..]
+                })
                 .current_dir(dir.path())
                 .stdin(Stdio::null())
                 .stdout(log.try_clone().expect("clone log handle"))
@@ -601,10 +650,53 @@ pub fn resp_array(items: &[Vec<u8>]) -> Vec<u8> {
 /// count: `* ~ >` (`-1` = nil), `%` maps (2 frames per entry), `|` attributes (2 per entry,
 /// then the real frame follows). Streamed (`?`) lengths are not supported.
 pub fn resp_frame_len(buf: &[u8]) -> Result<Option<usize>, String> {
-    let mut pos = 0usize;
+    FrameScan::new().advance(buf)
+}
+
+/// A resumable [`resp_frame_len`]: when a frame is incomplete it remembers how far it
+/// got (at an element boundary), so feeding it a growing buffer costs linear time even
+/// for a reply with millions of elements. Reset with [`FrameScan::new`] after a frame.
+#[derive(Debug, Clone)]
+pub struct FrameScan {
+    pos: usize,
+    pending: u64,
+}
+
+impl Default for FrameScan {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+impl FrameScan {
+    /// A scanner at the start of a frame.
+    pub fn new() -> FrameScan {
+        FrameScan { pos: 0, pending: 1 }
+    }
+
+    /// Continues scanning `buf` (the same frame's bytes, possibly longer than last time).
+    /// `Ok(Some(n))`: `buf[..n]` is the whole frame and the scanner is reset.
+    pub fn advance(&mut self, buf: &[u8]) -> Result<Option<usize>, String> {
+        let n = scan_from(buf, &mut self.pos, &mut self.pending)?;
+        if n.is_some() {
+            *self = FrameScan::new();
+        }
+        Ok(n)
+    }
+}
+
+fn scan_from(
+    buf: &[u8],
+    saved_pos: &mut usize,
+    saved_pending: &mut u64,
+) -> Result<Option<usize>, String> {
+    let mut pos = *saved_pos;
     // Frames still to read; a pre-order walk needs only this counter, not a stack.
-    let mut pending: u64 = 1;
+    let mut pending: u64 = *saved_pending;
     while pending > 0 {
+        // Element boundary: remember it, so an incomplete element is resumed from here.
+        *saved_pos = pos;
+        *saved_pending = pending;
         let Some(rel) = buf[pos..].windows(2).position(|w| w == b"\r\n") else {
             return Ok(None);
         };
@@ -1076,4 +1168,226 @@ pub fn redis_cli_with_timeout(port: u16, args: &[&str], timeout: Duration) -> (S
     let out = out_reader.join().unwrap_or_default();
     let _ = err_reader.join();
     (String::from_utf8_lossy(&out).into_owned(), status)
+}
+
+// ---------------------------------------------------------------------------------------
+// Big pipelines, redis-rs clients, INFO text, fd limits
+// ---------------------------------------------------------------------------------------
+
+/// Sends `request` (any number of requests back to back) on a new connection to `addr`
+/// while reading replies concurrently (so neither side can block on a full socket
+/// buffer), and returns exactly `replies` raw reply frames, in order. Panics if they do
+/// not all arrive within `timeout`, or if the peer closes early.
+pub async fn raw_pipeline(
+    addr: SocketAddr,
+    request: Vec<u8>,
+    replies: usize,
+    timeout: Duration,
+) -> Vec<Vec<u8>> {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let stream = tokio::time::timeout(DEFAULT_TIMEOUT, tokio::net::TcpStream::connect(addr))
+        .await
+        .unwrap_or_else(|_| panic!("connect to {addr} timed out"))
+        .unwrap_or_else(|e| panic!("connect to {addr}: {e}"));
+    stream.set_nodelay(true).expect("nodelay");
+    let (mut rd, mut wr) = stream.into_split();
+    let writer = tokio::spawn(async move {
+        let r = wr.write_all(&request).await;
+        // Keep the write half open until the reader is done (closing it early would be
+        // a half-close, which some servers treat as the end of the session).
+        (r, wr)
+    });
+    let read = async {
+        let mut out = Vec::with_capacity(replies);
+        let mut buf: Vec<u8> = Vec::new();
+        let mut start = 0usize;
+        let mut scan = FrameScan::new();
+        let mut chunk = vec![0u8; 256 * 1024];
+        while out.len() < replies {
+            match scan.advance(&buf[start..]) {
+                Ok(Some(n)) => {
+                    out.push(buf[start..start + n].to_vec());
+                    start += n;
+                    if start > 1024 * 1024 {
+                        buf.drain(..start);
+                        start = 0;
+                    }
+                    continue;
+                }
+                Ok(None) => {}
+                Err(e) => panic!("raw_pipeline: bad reply after {} frames: {e}", out.len()),
+            }
+            match rd.read(&mut chunk).await {
+                Ok(0) => panic!(
+                    "raw_pipeline: connection closed after {} of {replies} replies; last: {:?}",
+                    out.len(),
+                    out.last().map(|r| show(r))
+                ),
+                Ok(n) => buf.extend_from_slice(&chunk[..n]),
+                Err(e) => panic!("raw_pipeline: read after {} replies: {e}", out.len()),
+            }
+        }
+        out
+    };
+    let out = match tokio::time::timeout(timeout, read).await {
+        Ok(out) => out,
+        Err(_) => panic!("raw_pipeline: not all {replies} replies arrived within {timeout:?}"),
+    };
+    let (r, _wr) = writer.await.expect("writer task");
+    r.expect("raw_pipeline: write");
+    out
+}
+
+/// `redis://127.0.0.1:port/db`.
+pub fn redis_url(addr: SocketAddr, db: u32) -> String {
+    format!("redis://127.0.0.1:{}/{db}", addr.port())
+}
+
+/// A bb8 pool of redis-rs multiplexed connections to `addr`, database `db`
+/// (redis-rs sends `SELECT db` on connect when `db != 0`).
+pub async fn bb8_pool(
+    addr: SocketAddr,
+    db: u32,
+    size: u32,
+) -> bb8_redis::bb8::Pool<bb8_redis::RedisConnectionManager> {
+    let manager = bb8_redis::RedisConnectionManager::new(redis_url(addr, db)).expect("redis url");
+    bb8_redis::bb8::Pool::builder()
+        .max_size(size)
+        .connection_timeout(DEFAULT_TIMEOUT)
+        .build(manager)
+        .await
+        .expect("build bb8 pool")
+}
+
+/// One redis-rs multiplexed connection to `addr`/`db` with a response timeout of
+/// `response_timeout` (redis-rs's default is 500 ms, too short for huge values).
+pub async fn redis_rs_conn(
+    addr: SocketAddr,
+    db: u32,
+    response_timeout: Duration,
+) -> redis::aio::MultiplexedConnection {
+    let client = redis::Client::open(redis_url(addr, db)).expect("redis url");
+    let config = redis::AsyncConnectionConfig::new()
+        .set_connection_timeout(Some(DEFAULT_TIMEOUT))
+        .set_response_timeout(Some(response_timeout));
+    client
+        .get_multiplexed_async_connection_with_config(&config)
+        .await
+        .unwrap_or_else(|e| panic!("redis-rs connect to {addr}/{db}: {e}"))
+}
+
+/// The payload of a raw bulk-string reply (`$n\r\n...\r\n`); panics on anything else.
+pub fn bulk_payload(reply: &[u8]) -> Vec<u8> {
+    assert!(reply.starts_with(b"$"), "not a bulk reply: {}", show(reply));
+    let nl = reply
+        .windows(2)
+        .position(|w| w == b"\r\n")
+        .expect("bulk header");
+    let n: usize = std::str::from_utf8(&reply[1..nl])
+        .ok()
+        .and_then(|s| s.parse().ok())
+        .unwrap_or_else(|| panic!("bad bulk length: {}", show(reply)));
+    assert_eq!(reply.len(), nl + 2 + n + 2, "bulk frame length");
+    reply[nl + 2..nl + 2 + n].to_vec()
+}
+
+/// Parses INFO-style text (`# Section` headers, `key:value` lines) into a map.
+pub fn parse_info(text: &str) -> std::collections::HashMap<String, String> {
+    text.lines()
+        .map(str::trim_end)
+        .filter(|l| !l.is_empty() && !l.starts_with('#'))
+        .filter_map(|l| l.split_once(':'))
+        .map(|(k, v)| (k.to_string(), v.to_string()))
+        .collect()
+}
+
+/// Like [`parse_info`], but only the lines of section `name` (`# Name`).
+pub fn parse_info_section(text: &str, name: &str) -> std::collections::HashMap<String, String> {
+    let mut inside = false;
+    let mut lines = Vec::new();
+    for l in text.lines().map(str::trim_end) {
+        if let Some(h) = l.strip_prefix("# ") {
+            inside = h.eq_ignore_ascii_case(name);
+        } else if inside {
+            lines.push(l);
+        }
+    }
+    parse_info(&lines.join("\n"))
+}
+
+/// The section names (`# Name` lines) of INFO-style text, in order.
+pub fn info_sections(text: &str) -> Vec<String> {
+    text.lines()
+        .filter_map(|l| l.trim_end().strip_prefix("# "))
+        .map(str::to_string)
+        .collect()
+}
+
+/// This process's soft limit on open files (from /proc/self/limits), if known.
+pub fn fd_soft_limit() -> Option<u64> {
+    let text = fs::read_to_string("/proc/self/limits").ok()?;
+    let line = text.lines().find(|l| l.starts_with("Max open files"))?;
+    let soft = line.split_whitespace().nth(3)?;
+    if soft == "unlimited" {
+        return Some(u64::MAX);
+    }
+    soft.parse().ok()
+}
+
+/// How many file descriptors this process has open now (from /proc/self/fd), if known.
+pub fn open_fds() -> Option<usize> {
+    fs::read_dir("/proc/self/fd").ok().map(|d| d.count())
+}
+
+/// Shows bytes for assertion messages (lossy UTF-8, truncated).
+pub fn printable(bytes: &[u8]) -> String {
+    show(bytes)
+}
+
+/// Runs the `redis-sidecar` binary to completion with `args` (override variables
+/// cleared, then `envs` set), bounded by `timeout`; returns (stdout, stderr, status).
+/// For one-shot modes such as `--check-config`. Panics if it does not exit in time.
+pub fn run_binary(
+    args: &[&str],
+    envs: &[(&str, &str)],
+    timeout: Duration,
+) -> (String, String, ExitStatus) {
+    let mut cmd = Command::new(BinaryProxy::bin_path());
+    cmd.args(args)
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped());
+    for key in OVERRIDE_ENV {
+        cmd.env_remove(key);
+    }
+    for (k, v) in envs {
+        cmd.env(k, v);
+    }
+    let mut child = cmd
+        .spawn()
+        .unwrap_or_else(|e| panic!("spawn {}: {e}", BinaryProxy::bin_path()));
+    let mut stdout = child.stdout.take().expect("stdout");
+    let mut stderr = child.stderr.take().expect("stderr");
+    let out_reader = thread::spawn(move || {
+        let mut s = Vec::new();
+        let _ = stdout.read_to_end(&mut s);
+        s
+    });
+    let err_reader = thread::spawn(move || {
+        let mut s = Vec::new();
+        let _ = stderr.read_to_end(&mut s);
+        s
+    });
+    let Some(status) = wait_child(&mut child, timeout) else {
+        let _ = child.kill();
+        let _ = child.wait();
+        panic!("redis-sidecar {args:?} did not exit within {timeout:?}");
+    };
+    let out = out_reader.join().unwrap_or_default();
+    let err = err_reader.join().unwrap_or_default();
+    (
+        String::from_utf8_lossy(&out).into_owned(),
+        String::from_utf8_lossy(&err).into_owned(),
+        status,
+    )
 }

@@ -1,0 +1,598 @@
+//! Lifecycle: Redis absent at start, Redis dying and coming back while the proxy runs,
+//! a hung Redis, graceful shutdown with replies still in flight (in-process and the
+//! binary under SIGTERM/SIGINT), and `--check-config`.
+
+mod support;
+
+use std::collections::HashMap;
+use std::net::{Ipv4Addr, SocketAddr};
+use std::time::{Duration, Instant};
+
+use bb8_redis::redis::{self, AsyncCommands};
+use redis_sidecar::config::Config;
+use support::{
+    bb8_pool, databases_yaml, free_port, parse_info, printable, proxy_config, redis_rs_conn,
+    resp_bulk, resp_cmd, run_binary, start_proxy, without_retries_or_breaker, AsyncRawClient,
+    BinaryProxy, RawClient, RedisServer,
+};
+
+/// How long after Redis comes back commands may still fail (a reconnect pause).
+const RECOVERY: Duration = Duration::from_secs(2);
+
+/// Upstream at 127.0.0.1:port, without retries or breaker (tested in resilience.rs):
+/// these tests see each failure as it happens.
+fn config_for_port(port: u16) -> Config {
+    let mut config = Config::for_upstream("127.0.0.1", port);
+    config.listen = SocketAddr::from((Ipv4Addr::LOCALHOST, 0));
+    without_retries_or_breaker(&mut config);
+    config
+}
+
+fn config_for(redis: &RedisServer) -> Config {
+    config_for_port(redis.port())
+}
+
+/// `key=value,...` fields of database `index`'s line in PROXY INFO databases.
+async fn db_stats(c: &mut AsyncRawClient, index: usize) -> HashMap<String, String> {
+    let r = c.cmd(&[b"PROXY", b"INFO", b"databases"]).await;
+    let info = parse_info(&String::from_utf8_lossy(&r));
+    let line = info
+        .get(&format!("db{index}"))
+        .unwrap_or_else(|| panic!("no db{index} line: {}", printable(&r)))
+        .clone();
+    line.split(',')
+        .filter_map(|kv| kv.split_once('='))
+        .map(|(k, v)| (k.to_string(), v.to_string()))
+        .collect()
+}
+
+fn field(m: &HashMap<String, String>, key: &str) -> u64 {
+    m.get(key)
+        .and_then(|v| v.parse().ok())
+        .unwrap_or_else(|| panic!("no numeric {key} in {m:?}"))
+}
+
+/// Waits (bounded) until database `index` has at least `n` commands in flight upstream.
+async fn wait_in_flight(admin: &mut AsyncRawClient, index: usize, n: u64) {
+    let deadline = Instant::now() + Duration::from_secs(5);
+    loop {
+        let s = db_stats(admin, index).await;
+        if field(&s, "in_flight") >= n {
+            return;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "db{index} never had {n} commands in flight: {s:?}"
+        );
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+}
+
+fn text(bytes: &[u8]) -> String {
+    String::from_utf8_lossy(bytes).into_owned()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn redis_absent_at_start_then_started_without_restarting_the_proxy() {
+    let port = free_port();
+    let proxy = start_proxy(config_for_port(port)).await;
+    let mut c = AsyncRawClient::connect(proxy.local_addr()).await;
+
+    // Nothing listens: a clear error, quickly, naming the database and the address.
+    for _ in 0..3 {
+        let started = Instant::now();
+        let got = text(&c.cmd(&[b"SET", b"k", b"v"]).await);
+        assert!(
+            got.starts_with(&format!(
+                "-UPSTREAM database 'main' (db 0): cannot connect to 127.0.0.1:{port}"
+            )),
+            "{got}"
+        );
+        assert!(
+            got.ends_with("\r\n") && got.matches('\n').count() == 1,
+            "{got}"
+        );
+        assert!(
+            started.elapsed() < Duration::from_secs(1),
+            "took {:?}",
+            started.elapsed()
+        );
+    }
+    // A pipeline gets one error per command, in order, and local commands still work.
+    let mut p = resp_cmd(&[b"GET", b"a"]);
+    p.extend(resp_cmd(&[b"CLIENT", b"SETNAME", b"x"]));
+    p.extend(resp_cmd(&[b"GET", b"b"]));
+    p.extend(resp_cmd(&[b"SELECT", b"5"]));
+    p.extend(resp_cmd(&[b"GET", b"c"]));
+    c.send(&p).await;
+    let r = c.read_replies(5).await;
+    assert!(
+        text(&r[0]).starts_with("-UPSTREAM database 'main' (db 0): "),
+        "{}",
+        text(&r[0])
+    );
+    assert_eq!(r[1], b"+OK\r\n");
+    assert!(
+        text(&r[2]).starts_with("-UPSTREAM database 'main' (db 0): "),
+        "{}",
+        text(&r[2])
+    );
+    assert_eq!(r[3], b"+OK\r\n");
+    assert!(
+        text(&r[4]).starts_with("-UPSTREAM database 'cache' (db 5): "),
+        "{}",
+        text(&r[4])
+    );
+
+    // Redis appears on that port: the very next command works, on the same session
+    // (README: "succeed again as soon as Redis is back, with no proxy restart"). Db 0
+    // failed several times in a row above, so a reconnect back-off, if any, is long now.
+    assert_eq!(c.cmd(&[b"SELECT", b"0"]).await, b"+OK\r\n");
+    let redis = tokio::task::spawn_blocking(move || RedisServer::start_on_port(port))
+        .await
+        .unwrap();
+    assert_eq!(
+        printable(&c.cmd(&[b"SET", b"k", b"in-main"]).await),
+        printable(b"+OK\r\n"),
+        "first command on db 0 after Redis started"
+    );
+    assert_eq!(c.cmd(&[b"SELECT", b"5"]).await, b"+OK\r\n");
+    assert_eq!(
+        printable(&c.cmd(&[b"SET", b"k", b"in-cache"]).await),
+        printable(b"+OK\r\n"),
+        "first command on db 5 after Redis started"
+    );
+    assert_eq!(c.cmd(&[b"SELECT", b"0"]).await, b"+OK\r\n");
+    assert_eq!(c.cmd(&[b"GET", b"k"]).await, resp_bulk(b"in-main"));
+    let mut direct = AsyncRawClient::connect(redis.addr()).await;
+    assert_eq!(direct.cmd(&[b"GET", b"k"]).await, resp_bulk(b"in-main"));
+    assert_eq!(direct.cmd(&[b"SELECT", b"5"]).await, b"+OK\r\n");
+    assert_eq!(direct.cmd(&[b"GET", b"k"]).await, resp_bulk(b"in-cache"));
+    // A client that connects now just works too.
+    let mut fresh = AsyncRawClient::connect(proxy.local_addr()).await;
+    assert_eq!(fresh.cmd(&[b"GET", b"k"]).await, resp_bulk(b"in-main"));
+    proxy.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn commands_failed_for_an_unreachable_upstream_are_counted() {
+    let port = free_port();
+    let proxy = start_proxy(config_for_port(port)).await;
+    let mut c = AsyncRawClient::connect(proxy.local_addr()).await;
+    let mut p = Vec::new();
+    for _ in 0..5 {
+        p.extend(resp_cmd(&[b"GET", b"k"]));
+    }
+    c.send(&p).await;
+    for r in c.read_replies(5).await {
+        assert!(text(&r).starts_with("-UPSTREAM "), "{}", text(&r));
+    }
+    // PROXY INFO: `upstream_failures` = "commands that failed because the upstream could
+    // not be reached or was lost"; `errors` = "error replies ... plus commands failed by
+    // the proxy" (src/stats.rs).
+    let s = db_stats(&mut c, 0).await;
+    assert_eq!(field(&s, "commands"), 5, "{s:?}");
+    assert!(field(&s, "connect_failures") >= 1, "{s:?}");
+    assert_eq!(field(&s, "connects"), 0, "{s:?}");
+    assert_eq!(field(&s, "upstream_failures"), 5, "{s:?}");
+    assert_eq!(field(&s, "errors"), 5, "{s:?}");
+    let r = c.cmd(&[b"PROXY", b"INFO", b"stats"]).await;
+    let stats = parse_info(&text(&r));
+    assert_eq!(stats["error_replies"], "5", "{}", text(&r));
+    proxy.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn redis_killed_and_restarted_while_the_proxy_runs() {
+    let mut redis = RedisServer::start();
+    let port = redis.port();
+    let proxy = start_proxy(config_for(&redis)).await;
+    let mut c = AsyncRawClient::connect(proxy.local_addr()).await;
+    // A bb8 pool (it PINGs on checkout, so it is only used while Redis is up) and one
+    // redis-rs connection that is held through the outage.
+    let pool = bb8_pool(proxy.local_addr(), 0, 2).await;
+    let mut held = redis_rs_conn(proxy.local_addr(), 0, Duration::from_secs(5)).await;
+    assert_eq!(c.cmd(&[b"SET", b"k", b"v"]).await, b"+OK\r\n");
+    {
+        let mut conn = pool.get().await.unwrap();
+        let v: String = conn.get("k").await.unwrap();
+        assert_eq!(v, "v");
+    }
+    let v: String = held.get("k").await.unwrap();
+    assert_eq!(v, "v");
+    let total_before = {
+        let r = c.cmd(&[b"PROXY", b"INFO", b"clients"]).await;
+        parse_info(&text(&r))["total_connections_received"].clone()
+    };
+
+    redis = tokio::task::spawn_blocking(move || {
+        redis.kill();
+        redis
+    })
+    .await
+    .unwrap();
+    // While it is down: errors (not hangs), on every session, for several commands.
+    for _ in 0..5 {
+        let started = Instant::now();
+        let got = text(&c.cmd(&[b"GET", b"k"]).await);
+        assert!(
+            got.starts_with("-UPSTREAM database 'main' (db 0): "),
+            "{got}"
+        );
+        assert!(got.contains(&format!("127.0.0.1:{port}")), "{got}");
+        assert!(started.elapsed() < Duration::from_secs(2));
+    }
+    let err = held.get::<_, String>("k").await.unwrap_err();
+    assert_eq!(err.code(), Some("UPSTREAM"), "{err}");
+    assert_eq!(c.cmd(&[b"PING", b"local?"]).await.first(), Some(&b'-'));
+    assert_eq!(
+        c.cmd(&[b"CLIENT", b"SETNAME", b"still-here"]).await,
+        b"+OK\r\n"
+    );
+
+    // Back on the same port (empty: no persistence): commands work again, same sessions.
+    redis = tokio::task::spawn_blocking(move || {
+        redis.restart();
+        redis
+    })
+    .await
+    .unwrap();
+    // Recovery may take a reconnect pause, but no longer than RECOVERY.
+    let back = Instant::now();
+    loop {
+        let r = c.cmd(&[b"GET", b"k"]).await;
+        if r == b"$-1\r\n" {
+            break;
+        }
+        assert!(
+            r.starts_with(b"-UPSTREAM") && back.elapsed() < RECOVERY,
+            "{:?} after Redis came back: {}",
+            back.elapsed(),
+            printable(&r)
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    loop {
+        match held.get::<_, Option<String>>("k").await {
+            Ok(v) => {
+                assert_eq!(v, None);
+                break;
+            }
+            Err(e) => assert!(
+                e.code() == Some("UPSTREAM") && back.elapsed() < RECOVERY,
+                "{:?} after Redis came back: {e}",
+                back.elapsed()
+            ),
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    eprintln!("recovered {:?} after Redis came back", back.elapsed());
+    assert_eq!(c.cmd(&[b"SET", b"k", b"v2"]).await, b"+OK\r\n");
+    assert_eq!(
+        c.cmd(&[b"CLIENT", b"GETNAME"]).await,
+        resp_bulk(b"still-here")
+    );
+    {
+        let mut conn = pool.get().await.unwrap();
+        let v: String = conn.get("k").await.unwrap();
+        assert_eq!(v, "v2");
+        let pong: String = redis::cmd("PING").query_async(&mut *conn).await.unwrap();
+        assert_eq!(pong, "PONG");
+    }
+    // The connection held through the outage works again, without reconnecting.
+    let v: String = held.get("k").await.unwrap();
+    assert_eq!(v, "v2");
+    // No client had to reconnect to the proxy.
+    let r = c.cmd(&[b"PROXY", b"INFO", b"clients"]).await;
+    assert_eq!(
+        parse_info(&text(&r))["total_connections_received"],
+        total_before
+    );
+    let mut direct = AsyncRawClient::connect(redis.addr()).await;
+    assert_eq!(direct.cmd(&[b"GET", b"k"]).await, resp_bulk(b"v2"));
+    drop(pool);
+    proxy.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_command_in_flight_when_redis_dies_gets_an_error_saying_it_may_have_run() {
+    let mut redis = RedisServer::start();
+    let proxy = start_proxy(config_for(&redis)).await;
+    let mut c = AsyncRawClient::connect(proxy.local_addr()).await;
+    let mut admin = AsyncRawClient::connect(proxy.local_addr()).await;
+    assert_eq!(c.cmd(&[b"SET", b"k", b"v"]).await, b"+OK\r\n");
+
+    redis.pause();
+    c.send(&[resp_cmd(&[b"INCR", b"n"]), resp_cmd(&[b"GET", b"k"])].concat())
+        .await;
+    wait_in_flight(&mut admin, 0, 2).await;
+    redis = tokio::task::spawn_blocking(move || {
+        redis.kill();
+        redis
+    })
+    .await
+    .unwrap();
+    let r = c.read_replies(2).await;
+    for reply in &r {
+        let t = text(reply);
+        assert!(t.starts_with("-UPSTREAM database 'main' (db 0): "), "{t}");
+        assert!(t.contains("may have been executed"), "{t}");
+    }
+    let s = db_stats(&mut admin, 0).await;
+    assert_eq!(field(&s, "in_flight"), 0, "{s:?}");
+    assert!(field(&s, "upstream_failures") >= 2, "{s:?}");
+    drop(redis);
+    proxy.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_hung_redis_times_out_after_command_timeout() {
+    // `command_timeout` (config: "per-command timeout") bounds how long a client waits;
+    // with retries (default settings) all attempts together stay within
+    // connect_timeout + command_timeout.
+    let mut redis = RedisServer::start();
+    let mut config = proxy_config(&redis);
+    for db in &mut config.databases {
+        db.upstream.command_timeout = Duration::from_millis(500);
+        db.upstream.connect_timeout = Duration::from_millis(500);
+    }
+    let proxy = start_proxy(config).await;
+    let mut c = AsyncRawClient::connect(proxy.local_addr()).await;
+    assert_eq!(c.cmd(&[b"SET", b"k", b"v"]).await, b"+OK\r\n");
+    redis.pause();
+    let started = Instant::now();
+    c.send(&resp_cmd(&[b"GET", b"k"])).await;
+    c.set_timeout(Duration::from_secs(3));
+    let got = c.try_read_reply().await;
+    redis.resume();
+    let got = got.unwrap_or_else(|e| {
+        panic!(
+            "no reply {:?} after Redis hung, with command_timeout = connect_timeout = 500ms: {e}",
+            started.elapsed()
+        )
+    });
+    let t = text(&got);
+    assert!(t.starts_with("-UPSTREAM database 'main' (db 0): "), "{t}");
+    assert!(
+        started.elapsed() < Duration::from_millis(1500),
+        "{:?}: {t}",
+        started.elapsed()
+    );
+    proxy.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn graceful_shutdown_delivers_replies_in_flight() {
+    let mut redis = RedisServer::start();
+    let proxy = start_proxy(proxy_config(&redis)).await;
+    let addr = proxy.local_addr();
+    let mut a = AsyncRawClient::connect(addr).await;
+    let mut b = AsyncRawClient::connect(addr).await;
+    let mut idle = AsyncRawClient::connect(addr).await;
+    let mut admin = AsyncRawClient::connect(addr).await;
+    // Open the shared connections of db 0 and db 2 first.
+    assert_eq!(a.cmd(&[b"PING"]).await, b"+PONG\r\n");
+    assert_eq!(b.cmd(&[b"SELECT", b"2"]).await, b"+OK\r\n");
+    assert_eq!(b.cmd(&[b"PING"]).await, b"+PONG\r\n");
+    assert_eq!(idle.cmd(&[b"PING"]).await, b"+PONG\r\n");
+
+    // Redis stops answering; both clients send pipelines that stay in flight.
+    redis.pause();
+    let n_a = 1000;
+    a.send(&resp_cmd(&[b"INCR", b"ctr"]).repeat(n_a)).await;
+    let mut pb = Vec::new();
+    for i in 0..250 {
+        let k = format!("key{i}");
+        pb.extend(resp_cmd(&[b"SET", k.as_bytes(), k.as_bytes()]));
+        pb.extend(resp_cmd(&[b"GET", k.as_bytes()]));
+    }
+    b.send(&pb).await;
+    wait_in_flight(&mut admin, 0, n_a as u64).await;
+    wait_in_flight(&mut admin, 2, 500).await;
+    drop(admin);
+
+    let shutdown = tokio::spawn(proxy.shutdown());
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    assert!(
+        !shutdown.is_finished(),
+        "shutdown must wait for replies in flight"
+    );
+    // No new clients once shutdown began.
+    let refused =
+        tokio::time::timeout(Duration::from_secs(2), tokio::net::TcpStream::connect(addr))
+            .await
+            .expect("connect attempt hung");
+    assert!(
+        refused.is_err(),
+        "the listener still accepts during shutdown"
+    );
+    // The idle client is let go.
+    assert_eq!(idle.read_until_closed().await, b"");
+
+    redis.resume();
+    let ra = a.read_replies(n_a).await;
+    for (i, r) in ra.iter().enumerate() {
+        assert_eq!(r, format!(":{}\r\n", i + 1).as_bytes(), "reply #{i}");
+    }
+    let rb = b.read_replies(500).await;
+    for i in 0..250 {
+        let k = format!("key{i}");
+        assert_eq!(rb[2 * i], b"+OK\r\n");
+        assert_eq!(rb[2 * i + 1], resp_bulk(k.as_bytes()));
+    }
+    // Then each connection is closed, and shutdown reports a full drain.
+    assert_eq!(a.read_until_closed().await, b"");
+    assert_eq!(b.read_until_closed().await, b"");
+    let drained = tokio::time::timeout(Duration::from_secs(10), shutdown)
+        .await
+        .expect("shutdown did not finish")
+        .unwrap();
+    assert!(drained, "shutdown reported an incomplete drain");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn shutdown_gives_up_after_the_drain_timeout() {
+    let mut redis = RedisServer::start();
+    let mut config = proxy_config(&redis);
+    config.shutdown_timeout = Duration::from_millis(800);
+    let proxy = start_proxy(config).await;
+    let mut c = AsyncRawClient::connect(proxy.local_addr()).await;
+    assert_eq!(c.cmd(&[b"PING"]).await, b"+PONG\r\n");
+    redis.pause();
+    c.send(&resp_cmd(&[b"GET", b"k"])).await;
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    let started = Instant::now();
+    let drained = tokio::time::timeout(Duration::from_secs(10), proxy.shutdown())
+        .await
+        .expect("shutdown ignored its drain timeout");
+    let took = started.elapsed();
+    redis.resume();
+    assert!(
+        !drained,
+        "a reply was still missing, the drain cannot be complete"
+    );
+    assert!(
+        took >= Duration::from_millis(700) && took < Duration::from_secs(3),
+        "shutdown took {took:?} with shutdown_timeout = 800ms"
+    );
+}
+
+#[test]
+fn the_binary_exits_0_on_sigterm_and_sigint() {
+    let redis = RedisServer::start();
+    for signal in ["TERM", "INT"] {
+        let mut proxy = BinaryProxy::start(&redis);
+        let mut c = proxy.client();
+        assert_eq!(c.cmd(&[b"SET", b"sig", signal.as_bytes()]), b"+OK\r\n");
+        assert_eq!(c.cmd(&[b"GET", b"sig"]), resp_bulk(signal.as_bytes()));
+        proxy.send_signal(signal);
+        let status = proxy.wait_exit(Duration::from_secs(10)).unwrap_or_else(|| {
+            panic!("still running 10s after SIG{signal}; log:\n{}", proxy.log())
+        });
+        assert!(
+            status.success(),
+            "SIG{signal}: exit status {status}; log:\n{}",
+            proxy.log()
+        );
+        // The connected client was closed, and nothing listens any more.
+        assert_eq!(c.read_until_closed(), b"");
+        assert!(RawClient::try_connect_timeout(proxy.addr(), Duration::from_millis(500)).is_err());
+    }
+}
+
+#[test]
+fn the_binary_drains_in_flight_replies_on_sigterm() {
+    let mut redis = RedisServer::start();
+    let mut proxy = BinaryProxy::start(&redis);
+    let mut c = proxy.client();
+    assert_eq!(c.cmd(&[b"SET", b"k", b"v"]), b"+OK\r\n");
+    redis.pause();
+    c.send(&[resp_cmd(&[b"INCR", b"n"]), resp_cmd(&[b"GET", b"k"])].concat());
+    // Until both are in flight upstream.
+    let mut admin = proxy.client();
+    let deadline = Instant::now() + Duration::from_secs(5);
+    loop {
+        let r = admin.cmd(&[b"PROXY", b"INFO", b"databases"]);
+        let info = parse_info(&text(&r));
+        if info["db0"].contains(",in_flight=2,") {
+            break;
+        }
+        assert!(Instant::now() < deadline, "{}", text(&r));
+        std::thread::sleep(Duration::from_millis(10));
+    }
+    proxy.send_signal("TERM");
+    std::thread::sleep(Duration::from_millis(300));
+    assert!(
+        proxy.wait_exit(Duration::from_millis(1)).is_none(),
+        "exited with replies in flight; log:\n{}",
+        proxy.log()
+    );
+    redis.resume();
+    assert_eq!(c.read_replies(2), [b":1\r\n".to_vec(), resp_bulk(b"v")]);
+    assert_eq!(c.read_until_closed(), b"");
+    let status = proxy
+        .wait_exit(Duration::from_secs(10))
+        .expect("did not exit after draining");
+    assert!(status.success(), "{status}; log:\n{}", proxy.log());
+}
+
+#[test]
+fn check_config_prints_the_resolved_config_with_passwords_masked() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("redis-databases.yaml");
+    let yaml = format!(
+        "{}password: s3cret\nclient_password: hunter2\n",
+        databases_yaml("127.0.0.1", 6379)
+    )
+    .replace(
+        "  cache:\n    db: 5\n",
+        "  cache:\n    db: 5\n    port: 7777\n    password: per-db-secret\n",
+    );
+    std::fs::write(&path, &yaml).unwrap();
+    let path_s = path.to_str().unwrap();
+    let started = Instant::now();
+    let (out, err, status) = run_binary(
+        &["--config", path_s, "--check-config"],
+        &[],
+        Duration::from_secs(10),
+    );
+    assert!(status.success(), "{status}: {err}");
+    assert!(
+        started.elapsed() < Duration::from_secs(5),
+        "--check-config must not serve"
+    );
+    for secret in ["s3cret", "hunter2", "per-db-secret"] {
+        assert!(
+            !out.contains(secret) && !err.contains(secret),
+            "{secret} leaked:\n{out}{err}"
+        );
+    }
+    assert!(out.contains("\"***\""), "{out}");
+    // The resolution is shown: all 11 databases, the per-database port, the file.
+    for name in support::DATABASE_NAMES {
+        assert!(out.contains(&format!("[{name}]")), "{name} missing:\n{out}");
+    }
+    assert!(out.contains("port: 7777"), "{out}");
+    assert!(out.contains(path_s), "{out}");
+    // --listen on the command line is part of the resolved config.
+    let (out, _, status) = run_binary(
+        &[
+            "--config",
+            path_s,
+            "--listen",
+            "127.0.0.1:7444",
+            "--check-config",
+        ],
+        &[],
+        Duration::from_secs(10),
+    );
+    assert!(status.success());
+    assert!(out.contains("listen: 127.0.0.1:7444"), "{out}");
+    // A password from the environment is masked too.
+    std::fs::write(&path, databases_yaml("127.0.0.1", 6379)).unwrap();
+    let (out, err, status) = run_binary(
+        &["--config", path_s, "--check-config"],
+        &[("AUTOBOT_REDIS_PASSWORD", "env-secret-42")],
+        Duration::from_secs(10),
+    );
+    assert!(status.success(), "{err}");
+    assert!(
+        !out.contains("env-secret-42") && !err.contains("env-secret-42"),
+        "{out}"
+    );
+    assert!(out.contains("password: \"***\""), "{out}");
+    // An invalid file: non-zero exit, the problem named, nothing printed as config.
+    std::fs::write(
+        &path,
+        format!("{}bogus_key: 1\n", databases_yaml("127.0.0.1", 6379)),
+    )
+    .unwrap();
+    let (out, err, status) = run_binary(
+        &["--config", path_s, "--check-config"],
+        &[],
+        Duration::from_secs(10),
+    );
+    assert!(!status.success());
+    assert!(err.contains("bogus_key"), "{err}");
+    assert!(!out.contains("databases:"), "{out}");
+}

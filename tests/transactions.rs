@@ -1,0 +1,456 @@
+//! MULTI/EXEC/DISCARD/WATCH run on an exclusive upstream connection taken from the
+//! database's pool: same replies as Redis, order kept with the shared connection's
+//! commands, and the connection cleaned before anyone else gets it.
+
+mod support;
+
+use std::time::{Duration, Instant};
+
+use bb8_redis::redis::{self, Value};
+use support::{
+    printable, proxy_config, redis_rs_conn, resp_bulk, resp_cmd, start_proxy, AsyncRawClient,
+    RedisServer,
+};
+
+async fn reference_client(redis: &RedisServer) -> AsyncRawClient {
+    let mut c = AsyncRawClient::connect(redis.addr()).await;
+    assert_eq!(c.cmd(&[b"SELECT", b"15"]).await, b"+OK\r\n");
+    c
+}
+
+/// Sends the same commands to both, one at a time, and checks identical replies.
+async fn same_replies(
+    via_proxy: &mut AsyncRawClient,
+    direct: &mut AsyncRawClient,
+    script: &[&[&[u8]]],
+) -> Vec<Vec<u8>> {
+    let mut out = Vec::new();
+    for args in script {
+        let p = via_proxy.cmd(args).await;
+        let d = direct.cmd(args).await;
+        let shown: Vec<String> = args
+            .iter()
+            .map(|a| String::from_utf8_lossy(a).into_owned())
+            .collect();
+        assert_eq!(printable(&p), printable(&d), "{shown:?}: proxy vs Redis");
+        out.push(p);
+    }
+    out
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn multi_exec_discard_and_errors_answer_like_redis() {
+    let redis = RedisServer::start();
+    let proxy = start_proxy(proxy_config(&redis)).await;
+    let mut p = AsyncRawClient::connect(proxy.local_addr()).await;
+    let mut d = reference_client(&redis).await;
+
+    let r = same_replies(
+        &mut p,
+        &mut d,
+        &[
+            &[b"SET", b"a", b"1"],
+            &[b"MULTI"],
+            &[b"INCR", b"a"],
+            &[b"SET", b"b", b"x"],
+            &[b"LPUSH", b"a", b"oops"],
+            &[b"GET", b"b"],
+            &[b"EXEC"],
+            &[b"GET", b"a"],
+        ],
+    )
+    .await;
+    assert_eq!(r[1], b"+OK\r\n");
+    assert_eq!(r[2], b"+QUEUED\r\n");
+    assert!(
+        r[6].starts_with(b"*4\r\n:2\r\n+OK\r\n-WRONGTYPE"),
+        "{}",
+        printable(&r[6])
+    );
+    assert_eq!(r[7], resp_bulk(b"2"));
+
+    let r = same_replies(
+        &mut p,
+        &mut d,
+        &[
+            &[b"MULTI"],
+            &[b"INCR", b"a"],
+            &[b"DISCARD"],
+            &[b"GET", b"a"],
+            &[b"EXEC"],
+            &[b"DISCARD"],
+            // A queuing error aborts the transaction.
+            &[b"MULTI"],
+            &[b"SET", b"a"],
+            &[b"INCR", b"a"],
+            &[b"EXEC"],
+            &[b"GET", b"a"],
+            // Nested MULTI.
+            &[b"MULTI"],
+            &[b"MULTI"],
+            &[b"EXEC"],
+        ],
+    )
+    .await;
+    assert_eq!(r[3], resp_bulk(b"2"), "DISCARD dropped the INCR");
+    assert!(
+        r[4].starts_with(b"-ERR EXEC without MULTI"),
+        "{}",
+        printable(&r[4])
+    );
+    assert!(r[9].starts_with(b"-EXECABORT"), "{}", printable(&r[9]));
+    assert_eq!(r[10], resp_bulk(b"2"));
+    assert_eq!(r[13], b"*0\r\n");
+    proxy.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn watch_detects_a_write_from_another_client() {
+    let redis = RedisServer::start();
+    let proxy = start_proxy(proxy_config(&redis)).await;
+    let mut a = AsyncRawClient::connect(proxy.local_addr()).await;
+    let mut b = AsyncRawClient::connect(proxy.local_addr()).await;
+
+    assert_eq!(a.cmd(&[b"SET", b"w", b"0"]).await, b"+OK\r\n");
+    assert_eq!(a.cmd(&[b"WATCH", b"w"]).await, b"+OK\r\n");
+    // Another client (shared connection) changes it.
+    assert_eq!(b.cmd(&[b"SET", b"w", b"changed"]).await, b"+OK\r\n");
+    assert_eq!(a.cmd(&[b"MULTI"]).await, b"+OK\r\n");
+    assert_eq!(a.cmd(&[b"SET", b"w", b"mine"]).await, b"+QUEUED\r\n");
+    assert_eq!(
+        a.cmd(&[b"EXEC"]).await,
+        b"*-1\r\n",
+        "EXEC must fail after the write"
+    );
+    assert_eq!(b.cmd(&[b"GET", b"w"]).await, resp_bulk(b"changed"));
+
+    // Without interference the same thing succeeds.
+    assert_eq!(a.cmd(&[b"WATCH", b"w"]).await, b"+OK\r\n");
+    assert_eq!(a.cmd(&[b"GET", b"w"]).await, resp_bulk(b"changed"));
+    assert_eq!(a.cmd(&[b"MULTI"]).await, b"+OK\r\n");
+    assert_eq!(a.cmd(&[b"SET", b"w", b"mine"]).await, b"+QUEUED\r\n");
+    assert_eq!(a.cmd(&[b"EXEC"]).await, b"*1\r\n+OK\r\n");
+    assert_eq!(b.cmd(&[b"GET", b"w"]).await, resp_bulk(b"mine"));
+
+    // UNWATCH releases the watch.
+    assert_eq!(a.cmd(&[b"WATCH", b"w"]).await, b"+OK\r\n");
+    assert_eq!(a.cmd(&[b"UNWATCH"]).await, b"+OK\r\n");
+    assert_eq!(b.cmd(&[b"SET", b"w", b"again"]).await, b"+OK\r\n");
+    assert_eq!(a.cmd(&[b"MULTI"]).await, b"+OK\r\n");
+    assert_eq!(a.cmd(&[b"GET", b"w"]).await, b"+QUEUED\r\n");
+    assert_eq!(a.cmd(&[b"EXEC"]).await, b"*1\r\n$5\r\nagain\r\n");
+    proxy.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_pipeline_around_a_transaction_keeps_its_order() {
+    let redis = RedisServer::start();
+    let proxy = start_proxy(proxy_config(&redis)).await;
+    let mut p = AsyncRawClient::connect(proxy.local_addr()).await;
+    let mut d = reference_client(&redis).await;
+    let mut bytes = Vec::new();
+    let script: Vec<Vec<&[u8]>> = vec![
+        vec![b"SET", b"a", b"1"],
+        vec![b"INCR", b"a"],
+        vec![b"MULTI"],
+        vec![b"INCR", b"a"],
+        vec![b"GET", b"a"],
+        vec![b"EXEC"],
+        vec![b"INCR", b"a"],
+        vec![b"CLIENT", b"SETNAME", b"pipeliner"],
+        vec![b"MULTI"],
+        vec![b"INCRBY", b"a", b"10"],
+        vec![b"EXEC"],
+        vec![b"GET", b"a"],
+        vec![b"WATCH", b"a"],
+        vec![b"GET", b"a"],
+        vec![b"MULTI"],
+        vec![b"INCR", b"a"],
+        vec![b"EXEC"],
+        vec![b"GET", b"a"],
+    ];
+    for c in &script {
+        bytes.extend(resp_cmd(c));
+    }
+    p.send(&bytes).await;
+    let got = p.read_replies(script.len()).await;
+    // Redis answers the same bytes (CLIENT SETNAME aside) the same way.
+    d.send(&bytes).await;
+    let want = d.read_replies(script.len()).await;
+    assert_eq!(
+        got.iter().map(|r| printable(r)).collect::<Vec<_>>(),
+        want.iter().map(|r| printable(r)).collect::<Vec<_>>()
+    );
+    assert_eq!(got[5], b"*2\r\n:3\r\n$1\r\n3\r\n");
+    assert_eq!(got[6], b":4\r\n");
+    assert_eq!(got[10], b"*1\r\n:14\r\n");
+    assert_eq!(got[17], resp_bulk(b"15"));
+    assert_eq!(
+        p.cmd(&[b"CLIENT", b"GETNAME"]).await,
+        resp_bulk(b"pipeliner")
+    );
+    proxy.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn redis_rs_atomic_pipelines_work_through_the_proxy() {
+    let redis = RedisServer::start();
+    let proxy = start_proxy(proxy_config(&redis)).await;
+    let mut conn = redis_rs_conn(proxy.local_addr(), 3, Duration::from_secs(5)).await;
+    let (a, b, c): (i64, i64, String) = redis::pipe()
+        .atomic()
+        .cmd("INCR")
+        .arg("ctr")
+        .cmd("INCRBY")
+        .arg("ctr")
+        .arg(5)
+        .cmd("SET")
+        .arg("s")
+        .arg("v")
+        .ignore()
+        .cmd("GET")
+        .arg("s")
+        .query_async(&mut conn)
+        .await
+        .expect("atomic pipeline");
+    assert_eq!((a, b, c.as_str()), (1, 6, "v"));
+    // Many concurrent atomic pipelines on one multiplexed connection.
+    let mut tasks = Vec::new();
+    for i in 0..20 {
+        let mut conn = conn.clone();
+        tasks.push(tokio::spawn(async move {
+            let r: Vec<Value> = redis::pipe()
+                .atomic()
+                .cmd("INCR")
+                .arg("shared")
+                .cmd("RPUSH")
+                .arg("log")
+                .arg(i)
+                .query_async(&mut conn)
+                .await
+                .expect("atomic pipeline");
+            assert_eq!(r.len(), 2);
+        }));
+    }
+    for t in tasks {
+        tokio::time::timeout(Duration::from_secs(20), t)
+            .await
+            .expect("timed out")
+            .expect("failed");
+    }
+    let n: i64 = redis::cmd("GET")
+        .arg("shared")
+        .query_async(&mut conn)
+        .await
+        .unwrap();
+    assert_eq!(n, 20);
+    // Written in client db 3 = upstream db 3.
+    let mut direct = AsyncRawClient::connect(redis.addr()).await;
+    assert_eq!(direct.cmd(&[b"SELECT", b"3"]).await, b"+OK\r\n");
+    assert_eq!(direct.cmd(&[b"LLEN", b"log"]).await, b":20\r\n");
+    proxy.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn select_inside_a_transaction_is_refused_and_the_transaction_stays_open() {
+    let redis = RedisServer::start();
+    let proxy = start_proxy(proxy_config(&redis)).await;
+    let mut c = AsyncRawClient::connect(proxy.local_addr()).await;
+    assert_eq!(c.cmd(&[b"SELECT", b"2"]).await, b"+OK\r\n");
+    assert_eq!(c.cmd(&[b"MULTI"]).await, b"+OK\r\n");
+    let r = c.cmd(&[b"SELECT", b"4"]).await;
+    assert!(
+        r.starts_with(b"-ERR SELECT inside a transaction"),
+        "{}",
+        printable(&r)
+    );
+    assert_eq!(c.cmd(&[b"SET", b"k", b"v"]).await, b"+QUEUED\r\n");
+    assert_eq!(c.cmd(&[b"EXEC"]).await, b"*1\r\n+OK\r\n");
+    // Still in db 2, and it landed there.
+    let mut direct = AsyncRawClient::connect(redis.addr()).await;
+    assert_eq!(direct.cmd(&[b"SELECT", b"2"]).await, b"+OK\r\n");
+    assert_eq!(direct.cmd(&[b"GET", b"k"]).await, resp_bulk(b"v"));
+    assert_eq!(c.cmd(&[b"SELECT", b"4"]).await, b"+OK\r\n");
+    assert_eq!(c.cmd(&[b"GET", b"k"]).await, b"$-1\r\n");
+    proxy.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_client_leaving_mid_transaction_leaves_no_state_behind() {
+    let redis = RedisServer::start();
+    let mut config = proxy_config(&redis);
+    // One exclusive connection: every transaction below reuses the same one.
+    config.databases[0].upstream.pool_size = 1;
+    let proxy = start_proxy(config).await;
+    let addr = proxy.local_addr();
+
+    // Left inside MULTI with a queued write.
+    let mut a = AsyncRawClient::connect(addr).await;
+    assert_eq!(a.cmd(&[b"MULTI"]).await, b"+OK\r\n");
+    assert_eq!(a.cmd(&[b"SET", b"ghost", b"1"]).await, b"+QUEUED\r\n");
+    drop(a);
+    // Left while WATCHing a key that is then changed.
+    let mut w = AsyncRawClient::connect(addr).await;
+    assert_eq!(w.cmd(&[b"WATCH", b"watched"]).await, b"+OK\r\n");
+    drop(w);
+    // Left via QUIT and via RESET inside MULTI.
+    let mut q = AsyncRawClient::connect(addr).await;
+    assert_eq!(q.cmd(&[b"MULTI"]).await, b"+OK\r\n");
+    assert_eq!(q.cmd(&[b"SET", b"ghost2", b"1"]).await, b"+QUEUED\r\n");
+    assert_eq!(q.cmd(&[b"QUIT"]).await, b"+OK\r\n");
+    let mut r = AsyncRawClient::connect(addr).await;
+    assert_eq!(r.cmd(&[b"MULTI"]).await, b"+OK\r\n");
+    assert_eq!(r.cmd(&[b"SET", b"ghost3", b"1"]).await, b"+QUEUED\r\n");
+    assert_eq!(r.cmd(&[b"RESET"]).await, b"+RESET\r\n");
+    assert_eq!(r.cmd(&[b"GET", b"ghost3"]).await, b"$-1\r\n");
+
+    let mut other = AsyncRawClient::connect(addr).await;
+    assert_eq!(
+        other.cmd(&[b"SET", b"watched", b"changed"]).await,
+        b"+OK\r\n"
+    );
+
+    // A new client gets the one exclusive connection: not in MULTI, not watching.
+    let mut b = AsyncRawClient::connect(addr).await;
+    let deadline = Instant::now() + Duration::from_secs(10);
+    let mut attempt = 0;
+    loop {
+        attempt += 1;
+        let m = b.cmd(&[b"MULTI"]).await;
+        if m == b"+OK\r\n" {
+            break;
+        }
+        // Only "pool busy" is acceptable, briefly, while the cleanup runs.
+        assert!(
+            m.starts_with(b"-UPSTREAM") && Instant::now() < deadline,
+            "attempt {attempt}: {}",
+            printable(&m)
+        );
+    }
+    assert_eq!(b.cmd(&[b"SET", b"fresh", b"1"]).await, b"+QUEUED\r\n");
+    assert_eq!(
+        b.cmd(&[b"EXEC"]).await,
+        b"*1\r\n+OK\r\n",
+        "a leftover MULTI or WATCH would change this"
+    );
+    let mut direct = AsyncRawClient::connect(redis.addr()).await;
+    for ghost in [&b"ghost"[..], b"ghost2", b"ghost3"] {
+        assert_eq!(
+            direct.cmd(&[b"EXISTS", ghost]).await,
+            b":0\r\n",
+            "{}",
+            printable(ghost)
+        );
+    }
+    proxy.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_exhausted_exclusive_pool_gives_a_clear_error_then_recovers() {
+    let redis = RedisServer::start();
+    let mut config = proxy_config(&redis);
+    config.databases[0].upstream.pool_size = 1;
+    config.databases[0].upstream.connect_timeout = Duration::from_millis(500);
+    let proxy = start_proxy(config).await;
+    let mut a = AsyncRawClient::connect(proxy.local_addr()).await;
+    let mut b = AsyncRawClient::connect(proxy.local_addr()).await;
+
+    assert_eq!(a.cmd(&[b"MULTI"]).await, b"+OK\r\n");
+    let started = Instant::now();
+    let r = b.cmd(&[b"MULTI"]).await;
+    let t = String::from_utf8_lossy(&r).into_owned();
+    assert!(t.starts_with("-UPSTREAM database 'main' (db 0): "), "{t}");
+    assert!(t.contains("pool"), "{t}");
+    assert!(started.elapsed() < Duration::from_secs(3));
+    // MULTI failed, so B is not in a transaction: its commands run at once, as usual.
+    assert_eq!(
+        printable(&b.cmd(&[b"SET", b"k", b"v"]).await),
+        printable(b"+OK\r\n"),
+        "after a failed MULTI"
+    );
+    assert_eq!(a.cmd(&[b"EXEC"]).await, b"*0\r\n");
+    assert_eq!(b.cmd(&[b"MULTI"]).await, b"+OK\r\n");
+    assert_eq!(b.cmd(&[b"GET", b"k"]).await, b"+QUEUED\r\n");
+    assert_eq!(b.cmd(&[b"EXEC"]).await, b"*1\r\n$1\r\nv\r\n");
+    proxy.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn multi_while_redis_is_down_fails_fast_with_the_real_cause_and_leaves_no_transaction() {
+    let port = support::free_port();
+    let mut config = redis_sidecar::config::Config::for_upstream("127.0.0.1", port);
+    config.listen = std::net::SocketAddr::from(([127, 0, 0, 1], 0));
+    // Raw failures: with retries and the breaker on, GET's retries would open the
+    // circuit and MULTI would (rightly) get -CIRCUITOPEN instead of the cause.
+    support::without_retries_or_breaker(&mut config);
+    let proxy = start_proxy(config).await;
+    let mut c = AsyncRawClient::connect(proxy.local_addr()).await;
+    c.set_timeout(Duration::from_secs(15));
+
+    // The shared path answers at once with the cause; MULTI should do no worse.
+    let shared = String::from_utf8_lossy(&c.cmd(&[b"GET", b"k"]).await).into_owned();
+    assert!(
+        shared.starts_with(&format!(
+            "-UPSTREAM database 'main' (db 0): cannot connect to 127.0.0.1:{port}"
+        )),
+        "{shared}"
+    );
+    let started = Instant::now();
+    let multi = String::from_utf8_lossy(&c.cmd(&[b"MULTI"]).await).into_owned();
+    let took = started.elapsed();
+    assert!(
+        multi.starts_with("-UPSTREAM database 'main' (db 0): "),
+        "{multi}"
+    );
+    assert!(
+        multi.contains(&format!("127.0.0.1:{port}")),
+        "MULTI's error should name the unreachable upstream, not a busy pool: {multi}"
+    );
+    assert!(
+        took < Duration::from_secs(2),
+        "MULTI took {took:?} to fail while GET failed at once"
+    );
+
+    // Redis comes back: MULTI failed, so the client is not in a transaction.
+    let redis = tokio::task::spawn_blocking(move || RedisServer::start_on_port(port))
+        .await
+        .unwrap();
+    assert_eq!(c.cmd(&[b"SET", b"k", b"v"]).await, b"+OK\r\n");
+    assert_eq!(c.cmd(&[b"MULTI"]).await, b"+OK\r\n");
+    assert_eq!(c.cmd(&[b"GET", b"k"]).await, b"+QUEUED\r\n");
+    assert_eq!(c.cmd(&[b"EXEC"]).await, b"*1\r\n$1\r\nv\r\n");
+    drop(redis);
+    proxy.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_transaction_on_a_hung_redis_times_out_and_the_session_recovers() {
+    let mut redis = RedisServer::start();
+    let mut config = proxy_config(&redis);
+    for db in &mut config.databases {
+        db.upstream.command_timeout = Duration::from_millis(500);
+    }
+    let proxy = start_proxy(config).await;
+    let mut c = AsyncRawClient::connect(proxy.local_addr()).await;
+    assert_eq!(c.cmd(&[b"MULTI"]).await, b"+OK\r\n");
+    assert_eq!(c.cmd(&[b"SET", b"t", b"1"]).await, b"+QUEUED\r\n");
+    redis.pause();
+    let started = Instant::now();
+    c.send(&resp_cmd(&[b"EXEC"])).await;
+    let got = c.try_read_reply().await;
+    let took = started.elapsed();
+    redis.resume();
+    let got = got.expect("EXEC on a hung Redis must be answered");
+    let t = String::from_utf8_lossy(&got).into_owned();
+    assert!(t.starts_with("-UPSTREAM database 'main' (db 0): "), "{t}");
+    assert!(took < Duration::from_secs(2), "{took:?}");
+    // Redis is back; the session is usable, not stuck in the dead transaction.
+    assert_eq!(
+        printable(&c.cmd(&[b"SET", b"after", b"1"]).await),
+        printable(b"+OK\r\n")
+    );
+    assert_eq!(c.cmd(&[b"MULTI"]).await, b"+OK\r\n");
+    assert_eq!(c.cmd(&[b"GET", b"after"]).await, b"+QUEUED\r\n");
+    assert_eq!(c.cmd(&[b"EXEC"]).await, b"*1\r\n$1\r\n1\r\n");
+    proxy.shutdown().await;
+}
