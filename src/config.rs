@@ -126,6 +126,10 @@ pub struct Limits {
     pub max_args: usize,
     /// Largest inline request line (Redis: 64 KiB).
     pub max_inline_len: usize,
+    /// Most bytes of pub/sub messages waiting to be written to one slow subscriber;
+    /// past it the client is disconnected (Redis's `client-output-buffer-limit
+    /// pubsub 32mb`).
+    pub pubsub_buffer_limit: usize,
 }
 
 impl Default for Limits {
@@ -134,6 +138,7 @@ impl Default for Limits {
             max_bulk_len: 512 * 1024 * 1024,
             max_args: 1024 * 1024,
             max_inline_len: 64 * 1024,
+            pubsub_buffer_limit: 32 * 1024 * 1024,
         }
     }
 }
@@ -384,6 +389,10 @@ impl Config {
         line(format!("  max_bulk_len: {}", self.limits.max_bulk_len));
         line(format!("  max_args: {}", self.limits.max_args));
         line(format!("  max_inline_len: {}", self.limits.max_inline_len));
+        line(format!(
+            "  pubsub_buffer_limit: {}",
+            self.limits.pubsub_buffer_limit
+        ));
         line("databases:".to_string());
         for db in &self.databases {
             let u = &db.upstream;
@@ -1288,7 +1297,12 @@ const TOP_ONLY_KEYS: &[&str] = &[
 
 const DATABASE_ONLY_KEYS: &[&str] = &["db", "description", "upstream_db"];
 
-const LIMIT_KEYS: &[&str] = &["max_bulk_len", "max_args", "max_inline_len"];
+const LIMIT_KEYS: &[&str] = &[
+    "max_bulk_len",
+    "max_args",
+    "max_inline_len",
+    "pubsub_buffer_limit",
+];
 
 /// One level's upstream settings (`None`: not set at this level).
 #[derive(Debug, Clone, Default)]
@@ -1657,6 +1671,7 @@ fn parse_limits(node: &Node, path: &KeyPath) -> Result<Limits, Fail> {
         max_bulk_len: get("max_bulk_len", defaults.max_bulk_len)?,
         max_args: get("max_args", defaults.max_args)?,
         max_inline_len: get("max_inline_len", defaults.max_inline_len)?,
+        pubsub_buffer_limit: get("pubsub_buffer_limit", defaults.pubsub_buffer_limit)?,
     })
 }
 

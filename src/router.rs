@@ -22,6 +22,8 @@ pub struct Database {
     pub stats: Arc<DbStats>,
     /// Pool of exclusive connections (transactions, blocking commands).
     pub pool: Pool,
+    /// The same for RESP3 sessions.
+    pub pool3: Pool,
     /// Circuit breaker, fed by every upstream outcome and the health probe.
     pub breaker: Arc<Breaker>,
     /// What the health probe last found.
@@ -33,14 +35,26 @@ pub struct Database {
     pub backoff: Backoff,
     /// Shared (multiplexed) connection slots.
     slots: Vec<MuxHandle>,
+    /// The same, speaking RESP3 (for sessions that sent `HELLO 3`).
+    slots3: Vec<MuxHandle>,
 }
 
 impl Database {
     /// The shared connection a session uses. A session always uses the same one, so
     /// that its commands run upstream in the order it sent them.
     #[inline]
-    pub fn slot(&self, session_id: u64) -> &MuxHandle {
-        &self.slots[(session_id % self.slots.len() as u64) as usize]
+    pub fn slot(&self, session_id: u64, resp3: bool) -> &MuxHandle {
+        let slots = if resp3 { &self.slots3 } else { &self.slots };
+        &slots[(session_id % slots.len() as u64) as usize]
+    }
+
+    /// The pool of exclusive connections for a RESP2 or RESP3 session.
+    pub fn pool(&self, resp3: bool) -> &Pool {
+        if resp3 {
+            &self.pool3
+        } else {
+            &self.pool
+        }
     }
 
     /// Number of shared connection slots.
@@ -79,13 +93,19 @@ impl Router {
             let upstream = Arc::new(db.upstream.clone());
             let breaker = Arc::new(Breaker::new(BreakerConfig::from(&db.upstream.resilience)));
             let observer: Arc<dyn Observer> = breaker.clone();
-            let slots = (0..db.upstream.mux_connections.max(1))
-                .map(|_| MuxHandle::spawn(upstream.clone(), stats.clone(), observer.clone()))
-                .collect();
+            let spawn = |resp3| -> Vec<MuxHandle> {
+                (0..db.upstream.mux_connections.max(1))
+                    .map(|_| {
+                        MuxHandle::spawn(upstream.clone(), stats.clone(), observer.clone(), resp3)
+                    })
+                    .collect()
+            };
+            let (slots, slots3) = (spawn(false), spawn(true));
             let health = Arc::new(HealthState::default());
             health::spawn(upstream.clone(), health.clone(), observer, shutdown.clone());
             let d = Arc::new(Database {
-                pool: dedicated::pool(&db.upstream),
+                pool: dedicated::pool(&db.upstream, false),
+                pool3: dedicated::pool(&db.upstream, true),
                 breaker,
                 health,
                 commands: StatsTable::new(table::COUNT),
@@ -93,6 +113,7 @@ impl Router {
                 config: db.clone(),
                 stats,
                 slots,
+                slots3,
             });
             let i = db.index as usize;
             if by_index.len() <= i {

@@ -227,16 +227,47 @@ async fn requests_over_the_configured_limits_are_refused_and_closed() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn hello_3_is_refused_and_hello_2_works() {
+async fn hello_3_switches_to_resp3_and_hello_2_back() {
     let redis = RedisServer::start();
     let proxy = start_proxy(proxy_config(&redis)).await;
     let mut c = AsyncRawClient::connect(proxy.local_addr()).await;
+    let mut direct = AsyncRawClient::connect(redis.addr()).await;
 
     let got = c.cmd(&[b"HELLO", b"3"]).await;
-    assert!(got.starts_with(b"-NOPROTO "), "{}", printable(&got));
-    assert!(got.ends_with(b"\r\n"));
-    // Still RESP2: a map-typed reply is a flat array, nil is $-1.
+    let text = String::from_utf8_lossy(&got).into_owned();
+    assert!(text.starts_with("%7\r\n"), "{text}");
+    assert!(text.contains("$5\r\nproto\r\n:3\r\n"), "{text}");
+    assert!(direct.cmd(&[b"HELLO", b"3"]).await.starts_with(b"%"));
+    // The direct comparison runs in db 15, apart from the proxy's db 0.
+    assert_eq!(direct.cmd(&[b"SELECT", b"15"]).await, b"+OK\r\n");
+    assert_eq!(direct.cmd(&[b"HSET", b"h", b"f", b"v"]).await, b":1\r\n");
+    // RESP3 replies exactly as Redis sends them: maps, sets, nulls, doubles.
     assert_eq!(c.cmd(&[b"HSET", b"h", b"f", b"v"]).await, b":1\r\n");
+    for args in [
+        &[&b"HGETALL"[..], b"h"][..],
+        &[b"GET", b"nope"],
+        &[b"SMEMBERS", b"nope"],
+        &[b"ZADD", b"z", b"1.5", b"m"],
+        &[b"ZSCORE", b"z", b"m"],
+        &[b"CONFIG", b"GET", b"maxmemory"],
+    ] {
+        let want = direct.cmd(args).await;
+        assert_eq!(c.cmd(args).await, want, "{}", printable(&want));
+    }
+    assert_eq!(
+        c.cmd(&[b"HGETALL", b"h"]).await,
+        b"%1\r\n$1\r\nf\r\n$1\r\nv\r\n".to_vec()
+    );
+    assert_eq!(c.cmd(&[b"GET", b"nope"]).await, b"_\r\n");
+    assert_eq!(c.cmd(&[b"CLIENT", b"GETNAME"]).await, b"_\r\n");
+    // Transactions on RESP3 exclusive connections.
+    assert_eq!(c.cmd(&[b"MULTI"]).await, b"+OK\r\n");
+    assert_eq!(c.cmd(&[b"GET", b"nope"]).await, b"+QUEUED\r\n");
+    assert_eq!(c.cmd(&[b"EXEC"]).await, b"*1\r\n_\r\n");
+
+    // Back to RESP2: a map-typed reply is a flat array, nil is $-1.
+    let hello = c.cmd(&[b"HELLO", b"2"]).await;
+    assert!(hello.starts_with(b"*14\r\n"), "{}", printable(&hello));
     assert_eq!(
         c.cmd(&[b"HGETALL", b"h"]).await,
         b"*2\r\n$1\r\nf\r\n$1\r\nv\r\n".to_vec()
@@ -358,15 +389,11 @@ async fn client_names_and_ids_are_per_session() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn pubsub_and_monitor_are_refused_clearly_and_the_session_keeps_working() {
+async fn monitor_and_replication_are_refused_clearly_and_the_session_keeps_working() {
     let redis = RedisServer::start();
     let proxy = start_proxy(proxy_config(&redis)).await;
     let mut c = AsyncRawClient::connect(proxy.local_addr()).await;
     let cases: &[(&[&[u8]], &str, &str)] = &[
-        (&[b"SUBSCRIBE", b"ch"], "SUBSCRIBE", "pub/sub"),
-        (&[b"psubscribe", b"ch*"], "PSUBSCRIBE", "pub/sub"),
-        (&[b"SSUBSCRIBE", b"ch"], "SSUBSCRIBE", "pub/sub"),
-        (&[b"UNSUBSCRIBE"], "UNSUBSCRIBE", "pub/sub"),
         (&[b"MONITOR"], "MONITOR", "MONITOR"),
         (&[b"SYNC"], "SYNC", "replication"),
     ];
@@ -375,7 +402,7 @@ async fn pubsub_and_monitor_are_refused_clearly_and_the_session_keeps_working() 
         let text = String::from_utf8_lossy(&got).into_owned();
         assert!(
             text.starts_with(&format!(
-                "-ERR '{name}' is not supported by redis-sidecar yet: "
+                "-ERR '{name}' is not supported by redis-sidecar: "
             )),
             "{text}"
         );
@@ -384,7 +411,7 @@ async fn pubsub_and_monitor_are_refused_clearly_and_the_session_keeps_working() 
             text.ends_with("\r\n") && text.matches('\n').count() == 1,
             "{text}"
         );
-        // Not subscribed / not monitoring: ordinary commands still get ordinary replies.
+        // Not monitoring: ordinary commands still get ordinary replies.
         assert_eq!(c.cmd(&[b"SET", b"k", name.as_bytes()]).await, b"+OK\r\n");
         assert_eq!(c.cmd(&[b"GET", b"k"]).await, resp_bulk(name.as_bytes()));
     }
@@ -395,7 +422,7 @@ async fn pubsub_and_monitor_are_refused_clearly_and_the_session_keeps_working() 
     let stats = direct.cmd(&[b"INFO", b"commandstats"]).await;
     let text = String::from_utf8_lossy(&stats).into_owned();
     assert!(text.contains("cmdstat_publish:"), "{text}");
-    for name in ["subscribe", "psubscribe", "ssubscribe", "monitor", "sync"] {
+    for name in ["monitor", "sync"] {
         assert!(
             !text.contains(&format!("cmdstat_{name}:")),
             "{name} reached Redis: {text}"

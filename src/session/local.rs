@@ -64,12 +64,13 @@ pub(super) fn handle<L: ArgList + ?Sized>(
             state.db = ctx.router.databases()[0].clone();
             state.db_index = state.db.config.index;
             state.name = None;
+            state.resp3 = false;
             state.authenticated = ctx.config.client_password.is_none();
             Outcome::Reply(b"+RESET\r\n".to_vec())
         }
         Route::CrossDb => cross_db(state, ctx, args),
         Route::Stateful(family) => err(&format!(
-            "ERR '{}' is not supported by redis-sidecar yet: {} need a dedicated upstream connection",
+            "ERR '{}' is not supported by redis-sidecar: {} would take over an upstream connection",
             String::from_utf8_lossy(args.arg(0)).to_ascii_uppercase(),
             family.describe()
         )),
@@ -116,10 +117,11 @@ fn auth<L: ArgList + ?Sized>(state: &mut State, ctx: &Context, args: &L) -> Outc
 
 fn hello<L: ArgList + ?Sized>(state: &mut State, ctx: &Context, args: &L) -> Outcome {
     let mut i = 1;
+    let mut protocol = None;
     if args.count() > 1 {
         match parse_int(args.arg(1)) {
-            Some(2) => {}
-            Some(3) => return err("NOPROTO this proxy does not support RESP3 yet; use RESP2"),
+            Some(2) => protocol = Some(false),
+            Some(3) => protocol = Some(true),
             Some(_) => return err("NOPROTO unsupported protocol version"),
             None => return err("ERR Protocol version is not an integer or out of range"),
         }
@@ -158,8 +160,15 @@ fn hello<L: ArgList + ?Sized>(state: &mut State, ctx: &Context, args: &L) -> Out
         }
         state.name = (!n.is_empty()).then_some(n);
     }
+    if let Some(resp3) = protocol {
+        state.resp3 = resp3;
+    }
     let mut out = Vec::new();
-    reply::array_header(&mut out, 14);
+    if state.resp3 {
+        out.extend_from_slice(b"%7\r\n");
+    } else {
+        reply::array_header(&mut out, 14);
+    }
     for (k, v) in [
         ("server", "redis-sidecar"),
         ("version", env!("CARGO_PKG_VERSION")),
@@ -168,7 +177,7 @@ fn hello<L: ArgList + ?Sized>(state: &mut State, ctx: &Context, args: &L) -> Out
         reply::bulk(&mut out, v.as_bytes());
     }
     reply::bulk(&mut out, b"proto");
-    reply::integer(&mut out, 2);
+    reply::integer(&mut out, if state.resp3 { 3 } else { 2 });
     reply::bulk(&mut out, b"id");
     reply::integer(&mut out, state.id as i64);
     for (k, v) in [("mode", "standalone"), ("role", "master")] {
@@ -217,6 +226,7 @@ fn client<L: ArgList + ?Sized>(state: &mut State, args: &L) -> Outcome {
             let mut out = Vec::new();
             match &state.name {
                 Some(name) => reply::bulk(&mut out, name),
+                None if state.resp3 => out.extend_from_slice(b"_\r\n"),
                 None => reply::nil(&mut out),
             }
             Outcome::Reply(out)

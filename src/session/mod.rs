@@ -37,6 +37,7 @@ use crate::router::Database;
 use crate::stats;
 use crate::upstream::dedicated::Dedicated;
 use crate::upstream::mux::{Batch, BatchReply};
+use crate::upstream::pubsub::{self, End, Subscription};
 use crate::upstream::UpstreamError;
 
 /// Most queue entries a session may have before it stops reading (backpressure).
@@ -101,6 +102,8 @@ pub(crate) struct State {
     pub lib_name: Option<Vec<u8>>,
     /// `CLIENT SETINFO LIB-VER`.
     pub lib_ver: Option<Vec<u8>>,
+    /// The client negotiated RESP3 with `HELLO 3`.
+    pub resp3: bool,
     /// The client's address.
     pub peer: String,
 }
@@ -124,6 +127,7 @@ pub async fn run(stream: TcpStream, ctx: Arc<Context>, id: u64, shutdown: Cancel
         name: None,
         lib_name: None,
         lib_ver: None,
+        resp3: false,
         peer,
     };
     let mut session = Session {
@@ -143,6 +147,8 @@ pub async fn run(stream: TcpStream, ctx: Arc<Context>, id: u64, shutdown: Cancel
         block: Block::No,
         run_cmds: CmdList::new(),
         run_readonly: true,
+        pubsub: None,
+        after_unsubscribe: 0,
     };
     if let Err(e) = session.serve(stream, shutdown).await {
         tracing::debug!(session = id, error = %e, "client connection ended");
@@ -180,6 +186,13 @@ struct Session {
     run_cmds: CmdList,
     /// Every command of the run being built is read-only.
     run_readonly: bool,
+    /// The client is subscribed: its requests go to this connection and every
+    /// frame Redis sends on it is streamed back.
+    pubsub: Option<Subscription>,
+    /// Requests written to the subscriber connection since the last UNSUBSCRIBE-
+    /// family command: the connection can only be let go when there are none (their
+    /// replies would arrive on it).
+    after_unsubscribe: u32,
 }
 
 /// Which upstream connection a request goes to.
@@ -210,6 +223,8 @@ impl Session {
             let can_read =
                 !self.read_closed && !self.closing && !self.stalled && self.queue.len() < MAX_QUEUE;
             let queue = &mut self.queue;
+            let has_pubsub = self.pubsub.is_some();
+            let pubsub = &mut self.pubsub;
             tokio::select! {
                 biased;
                 ev = poll_fn(|cx| match queue.front_mut() {
@@ -248,6 +263,12 @@ impl Session {
                         }
                     }
                 },
+                f = async {
+                    match pubsub.as_mut() {
+                        Some(sub) => sub.next().await,
+                        None => std::future::pending().await,
+                    }
+                }, if has_pubsub => self.on_pubsub_frame(f),
                 _ = shutdown.cancelled(), if !self.read_closed => self.read_closed = true,
             }
         }
@@ -349,7 +370,7 @@ impl Session {
                 false
             }
             _ => {
-                db.slot(self.state.id).send(batch).await;
+                db.slot(self.state.id, self.state.resp3).send(batch).await;
                 true
             }
         };
@@ -432,6 +453,7 @@ impl Session {
     /// retries ran past the overall deadline (give up).
     async fn front_timer(&mut self) {
         let id = self.state.id;
+        let resp3 = self.state.resp3;
         let Some(Pending::Upstream(sent)) = self.queue.front_mut() else {
             return;
         };
@@ -456,7 +478,7 @@ impl Session {
                 reply: tx,
                 block: Block::No,
             };
-            db.slot(id).send(batch).await;
+            db.slot(id, resp3).send(batch).await;
         } else {
             for &c in &sent.cmds {
                 db.commands.record_timeout(c as usize);
@@ -470,6 +492,51 @@ impl Session {
             );
             let bytes = errors(sent.count, &msg);
             *self.queue.front_mut().expect("front exists") = Pending::Ready(bytes);
+        }
+    }
+
+    /// A frame (or the end) of the subscriber connection's stream.
+    fn on_pubsub_frame(&mut self, f: Result<Bytes, End>) {
+        match f {
+            Ok(frame) => {
+                if pubsub::is_last_unsubscribe(&frame) && self.after_unsubscribe == 0 {
+                    // No subscriptions left and nothing else in flight on the
+                    // connection: back to normal request/reply.
+                    self.pubsub = None;
+                }
+                self.queue.push_back(Pending::Ready(frame));
+            }
+            Err(End::Overflow) => {
+                tracing::warn!(
+                    session = self.state.id,
+                    peer = %self.state.peer,
+                    limit = self.ctx.config.limits.pubsub_buffer_limit,
+                    "disconnecting slow subscriber: pub/sub output buffer limit reached"
+                );
+                self.pubsub = None;
+                self.queue.clear();
+                self.done = true;
+            }
+            Err(End::Closed) => {
+                // The client's subscriptions are gone with the connection; closing
+                // makes its library reconnect and subscribe again.
+                tracing::info!(
+                    session = self.state.id,
+                    "subscriber upstream connection closed"
+                );
+                self.pubsub = None;
+                let mut out = Vec::new();
+                reply::error(
+                    &mut out,
+                    &format!(
+                        "UPSTREAM database {}: the subscriber connection was lost; reconnect and subscribe again",
+                        self.state.db.label()
+                    ),
+                );
+                self.push_reply(out);
+                self.queue.push_back(Pending::Close);
+                self.closing = true;
+            }
         }
     }
 
@@ -548,7 +615,7 @@ impl Session {
                     return;
                 }
             };
-            let (route, op, block) = match &req.kind {
+            let (route, op, block, subscribe) = match &req.kind {
                 RequestKind::Empty => {
                     // Redis ignores these; they may travel inside a run.
                     run_len += req.len;
@@ -569,7 +636,7 @@ impl Session {
                     } else {
                         Block::No
                     };
-                    (route, tx_op(route, name), block)
+                    (route, tx_op(route, name), block, subscribes(route, name))
                 }
                 RequestKind::Inline(args) => {
                     if log_commands {
@@ -581,9 +648,86 @@ impl Session {
                     } else {
                         Block::No
                     };
-                    (route, tx_op(route, &args[0]), block)
+                    (
+                        route,
+                        tx_op(route, &args[0]),
+                        block,
+                        subscribes(route, &args[0]),
+                    )
                 }
             };
+            let in_pubsub = self.pubsub.is_some()
+                && !matches!(route, Route::Quit | Route::Reset | Route::Proxy);
+            if self.state.authenticated && (in_pubsub || route == Route::Stateful(Family::PubSub)) {
+                let run = inbuf.split_to(run_len).freeze();
+                self.forward(run, run_count, run_target).await;
+                run_len = 0;
+                run_count = 0;
+                if self.pubsub.is_none() {
+                    if !subscribe {
+                        // UNSUBSCRIBE … without subscriptions: Redis's answer,
+                        // one confirmation per channel (or one with nil).
+                        let raw = inbuf.split_to(req.len);
+                        let out = match &req.kind {
+                            RequestKind::Inline(args) => unsubscribed(&args[..], self.state.resp3),
+                            _ => unsubscribed(
+                                &Ranged {
+                                    buf: &raw,
+                                    ranges: &self.args,
+                                },
+                                self.state.resp3,
+                            ),
+                        };
+                        self.push_reply(out);
+                        continue;
+                    }
+                    if !self.queue.is_empty() {
+                        // Subscribe only after every earlier reply has arrived.
+                        self.stalled = true;
+                        return;
+                    }
+                    let db = self.state.db.clone();
+                    match Subscription::open(
+                        &db.config.upstream,
+                        self.ctx.config.limits.pubsub_buffer_limit,
+                        self.state.resp3,
+                    )
+                    .await
+                    {
+                        Ok(sub) => self.pubsub = Some(sub),
+                        Err(e) => {
+                            inbuf.advance(req.len);
+                            let mut out = Vec::new();
+                            reply::error(
+                                &mut out,
+                                &format!("UPSTREAM database {}: {}", db.label(), e),
+                            );
+                            self.push_reply(out);
+                            continue;
+                        }
+                    }
+                }
+                let bytes: Bytes = match &req.kind {
+                    RequestKind::Inline(args) => {
+                        let b = encode(&args[..]).into();
+                        inbuf.advance(req.len);
+                        b
+                    }
+                    _ => inbuf.split_to(req.len).freeze(),
+                };
+                if route == Route::Stateful(Family::PubSub) && !subscribe {
+                    self.after_unsubscribe = 0;
+                } else {
+                    self.after_unsubscribe += 1;
+                }
+                if let Some(sub) = self.pubsub.as_mut() {
+                    if sub.send(&bytes).await.is_err() {
+                        self.on_pubsub_frame(Err(End::Closed));
+                        return;
+                    }
+                }
+                continue;
+            }
             if let Some(target) = self.target(route) {
                 let switching = match target {
                     Target::Shared => self.last_dedicated,
@@ -604,7 +748,7 @@ impl Session {
                 if target == Target::Dedicated && self.dedicated.is_none() {
                     let db = &self.state.db;
                     self.dedicated = Some(Dedicated::start(
-                        db.pool.clone(),
+                        db.pool(self.state.resp3).clone(),
                         db.label(),
                         db.config.upstream.command_timeout,
                     ));
@@ -656,10 +800,11 @@ impl Session {
             self.forward(run, run_count, run_target).await;
             run_len = 0;
             run_count = 0;
-            if matches!(route, Route::Client | Route::CrossDb)
-                && self.dedicated.is_none()
-                && self.last_dedicated
-                && !self.queue.is_empty()
+            if (route == Route::Hello && !self.queue.is_empty())
+                || (matches!(route, Route::Client | Route::CrossDb)
+                    && self.dedicated.is_none()
+                    && self.last_dedicated
+                    && !self.queue.is_empty())
             {
                 // May be forwarded on the shared connection: keep it after the
                 // exclusive connection's commands.
@@ -667,28 +812,37 @@ impl Session {
                 return;
             }
             let raw = inbuf.split_to(req.len);
-            let outcome = if self.dedicated.is_some() && route == Route::Select {
-                local::Outcome::Reply(
-                    b"-ERR SELECT inside a transaction is not supported by redis-sidecar\r\n"
-                        .to_vec(),
-                )
-            } else {
-                if matches!(route, Route::Reset | Route::Quit) {
-                    self.end_dedicated(false);
-                }
-                match req.kind {
-                    RequestKind::Inline(args) => {
-                        local::handle(&mut self.state, &self.ctx, route, &args[..])
+            let outcome =
+                if self.dedicated.is_some() && matches!(route, Route::Select | Route::Hello) {
+                    local::Outcome::Reply(
+                        format!(
+                            "-ERR {} inside a transaction is not supported by redis-sidecar\r\n",
+                            if route == Route::Select {
+                                "SELECT"
+                            } else {
+                                "HELLO"
+                            }
+                        )
+                        .into_bytes(),
+                    )
+                } else {
+                    if matches!(route, Route::Reset | Route::Quit) {
+                        self.end_dedicated(false);
+                        self.pubsub = None;
                     }
-                    _ => {
-                        let args = Ranged {
-                            buf: &raw,
-                            ranges: &self.args,
-                        };
-                        local::handle(&mut self.state, &self.ctx, route, &args)
+                    match req.kind {
+                        RequestKind::Inline(args) => {
+                            local::handle(&mut self.state, &self.ctx, route, &args[..])
+                        }
+                        _ => {
+                            let args = Ranged {
+                                buf: &raw,
+                                ranges: &self.args,
+                            };
+                            local::handle(&mut self.state, &self.ctx, route, &args)
+                        }
                     }
-                }
-            };
+                };
             match outcome {
                 local::Outcome::Reply(r) => self.push_reply(r),
                 local::Outcome::Forward(encoded) => {
@@ -738,6 +892,37 @@ fn tx_op(route: Route, name: &[u8]) -> TxOp {
         b"UNWATCH" => TxOp::Unwatch,
         _ => TxOp::None,
     }
+}
+
+/// Whether a pub/sub-family command starts subscriptions (SUBSCRIBE, PSUBSCRIBE,
+/// SSUBSCRIBE) rather than ending them.
+fn subscribes(route: Route, name: &[u8]) -> bool {
+    route == Route::Stateful(Family::PubSub)
+        && !name.windows(5).any(|w| w.eq_ignore_ascii_case(b"UNSUB"))
+}
+
+/// Redis's confirmations for an UNSUBSCRIBE-family command from a client with no
+/// subscriptions: one per channel named, or one with a nil channel.
+fn unsubscribed<L: ArgList + ?Sized>(args: &L, resp3: bool) -> Vec<u8> {
+    let kind = args.arg(0).to_ascii_lowercase();
+    let mut out = Vec::new();
+    let mut one = |channel: Option<&[u8]>| {
+        out.extend_from_slice(if resp3 { b">3\r\n" } else { b"*3\r\n" });
+        reply::bulk(&mut out, &kind);
+        match channel {
+            Some(c) => reply::bulk(&mut out, c),
+            None => reply::nil(&mut out),
+        }
+        reply::integer(&mut out, 0);
+    };
+    if args.count() < 2 {
+        one(None);
+    } else {
+        for i in 1..args.count() {
+            one(Some(args.arg(i)));
+        }
+    }
+    out
 }
 
 /// The command table's entry for a request (its subcommand's for containers).

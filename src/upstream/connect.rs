@@ -9,10 +9,11 @@ use super::error::UpstreamError;
 use crate::config::UpstreamConfig;
 use crate::protocol::{reply, request::encode_command};
 
-/// Connects to the upstream and prepares the connection (AUTH, SELECT).
-pub async fn connect(cfg: &UpstreamConfig) -> Result<TcpStream, UpstreamError> {
+/// Connects to the upstream and prepares the connection (AUTH, `HELLO 3` for RESP3
+/// connections, SELECT).
+pub async fn connect(cfg: &UpstreamConfig, resp3: bool) -> Result<TcpStream, UpstreamError> {
     let addr = cfg.address();
-    match tokio::time::timeout(cfg.connect_timeout, connect_inner(cfg, &addr)).await {
+    match tokio::time::timeout(cfg.connect_timeout, connect_inner(cfg, &addr, resp3)).await {
         Ok(r) => r,
         Err(_) => Err(UpstreamError::Connect {
             addr,
@@ -21,7 +22,11 @@ pub async fn connect(cfg: &UpstreamConfig) -> Result<TcpStream, UpstreamError> {
     }
 }
 
-async fn connect_inner(cfg: &UpstreamConfig, addr: &str) -> Result<TcpStream, UpstreamError> {
+async fn connect_inner(
+    cfg: &UpstreamConfig,
+    addr: &str,
+    resp3: bool,
+) -> Result<TcpStream, UpstreamError> {
     let mut stream = TcpStream::connect((cfg.host.as_str(), cfg.port))
         .await
         .map_err(|e| UpstreamError::Connect {
@@ -37,6 +42,10 @@ async fn connect_inner(cfg: &UpstreamConfig, addr: &str) -> Result<TcpStream, Up
             Some(user) => encode_command(&[b"AUTH", user.as_bytes(), pw.0.as_bytes()], &mut setup),
             None => encode_command(&[&b"AUTH"[..], pw.0.as_bytes()], &mut setup),
         }
+        expected += 1;
+    }
+    if resp3 {
+        encode_command(&[&b"HELLO"[..], b"3"], &mut setup);
         expected += 1;
     }
     if cfg.db != 0 {

@@ -77,12 +77,13 @@ impl ExclusiveConn {
 #[derive(Debug, Clone)]
 pub struct Manager {
     cfg: UpstreamConfig,
+    resp3: bool,
 }
 
 impl Manager {
-    /// A manager for `cfg`'s upstream.
-    pub fn new(cfg: UpstreamConfig) -> Manager {
-        Manager { cfg }
+    /// A manager for `cfg`'s upstream, speaking RESP2 or (after `HELLO 3`) RESP3.
+    pub fn new(cfg: UpstreamConfig, resp3: bool) -> Manager {
+        Manager { cfg, resp3 }
     }
 }
 
@@ -91,7 +92,7 @@ impl bb8::ManageConnection for Manager {
     type Error = UpstreamError;
 
     async fn connect(&self) -> Result<ExclusiveConn, UpstreamError> {
-        let stream = connect(&self.cfg).await?;
+        let stream = connect(&self.cfg, self.resp3).await?;
         Ok(ExclusiveConn {
             stream,
             buf: BytesMut::with_capacity(4096),
@@ -133,8 +134,8 @@ impl Pool {
 }
 
 /// Builds a pool (no connection is opened until one is needed).
-pub fn pool(cfg: &UpstreamConfig) -> Pool {
-    let manager = Manager::new(cfg.clone());
+pub fn pool(cfg: &UpstreamConfig, resp3: bool) -> Pool {
+    let manager = Manager::new(cfg.clone(), resp3);
     let max = cfg.pool_size.max(1);
     let inner = bb8::Pool::builder()
         .max_size(max)

@@ -75,7 +75,7 @@ pub fn spawn(
     shutdown: CancellationToken,
 ) {
     tokio::spawn(async move {
-        let manager = Manager::new((*cfg).clone());
+        let manager = Manager::new((*cfg).clone(), false);
         let mut conn: Option<ExclusiveConn> = None;
         loop {
             let result = probe(&manager, &mut conn, &cfg).await;

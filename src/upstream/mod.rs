@@ -7,6 +7,7 @@ pub mod dedicated;
 pub mod error;
 pub mod health;
 pub mod mux;
+pub mod pubsub;
 
 pub use error::UpstreamError;
 

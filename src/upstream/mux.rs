@@ -75,9 +75,10 @@ impl MuxHandle {
         cfg: Arc<UpstreamConfig>,
         stats: Arc<DbStats>,
         observer: Arc<dyn Observer>,
+        resp3: bool,
     ) -> MuxHandle {
         let (tx, rx) = mpsc::channel(QUEUE);
-        tokio::spawn(run_slot(cfg, rx, stats, observer));
+        tokio::spawn(run_slot(cfg, rx, stats, observer, resp3));
         MuxHandle { tx }
     }
 
@@ -107,6 +108,7 @@ async fn run_slot(
     mut rx: mpsc::Receiver<Batch>,
     stats: Arc<DbStats>,
     observer: Arc<dyn Observer>,
+    resp3: bool,
 ) {
     let addr = cfg.address();
     let mut pause = RECONNECT_MIN;
@@ -115,7 +117,7 @@ async fn run_slot(
         if let Some(at) = retry_at.take() {
             tokio::time::sleep_until(at).await;
         }
-        match connect(&cfg).await {
+        match connect(&cfg, resp3).await {
             Ok(stream) => {
                 pause = RECONNECT_MIN;
                 stats::add(&stats.connects, 1);

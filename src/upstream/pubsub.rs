@@ -1,0 +1,171 @@
+//! A subscriber's own upstream connection.
+//!
+//! Once a client subscribes, Redis pushes messages to it at any time, so its
+//! connection can be neither shared nor pooled. The session opens one connection per
+//! subscribed client (AUTH/SELECT done as usual), writes the client's requests to it
+//! as they come, and streams every frame Redis sends back to the client in arrival
+//! order. A reader task frames the stream; the bytes it has queued but the client
+//! has not yet taken are counted, and past `limit` the subscription ends with
+//! [`End::Overflow`] (the session then disconnects the slow client, as Redis's
+//! `client-output-buffer-limit pubsub` does), so a slow subscriber cannot grow the
+//! proxy's memory without end.
+
+use std::sync::atomic::{AtomicUsize, Ordering::Relaxed};
+use std::sync::Arc;
+
+use bytes::{Bytes, BytesMut};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::tcp::{OwnedReadHalf, OwnedWriteHalf};
+use tokio::sync::mpsc;
+
+use super::connect::connect;
+use super::error::UpstreamError;
+use crate::config::UpstreamConfig;
+use crate::protocol::reply;
+
+/// Why a subscription's stream ended.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum End {
+    /// The upstream connection closed or broke.
+    Closed,
+    /// The client fell more than the limit behind.
+    Overflow,
+}
+
+/// An open subscriber connection.
+#[derive(Debug)]
+pub struct Subscription {
+    wr: OwnedWriteHalf,
+    frames: mpsc::UnboundedReceiver<Result<Bytes, End>>,
+    queued: Arc<AtomicUsize>,
+    reader: tokio::task::JoinHandle<()>,
+}
+
+impl Subscription {
+    /// Opens a connection for a subscriber (bounded by the connect timeout).
+    pub async fn open(
+        cfg: &UpstreamConfig,
+        limit: usize,
+        resp3: bool,
+    ) -> Result<Subscription, UpstreamError> {
+        let stream = connect(cfg, resp3).await?;
+        let (rd, wr) = stream.into_split();
+        let (tx, frames) = mpsc::unbounded_channel();
+        let queued = Arc::new(AtomicUsize::new(0));
+        let reader = tokio::spawn(read_frames(rd, tx, queued.clone(), limit));
+        Ok(Subscription {
+            wr,
+            frames,
+            queued,
+            reader,
+        })
+    }
+
+    /// Writes a client request to the subscriber connection.
+    pub async fn send(&mut self, request: &[u8]) -> std::io::Result<()> {
+        self.wr.write_all(request).await
+    }
+
+    /// The next frame from Redis, in arrival order, or why the stream ended.
+    pub async fn next(&mut self) -> Result<Bytes, End> {
+        match self.frames.recv().await {
+            Some(Ok(frame)) => {
+                self.queued.fetch_sub(frame.len(), Relaxed);
+                Ok(frame)
+            }
+            Some(Err(end)) => Err(end),
+            None => Err(End::Closed),
+        }
+    }
+}
+
+impl Drop for Subscription {
+    fn drop(&mut self) {
+        // Closing the connection makes Redis drop the subscriptions.
+        self.reader.abort();
+    }
+}
+
+async fn read_frames(
+    mut rd: OwnedReadHalf,
+    tx: mpsc::UnboundedSender<Result<Bytes, End>>,
+    queued: Arc<AtomicUsize>,
+    limit: usize,
+) {
+    let mut buf = BytesMut::with_capacity(16 * 1024);
+    loop {
+        loop {
+            match reply::scan(&buf) {
+                Ok(Some(frame)) => {
+                    let bytes = buf.split_to(frame.len).freeze();
+                    if queued.fetch_add(bytes.len(), Relaxed) + bytes.len() > limit {
+                        let _ = tx.send(Err(End::Overflow));
+                        return;
+                    }
+                    if tx.send(Ok(bytes)).is_err() {
+                        return;
+                    }
+                }
+                Ok(None) => break,
+                Err(_) => {
+                    let _ = tx.send(Err(End::Closed));
+                    return;
+                }
+            }
+        }
+        if buf.capacity() - buf.len() < 4096 {
+            buf.reserve(16 * 1024);
+        }
+        match rd.read_buf(&mut buf).await {
+            Ok(n) if n > 0 => {}
+            _ => {
+                let _ = tx.send(Err(End::Closed));
+                return;
+            }
+        }
+    }
+}
+
+/// Whether `frame` confirms an unsubscribe that left the client with no
+/// subscriptions (`*3`/`>3` of `unsubscribe`, `punsubscribe` or `sunsubscribe`,
+/// ending in count `:0`).
+pub fn is_last_unsubscribe(frame: &[u8]) -> bool {
+    let Some(rest) = frame
+        .strip_prefix(b"*3\r\n")
+        .or_else(|| frame.strip_prefix(b">3\r\n"))
+    else {
+        return false;
+    };
+    let kind = [
+        &b"$11\r\nunsubscribe\r\n"[..],
+        b"$12\r\npunsubscribe\r\n",
+        b"$12\r\nsunsubscribe\r\n",
+    ]
+    .iter()
+    .any(|k| rest.len() >= k.len() && rest[..k.len()].eq_ignore_ascii_case(k));
+    kind && frame.ends_with(b"\r\n:0\r\n")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::is_last_unsubscribe;
+
+    #[test]
+    fn recognises_the_last_unsubscribe() {
+        assert!(is_last_unsubscribe(
+            b"*3\r\n$11\r\nunsubscribe\r\n$1\r\na\r\n:0\r\n"
+        ));
+        assert!(is_last_unsubscribe(
+            b">3\r\n$12\r\npunsubscribe\r\n$-1\r\n:0\r\n"
+        ));
+        assert!(!is_last_unsubscribe(
+            b"*3\r\n$11\r\nunsubscribe\r\n$1\r\na\r\n:1\r\n"
+        ));
+        assert!(!is_last_unsubscribe(
+            b"*3\r\n$7\r\nmessage\r\n$1\r\na\r\n$2\r\n:0\r\n"
+        ));
+        assert!(!is_last_unsubscribe(
+            b"*3\r\n$9\r\nsubscribe\r\n$1\r\na\r\n:0\r\n"
+        ));
+    }
+}

@@ -1,0 +1,217 @@
+//! Pub/Sub through the proxy: each subscriber gets its own upstream connection,
+//! messages stream back in order, UNSUBSCRIBE returns the session to normal
+//! request/reply, and a slow subscriber is cut off at the buffer limit.
+
+mod support;
+
+use std::time::{Duration, Instant};
+
+use support::{proxy_config, resp_cmd, start_proxy, AsyncRawClient, RedisServer};
+
+fn push(kind: &[u8], a: &[u8], b: &[u8]) -> Vec<u8> {
+    let mut out = b"*3\r\n".to_vec();
+    for x in [kind, a, b] {
+        out.extend_from_slice(format!("${}\r\n", x.len()).as_bytes());
+        out.extend_from_slice(x);
+        out.extend_from_slice(b"\r\n");
+    }
+    out
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn subscribers_get_messages_published_through_the_proxy_and_directly() {
+    let redis = RedisServer::start();
+    let proxy = start_proxy(proxy_config(&redis)).await;
+    let mut sub = AsyncRawClient::connect(proxy.local_addr()).await;
+    assert_eq!(
+        sub.cmd(&[b"SUBSCRIBE", b"news"]).await,
+        b"*3\r\n$9\r\nsubscribe\r\n$4\r\nnews\r\n:1\r\n"
+    );
+    assert_eq!(
+        sub.cmd(&[b"PSUBSCRIBE", b"n*"]).await,
+        b"*3\r\n$10\r\npsubscribe\r\n$2\r\nn*\r\n:2\r\n"
+    );
+    let mut publisher = AsyncRawClient::connect(proxy.local_addr()).await;
+    // One subscriber connection (ours) sees it on the channel and the pattern.
+    assert_eq!(
+        publisher.cmd(&[b"PUBLISH", b"news", b"hello"]).await,
+        b":2\r\n"
+    );
+    assert_eq!(sub.read_reply().await, push(b"message", b"news", b"hello"));
+    let p = sub.read_reply().await;
+    assert!(
+        p.starts_with(b"*4\r\n$8\r\npmessage\r\n"),
+        "{:?}",
+        String::from_utf8_lossy(&p)
+    );
+    // Published straight to Redis, too.
+    let mut direct = AsyncRawClient::connect(redis.addr()).await;
+    assert_eq!(
+        direct.cmd(&[b"PUBLISH", b"news", b"direct"]).await,
+        b":2\r\n"
+    );
+    assert_eq!(sub.read_reply().await, push(b"message", b"news", b"direct"));
+    let _ = sub.read_reply().await;
+    // PING in subscribed mode is answered by Redis, as Redis does.
+    assert_eq!(sub.cmd(&[b"PING"]).await, b"*2\r\n$4\r\npong\r\n$0\r\n\r\n");
+    // Unsubscribing everything returns the session to normal request/reply.
+    assert_eq!(
+        sub.cmd(&[b"UNSUBSCRIBE"]).await,
+        b"*3\r\n$11\r\nunsubscribe\r\n$4\r\nnews\r\n:1\r\n"
+    );
+    assert_eq!(
+        sub.cmd(&[b"PUNSUBSCRIBE"]).await,
+        b"*3\r\n$12\r\npunsubscribe\r\n$2\r\nn*\r\n:0\r\n"
+    );
+    assert_eq!(sub.cmd(&[b"SET", b"k", b"v"]).await, b"+OK\r\n");
+    assert_eq!(sub.cmd(&[b"GET", b"k"]).await, b"$1\r\nv\r\n");
+    assert_eq!(
+        publisher.cmd(&[b"PUBLISH", b"news", b"gone"]).await,
+        b":0\r\n"
+    );
+    proxy.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn unsubscribe_without_subscriptions_answers_like_redis() {
+    let redis = RedisServer::start();
+    let proxy = start_proxy(proxy_config(&redis)).await;
+    let mut c = AsyncRawClient::connect(proxy.local_addr()).await;
+    let mut direct = AsyncRawClient::connect(redis.addr()).await;
+    for args in [
+        &[&b"UNSUBSCRIBE"[..]][..],
+        &[b"UNSUBSCRIBE", b"a", b"b"],
+        &[b"PUNSUBSCRIBE", b"x*"],
+    ] {
+        let n = args.len().saturating_sub(1).max(1);
+        direct.send(&resp_cmd(args)).await;
+        c.send(&resp_cmd(args)).await;
+        for _ in 0..n {
+            assert_eq!(c.read_reply().await, direct.read_reply().await);
+        }
+    }
+    // Still a normal session (not stuck in subscribed mode).
+    assert_eq!(c.cmd(&[b"PING"]).await, b"+PONG\r\n");
+    proxy.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_pipeline_after_unsubscribe_gets_its_replies() {
+    let redis = RedisServer::start();
+    let proxy = start_proxy(proxy_config(&redis)).await;
+    let mut c = AsyncRawClient::connect(proxy.local_addr()).await;
+    let mut bytes = Vec::new();
+    for args in [
+        &[&b"SUBSCRIBE"[..], b"x"][..],
+        &[b"UNSUBSCRIBE"],
+        &[b"SET", b"k", b"1"],
+        &[b"INCR", b"k"],
+    ] {
+        bytes.extend(resp_cmd(args));
+    }
+    c.send(&bytes).await;
+    assert!(c.read_reply().await.starts_with(b"*3\r\n$9\r\nsubscribe"));
+    assert!(c
+        .read_reply()
+        .await
+        .starts_with(b"*3\r\n$11\r\nunsubscribe"));
+    assert_eq!(c.read_reply().await, b"+OK\r\n");
+    assert_eq!(c.read_reply().await, b":2\r\n");
+    proxy.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn fan_out_to_100_subscribers() {
+    let redis = RedisServer::start();
+    let proxy = start_proxy(proxy_config(&redis)).await;
+    let mut subs = Vec::new();
+    for _ in 0..100 {
+        let mut s = AsyncRawClient::connect(proxy.local_addr()).await;
+        assert!(s
+            .cmd(&[b"SUBSCRIBE", b"fan"])
+            .await
+            .starts_with(b"*3\r\n$9\r\nsubscribe"));
+        subs.push(s);
+    }
+    let mut publisher = AsyncRawClient::connect(proxy.local_addr()).await;
+    for i in 0..5 {
+        let msg = format!("m{i}");
+        assert_eq!(
+            publisher.cmd(&[b"PUBLISH", b"fan", msg.as_bytes()]).await,
+            b":100\r\n"
+        );
+    }
+    for s in &mut subs {
+        for i in 0..5 {
+            let msg = format!("m{i}");
+            assert_eq!(
+                s.read_reply().await,
+                push(b"message", b"fan", msg.as_bytes())
+            );
+        }
+    }
+    drop(subs);
+    // Subscribers leaving closes their upstream connections: Redis forgets them.
+    let mut direct = AsyncRawClient::connect(redis.addr()).await;
+    let deadline = Instant::now() + Duration::from_secs(5);
+    loop {
+        let r = direct.cmd(&[b"PUBSUB", b"NUMSUB", b"fan"]).await;
+        if r.ends_with(b":0\r\n") {
+            break;
+        }
+        assert!(Instant::now() < deadline, "subscribers left behind: {r:?}");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    proxy.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn resp3_subscribers_get_push_messages() {
+    let redis = RedisServer::start();
+    let proxy = start_proxy(proxy_config(&redis)).await;
+    let mut sub = AsyncRawClient::connect(proxy.local_addr()).await;
+    assert!(sub.cmd(&[b"HELLO", b"3"]).await.starts_with(b"%7"));
+    assert_eq!(
+        sub.cmd(&[b"SUBSCRIBE", b"ch"]).await,
+        b">3\r\n$9\r\nsubscribe\r\n$2\r\nch\r\n:1\r\n"
+    );
+    let mut publisher = AsyncRawClient::connect(proxy.local_addr()).await;
+    assert_eq!(publisher.cmd(&[b"PUBLISH", b"ch", b"hi"]).await, b":1\r\n");
+    assert_eq!(
+        sub.read_reply().await,
+        b">3\r\n$7\r\nmessage\r\n$2\r\nch\r\n$2\r\nhi\r\n"
+    );
+    // RESP3 allows ordinary commands while subscribed.
+    assert_eq!(sub.cmd(&[b"GET", b"nope"]).await, b"_\r\n");
+    proxy.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_slow_subscriber_is_disconnected_at_the_buffer_limit() {
+    let redis = RedisServer::start();
+    let mut config = proxy_config(&redis);
+    config.limits.pubsub_buffer_limit = 256 * 1024;
+    let proxy = start_proxy(config).await;
+    let mut slow = AsyncRawClient::connect(proxy.local_addr()).await;
+    assert!(slow.cmd(&[b"SUBSCRIBE", b"flood"]).await.starts_with(b"*3"));
+    let mut publisher = AsyncRawClient::connect(proxy.local_addr()).await;
+    let payload = vec![b'x'; 64 * 1024];
+    // Publish far more than the limit plus what the sockets can buffer, while
+    // the subscriber reads nothing; the proxy must cut it off, not buffer it all.
+    let mut cut = false;
+    for _ in 0..2000 {
+        let r = publisher.cmd(&[b"PUBLISH", b"flood", &payload]).await;
+        if r == b":0\r\n" {
+            cut = true;
+            break;
+        }
+        assert_eq!(r, b":1\r\n");
+    }
+    assert!(cut, "the slow subscriber was never disconnected");
+    // Its connection is closed by the proxy (after whatever was in flight).
+    slow.set_timeout(Duration::from_secs(10));
+    let _ = slow.read_until_closed().await;
+    // Others are unaffected.
+    assert_eq!(publisher.cmd(&[b"PING"]).await, b"+PONG\r\n");
+    proxy.shutdown().await;
+}
