@@ -87,6 +87,11 @@ pub const ENV_LISTEN: &str = "REDIS_SIDECAR_LISTEN";
 pub const ENV_CLIENT_PASSWORD: &str = "REDIS_SIDECAR_CLIENT_PASSWORD";
 
 const DEFAULT_LISTEN: SocketAddr = SocketAddr::V4(SocketAddrV4::new(Ipv4Addr::LOCALHOST, 6380));
+/// Commands refused by default: each changes the role or the life of the whole
+/// (shared) Redis server, which no single application behind a sidecar should do.
+/// `deny_commands: []` allows everything.
+pub const DEFAULT_DENY_COMMANDS: &[&str] = &["shutdown", "replicaof", "slaveof", "failover"];
+
 /// Default address of the Prometheus endpoint (`metrics_listen`).
 pub const DEFAULT_METRICS_LISTEN: SocketAddr =
     SocketAddr::V4(SocketAddrV4::new(Ipv4Addr::LOCALHOST, 9180));
@@ -192,6 +197,10 @@ pub struct UpstreamConfig {
     pub password: Option<Secret>,
     /// The db index selected on the upstream server.
     pub db: u32,
+    /// Commands refused for this database (lower-case names as Redis reports them,
+    /// `config|set` for a subcommand). YAML `deny_commands`, top level or per
+    /// database; default [`DEFAULT_DENY_COMMANDS`].
+    pub deny_commands: Vec<String>,
     /// Size of the pool of exclusive connections (seed: `max_connections`).
     pub pool_size: u32,
     /// Number of shared, multiplexed connections.
@@ -216,6 +225,10 @@ impl UpstreamConfig {
             db,
             pool_size: DEFAULT_POOL_SIZE,
             mux_connections: DEFAULT_MUX_CONNECTIONS,
+            deny_commands: DEFAULT_DENY_COMMANDS
+                .iter()
+                .map(|c| c.to_string())
+                .collect(),
             connect_timeout: DEFAULT_TIMEOUT,
             command_timeout: DEFAULT_TIMEOUT,
             resilience: ResilienceConfig::default(),
@@ -410,6 +423,10 @@ impl Config {
             line(format!("    password: {}", mask(u.password.as_ref())));
             line(format!("    pool_size: {}", u.pool_size));
             line(format!("    mux_connections: {}", u.mux_connections));
+            line(format!(
+                "    deny_commands: [{}]",
+                u.deny_commands.join(", ")
+            ));
             line(format!("    connect_timeout: {}", secs(u.connect_timeout)));
             line(format!("    command_timeout: {}", secs(u.command_timeout)));
             line(format!("    retry_attempts: {}", r.retry_attempts));
@@ -1130,6 +1147,31 @@ fn parse_string(path: &KeyPath, node: &Node) -> Result<String, Fail> {
     }
 }
 
+/// A list of command names (`[FLUSHALL, "config|set"]`), stored lower-case.
+fn parse_command_list(path: &KeyPath, node: &Node) -> Result<Vec<String>, Fail> {
+    let Node::Seq(items) = node else {
+        return Err(type_error(path, "a list of command names", node));
+    };
+    items
+        .iter()
+        .map(|item| {
+            let name = parse_string(path, item)?.trim().to_ascii_lowercase();
+            let ok = !name.is_empty()
+                && name
+                    .chars()
+                    .all(|c| c.is_ascii_alphanumeric() || matches!(c, '|' | '-' | '_'));
+            if ok {
+                Ok(name)
+            } else {
+                Err(Fail::at(
+                    path,
+                    format!("{name:?} is not a command name (e.g. FLUSHALL or \"config|set\")"),
+                ))
+            }
+        })
+        .collect()
+}
+
 fn parse_host(path: &KeyPath, node: &Node) -> Result<String, Fail> {
     let host = parse_string(path, node)?;
     let host = host.trim();
@@ -1261,6 +1303,7 @@ fn parse_log_format(path: &KeyPath, node: &Node) -> Result<String, Fail> {
 // Settings that the top level provides as defaults and databases may override.
 
 const UPSTREAM_KEYS: &[&str] = &[
+    "deny_commands",
     "host",
     "port",
     "username",
@@ -1323,6 +1366,7 @@ struct Layer {
     recovery_timeout: Option<Set<Duration>>,
     success_threshold: Option<Set<u32>>,
     health_check_interval: Option<Set<Duration>>,
+    deny_commands: Option<Set<Vec<String>>>,
 }
 
 /// Applies `$m!(field)` to every field of `Layer`.
@@ -1344,6 +1388,7 @@ macro_rules! layer_fields {
         $m!(recovery_timeout);
         $m!(success_threshold);
         $m!(health_check_interval);
+        $m!(deny_commands);
     };
 }
 
@@ -1370,6 +1415,7 @@ impl Layer {
             recovery_timeout: map.set("recovery_timeout", positive_secs)?,
             success_threshold: map.set("success_threshold", parse_u32(1))?,
             health_check_interval: map.set("health_check_interval", positive_secs)?,
+            deny_commands: map.set("deny_commands", parse_command_list)?,
         })
     }
 
@@ -1601,6 +1647,13 @@ fn resolve_upstream(
         db: db.value,
         pool_size: value_or(&eff.pool_size, DEFAULT_POOL_SIZE),
         mux_connections: value_or(&eff.mux_connections, DEFAULT_MUX_CONNECTIONS),
+        deny_commands: value_or(
+            &eff.deny_commands,
+            DEFAULT_DENY_COMMANDS
+                .iter()
+                .map(|c| c.to_string())
+                .collect(),
+        ),
         connect_timeout: timeout(&own.connect_timeout, &top.connect_timeout),
         command_timeout: timeout(&own.command_timeout, &top.command_timeout),
         resilience,

@@ -33,6 +33,8 @@ pub struct Database {
     pub commands: StatsTable,
     /// Delays between retries.
     pub backoff: Backoff,
+    /// Refused commands, by command-table index (`deny_commands`).
+    denied: Vec<bool>,
     /// Shared (multiplexed) connection slots.
     slots: Vec<MuxHandle>,
     /// The same, speaking RESP3 (for sessions that sent `HELLO 3`).
@@ -55,6 +57,12 @@ impl Database {
         } else {
             &self.pool
         }
+    }
+
+    /// Whether the command with this table index is refused for this database.
+    #[inline]
+    pub fn is_denied(&self, idx: usize) -> bool {
+        self.denied.get(idx).copied().unwrap_or(false)
     }
 
     /// Number of shared connection slots.
@@ -110,6 +118,7 @@ impl Router {
                 health,
                 commands: StatsTable::new(table::COUNT),
                 backoff: Backoff::from(&db.upstream.resilience),
+                denied: denied(db),
                 config: db.clone(),
                 stats,
                 slots,
@@ -138,4 +147,26 @@ impl Router {
     pub fn databases(&self) -> &[Arc<Database>] {
         &self.all
     }
+}
+
+/// The `deny_commands` of a database as a table-index mask.
+fn denied(db: &DatabaseConfig) -> Vec<bool> {
+    let mut mask = vec![false; table::COUNT + 1];
+    for name in &db.upstream.deny_commands {
+        let upper = name.to_ascii_uppercase();
+        let mut parts = upper.splitn(2, '|');
+        let cmd = parts.next().unwrap_or("");
+        let info = match parts.next() {
+            Some(sub) => table::lookup_sub(cmd.as_bytes(), sub.as_bytes())
+                .filter(|i| i.name.eq_ignore_ascii_case(name)),
+            None => table::lookup(cmd.as_bytes()),
+        };
+        match info {
+            Some(i) => mask[i.index as usize] = true,
+            None => {
+                tracing::warn!(db = db.name(), command = %name, "deny_commands: unknown command ignored")
+            }
+        }
+    }
+    mask
 }

@@ -29,6 +29,7 @@ use tokio::sync::oneshot;
 use tokio::time::{Instant, Sleep};
 use tokio_util::sync::CancellationToken;
 
+use crate::admin;
 use crate::command::{self, table, ArgList, Block, Family, Ranged, Route};
 use crate::context::Context;
 use crate::protocol::reply;
@@ -615,7 +616,7 @@ impl Session {
                     return;
                 }
             };
-            let (route, op, block, subscribe) = match &req.kind {
+            let (route, op, block, subscribe, info) = match &req.kind {
                 RequestKind::Empty => {
                     // Redis ignores these; they may travel inside a run.
                     run_len += req.len;
@@ -636,7 +637,13 @@ impl Session {
                     } else {
                         Block::No
                     };
-                    (route, tx_op(route, name), block, subscribes(route, name))
+                    (
+                        route,
+                        tx_op(route, name),
+                        block,
+                        subscribes(route, name),
+                        lookup(&args),
+                    )
                 }
                 RequestKind::Inline(args) => {
                     if log_commands {
@@ -653,9 +660,29 @@ impl Session {
                         tx_op(route, &args[0]),
                         block,
                         subscribes(route, &args[0]),
+                        lookup(&args[..]),
                     )
                 }
             };
+            let idx = info.map_or(table::COUNT, |i| i.index as usize);
+            if info.is_some() && self.state.db.is_denied(idx) && self.state.authenticated {
+                let run = inbuf.split_to(run_len).freeze();
+                self.forward(run, run_count, run_target).await;
+                run_len = 0;
+                run_count = 0;
+                inbuf.advance(req.len);
+                let mut out = Vec::new();
+                reply::error(
+                    &mut out,
+                    &format!(
+                        "NOPERM '{}' is denied by redis-sidecar's deny_commands for database {}",
+                        admin::command_name(idx).replace('_', " "),
+                        self.state.db.label()
+                    ),
+                );
+                self.push_reply(out);
+                continue;
+            }
             let in_pubsub = self.pubsub.is_some()
                 && !matches!(route, Route::Quit | Route::Reset | Route::Proxy);
             if self.state.authenticated && (in_pubsub || route == Route::Stateful(Family::PubSub)) {
@@ -758,13 +785,6 @@ impl Session {
                     // Travels alone (see transaction_step) with its own deadline.
                     self.block = block;
                 }
-                let info = match &req.kind {
-                    RequestKind::Inline(args) => lookup(&args[..]),
-                    _ => lookup(&Ranged {
-                        buf: &inbuf[run_len..],
-                        ranges: &self.args,
-                    }),
-                };
                 let readonly = info.is_some_and(|i| i.is_readonly());
                 let idx = info.map_or(table::COUNT as u16, |i| i.index);
                 match req.kind {

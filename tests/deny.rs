@@ -1,0 +1,94 @@
+//! deny_commands: per-database refusal with -NOPERM, the default list, and config.
+
+mod support;
+
+use redis_sidecar::config::{Config, DEFAULT_DENY_COMMANDS};
+use support::{proxy_config, start_proxy, AsyncRawClient, RedisServer};
+
+fn text(b: &[u8]) -> String {
+    String::from_utf8_lossy(b).into_owned()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn denied_commands_get_noperm_and_never_reach_redis() {
+    let redis = RedisServer::start();
+    let mut config = proxy_config(&redis);
+    // cache (db 5) also refuses FLUSHALL and CONFIG SET; main keeps the defaults.
+    config.databases[5].upstream.deny_commands =
+        vec!["flushall".into(), "config|set".into(), "shutdown".into()];
+    let proxy = start_proxy(config).await;
+    let mut c = AsyncRawClient::connect(proxy.local_addr()).await;
+
+    // Default list on db 0: SHUTDOWN would stop the shared server.
+    let r = text(&c.cmd(&[b"SHUTDOWN", b"NOSAVE"]).await);
+    assert!(r.starts_with("-NOPERM 'shutdown' is denied"), "{r}");
+    assert!(r.contains("database 'main' (db 0)"), "{r}");
+    // Redis is still up and db 0 still allows FLUSHALL's neighbour FLUSHDB and CONFIG SET.
+    assert_eq!(c.cmd(&[b"SET", b"k", b"v"]).await, b"+OK\r\n");
+    assert_eq!(
+        c.cmd(&[b"CONFIG", b"SET", b"maxmemory-samples", b"5"])
+            .await,
+        b"+OK\r\n"
+    );
+
+    assert_eq!(c.cmd(&[b"SELECT", b"5"]).await, b"+OK\r\n");
+    let r = text(&c.cmd(&[b"flushall"]).await);
+    assert!(r.starts_with("-NOPERM 'flushall' is denied"), "{r}");
+    assert!(r.contains("'cache' (db 5)"), "{r}");
+    let r = text(
+        &c.cmd(&[b"config", b"set", b"maxmemory-samples", b"5"])
+            .await,
+    );
+    assert!(r.starts_with("-NOPERM 'config set' is denied"), "{r}");
+    // Other CONFIG subcommands are not affected.
+    assert!(c
+        .cmd(&[b"CONFIG", b"GET", b"maxmemory-samples"])
+        .await
+        .starts_with(b"*2"));
+    // Inline commands are checked too, and a pipeline keeps its order.
+    c.send(b"FLUSHALL\r\nPING\r\n").await;
+    assert!(text(&c.read_reply().await).starts_with("-NOPERM"));
+    assert_eq!(c.read_reply().await, b"+PONG\r\n");
+
+    // FLUSHALL never ran: the key in db 0 is still there.
+    assert_eq!(c.cmd(&[b"SELECT", b"0"]).await, b"+OK\r\n");
+    assert_eq!(c.cmd(&[b"GET", b"k"]).await, b"$1\r\nv\r\n");
+    let mut direct = AsyncRawClient::connect(redis.addr()).await;
+    let stats = text(&direct.cmd(&[b"INFO", b"commandstats"]).await);
+    assert!(!stats.contains("cmdstat_flushall:"), "{stats}");
+    assert!(!stats.contains("cmdstat_shutdown:"), "{stats}");
+    proxy.shutdown().await;
+}
+
+#[test]
+fn deny_commands_in_yaml_top_level_and_per_database() {
+    let yaml = r#"
+redis_databases:
+  main: { db: 0 }
+  cache: { db: 5, deny_commands: [FLUSHALL, "CONFIG|SET"] }
+  temp: { db: 9, deny_commands: [] }
+deny_commands: [shutdown, debug]
+"#;
+    let c = Config::from_yaml_str(yaml, None).expect("valid");
+    let d = |i: usize| c.databases[i].upstream.deny_commands.clone();
+    assert_eq!(d(0), vec!["shutdown", "debug"]);
+    assert_eq!(d(1), vec!["flushall", "config|set"]);
+    assert!(d(2).is_empty());
+    let plain = Config::from_yaml_str("redis_databases: { main: { db: 0 } }", None).expect("valid");
+    assert_eq!(
+        plain.databases[0].upstream.deny_commands,
+        DEFAULT_DENY_COMMANDS
+    );
+    let bad = Config::from_yaml_str(
+        "redis_databases: { main: { db: 0, deny_commands: [\"flush all\"] } }",
+        None,
+    )
+    .expect_err("a name with a space is not a command");
+    assert!(bad.to_string().contains("deny_commands"), "{bad}");
+    let bad = Config::from_yaml_str(
+        "redis_databases: { main: { db: 0, deny_commands: FLUSHALL } }",
+        None,
+    )
+    .expect_err("must be a list");
+    assert!(bad.to_string().contains("list"), "{bad}");
+}
