@@ -215,3 +215,25 @@ async fn a_slow_subscriber_is_disconnected_at_the_buffer_limit() {
     assert_eq!(publisher.cmd(&[b"PING"]).await, b"+PONG\r\n");
     proxy.shutdown().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn monitor_streams_commands_on_its_own_connection() {
+    let redis = RedisServer::start();
+    let proxy = start_proxy(proxy_config(&redis)).await;
+    let mut mon = AsyncRawClient::connect(proxy.local_addr()).await;
+    assert_eq!(mon.cmd(&[b"MONITOR"]).await, b"+OK\r\n");
+    let mut c = AsyncRawClient::connect(proxy.local_addr()).await;
+    assert_eq!(c.cmd(&[b"SET", b"watched", b"1"]).await, b"+OK\r\n");
+    // Redis's own monitor line for the SET, whichever connection sent it.
+    let deadline = Instant::now() + Duration::from_secs(5);
+    loop {
+        let line = mon.read_reply().await;
+        if String::from_utf8_lossy(&line).contains("\"SET\" \"watched\" \"1\"") {
+            break;
+        }
+        assert!(Instant::now() < deadline, "no monitor line for SET");
+    }
+    // The other client is unaffected.
+    assert_eq!(c.cmd(&[b"GET", b"watched"]).await, b"$1\r\n1\r\n");
+    proxy.shutdown().await;
+}

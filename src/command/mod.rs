@@ -45,8 +45,10 @@ pub enum Family {
     Blocking,
     /// SUBSCRIBE / PSUBSCRIBE / SSUBSCRIBE and their UNSUBSCRIBEs.
     PubSub,
-    /// MONITOR, SYNC, PSYNC, REPLCONF.
+    /// MONITOR: streams every command the server runs.
     Monitor,
+    /// SYNC, PSYNC, REPLCONF: would turn the connection into a replica link.
+    Replication,
 }
 
 impl Family {
@@ -56,7 +58,8 @@ impl Family {
             Family::Transaction => "transactions (MULTI/EXEC/WATCH)",
             Family::Blocking => "blocking commands",
             Family::PubSub => "pub/sub",
-            Family::Monitor => "MONITOR and replication commands",
+            Family::Monitor => "MONITOR",
+            Family::Replication => "replication commands",
         }
     }
 }
@@ -144,7 +147,8 @@ pub fn classify<L: ArgList + ?Sized>(args: &L) -> Route {
         b"XREAD" | b"XREADGROUP" if args.has_word(1, b"BLOCK") => Route::Stateful(Family::Blocking),
         b"SUBSCRIBE" | b"PSUBSCRIBE" | b"SSUBSCRIBE" | b"UNSUBSCRIBE" | b"PUNSUBSCRIBE"
         | b"SUNSUBSCRIBE" => Route::Stateful(Family::PubSub),
-        b"MONITOR" | b"SYNC" | b"PSYNC" | b"REPLCONF" => Route::Stateful(Family::Monitor),
+        b"MONITOR" => Route::Stateful(Family::Monitor),
+        b"SYNC" | b"PSYNC" | b"REPLCONF" => Route::Stateful(Family::Replication),
         _ => Route::Forward,
     }
 }

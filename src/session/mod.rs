@@ -75,6 +75,8 @@ struct Sent {
     shared: bool,
     /// Attempts made so far.
     attempt: u32,
+    /// CLIENT REPLY OFF/SKIP: the client gets no reply for this batch.
+    silent: bool,
     /// Backoff before the next attempt, or the overall deadline of a retried batch.
     timer: Option<Pin<Box<Sleep>>>,
     /// Waiting for the backoff to pass (no attempt in flight).
@@ -150,6 +152,8 @@ pub async fn run(stream: TcpStream, ctx: Arc<Context>, id: u64, shutdown: Cancel
         run_readonly: true,
         pubsub: None,
         after_unsubscribe: 0,
+        reply_off: false,
+        skip_next: false,
     };
     if let Err(e) = session.serve(stream, shutdown).await {
         tracing::debug!(session = id, error = %e, "client connection ended");
@@ -190,6 +194,10 @@ struct Session {
     /// The client is subscribed: its requests go to this connection and every
     /// frame Redis sends on it is streamed back.
     pubsub: Option<Subscription>,
+    /// CLIENT REPLY OFF is in force.
+    reply_off: bool,
+    /// CLIENT REPLY SKIP: the next command gets no reply.
+    skip_next: bool,
     /// Requests written to the subscriber connection since the last UNSUBSCRIBE-
     /// family command: the connection can only be let go when there are none (their
     /// replies would arrive on it).
@@ -327,7 +335,19 @@ impl Session {
 
     fn push_reply(&mut self, bytes: Vec<u8>) {
         stats::add(&self.ctx.stats.local_commands, 1);
+        if self.reply_off || std::mem::take(&mut self.skip_next) {
+            return;
+        }
         self.queue.push_back(Pending::Ready(Bytes::from(bytes)));
+    }
+
+    /// Replaces the front batch with the bytes its client gets (none if the
+    /// client turned replies off with CLIENT REPLY).
+    fn finish_front(&mut self, bytes: Bytes) {
+        if let Some(front) = self.queue.front_mut() {
+            let silent = matches!(front, Pending::Upstream(s) if s.silent);
+            *front = Pending::Ready(if silent { Bytes::new() } else { bytes });
+        }
     }
 
     /// Sends `bytes` (holding `count` requests, whose commands are in `run_cmds`) to
@@ -340,6 +360,7 @@ impl Session {
         if count == 0 {
             return;
         }
+        let silent = self.reply_off || std::mem::take(&mut self.skip_next);
         let db = self.state.db.clone();
         if let Err(rejected) = db.breaker.check() {
             for &c in &cmds {
@@ -350,7 +371,9 @@ impl Session {
             for _ in 0..count {
                 reply::error(&mut out, &msg);
             }
-            self.queue.push_back(Pending::Ready(Bytes::from(out)));
+            if !silent {
+                self.queue.push_back(Pending::Ready(Bytes::from(out)));
+            }
             if target == Target::Dedicated {
                 // The transaction cannot go on; its connection is reset.
                 self.end_dedicated(false);
@@ -384,6 +407,7 @@ impl Session {
             cmds,
             readonly,
             shared,
+            silent,
             attempt: 1,
             timer: None,
             backing_off: false,
@@ -401,7 +425,7 @@ impl Session {
         let err = match r {
             Some(Ok(bytes)) => {
                 record(sent, latency, true);
-                *self.queue.front_mut().expect("front exists") = Pending::Ready(bytes);
+                self.finish_front(bytes);
                 return;
             }
             Some(Err(e)) => e,
@@ -447,7 +471,7 @@ impl Session {
             msg.push_str(&format!(" (after {attempts} attempts)"));
         }
         let bytes = errors(sent.count, &msg);
-        *self.queue.front_mut().expect("front exists") = Pending::Ready(bytes);
+        self.finish_front(bytes);
     }
 
     /// The front batch's timer fired: its backoff is over (send it again), or its
@@ -466,7 +490,7 @@ impl Session {
                     db.commands.record_rejected(c as usize);
                 }
                 let bytes = errors(sent.count, &circuit_open(&db, rejected.retry_in));
-                *self.queue.front_mut().expect("front exists") = Pending::Ready(bytes);
+                self.finish_front(bytes);
                 return;
             }
             let (tx, rx) = oneshot::channel();
@@ -492,7 +516,7 @@ impl Session {
                 sent.attempt
             );
             let bytes = errors(sent.count, &msg);
-            *self.queue.front_mut().expect("front exists") = Pending::Ready(bytes);
+            self.finish_front(bytes);
         }
     }
 
@@ -685,7 +709,11 @@ impl Session {
             }
             let in_pubsub = self.pubsub.is_some()
                 && !matches!(route, Route::Quit | Route::Reset | Route::Proxy);
-            if self.state.authenticated && (in_pubsub || route == Route::Stateful(Family::PubSub)) {
+            let streams = matches!(
+                route,
+                Route::Stateful(Family::PubSub) | Route::Stateful(Family::Monitor)
+            );
+            if self.state.authenticated && (in_pubsub || streams) {
                 let run = inbuf.split_to(run_len).freeze();
                 self.forward(run, run_count, run_target).await;
                 run_len = 0;
@@ -755,6 +783,16 @@ impl Session {
                 }
                 continue;
             }
+            let skipped = self.skip_next && self.target(route).is_some();
+            if skipped {
+                // CLIENT REPLY SKIP: this command travels alone, its reply dropped.
+                let run = inbuf.split_to(run_len).freeze();
+                self.skip_next = false;
+                self.forward(run, run_count, run_target).await;
+                self.skip_next = true;
+                run_len = 0;
+                run_count = 0;
+            }
             if let Some(target) = self.target(route) {
                 let switching = match target {
                     Target::Shared => self.last_dedicated,
@@ -806,6 +844,12 @@ impl Session {
                     }
                     RequestKind::Empty => {}
                 }
+                if skipped {
+                    let run = inbuf.split_to(run_len).freeze();
+                    self.forward(run, run_count, run_target).await;
+                    run_len = 0;
+                    run_count = 0;
+                }
                 if target == Target::Dedicated && self.transaction_step(op) {
                     let run = inbuf.split_to(run_len).freeze();
                     self.forward(run, run_count, run_target).await;
@@ -832,6 +876,27 @@ impl Session {
                 return;
             }
             let raw = inbuf.split_to(req.len);
+            let client_reply = match &req.kind {
+                RequestKind::Inline(args) => client_reply(&args[..]),
+                _ => client_reply(&Ranged {
+                    buf: &raw,
+                    ranges: &self.args,
+                }),
+            };
+            if let (Route::Client, Some(mode)) = (route, client_reply) {
+                // CLIENT REPLY OFF/SKIP themselves get no reply; ON gets +OK.
+                match mode {
+                    Some(ReplyMode::On) => {
+                        self.reply_off = false;
+                        self.skip_next = false;
+                        self.push_reply(b"+OK\r\n".to_vec());
+                    }
+                    Some(ReplyMode::Off) => self.reply_off = true,
+                    Some(ReplyMode::Skip) => self.skip_next = !self.reply_off,
+                    None => self.push_reply(b"-ERR syntax error\r\n".to_vec()),
+                }
+                continue;
+            }
             let outcome =
                 if self.dedicated.is_some() && matches!(route, Route::Select | Route::Hello) {
                     local::Outcome::Reply(
@@ -889,6 +954,34 @@ impl Session {
     }
 }
 
+/// CLIENT REPLY's argument.
+enum ReplyMode {
+    On,
+    Off,
+    Skip,
+}
+
+/// `Some(mode)` for `CLIENT REPLY <mode>` (`Some(None)` for a bad mode), `None`
+/// for any other command.
+fn client_reply<L: ArgList + ?Sized>(args: &L) -> Option<Option<ReplyMode>> {
+    if args.count() < 2 || !args.arg(1).eq_ignore_ascii_case(b"REPLY") {
+        return None;
+    }
+    if args.count() != 3 {
+        return Some(None);
+    }
+    let m = args.arg(2);
+    Some(if m.eq_ignore_ascii_case(b"ON") {
+        Some(ReplyMode::On)
+    } else if m.eq_ignore_ascii_case(b"OFF") {
+        Some(ReplyMode::Off)
+    } else if m.eq_ignore_ascii_case(b"SKIP") {
+        Some(ReplyMode::Skip)
+    } else {
+        None
+    })
+}
+
 /// What a transaction-family command does to the MULTI/WATCH state.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 enum TxOp {
@@ -917,8 +1010,13 @@ fn tx_op(route: Route, name: &[u8]) -> TxOp {
 /// Whether a pub/sub-family command starts subscriptions (SUBSCRIBE, PSUBSCRIBE,
 /// SSUBSCRIBE) rather than ending them.
 fn subscribes(route: Route, name: &[u8]) -> bool {
-    route == Route::Stateful(Family::PubSub)
-        && !name.windows(5).any(|w| w.eq_ignore_ascii_case(b"UNSUB"))
+    match route {
+        Route::Stateful(Family::Monitor) => true,
+        Route::Stateful(Family::PubSub) => {
+            !name.windows(5).any(|w| w.eq_ignore_ascii_case(b"UNSUB"))
+        }
+        _ => false,
+    }
 }
 
 /// Redis's confirmations for an UNSUBSCRIBE-family command from a client with no
