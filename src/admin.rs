@@ -11,7 +11,7 @@ use std::fmt::Write;
 use std::sync::atomic::Ordering::Relaxed;
 use std::sync::Arc;
 
-use crate::command::{table, upper, ArgList};
+use crate::command::{command_name, upper, ArgList};
 use crate::context::Context;
 use crate::protocol::reply;
 use crate::protocol::request::parse_int;
@@ -180,13 +180,6 @@ fn stats_line(name: &str, c: &CommandStats) -> String {
         ms(p.p99),
         ms(p.max),
     )
-}
-
-/// The name of a command-table index (`other` for commands not in the table).
-pub fn command_name(idx: usize) -> String {
-    table::COMMANDS
-        .get(idx)
-        .map_or_else(|| "other".to_string(), |c| c.name.replace('|', "_"))
 }
 
 /// `PROXY STATS`: per database, the aggregate and every command used so far.

@@ -1,8 +1,8 @@
 //! # redis-sidecar
 //!
 //! A sidecar TCP proxy that speaks RESP. Unmodified Redis clients point at
-//! `localhost:6380` and get per-database upstream pools and routing (and, as the
-//! project grows, circuit breaking, safe retries, health probes and statistics).
+//! `localhost:6380` and get per-database upstream pools and routing, circuit
+//! breaking, safe retries, timeouts, health probes, statistics and metrics.
 //!
 //! ## Layout
 //!
@@ -11,16 +11,18 @@
 //! ```text
 //! main.rs        clap flags -> Config::load -> tracing -> Proxy::start -> signals
 //! server.rs      listener: accept loop, connection limit, graceful shutdown
-//! session/       one client: parse, classify, batch, replies back in order
+//! session/       one client: parse, classify, batch, replies back in order,
+//!                transactions/blocking on exclusive connections, pub/sub streams
 //!   local.rs     commands the proxy answers itself (SELECT, AUTH, HELLO, CLIENT …)
 //! admin.rs       PROXY INFO / HEALTH / STATS / RESETSTATS / CIRCUIT
 //! metrics.rs     Prometheus /metrics (read from the same counters at scrape time)
 //! context.rs     what sessions share: config, router, counters
-//! command/       command table: what the proxy does with each command
-//! router.rs      client db index -> Database (slots, pool, breaker, health, stats)
+//! router.rs      client db index -> Database (slots, pools, breaker, health, stats)
 //! resilience/    breaker, backoff, per-command latency stats (no I/O)
-//! upstream/      connection setup (AUTH/SELECT), shared multiplexed connections,
-//!                exclusive bb8-pooled connections, health probes
+//! upstream/      connection setup (AUTH/HELLO/SELECT), shared multiplexed slots,
+//!                exclusive bb8-pooled connections, subscriber connections, probes
+//! command/       command classification (byte-literal match) and the command
+//!                table generated from Redis's metadata (flags, keys, read-only)
 //! protocol/      request parser (multibulk + inline) and reply framing
 //! config.rs      YAML config, env overrides, validation
 //! stats.rs       lock-free counters

@@ -48,7 +48,7 @@ use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
 use tokio_util::sync::CancellationToken;
 
-use crate::admin::command_name;
+use crate::command::command_name;
 use crate::context::Context;
 use crate::resilience::{CommandStats, State};
 use crate::stats::get;

@@ -153,6 +153,13 @@ pub fn classify<L: ArgList + ?Sized>(args: &L) -> Route {
     }
 }
 
+/// The name of a command-table index (`other` for commands not in the table).
+pub fn command_name(idx: usize) -> String {
+    table::COMMANDS
+        .get(idx)
+        .map_or_else(|| "other".to_string(), |c| c.name.replace('|', "_"))
+}
+
 /// How long a blocking command may legitimately wait for its reply, beyond the
 /// command timeout.
 #[derive(Debug, Clone, Copy, PartialEq)]

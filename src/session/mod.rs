@@ -29,7 +29,6 @@ use tokio::sync::oneshot;
 use tokio::time::{Instant, Sleep};
 use tokio_util::sync::CancellationToken;
 
-use crate::admin;
 use crate::command::{self, table, ArgList, Block, Family, Ranged, Route};
 use crate::context::Context;
 use crate::protocol::reply;
@@ -700,7 +699,7 @@ impl Session {
                     &mut out,
                     &format!(
                         "NOPERM '{}' is denied by redis-sidecar's deny_commands for database {}",
-                        admin::command_name(idx).replace('_', " "),
+                        command::command_name(idx).replace('_', " "),
                         self.state.db.label()
                     ),
                 );
