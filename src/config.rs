@@ -87,6 +87,21 @@ pub const ENV_LISTEN: &str = "REDIS_SIDECAR_LISTEN";
 pub const ENV_CLIENT_PASSWORD: &str = "REDIS_SIDECAR_CLIENT_PASSWORD";
 
 const DEFAULT_LISTEN: SocketAddr = SocketAddr::V4(SocketAddrV4::new(Ipv4Addr::LOCALHOST, 6380));
+/// The AutoBot databases, in index order (main = 0 … backup = 10).
+pub const AUTOBOT_DATABASES: [&str; 11] = [
+    "main",
+    "knowledge",
+    "prompts",
+    "agents",
+    "metrics",
+    "cache",
+    "sessions",
+    "tasks",
+    "logs",
+    "temp",
+    "backup",
+];
+
 /// Commands refused by default: each changes the role or the life of the whole
 /// (shared) Redis server, which no single application behind a sidecar should do.
 /// `deny_commands: []` allows everything.
@@ -293,20 +308,7 @@ pub struct Config {
 impl Config {
     /// A config with the 11 AutoBot databases, all on `host:port`.
     pub fn for_upstream(host: &str, port: u16) -> Config {
-        let names = [
-            "main",
-            "knowledge",
-            "prompts",
-            "agents",
-            "metrics",
-            "cache",
-            "sessions",
-            "tasks",
-            "logs",
-            "temp",
-            "backup",
-        ];
-        let databases = names
+        let databases = AUTOBOT_DATABASES
             .iter()
             .enumerate()
             .map(|(i, n)| DatabaseConfig {
