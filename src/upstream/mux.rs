@@ -113,7 +113,15 @@ async fn run_slot(
     let addr = cfg.address();
     let mut pause = RECONNECT_MIN;
     let mut retry_at: Option<Instant> = None;
-    while let Some(first) = rx.recv().await {
+    let mut carried: std::collections::VecDeque<Batch> = std::collections::VecDeque::new();
+    loop {
+        let first = match carried.pop_front() {
+            Some(b) => b,
+            None => match rx.recv().await {
+                Some(b) => b,
+                None => break,
+            },
+        };
         if let Some(at) = retry_at.take() {
             tokio::time::sleep_until(at).await;
         }
@@ -123,7 +131,10 @@ async fn run_slot(
                 stats::add(&stats.connects, 1);
                 stats::add(&stats.mux_connected, 1);
                 tracing::debug!(upstream = %addr, db = cfg.db, "shared upstream connection open");
-                serve(stream, first, &mut rx, &cfg, &stats, &observer).await;
+                let unsent = serve(stream, first, &mut rx, &cfg, &stats, &observer).await;
+                for b in unsent.into_iter().rev() {
+                    carried.push_front(b);
+                }
                 stats::sub(&stats.mux_connected, 1);
             }
             Err(err) => {
@@ -131,6 +142,9 @@ async fn run_slot(
                 stats::add(&stats.connect_failures, 1);
                 tracing::warn!(upstream = %addr, error = %err, "upstream connection failed");
                 first.fail(err.clone(), &stats);
+                for b in carried.drain(..) {
+                    b.fail(err.clone(), &stats);
+                }
                 while let Ok(b) = rx.try_recv() {
                     b.fail(err.clone(), &stats);
                 }
@@ -158,7 +172,8 @@ async fn serve(
     cfg: &UpstreamConfig,
     stats: &Arc<DbStats>,
     observer: &Arc<dyn Observer>,
-) {
+) -> Vec<Batch> {
+    let mut unsent: Vec<Batch> = Vec::new();
     let addr = cfg.address();
     let (rd, mut wr) = stream.into_split();
     let (ptx, prx) = mpsc::unbounded_channel::<InFlight>();
@@ -173,10 +188,6 @@ async fn serve(
     let mut next = Some(first);
     let mut out = BytesMut::with_capacity(COALESCE);
     let mut chunks: Vec<Bytes> = Vec::new();
-    let lost = |sent| UpstreamError::Lost {
-        addr: addr.clone(),
-        sent,
-    };
     loop {
         let batch = match next.take() {
             Some(b) => b,
@@ -187,7 +198,7 @@ async fn serve(
                 },
                 _ = &mut reader => {
                     // Connection broken on the read side: nothing more can be sent.
-                    return;
+                    return unsent;
                 }
             },
         };
@@ -203,15 +214,16 @@ async fn serve(
             total += b.bytes.len();
             Some(b)
         })) {
-            if failed {
-                b.fail(lost(false), stats);
+            if failed || ptx.is_closed() {
+                failed = true;
+                unsent.push(b);
                 continue;
             }
             let Batch {
                 bytes,
                 count,
                 reply,
-                ..
+                block,
             } = b;
             stats::add(&stats.in_flight, count as u64);
             let f = InFlight {
@@ -220,8 +232,15 @@ async fn serve(
                 deadline,
             };
             if let Err(mpsc::error::SendError(f)) = ptx.send(f) {
+                // The reader just ended: this batch was never written; the next
+                // connection takes it.
                 stats::sub(&stats.in_flight, f.count as u64);
-                let _ = f.reply.send(Err(lost(false)));
+                unsent.push(Batch {
+                    bytes,
+                    count: f.count,
+                    reply: f.reply,
+                    block,
+                });
                 failed = true;
                 continue;
             }
@@ -243,7 +262,7 @@ async fn serve(
         // connection, and the write must not outlive it.
         let res = tokio::select! {
             r = write => r,
-            _ = &mut reader => return,
+            _ = &mut reader => return unsent,
         };
         chunks.clear();
         if failed || res.is_err() {
@@ -255,6 +274,7 @@ async fn serve(
     let _ = wr.shutdown().await;
     drop(ptx);
     let _ = (&mut reader).await;
+    unsent
 }
 
 /// Reads replies and hands each batch its run of replies. Ends the connection when

@@ -24,6 +24,7 @@ use std::time::{Duration, Instant};
 
 use redis_sidecar::config::Config;
 use redis_sidecar::server::Proxy;
+pub mod fake_upstream;
 
 /// Default bound for any single wait (reply, startup, shutdown).
 pub const DEFAULT_TIMEOUT: Duration = Duration::from_secs(5);
@@ -401,19 +402,7 @@ pub async fn start_proxy(config: Config) -> Proxy {
 // ---------------------------------------------------------------------------------------
 
 /// The 11 database names, in index order.
-pub const DATABASE_NAMES: [&str; 11] = [
-    "main",
-    "knowledge",
-    "prompts",
-    "agents",
-    "metrics",
-    "cache",
-    "sessions",
-    "tasks",
-    "logs",
-    "temp",
-    "backup",
-];
+pub const DATABASE_NAMES: [&str; 11] = redis_sidecar::config::AUTOBOT_DATABASES;
 
 /// The AutoBot `redis-databases.yaml` for all 11 databases (db 0..10) on `host:port`.
 pub fn databases_yaml(host: &str, port: u16) -> String {
