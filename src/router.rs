@@ -110,7 +110,14 @@ impl Router {
             };
             let (slots, slots3) = (spawn(false), spawn(true));
             let health = Arc::new(HealthState::default());
-            health::spawn(upstream.clone(), health.clone(), observer, shutdown.clone());
+            health::spawn(
+                upstream.clone(),
+                health.clone(),
+                observer,
+                // RESP3 slots stay lazy: most deployments never use them.
+                slots.clone(),
+                shutdown.clone(),
+            );
             let d = Arc::new(Database {
                 pool: dedicated::pool(&db.upstream, false),
                 pool3: dedicated::pool(&db.upstream, true),

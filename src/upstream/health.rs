@@ -11,7 +11,9 @@ use bb8::ManageConnection;
 use tokio_util::sync::CancellationToken;
 
 use super::dedicated::{ExclusiveConn, Manager};
+use super::mux::{Batch, MuxHandle};
 use super::Observer;
+use crate::command::Block;
 use crate::config::UpstreamConfig;
 
 /// What the last probes found.
@@ -67,21 +69,32 @@ impl HealthState {
     }
 }
 
-/// Starts the probe task of one database. The first probe runs at once.
+/// Starts the probe task of one database. The first probe runs at once. When a
+/// probe succeeds after failures, the database's shared slots are refilled in the
+/// background: each gets a PING after a random delay of up to a second, so the
+/// slots reconnect before clients need them, and not all at the same instant.
 pub fn spawn(
     cfg: Arc<UpstreamConfig>,
     state: Arc<HealthState>,
     observer: Arc<dyn Observer>,
+    slots: Vec<MuxHandle>,
     shutdown: CancellationToken,
 ) {
     tokio::spawn(async move {
         let manager = Manager::new((*cfg).clone(), false);
         let mut conn: Option<ExclusiveConn> = None;
+        let mut was_ok = true;
         loop {
             let result = probe(&manager, &mut conn, &cfg).await;
             if let Err(e) = &result {
                 tracing::warn!(upstream = %cfg.address(), db = cfg.db, error = %e, "health probe failed");
+            } else if !was_ok {
+                tracing::info!(upstream = %cfg.address(), db = cfg.db, "upstream healthy again; refilling shared connections");
+                for slot in &slots {
+                    warm(slot.clone());
+                }
             }
+            was_ok = result.is_ok();
             observer.probe(result.is_ok());
             state.record(result);
             let interval = observer.probe_interval(cfg.resilience.health_check_interval);
@@ -90,6 +103,22 @@ pub fn spawn(
                 _ = tokio::time::sleep(interval) => {}
             }
         }
+    });
+}
+
+/// Sends one PING through a slot after a jittered delay (its reply is discarded),
+/// which makes the slot reconnect.
+fn warm(slot: MuxHandle) {
+    tokio::spawn(async move {
+        tokio::time::sleep(Duration::from_millis(fastrand::u64(0..1000))).await;
+        let (tx, _rx) = tokio::sync::oneshot::channel();
+        slot.send(Batch {
+            bytes: bytes::Bytes::from_static(b"*1\r\n$4\r\nPING\r\n"),
+            count: 1,
+            reply: tx,
+            block: Block::No,
+        })
+        .await;
     });
 }
 

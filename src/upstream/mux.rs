@@ -296,7 +296,7 @@ async fn read_loop(
     let mut errors = 0u64;
     let sleep = tokio::time::sleep(timeout);
     tokio::pin!(sleep);
-    let mut armed: Option<Instant> = None;
+    let mut armed = false;
     let err = 'conn: loop {
         loop {
             if cur.is_none() {
@@ -371,13 +371,22 @@ async fn read_loop(
                 }
             },
             Some(f) => {
-                if armed != Some(f.deadline) {
+                // Deadlines grow in send order, so a timer armed for an earlier
+                // batch fires no later than the current one's: it is re-armed only
+                // when it fires early, not for every batch.
+                if !armed {
                     sleep.as_mut().reset(f.deadline);
-                    armed = Some(f.deadline);
+                    armed = true;
                 }
                 tokio::select! {
                     r = rd.read_buf(&mut buf) => r,
-                    _ = &mut sleep => break UpstreamError::Timeout { addr: addr.clone(), after: timeout },
+                    _ = &mut sleep => {
+                        if Instant::now() >= f.deadline {
+                            break UpstreamError::Timeout { addr: addr.clone(), after: timeout };
+                        }
+                        sleep.as_mut().reset(f.deadline);
+                        continue;
+                    }
                 }
             }
         };
