@@ -96,7 +96,16 @@ fn select<L: ArgList + ?Sized>(state: &mut State, ctx: &Context, args: &L) -> Ou
 
 fn check_password(state: &mut State, ctx: &Context, user: Option<&[u8]>, pass: &[u8]) -> Outcome {
     let Some(expected) = &ctx.config.client_password else {
-        return err("ERR AUTH <password> called without any password configured for the default user. Are you sure your configuration is correct?");
+        // Like Redis with no password: the default user takes any password
+        // (`nopass`); other users do not exist.
+        return match user {
+            None => err("ERR AUTH <password> called without any password configured for the default user. Are you sure your configuration is correct?"),
+            Some(b"default") => {
+                state.authenticated = true;
+                ok()
+            }
+            Some(_) => err("WRONGPASS invalid username-password pair or user is disabled."),
+        };
     };
     let user_ok = user.is_none_or(|u| u == b"default");
     if user_ok && pass == expected.0.as_bytes() {
@@ -202,11 +211,12 @@ fn client_line(state: &State) -> String {
             .into_owned()
     };
     format!(
-        "id={} addr={} name={} db={} lib-name={} lib-ver={}\n",
+        "id={} addr={} laddr= fd=0 name={} age=0 idle=0 flags=N db={} sub=0 psub=0 ssub=0 multi=-1 qbuf=0 qbuf-free=0 argv-mem=0 multi-mem=0 rbs=0 rbp=0 obl=0 oll=0 omem=0 tot-mem=0 events=r cmd=client|info user=default redir=-1 resp={} lib-name={} lib-ver={}\n",
         state.id,
         state.peer,
         s(&state.name),
         state.db_index,
+        if state.resp3 { 3 } else { 2 },
         s(&state.lib_name),
         s(&state.lib_ver)
     )

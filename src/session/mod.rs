@@ -542,24 +542,16 @@ impl Session {
                 self.done = true;
             }
             Err(End::Closed) => {
-                // The client's subscriptions are gone with the connection; closing
-                // makes its library reconnect and subscribe again.
+                // The client's subscriptions are gone with the connection; as with
+                // Redis itself, the client's connection closes, so its library
+                // reconnects and subscribes again.
                 tracing::info!(
                     session = self.state.id,
-                    "subscriber upstream connection closed"
+                    "subscriber upstream connection closed; closing the client"
                 );
                 self.pubsub = None;
-                let mut out = Vec::new();
-                reply::error(
-                    &mut out,
-                    &format!(
-                        "UPSTREAM database {}: the subscriber connection was lost; reconnect and subscribe again",
-                        self.state.db.label()
-                    ),
-                );
-                self.push_reply(out);
-                self.queue.push_back(Pending::Close);
-                self.closing = true;
+                self.queue.clear();
+                self.done = true;
             }
         }
     }
