@@ -129,7 +129,6 @@ pub fn classify<L: ArgList + ?Sized>(args: &L) -> Route {
         return Route::Forward;
     };
     match name {
-        b"GET" | b"SET" => Route::Forward,
         b"SELECT" => Route::Select,
         b"PROXY" => Route::Proxy,
         b"AUTH" => Route::Auth,

@@ -34,15 +34,6 @@ pub trait Observer: Send + Sync + std::fmt::Debug {
     }
 }
 
-/// An observer that ignores everything (tests, tools).
-#[derive(Debug, Default)]
-pub struct NoObserver;
-
-impl Observer for NoObserver {
-    fn success(&self) {}
-    fn failure(&self) {}
-}
-
 /// Whether an error reply (starting with `-`) means the server is not serving
 /// rather than that the command was wrong.
 pub fn is_not_serving(error_reply: &[u8]) -> bool {
