@@ -27,7 +27,8 @@
 //! The proxy's extensions (all optional) are documented in the shipped
 //! `config/redis-databases.yaml`. In short:
 //!
-//! * Top-level keys: `listen`, `client_password`, `max_clients`, `shutdown_timeout`,
+//! * Top-level keys: `listen`, `client_password`, `auth_passthrough`, `max_clients`,
+//!   `shutdown_timeout`,
 //!   `log_format` (`text` or `json`), `limits` (`max_bulk_len`, `max_args`,
 //!   `max_inline_len`), `upstream_databases`.
 //! * Upstream keys, allowed at the top level (defaults for every database) and inside
@@ -286,6 +287,10 @@ pub struct Config {
     pub metrics_listen: Option<SocketAddr>,
     /// Password clients must send with AUTH, if any.
     pub client_password: Option<Secret>,
+    /// AUTH (and `HELLO … AUTH`) is checked by Redis itself: a client that logs in
+    /// gets its own upstream connection authenticated as that user. YAML
+    /// `auth_passthrough` (default false; not together with `client_password`).
+    pub auth_passthrough: bool,
     /// Log level name, lower case: `trace`, `debug`, `info`, `warn`, `error` or `off`
     /// (the seed's `WARNING` and `CRITICAL` map to `warn` and `error`).
     pub log_level: String,
@@ -322,6 +327,7 @@ impl Config {
             listen: DEFAULT_LISTEN,
             metrics_listen: None,
             client_password: None,
+            auth_passthrough: false,
             log_level: "info".into(),
             log_format: "text".into(),
             log_commands: false,
@@ -395,6 +401,7 @@ impl Config {
             "client_password: {}",
             mask(self.client_password.as_ref())
         ));
+        line(format!("auth_passthrough: {}", self.auth_passthrough));
         line(format!("log_level: {}", self.log_level));
         line(format!("log_format: {}", self.log_format));
         line(format!("log_commands: {}", self.log_commands));
@@ -1331,6 +1338,7 @@ const TOP_ONLY_KEYS: &[&str] = &[
     "listen",
     "metrics_listen",
     "client_password",
+    "auth_passthrough",
     "log_commands",
     "log_level",
     "log_format",
@@ -1768,6 +1776,15 @@ fn parse_config(
         Some(p) => p,
         None => set_nullable(&top, "client_password", parse_secret)?.and_then(|s| s.value),
     };
+    let auth_passthrough = match top.set("auth_passthrough", parse_bool)? {
+        Some(s) if s.value && client_password.is_some() => {
+            return Err(Fail::at(
+                &root_path.child("auth_passthrough"),
+                "cannot be true while client_password is set: either the proxy checks AUTH (client_password) or Redis does (auth_passthrough)",
+            ));
+        }
+        s => s.is_some_and(|s| s.value),
+    };
     let log_level = top
         .set("log_level", parse_log_level)?
         .map_or_else(|| "info".to_string(), |s| s.value);
@@ -1833,6 +1850,7 @@ fn parse_config(
         listen,
         metrics_listen,
         client_password,
+        auth_passthrough,
         log_level,
         log_format,
         log_commands,

@@ -1,8 +1,9 @@
-//! What every client session shares: the configuration, the router and the
-//! proxy-wide counters.
+//! What every client session shares: the configuration, the router, the table of
+//! clients and the proxy-wide counters.
 
 use std::sync::Arc;
 
+use crate::clients::Clients;
 use crate::config::Config;
 use crate::router::Router;
 use crate::stats::ProxyStats;
@@ -16,6 +17,8 @@ pub struct Context {
     pub router: Router,
     /// Proxy-wide counters.
     pub stats: ProxyStats,
+    /// Every open client session (CLIENT LIST / KILL / UNBLOCK).
+    pub clients: Arc<Clients>,
     /// The address the listener is bound to.
     pub local_addr: std::net::SocketAddr,
 }

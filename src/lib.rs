@@ -16,7 +16,8 @@
 //!   local.rs     commands the proxy answers itself (SELECT, AUTH, HELLO, CLIENT …)
 //! admin.rs       PROXY INFO / HEALTH / STATS / RESETSTATS / CIRCUIT
 //! metrics.rs     Prometheus /metrics (read from the same counters at scrape time)
-//! context.rs     what sessions share: config, router, counters
+//! context.rs     what sessions share: config, router, client table, counters
+//! clients.rs     the table of client sessions (CLIENT LIST / KILL / UNBLOCK)
 //! router.rs      client db index -> Database (slots, pools, breaker, health, stats)
 //! resilience/    breaker, backoff, per-command latency stats (no I/O)
 //! upstream/      connection setup (AUTH/HELLO/SELECT), shared multiplexed slots,
@@ -30,6 +31,7 @@
 #![forbid(unsafe_code)]
 
 pub mod admin;
+pub mod clients;
 pub mod command;
 pub mod config;
 pub mod context;

@@ -39,6 +39,7 @@ impl Proxy {
             router: Router::new(&config, &shutdown),
             config: Arc::new(config),
             stats: Default::default(),
+            clients: Default::default(),
             local_addr,
         });
         let metrics_addr = match ctx.config.metrics_listen {

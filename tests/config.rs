@@ -899,3 +899,17 @@ fn for_upstream_still_builds_the_autobot_layout() {
         ResilienceConfig::default()
     );
 }
+
+#[test]
+fn auth_passthrough_is_off_by_default_and_excludes_a_client_password() {
+    assert!(!parse("redis_databases: { main: { db: 0 } }\n").auth_passthrough);
+    let on = parse("auth_passthrough: true\nredis_databases: { main: { db: 0 } }\n");
+    assert!(on.auth_passthrough);
+    assert!(on.render_masked().contains("auth_passthrough: true"));
+    assert_error(
+        "client_password: pw\nauth_passthrough: true\nredis_databases: { main: { db: 0 } }\n",
+        "auth_passthrough",
+        2,
+        "client_password",
+    );
+}

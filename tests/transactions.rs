@@ -251,27 +251,133 @@ async fn redis_rs_atomic_pipelines_work_through_the_proxy() {
     proxy.shutdown().await;
 }
 
+/// Reads `key` in upstream db `db` straight from Redis.
+async fn direct_get(redis: &RedisServer, db: &[u8], key: &[u8]) -> Vec<u8> {
+    let mut direct = AsyncRawClient::connect(redis.addr()).await;
+    assert_eq!(direct.cmd(&[b"SELECT", db]).await, b"+OK\r\n");
+    direct.cmd(&[b"GET", key]).await
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn select_inside_a_transaction_is_refused_and_the_transaction_stays_open() {
+async fn select_inside_a_transaction_runs_at_exec_as_on_redis() {
+    let redis = RedisServer::start();
+    let mut config = proxy_config(&redis);
+    // One pooled exclusive connection: the next transaction reuses it.
+    for db in &mut config.databases {
+        db.upstream.pool_size = 1;
+    }
+    let proxy = start_proxy(config).await;
+    let mut c = AsyncRawClient::connect(proxy.local_addr()).await;
+    assert_eq!(c.cmd(&[b"SELECT", b"2"]).await, b"+OK\r\n");
+    // Pipelined, as clients send transactions: the GET after EXEC must already
+    // run in db 4.
+    c.send(
+        &[
+            resp_cmd(&[b"MULTI"]),
+            resp_cmd(&[b"SET", b"k", b"in2"]),
+            resp_cmd(&[b"SELECT", b"4"]),
+            resp_cmd(&[b"SET", b"k", b"in4"]),
+            resp_cmd(&[b"EXEC"]),
+            resp_cmd(&[b"GET", b"k"]),
+        ]
+        .concat(),
+    )
+    .await;
+    let replies = c.read_replies(6).await;
+    assert_eq!(replies[2], b"+QUEUED\r\n");
+    assert_eq!(replies[4], b"*3\r\n+OK\r\n+OK\r\n+OK\r\n");
+    assert_eq!(
+        replies[5],
+        resp_bulk(b"in4"),
+        "the session is in db 4 after EXEC"
+    );
+    assert_eq!(direct_get(&redis, b"2", b"k").await, resp_bulk(b"in2"));
+    assert_eq!(direct_get(&redis, b"4", b"k").await, resp_bulk(b"in4"));
+    let info = String::from_utf8_lossy(&c.cmd(&[b"CLIENT", b"INFO"]).await).into_owned();
+    assert!(info.contains(" db=4 "), "{info}");
+
+    // The pooled connection went back selecting its own db again: another
+    // session's transaction on db 2 lands in db 2, not in db 4.
+    let mut other = AsyncRawClient::connect(proxy.local_addr()).await;
+    assert_eq!(other.cmd(&[b"SELECT", b"2"]).await, b"+OK\r\n");
+    assert_eq!(other.cmd(&[b"MULTI"]).await, b"+OK\r\n");
+    assert_eq!(other.cmd(&[b"SET", b"after", b"x"]).await, b"+QUEUED\r\n");
+    assert_eq!(other.cmd(&[b"EXEC"]).await, b"*1\r\n+OK\r\n");
+    assert_eq!(direct_get(&redis, b"2", b"after").await, resp_bulk(b"x"));
+    assert_eq!(direct_get(&redis, b"4", b"after").await, b"$-1\r\n");
+    proxy.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn select_in_a_discarded_or_aborted_transaction_leaves_the_db_unchanged() {
     let redis = RedisServer::start();
     let proxy = start_proxy(proxy_config(&redis)).await;
+    let mut c = AsyncRawClient::connect(proxy.local_addr()).await;
+    let mut writer = AsyncRawClient::connect(proxy.local_addr()).await;
+    assert_eq!(c.cmd(&[b"SET", b"where", b"db0"]).await, b"+OK\r\n");
+    assert_eq!(c.cmd(&[b"SELECT", b"5"]).await, b"+OK\r\n");
+    assert_eq!(c.cmd(&[b"SET", b"where", b"db5"]).await, b"+OK\r\n");
+    assert_eq!(c.cmd(&[b"SELECT", b"0"]).await, b"+OK\r\n");
+
+    // DISCARD: the queued SELECT never runs.
+    assert_eq!(c.cmd(&[b"MULTI"]).await, b"+OK\r\n");
+    assert_eq!(c.cmd(&[b"SELECT", b"5"]).await, b"+QUEUED\r\n");
+    assert_eq!(c.cmd(&[b"DISCARD"]).await, b"+OK\r\n");
+    assert_eq!(c.cmd(&[b"GET", b"where"]).await, resp_bulk(b"db0"));
+
+    // A WATCH conflict: EXEC runs nothing, SELECT included.
+    assert_eq!(c.cmd(&[b"WATCH", b"w"]).await, b"+OK\r\n");
+    assert_eq!(writer.cmd(&[b"SET", b"w", b"changed"]).await, b"+OK\r\n");
+    assert_eq!(c.cmd(&[b"MULTI"]).await, b"+OK\r\n");
+    assert_eq!(c.cmd(&[b"SELECT", b"5"]).await, b"+QUEUED\r\n");
+    assert_eq!(c.cmd(&[b"EXEC"]).await, b"*-1\r\n");
+    assert_eq!(c.cmd(&[b"GET", b"where"]).await, resp_bulk(b"db0"));
+
+    // EXECABORT: nothing runs either.
+    assert_eq!(c.cmd(&[b"MULTI"]).await, b"+OK\r\n");
+    assert_eq!(c.cmd(&[b"SELECT", b"5"]).await, b"+QUEUED\r\n");
+    assert!(c
+        .cmd(&[b"NOSUCHCOMMAND"])
+        .await
+        .starts_with(b"-ERR unknown command"));
+    assert!(c.cmd(&[b"EXEC"]).await.starts_with(b"-EXECABORT"));
+    assert_eq!(c.cmd(&[b"GET", b"where"]).await, resp_bulk(b"db0"));
+
+    // Under WATCH, outside MULTI, SELECT runs at once (as on Redis).
+    assert_eq!(c.cmd(&[b"WATCH", b"w"]).await, b"+OK\r\n");
+    assert_eq!(c.cmd(&[b"SELECT", b"5"]).await, b"+OK\r\n");
+    assert_eq!(c.cmd(&[b"GET", b"where"]).await, resp_bulk(b"db5"));
+    assert_eq!(c.cmd(&[b"UNWATCH"]).await, b"+OK\r\n");
+    assert_eq!(c.cmd(&[b"GET", b"where"]).await, resp_bulk(b"db5"));
+    proxy.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn select_inside_a_transaction_across_servers_is_refused_and_the_transaction_stays_open() {
+    let redis = RedisServer::start();
+    let other = RedisServer::start();
+    let mut config = proxy_config(&redis);
+    let moved = config
+        .databases
+        .iter_mut()
+        .find(|d| d.index == 4)
+        .expect("db 4");
+    moved.upstream.port = other.port();
+    let proxy = start_proxy(config).await;
     let mut c = AsyncRawClient::connect(proxy.local_addr()).await;
     assert_eq!(c.cmd(&[b"SELECT", b"2"]).await, b"+OK\r\n");
     assert_eq!(c.cmd(&[b"MULTI"]).await, b"+OK\r\n");
     let r = c.cmd(&[b"SELECT", b"4"]).await;
     assert!(
-        r.starts_with(b"-ERR SELECT inside a transaction"),
+        r.starts_with(b"-ERR SELECT inside a transaction across upstream servers"),
         "{}",
         printable(&r)
     );
     assert_eq!(c.cmd(&[b"SET", b"k", b"v"]).await, b"+QUEUED\r\n");
     assert_eq!(c.cmd(&[b"EXEC"]).await, b"*1\r\n+OK\r\n");
     // Still in db 2, and it landed there.
-    let mut direct = AsyncRawClient::connect(redis.addr()).await;
-    assert_eq!(direct.cmd(&[b"SELECT", b"2"]).await, b"+OK\r\n");
-    assert_eq!(direct.cmd(&[b"GET", b"k"]).await, resp_bulk(b"v"));
-    assert_eq!(c.cmd(&[b"SELECT", b"4"]).await, b"+OK\r\n");
-    assert_eq!(c.cmd(&[b"GET", b"k"]).await, b"$-1\r\n");
+    assert_eq!(direct_get(&redis, b"2", b"k").await, resp_bulk(b"v"));
+    assert_eq!(c.cmd(&[b"GET", b"k"]).await, resp_bulk(b"v"));
     proxy.shutdown().await;
 }
 

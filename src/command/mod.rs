@@ -101,6 +101,15 @@ impl<A: AsRef<[u8]>> ArgList for [A] {
     }
 }
 
+impl<A: AsRef<[u8]>> ArgList for Vec<A> {
+    fn count(&self) -> usize {
+        self.len()
+    }
+    fn arg(&self, i: usize) -> &[u8] {
+        self[..].arg(i)
+    }
+}
+
 /// Arguments stored as ranges into a request buffer (what the parser produces).
 #[derive(Debug, Clone, Copy)]
 pub struct Ranged<'a> {

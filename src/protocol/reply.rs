@@ -141,6 +141,19 @@ pub fn array_header(out: &mut Vec<u8>, n: usize) {
     out.extend_from_slice(b"\r\n");
 }
 
+/// Text as Redis sends `CLIENT INFO`/`CLIENT LIST`: a RESP3 verbatim string
+/// (`=len\r\ntxt:…`), or a bulk string in RESP2.
+pub fn verbatim(out: &mut Vec<u8>, text: &[u8], resp3: bool) {
+    if !resp3 {
+        return bulk(out, text);
+    }
+    out.push(b'=');
+    out.extend_from_slice((text.len() + 4).to_string().as_bytes());
+    out.extend_from_slice(b"\r\ntxt:");
+    out.extend_from_slice(text);
+    out.extend_from_slice(b"\r\n");
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -2,12 +2,16 @@
 //! connection: SELECT, AUTH, HELLO, CLIENT …, RESET, QUIT, and PROXY (admin). Also
 //! the rewriting of cross-database commands (MOVE, COPY … DB, SWAPDB).
 
+use std::sync::Arc;
+
 use super::{encode, State};
 use crate::admin;
-use crate::command::{upper, ArgList, Route};
+use crate::clients::{Client, Filter};
+use crate::command::{table, upper, ArgList, Route};
 use crate::context::Context;
 use crate::protocol::reply;
 use crate::protocol::request::parse_int;
+use crate::router::Database;
 
 /// What the session does after a local command.
 pub(super) enum Outcome {
@@ -15,6 +19,8 @@ pub(super) enum Outcome {
     Reply(Vec<u8>),
     /// Forward upstream: the request as received (`None`) or re-encoded.
     Forward(Option<Vec<u8>>),
+    /// Forward this request to another database's shared connection.
+    ForwardTo(Arc<Database>, Vec<u8>),
     /// Write this reply, then close the connection.
     Close(Vec<u8>),
 }
@@ -27,6 +33,15 @@ fn err(text: &str) -> Outcome {
 
 fn ok() -> Outcome {
     Outcome::Reply(b"+OK\r\n".to_vec())
+}
+
+/// Redis's arity error for a subcommand (`'client|kill'`).
+fn wrong_sub_args<L: ArgList + ?Sized>(args: &L) -> Outcome {
+    err(&format!(
+        "ERR wrong number of arguments for '{}|{}' command",
+        String::from_utf8_lossy(args.arg(0)).to_ascii_lowercase(),
+        String::from_utf8_lossy(args.arg(1)).to_ascii_lowercase()
+    ))
 }
 
 fn wrong_args<L: ArgList + ?Sized>(args: &L) -> Outcome {
@@ -58,12 +73,13 @@ pub(super) fn handle<L: ArgList + ?Sized>(
         Route::Proxy => Outcome::Reply(admin::proxy(ctx, args)),
         Route::Auth => auth(state, ctx, args),
         Route::Hello => hello(state, ctx, args),
-        Route::Client => client(state, args),
+        Route::Client => client(state, ctx, args),
         Route::Quit => Outcome::Close(b"+OK\r\n".to_vec()),
         Route::Reset => {
             state.db = ctx.router.databases()[0].clone();
             state.db_index = state.db.config.index;
             state.name = None;
+            state.user = None;
             state.resp3 = false;
             state.authenticated = ctx.config.client_password.is_none();
             Outcome::Reply(b"+RESET\r\n".to_vec())
@@ -94,7 +110,89 @@ fn select<L: ArgList + ?Sized>(state: &mut State, ctx: &Context, args: &L) -> Ou
     }
 }
 
+/// SELECT inside a transaction: the SELECT for the exclusive connection (with the
+/// upstream's db index) and the database it selects, or the reply refusing it.
+pub(super) fn select_in_transaction<L: ArgList + ?Sized>(
+    state: &State,
+    ctx: &Context,
+    args: &L,
+) -> Result<(Arc<Database>, Vec<u8>), Outcome> {
+    if args.count() != 2 {
+        return Err(wrong_args(args));
+    }
+    let Some(index) = parse_int(args.arg(1)) else {
+        return Err(err("ERR value is not an integer or out of range"));
+    };
+    let Some(db) = ctx.router.get(index) else {
+        return Err(err("ERR DB index is out of range"));
+    };
+    if !state.db.same_server(db) {
+        return Err(err(&format!(
+            "ERR SELECT inside a transaction across upstream servers is not supported: database {} lives on {}, database {} on {}",
+            state.db.label(),
+            state.db.config.upstream.address(),
+            db.label(),
+            db.config.upstream.address()
+        )));
+    }
+    let upstream = db.config.upstream.db.to_string();
+    Ok((
+        db.clone(),
+        encode(&[&b"SELECT"[..], upstream.as_bytes()][..]),
+    ))
+}
+
+/// Credentials from AUTH or `HELLO … AUTH`: user (`None`: the one-argument AUTH),
+/// password, and whether the session speaks RESP3 after the request.
+pub(super) struct Credentials {
+    pub user: Option<Vec<u8>>,
+    pub password: Vec<u8>,
+    pub resp3: bool,
+}
+
+/// The credentials an AUTH or `HELLO … AUTH` request carries; `None` when it
+/// carries none or is malformed (then [`handle`] answers it).
+pub(super) fn credentials<L: ArgList + ?Sized>(
+    route: Route,
+    args: &L,
+    resp3: bool,
+) -> Option<Credentials> {
+    let n = args.count();
+    match route {
+        Route::Auth if n == 2 || n == 3 => Some(Credentials {
+            user: (n == 3).then(|| args.arg(1).to_vec()),
+            password: args.arg(n - 1).to_vec(),
+            resp3,
+        }),
+        Route::Hello if n > 1 => {
+            let resp3 = match parse_int(args.arg(1)) {
+                Some(2) => false,
+                Some(3) => true,
+                _ => return None,
+            };
+            let mut i = 2;
+            while i < n {
+                if args.arg(i).eq_ignore_ascii_case(b"AUTH") && i + 2 < n {
+                    return Some(Credentials {
+                        user: Some(args.arg(i + 1).to_vec()),
+                        password: args.arg(i + 2).to_vec(),
+                        resp3,
+                    });
+                }
+                i += 1 + usize::from(args.arg(i).eq_ignore_ascii_case(b"SETNAME"));
+            }
+            None
+        }
+        _ => None,
+    }
+}
+
 fn check_password(state: &mut State, ctx: &Context, user: Option<&[u8]>, pass: &[u8]) -> Outcome {
+    if ctx.config.auth_passthrough {
+        // Redis itself accepted these credentials (the session logged in first).
+        state.authenticated = true;
+        return ok();
+    }
     let Some(expected) = &ctx.config.client_password else {
         // Like Redis with no password: the default user takes any password
         // (`nopass`); other users do not exist.
@@ -202,27 +300,173 @@ fn valid_name(name: &[u8]) -> bool {
     name.iter().all(|&c| (b'!'..=b'~').contains(&c))
 }
 
-/// `CLIENT INFO`-style line for this session.
-fn client_line(state: &State) -> String {
-    let s = |v: &Option<Vec<u8>>| {
-        v.as_deref()
-            .map(String::from_utf8_lossy)
-            .unwrap_or_default()
-            .into_owned()
-    };
-    format!(
-        "id={} addr={} laddr= fd=0 name={} age=0 idle=0 flags=N db={} sub=0 psub=0 ssub=0 multi=-1 qbuf=0 qbuf-free=0 argv-mem=0 multi-mem=0 rbs=0 rbp=0 obl=0 oll=0 omem=0 tot-mem=0 events=r cmd=client|info user=default redir=-1 resp={} lib-name={} lib-ver={}\n",
-        state.id,
-        state.peer,
-        s(&state.name),
-        state.db_index,
-        if state.resp3 { 3 } else { 2 },
-        s(&state.lib_name),
-        s(&state.lib_ver)
-    )
+/// The name `CLIENT LIST` shows in `cmd=` for a command-table index.
+fn cmd_name(idx: u16) -> String {
+    table::COMMANDS
+        .get(idx as usize)
+        .map_or_else(|| "NULL".to_string(), |c| c.name.to_string())
 }
 
-fn client<L: ArgList + ?Sized>(state: &mut State, args: &L) -> Outcome {
+/// `CLIENT INFO` / `CLIENT LIST` text for these sessions.
+fn client_lines(ctx: &Context, clients: &[Arc<Client>], resp3: bool) -> Vec<u8> {
+    let text: String = clients
+        .iter()
+        .map(|c| c.line(&ctx.clients, &cmd_name))
+        .collect();
+    let mut out = Vec::new();
+    reply::verbatim(&mut out, text.as_bytes(), resp3);
+    out
+}
+
+/// Parses a client id as Redis does for CLIENT KILL ID (positive integer).
+fn client_id(arg: &[u8]) -> Option<u64> {
+    parse_int(arg).filter(|&n| n > 0).map(|n| n as u64)
+}
+
+/// `TYPE` of CLIENT LIST / CLIENT KILL into the filter; `Err` is Redis's reply.
+fn client_type(filter: &mut Filter, arg: &[u8]) -> Result<(), Outcome> {
+    let t = arg.to_ascii_lowercase();
+    match t.as_slice() {
+        b"normal" => filter.pubsub = Some(false),
+        b"pubsub" => filter.pubsub = Some(true),
+        b"master" | b"replica" | b"slave" => filter.none = true,
+        _ => {
+            return Err(err(&format!(
+                "ERR Unknown client type '{}'",
+                String::from_utf8_lossy(arg)
+            )))
+        }
+    }
+    Ok(())
+}
+
+/// `CLIENT LIST [TYPE type] [ID id …]`, from the proxy's own sessions.
+fn client_list<L: ArgList + ?Sized>(state: &State, ctx: &Context, args: &L) -> Outcome {
+    let n = args.count();
+    let mut filter = Filter::default();
+    if n == 4 && args.arg(2).eq_ignore_ascii_case(b"TYPE") {
+        if let Err(e) = client_type(&mut filter, args.arg(3)) {
+            return e;
+        }
+    } else if n >= 4 && args.arg(2).eq_ignore_ascii_case(b"ID") {
+        for i in 3..n {
+            match parse_int(args.arg(i)) {
+                Some(id) if id > 0 => filter.ids.push(id as u64),
+                Some(_) => {}
+                None => return err("ERR Invalid client ID"),
+            }
+        }
+        if filter.ids.is_empty() {
+            filter.none = true;
+        }
+    } else if n != 2 {
+        return err("ERR syntax error");
+    }
+    Outcome::Reply(client_lines(ctx, &ctx.clients.select(&filter), state.resp3))
+}
+
+/// `CLIENT KILL addr` or `CLIENT KILL <filter> <value> …`, on the proxy's sessions.
+fn client_kill<L: ArgList + ?Sized>(state: &State, ctx: &Context, args: &L) -> Outcome {
+    let n = args.count();
+    let mut filter = Filter::default();
+    if n == 3 {
+        // The old form: one address; the caller may kill itself.
+        filter.addr = Some(String::from_utf8_lossy(args.arg(2)).into_owned());
+        let (killed, myself) = ctx.clients.kill(&filter, state.id, false);
+        return match (killed, myself) {
+            (0, _) => err("ERR No such client"),
+            (_, true) => Outcome::Close(b"+OK\r\n".to_vec()),
+            _ => ok(),
+        };
+    }
+    if n < 3 {
+        return wrong_sub_args(args);
+    }
+    let mut skip_me = true;
+    let mut i = 2;
+    while i < n {
+        if i + 1 >= n {
+            return err("ERR syntax error");
+        }
+        let mut buf = [0u8; 32];
+        let opt = upper(args.arg(i), &mut buf).unwrap_or(b"");
+        let value = args.arg(i + 1);
+        let text = || String::from_utf8_lossy(value).into_owned();
+        match opt {
+            b"ID" => match client_id(value) {
+                Some(id) => filter.ids = vec![id],
+                None => return err("ERR client-id should be greater than 0"),
+            },
+            b"TYPE" => {
+                if let Err(e) = client_type(&mut filter, value) {
+                    return e;
+                }
+            }
+            b"ADDR" => filter.addr = Some(text()),
+            b"LADDR" => filter.laddr = Some(text()),
+            b"USER" => filter.user = Some(text()),
+            b"MAXAGE" => match parse_int(value) {
+                Some(age) => filter.maxage = Some(age.max(0) as u64),
+                None => return err("ERR value is not an integer or out of range"),
+            },
+            b"SKIPME" if value.eq_ignore_ascii_case(b"yes") => skip_me = true,
+            b"SKIPME" if value.eq_ignore_ascii_case(b"no") => skip_me = false,
+            _ => return err("ERR syntax error"),
+        }
+        i += 2;
+    }
+    let (killed, myself) = ctx.clients.kill(&filter, state.id, skip_me);
+    let mut out = Vec::new();
+    reply::integer(&mut out, killed as i64);
+    if myself {
+        Outcome::Close(out)
+    } else {
+        Outcome::Reply(out)
+    }
+}
+
+/// `CLIENT UNBLOCK id [TIMEOUT|ERROR]`: a session blocked on an exclusive
+/// connection is unblocked there (the id is translated to that connection's id on
+/// Redis); any other session is not blocked, as Redis answers `0`.
+fn client_unblock<L: ArgList + ?Sized>(ctx: &Context, args: &L) -> Outcome {
+    let n = args.count();
+    if n < 3 {
+        return wrong_sub_args(args);
+    }
+    if n > 4 {
+        return err("ERR syntax error");
+    }
+    let Some(id) = parse_int(args.arg(2)) else {
+        return err("ERR value is not an integer or out of range");
+    };
+    if n == 4
+        && !args.arg(3).eq_ignore_ascii_case(b"TIMEOUT")
+        && !args.arg(3).eq_ignore_ascii_case(b"ERROR")
+    {
+        return err("ERR CLIENT UNBLOCK reason should be TIMEOUT or ERROR");
+    }
+    let held = u64::try_from(id)
+        .ok()
+        .and_then(|id| ctx.clients.get(id))
+        .and_then(|c| c.blocked_on());
+    if let Some(ex) = held {
+        let upstream = ex.upstream_id.load(std::sync::atomic::Ordering::Relaxed);
+        if upstream != 0 {
+            let mut cmd: Vec<Vec<u8>> = vec![
+                b"CLIENT".to_vec(),
+                b"UNBLOCK".to_vec(),
+                upstream.to_string().into_bytes(),
+            ];
+            if n == 4 {
+                cmd.push(args.arg(3).to_vec());
+            }
+            return Outcome::ForwardTo(ex.db, encode(&cmd[..]));
+        }
+    }
+    Outcome::Reply(b":0\r\n".to_vec())
+}
+
+fn client<L: ArgList + ?Sized>(state: &mut State, ctx: &Context, args: &L) -> Outcome {
     let mut buf = [0u8; 32];
     let sub = upper(args.arg(1), &mut buf).unwrap_or(b"");
     let n = args.count();
@@ -273,10 +517,12 @@ fn client<L: ArgList + ?Sized>(state: &mut State, args: &L) -> Outcome {
             ok()
         }
         b"INFO" if n == 2 => {
-            let mut out = Vec::new();
-            reply::bulk(&mut out, client_line(state).as_bytes());
-            Outcome::Reply(out)
+            let me: Vec<Arc<Client>> = ctx.clients.get(state.id).into_iter().collect();
+            Outcome::Reply(client_lines(ctx, &me, state.resp3))
         }
+        b"LIST" => client_list(state, ctx, args),
+        b"KILL" => client_kill(state, ctx, args),
+        b"UNBLOCK" => client_unblock(ctx, args),
         b"NO-EVICT" | b"NO-TOUCH" if n == 3 => {
             let v = args.arg(2);
             if v.eq_ignore_ascii_case(b"on") || v.eq_ignore_ascii_case(b"off") {
@@ -285,7 +531,29 @@ fn client<L: ArgList + ?Sized>(state: &mut State, args: &L) -> Outcome {
                 err("ERR syntax error")
             }
         }
-        b"LIST" | b"HELP" | b"PAUSE" | b"UNPAUSE" | b"KILL" => Outcome::Forward(None),
+        // Client-side caching is not offered (see TRACKING below): these answer
+        // as Redis does for a client with tracking off.
+        b"TRACKINGINFO" if n == 2 => {
+            let mut out = Vec::new();
+            if state.resp3 {
+                out.extend_from_slice(b"%3\r\n");
+            } else {
+                reply::array_header(&mut out, 6);
+            }
+            reply::bulk(&mut out, b"flags");
+            out.extend_from_slice(if state.resp3 { b"~1\r\n" } else { b"*1\r\n" });
+            reply::bulk(&mut out, b"off");
+            reply::bulk(&mut out, b"redirect");
+            reply::integer(&mut out, -1);
+            reply::bulk(&mut out, b"prefixes");
+            reply::array_header(&mut out, 0);
+            Outcome::Reply(out)
+        }
+        b"GETREDIR" if n == 2 => Outcome::Reply(b":-1\r\n".to_vec()),
+        b"CACHING" if n == 3 => err("ERR CLIENT CACHING can be called only when the client is in tracking mode with OPTIN or OPTOUT mode enabled"),
+        b"TRACKING" if n >= 3 && args.arg(2).eq_ignore_ascii_case(b"OFF") => ok(),
+        b"TRACKING" if n >= 3 => err("ERR CLIENT TRACKING ON is not supported by redis-sidecar: invalidation messages would arrive on a shared upstream connection"),
+        b"HELP" | b"PAUSE" | b"UNPAUSE" => Outcome::Forward(None),
         b"" => wrong_args(args),
         _ => err(&format!(
             "ERR CLIENT {} is not supported by redis-sidecar: it would change a shared upstream connection",

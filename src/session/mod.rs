@@ -29,13 +29,15 @@ use tokio::sync::oneshot;
 use tokio::time::{Instant, Sleep};
 use tokio_util::sync::CancellationToken;
 
+use crate::clients::{Exclusive, Registration};
 use crate::command::{self, table, ArgList, Block, Family, Ranged, Route};
+use crate::config::{Secret, UpstreamConfig};
 use crate::context::Context;
 use crate::protocol::reply;
 use crate::protocol::request::{self, encode_command, RequestKind};
 use crate::router::Database;
 use crate::stats;
-use crate::upstream::dedicated::Dedicated;
+use crate::upstream::dedicated::{Dedicated, ExclusiveConn};
 use crate::upstream::mux::{Batch, BatchReply};
 use crate::upstream::pubsub::{self, End, Subscription};
 use crate::upstream::UpstreamError;
@@ -80,6 +82,9 @@ struct Sent {
     timer: Option<Pin<Box<Sleep>>>,
     /// Waiting for the backoff to pass (no attempt in flight).
     backing_off: bool,
+    /// An EXEC whose transaction SELECTs this database: the session switches to it
+    /// if EXEC ran the transaction.
+    select_after: Option<Arc<Database>>,
 }
 
 /// What the front of the queue did.
@@ -108,6 +113,8 @@ pub(crate) struct State {
     pub resp3: bool,
     /// The client's address.
     pub peer: String,
+    /// The user the client authenticated as (`None`: the default user).
+    pub user: Option<String>,
 }
 
 /// Serves one client until it disconnects, sends a malformed request, or the proxy
@@ -120,7 +127,15 @@ pub async fn run(stream: TcpStream, ctx: Arc<Context>, id: u64, shutdown: Cancel
         .peer_addr()
         .map(|a| a.to_string())
         .unwrap_or_default();
+    let laddr = stream
+        .local_addr()
+        .map(|a| a.to_string())
+        .unwrap_or_default();
     let _ = stream.set_nodelay(true);
+    // Cancelled by the proxy's shutdown, or by CLIENT KILL from another client.
+    let client = ctx
+        .clients
+        .register(id, peer.clone(), laddr, shutdown.child_token());
     let state = State {
         id,
         db_index: db.config.index,
@@ -131,6 +146,7 @@ pub async fn run(stream: TcpStream, ctx: Arc<Context>, id: u64, shutdown: Cancel
         lib_ver: None,
         resp3: false,
         peer,
+        user: None,
     };
     let mut session = Session {
         ctx,
@@ -153,8 +169,15 @@ pub async fn run(stream: TcpStream, ctx: Arc<Context>, id: u64, shutdown: Cancel
         after_unsubscribe: 0,
         reply_off: false,
         skip_next: false,
+        client,
+        pending_select: None,
+        exec_select: None,
+        awaiting_exec: false,
+        login: None,
+        private: None,
     };
-    if let Err(e) = session.serve(stream, shutdown).await {
+    session.publish();
+    if let Err(e) = session.serve(stream).await {
         tracing::debug!(session = id, error = %e, "client connection ended");
     }
 }
@@ -201,6 +224,25 @@ struct Session {
     /// family command: the connection can only be let go when there are none (their
     /// replies would arrive on it).
     after_unsubscribe: u32,
+    /// This session's entry in the client table (CLIENT LIST/KILL).
+    client: Registration,
+    /// The database a SELECT queued in the current MULTI switches to at EXEC.
+    pending_select: Option<Arc<Database>>,
+    /// Handed to the next batch forwarded (the EXEC carrying `pending_select`).
+    exec_select: Option<Arc<Database>>,
+    /// An EXEC that may switch the database is in flight: later requests wait.
+    awaiting_exec: bool,
+    /// `auth_passthrough`: the credentials the client logged in to Redis with.
+    login: Option<Login>,
+    /// The exclusive connection is the session's own, logged in as `login`, opened
+    /// for this database and protocol (RESP3): every request goes there.
+    private: Option<(Arc<Database>, bool)>,
+}
+
+/// Credentials a client logged in to Redis with (`auth_passthrough`).
+struct Login {
+    user: Option<String>,
+    password: Secret,
 }
 
 /// Which upstream connection a request goes to.
@@ -211,12 +253,11 @@ enum Target {
 }
 
 impl Session {
-    async fn serve(
-        &mut self,
-        mut stream: TcpStream,
-        shutdown: CancellationToken,
-    ) -> std::io::Result<()> {
+    async fn serve(&mut self, mut stream: TcpStream) -> std::io::Result<()> {
         let mut inbuf = BytesMut::with_capacity(16 * 1024);
+        let token: CancellationToken = self.client.token().clone();
+        let cancelled = token.cancelled();
+        tokio::pin!(cancelled);
         loop {
             self.write_ready(&mut stream).await?;
             if self.stalled && self.queue.is_empty() {
@@ -277,7 +318,14 @@ impl Session {
                         None => std::future::pending().await,
                     }
                 }, if has_pubsub => self.on_pubsub_frame(f),
-                _ = shutdown.cancelled(), if !self.read_closed => self.read_closed = true,
+                _ = &mut cancelled, if !self.read_closed => {
+                    self.read_closed = true;
+                    if self.client.was_killed() {
+                        // CLIENT KILL: closed at once, as Redis frees the client.
+                        self.queue.clear();
+                        self.done = true;
+                    }
+                }
             }
         }
         let _ = stream.shutdown().await;
@@ -353,14 +401,21 @@ impl Session {
     /// the current database, on the shared slot or the session's exclusive
     /// connection — unless the database's circuit breaker is open.
     async fn forward(&mut self, bytes: Bytes, count: u32, target: Target) {
+        let db = self.state.db.clone();
+        self.forward_to(db, bytes, count, target).await;
+    }
+
+    /// [`Session::forward`] to a given database (CLIENT UNBLOCK goes to the
+    /// database of the connection it unblocks).
+    async fn forward_to(&mut self, db: Arc<Database>, bytes: Bytes, count: u32, target: Target) {
         let cmds = std::mem::take(&mut self.run_cmds);
         let readonly = std::mem::replace(&mut self.run_readonly, true);
         let block = std::mem::replace(&mut self.block, Block::No);
         if count == 0 {
             return;
         }
+        let select_after = self.exec_select.take();
         let silent = self.reply_off || std::mem::take(&mut self.skip_next);
-        let db = self.state.db.clone();
         if let Err(rejected) = db.breaker.check() {
             for &c in &cmds {
                 db.commands.record_rejected(c as usize);
@@ -373,7 +428,7 @@ impl Session {
             if !silent {
                 self.queue.push_back(Pending::Ready(Bytes::from(out)));
             }
-            if target == Target::Dedicated {
+            if target == Target::Dedicated && self.private.is_none() {
                 // The transaction cannot go on; its connection is reset.
                 self.end_dedicated(false);
             }
@@ -389,6 +444,13 @@ impl Session {
         };
         let shared = match (target, &self.dedicated) {
             (Target::Dedicated, Some(d)) => {
+                if block != Block::No {
+                    // CLIENT UNBLOCK from another client reaches this connection.
+                    self.client.set_blocked(Some(Exclusive {
+                        db: db.clone(),
+                        upstream_id: d.upstream_id(),
+                    }));
+                }
                 d.send(batch);
                 false
             }
@@ -397,6 +459,7 @@ impl Session {
                 true
             }
         };
+        self.awaiting_exec = select_after.is_some();
         self.queue.push_back(Pending::Upstream(Sent {
             rx,
             count,
@@ -410,6 +473,7 @@ impl Session {
             attempt: 1,
             timer: None,
             backing_off: false,
+            select_after,
         }));
     }
 
@@ -421,9 +485,22 @@ impl Session {
             return;
         };
         let latency = sent.started.elapsed();
+        if !sent.shared {
+            self.client.set_blocked(None);
+        }
         let err = match r {
             Some(Ok(bytes)) => {
                 record(sent, latency, true);
+                if let Some(db) = sent.select_after.take() {
+                    self.awaiting_exec = false;
+                    // `*N`: EXEC ran the queued commands, the SELECT among them
+                    // (`*-1`/`_`: a WATCH conflict; `-EXECABORT`: nothing ran).
+                    if bytes.starts_with(b"*") && !bytes.starts_with(b"*-1") {
+                        self.state.db_index = db.config.index;
+                        self.state.db = db;
+                        self.publish();
+                    }
+                }
                 self.finish_front(bytes);
                 return;
             }
@@ -434,7 +511,16 @@ impl Session {
             },
         };
         let db = sent.db.clone();
+        if sent.select_after.take().is_some() {
+            self.awaiting_exec = false;
+        }
         if !sent.shared {
+            if self.private.is_some() {
+                // The client's own connection to Redis is gone: as Redis would,
+                // close the client's connection (after this error reply).
+                self.closing = true;
+                self.queue.push_back(Pending::Close);
+            }
             // The exclusive connection failed (pool exhausted, connect error,
             // connection lost): whatever transaction was under way is over.
             self.end_dedicated(false);
@@ -527,6 +613,7 @@ impl Session {
                     // No subscriptions left and nothing else in flight on the
                     // connection: back to normal request/reply.
                     self.pubsub = None;
+                    self.publish();
                 }
                 self.queue.push_back(Pending::Ready(frame));
             }
@@ -579,6 +666,7 @@ impl Session {
     /// Tracks MULTI/EXEC/WATCH for a request sent to the exclusive connection, and
     /// returns whether the connection can be given back after it.
     fn transaction_step(&mut self, op: TxOp) -> bool {
+        let was_multi = self.in_multi;
         match op {
             TxOp::Multi => self.in_multi = true,
             TxOp::End => {
@@ -589,19 +677,132 @@ impl Session {
             TxOp::Unwatch if !self.in_multi => self.watching = false,
             _ => {}
         }
+        if was_multi != self.in_multi {
+            self.publish();
+        }
         !self.in_multi && !self.watching
+    }
+
+    /// The settings for this session's own upstream connections to `db`
+    /// (subscriber, private): the database's, logged in as the session's user when
+    /// it authenticated through to Redis.
+    fn upstream_cfg(&self, db: &Database) -> UpstreamConfig {
+        let mut cfg = db.config.upstream.clone();
+        if let Some(login) = &self.login {
+            cfg.username.clone_from(&login.user);
+            cfg.password = Some(login.password.clone());
+        }
+        cfg
+    }
+
+    /// `auth_passthrough`: opens a connection to the current database's server
+    /// logged in with `creds`. On success it becomes the session's private
+    /// connection (every later request goes there); on failure the reply is
+    /// Redis's own error (`-WRONGPASS …`), and the session keeps its login.
+    async fn log_in(&mut self, creds: local::Credentials) -> Result<(), Vec<u8>> {
+        if self.in_multi || (self.dedicated.is_some() && self.private.is_none()) {
+            return Err(
+                b"-ERR AUTH inside a transaction is not supported by redis-sidecar\r\n".to_vec(),
+            );
+        }
+        let text = |b: Vec<u8>| String::from_utf8(b).map_err(|_| ());
+        let (Ok(user), Ok(password)) = (creds.user.map(text).transpose(), text(creds.password))
+        else {
+            return Err(
+                b"-WRONGPASS invalid username-password pair or user is disabled.\r\n".to_vec(),
+            );
+        };
+        let previous = self.login.replace(Login {
+            user,
+            password: Secret(password),
+        });
+        match self.open_private(creds.resp3).await {
+            Ok(()) => {
+                self.state.user = Some(
+                    self.login
+                        .as_ref()
+                        .and_then(|l| l.user.clone())
+                        .unwrap_or_else(|| "default".into()),
+                );
+                self.state.authenticated = true;
+                Ok(())
+            }
+            Err(e) => {
+                self.login = previous;
+                Err(e)
+            }
+        }
+    }
+
+    /// Opens the private connection again (new protocol or server), same login.
+    async fn reopen_private(&mut self) -> Result<(), Vec<u8>> {
+        let resp3 = self.state.resp3;
+        self.open_private(resp3).await
+    }
+
+    /// Opens a connection logged in as `self.login` to the current database and
+    /// makes it the session's private connection (replacing any before it).
+    async fn open_private(&mut self, resp3: bool) -> Result<(), Vec<u8>> {
+        let db = self.state.db.clone();
+        let cfg = self.upstream_cfg(&db);
+        match ExclusiveConn::open(&cfg, resp3).await {
+            Ok(conn) => {
+                self.end_dedicated(false);
+                self.dedicated = Some(Dedicated::private(
+                    conn,
+                    db.label(),
+                    db.config.upstream.command_timeout,
+                ));
+                self.private = Some((db, resp3));
+                self.last_dedicated = true;
+                Ok(())
+            }
+            Err(UpstreamError::Handshake { reply, .. }) => {
+                let mut out = Vec::new();
+                reply::error(&mut out, &reply);
+                Err(out)
+            }
+            Err(e) => {
+                let mut out = Vec::new();
+                reply::error(
+                    &mut out,
+                    &format!("UPSTREAM database {}: {}", db.label(), e),
+                );
+                Err(out)
+            }
+        }
+    }
+
+    /// Copies what CLIENT LIST shows about this session to the client table.
+    fn publish(&self) {
+        let mut info = self.client.info();
+        info.name.clone_from(&self.state.name);
+        info.lib_name.clone_from(&self.state.lib_name);
+        info.lib_ver.clone_from(&self.state.lib_ver);
+        info.db = self.state.db_index;
+        info.resp = if self.state.resp3 { 3 } else { 2 };
+        info.user = self.state.user.clone().unwrap_or_default();
+        info.pubsub = self.pubsub.is_some();
+        info.multi = self.in_multi;
     }
 
     /// Ends a transaction's hold on its exclusive connection. `clean` means the
     /// connection has no MULTI/WATCH state once its queued commands have run.
     fn end_dedicated(&mut self, clean: bool) {
+        // A private connection is only let go when the session logs out (RESET)
+        // or loses it; it is never pooled.
+        self.private = None;
         if let Some(d) = self.dedicated.take() {
             if clean {
                 d.release();
             }
         }
-        self.in_multi = false;
+        if self.in_multi {
+            self.in_multi = false;
+            self.publish();
+        }
         self.watching = false;
+        self.pending_select = None;
     }
 
     /// Parses and handles every complete request in `inbuf`.
@@ -612,6 +813,7 @@ impl Session {
         let mut run_count = 0u32;
         let mut run_target = Target::Shared;
         let log_commands = self.ctx.config.log_commands;
+        self.client.touch(&self.ctx.clients);
         while !self.closing && !self.stalled {
             let parsed = request::parse(&inbuf[run_len..], &self.ctx.config.limits, &mut self.args);
             let req = match parsed {
@@ -680,6 +882,9 @@ impl Session {
                 }
             };
             let idx = info.map_or(table::COUNT, |i| i.index as usize);
+            if info.is_some() {
+                self.client.set_last_cmd(idx as u16);
+            }
             if info.is_some() && self.state.db.is_denied(idx) && self.state.authenticated {
                 let run = inbuf.split_to(run_len).freeze();
                 self.forward(run, run_count, run_target).await;
@@ -734,13 +939,16 @@ impl Session {
                     }
                     let db = self.state.db.clone();
                     match Subscription::open(
-                        &db.config.upstream,
+                        &self.upstream_cfg(&db),
                         self.ctx.config.limits.pubsub_buffer_limit,
                         self.state.resp3,
                     )
                     .await
                     {
-                        Ok(sub) => self.pubsub = Some(sub),
+                        Ok(sub) => {
+                            self.pubsub = Some(sub);
+                            self.publish();
+                        }
                         Err(e) => {
                             inbuf.advance(req.len);
                             let mut out = Vec::new();
@@ -816,6 +1024,20 @@ impl Session {
                 }
                 let readonly = info.is_some_and(|i| i.is_readonly());
                 let idx = info.map_or(table::COUNT as u16, |i| i.index);
+                let select_after = if op == TxOp::End && target == Target::Dedicated {
+                    self.pending_select.take()
+                } else {
+                    None
+                };
+                if select_after.is_some() {
+                    // EXEC of a transaction with a SELECT travels alone: its reply
+                    // says whether the SELECT ran.
+                    let run = inbuf.split_to(run_len).freeze();
+                    self.forward(run, run_count, run_target).await;
+                    run_len = 0;
+                    run_count = 0;
+                    self.exec_select = select_after;
+                }
                 match req.kind {
                     RequestKind::Multibulk => {
                         self.run_readonly &= readonly;
@@ -841,12 +1063,20 @@ impl Session {
                     run_len = 0;
                     run_count = 0;
                 }
-                if target == Target::Dedicated && self.transaction_step(op) {
+                if target == Target::Dedicated
+                    && self.transaction_step(op)
+                    && self.private.is_none()
+                {
                     let run = inbuf.split_to(run_len).freeze();
                     self.forward(run, run_count, run_target).await;
                     run_len = 0;
                     run_count = 0;
                     self.end_dedicated(true);
+                }
+                if self.awaiting_exec {
+                    // The next request runs on the database EXEC leaves selected.
+                    self.stalled = true;
+                    return;
                 }
                 continue;
             }
@@ -855,7 +1085,9 @@ impl Session {
             self.forward(run, run_count, run_target).await;
             run_len = 0;
             run_count = 0;
-            if (route == Route::Hello && !self.queue.is_empty())
+            let logs_in = self.ctx.config.auth_passthrough && route == Route::Auth;
+            let moves_private = self.private.is_some() && route == Route::Select;
+            if ((route == Route::Hello || logs_in || moves_private) && !self.queue.is_empty())
                 || (matches!(route, Route::Client | Route::CrossDb)
                     && self.dedicated.is_none()
                     && self.last_dedicated
@@ -888,39 +1120,87 @@ impl Session {
                 }
                 continue;
             }
-            let outcome =
-                if self.dedicated.is_some() && matches!(route, Route::Select | Route::Hello) {
-                    local::Outcome::Reply(
-                        format!(
-                            "-ERR {} inside a transaction is not supported by redis-sidecar\r\n",
-                            if route == Route::Select {
-                                "SELECT"
-                            } else {
-                                "HELLO"
-                            }
-                        )
-                        .into_bytes(),
-                    )
-                } else {
-                    if matches!(route, Route::Reset | Route::Quit) {
-                        self.end_dedicated(false);
-                        self.pubsub = None;
+            let kind = &req.kind;
+            let ranges = self.args.clone();
+            let ranged = Ranged {
+                buf: &raw,
+                ranges: &ranges,
+            };
+            let args: &(dyn ArgList + Sync) = match kind {
+                RequestKind::Inline(a) => a,
+                _ => &ranged,
+            };
+            if self.ctx.config.auth_passthrough {
+                if let Some(creds) = local::credentials(route, args, self.state.resp3) {
+                    // Redis checks the credentials: the session logs in on a
+                    // connection of its own, or gets Redis's refusal.
+                    if let Err(refused) = self.log_in(creds).await {
+                        self.push_reply(refused);
+                        continue;
                     }
-                    match req.kind {
-                        RequestKind::Inline(args) => {
-                            local::handle(&mut self.state, &self.ctx, route, &args[..])
+                }
+            }
+            let outcome = if self.dedicated.is_some() && route == Route::Select {
+                match local::select_in_transaction(&self.state, &self.ctx, args) {
+                    Ok((db, select)) => {
+                        if let Some(d) = &self.dedicated {
+                            d.reselect_on_release();
                         }
-                        _ => {
-                            let args = Ranged {
-                                buf: &raw,
-                                ranges: &self.args,
-                            };
-                            local::handle(&mut self.state, &self.ctx, route, &args)
+                        if self.in_multi {
+                            // Queued: it takes effect if EXEC runs the transaction.
+                            self.pending_select = Some(db);
+                        } else {
+                            // Under WATCH (or on a private connection), outside
+                            // MULTI: it runs now.
+                            self.state.db_index = db.config.index;
+                            self.state.db = db;
                         }
+                        local::Outcome::Forward(Some(select))
                     }
-                };
+                    // A private connection follows the client to another server.
+                    Err(_) if self.private.is_some() && !self.in_multi => {
+                        local::handle(&mut self.state, &self.ctx, route, args)
+                    }
+                    Err(refused) => refused,
+                }
+            } else if self.dedicated.is_some()
+                && route == Route::Hello
+                && (self.private.is_none() || self.in_multi)
+            {
+                local::Outcome::Reply(
+                    b"-ERR HELLO inside a transaction is not supported by redis-sidecar\r\n"
+                        .to_vec(),
+                )
+            } else {
+                if matches!(route, Route::Reset | Route::Quit) {
+                    self.end_dedicated(false);
+                    self.login = None;
+                    self.pubsub = None;
+                }
+                local::handle(&mut self.state, &self.ctx, route, args)
+            };
+            if let Some((db, resp3)) = &self.private {
+                if !db.same_server(&self.state.db) || *resp3 != self.state.resp3 {
+                    // The private connection must speak the new protocol, or live
+                    // on the newly selected database's server.
+                    if let Err(e) = self.reopen_private().await {
+                        self.push_reply(e);
+                        self.queue.push_back(Pending::Close);
+                        self.closing = true;
+                        return;
+                    }
+                }
+            }
+            self.publish();
             match outcome {
                 local::Outcome::Reply(r) => self.push_reply(r),
+                local::Outcome::ForwardTo(db, encoded) => {
+                    // CLIENT UNBLOCK: on the other database's shared connection.
+                    self.run_readonly = false;
+                    self.run_cmds.push(idx as u16);
+                    self.forward_to(db, Bytes::from(encoded), 1, Target::Shared)
+                        .await;
+                }
                 local::Outcome::Forward(encoded) => {
                     let bytes = encoded.map(Bytes::from).unwrap_or_else(|| raw.freeze());
                     let target = if self.dedicated.is_some() {

@@ -13,6 +13,9 @@
 //! * client gone while a command is still waiting for its reply (a blocked BLPOP):
 //!   the connection's state is unknown, so it is discarded, never reused.
 
+use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
+use std::sync::Arc;
+
 use bytes::BytesMut;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
@@ -24,6 +27,7 @@ use super::mux::{Batch, BatchReply};
 use crate::command::Block;
 use crate::config::UpstreamConfig;
 use crate::protocol::reply;
+use crate::protocol::request::encode_command;
 
 /// A connection owned by one session at a time.
 #[derive(Debug)]
@@ -32,9 +36,46 @@ pub struct ExclusiveConn {
     buf: BytesMut,
     broken: bool,
     addr: String,
+    /// Redis's `CLIENT ID` for this connection (0 if Redis did not say).
+    id: u64,
 }
 
 impl ExclusiveConn {
+    /// Opens a connection to `cfg`'s upstream (AUTH, `HELLO 3` when `resp3`,
+    /// SELECT) and asks Redis for its `CLIENT ID`, all within the connect timeout.
+    pub async fn open(cfg: &UpstreamConfig, resp3: bool) -> Result<ExclusiveConn, UpstreamError> {
+        let stream = connect(cfg, resp3).await?;
+        let mut conn = ExclusiveConn {
+            stream,
+            buf: BytesMut::with_capacity(4096),
+            broken: false,
+            addr: cfg.address(),
+            id: 0,
+        };
+        // Its id on Redis, so CLIENT UNBLOCK for the session holding it can be
+        // translated. Best effort: a Redis that will not say leaves it at 0.
+        let asked = tokio::time::timeout(
+            cfg.connect_timeout,
+            conn.round_trip(b"*2\r\n$6\r\nCLIENT\r\n$2\r\nID\r\n", 1),
+        )
+        .await;
+        match asked {
+            Ok(Ok(reply)) => {
+                conn.id = reply
+                    .strip_prefix(b":")
+                    .and_then(|r| r.strip_suffix(b"\r\n"))
+                    .and_then(|n| std::str::from_utf8(n).ok()?.parse().ok())
+                    .unwrap_or(0);
+                Ok(conn)
+            }
+            Ok(Err(e)) => Err(e),
+            Err(_) => Err(UpstreamError::Connect {
+                addr: cfg.address(),
+                reason: format!("timed out after {:?}", cfg.connect_timeout),
+            }),
+        }
+    }
+
     /// Writes `bytes` and reads `count` complete replies, returned back to back.
     async fn round_trip(&mut self, bytes: &[u8], count: u32) -> BatchReply {
         let lost = |sent| UpstreamError::Lost {
@@ -92,13 +133,7 @@ impl bb8::ManageConnection for Manager {
     type Error = UpstreamError;
 
     async fn connect(&self) -> Result<ExclusiveConn, UpstreamError> {
-        let stream = connect(&self.cfg, self.resp3).await?;
-        Ok(ExclusiveConn {
-            stream,
-            buf: BytesMut::with_capacity(4096),
-            broken: false,
-            addr: self.cfg.address(),
-        })
+        ExclusiveConn::open(&self.cfg, self.resp3).await
     }
 
     async fn is_valid(&self, conn: &mut ExclusiveConn) -> Result<(), UpstreamError> {
@@ -154,12 +189,16 @@ pub fn pool(cfg: &UpstreamConfig, resp3: bool) -> Pool {
 enum Msg {
     Batch(Batch),
     Release,
+    /// The session sent SELECT on the connection: select the pool's db again
+    /// before the connection goes back.
+    Reselected,
 }
 
 /// A session's handle to its exclusive connection.
 #[derive(Debug)]
 pub struct Dedicated {
     tx: mpsc::UnboundedSender<Msg>,
+    upstream_id: Arc<AtomicU64>,
 }
 
 impl std::fmt::Debug for Msg {
@@ -167,6 +206,7 @@ impl std::fmt::Debug for Msg {
         f.write_str(match self {
             Msg::Batch(_) => "Batch",
             Msg::Release => "Release",
+            Msg::Reselected => "Reselected",
         })
     }
 }
@@ -174,9 +214,30 @@ impl std::fmt::Debug for Msg {
 impl Dedicated {
     /// Starts the task that checks out a connection and serves this session.
     pub fn start(pool: Pool, label: String, command_timeout: std::time::Duration) -> Dedicated {
+        Dedicated::spawn(Source::Pool(pool), label, command_timeout)
+    }
+
+    /// Serves a session on a connection of its own (logged in as the session's
+    /// user): never pooled, closed when the session lets go.
+    pub fn private(
+        conn: ExclusiveConn,
+        label: String,
+        command_timeout: std::time::Duration,
+    ) -> Dedicated {
+        Dedicated::spawn(Source::Own(conn), label, command_timeout)
+    }
+
+    fn spawn(source: Source, label: String, command_timeout: std::time::Duration) -> Dedicated {
         let (tx, rx) = mpsc::unbounded_channel();
-        tokio::spawn(run(pool, rx, label, command_timeout));
-        Dedicated { tx }
+        let upstream_id = Arc::new(AtomicU64::new(0));
+        tokio::spawn(run(source, rx, label, command_timeout, upstream_id.clone()));
+        Dedicated { tx, upstream_id }
+    }
+
+    /// Redis's `CLIENT ID` of the connection once it is checked out (0 before, and
+    /// after the connection is given back).
+    pub fn upstream_id(&self) -> Arc<AtomicU64> {
+        self.upstream_id.clone()
     }
 
     /// Queues a batch for the exclusive connection.
@@ -184,6 +245,12 @@ impl Dedicated {
         if let Err(mpsc::error::SendError(Msg::Batch(b))) = self.tx.send(Msg::Batch(batch)) {
             drop(b);
         }
+    }
+
+    /// A SELECT was sent on the connection (inside a transaction): before it goes
+    /// back to the pool, it selects the pool's database again.
+    pub fn reselect_on_release(&self) {
+        let _ = self.tx.send(Msg::Reselected);
     }
 
     /// The connection's state is clean after the queued batches: return it as is.
@@ -209,12 +276,28 @@ async fn checkout(
     pool.inner.get().await
 }
 
+/// Where a [`Dedicated`] task's connection comes from.
+enum Source {
+    /// Checked out of the database's pool, returned when the session lets go.
+    Pool(Pool),
+    /// The session's own connection, closed when it lets go.
+    Own(ExclusiveConn),
+}
+
 async fn run(
-    pool: Pool,
+    source: Source,
     mut rx: mpsc::UnboundedReceiver<Msg>,
     label: String,
     command_timeout: std::time::Duration,
+    upstream_id: Arc<AtomicU64>,
 ) {
+    let pool = match source {
+        Source::Own(mut conn) => {
+            serve(&mut conn, &mut rx, command_timeout, &upstream_id, None).await;
+            return;
+        }
+        Source::Pool(pool) => pool,
+    };
     let mut conn = match checkout(&pool).await {
         Ok(c) => c,
         Err(e) => {
@@ -233,13 +316,42 @@ async fn run(
             return;
         }
     };
+    let home = pool.manager.cfg.db;
+    serve(
+        &mut conn,
+        &mut rx,
+        command_timeout,
+        &upstream_id,
+        Some(home),
+    )
+    .await;
+}
+
+/// Runs the session's batches on `conn` until it lets go. For a pooled connection
+/// (`home`: the pool's db index), leaves it clean for the next user or marks it
+/// broken so the pool drops it.
+async fn serve(
+    conn: &mut ExclusiveConn,
+    rx: &mut mpsc::UnboundedReceiver<Msg>,
+    command_timeout: std::time::Duration,
+    upstream_id: &Arc<AtomicU64>,
+    home: Option<u32>,
+) {
+    upstream_id.store(conn.id, Relaxed);
+    // Cleared however the task ends (the session may still be asked to unblock).
+    let _cleared = ClearOnDrop(upstream_id.clone());
     let mut clean = false;
+    let mut reselect = false;
     while let Some(msg) = rx.recv().await {
         let batch = match msg {
             Msg::Batch(b) => b,
             Msg::Release => {
                 clean = true;
                 break;
+            }
+            Msg::Reselected => {
+                reselect = true;
+                continue;
             }
         };
         if conn.broken {
@@ -286,11 +398,32 @@ async fn run(
             }
         }
     }
+    let Some(home) = home else {
+        return;
+    };
     if !clean && !conn.broken {
         let reset = b"*1\r\n$7\r\nDISCARD\r\n*1\r\n$7\r\nUNWATCH\r\n";
         match tokio::time::timeout(command_timeout, conn.round_trip(reset, 2)).await {
             Ok(Ok(_)) => {}
             _ => conn.broken = true,
         }
+    }
+    if reselect && !conn.broken {
+        let mut select = Vec::new();
+        let db = home.to_string();
+        encode_command(&[&b"SELECT"[..], db.as_bytes()], &mut select);
+        match tokio::time::timeout(command_timeout, conn.round_trip(&select, 1)).await {
+            Ok(Ok(r)) if r.as_ref() == b"+OK\r\n" => {}
+            _ => conn.broken = true,
+        }
+    }
+}
+
+/// Resets a connection id to 0 when the task holding the connection ends.
+struct ClearOnDrop(Arc<AtomicU64>);
+
+impl Drop for ClearOnDrop {
+    fn drop(&mut self) {
+        self.0.store(0, Relaxed);
     }
 }

@@ -1,0 +1,344 @@
+//! The table of connected clients: what `CLIENT LIST` shows, and what `CLIENT KILL`
+//! and `CLIENT UNBLOCK` act on.
+//!
+//! Clients see the proxy as their Redis, so these commands are answered from the
+//! proxy's own sessions, never from the upstream connections they share. Each
+//! session registers when it starts and is removed when it ends. The fields a client
+//! changes rarely (name, library, db, protocol, flags) sit behind a small mutex that
+//! only local commands and state changes take; the ones that change with every
+//! request (last command, last activity) are atomics, so the hot path never locks.
+
+use std::collections::BTreeMap;
+use std::sync::atomic::{AtomicBool, AtomicU16, AtomicU64, Ordering::Relaxed};
+use std::sync::{Arc, Mutex, MutexGuard};
+use std::time::Instant;
+
+use tokio_util::sync::CancellationToken;
+
+use crate::router::Database;
+
+/// Every open client session.
+#[derive(Debug)]
+pub struct Clients {
+    started: Instant,
+    map: Mutex<BTreeMap<u64, Arc<Client>>>,
+}
+
+impl Default for Clients {
+    fn default() -> Self {
+        Clients {
+            started: Instant::now(),
+            map: Mutex::new(BTreeMap::new()),
+        }
+    }
+}
+
+/// What a client may change about itself, as `CLIENT LIST` reports it.
+#[derive(Debug, Clone, Default)]
+pub struct ClientInfo {
+    /// `CLIENT SETNAME`.
+    pub name: Option<Vec<u8>>,
+    /// `CLIENT SETINFO LIB-NAME`.
+    pub lib_name: Option<Vec<u8>>,
+    /// `CLIENT SETINFO LIB-VER`.
+    pub lib_ver: Option<Vec<u8>>,
+    /// The client-facing db index.
+    pub db: u32,
+    /// The negotiated protocol (2 or 3).
+    pub resp: u8,
+    /// The user the client is authenticated as.
+    pub user: String,
+    /// The client is in subscribed (pub/sub) mode.
+    pub pubsub: bool,
+    /// Inside MULTI.
+    pub multi: bool,
+}
+
+/// One registered session.
+#[derive(Debug)]
+pub struct Client {
+    /// Session id (`CLIENT ID`).
+    pub id: u64,
+    /// The client's address (`addr=`).
+    pub addr: String,
+    /// The proxy's address the client connected to (`laddr=`).
+    pub laddr: String,
+    created: Instant,
+    /// Fired by `CLIENT KILL` or by the proxy's shutdown.
+    token: CancellationToken,
+    killed: AtomicBool,
+    /// Command-table index of the last command (`table::COUNT` if unknown).
+    last_cmd: AtomicU16,
+    /// Milliseconds since the table was created, at the last request.
+    last_active: AtomicU64,
+    /// Waiting for a blocking command's reply.
+    blocked: AtomicBool,
+    info: Mutex<ClientInfo>,
+    exclusive: Mutex<Option<Exclusive>>,
+}
+
+/// The exclusive upstream connection a blocked session waits on, for
+/// `CLIENT UNBLOCK`.
+#[derive(Debug, Clone)]
+pub struct Exclusive {
+    /// The database whose pool the connection came from.
+    pub db: Arc<Database>,
+    /// Redis's `CLIENT ID` of the connection (0 until it is checked out).
+    pub upstream_id: Arc<AtomicU64>,
+}
+
+impl Client {
+    /// The token the session's task watches: cancelled on `CLIENT KILL` (then
+    /// [`Client::was_killed`] is true) or when the proxy shuts down.
+    pub fn token(&self) -> &CancellationToken {
+        &self.token
+    }
+
+    /// Whether `CLIENT KILL` ended this session.
+    pub fn was_killed(&self) -> bool {
+        self.killed.load(Relaxed)
+    }
+
+    fn kill(&self) {
+        self.killed.store(true, Relaxed);
+        self.token.cancel();
+    }
+
+    /// Records activity now (for `idle=`).
+    #[inline]
+    pub fn touch(&self, clients: &Clients) {
+        self.last_active
+            .store(clients.started.elapsed().as_millis() as u64, Relaxed);
+    }
+
+    /// Records the last command run (a command-table index).
+    #[inline]
+    pub fn set_last_cmd(&self, cmd: u16) {
+        self.last_cmd.store(cmd, Relaxed);
+    }
+
+    /// Marks the client blocked on a blocking command waiting on this exclusive
+    /// connection (`None`: not blocked).
+    pub fn set_blocked(&self, on: Option<Exclusive>) {
+        if on.is_none() && !self.blocked.load(Relaxed) {
+            return;
+        }
+        self.blocked.store(on.is_some(), Relaxed);
+        *self.exclusive.lock().unwrap_or_else(|e| e.into_inner()) = on;
+    }
+
+    /// The fields `CLIENT LIST` reports, for the session to update.
+    pub fn info(&self) -> MutexGuard<'_, ClientInfo> {
+        self.info.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// The exclusive connection the client is blocked on, if any.
+    pub fn blocked_on(&self) -> Option<Exclusive> {
+        self.exclusive
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .clone()
+    }
+
+    /// The `CLIENT LIST` / `CLIENT INFO` line (with its newline). `cmd` names the
+    /// last command (`client|list` style).
+    pub fn line(&self, clients: &Clients, cmd_name: &dyn Fn(u16) -> String) -> String {
+        let info = self.info().clone();
+        let s = |v: &Option<Vec<u8>>| {
+            v.as_deref()
+                .map(String::from_utf8_lossy)
+                .unwrap_or_default()
+                .into_owned()
+        };
+        let now = clients.started.elapsed().as_millis() as u64;
+        let idle = now.saturating_sub(self.last_active.load(Relaxed)) / 1000;
+        let mut flags = String::new();
+        if info.pubsub {
+            flags.push('P');
+        }
+        if info.multi {
+            flags.push('x');
+        }
+        if self.blocked.load(Relaxed) {
+            flags.push('b');
+        }
+        if flags.is_empty() {
+            flags.push('N');
+        }
+        format!(
+            "id={} addr={} laddr={} fd=0 name={} age={} idle={} flags={} db={} sub=0 psub=0 ssub=0 multi={} qbuf=0 qbuf-free=0 argv-mem=0 multi-mem=0 rbs=0 rbp=0 obl=0 oll=0 omem=0 tot-mem=0 events=r cmd={} user={} redir=-1 resp={} lib-name={} lib-ver={}\n",
+            self.id,
+            self.addr,
+            self.laddr,
+            s(&info.name),
+            self.created.elapsed().as_secs(),
+            idle,
+            flags,
+            info.db,
+            if info.multi { 0 } else { -1 },
+            cmd_name(self.last_cmd.load(Relaxed)),
+            if info.user.is_empty() { "default" } else { &info.user },
+            info.resp.max(2),
+            s(&info.lib_name),
+            s(&info.lib_ver),
+        )
+    }
+}
+
+/// Which clients `CLIENT KILL` (filter form) or `CLIENT LIST` selects.
+#[derive(Debug, Default, Clone)]
+pub struct Filter {
+    /// `ID`: only these ids (empty: any).
+    pub ids: Vec<u64>,
+    /// `TYPE`: `Some(true)` pub/sub clients, `Some(false)` normal ones; `None` any.
+    pub pubsub: Option<bool>,
+    /// `TYPE master|replica`: matches nothing (the proxy has no such clients).
+    pub none: bool,
+    /// `ADDR ip:port`.
+    pub addr: Option<String>,
+    /// `LADDR ip:port`.
+    pub laddr: Option<String>,
+    /// `USER name`.
+    pub user: Option<String>,
+    /// `MAXAGE secs`: clients older than this.
+    pub maxage: Option<u64>,
+}
+
+impl Filter {
+    fn matches(&self, c: &Client) -> bool {
+        if self.none {
+            return false;
+        }
+        if !self.ids.is_empty() && !self.ids.contains(&c.id) {
+            return false;
+        }
+        if self.addr.as_deref().is_some_and(|a| a != c.addr) {
+            return false;
+        }
+        if self.laddr.as_deref().is_some_and(|a| a != c.laddr) {
+            return false;
+        }
+        if let Some(age) = self.maxage {
+            if c.created.elapsed().as_secs() < age {
+                return false;
+            }
+        }
+        if self.pubsub.is_some() || self.user.is_some() {
+            let info = c.info();
+            if self.pubsub.is_some_and(|p| p != info.pubsub) {
+                return false;
+            }
+            if let Some(u) = &self.user {
+                let user = if info.user.is_empty() {
+                    "default"
+                } else {
+                    &info.user
+                };
+                if u != user {
+                    return false;
+                }
+            }
+        }
+        true
+    }
+}
+
+impl Clients {
+    /// Registers a session; it is removed when the returned guard drops.
+    pub fn register(
+        self: &Arc<Self>,
+        id: u64,
+        addr: String,
+        laddr: String,
+        token: CancellationToken,
+    ) -> Registration {
+        let client = Arc::new(Client {
+            id,
+            addr,
+            laddr,
+            created: Instant::now(),
+            token,
+            killed: AtomicBool::new(false),
+            last_cmd: AtomicU16::new(u16::MAX),
+            last_active: AtomicU64::new(self.started.elapsed().as_millis() as u64),
+            blocked: AtomicBool::new(false),
+            info: Mutex::new(ClientInfo {
+                resp: 2,
+                ..ClientInfo::default()
+            }),
+            exclusive: Mutex::new(None),
+        });
+        self.lock().insert(id, client.clone());
+        Registration {
+            clients: self.clone(),
+            client,
+        }
+    }
+
+    fn lock(&self) -> MutexGuard<'_, BTreeMap<u64, Arc<Client>>> {
+        self.map.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// Sessions open now.
+    pub fn len(&self) -> usize {
+        self.lock().len()
+    }
+
+    /// Whether no session is open.
+    pub fn is_empty(&self) -> bool {
+        self.lock().is_empty()
+    }
+
+    /// One session by id.
+    pub fn get(&self, id: u64) -> Option<Arc<Client>> {
+        self.lock().get(&id).cloned()
+    }
+
+    /// The sessions `filter` selects, in id order.
+    pub fn select(&self, filter: &Filter) -> Vec<Arc<Client>> {
+        let all: Vec<Arc<Client>> = self.lock().values().cloned().collect();
+        all.into_iter().filter(|c| filter.matches(c)).collect()
+    }
+
+    /// Kills the sessions `filter` selects, except `me` when `skip_me`. Returns how
+    /// many were selected and whether `me` is one of them (the caller closes its
+    /// own connection after replying, as Redis does).
+    pub fn kill(&self, filter: &Filter, me: u64, skip_me: bool) -> (usize, bool) {
+        let mut killed = 0;
+        let mut myself = false;
+        for c in self.select(filter) {
+            if c.id == me {
+                if skip_me {
+                    continue;
+                }
+                myself = true;
+            } else {
+                c.kill();
+                // Gone from the table at once, as Redis frees a killed client.
+                self.lock().remove(&c.id);
+            }
+            killed += 1;
+        }
+        (killed, myself)
+    }
+}
+
+/// A session's entry; dropping it removes the session from the table.
+#[derive(Debug)]
+pub struct Registration {
+    clients: Arc<Clients>,
+    client: Arc<Client>,
+}
+
+impl std::ops::Deref for Registration {
+    type Target = Client;
+    fn deref(&self) -> &Client {
+        &self.client
+    }
+}
+
+impl Drop for Registration {
+    fn drop(&mut self) {
+        self.clients.lock().remove(&self.client.id);
+    }
+}

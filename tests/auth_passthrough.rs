@@ -1,0 +1,194 @@
+//! `auth_passthrough: true`: AUTH and `HELLO … AUTH` are checked by Redis itself,
+//! and a client that logs in runs its commands on a connection of its own, logged
+//! in as that user (Redis's ACL rules apply to it).
+
+mod support;
+
+use support::{
+    printable, proxy_config, redis_cli, resp_bulk, start_proxy, AsyncRawClient, RedisServer,
+};
+
+fn text(reply: &[u8]) -> String {
+    String::from_utf8_lossy(reply).into_owned()
+}
+
+async fn passthrough_proxy(redis: &RedisServer) -> redis_sidecar::server::Proxy {
+    let mut config = proxy_config(redis);
+    config.auth_passthrough = true;
+    start_proxy(config).await
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn acl_users_log_in_through_the_proxy_and_keep_their_rights() {
+    let redis = RedisServer::start();
+    let (out, status) = redis_cli(
+        redis.port(),
+        &[
+            "ACL",
+            "SETUSER",
+            "alice",
+            "on",
+            ">alice-pw",
+            "~*",
+            "&*",
+            "+@all",
+        ],
+    );
+    assert!(status.success() && out.contains("OK"), "{out}");
+    let (out, _) = redis_cli(
+        redis.port(),
+        &[
+            "ACL",
+            "SETUSER",
+            "reader",
+            "on",
+            ">reader-pw",
+            "~*",
+            "+get",
+            "+acl|whoami",
+            "+ping",
+        ],
+    );
+    assert!(out.contains("OK"), "{out}");
+    let proxy = passthrough_proxy(&redis).await;
+    let mut direct = AsyncRawClient::connect(redis.addr()).await;
+    let mut c = AsyncRawClient::connect(proxy.local_addr()).await;
+
+    // Refusals are Redis's own, byte for byte.
+    for args in [
+        &[&b"AUTH"[..], b"alice", b"wrong"][..],
+        &[b"AUTH", b"nobody", b"pw"],
+        &[b"AUTH", b"some-password"],
+    ] {
+        assert_eq!(
+            printable(&c.cmd(args).await),
+            printable(&direct.cmd(args).await),
+            "{args:?}"
+        );
+    }
+    // Before logging in, the session runs as the proxy's own upstream user.
+    assert_eq!(c.cmd(&[b"ACL", b"WHOAMI"]).await, resp_bulk(b"default"));
+
+    assert_eq!(c.cmd(&[b"AUTH", b"alice", b"alice-pw"]).await, b"+OK\r\n");
+    assert_eq!(c.cmd(&[b"ACL", b"WHOAMI"]).await, resp_bulk(b"alice"));
+    assert_eq!(c.cmd(&[b"SET", b"k", b"v"]).await, b"+OK\r\n");
+    // A pipeline after the login, a transaction and SELECT all run as alice.
+    assert_eq!(c.cmd(&[b"SELECT", b"3"]).await, b"+OK\r\n");
+    assert_eq!(c.cmd(&[b"MULTI"]).await, b"+OK\r\n");
+    assert_eq!(c.cmd(&[b"ACL", b"WHOAMI"]).await, b"+QUEUED\r\n");
+    assert_eq!(
+        c.cmd(&[b"EXEC"]).await,
+        [&b"*1\r\n"[..], &resp_bulk(b"alice")].concat()
+    );
+    assert_eq!(c.cmd(&[b"GET", b"k"]).await, b"$-1\r\n", "db 3 has no k");
+    assert_eq!(c.cmd(&[b"SELECT", b"0"]).await, b"+OK\r\n");
+    assert_eq!(c.cmd(&[b"GET", b"k"]).await, resp_bulk(b"v"));
+    // CLIENT LIST shows the user.
+    let list = text(&c.cmd(&[b"CLIENT", b"LIST"]).await);
+    assert!(list.contains(" user=alice "), "{list}");
+    // A failed AUTH keeps the earlier login, as on Redis.
+    assert!(c
+        .cmd(&[b"AUTH", b"alice", b"nope"])
+        .await
+        .starts_with(b"-WRONGPASS"));
+    assert_eq!(c.cmd(&[b"ACL", b"WHOAMI"]).await, resp_bulk(b"alice"));
+
+    // A restricted user gets Redis's NOPERM for what it may not do.
+    let mut r = AsyncRawClient::connect(proxy.local_addr()).await;
+    assert_eq!(r.cmd(&[b"AUTH", b"reader", b"reader-pw"]).await, b"+OK\r\n");
+    assert_eq!(r.cmd(&[b"GET", b"k"]).await, resp_bulk(b"v"));
+    let denied = text(&r.cmd(&[b"SET", b"k", b"other"]).await);
+    assert!(denied.starts_with("-NOPERM"), "{denied}");
+    assert_eq!(r.cmd(&[b"GET", b"k"]).await, resp_bulk(b"v"));
+
+    // HELLO 3 AUTH logs in and switches to RESP3.
+    let mut h = AsyncRawClient::connect(proxy.local_addr()).await;
+    let hello = h
+        .cmd(&[
+            b"HELLO",
+            b"3",
+            b"AUTH",
+            b"alice",
+            b"alice-pw",
+            b"SETNAME",
+            b"h",
+        ])
+        .await;
+    assert!(hello.starts_with(b"%7\r\n"), "{}", printable(&hello));
+    assert_eq!(h.cmd(&[b"ACL", b"WHOAMI"]).await, resp_bulk(b"alice"));
+    assert_eq!(h.cmd(&[b"HGETALL", b"nohash"]).await, b"%0\r\n");
+    // RESET logs out: back to the proxy's user.
+    assert_eq!(h.cmd(&[b"RESET"]).await, b"+RESET\r\n");
+    assert_eq!(h.cmd(&[b"ACL", b"WHOAMI"]).await, resp_bulk(b"default"));
+
+    // Each logged-in session holds one connection of its own: c, r and the one
+    // reopened for h's RESP3 are gone or counted below; sessions that did not
+    // log in share the proxy's connections.
+    // (Closed connections leave Redis's list a moment later: poll, bounded.)
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(5);
+    loop {
+        let users = text(&direct.cmd(&[b"CLIENT", b"LIST"]).await);
+        let (alice, reader) = (
+            users.matches(" user=alice ").count(),
+            users.matches(" user=reader ").count(),
+        );
+        if (alice, reader) == (1, 1) {
+            break;
+        }
+        assert!(std::time::Instant::now() < deadline, "{users}");
+        tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+    }
+    // Pub/sub runs as the user too: reader has no channel rights.
+    let sub = text(&r.cmd(&[b"SUBSCRIBE", b"ch"]).await);
+    assert!(sub.starts_with("-NOPERM"), "{sub}");
+    proxy.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn requirepass_on_redis_is_enforced_through_the_proxy() {
+    let redis = RedisServer::start();
+    let proxy = passthrough_proxy(&redis).await;
+    let mut c = AsyncRawClient::connect(proxy.local_addr()).await;
+    let mut direct = AsyncRawClient::connect(redis.addr()).await;
+    assert_eq!(
+        c.cmd(&[b"CONFIG", b"SET", b"requirepass", b"s3cret"]).await,
+        b"+OK\r\n"
+    );
+    let wrong = c.cmd(&[b"AUTH", b"guess"]).await;
+    assert!(
+        text(&wrong).starts_with("-WRONGPASS"),
+        "{}",
+        printable(&wrong)
+    );
+    assert_eq!(c.cmd(&[b"AUTH", b"s3cret"]).await, b"+OK\r\n");
+    assert_eq!(c.cmd(&[b"AUTH", b"default", b"s3cret"]).await, b"+OK\r\n");
+    assert_eq!(c.cmd(&[b"PING"]).await, b"+PONG\r\n");
+    // Put Redis back (the direct connection logged in before the change).
+    assert_eq!(
+        c.cmd(&[b"CONFIG", b"SET", b"requirepass", b""]).await,
+        b"+OK\r\n"
+    );
+    assert_eq!(direct.cmd(&[b"PING"]).await, b"+PONG\r\n");
+    proxy.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_logged_in_session_whose_connection_dies_is_closed() {
+    let redis = RedisServer::start();
+    let (out, _) = redis_cli(
+        redis.port(),
+        &["ACL", "SETUSER", "alice", "on", ">pw", "~*", "&*", "+@all"],
+    );
+    assert!(out.contains("OK"), "{out}");
+    let proxy = passthrough_proxy(&redis).await;
+    let mut c = AsyncRawClient::connect(proxy.local_addr()).await;
+    assert_eq!(c.cmd(&[b"AUTH", b"alice", b"pw"]).await, b"+OK\r\n");
+    let mut direct = AsyncRawClient::connect(redis.addr()).await;
+    let killed = direct.cmd(&[b"CLIENT", b"KILL", b"USER", b"alice"]).await;
+    assert_eq!(killed, b":1\r\n");
+    // Never silently downgraded to the proxy's own user: an error, then closed.
+    let r = c.cmd(&[b"ACL", b"WHOAMI"]).await;
+    assert!(r.starts_with(b"-UPSTREAM"), "{}", printable(&r));
+    assert!(c.read_until_closed().await.is_empty());
+    proxy.shutdown().await;
+}
