@@ -12,6 +12,9 @@
 #                    default: no --protocol option, so redis-py's own default, which is
 #                    RESP3 since redis-py 8.0). Both runs use the same value.
 #   --keep           keep the temporary directory (virtualenv, sdist, server logs)
+#   --proxy-auth     let the proxy answer AUTH itself (its default) instead of the
+#                    generated config's `auth_passthrough: true`, which hands AUTH to
+#                    Redis so the suite's ACL-user and requirepass tests can pass
 #
 # What it does: creates a throwaway virtualenv under ${TMPDIR:-/tmp}, installs the
 # suite's test dependencies (scripts/redis_py_suite/requirements.txt) and redis-py
@@ -42,6 +45,7 @@ RUN_TIMEOUT="${REDIS_PY_SUITE_RUN_TIMEOUT:-1500}"
 
 QUICK=0
 KEEP=0
+PASSTHROUGH=true
 PROTOCOL=default
 KEXPR=""
 EXTRA=()
@@ -49,11 +53,12 @@ while [[ $# -gt 0 ]]; do
     case "$1" in
         --quick) QUICK=1 ;;
         --keep) KEEP=1 ;;
+        --proxy-auth) PASSTHROUGH=false ;;
         -k) KEXPR="${2:?-k needs an expression}"; shift ;;
         -k*) KEXPR="${1#-k}" ;;
         --protocol) PROTOCOL="${2:?--protocol needs 2, 3 or default}"; shift ;;
         --protocol=*) PROTOCOL="${1#--protocol=}" ;;
-        -h | --help) sed -n '2,33p' "${BASH_SOURCE[0]}" | sed 's/^# \{0,1\}//'; exit 0 ;;
+        -h | --help) sed -n '2,36p' "${BASH_SOURCE[0]}" | sed 's/^# \{0,1\}//'; exit 0 ;;
         --) shift; EXTRA=("$@"); break ;;
         *) echo "redis-py-suite: unknown argument '$1' (see --help)" >&2; exit 2 ;;
     esac
@@ -162,6 +167,7 @@ CONFIG="$WORK/proxy.yaml"
     echo "host: 127.0.0.1"
     echo "port: $REDIS_PORT"
     echo "password: null"
+    echo "auth_passthrough: $PASSTHROUGH"
     echo "log_level: WARNING"
 } >"$CONFIG"
 "$PROXY_BIN" --config "$CONFIG" --check-config >/dev/null || die "the generated proxy config is rejected"

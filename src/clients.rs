@@ -21,6 +21,9 @@ use crate::router::Database;
 #[derive(Debug)]
 pub struct Clients {
     started: Instant,
+    /// Seconds since `started`, advanced by [`Clients::tick`] (the proxy's once-a-
+    /// second sampler), so recording activity never reads the clock.
+    now_secs: AtomicU64,
     map: Mutex<BTreeMap<u64, Arc<Client>>>,
 }
 
@@ -28,6 +31,7 @@ impl Default for Clients {
     fn default() -> Self {
         Clients {
             started: Instant::now(),
+            now_secs: AtomicU64::new(0),
             map: Mutex::new(BTreeMap::new()),
         }
     }
@@ -69,7 +73,7 @@ pub struct Client {
     killed: AtomicBool,
     /// Command-table index of the last command (`table::COUNT` if unknown).
     last_cmd: AtomicU16,
-    /// Milliseconds since the table was created, at the last request.
+    /// [`Clients::tick`]'s seconds at the last request.
     last_active: AtomicU64,
     /// Waiting for a blocking command's reply.
     blocked: AtomicBool,
@@ -104,11 +108,11 @@ impl Client {
         self.token.cancel();
     }
 
-    /// Records activity now (for `idle=`).
+    /// Records activity now (for `idle=`, to the second).
     #[inline]
     pub fn touch(&self, clients: &Clients) {
         self.last_active
-            .store(clients.started.elapsed().as_millis() as u64, Relaxed);
+            .store(clients.now_secs.load(Relaxed), Relaxed);
     }
 
     /// Records the last command run (a command-table index).
@@ -150,8 +154,9 @@ impl Client {
                 .unwrap_or_default()
                 .into_owned()
         };
-        let now = clients.started.elapsed().as_millis() as u64;
-        let idle = now.saturating_sub(self.last_active.load(Relaxed)) / 1000;
+        let idle = clients
+            .seconds()
+            .saturating_sub(self.last_active.load(Relaxed));
         let mut flags = String::new();
         if info.pubsub {
             flags.push('P');
@@ -260,7 +265,7 @@ impl Clients {
             token,
             killed: AtomicBool::new(false),
             last_cmd: AtomicU16::new(u16::MAX),
-            last_active: AtomicU64::new(self.started.elapsed().as_millis() as u64),
+            last_active: AtomicU64::new(self.seconds()),
             blocked: AtomicBool::new(false),
             info: Mutex::new(ClientInfo {
                 resp: 2,
@@ -273,6 +278,15 @@ impl Clients {
             clients: self.clone(),
             client,
         }
+    }
+
+    /// Advances the table's clock (called once a second).
+    pub fn tick(&self) {
+        self.now_secs.store(self.seconds(), Relaxed);
+    }
+
+    fn seconds(&self) -> u64 {
+        self.started.elapsed().as_secs()
     }
 
     fn lock(&self) -> MutexGuard<'_, BTreeMap<u64, Arc<Client>>> {

@@ -167,6 +167,7 @@ async fn sample_ops(ctx: Arc<Context>, shutdown: CancellationToken) {
             _ = shutdown.cancelled() => return,
             _ = tick.tick() => {}
         }
+        ctx.clients.tick();
         let now = total(&ctx);
         ctx.stats
             .ops_per_sec

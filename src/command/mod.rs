@@ -5,7 +5,9 @@
 //! are answered by the proxy itself because they concern the client's own connection
 //! (SELECT, AUTH, HELLO, CLIENT SETNAME …). Commands that would change the state of
 //! an upstream connection (transactions, blocking pops, pub/sub, MONITOR …) must not
-//! run on a shared connection; until they get dedicated connections they are refused.
+//! run on a shared connection: the session gives them connections of their own.
+
+use std::sync::OnceLock;
 
 pub mod table;
 
@@ -133,10 +135,57 @@ impl ArgList for Ranged<'_> {
 
 /// Classifies a command from its arguments (`arg(0)` is the name).
 pub fn classify<L: ArgList + ?Sized>(args: &L) -> Route {
+    identify(args).0
+}
+
+/// Classifies a command and finds its command-table entry (its subcommand's for
+/// containers such as `CLIENT LIST`), upper-casing the name once.
+pub fn identify<L: ArgList + ?Sized>(args: &L) -> (Route, Option<&'static table::CommandInfo>) {
     let mut buf = [0u8; MAX_NAME];
     let Some(name) = upper(args.arg(0), &mut buf) else {
-        return Route::Forward;
+        return (Route::Forward, None);
     };
+    let Some(parent) = table::lookup(name) else {
+        // Not a Redis command (PROXY, or unknown: forwarded for Redis to refuse).
+        return (classify_upper(name, args), None);
+    };
+    let route = match routes().get(parent.index as usize) {
+        Some(Some(route)) => *route,
+        _ => classify_upper(name, args),
+    };
+    let mut info = parent;
+    if parent.has(table::CONTAINER) && args.count() > 1 {
+        let mut sub_buf = [0u8; MAX_NAME];
+        if let Some(sub) = upper(args.arg(1), &mut sub_buf) {
+            info = table::lookup_sub(name, sub).unwrap_or(parent);
+        }
+    }
+    (route, Some(info))
+}
+
+/// Commands whose route depends on their arguments (`COPY … DB`, `XREAD … BLOCK`).
+const ARG_DEPENDENT: [&[u8]; 3] = [b"COPY", b"XREAD", b"XREADGROUP"];
+
+/// The route of every top-level command of the table, from its name alone (`None`
+/// for [`ARG_DEPENDENT`] ones), computed once: the hot path indexes it instead of
+/// matching the name again.
+fn routes() -> &'static [Option<Route>] {
+    static ROUTES: OnceLock<Vec<Option<Route>>> = OnceLock::new();
+    ROUTES.get_or_init(|| {
+        table::COMMANDS[..table::TOP_LEVEL]
+            .iter()
+            .map(|c| {
+                let name = c.name.to_ascii_uppercase();
+                let none: [&[u8]; 0] = [];
+                (!ARG_DEPENDENT.contains(&name.as_bytes()))
+                    .then(|| classify_upper(name.as_bytes(), &none[..]))
+            })
+            .collect()
+    })
+}
+
+/// [`classify`] for an upper-cased name.
+fn classify_upper<L: ArgList + ?Sized>(name: &[u8], args: &L) -> Route {
     match name {
         b"SELECT" => Route::Select,
         b"PROXY" => Route::Proxy,
@@ -266,5 +315,50 @@ mod tests {
         assert_eq!(block_time(&["BLPOP", "a", "x"][..]), Block::No);
         let long = "X".repeat(100);
         assert_eq!(classify(&[long.as_str()][..]), Route::Forward);
+    }
+}
+
+#[cfg(test)]
+mod identify_tests {
+    use super::*;
+
+    #[test]
+    fn identify_routes_every_table_command_as_its_name_says() {
+        for c in &table::COMMANDS[..table::TOP_LEVEL] {
+            let name = c.name.to_ascii_uppercase();
+            let args: Vec<&[u8]> = vec![name.as_bytes(), b"x"];
+            let (route, info) = identify(&args[..]);
+            assert_eq!(route, classify_upper(name.as_bytes(), &args[..]), "{name}");
+            let info = info.expect("in the table");
+            if c.has(table::CONTAINER) {
+                assert_eq!(info.name, c.name, "unknown subcommand x: the container");
+            } else {
+                assert_eq!(info.index, c.index, "{name}");
+            }
+        }
+    }
+
+    #[test]
+    fn identify_checks_the_arguments_where_the_route_depends_on_them() {
+        let cases: [(&[&[u8]], Route); 6] = [
+            (&[b"copy", b"a", b"b", b"DB", b"1"], Route::CrossDb),
+            (&[b"copy", b"a", b"b"], Route::Forward),
+            (
+                &[b"xread", b"BLOCK", b"0", b"STREAMS", b"s", b"$"],
+                Route::Stateful(Family::Blocking),
+            ),
+            (&[b"XREAD", b"STREAMS", b"s", b"0"], Route::Forward),
+            (&[b"proxy", b"info"], Route::Proxy),
+            (&[b"Get", b"k"], Route::Forward),
+        ];
+        for (args, want) in cases {
+            assert_eq!(identify(args).0, want, "{args:?}");
+        }
+        assert!(identify(&[&b"proxy"[..], b"info"][..]).1.is_none());
+        let sub = identify(&[&b"client"[..], b"list"][..])
+            .1
+            .expect("client|list");
+        assert_eq!(sub.name, "client|list");
+        assert_eq!(identify(&[&b"get"[..]][..]).1.map(|i| i.name), Some("get"));
     }
 }

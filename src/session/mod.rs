@@ -650,6 +650,19 @@ impl Session {
             .any(|p| matches!(p, Pending::Upstream(s) if !s.shared))
     }
 
+    /// No state that changes where a forwardable command goes: authenticated, not
+    /// subscribed, no exclusive connection (now or for the previous request), no
+    /// CLIENT REPLY SKIP pending, no EXEC that may switch the database in flight.
+    #[inline]
+    fn plain(&self) -> bool {
+        self.state.authenticated
+            && self.pubsub.is_none()
+            && self.dedicated.is_none()
+            && !self.last_dedicated
+            && !self.skip_next
+            && !self.awaiting_exec
+    }
+
     /// Where a request goes, if upstream: `None` means the proxy answers it.
     fn target(&self, route: Route) -> Option<Target> {
         if !self.state.authenticated {
@@ -745,7 +758,7 @@ impl Session {
     async fn open_private(&mut self, resp3: bool) -> Result<(), Vec<u8>> {
         let db = self.state.db.clone();
         let cfg = self.upstream_cfg(&db);
-        match ExclusiveConn::open(&cfg, resp3).await {
+        match ExclusiveConn::open(&cfg, resp3, false).await {
             Ok(conn) => {
                 self.end_dedicated(false);
                 self.dedicated = Some(Dedicated::private(
@@ -848,7 +861,7 @@ impl Session {
                     if log_commands {
                         log_command(self.state.id, name);
                     }
-                    let route = command::classify(&args);
+                    let (route, info) = command::identify(&args);
                     let block = if route == Route::Stateful(Family::Blocking) {
                         command::block_time(&args)
                     } else {
@@ -859,14 +872,14 @@ impl Session {
                         tx_op(route, name),
                         block,
                         subscribes(route, name),
-                        lookup(&args),
+                        info,
                     )
                 }
                 RequestKind::Inline(args) => {
                     if log_commands {
                         log_command(self.state.id, args[..].arg(0));
                     }
-                    let route = command::classify(&args[..]);
+                    let (route, info) = command::identify(&args[..]);
                     let block = if route == Route::Stateful(Family::Blocking) {
                         command::block_time(&args[..])
                     } else {
@@ -877,7 +890,7 @@ impl Session {
                         tx_op(route, &args[0]),
                         block,
                         subscribes(route, &args[0]),
-                        lookup(&args[..]),
+                        info,
                     )
                 }
             };
@@ -901,6 +914,20 @@ impl Session {
                     ),
                 );
                 self.push_reply(out);
+                continue;
+            }
+            if route == Route::Forward
+                && run_target == Target::Shared
+                && matches!(req.kind, RequestKind::Multibulk)
+                && self.plain()
+            {
+                // The common case, a plain command from a plain session: it joins
+                // the run for the shared connection (what the general path below
+                // concludes, without its checks).
+                self.run_readonly &= info.is_some_and(|i| i.is_readonly());
+                self.run_cmds.push(idx as u16);
+                run_len += req.len;
+                run_count += 1;
                 continue;
             }
             let in_pubsub = self.pubsub.is_some()
@@ -1312,15 +1339,6 @@ fn unsubscribed<L: ArgList + ?Sized>(args: &L, resp3: bool) -> Vec<u8> {
         }
     }
     out
-}
-
-/// The command table's entry for a request (its subcommand's for containers).
-fn lookup<L: ArgList + ?Sized>(args: &L) -> Option<&'static table::CommandInfo> {
-    let info = table::lookup_args(args.arg(0), None)?;
-    if info.has(table::CONTAINER) && args.count() > 1 {
-        return table::lookup_args(args.arg(0), Some(args.arg(1)));
-    }
-    Some(info)
 }
 
 /// Records a finished batch in the database's per-command statistics.

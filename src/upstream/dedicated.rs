@@ -42,8 +42,14 @@ pub struct ExclusiveConn {
 
 impl ExclusiveConn {
     /// Opens a connection to `cfg`'s upstream (AUTH, `HELLO 3` when `resp3`,
-    /// SELECT) and asks Redis for its `CLIENT ID`, all within the connect timeout.
-    pub async fn open(cfg: &UpstreamConfig, resp3: bool) -> Result<ExclusiveConn, UpstreamError> {
+    /// SELECT) and, with `ask_id`, asks Redis for its `CLIENT ID`, all within the
+    /// connect timeout. (A client's private connection does not ask: its user may
+    /// not be allowed CLIENT ID, and the refusal would land in Redis's ACL LOG.)
+    pub async fn open(
+        cfg: &UpstreamConfig,
+        resp3: bool,
+        ask_id: bool,
+    ) -> Result<ExclusiveConn, UpstreamError> {
         let stream = connect(cfg, resp3).await?;
         let mut conn = ExclusiveConn {
             stream,
@@ -52,6 +58,9 @@ impl ExclusiveConn {
             addr: cfg.address(),
             id: 0,
         };
+        if !ask_id {
+            return Ok(conn);
+        }
         // Its id on Redis, so CLIENT UNBLOCK for the session holding it can be
         // translated. Best effort: a Redis that will not say leaves it at 0.
         let asked = tokio::time::timeout(
@@ -133,7 +142,7 @@ impl bb8::ManageConnection for Manager {
     type Error = UpstreamError;
 
     async fn connect(&self) -> Result<ExclusiveConn, UpstreamError> {
-        ExclusiveConn::open(&self.cfg, self.resp3).await
+        ExclusiveConn::open(&self.cfg, self.resp3, true).await
     }
 
     async fn is_valid(&self, conn: &mut ExclusiveConn) -> Result<(), UpstreamError> {
