@@ -15,6 +15,7 @@ use std::time::Instant;
 
 use tokio_util::sync::CancellationToken;
 
+use crate::command::table;
 use crate::router::Database;
 
 /// Every open client session.
@@ -144,9 +145,9 @@ impl Client {
             .clone()
     }
 
-    /// The `CLIENT LIST` / `CLIENT INFO` line (with its newline). `cmd` names the
-    /// last command (`client|list` style).
-    pub fn line(&self, clients: &Clients, cmd_name: &dyn Fn(u16) -> String) -> String {
+    /// The `CLIENT LIST` / `CLIENT INFO` line (with its newline); `cmd=` names the
+    /// last command as Redis does (`client|list`, `NULL` before any).
+    pub fn line(&self, clients: &Clients) -> String {
         let info = self.info().clone();
         let s = |v: &Option<Vec<u8>>| {
             v.as_deref()
@@ -181,7 +182,9 @@ impl Client {
             flags,
             info.db,
             if info.multi { 0 } else { -1 },
-            cmd_name(self.last_cmd.load(Relaxed)),
+            table::COMMANDS
+                .get(self.last_cmd.load(Relaxed) as usize)
+                .map_or("NULL", |c| c.name),
             if info.user.is_empty() { "default" } else { &info.user },
             info.resp.max(2),
             s(&info.lib_name),
@@ -291,16 +294,6 @@ impl Clients {
 
     fn lock(&self) -> MutexGuard<'_, BTreeMap<u64, Arc<Client>>> {
         self.map.lock().unwrap_or_else(|e| e.into_inner())
-    }
-
-    /// Sessions open now.
-    pub fn len(&self) -> usize {
-        self.lock().len()
-    }
-
-    /// Whether no session is open.
-    pub fn is_empty(&self) -> bool {
-        self.lock().is_empty()
     }
 
     /// One session by id.

@@ -7,7 +7,7 @@ use std::sync::Arc;
 use super::{encode, State};
 use crate::admin;
 use crate::clients::{Client, Filter};
-use crate::command::{table, upper, ArgList, Route};
+use crate::command::{upper, ArgList, Route};
 use crate::context::Context;
 use crate::protocol::reply;
 use crate::protocol::request::parse_int;
@@ -77,7 +77,6 @@ pub(super) fn handle<L: ArgList + ?Sized>(
         Route::Quit => Outcome::Close(b"+OK\r\n".to_vec()),
         Route::Reset => {
             state.db = ctx.router.databases()[0].clone();
-            state.db_index = state.db.config.index;
             state.name = None;
             state.user = None;
             state.resp3 = false;
@@ -93,20 +92,26 @@ pub(super) fn handle<L: ArgList + ?Sized>(
     }
 }
 
+/// The database a client-facing index argument names, or Redis's error for it.
+fn db_arg<'a>(ctx: &'a Context, arg: &[u8]) -> Result<&'a Arc<Database>, Outcome> {
+    let Some(index) = parse_int(arg) else {
+        return Err(err("ERR value is not an integer or out of range"));
+    };
+    ctx.router
+        .get(index)
+        .ok_or_else(|| err("ERR DB index is out of range"))
+}
+
 fn select<L: ArgList + ?Sized>(state: &mut State, ctx: &Context, args: &L) -> Outcome {
     if args.count() != 2 {
         return wrong_args(args);
     }
-    let Some(index) = parse_int(args.arg(1)) else {
-        return err("ERR value is not an integer or out of range");
-    };
-    match ctx.router.get(index) {
-        Some(db) => {
+    match db_arg(ctx, args.arg(1)) {
+        Ok(db) => {
             state.db = db.clone();
-            state.db_index = db.config.index;
             ok()
         }
-        None => err("ERR DB index is out of range"),
+        Err(refused) => refused,
     }
 }
 
@@ -120,12 +125,7 @@ pub(super) fn select_in_transaction<L: ArgList + ?Sized>(
     if args.count() != 2 {
         return Err(wrong_args(args));
     }
-    let Some(index) = parse_int(args.arg(1)) else {
-        return Err(err("ERR value is not an integer or out of range"));
-    };
-    let Some(db) = ctx.router.get(index) else {
-        return Err(err("ERR DB index is out of range"));
-    };
+    let db = db_arg(ctx, args.arg(1))?;
     if !state.db.same_server(db) {
         return Err(err(&format!(
             "ERR SELECT inside a transaction across upstream servers is not supported: database {} lives on {}, database {} on {}",
@@ -300,19 +300,9 @@ fn valid_name(name: &[u8]) -> bool {
     name.iter().all(|&c| (b'!'..=b'~').contains(&c))
 }
 
-/// The name `CLIENT LIST` shows in `cmd=` for a command-table index.
-fn cmd_name(idx: u16) -> String {
-    table::COMMANDS
-        .get(idx as usize)
-        .map_or_else(|| "NULL".to_string(), |c| c.name.to_string())
-}
-
 /// `CLIENT INFO` / `CLIENT LIST` text for these sessions.
 fn client_lines(ctx: &Context, clients: &[Arc<Client>], resp3: bool) -> Vec<u8> {
-    let text: String = clients
-        .iter()
-        .map(|c| c.line(&ctx.clients, &cmd_name))
-        .collect();
+    let text: String = clients.iter().map(|c| c.line(&ctx.clients)).collect();
     let mut out = Vec::new();
     reply::verbatim(&mut out, text.as_bytes(), resp3);
     out
@@ -579,11 +569,9 @@ fn cross_db<L: ArgList + ?Sized>(state: &mut State, ctx: &Context, args: &L) -> 
     };
     let mut new_args: Vec<Vec<u8>> = (0..args.count()).map(|i| args.arg(i).to_vec()).collect();
     for pos in positions {
-        let Some(index) = parse_int(args.arg(pos)) else {
-            return err("ERR value is not an integer or out of range");
-        };
-        let Some(target) = ctx.router.get(index) else {
-            return err("ERR DB index is out of range");
+        let target = match db_arg(ctx, args.arg(pos)) {
+            Ok(db) => db,
+            Err(refused) => return refused,
         };
         if !state.db.same_server(target) {
             return err(&format!(

@@ -97,8 +97,6 @@ enum FrontEvent {
 pub(crate) struct State {
     /// Session id (also `CLIENT ID`).
     pub id: u64,
-    /// Client-facing db index.
-    pub db_index: u32,
     /// The selected database.
     pub db: Arc<Database>,
     /// Whether the client has authenticated (or no password is required).
@@ -138,7 +136,6 @@ pub async fn run(stream: TcpStream, ctx: Arc<Context>, id: u64, shutdown: Cancel
         .register(id, peer.clone(), laddr, shutdown.child_token());
     let state = State {
         id,
-        db_index: db.config.index,
         db,
         authenticated: ctx.config.client_password.is_none(),
         name: None,
@@ -496,7 +493,6 @@ impl Session {
                     // `*N`: EXEC ran the queued commands, the SELECT among them
                     // (`*-1`/`_`: a WATCH conflict; `-EXECABORT`: nothing ran).
                     if bytes.starts_with(b"*") && !bytes.starts_with(b"*-1") {
-                        self.state.db_index = db.config.index;
                         self.state.db = db;
                         self.publish();
                     }
@@ -792,7 +788,7 @@ impl Session {
         info.name.clone_from(&self.state.name);
         info.lib_name.clone_from(&self.state.lib_name);
         info.lib_ver.clone_from(&self.state.lib_ver);
-        info.db = self.state.db_index;
+        info.db = self.state.db.config.index;
         info.resp = if self.state.resp3 { 3 } else { 2 };
         info.user = self.state.user.clone().unwrap_or_default();
         info.pubsub = self.pubsub.is_some();
@@ -1179,7 +1175,6 @@ impl Session {
                         } else {
                             // Under WATCH (or on a private connection), outside
                             // MULTI: it runs now.
-                            self.state.db_index = db.config.index;
                             self.state.db = db;
                         }
                         local::Outcome::Forward(Some(select))
