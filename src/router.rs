@@ -6,7 +6,7 @@ use tokio_util::sync::CancellationToken;
 
 use crate::command::table;
 use crate::config::{Config, DatabaseConfig};
-use crate::resilience::{Backoff, Breaker, BreakerConfig, StatsTable};
+use crate::resilience::{Backoff, Breaker, BreakerConfig, Policy, StatsTable};
 use crate::stats::DbStats;
 use crate::upstream::dedicated::{self, Pool};
 use crate::upstream::health::{self, HealthState};
@@ -31,8 +31,6 @@ pub struct Database {
     /// Per-command statistics, indexed by the command table's index (unknown
     /// commands share the last slot).
     pub commands: StatsTable,
-    /// Delays between retries.
-    pub backoff: Backoff,
     /// Refused commands, by command-table index (`deny_commands`).
     denied: Vec<bool>,
     /// Shared (multiplexed) connection slots.
@@ -100,7 +98,10 @@ impl Router {
             let stats = Arc::new(DbStats::default());
             let upstream = Arc::new(db.upstream.clone());
             let breaker = Arc::new(Breaker::new(BreakerConfig::from(&db.upstream.resilience)));
-            let observer: Arc<dyn Observer> = breaker.clone();
+            let observer: Arc<dyn Observer> = Arc::new(Policy {
+                breaker: breaker.clone(),
+                backoff: Backoff::from(&db.upstream.resilience),
+            });
             let spawn = |resp3| -> Vec<MuxHandle> {
                 (0..db.upstream.mux_connections.max(1))
                     .map(|_| {
@@ -124,7 +125,6 @@ impl Router {
                 breaker,
                 health,
                 commands: StatsTable::new(table::COUNT),
-                backoff: Backoff::from(&db.upstream.resilience),
                 denied: denied(db),
                 config: db.clone(),
                 stats,

@@ -163,6 +163,14 @@ pub fn identify<L: ArgList + ?Sized>(args: &L) -> (Route, Option<&'static table:
     (route, Some(info))
 }
 
+/// Whether Redis runs the command while it is busy with a script or function
+/// (`SCRIPT KILL`, `FUNCTION KILL`, `FUNCTION STATS`, `SHUTDOWN`; Redis's
+/// `allow-busy` flag on a forwarded command): the proxy sends it out of band.
+#[inline]
+pub fn runs_while_busy(route: Route, info: &table::CommandInfo) -> bool {
+    route == Route::Forward && info.has(table::ALLOW_BUSY)
+}
+
 /// Commands whose route depends on their arguments (`COPY … DB`, `XREAD … BLOCK`).
 const ARG_DEPENDENT: [&[u8]; 3] = [b"COPY", b"XREAD", b"XREADGROUP"];
 

@@ -32,9 +32,13 @@
 //!    cannot change data). A write whose fate is unknown is never retried; the client
 //!    gets the error.
 //! 4. Between attempts, wait [`Backoff::delay`]`(attempt)`, but all attempts share one
-//!    overall deadline (the command timeout): a retry whose back-off would end past the
-//!    deadline is not made. Each retry is counted (`retried`) and goes through
-//!    `check()` again, so a breaker that opened meanwhile stops the retries.
+//!    overall bound (connect timeout + command timeout): a retry that could not begin
+//!    before it is not made. Each retry goes through `check()` again, so a breaker
+//!    that opened meanwhile stops the retries.
+//!
+//! The upstream layer runs these steps through [`Policy`] (its `Observer`): retries
+//! are made by the shared connection slot, the one place that knows the order in
+//! which a session's batches were sent (see `upstream::mux`).
 
 pub mod backoff;
 pub mod breaker;
@@ -46,39 +50,60 @@ pub use breaker::{
 };
 pub use latency::{CommandStats, Percentiles, StatsTable, EWMA_ALPHA};
 
+use std::sync::Arc;
 use std::time::Duration;
 
 use crate::upstream::Observer;
 
-/// The breaker hears every upstream outcome. Health probes count only while traffic
-/// may flow (closed or half-open; an open breaker whose recovery time has elapsed
-/// turns half-open for the probe), and run more often while the breaker is not
-/// closed: every quarter of the recovery timeout (at least 100 ms), if sooner.
-impl Observer for Breaker {
+/// A database's resilience policy as the upstream layer sees it: the breaker hears
+/// every upstream outcome and admits retries; the back-off spaces them.
+#[derive(Debug)]
+pub struct Policy {
+    /// The database's circuit breaker.
+    pub breaker: Arc<Breaker>,
+    /// Pauses between retries.
+    pub backoff: Backoff,
+}
+
+/// Health probes count only while traffic may flow (closed or half-open; an open
+/// breaker whose recovery time has elapsed turns half-open for the probe), and run
+/// more often while the breaker is not closed: every quarter of the recovery
+/// timeout (at least 100 ms), if sooner.
+impl Observer for Policy {
     fn success(&self) {
-        self.on_success();
+        self.breaker.on_success();
     }
 
     fn failure(&self) {
-        self.on_failure();
+        self.breaker.on_failure();
     }
 
     fn probe(&self, ok: bool) {
-        if self.state() == State::Open && self.check().is_err() {
+        let b = &self.breaker;
+        if b.state() == State::Open && b.check().is_err() {
             return;
         }
         if ok {
-            self.on_success();
+            b.on_success();
         } else {
-            self.on_failure();
+            b.on_failure();
         }
     }
 
     fn probe_interval(&self, configured: Duration) -> Duration {
-        if self.state() == State::Closed {
+        let b = &self.breaker;
+        if b.state() == State::Closed {
             configured
         } else {
-            configured.min((self.config().recovery_timeout / 4).max(Duration::from_millis(100)))
+            configured.min((b.config().recovery_timeout / 4).max(Duration::from_millis(100)))
         }
+    }
+
+    fn admit(&self) -> Result<(), Option<Duration>> {
+        self.breaker.check().map_err(|r| r.retry_in)
+    }
+
+    fn retry_delay(&self, retry: u32) -> Duration {
+        self.backoff.delay(retry)
     }
 }

@@ -17,7 +17,7 @@ use std::collections::VecDeque;
 use std::future::poll_fn;
 use std::future::Future;
 use std::ops::Range;
-use std::pin::Pin;
+
 use std::sync::Arc;
 use std::task::Poll;
 
@@ -26,7 +26,7 @@ use smallvec::SmallVec;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 use tokio::sync::oneshot;
-use tokio::time::{Instant, Sleep};
+use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 
 use crate::clients::{Exclusive, Registration};
@@ -38,7 +38,8 @@ use crate::protocol::request::{self, encode_command, RequestKind};
 use crate::router::Database;
 use crate::stats;
 use crate::upstream::dedicated::{Dedicated, ExclusiveConn};
-use crate::upstream::mux::{Batch, BatchReply};
+use crate::upstream::mux::{Answer, Batch, Retry};
+use crate::upstream::oob;
 use crate::upstream::pubsub::{self, End, Subscription};
 use crate::upstream::UpstreamError;
 
@@ -60,37 +61,22 @@ enum Pending {
 /// Command-table indexes of the commands in a batch (unknown: `table::COUNT`).
 type CmdList = SmallVec<[u16; 16]>;
 
-/// A batch sent upstream and what is needed to retry it.
+/// A batch sent upstream, waiting for its answer (retries happen in the shared
+/// slot, which keeps the session's batches in order; see `upstream::mux`).
 struct Sent {
-    rx: oneshot::Receiver<BatchReply>,
+    rx: oneshot::Receiver<Answer>,
     count: u32,
     db: Arc<Database>,
-    /// When the first attempt was sent.
+    /// When it was sent.
     started: Instant,
-    /// The requests, kept for a retry (a reference to the read buffer, not a copy).
-    bytes: Bytes,
     cmds: CmdList,
-    /// Every command in the batch is read-only by Redis's command flags.
-    readonly: bool,
-    /// Sent on a shared connection (exclusive ones are never retried).
+    /// Sent on a shared connection (not an exclusive one).
     shared: bool,
-    /// Attempts made so far.
-    attempt: u32,
     /// CLIENT REPLY OFF/SKIP: the client gets no reply for this batch.
     silent: bool,
-    /// Backoff before the next attempt, or the overall deadline of a retried batch.
-    timer: Option<Pin<Box<Sleep>>>,
-    /// Waiting for the backoff to pass (no attempt in flight).
-    backing_off: bool,
     /// An EXEC whose transaction SELECTs this database: the session switches to it
     /// if EXEC ran the transaction.
     select_after: Option<Arc<Database>>,
-}
-
-/// What the front of the queue did.
-enum FrontEvent {
-    Reply(Option<BatchReply>),
-    Timer,
 }
 
 /// Per-client state kept by the proxy (never applied to a shared connection).
@@ -163,6 +149,10 @@ pub async fn run(stream: TcpStream, ctx: Arc<Context>, id: u64, shutdown: Cancel
         run_cmds: CmdList::new(),
         run_readonly: true,
         pubsub: None,
+        sub_counts: [0; 2],
+        monitor: false,
+        barrier: None,
+        barrier_passed: false,
         after_unsubscribe: 0,
         reply_off: false,
         skip_next: false,
@@ -213,6 +203,18 @@ struct Session {
     /// The client is subscribed: its requests go to this connection and every
     /// frame Redis sends on it is streamed back.
     pubsub: Option<Subscription>,
+    /// Subscriptions Redis last reported on the subscriber connection: channels
+    /// plus patterns, and shard channels (Redis counts the two apart; the client
+    /// leaves pub/sub mode only when both are zero).
+    sub_counts: [i64; 2],
+    /// The subscriber connection is a MONITOR stream.
+    monitor: bool,
+    /// A PING sent on the subscriber connection so that a command the proxy answers
+    /// itself (QUIT, RESET, PROXY) is answered after every earlier request's
+    /// replies: the exact frame that will answer it.
+    barrier: Option<Bytes>,
+    /// The barrier was passed: the stalled request may now be answered.
+    barrier_passed: bool,
     /// CLIENT REPLY OFF is in force.
     reply_off: bool,
     /// CLIENT REPLY SKIP: the next command gets no reply.
@@ -257,7 +259,7 @@ impl Session {
         tokio::pin!(cancelled);
         loop {
             self.write_ready(&mut stream).await?;
-            if self.stalled && self.queue.is_empty() {
+            if self.stalled && self.queue.is_empty() && self.barrier.is_none() {
                 self.stalled = false;
                 self.dispatch(&mut inbuf).await;
                 continue;
@@ -275,21 +277,11 @@ impl Session {
                 biased;
                 ev = poll_fn(|cx| match queue.front_mut() {
                     Some(Pending::Upstream(sent)) => {
-                        if let Some(t) = sent.timer.as_mut() {
-                            if t.as_mut().poll(cx).is_ready() {
-                                return Poll::Ready(Some(FrontEvent::Timer));
-                            }
-                        }
-                        if sent.backing_off {
-                            return Poll::Pending;
-                        }
-                        Pin::new(&mut sent.rx).poll(cx).map(|r| Some(FrontEvent::Reply(r.ok())))
+                        Pin::new(&mut sent.rx).poll(cx).map(|r| Some(r.ok()))
                     }
                     _ => Poll::Ready(None),
-                }), if !queue.is_empty() => match ev {
-                    Some(FrontEvent::Reply(r)) => self.settle_front(r),
-                    Some(FrontEvent::Timer) => self.front_timer().await,
-                    None => {}
+                }), if !queue.is_empty() => if let Some(r) = ev {
+                    self.settle_front(r);
                 },
                 r = stream.read_buf(&mut inbuf), if can_read => match r {
                     Ok(0) if !self.waits_on_exclusive() => self.read_closed = true,
@@ -340,9 +332,6 @@ impl Session {
                     break;
                 }
                 Pending::Upstream(sent) => {
-                    if sent.backing_off {
-                        break;
-                    }
                     let r = match sent.rx.try_recv() {
                         Ok(r) => Some(r),
                         Err(oneshot::error::TryRecvError::Empty) => break,
@@ -434,10 +423,11 @@ impl Session {
         stats::add(&db.stats.commands, count as u64);
         let (tx, rx) = oneshot::channel();
         let batch = Batch {
-            bytes: bytes.clone(),
+            bytes,
             count,
             reply: tx,
             block,
+            retry: Retry::new(self.state.id, readonly, &db.config.upstream),
         };
         let shared = match (target, &self.dedicated) {
             (Target::Dedicated, Some(d)) => {
@@ -462,22 +452,37 @@ impl Session {
             count,
             db,
             started: Instant::now(),
-            bytes,
             cmds,
-            readonly,
             shared,
             silent,
-            attempt: 1,
-            timer: None,
-            backing_off: false,
             select_after,
         }));
     }
 
-    /// The front batch got its answer (`None`: the answer was lost). Replaces it with
-    /// the bytes for the client, or schedules a retry when that is safe: the batch
-    /// provably never reached Redis, or every command in it is read-only.
-    fn settle_front(&mut self, r: Option<BatchReply>) {
+    /// Sends one request that Redis runs even while busy (SCRIPT KILL …) at once on
+    /// a connection of its own, bypassing the breaker; its reply keeps its place.
+    fn out_of_band(&mut self, bytes: Bytes, cmd: u16) {
+        let db = self.state.db.clone();
+        stats::add(&db.stats.commands, 1);
+        let rx = oob::call(self.upstream_cfg(&db), self.state.resp3, bytes);
+        let silent = self.reply_off || std::mem::take(&mut self.skip_next);
+        let mut cmds = CmdList::new();
+        cmds.push(cmd);
+        self.queue.push_back(Pending::Upstream(Sent {
+            rx,
+            count: 1,
+            db,
+            started: Instant::now(),
+            cmds,
+            shared: true,
+            silent,
+            select_after: None,
+        }));
+    }
+
+    /// The front batch got its answer (`None`: the answer was lost): it is
+    /// replaced with the bytes for the client.
+    fn settle_front(&mut self, answer: Option<Answer>) {
         let Some(Pending::Upstream(sent)) = self.queue.front_mut() else {
             return;
         };
@@ -485,8 +490,23 @@ impl Session {
         if !sent.shared {
             self.client.set_blocked(None);
         }
-        let err = match r {
-            Some(Ok(bytes)) => {
+        let (reply, attempts) = match answer {
+            Some(a) => (a.reply, a.attempts),
+            None => (
+                Err(UpstreamError::Lost {
+                    addr: sent.db.config.upstream.address(),
+                    sent: true,
+                }),
+                1,
+            ),
+        };
+        for _ in 1..attempts {
+            for &c in &sent.cmds {
+                sent.db.commands.record_retry(c as usize);
+            }
+        }
+        let err = match reply {
+            Ok(bytes) => {
                 record(sent, latency, true);
                 if let Some(db) = sent.select_after.take() {
                     self.awaiting_exec = false;
@@ -500,13 +520,24 @@ impl Session {
                 self.finish_front(bytes);
                 return;
             }
-            Some(Err(e)) => e,
-            None => UpstreamError::Lost {
-                addr: sent.db.config.upstream.address(),
-                sent: true,
-            },
+            Err(e) => e,
         };
         let db = sent.db.clone();
+        match err {
+            UpstreamError::CircuitOpen { .. } => {
+                for &c in &sent.cmds {
+                    db.commands.record_rejected(c as usize);
+                }
+            }
+            UpstreamError::Timeout { .. } => {
+                for &c in &sent.cmds {
+                    db.commands.record_timeout(c as usize);
+                }
+                record(sent, latency, false);
+            }
+            _ => record(sent, latency, false),
+        }
+        let bytes = errors(sent.count, &error_text(&db, &err, attempts));
         if sent.select_after.take().is_some() {
             self.awaiting_exec = false;
         }
@@ -521,95 +552,27 @@ impl Session {
             // connection lost): whatever transaction was under way is over.
             self.end_dedicated(false);
         }
-        let Some(Pending::Upstream(sent)) = self.queue.front_mut() else {
-            return;
-        };
-        let res = &db.config.upstream.resilience;
-        let safe = sent.shared && err.is_transient() && (!err.may_have_run() || sent.readonly);
-        // `retry_attempts` counts retries: attempts = 1 + retry_attempts.
-        if safe && sent.attempt <= res.retry_attempts {
-            let delay = db.backoff.delay(sent.attempt - 1);
-            if Instant::now() + delay < sent.started + request_timeout(&db) {
-                sent.attempt += 1;
-                sent.backing_off = true;
-                sent.timer = Some(Box::pin(tokio::time::sleep(delay)));
-                for &c in &sent.cmds {
-                    db.commands.record_retry(c as usize);
-                }
-                tracing::debug!(db = %db.label(), error = %err, ?delay, attempt = sent.attempt, "retrying");
-                return;
-            }
-        }
-        if matches!(err, UpstreamError::Timeout { .. }) {
-            for &c in &sent.cmds {
-                db.commands.record_timeout(c as usize);
-            }
-        }
-        record(sent, latency, false);
-        let attempts = sent.attempt;
-        let mut msg = format!("UPSTREAM database {}: {}", db.label(), err);
-        if attempts > 1 {
-            msg.push_str(&format!(" (after {attempts} attempts)"));
-        }
-        let bytes = errors(sent.count, &msg);
         self.finish_front(bytes);
-    }
-
-    /// The front batch's timer fired: its backoff is over (send it again), or its
-    /// retries ran past the overall deadline (give up).
-    async fn front_timer(&mut self) {
-        let id = self.state.id;
-        let resp3 = self.state.resp3;
-        let Some(Pending::Upstream(sent)) = self.queue.front_mut() else {
-            return;
-        };
-        let db = sent.db.clone();
-        let deadline = sent.started + request_timeout(&db);
-        if sent.backing_off {
-            if let Err(rejected) = db.breaker.check() {
-                for &c in &sent.cmds {
-                    db.commands.record_rejected(c as usize);
-                }
-                let bytes = errors(sent.count, &circuit_open(&db, rejected.retry_in));
-                self.finish_front(bytes);
-                return;
-            }
-            let (tx, rx) = oneshot::channel();
-            sent.rx = rx;
-            sent.backing_off = false;
-            sent.timer = Some(Box::pin(tokio::time::sleep_until(deadline)));
-            let batch = Batch {
-                bytes: sent.bytes.clone(),
-                count: sent.count,
-                reply: tx,
-                block: Block::No,
-            };
-            db.slot(id, resp3).send(batch).await;
-        } else {
-            for &c in &sent.cmds {
-                db.commands.record_timeout(c as usize);
-            }
-            record(sent, sent.started.elapsed(), false);
-            let msg = format!(
-                "UPSTREAM database {}: no reply within {:?} after {} attempts (the command may have been executed)",
-                db.label(),
-                request_timeout(&db),
-                sent.attempt
-            );
-            let bytes = errors(sent.count, &msg);
-            self.finish_front(bytes);
-        }
     }
 
     /// A frame (or the end) of the subscriber connection's stream.
     fn on_pubsub_frame(&mut self, f: Result<Bytes, End>) {
         match f {
             Ok(frame) => {
-                if pubsub::is_last_unsubscribe(&frame) && self.after_unsubscribe == 0 {
-                    // No subscriptions left and nothing else in flight on the
-                    // connection: back to normal request/reply.
-                    self.pubsub = None;
-                    self.publish();
+                if self.barrier.as_ref() == Some(&frame) {
+                    // Every reply to what the client sent before is in the queue.
+                    self.barrier = None;
+                    self.barrier_passed = true;
+                    return;
+                }
+                if let Some(c) = pubsub::confirmation(&frame) {
+                    self.sub_counts[c.shard as usize] = c.count;
+                    if !c.subscribe && self.sub_counts == [0, 0] && self.after_unsubscribe == 0 {
+                        // No subscriptions left and nothing else in flight on the
+                        // connection: back to normal request/reply.
+                        self.leave_pubsub();
+                        self.publish();
+                    }
                 }
                 self.queue.push_back(Pending::Ready(frame));
             }
@@ -620,7 +583,7 @@ impl Session {
                     limit = self.ctx.config.limits.pubsub_buffer_limit,
                     "disconnecting slow subscriber: pub/sub output buffer limit reached"
                 );
-                self.pubsub = None;
+                self.leave_pubsub();
                 self.queue.clear();
                 self.done = true;
             }
@@ -632,11 +595,38 @@ impl Session {
                     session = self.state.id,
                     "subscriber upstream connection closed; closing the client"
                 );
-                self.pubsub = None;
+                self.leave_pubsub();
                 self.queue.clear();
                 self.done = true;
             }
         }
+    }
+
+    /// Lets the subscriber (or MONITOR) connection go, with its bookkeeping.
+    fn leave_pubsub(&mut self) {
+        self.pubsub = None;
+        self.sub_counts = [0; 2];
+        self.monitor = false;
+        self.barrier = None;
+        self.barrier_passed = false;
+    }
+
+    /// Sends a PING with a tag no client can guess on the subscriber connection;
+    /// its reply marks the point where every earlier request has been answered.
+    async fn send_barrier(&mut self) -> Result<(), End> {
+        let tag = format!("redis-sidecar-barrier-{:016x}", fastrand::u64(..));
+        let mut expected = Vec::new();
+        if !self.state.resp3 {
+            // RESP2 subscribers get PING's reply as a pub/sub-style array.
+            expected.extend_from_slice(b"*2\r\n$4\r\npong\r\n");
+        }
+        reply::bulk(&mut expected, tag.as_bytes());
+        let mut ping = Vec::new();
+        encode_command(&[&b"PING"[..], tag.as_bytes()], &mut ping);
+        let sub = self.pubsub.as_mut().ok_or(End::Closed)?;
+        sub.send(&ping).await.map_err(|_| End::Closed)?;
+        self.barrier = Some(Bytes::from(expected));
+        Ok(())
     }
 
     /// Whether a reply is still expected from an exclusive connection.
@@ -773,10 +763,7 @@ impl Session {
             }
             Err(e) => {
                 let mut out = Vec::new();
-                reply::error(
-                    &mut out,
-                    &format!("UPSTREAM database {}: {}", db.label(), e),
-                );
+                reply::error(&mut out, &error_text(&db, &e, 1));
                 Err(out)
             }
         }
@@ -912,6 +899,28 @@ impl Session {
                 self.push_reply(out);
                 continue;
             }
+            if info.is_some_and(|i| command::runs_while_busy(route, i))
+                && self.state.authenticated
+                && self.pubsub.is_none()
+                && !self.in_multi
+                && (self.dedicated.is_none() || self.private.is_some())
+            {
+                // SCRIPT KILL and friends: at once, on a connection of their own.
+                let run = inbuf.split_to(run_len).freeze();
+                self.forward(run, run_count, run_target).await;
+                run_len = 0;
+                run_count = 0;
+                let bytes: Bytes = match &req.kind {
+                    RequestKind::Inline(args) => {
+                        let b = encode(&args[..]).into();
+                        inbuf.advance(req.len);
+                        b
+                    }
+                    _ => inbuf.split_to(req.len).freeze(),
+                };
+                self.out_of_band(bytes, idx as u16);
+                continue;
+            }
             if route == Route::Forward
                 && run_target == Target::Shared
                 && matches!(req.kind, RequestKind::Multibulk)
@@ -970,15 +979,13 @@ impl Session {
                     {
                         Ok(sub) => {
                             self.pubsub = Some(sub);
+                            self.monitor = route == Route::Stateful(Family::Monitor);
                             self.publish();
                         }
                         Err(e) => {
                             inbuf.advance(req.len);
                             let mut out = Vec::new();
-                            reply::error(
-                                &mut out,
-                                &format!("UPSTREAM database {}: {}", db.label(), e),
-                            );
+                            reply::error(&mut out, &error_text(&db, &e, 1));
                             self.push_reply(out);
                             continue;
                         }
@@ -1004,6 +1011,21 @@ impl Session {
                     }
                 }
                 continue;
+            }
+            if self.pubsub.is_some()
+                && !self.monitor
+                && self.state.authenticated
+                && !std::mem::take(&mut self.barrier_passed)
+            {
+                // QUIT, RESET or PROXY while subscribed: answered only after the
+                // replies to everything before it (confirmations still on their
+                // way from the subscriber connection).
+                if self.send_barrier().await.is_err() {
+                    self.on_pubsub_frame(Err(End::Closed));
+                    return;
+                }
+                self.stalled = true;
+                return;
             }
             let skipped = self.skip_next && self.target(route).is_some();
             if skipped {
@@ -1197,7 +1219,12 @@ impl Session {
                 if matches!(route, Route::Reset | Route::Quit) {
                     self.end_dedicated(false);
                     self.login = None;
-                    self.pubsub = None;
+                    self.leave_pubsub();
+                }
+                if route == Route::Reset {
+                    // As Redis: RESET turns replies back on (a SKIP before it still
+                    // drops RESET's own reply).
+                    self.reply_off = false;
                 }
                 local::handle(&mut self.state, &self.ctx, route, args)
             };
@@ -1349,9 +1376,16 @@ fn record(sent: &Sent, latency: std::time::Duration, ok: bool) {
     }
 }
 
-/// The bound on one command's time in the proxy, retries included.
-fn request_timeout(db: &Database) -> std::time::Duration {
-    db.config.upstream.connect_timeout + db.config.upstream.command_timeout
+/// The one text of an upstream failure as the client reads it (after `-`).
+fn error_text(db: &Database, err: &UpstreamError, attempts: u32) -> String {
+    if let UpstreamError::CircuitOpen { retry_in } = err {
+        return circuit_open(db, *retry_in);
+    }
+    let mut msg = format!("UPSTREAM database {}: {}", db.label(), err);
+    if attempts > 1 {
+        msg.push_str(&format!(" (after {attempts} attempts)"));
+    }
+    msg
 }
 
 /// `count` copies of an error reply.

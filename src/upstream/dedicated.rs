@@ -86,7 +86,7 @@ impl ExclusiveConn {
     }
 
     /// Writes `bytes` and reads `count` complete replies, returned back to back.
-    async fn round_trip(&mut self, bytes: &[u8], count: u32) -> BatchReply {
+    pub(crate) async fn round_trip(&mut self, bytes: &[u8], count: u32) -> BatchReply {
         let lost = |sent| UpstreamError::Lost {
             addr: self.addr.clone(),
             sent,
@@ -319,7 +319,7 @@ async fn run(
             };
             while let Some(msg) = rx.recv().await {
                 if let Msg::Batch(b) = msg {
-                    let _ = b.reply.send(Err(err.clone()));
+                    let _ = b.reply.send(Err(err.clone()).into());
                 }
             }
             return;
@@ -364,10 +364,13 @@ async fn serve(
             }
         };
         if conn.broken {
-            let _ = batch.reply.send(Err(UpstreamError::Lost {
-                addr: conn.addr.clone(),
-                sent: false,
-            }));
+            let _ = batch.reply.send(
+                Err(UpstreamError::Lost {
+                    addr: conn.addr.clone(),
+                    sent: false,
+                })
+                .into(),
+            );
             continue;
         }
         let Batch {
@@ -375,6 +378,7 @@ async fn serve(
             count,
             mut reply,
             block,
+            ..
         } = batch;
         let limit = match block {
             Block::No => Some(command_timeout),
@@ -389,15 +393,18 @@ async fn serve(
         };
         tokio::select! {
             r = conn.round_trip(&bytes, count) => {
-                let _ = reply.send(r);
+                let _ = reply.send(r.into());
             }
             _ = sleep => {
                 // Its place in the reply stream is unknown now: never reuse it.
                 conn.broken = true;
-                let _ = reply.send(Err(UpstreamError::Timeout {
-                    addr: conn.addr.clone(),
-                    after: limit.unwrap_or_default(),
-                }));
+                let _ = reply.send(
+                    Err(UpstreamError::Timeout {
+                        addr: conn.addr.clone(),
+                        after: limit.unwrap_or_default(),
+                    })
+                    .into(),
+                );
                 return;
             }
             _ = reply.closed() => {

@@ -36,6 +36,12 @@ pub enum UpstreamError {
         /// The timeout that expired.
         after: std::time::Duration,
     },
+    /// The database's circuit breaker refused a retry; nothing was sent.
+    #[error("circuit open")]
+    CircuitOpen {
+        /// Time until the breaker lets trial traffic through (`None`: forced open).
+        retry_in: Option<std::time::Duration>,
+    },
     /// The upstream sent bytes that are not RESP; the connection was dropped.
     #[error("upstream {addr} sent a malformed reply")]
     Protocol {
@@ -48,13 +54,18 @@ impl UpstreamError {
     /// Whether trying again soon may succeed. A rejected AUTH/SELECT is a
     /// configuration problem: retrying only adds load and delay.
     pub fn is_transient(&self) -> bool {
-        !matches!(self, UpstreamError::Handshake { .. })
+        !matches!(
+            self,
+            UpstreamError::Handshake { .. } | UpstreamError::CircuitOpen { .. }
+        )
     }
 
     /// Whether the command may have reached (and been executed by) Redis.
     pub fn may_have_run(&self) -> bool {
         match self {
-            UpstreamError::Connect { .. } | UpstreamError::Handshake { .. } => false,
+            UpstreamError::Connect { .. }
+            | UpstreamError::Handshake { .. }
+            | UpstreamError::CircuitOpen { .. } => false,
             UpstreamError::Lost { sent, .. } => *sent,
             UpstreamError::Protocol { .. } | UpstreamError::Timeout { .. } => true,
         }

@@ -11,7 +11,7 @@ use bb8::ManageConnection;
 use tokio_util::sync::CancellationToken;
 
 use super::dedicated::{ExclusiveConn, Manager};
-use super::mux::{Batch, MuxHandle};
+use super::mux::{Batch, MuxHandle, Retry};
 use super::Observer;
 use crate::command::Block;
 use crate::config::UpstreamConfig;
@@ -91,7 +91,7 @@ pub fn spawn(
             } else if !was_ok {
                 tracing::info!(upstream = %cfg.address(), db = cfg.db, "upstream healthy again; refilling shared connections");
                 for slot in &slots {
-                    warm(slot.clone());
+                    warm(slot.clone(), &cfg);
                 }
             }
             was_ok = result.is_ok();
@@ -108,7 +108,8 @@ pub fn spawn(
 
 /// Sends one PING through a slot after a jittered delay (its reply is discarded),
 /// which makes the slot reconnect.
-fn warm(slot: MuxHandle) {
+fn warm(slot: MuxHandle, cfg: &UpstreamConfig) {
+    let retry = Retry::new(u64::MAX, true, cfg);
     tokio::spawn(async move {
         tokio::time::sleep(Duration::from_millis(fastrand::u64(0..1000))).await;
         let (tx, _rx) = tokio::sync::oneshot::channel();
@@ -117,6 +118,7 @@ fn warm(slot: MuxHandle) {
             count: 1,
             reply: tx,
             block: Block::No,
+            retry,
         })
         .await;
     });

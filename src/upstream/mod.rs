@@ -7,6 +7,7 @@ pub mod dedicated;
 pub mod error;
 pub mod health;
 pub mod mux;
+pub mod oob;
 pub mod pubsub;
 
 pub use error::UpstreamError;
@@ -18,7 +19,7 @@ pub trait Observer: Send + Sync + std::fmt::Debug {
     /// The upstream answered (application errors such as `-WRONGTYPE` included).
     fn success(&self);
     /// The upstream could not be reached, broke, timed out, or answered that it is
-    /// not serving (`-LOADING`, `-MASTERDOWN`, `-BUSY`, `-READONLY`).
+    /// not serving (`-LOADING`, `-MASTERDOWN`, `-READONLY`).
     fn failure(&self);
     /// A health probe's result (by default counted like traffic).
     fn probe(&self, ok: bool) {
@@ -32,13 +33,28 @@ pub trait Observer: Send + Sync + std::fmt::Debug {
     fn probe_interval(&self, configured: std::time::Duration) -> std::time::Duration {
         configured
     }
+    /// Whether a retry may be sent now: `Err(retry_in)` while the circuit breaker
+    /// is open (`None`: forced open by an operator).
+    fn admit(&self) -> Result<(), Option<std::time::Duration>> {
+        Ok(())
+    }
+    /// The pause before retry number `retry` (0 = the first retry).
+    fn retry_delay(&self, retry: u32) -> std::time::Duration {
+        let _ = retry;
+        std::time::Duration::ZERO
+    }
 }
 
 /// Whether an error reply (starting with `-`) means the server is not serving
 /// rather than that the command was wrong.
+///
+/// `-BUSY` (a script or function running too long) is not among them: it is caused
+/// by one client's script, the server is up, and the remedy is `SCRIPT KILL` /
+/// `FUNCTION KILL`, which an open breaker would refuse. Counting it would let one
+/// client's runaway script take every database on that server down for everyone.
 pub fn is_not_serving(error_reply: &[u8]) -> bool {
     let body = error_reply.get(1..).unwrap_or(b"");
-    [&b"LOADING"[..], b"MASTERDOWN", b"BUSY ", b"READONLY"]
+    [&b"LOADING"[..], b"MASTERDOWN", b"READONLY"]
         .iter()
         .any(|p| body.starts_with(p))
 }

@@ -1,5 +1,6 @@
 //! A shared upstream connection onto which many client sessions pipeline their
-//! commands (the multiplexing model of twemproxy and Envoy).
+//! commands (the multiplexing model of twemproxy and Envoy), and the place where
+//! their retries happen.
 //!
 //! A *slot* is a long-lived task that owns one upstream connection at a time. Sessions
 //! send it [`Batch`]es: a contiguous run of complete requests (the exact bytes the
@@ -10,10 +11,32 @@
 //! replies read. Replies are never decoded, only framed, so clients get Redis's
 //! bytes unchanged.
 //!
+//! # Retries, in order
+//!
+//! The slot is the one place that sees every batch of a session in the order the
+//! session sent it, so it is where retries are decided and made
+//! ([`Batch::retry`]): a batch that failed is either answered with the error or kept
+//! in the slot's queue *at the position it had*, ahead of everything sent after it,
+//! and sent again on the next connection. Nothing a session sent later can
+//! overtake it.
+//!
+//! * A connect attempt that fails: every waiting batch has had an attempt that
+//!   never reached Redis. Each is kept while it has attempts left
+//!   (`1 + retry_attempts`) and the next attempt, after the back-off pause, can begin
+//!   before its bound (`connect_timeout + command_timeout` after it was first sent);
+//!   the others get the error.
+//! * A connection lost (or timed out) with batches in flight: a batch that may have
+//!   run is kept only if all its commands are read-only, and only if no later
+//!   in-flight batch of the same session is being failed (a retried read must not
+//!   observe a write its client sent after it). Kept batches go first on the next
+//!   connection, at once.
+//! * Before any attempt after a failure, the circuit breaker is asked
+//!   ([`Observer::admit`]); an open breaker fails the waiting batches.
+//!
 //! The slot connects lazily, when the first batch arrives, and reconnects the same
-//! way after a failure; batches that arrive while no connection can be made are
-//! failed at once with the connect error.
+//! way after a failure.
 
+use std::collections::VecDeque;
 use std::sync::Arc;
 
 use bytes::{Bytes, BytesMut};
@@ -31,8 +54,51 @@ use crate::config::UpstreamConfig;
 use crate::protocol::reply;
 use crate::stats::{self, DbStats};
 
-/// The answer to a batch: all its replies, back to back, as Redis sent them.
+/// The replies to a batch, back to back as Redis sent them, or why there are none.
 pub type BatchReply = Result<Bytes, UpstreamError>;
+
+/// What a session gets back for a batch: its replies and how many attempts it took.
+#[derive(Debug)]
+pub struct Answer {
+    /// The replies, or the error of the last attempt.
+    pub reply: BatchReply,
+    /// Attempts made (1 when no retry was needed; 0 if none could begin).
+    pub attempts: u32,
+}
+
+impl From<BatchReply> for Answer {
+    /// The answer of a batch that had exactly one attempt.
+    fn from(reply: BatchReply) -> Answer {
+        Answer { reply, attempts: 1 }
+    }
+}
+
+/// What a slot needs to retry a batch safely and in order.
+#[derive(Debug, Clone, Copy)]
+pub struct Retry {
+    /// The session that sent the batch (its batches keep their order).
+    pub origin: u64,
+    /// Every command in the batch is read-only: it may run again after its reply
+    /// was lost.
+    pub readonly: bool,
+    /// No attempt begins after this instant.
+    pub bound: Instant,
+    /// Attempts made so far.
+    pub attempts: u32,
+}
+
+impl Retry {
+    /// A batch of session `origin` sent now: attempts may begin until
+    /// `connect_timeout + command_timeout` from now.
+    pub fn new(origin: u64, readonly: bool, cfg: &UpstreamConfig) -> Retry {
+        Retry {
+            origin,
+            readonly,
+            bound: Instant::now() + cfg.connect_timeout + cfg.command_timeout,
+            attempts: 0,
+        }
+    }
+}
 
 /// A run of complete requests sent as one unit.
 #[derive(Debug)]
@@ -42,10 +108,12 @@ pub struct Batch {
     /// How many replies they produce.
     pub count: u32,
     /// Where the replies go.
-    pub reply: oneshot::Sender<BatchReply>,
+    pub reply: oneshot::Sender<Answer>,
     /// For a blocking command on an exclusive connection: how long it may wait
     /// beyond the command timeout. Shared connections always use the command timeout.
     pub block: Block,
+    /// Retry bookkeeping (used by shared slots; exclusive connections never retry).
+    pub retry: Retry,
 }
 
 impl Batch {
@@ -53,7 +121,10 @@ impl Batch {
     fn fail(self, err: UpstreamError, stats: &DbStats) {
         stats::add(&stats.upstream_failures, self.count as u64);
         stats::add(&stats.errors, self.count as u64);
-        let _ = self.reply.send(Err(err));
+        let _ = self.reply.send(Answer {
+            reply: Err(err),
+            attempts: self.retry.attempts,
+        });
     }
 }
 
@@ -70,7 +141,7 @@ const COALESCE: usize = 64 * 1024;
 
 impl MuxHandle {
     /// Starts a slot for `cfg` on the current runtime; `observer` hears the outcome
-    /// of every connect attempt and batch.
+    /// of every connect attempt and batch, and decides whether retries may go.
     pub fn spawn(
         cfg: Arc<UpstreamConfig>,
         stats: Arc<DbStats>,
@@ -96,12 +167,17 @@ impl MuxHandle {
     }
 }
 
-/// First and largest pause between failed connect attempts of one slot. Batches
-/// arriving during the pause wait for its end and the next attempt, so a
-/// restarting Redis is met by one connect per slot and pause, not a storm, and
-/// no client gets a stale error once Redis is back.
+/// First and largest pause before connecting again after a failed attempt that
+/// left no batch waiting. Batches arriving during the pause wait for its end and
+/// the next attempt, so a restarting Redis is met by one connect per slot and
+/// pause, not a storm, and no client gets a stale error once Redis is back.
 const RECONNECT_MIN: Duration = Duration::from_millis(50);
 const RECONNECT_MAX: Duration = Duration::from_millis(500);
+
+/// A jittered pause: between half and all of `d`.
+fn jittered(d: Duration) -> Duration {
+    d.mul_f64(0.5 + fastrand::f64() / 2.0)
+}
 
 async fn run_slot(
     cfg: Arc<UpstreamConfig>,
@@ -111,19 +187,33 @@ async fn run_slot(
     resp3: bool,
 ) {
     let addr = cfg.address();
+    let max_attempts = cfg.resilience.retry_attempts.saturating_add(1);
     let mut pause = RECONNECT_MIN;
     let mut retry_at: Option<Instant> = None;
-    let mut carried: std::collections::VecDeque<Batch> = std::collections::VecDeque::new();
+    // Batches waiting for a connection, in the order they were sent.
+    let mut waiting: VecDeque<Batch> = VecDeque::new();
     loop {
-        let first = match carried.pop_front() {
-            Some(b) => b,
-            None => match rx.recv().await {
-                Some(b) => b,
+        if waiting.is_empty() {
+            match rx.recv().await {
+                Some(b) => waiting.push_back(b),
                 None => break,
-            },
-        };
+            }
+        }
         if let Some(at) = retry_at.take() {
             tokio::time::sleep_until(at).await;
+        }
+        while let Ok(b) = rx.try_recv() {
+            waiting.push_back(b);
+        }
+        if waiting.iter().any(|b| b.retry.attempts > 0) {
+            // A retry: the breaker may have opened since the batches were sent.
+            if let Err(retry_in) = observer.admit() {
+                let err = UpstreamError::CircuitOpen { retry_in };
+                for b in waiting.drain(..) {
+                    b.fail(err.clone(), &stats);
+                }
+                continue;
+            }
         }
         match connect(&cfg, resp3).await {
             Ok(stream) => {
@@ -131,49 +221,101 @@ async fn run_slot(
                 stats::add(&stats.connects, 1);
                 stats::add(&stats.mux_connected, 1);
                 tracing::debug!(upstream = %addr, db = cfg.db, "shared upstream connection open");
-                let unsent = serve(stream, first, &mut rx, &cfg, &stats, &observer).await;
-                for b in unsent.into_iter().rev() {
-                    carried.push_front(b);
-                }
+                let ended = serve(stream, &mut waiting, &mut rx, &cfg, &stats, &observer).await;
                 stats::sub(&stats.mux_connected, 1);
+                if let Some((err, in_flight)) = ended {
+                    // Retried ones go first: they were sent before anything waiting.
+                    let kept = keep_after_loss(in_flight, &err, max_attempts, &stats);
+                    for b in kept.into_iter().rev() {
+                        waiting.push_front(b);
+                    }
+                }
             }
             Err(err) => {
                 observer.failure();
                 stats::add(&stats.connect_failures, 1);
                 tracing::warn!(upstream = %addr, error = %err, "upstream connection failed");
-                first.fail(err.clone(), &stats);
-                for b in carried.drain(..) {
-                    b.fail(err.clone(), &stats);
-                }
                 while let Ok(b) = rx.try_recv() {
-                    b.fail(err.clone(), &stats);
+                    waiting.push_back(b);
                 }
-                // Jittered: between half and all of the pause.
-                retry_at = Some(Instant::now() + pause.mul_f64(0.5 + fastrand::f64() / 2.0));
-                pause = (pause * 2).min(RECONNECT_MAX);
+                let now = Instant::now();
+                let fewest = waiting.iter().map(|b| b.retry.attempts).min().unwrap_or(0);
+                let next = now + observer.retry_delay(fewest);
+                let mut kept = VecDeque::with_capacity(waiting.len());
+                for mut b in waiting.drain(..) {
+                    b.retry.attempts += 1;
+                    if err.is_transient() && b.retry.attempts < max_attempts && next < b.retry.bound
+                    {
+                        kept.push_back(b);
+                    } else {
+                        b.fail(err.clone(), &stats);
+                    }
+                }
+                waiting = kept;
+                retry_at = Some(if waiting.is_empty() {
+                    let at = now + jittered(pause);
+                    pause = (pause * 2).min(RECONNECT_MAX);
+                    at
+                } else {
+                    next
+                });
             }
         }
     }
 }
 
+/// Decides, after a connection ended with `in_flight` batches (oldest first)
+/// unanswered, which of them are sent again: those that provably did not run or
+/// are read-only, have attempts left and time before their bound, and are not
+/// followed by a failed batch of the same session. The others get `err`.
+fn keep_after_loss(
+    in_flight: Vec<Batch>,
+    err: &UpstreamError,
+    max_attempts: u32,
+    stats: &DbStats,
+) -> Vec<Batch> {
+    let now = Instant::now();
+    let mut failed_sessions: Vec<u64> = Vec::new();
+    let mut kept = Vec::new();
+    for b in in_flight.into_iter().rev() {
+        let r = &b.retry;
+        let safe = err.is_transient()
+            && (!err.may_have_run() || r.readonly)
+            && r.attempts < max_attempts
+            && now < r.bound
+            && !failed_sessions.contains(&r.origin);
+        if safe {
+            kept.push(b);
+        } else {
+            if !failed_sessions.contains(&r.origin) {
+                failed_sessions.push(r.origin);
+            }
+            b.fail(err.clone(), stats);
+        }
+    }
+    kept.reverse();
+    kept
+}
+
 /// A batch written upstream, waiting for its replies.
 struct InFlight {
-    count: u32,
-    reply: oneshot::Sender<BatchReply>,
+    batch: Batch,
     /// When its replies are overdue.
     deadline: Instant,
 }
 
-/// Runs one connection until it breaks or the slot is closed.
+/// Runs one connection until it breaks or the slot is closed. Batches are taken
+/// from `waiting` first, then from `rx`; batches not written when the connection
+/// ends are left at the front of `waiting`. Returns the error that ended the
+/// connection and the batches then in flight (oldest first), if any.
 async fn serve(
     stream: TcpStream,
-    first: Batch,
+    waiting: &mut VecDeque<Batch>,
     rx: &mut mpsc::Receiver<Batch>,
     cfg: &UpstreamConfig,
     stats: &Arc<DbStats>,
     observer: &Arc<dyn Observer>,
-) -> Vec<Batch> {
-    let mut unsent: Vec<Batch> = Vec::new();
+) -> Option<(UpstreamError, Vec<Batch>)> {
     let addr = cfg.address();
     let (rd, mut wr) = stream.into_split();
     let (ptx, prx) = mpsc::unbounded_channel::<InFlight>();
@@ -185,63 +327,47 @@ async fn serve(
         stats.clone(),
         observer.clone(),
     ));
-    let mut next = Some(first);
     let mut out = BytesMut::with_capacity(COALESCE);
     let mut chunks: Vec<Bytes> = Vec::new();
-    loop {
-        let batch = match next.take() {
+    let mut unsent: Vec<Batch> = Vec::new();
+    let ended = 'conn: loop {
+        let batch = match waiting.pop_front() {
             Some(b) => b,
             None => tokio::select! {
                 b = rx.recv() => match b {
                     Some(b) => b,
-                    None => break,
+                    None => break 'conn None,
                 },
-                _ = &mut reader => {
-                    // Connection broken on the read side: nothing more can be sent.
-                    return unsent;
-                }
+                r = &mut reader => break 'conn r.ok(),
             },
         };
         // Gather what is queued into one write.
         let mut total = batch.bytes.len();
-        let mut failed = false;
         let deadline = Instant::now() + cfg.command_timeout;
-        for b in std::iter::once(batch).chain(std::iter::from_fn(|| {
+        let mut from_queue = || {
             if total >= COALESCE {
                 return None;
             }
-            let b = rx.try_recv().ok()?;
+            let b = waiting.pop_front().or_else(|| rx.try_recv().ok())?;
             total += b.bytes.len();
             Some(b)
-        })) {
-            if failed || ptx.is_closed() {
-                failed = true;
+        };
+        let mut next = Some(batch);
+        while let Some(mut b) = next.take().or_else(&mut from_queue) {
+            if !unsent.is_empty() || ptx.is_closed() {
                 unsent.push(b);
                 continue;
             }
-            let Batch {
-                bytes,
-                count,
-                reply,
-                block,
-            } = b;
-            stats::add(&stats.in_flight, count as u64);
-            let f = InFlight {
-                count,
-                reply,
-                deadline,
-            };
-            if let Err(mpsc::error::SendError(f)) = ptx.send(f) {
+            stats::add(&stats.in_flight, b.count as u64);
+            b.retry.attempts += 1;
+            let bytes = b.bytes.clone();
+            if let Err(mpsc::error::SendError(f)) = ptx.send(InFlight { batch: b, deadline }) {
                 // The reader just ended: this batch was never written; the next
                 // connection takes it.
-                stats::sub(&stats.in_flight, f.count as u64);
-                unsent.push(Batch {
-                    bytes,
-                    count: f.count,
-                    reply: f.reply,
-                    block,
-                });
-                failed = true;
+                stats::sub(&stats.in_flight, f.batch.count as u64);
+                let mut b = f.batch;
+                b.retry.attempts -= 1;
+                unsent.push(b);
                 continue;
             }
             chunks.push(bytes);
@@ -262,24 +388,27 @@ async fn serve(
         // connection, and the write must not outlive it.
         let res = tokio::select! {
             r = write => r,
-            _ = &mut reader => return unsent,
+            r = &mut reader => break 'conn r.ok(),
         };
         chunks.clear();
-        if failed || res.is_err() {
-            break;
+        if !unsent.is_empty() || res.is_err() {
+            // Closing our write half makes the reader see the end.
+            let _ = wr.shutdown().await;
+            drop(ptx);
+            break (&mut reader).await.ok();
         }
+    };
+    for b in unsent.into_iter().rev() {
+        waiting.push_front(b);
     }
-    // Closing our write half tells Redis we are done; the reader answers or fails
-    // whatever is still in flight when the connection ends (or times out).
-    let _ = wr.shutdown().await;
-    drop(ptx);
-    let _ = (&mut reader).await;
-    unsent
+    ended.flatten()
 }
 
 /// Reads replies and hands each batch its run of replies. Ends the connection when
 /// it breaks, when Redis sends something that is not a reply, or when the oldest
 /// batch's replies are overdue (its position in the stream is then unknown).
+/// Returns why it ended and the batches still unanswered, oldest first (`None` when
+/// the slot closed the connection with nothing in flight).
 async fn read_loop(
     mut rd: OwnedReadHalf,
     mut prx: mpsc::UnboundedReceiver<InFlight>,
@@ -287,7 +416,7 @@ async fn read_loop(
     timeout: Duration,
     stats: Arc<DbStats>,
     observer: Arc<dyn Observer>,
-) {
+) -> Option<(UpstreamError, Vec<Batch>)> {
     let mut not_serving = false;
     let mut buf = BytesMut::with_capacity(64 * 1024);
     let mut cur: Option<InFlight> = None;
@@ -320,19 +449,22 @@ async fn read_loop(
                         errors += 1;
                         not_serving |= super::is_not_serving(&buf[scanned - frame.len..scanned]);
                     }
-                    if done == f.count {
+                    if done == f.batch.count {
                         if std::mem::take(&mut not_serving) {
                             observer.failure();
                         } else {
                             observer.success();
                         }
                         let bytes = buf.split_to(scanned).freeze();
-                        stats::sub(&stats.in_flight, f.count as u64);
+                        stats::sub(&stats.in_flight, f.batch.count as u64);
                         if errors > 0 {
                             stats::add(&stats.errors, errors);
                         }
                         if let Some(f) = cur.take() {
-                            let _ = f.reply.send(Ok(bytes));
+                            let _ = f.batch.reply.send(Answer {
+                                reply: Ok(bytes),
+                                attempts: f.batch.retry.attempts,
+                            });
                         }
                         scanned = 0;
                         done = 0;
@@ -405,18 +537,20 @@ async fn read_loop(
         observer.failure();
     }
     prx.close();
-    let mut failed = 0u64;
-    for f in cur
+    let in_flight: Vec<Batch> = cur
         .into_iter()
         .chain(std::iter::from_fn(|| prx.try_recv().ok()))
-    {
-        stats::sub(&stats.in_flight, f.count as u64);
-        failed += f.count as u64;
-        let _ = f.reply.send(Err(err.clone()));
-    }
-    stats::add(&stats.upstream_failures, failed);
-    stats::add(&stats.errors, failed);
+        .map(|f| {
+            stats::sub(&stats.in_flight, f.batch.count as u64);
+            f.batch
+        })
+        .collect();
     if matches!(err, UpstreamError::Timeout { .. }) {
-        stats::add(&stats.timeouts, failed);
+        let n: u64 = in_flight.iter().map(|b| b.count as u64).sum();
+        stats::add(&stats.timeouts, n);
     }
+    if in_flight.is_empty() && matches!(err, UpstreamError::Lost { sent: false, .. }) {
+        return None;
+    }
+    Some((err, in_flight))
 }

@@ -126,46 +126,86 @@ async fn read_frames(
     }
 }
 
-/// Whether `frame` confirms an unsubscribe that left the client with no
-/// subscriptions (`*3`/`>3` of `unsubscribe`, `punsubscribe` or `sunsubscribe`,
-/// ending in count `:0`).
-pub fn is_last_unsubscribe(frame: &[u8]) -> bool {
-    let Some(rest) = frame
+/// A subscribe or unsubscribe confirmation: which kind, and the count Redis
+/// reports after it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Confirmation {
+    /// SUBSCRIBE, PSUBSCRIBE or SSUBSCRIBE (not an UNSUBSCRIBE-family one).
+    pub subscribe: bool,
+    /// SSUBSCRIBE / SUNSUBSCRIBE: the count is of shard channels only. Otherwise it
+    /// is of channels plus patterns (Redis 7 counts the two apart).
+    pub shard: bool,
+    /// The count after this confirmation.
+    pub count: i64,
+}
+
+/// The confirmation `frame` is (`*3`/`>3` of a (un)subscribe kind, a channel, and
+/// the count), or `None` for messages and other replies.
+pub fn confirmation(frame: &[u8]) -> Option<Confirmation> {
+    let rest = frame
         .strip_prefix(b"*3\r\n")
-        .or_else(|| frame.strip_prefix(b">3\r\n"))
-    else {
-        return false;
-    };
-    let kind = [
-        &b"$11\r\nunsubscribe\r\n"[..],
-        b"$12\r\npunsubscribe\r\n",
-        b"$12\r\nsunsubscribe\r\n",
-    ]
-    .iter()
-    .any(|k| rest.len() >= k.len() && rest[..k.len()].eq_ignore_ascii_case(k));
-    kind && frame.ends_with(b"\r\n:0\r\n")
+        .or_else(|| frame.strip_prefix(b">3\r\n"))?;
+    const KINDS: [(&[u8], bool, bool); 6] = [
+        (b"$9\r\nsubscribe\r\n", true, false),
+        (b"$10\r\npsubscribe\r\n", true, false),
+        (b"$10\r\nssubscribe\r\n", true, true),
+        (b"$11\r\nunsubscribe\r\n", false, false),
+        (b"$12\r\npunsubscribe\r\n", false, false),
+        (b"$12\r\nsunsubscribe\r\n", false, true),
+    ];
+    let &(_, subscribe, shard) = KINDS.iter().find(|(k, _, _)| rest.starts_with(k))?;
+    let body = frame.strip_suffix(b"\r\n")?;
+    let start = body.iter().rposition(|&b| b == b'\n')? + 1;
+    let count = body[start..].strip_prefix(b":")?;
+    let count = std::str::from_utf8(count).ok()?.parse().ok()?;
+    Some(Confirmation {
+        subscribe,
+        shard,
+        count,
+    })
 }
 
 #[cfg(test)]
 mod tests {
-    use super::is_last_unsubscribe;
+    use super::{confirmation, Confirmation};
 
     #[test]
-    fn recognises_the_last_unsubscribe() {
-        assert!(is_last_unsubscribe(
-            b"*3\r\n$11\r\nunsubscribe\r\n$1\r\na\r\n:0\r\n"
-        ));
-        assert!(is_last_unsubscribe(
-            b">3\r\n$12\r\npunsubscribe\r\n$-1\r\n:0\r\n"
-        ));
-        assert!(!is_last_unsubscribe(
-            b"*3\r\n$11\r\nunsubscribe\r\n$1\r\na\r\n:1\r\n"
-        ));
-        assert!(!is_last_unsubscribe(
-            b"*3\r\n$7\r\nmessage\r\n$1\r\na\r\n$2\r\n:0\r\n"
-        ));
-        assert!(!is_last_unsubscribe(
-            b"*3\r\n$9\r\nsubscribe\r\n$1\r\na\r\n:0\r\n"
-        ));
+    fn reads_confirmations() {
+        let c = |subscribe, shard, count| {
+            Some(Confirmation {
+                subscribe,
+                shard,
+                count,
+            })
+        };
+        assert_eq!(
+            confirmation(b"*3\r\n$11\r\nunsubscribe\r\n$1\r\na\r\n:0\r\n"),
+            c(false, false, 0)
+        );
+        assert_eq!(
+            confirmation(b">3\r\n$12\r\npunsubscribe\r\n$-1\r\n:0\r\n"),
+            c(false, false, 0)
+        );
+        assert_eq!(
+            confirmation(b">3\r\n$12\r\npunsubscribe\r\n_\r\n:0\r\n"),
+            c(false, false, 0)
+        );
+        assert_eq!(
+            confirmation(b"*3\r\n$12\r\nsunsubscribe\r\n$1\r\nb\r\n:12\r\n"),
+            c(false, true, 12)
+        );
+        assert_eq!(
+            confirmation(b"*3\r\n$10\r\nssubscribe\r\n$1\r\nb\r\n:1\r\n"),
+            c(true, true, 1)
+        );
+        assert_eq!(
+            confirmation(b"*3\r\n$9\r\nsubscribe\r\n$1\r\na\r\n:3\r\n"),
+            c(true, false, 3)
+        );
+        assert_eq!(
+            confirmation(b"*3\r\n$7\r\nmessage\r\n$1\r\na\r\n$2\r\n:0\r\n"),
+            None
+        );
+        assert_eq!(confirmation(b"+PONG\r\n"), None);
     }
 }

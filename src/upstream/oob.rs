@@ -1,0 +1,40 @@
+//! Out-of-band commands: the few that Redis runs while it is busy with a script or
+//! function (`SCRIPT KILL`, `FUNCTION KILL`, `FUNCTION STATS`, `SHUTDOWN`), sent at
+//! once on a connection of their own.
+//!
+//! On a shared connection such a command would wait behind the very script it is
+//! meant to stop (Redis does not read a connection while running its script), and
+//! an exclusive connection may be all in use; so each gets a fresh connection,
+//! closed after the reply, and bypasses the circuit breaker (a busy server is
+//! exactly when it is needed).
+
+use bytes::Bytes;
+use tokio::sync::oneshot;
+
+use super::dedicated::ExclusiveConn;
+use super::error::UpstreamError;
+use super::mux::Answer;
+use crate::config::UpstreamConfig;
+
+/// Sends `request` (one complete multibulk request) to `cfg`'s upstream on a new
+/// connection and answers through the returned channel, within the connect and
+/// command timeouts.
+pub fn call(cfg: UpstreamConfig, resp3: bool, request: Bytes) -> oneshot::Receiver<Answer> {
+    let (tx, rx) = oneshot::channel();
+    tokio::spawn(async move {
+        let limit = cfg.connect_timeout + cfg.command_timeout;
+        let exchange = async {
+            let mut conn = ExclusiveConn::open(&cfg, resp3, false).await?;
+            conn.round_trip(&request, 1).await
+        };
+        let reply = match tokio::time::timeout(limit, exchange).await {
+            Ok(r) => r,
+            Err(_) => Err(UpstreamError::Timeout {
+                addr: cfg.address(),
+                after: limit,
+            }),
+        };
+        let _ = tx.send(reply.into());
+    });
+    rx
+}

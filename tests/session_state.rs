@@ -1,0 +1,201 @@
+//! Session state under faults (issue 8, defects 2–5): a runaway script can be
+//! killed through the proxy, mixed SUBSCRIBE/SSUBSCRIBE keep their subscriptions,
+//! RESET undoes CLIENT REPLY OFF, and replies the proxy gives itself never overtake
+//! pub/sub confirmations. Each expectation is what `redis-server` does with the
+//! same bytes, checked side by side where the bytes are deterministic.
+
+mod support;
+
+use std::time::{Duration, Instant};
+
+use support::{proxy_config, resp_cmd, start_proxy, AsyncRawClient, RedisServer};
+
+/// Sends `bytes` to `addr` and reads until the connection has been quiet for a
+/// while (or closed): everything the server answered.
+async fn exchange(addr: std::net::SocketAddr, bytes: &[u8]) -> Vec<u8> {
+    let mut c = AsyncRawClient::connect(addr).await;
+    c.send(bytes).await;
+    let mut out = Vec::new();
+    while let Ok(Ok(r)) = tokio::time::timeout(Duration::from_millis(400), c.try_read_reply()).await
+    {
+        out.extend_from_slice(&r);
+    }
+    out
+}
+
+fn cmds(list: &[&[&[u8]]]) -> Vec<u8> {
+    list.iter().flat_map(|c| resp_cmd(c)).collect()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn reset_turns_replies_back_on_as_redis_does() {
+    let redis = RedisServer::start();
+    let proxy = start_proxy(proxy_config(&redis)).await;
+    let bytes = cmds(&[&[b"CLIENT", b"REPLY", b"OFF"], &[b"RESET"], &[b"PING"]]);
+    let direct = exchange(redis.addr(), &bytes).await;
+    assert_eq!(direct, b"+RESET\r\n+PONG\r\n");
+    assert_eq!(exchange(proxy.local_addr(), &bytes).await, direct);
+    // SKIP, too.
+    let bytes = cmds(&[&[b"CLIENT", b"REPLY", b"SKIP"], &[b"RESET"], &[b"PING"]]);
+    let direct = exchange(redis.addr(), &bytes).await;
+    assert_eq!(exchange(proxy.local_addr(), &bytes).await, direct);
+    proxy.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn local_replies_wait_for_pubsub_confirmations() {
+    let redis = RedisServer::start();
+    let proxy = start_proxy(proxy_config(&redis)).await;
+    // Pipelined in one write: the confirmations of SUBSCRIBE come from Redis, the
+    // answers to QUIT / RESET from the proxy; Redis's order must hold.
+    let cases: Vec<Vec<u8>> = vec![
+        cmds(&[&[b"SUBSCRIBE", b"a", b"b", b"c"], &[b"QUIT"]]),
+        cmds(&[&[b"SUBSCRIBE", b"a", b"b"], &[b"RESET"], &[b"PING"]]),
+        cmds(&[
+            &[b"SUBSCRIBE", b"a"],
+            &[b"SSUBSCRIBE", b"s1", b"s2"],
+            &[b"PSUBSCRIBE", b"p*"],
+            &[b"RESET"],
+            &[b"GET", b"x"],
+        ]),
+    ];
+    for bytes in &cases {
+        let direct = exchange(redis.addr(), bytes).await;
+        let proxied = exchange(proxy.local_addr(), bytes).await;
+        assert_eq!(
+            String::from_utf8_lossy(&proxied),
+            String::from_utf8_lossy(&direct),
+            "request {:?}",
+            String::from_utf8_lossy(bytes)
+        );
+    }
+    // PROXY (which Redis does not have) is answered after the confirmations too.
+    let mut c = AsyncRawClient::connect(proxy.local_addr()).await;
+    c.send(&cmds(&[&[b"SUBSCRIBE", b"a", b"b"], &[b"PROXY", b"HELP"]]))
+        .await;
+    assert!(c
+        .read_reply()
+        .await
+        .starts_with(b"*3\r\n$9\r\nsubscribe\r\n$1\r\na"));
+    assert!(c
+        .read_reply()
+        .await
+        .starts_with(b"*3\r\n$9\r\nsubscribe\r\n$1\r\nb"));
+    let help = c.read_reply().await;
+    assert!(!help.starts_with(b"*3\r\n$9\r\nsubscribe"), "{help:?}");
+    proxy.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn shard_subscriptions_survive_unsubscribing_the_last_channel() {
+    let redis = RedisServer::start();
+    let proxy = start_proxy(proxy_config(&redis)).await;
+    let mut sub = AsyncRawClient::connect(proxy.local_addr()).await;
+    sub.send(&cmds(&[
+        &[b"SUBSCRIBE", b"a"],
+        &[b"SSUBSCRIBE", b"b"],
+        &[b"UNSUBSCRIBE", b"a"],
+    ]))
+    .await;
+    assert_eq!(
+        sub.read_replies(3).await.concat(),
+        b"*3\r\n$9\r\nsubscribe\r\n$1\r\na\r\n:1\r\n\
+          *3\r\n$10\r\nssubscribe\r\n$1\r\nb\r\n:1\r\n\
+          *3\r\n$11\r\nunsubscribe\r\n$1\r\na\r\n:0\r\n"
+    );
+    let mut publisher = AsyncRawClient::connect(proxy.local_addr()).await;
+    assert_eq!(
+        publisher.cmd(&[b"SPUBLISH", b"b", b"hello"]).await,
+        b":1\r\n"
+    );
+    assert_eq!(
+        sub.read_reply().await,
+        b"*3\r\n$8\r\nsmessage\r\n$1\r\nb\r\n$5\r\nhello\r\n"
+    );
+    // Still in pub/sub mode, as on Redis: GET is refused by Redis itself.
+    let refused = sub.cmd(&[b"GET", b"x"]).await;
+    assert!(
+        refused.starts_with(b"-ERR Can't execute 'get'"),
+        "{refused:?}"
+    );
+    // The last shard channel gone: back to request/reply.
+    assert_eq!(
+        sub.cmd(&[b"SUNSUBSCRIBE"]).await,
+        b"*3\r\n$12\r\nsunsubscribe\r\n$1\r\nb\r\n:0\r\n"
+    );
+    assert_eq!(sub.cmd(&[b"GET", b"x"]).await, b"$-1\r\n");
+    proxy.shutdown().await;
+}
+
+/// A Lua loop that runs until killed.
+const RUNAWAY: &[u8] = b"while true do end";
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_runaway_script_is_killed_through_the_proxy() {
+    let redis = RedisServer::start_with_args(&["--busy-reply-threshold", "100"]);
+    let mut config = proxy_config(&redis);
+    for db in &mut config.databases {
+        // One shared connection: the killer's session is on the script's slot.
+        db.upstream.mux_connections = 1;
+        db.upstream.resilience.failure_threshold = 2;
+        db.upstream.command_timeout = Duration::from_secs(30);
+    }
+    let proxy = start_proxy(config).await;
+    let addr = proxy.local_addr();
+    let mut script = AsyncRawClient::connect(addr).await;
+    script.send(&resp_cmd(&[b"EVAL", RUNAWAY, b"0"])).await;
+    tokio::time::sleep(Duration::from_millis(300)).await;
+
+    // Other clients meet Redis's -BUSY (through a fresh connection of their own, as
+    // the shared one is running the script): not a reason to open the breaker.
+    let mut direct = AsyncRawClient::connect(redis.addr()).await;
+    for _ in 0..5 {
+        let busy = direct.cmd(&[b"GET", b"x"]).await;
+        assert!(busy.starts_with(b"-BUSY"), "{busy:?}");
+    }
+    let mut killer = AsyncRawClient::connect(addr).await;
+    let started = Instant::now();
+    assert_eq!(killer.cmd(&[b"SCRIPT", b"KILL"]).await, b"+OK\r\n");
+    assert!(started.elapsed() < Duration::from_secs(3));
+    let killed = script.read_reply().await;
+    assert!(
+        killed.starts_with(b"-ERR") && String::from_utf8_lossy(&killed).contains("killed"),
+        "{:?}",
+        String::from_utf8_lossy(&killed)
+    );
+    assert_eq!(killer.cmd(&[b"SET", b"after", b"1"]).await, b"+OK\r\n");
+    proxy.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn busy_replies_do_not_open_the_breaker() {
+    let redis = RedisServer::start_with_args(&["--busy-reply-threshold", "100"]);
+    let mut config = proxy_config(&redis);
+    for db in &mut config.databases {
+        db.upstream.resilience.failure_threshold = 2;
+        db.upstream.resilience.retry_attempts = 0;
+    }
+    let proxy = start_proxy(config).await;
+    let addr = proxy.local_addr();
+    // The runaway script comes straight to Redis; proxy clients see -BUSY.
+    let mut direct = AsyncRawClient::connect(redis.addr()).await;
+    direct.send(&resp_cmd(&[b"EVAL", RUNAWAY, b"0"])).await;
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let mut c = AsyncRawClient::connect(addr).await;
+    for _ in 0..6 {
+        let r = c.cmd(&[b"GET", b"x"]).await;
+        assert!(r.starts_with(b"-BUSY"), "{:?}", String::from_utf8_lossy(&r));
+    }
+    let mut admin = AsyncRawClient::connect(addr).await;
+    let info =
+        String::from_utf8_lossy(&admin.cmd(&[b"PROXY", b"INFO", b"circuits"]).await).into_owned();
+    assert!(
+        info.contains("circuit_db0:name=main,state=closed,"),
+        "{info}"
+    );
+    assert_eq!(c.cmd(&[b"SCRIPT", b"KILL"]).await, b"+OK\r\n");
+    let killed = direct.read_reply().await;
+    assert!(killed.starts_with(b"-ERR"), "{killed:?}");
+    assert_eq!(c.cmd(&[b"GET", b"x"]).await, b"$-1\r\n");
+    proxy.shutdown().await;
+}
