@@ -28,7 +28,8 @@
 //! `config/redis-databases.yaml`. In short:
 //!
 //! * Top-level keys: `listen`, `client_password`, `auth_passthrough`, `max_clients`,
-//!   `shutdown_timeout`,
+//!   `shutdown_timeout`, `default_database` (the database a new client starts on: a
+//!   configured `db` index or name; default 0),
 //!   `log_format` (`text` or `json`), `limits` (`max_bulk_len`, `max_args`,
 //!   `max_inline_len`), `upstream_databases`.
 //! * Upstream keys, allowed at the top level (defaults for every database) and inside
@@ -56,6 +57,8 @@
 //!   server is configured with more databases.
 //! * Two names with the same `db` are aliases of one database: the first declared is
 //!   the primary name, and per-database settings given by several aliases must agree.
+//! * New clients start on `default_database`, which must name a configured database;
+//!   without it they start on db 0, so a file with no db 0 must set it.
 //! * Unknown keys, duplicate keys, wrongly typed values and out-of-range values are
 //!   errors naming the file, the key path (e.g. `redis_databases.cache.db`) and the
 //!   line.
@@ -306,6 +309,11 @@ pub struct Config {
     pub shutdown_timeout: Duration,
     /// Databases sorted by index.
     pub databases: Vec<DatabaseConfig>,
+    /// Client-facing index of the database a new client starts on (before any
+    /// `SELECT`; also where `RESET` returns). YAML `default_database`: a configured
+    /// `db` index or name; default 0, which must then be configured. Validated at
+    /// load time to name one of `databases`.
+    pub default_database: u32,
     /// The file the config came from.
     pub source: Option<PathBuf>,
 }
@@ -335,6 +343,7 @@ impl Config {
             max_clients: DEFAULT_MAX_CLIENTS,
             shutdown_timeout: DEFAULT_SHUTDOWN_TIMEOUT,
             databases,
+            default_database: 0,
             source: None,
         }
     }
@@ -407,6 +416,7 @@ impl Config {
         line(format!("log_commands: {}", self.log_commands));
         line(format!("max_clients: {}", self.max_clients));
         line(format!("shutdown_timeout: {}", secs(self.shutdown_timeout)));
+        line(format!("default_database: {}", self.default_database));
         line("limits:".to_string());
         line(format!("  max_bulk_len: {}", self.limits.max_bulk_len));
         line(format!("  max_args: {}", self.limits.max_args));
@@ -1346,6 +1356,7 @@ const TOP_ONLY_KEYS: &[&str] = &[
     "shutdown_timeout",
     "limits",
     "upstream_databases",
+    "default_database",
 ];
 
 const DATABASE_ONLY_KEYS: &[&str] = &["db", "description", "upstream_db"];
@@ -1738,6 +1749,67 @@ fn parse_limits(node: &Node, path: &KeyPath) -> Result<Limits, Fail> {
     })
 }
 
+/// The client-facing index of the start database: `default_database` (an index or a
+/// name of a configured database) or, when it is not set, db 0, which must exist.
+fn resolve_default_database(
+    top: &Map<'_>,
+    dbs_path: &KeyPath,
+    databases: &[DatabaseConfig],
+) -> Result<u32, Fail> {
+    let configured = databases
+        .iter()
+        .map(|d| format!("{} (db {})", d.name(), d.index))
+        .collect::<Vec<_>>()
+        .join(", ");
+    let by_index = |i: i128| {
+        databases
+            .iter()
+            .find(|d| i128::from(d.index) == i)
+            .map(|d| d.index)
+    };
+    let Some((path, node)) = top.get("default_database") else {
+        return by_index(0).ok_or_else(|| Fail::At {
+            key: KeyPath::root().child("default_database"),
+            locate: dbs_path.clone(),
+            occurrence: 0,
+            message: format!(
+                "no database has db 0, where new clients start: set `default_database` to \
+                 the index or name of the database they should start on (configured: \
+                 {configured})"
+            ),
+        });
+    };
+    match node {
+        Node::Int(i) => by_index(*i).ok_or_else(|| {
+            Fail::at(
+                &path,
+                format!("db {i} is not a configured database (configured: {configured})"),
+            )
+        }),
+        Node::Str(text) => {
+            let name = text.trim();
+            if let Some(d) = databases.iter().find(|d| d.names.iter().any(|n| n == name)) {
+                return Ok(d.index);
+            }
+            // A quoted index (`default_database: "3"`).
+            if let Some(i) = name.parse::<u32>().ok().and_then(|i| by_index(i.into())) {
+                return Ok(i);
+            }
+            let mut message = format!("no configured database is named {name:?}");
+            let names: Vec<&str> = databases
+                .iter()
+                .flat_map(|d| d.names.iter().map(String::as_str))
+                .collect();
+            if let Some(s) = suggest(name, &names) {
+                message.push_str(&format!(" (did you mean `{s}`?)"));
+            }
+            message.push_str(&format!("; configured: {configured}"));
+            Err(Fail::at(&path, message))
+        }
+        _ => Err(type_error(&path, "a database index or name", node)),
+    }
+}
+
 fn parse_config(
     root: &Node,
     source: Option<&Path>,
@@ -1845,6 +1917,7 @@ fn parse_config(
         })
         .collect::<Result<Vec<_>, Fail>>()?;
     databases.sort_by_key(|d| d.index);
+    let default_database = resolve_default_database(&top, &dbs_path, &databases)?;
 
     Ok(Config {
         listen,
@@ -1858,6 +1931,7 @@ fn parse_config(
         max_clients,
         shutdown_timeout,
         databases,
+        default_database,
         source: source.map(Path::to_path_buf),
     })
 }

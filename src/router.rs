@@ -86,6 +86,8 @@ impl Database {
 pub struct Router {
     by_index: Vec<Option<Arc<Database>>>,
     all: Vec<Arc<Database>>,
+    /// Where a new client starts (`default_database`).
+    default: Option<Arc<Database>>,
 }
 
 impl Router {
@@ -138,7 +140,35 @@ impl Router {
             by_index[i] = Some(d.clone());
             all.push(d);
         }
-        Router { by_index, all }
+        let wanted = config.default_database as usize;
+        let default = match by_index.get(wanted).and_then(Option::clone) {
+            Some(d) => Some(d),
+            // Only a config built in code can get here (loading validates it).
+            None => {
+                let first = all.first().cloned();
+                if let Some(d) = &first {
+                    tracing::warn!(
+                        default_database = wanted,
+                        start = %d.label(),
+                        "default_database is not a configured database; new clients start on the lowest one"
+                    );
+                }
+                first
+            }
+        };
+        Router {
+            by_index,
+            all,
+            default,
+        }
+    }
+
+    /// The database a new client starts on (and `RESET` returns to): the
+    /// configured `default_database` (db 0 unless set). `None` only for a router
+    /// without databases.
+    #[inline]
+    pub fn default_database(&self) -> Option<&Arc<Database>> {
+        self.default.as_ref()
     }
 
     /// The database a client selects with `SELECT index`.

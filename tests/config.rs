@@ -1,4 +1,7 @@
-//! Integration tests for `redis_sidecar::config`, through the public API only.
+//! Integration tests for `redis_sidecar::config`, through the public API only (and,
+//! for the start database, end to end through the proxy and a real Redis).
+
+mod support;
 
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
@@ -392,11 +395,13 @@ password: top-secret
 
 #[test]
 fn upstream_databases_raises_the_upstream_db_limit() {
-    let yaml = "redis_databases:\n  big: { db: 20 }\nupstream_databases: 32\n";
+    let yaml =
+        "redis_databases:\n  big: { db: 20 }\nupstream_databases: 32\ndefault_database: big\n";
     let config = parse(yaml);
     assert_eq!(config.databases[0].upstream.db, 20);
     // Client indexes above 15 are fine when mapped to a small upstream db.
-    let config = parse("redis_databases:\n  big: { db: 500, upstream_db: 3 }\n");
+    let config =
+        parse("redis_databases:\n  big: { db: 500, upstream_db: 3 }\ndefault_database: 500\n");
     assert_eq!(config.databases[0].index, 500);
     assert_eq!(config.databases[0].upstream.db, 3);
 }
@@ -912,4 +917,156 @@ fn auth_passthrough_is_off_by_default_and_excludes_a_client_password() {
         2,
         "client_password",
     );
+}
+
+// ---- the start database (`default_database`) ------------------------------------------
+
+/// Databases 1, 3 and 5; no db 0.
+const NO_DB_0: &str =
+    "redis_databases:\n  knowledge: { db: 1 }\n  agents: { db: 3 }\n  cache: { db: 5 }\n";
+
+#[test]
+fn default_database_naming_no_configured_database_is_an_error() {
+    let configured = "knowledge (db 1), agents (db 3), cache (db 5)";
+    for (value, words) in [
+        ("7", "db 7 is not a configured database"),
+        ("0", "db 0 is not a configured database"),
+        ("-1", "db -1 is not a configured database"),
+        (
+            "cahce",
+            "no configured database is named \"cahce\" (did you mean `cache`?)",
+        ),
+        ("\"12\"", "no configured database is named \"12\""),
+    ] {
+        let yaml = format!("{NO_DB_0}default_database: {value}\n");
+        assert_error(&yaml, "default_database", 5, words);
+        assert_error(&yaml, "default_database", 5, configured);
+    }
+    assert_error(
+        &format!("{NO_DB_0}default_database: [3]\n"),
+        "default_database",
+        5,
+        "expected a database index or name, found a list",
+    );
+    assert_error(
+        &format!("{NO_DB_0}default_database: true\n"),
+        "default_database",
+        5,
+        "expected a database index or name",
+    );
+    // Before the databases, too: the line is that of the key.
+    assert_error(
+        &format!("default_database: 9\n{NO_DB_0}"),
+        "default_database",
+        1,
+        "db 9 is not a configured database",
+    );
+}
+
+#[test]
+fn no_db_0_without_default_database_is_an_error() {
+    for yaml in [
+        NO_DB_0.to_string(),
+        format!("{NO_DB_0}default_database: null\n"),
+        format!("# the layout\n\n{NO_DB_0}"),
+    ] {
+        let line = yaml
+            .lines()
+            .position(|l| l.starts_with("redis_databases"))
+            .unwrap()
+            + 1;
+        assert_error(&yaml, "default_database", line, "no database has db 0");
+        assert_error(
+            &yaml,
+            "default_database",
+            line,
+            "set `default_database` to the index or name of the database they should start on",
+        );
+        assert_error(
+            &yaml,
+            "default_database",
+            line,
+            "knowledge (db 1), agents (db 3), cache (db 5)",
+        );
+    }
+}
+
+#[test]
+fn default_database_is_db_0_unless_set_by_index_or_name() {
+    assert_eq!(parse(SEED).default_database, 0);
+    assert_eq!(parse(MINIMAL).default_database, 0);
+    assert_eq!(Config::for_upstream("localhost", 6379).default_database, 0);
+    let shipped = Config::load_with_env(&shipped_path(), &no_env).expect("shipped loads");
+    assert_eq!(shipped.default_database, 0);
+    for value in ["3", "agents", "\"3\""] {
+        let config = parse(&format!("{NO_DB_0}default_database: {value}\n"));
+        assert_eq!(config.default_database, 3, "default_database: {value}");
+        assert!(
+            config.render_masked().contains("\ndefault_database: 3\n"),
+            "{}",
+            config.render_masked()
+        );
+    }
+    // With db 0 present, another start database may still be chosen; an alias
+    // names its database.
+    let config = parse(
+        "redis_databases:\n  main: { db: 0 }\n  cache: { db: 5 }\n  kv: { db: 5 }\ndefault_database: kv\n",
+    );
+    assert_eq!(config.default_database, 5);
+    let config = parse("redis_databases:\n  main: { db: 0 }\ndefault_database: 0\n");
+    assert_eq!(config.default_database, 0);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+
+async fn a_new_client_starts_on_the_default_database() {
+    use support::{start_proxy, AsyncRawClient, RedisServer};
+    let redis = RedisServer::start();
+    let yaml = format!(
+        "{NO_DB_0}default_database: 3\nhost: 127.0.0.1\nport: {}\nlisten: \"127.0.0.1:0\"\nmetrics_listen: null\n",
+        redis.port()
+    );
+    let proxy = start_proxy(parse(&yaml)).await;
+    let mut c = AsyncRawClient::connect(proxy.local_addr()).await;
+    assert_eq!(c.cmd(&[b"SET", b"start-db:k", b"v"]).await, b"+OK\r\n");
+
+    let mut direct = AsyncRawClient::connect(redis.addr()).await;
+    for (db, want) in [
+        (&b"3"[..], &b"$1\r\nv\r\n"[..]),
+        (b"1", b"$-1\r\n"),
+        (b"0", b"$-1\r\n"),
+    ] {
+        assert_eq!(direct.cmd(&[b"SELECT", db]).await, b"+OK\r\n");
+        assert_eq!(
+            support::printable(&direct.cmd(&[b"GET", b"start-db:k"]).await),
+            support::printable(want),
+            "upstream db {}",
+            String::from_utf8_lossy(db)
+        );
+    }
+    // db 0 is not configured: SELECT 0 is refused and the client stays on db 3.
+    let r = c.cmd(&[b"SELECT", b"0"]).await;
+    assert!(r.starts_with(b"-ERR"), "{}", support::printable(&r));
+    assert_eq!(c.cmd(&[b"GET", b"start-db:k"]).await, b"$1\r\nv\r\n");
+    proxy.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+
+async fn reset_returns_a_client_to_the_default_database() {
+    use support::{start_proxy, AsyncRawClient, RedisServer};
+    let redis = RedisServer::start();
+    let yaml = format!(
+        "{NO_DB_0}default_database: agents\nhost: 127.0.0.1\nport: {}\nlisten: \"127.0.0.1:0\"\nmetrics_listen: null\n",
+        redis.port()
+    );
+    let proxy = start_proxy(parse(&yaml)).await;
+    let mut c = AsyncRawClient::connect(proxy.local_addr()).await;
+    assert_eq!(c.cmd(&[b"SELECT", b"5"]).await, b"+OK\r\n");
+    assert_eq!(c.cmd(&[b"RESET"]).await, b"+RESET\r\n");
+    assert_eq!(c.cmd(&[b"SET", b"reset-db:k", b"v"]).await, b"+OK\r\n");
+    let mut direct = AsyncRawClient::connect(redis.addr()).await;
+    assert_eq!(direct.cmd(&[b"SELECT", b"3"]).await, b"+OK\r\n");
+    assert_eq!(direct.cmd(&[b"GET", b"reset-db:k"]).await, b"$1\r\nv\r\n");
+    proxy.shutdown().await;
 }

@@ -76,7 +76,11 @@ pub(super) fn handle<L: ArgList + ?Sized>(
         Route::Client => client(state, ctx, args),
         Route::Quit => Outcome::Close(b"+OK\r\n".to_vec()),
         Route::Reset => {
-            state.db = ctx.router.databases()[0].clone();
+            state.db = ctx
+                .router
+                .default_database()
+                .cloned()
+                .unwrap_or_else(|| state.db.clone());
             state.name = None;
             state.user = None;
             state.resp3 = false;

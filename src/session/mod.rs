@@ -104,7 +104,7 @@ pub(crate) struct State {
 /// Serves one client until it disconnects, sends a malformed request, or the proxy
 /// shuts down (then pending replies are still delivered).
 pub async fn run(stream: TcpStream, ctx: Arc<Context>, id: u64, shutdown: CancellationToken) {
-    let Some(db) = ctx.router.databases().first().cloned() else {
+    let Some(db) = ctx.router.default_database().cloned() else {
         return;
     };
     let peer = stream

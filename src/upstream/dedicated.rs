@@ -12,14 +12,21 @@
 //!   sends `DISCARD` and `UNWATCH` and returns the connection only if both answer;
 //! * client gone while a command is still waiting for its reply (a blocked BLPOP):
 //!   the connection's state is unknown, so it is discarded, never reused.
+//!
+//! A checkout that cannot be served says why: the manager keeps the last failure of
+//! opening a connection (refused, AUTH or SELECT rejected, not logged in) and a
+//! waiting checkout fails with it as soon as it happens, rather than after the
+//! connect timeout. Only when every pooled connection is checked out does the error
+//! say that they are all in use.
 
 use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
+use std::time::Instant;
 
 use bytes::BytesMut;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
-use tokio::sync::mpsc;
+use tokio::sync::{mpsc, watch};
 
 use super::connect::connect;
 use super::error::UpstreamError;
@@ -69,6 +76,12 @@ impl ExclusiveConn {
         )
         .await;
         match asked {
+            // Nothing in the setup needed a login (no password, db 0), but Redis
+            // wants one: the connection is useless, and this is why.
+            Ok(Ok(reply)) if reply.starts_with(b"-NOAUTH") => Err(UpstreamError::Handshake {
+                addr: cfg.address(),
+                reply: String::from_utf8_lossy(&reply[1..]).trim_end().to_string(),
+            }),
             Ok(Ok(reply)) => {
                 conn.id = reply
                     .strip_prefix(b":")
@@ -86,13 +99,26 @@ impl ExclusiveConn {
     }
 
     /// Writes `bytes` and reads `count` complete replies, returned back to back.
+    ///
+    /// Cancellation-safe for the pool: until the last reply is read the connection
+    /// counts as broken, so one dropped mid-exchange (e.g. a checkout's PING given
+    /// up) is never handed to anyone else with a reply still on its way.
     pub(crate) async fn round_trip(&mut self, bytes: &[u8], count: u32) -> BatchReply {
+        self.broken = true;
+        let reply = self.exchange(bytes, count).await;
+        if reply.is_ok() {
+            self.broken = false;
+        }
+        reply
+    }
+
+    /// One exchange; an error leaves the connection broken (see `round_trip`).
+    async fn exchange(&mut self, bytes: &[u8], count: u32) -> BatchReply {
         let lost = |sent| UpstreamError::Lost {
             addr: self.addr.clone(),
             sent,
         };
         if self.stream.write_all(bytes).await.is_err() {
-            self.broken = true;
             return Err(lost(true));
         }
         let mut scanned = 0;
@@ -106,12 +132,10 @@ impl ExclusiveConn {
                 Ok(None) => match self.stream.read_buf(&mut self.buf).await {
                     Ok(n) if n > 0 => {}
                     _ => {
-                        self.broken = true;
                         return Err(lost(true));
                     }
                 },
                 Err(_) => {
-                    self.broken = true;
                     return Err(UpstreamError::Protocol {
                         addr: self.addr.clone(),
                     });
@@ -123,17 +147,36 @@ impl ExclusiveConn {
 }
 
 /// bb8 manager: opens connections with AUTH/SELECT done; a connection that failed
-/// mid-command is reported broken and dropped by the pool.
+/// mid-command is reported broken and dropped by the pool. Its clones share what
+/// went wrong last (see [`Failures`]).
 #[derive(Debug, Clone)]
 pub struct Manager {
     cfg: UpstreamConfig,
     resp3: bool,
+    failures: Arc<Failures>,
+}
+
+/// The last failures of a pool's connections, for checkouts to report.
+#[derive(Debug)]
+struct Failures {
+    /// The last error opening a connection; every failed attempt sends (so a
+    /// waiting checkout wakes up even when the error is the same as before).
+    connect: watch::Sender<Option<UpstreamError>>,
+    /// The last failed check (PING) of an idle connection, and when it happened.
+    invalid: Mutex<Option<(Instant, UpstreamError)>>,
 }
 
 impl Manager {
     /// A manager for `cfg`'s upstream, speaking RESP2 or (after `HELLO 3`) RESP3.
     pub fn new(cfg: UpstreamConfig, resp3: bool) -> Manager {
-        Manager { cfg, resp3 }
+        Manager {
+            cfg,
+            resp3,
+            failures: Arc::new(Failures {
+                connect: watch::channel(None).0,
+                invalid: Mutex::new(None),
+            }),
+        }
     }
 }
 
@@ -142,19 +185,30 @@ impl bb8::ManageConnection for Manager {
     type Error = UpstreamError;
 
     async fn connect(&self) -> Result<ExclusiveConn, UpstreamError> {
-        ExclusiveConn::open(&self.cfg, self.resp3, true).await
+        let opened = ExclusiveConn::open(&self.cfg, self.resp3, true).await;
+        if let Err(e) = &opened {
+            self.failures.connect.send_replace(Some(e.clone()));
+        }
+        opened
     }
 
     async fn is_valid(&self, conn: &mut ExclusiveConn) -> Result<(), UpstreamError> {
-        let r = conn.round_trip(b"*1\r\n$4\r\nPING\r\n", 1).await?;
-        if r.as_ref() == b"+PONG\r\n" {
-            Ok(())
-        } else {
-            conn.broken = true;
-            Err(UpstreamError::Protocol {
-                addr: conn.addr.clone(),
-            })
+        let r = match conn.round_trip(b"*1\r\n$4\r\nPING\r\n", 1).await {
+            Ok(r) if r.as_ref() == b"+PONG\r\n" => return Ok(()),
+            Ok(_) => {
+                conn.broken = true;
+                Err(UpstreamError::Protocol {
+                    addr: conn.addr.clone(),
+                })
+            }
+            Err(e) => Err(e),
+        };
+        if let Err(e) = &r {
+            if let Ok(mut last) = self.failures.invalid.lock() {
+                *last = Some((Instant::now(), e.clone()));
+            }
         }
+        r
     }
 
     fn has_broken(&self, conn: &mut ExclusiveConn) -> bool {
@@ -175,6 +229,42 @@ impl Pool {
     pub fn state(&self) -> bb8::State {
         self.inner.state()
     }
+
+    /// Why a checkout that started at `started` got no connection within the
+    /// timeout: every connection checked out, or the last failure since then.
+    fn timed_out(&self, started: Instant, connect_failed: Option<UpstreamError>) -> UpstreamError {
+        let addr = self.manager.cfg.address();
+        let state = self.inner.state();
+        if state.idle_connections == 0 && state.connections >= self.max {
+            return UpstreamError::Connect {
+                addr,
+                reason: format!(
+                    "no exclusive connection free in the pool (all in use by transactions or blocking commands: max_connections {}) within {:?}",
+                    self.max, self.manager.cfg.connect_timeout
+                ),
+            };
+        }
+        if let Some(e) = connect_failed {
+            return e;
+        }
+        let invalid = self
+            .manager
+            .failures
+            .invalid
+            .lock()
+            .ok()
+            .and_then(|l| l.clone());
+        match invalid {
+            Some((at, e)) if at >= started => e,
+            _ => UpstreamError::Connect {
+                addr,
+                reason: format!(
+                    "no connection could be opened within {:?}",
+                    self.manager.cfg.connect_timeout
+                ),
+            },
+        }
+    }
 }
 
 /// Builds a pool (no connection is opened until one is needed).
@@ -186,6 +276,8 @@ pub fn pool(cfg: &UpstreamConfig, resp3: bool) -> Pool {
         .min_idle(None)
         .connection_timeout(cfg.connect_timeout)
         .test_on_check_out(true)
+        // One attempt per checkout: bb8's retries would hide an immediate error
+        // (refused, AUTH rejected) until `connection_timeout`.
         .retry_connection(false)
         .build_unchecked(manager.clone());
     Pool {
@@ -268,21 +360,32 @@ impl Dedicated {
     }
 }
 
-/// Checks out a connection. When none is idle and the pool has room, the new
-/// connection is opened here, so a refused connect or a rejected AUTH is reported
-/// at once with its cause (bb8 would only report a checkout timeout).
-async fn checkout(
-    pool: &Pool,
-) -> Result<bb8::PooledConnection<'_, Manager>, bb8::RunError<UpstreamError>> {
-    let state = pool.inner.state();
-    if state.idle_connections == 0 && state.connections < pool.max {
-        let conn = bb8::ManageConnection::connect(&pool.manager)
-            .await
-            .map_err(bb8::RunError::User)?;
-        // If the pool filled up meanwhile, the connection is dropped and we wait.
-        let _ = pool.inner.add(conn);
+/// Checks out a connection. bb8 opens a new one in the background when none is idle
+/// and the pool has room, but does not hand that attempt's error to the waiting
+/// checkout (it just waits on, until `connection_timeout`); so the checkout also
+/// watches the manager's connect failures and fails with the first one at once.
+async fn checkout(pool: &Pool) -> Result<bb8::PooledConnection<'_, Manager>, UpstreamError> {
+    let started = Instant::now();
+    // Subscribed before asking the pool, so the attempt made for us is seen.
+    let mut connect_failed = pool.manager.failures.connect.subscribe();
+    tokio::select! {
+        got = pool.inner.get() => match got {
+            Ok(conn) => Ok(conn),
+            Err(bb8::RunError::User(e)) => Err(e),
+            Err(bb8::RunError::TimedOut) => {
+                let failed = if connect_failed.has_changed().unwrap_or(false) {
+                    connect_failed.borrow_and_update().clone()
+                } else {
+                    None
+                };
+                Err(pool.timed_out(started, failed))
+            }
+        },
+        Ok(()) = connect_failed.changed() => {
+            let failed = connect_failed.borrow_and_update().clone();
+            Err(failed.unwrap_or_else(|| pool.timed_out(started, None)))
+        }
     }
-    pool.inner.get().await
 }
 
 /// Where a [`Dedicated`] task's connection comes from.
@@ -309,14 +412,8 @@ async fn run(
     };
     let mut conn = match checkout(&pool).await {
         Ok(c) => c,
-        Err(e) => {
-            let err = match e {
-                bb8::RunError::User(e) => e,
-                bb8::RunError::TimedOut => UpstreamError::Connect {
-                    addr: label,
-                    reason: "no exclusive connection free in the pool (all in use by transactions or blocking commands) before the timeout".into(),
-                },
-            };
+        Err(err) => {
+            tracing::debug!(db = %label, error = %err, "no exclusive upstream connection");
             while let Some(msg) = rx.recv().await {
                 if let Msg::Batch(b) = msg {
                     let _ = b.reply.send(Err(err.clone()).into());
