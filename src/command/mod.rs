@@ -133,6 +133,91 @@ impl ArgList for Ranged<'_> {
     }
 }
 
+/// What a transaction-family command does to a connection's MULTI/WATCH state.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum TxOp {
+    /// Not a transaction command.
+    None,
+    /// MULTI.
+    Multi,
+    /// EXEC or DISCARD.
+    End,
+    /// WATCH.
+    Watch,
+    /// UNWATCH.
+    Unwatch,
+}
+
+/// A request classified once: what the session decides from. Later code reads
+/// these fields, never the request's bytes again.
+#[derive(Debug, Clone, Copy)]
+pub struct Descriptor {
+    /// What the session does with it.
+    pub route: Route,
+    /// Its command-table entry (its subcommand's for containers); `None` for
+    /// commands Redis does not have (PROXY, or unknown ones).
+    pub info: Option<&'static table::CommandInfo>,
+    /// Its effect on MULTI/WATCH state.
+    pub tx: TxOp,
+    /// How long a blocking command may block.
+    pub block: Block,
+    /// SUBSCRIBE, PSUBSCRIBE, SSUBSCRIBE or MONITOR: starts a stream (as opposed to
+    /// an UNSUBSCRIBE-family command ending one).
+    pub subscribes: bool,
+}
+
+impl Descriptor {
+    /// Classifies a request from its arguments (`arg(0)` is the name).
+    pub fn of<L: ArgList + ?Sized>(args: &L) -> Descriptor {
+        let (route, info) = identify(args);
+        let name = info.map_or("", |i| i.name);
+        let tx = match (route, name) {
+            (Route::Stateful(Family::Transaction), "multi") => TxOp::Multi,
+            (Route::Stateful(Family::Transaction), "exec" | "discard") => TxOp::End,
+            (Route::Stateful(Family::Transaction), "watch") => TxOp::Watch,
+            (Route::Stateful(Family::Transaction), "unwatch") => TxOp::Unwatch,
+            _ => TxOp::None,
+        };
+        let block = if route == Route::Stateful(Family::Blocking) {
+            block_time(args)
+        } else {
+            Block::No
+        };
+        let subscribes = match route {
+            Route::Stateful(Family::Monitor) => true,
+            Route::Stateful(Family::PubSub) => !name.contains("unsub"),
+            _ => false,
+        };
+        Descriptor {
+            route,
+            info,
+            tx,
+            block,
+            subscribes,
+        }
+    }
+
+    /// Its index in the command table (`table::COUNT` for unknown commands).
+    #[inline]
+    pub fn index(&self) -> u16 {
+        self.info.map_or(table::COUNT as u16, |i| i.index)
+    }
+
+    /// Read-only by Redis's command flags (safe to run again).
+    #[inline]
+    pub fn readonly(&self) -> bool {
+        self.info.is_some_and(|i| i.is_readonly())
+    }
+
+    /// Runs on Redis even while it is busy with a script (SCRIPT KILL, FUNCTION
+    /// KILL, FUNCTION STATS, SHUTDOWN: Redis's `allow-busy` flag on a forwarded
+    /// command): the proxy sends it out of band.
+    #[inline]
+    pub fn runs_while_busy(&self) -> bool {
+        self.route == Route::Forward && self.info.is_some_and(|i| i.has(table::ALLOW_BUSY))
+    }
+}
+
 /// Classifies a command from its arguments (`arg(0)` is the name).
 pub fn classify<L: ArgList + ?Sized>(args: &L) -> Route {
     identify(args).0
@@ -161,14 +246,6 @@ pub fn identify<L: ArgList + ?Sized>(args: &L) -> (Route, Option<&'static table:
         }
     }
     (route, Some(info))
-}
-
-/// Whether Redis runs the command while it is busy with a script or function
-/// (`SCRIPT KILL`, `FUNCTION KILL`, `FUNCTION STATS`, `SHUTDOWN`; Redis's
-/// `allow-busy` flag on a forwarded command): the proxy sends it out of band.
-#[inline]
-pub fn runs_while_busy(route: Route, info: &table::CommandInfo) -> bool {
-    route == Route::Forward && info.has(table::ALLOW_BUSY)
 }
 
 /// Commands whose route depends on their arguments (`COPY … DB`, `XREAD … BLOCK`).

@@ -1,0 +1,707 @@
+//! Parsing what the client sent and deciding, request by request, where it goes.
+//!
+//! Each request is classified once into a [`Descriptor`]. Consecutive requests for
+//! the same connection join a [`Run`], sent upstream as one batch that is a slice
+//! of the read buffer (no copy); anything else ends the run first. A request for a
+//! different connection than the previous one waits (the session *stalls*) until
+//! every earlier reply has arrived: one rule, in [`Session::dispatch`], keeps a
+//! client's commands in the order it sent them across connections.
+
+use std::sync::Arc;
+
+use bytes::{Buf, Bytes, BytesMut};
+use tokio::sync::oneshot;
+use tokio::time::Instant;
+
+use super::local;
+use super::mode::{Conn, Mode};
+use super::pubsub::unsubscribed;
+use super::queue::{error_text, errors, CmdList, Pending, Sent};
+use super::Session;
+use crate::clients::Exclusive;
+use crate::command::{self, ArgList, Block, Descriptor, Family, Ranged, Route, TxOp};
+use crate::protocol::reply;
+use crate::protocol::request::{self, encode_command, RequestKind};
+use crate::router::Database;
+use crate::stats;
+use crate::upstream::mux::{Batch, Retry};
+use crate::upstream::oob;
+use crate::upstream::pubsub::Subscription;
+use crate::upstream::UpstreamError;
+
+/// Which kind of upstream connection a batch goes to.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(super) enum Target {
+    /// The database's shared, multiplexed connection.
+    Shared,
+    /// The session's exclusive or private connection.
+    Held,
+}
+
+/// Requests on their way upstream as one batch.
+pub(super) struct Outgoing {
+    pub bytes: Bytes,
+    pub count: u32,
+    pub target: Target,
+    pub cmds: CmdList,
+    /// Every command is read-only (may be retried after a lost reply).
+    pub readonly: bool,
+    /// A blocking command's own timeout (it travels alone).
+    pub block: Block,
+    /// CLIENT REPLY SKIP: the client gets no reply for it.
+    pub silent: bool,
+    /// An EXEC that switches the session to this database if it runs.
+    pub select_after: Option<Arc<Database>>,
+}
+
+impl Outgoing {
+    /// One request, alone.
+    fn one(bytes: Bytes, target: Target, cmd: u16, readonly: bool) -> Outgoing {
+        let mut cmds = CmdList::new();
+        cmds.push(cmd);
+        Outgoing {
+            bytes,
+            count: 1,
+            target,
+            cmds,
+            readonly,
+            block: Block::No,
+            silent: false,
+            select_after: None,
+        }
+    }
+}
+
+/// The run of consecutive requests being built: the first `len` bytes of the read
+/// buffer, holding `count` requests for `target`.
+struct Run {
+    len: usize,
+    count: u32,
+    target: Target,
+    cmds: CmdList,
+    readonly: bool,
+    block: Block,
+    silent: bool,
+    select_after: Option<Arc<Database>>,
+}
+
+impl Run {
+    fn new() -> Run {
+        Run {
+            len: 0,
+            count: 0,
+            target: Target::Shared,
+            cmds: CmdList::new(),
+            readonly: true,
+            block: Block::No,
+            silent: false,
+            select_after: None,
+        }
+    }
+
+    /// Adds a complete multibulk request of `len` bytes.
+    #[inline]
+    fn push(&mut self, len: usize, cmd: &Descriptor) {
+        self.len += len;
+        self.count += 1;
+        self.cmds.push(cmd.index());
+        self.readonly &= cmd.readonly();
+    }
+
+    /// Takes the run's bytes off the front of `inbuf`, as a batch unless it holds
+    /// no request (only empty lines), and starts a new run.
+    fn take(&mut self, inbuf: &mut BytesMut) -> Option<Outgoing> {
+        let bytes = inbuf.split_to(self.len).freeze();
+        let run = std::mem::replace(self, Run::new());
+        (run.count > 0).then_some(Outgoing {
+            bytes,
+            count: run.count,
+            target: run.target,
+            cmds: run.cmds,
+            readonly: run.readonly,
+            block: run.block,
+            silent: run.silent,
+            select_after: run.select_after,
+        })
+    }
+}
+
+/// The bytes of a request to send upstream: a slice of the buffer for multibulk,
+/// re-encoded for inline. Consumes it from `inbuf`.
+fn take_request(inbuf: &mut BytesMut, req: &request::Request) -> Bytes {
+    match &req.kind {
+        RequestKind::Inline(args) => {
+            inbuf.advance(req.len);
+            encode(&args[..]).into()
+        }
+        _ => inbuf.split_to(req.len).freeze(),
+    }
+}
+
+impl Session {
+    /// Sends what the run holds and starts a new one.
+    async fn flush(&mut self, run: &mut Run, inbuf: &mut BytesMut) {
+        if let Some(out) = run.take(inbuf) {
+            let db = self.state.db.clone();
+            self.send(db, out).await;
+        }
+    }
+
+    /// Sends a batch to `db` on the shared slot or the session's held connection —
+    /// unless the database's circuit breaker is open — and queues its reply slot.
+    pub(super) async fn send(&mut self, db: Arc<Database>, out: Outgoing) {
+        let silent = out.silent || self.reply_off;
+        if let Err(rejected) = db.breaker.check() {
+            for &c in &out.cmds {
+                db.commands.record_rejected(c as usize);
+            }
+            let err = UpstreamError::CircuitOpen {
+                retry_in: rejected.retry_in,
+            };
+            if !silent {
+                let bytes = errors(out.count, &error_text(&db, &err, 0));
+                self.queue.push_back(Pending::Ready(bytes));
+            }
+            if out.target == Target::Held && !self.mode.is_private() {
+                // The transaction cannot go on; its connection is reset.
+                self.release(false);
+            }
+            return;
+        }
+        stats::add(&db.stats.commands, out.count as u64);
+        let (tx, rx) = oneshot::channel();
+        let batch = Batch {
+            bytes: out.bytes,
+            count: out.count,
+            reply: tx,
+            block: out.block,
+            retry: Retry::new(self.state.id, out.readonly, &db.config.upstream),
+        };
+        let held = match (out.target, self.mode.held()) {
+            (Target::Held, Some(h)) => Some(h),
+            _ => None,
+        };
+        let shared = match held {
+            Some(h) => {
+                if out.block != Block::No {
+                    // CLIENT UNBLOCK from another client reaches this connection.
+                    self.client.set_blocked(Some(Exclusive {
+                        db: db.clone(),
+                        upstream_id: h.conn.upstream_id(),
+                    }));
+                }
+                h.conn.send(batch);
+                false
+            }
+            None => {
+                db.slot(self.state.id, self.state.resp3).send(batch).await;
+                true
+            }
+        };
+        self.awaiting_exec = out.select_after.is_some();
+        self.queue.push_back(Pending::Upstream(Sent {
+            rx,
+            count: out.count,
+            db,
+            started: Instant::now(),
+            cmds: out.cmds,
+            shared,
+            silent,
+            select_after: out.select_after,
+        }));
+    }
+
+    /// Sends one request that Redis runs even while busy (SCRIPT KILL …) at once on
+    /// a connection of its own, bypassing the breaker; its reply keeps its place.
+    fn out_of_band(&mut self, bytes: Bytes, cmd: u16) {
+        let db = self.state.db.clone();
+        stats::add(&db.stats.commands, 1);
+        let rx = oob::call(self.upstream_cfg(&db), self.state.resp3, bytes);
+        let silent = self.reply_off || std::mem::take(&mut self.skip_next);
+        let mut cmds = CmdList::new();
+        cmds.push(cmd);
+        self.queue.push_back(Pending::Upstream(Sent {
+            rx,
+            count: 1,
+            db,
+            started: Instant::now(),
+            cmds,
+            shared: true,
+            silent,
+            select_after: None,
+        }));
+    }
+
+    /// No state that changes where a forwardable command goes: authenticated, on
+    /// the shared connection (as was the previous request), no CLIENT REPLY SKIP
+    /// pending, no EXEC that may switch the database in flight.
+    #[inline]
+    fn plain(&self) -> bool {
+        self.state.authenticated
+            && matches!(self.mode, Mode::Shared)
+            && !self.skip_next
+            && !self.awaiting_exec
+            && (self.last == self.shared_conn() || self.last == Conn::None)
+    }
+
+    /// Where a request goes, if upstream: `None` means the proxy answers it.
+    fn target(&self, route: Route) -> Option<Target> {
+        if !self.state.authenticated {
+            return None;
+        }
+        match route {
+            Route::Forward if self.mode.held().is_some() => Some(Target::Held),
+            Route::Forward => Some(Target::Shared),
+            Route::Stateful(Family::Transaction | Family::Blocking) => Some(Target::Held),
+            _ => None,
+        }
+    }
+
+    /// The connection a request for `target` would use.
+    fn conn_for(&self, target: Target) -> Conn {
+        match (target, self.mode.held()) {
+            (Target::Held, Some(h)) => Conn::Held(h.id),
+            // A new exclusive connection.
+            (Target::Held, None) => Conn::Held(self.checkouts + 1),
+            (Target::Shared, _) => self.shared_conn(),
+        }
+    }
+
+    /// Parses and handles every complete request in `inbuf`. Returns early when a
+    /// request must wait for earlier replies (`stalled`) or the session closes.
+    pub(super) async fn dispatch(&mut self, inbuf: &mut BytesMut) {
+        let mut run = Run::new();
+        let log_commands = self.ctx.config.log_commands;
+        self.client.touch(&self.ctx.clients);
+        while !self.closing && !self.stalled {
+            let parsed = request::parse(&inbuf[run.len..], &self.ctx.config.limits, &mut self.args);
+            let req = match parsed {
+                Ok(Some(req)) => req,
+                Ok(None) => break,
+                Err(e) => {
+                    stats::add(&self.ctx.stats.protocol_errors, 1);
+                    tracing::info!(session = self.state.id, peer = %self.state.peer, error = %e, "closing client after protocol error");
+                    self.flush(&mut run, inbuf).await;
+                    inbuf.clear();
+                    let mut out = Vec::new();
+                    reply::error(&mut out, &format!("ERR {e}"));
+                    self.close_after(out);
+                    return;
+                }
+            };
+            let cmd = match &req.kind {
+                RequestKind::Empty => {
+                    // Redis ignores these; they may travel inside a run.
+                    run.len += req.len;
+                    continue;
+                }
+                RequestKind::Multibulk => {
+                    let args = Ranged {
+                        buf: &inbuf[run.len..],
+                        ranges: &self.args,
+                    };
+                    if log_commands {
+                        log_command(self.state.id, args.arg(0));
+                    }
+                    Descriptor::of(&args)
+                }
+                RequestKind::Inline(args) => {
+                    if log_commands {
+                        log_command(self.state.id, args[..].arg(0));
+                    }
+                    Descriptor::of(&args[..])
+                }
+            };
+            let multibulk = matches!(req.kind, RequestKind::Multibulk);
+            if cmd.info.is_some() {
+                self.client.set_last_cmd(cmd.index());
+                if self.state.authenticated && self.state.db.is_denied(cmd.index() as usize) {
+                    self.flush(&mut run, inbuf).await;
+                    inbuf.advance(req.len);
+                    self.refuse_denied(cmd.index());
+                    continue;
+                }
+                if cmd.runs_while_busy()
+                    && self.state.authenticated
+                    && !self.mode.in_multi()
+                    && matches!(self.mode, Mode::Shared | Mode::Private(_))
+                {
+                    // SCRIPT KILL and friends: at once, on a connection of their own.
+                    self.flush(&mut run, inbuf).await;
+                    let bytes = take_request(inbuf, &req);
+                    self.out_of_band(bytes, cmd.index());
+                    continue;
+                }
+            }
+            if cmd.route == Route::Forward
+                && multibulk
+                && run.target == Target::Shared
+                && self.plain()
+            {
+                // The common case, a plain command from a plain session: it joins
+                // the run for the shared connection (what the general path below
+                // concludes, without its checks).
+                self.last = self.shared_conn();
+                run.push(req.len, &cmd);
+                continue;
+            }
+
+            // Subscribed: everything goes to the subscriber connection, except
+            // what the proxy answers itself, which waits behind a barrier.
+            if matches!(self.mode, Mode::Subscribed(_)) {
+                if !matches!(cmd.route, Route::Quit | Route::Reset | Route::Proxy) {
+                    self.flush(&mut run, inbuf).await;
+                    let bytes = take_request(inbuf, &req);
+                    let unsubscribes =
+                        cmd.route == Route::Stateful(Family::PubSub) && !cmd.subscribes;
+                    self.last = Conn::Sub;
+                    self.send_to_subscriber(&bytes, unsubscribes).await;
+                    continue;
+                }
+                if !self.barrier_passed().await {
+                    self.flush(&mut run, inbuf).await;
+                    self.stalled = true;
+                    return;
+                }
+            }
+
+            let streams = matches!(
+                cmd.route,
+                Route::Stateful(Family::PubSub) | Route::Stateful(Family::Monitor)
+            );
+            if streams && self.state.authenticated && !matches!(self.mode, Mode::Subscribed(_)) {
+                self.flush(&mut run, inbuf).await;
+                if !cmd.subscribes {
+                    // UNSUBSCRIBE … without subscriptions: Redis's answer, one
+                    // confirmation per channel (or one with nil).
+                    let raw = inbuf.split_to(req.len);
+                    let out = match &req.kind {
+                        RequestKind::Inline(args) => unsubscribed(&args[..], self.state.resp3),
+                        _ => unsubscribed(
+                            &Ranged {
+                                buf: &raw,
+                                ranges: &self.args,
+                            },
+                            self.state.resp3,
+                        ),
+                    };
+                    self.push_reply(out);
+                    continue;
+                }
+                if matches!(self.mode, Mode::Exclusive(_)) || self.mode.in_multi() {
+                    inbuf.advance(req.len);
+                    self.push_reply(
+                        b"-ERR SUBSCRIBE and MONITOR inside a transaction are not supported by redis-sidecar\r\n"
+                            .to_vec(),
+                    );
+                    continue;
+                }
+                if self.waits_upstream() {
+                    // Subscribe only after every earlier reply has arrived.
+                    self.stalled = true;
+                    return;
+                }
+                let db = self.state.db.clone();
+                let opened = Subscription::open(
+                    &self.upstream_cfg(&db),
+                    self.ctx.config.limits.pubsub_buffer_limit,
+                    self.state.resp3,
+                )
+                .await;
+                match opened {
+                    Ok(sub) => {
+                        self.enter_pubsub(sub, cmd.route == Route::Stateful(Family::Monitor));
+                        let bytes = take_request(inbuf, &req);
+                        self.last = Conn::Sub;
+                        self.send_to_subscriber(&bytes, false).await;
+                    }
+                    Err(e) => {
+                        inbuf.advance(req.len);
+                        let mut out = Vec::new();
+                        reply::error(&mut out, &error_text(&db, &e, 1));
+                        self.push_reply(out);
+                    }
+                }
+                continue;
+            }
+
+            if let Some(target) = self.target(cmd.route) {
+                let conn = self.conn_for(target);
+                if target != run.target || conn != self.last {
+                    self.flush(&mut run, inbuf).await;
+                }
+                if conn != self.last && self.waits_upstream() {
+                    // Another connection: it runs only after everything before it
+                    // has been answered.
+                    self.stalled = true;
+                    return;
+                }
+                if target == Target::Held && self.mode.held().is_none() {
+                    self.hold_exclusive();
+                }
+                self.last = conn;
+                run.target = target;
+                if !self.mode.in_multi() && cmd.block != Block::No {
+                    // Travels alone (the connection is let go after it) with its
+                    // own deadline.
+                    run.block = cmd.block;
+                }
+                if cmd.tx == TxOp::End {
+                    if let Some(db) = self.mode.held_mut().and_then(|h| h.pending_select.take()) {
+                        // EXEC of a transaction with a SELECT travels alone: its
+                        // reply says whether the SELECT ran.
+                        self.flush(&mut run, inbuf).await;
+                        run.target = target;
+                        run.select_after = Some(db);
+                    }
+                }
+                let skip = std::mem::take(&mut self.skip_next);
+                if skip {
+                    // CLIENT REPLY SKIP: this command travels alone, its reply dropped.
+                    self.flush(&mut run, inbuf).await;
+                    run.target = target;
+                    run.silent = true;
+                }
+                if multibulk {
+                    run.push(req.len, &cmd);
+                } else {
+                    // Inline: re-encoded, alone.
+                    self.flush(&mut run, inbuf).await;
+                    let mut out = Outgoing::one(
+                        take_request(inbuf, &req),
+                        target,
+                        cmd.index(),
+                        cmd.readonly(),
+                    );
+                    out.silent = skip;
+                    out.block = if self.mode.in_multi() {
+                        Block::No
+                    } else {
+                        cmd.block
+                    };
+                    let db = self.state.db.clone();
+                    self.send(db, out).await;
+                    run.target = target;
+                }
+                let exec_switches = run.select_after.is_some();
+                if skip || exec_switches {
+                    self.flush(&mut run, inbuf).await;
+                }
+                if target == Target::Held
+                    && self.transaction_step(cmd.tx)
+                    && matches!(self.mode, Mode::Exclusive(_))
+                {
+                    self.flush(&mut run, inbuf).await;
+                    self.release(true);
+                }
+                if exec_switches {
+                    // The next request runs on the database EXEC leaves selected.
+                    self.stalled = true;
+                    return;
+                }
+                continue;
+            }
+
+            // Answered by the proxy: this ends the run.
+            self.flush(&mut run, inbuf).await;
+            if let Some(stall) = self.local(inbuf, &req, &cmd).await {
+                if stall {
+                    self.stalled = true;
+                }
+                return;
+            }
+        }
+        self.flush(&mut run, inbuf).await;
+    }
+
+    /// `-NOPERM` for a command in the database's `deny_commands`.
+    fn refuse_denied(&mut self, idx: u16) {
+        let mut out = Vec::new();
+        reply::error(
+            &mut out,
+            &format!(
+                "NOPERM '{}' is denied by redis-sidecar's deny_commands for database {}",
+                command::command_name(idx as usize).replace('_', " "),
+                self.state.db.label()
+            ),
+        );
+        self.push_reply(out);
+    }
+
+    /// A command the proxy answers itself (the run before it already sent).
+    /// `None`: go on with the next request; `Some(true)`: it must wait for earlier
+    /// replies (not consumed); `Some(false)`: stop (the session closes).
+    async fn local(
+        &mut self,
+        inbuf: &mut BytesMut,
+        req: &request::Request,
+        cmd: &Descriptor,
+    ) -> Option<bool> {
+        let route = cmd.route;
+        let logs_in = self.ctx.config.auth_passthrough && route == Route::Auth;
+        let moves_private = self.mode.is_private() && route == Route::Select;
+        // CLIENT … and MOVE/COPY/SWAPDB may be forwarded on the session's
+        // connection: they keep their place after the previous connection's replies.
+        let forwards_elsewhere = matches!(route, Route::Client | Route::CrossDb)
+            && self.conn_for(self.current_target()) != self.last;
+        if (route == Route::Hello || logs_in || moves_private || forwards_elsewhere)
+            && self.waits_upstream()
+        {
+            return Some(true);
+        }
+        let raw = inbuf.split_to(req.len);
+        let ranges = self.args.clone();
+        let ranged = Ranged {
+            buf: &raw,
+            ranges: &ranges,
+        };
+        let args: &(dyn ArgList + Sync) = match &req.kind {
+            RequestKind::Inline(a) => a,
+            _ => &ranged,
+        };
+        if route == Route::Client {
+            if let Some(mode) = client_reply(args) {
+                // CLIENT REPLY OFF/SKIP themselves get no reply; ON gets +OK.
+                match mode {
+                    Some(ReplyMode::On) => {
+                        self.reply_off = false;
+                        self.skip_next = false;
+                        self.push_reply(b"+OK\r\n".to_vec());
+                    }
+                    Some(ReplyMode::Off) => self.reply_off = true,
+                    Some(ReplyMode::Skip) => self.skip_next = !self.reply_off,
+                    None => self.push_reply(b"-ERR syntax error\r\n".to_vec()),
+                }
+                return None;
+            }
+        }
+        if self.ctx.config.auth_passthrough {
+            if let Some(creds) = local::credentials(route, args, self.state.resp3) {
+                // Redis checks the credentials: the session logs in on a
+                // connection of its own, or gets Redis's refusal.
+                if let Err(refused) = self.log_in(creds).await {
+                    self.push_reply(refused);
+                    return None;
+                }
+            }
+        }
+        let held = self.mode.held().is_some();
+        let in_multi = self.mode.in_multi();
+        let outcome = if held && route == Route::Select {
+            match local::select_in_transaction(&self.state, &self.ctx, args) {
+                Ok((db, select)) => {
+                    if let Some(h) = self.mode.held_mut() {
+                        h.conn.reselect_on_release();
+                        if h.in_multi {
+                            // Queued: it takes effect if EXEC runs the transaction.
+                            h.pending_select = Some(db);
+                        } else {
+                            // Under WATCH (or on a private connection), outside
+                            // MULTI: it runs now.
+                            self.state.db = db;
+                        }
+                    }
+                    local::Outcome::Forward(Some(select))
+                }
+                // A private connection follows the client to another server.
+                Err(_) if self.mode.is_private() && !in_multi => {
+                    local::handle(&mut self.state, &self.ctx, route, args)
+                }
+                Err(refused) => refused,
+            }
+        } else if held && route == Route::Hello && (!self.mode.is_private() || in_multi) {
+            local::Outcome::Reply(
+                b"-ERR HELLO inside a transaction is not supported by redis-sidecar\r\n".to_vec(),
+            )
+        } else {
+            if matches!(route, Route::Reset | Route::Quit) {
+                self.leave_pubsub();
+                self.release(false);
+                self.login = None;
+            }
+            if route == Route::Reset {
+                // As Redis: RESET turns replies back on (a SKIP before it still
+                // drops RESET's own reply).
+                self.reply_off = false;
+            }
+            local::handle(&mut self.state, &self.ctx, route, args)
+        };
+        if let Err(e) = self.follow_private().await {
+            self.close_after(e);
+            return Some(false);
+        }
+        self.publish();
+        match outcome {
+            local::Outcome::Reply(r) => self.push_reply(r),
+            local::Outcome::ForwardTo(db, encoded) => {
+                // CLIENT UNBLOCK: on the other database's shared connection.
+                let out = Outgoing::one(Bytes::from(encoded), Target::Shared, cmd.index(), false);
+                self.send(db, out).await;
+            }
+            local::Outcome::Forward(encoded) => {
+                let bytes = encoded.map(Bytes::from).unwrap_or_else(|| raw.freeze());
+                let target = self.current_target();
+                self.last = self.conn_for(target);
+                // CLIENT KILL/PAUSE, MOVE, SWAPDB …: never retried.
+                let mut out = Outgoing::one(bytes, target, cmd.index(), false);
+                out.silent = std::mem::take(&mut self.skip_next);
+                let db = self.state.db.clone();
+                self.send(db, out).await;
+            }
+            local::Outcome::Close(r) => {
+                self.close_after(r);
+                return Some(false);
+            }
+        }
+        None
+    }
+
+    /// Where a forwarded request goes now: the held connection, if any.
+    fn current_target(&self) -> Target {
+        if self.mode.held().is_some() {
+            Target::Held
+        } else {
+            Target::Shared
+        }
+    }
+}
+
+/// CLIENT REPLY's argument.
+enum ReplyMode {
+    On,
+    Off,
+    Skip,
+}
+
+/// `Some(mode)` for `CLIENT REPLY <mode>` (`Some(None)` for a bad mode), `None`
+/// for any other command.
+fn client_reply<L: ArgList + ?Sized>(args: &L) -> Option<Option<ReplyMode>> {
+    if args.count() < 2 || !args.arg(1).eq_ignore_ascii_case(b"REPLY") {
+        return None;
+    }
+    if args.count() != 3 {
+        return Some(None);
+    }
+    let m = args.arg(2);
+    Some(if m.eq_ignore_ascii_case(b"ON") {
+        Some(ReplyMode::On)
+    } else if m.eq_ignore_ascii_case(b"OFF") {
+        Some(ReplyMode::Off)
+    } else if m.eq_ignore_ascii_case(b"SKIP") {
+        Some(ReplyMode::Skip)
+    } else {
+        None
+    })
+}
+
+fn log_command(session: u64, name: &[u8]) {
+    tracing::info!(session, command = %String::from_utf8_lossy(name).to_ascii_uppercase(), "command");
+}
+
+/// Re-encodes inline arguments as a multibulk request for the upstream.
+pub(super) fn encode<L: ArgList + ?Sized>(args: &L) -> Vec<u8> {
+    let all: Vec<&[u8]> = (0..args.count()).map(|i| args.arg(i)).collect();
+    let mut out = Vec::new();
+    encode_command(&all, &mut out);
+    out
+}

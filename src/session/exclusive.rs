@@ -1,0 +1,136 @@
+//! Transactions on a held connection (MULTI/WATCH bookkeeping) and the
+//! `auth_passthrough` login that gives a session a private connection.
+
+use super::local;
+use super::mode::Mode;
+use super::queue::error_text;
+use super::Session;
+use crate::command::TxOp;
+use crate::config::{Secret, UpstreamConfig};
+use crate::protocol::reply;
+use crate::router::Database;
+use crate::upstream::dedicated::{Dedicated, ExclusiveConn};
+use crate::upstream::UpstreamError;
+
+/// Credentials a client logged in to Redis with (`auth_passthrough`).
+pub(super) struct Login {
+    pub user: Option<String>,
+    pub password: Secret,
+}
+
+impl Session {
+    /// Tracks MULTI/EXEC/WATCH for a request sent to the held connection, and
+    /// returns whether the connection has no transaction state after it (an
+    /// exclusive one can then be given back).
+    pub(super) fn transaction_step(&mut self, op: TxOp) -> bool {
+        let Some(held) = self.mode.held_mut() else {
+            return true;
+        };
+        let was_multi = held.in_multi;
+        match op {
+            TxOp::Multi => held.in_multi = true,
+            TxOp::End => {
+                held.in_multi = false;
+                held.watching = false;
+            }
+            TxOp::Watch if !held.in_multi => held.watching = true,
+            TxOp::Unwatch if !held.in_multi => held.watching = false,
+            _ => {}
+        }
+        let idle = !held.in_multi && !held.watching;
+        if was_multi != held.in_multi {
+            self.publish();
+        }
+        idle
+    }
+
+    /// The settings for this session's own upstream connections to `db`
+    /// (subscriber, private, out of band): the database's, logged in as the
+    /// session's user when it authenticated through to Redis.
+    pub(super) fn upstream_cfg(&self, db: &Database) -> UpstreamConfig {
+        let mut cfg = db.config.upstream.clone();
+        if let Some(login) = &self.login {
+            cfg.username.clone_from(&login.user);
+            cfg.password = Some(login.password.clone());
+        }
+        cfg
+    }
+
+    /// `auth_passthrough`: opens a connection to the current database's server
+    /// logged in with `creds`. On success it becomes the session's private
+    /// connection (every later request goes there); on failure the reply is
+    /// Redis's own error (`-WRONGPASS …`), and the session keeps its login.
+    pub(super) async fn log_in(&mut self, creds: local::Credentials) -> Result<(), Vec<u8>> {
+        if matches!(self.mode, Mode::Exclusive(_)) || self.mode.in_multi() {
+            return Err(
+                b"-ERR AUTH inside a transaction is not supported by redis-sidecar\r\n".to_vec(),
+            );
+        }
+        let text = |b: Vec<u8>| String::from_utf8(b).map_err(|_| ());
+        let (Ok(user), Ok(password)) = (creds.user.map(text).transpose(), text(creds.password))
+        else {
+            return Err(
+                b"-WRONGPASS invalid username-password pair or user is disabled.\r\n".to_vec(),
+            );
+        };
+        let previous = self.login.replace(Login {
+            user,
+            password: Secret(password),
+        });
+        match self.open_private(creds.resp3).await {
+            Ok(()) => {
+                self.state.user = Some(
+                    self.login
+                        .as_ref()
+                        .and_then(|l| l.user.clone())
+                        .unwrap_or_else(|| "default".into()),
+                );
+                self.state.authenticated = true;
+                Ok(())
+            }
+            Err(e) => {
+                self.login = previous;
+                Err(e)
+            }
+        }
+    }
+
+    /// Opens a connection logged in as `self.login` to the current database and
+    /// makes it the session's private connection (replacing any before it).
+    pub(super) async fn open_private(&mut self, resp3: bool) -> Result<(), Vec<u8>> {
+        let db = self.state.db.clone();
+        let cfg = self.upstream_cfg(&db);
+        match ExclusiveConn::open(&cfg, resp3, false).await {
+            Ok(conn) => {
+                let conn = Dedicated::private(conn, db.label(), db.config.upstream.command_timeout);
+                self.hold_private(conn, db, resp3);
+                Ok(())
+            }
+            Err(UpstreamError::Handshake { reply, .. }) => {
+                let mut out = Vec::new();
+                reply::error(&mut out, &reply);
+                Err(out)
+            }
+            Err(e) => {
+                let mut out = Vec::new();
+                reply::error(&mut out, &error_text(&db, &e, 1));
+                Err(out)
+            }
+        }
+    }
+
+    /// After a local command: a private connection must speak the session's
+    /// protocol and live on its database's server; if not, it is opened again.
+    /// `Err` closes the client (its own connection to Redis is gone).
+    pub(super) async fn follow_private(&mut self) -> Result<(), Vec<u8>> {
+        let stale = match &self.mode {
+            Mode::Private(p) => !p.db.same_server(&self.state.db) || p.resp3 != self.state.resp3,
+            _ => false,
+        };
+        if stale {
+            let resp3 = self.state.resp3;
+            self.open_private(resp3).await?;
+        }
+        Ok(())
+    }
+}

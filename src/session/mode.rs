@@ -1,0 +1,221 @@
+//! The session's connection mode — which upstream connection its requests go to —
+//! as one enum, and the only place where it changes.
+//!
+//! ```text
+//!            MULTI/WATCH/BLPOP…           EXEC/DISCARD/UNWATCH, blocking reply sent
+//!  Shared ───────────────────────▶ Exclusive ─────────────────────────────▶ Shared
+//!    │  ▲                                      AUTH (auth_passthrough)
+//!    │  └──────── RESET / QUIT ─────────────── Private ◀──────────── Shared
+//!    │ SUBSCRIBE/MONITOR                          │ SUBSCRIBE (parked)
+//!    ▼                                            ▼
+//!  Subscribed ── last UNSUBSCRIBE, RESET ──▶ Shared, or the parked Private
+//! ```
+//!
+//! Every request forwarded also names its connection ([`Conn`]); a request for a
+//! different connection than the previous one waits until every earlier reply has
+//! arrived, so a client's commands run upstream in the order it sent them even
+//! when they use several connections.
+
+use std::sync::Arc;
+
+use bytes::Bytes;
+
+use super::Session;
+use crate::router::Database;
+use crate::upstream::dedicated::Dedicated;
+use crate::upstream::pubsub::Subscription;
+
+/// Which upstream connection a session's requests go to.
+pub(super) enum Mode {
+    /// Stateless commands pipelined on the database's shared connection.
+    Shared,
+    /// An exclusive connection from the database's pool, held for a transaction
+    /// (MULTI … EXEC, WATCH) or a blocking call.
+    Exclusive(Held),
+    /// `auth_passthrough`: the session's own connection, logged in as its user;
+    /// every request goes there.
+    Private(Private),
+    /// Subscribed (or MONITOR): requests go to the session's subscriber connection
+    /// and every frame Redis sends on it is streamed back.
+    Subscribed(Subscribed),
+}
+
+/// An exclusive connection held by the session, and the MULTI/WATCH state on it.
+pub(super) struct Held {
+    pub conn: Dedicated,
+    /// Names this connection in [`Conn::Held`].
+    pub id: u64,
+    /// MULTI was sent and not yet EXEC/DISCARD.
+    pub in_multi: bool,
+    /// WATCH was sent and not yet cleared.
+    pub watching: bool,
+    /// The database a SELECT queued in the current MULTI switches to at EXEC.
+    pub pending_select: Option<Arc<Database>>,
+}
+
+/// The session's own connection (`auth_passthrough`).
+pub(super) struct Private {
+    pub held: Held,
+    /// The database (server) and protocol it was opened for.
+    pub db: Arc<Database>,
+    pub resp3: bool,
+}
+
+/// A subscriber (or MONITOR) connection and what the session knows of it.
+pub(super) struct Subscribed {
+    pub sub: Subscription,
+    /// Subscriptions Redis last reported: channels plus patterns, and shard
+    /// channels (Redis 7 counts the two apart; the client leaves pub/sub mode only
+    /// when both are zero).
+    pub counts: [i64; 2],
+    /// A MONITOR stream, not subscriptions.
+    pub monitor: bool,
+    /// A PING sent so that a command the proxy answers itself (QUIT, RESET,
+    /// PROXY) is answered after every earlier request's replies: the exact frame
+    /// that will answer it.
+    pub barrier: Option<Bytes>,
+    /// The barrier was passed: the stalled request may now be answered.
+    pub barrier_passed: bool,
+    /// Requests written since the last UNSUBSCRIBE-family command: the
+    /// connection can only be let go when there are none (their replies would
+    /// arrive on it).
+    pub after_unsubscribe: u32,
+    /// The private connection to go back to after the last unsubscribe.
+    pub parked: Option<Private>,
+}
+
+/// The upstream connection a forwarded request used.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(super) enum Conn {
+    /// Nothing forwarded yet.
+    None,
+    /// A database's shared connection (by client-facing index and protocol).
+    Shared { db: u32, resp3: bool },
+    /// An exclusive or private connection (by [`Held::id`]).
+    Held(u64),
+    /// The subscriber connection.
+    Sub,
+}
+
+impl Mode {
+    /// The exclusive or private connection, if the session holds one.
+    pub fn held(&self) -> Option<&Held> {
+        match self {
+            Mode::Exclusive(h) | Mode::Private(Private { held: h, .. }) => Some(h),
+            _ => None,
+        }
+    }
+
+    pub fn held_mut(&mut self) -> Option<&mut Held> {
+        match self {
+            Mode::Exclusive(h) | Mode::Private(Private { held: h, .. }) => Some(h),
+            _ => None,
+        }
+    }
+
+    /// Inside MULTI.
+    pub fn in_multi(&self) -> bool {
+        self.held().is_some_and(|h| h.in_multi)
+    }
+
+    pub fn is_private(&self) -> bool {
+        matches!(self, Mode::Private(_))
+    }
+
+    pub fn subscribed(&mut self) -> Option<&mut Subscribed> {
+        match self {
+            Mode::Subscribed(s) => Some(s),
+            _ => None,
+        }
+    }
+}
+
+impl Held {
+    pub fn new(conn: Dedicated, id: u64) -> Held {
+        Held {
+            conn,
+            id,
+            in_multi: false,
+            watching: false,
+            pending_select: None,
+        }
+    }
+}
+
+impl Session {
+    /// The shared connection of the session's current database.
+    pub(super) fn shared_conn(&self) -> Conn {
+        Conn::Shared {
+            db: self.state.db.config.index,
+            resp3: self.state.resp3,
+        }
+    }
+
+    /// Shared → Exclusive: checks a connection out of the database's pool.
+    pub(super) fn hold_exclusive(&mut self) {
+        let db = &self.state.db;
+        let conn = Dedicated::start(
+            db.pool(self.state.resp3).clone(),
+            db.label(),
+            db.config.upstream.command_timeout,
+        );
+        self.checkouts += 1;
+        self.mode = Mode::Exclusive(Held::new(conn, self.checkouts));
+    }
+
+    /// Makes `conn` (logged in as the session's user) the session's private
+    /// connection, replacing whatever it held.
+    pub(super) fn hold_private(&mut self, conn: Dedicated, db: Arc<Database>, resp3: bool) {
+        self.release(false);
+        self.checkouts += 1;
+        self.mode = Mode::Private(Private {
+            held: Held::new(conn, self.checkouts),
+            db,
+            resp3,
+        });
+        self.last = Conn::Held(self.checkouts);
+    }
+
+    /// Lets go of an exclusive or private connection (back to Shared). `clean`:
+    /// the connection has no MULTI/WATCH state once its queued commands have run,
+    /// so it goes back to the pool as it is (otherwise it is reset, or dropped).
+    pub(super) fn release(&mut self, clean: bool) {
+        let was_multi = self.mode.in_multi();
+        match std::mem::replace(&mut self.mode, Mode::Shared) {
+            Mode::Exclusive(held) if clean => held.conn.release(),
+            Mode::Subscribed(s) => self.mode = Mode::Subscribed(s),
+            _ => {}
+        }
+        if was_multi {
+            self.publish();
+        }
+    }
+
+    /// Shared or Private → Subscribed.
+    pub(super) fn enter_pubsub(&mut self, sub: Subscription, monitor: bool) {
+        let parked = match std::mem::replace(&mut self.mode, Mode::Shared) {
+            Mode::Private(p) => Some(p),
+            _ => None,
+        };
+        self.mode = Mode::Subscribed(Subscribed {
+            sub,
+            counts: [0; 2],
+            monitor,
+            barrier: None,
+            barrier_passed: false,
+            after_unsubscribe: 0,
+            parked,
+        });
+        self.publish();
+    }
+
+    /// Subscribed → Shared, or back to the parked private connection.
+    pub(super) fn leave_pubsub(&mut self) {
+        if let Mode::Subscribed(s) = std::mem::replace(&mut self.mode, Mode::Shared) {
+            if let Some(p) = s.parked {
+                self.mode = Mode::Private(p);
+            }
+        }
+        self.publish();
+    }
+}
