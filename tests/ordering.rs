@@ -217,3 +217,36 @@ fn parse_list(reply: &[u8]) -> Vec<u64> {
         .map(|l| l.parse().expect("number"))
         .collect()
 }
+
+/// Across databases: a command on another database's shared connection must not
+/// overtake one still in flight on the previous database's (the two are
+/// different upstream connections to the same server).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_command_on_another_database_waits_for_the_previous_ones() {
+    let redis = RedisServer::start();
+    let proxy = start_proxy(proxy_config(&redis)).await;
+    let pipeline: Vec<u8> = [
+        &[&b"SET"[..], b"k", b"v"][..],
+        &[b"SELECT", b"1"],
+        &[b"FLUSHALL"],
+        &[b"SELECT", b"0"],
+        &[b"GET", b"k"],
+    ]
+    .iter()
+    .flat_map(|c| resp_cmd(c))
+    .collect();
+    let mut direct = AsyncRawClient::connect(redis.addr()).await;
+    direct.send(&pipeline).await;
+    let expected = direct.read_replies(5).await.concat();
+    assert_eq!(expected, b"+OK\r\n+OK\r\n+OK\r\n+OK\r\n$-1\r\n");
+    for round in 0..50 {
+        let mut c = AsyncRawClient::connect(proxy.local_addr()).await;
+        c.send(&pipeline).await;
+        assert_eq!(
+            String::from_utf8_lossy(&c.read_replies(5).await.concat()),
+            String::from_utf8_lossy(&expected),
+            "round {round}"
+        );
+    }
+    proxy.shutdown().await;
+}

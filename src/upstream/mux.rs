@@ -554,3 +554,152 @@ async fn read_loop(
     }
     Some((err, in_flight))
 }
+
+#[cfg(test)]
+mod tests {
+    use std::sync::atomic::{AtomicU32, Ordering::Relaxed};
+
+    use super::*;
+    use crate::config::Config;
+
+    /// A policy with a fixed pause between retries that counts failures.
+    #[derive(Debug)]
+    struct Fixed {
+        delay: Duration,
+        failures: AtomicU32,
+    }
+
+    impl Observer for Fixed {
+        fn success(&self) {}
+        fn failure(&self) {
+            self.failures.fetch_add(1, Relaxed);
+        }
+        fn retry_delay(&self, _retry: u32) -> Duration {
+            self.delay
+        }
+    }
+
+    /// A loopback port nothing listens on (connects are refused at once).
+    fn closed_port() -> u16 {
+        let l = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
+        l.local_addr().expect("addr").port()
+    }
+
+    fn slot(retries: u32, timeouts: Duration) -> (MuxHandle, Arc<UpstreamConfig>, Arc<Fixed>) {
+        let mut cfg = Config::for_upstream("127.0.0.1", closed_port()).databases[0]
+            .upstream
+            .clone();
+        cfg.resilience.retry_attempts = retries;
+        cfg.connect_timeout = timeouts;
+        cfg.command_timeout = timeouts;
+        let cfg = Arc::new(cfg);
+        let policy = Arc::new(Fixed {
+            delay: Duration::from_millis(100),
+            failures: AtomicU32::new(0),
+        });
+        let handle = MuxHandle::spawn(
+            cfg.clone(),
+            Arc::new(DbStats::default()),
+            policy.clone(),
+            false,
+        );
+        (handle, cfg, policy)
+    }
+
+    async fn send(
+        handle: &MuxHandle,
+        cfg: &UpstreamConfig,
+        origin: u64,
+    ) -> oneshot::Receiver<Answer> {
+        let (tx, rx) = oneshot::channel();
+        handle
+            .send(Batch {
+                bytes: Bytes::from_static(b"*2\r\n$3\r\nGET\r\n$1\r\nk\r\n"),
+                count: 1,
+                reply: tx,
+                block: Block::No,
+                retry: Retry::new(origin, true, cfg),
+            })
+            .await;
+        rx
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_refused_batch_gets_every_attempt_with_the_pause_between() {
+        let (handle, cfg, policy) = slot(2, Duration::from_secs(5));
+        let started = Instant::now();
+        let answer = send(&handle, &cfg, 1).await.await.expect("answer");
+        assert!(
+            matches!(answer.reply, Err(UpstreamError::Connect { .. })),
+            "{answer:?}"
+        );
+        assert_eq!(answer.attempts, 3);
+        assert_eq!(policy.failures.load(Relaxed), 3);
+        // Two pauses of 100 ms between three attempts (time is paused: exact).
+        assert_eq!(started.elapsed(), Duration::from_millis(200));
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn no_attempt_begins_after_the_bound() {
+        // Bound: connect + command timeout = 250 ms; attempts at 0, 100, 200 ms.
+        let (handle, cfg, _) = slot(10, Duration::from_millis(125));
+        let started = Instant::now();
+        let answer = send(&handle, &cfg, 1).await.await.expect("answer");
+        assert_eq!(answer.attempts, 3);
+        assert_eq!(started.elapsed(), Duration::from_millis(200));
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_batch_sent_during_the_pause_waits_behind_the_earlier_one() {
+        let (handle, cfg, _) = slot(1, Duration::from_secs(5));
+        let started = Instant::now();
+        let first = send(&handle, &cfg, 1).await;
+        tokio::time::sleep(Duration::from_millis(50)).await;
+        // Sent while the first waits for its retry: it joins the first's next
+        // attempt (never one of its own before it), and has its own retry after.
+        let second = send(&handle, &cfg, 1).await;
+        let a = first.await.expect("first");
+        assert_eq!(started.elapsed(), Duration::from_millis(100));
+        let b = second.await.expect("second");
+        assert_eq!(started.elapsed(), Duration::from_millis(200));
+        assert_eq!((a.attempts, b.attempts), (2, 2));
+        assert!(a.reply.is_err() && b.reply.is_err());
+    }
+
+    #[test]
+    fn after_a_loss_a_read_is_not_retried_behind_a_failed_write_of_its_session() {
+        let cfg = Config::for_upstream("127.0.0.1", 1).databases[0]
+            .upstream
+            .clone();
+        let batch = |origin, readonly| {
+            let (tx, rx) = oneshot::channel();
+            let mut retry = Retry::new(origin, readonly, &cfg);
+            retry.attempts = 1;
+            let b = Batch {
+                bytes: Bytes::new(),
+                count: 1,
+                reply: tx,
+                block: Block::No,
+                retry,
+            };
+            (b, rx)
+        };
+        // In flight, oldest first: session 1 GET, session 2 GET, session 1 SET,
+        // session 2 GET.
+        let (b1, mut r1) = batch(1, true);
+        let (b2, _r2) = batch(2, true);
+        let (b3, mut r3) = batch(1, false);
+        let (b4, _r4) = batch(2, true);
+        let err = UpstreamError::Lost {
+            addr: "x".into(),
+            sent: true,
+        };
+        let kept = keep_after_loss(vec![b1, b2, b3, b4], &err, 4, &DbStats::default());
+        // Session 2's reads are retried, in order; session 1's read is not (its
+        // write after it may have run), and the write gets the error.
+        let origins: Vec<u64> = kept.iter().map(|b| b.retry.origin).collect();
+        assert_eq!(origins, vec![2, 2]);
+        assert!(r1.try_recv().expect("answered").reply.is_err());
+        assert!(r3.try_recv().expect("answered").reply.is_err());
+    }
+}
