@@ -11,8 +11,12 @@
 //! ```text
 //! main.rs        clap flags -> Config::load -> tracing -> Proxy::start -> signals
 //! server.rs      listener: accept loop, connection limit, graceful shutdown
-//! session/       one client: parse, classify, batch, replies back in order,
-//!                transactions/blocking on exclusive connections, pub/sub streams
+//! session/       one client, as a state machine; replies back in order
+//!   mode.rs      the connection mode (shared, exclusive, private, subscribed)
+//!   dispatch.rs  parse, classify once, runs of requests, where each one goes
+//!   queue.rs     the FIFO of replies; upstream failures rendered once
+//!   exclusive.rs MULTI/WATCH on a held connection, auth_passthrough login
+//!   pubsub.rs    subscribed sessions: streaming, counts, barrier
 //!   local.rs     commands the proxy answers itself (SELECT, AUTH, HELLO, CLIENT …)
 //! admin.rs       PROXY INFO / HEALTH / STATS / RESETSTATS / CIRCUIT
 //! metrics.rs     Prometheus /metrics (read from the same counters at scrape time)
@@ -20,8 +24,9 @@
 //! clients.rs     the table of client sessions (CLIENT LIST / KILL / UNBLOCK)
 //! router.rs      client db index -> Database (slots, pools, breaker, health, stats)
 //! resilience/    breaker, backoff, per-command latency stats (no I/O)
-//! upstream/      connection setup (AUTH/HELLO/SELECT), shared multiplexed slots,
-//!                exclusive bb8-pooled connections, subscriber connections, probes
+//! upstream/      connection setup (AUTH/HELLO/SELECT), shared multiplexed slots
+//!                (which make the retries, in order), exclusive bb8-pooled
+//!                connections, subscriber and out-of-band connections, probes
 //! command/       command classification (byte-literal match) and the command
 //!                table generated from Redis's metadata (flags, keys, read-only)
 //! protocol/      request parser (multibulk + inline) and reply framing
