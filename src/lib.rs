@@ -30,7 +30,14 @@
 //! command/       command classification (byte-literal match) and the command
 //!                table generated from Redis's metadata (flags, keys, read-only)
 //! protocol/      request parser (multibulk + inline) and reply framing
-//! config.rs      YAML config, env overrides, validation
+//! config/        YAML config -> Config (mod.rs: loading, the --check-config report)
+//!   types.rs     the config structs and their built-in defaults
+//!   yaml.rs      the YAML tree (keeps duplicates, order) and key path -> line lookup
+//!   fields.rs    checked mappings (unknown keys, "did you mean"), value parsers
+//!   layer.rs     one level's upstream settings (top level or one database)
+//!   env.rs       AUTOBOT_REDIS_* and REDIS_SIDECAR_* environment overrides
+//!   resolve.rs   top-level keys, aliases, per-database upstreams, start database
+//!   error.rs     ConfigError (file, key path, line) and internal failures
 //! stats.rs       lock-free counters
 //! ```
 #![forbid(unsafe_code)]

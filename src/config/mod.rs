@@ -1,0 +1,298 @@
+//! Configuration: the AutoBot `redis-databases.yaml` format plus the proxy's extensions.
+//!
+//! [`Config::load`] reads YAML, applies environment overrides, validates, and returns
+//! a [`Config`] whose `databases` are sorted by client-facing index. Everything below
+//! the listener reads only these types.
+//!
+//! # File format
+//!
+//! The file existing AutoBot deployments already have is accepted as-is:
+//!
+//! ```yaml
+//! redis_databases:
+//!   main:      { db: 0, description: "Main application data" }
+//!   knowledge: { db: 1, description: "Knowledge base and documents" }
+//! host: localhost
+//! port: 6379
+//! password: null
+//! timeout: 5
+//! retry_attempts: 3
+//! retry_delay: 1
+//! max_connections: 20
+//! health_check_interval: 30
+//! log_commands: false
+//! log_level: INFO
+//! ```
+//!
+//! The proxy's extensions (all optional) are documented in the shipped
+//! `config/redis-databases.yaml`. In short:
+//!
+//! * Top-level keys: `listen`, `client_password`, `auth_passthrough`, `max_clients`,
+//!   `shutdown_timeout`, `default_database` (the database a new client starts on: a
+//!   configured `db` index or name; default 0),
+//!   `log_format` (`text` or `json`), `limits` (`max_bulk_len`, `max_args`,
+//!   `max_inline_len`), `upstream_databases`.
+//! * Upstream keys, allowed at the top level (defaults for every database) and inside
+//!   each `redis_databases` entry (overrides for that database): `host`, `port`,
+//!   `username`, `password`, `timeout`, `connect_timeout`, `command_timeout`,
+//!   `max_connections` (or its synonym `pool_size`), `mux_connections`, and the
+//!   resilience keys `retry_attempts`, `retry_base_delay` (or the seed's `retry_delay`),
+//!   `retry_max_delay`, `failure_threshold`, `recovery_timeout`, `success_threshold`,
+//!   `health_check_interval`.
+//! * Per-database keys: `db` (required), `description`, `upstream_db`.
+//!
+//! # Rules
+//!
+//! * Times are in seconds; fractions are allowed (`0.25`). Timeouts and intervals
+//!   must be positive; retry delays may be zero.
+//! * The most specific setting wins: a database's own key, then that database's
+//!   `timeout` (for the two timeouts), then the top-level key (after environment
+//!   overrides), then the top-level `timeout`, then the built-in default.
+//! * `null` (or an empty value) means "not set" — the inherited value or default is
+//!   used — except for `username`, `password` and `client_password`, where `null` or
+//!   `""` explicitly means "none" (so a database can drop a top-level password).
+//! * Client-facing indexes (`db`) may be 0..=9999. The index used on the upstream
+//!   server (`upstream_db`, default: `db`) must be below `upstream_databases`
+//!   (default 16, Redis's default `databases` setting); raise it if your Redis
+//!   server is configured with more databases.
+//! * Two names with the same `db` are aliases of one database: the first declared is
+//!   the primary name, and per-database settings given by several aliases must agree.
+//! * New clients start on `default_database`, which must name a configured database;
+//!   without it they start on db 0, so a file with no db 0 must set it.
+//! * Unknown keys, duplicate keys, wrongly typed values and out-of-range values are
+//!   errors naming the file, the key path (e.g. `redis_databases.cache.db`) and the
+//!   line.
+//!
+//! # Environment overrides
+//!
+//! `AUTOBOT_REDIS_HOST`, `AUTOBOT_REDIS_PORT` and `AUTOBOT_REDIS_PASSWORD` replace
+//! the top-level `host`, `port` and `password` (so every database that does not set
+//! its own); an empty `AUTOBOT_REDIS_PASSWORD` means "no password".
+//! `REDIS_SIDECAR_LISTEN` replaces `listen` and `REDIS_SIDECAR_CLIENT_PASSWORD`
+//! replaces `client_password` (empty: none).
+
+mod env;
+mod error;
+mod fields;
+mod layer;
+mod resolve;
+mod types;
+mod yaml;
+
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+pub use env::{ENV_CLIENT_PASSWORD, ENV_HOST, ENV_LISTEN, ENV_PASSWORD, ENV_PORT};
+pub use error::ConfigError;
+pub use types::{
+    DatabaseConfig, Limits, ResilienceConfig, Secret, UpstreamConfig, AUTOBOT_DATABASES,
+    DEFAULT_DENY_COMMANDS, DEFAULT_METRICS_LISTEN,
+};
+
+use env::process_env;
+use resolve::parse_config;
+use types::{DEFAULT_LISTEN, DEFAULT_MAX_CLIENTS, DEFAULT_SHUTDOWN_TIMEOUT};
+use yaml::Node;
+
+/// The whole resolved configuration.
+#[derive(Debug, Clone)]
+pub struct Config {
+    /// Where the proxy listens.
+    pub listen: SocketAddr,
+    /// Where the Prometheus endpoint (`GET /metrics`) listens; `None` disables it.
+    /// YAML `metrics_listen` (default `127.0.0.1:9180`, `null` disables it).
+    pub metrics_listen: Option<SocketAddr>,
+    /// Password clients must send with AUTH, if any.
+    pub client_password: Option<Secret>,
+    /// AUTH (and `HELLO … AUTH`) is checked by Redis itself: a client that logs in
+    /// gets its own upstream connection authenticated as that user. YAML
+    /// `auth_passthrough` (default false; not together with `client_password`).
+    pub auth_passthrough: bool,
+    /// Log level name, lower case: `trace`, `debug`, `info`, `warn`, `error` or `off`
+    /// (the seed's `WARNING` and `CRITICAL` map to `warn` and `error`).
+    pub log_level: String,
+    /// Log output format: `text` (default) or `json`.
+    pub log_format: String,
+    /// Log command names (never values).
+    pub log_commands: bool,
+    /// Request limits.
+    pub limits: Limits,
+    /// Maximum client connections.
+    pub max_clients: usize,
+    /// Bounded drain at shutdown.
+    pub shutdown_timeout: Duration,
+    /// Databases sorted by index.
+    pub databases: Vec<DatabaseConfig>,
+    /// Client-facing index of the database a new client starts on (before any
+    /// `SELECT`; also where `RESET` returns). YAML `default_database`: a configured
+    /// `db` index or name; default 0, which must then be configured. Validated at
+    /// load time to name one of `databases`.
+    pub default_database: u32,
+    /// The file the config came from.
+    pub source: Option<PathBuf>,
+}
+
+impl Config {
+    /// A config with the 11 AutoBot databases, all on `host:port`.
+    pub fn for_upstream(host: &str, port: u16) -> Config {
+        let databases = AUTOBOT_DATABASES
+            .iter()
+            .enumerate()
+            .map(|(i, n)| DatabaseConfig {
+                index: i as u32,
+                names: vec![n.to_string()],
+                description: String::new(),
+                upstream: UpstreamConfig::new(host, port, i as u32),
+            })
+            .collect();
+        Config {
+            listen: DEFAULT_LISTEN,
+            metrics_listen: None,
+            client_password: None,
+            auth_passthrough: false,
+            log_level: "info".into(),
+            log_format: "text".into(),
+            log_commands: false,
+            limits: Limits::default(),
+            max_clients: DEFAULT_MAX_CLIENTS,
+            shutdown_timeout: DEFAULT_SHUTDOWN_TIMEOUT,
+            databases,
+            default_database: 0,
+            source: None,
+        }
+    }
+
+    /// Reads the YAML file at `path`, applies the process environment's overrides
+    /// (see the module docs) and validates the result.
+    pub fn load(path: &Path) -> Result<Config, ConfigError> {
+        Config::load_with_env(path, &process_env)
+    }
+
+    /// Like [`Config::load`], but environment variables are looked up with `env`
+    /// instead of the process environment (for tests).
+    pub fn load_with_env(
+        path: &Path,
+        env: &dyn Fn(&str) -> Option<String>,
+    ) -> Result<Config, ConfigError> {
+        let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
+            path: path.to_path_buf(),
+            source,
+        })?;
+        Config::from_yaml_str_with_env(&text, Some(path), env)
+    }
+
+    /// Parses YAML `text`, applies the process environment's overrides and validates.
+    /// `source` names the file in error messages and is stored in [`Config::source`].
+    pub fn from_yaml_str(text: &str, source: Option<&Path>) -> Result<Config, ConfigError> {
+        Config::from_yaml_str_with_env(text, source, &process_env)
+    }
+
+    /// Like [`Config::from_yaml_str`], but environment variables are looked up with
+    /// `env` instead of the process environment (for tests; `&|_| None` means none set).
+    pub fn from_yaml_str_with_env(
+        text: &str,
+        source: Option<&Path>,
+        env: &dyn Fn(&str) -> Option<String>,
+    ) -> Result<Config, ConfigError> {
+        let root: Node = serde_norway::from_str(text).map_err(|e| ConfigError::Yaml {
+            file: source.map(Path::to_path_buf),
+            line: e.location().map(|l| l.line()),
+            message: e.to_string(),
+        })?;
+        parse_config(&root, source, env).map_err(|fail| fail.into_error(text, source))
+    }
+
+    /// The resolved configuration as YAML-like text (for `--check-config`), with every
+    /// password replaced by `***`.
+    pub fn render_masked(&self) -> String {
+        let mut out = String::new();
+        let mut line = |s: String| {
+            out.push_str(&s);
+            out.push('\n');
+        };
+        match &self.source {
+            Some(p) => line(format!("# resolved configuration from {}", p.display())),
+            None => line("# resolved configuration".to_string()),
+        }
+        line(format!("listen: {}", self.listen));
+        line(format!(
+            "metrics_listen: {}",
+            self.metrics_listen
+                .map_or_else(|| "null".to_string(), |a| a.to_string())
+        ));
+        line(format!(
+            "client_password: {}",
+            mask(self.client_password.as_ref())
+        ));
+        line(format!("auth_passthrough: {}", self.auth_passthrough));
+        line(format!("log_level: {}", self.log_level));
+        line(format!("log_format: {}", self.log_format));
+        line(format!("log_commands: {}", self.log_commands));
+        line(format!("max_clients: {}", self.max_clients));
+        line(format!("shutdown_timeout: {}", secs(self.shutdown_timeout)));
+        line(format!("default_database: {}", self.default_database));
+        line("limits:".to_string());
+        line(format!("  max_bulk_len: {}", self.limits.max_bulk_len));
+        line(format!("  max_args: {}", self.limits.max_args));
+        line(format!("  max_inline_len: {}", self.limits.max_inline_len));
+        line(format!(
+            "  pubsub_buffer_limit: {}",
+            self.limits.pubsub_buffer_limit
+        ));
+        line("databases:".to_string());
+        for db in &self.databases {
+            let u = &db.upstream;
+            let r = &u.resilience;
+            line(format!("  - index: {}", db.index));
+            line(format!("    names: [{}]", db.names.join(", ")));
+            line(format!("    description: {:?}", db.description));
+            line(format!("    host: {}", u.host));
+            line(format!("    port: {}", u.port));
+            line(format!("    upstream_db: {}", u.db));
+            match &u.username {
+                Some(name) => line(format!("    username: {name:?}")),
+                None => line("    username: null".to_string()),
+            }
+            line(format!("    password: {}", mask(u.password.as_ref())));
+            line(format!("    pool_size: {}", u.pool_size));
+            line(format!("    mux_connections: {}", u.mux_connections));
+            line(format!(
+                "    deny_commands: [{}]",
+                u.deny_commands.join(", ")
+            ));
+            line(format!("    connect_timeout: {}", secs(u.connect_timeout)));
+            line(format!("    command_timeout: {}", secs(u.command_timeout)));
+            line(format!("    retry_attempts: {}", r.retry_attempts));
+            line(format!(
+                "    retry_base_delay: {}",
+                secs(r.retry_base_delay)
+            ));
+            line(format!("    retry_max_delay: {}", secs(r.retry_max_delay)));
+            line(format!("    failure_threshold: {}", r.failure_threshold));
+            line(format!(
+                "    recovery_timeout: {}",
+                secs(r.recovery_timeout)
+            ));
+            line(format!("    success_threshold: {}", r.success_threshold));
+            line(format!(
+                "    health_check_interval: {}",
+                secs(r.health_check_interval)
+            ));
+        }
+        out
+    }
+}
+
+/// A password as the report shows it: `"***"` if set, `null` if not.
+fn mask(secret: Option<&Secret>) -> &'static str {
+    match secret {
+        Some(_) => "\"***\"",
+        None => "null",
+    }
+}
+
+/// A duration as seconds, fractions included (`0.5`), for reports and messages.
+fn secs(d: Duration) -> String {
+    format!("{}", d.as_secs_f64())
+}

@@ -1,0 +1,458 @@
+//! From the YAML tree to a [`Config`]: the top-level keys, the `redis_databases` entries
+//! grouped by `db` (names sharing an index are aliases of one database), each database's
+//! upstream resolved from its own [`Layer`] over the top level's (after environment
+//! overrides) and the built-in defaults, the cross-key checks (retry delays, upstream db
+//! range, `auth_passthrough` with `client_password`) and the start database.
+
+use std::path::Path;
+use std::time::Duration;
+
+use super::env::apply_env;
+use super::error::{Fail, Origin};
+use super::fields::{
+    parse_bool, parse_listen, parse_log_format, parse_log_level, parse_secret, parse_string,
+    parse_u32, parse_usize, positive_secs, set_nullable, suggest, type_error, Map, Set,
+};
+use super::layer::{Layer, UPSTREAM_KEYS};
+use super::secs;
+use super::types::{
+    DatabaseConfig, Limits, ResilienceConfig, UpstreamConfig, DEFAULT_DENY_COMMANDS, DEFAULT_HOST,
+    DEFAULT_LISTEN, DEFAULT_MAX_CLIENTS, DEFAULT_METRICS_LISTEN, DEFAULT_MUX_CONNECTIONS,
+    DEFAULT_POOL_SIZE, DEFAULT_PORT, DEFAULT_SHUTDOWN_TIMEOUT, DEFAULT_TIMEOUT,
+    DEFAULT_UPSTREAM_DATABASES, MAX_CLIENT_DB,
+};
+use super::yaml::{KeyPath, Node};
+use super::Config;
+
+/// Keys allowed only at the top level (besides [`UPSTREAM_KEYS`]).
+const TOP_ONLY_KEYS: &[&str] = &[
+    "redis_databases",
+    "listen",
+    "metrics_listen",
+    "client_password",
+    "auth_passthrough",
+    "log_commands",
+    "log_level",
+    "log_format",
+    "max_clients",
+    "shutdown_timeout",
+    "limits",
+    "upstream_databases",
+    "default_database",
+];
+
+/// Keys allowed only in a `redis_databases` entry (besides [`UPSTREAM_KEYS`]).
+const DATABASE_ONLY_KEYS: &[&str] = &["db", "description", "upstream_db"];
+
+/// The keys of `limits`.
+const LIMIT_KEYS: &[&str] = &[
+    "max_bulk_len",
+    "max_args",
+    "max_inline_len",
+    "pubsub_buffer_limit",
+];
+
+/// Validates the whole document `root` and resolves it into a [`Config`].
+pub(super) fn parse_config(
+    root: &Node,
+    source: Option<&Path>,
+    env: &dyn Fn(&str) -> Option<String>,
+) -> Result<Config, Fail> {
+    let root_path = KeyPath::root();
+    if *root == Node::Null {
+        return Err(Fail::at(
+            &root_path,
+            "the file is empty; expected a mapping with a `redis_databases` key",
+        ));
+    }
+    let allowed: Vec<&str> = TOP_ONLY_KEYS.iter().chain(UPSTREAM_KEYS).copied().collect();
+    let top = Map::new(
+        root,
+        &root_path,
+        "a mapping with a `redis_databases` key at the top level",
+        Some(&allowed),
+    )?;
+
+    let mut layer = Layer::parse(&top)?;
+    let (env_listen, env_client_password) = apply_env(&mut layer, env)?;
+
+    let listen = match env_listen {
+        Some(addr) => addr,
+        None => top
+            .set("listen", parse_listen)?
+            .map_or(DEFAULT_LISTEN, |s| s.value),
+    };
+    let metrics_listen =
+        match set_nullable(&top, "metrics_listen", |p, n| parse_listen(p, n).map(Some))? {
+            None => Some(DEFAULT_METRICS_LISTEN),
+            Some(s) => s.value,
+        };
+    let client_password = match env_client_password {
+        Some(p) => p,
+        None => set_nullable(&top, "client_password", parse_secret)?.and_then(|s| s.value),
+    };
+    let auth_passthrough = match top.set("auth_passthrough", parse_bool)? {
+        Some(s) if s.value && client_password.is_some() => {
+            return Err(Fail::at(
+                &root_path.child("auth_passthrough"),
+                "cannot be true while client_password is set: either the proxy checks AUTH (client_password) or Redis does (auth_passthrough)",
+            ));
+        }
+        s => s.is_some_and(|s| s.value),
+    };
+    let log_level = top
+        .set("log_level", parse_log_level)?
+        .map_or_else(|| "info".to_string(), |s| s.value);
+    let log_format = top
+        .set("log_format", parse_log_format)?
+        .map_or_else(|| "text".to_string(), |s| s.value);
+    let log_commands = top
+        .set("log_commands", parse_bool)?
+        .is_some_and(|s| s.value);
+    let max_clients = top
+        .set("max_clients", parse_usize)?
+        .map_or(DEFAULT_MAX_CLIENTS, |s| s.value);
+    let shutdown_timeout = top
+        .set("shutdown_timeout", positive_secs)?
+        .map_or(DEFAULT_SHUTDOWN_TIMEOUT, |s| s.value);
+    let limits = match top.get("limits") {
+        None => Limits::default(),
+        Some((p, n)) => parse_limits(n, &p)?,
+    };
+    let upstream_databases = top
+        .set("upstream_databases", parse_u32(1))?
+        .map_or(DEFAULT_UPSTREAM_DATABASES, |s| s.value);
+
+    let dbs_path = root_path.child("redis_databases");
+    let Some((_, dbs_node)) = top.get("redis_databases") else {
+        return Err(Fail::at(
+            &dbs_path,
+            "missing or empty: list at least one database, e.g. `main: { db: 0 }`",
+        ));
+    };
+    let dbs = Map::new(
+        dbs_node,
+        &dbs_path,
+        "a mapping of database names to { db: N, description: \"...\" }",
+        None,
+    )?;
+    if dbs.entries.is_empty() {
+        return Err(Fail::at(
+            &dbs_path,
+            "no databases: list at least one, e.g. `main: { db: 0 }`",
+        ));
+    }
+    let entries = dbs
+        .entries
+        .iter()
+        .map(|(name, node)| parse_entry(name, node, &dbs_path.child(name)))
+        .collect::<Result<Vec<_>, _>>()?;
+    let groups = group_entries(entries)?;
+    let mut databases = groups
+        .iter()
+        .map(|g| {
+            Ok(DatabaseConfig {
+                index: g.index,
+                names: g.names.clone(),
+                description: g.description.clone(),
+                upstream: resolve_upstream(g, &layer, upstream_databases)?,
+            })
+        })
+        .collect::<Result<Vec<_>, Fail>>()?;
+    databases.sort_by_key(|d| d.index);
+    let default_database = resolve_default_database(&top, &dbs_path, &databases)?;
+
+    Ok(Config {
+        listen,
+        metrics_listen,
+        client_password,
+        auth_passthrough,
+        log_level,
+        log_format,
+        log_commands,
+        limits,
+        max_clients,
+        shutdown_timeout,
+        databases,
+        default_database,
+        source: source.map(Path::to_path_buf),
+    })
+}
+
+/// A `redis_databases` entry as written.
+struct Entry {
+    name: String,
+    path: KeyPath,
+    index: Set<u32>,
+    description: String,
+    upstream_db: Option<Set<u32>>,
+    layer: Layer,
+}
+
+fn parse_entry(name: &str, node: &Node, path: &KeyPath) -> Result<Entry, Fail> {
+    if name.trim().is_empty() {
+        return Err(Fail::at(path, "database names must not be empty"));
+    }
+    let allowed: Vec<&str> = DATABASE_ONLY_KEYS
+        .iter()
+        .chain(UPSTREAM_KEYS)
+        .copied()
+        .collect();
+    let map = Map::new(
+        node,
+        path,
+        "a mapping like { db: 0, description: \"...\" }",
+        Some(&allowed),
+    )?;
+    let Some(index) = map.set("db", parse_u32(0))? else {
+        return Err(Fail::At {
+            key: path.child("db"),
+            locate: path.clone(),
+            occurrence: 0,
+            message: format!(
+                "missing required key `db` (the client-facing database index) for `{name}`"
+            ),
+        });
+    };
+    if index.value > MAX_CLIENT_DB {
+        return Err(index.origin.fail(format!(
+            "db must be between 0 and {MAX_CLIENT_DB}, got {}",
+            index.value
+        )));
+    }
+    let description = match map.get("description") {
+        None => String::new(),
+        Some((p, n)) => parse_string(&p, n)?,
+    };
+    Ok(Entry {
+        name: name.to_string(),
+        path: path.clone(),
+        upstream_db: map.set("upstream_db", parse_u32(0))?,
+        description,
+        index,
+        layer: Layer::parse(&map)?,
+    })
+}
+
+/// Database entries grouped by `db` (aliases), in document order.
+struct Group {
+    index: u32,
+    names: Vec<String>,
+    description: String,
+    db_origin: Origin,
+    upstream_db: Option<Set<u32>>,
+    layer: Layer,
+}
+
+fn group_entries(entries: Vec<Entry>) -> Result<Vec<Group>, Fail> {
+    let mut groups: Vec<Group> = Vec::new();
+    for e in entries {
+        match groups.iter_mut().find(|g| g.index == e.index.value) {
+            None => groups.push(Group {
+                index: e.index.value,
+                names: vec![e.name],
+                description: e.description,
+                db_origin: Origin::Key(e.path.child("db")),
+                upstream_db: e.upstream_db,
+                layer: e.layer,
+            }),
+            Some(g) => {
+                let primary = g.names.first().cloned().unwrap_or_default();
+                match (&g.upstream_db, e.upstream_db) {
+                    (_, None) => {}
+                    (None, Some(theirs)) => g.upstream_db = Some(theirs),
+                    (Some(ours), Some(theirs)) => {
+                        if ours.value != theirs.value {
+                            return Err(theirs.origin.fail(format!(
+                                "conflicts with {}: names sharing db {} are aliases of `{primary}` \
+                                 and must agree on per-database settings",
+                                ours.origin, g.index
+                            )));
+                        }
+                    }
+                }
+                g.layer.merge_alias(e.layer, &primary, g.index)?;
+                if g.description.is_empty() {
+                    g.description = e.description;
+                }
+                g.names.push(e.name);
+            }
+        }
+    }
+    Ok(groups)
+}
+
+fn value_or<T: Clone>(set: &Option<Set<T>>, default: T) -> T {
+    set.as_ref().map_or(default, |s| s.value.clone())
+}
+
+/// Resolves one database's upstream from its own layer over the top level's.
+fn resolve_upstream(
+    group: &Group,
+    top: &Layer,
+    upstream_databases: u32,
+) -> Result<UpstreamConfig, Fail> {
+    let own = &group.layer;
+    let eff = own.over(top);
+    // Timeouts: own key, own `timeout`, top key, top `timeout`, default.
+    let timeout = |key: &Option<Set<Duration>>, top_key: &Option<Set<Duration>>| {
+        key.as_ref()
+            .or(own.timeout.as_ref())
+            .or(top_key.as_ref())
+            .or(top.timeout.as_ref())
+            .map_or(DEFAULT_TIMEOUT, |s| s.value)
+    };
+    let defaults = ResilienceConfig::default();
+    let resilience = ResilienceConfig {
+        retry_attempts: value_or(&eff.retry_attempts, defaults.retry_attempts),
+        retry_base_delay: value_or(&eff.retry_base_delay, defaults.retry_base_delay),
+        retry_max_delay: value_or(&eff.retry_max_delay, defaults.retry_max_delay),
+        failure_threshold: value_or(&eff.failure_threshold, defaults.failure_threshold),
+        recovery_timeout: value_or(&eff.recovery_timeout, defaults.recovery_timeout),
+        success_threshold: value_or(&eff.success_threshold, defaults.success_threshold),
+        health_check_interval: value_or(&eff.health_check_interval, defaults.health_check_interval),
+    };
+    if resilience.retry_max_delay < resilience.retry_base_delay {
+        let message = format!(
+            "retry_max_delay ({}s) must not be less than retry_base_delay ({}s)",
+            secs(resilience.retry_max_delay),
+            secs(resilience.retry_base_delay)
+        );
+        // Blame the more specific of the two settings (the one this database sets).
+        let blame = match (&eff.retry_max_delay, &eff.retry_base_delay) {
+            (Some(max), Some(base)) => {
+                if own.retry_base_delay.is_some() && own.retry_max_delay.is_none() {
+                    base.origin.fail(format!(
+                        "{message}; retry_max_delay is set at {}",
+                        max.origin
+                    ))
+                } else {
+                    max.origin.fail(format!(
+                        "{message}; retry_base_delay is set at {}",
+                        base.origin
+                    ))
+                }
+            }
+            (Some(max), None) => max
+                .origin
+                .fail(format!("{message} (the default base delay)")),
+            (None, Some(base)) => base
+                .origin
+                .fail(format!("{message} (the default max delay)")),
+            (None, None) => Fail::at(&KeyPath::root(), message),
+        };
+        return Err(blame);
+    }
+    let db = match &group.upstream_db {
+        Some(s) => s.clone(),
+        None => Set {
+            value: group.index,
+            origin: group.db_origin.clone(),
+        },
+    };
+    if db.value >= upstream_databases {
+        let how = if group.upstream_db.is_some() {
+            ""
+        } else {
+            " (the upstream db defaults to `db`; set `upstream_db` to map it)"
+        };
+        return Err(db.origin.fail(format!(
+            "upstream db index {} must be below upstream_databases ({upstream_databases}){how}",
+            db.value
+        )));
+    }
+    Ok(UpstreamConfig {
+        host: value_or(&eff.host, DEFAULT_HOST.to_string()),
+        port: value_or(&eff.port, DEFAULT_PORT),
+        username: value_or(&eff.username, None),
+        password: value_or(&eff.password, None),
+        db: db.value,
+        pool_size: value_or(&eff.pool_size, DEFAULT_POOL_SIZE),
+        mux_connections: value_or(&eff.mux_connections, DEFAULT_MUX_CONNECTIONS),
+        deny_commands: value_or(
+            &eff.deny_commands,
+            DEFAULT_DENY_COMMANDS
+                .iter()
+                .map(|c| c.to_string())
+                .collect(),
+        ),
+        connect_timeout: timeout(&own.connect_timeout, &top.connect_timeout),
+        command_timeout: timeout(&own.command_timeout, &top.command_timeout),
+        resilience,
+    })
+}
+
+fn parse_limits(node: &Node, path: &KeyPath) -> Result<Limits, Fail> {
+    let map = Map::new(node, path, "a mapping", Some(LIMIT_KEYS))?;
+    let defaults = Limits::default();
+    let get = |key: &str, default: usize| -> Result<usize, Fail> {
+        Ok(map.set(key, parse_usize)?.map_or(default, |s| s.value))
+    };
+    Ok(Limits {
+        max_bulk_len: get("max_bulk_len", defaults.max_bulk_len)?,
+        max_args: get("max_args", defaults.max_args)?,
+        max_inline_len: get("max_inline_len", defaults.max_inline_len)?,
+        pubsub_buffer_limit: get("pubsub_buffer_limit", defaults.pubsub_buffer_limit)?,
+    })
+}
+
+/// The client-facing index of the start database: `default_database` (an index or a
+/// name of a configured database) or, when it is not set, db 0, which must exist.
+fn resolve_default_database(
+    top: &Map<'_>,
+    dbs_path: &KeyPath,
+    databases: &[DatabaseConfig],
+) -> Result<u32, Fail> {
+    let configured = databases
+        .iter()
+        .map(|d| format!("{} (db {})", d.name(), d.index))
+        .collect::<Vec<_>>()
+        .join(", ");
+    let by_index = |i: i128| {
+        databases
+            .iter()
+            .find(|d| i128::from(d.index) == i)
+            .map(|d| d.index)
+    };
+    let Some((path, node)) = top.get("default_database") else {
+        return by_index(0).ok_or_else(|| Fail::At {
+            key: KeyPath::root().child("default_database"),
+            locate: dbs_path.clone(),
+            occurrence: 0,
+            message: format!(
+                "no database has db 0, where new clients start: set `default_database` to \
+                 the index or name of the database they should start on (configured: \
+                 {configured})"
+            ),
+        });
+    };
+    match node {
+        Node::Int(i) => by_index(*i).ok_or_else(|| {
+            Fail::at(
+                &path,
+                format!("db {i} is not a configured database (configured: {configured})"),
+            )
+        }),
+        Node::Str(text) => {
+            let name = text.trim();
+            if let Some(d) = databases.iter().find(|d| d.names.iter().any(|n| n == name)) {
+                return Ok(d.index);
+            }
+            // A quoted index (`default_database: "3"`).
+            if let Some(i) = name.parse::<u32>().ok().and_then(|i| by_index(i.into())) {
+                return Ok(i);
+            }
+            let mut message = format!("no configured database is named {name:?}");
+            let names: Vec<&str> = databases
+                .iter()
+                .flat_map(|d| d.names.iter().map(String::as_str))
+                .collect();
+            if let Some(s) = suggest(name, &names) {
+                message.push_str(&format!(" (did you mean `{s}`?)"));
+            }
+            message.push_str(&format!("; configured: {configured}"));
+            Err(Fail::at(&path, message))
+        }
+        _ => Err(type_error(&path, "a database index or name", node)),
+    }
+}

@@ -1,0 +1,208 @@
+//! The plain configuration types the rest of the proxy reads — [`Secret`], [`Limits`],
+//! [`ResilienceConfig`], [`UpstreamConfig`] and [`DatabaseConfig`] — with their built-in
+//! defaults. Nothing here knows about YAML or the environment: parsing and layering
+//! (in the sibling modules) only fill these in.
+
+use std::net::{Ipv4Addr, SocketAddr, SocketAddrV4};
+use std::time::Duration;
+
+/// The AutoBot databases, in index order (main = 0 … backup = 10).
+pub const AUTOBOT_DATABASES: [&str; 11] = [
+    "main",
+    "knowledge",
+    "prompts",
+    "agents",
+    "metrics",
+    "cache",
+    "sessions",
+    "tasks",
+    "logs",
+    "temp",
+    "backup",
+];
+
+/// Commands refused by default: each changes the role or the life of the whole
+/// (shared) Redis server, which no single application behind a sidecar should do.
+/// `deny_commands: []` allows everything.
+pub const DEFAULT_DENY_COMMANDS: &[&str] = &["shutdown", "replicaof", "slaveof", "failover"];
+
+/// Default address of the Prometheus endpoint (`metrics_listen`).
+pub const DEFAULT_METRICS_LISTEN: SocketAddr =
+    SocketAddr::V4(SocketAddrV4::new(Ipv4Addr::LOCALHOST, 9180));
+/// Default address the proxy listens on (`listen`).
+pub(super) const DEFAULT_LISTEN: SocketAddr =
+    SocketAddr::V4(SocketAddrV4::new(Ipv4Addr::LOCALHOST, 6380));
+/// Default upstream `host`.
+pub(super) const DEFAULT_HOST: &str = "localhost";
+/// Default upstream `port`.
+pub(super) const DEFAULT_PORT: u16 = 6379;
+/// Default `connect_timeout` and `command_timeout` (when no `timeout` is set either).
+pub(super) const DEFAULT_TIMEOUT: Duration = Duration::from_secs(5);
+/// Default `max_connections` (`pool_size`): exclusive connections per database.
+pub(super) const DEFAULT_POOL_SIZE: u32 = 20;
+/// Default `mux_connections`: shared multiplexed connections per database.
+pub(super) const DEFAULT_MUX_CONNECTIONS: u32 = 2;
+/// Default `max_clients`.
+pub(super) const DEFAULT_MAX_CLIENTS: usize = 10_000;
+/// Default `shutdown_timeout`.
+pub(super) const DEFAULT_SHUTDOWN_TIMEOUT: Duration = Duration::from_secs(10);
+/// Default `upstream_databases` (Redis's default `databases` setting).
+pub(super) const DEFAULT_UPSTREAM_DATABASES: u32 = 16;
+/// Largest client-facing index (`db`).
+pub(super) const MAX_CLIENT_DB: u32 = 9999;
+
+/// A secret string (password) that never prints itself.
+#[derive(Clone, PartialEq, Eq)]
+pub struct Secret(pub String);
+
+impl Secret {
+    /// The secret text, for sending to a server. Never log it.
+    pub fn expose(&self) -> &str {
+        &self.0
+    }
+}
+
+impl std::fmt::Debug for Secret {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("\"***\"")
+    }
+}
+
+/// Limits applied to client requests.
+#[derive(Debug, Clone)]
+pub struct Limits {
+    /// Largest bulk string a client may send (Redis's `proto-max-bulk-len`).
+    pub max_bulk_len: usize,
+    /// Largest number of arguments in one request.
+    pub max_args: usize,
+    /// Largest inline request line (Redis: 64 KiB).
+    pub max_inline_len: usize,
+    /// Most bytes of pub/sub messages waiting to be written to one slow subscriber;
+    /// past it the client is disconnected (Redis's `client-output-buffer-limit
+    /// pubsub 32mb`).
+    pub pubsub_buffer_limit: usize,
+}
+
+impl Default for Limits {
+    fn default() -> Self {
+        Limits {
+            max_bulk_len: 512 * 1024 * 1024,
+            max_args: 1024 * 1024,
+            max_inline_len: 64 * 1024,
+            pubsub_buffer_limit: 32 * 1024 * 1024,
+        }
+    }
+}
+
+/// Retry, circuit-breaker and health-check settings for one upstream.
+///
+/// Parsed and validated from the YAML (top-level defaults, per-database overrides);
+/// defaults are those of [`ResilienceConfig::default`].
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ResilienceConfig {
+    /// How many times a failed connect is retried (`retry_attempts`, default 3; 0 = no retries).
+    pub retry_attempts: u32,
+    /// First back-off delay (`retry_base_delay`, or the seed's `retry_delay`; default 0.5 s).
+    pub retry_base_delay: Duration,
+    /// Largest back-off delay (`retry_max_delay`, default 10 s; never below the base delay).
+    pub retry_max_delay: Duration,
+    /// Consecutive failures that open the circuit breaker (`failure_threshold`, default 5).
+    pub failure_threshold: u32,
+    /// How long an open circuit waits before probing again (`recovery_timeout`, default 60 s).
+    pub recovery_timeout: Duration,
+    /// Consecutive successes that close a half-open circuit (`success_threshold`, default 2).
+    pub success_threshold: u32,
+    /// Interval between upstream health checks (`health_check_interval`, default 30 s).
+    pub health_check_interval: Duration,
+}
+
+impl Default for ResilienceConfig {
+    fn default() -> Self {
+        ResilienceConfig {
+            retry_attempts: 3,
+            retry_base_delay: Duration::from_millis(500),
+            retry_max_delay: Duration::from_secs(10),
+            failure_threshold: 5,
+            recovery_timeout: Duration::from_secs(60),
+            success_threshold: 2,
+            health_check_interval: Duration::from_secs(30),
+        }
+    }
+}
+
+/// Where and how one database's upstream Redis is reached.
+#[derive(Debug, Clone)]
+pub struct UpstreamConfig {
+    /// Redis host name or address.
+    pub host: String,
+    /// Redis port.
+    pub port: u16,
+    /// ACL user name for AUTH, if any.
+    pub username: Option<String>,
+    /// Password for AUTH, if any.
+    pub password: Option<Secret>,
+    /// The db index selected on the upstream server.
+    pub db: u32,
+    /// Commands refused for this database (lower-case names as Redis reports them,
+    /// `config|set` for a subcommand). YAML `deny_commands`, top level or per
+    /// database; default [`DEFAULT_DENY_COMMANDS`].
+    pub deny_commands: Vec<String>,
+    /// Size of the pool of exclusive connections (seed: `max_connections`).
+    pub pool_size: u32,
+    /// Number of shared, multiplexed connections.
+    pub mux_connections: u32,
+    /// Connect (and handshake) timeout.
+    pub connect_timeout: Duration,
+    /// Command timeout.
+    pub command_timeout: Duration,
+    /// Retry, circuit-breaker and health-check settings.
+    pub resilience: ResilienceConfig,
+}
+
+impl UpstreamConfig {
+    /// An upstream at `host:port` selecting `db`, with every other setting at its default
+    /// (no credentials, pool 20, 2 multiplexed connections, 5 s timeouts).
+    pub fn new(host: &str, port: u16, db: u32) -> UpstreamConfig {
+        UpstreamConfig {
+            host: host.to_string(),
+            port,
+            username: None,
+            password: None,
+            db,
+            pool_size: DEFAULT_POOL_SIZE,
+            mux_connections: DEFAULT_MUX_CONNECTIONS,
+            deny_commands: DEFAULT_DENY_COMMANDS
+                .iter()
+                .map(|c| c.to_string())
+                .collect(),
+            connect_timeout: DEFAULT_TIMEOUT,
+            command_timeout: DEFAULT_TIMEOUT,
+            resilience: ResilienceConfig::default(),
+        }
+    }
+
+    /// `host:port` as text, for reports.
+    pub fn address(&self) -> String {
+        format!("{}:{}", self.host, self.port)
+    }
+}
+
+/// One client-facing database.
+#[derive(Debug, Clone)]
+pub struct DatabaseConfig {
+    /// Client-facing index (what `SELECT n` names).
+    pub index: u32,
+    /// Names (the first is the primary name; others are aliases).
+    pub names: Vec<String>,
+    /// Free text from the YAML.
+    pub description: String,
+    /// The upstream.
+    pub upstream: UpstreamConfig,
+}
+
+impl DatabaseConfig {
+    /// The primary name.
+    pub fn name(&self) -> &str {
+        self.names.first().map(String::as_str).unwrap_or("")
+    }
+}
