@@ -88,93 +88,237 @@ pub fn parse_int(digits: &[u8]) -> Option<i64> {
     Some(if neg { -v } else { v })
 }
 
+/// A resumable request parser: parses one request at the start of the buffer,
+/// remembering between calls how far it got, so that a request arriving in many
+/// reads is parsed once in total (O(request size), not O(request size × reads)).
+///
+/// Contract (see [`Parser::parse`]):
+/// - every call passes a buffer that starts at the first byte of the request being
+///   parsed; between calls the caller may only append bytes to it, and passes the
+///   same `args` vector back untouched;
+/// - `Ok(Some(_))` and `Err(_)` reset the parser: the next call starts a new request
+///   (the caller first drops the request's `len` bytes, or the connection);
+/// - `Ok(None)` means more bytes are needed; the parser keeps its place;
+/// - call [`Parser::reset`] before passing a buffer that does not start at the same
+///   partial request (e.g. after discarding buffered bytes).
+///
+/// At every call, the result (and `args`) is exactly what the one-shot [`parse`]
+/// returns for the same buffer.
+#[derive(Debug, Default, Clone, PartialEq, Eq)]
+pub struct Parser {
+    /// Multibulk: offset of the next argument's `$` (every byte before it is parsed),
+    /// or 0 while the count line is incomplete.
+    pos: usize,
+    /// Multibulk: the request's argument count (meaningful when `pos > 0`).
+    count: usize,
+    /// Multibulk: arguments still to parse, including the one at `pos`.
+    remaining: usize,
+    /// Where the search for the end of the current line resumes (0: from its start).
+    line_from: usize,
+    /// Length of the buffer at the previous call: a shorter buffer means the caller
+    /// broke the contract, and the request is parsed again from its start.
+    seen: usize,
+}
+
+impl Parser {
+    /// A parser at the start of a request.
+    pub const fn new() -> Self {
+        Parser {
+            pos: 0,
+            count: 0,
+            remaining: 0,
+            line_from: 0,
+            seen: 0,
+        }
+    }
+
+    /// Forgets a partially parsed request.
+    #[inline]
+    pub fn reset(&mut self) {
+        *self = Parser::new();
+    }
+
+    /// Whether the parser is partway through a request.
+    #[inline]
+    pub fn in_progress(&self) -> bool {
+        self.pos != 0 || self.line_from != 0
+    }
+
+    /// Parses the request at the start of `buf`, continuing where the previous call
+    /// stopped.
+    ///
+    /// Returns `Ok(None)` when more bytes are needed. For a multibulk request, `args`
+    /// receives the argument ranges (relative to `buf`): when a new request starts it
+    /// is cleared, and while the request is partial it holds the arguments parsed so
+    /// far, which the next call extends — so it must come back unchanged. (If its
+    /// length does not match, the parser starts the request over: slower, still
+    /// correct.) Limits are checked when the bytes they apply to are parsed; pass the
+    /// same limits for the whole request.
+    #[inline]
+    pub fn parse(
+        &mut self,
+        buf: &[u8],
+        limits: &Limits,
+        args: &mut Vec<Range<usize>>,
+    ) -> Result<Option<Request>, ProtocolError> {
+        if buf.len() < self.seen {
+            self.reset();
+        }
+        let r = match buf.first() {
+            None => {
+                self.reset();
+                args.clear();
+                return Ok(None);
+            }
+            Some(b'*') => self.parse_multibulk(buf, limits, args),
+            Some(_) => {
+                args.clear();
+                self.parse_inline(buf, limits)
+            }
+        };
+        if matches!(r, Ok(None)) {
+            self.seen = buf.len();
+        } else {
+            self.reset();
+        }
+        r
+    }
+
+    #[inline]
+    fn parse_multibulk(
+        &mut self,
+        buf: &[u8],
+        limits: &Limits,
+        args: &mut Vec<Range<usize>>,
+    ) -> Result<Option<Request>, ProtocolError> {
+        let mut pos;
+        let mut remaining;
+        if self.pos != 0 && args.len() + self.remaining == self.count {
+            pos = self.pos;
+            remaining = self.remaining;
+        } else {
+            args.clear();
+            let from = if self.pos == 0 {
+                self.line_from.max(1)
+            } else {
+                1
+            };
+            let Some(eol) = find_crlf(buf, from) else {
+                if buf.len() > limits.max_inline_len {
+                    return Err(ProtocolError::new("too big mbulk count string"));
+                }
+                self.line_from = from.max(buf.len() - 1);
+                return Ok(None);
+            };
+            let count = match parse_int(&buf[1..eol]) {
+                Some(n) if n <= i32::MAX as i64 => n,
+                _ => return Err(ProtocolError::new("invalid multibulk length")),
+            };
+            pos = eol + 2;
+            if count <= 0 {
+                return Ok(Some(Request {
+                    len: pos,
+                    kind: RequestKind::Empty,
+                }));
+            }
+            if count as usize > limits.max_args {
+                return Err(ProtocolError(format!(
+                    "invalid multibulk length ({count} arguments, limit is {})",
+                    limits.max_args
+                )));
+            }
+            remaining = count as usize;
+            self.count = remaining;
+            self.line_from = 0;
+        }
+        while remaining > 0 {
+            let Some(&first) = buf.get(pos) else {
+                self.save(pos, remaining, 0);
+                return Ok(None);
+            };
+            if first != b'$' {
+                return Err(ProtocolError(format!(
+                    "expected '$', got '{}'",
+                    char::from(first)
+                )));
+            }
+            let from = self.line_from.max(pos + 1);
+            let Some(eol) = find_crlf(buf, from) else {
+                if buf.len() - pos > limits.max_inline_len {
+                    return Err(ProtocolError::new("too big bulk count string"));
+                }
+                self.save(pos, remaining, from.max(buf.len() - 1));
+                return Ok(None);
+            };
+            self.line_from = 0;
+            let len = match parse_int(&buf[pos + 1..eol]) {
+                Some(n) if n >= 0 && n as u64 <= limits.max_bulk_len as u64 => n as usize,
+                _ => return Err(ProtocolError::new("invalid bulk length")),
+            };
+            let start = eol + 2;
+            let end = start + len;
+            if buf.len() < end + 2 {
+                // The body is not all here yet: resume at this argument, whose
+                // header line is known to end at `eol`.
+                self.save(pos, remaining, eol);
+                return Ok(None);
+            }
+            // Redis does not check the terminator bytes; it just skips two bytes.
+            args.push(start..end);
+            pos = end + 2;
+            remaining -= 1;
+        }
+        Ok(Some(Request {
+            len: pos,
+            kind: RequestKind::Multibulk,
+        }))
+    }
+
+    #[inline]
+    fn save(&mut self, pos: usize, remaining: usize, line_from: usize) {
+        self.pos = pos;
+        self.remaining = remaining;
+        self.line_from = line_from;
+    }
+
+    fn parse_inline(
+        &mut self,
+        buf: &[u8],
+        limits: &Limits,
+    ) -> Result<Option<Request>, ProtocolError> {
+        let from = self.line_from;
+        let Some(nl) = memchr(b'\n', &buf[from..]).map(|i| from + i) else {
+            if buf.len() > limits.max_inline_len {
+                return Err(ProtocolError::new("too big inline request"));
+            }
+            self.line_from = buf.len();
+            return Ok(None);
+        };
+        parse_inline_line(buf, nl, limits)
+    }
+}
+
 /// Parses one request at the start of `buf`.
 ///
 /// Returns `Ok(None)` when more bytes are needed. For multibulk requests, `args` is
-/// cleared and filled with the argument ranges (relative to `buf`).
+/// cleared and filled with the argument ranges (relative to `buf`). Callers that
+/// receive a request over several reads should keep a [`Parser`] instead, so that the
+/// request is not parsed again from its start on every read.
+#[inline]
 pub fn parse(
     buf: &[u8],
     limits: &Limits,
     args: &mut Vec<Range<usize>>,
 ) -> Result<Option<Request>, ProtocolError> {
-    args.clear();
-    match buf.first() {
-        None => Ok(None),
-        Some(b'*') => parse_multibulk(buf, limits, args),
-        Some(_) => parse_inline(buf, limits),
-    }
+    Parser::new().parse(buf, limits, args)
 }
 
-fn parse_multibulk(
+/// The inline request whose line ends with the `\n` at `nl`.
+fn parse_inline_line(
     buf: &[u8],
+    nl: usize,
     limits: &Limits,
-    args: &mut Vec<Range<usize>>,
 ) -> Result<Option<Request>, ProtocolError> {
-    let Some(eol) = find_crlf(buf, 1) else {
-        if buf.len() > limits.max_inline_len {
-            return Err(ProtocolError::new("too big mbulk count string"));
-        }
-        return Ok(None);
-    };
-    let count = match parse_int(&buf[1..eol]) {
-        Some(n) if n <= i32::MAX as i64 => n,
-        _ => return Err(ProtocolError::new("invalid multibulk length")),
-    };
-    let mut pos = eol + 2;
-    if count <= 0 {
-        return Ok(Some(Request {
-            len: pos,
-            kind: RequestKind::Empty,
-        }));
-    }
-    if count as usize > limits.max_args {
-        return Err(ProtocolError(format!(
-            "invalid multibulk length ({count} arguments, limit is {})",
-            limits.max_args
-        )));
-    }
-    for _ in 0..count {
-        let Some(&first) = buf.get(pos) else {
-            return Ok(None);
-        };
-        if first != b'$' {
-            return Err(ProtocolError(format!(
-                "expected '$', got '{}'",
-                char::from(first)
-            )));
-        }
-        let Some(eol) = find_crlf(buf, pos + 1) else {
-            if buf.len() - pos > limits.max_inline_len {
-                return Err(ProtocolError::new("too big bulk count string"));
-            }
-            return Ok(None);
-        };
-        let len = match parse_int(&buf[pos + 1..eol]) {
-            Some(n) if n >= 0 && n as u64 <= limits.max_bulk_len as u64 => n as usize,
-            _ => return Err(ProtocolError::new("invalid bulk length")),
-        };
-        let start = eol + 2;
-        let end = start + len;
-        if buf.len() < end + 2 {
-            return Ok(None);
-        }
-        // Redis does not check the terminator bytes; it just skips two bytes.
-        args.push(start..end);
-        pos = end + 2;
-    }
-    Ok(Some(Request {
-        len: pos,
-        kind: RequestKind::Multibulk,
-    }))
-}
-
-fn parse_inline(buf: &[u8], limits: &Limits) -> Result<Option<Request>, ProtocolError> {
-    let Some(nl) = memchr(b'\n', buf) else {
-        if buf.len() > limits.max_inline_len {
-            return Err(ProtocolError::new("too big inline request"));
-        }
-        return Ok(None);
-    };
     let mut line = &buf[..nl];
     if let Some(stripped) = line.strip_suffix(b"\r") {
         line = stripped;
