@@ -65,27 +65,35 @@ fn memchr(needle: u8, hay: &[u8]) -> Option<usize> {
     hay.iter().position(|&b| b == needle)
 }
 
-/// Parses a signed decimal integer the way Redis's `string2ll` does (no spaces, no `+`).
+/// Parses a signed decimal integer exactly like Redis's `string2ll`: `0`, or an
+/// optional `-` followed by digits without a leading zero, within `i64`. There are no
+/// spaces, no `+`, no `-0` and no leading zeros (`00`, `01`, `-01` are refused).
 #[inline]
 pub fn parse_int(digits: &[u8]) -> Option<i64> {
     let (neg, body) = match digits.split_first() {
         Some((b'-', rest)) => (true, rest),
         _ => (false, digits),
     };
-    if body.is_empty() || body.len() > 19 {
-        return None;
-    }
-    if body.len() > 1 && body[0] == b'0' {
-        return None;
-    }
-    let mut v: i64 = 0;
-    for &d in body {
-        if !d.is_ascii_digit() {
-            return None;
+    match body {
+        [b'0'] if !neg => Some(0),
+        [b'1'..=b'9', ..] if body.len() <= 19 => {
+            let mut v: u64 = 0;
+            for &d in body {
+                if !d.is_ascii_digit() {
+                    return None;
+                }
+                // At most 19 digits: cannot overflow a u64.
+                v = v * 10 + u64::from(d - b'0');
+            }
+            if neg {
+                // Down to i64::MIN, whose magnitude is one more than i64::MAX.
+                (v <= 1 << 63).then(|| (v as i64).wrapping_neg())
+            } else {
+                i64::try_from(v).ok()
+            }
         }
-        v = v.checked_mul(10)?.checked_add((d - b'0') as i64)?;
+        _ => None,
     }
-    Some(if neg { -v } else { v })
 }
 
 /// A resumable request parser: parses one request at the start of the buffer,
@@ -573,6 +581,14 @@ mod tests {
         assert_eq!(parse_int(b"+1"), None);
         assert_eq!(parse_int(b""), None);
         assert_eq!(parse_int(b"99999999999999999999"), None);
+        assert_eq!(parse_int(b"-0"), None);
+        assert_eq!(parse_int(b"-"), None);
+        assert_eq!(parse_int(b"00"), None);
+        assert_eq!(parse_int(b"-01"), None);
+        assert_eq!(parse_int(b"9223372036854775807"), Some(i64::MAX));
+        assert_eq!(parse_int(b"9223372036854775808"), None);
+        assert_eq!(parse_int(b"-9223372036854775808"), Some(i64::MIN));
+        assert_eq!(parse_int(b"-9223372036854775809"), None);
     }
 
     #[test]
