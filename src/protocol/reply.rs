@@ -6,6 +6,8 @@
 //! understands every RESP2 and RESP3 type and is iterative (no recursion), so deep
 //! nesting cannot overflow the stack.
 
+use super::request::{memchr, plain_len_line};
+
 /// The upstream sent bytes that are not RESP.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 #[error("malformed reply from upstream: {0}")]
@@ -121,6 +123,21 @@ impl Scanner {
                 self.save(buf, pos, remaining, 0);
                 return Ok(None);
             };
+            // The common headers, `$<len>\r\n` and `*<len>\r\n` with a plain length,
+            // without a separate search for the line's end.
+            if tag == b'$' || tag == b'*' {
+                if let Some((n, eol)) = plain_len_line(buf, pos + 1) {
+                    pos = eol + 2;
+                    remaining -= 1;
+                    if tag == b'$' {
+                        pos = pos.saturating_add(n).saturating_add(2);
+                    } else {
+                        remaining = remaining.saturating_add(n as u64);
+                    }
+                    line_from = 0;
+                    continue;
+                }
+            }
             let from = line_from.max(pos + 1);
             line_from = 0;
             let Some(rel) = memchr(b'\n', &buf[from..]) else {
@@ -199,11 +216,6 @@ impl Scanner {
         self.line_from = line_from;
         self.seen = buf.len();
     }
-}
-
-#[inline]
-fn memchr(needle: u8, hay: &[u8]) -> Option<usize> {
-    hay.iter().position(|&b| b == needle)
 }
 
 /// Scans one complete reply at the start of `buf`. `Ok(None)` means more bytes are

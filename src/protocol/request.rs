@@ -60,9 +60,28 @@ fn find_crlf(buf: &[u8], from: usize) -> Option<usize> {
     None
 }
 
+/// Position of the first `needle` in `hay`, eight bytes at a time.
 #[inline]
-fn memchr(needle: u8, hay: &[u8]) -> Option<usize> {
-    hay.iter().position(|&b| b == needle)
+pub(super) fn memchr(needle: u8, hay: &[u8]) -> Option<usize> {
+    const LO: u64 = 0x0101_0101_0101_0101;
+    const HI: u64 = 0x8080_8080_8080_8080;
+    let pattern = LO * u64::from(needle);
+    let mut chunks = hay.chunks_exact(8);
+    let mut at = 0;
+    for chunk in &mut chunks {
+        let mut word = [0u8; 8];
+        word.copy_from_slice(chunk);
+        let x = u64::from_le_bytes(word) ^ pattern;
+        // A byte of `x` is zero where `needle` is; the lowest flagged byte is exact
+        // (borrows only make bytes above a zero byte look zero).
+        let zero = x.wrapping_sub(LO) & !x & HI;
+        if zero != 0 {
+            return Some(at + (zero.trailing_zeros() / 8) as usize);
+        }
+        at += 8;
+    }
+    let tail = chunks.remainder();
+    tail.iter().position(|&b| b == needle).map(|i| at + i)
 }
 
 /// Parses a signed decimal integer exactly like Redis's `string2ll`: `0`, or an
@@ -94,6 +113,38 @@ pub fn parse_int(digits: &[u8]) -> Option<i64> {
         }
         _ => None,
     }
+}
+
+/// The fast path for a length line: when the bytes at `from` are a plain length (`0`,
+/// or up to 18 digits without a leading zero) followed by `\r\n`, returns the value
+/// and the offset of the `\r`. Any other line (signs, long numbers, garbage, not yet
+/// complete) returns `None` and goes through the general path, so the grammar stays
+/// the one the line search and `parse_int` define.
+#[inline(always)]
+pub(super) fn plain_len_line(buf: &[u8], from: usize) -> Option<(usize, usize)> {
+    let line = buf.get(from..)?;
+    let mut v = match *line.first()? {
+        b'0' => return (line.get(1..3)? == b"\r\n").then_some((0, from + 1)),
+        d @ b'1'..=b'9' => usize::from(d - b'0'),
+        _ => return None,
+    };
+    // At most 18 digits (the `\r` is at index 18 at the latest): no overflow, and the
+    // value fits an i64 like parse_int's.
+    let end = line.len().min(19);
+    let mut i = 1;
+    while i < end {
+        let c = line[i];
+        let d = c.wrapping_sub(b'0');
+        if d < 10 {
+            v = v * 10 + usize::from(d);
+            i += 1;
+        } else if c == b'\r' && line.get(i + 1) == Some(&b'\n') {
+            return Some((v, from + i));
+        } else {
+            return None;
+        }
+    }
+    None
 }
 
 /// A resumable request parser: parses one request at the start of the buffer,
@@ -172,24 +223,24 @@ impl Parser {
         if buf.len() < self.seen {
             self.reset();
         }
-        let r = match buf.first() {
+        match buf.first() {
             None => {
                 self.reset();
                 args.clear();
-                return Ok(None);
+                Ok(None)
             }
-            Some(b'*') => self.parse_multibulk(buf, limits, args),
+            Some(b'*') => {
+                let r = self.parse_multibulk(buf, limits, args);
+                if !matches!(r, Ok(None)) {
+                    self.reset();
+                }
+                r
+            }
             Some(_) => {
                 args.clear();
                 self.parse_inline(buf, limits)
             }
-        };
-        if matches!(r, Ok(None)) {
-            self.seen = buf.len();
-        } else {
-            self.reset();
         }
-        r
     }
 
     #[inline]
@@ -206,21 +257,27 @@ impl Parser {
             remaining = self.remaining;
         } else {
             args.clear();
-            let from = if self.pos == 0 {
-                self.line_from.max(1)
-            } else {
-                1
-            };
-            let Some(eol) = find_crlf(buf, from) else {
-                if buf.len() > limits.max_inline_len {
-                    return Err(ProtocolError::new("too big mbulk count string"));
+            let (count, eol) = match plain_len_line(buf, 1) {
+                Some((n, eol)) if n <= i32::MAX as usize => (n as i64, eol),
+                _ => {
+                    let from = if self.pos == 0 {
+                        self.line_from.max(1)
+                    } else {
+                        1
+                    };
+                    let Some(eol) = find_crlf(buf, from) else {
+                        if buf.len() > limits.max_inline_len {
+                            return Err(ProtocolError::new("too big mbulk count string"));
+                        }
+                        self.line_from = from.max(buf.len() - 1);
+                        self.seen = buf.len();
+                        return Ok(None);
+                    };
+                    match parse_int(&buf[1..eol]) {
+                        Some(n) if n <= i32::MAX as i64 => (n, eol),
+                        _ => return Err(ProtocolError::new("invalid multibulk length")),
+                    }
                 }
-                self.line_from = from.max(buf.len() - 1);
-                return Ok(None);
-            };
-            let count = match parse_int(&buf[1..eol]) {
-                Some(n) if n <= i32::MAX as i64 => n,
-                _ => return Err(ProtocolError::new("invalid multibulk length")),
             };
             pos = eol + 2;
             if count <= 0 {
@@ -241,7 +298,7 @@ impl Parser {
         }
         while remaining > 0 {
             let Some(&first) = buf.get(pos) else {
-                self.save(pos, remaining, 0);
+                self.save(buf, pos, remaining, 0);
                 return Ok(None);
             };
             if first != b'$' {
@@ -250,25 +307,32 @@ impl Parser {
                     char::from(first)
                 )));
             }
-            let from = self.line_from.max(pos + 1);
-            let Some(eol) = find_crlf(buf, from) else {
-                if buf.len() - pos > limits.max_inline_len {
-                    return Err(ProtocolError::new("too big bulk count string"));
+            let (len, eol) = match plain_len_line(buf, pos + 1) {
+                Some((n, eol)) if n <= limits.max_bulk_len => (n, eol),
+                _ => {
+                    let from = self.line_from.max(pos + 1);
+                    let Some(eol) = find_crlf(buf, from) else {
+                        if buf.len() - pos > limits.max_inline_len {
+                            return Err(ProtocolError::new("too big bulk count string"));
+                        }
+                        self.save(buf, pos, remaining, from.max(buf.len() - 1));
+                        return Ok(None);
+                    };
+                    match parse_int(&buf[pos + 1..eol]) {
+                        Some(n) if n >= 0 && n as u64 <= limits.max_bulk_len as u64 => {
+                            (n as usize, eol)
+                        }
+                        _ => return Err(ProtocolError::new("invalid bulk length")),
+                    }
                 }
-                self.save(pos, remaining, from.max(buf.len() - 1));
-                return Ok(None);
             };
             self.line_from = 0;
-            let len = match parse_int(&buf[pos + 1..eol]) {
-                Some(n) if n >= 0 && n as u64 <= limits.max_bulk_len as u64 => n as usize,
-                _ => return Err(ProtocolError::new("invalid bulk length")),
-            };
             let start = eol + 2;
             let end = start + len;
             if buf.len() < end + 2 {
                 // The body is not all here yet: resume at this argument, whose
                 // header line is known to end at `eol`.
-                self.save(pos, remaining, eol);
+                self.save(buf, pos, remaining, eol);
                 return Ok(None);
             }
             // Redis does not check the terminator bytes; it just skips two bytes.
@@ -283,10 +347,11 @@ impl Parser {
     }
 
     #[inline]
-    fn save(&mut self, pos: usize, remaining: usize, line_from: usize) {
+    fn save(&mut self, buf: &[u8], pos: usize, remaining: usize, line_from: usize) {
         self.pos = pos;
         self.remaining = remaining;
         self.line_from = line_from;
+        self.seen = buf.len();
     }
 
     fn parse_inline(
@@ -297,11 +362,16 @@ impl Parser {
         let from = self.line_from;
         let Some(nl) = memchr(b'\n', &buf[from..]).map(|i| from + i) else {
             if buf.len() > limits.max_inline_len {
+                self.reset();
                 return Err(ProtocolError::new("too big inline request"));
             }
             self.line_from = buf.len();
+            self.seen = buf.len();
             return Ok(None);
         };
+        if from != 0 || self.pos != 0 {
+            self.reset();
+        }
         parse_inline_line(buf, nl, limits)
     }
 }
@@ -589,6 +659,60 @@ mod tests {
         assert_eq!(parse_int(b"9223372036854775808"), None);
         assert_eq!(parse_int(b"-9223372036854775808"), Some(i64::MIN));
         assert_eq!(parse_int(b"-9223372036854775809"), None);
+    }
+
+    #[test]
+    fn memchr_finds_the_first_match() {
+        let mut rng = fastrand::Rng::with_seed(3);
+        for _ in 0..5000 {
+            let hay: Vec<u8> = (0..rng.usize(0..40))
+                .map(|_| *rng.choice(b"\r\n\x80\xffab\x0b\x01").unwrap())
+                .collect();
+            for needle in [b'\r', b'\n', 0x80, 0xff, 0x01] {
+                assert_eq!(
+                    memchr(needle, &hay),
+                    hay.iter().position(|&b| b == needle),
+                    "{hay:?} {needle}"
+                );
+            }
+        }
+    }
+
+    #[test]
+    fn plain_len_line_agrees_with_the_general_path() {
+        let lines: &[&[u8]] = &[
+            b"0\r\n",
+            b"7\r\n",
+            b"42\r\nrest",
+            b"00\r\n",
+            b"01\r\n",
+            b"-1\r\n",
+            b"+1\r\n",
+            b"1\r",
+            b"1",
+            b"",
+            b"1\rx",
+            b"1 \r\n",
+            b"999999999999999999\r\n",
+            b"9999999999999999999\r\n",
+            b"12\n",
+            b"\r\n",
+        ];
+        for line in lines {
+            let general = find_crlf(line, 0).and_then(|eol| {
+                let n = parse_int(&line[..eol])?;
+                Some((n, eol))
+            });
+            if let Some((n, eol)) = plain_len_line(line, 0) {
+                assert_eq!(general, Some((n as i64, eol)), "{line:?}");
+            }
+        }
+        assert_eq!(plain_len_line(b"*42\r\n", 1), Some((42, 3)));
+        assert_eq!(plain_len_line(b"0\r\n", 0), Some((0, 1)));
+        assert_eq!(
+            plain_len_line(b"999999999999999999\r\n", 0),
+            Some((999_999_999_999_999_999, 18))
+        );
     }
 
     #[test]
