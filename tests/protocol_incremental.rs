@@ -193,6 +193,12 @@ fn feed_replies(stream: &[u8], cuts: &[usize]) -> Outcome<Frame, ReplyError> {
             let got = scanner.scan(buf);
             let want = reply::scan(buf);
             assert_eq!(
+                want,
+                reference::reply::scan(buf),
+                "against the old scan: {:?}",
+                String::from_utf8_lossy(buf)
+            );
+            assert_eq!(
                 got,
                 want,
                 "stream {:?}, cuts {cuts:?}, buffer {base}..{end}",
@@ -237,6 +243,16 @@ fn feed_requests(stream: &[u8], cuts: &[usize], limits: &Limits) -> Outcome<Pars
             let buf = &stream[base..end];
             let got = parser.parse(buf, limits, &mut args);
             let want = request::parse(buf, limits, &mut want_args);
+            let mut old_args = Vec::new();
+            assert_eq!(
+                (&want, &want_args),
+                (
+                    &reference::request::parse(buf, limits, &mut old_args),
+                    &old_args
+                ),
+                "against the old parse: {:?}",
+                String::from_utf8_lossy(buf)
+            );
             assert_eq!(
                 (&got, &args),
                 (&want, &want_args),
@@ -812,4 +828,249 @@ fn reply_scanner_keeps_its_grammar_for_lengths() {
         reply::scan(b"*-9223372036854775808\r\n"),
         Err(ReplyError("bad aggregate length"))
     );
+}
+
+// ---------------------------------------------------------------------------------
+// The one-shot code as it was before it became resumable
+// ---------------------------------------------------------------------------------
+
+/// The one-shot reply scanner and request parser of commit 4f14891, verbatim except
+/// that requests use the current `parse_int` (now exactly `string2ll`: `-0` refused,
+/// `i64::MIN` accepted) and `ProtocolError(..)` replaces its private constructor. The
+/// rewritten code (with its fast paths) must agree with them on every input.
+mod reference {
+    pub mod reply {
+        use redis_sidecar::protocol::reply::{Frame, ReplyError};
+
+        /// Parses a signed decimal integer the way Redis's `string2ll` does (no spaces, no `+`).
+        #[inline]
+        pub fn parse_int(digits: &[u8]) -> Option<i64> {
+            let (neg, body) = match digits.split_first() {
+                Some((b'-', rest)) => (true, rest),
+                _ => (false, digits),
+            };
+            if body.is_empty() || body.len() > 19 {
+                return None;
+            }
+            if body.len() > 1 && body[0] == b'0' {
+                return None;
+            }
+            let mut v: i64 = 0;
+            for &d in body {
+                if !d.is_ascii_digit() {
+                    return None;
+                }
+                v = v.checked_mul(10)?.checked_add((d - b'0') as i64)?;
+            }
+            Some(if neg { -v } else { v })
+        }
+
+        #[inline]
+        fn line_end(buf: &[u8], from: usize) -> Option<usize> {
+            let rel = buf.get(from..)?.iter().position(|&b| b == b'\n')?;
+            let nl = from + rel;
+            if nl == from || buf[nl - 1] != b'\r' {
+                return None;
+            }
+            Some(nl - 1)
+        }
+
+        /// Scans one complete reply at the start of `buf`. `Ok(None)` means more bytes are needed.
+        pub fn scan(buf: &[u8]) -> Result<Option<Frame>, ReplyError> {
+            let Some(&first) = buf.first() else {
+                return Ok(None);
+            };
+            let mut pos = 0usize;
+            // Frames still to read, including the one at `pos`.
+            let mut remaining: u64 = 1;
+            while remaining > 0 {
+                let Some(&tag) = buf.get(pos) else {
+                    return Ok(None);
+                };
+                let Some(eol) = line_end(buf, pos + 1) else {
+                    if buf[pos..].contains(&b'\n') {
+                        return Err(ReplyError("line not terminated by CRLF"));
+                    }
+                    return Ok(None);
+                };
+                let header = &buf[pos + 1..eol];
+                pos = eol + 2;
+                remaining -= 1;
+                match tag {
+                    b'+' | b'-' | b':' | b'_' | b',' | b'#' | b'(' => {}
+                    b'$' | b'=' | b'!' => {
+                        let n = parse_int(header).ok_or(ReplyError("bad bulk length"))?;
+                        if n >= 0 {
+                            let end = pos + n as usize + 2;
+                            if buf.len() < end {
+                                return Ok(None);
+                            }
+                            pos = end;
+                        } else if n != -1 {
+                            return Err(ReplyError("negative bulk length"));
+                        }
+                    }
+                    b'*' | b'~' | b'>' => {
+                        let n = parse_int(header).ok_or(ReplyError("bad aggregate length"))?;
+                        if n > 0 {
+                            remaining += n as u64;
+                        }
+                    }
+                    b'%' => {
+                        let n = parse_int(header).ok_or(ReplyError("bad map length"))?;
+                        if n > 0 {
+                            remaining += 2 * n as u64;
+                        }
+                    }
+                    b'|' => {
+                        // Attributes: n pairs, then the frame they describe.
+                        let n = parse_int(header).ok_or(ReplyError("bad attribute length"))?;
+                        remaining += 2 * n.max(0) as u64 + 1;
+                    }
+                    _ => return Err(ReplyError("unknown type byte")),
+                }
+            }
+            Ok(Some(Frame {
+                len: pos,
+                is_error: matches!(first, b'-' | b'!'),
+                is_push: first == b'>',
+            }))
+        }
+    }
+
+    pub mod request {
+        use std::ops::Range;
+
+        use redis_sidecar::config::Limits;
+        use redis_sidecar::protocol::request::{
+            parse_int, split_args, ProtocolError, Request, RequestKind,
+        };
+
+        /// Position of the first `\r\n` in `buf` at or after `from`.
+        #[inline]
+        fn find_crlf(buf: &[u8], from: usize) -> Option<usize> {
+            let mut i = from;
+            while let Some(off) = memchr(b'\r', &buf[i..]) {
+                let p = i + off;
+                if p + 1 < buf.len() {
+                    if buf[p + 1] == b'\n' {
+                        return Some(p);
+                    }
+                    i = p + 1;
+                } else {
+                    return None;
+                }
+            }
+            None
+        }
+
+        #[inline]
+        fn memchr(needle: u8, hay: &[u8]) -> Option<usize> {
+            hay.iter().position(|&b| b == needle)
+        }
+
+        /// Parses one request at the start of `buf`.
+        ///
+        /// Returns `Ok(None)` when more bytes are needed. For multibulk requests, `args` is
+        /// cleared and filled with the argument ranges (relative to `buf`).
+        pub fn parse(
+            buf: &[u8],
+            limits: &Limits,
+            args: &mut Vec<Range<usize>>,
+        ) -> Result<Option<Request>, ProtocolError> {
+            args.clear();
+            match buf.first() {
+                None => Ok(None),
+                Some(b'*') => parse_multibulk(buf, limits, args),
+                Some(_) => parse_inline(buf, limits),
+            }
+        }
+
+        fn parse_multibulk(
+            buf: &[u8],
+            limits: &Limits,
+            args: &mut Vec<Range<usize>>,
+        ) -> Result<Option<Request>, ProtocolError> {
+            let Some(eol) = find_crlf(buf, 1) else {
+                if buf.len() > limits.max_inline_len {
+                    return Err(ProtocolError("too big mbulk count string".into()));
+                }
+                return Ok(None);
+            };
+            let count = match parse_int(&buf[1..eol]) {
+                Some(n) if n <= i32::MAX as i64 => n,
+                _ => return Err(ProtocolError("invalid multibulk length".into())),
+            };
+            let mut pos = eol + 2;
+            if count <= 0 {
+                return Ok(Some(Request {
+                    len: pos,
+                    kind: RequestKind::Empty,
+                }));
+            }
+            if count as usize > limits.max_args {
+                return Err(ProtocolError(format!(
+                    "invalid multibulk length ({count} arguments, limit is {})",
+                    limits.max_args
+                )));
+            }
+            for _ in 0..count {
+                let Some(&first) = buf.get(pos) else {
+                    return Ok(None);
+                };
+                if first != b'$' {
+                    return Err(ProtocolError(format!(
+                        "expected '$', got '{}'",
+                        char::from(first)
+                    )));
+                }
+                let Some(eol) = find_crlf(buf, pos + 1) else {
+                    if buf.len() - pos > limits.max_inline_len {
+                        return Err(ProtocolError("too big bulk count string".into()));
+                    }
+                    return Ok(None);
+                };
+                let len = match parse_int(&buf[pos + 1..eol]) {
+                    Some(n) if n >= 0 && n as u64 <= limits.max_bulk_len as u64 => n as usize,
+                    _ => return Err(ProtocolError("invalid bulk length".into())),
+                };
+                let start = eol + 2;
+                let end = start + len;
+                if buf.len() < end + 2 {
+                    return Ok(None);
+                }
+                // Redis does not check the terminator bytes; it just skips two bytes.
+                args.push(start..end);
+                pos = end + 2;
+            }
+            Ok(Some(Request {
+                len: pos,
+                kind: RequestKind::Multibulk,
+            }))
+        }
+
+        fn parse_inline(buf: &[u8], limits: &Limits) -> Result<Option<Request>, ProtocolError> {
+            let Some(nl) = memchr(b'\n', buf) else {
+                if buf.len() > limits.max_inline_len {
+                    return Err(ProtocolError("too big inline request".into()));
+                }
+                return Ok(None);
+            };
+            let mut line = &buf[..nl];
+            if let Some(stripped) = line.strip_suffix(b"\r") {
+                line = stripped;
+            }
+            let parts = split_args(line)
+                .ok_or_else(|| ProtocolError("unbalanced quotes in request".into()))?;
+            let kind = if parts.is_empty() {
+                RequestKind::Empty
+            } else {
+                if parts.len() > limits.max_args {
+                    return Err(ProtocolError("invalid multibulk length".into()));
+                }
+                RequestKind::Inline(parts)
+            };
+            Ok(Some(Request { len: nl + 1, kind }))
+        }
+    }
 }
