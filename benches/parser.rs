@@ -9,7 +9,9 @@
 use std::hint::black_box;
 use std::time::Duration;
 
-use criterion::{criterion_group, criterion_main, BenchmarkId, Criterion, Throughput};
+use criterion::{
+    criterion_group, criterion_main, BenchmarkId, Criterion, SamplingMode, Throughput,
+};
 use redis_sidecar::config::Limits;
 use redis_sidecar::protocol::{reply, request};
 
@@ -113,8 +115,9 @@ fn bench_big(c: &mut Criterion) {
     let mset = big_mset(1_000_001);
     let mut g = c.benchmark_group("big_request");
     g.sample_size(10)
+        .sampling_mode(SamplingMode::Flat)
         .warm_up_time(Duration::from_millis(500))
-        .measurement_time(Duration::from_secs(3));
+        .measurement_time(Duration::from_secs(2));
     g.throughput(Throughput::Bytes(mset.len() as u64));
     for chunk in CHUNKS {
         g.bench_function(BenchmarkId::new("mset_1M_args", chunk_name(chunk)), |b| {
@@ -138,8 +141,9 @@ fn bench_big(c: &mut Criterion) {
         let array = big_array(n);
         let mut g = c.benchmark_group("big_reply");
         g.sample_size(10)
+            .sampling_mode(SamplingMode::Flat)
             .warm_up_time(Duration::from_millis(500))
-            .measurement_time(Duration::from_secs(3));
+            .measurement_time(Duration::from_secs(2));
         g.throughput(Throughput::Bytes(array.len() as u64));
         for chunk in CHUNKS {
             let name = format!("array_{}M", n / 1_000_000);
