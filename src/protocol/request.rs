@@ -5,6 +5,10 @@
 //! can forward a run of requests upstream as one contiguous slice of its read buffer.
 //! Inline commands (`PING\r\n` as typed into telnet) are split like Redis's
 //! `sdssplitargs` and returned as owned arguments.
+//!
+//! A [`Parser`] keeps its place in a partial request between reads (the count, the
+//! arguments parsed so far, how far a line search went), so a request arriving in
+//! many reads is parsed once in total; [`parse`] is the same parser from scratch.
 
 use std::ops::Range;
 
