@@ -6,7 +6,7 @@
 //! understands every RESP2 and RESP3 type and is iterative (no recursion), so deep
 //! nesting cannot overflow the stack.
 
-use super::request::parse_int;
+use super::request::{memchr, plain_len_line};
 
 /// The upstream sent bytes that are not RESP.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
@@ -24,76 +24,206 @@ pub struct Frame {
     pub is_push: bool,
 }
 
+/// Parses a RESP length or integer header with the grammar `scan` has always used:
+/// an optional `-`, then `0` or digits without a leading zero, at most 19 of them,
+/// within `i64` (so `-0` is 0, and `i64::MIN` is refused).
 #[inline]
-fn line_end(buf: &[u8], from: usize) -> Option<usize> {
-    let rel = buf.get(from..)?.iter().position(|&b| b == b'\n')?;
-    let nl = from + rel;
-    if nl == from || buf[nl - 1] != b'\r' {
-        return None;
+fn header_int(digits: &[u8]) -> Option<i64> {
+    let (neg, body) = match digits.split_first() {
+        Some((b'-', rest)) => (true, rest),
+        _ => (false, digits),
+    };
+    match body {
+        [b'0'] => Some(0),
+        [b'1'..=b'9', ..] if body.len() <= 19 => {
+            let mut v: u64 = 0;
+            for &d in body {
+                if !d.is_ascii_digit() {
+                    return None;
+                }
+                // At most 19 digits: cannot overflow a u64.
+                v = v * 10 + u64::from(d - b'0');
+            }
+            let v = i64::try_from(v).ok()?;
+            Some(if neg { -v } else { v })
+        }
+        _ => None,
     }
-    Some(nl - 1)
 }
 
-/// Scans one complete reply at the start of `buf`. `Ok(None)` means more bytes are needed.
-pub fn scan(buf: &[u8]) -> Result<Option<Frame>, ReplyError> {
-    let Some(&first) = buf.first() else {
-        return Ok(None);
-    };
-    let mut pos = 0usize;
-    // Frames still to read, including the one at `pos`.
-    let mut remaining: u64 = 1;
-    while remaining > 0 {
-        let Some(&tag) = buf.get(pos) else {
-            return Ok(None);
-        };
-        let Some(eol) = line_end(buf, pos + 1) else {
-            if buf[pos..].contains(&b'\n') {
-                return Err(ReplyError("line not terminated by CRLF"));
-            }
-            return Ok(None);
-        };
-        let header = &buf[pos + 1..eol];
-        pos = eol + 2;
-        remaining -= 1;
-        match tag {
-            b'+' | b'-' | b':' | b'_' | b',' | b'#' | b'(' => {}
-            b'$' | b'=' | b'!' => {
-                let n = parse_int(header).ok_or(ReplyError("bad bulk length"))?;
-                if n >= 0 {
-                    let end = pos + n as usize + 2;
-                    if buf.len() < end {
-                        return Ok(None);
-                    }
-                    pos = end;
-                } else if n != -1 {
-                    return Err(ReplyError("negative bulk length"));
-                }
-            }
-            b'*' | b'~' | b'>' => {
-                let n = parse_int(header).ok_or(ReplyError("bad aggregate length"))?;
-                if n > 0 {
-                    remaining += n as u64;
-                }
-            }
-            b'%' => {
-                let n = parse_int(header).ok_or(ReplyError("bad map length"))?;
-                if n > 0 {
-                    remaining += 2 * n as u64;
-                }
-            }
-            b'|' => {
-                // Attributes: n pairs, then the frame they describe.
-                let n = parse_int(header).ok_or(ReplyError("bad attribute length"))?;
-                remaining += 2 * n.max(0) as u64 + 1;
-            }
-            _ => return Err(ReplyError("unknown type byte")),
+/// A resumable reply framer: finds where one reply ends, remembering between calls
+/// how far it got, so that a reply arriving in many reads is scanned once in total
+/// (O(reply size), not O(reply size × reads)).
+///
+/// Contract:
+/// - every call passes a buffer that starts at the first byte of the reply being
+///   framed; between calls the caller may only append bytes to it;
+/// - `Ok(Some(frame))` and `Err(_)` reset the scanner: the next call starts a new
+///   reply (the caller drops `frame.len` bytes, or the connection, first);
+/// - `Ok(None)` means more bytes are needed; the scanner keeps its place;
+/// - call [`Scanner::reset`] before passing a buffer that does not start at the same
+///   partial reply (e.g. after discarding the buffer of a broken connection).
+///
+/// At every call, the result is exactly what the one-shot [`scan`] returns for the
+/// same buffer.
+#[derive(Debug, Default, Clone, PartialEq, Eq)]
+pub struct Scanner {
+    /// Offset of the next element's type byte: every byte before it is scanned.
+    /// 0 while the top-level element's header is not complete.
+    pos: usize,
+    /// Elements still to read, including the one at `pos` (meaningful when `pos > 0`).
+    remaining: u64,
+    /// Where the search for the `\n` ending the header line at `pos` resumes
+    /// (0: from `pos + 1`).
+    line_from: usize,
+    /// Length of the buffer at the previous call: a shorter buffer means the caller
+    /// broke the contract, and the reply is scanned again from its start.
+    seen: usize,
+}
+
+impl Scanner {
+    /// A scanner at the start of a reply.
+    pub const fn new() -> Self {
+        Scanner {
+            pos: 0,
+            remaining: 0,
+            line_from: 0,
+            seen: 0,
         }
     }
-    Ok(Some(Frame {
-        len: pos,
-        is_error: matches!(first, b'-' | b'!'),
-        is_push: first == b'>',
-    }))
+
+    /// Forgets a partially scanned reply.
+    #[inline]
+    pub fn reset(&mut self) {
+        *self = Scanner::new();
+    }
+
+    /// Whether the scanner is partway through a reply.
+    #[inline]
+    pub fn in_progress(&self) -> bool {
+        self.pos != 0 || self.line_from != 0
+    }
+
+    /// Scans the reply at the start of `buf`, continuing where the previous call
+    /// stopped. `Ok(None)` means more bytes are needed.
+    #[inline]
+    pub fn scan(&mut self, buf: &[u8]) -> Result<Option<Frame>, ReplyError> {
+        let Some(&first) = buf.first() else {
+            return Ok(None);
+        };
+        if buf.len() < self.seen {
+            self.reset();
+        }
+        let mut pos = self.pos;
+        // Frames still to read, including the one at `pos`.
+        let mut remaining: u64 = if pos == 0 { 1 } else { self.remaining };
+        let mut line_from = self.line_from;
+        while remaining > 0 {
+            let Some(&tag) = buf.get(pos) else {
+                self.save(buf, pos, remaining, 0);
+                return Ok(None);
+            };
+            // The common headers, `$<len>\r\n` and `*<len>\r\n` with a plain length,
+            // without a separate search for the line's end.
+            if tag == b'$' || tag == b'*' {
+                if let Some((n, eol)) = plain_len_line(buf, pos + 1) {
+                    pos = eol + 2;
+                    remaining -= 1;
+                    if tag == b'$' {
+                        pos = pos.saturating_add(n).saturating_add(2);
+                    } else {
+                        remaining = remaining.saturating_add(n as u64);
+                    }
+                    line_from = 0;
+                    continue;
+                }
+            }
+            let from = line_from.max(pos + 1);
+            line_from = 0;
+            let Some(rel) = memchr(b'\n', &buf[from..]) else {
+                if tag == b'\n' {
+                    self.reset();
+                    return Err(ReplyError("line not terminated by CRLF"));
+                }
+                self.save(buf, pos, remaining, buf.len());
+                return Ok(None);
+            };
+            let nl = from + rel;
+            if nl == pos + 1 || buf[nl - 1] != b'\r' {
+                self.reset();
+                return Err(ReplyError("line not terminated by CRLF"));
+            }
+            let header = &buf[pos + 1..nl - 1];
+            pos = nl + 1;
+            remaining -= 1;
+            let step = match tag {
+                b'+' | b'-' | b':' | b'_' | b',' | b'#' | b'(' => Ok(()),
+                b'$' | b'=' | b'!' => match header_int(header) {
+                    Some(n) if n >= 0 => {
+                        pos = pos.saturating_add(n as usize).saturating_add(2);
+                        Ok(())
+                    }
+                    Some(-1) => Ok(()),
+                    Some(_) => Err(ReplyError("negative bulk length")),
+                    None => Err(ReplyError("bad bulk length")),
+                },
+                b'*' | b'~' | b'>' => match header_int(header) {
+                    Some(n) => {
+                        remaining = remaining.saturating_add(n.max(0) as u64);
+                        Ok(())
+                    }
+                    None => Err(ReplyError("bad aggregate length")),
+                },
+                b'%' => match header_int(header) {
+                    Some(n) => {
+                        remaining = remaining.saturating_add(2 * n.max(0) as u64);
+                        Ok(())
+                    }
+                    None => Err(ReplyError("bad map length")),
+                },
+                // Attributes: n pairs, then the frame they describe.
+                b'|' => match header_int(header) {
+                    Some(n) => {
+                        remaining = remaining.saturating_add(2 * n.max(0) as u64 + 1);
+                        Ok(())
+                    }
+                    None => Err(ReplyError("bad attribute length")),
+                },
+                _ => Err(ReplyError("unknown type byte")),
+            };
+            if let Err(e) = step {
+                self.reset();
+                return Err(e);
+            }
+        }
+        if buf.len() < pos {
+            // The last bulk string's body is not all here yet.
+            self.save(buf, pos, 0, 0);
+            return Ok(None);
+        }
+        self.reset();
+        Ok(Some(Frame {
+            len: pos,
+            is_error: matches!(first, b'-' | b'!'),
+            is_push: first == b'>',
+        }))
+    }
+
+    #[inline]
+    fn save(&mut self, buf: &[u8], pos: usize, remaining: u64, line_from: usize) {
+        self.pos = pos;
+        self.remaining = remaining;
+        self.line_from = line_from;
+        self.seen = buf.len();
+    }
+}
+
+/// Scans one complete reply at the start of `buf`. `Ok(None)` means more bytes are
+/// needed. Callers that receive a reply over several reads should keep a [`Scanner`]
+/// instead, so that the reply is not scanned again from its start on every read.
+#[inline]
+pub fn scan(buf: &[u8]) -> Result<Option<Frame>, ReplyError> {
+    Scanner::new().scan(buf)
 }
 
 /// `+text\r\n`

@@ -5,6 +5,10 @@
 //! can forward a run of requests upstream as one contiguous slice of its read buffer.
 //! Inline commands (`PING\r\n` as typed into telnet) are split like Redis's
 //! `sdssplitargs` and returned as owned arguments.
+//!
+//! A [`Parser`] keeps its place in a partial request between reads (the count, the
+//! arguments parsed so far, how far a line search went), so a request arriving in
+//! many reads is parsed once in total; [`parse`] is the same parser from scratch.
 
 use std::ops::Range;
 
@@ -60,121 +64,343 @@ fn find_crlf(buf: &[u8], from: usize) -> Option<usize> {
     None
 }
 
+/// Position of the first `needle` in `hay`, eight bytes at a time.
 #[inline]
-fn memchr(needle: u8, hay: &[u8]) -> Option<usize> {
-    hay.iter().position(|&b| b == needle)
+pub(super) fn memchr(needle: u8, hay: &[u8]) -> Option<usize> {
+    const LO: u64 = 0x0101_0101_0101_0101;
+    const HI: u64 = 0x8080_8080_8080_8080;
+    let pattern = LO * u64::from(needle);
+    let mut chunks = hay.chunks_exact(8);
+    let mut at = 0;
+    for chunk in &mut chunks {
+        let mut word = [0u8; 8];
+        word.copy_from_slice(chunk);
+        let x = u64::from_le_bytes(word) ^ pattern;
+        // A byte of `x` is zero where `needle` is; the lowest flagged byte is exact
+        // (borrows only make bytes above a zero byte look zero).
+        let zero = x.wrapping_sub(LO) & !x & HI;
+        if zero != 0 {
+            return Some(at + (zero.trailing_zeros() / 8) as usize);
+        }
+        at += 8;
+    }
+    let tail = chunks.remainder();
+    tail.iter().position(|&b| b == needle).map(|i| at + i)
 }
 
-/// Parses a signed decimal integer the way Redis's `string2ll` does (no spaces, no `+`).
+/// Parses a signed decimal integer exactly like Redis's `string2ll`: `0`, or an
+/// optional `-` followed by digits without a leading zero, within `i64`. There are no
+/// spaces, no `+`, no `-0` and no leading zeros (`00`, `01`, `-01` are refused).
 #[inline]
 pub fn parse_int(digits: &[u8]) -> Option<i64> {
     let (neg, body) = match digits.split_first() {
         Some((b'-', rest)) => (true, rest),
         _ => (false, digits),
     };
-    if body.is_empty() || body.len() > 19 {
-        return None;
+    match body {
+        [b'0'] if !neg => Some(0),
+        [b'1'..=b'9', ..] if body.len() <= 19 => {
+            let mut v: u64 = 0;
+            for &d in body {
+                if !d.is_ascii_digit() {
+                    return None;
+                }
+                // At most 19 digits: cannot overflow a u64.
+                v = v * 10 + u64::from(d - b'0');
+            }
+            if neg {
+                // Down to i64::MIN, whose magnitude is one more than i64::MAX.
+                (v <= 1 << 63).then(|| (v as i64).wrapping_neg())
+            } else {
+                i64::try_from(v).ok()
+            }
+        }
+        _ => None,
     }
-    if body.len() > 1 && body[0] == b'0' {
-        return None;
-    }
-    let mut v: i64 = 0;
-    for &d in body {
-        if !d.is_ascii_digit() {
+}
+
+/// The fast path for a length line: when the bytes at `from` are a plain length (`0`,
+/// or up to 18 digits without a leading zero) followed by `\r\n`, returns the value
+/// and the offset of the `\r`. Any other line (signs, long numbers, garbage, not yet
+/// complete) returns `None` and goes through the general path, so the grammar stays
+/// the one the line search and `parse_int` define.
+#[inline(always)]
+pub(super) fn plain_len_line(buf: &[u8], from: usize) -> Option<(usize, usize)> {
+    let line = buf.get(from..)?;
+    let mut v = match *line.first()? {
+        b'0' => return (line.get(1..3)? == b"\r\n").then_some((0, from + 1)),
+        d @ b'1'..=b'9' => usize::from(d - b'0'),
+        _ => return None,
+    };
+    // At most 18 digits (the `\r` is at index 18 at the latest): no overflow, and the
+    // value fits an i64 like parse_int's.
+    let end = line.len().min(19);
+    let mut i = 1;
+    while i < end {
+        let c = line[i];
+        let d = c.wrapping_sub(b'0');
+        if d < 10 {
+            v = v * 10 + usize::from(d);
+            i += 1;
+        } else if c == b'\r' && line.get(i + 1) == Some(&b'\n') {
+            return Some((v, from + i));
+        } else {
             return None;
         }
-        v = v.checked_mul(10)?.checked_add((d - b'0') as i64)?;
     }
-    Some(if neg { -v } else { v })
+    None
+}
+
+/// A resumable request parser: parses one request at the start of the buffer,
+/// remembering between calls how far it got, so that a request arriving in many
+/// reads is parsed once in total (O(request size), not O(request size × reads)).
+///
+/// Contract (see [`Parser::parse`]):
+/// - every call passes a buffer that starts at the first byte of the request being
+///   parsed; between calls the caller may only append bytes to it, and passes the
+///   same `args` vector back untouched;
+/// - `Ok(Some(_))` and `Err(_)` reset the parser: the next call starts a new request
+///   (the caller first drops the request's `len` bytes, or the connection);
+/// - `Ok(None)` means more bytes are needed; the parser keeps its place;
+/// - call [`Parser::reset`] before passing a buffer that does not start at the same
+///   partial request (e.g. after discarding buffered bytes).
+///
+/// At every call, the result (and `args`) is exactly what the one-shot [`parse`]
+/// returns for the same buffer.
+#[derive(Debug, Default, Clone, PartialEq, Eq)]
+pub struct Parser {
+    /// Multibulk: offset of the next argument's `$` (every byte before it is parsed),
+    /// or 0 while the count line is incomplete.
+    pos: usize,
+    /// Multibulk: the request's argument count (meaningful when `pos > 0`).
+    count: usize,
+    /// Multibulk: arguments still to parse, including the one at `pos`.
+    remaining: usize,
+    /// Where the search for the end of the current line resumes (0: from its start).
+    line_from: usize,
+    /// Length of the buffer at the previous call: a shorter buffer means the caller
+    /// broke the contract, and the request is parsed again from its start.
+    seen: usize,
+}
+
+impl Parser {
+    /// A parser at the start of a request.
+    pub const fn new() -> Self {
+        Parser {
+            pos: 0,
+            count: 0,
+            remaining: 0,
+            line_from: 0,
+            seen: 0,
+        }
+    }
+
+    /// Forgets a partially parsed request.
+    #[inline]
+    pub fn reset(&mut self) {
+        *self = Parser::new();
+    }
+
+    /// Whether the parser is partway through a request.
+    #[inline]
+    pub fn in_progress(&self) -> bool {
+        self.pos != 0 || self.line_from != 0
+    }
+
+    /// Parses the request at the start of `buf`, continuing where the previous call
+    /// stopped.
+    ///
+    /// Returns `Ok(None)` when more bytes are needed. For a multibulk request, `args`
+    /// receives the argument ranges (relative to `buf`): when a new request starts it
+    /// is cleared, and while the request is partial it holds the arguments parsed so
+    /// far, which the next call extends — so it must come back unchanged. (If its
+    /// length does not match, the parser starts the request over: slower, still
+    /// correct.) Limits are checked when the bytes they apply to are parsed; pass the
+    /// same limits for the whole request.
+    #[inline]
+    pub fn parse(
+        &mut self,
+        buf: &[u8],
+        limits: &Limits,
+        args: &mut Vec<Range<usize>>,
+    ) -> Result<Option<Request>, ProtocolError> {
+        if buf.len() < self.seen {
+            self.reset();
+        }
+        match buf.first() {
+            None => {
+                self.reset();
+                args.clear();
+                Ok(None)
+            }
+            Some(b'*') => {
+                let r = self.parse_multibulk(buf, limits, args);
+                if !matches!(r, Ok(None)) {
+                    self.reset();
+                }
+                r
+            }
+            Some(_) => {
+                args.clear();
+                self.parse_inline(buf, limits)
+            }
+        }
+    }
+
+    #[inline]
+    fn parse_multibulk(
+        &mut self,
+        buf: &[u8],
+        limits: &Limits,
+        args: &mut Vec<Range<usize>>,
+    ) -> Result<Option<Request>, ProtocolError> {
+        let mut pos;
+        let mut remaining;
+        if self.pos != 0 && args.len() + self.remaining == self.count {
+            pos = self.pos;
+            remaining = self.remaining;
+        } else {
+            args.clear();
+            let (count, eol) = match plain_len_line(buf, 1) {
+                Some((n, eol)) if n <= i32::MAX as usize => (n as i64, eol),
+                _ => {
+                    let from = if self.pos == 0 {
+                        self.line_from.max(1)
+                    } else {
+                        1
+                    };
+                    let Some(eol) = find_crlf(buf, from) else {
+                        if buf.len() > limits.max_inline_len {
+                            return Err(ProtocolError::new("too big mbulk count string"));
+                        }
+                        self.line_from = from.max(buf.len() - 1);
+                        self.seen = buf.len();
+                        return Ok(None);
+                    };
+                    match parse_int(&buf[1..eol]) {
+                        Some(n) if n <= i32::MAX as i64 => (n, eol),
+                        _ => return Err(ProtocolError::new("invalid multibulk length")),
+                    }
+                }
+            };
+            pos = eol + 2;
+            if count <= 0 {
+                return Ok(Some(Request {
+                    len: pos,
+                    kind: RequestKind::Empty,
+                }));
+            }
+            if count as usize > limits.max_args {
+                return Err(ProtocolError(format!(
+                    "invalid multibulk length ({count} arguments, limit is {})",
+                    limits.max_args
+                )));
+            }
+            remaining = count as usize;
+            self.count = remaining;
+            self.line_from = 0;
+        }
+        while remaining > 0 {
+            let Some(&first) = buf.get(pos) else {
+                self.save(buf, pos, remaining, 0);
+                return Ok(None);
+            };
+            if first != b'$' {
+                return Err(ProtocolError(format!(
+                    "expected '$', got '{}'",
+                    char::from(first)
+                )));
+            }
+            let (len, eol) = match plain_len_line(buf, pos + 1) {
+                Some((n, eol)) if n <= limits.max_bulk_len => (n, eol),
+                _ => {
+                    let from = self.line_from.max(pos + 1);
+                    let Some(eol) = find_crlf(buf, from) else {
+                        if buf.len() - pos > limits.max_inline_len {
+                            return Err(ProtocolError::new("too big bulk count string"));
+                        }
+                        self.save(buf, pos, remaining, from.max(buf.len() - 1));
+                        return Ok(None);
+                    };
+                    match parse_int(&buf[pos + 1..eol]) {
+                        Some(n) if n >= 0 && n as u64 <= limits.max_bulk_len as u64 => {
+                            (n as usize, eol)
+                        }
+                        _ => return Err(ProtocolError::new("invalid bulk length")),
+                    }
+                }
+            };
+            self.line_from = 0;
+            let start = eol + 2;
+            let end = start + len;
+            if buf.len() < end + 2 {
+                // The body is not all here yet: resume at this argument, whose
+                // header line is known to end at `eol`.
+                self.save(buf, pos, remaining, eol);
+                return Ok(None);
+            }
+            // Redis does not check the terminator bytes; it just skips two bytes.
+            args.push(start..end);
+            pos = end + 2;
+            remaining -= 1;
+        }
+        Ok(Some(Request {
+            len: pos,
+            kind: RequestKind::Multibulk,
+        }))
+    }
+
+    #[inline]
+    fn save(&mut self, buf: &[u8], pos: usize, remaining: usize, line_from: usize) {
+        self.pos = pos;
+        self.remaining = remaining;
+        self.line_from = line_from;
+        self.seen = buf.len();
+    }
+
+    fn parse_inline(
+        &mut self,
+        buf: &[u8],
+        limits: &Limits,
+    ) -> Result<Option<Request>, ProtocolError> {
+        let from = self.line_from;
+        let Some(nl) = memchr(b'\n', &buf[from..]).map(|i| from + i) else {
+            if buf.len() > limits.max_inline_len {
+                self.reset();
+                return Err(ProtocolError::new("too big inline request"));
+            }
+            self.line_from = buf.len();
+            self.seen = buf.len();
+            return Ok(None);
+        };
+        if from != 0 || self.pos != 0 {
+            self.reset();
+        }
+        parse_inline_line(buf, nl, limits)
+    }
 }
 
 /// Parses one request at the start of `buf`.
 ///
 /// Returns `Ok(None)` when more bytes are needed. For multibulk requests, `args` is
-/// cleared and filled with the argument ranges (relative to `buf`).
+/// cleared and filled with the argument ranges (relative to `buf`). Callers that
+/// receive a request over several reads should keep a [`Parser`] instead, so that the
+/// request is not parsed again from its start on every read.
+#[inline]
 pub fn parse(
     buf: &[u8],
     limits: &Limits,
     args: &mut Vec<Range<usize>>,
 ) -> Result<Option<Request>, ProtocolError> {
-    args.clear();
-    match buf.first() {
-        None => Ok(None),
-        Some(b'*') => parse_multibulk(buf, limits, args),
-        Some(_) => parse_inline(buf, limits),
-    }
+    Parser::new().parse(buf, limits, args)
 }
 
-fn parse_multibulk(
+/// The inline request whose line ends with the `\n` at `nl`.
+fn parse_inline_line(
     buf: &[u8],
+    nl: usize,
     limits: &Limits,
-    args: &mut Vec<Range<usize>>,
 ) -> Result<Option<Request>, ProtocolError> {
-    let Some(eol) = find_crlf(buf, 1) else {
-        if buf.len() > limits.max_inline_len {
-            return Err(ProtocolError::new("too big mbulk count string"));
-        }
-        return Ok(None);
-    };
-    let count = match parse_int(&buf[1..eol]) {
-        Some(n) if n <= i32::MAX as i64 => n,
-        _ => return Err(ProtocolError::new("invalid multibulk length")),
-    };
-    let mut pos = eol + 2;
-    if count <= 0 {
-        return Ok(Some(Request {
-            len: pos,
-            kind: RequestKind::Empty,
-        }));
-    }
-    if count as usize > limits.max_args {
-        return Err(ProtocolError(format!(
-            "invalid multibulk length ({count} arguments, limit is {})",
-            limits.max_args
-        )));
-    }
-    for _ in 0..count {
-        let Some(&first) = buf.get(pos) else {
-            return Ok(None);
-        };
-        if first != b'$' {
-            return Err(ProtocolError(format!(
-                "expected '$', got '{}'",
-                char::from(first)
-            )));
-        }
-        let Some(eol) = find_crlf(buf, pos + 1) else {
-            if buf.len() - pos > limits.max_inline_len {
-                return Err(ProtocolError::new("too big bulk count string"));
-            }
-            return Ok(None);
-        };
-        let len = match parse_int(&buf[pos + 1..eol]) {
-            Some(n) if n >= 0 && n as u64 <= limits.max_bulk_len as u64 => n as usize,
-            _ => return Err(ProtocolError::new("invalid bulk length")),
-        };
-        let start = eol + 2;
-        let end = start + len;
-        if buf.len() < end + 2 {
-            return Ok(None);
-        }
-        // Redis does not check the terminator bytes; it just skips two bytes.
-        args.push(start..end);
-        pos = end + 2;
-    }
-    Ok(Some(Request {
-        len: pos,
-        kind: RequestKind::Multibulk,
-    }))
-}
-
-fn parse_inline(buf: &[u8], limits: &Limits) -> Result<Option<Request>, ProtocolError> {
-    let Some(nl) = memchr(b'\n', buf) else {
-        if buf.len() > limits.max_inline_len {
-            return Err(ProtocolError::new("too big inline request"));
-        }
-        return Ok(None);
-    };
     let mut line = &buf[..nl];
     if let Some(stripped) = line.strip_suffix(b"\r") {
         line = stripped;
@@ -429,6 +655,68 @@ mod tests {
         assert_eq!(parse_int(b"+1"), None);
         assert_eq!(parse_int(b""), None);
         assert_eq!(parse_int(b"99999999999999999999"), None);
+        assert_eq!(parse_int(b"-0"), None);
+        assert_eq!(parse_int(b"-"), None);
+        assert_eq!(parse_int(b"00"), None);
+        assert_eq!(parse_int(b"-01"), None);
+        assert_eq!(parse_int(b"9223372036854775807"), Some(i64::MAX));
+        assert_eq!(parse_int(b"9223372036854775808"), None);
+        assert_eq!(parse_int(b"-9223372036854775808"), Some(i64::MIN));
+        assert_eq!(parse_int(b"-9223372036854775809"), None);
+    }
+
+    #[test]
+    fn memchr_finds_the_first_match() {
+        let mut rng = fastrand::Rng::with_seed(3);
+        for _ in 0..5000 {
+            let hay: Vec<u8> = (0..rng.usize(0..40))
+                .map(|_| *rng.choice(b"\r\n\x80\xffab\x0b\x01").unwrap())
+                .collect();
+            for needle in [b'\r', b'\n', 0x80, 0xff, 0x01] {
+                assert_eq!(
+                    memchr(needle, &hay),
+                    hay.iter().position(|&b| b == needle),
+                    "{hay:?} {needle}"
+                );
+            }
+        }
+    }
+
+    #[test]
+    fn plain_len_line_agrees_with_the_general_path() {
+        let lines: &[&[u8]] = &[
+            b"0\r\n",
+            b"7\r\n",
+            b"42\r\nrest",
+            b"00\r\n",
+            b"01\r\n",
+            b"-1\r\n",
+            b"+1\r\n",
+            b"1\r",
+            b"1",
+            b"",
+            b"1\rx",
+            b"1 \r\n",
+            b"999999999999999999\r\n",
+            b"9999999999999999999\r\n",
+            b"12\n",
+            b"\r\n",
+        ];
+        for line in lines {
+            let general = find_crlf(line, 0).and_then(|eol| {
+                let n = parse_int(&line[..eol])?;
+                Some((n, eol))
+            });
+            if let Some((n, eol)) = plain_len_line(line, 0) {
+                assert_eq!(general, Some((n as i64, eol)), "{line:?}");
+            }
+        }
+        assert_eq!(plain_len_line(b"*42\r\n", 1), Some((42, 3)));
+        assert_eq!(plain_len_line(b"0\r\n", 0), Some((0, 1)));
+        assert_eq!(
+            plain_len_line(b"999999999999999999\r\n", 0),
+            Some((999_999_999_999_999_999, 18))
+        );
     }
 
     #[test]
