@@ -274,7 +274,10 @@ impl Session {
         let log_commands = self.ctx.config.log_commands;
         self.client.touch(&self.ctx.clients);
         while !self.closing && !self.stalled {
-            let parsed = request::parse(&inbuf[run.len..], &self.ctx.config.limits, &mut self.args);
+            // Resumable: a request arriving over many reads is parsed once.
+            let parsed =
+                self.parser
+                    .parse(&inbuf[run.len..], &self.ctx.config.limits, &mut self.args);
             let req = match parsed {
                 Ok(Some(req)) => req,
                 Ok(None) => break,

@@ -50,6 +50,7 @@ use tokio_util::sync::CancellationToken;
 
 use crate::clients::Registration;
 use crate::context::Context;
+use crate::protocol::request;
 use crate::router::Database;
 
 use dispatch::encode;
@@ -117,6 +118,7 @@ pub async fn run(stream: TcpStream, ctx: Arc<Context>, id: u64, shutdown: Cancel
         state,
         queue: VecDeque::new(),
         out: Vec::with_capacity(16 * 1024),
+        parser: request::Parser::new(),
         args: Vec::new(),
         read_closed: false,
         closing: false,
@@ -142,6 +144,9 @@ struct Session {
     state: State,
     queue: VecDeque<Pending>,
     out: Vec<u8>,
+    /// The request parser, which keeps its place in a partial request.
+    parser: request::Parser,
+    /// The arguments of the request being parsed (ranges into the read buffer).
     args: Vec<Range<usize>>,
     /// No more bytes are read from the client (EOF or shutdown); what is buffered
     /// is still executed.

@@ -1,13 +1,13 @@
 //! Opening an upstream connection: TCP connect, then AUTH and SELECT once, all
 //! within the connect timeout.
 
-use bytes::BytesMut;
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::io::AsyncWriteExt;
 use tokio::net::TcpStream;
 
 use super::error::UpstreamError;
+use super::frames::Frames;
 use crate::config::UpstreamConfig;
-use crate::protocol::{reply, request::encode_command};
+use crate::protocol::request::encode_command;
 
 /// Connects to the upstream and prepares the connection (AUTH, `HELLO 3` for RESP3
 /// connections, SELECT).
@@ -63,12 +63,12 @@ async fn connect_inner(
         reason: "connection closed during setup".into(),
     };
     stream.write_all(&setup).await.map_err(|_| lost())?;
-    let mut buf = BytesMut::with_capacity(256);
+    let mut frames = Frames::new(256);
     let mut seen = 0;
     while seen < expected {
-        match reply::scan(&buf) {
-            Ok(Some(frame)) => {
-                let bytes = buf.split_to(frame.len);
+        match frames.next_frame() {
+            Ok(Some((frame, _))) => {
+                let bytes = frames.take();
                 if frame.is_error {
                     let text = String::from_utf8_lossy(&bytes[1..bytes.len() - 2]).into_owned();
                     return Err(UpstreamError::Handshake {
@@ -79,7 +79,7 @@ async fn connect_inner(
                 seen += 1;
             }
             Ok(None) => {
-                if stream.read_buf(&mut buf).await.map_err(|_| lost())? == 0 {
+                if frames.fill(&mut stream).await.map_err(|_| lost())? == 0 {
                     return Err(lost());
                 }
             }

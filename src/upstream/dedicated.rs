@@ -23,24 +23,24 @@ use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
 use std::sync::{Arc, Mutex};
 use std::time::Instant;
 
-use bytes::BytesMut;
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::io::AsyncWriteExt;
 use tokio::net::TcpStream;
 use tokio::sync::{mpsc, watch};
 
 use super::connect::connect;
 use super::error::UpstreamError;
+use super::frames::Frames;
 use super::mux::{Batch, BatchReply};
 use crate::command::Block;
 use crate::config::UpstreamConfig;
-use crate::protocol::reply;
+
 use crate::protocol::request::encode_command;
 
 /// A connection owned by one session at a time.
 #[derive(Debug)]
 pub struct ExclusiveConn {
     stream: TcpStream,
-    buf: BytesMut,
+    frames: Frames,
     broken: bool,
     addr: String,
     /// Redis's `CLIENT ID` for this connection (0 if Redis did not say).
@@ -60,7 +60,7 @@ impl ExclusiveConn {
         let stream = connect(cfg, resp3).await?;
         let mut conn = ExclusiveConn {
             stream,
-            buf: BytesMut::with_capacity(4096),
+            frames: Frames::new(4096),
             broken: false,
             addr: cfg.address(),
             id: 0,
@@ -121,15 +121,11 @@ impl ExclusiveConn {
         if self.stream.write_all(bytes).await.is_err() {
             return Err(lost(true));
         }
-        let mut scanned = 0;
         let mut done = 0;
         while done < count {
-            match reply::scan(&self.buf[scanned..]) {
-                Ok(Some(frame)) => {
-                    scanned += frame.len;
-                    done += 1;
-                }
-                Ok(None) => match self.stream.read_buf(&mut self.buf).await {
+            match self.frames.next_frame() {
+                Ok(Some(_)) => done += 1,
+                Ok(None) => match self.frames.fill(&mut self.stream).await {
                     Ok(n) if n > 0 => {}
                     _ => {
                         return Err(lost(true));
@@ -142,7 +138,7 @@ impl ExclusiveConn {
                 }
             }
         }
-        Ok(self.buf.split_to(scanned).freeze())
+        Ok(self.frames.take())
     }
 }
 

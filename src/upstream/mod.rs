@@ -5,6 +5,7 @@
 pub mod connect;
 pub mod dedicated;
 pub mod error;
+pub mod frames;
 pub mod health;
 pub mod mux;
 pub mod oob;

@@ -40,7 +40,7 @@ use std::collections::VecDeque;
 use std::sync::Arc;
 
 use bytes::{Bytes, BytesMut};
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::io::AsyncWriteExt;
 use tokio::net::tcp::OwnedReadHalf;
 use tokio::net::TcpStream;
 use tokio::sync::{mpsc, oneshot};
@@ -48,10 +48,10 @@ use tokio::time::{Duration, Instant};
 
 use super::connect::connect;
 use super::error::UpstreamError;
+use super::frames::Frames;
 use super::Observer;
 use crate::command::Block;
 use crate::config::UpstreamConfig;
-use crate::protocol::reply;
 use crate::stats::{self, DbStats};
 
 /// The replies to a batch, back to back as Redis sent them, or why there are none.
@@ -418,9 +418,8 @@ async fn read_loop(
     observer: Arc<dyn Observer>,
 ) -> Option<(UpstreamError, Vec<Batch>)> {
     let mut not_serving = false;
-    let mut buf = BytesMut::with_capacity(64 * 1024);
+    let mut frames = Frames::new(64 * 1024);
     let mut cur: Option<InFlight> = None;
-    let mut scanned = 0usize;
     let mut done = 0u32;
     let mut errors = 0u64;
     let sleep = tokio::time::sleep(timeout);
@@ -429,7 +428,7 @@ async fn read_loop(
     let err = 'conn: loop {
         loop {
             if cur.is_none() {
-                if buf.is_empty() {
+                if !frames.has_unread() {
                     break;
                 }
                 match prx.try_recv() {
@@ -441,13 +440,12 @@ async fn read_loop(
                 }
             }
             let Some(f) = cur.as_mut() else { break };
-            match reply::scan(&buf[scanned..]) {
-                Ok(Some(frame)) => {
-                    scanned += frame.len;
+            match frames.next_frame() {
+                Ok(Some((frame, at))) => {
                     done += 1;
                     if frame.is_error {
                         errors += 1;
-                        not_serving |= super::is_not_serving(&buf[scanned - frame.len..scanned]);
+                        not_serving |= super::is_not_serving(frames.bytes(at));
                     }
                     if done == f.batch.count {
                         if std::mem::take(&mut not_serving) {
@@ -455,7 +453,7 @@ async fn read_loop(
                         } else {
                             observer.success();
                         }
-                        let bytes = buf.split_to(scanned).freeze();
+                        let bytes = frames.take();
                         stats::sub(&stats.in_flight, f.batch.count as u64);
                         if errors > 0 {
                             stats::add(&stats.errors, errors);
@@ -466,7 +464,6 @@ async fn read_loop(
                                 attempts: f.batch.retry.attempts,
                             });
                         }
-                        scanned = 0;
                         done = 0;
                         errors = 0;
                     }
@@ -474,9 +471,6 @@ async fn read_loop(
                 Ok(None) => break,
                 Err(_) => break 'conn UpstreamError::Protocol { addr: addr.clone() },
             }
-        }
-        if buf.capacity() - buf.len() < 16 * 1024 {
-            buf.reserve(64 * 1024);
         }
         if cur.is_none() {
             match prx.try_recv() {
@@ -493,7 +487,7 @@ async fn read_loop(
         let read = match &cur {
             // Nothing in flight: wait for data or for the next batch.
             None => tokio::select! {
-                r = rd.read_buf(&mut buf) => r,
+                r = frames.fill(&mut rd) => r,
                 f = prx.recv() => {
                     match f {
                         Some(f) => cur = Some(f),
@@ -511,7 +505,7 @@ async fn read_loop(
                     armed = true;
                 }
                 tokio::select! {
-                    r = rd.read_buf(&mut buf) => r,
+                    r = frames.fill(&mut rd) => r,
                     _ = &mut sleep => {
                         if Instant::now() >= f.deadline {
                             break UpstreamError::Timeout { addr: addr.clone(), after: timeout };

@@ -13,15 +13,15 @@
 use std::sync::atomic::{AtomicUsize, Ordering::Relaxed};
 use std::sync::Arc;
 
-use bytes::{Bytes, BytesMut};
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use bytes::Bytes;
+use tokio::io::AsyncWriteExt;
 use tokio::net::tcp::{OwnedReadHalf, OwnedWriteHalf};
 use tokio::sync::mpsc;
 
 use super::connect::connect;
 use super::error::UpstreamError;
+use super::frames::Frames;
 use crate::config::UpstreamConfig;
-use crate::protocol::reply;
 
 /// Why a subscription's stream ended.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -92,12 +92,12 @@ async fn read_frames(
     queued: Arc<AtomicUsize>,
     limit: usize,
 ) {
-    let mut buf = BytesMut::with_capacity(16 * 1024);
+    let mut frames = Frames::new(16 * 1024);
     loop {
         loop {
-            match reply::scan(&buf) {
-                Ok(Some(frame)) => {
-                    let bytes = buf.split_to(frame.len).freeze();
+            match frames.next_frame() {
+                Ok(Some(_)) => {
+                    let bytes = frames.take();
                     if queued.fetch_add(bytes.len(), Relaxed) + bytes.len() > limit {
                         let _ = tx.send(Err(End::Overflow));
                         return;
@@ -113,10 +113,7 @@ async fn read_frames(
                 }
             }
         }
-        if buf.capacity() - buf.len() < 4096 {
-            buf.reserve(16 * 1024);
-        }
-        match rd.read_buf(&mut buf).await {
+        match frames.fill(&mut rd).await {
             Ok(n) if n > 0 => {}
             _ => {
                 let _ = tx.send(Err(End::Closed));
