@@ -177,7 +177,7 @@ impl Session {
             block: out.block,
             retry: Retry::new(self.state.id, out.readonly, &db.config.upstream),
         };
-        let held = match (out.target, self.mode.held()) {
+        let held = match (out.target, self.mode.held_mut()) {
             (Target::Held, Some(h)) => Some(h),
             _ => None,
         };
@@ -190,7 +190,11 @@ impl Session {
                         upstream_id: h.conn.upstream_id(),
                     }));
                 }
-                h.conn.send(batch);
+                // Pushes (tracking invalidations) Redis sent before this batch's
+                // replies are written before them.
+                for push in h.conn.send(batch) {
+                    self.queue.push_back(Pending::Ready(push));
+                }
                 false
             }
             None => {
