@@ -212,6 +212,7 @@ impl Session {
             shared,
             silent,
             select_after: out.select_after,
+            hook: None,
         }));
     }
 
@@ -233,6 +234,7 @@ impl Session {
             shared: true,
             silent,
             select_after: None,
+            hook: None,
         }));
     }
 
@@ -548,7 +550,8 @@ impl Session {
         // connection: they keep their place after the previous connection's replies.
         let forwards_elsewhere = matches!(route, Route::Client | Route::CrossDb)
             && self.conn_for(self.current_target()) != self.last;
-        if (route == Route::Hello || logs_in || moves_private || forwards_elsewhere)
+        let tracking = self.tracking_waits(route, inbuf, req);
+        if (route == Route::Hello || logs_in || moves_private || forwards_elsewhere || tracking)
             && self.waits_upstream()
         {
             return Some(true);
@@ -578,6 +581,9 @@ impl Session {
                 }
                 return None;
             }
+        }
+        if let Some(handled) = self.tracking_local(route, args, cmd.index()).await {
+            return handled;
         }
         if self.ctx.config.auth_passthrough {
             if let Some(creds) = local::credentials(route, args, self.state.resp3) {

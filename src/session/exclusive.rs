@@ -132,6 +132,9 @@ impl Session {
             Mode::Private(p) => !p.db.same_server(&self.state.db) || p.resp3 != self.state.resp3,
             _ => false,
         };
+        if stale && self.tracking.is_some() {
+            return self.tracking_switch_protocol().await;
+        }
         if stale {
             let resp3 = self.state.resp3;
             self.open_private(resp3).await?;

@@ -184,6 +184,8 @@ impl Session {
         match std::mem::replace(&mut self.mode, Mode::Shared) {
             Mode::Exclusive(held) if clean => held.conn.release(),
             Mode::Subscribed(s) => self.mode = Mode::Subscribed(s),
+            // The session's own connection closes, and its tracking with it.
+            Mode::Private(_) => self.tracking = None,
             _ => {}
         }
         if was_multi {
