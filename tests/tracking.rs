@@ -276,6 +276,7 @@ async fn resp2_redirect_to_a_client_subscribed_to_the_invalidate_channel() {
 async fn resp3_redirect_to_another_tracking_client_and_to_itself() {
     let redis = RedisServer::start();
     let proxy = start_proxy(proxy_config(&redis)).await;
+    let redis_addr = redis.addr();
     same_as_redis(redis.addr(), proxy.local_addr(), |addr| async move {
         let mut log = Vec::new();
         // b tracks too, so it has a connection of its own that gets pushes while idle.
@@ -293,6 +294,20 @@ async fn resp3_redirect_to_another_tracking_client_and_to_itself() {
         // a's invalidation goes to b.
         log.push(pushed(&mut b).await);
         a.assert_no_reply(Duration::from_millis(100)).await;
+        // b goes away: Redis tells a (RESP3) that its redirect is broken, naming
+        // the id a gave.
+        log.push(text(&a.cmd(&[b"GET", b"k"]).await));
+        drop(b);
+        let mut direct = AsyncRawClient::connect(redis_addr).await;
+        let deadline = Instant::now() + Duration::from_secs(5);
+        while text(&direct.cmd(&[b"CLIENT", b"LIST"]).await).contains(" flags=tB ") {
+            assert!(Instant::now() < deadline, "b's connection is still open");
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        w.cmd(&[b"SET", b"k", b"v2"]).await;
+        let b_reply = format!(":{bid}\r\n");
+        log.push(pushed(&mut a).await.replace(&b_reply, ":<b>\r\n"));
+        log.push(text(&a.cmd(&[b"CLIENT", b"TRACKINGINFO"]).await).replace(&b_reply, ":<b>\r\n"));
         // To itself.
         let aid = id_of(&mut a).await.to_string();
         log.push(text(
@@ -483,5 +498,83 @@ async fn tracking_off_returns_to_shared_connections_and_a_lost_tracking_connecti
     assert!(c.read_until_closed().await.is_empty());
     let mut fresh = AsyncRawClient::connect(proxy.local_addr()).await;
     assert_eq!(fresh.cmd(&[b"GET", b"k"]).await, b"$1\r\nv\r\n");
+    proxy.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn tracking_needs_authentication_and_a_blocked_tracking_client_can_be_unblocked() {
+    let redis = RedisServer::start();
+    let mut config = proxy_config(&redis);
+    config.client_password = Some(redis_sidecar::config::Secret("pw".into()));
+    let proxy = start_proxy(config).await;
+    let mut c = AsyncRawClient::connect(proxy.local_addr()).await;
+    for args in [
+        &[&b"CLIENT"[..], b"TRACKING", b"ON"][..],
+        &[b"CLIENT", b"TRACKING", b"OFF"],
+        &[b"CLIENT", b"GETREDIR"],
+    ] {
+        assert_eq!(
+            text(&c.cmd(args).await),
+            "-NOAUTH Authentication required.\r\n",
+            "{args:?}"
+        );
+    }
+    assert_eq!(c.cmd(&[b"AUTH", b"pw"]).await, b"+OK\r\n");
+    assert_eq!(c.cmd(&[b"CLIENT", b"TRACKING", b"ON"]).await, b"+OK\r\n");
+    // CLIENT UNBLOCK reaches a tracking session blocked on its own connection.
+    let id = id_of(&mut c).await.to_string();
+    let mut other = AsyncRawClient::connect(proxy.local_addr()).await;
+    assert_eq!(other.cmd(&[b"AUTH", b"pw"]).await, b"+OK\r\n");
+    c.send(&resp_cmd(&[b"BLPOP", b"q", b"0"])).await;
+    let deadline = Instant::now() + Duration::from_secs(5);
+    loop {
+        let got = other.cmd(&[b"CLIENT", b"UNBLOCK", id.as_bytes()]).await;
+        if got == b":1\r\n" {
+            break;
+        }
+        assert_eq!(got, b":0\r\n");
+        assert!(Instant::now() < deadline, "never unblocked");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    assert_eq!(c.read_reply().await, b"*-1\r\n");
+    assert_eq!(c.cmd(&[b"CLIENT", b"GETREDIR"]).await, b":0\r\n");
+    proxy.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_logged_in_user_tracks_on_its_own_connection() {
+    let redis = RedisServer::start();
+    let (out, _) = support::redis_cli(
+        redis.port(),
+        &["ACL", "SETUSER", "alice", "on", ">pw", "~*", "&*", "+@all"],
+    );
+    assert!(out.contains("OK"), "{out}");
+    let mut config = proxy_config(&redis);
+    config.auth_passthrough = true;
+    let proxy = start_proxy(config).await;
+    let mut c = AsyncRawClient::connect(proxy.local_addr()).await;
+    assert!(c
+        .cmd(&[b"HELLO", b"3", b"AUTH", b"alice", b"pw"])
+        .await
+        .starts_with(b"%7"));
+    assert_eq!(c.cmd(&[b"CLIENT", b"TRACKING", b"ON"]).await, b"+OK\r\n");
+    assert_eq!(c.cmd(&[b"ACL", b"WHOAMI"]).await, b"$5\r\nalice\r\n");
+    assert_eq!(c.cmd(&[b"GET", b"k"]).await, b"_\r\n");
+    let mut w = AsyncRawClient::connect(proxy.local_addr()).await;
+    assert_eq!(w.cmd(&[b"SET", b"k", b"v"]).await, b"+OK\r\n");
+    assert_eq!(
+        pushed(&mut c).await,
+        ">2\r\n$10\r\ninvalidate\r\n*1\r\n$1\r\nk\r\n"
+    );
+    // Logging in again would need another connection: refused while tracking.
+    let refused = text(&c.cmd(&[b"AUTH", b"alice", b"pw"]).await);
+    assert!(
+        refused.starts_with("-ERR AUTH while CLIENT TRACKING is on"),
+        "{refused}"
+    );
+    // Tracking off: still alice, on the same connection.
+    assert_eq!(c.cmd(&[b"CLIENT", b"TRACKING", b"OFF"]).await, b"+OK\r\n");
+    assert_eq!(c.cmd(&[b"ACL", b"WHOAMI"]).await, b"$5\r\nalice\r\n");
+    assert_eq!(c.cmd(&[b"AUTH", b"alice", b"pw"]).await, b"+OK\r\n");
     proxy.shutdown().await;
 }

@@ -141,6 +141,10 @@ impl Session {
         args: &(dyn ArgList + Sync),
         cmd: u16,
     ) -> Option<Option<bool>> {
+        if !self.state.authenticated {
+            // `local::handle` answers NOAUTH.
+            return None;
+        }
         match route {
             Route::Client => match sub(args)? {
                 Sub::Tracking => Some(self.client_tracking(args, cmd).await),
