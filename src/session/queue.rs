@@ -136,7 +136,7 @@ impl Session {
         if let Some(front) = self.queue.front_mut() {
             let silent = matches!(front, Pending::Upstream(s) if s.silent);
             let own = matches!(front, Pending::Upstream(s) if !s.shared);
-            *front = Pending::Ready(match (silent, own && self.state.resp3) {
+            *front = Pending::Ready(match (silent, own) {
                 (false, _) => bytes,
                 // As on Redis, pushes (invalidations) still reach a client that
                 // turned replies off.
