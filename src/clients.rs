@@ -1,5 +1,5 @@
-//! The table of connected clients: what `CLIENT LIST` shows, and what `CLIENT KILL`
-//! and `CLIENT UNBLOCK` act on.
+//! The table of connected clients: what `CLIENT LIST` shows, and what `CLIENT KILL`,
+//! `CLIENT UNBLOCK` and `CLIENT TRACKING … REDIRECT` act on.
 //!
 //! Clients see the proxy as their Redis, so these commands are answered from the
 //! proxy's own sessions, never from the upstream connections they share. Each
@@ -7,8 +7,16 @@
 //! changes rarely (name, library, db, protocol, flags) sit behind a small mutex that
 //! only local commands and state changes take; the ones that change with every
 //! request (last command, last activity) are atomics, so the hot path never locks.
+//!
+//! `CLIENT TRACKING ON REDIRECT <id>` names a session; Redis needs the id of a
+//! connection. A session with an upstream connection of its own (subscriber,
+//! tracking or `auth_passthrough` connection) publishes it here ([`Client::own`]);
+//! for a session without one, the redirect goes to a *sink*: one idle RESP2
+//! connection per upstream server that is never subscribed, so Redis drops what is
+//! sent there, as it drops invalidations for a RESP2 client that is not subscribed
+//! ([`Clients::sink_id`]).
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, HashMap};
 use std::sync::atomic::{AtomicBool, AtomicU16, AtomicU64, Ordering::Relaxed};
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::Instant;
@@ -17,6 +25,8 @@ use tokio_util::sync::CancellationToken;
 
 use crate::command::table;
 use crate::router::Database;
+use crate::upstream::dedicated::{Dedicated, ExclusiveConn};
+use crate::upstream::UpstreamError;
 
 /// Every open client session.
 #[derive(Debug)]
@@ -26,6 +36,9 @@ pub struct Clients {
     /// second sampler), so recording activity never reads the clock.
     now_secs: AtomicU64,
     map: Mutex<BTreeMap<u64, Arc<Client>>>,
+    /// Per upstream server (`host:port`): the connection that stands for sessions
+    /// without one of their own as a `CLIENT TRACKING` redirect target.
+    sinks: tokio::sync::Mutex<HashMap<String, Dedicated>>,
 }
 
 impl Default for Clients {
@@ -34,6 +47,7 @@ impl Default for Clients {
             started: Instant::now(),
             now_secs: AtomicU64::new(0),
             map: Mutex::new(BTreeMap::new()),
+            sinks: tokio::sync::Mutex::new(HashMap::new()),
         }
     }
 }
@@ -57,6 +71,8 @@ pub struct ClientInfo {
     pub pubsub: bool,
     /// Inside MULTI.
     pub multi: bool,
+    /// `CLIENT TRACKING` is on: the redirect (`redir=`: 0 for none), and BCAST.
+    pub tracking: Option<(i64, bool)>,
 }
 
 /// One registered session.
@@ -80,13 +96,15 @@ pub struct Client {
     blocked: AtomicBool,
     info: Mutex<ClientInfo>,
     exclusive: Mutex<Option<Exclusive>>,
+    /// The session's own upstream connection, if it has one.
+    own: Mutex<Option<Exclusive>>,
 }
 
-/// The exclusive upstream connection a blocked session waits on, for
-/// `CLIENT UNBLOCK`.
+/// An upstream connection of a session's: the exclusive one a blocked session waits
+/// on (for `CLIENT UNBLOCK`), or its own (for `CLIENT TRACKING … REDIRECT`).
 #[derive(Debug, Clone)]
 pub struct Exclusive {
-    /// The database whose pool the connection came from.
+    /// The database (hence the server) the connection belongs to.
     pub db: Arc<Database>,
     /// Redis's `CLIENT ID` of the connection (0 until it is checked out).
     pub upstream_id: Arc<AtomicU64>,
@@ -137,6 +155,16 @@ impl Client {
         self.info.lock().unwrap_or_else(|e| e.into_inner())
     }
 
+    /// Publishes the session's own upstream connection (`None`: it has none).
+    pub fn set_own(&self, own: Option<Exclusive>) {
+        *self.own.lock().unwrap_or_else(|e| e.into_inner()) = own;
+    }
+
+    /// The session's own upstream connection, if it has one.
+    pub fn own(&self) -> Option<Exclusive> {
+        self.own.lock().unwrap_or_else(|e| e.into_inner()).clone()
+    }
+
     /// The exclusive connection the client is blocked on, if any.
     pub fn blocked_on(&self) -> Option<Exclusive> {
         self.exclusive
@@ -168,11 +196,17 @@ impl Client {
         if self.blocked.load(Relaxed) {
             flags.push('b');
         }
+        if let Some((_, bcast)) = info.tracking {
+            flags.push('t');
+            if bcast {
+                flags.push('B');
+            }
+        }
         if flags.is_empty() {
             flags.push('N');
         }
         format!(
-            "id={} addr={} laddr={} fd=0 name={} age={} idle={} flags={} db={} sub=0 psub=0 ssub=0 multi={} qbuf=0 qbuf-free=0 argv-mem=0 multi-mem=0 rbs=0 rbp=0 obl=0 oll=0 omem=0 tot-mem=0 events=r cmd={} user={} redir=-1 resp={} lib-name={} lib-ver={}\n",
+            "id={} addr={} laddr={} fd=0 name={} age={} idle={} flags={} db={} sub=0 psub=0 ssub=0 multi={} qbuf=0 qbuf-free=0 argv-mem=0 multi-mem=0 rbs=0 rbp=0 obl=0 oll=0 omem=0 tot-mem=0 events=r cmd={} user={} redir={} resp={} lib-name={} lib-ver={}\n",
             self.id,
             self.addr,
             self.laddr,
@@ -186,6 +220,7 @@ impl Client {
                 .get(self.last_cmd.load(Relaxed) as usize)
                 .map_or("NULL", |c| c.name),
             if info.user.is_empty() { "default" } else { &info.user },
+            info.tracking.map_or(-1, |(redir, _)| redir),
             info.resp.max(2),
             s(&info.lib_name),
             s(&info.lib_ver),
@@ -275,6 +310,7 @@ impl Clients {
                 ..ClientInfo::default()
             }),
             exclusive: Mutex::new(None),
+            own: Mutex::new(None),
         });
         self.lock().insert(id, client.clone());
         Registration {
@@ -294,6 +330,33 @@ impl Clients {
 
     fn lock(&self) -> MutexGuard<'_, BTreeMap<u64, Arc<Client>>> {
         self.map.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// The id of a connection to `db`'s server that is never subscribed (RESP2):
+    /// Redis drops invalidation messages redirected to it. Opened with the
+    /// database's credentials when first needed, and again after it closed.
+    pub async fn sink_id(&self, db: &Database) -> Result<u64, UpstreamError> {
+        let cfg = &db.config.upstream;
+        let mut sinks = self.sinks.lock().await;
+        let key = cfg.address();
+        if let Some(id) = sinks
+            .get(&key)
+            .map(|s| s.upstream_id().load(Relaxed))
+            .filter(|&id| id != 0)
+        {
+            return Ok(id);
+        }
+        let conn = ExclusiveConn::open(cfg, false, true).await?;
+        let sink = Dedicated::private(conn, db.label(), cfg.command_timeout, 0);
+        let id = sink.upstream_id().load(Relaxed);
+        if id == 0 {
+            return Err(UpstreamError::Connect {
+                addr: key,
+                reason: "CLIENT ID was not answered".into(),
+            });
+        }
+        sinks.insert(key, sink);
+        Ok(id)
     }
 
     /// One session by id.

@@ -17,11 +17,13 @@
 //!   queue.rs     the FIFO of replies; upstream failures rendered once
 //!   exclusive.rs MULTI/WATCH on a held connection, auth_passthrough login
 //!   pubsub.rs    subscribed sessions: streaming, counts, barrier
+//!   tracking.rs  CLIENT TRACKING: the tracking connection, pushes, REDIRECT ids
 //!   local.rs     commands the proxy answers itself (SELECT, AUTH, HELLO, CLIENT …)
 //! admin.rs       PROXY INFO / HEALTH / STATS / RESETSTATS / CIRCUIT
 //! metrics.rs     Prometheus /metrics (read from the same counters at scrape time)
 //! context.rs     what sessions share: config, router, client table, counters
-//! clients.rs     the table of client sessions (CLIENT LIST / KILL / UNBLOCK)
+//! clients.rs     the table of client sessions (CLIENT LIST / KILL / UNBLOCK,
+//!                TRACKING REDIRECT targets)
 //! router.rs      client db index -> Database (slots, pools, breaker, health, stats)
 //! resilience/    breaker, backoff, per-command latency stats (no I/O)
 //! upstream/      connection setup (AUTH/HELLO/SELECT), shared multiplexed slots

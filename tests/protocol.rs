@@ -361,15 +361,11 @@ async fn client_names_and_ids_are_per_session() {
         !text.contains("name=bob") && !text.contains("name=alice"),
         "{text}"
     );
-    // Tracking is not offered: turning it on is refused by name; the queries
-    // answer as Redis does for a client with tracking off (tests/clients.rs).
-    let r = a.cmd(&[b"CLIENT", b"TRACKING", b"on"]).await;
-    let t = String::from_utf8_lossy(&r).into_owned();
-    assert!(
-        t.starts_with("-ERR CLIENT TRACKING ON is not supported"),
-        "{t}"
-    );
+    // Tracking moves the session to a connection of its own, and the name stays
+    // the proxy's (tests/tracking.rs has the rest).
+    assert_eq!(a.cmd(&[b"CLIENT", b"TRACKING", b"on"]).await, b"+OK\r\n");
     assert_eq!(a.cmd(&[b"PING"]).await, b"+PONG\r\n");
+    assert_eq!(a.cmd(&[b"CLIENT", b"GETNAME"]).await, b"$-1\r\n");
     // CLIENT LIST describes the proxy's own sessions, names included.
     let list = a.cmd(&[b"CLIENT", b"LIST"]).await;
     let t = String::from_utf8_lossy(&list).into_owned();

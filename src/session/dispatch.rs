@@ -177,7 +177,7 @@ impl Session {
             block: out.block,
             retry: Retry::new(self.state.id, out.readonly, &db.config.upstream),
         };
-        let held = match (out.target, self.mode.held()) {
+        let held = match (out.target, self.mode.held_mut()) {
             (Target::Held, Some(h)) => Some(h),
             _ => None,
         };
@@ -190,7 +190,11 @@ impl Session {
                         upstream_id: h.conn.upstream_id(),
                     }));
                 }
-                h.conn.send(batch);
+                // Pushes (tracking invalidations) Redis sent before this batch's
+                // replies are written before them.
+                for push in h.conn.send(batch) {
+                    self.queue.push_back(Pending::Ready(push));
+                }
                 false
             }
             None => {
@@ -208,6 +212,7 @@ impl Session {
             shared,
             silent,
             select_after: out.select_after,
+            hook: None,
         }));
     }
 
@@ -229,6 +234,7 @@ impl Session {
             shared: true,
             silent,
             select_after: None,
+            hook: None,
         }));
     }
 
@@ -547,7 +553,8 @@ impl Session {
         // connection: they keep their place after the previous connection's replies.
         let forwards_elsewhere = matches!(route, Route::Client | Route::CrossDb)
             && self.conn_for(self.current_target()) != self.last;
-        if (route == Route::Hello || logs_in || moves_private || forwards_elsewhere)
+        let tracking = self.tracking_waits(route, inbuf, req);
+        if (route == Route::Hello || logs_in || moves_private || forwards_elsewhere || tracking)
             && self.waits_upstream()
         {
             return Some(true);
@@ -577,6 +584,9 @@ impl Session {
                 }
                 return None;
             }
+        }
+        if let Some(handled) = self.tracking_local(route, args, cmd.index()).await {
+            return handled;
         }
         if self.ctx.config.auth_passthrough {
             if let Some(creds) = local::credentials(route, args, self.state.resp3) {

@@ -100,9 +100,14 @@ impl Session {
     pub(super) async fn open_private(&mut self, resp3: bool) -> Result<(), Vec<u8>> {
         let db = self.state.db.clone();
         let cfg = self.upstream_cfg(&db);
-        match ExclusiveConn::open(&cfg, resp3, false).await {
+        match ExclusiveConn::open_own(&cfg, resp3).await {
             Ok(conn) => {
-                let conn = Dedicated::private(conn, db.label(), db.config.upstream.command_timeout);
+                let conn = Dedicated::private(
+                    conn,
+                    db.label(),
+                    db.config.upstream.command_timeout,
+                    self.ctx.config.limits.pubsub_buffer_limit,
+                );
                 self.hold_private(conn, db, resp3);
                 Ok(())
             }
@@ -127,6 +132,9 @@ impl Session {
             Mode::Private(p) => !p.db.same_server(&self.state.db) || p.resp3 != self.state.resp3,
             _ => false,
         };
+        if stale && self.tracking.is_some() {
+            return self.tracking_switch_protocol().await;
+        }
         if stale {
             let resp3 = self.state.resp3;
             self.open_private(resp3).await?;

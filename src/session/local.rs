@@ -525,8 +525,8 @@ fn client<L: ArgList + ?Sized>(state: &mut State, ctx: &Context, args: &L) -> Ou
                 err("ERR syntax error")
             }
         }
-        // Client-side caching is not offered (see TRACKING below): these answer
-        // as Redis does for a client with tracking off.
+        // With tracking off these answer as Redis does (with it on, `tracking.rs`
+        // sends them to the tracking connection; it handles CLIENT TRACKING too).
         b"TRACKINGINFO" if n == 2 => {
             let mut out = Vec::new();
             if state.resp3 {
@@ -545,8 +545,6 @@ fn client<L: ArgList + ?Sized>(state: &mut State, ctx: &Context, args: &L) -> Ou
         }
         b"GETREDIR" if n == 2 => Outcome::Reply(b":-1\r\n".to_vec()),
         b"CACHING" if n == 3 => err("ERR CLIENT CACHING can be called only when the client is in tracking mode with OPTIN or OPTOUT mode enabled"),
-        b"TRACKING" if n >= 3 && args.arg(2).eq_ignore_ascii_case(b"OFF") => ok(),
-        b"TRACKING" if n >= 3 => err("ERR CLIENT TRACKING ON is not supported by redis-sidecar: invalidation messages would arrive on a shared upstream connection"),
         b"HELP" | b"PAUSE" | b"UNPAUSE" => Outcome::Forward(None),
         b"" => wrong_args(args),
         _ => err(&format!(

@@ -27,6 +27,7 @@
 //! | `queue.rs` | the FIFO of replies, settling upstream answers, error texts |
 //! | `exclusive.rs` | MULTI/WATCH on a held connection, `auth_passthrough` login |
 //! | `pubsub.rs` | subscribed sessions: streaming, counts, the barrier |
+//! | `tracking.rs` | `CLIENT TRACKING`: the tracking connection, pushes, REDIRECT |
 //! | `local.rs` | commands the proxy answers itself |
 
 mod dispatch;
@@ -35,6 +36,7 @@ mod local;
 mod mode;
 mod pubsub;
 mod queue;
+mod tracking;
 
 use std::collections::VecDeque;
 use std::future::poll_fn;
@@ -132,6 +134,7 @@ pub async fn run(stream: TcpStream, ctx: Arc<Context>, id: u64, shutdown: Cancel
         client,
         awaiting_exec: false,
         login: None,
+        tracking: None,
     };
     session.publish();
     if let Err(e) = session.serve(stream).await {
@@ -175,6 +178,8 @@ struct Session {
     awaiting_exec: bool,
     /// `auth_passthrough`: the credentials the client logged in to Redis with.
     login: Option<Login>,
+    /// `CLIENT TRACKING` is on (on the session's own connection).
+    tracking: Option<tracking::Tracking>,
 }
 
 impl Session {
@@ -197,11 +202,18 @@ impl Session {
             let can_read =
                 !self.read_closed && !self.closing && !self.stalled && self.queue.len() < MAX_QUEUE;
             let queue = &mut self.queue;
-            let sub = match &mut self.mode {
-                Mode::Subscribed(s) => Some(&mut s.sub),
-                _ => None,
+            // The subscriber connection's frames, and the pushes of the session's
+            // own connection (tracking invalidations), parked or not.
+            let (sub, own) = match &mut self.mode {
+                Mode::Subscribed(s) => (
+                    Some(&mut s.sub),
+                    s.parked.as_mut().map(|p| &mut p.held.conn),
+                ),
+                Mode::Private(p) => (None, Some(&mut p.held.conn)),
+                _ => (None, None),
             };
             let has_sub = sub.is_some();
+            let has_pushes = own.as_ref().is_some_and(|c| c.watches_pushes());
             tokio::select! {
                 biased;
                 ev = poll_fn(|cx| match queue.front_mut() {
@@ -236,6 +248,12 @@ impl Session {
                         None => std::future::pending().await,
                     }
                 }, if has_sub => self.on_pubsub_frame(f),
+                p = async {
+                    match own {
+                        Some(conn) => conn.next_push().await,
+                        None => std::future::pending().await,
+                    }
+                }, if has_pushes => self.on_push(p),
                 _ = &mut cancelled, if !self.read_closed => {
                     self.read_closed = true;
                     if self.client.was_killed() {
@@ -266,5 +284,8 @@ impl Session {
         info.user = self.state.user.clone().unwrap_or_default();
         info.pubsub = matches!(self.mode, Mode::Subscribed(_));
         info.multi = self.mode.in_multi();
+        info.tracking = self.tracking_info();
+        drop(info);
+        self.client.set_own(self.own_conn());
     }
 }

@@ -4,8 +4,8 @@
 //! ```text
 //!            MULTI/WATCH/BLPOP…           EXEC/DISCARD/UNWATCH, blocking reply sent
 //!  Shared ───────────────────────▶ Exclusive ─────────────────────────────▶ Shared
-//!    │  ▲                                      AUTH (auth_passthrough)
-//!    │  └──────── RESET / QUIT ─────────────── Private ◀──────────── Shared
+//!    │  ▲                          AUTH (auth_passthrough), CLIENT TRACKING ON
+//!    │  └──── RESET / QUIT, TRACKING OFF ────── Private ◀──────────── Shared
 //!    │ SUBSCRIBE/MONITOR                          │ SUBSCRIBE (parked)
 //!    ▼                                            ▼
 //!  Subscribed ── last UNSUBSCRIBE, RESET ──▶ Shared, or the parked Private
@@ -32,8 +32,9 @@ pub(super) enum Mode {
     /// An exclusive connection from the database's pool, held for a transaction
     /// (MULTI … EXEC, WATCH) or a blocking call.
     Exclusive(Held),
-    /// `auth_passthrough`: the session's own connection, logged in as its user;
-    /// every request goes there.
+    /// The session's own connection — logged in as its user (`auth_passthrough`),
+    /// or tracking keys for it (`CLIENT TRACKING`); every request goes there. Pushes
+    /// Redis sends on it (invalidations) are streamed to the client.
     Private(Private),
     /// Subscribed (or MONITOR): requests go to the session's subscriber connection
     /// and every frame Redis sends on it is streamed back.
@@ -53,7 +54,7 @@ pub(super) struct Held {
     pub pending_select: Option<Arc<Database>>,
 }
 
-/// The session's own connection (`auth_passthrough`).
+/// The session's own connection (`auth_passthrough` login, `CLIENT TRACKING`).
 pub(super) struct Private {
     pub held: Held,
     /// The database (server) and protocol it was opened for.
@@ -163,8 +164,8 @@ impl Session {
         self.mode = Mode::Exclusive(Held::new(conn, self.checkouts));
     }
 
-    /// Makes `conn` (logged in as the session's user) the session's private
-    /// connection, replacing whatever it held.
+    /// Makes `conn` (logged in as the session's user, or the database's) the
+    /// session's private connection, replacing whatever it held.
     pub(super) fn hold_private(&mut self, conn: Dedicated, db: Arc<Database>, resp3: bool) {
         self.release(false);
         self.checkouts += 1;
@@ -176,7 +177,8 @@ impl Session {
         self.last = Conn::Held(self.checkouts);
     }
 
-    /// Lets go of an exclusive or private connection (back to Shared). `clean`:
+    /// Lets go of an exclusive or private connection (back to Shared; a private
+    /// connection's tracking ends with it). `clean`:
     /// the connection has no MULTI/WATCH state once its queued commands have run,
     /// so it goes back to the pool as it is (otherwise it is reset, or dropped).
     pub(super) fn release(&mut self, clean: bool) {
@@ -184,6 +186,8 @@ impl Session {
         match std::mem::replace(&mut self.mode, Mode::Shared) {
             Mode::Exclusive(held) if clean => held.conn.release(),
             Mode::Subscribed(s) => self.mode = Mode::Subscribed(s),
+            // The session's own connection closes, and its tracking with it.
+            Mode::Private(_) => self.tracking = None,
             _ => {}
         }
         if was_multi {

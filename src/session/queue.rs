@@ -12,6 +12,7 @@ use tokio::net::TcpStream;
 use tokio::sync::oneshot;
 use tokio::time::Instant;
 
+use super::tracking::{self, Hook};
 use super::Session;
 use crate::protocol::reply;
 use crate::router::Database;
@@ -51,6 +52,8 @@ pub(super) struct Sent {
     /// An EXEC whose transaction SELECTs this database: the session switches to it
     /// if EXEC ran the transaction.
     pub select_after: Option<Arc<Database>>,
+    /// A tracking command whose reply changes the session or is translated.
+    pub hook: Option<Hook>,
 }
 
 impl Session {
@@ -132,7 +135,14 @@ impl Session {
     fn finish_front(&mut self, bytes: Bytes) {
         if let Some(front) = self.queue.front_mut() {
             let silent = matches!(front, Pending::Upstream(s) if s.silent);
-            *front = Pending::Ready(if silent { Bytes::new() } else { bytes });
+            let own = matches!(front, Pending::Upstream(s) if !s.shared);
+            *front = Pending::Ready(match (silent, own) {
+                (false, _) => bytes,
+                // As on Redis, pushes (invalidations) still reach a client that
+                // turned replies off.
+                (true, true) => tracking::pushes_only(&bytes),
+                (true, false) => Bytes::new(),
+            });
         }
     }
 
@@ -161,6 +171,8 @@ impl Session {
                 sent.db.commands.record_retry(c as usize);
             }
         }
+        let hook = sent.hook.take();
+        let shared = sent.shared;
         let err = match reply {
             Ok(bytes) => {
                 record(sent, latency, true);
@@ -173,6 +185,11 @@ impl Session {
                         self.publish();
                     }
                 }
+                let bytes = if hook.is_some() || !shared {
+                    self.tracking_reply(hook, shared, bytes)
+                } else {
+                    bytes
+                };
                 self.finish_front(bytes);
                 return;
             }

@@ -13,16 +13,26 @@
 //! * client gone while a command is still waiting for its reply (a blocked BLPOP):
 //!   the connection's state is unknown, so it is discarded, never reused.
 //!
+//! A session's *own* connection (`auth_passthrough` login, `CLIENT TRACKING`) is served
+//! by the same task, and may carry RESP3 pushes (`>`: tracking invalidations) that
+//! are not replies. A round trip does not count them, and keeps them in the reply
+//! bytes where they arrived; while no command is in flight the task watches the
+//! socket and hands pushes to the session at once (see [`Dedicated::next_push`]). A
+//! push read after the session sent a batch the task has not started yet travels
+//! in front of that batch's reply instead, so the client gets every push exactly
+//! where Redis put it in the stream.
+//!
 //! A checkout that cannot be served says why: the manager keeps the last failure of
 //! opening a connection (refused, AUTH or SELECT rejected, not logged in) and a
 //! waiting checkout fails with it as soon as it happens, rather than after the
 //! connect timeout. Only when every pooled connection is checked out does the error
 //! say that they are all in use.
 
-use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering::Relaxed};
 use std::sync::{Arc, Mutex};
 use std::time::Instant;
 
+use bytes::{Bytes, BytesMut};
 use tokio::io::AsyncWriteExt;
 use tokio::net::TcpStream;
 use tokio::sync::{mpsc, watch};
@@ -31,10 +41,24 @@ use super::connect::connect;
 use super::error::UpstreamError;
 use super::frames::Frames;
 use super::mux::{Batch, BatchReply};
+use super::pubsub::End;
 use crate::command::Block;
 use crate::config::UpstreamConfig;
 
 use crate::protocol::request::encode_command;
+
+/// `HELLO` without arguments: the connection's details (its `id` among them) in the
+/// protocol it already speaks.
+pub(crate) const HELLO: &[u8] = b"*1\r\n$5\r\nHELLO\r\n";
+
+/// The `id` field of a `HELLO` reply (RESP2 array or RESP3 map).
+pub(crate) fn hello_id(reply: &[u8]) -> Option<u64> {
+    const KEY: &[u8] = b"$2\r\nid\r\n:";
+    let at = reply.windows(KEY.len()).position(|w| w == KEY)? + KEY.len();
+    let digits = &reply[at..];
+    let end = digits.iter().position(|&b| b == b'\r')?;
+    std::str::from_utf8(&digits[..end]).ok()?.parse().ok()
+}
 
 /// A connection owned by one session at a time.
 #[derive(Debug)]
@@ -98,6 +122,29 @@ impl ExclusiveConn {
         }
     }
 
+    /// Opens a session's own connection (see [`ExclusiveConn::open`]) and learns its
+    /// `CLIENT ID` from `HELLO`'s reply: every user may run `HELLO`, so a restricted
+    /// user's refusal never lands in Redis's ACL LOG. (A Redis without HELLO leaves
+    /// the id at 0.)
+    pub async fn open_own(
+        cfg: &UpstreamConfig,
+        resp3: bool,
+    ) -> Result<ExclusiveConn, UpstreamError> {
+        let mut conn = ExclusiveConn::open(cfg, resp3, false).await?;
+        let asked = tokio::time::timeout(cfg.connect_timeout, conn.round_trip(HELLO, 1)).await;
+        match asked {
+            Ok(Ok(reply)) => {
+                conn.id = hello_id(&reply).unwrap_or(0);
+                Ok(conn)
+            }
+            Ok(Err(e)) => Err(e),
+            Err(_) => Err(UpstreamError::Connect {
+                addr: cfg.address(),
+                reason: format!("timed out after {:?}", cfg.connect_timeout),
+            }),
+        }
+    }
+
     /// Writes `bytes` and reads `count` complete replies, returned back to back.
     ///
     /// Cancellation-safe for the pool: until the last reply is read the connection
@@ -124,7 +171,9 @@ impl ExclusiveConn {
         let mut done = 0;
         while done < count {
             match self.frames.next_frame() {
-                Ok(Some(_)) => done += 1,
+                // A push (tracking invalidation) keeps its place in the bytes but
+                // answers nothing.
+                Ok(Some((frame, _))) => done += u32::from(!frame.is_push),
                 Ok(None) => match self.frames.fill(&mut self.stream).await {
                     Ok(n) if n > 0 => {}
                     _ => {
@@ -296,6 +345,21 @@ enum Msg {
 pub struct Dedicated {
     tx: mpsc::UnboundedSender<Msg>,
     upstream_id: Arc<AtomicU64>,
+    /// An own connection's pushes (`None` for pooled connections, and once the
+    /// stream of pushes ended).
+    pushes: Option<PushRx>,
+}
+
+/// The session's end of an own connection's pushes.
+#[derive(Debug)]
+struct PushRx {
+    rx: mpsc::UnboundedReceiver<Result<Bytes, End>>,
+    /// Batches the session has sent (the gate of [`PushTx::deliver`]).
+    sent: Arc<Mutex<u64>>,
+    /// Bytes of pushes handed over and not yet taken by the session.
+    queued: Arc<AtomicUsize>,
+    /// The end of the stream, found while draining pushes in [`Dedicated::send`].
+    ended: Option<End>,
 }
 
 impl std::fmt::Debug for Msg {
@@ -311,37 +375,140 @@ impl std::fmt::Debug for Msg {
 impl Dedicated {
     /// Starts the task that checks out a connection and serves this session.
     pub fn start(pool: Pool, label: String, command_timeout: std::time::Duration) -> Dedicated {
-        Dedicated::spawn(Source::Pool(pool), label, command_timeout)
+        let upstream_id = Arc::new(AtomicU64::new(0));
+        Dedicated::spawn(
+            Source::Pool(pool),
+            label,
+            command_timeout,
+            upstream_id,
+            None,
+        )
     }
 
     /// Serves a session on a connection of its own (logged in as the session's
-    /// user): never pooled, closed when the session lets go.
+    /// user, or tracking keys for it): never pooled, closed when the session lets
+    /// go. Pushes Redis sends on it while no command is in flight are read at once
+    /// ([`Dedicated::next_push`]); past `push_limit` bytes not yet taken by the
+    /// session, the stream of pushes ends with [`End::Overflow`].
     pub fn private(
         conn: ExclusiveConn,
         label: String,
         command_timeout: std::time::Duration,
+        push_limit: usize,
     ) -> Dedicated {
-        Dedicated::spawn(Source::Own(conn), label, command_timeout)
+        let (tx, rx) = mpsc::unbounded_channel();
+        let sent = Arc::new(Mutex::new(0));
+        let queued = Arc::new(AtomicUsize::new(0));
+        let watch = PushTx {
+            tx,
+            sent: sent.clone(),
+            queued: queued.clone(),
+            limit: push_limit,
+            started: 0,
+            carry: BytesMut::new(),
+            live: true,
+        };
+        // Known at once (a session may name this connection right after opening it).
+        let upstream_id = Arc::new(AtomicU64::new(conn.id));
+        let pushes = PushRx {
+            rx,
+            sent,
+            queued,
+            ended: None,
+        };
+        Dedicated::spawn(
+            Source::Own(conn),
+            label,
+            command_timeout,
+            upstream_id,
+            Some((watch, pushes)),
+        )
     }
 
-    fn spawn(source: Source, label: String, command_timeout: std::time::Duration) -> Dedicated {
+    fn spawn(
+        source: Source,
+        label: String,
+        command_timeout: std::time::Duration,
+        upstream_id: Arc<AtomicU64>,
+        pushes: Option<(PushTx, PushRx)>,
+    ) -> Dedicated {
         let (tx, rx) = mpsc::unbounded_channel();
-        let upstream_id = Arc::new(AtomicU64::new(0));
-        tokio::spawn(run(source, rx, label, command_timeout, upstream_id.clone()));
-        Dedicated { tx, upstream_id }
+        let (watch, pushes) = pushes.unzip();
+        tokio::spawn(run(
+            source,
+            rx,
+            label,
+            command_timeout,
+            upstream_id.clone(),
+            watch,
+        ));
+        Dedicated {
+            tx,
+            upstream_id,
+            pushes,
+        }
     }
 
     /// Redis's `CLIENT ID` of the connection once it is checked out (0 before, and
-    /// after the connection is given back).
+    /// after the connection is given back or lost).
     pub fn upstream_id(&self) -> Arc<AtomicU64> {
         self.upstream_id.clone()
     }
 
-    /// Queues a batch for the exclusive connection.
-    pub fn send(&self, batch: Batch) {
+    /// Queues a batch for the exclusive connection. Returns the pushes read before
+    /// it: the session queues them in front of the batch's reply.
+    pub fn send(&mut self, batch: Batch) -> Vec<Bytes> {
+        let mut before = Vec::new();
+        if let Some(p) = &mut self.pushes {
+            // Counted under the gate: from now on the task puts what it reads in
+            // front of this batch's reply, and everything it handed over before
+            // is already in the channel.
+            let mut sent = p.sent.lock().unwrap_or_else(|e| e.into_inner());
+            *sent += 1;
+            while p.ended.is_none() {
+                match p.rx.try_recv() {
+                    Ok(Ok(push)) => {
+                        p.queued.fetch_sub(push.len(), Relaxed);
+                        before.push(push);
+                    }
+                    Ok(Err(end)) => p.ended = Some(end),
+                    Err(_) => break,
+                }
+            }
+        }
         if let Err(mpsc::error::SendError(Msg::Batch(b))) = self.tx.send(Msg::Batch(batch)) {
             drop(b);
         }
+        before
+    }
+
+    /// Whether this connection's pushes are watched (an own connection whose
+    /// stream of pushes has not ended).
+    pub fn watches_pushes(&self) -> bool {
+        self.pushes.is_some()
+    }
+
+    /// The next push Redis sent while no command was in flight, or why the stream
+    /// of pushes ended ([`End::Closed`]: the connection closed or lost its place in
+    /// the stream; [`End::Overflow`]: the session fell too far behind). After the
+    /// end, and on pooled connections, it never completes. Cancellation-safe.
+    pub async fn next_push(&mut self) -> Result<Bytes, End> {
+        let Some(p) = &mut self.pushes else {
+            return std::future::pending().await;
+        };
+        let got = match p.ended.take() {
+            Some(end) => Err(end),
+            None => match p.rx.recv().await {
+                Some(Ok(push)) => {
+                    p.queued.fetch_sub(push.len(), Relaxed);
+                    return Ok(push);
+                }
+                Some(Err(end)) => Err(end),
+                None => Err(End::Closed),
+            },
+        };
+        self.pushes = None;
+        got
     }
 
     /// A SELECT was sent on the connection (inside a transaction): before it goes
@@ -353,6 +520,68 @@ impl Dedicated {
     /// The connection's state is clean after the queued batches: return it as is.
     pub fn release(self) {
         let _ = self.tx.send(Msg::Release);
+    }
+}
+
+/// The task's end of an own connection's pushes.
+struct PushTx {
+    tx: mpsc::UnboundedSender<Result<Bytes, End>>,
+    /// Batches the session has sent.
+    sent: Arc<Mutex<u64>>,
+    queued: Arc<AtomicUsize>,
+    limit: usize,
+    /// Batches taken from the session so far.
+    started: u64,
+    /// Pushes read after the session sent a batch not yet started: they go in
+    /// front of that batch's reply.
+    carry: BytesMut,
+    /// Still watching (not after the connection closed or the session fell behind).
+    live: bool,
+}
+
+impl PushTx {
+    /// Hands on every complete push at the start of `conn`'s buffer. A reply there
+    /// (nothing was asked) means the stream is out of step.
+    fn deliver(&mut self, conn: &mut ExclusiveConn) -> Result<(), End> {
+        loop {
+            match conn.frames.next_frame() {
+                Ok(Some((frame, _))) if frame.is_push => {
+                    let push = conn.frames.take();
+                    let sent = self.sent.lock().unwrap_or_else(|e| e.into_inner());
+                    if *sent > self.started {
+                        // The session already counts on a batch's reply: this push
+                        // came first, so it goes first.
+                        self.carry.extend_from_slice(&push);
+                    } else {
+                        let len = push.len();
+                        if self.queued.fetch_add(len, Relaxed) + len > self.limit {
+                            return Err(End::Overflow);
+                        }
+                        if self.tx.send(Ok(push)).is_err() {
+                            self.queued.fetch_sub(len, Relaxed);
+                        }
+                    }
+                }
+                Ok(None) => return Ok(()),
+                Ok(Some(_)) | Err(_) => return Err(End::Closed),
+            }
+        }
+    }
+
+    /// Stops watching and tells the session why.
+    fn end(&mut self, end: End) {
+        self.live = false;
+        let _ = self.tx.send(Err(end));
+    }
+
+    /// A batch's reply, behind the pushes read before it started.
+    fn behind_carry(&mut self, reply: Bytes) -> Bytes {
+        if self.carry.is_empty() {
+            return reply;
+        }
+        let mut all = std::mem::take(&mut self.carry);
+        all.extend_from_slice(&reply);
+        all.freeze()
     }
 }
 
@@ -398,10 +627,19 @@ async fn run(
     label: String,
     command_timeout: std::time::Duration,
     upstream_id: Arc<AtomicU64>,
+    watch: Option<PushTx>,
 ) {
     let pool = match source {
         Source::Own(mut conn) => {
-            serve(&mut conn, &mut rx, command_timeout, &upstream_id, None).await;
+            serve(
+                &mut conn,
+                &mut rx,
+                command_timeout,
+                &upstream_id,
+                None,
+                watch,
+            )
+            .await;
             return;
         }
         Source::Pool(pool) => pool,
@@ -425,26 +663,57 @@ async fn run(
         command_timeout,
         &upstream_id,
         Some(home),
+        None,
     )
     .await;
 }
 
 /// Runs the session's batches on `conn` until it lets go. For a pooled connection
 /// (`home`: the pool's db index), leaves it clean for the next user or marks it
-/// broken so the pool drops it.
+/// broken so the pool drops it. With `watch` (an own connection), the socket is
+/// also read while no batch is in flight, and pushes are handed to the session.
 async fn serve(
     conn: &mut ExclusiveConn,
     rx: &mut mpsc::UnboundedReceiver<Msg>,
     command_timeout: std::time::Duration,
     upstream_id: &Arc<AtomicU64>,
     home: Option<u32>,
+    mut watch: Option<PushTx>,
 ) {
     upstream_id.store(conn.id, Relaxed);
     // Cleared however the task ends (the session may still be asked to unblock).
     let _cleared = ClearOnDrop(upstream_id.clone());
     let mut clean = false;
     let mut reselect = false;
-    while let Some(msg) = rx.recv().await {
+    loop {
+        let msg = match watch.as_mut().filter(|w| w.live && !conn.broken) {
+            Some(w) => {
+                // Pushes left behind a reply (or read just now) first.
+                if let Err(end) = w.deliver(conn) {
+                    conn.broken = true;
+                    upstream_id.store(0, Relaxed);
+                    w.end(end);
+                    continue;
+                }
+                tokio::select! {
+                    biased;
+                    m = rx.recv() => m,
+                    r = conn.frames.fill(&mut conn.stream) => {
+                        if !matches!(r, Ok(n) if n > 0) {
+                            // Closed while idle: the session hears of it now.
+                            conn.broken = true;
+                            upstream_id.store(0, Relaxed);
+                            w.end(End::Closed);
+                        }
+                        continue;
+                    }
+                }
+            }
+            None => rx.recv().await,
+        };
+        let Some(msg) = msg else {
+            break;
+        };
         let batch = match msg {
             Msg::Batch(b) => b,
             Msg::Release => {
@@ -456,6 +725,9 @@ async fn serve(
                 continue;
             }
         };
+        if let Some(w) = &mut watch {
+            w.started += 1;
+        }
         if conn.broken {
             let _ = batch.reply.send(
                 Err(UpstreamError::Lost {
@@ -486,6 +758,10 @@ async fn serve(
         };
         tokio::select! {
             r = conn.round_trip(&bytes, count) => {
+                let r = match &mut watch {
+                    Some(w) => r.map(|bytes| w.behind_carry(bytes)),
+                    None => r,
+                };
                 let _ = reply.send(r.into());
             }
             _ = sleep => {
@@ -534,5 +810,119 @@ struct ClearOnDrop(Arc<AtomicU64>);
 impl Drop for ClearOnDrop {
     fn drop(&mut self) {
         self.0.store(0, Relaxed);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::time::Duration;
+    use tokio::io::AsyncReadExt;
+    use tokio::net::TcpListener;
+
+    #[test]
+    fn reads_the_id_of_a_hello_reply() {
+        let resp2 = b"*14\r\n$6\r\nserver\r\n$5\r\nredis\r\n$7\r\nversion\r\n$6\r\n7.0.15\r\n$5\r\nproto\r\n:2\r\n$2\r\nid\r\n:1234\r\n$4\r\nmode\r\n$10\r\nstandalone\r\n";
+        assert_eq!(hello_id(resp2), Some(1234));
+        let resp3 = b"%7\r\n$6\r\nserver\r\n$5\r\nredis\r\n$5\r\nproto\r\n:3\r\n$2\r\nid\r\n:7\r\n";
+        assert_eq!(hello_id(resp3), Some(7));
+        assert_eq!(hello_id(b"-ERR unknown command 'HELLO'\r\n"), None);
+    }
+
+    /// A connection to a fake server that writes `chunks` in order (an empty one:
+    /// waits for a request first), then closes.
+    async fn scripted(chunks: Vec<&'static [u8]>) -> ExclusiveConn {
+        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        tokio::spawn(async move {
+            let (mut s, _) = listener.accept().await.unwrap();
+            let mut buf = [0u8; 1024];
+            for chunk in chunks {
+                if chunk.is_empty() {
+                    // Wait for a request first.
+                    if s.read(&mut buf).await.unwrap_or(0) == 0 {
+                        return;
+                    }
+                    continue;
+                }
+                s.write_all(chunk).await.unwrap();
+            }
+            // Then it closes.
+        });
+        ExclusiveConn {
+            stream: TcpStream::connect(addr).await.unwrap(),
+            frames: Frames::new(4096),
+            broken: false,
+            addr: addr.to_string(),
+            id: 0,
+        }
+    }
+
+    const PUSH: &[u8] = b">2\r\n$10\r\ninvalidate\r\n*1\r\n$1\r\nk\r\n";
+
+    #[tokio::test]
+    async fn pushes_in_a_round_trip_keep_their_place_and_are_not_counted() {
+        let mut conn = scripted(vec![
+            b"",
+            b">2\r\n$10\r\ninvalidate\r\n*1\r\n$1\r\nk\r\n+OK\r\n",
+            b">2\r\n$10\r\ninvalidate\r\n*1\r\n$1\r\nk\r\n$1\r\nv\r\n",
+        ])
+        .await;
+        let got = conn
+            .round_trip(b"*1\r\n$4\r\nPING\r\n*1\r\n$4\r\nPING\r\n", 2)
+            .await
+            .unwrap();
+        assert_eq!(
+            got.as_ref(),
+            [PUSH, b"+OK\r\n", PUSH, b"$1\r\nv\r\n"].concat().as_slice()
+        );
+        assert!(!conn.broken);
+    }
+
+    #[tokio::test]
+    async fn an_own_connection_hands_over_pushes_while_idle_and_in_order() {
+        let conn = scripted(vec![
+            // While idle: a push at once.
+            PUSH,
+            // A request: its reply, then a push behind it.
+            b"",
+            b"+OK\r\n>2\r\n$10\r\ninvalidate\r\n*1\r\n$1\r\nk\r\n",
+        ])
+        .await;
+        let mut d = Dedicated::private(conn, "test".into(), Duration::from_secs(5), 1 << 20);
+        let first = tokio::time::timeout(Duration::from_secs(5), d.next_push())
+            .await
+            .unwrap();
+        assert_eq!(first.unwrap().as_ref(), PUSH);
+        let (tx, rx) = tokio::sync::oneshot::channel();
+        let before = d.send(Batch {
+            bytes: Bytes::from_static(b"*1\r\n$4\r\nPING\r\n"),
+            count: 1,
+            reply: tx,
+            block: Block::No,
+            retry: crate::upstream::mux::Retry {
+                origin: 1,
+                readonly: false,
+                bound: tokio::time::Instant::now(),
+                attempts: 0,
+            },
+        });
+        assert!(before.is_empty());
+        let reply = tokio::time::timeout(Duration::from_secs(5), rx)
+            .await
+            .unwrap()
+            .unwrap();
+        assert_eq!(reply.reply.unwrap().as_ref(), b"+OK\r\n");
+        let after = tokio::time::timeout(Duration::from_secs(5), d.next_push())
+            .await
+            .unwrap();
+        assert_eq!(after.unwrap().as_ref(), PUSH);
+        // The server closes: the stream of pushes ends, once.
+        let end = tokio::time::timeout(Duration::from_secs(5), d.next_push())
+            .await
+            .unwrap();
+        assert_eq!(end, Err(End::Closed));
+        assert!(!d.watches_pushes());
+        assert_eq!(d.upstream_id().load(Relaxed), 0);
     }
 }

@@ -9,8 +9,13 @@
 //! [`End::Overflow`] (the session then disconnects the slow client, as Redis's
 //! `client-output-buffer-limit pubsub` does), so a slow subscriber cannot grow the
 //! proxy's memory without end.
+//!
+//! The connection also learns its `CLIENT ID` (from a `HELLO` written before the
+//! client's first request, whose reply the reader keeps to itself), so that a
+//! client tracking keys (`CLIENT TRACKING ON REDIRECT <this session>`) can have its
+//! invalidation messages sent here.
 
-use std::sync::atomic::{AtomicUsize, Ordering::Relaxed};
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering::Relaxed};
 use std::sync::Arc;
 
 use bytes::Bytes;
@@ -19,6 +24,7 @@ use tokio::net::tcp::{OwnedReadHalf, OwnedWriteHalf};
 use tokio::sync::mpsc;
 
 use super::connect::connect;
+use super::dedicated::{hello_id, HELLO};
 use super::error::UpstreamError;
 use super::frames::Frames;
 use crate::config::UpstreamConfig;
@@ -39,6 +45,8 @@ pub struct Subscription {
     frames: mpsc::UnboundedReceiver<Result<Bytes, End>>,
     queued: Arc<AtomicUsize>,
     reader: tokio::task::JoinHandle<()>,
+    /// Redis's `CLIENT ID` of the connection (0 until known, and once it closed).
+    upstream_id: Arc<AtomicU64>,
 }
 
 impl Subscription {
@@ -49,16 +57,37 @@ impl Subscription {
         resp3: bool,
     ) -> Result<Subscription, UpstreamError> {
         let stream = connect(cfg, resp3).await?;
-        let (rd, wr) = stream.into_split();
+        let (rd, mut wr) = stream.into_split();
+        // Answered before anything the client sends; the reader takes the id from it.
+        wr.write_all(HELLO)
+            .await
+            .map_err(|_| UpstreamError::Connect {
+                addr: cfg.address(),
+                reason: "connection closed during setup".into(),
+            })?;
         let (tx, frames) = mpsc::unbounded_channel();
         let queued = Arc::new(AtomicUsize::new(0));
-        let reader = tokio::spawn(read_frames(rd, tx, queued.clone(), limit));
+        let upstream_id = Arc::new(AtomicU64::new(0));
+        let reader = tokio::spawn(read_frames(
+            rd,
+            tx,
+            queued.clone(),
+            limit,
+            upstream_id.clone(),
+        ));
         Ok(Subscription {
             wr,
             frames,
             queued,
             reader,
+            upstream_id,
         })
+    }
+
+    /// Redis's `CLIENT ID` of this connection (0 until `HELLO` is answered, and
+    /// once the connection closed).
+    pub fn upstream_id(&self) -> Arc<AtomicU64> {
+        self.upstream_id.clone()
     }
 
     /// Writes a client request to the subscriber connection.
@@ -83,6 +112,7 @@ impl Drop for Subscription {
     fn drop(&mut self) {
         // Closing the connection makes Redis drop the subscriptions.
         self.reader.abort();
+        self.upstream_id.store(0, Relaxed);
     }
 }
 
@@ -91,11 +121,20 @@ async fn read_frames(
     tx: mpsc::UnboundedSender<Result<Bytes, End>>,
     queued: Arc<AtomicUsize>,
     limit: usize,
+    upstream_id: Arc<AtomicU64>,
 ) {
+    let _closed = ClearOnExit(upstream_id.clone());
     let mut frames = Frames::new(16 * 1024);
+    let mut hello = true;
     loop {
         loop {
             match frames.next_frame() {
+                Ok(Some(_)) if hello => {
+                    // The reply to the proxy's HELLO (an error on a Redis without it).
+                    hello = false;
+                    let reply = frames.take();
+                    upstream_id.store(hello_id(&reply).unwrap_or(0), Relaxed);
+                }
                 Ok(Some(_)) => {
                     let bytes = frames.take();
                     if queued.fetch_add(bytes.len(), Relaxed) + bytes.len() > limit {
@@ -120,6 +159,15 @@ async fn read_frames(
                 return;
             }
         }
+    }
+}
+
+/// Sets the connection's id to 0 when its reader ends (the connection is gone).
+struct ClearOnExit(Arc<AtomicU64>);
+
+impl Drop for ClearOnExit {
+    fn drop(&mut self) {
+        self.0.store(0, Relaxed);
     }
 }
 

@@ -1,0 +1,608 @@
+//! Client-side caching through the proxy: `CLIENT TRACKING` and its companions.
+//!
+//! Tracking is a property of one Redis connection, and Redis sends invalidation
+//! messages on it at any time, so a tracking session cannot stay on the shared
+//! connections. `CLIENT TRACKING ON` gives the session a connection of its own (the
+//! *private* mode of `auth_passthrough`, opened with the database's credentials or
+//! the session's login) and is sent there; every later request goes there too.
+//! That connection's task reads it while no command is in flight, so RESP3 pushes
+//! (`>2 invalidate …`) reach the client at once, also while it is idle, and pushes
+//! that arrive between replies stay exactly where Redis put them.
+//!
+//! * `CLIENT TRACKING OFF` (Redis's `+OK`) turns tracking off; a session that has no
+//!   other reason for its own connection (no `auth_passthrough` login, no WATCH)
+//!   goes back to the shared connections, and the tracking connection closes.
+//! * `REDIRECT <id>` names a proxy session (its `CLIENT ID` through the proxy).
+//!   It is sent to Redis as the id of that session's own upstream connection — its
+//!   subscriber connection (the RESP2 way: subscribed to `__redis__:invalidate`),
+//!   or its tracking / `auth_passthrough` connection (a RESP3 client gets pushes
+//!   there). A session without one gets the id of a connection that is never
+//!   subscribed, so Redis drops what it sends there, as it drops invalidations for a
+//!   RESP2 client that is not subscribed (see `crate::clients`). An id that is no
+//!   proxy session is sent as one no Redis client has, so Redis's own error
+//!   (`The client ID you want redirect to does not exist`) comes back, after any
+//!   other error Redis finds first.
+//! * `CLIENT GETREDIR` and `CLIENT TRACKINGINFO` are sent on the tracking
+//!   connection while tracking is on, and the redirect id in their replies (and in
+//!   `tracking-redir-broken` pushes) is translated back to the proxy session id.
+//!   `CLIENT CACHING` goes there too. With tracking off they keep the answers of
+//!   `local.rs`, which are Redis's for a client with tracking off.
+//! * While tracking is on, `SELECT` of a database on another upstream server,
+//!   `AUTH` with `auth_passthrough`, and `CLIENT TRACKING` inside a transaction are
+//!   refused (the tracking connection cannot follow them); `HELLO 2|3` switches the
+//!   protocol of the tracking connection in place, so what Redis tracks is kept. If
+//!   the tracking connection closes, the client's connection is closed, as a
+//!   subscriber's is: its cache would otherwise never be invalidated again.
+
+use bytes::{Bytes, BytesMut};
+use std::sync::atomic::Ordering::Relaxed;
+
+use super::dispatch::{encode, Outgoing, Target};
+use super::local;
+use super::mode::{Conn, Mode};
+use super::queue::{error_text, CmdList, Pending};
+use super::Session;
+use crate::clients::Exclusive;
+use crate::command::{table, ArgList, Block, Ranged, Route};
+use crate::protocol::reply;
+use crate::protocol::request::{parse_int, Request, RequestKind};
+use crate::router::Database;
+use crate::upstream::pubsub::End;
+
+/// What the session knows of its tracking, once Redis accepted `CLIENT TRACKING ON`.
+#[derive(Debug, Clone)]
+pub(super) struct Tracking {
+    /// REDIRECT: the proxy session the client named.
+    pub redirect: Option<u64>,
+    /// The Redis client id sent in its place.
+    pub upstream_redirect: u64,
+    /// BCAST mode.
+    pub bcast: bool,
+}
+
+/// What the reply to a forwarded tracking command changes.
+#[derive(Debug)]
+pub(super) enum Hook {
+    /// `CLIENT TRACKING ON|OFF`: on `+OK`, tracking becomes this.
+    Switch(Option<Tracking>),
+    /// `CLIENT GETREDIR` / `TRACKINGINFO`: the redirect id is translated back.
+    Redirect,
+}
+
+/// The tracking subcommands of CLIENT.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Sub {
+    Tracking,
+    Caching,
+    GetRedir,
+    TrackingInfo,
+}
+
+fn sub<L: ArgList + ?Sized>(args: &L) -> Option<Sub> {
+    let name = args.arg(1);
+    [
+        (&b"TRACKING"[..], Sub::Tracking),
+        (b"CACHING", Sub::Caching),
+        (b"GETREDIR", Sub::GetRedir),
+        (b"TRACKINGINFO", Sub::TrackingInfo),
+    ]
+    .into_iter()
+    .find(|(n, _)| name.eq_ignore_ascii_case(n))
+    .map(|(_, s)| s)
+}
+
+/// Where a REDIRECT argument points.
+enum Redirect {
+    /// Not a positive integer: sent as it is (Redis answers it).
+    Keep,
+    /// No such proxy session: sent as an id no Redis client has.
+    Missing,
+    /// Proxy session `.0`, standing upstream as Redis client `.1`.
+    Session(u64, u64),
+}
+
+/// Two databases on the same Redis server (whatever the credentials): a client id
+/// of one is a client id of the other.
+fn same_host(a: &Database, b: &Database) -> bool {
+    let (a, b) = (&a.config.upstream, &b.config.upstream);
+    a.host == b.host && a.port == b.port
+}
+
+fn error(text: &str) -> Vec<u8> {
+    let mut out = Vec::new();
+    reply::error(&mut out, text);
+    out
+}
+
+impl Session {
+    /// Before a local command consumes its request: `CLIENT TRACKING` waits until
+    /// every earlier reply has arrived (it may move the session to a connection of
+    /// its own; its outcome decides where later requests go).
+    pub(super) fn tracking_waits(&self, route: Route, inbuf: &BytesMut, req: &Request) -> bool {
+        if route != Route::Client {
+            return false;
+        }
+        let ranged = Ranged {
+            buf: &inbuf[..req.len.min(inbuf.len())],
+            ranges: &self.args,
+        };
+        let tracking = match &req.kind {
+            RequestKind::Inline(a) => sub(a),
+            _ => sub(&ranged),
+        };
+        tracking == Some(Sub::Tracking)
+    }
+
+    /// Handles a local command that concerns tracking. `None`: not one (or nothing
+    /// to do here); `Some(r)`: handled, `r` as `local()` returns it.
+    pub(super) async fn tracking_local(
+        &mut self,
+        route: Route,
+        args: &(dyn ArgList + Sync),
+        cmd: u16,
+    ) -> Option<Option<bool>> {
+        if !self.state.authenticated {
+            // `local::handle` answers NOAUTH.
+            return None;
+        }
+        match route {
+            Route::Client => match sub(args)? {
+                Sub::Tracking => Some(self.client_tracking(args, cmd).await),
+                s if self.tracking.is_some() => {
+                    let hook =
+                        (s != Sub::Caching && !self.mode.in_multi()).then_some(Hook::Redirect);
+                    self.forward(encode(args), Target::Held, cmd, hook).await;
+                    Some(None)
+                }
+                _ => None,
+            },
+            Route::Select if self.tracking.is_some() && args.count() == 2 => {
+                let db = parse_int(args.arg(1)).and_then(|i| self.ctx.router.get(i))?;
+                if db.same_server(&self.state.db) {
+                    return None;
+                }
+                self.push_reply(error(&format!(
+                    "ERR SELECT of database {} on another upstream server ({}) while CLIENT TRACKING is on is not supported by redis-sidecar",
+                    db.label(),
+                    db.config.upstream.address()
+                )));
+                Some(None)
+            }
+            Route::Auth | Route::Hello
+                if self.tracking.is_some()
+                    && self.ctx.config.auth_passthrough
+                    && local::credentials(route, args, self.state.resp3).is_some() =>
+            {
+                self.push_reply(
+                    b"-ERR AUTH while CLIENT TRACKING is on is not supported by redis-sidecar (turn tracking off first)\r\n"
+                        .to_vec(),
+                );
+                Some(None)
+            }
+            _ => None,
+        }
+    }
+
+    /// `CLIENT TRACKING …`.
+    async fn client_tracking(&mut self, args: &(dyn ArgList + Sync), cmd: u16) -> Option<bool> {
+        let mode = (args.count() >= 3).then(|| args.arg(2));
+        let on = mode.is_some_and(|m| m.eq_ignore_ascii_case(b"ON"));
+        let off = mode.is_some_and(|m| m.eq_ignore_ascii_case(b"OFF"));
+        let target = if self.mode.held().is_some() {
+            Target::Held
+        } else {
+            Target::Shared
+        };
+        if !on && !off {
+            // Malformed: Redis's own error, from the connection the session uses.
+            self.forward(encode(args), target, cmd, None).await;
+            return None;
+        }
+        if self.mode.in_multi() || (on && matches!(self.mode, Mode::Exclusive(_))) {
+            self.push_reply(
+                b"-ERR CLIENT TRACKING inside a transaction is not supported by redis-sidecar\r\n"
+                    .to_vec(),
+            );
+            return None;
+        }
+        if on && !self.mode.is_private() {
+            // A connection of its own, where Redis will send the invalidations.
+            let resp3 = self.state.resp3;
+            if let Err(refused) = self.open_private(resp3).await {
+                self.push_reply(refused);
+                return None;
+            }
+        }
+        // Published first: a session may redirect to itself.
+        self.publish();
+        let (encoded, tracking) = match self.translate(args, on).await {
+            Ok(t) => t,
+            Err(refused) => {
+                self.push_reply(refused);
+                self.after_switch();
+                return None;
+            }
+        };
+        let target = if self.mode.held().is_some() {
+            Target::Held
+        } else {
+            Target::Shared
+        };
+        self.forward(encoded, target, cmd, Some(Hook::Switch(tracking)))
+            .await;
+        // Later requests wait for the outcome: it decides where they go.
+        Some(true)
+    }
+
+    /// The request with every REDIRECT id translated for Redis (options walked as
+    /// Redis walks them), and the tracking state it asks for.
+    async fn translate(
+        &self,
+        args: &(dyn ArgList + Sync),
+        on: bool,
+    ) -> Result<(Vec<u8>, Option<Tracking>), Vec<u8>> {
+        let n = args.count();
+        let mut out: Vec<Vec<u8>> = (0..n).map(|i| args.arg(i).to_vec()).collect();
+        let mut tracking = Tracking {
+            redirect: None,
+            upstream_redirect: 0,
+            bcast: false,
+        };
+        let mut j = 3;
+        while j < n {
+            let more = j + 1 < n;
+            let opt = args.arg(j);
+            if opt.eq_ignore_ascii_case(b"REDIRECT") && more {
+                j += 1;
+                match self.redirect_target(args.arg(j)).await? {
+                    Redirect::Keep => {}
+                    Redirect::Missing => out[j] = i64::MAX.to_string().into_bytes(),
+                    Redirect::Session(id, upstream) => {
+                        out[j] = upstream.to_string().into_bytes();
+                        if tracking.redirect.is_none() {
+                            tracking.redirect = Some(id);
+                            tracking.upstream_redirect = upstream;
+                        }
+                    }
+                }
+            } else if opt.eq_ignore_ascii_case(b"PREFIX") && more {
+                j += 1;
+            } else if opt.eq_ignore_ascii_case(b"BCAST") {
+                tracking.bcast = true;
+            }
+            j += 1;
+        }
+        Ok((encode(&out[..]), on.then_some(tracking)))
+    }
+
+    /// What a REDIRECT argument names upstream (`Err`: the reply, when no
+    /// connection could stand for a session that has none).
+    async fn redirect_target(&self, arg: &[u8]) -> Result<Redirect, Vec<u8>> {
+        let Some(id) = parse_int(arg).filter(|&id| id > 0).map(|id| id as u64) else {
+            return Ok(Redirect::Keep);
+        };
+        let Some(client) = self.ctx.clients.get(id) else {
+            return Ok(Redirect::Missing);
+        };
+        let db = &self.state.db;
+        let own = client
+            .own()
+            .filter(|o| same_host(&o.db, db))
+            .map(|o| o.upstream_id.load(Relaxed))
+            .filter(|&up| up != 0);
+        if let Some(up) = own {
+            return Ok(Redirect::Session(id, up));
+        }
+        match self.ctx.clients.sink_id(db).await {
+            Ok(up) => Ok(Redirect::Session(id, up)),
+            Err(e) => Err(error(&error_text(db, &e, 1))),
+        }
+    }
+
+    /// Sends `bytes` (one request) to `target`; `hook` acts on its reply.
+    async fn forward(&mut self, bytes: Vec<u8>, target: Target, cmd: u16, hook: Option<Hook>) {
+        self.last = match (target, self.mode.held()) {
+            (Target::Held, Some(h)) => Conn::Held(h.id),
+            _ => self.shared_conn(),
+        };
+        let mut cmds = CmdList::new();
+        cmds.push(cmd);
+        let out = Outgoing {
+            bytes: Bytes::from(bytes),
+            count: 1,
+            target,
+            cmds,
+            readonly: false,
+            block: Block::No,
+            silent: std::mem::take(&mut self.skip_next),
+            select_after: None,
+        };
+        let db = self.state.db.clone();
+        let before = self.queue.len();
+        self.send(db, out).await;
+        let queued = self.queue.len() > before;
+        match self.queue.back_mut() {
+            Some(Pending::Upstream(sent)) if queued => sent.hook = hook,
+            // Refused before it was sent (circuit open): nothing changes.
+            _ if matches!(hook, Some(Hook::Switch(_))) => self.after_switch(),
+            _ => {}
+        }
+    }
+
+    /// After a `CLIENT TRACKING` request was answered (or refused): with tracking
+    /// off and no other reason to keep it, the session's own connection is let go.
+    fn after_switch(&mut self) {
+        if self.tracking.is_none() && self.login.is_none() {
+            if let Mode::Private(p) = &self.mode {
+                if !p.held.in_multi && !p.held.watching {
+                    self.release(false);
+                }
+            }
+        }
+        self.publish();
+    }
+
+    /// The reply of a batch sent to the tracking connection (`shared`: it was not),
+    /// after `hook`: redirect ids translated back, tracking switched.
+    pub(super) fn tracking_reply(
+        &mut self,
+        hook: Option<Hook>,
+        shared: bool,
+        bytes: Bytes,
+    ) -> Bytes {
+        let mut bytes = bytes;
+        if !shared {
+            if let Some(Tracking {
+                redirect: Some(id),
+                upstream_redirect,
+                ..
+            }) = self.tracking
+            {
+                bytes = broken_redirect(bytes, upstream_redirect, id);
+            }
+        }
+        match hook {
+            None => bytes,
+            Some(Hook::Switch(tracking)) => {
+                if &bytes[reply_at(&bytes)..] == b"+OK\r\n" {
+                    self.tracking = tracking;
+                }
+                self.after_switch();
+                bytes
+            }
+            Some(Hook::Redirect) => match &self.tracking {
+                Some(Tracking {
+                    redirect: Some(id), ..
+                }) => redirect_back(bytes, *id),
+                _ => bytes,
+            },
+        }
+    }
+
+    /// A push the session's own connection sent while no command was in flight, or
+    /// the end of its pushes.
+    pub(super) fn on_push(&mut self, push: Result<Bytes, End>) {
+        match push {
+            Ok(push) => {
+                let push = match self.tracking {
+                    Some(Tracking {
+                        redirect: Some(id),
+                        upstream_redirect,
+                        ..
+                    }) => broken_redirect(push, upstream_redirect, id),
+                    _ => push,
+                };
+                self.queue.push_back(Pending::Ready(push));
+            }
+            Err(End::Overflow) => {
+                tracing::warn!(
+                    session = self.state.id,
+                    peer = %self.state.peer,
+                    limit = self.ctx.config.limits.pubsub_buffer_limit,
+                    "disconnecting slow client: invalidation messages beyond limits.pubsub_buffer_limit"
+                );
+                self.queue.clear();
+                self.done = true;
+            }
+            Err(End::Closed) if self.tracking.is_some() => {
+                // Its cache would never be invalidated again: as with Redis, the
+                // client's connection closes and its library starts afresh.
+                tracing::info!(
+                    session = self.state.id,
+                    "tracking upstream connection closed; closing the client"
+                );
+                self.queue.clear();
+                self.done = true;
+            }
+            // Without tracking, the next command finds the connection gone.
+            Err(End::Closed) => {}
+        }
+    }
+
+    /// The session's own upstream connection (for REDIRECT from other sessions):
+    /// its subscriber connection while subscribed, else its private one.
+    pub(super) fn own_conn(&self) -> Option<Exclusive> {
+        match &self.mode {
+            Mode::Subscribed(s) => Some(Exclusive {
+                db: self.state.db.clone(),
+                upstream_id: s.sub.upstream_id(),
+            }),
+            Mode::Private(p) => Some(Exclusive {
+                db: p.db.clone(),
+                upstream_id: p.held.conn.upstream_id(),
+            }),
+            _ => None,
+        }
+    }
+
+    /// What CLIENT LIST shows of tracking: `redir=` and BCAST.
+    pub(super) fn tracking_info(&self) -> Option<(i64, bool)> {
+        self.tracking
+            .as_ref()
+            .map(|t| (t.redirect.map_or(0, |r| r as i64), t.bcast))
+    }
+
+    /// `HELLO 2|3` while tracking: the tracking connection switches protocol in
+    /// place (a new connection would not track what the client has cached). The
+    /// client gets the proxy's HELLO reply, not this one's.
+    pub(super) async fn tracking_switch_protocol(&mut self) -> Result<(), Vec<u8>> {
+        let resp3 = self.state.resp3;
+        match &mut self.mode {
+            Mode::Private(p) if p.db.same_server(&self.state.db) => p.resp3 = resp3,
+            _ => {
+                return Err(error(
+                    "ERR the tracking connection cannot follow this change (redis-sidecar)",
+                ))
+            }
+        }
+        let mut cmds = CmdList::new();
+        cmds.push(table::COUNT as u16);
+        let out = Outgoing {
+            bytes: Bytes::from(encode(
+                &[&b"HELLO"[..], if resp3 { b"3" } else { b"2" }][..],
+            )),
+            count: 1,
+            target: Target::Held,
+            cmds,
+            readonly: false,
+            block: Block::No,
+            silent: true,
+            select_after: None,
+        };
+        let db = self.state.db.clone();
+        self.send(db, out).await;
+        Ok(())
+    }
+}
+
+/// Where the reply proper starts in `bytes`, after the pushes in front of it.
+fn reply_at(bytes: &[u8]) -> usize {
+    let mut at = 0;
+    while let Ok(Some(frame)) = reply::scan(&bytes[at..]) {
+        if !frame.is_push || at + frame.len >= bytes.len() {
+            break;
+        }
+        at += frame.len;
+    }
+    at
+}
+
+/// Only the pushes of `bytes` (what a client that turned replies off still gets).
+pub(super) fn pushes_only(bytes: &Bytes) -> Bytes {
+    if !bytes.contains(&b'>') {
+        return Bytes::new();
+    }
+    let mut out = BytesMut::new();
+    let mut at = 0;
+    while let Ok(Some(frame)) = reply::scan(&bytes[at..]) {
+        if frame.is_push {
+            out.extend_from_slice(&bytes[at..at + frame.len]);
+        }
+        at += frame.len;
+    }
+    out.freeze()
+}
+
+/// `tracking-redir-broken` pushes naming `upstream` name proxy session `id`.
+fn broken_redirect(bytes: Bytes, upstream: u64, id: u64) -> Bytes {
+    const PUSH: &[u8] = b">2\r\n$21\r\ntracking-redir-broken\r\n:";
+    let from = format!("{upstream}\r\n");
+    let needle = [PUSH, from.as_bytes()].concat();
+    if !bytes.windows(needle.len()).any(|w| w == needle) {
+        return bytes;
+    }
+    let to = [PUSH, format!("{id}\r\n").as_bytes()].concat();
+    let mut out = BytesMut::with_capacity(bytes.len() + 16);
+    let mut at = 0;
+    while let Ok(Some(frame)) = reply::scan(&bytes[at..]) {
+        let f = &bytes[at..at + frame.len];
+        out.extend_from_slice(if f == needle { &to } else { f });
+        at += frame.len;
+    }
+    out.extend_from_slice(&bytes[at..]);
+    out.freeze()
+}
+
+/// The reply of GETREDIR (`:N`) or TRACKINGINFO (`redirect` → `:N`) with a
+/// positive N replaced by proxy session `id`.
+fn redirect_back(bytes: Bytes, id: u64) -> Bytes {
+    let at = reply_at(&bytes);
+    let body = &bytes[at..];
+    const KEY: &[u8] = b"$8\r\nredirect\r\n:";
+    let num = if body.starts_with(b":") {
+        1
+    } else {
+        match body.windows(KEY.len()).position(|w| w == KEY) {
+            Some(p) => p + KEY.len(),
+            None => return bytes,
+        }
+    };
+    let Some(len) = body[num..].iter().position(|&b| b == b'\r') else {
+        return bytes;
+    };
+    if parse_int(&body[num..num + len]).is_none_or(|n| n <= 0) {
+        return bytes;
+    }
+    let mut out = BytesMut::with_capacity(bytes.len() + 16);
+    out.extend_from_slice(&bytes[..at + num]);
+    out.extend_from_slice(id.to_string().as_bytes());
+    out.extend_from_slice(&body[num + len..]);
+    out.freeze()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const PUSH: &[u8] = b">2\r\n$10\r\ninvalidate\r\n*1\r\n$1\r\nk\r\n";
+
+    #[test]
+    fn translates_redirect_ids_back() {
+        let getredir = Bytes::from_static(b":42\r\n");
+        assert_eq!(redirect_back(getredir, 7).as_ref(), b":7\r\n");
+        for keep in [&b":0\r\n"[..], b":-1\r\n"] {
+            assert_eq!(redirect_back(Bytes::from_static(keep), 7).as_ref(), keep);
+        }
+        let info = Bytes::from(
+            [
+                PUSH,
+                b"*6\r\n$5\r\nflags\r\n*1\r\n$2\r\non\r\n$8\r\nredirect\r\n:42\r\n$8\r\nprefixes\r\n*0\r\n",
+            ]
+            .concat(),
+        );
+        assert_eq!(
+            redirect_back(info, 7).as_ref(),
+            [
+                PUSH,
+                b"*6\r\n$5\r\nflags\r\n*1\r\n$2\r\non\r\n$8\r\nredirect\r\n:7\r\n$8\r\nprefixes\r\n*0\r\n",
+            ]
+            .concat()
+            .as_slice()
+        );
+    }
+
+    #[test]
+    fn finds_the_reply_behind_pushes_and_keeps_pushes_of_silent_replies() {
+        let both = Bytes::from([PUSH, b"+OK\r\n", PUSH].concat());
+        assert_eq!(&both[reply_at(&both)..], [&b"+OK\r\n"[..], PUSH].concat());
+        assert_eq!(
+            pushes_only(&both).as_ref(),
+            [PUSH, PUSH].concat().as_slice()
+        );
+        assert!(pushes_only(&Bytes::from_static(b"+OK\r\n")).is_empty());
+        let only_push = Bytes::from_static(PUSH);
+        assert_eq!(reply_at(&only_push), 0);
+    }
+
+    #[test]
+    fn translates_broken_redirect_pushes() {
+        let push = b">2\r\n$21\r\ntracking-redir-broken\r\n:42\r\n";
+        let bytes = Bytes::from([&push[..], b"+OK\r\n"].concat());
+        assert_eq!(
+            broken_redirect(bytes, 42, 7).as_ref(),
+            b">2\r\n$21\r\ntracking-redir-broken\r\n:7\r\n+OK\r\n"
+        );
+        let other = Bytes::from_static(b">2\r\n$21\r\ntracking-redir-broken\r\n:43\r\n");
+        assert_eq!(broken_redirect(other.clone(), 42, 7), other);
+    }
+}

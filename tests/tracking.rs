@@ -1,0 +1,580 @@
+//! Client-side caching through the proxy: `CLIENT TRACKING` puts the session on a
+//! connection of its own, invalidation messages reach the client as Redis sends
+//! them (RESP3 pushes, also while the client is idle; RESP2 `message`s on another
+//! client subscribed to `__redis__:invalidate` via REDIRECT), and the tracking
+//! queries answer as on Redis. Each scenario runs against redis-server directly and
+//! then through the proxy, and the two transcripts must be equal.
+
+mod support;
+
+use std::future::Future;
+use std::net::SocketAddr;
+use std::time::{Duration, Instant};
+
+use support::{proxy_config, resp_cmd, start_proxy, AsyncRawClient, RedisServer};
+
+fn text(reply: &[u8]) -> String {
+    String::from_utf8_lossy(reply).into_owned()
+}
+
+/// How long an invalidation may take to arrive at an idle client.
+const PROMPT: Duration = Duration::from_secs(1);
+
+/// Reads one frame that must arrive within [`PROMPT`] without the client asking.
+async fn pushed(c: &mut AsyncRawClient) -> String {
+    let started = Instant::now();
+    c.set_timeout(PROMPT * 2);
+    let frame = c.read_reply().await;
+    c.set_timeout(support::DEFAULT_TIMEOUT);
+    assert!(
+        started.elapsed() < PROMPT,
+        "arrived after {:?}",
+        started.elapsed()
+    );
+    text(&frame)
+}
+
+async fn id_of(c: &mut AsyncRawClient) -> u64 {
+    let r = text(&c.cmd(&[b"CLIENT", b"ID"]).await);
+    r.trim_start_matches(':').trim_end().parse().unwrap()
+}
+
+/// Runs `scenario` on a flushed server, first against Redis at `redis`, then
+/// through the proxy at `proxy`, and asserts the two transcripts are equal.
+async fn same_as_redis<F, Fut>(redis: SocketAddr, proxy: SocketAddr, scenario: F)
+where
+    F: Fn(SocketAddr) -> Fut,
+    Fut: Future<Output = Vec<String>>,
+{
+    let mut transcripts = Vec::new();
+    for addr in [redis, proxy] {
+        let mut admin = AsyncRawClient::connect(redis).await;
+        assert_eq!(admin.cmd(&[b"FLUSHALL"]).await, b"+OK\r\n");
+        transcripts.push(scenario(addr).await);
+    }
+    assert_eq!(
+        transcripts[1], transcripts[0],
+        "proxy (left) vs redis (right)"
+    );
+}
+
+/// A RESP3 client with tracking on.
+async fn resp3_tracking(
+    addr: SocketAddr,
+    options: &[&[u8]],
+    log: &mut Vec<String>,
+) -> AsyncRawClient {
+    let mut c = AsyncRawClient::connect(addr).await;
+    assert!(c.cmd(&[b"HELLO", b"3"]).await.starts_with(b"%7\r\n"));
+    let mut on: Vec<&[u8]> = vec![b"CLIENT", b"TRACKING", b"ON"];
+    on.extend_from_slice(options);
+    log.push(text(&c.cmd(&on).await));
+    c
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn resp3_invalidations_reach_an_idle_client_and_are_never_taken_for_replies() {
+    let redis = RedisServer::start();
+    let proxy = start_proxy(proxy_config(&redis)).await;
+    same_as_redis(redis.addr(), proxy.local_addr(), |addr| async move {
+        let mut log = Vec::new();
+        let mut c = resp3_tracking(addr, &[], &mut log).await;
+        let mut w = AsyncRawClient::connect(addr).await;
+        log.push(text(&c.cmd(&[b"GET", b"k"]).await));
+        // Another client's write: the push arrives while c is idle.
+        log.push(text(&w.cmd(&[b"SET", b"k", b"v1"]).await));
+        log.push(pushed(&mut c).await);
+        // Later commands get their own replies.
+        log.push(text(&c.cmd(&[b"PING"]).await));
+        log.push(text(&c.cmd(&[b"GET", b"k"]).await));
+        // A push Redis sent before the replies of a pipeline comes before them,
+        // however the proxy read it (idle, or with the pipeline's replies).
+        for i in 0..30 {
+            let v = format!("v{i}");
+            w.cmd(&[b"SET", b"k", v.as_bytes()]).await;
+            c.send(&[resp_cmd(&[b"GET", b"k"]), resp_cmd(&[b"PING"])].concat())
+                .await;
+            for _ in 0..3 {
+                log.push(text(&c.read_reply().await));
+            }
+        }
+        // Its own write: Redis's reply, then the push (not NOLOOP).
+        log.push(text(&c.cmd(&[b"SET", b"k", b"mine"]).await));
+        log.push(pushed(&mut c).await);
+        // A key it never read: nothing.
+        w.cmd(&[b"SET", b"other", b"x"]).await;
+        c.assert_no_reply(Duration::from_millis(200)).await;
+        log.push(text(&c.cmd(&[b"CLIENT", b"TRACKINGINFO"]).await));
+        log.push(text(&c.cmd(&[b"CLIENT", b"GETREDIR"]).await));
+        log
+    })
+    .await;
+    proxy.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn bcast_with_prefixes() {
+    let redis = RedisServer::start();
+    let proxy = start_proxy(proxy_config(&redis)).await;
+    same_as_redis(redis.addr(), proxy.local_addr(), |addr| async move {
+        let mut log = Vec::new();
+        let mut c = resp3_tracking(
+            addr,
+            &[b"BCAST", b"PREFIX", b"user:", b"PREFIX", b"job:"],
+            &mut log,
+        )
+        .await;
+        let mut w = AsyncRawClient::connect(addr).await;
+        // Never read by c: BCAST reports every key under its prefixes.
+        w.cmd(&[b"SET", b"user:1", b"a"]).await;
+        log.push(pushed(&mut c).await);
+        w.cmd(&[b"SET", b"other", b"a"]).await;
+        c.assert_no_reply(Duration::from_millis(200)).await;
+        w.cmd(&[b"MSET", b"job:1", b"a", b"job:2", b"b"]).await;
+        log.push(pushed(&mut c).await);
+        log.push(text(&c.cmd(&[b"CLIENT", b"TRACKINGINFO"]).await));
+        // Overlapping prefixes and a mode switch: Redis's errors.
+        log.push(text(
+            &c.cmd(&[
+                b"CLIENT",
+                b"TRACKING",
+                b"ON",
+                b"BCAST",
+                b"PREFIX",
+                b"user:1",
+            ])
+            .await,
+        ));
+        log.push(text(&c.cmd(&[b"CLIENT", b"TRACKING", b"ON"]).await));
+        log.push(text(
+            &c.cmd(&[b"CLIENT", b"TRACKING", b"ON", b"PREFIX", b"x"])
+                .await,
+        ));
+        log
+    })
+    .await;
+    // CLIENT LIST shows the tracking flags of the proxy's session.
+    let mut c = AsyncRawClient::connect(proxy.local_addr()).await;
+    assert_eq!(
+        c.cmd(&[b"CLIENT", b"TRACKING", b"ON", b"BCAST"]).await,
+        b"+OK\r\n"
+    );
+    let info = text(&c.cmd(&[b"CLIENT", b"INFO"]).await);
+    assert!(
+        info.contains(" flags=tB ") && info.contains(" redir=0 "),
+        "{info}"
+    );
+    proxy.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn optin_with_client_caching_yes() {
+    let redis = RedisServer::start();
+    let proxy = start_proxy(proxy_config(&redis)).await;
+    same_as_redis(redis.addr(), proxy.local_addr(), |addr| async move {
+        let mut log = Vec::new();
+        let mut c = resp3_tracking(addr, &[b"OPTIN"], &mut log).await;
+        let mut w = AsyncRawClient::connect(addr).await;
+        log.push(text(&c.cmd(&[b"GET", b"a"]).await));
+        log.push(text(&c.cmd(&[b"CLIENT", b"CACHING", b"yes"]).await));
+        log.push(text(&c.cmd(&[b"CLIENT", b"TRACKINGINFO"]).await));
+        log.push(text(&c.cmd(&[b"CLIENT", b"CACHING", b"yes"]).await));
+        log.push(text(&c.cmd(&[b"GET", b"b"]).await));
+        // Only b was cached on purpose.
+        w.cmd(&[b"SET", b"a", b"1"]).await;
+        c.assert_no_reply(Duration::from_millis(200)).await;
+        w.cmd(&[b"SET", b"b", b"1"]).await;
+        log.push(pushed(&mut c).await);
+        log.push(text(&c.cmd(&[b"CLIENT", b"CACHING", b"no"]).await));
+        log.push(text(&c.cmd(&[b"CLIENT", b"CACHING", b"maybe"]).await));
+        log
+    })
+    .await;
+    proxy.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn noloop_skips_the_clients_own_writes() {
+    let redis = RedisServer::start();
+    let proxy = start_proxy(proxy_config(&redis)).await;
+    same_as_redis(redis.addr(), proxy.local_addr(), |addr| async move {
+        let mut log = Vec::new();
+        let mut c = resp3_tracking(addr, &[b"NOLOOP"], &mut log).await;
+        let mut w = AsyncRawClient::connect(addr).await;
+        log.push(text(&c.cmd(&[b"GET", b"k"]).await));
+        log.push(text(&c.cmd(&[b"SET", b"k", b"mine"]).await));
+        c.assert_no_reply(Duration::from_millis(200)).await;
+        log.push(text(&c.cmd(&[b"GET", b"k"]).await));
+        w.cmd(&[b"SET", b"k", b"theirs"]).await;
+        log.push(pushed(&mut c).await);
+        log.push(text(&c.cmd(&[b"CLIENT", b"TRACKINGINFO"]).await));
+        log
+    })
+    .await;
+    proxy.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn resp2_redirect_to_a_client_subscribed_to_the_invalidate_channel() {
+    let redis = RedisServer::start();
+    let proxy = start_proxy(proxy_config(&redis)).await;
+    same_as_redis(redis.addr(), proxy.local_addr(), |addr| async move {
+        let mut log = Vec::new();
+        let mut s = AsyncRawClient::connect(addr).await;
+        let sid = id_of(&mut s).await;
+        log.push(text(&s.cmd(&[b"SUBSCRIBE", b"__redis__:invalidate"]).await));
+        let mut t = AsyncRawClient::connect(addr).await;
+        let tid = id_of(&mut t).await;
+        let sid_arg = sid.to_string();
+        log.push(text(
+            &t.cmd(&[
+                b"CLIENT",
+                b"TRACKING",
+                b"ON",
+                b"REDIRECT",
+                sid_arg.as_bytes(),
+            ])
+            .await,
+        ));
+        log.push(text(&t.cmd(&[b"GET", b"k"]).await));
+        log.push(text(&t.cmd(&[b"MGET", b"k2", b"k3"]).await));
+        let mut w = AsyncRawClient::connect(addr).await;
+        w.cmd(&[b"SET", b"k", b"v"]).await;
+        log.push(pushed(&mut s).await);
+        w.cmd(&[b"DEL", b"k2", b"k3"]).await;
+        w.cmd(&[b"SET", b"k2", b"v"]).await;
+        log.push(pushed(&mut s).await);
+        // Nothing reaches t itself (RESP2).
+        t.assert_no_reply(Duration::from_millis(100)).await;
+        // The redirect is the session id the client gave, through the proxy too.
+        let sid_reply = format!(":{sid}\r\n");
+        log.push(text(&t.cmd(&[b"CLIENT", b"GETREDIR"]).await).replace(&sid_reply, ":<sid>\r\n"));
+        log.push(
+            text(&t.cmd(&[b"CLIENT", b"TRACKINGINFO"]).await).replace(&sid_reply, ":<sid>\r\n"),
+        );
+        let tid_arg = tid.to_string();
+        let list = text(
+            &t.cmd(&[b"CLIENT", b"LIST", b"ID", tid_arg.as_bytes()])
+                .await,
+        );
+        assert!(list.contains(&format!(" redir={sid} ")), "{list}");
+        assert!(list.contains(" flags=t "), "{list}");
+        // OFF: no more messages.
+        log.push(text(&t.cmd(&[b"CLIENT", b"TRACKING", b"OFF"]).await));
+        log.push(text(&t.cmd(&[b"GET", b"k"]).await));
+        w.cmd(&[b"SET", b"k", b"again"]).await;
+        s.assert_no_reply(Duration::from_millis(200)).await;
+        log.push(text(&t.cmd(&[b"CLIENT", b"GETREDIR"]).await));
+        log.push(text(&t.cmd(&[b"CLIENT", b"TRACKINGINFO"]).await));
+        log
+    })
+    .await;
+    proxy.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn resp3_redirect_to_another_tracking_client_and_to_itself() {
+    let redis = RedisServer::start();
+    let proxy = start_proxy(proxy_config(&redis)).await;
+    let redis_addr = redis.addr();
+    same_as_redis(redis.addr(), proxy.local_addr(), |addr| async move {
+        let mut log = Vec::new();
+        // b tracks too, so it has a connection of its own that gets pushes while idle.
+        let mut b = resp3_tracking(addr, &[b"BCAST", b"PREFIX", b"b:"], &mut log).await;
+        let bid = id_of(&mut b).await.to_string();
+        let mut a = AsyncRawClient::connect(addr).await;
+        assert!(a.cmd(&[b"HELLO", b"3"]).await.starts_with(b"%7\r\n"));
+        log.push(text(
+            &a.cmd(&[b"CLIENT", b"TRACKING", b"ON", b"REDIRECT", bid.as_bytes()])
+                .await,
+        ));
+        log.push(text(&a.cmd(&[b"GET", b"k"]).await));
+        let mut w = AsyncRawClient::connect(addr).await;
+        w.cmd(&[b"SET", b"k", b"v"]).await;
+        // a's invalidation goes to b.
+        log.push(pushed(&mut b).await);
+        a.assert_no_reply(Duration::from_millis(100)).await;
+        // b goes away: Redis tells a (RESP3) that its redirect is broken, naming
+        // the id a gave.
+        log.push(text(&a.cmd(&[b"GET", b"k"]).await));
+        drop(b);
+        let mut direct = AsyncRawClient::connect(redis_addr).await;
+        let deadline = Instant::now() + Duration::from_secs(5);
+        while text(&direct.cmd(&[b"CLIENT", b"LIST"]).await).contains(" flags=tB ") {
+            assert!(Instant::now() < deadline, "b's connection is still open");
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        w.cmd(&[b"SET", b"k", b"v2"]).await;
+        let b_reply = format!(":{bid}\r\n");
+        log.push(pushed(&mut a).await.replace(&b_reply, ":<b>\r\n"));
+        log.push(text(&a.cmd(&[b"CLIENT", b"TRACKINGINFO"]).await).replace(&b_reply, ":<b>\r\n"));
+        // To itself.
+        let aid = id_of(&mut a).await.to_string();
+        log.push(text(
+            &a.cmd(&[b"CLIENT", b"TRACKING", b"ON", b"REDIRECT", aid.as_bytes()])
+                .await,
+        ));
+        log.push(text(&a.cmd(&[b"GET", b"k"]).await));
+        w.cmd(&[b"SET", b"k", b"w"]).await;
+        log.push(pushed(&mut a).await);
+        let redir = text(&a.cmd(&[b"CLIENT", b"GETREDIR"]).await);
+        assert_eq!(redir, format!(":{aid}\r\n"));
+        log
+    })
+    .await;
+    proxy.shutdown().await;
+}
+
+/// redis-py 8.1.0's `test_client_tracking` (tests/test_commands.py), as the commands
+/// it sends, in RESP2 and RESP3.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn redis_py_test_client_tracking_sequence() {
+    let redis = RedisServer::start();
+    let proxy = start_proxy(proxy_config(&redis)).await;
+    for proto in [&b"2"[..], b"3"] {
+        same_as_redis(redis.addr(), proxy.local_addr(), |addr| async move {
+            let mut log = Vec::new();
+            let mut r = AsyncRawClient::connect(addr).await;
+            let mut r2 = AsyncRawClient::connect(addr).await;
+            r.cmd(&[b"HELLO", proto]).await;
+            r2.cmd(&[b"HELLO", proto]).await;
+            // simple case
+            log.push(text(&r.cmd(&[b"CLIENT", b"TRACKING", b"ON"]).await));
+            log.push(text(&r.cmd(&[b"CLIENT", b"TRACKING", b"OFF"]).await));
+            // id based
+            let rid = id_of(&mut r).await.to_string();
+            let id = rid.as_bytes();
+            log.push(text(
+                &r.cmd(&[b"CLIENT", b"TRACKING", b"ON", b"REDIRECT", id])
+                    .await,
+            ));
+            log.push(text(
+                &r.cmd(&[b"CLIENT", b"TRACKING", b"OFF", b"REDIRECT", id])
+                    .await,
+            ));
+            // id exists
+            let r2id = id_of(&mut r2).await.to_string();
+            let id2 = r2id.as_bytes();
+            log.push(text(
+                &r.cmd(&[b"CLIENT", b"TRACKING", b"ON", b"REDIRECT", id2])
+                    .await,
+            ));
+            log.push(text(
+                &r2.cmd(&[b"CLIENT", b"TRACKING", b"OFF", b"REDIRECT", id2])
+                    .await,
+            ));
+            // (prefixes without BCAST are refused by redis-py itself.)
+            let redir = text(&r.cmd(&[b"CLIENT", b"GETREDIR"]).await);
+            assert_eq!(redir, format!(":{r2id}\r\n"));
+            // An id that does not exist, and malformed requests: Redis's errors.
+            for args in [
+                &[&b"CLIENT"[..], b"TRACKING", b"ON", b"REDIRECT", b"99999"][..],
+                &[b"CLIENT", b"TRACKING", b"OFF", b"REDIRECT", b"99999"],
+                &[b"CLIENT", b"TRACKING", b"ON", b"REDIRECT", b"abc"],
+                &[b"CLIENT", b"TRACKING", b"ON", b"REDIRECT", b"0"],
+                &[
+                    b"CLIENT",
+                    b"TRACKING",
+                    b"ON",
+                    b"BOGUS",
+                    b"REDIRECT",
+                    b"99999",
+                ],
+                &[
+                    b"CLIENT",
+                    b"TRACKING",
+                    b"ON",
+                    b"REDIRECT",
+                    id2,
+                    b"REDIRECT",
+                    id2,
+                ],
+                &[b"CLIENT", b"TRACKING", b"MAYBE"],
+                &[b"CLIENT", b"TRACKING"],
+            ] {
+                log.push(text(&r.cmd(args).await));
+            }
+            // Still redirecting to r2 after the refusals.
+            let r2_reply = format!(":{r2id}\r\n");
+            log.push(
+                text(&r.cmd(&[b"CLIENT", b"TRACKINGINFO"]).await).replace(&r2_reply, ":<r2>\r\n"),
+            );
+            log
+        })
+        .await;
+    }
+    proxy.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn tracking_survives_hello_and_pushes_survive_client_reply_off() {
+    let redis = RedisServer::start();
+    let proxy = start_proxy(proxy_config(&redis)).await;
+    same_as_redis(redis.addr(), proxy.local_addr(), |addr| async move {
+        let mut log = Vec::new();
+        let mut c = AsyncRawClient::connect(addr).await;
+        let mut w = AsyncRawClient::connect(addr).await;
+        // Tracking on in RESP2, then HELLO 3: what Redis tracks is kept.
+        log.push(text(&c.cmd(&[b"CLIENT", b"TRACKING", b"ON"]).await));
+        log.push(text(&c.cmd(&[b"GET", b"k"]).await));
+        assert!(c.cmd(&[b"HELLO", b"3"]).await.starts_with(b"%7\r\n"));
+        w.cmd(&[b"SET", b"k", b"1"]).await;
+        log.push(pushed(&mut c).await);
+        // CLIENT REPLY OFF drops replies, not invalidations.
+        log.push(text(&c.cmd(&[b"GET", b"k"]).await));
+        c.send(&resp_cmd(&[b"CLIENT", b"REPLY", b"OFF"])).await;
+        c.send(&resp_cmd(&[b"SET", b"k", b"mine"])).await;
+        log.push(pushed(&mut c).await);
+        log.push(text(&c.cmd(&[b"CLIENT", b"REPLY", b"ON"]).await));
+        log.push(text(&c.cmd(&[b"GET", b"k"]).await));
+        log
+    })
+    .await;
+    proxy.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn tracking_off_returns_to_shared_connections_and_a_lost_tracking_connection_closes_the_client(
+) {
+    let redis = RedisServer::start();
+    let proxy = start_proxy(proxy_config(&redis)).await;
+    let mut direct = AsyncRawClient::connect(redis.addr()).await;
+    // The tracking connection, as Redis lists it (polled: connections come and go
+    // a moment after the proxy's sessions change).
+    async fn tracking_conns(direct: &mut AsyncRawClient, want: usize) -> Vec<String> {
+        let deadline = Instant::now() + Duration::from_secs(5);
+        loop {
+            let list = text(&direct.cmd(&[b"CLIENT", b"LIST"]).await);
+            let ids: Vec<String> = list
+                .lines()
+                .filter(|l| l.contains(" flags=t "))
+                .filter_map(|l| l.strip_prefix("id=")?.split(' ').next().map(str::to_string))
+                .collect();
+            if ids.len() == want {
+                return ids;
+            }
+            assert!(Instant::now() < deadline, "{list}");
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    }
+    let mut c = AsyncRawClient::connect(proxy.local_addr()).await;
+    assert_eq!(c.cmd(&[b"CLIENT", b"TRACKING", b"ON"]).await, b"+OK\r\n");
+    tracking_conns(&mut direct, 1).await;
+    assert_eq!(c.cmd(&[b"CLIENT", b"TRACKING", b"OFF"]).await, b"+OK\r\n");
+    tracking_conns(&mut direct, 0).await;
+    assert_eq!(c.cmd(&[b"CLIENT", b"GETREDIR"]).await, b":-1\r\n");
+    assert_eq!(c.cmd(&[b"SET", b"k", b"v"]).await, b"+OK\r\n");
+
+    // In a transaction: refused, the transaction goes on.
+    assert_eq!(c.cmd(&[b"MULTI"]).await, b"+OK\r\n");
+    let refused = text(&c.cmd(&[b"CLIENT", b"TRACKING", b"ON"]).await);
+    assert!(
+        refused.starts_with("-ERR CLIENT TRACKING inside a transaction"),
+        "{refused}"
+    );
+    assert_eq!(c.cmd(&[b"GET", b"k"]).await, b"+QUEUED\r\n");
+    assert_eq!(c.cmd(&[b"EXEC"]).await, b"*1\r\n$1\r\nv\r\n");
+
+    // RESET turns tracking off, as on Redis.
+    assert_eq!(c.cmd(&[b"CLIENT", b"TRACKING", b"ON"]).await, b"+OK\r\n");
+    assert_eq!(c.cmd(&[b"RESET"]).await, b"+RESET\r\n");
+    tracking_conns(&mut direct, 0).await;
+
+    // Transactions and blocking commands run on the tracking connection.
+    assert_eq!(c.cmd(&[b"CLIENT", b"TRACKING", b"ON"]).await, b"+OK\r\n");
+    let ids = tracking_conns(&mut direct, 1).await;
+    assert_eq!(c.cmd(&[b"MULTI"]).await, b"+OK\r\n");
+    assert_eq!(c.cmd(&[b"GET", b"k"]).await, b"+QUEUED\r\n");
+    assert_eq!(c.cmd(&[b"EXEC"]).await, b"*1\r\n$1\r\nv\r\n");
+    assert_eq!(c.cmd(&[b"BLPOP", b"nolist", b"0.01"]).await, b"*-1\r\n");
+    assert_eq!(tracking_conns(&mut direct, 1).await, ids);
+
+    // Its tracking connection is killed: the client's connection closes (its
+    // cache could never be invalidated again).
+    let killed = direct
+        .cmd(&[b"CLIENT", b"KILL", b"ID", ids[0].as_bytes()])
+        .await;
+    assert_eq!(killed, b":1\r\n");
+    assert!(c.read_until_closed().await.is_empty());
+    let mut fresh = AsyncRawClient::connect(proxy.local_addr()).await;
+    assert_eq!(fresh.cmd(&[b"GET", b"k"]).await, b"$1\r\nv\r\n");
+    proxy.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn tracking_needs_authentication_and_a_blocked_tracking_client_can_be_unblocked() {
+    let redis = RedisServer::start();
+    let mut config = proxy_config(&redis);
+    config.client_password = Some(redis_sidecar::config::Secret("pw".into()));
+    let proxy = start_proxy(config).await;
+    let mut c = AsyncRawClient::connect(proxy.local_addr()).await;
+    for args in [
+        &[&b"CLIENT"[..], b"TRACKING", b"ON"][..],
+        &[b"CLIENT", b"TRACKING", b"OFF"],
+        &[b"CLIENT", b"GETREDIR"],
+    ] {
+        assert_eq!(
+            text(&c.cmd(args).await),
+            "-NOAUTH Authentication required.\r\n",
+            "{args:?}"
+        );
+    }
+    assert_eq!(c.cmd(&[b"AUTH", b"pw"]).await, b"+OK\r\n");
+    assert_eq!(c.cmd(&[b"CLIENT", b"TRACKING", b"ON"]).await, b"+OK\r\n");
+    // CLIENT UNBLOCK reaches a tracking session blocked on its own connection.
+    let id = id_of(&mut c).await.to_string();
+    let mut other = AsyncRawClient::connect(proxy.local_addr()).await;
+    assert_eq!(other.cmd(&[b"AUTH", b"pw"]).await, b"+OK\r\n");
+    c.send(&resp_cmd(&[b"BLPOP", b"q", b"0"])).await;
+    let deadline = Instant::now() + Duration::from_secs(5);
+    loop {
+        let got = other.cmd(&[b"CLIENT", b"UNBLOCK", id.as_bytes()]).await;
+        if got == b":1\r\n" {
+            break;
+        }
+        assert_eq!(got, b":0\r\n");
+        assert!(Instant::now() < deadline, "never unblocked");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    assert_eq!(c.read_reply().await, b"*-1\r\n");
+    assert_eq!(c.cmd(&[b"CLIENT", b"GETREDIR"]).await, b":0\r\n");
+    proxy.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_logged_in_user_tracks_on_its_own_connection() {
+    let redis = RedisServer::start();
+    let (out, _) = support::redis_cli(
+        redis.port(),
+        &["ACL", "SETUSER", "alice", "on", ">pw", "~*", "&*", "+@all"],
+    );
+    assert!(out.contains("OK"), "{out}");
+    let mut config = proxy_config(&redis);
+    config.auth_passthrough = true;
+    let proxy = start_proxy(config).await;
+    let mut c = AsyncRawClient::connect(proxy.local_addr()).await;
+    assert!(c
+        .cmd(&[b"HELLO", b"3", b"AUTH", b"alice", b"pw"])
+        .await
+        .starts_with(b"%7"));
+    assert_eq!(c.cmd(&[b"CLIENT", b"TRACKING", b"ON"]).await, b"+OK\r\n");
+    assert_eq!(c.cmd(&[b"ACL", b"WHOAMI"]).await, b"$5\r\nalice\r\n");
+    assert_eq!(c.cmd(&[b"GET", b"k"]).await, b"_\r\n");
+    let mut w = AsyncRawClient::connect(proxy.local_addr()).await;
+    assert_eq!(w.cmd(&[b"SET", b"k", b"v"]).await, b"+OK\r\n");
+    assert_eq!(
+        pushed(&mut c).await,
+        ">2\r\n$10\r\ninvalidate\r\n*1\r\n$1\r\nk\r\n"
+    );
+    // Logging in again would need another connection: refused while tracking.
+    let refused = text(&c.cmd(&[b"AUTH", b"alice", b"pw"]).await);
+    assert!(
+        refused.starts_with("-ERR AUTH while CLIENT TRACKING is on"),
+        "{refused}"
+    );
+    // Tracking off: still alice, on the same connection.
+    assert_eq!(c.cmd(&[b"CLIENT", b"TRACKING", b"OFF"]).await, b"+OK\r\n");
+    assert_eq!(c.cmd(&[b"ACL", b"WHOAMI"]).await, b"$5\r\nalice\r\n");
+    assert_eq!(c.cmd(&[b"AUTH", b"alice", b"pw"]).await, b"+OK\r\n");
+    proxy.shutdown().await;
+}
