@@ -79,6 +79,8 @@ pub struct Scanner {
     /// Length of the buffer at the previous call: a shorter buffer means the caller
     /// broke the contract, and the reply is scanned again from its start.
     seen: usize,
+    /// The reply's type byte, once bytes of it were consumed ([`Scanner::consume`]).
+    first: Option<u8>,
 }
 
 impl Scanner {
@@ -89,7 +91,26 @@ impl Scanner {
             remaining: 0,
             line_from: 0,
             seen: 0,
+            first: None,
         }
+    }
+
+    /// Bytes at the start of the partial reply that are scanned and may be passed on
+    /// before the reply is complete (always fewer than the reply's length).
+    #[inline]
+    pub fn scanned(&self, buffered: usize) -> usize {
+        self.pos.min(buffered).saturating_sub(1)
+    }
+
+    /// The caller dropped the first `n` bytes of the partial reply (at most
+    /// [`Scanner::scanned`]): the next call passes a buffer starting after them, and
+    /// the frame it returns is the rest of the reply.
+    pub fn consume(&mut self, n: usize, first: u8) {
+        debug_assert!(n < self.pos);
+        self.first.get_or_insert(first);
+        self.pos -= n;
+        self.line_from = self.line_from.saturating_sub(n);
+        self.seen = self.seen.saturating_sub(n);
     }
 
     /// Forgets a partially scanned reply.
@@ -114,6 +135,7 @@ impl Scanner {
         if buf.len() < self.seen {
             self.reset();
         }
+        let first = self.first.unwrap_or(first);
         let mut pos = self.pos;
         // Frames still to read, including the one at `pos`.
         let mut remaining: u64 = if pos == 0 { 1 } else { self.remaining };

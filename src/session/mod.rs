@@ -60,6 +60,13 @@ use exclusive::Login;
 use mode::{Conn, Mode};
 use queue::Pending;
 
+/// What happened at the front of the reply queue.
+enum Front {
+    Answer(Option<crate::upstream::mux::Answer>),
+    Part(Option<crate::upstream::mux::BatchReply>),
+    Nothing,
+}
+
 /// Most queue entries a session may have before it stops reading (backpressure).
 const MAX_QUEUE: usize = 1024;
 
@@ -218,11 +225,14 @@ impl Session {
                 biased;
                 ev = poll_fn(|cx| match queue.front_mut() {
                     Some(Pending::Upstream(sent)) => {
-                        Pin::new(&mut sent.rx).poll(cx).map(|r| Some(r.ok()))
+                        Pin::new(&mut sent.rx).poll(cx).map(|r| Front::Answer(r.ok()))
                     }
-                    _ => Poll::Ready(None),
-                }), if !queue.is_empty() => if let Some(r) = ev {
-                    self.settle_front(r);
+                    Some(Pending::Parts { rx, .. }) => rx.poll_recv(cx).map(Front::Part),
+                    _ => Poll::Ready(Front::Nothing),
+                }), if !queue.is_empty() => match ev {
+                    Front::Answer(r) => self.settle_front(r),
+                    Front::Part(p) => self.on_part(p),
+                    Front::Nothing => {}
                 },
                 r = stream.read_buf(&mut inbuf), if can_read => match r {
                     Ok(0) if !self.waits_on_exclusive() => self.read_closed = true,

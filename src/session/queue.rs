@@ -9,7 +9,7 @@ use bytes::Bytes;
 use smallvec::SmallVec;
 use tokio::io::AsyncWriteExt;
 use tokio::net::TcpStream;
-use tokio::sync::oneshot;
+use tokio::sync::{mpsc, oneshot};
 use tokio::time::Instant;
 
 use super::tracking::{self, Hook};
@@ -17,7 +17,7 @@ use super::Session;
 use crate::protocol::reply;
 use crate::router::Database;
 use crate::stats;
-use crate::upstream::mux::Answer;
+use crate::upstream::mux::{Answer, BatchReply};
 use crate::upstream::UpstreamError;
 
 /// Replies larger than this are written straight from their buffer.
@@ -32,6 +32,12 @@ pub(super) enum Pending {
     Ready(Bytes),
     /// Replies to a batch sent upstream.
     Upstream(Sent),
+    /// The rest of a large reply, passed on in parts as it arrives (`silent`: the
+    /// client asked not to get it).
+    Parts {
+        rx: mpsc::UnboundedReceiver<BatchReply>,
+        silent: bool,
+    },
     /// Close the connection once everything before this is written.
     Close,
 }
@@ -74,6 +80,15 @@ impl Session {
                         Err(oneshot::error::TryRecvError::Closed) => None,
                     };
                     self.settle_front(r);
+                    continue;
+                }
+                Pending::Parts { rx, .. } => {
+                    let part = match rx.try_recv() {
+                        Ok(p) => Some(p),
+                        Err(mpsc::error::TryRecvError::Empty) => break,
+                        Err(mpsc::error::TryRecvError::Disconnected) => None,
+                    };
+                    self.on_part(part);
                     continue;
                 }
             };
@@ -120,7 +135,31 @@ impl Session {
 
     /// Whether any reply is still expected from upstream.
     pub(super) fn waits_upstream(&self) -> bool {
-        self.queue.iter().any(|p| matches!(p, Pending::Upstream(_)))
+        self.queue
+            .iter()
+            .any(|p| matches!(p, Pending::Upstream(_) | Pending::Parts { .. }))
+    }
+
+    /// The next part of the large reply at the front of the queue (`None`: it is
+    /// complete). A connection that broke mid-reply leaves the client's stream
+    /// unfinishable: the client is disconnected, as Redis's own would be.
+    pub(super) fn on_part(&mut self, part: Option<BatchReply>) {
+        let Some(Pending::Parts { silent, .. }) = self.queue.front() else {
+            return;
+        };
+        let silent = *silent;
+        match part {
+            Some(Ok(bytes)) if !silent => self.queue.push_front(Pending::Ready(bytes)),
+            Some(Ok(_)) => {}
+            Some(Err(e)) => {
+                tracing::info!(session = self.state.id, error = %e, "upstream connection lost in the middle of a reply; closing the client");
+                self.queue.clear();
+                self.done = true;
+            }
+            None => {
+                self.queue.pop_front();
+            }
+        }
     }
 
     /// Whether a reply is still expected from an exclusive connection.
@@ -156,14 +195,15 @@ impl Session {
         if !sent.shared {
             self.client.set_blocked(None);
         }
-        let (reply, attempts) = match answer {
-            Some(a) => (a.reply, a.attempts),
+        let (reply, attempts, rest) = match answer {
+            Some(a) => (a.reply, a.attempts, a.rest),
             None => (
                 Err(UpstreamError::Lost {
                     addr: sent.db.config.upstream.address(),
                     sent: true,
                 }),
                 1,
+                None,
             ),
         };
         for _ in 1..attempts {
@@ -176,6 +216,9 @@ impl Session {
         let err = match reply {
             Ok(bytes) => {
                 record(sent, latency, true);
+                // The rest of a large reply follows in parts, right behind.
+                let silent = sent.silent;
+                let parts = rest.map(|rx| Pending::Parts { rx, silent });
                 if let Some(db) = sent.select_after.take() {
                     self.awaiting_exec = false;
                     // `*N`: EXEC ran the queued commands, the SELECT among them
@@ -191,6 +234,9 @@ impl Session {
                     bytes
                 };
                 self.finish_front(bytes);
+                if let Some(p) = parts {
+                    self.queue.insert(1, p);
+                }
                 return;
             }
             Err(e) => e,

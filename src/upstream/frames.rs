@@ -62,6 +62,23 @@ impl Frames {
         self.buf.split_to(n).freeze()
     }
 
+    /// Takes, once at least `min` bytes are ready, every frame found so far and
+    /// the scanned part of the frame being read, so a large reply can be passed on
+    /// while the rest of it arrives. The rest of the frame is found as usual.
+    pub fn take_partial(&mut self, min: usize) -> Option<Bytes> {
+        let partial = self.scanner.scanned(self.buf.len() - self.scanned);
+        let n = self.scanned + partial;
+        if n < min.max(1) {
+            return None;
+        }
+        if partial > 0 {
+            let first = self.buf[self.scanned];
+            self.scanner.consume(partial, first);
+        }
+        self.scanned = 0;
+        Some(self.buf.split_to(n).freeze())
+    }
+
     /// Whether bytes beyond the frames found are buffered (part of a frame, or
     /// frames not looked at yet).
     pub fn has_unread(&self) -> bool {
@@ -75,5 +92,74 @@ impl Frames {
             self.buf.reserve(self.grow);
         }
         rd.read_buf(&mut self.buf).await
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A reply stream read in small pieces, with parts taken whenever the reader
+    /// offers them: parts plus the rest are exactly the stream, and every frame
+    /// still ends where it ends.
+    #[tokio::test]
+    async fn parts_taken_mid_frame_add_up_to_the_frames() {
+        let mut stream = Vec::new();
+        let mut ends = Vec::new();
+        let mut rng = fastrand::Rng::with_seed(3);
+        for i in 0..40 {
+            match i % 4 {
+                0 => {
+                    let n = rng.usize(0..2000);
+                    stream.extend_from_slice(format!("*{n}\r\n").as_bytes());
+                    for j in 0..n {
+                        let item = format!("item-{j}");
+                        stream
+                            .extend_from_slice(format!("${}\r\n{item}\r\n", item.len()).as_bytes());
+                    }
+                }
+                1 => {
+                    let body = vec![b'b'; rng.usize(0..50_000)];
+                    stream.extend_from_slice(format!("${}\r\n", body.len()).as_bytes());
+                    stream.extend_from_slice(&body);
+                    stream.extend_from_slice(b"\r\n");
+                }
+                2 => stream.extend_from_slice(b"%1\r\n+k\r\n*2\r\n:1\r\n$3\r\nabc\r\n"),
+                _ => stream.extend_from_slice(b"-ERR x\r\n"),
+            }
+            ends.push(stream.len());
+        }
+        let (mut wr, mut rd) = tokio::io::duplex(1 << 20);
+        let data = stream.clone();
+        let writer = tokio::spawn(async move {
+            use tokio::io::AsyncWriteExt;
+            let mut rng = fastrand::Rng::with_seed(4);
+            let mut at = 0;
+            while at < data.len() {
+                let n = rng.usize(1..3000).min(data.len() - at);
+                wr.write_all(&data[at..at + n]).await.expect("write");
+                at += n;
+            }
+        });
+        let mut frames = Frames::new(1024);
+        let mut out = Vec::new();
+        let mut found = Vec::new();
+        while found.len() < ends.len() {
+            match frames.next_frame().expect("valid") {
+                Some(_) => {
+                    out.extend_from_slice(&frames.take());
+                    found.push(out.len());
+                }
+                None => {
+                    if let Some(part) = frames.take_partial(rng.usize(1..4096)) {
+                        out.extend_from_slice(&part);
+                    }
+                    assert!(frames.fill(&mut rd).await.expect("read") > 0);
+                }
+            }
+        }
+        writer.await.expect("writer");
+        assert_eq!(found, ends);
+        assert!(out == stream);
     }
 }

@@ -64,14 +64,30 @@ pub struct Answer {
     pub reply: BatchReply,
     /// Attempts made (1 when no retry was needed; 0 if none could begin).
     pub attempts: u32,
+    /// A large reply is passed on as it arrives: `reply` is its first part, the
+    /// rest comes here, and the channel closes after the last part. An error on it
+    /// means the connection broke mid-reply (the client's stream cannot be
+    /// completed).
+    pub rest: Option<mpsc::UnboundedReceiver<BatchReply>>,
 }
 
 impl From<BatchReply> for Answer {
     /// The answer of a batch that had exactly one attempt.
     fn from(reply: BatchReply) -> Answer {
-        Answer { reply, attempts: 1 }
+        Answer {
+            reply,
+            attempts: 1,
+            rest: None,
+        }
     }
 }
+
+/// A reply that has this many bytes ready while more are on their way is passed on
+/// in parts (cut-through), so a 30 MB LRANGE does not wait to be whole in the
+/// proxy before its first byte reaches the client.
+const STREAM_START: usize = 256 * 1024;
+/// Once a reply is being passed on, parts of at least this size follow.
+const STREAM_PART: usize = 16 * 1024;
 
 /// What a slot needs to retry a batch safely and in order.
 #[derive(Debug, Clone, Copy)]
@@ -124,6 +140,7 @@ impl Batch {
         let _ = self.reply.send(Answer {
             reply: Err(err),
             attempts: self.retry.attempts,
+            rest: None,
         });
     }
 }
@@ -302,6 +319,54 @@ struct InFlight {
     batch: Batch,
     /// When its replies are overdue.
     deadline: Instant,
+    /// Its reply is being passed on in parts (see [`Answer::rest`]).
+    parts: Option<mpsc::UnboundedSender<BatchReply>>,
+}
+
+impl InFlight {
+    /// Passes on what is ready of a large reply, if enough is.
+    fn pass_on(&mut self, frames: &mut Frames) {
+        let min = if self.parts.is_some() {
+            STREAM_PART
+        } else {
+            STREAM_START
+        };
+        let Some(part) = frames.take_partial(min) else {
+            return;
+        };
+        match &self.parts {
+            Some(tx) => {
+                let _ = tx.send(Ok(part));
+            }
+            None => {
+                let (tx, rx) = mpsc::unbounded_channel();
+                let (unused, _) = oneshot::channel();
+                let reply = std::mem::replace(&mut self.batch.reply, unused);
+                let _ = reply.send(Answer {
+                    reply: Ok(part),
+                    attempts: self.batch.retry.attempts,
+                    rest: Some(rx),
+                });
+                self.parts = Some(tx);
+            }
+        }
+    }
+
+    /// Answers with the last replies (or the whole of them).
+    fn answer(self, bytes: Bytes) {
+        match self.parts {
+            Some(tx) => {
+                let _ = tx.send(Ok(bytes));
+            }
+            None => {
+                let _ = self.batch.reply.send(Answer {
+                    reply: Ok(bytes),
+                    attempts: self.batch.retry.attempts,
+                    rest: None,
+                });
+            }
+        }
+    }
 }
 
 /// Runs one connection until it breaks or the slot is closed. Batches are taken
@@ -361,7 +426,12 @@ async fn serve(
             stats::add(&stats.in_flight, b.count as u64);
             b.retry.attempts += 1;
             let bytes = b.bytes.clone();
-            if let Err(mpsc::error::SendError(f)) = ptx.send(InFlight { batch: b, deadline }) {
+            let f = InFlight {
+                batch: b,
+                deadline,
+                parts: None,
+            };
+            if let Err(mpsc::error::SendError(f)) = ptx.send(f) {
                 // The reader just ended: this batch was never written; the next
                 // connection takes it.
                 stats::sub(&stats.in_flight, f.batch.count as u64);
@@ -459,16 +529,16 @@ async fn read_loop(
                             stats::add(&stats.errors, errors);
                         }
                         if let Some(f) = cur.take() {
-                            let _ = f.batch.reply.send(Answer {
-                                reply: Ok(bytes),
-                                attempts: f.batch.retry.attempts,
-                            });
+                            f.answer(bytes);
                         }
                         done = 0;
                         errors = 0;
                     }
                 }
-                Ok(None) => break,
+                Ok(None) => {
+                    f.pass_on(&mut frames);
+                    break;
+                }
                 Err(_) => break 'conn UpstreamError::Protocol { addr: addr.clone() },
             }
         }
@@ -534,9 +604,17 @@ async fn read_loop(
     let in_flight: Vec<Batch> = cur
         .into_iter()
         .chain(std::iter::from_fn(|| prx.try_recv().ok()))
-        .map(|f| {
+        .filter_map(|f| {
             stats::sub(&stats.in_flight, f.batch.count as u64);
-            f.batch
+            match f.parts {
+                // Partly passed on: it cannot be retried, and its client's
+                // stream cannot be completed.
+                Some(tx) => {
+                    let _ = tx.send(Err(err.clone()));
+                    None
+                }
+                None => Some(f.batch),
+            }
         })
         .collect();
     if matches!(err, UpstreamError::Timeout { .. }) {
