@@ -13,13 +13,14 @@
 //! * client gone while a command is still waiting for its reply (a blocked BLPOP):
 //!   the connection's state is unknown, so it is discarded, never reused.
 
+use std::collections::BTreeSet;
 use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 
 use bytes::BytesMut;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
-use tokio::sync::mpsc;
+use tokio::sync::{mpsc, watch};
 
 use super::connect::connect;
 use super::error::UpstreamError;
@@ -85,13 +86,40 @@ impl ExclusiveConn {
         }
     }
 
+    /// Whether an idle connection is still usable, without a round trip: it has
+    /// nothing to read, so a read that would block means yes; end of stream (Redis
+    /// restarted, or closed it for idleness), an error or stray bytes mean no.
+    fn is_alive(&self) -> bool {
+        if self.broken || !self.buf.is_empty() {
+            return false;
+        }
+        let mut probe = [0u8; 1];
+        matches!(
+            self.stream.try_read(&mut probe),
+            Err(e) if e.kind() == std::io::ErrorKind::WouldBlock
+        )
+    }
+
     /// Writes `bytes` and reads `count` complete replies, returned back to back.
     async fn round_trip(&mut self, bytes: &[u8], count: u32) -> BatchReply {
+        self.round_trip_then(bytes, count, || {}).await
+    }
+
+    /// [`ExclusiveConn::round_trip`], calling `written` once the bytes are written
+    /// (or failed to be), before waiting for the replies.
+    async fn round_trip_then(
+        &mut self,
+        bytes: &[u8],
+        count: u32,
+        written: impl FnOnce(),
+    ) -> BatchReply {
         let lost = |sent| UpstreamError::Lost {
             addr: self.addr.clone(),
             sent,
         };
-        if self.stream.write_all(bytes).await.is_err() {
+        let wrote = self.stream.write_all(bytes).await;
+        written();
+        if wrote.is_err() {
             self.broken = true;
             return Err(lost(true));
         }
@@ -145,6 +173,8 @@ impl bb8::ManageConnection for Manager {
         ExclusiveConn::open(&self.cfg, self.resp3, true).await
     }
 
+    /// A PING round trip: the health probe's check. Checkouts do not use it (the
+    /// pool is built without `test_on_check_out`; see [`checkout`]).
     async fn is_valid(&self, conn: &mut ExclusiveConn) -> Result<(), UpstreamError> {
         let r = conn.round_trip(b"*1\r\n$4\r\nPING\r\n", 1).await?;
         if r.as_ref() == b"+PONG\r\n" {
@@ -168,6 +198,7 @@ pub struct Pool {
     inner: bb8::Pool<Manager>,
     manager: Manager,
     max: u32,
+    turns: Arc<Turns>,
 }
 
 impl Pool {
@@ -185,13 +216,15 @@ pub fn pool(cfg: &UpstreamConfig, resp3: bool) -> Pool {
         .max_size(max)
         .min_idle(None)
         .connection_timeout(cfg.connect_timeout)
-        .test_on_check_out(true)
+        // Checked in `checkout` instead, without bb8's round trip (see there).
+        .test_on_check_out(false)
         .retry_connection(false)
         .build_unchecked(manager.clone());
     Pool {
         inner,
         manager,
         max,
+        turns: Arc::new(Turns::default()),
     }
 }
 
@@ -223,7 +256,9 @@ impl std::fmt::Debug for Msg {
 impl Dedicated {
     /// Starts the task that checks out a connection and serves this session.
     pub fn start(pool: Pool, label: String, command_timeout: std::time::Duration) -> Dedicated {
-        Dedicated::spawn(Source::Pool(pool), label, command_timeout)
+        // The session calls this as it reads the request: its place in line.
+        let turn = pool.turns.take();
+        Dedicated::spawn(Source::Pool(pool, turn), label, command_timeout)
     }
 
     /// Serves a session on a connection of its own (logged in as the session's
@@ -268,12 +303,141 @@ impl Dedicated {
     }
 }
 
-/// Checks out a connection. When none is idle and the pool has room, the new
-/// connection is opened here, so a refused connect or a rejected AUTH is reported
-/// at once with its cause (bb8 would only report a checkout timeout).
-async fn checkout(
-    pool: &Pool,
-) -> Result<bb8::PooledConnection<'_, Manager>, bb8::RunError<UpstreamError>> {
+/// How long a task in turn waits for its session's first batch (sent as the session
+/// starts the task, so normally already there) before letting the next one go.
+const FIRST_BATCH_WAIT: std::time::Duration = std::time::Duration::from_millis(10);
+
+/// The order in which sessions asked a pool for a connection. Each takes a ticket
+/// when it starts ([`Dedicated::start`], called as the session reads the request)
+/// and checks out a connection and writes its first batch only when every session
+/// that asked before has done so (or given up). Redis serves blocked clients in the
+/// order their commands arrive, and clients (Redis's own test suite among them)
+/// rely on two BLPOPs sent one after the other being served in that order; without
+/// this, whichever session's checkout or connect finished first went first.
+#[derive(Debug)]
+struct Turns {
+    state: Mutex<TurnState>,
+    /// The lowest ticket not yet finished: its holder may go.
+    now: watch::Sender<u64>,
+}
+
+#[derive(Debug, Default)]
+struct TurnState {
+    issued: u64,
+    now: u64,
+    /// Finished tickets above `now` (their holders went out of turn: gave up).
+    finished: BTreeSet<u64>,
+}
+
+impl Default for Turns {
+    fn default() -> Turns {
+        Turns {
+            state: Mutex::new(TurnState::default()),
+            now: watch::channel(0).0,
+        }
+    }
+}
+
+impl Turns {
+    fn lock(&self) -> std::sync::MutexGuard<'_, TurnState> {
+        self.state.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    fn take(self: &Arc<Self>) -> Turn {
+        let mut state = self.lock();
+        let n = state.issued;
+        state.issued += 1;
+        Turn {
+            turns: self.clone(),
+            n,
+            ended: false,
+        }
+    }
+
+    fn finish(&self, n: u64) {
+        let mut state = self.lock();
+        state.finished.insert(n);
+        let mut now = state.now;
+        while state.finished.remove(&now) {
+            now += 1;
+        }
+        state.now = now;
+        self.now.send_replace(now);
+    }
+}
+
+/// A session's ticket in its pool's [`Turns`]; ended at the latest when dropped.
+#[derive(Debug)]
+struct Turn {
+    turns: Arc<Turns>,
+    n: u64,
+    ended: bool,
+}
+
+impl Turn {
+    /// Waits until every earlier ticket has ended.
+    async fn wait(&self) {
+        let mut now = self.turns.now.subscribe();
+        let _ = now.wait_for(|&now| now >= self.n).await;
+    }
+
+    /// Lets the next session go.
+    fn end(&mut self) {
+        if !self.ended {
+            self.ended = true;
+            self.turns.finish(self.n);
+        }
+    }
+}
+
+impl Drop for Turn {
+    fn drop(&mut self) {
+        self.end();
+    }
+}
+
+/// Checks out a connection, in `turn` (see [`Turns`]). When none is idle and the
+/// pool has room, a new connection is opened first — alongside the sessions ahead
+/// in line — and here, so a refused connect or a rejected AUTH is reported at once
+/// with its cause (bb8 would only report a checkout timeout).
+///
+/// An idle connection is checked without a round trip ([`ExclusiveConn::is_alive`]);
+/// one Redis closed meanwhile is dropped and the next one taken. Not a PING (bb8's
+/// `test_on_check_out`): that round trip delayed every blocking command, so of two
+/// clients that sent BLPOP one after the other the second often reached Redis
+/// first and got the element meant for the first (and in Redis's own "BRPOPLPUSH
+/// with multiple blocked clients" the first never got its WRONGTYPE and stayed
+/// blocked).
+async fn checkout<'a>(
+    pool: &'a Pool,
+    turn: &Turn,
+) -> Result<bb8::PooledConnection<'a, Manager>, bb8::RunError<UpstreamError>> {
+    fill(pool).await?;
+    // Waiting for the turn counts against the same bound as waiting for a free
+    // connection: an exhausted pool answers within `connect_timeout`, as before.
+    let deadline = tokio::time::Instant::now() + pool.manager.cfg.connect_timeout;
+    let in_turn = async {
+        turn.wait().await;
+        // Each dead idle connection is dropped, so this ends within `max` + 1 turns.
+        for _ in 0..pool.max {
+            let mut conn = pool.inner.get().await?;
+            if conn.is_alive() {
+                return Ok(conn);
+            }
+            // Closed by Redis while idle: the pool drops it when it comes back broken.
+            conn.broken = true;
+            drop(conn);
+            fill(pool).await?;
+        }
+        pool.inner.get().await
+    };
+    tokio::time::timeout_at(deadline, in_turn)
+        .await
+        .unwrap_or(Err(bb8::RunError::TimedOut))
+}
+
+/// Opens a connection into the pool if none is idle and there is room.
+async fn fill(pool: &Pool) -> Result<(), bb8::RunError<UpstreamError>> {
     let state = pool.inner.state();
     if state.idle_connections == 0 && state.connections < pool.max {
         let conn = bb8::ManageConnection::connect(&pool.manager)
@@ -282,13 +446,14 @@ async fn checkout(
         // If the pool filled up meanwhile, the connection is dropped and we wait.
         let _ = pool.inner.add(conn);
     }
-    pool.inner.get().await
+    Ok(())
 }
 
 /// Where a [`Dedicated`] task's connection comes from.
 enum Source {
-    /// Checked out of the database's pool, returned when the session lets go.
-    Pool(Pool),
+    /// Checked out of the database's pool in the session's turn, returned when the
+    /// session lets go.
+    Pool(Pool, Turn),
     /// The session's own connection, closed when it lets go.
     Own(ExclusiveConn),
 }
@@ -300,16 +465,25 @@ async fn run(
     command_timeout: std::time::Duration,
     upstream_id: Arc<AtomicU64>,
 ) {
-    let pool = match source {
+    let (pool, mut turn) = match source {
         Source::Own(mut conn) => {
-            serve(&mut conn, &mut rx, command_timeout, &upstream_id, None).await;
+            serve(
+                &mut conn,
+                &mut rx,
+                command_timeout,
+                &upstream_id,
+                None,
+                None,
+            )
+            .await;
             return;
         }
-        Source::Pool(pool) => pool,
+        Source::Pool(pool, turn) => (pool, turn),
     };
-    let mut conn = match checkout(&pool).await {
+    let mut conn = match checkout(&pool, &turn).await {
         Ok(c) => c,
         Err(e) => {
+            turn.end();
             let err = match e {
                 bb8::RunError::User(e) => e,
                 bb8::RunError::TimedOut => UpstreamError::Connect {
@@ -332,6 +506,7 @@ async fn run(
         command_timeout,
         &upstream_id,
         Some(home),
+        Some(turn),
     )
     .await;
 }
@@ -345,13 +520,35 @@ async fn serve(
     command_timeout: std::time::Duration,
     upstream_id: &Arc<AtomicU64>,
     home: Option<u32>,
+    mut turn: Option<Turn>,
 ) {
     upstream_id.store(conn.id, Relaxed);
     // Cleared however the task ends (the session may still be asked to unblock).
     let _cleared = ClearOnDrop(upstream_id.clone());
     let mut clean = false;
     let mut reselect = false;
-    while let Some(msg) = rx.recv().await {
+    loop {
+        let msg = match turn.as_mut() {
+            // In turn: the session sent its first batch as it started this task,
+            // so it is (all but) there; the next session waits until it is written.
+            Some(t) if !t.ended => match rx.try_recv() {
+                Ok(msg) => Some(msg),
+                Err(mpsc::error::TryRecvError::Disconnected) => None,
+                Err(mpsc::error::TryRecvError::Empty) => {
+                    match tokio::time::timeout(FIRST_BATCH_WAIT, rx.recv()).await {
+                        Ok(msg) => msg,
+                        Err(_) => {
+                            t.end();
+                            rx.recv().await
+                        }
+                    }
+                }
+            },
+            _ => rx.recv().await,
+        };
+        let Some(msg) = msg else {
+            break;
+        };
         let batch = match msg {
             Msg::Batch(b) => b,
             Msg::Release => {
@@ -364,6 +561,9 @@ async fn serve(
             }
         };
         if conn.broken {
+            if let Some(t) = turn.as_mut() {
+                t.end();
+            }
             let _ = batch.reply.send(Err(UpstreamError::Lost {
                 addr: conn.addr.clone(),
                 sent: false,
@@ -388,7 +588,11 @@ async fn serve(
             }
         };
         tokio::select! {
-            r = conn.round_trip(&bytes, count) => {
+            r = conn.round_trip_then(&bytes, count, || {
+                if let Some(t) = turn.as_mut() {
+                    t.end();
+                }
+            }) => {
                 let _ = reply.send(r);
             }
             _ = sleep => {
