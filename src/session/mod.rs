@@ -69,6 +69,8 @@ enum Front {
 
 /// Most queue entries a session may have before it stops reading (backpressure).
 const MAX_QUEUE: usize = 1024;
+/// Bytes read ahead, without executing them, while requests are held back.
+const HELD_BACK_READ_LIMIT: usize = 1 << 20;
 
 /// Per-client state kept by the proxy (never applied to a shared connection).
 pub(crate) struct State {
@@ -192,6 +194,8 @@ struct Session {
 impl Session {
     async fn serve(&mut self, mut stream: TcpStream) -> std::io::Result<()> {
         let mut inbuf = BytesMut::with_capacity(16 * 1024);
+        // Bytes were read but not parsed yet (they arrived while held back).
+        let mut unparsed = false;
         let token: CancellationToken = self.client.token().clone();
         let cancelled = token.cancelled();
         tokio::pin!(cancelled);
@@ -199,6 +203,13 @@ impl Session {
             self.write_ready(&mut stream).await?;
             if self.stalled && self.queue.is_empty() && !self.barrier_pending() {
                 self.stalled = false;
+                unparsed = false;
+                self.dispatch(&mut inbuf).await;
+                continue;
+            }
+            if unparsed && !self.stalled && self.queue.len() < MAX_QUEUE {
+                // Bytes read while requests were held back.
+                unparsed = false;
                 self.dispatch(&mut inbuf).await;
                 continue;
             }
@@ -206,8 +217,16 @@ impl Session {
             if self.done || (finished && self.queue.is_empty()) {
                 break;
             }
-            let can_read =
-                !self.read_closed && !self.closing && !self.stalled && self.queue.len() < MAX_QUEUE;
+            // Requests are executed only when nothing holds them back; but while a
+            // command waits on an exclusive connection (a blocked BLPOP) the socket
+            // is still read (buffered, up to a bound) so that a client that leaves is
+            // noticed and its blocked connection discarded, as Redis frees a blocked
+            // client that disconnects.
+            let held_back = self.stalled || self.queue.len() >= MAX_QUEUE;
+            let can_read = !self.read_closed
+                && !self.closing
+                && (!held_back
+                    || (inbuf.len() < HELD_BACK_READ_LIMIT && self.waits_on_exclusive()));
             let queue = &mut self.queue;
             // The subscriber connection's frames, and the pushes of the session's
             // own connection (tracking invalidations), parked or not.
@@ -245,6 +264,7 @@ impl Session {
                         self.read_closed = true;
                         self.done = true;
                     }
+                    Ok(_) if held_back => unparsed = true,
                     Ok(_) => {
                         self.dispatch(&mut inbuf).await;
                         if inbuf.capacity() - inbuf.len() < 4096 {

@@ -28,6 +28,7 @@
 //! connect timeout. Only when every pooled connection is checked out does the error
 //! say that they are all in use.
 
+use std::collections::BTreeSet;
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering::Relaxed};
 use std::sync::{Arc, Mutex};
 use std::time::Instant;
@@ -145,14 +146,39 @@ impl ExclusiveConn {
         }
     }
 
+    /// Whether an idle connection is still usable, without a round trip: it has
+    /// nothing to read, so a read that would block means yes; end of stream (Redis
+    /// restarted, or closed it for idleness), an error or stray bytes mean no.
+    fn is_alive(&self) -> bool {
+        if self.broken || self.frames.has_unread() {
+            return false;
+        }
+        let mut probe = [0u8; 1];
+        matches!(
+            self.stream.try_read(&mut probe),
+            Err(e) if e.kind() == std::io::ErrorKind::WouldBlock
+        )
+    }
+
     /// Writes `bytes` and reads `count` complete replies, returned back to back.
     ///
     /// Cancellation-safe for the pool: until the last reply is read the connection
     /// counts as broken, so one dropped mid-exchange (e.g. a checkout's PING given
     /// up) is never handed to anyone else with a reply still on its way.
     pub(crate) async fn round_trip(&mut self, bytes: &[u8], count: u32) -> BatchReply {
+        self.round_trip_then(bytes, count, || {}).await
+    }
+
+    /// [`ExclusiveConn::round_trip`], calling `written` once the bytes are written
+    /// (or failed to be), before waiting for the replies.
+    async fn round_trip_then(
+        &mut self,
+        bytes: &[u8],
+        count: u32,
+        written: impl FnOnce(),
+    ) -> BatchReply {
         self.broken = true;
-        let reply = self.exchange(bytes, count).await;
+        let reply = self.exchange(bytes, count, written).await;
         if reply.is_ok() {
             self.broken = false;
         }
@@ -160,12 +186,14 @@ impl ExclusiveConn {
     }
 
     /// One exchange; an error leaves the connection broken (see `round_trip`).
-    async fn exchange(&mut self, bytes: &[u8], count: u32) -> BatchReply {
+    async fn exchange(&mut self, bytes: &[u8], count: u32, written: impl FnOnce()) -> BatchReply {
         let lost = |sent| UpstreamError::Lost {
             addr: self.addr.clone(),
             sent,
         };
-        if self.stream.write_all(bytes).await.is_err() {
+        let wrote = self.stream.write_all(bytes).await;
+        written();
+        if wrote.is_err() {
             return Err(lost(true));
         }
         let mut done = 0;
@@ -267,6 +295,7 @@ pub struct Pool {
     inner: bb8::Pool<Manager>,
     manager: Manager,
     max: u32,
+    turns: Arc<Turns>,
 }
 
 impl Pool {
@@ -320,7 +349,8 @@ pub fn pool(cfg: &UpstreamConfig, resp3: bool) -> Pool {
         .max_size(max)
         .min_idle(None)
         .connection_timeout(cfg.connect_timeout)
-        .test_on_check_out(true)
+        // Checked in `checkout` instead, without bb8's round trip (see there).
+        .test_on_check_out(false)
         // One attempt per checkout: bb8's retries would hide an immediate error
         // (refused, AUTH rejected) until `connection_timeout`.
         .retry_connection(false)
@@ -329,6 +359,7 @@ pub fn pool(cfg: &UpstreamConfig, resp3: bool) -> Pool {
         inner,
         manager,
         max,
+        turns: Arc::new(Turns::default()),
     }
 }
 
@@ -376,8 +407,10 @@ impl Dedicated {
     /// Starts the task that checks out a connection and serves this session.
     pub fn start(pool: Pool, label: String, command_timeout: std::time::Duration) -> Dedicated {
         let upstream_id = Arc::new(AtomicU64::new(0));
+        // The session calls this as it reads the request: its place in line.
+        let turn = pool.turns.take();
         Dedicated::spawn(
-            Source::Pool(pool),
+            Source::Pool(pool, turn),
             label,
             command_timeout,
             upstream_id,
@@ -585,14 +618,51 @@ impl PushTx {
     }
 }
 
-/// Checks out a connection. bb8 opens a new one in the background when none is idle
-/// and the pool has room, but does not hand that attempt's error to the waiting
-/// checkout (it just waits on, until `connection_timeout`); so the checkout also
-/// watches the manager's connect failures and fails with the first one at once.
-async fn checkout(pool: &Pool) -> Result<bb8::PooledConnection<'_, Manager>, UpstreamError> {
+/// Checks out a connection, in `turn` (see [`Turns`]).
+///
+/// An idle connection is checked without a round trip ([`ExclusiveConn::is_alive`]);
+/// one Redis closed meanwhile is dropped and the next one taken. Not a PING (bb8's
+/// `test_on_check_out`): that round trip delayed every blocking command, so of two
+/// clients that sent BLPOP one after the other the second often reached Redis
+/// first and got the element meant for the first (and in Redis's own "BRPOPLPUSH
+/// with multiple blocked clients" the first never got its WRONGTYPE and stayed
+/// blocked). Waiting for the turn counts against the same bound as waiting for a
+/// free connection: an exhausted pool answers within `connect_timeout`.
+async fn checkout<'a>(
+    pool: &'a Pool,
+    turn: &Turn,
+) -> Result<bb8::PooledConnection<'a, Manager>, UpstreamError> {
     let started = Instant::now();
+    let deadline = tokio::time::Instant::now() + pool.manager.cfg.connect_timeout;
     // Subscribed before asking the pool, so the attempt made for us is seen.
     let mut connect_failed = pool.manager.failures.connect.subscribe();
+    let in_turn = async {
+        turn.wait().await;
+        // Each dead idle connection is dropped, so this ends within `max` + 1 tries.
+        for _ in 0..pool.max {
+            let mut conn = get(pool, &mut connect_failed, started).await?;
+            if conn.is_alive() {
+                return Ok(conn);
+            }
+            // Closed by Redis while idle: the pool drops it when it comes back broken.
+            conn.broken = true;
+        }
+        get(pool, &mut connect_failed, started).await
+    };
+    tokio::time::timeout_at(deadline, in_turn)
+        .await
+        .unwrap_or_else(|_| Err(pool.timed_out(started, None)))
+}
+
+/// One checkout from bb8. bb8 opens a new connection in the background when none is
+/// idle and the pool has room, but does not hand that attempt's error to the
+/// waiting checkout (it just waits on, until `connection_timeout`); so the checkout
+/// also watches the manager's connect failures and fails with the first one at once.
+async fn get<'a>(
+    pool: &'a Pool,
+    connect_failed: &mut watch::Receiver<Option<UpstreamError>>,
+    started: Instant,
+) -> Result<bb8::PooledConnection<'a, Manager>, UpstreamError> {
     tokio::select! {
         got = pool.inner.get() => match got {
             Ok(conn) => Ok(conn),
@@ -613,10 +683,104 @@ async fn checkout(pool: &Pool) -> Result<bb8::PooledConnection<'_, Manager>, Ups
     }
 }
 
+/// How long a task in turn waits for its session's first batch (sent as the session
+/// starts the task, so normally already there) before letting the next one go.
+const FIRST_BATCH_WAIT: std::time::Duration = std::time::Duration::from_millis(10);
+
+/// The order in which sessions asked a pool for a connection. Each takes a ticket
+/// when it starts ([`Dedicated::start`], called as the session reads the request)
+/// and checks out a connection and writes its first batch only when every session
+/// that asked before has done so (or given up). Redis serves blocked clients in the
+/// order their commands arrive, and clients (Redis's own test suite among them)
+/// rely on two BLPOPs sent one after the other being served in that order; without
+/// this, whichever session's checkout or connect finished first went first.
+#[derive(Debug)]
+struct Turns {
+    state: Mutex<TurnState>,
+    /// The lowest ticket not yet finished: its holder may go.
+    now: watch::Sender<u64>,
+}
+
+#[derive(Debug, Default)]
+struct TurnState {
+    issued: u64,
+    now: u64,
+    /// Finished tickets above `now` (their holders went out of turn: gave up).
+    finished: BTreeSet<u64>,
+}
+
+impl Default for Turns {
+    fn default() -> Turns {
+        Turns {
+            state: Mutex::new(TurnState::default()),
+            now: watch::channel(0).0,
+        }
+    }
+}
+
+impl Turns {
+    fn lock(&self) -> std::sync::MutexGuard<'_, TurnState> {
+        self.state.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    fn take(self: &Arc<Self>) -> Turn {
+        let mut state = self.lock();
+        let n = state.issued;
+        state.issued += 1;
+        Turn {
+            turns: self.clone(),
+            n,
+            ended: false,
+        }
+    }
+
+    fn finish(&self, n: u64) {
+        let mut state = self.lock();
+        state.finished.insert(n);
+        let mut now = state.now;
+        while state.finished.remove(&now) {
+            now += 1;
+        }
+        state.now = now;
+        self.now.send_replace(now);
+    }
+}
+
+/// A session's ticket in its pool's [`Turns`]; ended at the latest when dropped.
+#[derive(Debug)]
+struct Turn {
+    turns: Arc<Turns>,
+    n: u64,
+    ended: bool,
+}
+
+impl Turn {
+    /// Waits until every earlier ticket has ended.
+    async fn wait(&self) {
+        let mut now = self.turns.now.subscribe();
+        let _ = now.wait_for(|&now| now >= self.n).await;
+    }
+
+    /// Lets the next session go.
+    fn end(&mut self) {
+        if !self.ended {
+            self.ended = true;
+            self.turns.finish(self.n);
+        }
+    }
+}
+
+impl Drop for Turn {
+    fn drop(&mut self) {
+        self.end();
+    }
+}
+
 /// Where a [`Dedicated`] task's connection comes from.
 enum Source {
-    /// Checked out of the database's pool, returned when the session lets go.
-    Pool(Pool),
+    /// Checked out of the database's pool in the session's turn, returned when the
+    /// session lets go.
+    Pool(Pool, Turn),
     /// The session's own connection, closed when it lets go.
     Own(ExclusiveConn),
 }
@@ -629,7 +793,7 @@ async fn run(
     upstream_id: Arc<AtomicU64>,
     watch: Option<PushTx>,
 ) {
-    let pool = match source {
+    let (pool, mut turn) = match source {
         Source::Own(mut conn) => {
             serve(
                 &mut conn,
@@ -638,15 +802,17 @@ async fn run(
                 &upstream_id,
                 None,
                 watch,
+                None,
             )
             .await;
             return;
         }
-        Source::Pool(pool) => pool,
+        Source::Pool(pool, turn) => (pool, turn),
     };
-    let mut conn = match checkout(&pool).await {
+    let mut conn = match checkout(&pool, &turn).await {
         Ok(c) => c,
         Err(err) => {
+            turn.end();
             tracing::debug!(db = %label, error = %err, "no exclusive upstream connection");
             while let Some(msg) = rx.recv().await {
                 if let Msg::Batch(b) = msg {
@@ -664,6 +830,7 @@ async fn run(
         &upstream_id,
         Some(home),
         None,
+        Some(turn),
     )
     .await;
 }
@@ -679,6 +846,7 @@ async fn serve(
     upstream_id: &Arc<AtomicU64>,
     home: Option<u32>,
     mut watch: Option<PushTx>,
+    mut turn: Option<Turn>,
 ) {
     upstream_id.store(conn.id, Relaxed);
     // Cleared however the task ends (the session may still be asked to unblock).
@@ -686,7 +854,26 @@ async fn serve(
     let mut clean = false;
     let mut reselect = false;
     loop {
+        let in_turn = turn.as_mut().filter(|t| !t.ended);
         let msg = match watch.as_mut().filter(|w| w.live && !conn.broken) {
+            // In turn (a pooled connection's first batch): the session sent it as it
+            // started this task, so it is (all but) there; the next session waits
+            // until it is written.
+            _ if in_turn.is_some() => match rx.try_recv() {
+                Ok(msg) => Some(msg),
+                Err(mpsc::error::TryRecvError::Disconnected) => None,
+                Err(mpsc::error::TryRecvError::Empty) => {
+                    match tokio::time::timeout(FIRST_BATCH_WAIT, rx.recv()).await {
+                        Ok(msg) => msg,
+                        Err(_) => {
+                            if let Some(t) = in_turn {
+                                t.end();
+                            }
+                            rx.recv().await
+                        }
+                    }
+                }
+            },
             Some(w) => {
                 // Pushes left behind a reply (or read just now) first.
                 if let Err(end) = w.deliver(conn) {
@@ -729,6 +916,9 @@ async fn serve(
             w.started += 1;
         }
         if conn.broken {
+            if let Some(t) = turn.as_mut() {
+                t.end();
+            }
             let _ = batch.reply.send(
                 Err(UpstreamError::Lost {
                     addr: conn.addr.clone(),
@@ -757,7 +947,11 @@ async fn serve(
             }
         };
         tokio::select! {
-            r = conn.round_trip(&bytes, count) => {
+            r = conn.round_trip_then(&bytes, count, || {
+                if let Some(t) = turn.as_mut() {
+                    t.end();
+                }
+            }) => {
                 let r = match &mut watch {
                     Some(w) => r.map(|bytes| w.behind_carry(bytes)),
                     None => r,

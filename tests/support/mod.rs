@@ -1380,3 +1380,78 @@ pub fn run_binary(
         status,
     )
 }
+
+// ---------------------------------------------------------------------------------------
+// In-process proxy on a runtime of its own
+// ---------------------------------------------------------------------------------------
+
+/// The in-process proxy on a tokio runtime of its own, in its own thread, built as the
+/// binary builds it for `--threads N` (1: current-thread runtime, the default), so the
+/// test's clients do not share the proxy's threads. With `RUST_LOG` set, the proxy's
+/// tracing goes to stderr (once per test process). Shut down on drop.
+pub struct ProxyThread {
+    addr: SocketAddr,
+    stop: Option<tokio::sync::oneshot::Sender<()>>,
+    thread: Option<thread::JoinHandle<()>>,
+}
+
+impl ProxyThread {
+    /// Starts the proxy with `config` on a runtime of `threads` worker threads.
+    pub fn start(config: Config, threads: usize) -> ProxyThread {
+        if std::env::var_os("RUST_LOG").is_some() {
+            let _ = tracing_subscriber::fmt()
+                .with_env_filter(tracing_subscriber::EnvFilter::from_default_env())
+                .with_writer(io::stderr)
+                .try_init();
+        }
+        let (addr_tx, addr_rx) = std::sync::mpsc::channel();
+        let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+        let thread = thread::spawn(move || {
+            let mut rt = if threads <= 1 {
+                tokio::runtime::Builder::new_current_thread()
+            } else {
+                let mut b = tokio::runtime::Builder::new_multi_thread();
+                b.worker_threads(threads);
+                b
+            };
+            let rt = rt.enable_all().build().expect("proxy runtime");
+            rt.block_on(async move {
+                let proxy = start_proxy(config).await;
+                let _ = addr_tx.send(proxy.local_addr());
+                let _ = stopped.await;
+                proxy.shutdown().await;
+            });
+        });
+        let addr = addr_rx
+            .recv_timeout(DEFAULT_TIMEOUT)
+            .expect("the proxy thread did not start in time");
+        ProxyThread {
+            addr,
+            stop: Some(stop),
+            thread: Some(thread),
+        }
+    }
+
+    /// The address the proxy listens on.
+    pub fn local_addr(&self) -> SocketAddr {
+        self.addr
+    }
+}
+
+impl Drop for ProxyThread {
+    fn drop(&mut self) {
+        if let Some(stop) = self.stop.take() {
+            let _ = stop.send(());
+        }
+        if let Some(t) = self.thread.take() {
+            // Bounded: shutdown drains for at most the config's shutdown_timeout.
+            let deadline = Instant::now() + Duration::from_secs(15);
+            while !t.is_finished() && Instant::now() < deadline {
+                thread::sleep(Duration::from_millis(10));
+            }
+            if t.is_finished() {
+                let _ = t.join();
+            }
+        }
+    }
+}
