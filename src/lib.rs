@@ -27,11 +27,15 @@
 //! router.rs      client db index -> Database (slots, pools, breaker, health, stats)
 //! resilience/    breaker, backoff, per-command latency stats (no I/O)
 //! upstream/      connection setup (AUTH/HELLO/SELECT), shared multiplexed slots
-//!                (which make the retries, in order), exclusive bb8-pooled
-//!                connections, subscriber and out-of-band connections, probes
-//! command/       command classification (byte-literal match) and the command
-//!                table generated from Redis's metadata (flags, keys, read-only)
-//! protocol/      request parser (multibulk + inline) and reply framing
+//!                (which make the retries, in order, and pass large replies on
+//!                in parts), exclusive bb8-pooled connections (checked out in
+//!                request order), subscriber and out-of-band connections, probes;
+//!                frames.rs is the one reader of every reply stream
+//! command/       command classification (byte-literal match), the command
+//!                table generated from Redis's metadata (flags, keys, read-only),
+//!                and the Descriptor each request is classified into once
+//! protocol/      request parser (multibulk + inline) and reply framing, both
+//!                resumable across reads
 //! config/        YAML config -> Config (mod.rs: loading, the --check-config report)
 //!   types.rs     the config structs and their built-in defaults
 //!   yaml.rs      the YAML tree (keeps duplicates, order) and key path -> line lookup

@@ -221,7 +221,7 @@ impl ExclusiveConn {
 
 /// bb8 manager: opens connections with AUTH/SELECT done; a connection that failed
 /// mid-command is reported broken and dropped by the pool. Its clones share what
-/// went wrong last (see [`Failures`]).
+/// went wrong last (see `Failures`).
 #[derive(Debug, Clone)]
 pub struct Manager {
     cfg: UpstreamConfig,
