@@ -36,6 +36,10 @@ pub enum Route {
     /// Would change the state of a shared upstream connection; refused with the
     /// family named, until it runs on a dedicated connection.
     Stateful(Family),
+    /// `POST` or `Host:` as a command: an HTTP request sent to the proxy (a web
+    /// page attempting cross-protocol scripting). As Redis does, the client is
+    /// closed and nothing after it runs.
+    Attack,
 }
 
 /// Families of connection-stateful commands.
@@ -291,6 +295,7 @@ fn classify_upper<L: ArgList + ?Sized>(name: &[u8], args: &L) -> Route {
         | b"SUNSUBSCRIBE" => Route::Stateful(Family::PubSub),
         b"MONITOR" => Route::Stateful(Family::Monitor),
         b"SYNC" | b"PSYNC" | b"REPLCONF" => Route::Stateful(Family::Replication),
+        b"POST" | b"HOST:" => Route::Attack,
         _ => Route::Forward,
     }
 }

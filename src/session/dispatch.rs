@@ -321,6 +321,19 @@ impl Session {
                     Descriptor::of(&args[..])
                 }
             };
+            if cmd.route == Route::Attack {
+                // An HTTP request (a web page trying cross-protocol scripting):
+                // as Redis does, nothing after it runs and the client is closed
+                // without a reply; the shared connections never see it.
+                self.flush(&mut run, inbuf).await;
+                tracing::warn!(session = self.state.id, peer = %self.state.peer, "Possible SECURITY ATTACK detected. It looks like somebody is sending POST or Host: commands to redis-sidecar. This is likely due to an attacker attempting to use Cross Protocol Scripting to compromise your Redis instance. Connection aborted.");
+                inbuf.clear();
+                self.parser.reset();
+                self.queue.clear();
+                self.closing = true;
+                self.done = true;
+                return;
+            }
             let multibulk = matches!(req.kind, RequestKind::Multibulk);
             if cmd.info.is_some() {
                 self.client.set_last_cmd(cmd.index());

@@ -75,6 +75,8 @@ pub(super) fn handle<L: ArgList + ?Sized>(
         Route::Hello => hello(state, ctx, args),
         Route::Client => client(state, ctx, args),
         Route::Quit => Outcome::Close(b"+OK\r\n".to_vec()),
+        // Handled by the session before anything else (the client is closed).
+        Route::Attack => Outcome::Close(Vec::new()),
         Route::Reset => {
             state.db = ctx
                 .router

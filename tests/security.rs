@@ -1,0 +1,90 @@
+//! Hostile input (issue 9): an HTTP request sent to the proxy — what a web page can
+//! make a browser do against a port on localhost — is treated as Redis treats it:
+//! the client is closed, nothing after the `POST` / `Host:` line runs, and the
+//! shared upstream connections that other clients use are never touched.
+
+mod support;
+
+use std::time::Duration;
+
+use support::{proxy_config, start_proxy, AsyncRawClient, RedisServer};
+
+/// Everything the peer sends until it closes (or goes quiet).
+async fn until_closed(addr: std::net::SocketAddr, bytes: &[u8]) -> (Vec<u8>, bool) {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let mut s = tokio::net::TcpStream::connect(addr).await.expect("connect");
+    let _ = s.write_all(bytes).await;
+    let mut out = Vec::new();
+    let mut buf = [0u8; 4096];
+    loop {
+        match tokio::time::timeout(Duration::from_secs(2), s.read(&mut buf)).await {
+            Ok(Ok(0)) | Ok(Err(_)) => return (out, true),
+            Ok(Ok(n)) => out.extend_from_slice(&buf[..n]),
+            Err(_) => return (out, false),
+        }
+    }
+}
+
+/// An HTTP POST whose body, padded past the proxy's first read, carries commands.
+fn http_post(padding: usize) -> Vec<u8> {
+    let mut body = vec![b' '; padding];
+    body.extend_from_slice(
+        b"\r\nSET pwned yes\r\n*3\r\n$3\r\nSET\r\n$6\r\npwned2\r\n$3\r\nyes\r\n",
+    );
+    let mut req = format!(
+        "POST / HTTP/1.1\r\nHost: localhost:6380\r\nContent-Type: text/plain\r\nContent-Length: {}\r\n\r\n",
+        body.len()
+    )
+    .into_bytes();
+    req.extend_from_slice(&body);
+    req
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_http_post_is_refused_as_redis_refuses_it() {
+    let redis = RedisServer::start();
+    let proxy = start_proxy(proxy_config(&redis)).await;
+    let mut direct = AsyncRawClient::connect(redis.addr()).await;
+    let mut admin = AsyncRawClient::connect(proxy.local_addr()).await;
+    // Warm the shared connection and note how many connects it took.
+    assert_eq!(admin.cmd(&[b"SET", b"k", b"v"]).await, b"+OK\r\n");
+    let connects = |info: &[u8]| -> String {
+        let text = String::from_utf8_lossy(info).into_owned();
+        text.split(',')
+            .find_map(|f| f.strip_prefix("connects=").map(str::to_string))
+            .unwrap_or_default()
+    };
+    let before = connects(&admin.cmd(&[b"PROXY", b"INFO", b"databases"]).await);
+    assert!(
+        before.parse::<u64>().is_ok_and(|n| n > 0),
+        "connects: {before:?}"
+    );
+    for padding in [0, 200_000, 2_000_000] {
+        let bytes = http_post(padding);
+        let (to_redis, closed) = until_closed(redis.addr(), &bytes).await;
+        assert!(closed && to_redis.is_empty(), "Redis: {to_redis:?}");
+        let (to_proxy, closed) = until_closed(proxy.local_addr(), &bytes).await;
+        assert!(closed, "the proxy kept the connection open");
+        assert_eq!(to_proxy, to_redis, "padding {padding}");
+        // A bare `Host:` line is refused the same way, as a multibulk too.
+        for bytes in [
+            &b"Host: x\r\nSET pwned yes\r\n"[..],
+            b"*2\r\n$4\r\nPOST\r\n$1\r\n/\r\n*1\r\n$4\r\nPING\r\n",
+        ] {
+            let (to_proxy, closed) = until_closed(proxy.local_addr(), bytes).await;
+            assert!(closed && to_proxy.is_empty(), "{to_proxy:?}");
+        }
+    }
+    assert_eq!(
+        direct.cmd(&[b"EXISTS", b"pwned", b"pwned2"]).await,
+        b":0\r\n"
+    );
+    // The shared connection was never broken: no reconnect, and other clients go on.
+    let after = connects(&admin.cmd(&[b"PROXY", b"INFO", b"databases"]).await);
+    assert_eq!(
+        before, after,
+        "the attack broke a shared upstream connection"
+    );
+    assert_eq!(admin.cmd(&[b"GET", b"k"]).await, b"$1\r\nv\r\n");
+    proxy.shutdown().await;
+}
