@@ -88,3 +88,46 @@ async fn an_http_post_is_refused_as_redis_refuses_it() {
     assert_eq!(admin.cmd(&[b"GET", b"k"]).await, b"$1\r\nv\r\n");
     proxy.shutdown().await;
 }
+
+/// Bytes Redis refuses as a protocol error are refused by the proxy itself, with
+/// Redis's reply, and never reach (and break) a shared upstream connection.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn malformed_lengths_are_refused_like_redis_and_never_forwarded() {
+    let redis = RedisServer::start();
+    let proxy = start_proxy(proxy_config(&redis)).await;
+    let mut admin = AsyncRawClient::connect(proxy.local_addr()).await;
+    assert_eq!(admin.cmd(&[b"PING"]).await, b"+PONG\r\n");
+    let info =
+        String::from_utf8_lossy(&admin.cmd(&[b"PROXY", b"INFO", b"databases"]).await).into_owned();
+    let connects = |info: &str| -> Option<String> {
+        info.split(',')
+            .find_map(|f| f.strip_prefix("connects=").map(str::to_string))
+    };
+    let before = connects(&info).expect("connects field");
+    let cases: [&[u8]; 10] = [
+        b"*-0\r\n*1\r\n$4\r\nPING\r\n",
+        b"*+1\r\n$4\r\nPING\r\n",
+        b"*01\r\n$4\r\nPING\r\n",
+        b"*1\r\n$-0\r\n",
+        b"*1\r\n$+4\r\nPING\r\n",
+        b"*1\r\n$04\r\nPING\r\n",
+        b"*1\r\n$-1\r\n",
+        b"*2147483648\r\n",
+        b"*1\r\n+OK\r\n",
+        b"*0\r\n*-1\r\n*1\r\n$4\r\nPING\r\n",
+    ];
+    for bytes in cases {
+        let (direct, direct_closed) = until_closed(redis.addr(), bytes).await;
+        let (proxied, proxied_closed) = until_closed(proxy.local_addr(), bytes).await;
+        assert_eq!(
+            (String::from_utf8_lossy(&proxied), proxied_closed),
+            (String::from_utf8_lossy(&direct), direct_closed),
+            "{}",
+            String::from_utf8_lossy(bytes)
+        );
+    }
+    let info =
+        String::from_utf8_lossy(&admin.cmd(&[b"PROXY", b"INFO", b"databases"]).await).into_owned();
+    assert_eq!(connects(&info).expect("connects field"), before);
+    proxy.shutdown().await;
+}
