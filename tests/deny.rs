@@ -92,3 +92,49 @@ deny_commands: [shutdown, debug]
     .expect_err("must be a list");
     assert!(bad.to_string().contains("list"), "{bad}");
 }
+
+/// A denied command inside MULTI aborts the transaction at EXEC, as Redis does for
+/// a command refused while queueing (an ACL `-NOPERM`): nothing of it runs.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_denied_command_in_multi_aborts_the_transaction() {
+    let redis = RedisServer::start();
+    let mut config = proxy_config(&redis);
+    config.databases[0].upstream.deny_commands = vec!["flushall".into()];
+    let proxy = start_proxy(config).await;
+    let mut c = AsyncRawClient::connect(proxy.local_addr()).await;
+    let pipeline: Vec<u8> = [
+        &[&b"MULTI"[..]][..],
+        &[b"SET", b"a", b"1"],
+        &[b"FLUSHALL"],
+        &[b"EXEC"],
+        &[b"GET", b"a"],
+    ]
+    .iter()
+    .flat_map(|args| support::resp_cmd(args))
+    .collect();
+    c.send(&pipeline).await;
+    let replies: Vec<String> = c.read_replies(5).await.iter().map(|r| text(r)).collect();
+    assert_eq!(replies[0], "+OK\r\n");
+    assert_eq!(replies[1], "+QUEUED\r\n");
+    assert!(
+        replies[2].starts_with("-NOPERM 'flushall' is denied"),
+        "{replies:?}"
+    );
+    // Redis's own text for a transaction with a refused command.
+    assert_eq!(
+        replies[3],
+        "-EXECABORT Transaction discarded because of previous errors.\r\n"
+    );
+    assert_eq!(replies[4], "$-1\r\n");
+    let mut direct = AsyncRawClient::connect(redis.addr()).await;
+    assert_eq!(direct.cmd(&[b"EXISTS", b"a"]).await, b":0\r\n");
+    // The next transaction runs normally (and DISCARD after a refusal just discards).
+    assert_eq!(c.cmd(&[b"MULTI"]).await, b"+OK\r\n");
+    assert_eq!(c.cmd(&[b"FLUSHALL"]).await.get(..7), Some(&b"-NOPERM"[..]));
+    assert_eq!(c.cmd(&[b"DISCARD"]).await, b"+OK\r\n");
+    assert_eq!(c.cmd(&[b"MULTI"]).await, b"+OK\r\n");
+    assert_eq!(c.cmd(&[b"SET", b"a", b"2"]).await, b"+QUEUED\r\n");
+    assert_eq!(c.cmd(&[b"EXEC"]).await, b"*1\r\n+OK\r\n");
+    assert_eq!(direct.cmd(&[b"GET", b"a"]).await, b"$1\r\n2\r\n");
+    proxy.shutdown().await;
+}

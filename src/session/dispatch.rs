@@ -341,6 +341,10 @@ impl Session {
                     self.flush(&mut run, inbuf).await;
                     inbuf.advance(req.len);
                     self.refuse_denied(cmd.index());
+                    if let Some(h) = self.mode.held_mut().filter(|h| h.in_multi) {
+                        // Refused while queueing: the transaction is aborted at EXEC.
+                        h.dirty = true;
+                    }
                     continue;
                 }
                 if cmd.runs_while_busy()
@@ -460,6 +464,32 @@ impl Session {
                 }
                 if target == Target::Held && self.mode.held().is_none() {
                     self.hold_exclusive();
+                }
+                let aborts = cmd.tx == TxOp::End
+                    && cmd.info.is_some_and(|i| i.name == "exec")
+                    && self.mode.held().is_some_and(|h| h.dirty);
+                if aborts {
+                    // As Redis: a transaction with a refused command is discarded at
+                    // EXEC. The connection gets DISCARD; the client, EXECABORT.
+                    self.flush(&mut run, inbuf).await;
+                    inbuf.advance(req.len);
+                    if let Some(h) = self.mode.held_mut() {
+                        h.pending_select = None;
+                    }
+                    let discard = Bytes::from_static(b"*1\r\n$7\r\nDISCARD\r\n");
+                    let mut out = Outgoing::one(discard, Target::Held, cmd.index(), false);
+                    out.silent = true;
+                    let db = self.state.db.clone();
+                    self.last = conn;
+                    self.send(db, out).await;
+                    self.push_reply(
+                        b"-EXECABORT Transaction discarded because of previous errors.\r\n"
+                            .to_vec(),
+                    );
+                    if self.transaction_step(TxOp::End) && matches!(self.mode, Mode::Exclusive(_)) {
+                        self.release(true);
+                    }
+                    continue;
                 }
                 self.last = conn;
                 run.target = target;

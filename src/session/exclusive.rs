@@ -32,6 +32,7 @@ impl Session {
             TxOp::End => {
                 held.in_multi = false;
                 held.watching = false;
+                held.dirty = false;
             }
             TxOp::Watch if !held.in_multi => held.watching = true,
             TxOp::Unwatch if !held.in_multi => held.watching = false,

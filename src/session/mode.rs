@@ -52,6 +52,9 @@ pub(super) struct Held {
     pub watching: bool,
     /// The database a SELECT queued in the current MULTI switches to at EXEC.
     pub pending_select: Option<Arc<Database>>,
+    /// A command of the current MULTI was refused (`deny_commands`): as in Redis,
+    /// EXEC discards the transaction (`-EXECABORT`).
+    pub dirty: bool,
 }
 
 /// The session's own connection (`auth_passthrough` login, `CLIENT TRACKING`).
@@ -139,6 +142,7 @@ impl Held {
             in_multi: false,
             watching: false,
             pending_select: None,
+            dirty: false,
         }
     }
 }
