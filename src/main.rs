@@ -62,6 +62,10 @@ fn main() -> ExitCode {
             }
         };
     }
+    if let Err(e) = redis_sidecar::router::validate_deny_commands(&config) {
+        eprintln!("redis-sidecar: {}: {e}", args.config.display());
+        return ExitCode::from(2);
+    }
     if args.check_config {
         print!("{}", config.render_masked());
         return ExitCode::SUCCESS;

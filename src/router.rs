@@ -186,20 +186,44 @@ impl Router {
     }
 }
 
+/// Checks every database's `deny_commands` against the command table: a name that
+/// is not a Redis command (a typo, or `proxy`) would protect nothing, so it is a
+/// configuration error, not a warning.
+pub fn validate_deny_commands(config: &Config) -> Result<(), String> {
+    for db in &config.databases {
+        for name in &db.upstream.deny_commands {
+            if deny_index(name).is_none() {
+                return Err(format!(
+                    "database '{}' (db {}): deny_commands: unknown command '{}' (names are Redis commands, subcommands written as \"config|set\")",
+                    db.name(),
+                    db.index,
+                    name
+                ));
+            }
+        }
+    }
+    Ok(())
+}
+
+/// The command-table index a `deny_commands` entry names.
+fn deny_index(name: &str) -> Option<u16> {
+    let upper = name.to_ascii_uppercase();
+    let mut parts = upper.splitn(2, '|');
+    let cmd = parts.next().unwrap_or("");
+    let info = match parts.next() {
+        Some(sub) => table::lookup_sub(cmd.as_bytes(), sub.as_bytes())
+            .filter(|i| i.name.eq_ignore_ascii_case(name)),
+        None => table::lookup(cmd.as_bytes()),
+    };
+    info.map(|i| i.index)
+}
+
 /// The `deny_commands` of a database as a table-index mask.
 fn denied(db: &DatabaseConfig) -> Vec<bool> {
     let mut mask = vec![false; table::COUNT + 1];
     for name in &db.upstream.deny_commands {
-        let upper = name.to_ascii_uppercase();
-        let mut parts = upper.splitn(2, '|');
-        let cmd = parts.next().unwrap_or("");
-        let info = match parts.next() {
-            Some(sub) => table::lookup_sub(cmd.as_bytes(), sub.as_bytes())
-                .filter(|i| i.name.eq_ignore_ascii_case(name)),
-            None => table::lookup(cmd.as_bytes()),
-        };
-        match info {
-            Some(i) => mask[i.index as usize] = true,
+        match deny_index(name) {
+            Some(i) => mask[i as usize] = true,
             None => {
                 tracing::warn!(db = db.name(), command = %name, "deny_commands: unknown command ignored")
             }

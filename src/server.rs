@@ -30,6 +30,8 @@ pub struct Proxy {
 impl Proxy {
     /// Binds `config.listen` and starts serving on the current tokio runtime.
     pub async fn start(config: Config) -> std::io::Result<Proxy> {
+        crate::router::validate_deny_commands(&config)
+            .map_err(|e| std::io::Error::new(std::io::ErrorKind::InvalidInput, e))?;
         let listener = TcpListener::bind(config.listen).await.map_err(|e| {
             std::io::Error::new(e.kind(), format!("cannot listen on {}: {e}", config.listen))
         })?;

@@ -596,3 +596,49 @@ fn check_config_prints_the_resolved_config_with_passwords_masked() {
     assert!(err.contains("bogus_key"), "{err}");
     assert!(!out.contains("databases:"), "{out}");
 }
+
+#[test]
+fn check_config_refuses_deny_commands_that_name_no_command() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("redis-databases.yaml");
+    let path_s = path.to_str().unwrap();
+    for (list, bad) in [
+        ("[flushal]", "flushal"),
+        ("[proxy]", "proxy"),
+        ("[flushall, \"config|sett\"]", "config|sett"),
+    ] {
+        std::fs::write(
+            &path,
+            format!(
+                "{}deny_commands: {list}\n",
+                databases_yaml("127.0.0.1", 6379)
+            ),
+        )
+        .unwrap();
+        let (out, err, status) = run_binary(
+            &["--config", path_s, "--check-config"],
+            &[],
+            Duration::from_secs(10),
+        );
+        assert_eq!(status.code(), Some(2), "{list}: {out}{err}");
+        assert!(
+            err.contains(&format!("unknown command '{bad}'")) && err.contains(path_s),
+            "{err}"
+        );
+    }
+    // Real names, subcommands included, are accepted.
+    std::fs::write(
+        &path,
+        format!(
+            "{}deny_commands: [flushall, \"config|set\", keys]\n",
+            databases_yaml("127.0.0.1", 6379)
+        ),
+    )
+    .unwrap();
+    let (_, err, status) = run_binary(
+        &["--config", path_s, "--check-config"],
+        &[],
+        Duration::from_secs(10),
+    );
+    assert!(status.success(), "{err}");
+}
