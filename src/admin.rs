@@ -295,12 +295,13 @@ pub fn info(ctx: &Context, sections: &[&str]) -> String {
                 let local = get(&st.local_commands);
                 let _ = write!(
                     s,
-                    "# Stats\r\ntotal_commands_processed:{}\r\ncommands_forwarded:{}\r\ncommands_local:{}\r\nerror_replies:{}\r\nprotocol_errors:{}\r\ninstantaneous_ops_per_sec:{}\r\n",
+                    "# Stats\r\ntotal_commands_processed:{}\r\ncommands_forwarded:{}\r\ncommands_local:{}\r\nerror_replies:{}\r\nprotocol_errors:{}\r\nauth_failures:{}\r\ninstantaneous_ops_per_sec:{}\r\n",
                     forwarded + local,
                     forwarded,
                     local,
                     errors,
                     get(&st.protocol_errors),
+                    get(&st.auth_failures),
                     get(&st.ops_per_sec),
                 );
             }

@@ -116,6 +116,13 @@ impl Collector for ProxyCollector {
             MetricType::Counter,
             vec![(none(), counter(get(&st.protocol_errors)))],
         )?;
+        family(
+            &mut encoder,
+            "redis_sidecar_auth_failures",
+            "AUTH attempts refused (client_password)",
+            MetricType::Counter,
+            vec![(none(), counter(get(&st.auth_failures)))],
+        )?;
 
         let dbs = ctx.router.databases();
         // Per (db, command): the aggregate plus every command used so far.

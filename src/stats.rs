@@ -30,6 +30,8 @@ pub struct ProxyStats {
     pub local_commands: AtomicU64,
     /// Malformed requests (protocol errors).
     pub protocol_errors: AtomicU64,
+    /// AUTH / HELLO … AUTH attempts refused by the proxy's `client_password`.
+    pub auth_failures: AtomicU64,
     /// Commands per second over the last sampling interval (all databases).
     pub ops_per_sec: AtomicU64,
 }
@@ -43,6 +45,7 @@ impl Default for ProxyStats {
             rejected_connections: AtomicU64::new(0),
             local_commands: AtomicU64::new(0),
             protocol_errors: AtomicU64::new(0),
+            auth_failures: AtomicU64::new(0),
             ops_per_sec: AtomicU64::new(0),
         }
     }

@@ -642,3 +642,48 @@ fn check_config_refuses_deny_commands_that_name_no_command() {
     );
     assert!(status.success(), "{err}");
 }
+
+#[test]
+fn sighup_is_logged_and_ignored_and_command_names_are_logged_escaped() {
+    let redis = RedisServer::start();
+    let yaml = format!(
+        "{}log_commands: true\n",
+        support::databases_yaml("127.0.0.1", redis.port())
+    );
+    let mut proxy = BinaryProxy::start_with(&yaml, &[], &[]);
+    let mut c = proxy.client();
+    assert_eq!(c.cmd(&[b"PING"]), b"+PONG\r\n");
+    // SIGHUP (logrotate) used to kill the proxy (exit 129, no drain).
+    proxy.send_signal("HUP");
+    std::thread::sleep(Duration::from_millis(300));
+    assert!(
+        proxy.wait_exit(Duration::from_millis(1)).is_none(),
+        "SIGHUP killed the proxy"
+    );
+    assert_eq!(c.cmd(&[b"PING"]), b"+PONG\r\n");
+    // A command name with a newline and an escape byte, and a huge one: logged
+    // escaped and cut, never as a forged line or a raw terminal sequence.
+    let forged = b"GET\nFORGED-LINE level=ERROR \x1b[31mred";
+    let reply = c.cmd(&[forged, b"k"]);
+    assert!(reply.starts_with(b"-ERR unknown command"), "{reply:?}");
+    let huge = vec![b'A'; 100_000];
+    let _ = c.cmd(&[&huge]);
+    proxy.send_signal("TERM");
+    let status = proxy
+        .wait_exit(Duration::from_secs(10))
+        .expect("exits on SIGTERM");
+    assert!(status.success(), "{status}");
+    let log = proxy.log();
+    assert!(log.contains("SIGHUP received"), "{log}");
+    assert!(
+        !log.lines().any(|l| l.starts_with("FORGED-LINE")),
+        "a forged log line:\n{log}"
+    );
+    assert!(!log.contains('\x1b'), "raw escape byte in the log:\n{log}");
+    assert!(log.contains("\\n") && log.contains("\\x1b"), "{log}");
+    assert!(log.contains("(100000 bytes)"), "{log}");
+    assert!(
+        log.lines().all(|l| l.len() < 2_000),
+        "an oversized log line"
+    );
+}

@@ -131,3 +131,35 @@ async fn malformed_lengths_are_refused_like_redis_and_never_forwarded() {
     assert_eq!(connects(&info).expect("connects field"), before);
     proxy.shutdown().await;
 }
+
+/// Password guessing: refused attempts are counted and logged, and a connection
+/// is closed after 10 of them; the comparison does not stop at the first
+/// differing byte (checked by construction, see `same_secret`).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn repeated_auth_failures_close_the_connection() {
+    let redis = RedisServer::start();
+    let mut config = proxy_config(&redis);
+    config.client_password = Some(redis_sidecar::config::Secret("s3cret-pass".into()));
+    let proxy = start_proxy(config).await;
+    let mut c = AsyncRawClient::connect(proxy.local_addr()).await;
+    for i in 1..10 {
+        let r = c.cmd(&[b"AUTH", format!("guess-{i}").as_bytes()]).await;
+        assert_eq!(
+            r,
+            b"-WRONGPASS invalid username-password pair or user is disabled.\r\n"
+        );
+    }
+    // The 10th refusal is the last on this connection.
+    c.send(&support::resp_cmd(&[b"AUTH", b"s3cret-pasX"])).await;
+    let rest = c.read_until_closed().await;
+    assert_eq!(
+        rest,
+        b"-WRONGPASS invalid username-password pair or user is disabled.\r\n"
+    );
+    // Another connection with the right password is served; the failures show.
+    let mut ok = AsyncRawClient::connect(proxy.local_addr()).await;
+    assert_eq!(ok.cmd(&[b"AUTH", b"s3cret-pass"]).await, b"+OK\r\n");
+    let stats = String::from_utf8_lossy(&ok.cmd(&[b"PROXY", b"INFO", b"stats"]).await).into_owned();
+    assert!(stats.contains("auth_failures:10\r\n"), "{stats}");
+    proxy.shutdown().await;
+}

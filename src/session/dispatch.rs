@@ -750,8 +750,21 @@ fn client_reply<L: ArgList + ?Sized>(args: &L) -> Option<Option<ReplyMode>> {
     })
 }
 
+/// Logs a command's name (never its arguments): control and non-ASCII bytes
+/// escaped, at most 64 bytes shown, so a client cannot forge log lines or flood
+/// the log with one huge name.
 fn log_command(session: u64, name: &[u8]) {
-    tracing::info!(session, command = %String::from_utf8_lossy(name).to_ascii_uppercase(), "command");
+    const SHOWN: usize = 64;
+    let mut shown: String = name
+        .iter()
+        .take(SHOWN)
+        .flat_map(|b| std::ascii::escape_default(b.to_ascii_uppercase()))
+        .map(char::from)
+        .collect();
+    if name.len() > SHOWN {
+        shown.push_str(&format!("…({} bytes)", name.len()));
+    }
+    tracing::info!(session, command = %shown, "command");
 }
 
 /// Re-encodes inline arguments as a multibulk request for the upstream.

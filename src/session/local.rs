@@ -212,12 +212,41 @@ fn check_password(state: &mut State, ctx: &Context, user: Option<&[u8]>, pass: &
         };
     };
     let user_ok = user.is_none_or(|u| u == b"default");
-    if user_ok && pass == expected.0.as_bytes() {
+    if same_secret(pass, expected.0.as_bytes()) && user_ok {
         state.authenticated = true;
-        ok()
-    } else {
-        err("WRONGPASS invalid username-password pair or user is disabled.")
+        return ok();
     }
+    state.auth_failures += 1;
+    crate::stats::add(&ctx.stats.auth_failures, 1);
+    let n = state.auth_failures;
+    if n.is_power_of_two() {
+        // 1st, 2nd, 4th, 8th … failure of a connection: logged, not flooded.
+        tracing::warn!(session = state.id, peer = %state.peer, failures = n, "AUTH refused");
+    }
+    let refused = "WRONGPASS invalid username-password pair or user is disabled.";
+    if n >= MAX_AUTH_FAILURES {
+        // Guessing passwords costs a connection every few tries.
+        tracing::warn!(session = state.id, peer = %state.peer, failures = n, "closing client after repeated AUTH failures");
+        let mut out = Vec::new();
+        reply::error(&mut out, refused);
+        return Outcome::Close(out);
+    }
+    err(refused)
+}
+
+/// Failed AUTH attempts after which a connection is closed.
+const MAX_AUTH_FAILURES: u32 = 10;
+
+/// Compares a password with the expected one in time that depends only on their
+/// lengths, not on where they differ.
+fn same_secret(given: &[u8], expected: &[u8]) -> bool {
+    let mut diff = u8::from(given.len() != expected.len());
+    for i in 0..given.len().max(expected.len()) {
+        let a = given.get(i).copied().unwrap_or(0);
+        let b = expected.get(i).copied().unwrap_or(0);
+        diff |= std::hint::black_box(a ^ b);
+    }
+    diff == 0
 }
 
 fn auth<L: ArgList + ?Sized>(state: &mut State, ctx: &Context, args: &L) -> Outcome {

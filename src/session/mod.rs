@@ -92,6 +92,8 @@ pub(crate) struct State {
     pub peer: String,
     /// The user the client authenticated as (`None`: the default user).
     pub user: Option<String>,
+    /// AUTH attempts the proxy refused on this connection.
+    pub auth_failures: u32,
 }
 
 /// Serves one client until it disconnects, sends a malformed request, or the proxy
@@ -123,6 +125,7 @@ pub async fn run(stream: TcpStream, ctx: Arc<Context>, id: u64, shutdown: Cancel
         resp3: false,
         peer,
         user: None,
+        auth_failures: 0,
     };
     let mut session = Session {
         ctx,
