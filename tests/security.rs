@@ -163,3 +163,61 @@ async fn repeated_auth_failures_close_the_connection() {
     assert!(stats.contains("auth_failures:10\r\n"), "{stats}");
     proxy.shutdown().await;
 }
+
+/// Silent connections cannot hold `max_clients` slots: an unauthenticated client is
+/// closed after `auth_timeout`, an idle one after `client_idle_timeout` — but not
+/// while it waits on a blocking command or is subscribed (as Redis's `timeout`).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn silent_clients_are_closed_after_their_timeouts() {
+    let redis = RedisServer::start();
+    let mut config = proxy_config(&redis);
+    config.client_password = Some(redis_sidecar::config::Secret("pw".into()));
+    config.auth_timeout = Duration::from_millis(300);
+    config.client_idle_timeout = Duration::from_millis(600);
+    let proxy = start_proxy(config).await;
+    let addr = proxy.local_addr();
+
+    // Never authenticates: closed at about 300 ms, no reply.
+    let started = std::time::Instant::now();
+    let (out, closed) = until_closed(addr, b"").await;
+    assert!(closed && out.is_empty(), "{out:?}");
+    assert!(
+        started.elapsed() < Duration::from_millis(1500),
+        "{:?}",
+        started.elapsed()
+    );
+
+    // Authenticated, then silent: still open past the auth timeout, closed once
+    // idle for 600 ms.
+    let mut idle = AsyncRawClient::connect(addr).await;
+    assert_eq!(idle.cmd(&[b"AUTH", b"pw"]).await, b"+OK\r\n");
+    tokio::time::sleep(Duration::from_millis(400)).await;
+    assert_eq!(idle.cmd(&[b"PING"]).await, b"+PONG\r\n");
+    let started = std::time::Instant::now();
+    assert!(idle.read_until_closed().await.is_empty());
+    let waited = started.elapsed();
+    assert!(
+        waited >= Duration::from_millis(500) && waited < Duration::from_secs(3),
+        "{waited:?}"
+    );
+
+    // Blocked longer than the idle timeout: served, not closed.
+    let mut blocked = AsyncRawClient::connect(addr).await;
+    assert_eq!(blocked.cmd(&[b"AUTH", b"pw"]).await, b"+OK\r\n");
+    assert_eq!(
+        blocked.cmd(&[b"BLPOP", b"nothing", b"1.5"]).await,
+        b"*-1\r\n"
+    );
+    // Subscribed longer than the idle timeout: still gets messages.
+    let mut sub = AsyncRawClient::connect(addr).await;
+    assert_eq!(sub.cmd(&[b"AUTH", b"pw"]).await, b"+OK\r\n");
+    sub.cmd(&[b"SUBSCRIBE", b"news"]).await;
+    tokio::time::sleep(Duration::from_millis(1200)).await;
+    let mut publisher = AsyncRawClient::connect(redis.addr()).await;
+    assert_eq!(
+        publisher.cmd(&[b"PUBLISH", b"news", b"hi"]).await,
+        b":1\r\n"
+    );
+    assert!(sub.read_reply().await.ends_with(b"$2\r\nhi\r\n"));
+    proxy.shutdown().await;
+}

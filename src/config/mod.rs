@@ -92,7 +92,7 @@ pub use types::{
 
 use env::process_env;
 use resolve::parse_config;
-use types::{DEFAULT_LISTEN, DEFAULT_MAX_CLIENTS, DEFAULT_SHUTDOWN_TIMEOUT};
+use types::{DEFAULT_AUTH_TIMEOUT, DEFAULT_LISTEN, DEFAULT_MAX_CLIENTS, DEFAULT_SHUTDOWN_TIMEOUT};
 use yaml::Node;
 
 /// The whole resolved configuration.
@@ -122,6 +122,14 @@ pub struct Config {
     pub max_clients: usize,
     /// Bounded drain at shutdown.
     pub shutdown_timeout: Duration,
+    /// `client_idle_timeout`: a client that sends nothing for this long is closed,
+    /// as with Redis's `timeout` (not while subscribed or waiting on a blocking
+    /// command). Zero (the default) = never.
+    pub client_idle_timeout: Duration,
+    /// `auth_timeout`: with `client_password` set, a client that has not
+    /// authenticated this long after connecting is closed (default 10 s; zero =
+    /// never), so silent connections cannot hold `max_clients` slots.
+    pub auth_timeout: Duration,
     /// Databases sorted by index.
     pub databases: Vec<DatabaseConfig>,
     /// Client-facing index of the database a new client starts on (before any
@@ -157,6 +165,8 @@ impl Config {
             limits: Limits::default(),
             max_clients: DEFAULT_MAX_CLIENTS,
             shutdown_timeout: DEFAULT_SHUTDOWN_TIMEOUT,
+            client_idle_timeout: Duration::ZERO,
+            auth_timeout: DEFAULT_AUTH_TIMEOUT,
             databases,
             default_database: 0,
             source: None,
@@ -231,6 +241,11 @@ impl Config {
         line(format!("log_commands: {}", self.log_commands));
         line(format!("max_clients: {}", self.max_clients));
         line(format!("shutdown_timeout: {}", secs(self.shutdown_timeout)));
+        line(format!(
+            "client_idle_timeout: {}",
+            secs(self.client_idle_timeout)
+        ));
+        line(format!("auth_timeout: {}", secs(self.auth_timeout)));
         line(format!("default_database: {}", self.default_database));
         line("limits:".to_string());
         line(format!("  max_bulk_len: {}", self.limits.max_bulk_len));

@@ -10,16 +10,17 @@ use std::time::Duration;
 use super::env::apply_env;
 use super::error::{Fail, Origin};
 use super::fields::{
-    parse_bool, parse_listen, parse_log_format, parse_log_level, parse_secret, parse_string,
-    parse_u32, parse_usize, positive_secs, set_nullable, suggest, type_error, Map, Set,
+    nonnegative_secs, parse_bool, parse_listen, parse_log_format, parse_log_level, parse_secret,
+    parse_string, parse_u32, parse_usize, positive_secs, set_nullable, suggest, type_error, Map,
+    Set,
 };
 use super::layer::{Layer, UPSTREAM_KEYS};
 use super::secs;
 use super::types::{
-    DatabaseConfig, Limits, ResilienceConfig, UpstreamConfig, DEFAULT_DENY_COMMANDS, DEFAULT_HOST,
-    DEFAULT_LISTEN, DEFAULT_MAX_CLIENTS, DEFAULT_METRICS_LISTEN, DEFAULT_MUX_CONNECTIONS,
-    DEFAULT_POOL_SIZE, DEFAULT_PORT, DEFAULT_SHUTDOWN_TIMEOUT, DEFAULT_TIMEOUT,
-    DEFAULT_UPSTREAM_DATABASES, MAX_CLIENT_DB,
+    DatabaseConfig, Limits, ResilienceConfig, UpstreamConfig, DEFAULT_AUTH_TIMEOUT,
+    DEFAULT_DENY_COMMANDS, DEFAULT_HOST, DEFAULT_LISTEN, DEFAULT_MAX_CLIENTS,
+    DEFAULT_METRICS_LISTEN, DEFAULT_MUX_CONNECTIONS, DEFAULT_POOL_SIZE, DEFAULT_PORT,
+    DEFAULT_SHUTDOWN_TIMEOUT, DEFAULT_TIMEOUT, DEFAULT_UPSTREAM_DATABASES, MAX_CLIENT_DB,
 };
 use super::yaml::{KeyPath, Node};
 use super::Config;
@@ -36,6 +37,8 @@ const TOP_ONLY_KEYS: &[&str] = &[
     "log_format",
     "max_clients",
     "shutdown_timeout",
+    "client_idle_timeout",
+    "auth_timeout",
     "limits",
     "upstream_databases",
     "default_database",
@@ -115,6 +118,12 @@ pub(super) fn parse_config(
     let shutdown_timeout = top
         .set("shutdown_timeout", positive_secs)?
         .map_or(DEFAULT_SHUTDOWN_TIMEOUT, |s| s.value);
+    let client_idle_timeout = top
+        .set("client_idle_timeout", nonnegative_secs)?
+        .map_or(Duration::ZERO, |s| s.value);
+    let auth_timeout = top
+        .set("auth_timeout", nonnegative_secs)?
+        .map_or(DEFAULT_AUTH_TIMEOUT, |s| s.value);
     let limits = match top.get("limits") {
         None => Limits::default(),
         Some((p, n)) => parse_limits(n, &p)?,
@@ -173,6 +182,8 @@ pub(super) fn parse_config(
         limits,
         max_clients,
         shutdown_timeout,
+        client_idle_timeout,
+        auth_timeout,
         databases,
         default_database,
         source: source.map(Path::to_path_buf),

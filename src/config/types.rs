@@ -44,6 +44,9 @@ pub(super) const DEFAULT_POOL_SIZE: u32 = 20;
 pub(super) const DEFAULT_MUX_CONNECTIONS: u32 = 2;
 /// Default `max_clients`.
 pub(super) const DEFAULT_MAX_CLIENTS: usize = 10_000;
+/// Default `auth_timeout`.
+pub(super) const DEFAULT_AUTH_TIMEOUT: Duration = Duration::from_secs(10);
+
 /// Default `shutdown_timeout`.
 pub(super) const DEFAULT_SHUTDOWN_TIMEOUT: Duration = Duration::from_secs(10);
 /// Default `upstream_databases` (Redis's default `databases` setting).

@@ -48,6 +48,7 @@ use std::task::Poll;
 use bytes::BytesMut;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
+use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 
 use crate::clients::Registration;
@@ -199,6 +200,8 @@ impl Session {
         let mut inbuf = BytesMut::with_capacity(16 * 1024);
         // Bytes were read but not parsed yet (they arrived while held back).
         let mut unparsed = false;
+        let connected_at = Instant::now();
+        let mut last_read = connected_at;
         let token: CancellationToken = self.client.token().clone();
         let cancelled = token.cancelled();
         tokio::pin!(cancelled);
@@ -230,6 +233,7 @@ impl Session {
                 && !self.closing
                 && (!held_back
                     || (inbuf.len() < HELD_BACK_READ_LIMIT && self.waits_on_exclusive()));
+            let deadline = self.close_deadline(connected_at, last_read);
             let queue = &mut self.queue;
             // The subscriber connection's frames, and the pushes of the session's
             // own connection (tracking invalidations), parked or not.
@@ -267,8 +271,12 @@ impl Session {
                         self.read_closed = true;
                         self.done = true;
                     }
-                    Ok(_) if held_back => unparsed = true,
+                    Ok(_) if held_back => {
+                        last_read = Instant::now();
+                        unparsed = true;
+                    }
                     Ok(_) => {
+                        last_read = Instant::now();
                         self.dispatch(&mut inbuf).await;
                         if inbuf.capacity() - inbuf.len() < 4096 {
                             inbuf.reserve(16 * 1024);
@@ -287,6 +295,17 @@ impl Session {
                         None => std::future::pending().await,
                     }
                 }, if has_pushes => self.on_push(p),
+                _ = async {
+                    match deadline {
+                        Some(at) => tokio::time::sleep_until(at).await,
+                        None => std::future::pending().await,
+                    }
+                }, if deadline.is_some() => {
+                    let why = if self.state.authenticated { "idle longer than client_idle_timeout" } else { "not authenticated within auth_timeout" };
+                    tracing::info!(session = self.state.id, peer = %self.state.peer, "closing client: {why}");
+                    self.queue.clear();
+                    self.done = true;
+                }
                 _ = &mut cancelled, if !self.read_closed => {
                     self.read_closed = true;
                     if self.client.was_killed() {
@@ -299,6 +318,26 @@ impl Session {
         }
         let _ = stream.shutdown().await;
         Ok(())
+    }
+
+    /// When the client is closed for silence, if ever: `auth_timeout` after
+    /// connecting while it has not authenticated (with `client_password` set), and
+    /// `client_idle_timeout` after its last bytes while it is not subscribed and not
+    /// waiting on a blocking command (as Redis's `timeout`).
+    fn close_deadline(&self, connected_at: Instant, last_read: Instant) -> Option<Instant> {
+        let cfg = &self.ctx.config;
+        let auth = (!self.state.authenticated
+            && cfg.client_password.is_some()
+            && !cfg.auth_timeout.is_zero())
+        .then(|| connected_at + cfg.auth_timeout);
+        let idle = (!cfg.client_idle_timeout.is_zero()
+            && !matches!(self.mode, Mode::Subscribed(_))
+            && !self.waits_on_exclusive())
+        .then(|| last_read + cfg.client_idle_timeout);
+        match (auth, idle) {
+            (Some(a), Some(b)) => Some(a.min(b)),
+            (a, b) => a.or(b),
+        }
     }
 
     /// A barrier PING is on its way on the subscriber connection.
