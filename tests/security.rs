@@ -221,3 +221,34 @@ async fn silent_clients_are_closed_after_their_timeouts() {
     assert!(sub.read_reply().await.ends_with(b"$2\r\nhi\r\n"));
     proxy.shutdown().await;
 }
+
+/// Before AUTH, a client may send what Redis allows an unauthenticated client: at
+/// most 10 arguments and 16 KiB bulk strings (Redis's own errors, then close), so
+/// nobody makes the proxy buffer a huge request without the password.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn unauthenticated_clients_get_redis_limits() {
+    let redis = RedisServer::start_with_args(&["--requirepass", "pw"]);
+    let mut config = proxy_config(&redis);
+    for db in &mut config.databases {
+        db.upstream.password = Some(redis_sidecar::config::Secret("pw".into()));
+    }
+    config.client_password = Some(redis_sidecar::config::Secret("pw".into()));
+    let proxy = start_proxy(config).await;
+    let many: Vec<u8> = support::resp_cmd(&[&b"AUTH"[..]; 11]);
+    let big = support::resp_cmd(&[b"AUTH", &vec![b'x'; 16 * 1024 + 1]]);
+    let fine_then_big = [
+        support::resp_cmd(&[b"AUTH", b"pw"]),
+        support::resp_cmd(&[b"SET", b"k", &vec![b'x'; 100_000]]),
+        support::resp_cmd(&[b"STRLEN", b"k"]),
+    ]
+    .concat();
+    for bytes in [&many, &big, &fine_then_big] {
+        let (direct, direct_closed) = until_closed(redis.addr(), bytes).await;
+        let (proxied, proxied_closed) = until_closed(proxy.local_addr(), bytes).await;
+        assert_eq!(
+            (String::from_utf8_lossy(&proxied), proxied_closed),
+            (String::from_utf8_lossy(&direct), direct_closed)
+        );
+    }
+    proxy.shutdown().await;
+}

@@ -404,6 +404,7 @@ fn parse_limits(node: &Node, path: &KeyPath) -> Result<Limits, Fail> {
         max_args: get("max_args", defaults.max_args)?,
         max_inline_len: get("max_inline_len", defaults.max_inline_len)?,
         pubsub_buffer_limit: get("pubsub_buffer_limit", defaults.pubsub_buffer_limit)?,
+        unauthenticated: false,
     })
 }
 

@@ -84,6 +84,24 @@ pub struct Limits {
     /// past it the client is disconnected (Redis's `client-output-buffer-limit
     /// pubsub 32mb`).
     pub pubsub_buffer_limit: usize,
+    /// Not a config key: set in [`Limits::before_auth`], the limits of a client
+    /// that has not authenticated yet (the parser then answers with Redis's
+    /// `unauthenticated …` errors).
+    pub unauthenticated: bool,
+}
+
+impl Limits {
+    /// What a client may send before it authenticates, as Redis 7 allows: at most
+    /// 10 arguments and 16 KiB bulk strings (so nobody can make the proxy buffer a
+    /// 512 MiB request without the password).
+    pub fn before_auth(&self) -> Limits {
+        Limits {
+            max_bulk_len: self.max_bulk_len.min(16 * 1024),
+            max_args: self.max_args.min(10),
+            unauthenticated: true,
+            ..self.clone()
+        }
+    }
 }
 
 impl Default for Limits {
@@ -93,6 +111,7 @@ impl Default for Limits {
             max_args: 1024 * 1024,
             max_inline_len: 64 * 1024,
             pubsub_buffer_limit: 32 * 1024 * 1024,
+            unauthenticated: false,
         }
     }
 }

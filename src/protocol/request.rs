@@ -290,6 +290,9 @@ impl Parser {
                     kind: RequestKind::Empty,
                 }));
             }
+            if count as usize > limits.max_args && limits.unauthenticated {
+                return Err(ProtocolError::new("unauthenticated multibulk length"));
+            }
             if count as usize > limits.max_args {
                 return Err(ProtocolError(format!(
                     "invalid multibulk length ({count} arguments, limit is {})",
@@ -325,6 +328,9 @@ impl Parser {
                     match parse_int(&buf[pos + 1..eol]) {
                         Some(n) if n >= 0 && n as u64 <= limits.max_bulk_len as u64 => {
                             (n as usize, eol)
+                        }
+                        Some(n) if n >= 0 && limits.unauthenticated => {
+                            return Err(ProtocolError::new("unauthenticated bulk length"))
                         }
                         _ => return Err(ProtocolError::new("invalid bulk length")),
                     }
@@ -603,6 +609,7 @@ mod tests {
             max_args: 2,
             max_inline_len: 100,
             pubsub_buffer_limit: 1024,
+            unauthenticated: false,
         };
         let mut args = Vec::new();
         assert!(parse(b"*3\r\n", &limits, &mut args).is_err());

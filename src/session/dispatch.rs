@@ -281,9 +281,15 @@ impl Session {
         self.client.touch(&self.ctx.clients);
         while !self.closing && !self.stalled {
             // Resumable: a request arriving over many reads is parsed once.
-            let parsed =
-                self.parser
-                    .parse(&inbuf[run.len..], &self.ctx.config.limits, &mut self.args);
+            let before_auth;
+            let limits = if self.state.authenticated {
+                &self.ctx.config.limits
+            } else {
+                // Redis's limits for a client that has not authenticated.
+                before_auth = self.ctx.config.limits.before_auth();
+                &before_auth
+            };
+            let parsed = self.parser.parse(&inbuf[run.len..], limits, &mut self.args);
             let req = match parsed {
                 Ok(Some(req)) => req,
                 Ok(None) => break,
