@@ -59,6 +59,22 @@ fn num(f: &HashMap<String, String>, key: &str) -> f64 {
         .unwrap_or_else(|| panic!("no numeric {key} in {f:?}"))
 }
 
+/// The admin password the tests configure.
+const ADMIN: &[u8] = b"admin-secret";
+
+/// `config` with an admin password.
+fn with_admin(mut config: redis_sidecar::config::Config) -> redis_sidecar::config::Config {
+    config.admin_password = Some(redis_sidecar::config::Secret(
+        String::from_utf8_lossy(ADMIN).into_owned(),
+    ));
+    config
+}
+
+/// Makes `c` an admin session (PROXY CIRCUIT / RESETSTATS need one).
+async fn admin(c: &mut AsyncRawClient) {
+    assert_eq!(c.cmd(&[b"PROXY", b"AUTH", ADMIN]).await, b"+OK\r\n");
+}
+
 async fn proxy_health(c: &mut AsyncRawClient) -> String {
     bulk_text(&c.cmd(&[b"PROXY", b"HEALTH"]).await)
 }
@@ -143,8 +159,9 @@ async fn proxy_health_reports_probes_and_notices_a_dead_redis() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn proxy_stats_counts_per_command_selects_a_db_and_resets() {
     let redis = RedisServer::start();
-    let proxy = start_proxy(proxy_config(&redis)).await;
+    let proxy = start_proxy(with_admin(proxy_config(&redis))).await;
     let mut c = AsyncRawClient::connect(proxy.local_addr()).await;
+    admin(&mut c).await;
     const N: usize = 7;
     const M: usize = 5;
     for i in 0..M {
@@ -224,8 +241,9 @@ async fn proxy_stats_counts_per_command_selects_a_db_and_resets() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn proxy_circuit_forces_one_database_open_and_back() {
     let redis = RedisServer::start();
-    let proxy = start_proxy(proxy_config(&redis)).await;
+    let proxy = start_proxy(with_admin(proxy_config(&redis))).await;
     let mut c = AsyncRawClient::connect(proxy.local_addr()).await;
+    admin(&mut c).await;
     let mut c5 = AsyncRawClient::connect(proxy.local_addr()).await;
     assert_eq!(c5.cmd(&[b"SELECT", b"5"]).await, b"+OK\r\n");
     assert_eq!(c5.cmd(&[b"SET", b"k", b"five"]).await, b"+OK\r\n");
@@ -398,11 +416,12 @@ async fn metrics_endpoint_serves_counters_circuit_state_and_client_gauge() {
     let redis = RedisServer::start();
     let mut config = proxy_config(&redis);
     config.metrics_listen = Some(SocketAddr::from(([127, 0, 0, 1], 0)));
-    let proxy = start_proxy(config).await;
+    let proxy = start_proxy(with_admin(config)).await;
     let metrics = proxy
         .metrics_addr()
         .expect("metrics_addr with metrics_listen set");
     let mut c = AsyncRawClient::connect(proxy.local_addr()).await;
+    admin(&mut c).await;
     assert_eq!(c.cmd(&[b"SET", b"k", b"v"]).await, b"+OK\r\n");
     assert_eq!(c.cmd(&[b"GET", b"k"]).await, resp_bulk(b"v"));
 
@@ -500,5 +519,47 @@ async fn metrics_endpoint_serves_counters_circuit_state_and_client_gauge() {
     let (status, _, body) = http_get(metrics, "/nope").await;
     assert_eq!(status, 404, "{body}");
     drop(extra);
+    proxy.shutdown().await;
+}
+
+/// Without an admin session, nobody can change the proxy: PROXY CIRCUIT and
+/// RESETSTATS are refused; a wrong admin password is refused; reading stays open.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn changing_the_proxy_needs_an_admin_session() {
+    let redis = RedisServer::start();
+    // No admin_password at all: no one can.
+    let proxy = start_proxy(proxy_config(&redis)).await;
+    let mut c = AsyncRawClient::connect(proxy.local_addr()).await;
+    for cmd in [
+        &[&b"PROXY"[..], b"CIRCUIT", b"main", b"OPEN"][..],
+        &[b"PROXY", b"RESETSTATS"],
+    ] {
+        let r = text(&c.cmd(cmd).await);
+        assert!(
+            r.starts_with("-NOPERM PROXY CIRCUIT and PROXY RESETSTATS need an admin session"),
+            "{r}"
+        );
+    }
+    let r = text(&c.cmd(&[b"PROXY", b"AUTH", b"anything"]).await);
+    assert!(r.starts_with("-ERR PROXY AUTH: no admin_password"), "{r}");
+    assert!(bulk_text(&c.cmd(&[b"PROXY", b"INFO", b"circuits"]).await).contains("state=closed"));
+    assert_eq!(c.cmd(&[b"SET", b"k", b"v"]).await, b"+OK\r\n");
+    proxy.shutdown().await;
+    // With one: a wrong password is refused, the right one makes an admin, and
+    // RESET takes it away.
+    let proxy = start_proxy(with_admin(proxy_config(&redis))).await;
+    let mut c = AsyncRawClient::connect(proxy.local_addr()).await;
+    let r = text(&c.cmd(&[b"PROXY", b"AUTH", b"guess"]).await);
+    assert!(r.starts_with("-WRONGPASS"), "{r}");
+    let r = text(&c.cmd(&[b"PROXY", b"CIRCUIT", b"main", b"OPEN"]).await);
+    assert!(r.starts_with("-NOPERM"), "{r}");
+    admin(&mut c).await;
+    assert_eq!(
+        c.cmd(&[b"PROXY", b"CIRCUIT", b"main", b"AUTO"]).await,
+        b"+OK\r\n"
+    );
+    assert_eq!(c.cmd(&[b"RESET"]).await, b"+RESET\r\n");
+    let r = text(&c.cmd(&[b"PROXY", b"RESETSTATS"]).await);
+    assert!(r.starts_with("-NOPERM"), "{r}");
     proxy.shutdown().await;
 }

@@ -122,8 +122,11 @@ async fn the_breaker_opens_answers_at_once_and_closes_when_redis_is_back() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_operator_can_force_the_circuit_open_and_back() {
     let redis = RedisServer::start();
-    let proxy = start_proxy(proxy_config(&redis)).await;
+    let mut config = proxy_config(&redis);
+    config.admin_password = Some(redis_sidecar::config::Secret("adm".into()));
+    let proxy = start_proxy(config).await;
     let mut c = AsyncRawClient::connect(proxy.local_addr()).await;
+    assert_eq!(c.cmd(&[b"PROXY", b"AUTH", b"adm"]).await, b"+OK\r\n");
     assert_eq!(c.cmd(&[b"SET", b"k", b"v"]).await, b"+OK\r\n");
     assert_eq!(
         c.cmd(&[b"PROXY", b"CIRCUIT", b"0", b"OPEN"]).await,

@@ -105,6 +105,9 @@ pub struct Config {
     pub metrics_listen: Option<SocketAddr>,
     /// Password clients must send with AUTH, if any.
     pub client_password: Option<Secret>,
+    /// `admin_password`: a session that sends `PROXY AUTH <admin_password>` may
+    /// change the proxy (`PROXY CIRCUIT`, `PROXY RESETSTATS`); without it no one can.
+    pub admin_password: Option<Secret>,
     /// AUTH (and `HELLO … AUTH`) is checked by Redis itself: a client that logs in
     /// gets its own upstream connection authenticated as that user. YAML
     /// `auth_passthrough` (default false; not together with `client_password`).
@@ -158,6 +161,7 @@ impl Config {
             listen: DEFAULT_LISTEN,
             metrics_listen: None,
             client_password: None,
+            admin_password: None,
             auth_passthrough: false,
             log_level: "info".into(),
             log_format: "text".into(),
@@ -234,6 +238,10 @@ impl Config {
         line(format!(
             "client_password: {}",
             mask(self.client_password.as_ref())
+        ));
+        line(format!(
+            "admin_password: {}",
+            mask(self.admin_password.as_ref())
         ));
         line(format!("auth_passthrough: {}", self.auth_passthrough));
         line(format!("log_level: {}", self.log_level));

@@ -31,6 +31,7 @@ const TOP_ONLY_KEYS: &[&str] = &[
     "listen",
     "metrics_listen",
     "client_password",
+    "admin_password",
     "auth_passthrough",
     "log_commands",
     "log_level",
@@ -94,6 +95,7 @@ pub(super) fn parse_config(
         Some(p) => p,
         None => set_nullable(&top, "client_password", parse_secret)?.and_then(|s| s.value),
     };
+    let admin_password = set_nullable(&top, "admin_password", parse_secret)?.and_then(|s| s.value);
     let auth_passthrough = match top.set("auth_passthrough", parse_bool)? {
         Some(s) if s.value && client_password.is_some() => {
             return Err(Fail::at(
@@ -175,6 +177,7 @@ pub(super) fn parse_config(
         listen,
         metrics_listen,
         client_password,
+        admin_password,
         auth_passthrough,
         log_level,
         log_format,

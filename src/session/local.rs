@@ -70,7 +70,7 @@ pub(super) fn handle<L: ArgList + ?Sized>(
         // Inline commands (and nothing else) reach here as Forward.
         Route::Forward => Outcome::Forward(Some(encode(args))),
         Route::Select => select(state, ctx, args),
-        Route::Proxy => Outcome::Reply(admin::proxy(ctx, args)),
+        Route::Proxy => proxy(state, ctx, args),
         Route::Auth => auth(state, ctx, args),
         Route::Hello => hello(state, ctx, args),
         Route::Client => client(state, ctx, args),
@@ -87,6 +87,7 @@ pub(super) fn handle<L: ArgList + ?Sized>(
             state.user = None;
             state.resp3 = false;
             state.authenticated = ctx.config.client_password.is_none();
+            state.admin = false;
             Outcome::Reply(b"+RESET\r\n".to_vec())
         }
         Route::CrossDb => cross_db(state, ctx, args),
@@ -232,6 +233,38 @@ fn check_password(state: &mut State, ctx: &Context, user: Option<&[u8]>, pass: &
         return Outcome::Close(out);
     }
     err(refused)
+}
+
+/// `PROXY …`: `PROXY AUTH <admin_password>` makes the session an admin; the
+/// subcommands that change the proxy (`CIRCUIT`, `RESETSTATS`) need one, so a
+/// local process without the password cannot force a database's circuit open.
+fn proxy<L: ArgList + ?Sized>(state: &mut State, ctx: &Context, args: &L) -> Outcome {
+    let mut buf = [0u8; 32];
+    match upper(args.arg(1), &mut buf).unwrap_or(b"") {
+        b"AUTH" if args.count() != 3 => wrong_sub_args(args),
+        b"AUTH" => match &ctx.config.admin_password {
+            None => err("ERR PROXY AUTH: no admin_password is configured"),
+            Some(p) if same_secret(args.arg(2), p.0.as_bytes()) => {
+                state.admin = true;
+                ok()
+            }
+            Some(_) => {
+                state.auth_failures += 1;
+                crate::stats::add(&ctx.stats.auth_failures, 1);
+                tracing::warn!(session = state.id, peer = %state.peer, "PROXY AUTH refused");
+                if state.auth_failures >= MAX_AUTH_FAILURES {
+                    let mut out = Vec::new();
+                    reply::error(&mut out, "WRONGPASS invalid admin password");
+                    return Outcome::Close(out);
+                }
+                err("WRONGPASS invalid admin password")
+            }
+        },
+        b"CIRCUIT" | b"RESETSTATS" if !state.admin => err(
+            "NOPERM PROXY CIRCUIT and PROXY RESETSTATS need an admin session: set admin_password and send PROXY AUTH <admin_password> first",
+        ),
+        _ => Outcome::Reply(admin::proxy(ctx, args)),
+    }
 }
 
 /// Failed AUTH attempts after which a connection is closed.

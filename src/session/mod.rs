@@ -95,6 +95,8 @@ pub(crate) struct State {
     pub user: Option<String>,
     /// AUTH attempts the proxy refused on this connection.
     pub auth_failures: u32,
+    /// `PROXY AUTH` succeeded: the session may change the proxy.
+    pub admin: bool,
 }
 
 /// Serves one client until it disconnects, sends a malformed request, or the proxy
@@ -127,6 +129,7 @@ pub async fn run(stream: TcpStream, ctx: Arc<Context>, id: u64, shutdown: Cancel
         peer,
         user: None,
         auth_failures: 0,
+        admin: false,
     };
     let mut session = Session {
         ctx,
