@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # THE test command: makes sure redis-server, redis-cli and redis-benchmark exist (the
-# integration tests start real Redis servers), then runs every test target.
+# integration tests start real Redis servers) and `ss` (iproute2: one test reads the
+# kernel's keepalive timers), then runs every test target.
 #
 #   scripts/test.sh [extra cargo test args...]
 set -euo pipefail
@@ -8,7 +9,7 @@ set -euo pipefail
 cd "$(dirname "${BASH_SOURCE[0]}")/.."
 
 missing=()
-for tool in redis-server redis-cli redis-benchmark; do
+for tool in redis-server redis-cli redis-benchmark ss; do
     command -v "$tool" >/dev/null 2>&1 || missing+=("$tool")
 done
 
@@ -17,10 +18,10 @@ if ((${#missing[@]} > 0)); then
         echo "test.sh: installing redis-server redis-tools (missing: ${missing[*]})" >&2
         export DEBIAN_FRONTEND=noninteractive
         apt-get update -qq
-        apt-get install -y -qq --no-install-recommends redis-server redis-tools >/dev/null
+        apt-get install -y -qq --no-install-recommends redis-server redis-tools iproute2 >/dev/null
     else
         echo "test.sh: WARNING: missing ${missing[*]}; the integration tests need them" >&2
-        echo "test.sh: and will fail. Install: sudo apt-get install redis-server redis-tools" >&2
+        echo "test.sh: and will fail. Install: sudo apt-get install redis-server redis-tools iproute2" >&2
     fi
 fi
 

@@ -252,3 +252,43 @@ async fn unauthenticated_clients_get_redis_limits() {
     }
     proxy.shutdown().await;
 }
+
+/// TCP keepalive is on for client and upstream connections (as Redis's default
+/// `tcp-keepalive 300`), so a peer that vanished does not hold a connection
+/// forever. Read from the kernel with `ss -o` (its keepalive timer).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn client_and_upstream_sockets_have_keepalive() {
+    let redis = RedisServer::start();
+    let proxy = start_proxy(proxy_config(&redis)).await;
+    let mut c = AsyncRawClient::connect(proxy.local_addr()).await;
+    assert_eq!(c.cmd(&[b"PING"]).await, b"+PONG\r\n");
+    let ss = |port: u16| -> String {
+        let out = std::process::Command::new("ss")
+            .args([
+                "-tno",
+                "state",
+                "established",
+                &format!("( sport = :{port} )"),
+            ])
+            .output()
+            .expect("ss (iproute2)");
+        String::from_utf8_lossy(&out.stdout).into_owned()
+    };
+    // The proxy's side of the client connection (source port: the proxy's).
+    let client_side = ss(proxy.local_addr().port());
+    assert!(client_side.contains("keepalive"), "{client_side}");
+    // The proxy's upstream connections are the ones whose peer is Redis's port:
+    // look at Redis's side is not enough; list by destination.
+    let out = std::process::Command::new("ss")
+        .args([
+            "-tno",
+            "state",
+            "established",
+            &format!("( dport = :{} )", redis.port()),
+        ])
+        .output()
+        .expect("ss");
+    let upstream_side = String::from_utf8_lossy(&out.stdout).into_owned();
+    assert!(upstream_side.contains("keepalive"), "{upstream_side}");
+    proxy.shutdown().await;
+}

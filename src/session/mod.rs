@@ -114,6 +114,7 @@ pub async fn run(stream: TcpStream, ctx: Arc<Context>, id: u64, shutdown: Cancel
         .map(|a| a.to_string())
         .unwrap_or_default();
     let _ = stream.set_nodelay(true);
+    crate::upstream::connect::keepalive(&stream);
     // Cancelled by the proxy's shutdown, or by CLIENT KILL from another client.
     let client = ctx
         .clients

@@ -9,6 +9,19 @@ use super::frames::Frames;
 use crate::config::UpstreamConfig;
 use crate::protocol::request::encode_command;
 
+/// How long a connection may be silent before the kernel probes it, as Redis's
+/// default `tcp-keepalive 300`: a peer that vanished (a crashed host, a dropped
+/// NAT entry) is noticed instead of holding the connection forever.
+pub const TCP_KEEPALIVE: std::time::Duration = std::time::Duration::from_secs(300);
+
+/// Turns TCP keepalive on for a client or upstream socket (best effort).
+pub fn keepalive(stream: &TcpStream) {
+    let ka = socket2::TcpKeepalive::new().with_time(TCP_KEEPALIVE);
+    if let Err(e) = socket2::SockRef::from(stream).set_tcp_keepalive(&ka) {
+        tracing::debug!(error = %e, "cannot turn TCP keepalive on");
+    }
+}
+
 /// Connects to the upstream and prepares the connection (AUTH, `HELLO 3` for RESP3
 /// connections, SELECT).
 pub async fn connect(cfg: &UpstreamConfig, resp3: bool) -> Result<TcpStream, UpstreamError> {
@@ -34,6 +47,7 @@ async fn connect_inner(
             reason: e.to_string(),
         })?;
     let _ = stream.set_nodelay(true);
+    keepalive(&stream);
 
     let mut setup = Vec::new();
     let mut expected = 0;
