@@ -39,4 +39,8 @@ HEALTHCHECK --interval=10s --timeout=3s --start-period=5s --retries=3 \
     CMD redis-cli -h 127.0.0.1 -p 6380 PING | grep -qE 'PONG|NOAUTH' || exit 1
 
 ENTRYPOINT ["redis-sidecar"]
-CMD ["--config", "/etc/redis-sidecar/redis-databases.yaml", "--listen", "0.0.0.0:6380"]
+# Clients reach the container through its published port (from the bridge, not
+# loopback), so protected mode is off here, as in Redis's own image: publish the
+# port on the host's loopback only (as docker-compose.yml does), or set
+# client_password.
+CMD ["--config", "/etc/redis-sidecar/redis-databases.yaml", "--listen", "0.0.0.0:6380", "--no-protected-mode"]

@@ -26,6 +26,10 @@ struct Args {
     /// Log as JSON lines instead of text.
     #[arg(long)]
     log_json: bool,
+    /// Serve clients from any address even without client_password (overrides
+    /// protected_mode: true; for containers whose published port is the boundary).
+    #[arg(long)]
+    no_protected_mode: bool,
     /// Validate the configuration, print it resolved (secrets masked) and exit.
     #[arg(long)]
     check_config: bool,
@@ -46,6 +50,9 @@ fn main() -> ExitCode {
     };
     if let Some(listen) = args.listen {
         config.listen = listen;
+    }
+    if args.no_protected_mode {
+        config.protected_mode = false;
     }
     if let Some(m) = &args.metrics_listen {
         config.metrics_listen = if m == "off" {

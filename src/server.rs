@@ -129,6 +129,14 @@ async fn accept_loop(
                 continue;
             }
         };
+        if denied_by_protected_mode(&ctx, peer) {
+            stats::add(&ctx.stats.rejected_connections, 1);
+            tracing::warn!(%peer, "rejecting client: protected mode (no client_password) serves only 127.0.0.1 and ::1");
+            tokio::spawn(async move {
+                let _ = stream.write_all(PROTECTED_MODE_DENIED).await;
+            });
+            continue;
+        }
         if get(&ctx.stats.connected_clients) >= ctx.config.max_clients as u64 {
             stats::add(&ctx.stats.rejected_connections, 1);
             tracing::warn!(%peer, "rejecting client: max_clients reached");
@@ -150,6 +158,26 @@ async fn accept_loop(
             stats::sub(&ctx.stats.connected_clients, 1);
         });
     }
+}
+
+/// What a client refused by protected mode reads before the connection closes.
+const PROTECTED_MODE_DENIED: &[u8] = b"-DENIED redis-sidecar is running in protected mode because protected_mode is enabled and no client_password is set. In this mode connections are only accepted from the loopback interface (127.0.0.1 and ::1). To serve other clients, set client_password (recommended), or set protected_mode: false if the network is trusted.\r\n";
+
+/// Redis's protected mode: with no password, a client that is not on the
+/// loopback interface (exactly 127.0.0.1 or ::1, as Redis checks) is refused.
+fn denied_by_protected_mode(ctx: &Context, peer: std::net::SocketAddr) -> bool {
+    let cfg = &ctx.config;
+    if !cfg.protected_mode || cfg.client_password.is_some() {
+        return false;
+    }
+    let ip = match peer.ip() {
+        std::net::IpAddr::V6(v6) => v6
+            .to_ipv4_mapped()
+            .map_or(std::net::IpAddr::V6(v6), std::net::IpAddr::V4),
+        v4 => v4,
+    };
+    ip != std::net::IpAddr::from([127, 0, 0, 1])
+        && ip != std::net::IpAddr::from(std::net::Ipv6Addr::LOCALHOST)
 }
 
 /// Samples the command counters once a second for `instantaneous_ops_per_sec`.

@@ -292,3 +292,60 @@ async fn client_and_upstream_sockets_have_keepalive() {
     assert!(upstream_side.contains("keepalive"), "{upstream_side}");
     proxy.shutdown().await;
 }
+
+/// Redis's protected mode: with no `client_password`, only clients on 127.0.0.1
+/// (or ::1) are served — others (here a client whose source address is
+/// 127.0.0.2, which Redis also treats as not loopback) get `-DENIED` and are
+/// closed. A password, or `protected_mode: false`, lifts it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn protected_mode_serves_only_loopback_without_a_password() {
+    async fn from_127_0_0_2(addr: std::net::SocketAddr, bytes: &[u8]) -> (Vec<u8>, bool) {
+        use tokio::io::{AsyncReadExt, AsyncWriteExt};
+        let socket = tokio::net::TcpSocket::new_v4().expect("socket");
+        socket
+            .bind("127.0.0.2:0".parse().unwrap())
+            .expect("bind 127.0.0.2");
+        let mut s = socket.connect(addr).await.expect("connect");
+        let _ = s.write_all(bytes).await;
+        let mut out = Vec::new();
+        let mut buf = [0u8; 4096];
+        loop {
+            match tokio::time::timeout(Duration::from_secs(1), s.read(&mut buf)).await {
+                Ok(Ok(0)) | Ok(Err(_)) => return (out, true),
+                Ok(Ok(n)) => out.extend_from_slice(&buf[..n]),
+                Err(_) => return (out, false),
+            }
+        }
+    }
+    let redis = RedisServer::start();
+    let ping = support::resp_cmd(&[b"PING"]);
+    // Default: protected.
+    let proxy = start_proxy(proxy_config(&redis)).await;
+    let (out, closed) = from_127_0_0_2(proxy.local_addr(), &ping).await;
+    assert!(
+        closed && out.starts_with(b"-DENIED"),
+        "{:?}",
+        String::from_utf8_lossy(&out)
+    );
+    let mut local = AsyncRawClient::connect(proxy.local_addr()).await;
+    assert_eq!(local.cmd(&[b"PING"]).await, b"+PONG\r\n");
+    proxy.shutdown().await;
+    // With a password: served (and asked to authenticate).
+    let mut config = proxy_config(&redis);
+    config.client_password = Some(redis_sidecar::config::Secret("pw".into()));
+    let proxy = start_proxy(config).await;
+    let (out, _) = from_127_0_0_2(proxy.local_addr(), &ping).await;
+    assert!(
+        out.starts_with(b"-NOAUTH"),
+        "{:?}",
+        String::from_utf8_lossy(&out)
+    );
+    proxy.shutdown().await;
+    // Explicitly off: served.
+    let mut config = proxy_config(&redis);
+    config.protected_mode = false;
+    let proxy = start_proxy(config).await;
+    let (out, _) = from_127_0_0_2(proxy.local_addr(), &ping).await;
+    assert_eq!(out, b"+PONG\r\n");
+    proxy.shutdown().await;
+}

@@ -105,6 +105,10 @@ pub struct Config {
     pub metrics_listen: Option<SocketAddr>,
     /// Password clients must send with AUTH, if any.
     pub client_password: Option<Secret>,
+    /// `protected_mode` (default true): without `client_password`, only clients
+    /// connecting from 127.0.0.1 or ::1 are served (Redis's protected mode);
+    /// others get `-DENIED …` and are closed.
+    pub protected_mode: bool,
     /// `admin_password`: a session that sends `PROXY AUTH <admin_password>` may
     /// change the proxy (`PROXY CIRCUIT`, `PROXY RESETSTATS`); without it no one can.
     pub admin_password: Option<Secret>,
@@ -162,6 +166,7 @@ impl Config {
             metrics_listen: None,
             client_password: None,
             admin_password: None,
+            protected_mode: true,
             auth_passthrough: false,
             log_level: "info".into(),
             log_format: "text".into(),
@@ -244,6 +249,7 @@ impl Config {
             mask(self.admin_password.as_ref())
         ));
         line(format!("auth_passthrough: {}", self.auth_passthrough));
+        line(format!("protected_mode: {}", self.protected_mode));
         line(format!("log_level: {}", self.log_level));
         line(format!("log_format: {}", self.log_format));
         line(format!("log_commands: {}", self.log_commands));

@@ -32,6 +32,7 @@ const TOP_ONLY_KEYS: &[&str] = &[
     "metrics_listen",
     "client_password",
     "admin_password",
+    "protected_mode",
     "auth_passthrough",
     "log_commands",
     "log_level",
@@ -96,6 +97,9 @@ pub(super) fn parse_config(
         None => set_nullable(&top, "client_password", parse_secret)?.and_then(|s| s.value),
     };
     let admin_password = set_nullable(&top, "admin_password", parse_secret)?.and_then(|s| s.value);
+    let protected_mode = top
+        .set("protected_mode", parse_bool)?
+        .is_none_or(|s| s.value);
     let auth_passthrough = match top.set("auth_passthrough", parse_bool)? {
         Some(s) if s.value && client_password.is_some() => {
             return Err(Fail::at(
@@ -178,6 +182,7 @@ pub(super) fn parse_config(
         metrics_listen,
         client_password,
         admin_password,
+        protected_mode,
         auth_passthrough,
         log_level,
         log_format,
