@@ -221,13 +221,14 @@ fn deny_index(name: &str) -> Option<u16> {
 /// The `deny_commands` of a database as a table-index mask.
 fn denied(db: &DatabaseConfig) -> Vec<bool> {
     let mut mask = vec![false; table::COUNT + 1];
-    for name in &db.upstream.deny_commands {
-        match deny_index(name) {
-            Some(i) => mask[i as usize] = true,
-            None => {
-                tracing::warn!(db = db.name(), command = %name, "deny_commands: unknown command ignored")
-            }
-        }
+    // Unknown names never get here: `validate_deny_commands` refuses them first.
+    for i in db
+        .upstream
+        .deny_commands
+        .iter()
+        .filter_map(|n| deny_index(n))
+    {
+        mask[i as usize] = true;
     }
     mask
 }

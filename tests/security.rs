@@ -262,33 +262,19 @@ async fn client_and_upstream_sockets_have_keepalive() {
     let proxy = start_proxy(proxy_config(&redis)).await;
     let mut c = AsyncRawClient::connect(proxy.local_addr()).await;
     assert_eq!(c.cmd(&[b"PING"]).await, b"+PONG\r\n");
-    let ss = |port: u16| -> String {
+    // Established TCP sockets matching an `ss` filter, with their timers.
+    let ss = |filter: String| -> String {
         let out = std::process::Command::new("ss")
-            .args([
-                "-tno",
-                "state",
-                "established",
-                &format!("( sport = :{port} )"),
-            ])
+            .args(["-tno", "state", "established", &filter])
             .output()
             .expect("ss (iproute2)");
         String::from_utf8_lossy(&out.stdout).into_owned()
     };
     // The proxy's side of the client connection (source port: the proxy's).
-    let client_side = ss(proxy.local_addr().port());
+    let client_side = ss(format!("( sport = :{} )", proxy.local_addr().port()));
     assert!(client_side.contains("keepalive"), "{client_side}");
-    // The proxy's upstream connections are the ones whose peer is Redis's port:
-    // look at Redis's side is not enough; list by destination.
-    let out = std::process::Command::new("ss")
-        .args([
-            "-tno",
-            "state",
-            "established",
-            &format!("( dport = :{} )", redis.port()),
-        ])
-        .output()
-        .expect("ss");
-    let upstream_side = String::from_utf8_lossy(&out.stdout).into_owned();
+    // The proxy's upstream connections (destination port: Redis's).
+    let upstream_side = ss(format!("( dport = :{} )", redis.port()));
     assert!(upstream_side.contains("keepalive"), "{upstream_side}");
     proxy.shutdown().await;
 }

@@ -217,17 +217,26 @@ fn check_password(state: &mut State, ctx: &Context, user: Option<&[u8]>, pass: &
         state.authenticated = true;
         return ok();
     }
+    refuse_auth(
+        state,
+        ctx,
+        "AUTH",
+        "WRONGPASS invalid username-password pair or user is disabled.",
+    )
+}
+
+/// A refused password (AUTH or PROXY AUTH): counted, logged (the 1st, 2nd, 4th …
+/// refusal of a connection, not every one), and the connection is closed at the
+/// [`MAX_AUTH_FAILURES`]th, so guessing costs a connection every few tries.
+fn refuse_auth(state: &mut State, ctx: &Context, what: &str, refused: &str) -> Outcome {
     state.auth_failures += 1;
     crate::stats::add(&ctx.stats.auth_failures, 1);
     let n = state.auth_failures;
     if n.is_power_of_two() {
-        // 1st, 2nd, 4th, 8th … failure of a connection: logged, not flooded.
-        tracing::warn!(session = state.id, peer = %state.peer, failures = n, "AUTH refused");
+        tracing::warn!(session = state.id, peer = %state.peer, failures = n, "{what} refused");
     }
-    let refused = "WRONGPASS invalid username-password pair or user is disabled.";
     if n >= MAX_AUTH_FAILURES {
-        // Guessing passwords costs a connection every few tries.
-        tracing::warn!(session = state.id, peer = %state.peer, failures = n, "closing client after repeated AUTH failures");
+        tracing::warn!(session = state.id, peer = %state.peer, failures = n, "closing client after repeated {what} failures");
         let mut out = Vec::new();
         reply::error(&mut out, refused);
         return Outcome::Close(out);
@@ -248,17 +257,7 @@ fn proxy<L: ArgList + ?Sized>(state: &mut State, ctx: &Context, args: &L) -> Out
                 state.admin = true;
                 ok()
             }
-            Some(_) => {
-                state.auth_failures += 1;
-                crate::stats::add(&ctx.stats.auth_failures, 1);
-                tracing::warn!(session = state.id, peer = %state.peer, "PROXY AUTH refused");
-                if state.auth_failures >= MAX_AUTH_FAILURES {
-                    let mut out = Vec::new();
-                    reply::error(&mut out, "WRONGPASS invalid admin password");
-                    return Outcome::Close(out);
-                }
-                err("WRONGPASS invalid admin password")
-            }
+            Some(_) => refuse_auth(state, ctx, "PROXY AUTH", "WRONGPASS invalid admin password"),
         },
         b"CIRCUIT" | b"RESETSTATS" if !state.admin => err(
             "NOPERM PROXY CIRCUIT and PROXY RESETSTATS need an admin session: set admin_password and send PROXY AUTH <admin_password> first",
