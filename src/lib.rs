@@ -20,7 +20,11 @@
 //!   tracking.rs  CLIENT TRACKING: the tracking connection, pushes, REDIRECT ids
 //!   local.rs     commands the proxy answers itself (SELECT, AUTH, HELLO, CLIENT …)
 //! admin.rs       PROXY INFO / HEALTH / STATS / RESETSTATS / CIRCUIT
-//! metrics.rs     Prometheus /metrics (read from the same counters at scrape time)
+//! metrics.rs     Prometheus /metrics (read from the same counters at scrape time);
+//!                the HTTP responder on metrics_listen, which also serves status/
+//! status/        the live status page (GET /, /status.json): a sampler keeps 10 min
+//!   history.rs   of per-database samples (rates, windowed p50/p99 from histogram
+//!   page.rs      differences); the self-contained HTML with inline SVG charts
 //! context.rs     what sessions share: config, router, client table, counters
 //! clients.rs     the table of client sessions (CLIENT LIST / KILL / UNBLOCK,
 //!                TRACKING REDIRECT targets)
@@ -60,4 +64,5 @@ pub mod router;
 pub mod server;
 pub mod session;
 pub mod stats;
+pub mod status;
 pub mod upstream;
