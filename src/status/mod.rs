@@ -52,22 +52,30 @@ pub const ENV_INTERVAL_MS: &str = "REDIS_SIDECAR_STATUS_INTERVAL_MS";
 /// Interval set by [`set_sample_interval`] in milliseconds; 0 = not set.
 static INTERVAL_OVERRIDE_MS: AtomicU64 = AtomicU64::new(0);
 
+/// Shortest and longest sampling interval (other values are clamped).
+const INTERVAL_RANGE: (Duration, Duration) = (Duration::from_millis(10), Duration::from_secs(3600));
+
+fn clamp(interval: Duration) -> Duration {
+    interval.clamp(INTERVAL_RANGE.0, INTERVAL_RANGE.1)
+}
+
 /// Changes the sampling interval of status samplers started from now on in this
-/// process (in-process tests; the binary reads [`ENV_INTERVAL_MS`]).
+/// process (in-process tests; the binary reads [`ENV_INTERVAL_MS`]). Clamped to
+/// 10 ms – 1 h.
 pub fn set_sample_interval(interval: Duration) {
-    let ms = u64::try_from(interval.as_millis()).unwrap_or(u64::MAX);
-    INTERVAL_OVERRIDE_MS.store(ms.max(1), Relaxed);
+    INTERVAL_OVERRIDE_MS.store(clamp(interval).as_millis() as u64, Relaxed);
 }
 
 /// The interval a sampler started now uses: [`set_sample_interval`], else
-/// [`ENV_INTERVAL_MS`] (a positive integer), else [`SAMPLE_INTERVAL`].
+/// [`ENV_INTERVAL_MS`] (a positive integer, clamped to 10 ms – 1 h), else
+/// [`SAMPLE_INTERVAL`].
 pub fn sample_interval() -> Duration {
     match INTERVAL_OVERRIDE_MS.load(Relaxed) {
         0 => std::env::var(ENV_INTERVAL_MS)
             .ok()
             .and_then(|v| v.trim().parse::<u64>().ok())
             .filter(|&ms| ms > 0)
-            .map_or(SAMPLE_INTERVAL, Duration::from_millis),
+            .map_or(SAMPLE_INTERVAL, |ms| clamp(Duration::from_millis(ms))),
         ms => Duration::from_millis(ms),
     }
 }
@@ -87,7 +95,7 @@ impl History {
 
     /// How far back the history reaches when full.
     pub fn span(&self) -> Duration {
-        self.interval * HISTORY_LEN as u32
+        self.interval.saturating_mul(HISTORY_LEN as u32)
     }
 }
 
@@ -385,6 +393,13 @@ mod tests {
         let mut o = String::new();
         json_str(&mut o, "a\"b\\c\nd\u{1}</script>");
         assert_eq!(o, r#""a\"b\\c\nd\u0001\u003c/script>""#);
+    }
+
+    #[test]
+    fn interval_is_clamped() {
+        assert_eq!(clamp(Duration::from_millis(1)), Duration::from_millis(10));
+        assert_eq!(clamp(Duration::MAX), Duration::from_secs(3600));
+        assert_eq!(clamp(SAMPLE_INTERVAL), SAMPLE_INTERVAL);
     }
 
     #[test]

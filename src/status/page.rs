@@ -131,13 +131,14 @@ fn nice_ceil(v: f64) -> f64 {
 
 /// The latency chart of one database: p50 and p99 over the history span, open (red)
 /// and half-open (amber) intervals shaded, intervals with errors ticked in red.
-fn chart(d: &DbStatus, now: f64, span: f64, interval: f64) -> String {
+fn chart(d: &DbStatus, now: f64, span_d: Duration, interval: Duration) -> String {
     const W: f64 = 330.0;
     const H: f64 = 40.0;
     const X0: f64 = 40.0;
     const X1: f64 = 326.0;
     const Y0: f64 = 3.0;
     const Y1: f64 = 37.0;
+    let (span, interval) = (span_d.as_secs_f64(), interval.as_secs_f64());
     let x = |t: f64| (X1 - (now - t) / span.max(1e-3) * (X1 - X0)).clamp(X0, X1);
     let top = nice_ceil(
         d.history
@@ -149,7 +150,7 @@ fn chart(d: &DbStatus, now: f64, span: f64, interval: f64) -> String {
     let mut o = format!(
         "<svg class=\"chart\" width=\"{W}\" height=\"{H}\" viewBox=\"0 0 {W} {H}\" role=\"img\" aria-label=\"latency of {} over the last {}\">",
         escape(&d.name),
-        span_label(Duration::from_secs_f64(span.max(0.0)))
+        span_label(span_d)
     );
     for s in &d.history {
         let fill = match s.circuit {
@@ -161,7 +162,7 @@ fn chart(d: &DbStatus, now: f64, span: f64, interval: f64) -> String {
         let _ = write!(
             o,
             "<rect x=\"{a:.1}\" y=\"{Y0}\" width=\"{:.1}\" height=\"{}\" fill=\"{fill}\"/>",
-            (b - a).max(1.0),
+            (b - a + 0.6).max(1.0),
             Y1 - Y0
         );
     }
@@ -272,8 +273,8 @@ fn row(o: &mut String, d: &DbStatus, s: &Status) {
         chart(
             d,
             s.now,
-            s.history_span.as_secs_f64(),
-            s.sample_interval.as_secs_f64()
+            s.history_span,
+            s.sample_interval
         ),
     );
 }
