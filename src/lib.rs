@@ -22,9 +22,11 @@
 //! admin.rs       PROXY INFO / HEALTH / STATS / RESETSTATS / CIRCUIT
 //! metrics.rs     Prometheus /metrics (read from the same counters at scrape time);
 //!                the HTTP responder on metrics_listen, which also serves status/
-//! status/        the live status page (GET /, /status.json): a sampler keeps 10 min
-//!   history.rs   of per-database samples (rates, windowed p50/p99 from histogram
-//!   page.rs      differences); the self-contained HTML with inline SVG charts
+//! status/        the live status page (GET /, /status.json); mod.rs: the sampler
+//!                (every 5 s, 10 min kept, reads only) and the JSON
+//!   history.rs   one database's ring of samples: rates and windowed p50/p99 from
+//!                differences of the cumulative counters and histogram
+//!   page.rs      the self-contained HTML page with inline SVG charts
 //! context.rs     what sessions share: config, router, client table, counters
 //! clients.rs     the table of client sessions (CLIENT LIST / KILL / UNBLOCK,
 //!                TRACKING REDIRECT targets)

@@ -151,6 +151,10 @@ async fn status_json_reports_rates_latency_history_and_forced_open_circuit() {
         "p50 {p50} p99 {p99}"
     );
     assert_eq!(num(main, "error_rate"), 0.0);
+    assert!(
+        num(&j, "ops_per_sec") >= num(main, "ops_per_sec"),
+        "the sum over databases"
+    );
     assert_eq!(main["upstream"], format!("127.0.0.1:{}", _redis.port()));
     let history = main["history"].as_array().expect("history");
     let ts: Vec<f64> = history.iter().map(|h| num(h, "t")).collect();

@@ -206,8 +206,8 @@ pub struct Status {
     pub listen: String,
     /// Client connections open now.
     pub clients_connected: u64,
-    /// Commands per second over the last second (all databases, local ones too).
-    pub ops_per_sec: u64,
+    /// Commands per second over the last interval, all databases.
+    pub ops_per_sec: f64,
     /// Sampling interval.
     pub sample_interval: Duration,
     /// How far back a full history reaches.
@@ -221,7 +221,7 @@ pub struct Status {
 /// Reads the current status.
 pub fn read(ctx: &Context, history: &History) -> Status {
     let rings = history.rings.lock().unwrap_or_else(PoisonError::into_inner);
-    let databases = ctx
+    let databases: Vec<DbStatus> = ctx
         .router
         .databases()
         .iter()
@@ -262,7 +262,7 @@ pub fn read(ctx: &Context, history: &History) -> Status {
         uptime: ctx.stats.started.elapsed(),
         listen: ctx.local_addr.to_string(),
         clients_connected: get(&ctx.stats.connected_clients),
-        ops_per_sec: get(&ctx.stats.ops_per_sec),
+        ops_per_sec: databases.iter().map(|d| d.ops_per_sec).sum(),
         sample_interval: history.interval(),
         history_span: history.span(),
         now: unix_now(),
@@ -318,11 +318,9 @@ pub fn json(s: &Status) -> String {
     json_num(&mut o, s.uptime.as_secs_f64());
     o.push_str(",\"listen\":");
     json_str(&mut o, &s.listen);
-    let _ = write!(
-        o,
-        ",\"clients_connected\":{},\"ops_per_sec\":{}",
-        s.clients_connected, s.ops_per_sec
-    );
+    let _ = write!(o, ",\"clients_connected\":{}", s.clients_connected);
+    o.push_str(",\"ops_per_sec\":");
+    json_num(&mut o, s.ops_per_sec);
     o.push_str(",\"sample_interval_seconds\":");
     json_num(&mut o, s.sample_interval.as_secs_f64());
     o.push_str(",\"history_seconds\":");

@@ -317,7 +317,7 @@ pub fn html(s: &Status) -> String {
     };
     let _ = write!(
         o,
-        "<header><h1>redis-sidecar</h1><span class=\"meta\">v{} · listening <b>{}</b> · up <b>{}</b> · <b id=\"clients\">{}</b> clients · <b>{}</b> ops/s</span>{badge}</header>",
+        "<header><h1>redis-sidecar</h1><span class=\"meta\">v{} · listening <b>{}</b> · up <b>{}</b> · <b id=\"clients\">{}</b> clients · <b>{:.0}</b> ops/s</span>{badge}</header>",
         escape(s.version),
         escape(&s.listen),
         duration(s.uptime),
@@ -388,7 +388,7 @@ mod tests {
             uptime: Duration::from_secs(3700),
             listen: "127.0.0.1:6380".into(),
             clients_connected: 4,
-            ops_per_sec: 120,
+            ops_per_sec: 120.0,
             sample_interval: Duration::from_secs(5),
             history_span: Duration::from_secs(600),
             now: 1020.0,
