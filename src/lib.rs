@@ -45,6 +45,8 @@
 //!   resolve.rs   top-level keys, aliases, per-database upstreams, start database
 //!   error.rs     ConfigError (file, key path, line) and internal failures
 //! stats.rs       lock-free counters
+//! limits.rs      RLIMIT_NOFILE vs max_clients (raised at start, or max_clients
+//!                lowered), local exhaustion vs upstream failure, warning throttle
 //! ```
 #![forbid(unsafe_code)]
 
@@ -53,6 +55,7 @@ pub mod clients;
 pub mod command;
 pub mod config;
 pub mod context;
+pub mod limits;
 pub mod metrics;
 pub mod protocol;
 pub mod resilience;
