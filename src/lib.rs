@@ -47,9 +47,11 @@
 //! stats.rs       lock-free counters
 //! limits.rs      RLIMIT_NOFILE vs max_clients (raised at start, or max_clients
 //!                lowered), local exhaustion vs upstream failure, warning throttle
+//! acl.rs         `redis-sidecar acl`: the ACL SETUSER line matching deny_commands
 //! ```
 #![forbid(unsafe_code)]
 
+pub mod acl;
 pub mod admin;
 pub mod clients;
 pub mod command;
