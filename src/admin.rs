@@ -207,6 +207,11 @@ pub fn command_stats(dbs: &[&Arc<Database>]) -> String {
     s
 }
 
+/// A resource limit as INFO shows it (`unlimited` for none).
+fn limit(l: Option<u64>) -> String {
+    l.map_or_else(|| "unlimited".to_string(), |n| n.to_string())
+}
+
 /// Renders the INFO text for the given sections (CRLF line endings, like Redis).
 pub fn info(ctx: &Context, sections: &[&str]) -> String {
     let mut s = String::new();
@@ -236,11 +241,16 @@ pub fn info(ctx: &Context, sections: &[&str]) -> String {
             "clients" => {
                 let _ = write!(
                     s,
-                    "# Clients\r\nconnected_clients:{}\r\ntotal_connections_received:{}\r\nrejected_connections:{}\r\nmax_clients:{}\r\n",
+                    "# Clients\r\nconnected_clients:{}\r\ntotal_connections_received:{}\r\nrejected_connections:{}\r\naccept_errors:{}\r\nmax_clients:{}\r\nmax_clients_configured:{}\r\nfd_limit:{}\r\nfd_limit_hard:{}\r\nfd_reserved:{}\r\n",
                     get(&st.connected_clients),
                     get(&st.total_connections),
                     get(&st.rejected_connections),
-                    ctx.config.max_clients,
+                    get(&st.accept_errors),
+                    ctx.fds.max_clients,
+                    ctx.fds.configured_max_clients,
+                    limit(ctx.fds.soft),
+                    limit(ctx.fds.hard),
+                    ctx.fds.reserved,
                 );
             }
             "databases" => {

@@ -45,14 +45,19 @@
 //!   resolve.rs   top-level keys, aliases, per-database upstreams, start database
 //!   error.rs     ConfigError (file, key path, line) and internal failures
 //! stats.rs       lock-free counters
+//! limits.rs      RLIMIT_NOFILE vs max_clients (raised at start, or max_clients
+//!                lowered), local exhaustion vs upstream failure, warning throttle
+//! acl.rs         `redis-sidecar acl`: the ACL SETUSER line matching deny_commands
 //! ```
 #![forbid(unsafe_code)]
 
+pub mod acl;
 pub mod admin;
 pub mod clients;
 pub mod command;
 pub mod config;
 pub mod context;
+pub mod limits;
 pub mod metrics;
 pub mod protocol;
 pub mod resilience;

@@ -37,10 +37,67 @@ struct Args {
     /// 0 means one per core.
     #[arg(long, default_value_t = 1)]
     threads: usize,
+    #[command(subcommand)]
+    command: Option<Command>,
+}
+
+#[derive(Debug, clap::Subcommand)]
+enum Command {
+    /// Print the Redis `ACL SETUSER` line(s) for a user that cannot run what
+    /// deny_commands refuse, so Redis enforces the list too (scripts included).
+    /// Lines go to stdout (`redis-sidecar acl | redis-cli`), notes to stderr.
+    Acl {
+        /// YAML configuration file.
+        #[arg(long, short = 'c', default_value = "config/redis-databases.yaml")]
+        config: PathBuf,
+        /// The user's name (default: the configured upstream username, else sidecar).
+        #[arg(long)]
+        user: Option<String>,
+        /// The password to put in the line (default: a <password> placeholder).
+        #[arg(long, conflicts_with = "with_password")]
+        password: Option<String>,
+        /// Put the configured upstream password in the line.
+        #[arg(long)]
+        with_password: bool,
+    },
+}
+
+/// `redis-sidecar acl`.
+fn acl(config: &std::path::Path, opts: redis_sidecar::acl::AclOptions) -> ExitCode {
+    let config_path = config;
+    let config = match Config::load(config_path) {
+        Ok(c) => c,
+        Err(e) => {
+            eprintln!("redis-sidecar: {e}");
+            return ExitCode::from(2);
+        }
+    };
+    if let Err(e) = redis_sidecar::router::validate_deny_commands(&config) {
+        eprintln!("redis-sidecar: {}: {e}", config_path.display());
+        return ExitCode::from(2);
+    }
+    let (out, notes) = redis_sidecar::acl::report(&config, &opts);
+    print!("{out}");
+    eprint!("{notes}");
+    ExitCode::SUCCESS
 }
 
 fn main() -> ExitCode {
     let args = Args::parse();
+    if let Some(Command::Acl {
+        config,
+        user,
+        password,
+        with_password,
+    }) = args.command
+    {
+        let opts = redis_sidecar::acl::AclOptions {
+            user,
+            password,
+            with_password,
+        };
+        return acl(&config, opts);
+    }
     let mut config = match Config::load(&args.config) {
         Ok(c) => c,
         Err(e) => {

@@ -13,6 +13,7 @@ use tokio_util::task::TaskTracker;
 
 use crate::config::Config;
 use crate::context::Context;
+use crate::limits::{Throttle, WARN_EVERY};
 use crate::router::Router;
 use crate::session;
 use crate::stats::{self, get};
@@ -32,6 +33,8 @@ impl Proxy {
     pub async fn start(config: Config) -> std::io::Result<Proxy> {
         crate::router::validate_deny_commands(&config)
             .map_err(|e| std::io::Error::new(std::io::ErrorKind::InvalidInput, e))?;
+        let fds = crate::limits::fit_max_clients(&config)
+            .map_err(|e| std::io::Error::new(std::io::ErrorKind::InvalidInput, e))?;
         let listener = TcpListener::bind(config.listen).await.map_err(|e| {
             std::io::Error::new(e.kind(), format!("cannot listen on {}: {e}", config.listen))
         })?;
@@ -42,6 +45,7 @@ impl Proxy {
             config: Arc::new(config),
             stats: Default::default(),
             clients: Default::default(),
+            fds,
             local_addr,
         });
         let metrics_addr = match ctx.config.metrics_listen {
@@ -115,6 +119,8 @@ async fn accept_loop(
     sessions: TaskTracker,
 ) {
     let mut next_id: u64 = 1;
+    let mut accept_log = Throttle::new(WARN_EVERY);
+    let mut full_log = Throttle::new(WARN_EVERY);
     loop {
         let accepted = tokio::select! {
             _ = shutdown.cancelled() => return,
@@ -123,9 +129,7 @@ async fn accept_loop(
         let (mut stream, peer) = match accepted {
             Ok(a) => a,
             Err(e) => {
-                // EMFILE and friends: back off briefly instead of spinning.
-                tracing::warn!(error = %e, "accept failed");
-                tokio::time::sleep(Duration::from_millis(50)).await;
+                accept_failed(&ctx, &e, &mut accept_log, &shutdown).await;
                 continue;
             }
         };
@@ -137,9 +141,11 @@ async fn accept_loop(
             });
             continue;
         }
-        if get(&ctx.stats.connected_clients) >= ctx.config.max_clients as u64 {
+        if get(&ctx.stats.connected_clients) >= ctx.fds.max_clients as u64 {
             stats::add(&ctx.stats.rejected_connections, 1);
-            tracing::warn!(%peer, "rejecting client: max_clients reached");
+            if let Some(suppressed) = full_log.ready() {
+                tracing::warn!(%peer, max_clients = ctx.fds.max_clients, suppressed, "rejecting client: max_clients reached");
+            }
             tokio::spawn(async move {
                 let _ = stream
                     .write_all(b"-ERR max number of clients reached\r\n")
@@ -159,6 +165,42 @@ async fn accept_loop(
         });
     }
 }
+
+/// A failed `accept`: counted, logged at most once per [`WARN_EVERY`] (with how
+/// many were held back), and, unless it concerned only that one connection, a
+/// pause of [`ACCEPT_PAUSE`], so that a process out of file descriptors neither
+/// spins nor floods its log (the pending clients wait in the backlog until
+/// descriptors are free again).
+async fn accept_failed(
+    ctx: &Context,
+    e: &std::io::Error,
+    log: &mut Throttle,
+    shutdown: &CancellationToken,
+) {
+    use std::io::ErrorKind::{ConnectionAborted, ConnectionRefused, ConnectionReset};
+    stats::add(&ctx.stats.accept_errors, 1);
+    let local = crate::limits::is_local_exhaustion(e);
+    if let Some(suppressed) = log.ready() {
+        if local {
+            tracing::warn!(error = %e, suppressed, connected_clients = get(&ctx.stats.connected_clients), max_clients = ctx.fds.max_clients, fd_limit = ?ctx.fds.soft, "accept failed: out of file descriptors or memory; pausing accepts");
+        } else {
+            tracing::warn!(error = %e, suppressed, "accept failed");
+        }
+    }
+    if !matches!(
+        e.kind(),
+        ConnectionAborted | ConnectionReset | ConnectionRefused
+    ) {
+        tokio::select! {
+            _ = shutdown.cancelled() => {}
+            _ = tokio::time::sleep(ACCEPT_PAUSE) => {}
+        }
+    }
+}
+
+/// The pause after an `accept` that failed for want of resources (as tokio's
+/// documentation suggests and hyper does).
+const ACCEPT_PAUSE: Duration = Duration::from_millis(100);
 
 /// What a client refused by protected mode reads before the connection closes.
 const PROTECTED_MODE_DENIED: &[u8] = b"-DENIED redis-sidecar is running in protected mode because protected_mode is enabled and no client_password is set. In this mode connections are only accepted from the loopback interface (127.0.0.1 and ::1). To serve other clients, set client_password (recommended), or set protected_mode: false if the network is trusted.\r\n";

@@ -27,7 +27,8 @@
 //! The proxy's extensions (all optional) are documented in the shipped
 //! `config/redis-databases.yaml`. In short:
 //!
-//! * Top-level keys: `listen`, `client_password`, `auth_passthrough`, `max_clients`,
+//! * Top-level keys: `listen`, `client_password`, `admin_password`,
+//!   `admin_only_info`, `protected_mode`, `auth_passthrough`, `max_clients`,
 //!   `shutdown_timeout`, `default_database` (the database a new client starts on: a
 //!   configured `db` index or name; default 0),
 //!   `log_format` (`text` or `json`), `limits` (`max_bulk_len`, `max_args`,
@@ -112,6 +113,10 @@ pub struct Config {
     /// `admin_password`: a session that sends `PROXY AUTH <admin_password>` may
     /// change the proxy (`PROXY CIRCUIT`, `PROXY RESETSTATS`); without it no one can.
     pub admin_password: Option<Secret>,
+    /// `admin_only_info` (default false): `PROXY INFO`, `HEALTH` and `STATS` need
+    /// an admin session too (`PROXY AUTH`), so local processes cannot read the
+    /// topology, traffic and error texts.
+    pub admin_only_info: bool,
     /// AUTH (and `HELLO … AUTH`) is checked by Redis itself: a client that logs in
     /// gets its own upstream connection authenticated as that user. YAML
     /// `auth_passthrough` (default false; not together with `client_password`).
@@ -166,6 +171,7 @@ impl Config {
             metrics_listen: None,
             client_password: None,
             admin_password: None,
+            admin_only_info: false,
             protected_mode: true,
             auth_passthrough: false,
             log_level: "info".into(),
@@ -248,6 +254,7 @@ impl Config {
             "admin_password: {}",
             mask(self.admin_password.as_ref())
         ));
+        line(format!("admin_only_info: {}", self.admin_only_info));
         line(format!("auth_passthrough: {}", self.auth_passthrough));
         line(format!("protected_mode: {}", self.protected_mode));
         line(format!("log_level: {}", self.log_level));

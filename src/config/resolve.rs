@@ -32,6 +32,7 @@ const TOP_ONLY_KEYS: &[&str] = &[
     "metrics_listen",
     "client_password",
     "admin_password",
+    "admin_only_info",
     "protected_mode",
     "auth_passthrough",
     "log_commands",
@@ -97,6 +98,9 @@ pub(super) fn parse_config(
         None => set_nullable(&top, "client_password", parse_secret)?.and_then(|s| s.value),
     };
     let admin_password = set_nullable(&top, "admin_password", parse_secret)?.and_then(|s| s.value);
+    let admin_only_info = top
+        .set("admin_only_info", parse_bool)?
+        .is_some_and(|s| s.value);
     let protected_mode = top
         .set("protected_mode", parse_bool)?
         .is_none_or(|s| s.value);
@@ -182,6 +186,7 @@ pub(super) fn parse_config(
         metrics_listen,
         client_password,
         admin_password,
+        admin_only_info,
         protected_mode,
         auth_passthrough,
         log_level,

@@ -293,6 +293,9 @@ pub(super) fn error_text(db: &Database, err: &UpstreamError, attempts: u32) -> S
     if let UpstreamError::CircuitOpen { retry_in } = err {
         return circuit_open(db, *retry_in);
     }
+    if let UpstreamError::LocalResources { .. } = err {
+        return format!("ERR {err} (database {})", db.label());
+    }
     let mut msg = format!("UPSTREAM database {}: {}", db.label(), err);
     if attempts > 1 {
         msg.push_str(&format!(" (after {attempts} attempts)"));

@@ -42,10 +42,7 @@ async fn connect_inner(
 ) -> Result<TcpStream, UpstreamError> {
     let mut stream = TcpStream::connect((cfg.host.as_str(), cfg.port))
         .await
-        .map_err(|e| UpstreamError::Connect {
-            addr: addr.to_string(),
-            reason: e.to_string(),
-        })?;
+        .map_err(|e| UpstreamError::connect_io(addr, &e))?;
     let _ = stream.set_nodelay(true);
     keepalive(&stream);
 

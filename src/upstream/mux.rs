@@ -249,7 +249,9 @@ async fn run_slot(
                 }
             }
             Err(err) => {
-                observer.failure();
+                if err.counts_as_failure() {
+                    observer.failure();
+                }
                 stats::add(&stats.connect_failures, 1);
                 tracing::warn!(upstream = %addr, error = %err, "upstream connection failed");
                 while let Ok(b) = rx.try_recv() {
