@@ -48,11 +48,13 @@
 //! limits.rs      RLIMIT_NOFILE vs max_clients (raised at start, or max_clients
 //!                lowered), local exhaustion vs upstream failure, warning throttle
 //! acl.rs         `redis-sidecar acl`: the ACL SETUSER line matching deny_commands
+//! check.rs       `redis-sidecar check`: migration readiness of every database
 //! ```
 #![forbid(unsafe_code)]
 
 pub mod acl;
 pub mod admin;
+pub mod check;
 pub mod clients;
 pub mod command;
 pub mod config;

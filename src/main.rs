@@ -60,22 +60,73 @@ enum Command {
         #[arg(long)]
         with_password: bool,
     },
+    /// Migration readiness: connect to every configured database's upstream as the
+    /// proxy would (AUTH, upstream_db), measure PING, read version and role, check
+    /// that upstream_db exists, that the commands the proxy sends are not renamed
+    /// away, and that the database is writable. Exits 0 only when every database
+    /// is ready, 1 otherwise (one line per problem), 2 on a bad config.
+    Check {
+        /// YAML configuration file.
+        #[arg(long, short = 'c', default_value = "config/redis-databases.yaml")]
+        config: PathBuf,
+        /// Print JSON instead of a table.
+        #[arg(long)]
+        json: bool,
+        /// Skip the write test (SET + DEL of a unique key with a 60 s expiry).
+        #[arg(long)]
+        read_only: bool,
+    },
+}
+
+/// Loads and validates the config; on failure prints why and gives the exit code.
+fn load_config(path: &std::path::Path) -> Result<Config, ExitCode> {
+    let config = Config::load(path).map_err(|e| {
+        eprintln!("redis-sidecar: {e}");
+        ExitCode::from(2)
+    })?;
+    if let Err(e) = redis_sidecar::router::validate_deny_commands(&config) {
+        eprintln!("redis-sidecar: {}: {e}", path.display());
+        return Err(ExitCode::from(2));
+    }
+    Ok(config)
+}
+
+/// `redis-sidecar check`.
+fn check(config: &std::path::Path, json: bool, read_only: bool) -> ExitCode {
+    let config = match load_config(config) {
+        Ok(c) => c,
+        Err(code) => return code,
+    };
+    let rt = match tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+    {
+        Ok(rt) => rt,
+        Err(e) => {
+            eprintln!("redis-sidecar: cannot start runtime: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    let opts = redis_sidecar::check::CheckOptions { read_only };
+    let report = rt.block_on(redis_sidecar::check::run(&config, opts));
+    if json {
+        print!("{}", report.render_json());
+    } else {
+        print!("{}", report.render_text());
+    }
+    if report.ready() {
+        ExitCode::SUCCESS
+    } else {
+        ExitCode::from(1)
+    }
 }
 
 /// `redis-sidecar acl`.
 fn acl(config: &std::path::Path, opts: redis_sidecar::acl::AclOptions) -> ExitCode {
-    let config_path = config;
-    let config = match Config::load(config_path) {
+    let config = match load_config(config) {
         Ok(c) => c,
-        Err(e) => {
-            eprintln!("redis-sidecar: {e}");
-            return ExitCode::from(2);
-        }
+        Err(code) => return code,
     };
-    if let Err(e) = redis_sidecar::router::validate_deny_commands(&config) {
-        eprintln!("redis-sidecar: {}: {e}", config_path.display());
-        return ExitCode::from(2);
-    }
     let (out, notes) = redis_sidecar::acl::report(&config, &opts);
     print!("{out}");
     eprint!("{notes}");
@@ -84,26 +135,30 @@ fn acl(config: &std::path::Path, opts: redis_sidecar::acl::AclOptions) -> ExitCo
 
 fn main() -> ExitCode {
     let args = Args::parse();
-    if let Some(Command::Acl {
-        config,
-        user,
-        password,
-        with_password,
-    }) = args.command
-    {
-        let opts = redis_sidecar::acl::AclOptions {
+    match args.command {
+        Some(Command::Acl {
+            config,
             user,
             password,
             with_password,
-        };
-        return acl(&config, opts);
-    }
-    let mut config = match Config::load(&args.config) {
-        Ok(c) => c,
-        Err(e) => {
-            eprintln!("redis-sidecar: {e}");
-            return ExitCode::from(2);
+        }) => {
+            let opts = redis_sidecar::acl::AclOptions {
+                user,
+                password,
+                with_password,
+            };
+            return acl(&config, opts);
         }
+        Some(Command::Check {
+            config,
+            json,
+            read_only,
+        }) => return check(&config, json, read_only),
+        None => {}
+    }
+    let mut config = match load_config(&args.config) {
+        Ok(c) => c,
+        Err(code) => return code,
     };
     if let Some(listen) = args.listen {
         config.listen = listen;
@@ -125,10 +180,6 @@ fn main() -> ExitCode {
                 }
             }
         };
-    }
-    if let Err(e) = redis_sidecar::router::validate_deny_commands(&config) {
-        eprintln!("redis-sidecar: {}: {e}", args.config.display());
-        return ExitCode::from(2);
     }
     if args.check_config {
         print!("{}", config.render_masked());
