@@ -55,7 +55,7 @@ fn commit_from_git(dir: &Path) -> Option<String> {
 fn sanitize(s: &str) -> String {
     s.trim()
         .chars()
-        .filter(|c| c.is_ascii_alphanumeric() || matches!(c, '.' | '-' | '_' | '+'))
+        .take_while(|c| c.is_ascii_alphanumeric() || matches!(c, '.' | '-' | '_' | '+'))
         .take(64)
         .collect()
 }
