@@ -19,6 +19,9 @@ use crate::resilience::{CommandStats, Override, State};
 use crate::router::Database;
 use crate::stats::get;
 
+/// The git commit the binary was built from (`build.rs`; `unknown` without git).
+pub const GIT_COMMIT: &str = env!("REDIS_SIDECAR_BUILD_COMMIT");
+
 /// The sections of `PROXY INFO`, in order.
 pub const SECTIONS: &[&str] = &["server", "clients", "databases", "circuits", "stats"];
 
@@ -225,8 +228,9 @@ pub fn info(ctx: &Context, sections: &[&str]) -> String {
                 let up = st.started.elapsed().as_secs();
                 let _ = write!(
                     s,
-                    "# Server\r\nproxy_version:{}\r\nprocess_id:{}\r\nuptime_in_seconds:{}\r\nuptime_in_days:{}\r\nlisten_address:{}\r\nconfig_file:{}\r\n",
+                    "# Server\r\nproxy_version:{}\r\ngit_commit:{}\r\nprocess_id:{}\r\nuptime_in_seconds:{}\r\nuptime_in_days:{}\r\nlisten_address:{}\r\nconfig_file:{}\r\n",
                     env!("CARGO_PKG_VERSION"),
+                    GIT_COMMIT,
                     std::process::id(),
                     up,
                     up / 86400,

@@ -7,9 +7,17 @@ use clap::Parser;
 use redis_sidecar::config::Config;
 use redis_sidecar::server::Proxy;
 
+/// `--version`: `redis-sidecar 0.1.0 (commit abc123456789)` (commit from build.rs).
+const VERSION: &str = concat!(
+    env!("CARGO_PKG_VERSION"),
+    " (commit ",
+    env!("REDIS_SIDECAR_BUILD_COMMIT"),
+    ")"
+);
+
 /// A RESP proxy that gives unmodified Redis clients per-database pools and resilience.
 #[derive(Debug, Parser)]
-#[command(name = "redis-sidecar", version, about)]
+#[command(name = "redis-sidecar", version = VERSION, about)]
 struct Args {
     /// YAML configuration file.
     #[arg(long, short = 'c', default_value = "config/redis-databases.yaml")]
