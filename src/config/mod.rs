@@ -76,6 +76,7 @@ mod error;
 mod fields;
 mod layer;
 mod resolve;
+mod tls;
 mod types;
 mod yaml;
 
@@ -86,8 +87,8 @@ use std::time::Duration;
 pub use env::{ENV_CLIENT_PASSWORD, ENV_HOST, ENV_LISTEN, ENV_PASSWORD, ENV_PORT};
 pub use error::ConfigError;
 pub use types::{
-    DatabaseConfig, Limits, ResilienceConfig, Secret, UpstreamConfig, AUTOBOT_DATABASES,
-    DEFAULT_DENY_COMMANDS, DEFAULT_METRICS_LISTEN,
+    ClientTls, DatabaseConfig, Limits, ResilienceConfig, Secret, UpstreamConfig, UpstreamTls,
+    AUTOBOT_DATABASES, DEFAULT_DENY_COMMANDS, DEFAULT_METRICS_LISTEN,
 };
 
 use env::process_env;
@@ -98,8 +99,13 @@ use yaml::Node;
 /// The whole resolved configuration.
 #[derive(Debug, Clone)]
 pub struct Config {
-    /// Where the proxy listens.
+    /// Where the proxy listens (plain TCP).
     pub listen: SocketAddr,
+    /// Whether the plain listener runs: false with YAML `listen: null` (then only
+    /// the `client_tls` listener serves).
+    pub plain_listener: bool,
+    /// The TLS listener for clients (`client_tls`), if any.
+    pub client_tls: Option<ClientTls>,
     /// Where the Prometheus endpoint (`GET /metrics`) listens; `None` disables it.
     /// YAML `metrics_listen` (default `127.0.0.1:9180`, `null` disables it).
     pub metrics_listen: Option<SocketAddr>,
@@ -163,6 +169,8 @@ impl Config {
             .collect();
         Config {
             listen: DEFAULT_LISTEN,
+            plain_listener: true,
+            client_tls: None,
             metrics_listen: None,
             client_password: None,
             admin_password: None,
@@ -234,7 +242,21 @@ impl Config {
             Some(p) => line(format!("# resolved configuration from {}", p.display())),
             None => line("# resolved configuration".to_string()),
         }
-        line(format!("listen: {}", self.listen));
+        if self.plain_listener {
+            line(format!("listen: {}", self.listen));
+        } else {
+            line("listen: null".to_string());
+        }
+        match &self.client_tls {
+            Some(t) => {
+                line("client_tls:".to_string());
+                line(format!("  listen: {}", t.listen));
+                line(format!("  cert_file: {}", t.cert_file.display()));
+                line(format!("  key_file: {}", t.key_file.display()));
+                line(format!("  ca_file: {}", path_or_null(t.ca_file.as_ref())));
+            }
+            None => line("client_tls: null".to_string()),
+        }
         line(format!(
             "metrics_listen: {}",
             self.metrics_listen
@@ -308,9 +330,35 @@ impl Config {
                 "    health_check_interval: {}",
                 secs(r.health_check_interval)
             ));
+            match &u.tls {
+                Some(t) => {
+                    line("    tls:".to_string());
+                    for (key, path) in [
+                        ("ca_file", &t.ca_file),
+                        ("cert_file", &t.cert_file),
+                        ("key_file", &t.key_file),
+                    ] {
+                        line(format!("      {key}: {}", path_or_null(path.as_ref())));
+                    }
+                    line(format!(
+                        "      server_name: {}",
+                        t.server_name.as_deref().unwrap_or(&u.host)
+                    ));
+                    line(format!(
+                        "      insecure_skip_verify: {}",
+                        t.insecure_skip_verify
+                    ));
+                }
+                None => line("    tls: null".to_string()),
+            }
         }
         out
     }
+}
+
+/// A file path for the report (`null` if not set).
+fn path_or_null(path: Option<&PathBuf>) -> String {
+    path.map_or_else(|| "null".to_string(), |p| p.display().to_string())
 }
 
 /// A password as the report shows it: `"***"` if set, `null` if not.

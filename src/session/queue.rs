@@ -5,10 +5,10 @@
 use std::sync::Arc;
 use std::time::Duration;
 
+use crate::transport::Stream;
 use bytes::Bytes;
 use smallvec::SmallVec;
 use tokio::io::AsyncWriteExt;
-use tokio::net::TcpStream;
 use tokio::sync::{mpsc, oneshot};
 use tokio::time::Instant;
 
@@ -64,7 +64,7 @@ pub(super) struct Sent {
 
 impl Session {
     /// Writes every reply at the front of the queue that is already available.
-    pub(super) async fn write_ready(&mut self, stream: &mut TcpStream) -> std::io::Result<()> {
+    pub(super) async fn write_ready(&mut self, stream: &mut Stream) -> std::io::Result<()> {
         while let Some(front) = self.queue.front_mut() {
             let bytes = match front {
                 Pending::Ready(b) => std::mem::take(b),

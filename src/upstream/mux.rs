@@ -39,10 +39,9 @@
 use std::collections::VecDeque;
 use std::sync::Arc;
 
+use crate::transport::{ReadHalf, Stream};
 use bytes::{Bytes, BytesMut};
 use tokio::io::AsyncWriteExt;
-use tokio::net::tcp::OwnedReadHalf;
-use tokio::net::TcpStream;
 use tokio::sync::{mpsc, oneshot};
 use tokio::time::{Duration, Instant};
 
@@ -374,7 +373,7 @@ impl InFlight {
 /// ends are left at the front of `waiting`. Returns the error that ended the
 /// connection and the batches then in flight (oldest first), if any.
 async fn serve(
-    stream: TcpStream,
+    stream: Stream,
     waiting: &mut VecDeque<Batch>,
     rx: &mut mpsc::Receiver<Batch>,
     cfg: &UpstreamConfig,
@@ -480,7 +479,7 @@ async fn serve(
 /// Returns why it ended and the batches still unanswered, oldest first (`None` when
 /// the slot closed the connection with nothing in flight).
 async fn read_loop(
-    mut rd: OwnedReadHalf,
+    mut rd: ReadHalf,
     mut prx: mpsc::UnboundedReceiver<InFlight>,
     addr: String,
     timeout: Duration,

@@ -18,9 +18,9 @@
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering::Relaxed};
 use std::sync::Arc;
 
+use crate::transport::{ReadHalf, WriteHalf};
 use bytes::Bytes;
 use tokio::io::AsyncWriteExt;
-use tokio::net::tcp::{OwnedReadHalf, OwnedWriteHalf};
 use tokio::sync::mpsc;
 
 use super::connect::connect;
@@ -41,7 +41,7 @@ pub enum End {
 /// An open subscriber connection.
 #[derive(Debug)]
 pub struct Subscription {
-    wr: OwnedWriteHalf,
+    wr: WriteHalf,
     frames: mpsc::UnboundedReceiver<Result<Bytes, End>>,
     queued: Arc<AtomicUsize>,
     reader: tokio::task::JoinHandle<()>,
@@ -117,7 +117,7 @@ impl Drop for Subscription {
 }
 
 async fn read_frames(
-    mut rd: OwnedReadHalf,
+    mut rd: ReadHalf,
     tx: mpsc::UnboundedSender<Result<Bytes, End>>,
     queued: Arc<AtomicUsize>,
     limit: usize,
