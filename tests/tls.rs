@@ -343,11 +343,22 @@ redis_databases:
     // The value really is on the TLS Redis (read over its plain port).
     assert_eq!(redis.client().cmd(&[b"GET", b"k"]), b"$1\r\nv\r\n");
 
+    // Large requests and replies cross the TLS connection whole (shared and
+    // pooled connections), even when the sockets fill up.
+    let big = vec![b'y'; 4 << 20];
+    assert_eq!(c.cmd(&[b"SET", b"big", &big]).await, b"+OK\r\n");
+    assert_eq!(c.cmd(&[b"STRLEN", b"big"]).await, b":4194304\r\n");
+    assert_eq!(c.cmd(&[b"GET", b"big"]).await.len(), big.len() + 12);
+
     // MULTI/EXEC (exclusive pooled connection).
     assert_eq!(c.cmd(&[b"MULTI"]).await, b"+OK\r\n");
     assert_eq!(c.cmd(&[b"SET", b"t", b"1"]).await, b"+QUEUED\r\n");
     assert_eq!(c.cmd(&[b"INCR", b"t"]).await, b"+QUEUED\r\n");
     assert_eq!(c.cmd(&[b"EXEC"]).await, b"*2\r\n+OK\r\n:2\r\n");
+    assert_eq!(c.cmd(&[b"MULTI"]).await, b"+OK\r\n");
+    assert_eq!(c.cmd(&[b"SET", b"big2", &big]).await, b"+QUEUED\r\n");
+    assert_eq!(c.cmd(&[b"GET", b"big2"]).await, b"+QUEUED\r\n");
+    assert_eq!(c.cmd(&[b"EXEC"]).await.len(), 4 + 5 + big.len() + 12);
 
     // SUBSCRIBE/PUBLISH (subscriber connection).
     let mut sub = AsyncRawClient::connect(addr).await;
@@ -520,6 +531,17 @@ async fn client_tls_listener_serves_redis_cli_and_runs_beside_the_plain_one() {
             format!("${}\r\n{v}\r\n", v.len()).into_bytes()
         );
     }
+
+    // A 4 MiB reply to a client that starts reading it only later arrives whole.
+    let big = vec![b'x'; 4 << 20];
+    assert_eq!(tls.cmd(&[b"SET", b"big", &big]).await, b"+OK\r\n");
+    tls.stream
+        .write_all(&resp_cmd(&[b"GET", b"big"]))
+        .await
+        .expect("write");
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let reply = tls.try_read_reply().await.expect("the whole 4 MiB reply");
+    assert_eq!(reply.len(), big.len() + 12, "$4194304\r\n, the value, \r\n");
 
     // A client offering only TLS 1.2 is served, with TLS 1.2.
     let cfg12 = client_config("ca.crt", None, &[&rustls::version::TLS12]);

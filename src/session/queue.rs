@@ -114,7 +114,8 @@ impl Session {
                 self.out = Vec::with_capacity(16 * 1024);
             }
         }
-        Ok(())
+        // TLS may still hold the last bytes (a no-op for plain TCP).
+        stream.flush().await
     }
 
     /// Queues a reply the proxy produced (unless CLIENT REPLY says otherwise).

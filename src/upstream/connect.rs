@@ -109,6 +109,7 @@ async fn connect_inner(
         _ => lost(),
     };
     stream.write_all(&setup).await.map_err(broke)?;
+    stream.flush().await.map_err(broke)?;
     let mut frames = Frames::new(256);
     let mut seen = 0;
     while seen < expected {

@@ -191,7 +191,11 @@ impl ExclusiveConn {
             addr: self.addr.clone(),
             sent,
         };
-        let wrote = self.stream.write_all(bytes).await;
+        let wrote = match self.stream.write_all(bytes).await {
+            // TLS may still hold the last bytes (a no-op for plain TCP).
+            Ok(()) => self.stream.flush().await,
+            Err(e) => Err(e),
+        };
         written();
         if wrote.is_err() {
             return Err(lost(true));

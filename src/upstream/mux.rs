@@ -443,15 +443,17 @@ async fn serve(
         }
         let write = async {
             if chunks.len() == 1 {
-                wr.write_all(&chunks[0]).await
+                wr.write_all(&chunks[0]).await?;
             } else {
                 for c in &chunks {
                     out.extend_from_slice(c);
                 }
                 let r = wr.write_all(&out).await;
                 out.clear();
-                r
+                r?;
             }
+            // TLS may still hold the last bytes (a no-op for plain TCP).
+            wr.flush().await
         };
         // A frozen upstream stops reading; the reader's timeout then ends the
         // connection, and the write must not outlive it.
