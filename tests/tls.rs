@@ -210,7 +210,23 @@ impl TlsClient {
         addr: std::net::SocketAddr,
         config: Arc<rustls::ClientConfig>,
     ) -> std::io::Result<TlsClient> {
-        let tcp = TcpStream::connect(addr).await?;
+        Self::try_connect_tcp(TcpStream::connect(addr).await?, config).await
+    }
+
+    /// Connects with a 64 KiB receive buffer (no autotuning), so a large reply
+    /// fills the proxy's socket instead of this side's buffer.
+    async fn connect_small_window(addr: std::net::SocketAddr) -> TlsClient {
+        let socket = tokio::net::TcpSocket::new_v4().expect("socket");
+        socket.set_recv_buffer_size(64 * 1024).expect("SO_RCVBUF");
+        let tcp = socket.connect(addr).await.expect("connect");
+        let config = client_config("ca.crt", None, rustls::DEFAULT_VERSIONS);
+        Self::try_connect_tcp(tcp, config).await.expect("TLS")
+    }
+
+    async fn try_connect_tcp(
+        tcp: TcpStream,
+        config: Arc<rustls::ClientConfig>,
+    ) -> std::io::Result<TlsClient> {
         let name = ServerName::try_from("localhost").expect("name");
         let stream = tokio::time::timeout(
             Duration::from_secs(5),
@@ -248,8 +264,37 @@ impl TlsClient {
     }
 
     async fn try_cmd(&mut self, args: &[&[u8]]) -> std::io::Result<Vec<u8>> {
-        self.stream.write_all(&resp_cmd(args)).await?;
+        self.send(&resp_cmd(args)).await?;
         self.try_read_reply().await
+    }
+
+    /// Writes, then flushes: the last bytes may otherwise stay in the TLS session.
+    async fn send(&mut self, bytes: &[u8]) -> std::io::Result<()> {
+        self.stream.write_all(bytes).await?;
+        self.stream.flush().await
+    }
+
+    /// Reads one reply in 16 KiB pieces, pausing after each (a slow reader).
+    async fn read_reply_slowly(&mut self) -> Vec<u8> {
+        let read = async {
+            loop {
+                if let Ok(Some(n)) = resp_frame_len(&self.buf) {
+                    return self.buf.drain(..n).collect::<Vec<u8>>();
+                }
+                let mut chunk = vec![0u8; 16 * 1024];
+                let n = self.stream.read(&mut chunk).await.expect("read");
+                assert!(n > 0, "closed mid-reply");
+                self.buf.extend_from_slice(&chunk[..n]);
+                tokio::time::sleep(Duration::from_millis(1)).await;
+            }
+        };
+        let got = tokio::time::timeout(Duration::from_secs(20), read).await;
+        got.unwrap_or_else(|_| {
+            panic!(
+                "reply incomplete after 20 s ({} bytes): the end stayed in the proxy's TLS buffer",
+                self.buf.len()
+            )
+        })
     }
 
     async fn cmd(&mut self, args: &[&[u8]]) -> Vec<u8> {
@@ -467,6 +512,34 @@ redis_databases:
     proxy.shutdown().await;
 }
 
+/// The binary logs a failed upstream handshake with the database, the upstream
+/// and the reason, and warns at start about `insecure_skip_verify`.
+#[test]
+fn upstream_tls_failures_are_logged_with_database_and_upstream() {
+    let pki = pki();
+    let (_redis, tls_port) = tls_redis("server", false);
+    let yaml = format!(
+        "host: 127.0.0.1\nport: {tls_port}\nretry_attempts: 0\nredis_databases:\n  main: {{ db: 0, tls: {{ ca_file: \"{}\" }} }}\n  lab: {{ db: 1, tls: {{ insecure_skip_verify: true }} }}\n",
+        pki.p("other-ca.crt")
+    );
+    let proxy = support::BinaryProxy::start_with(&yaml, &[], &[]);
+    let mut c = proxy.client();
+    let reply = text(&c.cmd(&[b"GET", b"k"]));
+    assert!(reply.contains("UnknownIssuer"), "{reply}");
+    let deadline = std::time::Instant::now() + Duration::from_secs(5);
+    let want = "upstream TLS handshake failed database=main upstream=127.0.0.1:";
+    while !proxy.log().contains(want) && std::time::Instant::now() < deadline {
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    let log = proxy.log();
+    assert!(log.contains(want), "{log}");
+    assert!(log.contains("UnknownIssuer"), "{log}");
+    assert!(
+        log.contains("tls.insecure_skip_verify is true") && log.contains("database=\"lab\""),
+        "{log}"
+    );
+}
+
 // ---------------------------------------------------------------------------------------
 // Client TLS
 // ---------------------------------------------------------------------------------------
@@ -522,7 +595,7 @@ async fn client_tls_listener_serves_redis_cli_and_runs_beside_the_plain_one() {
         pipeline.extend(resp_cmd(&[b"SET", b"p", i.to_string().as_bytes()]));
         pipeline.extend(resp_cmd(&[b"GET", b"p"]));
     }
-    tls.stream.write_all(&pipeline).await.expect("write");
+    tls.send(&pipeline).await.expect("write");
     for i in 0..100u32 {
         assert_eq!(tls.try_read_reply().await.expect("reply"), b"+OK\r\n");
         let v = i.to_string();
@@ -532,16 +605,16 @@ async fn client_tls_listener_serves_redis_cli_and_runs_beside_the_plain_one() {
         );
     }
 
-    // A 4 MiB reply to a client that starts reading it only later arrives whole.
-    let big = vec![b'x'; 4 << 20];
+    // An 8 MiB reply to a slow reader arrives whole: when the socket is full, the
+    // TLS session keeps the last bytes, and the proxy must flush them.
+    let big = vec![b'x'; 8 << 20];
     assert_eq!(tls.cmd(&[b"SET", b"big", &big]).await, b"+OK\r\n");
-    tls.stream
-        .write_all(&resp_cmd(&[b"GET", b"big"]))
+    let mut slow = TlsClient::connect_small_window(tls_addr).await;
+    slow.send(&resp_cmd(&[b"GET", b"big"]))
         .await
         .expect("write");
-    tokio::time::sleep(Duration::from_millis(300)).await;
-    let reply = tls.try_read_reply().await.expect("the whole 4 MiB reply");
-    assert_eq!(reply.len(), big.len() + 12, "$4194304\r\n, the value, \r\n");
+    let reply = slow.read_reply_slowly().await;
+    assert_eq!(reply.len(), big.len() + 12, "$8388608\r\n, the value, \r\n");
 
     // A client offering only TLS 1.2 is served, with TLS 1.2.
     let cfg12 = client_config("ca.crt", None, &[&rustls::version::TLS12]);

@@ -164,7 +164,10 @@ impl Config {
                 index: i as u32,
                 names: vec![n.to_string()],
                 description: String::new(),
-                upstream: UpstreamConfig::new(host, port, i as u32),
+                upstream: UpstreamConfig {
+                    database: n.to_string(),
+                    ..UpstreamConfig::new(host, port, i as u32)
+                },
             })
             .collect();
         Config {

@@ -412,6 +412,7 @@ fn resolve_upstream(
         command_timeout: timeout(&own.command_timeout, &top.command_timeout),
         resilience,
         tls: value_or(&eff.tls, None),
+        database: group.names.first().cloned().unwrap_or_default(),
     })
 }
 

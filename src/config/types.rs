@@ -183,6 +183,9 @@ pub struct UpstreamConfig {
     pub resilience: ResilienceConfig,
     /// TLS to the upstream (`tls`, top level or per database); `None`: plain TCP.
     pub tls: Option<Arc<UpstreamTls>>,
+    /// The primary name of the database this upstream serves (for log lines;
+    /// empty when built with [`UpstreamConfig::new`]).
+    pub database: String,
 }
 
 impl UpstreamConfig {
@@ -205,6 +208,7 @@ impl UpstreamConfig {
             command_timeout: DEFAULT_TIMEOUT,
             resilience: ResilienceConfig::default(),
             tls: None,
+            database: String::new(),
         }
     }
 

@@ -65,7 +65,7 @@ async fn connect_inner(
                 .map_err(|e| {
                     // Always logged: a wrong CA, an expired certificate or a name
                     // mismatch is a setup problem on any kind of connection.
-                    tracing::warn!(upstream = %addr, upstream_db = cfg.db, error = %e, "upstream TLS handshake failed");
+                    tracing::warn!(database = %cfg.database, upstream = %addr, upstream_db = cfg.db, error = %e, "upstream TLS handshake failed");
                     failed(format!("TLS handshake failed: {e}"))
                 })?;
             Stream::Tls(Box::new(session.into()))
