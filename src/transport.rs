@@ -58,17 +58,6 @@ impl Stream {
         self.tcp().set_nodelay(on)
     }
 
-    /// The negotiated TLS version, if this is a TLS stream.
-    pub fn tls_version(&self) -> Option<rustls::ProtocolVersion> {
-        match self {
-            Stream::Plain(_) => None,
-            Stream::Tls(s) => match s.as_ref() {
-                tokio_rustls::TlsStream::Client(c) => c.get_ref().1.protocol_version(),
-                tokio_rustls::TlsStream::Server(c) => c.get_ref().1.protocol_version(),
-            },
-        }
-    }
-
     /// Reads without waiting: `Ok(0)` at end of stream, `WouldBlock` when nothing
     /// is there. For TLS, records that carry no data (a TLS 1.3 session ticket) are
     /// consumed and do not count as bytes.

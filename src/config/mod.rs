@@ -27,7 +27,9 @@
 //! The proxy's extensions (all optional) are documented in the shipped
 //! `config/redis-databases.yaml`. In short:
 //!
-//! * Top-level keys: `listen`, `client_password`, `auth_passthrough`, `max_clients`,
+//! * Top-level keys: `listen` (`null`: no plain listener), `client_tls` (`listen`,
+//!   `cert_file`, `key_file`, `ca_file`: a TLS listener, see [`ClientTls`]),
+//!   `client_password`, `auth_passthrough`, `max_clients`,
 //!   `shutdown_timeout`, `default_database` (the database a new client starts on: a
 //!   configured `db` index or name; default 0),
 //!   `log_format` (`text` or `json`), `limits` (`max_bulk_len`, `max_args`,
@@ -38,7 +40,9 @@
 //!   `max_connections` (or its synonym `pool_size`), `mux_connections`, and the
 //!   resilience keys `retry_attempts`, `retry_base_delay` (or the seed's `retry_delay`),
 //!   `retry_max_delay`, `failure_threshold`, `recovery_timeout`, `success_threshold`,
-//!   `health_check_interval`.
+//!   `health_check_interval`, and `tls` (`ca_file`, `cert_file`, `key_file`,
+//!   `server_name`, `insecure_skip_verify`; `null` in a database: plain TCP, see
+//!   [`UpstreamTls`]).
 //! * Per-database keys: `db` (required), `description`, `upstream_db`.
 //!
 //! # Rules
