@@ -404,6 +404,26 @@ redis_databases:
     assert_eq!(c.cmd(&[b"SET", b"big2", &big]).await, b"+QUEUED\r\n");
     assert_eq!(c.cmd(&[b"GET", b"big2"]).await, b"+QUEUED\r\n");
     assert_eq!(c.cmd(&[b"EXEC"]).await.len(), 4 + 5 + big.len() + 12);
+    // An idle pooled TLS connection is found alive and reused (not reopened):
+    // five more transactions open no new connection to Redis.
+    let connections = |r: &RedisServer| {
+        let info = text(&r.client().cmd(&[b"INFO", b"stats"]));
+        support::parse_info(&info)["total_connections_received"]
+            .parse::<u64>()
+            .expect("count")
+    };
+    let before = connections(&redis);
+    for _ in 0..5 {
+        assert_eq!(c.cmd(&[b"MULTI"]).await, b"+OK\r\n");
+        assert_eq!(c.cmd(&[b"INCR", b"t"]).await, b"+QUEUED\r\n");
+        assert!(c.cmd(&[b"EXEC"]).await.starts_with(b"*1\r\n:"));
+    }
+    // (+1: the INFO client itself)
+    assert_eq!(
+        connections(&redis),
+        before + 1,
+        "pooled TLS connections reopened"
+    );
 
     // SUBSCRIBE/PUBLISH (subscriber connection).
     let mut sub = AsyncRawClient::connect(addr).await;
@@ -650,6 +670,62 @@ async fn client_tls_listener_serves_redis_cli_and_runs_beside_the_plain_one() {
 
     // A client that fails its handshake concerns no one else.
     assert_eq!(tls.cmd(&[b"GET", b"via"]).await, b"$3\r\ntls\r\n");
+    proxy.shutdown().await;
+}
+
+/// A ClientHello without `supported_versions` (the pre-TLS 1.3 form), with
+/// `client_version` set to `version`.
+fn legacy_client_hello(version: [u8; 2]) -> Vec<u8> {
+    let mut hello = version.to_vec();
+    hello.extend_from_slice(&[7u8; 32]); // random
+    hello.push(0); // no session id
+                   // ECDHE-ECDSA/RSA-AES128-GCM-SHA256 (TLS 1.2) and AES128-SHA (TLS 1.0+).
+    hello.extend_from_slice(&[0x00, 0x06, 0xc0, 0x2b, 0xc0, 0x2f, 0x00, 0x2f]);
+    hello.extend_from_slice(&[0x01, 0x00]); // null compression
+    let extensions: &[u8] = &[
+        0x00, 0x0a, 0x00, 0x06, 0x00, 0x04, 0x00, 0x1d, 0x00, 0x17, // groups x25519, P-256
+        0x00, 0x0b, 0x00, 0x02, 0x01, 0x00, // point formats: uncompressed
+        0x00, 0x0d, 0x00, 0x06, 0x00, 0x04, 0x04, 0x03, 0x08, 0x04, // signature algorithms
+    ];
+    hello.extend_from_slice(&(extensions.len() as u16).to_be_bytes());
+    hello.extend_from_slice(extensions);
+    let mut handshake = vec![0x01, 0x00];
+    handshake.extend_from_slice(&(hello.len() as u16).to_be_bytes());
+    handshake.extend_from_slice(&hello);
+    let mut record = vec![0x16, 0x03, 0x01];
+    record.extend_from_slice(&(handshake.len() as u16).to_be_bytes());
+    record.extend_from_slice(&handshake);
+    record
+}
+
+/// The first 7 bytes the server answers `hello` with.
+async fn answer_to(addr: std::net::SocketAddr, hello: &[u8]) -> [u8; 7] {
+    let mut tcp = TcpStream::connect(addr).await.expect("connect");
+    tcp.write_all(hello).await.expect("write");
+    let mut reply = [0u8; 7];
+    tokio::time::timeout(Duration::from_secs(5), tcp.read_exact(&mut reply))
+        .await
+        .expect("an answer within 5 s")
+        .expect("a record");
+    reply
+}
+
+/// TLS 1.1 is refused with a fatal `protocol_version` alert, while the same
+/// ClientHello saying TLS 1.2 gets a ServerHello: nothing older is accepted.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn tls_1_1_and_older_are_refused() {
+    let redis = RedisServer::start();
+    let (proxy, tls_addr) = tls_proxy(&server_yaml(&redis, None)).await;
+    let tls12 = answer_to(tls_addr, &legacy_client_hello([0x03, 0x03])).await;
+    // Handshake record, TLS 1.2, starting with a ServerHello (type 2).
+    assert_eq!(&tls12[..3], &[0x16, 0x03, 0x03], "{tls12:?}");
+    assert_eq!(tls12[5], 2, "{tls12:?}");
+    for old in [[0x03, 0x02], [0x03, 0x01]] {
+        let reply = answer_to(tls_addr, &legacy_client_hello(old)).await;
+        // Alert record, 2 bytes: fatal (2), protocol_version (70).
+        assert_eq!(reply[0], 0x15, "{old:?}: not an alert: {reply:?}");
+        assert_eq!(&reply[3..], &[0, 2, 2, 70], "{old:?}: {reply:?}");
+    }
     proxy.shutdown().await;
 }
 
