@@ -45,7 +45,6 @@ use std::ops::Range;
 use std::sync::Arc;
 use std::task::Poll;
 
-use crate::transport::Stream;
 use bytes::BytesMut;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::time::Instant;
@@ -55,6 +54,7 @@ use crate::clients::Registration;
 use crate::context::Context;
 use crate::protocol::request;
 use crate::router::Database;
+use crate::transport::Stream;
 
 use dispatch::encode;
 use exclusive::Login;

@@ -5,7 +5,6 @@
 use std::sync::Arc;
 use std::time::Duration;
 
-use crate::transport::Stream;
 use bytes::Bytes;
 use smallvec::SmallVec;
 use tokio::io::AsyncWriteExt;
@@ -17,6 +16,7 @@ use super::Session;
 use crate::protocol::reply;
 use crate::router::Database;
 use crate::stats;
+use crate::transport::Stream;
 use crate::upstream::mux::{Answer, BatchReply};
 use crate::upstream::UpstreamError;
 

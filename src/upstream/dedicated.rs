@@ -33,7 +33,6 @@ use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering::Relaxed};
 use std::sync::{Arc, Mutex};
 use std::time::Instant;
 
-use crate::transport::Stream;
 use bytes::{Bytes, BytesMut};
 use tokio::io::AsyncWriteExt;
 use tokio::sync::{mpsc, watch};
@@ -45,6 +44,7 @@ use super::mux::{Batch, BatchReply};
 use super::pubsub::End;
 use crate::command::Block;
 use crate::config::UpstreamConfig;
+use crate::transport::Stream;
 
 use crate::protocol::request::encode_command;
 

@@ -39,7 +39,6 @@
 use std::collections::VecDeque;
 use std::sync::Arc;
 
-use crate::transport::{ReadHalf, Stream};
 use bytes::{Bytes, BytesMut};
 use tokio::io::AsyncWriteExt;
 use tokio::sync::{mpsc, oneshot};
@@ -52,6 +51,7 @@ use super::Observer;
 use crate::command::Block;
 use crate::config::UpstreamConfig;
 use crate::stats::{self, DbStats};
+use crate::transport::{ReadHalf, Stream};
 
 /// The replies to a batch, back to back as Redis sent them, or why there are none.
 pub type BatchReply = Result<Bytes, UpstreamError>;

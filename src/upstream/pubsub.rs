@@ -18,7 +18,6 @@
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering::Relaxed};
 use std::sync::Arc;
 
-use crate::transport::{ReadHalf, WriteHalf};
 use bytes::Bytes;
 use tokio::io::AsyncWriteExt;
 use tokio::sync::mpsc;
@@ -28,6 +27,7 @@ use super::dedicated::{hello_id, HELLO};
 use super::error::UpstreamError;
 use super::frames::Frames;
 use crate::config::UpstreamConfig;
+use crate::transport::{ReadHalf, WriteHalf};
 
 /// Why a subscription's stream ended.
 #[derive(Debug, Clone, PartialEq, Eq)]
