@@ -787,9 +787,20 @@ async fn client_mtls_requires_a_certificate_signed_by_the_ca() {
     let mut ok = TlsClient::try_connect(tls_addr, cfg).await.expect("mTLS");
     assert_eq!(ok.cmd(&[b"PING"]).await, b"+PONG\r\n");
 
-    // The refused handshakes affected nothing: the plain listener serves too.
+    // The refused handshakes affected nothing: the plain listener serves too, and
+    // they hold no client slot (connected: this one and `ok`).
     let mut plain = AsyncRawClient::connect(proxy.local_addr()).await;
     assert_eq!(plain.cmd(&[b"PING"]).await, b"+PONG\r\n");
+    let deadline = std::time::Instant::now() + Duration::from_secs(5);
+    loop {
+        let info = text(&plain.cmd(&[b"PROXY", b"INFO", b"clients"]).await);
+        if info.contains("connected_clients:2\r\n") {
+            break;
+        }
+        assert!(std::time::Instant::now() < deadline, "{info}");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    assert_eq!(ok.cmd(&[b"PING"]).await, b"+PONG\r\n");
     proxy.shutdown().await;
 }
 
