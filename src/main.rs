@@ -170,6 +170,7 @@ fn main() -> ExitCode {
     };
     if let Some(listen) = args.listen {
         config.listen = listen;
+        config.plain_listener = true;
     }
     if args.no_protected_mode {
         config.protected_mode = false;
