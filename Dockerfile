@@ -2,13 +2,18 @@
 #
 # redis-sidecar: a RESP proxy in front of Redis.
 #
-#   docker build -t redis-sidecar .
+#   docker build --build-arg GIT_COMMIT=$(git rev-parse --short=12 HEAD) -t redis-sidecar .
 #   docker run --rm -p 127.0.0.1:6380:6380 -e AUTOBOT_REDIS_HOST=redis redis-sidecar
 #
 # Needs BuildKit (the default builder of current Docker) for the cache mounts.
 
 ############################ build ############################
 FROM rust:1-bookworm AS builder
+# The commit for `redis-sidecar --version` and PROXY INFO (build.rs): .git is not in
+# the build context, so pass it: --build-arg GIT_COMMIT=$(git rev-parse --short=12 HEAD).
+# Without it the commit reads `unknown`.
+ARG GIT_COMMIT=
+ENV REDIS_SIDECAR_GIT_COMMIT=${GIT_COMMIT}
 WORKDIR /build
 COPY . .
 # The same release build as everywhere else; --locked keeps it on Cargo.lock.
@@ -30,7 +35,8 @@ RUN apt-get update \
 COPY --from=builder /out/redis-sidecar /usr/local/bin/redis-sidecar
 COPY config/redis-databases.yaml /etc/redis-sidecar/redis-databases.yaml
 
-USER sidecar:sidecar
+# Numeric, so Kubernetes' runAsNonRoot can verify it (deploy/kubernetes/pod.yaml).
+USER 10001:10001
 EXPOSE 6380
 
 # Healthy when the proxy answers PING (NOAUTH also proves it is serving when clients

@@ -19,6 +19,9 @@ use crate::resilience::{CommandStats, Override, State};
 use crate::router::Database;
 use crate::stats::get;
 
+/// The git commit the binary was built from (`build.rs`; `unknown` without git).
+pub const GIT_COMMIT: &str = env!("REDIS_SIDECAR_BUILD_COMMIT");
+
 /// The sections of `PROXY INFO`, in order.
 pub const SECTIONS: &[&str] = &["server", "clients", "databases", "circuits", "stats"];
 
@@ -207,6 +210,11 @@ pub fn command_stats(dbs: &[&Arc<Database>]) -> String {
     s
 }
 
+/// A resource limit as INFO shows it (`unlimited` for none).
+fn limit(l: Option<u64>) -> String {
+    l.map_or_else(|| "unlimited".to_string(), |n| n.to_string())
+}
+
 /// Renders the INFO text for the given sections (CRLF line endings, like Redis).
 pub fn info(ctx: &Context, sections: &[&str]) -> String {
     let mut s = String::new();
@@ -220,8 +228,9 @@ pub fn info(ctx: &Context, sections: &[&str]) -> String {
                 let up = st.started.elapsed().as_secs();
                 let _ = write!(
                     s,
-                    "# Server\r\nproxy_version:{}\r\nprocess_id:{}\r\nuptime_in_seconds:{}\r\nuptime_in_days:{}\r\nlisten_address:{}\r\nconfig_file:{}\r\n",
+                    "# Server\r\nproxy_version:{}\r\ngit_commit:{}\r\nprocess_id:{}\r\nuptime_in_seconds:{}\r\nuptime_in_days:{}\r\nlisten_address:{}\r\nconfig_file:{}\r\n",
                     env!("CARGO_PKG_VERSION"),
+                    GIT_COMMIT,
                     std::process::id(),
                     up,
                     up / 86400,
@@ -236,11 +245,16 @@ pub fn info(ctx: &Context, sections: &[&str]) -> String {
             "clients" => {
                 let _ = write!(
                     s,
-                    "# Clients\r\nconnected_clients:{}\r\ntotal_connections_received:{}\r\nrejected_connections:{}\r\nmax_clients:{}\r\n",
+                    "# Clients\r\nconnected_clients:{}\r\ntotal_connections_received:{}\r\nrejected_connections:{}\r\naccept_errors:{}\r\nmax_clients:{}\r\nmax_clients_configured:{}\r\nfd_limit:{}\r\nfd_limit_hard:{}\r\nfd_reserved:{}\r\n",
                     get(&st.connected_clients),
                     get(&st.total_connections),
                     get(&st.rejected_connections),
-                    ctx.config.max_clients,
+                    get(&st.accept_errors),
+                    ctx.fds.max_clients,
+                    ctx.fds.configured_max_clients,
+                    limit(ctx.fds.soft),
+                    limit(ctx.fds.hard),
+                    ctx.fds.reserved,
                 );
             }
             "databases" => {

@@ -19,6 +19,8 @@ pub struct Context {
     pub stats: ProxyStats,
     /// Every open client session (CLIENT LIST / KILL / UNBLOCK).
     pub clients: Arc<Clients>,
+    /// The open-file limit and the `max_clients` in force (see `limits`).
+    pub fds: crate::limits::FdLimits,
     /// The address the listener is bound to.
     pub local_addr: std::net::SocketAddr,
 }

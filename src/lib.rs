@@ -10,7 +10,8 @@
 //!
 //! ```text
 //! main.rs        clap flags -> Config::load -> tracing -> Proxy::start -> signals
-//! server.rs      listener: accept loop, connection limit, graceful shutdown
+//! server.rs      listeners (plain, client_tls): accept loop, TLS handshake,
+//!                connection limit, graceful shutdown
 //! session/       one client, as a state machine; replies back in order
 //!   mode.rs      the connection mode (shared, exclusive, private, subscribed)
 //!   dispatch.rs  parse, classify once, runs of requests, where each one goes
@@ -32,7 +33,7 @@
 //!                TRACKING REDIRECT targets)
 //! router.rs      client db index -> Database (slots, pools, breaker, health, stats)
 //! resilience/    breaker, backoff, per-command latency stats (no I/O)
-//! upstream/      connection setup (AUTH/HELLO/SELECT), shared multiplexed slots
+//! upstream/      connection setup (TCP, TLS, AUTH/HELLO/SELECT), shared multiplexed slots
 //!                (which make the retries, in order, and pass large replies on
 //!                in parts), exclusive bb8-pooled connections (checked out in
 //!                request order), subscriber and out-of-band connections, probes;
@@ -49,16 +50,27 @@
 //!   layer.rs     one level's upstream settings (top level or one database)
 //!   env.rs       AUTOBOT_REDIS_* and REDIS_SIDECAR_* environment overrides
 //!   resolve.rs   top-level keys, aliases, per-database upstreams, start database
+//!   tls.rs       `tls` (upstream) and `client_tls`: files loaded and checked at load
 //!   error.rs     ConfigError (file, key path, line) and internal failures
 //! stats.rs       lock-free counters
+//! limits.rs      RLIMIT_NOFILE vs max_clients (raised at start, or max_clients
+//!                lowered), local exhaustion vs upstream failure, warning throttle
+//! acl.rs         `redis-sidecar acl`: the ACL SETUSER line matching deny_commands
+//! check.rs       `redis-sidecar check`: migration readiness of every database
+//! tls.rs         rustls configurations from PEM files (client listener, reloaded
+//!                when the files change; upstream connections)
+//! transport.rs   Stream: plain TCP or TLS, for sessions and upstream connections
 //! ```
 #![forbid(unsafe_code)]
 
+pub mod acl;
 pub mod admin;
+pub mod check;
 pub mod clients;
 pub mod command;
 pub mod config;
 pub mod context;
+pub mod limits;
 pub mod metrics;
 pub mod protocol;
 pub mod resilience;
@@ -67,4 +79,6 @@ pub mod server;
 pub mod session;
 pub mod stats;
 pub mod status;
+pub mod tls;
+pub mod transport;
 pub mod upstream;

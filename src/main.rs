@@ -7,9 +7,17 @@ use clap::Parser;
 use redis_sidecar::config::Config;
 use redis_sidecar::server::Proxy;
 
+/// `--version`: `redis-sidecar 0.1.0 (commit abc123456789)` (commit from build.rs).
+const VERSION: &str = concat!(
+    env!("CARGO_PKG_VERSION"),
+    " (commit ",
+    env!("REDIS_SIDECAR_BUILD_COMMIT"),
+    ")"
+);
+
 /// A RESP proxy that gives unmodified Redis clients per-database pools and resilience.
 #[derive(Debug, Parser)]
-#[command(name = "redis-sidecar", version, about)]
+#[command(name = "redis-sidecar", version = VERSION, about)]
 struct Args {
     /// YAML configuration file.
     #[arg(long, short = 'c', default_value = "config/redis-databases.yaml")]
@@ -37,19 +45,132 @@ struct Args {
     /// 0 means one per core.
     #[arg(long, default_value_t = 1)]
     threads: usize,
+    #[command(subcommand)]
+    command: Option<Command>,
+}
+
+#[derive(Debug, clap::Subcommand)]
+enum Command {
+    /// Print the Redis `ACL SETUSER` line(s) for a user that cannot run what
+    /// deny_commands refuse, so Redis enforces the list too (scripts included).
+    /// Lines go to stdout (`redis-sidecar acl | redis-cli`), notes to stderr.
+    Acl {
+        /// YAML configuration file.
+        #[arg(long, short = 'c', default_value = "config/redis-databases.yaml")]
+        config: PathBuf,
+        /// The user's name (default: the configured upstream username, else sidecar).
+        #[arg(long)]
+        user: Option<String>,
+        /// The password to put in the line (default: a <password> placeholder).
+        #[arg(long, conflicts_with = "with_password")]
+        password: Option<String>,
+        /// Put the configured upstream password in the line.
+        #[arg(long)]
+        with_password: bool,
+    },
+    /// Migration readiness: connect to every configured database's upstream as the
+    /// proxy would (AUTH, upstream_db), measure PING, read version and role, check
+    /// that upstream_db exists, that the commands the proxy sends are not renamed
+    /// away, and that the database is writable. Exits 0 only when every database
+    /// is ready, 1 otherwise (one line per problem), 2 on a bad config.
+    Check {
+        /// YAML configuration file.
+        #[arg(long, short = 'c', default_value = "config/redis-databases.yaml")]
+        config: PathBuf,
+        /// Print JSON instead of a table.
+        #[arg(long)]
+        json: bool,
+        /// Skip the write test (SET + DEL of a unique key with a 60 s expiry).
+        #[arg(long)]
+        read_only: bool,
+    },
+}
+
+/// Loads and validates the config; on failure prints why and gives the exit code.
+fn load_config(path: &std::path::Path) -> Result<Config, ExitCode> {
+    let config = Config::load(path).map_err(|e| {
+        eprintln!("redis-sidecar: {e}");
+        ExitCode::from(2)
+    })?;
+    if let Err(e) = redis_sidecar::router::validate_deny_commands(&config) {
+        eprintln!("redis-sidecar: {}: {e}", path.display());
+        return Err(ExitCode::from(2));
+    }
+    Ok(config)
+}
+
+/// `redis-sidecar check`.
+fn check(config: &std::path::Path, json: bool, read_only: bool) -> ExitCode {
+    let config = match load_config(config) {
+        Ok(c) => c,
+        Err(code) => return code,
+    };
+    let rt = match tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+    {
+        Ok(rt) => rt,
+        Err(e) => {
+            eprintln!("redis-sidecar: cannot start runtime: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    let opts = redis_sidecar::check::CheckOptions { read_only };
+    let report = rt.block_on(redis_sidecar::check::run(&config, opts));
+    if json {
+        print!("{}", report.render_json());
+    } else {
+        print!("{}", report.render_text());
+    }
+    if report.ready() {
+        ExitCode::SUCCESS
+    } else {
+        ExitCode::from(1)
+    }
+}
+
+/// `redis-sidecar acl`.
+fn acl(config: &std::path::Path, opts: redis_sidecar::acl::AclOptions) -> ExitCode {
+    let config = match load_config(config) {
+        Ok(c) => c,
+        Err(code) => return code,
+    };
+    let (out, notes) = redis_sidecar::acl::report(&config, &opts);
+    print!("{out}");
+    eprint!("{notes}");
+    ExitCode::SUCCESS
 }
 
 fn main() -> ExitCode {
     let args = Args::parse();
-    let mut config = match Config::load(&args.config) {
-        Ok(c) => c,
-        Err(e) => {
-            eprintln!("redis-sidecar: {e}");
-            return ExitCode::from(2);
+    match args.command {
+        Some(Command::Acl {
+            config,
+            user,
+            password,
+            with_password,
+        }) => {
+            let opts = redis_sidecar::acl::AclOptions {
+                user,
+                password,
+                with_password,
+            };
+            return acl(&config, opts);
         }
+        Some(Command::Check {
+            config,
+            json,
+            read_only,
+        }) => return check(&config, json, read_only),
+        None => {}
+    }
+    let mut config = match load_config(&args.config) {
+        Ok(c) => c,
+        Err(code) => return code,
     };
     if let Some(listen) = args.listen {
         config.listen = listen;
+        config.plain_listener = true;
     }
     if args.no_protected_mode {
         config.protected_mode = false;
@@ -68,10 +189,6 @@ fn main() -> ExitCode {
                 }
             }
         };
-    }
-    if let Err(e) = redis_sidecar::router::validate_deny_commands(&config) {
-        eprintln!("redis-sidecar: {}: {e}", args.config.display());
-        return ExitCode::from(2);
     }
     if args.check_config {
         print!("{}", config.render_masked());

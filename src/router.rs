@@ -33,6 +33,8 @@ pub struct Database {
     pub commands: StatsTable,
     /// Refused commands, by command-table index (`deny_commands`).
     denied: Vec<bool>,
+    /// `deny_commands` names `proxy`: the proxy's own admin command is refused.
+    denies_proxy: bool,
     /// Shared (multiplexed) connection slots.
     slots: Vec<MuxHandle>,
     /// The same, speaking RESP3 (for sessions that sent `HELLO 3`).
@@ -61,6 +63,12 @@ impl Database {
     #[inline]
     pub fn is_denied(&self, idx: usize) -> bool {
         self.denied.get(idx).copied().unwrap_or(false)
+    }
+
+    /// Whether `PROXY …` is refused for this database (`deny_commands: [proxy]`).
+    #[inline]
+    pub fn denies_proxy(&self) -> bool {
+        self.denies_proxy
     }
 
     /// Number of shared connection slots.
@@ -128,6 +136,7 @@ impl Router {
                 health,
                 commands: StatsTable::new(table::COUNT),
                 denied: denied(db),
+                denies_proxy: db.upstream.deny_commands.iter().any(|n| n == PROXY),
                 config: db.clone(),
                 stats,
                 slots,
@@ -186,15 +195,18 @@ impl Router {
     }
 }
 
+/// The name of the proxy's own admin command in `deny_commands`.
+pub const PROXY: &str = "proxy";
+
 /// Checks every database's `deny_commands` against the command table: a name that
-/// is not a Redis command (a typo, or `proxy`) would protect nothing, so it is a
-/// configuration error, not a warning.
+/// is not a Redis command (a typo) would protect nothing, so it is a configuration
+/// error, not a warning. `proxy` (the proxy's own admin command) is accepted too.
 pub fn validate_deny_commands(config: &Config) -> Result<(), String> {
     for db in &config.databases {
         for name in &db.upstream.deny_commands {
-            if deny_index(name).is_none() {
+            if name != PROXY && deny_index(name).is_none() {
                 return Err(format!(
-                    "database '{}' (db {}): deny_commands: unknown command '{}' (names are Redis commands, subcommands written as \"config|set\")",
+                    "database '{}' (db {}): deny_commands: unknown command '{}' (names are Redis commands, or proxy; subcommands written as \"config|set\")",
                     db.name(),
                     db.index,
                     name
@@ -205,8 +217,9 @@ pub fn validate_deny_commands(config: &Config) -> Result<(), String> {
     Ok(())
 }
 
-/// The command-table index a `deny_commands` entry names.
-fn deny_index(name: &str) -> Option<u16> {
+/// The command-table index a `deny_commands` entry names (`None` for `proxy` and
+/// unknown names).
+pub fn deny_index(name: &str) -> Option<u16> {
     let upper = name.to_ascii_uppercase();
     let mut parts = upper.splitn(2, '|');
     let cmd = parts.next().unwrap_or("");

@@ -26,6 +26,8 @@ pub struct ProxyStats {
     pub total_connections: AtomicU64,
     /// Client connections refused (over `max_clients`).
     pub rejected_connections: AtomicU64,
+    /// Failed `accept` calls (out of file descriptors, …).
+    pub accept_errors: AtomicU64,
     /// Requests answered by the proxy itself (SELECT, PROXY, AUTH …).
     pub local_commands: AtomicU64,
     /// Malformed requests (protocol errors).
@@ -43,6 +45,7 @@ impl Default for ProxyStats {
             connected_clients: AtomicU64::new(0),
             total_connections: AtomicU64::new(0),
             rejected_connections: AtomicU64::new(0),
+            accept_errors: AtomicU64::new(0),
             local_commands: AtomicU64::new(0),
             protocol_errors: AtomicU64::new(0),
             auth_failures: AtomicU64::new(0),

@@ -537,3 +537,60 @@ async fn changing_the_proxy_needs_an_admin_session() {
     assert!(r.starts_with("-NOPERM"), "{r}");
     proxy.shutdown().await;
 }
+
+/// `admin_only_info: true`: the reports (PROXY INFO, HEALTH, STATS) need an admin
+/// session too; HELP and AUTH stay open.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn admin_only_info_makes_the_reports_need_an_admin_session() {
+    let redis = RedisServer::start();
+    let mut config = proxy_config(&redis);
+    config.admin_password = Some(redis_sidecar::config::Secret("admin-pw".into()));
+    config.admin_only_info = true;
+    let proxy = start_proxy(config).await;
+    let mut c = AsyncRawClient::connect(proxy.local_addr()).await;
+    for sub in [
+        &[&b"PROXY"[..], b"INFO"][..],
+        &[b"PROXY", b"HEALTH"],
+        &[b"PROXY", b"STATS"],
+    ] {
+        let r = text(&c.cmd(sub).await);
+        assert!(
+            r.starts_with("-NOPERM PROXY INFO, HEALTH and STATS need an admin session"),
+            "{r}"
+        );
+    }
+    assert!(c.cmd(&[b"PROXY", b"HELP"]).await.starts_with(b"*"));
+    assert_eq!(c.cmd(&[b"PROXY", b"AUTH", b"admin-pw"]).await, b"+OK\r\n");
+    assert!(text(&c.cmd(&[b"PROXY", b"INFO", b"clients"]).await).contains("max_clients:"));
+    assert!(text(&c.cmd(&[b"PROXY", b"HEALTH"]).await).contains("overall_healthy"));
+    proxy.shutdown().await;
+}
+
+/// `deny_commands: [proxy]` is a valid name and refuses PROXY (all of it, AUTH
+/// included) on that database like any denied command; other databases keep it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn proxy_can_be_denied_like_any_command() {
+    let redis = RedisServer::start();
+    let mut config = proxy_config(&redis);
+    config.databases[0]
+        .upstream
+        .deny_commands
+        .push("proxy".into());
+    redis_sidecar::router::validate_deny_commands(&config).expect("proxy is a valid name");
+    let proxy = start_proxy(config).await;
+    let mut c = AsyncRawClient::connect(proxy.local_addr()).await;
+    for sub in [
+        &[&b"PROXY"[..], b"INFO"][..],
+        &[b"PROXY", b"AUTH", b"x"],
+        &[b"PROXY", b"HELP"],
+    ] {
+        let r = text(&c.cmd(sub).await);
+        assert_eq!(
+            r,
+            "-NOPERM 'proxy' is denied by redis-sidecar's deny_commands for database 'main' (db 0)\r\n"
+        );
+    }
+    assert_eq!(c.cmd(&[b"SELECT", b"1"]).await, b"+OK\r\n");
+    assert!(text(&c.cmd(&[b"PROXY", b"INFO", b"clients"]).await).contains("# Clients"));
+    proxy.shutdown().await;
+}

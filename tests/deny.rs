@@ -138,3 +138,76 @@ async fn a_denied_command_in_multi_aborts_the_transaction() {
     assert_eq!(direct.cmd(&[b"GET", b"a"]).await, b"$1\r\n2\r\n");
     proxy.shutdown().await;
 }
+
+/// `redis-sidecar acl` prints the `ACL SETUSER` line that mirrors the deny list.
+/// Applied to a real Redis, with the proxy connecting as that user, a denied
+/// command reached through a script (which the proxy cannot see) is refused by
+/// Redis itself, and the data survives.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_acl_subcommand_makes_redis_enforce_the_deny_list() {
+    let redis = RedisServer::start();
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("redis-databases.yaml");
+    std::fs::write(
+        &path,
+        format!(
+            "redis_databases:\n  main: {{ db: 0 }}\n  cache: {{ db: 5 }}\nhost: 127.0.0.1\nport: {}\nusername: sidecar\npassword: \"acl-pw\"\ndeny_commands: [shutdown, flushall, flushdb, \"config|set\", proxy]\n",
+            redis.port()
+        ),
+    )
+    .unwrap();
+    let path_s = path.to_str().unwrap();
+    // Without --with-password the configured password is never printed.
+    let (out, notes, status) = support::run_binary(
+        &["acl", "--config", path_s],
+        &[],
+        std::time::Duration::from_secs(10),
+    );
+    assert!(status.success(), "{out}{notes}");
+    assert!(!out.contains("acl-pw"), "{out}");
+    assert_eq!(
+        out,
+        "ACL SETUSER sidecar reset on ><password> ~* &* +@all -config|set -flushall -flushdb -shutdown\n"
+    );
+    assert!(notes.contains("replace <password>"), "{notes}");
+    let (out, _, status) = support::run_binary(
+        &["acl", "--config", path_s, "--with-password"],
+        &[],
+        std::time::Duration::from_secs(10),
+    );
+    assert!(status.success());
+    let words: Vec<&str> = out.split_whitespace().collect();
+    assert_eq!(words[..5], ["ACL", "SETUSER", "sidecar", "reset", "on"]);
+    assert_eq!(words[5], ">acl-pw");
+    let (applied, st) = support::redis_cli(redis.port(), &words);
+    assert!(st.success() && applied.trim() == "OK", "{applied}");
+
+    let config = Config::load(&path).expect("load");
+    let mut config = config;
+    config.listen = std::net::SocketAddr::from(([127, 0, 0, 1], 0));
+    config.metrics_listen = None;
+    let proxy = start_proxy(config).await;
+    let mut c = AsyncRawClient::connect(proxy.local_addr()).await;
+    assert_eq!(c.cmd(&[b"SET", b"precious", b"data"]).await, b"+OK\r\n");
+    // The proxy refuses the command itself …
+    let r = text(&c.cmd(&[b"FLUSHALL"]).await);
+    assert!(r.starts_with("-NOPERM 'flushall' is denied"), "{r}");
+    // … and Redis refuses it from a script, which the proxy cannot see into.
+    let r = text(
+        &c.cmd(&[b"EVAL", b"return redis.call('flushall')", b"0"])
+            .await,
+    );
+    assert!(
+        r.starts_with("-ERR The user executing the script can't run this command"),
+        "{r}"
+    );
+    let r = text(
+        &c.cmd(&[b"EVAL", b"return redis.call('flushdb')", b"0"])
+            .await,
+    );
+    assert!(r.contains("can't run this command"), "{r}");
+    assert_eq!(c.cmd(&[b"GET", b"precious"]).await, b"$4\r\ndata\r\n");
+    let (log, _) = support::redis_cli(redis.port(), &["ACL", "LOG", "1"]);
+    assert!(log.contains("flushdb") && log.contains("sidecar"), "{log}");
+    proxy.shutdown().await;
+}

@@ -604,7 +604,7 @@ fn check_config_refuses_deny_commands_that_name_no_command() {
     let path_s = path.to_str().unwrap();
     for (list, bad) in [
         ("[flushal]", "flushal"),
-        ("[proxy]", "proxy"),
+        ("[proxies]", "proxies"),
         ("[flushall, \"config|sett\"]", "config|sett"),
     ] {
         std::fs::write(
@@ -626,11 +626,11 @@ fn check_config_refuses_deny_commands_that_name_no_command() {
             "{err}"
         );
     }
-    // Real names, subcommands included, are accepted.
+    // Real names, subcommands included, and the proxy's own PROXY are accepted.
     std::fs::write(
         &path,
         format!(
-            "{}deny_commands: [flushall, \"config|set\", keys]\n",
+            "{}deny_commands: [flushall, \"config|set\", keys, proxy]\n",
             databases_yaml("127.0.0.1", 6379)
         ),
     )

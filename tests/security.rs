@@ -335,3 +335,95 @@ async fn protected_mode_serves_only_loopback_without_a_password() {
     assert_eq!(out, b"+PONG\r\n");
     proxy.shutdown().await;
 }
+
+/// Refused AUTHs are answered ever more slowly on the same connection (0, 10, 20,
+/// 40 … ms, at most 1 s), so guessing costs time as well as connections; only the
+/// guessing client waits (another client's PING stays fast meanwhile), a new
+/// connection starts again from no delay, and CLIENT KILL or the proxy's shutdown
+/// cut a pending pause short.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn refused_auths_are_answered_ever_more_slowly() {
+    use std::time::Instant;
+    let redis = RedisServer::start();
+    let mut config = proxy_config(&redis);
+    config.client_password = Some(redis_sidecar::config::Secret("right-pass".into()));
+    let proxy = start_proxy(config).await;
+    let addr = proxy.local_addr();
+
+    // Another client PINGs every 5 ms meanwhile; its slowest reply is kept.
+    let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let pinger = {
+        let stop = stop.clone();
+        tokio::spawn(async move {
+            let mut p = AsyncRawClient::connect(addr).await;
+            assert_eq!(p.cmd(&[b"AUTH", b"right-pass"]).await, b"+OK\r\n");
+            let mut worst = Duration::ZERO;
+            while !stop.load(std::sync::atomic::Ordering::Relaxed) {
+                let t = Instant::now();
+                assert_eq!(p.cmd(&[b"PING"]).await, b"+PONG\r\n");
+                worst = worst.max(t.elapsed());
+                tokio::time::sleep(Duration::from_millis(5)).await;
+            }
+            worst
+        })
+    };
+
+    let mut g = AsyncRawClient::connect(addr).await;
+    let started = Instant::now();
+    let mut each = Vec::new();
+    for i in 1..=6 {
+        let t = Instant::now();
+        let r = g.cmd(&[b"AUTH", format!("guess-{i}").as_bytes()]).await;
+        assert!(r.starts_with(b"-WRONGPASS"), "{r:?}");
+        each.push(t.elapsed().as_millis());
+    }
+    let total = started.elapsed();
+    // 0 + 10 + 20 + 40 + 80 + 160 ms.
+    assert!(total >= Duration::from_millis(310), "{total:?} {each:?}");
+    assert!(total < Duration::from_millis(1500), "{total:?} {each:?}");
+
+    // A new connection: one typo costs nothing, and the right password is served.
+    let mut n = AsyncRawClient::connect(addr).await;
+    let t = Instant::now();
+    assert!(n.cmd(&[b"AUTH", b"typo"]).await.starts_with(b"-WRONGPASS"));
+    assert_eq!(n.cmd(&[b"AUTH", b"right-pass"]).await, b"+OK\r\n");
+    let fresh = t.elapsed();
+    assert!(fresh < Duration::from_millis(50), "{fresh:?}");
+
+    stop.store(true, std::sync::atomic::Ordering::Relaxed);
+    let worst = pinger.await.unwrap();
+    assert!(worst < Duration::from_millis(50), "{worst:?}");
+    eprintln!("6 refused AUTHs: {total:?} ({each:?} ms each); fresh connection AUTH pair {fresh:?}; other client's slowest PING {worst:?}");
+
+    // CLIENT KILL ends a pending pause at once (the 7th refusal waits 320 ms).
+    let g_addr = g.stream_mut().local_addr().unwrap().to_string();
+    g.send(&support::resp_cmd(&[b"AUTH", b"guess-7"])).await;
+    tokio::time::sleep(Duration::from_millis(20)).await;
+    let t = Instant::now();
+    assert_eq!(
+        n.cmd(&[b"CLIENT", b"KILL", b"ADDR", g_addr.as_bytes()])
+            .await,
+        b":1\r\n"
+    );
+    let _ = g.read_until_closed().await;
+    assert!(
+        t.elapsed() < Duration::from_millis(200),
+        "{:?}",
+        t.elapsed()
+    );
+
+    // So does the shutdown: a connection whose pause is pending does not hold it.
+    let mut s = AsyncRawClient::connect(addr).await;
+    for i in 1..=7 {
+        let _ = s.cmd(&[b"AUTH", format!("x{i}").as_bytes()]).await;
+    }
+    s.send(&support::resp_cmd(&[b"AUTH", b"x8"])).await; // a 640 ms pause
+    tokio::time::sleep(Duration::from_millis(20)).await;
+    let t = Instant::now();
+    assert!(proxy.shutdown().await);
+    assert!(
+        t.elapsed() < Duration::from_millis(400),
+        "{:?}",
+        t.elapsed()
+    );
+}

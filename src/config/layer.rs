@@ -5,6 +5,7 @@
 //! merged across aliases of one database (which must agree), and stacked
 //! (a database's own layer over the top level's).
 
+use std::sync::Arc;
 use std::time::Duration;
 
 use super::error::Fail;
@@ -12,7 +13,8 @@ use super::fields::{
     nonnegative_secs, parse_command_list, parse_host, parse_port, parse_secret, parse_u32,
     parse_username, positive_secs, set_nullable, Map, Set,
 };
-use super::types::Secret;
+use super::tls::parse_upstream_tls;
+use super::types::{Secret, UpstreamTls};
 
 /// The keys of a [`Layer`], allowed at the top level and in each database.
 pub(super) const UPSTREAM_KEYS: &[&str] = &[
@@ -35,6 +37,7 @@ pub(super) const UPSTREAM_KEYS: &[&str] = &[
     "recovery_timeout",
     "success_threshold",
     "health_check_interval",
+    "tls",
 ];
 
 /// One level's upstream settings (`None`: not set at this level).
@@ -57,6 +60,7 @@ pub(super) struct Layer {
     pub(super) success_threshold: Option<Set<u32>>,
     pub(super) health_check_interval: Option<Set<Duration>>,
     pub(super) deny_commands: Option<Set<Vec<String>>>,
+    pub(super) tls: Option<Set<Option<Arc<UpstreamTls>>>>,
 }
 
 /// Applies `$m!(field)` to every field of `Layer`.
@@ -79,6 +83,7 @@ macro_rules! layer_fields {
         $m!(success_threshold);
         $m!(health_check_interval);
         $m!(deny_commands);
+        $m!(tls);
     };
 }
 
@@ -106,6 +111,7 @@ impl Layer {
             success_threshold: map.set("success_threshold", parse_u32(1))?,
             health_check_interval: map.set("health_check_interval", positive_secs)?,
             deny_commands: map.set("deny_commands", parse_command_list)?,
+            tls: set_nullable(map, "tls", parse_upstream_tls)?,
         })
     }
 

@@ -27,7 +27,10 @@
 //! The proxy's extensions (all optional) are documented in the shipped
 //! `config/redis-databases.yaml`. In short:
 //!
-//! * Top-level keys: `listen`, `client_password`, `auth_passthrough`, `max_clients`,
+//! * Top-level keys: `listen` (`null`: no plain listener), `client_tls` (`listen`,
+//!   `cert_file`, `key_file`, `ca_file`: a TLS listener, see [`ClientTls`]),
+//!   `client_password`, `admin_password`,
+//!   `admin_only_info`, `protected_mode`, `auth_passthrough`, `max_clients`,
 //!   `shutdown_timeout`, `default_database` (the database a new client starts on: a
 //!   configured `db` index or name; default 0),
 //!   `log_format` (`text` or `json`), `limits` (`max_bulk_len`, `max_args`,
@@ -38,7 +41,9 @@
 //!   `max_connections` (or its synonym `pool_size`), `mux_connections`, and the
 //!   resilience keys `retry_attempts`, `retry_base_delay` (or the seed's `retry_delay`),
 //!   `retry_max_delay`, `failure_threshold`, `recovery_timeout`, `success_threshold`,
-//!   `health_check_interval`.
+//!   `health_check_interval`, and `tls` (`ca_file`, `cert_file`, `key_file`,
+//!   `server_name`, `insecure_skip_verify`; `null` in a database: plain TCP, see
+//!   [`UpstreamTls`]).
 //! * Per-database keys: `db` (required), `description`, `upstream_db`.
 //!
 //! # Rules
@@ -76,6 +81,7 @@ mod error;
 mod fields;
 mod layer;
 mod resolve;
+mod tls;
 mod types;
 mod yaml;
 
@@ -86,8 +92,8 @@ use std::time::Duration;
 pub use env::{ENV_CLIENT_PASSWORD, ENV_HOST, ENV_LISTEN, ENV_PASSWORD, ENV_PORT};
 pub use error::ConfigError;
 pub use types::{
-    DatabaseConfig, Limits, ResilienceConfig, Secret, UpstreamConfig, AUTOBOT_DATABASES,
-    DEFAULT_DENY_COMMANDS, DEFAULT_METRICS_LISTEN,
+    ClientTls, DatabaseConfig, Limits, ResilienceConfig, Secret, UpstreamConfig, UpstreamTls,
+    AUTOBOT_DATABASES, DEFAULT_DENY_COMMANDS, DEFAULT_METRICS_LISTEN,
 };
 
 use env::process_env;
@@ -98,8 +104,13 @@ use yaml::Node;
 /// The whole resolved configuration.
 #[derive(Debug, Clone)]
 pub struct Config {
-    /// Where the proxy listens.
+    /// Where the proxy listens (plain TCP).
     pub listen: SocketAddr,
+    /// Whether the plain listener runs: false with YAML `listen: null` (then only
+    /// the `client_tls` listener serves).
+    pub plain_listener: bool,
+    /// The TLS listener for clients (`client_tls`), if any.
+    pub client_tls: Option<ClientTls>,
     /// Where the Prometheus endpoint (`GET /metrics`) listens; `None` disables it.
     /// YAML `metrics_listen` (default `127.0.0.1:9180`, `null` disables it).
     pub metrics_listen: Option<SocketAddr>,
@@ -112,6 +123,10 @@ pub struct Config {
     /// `admin_password`: a session that sends `PROXY AUTH <admin_password>` may
     /// change the proxy (`PROXY CIRCUIT`, `PROXY RESETSTATS`); without it no one can.
     pub admin_password: Option<Secret>,
+    /// `admin_only_info` (default false): `PROXY INFO`, `HEALTH` and `STATS` need
+    /// an admin session too (`PROXY AUTH`), so local processes cannot read the
+    /// topology, traffic and error texts.
+    pub admin_only_info: bool,
     /// AUTH (and `HELLO … AUTH`) is checked by Redis itself: a client that logs in
     /// gets its own upstream connection authenticated as that user. YAML
     /// `auth_passthrough` (default false; not together with `client_password`).
@@ -158,14 +173,20 @@ impl Config {
                 index: i as u32,
                 names: vec![n.to_string()],
                 description: String::new(),
-                upstream: UpstreamConfig::new(host, port, i as u32),
+                upstream: UpstreamConfig {
+                    database: n.to_string(),
+                    ..UpstreamConfig::new(host, port, i as u32)
+                },
             })
             .collect();
         Config {
             listen: DEFAULT_LISTEN,
+            plain_listener: true,
+            client_tls: None,
             metrics_listen: None,
             client_password: None,
             admin_password: None,
+            admin_only_info: false,
             protected_mode: true,
             auth_passthrough: false,
             log_level: "info".into(),
@@ -234,7 +255,21 @@ impl Config {
             Some(p) => line(format!("# resolved configuration from {}", p.display())),
             None => line("# resolved configuration".to_string()),
         }
-        line(format!("listen: {}", self.listen));
+        if self.plain_listener {
+            line(format!("listen: {}", self.listen));
+        } else {
+            line("listen: null".to_string());
+        }
+        match &self.client_tls {
+            Some(t) => {
+                line("client_tls:".to_string());
+                line(format!("  listen: {}", t.listen));
+                line(format!("  cert_file: {}", t.cert_file.display()));
+                line(format!("  key_file: {}", t.key_file.display()));
+                line(format!("  ca_file: {}", path_or_null(t.ca_file.as_ref())));
+            }
+            None => line("client_tls: null".to_string()),
+        }
         line(format!(
             "metrics_listen: {}",
             self.metrics_listen
@@ -248,6 +283,7 @@ impl Config {
             "admin_password: {}",
             mask(self.admin_password.as_ref())
         ));
+        line(format!("admin_only_info: {}", self.admin_only_info));
         line(format!("auth_passthrough: {}", self.auth_passthrough));
         line(format!("protected_mode: {}", self.protected_mode));
         line(format!("log_level: {}", self.log_level));
@@ -308,9 +344,35 @@ impl Config {
                 "    health_check_interval: {}",
                 secs(r.health_check_interval)
             ));
+            match &u.tls {
+                Some(t) => {
+                    line("    tls:".to_string());
+                    for (key, path) in [
+                        ("ca_file", &t.ca_file),
+                        ("cert_file", &t.cert_file),
+                        ("key_file", &t.key_file),
+                    ] {
+                        line(format!("      {key}: {}", path_or_null(path.as_ref())));
+                    }
+                    line(format!(
+                        "      server_name: {}",
+                        t.server_name.as_deref().unwrap_or(&u.host)
+                    ));
+                    line(format!(
+                        "      insecure_skip_verify: {}",
+                        t.insecure_skip_verify
+                    ));
+                }
+                None => line("    tls: null".to_string()),
+            }
         }
         out
     }
+}
+
+/// A file path for the report (`null` if not set).
+fn path_or_null(path: Option<&PathBuf>) -> String {
+    path.map_or_else(|| "null".to_string(), |p| p.display().to_string())
 }
 
 /// A password as the report shows it: `"***"` if set, `null` if not.

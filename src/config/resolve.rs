@@ -16,6 +16,7 @@ use super::fields::{
 };
 use super::layer::{Layer, UPSTREAM_KEYS};
 use super::secs;
+use super::tls::parse_client_tls;
 use super::types::{
     DatabaseConfig, Limits, ResilienceConfig, UpstreamConfig, DEFAULT_AUTH_TIMEOUT,
     DEFAULT_DENY_COMMANDS, DEFAULT_HOST, DEFAULT_LISTEN, DEFAULT_MAX_CLIENTS,
@@ -29,9 +30,11 @@ use super::Config;
 const TOP_ONLY_KEYS: &[&str] = &[
     "redis_databases",
     "listen",
+    "client_tls",
     "metrics_listen",
     "client_password",
     "admin_password",
+    "admin_only_info",
     "protected_mode",
     "auth_passthrough",
     "log_commands",
@@ -81,12 +84,21 @@ pub(super) fn parse_config(
     let mut layer = Layer::parse(&top)?;
     let (env_listen, env_client_password) = apply_env(&mut layer, env)?;
 
-    let listen = match env_listen {
-        Some(addr) => addr,
-        None => top
-            .set("listen", parse_listen)?
-            .map_or(DEFAULT_LISTEN, |s| s.value),
+    // `listen: null` turns the plain listener off (with `client_tls`, TLS only).
+    let (listen, plain_listener) = match env_listen {
+        Some(addr) => (addr, true),
+        None => match set_nullable(&top, "listen", |p, n| parse_listen(p, n).map(Some))? {
+            None => (DEFAULT_LISTEN, true),
+            Some(s) => (s.value.unwrap_or(DEFAULT_LISTEN), s.value.is_some()),
+        },
     };
+    let client_tls = set_nullable(&top, "client_tls", parse_client_tls)?.and_then(|s| s.value);
+    if !plain_listener && client_tls.is_none() {
+        return Err(Fail::at(
+            &root_path.child("listen"),
+            "null turns the plain listener off, but client_tls is not set: there would be nothing to listen on",
+        ));
+    }
     let metrics_listen =
         match set_nullable(&top, "metrics_listen", |p, n| parse_listen(p, n).map(Some))? {
             None => Some(DEFAULT_METRICS_LISTEN),
@@ -97,6 +109,9 @@ pub(super) fn parse_config(
         None => set_nullable(&top, "client_password", parse_secret)?.and_then(|s| s.value),
     };
     let admin_password = set_nullable(&top, "admin_password", parse_secret)?.and_then(|s| s.value);
+    let admin_only_info = top
+        .set("admin_only_info", parse_bool)?
+        .is_some_and(|s| s.value);
     let protected_mode = top
         .set("protected_mode", parse_bool)?
         .is_none_or(|s| s.value);
@@ -179,9 +194,12 @@ pub(super) fn parse_config(
 
     Ok(Config {
         listen,
+        plain_listener,
+        client_tls,
         metrics_listen,
         client_password,
         admin_password,
+        admin_only_info,
         protected_mode,
         auth_passthrough,
         log_level,
@@ -398,6 +416,8 @@ fn resolve_upstream(
         connect_timeout: timeout(&own.connect_timeout, &top.connect_timeout),
         command_timeout: timeout(&own.command_timeout, &top.command_timeout),
         resilience,
+        tls: value_or(&eff.tls, None),
+        database: group.names.first().cloned().unwrap_or_default(),
     })
 }
 

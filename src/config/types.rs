@@ -4,6 +4,8 @@
 //! (in the sibling modules) only fill these in.
 
 use std::net::{Ipv4Addr, SocketAddr, SocketAddrV4};
+use std::path::PathBuf;
+use std::sync::Arc;
 use std::time::Duration;
 
 /// The AutoBot databases, in index order (main = 0 … backup = 10).
@@ -179,6 +181,11 @@ pub struct UpstreamConfig {
     pub command_timeout: Duration,
     /// Retry, circuit-breaker and health-check settings.
     pub resilience: ResilienceConfig,
+    /// TLS to the upstream (`tls`, top level or per database); `None`: plain TCP.
+    pub tls: Option<Arc<UpstreamTls>>,
+    /// The primary name of the database this upstream serves (for log lines;
+    /// empty when built with [`UpstreamConfig::new`]).
+    pub database: String,
 }
 
 impl UpstreamConfig {
@@ -200,6 +207,8 @@ impl UpstreamConfig {
             connect_timeout: DEFAULT_TIMEOUT,
             command_timeout: DEFAULT_TIMEOUT,
             resilience: ResilienceConfig::default(),
+            tls: None,
+            database: String::new(),
         }
     }
 
@@ -228,3 +237,79 @@ impl DatabaseConfig {
         self.names.first().map(String::as_str).unwrap_or("")
     }
 }
+
+/// TLS to an upstream (YAML `tls`, at the top level or in a database; `tls: null`
+/// in a database means plain TCP there).
+#[derive(Debug, Clone)]
+pub struct UpstreamTls {
+    /// CA certificates the server's certificate must chain to (`ca_file`; without
+    /// it, the system's CA bundle).
+    pub ca_file: Option<PathBuf>,
+    /// Client certificate, for servers that require one (`cert_file`, with `key_file`).
+    pub cert_file: Option<PathBuf>,
+    /// The client certificate's private key (`key_file`).
+    pub key_file: Option<PathBuf>,
+    /// The name the server's certificate must be valid for (`server_name`; default:
+    /// the upstream `host`).
+    pub server_name: Option<String>,
+    /// Accept any server certificate (`insecure_skip_verify`; logged as a warning
+    /// at start). Encrypts but does not authenticate the server.
+    pub insecure_skip_verify: bool,
+    /// The rustls configuration built from the files, shared by every connection.
+    pub client_config: Arc<rustls::ClientConfig>,
+}
+
+impl UpstreamTls {
+    /// Loads the files and builds the client configuration.
+    pub fn new(
+        ca_file: Option<PathBuf>,
+        client_cert: Option<(PathBuf, PathBuf)>,
+        server_name: Option<String>,
+        insecure_skip_verify: bool,
+    ) -> Result<UpstreamTls, crate::tls::Failure> {
+        let client_config = crate::tls::client_config(
+            ca_file.as_deref(),
+            client_cert
+                .as_ref()
+                .map(|(c, k)| (c.as_path(), k.as_path())),
+            insecure_skip_verify,
+        )?;
+        let (cert_file, key_file) = client_cert.unzip();
+        Ok(UpstreamTls {
+            ca_file,
+            cert_file,
+            key_file,
+            server_name,
+            insecure_skip_verify,
+            client_config,
+        })
+    }
+}
+
+impl PartialEq for UpstreamTls {
+    /// The settings (not the loaded configuration) are compared.
+    fn eq(&self, other: &Self) -> bool {
+        self.ca_file == other.ca_file
+            && self.cert_file == other.cert_file
+            && self.key_file == other.key_file
+            && self.server_name == other.server_name
+            && self.insecure_skip_verify == other.insecure_skip_verify
+    }
+}
+
+/// The TLS listener for clients (YAML `client_tls`), served next to the plain one.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ClientTls {
+    /// Where it listens (`listen`, default `127.0.0.1:6390`).
+    pub listen: SocketAddr,
+    /// The proxy's certificate chain (`cert_file`, PEM; re-read when it changes).
+    pub cert_file: PathBuf,
+    /// Its private key (`key_file`, PEM).
+    pub key_file: PathBuf,
+    /// With `ca_file`, clients must present a certificate signed by this CA (mTLS).
+    pub ca_file: Option<PathBuf>,
+}
+
+/// Default `client_tls.listen`.
+pub(super) const DEFAULT_TLS_LISTEN: SocketAddr =
+    SocketAddr::V4(SocketAddrV4::new(Ipv4Addr::LOCALHOST, 6390));

@@ -572,6 +572,21 @@ impl Session {
         self.flush(&mut run, inbuf).await;
     }
 
+    /// The growing pause after a refused AUTH / PROXY AUTH ([`local::auth_delay`]),
+    /// taken before its reply is queued. It holds only this session's task; the
+    /// proxy's shutdown or CLIENT KILL (the client's token) ends it at once.
+    async fn auth_pause(&mut self) {
+        let delay = local::auth_delay(self.state.auth_failures);
+        if delay.is_zero() {
+            return;
+        }
+        let token = self.client.token().clone();
+        tokio::select! {
+            _ = token.cancelled() => {}
+            _ = tokio::time::sleep(delay) => {}
+        }
+    }
+
     /// `-NOPERM` for a command in the database's `deny_commands`.
     fn refuse_denied(&mut self, idx: u16) {
         let mut out = Vec::new();
@@ -649,6 +664,7 @@ impl Session {
         }
         let held = self.mode.held().is_some();
         let in_multi = self.mode.in_multi();
+        let failures_before = self.state.auth_failures;
         let outcome = if held && route == Route::Select {
             match local::select_in_transaction(&self.state, &self.ctx, args) {
                 Ok((db, select)) => {
@@ -688,6 +704,9 @@ impl Session {
             }
             local::handle(&mut self.state, &self.ctx, route, args)
         };
+        if self.state.auth_failures > failures_before {
+            self.auth_pause().await;
+        }
         if let Err(e) = self.follow_private().await {
             self.close_after(e);
             return Some(false);

@@ -247,7 +247,17 @@ fn refuse_auth(state: &mut State, ctx: &Context, what: &str, refused: &str) -> O
 /// `PROXY …`: `PROXY AUTH <admin_password>` makes the session an admin; the
 /// subcommands that change the proxy (`CIRCUIT`, `RESETSTATS`) need one, so a
 /// local process without the password cannot force a database's circuit open.
+///
+/// `deny_commands: [proxy]` refuses all of it for that database, and with
+/// `admin_only_info: true` the reports (`INFO`, `HEALTH`, `STATS`) need an admin
+/// session too.
 fn proxy<L: ArgList + ?Sized>(state: &mut State, ctx: &Context, args: &L) -> Outcome {
+    if state.db.denies_proxy() {
+        return err(&format!(
+            "NOPERM 'proxy' is denied by redis-sidecar's deny_commands for database {}",
+            state.db.label()
+        ));
+    }
     let mut buf = [0u8; 32];
     match upper(args.arg(1), &mut buf).unwrap_or(b"") {
         b"AUTH" if args.count() != 3 => wrong_sub_args(args),
@@ -259,6 +269,9 @@ fn proxy<L: ArgList + ?Sized>(state: &mut State, ctx: &Context, args: &L) -> Out
             }
             Some(_) => refuse_auth(state, ctx, "PROXY AUTH", "WRONGPASS invalid admin password"),
         },
+        b"INFO" | b"HEALTH" | b"STATS" if ctx.config.admin_only_info && !state.admin => err(
+            "NOPERM PROXY INFO, HEALTH and STATS need an admin session (admin_only_info is true): send PROXY AUTH <admin_password> first",
+        ),
         b"CIRCUIT" | b"RESETSTATS" if !state.admin => err(
             "NOPERM PROXY CIRCUIT and PROXY RESETSTATS need an admin session: set admin_password and send PROXY AUTH <admin_password> first",
         ),
@@ -268,6 +281,21 @@ fn proxy<L: ArgList + ?Sized>(state: &mut State, ctx: &Context, args: &L) -> Out
 
 /// Failed AUTH attempts after which a connection is closed.
 const MAX_AUTH_FAILURES: u32 = 10;
+
+/// The pause before the reply to the `n`th refused AUTH / PROXY AUTH on a
+/// connection: none for the first (a typo costs nothing), then 10 ms doubling per
+/// refusal, at most [`MAX_AUTH_DELAY`]. Only that client waits: the pause is taken
+/// in its own session task, and shutdown or CLIENT KILL cut it short.
+pub(super) fn auth_delay(n: u32) -> std::time::Duration {
+    if n <= 1 {
+        return std::time::Duration::ZERO;
+    }
+    let ms = 10u64.saturating_mul(1 << (n - 2).min(16));
+    std::time::Duration::from_millis(ms).min(MAX_AUTH_DELAY)
+}
+
+/// The longest pause between refused AUTH attempts.
+pub(super) const MAX_AUTH_DELAY: std::time::Duration = std::time::Duration::from_secs(1);
 
 /// Compares a password with the expected one in time that depends only on their
 /// lengths, not on where they differ.
@@ -651,4 +679,16 @@ fn cross_db<L: ArgList + ?Sized>(state: &mut State, ctx: &Context, args: &L) -> 
         new_args[pos] = target.config.upstream.db.to_string().into_bytes();
     }
     Outcome::Forward(Some(encode(&new_args[..])))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_auth_delay_grows_from_nothing_to_a_second() {
+        let ms: Vec<u128> = (1..=10).map(|n| auth_delay(n).as_millis()).collect();
+        assert_eq!(ms, [0, 10, 20, 40, 80, 160, 320, 640, 1000, 1000]);
+        assert_eq!(auth_delay(u32::MAX), MAX_AUTH_DELAY);
+    }
 }

@@ -47,7 +47,6 @@ use std::task::Poll;
 
 use bytes::BytesMut;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
-use tokio::net::TcpStream;
 use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 
@@ -55,6 +54,7 @@ use crate::clients::Registration;
 use crate::context::Context;
 use crate::protocol::request;
 use crate::router::Database;
+use crate::transport::Stream;
 
 use dispatch::encode;
 use exclusive::Login;
@@ -101,7 +101,7 @@ pub(crate) struct State {
 
 /// Serves one client until it disconnects, sends a malformed request, or the proxy
 /// shuts down (then pending replies are still delivered).
-pub async fn run(stream: TcpStream, ctx: Arc<Context>, id: u64, shutdown: CancellationToken) {
+pub async fn run(stream: Stream, ctx: Arc<Context>, id: u64, shutdown: CancellationToken) {
     let Some(db) = ctx.router.default_database().cloned() else {
         return;
     };
@@ -114,7 +114,7 @@ pub async fn run(stream: TcpStream, ctx: Arc<Context>, id: u64, shutdown: Cancel
         .map(|a| a.to_string())
         .unwrap_or_default();
     let _ = stream.set_nodelay(true);
-    crate::upstream::connect::keepalive(&stream);
+    crate::upstream::connect::keepalive(stream.tcp());
     // Cancelled by the proxy's shutdown, or by CLIENT KILL from another client.
     let client = ctx
         .clients
@@ -200,7 +200,7 @@ struct Session {
 }
 
 impl Session {
-    async fn serve(&mut self, mut stream: TcpStream) -> std::io::Result<()> {
+    async fn serve(&mut self, mut stream: Stream) -> std::io::Result<()> {
         let mut inbuf = BytesMut::with_capacity(16 * 1024);
         // Bytes were read but not parsed yet (they arrived while held back).
         let mut unparsed = false;

@@ -8,7 +8,6 @@ use std::time::Duration;
 use bytes::Bytes;
 use smallvec::SmallVec;
 use tokio::io::AsyncWriteExt;
-use tokio::net::TcpStream;
 use tokio::sync::{mpsc, oneshot};
 use tokio::time::Instant;
 
@@ -17,6 +16,7 @@ use super::Session;
 use crate::protocol::reply;
 use crate::router::Database;
 use crate::stats;
+use crate::transport::Stream;
 use crate::upstream::mux::{Answer, BatchReply};
 use crate::upstream::UpstreamError;
 
@@ -64,7 +64,7 @@ pub(super) struct Sent {
 
 impl Session {
     /// Writes every reply at the front of the queue that is already available.
-    pub(super) async fn write_ready(&mut self, stream: &mut TcpStream) -> std::io::Result<()> {
+    pub(super) async fn write_ready(&mut self, stream: &mut Stream) -> std::io::Result<()> {
         while let Some(front) = self.queue.front_mut() {
             let bytes = match front {
                 Pending::Ready(b) => std::mem::take(b),
@@ -114,7 +114,8 @@ impl Session {
                 self.out = Vec::with_capacity(16 * 1024);
             }
         }
-        Ok(())
+        // TLS may still hold the last bytes (a no-op for plain TCP).
+        stream.flush().await
     }
 
     /// Queues a reply the proxy produced (unless CLIENT REPLY says otherwise).
@@ -292,6 +293,9 @@ fn record(sent: &Sent, latency: Duration, ok: bool) {
 pub(super) fn error_text(db: &Database, err: &UpstreamError, attempts: u32) -> String {
     if let UpstreamError::CircuitOpen { retry_in } = err {
         return circuit_open(db, *retry_in);
+    }
+    if let UpstreamError::LocalResources { .. } = err {
+        return format!("ERR {err} (database {})", db.label());
     }
     let mut msg = format!("UPSTREAM database {}: {}", db.label(), err);
     if attempts > 1 {

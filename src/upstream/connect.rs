@@ -1,5 +1,5 @@
-//! Opening an upstream connection: TCP connect, then AUTH and SELECT once, all
-//! within the connect timeout.
+//! Opening an upstream connection: TCP connect, the TLS handshake when the
+//! upstream has `tls`, then AUTH and SELECT once, all within the connect timeout.
 
 use tokio::io::AsyncWriteExt;
 use tokio::net::TcpStream;
@@ -8,6 +8,7 @@ use super::error::UpstreamError;
 use super::frames::Frames;
 use crate::config::UpstreamConfig;
 use crate::protocol::request::encode_command;
+use crate::transport::Stream;
 
 /// How long a connection may be silent before the kernel probes it, as Redis's
 /// default `tcp-keepalive 300`: a peer that vanished (a crashed host, a dropped
@@ -24,7 +25,7 @@ pub fn keepalive(stream: &TcpStream) {
 
 /// Connects to the upstream and prepares the connection (AUTH, `HELLO 3` for RESP3
 /// connections, SELECT).
-pub async fn connect(cfg: &UpstreamConfig, resp3: bool) -> Result<TcpStream, UpstreamError> {
+pub async fn connect(cfg: &UpstreamConfig, resp3: bool) -> Result<Stream, UpstreamError> {
     let addr = cfg.address();
     match tokio::time::timeout(cfg.connect_timeout, connect_inner(cfg, &addr, resp3)).await {
         Ok(r) => r,
@@ -39,15 +40,34 @@ async fn connect_inner(
     cfg: &UpstreamConfig,
     addr: &str,
     resp3: bool,
-) -> Result<TcpStream, UpstreamError> {
-    let mut stream = TcpStream::connect((cfg.host.as_str(), cfg.port))
+) -> Result<Stream, UpstreamError> {
+    let tcp = TcpStream::connect((cfg.host.as_str(), cfg.port))
         .await
-        .map_err(|e| UpstreamError::Connect {
-            addr: addr.to_string(),
-            reason: e.to_string(),
-        })?;
-    let _ = stream.set_nodelay(true);
-    keepalive(&stream);
+        .map_err(|e| UpstreamError::connect_io(addr, &e))?;
+    let _ = tcp.set_nodelay(true);
+    keepalive(&tcp);
+    let mut stream = match &cfg.tls {
+        None => Stream::Plain(tcp),
+        Some(tls) => {
+            let failed = |reason: String| UpstreamError::Connect {
+                addr: addr.to_string(),
+                reason,
+            };
+            let name = crate::tls::server_name(tls.server_name.as_deref().unwrap_or(&cfg.host))
+                .map_err(failed)?;
+            let connector = tokio_rustls::TlsConnector::from(tls.client_config.clone());
+            let session = connector
+                .connect(name, tcp)
+                .await
+                .map_err(|e| {
+                    // Always logged: a wrong CA, an expired certificate or a name
+                    // mismatch is a setup problem on any kind of connection.
+                    tracing::warn!(database = %cfg.database, upstream = %addr, upstream_db = cfg.db, error = %e, "upstream TLS handshake failed");
+                    failed(format!("TLS handshake failed: {e}"))
+                })?;
+            Stream::Tls(Box::new(session.into()))
+        }
+    };
 
     let mut setup = Vec::new();
     let mut expected = 0;
@@ -76,7 +96,17 @@ async fn connect_inner(
         addr: addr.to_string(),
         reason: "connection closed during setup".into(),
     };
-    stream.write_all(&setup).await.map_err(|_| lost())?;
+    // With TLS the cause is worth showing (e.g. Redis refused the handshake
+    // after it completed on our side: `received fatal alert: CertificateRequired`).
+    let broke = |e: std::io::Error| match e.kind() {
+        std::io::ErrorKind::InvalidData => UpstreamError::Connect {
+            addr: addr.to_string(),
+            reason: format!("connection closed during setup: {e}"),
+        },
+        _ => lost(),
+    };
+    stream.write_all(&setup).await.map_err(broke)?;
+    stream.flush().await.map_err(broke)?;
     let mut frames = Frames::new(256);
     let mut seen = 0;
     while seen < expected {
@@ -93,7 +123,7 @@ async fn connect_inner(
                 seen += 1;
             }
             Ok(None) => {
-                if frames.fill(&mut stream).await.map_err(|_| lost())? == 0 {
+                if frames.fill(&mut stream).await.map_err(broke)? == 0 {
                     return Err(lost());
                 }
             }

@@ -35,7 +35,6 @@ use std::time::Instant;
 
 use bytes::{Bytes, BytesMut};
 use tokio::io::AsyncWriteExt;
-use tokio::net::TcpStream;
 use tokio::sync::{mpsc, watch};
 
 use super::connect::connect;
@@ -45,6 +44,7 @@ use super::mux::{Batch, BatchReply};
 use super::pubsub::End;
 use crate::command::Block;
 use crate::config::UpstreamConfig;
+use crate::transport::Stream;
 
 use crate::protocol::request::encode_command;
 
@@ -64,7 +64,7 @@ pub(crate) fn hello_id(reply: &[u8]) -> Option<u64> {
 /// A connection owned by one session at a time.
 #[derive(Debug)]
 pub struct ExclusiveConn {
-    stream: TcpStream,
+    stream: Stream,
     frames: Frames,
     broken: bool,
     addr: String,
@@ -149,7 +149,7 @@ impl ExclusiveConn {
     /// Whether an idle connection is still usable, without a round trip: it has
     /// nothing to read, so a read that would block means yes; end of stream (Redis
     /// restarted, or closed it for idleness), an error or stray bytes mean no.
-    fn is_alive(&self) -> bool {
+    fn is_alive(&mut self) -> bool {
         if self.broken || self.frames.has_unread() {
             return false;
         }
@@ -191,7 +191,11 @@ impl ExclusiveConn {
             addr: self.addr.clone(),
             sent,
         };
-        let wrote = self.stream.write_all(bytes).await;
+        let wrote = match self.stream.write_all(bytes).await {
+            // TLS may still hold the last bytes (a no-op for plain TCP).
+            Ok(()) => self.stream.flush().await,
+            Err(e) => Err(e),
+        };
         written();
         if wrote.is_err() {
             return Err(lost(true));
@@ -1044,7 +1048,7 @@ mod tests {
             // Then it closes.
         });
         ExclusiveConn {
-            stream: TcpStream::connect(addr).await.unwrap(),
+            stream: tokio::net::TcpStream::connect(addr).await.unwrap().into(),
             frames: Frames::new(4096),
             broken: false,
             addr: addr.to_string(),

@@ -11,6 +11,16 @@ pub enum UpstreamError {
         /// What went wrong (refused, timed out, DNS …).
         reason: String,
     },
+    /// The proxy itself ran out of file descriptors, socket buffers or memory
+    /// opening the connection (EMFILE, ENFILE, ENOBUFS, ENOMEM); the command was
+    /// never sent, and the upstream is not at fault.
+    #[error("proxy out of file descriptors (or socket buffers or memory): cannot open a connection to {addr}: {reason}; not counted against the upstream")]
+    LocalResources {
+        /// `host:port` of the upstream.
+        addr: String,
+        /// The operating system's error.
+        reason: String,
+    },
     /// The upstream answered AUTH or SELECT with an error; the command was never sent.
     #[error("upstream {addr} rejected the connection setup: {reply}")]
     Handshake {
@@ -51,6 +61,31 @@ pub enum UpstreamError {
 }
 
 impl UpstreamError {
+    /// A failed TCP connect to `addr`: [`UpstreamError::LocalResources`] when the
+    /// proxy ran out of a local resource, [`UpstreamError::Connect`] otherwise.
+    pub fn connect_io(addr: &str, e: &std::io::Error) -> UpstreamError {
+        if crate::limits::is_local_exhaustion(e) {
+            UpstreamError::LocalResources {
+                addr: addr.to_string(),
+                reason: e.to_string(),
+            }
+        } else {
+            UpstreamError::Connect {
+                addr: addr.to_string(),
+                reason: e.to_string(),
+            }
+        }
+    }
+
+    /// Whether this failure tells something about the upstream, so that the
+    /// circuit breaker and the health state should hear of it. The proxy's own
+    /// exhaustion does not: counting it would take a healthy database down for
+    /// everyone because this process is short of descriptors (as `-BUSY` is not
+    /// counted, see [`super::is_not_serving`]).
+    pub fn counts_as_failure(&self) -> bool {
+        !matches!(self, UpstreamError::LocalResources { .. })
+    }
+
     /// Whether trying again soon may succeed. A rejected AUTH/SELECT is a
     /// configuration problem: retrying only adds load and delay.
     pub fn is_transient(&self) -> bool {
@@ -64,6 +99,7 @@ impl UpstreamError {
     pub fn may_have_run(&self) -> bool {
         match self {
             UpstreamError::Connect { .. }
+            | UpstreamError::LocalResources { .. }
             | UpstreamError::Handshake { .. }
             | UpstreamError::CircuitOpen { .. } => false,
             UpstreamError::Lost { sent, .. } => *sent,

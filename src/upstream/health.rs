@@ -84,8 +84,24 @@ pub fn spawn(
         let manager = Manager::new((*cfg).clone(), false);
         let mut conn: Option<ExclusiveConn> = None;
         let mut was_ok = true;
+        let mut local_log = crate::limits::Throttle::new(crate::limits::WARN_EVERY);
         loop {
-            let result = probe(&manager, &mut conn, &cfg).await;
+            let result = match probe(&manager, &mut conn, &cfg).await {
+                Err(Failed::Local(e)) => {
+                    // The proxy is out of descriptors, not the upstream down: the
+                    // breaker and the health state do not hear of it.
+                    if let Some(suppressed) = local_log.ready() {
+                        tracing::warn!(upstream = %cfg.address(), db = cfg.db, error = %e, suppressed, "health probe skipped: no local resources to open its connection");
+                    }
+                    tokio::select! {
+                        _ = shutdown.cancelled() => return,
+                        _ = tokio::time::sleep(observer.probe_interval(cfg.resilience.health_check_interval)) => {}
+                    }
+                    continue;
+                }
+                Err(Failed::Upstream(e)) => Err(e),
+                Ok(d) => Ok(d),
+            };
             if let Err(e) = &result {
                 tracing::warn!(upstream = %cfg.address(), db = cfg.db, error = %e, "health probe failed");
             } else if !was_ok {
@@ -124,27 +140,40 @@ fn warm(slot: MuxHandle, cfg: &UpstreamConfig) {
     });
 }
 
+/// Why a probe failed: the upstream (counted), or the proxy's own lack of
+/// descriptors or memory to open the probe connection (not counted).
+enum Failed {
+    Upstream(String),
+    Local(String),
+}
+
 /// One PING on the probe connection (opened or reopened as needed), bounded by the
 /// connect and command timeouts.
 async fn probe(
     manager: &Manager,
     conn: &mut Option<ExclusiveConn>,
     cfg: &UpstreamConfig,
-) -> Result<Duration, String> {
+) -> Result<Duration, Failed> {
     if conn.is_none() {
-        *conn = Some(manager.connect().await.map_err(|e| e.to_string())?);
+        *conn = Some(manager.connect().await.map_err(|e| {
+            if e.counts_as_failure() {
+                Failed::Upstream(e.to_string())
+            } else {
+                Failed::Local(e.to_string())
+            }
+        })?);
     }
     let Some(c) = conn.as_mut() else {
-        return Err("no probe connection".into());
+        return Err(Failed::Upstream("no probe connection".into()));
     };
     let started = tokio::time::Instant::now();
     let result = match tokio::time::timeout(cfg.command_timeout, manager.is_valid(c)).await {
         Ok(Ok(())) => Ok(started.elapsed()),
-        Ok(Err(e)) => Err(e.to_string()),
-        Err(_) => Err(format!(
+        Ok(Err(e)) => Err(Failed::Upstream(e.to_string())),
+        Err(_) => Err(Failed::Upstream(format!(
             "PING got no reply within {:?}",
             cfg.command_timeout
-        )),
+        ))),
     };
     if result.is_err() {
         *conn = None;

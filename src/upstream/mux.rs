@@ -41,8 +41,6 @@ use std::sync::Arc;
 
 use bytes::{Bytes, BytesMut};
 use tokio::io::AsyncWriteExt;
-use tokio::net::tcp::OwnedReadHalf;
-use tokio::net::TcpStream;
 use tokio::sync::{mpsc, oneshot};
 use tokio::time::{Duration, Instant};
 
@@ -53,6 +51,7 @@ use super::Observer;
 use crate::command::Block;
 use crate::config::UpstreamConfig;
 use crate::stats::{self, DbStats};
+use crate::transport::{ReadHalf, Stream};
 
 /// The replies to a batch, back to back as Redis sent them, or why there are none.
 pub type BatchReply = Result<Bytes, UpstreamError>;
@@ -249,7 +248,9 @@ async fn run_slot(
                 }
             }
             Err(err) => {
-                observer.failure();
+                if err.counts_as_failure() {
+                    observer.failure();
+                }
                 stats::add(&stats.connect_failures, 1);
                 tracing::warn!(upstream = %addr, error = %err, "upstream connection failed");
                 while let Ok(b) = rx.try_recv() {
@@ -374,7 +375,7 @@ impl InFlight {
 /// ends are left at the front of `waiting`. Returns the error that ended the
 /// connection and the batches then in flight (oldest first), if any.
 async fn serve(
-    stream: TcpStream,
+    stream: Stream,
     waiting: &mut VecDeque<Batch>,
     rx: &mut mpsc::Receiver<Batch>,
     cfg: &UpstreamConfig,
@@ -444,15 +445,17 @@ async fn serve(
         }
         let write = async {
             if chunks.len() == 1 {
-                wr.write_all(&chunks[0]).await
+                wr.write_all(&chunks[0]).await?;
             } else {
                 for c in &chunks {
                     out.extend_from_slice(c);
                 }
                 let r = wr.write_all(&out).await;
                 out.clear();
-                r
+                r?;
             }
+            // TLS may still hold the last bytes (a no-op for plain TCP).
+            wr.flush().await
         };
         // A frozen upstream stops reading; the reader's timeout then ends the
         // connection, and the write must not outlive it.
@@ -480,7 +483,7 @@ async fn serve(
 /// Returns why it ended and the batches still unanswered, oldest first (`None` when
 /// the slot closed the connection with nothing in flight).
 async fn read_loop(
-    mut rd: OwnedReadHalf,
+    mut rd: ReadHalf,
     mut prx: mpsc::UnboundedReceiver<InFlight>,
     addr: String,
     timeout: Duration,

@@ -20,7 +20,6 @@ use std::sync::Arc;
 
 use bytes::Bytes;
 use tokio::io::AsyncWriteExt;
-use tokio::net::tcp::{OwnedReadHalf, OwnedWriteHalf};
 use tokio::sync::mpsc;
 
 use super::connect::connect;
@@ -28,6 +27,7 @@ use super::dedicated::{hello_id, HELLO};
 use super::error::UpstreamError;
 use super::frames::Frames;
 use crate::config::UpstreamConfig;
+use crate::transport::{ReadHalf, WriteHalf};
 
 /// Why a subscription's stream ended.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -41,7 +41,7 @@ pub enum End {
 /// An open subscriber connection.
 #[derive(Debug)]
 pub struct Subscription {
-    wr: OwnedWriteHalf,
+    wr: WriteHalf,
     frames: mpsc::UnboundedReceiver<Result<Bytes, End>>,
     queued: Arc<AtomicUsize>,
     reader: tokio::task::JoinHandle<()>,
@@ -59,12 +59,14 @@ impl Subscription {
         let stream = connect(cfg, resp3).await?;
         let (rd, mut wr) = stream.into_split();
         // Answered before anything the client sends; the reader takes the id from it.
-        wr.write_all(HELLO)
-            .await
-            .map_err(|_| UpstreamError::Connect {
-                addr: cfg.address(),
-                reason: "connection closed during setup".into(),
-            })?;
+        let hello = async {
+            wr.write_all(HELLO).await?;
+            wr.flush().await
+        };
+        hello.await.map_err(|_| UpstreamError::Connect {
+            addr: cfg.address(),
+            reason: "connection closed during setup".into(),
+        })?;
         let (tx, frames) = mpsc::unbounded_channel();
         let queued = Arc::new(AtomicUsize::new(0));
         let upstream_id = Arc::new(AtomicU64::new(0));
@@ -92,7 +94,8 @@ impl Subscription {
 
     /// Writes a client request to the subscriber connection.
     pub async fn send(&mut self, request: &[u8]) -> std::io::Result<()> {
-        self.wr.write_all(request).await
+        self.wr.write_all(request).await?;
+        self.wr.flush().await
     }
 
     /// The next frame from Redis, in arrival order, or why the stream ended.
@@ -117,7 +120,7 @@ impl Drop for Subscription {
 }
 
 async fn read_frames(
-    mut rd: OwnedReadHalf,
+    mut rd: ReadHalf,
     tx: mpsc::UnboundedSender<Result<Bytes, End>>,
     queued: Arc<AtomicUsize>,
     limit: usize,

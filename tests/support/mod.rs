@@ -450,6 +450,17 @@ impl BinaryProxy {
     /// extra environment variables. Waits (bounded) until it accepts TCP connections;
     /// retries on a new port if the chosen one was taken.
     pub fn start_with(yaml: &str, extra_args: &[&str], envs: &[(&str, &str)]) -> BinaryProxy {
+        Self::start_wrapped(&[], yaml, extra_args, envs)
+    }
+
+    /// Like [`BinaryProxy::start_with`], but run through `wrapper` (a command and
+    /// its arguments that then run the binary, e.g. `prlimit --nofile=64:64`).
+    pub fn start_wrapped(
+        wrapper: &[&str],
+        yaml: &str,
+        extra_args: &[&str],
+        envs: &[(&str, &str)],
+    ) -> BinaryProxy {
         let dir = tempfile::Builder::new()
             .prefix("redis-sidecar-test-proxy")
             .tempdir()
@@ -461,7 +472,14 @@ impl BinaryProxy {
             let addr = SocketAddr::from((Ipv4Addr::LOCALHOST, free_port()));
             let log_path = dir.path().join(format!("proxy-{attempt}.log"));
             let log = fs::File::create(&log_path).expect("create proxy log");
-            let mut cmd = Command::new(Self::bin_path());
+            let mut cmd = match wrapper.split_first() {
+                Some((program, args)) => {
+                    let mut c = Command::new(program);
+                    c.args(args).arg(Self::bin_path());
+                    c
+                }
+                None => Command::new(Self::bin_path()),
+            };
             cmd.arg("--config")
                 .arg(&config_path)
                 .arg("--listen")
