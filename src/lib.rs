@@ -21,7 +21,13 @@
 //!   tracking.rs  CLIENT TRACKING: the tracking connection, pushes, REDIRECT ids
 //!   local.rs     commands the proxy answers itself (SELECT, AUTH, HELLO, CLIENT …)
 //! admin.rs       PROXY INFO / HEALTH / STATS / RESETSTATS / CIRCUIT
-//! metrics.rs     Prometheus /metrics (read from the same counters at scrape time)
+//! metrics.rs     Prometheus /metrics (read from the same counters at scrape time);
+//!                the HTTP responder on metrics_listen, which also serves status/
+//! status/        the live status page (GET /, /status.json); mod.rs: the sampler
+//!                (every 5 s, 10 min kept, reads only) and the JSON
+//!   history.rs   one database's ring of samples: rates and windowed p50/p99 from
+//!                differences of the cumulative counters and histogram
+//!   page.rs      the self-contained HTML page with inline SVG charts
 //! context.rs     what sessions share: config, router, client table, counters
 //! clients.rs     the table of client sessions (CLIENT LIST / KILL / UNBLOCK,
 //!                TRACKING REDIRECT targets)
@@ -72,6 +78,7 @@ pub mod router;
 pub mod server;
 pub mod session;
 pub mod stats;
+pub mod status;
 pub mod tls;
 pub mod transport;
 pub mod upstream;

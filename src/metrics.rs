@@ -1,4 +1,5 @@
-//! Prometheus metrics at `GET /metrics` on `metrics_listen`.
+//! Prometheus metrics at `GET /metrics` on `metrics_listen`, and the live status
+//! page (`GET /`, `GET /status.json`, see [`crate::status`]).
 //!
 //! The figures are the ones `PROXY INFO`/`HEALTH`/`STATS` report, read from the
 //! proxy's atomics at scrape time by a prometheus-client [`Collector`] — nothing is
@@ -52,6 +53,7 @@ use crate::command::command_name;
 use crate::context::Context;
 use crate::resilience::{CommandStats, State};
 use crate::stats::get;
+use crate::status::{self, History};
 
 /// Reads the proxy's counters at scrape time.
 #[derive(Debug)]
@@ -303,7 +305,8 @@ pub fn render(ctx: &Arc<Context>) -> String {
     out
 }
 
-/// Binds `addr` and serves `/metrics` until shutdown.
+/// Binds `addr` and serves `/metrics`, `/` and `/status.json` until shutdown (the
+/// status page's sampler runs as long as the listener does).
 pub async fn serve(
     addr: SocketAddr,
     ctx: Arc<Context>,
@@ -311,6 +314,7 @@ pub async fn serve(
 ) -> std::io::Result<SocketAddr> {
     let listener = TcpListener::bind(addr).await?;
     let local = listener.local_addr()?;
+    let history = status::spawn(ctx.clone(), shutdown.clone());
     tokio::spawn(async move {
         loop {
             let accepted = tokio::select! {
@@ -322,15 +326,22 @@ pub async fn serve(
                 continue;
             };
             let ctx = ctx.clone();
+            let history = history.clone();
             tokio::spawn(async move {
-                let _ = tokio::time::timeout(Duration::from_secs(10), respond(stream, &ctx)).await;
+                let _ =
+                    tokio::time::timeout(Duration::from_secs(10), respond(stream, &ctx, &history))
+                        .await;
             });
         }
     });
     Ok(local)
 }
 
-async fn respond(mut stream: TcpStream, ctx: &Arc<Context>) -> std::io::Result<()> {
+async fn respond(
+    mut stream: TcpStream,
+    ctx: &Arc<Context>,
+    history: &History,
+) -> std::io::Result<()> {
     let mut req = Vec::with_capacity(1024);
     let mut buf = [0u8; 1024];
     while !req.windows(4).any(|w| w == b"\r\n\r\n") {
@@ -344,7 +355,7 @@ async fn respond(mut stream: TcpStream, ctx: &Arc<Context>) -> std::io::Result<(
     let mut parts = line.split(|&b| b == b' ');
     let (method, path) = (parts.next().unwrap_or(b""), parts.next().unwrap_or(b""));
     let path = path.split(|&b| b == b'?').next().unwrap_or(b"");
-    let (status, ctype, body) = if method != b"GET" {
+    let (code, ctype, body) = if method != b"GET" {
         (
             "405 Method Not Allowed",
             "text/plain",
@@ -356,11 +367,27 @@ async fn respond(mut stream: TcpStream, ctx: &Arc<Context>) -> std::io::Result<(
             "application/openmetrics-text; version=1.0.0; charset=utf-8",
             render(ctx),
         )
+    } else if path == b"/" {
+        (
+            "200 OK",
+            "text/html; charset=utf-8",
+            status::html(&status::read(ctx, history)),
+        )
+    } else if path == b"/status.json" {
+        (
+            "200 OK",
+            "application/json",
+            status::json(&status::read(ctx, history)),
+        )
     } else {
-        ("404 Not Found", "text/plain", "try /metrics\n".to_string())
+        (
+            "404 Not Found",
+            "text/plain",
+            "try /metrics, / or /status.json\n".to_string(),
+        )
     };
     let head = format!(
-        "HTTP/1.1 {status}\r\nContent-Type: {ctype}\r\nContent-Length: {}\r\nConnection: close\r\n\r\n",
+        "HTTP/1.1 {code}\r\nContent-Type: {ctype}\r\nContent-Length: {}\r\nCache-Control: no-store\r\nConnection: close\r\n\r\n",
         body.len()
     );
     stream.write_all(head.as_bytes()).await?;

@@ -10,7 +10,7 @@ use std::time::{Duration, Instant};
 
 use redis_sidecar::config::Config;
 use support::{
-    info_sections, parse_info, parse_info_section, proxy_config, resp_bulk, start_proxy,
+    http_get, info_sections, parse_info, parse_info_section, proxy_config, resp_bulk, start_proxy,
     AsyncRawClient, RedisServer,
 };
 
@@ -299,32 +299,6 @@ async fn proxy_circuit_forces_one_database_open_and_back() {
 // 10. GET /metrics
 // ---------------------------------------------------------------------------------------
 
-/// A minimal HTTP/1.1 GET; returns (status code, headers, body). Bounded by 5 s.
-async fn http_get(addr: SocketAddr, path: &str) -> (u16, String, String) {
-    use tokio::io::{AsyncReadExt, AsyncWriteExt};
-    let exchange = async {
-        let mut s = tokio::net::TcpStream::connect(addr).await.expect("connect");
-        let req = format!("GET {path} HTTP/1.1\r\nHost: {addr}\r\nAccept: */*\r\n\r\n");
-        s.write_all(req.as_bytes()).await.expect("write request");
-        let mut raw = Vec::new();
-        s.read_to_end(&mut raw).await.expect("read response");
-        raw
-    };
-    let raw = tokio::time::timeout(Duration::from_secs(5), exchange)
-        .await
-        .unwrap_or_else(|_| panic!("GET {path}: no complete response within 5 s"));
-    let raw = text(&raw);
-    let (head, body) = raw
-        .split_once("\r\n\r\n")
-        .unwrap_or_else(|| panic!("not an HTTP response: {raw:?}"));
-    let status = head
-        .split_whitespace()
-        .nth(1)
-        .and_then(|s| s.parse().ok())
-        .unwrap_or_else(|| panic!("bad status line: {head:?}"));
-    (status, head.to_string(), body.to_string())
-}
-
 /// A sample's identity: metric name and its labels (sorted).
 type Series = (String, BTreeMap<String, String>);
 
@@ -515,7 +489,7 @@ async fn metrics_endpoint_serves_counters_circuit_state_and_client_gauge() {
         "c, c5 and 3 extra clients"
     );
 
-    // Anything but /metrics is 404.
+    // Unknown paths are 404.
     let (status, _, body) = http_get(metrics, "/nope").await;
     assert_eq!(status, 404, "{body}");
     drop(extra);

@@ -202,6 +202,14 @@ impl CommandStats {
         }
     }
 
+    /// A copy of the latency histogram (microseconds), `None` before the first recorded
+    /// latency. Holds the lock for one copy (a ≈ 25 KiB memcpy); meant for periodic
+    /// samplers such as the status page, never the data path.
+    pub fn histogram_snapshot(&self) -> Option<Histogram<u64>> {
+        let h = self.histogram.get()?;
+        Some(h.lock().unwrap_or_else(PoisonError::into_inner).clone())
+    }
+
     /// Sets every counter, the moving average and the histogram back to empty (an
     /// allocated histogram is kept and cleared). Updates racing with a reset may land on
     /// either side of it.
