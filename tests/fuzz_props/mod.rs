@@ -424,7 +424,8 @@ fn is_line(text: &[u8]) -> bool {
     !text.iter().any(|&b| b == b'\r' || b == b'\n')
 }
 
-/// Whether `frame`'s lines are lines, all the way down.
+/// Whether Redis could write `frame`: its lines are lines, all the way down (and,
+/// in RESP3, it is no streamed-string chunk).
 fn lines2(frame: &resp2::types::OwnedFrame) -> bool {
     use resp2::types::OwnedFrame as F;
     match frame {
@@ -458,7 +459,10 @@ fn lines3(frame: &resp3::types::OwnedFrame) -> bool {
         | F::Number { attributes, .. }
         | F::Double { attributes, .. }
         | F::Boolean { attributes, .. } => attrs(attributes),
-        _ => true,
+        F::Null => true,
+        // Streamed-string chunks (`;3\r\nabc\r\n`, `;0\r\n`) and an inline HELLO:
+        // Redis never writes them as replies.
+        F::ChunkedString(_) | F::Hello { .. } => false,
     }
 }
 
