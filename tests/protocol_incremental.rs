@@ -671,9 +671,7 @@ fn client_view(bytes: &[u8]) -> (Vec<RequestKind>, Option<Vec<u8>>) {
                     }
                     Ok(None) => break,
                     Err(e) => {
-                        let mut out = Vec::new();
-                        reply::error(&mut out, &format!("ERR {e}"));
-                        error = Some(out);
+                        error = Some(e.reply());
                         break 'feed;
                     }
                 }
@@ -807,6 +805,96 @@ fn signed_and_padded_bulk_lengths_are_answered_like_redis() {
     }
 }
 
+/// Redis 7.0 finds the end of a request line with `strchr`: a count or length line
+/// ends at the first `\r`, whatever byte follows it (that byte is skipped
+/// unchecked, once it is there); an inline line at the first `\n`; and a NUL byte
+/// before either ends the search, so the request never completes (until it is too
+/// big). The byte after `*1\r\n` is checked for `$` only once its line is complete,
+/// and it is quoted raw. Found by tests/differential.rs
+/// (`random_requests_are_answered_like_redis_server`).
+#[test]
+fn request_lines_end_where_redis_strchr_ends_them() {
+    use RequestKind::Multibulk;
+    // Measured on redis-server 7.0.15, as above.
+    let expected_ff: &[u8] = b"-ERR Protocol error: expected '$', got '\xff'\r\n";
+    let too_big_bulk: &[u8] = b"-ERR Protocol error: too big bulk count string\r\n";
+    let too_big_mbulk: &[u8] = b"-ERR Protocol error: too big mbulk count string\r\n";
+    let cases: &[Case] = &[
+        // *1\rX$4\r\nPING\r\n -> +PONG\r\n, open
+        (b"*1\rX$4\r\nPING\r\n", &[Multibulk], None),
+        // *1\r\n$4\rxPING\r\n -> +PONG\r\n, open
+        (b"*1\r\n$4\rxPING\r\n", &[Multibulk], None),
+        // *1\r\n$4\r\nPING\rx -> +PONG\r\n, open
+        (b"*1\r\n$4\r\nPING\rx", &[Multibulk], None),
+        // *1\r\r\n -> nothing, open (waits for the line after `\r\r`)
+        (b"*1\r\r\n", &[], None),
+        // *1\0\r\n*1\r\n$4\r\nPING\r\n -> nothing, open (the NUL stops strchr)
+        (b"*1\0\r\n*1\r\n$4\r\nPING\r\n", &[], None),
+        // PING\0x\nPING\r\n -> nothing, open
+        (b"PING\0x\nPING\r\n", &[], None),
+        // *1\r\n$4\r\nPING\r\n\0PING\n -> +PONG\r\n, open
+        (b"*1\r\n$4\r\nPING\r\n\0PING\n", &[Multibulk], None),
+        // *1\r\n+OK -> nothing, open (the `+` is checked once its line is complete)
+        (b"*1\r\n+OK", &[], None),
+        // *1\r\n\r\n -> -ERR Protocol error: expected '$', got ' '\r\n, closed
+        (
+            b"*1\r\n\r\n",
+            &[],
+            Some(b"-ERR Protocol error: expected '$', got ' '\r\n"),
+        ),
+        // *1\r\n\xff\r\n -> -ERR Protocol error: expected '$', got '\xff'\r\n, closed
+        (b"*1\r\n\xff\r\n", &[], Some(expected_ff)),
+        // A request, then the same: the request is answered, then the error.
+        (
+            b"*1\r\n$4\r\nPING\r\n*1\r\n\xff\r\n",
+            &[Multibulk],
+            Some(expected_ff),
+        ),
+    ];
+    for (bytes, kinds, error) in cases {
+        let (got_kinds, got_error) = client_view(bytes);
+        assert_eq!(
+            (&got_kinds[..], got_error.as_deref()),
+            (*kinds, *error),
+            "{:?}",
+            String::from_utf8_lossy(bytes)
+        );
+    }
+    // Long lines (70,000 bytes), measured the same way.
+    let long = |head: &[u8], fill: u8, tail: &[u8]| {
+        let mut v = head.to_vec();
+        v.resize(head.len() + 70_000, fill);
+        v.extend_from_slice(tail);
+        v
+    };
+    let long_cases: Vec<(Vec<u8>, Option<&[u8]>)> = vec![
+        // *1\r\n + 70,000 x -> too big bulk count string (before the `$` check)
+        (long(b"*1\r\n", b'x', b""), Some(too_big_bulk)),
+        // *1\r\nx + 70,000 NUL -> too big bulk count string
+        (long(b"*1\r\nx", 0, b""), Some(too_big_bulk)),
+        // *1 + 70,000 NUL -> too big mbulk count string
+        (long(b"*1", 0, b""), Some(too_big_mbulk)),
+        // *1 + 70,000 x + \r -> nothing, open (a `\r` was found: no size check)
+        (long(b"*1", b'x', b"\r"), None),
+        // PING + 70,000 NUL -> too big inline request
+        (
+            long(b"PING", 0, b""),
+            Some(b"-ERR Protocol error: too big inline request\r\n"),
+        ),
+    ];
+    for (bytes, error) in long_cases {
+        let mut args = Vec::new();
+        let got = Parser::new().parse(&bytes, &Limits::default(), &mut args);
+        assert_eq!(
+            got.as_ref().err().map(ProtocolError::reply).as_deref(),
+            error,
+            "{:?}",
+            String::from_utf8_lossy(&bytes[..8])
+        );
+        assert!(matches!(got, Ok(None) | Err(_)));
+    }
+}
+
 #[test]
 fn reply_scanner_keeps_its_grammar_for_lengths() {
     // Upstream replies keep the grammar `scan` always had (Redis never sends these).
@@ -836,8 +924,10 @@ fn reply_scanner_keeps_its_grammar_for_lengths() {
 
 /// The one-shot reply scanner and request parser of commit 4f14891, verbatim except
 /// that requests use the current `parse_int` (now exactly `string2ll`: `-0` refused,
-/// `i64::MIN` accepted) and `ProtocolError(..)` replaces its private constructor. The
-/// rewritten code (with its fast paths) must agree with them on every input.
+/// `i64::MIN` accepted), `ProtocolError(..)` replaces its private constructor, and
+/// request lines end where Redis 7.0's `strchr` ends them (`strchr` below; found by
+/// tests/differential.rs). The rewritten code (with its fast paths) must agree with
+/// them on every input.
 mod reference {
     pub mod reply {
         use redis_sidecar::protocol::reply::{Frame, ReplyError};
@@ -946,27 +1036,11 @@ mod reference {
             parse_int, split_args, ProtocolError, Request, RequestKind,
         };
 
-        /// Position of the first `\r\n` in `buf` at or after `from`.
-        #[inline]
-        fn find_crlf(buf: &[u8], from: usize) -> Option<usize> {
-            let mut i = from;
-            while let Some(off) = memchr(b'\r', &buf[i..]) {
-                let p = i + off;
-                if p + 1 < buf.len() {
-                    if buf[p + 1] == b'\n' {
-                        return Some(p);
-                    }
-                    i = p + 1;
-                } else {
-                    return None;
-                }
-            }
-            None
-        }
-
-        #[inline]
-        fn memchr(needle: u8, hay: &[u8]) -> Option<usize> {
-            hay.iter().position(|&b| b == needle)
+        /// Redis's `strchr(buf + from, c)`: the first `c` at or after `from`, unless
+        /// a NUL byte comes first (C strings end there).
+        fn strchr(buf: &[u8], from: usize, c: u8) -> Option<usize> {
+            let at = from + buf.get(from..)?.iter().position(|&b| b == c || b == 0)?;
+            (buf[at] == c).then_some(at)
         }
 
         /// Parses one request at the start of `buf`.
@@ -991,12 +1065,16 @@ mod reference {
             limits: &Limits,
             args: &mut Vec<Range<usize>>,
         ) -> Result<Option<Request>, ProtocolError> {
-            let Some(eol) = find_crlf(buf, 1) else {
+            let Some(eol) = strchr(buf, 1, b'\r') else {
                 if buf.len() > limits.max_inline_len {
                     return Err(ProtocolError("too big mbulk count string".into()));
                 }
                 return Ok(None);
             };
+            // Redis skips the byte after the `\r` unchecked, once it is there.
+            if eol + 1 >= buf.len() {
+                return Ok(None);
+            }
             let count = match parse_int(&buf[1..eol]) {
                 Some(n) if n <= i32::MAX as i64 => n,
                 _ => return Err(ProtocolError("invalid multibulk length".into())),
@@ -1015,21 +1093,23 @@ mod reference {
                 )));
             }
             for _ in 0..count {
-                let Some(&first) = buf.get(pos) else {
-                    return Ok(None);
-                };
-                if first != b'$' {
-                    return Err(ProtocolError(format!(
-                        "expected '$', got '{}'",
-                        char::from(first)
-                    )));
-                }
-                let Some(eol) = find_crlf(buf, pos + 1) else {
+                // The line is searched from the byte that should be `$`, which is
+                // checked once the line is complete.
+                let Some(eol) = strchr(buf, pos, b'\r') else {
                     if buf.len() - pos > limits.max_inline_len {
                         return Err(ProtocolError("too big bulk count string".into()));
                     }
                     return Ok(None);
                 };
+                if eol + 1 >= buf.len() {
+                    return Ok(None);
+                }
+                if buf[pos] != b'$' {
+                    return Err(ProtocolError(format!(
+                        "expected '$', got '{}'",
+                        char::from(buf[pos])
+                    )));
+                }
                 let len = match parse_int(&buf[pos + 1..eol]) {
                     Some(n) if n >= 0 && n as u64 <= limits.max_bulk_len as u64 => n as usize,
                     _ => return Err(ProtocolError("invalid bulk length".into())),
@@ -1050,7 +1130,7 @@ mod reference {
         }
 
         fn parse_inline(buf: &[u8], limits: &Limits) -> Result<Option<Request>, ProtocolError> {
-            let Some(nl) = memchr(b'\n', buf) else {
+            let Some(nl) = strchr(buf, 0, b'\n') else {
                 if buf.len() > limits.max_inline_len {
                     return Err(ProtocolError("too big inline request".into()));
                 }

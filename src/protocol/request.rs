@@ -24,6 +24,20 @@ impl ProtocolError {
     fn new(msg: impl Into<String>) -> Self {
         ProtocolError(msg.into())
     }
+
+    /// The error reply Redis sends for it, byte for byte: `-ERR Protocol error: …`,
+    /// with `\r` and `\n` as spaces, and the byte that `expected '$', got 'X'` quotes
+    /// sent as that byte (Redis's `%c`), not as the UTF-8 of `char::from(byte)`.
+    pub fn reply(&self) -> Vec<u8> {
+        let mut out = b"-ERR Protocol error: ".to_vec();
+        // Every char of a message is ASCII or a `char::from(u8)`.
+        out.extend(self.0.chars().map(|c| match c {
+            '\r' | '\n' => b' ',
+            c => u8::try_from(c).unwrap_or(b'?'),
+        }));
+        out.extend_from_slice(b"\r\n");
+        out
+    }
 }
 
 /// What one complete request at the start of the buffer is.
@@ -46,22 +60,33 @@ pub struct Request {
     pub kind: RequestKind,
 }
 
-/// Position of the first `\r\n` in `buf` at or after `from`.
+/// Where a line searched for from `from` ends, as Redis 7.0 finds it with `strchr`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum LineEnd {
+    /// At this `\r` (or `\n`), with at least one byte after it.
+    At(usize),
+    /// The `\r` is the last byte: wait for one more (no "too big" check then).
+    Last(usize),
+    /// Not found yet: search again from this offset. `usize::MAX`: a NUL came first,
+    /// where `strchr` stops, so the line never ends (until it is too big).
+    Wait(usize),
+}
+
+/// The line that starts before `from` ends at the first `end` byte at or after
+/// `from`, as Redis's `strchr(querybuf + pos, end)` finds it: whatever byte follows
+/// a `\r` (Redis skips it unchecked), and never past a NUL byte.
 #[inline]
-fn find_crlf(buf: &[u8], from: usize) -> Option<usize> {
-    let mut i = from;
-    while let Some(off) = memchr(b'\r', &buf[i..]) {
-        let p = i + off;
-        if p + 1 < buf.len() {
-            if buf[p + 1] == b'\n' {
-                return Some(p);
-            }
-            i = p + 1;
-        } else {
-            return None;
-        }
+fn line_end(buf: &[u8], from: usize, end: u8) -> LineEnd {
+    let Some(hay) = buf.get(from..) else {
+        return LineEnd::Wait(from);
+    };
+    match memchr(end, hay) {
+        Some(off) if memchr(0, &hay[..off]).is_some() => LineEnd::Wait(usize::MAX),
+        Some(off) if from + off + 1 < buf.len() => LineEnd::At(from + off),
+        Some(off) => LineEnd::Last(from + off),
+        None if memchr(0, hay).is_some() => LineEnd::Wait(usize::MAX),
+        None => LineEnd::Wait(buf.len()),
     }
-    None
 }
 
 /// Position of the first `needle` in `hay`, eight bytes at a time.
@@ -269,13 +294,16 @@ impl Parser {
                     } else {
                         1
                     };
-                    let Some(eol) = find_crlf(buf, from) else {
-                        if buf.len() > limits.max_inline_len {
+                    let eol = match line_end(buf, from, b'\r') {
+                        LineEnd::At(eol) => eol,
+                        LineEnd::Wait(_) if buf.len() > limits.max_inline_len => {
                             return Err(ProtocolError::new("too big mbulk count string"));
                         }
-                        self.line_from = from.max(buf.len() - 1);
-                        self.seen = buf.len();
-                        return Ok(None);
+                        LineEnd::Wait(at) | LineEnd::Last(at) => {
+                            self.line_from = at;
+                            self.seen = buf.len();
+                            return Ok(None);
+                        }
                     };
                     match parse_int(&buf[1..eol]) {
                         Some(n) if n <= i32::MAX as i64 => (n, eol),
@@ -308,23 +336,31 @@ impl Parser {
                 self.save(buf, pos, remaining, 0);
                 return Ok(None);
             };
-            if first != b'$' {
-                return Err(ProtocolError(format!(
-                    "expected '$', got '{}'",
-                    char::from(first)
-                )));
-            }
-            let (len, eol) = match plain_len_line(buf, pos + 1) {
+            let fast = match first {
+                b'$' => plain_len_line(buf, pos + 1),
+                _ => None,
+            };
+            let (len, eol) = match fast {
                 Some((n, eol)) if n <= limits.max_bulk_len => (n, eol),
                 _ => {
-                    let from = self.line_from.max(pos + 1);
-                    let Some(eol) = find_crlf(buf, from) else {
-                        if buf.len() - pos > limits.max_inline_len {
+                    // As Redis: the line (from the byte that should be `$`) must be
+                    // complete before that byte is checked.
+                    let eol = match line_end(buf, self.line_from.max(pos), b'\r') {
+                        LineEnd::At(eol) => eol,
+                        LineEnd::Wait(_) if buf.len() - pos > limits.max_inline_len => {
                             return Err(ProtocolError::new("too big bulk count string"));
                         }
-                        self.save(buf, pos, remaining, from.max(buf.len() - 1));
-                        return Ok(None);
+                        LineEnd::Wait(at) | LineEnd::Last(at) => {
+                            self.save(buf, pos, remaining, at);
+                            return Ok(None);
+                        }
                     };
+                    if first != b'$' {
+                        return Err(ProtocolError(format!(
+                            "expected '$', got '{}'",
+                            char::from(first)
+                        )));
+                    }
                     match parse_int(&buf[pos + 1..eol]) {
                         Some(n) if n >= 0 && n as u64 <= limits.max_bulk_len as u64 => {
                             (n as usize, eol)
@@ -370,14 +406,17 @@ impl Parser {
         limits: &Limits,
     ) -> Result<Option<Request>, ProtocolError> {
         let from = self.line_from;
-        let Some(nl) = memchr(b'\n', &buf[from..]).map(|i| from + i) else {
-            if buf.len() > limits.max_inline_len {
-                self.reset();
-                return Err(ProtocolError::new("too big inline request"));
+        let nl = match line_end(buf, from, b'\n') {
+            LineEnd::At(nl) | LineEnd::Last(nl) => nl,
+            LineEnd::Wait(at) => {
+                if buf.len() > limits.max_inline_len {
+                    self.reset();
+                    return Err(ProtocolError::new("too big inline request"));
+                }
+                self.line_from = at;
+                self.seen = buf.len();
+                return Ok(None);
             }
-            self.line_from = buf.len();
-            self.seen = buf.len();
-            return Ok(None);
         };
         if from != 0 || self.pos != 0 {
             self.reset();
@@ -434,7 +473,8 @@ fn hex_val(c: u8) -> Option<u8> {
 }
 
 /// Splits an inline line into arguments with Redis's `sdssplitargs` rules: blanks
-/// separate arguments, `"..."` supports `\n \r \t \b \a \\ \" \xHH` escapes,
+/// (`isspace`) before an argument are skipped, an unquoted argument ends at a space,
+/// `\n`, `\r` or `\t`, `"..."` supports `\n \r \t \b \a \\ \" \xHH` escapes,
 /// `'...'` supports `\'`; a closing quote must be followed by a blank.
 /// Returns `None` for unbalanced quotes.
 pub fn split_args(line: &[u8]) -> Option<Vec<Vec<u8>>> {
@@ -509,7 +549,9 @@ pub fn split_args(line: &[u8]) -> Option<Vec<Vec<u8>>> {
                     break;
                 }
                 match line[i] {
-                    c if is_space(c) => break,
+                    // Inside an unquoted argument only these end it (a vertical
+                    // tab or form feed is part of it, as in sdssplitargs).
+                    b' ' | b'\n' | b'\r' | b'\t' => break,
                     b'"' => in_dq = true,
                     b'\'' => in_sq = true,
                     c => cur.push(c),
@@ -644,6 +686,17 @@ mod tests {
             p(b"PING\n").0.unwrap().unwrap().kind,
             RequestKind::Inline(vec![b"PING".to_vec()])
         );
+        // A vertical tab or form feed is skipped before an argument but is part
+        // of an unquoted one (measured on redis-server 7.0.15: `ECHO A\vB` echoes
+        // `A\vB`, `\f ECHO \vX` echoes `X`).
+        assert_eq!(
+            split_args(b"ECHO A\x0bB"),
+            Some(vec![b"ECHO".to_vec(), b"A\x0bB".to_vec()])
+        );
+        assert_eq!(
+            split_args(b"\x0c ECHO \x0bX"),
+            Some(vec![b"ECHO".to_vec(), b"X".to_vec()])
+        );
         assert_eq!(
             p(b"SET \"a\r\n").0.unwrap_err().to_string(),
             "Protocol error: unbalanced quotes in request"
@@ -710,10 +763,10 @@ mod tests {
             b"\r\n",
         ];
         for line in lines {
-            let general = find_crlf(line, 0).and_then(|eol| {
-                let n = parse_int(&line[..eol])?;
-                Some((n, eol))
-            });
+            let general = match line_end(line, 0, b'\r') {
+                LineEnd::At(eol) => parse_int(&line[..eol]).map(|n| (n, eol)),
+                _ => None,
+            };
             if let Some((n, eol)) = plain_len_line(line, 0) {
                 assert_eq!(general, Some((n as i64, eol)), "{line:?}");
             }

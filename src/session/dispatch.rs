@@ -298,9 +298,7 @@ impl Session {
                     tracing::info!(session = self.state.id, peer = %self.state.peer, error = %e, "closing client after protocol error");
                     self.flush(&mut run, inbuf).await;
                     inbuf.clear();
-                    let mut out = Vec::new();
-                    reply::error(&mut out, &format!("ERR {e}"));
-                    self.close_after(out);
+                    self.close_after(e.reply());
                     return;
                 }
             };
