@@ -918,3 +918,79 @@ async fn a_blocking_commands_own_timeout_extends_the_deadline() {
     assert!(took < Duration::from_millis(550), "{took:?}");
     proxy.shutdown().await;
 }
+
+/// A Redis restarted with data to load answers `-LOADING` for a while (AUTH and
+/// SELECT succeed meanwhile). A connection made then is not handed out: its setup
+/// PING fails it, and the command waits for a retry on a later connection, so the
+/// client sees its reply, never `-LOADING`.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_server_still_loading_its_data_is_waited_for_not_passed_on() {
+    let _serial = SERIAL.lock().await;
+    // 20,000 keys at 50 µs each: about a second of loading after a restart.
+    let mut redis = RedisServer::start_with_args(&[
+        "--key-load-delay",
+        "50",
+        "--enable-debug-command",
+        "yes",
+        // Serve events (and so answer -LOADING) every KiB while loading.
+        "--loading-process-events-interval-bytes",
+        "1024",
+    ]);
+    let mut direct = AsyncRawClient::connect(redis.addr()).await;
+    assert_eq!(
+        direct.cmd(&[b"DEBUG", b"POPULATE", b"20000"]).await,
+        b"+OK\r\n"
+    );
+    assert_eq!(direct.cmd(&[b"SAVE"]).await, b"+OK\r\n");
+    let mut config = proxy_config(&redis);
+    for db in &mut config.databases {
+        let u = &mut db.upstream;
+        u.connect_timeout = Duration::from_secs(5);
+        u.command_timeout = Duration::from_secs(5);
+        u.resilience.retry_base_delay = Duration::from_millis(200);
+        u.resilience.retry_max_delay = Duration::from_millis(400);
+        u.resilience.retry_attempts = 10;
+        u.resilience.failure_threshold = 100;
+    }
+    let proxy = start_proxy(config).await;
+    let mut c = AsyncRawClient::connect(proxy.local_addr()).await;
+    c.set_timeout(Duration::from_secs(15));
+    assert_eq!(c.cmd(&[b"SET", b"before", b"1"]).await, b"+OK\r\n");
+    let port = redis.port();
+    redis.kill();
+    let restarted = tokio::task::spawn_blocking(move || {
+        redis.restart();
+        redis
+    });
+    // Wait (bounded) until the restarted server is up and loading.
+    let deadline = Instant::now() + Duration::from_secs(5);
+    let loading = loop {
+        let addr = SocketAddr::from(([127, 0, 0, 1], port));
+        if let Ok(mut d) = AsyncRawClient::try_connect(addr).await {
+            d.set_timeout(Duration::from_secs(1));
+            if d.try_send(&resp_cmd(&[b"PING"])).await.is_ok() {
+                if let Ok(reply) = d.try_read_reply().await {
+                    break reply;
+                }
+            }
+        }
+        assert!(
+            Instant::now() < deadline,
+            "the restarted server never answered"
+        );
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    };
+    assert!(
+        loading.starts_with(b"-LOADING"),
+        "the server was not loading when the test sent its command: {}",
+        printable(&loading)
+    );
+    // A key the restarted server loads, then a write: both answered, not refused.
+    let get = c.cmd(&[b"GET", b"key:7"]).await;
+    let set = c.cmd(&[b"SET", b"after", b"2"]).await;
+    assert_eq!(printable(&get), printable(b"$7\r\nvalue:7\r\n"));
+    assert_eq!(printable(&set), printable(b"+OK\r\n"));
+    let redis = restarted.await.expect("restart");
+    let mut direct = AsyncRawClient::connect(redis.addr()).await;
+    assert_eq!(direct.cmd(&[b"GET", b"after"]).await, b"$1\r\n2\r\n");
+}

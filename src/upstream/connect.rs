@@ -24,7 +24,9 @@ pub fn keepalive(stream: &TcpStream) {
 }
 
 /// Connects to the upstream and prepares the connection (AUTH, `HELLO 3` for RESP3
-/// connections, SELECT).
+/// connections, SELECT), then checks with a PING that the server is not still
+/// loading its data (`-LOADING` fails the setup, to be retried like any connect
+/// failure).
 pub async fn connect(cfg: &UpstreamConfig, resp3: bool) -> Result<Stream, UpstreamError> {
     let addr = cfg.address();
     match tokio::time::timeout(cfg.connect_timeout, connect_inner(cfg, &addr, resp3)).await {
@@ -89,9 +91,13 @@ async fn connect_inner(
         );
         expected += 1;
     }
-    if expected == 0 {
-        return Ok(stream);
-    }
+    // Last, a PING: a server still loading its data answers `-LOADING` (while
+    // AUTH and SELECT succeed), and a connection to it must not be handed out as
+    // ready — its commands would be refused. Failing the setup instead makes the
+    // normal connect-failure path wait and retry, in order. Any other answer to
+    // the PING (a user not allowed PING: `-NOPERM`) does not stop the connection.
+    encode_command(&[&b"PING"[..]], &mut setup);
+    expected += 1;
     let lost = || UpstreamError::Connect {
         addr: addr.to_string(),
         reason: "connection closed during setup".into(),
@@ -113,7 +119,8 @@ async fn connect_inner(
         match frames.next_frame() {
             Ok(Some((frame, _))) => {
                 let bytes = frames.take();
-                if frame.is_error {
+                let ping = seen + 1 == expected;
+                if frame.is_error && (!ping || super::is_loading(&bytes)) {
                     let text = String::from_utf8_lossy(&bytes[1..bytes.len() - 2]).into_owned();
                     return Err(UpstreamError::Handshake {
                         addr: addr.to_string(),

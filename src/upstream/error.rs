@@ -87,12 +87,14 @@ impl UpstreamError {
     }
 
     /// Whether trying again soon may succeed. A rejected AUTH/SELECT is a
-    /// configuration problem: retrying only adds load and delay.
+    /// configuration problem: retrying only adds load and delay. A server still
+    /// loading its data (`-LOADING` to the setup's PING) will be ready soon.
     pub fn is_transient(&self) -> bool {
-        !matches!(
-            self,
-            UpstreamError::Handshake { .. } | UpstreamError::CircuitOpen { .. }
-        )
+        match self {
+            UpstreamError::Handshake { reply, .. } => reply.starts_with("LOADING"),
+            UpstreamError::CircuitOpen { .. } => false,
+            _ => true,
+        }
     }
 
     /// Whether the command may have reached (and been executed by) Redis.

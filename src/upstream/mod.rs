@@ -59,3 +59,8 @@ pub fn is_not_serving(error_reply: &[u8]) -> bool {
         .iter()
         .any(|p| body.starts_with(p))
 }
+
+/// Whether an error reply is `-LOADING` (the server is loading its data set).
+pub fn is_loading(error_reply: &[u8]) -> bool {
+    error_reply.get(1..).unwrap_or(b"").starts_with(b"LOADING")
+}
