@@ -190,6 +190,11 @@ impl MuxHandle {
 const RECONNECT_MIN: Duration = Duration::from_millis(50);
 const RECONNECT_MAX: Duration = Duration::from_millis(500);
 
+/// `d` to the millisecond (for messages).
+fn ms(d: Duration) -> Duration {
+    Duration::from_millis(d.as_millis() as u64)
+}
+
 /// A jittered pause: between half and all of `d`.
 fn jittered(d: Duration) -> Duration {
     d.mul_f64(0.5 + fastrand::f64() / 2.0)
@@ -206,6 +211,8 @@ async fn run_slot(
     let max_attempts = cfg.resilience.retry_attempts.saturating_add(1);
     let mut pause = RECONNECT_MIN;
     let mut retry_at: Option<Instant> = None;
+    // Why the last attempt failed (for batches whose deadline passes in a pause).
+    let mut last_err: Option<UpstreamError> = None;
     // Batches waiting for a connection, in the order they were sent.
     let mut waiting: VecDeque<Batch> = VecDeque::new();
     loop {
@@ -216,7 +223,7 @@ async fn run_slot(
             }
         }
         if let Some(at) = retry_at.take() {
-            tokio::time::sleep_until(at).await;
+            pause_until(at, &mut waiting, &mut rx, last_err.as_ref(), &stats).await;
         }
         while let Ok(b) = rx.try_recv() {
             waiting.push_back(b);
@@ -231,7 +238,26 @@ async fn run_slot(
                 continue;
             }
         }
-        match connect(&cfg, resp3).await {
+        // No attempt outlives the time bound of the batch that waits longest: a
+        // retry begun just before it (a server that accepts but does not answer
+        // the setup) ends there, not a whole connect_timeout later.
+        let started = Instant::now();
+        let bound = waiting.iter().map(|b| b.retry.bound).min();
+        let attempt = match bound {
+            Some(at) => tokio::time::timeout_at(at, connect(&cfg, resp3))
+                .await
+                .unwrap_or_else(|_| {
+                    Err(UpstreamError::Connect {
+                        addr: addr.clone(),
+                        reason: format!(
+                            "timed out after {:?}, at the command's deadline (connect_timeout + command_timeout after it was sent)",
+                            ms(started.elapsed())
+                        ),
+                    })
+                }),
+            None => connect(&cfg, resp3).await,
+        };
+        match attempt {
             Ok(stream) => {
                 pause = RECONNECT_MIN;
                 stats::add(&stats.connects, 1);
@@ -248,6 +274,7 @@ async fn run_slot(
                 }
             }
             Err(err) => {
+                last_err = Some(err.clone());
                 if err.counts_as_failure() {
                     observer.failure();
                 }
@@ -277,6 +304,45 @@ async fn run_slot(
                 } else {
                     next
                 });
+            }
+        }
+    }
+}
+
+/// Waits until `at`, the end of the pause after a failed attempt, taking in the
+/// batches that arrive meanwhile. A batch whose deadline comes first gets the last
+/// attempt's error at its deadline, not after the pause: no command outlives
+/// `connect_timeout + command_timeout` because the slot is pausing.
+async fn pause_until(
+    at: Instant,
+    waiting: &mut VecDeque<Batch>,
+    rx: &mut mpsc::Receiver<Batch>,
+    last_err: Option<&UpstreamError>,
+    stats: &DbStats,
+) {
+    loop {
+        let first_deadline = waiting.iter().map(|b| b.retry.bound).min();
+        let wake = first_deadline.map_or(at, |d| d.min(at));
+        tokio::select! {
+            _ = tokio::time::sleep_until(wake) => {}
+            b = rx.recv() => match b {
+                Some(b) => {
+                    waiting.push_back(b);
+                    continue;
+                }
+                None => return,
+            },
+        }
+        let now = Instant::now();
+        if now >= at {
+            return;
+        }
+        if let Some(err) = last_err {
+            let (expired, kept): (VecDeque<Batch>, VecDeque<Batch>) =
+                waiting.drain(..).partition(|b| b.retry.bound <= now);
+            *waiting = kept;
+            for b in expired {
+                b.fail(err.clone(), stats);
             }
         }
     }
