@@ -236,11 +236,14 @@ pub fn info(ctx: &Context, sections: &[&str]) -> String {
             "clients" => {
                 let _ = write!(
                     s,
-                    "# Clients\r\nconnected_clients:{}\r\ntotal_connections_received:{}\r\nrejected_connections:{}\r\nmax_clients:{}\r\n",
+                    "# Clients\r\nconnected_clients:{}\r\ntotal_connections_received:{}\r\nrejected_connections:{}\r\nmax_clients:{}\r\nclients_memory:{}\r\nmax_client_memory:{}\r\nclient_reply_buffer:{}\r\n",
                     get(&st.connected_clients),
                     get(&st.total_connections),
                     get(&st.rejected_connections),
                     ctx.config.max_clients,
+                    ctx.clients.memory(),
+                    ctx.config.limits.max_client_memory,
+                    ctx.config.limits.client_reply_buffer,
                 );
             }
             "databases" => {
@@ -297,7 +300,7 @@ pub fn info(ctx: &Context, sections: &[&str]) -> String {
                 let local = get(&st.local_commands);
                 let _ = write!(
                     s,
-                    "# Stats\r\ntotal_commands_processed:{}\r\ncommands_forwarded:{}\r\ncommands_local:{}\r\nerror_replies:{}\r\nprotocol_errors:{}\r\nauth_failures:{}\r\ninstantaneous_ops_per_sec:{}\r\n",
+                    "# Stats\r\ntotal_commands_processed:{}\r\ncommands_forwarded:{}\r\ncommands_local:{}\r\nerror_replies:{}\r\nprotocol_errors:{}\r\nauth_failures:{}\r\ninstantaneous_ops_per_sec:{}\r\nclient_output_buffer_limit_disconnections:{}\r\nevicted_clients:{}\r\n",
                     forwarded + local,
                     forwarded,
                     local,
@@ -305,6 +308,8 @@ pub fn info(ctx: &Context, sections: &[&str]) -> String {
                     get(&st.protocol_errors),
                     get(&st.auth_failures),
                     get(&st.ops_per_sec),
+                    get(&st.output_buffer_disconnections),
+                    get(&st.evicted_clients),
                 );
             }
             _ => {}

@@ -203,6 +203,7 @@ impl Session {
             }
         };
         self.awaiting_exec = out.select_after.is_some();
+        self.inflight += out.count as usize;
         self.queue.push_back(Pending::Upstream(Sent {
             rx,
             count: out.count,
@@ -225,6 +226,7 @@ impl Session {
         let silent = self.reply_off || std::mem::take(&mut self.skip_next);
         let mut cmds = CmdList::new();
         cmds.push(cmd);
+        self.inflight += 1;
         self.queue.push_back(Pending::Upstream(Sent {
             rx,
             count: 1,
@@ -274,12 +276,18 @@ impl Session {
     }
 
     /// Parses and handles every complete request in `inbuf`. Returns early when a
-    /// request must wait for earlier replies (`stalled`) or the session closes.
+    /// request must wait for earlier replies (`stalled`), when enough requests are
+    /// in flight (`throttled`: backpressure) or the session closes.
     pub(super) async fn dispatch(&mut self, inbuf: &mut BytesMut) {
         let mut run = Run::new();
         let log_commands = self.ctx.config.log_commands;
+        let window = self.window();
         self.client.touch(&self.ctx.clients);
         while !self.closing && !self.stalled {
+            if self.inflight + run.count as usize >= window {
+                self.throttled = true;
+                break;
+            }
             // Resumable: a request arriving over many reads is parsed once.
             let before_auth;
             let limits = if self.state.authenticated {

@@ -2,13 +2,12 @@
 //! client is written to strictly in that order. Upstream failures become the
 //! client's error text here, in one place.
 
+use std::collections::VecDeque;
 use std::sync::Arc;
 use std::time::Duration;
 
 use bytes::Bytes;
 use smallvec::SmallVec;
-use tokio::io::AsyncWriteExt;
-use tokio::net::TcpStream;
 use tokio::sync::{mpsc, oneshot};
 use tokio::time::Instant;
 
@@ -20,7 +19,7 @@ use crate::stats;
 use crate::upstream::mux::{Answer, BatchReply};
 use crate::upstream::UpstreamError;
 
-/// Replies larger than this are written straight from their buffer.
+/// Replies this large are written straight from their buffer.
 const DIRECT_WRITE: usize = 16 * 1024;
 
 /// Command-table indexes of the commands in a batch (unknown: `table::COUNT`).
@@ -33,10 +32,13 @@ pub(super) enum Pending {
     /// Replies to a batch sent upstream.
     Upstream(Sent),
     /// The rest of a large reply, passed on in parts as it arrives (`silent`: the
-    /// client asked not to get it).
+    /// client asked not to get it). Its batch of `count` requests stays in flight
+    /// until the last part; `bytes` have arrived so far.
     Parts {
         rx: mpsc::UnboundedReceiver<BatchReply>,
         silent: bool,
+        count: u32,
+        bytes: usize,
     },
     /// Close the connection once everything before this is written.
     Close,
@@ -62,15 +64,113 @@ pub(super) struct Sent {
     pub hook: Option<Hook>,
 }
 
+/// Replies taken off the queue, in order, waiting to be written to the client.
+///
+/// Small replies are copied together into `tail` (one write for many); large ones
+/// (and a full `tail`) are kept as segments and written straight from their buffers.
+/// Its length is the client's output buffer: what backpressure, the
+/// `client_output_buffer_limit` and `max_client_memory` measure.
+#[derive(Default)]
+pub(super) struct Outbox {
+    segments: VecDeque<Bytes>,
+    /// Small replies, after every segment.
+    tail: Vec<u8>,
+    /// Bytes of the front (the first segment, or `tail` without one) written.
+    pos: usize,
+    /// Bytes not yet written.
+    len: usize,
+}
+
+/// A `tail` this full becomes a segment.
+const TAIL_MAX: usize = 64 * 1024;
+/// A drained `tail` with more room than this is freed (an idle client keeps none).
+const TAIL_KEEP: usize = 16 * 1024;
+
+impl Outbox {
+    /// Appends a reply.
+    pub(super) fn push(&mut self, bytes: Bytes) {
+        if bytes.is_empty() {
+            return;
+        }
+        self.len += bytes.len();
+        if bytes.len() >= DIRECT_WRITE {
+            self.seal();
+            self.segments.push_back(bytes);
+        } else {
+            if self.tail.len() + bytes.len() > TAIL_MAX {
+                self.seal();
+            }
+            self.tail.extend_from_slice(&bytes);
+        }
+    }
+
+    /// Makes `tail` a segment (its written part stays written: it is the front
+    /// either way).
+    fn seal(&mut self) {
+        if !self.tail.is_empty() {
+            let tail = std::mem::take(&mut self.tail);
+            self.segments.push_back(Bytes::from(tail));
+        }
+    }
+
+    /// The next bytes to write.
+    pub(super) fn front(&self) -> &[u8] {
+        match self.segments.front() {
+            Some(s) => &s[self.pos..],
+            None => &self.tail[self.pos..],
+        }
+    }
+
+    /// `n` bytes of [`Outbox::front`] were written.
+    pub(super) fn advance(&mut self, n: usize) {
+        self.pos += n;
+        self.len -= n;
+        match self.segments.front() {
+            Some(s) if self.pos >= s.len() => {
+                self.segments.pop_front();
+                self.pos = 0;
+            }
+            Some(_) => {}
+            None if self.pos >= self.tail.len() => {
+                self.pos = 0;
+                if self.tail.capacity() > TAIL_KEEP {
+                    self.tail = Vec::new();
+                } else {
+                    self.tail.clear();
+                }
+            }
+            None => {}
+        }
+    }
+
+    /// Bytes waiting to be written.
+    pub(super) fn len(&self) -> usize {
+        self.len
+    }
+
+    pub(super) fn is_empty(&self) -> bool {
+        self.len == 0
+    }
+
+    /// Memory held: the bytes waiting and the room of `tail`.
+    pub(super) fn memory(&self) -> usize {
+        self.len + self.tail.capacity() - self.tail.len()
+    }
+}
+
 impl Session {
-    /// Writes every reply at the front of the queue that is already available.
-    pub(super) async fn write_ready(&mut self, stream: &mut TcpStream) -> std::io::Result<()> {
+    /// Moves every reply at the front of the queue that is already available to the
+    /// outbox, in order. A `Close` entry ends the session once everything before it
+    /// is written.
+    pub(super) fn take_ready(&mut self) {
         while let Some(front) = self.queue.front_mut() {
             let bytes = match front {
                 Pending::Ready(b) => std::mem::take(b),
                 Pending::Close => {
-                    self.done = true;
-                    self.queue.clear();
+                    if self.outbox.is_empty() {
+                        self.done = true;
+                        self.queue.clear();
+                    }
                     break;
                 }
                 Pending::Upstream(sent) => {
@@ -93,28 +193,8 @@ impl Session {
                 }
             };
             self.queue.pop_front();
-            if bytes.len() >= DIRECT_WRITE {
-                if !self.out.is_empty() {
-                    stream.write_all(&self.out).await?;
-                    self.out.clear();
-                }
-                stream.write_all(&bytes).await?;
-            } else {
-                self.out.extend_from_slice(&bytes);
-                if self.out.len() >= 64 * 1024 {
-                    stream.write_all(&self.out).await?;
-                    self.out.clear();
-                }
-            }
+            self.outbox.push(bytes);
         }
-        if !self.out.is_empty() {
-            stream.write_all(&self.out).await?;
-            self.out.clear();
-            if self.out.capacity() > 256 * 1024 {
-                self.out = Vec::with_capacity(16 * 1024);
-            }
-        }
-        Ok(())
     }
 
     /// Queues a reply the proxy produced (unless CLIENT REPLY says otherwise).
@@ -144,10 +224,19 @@ impl Session {
     /// complete). A connection that broke mid-reply leaves the client's stream
     /// unfinishable: the client is disconnected, as Redis's own would be.
     pub(super) fn on_part(&mut self, part: Option<BatchReply>) {
-        let Some(Pending::Parts { silent, .. }) = self.queue.front() else {
+        let Some(Pending::Parts {
+            silent,
+            count,
+            bytes: so_far,
+            ..
+        }) = self.queue.front_mut()
+        else {
             return;
         };
         let silent = *silent;
+        if let Some(Ok(bytes)) = &part {
+            *so_far += bytes.len();
+        }
         match part {
             Some(Ok(bytes)) if !silent => self.queue.push_front(Pending::Ready(bytes)),
             Some(Ok(_)) => {}
@@ -157,6 +246,9 @@ impl Session {
                 self.done = true;
             }
             None => {
+                let (count, total) = (*count as usize, *so_far);
+                self.inflight = self.inflight.saturating_sub(count);
+                self.reply_estimate = (total / count.max(1)).max(self.reply_estimate / 2);
                 self.queue.pop_front();
             }
         }
@@ -192,6 +284,10 @@ impl Session {
             return;
         };
         let latency = sent.started.elapsed();
+        if !matches!(&answer, Some(Answer { rest: Some(_), .. })) {
+            // (A reply passed on in parts stays in flight until its last part.)
+            self.inflight = self.inflight.saturating_sub(sent.count as usize);
+        }
         if !sent.shared {
             self.client.set_blocked(None);
         }
@@ -216,9 +312,23 @@ impl Session {
         let err = match reply {
             Ok(bytes) => {
                 record(sent, latency, true);
+                // What a reply is expected to weigh, for the in-flight bound: the
+                // last batch's average, or half the estimate as replies get smaller
+                // (for a reply passed on in parts: when its last part arrives).
+                let per = bytes.len() / (sent.count.max(1) as usize);
+                self.reply_estimate = match rest {
+                    Some(_) => per.max(self.reply_estimate),
+                    None => per.max(self.reply_estimate / 2),
+                };
                 // The rest of a large reply follows in parts, right behind.
                 let silent = sent.silent;
-                let parts = rest.map(|rx| Pending::Parts { rx, silent });
+                let (count, first) = (sent.count, bytes.len());
+                let parts = rest.map(|rx| Pending::Parts {
+                    rx,
+                    silent,
+                    count,
+                    bytes: first,
+                });
                 if let Some(db) = sent.select_after.take() {
                     self.awaiting_exec = false;
                     // `*N`: EXEC ran the queued commands, the SELECT among them
