@@ -420,3 +420,43 @@ fn idle_clients_that_sent_large_values_keep_no_buffers() {
         assert!(c.cmd(&[b"PING"]).starts_with(b"+PONG"));
     }
 }
+
+#[test]
+fn memory_limits_take_sizes_in_redis_units() {
+    use redis_sidecar::config::{Config, OutputBufferLimit};
+    let load = |limits: &str| {
+        let yaml = format!("redis_databases:\n  main:\n    db: 0\nlimits:\n{limits}");
+        Config::from_yaml_str_with_env(&yaml, None, &|_| None)
+    };
+    let c = load("  client_reply_buffer: 8mb\n  max_client_memory: 1gb\n  client_output_buffer_limit: { hard: 256mb, soft: 64mb, soft_seconds: 60 }\n")
+        .expect("valid");
+    assert_eq!(c.limits.client_reply_buffer, 8 << 20);
+    assert_eq!(c.limits.max_client_memory, 1 << 30);
+    let redis_form = OutputBufferLimit {
+        hard: 256 << 20,
+        soft: 64 << 20,
+        soft_seconds: Duration::from_secs(60),
+    };
+    assert_eq!(c.limits.client_output_buffer_limit, redis_form);
+    let c = load("  client_output_buffer_limit: \"256mb 64mb 60\"\n  max_client_memory: 1000k\n")
+        .expect("valid");
+    assert_eq!(c.limits.client_output_buffer_limit, redis_form);
+    assert_eq!(c.limits.max_client_memory, 1_000_000);
+    // Defaults: backpressure at 4 MiB, Redis's `normal 0 0 0`, no client memory cap.
+    let c = load("  max_args: 10\n").expect("valid");
+    assert_eq!(c.limits.client_reply_buffer, 4 << 20);
+    assert_eq!(
+        c.limits.client_output_buffer_limit,
+        OutputBufferLimit::default()
+    );
+    assert_eq!(c.limits.max_client_memory, 0);
+    for bad in [
+        "  client_reply_buffer: 12parsecs\n",
+        "  client_reply_buffer: 100\n",
+        "  max_client_memory: -1\n",
+        "  client_output_buffer_limit: \"1mb 2mb\"\n",
+        "  client_output_buffer_limit: { hard: 1mb, sfot: 1 }\n",
+    ] {
+        assert!(load(bad).is_err(), "{bad:?} was accepted");
+    }
+}

@@ -203,8 +203,9 @@ impl Session {
             }
         };
         self.awaiting_exec = out.select_after.is_some();
-        self.inflight += out.count as usize;
+        let flight = self.depart(out.count, out.readonly);
         self.queue.push_back(Pending::Upstream(Sent {
+            flight,
             rx,
             count: out.count,
             db,
@@ -226,8 +227,9 @@ impl Session {
         let silent = self.reply_off || std::mem::take(&mut self.skip_next);
         let mut cmds = CmdList::new();
         cmds.push(cmd);
-        self.inflight += 1;
+        let flight = self.depart(1, false);
         self.queue.push_back(Pending::Upstream(Sent {
+            flight,
             rx,
             count: 1,
             db,
@@ -281,10 +283,9 @@ impl Session {
     pub(super) async fn dispatch(&mut self, inbuf: &mut BytesMut) {
         let mut run = Run::new();
         let log_commands = self.ctx.config.log_commands;
-        let window = self.window();
         self.client.touch(&self.ctx.clients);
         while !self.closing && !self.stalled {
-            if self.inflight + run.count as usize >= window {
+            if self.in_flight_full(run.count, run.readonly) {
                 self.throttled = true;
                 break;
             }

@@ -4,11 +4,15 @@
 //! * **Backpressure** (always on). Replies waiting to be written to the client
 //!   (the outbox) are its output buffer. Past `limits.client_reply_buffer` (4 MiB)
 //!   the session stops reading the client's requests until it has caught up; and
-//!   it keeps at most that many bytes' worth of replies in flight upstream (the
-//!   count of requests in flight is bounded by the buffer over the expected size of
-//!   a reply, learnt from the last replies). Replies already in flight still arrive
-//!   and are buffered — the shared connection never waits for one client — so a
-//!   client that does not read costs about twice the buffer, whatever it sends.
+//!   it keeps about 512 KiB of replies in flight upstream: requests go while the
+//!   expected size of their replies fits, learnt from the last replies (apart for
+//!   batches of reads, whose values may be of any size, and batches with a write,
+//!   whose replies are mostly small; a read starts out expected at 64 KiB). Replies
+//!   already in flight still arrive and are buffered — the shared connection never
+//!   waits for one client — so a client that does not read costs about the buffer
+//!   plus what was in flight, whatever it sends. The estimate can be fooled (many
+//!   small replies, then large ones): the count in flight is capped as well, and
+//!   `client_output_buffer_limit` / `max_client_memory` close such a client.
 //! * **`client_output_buffer_limit`** (off by default, as Redis's `normal` class):
 //!   past `hard` bytes, or past `soft` for `soft_seconds`, the client is closed.
 //! * **`max_client_memory`** (off by default, as `maxmemory-clients`): the sum of
@@ -24,17 +28,68 @@ use tokio::time::Instant;
 use super::{Session, IN_FLIGHT_BYTES, MAX_IN_FLIGHT, MEMORY_STEP};
 use crate::stats;
 
+/// A batch on its way upstream, as the in-flight bound counts it.
+#[derive(Debug, Clone, Copy)]
+pub(super) struct Flight {
+    count: usize,
+    /// The bytes its replies were expected to weigh.
+    expected: usize,
+    /// Which estimate it teaches: 0 for reads only, 1 with a write.
+    class: usize,
+}
+
 impl Session {
-    /// Requests that may be in flight upstream at once.
-    pub(super) fn window(&self) -> usize {
-        let bytes = IN_FLIGHT_BYTES.min(self.ctx.config.limits.client_reply_buffer);
-        (bytes / self.reply_estimate.max(1)).clamp(1, MAX_IN_FLIGHT)
+    /// Bytes of replies a session may have in flight upstream.
+    fn in_flight_budget(&self) -> usize {
+        IN_FLIGHT_BYTES.min(self.ctx.config.limits.client_reply_buffer)
+    }
+
+    /// Whether no more requests may go upstream while `count` more (reads only:
+    /// `readonly`) are about to; one always may when none is in flight.
+    pub(super) fn in_flight_full(&self, count: u32, readonly: bool) -> bool {
+        let n = self.inflight + count as usize;
+        let expected = count as usize * self.estimate[usize::from(!readonly)];
+        n > 0 && (n >= MAX_IN_FLIGHT || self.in_flight_bytes + expected >= self.in_flight_budget())
     }
 
     /// The client's replies pile up: stop reading its requests.
     pub(super) fn over_budget(&self) -> bool {
         self.outbox.len() >= self.ctx.config.limits.client_reply_buffer
-            || self.inflight >= self.window()
+            || self.in_flight_full(0, true)
+    }
+
+    /// A batch of `count` requests goes upstream.
+    pub(super) fn depart(&mut self, count: u32, readonly: bool) -> Flight {
+        let class = usize::from(!readonly);
+        let flight = Flight {
+            count: count as usize,
+            expected: count as usize * self.estimate[class],
+            class,
+        };
+        self.inflight += flight.count;
+        self.in_flight_bytes += flight.expected;
+        flight
+    }
+
+    /// The first `bytes` of a batch's replies arrived; `whole`: all of them (a
+    /// large reply passed on in parts is in flight until its last part). The
+    /// estimate follows the replies: up at once, down to an eighth at a time.
+    pub(super) fn arrive(&mut self, flight: &Flight, bytes: usize, whole: bool) {
+        let per = bytes / flight.count.max(1);
+        let est = &mut self.estimate[flight.class];
+        if whole {
+            *est = per.max(*est / 8).max(1);
+            self.land(flight);
+        } else {
+            *est = per.max(*est);
+        }
+    }
+
+    /// A batch is no longer in flight (answered, or failed: then it teaches
+    /// nothing).
+    pub(super) fn land(&mut self, flight: &Flight) {
+        self.inflight = self.inflight.saturating_sub(flight.count);
+        self.in_flight_bytes = self.in_flight_bytes.saturating_sub(flight.expected);
     }
 
     /// When the client will have been past the soft output buffer limit for long

@@ -85,8 +85,9 @@ const MAX_QUEUE: usize = 1024;
 const IN_FLIGHT_BYTES: usize = 512 * 1024;
 /// Most requests a session may have in flight upstream, however small the replies.
 const MAX_IN_FLIGHT: usize = 64 * 1024;
-/// What a reply is expected to weigh before the first one arrived.
-const FIRST_REPLY_ESTIMATE: usize = 64 * 1024;
+/// What a reply is expected to weigh before one arrived: for a batch of reads
+/// (values of any size), and for one with a write (mostly small replies).
+const FIRST_ESTIMATE: [usize; 2] = [64 * 1024, 256];
 /// A read buffer that held more than this is replaced once it is (nearly) empty,
 /// so a client that once sent a large value does not keep its buffer.
 const READ_BUFFER_KEEP: usize = 64 * 1024;
@@ -162,7 +163,8 @@ pub async fn run(stream: TcpStream, ctx: Arc<Context>, id: u64, shutdown: Cancel
         queue: VecDeque::new(),
         outbox: Outbox::default(),
         inflight: 0,
-        reply_estimate: FIRST_REPLY_ESTIMATE,
+        in_flight_bytes: 0,
+        estimate: FIRST_ESTIMATE,
         throttled: false,
         published_memory: 0,
         soft_since: None,
@@ -196,8 +198,11 @@ struct Session {
     outbox: Outbox,
     /// Requests sent upstream whose replies have not arrived.
     inflight: usize,
-    /// Bytes a reply is expected to weigh (from the last replies).
-    reply_estimate: usize,
+    /// The bytes their replies are expected to weigh.
+    in_flight_bytes: usize,
+    /// Bytes a reply is expected to weigh, in a batch of reads and in one with a
+    /// write (learnt from the last replies).
+    estimate: [usize; 2],
     /// Dispatch stopped with requests left in the read buffer: too many in flight.
     throttled: bool,
     /// The memory last published to the client table.

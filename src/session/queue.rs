@@ -11,6 +11,7 @@ use smallvec::SmallVec;
 use tokio::sync::{mpsc, oneshot};
 use tokio::time::Instant;
 
+use super::memory::Flight;
 use super::tracking::{self, Hook};
 use super::Session;
 use crate::protocol::reply;
@@ -37,7 +38,7 @@ pub(super) enum Pending {
     Parts {
         rx: mpsc::UnboundedReceiver<BatchReply>,
         silent: bool,
-        count: u32,
+        flight: Flight,
         bytes: usize,
     },
     /// Close the connection once everything before this is written.
@@ -48,6 +49,8 @@ pub(super) enum Pending {
 /// slot, which keeps the session's batches in order; see `upstream::mux`).
 pub(super) struct Sent {
     pub rx: oneshot::Receiver<Answer>,
+    /// As the in-flight bound counts it.
+    pub flight: Flight,
     pub count: u32,
     pub db: Arc<Database>,
     /// When it was sent.
@@ -226,7 +229,7 @@ impl Session {
     pub(super) fn on_part(&mut self, part: Option<BatchReply>) {
         let Some(Pending::Parts {
             silent,
-            count,
+            flight,
             bytes: so_far,
             ..
         }) = self.queue.front_mut()
@@ -246,9 +249,8 @@ impl Session {
                 self.done = true;
             }
             None => {
-                let (count, total) = (*count as usize, *so_far);
-                self.inflight = self.inflight.saturating_sub(count);
-                self.reply_estimate = (total / count.max(1)).max(self.reply_estimate / 2);
+                let (flight, total) = (*flight, *so_far);
+                self.arrive(&flight, total, true);
                 self.queue.pop_front();
             }
         }
@@ -284,10 +286,7 @@ impl Session {
             return;
         };
         let latency = sent.started.elapsed();
-        if !matches!(&answer, Some(Answer { rest: Some(_), .. })) {
-            // (A reply passed on in parts stays in flight until its last part.)
-            self.inflight = self.inflight.saturating_sub(sent.count as usize);
-        }
+        let flight = sent.flight;
         if !sent.shared {
             self.client.set_blocked(None);
         }
@@ -312,23 +311,17 @@ impl Session {
         let err = match reply {
             Ok(bytes) => {
                 record(sent, latency, true);
-                // What a reply is expected to weigh, for the in-flight bound: the
-                // last batch's average, or half the estimate as replies get smaller
-                // (for a reply passed on in parts: when its last part arrives).
-                let per = bytes.len() / (sent.count.max(1) as usize);
-                self.reply_estimate = match rest {
-                    Some(_) => per.max(self.reply_estimate),
-                    None => per.max(self.reply_estimate / 2),
-                };
-                // The rest of a large reply follows in parts, right behind.
+                // The rest of a large reply follows in parts, right behind (and
+                // its batch stays in flight until the last one).
                 let silent = sent.silent;
-                let (count, first) = (sent.count, bytes.len());
+                let first = bytes.len();
                 let parts = rest.map(|rx| Pending::Parts {
                     rx,
                     silent,
-                    count,
+                    flight,
                     bytes: first,
                 });
+                let whole = parts.is_none();
                 if let Some(db) = sent.select_after.take() {
                     self.awaiting_exec = false;
                     // `*N`: EXEC ran the queued commands, the SELECT among them
@@ -343,6 +336,7 @@ impl Session {
                 } else {
                     bytes
                 };
+                self.arrive(&flight, first, whole);
                 self.finish_front(bytes);
                 if let Some(p) = parts {
                     self.queue.insert(1, p);
@@ -381,6 +375,7 @@ impl Session {
             // connection lost): whatever transaction was under way is over.
             self.release(false);
         }
+        self.land(&flight);
         self.finish_front(bytes);
     }
 }
