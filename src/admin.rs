@@ -245,7 +245,7 @@ pub fn info(ctx: &Context, sections: &[&str]) -> String {
             "clients" => {
                 let _ = write!(
                     s,
-                    "# Clients\r\nconnected_clients:{}\r\ntotal_connections_received:{}\r\nrejected_connections:{}\r\naccept_errors:{}\r\nmax_clients:{}\r\nmax_clients_configured:{}\r\nfd_limit:{}\r\nfd_limit_hard:{}\r\nfd_reserved:{}\r\n",
+                    "# Clients\r\nconnected_clients:{}\r\ntotal_connections_received:{}\r\nrejected_connections:{}\r\naccept_errors:{}\r\nmax_clients:{}\r\nmax_clients_configured:{}\r\nfd_limit:{}\r\nfd_limit_hard:{}\r\nfd_reserved:{}\r\nclients_memory:{}\r\nmax_client_memory:{}\r\nclient_reply_buffer:{}\r\n",
                     get(&st.connected_clients),
                     get(&st.total_connections),
                     get(&st.rejected_connections),
@@ -255,6 +255,9 @@ pub fn info(ctx: &Context, sections: &[&str]) -> String {
                     limit(ctx.fds.soft),
                     limit(ctx.fds.hard),
                     ctx.fds.reserved,
+                    ctx.clients.memory(),
+                    ctx.config.limits.max_client_memory,
+                    ctx.config.limits.client_reply_buffer,
                 );
             }
             "databases" => {
@@ -311,7 +314,7 @@ pub fn info(ctx: &Context, sections: &[&str]) -> String {
                 let local = get(&st.local_commands);
                 let _ = write!(
                     s,
-                    "# Stats\r\ntotal_commands_processed:{}\r\ncommands_forwarded:{}\r\ncommands_local:{}\r\nerror_replies:{}\r\nprotocol_errors:{}\r\nauth_failures:{}\r\ninstantaneous_ops_per_sec:{}\r\n",
+                    "# Stats\r\ntotal_commands_processed:{}\r\ncommands_forwarded:{}\r\ncommands_local:{}\r\nerror_replies:{}\r\nprotocol_errors:{}\r\nauth_failures:{}\r\ninstantaneous_ops_per_sec:{}\r\nclient_output_buffer_limit_disconnections:{}\r\nevicted_clients:{}\r\n",
                     forwarded + local,
                     forwarded,
                     local,
@@ -319,6 +322,8 @@ pub fn info(ctx: &Context, sections: &[&str]) -> String {
                     get(&st.protocol_errors),
                     get(&st.auth_failures),
                     get(&st.ops_per_sec),
+                    get(&st.output_buffer_disconnections),
+                    get(&st.evicted_clients),
                 );
             }
             _ => {}

@@ -17,7 +17,7 @@
 //! ([`Clients::sink_id`]).
 
 use std::collections::{BTreeMap, HashMap};
-use std::sync::atomic::{AtomicBool, AtomicU16, AtomicU64, Ordering::Relaxed};
+use std::sync::atomic::{AtomicBool, AtomicU16, AtomicU64, AtomicUsize, Ordering::Relaxed};
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::Instant;
 
@@ -39,6 +39,10 @@ pub struct Clients {
     /// Per upstream server (`host:port`): the connection that stands for sessions
     /// without one of their own as a `CLIENT TRACKING` redirect target.
     sinks: tokio::sync::Mutex<HashMap<String, Dedicated>>,
+    /// Bytes of buffers of every client together ([`Registration::set_memory`]).
+    memory: AtomicUsize,
+    /// The second (of [`Clients::seconds`], plus one) of the last eviction warning.
+    warned: AtomicU64,
 }
 
 impl Default for Clients {
@@ -48,6 +52,8 @@ impl Default for Clients {
             now_secs: AtomicU64::new(0),
             map: Mutex::new(BTreeMap::new()),
             sinks: tokio::sync::Mutex::new(HashMap::new()),
+            memory: AtomicUsize::new(0),
+            warned: AtomicU64::new(0),
         }
     }
 }
@@ -87,7 +93,11 @@ pub struct Client {
     created: Instant,
     /// Fired by `CLIENT KILL` or by the proxy's shutdown.
     token: CancellationToken,
+    /// Fired only when the client is killed (not by shutdown).
+    evicted: CancellationToken,
     killed: AtomicBool,
+    /// Bytes of the session's buffers, as it last published them.
+    memory: AtomicUsize,
     /// Command-table index of the last command (`table::COUNT` if unknown).
     last_cmd: AtomicU16,
     /// [`Clients::tick`]'s seconds at the last request.
@@ -122,9 +132,22 @@ impl Client {
         self.killed.load(Relaxed)
     }
 
+    /// The token fired only when the client is killed (`CLIENT KILL`, or evicted
+    /// for `max_client_memory`): the session stops at once, even with replies
+    /// waiting to be written.
+    pub fn evicted(&self) -> &CancellationToken {
+        &self.evicted
+    }
+
+    /// Bytes of the session's buffers, as it last published them.
+    pub fn memory(&self) -> usize {
+        self.memory.load(Relaxed)
+    }
+
     fn kill(&self) {
         self.killed.store(true, Relaxed);
         self.token.cancel();
+        self.evicted.cancel();
     }
 
     /// Records activity now (for `idle=`, to the second).
@@ -301,7 +324,9 @@ impl Clients {
             laddr,
             created: Instant::now(),
             token,
+            evicted: CancellationToken::new(),
             killed: AtomicBool::new(false),
+            memory: AtomicUsize::new(0),
             last_cmd: AtomicU16::new(u16::MAX),
             last_active: AtomicU64::new(self.seconds()),
             blocked: AtomicBool::new(false),
@@ -359,6 +384,34 @@ impl Clients {
         Ok(id)
     }
 
+    /// Bytes of buffers of every client together.
+    pub fn memory(&self) -> usize {
+        self.memory.load(Relaxed)
+    }
+
+    /// Whether an eviction may be logged now: at most once a second, so a flood
+    /// of slow clients cannot flood the log.
+    pub fn may_warn(&self) -> bool {
+        let now = self.seconds() + 1;
+        self.warned.swap(now, Relaxed) != now
+    }
+
+    /// Closes the client whose buffers are largest (`max_client_memory`, as Redis's
+    /// `maxmemory-clients`): it is gone from the table and from the total at once,
+    /// so the next check does not pick another before its session has ended.
+    pub fn evict_largest(&self) -> Option<Evicted> {
+        let victim = self.lock().values().max_by_key(|c| c.memory()).cloned()?;
+        victim.kill();
+        self.lock().remove(&victim.id);
+        let memory = victim.memory.swap(0, Relaxed);
+        self.memory.fetch_sub(memory, Relaxed);
+        Some(Evicted {
+            id: victim.id,
+            addr: victim.addr.clone(),
+            memory,
+        })
+    }
+
     /// One session by id.
     pub fn get(&self, id: u64) -> Option<Arc<Client>> {
         self.lock().get(&id).cloned()
@@ -393,6 +446,17 @@ impl Clients {
     }
 }
 
+/// A client closed by [`Clients::evict_largest`].
+#[derive(Debug)]
+pub struct Evicted {
+    /// Its id.
+    pub id: u64,
+    /// Its address.
+    pub addr: String,
+    /// The memory it used.
+    pub memory: usize,
+}
+
 /// A session's entry; dropping it removes the session from the table.
 #[derive(Debug)]
 pub struct Registration {
@@ -407,8 +471,28 @@ impl std::ops::Deref for Registration {
     }
 }
 
+impl Registration {
+    /// Publishes the bytes of the session's buffers; returns the total of every
+    /// client's. A killed client publishes nothing more (its memory left the total
+    /// when it was killed, or leaves it when its entry drops).
+    pub fn set_memory(&self, bytes: usize) -> usize {
+        let total = &self.clients.memory;
+        if self.client.killed.load(Relaxed) {
+            return total.load(Relaxed);
+        }
+        let old = self.client.memory.swap(bytes, Relaxed);
+        if bytes >= old {
+            total.fetch_add(bytes - old, Relaxed) + (bytes - old)
+        } else {
+            total.fetch_sub(old - bytes, Relaxed) - (old - bytes)
+        }
+    }
+}
+
 impl Drop for Registration {
     fn drop(&mut self) {
         self.clients.lock().remove(&self.client.id);
+        let memory = self.client.memory.swap(0, Relaxed);
+        self.clients.memory.fetch_sub(memory, Relaxed);
     }
 }

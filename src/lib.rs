@@ -15,7 +15,8 @@
 //! session/       one client, as a state machine; replies back in order
 //!   mode.rs      the connection mode (shared, exclusive, private, subscribed)
 //!   dispatch.rs  parse, classify once, runs of requests, where each one goes
-//!   queue.rs     the FIFO of replies; upstream failures rendered once
+//!   queue.rs     the FIFO of replies; upstream failures rendered once; the outbox
+//!   memory.rs    backpressure, output buffer limits, the client's memory
 //!   exclusive.rs MULTI/WATCH on a held connection, auth_passthrough login
 //!   pubsub.rs    subscribed sessions: streaming, counts, barrier
 //!   tracking.rs  CLIENT TRACKING: the tracking connection, pushes, REDIRECT ids

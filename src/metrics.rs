@@ -18,6 +18,8 @@
 //! | `client_connections` | counter | |
 //! | `client_connections_rejected` | counter | |
 //! | `protocol_errors` | counter | |
+//! | `clients_evicted` | counter | `reason` = output_buffer / max_client_memory |
+//! | `clients_memory_bytes` | gauge | |
 //! | `commands` | counter | `db`, `command`, `outcome` = succeeded / failed / rejected |
 //! | `command_retries` | counter | `db`, `command` |
 //! | `command_timeouts` | counter | `db`, `command` |
@@ -124,6 +126,29 @@ impl Collector for ProxyCollector {
             "AUTH attempts refused (client_password)",
             MetricType::Counter,
             vec![(none(), counter(get(&st.auth_failures)))],
+        )?;
+        family(
+            &mut encoder,
+            "redis_sidecar_clients_evicted",
+            "Clients closed past client_output_buffer_limit (output_buffer) or max_client_memory",
+            MetricType::Counter,
+            vec![
+                (
+                    vec![("reason", "output_buffer".to_string())],
+                    counter(get(&st.output_buffer_disconnections)),
+                ),
+                (
+                    vec![("reason", "max_client_memory".to_string())],
+                    counter(get(&st.evicted_clients)),
+                ),
+            ],
+        )?;
+        family(
+            &mut encoder,
+            "redis_sidecar_clients_memory_bytes",
+            "Bytes of client buffers (read buffers and replies waiting to be written)",
+            MetricType::Gauge,
+            vec![(none(), gauge(ctx.clients.memory() as f64))],
         )?;
 
         let dbs = ctx.router.databases();

@@ -36,6 +36,10 @@ pub struct ProxyStats {
     pub auth_failures: AtomicU64,
     /// Commands per second over the last sampling interval (all databases).
     pub ops_per_sec: AtomicU64,
+    /// Clients closed past `client_output_buffer_limit`.
+    pub output_buffer_disconnections: AtomicU64,
+    /// Clients closed because all clients' memory passed `max_client_memory`.
+    pub evicted_clients: AtomicU64,
 }
 
 impl Default for ProxyStats {
@@ -50,6 +54,8 @@ impl Default for ProxyStats {
             protocol_errors: AtomicU64::new(0),
             auth_failures: AtomicU64::new(0),
             ops_per_sec: AtomicU64::new(0),
+            output_buffer_disconnections: AtomicU64::new(0),
+            evicted_clients: AtomicU64::new(0),
         }
     }
 }

@@ -195,6 +195,53 @@ pub(super) fn parse_usize(path: &KeyPath, node: &Node) -> Result<usize, Fail> {
     usize::try_from(v).map_err(|_| Fail::at(path, "value too large"))
 }
 
+/// A size in bytes: an integer, or Redis's form with a unit (`64mb`, `1gb`, `512kb`;
+/// `k`/`m`/`g` are powers of 1000, `kb`/`mb`/`gb` powers of 1024). Zero is allowed.
+pub(super) fn parse_size(path: &KeyPath, node: &Node) -> Result<usize, Fail> {
+    let (digits, unit) = match node {
+        Node::Int(i) => {
+            let v = u64::try_from(*i)
+                .map_err(|_| Fail::at(path, format!("must be zero or more, got {i}")))?;
+            return usize::try_from(v).map_err(|_| Fail::at(path, "value too large"));
+        }
+        Node::Str(s) => {
+            let t = s.trim();
+            let at = t.find(|c: char| !c.is_ascii_digit()).unwrap_or(t.len());
+            (&t[..at], t[at..].trim().to_ascii_lowercase())
+        }
+        _ => {
+            return Err(type_error(
+                path,
+                "a size in bytes (e.g. 1048576 or 64mb)",
+                node,
+            ))
+        }
+    };
+    let bad = || {
+        Fail::at(
+            path,
+            format!(
+                "expected a size in bytes (e.g. 1048576 or 64mb), found {}",
+                node.describe(true)
+            ),
+        )
+    };
+    let scale: u64 = match unit.as_str() {
+        "" | "b" => 1,
+        "k" => 1000,
+        "kb" => 1024,
+        "m" => 1000 * 1000,
+        "mb" => 1024 * 1024,
+        "g" => 1000 * 1000 * 1000,
+        "gb" => 1024 * 1024 * 1024,
+        _ => return Err(bad()),
+    };
+    let n: u64 = digits.parse().map_err(|_| bad())?;
+    n.checked_mul(scale)
+        .and_then(|v| usize::try_from(v).ok())
+        .ok_or_else(|| Fail::at(path, "value too large"))
+}
+
 pub(super) fn parse_port(path: &KeyPath, node: &Node) -> Result<u16, Fail> {
     let v = parse_uint(path, node, 1, u16::MAX.into())?;
     u16::try_from(v).map_err(|_| Fail::at(path, "value too large"))

@@ -34,7 +34,8 @@
 //!   `shutdown_timeout`, `default_database` (the database a new client starts on: a
 //!   configured `db` index or name; default 0),
 //!   `log_format` (`text` or `json`), `limits` (`max_bulk_len`, `max_args`,
-//!   `max_inline_len`), `upstream_databases`.
+//!   `max_inline_len`, `pubsub_buffer_limit`, `client_reply_buffer`,
+//!   `client_output_buffer_limit`, `max_client_memory`), `upstream_databases`.
 //! * Upstream keys, allowed at the top level (defaults for every database) and inside
 //!   each `redis_databases` entry (overrides for that database): `host`, `port`,
 //!   `username`, `password`, `timeout`, `connect_timeout`, `command_timeout`,
@@ -92,7 +93,8 @@ use std::time::Duration;
 pub use env::{ENV_CLIENT_PASSWORD, ENV_HOST, ENV_LISTEN, ENV_PASSWORD, ENV_PORT};
 pub use error::ConfigError;
 pub use types::{
-    ClientTls, DatabaseConfig, Limits, ResilienceConfig, Secret, UpstreamConfig, UpstreamTls,
+    ClientTls, DatabaseConfig, Limits, OutputBufferLimit, ResilienceConfig, Secret,
+    UpstreamConfig, UpstreamTls,
     AUTOBOT_DATABASES, DEFAULT_DENY_COMMANDS, DEFAULT_METRICS_LISTEN,
 };
 
@@ -304,6 +306,21 @@ impl Config {
         line(format!(
             "  pubsub_buffer_limit: {}",
             self.limits.pubsub_buffer_limit
+        ));
+        line(format!(
+            "  client_reply_buffer: {}",
+            self.limits.client_reply_buffer
+        ));
+        let obl = &self.limits.client_output_buffer_limit;
+        line(format!(
+            "  client_output_buffer_limit: {{ hard: {}, soft: {}, soft_seconds: {} }}",
+            obl.hard,
+            obl.soft,
+            secs(obl.soft_seconds)
+        ));
+        line(format!(
+            "  max_client_memory: {}",
+            self.limits.max_client_memory
         ));
         line("databases:".to_string());
         for db in &self.databases {

@@ -11,15 +11,15 @@ use super::env::apply_env;
 use super::error::{Fail, Origin};
 use super::fields::{
     nonnegative_secs, parse_bool, parse_listen, parse_log_format, parse_log_level, parse_secret,
-    parse_string, parse_u32, parse_usize, positive_secs, set_nullable, suggest, type_error, Map,
-    Set,
+    parse_size, parse_string, parse_u32, parse_usize, positive_secs, set_nullable, suggest,
+    type_error, Map, Set,
 };
 use super::layer::{Layer, UPSTREAM_KEYS};
 use super::secs;
 use super::tls::parse_client_tls;
 use super::types::{
-    DatabaseConfig, Limits, ResilienceConfig, UpstreamConfig, DEFAULT_AUTH_TIMEOUT,
-    DEFAULT_DENY_COMMANDS, DEFAULT_HOST, DEFAULT_LISTEN, DEFAULT_MAX_CLIENTS,
+    DatabaseConfig, Limits, OutputBufferLimit, ResilienceConfig, UpstreamConfig,
+    DEFAULT_AUTH_TIMEOUT, DEFAULT_DENY_COMMANDS, DEFAULT_HOST, DEFAULT_LISTEN, DEFAULT_MAX_CLIENTS,
     DEFAULT_METRICS_LISTEN, DEFAULT_MUX_CONNECTIONS, DEFAULT_POOL_SIZE, DEFAULT_PORT,
     DEFAULT_SHUTDOWN_TIMEOUT, DEFAULT_TIMEOUT, DEFAULT_UPSTREAM_DATABASES, MAX_CLIENT_DB,
 };
@@ -58,7 +58,13 @@ const LIMIT_KEYS: &[&str] = &[
     "max_args",
     "max_inline_len",
     "pubsub_buffer_limit",
+    "client_reply_buffer",
+    "client_output_buffer_limit",
+    "max_client_memory",
 ];
+
+/// The keys of `limits.client_output_buffer_limit` (as a mapping).
+const OUTPUT_BUFFER_KEYS: &[&str] = &["hard", "soft", "soft_seconds"];
 
 /// Validates the whole document `root` and resolves it into a [`Config`].
 pub(super) fn parse_config(
@@ -432,7 +438,66 @@ fn parse_limits(node: &Node, path: &KeyPath) -> Result<Limits, Fail> {
         max_args: get("max_args", defaults.max_args)?,
         max_inline_len: get("max_inline_len", defaults.max_inline_len)?,
         pubsub_buffer_limit: get("pubsub_buffer_limit", defaults.pubsub_buffer_limit)?,
+        client_reply_buffer: match map.set("client_reply_buffer", parse_size)? {
+            None => defaults.client_reply_buffer,
+            Some(s) if s.value < 1024 => {
+                return Err(Fail::at(
+                    &path.child("client_reply_buffer"),
+                    format!("must be at least 1024 bytes, got {}", s.value),
+                ))
+            }
+            Some(s) => s.value,
+        },
+        client_output_buffer_limit: match map.get("client_output_buffer_limit") {
+            None => defaults.client_output_buffer_limit,
+            Some((p, n)) => parse_output_buffer_limit(n, &p)?,
+        },
+        max_client_memory: map
+            .set("max_client_memory", parse_size)?
+            .map_or(defaults.max_client_memory, |s| s.value),
         unauthenticated: false,
+    })
+}
+
+/// `client_output_buffer_limit`: `{ hard: 64mb, soft: 16mb, soft_seconds: 60 }`, or
+/// Redis's own form as one string, `"64mb 16mb 60"` (hard, soft, seconds).
+fn parse_output_buffer_limit(node: &Node, path: &KeyPath) -> Result<OutputBufferLimit, Fail> {
+    if let Node::Str(text) = node {
+        let words: Vec<&str> = text.split_whitespace().collect();
+        let [hard, soft, seconds] = words[..] else {
+            return Err(Fail::at(
+                path,
+                format!("expected `<hard> <soft> <soft_seconds>` (e.g. \"64mb 16mb 60\"), found {text:?}"),
+            ));
+        };
+        let size = |w: &str| parse_size(path, &Node::Str(w.to_string()));
+        let soft_seconds = seconds
+            .parse::<u64>()
+            .map(Duration::from_secs)
+            .map_err(|_| {
+                Fail::at(
+                    path,
+                    format!("soft_seconds must be a whole number of seconds, got {seconds:?}"),
+                )
+            })?;
+        return Ok(OutputBufferLimit {
+            hard: size(hard)?,
+            soft: size(soft)?,
+            soft_seconds,
+        });
+    }
+    let map = Map::new(
+        node,
+        path,
+        "a mapping { hard, soft, soft_seconds } or a string \"<hard> <soft> <soft_seconds>\"",
+        Some(OUTPUT_BUFFER_KEYS),
+    )?;
+    Ok(OutputBufferLimit {
+        hard: map.set("hard", parse_size)?.map_or(0, |s| s.value),
+        soft: map.set("soft", parse_size)?.map_or(0, |s| s.value),
+        soft_seconds: map
+            .set("soft_seconds", nonnegative_secs)?
+            .map_or(Duration::ZERO, |s| s.value),
     })
 }
 

@@ -86,6 +86,15 @@ pub struct Limits {
     /// past it the client is disconnected (Redis's `client-output-buffer-limit
     /// pubsub 32mb`).
     pub pubsub_buffer_limit: usize,
+    /// Bytes of replies waiting to be written to one client past which the proxy
+    /// stops reading that client's requests until it catches up (backpressure).
+    pub client_reply_buffer: usize,
+    /// Redis's `client-output-buffer-limit normal`: past these bytes of replies
+    /// waiting to be written, the client is disconnected (0: no limit).
+    pub client_output_buffer_limit: OutputBufferLimit,
+    /// Redis's `maxmemory-clients`: past this many bytes of buffers for all clients
+    /// together, the client using the most is disconnected (0: no limit).
+    pub max_client_memory: usize,
     /// Not a config key: set in [`Limits::before_auth`], the limits of a client
     /// that has not authenticated yet (the parser then answers with Redis's
     /// `unauthenticated …` errors).
@@ -113,9 +122,29 @@ impl Default for Limits {
             max_args: 1024 * 1024,
             max_inline_len: 64 * 1024,
             pubsub_buffer_limit: 32 * 1024 * 1024,
+            client_reply_buffer: DEFAULT_CLIENT_REPLY_BUFFER,
+            client_output_buffer_limit: OutputBufferLimit::default(),
+            max_client_memory: 0,
             unauthenticated: false,
         }
     }
+}
+
+/// Default `limits.client_reply_buffer`.
+pub const DEFAULT_CLIENT_REPLY_BUFFER: usize = 4 * 1024 * 1024;
+
+/// Redis's `client-output-buffer-limit` for one class of clients: a client is
+/// disconnected when the replies waiting to be written to it pass `hard` bytes, or
+/// stay past `soft` bytes for `soft_seconds`. Zero turns a limit off (Redis's
+/// default for normal clients: `0 0 0`).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct OutputBufferLimit {
+    /// Bytes past which the client is disconnected at once.
+    pub hard: usize,
+    /// Bytes past which, for `soft_seconds` on end, the client is disconnected.
+    pub soft: usize,
+    /// How long the client may stay past `soft`.
+    pub soft_seconds: Duration,
 }
 
 /// Retry, circuit-breaker and health-check settings for one upstream.

@@ -651,7 +651,7 @@ mod tests {
             max_args: 2,
             max_inline_len: 100,
             pubsub_buffer_limit: 1024,
-            unauthenticated: false,
+            ..Limits::default()
         };
         let mut args = Vec::new();
         assert!(parse(b"*3\r\n", &limits, &mut args).is_err());

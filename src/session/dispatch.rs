@@ -203,7 +203,9 @@ impl Session {
             }
         };
         self.awaiting_exec = out.select_after.is_some();
+        let flight = self.depart(out.count, out.readonly);
         self.queue.push_back(Pending::Upstream(Sent {
+            flight,
             rx,
             count: out.count,
             db,
@@ -225,7 +227,9 @@ impl Session {
         let silent = self.reply_off || std::mem::take(&mut self.skip_next);
         let mut cmds = CmdList::new();
         cmds.push(cmd);
+        let flight = self.depart(1, false);
         self.queue.push_back(Pending::Upstream(Sent {
+            flight,
             rx,
             count: 1,
             db,
@@ -274,12 +278,17 @@ impl Session {
     }
 
     /// Parses and handles every complete request in `inbuf`. Returns early when a
-    /// request must wait for earlier replies (`stalled`) or the session closes.
+    /// request must wait for earlier replies (`stalled`), when enough requests are
+    /// in flight (`throttled`: backpressure) or the session closes.
     pub(super) async fn dispatch(&mut self, inbuf: &mut BytesMut) {
         let mut run = Run::new();
         let log_commands = self.ctx.config.log_commands;
         self.client.touch(&self.ctx.clients);
         while !self.closing && !self.stalled {
+            if self.in_flight_full(run.count, run.readonly) {
+                self.throttled = true;
+                break;
+            }
             // Resumable: a request arriving over many reads is parsed once.
             let before_auth;
             let limits = if self.state.authenticated {

@@ -24,7 +24,8 @@
 //! | `mod.rs` | the task: read, write, shutdown, the client table entry |
 //! | `mode.rs` | the connection mode (shared, exclusive, private, subscribed) and its transitions |
 //! | `dispatch.rs` | parsing, classification, runs of requests, where each request goes |
-//! | `queue.rs` | the FIFO of replies, settling upstream answers, error texts |
+//! | `queue.rs` | the FIFO of replies, settling upstream answers, error texts, the outbox |
+//! | `memory.rs` | backpressure, output buffer limits, the client's memory |
 //! | `exclusive.rs` | MULTI/WATCH on a held connection, `auth_passthrough` login |
 //! | `pubsub.rs` | subscribed sessions: streaming, counts, the barrier |
 //! | `tracking.rs` | `CLIENT TRACKING`: the tracking connection, pushes, REDIRECT |
@@ -33,6 +34,7 @@
 mod dispatch;
 mod exclusive;
 mod local;
+mod memory;
 mod mode;
 mod pubsub;
 mod queue;
@@ -46,7 +48,7 @@ use std::sync::Arc;
 use std::task::Poll;
 
 use bytes::BytesMut;
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::io::{AsyncWrite, AsyncWriteExt};
 use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 
@@ -59,7 +61,7 @@ use crate::transport::Stream;
 use dispatch::encode;
 use exclusive::Login;
 use mode::{Conn, Mode};
-use queue::Pending;
+use queue::{Outbox, Pending};
 
 /// What happened at the front of the reply queue.
 enum Front {
@@ -68,8 +70,32 @@ enum Front {
     Nothing,
 }
 
+/// What happened on the client's socket.
+enum Io {
+    Wrote(std::io::Result<usize>),
+    Flushed(std::io::Result<()>),
+    Read(std::io::Result<usize>),
+}
+
 /// Most queue entries a session may have before it stops reading (backpressure).
 const MAX_QUEUE: usize = 1024;
+/// Bytes of replies a session may have in flight upstream (at most
+/// `limits.client_reply_buffer`): requests are sent while the expected size of
+/// their replies fits. Small, so that Redis's own output buffer for a shared
+/// connection stays small (its `client-output-buffer-limit normal` applies to it).
+const IN_FLIGHT_BYTES: usize = 512 * 1024;
+/// Most requests a session may have in flight upstream, however small the replies.
+const MAX_IN_FLIGHT: usize = 64 * 1024;
+/// What a reply is expected to weigh before one arrived: for a batch of reads
+/// (values of any size), and for one with a write (mostly small replies).
+const FIRST_ESTIMATE: [usize; 2] = [64 * 1024, 256];
+/// A read buffer that held more than this is replaced once it is (nearly) empty,
+/// so a client that once sent a large value does not keep its buffer.
+const READ_BUFFER_KEEP: usize = 64 * 1024;
+/// Read buffer room made before a read.
+const READ_BUFFER: usize = 16 * 1024;
+/// A session's memory is published to the client table when it changed this much.
+const MEMORY_STEP: usize = 32 * 1024;
 /// Bytes read ahead, without executing them, while requests are held back.
 const HELD_BACK_READ_LIMIT: usize = 1 << 20;
 
@@ -136,7 +162,13 @@ pub async fn run(stream: Stream, ctx: Arc<Context>, id: u64, shutdown: Cancellat
         ctx,
         state,
         queue: VecDeque::new(),
-        out: Vec::with_capacity(16 * 1024),
+        outbox: Outbox::default(),
+        inflight: 0,
+        in_flight_bytes: 0,
+        estimate: FIRST_ESTIMATE,
+        throttled: false,
+        published_memory: 0,
+        soft_since: None,
         parser: request::Parser::new(),
         args: Vec::new(),
         read_closed: false,
@@ -163,7 +195,21 @@ struct Session {
     ctx: Arc<Context>,
     state: State,
     queue: VecDeque<Pending>,
-    out: Vec<u8>,
+    /// Replies taken off the queue, waiting to be written.
+    outbox: Outbox,
+    /// Requests sent upstream whose replies have not arrived.
+    inflight: usize,
+    /// The bytes their replies are expected to weigh.
+    in_flight_bytes: usize,
+    /// Bytes a reply is expected to weigh, in a batch of reads and in one with a
+    /// write (learnt from the last replies).
+    estimate: [usize; 2],
+    /// Dispatch stopped with requests left in the read buffer: too many in flight.
+    throttled: bool,
+    /// The memory last published to the client table.
+    published_memory: usize,
+    /// Since when the outbox is past the soft output buffer limit.
+    soft_since: Option<Instant>,
     /// The request parser, which keeps its place in a partial request.
     parser: request::Parser,
     /// The arguments of the request being parsed (ranges into the read buffer).
@@ -201,7 +247,10 @@ struct Session {
 
 impl Session {
     async fn serve(&mut self, mut stream: Stream) -> std::io::Result<()> {
-        let mut inbuf = BytesMut::with_capacity(16 * 1024);
+        let mut inbuf = BytesMut::with_capacity(READ_BUFFER);
+        let tls = matches!(stream, Stream::Tls(_));
+        // Bytes were written to a TLS stream and not flushed yet.
+        let mut unflushed = false;
         // Bytes were read but not parsed yet (they arrived while held back).
         let mut unparsed = false;
         let connected_at = Instant::now();
@@ -209,39 +258,71 @@ impl Session {
         let token: CancellationToken = self.client.token().clone();
         let cancelled = token.cancelled();
         tokio::pin!(cancelled);
+        // Fired only by CLIENT KILL or an eviction: the client is closed at once,
+        // even while replies wait to be written to it.
+        let evict: CancellationToken = self.client.evicted().clone();
+        let evicted = evict.cancelled();
+        tokio::pin!(evicted);
         loop {
-            self.write_ready(&mut stream).await?;
+            self.take_ready();
+            self.account(&inbuf);
+            if self.done {
+                break;
+            }
             if self.stalled && self.queue.is_empty() && !self.barrier_pending() {
                 self.stalled = false;
                 unparsed = false;
-                self.dispatch(&mut inbuf).await;
+                self.dispatch_read(&mut inbuf).await;
                 continue;
             }
-            if unparsed && !self.stalled && self.queue.len() < MAX_QUEUE {
+            let over = self.over_budget();
+            if (unparsed || self.throttled)
+                && !self.stalled
+                && !over
+                && self.queue.len() < MAX_QUEUE
+            {
                 // Bytes read while requests were held back.
                 unparsed = false;
-                self.dispatch(&mut inbuf).await;
+                self.throttled = false;
+                self.dispatch_read(&mut inbuf).await;
                 continue;
             }
             let finished = self.closing || (self.read_closed && !self.stalled);
-            if self.done || (finished && self.queue.is_empty()) {
+            if self.done || (finished && self.queue.is_empty() && self.outbox.is_empty()) {
                 break;
             }
             // Requests are executed only when nothing holds them back; but while a
             // command waits on an exclusive connection (a blocked BLPOP) the socket
             // is still read (buffered, up to a bound) so that a client that leaves is
             // noticed and its blocked connection discarded, as Redis frees a blocked
-            // client that disconnects.
-            let held_back = self.stalled || self.queue.len() >= MAX_QUEUE;
+            // client that disconnects. Backpressure: a client whose replies pile up
+            // (it does not read them) is not read from until it catches up.
+            let held_back = self.stalled || self.queue.len() >= MAX_QUEUE || over;
             let can_read = !self.read_closed
                 && !self.closing
                 && (!held_back
                     || (inbuf.len() < HELD_BACK_READ_LIMIT && self.waits_on_exclusive()));
+            if can_read && inbuf.capacity() - inbuf.len() < 4096 {
+                inbuf.reserve(READ_BUFFER);
+            }
             let deadline = self.close_deadline(connected_at, last_read);
+            let soft_deadline = self.soft_deadline();
             let queue = &mut self.queue;
-            // The subscriber connection's frames, and the pushes of the session's
-            // own connection (tracking invalidations), parked or not.
+            // (A `Close` at the front waits for the outbox to drain.)
+            let awaits_front = matches!(
+                queue.front(),
+                Some(Pending::Upstream(_) | Pending::Parts { .. })
+            );
+            let outbox = &self.outbox;
+            let want_write = !outbox.is_empty();
+            // TLS may keep the last bytes written in its buffer until flushed
+            // (plain TCP never sets `unflushed`: its flush does nothing).
+            let want_flush = unflushed && !want_write;
+            // Pub/sub messages and pushes are taken only while the client keeps up;
+            // beyond, they wait (counted) on their connection, whose own limit
+            // (`pubsub_buffer_limit`) applies.
             let (sub, own) = match &mut self.mode {
+                _ if over => (None, None),
                 Mode::Subscribed(s) => (
                     Some(&mut s.sub),
                     s.parked.as_mut().map(|p| &mut p.held.conn),
@@ -259,32 +340,59 @@ impl Session {
                     }
                     Some(Pending::Parts { rx, .. }) => rx.poll_recv(cx).map(Front::Part),
                     _ => Poll::Ready(Front::Nothing),
-                }), if !queue.is_empty() => match ev {
+                }), if awaits_front => match ev {
                     Front::Answer(r) => self.settle_front(r),
                     Front::Part(p) => self.on_part(p),
                     Front::Nothing => {}
                 },
-                r = stream.read_buf(&mut inbuf), if can_read => match r {
-                    Ok(0) if !self.waits_on_exclusive() => self.read_closed = true,
+                _ = &mut evicted => {
+                    self.queue.clear();
+                    self.done = true;
+                }
+                io = poll_fn(|cx| {
+                    // Replies first; the client's next requests after.
+                    if want_write {
+                        if let Poll::Ready(r) = Pin::new(&mut stream).poll_write(cx, outbox.front()) {
+                            return Poll::Ready(Io::Wrote(r));
+                        }
+                    }
+                    if want_flush {
+                        if let Poll::Ready(r) = Pin::new(&mut stream).poll_flush(cx) {
+                            return Poll::Ready(Io::Flushed(r));
+                        }
+                    }
+                    if can_read {
+                        if let Poll::Ready(r) = tokio_util::io::poll_read_buf(Pin::new(&mut stream), cx, &mut inbuf) {
+                            return Poll::Ready(Io::Read(r));
+                        }
+                    }
+                    Poll::Pending
+                }), if want_write || want_flush || can_read => match io {
+                    Io::Wrote(Ok(0)) => return Err(std::io::ErrorKind::WriteZero.into()),
+                    Io::Wrote(Ok(n)) => {
+                        self.outbox.advance(n);
+                        unflushed = tls;
+                    }
+                    Io::Flushed(Ok(())) => unflushed = false,
+                    Io::Flushed(Err(e)) => return Err(e),
+                    Io::Wrote(Err(e)) => return Err(e),
+                    Io::Read(Ok(0)) if !self.waits_on_exclusive() => self.read_closed = true,
                     // A client that leaves while a command waits on an exclusive
                     // connection (a blocked BLPOP) is gone for good, as in Redis:
                     // drop its replies so the connection is discarded, not left
                     // blocked to take a later item.
-                    Ok(0) | Err(_) => {
+                    Io::Read(Ok(0) | Err(_)) => {
                         self.queue.clear();
                         self.read_closed = true;
                         self.done = true;
                     }
-                    Ok(_) if held_back => {
+                    Io::Read(Ok(_)) if held_back => {
                         last_read = Instant::now();
                         unparsed = true;
                     }
-                    Ok(_) => {
+                    Io::Read(Ok(_)) => {
                         last_read = Instant::now();
-                        self.dispatch(&mut inbuf).await;
-                        if inbuf.capacity() - inbuf.len() < 4096 {
-                            inbuf.reserve(16 * 1024);
-                        }
+                        self.dispatch_read(&mut inbuf).await;
                     }
                 },
                 f = async {
@@ -310,6 +418,13 @@ impl Session {
                     self.queue.clear();
                     self.done = true;
                 }
+                // Still past the soft output buffer limit: `account` closes it.
+                _ = async {
+                    match soft_deadline {
+                        Some(at) => tokio::time::sleep_until(at).await,
+                        None => std::future::pending().await,
+                    }
+                }, if soft_deadline.is_some() => {}
                 _ = &mut cancelled, if !self.read_closed => {
                     self.read_closed = true;
                     if self.client.was_killed() {
@@ -322,6 +437,23 @@ impl Session {
         }
         let _ = stream.shutdown().await;
         Ok(())
+    }
+
+    /// Dispatches what the read buffer holds, then gives back the memory of a buffer
+    /// that grew for a large request once little of it is left.
+    async fn dispatch_read(&mut self, inbuf: &mut BytesMut) {
+        let grown = inbuf.len() > READ_BUFFER_KEEP;
+        self.dispatch(inbuf).await;
+        if grown && inbuf.len() < READ_BUFFER {
+            // The parser's positions are relative to the buffer's start: the few
+            // bytes left keep theirs in the new buffer.
+            let mut fresh = BytesMut::with_capacity(READ_BUFFER);
+            fresh.extend_from_slice(inbuf);
+            *inbuf = fresh;
+            if inbuf.is_empty() && self.args.capacity() > 1024 {
+                self.args = Vec::new();
+            }
+        }
     }
 
     /// When the client is closed for silence, if ever: `auth_timeout` after

@@ -2,25 +2,25 @@
 //! client is written to strictly in that order. Upstream failures become the
 //! client's error text here, in one place.
 
+use std::collections::VecDeque;
 use std::sync::Arc;
 use std::time::Duration;
 
 use bytes::Bytes;
 use smallvec::SmallVec;
-use tokio::io::AsyncWriteExt;
 use tokio::sync::{mpsc, oneshot};
 use tokio::time::Instant;
 
+use super::memory::Flight;
 use super::tracking::{self, Hook};
 use super::Session;
 use crate::protocol::reply;
 use crate::router::Database;
 use crate::stats;
-use crate::transport::Stream;
 use crate::upstream::mux::{Answer, BatchReply};
 use crate::upstream::UpstreamError;
 
-/// Replies larger than this are written straight from their buffer.
+/// Replies this large are written straight from their buffer.
 const DIRECT_WRITE: usize = 16 * 1024;
 
 /// Command-table indexes of the commands in a batch (unknown: `table::COUNT`).
@@ -33,10 +33,13 @@ pub(super) enum Pending {
     /// Replies to a batch sent upstream.
     Upstream(Sent),
     /// The rest of a large reply, passed on in parts as it arrives (`silent`: the
-    /// client asked not to get it).
+    /// client asked not to get it). Its batch of `count` requests stays in flight
+    /// until the last part; `bytes` have arrived so far.
     Parts {
         rx: mpsc::UnboundedReceiver<BatchReply>,
         silent: bool,
+        flight: Flight,
+        bytes: usize,
     },
     /// Close the connection once everything before this is written.
     Close,
@@ -46,6 +49,8 @@ pub(super) enum Pending {
 /// slot, which keeps the session's batches in order; see `upstream::mux`).
 pub(super) struct Sent {
     pub rx: oneshot::Receiver<Answer>,
+    /// As the in-flight bound counts it.
+    pub flight: Flight,
     pub count: u32,
     pub db: Arc<Database>,
     /// When it was sent.
@@ -62,15 +67,113 @@ pub(super) struct Sent {
     pub hook: Option<Hook>,
 }
 
+/// Replies taken off the queue, in order, waiting to be written to the client.
+///
+/// Small replies are copied together into `tail` (one write for many); large ones
+/// (and a full `tail`) are kept as segments and written straight from their buffers.
+/// Its length is the client's output buffer: what backpressure, the
+/// `client_output_buffer_limit` and `max_client_memory` measure.
+#[derive(Default)]
+pub(super) struct Outbox {
+    segments: VecDeque<Bytes>,
+    /// Small replies, after every segment.
+    tail: Vec<u8>,
+    /// Bytes of the front (the first segment, or `tail` without one) written.
+    pos: usize,
+    /// Bytes not yet written.
+    len: usize,
+}
+
+/// A `tail` this full becomes a segment.
+const TAIL_MAX: usize = 64 * 1024;
+/// A drained `tail` with more room than this is freed (an idle client keeps none).
+const TAIL_KEEP: usize = 16 * 1024;
+
+impl Outbox {
+    /// Appends a reply.
+    pub(super) fn push(&mut self, bytes: Bytes) {
+        if bytes.is_empty() {
+            return;
+        }
+        self.len += bytes.len();
+        if bytes.len() >= DIRECT_WRITE {
+            self.seal();
+            self.segments.push_back(bytes);
+        } else {
+            if self.tail.len() + bytes.len() > TAIL_MAX {
+                self.seal();
+            }
+            self.tail.extend_from_slice(&bytes);
+        }
+    }
+
+    /// Makes `tail` a segment (its written part stays written: it is the front
+    /// either way).
+    fn seal(&mut self) {
+        if !self.tail.is_empty() {
+            let tail = std::mem::take(&mut self.tail);
+            self.segments.push_back(Bytes::from(tail));
+        }
+    }
+
+    /// The next bytes to write.
+    pub(super) fn front(&self) -> &[u8] {
+        match self.segments.front() {
+            Some(s) => &s[self.pos..],
+            None => &self.tail[self.pos..],
+        }
+    }
+
+    /// `n` bytes of [`Outbox::front`] were written.
+    pub(super) fn advance(&mut self, n: usize) {
+        self.pos += n;
+        self.len -= n;
+        match self.segments.front() {
+            Some(s) if self.pos >= s.len() => {
+                self.segments.pop_front();
+                self.pos = 0;
+            }
+            Some(_) => {}
+            None if self.pos >= self.tail.len() => {
+                self.pos = 0;
+                if self.tail.capacity() > TAIL_KEEP {
+                    self.tail = Vec::new();
+                } else {
+                    self.tail.clear();
+                }
+            }
+            None => {}
+        }
+    }
+
+    /// Bytes waiting to be written.
+    pub(super) fn len(&self) -> usize {
+        self.len
+    }
+
+    pub(super) fn is_empty(&self) -> bool {
+        self.len == 0
+    }
+
+    /// Memory held: the bytes waiting and the room of `tail`.
+    pub(super) fn memory(&self) -> usize {
+        self.len + self.tail.capacity() - self.tail.len()
+    }
+}
+
 impl Session {
-    /// Writes every reply at the front of the queue that is already available.
-    pub(super) async fn write_ready(&mut self, stream: &mut Stream) -> std::io::Result<()> {
+    /// Moves every reply at the front of the queue that is already available to the
+    /// outbox, in order. A `Close` entry ends the session once everything before it
+    /// is written.
+    pub(super) fn take_ready(&mut self) {
         while let Some(front) = self.queue.front_mut() {
             let bytes = match front {
                 Pending::Ready(b) => std::mem::take(b),
                 Pending::Close => {
-                    self.done = true;
-                    self.queue.clear();
+                    if self.outbox.is_empty() {
+                        self.done = true;
+                        self.queue.clear();
+                    }
                     break;
                 }
                 Pending::Upstream(sent) => {
@@ -93,29 +196,8 @@ impl Session {
                 }
             };
             self.queue.pop_front();
-            if bytes.len() >= DIRECT_WRITE {
-                if !self.out.is_empty() {
-                    stream.write_all(&self.out).await?;
-                    self.out.clear();
-                }
-                stream.write_all(&bytes).await?;
-            } else {
-                self.out.extend_from_slice(&bytes);
-                if self.out.len() >= 64 * 1024 {
-                    stream.write_all(&self.out).await?;
-                    self.out.clear();
-                }
-            }
+            self.outbox.push(bytes);
         }
-        if !self.out.is_empty() {
-            stream.write_all(&self.out).await?;
-            self.out.clear();
-            if self.out.capacity() > 256 * 1024 {
-                self.out = Vec::with_capacity(16 * 1024);
-            }
-        }
-        // TLS may still hold the last bytes (a no-op for plain TCP).
-        stream.flush().await
     }
 
     /// Queues a reply the proxy produced (unless CLIENT REPLY says otherwise).
@@ -145,10 +227,19 @@ impl Session {
     /// complete). A connection that broke mid-reply leaves the client's stream
     /// unfinishable: the client is disconnected, as Redis's own would be.
     pub(super) fn on_part(&mut self, part: Option<BatchReply>) {
-        let Some(Pending::Parts { silent, .. }) = self.queue.front() else {
+        let Some(Pending::Parts {
+            silent,
+            flight,
+            bytes: so_far,
+            ..
+        }) = self.queue.front_mut()
+        else {
             return;
         };
         let silent = *silent;
+        if let Some(Ok(bytes)) = &part {
+            *so_far += bytes.len();
+        }
         match part {
             Some(Ok(bytes)) if !silent => self.queue.push_front(Pending::Ready(bytes)),
             Some(Ok(_)) => {}
@@ -158,6 +249,8 @@ impl Session {
                 self.done = true;
             }
             None => {
+                let (flight, total) = (*flight, *so_far);
+                self.arrive(&flight, total, true);
                 self.queue.pop_front();
             }
         }
@@ -193,6 +286,7 @@ impl Session {
             return;
         };
         let latency = sent.started.elapsed();
+        let flight = sent.flight;
         if !sent.shared {
             self.client.set_blocked(None);
         }
@@ -217,9 +311,17 @@ impl Session {
         let err = match reply {
             Ok(bytes) => {
                 record(sent, latency, true);
-                // The rest of a large reply follows in parts, right behind.
+                // The rest of a large reply follows in parts, right behind (and
+                // its batch stays in flight until the last one).
                 let silent = sent.silent;
-                let parts = rest.map(|rx| Pending::Parts { rx, silent });
+                let first = bytes.len();
+                let parts = rest.map(|rx| Pending::Parts {
+                    rx,
+                    silent,
+                    flight,
+                    bytes: first,
+                });
+                let whole = parts.is_none();
                 if let Some(db) = sent.select_after.take() {
                     self.awaiting_exec = false;
                     // `*N`: EXEC ran the queued commands, the SELECT among them
@@ -234,6 +336,7 @@ impl Session {
                 } else {
                     bytes
                 };
+                self.arrive(&flight, first, whole);
                 self.finish_front(bytes);
                 if let Some(p) = parts {
                     self.queue.insert(1, p);
@@ -272,6 +375,7 @@ impl Session {
             // connection lost): whatever transaction was under way is over.
             self.release(false);
         }
+        self.land(&flight);
         self.finish_front(bytes);
     }
 }

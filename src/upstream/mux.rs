@@ -518,6 +518,10 @@ async fn serve(
                 }
                 let r = wr.write_all(&out).await;
                 out.clear();
+                if out.capacity() > 4 * COALESCE {
+                    // A large request gathered behind a small one: not kept.
+                    out = BytesMut::with_capacity(COALESCE);
+                }
                 r?;
             }
             // TLS may still hold the last bytes (a no-op for plain TCP).

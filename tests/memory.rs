@@ -1,0 +1,462 @@
+//! Bounded memory per client (issue 9, defect 4): a client that does not read its
+//! replies is not read from (backpressure), so the proxy's memory stays bounded and
+//! the shared connection is never the one Redis's output buffer limit closes; the
+//! operator's `client_output_buffer_limit` and `max_client_memory` close the slow
+//! or the biggest client; a client that once sent a large value keeps no buffer.
+//!
+//! The proxy is the real binary (its RSS is read from `/proc/<pid>/status`). The
+//! tests run one at a time (they measure memory and latency), each with its own
+//! `redis-server`, since some change its configuration.
+
+mod support;
+
+use std::io::{BufReader, Read, Write};
+use std::net::TcpStream;
+use std::sync::Mutex;
+use std::thread;
+use std::time::{Duration, Instant};
+
+use support::{databases_yaml, resp_cmd, BinaryProxy, RawClient, RedisServer};
+
+static SERIAL: Mutex<()> = Mutex::new(());
+
+const MIB: u64 = 1024 * 1024;
+
+/// The proxy's resident memory, in bytes.
+fn rss(proxy: &BinaryProxy) -> u64 {
+    rss_of(proxy.pid().expect("proxy running"))
+}
+
+fn rss_of(pid: u32) -> u64 {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).expect("read status");
+    let kb: u64 = status
+        .lines()
+        .find_map(|l| l.strip_prefix("VmRSS:"))
+        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
+        .expect("VmRSS");
+    kb * 1024
+}
+
+/// The proxy with the standard databases and `limits` (YAML lines under `limits:`).
+fn proxy_with_limits(redis: &RedisServer, limits: &[&str]) -> BinaryProxy {
+    let mut yaml = databases_yaml("127.0.0.1", redis.port());
+    if !limits.is_empty() {
+        yaml.push_str("limits:\n");
+        for l in limits {
+            yaml.push_str(&format!("  {l}\n"));
+        }
+    }
+    BinaryProxy::start_with(&yaml, &[], &[])
+}
+
+/// A value of `len` bytes that names its key.
+fn value(key: usize, len: usize) -> Vec<u8> {
+    let mut v = format!("value-of-key-{key}-").into_bytes();
+    v.resize(len, b'a' + (key % 26) as u8);
+    v
+}
+
+/// `keys` keys `k0`… with `len`-byte values, set directly on Redis.
+fn fill(redis: &RedisServer, keys: usize, len: usize) {
+    let mut c = redis.client();
+    for k in 0..keys {
+        let key = format!("k{k}");
+        assert_eq!(c.cmd(&[b"SET", key.as_bytes(), &value(k, len)]), b"+OK\r\n");
+    }
+}
+
+/// Starts a thread that pipelines `count` GETs of `k0`… `k{keys-1}` (in turn) on
+/// its own handle of `stream`, never reading; it may wait while the proxy holds
+/// the client back. Returns whether every byte was written.
+fn pipeline_gets(stream: &TcpStream, count: usize, keys: usize) -> thread::JoinHandle<bool> {
+    let mut w = stream.try_clone().expect("clone stream");
+    w.set_write_timeout(Some(Duration::from_secs(120)))
+        .expect("write timeout");
+    thread::spawn(move || {
+        let mut batch = Vec::new();
+        for i in 0..count {
+            let key = format!("k{}", i % keys);
+            batch.extend(resp_cmd(&[b"GET", key.as_bytes()]));
+            if batch.len() > 64 * 1024 || i + 1 == count {
+                if w.write_all(&batch).is_err() {
+                    return false;
+                }
+                batch.clear();
+            }
+        }
+        true
+    })
+}
+
+/// INCRs on another client for `time`: the number done, errors, and the slowest.
+fn incr_for(proxy: &BinaryProxy, time: Duration) -> (u32, u32, Duration) {
+    let mut c = proxy.client();
+    let (mut done, mut errors, mut slowest) = (0, 0, Duration::ZERO);
+    let end = Instant::now() + time;
+    while Instant::now() < end && done < 100_000 {
+        let t = Instant::now();
+        match c.try_read_reply_after(&resp_cmd(&[b"INCR", b"counter"])) {
+            Ok(r) if r.starts_with(b":") => done += 1,
+            other => {
+                if errors == 0 {
+                    eprintln!(
+                        "INCR failed: {:?}",
+                        other.map(|r| String::from_utf8_lossy(&r).into_owned())
+                    );
+                }
+                errors += 1
+            }
+        }
+        slowest = slowest.max(t.elapsed());
+        thread::sleep(Duration::from_millis(5));
+    }
+    (done, errors, slowest)
+}
+
+trait SendRead {
+    fn try_read_reply_after(&mut self, req: &[u8]) -> std::io::Result<Vec<u8>>;
+}
+
+impl SendRead for RawClient {
+    fn try_read_reply_after(&mut self, req: &[u8]) -> std::io::Result<Vec<u8>> {
+        self.try_send(req)?;
+        self.try_read_reply()
+    }
+}
+
+/// The highest RSS of the proxy seen over `time`, sampled every 20 ms.
+fn peak_rss(proxy: &BinaryProxy, time: Duration) -> thread::JoinHandle<u64> {
+    let pid = proxy.pid().expect("proxy running");
+    thread::spawn(move || {
+        let end = Instant::now() + time;
+        let mut peak = 0;
+        while Instant::now() < end {
+            peak = peak.max(rss_of(pid));
+            thread::sleep(Duration::from_millis(20));
+        }
+        peak
+    })
+}
+
+/// A `PROXY INFO` field's value.
+fn info_field(proxy: &BinaryProxy, field: &str) -> String {
+    let mut c = proxy.client();
+    let info = String::from_utf8_lossy(&c.cmd(&[b"PROXY", b"INFO"])).into_owned();
+    info.lines()
+        .find_map(|l| l.strip_prefix(&format!("{field}:")))
+        .unwrap_or_else(|| panic!("no {field} in PROXY INFO:\n{info}"))
+        .trim()
+        .to_string()
+}
+
+/// Waits (up to 10 s) until a `PROXY INFO` field has `value`.
+fn wait_for(proxy: &BinaryProxy, field: &str, value: &str) {
+    let started = Instant::now();
+    while info_field(proxy, field) != value {
+        assert!(
+            started.elapsed() < Duration::from_secs(10),
+            "{field} is not {value}"
+        );
+        thread::sleep(Duration::from_millis(50));
+    }
+}
+
+/// Reads until the peer closes (or `time` passes): whether it closed.
+fn closed_within(stream: &TcpStream, time: Duration) -> bool {
+    let mut r = stream.try_clone().expect("clone");
+    r.set_read_timeout(Some(Duration::from_millis(200)))
+        .expect("timeout");
+    let end = Instant::now() + time;
+    let mut buf = vec![0u8; 1 << 20];
+    while Instant::now() < end {
+        match r.read(&mut buf) {
+            Ok(0) => return true,
+            Ok(_) => {}
+            Err(e)
+                if matches!(
+                    e.kind(),
+                    std::io::ErrorKind::WouldBlock | std::io::ErrorKind::TimedOut
+                ) => {}
+            Err(_) => return true,
+        }
+    }
+    false
+}
+
+#[test]
+fn a_slow_reader_is_held_back_and_loses_nothing() {
+    let _serial = SERIAL.lock().unwrap_or_else(|e| e.into_inner());
+    let redis = RedisServer::start();
+    const KEYS: usize = 100;
+    const LEN: usize = 1024;
+    const GETS: usize = 200_000;
+    fill(&redis, KEYS, LEN);
+    let proxy = proxy_with_limits(&redis, &[]);
+    // Warm up (the shared connection, the allocator's arenas).
+    let (done, errors, _) = incr_for(&proxy, Duration::from_millis(200));
+    assert!(done > 0 && errors == 0);
+    let baseline = rss(&proxy);
+
+    let slow = RawClient::connect(proxy.addr());
+    let peak = peak_rss(&proxy, Duration::from_secs(4));
+    let writer = pipeline_gets(slow.stream(), GETS, KEYS);
+    // While the slow client reads nothing, another client's INCRs go on, quickly.
+    let (done, errors, slowest) = incr_for(&proxy, Duration::from_secs(4));
+    let peak = peak.join().expect("sampler");
+    eprintln!(
+        "slow reader of {GETS} x {LEN} B GETs: proxy RSS {} MiB -> peak {} MiB (+{:.1} MiB); other client: {done} INCRs, {errors} errors, slowest {slowest:?}",
+        baseline / MIB,
+        peak / MIB,
+        (peak.saturating_sub(baseline)) as f64 / MIB as f64
+    );
+    assert_eq!(errors, 0);
+    assert!(done > 50, "only {done} INCRs in 3 s");
+    assert!(slowest < Duration::from_secs(1), "an INCR took {slowest:?}");
+    assert!(
+        peak < baseline + 32 * MIB,
+        "the proxy grew by {} MiB for one slow reader",
+        (peak - baseline) / MIB
+    );
+
+    // The slow reader now reads everything: every reply, in order.
+    let mut r = BufReader::with_capacity(1 << 20, slow.stream().try_clone().expect("clone"));
+    slow.stream()
+        .set_read_timeout(Some(Duration::from_secs(30)))
+        .expect("timeout");
+    let started = Instant::now();
+    for i in 0..GETS {
+        let k = i % KEYS;
+        let v = value(k, LEN);
+        let mut expected = format!("${}\r\n", v.len()).into_bytes();
+        expected.extend_from_slice(&v);
+        expected.extend_from_slice(b"\r\n");
+        let mut got = vec![0u8; expected.len()];
+        r.read_exact(&mut got)
+            .unwrap_or_else(|e| panic!("reply {i}: {e}"));
+        assert!(got == expected, "reply {i} is not the value of k{k}");
+        assert!(
+            started.elapsed() < Duration::from_secs(120),
+            "reading took too long"
+        );
+    }
+    assert!(
+        writer.join().expect("writer"),
+        "the writer could not send everything"
+    );
+}
+
+#[test]
+fn redis_output_buffer_limit_never_closes_the_shared_connection() {
+    let _serial = SERIAL.lock().unwrap_or_else(|e| e.into_inner());
+    let redis = RedisServer::start_with_args(&["--client-output-buffer-limit", "normal 1mb 1mb 0"]);
+    const KEYS: usize = 16;
+    const LEN: usize = 64 * 1024;
+    fill(&redis, KEYS, LEN);
+    let proxy = proxy_with_limits(&redis, &[]);
+    let (_, errors, _) = incr_for(&proxy, Duration::from_millis(100));
+    assert_eq!(errors, 0);
+    let connects = info_field(&proxy, "db0")
+        .split(',')
+        .find_map(|f| f.strip_prefix("connects=").map(str::to_string))
+        .expect("connects=");
+
+    let slow = RawClient::connect(proxy.addr());
+    let writer = pipeline_gets(slow.stream(), 6_000, KEYS);
+    let (done, errors, slowest) = incr_for(&proxy, Duration::from_secs(3));
+    eprintln!("behind a slow reader of 64 KiB GETs, with Redis's normal limit 1mb: {done} INCRs, {errors} errors, slowest {slowest:?}");
+    assert_eq!(
+        errors,
+        0,
+        "other clients' commands failed; proxy log:\n{}\nredis log:\n{}",
+        proxy.log(),
+        redis.log()
+    );
+    assert!(done > 50);
+    let after = info_field(&proxy, "db0")
+        .split(',')
+        .find_map(|f| f.strip_prefix("connects=").map(str::to_string))
+        .expect("connects=");
+    // (Two shared connections per database, opened as they are first used.)
+    assert!(
+        connects.parse::<u32>().expect("connects") <= 2 && after.parse::<u32>().expect("connects") <= 2,
+        "the shared connection was reconnected: connects {connects} -> {after}; redis log:\n{}\nproxy log:\n{}",
+        redis.log(),
+        proxy.log()
+    );
+    assert!(
+        !redis.log().contains("output buffer limits"),
+        "Redis closed a connection:\n{}",
+        redis.log()
+    );
+    drop(slow);
+    let _ = writer.join();
+}
+
+#[test]
+fn client_output_buffer_limit_closes_the_slow_client_only() {
+    let _serial = SERIAL.lock().unwrap_or_else(|e| e.into_inner());
+    let redis = RedisServer::start();
+    const KEYS: usize = 16;
+    const LEN: usize = 64 * 1024;
+    fill(&redis, KEYS, LEN);
+
+    // Hard limit: closed as soon as 1 MiB of replies waits.
+    let proxy = proxy_with_limits(
+        &redis,
+        &["client_output_buffer_limit: { hard: 1mb, soft: 0, soft_seconds: 0 }"],
+    );
+    let slow = RawClient::connect(proxy.addr());
+    let writer = pipeline_gets(slow.stream(), 2_000, KEYS);
+    let (done, errors, _) = incr_for(&proxy, Duration::from_secs(1));
+    assert!(done > 0 && errors == 0);
+    wait_for(&proxy, "client_output_buffer_limit_disconnections", "1");
+    assert!(
+        closed_within(slow.stream(), Duration::from_secs(10)),
+        "the slow client was not closed"
+    );
+    let _ = writer.join();
+    assert_eq!(
+        info_field(&proxy, "client_output_buffer_limit_disconnections"),
+        "1"
+    );
+    assert!(proxy
+        .log()
+        .contains("closed for overcoming of output buffer limits"));
+    let mut other = proxy.client();
+    assert!(other.cmd(&[b"INCR", b"counter"]).starts_with(b":"));
+    drop(proxy);
+
+    // Soft limit, Redis's string form: closed after 2 s past 1 MiB, not before.
+    let proxy = proxy_with_limits(&redis, &["client_output_buffer_limit: \"0 1mb 2\""]);
+    let slow = RawClient::connect(proxy.addr());
+    let started = Instant::now();
+    let writer = pipeline_gets(slow.stream(), 2_000, KEYS);
+    // (Not read from until then: reading would drain its buffer.)
+    thread::sleep(Duration::from_millis(1200));
+    assert_eq!(
+        info_field(&proxy, "client_output_buffer_limit_disconnections"),
+        "0",
+        "closed before soft_seconds"
+    );
+    while info_field(&proxy, "client_output_buffer_limit_disconnections") == "0" {
+        assert!(
+            started.elapsed() < Duration::from_secs(10),
+            "the slow client was not closed"
+        );
+        thread::sleep(Duration::from_millis(50));
+    }
+    let took = started.elapsed();
+    assert!(took >= Duration::from_secs(2), "closed after {took:?}");
+    assert!(
+        closed_within(slow.stream(), Duration::from_secs(10)),
+        "the slow client was not closed"
+    );
+    let _ = writer.join();
+    let mut other = proxy.client();
+    assert!(other.cmd(&[b"INCR", b"counter"]).starts_with(b":"));
+}
+
+#[test]
+fn max_client_memory_evicts_the_biggest_client() {
+    let _serial = SERIAL.lock().unwrap_or_else(|e| e.into_inner());
+    let redis = RedisServer::start();
+    const KEYS: usize = 16;
+    const LEN: usize = 64 * 1024;
+    fill(&redis, KEYS, LEN);
+    let proxy = proxy_with_limits(&redis, &["max_client_memory: 2mb"]);
+    let mut small = proxy.client();
+    assert!(small.cmd(&[b"INCR", b"counter"]).starts_with(b":"));
+    let big = RawClient::connect(proxy.addr());
+    let writer = pipeline_gets(big.stream(), 2_000, KEYS);
+    // (It reads nothing until it is evicted: reading would drain its buffer.)
+    wait_for(&proxy, "evicted_clients", "1");
+    assert!(
+        closed_within(big.stream(), Duration::from_secs(10)),
+        "the big client was not closed"
+    );
+    let _ = writer.join();
+    assert!(
+        small.cmd(&[b"INCR", b"counter"]).starts_with(b":"),
+        "the small client was closed"
+    );
+    assert_eq!(info_field(&proxy, "evicted_clients"), "1");
+    assert!(proxy.log().contains("max_client_memory"));
+}
+
+#[test]
+fn idle_clients_that_sent_large_values_keep_no_buffers() {
+    let _serial = SERIAL.lock().unwrap_or_else(|e| e.into_inner());
+    let redis = RedisServer::start();
+    const LEN: usize = 100 << 20;
+    let proxy = proxy_with_limits(&redis, &[]);
+    let (_, errors, _) = incr_for(&proxy, Duration::from_millis(100));
+    assert_eq!(errors, 0);
+    let baseline = rss(&proxy);
+    let mut clients = Vec::new();
+    for i in 0..3 {
+        let mut c = proxy.client();
+        c.set_timeout(Duration::from_secs(60));
+        let key = format!("big{i}");
+        assert_eq!(c.cmd(&[b"SET", key.as_bytes(), &value(i, LEN)]), b"+OK\r\n");
+        assert!(c.cmd(&[b"PING"]).starts_with(b"+PONG"));
+        clients.push(c);
+    }
+    // Idle now; the buffers go as soon as they are empty.
+    thread::sleep(Duration::from_millis(500));
+    let idle = rss(&proxy);
+    eprintln!(
+        "3 idle clients that each sent a {} MiB value: proxy RSS {} MiB -> {} MiB (+{:.1} MiB)",
+        LEN as u64 / MIB,
+        baseline / MIB,
+        idle / MIB,
+        idle.saturating_sub(baseline) as f64 / MIB as f64
+    );
+    assert!(
+        idle < baseline + 40 * MIB,
+        "idle clients keep {} MiB",
+        (idle - baseline) / MIB
+    );
+    for c in &mut clients {
+        assert!(c.cmd(&[b"PING"]).starts_with(b"+PONG"));
+    }
+}
+
+#[test]
+fn memory_limits_take_sizes_in_redis_units() {
+    use redis_sidecar::config::{Config, OutputBufferLimit};
+    let load = |limits: &str| {
+        let yaml = format!("redis_databases:\n  main:\n    db: 0\nlimits:\n{limits}");
+        Config::from_yaml_str_with_env(&yaml, None, &|_| None)
+    };
+    let c = load("  client_reply_buffer: 8mb\n  max_client_memory: 1gb\n  client_output_buffer_limit: { hard: 256mb, soft: 64mb, soft_seconds: 60 }\n")
+        .expect("valid");
+    assert_eq!(c.limits.client_reply_buffer, 8 << 20);
+    assert_eq!(c.limits.max_client_memory, 1 << 30);
+    let redis_form = OutputBufferLimit {
+        hard: 256 << 20,
+        soft: 64 << 20,
+        soft_seconds: Duration::from_secs(60),
+    };
+    assert_eq!(c.limits.client_output_buffer_limit, redis_form);
+    let c = load("  client_output_buffer_limit: \"256mb 64mb 60\"\n  max_client_memory: 1000k\n")
+        .expect("valid");
+    assert_eq!(c.limits.client_output_buffer_limit, redis_form);
+    assert_eq!(c.limits.max_client_memory, 1_000_000);
+    // Defaults: backpressure at 4 MiB, Redis's `normal 0 0 0`, no client memory cap.
+    let c = load("  max_args: 10\n").expect("valid");
+    assert_eq!(c.limits.client_reply_buffer, 4 << 20);
+    assert_eq!(
+        c.limits.client_output_buffer_limit,
+        OutputBufferLimit::default()
+    );
+    assert_eq!(c.limits.max_client_memory, 0);
+    for bad in [
+        "  client_reply_buffer: 12parsecs\n",
+        "  client_reply_buffer: 100\n",
+        "  max_client_memory: -1\n",
+        "  client_output_buffer_limit: \"1mb 2mb\"\n",
+        "  client_output_buffer_limit: { hard: 1mb, sfot: 1 }\n",
+    ] {
+        assert!(load(bad).is_err(), "{bad:?} was accepted");
+    }
+}
