@@ -309,7 +309,7 @@ async fn well_behaved_clients_do_not_notice_attackers() {
     spawn_attack(
         "http_post",
         stop.clone(),
-        ms(50),
+        ms(100),
         &mut attacks,
         &mut handles,
         move |t| async move { expect_closed(addr, http_post(200 * 1024), b"", &t).await },
@@ -377,12 +377,12 @@ async fn well_behaved_clients_do_not_notice_attackers() {
     spawn_attack(
         "trickled_request",
         stop.clone(),
-        ms(50),
+        ms(200),
         &mut attacks,
         &mut handles,
         move |t| async move {
             let mut c = authed(addr).await;
-            let req = wide_denied_request(100_000);
+            let req = wide_denied_request(50_000);
             for piece in req.chunks(1024) {
                 if c.try_send(piece).await.is_err() {
                     break;
@@ -413,7 +413,7 @@ async fn well_behaved_clients_do_not_notice_attackers() {
     spawn_attack(
         "slow_reader",
         stop.clone(),
-        ms(100),
+        ms(200),
         &mut attacks,
         &mut handles,
         move |t| async move {
