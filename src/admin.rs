@@ -73,6 +73,24 @@ pub fn proxy<L: ArgList + ?Sized>(ctx: &Context, args: &L) -> Vec<u8> {
                 Err(_) => reply::error(&mut out, "ERR PROXY CIRCUIT <db> OPEN|CLOSE|AUTO"),
             }
         }
+        b"SLOWLOG" if args.count() >= 3 => {
+            let mut buf = [0u8; 32];
+            match (upper(args.arg(2), &mut buf).unwrap_or(b""), args.count()) {
+                (b"GET", 3) => out = crate::slowlog::render(&ctx.slowlog.get(10)),
+                (b"GET", 4) => match String::from_utf8_lossy(args.arg(3)).parse::<i64>() {
+                    // Redis: -1 means every entry.
+                    Ok(-1) => out = crate::slowlog::render(&ctx.slowlog.get(usize::MAX)),
+                    Ok(n) if n >= 0 => out = crate::slowlog::render(&ctx.slowlog.get(n as usize)),
+                    _ => reply::error(&mut out, "ERR count should be greater than or equal to -1"),
+                },
+                (b"LEN", 3) => reply::integer(&mut out, ctx.slowlog.len() as i64),
+                (b"RESET", 3) => {
+                    ctx.slowlog.reset();
+                    reply::simple(&mut out, "OK");
+                }
+                _ => reply::error(&mut out, "ERR PROXY SLOWLOG GET [count] | LEN | RESET"),
+            }
+        }
         b"HELP" => {
             let lines = [
                 "PROXY <subcommand>. Subcommands are:",
@@ -86,6 +104,8 @@ pub fn proxy<L: ArgList + ?Sized>(ctx: &Context, args: &L) -> Vec<u8> {
                 "    Make this session an admin (needed by RESETSTATS and CIRCUIT).",
                 "RESETSTATS",
                 "    Reset the per-command statistics (admin).",
+                "SLOWLOG GET [count] | LEN | RESET",
+                "    Batches slower than slowlog_threshold_ms, newest first: id, time, microseconds, commands, client address, client name, database (RESET: admin).",
                 "CIRCUIT <db> OPEN|CLOSE|AUTO",
                 "    Force a database's circuit breaker open or closed, or give it back to automatic (admin).",
                 "HELP",

@@ -21,6 +21,8 @@ pub struct Context {
     pub clients: Arc<Clients>,
     /// The open-file limit and the `max_clients` in force (see `limits`).
     pub fds: crate::limits::FdLimits,
+    /// `PROXY SLOWLOG`.
+    pub slowlog: crate::slowlog::SlowLog,
     /// The address the listener is bound to.
     pub local_addr: std::net::SocketAddr,
 }

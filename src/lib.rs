@@ -54,6 +54,7 @@
 //!   tls.rs       `tls` (upstream) and `client_tls`: files loaded and checked at load
 //!   error.rs     ConfigError (file, key path, line) and internal failures
 //! stats.rs       lock-free counters
+//! slowlog.rs     PROXY SLOWLOG: slow batches, newest first, no argument values
 //! limits.rs      RLIMIT_NOFILE vs max_clients (raised at start, or max_clients
 //!                lowered), local exhaustion vs upstream failure, warning throttle
 //! acl.rs         `redis-sidecar acl`: the ACL SETUSER line matching deny_commands
@@ -78,6 +79,7 @@ pub mod resilience;
 pub mod router;
 pub mod server;
 pub mod session;
+pub mod slowlog;
 pub mod stats;
 pub mod status;
 pub mod tls;

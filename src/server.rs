@@ -88,7 +88,10 @@ impl Proxy {
             }
         }
         let shutdown = CancellationToken::new();
+        let slowlog =
+            crate::slowlog::SlowLog::new(config.slowlog_threshold, config.slowlog_max_len);
         let ctx = Arc::new(Context {
+            slowlog,
             router: Router::new(&config, &shutdown),
             config: Arc::new(config),
             stats: Default::default(),

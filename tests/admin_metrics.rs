@@ -594,3 +594,74 @@ async fn proxy_can_be_denied_like_any_command() {
     assert!(text(&c.cmd(&[b"PROXY", b"INFO", b"clients"]).await).contains("# Clients"));
     proxy.shutdown().await;
 }
+
+// ---------------------------------------------------------------------------------------
+// PROXY SLOWLOG
+// ---------------------------------------------------------------------------------------
+
+/// Slow batches on the shared connection are logged, newest first, with Redis's
+/// SLOWLOG fields (id, time, microseconds, the commands, client address and name)
+/// and the database; never argument values. RESET needs an admin session.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn proxy_slowlog_keeps_slow_batches_without_their_arguments() {
+    let redis = RedisServer::start_with_args(&["--enable-debug-command", "yes"]);
+    let mut config = proxy_config(&redis);
+    config.admin_password = Some(redis_sidecar::config::Secret(text(ADMIN)));
+    config.slowlog_threshold = Duration::from_millis(20);
+    config.slowlog_max_len = 2;
+    let proxy = start_proxy(config).await;
+    let mut c = AsyncRawClient::connect(proxy.local_addr()).await;
+    let addr = c.stream_mut().local_addr().expect("local addr").to_string();
+
+    // Fast commands are not logged.
+    assert_eq!(
+        c.cmd(&[b"SET", b"secret-key", b"secret-value"]).await,
+        b"+OK\r\n"
+    );
+    assert_eq!(c.cmd(&[b"PROXY", b"SLOWLOG", b"LEN"]).await, b":0\r\n");
+
+    // A slow one is, with the client's name and the database.
+    assert_eq!(c.cmd(&[b"CLIENT", b"SETNAME", b"app"]).await, b"+OK\r\n");
+    assert_eq!(c.cmd(&[b"DEBUG", b"SLEEP", b"0.03"]).await, b"+OK\r\n");
+    assert_eq!(c.cmd(&[b"PROXY", b"SLOWLOG", b"LEN"]).await, b":1\r\n");
+    let got = text(&c.cmd(&[b"PROXY", b"SLOWLOG", b"GET"]).await);
+    let fields: Vec<&str> = got.split("\r\n").collect();
+    assert_eq!(&fields[..3], &["*1", "*7", ":0"], "{got}");
+    let micros: u64 = fields[4].trim_start_matches(':').parse().expect("micros");
+    assert!((30_000..5_000_000).contains(&micros), "{got}");
+    assert!(
+        got.ends_with(&format!(
+            "*1\r\n$5\r\ndebug\r\n${}\r\n{addr}\r\n$3\r\napp\r\n$13\r\n'main' (db 0)\r\n",
+            addr.len()
+        )),
+        "{got}"
+    );
+
+    // A slow pipeline is one entry naming its commands; argument values never
+    // appear. The log keeps slowlog_max_len entries, newest first.
+    let mut pipeline = support::resp_cmd(&[b"GET", b"secret-key"]);
+    pipeline.extend(support::resp_cmd(&[b"DEBUG", b"SLEEP", b"0.03"]));
+    pipeline.extend(support::resp_cmd(&[b"INCR", b"n"]));
+    c.send(&pipeline).await;
+    let replies = c.read_replies(3).await;
+    assert_eq!(replies[2], b":1\r\n");
+    assert_eq!(c.cmd(&[b"DEBUG", b"SLEEP", b"0.03"]).await, b"+OK\r\n");
+    let got = text(&c.cmd(&[b"PROXY", b"SLOWLOG", b"GET", b"-1"]).await);
+    assert!(got.starts_with("*2\r\n*7\r\n:2\r\n"), "newest first: {got}");
+    assert!(
+        got.contains("*3\r\n$3\r\nget\r\n$5\r\ndebug\r\n$4\r\nincr\r\n"),
+        "{got}"
+    );
+    assert!(!got.contains("secret"), "argument values leaked: {got}");
+    assert_eq!(
+        c.cmd(&[b"PROXY", b"SLOWLOG", b"GET", b"1"]).await[..4],
+        *b"*1\r\n"
+    );
+
+    // RESET is for admins.
+    let refused = text(&c.cmd(&[b"PROXY", b"SLOWLOG", b"RESET"]).await);
+    assert!(refused.starts_with("-NOPERM"), "{refused}");
+    admin(&mut c).await;
+    assert_eq!(c.cmd(&[b"PROXY", b"SLOWLOG", b"RESET"]).await, b"+OK\r\n");
+    assert_eq!(c.cmd(&[b"PROXY", b"SLOWLOG", b"LEN"]).await, b":0\r\n");
+}

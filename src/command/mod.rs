@@ -307,6 +307,12 @@ pub fn command_name(idx: usize) -> String {
         .map_or_else(|| "other".to_string(), |c| c.name.replace('|', "_"))
 }
 
+/// The name of a command-table index as Redis writes it (`config|get`; `other` for
+/// commands not in the table).
+pub fn table_name(idx: usize) -> &'static str {
+    table::COMMANDS.get(idx).map_or("other", |c| c.name)
+}
+
 /// How long a blocking command may legitimately wait for its reply, beyond the
 /// command timeout.
 #[derive(Debug, Clone, Copy, PartialEq)]

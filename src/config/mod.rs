@@ -99,7 +99,10 @@ pub use types::{
 
 use env::process_env;
 use resolve::parse_config;
-use types::{DEFAULT_AUTH_TIMEOUT, DEFAULT_LISTEN, DEFAULT_MAX_CLIENTS, DEFAULT_SHUTDOWN_TIMEOUT};
+use types::{
+    DEFAULT_AUTH_TIMEOUT, DEFAULT_LISTEN, DEFAULT_MAX_CLIENTS, DEFAULT_SHUTDOWN_TIMEOUT,
+    DEFAULT_SLOWLOG_MAX_LEN, DEFAULT_SLOWLOG_THRESHOLD,
+};
 use yaml::Node;
 
 /// The whole resolved configuration.
@@ -145,6 +148,11 @@ pub struct Config {
     pub max_clients: usize,
     /// Bounded drain at shutdown.
     pub shutdown_timeout: Duration,
+    /// `slowlog_threshold_ms`: batches slower than this go to `PROXY SLOWLOG`
+    /// (default 10 ms; 0 logs every batch).
+    pub slowlog_threshold: Duration,
+    /// `slowlog_max_len`: entries `PROXY SLOWLOG` keeps (default 128; 0 = off).
+    pub slowlog_max_len: usize,
     /// `client_idle_timeout`: a client that sends nothing for this long is closed,
     /// as with Redis's `timeout` (not while subscribed or waiting on a blocking
     /// command). Zero (the default) = never.
@@ -196,6 +204,8 @@ impl Config {
             limits: Limits::default(),
             max_clients: DEFAULT_MAX_CLIENTS,
             shutdown_timeout: DEFAULT_SHUTDOWN_TIMEOUT,
+            slowlog_threshold: DEFAULT_SLOWLOG_THRESHOLD,
+            slowlog_max_len: DEFAULT_SLOWLOG_MAX_LEN,
             client_idle_timeout: Duration::ZERO,
             auth_timeout: DEFAULT_AUTH_TIMEOUT,
             databases,
@@ -297,6 +307,11 @@ impl Config {
             secs(self.client_idle_timeout)
         ));
         line(format!("auth_timeout: {}", secs(self.auth_timeout)));
+        line(format!(
+            "slowlog_threshold_ms: {}",
+            self.slowlog_threshold.as_millis()
+        ));
+        line(format!("slowlog_max_len: {}", self.slowlog_max_len));
         line(format!("default_database: {}", self.default_database));
         line("limits:".to_string());
         line(format!("  max_bulk_len: {}", self.limits.max_bulk_len));

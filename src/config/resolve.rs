@@ -21,7 +21,8 @@ use super::types::{
     DatabaseConfig, Limits, OutputBufferLimit, ResilienceConfig, UpstreamConfig,
     DEFAULT_AUTH_TIMEOUT, DEFAULT_DENY_COMMANDS, DEFAULT_HOST, DEFAULT_LISTEN, DEFAULT_MAX_CLIENTS,
     DEFAULT_METRICS_LISTEN, DEFAULT_MUX_CONNECTIONS, DEFAULT_POOL_SIZE, DEFAULT_PORT,
-    DEFAULT_SHUTDOWN_TIMEOUT, DEFAULT_TIMEOUT, DEFAULT_UPSTREAM_DATABASES, MAX_CLIENT_DB,
+    DEFAULT_SHUTDOWN_TIMEOUT, DEFAULT_SLOWLOG_MAX_LEN, DEFAULT_SLOWLOG_THRESHOLD, DEFAULT_TIMEOUT,
+    DEFAULT_UPSTREAM_DATABASES, MAX_CLIENT_DB,
 };
 use super::yaml::{KeyPath, Node};
 use super::Config;
@@ -44,6 +45,8 @@ const TOP_ONLY_KEYS: &[&str] = &[
     "shutdown_timeout",
     "client_idle_timeout",
     "auth_timeout",
+    "slowlog_threshold_ms",
+    "slowlog_max_len",
     "limits",
     "upstream_databases",
     "default_database",
@@ -151,6 +154,14 @@ pub(super) fn parse_config(
     let auth_timeout = top
         .set("auth_timeout", nonnegative_secs)?
         .map_or(DEFAULT_AUTH_TIMEOUT, |s| s.value);
+    let slowlog_threshold = top
+        .set("slowlog_threshold_ms", parse_u32(0))?
+        .map_or(DEFAULT_SLOWLOG_THRESHOLD, |s| {
+            Duration::from_millis(u64::from(s.value))
+        });
+    let slowlog_max_len = top
+        .set("slowlog_max_len", parse_usize)?
+        .map_or(DEFAULT_SLOWLOG_MAX_LEN, |s| s.value);
     let limits = match top.get("limits") {
         None => Limits::default(),
         Some((p, n)) => parse_limits(n, &p)?,
@@ -214,6 +225,8 @@ pub(super) fn parse_config(
         limits,
         max_clients,
         shutdown_timeout,
+        slowlog_threshold,
+        slowlog_max_len,
         client_idle_timeout,
         auth_timeout,
         databases,

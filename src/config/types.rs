@@ -48,6 +48,10 @@ pub(super) const DEFAULT_MUX_CONNECTIONS: u32 = 2;
 pub(super) const DEFAULT_MAX_CLIENTS: usize = 10_000;
 /// Default `auth_timeout`.
 pub(super) const DEFAULT_AUTH_TIMEOUT: Duration = Duration::from_secs(10);
+/// Default `slowlog_threshold_ms` (Redis's `slowlog-log-slower-than` is 10 ms too).
+pub(super) const DEFAULT_SLOWLOG_THRESHOLD: Duration = Duration::from_millis(10);
+/// Default `slowlog_max_len` (Redis's `slowlog-max-len`).
+pub(super) const DEFAULT_SLOWLOG_MAX_LEN: usize = 128;
 
 /// Default `shutdown_timeout`.
 pub(super) const DEFAULT_SHUTDOWN_TIMEOUT: Duration = Duration::from_secs(10);

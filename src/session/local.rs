@@ -272,6 +272,12 @@ fn proxy<L: ArgList + ?Sized>(state: &mut State, ctx: &Context, args: &L) -> Out
         b"INFO" | b"HEALTH" | b"STATS" if ctx.config.admin_only_info && !state.admin => err(
             "NOPERM PROXY INFO, HEALTH and STATS need an admin session (admin_only_info is true): send PROXY AUTH <admin_password> first",
         ),
+        b"SLOWLOG" if !state.admin && args.count() > 2 && args.arg(2).eq_ignore_ascii_case(b"RESET") => err(
+            "NOPERM PROXY SLOWLOG RESET needs an admin session: set admin_password and send PROXY AUTH <admin_password> first",
+        ),
+        b"SLOWLOG" if ctx.config.admin_only_info && !state.admin => err(
+            "NOPERM PROXY SLOWLOG needs an admin session (admin_only_info is true): send PROXY AUTH <admin_password> first",
+        ),
         b"CIRCUIT" | b"RESETSTATS" if !state.admin => err(
             "NOPERM PROXY CIRCUIT and PROXY RESETSTATS need an admin session: set admin_password and send PROXY AUTH <admin_password> first",
         ),

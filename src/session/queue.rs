@@ -306,6 +306,18 @@ impl Session {
                 sent.db.commands.record_retry(c as usize);
             }
         }
+        if sent.shared && self.ctx.slowlog.is_slow(latency) {
+            self.ctx.slowlog.push(
+                latency,
+                sent.db.label(),
+                sent.cmds
+                    .iter()
+                    .map(|&c| crate::command::table_name(c as usize)),
+                sent.count,
+                &self.state.peer,
+                self.state.name.as_deref(),
+            );
+        }
         let hook = sent.hook.take();
         let shared = sent.shared;
         let err = match reply {
