@@ -73,6 +73,11 @@ pub fn proxy<L: ArgList + ?Sized>(ctx: &Context, args: &L) -> Vec<u8> {
                 Err(_) => reply::error(&mut out, "ERR PROXY CIRCUIT <db> OPEN|CLOSE|AUTO"),
             }
         }
+        b"CLIENTS" if args.count() == 2 => {
+            let all = ctx.clients.select(&crate::clients::Filter::default());
+            let text: String = all.iter().map(|c| c.proxy_line(&ctx.clients)).collect();
+            reply::bulk(&mut out, text.as_bytes());
+        }
         b"SLOWLOG" if args.count() >= 3 => {
             let mut buf = [0u8; 32];
             match (upper(args.arg(2), &mut buf).unwrap_or(b""), args.count()) {
@@ -104,6 +109,8 @@ pub fn proxy<L: ArgList + ?Sized>(ctx: &Context, args: &L) -> Vec<u8> {
                 "    Make this session an admin (needed by RESETSTATS and CIRCUIT).",
                 "RESETSTATS",
                 "    Reset the per-command statistics (admin).",
+                "CLIENTS",
+                "    One line per client: id, addr, name, db, age, idle, mode (shared, transaction, blocking, subscribed, private), pending replies, bytes buffered, memory, last command.",
                 "SLOWLOG GET [count] | LEN | RESET",
                 "    Batches slower than slowlog_threshold_ms, newest first: id, time, microseconds, commands, client address, client name, database (RESET: admin).",
                 "CIRCUIT <db> OPEN|CLOSE|AUTO",

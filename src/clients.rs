@@ -98,6 +98,10 @@ pub struct Client {
     killed: AtomicBool,
     /// Bytes of the session's buffers, as it last published them.
     memory: AtomicUsize,
+    /// Replies the session waits for or has not handed to its outbox yet.
+    pending: AtomicUsize,
+    /// Bytes of replies waiting to be written to the client.
+    buffered: AtomicUsize,
     /// Command-table index of the last command (`table::COUNT` if unknown).
     last_cmd: AtomicU16,
     /// [`Clients::tick`]'s seconds at the last request.
@@ -194,6 +198,42 @@ impl Client {
             .lock()
             .unwrap_or_else(|e| e.into_inner())
             .clone()
+    }
+
+    /// The `PROXY CLIENTS` line (with its newline): what the proxy holds for the
+    /// client and the connection mode it is in.
+    pub fn proxy_line(&self, clients: &Clients) -> String {
+        let info = self.info().clone();
+        let idle = clients
+            .seconds()
+            .saturating_sub(self.last_active.load(Relaxed));
+        let mode = if info.pubsub {
+            "subscribed"
+        } else if info.multi {
+            "transaction"
+        } else if self.blocked.load(Relaxed) {
+            "blocking"
+        } else if self.own().is_some() {
+            "private"
+        } else {
+            "shared"
+        };
+        format!(
+            "id={} addr={} name={} db={} age={} idle={} mode={} pending={} buffered={} memory={} cmd={}\n",
+            self.id,
+            self.addr,
+            String::from_utf8_lossy(info.name.as_deref().unwrap_or_default()),
+            info.db,
+            self.created.elapsed().as_secs(),
+            idle,
+            mode,
+            self.pending.load(Relaxed),
+            self.buffered.load(Relaxed),
+            self.memory.load(Relaxed),
+            table::COMMANDS
+                .get(self.last_cmd.load(Relaxed) as usize)
+                .map_or("NULL", |c| c.name),
+        )
     }
 
     /// The `CLIENT LIST` / `CLIENT INFO` line (with its newline); `cmd=` names the
@@ -327,6 +367,8 @@ impl Clients {
             evicted: CancellationToken::new(),
             killed: AtomicBool::new(false),
             memory: AtomicUsize::new(0),
+            pending: AtomicUsize::new(0),
+            buffered: AtomicUsize::new(0),
             last_cmd: AtomicU16::new(u16::MAX),
             last_active: AtomicU64::new(self.seconds()),
             blocked: AtomicBool::new(false),
@@ -472,6 +514,14 @@ impl std::ops::Deref for Registration {
 }
 
 impl Registration {
+    /// Publishes how many replies the session waits for and how many bytes of
+    /// replies wait to be written (`PROXY CLIENTS`).
+    #[inline]
+    pub fn set_queue(&self, pending: usize, buffered: usize) {
+        self.client.pending.store(pending, Relaxed);
+        self.client.buffered.store(buffered, Relaxed);
+    }
+
     /// Publishes the bytes of the session's buffers; returns the total of every
     /// client's. A killed client publishes nothing more (its memory left the total
     /// when it was killed, or leaves it when its entry drops).

@@ -665,3 +665,94 @@ async fn proxy_slowlog_keeps_slow_batches_without_their_arguments() {
     assert_eq!(c.cmd(&[b"PROXY", b"SLOWLOG", b"RESET"]).await, b"+OK\r\n");
     assert_eq!(c.cmd(&[b"PROXY", b"SLOWLOG", b"LEN"]).await, b":0\r\n");
 }
+
+// ---------------------------------------------------------------------------------------
+// PROXY CLIENTS
+// ---------------------------------------------------------------------------------------
+
+/// `PROXY CLIENTS`: a line per client with the mode it is in and what the proxy
+/// holds for it (pending replies, bytes waiting to be written).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn proxy_clients_shows_each_clients_mode_and_buffers() {
+    let redis = RedisServer::start();
+    let proxy = start_proxy(proxy_config(&redis)).await;
+    let addr = proxy.local_addr();
+    let mut plain = AsyncRawClient::connect(addr).await;
+    assert_eq!(
+        plain.cmd(&[b"CLIENT", b"SETNAME", b"plain"]).await,
+        b"+OK\r\n"
+    );
+    let mut sub = AsyncRawClient::connect(addr).await;
+    assert_eq!(sub.cmd(&[b"CLIENT", b"SETNAME", b"sub"]).await, b"+OK\r\n");
+    sub.cmd(&[b"SUBSCRIBE", b"ch"]).await;
+    let mut tx = AsyncRawClient::connect(addr).await;
+    assert_eq!(tx.cmd(&[b"CLIENT", b"SETNAME", b"tx"]).await, b"+OK\r\n");
+    assert_eq!(tx.cmd(&[b"MULTI"]).await, b"+OK\r\n");
+    let mut blocked = AsyncRawClient::connect(addr).await;
+    assert_eq!(
+        blocked.cmd(&[b"CLIENT", b"SETNAME", b"blocked"]).await,
+        b"+OK\r\n"
+    );
+    blocked
+        .send(&support::resp_cmd(&[b"BLPOP", b"nothing", b"5"]))
+        .await;
+    // A slow reader: 64 KiB values, requested and never read.
+    let mut slow = AsyncRawClient::connect(addr).await;
+    assert_eq!(
+        slow.cmd(&[b"CLIENT", b"SETNAME", b"slow"]).await,
+        b"+OK\r\n"
+    );
+    assert_eq!(
+        slow.cmd(&[b"SET", b"big", &vec![b'v'; 64 * 1024]]).await,
+        b"+OK\r\n"
+    );
+    let get = support::resp_cmd(&[b"GET", b"big"]);
+    let many: Vec<u8> = get.iter().copied().cycle().take(get.len() * 2000).collect();
+    let write = tokio::io::AsyncWriteExt::write_all(slow.stream_mut(), &many);
+    let _ = tokio::time::timeout(Duration::from_secs(2), write).await;
+
+    let mut admin = AsyncRawClient::connect(addr).await;
+    let deadline = Instant::now() + Duration::from_secs(5);
+    let lines = loop {
+        let report = bulk_text(&admin.cmd(&[b"PROXY", b"CLIENTS"]).await);
+        let lines: HashMap<String, HashMap<String, String>> = report
+            .lines()
+            .map(|l| {
+                let f: HashMap<String, String> = l
+                    .split(' ')
+                    .filter_map(|kv| kv.split_once('='))
+                    .map(|(k, v)| (k.to_string(), v.to_string()))
+                    .collect();
+                (f.get("name").cloned().unwrap_or_default(), f)
+            })
+            .collect();
+        let ready = lines
+            .get("blocked")
+            .is_some_and(|f| f["mode"] == "blocking")
+            && lines
+                .get("slow")
+                .is_some_and(|f| f["buffered"].parse::<u64>().unwrap_or(0) > 0);
+        if ready || Instant::now() > deadline {
+            break lines;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    };
+    let mode = |name: &str| lines[name]["mode"].clone();
+    assert_eq!(lines.len(), 6, "{lines:?}");
+    assert_eq!(mode("plain"), "shared");
+    assert_eq!(mode("sub"), "subscribed");
+    assert_eq!(mode("tx"), "transaction");
+    assert_eq!(mode("blocked"), "blocking");
+    let slow_line = &lines["slow"];
+    // Replies wait for it, about client_reply_buffer (4 MiB) of them: backpressure
+    // stopped reading its requests there.
+    let buffered: u64 = slow_line["buffered"].parse().unwrap_or(0);
+    assert!((64 * 1024..8 << 20).contains(&buffered), "{slow_line:?}");
+    assert!(
+        slow_line["memory"].parse::<u64>().unwrap_or(0) >= buffered,
+        "{slow_line:?}"
+    );
+    assert_eq!(lines["plain"]["buffered"], "0");
+    assert_eq!(lines["plain"]["cmd"], "client|setname");
+    assert_eq!(lines["plain"]["db"], "0");
+}

@@ -269,7 +269,7 @@ fn proxy<L: ArgList + ?Sized>(state: &mut State, ctx: &Context, args: &L) -> Out
             }
             Some(_) => refuse_auth(state, ctx, "PROXY AUTH", "WRONGPASS invalid admin password"),
         },
-        b"INFO" | b"HEALTH" | b"STATS" if ctx.config.admin_only_info && !state.admin => err(
+        b"INFO" | b"HEALTH" | b"STATS" | b"CLIENTS" if ctx.config.admin_only_info && !state.admin => err(
             "NOPERM PROXY INFO, HEALTH and STATS need an admin session (admin_only_info is true): send PROXY AUTH <admin_password> first",
         ),
         b"SLOWLOG" if !state.admin && args.count() > 2 && args.arg(2).eq_ignore_ascii_case(b"RESET") => err(

@@ -266,6 +266,7 @@ impl Session {
         loop {
             self.take_ready();
             self.account(&inbuf);
+            self.client.set_queue(self.queue.len(), self.outbox.len());
             if self.done {
                 break;
             }
