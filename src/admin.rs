@@ -73,6 +73,15 @@ pub fn proxy<L: ArgList + ?Sized>(ctx: &Context, args: &L) -> Vec<u8> {
                 Err(_) => reply::error(&mut out, "ERR PROXY CIRCUIT <db> OPEN|CLOSE|AUTO"),
             }
         }
+        b"LOGLEVEL" if args.count() == 2 => {
+            reply::bulk(&mut out, crate::logging::current().as_bytes())
+        }
+        b"LOGLEVEL" if args.count() == 3 => {
+            match crate::logging::set(&String::from_utf8_lossy(args.arg(2))) {
+                Ok(()) => reply::simple(&mut out, "OK"),
+                Err(e) => reply::error(&mut out, &format!("ERR {e}")),
+            }
+        }
         b"CLIENTS" if args.count() == 2 => {
             let all = ctx.clients.select(&crate::clients::Filter::default());
             let text: String = all.iter().map(|c| c.proxy_line(&ctx.clients)).collect();
@@ -109,6 +118,8 @@ pub fn proxy<L: ArgList + ?Sized>(ctx: &Context, args: &L) -> Vec<u8> {
                 "    Make this session an admin (needed by RESETSTATS and CIRCUIT).",
                 "RESETSTATS",
                 "    Reset the per-command statistics (admin).",
+                "LOGLEVEL [filter]",
+                "    Show the log filter, or set it: a level (error, warn, info, debug, trace) or a RUST_LOG directive (admin to set).",
                 "CLIENTS",
                 "    One line per client: id, addr, name, db, age, idle, mode (shared, transaction, blocking, subscribed, private), pending replies, bytes buffered, memory, last command.",
                 "SLOWLOG GET [count] | LEN | RESET",

@@ -54,6 +54,7 @@
 //!   tls.rs       `tls` (upstream) and `client_tls`: files loaded and checked at load
 //!   error.rs     ConfigError (file, key path, line) and internal failures
 //! stats.rs       lock-free counters
+//! logging.rs     PROXY LOGLEVEL: the reloadable log filter the binary installs
 //! slowlog.rs     PROXY SLOWLOG: slow batches, newest first, no argument values
 //! limits.rs      RLIMIT_NOFILE vs max_clients (raised at start, or max_clients
 //!                lowered), local exhaustion vs upstream failure, warning throttle
@@ -73,6 +74,7 @@ pub mod command;
 pub mod config;
 pub mod context;
 pub mod limits;
+pub mod logging;
 pub mod metrics;
 pub mod protocol;
 pub mod resilience;

@@ -237,13 +237,32 @@ fn init_tracing(level: &str, json: bool) {
     // No ANSI colours unless stderr is a terminal (escape codes in files and
     // collected logs are noise, or worse).
     let ansi = std::io::IsTerminal::is_terminal(&std::io::stderr());
+    let current = filter.to_string();
     let builder = tracing_subscriber::fmt()
         .with_env_filter(filter)
         .with_ansi(ansi)
         .with_writer(std::io::stderr);
+    // PROXY LOGLEVEL changes the filter through the reload handle.
+    fn setter<L, S>(
+        handle: tracing_subscriber::reload::Handle<L, S>,
+    ) -> redis_sidecar::logging::Setter
+    where
+        L: From<EnvFilter> + Send + Sync + 'static,
+        S: 'static,
+    {
+        Box::new(move |directive: &str| {
+            let filter = EnvFilter::try_new(directive.to_ascii_lowercase())
+                .map_err(|e| format!("invalid log filter {directive:?}: {e}"))?;
+            handle.reload(filter).map_err(|e| e.to_string())
+        })
+    }
     if json {
-        builder.json().init();
+        let builder = builder.json().with_filter_reloading();
+        redis_sidecar::logging::install(setter(builder.reload_handle()), &current);
+        builder.init();
     } else {
+        let builder = builder.with_filter_reloading();
+        redis_sidecar::logging::install(setter(builder.reload_handle()), &current);
         builder.init();
     }
 }

@@ -687,3 +687,49 @@ fn sighup_is_logged_and_ignored_and_command_names_are_logged_escaped() {
         "an oversized log line"
     );
 }
+
+/// `PROXY LOGLEVEL`: shows the filter in force; an admin session changes it at run
+/// time (debug lines appear, then info lines stop); a bad filter changes nothing.
+#[test]
+fn the_log_level_changes_at_run_time() {
+    let redis = RedisServer::start();
+    let mut yaml = support::databases_yaml("127.0.0.1", redis.port());
+    yaml.push_str("admin_password: loglevel-admin\n");
+    let proxy = BinaryProxy::start_with(&yaml, &[], &[]);
+    let wait_for = |needle: &str| {
+        let deadline = Instant::now() + Duration::from_secs(5);
+        while !proxy.log().contains(needle) {
+            assert!(Instant::now() < deadline, "no {needle:?} in the log:\n{}", proxy.log());
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    };
+    let mut c = proxy.client();
+    assert_eq!(c.cmd(&[b"PROXY", b"LOGLEVEL"]), b"$4\r\ninfo\r\n");
+    assert!(c.cmd(&[b"PROXY", b"LOGLEVEL", b"debug"]).starts_with(b"-NOPERM"));
+    assert_eq!(c.cmd(&[b"PROXY", b"AUTH", b"loglevel-admin"]), b"+OK\r\n");
+    assert!(c
+        .cmd(&[b"PROXY", b"LOGLEVEL", b"a=b=c"])
+        .starts_with(b"-ERR invalid log filter"));
+    assert!(!proxy.log().contains("shared upstream connection open"));
+
+    // debug: the shared connection's debug line appears.
+    assert_eq!(c.cmd(&[b"PROXY", b"LOGLEVEL", b"debug"]), b"+OK\r\n");
+    assert_eq!(c.cmd(&[b"PROXY", b"LOGLEVEL"]), b"$5\r\ndebug\r\n");
+    assert_eq!(c.cmd(&[b"SET", b"k", b"v"]), b"+OK\r\n");
+    wait_for("shared upstream connection open");
+
+    // warn: an info line (a protocol error) is no longer written.
+    assert_eq!(c.cmd(&[b"PROXY", b"LOGLEVEL", b"warn"]), b"+OK\r\n");
+    let mut bad = proxy.client();
+    bad.send(b"*abc\r\n");
+    let _ = bad.read_until_closed();
+    // A warning after it, to know the log has caught up.
+    assert_eq!(c.cmd(&[b"PROXY", b"LOGLEVEL", b"warn"]), b"+OK\r\n");
+    wait_for("filter=\"warn\"");
+    let log = proxy.log();
+    let last = log.rfind("filter=\"warn\"").unwrap_or(0);
+    assert!(
+        !log[..last].contains("closing client after protocol error"),
+        "an info line was written at warn:\n{log}"
+    );
+}

@@ -278,6 +278,9 @@ fn proxy<L: ArgList + ?Sized>(state: &mut State, ctx: &Context, args: &L) -> Out
         b"SLOWLOG" if ctx.config.admin_only_info && !state.admin => err(
             "NOPERM PROXY SLOWLOG needs an admin session (admin_only_info is true): send PROXY AUTH <admin_password> first",
         ),
+        b"LOGLEVEL" if !state.admin && args.count() > 2 => err(
+            "NOPERM PROXY LOGLEVEL <filter> needs an admin session: set admin_password and send PROXY AUTH <admin_password> first",
+        ),
         b"CIRCUIT" | b"RESETSTATS" if !state.admin => err(
             "NOPERM PROXY CIRCUIT and PROXY RESETSTATS need an admin session: set admin_password and send PROXY AUTH <admin_password> first",
         ),
