@@ -118,6 +118,8 @@ pub fn proxy<L: ArgList + ?Sized>(ctx: &Context, args: &L) -> Vec<u8> {
                 "    Make this session an admin (needed by RESETSTATS and CIRCUIT).",
                 "RESETSTATS",
                 "    Reset the per-command statistics (admin).",
+                "CHECK [JSON] [READONLY]",
+                "    Migration readiness of every database, as `redis-sidecar check` reports it (READONLY: no write test).",
                 "LOGLEVEL [filter]",
                 "    Show the log filter, or set it: a level (error, warn, info, debug, trace) or a RUST_LOG directive (admin to set).",
                 "CLIENTS",

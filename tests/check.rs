@@ -148,3 +148,39 @@ fn each_problem_is_named_with_what_to_fix() {
         "{backup}"
     );
 }
+
+/// `PROXY CHECK`: the same report, live, in its place among the client's replies.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn proxy_check_reports_live_in_order() {
+    let redis = RedisServer::start();
+    let proxy = support::start_proxy(support::proxy_config(&redis)).await;
+    let mut c = support::AsyncRawClient::connect(proxy.local_addr()).await;
+    let mut pipeline = support::resp_cmd(&[b"PING"]);
+    pipeline.extend(support::resp_cmd(&[b"PROXY", b"CHECK"]));
+    pipeline.extend(support::resp_cmd(&[b"ECHO", b"after"]));
+    c.send(&pipeline).await;
+    let replies = c.read_replies(3).await;
+    assert_eq!(replies[0], b"+PONG\r\n");
+    let report = String::from_utf8_lossy(&support::bulk_payload(&replies[1])).into_owned();
+    assert!(
+        report.contains("migration_ready: yes (11 databases)"),
+        "{report}"
+    );
+    assert!(row(&report, "main").contains(" ready "), "{report}");
+    assert_eq!(replies[2], b"$5\r\nafter\r\n");
+
+    let json = c.cmd(&[b"PROXY", b"CHECK", b"JSON", b"READONLY"]).await;
+    let json = String::from_utf8_lossy(&support::bulk_payload(&json)).into_owned();
+    assert!(
+        json.starts_with("{\"migration_ready\":true,\"read_only\":true,"),
+        "{json}"
+    );
+    assert_eq!(json.matches("\"writable\":null").count(), 11, "{json}");
+
+    // A database that cannot be reached makes it say so.
+    drop(redis);
+    let report = c.cmd(&[b"PROXY", b"CHECK"]).await;
+    let report = String::from_utf8_lossy(&support::bulk_payload(&report)).into_owned();
+    assert!(report.contains("migration_ready: no, "), "{report}");
+    assert!(report.contains("check host/port"), "{report}");
+}

@@ -699,13 +699,19 @@ fn the_log_level_changes_at_run_time() {
     let wait_for = |needle: &str| {
         let deadline = Instant::now() + Duration::from_secs(5);
         while !proxy.log().contains(needle) {
-            assert!(Instant::now() < deadline, "no {needle:?} in the log:\n{}", proxy.log());
+            assert!(
+                Instant::now() < deadline,
+                "no {needle:?} in the log:\n{}",
+                proxy.log()
+            );
             std::thread::sleep(Duration::from_millis(20));
         }
     };
     let mut c = proxy.client();
     assert_eq!(c.cmd(&[b"PROXY", b"LOGLEVEL"]), b"$4\r\ninfo\r\n");
-    assert!(c.cmd(&[b"PROXY", b"LOGLEVEL", b"debug"]).starts_with(b"-NOPERM"));
+    assert!(c
+        .cmd(&[b"PROXY", b"LOGLEVEL", b"debug"])
+        .starts_with(b"-NOPERM"));
     assert_eq!(c.cmd(&[b"PROXY", b"AUTH", b"loglevel-admin"]), b"+OK\r\n");
     assert!(c
         .cmd(&[b"PROXY", b"LOGLEVEL", b"a=b=c"])

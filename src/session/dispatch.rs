@@ -721,6 +721,12 @@ impl Session {
         self.publish();
         match outcome {
             local::Outcome::Reply(r) => self.push_reply(r),
+            local::Outcome::Later(rx) => {
+                stats::add(&self.ctx.stats.local_commands, 1);
+                if !self.reply_off && !std::mem::take(&mut self.skip_next) {
+                    self.queue.push_back(Pending::Later(rx));
+                }
+            }
             local::Outcome::ForwardTo(db, encoded) => {
                 // CLIENT UNBLOCK: on the other database's shared connection.
                 let out = Outgoing::one(Bytes::from(encoded), Target::Shared, cmd.index(), false);

@@ -23,6 +23,8 @@ pub(super) enum Outcome {
     ForwardTo(Arc<Database>, Vec<u8>),
     /// Write this reply, then close the connection.
     Close(Vec<u8>),
+    /// Write this reply once it is produced (its place in the order is kept).
+    Later(tokio::sync::oneshot::Receiver<bytes::Bytes>),
 }
 
 fn err(text: &str) -> Outcome {
@@ -278,6 +280,10 @@ fn proxy<L: ArgList + ?Sized>(state: &mut State, ctx: &Context, args: &L) -> Out
         b"SLOWLOG" if ctx.config.admin_only_info && !state.admin => err(
             "NOPERM PROXY SLOWLOG needs an admin session (admin_only_info is true): send PROXY AUTH <admin_password> first",
         ),
+        b"CHECK" if ctx.config.admin_only_info && !state.admin => err(
+            "NOPERM PROXY CHECK needs an admin session (admin_only_info is true): send PROXY AUTH <admin_password> first",
+        ),
+        b"CHECK" => proxy_check(ctx, args),
         b"LOGLEVEL" if !state.admin && args.count() > 2 => err(
             "NOPERM PROXY LOGLEVEL <filter> needs an admin session: set admin_password and send PROXY AUTH <admin_password> first",
         ),
@@ -286,6 +292,51 @@ fn proxy<L: ArgList + ?Sized>(state: &mut State, ctx: &Context, args: &L) -> Out
         ),
         _ => Outcome::Reply(admin::proxy(ctx, args)),
     }
+}
+
+/// Checks that run now (`PROXY CHECK`): one at a time, proxy-wide, since each
+/// opens a connection per database.
+static CHECK_RUNNING: std::sync::atomic::AtomicBool = std::sync::atomic::AtomicBool::new(false);
+
+/// `PROXY CHECK [JSON] [READONLY]`: the report of `redis-sidecar check`, live.
+fn proxy_check<L: ArgList + ?Sized>(ctx: &Context, args: &L) -> Outcome {
+    use std::sync::atomic::Ordering::{Acquire, Release};
+    let (mut json, mut read_only) = (false, false);
+    for i in 2..args.count() {
+        let mut buf = [0u8; 32];
+        match upper(args.arg(i), &mut buf).unwrap_or(b"") {
+            b"JSON" => json = true,
+            b"READONLY" => read_only = true,
+            _ => return err("ERR PROXY CHECK [JSON] [READONLY]"),
+        }
+    }
+    if CHECK_RUNNING.swap(true, Acquire) {
+        return err("ERR a PROXY CHECK is already running; try again when it is done");
+    }
+    let config = ctx.config.clone();
+    let (tx, rx) = tokio::sync::oneshot::channel();
+    tokio::spawn(async move {
+        // Another check may start once this one ends, however it ends.
+        struct Running;
+        impl Drop for Running {
+            fn drop(&mut self) {
+                CHECK_RUNNING.store(false, Release);
+            }
+        }
+        let running = Running;
+        let opts = crate::check::CheckOptions { read_only };
+        let report = crate::check::run(&config, opts).await;
+        drop(running);
+        let text = if json {
+            report.render_json()
+        } else {
+            report.render_text()
+        };
+        let mut out = Vec::new();
+        reply::bulk(&mut out, text.as_bytes());
+        let _ = tx.send(bytes::Bytes::from(out));
+    });
+    Outcome::Later(rx)
 }
 
 /// Failed AUTH attempts after which a connection is closed.

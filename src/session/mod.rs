@@ -67,6 +67,8 @@ use queue::{Outbox, Pending};
 enum Front {
     Answer(Option<crate::upstream::mux::Answer>),
     Part(Option<crate::upstream::mux::BatchReply>),
+    /// A reply the proxy produced later (`PROXY CHECK`).
+    Local(bytes::Bytes),
     Nothing,
 }
 
@@ -312,7 +314,7 @@ impl Session {
             // (A `Close` at the front waits for the outbox to drain.)
             let awaits_front = matches!(
                 queue.front(),
-                Some(Pending::Upstream(_) | Pending::Parts { .. })
+                Some(Pending::Upstream(_) | Pending::Parts { .. } | Pending::Later(_))
             );
             let outbox = &self.outbox;
             let want_write = !outbox.is_empty();
@@ -340,10 +342,20 @@ impl Session {
                         Pin::new(&mut sent.rx).poll(cx).map(|r| Front::Answer(r.ok()))
                     }
                     Some(Pending::Parts { rx, .. }) => rx.poll_recv(cx).map(Front::Part),
+                    Some(Pending::Later(rx)) => Pin::new(rx).poll(cx).map(|r| {
+                        Front::Local(r.unwrap_or_else(|_| {
+                            bytes::Bytes::from_static(b"-ERR the proxy could not produce this reply\r\n")
+                        }))
+                    }),
                     _ => Poll::Ready(Front::Nothing),
                 }), if awaits_front => match ev {
                     Front::Answer(r) => self.settle_front(r),
                     Front::Part(p) => self.on_part(p),
+                    Front::Local(b) => {
+                        if let Some(front) = self.queue.front_mut() {
+                            *front = Pending::Ready(b);
+                        }
+                    }
                     Front::Nothing => {}
                 },
                 _ = &mut evicted => {

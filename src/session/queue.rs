@@ -41,6 +41,8 @@ pub(super) enum Pending {
         flight: Flight,
         bytes: usize,
     },
+    /// A reply the proxy is still producing (`PROXY CHECK`), in its place.
+    Later(oneshot::Receiver<Bytes>),
     /// Close the connection once everything before this is written.
     Close,
 }
@@ -185,6 +187,13 @@ impl Session {
                     self.settle_front(r);
                     continue;
                 }
+                Pending::Later(rx) => match rx.try_recv() {
+                    Ok(b) => b,
+                    Err(oneshot::error::TryRecvError::Empty) => break,
+                    Err(oneshot::error::TryRecvError::Closed) => {
+                        Bytes::from_static(b"-ERR the proxy could not produce this reply\r\n")
+                    }
+                },
                 Pending::Parts { rx, .. } => {
                     let part = match rx.try_recv() {
                         Ok(p) => Some(p),
