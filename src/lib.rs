@@ -21,7 +21,11 @@
 //!   pubsub.rs    subscribed sessions: streaming, counts, barrier
 //!   tracking.rs  CLIENT TRACKING: the tracking connection, pushes, REDIRECT ids
 //!   local.rs     commands the proxy answers itself (SELECT, AUTH, HELLO, CLIENT …)
-//! admin.rs       PROXY INFO / HEALTH / STATS / RESETSTATS / CIRCUIT
+//! admin.rs       PROXY INFO / HEALTH / STATS / CLIENTS / SLOWLOG / LOGLEVEL /
+//!                RESETSTATS / CIRCUIT
+//! check.rs       `redis-sidecar check` and PROXY CHECK: migration readiness of
+//!                every database, on connections of its own
+//! acl.rs         `redis-sidecar acl`: the ACL SETUSER line matching deny_commands
 //! metrics.rs     Prometheus /metrics (read from the same counters at scrape time);
 //!                the HTTP responder on metrics_listen, which also serves status/
 //! status/        the live status page (GET /, /status.json); mod.rs: the sampler
@@ -32,6 +36,9 @@
 //! context.rs     what sessions share: config, router, client table, counters
 //! clients.rs     the table of client sessions (CLIENT LIST / KILL / UNBLOCK,
 //!                TRACKING REDIRECT targets)
+//! slowlog.rs     PROXY SLOWLOG: slow batches, newest first, no argument values
+//! limits.rs      RLIMIT_NOFILE vs max_clients (raised at start, or max_clients
+//!                lowered), local exhaustion vs upstream failure, warning throttle
 //! router.rs      client db index -> Database (slots, pools, breaker, health, stats)
 //! resilience/    breaker, backoff, per-command latency stats (no I/O)
 //! upstream/      connection setup (TCP, TLS, AUTH/HELLO/SELECT), shared multiplexed slots
@@ -55,11 +62,6 @@
 //!   error.rs     ConfigError (file, key path, line) and internal failures
 //! stats.rs       lock-free counters
 //! logging.rs     PROXY LOGLEVEL: the reloadable log filter the binary installs
-//! slowlog.rs     PROXY SLOWLOG: slow batches, newest first, no argument values
-//! limits.rs      RLIMIT_NOFILE vs max_clients (raised at start, or max_clients
-//!                lowered), local exhaustion vs upstream failure, warning throttle
-//! acl.rs         `redis-sidecar acl`: the ACL SETUSER line matching deny_commands
-//! check.rs       `redis-sidecar check`: migration readiness of every database
 //! tls.rs         rustls configurations from PEM files (client listener, reloaded
 //!                when the files change; upstream connections)
 //! transport.rs   Stream: plain TCP or TLS, for sessions and upstream connections
