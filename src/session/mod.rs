@@ -343,9 +343,7 @@ impl Session {
                     }
                     Some(Pending::Parts { rx, .. }) => rx.poll_recv(cx).map(Front::Part),
                     Some(Pending::Later(rx)) => Pin::new(rx).poll(cx).map(|r| {
-                        Front::Local(r.unwrap_or_else(|_| {
-                            bytes::Bytes::from_static(b"-ERR the proxy could not produce this reply\r\n")
-                        }))
+                        Front::Local(r.unwrap_or_else(|_| bytes::Bytes::from_static(queue::NO_LOCAL_REPLY)))
                     }),
                     _ => Poll::Ready(Front::Nothing),
                 }), if awaits_front => match ev {

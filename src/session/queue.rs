@@ -41,11 +41,15 @@ pub(super) enum Pending {
         flight: Flight,
         bytes: usize,
     },
-    /// A reply the proxy is still producing (`PROXY CHECK`), in its place.
+    /// A reply the proxy is still producing (`PROXY CHECK`), in its place; if
+    /// its producer goes away, the client reads [`NO_LOCAL_REPLY`].
     Later(oneshot::Receiver<Bytes>),
     /// Close the connection once everything before this is written.
     Close,
 }
+
+/// The reply to a `Pending::Later` whose producer went away without one.
+pub(super) const NO_LOCAL_REPLY: &[u8] = b"-ERR the proxy could not produce this reply\r\n";
 
 /// A batch sent upstream, waiting for its answer (retries happen in the shared
 /// slot, which keeps the session's batches in order; see `upstream::mux`).
@@ -190,9 +194,7 @@ impl Session {
                 Pending::Later(rx) => match rx.try_recv() {
                     Ok(b) => b,
                     Err(oneshot::error::TryRecvError::Empty) => break,
-                    Err(oneshot::error::TryRecvError::Closed) => {
-                        Bytes::from_static(b"-ERR the proxy could not produce this reply\r\n")
-                    }
+                    Err(oneshot::error::TryRecvError::Closed) => Bytes::from_static(NO_LOCAL_REPLY),
                 },
                 Pending::Parts { rx, .. } => {
                     let part = match rx.try_recv() {

@@ -270,8 +270,8 @@ pub fn read(ctx: &Context, history: &History) -> Status {
     }
 }
 
-/// A JSON string literal.
-fn json_str(out: &mut String, s: &str) {
+/// A JSON string literal (also used by `check`'s JSON report).
+pub(crate) fn json_str(out: &mut String, s: &str) {
     out.push('"');
     for c in s.chars() {
         match c {
