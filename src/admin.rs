@@ -12,7 +12,7 @@ use std::sync::atomic::Ordering::Relaxed;
 use std::sync::Arc;
 
 use crate::command::{command_name, upper, ArgList};
-use crate::context::Context;
+use crate::context::View;
 use crate::protocol::reply;
 use crate::protocol::request::parse_int;
 use crate::resilience::{CommandStats, Override, State};
@@ -26,7 +26,7 @@ pub const GIT_COMMIT: &str = env!("REDIS_SIDECAR_BUILD_COMMIT");
 pub const SECTIONS: &[&str] = &["server", "clients", "databases", "circuits", "stats"];
 
 /// Answers a `PROXY` command (`args.arg(0)` is `PROXY`). Returns the encoded reply.
-pub fn proxy<L: ArgList + ?Sized>(ctx: &Context, args: &L) -> Vec<u8> {
+pub fn proxy<L: ArgList + ?Sized>(ctx: &View<'_>, args: &L) -> Vec<u8> {
     let mut out = Vec::new();
     let mut buf = [0u8; 32];
     let sub = upper(args.arg(1), &mut buf).unwrap_or(b"");
@@ -157,7 +157,7 @@ fn unknown_db(name: &[u8]) -> Vec<u8> {
 }
 
 /// A database by client-facing index or by name (or alias).
-fn find_db<'a>(ctx: &'a Context, key: &[u8]) -> Option<&'a Arc<Database>> {
+fn find_db<'a>(ctx: &View<'a>, key: &[u8]) -> Option<&'a Arc<Database>> {
     if let Some(i) = parse_int(key) {
         return ctx.router.get(i);
     }
@@ -181,7 +181,7 @@ fn field(text: &str) -> String {
 }
 
 /// `PROXY HEALTH`: overall health and one line per database.
-pub fn health(ctx: &Context) -> String {
+pub fn health(ctx: &View<'_>) -> String {
     let dbs = ctx.router.databases();
     let healthy = |d: &Database| d.health.healthy.load(Relaxed) && d.breaker.state() != State::Open;
     let overall = dbs.iter().all(|d| healthy(d));
@@ -256,7 +256,7 @@ fn limit(l: Option<u64>) -> String {
 }
 
 /// Renders the INFO text for the given sections (CRLF line endings, like Redis).
-pub fn info(ctx: &Context, sections: &[&str]) -> String {
+pub fn info(ctx: &View<'_>, sections: &[&str]) -> String {
     let mut s = String::new();
     let st = &ctx.stats;
     for (n, section) in sections.iter().enumerate() {
@@ -268,18 +268,23 @@ pub fn info(ctx: &Context, sections: &[&str]) -> String {
                 let up = st.started.elapsed().as_secs();
                 let _ = write!(
                     s,
-                    "# Server\r\nproxy_version:{}\r\ngit_commit:{}\r\nprocess_id:{}\r\nuptime_in_seconds:{}\r\nuptime_in_days:{}\r\nlisten_address:{}\r\nconfig_file:{}\r\n",
+                    "# Server\r\nproxy_version:{}\r\ngit_commit:{}\r\nprocess_id:{}\r\nuptime_in_seconds:{}\r\nuptime_in_days:{}\r\nlisten_address:{}\r\nconfig_file:{}\r\nconfig_loaded_at:{}\r\nconfig_generation:{}\r\nconfig_reloads:{}\r\nconfig_reload_failures:{}\r\nconfig_hash:{}\r\n",
                     env!("CARGO_PKG_VERSION"),
                     GIT_COMMIT,
                     std::process::id(),
                     up,
                     up / 86400,
-                    ctx.local_addr,
+                    ctx.local_addr(),
                     ctx.config
                         .source
                         .as_ref()
                         .map(|p| p.display().to_string())
                         .unwrap_or_default(),
+                    ctx.live.loaded_at,
+                    ctx.live.generation,
+                    get(&st.config_reloads),
+                    get(&st.config_reload_failures),
+                    ctx.live.hash,
                 );
             }
             "clients" => {
@@ -305,7 +310,7 @@ pub fn info(ctx: &Context, sections: &[&str]) -> String {
                 for db in ctx.router.databases() {
                     let c = &db.config;
                     let u = &c.upstream;
-                    let pool = db.pool.state();
+                    let pool = db.pool(false).state();
                     let _ = write!(
                         s,
                         "db{}:name={},aliases={},upstream={},upstream_db={},shared_connections={},shared_open={},pool_size={},pool_open={},pool_idle={},in_flight={},commands={},errors={},upstream_failures={},connects={},connect_failures={}\r\n",

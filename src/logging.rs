@@ -31,11 +31,16 @@ pub fn current() -> String {
 
 /// Changes the filter: a level (`error` … `trace`) or any `RUST_LOG` directive.
 pub fn set(filter: &str) -> Result<(), String> {
+    apply(filter, "PROXY LOGLEVEL")
+}
+
+/// [`set`], saying what changed it (`PROXY LOGLEVEL`, a configuration reload).
+pub fn apply(filter: &str, by: &str) -> Result<(), String> {
     let setter = SETTER
         .get()
         .ok_or_else(|| "the log level cannot be changed in this process".to_string())?;
     setter(filter)?;
     remember(filter);
-    tracing::warn!(filter, "log level changed by PROXY LOGLEVEL");
+    tracing::warn!(filter, "log level changed by {by}");
     Ok(())
 }

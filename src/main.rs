@@ -168,28 +168,31 @@ fn main() -> ExitCode {
         Ok(c) => c,
         Err(code) => return code,
     };
-    if let Some(listen) = args.listen {
-        config.listen = listen;
-        config.plain_listener = true;
-    }
-    if args.no_protected_mode {
-        config.protected_mode = false;
-    }
-    if let Some(m) = &args.metrics_listen {
-        config.metrics_listen = if m == "off" {
-            None
-        } else {
-            match m.parse() {
-                Ok(a) => Some(a),
-                Err(_) => {
-                    eprintln!(
-                        "redis-sidecar: --metrics-listen: invalid address {m:?} (IP:port or off)"
-                    );
-                    return ExitCode::from(2);
-                }
+    let metrics = match args.metrics_listen.as_deref() {
+        None => None,
+        Some("off") => Some(None),
+        Some(m) => match m.parse() {
+            Ok(a) => Some(Some(a)),
+            Err(_) => {
+                eprintln!(
+                    "redis-sidecar: --metrics-listen: invalid address {m:?} (IP:port or off)"
+                );
+                return ExitCode::from(2);
             }
-        };
-    }
+        },
+    };
+    let overrides = Overrides {
+        listen: args.listen,
+        metrics,
+        no_protected_mode: args.no_protected_mode,
+        // --log-level (and RUST_LOG, which wins over both) keep the level a
+        // reload would otherwise take from the file.
+        log_level: args
+            .log_level
+            .clone()
+            .or_else(|| std::env::var_os("RUST_LOG").map(|_| config.log_level.clone())),
+    };
+    overrides.apply(&mut config);
     if args.check_config {
         print!("{}", config.render_masked());
         return ExitCode::SUCCESS;
@@ -222,7 +225,15 @@ fn main() -> ExitCode {
                 return ExitCode::FAILURE;
             }
         };
-        wait_for_signal().await;
+        // SIGHUP and PROXY RELOAD read the file again, with the environment's
+        // and the command line's overrides.
+        let path = args.config.clone();
+        proxy.set_reload_source(Box::new(move || {
+            let mut config = Config::load(&path).map_err(|e| e.to_string())?;
+            overrides.apply(&mut config);
+            Ok(config)
+        }));
+        wait_for_signal(&proxy).await;
         tracing::info!("signal received, shutting down");
         proxy.shutdown().await;
         ExitCode::SUCCESS
@@ -267,7 +278,35 @@ fn init_tracing(level: &str, json: bool) {
     }
 }
 
-async fn wait_for_signal() {
+/// The command line's overrides of the file, applied at start and on every reload.
+struct Overrides {
+    listen: Option<std::net::SocketAddr>,
+    metrics: Option<Option<std::net::SocketAddr>>,
+    no_protected_mode: bool,
+    log_level: Option<String>,
+}
+
+impl Overrides {
+    fn apply(&self, config: &mut Config) {
+        if let Some(listen) = self.listen {
+            config.listen = listen;
+            config.plain_listener = true;
+        }
+        if self.no_protected_mode {
+            config.protected_mode = false;
+        }
+        if let Some(m) = self.metrics {
+            config.metrics_listen = m;
+        }
+        if let Some(level) = &self.log_level {
+            level.clone_into(&mut config.log_level);
+        }
+    }
+}
+
+/// Returns on SIGTERM or Ctrl-C; SIGHUP reloads the configuration (a bad file
+/// is logged and changes nothing).
+async fn wait_for_signal(proxy: &Proxy) {
     #[cfg(unix)]
     {
         use tokio::signal::unix::{signal, SignalKind};
@@ -276,12 +315,14 @@ async fn wait_for_signal() {
             signal(SignalKind::hangup()),
         ) {
             (Ok(mut term), Ok(mut hup)) => loop {
-                // SIGHUP (logrotate, a closed terminal) must not kill the proxy:
-                // until configuration reload exists, it is logged and ignored.
                 tokio::select! {
                     _ = term.recv() => return,
                     _ = tokio::signal::ctrl_c() => return,
-                    _ = hup.recv() => tracing::warn!("SIGHUP received: configuration reload is not supported yet; ignored"),
+                    _ = hup.recv() => {
+                        tracing::info!("SIGHUP received: reloading the configuration");
+                        // The outcome is logged and counted by the reload itself.
+                        let _ = proxy.reload().await;
+                    }
                 }
             },
             _ => {
@@ -291,6 +332,7 @@ async fn wait_for_signal() {
     }
     #[cfg(not(unix))]
     {
+        let _ = proxy;
         let _ = tokio::signal::ctrl_c().await;
     }
 }

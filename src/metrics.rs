@@ -32,6 +32,9 @@
 //! | `health_probe_latency_seconds` | gauge | `db` |
 //! | `upstream_connections` | gauge | `db`, `kind` = shared / pool |
 //! | `upstream_connect_failures` | counter | `db` |
+//! | `config_reloads` | counter | |
+//! | `config_reload_failures` | counter | |
+//! | `config_loaded_timestamp_seconds` | gauge | |
 //!
 //! `command` is the lower-case command name (`config_get` for subcommands, `all`
 //! for the aggregate, `other` for commands not in the table).
@@ -115,6 +118,27 @@ impl Collector for ProxyCollector {
         )?;
         family(
             &mut encoder,
+            "redis_sidecar_config_reloads",
+            "Configuration reloads applied (SIGHUP, PROXY RELOAD)",
+            MetricType::Counter,
+            vec![(none(), counter(get(&st.config_reloads)))],
+        )?;
+        family(
+            &mut encoder,
+            "redis_sidecar_config_reload_failures",
+            "Configuration reloads refused (nothing changed)",
+            MetricType::Counter,
+            vec![(none(), counter(get(&st.config_reload_failures)))],
+        )?;
+        family(
+            &mut encoder,
+            "redis_sidecar_config_loaded_timestamp_seconds",
+            "When the configuration in force was loaded (Unix time)",
+            MetricType::Gauge,
+            vec![(none(), gauge(ctx.live().loaded_at as f64))],
+        )?;
+        family(
+            &mut encoder,
             "redis_sidecar_protocol_errors",
             "Malformed client requests",
             MetricType::Counter,
@@ -151,7 +175,8 @@ impl Collector for ProxyCollector {
             vec![(none(), gauge(ctx.clients.memory() as f64))],
         )?;
 
-        let dbs = ctx.router.databases();
+        let live = ctx.live();
+        let dbs = live.router.databases();
         // Per (db, command): the aggregate plus every command used so far.
         let mut per_cmd: Vec<(String, String, &CommandStats)> = Vec::new();
         for db in dbs {
@@ -257,7 +282,7 @@ impl Collector for ProxyCollector {
                 one(name),
                 gauge(db.health.last_latency_us.load(Relaxed) as f64 / 1e6),
             ));
-            let pool = db.pool.state();
+            let pool = db.pool(false).state();
             let mut shared = one(name);
             shared.push(("kind", "shared".into()));
             conns.push((shared, gauge(get(&db.stats.mux_connected) as f64)));

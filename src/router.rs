@@ -5,7 +5,7 @@ use std::sync::Arc;
 use tokio_util::sync::CancellationToken;
 
 use crate::command::table;
-use crate::config::{Config, DatabaseConfig};
+use crate::config::{Config, DatabaseConfig, UpstreamConfig};
 use crate::resilience::{Backoff, Breaker, BreakerConfig, Policy, StatsTable};
 use crate::stats::DbStats;
 use crate::upstream::dedicated::{self, Pool};
@@ -14,48 +14,240 @@ use crate::upstream::mux::MuxHandle;
 use crate::upstream::Observer;
 
 /// One client-facing database and its shared upstream connections.
+///
+/// A configuration reload builds a new `Database` for every database whose
+/// settings changed; one that reaches the same upstream ([`UpstreamConfig::same_endpoint`])
+/// keeps its statistics, breaker (with the new thresholds) and health state, and its
+/// connections too when none of their settings changed. Sessions move to the new
+/// one at their next batch; the old one's connections close when the last session
+/// and in-flight command let go of it.
 #[derive(Debug)]
 pub struct Database {
     /// Its configuration.
     pub config: DatabaseConfig,
     /// Its counters.
     pub stats: Arc<DbStats>,
-    /// Pool of exclusive connections (transactions, blocking commands).
-    pub pool: Pool,
-    /// The same for RESP3 sessions.
-    pub pool3: Pool,
     /// Circuit breaker, fed by every upstream outcome and the health probe.
     pub breaker: Arc<Breaker>,
     /// What the health probe last found.
     pub health: Arc<HealthState>,
     /// Per-command statistics, indexed by the command table's index (unknown
     /// commands share the last slot).
-    pub commands: StatsTable,
+    pub commands: Arc<StatsTable>,
     /// Refused commands, by command-table index (`deny_commands`).
     denied: Vec<bool>,
     /// `deny_commands` names `proxy`: the proxy's own admin command is refused.
     denies_proxy: bool,
+    /// Removed from the configuration by a reload (see [`Database::removed`]).
+    removed: bool,
+    /// Its upstream connections and health probe.
+    conns: Arc<Conns>,
+}
+
+/// A database's upstream connections: the shared (multiplexed) slots, the pools of
+/// exclusive connections, and the health probe, which stops when this is dropped
+/// (then the slots' tasks end too, once their last batch is answered).
+#[derive(Debug)]
+struct Conns {
     /// Shared (multiplexed) connection slots.
     slots: Vec<MuxHandle>,
     /// The same, speaking RESP3 (for sessions that sent `HELLO 3`).
     slots3: Vec<MuxHandle>,
+    /// Pool of exclusive connections (transactions, blocking commands).
+    pool: Pool,
+    /// The same for RESP3 sessions.
+    pool3: Pool,
+    /// Stops the health probe.
+    _probe: StopOnDrop,
+}
+
+/// Cancels its token when dropped.
+#[derive(Debug)]
+struct StopOnDrop(CancellationToken);
+
+impl Drop for StopOnDrop {
+    fn drop(&mut self) {
+        self.0.cancel();
+    }
+}
+
+/// What a database's connections are made with, besides its identity.
+struct Shared<'a> {
+    stats: &'a Arc<DbStats>,
+    breaker: &'a Arc<Breaker>,
+    health: &'a Arc<HealthState>,
+}
+
+impl Conns {
+    /// Starts the shared slots (they connect lazily), the pools and the probe.
+    fn start(db: &DatabaseConfig, with: Shared<'_>, shutdown: &CancellationToken) -> Conns {
+        let upstream = Arc::new(db.upstream.clone());
+        let observer: Arc<dyn Observer> = Arc::new(Policy {
+            breaker: with.breaker.clone(),
+            backoff: Backoff::from(&db.upstream.resilience),
+        });
+        let spawn = |resp3| -> Vec<MuxHandle> {
+            (0..db.upstream.mux_connections.max(1))
+                .map(|_| {
+                    MuxHandle::spawn(
+                        upstream.clone(),
+                        with.stats.clone(),
+                        observer.clone(),
+                        resp3,
+                    )
+                })
+                .collect()
+        };
+        let (slots, slots3) = (spawn(false), spawn(true));
+        let probe = shutdown.child_token();
+        health::spawn(
+            upstream.clone(),
+            with.health.clone(),
+            observer,
+            // RESP3 slots stay lazy: most deployments never use them.
+            slots.clone(),
+            probe.clone(),
+        );
+        Conns {
+            pool: dedicated::pool(&db.upstream, false),
+            pool3: dedicated::pool(&db.upstream, true),
+            slots,
+            slots3,
+            _probe: StopOnDrop(probe),
+        }
+    }
+}
+
+/// Whether connections opened for `a` serve `b` as they are: the same endpoint,
+/// and the same pool, slot count, timeouts, retries and probe interval (the
+/// breaker's thresholds change in place, `deny_commands` is the session's check).
+fn same_connections(a: &UpstreamConfig, b: &UpstreamConfig) -> bool {
+    let (ra, rb) = (&a.resilience, &b.resilience);
+    a.same_endpoint(b)
+        && a.pool_size == b.pool_size
+        && a.mux_connections == b.mux_connections
+        && a.connect_timeout == b.connect_timeout
+        && a.command_timeout == b.command_timeout
+        && ra.retry_attempts == rb.retry_attempts
+        && ra.retry_base_delay == rb.retry_base_delay
+        && ra.retry_max_delay == rb.retry_max_delay
+        && ra.health_check_interval == rb.health_check_interval
+}
+
+/// Whether a reload leaves this database exactly as it is (same `Arc`).
+fn unchanged(a: &DatabaseConfig, b: &DatabaseConfig) -> bool {
+    a.index == b.index
+        && a.names == b.names
+        && a.description == b.description
+        && a.upstream.database == b.upstream.database
+        && a.upstream.deny_commands == b.upstream.deny_commands
+        && a.upstream.resilience == b.upstream.resilience
+        && same_connections(&a.upstream, &b.upstream)
 }
 
 impl Database {
+    /// Builds `db`; with `old` (the database of the same index before a reload)
+    /// on the same endpoint, its statistics, breaker, health state and, if their
+    /// settings did not change, its connections are carried over.
+    fn build(
+        db: &DatabaseConfig,
+        old: Option<&Database>,
+        shutdown: &CancellationToken,
+    ) -> Database {
+        let old = old.filter(|o| o.config.upstream.same_endpoint(&db.upstream));
+        let breaker_cfg = BreakerConfig::from(&db.upstream.resilience);
+        let (stats, breaker, health, commands) = match old {
+            Some(o) => {
+                o.breaker.reconfigure(breaker_cfg);
+                (
+                    o.stats.clone(),
+                    o.breaker.clone(),
+                    o.health.clone(),
+                    o.commands.clone(),
+                )
+            }
+            None => (
+                Arc::new(DbStats::default()),
+                Arc::new(Breaker::new(breaker_cfg)),
+                Arc::new(HealthState::default()),
+                Arc::new(StatsTable::new(table::COUNT)),
+            ),
+        };
+        let conns = match old {
+            Some(o) if same_connections(&o.config.upstream, &db.upstream) => o.conns.clone(),
+            _ => Arc::new(Conns::start(
+                db,
+                Shared {
+                    stats: &stats,
+                    breaker: &breaker,
+                    health: &health,
+                },
+                shutdown,
+            )),
+        };
+        Database {
+            denied: denied(db),
+            denies_proxy: db.upstream.deny_commands.iter().any(|n| n == PROXY),
+            removed: false,
+            config: db.clone(),
+            stats,
+            breaker,
+            health,
+            commands,
+            conns,
+        }
+    }
+
+    /// What a session whose database a reload removed is left on: the same
+    /// connections (so replies in flight still arrive), but every command refused
+    /// (with a message saying why) except those that leave it: SELECT, AUTH,
+    /// HELLO, CLIENT, RESET, QUIT (and PROXY).
+    pub fn removed(&self) -> Database {
+        const LEAVES: [&str; 6] = ["select", "auth", "hello", "client", "reset", "quit"];
+        let denied = (0..=table::COUNT)
+            .map(|i| {
+                let name = crate::command::table_name(i);
+                let base = name.split('|').next().unwrap_or(name);
+                !LEAVES.contains(&base)
+            })
+            .collect();
+        Database {
+            config: self.config.clone(),
+            stats: self.stats.clone(),
+            breaker: self.breaker.clone(),
+            health: self.health.clone(),
+            commands: self.commands.clone(),
+            denied,
+            denies_proxy: false,
+            removed: true,
+            conns: self.conns.clone(),
+        }
+    }
+
+    /// A reload removed this database (see [`Database::removed`]).
+    #[inline]
+    pub fn is_removed(&self) -> bool {
+        self.removed
+    }
+
     /// The shared connection a session uses. A session always uses the same one, so
     /// that its commands run upstream in the order it sent them.
     #[inline]
     pub fn slot(&self, session_id: u64, resp3: bool) -> &MuxHandle {
-        let slots = if resp3 { &self.slots3 } else { &self.slots };
+        let slots = if resp3 {
+            &self.conns.slots3
+        } else {
+            &self.conns.slots
+        };
         &slots[(session_id % slots.len() as u64) as usize]
     }
 
     /// The pool of exclusive connections for a RESP2 or RESP3 session.
     pub fn pool(&self, resp3: bool) -> &Pool {
         if resp3 {
-            &self.pool3
+            &self.conns.pool3
         } else {
-            &self.pool
+            &self.conns.pool
         }
     }
 
@@ -73,14 +265,18 @@ impl Database {
 
     /// Number of shared connection slots.
     pub fn slot_count(&self) -> usize {
-        self.slots.len()
+        self.conns.slots.len()
     }
 
     /// Whether `other` lives on the same upstream server (so db indexes can be
     /// translated between the two).
     pub fn same_server(&self, other: &Database) -> bool {
-        let (a, b) = (&self.config.upstream, &other.config.upstream);
-        a.host == b.host && a.port == b.port && a.username == b.username && a.password == b.password
+        self.config.upstream.same_server(&other.config.upstream)
+    }
+
+    /// Whether both use the very same connections (a reload that changed neither).
+    pub fn same_connections(&self, other: &Database) -> bool {
+        Arc::ptr_eq(&self.conns, &other.conns)
     }
 
     /// `name (db N)` for messages.
@@ -102,46 +298,25 @@ impl Router {
     /// Builds the router, starts every database's shared connection slots (they
     /// connect lazily) and health probe. Must run inside a tokio runtime.
     pub fn new(config: &Config, shutdown: &CancellationToken) -> Router {
+        Router::build(config, None, shutdown)
+    }
+
+    /// The router for a reloaded `config`: an unchanged database is the same
+    /// `Arc` as in `self`; a changed one is new, carrying over what it can (see
+    /// [`Database::build`]); a removed one is left out.
+    pub fn reload(&self, config: &Config, shutdown: &CancellationToken) -> Router {
+        Router::build(config, Some(self), shutdown)
+    }
+
+    fn build(config: &Config, old: Option<&Router>, shutdown: &CancellationToken) -> Router {
         let mut by_index: Vec<Option<Arc<Database>>> = Vec::new();
         let mut all = Vec::new();
         for db in &config.databases {
-            let stats = Arc::new(DbStats::default());
-            let upstream = Arc::new(db.upstream.clone());
-            let breaker = Arc::new(Breaker::new(BreakerConfig::from(&db.upstream.resilience)));
-            let observer: Arc<dyn Observer> = Arc::new(Policy {
-                breaker: breaker.clone(),
-                backoff: Backoff::from(&db.upstream.resilience),
-            });
-            let spawn = |resp3| -> Vec<MuxHandle> {
-                (0..db.upstream.mux_connections.max(1))
-                    .map(|_| {
-                        MuxHandle::spawn(upstream.clone(), stats.clone(), observer.clone(), resp3)
-                    })
-                    .collect()
+            let before = old.and_then(|r| r.get(i64::from(db.index)));
+            let d = match before {
+                Some(b) if unchanged(&b.config, db) => b.clone(),
+                _ => Arc::new(Database::build(db, before.map(|b| &**b), shutdown)),
             };
-            let (slots, slots3) = (spawn(false), spawn(true));
-            let health = Arc::new(HealthState::default());
-            health::spawn(
-                upstream.clone(),
-                health.clone(),
-                observer,
-                // RESP3 slots stay lazy: most deployments never use them.
-                slots.clone(),
-                shutdown.clone(),
-            );
-            let d = Arc::new(Database {
-                pool: dedicated::pool(&db.upstream, false),
-                pool3: dedicated::pool(&db.upstream, true),
-                breaker,
-                health,
-                commands: StatsTable::new(table::COUNT),
-                denied: denied(db),
-                denies_proxy: db.upstream.deny_commands.iter().any(|n| n == PROXY),
-                config: db.clone(),
-                stats,
-                slots,
-                slots3,
-            });
             let i = db.index as usize;
             if by_index.len() <= i {
                 by_index.resize(i + 1, None);
@@ -202,19 +377,30 @@ pub const PROXY: &str = "proxy";
 /// is not a Redis command (a typo) would protect nothing, so it is a configuration
 /// error, not a warning. `proxy` (the proxy's own admin command) is accepted too.
 pub fn validate_deny_commands(config: &Config) -> Result<(), String> {
-    for db in &config.databases {
-        for name in &db.upstream.deny_commands {
-            if name != PROXY && deny_index(name).is_none() {
-                return Err(format!(
-                    "database '{}' (db {}): deny_commands: unknown command '{}' (names are Redis commands, or proxy; subcommands written as \"config|set\")",
-                    db.name(),
-                    db.index,
-                    name
-                ));
-            }
-        }
+    match unknown_deny(config) {
+        Some((db, name)) => Err(format!(
+            "database '{}' (db {}): deny_commands: unknown command '{}' (names are Redis commands, or proxy; subcommands written as \"config|set\")",
+            db.name(),
+            db.index,
+            name
+        )),
+        None => Ok(()),
     }
-    Ok(())
+}
+
+/// The first `deny_commands` entry that names no command, if any.
+pub fn unknown_deny_command(config: &Config) -> Option<String> {
+    unknown_deny(config).map(|(_, name)| name.clone())
+}
+
+fn unknown_deny(config: &Config) -> Option<(&DatabaseConfig, &String)> {
+    config.databases.iter().find_map(|db| {
+        db.upstream
+            .deny_commands
+            .iter()
+            .find(|n| *n != PROXY && deny_index(n).is_none())
+            .map(|n| (db, n))
+    })
 }
 
 /// The command-table index a `deny_commands` entry names (`None` for `proxy` and

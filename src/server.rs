@@ -15,7 +15,7 @@ use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
 use crate::config::Config;
-use crate::context::Context;
+use crate::context::{Context, Live, ReloadResult};
 use crate::limits::{Throttle, WARN_EVERY};
 use crate::router::Router;
 use crate::session;
@@ -27,142 +27,121 @@ use crate::transport::Stream;
 #[derive(Debug)]
 pub struct Proxy {
     ctx: Arc<Context>,
-    metrics_addr: Option<SocketAddr>,
-    tls_addr: Option<SocketAddr>,
+    core: Arc<Core>,
+}
+
+/// Where a reload reads the configuration from: the binary's reads its file
+/// again (with the environment and its command-line overrides).
+pub type Source = Box<dyn Fn() -> Result<Config, String> + Send + Sync>;
+
+/// What reloads need besides the context: the listeners, the reload source, and
+/// what new accept loops are started with.
+struct Core {
+    ctx: Arc<Context>,
     shutdown: CancellationToken,
     sessions: TaskTracker,
-    accept: Vec<tokio::task::JoinHandle<()>>,
+    /// Session ids are unique across every listener, old and new.
+    ids: Arc<AtomicU64>,
+    /// The listeners; held for the whole of a reload, so reloads run one at a time.
+    listeners: tokio::sync::Mutex<Listeners>,
+    source: std::sync::Mutex<Option<Source>>,
+}
+
+impl std::fmt::Debug for Core {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Core").finish_non_exhaustive()
+    }
+}
+
+/// The listeners in force.
+#[derive(Default)]
+struct Listeners {
+    plain: Option<Bound>,
+    tls: Option<Bound>,
+    /// The `client_tls` settings the TLS listener was started with.
+    tls_config: Option<crate::config::ClientTls>,
+    metrics: Option<Bound>,
+}
+
+/// One listener: the configured address, the bound one, and how to stop it.
+struct Bound {
+    configured: SocketAddr,
+    local: SocketAddr,
+    stop: CancellationToken,
+    task: Option<tokio::task::JoinHandle<()>>,
+}
+
+impl Bound {
+    fn stop(&mut self) -> Option<tokio::task::JoinHandle<()>> {
+        self.stop.cancel();
+        self.task.take()
+    }
+}
+
+/// Listeners bound for a reload, not serving yet.
+#[derive(Default)]
+struct NewListeners {
+    plain: Option<(SocketAddr, TcpListener)>,
+    tls: Option<(SocketAddr, TcpListener, Arc<ServerTls>)>,
+    metrics: Option<Bound>,
+}
+
+fn invalid(e: impl std::fmt::Display) -> std::io::Error {
+    std::io::Error::new(std::io::ErrorKind::InvalidInput, e.to_string())
 }
 
 impl Proxy {
     /// Binds `config.listen` (unless `listen: null`) and `config.client_tls`'s
     /// address, and starts serving on the current tokio runtime.
     pub async fn start(config: Config) -> std::io::Result<Proxy> {
-        crate::router::validate_deny_commands(&config)
-            .map_err(|e| std::io::Error::new(std::io::ErrorKind::InvalidInput, e))?;
-        let fds = crate::limits::fit_max_clients(&config)
-            .map_err(|e| std::io::Error::new(std::io::ErrorKind::InvalidInput, e))?;
-        let plain = match config.plain_listener {
-            true => Some(bind(config.listen).await?),
-            false => None,
-        };
-        let tls = match &config.client_tls {
-            Some(t) => {
-                let server = ServerTls::new(&t.cert_file, &t.key_file, t.ca_file.as_deref())
-                    .map_err(|(_, e)| {
-                        std::io::Error::new(
-                            std::io::ErrorKind::InvalidInput,
-                            format!("client_tls: {e}"),
-                        )
-                    })?;
-                Some((bind(t.listen).await?, Arc::new(server)))
-            }
-            None => None,
-        };
-        let tls_addr = match &tls {
-            Some((l, _)) => Some(l.local_addr()?),
-            None => None,
-        };
-        let local_addr = match (&plain, tls_addr) {
-            (Some(l), _) => l.local_addr()?,
-            (None, Some(a)) => a,
-            (None, None) => {
-                return Err(std::io::Error::new(
-                    std::io::ErrorKind::InvalidInput,
-                    "nothing to listen on: the plain listener is off (listen: null) and client_tls is not set",
-                ))
-            }
-        };
-        for db in &config.databases {
-            if db
-                .upstream
-                .tls
-                .as_ref()
-                .is_some_and(|t| t.insecure_skip_verify)
-            {
-                tracing::warn!(
-                    database = db.name(),
-                    upstream = %db.upstream.address(),
-                    "tls.insecure_skip_verify is true: the upstream's certificate is NOT verified; anyone on the path can impersonate it"
-                );
-            }
-        }
+        validate(&config).map_err(invalid)?;
+        let fds = crate::limits::fit_max_clients(&config).map_err(invalid)?;
         let shutdown = CancellationToken::new();
-        let slowlog =
-            crate::slowlog::SlowLog::new(config.slowlog_threshold, config.slowlog_max_len);
-        let ctx = Arc::new(Context {
-            slowlog,
-            router: Router::new(&config, &shutdown),
-            config: Arc::new(config),
-            stats: Default::default(),
-            clients: Default::default(),
-            fds,
-            local_addr,
+        let (reload_tx, reload_rx) = tokio::sync::mpsc::unbounded_channel();
+        // Nothing serves yet: the context's address is set once bound.
+        let unbound = SocketAddr::from(([127, 0, 0, 1], 0));
+        let router = Router::new(&config, &shutdown);
+        let live = Live::new(config, router, 1);
+        let config = live.config.clone();
+        let ctx = Arc::new(Context::new(live, fds, unbound, reload_tx));
+        let core = Arc::new(Core {
+            ctx: ctx.clone(),
+            shutdown: shutdown.clone(),
+            sessions: TaskTracker::new(),
+            ids: Arc::new(AtomicU64::new(1)),
+            listeners: Default::default(),
+            source: std::sync::Mutex::new(None),
         });
-        let metrics_addr = match ctx.config.metrics_listen {
-            Some(addr) => match crate::metrics::serve(addr, ctx.clone(), shutdown.clone()).await {
-                Ok(a) => Some(a),
-                Err(e) => {
-                    shutdown.cancel();
-                    return Err(std::io::Error::new(
-                        e.kind(),
-                        format!("cannot serve metrics on {addr}: {e}"),
-                    ));
-                }
-            },
-            None => None,
+        let bound = match core.bind_new(&config, &Listeners::default()).await {
+            Ok(b) => b,
+            Err(e) => {
+                shutdown.cancel();
+                return Err(e);
+            }
         };
-        let sessions = TaskTracker::new();
-        // Session ids are unique across both listeners.
-        let ids = Arc::new(AtomicU64::new(1));
-        let mut accept = Vec::new();
-        let listeners = plain
-            .map(|l| (l, None))
-            .into_iter()
-            .chain(tls.map(|(l, t)| (l, Some(t))));
-        for (listener, tls) in listeners {
-            accept.push(tokio::spawn(accept_loop(
-                listener,
-                tls,
-                ids.clone(),
-                ctx.clone(),
-                shutdown.clone(),
-                sessions.clone(),
-            )));
+        warn_insecure(&config);
+        {
+            let mut listeners = core.listeners.lock().await;
+            core.serve_new(&mut listeners, bound, &config);
         }
         tokio::spawn(sample_ops(ctx.clone(), shutdown.clone()));
-        if ctx.config.plain_listener {
-            tracing::info!(listen = %local_addr, databases = ctx.router.databases().len(), "redis-sidecar listening");
-        }
-        if let Some(addr) = tls_addr {
-            tracing::info!(listen = %addr, databases = ctx.router.databases().len(), "redis-sidecar listening (TLS)");
-        }
-        if let Some(addr) = metrics_addr {
-            tracing::info!(%addr, "metrics at http://{addr}/metrics");
-        }
-        Ok(Proxy {
-            metrics_addr,
-            tls_addr,
-            ctx,
-            shutdown,
-            sessions,
-            accept,
-        })
+        tokio::spawn(reload_requests(core.clone(), reload_rx));
+        Ok(Proxy { ctx, core })
     }
 
     /// The address the proxy listens on (the TLS listener's with `listen: null`).
     pub fn local_addr(&self) -> SocketAddr {
-        self.ctx.local_addr
+        self.ctx.local_addr()
     }
 
     /// The address of the TLS listener (`client_tls`), if any.
     pub fn tls_addr(&self) -> Option<SocketAddr> {
-        self.tls_addr
+        self.core.addrs().1
     }
 
     /// Where `/metrics` is served, if enabled.
     pub fn metrics_addr(&self) -> Option<SocketAddr> {
-        self.metrics_addr
+        self.core.addrs().2
     }
 
     /// Shared state (for reports and tests).
@@ -170,21 +149,398 @@ impl Proxy {
         &self.ctx
     }
 
+    /// Makes `source` what [`Proxy::reload`] (SIGHUP) and `PROXY RELOAD` read the
+    /// configuration from.
+    pub fn set_reload_source(&self, source: Source) {
+        *self.core.source.lock().unwrap_or_else(|p| p.into_inner()) = Some(source);
+    }
+
+    /// Reloads from `path` (and the environment's overrides), as the binary does.
+    pub fn set_reload_file(&self, path: impl Into<std::path::PathBuf>) {
+        let path = path.into();
+        self.set_reload_source(Box::new(move || {
+            Config::load(&path).map_err(|e| e.to_string())
+        }));
+    }
+
+    /// Reads the configuration from the reload source and applies it (see
+    /// [`Proxy::reload_with`]). `Err` says why nothing changed.
+    pub async fn reload(&self) -> ReloadResult {
+        self.core.reload().await
+    }
+
+    /// Validates `config` and, if it is good and every new listener could be
+    /// bound, applies it in place; otherwise nothing changes. Counted and logged
+    /// either way. `Ok` summarises what changed.
+    pub async fn reload_with(&self, config: Config) -> ReloadResult {
+        self.core.counted(Ok(config)).await
+    }
+
     /// Stops accepting, lets open sessions deliver the replies they are waiting for
     /// (at most `shutdown_timeout`), then returns. Returns `true` if every session
     /// finished within the drain time.
     pub async fn shutdown(self) -> bool {
-        self.shutdown.cancel();
-        for accept in self.accept {
+        let core = self.core;
+        core.shutdown.cancel();
+        let tasks: Vec<_> = {
+            let mut guard = core.listeners.lock().await;
+            let l = &mut *guard;
+            [l.plain.as_mut(), l.tls.as_mut(), l.metrics.as_mut()]
+                .into_iter()
+                .flatten()
+                .filter_map(Bound::stop)
+                .collect()
+        };
+        for accept in tasks {
             let _ = accept.await;
         }
-        self.sessions.close();
-        let drained = tokio::time::timeout(self.ctx.config.shutdown_timeout, self.sessions.wait())
+        core.sessions.close();
+        let drain = self.ctx.live().config.shutdown_timeout;
+        let drained = tokio::time::timeout(drain, core.sessions.wait())
             .await
             .is_ok();
         tracing::info!(drained, "redis-sidecar stopped");
         drained
     }
+}
+
+/// Answers `PROXY RELOAD` requests, one at a time, until shutdown.
+async fn reload_requests(
+    core: Arc<Core>,
+    mut rx: tokio::sync::mpsc::UnboundedReceiver<crate::context::ReloadRequest>,
+) {
+    loop {
+        let req = tokio::select! {
+            _ = core.shutdown.cancelled() => return,
+            r = rx.recv() => r,
+        };
+        let Some(reply) = req else { return };
+        let result = core.reload().await;
+        let _ = reply.send(result);
+    }
+}
+
+impl Core {
+    /// The bound addresses: plain, TLS, metrics.
+    fn addrs(&self) -> (Option<SocketAddr>, Option<SocketAddr>, Option<SocketAddr>) {
+        match self.listeners.try_lock() {
+            Ok(l) => (
+                l.plain.as_ref().map(|b| b.local),
+                l.tls.as_ref().map(|b| b.local),
+                l.metrics.as_ref().map(|b| b.local),
+            ),
+            // A reload is under way: the context's copy.
+            Err(_) => (Some(self.ctx.local_addr()), None, None),
+        }
+    }
+
+    async fn reload(&self) -> ReloadResult {
+        let loaded = {
+            let source = self.source.lock().unwrap_or_else(|p| p.into_inner());
+            match source.as_ref() {
+                Some(read) => read(),
+                None => Err("no configuration file to reload from: this proxy was started from a configuration built in code (use Proxy::set_reload_file)".to_string()),
+            }
+        };
+        self.counted(loaded).await
+    }
+
+    /// Applies a loaded configuration (or reports why it could not be loaded),
+    /// counting and logging the outcome.
+    async fn counted(&self, loaded: Result<Config, String>) -> ReloadResult {
+        let result = match loaded {
+            Ok(config) => self.apply(config).await,
+            Err(e) => Err(e),
+        };
+        let st = &self.ctx.stats;
+        match &result {
+            Ok(summary) => {
+                stats::add(&st.config_reloads, 1);
+                tracing::info!(
+                    generation = self.ctx.generation(),
+                    "configuration reloaded: {summary}"
+                );
+            }
+            Err(e) => {
+                stats::add(&st.config_reload_failures, 1);
+                tracing::warn!(error = %e, "configuration reload refused; nothing changed");
+            }
+        }
+        result
+    }
+
+    /// Validates, binds what moved, builds the next snapshot, publishes it, then
+    /// moves the listeners.
+    async fn apply(&self, config: Config) -> ReloadResult {
+        validate(&config)?;
+        if !config.plain_listener && config.client_tls.is_none() {
+            return Err("nothing to listen on: the plain listener is off (listen: null) and client_tls is not set".into());
+        }
+        let mut listeners = self.listeners.lock().await;
+        let old = self.ctx.live();
+        let mut notes = Vec::new();
+        if config.max_clients != old.config.max_clients {
+            notes.push("max_clients needs a restart (not applied)".to_string());
+        }
+        if config.slowlog_threshold != old.config.slowlog_threshold
+            || config.slowlog_max_len != old.config.slowlog_max_len
+        {
+            notes.push("slowlog settings need a restart (not applied)".to_string());
+        }
+        if config.log_format != old.config.log_format {
+            notes.push("log_format needs a restart (not applied)".to_string());
+        }
+        let bound = self
+            .bind_new(&config, &listeners)
+            .await
+            .map_err(|e| e.to_string())?;
+        warn_insecure(&config);
+        let router = old.router.reload(&config, &self.shutdown);
+        notes.splice(0..0, describe(&old.router, &router));
+        let generation = old.generation + 1;
+        let log_level =
+            (config.log_level != old.config.log_level).then(|| config.log_level.clone());
+        let next = Live::new(config, router, generation);
+        let config = next.config.clone();
+        self.ctx.publish(next);
+        drop(old);
+        let moved = self.serve_new(&mut listeners, bound, &config);
+        notes.extend(moved);
+        if let Some(level) = log_level {
+            match crate::logging::apply(&level, "configuration reload") {
+                Ok(()) => notes.push(format!("log level {level}")),
+                Err(e) => notes.push(format!("log level not changed: {e}")),
+            }
+        }
+        if notes.is_empty() {
+            notes.push("no change".to_string());
+        }
+        Ok(notes.join("; "))
+    }
+
+    /// Binds every listener `config` wants that `current` does not have (at its
+    /// configured address): all of them, or none (the error).
+    async fn bind_new(
+        &self,
+        config: &Config,
+        current: &Listeners,
+    ) -> std::io::Result<NewListeners> {
+        let mut new = NewListeners::default();
+        let want_plain = config.plain_listener.then_some(config.listen);
+        if want_plain.is_some() && want_plain != current.plain.as_ref().map(|b| b.configured) {
+            let addr = config.listen;
+            new.plain = Some((addr, bind(addr).await?));
+        }
+        if config.client_tls != current.tls_config {
+            if let Some(t) = &config.client_tls {
+                if current
+                    .tls
+                    .as_ref()
+                    .is_some_and(|b| b.configured == t.listen)
+                {
+                    return Err(invalid(format!(
+                        "client_tls: new certificate or CA file paths on the same listen address {} need a restart (the files themselves are re-read when they change)",
+                        t.listen
+                    )));
+                }
+                let server = ServerTls::new(&t.cert_file, &t.key_file, t.ca_file.as_deref())
+                    .map_err(|(_, e)| invalid(format!("client_tls: {e}")))?;
+                new.tls = Some((t.listen, bind(t.listen).await?, Arc::new(server)));
+            }
+        }
+        if config.metrics_listen.is_some()
+            && config.metrics_listen != current.metrics.as_ref().map(|b| b.configured)
+        {
+            if let Some(addr) = config.metrics_listen {
+                let stop = self.shutdown.child_token();
+                match crate::metrics::serve(addr, self.ctx.clone(), stop.clone()).await {
+                    Ok(local) => {
+                        new.metrics = Some(Bound {
+                            configured: addr,
+                            local,
+                            stop,
+                            task: None,
+                        })
+                    }
+                    Err(e) => {
+                        return Err(std::io::Error::new(
+                            e.kind(),
+                            format!("cannot serve metrics on {addr}: {e}"),
+                        ))
+                    }
+                }
+            }
+        }
+        Ok(new)
+    }
+
+    /// Starts serving on the listeners just bound and stops those `config` no
+    /// longer wants (their open connections stay). Returns what moved.
+    fn serve_new(&self, l: &mut Listeners, new: NewListeners, config: &Config) -> Vec<String> {
+        let mut moved = Vec::new();
+        let databases = self.ctx.live().router.databases().len();
+        let initial = l.plain.is_none() && l.tls.is_none();
+        if let Some((configured, listener)) = new.plain {
+            let local = listener.local_addr().unwrap_or(configured);
+            if let Some(mut old) = l
+                .plain
+                .replace(self.accept(configured, local, listener, None))
+            {
+                old.stop();
+                moved.push(format!("listening on {local} (was {})", old.local));
+            }
+            tracing::info!(listen = %local, databases, "redis-sidecar listening");
+        } else if !config.plain_listener {
+            if let Some(mut old) = l.plain.take() {
+                old.stop();
+                moved.push(format!("plain listener on {} closed", old.local));
+            }
+        }
+        if let Some((configured, listener, tls)) = new.tls {
+            let local = listener.local_addr().unwrap_or(configured);
+            if let Some(mut old) =
+                l.tls
+                    .replace(self.accept(configured, local, listener, Some(tls)))
+            {
+                old.stop();
+                moved.push(format!("TLS listening on {local} (was {})", old.local));
+            }
+            tracing::info!(listen = %local, databases, "redis-sidecar listening (TLS)");
+        } else if config.client_tls.is_none() {
+            if let Some(mut old) = l.tls.take() {
+                old.stop();
+                moved.push(format!("TLS listener on {} closed", old.local));
+            }
+        }
+        l.tls_config.clone_from(&config.client_tls);
+        if let Some(m) = new.metrics {
+            let local = m.local;
+            if let Some(mut old) = l.metrics.replace(m) {
+                old.stop();
+                moved.push(format!("metrics on {local} (was {})", old.local));
+            }
+            tracing::info!(addr = %local, "metrics at http://{local}/metrics");
+        } else if config.metrics_listen.is_none() {
+            if let Some(mut old) = l.metrics.take() {
+                old.stop();
+                moved.push(format!("metrics on {} closed", old.local));
+            }
+        }
+        let addr = l.plain.as_ref().or(l.tls.as_ref()).map(|b| b.local);
+        if let Some(addr) = addr {
+            self.ctx.set_local_addr(addr);
+        }
+        if initial {
+            moved.clear();
+        }
+        moved
+    }
+
+    /// Starts an accept loop on `listener`.
+    fn accept(
+        &self,
+        configured: SocketAddr,
+        local: SocketAddr,
+        listener: TcpListener,
+        tls: Option<Arc<ServerTls>>,
+    ) -> Bound {
+        let stop = self.shutdown.child_token();
+        let task = tokio::spawn(accept_loop(
+            listener,
+            tls,
+            self.ids.clone(),
+            self.ctx.clone(),
+            Tokens {
+                stop: stop.clone(),
+                shutdown: self.shutdown.clone(),
+            },
+            self.sessions.clone(),
+        ));
+        Bound {
+            configured,
+            local,
+            stop,
+            task: Some(task),
+        }
+    }
+}
+
+/// What a reload does to the databases, for its summary.
+fn describe(old: &Router, new: &Router) -> Vec<String> {
+    let mut notes = Vec::new();
+    for db in new.databases() {
+        match old.get(i64::from(db.config.index)) {
+            None => notes.push(format!("database {} added", db.label())),
+            Some(o) if Arc::ptr_eq(o, db) => {}
+            Some(o) if !o.config.upstream.same_endpoint(&db.config.upstream) => {
+                notes.push(format!(
+                    "database {} moved to {} db {}",
+                    db.label(),
+                    db.config.upstream.address(),
+                    db.config.upstream.db
+                ))
+            }
+            Some(o) if o.same_connections(db) => {
+                notes.push(format!("database {} settings changed", db.label()))
+            }
+            Some(_) => notes.push(format!(
+                "database {} settings changed (new connections)",
+                db.label()
+            )),
+        }
+    }
+    for db in old.databases() {
+        if new.get(i64::from(db.config.index)).is_none() {
+            notes.push(format!("database {} removed", db.label()));
+        }
+    }
+    notes
+}
+
+/// The validation a configuration gets before it is used (at start and on each
+/// reload), besides what loading checks: `deny_commands` names, with the file
+/// and line of the bad name when the configuration came from a file.
+fn validate(config: &Config) -> Result<(), String> {
+    crate::router::validate_deny_commands(config).map_err(|e| {
+        let Some(path) = &config.source else {
+            return e;
+        };
+        let line = crate::router::unknown_deny_command(config).and_then(|name| {
+            let text = std::fs::read_to_string(path).ok()?;
+            text.lines()
+                .position(|l| !l.trim_start().starts_with('#') && l.contains(name.as_str()))
+                .map(|i| i + 1)
+        });
+        match line {
+            Some(n) => format!("{}, line {n}: {e}", path.display()),
+            None => format!("{}: {e}", path.display()),
+        }
+    })
+}
+
+/// Warns about every upstream whose certificate is not verified.
+fn warn_insecure(config: &Config) {
+    for db in &config.databases {
+        if db
+            .upstream
+            .tls
+            .as_ref()
+            .is_some_and(|t| t.insecure_skip_verify)
+        {
+            tracing::warn!(
+                database = db.name(),
+                upstream = %db.upstream.address(),
+                "tls.insecure_skip_verify is true: the upstream's certificate is NOT verified; anyone on the path can impersonate it"
+            );
+        }
+    }
+}
+
+/// An accept loop's tokens: `stop` ends the loop (shutdown, or a reload moved
+/// the listener); `shutdown` is the proxy's, which its sessions get.
+struct Tokens {
+    stop: CancellationToken,
+    shutdown: CancellationToken,
 }
 
 async fn bind(addr: SocketAddr) -> std::io::Result<TcpListener> {
@@ -230,20 +586,21 @@ async fn accept_loop(
     tls: Option<Arc<ServerTls>>,
     ids: Arc<AtomicU64>,
     ctx: Arc<Context>,
-    shutdown: CancellationToken,
+    tokens: Tokens,
     sessions: TaskTracker,
 ) {
+    let Tokens { stop, shutdown } = tokens;
     let mut accept_log = Throttle::new(WARN_EVERY);
     let mut full_log = Throttle::new(WARN_EVERY);
     loop {
         let accepted = tokio::select! {
-            _ = shutdown.cancelled() => return,
+            _ = stop.cancelled() => return,
             a = listener.accept() => a,
         };
         let (stream, peer) = match accepted {
             Ok(a) => a,
             Err(e) => {
-                accept_failed(&ctx, &e, &mut accept_log, &shutdown).await;
+                accept_failed(&ctx, &e, &mut accept_log, &stop).await;
                 continue;
             }
         };
@@ -327,7 +684,8 @@ const PROTECTED_MODE_DENIED: &[u8] = b"-DENIED redis-sidecar is running in prote
 /// Redis's protected mode: with no password, a client that is not on the
 /// loopback interface (exactly 127.0.0.1 or ::1, as Redis checks) is refused.
 fn denied_by_protected_mode(ctx: &Context, peer: std::net::SocketAddr) -> bool {
-    let cfg = &ctx.config;
+    let live = ctx.live();
+    let cfg = &live.config;
     if !cfg.protected_mode || cfg.client_password.is_some() {
         return false;
     }
@@ -344,7 +702,8 @@ fn denied_by_protected_mode(ctx: &Context, peer: std::net::SocketAddr) -> bool {
 /// Samples the command counters once a second for `instantaneous_ops_per_sec`.
 async fn sample_ops(ctx: Arc<Context>, shutdown: CancellationToken) {
     let total = |ctx: &Context| {
-        ctx.router
+        ctx.live()
+            .router
             .databases()
             .iter()
             .map(|d| get(&d.stats.commands))
@@ -360,9 +719,10 @@ async fn sample_ops(ctx: Arc<Context>, shutdown: CancellationToken) {
         }
         ctx.clients.tick();
         let now = total(&ctx);
-        ctx.stats
-            .ops_per_sec
-            .store(now - last, std::sync::atomic::Ordering::Relaxed);
+        ctx.stats.ops_per_sec.store(
+            now.saturating_sub(last),
+            std::sync::atomic::Ordering::Relaxed,
+        );
         last = now;
     }
 }

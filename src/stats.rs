@@ -40,6 +40,10 @@ pub struct ProxyStats {
     pub output_buffer_disconnections: AtomicU64,
     /// Clients closed because all clients' memory passed `max_client_memory`.
     pub evicted_clients: AtomicU64,
+    /// Configuration reloads applied (SIGHUP, `PROXY RELOAD`).
+    pub config_reloads: AtomicU64,
+    /// Configuration reloads refused (a bad file, a listener that could not bind).
+    pub config_reload_failures: AtomicU64,
 }
 
 impl Default for ProxyStats {
@@ -56,6 +60,8 @@ impl Default for ProxyStats {
             ops_per_sec: AtomicU64::new(0),
             output_buffer_disconnections: AtomicU64::new(0),
             evicted_clients: AtomicU64::new(0),
+            config_reloads: AtomicU64::new(0),
+            config_reload_failures: AtomicU64::new(0),
         }
     }
 }

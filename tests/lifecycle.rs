@@ -644,7 +644,7 @@ fn check_config_refuses_deny_commands_that_name_no_command() {
 }
 
 #[test]
-fn sighup_is_logged_and_ignored_and_command_names_are_logged_escaped() {
+fn sighup_reloads_without_killing_and_command_names_are_logged_escaped() {
     let redis = RedisServer::start();
     let yaml = format!(
         "{}log_commands: true\n",
@@ -653,7 +653,8 @@ fn sighup_is_logged_and_ignored_and_command_names_are_logged_escaped() {
     let mut proxy = BinaryProxy::start_with(&yaml, &[], &[]);
     let mut c = proxy.client();
     assert_eq!(c.cmd(&[b"PING"]), b"+PONG\r\n");
-    // SIGHUP (logrotate) used to kill the proxy (exit 129, no drain).
+    // SIGHUP (logrotate) used to kill the proxy (exit 129, no drain); now it
+    // reloads the (unchanged) file.
     proxy.send_signal("HUP");
     std::thread::sleep(Duration::from_millis(300));
     assert!(
@@ -675,6 +676,7 @@ fn sighup_is_logged_and_ignored_and_command_names_are_logged_escaped() {
     assert!(status.success(), "{status}");
     let log = proxy.log();
     assert!(log.contains("SIGHUP received"), "{log}");
+    assert!(log.contains("configuration reloaded: no change"), "{log}");
     assert!(
         !log.lines().any(|l| l.starts_with("FORGED-LINE")),
         "a forged log line:\n{log}"

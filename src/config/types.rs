@@ -245,6 +245,24 @@ impl UpstreamConfig {
         }
     }
 
+    /// Whether `other` reaches the same upstream as the same user: host, port,
+    /// credentials, upstream db and TLS. The one comparison of upstream identity (a
+    /// reload keeps a database's breaker and statistics only when it holds; db
+    /// indexes translate between databases on the same server): extend it here when
+    /// an upstream gains identity settings.
+    pub fn same_endpoint(&self, other: &UpstreamConfig) -> bool {
+        self.same_server(other) && self.db == other.db && self.tls == other.tls
+    }
+
+    /// Whether `other` is the same server, logged in as the same user (its db may
+    /// differ).
+    pub fn same_server(&self, other: &UpstreamConfig) -> bool {
+        self.host == other.host
+            && self.port == other.port
+            && self.username == other.username
+            && self.password == other.password
+    }
+
     /// `host:port` as text, for reports.
     pub fn address(&self) -> String {
         format!("{}:{}", self.host, self.port)

@@ -218,6 +218,11 @@ const CLOSED: u8 = 0;
 const OPEN: u8 = 1;
 const HALF_OPEN: u8 = 2;
 
+/// A duration in nanoseconds, saturating (for the atomic recovery timeout).
+fn nanos(d: Duration) -> u64 {
+    u64::try_from(d.as_nanos()).unwrap_or(u64::MAX)
+}
+
 const AUTO: u8 = 0;
 const FORCED_OPEN: u8 = 1;
 const FORCED_CLOSED: u8 = 2;
@@ -225,9 +230,11 @@ const FORCED_CLOSED: u8 = 2;
 /// A circuit breaker for one database. See the [module docs](self).
 #[derive(Debug)]
 pub struct Breaker {
-    failure_threshold: u32,
-    success_threshold: u32,
-    recovery_timeout: Duration,
+    /// The thresholds, changeable in place by a configuration reload
+    /// ([`Breaker::reconfigure`]); the recovery timeout in nanoseconds.
+    failure_threshold: AtomicU32,
+    success_threshold: AtomicU32,
+    recovery_timeout: AtomicU64,
     /// `CLOSED`, `OPEN` or `HALF_OPEN`; written only under `transition`.
     state: AtomicU8,
     /// `AUTO`, `FORCED_OPEN` or `FORCED_CLOSED`; written only under `transition`.
@@ -248,9 +255,9 @@ impl Breaker {
     /// A closed breaker with no override.
     pub fn new(cfg: BreakerConfig) -> Self {
         Breaker {
-            failure_threshold: cfg.failure_threshold.max(1),
-            success_threshold: cfg.success_threshold.max(1),
-            recovery_timeout: cfg.recovery_timeout,
+            failure_threshold: AtomicU32::new(cfg.failure_threshold.max(1)),
+            success_threshold: AtomicU32::new(cfg.success_threshold.max(1)),
+            recovery_timeout: AtomicU64::new(nanos(cfg.recovery_timeout)),
             state: AtomicU8::new(CLOSED),
             mode: AtomicU8::new(AUTO),
             failures: AtomicU32::new(0),
@@ -280,8 +287,8 @@ impl Breaker {
         }
         let now = Instant::now();
         let elapsed = self.time_in_state(now);
-        if elapsed < self.recovery_timeout {
-            return Err(self.reject(Some(self.recovery_timeout - elapsed)));
+        if elapsed < self.recovery_timeout() {
+            return Err(self.reject(Some(self.recovery_timeout() - elapsed)));
         }
         // Recovery timeout elapsed: turn half-open, unless someone else already moved on.
         let _guard = self.lock();
@@ -292,9 +299,9 @@ impl Breaker {
         }
         if self.state.load(Ordering::Acquire) == OPEN {
             let elapsed = self.time_in_state(now);
-            if elapsed < self.recovery_timeout {
+            if elapsed < self.recovery_timeout() {
                 // Re-opened by a failed trial between our two looks.
-                return Err(self.reject(Some(self.recovery_timeout - elapsed)));
+                return Err(self.reject(Some(self.recovery_timeout() - elapsed)));
             }
             self.enter(HALF_OPEN, now);
         }
@@ -313,11 +320,12 @@ impl Breaker {
             }
             HALF_OPEN => {
                 let n = saturating_increment(&self.successes);
-                if n >= self.success_threshold {
+                if n >= self.success_threshold.load(Ordering::Relaxed) {
                     let _guard = self.lock();
                     if self.state.load(Ordering::Acquire) == HALF_OPEN
                         && self.mode.load(Ordering::Acquire) == AUTO
-                        && self.successes.load(Ordering::Relaxed) >= self.success_threshold
+                        && self.successes.load(Ordering::Relaxed)
+                            >= self.success_threshold.load(Ordering::Relaxed)
                     {
                         self.enter(CLOSED, Instant::now());
                     }
@@ -336,11 +344,14 @@ impl Breaker {
         match self.state.load(Ordering::Acquire) {
             CLOSED => {
                 let n = saturating_increment(&self.failures);
-                if n >= self.failure_threshold && self.mode.load(Ordering::Acquire) == AUTO {
+                if n >= self.failure_threshold.load(Ordering::Relaxed)
+                    && self.mode.load(Ordering::Acquire) == AUTO
+                {
                     let _guard = self.lock();
                     if self.state.load(Ordering::Acquire) == CLOSED
                         && self.mode.load(Ordering::Acquire) == AUTO
-                        && self.failures.load(Ordering::Relaxed) >= self.failure_threshold
+                        && self.failures.load(Ordering::Relaxed)
+                            >= self.failure_threshold.load(Ordering::Relaxed)
                     {
                         self.trip(Instant::now());
                     }
@@ -406,7 +417,7 @@ impl Breaker {
         let state = self.state();
         let time_in_state = self.time_in_state(now);
         let retry_in = (state == State::Open && override_ == Override::Auto)
-            .then(|| self.recovery_timeout.saturating_sub(time_in_state));
+            .then(|| self.recovery_timeout().saturating_sub(time_in_state));
         BreakerSnapshot {
             state,
             override_,
@@ -422,10 +433,26 @@ impl Breaker {
     /// The settings in force (thresholds of `0` shown as `1`).
     pub fn config(&self) -> BreakerConfig {
         BreakerConfig {
-            failure_threshold: self.failure_threshold,
-            recovery_timeout: self.recovery_timeout,
-            success_threshold: self.success_threshold,
+            failure_threshold: self.failure_threshold.load(Ordering::Relaxed),
+            recovery_timeout: self.recovery_timeout(),
+            success_threshold: self.success_threshold.load(Ordering::Relaxed),
         }
+    }
+
+    /// New thresholds (a configuration reload): the state, its counts and any
+    /// override are kept; the next outcome is judged by the new thresholds.
+    pub fn reconfigure(&self, cfg: BreakerConfig) {
+        let _guard = self.lock();
+        self.failure_threshold
+            .store(cfg.failure_threshold.max(1), Ordering::Relaxed);
+        self.success_threshold
+            .store(cfg.success_threshold.max(1), Ordering::Relaxed);
+        self.recovery_timeout
+            .store(nanos(cfg.recovery_timeout), Ordering::Relaxed);
+    }
+
+    fn recovery_timeout(&self) -> Duration {
+        Duration::from_nanos(self.recovery_timeout.load(Ordering::Relaxed))
     }
 
     fn reject(&self, retry_in: Option<Duration>) -> Rejected {

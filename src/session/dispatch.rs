@@ -20,6 +20,7 @@ use super::queue::{error_text, errors, CmdList, Pending, Sent};
 use super::Session;
 use crate::clients::Exclusive;
 use crate::command::{self, ArgList, Block, Descriptor, Family, Ranged, Route, TxOp};
+use crate::context::View;
 use crate::protocol::reply;
 use crate::protocol::request::{self, encode_command, RequestKind};
 use crate::router::Database;
@@ -281,8 +282,13 @@ impl Session {
     /// request must wait for earlier replies (`stalled`), when enough requests are
     /// in flight (`throttled`: backpressure) or the session closes.
     pub(super) async fn dispatch(&mut self, inbuf: &mut BytesMut) {
+        if self.stale() && !self.refresh() {
+            // A reload: the session moves once its replies are in.
+            self.stalled = true;
+            return;
+        }
         let mut run = Run::new();
-        let log_commands = self.ctx.config.log_commands;
+        let log_commands = self.live.config.log_commands;
         self.client.touch(&self.ctx.clients);
         while !self.closing && !self.stalled {
             if self.in_flight_full(run.count, run.readonly) {
@@ -292,10 +298,10 @@ impl Session {
             // Resumable: a request arriving over many reads is parsed once.
             let before_auth;
             let limits = if self.state.authenticated {
-                &self.ctx.config.limits
+                &self.live.config.limits
             } else {
                 // Redis's limits for a client that has not authenticated.
-                before_auth = self.ctx.config.limits.before_auth();
+                before_auth = self.live.config.limits.before_auth();
                 &before_auth
             };
             let parsed = self.parser.parse(&inbuf[run.len..], limits, &mut self.args);
@@ -443,7 +449,7 @@ impl Session {
                 let db = self.state.db.clone();
                 let opened = Subscription::open(
                     &self.upstream_cfg(&db),
-                    self.ctx.config.limits.pubsub_buffer_limit,
+                    self.live.config.limits.pubsub_buffer_limit,
                     self.state.resp3,
                 )
                 .await;
@@ -597,6 +603,16 @@ impl Session {
     /// `-NOPERM` for a command in the database's `deny_commands`.
     fn refuse_denied(&mut self, idx: u16) {
         let mut out = Vec::new();
+        if self.state.db.is_removed() {
+            reply::error(
+                &mut out,
+                &format!(
+                    "ERR database {} was removed from redis-sidecar's configuration by a reload: SELECT another database",
+                    self.state.db.label()
+                ),
+            );
+            return self.push_reply(out);
+        }
         reply::error(
             &mut out,
             &format!(
@@ -618,7 +634,7 @@ impl Session {
         cmd: &Descriptor,
     ) -> Option<bool> {
         let route = cmd.route;
-        let logs_in = self.ctx.config.auth_passthrough && route == Route::Auth;
+        let logs_in = self.live.config.auth_passthrough && route == Route::Auth;
         let moves_private = self.mode.is_private() && route == Route::Select;
         // CLIENT … and MOVE/COPY/SWAPDB may be forwarded on the session's
         // connection: they keep their place after the previous connection's replies.
@@ -659,7 +675,7 @@ impl Session {
         if let Some(handled) = self.tracking_local(route, args, cmd.index()).await {
             return handled;
         }
-        if self.ctx.config.auth_passthrough {
+        if self.live.config.auth_passthrough {
             if let Some(creds) = local::credentials(route, args, self.state.resp3) {
                 // Redis checks the credentials: the session logs in on a
                 // connection of its own, or gets Redis's refusal.
@@ -673,7 +689,8 @@ impl Session {
         let in_multi = self.mode.in_multi();
         let failures_before = self.state.auth_failures;
         let outcome = if held && route == Route::Select {
-            match local::select_in_transaction(&self.state, &self.ctx, args) {
+            match local::select_in_transaction(&self.state, &View::new(&self.ctx, &self.live), args)
+            {
                 Ok((db, select)) => {
                     if let Some(h) = self.mode.held_mut() {
                         h.conn.reselect_on_release();
@@ -689,9 +706,12 @@ impl Session {
                     local::Outcome::Forward(Some(select))
                 }
                 // A private connection follows the client to another server.
-                Err(_) if self.mode.is_private() && !in_multi => {
-                    local::handle(&mut self.state, &self.ctx, route, args)
-                }
+                Err(_) if self.mode.is_private() && !in_multi => local::handle(
+                    &mut self.state,
+                    &View::new(&self.ctx, &self.live),
+                    route,
+                    args,
+                ),
                 Err(refused) => refused,
             }
         } else if held && route == Route::Hello && (!self.mode.is_private() || in_multi) {
@@ -709,7 +729,12 @@ impl Session {
                 // drops RESET's own reply).
                 self.reply_off = false;
             }
-            local::handle(&mut self.state, &self.ctx, route, args)
+            local::handle(
+                &mut self.state,
+                &View::new(&self.ctx, &self.live),
+                route,
+                args,
+            )
         };
         if self.state.auth_failures > failures_before {
             self.auth_pause().await;

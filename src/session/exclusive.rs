@@ -107,7 +107,7 @@ impl Session {
                     conn,
                     db.label(),
                     db.config.upstream.command_timeout,
-                    self.ctx.config.limits.pubsub_buffer_limit,
+                    self.live.config.limits.pubsub_buffer_limit,
                 );
                 self.hold_private(conn, db, resp3);
                 Ok(())

@@ -8,7 +8,7 @@ use super::{encode, State};
 use crate::admin;
 use crate::clients::{Client, Filter};
 use crate::command::{upper, ArgList, Route};
-use crate::context::Context;
+use crate::context::View;
 use crate::protocol::reply;
 use crate::protocol::request::parse_int;
 use crate::router::Database;
@@ -56,7 +56,7 @@ fn wrong_args<L: ArgList + ?Sized>(args: &L) -> Outcome {
 /// Handles a request that is not a plain forward on an authenticated session.
 pub(super) fn handle<L: ArgList + ?Sized>(
     state: &mut State,
-    ctx: &Context,
+    ctx: &View<'_>,
     route: Route,
     args: &L,
 ) -> Outcome {
@@ -102,7 +102,7 @@ pub(super) fn handle<L: ArgList + ?Sized>(
 }
 
 /// The database a client-facing index argument names, or Redis's error for it.
-fn db_arg<'a>(ctx: &'a Context, arg: &[u8]) -> Result<&'a Arc<Database>, Outcome> {
+fn db_arg<'a>(ctx: &View<'a>, arg: &[u8]) -> Result<&'a Arc<Database>, Outcome> {
     let Some(index) = parse_int(arg) else {
         return Err(err("ERR value is not an integer or out of range"));
     };
@@ -111,7 +111,7 @@ fn db_arg<'a>(ctx: &'a Context, arg: &[u8]) -> Result<&'a Arc<Database>, Outcome
         .ok_or_else(|| err("ERR DB index is out of range"))
 }
 
-fn select<L: ArgList + ?Sized>(state: &mut State, ctx: &Context, args: &L) -> Outcome {
+fn select<L: ArgList + ?Sized>(state: &mut State, ctx: &View<'_>, args: &L) -> Outcome {
     if args.count() != 2 {
         return wrong_args(args);
     }
@@ -128,7 +128,7 @@ fn select<L: ArgList + ?Sized>(state: &mut State, ctx: &Context, args: &L) -> Ou
 /// upstream's db index) and the database it selects, or the reply refusing it.
 pub(super) fn select_in_transaction<L: ArgList + ?Sized>(
     state: &State,
-    ctx: &Context,
+    ctx: &View<'_>,
     args: &L,
 ) -> Result<(Arc<Database>, Vec<u8>), Outcome> {
     if args.count() != 2 {
@@ -196,7 +196,7 @@ pub(super) fn credentials<L: ArgList + ?Sized>(
     }
 }
 
-fn check_password(state: &mut State, ctx: &Context, user: Option<&[u8]>, pass: &[u8]) -> Outcome {
+fn check_password(state: &mut State, ctx: &View<'_>, user: Option<&[u8]>, pass: &[u8]) -> Outcome {
     if ctx.config.auth_passthrough {
         // Redis itself accepted these credentials (the session logged in first).
         state.authenticated = true;
@@ -230,7 +230,7 @@ fn check_password(state: &mut State, ctx: &Context, user: Option<&[u8]>, pass: &
 /// A refused password (AUTH or PROXY AUTH): counted, logged (the 1st, 2nd, 4th …
 /// refusal of a connection, not every one), and the connection is closed at the
 /// [`MAX_AUTH_FAILURES`]th, so guessing costs a connection every few tries.
-fn refuse_auth(state: &mut State, ctx: &Context, what: &str, refused: &str) -> Outcome {
+fn refuse_auth(state: &mut State, ctx: &View<'_>, what: &str, refused: &str) -> Outcome {
     state.auth_failures += 1;
     crate::stats::add(&ctx.stats.auth_failures, 1);
     let n = state.auth_failures;
@@ -253,7 +253,7 @@ fn refuse_auth(state: &mut State, ctx: &Context, what: &str, refused: &str) -> O
 /// `deny_commands: [proxy]` refuses all of it for that database, and with
 /// `admin_only_info: true` the reports (`INFO`, `HEALTH`, `STATS`) need an admin
 /// session too.
-fn proxy<L: ArgList + ?Sized>(state: &mut State, ctx: &Context, args: &L) -> Outcome {
+fn proxy<L: ArgList + ?Sized>(state: &mut State, ctx: &View<'_>, args: &L) -> Outcome {
     if state.db.denies_proxy() {
         return err(&format!(
             "NOPERM 'proxy' is denied by redis-sidecar's deny_commands for database {}",
@@ -287,6 +287,11 @@ fn proxy<L: ArgList + ?Sized>(state: &mut State, ctx: &Context, args: &L) -> Out
         b"LOGLEVEL" if !state.admin && args.count() > 2 => err(
             "NOPERM PROXY LOGLEVEL <filter> needs an admin session: set admin_password and send PROXY AUTH <admin_password> first",
         ),
+        b"RELOAD" if args.count() != 2 => wrong_sub_args(args),
+        b"RELOAD" if !state.admin && ctx.config.admin_password.is_some() => err(
+            "NOPERM PROXY RELOAD needs an admin session: send PROXY AUTH <admin_password> first",
+        ),
+        b"RELOAD" => proxy_reload(ctx),
         b"CIRCUIT" | b"RESETSTATS" if !state.admin => err(
             "NOPERM PROXY CIRCUIT and PROXY RESETSTATS need an admin session: set admin_password and send PROXY AUTH <admin_password> first",
         ),
@@ -294,12 +299,34 @@ fn proxy<L: ArgList + ?Sized>(state: &mut State, ctx: &Context, args: &L) -> Out
     }
 }
 
+/// `PROXY RELOAD`: the server reloads the configuration from its file; the
+/// reply (a summary of what changed, or why nothing did) keeps its place.
+fn proxy_reload(ctx: &View<'_>) -> Outcome {
+    let Some(done) = ctx.request_reload() else {
+        return err("ERR the proxy is shutting down");
+    };
+    let (tx, rx) = tokio::sync::oneshot::channel();
+    tokio::spawn(async move {
+        let mut out = Vec::new();
+        match done.await {
+            Ok(Ok(summary)) => reply::bulk(&mut out, format!("reloaded: {summary}").as_bytes()),
+            Ok(Err(why)) => reply::error(
+                &mut out,
+                &format!("ERR reload refused, nothing changed: {why}"),
+            ),
+            Err(_) => reply::error(&mut out, "ERR the proxy is shutting down"),
+        }
+        let _ = tx.send(bytes::Bytes::from(out));
+    });
+    Outcome::Later(rx)
+}
+
 /// Checks that run now (`PROXY CHECK`): one at a time, proxy-wide, since each
 /// opens a connection per database.
 static CHECK_RUNNING: std::sync::atomic::AtomicBool = std::sync::atomic::AtomicBool::new(false);
 
 /// `PROXY CHECK [JSON] [READONLY]`: the report of `redis-sidecar check`, live.
-fn proxy_check<L: ArgList + ?Sized>(ctx: &Context, args: &L) -> Outcome {
+fn proxy_check<L: ArgList + ?Sized>(ctx: &View<'_>, args: &L) -> Outcome {
     use std::sync::atomic::Ordering::{Acquire, Release};
     let (mut json, mut read_only) = (false, false);
     for i in 2..args.count() {
@@ -313,7 +340,7 @@ fn proxy_check<L: ArgList + ?Sized>(ctx: &Context, args: &L) -> Outcome {
     if CHECK_RUNNING.swap(true, Acquire) {
         return err("ERR a PROXY CHECK is already running; try again when it is done");
     }
-    let config = ctx.config.clone();
+    let config = ctx.live.config.clone();
     let (tx, rx) = tokio::sync::oneshot::channel();
     tokio::spawn(async move {
         // Another check may start once this one ends, however it ends.
@@ -369,7 +396,7 @@ fn same_secret(given: &[u8], expected: &[u8]) -> bool {
     diff == 0
 }
 
-fn auth<L: ArgList + ?Sized>(state: &mut State, ctx: &Context, args: &L) -> Outcome {
+fn auth<L: ArgList + ?Sized>(state: &mut State, ctx: &View<'_>, args: &L) -> Outcome {
     match args.count() {
         2 => check_password(state, ctx, None, args.arg(1)),
         3 => check_password(state, ctx, Some(args.arg(1)), args.arg(2)),
@@ -377,7 +404,7 @@ fn auth<L: ArgList + ?Sized>(state: &mut State, ctx: &Context, args: &L) -> Outc
     }
 }
 
-fn hello<L: ArgList + ?Sized>(state: &mut State, ctx: &Context, args: &L) -> Outcome {
+fn hello<L: ArgList + ?Sized>(state: &mut State, ctx: &View<'_>, args: &L) -> Outcome {
     let mut i = 1;
     let mut protocol = None;
     if args.count() > 1 {
@@ -456,7 +483,7 @@ fn valid_name(name: &[u8]) -> bool {
 }
 
 /// `CLIENT INFO` / `CLIENT LIST` text for these sessions.
-fn client_lines(ctx: &Context, clients: &[Arc<Client>], resp3: bool) -> Vec<u8> {
+fn client_lines(ctx: &View<'_>, clients: &[Arc<Client>], resp3: bool) -> Vec<u8> {
     let text: String = clients.iter().map(|c| c.line(&ctx.clients)).collect();
     let mut out = Vec::new();
     reply::verbatim(&mut out, text.as_bytes(), resp3);
@@ -486,7 +513,7 @@ fn client_type(filter: &mut Filter, arg: &[u8]) -> Result<(), Outcome> {
 }
 
 /// `CLIENT LIST [TYPE type] [ID id …]`, from the proxy's own sessions.
-fn client_list<L: ArgList + ?Sized>(state: &State, ctx: &Context, args: &L) -> Outcome {
+fn client_list<L: ArgList + ?Sized>(state: &State, ctx: &View<'_>, args: &L) -> Outcome {
     let n = args.count();
     let mut filter = Filter::default();
     if n == 4 && args.arg(2).eq_ignore_ascii_case(b"TYPE") {
@@ -511,7 +538,7 @@ fn client_list<L: ArgList + ?Sized>(state: &State, ctx: &Context, args: &L) -> O
 }
 
 /// `CLIENT KILL addr` or `CLIENT KILL <filter> <value> …`, on the proxy's sessions.
-fn client_kill<L: ArgList + ?Sized>(state: &State, ctx: &Context, args: &L) -> Outcome {
+fn client_kill<L: ArgList + ?Sized>(state: &State, ctx: &View<'_>, args: &L) -> Outcome {
     let n = args.count();
     let mut filter = Filter::default();
     if n == 3 {
@@ -573,7 +600,7 @@ fn client_kill<L: ArgList + ?Sized>(state: &State, ctx: &Context, args: &L) -> O
 /// `CLIENT UNBLOCK id [TIMEOUT|ERROR]`: a session blocked on an exclusive
 /// connection is unblocked there (the id is translated to that connection's id on
 /// Redis); any other session is not blocked, as Redis answers `0`.
-fn client_unblock<L: ArgList + ?Sized>(ctx: &Context, args: &L) -> Outcome {
+fn client_unblock<L: ArgList + ?Sized>(ctx: &View<'_>, args: &L) -> Outcome {
     let n = args.count();
     if n < 3 {
         return wrong_sub_args(args);
@@ -611,7 +638,7 @@ fn client_unblock<L: ArgList + ?Sized>(ctx: &Context, args: &L) -> Outcome {
     Outcome::Reply(b":0\r\n".to_vec())
 }
 
-fn client<L: ArgList + ?Sized>(state: &mut State, ctx: &Context, args: &L) -> Outcome {
+fn client<L: ArgList + ?Sized>(state: &mut State, ctx: &View<'_>, args: &L) -> Outcome {
     let mut buf = [0u8; 32];
     let sub = upper(args.arg(1), &mut buf).unwrap_or(b"");
     let n = args.count();
@@ -707,7 +734,7 @@ fn client<L: ArgList + ?Sized>(state: &mut State, ctx: &Context, args: &L) -> Ou
 
 /// MOVE key db / COPY src dst DB db / SWAPDB a b: translate client-facing indexes
 /// to the upstream's, when the databases live on the same server.
-fn cross_db<L: ArgList + ?Sized>(state: &mut State, ctx: &Context, args: &L) -> Outcome {
+fn cross_db<L: ArgList + ?Sized>(state: &mut State, ctx: &View<'_>, args: &L) -> Outcome {
     let mut buf = [0u8; 32];
     let name = upper(args.arg(0), &mut buf).unwrap_or(b"").to_vec();
     let positions: Vec<usize> = match name.as_slice() {

@@ -41,7 +41,7 @@ pub(super) struct Flight {
 impl Session {
     /// Bytes of replies a session may have in flight upstream.
     fn in_flight_budget(&self) -> usize {
-        IN_FLIGHT_BYTES.min(self.ctx.config.limits.client_reply_buffer)
+        IN_FLIGHT_BYTES.min(self.live.config.limits.client_reply_buffer)
     }
 
     /// Whether no more requests may go upstream while `count` more (reads only:
@@ -54,7 +54,7 @@ impl Session {
 
     /// The client's replies pile up: stop reading its requests.
     pub(super) fn over_budget(&self) -> bool {
-        self.outbox.len() >= self.ctx.config.limits.client_reply_buffer
+        self.outbox.len() >= self.live.config.limits.client_reply_buffer
             || self.in_flight_full(0, true)
     }
 
@@ -95,7 +95,7 @@ impl Session {
     /// When the client will have been past the soft output buffer limit for long
     /// enough, if it is past it.
     pub(super) fn soft_deadline(&self) -> Option<Instant> {
-        let limit = &self.ctx.config.limits.client_output_buffer_limit;
+        let limit = &self.live.config.limits.client_output_buffer_limit;
         self.soft_since.map(|t| t + limit.soft_seconds)
     }
 
@@ -103,7 +103,7 @@ impl Session {
     /// buffer and outbox); closes the client past a limit, and the biggest client
     /// when all of them together pass `max_client_memory`.
     pub(super) fn account(&mut self, inbuf: &BytesMut) {
-        let limits = &self.ctx.config.limits;
+        let limits = &self.live.config.limits;
         let buffered = self.outbox.len();
         let obl = limits.client_output_buffer_limit;
         if obl.hard > 0 && buffered > obl.hard {

@@ -30,6 +30,7 @@
 //! | `pubsub.rs` | subscribed sessions: streaming, counts, the barrier |
 //! | `tracking.rs` | `CLIENT TRACKING`: the tracking connection, pushes, REDIRECT |
 //! | `local.rs` | commands the proxy answers itself |
+//! | `reload.rs` | moving to the configuration a reload published |
 
 mod dispatch;
 mod exclusive;
@@ -38,6 +39,7 @@ mod memory;
 mod mode;
 mod pubsub;
 mod queue;
+mod reload;
 mod tracking;
 
 use std::collections::VecDeque;
@@ -53,7 +55,7 @@ use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 
 use crate::clients::Registration;
-use crate::context::Context;
+use crate::context::{Context, Live};
 use crate::protocol::request;
 use crate::router::Database;
 use crate::transport::Stream;
@@ -130,7 +132,8 @@ pub(crate) struct State {
 /// Serves one client until it disconnects, sends a malformed request, or the proxy
 /// shuts down (then pending replies are still delivered).
 pub async fn run(stream: Stream, ctx: Arc<Context>, id: u64, shutdown: CancellationToken) {
-    let Some(db) = ctx.router.default_database().cloned() else {
+    let live = ctx.live();
+    let Some(db) = live.router.default_database().cloned() else {
         return;
     };
     let peer = stream
@@ -150,7 +153,7 @@ pub async fn run(stream: Stream, ctx: Arc<Context>, id: u64, shutdown: Cancellat
     let state = State {
         id,
         db,
-        authenticated: ctx.config.client_password.is_none(),
+        authenticated: live.config.client_password.is_none(),
         name: None,
         lib_name: None,
         lib_ver: None,
@@ -162,6 +165,7 @@ pub async fn run(stream: Stream, ctx: Arc<Context>, id: u64, shutdown: Cancellat
     };
     let mut session = Session {
         ctx,
+        live,
         state,
         queue: VecDeque::new(),
         outbox: Outbox::default(),
@@ -195,6 +199,8 @@ pub async fn run(stream: Stream, ctx: Arc<Context>, id: u64, shutdown: Cancellat
 
 struct Session {
     ctx: Arc<Context>,
+    /// The configuration snapshot the session uses (see `refresh`).
+    live: Arc<Live>,
     state: State,
     queue: VecDeque<Pending>,
     /// Replies taken off the queue, waiting to be written.
@@ -265,7 +271,19 @@ impl Session {
         let evict: CancellationToken = self.client.evicted().clone();
         let evicted = evict.cancelled();
         tokio::pin!(evicted);
+        // Fired when a reload replaces the session's snapshot: an idle session
+        // then lets go of what changed.
+        let mut armed = self.live.generation;
+        let mut replaced = Box::pin(self.live.replaced().clone().cancelled_owned());
         loop {
+            if self.stale() && self.queue.is_empty() && !self.stalled {
+                self.refresh();
+            }
+            if self.live.generation != armed {
+                armed = self.live.generation;
+                replaced = Box::pin(self.live.replaced().clone().cancelled_owned());
+            }
+            let stale = self.stale();
             self.take_ready();
             self.account(&inbuf);
             self.client.set_queue(self.queue.len(), self.outbox.len());
@@ -356,6 +374,7 @@ impl Session {
                     }
                     Front::Nothing => {}
                 },
+                _ = &mut replaced, if !stale => {}
                 _ = &mut evicted => {
                     self.queue.clear();
                     self.done = true;
@@ -472,7 +491,7 @@ impl Session {
     /// `client_idle_timeout` after its last bytes while it is not subscribed and not
     /// waiting on a blocking command (as Redis's `timeout`).
     fn close_deadline(&self, connected_at: Instant, last_read: Instant) -> Option<Instant> {
-        let cfg = &self.ctx.config;
+        let cfg = &self.live.config;
         let auth = (!self.state.authenticated
             && cfg.client_password.is_some()
             && !cfg.auth_timeout.is_zero())

@@ -21,7 +21,7 @@ impl Session {
                     tracing::warn!(
                         session = self.state.id,
                         peer = %self.state.peer,
-                        limit = self.ctx.config.limits.pubsub_buffer_limit,
+                        limit = self.live.config.limits.pubsub_buffer_limit,
                         "disconnecting slow subscriber: pub/sub output buffer limit reached"
                     );
                 } else {

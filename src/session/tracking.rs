@@ -157,7 +157,7 @@ impl Session {
                 _ => None,
             },
             Route::Select if self.tracking.is_some() && args.count() == 2 => {
-                let db = parse_int(args.arg(1)).and_then(|i| self.ctx.router.get(i))?;
+                let db = parse_int(args.arg(1)).and_then(|i| self.live.router.get(i))?;
                 if db.same_server(&self.state.db) {
                     return None;
                 }
@@ -170,7 +170,7 @@ impl Session {
             }
             Route::Auth | Route::Hello
                 if self.tracking.is_some()
-                    && self.ctx.config.auth_passthrough
+                    && self.live.config.auth_passthrough
                     && local::credentials(route, args, self.state.resp3).is_some() =>
             {
                 self.push_reply(
@@ -398,7 +398,7 @@ impl Session {
                 tracing::warn!(
                     session = self.state.id,
                     peer = %self.state.peer,
-                    limit = self.ctx.config.limits.pubsub_buffer_limit,
+                    limit = self.live.config.limits.pubsub_buffer_limit,
                     "disconnecting slow client: invalidation messages beyond limits.pubsub_buffer_limit"
                 );
                 self.queue.clear();

@@ -118,7 +118,8 @@ fn unix_now() -> f64 {
 /// it fills.
 pub fn spawn(ctx: Arc<Context>, shutdown: CancellationToken) -> Arc<History> {
     let interval = sample_interval();
-    let dbs = ctx.router.databases();
+    let live = ctx.live();
+    let dbs = live.router.databases();
     let history = Arc::new(History {
         interval,
         rings: Mutex::new(
@@ -143,13 +144,21 @@ pub fn spawn(ctx: Arc<Context>, shutdown: CancellationToken) -> Arc<History> {
             last = now;
             let t = unix_now();
             // Read outside the lock: page requests never wait for histogram copies.
-            let readings: Vec<(Reading, State)> = ctx
-                .router
-                .databases()
+            let live = ctx.live();
+            let dbs = live.router.databases();
+            let readings: Vec<(Reading, State)> = dbs
                 .iter()
                 .map(|db| (reading(db), db.breaker.state()))
                 .collect();
             let mut rings = h.rings.lock().unwrap_or_else(PoisonError::into_inner);
+            if rings.len() != dbs.len() {
+                // A reload added or removed databases: the history starts again.
+                *rings = dbs
+                    .iter()
+                    .map(|db| Ring::new(HISTORY_LEN, reading(db)))
+                    .collect();
+                continue;
+            }
             for (ring, (r, state)) in rings.iter_mut().zip(readings) {
                 ring.push(t, elapsed, r, state);
             }
@@ -221,7 +230,8 @@ pub struct Status {
 /// Reads the current status.
 pub fn read(ctx: &Context, history: &History) -> Status {
     let rings = history.rings.lock().unwrap_or_else(PoisonError::into_inner);
-    let databases: Vec<DbStatus> = ctx
+    let live = ctx.live();
+    let databases: Vec<DbStatus> = live
         .router
         .databases()
         .iter()
@@ -260,7 +270,7 @@ pub fn read(ctx: &Context, history: &History) -> Status {
     Status {
         version: env!("CARGO_PKG_VERSION"),
         uptime: ctx.stats.started.elapsed(),
-        listen: ctx.local_addr.to_string(),
+        listen: ctx.local_addr().to_string(),
         clients_connected: get(&ctx.stats.connected_clients),
         ops_per_sec: databases.iter().map(|d| d.ops_per_sec).sum(),
         sample_interval: history.interval(),
