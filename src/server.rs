@@ -44,8 +44,12 @@ struct Core {
     ids: Arc<AtomicU64>,
     /// The listeners; held for the whole of a reload, so reloads run one at a time.
     listeners: tokio::sync::Mutex<Listeners>,
+    /// The listeners' bound addresses (plain, TLS, metrics), readable at any time.
+    addrs: std::sync::Mutex<Addrs>,
     source: std::sync::Mutex<Option<Source>>,
 }
+
+type Addrs = (Option<SocketAddr>, Option<SocketAddr>, Option<SocketAddr>);
 
 impl std::fmt::Debug for Core {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
@@ -110,6 +114,7 @@ impl Proxy {
             sessions: TaskTracker::new(),
             ids: Arc::new(AtomicU64::new(1)),
             listeners: Default::default(),
+            addrs: Default::default(),
             source: std::sync::Mutex::new(None),
         });
         let bound = match core.bind_new(&config, &Listeners::default()).await {
@@ -222,16 +227,8 @@ async fn reload_requests(
 
 impl Core {
     /// The bound addresses: plain, TLS, metrics.
-    fn addrs(&self) -> (Option<SocketAddr>, Option<SocketAddr>, Option<SocketAddr>) {
-        match self.listeners.try_lock() {
-            Ok(l) => (
-                l.plain.as_ref().map(|b| b.local),
-                l.tls.as_ref().map(|b| b.local),
-                l.metrics.as_ref().map(|b| b.local),
-            ),
-            // A reload is under way: the context's copy.
-            Err(_) => (Some(self.ctx.local_addr()), None, None),
-        }
+    fn addrs(&self) -> Addrs {
+        *self.addrs.lock().unwrap_or_else(|p| p.into_inner())
     }
 
     async fn reload(&self) -> ReloadResult {
@@ -430,6 +427,9 @@ impl Core {
         if let Some(addr) = addr {
             self.ctx.set_local_addr(addr);
         }
+        let local = |b: &Option<Bound>| b.as_ref().map(|b| b.local);
+        *self.addrs.lock().unwrap_or_else(|p| p.into_inner()) =
+            (local(&l.plain), local(&l.tls), local(&l.metrics));
         if initial {
             moved.clear();
         }

@@ -741,3 +741,49 @@ fn the_log_level_changes_at_run_time() {
         "an info line was written at warn:\n{log}"
     );
 }
+
+/// `--log-json`: a warning inside a session carries the session id and its
+/// database as fields (the session span), and one from an upstream connection
+/// task the database and the upstream address (the upstream span).
+#[test]
+fn json_log_lines_carry_session_database_and_upstream() {
+    let redis = RedisServer::start();
+    let dead = support::free_port();
+    let yaml = support::databases_yaml("127.0.0.1", redis.port()).replace(
+        "  knowledge:\n    db: 1\n",
+        &format!("  knowledge:\n    db: 1\n    host: 127.0.0.1\n    port: {dead}\n    retry_attempts: 0\n"),
+    ) + "client_password: json-secret\n";
+    let mut proxy = BinaryProxy::start_with(&yaml, &["--log-json"], &[]);
+    let mut c = proxy.client();
+    assert_eq!(c.cmd(&[b"AUTH", b"json-secret"]), b"+OK\r\n");
+    let id = String::from_utf8_lossy(&c.cmd(&[b"CLIENT", b"ID"]))
+        .trim()
+        .trim_start_matches(':')
+        .to_string();
+    assert_eq!(c.cmd(&[b"SELECT", b"1"]), b"+OK\r\n");
+    assert!(c.cmd(&[b"AUTH", b"wrong"]).starts_with(b"-WRONGPASS"));
+    assert!(c.cmd(&[b"GET", b"k"]).starts_with(b"-"));
+    proxy.send_signal("TERM");
+    proxy.wait_exit(Duration::from_secs(10)).expect("exits");
+    let log = proxy.log();
+    let lines: Vec<serde_json::Value> = log
+        .lines()
+        .filter_map(|l| serde_json::from_str(l).ok())
+        .collect();
+    let find = |message: &str| {
+        lines
+            .iter()
+            .find(|v| v["fields"]["message"].as_str() == Some(message))
+            .unwrap_or_else(|| panic!("no {message:?} line in:\n{log}"))
+    };
+    let refused = find("AUTH refused");
+    assert_eq!(refused["level"], "WARN");
+    assert_eq!(refused["span"]["name"], "session");
+    assert_eq!(refused["span"]["session"].to_string(), id);
+    // The database the session had selected when it was refused.
+    assert_eq!(refused["span"]["db"], "knowledge");
+    let failed = find("upstream connection failed");
+    assert_eq!(failed["span"]["name"], "upstream");
+    assert_eq!(failed["span"]["db"], "knowledge");
+    assert_eq!(failed["span"]["upstream"], format!("127.0.0.1:{dead}"));
+}

@@ -192,7 +192,16 @@ pub async fn run(stream: Stream, ctx: Arc<Context>, id: u64, shutdown: Cancellat
         tracking: None,
     };
     session.publish();
-    if let Err(e) = session.serve(stream).await {
+    // Log lines of the session's task carry its id and database as fields (the
+    // span is entered per poll of the task, not per command).
+    let span = tracing::error_span!(
+        "session",
+        session = id,
+        db = %session.state.db.config.name(),
+        peer = %session.state.peer
+    );
+    let served = tracing::Instrument::instrument(session.serve(stream), span).await;
+    if let Err(e) = served {
         tracing::debug!(session = id, error = %e, "client connection ended");
     }
 }
@@ -274,14 +283,15 @@ impl Session {
         // Fired when a reload replaces the session's snapshot: an idle session
         // then lets go of what changed.
         let mut armed = self.live.generation;
-        let mut replaced = Box::pin(self.live.replaced().clone().cancelled_owned());
+        // (A child token of the session's own: polling it locks nothing shared.)
+        let mut replaced = Box::pin(self.live.replaced().child_token().cancelled_owned());
         loop {
             if self.stale() && self.queue.is_empty() && !self.stalled {
                 self.refresh();
             }
             if self.live.generation != armed {
                 armed = self.live.generation;
-                replaced = Box::pin(self.live.replaced().clone().cancelled_owned());
+                replaced = Box::pin(self.live.replaced().child_token().cancelled_owned());
             }
             let stale = self.stale();
             self.take_ready();
@@ -517,6 +527,9 @@ impl Session {
         info.name.clone_from(&self.state.name);
         info.lib_name.clone_from(&self.state.lib_name);
         info.lib_ver.clone_from(&self.state.lib_ver);
+        if info.db != self.state.db.config.index {
+            tracing::Span::current().record("db", self.state.db.config.name());
+        }
         info.db = self.state.db.config.index;
         info.resp = if self.state.resp3 { 3 } else { 2 };
         info.user = self.state.user.clone().unwrap_or_default();

@@ -80,7 +80,8 @@ pub fn spawn(
     slots: Vec<MuxHandle>,
     shutdown: CancellationToken,
 ) {
-    tokio::spawn(async move {
+    let span = super::span(&cfg);
+    let task = async move {
         let manager = Manager::new((*cfg).clone(), false);
         let mut conn: Option<ExclusiveConn> = None;
         let mut was_ok = true;
@@ -119,7 +120,8 @@ pub fn spawn(
                 _ = tokio::time::sleep(interval) => {}
             }
         }
-    });
+    };
+    tokio::spawn(tracing::Instrument::instrument(task, span));
 }
 
 /// Sends one PING through a slot after a jittered delay (its reply is discarded),

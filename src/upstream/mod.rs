@@ -13,6 +13,12 @@ pub mod pubsub;
 
 pub use error::UpstreamError;
 
+/// The span an upstream connection task runs in, so its log lines carry the
+/// database (`db`, its primary name) and the upstream (`host:port`) as fields.
+pub fn span(cfg: &crate::config::UpstreamConfig) -> tracing::Span {
+    tracing::error_span!("upstream", db = %cfg.database, upstream = %cfg.address())
+}
+
 /// Receives the outcome of every exchange with an upstream: the circuit breaker's
 /// input. Implemented above this layer (by the resilience module), so the decision
 /// about what counts as a failure is made here, where the failure happens.

@@ -165,7 +165,11 @@ impl MuxHandle {
         resp3: bool,
     ) -> MuxHandle {
         let (tx, rx) = mpsc::channel(QUEUE);
-        tokio::spawn(run_slot(cfg, rx, stats, observer, resp3));
+        let span = super::span(&cfg);
+        tokio::spawn(tracing::Instrument::instrument(
+            run_slot(cfg, rx, stats, observer, resp3),
+            span,
+        ));
         MuxHandle { tx }
     }
 
