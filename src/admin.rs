@@ -126,6 +126,8 @@ pub fn proxy<L: ArgList + ?Sized>(ctx: &View<'_>, args: &L) -> Vec<u8> {
                 "    One line per client: id, addr, name, db, age, idle, mode (shared, transaction, blocking, subscribed, private), pending replies, bytes buffered, memory, last command.",
                 "SLOWLOG GET [count] | LEN | RESET",
                 "    Batches slower than slowlog_threshold_ms, newest first: id, time, microseconds, commands, client address, client name, database (RESET: admin).",
+                "RELOAD",
+                "    Re-read the configuration file and apply it without dropping clients; a bad file changes nothing (admin when admin_password is set).",
                 "CIRCUIT <db> OPEN|CLOSE|AUTO",
                 "    Force a database's circuit breaker open or closed, or give it back to automatic (admin).",
                 "HELP",

@@ -11,7 +11,8 @@
 //! ```text
 //! main.rs        clap flags -> Config::load -> tracing -> Proxy::start -> signals
 //! server.rs      listeners (plain, client_tls): accept loop, TLS handshake,
-//!                connection limit, graceful shutdown
+//!                connection limit, graceful shutdown; configuration reload
+//!                (validate, bind moved listeners, publish the next snapshot)
 //! session/       one client, as a state machine; replies back in order
 //!   mode.rs      the connection mode (shared, exclusive, private, subscribed)
 //!   dispatch.rs  parse, classify once, runs of requests, where each one goes
@@ -21,8 +22,9 @@
 //!   pubsub.rs    subscribed sessions: streaming, counts, barrier
 //!   tracking.rs  CLIENT TRACKING: the tracking connection, pushes, REDIRECT ids
 //!   local.rs     commands the proxy answers itself (SELECT, AUTH, HELLO, CLIENT …)
+//!   reload.rs    moving to the configuration snapshot a reload published
 //! admin.rs       PROXY INFO / HEALTH / STATS / CLIENTS / SLOWLOG / LOGLEVEL /
-//!                RESETSTATS / CIRCUIT
+//!                RESETSTATS / CIRCUIT (RELOAD is sent to the server)
 //! check.rs       `redis-sidecar check` and PROXY CHECK: migration readiness of
 //!                every database, on connections of its own
 //! acl.rs         `redis-sidecar acl`: the ACL SETUSER line matching deny_commands
@@ -33,7 +35,8 @@
 //!   history.rs   one database's ring of samples: rates and windowed p50/p99 from
 //!                differences of the cumulative counters and histogram
 //!   page.rs      the self-contained HTML page with inline SVG charts
-//! context.rs     what sessions share: config, router, client table, counters
+//! context.rs     what sessions share: the config + router snapshot (replaced whole
+//!                by a reload), client table, counters
 //! clients.rs     the table of client sessions (CLIENT LIST / KILL / UNBLOCK,
 //!                TRACKING REDIRECT targets)
 //! slowlog.rs     PROXY SLOWLOG: slow batches, newest first, no argument values

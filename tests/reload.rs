@@ -491,3 +491,75 @@ fn a_transaction_finishes_on_the_old_upstream() {
     assert_eq!(on_b.cmd(&[b"GET", b"after:key"]), b"$1\r\nb\r\n");
     assert_eq!(on_a.cmd(&[b"EXISTS", b"after:key"]), b":0\r\n");
 }
+
+/// (7) What a reload carries over: an unchanged database is the very same (its
+/// connections, statistics and breaker state); one with new breaker thresholds
+/// keeps its breaker state and statistics, with the new thresholds in force; new
+/// retry settings or slot counts get new connections; a database moved to another
+/// server starts afresh.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_reload_carries_over_what_did_not_change() {
+    let a = RedisServer::start();
+    let b = RedisServer::start();
+    let mut config = proxy_config(&a);
+    config.admin_password = Some(redis_sidecar::config::Secret("carry-admin".into()));
+    let proxy = start_proxy(config.clone()).await;
+    let mut c = AsyncRawClient::connect(proxy.local_addr()).await;
+    // With admin_password set, PROXY RELOAD needs an admin session.
+    let refused = c.cmd(&[b"PROXY", b"RELOAD"]).await;
+    assert!(
+        refused.starts_with(b"-NOPERM PROXY RELOAD"),
+        "{}",
+        printable(&refused)
+    );
+    assert_eq!(
+        c.cmd(&[b"PROXY", b"AUTH", b"carry-admin"]).await,
+        b"+OK\r\n"
+    );
+    for db in [&b"0"[..], b"1", b"2", b"3"] {
+        assert_eq!(c.cmd(&[b"SELECT", db]).await, b"+OK\r\n");
+        assert_eq!(c.cmd(&[b"SET", b"k", b"v"]).await, b"+OK\r\n");
+    }
+    assert_eq!(
+        c.cmd(&[b"PROXY", b"CIRCUIT", b"main", b"OPEN"]).await,
+        b"+OK\r\n"
+    );
+    let before = proxy.context().live();
+    let db = |live: &redis_sidecar::context::Live, i: i64| live.router.get(i).cloned().unwrap();
+
+    let mut next = config.clone();
+    next.databases[0].upstream.resilience.failure_threshold = 42;
+    next.databases[1].upstream.mux_connections = 5;
+    next.databases[2].upstream.port = b.port();
+    next.databases[4].upstream.deny_commands.push("keys".into());
+    proxy.reload_with(next).await.expect("reload");
+    let after = proxy.context().live();
+    assert_eq!(after.generation, before.generation + 1);
+    // Unchanged: the same database.
+    assert!(Arc::ptr_eq(&db(&before, 3), &db(&after, 3)));
+    // New thresholds, same breaker (still forced open), stats and connections.
+    let (old0, new0) = (db(&before, 0), db(&after, 0));
+    assert!(!Arc::ptr_eq(&old0, &new0));
+    assert!(Arc::ptr_eq(&old0.breaker, &new0.breaker));
+    assert_eq!(new0.breaker.config().failure_threshold, 42);
+    assert!(Arc::ptr_eq(&old0.stats, &new0.stats));
+    assert!(old0.same_connections(&new0));
+    assert!(c.cmd(&[b"SELECT", b"0"]).await.starts_with(b"+OK"));
+    assert!(
+        c.cmd(&[b"GET", b"k"]).await.starts_with(b"-"),
+        "circuit still open"
+    );
+    // More slots: new connections, same statistics.
+    let (old1, new1) = (db(&before, 1), db(&after, 1));
+    assert!(!old1.same_connections(&new1));
+    assert_eq!(new1.slot_count(), 5);
+    assert!(Arc::ptr_eq(&old1.stats, &new1.stats));
+    // Moved: everything new.
+    let (old2, new2) = (db(&before, 2), db(&after, 2));
+    assert!(!Arc::ptr_eq(&old2.stats, &new2.stats));
+    assert!(!Arc::ptr_eq(&old2.breaker, &new2.breaker));
+    // A deny change only: the same connections.
+    assert!(db(&before, 4).same_connections(&db(&after, 4)));
+    assert!(db(&after, 4).is_denied(redis_sidecar::router::deny_index("keys").unwrap() as usize));
+    proxy.shutdown().await;
+}
