@@ -57,8 +57,8 @@ struct Conns {
     pool: Pool,
     /// The same for RESP3 sessions.
     pool3: Pool,
-    /// Stops the health probe.
-    _probe: StopOnDrop,
+    /// Stops the health probe (dropped, or retired by a reload).
+    probe: StopOnDrop,
 }
 
 /// Cancels its token when dropped.
@@ -113,7 +113,7 @@ impl Conns {
             pool3: dedicated::pool(&db.upstream, true),
             slots,
             slots3,
-            _probe: StopOnDrop(probe),
+            probe: StopOnDrop(probe),
         }
     }
 }
@@ -367,6 +367,20 @@ impl Router {
     /// Every database, in index order.
     pub fn databases(&self) -> &[Arc<Database>] {
         &self.all
+    }
+
+    /// After a reload published `new`: stops the health probes of this (old)
+    /// router's connections that `new` does not use. Sessions that still hold
+    /// them (pinned to a transaction, a subscription …) finish their work on
+    /// them, but the old upstream is no longer probed (nor its breaker fed) on
+    /// their account.
+    pub fn retire_replaced(&self, new: &Router) {
+        for old in &self.all {
+            let kept = new.all.iter().any(|n| Arc::ptr_eq(&n.conns, &old.conns));
+            if !kept {
+                old.conns.probe.0.cancel();
+            }
+        }
     }
 }
 

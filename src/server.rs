@@ -270,9 +270,6 @@ impl Core {
     /// moves the listeners.
     async fn apply(&self, config: Config) -> ReloadResult {
         validate(&config)?;
-        if !config.plain_listener && config.client_tls.is_none() {
-            return Err("nothing to listen on: the plain listener is off (listen: null) and client_tls is not set".into());
-        }
         let mut listeners = self.listeners.lock().await;
         let old = self.ctx.live();
         let mut notes = Vec::new();
@@ -300,6 +297,7 @@ impl Core {
         let next = Live::new(config, router, generation);
         let config = next.config.clone();
         self.ctx.publish(next);
+        old.router.retire_replaced(&self.ctx.live().router);
         drop(old);
         let moved = self.serve_new(&mut listeners, bound, &config);
         notes.extend(moved);
@@ -498,9 +496,13 @@ fn describe(old: &Router, new: &Router) -> Vec<String> {
 }
 
 /// The validation a configuration gets before it is used (at start and on each
-/// reload), besides what loading checks: `deny_commands` names, with the file
-/// and line of the bad name when the configuration came from a file.
+/// reload), besides what loading checks: something to listen on, and
+/// `deny_commands` names (with the file and line of a bad name when the
+/// configuration came from a file).
 fn validate(config: &Config) -> Result<(), String> {
+    if !config.plain_listener && config.client_tls.is_none() {
+        return Err("nothing to listen on: the plain listener is off (listen: null) and client_tls is not set".into());
+    }
     crate::router::validate_deny_commands(config).map_err(|e| {
         let Some(path) = &config.source else {
             return e;

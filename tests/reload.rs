@@ -563,3 +563,46 @@ async fn a_reload_carries_over_what_did_not_change() {
     assert!(db(&after, 4).is_denied(redis_sidecar::router::deny_index("keys").unwrap() as usize));
     proxy.shutdown().await;
 }
+
+/// A subscriber pinned to a moved database keeps its subscription on the old
+/// server, but the old server is no longer health-probed for that database: the
+/// reload retires the old probe even while a session still holds the old
+/// connections.
+#[test]
+fn a_pinned_subscriber_does_not_keep_the_old_probe_alive() {
+    let a = RedisServer::start();
+    let b = RedisServer::start();
+    let mut s = Settings::new(a.port());
+    s.extra = "health_check_interval: 0.2\n".into();
+    let proxy = BinaryProxy::start_with(&s.yaml(), &[], &[]);
+    let mut admin = proxy.client();
+    let probes_on_a = || {
+        let mut c = a.client();
+        let list = bulk_payload(&c.cmd(&[b"CLIENT", b"LIST"]));
+        String::from_utf8_lossy(&list)
+            .lines()
+            .filter(|l| l.contains(" db=1 ") && l.contains("cmd=ping"))
+            .count()
+    };
+    let wait_for = |what: &str, f: &dyn Fn() -> bool| {
+        let deadline = Instant::now() + Duration::from_secs(5);
+        while !f() {
+            assert!(Instant::now() < deadline, "{what}");
+            thread::sleep(Duration::from_millis(50));
+        }
+    };
+    wait_for("knowledge is probed on A", &|| probes_on_a() > 0);
+    let mut sub = proxy.client();
+    assert_eq!(sub.cmd(&[b"SELECT", b"1"]), b"+OK\r\n");
+    assert!(sub.cmd(&[b"SUBSCRIBE", b"news"]).starts_with(b"*3\r\n"));
+    s.knowledge_port = Some(b.port());
+    hup(&proxy, &mut admin, &s.yaml(), "config_reloads");
+    wait_for("the old probe of knowledge on A stopped", &|| {
+        probes_on_a() == 0
+    });
+    // The subscriber is still served, on A.
+    let mut publisher = a.client();
+    assert_eq!(publisher.cmd(&[b"PUBLISH", b"news", b"hi"]), b":1\r\n");
+    let msg = sub.read_reply();
+    assert!(msg.ends_with(b"$2\r\nhi\r\n"), "{}", printable(&msg));
+}
