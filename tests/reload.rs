@@ -454,9 +454,32 @@ async fn listen_change_binds_new_before_closing_old() {
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
     assert_eq!(c.cmd(&[b"PING"]).await, b"+PONG\r\n");
+
+    // metrics_listen: turned on by a reload, then a taken address refused.
+    assert_eq!(proxy.metrics_addr(), None);
+    let mut with_metrics = config.clone();
+    with_metrics.listen = new_addr;
+    with_metrics.metrics_listen = Some(SocketAddr::from(([127, 0, 0, 1], 0)));
+    proxy
+        .reload_with(with_metrics.clone())
+        .await
+        .expect("reload");
+    let metrics = proxy.metrics_addr().expect("metrics served");
+    let (status, _, body) = support::http_get(metrics, "/metrics").await;
+    assert_eq!(status, 200);
+    assert!(
+        body.contains("redis_sidecar_config_reloads_total 2"),
+        "{body}"
+    );
+    let mut bad_metrics = with_metrics.clone();
+    bad_metrics.metrics_listen = Some(taken.local_addr().unwrap());
+    let err = proxy.reload_with(bad_metrics).await.unwrap_err();
+    assert!(err.contains("cannot serve metrics on"), "{err}");
+    assert_eq!(proxy.metrics_addr(), Some(metrics));
+    assert_eq!(support::http_get(metrics, "/metrics").await.0, 200);
     let stats = &proxy.context().stats;
-    assert_eq!(stats.config_reloads.load(Ordering::Relaxed), 1);
-    assert_eq!(stats.config_reload_failures.load(Ordering::Relaxed), 2);
+    assert_eq!(stats.config_reloads.load(Ordering::Relaxed), 2);
+    assert_eq!(stats.config_reload_failures.load(Ordering::Relaxed), 3);
     proxy.shutdown().await;
 }
 
