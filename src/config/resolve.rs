@@ -437,6 +437,10 @@ fn resolve_upstream(
         resilience,
         tls: value_or(&eff.tls, None),
         database: group.names.first().cloned().unwrap_or_default(),
+        key_prefix: eff
+            .key_prefix
+            .as_ref()
+            .map(|p| bytes::Bytes::from(p.value.clone())),
     })
 }
 

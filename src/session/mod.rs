@@ -36,6 +36,7 @@ mod exclusive;
 mod local;
 mod memory;
 mod mode;
+mod prefix;
 mod pubsub;
 mod queue;
 mod tracking;
