@@ -687,3 +687,19 @@ fn bad_key_prefixes_are_refused_with_file_key_and_line() {
         assert!(err.contains(&*Path::new("redis-databases.yaml").display().to_string()));
     }
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn commands_after_select_inside_multi_get_the_selected_prefix() {
+    let redis = RedisServer::start();
+    let proxy = prefixed_proxy(&redis).await;
+    let mut c = client(&proxy, 1).await;
+    assert_eq!(c.cmd(&[b"MULTI"]).await, b"+OK\r\n");
+    assert_eq!(c.cmd(&[b"SET", b"before", b"1"]).await, b"+QUEUED\r\n");
+    assert_eq!(c.cmd(&[b"SELECT", b"2"]).await, b"+QUEUED\r\n");
+    assert_eq!(c.cmd(&[b"SET", b"after", b"2"]).await, b"+QUEUED\r\n");
+    assert_eq!(c.cmd(&[b"EXEC"]).await, b"*3\r\n+OK\r\n+OK\r\n+OK\r\n");
+    let mut d = direct(&redis).await;
+    assert_eq!(strings(&d.cmd(&[b"GET", b"knowledge:before"]).await), ["1"]);
+    assert_eq!(strings(&d.cmd(&[b"GET", b"prompts:after"]).await), ["2"]);
+    assert_eq!(strings(&c.cmd(&[b"KEYS", b"*"]).await), ["after"]);
+}

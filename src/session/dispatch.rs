@@ -395,7 +395,15 @@ impl Session {
             // key_prefix: the request as rewritten, and how its reply is.
             let mut owned: Option<Vec<u8>> = None;
             let mut unprefix = None;
-            if let Some(pfx) = self.state.db.config.upstream.key_prefix.clone() {
+            // Inside MULTI after a SELECT, the database EXEC will run them on.
+            let pending = self.mode.held().and_then(|h| h.pending_select.as_ref());
+            let prefixed = pending
+                .unwrap_or(&self.state.db)
+                .config
+                .upstream
+                .key_prefix
+                .clone();
+            if let Some(pfx) = prefixed {
                 if self.state.authenticated {
                     let planned = {
                         let ranged = Ranged {
@@ -416,6 +424,14 @@ impl Session {
                         prefix::plan(&pfx, &cmd, args, confined)
                     };
                     match planned {
+                        prefix::Plan::Synth(_) if self.mode.is_private() => {
+                            // DBSIZE/FLUSHDB/RANDOMKEY run over the shared connection,
+                            // with the proxy's credentials, not the client's own login.
+                            self.flush(&mut run, inbuf).await;
+                            inbuf.advance(req.len);
+                            self.push_reply(prefix::PRIVATE_REFUSED.to_vec());
+                            continue;
+                        }
                         prefix::Plan::Refuse(text) => {
                             self.flush(&mut run, inbuf).await;
                             inbuf.advance(req.len);

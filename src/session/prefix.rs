@@ -67,6 +67,11 @@ const SAME: Plan = Plan::Forward {
     reply: None,
 };
 
+/// DBSIZE, FLUSHDB and RANDOMKEY for a session logged in with its own
+/// credentials (`auth_passthrough`): they would run with the proxy's.
+pub(super) const PRIVATE_REFUSED: &[u8] = b"-ERR DBSIZE, FLUSHDB and RANDOMKEY are not supported \
+on a database with key_prefix for a client logged in with its own credentials (auth_passthrough)\r\n";
+
 /// SCAN batch size of the synthesized commands.
 const SCAN_COUNT: &str = "1000";
 /// RANDOMKEY attempts before falling back to SCAN.
