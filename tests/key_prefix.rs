@@ -703,3 +703,42 @@ async fn commands_after_select_inside_multi_get_the_selected_prefix() {
     assert_eq!(strings(&d.cmd(&[b"GET", b"prompts:after"]).await), ["2"]);
     assert_eq!(strings(&c.cmd(&[b"KEYS", b"*"]).await), ["after"]);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn keyspace_notifications_show_only_this_prefix_unprefixed() {
+    let redis = RedisServer::start();
+    let proxy = prefixed_proxy(&redis).await;
+    let mut d = direct(&redis).await;
+    assert_eq!(
+        d.cmd(&[b"CONFIG", b"SET", b"notify-keyspace-events", b"KEA"])
+            .await,
+        b"+OK\r\n"
+    );
+    let mut sub = client(&proxy, 1).await;
+    assert_eq!(
+        sub.cmd(&[b"PSUBSCRIBE", b"__keyspace@*__:*"]).await,
+        b"*3\r\n$10\r\npsubscribe\r\n$16\r\n__keyspace@*__:*\r\n:1\r\n"
+    );
+    assert_eq!(
+        sub.cmd(&[b"SUBSCRIBE", b"__keyevent@0__:set"]).await,
+        b"*3\r\n$9\r\nsubscribe\r\n$18\r\n__keyevent@0__:set\r\n:2\r\n"
+    );
+    let mut other = client(&proxy, 2).await;
+    let mut mine = client(&proxy, 1).await;
+    other.cmd(&[b"SET", b"k", b"theirs"]).await;
+    mine.cmd(&[b"SET", b"k", b"mine"]).await;
+    // Only this database's events, in Redis's order (keyspace, then keyevent).
+    assert_eq!(
+        sub.read_reply().await,
+        b"*4\r\n$8\r\npmessage\r\n$16\r\n__keyspace@*__:*\r\n$16\r\n__keyspace@0__:k\r\n$3\r\nset\r\n"
+    );
+    assert_eq!(
+        sub.read_reply().await,
+        b"*3\r\n$7\r\nmessage\r\n$18\r\n__keyevent@0__:set\r\n$1\r\nk\r\n"
+    );
+    sub.send(&resp_cmd(&[b"PUNSUBSCRIBE"])).await;
+    assert_eq!(
+        sub.read_reply().await,
+        b"*3\r\n$12\r\npunsubscribe\r\n$16\r\n__keyspace@*__:*\r\n:1\r\n"
+    );
+}

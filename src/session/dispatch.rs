@@ -156,6 +156,18 @@ fn take_request(inbuf: &mut BytesMut, req: &request::Request) -> Bytes {
     }
 }
 
+/// [`take_request`], or `owned` (the request as `key_prefix` rewrote it) in its
+/// place.
+fn take_owned(inbuf: &mut BytesMut, req: &request::Request, owned: Option<Vec<u8>>) -> Bytes {
+    match owned {
+        Some(b) => {
+            inbuf.advance(req.len);
+            Bytes::from(b)
+        }
+        None => take_request(inbuf, req),
+    }
+}
+
 impl Session {
     /// Sends what the run holds and starts a new one.
     async fn flush(&mut self, run: &mut Run, inbuf: &mut BytesMut) {
@@ -502,13 +514,7 @@ impl Session {
             if matches!(self.mode, Mode::Subscribed(_)) {
                 if !matches!(cmd.route, Route::Quit | Route::Reset | Route::Proxy) {
                     self.flush(&mut run, inbuf).await;
-                    let bytes = match owned.take() {
-                        Some(b) => {
-                            inbuf.advance(req.len);
-                            Bytes::from(b)
-                        }
-                        None => take_request(inbuf, &req),
-                    };
+                    let bytes = take_owned(inbuf, &req, owned.take());
                     let unsubscribes =
                         cmd.route == Route::Stateful(Family::PubSub) && !cmd.subscribes;
                     self.last = Conn::Sub;
@@ -568,7 +574,7 @@ impl Session {
                 match opened {
                     Ok(sub) => {
                         self.enter_pubsub(sub, cmd.route == Route::Stateful(Family::Monitor));
-                        let bytes = take_request(inbuf, &req);
+                        let bytes = take_owned(inbuf, &req, owned.take());
                         self.last = Conn::Sub;
                         self.send_to_subscriber(&bytes, false).await;
                     }
@@ -651,13 +657,7 @@ impl Session {
                 } else {
                     // Inline: re-encoded, alone.
                     self.flush(&mut run, inbuf).await;
-                    let bytes = match owned.take() {
-                        Some(b) => {
-                            inbuf.advance(req.len);
-                            Bytes::from(b)
-                        }
-                        None => take_request(inbuf, &req),
-                    };
+                    let bytes = take_owned(inbuf, &req, owned.take());
                     let mut out = Outgoing::one(bytes, target, cmd.index(), cmd.readonly());
                     out.silent = skip;
                     out.block = if self.mode.in_multi() {

@@ -110,6 +110,7 @@ pub(super) fn plan<L: ArgList + ?Sized>(
             return refuse(args, "invalidation messages would name prefixed keys")
         }
         Route::Forward | Route::Stateful(Family::Transaction | Family::Blocking) => {}
+        Route::Stateful(Family::PubSub) => return subscription(prefix, cmd, args),
         _ => return SAME,
     }
     let name = cmd.info.map_or("", |i| i.name);
@@ -195,6 +196,133 @@ pub(super) fn plan<L: ArgList + ?Sized>(
         return SAME;
     }
     forward(args, &replaced, reply)
+}
+
+// ----------------------------------------------------------------------------
+// Keyspace notifications
+// ----------------------------------------------------------------------------
+
+/// Where the key starts in a keyspace channel (`__keyspace@<db>__:<key>`).
+fn keyspace_key_at(name: &[u8]) -> Option<usize> {
+    const HEAD: &[u8] = b"__keyspace@";
+    let rest = name.strip_prefix(HEAD)?;
+    let end = rest.windows(3).position(|w| w == b"__:")?;
+    Some(HEAD.len() + end + 3)
+}
+
+/// SUBSCRIBE / PSUBSCRIBE / UNSUBSCRIBE / PUNSUBSCRIBE: a keyspace channel (or
+/// pattern) gets the prefix in front of its key part (`__keyspace@0__:k` ->
+/// `__keyspace@0__:prefix:k`; a pattern gets the glob-escaped prefix). Other
+/// channels are not per database on Redis either and pass unchanged.
+fn subscription<L: ArgList + ?Sized>(prefix: &[u8], cmd: &Descriptor, args: &L) -> Plan {
+    let name = cmd.info.map_or("", |i| i.name);
+    let pattern = match name {
+        "subscribe" | "unsubscribe" => false,
+        "psubscribe" | "punsubscribe" => true,
+        _ => return SAME,
+    };
+    let mut replaced = Vec::new();
+    for i in 1..args.count() {
+        let arg = args.arg(i);
+        if let Some(at) = keyspace_key_at(arg) {
+            let mut out = arg[..at].to_vec();
+            if pattern {
+                out.extend_from_slice(&glob_escape(prefix));
+            } else {
+                out.extend_from_slice(prefix);
+            }
+            out.extend_from_slice(&arg[at..]);
+            replaced.push((i, out));
+        }
+    }
+    if replaced.is_empty() {
+        return SAME;
+    }
+    forward(args, &replaced, None)
+}
+
+/// `name` with `strip` removed right after its keyspace head, if it is there.
+fn keyspace_strip<'a>(name: &'a [u8], strip: &[u8]) -> Option<(&'a [u8], &'a [u8])> {
+    let at = keyspace_key_at(name)?;
+    let rest = name[at..].strip_prefix(strip)?;
+    Some((&name[..at], rest))
+}
+
+/// A frame of a subscribed session on a prefixed database, as the client gets
+/// it: keyspace channels and patterns lose the prefix; a keyspace or keyevent
+/// notification about a key outside the prefix (another database's, seen
+/// through a broad pattern such as `*`) is dropped (`None`).
+pub(super) fn pubsub_frame(prefix: &[u8], frame: Bytes) -> Option<Bytes> {
+    let Some((n, body)) = aggregate(&frame, 0, b"*>") else {
+        return Some(frame);
+    };
+    let Some((kind, _)) = bulk_at(&frame, body) else {
+        return Some(frame);
+    };
+    // Bulk strings as such; anything else (a subscription count) as its bytes.
+    let mut items: Vec<(bool, Cow<[u8]>)> = Vec::with_capacity(n);
+    let mut p = body;
+    for _ in 0..n {
+        match bulk_at(&frame, p) {
+            Some((b, end)) => {
+                items.push((true, Cow::Borrowed(b)));
+                p = end;
+            }
+            None => {
+                let end = skip(&frame, p)?;
+                items.push((false, Cow::Borrowed(frame.get(p..end)?)));
+                p = end;
+            }
+        }
+    }
+    let escaped = glob_escape(prefix);
+    let unprefix = |item: &mut (bool, Cow<[u8]>), strip: &[u8]| -> bool {
+        match keyspace_strip(&item.1, strip).filter(|_| item.0) {
+            Some((head, rest)) => {
+                item.1 = Cow::Owned([head, rest].concat());
+                true
+            }
+            None => false,
+        }
+    };
+    let kind = kind.to_ascii_lowercase();
+    match (kind.as_slice(), items.len()) {
+        (b"subscribe" | b"unsubscribe", 3) => {
+            unprefix(&mut items[1], prefix);
+        }
+        (b"psubscribe" | b"punsubscribe", 3) => {
+            unprefix(&mut items[1], &escaped);
+        }
+        (b"message", 3) | (b"pmessage", 4) => {
+            let ch = items.len() - 2;
+            if kind == b"pmessage" {
+                unprefix(&mut items[1], &escaped);
+            }
+            if keyspace_key_at(&items[ch].1).is_some() {
+                if !unprefix(&mut items[ch], prefix) {
+                    return None;
+                }
+            } else if items[ch].1.starts_with(b"__keyevent@") {
+                let payload = &mut items[ch + 1].1;
+                match payload.strip_prefix(prefix) {
+                    Some(rest) => *payload = Cow::Owned(rest.to_vec()),
+                    None => return None,
+                }
+            }
+        }
+        _ => return Some(frame),
+    }
+    let mut out = Vec::with_capacity(frame.len());
+    out.extend_from_slice(&frame[..body]);
+    for (bulk, item) in &items {
+        if *bulk {
+            reply::bulk(&mut out, item);
+        } else {
+            out.extend_from_slice(item);
+        }
+    }
+    out.extend_from_slice(&frame[p..]);
+    Some(Bytes::from(out))
 }
 
 /// SCAN cursor [MATCH pattern] [COUNT n] [TYPE t]: the pattern prefixed, or
@@ -735,6 +863,65 @@ mod tests {
             plan(b"kb:", &cmd, &["KEYS", "*"][..], Some("inside MULTI")),
             Plan::Refuse(_)
         ));
+    }
+
+    #[test]
+    fn keyspace_notifications() {
+        assert_eq!(
+            sent(&["SUBSCRIBE", "__keyspace@0__:k", "news"]),
+            ["SUBSCRIBE", "__keyspace@0__:kb:k", "news"]
+        );
+        let cmd = Descriptor::of(&["PSUBSCRIBE", "__keyspace@*__:*"][..]);
+        let Plan::Forward { bytes: Some(b), .. } =
+            plan(b"k*:", &cmd, &["PSUBSCRIBE", "__keyspace@*__:*"][..], None)
+        else {
+            panic!("rewritten");
+        };
+        assert!(b.ends_with(b"$20\r\n__keyspace@*__:k\\*:*\r\n"), "{b:?}");
+        let frame = |parts: &[&str]| {
+            let mut out = Vec::new();
+            reply::array_header(&mut out, parts.len());
+            for p in parts {
+                match p.strip_prefix(':') {
+                    Some(n) => reply::integer(&mut out, n.parse().expect("count")),
+                    None => reply::bulk(&mut out, p.as_bytes()),
+                }
+            }
+            Bytes::from(out)
+        };
+        let f = |parts: &[&str]| pubsub_frame(b"kb:", frame(parts));
+        assert_eq!(
+            f(&["message", "__keyspace@0__:kb:k", "set"]),
+            Some(frame(&["message", "__keyspace@0__:k", "set"]))
+        );
+        assert_eq!(f(&["message", "__keyspace@0__:other:k", "set"]), None);
+        assert_eq!(
+            f(&[
+                "pmessage",
+                "__keyspace@*__:kb:*",
+                "__keyspace@0__:kb:k",
+                "del"
+            ]),
+            Some(frame(&[
+                "pmessage",
+                "__keyspace@*__:*",
+                "__keyspace@0__:k",
+                "del"
+            ]))
+        );
+        assert_eq!(
+            f(&["pmessage", "*", "__keyevent@0__:set", "kb:k"]),
+            Some(frame(&["pmessage", "*", "__keyevent@0__:set", "k"]))
+        );
+        assert_eq!(f(&["pmessage", "*", "__keyevent@0__:set", "x:k"]), None);
+        assert_eq!(
+            f(&["psubscribe", "__keyspace@*__:kb:*", ":1"]),
+            Some(frame(&["psubscribe", "__keyspace@*__:*", ":1"]))
+        );
+        assert_eq!(
+            f(&["message", "news", "hello"]),
+            Some(frame(&["message", "news", "hello"]))
+        );
     }
 
     #[test]
