@@ -21,6 +21,8 @@
 //!   pubsub.rs    subscribed sessions: streaming, counts, barrier
 //!   tracking.rs  CLIENT TRACKING: the tracking connection, pushes, REDIRECT ids
 //!   local.rs     commands the proxy answers itself (SELECT, AUTH, HELLO, CLIENT …)
+//!   prefix.rs    key_prefix: keys prefixed on the way in, replies unprefixed,
+//!                DBSIZE/FLUSHDB/RANDOMKEY over SCAN, refusals
 //! admin.rs       PROXY INFO / HEALTH / STATS / CLIENTS / SLOWLOG / LOGLEVEL /
 //!                RESETSTATS / CIRCUIT
 //! check.rs       `redis-sidecar check` and PROXY CHECK: migration readiness of
@@ -47,8 +49,9 @@
 //!                request order), subscriber and out-of-band connections, probes;
 //!                frames.rs is the one reader of every reply stream
 //! command/       command classification (byte-literal match), the command
-//!                table generated from Redis's metadata (flags, keys, read-only),
-//!                and the Descriptor each request is classified into once
+//!                table generated from Redis's metadata (flags, key specs,
+//!                read-only), and the Descriptor each request is classified into
+//!                once; keys.rs: where a request's key arguments are (key specs)
 //! protocol/      request parser (multibulk + inline) and reply framing, both
 //!                resumable across reads
 //! config/        YAML config -> Config (mod.rs: loading, the --check-config report)
