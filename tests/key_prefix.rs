@@ -503,6 +503,24 @@ async fn resp3_sessions_get_rewritten_replies() {
         b"*3\r\n$1\r\nz\r\n$1\r\nm\r\n,1.5\r\n"
     );
     assert_eq!(c.cmd(&[b"DBSIZE"]).await, b":1\r\n");
+    // A KEYS reply large enough to come in parts, RESP3.
+    let pad = "y".repeat(400);
+    let mut pipeline = Vec::new();
+    for i in 0..3000 {
+        pipeline.extend(resp_cmd(&[b"SET", format!("{pad}{i}").as_bytes(), b"v"]));
+    }
+    c.send(&pipeline).await;
+    for _ in 0..3000 {
+        c.read_reply().await;
+    }
+    let keys = strings(&c.cmd(&[b"KEYS", b"y*"]).await);
+    assert_eq!(keys.len(), 3000);
+    assert!(keys.iter().all(|k| k.starts_with(&pad)), "unprefixed");
+    assert_eq!(
+        strings(&c.cmd(&[b"PING"]).await),
+        ["PONG"],
+        "in step after it"
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
