@@ -473,6 +473,16 @@ async fn refused_commands_name_themselves() {
     let r = c.cmd(&[b"EXEC"]).await;
     assert!(r.starts_with(b"-EXECABORT"), "{r:?}");
     assert_eq!(d.cmd(&[b"EXISTS", b"knowledge:x"]).await, b":0\r\n");
+    // Inline requests are rewritten too; a container alone gets Redis's error.
+    c.send(b"SET inline 1\r\n").await;
+    assert_eq!(c.read_reply().await, b"+OK\r\n");
+    assert_eq!(strings(&d.cmd(&[b"GET", b"knowledge:inline"]).await), ["1"]);
+    c.send(b"KEYS inl*\r\n").await;
+    assert_eq!(c.read_reply().await, b"*1\r\n$6\r\ninline\r\n");
+    assert_eq!(
+        c.cmd(&[b"OBJECT"]).await,
+        b"-ERR wrong number of arguments for 'object' command\r\n"
+    );
     // Nothing unprefixed was touched.
     assert_eq!(strings(&d.cmd(&[b"GET", b"bare"]).await), ["v"]);
     assert_eq!(strings(&d.cmd(&[b"GET", b"knowledge:k"]).await), ["v"]);

@@ -14,7 +14,7 @@ use tokio::sync::{mpsc, oneshot};
 
 use super::queue::error_text;
 use crate::command::keys::{self, KeyKind};
-use crate::command::{ArgList, Block, Descriptor, Family, Route};
+use crate::command::{table, ArgList, Block, Descriptor, Family, Route};
 use crate::protocol::reply;
 use crate::protocol::request::encode_command;
 use crate::router::Database;
@@ -171,6 +171,10 @@ pub(super) fn plan<L: ArgList + ?Sized>(
         }
         "scan" => return scan(prefix, args),
         _ => {}
+    }
+    if count < 2 && cmd.info.is_some_and(|i| i.has(table::CONTAINER)) {
+        // `OBJECT` alone: Redis's arity error.
+        return SAME;
     }
     let mut found = Vec::new();
     if keys::locate(cmd.info, args, &mut found).is_err() {
