@@ -769,4 +769,9 @@ async fn keyspace_notifications_show_only_this_prefix_unprefixed() {
         sub.read_reply().await,
         b"*3\r\n$12\r\npunsubscribe\r\n$16\r\n__keyspace@*__:*\r\n:1\r\n"
     );
+    // Still subscribed: a command whose reply names keys is refused.
+    assert_eq!(
+        sub.cmd(&[b"KEYS", b"*"]).await,
+        b"-ERR 'KEYS' while subscribed is not supported on a database with key_prefix (its reply names keys or it runs over SCAN)\r\n"
+    );
 }

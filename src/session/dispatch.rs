@@ -446,6 +446,11 @@ impl Session {
                         }
                         prefix::Plan::Refuse(text) => {
                             self.flush(&mut run, inbuf).await;
+                            if !self.barrier_passed().await {
+                                // Subscribed: after the replies to what came before.
+                                self.stalled = true;
+                                return;
+                            }
                             inbuf.advance(req.len);
                             let mut out = Vec::new();
                             reply::error(&mut out, &text);
