@@ -775,3 +775,73 @@ async fn keyspace_notifications_show_only_this_prefix_unprefixed() {
         b"-ERR 'KEYS' while subscribed is not supported on a database with key_prefix (its reply names keys or it runs over SCAN)\r\n"
     );
 }
+
+/// The key positions `command::keys` finds are the ones Redis itself reports
+/// (`COMMAND GETKEYS`), for every kind of key spec.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn located_keys_match_command_getkeys() {
+    use redis_sidecar::command::keys::{locate, KeyKind};
+    let redis = RedisServer::start();
+    let mut d = direct(&redis).await;
+    let corpus: &[&str] = &[
+        "GET k",
+        "SET k v EX 10 GET",
+        "MSET a 1 b 2 c 3",
+        "MGET a b c",
+        "DEL a b",
+        "EVAL s 2 a b x",
+        "EVALSHA_RO 0123 1 a x",
+        "FCALL f 1 a x",
+        "ZUNIONSTORE d 2 a b WEIGHTS 1 2",
+        "ZINTER 2 a b",
+        "ZDIFFSTORE d 2 a b",
+        "LMPOP 2 a b LEFT",
+        "BLMPOP 0 2 a b LEFT COUNT 2",
+        "ZMPOP 1 a MIN",
+        "BZMPOP 0 1 a MIN",
+        "SINTERCARD 2 a b LIMIT 1",
+        "ZINTERCARD 2 a b",
+        "XREAD COUNT 1 STREAMS s1 s2 0 0",
+        "XREADGROUP GROUP g c COUNT 1 STREAMS s1 s2 > >",
+        "GEORADIUS g 0 0 1 km STORE d",
+        "GEORADIUSBYMEMBER g m 1 km STOREDIST d",
+        "GEOSEARCHSTORE d s FROMMEMBER m BYRADIUS 1 km",
+        "SORT l BY w_* GET o_* LIMIT 0 10 STORE d",
+        "SORT_RO l ALPHA",
+        "MIGRATE h 1 k 0 5 COPY",
+        "OBJECT ENCODING k",
+        "MEMORY USAGE k",
+        "XINFO STREAM s",
+        "XAUTOCLAIM s g c 0 0",
+        "BITOP AND d a b",
+        "BITFIELD k GET u8 0",
+        "LMOVE a b LEFT RIGHT",
+        "BLMOVE a b LEFT RIGHT 0",
+        "RENAME a b",
+        "COPY a b REPLACE",
+        "PFMERGE d a b",
+        "BLPOP a b 0",
+        "BZPOPMIN a b 0",
+        "WATCH a b",
+        "TOUCH a b",
+        "LCS a b",
+        "SMOVE a b m",
+        "RESTORE k 0 x",
+        "GETEX k PERSIST",
+    ];
+    for line in corpus {
+        let args: Vec<&str> = line.split(' ').collect();
+        let mut getkeys: Vec<&[u8]> = vec![b"COMMAND", b"GETKEYS"];
+        getkeys.extend(args.iter().map(|a| a.as_bytes()));
+        let redis_says = strings(&d.cmd(&getkeys).await);
+        let (_, info) = redis_sidecar::command::identify(&args);
+        let mut found = Vec::new();
+        locate(info, &args, &mut found).expect("locatable");
+        let ours: Vec<String> = found
+            .iter()
+            .filter(|k| k.kind == KeyKind::Key)
+            .map(|k| args[k.index].to_string())
+            .collect();
+        assert_eq!(ours, redis_says, "{line}");
+    }
+}
