@@ -108,11 +108,15 @@ impl Run {
     /// bytes instead).
     #[inline]
     fn push(&mut self, len: usize, cmd: &Descriptor, owned: Option<&[u8]>) {
+        // A run's requests are all rewritten or none (the database, and so its
+        // prefix, changes only between runs).
         if let Some(bytes) = owned {
             debug_assert!(self.count == 0 || self.owned.is_some());
             self.owned
                 .get_or_insert_with(BytesMut::new)
                 .extend_from_slice(bytes);
+        } else {
+            debug_assert!(self.owned.is_none());
         }
         self.len += len;
         self.count += 1;
