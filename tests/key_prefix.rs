@@ -845,3 +845,27 @@ async fn located_keys_match_command_getkeys() {
         assert_eq!(ours, redis_says, "{line}");
     }
 }
+
+#[test]
+fn databases_sharing_an_upstream_db_must_keep_their_keys_apart() {
+    // Unprefixed sharing (as before key_prefix) and distinct prefixes are fine.
+    load("redis_databases:\n  main: { db: 0 }\n  knowledge: { db: 1, upstream_db: 0 }\n")
+        .expect("valid");
+    load("redis_databases:\n  main: { db: 0, key_prefix: \"a:\" }\n  knowledge: { db: 1, upstream_db: 0, key_prefix: \"b:\" }\n")
+        .expect("valid");
+    load("redis_databases:\n  main: { db: 0 }\n  knowledge: { db: 1, key_prefix: \"b:\" }\n")
+        .expect("valid: different upstream dbs");
+    let err = load("redis_databases:\n  main: { db: 0 }\n  knowledge:\n    db: 1\n    upstream_db: 0\n    key_prefix: \"kb:\"\n")
+        .expect_err("an unprefixed database would see the other's keys");
+    assert!(
+        err.contains("`main` (no key_prefix) and `knowledge` (key_prefix \"kb:\") share upstream"),
+        "{err}"
+    );
+    assert!(
+        err.contains("redis_databases.knowledge.key_prefix") && err.contains("line 6"),
+        "{err}"
+    );
+    let err = load("redis_databases:\n  main: { db: 0, key_prefix: \"kb:\" }\n  knowledge: { db: 1, upstream_db: 0, key_prefix: \"kb:x:\" }\n")
+        .expect_err("overlapping prefixes");
+    assert!(err.contains("none the start of another"), "{err}");
+}
