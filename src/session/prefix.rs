@@ -264,7 +264,7 @@ pub(super) fn pubsub_frame(prefix: &[u8], frame: Bytes) -> Option<Bytes> {
         return Some(frame);
     };
     // Bulk strings as such; anything else (a subscription count) as its bytes.
-    let mut items: Vec<(bool, Cow<[u8]>)> = Vec::with_capacity(n);
+    let mut items: Vec<(bool, Cow<[u8]>)> = Vec::with_capacity(n.min(8));
     let mut p = body;
     for _ in 0..n {
         match bulk_at(&frame, p) {
@@ -272,11 +272,14 @@ pub(super) fn pubsub_frame(prefix: &[u8], frame: Bytes) -> Option<Bytes> {
                 items.push((true, Cow::Borrowed(b)));
                 p = end;
             }
-            None => {
-                let end = skip(&frame, p)?;
-                items.push((false, Cow::Borrowed(frame.get(p..end)?)));
-                p = end;
-            }
+            None => match skip(&frame, p).and_then(|end| Some((end, frame.get(p..end)?))) {
+                Some((end, raw)) => {
+                    items.push((false, Cow::Borrowed(raw)));
+                    p = end;
+                }
+                // Not a frame this understands: passed on as it is.
+                None => return Some(frame),
+            },
         }
     }
     let escaped = glob_escape(prefix);
@@ -420,9 +423,13 @@ fn header(buf: &[u8], pos: usize) -> Option<(u8, i64, usize)> {
 fn skip(buf: &[u8], pos: usize) -> Option<usize> {
     let (t, n, body) = header(buf, pos)?;
     match t {
-        b'$' | b'=' | b'!' if n >= 0 => Some(body + n as usize + 2),
+        b'$' | b'=' | b'!' if n >= 0 => body.checked_add(n as usize)?.checked_add(2),
         b'*' | b'~' | b'>' | b'%' | b'|' if n > 0 => {
-            let items = if matches!(t, b'%' | b'|') { n * 2 } else { n };
+            let items = if matches!(t, b'%' | b'|') {
+                n.saturating_mul(2)
+            } else {
+                n
+            };
             let mut p = body;
             for _ in 0..items {
                 p = skip(buf, p)?;
@@ -444,10 +451,11 @@ fn copy(buf: &[u8], pos: usize, out: &mut Vec<u8>) -> Option<usize> {
 fn key(buf: &[u8], pos: usize, prefix: &[u8], out: &mut Vec<u8>) -> Option<usize> {
     let (t, n, body) = header(buf, pos)?;
     if t == b'$' && n >= 0 {
-        let data = buf.get(body..body + n as usize)?;
+        let end = body.checked_add(n as usize)?;
+        let data = buf.get(body..end)?;
         if let Some(rest) = data.strip_prefix(prefix) {
             reply::bulk(out, rest);
-            return Some(body + n as usize + 2);
+            return Some(end + 2);
         }
     }
     copy(buf, pos, out)
@@ -652,7 +660,8 @@ fn bulk_at(buf: &[u8], pos: usize) -> Option<(&[u8], usize)> {
     if t != b'$' || n < 0 {
         return None;
     }
-    Some((buf.get(body..body + n as usize)?, body + n as usize + 2))
+    let end = body.checked_add(n as usize)?;
+    Some((buf.get(body..end)?, end + 2))
 }
 
 /// An error reply's text, as `Err`.
@@ -691,7 +700,7 @@ async fn scan_once(
         };
         let (next, p) = bulk_at(&reply, p)?;
         let (n, mut p) = aggregate(&reply, p, b"*")?;
-        let mut keys = Vec::with_capacity(n);
+        let mut keys = Vec::with_capacity(n.min(1024));
         for _ in 0..n {
             let (k, end) = bulk_at(&reply, p)?;
             keys.push(k.to_vec());
@@ -926,6 +935,29 @@ mod tests {
             f(&["message", "news", "hello"]),
             Some(frame(&["message", "news", "hello"]))
         );
+    }
+
+    #[test]
+    fn hostile_lengths_do_not_panic() {
+        for junk in [
+            &b"$9223372036854775807\r\nab\r\n"[..],
+            b"*9223372036854775807\r\n$1\r\na\r\n",
+            b"%4611686018427387904\r\n",
+            b"*2\r\n$18446744073709551615\r\n",
+            b"*1\r\n",
+            b"",
+        ] {
+            for kind in [
+                Unprefix::List,
+                Unprefix::Scan,
+                Unprefix::FirstKey,
+                Unprefix::Streams,
+            ] {
+                let _ = unprefix(kind, b"kb:", Bytes::copy_from_slice(junk));
+            }
+            let frame = pubsub_frame(b"kb:", Bytes::copy_from_slice(junk));
+            assert_eq!(frame.as_deref(), Some(junk), "passed on as it is");
+        }
     }
 
     #[test]
