@@ -16,6 +16,8 @@ Python 3 standard library only. The RESP2 client below is deliberately tiny.
 What is carried per command (see the generated file's documentation):
   * name (lower-case, as Redis reports it; subcommands as `container|sub`),
   * arity, the legacy key triple (first key, last key, step),
+  * the key specs (Redis 7: begin_search index/keyword, find_keys range/keynum, their
+    flags), from which src/command/keys.rs locates every key argument,
   * flags: Redis command flags, a few ACL categories, and proxy overrides (below).
 
 Proxy overrides (kept small and explicit; everything else comes from Redis):
@@ -286,6 +288,85 @@ def stop_server(proc, tmp):
 IGNORED = set()
 
 
+# Key spec flags (order = bit number), as Redis names them.
+KEY_SPEC_FLAGS = [
+    ("RO", "read only"),
+    ("RW", "read and written"),
+    ("OW", "overwritten"),
+    ("RM", "deleted"),
+    ("ACCESS", "the value is returned, copied or used"),
+    ("UPDATE", "the value is updated"),
+    ("INSERT", "data is added"),
+    ("DELETE", "data is removed"),
+    ("NOT_KEY", "not a key: a shard channel (SPUBLISH, SSUBSCRIBE); it is hashed like a key but names no key"),
+    ("INCOMPLETE", "the spec may miss keys (SORT's STORE, MIGRATE's KEYS): the arguments must be parsed"),
+    ("VARIABLE_FLAGS", "the spec's flags depend on the arguments (the positions do not)"),
+]
+KEY_SPEC_BIT = {name.lower(): 1 << i for i, (name, _) in enumerate(KEY_SPEC_FLAGS)}
+
+
+def flat_map(raw):
+    """A RESP2 flattened map ([k1, v1, k2, v2 …]) as a dict with text keys."""
+    return {text(raw[i]).lower(): raw[i + 1] for i in range(0, len(raw) - 1, 2)}
+
+
+def parse_key_spec(raw):
+    """One key spec of a Redis 7 COMMAND entry."""
+    spec = flat_map(raw)
+    flags = 0
+    for f in spec.get("flags", []):
+        name = text(f).lower()
+        if name in KEY_SPEC_BIT:
+            flags |= KEY_SPEC_BIT[name]
+        else:
+            IGNORED.add("key spec flag " + name)
+    begin = flat_map(spec.get("begin_search", []))
+    bspec = flat_map(begin.get("spec", []) or [])
+    btype = text(begin.get("type", b"unknown")).lower()
+    if btype == "index":
+        begin_out = ("index", int(bspec["index"]))
+    elif btype == "keyword":
+        begin_out = ("keyword", text(bspec["keyword"]), int(bspec["startfrom"]))
+    else:
+        begin_out = ("unknown",)
+    find = flat_map(spec.get("find_keys", []))
+    fspec = flat_map(find.get("spec", []) or [])
+    ftype = text(find.get("type", b"unknown")).lower()
+    if ftype == "range":
+        find_out = ("range", int(fspec["lastkey"]), int(fspec["keystep"]), int(fspec["limit"]))
+    elif ftype == "keynum":
+        find_out = ("keynum", int(fspec["keynumidx"]), int(fspec["firstkey"]), int(fspec["keystep"]))
+    else:
+        find_out = ("unknown",)
+    return {"flags": flags, "begin": begin_out, "find": find_out}
+
+
+def key_spec_flag_expr(bits):
+    names = ["KS_" + name for i, (name, _) in enumerate(KEY_SPEC_FLAGS) if bits & (1 << i)]
+    return " | ".join(names) if names else "0"
+
+
+def key_specs_expr(specs):
+    out = []
+    for k in specs:
+        b = k["begin"]
+        if b[0] == "index":
+            begin = "Begin::Index(%d)" % b[1]
+        elif b[0] == "keyword":
+            begin = "Begin::Keyword { keyword: %s, start_from: %d }" % (rust_bytes(b[1]), b[2])
+        else:
+            begin = "Begin::Unknown"
+        f = k["find"]
+        if f[0] == "range":
+            find = "Find::Range { last_key: %d, step: %d, limit: %d }" % f[1:]
+        elif f[0] == "keynum":
+            find = "Find::KeyNum { keynum_idx: %d, first_key: %d, step: %d }" % f[1:]
+        else:
+            find = "Find::Unknown"
+        out.append("KeySpec { begin: %s, find: %s, flags: %s }" % (begin, find, key_spec_flag_expr(k["flags"])))
+    return "&[%s]" % ", ".join(out)
+
+
 def parse_entry(raw, is_sub):
     """One COMMAND entry (Redis 6: 7 fields; Redis 7: 10 fields)."""
     name = text(raw[0]).lower()
@@ -294,6 +375,7 @@ def parse_entry(raw, is_sub):
     first, last, step = int(raw[3]), int(raw[4]), int(raw[5])
     categories = [text(c).lower() for c in raw[6]] if len(raw) > 6 else []
     subs = raw[9] if len(raw) > 9 and raw[9] else []
+    specs = [parse_key_spec(k) for k in raw[8]] if len(raw) > 8 and raw[8] else []
 
     bits = 0
     for f in flags:
@@ -321,6 +403,7 @@ def parse_entry(raw, is_sub):
         "first": first,
         "last": last,
         "step": step,
+        "specs": specs,
     }
     children = [parse_entry(s, True)[0] for s in subs]
     return entry, children
@@ -389,11 +472,79 @@ def render(version, top, subs):
     p("//! argument indexes with `last_key` negative when counted from the end (`-1` = the last")
     p("//! argument). `0, 0, 0` means no fixed key positions; commands flagged")
     p("//! [`MOVABLE_KEYS`] need their arguments parsed to find the keys.")
+    p("//!")
+    p("//! Key specs ([`CommandInfo::keys`], Redis 7) say where every key argument is:")
+    p("//! where the search begins ([`Begin`]: a fixed index, or after a keyword) and how")
+    p("//! the keys follow ([`Find`]: a range with a step, or a count argument).")
+    p("//! `command::keys` applies them to a request's arguments.")
     p("")
     for i, (name, doc) in enumerate(BITS):
         for line in textwrap.wrap(doc, 88):
             p("/// %s" % line)
         p("pub const %s: u32 = 1 << %d;" % (name, i))
+    p("")
+    for i, (name, doc) in enumerate(KEY_SPEC_FLAGS):
+        for line in textwrap.wrap("Key spec flag `%s`: %s." % (name, doc), 88):
+            p("/// %s" % line)
+        p("pub const KS_%s: u16 = 1 << %d;" % (name, i))
+    p("")
+    p("/// Where a key spec's search for its first key begins.")
+    p("#[derive(Debug, Clone, Copy, PartialEq, Eq)]")
+    p("pub enum Begin {")
+    p("    /// The first key is the argument at this index (the command name is 0).")
+    p("    Index(i16),")
+    p("    /// The first key follows the first argument equal to `keyword` (ASCII")
+    p("    /// case-insensitive), searched from index `start_from` (negative: from the end,")
+    p("    /// backwards). No keyword: the spec finds no key.")
+    p("    Keyword {")
+    p("        /// The keyword, upper-case (`STREAMS`, `KEYS`, `STORE`).")
+    p("        keyword: &'static [u8],")
+    p("        /// Where the search starts; negative counts from the end.")
+    p("        start_from: i16,")
+    p("    },")
+    p("    /// Redis cannot say: the arguments must be parsed (SORT's STORE).")
+    p("    Unknown,")
+    p("}")
+    p("")
+    p("/// How a key spec finds the keys after the first one.")
+    p("#[derive(Debug, Clone, Copy, PartialEq, Eq)]")
+    p("pub enum Find {")
+    p("    /// Keys from the first one to `last_key` every `step` arguments. `last_key` is")
+    p("    /// relative to the first key (0: only it); negative counts from the end (-1:")
+    p("    /// the last argument), and with `limit` > 0 only `1/limit` of the remaining")
+    p("    /// arguments are keys (XREAD's `STREAMS k1 k2 id1 id2`: limit 2).")
+    p("    Range {")
+    p("        /// Last key, relative to the first (or from the end when negative).")
+    p("        last_key: i16,")
+    p("        /// Distance between keys (MSET: 2).")
+    p("        step: i16,")
+    p("        /// With a negative `last_key`: divides the remaining arguments.")
+    p("        limit: i16,")
+    p("    },")
+    p("    /// The argument `keynum_idx` after the begin index counts the keys, which start")
+    p("    /// `first_key` after it, every `step` (EVAL's numkeys, ZUNIONSTORE, LMPOP).")
+    p("    KeyNum {")
+    p("        /// Index of the count, relative to the begin index.")
+    p("        keynum_idx: i16,")
+    p("        /// Index of the first key, relative to the begin index.")
+    p("        first_key: i16,")
+    p("        /// Distance between keys.")
+    p("        step: i16,")
+    p("    },")
+    p("    /// Redis cannot say.")
+    p("    Unknown,")
+    p("}")
+    p("")
+    p("/// One key spec: where some of a command's key arguments are.")
+    p("#[derive(Debug, Clone, Copy, PartialEq, Eq)]")
+    p("pub struct KeySpec {")
+    p("    /// Where the search begins.")
+    p("    pub begin: Begin,")
+    p("    /// How the keys are found from there.")
+    p("    pub find: Find,")
+    p("    /// Key spec flags ([`KS_RO`], [`KS_INCOMPLETE`] …).")
+    p("    pub flags: u16,")
+    p("}")
     p("")
     p("/// One command (or subcommand) as Redis describes it.")
     p("#[derive(Debug, Clone, Copy, PartialEq, Eq)]")
@@ -410,6 +561,8 @@ def render(version, top, subs):
     p("    pub last_key: i16,")
     p("    /// Distance between key arguments (MSET: 2).")
     p("    pub step: i16,")
+    p("    /// Redis 7 key specs: where every key argument is (empty: no keys).")
+    p("    pub keys: &'static [KeySpec],")
     p("    /// Position in [`COMMANDS`]: dense, `0..COUNT`.")
     p("    pub index: u16,")
     p("}")
@@ -448,8 +601,8 @@ def render(version, top, subs):
     p("pub static COMMANDS: [CommandInfo; COUNT] = [")
     for i, e in enumerate(entries):
         p(
-            "    CommandInfo { name: \"%s\", arity: %d, flags: %s, first_key: %d, last_key: %d, step: %d, index: %d },"
-            % (e["name"], e["arity"], flag_expr(e["flags"]), e["first"], e["last"], e["step"], i)
+            "    CommandInfo { name: \"%s\", arity: %d, flags: %s, first_key: %d, last_key: %d, step: %d, keys: %s, index: %d },"
+            % (e["name"], e["arity"], flag_expr(e["flags"]), e["first"], e["last"], e["step"], key_specs_expr(e["specs"]), i)
         )
     p("];")
     p("")

@@ -23,6 +23,8 @@
 //!   tracking.rs  CLIENT TRACKING: the tracking connection, pushes, REDIRECT ids
 //!   local.rs     commands the proxy answers itself (SELECT, AUTH, HELLO, CLIENT …)
 //!   reload.rs    moving to the configuration snapshot a reload published
+//!   prefix.rs    key_prefix: keys prefixed on the way in, replies unprefixed,
+//!                DBSIZE/FLUSHDB/RANDOMKEY over SCAN, refusals
 //! admin.rs       PROXY INFO / HEALTH / STATS / CLIENTS / SLOWLOG / LOGLEVEL /
 //!                RESETSTATS / CIRCUIT (RELOAD is sent to the server)
 //! check.rs       `redis-sidecar check` and PROXY CHECK: migration readiness of
@@ -50,8 +52,9 @@
 //!                request order), subscriber and out-of-band connections, probes;
 //!                frames.rs is the one reader of every reply stream
 //! command/       command classification (byte-literal match), the command
-//!                table generated from Redis's metadata (flags, keys, read-only),
-//!                and the Descriptor each request is classified into once
+//!                table generated from Redis's metadata (flags, key specs,
+//!                read-only), and the Descriptor each request is classified into
+//!                once; keys.rs: where a request's key arguments are (key specs)
 //! protocol/      request parser (multibulk + inline) and reply framing, both
 //!                resumable across reads
 //! config/        YAML config -> Config (mod.rs: loading, the --check-config report)

@@ -141,6 +141,7 @@ fn unchanged(a: &DatabaseConfig, b: &DatabaseConfig) -> bool {
         && a.description == b.description
         && a.upstream.database == b.upstream.database
         && a.upstream.deny_commands == b.upstream.deny_commands
+        && a.upstream.key_prefix == b.upstream.key_prefix
         && a.upstream.resilience == b.upstream.resilience
         && same_connections(&a.upstream, &b.upstream)
 }

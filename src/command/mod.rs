@@ -9,6 +9,7 @@
 
 use std::sync::OnceLock;
 
+pub mod keys;
 pub mod table;
 
 /// What the session does with a command.

@@ -286,6 +286,25 @@ pub(super) fn parse_command_list(path: &KeyPath, node: &Node) -> Result<Vec<Stri
         .collect()
 }
 
+/// `key_prefix`: a non-empty string without `{` (a prefix with a hash tag
+/// would change which part of every key Redis Cluster hashes).
+pub(super) fn parse_key_prefix(path: &KeyPath, node: &Node) -> Result<String, Fail> {
+    let prefix = parse_string(path, node)?;
+    if prefix.is_empty() {
+        return Err(Fail::at(path, "key_prefix must not be empty"));
+    }
+    if prefix.contains('{') {
+        return Err(Fail::at(
+            path,
+            format!(
+                "key_prefix {prefix:?} must not contain `{{`: it would change the hash tag \
+                 (the slot) of every key"
+            ),
+        ));
+    }
+    Ok(prefix)
+}
+
 pub(super) fn parse_host(path: &KeyPath, node: &Node) -> Result<String, Fail> {
     let host = parse_string(path, node)?;
     let host = host.trim();

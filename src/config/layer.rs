@@ -10,8 +10,8 @@ use std::time::Duration;
 
 use super::error::Fail;
 use super::fields::{
-    nonnegative_secs, parse_command_list, parse_host, parse_port, parse_secret, parse_u32,
-    parse_username, positive_secs, set_nullable, Map, Set,
+    nonnegative_secs, parse_command_list, parse_host, parse_key_prefix, parse_port, parse_secret,
+    parse_u32, parse_username, positive_secs, set_nullable, Map, Set,
 };
 use super::tls::parse_upstream_tls;
 use super::types::{Secret, UpstreamTls};
@@ -38,6 +38,7 @@ pub(super) const UPSTREAM_KEYS: &[&str] = &[
     "success_threshold",
     "health_check_interval",
     "tls",
+    "key_prefix",
 ];
 
 /// One level's upstream settings (`None`: not set at this level).
@@ -61,6 +62,7 @@ pub(super) struct Layer {
     pub(super) health_check_interval: Option<Set<Duration>>,
     pub(super) deny_commands: Option<Set<Vec<String>>>,
     pub(super) tls: Option<Set<Option<Arc<UpstreamTls>>>>,
+    pub(super) key_prefix: Option<Set<String>>,
 }
 
 /// Applies `$m!(field)` to every field of `Layer`.
@@ -84,6 +86,7 @@ macro_rules! layer_fields {
         $m!(health_check_interval);
         $m!(deny_commands);
         $m!(tls);
+        $m!(key_prefix);
     };
 }
 
@@ -112,6 +115,7 @@ impl Layer {
             health_check_interval: map.set("health_check_interval", positive_secs)?,
             deny_commands: map.set("deny_commands", parse_command_list)?,
             tls: set_nullable(map, "tls", parse_upstream_tls)?,
+            key_prefix: map.set("key_prefix", parse_key_prefix)?,
         })
     }
 

@@ -346,6 +346,12 @@ impl Config {
             line(format!("    host: {}", u.host));
             line(format!("    port: {}", u.port));
             line(format!("    upstream_db: {}", u.db));
+            if let Some(prefix) = &u.key_prefix {
+                line(format!(
+                    "    key_prefix: {:?}",
+                    String::from_utf8_lossy(prefix)
+                ));
+            }
             match &u.username {
                 Some(name) => line(format!("    username: {name:?}")),
                 None => line("    username: null".to_string()),

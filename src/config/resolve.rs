@@ -206,6 +206,7 @@ pub(super) fn parse_config(
             })
         })
         .collect::<Result<Vec<_>, Fail>>()?;
+    check_key_prefixes(&groups, &layer, &databases)?;
     databases.sort_by_key(|d| d.index);
     let default_database = resolve_default_database(&top, &dbs_path, &databases)?;
 
@@ -437,6 +438,10 @@ fn resolve_upstream(
         resilience,
         tls: value_or(&eff.tls, None),
         database: group.names.first().cloned().unwrap_or_default(),
+        key_prefix: eff
+            .key_prefix
+            .as_ref()
+            .map(|p| bytes::Bytes::from(p.value.clone())),
     })
 }
 
@@ -573,4 +578,54 @@ fn resolve_default_database(
         }
         _ => Err(type_error(&path, "a database index or name", node)),
     }
+}
+
+/// Databases sharing one upstream db must keep apart: either none has a
+/// `key_prefix`, or each has one and no prefix starts another (an unprefixed or
+/// shorter-prefixed database would see, and its FLUSHDB delete, the other's keys).
+/// `groups` and `databases` are in the same (file) order.
+fn check_key_prefixes(
+    groups: &[Group],
+    top: &Layer,
+    databases: &[DatabaseConfig],
+) -> Result<(), Fail> {
+    for (j, (gb, b)) in groups.iter().zip(databases).enumerate() {
+        for a in &databases[..j] {
+            let (ua, ub) = (&a.upstream, &b.upstream);
+            if (ua.host.as_str(), ua.port, ua.db) != (ub.host.as_str(), ub.port, ub.db) {
+                continue;
+            }
+            let describe = |d: &DatabaseConfig| match &d.upstream.key_prefix {
+                Some(p) => format!(
+                    "`{}` (key_prefix {:?})",
+                    d.name(),
+                    String::from_utf8_lossy(p)
+                ),
+                None => format!("`{}` (no key_prefix)", d.name()),
+            };
+            let overlap = match (&ua.key_prefix, &ub.key_prefix) {
+                (None, None) => false,
+                (Some(x), Some(y)) => x.starts_with(y) || y.starts_with(x),
+                _ => true,
+            };
+            if overlap {
+                let origin = gb
+                    .layer
+                    .key_prefix
+                    .as_ref()
+                    .or(top.key_prefix.as_ref())
+                    .map_or(&gb.db_origin, |s| &s.origin);
+                return Err(origin.fail(format!(
+                    "{} and {} share upstream {}:{} db {} and their keys would mix: give \
+                     each a key_prefix, none the start of another",
+                    describe(a),
+                    describe(b),
+                    ub.host,
+                    ub.port,
+                    ub.db
+                )));
+            }
+        }
+    }
+    Ok(())
 }

@@ -219,6 +219,9 @@ pub struct UpstreamConfig {
     /// The primary name of the database this upstream serves (for log lines;
     /// empty when built with [`UpstreamConfig::new`]).
     pub database: String,
+    /// `key_prefix`: added to every key on the way in, removed from keys in
+    /// replies (`session::prefix`); `None`: keys pass unchanged.
+    pub key_prefix: Option<bytes::Bytes>,
 }
 
 impl UpstreamConfig {
@@ -242,6 +245,7 @@ impl UpstreamConfig {
             resilience: ResilienceConfig::default(),
             tls: None,
             database: String::new(),
+            key_prefix: None,
         }
     }
 

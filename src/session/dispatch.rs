@@ -15,6 +15,7 @@ use tokio::time::Instant;
 
 use super::local;
 use super::mode::{Conn, Mode};
+use super::prefix;
 use super::pubsub::unsubscribed;
 use super::queue::{error_text, errors, CmdList, Pending, Sent};
 use super::Session;
@@ -84,6 +85,9 @@ struct Run {
     block: Block,
     silent: bool,
     select_after: Option<Arc<Database>>,
+    /// `key_prefix`: the requests as rewritten, sent instead of the `len` bytes
+    /// they replace (every request of such a run is here).
+    owned: Option<BytesMut>,
 }
 
 impl Run {
@@ -97,12 +101,24 @@ impl Run {
             block: Block::No,
             silent: false,
             select_after: None,
+            owned: None,
         }
     }
 
-    /// Adds a complete multibulk request of `len` bytes.
+    /// Adds a complete multibulk request of `len` bytes (`owned`: sent as these
+    /// bytes instead).
     #[inline]
-    fn push(&mut self, len: usize, cmd: &Descriptor) {
+    fn push(&mut self, len: usize, cmd: &Descriptor, owned: Option<&[u8]>) {
+        // A run's requests are all rewritten or none (the database, and so its
+        // prefix, changes only between runs).
+        if let Some(bytes) = owned {
+            debug_assert!(self.count == 0 || self.owned.is_some());
+            self.owned
+                .get_or_insert_with(BytesMut::new)
+                .extend_from_slice(bytes);
+        } else {
+            debug_assert!(self.owned.is_none());
+        }
         self.len += len;
         self.count += 1;
         self.cmds.push(cmd.index());
@@ -112,7 +128,13 @@ impl Run {
     /// Takes the run's bytes off the front of `inbuf`, as a batch unless it holds
     /// no request (only empty lines), and starts a new run.
     fn take(&mut self, inbuf: &mut BytesMut) -> Option<Outgoing> {
-        let bytes = inbuf.split_to(self.len).freeze();
+        let bytes = match self.owned.take() {
+            Some(owned) => {
+                inbuf.advance(self.len);
+                owned.freeze()
+            }
+            None => inbuf.split_to(self.len).freeze(),
+        };
         let run = std::mem::replace(self, Run::new());
         (run.count > 0).then_some(Outgoing {
             bytes,
@@ -136,6 +158,18 @@ fn take_request(inbuf: &mut BytesMut, req: &request::Request) -> Bytes {
             encode(&args[..]).into()
         }
         _ => inbuf.split_to(req.len).freeze(),
+    }
+}
+
+/// [`take_request`], or `owned` (the request as `key_prefix` rewrote it) in its
+/// place.
+fn take_owned(inbuf: &mut BytesMut, req: &request::Request, owned: Option<Vec<u8>>) -> Bytes {
+    match owned {
+        Some(b) => {
+            inbuf.advance(req.len);
+            Bytes::from(b)
+        }
+        None => take_request(inbuf, req),
     }
 }
 
@@ -216,6 +250,7 @@ impl Session {
             silent,
             select_after: out.select_after,
             hook: None,
+            unprefix: None,
         }));
     }
 
@@ -240,6 +275,7 @@ impl Session {
             silent,
             select_after: None,
             hook: None,
+            unprefix: None,
         }));
     }
 
@@ -378,16 +414,113 @@ impl Session {
                     continue;
                 }
             }
+            // key_prefix: the request as rewritten, and how its reply is.
+            let mut owned: Option<Vec<u8>> = None;
+            let mut unprefix = None;
+            // Inside MULTI after a SELECT, the database EXEC will run them on.
+            let pending = self.mode.held().and_then(|h| h.pending_select.as_ref());
+            let prefixed = pending
+                .unwrap_or(&self.state.db)
+                .config
+                .upstream
+                .key_prefix
+                .clone();
+            if let Some(pfx) = prefixed {
+                if self.state.authenticated {
+                    let planned = {
+                        let ranged = Ranged {
+                            buf: &inbuf[run.len..],
+                            ranges: &self.args,
+                        };
+                        let args: &dyn ArgList = match &req.kind {
+                            RequestKind::Inline(a) => a,
+                            _ => &ranged,
+                        };
+                        let confined = if self.mode.in_multi() {
+                            Some("inside MULTI")
+                        } else if matches!(self.mode, Mode::Subscribed(_)) {
+                            Some("while subscribed")
+                        } else {
+                            None
+                        };
+                        prefix::plan(&pfx, &cmd, args, confined)
+                    };
+                    match planned {
+                        prefix::Plan::Synth(_) if self.mode.is_private() => {
+                            // DBSIZE/FLUSHDB/RANDOMKEY run over the shared connection,
+                            // with the proxy's credentials, not the client's own login.
+                            self.flush(&mut run, inbuf).await;
+                            inbuf.advance(req.len);
+                            self.push_reply(prefix::PRIVATE_REFUSED.to_vec());
+                            continue;
+                        }
+                        prefix::Plan::Refuse(text) => {
+                            self.flush(&mut run, inbuf).await;
+                            if !self.barrier_passed().await {
+                                // Subscribed: after the replies to what came before.
+                                self.stalled = true;
+                                return;
+                            }
+                            inbuf.advance(req.len);
+                            let mut out = Vec::new();
+                            reply::error(&mut out, &text);
+                            self.push_reply(out);
+                            if let Some(h) = self.mode.held_mut().filter(|h| h.in_multi) {
+                                h.dirty = true;
+                            }
+                            continue;
+                        }
+                        prefix::Plan::Synth(synth) => {
+                            self.flush(&mut run, inbuf).await;
+                            if self.waits_upstream() {
+                                // Runs after every earlier reply, on its own.
+                                self.stalled = true;
+                                return;
+                            }
+                            inbuf.advance(req.len);
+                            stats::add(&self.ctx.stats.local_commands, 1);
+                            let silent = self.reply_off || std::mem::take(&mut self.skip_next);
+                            let rx = prefix::run(
+                                synth,
+                                self.state.db.clone(),
+                                self.state.id,
+                                self.state.resp3,
+                                silent,
+                            );
+                            self.queue.push_back(Pending::Later(rx));
+                            // Nothing after it runs before it is done.
+                            self.stalled = true;
+                            return;
+                        }
+                        prefix::Plan::Forward { bytes, reply } => {
+                            owned = Some(match bytes {
+                                Some(b) => b,
+                                None if multibulk => inbuf[run.len..run.len + req.len].to_vec(),
+                                None => match &req.kind {
+                                    RequestKind::Inline(a) => encode(&a[..]),
+                                    _ => Vec::new(),
+                                },
+                            });
+                            if reply.is_some() {
+                                // Travels alone: its reply is rewritten.
+                                self.flush(&mut run, inbuf).await;
+                                unprefix = reply.map(|r| (r, pfx));
+                            }
+                        }
+                    }
+                }
+            }
             if cmd.route == Route::Forward
                 && multibulk
                 && run.target == Target::Shared
+                && unprefix.is_none()
                 && self.plain()
             {
                 // The common case, a plain command from a plain session: it joins
                 // the run for the shared connection (what the general path below
                 // concludes, without its checks).
                 self.last = self.shared_conn();
-                run.push(req.len, &cmd);
+                run.push(req.len, &cmd, owned.as_deref());
                 continue;
             }
 
@@ -396,7 +529,7 @@ impl Session {
             if matches!(self.mode, Mode::Subscribed(_)) {
                 if !matches!(cmd.route, Route::Quit | Route::Reset | Route::Proxy) {
                     self.flush(&mut run, inbuf).await;
-                    let bytes = take_request(inbuf, &req);
+                    let bytes = take_owned(inbuf, &req, owned.take());
                     let unsubscribes =
                         cmd.route == Route::Stateful(Family::PubSub) && !cmd.subscribes;
                     self.last = Conn::Sub;
@@ -456,7 +589,7 @@ impl Session {
                 match opened {
                     Ok(sub) => {
                         self.enter_pubsub(sub, cmd.route == Route::Stateful(Family::Monitor));
-                        let bytes = take_request(inbuf, &req);
+                        let bytes = take_owned(inbuf, &req, owned.take());
                         self.last = Conn::Sub;
                         self.send_to_subscriber(&bytes, false).await;
                     }
@@ -533,17 +666,14 @@ impl Session {
                     run.target = target;
                     run.silent = true;
                 }
+                let queued = self.queue.len();
                 if multibulk {
-                    run.push(req.len, &cmd);
+                    run.push(req.len, &cmd, owned.as_deref());
                 } else {
                     // Inline: re-encoded, alone.
                     self.flush(&mut run, inbuf).await;
-                    let mut out = Outgoing::one(
-                        take_request(inbuf, &req),
-                        target,
-                        cmd.index(),
-                        cmd.readonly(),
-                    );
+                    let bytes = take_owned(inbuf, &req, owned.take());
+                    let mut out = Outgoing::one(bytes, target, cmd.index(), cmd.readonly());
                     out.silent = skip;
                     out.block = if self.mode.in_multi() {
                         Block::No
@@ -555,8 +685,13 @@ impl Session {
                     run.target = target;
                 }
                 let exec_switches = run.select_after.is_some();
-                if skip || exec_switches {
+                if skip || exec_switches || unprefix.is_some() {
                     self.flush(&mut run, inbuf).await;
+                    if let (Some(u), true) = (unprefix, self.queue.len() > queued) {
+                        if let Some(Pending::Upstream(sent)) = self.queue.back_mut() {
+                            sent.unprefix = Some(u);
+                        }
+                    }
                 }
                 if target == Target::Held
                     && self.transaction_step(cmd.tx)

@@ -37,6 +37,7 @@ mod exclusive;
 mod local;
 mod memory;
 mod mode;
+mod prefix;
 mod pubsub;
 mod queue;
 mod reload;

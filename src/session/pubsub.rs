@@ -58,6 +58,14 @@ impl Session {
         if last {
             self.leave_pubsub();
         }
+        let frame = match &self.state.db.config.upstream.key_prefix {
+            None => frame,
+            Some(p) => match super::prefix::pubsub_frame(p, frame) {
+                Some(f) => f,
+                // A notification about another database's key.
+                None => return,
+            },
+        };
         self.queue.push_back(Pending::Ready(frame));
     }
 

@@ -12,6 +12,7 @@ use tokio::sync::{mpsc, oneshot};
 use tokio::time::Instant;
 
 use super::memory::Flight;
+use super::prefix::{self, Unprefix};
 use super::tracking::{self, Hook};
 use super::Session;
 use crate::protocol::reply;
@@ -71,6 +72,8 @@ pub(super) struct Sent {
     pub select_after: Option<Arc<Database>>,
     /// A tracking command whose reply changes the session or is translated.
     pub hook: Option<Hook>,
+    /// `key_prefix`: the reply (of one command) names keys; the prefix is removed.
+    pub unprefix: Option<(Unprefix, Bytes)>,
 }
 
 /// Replies taken off the queue, in order, waiting to be written to the client.
@@ -330,6 +333,7 @@ impl Session {
             );
         }
         let hook = sent.hook.take();
+        let unprefix = sent.unprefix.take();
         let shared = sent.shared;
         let err = match reply {
             Ok(bytes) => {
@@ -359,6 +363,20 @@ impl Session {
                 } else {
                     bytes
                 };
+                if let Some((kind, pfx)) = unprefix {
+                    // Rewritten whole: a reply passed on in parts is gathered first.
+                    self.arrive(&flight, first, true);
+                    match parts {
+                        Some(Pending::Parts { rx, .. }) if !silent => {
+                            let whole = prefix::gather(kind, pfx, bytes, rx);
+                            if let Some(front) = self.queue.front_mut() {
+                                *front = Pending::Later(whole);
+                            }
+                        }
+                        _ => self.finish_front(prefix::unprefix(kind, &pfx, bytes)),
+                    }
+                    return;
+                }
                 self.arrive(&flight, first, whole);
                 self.finish_front(bytes);
                 if let Some(p) = parts {

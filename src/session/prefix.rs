@@ -1,0 +1,998 @@
+//! `key_prefix`: a database whose keys live under a prefix of a shared upstream
+//! keyspace. Every key argument gets the prefix on the way in (where the keys
+//! are: `command::keys`, from the command table's key specs); replies that name
+//! keys get it removed ([`Unprefix`]); the keyspace-wide commands run over
+//! `SCAN MATCH prefix*` ([`Synth`]); what cannot be kept inside the prefix is
+//! refused, naming the command. Sessions on a database without a prefix never
+//! come here (one branch in `dispatch`).
+
+use std::borrow::Cow;
+use std::sync::Arc;
+
+use bytes::{Bytes, BytesMut};
+use tokio::sync::{mpsc, oneshot};
+
+use super::queue::error_text;
+use crate::command::keys::{self, KeyKind};
+use crate::command::{table, ArgList, Block, Descriptor, Family, Route};
+use crate::protocol::reply;
+use crate::protocol::request::encode_command;
+use crate::router::Database;
+use crate::stats;
+use crate::upstream::mux::{Batch, BatchReply, Retry};
+
+/// How a reply that names keys is rewritten (the prefix removed).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(super) enum Unprefix {
+    /// An array of keys (`KEYS`).
+    List,
+    /// `[cursor, [keys]]` (`SCAN`).
+    Scan,
+    /// An array whose first element is a key (`BLPOP`, `BZPOPMIN`, `LMPOP`,
+    /// `BLMPOP`, `ZMPOP`, `BZMPOP` …); nil passes.
+    FirstKey,
+    /// `XREAD`/`XREADGROUP`: an array of `[key, entries]` (RESP2) or a map
+    /// `key => entries` (RESP3).
+    Streams,
+}
+
+/// A keyspace-wide command the proxy runs itself over `SCAN MATCH prefix*`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(super) enum Synth {
+    /// `DBSIZE`: the keys counted.
+    DbSize,
+    /// `FLUSHDB [ASYNC|SYNC]`: the keys unlinked, batch by batch.
+    FlushDb,
+    /// `RANDOMKEY`: see [`random_key`].
+    RandomKey,
+}
+
+/// What happens to one request on a prefixed database.
+pub(super) enum Plan {
+    /// Sent upstream: re-encoded with prefixed keys (`None`: unchanged), its
+    /// reply rewritten when it names keys.
+    Forward {
+        bytes: Option<Vec<u8>>,
+        reply: Option<Unprefix>,
+    },
+    /// Answered by the proxy over SCAN.
+    Synth(Synth),
+    /// Refused: the error text (after `-`).
+    Refuse(String),
+}
+
+/// Unchanged.
+const SAME: Plan = Plan::Forward {
+    bytes: None,
+    reply: None,
+};
+
+/// DBSIZE, FLUSHDB and RANDOMKEY for a session logged in with its own
+/// credentials (`auth_passthrough`): they would run with the proxy's.
+pub(super) const PRIVATE_REFUSED: &[u8] = b"-ERR DBSIZE, FLUSHDB and RANDOMKEY are not supported \
+on a database with key_prefix for a client logged in with its own credentials (auth_passthrough)\r\n";
+
+/// SCAN batch size of the synthesized commands.
+const SCAN_COUNT: &str = "1000";
+/// RANDOMKEY attempts before falling back to SCAN.
+const RANDOM_TRIES: usize = 16;
+
+/// The command as the client wrote it, upper-cased, for error texts.
+fn shown<L: ArgList + ?Sized>(args: &L) -> String {
+    let name = args.arg(0);
+    let name = &name[..name.len().min(64)];
+    String::from_utf8_lossy(name).to_ascii_uppercase()
+}
+
+fn refuse<L: ArgList + ?Sized>(args: &L, why: &str) -> Plan {
+    Plan::Refuse(format!(
+        "ERR '{}' is not supported on a database with key_prefix ({why})",
+        shown(args)
+    ))
+}
+
+/// The plan for a request classified as `cmd` on a database with `prefix`
+/// (`confined`: where replies cannot be rewritten, e.g. `inside MULTI`).
+pub(super) fn plan<L: ArgList + ?Sized>(
+    prefix: &[u8],
+    cmd: &Descriptor,
+    args: &L,
+    confined: Option<&str>,
+) -> Plan {
+    match cmd.route {
+        Route::CrossDb => {
+            return refuse(
+                args,
+                "a database here is a key prefix: keys cannot move between databases",
+            )
+        }
+        Route::Client if args.count() > 1 && args.arg(1).eq_ignore_ascii_case(b"TRACKING") => {
+            return refuse(args, "invalidation messages would name prefixed keys")
+        }
+        Route::Forward | Route::Stateful(Family::Transaction | Family::Blocking) => {}
+        Route::Stateful(Family::PubSub) => return subscription(prefix, cmd, args),
+        _ => return SAME,
+    }
+    let name = cmd.info.map_or("", |i| i.name);
+    let count = args.count();
+    let synth = match name {
+        "dbsize" | "randomkey" if count != 1 => return SAME,
+        "dbsize" => Some(Synth::DbSize),
+        "randomkey" => Some(Synth::RandomKey),
+        "flushdb" => match count {
+            1 => Some(Synth::FlushDb),
+            2 if args.arg(1).eq_ignore_ascii_case(b"ASYNC")
+                || args.arg(1).eq_ignore_ascii_case(b"SYNC") =>
+            {
+                Some(Synth::FlushDb)
+            }
+            // Redis refuses it without running it.
+            _ => return SAME,
+        },
+        _ => None,
+    };
+    let reply = match name {
+        "keys" | "scan" => Some(if name == "keys" {
+            Unprefix::List
+        } else {
+            Unprefix::Scan
+        }),
+        "blpop" | "brpop" | "bzpopmin" | "bzpopmax" | "lmpop" | "blmpop" | "zmpop" | "bzmpop" => {
+            Some(Unprefix::FirstKey)
+        }
+        "xread" | "xreadgroup" => Some(Unprefix::Streams),
+        _ => None,
+    };
+    if let Some(place) = confined.filter(|_| synth.is_some() || reply.is_some()) {
+        return Plan::Refuse(format!(
+            "ERR '{}' {place} is not supported on a database with key_prefix (its reply \
+             names keys or it runs over SCAN)",
+            shown(args)
+        ));
+    }
+    if let Some(s) = synth {
+        return Plan::Synth(s);
+    }
+    match name {
+        "flushall" => {
+            return refuse(
+                args,
+                "it would delete the keys of every database sharing the upstream; use FLUSHDB",
+            )
+        }
+        "debug" => return refuse(args, "its keys cannot be located"),
+        "keys" => {
+            if count != 2 {
+                return SAME;
+            }
+            let mut pattern = glob_escape(prefix);
+            pattern.extend_from_slice(args.arg(1));
+            return forward(args, &[(1, pattern)], reply);
+        }
+        "scan" => return scan(prefix, args),
+        _ => {}
+    }
+    if count < 2 && cmd.info.is_some_and(|i| i.has(table::CONTAINER)) {
+        // `OBJECT` alone: Redis's arity error.
+        return SAME;
+    }
+    let mut found = Vec::new();
+    if keys::locate(cmd.info, args, &mut found).is_err() {
+        return refuse(args, "its keys cannot be located");
+    }
+    let mut replaced = Vec::with_capacity(found.len());
+    for k in found {
+        let arg = args.arg(k.index);
+        match k.kind {
+            KeyKind::Key => {}
+            // Pub/sub is not per database on Redis either.
+            KeyKind::Channel => continue,
+            // Without `*`, SORT looks nothing up (BY nosort).
+            KeyKind::Pattern if !arg.contains(&b'*') => continue,
+            KeyKind::Pattern => {}
+        }
+        let mut p = Vec::with_capacity(prefix.len() + arg.len());
+        p.extend_from_slice(prefix);
+        p.extend_from_slice(arg);
+        replaced.push((k.index, p));
+    }
+    if replaced.is_empty() && reply.is_none() {
+        return SAME;
+    }
+    forward(args, &replaced, reply)
+}
+
+// ----------------------------------------------------------------------------
+// Keyspace notifications
+// ----------------------------------------------------------------------------
+
+/// Where the key starts in a keyspace channel (`__keyspace@<db>__:<key>`).
+fn keyspace_key_at(name: &[u8]) -> Option<usize> {
+    const HEAD: &[u8] = b"__keyspace@";
+    let rest = name.strip_prefix(HEAD)?;
+    let end = rest.windows(3).position(|w| w == b"__:")?;
+    Some(HEAD.len() + end + 3)
+}
+
+/// SUBSCRIBE / PSUBSCRIBE / UNSUBSCRIBE / PUNSUBSCRIBE: a keyspace channel (or
+/// pattern) gets the prefix in front of its key part (`__keyspace@0__:k` ->
+/// `__keyspace@0__:prefix:k`; a pattern gets the glob-escaped prefix). Other
+/// channels are not per database on Redis either and pass unchanged.
+fn subscription<L: ArgList + ?Sized>(prefix: &[u8], cmd: &Descriptor, args: &L) -> Plan {
+    let name = cmd.info.map_or("", |i| i.name);
+    let pattern = match name {
+        "subscribe" | "unsubscribe" => false,
+        "psubscribe" | "punsubscribe" => true,
+        _ => return SAME,
+    };
+    let mut replaced = Vec::new();
+    for i in 1..args.count() {
+        let arg = args.arg(i);
+        if let Some(at) = keyspace_key_at(arg) {
+            let mut out = arg[..at].to_vec();
+            if pattern {
+                out.extend_from_slice(&glob_escape(prefix));
+            } else {
+                out.extend_from_slice(prefix);
+            }
+            out.extend_from_slice(&arg[at..]);
+            replaced.push((i, out));
+        }
+    }
+    if replaced.is_empty() {
+        return SAME;
+    }
+    forward(args, &replaced, None)
+}
+
+/// `name` with `strip` removed right after its keyspace head, if it is there.
+fn keyspace_strip<'a>(name: &'a [u8], strip: &[u8]) -> Option<(&'a [u8], &'a [u8])> {
+    let at = keyspace_key_at(name)?;
+    let rest = name[at..].strip_prefix(strip)?;
+    Some((&name[..at], rest))
+}
+
+/// A frame of a subscribed session on a prefixed database, as the client gets
+/// it: keyspace channels and patterns lose the prefix; a keyspace or keyevent
+/// notification about a key outside the prefix (another database's, seen
+/// through a broad pattern such as `*`) is dropped (`None`).
+pub(super) fn pubsub_frame(prefix: &[u8], frame: Bytes) -> Option<Bytes> {
+    let Some((n, body)) = aggregate(&frame, 0, b"*>") else {
+        return Some(frame);
+    };
+    let Some((kind, _)) = bulk_at(&frame, body) else {
+        return Some(frame);
+    };
+    // Bulk strings as such; anything else (a subscription count) as its bytes.
+    let mut items: Vec<(bool, Cow<[u8]>)> = Vec::with_capacity(n.min(8));
+    let mut p = body;
+    for _ in 0..n {
+        match bulk_at(&frame, p) {
+            Some((b, end)) => {
+                items.push((true, Cow::Borrowed(b)));
+                p = end;
+            }
+            None => match skip(&frame, p).and_then(|end| Some((end, frame.get(p..end)?))) {
+                Some((end, raw)) => {
+                    items.push((false, Cow::Borrowed(raw)));
+                    p = end;
+                }
+                // Not a frame this understands: passed on as it is.
+                None => return Some(frame),
+            },
+        }
+    }
+    let escaped = glob_escape(prefix);
+    let unprefix = |item: &mut (bool, Cow<[u8]>), strip: &[u8]| -> bool {
+        match keyspace_strip(&item.1, strip).filter(|_| item.0) {
+            Some((head, rest)) => {
+                item.1 = Cow::Owned([head, rest].concat());
+                true
+            }
+            None => false,
+        }
+    };
+    let kind = kind.to_ascii_lowercase();
+    match (kind.as_slice(), items.len()) {
+        (b"subscribe" | b"unsubscribe", 3) => {
+            unprefix(&mut items[1], prefix);
+        }
+        (b"psubscribe" | b"punsubscribe", 3) => {
+            unprefix(&mut items[1], &escaped);
+        }
+        (b"message", 3) | (b"pmessage", 4) => {
+            let ch = items.len() - 2;
+            if kind == b"pmessage" {
+                unprefix(&mut items[1], &escaped);
+            }
+            if keyspace_key_at(&items[ch].1).is_some() {
+                if !unprefix(&mut items[ch], prefix) {
+                    return None;
+                }
+            } else if items[ch].1.starts_with(b"__keyevent@") {
+                let payload = &mut items[ch + 1].1;
+                match payload.strip_prefix(prefix) {
+                    Some(rest) => *payload = Cow::Owned(rest.to_vec()),
+                    None => return None,
+                }
+            }
+        }
+        _ => return Some(frame),
+    }
+    let mut out = Vec::with_capacity(frame.len());
+    out.extend_from_slice(&frame[..body]);
+    for (bulk, item) in &items {
+        if *bulk {
+            reply::bulk(&mut out, item);
+        } else {
+            out.extend_from_slice(item);
+        }
+    }
+    out.extend_from_slice(&frame[p..]);
+    Some(Bytes::from(out))
+}
+
+/// SCAN cursor [MATCH pattern] [COUNT n] [TYPE t]: the pattern prefixed, or
+/// `MATCH prefix*` added.
+fn scan<L: ArgList + ?Sized>(prefix: &[u8], args: &L) -> Plan {
+    let count = args.count();
+    if count < 2 || count % 2 != 0 {
+        // Redis refuses it (wrong number of arguments, syntax error).
+        return SAME;
+    }
+    let mut replaced = Vec::new();
+    for i in (2..count).step_by(2) {
+        if args.arg(i).eq_ignore_ascii_case(b"MATCH") {
+            let mut p = glob_escape(prefix);
+            p.extend_from_slice(args.arg(i + 1));
+            replaced.push((i + 1, p));
+        }
+    }
+    let mut all: Vec<Cow<[u8]>> = (0..count).map(|i| Cow::Borrowed(args.arg(i))).collect();
+    for (i, p) in replaced.iter() {
+        all[*i] = Cow::Borrowed(p);
+    }
+    let mut star = glob_escape(prefix);
+    if replaced.is_empty() {
+        star.push(b'*');
+        all.push(Cow::Borrowed(b"MATCH"));
+        all.push(Cow::Borrowed(&star));
+    }
+    let mut out = Vec::new();
+    encode_command(&all, &mut out);
+    Plan::Forward {
+        bytes: Some(out),
+        reply: Some(Unprefix::Scan),
+    }
+}
+
+/// The request re-encoded with the arguments at the given indexes replaced.
+fn forward<L: ArgList + ?Sized>(
+    args: &L,
+    replaced: &[(usize, Vec<u8>)],
+    reply: Option<Unprefix>,
+) -> Plan {
+    let mut all: Vec<&[u8]> = (0..args.count()).map(|i| args.arg(i)).collect();
+    for (i, p) in replaced {
+        if let Some(a) = all.get_mut(*i) {
+            *a = p;
+        }
+    }
+    let mut out = Vec::with_capacity(all.iter().map(|a| a.len() + 16).sum());
+    encode_command(&all, &mut out);
+    Plan::Forward {
+        bytes: Some(out),
+        reply,
+    }
+}
+
+/// `prefix` with the glob characters Redis's pattern matching knows escaped.
+pub(super) fn glob_escape(prefix: &[u8]) -> Vec<u8> {
+    let mut out = Vec::with_capacity(prefix.len() + 1);
+    for &b in prefix {
+        if matches!(b, b'*' | b'?' | b'[' | b']' | b'\\') {
+            out.push(b'\\');
+        }
+        out.push(b);
+    }
+    out
+}
+
+// ----------------------------------------------------------------------------
+// Replies
+// ----------------------------------------------------------------------------
+
+/// The end of the line starting at `pos` (the index of its `\r`).
+fn line_end(buf: &[u8], pos: usize) -> Option<usize> {
+    let rel = buf.get(pos..)?.windows(2).position(|w| w == b"\r\n")?;
+    Some(pos + rel)
+}
+
+/// The type byte, the number after it and where the value's body starts.
+fn header(buf: &[u8], pos: usize) -> Option<(u8, i64, usize)> {
+    let t = *buf.get(pos)?;
+    let end = line_end(buf, pos)?;
+    let n = std::str::from_utf8(buf.get(pos + 1..end)?)
+        .ok()
+        .and_then(|s| s.parse::<i64>().ok())
+        .unwrap_or(0);
+    Some((t, n, end + 2))
+}
+
+/// Where the value at `pos` ends.
+fn skip(buf: &[u8], pos: usize) -> Option<usize> {
+    let (t, n, body) = header(buf, pos)?;
+    match t {
+        b'$' | b'=' | b'!' if n >= 0 => body.checked_add(n as usize)?.checked_add(2),
+        b'*' | b'~' | b'>' | b'%' | b'|' if n > 0 => {
+            let items = if matches!(t, b'%' | b'|') {
+                n.saturating_mul(2)
+            } else {
+                n
+            };
+            let mut p = body;
+            for _ in 0..items {
+                p = skip(buf, p)?;
+            }
+            Some(p)
+        }
+        _ => Some(body),
+    }
+}
+
+/// Copies the value at `pos` to `out`.
+fn copy(buf: &[u8], pos: usize, out: &mut Vec<u8>) -> Option<usize> {
+    let end = skip(buf, pos)?;
+    out.extend_from_slice(buf.get(pos..end)?);
+    Some(end)
+}
+
+/// Copies the value at `pos`, a key: a bulk string starting with `prefix` loses it.
+fn key(buf: &[u8], pos: usize, prefix: &[u8], out: &mut Vec<u8>) -> Option<usize> {
+    let (t, n, body) = header(buf, pos)?;
+    if t == b'$' && n >= 0 {
+        let end = body.checked_add(n as usize)?;
+        let data = buf.get(body..end)?;
+        if let Some(rest) = data.strip_prefix(prefix) {
+            reply::bulk(out, rest);
+            return Some(end + 2);
+        }
+    }
+    copy(buf, pos, out)
+}
+
+/// `Some((count, body))` for an aggregate of any type in `types`.
+fn aggregate(buf: &[u8], pos: usize, types: &[u8]) -> Option<(usize, usize)> {
+    let (t, n, body) = header(buf, pos)?;
+    (types.contains(&t) && n >= 0).then_some((n as usize, body))
+}
+
+/// Copies the array at `pos` with each element a key.
+fn list(buf: &[u8], pos: usize, prefix: &[u8], out: &mut Vec<u8>) -> Option<usize> {
+    let Some((n, mut p)) = aggregate(buf, pos, b"*~") else {
+        return copy(buf, pos, out);
+    };
+    out.extend_from_slice(buf.get(pos..p)?);
+    for _ in 0..n {
+        p = key(buf, p, prefix, out)?;
+    }
+    Some(p)
+}
+
+fn rewrite(kind: Unprefix, buf: &[u8], prefix: &[u8], out: &mut Vec<u8>) -> Option<usize> {
+    match kind {
+        Unprefix::List => list(buf, 0, prefix, out),
+        Unprefix::Scan => {
+            let Some((2, p)) = aggregate(buf, 0, b"*") else {
+                return copy(buf, 0, out);
+            };
+            out.extend_from_slice(buf.get(..p)?);
+            let p = copy(buf, p, out)?;
+            list(buf, p, prefix, out)
+        }
+        Unprefix::FirstKey => {
+            let Some((n, mut p)) = aggregate(buf, 0, b"*").filter(|(n, _)| *n > 0) else {
+                return copy(buf, 0, out);
+            };
+            out.extend_from_slice(buf.get(..p)?);
+            p = key(buf, p, prefix, out)?;
+            for _ in 1..n {
+                p = copy(buf, p, out)?;
+            }
+            Some(p)
+        }
+        Unprefix::Streams => {
+            if let Some((n, mut p)) = aggregate(buf, 0, b"%") {
+                out.extend_from_slice(buf.get(..p)?);
+                for _ in 0..n {
+                    p = key(buf, p, prefix, out)?;
+                    p = copy(buf, p, out)?;
+                }
+                return Some(p);
+            }
+            let Some((n, mut p)) = aggregate(buf, 0, b"*") else {
+                return copy(buf, 0, out);
+            };
+            out.extend_from_slice(buf.get(..p)?);
+            for _ in 0..n {
+                match aggregate(buf, p, b"*") {
+                    Some((m, body)) if m > 0 => {
+                        out.extend_from_slice(buf.get(p..body)?);
+                        p = key(buf, body, prefix, out)?;
+                        for _ in 1..m {
+                            p = copy(buf, p, out)?;
+                        }
+                    }
+                    _ => p = copy(buf, p, out)?,
+                }
+            }
+            Some(p)
+        }
+    }
+}
+
+/// One complete reply with the prefix removed from the keys it names. Anything
+/// that does not parse as expected (an error reply) passes unchanged.
+pub(super) fn unprefix(kind: Unprefix, prefix: &[u8], reply: Bytes) -> Bytes {
+    let mut out = Vec::with_capacity(reply.len());
+    match rewrite(kind, &reply, prefix, &mut out) {
+        Some(end) => {
+            out.extend_from_slice(reply.get(end..).unwrap_or_default());
+            Bytes::from(out)
+        }
+        None => reply,
+    }
+}
+
+/// A reply that came in parts: gathered whole, then rewritten. The receiver
+/// gets it once the last part arrived (a broken connection: an error reply).
+pub(super) fn gather(
+    kind: Unprefix,
+    prefix: Bytes,
+    first: Bytes,
+    mut rest: mpsc::UnboundedReceiver<BatchReply>,
+) -> oneshot::Receiver<Bytes> {
+    let (tx, rx) = oneshot::channel();
+    tokio::spawn(async move {
+        let mut all = BytesMut::from(&first[..]);
+        while let Some(part) = rest.recv().await {
+            match part {
+                Ok(b) => all.extend_from_slice(&b),
+                Err(e) => {
+                    let mut out = Vec::new();
+                    reply::error(&mut out, &format!("ERR upstream reply lost: {e}"));
+                    let _ = tx.send(Bytes::from(out));
+                    return;
+                }
+            }
+        }
+        let _ = tx.send(unprefix(kind, &prefix, all.freeze()));
+    });
+    rx
+}
+
+// ----------------------------------------------------------------------------
+// DBSIZE, FLUSHDB, RANDOMKEY over SCAN
+// ----------------------------------------------------------------------------
+
+/// Runs `synth` for session `id` on `db` (RESP2 shared connection, whole
+/// replies); the receiver gets the client's reply (empty if `silent`).
+pub(super) fn run(
+    synth: Synth,
+    db: Arc<Database>,
+    id: u64,
+    resp3: bool,
+    silent: bool,
+) -> oneshot::Receiver<Bytes> {
+    let (tx, rx) = oneshot::channel();
+    tokio::spawn(async move {
+        let prefix = db.config.upstream.key_prefix.clone().unwrap_or_default();
+        let result = match synth {
+            Synth::DbSize => db_size(&db, id, &prefix).await.map(|n| {
+                let mut out = Vec::new();
+                reply::integer(&mut out, n as i64);
+                out
+            }),
+            Synth::FlushDb => flush_db(&db, id, &prefix)
+                .await
+                .map(|()| b"+OK\r\n".to_vec()),
+            Synth::RandomKey => random_key(&db, id, &prefix).await.map(|k| {
+                let mut out = Vec::new();
+                match k {
+                    Some(k) => reply::bulk(&mut out, &k),
+                    None if resp3 => out.extend_from_slice(b"_\r\n"),
+                    None => reply::nil(&mut out),
+                }
+                out
+            }),
+        };
+        let bytes = match result {
+            Ok(b) => b,
+            Err(text) => {
+                let mut out = Vec::new();
+                reply::error(&mut out, &text);
+                out
+            }
+        };
+        let _ = tx.send(if silent {
+            Bytes::new()
+        } else {
+            Bytes::from(bytes)
+        });
+    });
+    rx
+}
+
+/// One command on the database's shared connection, its reply whole.
+async fn call(db: &Database, id: u64, args: &[&[u8]], readonly: bool) -> Result<Bytes, String> {
+    let mut req = Vec::new();
+    encode_command(args, &mut req);
+    stats::add(&db.stats.commands, 1);
+    let (tx, rx) = oneshot::channel();
+    db.slot(id, false)
+        .send(Batch {
+            bytes: Bytes::from(req),
+            count: 1,
+            reply: tx,
+            block: Block::No,
+            retry: Retry::new(id, readonly, &db.config.upstream),
+        })
+        .await;
+    let answer = rx
+        .await
+        .map_err(|_| format!("ERR database {}: the reply was lost", db.label()))?;
+    let first = answer
+        .reply
+        .map_err(|e| error_text(db, &e, answer.attempts))?;
+    let Some(mut rest) = answer.rest else {
+        return Ok(first);
+    };
+    let mut all = BytesMut::from(&first[..]);
+    while let Some(part) = rest.recv().await {
+        all.extend_from_slice(&part.map_err(|e| error_text(db, &e, 1))?);
+    }
+    Ok(all.freeze())
+}
+
+/// The bulk string at `pos` and where it ends.
+fn bulk_at(buf: &[u8], pos: usize) -> Option<(&[u8], usize)> {
+    let (t, n, body) = header(buf, pos)?;
+    if t != b'$' || n < 0 {
+        return None;
+    }
+    let end = body.checked_add(n as usize)?;
+    Some((buf.get(body..end)?, end + 2))
+}
+
+/// An error reply's text, as `Err`.
+fn check(reply: &[u8]) -> Result<(), String> {
+    match reply.first() {
+        Some(b'-') => Err(String::from_utf8_lossy(&reply[1..]).trim_end().to_string()),
+        _ => Ok(()),
+    }
+}
+
+/// One `SCAN cursor MATCH prefix* COUNT n`: the next cursor and the keys.
+async fn scan_once(
+    db: &Database,
+    id: u64,
+    cursor: &[u8],
+    pattern: &[u8],
+) -> Result<(Vec<u8>, Vec<Vec<u8>>), String> {
+    let reply = call(
+        db,
+        id,
+        &[
+            b"SCAN",
+            cursor,
+            b"MATCH",
+            pattern,
+            b"COUNT",
+            SCAN_COUNT.as_bytes(),
+        ],
+        true,
+    )
+    .await?;
+    check(&reply)?;
+    let parse = || -> Option<(Vec<u8>, Vec<Vec<u8>>)> {
+        let (2, p) = aggregate(&reply, 0, b"*")? else {
+            return None;
+        };
+        let (next, p) = bulk_at(&reply, p)?;
+        let (n, mut p) = aggregate(&reply, p, b"*")?;
+        let mut keys = Vec::with_capacity(n.min(1024));
+        for _ in 0..n {
+            let (k, end) = bulk_at(&reply, p)?;
+            keys.push(k.to_vec());
+            p = end;
+        }
+        Some((next.to_vec(), keys))
+    };
+    parse().ok_or_else(|| "ERR unexpected SCAN reply from the upstream".to_string())
+}
+
+/// What [`scan_all`] does with each batch of keys.
+enum Each<'a> {
+    /// Counts them.
+    Count(&'a mut u64),
+    /// Unlinks them.
+    Unlink,
+}
+
+/// Every batch of keys under `prefix`, one SCAN at a time, to `each`.
+async fn scan_all(db: &Database, id: u64, prefix: &[u8], each: Each<'_>) -> Result<(), String> {
+    let mut pattern = glob_escape(prefix);
+    pattern.push(b'*');
+    let mut cursor = b"0".to_vec();
+    let mut each = each;
+    loop {
+        let (next, keys) = scan_once(db, id, &cursor, &pattern).await?;
+        match &mut each {
+            Each::Count(n) => **n += keys.len() as u64,
+            Each::Unlink if keys.is_empty() => {}
+            Each::Unlink => {
+                let mut args: Vec<&[u8]> = Vec::with_capacity(keys.len() + 1);
+                args.push(b"UNLINK");
+                args.extend(keys.iter().map(Vec::as_slice));
+                check(&call(db, id, &args, false).await?)?;
+            }
+        }
+        if next == b"0" {
+            return Ok(());
+        }
+        cursor = next;
+    }
+}
+
+/// DBSIZE: the keys SCAN finds under the prefix. Not atomic: keys written or
+/// deleted meanwhile may or may not be counted, and a key SCAN returns twice
+/// (while Redis resizes its table) is counted twice.
+async fn db_size(db: &Database, id: u64, prefix: &[u8]) -> Result<u64, String> {
+    let mut n = 0;
+    scan_all(db, id, prefix, Each::Count(&mut n)).await?;
+    Ok(n)
+}
+
+/// FLUSHDB: every key SCAN finds under the prefix, unlinked batch by batch. Not
+/// atomic: a key written meanwhile may survive.
+async fn flush_db(db: &Database, id: u64, prefix: &[u8]) -> Result<(), String> {
+    scan_all(db, id, prefix, Each::Unlink).await
+}
+
+/// RANDOMKEY: Redis's RANDOMKEY up to [`RANDOM_TRIES`] times until it names a
+/// key under the prefix; then the first non-empty batch of `SCAN MATCH prefix*`,
+/// one of its keys at random. Uniform only while the prefix holds most of the
+/// upstream db; the fallback favours keys early in SCAN order. `None`: no key
+/// under the prefix.
+async fn random_key(db: &Database, id: u64, prefix: &[u8]) -> Result<Option<Vec<u8>>, String> {
+    for _ in 0..RANDOM_TRIES {
+        let reply = call(db, id, &[b"RANDOMKEY"], true).await?;
+        check(&reply)?;
+        match bulk_at(&reply, 0) {
+            None => return Ok(None),
+            Some((k, _)) => {
+                if let Some(rest) = k.strip_prefix(prefix) {
+                    return Ok(Some(rest.to_vec()));
+                }
+            }
+        }
+    }
+    let mut pattern = glob_escape(prefix);
+    pattern.push(b'*');
+    let mut cursor = b"0".to_vec();
+    loop {
+        let (next, keys) = scan_once(db, id, &cursor, &pattern).await?;
+        if !keys.is_empty() {
+            let k = &keys[fastrand::usize(..keys.len())];
+            return Ok(Some(k.get(prefix.len()..).unwrap_or_default().to_vec()));
+        }
+        if next == b"0" {
+            return Ok(None);
+        }
+        cursor = next;
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn plan_of(args: &[&str]) -> Plan {
+        let cmd = Descriptor::of(args);
+        plan(b"kb:", &cmd, args, None)
+    }
+
+    fn sent(args: &[&str]) -> Vec<String> {
+        match plan_of(args) {
+            Plan::Forward { bytes: Some(b), .. } => {
+                let mut out = Vec::new();
+                let mut p = 0;
+                let (_, n, body) = header(&b, p).expect("array");
+                p = body;
+                for _ in 0..n {
+                    let (a, end) = bulk_at(&b, p).expect("bulk");
+                    out.push(String::from_utf8_lossy(a).into_owned());
+                    p = end;
+                }
+                out
+            }
+            Plan::Forward { bytes: None, .. } => args.iter().map(|s| s.to_string()).collect(),
+            Plan::Synth(s) => vec![format!("{s:?}")],
+            Plan::Refuse(t) => vec![t],
+        }
+    }
+
+    #[test]
+    fn keys_are_prefixed() {
+        assert_eq!(sent(&["GET", "a"]), ["GET", "kb:a"]);
+        assert_eq!(
+            sent(&["MSET", "a", "1", "b", "2"]),
+            ["MSET", "kb:a", "1", "kb:b", "2"]
+        );
+        assert_eq!(
+            sent(&["EVAL", "s", "1", "a", "x"]),
+            ["EVAL", "s", "1", "kb:a", "x"]
+        );
+        assert_eq!(
+            sent(&["SORT", "l", "BY", "nosort", "GET", "#", "GET", "o_*"]),
+            ["SORT", "kb:l", "BY", "nosort", "GET", "#", "GET", "kb:o_*"]
+        );
+        assert_eq!(sent(&["GET", "{u1}:a"]), ["GET", "kb:{u1}:a"]);
+        assert_eq!(sent(&["PING"]), ["PING"]);
+        assert_eq!(sent(&["SPUBLISH", "ch", "m"]), ["SPUBLISH", "ch", "m"]);
+        assert_eq!(sent(&["KEYS", "*"]), ["KEYS", "kb:*"]);
+        assert_eq!(
+            sent(&["SCAN", "0", "COUNT", "10"]),
+            ["SCAN", "0", "COUNT", "10", "MATCH", "kb:*"]
+        );
+        assert_eq!(
+            sent(&["SCAN", "0", "match", "a*"]),
+            ["SCAN", "0", "match", "kb:a*"]
+        );
+    }
+
+    #[test]
+    fn refusals_and_synthesized() {
+        assert_eq!(
+            sent(&["FLUSHALL"]),
+            [
+                "ERR 'FLUSHALL' is not supported on a database with key_prefix (it would delete \
+              the keys of every database sharing the upstream; use FLUSHDB)"
+            ]
+        );
+        assert_eq!(
+            sent(&["nosuch", "k"]),
+            [
+                "ERR 'NOSUCH' is not supported on a database with key_prefix (its keys cannot be \
+              located)"
+            ]
+        );
+        assert_eq!(sent(&["DBSIZE"]), ["DbSize"]);
+        assert_eq!(sent(&["flushdb", "async"]), ["FlushDb"]);
+        assert_eq!(sent(&["RANDOMKEY"]), ["RandomKey"]);
+        assert!(sent(&["SWAPDB", "0", "1"])[0].contains("'SWAPDB'"));
+        let cmd = Descriptor::of(&["KEYS", "*"][..]);
+        assert!(matches!(
+            plan(b"kb:", &cmd, &["KEYS", "*"][..], Some("inside MULTI")),
+            Plan::Refuse(_)
+        ));
+    }
+
+    #[test]
+    fn keyspace_notifications() {
+        assert_eq!(
+            sent(&["SUBSCRIBE", "__keyspace@0__:k", "news"]),
+            ["SUBSCRIBE", "__keyspace@0__:kb:k", "news"]
+        );
+        let cmd = Descriptor::of(&["PSUBSCRIBE", "__keyspace@*__:*"][..]);
+        let Plan::Forward { bytes: Some(b), .. } =
+            plan(b"k*:", &cmd, &["PSUBSCRIBE", "__keyspace@*__:*"][..], None)
+        else {
+            panic!("rewritten");
+        };
+        assert!(b.ends_with(b"$20\r\n__keyspace@*__:k\\*:*\r\n"), "{b:?}");
+        let frame = |parts: &[&str]| {
+            let mut out = Vec::new();
+            reply::array_header(&mut out, parts.len());
+            for p in parts {
+                match p.strip_prefix(':') {
+                    Some(n) => reply::integer(&mut out, n.parse().expect("count")),
+                    None => reply::bulk(&mut out, p.as_bytes()),
+                }
+            }
+            Bytes::from(out)
+        };
+        let f = |parts: &[&str]| pubsub_frame(b"kb:", frame(parts));
+        assert_eq!(
+            f(&["message", "__keyspace@0__:kb:k", "set"]),
+            Some(frame(&["message", "__keyspace@0__:k", "set"]))
+        );
+        assert_eq!(f(&["message", "__keyspace@0__:other:k", "set"]), None);
+        assert_eq!(
+            f(&[
+                "pmessage",
+                "__keyspace@*__:kb:*",
+                "__keyspace@0__:kb:k",
+                "del"
+            ]),
+            Some(frame(&[
+                "pmessage",
+                "__keyspace@*__:*",
+                "__keyspace@0__:k",
+                "del"
+            ]))
+        );
+        assert_eq!(
+            f(&["pmessage", "*", "__keyevent@0__:set", "kb:k"]),
+            Some(frame(&["pmessage", "*", "__keyevent@0__:set", "k"]))
+        );
+        assert_eq!(f(&["pmessage", "*", "__keyevent@0__:set", "x:k"]), None);
+        assert_eq!(
+            f(&["psubscribe", "__keyspace@*__:kb:*", ":1"]),
+            Some(frame(&["psubscribe", "__keyspace@*__:*", ":1"]))
+        );
+        assert_eq!(
+            f(&["message", "news", "hello"]),
+            Some(frame(&["message", "news", "hello"]))
+        );
+    }
+
+    #[test]
+    fn hostile_lengths_do_not_panic() {
+        for junk in [
+            &b"$9223372036854775807\r\nab\r\n"[..],
+            b"*9223372036854775807\r\n$1\r\na\r\n",
+            b"%4611686018427387904\r\n",
+            b"*2\r\n$18446744073709551615\r\n",
+            b"*1\r\n",
+            b"",
+        ] {
+            for kind in [
+                Unprefix::List,
+                Unprefix::Scan,
+                Unprefix::FirstKey,
+                Unprefix::Streams,
+            ] {
+                let _ = unprefix(kind, b"kb:", Bytes::copy_from_slice(junk));
+            }
+            let frame = pubsub_frame(b"kb:", Bytes::copy_from_slice(junk));
+            assert_eq!(frame.as_deref(), Some(junk), "passed on as it is");
+        }
+    }
+
+    #[test]
+    fn glob_characters_in_the_prefix_are_escaped() {
+        assert_eq!(glob_escape(b"a*b?[c]\\:"), b"a\\*b\\?\\[c\\]\\\\:");
+    }
+
+    #[test]
+    fn replies_lose_the_prefix() {
+        let un = |k, r: &[u8]| unprefix(k, b"kb:", Bytes::copy_from_slice(r));
+        assert_eq!(
+            &un(Unprefix::List, b"*2\r\n$4\r\nkb:a\r\n$5\r\nkb:bc\r\n")[..],
+            b"*2\r\n$1\r\na\r\n$2\r\nbc\r\n"
+        );
+        assert_eq!(
+            &un(Unprefix::Scan, b"*2\r\n$2\r\n17\r\n*1\r\n$4\r\nkb:a\r\n")[..],
+            b"*2\r\n$2\r\n17\r\n*1\r\n$1\r\na\r\n"
+        );
+        assert_eq!(
+            &un(Unprefix::FirstKey, b"*2\r\n$4\r\nkb:l\r\n$4\r\nkb:v\r\n")[..],
+            b"*2\r\n$1\r\nl\r\n$4\r\nkb:v\r\n"
+        );
+        assert_eq!(&un(Unprefix::FirstKey, b"*-1\r\n")[..], b"*-1\r\n");
+        assert_eq!(&un(Unprefix::FirstKey, b"_\r\n")[..], b"_\r\n");
+        assert_eq!(&un(Unprefix::List, b"-ERR x\r\n")[..], b"-ERR x\r\n");
+        let xread2 =
+            b"*1\r\n*2\r\n$4\r\nkb:s\r\n*1\r\n*2\r\n$3\r\n1-0\r\n*2\r\n$1\r\nf\r\n$1\r\nv\r\n";
+        assert_eq!(
+            &un(Unprefix::Streams, xread2)[..],
+            &b"*1\r\n*2\r\n$1\r\ns\r\n*1\r\n*2\r\n$3\r\n1-0\r\n*2\r\n$1\r\nf\r\n$1\r\nv\r\n"[..]
+        );
+        let xread3 = b"%1\r\n$4\r\nkb:s\r\n*1\r\n*2\r\n$3\r\n1-0\r\n*2\r\n$1\r\nf\r\n$1\r\nv\r\n";
+        assert_eq!(
+            &un(Unprefix::Streams, xread3)[..],
+            &b"%1\r\n$1\r\ns\r\n*1\r\n*2\r\n$3\r\n1-0\r\n*2\r\n$1\r\nf\r\n$1\r\nv\r\n"[..]
+        );
+    }
+}
