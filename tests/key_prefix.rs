@@ -869,3 +869,27 @@ fn databases_sharing_an_upstream_db_must_keep_their_keys_apart() {
         .expect_err("overlapping prefixes");
     assert!(err.contains("none the start of another"), "{err}");
 }
+
+/// A reload that changes only a database's `key_prefix` takes effect for the next
+/// command of a connected client (the database is rebuilt, its connections kept).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_reload_changes_the_prefix_for_the_next_command() {
+    let redis = RedisServer::start();
+    let mut config = proxy_config(&redis);
+    for db in &mut config.databases {
+        db.upstream.db = 0;
+        db.upstream.key_prefix = Some(Bytes::from(format!("{}:", db.name())));
+    }
+    let proxy = start_proxy(config.clone()).await;
+    let mut c = client(&proxy, 1).await;
+    assert_eq!(c.cmd(&[b"SET", b"doc", b"old"]).await, b"+OK\r\n");
+    let mut next = config.clone();
+    next.databases[1].upstream.key_prefix = Some(Bytes::from_static(b"kb2:"));
+    proxy.reload_with(next).await.expect("reload");
+    assert_eq!(c.cmd(&[b"SET", b"doc", b"new"]).await, b"+OK\r\n");
+    assert_eq!(c.cmd(&[b"KEYS", b"*"]).await, b"*1\r\n$3\r\ndoc\r\n");
+    let mut d = direct(&redis).await;
+    assert_eq!(d.cmd(&[b"GET", b"knowledge:doc"]).await, b"$3\r\nold\r\n");
+    assert_eq!(d.cmd(&[b"GET", b"kb2:doc"]).await, b"$3\r\nnew\r\n");
+    proxy.shutdown().await;
+}
