@@ -308,7 +308,7 @@ pub fn info(ctx: &Context, sections: &[&str]) -> String {
                     let pool = db.pool.state();
                     let _ = write!(
                         s,
-                        "db{}:name={},aliases={},upstream={},upstream_db={},shared_connections={},shared_open={},pool_size={},pool_open={},pool_idle={},in_flight={},commands={},errors={},upstream_failures={},connects={},connect_failures={}\r\n",
+                        "db{}:name={},aliases={},upstream={},upstream_db={},shared_connections={},shared_open={},pool_size={},pool_open={},pool_idle={},in_flight={},commands={},errors={},upstream_failures={},connects={},connect_failures={}",
                         c.index,
                         c.name(),
                         c.names[1..].join("|"),
@@ -326,6 +326,20 @@ pub fn info(ctx: &Context, sections: &[&str]) -> String {
                         get(&db.stats.connects),
                         get(&db.stats.connect_failures),
                     );
+                    if let Some(sentinel) = &u.sentinel {
+                        // `upstream` above is the current primary.
+                        let _ = write!(
+                            s,
+                            ",sentinel_master={},primary={},failovers={}",
+                            sentinel.master,
+                            u.endpoint.current().map_or_else(
+                                || "unknown".to_string(),
+                                |(h, p, _)| format!("{h}:{p}")
+                            ),
+                            u.endpoint.failovers()
+                        );
+                    }
+                    s.push_str("\r\n");
                 }
             }
             "circuits" => {

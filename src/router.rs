@@ -80,7 +80,11 @@ impl Database {
     /// translated between the two).
     pub fn same_server(&self, other: &Database) -> bool {
         let (a, b) = (&self.config.upstream, &other.config.upstream);
-        a.host == b.host && a.port == b.port && a.username == b.username && a.password == b.password
+        a.host == b.host
+            && a.port == b.port
+            && a.sentinel == b.sentinel
+            && a.username == b.username
+            && a.password == b.password
     }
 
     /// `name (db N)` for messages.
@@ -107,6 +111,8 @@ impl Router {
         for db in &config.databases {
             let stats = Arc::new(DbStats::default());
             let upstream = Arc::new(db.upstream.clone());
+            // A Sentinel-backed database's watcher (follows failovers).
+            crate::upstream::sentinel::spawn_watcher(upstream.clone(), shutdown.clone());
             let breaker = Arc::new(Breaker::new(BreakerConfig::from(&db.upstream.resilience)));
             let observer: Arc<dyn Observer> = Arc::new(Policy {
                 breaker: breaker.clone(),

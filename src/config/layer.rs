@@ -13,8 +13,9 @@ use super::fields::{
     nonnegative_secs, parse_command_list, parse_host, parse_port, parse_secret, parse_u32,
     parse_username, positive_secs, set_nullable, Map, Set,
 };
+use super::sentinel::parse_sentinel;
 use super::tls::parse_upstream_tls;
-use super::types::{Secret, UpstreamTls};
+use super::types::{Secret, SentinelConfig, UpstreamTls};
 
 /// The keys of a [`Layer`], allowed at the top level and in each database.
 pub(super) const UPSTREAM_KEYS: &[&str] = &[
@@ -38,6 +39,7 @@ pub(super) const UPSTREAM_KEYS: &[&str] = &[
     "success_threshold",
     "health_check_interval",
     "tls",
+    "sentinel",
 ];
 
 /// One level's upstream settings (`None`: not set at this level).
@@ -61,6 +63,7 @@ pub(super) struct Layer {
     pub(super) health_check_interval: Option<Set<Duration>>,
     pub(super) deny_commands: Option<Set<Vec<String>>>,
     pub(super) tls: Option<Set<Option<Arc<UpstreamTls>>>>,
+    pub(super) sentinel: Option<Set<Option<Arc<SentinelConfig>>>>,
 }
 
 /// Applies `$m!(field)` to every field of `Layer`.
@@ -84,6 +87,7 @@ macro_rules! layer_fields {
         $m!(health_check_interval);
         $m!(deny_commands);
         $m!(tls);
+        $m!(sentinel);
     };
 }
 
@@ -112,6 +116,7 @@ impl Layer {
             health_check_interval: map.set("health_check_interval", positive_secs)?,
             deny_commands: map.set("deny_commands", parse_command_list)?,
             tls: set_nullable(map, "tls", parse_upstream_tls)?,
+            sentinel: set_nullable(map, "sentinel", parse_sentinel)?,
         })
     }
 

@@ -219,6 +219,12 @@ pub struct UpstreamConfig {
     /// The primary name of the database this upstream serves (for log lines;
     /// empty when built with [`UpstreamConfig::new`]).
     pub database: String,
+    /// `sentinel`: the primary is found through these sentinels (then `host` and
+    /// `port` are unused); `None`: a standalone Redis at `host:port`.
+    pub sentinel: Option<Arc<SentinelConfig>>,
+    /// Where the upstream is now (the sentinel-resolved primary), shared by every
+    /// clone of this configuration.
+    pub endpoint: crate::endpoint::Endpoint,
 }
 
 impl UpstreamConfig {
@@ -242,13 +248,35 @@ impl UpstreamConfig {
             resilience: ResilienceConfig::default(),
             tls: None,
             database: String::new(),
+            sentinel: None,
+            endpoint: crate::endpoint::Endpoint::new(),
         }
     }
 
-    /// `host:port` as text, for reports.
+    /// `host:port` as text, for reports. For a Sentinel-backed upstream, the current
+    /// primary (`sentinel master <name>` while none is known).
     pub fn address(&self) -> String {
-        format!("{}:{}", self.host, self.port)
+        match &self.sentinel {
+            None => format!("{}:{}", self.host, self.port),
+            Some(s) => match self.endpoint.current() {
+                Some((host, port, _)) => format!("{host}:{port}"),
+                None => format!("sentinel master {}", s.master),
+            },
+        }
     }
+}
+
+/// A Sentinel-backed upstream (YAML `sentinel`).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct SentinelConfig {
+    /// The sentinels, asked in this order (`nodes`).
+    pub nodes: Vec<(String, u16)>,
+    /// The name the sentinels monitor the primary under (`master`).
+    pub master: String,
+    /// The sentinels' ACL user, if any (`username`).
+    pub username: Option<String>,
+    /// The sentinels' password (`password`; not the data connections' one).
+    pub password: Option<Secret>,
 }
 
 /// One client-facing database.
