@@ -60,6 +60,7 @@
 //!   env.rs       AUTOBOT_REDIS_* and REDIS_SIDECAR_* environment overrides
 //!   resolve.rs   top-level keys, aliases, per-database upstreams, start database
 //!   tls.rs       `tls` (upstream) and `client_tls`: files loaded and checked at load
+//!   sentinel.rs  `sentinel` (nodes, master, the sentinels' credentials)
 //!   error.rs     ConfigError (file, key path, line) and internal failures
 //! stats.rs       lock-free counters
 //! endpoint.rs    where a database's upstream is now (the Sentinel-resolved primary,

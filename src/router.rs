@@ -11,6 +11,7 @@ use crate::stats::DbStats;
 use crate::upstream::dedicated::{self, Pool};
 use crate::upstream::health::{self, HealthState};
 use crate::upstream::mux::MuxHandle;
+use crate::upstream::sentinel;
 use crate::upstream::Observer;
 
 /// One client-facing database and its shared upstream connections.
@@ -111,13 +112,13 @@ impl Router {
         for db in &config.databases {
             let stats = Arc::new(DbStats::default());
             let upstream = Arc::new(db.upstream.clone());
-            // A Sentinel-backed database's watcher (follows failovers).
-            crate::upstream::sentinel::spawn_watcher(upstream.clone(), shutdown.clone());
             let breaker = Arc::new(Breaker::new(BreakerConfig::from(&db.upstream.resilience)));
             let observer: Arc<dyn Observer> = Arc::new(Policy {
                 breaker: breaker.clone(),
                 backoff: Backoff::from(&db.upstream.resilience),
             });
+            // A Sentinel-backed database's watcher (follows failovers).
+            sentinel::spawn_watcher(upstream.clone(), observer.clone(), shutdown.clone());
             let spawn = |resp3| -> Vec<MuxHandle> {
                 (0..db.upstream.mux_connections.max(1))
                     .map(|_| {

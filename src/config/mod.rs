@@ -44,7 +44,9 @@
 //!   `retry_max_delay`, `failure_threshold`, `recovery_timeout`, `success_threshold`,
 //!   `health_check_interval`, and `tls` (`ca_file`, `cert_file`, `key_file`,
 //!   `server_name`, `insecure_skip_verify`; `null` in a database: plain TCP, see
-//!   [`UpstreamTls`]).
+//!   [`UpstreamTls`]), and `sentinel` (`nodes`, `master`, `password`, `username`:
+//!   the primary is found through Redis Sentinel instead of `host`/`port`; one level
+//!   sets either, and the more specific level wins as a whole, see [`SentinelConfig`]).
 //! * Per-database keys: `db` (required), `description`, `upstream_db`.
 //!
 //! # Rules

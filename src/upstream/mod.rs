@@ -23,6 +23,9 @@ pub trait Observer: Send + Sync + std::fmt::Debug {
     /// The upstream could not be reached, broke, timed out, or answered that it is
     /// not serving (`-LOADING`, `-MASTERDOWN`, `-READONLY`).
     fn failure(&self);
+    /// The upstream was replaced by another server (a Sentinel failover): earlier
+    /// failures were the old server's.
+    fn upstream_replaced(&self) {}
     /// A health probe's result (by default counted like traffic).
     fn probe(&self, ok: bool) {
         if ok {

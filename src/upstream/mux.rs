@@ -492,7 +492,11 @@ async fn serve(
                     None => break 'conn None,
                 },
                 r = &mut reader => break 'conn r.ok(),
-                Ok(()) = moved.changed() => continue,
+                Ok(()) = moved.changed() => {
+                    // As above (`changed` marked the change seen).
+                    drop(ptx);
+                    break 'conn (&mut reader).await.ok();
+                }
             },
         };
         // Gather what is queued into one write.

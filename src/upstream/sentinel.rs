@@ -29,6 +29,7 @@ use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 
 use super::error::UpstreamError;
+use super::Observer;
 use crate::config::{SentinelConfig, UpstreamConfig};
 use crate::protocol::request::encode_command;
 
@@ -289,8 +290,13 @@ const SUSPECT_SPACING: Duration = Duration::from_millis(200);
 const RESUBSCRIBE_MIN: Duration = Duration::from_millis(100);
 const RESUBSCRIBE_MAX: Duration = Duration::from_secs(5);
 
-/// Starts the watcher of a Sentinel-backed database (nothing for a standalone one).
-pub fn spawn_watcher(cfg: Arc<UpstreamConfig>, shutdown: CancellationToken) {
+/// Starts the watcher of a Sentinel-backed database (nothing for a standalone
+/// one). `observer` hears of every new primary (the circuit breaker starts afresh).
+pub fn spawn_watcher(
+    cfg: Arc<UpstreamConfig>,
+    observer: Arc<dyn Observer>,
+    shutdown: CancellationToken,
+) {
     let Some(s) = cfg.sentinel.clone() else {
         return;
     };
@@ -298,8 +304,19 @@ pub fn spawn_watcher(cfg: Arc<UpstreamConfig>, shutdown: CancellationToken) {
         tokio::select! {
             _ = shutdown.cancelled() => {}
             _ = watch(&cfg, &s) => {}
+            _ = replaced(&cfg, &*observer) => {}
         }
     });
+}
+
+/// Tells `observer` whenever a new primary is recorded.
+async fn replaced(cfg: &UpstreamConfig, observer: &dyn Observer) {
+    let mut moved = cfg.endpoint.subscribe();
+    while moved.changed().await.is_ok() {
+        if cfg.endpoint.current().is_some() {
+            observer.upstream_replaced();
+        }
+    }
 }
 
 async fn watch(cfg: &UpstreamConfig, s: &SentinelConfig) {
