@@ -40,6 +40,8 @@ pub struct Database {
     slots: Vec<MuxHandle>,
     /// The same, speaking RESP3 (for sessions that sent `HELLO 3`).
     slots3: Vec<MuxHandle>,
+    /// Stops the Sentinel watcher (if any) when the database is dropped.
+    _sentinel_watcher: Option<tokio_util::sync::DropGuard>,
 }
 
 impl Database {
@@ -118,7 +120,8 @@ impl Router {
                 backoff: Backoff::from(&db.upstream.resilience),
             });
             // A Sentinel-backed database's watcher (follows failovers).
-            sentinel::spawn_watcher(upstream.clone(), observer.clone(), shutdown.clone());
+            let sentinel_watcher =
+                sentinel::spawn_watcher(upstream.clone(), observer.clone(), shutdown);
             let spawn = |resp3| -> Vec<MuxHandle> {
                 (0..db.upstream.mux_connections.max(1))
                     .map(|_| {
@@ -148,6 +151,7 @@ impl Router {
                 stats,
                 slots,
                 slots3,
+                _sentinel_watcher: sentinel_watcher,
             });
             let i = db.index as usize;
             if by_index.len() <= i {

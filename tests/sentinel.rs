@@ -93,6 +93,15 @@ fn commands_pipeline_transaction_blocking_and_pubsub_through_sentinel() {
     assert!(line.contains(&format!("primary={primary}")), "{line}");
     assert!(line.contains(&format!("upstream={primary}")), "{line}");
     assert!(line.contains("failovers=0"), "{line}");
+    // `redis-sidecar check` finds the primary too.
+    let checked = std::process::Command::new(BinaryProxy::bin_path())
+        .arg("check")
+        .arg("--config")
+        .arg(proxy.config_path())
+        .output()
+        .expect("run redis-sidecar check");
+    let out = text(&checked.stdout);
+    assert!(out.contains(&primary), "{out}{}", text(&checked.stderr));
     // The sentinels' password never shows in the --check-config report.
     let check = std::process::Command::new(BinaryProxy::bin_path())
         .arg("--config")
@@ -275,6 +284,49 @@ fn killing_the_primary_under_load_fails_over_without_restart() {
         "writes acknowledged more than 1 s before the kill were lost"
     );
     assert!(replicated_total > 0);
+}
+
+#[test]
+fn switch_master_is_followed_after_the_subscribed_sentinel_is_lost() {
+    let mut group = SentinelGroup::start();
+    // No periodic lookup and no traffic: only +switch-master can move the proxy.
+    let extra = "health_check_interval: 60\n";
+    let proxy = BinaryProxy::start_with(&yaml(&group.nodes(), extra), &[], &[]);
+    let old = format!("primary=127.0.0.1:{}", group.primary.port());
+    let deadline = Instant::now() + Duration::from_secs(5);
+    while !info_db0(&proxy).contains(&old) {
+        assert!(Instant::now() < deadline, "{}", info_db0(&proxy));
+        thread::sleep(Duration::from_millis(50));
+    }
+    // The watcher subscribed to the first sentinel; it goes, the next takes over.
+    thread::sleep(Duration::from_millis(300));
+    group.sentinels[0].kill();
+    thread::sleep(Duration::from_millis(500));
+    let out = group.ask(1, &["SENTINEL", "FAILOVER", MASTER]);
+    assert!(out.contains("OK"), "{out}");
+    let new = group.replica.port();
+    let moved = format!("primary=127.0.0.1:{new}");
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while !info_db0(&proxy).contains(&moved) {
+        assert!(
+            Instant::now() < deadline,
+            "{}\n{}",
+            info_db0(&proxy),
+            proxy.log()
+        );
+        thread::sleep(Duration::from_millis(100));
+    }
+    let log = proxy.log();
+    assert!(log.contains("via=\"+switch-master\""), "{log}");
+    assert!(
+        log.contains("lost the +switch-master subscription"),
+        "{log}"
+    );
+    assert!(info_db0(&proxy).contains("failovers=1"));
+    let mut c = proxy.client();
+    assert_eq!(c.cmd(&[b"SET", b"k", b"v"]), b"+OK\r\n");
+    let (on_new, _) = redis_cli(new, &["GET", "k"]);
+    assert_eq!(on_new.trim(), "v");
 }
 
 #[test]

@@ -26,7 +26,7 @@ use bytes::{Buf, BytesMut};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 use tokio::time::Instant;
-use tokio_util::sync::CancellationToken;
+use tokio_util::sync::{CancellationToken, DropGuard};
 
 use super::error::UpstreamError;
 use super::Observer;
@@ -292,14 +292,16 @@ const RESUBSCRIBE_MAX: Duration = Duration::from_secs(5);
 
 /// Starts the watcher of a Sentinel-backed database (nothing for a standalone
 /// one). `observer` hears of every new primary (the circuit breaker starts afresh).
+/// The watcher ends at `shutdown` or when the returned guard is dropped (with its
+/// database).
 pub fn spawn_watcher(
     cfg: Arc<UpstreamConfig>,
     observer: Arc<dyn Observer>,
-    shutdown: CancellationToken,
-) {
-    let Some(s) = cfg.sentinel.clone() else {
-        return;
-    };
+    shutdown: &CancellationToken,
+) -> Option<DropGuard> {
+    let s = cfg.sentinel.clone()?;
+    let shutdown = shutdown.child_token();
+    let guard = shutdown.clone().drop_guard();
     tokio::spawn(async move {
         tokio::select! {
             _ = shutdown.cancelled() => {}
@@ -307,6 +309,7 @@ pub fn spawn_watcher(
             _ = replaced(&cfg, &*observer) => {}
         }
     });
+    Some(guard)
 }
 
 /// Tells `observer` whenever a new primary is recorded.
@@ -320,6 +323,10 @@ async fn replaced(cfg: &UpstreamConfig, observer: &dyn Observer) {
 }
 
 async fn watch(cfg: &UpstreamConfig, s: &SentinelConfig) {
+    if s.nodes.is_empty() {
+        // Only a configuration built in code can get here (loading refuses it).
+        return std::future::pending().await;
+    }
     let mut next = 0usize;
     let mut pause = RESUBSCRIBE_MIN;
     let mut last_suspect = Instant::now() - SUSPECT_SPACING;
