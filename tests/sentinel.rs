@@ -123,8 +123,9 @@ struct Writer {
     acked: Vec<(u64, Instant)>,
     /// Ids acknowledged by `WAIT 1` too (on the replica as well).
     replicated: Vec<u64>,
-    /// Acknowledged writes after the kill.
+    /// Acknowledged writes after the kill, and when the first was.
     after_kill: usize,
+    first_after_kill: Option<Instant>,
     errors: usize,
 }
 
@@ -181,6 +182,7 @@ fn write_ids(
             w.acked.push((id - 1, now));
             if killed.lock().unwrap().is_some_and(|k| now > k) {
                 w.after_kill += 1;
+                w.first_after_kill.get_or_insert(now);
             }
             if wait && replies[2].starts_with(b":") && replies[2] != b":0\r\n" {
                 w.replicated.push(id - 1);
@@ -270,9 +272,16 @@ fn killing_the_primary_under_load_fails_over_without_restart() {
             .filter(|id| !seen.contains_key(id))
             .count();
     }
+    let recovered_after: Vec<Duration> = results
+        .iter()
+        .filter_map(|w| w.first_after_kill.map(|t| t - killed_at))
+        .collect();
     println!(
         "failover {old} -> {new}: {acked_total} acknowledged writes ({replicated_total} also by WAIT 1), \
-         lost {lost_plain} acknowledged (of which WAIT-acknowledged {lost_replicated}), duplicates {dups}"
+         lost {lost_plain} acknowledged (of which WAIT-acknowledged {lost_replicated}), duplicates {dups}; \
+         first write through after the kill: {:?} .. {:?}",
+        recovered_after.iter().min(),
+        recovered_after.iter().max()
     );
     assert_eq!(dups, 0, "an id was written twice");
     assert_eq!(
