@@ -197,6 +197,18 @@ fn write_ids(
 
 #[test]
 fn killing_the_primary_under_load_fails_over_without_restart() {
+    failover_under_load(false);
+}
+
+/// The primary hangs (SIGSTOP) instead: the writes in flight on it time out and
+/// are not resent; once the sentinels have moved, it resumes (and is demoted by
+/// them) while the proxy keeps writing to the new primary.
+#[test]
+fn a_hung_primary_is_failed_over_and_its_return_changes_nothing() {
+    failover_under_load(true);
+}
+
+fn failover_under_load(hang: bool) {
     let mut group = SentinelGroup::start();
     // The breaker may open while the primary is gone; a new primary resets it.
     let extra = "connect_timeout: 1\ncommand_timeout: 2\n";
@@ -214,9 +226,16 @@ fn killing_the_primary_under_load_fails_over_without_restart() {
     thread::sleep(Duration::from_millis(1500));
     let old = group.primary.port();
     let new = group.replica.port();
-    group.primary.kill();
+    if hang {
+        group.primary.pause();
+    } else {
+        group.primary.kill();
+    }
     *killed.lock().unwrap() = Some(Instant::now());
     group.wait_primary(new, Duration::from_secs(30));
+    if hang {
+        group.primary.resume();
+    }
     // Every writer gets writes through again, without a proxy restart.
     let deadline = Instant::now() + Duration::from_secs(15);
     let recovered = || {
@@ -277,9 +296,10 @@ fn killing_the_primary_under_load_fails_over_without_restart() {
         .filter_map(|w| w.first_after_kill.map(|t| t - killed_at))
         .collect();
     println!(
-        "failover {old} -> {new}: {acked_total} acknowledged writes ({replicated_total} also by WAIT 1), \
+        "failover ({}) {old} -> {new}: {acked_total} acknowledged writes ({replicated_total} also by WAIT 1), \
          lost {lost_plain} acknowledged (of which WAIT-acknowledged {lost_replicated}), duplicates {dups}; \
          first write through after the kill: {:?} .. {:?}",
+        if hang { "SIGSTOP, SIGCONT later" } else { "SIGKILL" },
         recovered_after.iter().min(),
         recovered_after.iter().max()
     );
