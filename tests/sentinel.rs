@@ -359,6 +359,25 @@ fn switch_master_is_followed_after_the_subscribed_sentinel_is_lost() {
 }
 
 #[test]
+fn a_silent_sentinel_is_left_for_the_next_one() {
+    let group = SentinelGroup::start();
+    let extra = "health_check_interval: 0.5\nconnect_timeout: 1\n";
+    let proxy = BinaryProxy::start_with(&yaml(&group.nodes(), extra), &[], &[]);
+    let mut c = proxy.client();
+    assert_eq!(c.cmd(&[b"SET", b"k", b"v"]), b"+OK\r\n");
+    thread::sleep(Duration::from_millis(300));
+    // The subscribed sentinel hangs: no reset, no answer.
+    group.sentinels[0].pause();
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while !proxy.log().contains("no answer to PING") {
+        assert!(Instant::now() < deadline, "{}", proxy.log());
+        thread::sleep(Duration::from_millis(100));
+    }
+    // Lookups still answer (from the others), and traffic flows.
+    assert_eq!(c.cmd(&[b"GET", b"k"]), b"$1\r\nv\r\n");
+}
+
+#[test]
 fn readonly_from_a_demoted_primary_moves_the_proxy() {
     let group = SentinelGroup::start();
     // No periodic lookup during the test: only -READONLY can move the proxy.

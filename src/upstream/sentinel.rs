@@ -123,6 +123,7 @@ impl Conn {
             .await
             .map_err(|e| e.to_string())?;
         let _ = stream.set_nodelay(true);
+        super::connect::keepalive(&stream);
         let mut conn = Conn {
             stream,
             buf: BytesMut::with_capacity(512),
@@ -366,21 +367,30 @@ async fn watch(cfg: &UpstreamConfig, s: &SentinelConfig) {
         tracing::debug!(database = %cfg.database, sentinel = %format!("{host}:{port}"), "sentinel: watching +switch-master");
         let mut tick = tokio::time::interval(cfg.resilience.health_check_interval);
         tick.reset();
+        // A PING sent on the subscription at each tick must be answered by the
+        // next: a sentinel that went silent (its host gone without a reset) is
+        // left for the next one.
+        let mut unanswered = false;
         loop {
-            tokio::select! {
+            let lost = tokio::select! {
                 msg = conn.next() => match msg {
                     Ok(v) => {
+                        unanswered = false;
                         if let Some((h, p)) = switch_master(&v, &s.master) {
                             record(cfg, s, &h, p, "+switch-master");
                         }
+                        None
                     }
-                    Err(e) => {
-                        tracing::warn!(database = %cfg.database, sentinel = %format!("{host}:{port}"), error = %e, "sentinel: lost the +switch-master subscription; trying the next sentinel");
-                        next = s.nodes.iter().position(|n| *n == (host.clone(), port)).map_or(0, |i| i + 1);
-                        break;
-                    }
+                    Err(e) => Some(e),
                 },
-                _ = tick.tick() => refresh(cfg, s, "periodic").await,
+                _ = tick.tick() => {
+                    refresh(cfg, s, "periodic").await;
+                    if std::mem::replace(&mut unanswered, true) {
+                        Some("no answer to PING within health_check_interval".to_string())
+                    } else {
+                        conn.send(&[b"PING"]).await.err()
+                    }
+                }
                 _ = cfg.endpoint.suspected() => {
                     let since = last_suspect.elapsed();
                     if since < SUSPECT_SPACING {
@@ -388,6 +398,19 @@ async fn watch(cfg: &UpstreamConfig, s: &SentinelConfig) {
                     }
                     last_suspect = Instant::now();
                     refresh(cfg, s, "suspicion").await;
+                    None
+                }
+            };
+            match lost {
+                None => {}
+                Some(e) => {
+                    tracing::warn!(database = %cfg.database, sentinel = %format!("{host}:{port}"), error = %e, "sentinel: lost the +switch-master subscription; trying the next sentinel");
+                    next = s
+                        .nodes
+                        .iter()
+                        .position(|n| *n == (host.clone(), port))
+                        .map_or(0, |i| i + 1);
+                    break;
                 }
             }
         }

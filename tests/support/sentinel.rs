@@ -96,6 +96,16 @@ impl Sentinel {
         fs::read_to_string(self.dir.path().join("sentinel.log")).unwrap_or_default()
     }
 
+    /// SIGSTOP: it keeps its connections but answers nothing (killed on drop).
+    pub fn pause(&self) {
+        let pid = self.child.as_ref().expect("sentinel running").id();
+        let ok = Command::new("kill")
+            .args(["-s", "STOP", &pid.to_string()])
+            .status()
+            .is_ok_and(|s| s.success());
+        assert!(ok, "SIGSTOP sentinel {pid}");
+    }
+
     /// SIGKILL.
     pub fn kill(&mut self) {
         if let Some(mut c) = self.child.take() {
