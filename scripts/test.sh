@@ -21,13 +21,15 @@ if ((${#missing[@]} > 0)); then
         echo "test.sh: installing redis-server redis-tools iproute2 chromium (missing: ${missing[*]})" >&2
         export DEBIAN_FRONTEND=noninteractive
         apt-get update -qq
-        apt-get install -y -qq --no-install-recommends redis-server redis-tools iproute2 chromium fonts-liberation >/dev/null
+        apt-get install -y -qq --no-install-recommends redis-server redis-tools redis-sentinel iproute2 chromium fonts-liberation >/dev/null
     else
         echo "test.sh: WARNING: missing ${missing[*]}; the integration tests need them" >&2
         echo "test.sh: and will fail. Install: sudo apt-get install redis-server redis-tools iproute2 chromium" >&2
     fi
 fi
 
+# redis-sentinel is optional: tests/support/sentinel.rs falls back to
+# `redis-server <conf> --sentinel` without it.
 # apt's redis-server package starts a system service on 6379 on some hosts; the tests do
 # not use it (each test starts its own server on a free port), so it is left alone.
 exec cargo test --all-targets "$@"

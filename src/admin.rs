@@ -315,7 +315,7 @@ pub fn info(ctx: &View<'_>, sections: &[&str]) -> String {
                     let pool = db.pool(false).state();
                     let _ = write!(
                         s,
-                        "db{}:name={},aliases={},upstream={},upstream_db={},shared_connections={},shared_open={},pool_size={},pool_open={},pool_idle={},in_flight={},commands={},errors={},upstream_failures={},connects={},connect_failures={}\r\n",
+                        "db{}:name={},aliases={},upstream={},upstream_db={},shared_connections={},shared_open={},pool_size={},pool_open={},pool_idle={},in_flight={},commands={},errors={},upstream_failures={},connects={},connect_failures={}",
                         c.index,
                         c.name(),
                         c.names[1..].join("|"),
@@ -333,6 +333,20 @@ pub fn info(ctx: &View<'_>, sections: &[&str]) -> String {
                         get(&db.stats.connects),
                         get(&db.stats.connect_failures),
                     );
+                    if let Some(sentinel) = &u.sentinel {
+                        // `upstream` above is the current primary.
+                        let _ = write!(
+                            s,
+                            ",sentinel_master={},primary={},failovers={}",
+                            sentinel.master,
+                            u.endpoint.current().map_or_else(
+                                || "unknown".to_string(),
+                                |(h, p, _)| format!("{h}:{p}")
+                            ),
+                            u.endpoint.failovers()
+                        );
+                    }
+                    s.push_str("\r\n");
                 }
             }
             "circuits" => {

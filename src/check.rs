@@ -274,6 +274,8 @@ async fn steps(cfg: &UpstreamConfig, opts: CheckOptions, r: &mut DatabaseReport)
         }
     };
     r.reachable = true;
+    // A Sentinel-backed database: the primary found.
+    r.upstream = cfg.address();
 
     // Latency: the median of three PINGs.
     let mut pings = Vec::new();
@@ -430,6 +432,8 @@ fn connect_advice(error: &str) -> &'static str {
         "the server wants a password: set password (or AUTOBOT_REDIS_PASSWORD)"
     } else if e.contains("db index is out of range") {
         "upstream_db is not below the server's databases: raise `databases` in redis.conf or use a lower upstream_db"
+    } else if e.contains("sentinel") {
+        "check sentinel.nodes (host:port of running sentinels), sentinel.master and the sentinels' password"
     } else if e.contains("refused") || e.contains("timed out") || e.contains("resolve") {
         "check host/port (or AUTOBOT_REDIS_HOST / AUTOBOT_REDIS_PORT) and that Redis runs there"
     } else {

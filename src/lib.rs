@@ -50,7 +50,8 @@
 //!                (which make the retries, in order, and pass large replies on
 //!                in parts), exclusive bb8-pooled connections (checked out in
 //!                request order), subscriber and out-of-band connections, probes;
-//!                frames.rs is the one reader of every reply stream
+//!                frames.rs is the one reader of every reply stream;
+//!                sentinel.rs finds the primary through Sentinel and follows failovers
 //! command/       command classification (byte-literal match), the command
 //!                table generated from Redis's metadata (flags, key specs,
 //!                read-only), and the Descriptor each request is classified into
@@ -65,8 +66,11 @@
 //!   env.rs       AUTOBOT_REDIS_* and REDIS_SIDECAR_* environment overrides
 //!   resolve.rs   top-level keys, aliases, per-database upstreams, start database
 //!   tls.rs       `tls` (upstream) and `client_tls`: files loaded and checked at load
+//!   sentinel.rs  `sentinel` (nodes, master, the sentinels' credentials)
 //!   error.rs     ConfigError (file, key path, line) and internal failures
 //! stats.rs       lock-free counters
+//! endpoint.rs    where a database's upstream is now (the Sentinel-resolved primary,
+//!                its generation), shared by all its connections; no I/O
 //! logging.rs     PROXY LOGLEVEL: the reloadable log filter the binary installs
 //! tls.rs         rustls configurations from PEM files (client listener, reloaded
 //!                when the files change; upstream connections)
@@ -81,6 +85,7 @@ pub mod clients;
 pub mod command;
 pub mod config;
 pub mod context;
+pub mod endpoint;
 pub mod limits;
 pub mod logging;
 pub mod metrics;

@@ -11,6 +11,7 @@ use crate::stats::DbStats;
 use crate::upstream::dedicated::{self, Pool};
 use crate::upstream::health::{self, HealthState};
 use crate::upstream::mux::MuxHandle;
+use crate::upstream::sentinel;
 use crate::upstream::Observer;
 
 /// One client-facing database and its shared upstream connections.
@@ -59,6 +60,8 @@ struct Conns {
     pool3: Pool,
     /// Stops the health probe (dropped, or retired by a reload).
     probe: StopOnDrop,
+    /// Stops the Sentinel watcher (if any) when the connections are dropped.
+    _sentinel_watcher: Option<tokio_util::sync::DropGuard>,
 }
 
 /// Cancels its token when dropped.
@@ -99,6 +102,9 @@ impl Conns {
                 .collect()
         };
         let (slots, slots3) = (spawn(false), spawn(true));
+        // A Sentinel-backed database's watcher (follows failovers).
+        let sentinel_watcher =
+            sentinel::spawn_watcher(upstream.clone(), observer.clone(), shutdown);
         let probe = shutdown.child_token();
         health::spawn(
             upstream.clone(),
@@ -114,6 +120,7 @@ impl Conns {
             slots,
             slots3,
             probe: StopOnDrop(probe),
+            _sentinel_watcher: sentinel_watcher,
         }
     }
 }
@@ -156,6 +163,13 @@ impl Database {
         shutdown: &CancellationToken,
     ) -> Database {
         let old = old.filter(|o| o.config.upstream.same_endpoint(&db.upstream));
+        // The same endpoint: keep the primary the Sentinel watcher found (a fresh
+        // config's endpoint is unresolved).
+        let mut db = db.clone();
+        if let Some(o) = old {
+            db.upstream.endpoint = o.config.upstream.endpoint.clone();
+        }
+        let db = &db;
         let breaker_cfg = BreakerConfig::from(&db.upstream.resilience);
         let (stats, breaker, health, commands) = match old {
             Some(o) => {

@@ -13,8 +13,9 @@ use super::fields::{
     nonnegative_secs, parse_command_list, parse_host, parse_key_prefix, parse_port, parse_secret,
     parse_u32, parse_username, positive_secs, set_nullable, Map, Set,
 };
+use super::sentinel::parse_sentinel;
 use super::tls::parse_upstream_tls;
-use super::types::{Secret, UpstreamTls};
+use super::types::{Secret, SentinelConfig, UpstreamTls};
 
 /// The keys of a [`Layer`], allowed at the top level and in each database.
 pub(super) const UPSTREAM_KEYS: &[&str] = &[
@@ -39,6 +40,7 @@ pub(super) const UPSTREAM_KEYS: &[&str] = &[
     "health_check_interval",
     "tls",
     "key_prefix",
+    "sentinel",
 ];
 
 /// One level's upstream settings (`None`: not set at this level).
@@ -63,6 +65,7 @@ pub(super) struct Layer {
     pub(super) deny_commands: Option<Set<Vec<String>>>,
     pub(super) tls: Option<Set<Option<Arc<UpstreamTls>>>>,
     pub(super) key_prefix: Option<Set<String>>,
+    pub(super) sentinel: Option<Set<Option<Arc<SentinelConfig>>>>,
 }
 
 /// Applies `$m!(field)` to every field of `Layer`.
@@ -87,6 +90,7 @@ macro_rules! layer_fields {
         $m!(deny_commands);
         $m!(tls);
         $m!(key_prefix);
+        $m!(sentinel);
     };
 }
 
@@ -116,6 +120,7 @@ impl Layer {
             deny_commands: map.set("deny_commands", parse_command_list)?,
             tls: set_nullable(map, "tls", parse_upstream_tls)?,
             key_prefix: map.set("key_prefix", parse_key_prefix)?,
+            sentinel: set_nullable(map, "sentinel", parse_sentinel)?,
         })
     }
 

@@ -44,7 +44,9 @@
 //!   `retry_max_delay`, `failure_threshold`, `recovery_timeout`, `success_threshold`,
 //!   `health_check_interval`, and `tls` (`ca_file`, `cert_file`, `key_file`,
 //!   `server_name`, `insecure_skip_verify`; `null` in a database: plain TCP, see
-//!   [`UpstreamTls`]).
+//!   [`UpstreamTls`]), and `sentinel` (`nodes`, `master`, `password`, `username`:
+//!   the primary is found through Redis Sentinel instead of `host`/`port`; one level
+//!   sets either, and the more specific level wins as a whole, see [`SentinelConfig`]).
 //! * Per-database keys: `db` (required), `description`, `upstream_db`.
 //!
 //! # Rules
@@ -82,6 +84,7 @@ mod error;
 mod fields;
 mod layer;
 mod resolve;
+mod sentinel;
 mod tls;
 mod types;
 mod yaml;
@@ -93,8 +96,8 @@ use std::time::Duration;
 pub use env::{ENV_CLIENT_PASSWORD, ENV_HOST, ENV_LISTEN, ENV_PASSWORD, ENV_PORT};
 pub use error::ConfigError;
 pub use types::{
-    ClientTls, DatabaseConfig, Limits, OutputBufferLimit, ResilienceConfig, Secret, UpstreamConfig,
-    UpstreamTls, AUTOBOT_DATABASES, DEFAULT_DENY_COMMANDS, DEFAULT_METRICS_LISTEN,
+    ClientTls, DatabaseConfig, Limits, OutputBufferLimit, ResilienceConfig, Secret, SentinelConfig,
+    UpstreamConfig, UpstreamTls, AUTOBOT_DATABASES, DEFAULT_DENY_COMMANDS, DEFAULT_METRICS_LISTEN,
 };
 
 use env::process_env;
@@ -343,8 +346,24 @@ impl Config {
             line(format!("  - index: {}", db.index));
             line(format!("    names: [{}]", db.names.join(", ")));
             line(format!("    description: {:?}", db.description));
-            line(format!("    host: {}", u.host));
-            line(format!("    port: {}", u.port));
+            match &u.sentinel {
+                None => {
+                    line(format!("    host: {}", u.host));
+                    line(format!("    port: {}", u.port));
+                }
+                Some(s) => {
+                    line("    sentinel:".to_string());
+                    let nodes: Vec<String> =
+                        s.nodes.iter().map(|(h, p)| format!("{h}:{p}")).collect();
+                    line(format!("      nodes: [{}]", nodes.join(", ")));
+                    line(format!("      master: {}", s.master));
+                    match &s.username {
+                        Some(name) => line(format!("      username: {name:?}")),
+                        None => line("      username: null".to_string()),
+                    }
+                    line(format!("      password: {}", mask(s.password.as_ref())));
+                }
+            }
             line(format!("    upstream_db: {}", u.db));
             if let Some(prefix) = &u.key_prefix {
                 line(format!(

@@ -5,6 +5,7 @@
 //! range, `auth_passthrough` with `client_password`) and the start database.
 
 use std::path::Path;
+use std::sync::Arc;
 use std::time::Duration;
 
 use super::env::apply_env;
@@ -18,7 +19,7 @@ use super::layer::{Layer, UPSTREAM_KEYS};
 use super::secs;
 use super::tls::parse_client_tls;
 use super::types::{
-    DatabaseConfig, Limits, OutputBufferLimit, ResilienceConfig, UpstreamConfig,
+    DatabaseConfig, Limits, OutputBufferLimit, ResilienceConfig, SentinelConfig, UpstreamConfig,
     DEFAULT_AUTH_TIMEOUT, DEFAULT_DENY_COMMANDS, DEFAULT_HOST, DEFAULT_LISTEN, DEFAULT_MAX_CLIENTS,
     DEFAULT_METRICS_LISTEN, DEFAULT_MUX_CONNECTIONS, DEFAULT_POOL_SIZE, DEFAULT_PORT,
     DEFAULT_SHUTDOWN_TIMEOUT, DEFAULT_SLOWLOG_MAX_LEN, DEFAULT_SLOWLOG_THRESHOLD, DEFAULT_TIMEOUT,
@@ -26,6 +27,7 @@ use super::types::{
 };
 use super::yaml::{KeyPath, Node};
 use super::Config;
+use crate::endpoint::Endpoint;
 
 /// Keys allowed only at the top level (besides [`UPSTREAM_KEYS`]).
 const TOP_ONLY_KEYS: &[&str] = &[
@@ -418,7 +420,10 @@ fn resolve_upstream(
             db.value
         )));
     }
+    let sentinel = resolve_sentinel(own, top)?;
     Ok(UpstreamConfig {
+        sentinel,
+        endpoint: Endpoint::new(),
         host: value_or(&eff.host, DEFAULT_HOST.to_string()),
         port: value_or(&eff.port, DEFAULT_PORT),
         username: value_or(&eff.username, None),
@@ -443,6 +448,47 @@ fn resolve_upstream(
             .as_ref()
             .map(|p| bytes::Bytes::from(p.value.clone())),
     })
+}
+
+/// Whether a database finds its primary through sentinels. One level (the top
+/// level or a database) names its upstream either with `sentinel` or with
+/// `host`/`port`, never both. The more specific level wins as a whole: a database
+/// with its own `sentinel` ignores a top-level `host`/`port`, and a database with
+/// its own `host`/`port` (or `sentinel: null`) is standalone under a top-level
+/// `sentinel` — it must then give `host`, as there is no top-level host to inherit.
+fn resolve_sentinel(own: &Layer, top: &Layer) -> Result<Option<Arc<SentinelConfig>>, Fail> {
+    let fixed = |l: &Layer| {
+        l.host
+            .as_ref()
+            .map(|s| ("host", s.origin.clone()))
+            .or_else(|| l.port.as_ref().map(|s| ("port", s.origin.clone())))
+    };
+    for layer in [own, top] {
+        if let (Some(s), Some((key, origin))) = (&layer.sentinel, fixed(layer)) {
+            if s.value.is_some() {
+                return Err(origin.fail(format!(
+                    "`{key}` cannot be set together with `sentinel` ({}): the primary is either \
+                     found through the sentinels or given by host/port; remove one",
+                    s.origin
+                )));
+            }
+        }
+    }
+    if let Some(s) = &own.sentinel {
+        return Ok(s.value.clone());
+    }
+    if let Some((key, origin)) = fixed(own) {
+        let top_sentinel = top.sentinel.as_ref().filter(|s| s.value.is_some());
+        if let (Some(s), None) = (top_sentinel, &own.host) {
+            return Err(origin.fail(format!(
+                "this database sets `{key}` but not `host`, under the top-level `sentinel` \
+                 ({}): a database leaving the sentinels must give its own host",
+                s.origin
+            )));
+        }
+        return Ok(None);
+    }
+    Ok(top.sentinel.as_ref().and_then(|s| s.value.clone()))
 }
 
 fn parse_limits(node: &Node, path: &KeyPath) -> Result<Limits, Fail> {

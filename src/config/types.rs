@@ -222,6 +222,12 @@ pub struct UpstreamConfig {
     /// `key_prefix`: added to every key on the way in, removed from keys in
     /// replies (`session::prefix`); `None`: keys pass unchanged.
     pub key_prefix: Option<bytes::Bytes>,
+    /// `sentinel`: the primary is found through these sentinels (then `host` and
+    /// `port` are unused); `None`: a standalone Redis at `host:port`.
+    pub sentinel: Option<Arc<SentinelConfig>>,
+    /// Where the upstream is now (the sentinel-resolved primary), shared by every
+    /// clone of this configuration.
+    pub endpoint: crate::endpoint::Endpoint,
 }
 
 impl UpstreamConfig {
@@ -246,14 +252,16 @@ impl UpstreamConfig {
             tls: None,
             database: String::new(),
             key_prefix: None,
+            sentinel: None,
+            endpoint: crate::endpoint::Endpoint::new(),
         }
     }
 
-    /// Whether `other` reaches the same upstream as the same user: host, port,
-    /// credentials, upstream db and TLS. The one comparison of upstream identity (a
-    /// reload keeps a database's breaker and statistics only when it holds; db
-    /// indexes translate between databases on the same server): extend it here when
-    /// an upstream gains identity settings.
+    /// Whether `other` reaches the same upstream as the same user: host, port (or
+    /// the same sentinels and master), credentials, upstream db and TLS. The one
+    /// comparison of upstream identity (a reload keeps a database's breaker and
+    /// statistics only when it holds; db indexes translate between databases on
+    /// the same server): extend it here when an upstream gains identity settings.
     pub fn same_endpoint(&self, other: &UpstreamConfig) -> bool {
         self.same_server(other) && self.db == other.db && self.tls == other.tls
     }
@@ -263,14 +271,35 @@ impl UpstreamConfig {
     pub fn same_server(&self, other: &UpstreamConfig) -> bool {
         self.host == other.host
             && self.port == other.port
+            && self.sentinel == other.sentinel
             && self.username == other.username
             && self.password == other.password
     }
 
-    /// `host:port` as text, for reports.
+    /// `host:port` as text, for reports. For a Sentinel-backed upstream, the current
+    /// primary (`sentinel master <name>` while none is known).
     pub fn address(&self) -> String {
-        format!("{}:{}", self.host, self.port)
+        match &self.sentinel {
+            None => format!("{}:{}", self.host, self.port),
+            Some(s) => match self.endpoint.current() {
+                Some((host, port, _)) => format!("{host}:{port}"),
+                None => format!("sentinel master {}", s.master),
+            },
+        }
     }
+}
+
+/// A Sentinel-backed upstream (YAML `sentinel`).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct SentinelConfig {
+    /// The sentinels, asked in this order (`nodes`).
+    pub nodes: Vec<(String, u16)>,
+    /// The name the sentinels monitor the primary under (`master`).
+    pub master: String,
+    /// The sentinels' ACL user, if any (`username`).
+    pub username: Option<String>,
+    /// The sentinels' password (`password`; not the data connections' one).
+    pub password: Option<Secret>,
 }
 
 /// One client-facing database.

@@ -369,6 +369,23 @@ impl Breaker {
         }
     }
 
+    /// The upstream was replaced (a Sentinel failover to a new primary): what was
+    /// counted against the old one says nothing about the new one. An open breaker
+    /// turns half-open now (the next calls are trials of the new primary instead of
+    /// waiting out `recovery_timeout`); a closed one forgets its failures.
+    /// Overrides stay as they are.
+    pub fn upstream_replaced(&self) {
+        let _guard = self.lock();
+        if self.mode.load(Ordering::Acquire) != AUTO {
+            return;
+        }
+        match self.state.load(Ordering::Acquire) {
+            OPEN => self.enter(HALF_OPEN, Instant::now()),
+            CLOSED => self.failures.store(0, Ordering::Relaxed),
+            _ => {}
+        }
+    }
+
     /// Apply an operator override (`PROXY CIRCUIT db OPEN|CLOSE|AUTO`).
     ///
     /// * `ForcedOpen` — the breaker opens now and rejects every call until lifted.
@@ -510,6 +527,30 @@ mod tests {
             recovery_timeout: Duration::from_secs(60),
             success_threshold: 2,
         }
+    }
+
+    #[test]
+    fn a_new_upstream_turns_an_open_breaker_half_open_and_forgets_failures() {
+        let b = tripped();
+        assert!(b.check().is_err());
+        b.upstream_replaced();
+        assert_eq!(b.state(), State::HalfOpen);
+        assert!(b.check().is_ok());
+        let b = Breaker::new(cfg());
+        for _ in 0..4 {
+            b.on_failure();
+        }
+        b.upstream_replaced();
+        b.on_failure();
+        assert_eq!(
+            b.state(),
+            State::Closed,
+            "the old upstream's failures are forgotten"
+        );
+        let b = tripped();
+        b.set_override(Override::ForcedOpen);
+        b.upstream_replaced();
+        assert_eq!(b.state(), State::Open, "an operator's override stays");
     }
 
     fn tripped() -> Breaker {

@@ -78,6 +78,10 @@ impl Observer for Policy {
         self.breaker.on_failure();
     }
 
+    fn upstream_replaced(&self) {
+        self.breaker.upstream_replaced();
+    }
+
     fn probe(&self, ok: bool) {
         let b = &self.breaker;
         if b.state() == State::Open && b.check().is_err() {

@@ -28,22 +28,48 @@ pub fn keepalive(stream: &TcpStream) {
 /// loading its data (`-LOADING` fails the setup, to be retried like any connect
 /// failure).
 pub async fn connect(cfg: &UpstreamConfig, resp3: bool) -> Result<Stream, UpstreamError> {
-    let addr = cfg.address();
-    match tokio::time::timeout(cfg.connect_timeout, connect_inner(cfg, &addr, resp3)).await {
+    connect_at(cfg, resp3).await.map(|(stream, _)| stream)
+}
+
+/// [`connect`], also returning the generation of the database's
+/// [`Endpoint`](crate::endpoint::Endpoint) the connection was opened for (0 for a
+/// standalone upstream). For a Sentinel-backed upstream the address is the current
+/// primary (asked of the sentinels when none is known), and the setup checks with
+/// `ROLE` that it still is the primary: a server that says otherwise fails the
+/// setup as a transient connect failure and is forgotten, so the next attempt asks
+/// the sentinels again.
+pub async fn connect_at(cfg: &UpstreamConfig, resp3: bool) -> Result<(Stream, u64), UpstreamError> {
+    let attempt = async {
+        let (host, port, generation) = super::sentinel::primary(cfg).await?;
+        let addr = format!("{host}:{port}");
+        let stream = connect_inner(cfg, &host, port, &addr, resp3, generation).await;
+        if cfg.sentinel.is_some() && matches!(stream, Err(UpstreamError::Connect { .. })) {
+            // Refused or unreachable: perhaps it failed over; the watcher asks.
+            cfg.endpoint.suspect();
+        }
+        stream.map(|s| (s, generation))
+    };
+    match tokio::time::timeout(cfg.connect_timeout, attempt).await {
         Ok(r) => r,
         Err(_) => Err(UpstreamError::Connect {
-            addr,
+            addr: cfg.address(),
             reason: format!("timed out after {:?}", cfg.connect_timeout),
         }),
     }
 }
 
+/// The start of `ROLE`'s reply on a primary (RESP2 and RESP3 alike).
+const ROLE_MASTER: &[u8] = b"*3\r\n$6\r\nmaster\r\n";
+
 async fn connect_inner(
     cfg: &UpstreamConfig,
+    host: &str,
+    port: u16,
     addr: &str,
     resp3: bool,
+    generation: u64,
 ) -> Result<Stream, UpstreamError> {
-    let tcp = TcpStream::connect((cfg.host.as_str(), cfg.port))
+    let tcp = TcpStream::connect((host, port))
         .await
         .map_err(|e| UpstreamError::connect_io(addr, &e))?;
     let _ = tcp.set_nodelay(true);
@@ -55,7 +81,7 @@ async fn connect_inner(
                 addr: addr.to_string(),
                 reason,
             };
-            let name = crate::tls::server_name(tls.server_name.as_deref().unwrap_or(&cfg.host))
+            let name = crate::tls::server_name(tls.server_name.as_deref().unwrap_or(host))
                 .map_err(failed)?;
             let connector = tokio_rustls::TlsConnector::from(tls.client_config.clone());
             let session = connector
@@ -91,6 +117,13 @@ async fn connect_inner(
         );
         expected += 1;
     }
+    // For a Sentinel-backed upstream, ROLE: the sentinels' answer may be stale (a
+    // failover in progress, a demoted primary not yet reconfigured).
+    let role_at = cfg.sentinel.as_ref().map(|_| {
+        encode_command(&[&b"ROLE"[..]], &mut setup);
+        expected += 1;
+        expected
+    });
     // Last, a PING: a server still loading its data answers `-LOADING` (while
     // AUTH and SELECT succeed), and a connection to it must not be handed out as
     // ready — its commands would be refused. Failing the setup instead makes the
@@ -120,6 +153,22 @@ async fn connect_inner(
             Ok(Some((frame, _))) => {
                 let bytes = frames.take();
                 let ping = seen + 1 == expected;
+                if role_at == Some(seen + 1) {
+                    // A user not allowed ROLE (`-NOPERM`) cannot check it: the
+                    // sentinels' word is taken.
+                    if !frame.is_error && !bytes.starts_with(ROLE_MASTER) {
+                        cfg.endpoint.forget(generation);
+                        return Err(UpstreamError::Connect {
+                            addr: addr.to_string(),
+                            reason: format!(
+                                "not the primary (ROLE: {}); asking the sentinels again",
+                                role_name(&bytes)
+                            ),
+                        });
+                    }
+                    seen += 1;
+                    continue;
+                }
                 if frame.is_error && (!ping || super::is_loading(&bytes)) {
                     let text = String::from_utf8_lossy(&bytes[1..bytes.len() - 2]).into_owned();
                     return Err(UpstreamError::Handshake {
@@ -142,4 +191,14 @@ async fn connect_inner(
         }
     }
     Ok(stream)
+}
+
+/// The role named in a `ROLE` reply (`slave`, `sentinel` …), for messages.
+fn role_name(reply: &[u8]) -> String {
+    reply
+        .split(|&b| b == b'\n')
+        .nth(2)
+        .map(|l| String::from_utf8_lossy(l).trim_end().to_string())
+        .filter(|l| !l.is_empty())
+        .unwrap_or_else(|| "unknown".into())
 }

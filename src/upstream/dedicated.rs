@@ -37,7 +37,7 @@ use bytes::{Bytes, BytesMut};
 use tokio::io::AsyncWriteExt;
 use tokio::sync::{mpsc, watch};
 
-use super::connect::connect;
+use super::connect::connect_at;
 use super::error::UpstreamError;
 use super::frames::Frames;
 use super::mux::{Batch, BatchReply};
@@ -70,6 +70,11 @@ pub struct ExclusiveConn {
     addr: String,
     /// Redis's `CLIENT ID` for this connection (0 if Redis did not say).
     id: u64,
+    /// Where the database's upstream is now, and the generation of it this
+    /// connection was opened for: one of an older generation (the primary moved)
+    /// is not handed out again.
+    endpoint: crate::endpoint::Endpoint,
+    generation: u64,
 }
 
 impl ExclusiveConn {
@@ -82,13 +87,15 @@ impl ExclusiveConn {
         resp3: bool,
         ask_id: bool,
     ) -> Result<ExclusiveConn, UpstreamError> {
-        let stream = connect(cfg, resp3).await?;
+        let (stream, generation) = connect_at(cfg, resp3).await?;
         let mut conn = ExclusiveConn {
             stream,
             frames: Frames::new(4096),
             broken: false,
             addr: cfg.address(),
             id: 0,
+            endpoint: cfg.endpoint.clone(),
+            generation,
         };
         if !ask_id {
             return Ok(conn);
@@ -150,7 +157,7 @@ impl ExclusiveConn {
     /// nothing to read, so a read that would block means yes; end of stream (Redis
     /// restarted, or closed it for idleness), an error or stray bytes mean no.
     fn is_alive(&mut self) -> bool {
-        if self.broken || self.frames.has_unread() {
+        if self.broken || self.frames.has_unread() || !self.is_current() {
             return false;
         }
         let mut probe = [0u8; 1];
@@ -158,6 +165,12 @@ impl ExclusiveConn {
             self.stream.try_read(&mut probe),
             Err(e) if e.kind() == std::io::ErrorKind::WouldBlock
         )
+    }
+
+    /// Whether the connection goes to the database's current upstream (not to a
+    /// primary that has since been replaced, as the sentinels said).
+    pub fn is_current(&self) -> bool {
+        self.generation == self.endpoint.generation()
     }
 
     /// Writes `bytes` and reads `count` complete replies, returned back to back.
@@ -205,7 +218,14 @@ impl ExclusiveConn {
             match self.frames.next_frame() {
                 // A push (tracking invalidation) keeps its place in the bytes but
                 // answers nothing.
-                Ok(Some((frame, _))) => done += u32::from(!frame.is_push),
+                Ok(Some((frame, at))) => {
+                    // A demoted primary: the watcher asks the sentinels (the reply
+                    // goes to the client as Redis sent it; see `mux::read_loop`).
+                    if frame.is_error && super::is_readonly(self.frames.bytes(at)) {
+                        self.endpoint.suspect();
+                    }
+                    done += u32::from(!frame.is_push)
+                }
                 Ok(None) => match self.frames.fill(&mut self.stream).await {
                     Ok(n) if n > 0 => {}
                     _ => {
@@ -289,7 +309,8 @@ impl bb8::ManageConnection for Manager {
     }
 
     fn has_broken(&self, conn: &mut ExclusiveConn) -> bool {
-        conn.broken
+        // One opened for a primary that has since been replaced is dropped on return.
+        conn.broken || !conn.is_current()
     }
 }
 
@@ -1053,6 +1074,8 @@ mod tests {
             broken: false,
             addr: addr.to_string(),
             id: 0,
+            endpoint: crate::endpoint::Endpoint::new(),
+            generation: 0,
         }
     }
 

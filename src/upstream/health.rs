@@ -156,6 +156,10 @@ async fn probe(
     conn: &mut Option<ExclusiveConn>,
     cfg: &UpstreamConfig,
 ) -> Result<Duration, Failed> {
+    if conn.as_ref().is_some_and(|c| !c.is_current()) {
+        // The primary moved (Sentinel): probe the new one.
+        *conn = None;
+    }
     if conn.is_none() {
         *conn = Some(manager.connect().await.map_err(|e| {
             if e.counts_as_failure() {

@@ -10,6 +10,7 @@ pub mod health;
 pub mod mux;
 pub mod oob;
 pub mod pubsub;
+pub mod sentinel;
 
 pub use error::UpstreamError;
 
@@ -28,6 +29,9 @@ pub trait Observer: Send + Sync + std::fmt::Debug {
     /// The upstream could not be reached, broke, timed out, or answered that it is
     /// not serving (`-LOADING`, `-MASTERDOWN`, `-READONLY`).
     fn failure(&self);
+    /// The upstream was replaced by another server (a Sentinel failover): earlier
+    /// failures were the old server's.
+    fn upstream_replaced(&self) {}
     /// A health probe's result (by default counted like traffic).
     fn probe(&self, ok: bool) {
         if ok {
@@ -64,6 +68,12 @@ pub fn is_not_serving(error_reply: &[u8]) -> bool {
     [&b"LOADING"[..], b"MASTERDOWN", b"READONLY"]
         .iter()
         .any(|p| body.starts_with(p))
+}
+
+/// Whether an error reply is `-READONLY` (the server is a replica: for a
+/// Sentinel-backed database, the primary was demoted).
+pub fn is_readonly(error_reply: &[u8]) -> bool {
+    error_reply.get(1..).unwrap_or(b"").starts_with(b"READONLY")
 }
 
 /// Whether an error reply is `-LOADING` (the server is loading its data set).

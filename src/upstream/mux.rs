@@ -246,6 +246,8 @@ async fn run_slot(
         // retry begun just before it (a server that accepts but does not answer
         // the setup) ends there, not a whole connect_timeout later.
         let started = Instant::now();
+        // Told when a Sentinel-backed database's primary moves (see `serve`).
+        let mut moved = cfg.endpoint.subscribe();
         let bound = waiting.iter().map(|b| b.retry.bound).min();
         let attempt = match bound {
             Some(at) => tokio::time::timeout_at(at, connect(&cfg, resp3))
@@ -267,7 +269,16 @@ async fn run_slot(
                 stats::add(&stats.connects, 1);
                 stats::add(&stats.mux_connected, 1);
                 tracing::debug!(upstream = %addr, db = cfg.db, "shared upstream connection open");
-                let ended = serve(stream, &mut waiting, &mut rx, &cfg, &stats, &observer).await;
+                let ended = serve(
+                    stream,
+                    &mut waiting,
+                    &mut rx,
+                    &cfg,
+                    &stats,
+                    &observer,
+                    &mut moved,
+                )
+                .await;
                 stats::sub(&stats.mux_connected, 1);
                 if let Some((err, in_flight)) = ended {
                     // Retried ones go first: they were sent before anything waiting.
@@ -451,6 +462,7 @@ async fn serve(
     cfg: &UpstreamConfig,
     stats: &Arc<DbStats>,
     observer: &Arc<dyn Observer>,
+    moved: &mut tokio::sync::watch::Receiver<u64>,
 ) -> Option<(UpstreamError, Vec<Batch>)> {
     let addr = cfg.address();
     let (rd, mut wr) = stream.into_split();
@@ -462,11 +474,20 @@ async fn serve(
         cfg.command_timeout,
         stats.clone(),
         observer.clone(),
+        cfg.endpoint.clone(),
     ));
     let mut out = BytesMut::with_capacity(COALESCE);
     let mut chunks: Vec<Bytes> = Vec::new();
     let mut unsent: Vec<Batch> = Vec::new();
     let ended = 'conn: loop {
+        if moved.has_changed().unwrap_or(false) {
+            // The primary moved (Sentinel): nothing more is written here; what is
+            // in flight is answered by the old primary, or fails with the usual
+            // rule (a write that may have run is never sent again), and the slot
+            // reconnects to the new primary for everything after it.
+            drop(ptx);
+            break (&mut reader).await.ok();
+        }
         let batch = match waiting.pop_front() {
             Some(b) => b,
             None => tokio::select! {
@@ -475,6 +496,11 @@ async fn serve(
                     None => break 'conn None,
                 },
                 r = &mut reader => break 'conn r.ok(),
+                Ok(()) = moved.changed() => {
+                    // As above (`changed` marked the change seen).
+                    drop(ptx);
+                    break 'conn (&mut reader).await.ok();
+                }
             },
         };
         // Gather what is queued into one write.
@@ -563,6 +589,7 @@ async fn read_loop(
     timeout: Duration,
     stats: Arc<DbStats>,
     observer: Arc<dyn Observer>,
+    endpoint: crate::endpoint::Endpoint,
 ) -> Option<(UpstreamError, Vec<Batch>)> {
     let mut not_serving = false;
     let mut frames = Frames::new(64 * 1024);
@@ -592,7 +619,16 @@ async fn read_loop(
                     done += 1;
                     if frame.is_error {
                         errors += 1;
-                        not_serving |= super::is_not_serving(frames.bytes(at));
+                        not_serving |= super::is_not_serving(frames.bytes(at.clone()));
+                        // `-READONLY`: a demoted primary. The watcher asks the
+                        // sentinels; the reply goes to the client as Redis sent it
+                        // and nothing is resent. Redis refuses only writes with it
+                        // (reads run on a replica), so there is no read to retry,
+                        // and resending the write alone would reorder it after the
+                        // later commands of its pipeline that already ran here.
+                        if super::is_readonly(frames.bytes(at)) {
+                            endpoint.suspect();
+                        }
                     }
                     if done == f.batch.count {
                         if std::mem::take(&mut not_serving) {

@@ -25,6 +25,7 @@ use std::time::{Duration, Instant};
 use redis_sidecar::config::Config;
 use redis_sidecar::server::Proxy;
 pub mod fake_upstream;
+pub mod sentinel;
 
 /// Default bound for any single wait (reply, startup, shutdown).
 pub const DEFAULT_TIMEOUT: Duration = Duration::from_secs(5);

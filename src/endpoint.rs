@@ -1,0 +1,169 @@
+//! Where one database's upstream is *now*: for a Sentinel-backed database, the
+//! current primary's address and a generation number that grows with every change,
+//! shared by every connection kind of that database (shared slots, pools, pub/sub,
+//! out-of-band, health probes, `check`). Setup (`upstream/connect.rs`) reads it; the
+//! resolver and watcher (`upstream/sentinel.rs`) write it. No I/O here.
+//!
+//! A standalone database also carries one (cheap, never used): its address is the
+//! fixed `host`/`port` of its configuration.
+
+use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
+use std::sync::{Arc, Mutex};
+
+use tokio::sync::{watch, Notify};
+
+/// A shared handle; clones see the same address.
+#[derive(Debug, Clone)]
+pub struct Endpoint {
+    inner: Arc<Inner>,
+}
+
+#[derive(Debug)]
+struct Inner {
+    /// The current primary (`None`: not known yet, or found not to be the primary).
+    addr: Mutex<Option<(String, u16)>>,
+    /// The last primary ever known (for counting failovers).
+    last: Mutex<Option<(String, u16)>>,
+    /// Bumped whenever the address changes or is forgotten; receivers are told.
+    generation: watch::Sender<u64>,
+    /// Changes of primary seen (a different address than the last known one).
+    failovers: AtomicU64,
+    /// Wakes the watcher: something suggests the primary moved.
+    suspect: Notify,
+    /// One resolution at a time (connections that find no address wait for it).
+    resolving: tokio::sync::Mutex<()>,
+}
+
+/// Endpoints always compare equal: they are run-time state, not settings, so two
+/// configurations compare by what they configure.
+impl PartialEq for Endpoint {
+    fn eq(&self, _: &Endpoint) -> bool {
+        true
+    }
+}
+
+impl Eq for Endpoint {}
+
+impl Default for Endpoint {
+    fn default() -> Self {
+        Endpoint::new()
+    }
+}
+
+impl Endpoint {
+    /// An endpoint with no address known yet (generation 0).
+    pub fn new() -> Endpoint {
+        Endpoint {
+            inner: Arc::new(Inner {
+                addr: Mutex::new(None),
+                last: Mutex::new(None),
+                generation: watch::channel(0).0,
+                failovers: AtomicU64::new(0),
+                suspect: Notify::new(),
+                resolving: tokio::sync::Mutex::new(()),
+            }),
+        }
+    }
+
+    /// The current address and its generation, if known.
+    pub fn current(&self) -> Option<(String, u16, u64)> {
+        let addr = self.inner.addr.lock().unwrap_or_else(|p| p.into_inner());
+        let gen = *self.inner.generation.borrow();
+        addr.as_ref().map(|(h, p)| (h.clone(), *p, gen))
+    }
+
+    /// The current generation.
+    pub fn generation(&self) -> u64 {
+        *self.inner.generation.borrow()
+    }
+
+    /// A receiver that is told of every later change of generation.
+    pub fn subscribe(&self) -> watch::Receiver<u64> {
+        self.inner.generation.subscribe()
+    }
+
+    /// Records `host:port` as the primary. Returns the previous primary when this
+    /// is a change of primary (a failover), `None` when it is the same one or the
+    /// first ever known.
+    pub fn set(&self, host: &str, port: u16) -> Option<(String, u16)> {
+        let new = (host.to_string(), port);
+        let mut addr = self.inner.addr.lock().unwrap_or_else(|p| p.into_inner());
+        if addr.as_ref() == Some(&new) {
+            return None;
+        }
+        *addr = Some(new.clone());
+        self.inner.generation.send_modify(|g| *g += 1);
+        drop(addr);
+        let mut last = self.inner.last.lock().unwrap_or_else(|p| p.into_inner());
+        let previous = last.replace(new.clone());
+        match previous {
+            Some(p) if p != new => {
+                self.inner.failovers.fetch_add(1, Relaxed);
+                Some(p)
+            }
+            _ => None,
+        }
+    }
+
+    /// The address of generation `generation` turned out not to be the primary
+    /// (its `ROLE` said so): it is forgotten, so the next connection asks the
+    /// sentinels again, and the watcher is woken. A later generation is kept.
+    pub fn forget(&self, generation: u64) {
+        let mut addr = self.inner.addr.lock().unwrap_or_else(|p| p.into_inner());
+        if *self.inner.generation.borrow() == generation && addr.is_some() {
+            *addr = None;
+            self.inner.generation.send_modify(|g| *g += 1);
+        }
+        drop(addr);
+        self.suspect();
+    }
+
+    /// Something suggests the primary moved (`-READONLY`, a failed connect): the
+    /// watcher asks the sentinels again soon.
+    pub fn suspect(&self) {
+        self.inner.suspect.notify_one();
+    }
+
+    /// Waits until [`Endpoint::suspect`] is called (a call made before counts).
+    pub async fn suspected(&self) {
+        self.inner.suspect.notified().await
+    }
+
+    /// Changes of primary seen since start.
+    pub fn failovers(&self) -> u64 {
+        self.inner.failovers.load(Relaxed)
+    }
+
+    /// Held while resolving, so concurrent connects ask the sentinels once.
+    pub async fn resolving(&self) -> tokio::sync::MutexGuard<'_, ()> {
+        self.inner.resolving.lock().await
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn generations_and_failovers() {
+        let e = Endpoint::new();
+        assert_eq!(e.current(), None);
+        assert_eq!(e.set("a", 1), None);
+        assert_eq!(e.current(), Some(("a".into(), 1, 1)));
+        assert_eq!(e.set("a", 1), None, "the same primary is no change");
+        assert_eq!(e.generation(), 1);
+        e.forget(0);
+        assert!(
+            e.current().is_some(),
+            "an older generation's verdict is ignored"
+        );
+        e.forget(1);
+        assert_eq!(e.current(), None);
+        assert_eq!(e.generation(), 2);
+        assert_eq!(e.set("a", 1), None, "found again: not a failover");
+        assert_eq!(e.failovers(), 0);
+        assert_eq!(e.set("b", 2), Some(("a".into(), 1)));
+        assert_eq!(e.failovers(), 1);
+        assert_eq!(e.current(), Some(("b".into(), 2, 4)));
+    }
+}
