@@ -114,6 +114,27 @@ fn commands_pipeline_transaction_blocking_and_pubsub_through_sentinel() {
     assert!(!out.contains("sentinel-secret"), "{out}");
     assert!(out.contains(&format!("master: {MASTER}")), "{out}");
     assert!(out.contains("password: \"***\""), "{out}");
+    // A reload that changes only the deny list keeps the primary the watcher
+    // found (the new configuration's endpoint would start unresolved) and the
+    // connections.
+    std::fs::write(
+        proxy.config_path(),
+        format!("{}deny_commands: [keys]\n", yaml(&group.nodes(), extra)),
+    )
+    .expect("write config");
+    proxy.send_signal("HUP");
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while !c.cmd(&[b"KEYS", b"*"]).starts_with(b"-") {
+        assert!(
+            Instant::now() < deadline,
+            "reload not applied: {}",
+            proxy.log()
+        );
+        thread::sleep(Duration::from_millis(20));
+    }
+    let line = info_db0(&proxy);
+    assert!(line.contains(&format!("primary={primary}")), "{line}");
+    assert_eq!(c.cmd(&[b"GET", b"k"]), b"$1\r\nv\r\n");
 }
 
 /// What one writer saw.
