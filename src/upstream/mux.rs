@@ -174,7 +174,9 @@ impl MuxHandle {
         match self.tx.try_send(batch) {
             Ok(()) => {}
             Err(mpsc::error::TrySendError::Full(b)) => {
-                if let Err(mpsc::error::SendError(b)) = self.tx.send(b).await {
+                // Boxed: only a full queue waits, and the future stays small in
+                // every session's task.
+                if let Err(mpsc::error::SendError(b)) = Box::pin(self.tx.send(b)).await {
                     drop(b);
                 }
             }
