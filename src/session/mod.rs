@@ -462,7 +462,9 @@ impl Session {
     /// little of it is left.
     async fn dispatch_read(&mut self, inbuf: &mut BytesMut) {
         let grown = inbuf.len() > READ_BUFFER_KEEP;
-        self.dispatch(inbuf).await;
+        // Boxed for the time of the call: the dispatch future is the largest state
+        // of the session's task, which every idle client would otherwise carry.
+        Box::pin(self.dispatch(inbuf)).await;
         if inbuf.is_empty() {
             // (The bytes already taken off it live on in their batches.)
             *inbuf = BytesMut::new();
