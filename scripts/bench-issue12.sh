@@ -23,6 +23,7 @@ ulimit -n 20000
 pids=()
 cleanup() { kill "${pids[@]}" 2>/dev/null || true; }
 trap cleanup EXIT
+trap 'exit 1' INT TERM
 redis-server --port 7100 --bind 127.0.0.1 --save '' --appendonly no --maxclients 20000 \
     --daemonize no --logfile "$out/redis.log" &
 pids+=($!)
