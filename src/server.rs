@@ -568,7 +568,8 @@ async fn handshake(
     let _ = tcp.set_nodelay(true);
     let accepted = tokio::select! {
         _ = shutdown.cancelled() => return None,
-        r = tokio::time::timeout(TLS_HANDSHAKE_TIMEOUT, acceptor.accept(tcp)) => r,
+        // Boxed: the handshake's large future is not part of every client's task.
+        r = Box::pin(tokio::time::timeout(TLS_HANDSHAKE_TIMEOUT, acceptor.accept(tcp))) => r,
     };
     match accepted {
         Ok(Ok(tls)) => Some(Stream::Tls(Box::new(tls.into()))),

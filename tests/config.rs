@@ -154,7 +154,7 @@ fn shipped_file_defaults() {
         assert!(u.username.is_none());
         assert!(u.password.is_none());
         assert_eq!(u.pool_size, 20);
-        assert_eq!(u.mux_connections, 2);
+        assert_eq!(u.mux_connections, 1);
         assert_eq!(u.connect_timeout, Duration::from_secs(5));
         assert_eq!(u.command_timeout, Duration::from_secs(5));
         let r = &u.resilience;

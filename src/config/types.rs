@@ -43,7 +43,7 @@ pub(super) const DEFAULT_TIMEOUT: Duration = Duration::from_secs(5);
 /// Default `max_connections` (`pool_size`): exclusive connections per database.
 pub(super) const DEFAULT_POOL_SIZE: u32 = 20;
 /// Default `mux_connections`: shared multiplexed connections per database.
-pub(super) const DEFAULT_MUX_CONNECTIONS: u32 = 2;
+pub(super) const DEFAULT_MUX_CONNECTIONS: u32 = 1;
 /// Default `max_clients`.
 pub(super) const DEFAULT_MAX_CLIENTS: usize = 10_000;
 /// Default `auth_timeout`.

@@ -133,7 +133,7 @@ impl Run {
                 inbuf.advance(self.len);
                 owned.freeze()
             }
-            None => inbuf.split_to(self.len).freeze(),
+            None => split_front(inbuf, self.len),
         };
         let run = std::mem::replace(self, Run::new());
         (run.count > 0).then_some(Outgoing {
@@ -157,7 +157,18 @@ fn take_request(inbuf: &mut BytesMut, req: &request::Request) -> Bytes {
             inbuf.advance(req.len);
             encode(&args[..]).into()
         }
-        _ => inbuf.split_to(req.len).freeze(),
+        _ => split_front(inbuf, req.len),
+    }
+}
+
+/// The first `n` bytes of `inbuf`, taken off it. All of them (the common case: the
+/// buffer is allocated to the size of what was read) are taken whole, with no
+/// second allocation, and leave `inbuf` with no memory.
+fn split_front(inbuf: &mut BytesMut, n: usize) -> Bytes {
+    if n == inbuf.len() {
+        std::mem::take(inbuf).freeze()
+    } else {
+        inbuf.split_to(n).freeze()
     }
 }
 
@@ -580,11 +591,11 @@ impl Session {
                     return;
                 }
                 let db = self.state.db.clone();
-                let opened = Subscription::open(
+                let opened = Box::pin(Subscription::open(
                     &self.upstream_cfg(&db),
                     self.live.config.limits.pubsub_buffer_limit,
                     self.state.resp3,
-                )
+                ))
                 .await;
                 match opened {
                     Ok(sub) => {
@@ -710,7 +721,9 @@ impl Session {
 
             // Answered by the proxy: this ends the run.
             self.flush(&mut run, inbuf).await;
-            if let Some(stall) = self.local(inbuf, &req, &cmd).await {
+            // Boxed: its future is large, and would otherwise be part of every
+            // session's task, idle or not (see `Session::serve`).
+            if let Some(stall) = Box::pin(self.local(inbuf, &req, &cmd)).await {
                 if stall {
                     self.stalled = true;
                 }

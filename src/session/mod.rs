@@ -97,7 +97,8 @@ const FIRST_ESTIMATE: [usize; 2] = [64 * 1024, 256];
 /// A read buffer that held more than this is replaced once it is (nearly) empty,
 /// so a client that once sent a large value does not keep its buffer.
 const READ_BUFFER_KEEP: usize = 64 * 1024;
-/// Read buffer room made before a read.
+/// The most bytes read at once into an empty read buffer (on the stack), and the
+/// room made before reading on after a partial request.
 const READ_BUFFER: usize = 16 * 1024;
 /// A session's memory is published to the client table when it changed this much.
 const MEMORY_STEP: usize = 32 * 1024;
@@ -265,7 +266,9 @@ struct Session {
 
 impl Session {
     async fn serve(&mut self, mut stream: Stream) -> std::io::Result<()> {
-        let mut inbuf = BytesMut::with_capacity(READ_BUFFER);
+        // Allocated when bytes arrive, freed once they are all dispatched: an idle
+        // client holds no read buffer (see `poll_read_into`).
+        let mut inbuf = BytesMut::new();
         let tls = matches!(stream, Stream::Tls(_));
         // Bytes were written to a TLS stream and not flushed yet.
         let mut unflushed = false;
@@ -296,6 +299,10 @@ impl Session {
             }
             let stale = self.stale();
             self.take_ready();
+            if self.queue.is_empty() && self.queue.capacity() > 0 {
+                // Nothing pending: an idle client keeps no queue memory.
+                self.queue = VecDeque::new();
+            }
             self.account(&inbuf);
             self.client.set_queue(self.queue.len(), self.outbox.len());
             if self.done {
@@ -334,7 +341,7 @@ impl Session {
                 && !self.closing
                 && (!held_back
                     || (inbuf.len() < HELD_BACK_READ_LIMIT && self.waits_on_exclusive()));
-            if can_read && inbuf.capacity() - inbuf.len() < 4096 {
+            if can_read && !inbuf.is_empty() && inbuf.capacity() - inbuf.len() < 4096 {
                 inbuf.reserve(READ_BUFFER);
             }
             let deadline = self.close_deadline(connected_at, last_read);
@@ -403,7 +410,7 @@ impl Session {
                         }
                     }
                     if can_read {
-                        if let Poll::Ready(r) = tokio_util::io::poll_read_buf(Pin::new(&mut stream), cx, &mut inbuf) {
+                        if let Poll::Ready(r) = poll_read_into(Pin::new(&mut stream), cx, &mut inbuf) {
                             return Poll::Ready(Io::Read(r));
                         }
                     }
@@ -480,12 +487,18 @@ impl Session {
         Ok(())
     }
 
-    /// Dispatches what the read buffer holds, then gives back the memory of a buffer
-    /// that grew for a large request once little of it is left.
+    /// Dispatches what the read buffer holds, then gives back its memory once all of
+    /// it was dispatched, or that of a buffer that grew for a large request once
+    /// little of it is left.
     async fn dispatch_read(&mut self, inbuf: &mut BytesMut) {
         let grown = inbuf.len() > READ_BUFFER_KEEP;
-        self.dispatch(inbuf).await;
-        if grown && inbuf.len() < READ_BUFFER {
+        // Boxed for the time of the call: the dispatch future is the largest state
+        // of the session's task, which every idle client would otherwise carry.
+        Box::pin(self.dispatch(inbuf)).await;
+        if inbuf.is_empty() {
+            // (The bytes already taken off it live on in their batches.)
+            *inbuf = BytesMut::new();
+        } else if grown && inbuf.len() < READ_BUFFER {
             // The parser's positions are relative to the buffer's start: the few
             // bytes left keep theirs in the new buffer.
             let mut fresh = BytesMut::with_capacity(READ_BUFFER);
@@ -540,4 +553,25 @@ impl Session {
         drop(info);
         self.client.set_own(self.own_conn());
     }
+}
+
+/// Reads what the client sent into `inbuf`. An empty buffer holds no memory: the
+/// bytes are read into [`READ_BUFFER`] bytes on the stack, then copied into a
+/// buffer of exactly their size (which most often goes upstream whole, as the
+/// batch). A partial request is read on in place, after it.
+fn poll_read_into(
+    stream: std::pin::Pin<&mut Stream>,
+    cx: &mut std::task::Context<'_>,
+    inbuf: &mut BytesMut,
+) -> Poll<std::io::Result<usize>> {
+    use tokio::io::AsyncRead;
+    if !inbuf.is_empty() {
+        return tokio_util::io::poll_read_buf(stream, cx, inbuf);
+    }
+    let mut room = [const { std::mem::MaybeUninit::<u8>::uninit() }; READ_BUFFER];
+    let mut buf = tokio::io::ReadBuf::uninit(&mut room);
+    std::task::ready!(stream.poll_read(cx, &mut buf))?;
+    let filled = buf.filled();
+    *inbuf = BytesMut::from(filled);
+    Poll::Ready(Ok(filled.len()))
 }

@@ -95,8 +95,6 @@ pub(super) struct Outbox {
 
 /// A `tail` this full becomes a segment.
 const TAIL_MAX: usize = 64 * 1024;
-/// A drained `tail` with more room than this is freed (an idle client keeps none).
-const TAIL_KEEP: usize = 16 * 1024;
 
 impl Outbox {
     /// Appends a reply.
@@ -141,15 +139,15 @@ impl Outbox {
             Some(s) if self.pos >= s.len() => {
                 self.segments.pop_front();
                 self.pos = 0;
+                if self.segments.is_empty() {
+                    self.segments = VecDeque::new();
+                }
             }
             Some(_) => {}
             None if self.pos >= self.tail.len() => {
+                // Drained: its memory is freed (an idle client keeps none).
                 self.pos = 0;
-                if self.tail.capacity() > TAIL_KEEP {
-                    self.tail = Vec::new();
-                } else {
-                    self.tail.clear();
-                }
+                self.tail = Vec::new();
             }
             None => {}
         }

@@ -178,7 +178,9 @@ impl MuxHandle {
         match self.tx.try_send(batch) {
             Ok(()) => {}
             Err(mpsc::error::TrySendError::Full(b)) => {
-                if let Err(mpsc::error::SendError(b)) = self.tx.send(b).await {
+                // Boxed: only a full queue waits, and the future stays small in
+                // every session's task.
+                if let Err(mpsc::error::SendError(b)) = Box::pin(self.tx.send(b)).await {
                     drop(b);
                 }
             }
@@ -503,6 +505,14 @@ async fn serve(
                 }
             },
         };
+        if stats::get(&stats.in_flight) > 0 {
+            // Redis is still busy with earlier commands, so more are coming (the
+            // sessions its replies wake): let every task that is ready, and those
+            // the next I/O poll readies, queue theirs first, and send them all in
+            // one write (one read in Redis). With nothing in flight (a single
+            // client) the batch goes at once.
+            tokio::task::yield_now().await;
+        }
         // Gather what is queued into one write.
         let mut total = batch.bytes.len();
         let deadline = Instant::now() + cfg.command_timeout;
