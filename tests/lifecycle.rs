@@ -782,6 +782,7 @@ fn json_log_lines_carry_session_database_and_upstream() {
     assert_eq!(refused["span"]["session"].to_string(), id);
     // The database the session had selected when it was refused.
     assert_eq!(refused["span"]["db"], "knowledge");
+    assert_eq!(refused["span"]["upstream"], format!("127.0.0.1:{dead}"));
     let failed = find("upstream connection failed");
     assert_eq!(failed["span"]["name"], "upstream");
     assert_eq!(failed["span"]["db"], "knowledge");

@@ -194,12 +194,14 @@ pub async fn run(stream: Stream, ctx: Arc<Context>, id: u64, shutdown: Cancellat
         tracking: None,
     };
     session.publish();
-    // Log lines of the session's task carry its id and database as fields (the
-    // span is entered per poll of the task, not per command).
+    // Log lines of the session's task carry its id, database and that database's
+    // upstream as fields (the span is entered per poll of the task, not per
+    // command; pool checkouts and private connections log inside it).
     let span = tracing::error_span!(
         "session",
         session = id,
         db = %session.state.db.config.name(),
+        upstream = %session.state.db.config.upstream.address(),
         peer = %session.state.peer
     );
     let served = tracing::Instrument::instrument(session.serve(stream), span).await;
@@ -535,6 +537,13 @@ impl Session {
         matches!(&self.mode, Mode::Subscribed(s) if s.barrier.is_some())
     }
 
+    /// The session span's `db` and `upstream` fields follow the database in use.
+    fn record_db_in_span(&self) {
+        let span = tracing::Span::current();
+        span.record("db", self.state.db.config.name());
+        span.record("upstream", self.state.db.config.upstream.address());
+    }
+
     /// Copies what CLIENT LIST shows about this session to the client table.
     fn publish(&self) {
         let mut info = self.client.info();
@@ -542,7 +551,7 @@ impl Session {
         info.lib_name.clone_from(&self.state.lib_name);
         info.lib_ver.clone_from(&self.state.lib_ver);
         if info.db != self.state.db.config.index {
-            tracing::Span::current().record("db", self.state.db.config.name());
+            self.record_db_in_span();
         }
         info.db = self.state.db.config.index;
         info.resp = if self.state.resp3 { 3 } else { 2 };

@@ -51,6 +51,8 @@ impl Session {
         };
         self.state.db = db;
         self.live = live;
+        // A reload may have moved the database to another upstream.
+        self.record_db_in_span();
         // The next request may use other connections for the same database.
         self.last = Conn::None;
         true
