@@ -263,6 +263,7 @@ impl Collector for ProxyCollector {
         let mut probe = Vec::new();
         let mut conns = Vec::new();
         let mut connect_failures = Vec::new();
+        let mut failovers = Vec::new();
         for db in dbs {
             let name = db.config.name();
             let b = db.breaker.snapshot();
@@ -290,6 +291,9 @@ impl Collector for ProxyCollector {
             pooled.push(("kind", "pool".into()));
             conns.push((pooled, gauge(pool.connections as f64)));
             connect_failures.push((one(name), counter(get(&db.stats.connect_failures))));
+            if db.config.upstream.sentinel.is_some() {
+                failovers.push((one(name), counter(db.config.upstream.endpoint.failovers())));
+            }
         }
         family(
             &mut encoder,
@@ -339,6 +343,13 @@ impl Collector for ProxyCollector {
             "Failed upstream connection attempts",
             MetricType::Counter,
             connect_failures,
+        )?;
+        family(
+            &mut encoder,
+            "redis_sidecar_sentinel_failovers",
+            "Primary changes seen through Sentinel (Sentinel-backed databases only)",
+            MetricType::Counter,
+            failovers,
         )?;
         Ok(())
     }

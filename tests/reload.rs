@@ -4,8 +4,7 @@
 mod support;
 
 use std::collections::HashMap;
-use std::io::{Read, Write};
-use std::net::{SocketAddr, TcpListener, TcpStream};
+use std::net::{SocketAddr, TcpListener};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::thread;
@@ -103,24 +102,6 @@ fn connections_on_db(redis: &RedisServer, db: u32) -> usize {
         .lines()
         .filter(|l| l.contains(&format!(" db={db} ")) && !l.contains("cmd=client|list"))
         .count()
-}
-
-/// `GET /metrics` on the metrics address the binary logged.
-fn metrics(proxy: &BinaryProxy) -> String {
-    let log = proxy.log();
-    let addr: SocketAddr = log
-        .split("metrics at http://")
-        .nth(1)
-        .and_then(|s| s.split('/').next())
-        .and_then(|a| a.parse().ok())
-        .unwrap_or_else(|| panic!("no metrics address in the log:\n{log}"));
-    let mut s = TcpStream::connect_timeout(&addr, Duration::from_secs(5)).expect("connect");
-    s.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
-    s.write_all(b"GET /metrics HTTP/1.1\r\nHost: x\r\n\r\n")
-        .unwrap();
-    let mut out = String::new();
-    let _ = s.read_to_string(&mut out);
-    out
 }
 
 fn metric(text: &str, name: &str) -> u64 {
@@ -321,7 +302,7 @@ fn a_bad_file_changes_nothing_and_says_where() {
             let expected = yaml.lines().position(|l| l.contains(what)).unwrap() + 1;
             assert!(reply.contains(&format!("line {expected}")), "{reply}");
         }
-        let m = metrics(&proxy);
+        let m = proxy.metrics();
         assert_eq!(
             metric(&m, "redis_sidecar_config_reload_failures_total"),
             2 * (n as u64 + 1)
@@ -333,7 +314,7 @@ fn a_bad_file_changes_nothing_and_says_where() {
     }
     assert!(lines > 3);
     assert_eq!(counter(&mut c, "config_reloads"), 0);
-    let m = metrics(&proxy);
+    let m = proxy.metrics();
     assert_eq!(metric(&m, "redis_sidecar_config_reloads_total"), 0);
 }
 

@@ -341,8 +341,19 @@ fn switch_master_is_followed_after_the_subscribed_sentinel_is_lost() {
     let mut group = SentinelGroup::start();
     // No periodic lookup and no traffic: only +switch-master can move the proxy.
     let extra = "health_check_interval: 60\n";
-    let proxy = BinaryProxy::start_with(&yaml(&group.nodes(), extra), &[], &[]);
+    let proxy = BinaryProxy::start_with(
+        &yaml(&group.nodes(), extra),
+        &["--metrics-listen", "127.0.0.1:0"],
+        &[],
+    );
     let old = format!("primary=127.0.0.1:{}", group.primary.port());
+    assert!(
+        proxy
+            .metrics()
+            .contains("redis_sidecar_sentinel_failovers_total{db=\"main\"} 0"),
+        "{}",
+        proxy.metrics()
+    );
     let deadline = Instant::now() + Duration::from_secs(5);
     while !info_db0(&proxy).contains(&old) {
         assert!(Instant::now() < deadline, "{}", info_db0(&proxy));
@@ -373,6 +384,13 @@ fn switch_master_is_followed_after_the_subscribed_sentinel_is_lost() {
         "{log}"
     );
     assert!(info_db0(&proxy).contains("failovers=1"));
+    assert!(
+        proxy
+            .metrics()
+            .contains("redis_sidecar_sentinel_failovers_total{db=\"main\"} 1"),
+        "{}",
+        proxy.metrics()
+    );
     let mut c = proxy.client();
     assert_eq!(c.cmd(&[b"SET", b"k", b"v"]), b"+OK\r\n");
     let (on_new, _) = redis_cli(new, &["GET", "k"]);

@@ -569,6 +569,26 @@ impl BinaryProxy {
         self.dir.path().join("redis-databases.yaml")
     }
 
+    /// `GET /metrics` on the metrics address the binary logged (it must have been
+    /// started with a metrics listener).
+    pub fn metrics(&self) -> String {
+        let log = self.log();
+        let addr: SocketAddr = log
+            .split("metrics at http://")
+            .nth(1)
+            .and_then(|s| s.split('/').next())
+            .and_then(|a| a.parse().ok())
+            .unwrap_or_else(|| panic!("no metrics address in the log:\n{log}"));
+        let mut s = TcpStream::connect_timeout(&addr, Duration::from_secs(5)).expect("connect");
+        s.set_read_timeout(Some(Duration::from_secs(5)))
+            .expect("timeout");
+        s.write_all(b"GET /metrics HTTP/1.1\r\nHost: x\r\n\r\n")
+            .expect("request");
+        let mut out = String::new();
+        let _ = s.read_to_string(&mut out);
+        out
+    }
+
     /// Its combined stdout/stderr so far (all start attempts' last log).
     pub fn log(&self) -> String {
         let mut logs: Vec<PathBuf> = fs::read_dir(self.dir.path())
