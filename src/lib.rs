@@ -45,6 +45,8 @@
 //! limits.rs      RLIMIT_NOFILE vs max_clients (raised at start, or max_clients
 //!                lowered), local exhaustion vs upstream failure, warning throttle
 //! router.rs      client db index -> Database (slots, pools, breaker, health, stats)
+//! cluster/       Redis Cluster (groundwork; not yet wired): slot.rs key -> hash slot
+//!                (CRC16, hash tags), map.rs the slot map from CLUSTER SHARDS/SLOTS
 //! resilience/    breaker, backoff, per-command latency stats (no I/O)
 //! upstream/      connection setup (TCP, TLS, AUTH/HELLO/SELECT), shared multiplexed slots
 //!                (which make the retries, in order, and pass large replies on
@@ -57,7 +59,8 @@
 //!                read-only), and the Descriptor each request is classified into
 //!                once; keys.rs: where a request's key arguments are (key specs)
 //! protocol/      request parser (multibulk + inline) and reply framing, both
-//!                resumable across reads
+//!                resumable across reads; value.rs decodes the few small replies
+//!                the proxy reads itself (sentinel, cluster slot map)
 //! config/        YAML config -> Config (mod.rs: loading, the --check-config report)
 //!   types.rs     the config structs and their built-in defaults
 //!   yaml.rs      the YAML tree (keeps duplicates, order) and key path -> line lookup
@@ -82,6 +85,7 @@ pub mod acl;
 pub mod admin;
 pub mod check;
 pub mod clients;
+pub mod cluster;
 pub mod command;
 pub mod config;
 pub mod context;

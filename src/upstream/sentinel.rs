@@ -32,83 +32,7 @@ use super::error::UpstreamError;
 use super::Observer;
 use crate::config::{SentinelConfig, UpstreamConfig};
 use crate::protocol::request::encode_command;
-
-/// A reply from a sentinel, decoded (only the RESP2 types sentinels send).
-#[derive(Debug, Clone, PartialEq, Eq)]
-enum Value {
-    Simple(String),
-    Error(String),
-    Int(i64),
-    Bulk(Option<Vec<u8>>),
-    Array(Option<Vec<Value>>),
-}
-
-/// Decodes one reply at the start of `buf`: `Ok(None)` if incomplete, with the
-/// number of bytes used. Nesting is limited (sentinel replies are shallow).
-fn decode(buf: &[u8], depth: u32) -> Result<Option<(Value, usize)>, ()> {
-    if depth > 8 {
-        return Err(());
-    }
-    let Some(end) = buf.windows(2).position(|w| w == b"\r\n") else {
-        return Ok(None);
-    };
-    let (kind, line) = match buf.split_first() {
-        Some((k, rest)) => (*k, &rest[..end - 1]),
-        None => return Ok(None),
-    };
-    let text = || String::from_utf8_lossy(line).into_owned();
-    let int = || -> Result<i64, ()> {
-        std::str::from_utf8(line)
-            .ok()
-            .and_then(|s| s.parse().ok())
-            .ok_or(())
-    };
-    let mut used = end + 2;
-    let value = match kind {
-        b'+' => Value::Simple(text()),
-        b'-' => Value::Error(text()),
-        b':' => Value::Int(int()?),
-        b'$' => match usize::try_from(int()?) {
-            Err(_) => Value::Bulk(None),
-            Ok(n) => {
-                if buf.len() < used + n + 2 {
-                    return Ok(None);
-                }
-                let data = buf[used..used + n].to_vec();
-                used += n + 2;
-                Value::Bulk(Some(data))
-            }
-        },
-        b'*' => match usize::try_from(int()?) {
-            Err(_) => Value::Array(None),
-            Ok(n) => {
-                let mut items = Vec::with_capacity(n.min(64));
-                for _ in 0..n {
-                    match decode(&buf[used..], depth + 1)? {
-                        None => return Ok(None),
-                        Some((v, u)) => {
-                            items.push(v);
-                            used += u;
-                        }
-                    }
-                }
-                Value::Array(Some(items))
-            }
-        },
-        _ => return Err(()),
-    };
-    Ok(Some((value, used)))
-}
-
-impl Value {
-    fn text(&self) -> Option<String> {
-        match self {
-            Value::Bulk(Some(b)) => Some(String::from_utf8_lossy(b).into_owned()),
-            Value::Simple(s) => Some(s.clone()),
-            _ => None,
-        }
-    }
-}
+use crate::protocol::value::{decode, Value};
 
 /// A connection to one sentinel.
 struct Conn {
@@ -158,7 +82,7 @@ impl Conn {
     async fn next(&mut self) -> Result<Value, String> {
         loop {
             match decode(&self.buf, 0) {
-                Err(()) => return Err("malformed reply".into()),
+                Err(e) => return Err(e.to_string()),
                 Ok(Some((v, used))) => {
                     self.buf.advance(used);
                     return Ok(v);
@@ -458,7 +382,7 @@ mod tests {
         );
         assert_eq!(decode(b"*2\r\n$9\r\n127.0.", 0), Ok(None));
         assert_eq!(decode(b"*-1\r\n", 0), Ok(Some((Value::Array(None), 5))));
-        assert_eq!(decode(b"?x\r\n", 0), Err(()));
+        assert!(decode(b"?x\r\n", 0).is_err());
         assert_eq!(
             decode(b"-ERR no\r\n", 0),
             Ok(Some((Value::Error("ERR no".into()), 9)))

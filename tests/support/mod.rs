@@ -24,6 +24,7 @@ use std::time::{Duration, Instant};
 
 use redis_sidecar::config::Config;
 use redis_sidecar::server::Proxy;
+pub mod cluster;
 pub mod fake_upstream;
 pub mod sentinel;
 
