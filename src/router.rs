@@ -141,18 +141,6 @@ fn same_connections(a: &UpstreamConfig, b: &UpstreamConfig) -> bool {
         && ra.health_check_interval == rb.health_check_interval
 }
 
-/// Whether a reload leaves this database exactly as it is (same `Arc`).
-fn unchanged(a: &DatabaseConfig, b: &DatabaseConfig) -> bool {
-    a.index == b.index
-        && a.names == b.names
-        && a.description == b.description
-        && a.upstream.database == b.upstream.database
-        && a.upstream.deny_commands == b.upstream.deny_commands
-        && a.upstream.key_prefix == b.upstream.key_prefix
-        && a.upstream.resilience == b.upstream.resilience
-        && same_connections(&a.upstream, &b.upstream)
-}
-
 impl Database {
     /// Builds `db`; with `old` (the database of the same index before a reload)
     /// on the same endpoint, its statistics, breaker, health state and, if their
@@ -329,7 +317,8 @@ impl Router {
         for db in &config.databases {
             let before = old.and_then(|r| r.get(i64::from(db.index)));
             let d = match before {
-                Some(b) if unchanged(&b.config, db) => b.clone(),
+                // Exactly as it was: the same `Arc`.
+                Some(b) if b.config == *db => b.clone(),
                 _ => Arc::new(Database::build(db, before.map(|b| &**b), shutdown)),
             };
             let i = db.index as usize;

@@ -187,8 +187,10 @@ impl Default for ResilienceConfig {
     }
 }
 
-/// Where and how one database's upstream Redis is reached.
-#[derive(Debug, Clone)]
+/// Where and how one database's upstream Redis is reached. Equality compares
+/// every setting (the run-time [`Endpoint`](crate::endpoint::Endpoint) always
+/// compares equal): a reload keeps a database whose configuration is equal.
+#[derive(Debug, Clone, PartialEq)]
 pub struct UpstreamConfig {
     /// Redis host name or address.
     pub host: String,
@@ -303,7 +305,7 @@ pub struct SentinelConfig {
 }
 
 /// One client-facing database.
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, PartialEq)]
 pub struct DatabaseConfig {
     /// Client-facing index (what `SELECT n` names).
     pub index: u32,

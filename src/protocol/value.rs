@@ -1,6 +1,7 @@
 //! Decoding small RESP2 replies into a tree, for the few places the proxy reads a
-//! reply's content itself (sentinel lookups, the cluster slot map). Replies relayed
-//! to clients are never decoded: they are framed by [`super::reply`].
+//! reply's content itself (sentinel lookups, the cluster slot map, key_prefix's
+//! SCAN). Replies relayed to clients are never decoded: they are framed by
+//! [`super::reply`].
 
 use super::reply::ReplyError;
 

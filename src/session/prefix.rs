@@ -17,6 +17,7 @@ use crate::command::keys::{self, KeyKind};
 use crate::command::{table, ArgList, Block, Descriptor, Family, Route};
 use crate::protocol::reply;
 use crate::protocol::request::encode_command;
+use crate::protocol::value::{self, Value};
 use crate::router::Database;
 use crate::stats;
 use crate::upstream::mux::{Batch, BatchReply, Retry};
@@ -694,21 +695,22 @@ async fn scan_once(
     )
     .await?;
     check(&reply)?;
-    let parse = || -> Option<(Vec<u8>, Vec<Vec<u8>>)> {
-        let (2, p) = aggregate(&reply, 0, b"*")? else {
-            return None;
-        };
-        let (next, p) = bulk_at(&reply, p)?;
-        let (n, mut p) = aggregate(&reply, p, b"*")?;
-        let mut keys = Vec::with_capacity(n.min(1024));
-        for _ in 0..n {
-            let (k, end) = bulk_at(&reply, p)?;
-            keys.push(k.to_vec());
-            p = end;
-        }
-        Some((next.to_vec(), keys))
+    // `[cursor, [key, …]]` (RESP2: the shared connection used here speaks it).
+    let parsed = match value::decode(&reply, 0) {
+        Ok(Some((Value::Array(Some(items)), _))) => match <[Value; 2]>::try_from(items) {
+            Ok([Value::Bulk(Some(next)), Value::Array(Some(keys))]) => keys
+                .into_iter()
+                .map(|k| match k {
+                    Value::Bulk(Some(k)) => Some(k),
+                    _ => None,
+                })
+                .collect::<Option<Vec<_>>>()
+                .map(|keys| (next, keys)),
+            _ => None,
+        },
+        _ => None,
     };
-    parse().ok_or_else(|| "ERR unexpected SCAN reply from the upstream".to_string())
+    parsed.ok_or_else(|| "ERR unexpected SCAN reply from the upstream".to_string())
 }
 
 /// What [`scan_all`] does with each batch of keys.
