@@ -96,8 +96,9 @@ use std::time::Duration;
 pub use env::{ENV_CLIENT_PASSWORD, ENV_HOST, ENV_LISTEN, ENV_PASSWORD, ENV_PORT};
 pub use error::ConfigError;
 pub use types::{
-    ClientTls, DatabaseConfig, Limits, OutputBufferLimit, ResilienceConfig, Secret, SentinelConfig,
-    UpstreamConfig, UpstreamTls, AUTOBOT_DATABASES, DEFAULT_DENY_COMMANDS, DEFAULT_METRICS_LISTEN,
+    ClientTls, ClusterConfig, DatabaseConfig, Limits, OutputBufferLimit, ReadFrom,
+    ResilienceConfig, Secret, SentinelConfig, UpstreamConfig, UpstreamTls, AUTOBOT_DATABASES,
+    DEFAULT_DENY_COMMANDS, DEFAULT_METRICS_LISTEN,
 };
 
 use env::process_env;

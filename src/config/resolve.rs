@@ -423,6 +423,7 @@ fn resolve_upstream(
     let sentinel = resolve_sentinel(own, top)?;
     Ok(UpstreamConfig {
         sentinel,
+        cluster: None,
         endpoint: Endpoint::new(),
         host: value_or(&eff.host, DEFAULT_HOST.to_string()),
         port: value_or(&eff.port, DEFAULT_PORT),

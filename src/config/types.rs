@@ -227,6 +227,9 @@ pub struct UpstreamConfig {
     /// `sentinel`: the primary is found through these sentinels (then `host` and
     /// `port` are unused); `None`: a standalone Redis at `host:port`.
     pub sentinel: Option<Arc<SentinelConfig>>,
+    /// `cluster`: a Redis Cluster, learnt from these seed nodes (then `host`,
+    /// `port` and `db` are unused: a cluster has only db 0); `None`: not a cluster.
+    pub cluster: Option<Arc<ClusterConfig>>,
     /// Where the upstream is now (the sentinel-resolved primary), shared by every
     /// clone of this configuration.
     pub endpoint: crate::endpoint::Endpoint,
@@ -255,6 +258,7 @@ impl UpstreamConfig {
             database: String::new(),
             key_prefix: None,
             sentinel: None,
+            cluster: None,
             endpoint: crate::endpoint::Endpoint::new(),
         }
     }
@@ -274,6 +278,7 @@ impl UpstreamConfig {
         self.host == other.host
             && self.port == other.port
             && self.sentinel == other.sentinel
+            && self.cluster == other.cluster
             && self.username == other.username
             && self.password == other.password
     }
@@ -281,6 +286,10 @@ impl UpstreamConfig {
     /// `host:port` as text, for reports. For a Sentinel-backed upstream, the current
     /// primary (`sentinel master <name>` while none is known).
     pub fn address(&self) -> String {
+        if let Some(c) = &self.cluster {
+            let seeds: Vec<String> = c.nodes.iter().map(|(h, p)| format!("{h}:{p}")).collect();
+            return format!("cluster {}", seeds.join(","));
+        }
         match &self.sentinel {
             None => format!("{}:{}", self.host, self.port),
             Some(s) => match self.endpoint.current() {
@@ -302,6 +311,26 @@ pub struct SentinelConfig {
     pub username: Option<String>,
     /// The sentinels' password (`password`; not the data connections' one).
     pub password: Option<Secret>,
+}
+
+/// Which node of a shard serves read-only commands (YAML `cluster.read_from`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum ReadFrom {
+    /// The primary serves everything (the default).
+    #[default]
+    Primary,
+    /// Read-only commands go to a replica of the shard (`READONLY` is sent on
+    /// those connections); writes, and reads with no replica online, to the primary.
+    Replica,
+}
+
+/// A Redis Cluster upstream (YAML `cluster`).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ClusterConfig {
+    /// Seed nodes, asked in this order for the slot map (`nodes`).
+    pub nodes: Vec<(String, u16)>,
+    /// Where read-only commands go (`read_from`: `primary` or `replica`).
+    pub read_from: ReadFrom,
 }
 
 /// One client-facing database.
