@@ -4,13 +4,14 @@ use std::sync::Arc;
 
 use tokio_util::sync::CancellationToken;
 
+use crate::cluster::{self, Cluster};
 use crate::command::table;
 use crate::config::{Config, DatabaseConfig, UpstreamConfig};
 use crate::resilience::{Backoff, Breaker, BreakerConfig, Policy, StatsTable};
 use crate::stats::DbStats;
 use crate::upstream::dedicated::{self, Pool};
 use crate::upstream::health::{self, HealthState};
-use crate::upstream::mux::MuxHandle;
+use crate::upstream::mux::{Batch, MuxHandle};
 use crate::upstream::sentinel;
 use crate::upstream::Observer;
 
@@ -62,6 +63,9 @@ struct Conns {
     probe: StopOnDrop,
     /// Stops the Sentinel watcher (if any) when the connections are dropped.
     _sentinel_watcher: Option<tokio_util::sync::DropGuard>,
+    /// A Redis Cluster upstream: its nodes' connections and the slot map (then
+    /// `slots` are empty and `pool` is the first seed node's).
+    cluster: Option<Arc<Cluster>>,
 }
 
 /// Cancels its token when dropped.
@@ -84,6 +88,24 @@ struct Shared<'a> {
 impl Conns {
     /// Starts the shared slots (they connect lazily), the pools and the probe.
     fn start(db: &DatabaseConfig, with: Shared<'_>, shutdown: &CancellationToken) -> Conns {
+        if db.upstream.cluster.is_some() {
+            let seed = cluster::client::seed_config(&db.upstream);
+            let label = format!("'{}' (db {})", db.name(), db.index);
+            return Conns {
+                slots: Vec::new(),
+                slots3: Vec::new(),
+                pool: dedicated::pool(&seed, false),
+                pool3: dedicated::pool(&seed, true),
+                probe: StopOnDrop(shutdown.child_token()),
+                _sentinel_watcher: None,
+                cluster: Some(Cluster::start(
+                    &db.upstream,
+                    label,
+                    with.stats.clone(),
+                    shutdown,
+                )),
+            };
+        }
         let upstream = Arc::new(db.upstream.clone());
         let observer: Arc<dyn Observer> = Arc::new(Policy {
             breaker: with.breaker.clone(),
@@ -121,6 +143,7 @@ impl Conns {
             slots3,
             probe: StopOnDrop(probe),
             _sentinel_watcher: sentinel_watcher,
+            cluster: None,
         }
     }
 }
@@ -243,6 +266,30 @@ impl Database {
             &self.conns.slots
         };
         &slots[(session_id % slots.len() as u64) as usize]
+    }
+
+    /// Sends a batch on the session's shared connection (on a cluster, on the
+    /// shared connections of the nodes its keys live on).
+    pub async fn send_shared(&self, session_id: u64, resp3: bool, batch: Batch) {
+        match &self.conns.cluster {
+            Some(c) => c.send(session_id, resp3, batch).await,
+            None => self.slot(session_id, resp3).send(batch).await,
+        }
+    }
+
+    /// The Redis Cluster upstream, if this database is on one.
+    pub fn cluster(&self) -> Option<&Arc<Cluster>> {
+        self.conns.cluster.as_ref()
+    }
+
+    /// The pool a session's exclusive connection comes from: on a cluster, the
+    /// pool of the node serving `slot` (the slot of the first keyed request).
+    pub fn pool_for(&self, resp3: bool, slot: Option<u16>, session_id: u64) -> Pool {
+        self.conns
+            .cluster
+            .as_ref()
+            .and_then(|c| c.pool(slot, session_id, resp3))
+            .unwrap_or_else(|| self.pool(resp3).clone())
     }
 
     /// The pool of exclusive connections for a RESP2 or RESP3 session.

@@ -8,8 +8,12 @@
 //!
 //! Layering: below `router`; uses `upstream` (connection setup) and `protocol`.
 
+pub mod client;
 pub mod map;
+pub mod merge;
+pub mod plan;
 pub mod slot;
 
+pub use client::Cluster;
 pub use map::{Node, Shard, SlotMap};
 pub use slot::{key_slot, SLOTS};

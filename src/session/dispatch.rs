@@ -244,7 +244,7 @@ impl Session {
                 false
             }
             None => {
-                db.slot(self.state.id, self.state.resp3).send(batch).await;
+                db.send_shared(self.state.id, self.state.resp3, batch).await;
                 true
             }
         };
@@ -323,6 +323,50 @@ impl Session {
             (Target::Held, None) => Conn::Held(self.checkouts + 1),
             (Target::Shared, _) => self.shared_conn(),
         }
+    }
+
+    /// On a cluster: the slot an exclusive connection is pinned to, from the
+    /// request at the start of `buf` (a blocking command, WATCH), or for MULTI
+    /// from the first keyed request queued after it that has already arrived
+    /// (pipelining clients send the whole transaction at once). `None`: any node.
+    fn pin_slot(&self, buf: &[u8], req: &request::Request, cmd: &Descriptor) -> Option<u16> {
+        let prefix = self.state.db.config.upstream.key_prefix.as_deref();
+        let ranged = Ranged {
+            buf,
+            ranges: &self.args,
+        };
+        let args: &dyn ArgList = match &req.kind {
+            RequestKind::Inline(a) => a,
+            _ => &ranged,
+        };
+        if let Some(s) = crate::cluster::plan::slot_of(cmd.info, args, prefix) {
+            return Some(s);
+        }
+        if cmd.tx != TxOp::Multi {
+            return None;
+        }
+        let mut at = req.len;
+        let mut ranges = Vec::new();
+        let limits = &self.live.config.limits;
+        for _ in 0..64 {
+            let next = match request::parse(&buf[at..], limits, &mut ranges) {
+                Ok(Some(r)) => r,
+                _ => return None,
+            };
+            let args = Ranged {
+                buf: &buf[at..],
+                ranges: &ranges,
+            };
+            let d = Descriptor::of(&args);
+            if d.tx == TxOp::End {
+                return None;
+            }
+            if let Some(s) = crate::cluster::plan::slot_of(d.info, &args, prefix) {
+                return Some(s);
+            }
+            at += next.len;
+        }
+        None
     }
 
     /// Parses and handles every complete request in `inbuf`. Returns early when a
@@ -626,7 +670,16 @@ impl Session {
                     return;
                 }
                 if target == Target::Held && self.mode.held().is_none() {
-                    self.hold_exclusive();
+                    let cluster = self.state.db.cluster().cloned();
+                    let slot = if let Some(c) = cluster {
+                        // The map, to find the node (learnt at start; waited
+                        // for only by the first requests).
+                        let _ = c.ready().await;
+                        self.pin_slot(&inbuf[run.len..], &req, &cmd)
+                    } else {
+                        None
+                    };
+                    self.hold_exclusive(slot);
                 }
                 let aborts = cmd.tx == TxOp::End
                     && cmd.info.is_some_and(|i| i.name == "exec")

@@ -49,7 +49,9 @@ impl Session {
     /// (subscriber, private, out of band): the database's, logged in as the
     /// session's user when it authenticated through to Redis.
     pub(super) fn upstream_cfg(&self, db: &Database) -> UpstreamConfig {
-        let mut cfg = db.config.upstream.clone();
+        // On a cluster: the first seed node (subscribers, out-of-band requests,
+        // private connections do not route by slot).
+        let mut cfg = crate::cluster::client::seed_config(&db.config.upstream);
         if let Some(login) = &self.login {
             cfg.username.clone_from(&login.user);
             cfg.password = Some(login.password.clone());

@@ -156,11 +156,12 @@ impl Session {
         }
     }
 
-    /// Shared → Exclusive: checks a connection out of the database's pool.
-    pub(super) fn hold_exclusive(&mut self) {
+    /// Shared → Exclusive: checks a connection out of the database's pool (on a
+    /// cluster, the pool of the node serving `slot`).
+    pub(super) fn hold_exclusive(&mut self, slot: Option<u16>) {
         let db = &self.state.db;
         let conn = Dedicated::start(
-            db.pool(self.state.resp3).clone(),
+            db.pool_for(self.state.resp3, slot, self.state.id),
             db.label(),
             db.config.upstream.command_timeout,
         );

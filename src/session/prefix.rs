@@ -630,15 +630,18 @@ async fn call(db: &Database, id: u64, args: &[&[u8]], readonly: bool) -> Result<
     encode_command(args, &mut req);
     stats::add(&db.stats.commands, 1);
     let (tx, rx) = oneshot::channel();
-    db.slot(id, false)
-        .send(Batch {
+    db.send_shared(
+        id,
+        false,
+        Batch {
             bytes: Bytes::from(req),
             count: 1,
             reply: tx,
             block: Block::No,
             retry: Retry::new(id, readonly, &db.config.upstream),
-        })
-        .await;
+        },
+    )
+    .await;
     let answer = rx
         .await
         .map_err(|_| format!("ERR database {}: the reply was lost", db.label()))?;

@@ -1,0 +1,968 @@
+//! A Redis Cluster upstream at run time: the slot map, one set of shared
+//! multiplexed connections, a pool, a breaker and a health probe **per node**, and
+//! the routing of a session's batches over them.
+//!
+//! # One batch
+//!
+//! [`Cluster::send`] is called by the session in the order it sends, like a
+//! shared slot. Each request of the batch is planned ([`plan`]) and becomes one
+//! or more *units* (a request for one node); units for the same node go out as one
+//! batch on that node's shared connection, in the client's order, before `send`
+//! returns. A task then gathers the node replies, follows redirects and merges
+//! parts, and answers the session with the replies back to back, as one node would.
+//!
+//! # Redirects, in order
+//!
+//! `-MOVED`, `-ASK`, `-TRYAGAIN` and `-CLUSTERDOWN` mean Redis did not run the
+//! command, so it is sent again (`MOVED`: to the named node, and the map is
+//! refreshed; `ASK`: to the named node after `ASKING`, map unchanged; the others:
+//! after the back-off pause, through the map). A unit is resent only once every
+//! earlier batch of the same session has finished its own resends (a chain of
+//! [`Link`]s per session), so a client's commands for one key reach the node that
+//! runs them in the order the client sent them, across redirects. Later commands
+//! for the same slot that were already sent got the same redirect (the node does
+//! not serve the slot, or does not have the key), so they are resent after.
+//!
+//! # The map
+//!
+//! Learnt from the seed nodes at the first request, then refreshed on `-MOVED`,
+//! on a connection failure and every `health_check_interval`; refreshes are
+//! coalesced (one at a time; a caller that sees a newer map than the one it
+//! acted on does not start another) and at most one per [`MIN_REFRESH`].
+
+use std::collections::HashMap;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, RwLock};
+use std::time::Duration;
+
+use bytes::{Bytes, BytesMut};
+use tokio::sync::{oneshot, watch};
+use tokio::time::Instant;
+use tokio_util::sync::CancellationToken;
+
+use super::map::{self, SlotMap};
+use super::merge::{self, Redirect};
+use super::plan::{self, Merge, Plan};
+use crate::command::{Descriptor, Ranged};
+use crate::config::{Limits, UpstreamConfig};
+use crate::protocol::reply;
+use crate::protocol::request::{self, encode_command, RequestKind};
+use crate::resilience::{Backoff, Breaker, BreakerConfig, Policy};
+use crate::stats::DbStats;
+use crate::upstream::dedicated::{self, Pool};
+use crate::upstream::health::{self, HealthState};
+use crate::upstream::mux::{Answer, Batch, MuxHandle, Retry};
+use crate::upstream::{Observer, UpstreamError};
+
+/// Least time between two slot-map refreshes.
+pub const MIN_REFRESH: Duration = Duration::from_millis(250);
+/// Most rounds of redirects one request follows before its last error is passed on.
+const MAX_REDIRECTS: u32 = 16;
+/// `ASKING`, sent before a request redirected by `-ASK`.
+const ASKING: &[u8] = b"*1\r\n$6\r\nASKING\r\n";
+
+/// One cluster node's connections.
+#[derive(Debug)]
+pub struct Node {
+    /// `host:port`.
+    pub addr: String,
+    /// Its circuit breaker (fed by its connections and probe).
+    pub breaker: Arc<Breaker>,
+    /// What its health probe last found.
+    pub health: Arc<HealthState>,
+    /// Requests sent to it.
+    pub requests: AtomicU64,
+    /// Redirects (`MOVED`/`ASK`) it answered.
+    pub redirects: AtomicU64,
+    slots: Vec<MuxHandle>,
+    slots3: Vec<MuxHandle>,
+    pool: Pool,
+    pool3: Pool,
+    probe: CancellationToken,
+}
+
+impl Drop for Node {
+    fn drop(&mut self) {
+        self.probe.cancel();
+    }
+}
+
+impl Node {
+    fn start(
+        addr: &str,
+        base: &UpstreamConfig,
+        stats: &Arc<DbStats>,
+        breaker: BreakerConfig,
+        shutdown: &CancellationToken,
+    ) -> Option<Node> {
+        let (host, port) = split_addr(addr)?;
+        let cfg = Arc::new(node_config(base, host, port));
+        let breaker = Arc::new(Breaker::new(breaker));
+        let health = Arc::new(HealthState::default());
+        let observer: Arc<dyn Observer> = Arc::new(Policy {
+            breaker: breaker.clone(),
+            backoff: Backoff::from(&cfg.resilience),
+        });
+        let spawn = |resp3| -> Vec<MuxHandle> {
+            (0..cfg.mux_connections.max(1))
+                .map(|_| MuxHandle::spawn(cfg.clone(), stats.clone(), observer.clone(), resp3))
+                .collect()
+        };
+        let (slots, slots3) = (spawn(false), spawn(true));
+        let probe = shutdown.child_token();
+        health::spawn(
+            cfg.clone(),
+            health.clone(),
+            observer,
+            slots.clone(),
+            probe.clone(),
+        );
+        Some(Node {
+            addr: addr.to_string(),
+            breaker,
+            health,
+            requests: AtomicU64::new(0),
+            redirects: AtomicU64::new(0),
+            pool: dedicated::pool(&cfg, false),
+            pool3: dedicated::pool(&cfg, true),
+            slots,
+            slots3,
+            probe,
+        })
+    }
+
+    fn slot(&self, session: u64, resp3: bool) -> &MuxHandle {
+        let slots = if resp3 { &self.slots3 } else { &self.slots };
+        &slots[(session % slots.len() as u64) as usize]
+    }
+
+    /// Its pool of exclusive connections.
+    pub fn pool(&self, resp3: bool) -> &Pool {
+        if resp3 {
+            &self.pool3
+        } else {
+            &self.pool
+        }
+    }
+}
+
+/// The settings of a connection to the node at `host:port` of the cluster `base`.
+fn node_config(base: &UpstreamConfig, host: String, port: u16) -> UpstreamConfig {
+    let mut cfg = base.clone();
+    cfg.host = host;
+    cfg.port = port;
+    cfg.db = 0;
+    cfg.cluster = None;
+    cfg.sentinel = None;
+    cfg.key_prefix = None;
+    cfg.endpoint = crate::endpoint::Endpoint::new();
+    cfg
+}
+
+/// The settings of a connection to the first seed node of `base` (what the
+/// connections that do not route by slot use: subscribers, out-of-band
+/// requests); `base` itself if it is not a cluster.
+pub fn seed_config(base: &UpstreamConfig) -> UpstreamConfig {
+    match base.cluster.as_ref().and_then(|c| c.nodes.first()) {
+        Some((h, p)) => node_config(base, h.clone(), *p),
+        None => base.clone(),
+    }
+}
+
+/// `host:port` (IPv6 in brackets) split.
+fn split_addr(addr: &str) -> Option<(String, u16)> {
+    let (h, p) = addr.rsplit_once(':')?;
+    let h = h.trim_start_matches('[').trim_end_matches(']');
+    Some((h.to_string(), p.parse().ok().filter(|&p| p > 0)?))
+}
+
+/// The slot map and the node of each shard's primary.
+#[derive(Debug)]
+pub struct Topology {
+    /// The map as Redis gave it.
+    pub map: SlotMap,
+    /// The primary of each shard of `map`, in shard order.
+    pub primaries: Vec<Arc<Node>>,
+    /// Which map this is (1 for the first).
+    pub generation: u64,
+}
+
+impl Topology {
+    /// The primary serving `slot` (`None`: any, spread by `session`).
+    fn primary(&self, slot: Option<u16>, session: u64) -> Option<&Arc<Node>> {
+        let n = self.primaries.len();
+        if n == 0 {
+            return None;
+        }
+        let i = match slot {
+            Some(s) => self.map.shard_index(s).unwrap_or(usize::from(s) % n),
+            None => (session % n as u64) as usize,
+        };
+        self.primaries.get(i)
+    }
+}
+
+/// One session's place in the order of resends (see the module docs).
+#[derive(Debug)]
+struct Link(watch::Sender<bool>);
+
+impl Link {
+    async fn wait(this: Option<Arc<Link>>) {
+        if let Some(l) = this {
+            let mut rx = l.0.subscribe();
+            // A dropped sender (its task gone) counts as done.
+            let _ = rx.wait_for(|done| *done).await;
+        }
+    }
+}
+
+/// A Redis Cluster upstream.
+#[derive(Debug)]
+pub struct Cluster {
+    base: UpstreamConfig,
+    label: String,
+    stats: Arc<DbStats>,
+    breaker: BreakerConfig,
+    backoff: Backoff,
+    shutdown: CancellationToken,
+    topology: RwLock<Option<Arc<Topology>>>,
+    nodes: Mutex<HashMap<String, Arc<Node>>>,
+    refreshing: tokio::sync::Mutex<Option<Instant>>,
+    chains: Mutex<HashMap<u64, Arc<Link>>>,
+    /// Slot-map refreshes made.
+    pub refreshes: AtomicU64,
+    /// Slot-map refreshes that failed.
+    pub refresh_failures: AtomicU64,
+    /// `-MOVED` replies followed.
+    pub moved: AtomicU64,
+    /// `-ASK` replies followed.
+    pub asked: AtomicU64,
+}
+
+/// A request, or part of one, for one node.
+struct Unit {
+    bytes: Bytes,
+    node: Arc<Node>,
+    /// The slot it is for (`None`: keyless).
+    slot: Option<u16>,
+    /// Must go to `node` (a part of a request sent to every primary, or SCAN).
+    pinned: bool,
+    ask: bool,
+    readonly: bool,
+    reply: Option<Bytes>,
+}
+
+/// What the client gets for one request.
+enum Item {
+    /// The reply of one unit.
+    One(usize),
+    /// Units merged.
+    Merged {
+        how: Merge,
+        units: Vec<usize>,
+        positions: Vec<Vec<usize>>,
+    },
+    /// `SCAN` on node `index` of `nodes`.
+    Scan {
+        unit: usize,
+        index: usize,
+        nodes: usize,
+    },
+    /// Answered without a node.
+    Local(Bytes),
+}
+
+/// Adds a unit (bytes, node, slot, pinned) and gives its index (`None`: no node).
+type AddUnit<'a> = dyn FnMut(Bytes, Option<&Arc<Node>>, Option<u16>, bool) -> Option<usize> + 'a;
+
+/// Units sent to one node, and where their replies come.
+struct Flight {
+    units: Vec<usize>,
+    rx: Result<oneshot::Receiver<Answer>, Bytes>,
+}
+
+/// Generous limits for re-parsing batches the session already checked.
+fn limits() -> &'static Limits {
+    static L: std::sync::OnceLock<Limits> = std::sync::OnceLock::new();
+    L.get_or_init(|| Limits {
+        max_args: usize::MAX,
+        max_bulk_len: usize::MAX,
+        max_inline_len: usize::MAX,
+        ..Limits::default()
+    })
+}
+
+impl Cluster {
+    /// A cluster upstream for the database `label`: nothing is connected until
+    /// the first request (or the first periodic refresh).
+    pub fn start(
+        base: &UpstreamConfig,
+        label: String,
+        stats: Arc<DbStats>,
+        shutdown: &CancellationToken,
+    ) -> Arc<Cluster> {
+        let cluster = Arc::new(Cluster {
+            base: base.clone(),
+            label,
+            stats,
+            breaker: BreakerConfig::from(&base.resilience),
+            backoff: Backoff::from(&base.resilience),
+            shutdown: shutdown.child_token(),
+            topology: RwLock::new(None),
+            nodes: Mutex::new(HashMap::new()),
+            refreshing: tokio::sync::Mutex::new(None),
+            chains: Mutex::new(HashMap::new()),
+            refreshes: AtomicU64::new(0),
+            refresh_failures: AtomicU64::new(0),
+            moved: AtomicU64::new(0),
+            asked: AtomicU64::new(0),
+        });
+        let weak = Arc::downgrade(&cluster);
+        let stop = cluster.shutdown.clone();
+        let every = base.resilience.health_check_interval.max(MIN_REFRESH);
+        tokio::spawn(async move {
+            // The first map at once (the first requests wait for it).
+            if let Some(c) = weak.upgrade() {
+                c.refresh(0).await;
+            }
+            loop {
+                tokio::select! {
+                    _ = stop.cancelled() => return,
+                    _ = tokio::time::sleep(every) => {}
+                }
+                let Some(c) = weak.upgrade() else { return };
+                let seen = c.generation();
+                c.refresh(seen).await;
+            }
+        });
+        cluster
+    }
+
+    /// The current map, if one was learnt.
+    pub fn topology(&self) -> Option<Arc<Topology>> {
+        self.topology.read().ok().and_then(|t| t.clone())
+    }
+
+    fn generation(&self) -> u64 {
+        self.topology().map_or(0, |t| t.generation)
+    }
+
+    /// Every node the proxy has connections to, by address.
+    pub fn nodes(&self) -> Vec<Arc<Node>> {
+        let mut v: Vec<Arc<Node>> = self
+            .nodes
+            .lock()
+            .map(|n| n.values().cloned().collect())
+            .unwrap_or_default();
+        v.sort_by(|a, b| a.addr.cmp(&b.addr));
+        v
+    }
+
+    /// The node at `addr`, its connections started on first use.
+    fn node(&self, addr: &str) -> Option<Arc<Node>> {
+        let mut nodes = self.nodes.lock().ok()?;
+        if let Some(n) = nodes.get(addr) {
+            return Some(n.clone());
+        }
+        let n = Arc::new(Node::start(
+            addr,
+            &self.base,
+            &self.stats,
+            self.breaker,
+            &self.shutdown,
+        )?);
+        nodes.insert(addr.to_string(), n.clone());
+        Some(n)
+    }
+
+    /// The pool for a session's exclusive connection whose first keyed request
+    /// is for `slot` (a transaction or a blocking command is pinned to that node).
+    pub fn pool(&self, slot: Option<u16>, session: u64, resp3: bool) -> Option<Pool> {
+        let node = match self.topology() {
+            Some(t) => t.primary(slot, session).cloned(),
+            None => self.seed(),
+        }?;
+        Some(node.pool(resp3).clone())
+    }
+
+    fn seed(&self) -> Option<Arc<Node>> {
+        let c = self.base.cluster.as_ref()?;
+        let (h, p) = c.nodes.first()?;
+        self.node(&format!("{h}:{p}"))
+    }
+
+    /// Learns the map again unless it changed since generation `seen` (someone
+    /// else refreshed); at most one refresh per [`MIN_REFRESH`].
+    pub async fn refresh(&self, seen: u64) {
+        let mut last = self.refreshing.lock().await;
+        if self.generation() != seen {
+            return;
+        }
+        if let Some(at) = *last {
+            let next = at + MIN_REFRESH;
+            if next > Instant::now() {
+                tokio::time::sleep_until(next).await;
+            }
+        }
+        *last = Some(Instant::now());
+        let mut asked: Vec<String> = Vec::new();
+        if let Some(t) = self.topology() {
+            for s in t.map.shards() {
+                asked.push(s.primary.addr.clone());
+                asked.extend(s.replicas.iter().map(|r| r.addr.clone()));
+            }
+        }
+        if let Some(c) = &self.base.cluster {
+            asked.extend(c.nodes.iter().map(|(h, p)| format!("{h}:{p}")));
+        }
+        let mut why = String::from("no seed nodes");
+        for addr in dedup(asked) {
+            match map::fetch(&addr, &self.base).await {
+                Ok(m) => {
+                    self.install(m);
+                    return;
+                }
+                Err(e) => why = e.to_string(),
+            }
+        }
+        self.refresh_failures.fetch_add(1, Ordering::Relaxed);
+        tracing::warn!(db = %self.label, error = %why, "cannot learn the cluster's slot map");
+    }
+
+    fn install(&self, m: SlotMap) {
+        let primaries: Vec<Arc<Node>> = m
+            .shards()
+            .iter()
+            .filter_map(|s| self.node(&s.primary.addr))
+            .collect();
+        let changed = self.topology().is_none_or(|t| t.map != m);
+        let generation = self.generation() + 1;
+        if changed {
+            tracing::info!(db = %self.label, generation, shards = m.shards().len(), covered = m.covered(), "cluster slot map learnt");
+        }
+        let keep: Vec<String> = m
+            .shards()
+            .iter()
+            .flat_map(|s| std::iter::once(&s.primary).chain(&s.replicas))
+            .map(|n| n.addr.clone())
+            .collect();
+        if let Ok(mut t) = self.topology.write() {
+            *t = Some(Arc::new(Topology {
+                map: m,
+                primaries,
+                generation,
+            }));
+        }
+        // Nodes no longer in the cluster: their connections close once unused.
+        if let Ok(mut nodes) = self.nodes.lock() {
+            nodes.retain(|addr, _| keep.contains(addr));
+        }
+        self.refreshes.fetch_add(1, Ordering::Relaxed);
+    }
+
+    /// A refresh in the background (coalesced with any under way).
+    fn refresh_soon(self: &Arc<Self>) {
+        let seen = self.generation();
+        let me = self.clone();
+        tokio::spawn(async move { me.refresh(seen).await });
+    }
+
+    /// The map, learnt now if there is none yet.
+    pub async fn ready(&self) -> Result<Arc<Topology>, UpstreamError> {
+        if let Some(t) = self.topology() {
+            return Ok(t);
+        }
+        self.refresh(0).await;
+        self.topology().ok_or_else(|| UpstreamError::Connect {
+            addr: self.base.address(),
+            reason: "no seed node answered with the cluster's slot map".into(),
+        })
+    }
+
+    /// Sends a session's batch (see the module docs); the answer comes on
+    /// `batch.reply` with the replies in the client's order.
+    pub async fn send(self: &Arc<Self>, session: u64, resp3: bool, batch: Batch) {
+        let topo = match self.ready().await {
+            Ok(t) => t,
+            Err(e) => {
+                let _ = batch.reply.send(Answer::from(Err(e)));
+                return;
+            }
+        };
+        let mut units: Vec<Unit> = Vec::new();
+        let mut items: Vec<Item> = Vec::with_capacity(batch.count as usize);
+        self.plan_batch(&topo, session, &batch.bytes, &mut units, &mut items);
+        let all: Vec<usize> = (0..units.len()).collect();
+        let flights = self
+            .dispatch(session, resp3, &mut units, &all, batch.retry)
+            .await;
+        let link = Arc::new(Link(watch::channel(false).0));
+        let prev = self
+            .chains
+            .lock()
+            .ok()
+            .and_then(|mut c| c.insert(session, link.clone()));
+        let me = self.clone();
+        tokio::spawn(async move {
+            me.gather(session, resp3, units, items, flights, prev, link, batch)
+                .await
+        });
+    }
+
+    /// Plans every request of `bytes` into units and items.
+    fn plan_batch(
+        &self,
+        topo: &Topology,
+        session: u64,
+        bytes: &Bytes,
+        units: &mut Vec<Unit>,
+        items: &mut Vec<Item>,
+    ) {
+        let mut ranges = Vec::new();
+        let mut at = 0;
+        while at < bytes.len() {
+            let req = match request::parse(&bytes[at..], limits(), &mut ranges) {
+                Ok(Some(r)) => r,
+                _ => break,
+            };
+            let this = bytes.slice(at..at + req.len);
+            let inline;
+            let args: &dyn crate::command::ArgList = match &req.kind {
+                RequestKind::Empty => {
+                    at += req.len;
+                    continue;
+                }
+                RequestKind::Multibulk => {
+                    inline = Ranged {
+                        buf: &bytes[at..],
+                        ranges: &ranges,
+                    };
+                    &inline
+                }
+                RequestKind::Inline(a) => a,
+            };
+            let d = Descriptor::of(args);
+            let readonly = d.readonly();
+            let plan = plan::plan(d.info, args);
+            let mut unit =
+                |bytes: Bytes, node: Option<&Arc<Node>>, slot, pinned| -> Option<usize> {
+                    let node = node?.clone();
+                    units.push(Unit {
+                        bytes,
+                        node,
+                        slot,
+                        pinned,
+                        ask: false,
+                        readonly,
+                        reply: None,
+                    });
+                    Some(units.len() - 1)
+                };
+            let no_nodes = || {
+                let mut out = Vec::new();
+                reply::error(
+                    &mut out,
+                    "CLUSTERDOWN The cluster has no primary serving slots",
+                );
+                Item::Local(out.into())
+            };
+            let item = match plan {
+                Plan::Slot(slot) => match unit(this, topo.primary(slot, session), slot, false) {
+                    Some(u) => Item::One(u),
+                    None => no_nodes(),
+                },
+                Plan::Refuse(text) => {
+                    let mut out = Vec::new();
+                    reply::error(&mut out, text);
+                    Item::Local(out.into())
+                }
+                Plan::Every(how) => {
+                    let us: Vec<usize> = topo
+                        .primaries
+                        .iter()
+                        .filter_map(|n| unit(this.clone(), Some(n), None, true))
+                        .collect();
+                    if us.is_empty() {
+                        no_nodes()
+                    } else {
+                        Item::Merged {
+                            how,
+                            units: us,
+                            positions: Vec::new(),
+                        }
+                    }
+                }
+                Plan::Split { merge: how, parts } => {
+                    let mut us = Vec::new();
+                    let mut positions = Vec::new();
+                    for (slot, idx) in parts {
+                        let mut sub: Vec<&[u8]> = vec![args.arg(0)];
+                        sub.extend(idx.iter().map(|&i| args.arg(i)));
+                        let mut out = Vec::new();
+                        encode_command(&sub, &mut out);
+                        // MGET: the element of key argument i is element i-1.
+                        positions.push(idx.iter().map(|&i| i - 1).collect());
+                        if let Some(u) = unit(
+                            out.into(),
+                            topo.primary(Some(slot), session),
+                            Some(slot),
+                            false,
+                        ) {
+                            us.push(u);
+                        }
+                    }
+                    Item::Merged {
+                        how,
+                        units: us,
+                        positions,
+                    }
+                }
+                Plan::Scan => self.plan_scan(topo, args, &mut unit),
+            };
+            items.push(item);
+            at += req.len;
+        }
+    }
+
+    fn plan_scan(
+        &self,
+        topo: &Topology,
+        args: &dyn crate::command::ArgList,
+        unit: &mut AddUnit<'_>,
+    ) -> Item {
+        let local = |text: &str| {
+            let mut out = Vec::new();
+            reply::error(&mut out, text);
+            Item::Local(out.into())
+        };
+        let nodes = topo.primaries.len();
+        let cursor = std::str::from_utf8(args.arg(1))
+            .ok()
+            .and_then(|c| c.parse::<u64>().ok());
+        let Some(cursor) = cursor else {
+            return local("ERR invalid cursor");
+        };
+        if nodes == 0 {
+            return local("CLUSTERDOWN The cluster has no primary serving slots");
+        }
+        let (index, node_cursor) = plan::scan_position(cursor, nodes);
+        let c = node_cursor.to_string();
+        let mut sub: Vec<&[u8]> = vec![args.arg(0), c.as_bytes()];
+        sub.extend((2..args.count()).map(|i| args.arg(i)));
+        let mut out = Vec::new();
+        encode_command(&sub, &mut out);
+        match unit(out.into(), topo.primaries.get(index), None, true) {
+            Some(u) => Item::Scan {
+                unit: u,
+                index,
+                nodes,
+            },
+            None => local("ERR invalid cursor"),
+        }
+    }
+
+    /// Sends the units `which` (in that order), one batch per node.
+    async fn dispatch(
+        &self,
+        session: u64,
+        resp3: bool,
+        units: &mut [Unit],
+        which: &[usize],
+        retry: Retry,
+    ) -> Vec<Flight> {
+        let mut groups: Vec<(Arc<Node>, Vec<usize>)> = Vec::new();
+        for &u in which {
+            let node = &units[u].node;
+            match groups.iter_mut().find(|(n, _)| Arc::ptr_eq(n, node)) {
+                Some((_, g)) => g.push(u),
+                None => groups.push((node.clone(), vec![u])),
+            }
+        }
+        let mut flights = Vec::with_capacity(groups.len());
+        for (node, group) in groups {
+            if let Err(rejected) = node.breaker.check() {
+                let secs = rejected.retry_in.map_or(0, |d| d.as_secs() + 1);
+                let mut out = Vec::new();
+                reply::error(
+                    &mut out,
+                    &format!(
+                        "CIRCUITOPEN database {} node {} is unavailable; retry in {secs}s",
+                        self.label, node.addr
+                    ),
+                );
+                flights.push(Flight {
+                    units: group,
+                    rx: Err(out.into()),
+                });
+                continue;
+            }
+            let mut buf = BytesMut::new();
+            let mut count = 0u32;
+            let mut readonly = true;
+            for &u in &group {
+                let unit = &units[u];
+                if unit.ask {
+                    buf.extend_from_slice(ASKING);
+                    count += 1;
+                }
+                buf.extend_from_slice(&unit.bytes);
+                count += 1;
+                readonly &= unit.readonly;
+            }
+            node.requests
+                .fetch_add(group.len() as u64, Ordering::Relaxed);
+            let (tx, rx) = oneshot::channel();
+            node.slot(session, resp3)
+                .send(Batch {
+                    bytes: buf.freeze(),
+                    count,
+                    reply: tx,
+                    block: crate::command::Block::No,
+                    retry: Retry {
+                        readonly,
+                        attempts: 0,
+                        ..retry
+                    },
+                })
+                .await;
+            flights.push(Flight {
+                units: group,
+                rx: Ok(rx),
+            });
+        }
+        flights
+    }
+
+    /// Waits for the replies of `flights` and gives each unit its reply.
+    async fn collect(self: &Arc<Self>, flights: Vec<Flight>, units: &mut [Unit]) {
+        for f in flights {
+            let rx = match f.rx {
+                Ok(rx) => rx,
+                Err(refused) => {
+                    for u in f.units {
+                        units[u].reply = Some(refused.clone());
+                    }
+                    continue;
+                }
+            };
+            let replies = match rx.await {
+                Ok(answer) => whole(answer).await,
+                Err(_) => Err(UpstreamError::Connect {
+                    addr: String::new(),
+                    reason: "the connection task ended".into(),
+                }),
+            };
+            match replies {
+                Ok(bytes) => {
+                    let mut at = 0;
+                    for &u in &f.units {
+                        if units[u].ask {
+                            // ASKING's +OK.
+                            at += frame_len(&bytes[at..]);
+                        }
+                        let n = frame_len(&bytes[at..]);
+                        units[u].reply = Some(bytes.slice(at..at + n));
+                        at += n;
+                    }
+                }
+                Err(e) => {
+                    let addr = f.units.first().map_or("", |&u| units[u].node.addr.as_str());
+                    let mut out = Vec::new();
+                    reply::error(
+                        &mut out,
+                        &format!("UPSTREAM database {} node {addr}: {e}", self.label),
+                    );
+                    let out = Bytes::from(out);
+                    for &u in &f.units {
+                        units[u].reply = Some(out.clone());
+                    }
+                    // A failed node may have been failed over.
+                    self.refresh_soon();
+                }
+            }
+        }
+    }
+
+    #[allow(clippy::too_many_arguments)]
+    async fn gather(
+        self: Arc<Self>,
+        session: u64,
+        resp3: bool,
+        mut units: Vec<Unit>,
+        items: Vec<Item>,
+        flights: Vec<Flight>,
+        prev: Option<Arc<Link>>,
+        link: Arc<Link>,
+        batch: Batch,
+    ) {
+        self.collect(flights, &mut units).await;
+        let mut prev = Some(prev);
+        for round in 0..MAX_REDIRECTS {
+            let redo: Vec<(usize, Redirect)> = units
+                .iter()
+                .enumerate()
+                .filter_map(|(i, u)| u.reply.as_deref().and_then(merge::redirect).map(|r| (i, r)))
+                .collect();
+            if redo.is_empty() {
+                break;
+            }
+            if let Some(p) = prev.take() {
+                Link::wait(p).await;
+            }
+            let mut moved = false;
+            let mut again = false;
+            for (u, r) in &redo {
+                let unit = &mut units[*u];
+                unit.ask = false;
+                match r {
+                    Redirect::Moved(addr) | Redirect::Ask(addr) => {
+                        if let Some(n) = self.node(addr) {
+                            n.redirects.fetch_add(1, Ordering::Relaxed);
+                            unit.node = n;
+                        }
+                        if matches!(r, Redirect::Ask(_)) {
+                            unit.ask = true;
+                            self.asked.fetch_add(1, Ordering::Relaxed);
+                        } else {
+                            moved = true;
+                            self.moved.fetch_add(1, Ordering::Relaxed);
+                        }
+                    }
+                    Redirect::Again => again = true,
+                }
+            }
+            if again {
+                tokio::time::sleep(self.backoff.delay(round).min(Duration::from_secs(1))).await;
+                self.refresh(self.generation()).await;
+                if let Some(t) = self.topology() {
+                    for (u, r) in &redo {
+                        let unit = &mut units[*u];
+                        if *r == Redirect::Again && !unit.pinned {
+                            if let Some(n) = t.primary(unit.slot, session) {
+                                unit.node = n.clone();
+                            }
+                        }
+                    }
+                }
+            }
+            if moved {
+                self.refresh_soon();
+            }
+            let which: Vec<usize> = redo.iter().map(|(u, _)| *u).collect();
+            let flights = self
+                .dispatch(session, resp3, &mut units, &which, batch.retry)
+                .await;
+            self.collect(flights, &mut units).await;
+        }
+        let mut out = Vec::new();
+        for item in &items {
+            render(item, &units, &mut out);
+        }
+        let _ = batch.reply.send(Answer::from(Ok(Bytes::from(out))));
+        if let Some(p) = prev.take() {
+            Link::wait(p).await;
+        }
+        let _ = link.0.send(true);
+        if let Ok(mut c) = self.chains.lock() {
+            if c.get(&session).is_some_and(|l| Arc::ptr_eq(l, &link)) {
+                c.remove(&session);
+            }
+        }
+    }
+}
+
+/// The length of the reply frame at the start of `bytes` (all of it if it cannot
+/// be framed: a node's replies are complete).
+fn frame_len(bytes: &[u8]) -> usize {
+    match reply::scan(bytes) {
+        Ok(Some(f)) => f.len,
+        _ => bytes.len(),
+    }
+}
+
+/// A batch answer with its streamed parts put back together.
+async fn whole(answer: Answer) -> Result<Bytes, UpstreamError> {
+    let first = answer.reply?;
+    let Some(mut rest) = answer.rest else {
+        return Ok(first);
+    };
+    let mut all = BytesMut::from(&first[..]);
+    while let Some(part) = rest.recv().await {
+        all.extend_from_slice(&part?);
+    }
+    Ok(all.freeze())
+}
+
+fn unit_reply(units: &[Unit], u: usize) -> &[u8] {
+    units[u]
+        .reply
+        .as_deref()
+        .unwrap_or(b"-ERR cluster: no reply\r\n")
+}
+
+/// Appends the client's reply for `item`.
+fn render(item: &Item, units: &[Unit], out: &mut Vec<u8>) {
+    match item {
+        Item::One(u) => out.extend_from_slice(unit_reply(units, *u)),
+        Item::Local(b) => out.extend_from_slice(b),
+        Item::Merged {
+            how,
+            units: us,
+            positions,
+        } => {
+            let parts: Vec<&[u8]> = us.iter().map(|&u| unit_reply(units, u)).collect();
+            let pick = rand_index();
+            merge::merge(*how, &parts, positions, pick, out);
+        }
+        Item::Scan { unit, index, nodes } => {
+            let r = unit_reply(units, *unit);
+            let parsed = merge::elements(r).filter(|e| e.len() == 2).and_then(|e| {
+                let c = crate::protocol::value::decode(e[0], 0).ok()??.0.text()?;
+                Some((c.parse::<u64>().ok()?, e[1]))
+            });
+            let Some((next, keys)) = parsed else {
+                out.extend_from_slice(r);
+                return;
+            };
+            let cursor = if next == 0 {
+                if index + 1 < *nodes {
+                    Some(*index as u64 + 1)
+                } else {
+                    Some(0)
+                }
+            } else {
+                plan::scan_cursor(*index, *nodes, next)
+            };
+            match cursor {
+                Some(c) => {
+                    reply::array_header(out, 2);
+                    reply::bulk(out, c.to_string().as_bytes());
+                    out.extend_from_slice(keys);
+                }
+                None => reply::error(out, "ERR cluster: SCAN cursor too large to encode"),
+            }
+        }
+    }
+}
+
+/// A cheap pseudo-random index (RANDOMKEY's choice among nodes).
+fn rand_index() -> usize {
+    use std::hash::{BuildHasher, Hasher};
+    let mut h = std::collections::hash_map::RandomState::new().build_hasher();
+    h.write_u64(
+        std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(0, |d| d.as_nanos() as u64),
+    );
+    h.finish() as usize
+}
+
+fn dedup(v: Vec<String>) -> Vec<String> {
+    let mut out: Vec<String> = Vec::new();
+    for a in v {
+        if !out.contains(&a) {
+            out.push(a);
+        }
+    }
+    out
+}

@@ -1,0 +1,213 @@
+//! The replies of a request's parts (one per slot or per primary) merged into the
+//! one reply the client expects, and the cluster's redirect errors read. Replies
+//! stay bytes: only headers and integers are read.
+
+use super::plan::Merge;
+use crate::protocol::reply;
+
+/// A redirect or a "not now" from a node: Redis did not run the command.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Redirect {
+    /// `-MOVED slot host:port`: the slot lives there now.
+    Moved(String),
+    /// `-ASK slot host:port`: this once, there, after `ASKING`.
+    Ask(String),
+    /// `-TRYAGAIN` (keys of a multi-key command split by a migration) or
+    /// `-CLUSTERDOWN` (the cluster is not serving): again after a pause.
+    Again,
+}
+
+/// What a reply says about where its command must go, if anywhere else.
+pub fn redirect(frame: &[u8]) -> Option<Redirect> {
+    let body = frame.strip_prefix(b"-")?;
+    let line = body.split(|&b| b == b'\r').next().unwrap_or(b"");
+    let addr = |rest: &[u8]| -> Option<String> {
+        let mut words = rest.split(|&b| b == b' ');
+        let _slot = words.next()?;
+        let a = words.next()?;
+        std::str::from_utf8(a).ok().map(str::to_string)
+    };
+    if let Some(rest) = line.strip_prefix(b"MOVED ") {
+        return addr(rest).map(Redirect::Moved);
+    }
+    if let Some(rest) = line.strip_prefix(b"ASK ") {
+        return addr(rest).map(Redirect::Ask);
+    }
+    if line.starts_with(b"TRYAGAIN") || line.starts_with(b"CLUSTERDOWN") {
+        return Some(Redirect::Again);
+    }
+    None
+}
+
+/// The elements of an array reply (`*`, or RESP3 `~`/`>`), each as its bytes.
+/// `None` if `frame` is not an array (an error, a nil array …).
+pub fn elements(frame: &[u8]) -> Option<Vec<&[u8]>> {
+    if !matches!(frame.first(), Some(b'*' | b'~')) {
+        return None;
+    }
+    let nl = frame.iter().position(|&b| b == b'\n')?;
+    let n: i64 = std::str::from_utf8(&frame[1..nl.checked_sub(1)?])
+        .ok()?
+        .parse()
+        .ok()?;
+    let mut out = Vec::with_capacity(n.max(0) as usize);
+    let mut at = nl + 1;
+    for _ in 0..n.max(0) {
+        let f = reply::scan(&frame[at..]).ok()??;
+        out.push(&frame[at..at + f.len]);
+        at += f.len;
+    }
+    Some(out)
+}
+
+fn integer(frame: &[u8]) -> Option<i64> {
+    let body = frame.strip_prefix(b":")?;
+    let end = body.iter().position(|&b| b == b'\r')?;
+    std::str::from_utf8(&body[..end]).ok()?.parse().ok()
+}
+
+fn is_error(frame: &[u8]) -> bool {
+    matches!(frame.first(), Some(b'-' | b'!'))
+}
+
+fn is_nil(frame: &[u8]) -> bool {
+    frame == b"$-1\r\n" || frame == b"_\r\n" || frame == b"*-1\r\n"
+}
+
+fn unexpected(out: &mut Vec<u8>, what: &str) {
+    reply::error(
+        out,
+        &format!("ERR cluster: unexpected reply from a node while merging {what}"),
+    );
+}
+
+/// Merges `parts` (one reply frame each, in part order). `positions` (for
+/// [`Merge::Keys`]): per part, the place of each of its elements in the client's
+/// reply. `pick` chooses among candidates for [`Merge::AnyNonNil`].
+pub fn merge(
+    how: Merge,
+    parts: &[&[u8]],
+    positions: &[Vec<usize>],
+    pick: usize,
+    out: &mut Vec<u8>,
+) {
+    if let Some(err) = parts.iter().find(|p| is_error(p)) {
+        out.extend_from_slice(err);
+        return;
+    }
+    match how {
+        Merge::First => out.extend_from_slice(parts.first().copied().unwrap_or(b"+OK\r\n")),
+        Merge::Sum => {
+            let mut total: i64 = 0;
+            for p in parts {
+                match integer(p) {
+                    Some(n) => total = total.saturating_add(n),
+                    None => return unexpected(out, "integers"),
+                }
+            }
+            reply::integer(out, total);
+        }
+        Merge::Concat => {
+            let mut all: Vec<&[u8]> = Vec::new();
+            for p in parts {
+                match elements(p) {
+                    Some(e) => all.extend(e),
+                    None => return unexpected(out, "arrays"),
+                }
+            }
+            reply::array_header(out, all.len());
+            all.iter().for_each(|e| out.extend_from_slice(e));
+        }
+        Merge::Keys => {
+            let total: usize = positions.iter().map(Vec::len).sum();
+            let mut slots: Vec<&[u8]> = vec![b"$-1\r\n"; total];
+            for (p, pos) in parts.iter().zip(positions) {
+                match elements(p) {
+                    Some(e) if e.len() == pos.len() => {
+                        for (el, &at) in e.into_iter().zip(pos) {
+                            if let Some(s) = slots.get_mut(at) {
+                                *s = el;
+                            }
+                        }
+                    }
+                    _ => return unexpected(out, "MGET replies"),
+                }
+            }
+            reply::array_header(out, total);
+            slots.iter().for_each(|e| out.extend_from_slice(e));
+        }
+        Merge::AnyNonNil => {
+            let found: Vec<&&[u8]> = parts.iter().filter(|p| !is_nil(p)).collect();
+            match found.len() {
+                0 => out.extend_from_slice(parts.first().copied().unwrap_or(b"$-1\r\n")),
+                n => out.extend_from_slice(found[pick % n]),
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn merged(how: Merge, parts: &[&[u8]], positions: &[Vec<usize>]) -> Vec<u8> {
+        let mut out = Vec::new();
+        merge(how, parts, positions, 0, &mut out);
+        out
+    }
+
+    #[test]
+    fn redirects_are_read() {
+        assert_eq!(
+            redirect(b"-MOVED 3999 127.0.0.1:6381\r\n"),
+            Some(Redirect::Moved("127.0.0.1:6381".into()))
+        );
+        assert_eq!(
+            redirect(b"-ASK 3999 127.0.0.1:6381\r\n"),
+            Some(Redirect::Ask("127.0.0.1:6381".into()))
+        );
+        assert_eq!(
+            redirect(b"-TRYAGAIN Multiple keys request during rehashing of slot\r\n"),
+            Some(Redirect::Again)
+        );
+        assert_eq!(
+            redirect(b"-CLUSTERDOWN The cluster is down\r\n"),
+            Some(Redirect::Again)
+        );
+        assert_eq!(redirect(b"-ERR wrong\r\n"), None);
+        assert_eq!(redirect(b"+OK\r\n"), None);
+    }
+
+    #[test]
+    fn merges() {
+        assert_eq!(merged(Merge::Sum, &[b":2\r\n", b":3\r\n"], &[]), b":5\r\n");
+        assert_eq!(
+            merged(
+                Merge::Concat,
+                &[b"*1\r\n$1\r\na\r\n", b"*0\r\n", b"*1\r\n$1\r\nb\r\n"],
+                &[]
+            ),
+            b"*2\r\n$1\r\na\r\n$1\r\nb\r\n"
+        );
+        assert_eq!(
+            merged(
+                Merge::Keys,
+                &[b"*2\r\n$1\r\na\r\n$-1\r\n", b"*1\r\n$1\r\nb\r\n"],
+                &[vec![0, 2], vec![1]]
+            ),
+            b"*3\r\n$1\r\na\r\n$1\r\nb\r\n$-1\r\n"
+        );
+        assert_eq!(
+            merged(Merge::First, &[b"+OK\r\n", b"-ERR x\r\n"], &[]),
+            b"-ERR x\r\n"
+        );
+        assert_eq!(
+            merged(Merge::AnyNonNil, &[b"$-1\r\n", b"$1\r\nk\r\n"], &[]),
+            b"$1\r\nk\r\n"
+        );
+        assert_eq!(
+            merged(Merge::AnyNonNil, &[b"$-1\r\n", b"$-1\r\n"], &[]),
+            b"$-1\r\n"
+        );
+    }
+}

@@ -1,0 +1,231 @@
+//! Where one request goes on a Redis Cluster, decided from its keys (the key specs
+//! of the command table, [`keys::locate`]) and its name: one slot, any node, every
+//! primary (with how the replies are merged), split per slot, or refused as Redis
+//! refuses it. No I/O.
+
+use super::slot::key_slot;
+use crate::command::keys::{self, KeyArg, KeyKind};
+use crate::command::table::CommandInfo;
+use crate::command::ArgList;
+
+/// Redis's own error for keys of several slots (`-CROSSSLOT …`).
+pub const CROSSSLOT: &str = "CROSSSLOT Keys in request don't hash to the same slot";
+
+/// How the replies of the parts of one request become the client's one reply.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Merge {
+    /// Integers added (`DBSIZE`, `DEL`, `UNLINK`, `EXISTS`, `TOUCH`).
+    Sum,
+    /// Arrays concatenated in part order (`KEYS`).
+    Concat,
+    /// `MGET`: each part's elements put back at their keys' places.
+    Keys,
+    /// The first part's reply, unless a part answered an error (then the first
+    /// error): `MSET`, `FLUSHDB`, `SCRIPT LOAD` … on every primary.
+    First,
+    /// A random non-nil reply (`RANDOMKEY`); nil when every part is nil.
+    AnyNonNil,
+}
+
+/// Where a request goes.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Plan {
+    /// Every key in this slot (`None`: no key; any primary serves it).
+    Slot(Option<u16>),
+    /// Keys in several slots, of a command that splits: one part per slot,
+    /// each with the argument indexes it carries (a key, or a key and its value
+    /// for `MSET`), in the client's order.
+    Split {
+        /// How the parts' replies merge.
+        merge: Merge,
+        /// (slot, argument indexes) per part.
+        parts: Vec<(u16, Vec<usize>)>,
+    },
+    /// Sent to every primary; replies merged.
+    Every(Merge),
+    /// `SCAN`: one node at a time, the node's index folded into the cursor.
+    Scan,
+    /// Answered with this error, as Redis would.
+    Refuse(&'static str),
+}
+
+/// Commands Redis runs on one node only that must reach every primary to act on
+/// the whole keyspace (their replies agree when they succeed).
+const EVERY_FIRST: &[&str] = &[
+    "flushdb",
+    "flushall",
+    "script|flush",
+    "script|load",
+    "function|load",
+    "function|flush",
+    "function|delete",
+    "function|restore",
+];
+
+/// Plans a request classified as `info` (`None`: unknown to the table).
+pub fn plan<L: ArgList + ?Sized>(info: Option<&CommandInfo>, args: &L) -> Plan {
+    let name = info.map_or("", |i| i.name);
+    let mut found: Vec<KeyArg> = Vec::new();
+    if keys::locate(info, args, &mut found).is_err() {
+        // Unknown command: Redis refuses it wherever it goes.
+        return Plan::Slot(None);
+    }
+    let keyed: Vec<usize> = found
+        .iter()
+        .filter(|k| k.kind != KeyKind::Pattern)
+        .map(|k| k.index)
+        .collect();
+    let Some(&first) = keyed.first() else {
+        return keyless(name);
+    };
+    let slot = key_slot(args.arg(first));
+    if keyed.iter().all(|&i| key_slot(args.arg(i)) == slot) {
+        return Plan::Slot(Some(slot));
+    }
+    let (merge, pairs) = match name {
+        "mget" => (Merge::Keys, false),
+        "del" | "unlink" | "exists" | "touch" => (Merge::Sum, false),
+        "mset" => (Merge::First, true),
+        _ => return Plan::Refuse(CROSSSLOT),
+    };
+    let mut parts: Vec<(u16, Vec<usize>)> = Vec::new();
+    for &k in &keyed {
+        let s = key_slot(args.arg(k));
+        let idx = match parts.iter().position(|(ps, _)| *ps == s) {
+            Some(i) => i,
+            None => {
+                parts.push((s, Vec::new()));
+                parts.len() - 1
+            }
+        };
+        parts[idx].1.push(k);
+        if pairs {
+            parts[idx].1.push(k + 1);
+        }
+    }
+    Plan::Split { merge, parts }
+}
+
+/// A request without keys.
+fn keyless(name: &str) -> Plan {
+    match name {
+        "dbsize" => Plan::Every(Merge::Sum),
+        "keys" => Plan::Every(Merge::Concat),
+        "randomkey" => Plan::Every(Merge::AnyNonNil),
+        "scan" => Plan::Scan,
+        n if EVERY_FIRST.contains(&n) => Plan::Every(Merge::First),
+        _ => Plan::Slot(None),
+    }
+}
+
+/// The slot of a request's keys, with `prefix` (`key_prefix`, not yet added to
+/// the arguments) in front of each: what pins an exclusive connection (a
+/// transaction, a blocking command) to a node. `None` without keys, or with
+/// keys of several slots.
+pub fn slot_of<L: ArgList + ?Sized>(
+    info: Option<&CommandInfo>,
+    args: &L,
+    prefix: Option<&[u8]>,
+) -> Option<u16> {
+    let mut found: Vec<KeyArg> = Vec::new();
+    keys::locate(info, args, &mut found).ok()?;
+    let mut key = Vec::new();
+    let mut slot = None;
+    for k in found.iter().filter(|k| k.kind != KeyKind::Pattern) {
+        key.clear();
+        key.extend_from_slice(prefix.unwrap_or(b""));
+        key.extend_from_slice(args.arg(k.index));
+        let s = key_slot(&key);
+        if slot.is_some_and(|x| x != s) {
+            return None;
+        }
+        slot = Some(s);
+    }
+    slot
+}
+
+/// A whole-cluster `SCAN` cursor: node `index` of `nodes`, at that node's `cursor`.
+/// `0` is the start (node 0, cursor 0) and the end.
+pub fn scan_cursor(index: usize, nodes: usize, cursor: u64) -> Option<u64> {
+    cursor
+        .checked_mul(nodes as u64)
+        .and_then(|c| c.checked_add(index as u64))
+}
+
+/// The node index and that node's cursor in a whole-cluster cursor.
+pub fn scan_position(cursor: u64, nodes: usize) -> (usize, u64) {
+    let n = nodes.max(1) as u64;
+    ((cursor % n) as usize, cursor / n)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::command::Descriptor;
+
+    fn plan_of(args: &[&str]) -> Plan {
+        let d = Descriptor::of(args);
+        plan(d.info, args)
+    }
+
+    #[test]
+    fn single_slot_keyless_and_hash_tags() {
+        assert_eq!(plan_of(&["GET", "foo"]), Plan::Slot(Some(key_slot(b"foo"))));
+        assert_eq!(plan_of(&["PING"]), Plan::Slot(None));
+        let tagged = plan_of(&["MGET", "{u1}:a", "{u1}:b"]);
+        assert_eq!(tagged, Plan::Slot(Some(key_slot(b"u1"))));
+        assert_eq!(plan_of(&["DBSIZE"]), Plan::Every(Merge::Sum));
+        assert_eq!(
+            plan_of(&["SCRIPT", "LOAD", "return 1"]),
+            Plan::Every(Merge::First)
+        );
+        assert_eq!(plan_of(&["scan", "0"]), Plan::Scan);
+        // EVAL with its keys in one slot goes there; with none, anywhere.
+        let eval = plan_of(&["EVAL", "return 1", "1", "foo"]);
+        assert_eq!(eval, Plan::Slot(Some(key_slot(b"foo"))));
+        assert_eq!(plan_of(&["EVAL", "return 1", "0"]), Plan::Slot(None));
+    }
+
+    #[test]
+    fn cross_slot_splits_or_refuses() {
+        // "a" and "b" hash to different slots.
+        assert_ne!(key_slot(b"a"), key_slot(b"b"));
+        match plan_of(&["MSET", "a", "1", "b", "2", "a", "3"]) {
+            Plan::Split { merge, parts } => {
+                assert_eq!(merge, Merge::First);
+                assert_eq!(parts[0], (key_slot(b"a"), vec![1, 2, 5, 6]));
+                assert_eq!(parts[1], (key_slot(b"b"), vec![3, 4]));
+            }
+            other => panic!("{other:?}"),
+        }
+        match plan_of(&["DEL", "a", "b"]) {
+            Plan::Split { merge, parts } => {
+                assert_eq!(merge, Merge::Sum);
+                assert_eq!(parts.len(), 2);
+            }
+            other => panic!("{other:?}"),
+        }
+        assert_eq!(
+            plan_of(&["MSETNX", "a", "1", "b", "2"]),
+            Plan::Refuse(CROSSSLOT)
+        );
+        assert_eq!(plan_of(&["SUNION", "a", "b"]), Plan::Refuse(CROSSSLOT));
+        assert_eq!(
+            plan_of(&["EVAL", "return 1", "2", "a", "b"]),
+            Plan::Refuse(CROSSSLOT)
+        );
+    }
+
+    #[test]
+    fn scan_cursors_round_trip() {
+        for nodes in 1..5 {
+            for index in 0..nodes {
+                for cursor in [0u64, 1, 17, 1 << 40] {
+                    let c = scan_cursor(index, nodes, cursor).expect("fits");
+                    assert_eq!(scan_position(c, nodes), (index, cursor));
+                }
+            }
+        }
+        assert_eq!(scan_cursor(1, 3, u64::MAX), None);
+    }
+}

@@ -1,0 +1,364 @@
+//! A database on a Redis Cluster (3 primaries, 3 replicas, `tests/support/cluster.rs`,
+//! one per test binary) through the proxy: the client sees one standalone Redis.
+//! Keys land on the node that serves their slot; multi-key commands are split and
+//! merged; `SCAN` walks every node; `-CROSSSLOT` is Redis's own; pipelines keep
+//! their order; transactions, scripts and blocking commands are pinned to their
+//! keys' node.
+
+mod support;
+
+use std::collections::HashSet;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use redis_sidecar::config::{ClusterConfig, Config, ReadFrom};
+use redis_sidecar::server::Proxy;
+use support::cluster::Cluster;
+use support::{proxy_config, start_proxy, RawClient};
+
+/// The 11 AutoBot databases, each on the shared cluster (`prefixes`: each its
+/// own `key_prefix`, `{tag}{name}:`, so tests running at once keep apart).
+fn cluster_config(cluster: &Cluster, prefixes: Option<&str>) -> Config {
+    let seed = &cluster.nodes()[0];
+    let mut config = proxy_config(seed);
+    let nodes: Vec<(String, u16)> = cluster
+        .ports()
+        .iter()
+        .map(|p| ("127.0.0.1".to_string(), *p))
+        .collect();
+    let cc = Arc::new(ClusterConfig {
+        nodes,
+        read_from: ReadFrom::Primary,
+    });
+    for db in &mut config.databases {
+        db.upstream.cluster = Some(cc.clone());
+        db.upstream.db = 0;
+        if let Some(tag) = prefixes {
+            db.upstream.key_prefix = Some(format!("{tag}{}:", db.name()).into_bytes().into());
+        }
+    }
+    config
+}
+
+struct Env {
+    _rt: tokio::runtime::Runtime,
+    proxy: Proxy,
+}
+
+/// An in-process proxy on the shared cluster.
+fn start(prefixes: Option<&str>) -> Env {
+    let cluster = Cluster::shared();
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .expect("runtime");
+    let proxy = rt.block_on(start_proxy(cluster_config(cluster, prefixes)));
+    Env { _rt: rt, proxy }
+}
+
+impl Env {
+    fn client(&self) -> RawClient {
+        RawClient::connect(self.proxy.local_addr())
+    }
+}
+
+/// The node (of the shared cluster) that holds `key`, asked directly.
+fn owner(cluster: &Cluster, key: &[u8]) -> u16 {
+    for n in cluster.nodes() {
+        let mut c = n.client();
+        let r = c.cmd(&[b"EXISTS", key]);
+        if r == b":1\r\n" {
+            return n.port();
+        }
+    }
+    0
+}
+
+/// The primary that serves `key`'s slot, from the cluster itself.
+fn serving(cluster: &Cluster, key: &[u8]) -> u16 {
+    // A primary serving the slot answers a GET; the others redirect.
+    for n in cluster.nodes() {
+        let mut c = n.client();
+        let r = c.cmd(&[b"GET", key]);
+        if !r.starts_with(b"-MOVED") {
+            let role = c.cmd(&[b"ROLE"]);
+            if role.windows(6).any(|w| w == b"master") {
+                return n.port();
+            }
+        }
+    }
+    0
+}
+
+/// The cursor and keys of a SCAN reply.
+fn parse_scan(reply: &[u8]) -> (String, Vec<String>) {
+    use redis::Value;
+    let v = redis::parse_redis_value(reply)
+        .unwrap_or_else(|e| panic!("{e}: {}", String::from_utf8_lossy(reply)));
+    let Value::Array(parts) = v else {
+        panic!("SCAN reply {}", String::from_utf8_lossy(reply));
+    };
+    let (Value::BulkString(next), Value::Array(batch)) = (&parts[0], &parts[1]) else {
+        panic!("SCAN reply shape");
+    };
+    let keys = batch
+        .iter()
+        .filter_map(|k| match k {
+            Value::BulkString(k) => Some(String::from_utf8_lossy(k).into_owned()),
+            _ => None,
+        })
+        .collect();
+    (String::from_utf8_lossy(next).into_owned(), keys)
+}
+
+#[test]
+fn commands_land_on_the_node_serving_their_slot() {
+    let env = start(None);
+    let cluster = Cluster::shared();
+    let mut c = env.client();
+    let mut ports = HashSet::new();
+    for i in 0..60 {
+        let key = format!("land:{i}");
+        assert_eq!(c.cmd(&[b"SET", key.as_bytes(), b"v"]), b"+OK\r\n", "{key}");
+        assert_eq!(c.cmd(&[b"GET", key.as_bytes()]), b"$1\r\nv\r\n");
+        let at = owner(cluster, key.as_bytes());
+        assert_eq!(at, serving(cluster, key.as_bytes()), "{key}");
+        ports.insert(at);
+    }
+    assert_eq!(
+        ports.len(),
+        3,
+        "keys spread over the 3 primaries: {ports:?}"
+    );
+    // Hash tags: one slot, one node.
+    assert_eq!(
+        c.cmd(&[b"MSET", b"{tag}a", b"1", b"{tag}b", b"2"]),
+        b"+OK\r\n"
+    );
+    assert_eq!(owner(cluster, b"{tag}a"), owner(cluster, b"{tag}b"));
+    assert_eq!(
+        c.cmd(&[b"SUNIONSTORE", b"{tag}s", b"{tag}x", b"{tag}y"]),
+        b":0\r\n"
+    );
+}
+
+#[test]
+fn multi_key_commands_are_split_and_merged_in_key_order() {
+    let env = start(None);
+    let mut c = env.client();
+    let keys: Vec<String> = (0..20).map(|i| format!("split:{i}")).collect();
+    let mut mset: Vec<&[u8]> = vec![b"MSET"];
+    let vals: Vec<String> = (0..20).map(|i| format!("v{i}")).collect();
+    for (k, v) in keys.iter().zip(&vals) {
+        mset.push(k.as_bytes());
+        mset.push(v.as_bytes());
+    }
+    assert_eq!(c.cmd(&mset), b"+OK\r\n");
+    let mut mget: Vec<&[u8]> = vec![b"MGET"];
+    mget.extend(keys.iter().map(|k| k.as_bytes()));
+    mget.push(b"split:missing");
+    let mut expected = format!("*{}\r\n", keys.len() + 1).into_bytes();
+    for v in &vals {
+        expected.extend(format!("${}\r\n{v}\r\n", v.len()).into_bytes());
+    }
+    expected.extend(b"$-1\r\n");
+    assert_eq!(c.cmd(&mget), expected);
+    let mut exists: Vec<&[u8]> = vec![b"EXISTS"];
+    exists.extend(keys.iter().map(|k| k.as_bytes()));
+    exists.push(keys[0].as_bytes());
+    assert_eq!(c.cmd(&exists), b":21\r\n");
+    let mut touch: Vec<&[u8]> = vec![b"TOUCH"];
+    touch.extend(keys.iter().map(|k| k.as_bytes()));
+    assert_eq!(c.cmd(&touch), b":20\r\n");
+    let mut del: Vec<&[u8]> = vec![b"DEL"];
+    del.extend(keys[..10].iter().map(|k| k.as_bytes()));
+    assert_eq!(c.cmd(&del), b":10\r\n");
+    let mut unlink: Vec<&[u8]> = vec![b"UNLINK"];
+    unlink.extend(keys.iter().map(|k| k.as_bytes()));
+    assert_eq!(c.cmd(&unlink), b":10\r\n");
+}
+
+#[test]
+fn cross_slot_errors_are_redis_own_bytes() {
+    let env = start(None);
+    let cluster = Cluster::shared();
+    let mut c = env.client();
+    // What a cluster node itself answers (keys "a" and "b" are in different slots).
+    let mut direct = cluster.nodes()[0].client();
+    for cmd in [
+        &[&b"SUNION"[..], b"a", b"b"][..],
+        &[b"MSETNX", b"a", b"1", b"b", b"2"],
+        &[b"RENAME", b"a", b"b"],
+        &[b"EVAL", b"return 1", b"2", b"a", b"b"],
+    ] {
+        let want = direct.cmd(cmd);
+        assert!(
+            want.starts_with(b"-CROSSSLOT"),
+            "{:?}",
+            String::from_utf8_lossy(&want)
+        );
+        assert_eq!(c.cmd(cmd), want);
+    }
+}
+
+#[test]
+fn scan_walks_every_node_and_sees_every_key_once() {
+    let env = start(Some("scan-"));
+    let mut c = env.client();
+    assert_eq!(c.cmd(&[b"SELECT", b"9"]), b"+OK\r\n");
+    assert_eq!(c.cmd(&[b"FLUSHDB"]), b"+OK\r\n");
+    let n = 10_000;
+    for chunk in (0..n).collect::<Vec<_>>().chunks(500) {
+        let names: Vec<String> = chunk.iter().map(|i| format!("scan:{i}")).collect();
+        let mut mset: Vec<&[u8]> = vec![b"MSET"];
+        for k in &names {
+            mset.push(k.as_bytes());
+            mset.push(b"x");
+        }
+        assert_eq!(c.cmd(&mset), b"+OK\r\n");
+    }
+    assert_eq!(c.cmd(&[b"DBSIZE"]), format!(":{n}\r\n").into_bytes());
+    let mut seen: Vec<String> = Vec::new();
+    let mut cursor = b"0".to_vec();
+    let deadline = Instant::now() + Duration::from_secs(60);
+    loop {
+        assert!(Instant::now() < deadline, "SCAN did not finish");
+        let r = c.cmd(&[b"SCAN", &cursor, b"COUNT", b"200"]);
+        let (next, keys) = parse_scan(&r);
+        seen.extend(keys);
+        cursor = next.into_bytes();
+        if cursor == b"0" {
+            break;
+        }
+    }
+    let unique: HashSet<&String> = seen.iter().collect();
+    assert_eq!(unique.len(), n, "every key");
+    assert_eq!(seen.len(), n, "each once");
+    assert!(seen.iter().all(|k| k.starts_with("scan:")), "unprefixed");
+    assert_eq!(c.cmd(&[b"FLUSHDB"]), b"+OK\r\n");
+    assert_eq!(c.cmd(&[b"DBSIZE"]), b":0\r\n");
+}
+
+#[test]
+fn pipelines_keep_their_order_across_nodes() {
+    let env = start(None);
+    let mut c = env.client();
+    let mut req = Vec::new();
+    let n = 500;
+    for i in 0..n {
+        let key = format!("pipe:{}", i % 37);
+        req.extend(support::resp_cmd(&[b"INCR", key.as_bytes()]));
+        req.extend(support::resp_cmd(&[b"GET", key.as_bytes()]));
+    }
+    c.send(&req);
+    let replies = c.read_replies(2 * n);
+    let mut counts = [0i64; 37];
+    for i in 0..n {
+        counts[i % 37] += 1;
+        let want = counts[i % 37];
+        assert_eq!(
+            replies[2 * i],
+            format!(":{want}\r\n").into_bytes(),
+            "INCR {i}"
+        );
+        let s = want.to_string();
+        assert_eq!(
+            replies[2 * i + 1],
+            format!("${}\r\n{s}\r\n", s.len()).into_bytes(),
+            "GET {i}"
+        );
+    }
+    let mut del: Vec<Vec<u8>> = vec![b"DEL".to_vec()];
+    del.extend((0..37).map(|i| format!("pipe:{i}").into_bytes()));
+    let del: Vec<&[u8]> = del.iter().map(|v| v.as_slice()).collect();
+    assert_eq!(c.cmd(&del), b":37\r\n");
+}
+
+#[test]
+fn transactions_scripts_and_blocking_commands_run_on_their_keys_node() {
+    let env = start(None);
+    let mut c = env.client();
+    // A pipelined transaction (as pipelining clients send it).
+    let mut req = Vec::new();
+    req.extend(support::resp_cmd(&[b"MULTI"]));
+    req.extend(support::resp_cmd(&[b"SET", b"{tx}k", b"1"]));
+    req.extend(support::resp_cmd(&[b"INCR", b"{tx}k"]));
+    req.extend(support::resp_cmd(&[b"EXEC"]));
+    c.send(&req);
+    let r = c.read_replies(4);
+    assert_eq!(r[0], b"+OK\r\n");
+    assert_eq!(r[3], b"*2\r\n+OK\r\n:2\r\n");
+    // WATCH pins too.
+    assert_eq!(c.cmd(&[b"WATCH", b"{w}k"]), b"+OK\r\n");
+    assert_eq!(c.cmd(&[b"MULTI"]), b"+OK\r\n");
+    assert_eq!(c.cmd(&[b"SET", b"{w}k", b"x"]), b"+QUEUED\r\n");
+    assert_eq!(c.cmd(&[b"EXEC"]), b"*1\r\n+OK\r\n");
+    // A script with its keys.
+    assert_eq!(
+        c.cmd(&[b"EVAL", b"return redis.call('GET', KEYS[1])", b"1", b"{w}k"]),
+        b"$1\r\nx\r\n"
+    );
+    // A blocking command, woken by another client.
+    let addr = env.proxy.local_addr();
+    let pusher = std::thread::spawn(move || {
+        std::thread::sleep(Duration::from_millis(300));
+        let mut p = RawClient::connect(addr);
+        p.cmd(&[b"RPUSH", b"blocked:list", b"hello"])
+    });
+    assert_eq!(
+        c.cmd(&[b"BLPOP", b"blocked:list", b"5"]),
+        b"*2\r\n$12\r\nblocked:list\r\n$5\r\nhello\r\n"
+    );
+    assert_eq!(pusher.join().expect("pusher"), b":1\r\n");
+    assert_eq!(c.cmd(&[b"DEL", b"{tx}k", b"{w}k"]), b":2\r\n");
+}
+
+#[test]
+fn prefixed_databases_on_one_cluster_are_isolated() {
+    let env = start(Some(""));
+    let mut c = env.client();
+    for db in 0..11 {
+        assert_eq!(c.cmd(&[b"SELECT", db.to_string().as_bytes()]), b"+OK\r\n");
+        assert_eq!(
+            c.cmd(&[b"SET", b"shared:name", db.to_string().as_bytes()]),
+            b"+OK\r\n"
+        );
+    }
+    for db in 0..11 {
+        assert_eq!(c.cmd(&[b"SELECT", db.to_string().as_bytes()]), b"+OK\r\n");
+        let s = db.to_string();
+        assert_eq!(
+            c.cmd(&[b"GET", b"shared:name"]),
+            format!("${}\r\n{s}\r\n", s.len()).into_bytes()
+        );
+        assert_eq!(
+            c.cmd(&[b"KEYS", b"shared:*"]),
+            b"*1\r\n$11\r\nshared:name\r\n"
+        );
+        assert_eq!(c.cmd(&[b"RANDOMKEY"]), b"$11\r\nshared:name\r\n");
+    }
+    // Each database's key is its own, on the node of its prefixed name.
+    let cluster = Cluster::shared();
+    assert!(owner(cluster, b"knowledge:shared:name") != 0);
+    for db in 0..11 {
+        assert_eq!(c.cmd(&[b"SELECT", db.to_string().as_bytes()]), b"+OK\r\n");
+        assert_eq!(c.cmd(&[b"DEL", b"shared:name"]), b":1\r\n");
+    }
+}
+
+#[test]
+fn dbsize_and_keyless_commands_reach_every_primary() {
+    let env = start(None);
+    let mut c = env.client();
+    assert_eq!(c.cmd(&[b"PING"]), b"+PONG\r\n");
+    assert_eq!(c.cmd(&[b"ECHO", b"hi"]), b"$2\r\nhi\r\n");
+    let sha = c.cmd(&[b"SCRIPT", b"LOAD", b"return 7"]);
+    assert!(sha.starts_with(b"$40\r\n"), "{sha:?}");
+    let sha = &sha[5..45];
+    // The script is known on every primary: EVALSHA with keys anywhere runs.
+    for i in 0..30 {
+        let key = format!("evalsha:{i}");
+        assert_eq!(c.cmd(&[b"EVALSHA", sha, b"1", key.as_bytes()]), b":7\r\n");
+    }
+}
