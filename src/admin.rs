@@ -23,7 +23,14 @@ use crate::stats::get;
 pub const GIT_COMMIT: &str = env!("REDIS_SIDECAR_BUILD_COMMIT");
 
 /// The sections of `PROXY INFO`, in order.
-pub const SECTIONS: &[&str] = &["server", "clients", "databases", "circuits", "stats"];
+pub const SECTIONS: &[&str] = &[
+    "server",
+    "clients",
+    "databases",
+    "circuits",
+    "cluster",
+    "stats",
+];
 
 /// Answers a `PROXY` command (`args.arg(0)` is `PROXY`). Returns the encoded reply.
 pub fn proxy<L: ArgList + ?Sized>(ctx: &View<'_>, args: &L) -> Vec<u8> {
@@ -346,7 +353,50 @@ pub fn info(ctx: &View<'_>, sections: &[&str]) -> String {
                             u.endpoint.failovers()
                         );
                     }
+                    if let Some(cl) = db.cluster() {
+                        let (shards, covered, generation) = cl.topology().map_or((0, 0, 0), |t| {
+                            (t.map.shards().len(), t.map.covered(), t.generation)
+                        });
+                        let _ = write!(
+                            s,
+                            ",cluster_shards={shards},cluster_slots_covered={covered},cluster_nodes={},map_generation={generation},map_refreshes={},map_refresh_failures={},moved={},asked={}",
+                            cl.nodes().len(),
+                            get(&cl.refreshes),
+                            get(&cl.refresh_failures),
+                            get(&cl.moved),
+                            get(&cl.asked),
+                        );
+                    }
                     s.push_str("\r\n");
+                }
+            }
+            "cluster" => {
+                // One line per node of each Redis Cluster database.
+                s.push_str("# Cluster\r\n");
+                for db in ctx.router.databases() {
+                    let Some(cl) = db.cluster() else { continue };
+                    let topo = cl.topology();
+                    for node in cl.nodes() {
+                        let role = topo.as_ref().map_or("unknown", |t| {
+                            if t.primaries.iter().any(|p| p.addr == node.addr) {
+                                "primary"
+                            } else {
+                                "replica"
+                            }
+                        });
+                        let b = node.breaker.snapshot();
+                        let _ = write!(
+                            s,
+                            "node_db{}_{}:role={role},requests={},redirects={},circuit={},healthy={},probe_latency_us={}\r\n",
+                            db.config.index,
+                            node.addr,
+                            get(&node.requests),
+                            get(&node.redirects),
+                            b.state,
+                            node.health.healthy.load(Relaxed) as u8,
+                            node.health.last_latency_us.load(Relaxed),
+                        );
+                    }
                 }
             }
             "circuits" => {

@@ -264,6 +264,8 @@ impl Collector for ProxyCollector {
         let mut conns = Vec::new();
         let mut connect_failures = Vec::new();
         let mut failovers = Vec::new();
+        let (mut redirects, mut refreshes) = (Vec::new(), Vec::new());
+        let (mut node_requests, mut node_up) = (Vec::new(), Vec::new());
         for db in dbs {
             let name = db.config.name();
             let b = db.breaker.snapshot();
@@ -293,6 +295,22 @@ impl Collector for ProxyCollector {
             connect_failures.push((one(name), counter(get(&db.stats.connect_failures))));
             if db.config.upstream.sentinel.is_some() {
                 failovers.push((one(name), counter(db.config.upstream.endpoint.failovers())));
+            }
+            if let Some(c) = db.cluster() {
+                for (kind, n) in [("moved", &c.moved), ("ask", &c.asked)] {
+                    let mut l = one(name);
+                    l.push(("kind", kind.into()));
+                    redirects.push((l, counter(n.load(Relaxed))));
+                }
+                refreshes.push((one(name), counter(c.refreshes.load(Relaxed))));
+                for node in c.nodes() {
+                    let mut l = one(name);
+                    l.push(("node", node.addr.clone()));
+                    node_requests.push((l.clone(), counter(node.requests.load(Relaxed))));
+                    let up =
+                        node.breaker.state() == State::Closed && node.health.healthy.load(Relaxed);
+                    node_up.push((l, gauge(up as u8 as f64)));
+                }
             }
         }
         family(
@@ -350,6 +368,34 @@ impl Collector for ProxyCollector {
             "Primary changes seen through Sentinel (Sentinel-backed databases only)",
             MetricType::Counter,
             failovers,
+        )?;
+        family(
+            &mut encoder,
+            "redis_sidecar_cluster_redirects",
+            "MOVED and ASK redirects followed (Redis Cluster databases only)",
+            MetricType::Counter,
+            redirects,
+        )?;
+        family(
+            &mut encoder,
+            "redis_sidecar_cluster_map_refreshes",
+            "Slot-map refreshes (Redis Cluster databases only)",
+            MetricType::Counter,
+            refreshes,
+        )?;
+        family(
+            &mut encoder,
+            "redis_sidecar_cluster_node_requests",
+            "Requests sent to each cluster node",
+            MetricType::Counter,
+            node_requests,
+        )?;
+        family(
+            &mut encoder,
+            "redis_sidecar_cluster_node_up",
+            "1 when the node's breaker is closed and its last probe succeeded",
+            MetricType::Gauge,
+            node_up,
         )?;
         Ok(())
     }

@@ -75,6 +75,20 @@ fn owner(cluster: &Cluster, key: &[u8]) -> u16 {
     0
 }
 
+/// The ports of the cluster's primaries (by ROLE).
+fn primaries(cluster: &Cluster) -> Vec<u16> {
+    cluster
+        .nodes()
+        .iter()
+        .filter(|n| {
+            n.client()
+                .cmd(&[b"ROLE"])
+                .starts_with(b"*3\r\n$6\r\nmaster")
+        })
+        .map(|n| n.port())
+        .collect()
+}
+
 /// The primary that serves `key`'s slot, from the cluster itself.
 fn serving(cluster: &Cluster, key: &[u8]) -> u16 {
     // A primary serving the slot answers a GET; the others redirect.
@@ -361,4 +375,45 @@ fn dbsize_and_keyless_commands_reach_every_primary() {
         let key = format!("evalsha:{i}");
         assert_eq!(c.cmd(&[b"EVALSHA", sha, b"1", key.as_bytes()]), b":7\r\n");
     }
+}
+
+#[test]
+fn proxy_info_shows_the_slot_map_and_every_primary() {
+    let env = start(None);
+    let mut c = env.client();
+    for i in 0..30 {
+        let key = format!("info:{i}");
+        assert_eq!(c.cmd(&[b"SET", key.as_bytes(), b"1"]), b"+OK\r\n");
+    }
+    let info = String::from_utf8_lossy(&c.cmd(&[b"PROXY", b"INFO"])).into_owned();
+    let db0 = info
+        .lines()
+        .find(|l| l.starts_with("db0:"))
+        .unwrap_or_else(|| panic!("{info}"));
+    assert!(
+        db0.contains(",cluster_shards=3,cluster_slots_covered=16384,"),
+        "{db0}"
+    );
+    let primaries = primaries(Cluster::shared());
+    let nodes: Vec<&str> = info
+        .lines()
+        .filter(|l| l.starts_with("node_db0_"))
+        .collect();
+    assert_eq!(nodes.len(), 3, "{info}");
+    for port in primaries {
+        let line = nodes
+            .iter()
+            .find(|l| l.starts_with(&format!("node_db0_127.0.0.1:{port}:")))
+            .unwrap_or_else(|| panic!("primary {port} in {info}"));
+        assert!(line.contains(":role=primary,requests="), "{line}");
+        assert!(
+            !line.contains("requests=0,"),
+            "every primary got keys: {line}"
+        );
+        assert!(line.contains("circuit=closed"), "{line}");
+    }
+    let mut del: Vec<Vec<u8>> = vec![b"DEL".to_vec()];
+    del.extend((0..30).map(|i| format!("info:{i}").into_bytes()));
+    let del: Vec<&[u8]> = del.iter().map(|v| v.as_slice()).collect();
+    assert_eq!(c.cmd(&del), b":30\r\n");
 }
