@@ -417,3 +417,53 @@ fn proxy_info_shows_the_slot_map_and_every_primary() {
     let del: Vec<&[u8]> = del.iter().map(|v| v.as_slice()).collect();
     assert_eq!(c.cmd(&del), b":30\r\n");
 }
+
+#[test]
+fn pubsub_sharded_pubsub_and_resp3_work_on_a_cluster() {
+    let env = start(None);
+    let mut sub = env.client();
+    sub.send(&support::resp_cmd(&[b"SUBSCRIBE", b"news"]));
+    assert_eq!(
+        sub.read_reply(),
+        b"*3\r\n$9\r\nsubscribe\r\n$4\r\nnews\r\n:1\r\n"
+    );
+    let mut ssub = env.client();
+    // Channels on all three shards: each subscription goes to its shard's node.
+    for ch in ["sch:a", "sch:b", "sch:c"] {
+        let mut one = env.client();
+        one.send(&support::resp_cmd(&[b"SSUBSCRIBE", ch.as_bytes()]));
+        let want = format!("*3\r\n$10\r\nssubscribe\r\n${}\r\n{ch}\r\n:1\r\n", ch.len());
+        assert_eq!(one.read_reply(), want.into_bytes(), "{ch}");
+        let mut p = env.client();
+        assert_eq!(
+            p.cmd(&[b"SPUBLISH", ch.as_bytes(), b"hi"]),
+            b":1\r\n",
+            "{ch}"
+        );
+        let want = format!(
+            "*3\r\n$8\r\nsmessage\r\n${}\r\n{ch}\r\n$2\r\nhi\r\n",
+            ch.len()
+        );
+        assert_eq!(one.read_reply(), want.into_bytes(), "{ch}");
+    }
+    ssub.send(&support::resp_cmd(&[b"PING"]));
+    assert_eq!(ssub.read_reply(), b"+PONG\r\n");
+    // PUBLISH from any node reaches the subscriber (the cluster broadcasts it).
+    let mut p = env.client();
+    for i in 0..3 {
+        let r = p.cmd(&[b"PUBLISH", b"news", format!("m{i}").as_bytes()]);
+        assert!(r.starts_with(b":"), "{r:?}");
+        let want = format!("*3\r\n$7\r\nmessage\r\n$4\r\nnews\r\n$2\r\nm{i}\r\n");
+        assert_eq!(sub.read_reply(), want.into_bytes());
+    }
+    // RESP3: the per-node RESP3 connections, merged replies in RESP3.
+    let mut c3 = env.client();
+    let hello = c3.cmd(&[b"HELLO", b"3"]);
+    assert!(hello.starts_with(b"%"), "{hello:?}");
+    assert_eq!(c3.cmd(&[b"MSET", b"r3:a", b"1", b"r3:b", b"2"]), b"+OK\r\n");
+    assert_eq!(
+        c3.cmd(&[b"MGET", b"r3:a", b"r3:b", b"r3:none"]),
+        b"*3\r\n$1\r\n1\r\n$1\r\n2\r\n_\r\n"
+    );
+    assert_eq!(c3.cmd(&[b"DEL", b"r3:a", b"r3:b"]), b":2\r\n");
+}

@@ -149,6 +149,35 @@ impl Run {
     }
 }
 
+/// On a cluster, points `cfg` at the primary serving a sharded subscription's
+/// channel (`SSUBSCRIBE`); other subscriptions stay on the seed node (Redis
+/// Cluster broadcasts `PUBLISH` to every node).
+fn shard_node(
+    db: &Database,
+    cmd: &Descriptor,
+    args: &dyn ArgList,
+    cfg: &mut crate::config::UpstreamConfig,
+) {
+    let prefix = db.config.upstream.key_prefix.as_deref();
+    let slot = crate::cluster::plan::slot_of(cmd.info, args, prefix);
+    let (Some(cluster), Some(slot)) = (db.cluster(), slot) else {
+        return;
+    };
+    let Some(topo) = cluster.topology() else {
+        return;
+    };
+    let addr = topo.map.shard(slot).map(|s| s.primary.addr.clone());
+    if let Some((host, port)) = addr.as_deref().and_then(|a| a.rsplit_once(':')) {
+        if let Ok(port) = port.parse() {
+            cfg.host = host
+                .trim_start_matches('[')
+                .trim_end_matches(']')
+                .to_string();
+            cfg.port = port;
+        }
+    }
+}
+
 /// The bytes of a request to send upstream: a slice of the buffer for multibulk,
 /// re-encoded for inline. Consumes it from `inbuf`.
 fn take_request(inbuf: &mut BytesMut, req: &request::Request) -> Bytes {
@@ -635,8 +664,21 @@ impl Session {
                     return;
                 }
                 let db = self.state.db.clone();
+                let mut cfg = self.upstream_cfg(&db);
+                if db.cluster().is_some() {
+                    // SSUBSCRIBE: to the node serving the channel's slot.
+                    let ranged = Ranged {
+                        buf: &inbuf[..req.len],
+                        ranges: &self.args,
+                    };
+                    let args: &dyn ArgList = match &req.kind {
+                        RequestKind::Inline(a) => a,
+                        _ => &ranged,
+                    };
+                    shard_node(&db, &cmd, args, &mut cfg);
+                }
                 let opened = Box::pin(Subscription::open(
-                    &self.upstream_cfg(&db),
+                    &cfg,
                     self.live.config.limits.pubsub_buffer_limit,
                     self.state.resp3,
                 ))
