@@ -244,7 +244,9 @@ fn probe_key() -> String {
 }
 
 async fn check_database(db: DatabaseConfig, opts: CheckOptions) -> DatabaseReport {
-    let cfg: &UpstreamConfig = &db.upstream;
+    // A Redis Cluster database: its first seed node.
+    let seed = crate::cluster::client::seed_config(&db.upstream);
+    let cfg: &UpstreamConfig = &seed;
     let mut r = DatabaseReport {
         name: db.name().to_string(),
         db: db.index,

@@ -91,19 +91,17 @@ impl Conns {
         if db.upstream.cluster.is_some() {
             let seed = cluster::client::seed_config(&db.upstream);
             let label = format!("'{}' (db {})", db.name(), db.index);
+            let cluster = Cluster::start(&db.upstream, label, with.stats.clone(), shutdown);
+            let probe = shutdown.child_token();
+            watch_cluster_health(&cluster, with.health, &probe);
             return Conns {
                 slots: Vec::new(),
                 slots3: Vec::new(),
                 pool: dedicated::pool(&seed, false),
                 pool3: dedicated::pool(&seed, true),
-                probe: StopOnDrop(shutdown.child_token()),
+                probe: StopOnDrop(probe),
                 _sentinel_watcher: None,
-                cluster: Some(Cluster::start(
-                    &db.upstream,
-                    label,
-                    with.stats.clone(),
-                    shutdown,
-                )),
+                cluster: Some(cluster),
             };
         }
         let upstream = Arc::new(db.upstream.clone());
@@ -146,6 +144,32 @@ impl Conns {
             cluster: None,
         }
     }
+}
+
+/// A cluster database's health, from its nodes' probes: healthy while every slot
+/// is served and every primary's last probe succeeded (checked every second).
+fn watch_cluster_health(
+    cluster: &Arc<Cluster>,
+    health: &Arc<HealthState>,
+    stop: &CancellationToken,
+) {
+    use std::sync::atomic::Ordering::Relaxed;
+    let (weak, health, stop) = (Arc::downgrade(cluster), health.clone(), stop.clone());
+    tokio::spawn(async move {
+        loop {
+            tokio::select! {
+                _ = stop.cancelled() => return,
+                _ = tokio::time::sleep(std::time::Duration::from_secs(1)) => {}
+            }
+            let Some(c) = weak.upgrade() else { return };
+            let ok = c.topology().is_some_and(|t| {
+                t.map.covered() == cluster::SLOTS
+                    && !t.primaries.is_empty()
+                    && t.primaries.iter().all(|n| n.health.healthy.load(Relaxed))
+            });
+            health.healthy.store(ok, Relaxed);
+        }
+    });
 }
 
 /// Whether connections opened for `a` serve `b` as they are: the same endpoint,

@@ -412,6 +412,21 @@ fn proxy_info_shows_the_slot_map_and_every_primary() {
         );
         assert!(line.contains("circuit=closed"), "{line}");
     }
+    // The database's health follows its primaries' probes.
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        let info = String::from_utf8_lossy(&c.cmd(&[b"PROXY", b"INFO", b"circuits"])).into_owned();
+        let line = info
+            .lines()
+            .find(|l| l.starts_with("circuit_db0:"))
+            .unwrap_or("")
+            .to_string();
+        if line.ends_with("healthy=1") {
+            break;
+        }
+        assert!(Instant::now() < deadline, "db 0 never healthy: {line}");
+        std::thread::sleep(Duration::from_millis(200));
+    }
     let mut del: Vec<Vec<u8>> = vec![b"DEL".to_vec()];
     del.extend((0..30).map(|i| format!("info:{i}").into_bytes()));
     let del: Vec<&[u8]> = del.iter().map(|v| v.as_slice()).collect();

@@ -1,0 +1,72 @@
+#!/usr/bin/env bash
+# Issue 10, Redis Cluster throughput: `redis-benchmark --cluster` straight at a local
+# 3-primary cluster vs plain `redis-benchmark` through the proxy (db 0 on that
+# cluster), interleaved, R rounds, medians and the proxy/direct ratio per workload.
+#
+#   scripts/bench-cluster.sh [-b PROXY_BINARY] [-R ROUNDS] [-n REQUESTS]
+#
+# Workloads: c50 P1 and P16 SET/GET, and MSET of 10 keys (direct: redis-benchmark's
+# cluster mode puts them in one slot with a hash tag; through the proxy: 10 random
+# keys, split across slots).
+set -euo pipefail
+bin=target/release/redis-sidecar
+rounds=3
+n=200000
+while getopts "b:R:n:" o; do
+    case $o in b) bin=$OPTARG ;; R) rounds=$OPTARG ;; n) n=$OPTARG ;; *) exit 2 ;; esac
+done
+[[ -x $bin ]] || { echo "build it first: cargo build --release ($bin)"; exit 2; }
+work=$(mktemp -d)
+pids=()
+cleanup() { kill "${pids[@]}" 2>/dev/null || true; sleep 0.3; rm -rf "$work"; }
+trap cleanup EXIT
+base=$((20000 + RANDOM % 20000))
+ports=($base $((base + 1)) $((base + 2)))
+for p in "${ports[@]}"; do
+    mkdir -p "$work/$p"
+    (cd "$work/$p" && redis-server --port "$p" --bind 127.0.0.1 --cluster-enabled yes \
+        --cluster-config-file nodes.conf --save '' --appendonly no --daemonize no \
+        --logfile "$work/$p/log" >/dev/null 2>&1) &
+    pids+=($!)
+done
+for p in "${ports[@]}"; do
+    for _ in $(seq 1 50); do redis-cli -p "$p" ping >/dev/null 2>&1 && break; sleep 0.1; done
+done
+redis-cli --cluster create "${ports[@]/#/127.0.0.1:}" --cluster-replicas 0 --cluster-yes >/dev/null
+for _ in $(seq 1 100); do
+    redis-cli -p "${ports[0]}" cluster info | grep -q 'cluster_state:ok' && break
+    sleep 0.1
+done
+pport=$((base + 3))
+cat >"$work/proxy.yaml" <<EOF
+listen: 127.0.0.1:$pport
+metrics_listen: null
+cluster:
+  nodes: ["127.0.0.1:${ports[0]}", "127.0.0.1:${ports[1]}", "127.0.0.1:${ports[2]}"]
+EOF
+"$bin" --config "$work/proxy.yaml" --log-level warn >"$work/proxy.log" 2>&1 &
+pids+=($!)
+for _ in $(seq 1 100); do redis-cli -p "$pport" ping >/dev/null 2>&1 && break; sleep 0.1; done
+rps() { awk -F'"' '/^"/ { print $4 }' | tail -1; }
+run() { # target test pipeline
+    local t=$1 test=$2 p=$3
+    if [[ $t == direct ]]; then
+        redis-benchmark --cluster -p "${ports[0]}" -c 50 -n "$n" -P "$p" -t "$test" -r 100000 --csv 2>/dev/null | rps
+    else
+        redis-benchmark -p "$pport" -c 50 -n "$n" -P "$p" -t "$test" -r 100000 --csv 2>/dev/null | rps
+    fi
+}
+median() { sort -g | awk '{ a[NR] = $1 } END { print a[int((NR + 1) / 2)] }'; }
+printf '%-14s %14s %14s %8s\n' workload direct-cluster proxy ratio
+for w in "set 1" "get 1" "set 16" "get 16" "mset 1"; do
+    read -r test p <<<"$w"
+    d=() x=()
+    for _ in $(seq 1 "$rounds"); do
+        d+=("$(run direct "$test" "$p")")
+        x+=("$(run proxy "$test" "$p")")
+    done
+    dm=$(printf '%s\n' "${d[@]}" | median)
+    xm=$(printf '%s\n' "${x[@]}" | median)
+    printf '%-14s %14s %14s %8s\n' "$test P$p" "$dm" "$xm" \
+        "$(awk -v a="$xm" -v b="$dm" 'BEGIN { if (b > 0) printf "%.2f", a / b }')"
+done
