@@ -244,18 +244,25 @@ fn probe_key() -> String {
 }
 
 async fn check_database(db: DatabaseConfig, opts: CheckOptions) -> DatabaseReport {
-    // A Redis Cluster database: its first seed node.
-    let seed = crate::cluster::client::seed_config(&db.upstream);
-    let cfg: &UpstreamConfig = &seed;
+    let key = probe_key();
     let mut r = DatabaseReport {
         name: db.name().to_string(),
         db: db.index,
-        upstream: cfg.address(),
-        upstream_db: cfg.db,
+        upstream: db.upstream.address(),
+        upstream_db: db.upstream.db,
         ..DatabaseReport::default()
     };
+    // A Redis Cluster database: the slot map, then the primary of the test key.
+    let cfg = match db.upstream.cluster {
+        Some(_) => match cluster_node(&db.upstream, &key, &mut r).await {
+            Some(c) => c,
+            None => return r,
+        },
+        None => db.upstream.clone(),
+    };
+    let cfg = &cfg;
     let limit = cfg.connect_timeout + cfg.command_timeout * 8;
-    if tokio::time::timeout(limit, steps(cfg, opts, &mut r))
+    if tokio::time::timeout(limit, steps(cfg, opts, &key, &mut r))
         .await
         .is_err()
     {
@@ -266,7 +273,60 @@ async fn check_database(db: DatabaseConfig, opts: CheckOptions) -> DatabaseRepor
     r
 }
 
-async fn steps(cfg: &UpstreamConfig, opts: CheckOptions, r: &mut DatabaseReport) {
+/// A cluster database: learns the slot map from the seeds (a problem if no seed
+/// answers, or if slots are unserved) and gives the settings of a connection to
+/// the primary serving `key`'s slot, where the other steps run.
+async fn cluster_node(
+    base: &UpstreamConfig,
+    key: &str,
+    r: &mut DatabaseReport,
+) -> Option<UpstreamConfig> {
+    let seeds = base
+        .cluster
+        .as_ref()
+        .map(|c| c.nodes.clone())
+        .unwrap_or_default();
+    let mut last = String::from("no seed nodes");
+    for (h, p) in seeds {
+        let addr = format!("{h}:{p}");
+        let limit = base.connect_timeout + base.command_timeout;
+        let map = match tokio::time::timeout(limit, crate::cluster::map::fetch(&addr, base)).await {
+            Ok(Ok(m)) => m,
+            Ok(Err(e)) => {
+                last = format!("{addr}: {e}");
+                continue;
+            }
+            Err(_) => {
+                last = format!("{addr}: no slot map within {limit:?}");
+                continue;
+            }
+        };
+        let covered = map.covered();
+        if covered < crate::cluster::SLOTS {
+            r.problems.push(format!(
+                "the cluster serves only {covered} of {} slots: keys of the others get -CLUSTERDOWN; fix the cluster (redis-cli --cluster fix)",
+                crate::cluster::SLOTS
+            ));
+        }
+        let primary = map.shard_for_key(key.as_bytes())?.primary.addr.clone();
+        let (host, port) = primary.rsplit_once(':')?;
+        let mut cfg = crate::cluster::client::seed_config(base);
+        cfg.host = host
+            .trim_start_matches('[')
+            .trim_end_matches(']')
+            .to_string();
+        cfg.port = port.parse().ok()?;
+        r.upstream = primary;
+        return Some(cfg);
+    }
+    r.problems.push(format!(
+        "no seed node gave the cluster's slot map ({last}): {}",
+        connect_advice(&last)
+    ));
+    None
+}
+
+async fn steps(cfg: &UpstreamConfig, opts: CheckOptions, key: &str, r: &mut DatabaseReport) {
     let mut conn = match ExclusiveConn::open(cfg, false, false).await {
         Ok(c) => c,
         Err(e) => {
@@ -365,7 +425,6 @@ async fn steps(cfg: &UpstreamConfig, opts: CheckOptions, r: &mut DatabaseReport)
     }
 
     if !opts.read_only {
-        let key = probe_key();
         let set = ask(
             &mut conn,
             &[b"SET", key.as_bytes(), b"1", b"PX", b"60000", b"NX"],

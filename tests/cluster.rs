@@ -482,3 +482,31 @@ fn pubsub_sharded_pubsub_and_resp3_work_on_a_cluster() {
     );
     assert_eq!(c3.cmd(&[b"DEL", b"r3:a", b"r3:b"]), b":2\r\n");
 }
+
+#[test]
+fn the_readiness_check_asks_the_primary_of_its_test_key() {
+    let cluster = Cluster::shared();
+    let config = cluster_config(cluster, Some("check-"));
+    let rt = tokio::runtime::Runtime::new().expect("runtime");
+    let report = rt.block_on(redis_sidecar::check::run(
+        &config,
+        redis_sidecar::check::CheckOptions { read_only: false },
+    ));
+    let text = report.render_text();
+    assert!(report.ready(), "{text}");
+    let primaries = primaries(cluster);
+    for db in &report.databases {
+        assert_eq!(db.writable, Some(true), "{text}");
+        assert_eq!(db.role.as_deref(), Some("master"), "{text}");
+        let port: u16 = db
+            .upstream
+            .rsplit_once(':')
+            .and_then(|(_, p)| p.parse().ok())
+            .unwrap_or(0);
+        assert!(
+            primaries.contains(&port),
+            "{} is not a primary: {text}",
+            db.upstream
+        );
+    }
+}
