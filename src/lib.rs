@@ -65,11 +65,13 @@
 //!   types.rs     the config structs and their built-in defaults
 //!   yaml.rs      the YAML tree (keeps duplicates, order) and key path -> line lookup
 //!   fields.rs    checked mappings (unknown keys, "did you mean"), value parsers
+//!                (host:port node lists shared by sentinel and cluster)
 //!   layer.rs     one level's upstream settings (top level or one database)
 //!   env.rs       AUTOBOT_REDIS_* and REDIS_SIDECAR_* environment overrides
 //!   resolve.rs   top-level keys, aliases, per-database upstreams, start database
 //!   tls.rs       `tls` (upstream) and `client_tls`: files loaded and checked at load
 //!   sentinel.rs  `sentinel` (nodes, master, the sentinels' credentials)
+//!   cluster.rs   `cluster` (seed nodes, read_from)
 //!   error.rs     ConfigError (file, key path, line) and internal failures
 //! stats.rs       lock-free counters
 //! endpoint.rs    where a database's upstream is now (the Sentinel-resolved primary,
