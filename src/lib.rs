@@ -45,8 +45,11 @@
 //! limits.rs      RLIMIT_NOFILE vs max_clients (raised at start, or max_clients
 //!                lowered), local exhaustion vs upstream failure, warning throttle
 //! router.rs      client db index -> Database (slots, pools, breaker, health, stats)
-//! cluster/       Redis Cluster (groundwork; not yet wired): slot.rs key -> hash slot
-//!                (CRC16, hash tags), map.rs the slot map from CLUSTER SHARDS/SLOTS
+//! cluster/       Redis Cluster upstreams: slot.rs key -> hash slot (CRC16, hash
+//!                tags); map.rs the slot map from CLUSTER SHARDS/SLOTS; plan.rs where a
+//!                request goes (a slot, every primary, split per slot, SCAN, refused);
+//!                merge.rs parts' replies into one, redirects read; client.rs the
+//!                nodes' connections, the batch split per node, redirects in order
 //! resilience/    breaker, backoff, per-command latency stats (no I/O)
 //! upstream/      connection setup (TCP, TLS, AUTH/HELLO/SELECT), shared multiplexed slots
 //!                (which make the retries, in order, and pass large replies on
@@ -65,11 +68,13 @@
 //!   types.rs     the config structs and their built-in defaults
 //!   yaml.rs      the YAML tree (keeps duplicates, order) and key path -> line lookup
 //!   fields.rs    checked mappings (unknown keys, "did you mean"), value parsers
+//!                (host:port node lists shared by sentinel and cluster)
 //!   layer.rs     one level's upstream settings (top level or one database)
 //!   env.rs       AUTOBOT_REDIS_* and REDIS_SIDECAR_* environment overrides
 //!   resolve.rs   top-level keys, aliases, per-database upstreams, start database
 //!   tls.rs       `tls` (upstream) and `client_tls`: files loaded and checked at load
 //!   sentinel.rs  `sentinel` (nodes, master, the sentinels' credentials)
+//!   cluster.rs   `cluster` (seed nodes, read_from)
 //!   error.rs     ConfigError (file, key path, line) and internal failures
 //! stats.rs       lock-free counters
 //! endpoint.rs    where a database's upstream is now (the Sentinel-resolved primary,

@@ -1070,3 +1070,324 @@ async fn reset_returns_a_client_to_the_default_database() {
     assert_eq!(direct.cmd(&[b"GET", b"reset-db:k"]).await, b"$1\r\nv\r\n");
     proxy.shutdown().await;
 }
+
+// ---- `cluster` (Redis Cluster upstream) ---------------------------------------------
+
+/// The eleven AutoBot databases, each with `key_prefix: "<name>:"` when `prefixed`.
+fn autobot_databases(prefixed: bool) -> String {
+    let mut yaml = "redis_databases:\n".to_string();
+    for (i, name) in redis_sidecar::config::AUTOBOT_DATABASES.iter().enumerate() {
+        let prefix = if prefixed {
+            format!(", key_prefix: \"{name}:\"")
+        } else {
+            String::new()
+        };
+        yaml.push_str(&format!("  {name}: {{ db: {i}{prefix} }}\n"));
+    }
+    yaml
+}
+
+#[test]
+fn cluster_at_the_top_level_is_every_databases_upstream() {
+    use redis_sidecar::config::ReadFrom;
+    let config = parse(&format!(
+        "{}cluster:\n  nodes: [\"127.0.0.1:7000\", \"[::1]:7001\"]\n",
+        autobot_databases(true)
+    ));
+    assert_eq!(config.databases.len(), 11);
+    for d in &config.databases {
+        let c = d.upstream.cluster.as_ref().expect("on the cluster");
+        assert_eq!(
+            c.nodes,
+            vec![("127.0.0.1".to_string(), 7000), ("::1".to_string(), 7001)]
+        );
+        assert_eq!(c.read_from, ReadFrom::Primary, "the default");
+        // A cluster has only db 0: the index is not the upstream db.
+        assert_eq!(d.upstream.db, 0, "{}", d.name());
+        assert!(d.upstream.sentinel.is_none());
+    }
+    assert_eq!(
+        db(&config, "backup").upstream.address(),
+        "cluster 127.0.0.1:7000,::1:7001"
+    );
+    let report = config.render_masked();
+    assert!(
+        report.contains(
+            "  - index: 10\n    names: [backup]\n    description: \"\"\n    cluster:\n      \
+             nodes: [127.0.0.1:7000, ::1:7001]\n      read_from: primary\n    upstream_db: 0\n"
+        ),
+        "{report}"
+    );
+    assert!(!report.contains("    host:"), "{report}");
+
+    // The more specific level wins as a whole: a database with its own host, its
+    // own sentinel, or `cluster: null` and a host leaves the top-level cluster.
+    let config = parse(
+        "redis_databases:\n  main: { db: 0, key_prefix: \"m:\" }\n  cache:\n    db: 1\n    host: h\n    port: 7100\n  \
+         temp:\n    db: 2\n    sentinel: { nodes: [\"s:26379\"], master: m }\n  \
+         logs:\n    db: 3\n    cluster: null\n    host: l\n\
+         cluster: { nodes: [\"c:7000\"] }\n",
+    );
+    assert!(db(&config, "main").upstream.cluster.is_some());
+    let cache = &db(&config, "cache").upstream;
+    assert!(cache.cluster.is_none());
+    assert_eq!((cache.address().as_str(), cache.db), ("h:7100", 1));
+    let temp = &db(&config, "temp").upstream;
+    assert!(temp.cluster.is_none());
+    assert_eq!(temp.sentinel.as_ref().map(|s| s.master.as_str()), Some("m"));
+    let logs = &db(&config, "logs").upstream;
+    assert!(logs.cluster.is_none());
+    assert_eq!((logs.address().as_str(), logs.db), ("l:6379", 3));
+}
+
+#[test]
+fn cluster_per_database_with_read_from_replica() {
+    use redis_sidecar::config::ReadFrom;
+    // A database's own cluster wins over a top-level host and a top-level sentinel.
+    for top in [
+        "host: h\nport: 7100\n",
+        "sentinel: { nodes: [\"s:1\"], master: m }\n",
+    ] {
+        let config = parse(&format!(
+            "redis_databases:\n  main: {{ db: 0 }}\n  cache:\n    db: 5\n    cluster:\n      \
+             nodes: [\"10.0.0.1:7000\"]\n      read_from: replica\n{top}"
+        ));
+        let cache = &db(&config, "cache").upstream;
+        let c = cache.cluster.as_ref().expect("cache is on the cluster");
+        assert_eq!(c.nodes, vec![("10.0.0.1".to_string(), 7000)]);
+        assert_eq!(c.read_from, ReadFrom::Replica);
+        assert_eq!(cache.db, 0);
+        assert!(cache.sentinel.is_none(), "{top}");
+        let main = &db(&config, "main").upstream;
+        assert!(main.cluster.is_none(), "{top}");
+        assert!(
+            config
+                .render_masked()
+                .contains("    cluster:\n      nodes: [10.0.0.1:7000]\n      read_from: replica\n"),
+            "{}",
+            config.render_masked()
+        );
+    }
+    // `read_from: primary` spelled out; an explicit `upstream_db: 0` under a
+    // top-level cluster is accepted.
+    let config = parse(
+        "redis_databases:\n  main: { db: 0, upstream_db: 0 }\ncluster: { nodes: [\"c:7000\"], read_from: primary }\n",
+    );
+    let c = db(&config, "main")
+        .upstream
+        .cluster
+        .clone()
+        .expect("cluster");
+    assert_eq!(c.read_from, ReadFrom::Primary);
+}
+
+#[test]
+fn bad_cluster_config_is_refused_with_file_key_and_line() {
+    let cases: &[(&str, &str, usize, &str)] = &[
+        (
+            "redis_databases:\n  main:\n    db: 0\n    host: x\n    cluster: { nodes: [\"a:1\"] }\n",
+            "redis_databases.main.host",
+            4,
+            "`host` cannot be set together with `cluster` (redis_databases.main.cluster): a \
+             cluster's nodes are learnt from its seed `nodes`, not given by host/port; remove one",
+        ),
+        (
+            "redis_databases:\n  main: { db: 0 }\nport: 7000\ncluster: { nodes: [\"a:1\"] }\n",
+            "port",
+            3,
+            "`port` cannot be set together with `cluster` (cluster)",
+        ),
+        (
+            "redis_databases:\n  main:\n    db: 0\n    cluster: { nodes: [\"a:1\"] }\n    sentinel: { nodes: [\"s:1\"], master: m }\n",
+            "redis_databases.main.sentinel",
+            5,
+            "`sentinel` cannot be set together with `cluster` (redis_databases.main.cluster): \
+             the upstream is either a cluster or found through sentinels; remove one",
+        ),
+        (
+            "redis_databases:\n  main:\n    db: 0\n    upstream_db: 0\n    cluster: { nodes: [\"a:1\"] }\n",
+            "redis_databases.main.upstream_db",
+            4,
+            "`upstream_db` cannot be set together with `cluster` (redis_databases.main.cluster): \
+             a cluster has only db 0; use key_prefix to keep databases apart",
+        ),
+        (
+            "redis_databases:\n  main:\n    db: 0\n    upstream_db: 3\ncluster: { nodes: [\"a:1\"] }\n",
+            "redis_databases.main.upstream_db",
+            4,
+            "upstream db 3 under the top-level `cluster` (cluster): a cluster has only db 0; \
+             use key_prefix to keep databases apart",
+        ),
+        (
+            "redis_databases:\n  main:\n    db: 0\n    port: 7000\ncluster: { nodes: [\"a:1\"] }\n",
+            "redis_databases.main.port",
+            4,
+            "this database sets `port` but not `host`, under the top-level `cluster` (cluster): \
+             a database leaving the cluster must give its own host",
+        ),
+        (
+            "redis_databases:\n  main:\n    db: 0\n    cluster: null\ncluster: { nodes: [\"a:1\"] }\n",
+            "redis_databases.main.cluster",
+            4,
+            "this database sets `cluster: null` but not `host`, under the top-level `cluster` \
+             (cluster): a database leaving the cluster must give its own host",
+        ),
+        (
+            "redis_databases:\n  main:\n    db: 0\n    cluster: { read_from: replica }\n",
+            "redis_databases.main.cluster",
+            4,
+            "missing `nodes`: list the cluster's seed nodes as host:port, e.g. nodes: \
+             [\"10.0.0.1:7000\"]",
+        ),
+        (
+            "redis_databases:\n  main:\n    db: 0\n    cluster:\n      nodes: []\n",
+            "redis_databases.main.cluster.nodes",
+            5,
+            "must list at least one cluster node (host:port)",
+        ),
+        (
+            "redis_databases:\n  main:\n    db: 0\n    cluster:\n      nodes: \"a:1\"\n",
+            "redis_databases.main.cluster.nodes",
+            5,
+            "expected a list of host:port, found",
+        ),
+        (
+            "redis_databases:\n  main:\n    db: 0\n    cluster:\n      nodes: [localhost]\n",
+            "redis_databases.main.cluster.nodes",
+            5,
+            "\"localhost\" is not a cluster node address: no port (expected host:port, e.g. \
+             \"10.0.0.1:7000\")",
+        ),
+        (
+            "redis_databases:\n  main:\n    db: 0\n    cluster:\n      nodes: [\"[]:7000\"]\n",
+            "redis_databases.main.cluster.nodes",
+            5,
+            "\"[]:7000\" is not a cluster node address: no host",
+        ),
+        (
+            "redis_databases:\n  main:\n    db: 0\n    cluster:\n      nodes: [\"a:1\", \"b:70000\"]\n",
+            "redis_databases.main.cluster.nodes",
+            5,
+            "\"b:70000\" is not a cluster node address: the port must be 1-65535",
+        ),
+        (
+            "redis_databases:\n  main:\n    db: 0\n    cluster:\n      nodes: [\"a:1\"]\n      read_form: replica\n",
+            "redis_databases.main.cluster.read_form",
+            6,
+            "unknown key `read_form` (did you mean `read_from`?)",
+        ),
+        (
+            "redis_databases:\n  main:\n    db: 0\n    cluster:\n      nodes: [\"a:1\"]\n      read_from: nearest\n",
+            "redis_databases.main.cluster.read_from",
+            6,
+            "unknown read_from \"nearest\": expected primary or replica",
+        ),
+        (
+            "redis_databases:\n  main: { db: 0 }\ncluster: \"a:1\"\n",
+            "cluster",
+            3,
+            "expected a mapping like { nodes: [\"10.0.0.1:7000\"], read_from: primary }, found",
+        ),
+        (
+            "redis_databases:\n  main: { db: 0 }\nclustr: { nodes: [\"a:1\"] }\n",
+            "clustr",
+            3,
+            "unknown key `clustr` (did you mean `cluster`?)",
+        ),
+    ];
+    for (yaml, key, line, words) in cases {
+        assert_error(yaml, key, *line, words);
+    }
+}
+
+#[test]
+fn env_host_or_port_with_a_top_level_cluster_is_refused() {
+    let yaml = "redis_databases:\n  main: { db: 0 }\ncluster: { nodes: [\"a:1\"] }\n";
+    for (var, value) in [
+        ("AUTOBOT_REDIS_HOST", "10.0.0.9"),
+        ("AUTOBOT_REDIS_PORT", "7000"),
+    ] {
+        let err = parse_env(yaml, &env_of(&[(var, value)])).expect_err(var);
+        let key = if var.ends_with("HOST") {
+            "host"
+        } else {
+            "port"
+        };
+        assert_eq!(
+            err.to_string(),
+            format!(
+                "environment variable {var}: `{key}` cannot be set together with `cluster` \
+                 (cluster): a cluster's nodes are learnt from its seed `nodes`, not given by \
+                 host/port; remove one"
+            )
+        );
+        assert_eq!(err.key(), Some(var));
+    }
+    // The password is the cluster nodes' AUTH, as for any upstream.
+    let config = parse_env(yaml, &env_of(&[("AUTOBOT_REDIS_PASSWORD", "pw")])).expect("loads");
+    assert!(config.databases[0].upstream.password.is_some());
+}
+
+#[test]
+fn databases_on_one_cluster_need_distinct_key_prefixes() {
+    let cluster = "cluster: { nodes: [\"127.0.0.1:7000\", \"127.0.0.1:7001\"] }\n";
+    // Eleven databases on one cluster's only db, unprefixed: refused (on a
+    // standalone server they would be on dbs 0..10).
+    assert_error(
+        &format!("{}{cluster}", autobot_databases(false)),
+        "redis_databases.knowledge.db",
+        3,
+        "`main` (no key_prefix) and `knowledge` (no key_prefix) share cluster \
+         127.0.0.1:7000,127.0.0.1:7001 (a cluster has only db 0) and their keys would mix: \
+         give each a key_prefix, none the start of another",
+    );
+    assert_eq!(
+        parse(&autobot_databases(false)).databases[10].upstream.db,
+        10,
+        "standalone: one upstream db each"
+    );
+    // One unprefixed next to prefixed ones, or one prefix starting another: refused.
+    assert_error(
+        &format!(
+            "{}  extra: {{ db: 11 }}\n{cluster}",
+            autobot_databases(true)
+        ),
+        "redis_databases.extra.db",
+        13,
+        "`main` (key_prefix \"main:\") and `extra` (no key_prefix) share cluster",
+    );
+    assert_error(
+        &format!(
+            "{}  extra:\n    db: 11\n    key_prefix: \"main:x:\"\n{cluster}",
+            autobot_databases(true)
+        ),
+        "redis_databases.extra.key_prefix",
+        15,
+        "`main` (key_prefix \"main:\") and `extra` (key_prefix \"main:x:\") share cluster",
+    );
+    // A database on the cluster by its own key meets the top-level one when a seed
+    // node is in common.
+    assert_error(
+        &format!(
+            "redis_databases:\n  main: {{ db: 0 }}\n  cache:\n    db: 1\n    cluster: {{ nodes: [\"127.0.0.1:7001\"], read_from: replica }}\n{cluster}"
+        ),
+        "redis_databases.cache.db",
+        4,
+        "`main` (no key_prefix) and `cache` (no key_prefix) share cluster 127.0.0.1:7001 \
+         (a cluster has only db 0)",
+    );
+    // Eleven distinct prefixes; one unprefixed database alone on a cluster; two
+    // clusters with no seed in common; a standalone database next to a cluster one.
+    let config = parse(&format!("{}{cluster}", autobot_databases(true)));
+    assert!(config
+        .databases
+        .iter()
+        .all(|d| d.upstream.cluster.is_some()));
+    parse(&format!("redis_databases:\n  main: {{ db: 0 }}\n{cluster}"));
+    parse(&format!(
+        "redis_databases:\n  main: {{ db: 0 }}\n  cache:\n    db: 1\n    cluster: {{ nodes: [\"127.0.0.1:7100\"] }}\n{cluster}"
+    ));
+    parse(&format!(
+        "redis_databases:\n  main: {{ db: 0 }}\n  cache:\n    db: 1\n    host: 127.0.0.1\n    port: 7000\n    upstream_db: 0\n{cluster}"
+    ));
+}

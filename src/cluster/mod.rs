@@ -1,12 +1,19 @@
-//! Redis Cluster upstreams — groundwork, not yet wired into routing or config.
+//! Redis Cluster upstreams.
 //!
 //! * [`slot`]: the hash slot of a key (CRC16 mod 16384, hash tags), as Redis's
 //!   `keyHashSlot`.
 //! * [`map`]: the slot map (slot -> shard: primary and replicas) learnt from
 //!   `CLUSTER SHARDS`, or `CLUSTER SLOTS` on servers without it, over a connection
 //!   opened like any upstream connection (TLS, AUTH, timeouts).
+//! * [`plan`]: where one request goes (its keys' slot, any primary, every
+//!   primary, split per slot, `SCAN` node by node, or refused as Redis does).
+//! * [`merge`]: the parts' replies merged into the client's one reply; the
+//!   redirect errors read.
+//! * [`client`]: a cluster upstream at run time: the nodes' connections, the
+//!   session's batches split per node, redirects followed in order, the map kept fresh.
 //!
-//! Layering: below `router`; uses `upstream` (connection setup) and `protocol`.
+//! Layering: below `router`; uses `resilience` (a breaker per node), `upstream`,
+//! `command` (key specs) and `protocol`.
 
 pub mod client;
 pub mod map;

@@ -305,6 +305,73 @@ pub(super) fn parse_key_prefix(path: &KeyPath, node: &Node) -> Result<String, Fa
     Ok(prefix)
 }
 
+/// What a list of `host:port` nodes names, for its messages (`sentinel`, `cluster`).
+pub(super) struct NodeKind {
+    /// One node, as in "is not a sentinel address" ("sentinel").
+    pub(super) one: &'static str,
+    /// All of them, as in "list the sentinels as host:port" ("the sentinels").
+    pub(super) all: &'static str,
+    /// An example address (`10.0.0.1:26379`).
+    pub(super) example: &'static str,
+}
+
+/// The required `nodes` of `map` (at `path`): a non-empty list of `host:port`.
+pub(super) fn parse_nodes(
+    map: &Map<'_>,
+    path: &KeyPath,
+    kind: &NodeKind,
+) -> Result<Vec<(String, u16)>, Fail> {
+    let NodeKind { one, all, example } = kind;
+    let Some((nodes_path, nodes_node)) = map.get("nodes") else {
+        return Err(Fail::at(
+            path,
+            format!("missing `nodes`: list {all} as host:port, e.g. nodes: [\"{example}\"]"),
+        ));
+    };
+    let Node::Seq(items) = nodes_node else {
+        return Err(type_error(&nodes_path, "a list of host:port", nodes_node));
+    };
+    if items.is_empty() {
+        return Err(Fail::at(
+            &nodes_path,
+            format!("must list at least one {one} (host:port)"),
+        ));
+    }
+    items
+        .iter()
+        .map(|n| parse_node(&nodes_path, n, kind))
+        .collect()
+}
+
+/// `host:port` (IPv6 as `[::1]:26379`) of one node.
+fn parse_node(path: &KeyPath, node: &Node, kind: &NodeKind) -> Result<(String, u16), Fail> {
+    let text = parse_string(path, node)?;
+    let text = text.trim();
+    let bad = |why: &str| {
+        Fail::at(
+            path,
+            format!(
+                "{text:?} is not a {} address: {why} (expected host:port, e.g. \"{}\")",
+                kind.one, kind.example
+            ),
+        )
+    };
+    let Some((host, port)) = text.rsplit_once(':') else {
+        return Err(bad("no port"));
+    };
+    let host = host
+        .strip_prefix('[')
+        .and_then(|h| h.strip_suffix(']'))
+        .unwrap_or(host);
+    if host.is_empty() {
+        return Err(bad("no host"));
+    }
+    match port.parse::<u16>() {
+        Ok(p) if p > 0 => Ok((host.to_string(), p)),
+        _ => Err(bad("the port must be 1-65535")),
+    }
+}
+
 pub(super) fn parse_host(path: &KeyPath, node: &Node) -> Result<String, Fail> {
     let host = parse_string(path, node)?;
     let host = host.trim();

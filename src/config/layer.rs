@@ -8,6 +8,7 @@
 use std::sync::Arc;
 use std::time::Duration;
 
+use super::cluster::parse_cluster;
 use super::error::Fail;
 use super::fields::{
     nonnegative_secs, parse_command_list, parse_host, parse_key_prefix, parse_port, parse_secret,
@@ -15,7 +16,7 @@ use super::fields::{
 };
 use super::sentinel::parse_sentinel;
 use super::tls::parse_upstream_tls;
-use super::types::{Secret, SentinelConfig, UpstreamTls};
+use super::types::{ClusterConfig, Secret, SentinelConfig, UpstreamTls};
 
 /// The keys of a [`Layer`], allowed at the top level and in each database.
 pub(super) const UPSTREAM_KEYS: &[&str] = &[
@@ -41,6 +42,7 @@ pub(super) const UPSTREAM_KEYS: &[&str] = &[
     "tls",
     "key_prefix",
     "sentinel",
+    "cluster",
 ];
 
 /// One level's upstream settings (`None`: not set at this level).
@@ -66,6 +68,7 @@ pub(super) struct Layer {
     pub(super) tls: Option<Set<Option<Arc<UpstreamTls>>>>,
     pub(super) key_prefix: Option<Set<String>>,
     pub(super) sentinel: Option<Set<Option<Arc<SentinelConfig>>>>,
+    pub(super) cluster: Option<Set<Option<Arc<ClusterConfig>>>>,
 }
 
 /// Applies `$m!(field)` to every field of `Layer`.
@@ -91,6 +94,7 @@ macro_rules! layer_fields {
         $m!(tls);
         $m!(key_prefix);
         $m!(sentinel);
+        $m!(cluster);
     };
 }
 
@@ -121,6 +125,7 @@ impl Layer {
             tls: set_nullable(map, "tls", parse_upstream_tls)?,
             key_prefix: map.set("key_prefix", parse_key_prefix)?,
             sentinel: set_nullable(map, "sentinel", parse_sentinel)?,
+            cluster: set_nullable(map, "cluster", parse_cluster)?,
         })
     }
 

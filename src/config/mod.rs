@@ -46,7 +46,11 @@
 //!   `server_name`, `insecure_skip_verify`; `null` in a database: plain TCP, see
 //!   [`UpstreamTls`]), and `sentinel` (`nodes`, `master`, `password`, `username`:
 //!   the primary is found through Redis Sentinel instead of `host`/`port`; one level
-//!   sets either, and the more specific level wins as a whole, see [`SentinelConfig`]).
+//!   sets either, and the more specific level wins as a whole, see [`SentinelConfig`]),
+//!   and `cluster` (`nodes`, `read_from`: a Redis Cluster learnt from seed nodes, by
+//!   the same rules as `sentinel`; it has only db 0, so `upstream_db` other than 0 is
+//!   refused and databases sharing one need distinct `key_prefix`es, see
+//!   [`ClusterConfig`]).
 //! * Per-database keys: `db` (required), `description`, `upstream_db`.
 //!
 //! # Rules
@@ -79,6 +83,7 @@
 //! `REDIS_SIDECAR_LISTEN` replaces `listen` and `REDIS_SIDECAR_CLIENT_PASSWORD`
 //! replaces `client_password` (empty: none).
 
+mod cluster;
 mod env;
 mod error;
 mod fields;
@@ -347,16 +352,24 @@ impl Config {
             line(format!("  - index: {}", db.index));
             line(format!("    names: [{}]", db.names.join(", ")));
             line(format!("    description: {:?}", db.description));
+            if let Some(c) = &u.cluster {
+                line("    cluster:".to_string());
+                line(format!("      nodes: [{}]", nodes_text(&c.nodes)));
+                let read_from = match c.read_from {
+                    ReadFrom::Primary => "primary",
+                    ReadFrom::Replica => "replica",
+                };
+                line(format!("      read_from: {read_from}"));
+            }
             match &u.sentinel {
+                None if u.cluster.is_some() => {}
                 None => {
                     line(format!("    host: {}", u.host));
                     line(format!("    port: {}", u.port));
                 }
                 Some(s) => {
                     line("    sentinel:".to_string());
-                    let nodes: Vec<String> =
-                        s.nodes.iter().map(|(h, p)| format!("{h}:{p}")).collect();
-                    line(format!("      nodes: [{}]", nodes.join(", ")));
+                    line(format!("      nodes: [{}]", nodes_text(&s.nodes)));
                     line(format!("      master: {}", s.master));
                     match &s.username {
                         Some(name) => line(format!("      username: {name:?}")),
@@ -425,6 +438,12 @@ impl Config {
         }
         out
     }
+}
+
+/// `host:port` nodes for the report, comma-separated.
+fn nodes_text(nodes: &[(String, u16)]) -> String {
+    let nodes: Vec<String> = nodes.iter().map(|(h, p)| format!("{h}:{p}")).collect();
+    nodes.join(", ")
 }
 
 /// A file path for the report (`null` if not set).

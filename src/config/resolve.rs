@@ -19,11 +19,11 @@ use super::layer::{Layer, UPSTREAM_KEYS};
 use super::secs;
 use super::tls::parse_client_tls;
 use super::types::{
-    DatabaseConfig, Limits, OutputBufferLimit, ResilienceConfig, SentinelConfig, UpstreamConfig,
-    DEFAULT_AUTH_TIMEOUT, DEFAULT_DENY_COMMANDS, DEFAULT_HOST, DEFAULT_LISTEN, DEFAULT_MAX_CLIENTS,
-    DEFAULT_METRICS_LISTEN, DEFAULT_MUX_CONNECTIONS, DEFAULT_POOL_SIZE, DEFAULT_PORT,
-    DEFAULT_SHUTDOWN_TIMEOUT, DEFAULT_SLOWLOG_MAX_LEN, DEFAULT_SLOWLOG_THRESHOLD, DEFAULT_TIMEOUT,
-    DEFAULT_UPSTREAM_DATABASES, MAX_CLIENT_DB,
+    ClusterConfig, DatabaseConfig, Limits, OutputBufferLimit, ResilienceConfig, SentinelConfig,
+    UpstreamConfig, DEFAULT_AUTH_TIMEOUT, DEFAULT_DENY_COMMANDS, DEFAULT_HOST, DEFAULT_LISTEN,
+    DEFAULT_MAX_CLIENTS, DEFAULT_METRICS_LISTEN, DEFAULT_MUX_CONNECTIONS, DEFAULT_POOL_SIZE,
+    DEFAULT_PORT, DEFAULT_SHUTDOWN_TIMEOUT, DEFAULT_SLOWLOG_MAX_LEN, DEFAULT_SLOWLOG_THRESHOLD,
+    DEFAULT_TIMEOUT, DEFAULT_UPSTREAM_DATABASES, MAX_CLIENT_DB,
 };
 use super::yaml::{KeyPath, Node};
 use super::Config;
@@ -402,10 +402,12 @@ fn resolve_upstream(
         };
         return Err(blame);
     }
+    let cluster = resolve_cluster(own, top, group.upstream_db.as_ref())?;
     let db = match &group.upstream_db {
         Some(s) => s.clone(),
         None => Set {
-            value: group.index,
+            // A cluster has only db 0 (`resolve_cluster` refuses another).
+            value: if cluster.is_some() { 0 } else { group.index },
             origin: group.db_origin.clone(),
         },
     };
@@ -420,10 +422,10 @@ fn resolve_upstream(
             db.value
         )));
     }
-    let sentinel = resolve_sentinel(own, top)?;
+    let sentinel = resolve_sentinel(own, top)?.filter(|_| cluster.is_none());
     Ok(UpstreamConfig {
         sentinel,
-        cluster: None,
+        cluster,
         endpoint: Endpoint::new(),
         host: value_or(&eff.host, DEFAULT_HOST.to_string()),
         port: value_or(&eff.port, DEFAULT_PORT),
@@ -458,12 +460,6 @@ fn resolve_upstream(
 /// its own `host`/`port` (or `sentinel: null`) is standalone under a top-level
 /// `sentinel` — it must then give `host`, as there is no top-level host to inherit.
 fn resolve_sentinel(own: &Layer, top: &Layer) -> Result<Option<Arc<SentinelConfig>>, Fail> {
-    let fixed = |l: &Layer| {
-        l.host
-            .as_ref()
-            .map(|s| ("host", s.origin.clone()))
-            .or_else(|| l.port.as_ref().map(|s| ("port", s.origin.clone())))
-    };
     for layer in [own, top] {
         if let (Some(s), Some((key, origin))) = (&layer.sentinel, fixed(layer)) {
             if s.value.is_some() {
@@ -490,6 +486,83 @@ fn resolve_sentinel(own: &Layer, top: &Layer) -> Result<Option<Arc<SentinelConfi
         return Ok(None);
     }
     Ok(top.sentinel.as_ref().and_then(|s| s.value.clone()))
+}
+
+/// The `host` (or else `port`) a level sets, with its origin.
+fn fixed(l: &Layer) -> Option<(&'static str, Origin)> {
+    l.host
+        .as_ref()
+        .map(|s| ("host", s.origin.clone()))
+        .or_else(|| l.port.as_ref().map(|s| ("port", s.origin.clone())))
+}
+
+/// Whether a database is on a Redis Cluster, by the rules of [`resolve_sentinel`]:
+/// one level names its upstream with `cluster`, `sentinel` or `host`/`port`, never
+/// two; the more specific level wins as a whole (a database with its own `sentinel`,
+/// `host`/`port` or `cluster: null` leaves a top-level `cluster`, and without its
+/// own `sentinel` it must then give `host`). A cluster has only db 0: `upstream_db`
+/// is refused next to a database's own `cluster`, and must be 0 under a top-level one.
+fn resolve_cluster(
+    own: &Layer,
+    top: &Layer,
+    upstream_db: Option<&Set<u32>>,
+) -> Result<Option<Arc<ClusterConfig>>, Fail> {
+    let set = |l: &Layer| l.cluster.clone().filter(|c| c.value.is_some());
+    let own_sentinel = own.sentinel.as_ref().is_some_and(|s| s.value.is_some());
+    for layer in [own, top] {
+        let Some(c) = set(layer) else { continue };
+        if let Some((key, origin)) = fixed(layer) {
+            return Err(origin.fail(format!(
+                "`{key}` cannot be set together with `cluster` ({}): a cluster's nodes are \
+                 learnt from its seed `nodes`, not given by host/port; remove one",
+                c.origin
+            )));
+        }
+        if let Some(s) = layer.sentinel.as_ref().filter(|s| s.value.is_some()) {
+            return Err(s.origin.fail(format!(
+                "`sentinel` cannot be set together with `cluster` ({}): the upstream is \
+                 either a cluster or found through sentinels; remove one",
+                c.origin
+            )));
+        }
+    }
+    let leaving = own
+        .cluster
+        .as_ref()
+        .map(|c| ("cluster: null", c.origin.clone()))
+        .or_else(|| fixed(own));
+    let cluster = match (&own.cluster, leaving) {
+        (Some(c), _) if c.value.is_some() => c.value.clone(),
+        _ if own_sentinel => None,
+        (_, Some((key, origin))) => {
+            if let (Some(c), None) = (set(top), &own.host) {
+                return Err(origin.fail(format!(
+                    "this database sets `{key}` but not `host`, under the top-level `cluster` \
+                     ({}): a database leaving the cluster must give its own host",
+                    c.origin
+                )));
+            }
+            None
+        }
+        (_, None) => set(top).and_then(|c| c.value),
+    };
+    if let (Some(_), Some(db)) = (&cluster, upstream_db) {
+        if let Some(c) = set(own) {
+            return Err(db.origin.fail(format!(
+                "`upstream_db` cannot be set together with `cluster` ({}): a cluster has \
+                 only db 0; use key_prefix to keep databases apart",
+                c.origin
+            )));
+        }
+        if let (Some(c), true) = (set(top), db.value != 0) {
+            return Err(db.origin.fail(format!(
+                "upstream db {} under the top-level `cluster` ({}): a cluster has only db 0; \
+                 use key_prefix to keep databases apart",
+                db.value, c.origin
+            )));
+        }
+    }
+    Ok(cluster)
 }
 
 fn parse_limits(node: &Node, path: &KeyPath) -> Result<Limits, Fail> {
@@ -630,6 +703,8 @@ fn resolve_default_database(
 /// Databases sharing one upstream db must keep apart: either none has a
 /// `key_prefix`, or each has one and no prefix starts another (an unprefixed or
 /// shorter-prefixed database would see, and its FLUSHDB delete, the other's keys).
+/// Databases on one cluster (a seed node in common) share its only db, and not by
+/// choice (there is no `upstream_db` to give them another): there each needs a prefix.
 /// `groups` and `databases` are in the same (file) order.
 fn check_key_prefixes(
     groups: &[Group],
@@ -639,7 +714,18 @@ fn check_key_prefixes(
     for (j, (gb, b)) in groups.iter().zip(databases).enumerate() {
         for a in &databases[..j] {
             let (ua, ub) = (&a.upstream, &b.upstream);
-            if (ua.host.as_str(), ua.port, ua.db) != (ub.host.as_str(), ub.port, ub.db) {
+            let (place, same) = match (&ua.cluster, &ub.cluster) {
+                (Some(ca), Some(cb)) => (
+                    format!("{} (a cluster has only db 0)", ub.address()),
+                    ca.nodes.iter().any(|n| cb.nodes.contains(n)),
+                ),
+                (None, None) => (
+                    format!("upstream {}:{} db {}", ub.host, ub.port, ub.db),
+                    (ua.host.as_str(), ua.port, ua.db) == (ub.host.as_str(), ub.port, ub.db),
+                ),
+                _ => (String::new(), false),
+            };
+            if !same {
                 continue;
             }
             let describe = |d: &DatabaseConfig| match &d.upstream.key_prefix {
@@ -651,7 +737,7 @@ fn check_key_prefixes(
                 None => format!("`{}` (no key_prefix)", d.name()),
             };
             let overlap = match (&ua.key_prefix, &ub.key_prefix) {
-                (None, None) => false,
+                (None, None) => ub.cluster.is_some(),
                 (Some(x), Some(y)) => x.starts_with(y) || y.starts_with(x),
                 _ => true,
             };
@@ -663,13 +749,10 @@ fn check_key_prefixes(
                     .or(top.key_prefix.as_ref())
                     .map_or(&gb.db_origin, |s| &s.origin);
                 return Err(origin.fail(format!(
-                    "{} and {} share upstream {}:{} db {} and their keys would mix: give \
-                     each a key_prefix, none the start of another",
+                    "{} and {} share {place} and their keys would mix: give each a \
+                     key_prefix, none the start of another",
                     describe(a),
                     describe(b),
-                    ub.host,
-                    ub.port,
-                    ub.db
                 )));
             }
         }
