@@ -426,6 +426,7 @@ fn resolve_upstream(
     Ok(UpstreamConfig {
         sentinel,
         cluster,
+        replica_reads: false,
         endpoint: Endpoint::new(),
         host: value_or(&eff.host, DEFAULT_HOST.to_string()),
         port: value_or(&eff.port, DEFAULT_PORT),

@@ -230,6 +230,9 @@ pub struct UpstreamConfig {
     /// `cluster`: a Redis Cluster, learnt from these seed nodes (then `host`,
     /// `port` and `db` are unused: a cluster has only db 0); `None`: not a cluster.
     pub cluster: Option<Arc<ClusterConfig>>,
+    /// A connection to a cluster replica that serves reads (`read_from: replica`):
+    /// its setup sends `READONLY`. Set by the cluster router, never by the YAML.
+    pub replica_reads: bool,
     /// Where the upstream is now (the sentinel-resolved primary), shared by every
     /// clone of this configuration.
     pub endpoint: crate::endpoint::Endpoint,
@@ -259,6 +262,7 @@ impl UpstreamConfig {
             key_prefix: None,
             sentinel: None,
             cluster: None,
+            replica_reads: false,
             endpoint: crate::endpoint::Endpoint::new(),
         }
     }

@@ -117,6 +117,11 @@ async fn connect_inner(
         );
         expected += 1;
     }
+    // A cluster replica serving reads: READONLY (else it redirects them).
+    if cfg.replica_reads {
+        encode_command(&[&b"READONLY"[..]], &mut setup);
+        expected += 1;
+    }
     // For a Sentinel-backed upstream, ROLE: the sentinels' answer may be stale (a
     // failover in progress, a demoted primary not yet reconfigured).
     let role_at = cfg.sentinel.as_ref().map(|_| {
