@@ -43,10 +43,13 @@ listen: 127.0.0.1:$pport
 metrics_listen: null
 cluster:
   nodes: ["127.0.0.1:${ports[0]}", "127.0.0.1:${ports[1]}", "127.0.0.1:${ports[2]}"]
+redis_databases:
+  main: { db: 0 }
 EOF
 "$bin" --config "$work/proxy.yaml" --log-level warn >"$work/proxy.log" 2>&1 &
 pids+=($!)
 for _ in $(seq 1 100); do redis-cli -p "$pport" ping >/dev/null 2>&1 && break; sleep 0.1; done
+redis-cli -p "$pport" ping >/dev/null || { echo "the proxy did not start:"; cat "$work/proxy.log"; exit 1; }
 rps() { awk -F'"' '/^"/ { print $4 }' | tail -1; }
 run() { # target test pipeline
     local t=$1 test=$2 p=$3
