@@ -52,6 +52,14 @@ impl Upstream {
         }
     }
 
+    /// Replicas of each primary.
+    pub fn replicas(self) -> usize {
+        match self {
+            Upstream::Standalone => 0,
+            Upstream::Cluster => NODES / self.primaries() - 1,
+        }
+    }
+
     /// `key` for a test that uses it with other keys in one transaction or one
     /// command: on a cluster with the hash tag `{t}` (Redis Cluster itself refuses
     /// keys of several slots there), standalone as it is.
