@@ -307,6 +307,15 @@ impl Backend {
         sum
     }
 
+    /// `PUBLISH channel message` straight to the upstream, and its reply (a cluster
+    /// node counts its own subscribers only: this goes to the first seed node, where
+    /// the proxy's subscribers are, README "Redis Cluster").
+    pub async fn publish(&self, channel: &[u8], message: &[u8]) -> Vec<u8> {
+        let at = self.nodes()[0];
+        let mut c = AsyncRawClient::connect(at).await;
+        c.cmd(&[b"PUBLISH", channel, message]).await
+    }
+
     /// Clients subscribed to `channel`, summed over the upstream servers.
     pub async fn subscribers(&self, channel: &[u8]) -> u64 {
         let mut sum = 0;
