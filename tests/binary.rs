@@ -6,10 +6,20 @@ mod support;
 use std::time::{Duration, Instant};
 
 use bb8_redis::redis::{self, AsyncCommands};
+use support::upstream::{Backend, Upstream};
 use support::{
-    bb8_pool, bulk_payload, printable, proxy_config, raw_pipeline, redis_rs_conn, resp_bulk,
-    resp_cmd, start_proxy, AsyncRawClient, RedisServer,
+    bb8_pool, bulk_payload, printable, raw_pipeline, redis_rs_conn, resp_bulk, resp_cmd,
+    start_proxy, AsyncRawClient,
 };
+
+// Each runs against a standalone Redis and a Redis Cluster (`NAME::standalone`,
+// `NAME::cluster`).
+upstream_tests!(
+    every_byte_value_in_keys_and_values,
+    values_around_buffer_boundaries_in_one_pipeline,
+    one_mebibyte_values_through_a_bb8_pool,
+    a_64_mebibyte_value_round_trips,
+);
 
 /// Deterministic pseudo-random bytes (xorshift), covering every byte value.
 fn noise(len: usize, seed: u64) -> Vec<u8> {
@@ -29,12 +39,11 @@ fn all_bytes() -> Vec<u8> {
     (0..=255u8).collect()
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn every_byte_value_in_keys_and_values() {
-    let redis = RedisServer::start();
-    let proxy = start_proxy(proxy_config(&redis)).await;
+async fn every_byte_value_in_keys_and_values(kind: Upstream) {
+    let up = Backend::start(kind);
+    let proxy = start_proxy(up.config()).await;
     let mut c = AsyncRawClient::connect(proxy.local_addr()).await;
-    let mut direct = AsyncRawClient::connect(redis.addr()).await;
+    let mut direct = up.direct(0).await;
 
     let all = all_bytes();
     let tricky: Vec<u8> = b"\r\n*3\r\n$3\r\nSET\r\n-ERR x\r\n+OK\r\n\0\0\r".to_vec();
@@ -110,10 +119,9 @@ async fn every_byte_value_in_keys_and_values() {
     proxy.shutdown().await;
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn values_around_buffer_boundaries_in_one_pipeline() {
-    let redis = RedisServer::start();
-    let proxy = start_proxy(proxy_config(&redis)).await;
+async fn values_around_buffer_boundaries_in_one_pipeline(kind: Upstream) {
+    let up = Backend::start(kind);
+    let proxy = start_proxy(up.config()).await;
     let sizes = [
         0usize,
         1,
@@ -165,10 +173,9 @@ async fn values_around_buffer_boundaries_in_one_pipeline() {
     proxy.shutdown().await;
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn one_mebibyte_values_through_a_bb8_pool() {
-    let redis = RedisServer::start();
-    let proxy = start_proxy(proxy_config(&redis)).await;
+async fn one_mebibyte_values_through_a_bb8_pool(kind: Upstream) {
+    let up = Backend::start(kind);
+    let proxy = start_proxy(up.config()).await;
     let pool = bb8_pool(proxy.local_addr(), 0, 4).await;
     let mut tasks = Vec::new();
     for t in 0..4u64 {
@@ -193,18 +200,16 @@ async fn one_mebibyte_values_through_a_bb8_pool() {
             .expect("timed out")
             .expect("task failed");
     }
-    let mut direct = AsyncRawClient::connect(redis.addr()).await;
-    let got = direct.cmd(&[b"GET", b"mb2"]).await;
+    let got = up.direct(0).await.cmd(&[b"GET", b"mb2"]).await;
     assert!(bulk_payload(&got) == noise(1024 * 1024, 102));
     drop(pool);
     proxy.shutdown().await;
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_64_mebibyte_value_round_trips() {
+async fn a_64_mebibyte_value_round_trips(kind: Upstream) {
     const SIZE: usize = 64 * 1024 * 1024;
-    let redis = RedisServer::start();
-    let proxy = start_proxy(proxy_config(&redis)).await;
+    let up = Backend::start(kind);
+    let proxy = start_proxy(up.config()).await;
     let value = noise(SIZE, 64);
 
     // Raw client: SET then GET, with a PING behind each to check framing after it.
@@ -224,8 +229,7 @@ async fn a_64_mebibyte_value_round_trips() {
     let raw_time = started.elapsed();
 
     // Redis has exactly those bytes.
-    let mut direct = AsyncRawClient::connect(redis.addr()).await;
-    direct.set_timeout(Duration::from_secs(60));
+    let mut direct = up.direct(0).await;
     assert_eq!(
         direct.cmd(&[b"STRLEN", b"huge"]).await,
         format!(":{SIZE}\r\n").into_bytes()

@@ -7,25 +7,33 @@ mod support;
 use std::collections::HashSet;
 use std::time::{Duration, Instant};
 
-use support::{
-    parse_info, printable, proxy_config, resp_bulk, resp_cmd, start_proxy, AsyncRawClient,
-    RedisServer,
-};
+use support::upstream::{Backend, Upstream};
+use support::{printable, resp_bulk, resp_cmd, start_proxy, AsyncRawClient};
+
+// Each runs against a standalone Redis and a Redis Cluster (`NAME::standalone`,
+// `NAME::cluster`; on the cluster one at a time, as they count blocked clients).
+upstream_tests!(
+    blpop_blocks_only_its_own_client,
+    blocking_commands_answer_like_redis,
+    commands_pipelined_after_a_blocking_one_wait_for_it,
+    blocking_in_another_database_waits_on_that_database,
+    a_client_leaving_while_blocked_does_not_steal_later_data,
+    many_blocked_clients_each_get_one_item,
+    blocking_commands_are_not_cut_by_the_command_timeout,
+);
 
 /// A blocking command, the reply its own timeout gives, and that timeout.
 type BlockCase<'a> = (&'a [&'a [u8]], &'a [u8], Duration);
 
-async fn blocked_clients(direct: &mut AsyncRawClient) -> u64 {
-    let r = direct.cmd(&[b"INFO", b"clients"]).await;
-    parse_info(&String::from_utf8_lossy(&r))["blocked_clients"]
-        .parse()
-        .expect("blocked_clients")
+/// Clients blocked on the upstream (every node of a cluster).
+async fn blocked_clients(up: &Backend) -> u64 {
+    up.info_sum("clients", "blocked_clients").await
 }
 
-async fn wait_blocked(direct: &mut AsyncRawClient, n: u64) {
+async fn wait_blocked(up: &Backend, n: u64) {
     let deadline = Instant::now() + Duration::from_secs(5);
     loop {
-        let b = blocked_clients(direct).await;
+        let b = blocked_clients(up).await;
         if b == n {
             return;
         }
@@ -37,11 +45,9 @@ async fn wait_blocked(direct: &mut AsyncRawClient, n: u64) {
     }
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn blpop_blocks_only_its_own_client() {
-    let redis = RedisServer::start();
-    let proxy = start_proxy(proxy_config(&redis)).await;
-    let mut direct = AsyncRawClient::connect(redis.addr()).await;
+async fn blpop_blocks_only_its_own_client(kind: Upstream) {
+    let up = Backend::start_alone(kind).await;
+    let proxy = start_proxy(up.config()).await;
     let mut a = AsyncRawClient::connect(proxy.local_addr()).await;
     // Several other clients, so both shared connections of db 0 are exercised.
     let mut others = Vec::new();
@@ -50,7 +56,7 @@ async fn blpop_blocks_only_its_own_client() {
     }
 
     a.send(&resp_cmd(&[b"BLPOP", b"q", b"0"])).await;
-    wait_blocked(&mut direct, 1).await;
+    wait_blocked(&up, 1).await;
     a.assert_no_reply(Duration::from_millis(200)).await;
     for (i, o) in others.iter_mut().enumerate() {
         let started = Instant::now();
@@ -75,23 +81,29 @@ async fn blpop_blocks_only_its_own_client() {
     proxy.shutdown().await;
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn blocking_commands_answer_like_redis() {
-    let redis = RedisServer::start();
-    let proxy = start_proxy(proxy_config(&redis)).await;
+async fn blocking_commands_answer_like_redis(kind: Upstream) {
+    let up = Backend::start_alone(kind).await;
+    let proxy = start_proxy(up.config()).await;
     let mut p = AsyncRawClient::connect(proxy.local_addr()).await;
-    let mut d = AsyncRawClient::connect(redis.addr()).await;
-    assert_eq!(d.cmd(&[b"SELECT", b"15"]).await, b"+OK\r\n");
+    let mut d = up.reference().await;
+    let (src, dst) = (kind.tagged("src"), kind.tagged("dst"));
+    let (none1, none2) = (kind.tagged("none1"), kind.tagged("none2"));
+    let (src, dst, none1, none2) = (
+        src.as_bytes(),
+        dst.as_bytes(),
+        none1.as_bytes(),
+        none2.as_bytes(),
+    );
 
     let script: &[&[&[u8]]] = &[
         &[b"RPUSH", b"l", b"a", b"b"],
         &[b"BLPOP", b"l", b"0"],
         &[b"BRPOP", b"l", b"0"],
         &[b"BLPOP", b"l", b"0.1"],
-        &[b"BRPOP", b"none1", b"none2", b"0.1"],
-        &[b"RPUSH", b"src", b"x"],
-        &[b"BLMOVE", b"src", b"dst", b"LEFT", b"RIGHT", b"0"],
-        &[b"BRPOPLPUSH", b"dst", b"src", b"0"],
+        &[b"BRPOP", none1, none2, b"0.1"],
+        &[b"RPUSH", src, b"x"],
+        &[b"BLMOVE", src, dst, b"LEFT", b"RIGHT", b"0"],
+        &[b"BRPOPLPUSH", dst, src, b"0"],
         &[b"ZADD", b"z", b"1", b"m"],
         &[b"BZPOPMIN", b"z", b"0"],
         &[b"BZPOPMAX", b"z", b"0.1"],
@@ -106,6 +118,11 @@ async fn blocking_commands_answer_like_redis() {
         &[b"GET", b"l"],
     ];
     for args in script {
+        // Cluster: its primaries have a replica each, and `WAIT 0` counts the acks
+        // so far (the WAIT that waits is checked in `…not_cut_by_the_command_timeout`).
+        if kind == Upstream::Cluster && args[0] == b"WAIT" {
+            continue;
+        }
         let started = Instant::now();
         let got = p.cmd(args).await;
         let took = started.elapsed();
@@ -120,11 +137,9 @@ async fn blocking_commands_answer_like_redis() {
     proxy.shutdown().await;
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn commands_pipelined_after_a_blocking_one_wait_for_it() {
-    let redis = RedisServer::start();
-    let proxy = start_proxy(proxy_config(&redis)).await;
-    let mut direct = AsyncRawClient::connect(redis.addr()).await;
+async fn commands_pipelined_after_a_blocking_one_wait_for_it(kind: Upstream) {
+    let up = Backend::start_alone(kind).await;
+    let proxy = start_proxy(up.config()).await;
     let mut a = AsyncRawClient::connect(proxy.local_addr()).await;
     let mut b = AsyncRawClient::connect(proxy.local_addr()).await;
 
@@ -137,7 +152,7 @@ async fn commands_pipelined_after_a_blocking_one_wait_for_it() {
     ]
     .concat();
     a.send(&req).await;
-    wait_blocked(&mut direct, 1).await;
+    wait_blocked(&up, 1).await;
     // Redis runs a client's commands one after another: nothing after BLPOP yet.
     tokio::time::sleep(Duration::from_millis(100)).await;
     assert_eq!(b.cmd(&[b"EXISTS", b"before"]).await, b":1\r\n");
@@ -162,18 +177,19 @@ async fn commands_pipelined_after_a_blocking_one_wait_for_it() {
     proxy.shutdown().await;
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn blocking_in_another_database_waits_on_that_database() {
-    let redis = RedisServer::start();
-    let mut config = proxy_config(&redis);
-    config.databases[4].upstream.db = 14;
+async fn blocking_in_another_database_waits_on_that_database(kind: Upstream) {
+    let up = Backend::start_alone(kind).await;
+    let mut config = up.config();
+    if kind == Upstream::Standalone {
+        // (On a cluster, client db 4 is apart by its key prefix.)
+        config.databases[4].upstream.db = 14;
+    }
     let proxy = start_proxy(config).await;
-    let mut direct = AsyncRawClient::connect(redis.addr()).await;
     let mut a = AsyncRawClient::connect(proxy.local_addr()).await;
     let mut b = AsyncRawClient::connect(proxy.local_addr()).await;
     assert_eq!(a.cmd(&[b"SELECT", b"4"]).await, b"+OK\r\n");
     a.send(&resp_cmd(&[b"BLPOP", b"q", b"0"])).await;
-    wait_blocked(&mut direct, 1).await;
+    wait_blocked(&up, 1).await;
     // A push to db 0 does not wake it.
     assert_eq!(b.cmd(&[b"RPUSH", b"q", b"wrong-db"]).await, b":1\r\n");
     a.assert_no_reply(Duration::from_millis(200)).await;
@@ -189,25 +205,23 @@ async fn blocking_in_another_database_waits_on_that_database() {
     proxy.shutdown().await;
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_client_leaving_while_blocked_does_not_steal_later_data() {
-    let redis = RedisServer::start();
-    let mut config = proxy_config(&redis);
+async fn a_client_leaving_while_blocked_does_not_steal_later_data(kind: Upstream) {
+    let up = Backend::start_alone(kind).await;
+    let mut config = up.config();
     config.databases[0].upstream.pool_size = 1;
     let proxy = start_proxy(config).await;
-    let mut direct = AsyncRawClient::connect(redis.addr()).await;
 
     let mut a = AsyncRawClient::connect(proxy.local_addr()).await;
     a.send(&resp_cmd(&[b"BLPOP", b"q", b"0"])).await;
-    wait_blocked(&mut direct, 1).await;
+    wait_blocked(&up, 1).await;
     drop(a);
     // The proxy must close that upstream connection (as Redis drops a client that
     // disconnects while blocked), or Redis hands it the next item and nobody gets it.
     let deadline = Instant::now() + Duration::from_secs(3);
-    let mut still_blocked = blocked_clients(&mut direct).await;
+    let mut still_blocked = blocked_clients(&up).await;
     while still_blocked > 0 && Instant::now() < deadline {
         tokio::time::sleep(Duration::from_millis(20)).await;
-        still_blocked = blocked_clients(&mut direct).await;
+        still_blocked = blocked_clients(&up).await;
     }
     let mut b = AsyncRawClient::connect(proxy.local_addr()).await;
     assert_eq!(b.cmd(&[b"RPUSH", b"q", b"precious"]).await, b":1\r\n");
@@ -233,11 +247,9 @@ async fn a_client_leaving_while_blocked_does_not_steal_later_data() {
     proxy.shutdown().await;
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn many_blocked_clients_each_get_one_item() {
-    let redis = RedisServer::start();
-    let proxy = start_proxy(proxy_config(&redis)).await;
-    let mut direct = AsyncRawClient::connect(redis.addr()).await;
+async fn many_blocked_clients_each_get_one_item(kind: Upstream) {
+    let up = Backend::start_alone(kind).await;
+    let proxy = start_proxy(up.config()).await;
     let n = 10;
     let mut waiters = Vec::new();
     for _ in 0..n {
@@ -245,7 +257,7 @@ async fn many_blocked_clients_each_get_one_item() {
         c.send(&resp_cmd(&[b"BLPOP", b"jobs", b"0"])).await;
         waiters.push(c);
     }
-    wait_blocked(&mut direct, n as u64).await;
+    wait_blocked(&up, n as u64).await;
     let mut pusher = AsyncRawClient::connect(proxy.local_addr()).await;
     for i in 0..n {
         let job = format!("job{i}");
@@ -270,18 +282,20 @@ async fn many_blocked_clients_each_get_one_item() {
     proxy.shutdown().await;
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn blocking_commands_are_not_cut_by_the_command_timeout() {
-    let redis = RedisServer::start();
-    let mut config = proxy_config(&redis);
+async fn blocking_commands_are_not_cut_by_the_command_timeout(kind: Upstream) {
+    let up = Backend::start_alone(kind).await;
+    let mut config = up.config();
     for db in &mut config.databases {
         db.upstream.command_timeout = Duration::from_millis(300);
     }
     let proxy = start_proxy(config).await;
     let mut a = AsyncRawClient::connect(proxy.local_addr()).await;
     let mut b = AsyncRawClient::connect(proxy.local_addr()).await;
-    let mut direct = AsyncRawClient::connect(redis.addr()).await;
 
+    // WAIT for one replica more than a primary has, so it waits its timeout out.
+    let replicas = kind.replicas().to_string();
+    let more = (kind.replicas() + 1).to_string();
+    let acked = format!(":{replicas}\r\n");
     // Their own timeouts (longer than command_timeout) run out normally.
     let cases: &[BlockCase] = &[
         (&[b"BLPOP", b"q", b"1"], b"*-1\r\n", Duration::from_secs(1)),
@@ -291,8 +305,8 @@ async fn blocking_commands_are_not_cut_by_the_command_timeout() {
             Duration::from_millis(800),
         ),
         (
-            &[b"WAIT", b"1", b"800"],
-            b":0\r\n",
+            &[b"WAIT", more.as_bytes(), b"800"],
+            acked.as_bytes(),
             Duration::from_millis(800),
         ),
         (
@@ -314,7 +328,7 @@ async fn blocking_commands_are_not_cut_by_the_command_timeout() {
     }
     // Timeout 0 waits as long as it takes.
     a.send(&resp_cmd(&[b"BLPOP", b"q", b"0"])).await;
-    wait_blocked(&mut direct, 1).await;
+    wait_blocked(&up, 1).await;
     a.assert_no_reply(Duration::from_millis(1200)).await;
     assert_eq!(b.cmd(&[b"RPUSH", b"q", b"late"]).await, b":1\r\n");
     assert_eq!(

@@ -8,36 +8,19 @@
 mod support;
 
 use std::collections::HashSet;
-use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use redis_sidecar::config::{ClusterConfig, Config, ReadFrom};
+use redis_sidecar::config::Config;
 use redis_sidecar::server::Proxy;
 use support::cluster::Cluster;
-use support::{proxy_config, start_proxy, RawClient};
+use support::{start_proxy, RawClient};
 
 /// The 11 AutoBot databases, each on the shared cluster (`prefixes`: each its
 /// own `key_prefix`, `{tag}{name}:`, so tests running at once keep apart).
 fn cluster_config(cluster: &Cluster, prefixes: Option<&str>) -> Config {
-    let seed = &cluster.nodes()[0];
-    let mut config = proxy_config(seed);
-    let nodes: Vec<(String, u16)> = cluster
-        .ports()
-        .iter()
-        .map(|p| ("127.0.0.1".to_string(), *p))
-        .collect();
-    let cc = Arc::new(ClusterConfig {
-        nodes,
-        read_from: ReadFrom::Primary,
-    });
-    for db in &mut config.databases {
-        db.upstream.cluster = Some(cc.clone());
-        db.upstream.db = 0;
-        if let Some(tag) = prefixes {
-            db.upstream.key_prefix = Some(format!("{tag}{}:", db.name()).into_bytes().into());
-        }
-    }
-    config
+    support::upstream::cluster_config(cluster, |name| {
+        prefixes.map(|tag| format!("{tag}{name}:").into_bytes())
+    })
 }
 
 struct Env {

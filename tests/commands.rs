@@ -12,19 +12,21 @@ use std::collections::{HashMap, HashSet};
 use std::time::{Duration, Instant};
 
 use bb8_redis::redis::{self, AsyncCommands};
+use support::upstream::{Backend, Upstream};
 use support::{
     bb8_pool, parse_info, printable, proxy_config, redis_cli, resp_array, resp_bulk, resp_cmd,
     start_proxy, AsyncRawClient, RedisServer,
 };
 
-/// The db the direct reference connection uses (outside the proxy's 0..=10).
-const REFERENCE_DB: &[u8] = b"15";
-
-async fn reference_client(redis: &RedisServer) -> AsyncRawClient {
-    let mut c = AsyncRawClient::connect(redis.addr()).await;
-    assert_eq!(c.cmd(&[b"SELECT", REFERENCE_DB]).await, b"+OK\r\n");
-    c
-}
+// Each runs against a standalone Redis and a Redis Cluster (`NAME::standalone`,
+// `NAME::cluster`); the reference is a standalone Redis either way.
+upstream_tests!(
+    raw_replies_are_byte_for_byte_what_redis_answers,
+    pipelined_script_gets_the_same_replies_as_redis,
+    scan_with_match_and_count_through_the_proxy,
+    bb8_redis_pool_through_the_proxy,
+    redis_cli_output_matches_redis,
+);
 
 /// Runs `redis-cli` on a blocking thread (the proxy runs on this test's runtime).
 async fn cli(port: u16, args: &[&str]) -> (String, std::process::ExitStatus) {
@@ -47,12 +49,11 @@ fn cmd_text(args: &[&[u8]]) -> String {
         .join(" ")
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn raw_replies_are_byte_for_byte_what_redis_answers() {
-    let redis = RedisServer::start();
-    let proxy = start_proxy(proxy_config(&redis)).await;
+async fn raw_replies_are_byte_for_byte_what_redis_answers(kind: Upstream) {
+    let up = Backend::start(kind);
+    let proxy = start_proxy(up.config()).await;
     let mut via_proxy = AsyncRawClient::connect(proxy.local_addr()).await;
-    let mut direct = reference_client(&redis).await;
+    let mut direct = up.reference().await;
 
     // (command, the reply Redis is expected to give, or None to only compare).
     let script: Vec<Step> = vec![
@@ -185,8 +186,13 @@ async fn raw_replies_are_byte_for_byte_what_redis_answers() {
     ];
 
     for (args, expected) in &script {
-        let p = via_proxy.cmd(args).await;
-        let d = direct.cmd(args).await;
+        // Cluster: its databases have a key_prefix, which refuses an unknown command
+        // (README "Key prefixes"); checked below.
+        if kind == Upstream::Cluster && args[0] == b"FOOBAR" {
+            continue;
+        }
+        let p = kind.comparable(args, &via_proxy.cmd(args).await);
+        let d = kind.comparable(args, &direct.cmd(args).await);
         assert_eq!(
             printable(&p),
             printable(&d),
@@ -196,7 +202,7 @@ async fn raw_replies_are_byte_for_byte_what_redis_answers() {
         if let Some(expected) = expected {
             assert_eq!(
                 printable(&p),
-                printable(expected),
+                printable(&kind.comparable(args, expected)),
                 "`{}`: unexpected reply",
                 cmd_text(args)
             );
@@ -206,31 +212,29 @@ async fn raw_replies_are_byte_for_byte_what_redis_answers() {
     let smembers = via_proxy.cmd(&[b"SMEMBERS", b"s"]).await;
     assert!(smembers.starts_with(b"*6\r\n"), "{}", printable(&smembers));
     let unknown = via_proxy.cmd(&[b"FOOBAR", b"a"]).await;
-    assert!(
-        unknown.starts_with(b"-ERR unknown command 'FOOBAR'"),
-        "{}",
-        printable(&unknown)
-    );
+    let refusal: &[u8] = match kind {
+        Upstream::Standalone => b"-ERR unknown command 'FOOBAR'",
+        Upstream::Cluster => b"-ERR 'FOOBAR' is not supported on a database with key_prefix",
+    };
+    assert!(unknown.starts_with(refusal), "{}", printable(&unknown));
     let command_info = via_proxy.cmd(&[b"COMMAND", b"INFO", b"GET"]).await;
     assert!(
         command_info.starts_with(b"*1\r\n*"),
         "COMMAND INFO is a nested array: {}",
         printable(&command_info)
     );
-    // The writes really went to upstream db 0, and only there.
-    let mut db0 = AsyncRawClient::connect(redis.addr()).await;
+    // The writes really went to client db 0's upstream, and only there.
+    let mut db0 = up.direct(0).await;
     assert_eq!(db0.cmd(&[b"HGET", b"h", b"f2"]).await, resp_bulk(b"bb"));
-    assert_eq!(db0.cmd(&[b"SELECT", b"1"]).await, b"+OK\r\n");
-    assert_eq!(db0.cmd(&[b"DBSIZE"]).await, b":0\r\n");
+    assert_eq!(up.direct(1).await.dbsize().await, 0);
     proxy.shutdown().await;
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn pipelined_script_gets_the_same_replies_as_redis() {
-    let redis = RedisServer::start();
-    let proxy = start_proxy(proxy_config(&redis)).await;
+async fn pipelined_script_gets_the_same_replies_as_redis(kind: Upstream) {
+    let up = Backend::start(kind);
+    let proxy = start_proxy(up.config()).await;
     let mut via_proxy = AsyncRawClient::connect(proxy.local_addr()).await;
-    let mut direct = reference_client(&redis).await;
+    let mut direct = up.reference().await;
 
     let commands: Vec<Vec<&[u8]>> = vec![
         vec![b"SET", b"a", b"1"],
@@ -260,10 +264,9 @@ async fn pipelined_script_gets_the_same_replies_as_redis() {
     proxy.shutdown().await;
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn scan_with_match_and_count_through_the_proxy() {
-    let redis = RedisServer::start();
-    let proxy = start_proxy(proxy_config(&redis)).await;
+async fn scan_with_match_and_count_through_the_proxy(kind: Upstream) {
+    let up = Backend::start(kind);
+    let proxy = start_proxy(up.config()).await;
     let mut c = AsyncRawClient::connect(proxy.local_addr()).await;
     let mut bytes = Vec::new();
     let mut expected = HashSet::new();
@@ -322,7 +325,11 @@ async fn scan_with_match_and_count_through_the_proxy() {
     assert_eq!(found, expected);
     let (found, big_calls) = scan_all("10000").await;
     assert_eq!(found, expected);
-    assert_eq!(big_calls, 1, "COUNT 10000 covers 400 keys in one call");
+    assert_eq!(
+        big_calls,
+        kind.primaries(),
+        "COUNT 10000 covers 400 keys in one call per server holding keys"
+    );
     assert!(
         small_calls > 10,
         "COUNT 5 needs many calls for 400 keys, took {small_calls}"
@@ -330,6 +337,7 @@ async fn scan_with_match_and_count_through_the_proxy() {
     proxy.shutdown().await;
 }
 
+// Standalone only: on a cluster INFO is one node's (its port, its keyspace).
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn info_is_redis_info_of_the_upstream() {
     let redis = RedisServer::start();
@@ -362,10 +370,9 @@ async fn info_is_redis_info_of_the_upstream() {
     proxy.shutdown().await;
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn bb8_redis_pool_through_the_proxy() {
-    let redis = RedisServer::start();
-    let proxy = start_proxy(proxy_config(&redis)).await;
+async fn bb8_redis_pool_through_the_proxy(kind: Upstream) {
+    let up = Backend::start(kind);
+    let proxy = start_proxy(up.config()).await;
     let pool = bb8_pool(proxy.local_addr(), 0, 4).await;
 
     let mut tasks = Vec::new();
@@ -532,8 +539,8 @@ async fn bb8_redis_pool_through_the_proxy() {
     assert_eq!(keys, expected);
     drop(conn);
 
-    // What the pool wrote is in Redis db 0, as Redis sees it.
-    let mut direct = AsyncRawClient::connect(redis.addr()).await;
+    // What the pool wrote is in client db 0's upstream, as Redis sees it.
+    let mut direct = up.direct(0).await;
     for t in 0..8 {
         assert_eq!(
             direct.cmd(&[b"GET", format!("t{t}:s").as_bytes()]).await,
@@ -548,12 +555,11 @@ async fn bb8_redis_pool_through_the_proxy() {
     proxy.shutdown().await;
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn redis_cli_output_matches_redis() {
-    let redis = RedisServer::start();
-    let proxy = start_proxy(proxy_config(&redis)).await;
+async fn redis_cli_output_matches_redis(kind: Upstream) {
+    let up = Backend::start(kind);
+    let proxy = start_proxy(up.config()).await;
     let pport = proxy.local_addr().port();
-    let rport = redis.port();
+    let rport = up.reference_port();
     let scripts: &[&[&str]] = &[
         &["PING"],
         &["GET", "missing"],
@@ -589,6 +595,7 @@ async fn redis_cli_output_matches_redis() {
         let mut direct_args = vec!["-n", "15"];
         direct_args.extend_from_slice(args);
         let (d, dstatus) = cli(rport, &direct_args).await;
+        let (p, d) = (kind.comparable_cli(args, &p), kind.comparable_cli(args, &d));
         assert_eq!(p, d, "redis-cli {args:?}: proxy vs Redis output");
         assert_eq!(
             pstatus.code(),
@@ -616,17 +623,21 @@ async fn redis_cli_output_matches_redis() {
     let (info, status) = cli(pport, &["INFO", "server"]).await;
     assert!(status.success());
     assert!(
-        info.contains(&format!("tcp_port:{rport}")),
+        info.lines().any(|l| up
+            .ports()
+            .iter()
+            .any(|port| l.trim_end() == format!("tcp_port:{port}"))),
         "redis-cli INFO through the proxy shows the upstream: {info}"
     );
 
-    // -n 3 sends SELECT 3 through the proxy: the write lands in upstream db 3.
+    // -n 3 sends SELECT 3 through the proxy: the write lands in client db 3's upstream.
     let (out, _) = cli(pport, &["-n", "3", "SET", "in3", "yes"]).await;
     assert_eq!(out, "OK\n");
-    let (out, _) = cli(rport, &["-n", "3", "GET", "in3"]).await;
-    assert_eq!(out, "yes\n");
-    let (out, _) = cli(rport, &["GET", "in3"]).await;
-    assert_eq!(out, "\n");
+    assert_eq!(
+        up.direct(3).await.cmd(&[b"GET", b"in3"]).await,
+        resp_bulk(b"yes")
+    );
+    assert_eq!(up.direct(0).await.cmd(&[b"GET", b"in3"]).await, b"$-1\r\n");
     let started = Instant::now();
     proxy.shutdown().await;
     assert!(started.elapsed() < Duration::from_secs(10));

@@ -8,17 +8,27 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use bb8_redis::redis::{self, Value};
+use support::upstream::{Backend, Upstream};
 use support::{
-    fd_soft_limit, open_fds, parse_info, printable, proxy_config, raw_pipeline, redis_rs_conn,
-    resp_bulk, resp_cmd, start_proxy, AsyncRawClient, RedisServer,
+    fd_soft_limit, open_fds, parse_info, printable, raw_pipeline, redis_rs_conn, resp_bulk,
+    resp_cmd, start_proxy, AsyncRawClient, RedisServer,
 };
 
 const N: usize = 100_000;
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_pipeline_of_100k_incr_is_answered_in_order() {
-    let redis = RedisServer::start();
-    let proxy = start_proxy(proxy_config(&redis)).await;
+// Each runs against a standalone Redis and a Redis Cluster (`NAME::standalone`,
+// `NAME::cluster`).
+upstream_tests!(
+    a_pipeline_of_100k_incr_is_answered_in_order,
+    a_redis_rs_pipeline_of_100k_set_and_get_commands,
+    a_pipeline_mixing_databases_and_local_commands_is_answered_in_order,
+    one_request_with_200k_arguments_and_its_200k_element_reply,
+    five_hundred_concurrent_clients,
+);
+
+async fn a_pipeline_of_100k_incr_is_answered_in_order(kind: Upstream) {
+    let up = Backend::start(kind);
+    let proxy = start_proxy(up.config()).await;
     let one = resp_cmd(&[b"INCR", b"counter"]);
     let request: Vec<u8> = one.repeat(N);
     let started = Instant::now();
@@ -33,7 +43,7 @@ async fn a_pipeline_of_100k_incr_is_answered_in_order() {
             "reply #{i} out of order"
         );
     }
-    let mut direct = AsyncRawClient::connect(redis.addr()).await;
+    let mut direct = up.direct(0).await;
     assert_eq!(
         direct.cmd(&[b"GET", b"counter"]).await,
         resp_bulk(b"100000")
@@ -42,10 +52,9 @@ async fn a_pipeline_of_100k_incr_is_answered_in_order() {
     proxy.shutdown().await;
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_redis_rs_pipeline_of_100k_set_and_get_commands() {
-    let redis = RedisServer::start();
-    let proxy = start_proxy(proxy_config(&redis)).await;
+async fn a_redis_rs_pipeline_of_100k_set_and_get_commands(kind: Upstream) {
+    let up = Backend::start(kind);
+    let proxy = start_proxy(up.config()).await;
     let mut conn = redis_rs_conn(proxy.local_addr(), 0, Duration::from_secs(60)).await;
     let mut pipe = redis::pipe();
     for i in 0..N / 2 {
@@ -68,11 +77,8 @@ async fn a_redis_rs_pipeline_of_100k_set_and_get_commands() {
             "GET #{i}"
         );
     }
-    let mut direct = AsyncRawClient::connect(redis.addr()).await;
-    assert_eq!(
-        direct.cmd(&[b"DBSIZE"]).await,
-        format!(":{}\r\n", N / 2).into_bytes()
-    );
+    let mut direct = up.direct(0).await;
+    assert_eq!(direct.dbsize().await, (N / 2) as u64);
     assert_eq!(
         direct.cmd(&[b"GET", b"key:49999"]).await,
         resp_bulk(format!("value:49999:{}", 49999 * 7).as_bytes())
@@ -80,18 +86,15 @@ async fn a_redis_rs_pipeline_of_100k_set_and_get_commands() {
     proxy.shutdown().await;
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_pipeline_mixing_databases_and_local_commands_is_answered_in_order() {
-    let redis = RedisServer::start();
-    // Distinct values per upstream db, written directly.
-    let mut direct = AsyncRawClient::connect(redis.addr()).await;
+async fn a_pipeline_mixing_databases_and_local_commands_is_answered_in_order(kind: Upstream) {
+    let up = Backend::start(kind);
+    // Distinct values per client db, written directly to its upstream.
     for db in 0..=10 {
-        let db = db.to_string();
-        assert_eq!(direct.cmd(&[b"SELECT", db.as_bytes()]).await, b"+OK\r\n");
         let v = format!("in-db-{db}");
+        let mut direct = up.direct(db).await;
         assert_eq!(direct.cmd(&[b"SET", b"k", v.as_bytes()]).await, b"+OK\r\n");
     }
-    let proxy = start_proxy(proxy_config(&redis)).await;
+    let proxy = start_proxy(up.config()).await;
 
     let mut request = Vec::new();
     let mut expected: Vec<Vec<u8>> = Vec::new();
@@ -135,13 +138,12 @@ async fn a_pipeline_mixing_databases_and_local_commands_is_answered_in_order() {
     }
     // The same bytes dribbled in small pieces give the same answers (after resetting n).
     for db in 0..=10 {
-        let db = db.to_string();
-        assert_eq!(direct.cmd(&[b"SELECT", db.as_bytes()]).await, b"+OK\r\n");
-        let existed = if [0, 1, 3, 7, 10].contains(&db.parse::<i32>().unwrap()) {
+        let existed = if [0, 1, 3, 7, 10].contains(&db) {
             &b":1\r\n"[..]
         } else {
             &b":0\r\n"[..]
         };
+        let mut direct = up.direct(db).await;
         assert_eq!(direct.cmd(&[b"DEL", b"n"]).await, existed, "db {db}");
     }
     let mut c = AsyncRawClient::connect(proxy.local_addr()).await;
@@ -156,10 +158,9 @@ async fn a_pipeline_mixing_databases_and_local_commands_is_answered_in_order() {
     proxy.shutdown().await;
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn one_request_with_200k_arguments_and_its_200k_element_reply() {
-    let redis = RedisServer::start();
-    let proxy = start_proxy(proxy_config(&redis)).await;
+async fn one_request_with_200k_arguments_and_its_200k_element_reply(kind: Upstream) {
+    let up = Backend::start(kind);
+    let proxy = start_proxy(up.config()).await;
     const ELEMS: usize = 200_000;
     let values: Vec<Vec<u8>> = (0..ELEMS).map(|i| format!("e{i}").into_bytes()).collect();
     let mut args: Vec<&[u8]> = vec![b"RPUSH", b"biglist"];
@@ -196,8 +197,7 @@ async fn one_request_with_200k_arguments_and_its_200k_element_reply() {
     proxy.shutdown().await;
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn five_hundred_concurrent_clients() {
+async fn five_hundred_concurrent_clients(kind: Upstream) {
     // Each client costs two descriptors in this process (its socket and the proxy's),
     // plus a few per upstream connection; stay well under the soft limit.
     let wanted = 500usize;
@@ -213,8 +213,8 @@ async fn five_hundred_concurrent_clients() {
     }
     assert!(clients >= 200, "fd limit {limit} is too low for this test");
 
-    let redis = RedisServer::start();
-    let proxy = start_proxy(proxy_config(&redis)).await;
+    let up = Backend::start(kind);
+    let proxy = start_proxy(up.config()).await;
     let addr = proxy.local_addr();
 
     // Connect them all first, so they really are open at the same time.
@@ -282,13 +282,9 @@ async fn five_hundred_concurrent_clients() {
         conns.push(c);
     }
     // Every client's write landed in its database; the shared counters add up.
-    let mut direct = AsyncRawClient::connect(redis.addr()).await;
     let mut total = 0usize;
     for db in 0..11usize {
-        assert_eq!(
-            direct.cmd(&[b"SELECT", db.to_string().as_bytes()]).await,
-            b"+OK\r\n"
-        );
+        let mut direct = up.direct(db).await;
         let n = direct.cmd(&[b"GET", b"shared-counter"]).await;
         let expected = (0..clients).filter(|i| i % 11 == db).count();
         assert_eq!(n, resp_bulk(expected.to_string().as_bytes()), "db {db}");
@@ -307,6 +303,7 @@ async fn five_hundred_concurrent_clients() {
 }
 
 /// The shipped binary (single-threaded runtime by default) under the same load.
+/// Standalone only: `BinaryProxy` runs the binary on one server's configuration.
 #[test]
 fn the_binary_serves_a_100k_pipeline_and_concurrent_clients() {
     use std::io::{Read, Write};

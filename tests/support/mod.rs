@@ -27,6 +27,7 @@ use redis_sidecar::server::Proxy;
 pub mod cluster;
 pub mod fake_upstream;
 pub mod sentinel;
+pub mod upstream;
 
 /// Default bound for any single wait (reply, startup, shutdown).
 pub const DEFAULT_TIMEOUT: Duration = Duration::from_secs(5);
