@@ -493,3 +493,51 @@ fn the_readiness_check_asks_the_primary_of_its_test_key() {
         );
     }
 }
+
+#[test]
+fn a_multi_sent_alone_waits_for_its_first_key_to_pick_the_node() {
+    let env = start(None);
+    let redis = support::RedisServer::start();
+    let mut c = env.client();
+    let mut d = redis.client();
+    // Typed one at a time (as redis-cli does): the proxy cannot know the node at
+    // MULTI, so it answers it and opens the transaction with the first key.
+    let script: &[&[&[u8]]] = &[
+        &[b"MULTI"],
+        &[b"EXEC"],
+        &[b"MULTI"],
+        &[b"DISCARD"],
+        &[b"MULTI"],
+        &[b"MULTI"],
+        &[b"WATCH", b"x"],
+        &[b"DISCARD"],
+        &[b"UNWATCH"],
+        &[b"MULTI"],
+        &[b"SET", b"{alone}a", b"1"],
+        &[b"INCR", b"{alone}a"],
+        &[b"GET", b"{alone}a"],
+        &[b"EXEC"],
+        &[b"MULTI"],
+        &[b"PING"],
+        &[b"EXEC"],
+        &[b"DEL", b"{alone}a"],
+    ];
+    for cmd in script {
+        assert_eq!(
+            c.cmd(cmd),
+            d.cmd(cmd),
+            "{:?}",
+            cmd.iter()
+                .map(|a| String::from_utf8_lossy(a))
+                .collect::<Vec<_>>()
+        );
+    }
+    // Keys on every primary, each in a transaction of its own.
+    for i in 0..12 {
+        let key = format!("alone:{i}");
+        assert_eq!(c.cmd(&[b"MULTI"]), b"+OK\r\n");
+        assert_eq!(c.cmd(&[b"INCR", key.as_bytes()]), b"+QUEUED\r\n", "{key}");
+        assert_eq!(c.cmd(&[b"EXEC"]), b"*1\r\n:1\r\n", "{key}");
+        assert_eq!(c.cmd(&[b"DEL", key.as_bytes()]), b":1\r\n");
+    }
+}

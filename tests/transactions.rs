@@ -19,12 +19,7 @@ use support::{
 upstream_tests!(
     a_pipeline_around_a_transaction_keeps_its_order,
     redis_rs_atomic_pipelines_work_through_the_proxy,
-);
-// cluster: known bug: a MULTI sent alone (not pipelined with its first command) goes
-// to any primary, so `MULTI` then `INCR {t}a` gets `-MOVED 15891 …` instead of
-// `+QUEUED` when another primary serves the key (also after `UNWATCH`).
-upstream_tests!(
-    standalone_only: multi_exec_discard_and_errors_answer_like_redis,
+    multi_exec_discard_and_errors_answer_like_redis,
     watch_detects_a_write_from_another_client,
     a_client_leaving_mid_transaction_leaves_no_state_behind,
 );

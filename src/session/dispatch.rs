@@ -31,6 +31,16 @@ use crate::upstream::oob;
 use crate::upstream::pubsub::Subscription;
 use crate::upstream::UpstreamError;
 
+/// What [`Session::deferred_step`] did with a request.
+enum Deferred {
+    /// Answered (the request is consumed).
+    Answered,
+    /// It waits for earlier replies.
+    Stall,
+    /// The transaction is open on its node; the request goes on as usual.
+    Go,
+}
+
 /// Which kind of upstream connection a batch goes to.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub(super) enum Target {
@@ -398,6 +408,60 @@ impl Session {
         None
     }
 
+    /// The request after a MULTI held back on a cluster database (a MULTI sent
+    /// alone: no key yet says which node the transaction belongs to; the client
+    /// got `+OK`). EXEC/DISCARD of an empty transaction, a nested MULTI and a WATCH
+    /// are answered as Redis answers them; RESET and QUIT drop it; any other request
+    /// opens the transaction on the node of its keys (any primary without keys):
+    /// MULTI is sent there first, its reply dropped, and the request is queued after it.
+    async fn deferred_step(
+        &mut self,
+        run: &mut Run,
+        inbuf: &mut BytesMut,
+        req: &request::Request,
+        cmd: &Descriptor,
+    ) -> Deferred {
+        if matches!(cmd.route, Route::Reset | Route::Quit) {
+            self.deferred_multi = false;
+            return Deferred::Go;
+        }
+        let answer: Option<&[u8]> = match (cmd.tx, cmd.info.map_or("", |i| i.name)) {
+            (TxOp::Multi, _) => Some(b"-ERR MULTI calls can not be nested\r\n"),
+            (TxOp::Watch, _) => Some(b"-ERR WATCH inside MULTI is not allowed\r\n"),
+            (TxOp::End, "exec") => Some(b"*0\r\n"),
+            (TxOp::End, _) => Some(b"+OK\r\n"),
+            _ => None,
+        };
+        self.flush(run, inbuf).await;
+        if let Some(text) = answer {
+            inbuf.advance(req.len);
+            if cmd.tx == TxOp::End {
+                self.deferred_multi = false;
+            }
+            self.push_reply(text.to_vec());
+            return Deferred::Answered;
+        }
+        if self.waits_upstream() {
+            // A new connection: after every earlier reply.
+            return Deferred::Stall;
+        }
+        if let Some(c) = self.state.db.cluster().cloned() {
+            let _ = c.ready().await;
+        }
+        let slot = self.pin_slot(&inbuf[..], req, cmd);
+        self.hold_exclusive(slot);
+        self.last = self.conn_for(Target::Held);
+        let multi = Descriptor::of(&[&b"MULTI"[..]][..]);
+        let bytes = Bytes::from_static(b"*1\r\n$5\r\nMULTI\r\n");
+        let mut out = Outgoing::one(bytes, Target::Held, multi.index(), false);
+        out.silent = true;
+        let db = self.state.db.clone();
+        self.send(db, out).await;
+        self.transaction_step(TxOp::Multi);
+        self.deferred_multi = false;
+        Deferred::Go
+    }
+
     /// Parses and handles every complete request in `inbuf`. Returns early when a
     /// request must wait for earlier replies (`stalled`), when enough requests are
     /// in flight (`throttled`: backpressure) or the session closes.
@@ -496,6 +560,17 @@ impl Session {
                     let bytes = take_request(inbuf, &req);
                     self.out_of_band(bytes, cmd.index());
                     continue;
+                }
+            }
+            if self.deferred_multi && self.state.authenticated {
+                // A MULTI held back on a cluster (see `defer_multi`).
+                match self.deferred_step(&mut run, inbuf, &req, &cmd).await {
+                    Deferred::Answered => continue,
+                    Deferred::Stall => {
+                        self.stalled = true;
+                        return;
+                    }
+                    Deferred::Go => {}
                 }
             }
             // key_prefix: the request as rewritten, and how its reply is.
@@ -717,7 +792,16 @@ impl Session {
                         // The map, to find the node (learnt at start; waited
                         // for only by the first requests).
                         let _ = c.ready().await;
-                        self.pin_slot(&inbuf[run.len..], &req, &cmd)
+                        let slot = self.pin_slot(&inbuf[run.len..], &req, &cmd);
+                        if slot.is_none() && cmd.tx == TxOp::Multi {
+                            // No key yet to pick the node by: MULTI waits for one.
+                            self.flush(&mut run, inbuf).await;
+                            inbuf.advance(req.len);
+                            self.deferred_multi = true;
+                            self.push_reply(b"+OK\r\n".to_vec());
+                            continue;
+                        }
+                        slot
                     } else {
                         None
                     };

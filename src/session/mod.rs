@@ -192,6 +192,7 @@ pub async fn run(stream: Stream, ctx: Arc<Context>, id: u64, shutdown: Cancellat
         awaiting_exec: false,
         login: None,
         tracking: None,
+        deferred_multi: false,
     };
     session.publish();
     // Log lines of the session's task carry its id, database and that database's
@@ -264,6 +265,9 @@ struct Session {
     login: Option<Login>,
     /// `CLIENT TRACKING` is on (on the session's own connection).
     tracking: Option<tracking::Tracking>,
+    /// A cluster database's MULTI was answered `+OK` and waits for the first
+    /// request with a key to pick the node (`dispatch::deferred_step`).
+    deferred_multi: bool,
 }
 
 impl Session {
