@@ -8,32 +8,19 @@
 mod support;
 
 use std::collections::HashSet;
-use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use redis_sidecar::config::{ClusterConfig, Config, ReadFrom};
+use redis_sidecar::config::Config;
 use redis_sidecar::server::Proxy;
 use support::cluster::Cluster;
-use support::{proxy_config, start_proxy, RawClient};
+use support::RawClient;
 
 /// The 11 AutoBot databases, each on the shared cluster (`prefixes`: each its
 /// own `key_prefix`, `{tag}{name}:`, so tests running at once keep apart).
 fn cluster_config(cluster: &Cluster, prefixes: Option<&str>) -> Config {
-    let seed = &cluster.nodes()[0];
-    let mut config = proxy_config(seed);
-    let nodes: Vec<(String, u16)> = cluster
-        .ports()
-        .iter()
-        .map(|p| ("127.0.0.1".to_string(), *p))
-        .collect();
-    let cc = Arc::new(ClusterConfig {
-        nodes,
-        read_from: ReadFrom::Primary,
-    });
-    for db in &mut config.databases {
-        db.upstream.cluster = Some(cc.clone());
-        db.upstream.db = 0;
-        if let Some(tag) = prefixes {
+    let mut config = cluster.proxy_config();
+    if let Some(tag) = prefixes {
+        for db in &mut config.databases {
             db.upstream.key_prefix = Some(format!("{tag}{}:", db.name()).into_bytes().into());
         }
     }
@@ -47,13 +34,7 @@ struct Env {
 
 /// An in-process proxy on the shared cluster.
 fn start(prefixes: Option<&str>) -> Env {
-    let cluster = Cluster::shared();
-    let rt = tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(2)
-        .enable_all()
-        .build()
-        .expect("runtime");
-    let proxy = rt.block_on(start_proxy(cluster_config(cluster, prefixes)));
+    let (rt, proxy) = Cluster::start_proxy(cluster_config(Cluster::shared(), prefixes));
     Env { _rt: rt, proxy }
 }
 

@@ -31,7 +31,7 @@
 //! acted on does not start another) and at most one per [`MIN_REFRESH`].
 
 use std::collections::HashMap;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, RwLock};
 use std::time::Duration;
 
@@ -228,6 +228,8 @@ pub struct Cluster {
     topology: RwLock<Option<Arc<Topology>>>,
     nodes: Mutex<HashMap<String, Arc<Node>>>,
     refreshing: tokio::sync::Mutex<Option<Instant>>,
+    /// A background refresh is queued or running ([`Cluster::refresh_soon`]).
+    refresh_queued: AtomicBool,
     chains: Mutex<HashMap<u64, Arc<Link>>>,
     /// Slot-map refreshes made.
     pub refreshes: AtomicU64,
@@ -311,6 +313,7 @@ impl Cluster {
             topology: RwLock::new(None),
             nodes: Mutex::new(HashMap::new()),
             refreshing: tokio::sync::Mutex::new(None),
+            refresh_queued: AtomicBool::new(false),
             chains: Mutex::new(HashMap::new()),
             refreshes: AtomicU64::new(0),
             refresh_failures: AtomicU64::new(0),
@@ -460,11 +463,18 @@ impl Cluster {
         self.refreshes.fetch_add(1, Ordering::Relaxed);
     }
 
-    /// A refresh in the background (coalesced with any under way).
+    /// A refresh in the background (coalesced with any under way; none is
+    /// queued while one already is, so a stream of failures spawns one task).
     fn refresh_soon(self: &Arc<Self>) {
+        if self.refresh_queued.swap(true, Ordering::AcqRel) {
+            return;
+        }
         let seen = self.generation();
         let me = self.clone();
-        tokio::spawn(async move { me.refresh(seen).await });
+        tokio::spawn(async move {
+            me.refresh(seen).await;
+            me.refresh_queued.store(false, Ordering::Release);
+        });
     }
 
     /// The map, learnt now if there is none yet.
@@ -742,6 +752,10 @@ impl Cluster {
                     for u in f.units {
                         units[u].reply = Some(refused.clone());
                     }
+                    // The node's breaker is open: it may have been failed over
+                    // (with no other request failing or redirected, nothing
+                    // else would look at the map before the periodic refresh).
+                    self.refresh_soon();
                     continue;
                 }
             };
