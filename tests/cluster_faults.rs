@@ -11,6 +11,11 @@
 //! One cluster for the binary ([`Cluster::shared`]); the tests change its topology,
 //! so they take [`SERIAL`] and run one at a time. Each leaves the cluster serving
 //! all slots; the killed node stays dead (its replica took over).
+//!
+//! The figures (writes acknowledged, lost, duplicated; time to recover) are
+//! printed on stderr (`cargo test --test cluster_faults -- --nocapture`);
+//! `CLUSTER_FAULTS_TRACE=1` also prints the proxy's map while a primary is down
+//! and the first writer's slow or failed writes.
 
 mod support;
 
@@ -35,6 +40,8 @@ fn serial() -> MutexGuard<'static, ()> {
 const CLIENTS: usize = 50;
 /// Lists per client.
 const KEYS: usize = 8;
+/// How long a writer waits for a reply (longer than any proxy timeout).
+const PATIENCE: Duration = Duration::from_secs(20);
 /// Most writes one client makes in one test.
 const MAX_OPS: u64 = 200_000;
 
@@ -208,7 +215,8 @@ struct Load {
 }
 
 impl Load {
-    fn start(env: &Env, keys: Vec<Vec<String>>, limit: Duration) -> Load {
+    /// Writers give up on a reply after `patience` (and reconnect).
+    fn start(env: &Env, keys: Vec<Vec<String>>, limit: Duration, patience: Duration) -> Load {
         let stop = Arc::new(AtomicBool::new(false));
         let keys = Arc::new(keys);
         let addr = env.proxy.local_addr();
@@ -229,7 +237,7 @@ impl Load {
                         if conn.is_none() {
                             match AsyncRawClient::try_connect(addr).await {
                                 Ok(mut c) => {
-                                    c.set_timeout(Duration::from_secs(20));
+                                    c.set_timeout(patience);
                                     conn = Some(c);
                                 }
                                 Err(e) => {
@@ -320,7 +328,7 @@ struct Audit {
     duplicated: Vec<String>,
     /// Numbers in a list that the client never sent, or sent and got an error for.
     unexpected: Vec<String>,
-    /// Lists not in increasing order.
+    /// Lists whose acknowledged elements are not in increasing order.
     out_of_order: Vec<String>,
     /// Acknowledged writes whose reply length is not their place in the list.
     misplaced: usize,
@@ -426,7 +434,15 @@ fn audit(env: &Env, keys: &[Vec<String>], logs: &[Vec<Op>]) -> Audit {
                     a.duplicated.push(format!("{name}: {v} ×{times}"));
                 }
             }
-            if list.windows(2).any(|w| w[0] >= w[1]) {
+            // Acknowledged writes in the order they were sent (a write the client
+            // gave up on may run at any time, as on any Redis).
+            let acked: HashSet<u64> = mine
+                .iter()
+                .filter(|o| matches!(o.outcome, Outcome::Acked(_)))
+                .map(|o| o.n)
+                .collect();
+            let in_order: Vec<u64> = list.iter().copied().filter(|v| acked.contains(v)).collect();
+            if in_order.windows(2).any(|w| w[0] >= w[1]) {
                 a.out_of_order.push(name.clone());
             }
             let place: HashMap<u64, usize> =
@@ -504,7 +520,7 @@ fn resharding_under_load_loses_and_duplicates_nothing() {
         up.moved.load(Ordering::Relaxed),
         up.asked.load(Ordering::Relaxed),
     );
-    let load = Load::start(&env, keys, Duration::from_secs(40));
+    let load = Load::start(&env, keys, Duration::from_secs(40), PATIENCE);
     std::thread::sleep(Duration::from_millis(500));
     let began = Instant::now();
     let target = format!("127.0.0.1:{}", from.port);
@@ -628,7 +644,7 @@ fn graceful_failover_under_load_loses_nothing() {
     assert_eq!(env.cmd(&[b"PING"]), b"+PONG\r\n");
     let up = env.upstream();
     let moved0 = up.moved.load(Ordering::Relaxed);
-    let load = Load::start(&env, keys, Duration::from_secs(30));
+    let load = Load::start(&env, keys, Duration::from_secs(30), PATIENCE);
     std::thread::sleep(Duration::from_millis(700));
     let (out, status) = redis_cli(replica.port, &["CLUSTER", "FAILOVER"]);
     assert!(
@@ -684,20 +700,40 @@ struct Killed {
     good_after: bool,
 }
 
-/// Kills a primary (that has a replica) while `clients` write, half of their
+/// How a primary fails.
+#[derive(Debug, Clone, Copy, PartialEq)]
+enum Fault {
+    /// SIGKILL: connections reset, connects refused.
+    Kill,
+    /// SIGSTOP: connections accepted (by the kernel) and never answered; resumed
+    /// (it rejoins as a replica) once the test has its figures.
+    Pause,
+}
+
+/// Fails a primary (that has a replica) while `clients` write, half of their
 /// lists (all, if `all_hot`) in its shard; runs until the proxy's map names the
-/// replica as primary (and 2 s more), or 25 s after the kill.
-fn kill_a_primary(test: &str, clients: usize, all_hot: bool) -> Killed {
+/// replica as primary (and 1 s more), or 25 s after the fault.
+fn kill_a_primary(test: &str, clients: usize, all_hot: bool, fault: Fault) -> Killed {
     let cluster = Cluster::shared();
     wait_healthy(cluster, Duration::from_secs(20));
     let env = start();
     let (primary, replica) = primary_with_replica(cluster);
     let keys = key_names(test, clients, &|s| primary.serves(s), all_hot);
     assert_eq!(env.cmd(&[b"PING"]), b"+PONG\r\n");
-    let load = Load::start(&env, keys, Duration::from_secs(40));
-    std::thread::sleep(Duration::from_millis(1000));
+    // A hung node holds requests until their deadline (connect_timeout +
+    // command_timeout): the writers give up sooner, as real clients do, so
+    // their next requests show when the proxy routes around it.
+    let patience = match fault {
+        Fault::Kill => PATIENCE,
+        Fault::Pause => Duration::from_secs(2),
+    };
+    let load = Load::start(&env, keys, Duration::from_secs(40), patience);
+    std::thread::sleep(Duration::from_millis(500));
     let killed = Instant::now();
-    cluster.kill_node(primary.port);
+    match fault {
+        Fault::Kill => cluster.kill_node(primary.port),
+        Fault::Pause => cluster.pause_node(primary.port),
+    }
     let promoted = wait_promoted(cluster, &replica, Duration::from_secs(20));
     let new_primary = format!(":{}", replica.port);
     let deadline = killed + Duration::from_secs(25);
@@ -706,13 +742,47 @@ fn kill_a_primary(test: &str, clients: usize, all_hot: bool) -> Killed {
             .upstream()
             .topology()
             .is_some_and(|t| t.primaries.iter().any(|n| n.addr.ends_with(&new_primary)));
+        if std::env::var("CLUSTER_FAULTS_TRACE").is_ok() {
+            let up = env.upstream();
+            let t = up.topology();
+            eprintln!(
+                "{:?} gen {:?} refreshes {} failures {} primaries {:?}",
+                killed.elapsed(),
+                t.as_ref().map(|t| t.generation),
+                up.refreshes.load(Ordering::Relaxed),
+                up.refresh_failures.load(Ordering::Relaxed),
+                t.map(|t| t
+                    .primaries
+                    .iter()
+                    .map(|n| n.addr.clone())
+                    .collect::<Vec<_>>())
+            );
+        }
         if learnt {
-            std::thread::sleep(Duration::from_secs(2));
+            std::thread::sleep(Duration::from_secs(1));
             break;
         }
-        std::thread::sleep(Duration::from_millis(100));
+        std::thread::sleep(Duration::from_millis(500));
     }
     let (keys, logs) = load.finish(&env);
+    if fault == Fault::Pause {
+        cluster.resume_node(primary.port);
+    }
+    if std::env::var("CLUSTER_FAULTS_TRACE").is_ok() {
+        for o in logs[0].iter().filter(|o| o.done >= killed) {
+            if !matches!(o.outcome, Outcome::Acked(_))
+                || o.done - o.sent > Duration::from_millis(200)
+            {
+                eprintln!(
+                    "client 0 key {} sent {:?} took {:?}: {:?}",
+                    o.key,
+                    o.sent.saturating_duration_since(killed),
+                    o.done - o.sent,
+                    o.outcome
+                );
+            }
+        }
+    }
     let (last_bad, good_after) = recovery(&logs, all_hot, killed);
     let audit = audit(&env, &keys, &logs);
     eprintln!(
@@ -761,7 +831,7 @@ fn assert_recovered(k: &Killed) {
 #[test]
 fn killed_primary_writes_resume_on_the_promoted_replica() {
     let _serial = serial();
-    let k = kill_a_primary("killed", CLIENTS, false);
+    let k = kill_a_primary("killed", CLIENTS, false, Fault::Kill);
     assert_recovered(&k);
 }
 
@@ -772,6 +842,153 @@ fn killed_primary_writes_resume_on_the_promoted_replica() {
 #[test]
 fn killed_primary_alone_in_use_is_replaced_without_other_traffic() {
     let _serial = serial();
-    let k = kill_a_primary("killed-alone", 5, true);
+    let k = kill_a_primary("killed-alone", 5, true, Fault::Kill);
     assert_recovered(&k);
+}
+
+/// SIGSTOP to a primary while 50 clients write, half of them to its shard: its
+/// connections hang (each request in flight fails after `command_timeout`, 5 s);
+/// the replica is promoted and writes succeed again within 15 s, nothing twice.
+#[test]
+fn hung_primary_writes_resume_on_the_promoted_replica() {
+    let _serial = serial();
+    let k = kill_a_primary("hung", CLIENTS, false, Fault::Pause);
+    assert_recovered(&k);
+}
+
+/// `redis-cli -p port args…`, asserting it says OK.
+fn cli_ok(port: u16, args: &[&str]) {
+    let (out, status) = redis_cli(port, args);
+    assert!(
+        status.success() && out.trim() == "OK",
+        "{port} {args:?}: {out}"
+    );
+}
+
+/// One slot moved by hand, one key at a time, with clients using it in between:
+/// a key already moved is reached with `ASKING` (alone and several in one
+/// pipeline, in order), a key not yet moved on the old node, a new key on the new
+/// node; a command whose keys are split between the two nodes (`-TRYAGAIN` from
+/// Redis) is held and resent until the slot has moved, then runs once.
+#[test]
+fn slot_in_migration_asks_and_holds_split_multi_key_commands() {
+    let _serial = serial();
+    let cluster = Cluster::shared();
+    wait_healthy(cluster, Duration::from_secs(20));
+    let env = start();
+    let slot = key_slot(b"{mig}");
+    let topo = nodes(cluster);
+    let from = topo
+        .iter()
+        .find(|n| n.primary && !n.failed && n.serves(slot))
+        .expect("the slot's primary")
+        .clone();
+    let to = topo
+        .iter()
+        .find(|n| n.primary && !n.failed && !n.slots.is_empty() && n.id != from.id)
+        .expect("another primary")
+        .clone();
+    let up = env.upstream();
+    let addr = env.proxy.local_addr();
+    let s = slot.to_string();
+    let (asked0, moved0) = (
+        up.asked.load(Ordering::Relaxed),
+        up.moved.load(Ordering::Relaxed),
+    );
+    let mut c = env.rt.block_on(AsyncRawClient::connect(addr));
+    let mut cmd = |args: &[&[u8]]| env.rt.block_on(c.cmd(args));
+    assert_eq!(cmd(&[b"DEL", b"{mig}a", b"{mig}b", b"{mig}new"]), b":0\r\n");
+    assert_eq!(cmd(&[b"RPUSH", b"{mig}a", b"1"]), b":1\r\n");
+    assert_eq!(cmd(&[b"RPUSH", b"{mig}b", b"1"]), b":1\r\n");
+
+    cli_ok(to.port, &["CLUSTER", "SETSLOT", &s, "IMPORTING", &from.id]);
+    cli_ok(from.port, &["CLUSTER", "SETSLOT", &s, "MIGRATING", &to.id]);
+    let to_port = to.port.to_string();
+    let migrate = |key: &str| {
+        let args = [
+            "MIGRATE",
+            "127.0.0.1",
+            &to_port,
+            "",
+            "0",
+            "5000",
+            "KEYS",
+            key,
+        ];
+        cli_ok(from.port, &args);
+    };
+    migrate("{mig}a");
+    // Moved: ASK; not moved: the old node; new: ASK to the new node.
+    assert_eq!(cmd(&[b"RPUSH", b"{mig}a", b"2"]), b":2\r\n");
+    assert_eq!(cmd(&[b"RPUSH", b"{mig}b", b"2"]), b":2\r\n");
+    assert_eq!(cmd(&[b"RPUSH", b"{mig}new", b"1"]), b":1\r\n");
+    assert!(
+        up.asked.load(Ordering::Relaxed) >= asked0 + 2,
+        "ASK followed"
+    );
+    // Several ASKs in one pipeline, between requests the old node runs.
+    let mut req = Vec::new();
+    req.extend(resp_cmd(&[b"RPUSH", b"{mig}a", b"3"]));
+    req.extend(resp_cmd(&[b"RPUSH", b"{mig}b", b"3"]));
+    req.extend(resp_cmd(&[b"RPUSH", b"{mig}new", b"2"]));
+    req.extend(resp_cmd(&[b"LRANGE", b"{mig}a", b"0", b"-1"]));
+    req.extend(resp_cmd(&[b"LLEN", b"{mig}b"]));
+    let replies = env.rt.block_on(async {
+        let mut p = AsyncRawClient::connect(addr).await;
+        p.send(&req).await;
+        p.read_replies(5).await
+    });
+    assert_eq!(
+        replies,
+        vec![
+            b":3\r\n".to_vec(),
+            b":3\r\n".to_vec(),
+            b":2\r\n".to_vec(),
+            b"*3\r\n$1\r\n1\r\n$1\r\n2\r\n$1\r\n3\r\n".to_vec(),
+            b":3\r\n".to_vec(),
+        ]
+    );
+    // Keys on both nodes: Redis answers -TRYAGAIN; the proxy holds it.
+    let split = env.rt.spawn(async move {
+        let mut p = AsyncRawClient::connect(addr).await;
+        p.set_timeout(Duration::from_secs(20));
+        let sent = Instant::now();
+        let r = p
+            .cmd(&[b"LMOVE", b"{mig}b", b"{mig}a", b"LEFT", b"RIGHT"])
+            .await;
+        (r, sent.elapsed())
+    });
+    std::thread::sleep(Duration::from_millis(1500));
+    assert!(!split.is_finished(), "the split LMOVE waits for the slot");
+    migrate("{mig}b");
+    for n in [&to, &from] {
+        cli_ok(n.port, &["CLUSTER", "SETSLOT", &s, "NODE", &to.id]);
+    }
+    let (moved, waited) = env.rt.block_on(split).expect("LMOVE task");
+    assert_eq!(moved, b"$1\r\n1\r\n", "LMOVE ran once the slot moved");
+    assert!(waited >= Duration::from_millis(1500), "{waited:?}");
+    let mut cmd = |args: &[&[u8]]| env.rt.block_on(c.cmd(args));
+    assert_eq!(
+        cmd(&[b"LRANGE", b"{mig}a", b"0", b"-1"]),
+        b"*4\r\n$1\r\n1\r\n$1\r\n2\r\n$1\r\n3\r\n$1\r\n1\r\n"
+    );
+    assert_eq!(
+        cmd(&[b"LRANGE", b"{mig}b", b"0", b"-1"]),
+        b"*2\r\n$1\r\n2\r\n$1\r\n3\r\n"
+    );
+    assert_eq!(cmd(&[b"DEL", b"{mig}a", b"{mig}b", b"{mig}new"]), b":3\r\n");
+    // The proxy's map has the slot on the new node (learnt on -MOVED, or on the
+    // refresh a -TRYAGAIN asks for).
+    let owner = up
+        .topology()
+        .and_then(|t| t.map.shard(slot).map(|s| s.primary.addr.clone()));
+    assert_eq!(owner, Some(format!("127.0.0.1:{}", to.port)));
+    assert_eq!(cmd(&[b"RPUSH", b"{mig}a", b"x"]), b":1\r\n");
+    assert_eq!(cmd(&[b"DEL", b"{mig}a"]), b":1\r\n");
+    eprintln!(
+        "slot migration: split LMOVE held {waited:?}; proxy followed {} ASK, {} MOVED",
+        up.asked.load(Ordering::Relaxed) - asked0,
+        up.moved.load(Ordering::Relaxed) - moved0
+    );
+    wait_healthy(cluster, Duration::from_secs(10));
 }

@@ -219,12 +219,26 @@ impl Cluster {
     /// SIGKILL to the node on `port` (the cluster is shared, so its servers cannot
     /// be borrowed mutably; the watchdog skips a pid that is gone).
     pub fn kill_node(&self, port: u16) {
+        self.signal_node(port, "KILL");
+    }
+
+    /// SIGSTOP to the node on `port`: it keeps its sockets but answers nothing.
+    pub fn pause_node(&self, port: u16) {
+        self.signal_node(port, "STOP");
+    }
+
+    /// SIGCONT after [`pause_node`](Self::pause_node).
+    pub fn resume_node(&self, port: u16) {
+        self.signal_node(port, "CONT");
+    }
+
+    fn signal_node(&self, port: u16, signal: &str) {
         let node = self
             .nodes
             .iter()
             .find(|n| n.port() == port)
             .unwrap_or_else(|| panic!("no cluster node on port {port}"));
         let pid = node.pid().expect("the node's pid");
-        signal_pid(pid, "KILL").expect("SIGKILL a cluster node");
+        signal_pid(pid, signal).unwrap_or_else(|e| panic!("SIG{signal} to node {port}: {e}"));
     }
 }
