@@ -180,7 +180,7 @@ impl Env {
     }
 }
 
-/// `clients` × `KEYS` list names, `{test}:{client}:{key}`: the even ones in a slot
+/// `clients` × `KEYS` list names, `{test:client:key:n}`: the even ones in a slot
 /// `hot` accepts, the odd ones too if `all_hot`, else anywhere.
 fn key_names(
     test: &str,
@@ -194,7 +194,8 @@ fn key_names(
                 .map(|k| {
                     let mut t = 0u32;
                     loop {
-                        let name = format!("{test}:{c}:{k}:{t}");
+                        // Braced: its twin list (`twin`) is in the same slot.
+                        let name = format!("{{{test}:{c}:{k}:{t}}}");
                         let any = k % 2 == 1 && !all_hot;
                         if any || hot(key_slot(name.as_bytes())) || t > 100_000 {
                             break name;
@@ -206,6 +207,21 @@ fn key_names(
         })
         .collect()
 }
+
+/// Writers that append with a two-key script ([`TWIN_PUSH`]): a quarter.
+fn twin(client: usize) -> bool {
+    client % 4 == 3
+}
+
+/// The list a [`twin`] writer appends to with each of its lists.
+fn twin_of(name: &str) -> String {
+    format!("{name}:twin")
+}
+
+/// Appends `ARGV[1]` to `KEYS[2]` and `KEYS[1]` (one slot); the length of
+/// `KEYS[1]` after. Redis answers `-TRYAGAIN` while a migration has split them.
+const TWIN_PUSH: &[u8] =
+    b"redis.call('RPUSH', KEYS[2], ARGV[1]); return redis.call('RPUSH', KEYS[1], ARGV[1])";
 
 /// One writer per element of `keys`, through the proxy until `stop` (or `limit`).
 struct Load {
@@ -255,7 +271,20 @@ impl Load {
                         }
                         let Some(cl) = conn.as_mut() else { continue };
                         let v = n.to_string();
-                        let req = resp_cmd(&[b"RPUSH", keys[c][key].as_bytes(), v.as_bytes()]);
+                        let name = keys[c][key].as_bytes();
+                        let req = if twin(c) {
+                            let other = twin_of(&keys[c][key]);
+                            resp_cmd(&[
+                                b"EVAL",
+                                TWIN_PUSH,
+                                b"2",
+                                name,
+                                other.as_bytes(),
+                                v.as_bytes(),
+                            ])
+                        } else {
+                            resp_cmd(&[b"RPUSH", name, v.as_bytes()])
+                        };
                         let got = match cl.try_send(&req).await {
                             Ok(()) => cl.try_read_reply().await,
                             Err(e) => Err(e),
@@ -280,6 +309,13 @@ impl Load {
                             }
                             Err(e) => {
                                 conn = None;
+                                if std::env::var("CLUSTER_FAULTS_TRACE").is_ok() {
+                                    eprintln!(
+                                        "client {c} {} {n}: {e} after {:?}",
+                                        keys[c][key],
+                                        sent.elapsed()
+                                    );
+                                }
                                 Outcome::Unknown(e.to_string())
                             }
                         };
@@ -332,6 +368,8 @@ struct Audit {
     out_of_order: Vec<String>,
     /// Acknowledged writes whose reply length is not their place in the list.
     misplaced: usize,
+    /// Lists whose twin (appended to by the same script) differs.
+    twins_differ: Vec<String>,
     /// Lists that could not be read back (the error).
     unreadable: Vec<String>,
 }
@@ -353,6 +391,11 @@ impl Audit {
             self.unexpected.is_empty(),
             "unsent: {:?}",
             first(&self.unexpected)
+        );
+        assert!(
+            self.twins_differ.is_empty(),
+            "twins: {:?}",
+            first(&self.twins_differ)
         );
         assert!(
             self.out_of_order.is_empty(),
@@ -394,22 +437,30 @@ fn int_list(reply: &[u8]) -> Result<Vec<u64>, String> {
 fn audit(env: &Env, keys: &[Vec<String>], logs: &[Vec<Op>]) -> Audit {
     let mut a = Audit::default();
     let addr = env.proxy.local_addr();
-    let lists: Vec<Vec<Result<Vec<u64>, String>>> = env.rt.block_on(async {
+    type Lists = (Result<Vec<u64>, String>, Result<Vec<u64>, String>);
+    let lists: Vec<Vec<Lists>> = env.rt.block_on(async {
         let mut c = AsyncRawClient::connect(addr).await;
         let mut all = Vec::new();
         for names in keys {
             let mut mine = Vec::new();
             for name in names {
                 let r = c.cmd(&[b"LRANGE", name.as_bytes(), b"0", b"-1"]).await;
-                mine.push(int_list(&r));
+                let t = c
+                    .cmd(&[b"LRANGE", twin_of(name).as_bytes(), b"0", b"-1"])
+                    .await;
+                mine.push((int_list(&r), int_list(&t)));
             }
             all.push(mine);
         }
         all
     });
     for (c, log) in logs.iter().enumerate() {
-        for (k, list) in lists[c].iter().enumerate() {
+        for (k, (list, twins)) in lists[c].iter().enumerate() {
             let name = &keys[c][k];
+            let expected_twins = if twin(c) { list } else { &Ok(Vec::new()) };
+            if twins != expected_twins {
+                a.twins_differ.push(name.clone());
+            }
             let mine: Vec<&Op> = log.iter().filter(|o| o.key == k).collect();
             for o in &mine {
                 match &o.outcome {
@@ -486,11 +537,11 @@ fn first<T>(v: &[T]) -> &[T] {
     &v[..v.len().min(10)]
 }
 
-/// Slots moved from the primary serving slot 0 to another, 1000 of them, with
-/// `redis-cli --cluster reshard`, while 50 clients append to lists, half of them in
-/// the slots that move: nothing lost, nothing twice, no error, every list in
-/// order; the proxy followed the redirects (`MOVED` after a slot moved, `ASK`
-/// while its keys were moving).
+/// 1000 slots moved from the largest primary to another with `redis-cli --cluster
+/// reshard` while 50 clients append to lists (a quarter of them with a two-key
+/// script), half of the lists in the slots that move: nothing lost, nothing twice,
+/// no error, every list in order; the proxy followed `-MOVED` (and the few `-ASK`
+/// a key caught mid-move gets).
 #[test]
 fn resharding_under_load_loses_and_duplicates_nothing() {
     let _serial = serial();
@@ -572,7 +623,8 @@ fn resharding_under_load_loses_and_duplicates_nothing() {
     );
     a.assert_clean();
     assert!(moved > 0, "the proxy followed MOVED ({moved})");
-    assert!(asked > 0, "the proxy followed ASK ({asked})");
+    // ASK needs a write between a key's MIGRATE and its slot's SETSLOT NODE: a
+    // few per run here (reported); slot_in_migration_… asserts it.
 }
 
 /// A primary that has a live replica, and that replica, once the replica is in
@@ -759,7 +811,12 @@ fn kill_a_primary(test: &str, clients: usize, all_hot: bool, fault: Fault) -> Ki
             );
         }
         if learnt {
-            std::thread::sleep(Duration::from_secs(1));
+            // Writes sent after any the writers may still give up on.
+            let more = match fault {
+                Fault::Kill => Duration::ZERO,
+                Fault::Pause => patience,
+            };
+            std::thread::sleep(Duration::from_secs(1) + more);
             break;
         }
         std::thread::sleep(Duration::from_millis(500));

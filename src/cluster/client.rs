@@ -231,6 +231,13 @@ impl Topology {
 struct Link(watch::Sender<bool>);
 
 impl Link {
+    /// Marks the batch done. The value is stored even when nobody waits yet
+    /// (`watch::Sender::send` would drop it then, and a later batch whose
+    /// `prev` this is would wait forever: it holds the sender itself).
+    fn done(&self) {
+        self.0.send_replace(true);
+    }
+
     async fn wait(this: Option<Arc<Link>>) {
         if let Some(l) = this {
             let mut rx = l.0.subscribe();
@@ -998,7 +1005,7 @@ impl Cluster {
         if let Some(p) = prev.take() {
             Link::wait(p).await;
         }
-        let _ = link.0.send(true);
+        link.done();
         if let Ok(mut c) = self.chains.lock() {
             if c.get(&session).is_some_and(|l| Arc::ptr_eq(l, &link)) {
                 c.remove(&session);
@@ -1091,4 +1098,33 @@ fn rand_index() -> usize {
             .map_or(0, |d| d.as_nanos() as u64),
     );
     h.finish() as usize
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// The next batch of a session can take this batch's link as its `prev`
+    /// before this one is done (its reply reaches the client first) and wait on
+    /// it only later, for a redirect.
+    #[tokio::test]
+    async fn a_link_done_before_anyone_waits_is_done() {
+        let link = Arc::new(Link(watch::channel(false).0));
+        let held = link.clone();
+        link.done();
+        drop(link);
+        let waited = tokio::time::timeout(Duration::from_secs(5), Link::wait(Some(held))).await;
+        assert!(waited.is_ok(), "Link::wait returned");
+    }
+
+    #[tokio::test]
+    async fn a_link_waits_until_done() {
+        let link = Arc::new(Link(watch::channel(false).0));
+        let waiter = tokio::spawn(Link::wait(Some(link.clone())));
+        tokio::time::sleep(Duration::from_millis(50)).await;
+        assert!(!waiter.is_finished());
+        link.done();
+        let waited = tokio::time::timeout(Duration::from_secs(5), waiter).await;
+        assert!(matches!(waited, Ok(Ok(()))));
+    }
 }
