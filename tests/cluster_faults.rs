@@ -870,9 +870,12 @@ fn assert_recovered(k: &Killed) {
         k.good_after,
         "writes to the dead shard's keys succeed again"
     );
+    // 15 s, unless Redis itself took longer than 11 s to promote the replica
+    // (a loaded machine): then 4 s after that.
+    let bound = Duration::from_secs(15).max(k.promoted + Duration::from_secs(4));
     assert!(
-        k.last_bad.is_some_and(|d| d < Duration::from_secs(15)),
-        "writes succeed again within 15 s of the kill (last failure {:?}, promoted {:?})",
+        k.last_bad.is_some_and(|d| d < bound),
+        "writes succeed again within {bound:?} of the fault (last failure {:?}, promoted {:?})",
         k.last_bad,
         k.promoted
     );
@@ -1048,4 +1051,64 @@ fn slot_in_migration_asks_and_holds_split_multi_key_commands() {
         up.moved.load(Ordering::Relaxed) - moved0
     );
     wait_healthy(cluster, Duration::from_secs(10));
+}
+
+/// A slot moved without the proxy being told (its keys none, `CLUSTER SETSLOT …
+/// NODE` on every primary), then a blocking command, a transaction and `WATCH`
+/// for a key in it: a client of a standalone Redis must never see `-MOVED`.
+/// The shared connections follow it; the exclusive ones (pinned to the node the
+/// proxy's map names) pass it on, and the session stays on the stale node:
+/// known bug, in `session/exclusive.rs` and `Cluster::pool` (the lead's area).
+#[test]
+#[ignore = "known bug: exclusive connections pass -MOVED on to the client"]
+fn exclusive_connections_follow_a_moved_slot() {
+    let _serial = serial();
+    let cluster = Cluster::shared();
+    wait_healthy(cluster, Duration::from_secs(20));
+    let env = start();
+    let slot = key_slot(b"{tx}");
+    let topo = nodes(cluster);
+    let to = topo
+        .iter()
+        .find(|n| n.primary && !n.failed && !n.slots.is_empty() && !n.serves(slot))
+        .expect("a primary not serving the slot")
+        .clone();
+    // The proxy learns the map, then the (empty) slot moves.
+    assert_eq!(env.cmd(&[b"DEL", b"{tx}k", b"{tx}l"]), b":0\r\n");
+    let s = slot.to_string();
+    for n in topo.iter().filter(|n| n.primary && !n.failed) {
+        cli_ok(n.port, &["CLUSTER", "SETSLOT", &s, "NODE", &to.id]);
+    }
+    let addr = env.proxy.local_addr();
+    let replies = env.rt.block_on(async {
+        let mut c = AsyncRawClient::connect(addr).await;
+        let mut v = Vec::new();
+        for cmd in [
+            &[&b"BLPOP"[..], b"{tx}l", b"1"][..],
+            &[b"MULTI"],
+            &[b"SET", b"{tx}k", b"1"],
+            &[b"EXEC"],
+            &[b"WATCH", b"{tx}k"],
+            &[b"GET", b"{tx}k"],
+            &[b"UNWATCH"],
+            &[b"DEL", b"{tx}k"],
+        ] {
+            v.push(String::from_utf8_lossy(&c.cmd(cmd).await).into_owned());
+        }
+        v
+    });
+    wait_healthy(cluster, Duration::from_secs(10));
+    assert_eq!(
+        replies,
+        [
+            "*-1\r\n",
+            "+OK\r\n",
+            "+QUEUED\r\n",
+            "*1\r\n+OK\r\n",
+            "+OK\r\n",
+            "$1\r\n1\r\n",
+            "+OK\r\n",
+            ":1\r\n"
+        ]
+    );
 }
