@@ -750,6 +750,8 @@ struct Killed {
     last_bad: Option<Duration>,
     /// Writes to the dead shard's keys succeeded after that.
     good_after: bool,
+    /// From the fault until the proxy's map named the replica as primary.
+    learnt: Option<Duration>,
 }
 
 /// How a primary fails.
@@ -781,13 +783,26 @@ fn kill_a_primary(test: &str, clients: usize, all_hot: bool, fault: Fault) -> Ki
     };
     let load = Load::start(&env, keys, Duration::from_secs(40), patience);
     std::thread::sleep(Duration::from_millis(500));
+    // When the proxy's map first names the replica as primary.
+    let new_primary = format!(":{}", replica.port);
+    let up = env.upstream();
+    let watched = new_primary.clone();
     let killed = Instant::now();
+    let learnt_at = env.rt.spawn(async move {
+        while killed.elapsed() < Duration::from_secs(30) {
+            let t = up.topology();
+            if t.is_some_and(|t| t.primaries.iter().any(|n| n.addr.ends_with(&watched))) {
+                return Some(killed.elapsed());
+            }
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        None
+    });
     match fault {
         Fault::Kill => cluster.kill_node(primary.port),
         Fault::Pause => cluster.pause_node(primary.port),
     }
     let promoted = wait_promoted(cluster, &replica, Duration::from_secs(20));
-    let new_primary = format!(":{}", replica.port);
     let deadline = killed + Duration::from_secs(25);
     while Instant::now() < deadline {
         let learnt = env
@@ -841,10 +856,11 @@ fn kill_a_primary(test: &str, clients: usize, all_hot: bool, fault: Fault) -> Ki
         }
     }
     let (last_bad, good_after) = recovery(&logs, all_hot, killed);
+    let learnt = env.rt.block_on(learnt_at).ok().flatten();
     let audit = audit(&env, &keys, &logs);
     eprintln!(
-        "{test}: replica promoted {promoted:?} after the kill; last failed write \
-         {last_bad:?} after it, writes succeeding after that: {good_after}; {} writes \
+        "{test}: replica promoted {promoted:?} after the fault (polled), in the proxy's \
+         map {learnt:?} after it; last failed write {last_bad:?} after it, writes succeeding after that: {good_after}; {} writes \
          acknowledged, {} lost, {} duplicated, {} errors ({}), {} maybe run ({})",
         audit.acked,
         audit.lost.len(),
@@ -860,6 +876,7 @@ fn kill_a_primary(test: &str, clients: usize, all_hot: bool, fault: Fault) -> Ki
         promoted,
         last_bad,
         good_after,
+        learnt,
     }
 }
 
@@ -879,6 +896,7 @@ fn assert_recovered(k: &Killed) {
         k.last_bad,
         k.promoted
     );
+    assert!(k.learnt.is_some(), "the proxy learnt the new primary");
     a.assert_consistent();
 }
 
