@@ -13,14 +13,18 @@ use std::time::{Duration, Instant};
 use redis_sidecar::config::Config;
 use redis_sidecar::server::Proxy;
 use support::cluster::Cluster;
-use support::{start_proxy, RawClient};
+use support::RawClient;
 
 /// The 11 AutoBot databases, each on the shared cluster (`prefixes`: each its
 /// own `key_prefix`, `{tag}{name}:`, so tests running at once keep apart).
 fn cluster_config(cluster: &Cluster, prefixes: Option<&str>) -> Config {
-    support::upstream::cluster_config(cluster, |name| {
-        prefixes.map(|tag| format!("{tag}{name}:").into_bytes())
-    })
+    let mut config = cluster.proxy_config();
+    if let Some(tag) = prefixes {
+        for db in &mut config.databases {
+            db.upstream.key_prefix = Some(format!("{tag}{}:", db.name()).into_bytes().into());
+        }
+    }
+    config
 }
 
 struct Env {
@@ -30,13 +34,7 @@ struct Env {
 
 /// An in-process proxy on the shared cluster.
 fn start(prefixes: Option<&str>) -> Env {
-    let cluster = Cluster::shared();
-    let rt = tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(2)
-        .enable_all()
-        .build()
-        .expect("runtime");
-    let proxy = rt.block_on(start_proxy(cluster_config(cluster, prefixes)));
+    let (rt, proxy) = Cluster::start_proxy(cluster_config(Cluster::shared(), prefixes));
     Env { _rt: rt, proxy }
 }
 

@@ -23,15 +23,33 @@
 //! for the same slot that were already sent got the same redirect (the node does
 //! not serve the slot, or does not have the key), so they are resent after.
 //!
+//! Not kept: the order of a request held by `-TRYAGAIN` (a multi-key command
+//! whose keys are split by a slot migration) against *later* requests of the
+//! same session for one of its keys still on the old node: those already ran
+//! there. Cluster-aware clients resend `-TRYAGAIN` the same way.
+//!
+//! # Failures
+//!
+//! A request that fails on a node's connection gets the error, as from a
+//! standalone upstream (a write that may have run is never resent; the node's
+//! shared connection retries what is safe, `upstream::mux`). A node whose breaker
+//! is open answers `-CIRCUITOPEN` at once.
+//!
 //! # The map
 //!
 //! Learnt from the seed nodes at the first request, then refreshed on `-MOVED`,
-//! on a connection failure and every `health_check_interval`; refreshes are
-//! coalesced (one at a time; a caller that sees a newer map than the one it
-//! acted on does not start another) and at most one per [`MIN_REFRESH`].
+//! on a failure (a connection error or a node's open breaker) and every
+//! `health_check_interval`; refreshes are coalesced (one at a time; a caller that
+//! sees a newer map than the one it acted on does not start another) and at most
+//! one per [`MIN_REFRESH`]. After a failure the map is also asked every
+//! [`WATCH_EVERY`] until a shard's primary changes (for at most [`WATCH_FOR`]):
+//! Redis promotes a replica only after `cluster-node-timeout` and an election,
+//! and requests to a hung node fail only at their deadline. Nodes are asked in
+//! turn, healthy ones first, the next one after [`HEDGE`] without an answer, and
+//! the first map wins, so a hung node does not hold a refresh for its timeouts.
 
 use std::collections::HashMap;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, RwLock};
 use std::time::Duration;
 
@@ -56,6 +74,12 @@ use crate::upstream::{Observer, UpstreamError};
 
 /// Least time between two slot-map refreshes.
 pub const MIN_REFRESH: Duration = Duration::from_millis(250);
+/// How often the map is asked while a failed node may be failed over.
+pub const WATCH_EVERY: Duration = Duration::from_millis(500);
+/// How long the map is watched after a node failed.
+pub const WATCH_FOR: Duration = Duration::from_secs(30);
+/// How long a slot-map question waits for a node before asking the next one too.
+pub const HEDGE: Duration = Duration::from_millis(200);
 /// Most rounds of redirects one request follows before its last error is passed on.
 const MAX_REDIRECTS: u32 = 16;
 /// `ASKING`, sent before a request redirected by `-ASK`.
@@ -207,6 +231,13 @@ impl Topology {
 struct Link(watch::Sender<bool>);
 
 impl Link {
+    /// Marks the batch done. The value is stored even when nobody waits yet
+    /// (`watch::Sender::send` would drop it then, and a later batch whose
+    /// `prev` this is would wait forever: it holds the sender itself).
+    fn done(&self) {
+        self.0.send_replace(true);
+    }
+
     async fn wait(this: Option<Arc<Link>>) {
         if let Some(l) = this {
             let mut rx = l.0.subscribe();
@@ -228,6 +259,10 @@ pub struct Cluster {
     topology: RwLock<Option<Arc<Topology>>>,
     nodes: Mutex<HashMap<String, Arc<Node>>>,
     refreshing: tokio::sync::Mutex<Option<Instant>>,
+    /// A background refresh is queued or running ([`Cluster::refresh_soon`]).
+    refresh_queued: AtomicBool,
+    /// The map is being watched after a failure ([`Cluster::after_failure`]).
+    watching: AtomicBool,
     chains: Mutex<HashMap<u64, Arc<Link>>>,
     /// Slot-map refreshes made.
     pub refreshes: AtomicU64,
@@ -311,6 +346,8 @@ impl Cluster {
             topology: RwLock::new(None),
             nodes: Mutex::new(HashMap::new()),
             refreshing: tokio::sync::Mutex::new(None),
+            refresh_queued: AtomicBool::new(false),
+            watching: AtomicBool::new(false),
             chains: Mutex::new(HashMap::new()),
             refreshes: AtomicU64::new(0),
             refresh_failures: AtomicU64::new(0),
@@ -405,28 +442,77 @@ impl Cluster {
             }
         }
         *last = Some(Instant::now());
-        let mut asked: Vec<String> = Vec::new();
+        let mut asked: Vec<(String, bool)> = Vec::new();
         if let Some(t) = self.topology() {
             for s in t.map.shards() {
-                asked.push(s.primary.addr.clone());
-                asked.extend(s.replicas.iter().map(|r| r.addr.clone()));
+                for n in std::iter::once(&s.primary).chain(&s.replicas) {
+                    asked.push((n.addr.clone(), n.health == map::Health::Failed));
+                }
             }
         }
         if let Some(c) = &self.base.cluster {
-            asked.extend(c.nodes.iter().map(|(h, p)| format!("{h}:{p}")));
+            asked.extend(c.nodes.iter().map(|(h, p)| (format!("{h}:{p}"), false)));
         }
-        let mut why = String::from("no seed nodes");
-        for addr in dedup(asked) {
-            match map::fetch(&addr, &self.base).await {
-                Ok(m) => {
-                    self.install(m);
-                    return;
-                }
-                Err(e) => why = e.to_string(),
+        // Nodes in trouble (failed by the cluster's account, or with their breaker
+        // not closed) are asked last.
+        let troubled = |addr: &str, failed: bool| {
+            failed
+                || self.nodes.lock().ok().is_some_and(|n| {
+                    n.get(addr)
+                        .is_some_and(|n| n.breaker.state() != crate::resilience::State::Closed)
+                })
+        };
+        let mut order: Vec<(String, bool)> = Vec::new();
+        for (addr, failed) in asked {
+            let bad = troubled(&addr, failed);
+            match order.iter_mut().find(|(a, _)| *a == addr) {
+                Some(o) => o.1 |= bad,
+                None => order.push((addr, bad)),
             }
         }
-        self.refresh_failures.fetch_add(1, Ordering::Relaxed);
-        tracing::warn!(db = %self.label, error = %why, "cannot learn the cluster's slot map");
+        order.sort_by_key(|(_, bad)| *bad);
+        match self
+            .fetch_first(order.into_iter().map(|(a, _)| a).collect())
+            .await
+        {
+            Ok(m) => self.install(m),
+            Err(why) => {
+                self.refresh_failures.fetch_add(1, Ordering::Relaxed);
+                tracing::warn!(db = %self.label, error = %why, "cannot learn the cluster's slot map");
+            }
+        }
+    }
+
+    /// The map from the first of `addrs` that gives one. They are asked in
+    /// order, the next one as soon as the previous failed or after [`HEDGE`]
+    /// without an answer (a hung node would otherwise hold the refresh for its
+    /// connect and command timeouts); the first answer wins.
+    async fn fetch_first(&self, addrs: Vec<String>) -> Result<SlotMap, String> {
+        let base = Arc::new(self.base.clone());
+        let mut asking = tokio::task::JoinSet::new();
+        let mut next = addrs.into_iter();
+        let mut why = String::from("no seed nodes");
+        loop {
+            if let Some(addr) = next.next() {
+                let base = base.clone();
+                asking.spawn(async move { map::fetch(&addr, &base).await });
+            }
+            let done = if next.len() > 0 {
+                match tokio::time::timeout(HEDGE, asking.join_next()).await {
+                    Ok(done) => done,
+                    Err(_) => continue,
+                }
+            } else {
+                asking.join_next().await
+            };
+            match done {
+                Some(Ok(Ok(m))) => return Ok(m),
+                Some(Ok(Err(e))) => why = e.to_string(),
+                Some(Err(e)) => why = e.to_string(),
+                None if next.len() == 0 => return Err(why),
+                None => {}
+            }
+        }
     }
 
     fn install(&self, m: SlotMap) {
@@ -460,11 +546,64 @@ impl Cluster {
         self.refreshes.fetch_add(1, Ordering::Relaxed);
     }
 
-    /// A refresh in the background (coalesced with any under way).
+    /// A refresh in the background (coalesced with any under way; none is
+    /// queued while one already is, so a stream of failures spawns one task).
     fn refresh_soon(self: &Arc<Self>) {
+        if self.refresh_queued.swap(true, Ordering::AcqRel) {
+            return;
+        }
         let seen = self.generation();
         let me = self.clone();
-        tokio::spawn(async move { me.refresh(seen).await });
+        tokio::spawn(async move {
+            me.refresh(seen).await;
+            me.refresh_queued.store(false, Ordering::Release);
+        });
+    }
+
+    /// After a node failed: the map, asked again at once, is asked again every
+    /// [`WATCH_EVERY`] until a shard's primary (or its slots) changed, for at
+    /// most [`WATCH_FOR`]. A failed
+    /// primary is replaced only after `cluster-node-timeout` and an election;
+    /// meanwhile requests to it may hang (a hung node) and fail only at their
+    /// deadline, so without this nothing would look at the map when the replica
+    /// takes over. One watch at a time.
+    fn after_failure(self: &Arc<Self>) {
+        self.refresh_soon();
+        if self.watching.swap(true, Ordering::AcqRel) {
+            return;
+        }
+        let weak = Arc::downgrade(self);
+        let stop = self.shutdown.clone();
+        // Which node serves which slots (a node's health changes first: the
+        // cluster marks it failed before a replica is elected).
+        let routing = |c: &Cluster| {
+            c.topology().map(|t| {
+                t.map
+                    .shards()
+                    .iter()
+                    .map(|s| (s.primary.addr.clone(), s.ranges.clone()))
+                    .collect::<Vec<_>>()
+            })
+        };
+        let before = routing(self);
+        tokio::spawn(async move {
+            let end = Instant::now() + WATCH_FOR;
+            while Instant::now() < end {
+                tokio::select! {
+                    _ = stop.cancelled() => return,
+                    _ = tokio::time::sleep(WATCH_EVERY) => {}
+                }
+                let Some(c) = weak.upgrade() else { return };
+                c.refresh(c.generation()).await;
+                let now = routing(&c);
+                if now.is_some() && now != before {
+                    break;
+                }
+            }
+            if let Some(c) = weak.upgrade() {
+                c.watching.store(false, Ordering::Release);
+            }
+        });
     }
 
     /// The map, learnt now if there is none yet.
@@ -742,6 +881,10 @@ impl Cluster {
                     for u in f.units {
                         units[u].reply = Some(refused.clone());
                     }
+                    // The node's breaker is open: it may have been failed over
+                    // (with no other request failing or redirected, nothing
+                    // else would look at the map before the periodic refresh).
+                    self.after_failure();
                     continue;
                 }
             };
@@ -777,7 +920,7 @@ impl Cluster {
                         units[u].reply = Some(out.clone());
                     }
                     // A failed node may have been failed over.
-                    self.refresh_soon();
+                    self.after_failure();
                 }
             }
         }
@@ -862,7 +1005,7 @@ impl Cluster {
         if let Some(p) = prev.take() {
             Link::wait(p).await;
         }
-        let _ = link.0.send(true);
+        link.done();
         if let Ok(mut c) = self.chains.lock() {
             if c.get(&session).is_some_and(|l| Arc::ptr_eq(l, &link)) {
                 c.remove(&session);
@@ -957,12 +1100,31 @@ fn rand_index() -> usize {
     h.finish() as usize
 }
 
-fn dedup(v: Vec<String>) -> Vec<String> {
-    let mut out: Vec<String> = Vec::new();
-    for a in v {
-        if !out.contains(&a) {
-            out.push(a);
-        }
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// The next batch of a session can take this batch's link as its `prev`
+    /// before this one is done (its reply reaches the client first) and wait on
+    /// it only later, for a redirect.
+    #[tokio::test]
+    async fn a_link_done_before_anyone_waits_is_done() {
+        let link = Arc::new(Link(watch::channel(false).0));
+        let held = link.clone();
+        link.done();
+        drop(link);
+        let waited = tokio::time::timeout(Duration::from_secs(5), Link::wait(Some(held))).await;
+        assert!(waited.is_ok(), "Link::wait returned");
     }
-    out
+
+    #[tokio::test]
+    async fn a_link_waits_until_done() {
+        let link = Arc::new(Link(watch::channel(false).0));
+        let waiter = tokio::spawn(Link::wait(Some(link.clone())));
+        tokio::time::sleep(Duration::from_millis(50)).await;
+        assert!(!waiter.is_finished());
+        link.done();
+        let waited = tokio::time::timeout(Duration::from_secs(5), waiter).await;
+        assert!(matches!(waited, Ok(Ok(()))));
+    }
 }

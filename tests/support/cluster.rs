@@ -16,7 +16,11 @@ use std::sync::OnceLock;
 use std::thread;
 use std::time::{Duration, Instant};
 
-use super::{free_port, redis_cli, redis_cli_with_timeout, RedisServer};
+use std::sync::Arc;
+
+use redis_sidecar::config::{ClusterConfig, Config, ReadFrom};
+
+use super::{free_port, redis_cli, redis_cli_with_timeout, signal_pid, RedisServer};
 
 /// Nodes: 3 primaries, each with 1 replica.
 pub const NODES: usize = 6;
@@ -179,5 +183,62 @@ impl Cluster {
     /// How long starting and forming took.
     pub fn started_in(&self) -> Duration {
         self.started_in
+    }
+
+    /// The 11 AutoBot databases, each on this cluster (every node a seed,
+    /// reads from primaries), listening on an ephemeral loopback port.
+    pub fn proxy_config(&self) -> Config {
+        let mut config = super::proxy_config(&self.nodes[0]);
+        let cc = Arc::new(ClusterConfig {
+            nodes: self
+                .ports()
+                .iter()
+                .map(|p| ("127.0.0.1".to_string(), *p))
+                .collect(),
+            read_from: ReadFrom::Primary,
+        });
+        for db in &mut config.databases {
+            db.upstream.cluster = Some(cc.clone());
+            db.upstream.db = 0;
+        }
+        config
+    }
+
+    /// `config`'s proxy in process, on a runtime of its own (2 workers) that
+    /// must outlive it.
+    pub fn start_proxy(config: Config) -> (tokio::runtime::Runtime, redis_sidecar::server::Proxy) {
+        let rt = tokio::runtime::Builder::new_multi_thread()
+            .worker_threads(2)
+            .enable_all()
+            .build()
+            .expect("runtime");
+        let proxy = rt.block_on(super::start_proxy(config));
+        (rt, proxy)
+    }
+
+    /// SIGKILL to the node on `port` (the cluster is shared, so its servers cannot
+    /// be borrowed mutably; the watchdog skips a pid that is gone).
+    pub fn kill_node(&self, port: u16) {
+        self.signal_node(port, "KILL");
+    }
+
+    /// SIGSTOP to the node on `port`: it keeps its sockets but answers nothing.
+    pub fn pause_node(&self, port: u16) {
+        self.signal_node(port, "STOP");
+    }
+
+    /// SIGCONT after [`pause_node`](Self::pause_node).
+    pub fn resume_node(&self, port: u16) {
+        self.signal_node(port, "CONT");
+    }
+
+    fn signal_node(&self, port: u16, signal: &str) {
+        let node = self
+            .nodes
+            .iter()
+            .find(|n| n.port() == port)
+            .unwrap_or_else(|| panic!("no cluster node on port {port}"));
+        let pid = node.pid().expect("the node's pid");
+        signal_pid(pid, signal).unwrap_or_else(|e| panic!("SIG{signal} to node {port}: {e}"));
     }
 }

@@ -24,9 +24,8 @@ use std::collections::hash_map::Entry;
 use std::collections::HashMap;
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicUsize, Ordering};
-use std::sync::Arc;
 
-use redis_sidecar::config::{ClusterConfig, Config, ReadFrom};
+use redis_sidecar::config::Config;
 
 use super::cluster::{Cluster, NODES};
 use super::{parse_info, proxy_config, resp_frame_len, AsyncRawClient, RedisServer};
@@ -337,19 +336,8 @@ impl Backend {
 /// The 11 AutoBot databases on `cluster` (seeds: every node; `upstream.db` 0), the
 /// proxy on 127.0.0.1:0; `prefix(name)`: each database's `key_prefix`.
 pub fn cluster_config(cluster: &Cluster, prefix: impl Fn(&str) -> Option<Vec<u8>>) -> Config {
-    let mut config = proxy_config(&cluster.nodes()[0]);
-    let nodes = cluster
-        .ports()
-        .iter()
-        .map(|p| ("127.0.0.1".to_string(), *p))
-        .collect();
-    let cc = Arc::new(ClusterConfig {
-        nodes,
-        read_from: ReadFrom::Primary,
-    });
+    let mut config = cluster.proxy_config();
     for db in &mut config.databases {
-        db.upstream.cluster = Some(cc.clone());
-        db.upstream.db = 0;
         db.upstream.key_prefix = prefix(db.name()).map(Into::into);
     }
     config

@@ -1,0 +1,1132 @@
+//! A Redis Cluster changing under load, through the proxy: slots resharded while 50
+//! clients write, a replica promoted by `CLUSTER FAILOVER`, a primary killed. The
+//! proxy must follow `-MOVED`/`-ASK`/`-TRYAGAIN` and learn the new primaries
+//! without a restart; acknowledged writes must not be lost (a killed primary may
+//! lose what it had not replicated: counted, not asserted) nor applied twice.
+//!
+//! Every client appends its own increasing numbers to its own lists (`RPUSH`), so
+//! afterwards each list must hold every acknowledged number once, in order, and
+//! nothing else but numbers whose reply the client never got.
+//!
+//! One cluster for the binary ([`Cluster::shared`]); the tests change its topology,
+//! so they take [`SERIAL`] and run one at a time. Each leaves the cluster serving
+//! all slots; the killed node stays dead (its replica took over).
+//!
+//! The figures (writes acknowledged, lost, duplicated; time to recover) are
+//! printed on stderr (`cargo test --test cluster_faults -- --nocapture`);
+//! `CLUSTER_FAULTS_TRACE=1` also prints the proxy's map while a primary is down
+//! and the first writer's slow or failed writes.
+
+mod support;
+
+use std::collections::{HashMap, HashSet};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex, MutexGuard};
+use std::time::{Duration, Instant};
+
+use redis_sidecar::cluster::key_slot;
+use redis_sidecar::server::Proxy;
+use support::cluster::Cluster;
+use support::{redis_cli, redis_cli_with_timeout, resp_cmd, AsyncRawClient};
+
+/// The tests change the shared cluster's topology: one at a time.
+static SERIAL: Mutex<()> = Mutex::new(());
+
+fn serial() -> MutexGuard<'static, ()> {
+    SERIAL.lock().unwrap_or_else(|e| e.into_inner())
+}
+
+/// Client tasks writing at once.
+const CLIENTS: usize = 50;
+/// Lists per client.
+const KEYS: usize = 8;
+/// How long a writer waits for a reply (longer than any proxy timeout).
+const PATIENCE: Duration = Duration::from_secs(20);
+/// Most writes one client makes in one test.
+const MAX_OPS: u64 = 200_000;
+
+/// One node as `CLUSTER NODES` describes it.
+#[derive(Debug, Clone)]
+struct NodeLine {
+    id: String,
+    port: u16,
+    primary: bool,
+    failed: bool,
+    /// The primary's id, for a replica.
+    of: Option<String>,
+    slots: Vec<(u16, u16)>,
+}
+
+impl NodeLine {
+    fn serves(&self, slot: u16) -> bool {
+        self.slots.iter().any(|&(a, b)| (a..=b).contains(&slot))
+    }
+}
+
+/// The cluster as the first node that answers sees it.
+fn nodes(cluster: &Cluster) -> Vec<NodeLine> {
+    for port in cluster.ports() {
+        let (text, status) = redis_cli(port, &["CLUSTER", "NODES"]);
+        if !status.success() || text.trim().is_empty() || text.contains("ERR") {
+            continue;
+        }
+        return text.lines().filter_map(parse_node).collect();
+    }
+    panic!("no cluster node answers CLUSTER NODES");
+}
+
+fn parse_node(line: &str) -> Option<NodeLine> {
+    let f: Vec<&str> = line.split(' ').collect();
+    let port = f
+        .get(1)?
+        .split('@')
+        .next()?
+        .rsplit(':')
+        .next()?
+        .parse()
+        .ok()?;
+    let flags = f.get(2)?;
+    let slots = f
+        .iter()
+        .skip(8)
+        .filter(|s| !s.starts_with('['))
+        .filter_map(|s| match s.split_once('-') {
+            Some((a, b)) => Some((a.parse().ok()?, b.parse().ok()?)),
+            None => s.parse().ok().map(|a| (a, a)),
+        })
+        .collect();
+    Some(NodeLine {
+        id: f.first()?.to_string(),
+        port,
+        primary: flags.contains("master"),
+        failed: flags.contains("fail"),
+        of: f.get(3).filter(|s| **s != "-").map(|s| s.to_string()),
+        slots,
+    })
+}
+
+/// Waits (bounded) until every live node says the cluster is ok, with all slots
+/// and no open (migrating/importing) slot.
+fn wait_healthy(cluster: &Cluster, within: Duration) {
+    let deadline = Instant::now() + within;
+    loop {
+        let live: Vec<NodeLine> = nodes(cluster).into_iter().filter(|n| !n.failed).collect();
+        let ok = live.iter().all(|n| {
+            let (info, _) = redis_cli(n.port, &["CLUSTER", "INFO"]);
+            let (all, _) = redis_cli(n.port, &["CLUSTER", "NODES"]);
+            info.contains("cluster_state:ok")
+                && info.contains("cluster_slots_ok:16384")
+                && !all.contains("->-")
+                && !all.contains("-<-")
+        });
+        if ok {
+            return;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "the cluster is not healthy after {within:?}: {:?}",
+            nodes(cluster)
+        );
+        std::thread::sleep(Duration::from_millis(200));
+    }
+}
+
+/// What happened to one write.
+#[derive(Debug, Clone)]
+enum Outcome {
+    /// `:len`: the list's length after it.
+    Acked(i64),
+    /// An error reply (Redis did not run it, or said so).
+    Error(String),
+    /// No reply (connection lost or timed out): it may have run.
+    Unknown(String),
+}
+
+#[derive(Debug, Clone)]
+struct Op {
+    key: usize,
+    n: u64,
+    sent: Instant,
+    done: Instant,
+    outcome: Outcome,
+}
+
+/// A proxy (in process) on the shared cluster, and its runtime.
+struct Env {
+    rt: tokio::runtime::Runtime,
+    proxy: Proxy,
+}
+
+fn start() -> Env {
+    let (rt, proxy) = Cluster::start_proxy(Cluster::shared().proxy_config());
+    Env { rt, proxy }
+}
+
+impl Env {
+    /// The cluster upstream of database 0 (where the clients write).
+    fn upstream(&self) -> Arc<redis_sidecar::cluster::Cluster> {
+        let live = self.proxy.context().live();
+        let db = live.router.get(0).expect("database 0");
+        db.cluster().expect("database 0 is on a cluster").clone()
+    }
+
+    /// One command through the proxy.
+    fn cmd(&self, args: &[&[u8]]) -> Vec<u8> {
+        let addr = self.proxy.local_addr();
+        self.rt.block_on(async move {
+            let mut c = AsyncRawClient::connect(addr).await;
+            c.cmd(args).await
+        })
+    }
+}
+
+/// `clients` × `KEYS` list names, `{test:client:key:n}`: the even ones in a slot
+/// `hot` accepts, the odd ones too if `all_hot`, else anywhere.
+fn key_names(
+    test: &str,
+    clients: usize,
+    hot: &dyn Fn(u16) -> bool,
+    all_hot: bool,
+) -> Vec<Vec<String>> {
+    (0..clients)
+        .map(|c| {
+            (0..KEYS)
+                .map(|k| {
+                    let mut t = 0u32;
+                    loop {
+                        // Braced: its twin list (`twin`) is in the same slot.
+                        let name = format!("{{{test}:{c}:{k}:{t}}}");
+                        let any = k % 2 == 1 && !all_hot;
+                        if any || hot(key_slot(name.as_bytes())) || t > 100_000 {
+                            break name;
+                        }
+                        t += 1;
+                    }
+                })
+                .collect()
+        })
+        .collect()
+}
+
+/// Writers that append with a two-key script ([`TWIN_PUSH`]): a quarter.
+fn twin(client: usize) -> bool {
+    client % 4 == 3
+}
+
+/// The list a [`twin`] writer appends to with each of its lists.
+fn twin_of(name: &str) -> String {
+    format!("{name}:twin")
+}
+
+/// Appends `ARGV[1]` to `KEYS[2]` and `KEYS[1]` (one slot); the length of
+/// `KEYS[1]` after. Redis answers `-TRYAGAIN` while a migration has split them.
+const TWIN_PUSH: &[u8] =
+    b"redis.call('RPUSH', KEYS[2], ARGV[1]); return redis.call('RPUSH', KEYS[1], ARGV[1])";
+
+/// One writer per element of `keys`, through the proxy until `stop` (or `limit`).
+struct Load {
+    stop: Arc<AtomicBool>,
+    tasks: Vec<tokio::task::JoinHandle<Vec<Op>>>,
+    keys: Arc<Vec<Vec<String>>>,
+}
+
+impl Load {
+    /// Writers give up on a reply after `patience` (and reconnect).
+    fn start(env: &Env, keys: Vec<Vec<String>>, limit: Duration, patience: Duration) -> Load {
+        let stop = Arc::new(AtomicBool::new(false));
+        let keys = Arc::new(keys);
+        let addr = env.proxy.local_addr();
+        let end = Instant::now() + limit;
+        let tasks = (0..keys.len())
+            .map(|c| {
+                let stop = stop.clone();
+                let keys = keys.clone();
+                env.rt.spawn(async move {
+                    let mut ops = Vec::new();
+                    let mut conn: Option<AsyncRawClient> = None;
+                    for n in 0..MAX_OPS {
+                        if stop.load(Ordering::Relaxed) || Instant::now() >= end {
+                            break;
+                        }
+                        let key = (n as usize) % KEYS;
+                        let sent = Instant::now();
+                        if conn.is_none() {
+                            match AsyncRawClient::try_connect(addr).await {
+                                Ok(mut c) => {
+                                    c.set_timeout(patience);
+                                    conn = Some(c);
+                                }
+                                Err(e) => {
+                                    tokio::time::sleep(Duration::from_millis(50)).await;
+                                    ops.push(Op {
+                                        key,
+                                        n,
+                                        sent,
+                                        done: Instant::now(),
+                                        outcome: Outcome::Error(format!("connect: {e}")),
+                                    });
+                                    continue;
+                                }
+                            }
+                        }
+                        let Some(cl) = conn.as_mut() else { continue };
+                        let v = n.to_string();
+                        let name = keys[c][key].as_bytes();
+                        let req = if twin(c) {
+                            let other = twin_of(&keys[c][key]);
+                            resp_cmd(&[
+                                b"EVAL",
+                                TWIN_PUSH,
+                                b"2",
+                                name,
+                                other.as_bytes(),
+                                v.as_bytes(),
+                            ])
+                        } else {
+                            resp_cmd(&[b"RPUSH", name, v.as_bytes()])
+                        };
+                        let got = match cl.try_send(&req).await {
+                            Ok(()) => cl.try_read_reply().await,
+                            Err(e) => Err(e),
+                        };
+                        let outcome = match got {
+                            Ok(r) if r.first() == Some(&b':') => {
+                                match std::str::from_utf8(&r[1..r.len() - 2])
+                                    .ok()
+                                    .and_then(|s| s.parse().ok())
+                                {
+                                    Some(len) => Outcome::Acked(len),
+                                    None => Outcome::Unknown(String::from_utf8_lossy(&r).into()),
+                                }
+                            }
+                            Ok(r) => {
+                                let text = String::from_utf8_lossy(&r).trim().to_string();
+                                if text.contains("may have been executed") {
+                                    Outcome::Unknown(text)
+                                } else {
+                                    Outcome::Error(text)
+                                }
+                            }
+                            Err(e) => {
+                                conn = None;
+                                if std::env::var("CLUSTER_FAULTS_TRACE").is_ok() {
+                                    eprintln!(
+                                        "client {c} {} {n}: {e} after {:?}",
+                                        keys[c][key],
+                                        sent.elapsed()
+                                    );
+                                }
+                                Outcome::Unknown(e.to_string())
+                            }
+                        };
+                        if !matches!(outcome, Outcome::Acked(_)) {
+                            // Not a busy loop while a shard is down.
+                            tokio::time::sleep(Duration::from_millis(20)).await;
+                        }
+                        ops.push(Op {
+                            key,
+                            n,
+                            sent,
+                            done: Instant::now(),
+                            outcome,
+                        });
+                    }
+                    ops
+                })
+            })
+            .collect();
+        Load { stop, tasks, keys }
+    }
+
+    /// Stops the writers and gives each one's log.
+    fn finish(self, env: &Env) -> (Arc<Vec<Vec<String>>>, Vec<Vec<Op>>) {
+        self.stop.store(true, Ordering::Relaxed);
+        let logs = env.rt.block_on(async {
+            let mut out = Vec::new();
+            for t in self.tasks {
+                out.push(t.await.expect("a writer task panicked"));
+            }
+            out
+        });
+        (self.keys, logs)
+    }
+}
+
+/// What the lists say about the writes.
+#[derive(Debug, Default)]
+struct Audit {
+    acked: usize,
+    errors: Vec<String>,
+    unknown: Vec<String>,
+    /// Acknowledged numbers missing from their list.
+    lost: Vec<String>,
+    /// Numbers in a list more than once.
+    duplicated: Vec<String>,
+    /// Numbers in a list that the client never sent, or sent and got an error for.
+    unexpected: Vec<String>,
+    /// Lists whose acknowledged elements are not in increasing order.
+    out_of_order: Vec<String>,
+    /// Acknowledged writes whose reply length is not their place in the list.
+    misplaced: usize,
+    /// Lists whose twin (appended to by the same script) differs.
+    twins_differ: Vec<String>,
+    /// Lists that could not be read back (the error).
+    unreadable: Vec<String>,
+}
+
+impl Audit {
+    /// Every list readable; nothing in one twice, out of order, or never sent.
+    fn assert_consistent(&self) {
+        assert!(
+            self.unreadable.is_empty(),
+            "unreadable: {:?}",
+            first(&self.unreadable)
+        );
+        assert!(
+            self.duplicated.is_empty(),
+            "twice: {:?}",
+            first(&self.duplicated)
+        );
+        assert!(
+            self.unexpected.is_empty(),
+            "unsent: {:?}",
+            first(&self.unexpected)
+        );
+        assert!(
+            self.twins_differ.is_empty(),
+            "twins: {:?}",
+            first(&self.twins_differ)
+        );
+        assert!(
+            self.out_of_order.is_empty(),
+            "order: {:?}",
+            first(&self.out_of_order)
+        );
+    }
+
+    /// Consistent, and every write acknowledged, in its list, at the place its
+    /// reply said.
+    fn assert_clean(&self) {
+        assert!(self.acked > 1000, "the load ran: {} writes", self.acked);
+        assert!(self.errors.is_empty(), "errors: {}", summary(&self.errors));
+        assert!(
+            self.unknown.is_empty(),
+            "no replies: {}",
+            summary(&self.unknown)
+        );
+        assert!(self.lost.is_empty(), "lost: {:?}", first(&self.lost));
+        assert_eq!(self.misplaced, 0, "RPUSH lengths match the places");
+        self.assert_consistent();
+    }
+}
+
+fn int_list(reply: &[u8]) -> Result<Vec<u64>, String> {
+    match redis::parse_redis_value(reply) {
+        Ok(redis::Value::Array(items)) => Ok(items
+            .iter()
+            .filter_map(|v| match v {
+                redis::Value::BulkString(b) => std::str::from_utf8(b).ok()?.parse().ok(),
+                _ => None,
+            })
+            .collect()),
+        _ => Err(String::from_utf8_lossy(reply).trim().to_string()),
+    }
+}
+
+/// Reads every list back through the proxy and checks it against the logs.
+fn audit(env: &Env, keys: &[Vec<String>], logs: &[Vec<Op>]) -> Audit {
+    let mut a = Audit::default();
+    let addr = env.proxy.local_addr();
+    type Lists = (Result<Vec<u64>, String>, Result<Vec<u64>, String>);
+    let lists: Vec<Vec<Lists>> = env.rt.block_on(async {
+        let mut c = AsyncRawClient::connect(addr).await;
+        let mut all = Vec::new();
+        for names in keys {
+            let mut mine = Vec::new();
+            for name in names {
+                let r = c.cmd(&[b"LRANGE", name.as_bytes(), b"0", b"-1"]).await;
+                let t = c
+                    .cmd(&[b"LRANGE", twin_of(name).as_bytes(), b"0", b"-1"])
+                    .await;
+                mine.push((int_list(&r), int_list(&t)));
+            }
+            all.push(mine);
+        }
+        all
+    });
+    for (c, log) in logs.iter().enumerate() {
+        for (k, (list, twins)) in lists[c].iter().enumerate() {
+            let name = &keys[c][k];
+            let expected_twins = if twin(c) { list } else { &Ok(Vec::new()) };
+            if twins != expected_twins {
+                a.twins_differ.push(name.clone());
+            }
+            let mine: Vec<&Op> = log.iter().filter(|o| o.key == k).collect();
+            for o in &mine {
+                match &o.outcome {
+                    Outcome::Acked(_) => a.acked += 1,
+                    Outcome::Error(e) => a.errors.push(e.clone()),
+                    Outcome::Unknown(e) => a.unknown.push(e.clone()),
+                }
+            }
+            let list = match list {
+                Ok(l) => l,
+                Err(e) => {
+                    a.unreadable.push(format!("{name}: {e}"));
+                    continue;
+                }
+            };
+            let mut count: HashMap<u64, usize> = HashMap::new();
+            for &v in list.iter() {
+                *count.entry(v).or_default() += 1;
+            }
+            for (&v, &times) in &count {
+                if times > 1 {
+                    a.duplicated.push(format!("{name}: {v} ×{times}"));
+                }
+            }
+            // Acknowledged writes in the order they were sent (a write the client
+            // gave up on may run at any time, as on any Redis).
+            let acked: HashSet<u64> = mine
+                .iter()
+                .filter(|o| matches!(o.outcome, Outcome::Acked(_)))
+                .map(|o| o.n)
+                .collect();
+            let in_order: Vec<u64> = list.iter().copied().filter(|v| acked.contains(v)).collect();
+            if in_order.windows(2).any(|w| w[0] >= w[1]) {
+                a.out_of_order.push(name.clone());
+            }
+            let place: HashMap<u64, usize> =
+                list.iter().enumerate().map(|(i, &v)| (v, i + 1)).collect();
+            let maybe: HashSet<u64> = mine
+                .iter()
+                .filter(|o| !matches!(o.outcome, Outcome::Error(_)))
+                .map(|o| o.n)
+                .collect();
+            for &v in list.iter() {
+                if !maybe.contains(&v) {
+                    a.unexpected.push(format!("{name}: {v}"));
+                }
+            }
+            for o in &mine {
+                if let Outcome::Acked(len) = o.outcome {
+                    match place.get(&o.n) {
+                        None => a.lost.push(format!("{name}: {}", o.n)),
+                        Some(&p) if p as i64 != len => a.misplaced += 1,
+                        Some(_) => {}
+                    }
+                }
+            }
+        }
+    }
+    a
+}
+
+/// The distinct error texts, with counts (for messages and the report).
+fn summary(texts: &[String]) -> String {
+    let mut m: HashMap<&str, usize> = HashMap::new();
+    for t in texts {
+        *m.entry(t.as_str()).or_default() += 1;
+    }
+    let mut v: Vec<String> = m.into_iter().map(|(t, n)| format!("{n}× {t}")).collect();
+    v.sort();
+    v.join("; ")
+}
+
+fn first<T>(v: &[T]) -> &[T] {
+    &v[..v.len().min(10)]
+}
+
+/// 1000 slots moved from the largest primary to another with `redis-cli --cluster
+/// reshard` while 50 clients append to lists (a quarter of them with a two-key
+/// script), half of the lists in the slots that move: nothing lost, nothing twice,
+/// no error, every list in order; the proxy followed `-MOVED` (and the few `-ASK`
+/// a key caught mid-move gets).
+#[test]
+fn resharding_under_load_loses_and_duplicates_nothing() {
+    let _serial = serial();
+    let cluster = Cluster::shared();
+    wait_healthy(cluster, Duration::from_secs(20));
+    let env = start();
+    let topo = nodes(cluster);
+    let from = topo
+        .iter()
+        .filter(|n| n.primary && !n.failed && !n.slots.is_empty())
+        .max_by_key(|n| n.slots.iter().map(|(a, b)| b - a + 1).sum::<u16>())
+        .expect("a primary with slots")
+        .clone();
+    let to = topo
+        .iter()
+        .find(|n| n.primary && !n.failed && n.id != from.id)
+        .expect("another primary")
+        .clone();
+    // redis-cli takes the source's lowest slots first: the first 1000 it serves.
+    let mut owned: Vec<u16> = (0..16384u16).filter(|&s| from.serves(s)).collect();
+    owned.truncate(1000);
+    let moving: HashSet<u16> = owned.into_iter().collect();
+    let keys = key_names("reshard", CLIENTS, &|s| moving.contains(&s), false);
+    assert_eq!(env.cmd(&[b"PING"]), b"+PONG\r\n");
+    let up = env.upstream();
+    let (moved0, asked0) = (
+        up.moved.load(Ordering::Relaxed),
+        up.asked.load(Ordering::Relaxed),
+    );
+    let load = Load::start(&env, keys, Duration::from_secs(40), PATIENCE);
+    std::thread::sleep(Duration::from_millis(500));
+    let began = Instant::now();
+    let target = format!("127.0.0.1:{}", from.port);
+    let (out, status) = redis_cli_with_timeout(
+        from.port,
+        &[
+            "--cluster",
+            "reshard",
+            &target,
+            "--cluster-from",
+            &from.id,
+            "--cluster-to",
+            &to.id,
+            "--cluster-slots",
+            "1000",
+            "--cluster-yes",
+        ],
+        Duration::from_secs(40),
+    );
+    let took = began.elapsed();
+    std::thread::sleep(Duration::from_millis(500));
+    let (keys, logs) = load.finish(&env);
+    assert!(
+        status.success(),
+        "redis-cli --cluster reshard failed: {}",
+        &out[out.len().saturating_sub(2000)..]
+    );
+    wait_healthy(cluster, Duration::from_secs(10));
+    // The slots really moved, with keys of the load in them.
+    let after = nodes(cluster);
+    let now_to = after.iter().find(|n| n.id == to.id).expect("target node");
+    assert!(
+        moving.iter().all(|&s| now_to.serves(s)),
+        "the 1000 slots are served by the target now"
+    );
+    let a = audit(&env, &keys, &logs);
+    let (moved, asked) = (
+        up.moved.load(Ordering::Relaxed) - moved0,
+        up.asked.load(Ordering::Relaxed) - asked0,
+    );
+    eprintln!(
+        "reshard: 1000 slots in {took:?}; {} writes acknowledged, {} errors, {} unknown, \
+         {} lost, {} duplicated; proxy followed {moved} MOVED and {asked} ASK",
+        a.acked,
+        a.errors.len(),
+        a.unknown.len(),
+        a.lost.len(),
+        a.duplicated.len()
+    );
+    a.assert_clean();
+    assert!(moved > 0, "the proxy followed MOVED ({moved})");
+    // ASK needs a write between a key's MIGRATE and its slot's SETSLOT NODE: a
+    // few per run here (reported); slot_in_migration_… asserts it.
+}
+
+/// A primary that has a live replica, and that replica, once the replica is in
+/// sync (a replica that never synced does not fail over: its data is "too old"
+/// for `cluster-replica-validity-factor`).
+fn primary_with_replica(cluster: &Cluster) -> (NodeLine, NodeLine) {
+    let topo = nodes(cluster);
+    let (p, r) = topo
+        .iter()
+        .filter(|p| p.primary && !p.failed && !p.slots.is_empty())
+        .find_map(|p| {
+            let r = topo
+                .iter()
+                .find(|r| !r.primary && !r.failed && r.of.as_deref() == Some(&p.id))?;
+            Some((p.clone(), r.clone()))
+        })
+        .expect("a primary with a live replica");
+    let deadline = Instant::now() + Duration::from_secs(15);
+    loop {
+        let (info, _) = redis_cli(r.port, &["INFO", "replication"]);
+        if info.contains("master_link_status:up") && info.contains("master_sync_in_progress:0") {
+            return (p, r);
+        }
+        assert!(
+            Instant::now() < deadline,
+            "replica {} not in sync: {info}",
+            r.port
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    }
+}
+
+/// Waits (bounded) until `node` is a primary serving slots, by its own account.
+fn wait_promoted(cluster: &Cluster, node: &NodeLine, within: Duration) -> Duration {
+    let began = Instant::now();
+    loop {
+        let (role, _) = redis_cli(node.port, &["ROLE"]);
+        let (mine, _) = redis_cli(node.port, &["CLUSTER", "NODES"]);
+        let serving = mine
+            .lines()
+            .filter(|l| l.contains("myself"))
+            .filter_map(parse_node)
+            .any(|n| n.primary && !n.slots.is_empty());
+        if role.starts_with("master") && serving {
+            return began.elapsed();
+        }
+        assert!(
+            began.elapsed() < within,
+            "{} not promoted within {within:?}: {:?}",
+            node.port,
+            nodes(cluster)
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
+
+/// `CLUSTER FAILOVER` on a replica while 50 clients write, half of them to the
+/// shard that changes primary: the old primary stops writes until its replica has
+/// caught up, then answers `-MOVED`; the proxy follows: nothing lost, nothing
+/// twice, no error.
+#[test]
+fn graceful_failover_under_load_loses_nothing() {
+    let _serial = serial();
+    let cluster = Cluster::shared();
+    wait_healthy(cluster, Duration::from_secs(20));
+    let env = start();
+    let (primary, replica) = primary_with_replica(cluster);
+    let keys = key_names("graceful", CLIENTS, &|s| primary.serves(s), false);
+    assert_eq!(env.cmd(&[b"PING"]), b"+PONG\r\n");
+    let up = env.upstream();
+    let moved0 = up.moved.load(Ordering::Relaxed);
+    let load = Load::start(&env, keys, Duration::from_secs(30), PATIENCE);
+    std::thread::sleep(Duration::from_millis(700));
+    let (out, status) = redis_cli(replica.port, &["CLUSTER", "FAILOVER"]);
+    assert!(
+        status.success() && out.contains("OK"),
+        "CLUSTER FAILOVER: {out}"
+    );
+    let took = wait_promoted(cluster, &replica, Duration::from_secs(15));
+    std::thread::sleep(Duration::from_millis(1500));
+    let (keys, logs) = load.finish(&env);
+    let a = audit(&env, &keys, &logs);
+    let moved = up.moved.load(Ordering::Relaxed) - moved0;
+    eprintln!(
+        "graceful failover: promoted in {took:?}; {} writes acknowledged, {} errors, \
+         {} unknown, {} lost, {} duplicated; proxy followed {moved} MOVED",
+        a.acked,
+        a.errors.len(),
+        a.unknown.len(),
+        a.lost.len(),
+        a.duplicated.len()
+    );
+    wait_healthy(cluster, Duration::from_secs(10));
+    a.assert_clean();
+    assert!(moved > 0, "the proxy followed MOVED to the new primary");
+}
+
+/// How long after `since` writes to the hot keys (all if `all_hot`) failed for the last time,
+/// and whether some succeeded after that.
+fn recovery(logs: &[Vec<Op>], all_hot: bool, since: Instant) -> (Option<Duration>, bool) {
+    let hot = |o: &Op| all_hot || o.key % 2 == 0;
+    let last_bad = logs
+        .iter()
+        .flatten()
+        .filter(|o| hot(o) && !matches!(o.outcome, Outcome::Acked(_)) && o.done >= since)
+        .map(|o| o.done)
+        .max();
+    let good_after = logs.iter().flatten().any(|o| {
+        hot(o)
+            && matches!(o.outcome, Outcome::Acked(_))
+            && last_bad.is_none_or(|b| o.sent > b)
+            && o.sent > since
+    });
+    (last_bad.map(|b| b - since), good_after)
+}
+
+/// What a primary's SIGKILL under load did.
+struct Killed {
+    audit: Audit,
+    /// From the kill until the replica called itself primary (polled).
+    promoted: Duration,
+    /// From the kill until the last failed write to the dead shard's keys.
+    last_bad: Option<Duration>,
+    /// Writes to the dead shard's keys succeeded after that.
+    good_after: bool,
+    /// From the fault until the proxy's map named the replica as primary.
+    learnt: Option<Duration>,
+}
+
+/// How a primary fails.
+#[derive(Debug, Clone, Copy, PartialEq)]
+enum Fault {
+    /// SIGKILL: connections reset, connects refused.
+    Kill,
+    /// SIGSTOP: connections accepted (by the kernel) and never answered; resumed
+    /// (it rejoins as a replica) once the test has its figures.
+    Pause,
+}
+
+/// Fails a primary (that has a replica) while `clients` write, half of their
+/// lists (all, if `all_hot`) in its shard; runs until the proxy's map names the
+/// replica as primary (and 1 s more), or 25 s after the fault.
+fn kill_a_primary(test: &str, clients: usize, all_hot: bool, fault: Fault) -> Killed {
+    let cluster = Cluster::shared();
+    wait_healthy(cluster, Duration::from_secs(20));
+    let env = start();
+    let (primary, replica) = primary_with_replica(cluster);
+    let keys = key_names(test, clients, &|s| primary.serves(s), all_hot);
+    assert_eq!(env.cmd(&[b"PING"]), b"+PONG\r\n");
+    // A hung node holds requests until their deadline (connect_timeout +
+    // command_timeout): the writers give up sooner, as real clients do, so
+    // their next requests show when the proxy routes around it.
+    let patience = match fault {
+        Fault::Kill => PATIENCE,
+        Fault::Pause => Duration::from_secs(2),
+    };
+    let load = Load::start(&env, keys, Duration::from_secs(40), patience);
+    std::thread::sleep(Duration::from_millis(500));
+    // When the proxy's map first names the replica as primary.
+    let new_primary = format!(":{}", replica.port);
+    let up = env.upstream();
+    let watched = new_primary.clone();
+    let killed = Instant::now();
+    let learnt_at = env.rt.spawn(async move {
+        while killed.elapsed() < Duration::from_secs(30) {
+            let t = up.topology();
+            if t.is_some_and(|t| t.primaries.iter().any(|n| n.addr.ends_with(&watched))) {
+                return Some(killed.elapsed());
+            }
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        None
+    });
+    match fault {
+        Fault::Kill => cluster.kill_node(primary.port),
+        Fault::Pause => cluster.pause_node(primary.port),
+    }
+    let promoted = wait_promoted(cluster, &replica, Duration::from_secs(20));
+    let deadline = killed + Duration::from_secs(25);
+    while Instant::now() < deadline {
+        let learnt = env
+            .upstream()
+            .topology()
+            .is_some_and(|t| t.primaries.iter().any(|n| n.addr.ends_with(&new_primary)));
+        if std::env::var("CLUSTER_FAULTS_TRACE").is_ok() {
+            let up = env.upstream();
+            let t = up.topology();
+            eprintln!(
+                "{:?} gen {:?} refreshes {} failures {} primaries {:?}",
+                killed.elapsed(),
+                t.as_ref().map(|t| t.generation),
+                up.refreshes.load(Ordering::Relaxed),
+                up.refresh_failures.load(Ordering::Relaxed),
+                t.map(|t| t
+                    .primaries
+                    .iter()
+                    .map(|n| n.addr.clone())
+                    .collect::<Vec<_>>())
+            );
+        }
+        if learnt {
+            // Writes sent after any the writers may still give up on.
+            let more = match fault {
+                Fault::Kill => Duration::ZERO,
+                Fault::Pause => patience,
+            };
+            std::thread::sleep(Duration::from_secs(1) + more);
+            break;
+        }
+        std::thread::sleep(Duration::from_millis(500));
+    }
+    let (keys, logs) = load.finish(&env);
+    if fault == Fault::Pause {
+        cluster.resume_node(primary.port);
+    }
+    if std::env::var("CLUSTER_FAULTS_TRACE").is_ok() {
+        for o in logs[0].iter().filter(|o| o.done >= killed) {
+            if !matches!(o.outcome, Outcome::Acked(_))
+                || o.done - o.sent > Duration::from_millis(200)
+            {
+                eprintln!(
+                    "client 0 key {} sent {:?} took {:?}: {:?}",
+                    o.key,
+                    o.sent.saturating_duration_since(killed),
+                    o.done - o.sent,
+                    o.outcome
+                );
+            }
+        }
+    }
+    let (last_bad, good_after) = recovery(&logs, all_hot, killed);
+    let learnt = env.rt.block_on(learnt_at).ok().flatten();
+    let audit = audit(&env, &keys, &logs);
+    eprintln!(
+        "{test}: replica promoted {promoted:?} after the fault (polled), in the proxy's \
+         map {learnt:?} after it; last failed write {last_bad:?} after it, writes succeeding after that: {good_after}; {} writes \
+         acknowledged, {} lost, {} duplicated, {} errors ({}), {} maybe run ({})",
+        audit.acked,
+        audit.lost.len(),
+        audit.duplicated.len(),
+        audit.errors.len(),
+        summary(&audit.errors),
+        audit.unknown.len(),
+        summary(&audit.unknown),
+    );
+    wait_healthy(cluster, Duration::from_secs(15));
+    Killed {
+        audit,
+        promoted,
+        last_bad,
+        good_after,
+        learnt,
+    }
+}
+
+fn assert_recovered(k: &Killed) {
+    let a = &k.audit;
+    assert!(a.acked > 100, "the load ran: {} writes", a.acked);
+    assert!(
+        k.good_after,
+        "writes to the dead shard's keys succeed again"
+    );
+    // 15 s, unless Redis itself took longer than 11 s to promote the replica
+    // (a loaded machine): then 4 s after that.
+    let bound = Duration::from_secs(15).max(k.promoted + Duration::from_secs(4));
+    assert!(
+        k.last_bad.is_some_and(|d| d < bound),
+        "writes succeed again within {bound:?} of the fault (last failure {:?}, promoted {:?})",
+        k.last_bad,
+        k.promoted
+    );
+    assert!(k.learnt.is_some(), "the proxy learnt the new primary");
+    a.assert_consistent();
+}
+
+/// SIGKILL to a primary while 50 clients write, half of them to its shard: the
+/// replica is promoted after `cluster-node-timeout` (5 s in the helper) and the
+/// proxy must find it without a restart. Writes to the dead shard fail meanwhile
+/// (with errors, never hanging past the client's timeout); they succeed again
+/// within 15 s of the kill; no acknowledged write is applied twice or out of
+/// order. Acknowledged writes the primary had not replicated are lost: counted.
+#[test]
+fn killed_primary_writes_resume_on_the_promoted_replica() {
+    let _serial = serial();
+    let k = kill_a_primary("killed", CLIENTS, false, Fault::Kill);
+    assert_recovered(&k);
+}
+
+/// As above, but every client writes only to the dead shard's keys: no request
+/// reaches a live node (whose `-CLUSTERDOWN` or `-MOVED` would make the proxy
+/// look at the map again), so the proxy must refresh its map because the node
+/// fails, also once that node's circuit breaker is open.
+#[test]
+fn killed_primary_alone_in_use_is_replaced_without_other_traffic() {
+    let _serial = serial();
+    let k = kill_a_primary("killed-alone", 5, true, Fault::Kill);
+    assert_recovered(&k);
+}
+
+/// SIGSTOP to a primary while 50 clients write, half of them to its shard: its
+/// connections hang (each request in flight fails after `command_timeout`, 5 s);
+/// the replica is promoted and writes succeed again within 15 s, nothing twice.
+#[test]
+fn hung_primary_writes_resume_on_the_promoted_replica() {
+    let _serial = serial();
+    let k = kill_a_primary("hung", CLIENTS, false, Fault::Pause);
+    assert_recovered(&k);
+}
+
+/// `redis-cli -p port args…`, asserting it says OK.
+fn cli_ok(port: u16, args: &[&str]) {
+    let (out, status) = redis_cli(port, args);
+    assert!(
+        status.success() && out.trim() == "OK",
+        "{port} {args:?}: {out}"
+    );
+}
+
+/// One slot moved by hand, one key at a time, with clients using it in between:
+/// a key already moved is reached with `ASKING` (alone and several in one
+/// pipeline, in order), a key not yet moved on the old node, a new key on the new
+/// node; a command whose keys are split between the two nodes (`-TRYAGAIN` from
+/// Redis) is held and resent until the slot has moved, then runs once.
+#[test]
+fn slot_in_migration_asks_and_holds_split_multi_key_commands() {
+    let _serial = serial();
+    let cluster = Cluster::shared();
+    wait_healthy(cluster, Duration::from_secs(20));
+    let env = start();
+    let slot = key_slot(b"{mig}");
+    let topo = nodes(cluster);
+    let from = topo
+        .iter()
+        .find(|n| n.primary && !n.failed && n.serves(slot))
+        .expect("the slot's primary")
+        .clone();
+    let to = topo
+        .iter()
+        .find(|n| n.primary && !n.failed && !n.slots.is_empty() && n.id != from.id)
+        .expect("another primary")
+        .clone();
+    let up = env.upstream();
+    let addr = env.proxy.local_addr();
+    let s = slot.to_string();
+    let (asked0, moved0) = (
+        up.asked.load(Ordering::Relaxed),
+        up.moved.load(Ordering::Relaxed),
+    );
+    let mut c = env.rt.block_on(AsyncRawClient::connect(addr));
+    let mut cmd = |args: &[&[u8]]| env.rt.block_on(c.cmd(args));
+    assert_eq!(cmd(&[b"DEL", b"{mig}a", b"{mig}b", b"{mig}new"]), b":0\r\n");
+    assert_eq!(cmd(&[b"RPUSH", b"{mig}a", b"1"]), b":1\r\n");
+    assert_eq!(cmd(&[b"RPUSH", b"{mig}b", b"1"]), b":1\r\n");
+
+    cli_ok(to.port, &["CLUSTER", "SETSLOT", &s, "IMPORTING", &from.id]);
+    cli_ok(from.port, &["CLUSTER", "SETSLOT", &s, "MIGRATING", &to.id]);
+    let to_port = to.port.to_string();
+    let migrate = |key: &str| {
+        let args = [
+            "MIGRATE",
+            "127.0.0.1",
+            &to_port,
+            "",
+            "0",
+            "5000",
+            "KEYS",
+            key,
+        ];
+        cli_ok(from.port, &args);
+    };
+    migrate("{mig}a");
+    // Moved: ASK; not moved: the old node; new: ASK to the new node.
+    assert_eq!(cmd(&[b"RPUSH", b"{mig}a", b"2"]), b":2\r\n");
+    assert_eq!(cmd(&[b"RPUSH", b"{mig}b", b"2"]), b":2\r\n");
+    assert_eq!(cmd(&[b"RPUSH", b"{mig}new", b"1"]), b":1\r\n");
+    assert!(
+        up.asked.load(Ordering::Relaxed) >= asked0 + 2,
+        "ASK followed"
+    );
+    // Several ASKs in one pipeline, between requests the old node runs.
+    let mut req = Vec::new();
+    req.extend(resp_cmd(&[b"RPUSH", b"{mig}a", b"3"]));
+    req.extend(resp_cmd(&[b"RPUSH", b"{mig}b", b"3"]));
+    req.extend(resp_cmd(&[b"RPUSH", b"{mig}new", b"2"]));
+    req.extend(resp_cmd(&[b"LRANGE", b"{mig}a", b"0", b"-1"]));
+    req.extend(resp_cmd(&[b"LLEN", b"{mig}b"]));
+    let replies = env.rt.block_on(async {
+        let mut p = AsyncRawClient::connect(addr).await;
+        p.send(&req).await;
+        p.read_replies(5).await
+    });
+    assert_eq!(
+        replies,
+        vec![
+            b":3\r\n".to_vec(),
+            b":3\r\n".to_vec(),
+            b":2\r\n".to_vec(),
+            b"*3\r\n$1\r\n1\r\n$1\r\n2\r\n$1\r\n3\r\n".to_vec(),
+            b":3\r\n".to_vec(),
+        ]
+    );
+    // Keys on both nodes: Redis answers -TRYAGAIN; the proxy holds it.
+    let split = env.rt.spawn(async move {
+        let mut p = AsyncRawClient::connect(addr).await;
+        p.set_timeout(Duration::from_secs(20));
+        let sent = Instant::now();
+        let r = p
+            .cmd(&[b"LMOVE", b"{mig}b", b"{mig}a", b"LEFT", b"RIGHT"])
+            .await;
+        (r, sent.elapsed())
+    });
+    std::thread::sleep(Duration::from_millis(1500));
+    assert!(!split.is_finished(), "the split LMOVE waits for the slot");
+    migrate("{mig}b");
+    for n in [&to, &from] {
+        cli_ok(n.port, &["CLUSTER", "SETSLOT", &s, "NODE", &to.id]);
+    }
+    let (moved, waited) = env.rt.block_on(split).expect("LMOVE task");
+    assert_eq!(moved, b"$1\r\n1\r\n", "LMOVE ran once the slot moved");
+    assert!(waited >= Duration::from_millis(1500), "{waited:?}");
+    let mut cmd = |args: &[&[u8]]| env.rt.block_on(c.cmd(args));
+    assert_eq!(
+        cmd(&[b"LRANGE", b"{mig}a", b"0", b"-1"]),
+        b"*4\r\n$1\r\n1\r\n$1\r\n2\r\n$1\r\n3\r\n$1\r\n1\r\n"
+    );
+    assert_eq!(
+        cmd(&[b"LRANGE", b"{mig}b", b"0", b"-1"]),
+        b"*2\r\n$1\r\n2\r\n$1\r\n3\r\n"
+    );
+    assert_eq!(cmd(&[b"DEL", b"{mig}a", b"{mig}b", b"{mig}new"]), b":3\r\n");
+    // The proxy's map has the slot on the new node (learnt on -MOVED, or on the
+    // refresh a -TRYAGAIN asks for).
+    let owner = up
+        .topology()
+        .and_then(|t| t.map.shard(slot).map(|s| s.primary.addr.clone()));
+    assert_eq!(owner, Some(format!("127.0.0.1:{}", to.port)));
+    assert_eq!(cmd(&[b"RPUSH", b"{mig}a", b"x"]), b":1\r\n");
+    assert_eq!(cmd(&[b"DEL", b"{mig}a"]), b":1\r\n");
+    eprintln!(
+        "slot migration: split LMOVE held {waited:?}; proxy followed {} ASK, {} MOVED",
+        up.asked.load(Ordering::Relaxed) - asked0,
+        up.moved.load(Ordering::Relaxed) - moved0
+    );
+    wait_healthy(cluster, Duration::from_secs(10));
+}
+
+/// A slot moved without the proxy being told (its keys none, `CLUSTER SETSLOT …
+/// NODE` on every primary), then a blocking command, a transaction and `WATCH`
+/// for a key in it: a client of a standalone Redis must never see `-MOVED`.
+/// The shared connections follow it; the exclusive ones (pinned to the node the
+/// proxy's map names) pass it on, and the session stays on the stale node:
+/// known bug, in `session/exclusive.rs` and `Cluster::pool` (the lead's area).
+#[test]
+#[ignore = "known bug: exclusive connections pass -MOVED on to the client"]
+fn exclusive_connections_follow_a_moved_slot() {
+    let _serial = serial();
+    let cluster = Cluster::shared();
+    wait_healthy(cluster, Duration::from_secs(20));
+    let env = start();
+    let slot = key_slot(b"{tx}");
+    let topo = nodes(cluster);
+    let to = topo
+        .iter()
+        .find(|n| n.primary && !n.failed && !n.slots.is_empty() && !n.serves(slot))
+        .expect("a primary not serving the slot")
+        .clone();
+    // The proxy learns the map, then the (empty) slot moves.
+    assert_eq!(env.cmd(&[b"DEL", b"{tx}k", b"{tx}l"]), b":0\r\n");
+    let s = slot.to_string();
+    for n in topo.iter().filter(|n| n.primary && !n.failed) {
+        cli_ok(n.port, &["CLUSTER", "SETSLOT", &s, "NODE", &to.id]);
+    }
+    let addr = env.proxy.local_addr();
+    let replies = env.rt.block_on(async {
+        let mut c = AsyncRawClient::connect(addr).await;
+        let mut v = Vec::new();
+        for cmd in [
+            &[&b"BLPOP"[..], b"{tx}l", b"1"][..],
+            &[b"MULTI"],
+            &[b"SET", b"{tx}k", b"1"],
+            &[b"EXEC"],
+            &[b"WATCH", b"{tx}k"],
+            &[b"GET", b"{tx}k"],
+            &[b"UNWATCH"],
+            &[b"DEL", b"{tx}k"],
+        ] {
+            v.push(String::from_utf8_lossy(&c.cmd(cmd).await).into_owned());
+        }
+        v
+    });
+    wait_healthy(cluster, Duration::from_secs(10));
+    assert_eq!(
+        replies,
+        [
+            "*-1\r\n",
+            "+OK\r\n",
+            "+QUEUED\r\n",
+            "*1\r\n+OK\r\n",
+            "+OK\r\n",
+            "$1\r\n1\r\n",
+            "+OK\r\n",
+            ":1\r\n"
+        ]
+    );
+}
