@@ -526,12 +526,17 @@ impl Cluster {
         if changed {
             tracing::info!(db = %self.label, generation, shards = m.shards().len(), covered = m.covered(), "cluster slot map learnt");
         }
-        let keep: Vec<String> = m
+        let mut keep: Vec<String> = m
             .shards()
             .iter()
             .flat_map(|s| std::iter::once(&s.primary).chain(&s.replicas))
             .map(|n| n.addr.clone())
             .collect();
+        // The first seed (where the proxy's subscribers are) keeps its connections
+        // for PUBLISH even when the map names it otherwise.
+        if let Some((h, p)) = self.base.cluster.as_ref().and_then(|c| c.nodes.first()) {
+            keep.push(format!("{h}:{p}"));
+        }
         if let Ok(mut t) = self.topology.write() {
             *t = Some(Arc::new(Topology {
                 map: m,
@@ -757,6 +762,10 @@ impl Cluster {
                     }
                 }
                 Plan::Scan => self.plan_scan(topo, args, &mut unit),
+                Plan::Seed => match unit(this, self.seed().as_ref(), None, true) {
+                    Some(u) => Item::One(u),
+                    None => no_nodes(),
+                },
             };
             items.push(item);
             at += req.len;
