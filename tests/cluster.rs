@@ -539,3 +539,73 @@ fn a_multi_sent_alone_waits_for_its_first_key_to_pick_the_node() {
         assert_eq!(c.cmd(&[b"DEL", key.as_bytes()]), b":1\r\n");
     }
 }
+
+/// `cmdstat_get` calls summed over the nodes on `ports`.
+fn get_calls(cluster: &Cluster, ports: &[u16]) -> u64 {
+    cluster
+        .nodes()
+        .iter()
+        .filter(|n| ports.contains(&n.port()))
+        .map(|n| {
+            let info =
+                String::from_utf8_lossy(&n.client().cmd(&[b"INFO", b"commandstats"])).into_owned();
+            info.lines()
+                .find_map(|l| l.strip_prefix("cmdstat_get:calls="))
+                .and_then(|v| v.split(',').next())
+                .and_then(|v| v.parse().ok())
+                .unwrap_or(0)
+        })
+        .sum()
+}
+
+#[test]
+fn read_from_replica_sends_reads_to_replicas_and_writes_to_primaries() {
+    let cluster = Cluster::shared();
+    let mut config = cluster_config(cluster, None);
+    let nodes: Vec<(String, u16)> = cluster
+        .ports()
+        .iter()
+        .map(|p| ("127.0.0.1".to_string(), *p))
+        .collect();
+    let cc = std::sync::Arc::new(redis_sidecar::config::ClusterConfig {
+        nodes,
+        read_from: redis_sidecar::config::ReadFrom::Replica,
+    });
+    for db in &mut config.databases {
+        db.upstream.cluster = Some(cc.clone());
+    }
+    let (_rt, proxy) = Cluster::start_proxy(config);
+    let mut c = RawClient::connect(proxy.local_addr());
+    let primaries = primaries(cluster);
+    let replicas: Vec<u16> = cluster
+        .ports()
+        .into_iter()
+        .filter(|p| !primaries.contains(p))
+        .collect();
+    assert_eq!(replicas.len(), 3);
+    let keys: Vec<String> = (0..30).map(|i| format!("replica-read:{i}")).collect();
+    for k in &keys {
+        assert_eq!(c.cmd(&[b"SET", k.as_bytes(), b"v"]), b"+OK\r\n");
+    }
+    let before = get_calls(cluster, &replicas);
+    // Replication is asynchronous: each key is read until its replica has it.
+    let deadline = Instant::now() + Duration::from_secs(10);
+    let mut gets = 0;
+    for k in &keys {
+        loop {
+            gets += 1;
+            if c.cmd(&[b"GET", k.as_bytes()]) == b"$1\r\nv\r\n" {
+                break;
+            }
+            assert!(Instant::now() < deadline, "{k} never readable");
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+    let served = get_calls(cluster, &replicas) - before;
+    assert!(served >= gets, "replicas served {served} of {gets} GETs");
+    // Writes still go to primaries (a replica would answer -MOVED, followed, or
+    // -READONLY, passed on: neither happened).
+    let mut del: Vec<&[u8]> = vec![b"DEL"];
+    del.extend(keys.iter().map(|k| k.as_bytes()));
+    assert_eq!(c.cmd(&del), b":30\r\n");
+}

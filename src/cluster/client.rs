@@ -62,7 +62,7 @@ use super::map::{self, SlotMap};
 use super::merge::{self, Redirect};
 use super::plan::{self, Merge, Plan};
 use crate::command::{Descriptor, Ranged};
-use crate::config::{Limits, UpstreamConfig};
+use crate::config::{Limits, ReadFrom, UpstreamConfig};
 use crate::protocol::reply;
 use crate::protocol::request::{self, encode_command, RequestKind};
 use crate::resilience::{Backoff, Breaker, BreakerConfig, Policy};
@@ -176,6 +176,12 @@ fn node_config(base: &UpstreamConfig, host: String, port: u16) -> UpstreamConfig
     cfg.host = host;
     cfg.port = port;
     cfg.db = 0;
+    // `read_from: replica`: every node's connections send READONLY (a primary
+    // accepts it and serves as before; a replica then serves reads of its slots).
+    cfg.replica_reads = base
+        .cluster
+        .as_ref()
+        .is_some_and(|c| c.read_from == ReadFrom::Replica);
     cfg.cluster = None;
     cfg.sentinel = None;
     cfg.key_prefix = None;
@@ -422,6 +428,43 @@ impl Cluster {
         Some(node.pool(resp3).clone())
     }
 
+    /// With `read_from: replica`, the node a read-only request for `slot` goes
+    /// to: an online replica of the shard (spread by `session`); `None`: the
+    /// primary (a write, no slot, no replica online, or reads from primaries).
+    fn reader(
+        &self,
+        topo: &Topology,
+        readonly: bool,
+        slot: Option<u16>,
+        session: u64,
+    ) -> Option<Arc<Node>> {
+        if !readonly || !self.replica_reads() {
+            return None;
+        }
+        let shard = topo.map.shard(slot?)?;
+        // Not failed in the cluster's view, and answering the proxy's probe (Redis
+        // 7.0 reports a synced replica as `loading` in CLUSTER SHARDS, so the
+        // probe's PING, which a loading server refuses, decides).
+        let serving: Vec<Arc<Node>> = shard
+            .replicas
+            .iter()
+            .filter(|r| r.health != super::map::Health::Failed)
+            .filter_map(|r| self.node(&r.addr))
+            .filter(|n| n.health.healthy.load(Ordering::Relaxed))
+            .collect();
+        if serving.is_empty() {
+            return None;
+        }
+        Some(serving[(session % serving.len() as u64) as usize].clone())
+    }
+
+    fn replica_reads(&self) -> bool {
+        self.base
+            .cluster
+            .as_ref()
+            .is_some_and(|c| c.read_from == ReadFrom::Replica)
+    }
+
     fn seed(&self) -> Option<Arc<Node>> {
         let c = self.base.cluster.as_ref()?;
         let (h, p) = c.nodes.first()?;
@@ -521,6 +564,13 @@ impl Cluster {
             .iter()
             .filter_map(|s| self.node(&s.primary.addr))
             .collect();
+        if self.replica_reads() {
+            // Started now, so their probes say whether they serve before reads
+            // are sent to them.
+            for r in m.shards().iter().flat_map(|s| &s.replicas) {
+                let _ = self.node(&r.addr);
+            }
+        }
         let changed = self.topology().is_none_or(|t| t.map != m);
         let generation = self.generation() + 1;
         if changed {
@@ -711,7 +761,14 @@ impl Cluster {
                 Item::Local(out.into())
             };
             let item = match plan {
-                Plan::Slot(slot) => match unit(this, topo.primary(slot, session), slot, false) {
+                Plan::Slot(slot) => match unit(
+                    this,
+                    self.reader(topo, readonly, slot, session)
+                        .as_ref()
+                        .or_else(|| topo.primary(slot, session)),
+                    slot,
+                    false,
+                ) {
                     Some(u) => Item::One(u),
                     None => no_nodes(),
                 },
