@@ -1130,3 +1130,51 @@ fn exclusive_connections_follow_a_moved_slot() {
         ]
     );
 }
+
+/// What is done about the known bug above: the `-MOVED` an exclusive connection
+/// passes on makes the proxy learn the map again, so it is seen once and the next
+/// checkout for that slot goes to its new node.
+#[test]
+fn an_exclusive_connection_moved_once_refreshes_the_map() {
+    let _serial = serial();
+    let cluster = Cluster::shared();
+    wait_healthy(cluster, Duration::from_secs(20));
+    let env = start();
+    let slot = key_slot(b"{xm}");
+    let topo = nodes(cluster);
+    let to = topo
+        .iter()
+        .find(|n| n.primary && !n.failed && !n.slots.is_empty() && !n.serves(slot))
+        .expect("a primary not serving the slot")
+        .clone();
+    assert_eq!(env.cmd(&[b"DEL", b"{xm}l"]), b":0\r\n");
+    let s = slot.to_string();
+    for n in topo.iter().filter(|n| n.primary && !n.failed) {
+        cli_ok(n.port, &["CLUSTER", "SETSLOT", &s, "NODE", &to.id]);
+    }
+    let addr = env.proxy.local_addr();
+    let replies = env.rt.block_on(async {
+        let mut c = AsyncRawClient::connect(addr).await;
+        let first = c.cmd(&[b"BLPOP", b"{xm}l", b"1"]).await;
+        // The refresh runs in the background: bounded wait for it.
+        let deadline = Instant::now() + Duration::from_secs(5);
+        let mut second = c.cmd(&[b"BLPOP", b"{xm}l", b"1"]).await;
+        while second.starts_with(b"-MOVED") && Instant::now() < deadline {
+            tokio::time::sleep(Duration::from_millis(100)).await;
+            second = c.cmd(&[b"BLPOP", b"{xm}l", b"1"]).await;
+        }
+        (first, second)
+    });
+    wait_healthy(cluster, Duration::from_secs(10));
+    assert!(
+        replies.0.starts_with(b"-MOVED ") || replies.0 == b"*-1\r\n",
+        "{:?}",
+        String::from_utf8_lossy(&replies.0)
+    );
+    assert_eq!(
+        replies.1,
+        b"*-1\r\n",
+        "{:?}",
+        String::from_utf8_lossy(&replies.1)
+    );
+}

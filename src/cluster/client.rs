@@ -603,7 +603,8 @@ impl Cluster {
 
     /// A refresh in the background (coalesced with any under way; none is
     /// queued while one already is, so a stream of failures spawns one task).
-    fn refresh_soon(self: &Arc<Self>) {
+    /// Also called by sessions whose exclusive connection got `-MOVED`.
+    pub fn refresh_soon(self: &Arc<Self>) {
         if self.refresh_queued.swap(true, Ordering::AcqRel) {
             return;
         }

@@ -39,6 +39,12 @@ pub fn redirect(frame: &[u8]) -> Option<Redirect> {
     None
 }
 
+/// Whether replies (back to back, or nested in an EXEC's array) hold a
+/// `-MOVED` error.
+pub fn has_moved(replies: &[u8]) -> bool {
+    replies.starts_with(b"-MOVED ") || replies.windows(9).any(|w| w == b"\r\n-MOVED ")
+}
+
 /// The elements of an array reply (`*`, or RESP3 `~`/`>`), each as its bytes.
 /// `None` if `frame` is not an array (an error, a nil array …).
 pub fn elements(frame: &[u8]) -> Option<Vec<&[u8]>> {
@@ -176,6 +182,9 @@ mod tests {
         );
         assert_eq!(redirect(b"-ERR wrong\r\n"), None);
         assert_eq!(redirect(b"+OK\r\n"), None);
+        assert!(has_moved(b"-MOVED 1 a:1\r\n"));
+        assert!(has_moved(b"+QUEUED\r\n-MOVED 1 a:1\r\n"));
+        assert!(!has_moved(b"$7\r\n-MOVEDx\r\n"));
     }
 
     #[test]

@@ -347,6 +347,11 @@ impl Session {
                     bytes: first,
                 });
                 let whole = parts.is_none();
+                let cluster = if shared {
+                    None
+                } else {
+                    sent.db.cluster().cloned()
+                };
                 if let Some(db) = sent.select_after.take() {
                     self.awaiting_exec = false;
                     // `*N`: EXEC ran the queued commands, the SELECT among them
@@ -354,6 +359,14 @@ impl Session {
                     if bytes.starts_with(b"*") && !bytes.starts_with(b"*-1") {
                         self.state.db = db;
                         self.publish();
+                    }
+                }
+                if !shared && crate::cluster::merge::has_moved(&bytes) {
+                    if let Some(c) = &cluster {
+                        // An exclusive connection pinned by a stale map: the
+                        // client gets Redis's -MOVED this once, and the next
+                        // checkout goes to the slot's new node.
+                        c.refresh_soon();
                     }
                 }
                 let bytes = if hook.is_some() || !shared {
