@@ -296,7 +296,9 @@ impl Database {
     /// shared connections of the nodes its keys live on).
     pub async fn send_shared(&self, session_id: u64, resp3: bool, batch: Batch) {
         match &self.conns.cluster {
-            Some(c) => c.send(session_id, resp3, batch).await,
+            // Boxed: the cluster's future is large, and would otherwise be part
+            // of every session's task future, standalone ones included.
+            Some(c) => Box::pin(c.send(session_id, resp3, batch)).await,
             None => self.slot(session_id, resp3).send(batch).await,
         }
     }

@@ -564,7 +564,8 @@ impl Session {
             }
             if self.deferred_multi && self.state.authenticated {
                 // A MULTI held back on a cluster (see `defer_multi`).
-                match self.deferred_step(&mut run, inbuf, &req, &cmd).await {
+                // Boxed: rare, and its future would otherwise grow dispatch's.
+                match Box::pin(self.deferred_step(&mut run, inbuf, &req, &cmd)).await {
                     Deferred::Answered => continue,
                     Deferred::Stall => {
                         self.stalled = true;
