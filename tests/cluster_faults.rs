@@ -440,6 +440,10 @@ fn audit(env: &Env, keys: &[Vec<String>], logs: &[Vec<Op>]) -> Audit {
     type Lists = (Result<Vec<u64>, String>, Result<Vec<u64>, String>);
     let lists: Vec<Vec<Lists>> = env.rt.block_on(async {
         let mut c = AsyncRawClient::connect(addr).await;
+        // The audit is about data, not latency: right after a fault a read may
+        // wait out the proxy's own command timeout (5 s) and get its error, which
+        // the audit reports; the client must not give up first.
+        c.set_timeout(Duration::from_secs(30));
         let mut all = Vec::new();
         for names in keys {
             let mut mine = Vec::new();
@@ -690,7 +694,16 @@ fn graceful_failover_under_load_loses_nothing() {
     let _serial = serial();
     let cluster = Cluster::shared();
     wait_healthy(cluster, Duration::from_secs(20));
-    let env = start();
+    // During a manual failover the primary holds writes until its replica has
+    // caught up (Redis's own pause, up to its 5 s manual-failover timeout, longer
+    // on a loaded machine): a command timeout above that lets them finish (then
+    // -MOVED, followed) instead of failing as "may have been executed".
+    let mut config = cluster.proxy_config();
+    for db in &mut config.databases {
+        db.upstream.command_timeout = Duration::from_secs(15);
+    }
+    let (rt, proxy) = Cluster::start_proxy(config);
+    let env = Env { rt, proxy };
     let (primary, replica) = primary_with_replica(cluster);
     let keys = key_names("graceful", CLIENTS, &|s| primary.serves(s), false);
     assert_eq!(env.cmd(&[b"PING"]), b"+PONG\r\n");
