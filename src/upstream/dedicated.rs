@@ -683,30 +683,44 @@ async fn checkout<'a>(
 /// idle and the pool has room, but does not hand that attempt's error to the
 /// waiting checkout (it just waits on, until `connection_timeout`); so the checkout
 /// also watches the manager's connect failures and fails with the first one at once.
+///
+/// A wait is asked again every [`REGET`] (the caller's deadline bounds it): the
+/// failure of an attempt is seen here (it is recorded inside the manager's
+/// `connect`) a moment before bb8 counts the attempt as over, and a checkout that
+/// asks bb8 in that moment starts no attempt of its own (bb8 thinks one is under
+/// way) and would wait, with none, until `connection_timeout`. Asking again starts
+/// one if none is pending, and never a second one while one is.
 async fn get<'a>(
     pool: &'a Pool,
     connect_failed: &mut watch::Receiver<Option<UpstreamError>>,
     started: Instant,
 ) -> Result<bb8::PooledConnection<'a, Manager>, UpstreamError> {
-    tokio::select! {
-        got = pool.inner.get() => match got {
-            Ok(conn) => Ok(conn),
-            Err(bb8::RunError::User(e)) => Err(e),
-            Err(bb8::RunError::TimedOut) => {
-                let failed = if connect_failed.has_changed().unwrap_or(false) {
-                    connect_failed.borrow_and_update().clone()
-                } else {
-                    None
-                };
-                Err(pool.timed_out(started, failed))
+    loop {
+        tokio::select! {
+            got = tokio::time::timeout(REGET, pool.inner.get()) => return match got {
+                Err(_) => continue,
+                Ok(Ok(conn)) => Ok(conn),
+                Ok(Err(bb8::RunError::User(e))) => Err(e),
+                Ok(Err(bb8::RunError::TimedOut)) => {
+                    let failed = if connect_failed.has_changed().unwrap_or(false) {
+                        connect_failed.borrow_and_update().clone()
+                    } else {
+                        None
+                    };
+                    Err(pool.timed_out(started, failed))
+                }
+            },
+            Ok(()) = connect_failed.changed() => {
+                let failed = connect_failed.borrow_and_update().clone();
+                return Err(failed.unwrap_or_else(|| pool.timed_out(started, None)));
             }
-        },
-        Ok(()) = connect_failed.changed() => {
-            let failed = connect_failed.borrow_and_update().clone();
-            Err(failed.unwrap_or_else(|| pool.timed_out(started, None)))
         }
     }
 }
+
+/// How long one request to bb8 for a connection waits before it is made again
+/// (see [`get`]).
+const REGET: std::time::Duration = std::time::Duration::from_millis(250);
 
 /// How long a task in turn waits for its session's first batch (sent as the session
 /// starts the task, so normally already there) before letting the next one go.
