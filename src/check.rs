@@ -309,13 +309,10 @@ async fn cluster_node(
             ));
         }
         let primary = map.shard_for_key(key.as_bytes())?.primary.addr.clone();
-        let (host, port) = primary.rsplit_once(':')?;
+        let (host, port) = crate::cluster::map::split_addr(&primary)?;
         let mut cfg = crate::cluster::client::seed_config(base);
-        cfg.host = host
-            .trim_start_matches('[')
-            .trim_end_matches(']')
-            .to_string();
-        cfg.port = port.parse().ok()?;
+        cfg.host = host;
+        cfg.port = port;
         r.upstream = primary;
         return Some(cfg);
     }

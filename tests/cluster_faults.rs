@@ -1097,19 +1097,7 @@ fn exclusive_connections_follow_a_moved_slot() {
     let cluster = Cluster::shared();
     wait_healthy(cluster, Duration::from_secs(20));
     let env = start();
-    let slot = key_slot(b"{tx}");
-    let topo = nodes(cluster);
-    let to = topo
-        .iter()
-        .find(|n| n.primary && !n.failed && !n.slots.is_empty() && !n.serves(slot))
-        .expect("a primary not serving the slot")
-        .clone();
-    // The proxy learns the map, then the (empty) slot moves.
-    assert_eq!(env.cmd(&[b"DEL", b"{tx}k", b"{tx}l"]), b":0\r\n");
-    let s = slot.to_string();
-    for n in topo.iter().filter(|n| n.primary && !n.failed) {
-        cli_ok(n.port, &["CLUSTER", "SETSLOT", &s, "NODE", &to.id]);
-    }
+    move_slot_behind_the_proxys_back(cluster, &env, "tx", &[b"{tx}k", b"{tx}l"]);
     let addr = env.proxy.local_addr();
     let replies = env.rt.block_on(async {
         let mut c = AsyncRawClient::connect(addr).await;
@@ -1144,6 +1132,25 @@ fn exclusive_connections_follow_a_moved_slot() {
     );
 }
 
+/// The proxy learns the map (a DEL of `keys`, which must not exist), then the
+/// empty slot of hash tag `{tag}` is given to another primary without its knowing.
+fn move_slot_behind_the_proxys_back(cluster: &Cluster, env: &Env, tag: &str, keys: &[&[u8]]) {
+    let slot = key_slot(tag.as_bytes());
+    let topo = nodes(cluster);
+    let to = topo
+        .iter()
+        .find(|n| n.primary && !n.failed && !n.slots.is_empty() && !n.serves(slot))
+        .expect("a primary not serving the slot")
+        .clone();
+    let mut del: Vec<&[u8]> = vec![b"DEL"];
+    del.extend_from_slice(keys);
+    assert_eq!(env.cmd(&del), b":0\r\n");
+    let s = slot.to_string();
+    for n in topo.iter().filter(|n| n.primary && !n.failed) {
+        cli_ok(n.port, &["CLUSTER", "SETSLOT", &s, "NODE", &to.id]);
+    }
+}
+
 /// What is done about the known bug above: the `-MOVED` an exclusive connection
 /// passes on makes the proxy learn the map again, so it is seen once and the next
 /// checkout for that slot goes to its new node.
@@ -1153,18 +1160,7 @@ fn an_exclusive_connection_moved_once_refreshes_the_map() {
     let cluster = Cluster::shared();
     wait_healthy(cluster, Duration::from_secs(20));
     let env = start();
-    let slot = key_slot(b"{xm}");
-    let topo = nodes(cluster);
-    let to = topo
-        .iter()
-        .find(|n| n.primary && !n.failed && !n.slots.is_empty() && !n.serves(slot))
-        .expect("a primary not serving the slot")
-        .clone();
-    assert_eq!(env.cmd(&[b"DEL", b"{xm}l"]), b":0\r\n");
-    let s = slot.to_string();
-    for n in topo.iter().filter(|n| n.primary && !n.failed) {
-        cli_ok(n.port, &["CLUSTER", "SETSLOT", &s, "NODE", &to.id]);
-    }
+    move_slot_behind_the_proxys_back(cluster, &env, "xm", &[b"{xm}l"]);
     let addr = env.proxy.local_addr();
     let replies = env.rt.block_on(async {
         let mut c = AsyncRawClient::connect(addr).await;

@@ -58,7 +58,7 @@ use tokio::sync::{oneshot, watch};
 use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 
-use super::map::{self, SlotMap};
+use super::map::{self, split_addr, SlotMap};
 use super::merge::{self, Redirect};
 use super::plan::{self, Merge, Plan};
 use crate::command::{Descriptor, Ranged};
@@ -197,13 +197,6 @@ pub fn seed_config(base: &UpstreamConfig) -> UpstreamConfig {
         Some((h, p)) => node_config(base, h.clone(), *p),
         None => base.clone(),
     }
-}
-
-/// `host:port` (IPv6 in brackets) split.
-fn split_addr(addr: &str) -> Option<(String, u16)> {
-    let (h, p) = addr.rsplit_once(':')?;
-    let h = h.trim_start_matches('[').trim_end_matches(']');
-    Some((h.to_string(), p.parse().ok().filter(|&p| p > 0)?))
 }
 
 /// The slot map and the node of each shard's primary.
@@ -1121,7 +1114,7 @@ fn render(item: &Item, units: &[Unit], out: &mut Vec<u8>) {
             positions,
         } => {
             let parts: Vec<&[u8]> = us.iter().map(|&u| unit_reply(units, u)).collect();
-            let pick = rand_index();
+            let pick = fastrand::usize(..);
             merge::merge(*how, &parts, positions, pick, out);
         }
         Item::Scan { unit, index, nodes } => {
@@ -1153,18 +1146,6 @@ fn render(item: &Item, units: &[Unit], out: &mut Vec<u8>) {
             }
         }
     }
-}
-
-/// A cheap pseudo-random index (RANDOMKEY's choice among nodes).
-fn rand_index() -> usize {
-    use std::hash::{BuildHasher, Hasher};
-    let mut h = std::collections::hash_map::RandomState::new().build_hasher();
-    h.write_u64(
-        std::time::SystemTime::now()
-            .duration_since(std::time::UNIX_EPOCH)
-            .map_or(0, |d| d.as_nanos() as u64),
-    );
-    h.finish() as usize
 }
 
 #[cfg(test)]

@@ -422,21 +422,20 @@ struct MapConn {
     timeout: Duration,
 }
 
+/// A node address, `host:port` (IPv6 in brackets), split; `None` if it is not one.
+pub fn split_addr(addr: &str) -> Option<(String, u16)> {
+    let (h, p) = addr.rsplit_once(':')?;
+    let h = h.trim_start_matches('[').trim_end_matches(']');
+    Some((h.to_string(), p.parse().ok().filter(|&p| p > 0)?))
+}
+
 async fn open(addr: &str, cfg: &UpstreamConfig) -> Result<MapConn, MapError> {
-    let (host, port) = addr
-        .rsplit_once(':')
-        .and_then(|(h, p)| {
-            Some((
-                h.trim_start_matches('[').trim_end_matches(']'),
-                p.parse::<u16>().ok()?,
-            ))
-        })
-        .ok_or_else(|| MapError::Io {
-            addr: addr.to_string(),
-            why: "not a host:port address".into(),
-        })?;
+    let (host, port) = split_addr(addr).ok_or_else(|| MapError::Io {
+        addr: addr.to_string(),
+        why: "not a host:port address".into(),
+    })?;
     let mut node = cfg.clone();
-    node.host = host.to_string();
+    node.host = host.clone();
     node.port = port;
     // A cluster has only db 0; the node is asked directly, never through sentinels.
     node.db = 0;
@@ -447,7 +446,7 @@ async fn open(addr: &str, cfg: &UpstreamConfig) -> Result<MapConn, MapError> {
         stream,
         frames: Frames::new(16 * 1024),
         addr: addr.to_string(),
-        host: host.to_string(),
+        host,
         tls: cfg.tls.is_some(),
         timeout: cfg.command_timeout,
     })

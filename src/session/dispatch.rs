@@ -176,15 +176,10 @@ fn shard_node(
     let Some(topo) = cluster.topology() else {
         return;
     };
-    let addr = topo.map.shard(slot).map(|s| s.primary.addr.clone());
-    if let Some((host, port)) = addr.as_deref().and_then(|a| a.rsplit_once(':')) {
-        if let Ok(port) = port.parse() {
-            cfg.host = host
-                .trim_start_matches('[')
-                .trim_end_matches(']')
-                .to_string();
-            cfg.port = port;
-        }
+    let addr = topo.map.shard(slot).map(|s| s.primary.addr.as_str());
+    if let Some((host, port)) = addr.and_then(crate::cluster::map::split_addr) {
+        cfg.host = host;
+        cfg.port = port;
     }
 }
 

@@ -361,8 +361,8 @@ impl Session {
                         self.publish();
                     }
                 }
-                if !shared && crate::cluster::merge::has_moved(&bytes) {
-                    if let Some(c) = &cluster {
+                if let Some(c) = &cluster {
+                    if crate::cluster::merge::has_moved(&bytes) {
                         // An exclusive connection pinned by a stale map: the
                         // client gets Redis's -MOVED this once, and the next
                         // checkout goes to the slot's new node.
