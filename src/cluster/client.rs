@@ -5,23 +5,32 @@
 //! # One batch
 //!
 //! [`Cluster::send`] is called by the session in the order it sends, like a
-//! shared slot. Each request of the batch is planned ([`plan`]) and becomes one
-//! or more *units* (a request for one node); units for the same node go out as one
-//! batch on that node's shared connection, in the client's order, before `send`
-//! returns. A task then gathers the node replies, follows redirects and merges
-//! parts, and answers the session with the replies back to back, as one node would.
+//! shared slot. Each request of the batch is planned ([`plan`]).
+//!
+//! * **One node** (the common case: every request has its keys in slots of one
+//!   node, or no key): the batch goes to that node's shared connection as the
+//!   client sent it, and the node's replies go straight to the session. Only when
+//!   a reply is a redirect, or the batch fails, does the connection hand the
+//!   answer back here ([`Divert`]) to be finished as below.
+//! * **Otherwise** each request becomes one or more *units* (a request for one
+//!   node); units for the same node go out as one batch on that node's shared
+//!   connection, in the client's order, before `send` returns. A task then gathers
+//!   the node replies, follows redirects and merges parts, and answers the session
+//!   with the replies back to back, as one node would.
 //!
 //! # Redirects, in order
 //!
 //! `-MOVED`, `-ASK`, `-TRYAGAIN` and `-CLUSTERDOWN` mean Redis did not run the
 //! command, so it is sent again (`MOVED`: to the named node, and the map is
 //! refreshed; `ASK`: to the named node after `ASKING`, map unchanged; the others:
-//! after the back-off pause, through the map). A unit is resent only once every
-//! earlier batch of the same session has finished its own resends (a chain of
-//! [`Link`]s per session), so a client's commands for one key reach the node that
-//! runs them in the order the client sent them, across redirects. Later commands
-//! for the same slot that were already sent got the same redirect (the node does
-//! not serve the slot, or does not have the key), so they are resent after.
+//! after the back-off pause, through the map). Each batch holds a [`Ticket`] in
+//! its session's order ([`order`](super::order)): a unit is resent only once every
+//! earlier batch of the session is settled, and a batch planned with a newer map
+//! than an unsettled earlier one waits for it before it goes out, so a client's
+//! commands for one key reach the node that runs them in the order the client
+//! sent them, across redirects and map changes. Later commands for the same slot
+//! that were already sent got the same redirect (the node does not serve the
+//! slot, or does not have the key), so they are resent after.
 //!
 //! Not kept: the order of a request held by `-TRYAGAIN` (a multi-key command
 //! whose keys are split by a slot migration) against *later* requests of the
@@ -54,14 +63,15 @@ use std::sync::{Arc, Mutex, RwLock};
 use std::time::Duration;
 
 use bytes::{Bytes, BytesMut};
-use tokio::sync::{oneshot, watch};
+use tokio::sync::oneshot;
 use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 
 use super::map::{self, split_addr, SlotMap};
 use super::merge::{self, Redirect};
+use super::order::{Orders, Ticket};
 use super::plan::{self, Merge, Plan};
-use crate::command::{Descriptor, Ranged};
+use crate::command::{ArgList, Descriptor, Ranged};
 use crate::config::{Limits, ReadFrom, UpstreamConfig};
 use crate::protocol::reply;
 use crate::protocol::request::{self, encode_command, RequestKind};
@@ -69,7 +79,7 @@ use crate::resilience::{Backoff, Breaker, BreakerConfig, Policy};
 use crate::stats::DbStats;
 use crate::upstream::dedicated::{self, Pool};
 use crate::upstream::health::{self, HealthState};
-use crate::upstream::mux::{Answer, Batch, MuxHandle, Retry};
+use crate::upstream::mux::{Answer, Batch, Divert, MuxHandle, Retry};
 use crate::upstream::{Observer, UpstreamError};
 
 /// Least time between two slot-map refreshes.
@@ -225,27 +235,6 @@ impl Topology {
     }
 }
 
-/// One session's place in the order of resends (see the module docs).
-#[derive(Debug)]
-struct Link(watch::Sender<bool>);
-
-impl Link {
-    /// Marks the batch done. The value is stored even when nobody waits yet
-    /// (`watch::Sender::send` would drop it then, and a later batch whose
-    /// `prev` this is would wait forever: it holds the sender itself).
-    fn done(&self) {
-        self.0.send_replace(true);
-    }
-
-    async fn wait(this: Option<Arc<Link>>) {
-        if let Some(l) = this {
-            let mut rx = l.0.subscribe();
-            // A dropped sender (its task gone) counts as done.
-            let _ = rx.wait_for(|done| *done).await;
-        }
-    }
-}
-
 /// A Redis Cluster upstream.
 #[derive(Debug)]
 pub struct Cluster {
@@ -262,7 +251,8 @@ pub struct Cluster {
     refresh_queued: AtomicBool,
     /// The map is being watched after a failure ([`Cluster::after_failure`]).
     watching: AtomicBool,
-    chains: Mutex<HashMap<u64, Arc<Link>>>,
+    /// Each session's unsettled batches, in order.
+    orders: Arc<Orders>,
     /// Slot-map refreshes made.
     pub refreshes: AtomicU64,
     /// Slot-map refreshes that failed.
@@ -347,7 +337,7 @@ impl Cluster {
             refreshing: tokio::sync::Mutex::new(None),
             refresh_queued: AtomicBool::new(false),
             watching: AtomicBool::new(false),
-            chains: Mutex::new(HashMap::new()),
+            orders: Arc::default(),
             refreshes: AtomicU64::new(0),
             refresh_failures: AtomicU64::new(0),
             moved: AtomicU64::new(0),
@@ -421,20 +411,26 @@ impl Cluster {
         Some(node.pool(resp3).clone())
     }
 
-    /// With `read_from: replica`, the node a read-only request for `slot` goes
-    /// to: an online replica of the shard (spread by `session`); `None`: the
-    /// primary (a write, no slot, no replica online, or reads from primaries).
-    fn reader(
+    /// The node a request for `slot` goes to: its shard's primary, or with
+    /// `read_from: replica` for a read-only request an online replica of the
+    /// shard (spread by `session`; the primary when none is online).
+    fn target(
         &self,
         topo: &Topology,
         readonly: bool,
         slot: Option<u16>,
         session: u64,
     ) -> Option<Arc<Node>> {
-        if !readonly || !self.replica_reads() {
-            return None;
-        }
-        let shard = topo.map.shard(slot?)?;
+        let replica = match slot {
+            Some(s) if readonly && self.replica_reads() => self.replica(topo, s, session),
+            _ => None,
+        };
+        replica.or_else(|| topo.primary(slot, session).cloned())
+    }
+
+    /// An online replica of the shard serving `slot`, spread by `session`.
+    fn replica(&self, topo: &Topology, slot: u16, session: u64) -> Option<Arc<Node>> {
+        let shard = topo.map.shard(slot)?;
         // Not failed in the cluster's view, and answering the proxy's probe (Redis
         // 7.0 reports a synced replica as `loading` in CLUSTER SHARDS, so the
         // probe's PING, which a loading server refuses, decides).
@@ -670,13 +666,127 @@ impl Cluster {
     /// Sends a session's batch (see the module docs); the answer comes on
     /// `batch.reply` with the replies in the client's order.
     pub async fn send(self: &Arc<Self>, session: u64, resp3: bool, batch: Batch) {
-        let topo = match self.ready().await {
+        if let Some(topo) = self.topology() {
+            let ticket = self.orders.begin(session, topo.generation);
+            let node = match ticket.must_wait() {
+                true => None,
+                false => self.one_node(&topo, session, &batch.bytes),
+            };
+            match node {
+                Some(node) if node.breaker.check().is_ok() => {
+                    return self.send_direct(session, resp3, node, batch, ticket).await;
+                }
+                _ => return Box::pin(self.send_planned(session, resp3, batch, Some(ticket))).await,
+            }
+        }
+        Box::pin(self.send_planned(session, resp3, batch, None)).await
+    }
+
+    /// The node every request of `bytes` goes to, if they all go to one node and
+    /// each as it is (one slot, or no key).
+    fn one_node(&self, topo: &Topology, session: u64, bytes: &Bytes) -> Option<Arc<Node>> {
+        let mut one: Option<Arc<Node>> = None;
+        let all = each_request(bytes, |_, args| {
+            let d = Descriptor::of(args);
+            let Plan::Slot(slot) = plan::plan(d.info, args) else {
+                return false;
+            };
+            match (self.target(topo, d.readonly(), slot, session), &one) {
+                (Some(node), None) => one = Some(node),
+                (Some(node), Some(n)) => return Arc::ptr_eq(n, &node),
+                (None, _) => return false,
+            }
+            true
+        });
+        one.filter(|_| all)
+    }
+
+    /// Sends a batch whose requests all go to `node` as they are: its replies go
+    /// to the session unless one is a redirect or the batch fails
+    /// ([`Cluster::diverted`]).
+    async fn send_direct(
+        self: &Arc<Self>,
+        session: u64,
+        resp3: bool,
+        node: Arc<Node>,
+        batch: Batch,
+        ticket: Ticket,
+    ) {
+        node.requests
+            .fetch_add(u64::from(batch.count), Ordering::Relaxed);
+        let me = self.clone();
+        let to = node.clone();
+        let divert = Divert(Box::new(move |batch: Batch, answer: Answer| {
+            tokio::spawn(
+                async move { me.diverted(session, resp3, to, batch, answer, ticket).await },
+            );
+        }));
+        node.slot(session, resp3)
+            .send(Batch {
+                block: crate::command::Block::No,
+                divert: Some(divert),
+                ..batch
+            })
+            .await;
+    }
+
+    /// Finishes a batch sent whole to `node` whose answer holds a redirect or
+    /// an error: planned as [`Cluster::send_planned`] would, the node's replies
+    /// given to its units, then gathered as any batch.
+    async fn diverted(
+        self: Arc<Self>,
+        session: u64,
+        resp3: bool,
+        node: Arc<Node>,
+        batch: Batch,
+        answer: Answer,
+        ticket: Ticket,
+    ) {
+        let topo = self.topology();
+        let mut units: Vec<Unit> = Vec::new();
+        let mut items: Vec<Item> = Vec::with_capacity(batch.count as usize);
+        if let Some(topo) = &topo {
+            self.plan_batch(topo, session, &batch.bytes, &mut units, &mut items);
+        }
+        for u in &mut units {
+            u.node = node.clone();
+        }
+        let (tx, rx) = oneshot::channel();
+        let _ = tx.send(answer);
+        let all: Vec<usize> = (0..units.len()).collect();
+        let flights = vec![Flight {
+            units: all,
+            rx: Ok(rx),
+        }];
+        self.gather(session, resp3, units, items, flights, ticket, batch)
+            .await
+    }
+
+    /// Sends a batch whose requests are split, merged or spread over nodes (or
+    /// that waits for its session's earlier batches): planned into units, sent
+    /// per node, and gathered by a task.
+    async fn send_planned(
+        self: &Arc<Self>,
+        session: u64,
+        resp3: bool,
+        batch: Batch,
+        ticket: Option<Ticket>,
+    ) {
+        let mut topo = match self.ready().await {
             Ok(t) => t,
             Err(e) => {
                 let _ = batch.reply.send(Answer::from(Err(e)));
                 return;
             }
         };
+        let mut ticket = ticket.unwrap_or_else(|| self.orders.begin(session, topo.generation));
+        if ticket.must_wait() {
+            ticket.earlier_settled(None).await;
+            if let Some(t) = self.topology() {
+                topo = t;
+            }
+            ticket.earlier_settled(Some(topo.generation)).await;
+        }
         let mut units: Vec<Unit> = Vec::new();
         let mut items: Vec<Item> = Vec::with_capacity(batch.count as usize);
         self.plan_batch(&topo, session, &batch.bytes, &mut units, &mut items);
@@ -684,15 +794,9 @@ impl Cluster {
         let flights = self
             .dispatch(session, resp3, &mut units, &all, batch.retry)
             .await;
-        let link = Arc::new(Link(watch::channel(false).0));
-        let prev = self
-            .chains
-            .lock()
-            .ok()
-            .and_then(|mut c| c.insert(session, link.clone()));
         let me = self.clone();
         tokio::spawn(async move {
-            me.gather(session, resp3, units, items, flights, prev, link, batch)
+            me.gather(session, resp3, units, items, flights, ticket, batch)
                 .await
         });
     }
@@ -706,29 +810,7 @@ impl Cluster {
         units: &mut Vec<Unit>,
         items: &mut Vec<Item>,
     ) {
-        let mut ranges = Vec::new();
-        let mut at = 0;
-        while at < bytes.len() {
-            let req = match request::parse(&bytes[at..], limits(), &mut ranges) {
-                Ok(Some(r)) => r,
-                _ => break,
-            };
-            let this = bytes.slice(at..at + req.len);
-            let inline;
-            let args: &dyn crate::command::ArgList = match &req.kind {
-                RequestKind::Empty => {
-                    at += req.len;
-                    continue;
-                }
-                RequestKind::Multibulk => {
-                    inline = Ranged {
-                        buf: &bytes[at..],
-                        ranges: &ranges,
-                    };
-                    &inline
-                }
-                RequestKind::Inline(a) => a,
-            };
+        each_request(bytes, |this, args| {
             let d = Descriptor::of(args);
             let readonly = d.readonly();
             let plan = plan::plan(d.info, args);
@@ -757,9 +839,7 @@ impl Cluster {
             let item = match plan {
                 Plan::Slot(slot) => match unit(
                     this,
-                    self.reader(topo, readonly, slot, session)
-                        .as_ref()
-                        .or_else(|| topo.primary(slot, session)),
+                    self.target(topo, readonly, slot, session).as_ref(),
                     slot,
                     false,
                 ) {
@@ -819,8 +899,8 @@ impl Cluster {
                 },
             };
             items.push(item);
-            at += req.len;
-        }
+            true
+        });
     }
 
     fn plan_scan(
@@ -922,6 +1002,7 @@ impl Cluster {
                         attempts: 0,
                         ..retry
                     },
+                    divert: None,
                 })
                 .await;
             flights.push(Flight {
@@ -994,12 +1075,11 @@ impl Cluster {
         mut units: Vec<Unit>,
         items: Vec<Item>,
         flights: Vec<Flight>,
-        prev: Option<Arc<Link>>,
-        link: Arc<Link>,
+        mut ticket: Ticket,
         batch: Batch,
     ) {
         self.collect(flights, &mut units).await;
-        let mut prev = Some(prev);
+        let mut waited = false;
         for round in 0..MAX_REDIRECTS {
             let redo: Vec<(usize, Redirect)> = units
                 .iter()
@@ -1009,8 +1089,8 @@ impl Cluster {
             if redo.is_empty() {
                 break;
             }
-            if let Some(p) = prev.take() {
-                Link::wait(p).await;
+            if !std::mem::replace(&mut waited, true) {
+                ticket.earlier_settled(None).await;
             }
             let mut moved = false;
             let mut again = false;
@@ -1062,16 +1142,39 @@ impl Cluster {
             render(item, &units, &mut out);
         }
         let _ = batch.reply.send(Answer::from(Ok(Bytes::from(out))));
-        if let Some(p) = prev.take() {
-            Link::wait(p).await;
-        }
-        link.done();
-        if let Ok(mut c) = self.chains.lock() {
-            if c.get(&session).is_some_and(|l| Arc::ptr_eq(l, &link)) {
-                c.remove(&session);
-            }
-        }
+        // Settled: the session's later batches may resend.
+        drop(ticket);
     }
+}
+
+/// Calls `f` with each request of `bytes` (the bytes of that request, and its
+/// arguments) until it returns false; empty inline lines are skipped. Whether
+/// every request was seen (none refused by `f`, all of `bytes` parsed).
+fn each_request(bytes: &Bytes, mut f: impl FnMut(Bytes, &dyn ArgList) -> bool) -> bool {
+    let mut ranges = Vec::new();
+    let mut at = 0;
+    while at < bytes.len() {
+        let Ok(Some(req)) = request::parse(&bytes[at..], limits(), &mut ranges) else {
+            return false;
+        };
+        let this = bytes.slice(at..at + req.len);
+        let go = match &req.kind {
+            RequestKind::Empty => true,
+            RequestKind::Multibulk => f(
+                this,
+                &Ranged {
+                    buf: &bytes[at..],
+                    ranges: &ranges,
+                },
+            ),
+            RequestKind::Inline(a) => f(this, a),
+        };
+        if !go {
+            return false;
+        }
+        at += req.len;
+    }
+    true
 }
 
 /// The length of the reply frame at the start of `bytes` (all of it if it cannot
@@ -1145,34 +1248,5 @@ fn render(item: &Item, units: &[Unit], out: &mut Vec<u8>) {
                 None => reply::error(out, "ERR cluster: SCAN cursor too large to encode"),
             }
         }
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    /// The next batch of a session can take this batch's link as its `prev`
-    /// before this one is done (its reply reaches the client first) and wait on
-    /// it only later, for a redirect.
-    #[tokio::test]
-    async fn a_link_done_before_anyone_waits_is_done() {
-        let link = Arc::new(Link(watch::channel(false).0));
-        let held = link.clone();
-        link.done();
-        drop(link);
-        let waited = tokio::time::timeout(Duration::from_secs(5), Link::wait(Some(held))).await;
-        assert!(waited.is_ok(), "Link::wait returned");
-    }
-
-    #[tokio::test]
-    async fn a_link_waits_until_done() {
-        let link = Arc::new(Link(watch::channel(false).0));
-        let waiter = tokio::spawn(Link::wait(Some(link.clone())));
-        tokio::time::sleep(Duration::from_millis(50)).await;
-        assert!(!waiter.is_finished());
-        link.done();
-        let waited = tokio::time::timeout(Duration::from_secs(5), waiter).await;
-        assert!(matches!(waited, Ok(Ok(()))));
     }
 }

@@ -9,6 +9,8 @@
 //!   primary, split per slot, `SCAN` node by node, or refused as Redis does).
 //! * [`merge`]: the parts' replies merged into the client's one reply; the
 //!   redirect errors read.
+//! * [`order`]: each session's batches in the order it sent them, across
+//!   redirects and map changes.
 //! * [`client`]: a cluster upstream at run time: the nodes' connections, the
 //!   session's batches split per node, redirects followed in order, the map kept fresh.
 //!
@@ -18,6 +20,7 @@
 pub mod client;
 pub mod map;
 pub mod merge;
+pub mod order;
 pub mod plan;
 pub mod slot;
 

@@ -74,16 +74,17 @@ pub fn plan<L: ArgList + ?Sized>(info: Option<&CommandInfo>, args: &L) -> Plan {
         // Unknown command: Redis refuses it wherever it goes.
         return Plan::Slot(None);
     }
-    let keyed: Vec<usize> = found
-        .iter()
-        .filter(|k| k.kind != KeyKind::Pattern)
-        .map(|k| k.index)
-        .collect();
-    let Some(&first) = keyed.first() else {
+    let keyed = || {
+        found
+            .iter()
+            .filter(|k| k.kind != KeyKind::Pattern)
+            .map(|k| k.index)
+    };
+    let Some(first) = keyed().next() else {
         return keyless(name);
     };
     let slot = key_slot(args.arg(first));
-    if keyed.iter().all(|&i| key_slot(args.arg(i)) == slot) {
+    if keyed().skip(1).all(|i| key_slot(args.arg(i)) == slot) {
         return Plan::Slot(Some(slot));
     }
     let (merge, pairs) = match name {
@@ -93,7 +94,7 @@ pub fn plan<L: ArgList + ?Sized>(info: Option<&CommandInfo>, args: &L) -> Plan {
         _ => return Plan::Refuse(CROSSSLOT),
     };
     let mut parts: Vec<(u16, Vec<usize>)> = Vec::new();
-    for &k in &keyed {
+    for k in keyed() {
         let s = key_slot(args.arg(k));
         let idx = match parts.iter().position(|(ps, _)| *ps == s) {
             Some(i) => i,

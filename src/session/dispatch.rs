@@ -256,6 +256,7 @@ impl Session {
             reply: tx,
             block: out.block,
             retry: Retry::new(self.state.id, out.readonly, &db.config.upstream),
+            divert: None,
         };
         let held = match (out.target, self.mode.held_mut()) {
             (Target::Held, Some(h)) => Some(h),

@@ -639,6 +639,7 @@ async fn call(db: &Database, id: u64, args: &[&[u8]], readonly: bool) -> Result<
             reply: tx,
             block: Block::No,
             retry: Retry::new(id, readonly, &db.config.upstream),
+            divert: None,
         },
     )
     .await;

@@ -1141,6 +1141,7 @@ mod tests {
                 bound: tokio::time::Instant::now(),
                 attempts: 0,
             },
+            divert: None,
         });
         assert!(before.is_empty());
         let reply = tokio::time::timeout(Duration::from_secs(5), rx)

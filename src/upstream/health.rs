@@ -137,6 +137,7 @@ fn warm(slot: MuxHandle, cfg: &UpstreamConfig) {
             reply: tx,
             block: Block::No,
             retry,
+            divert: None,
         })
         .await;
     });

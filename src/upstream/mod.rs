@@ -70,6 +70,15 @@ pub fn is_not_serving(error_reply: &[u8]) -> bool {
         .any(|p| body.starts_with(p))
 }
 
+/// Whether an error reply is a Redis Cluster redirect: `-MOVED`, `-ASK`,
+/// `-TRYAGAIN` or `-CLUSTERDOWN` (Redis did not run the command).
+pub fn is_redirect(error_reply: &[u8]) -> bool {
+    let body = error_reply.get(1..).unwrap_or(b"");
+    [&b"MOVED "[..], b"ASK ", b"TRYAGAIN", b"CLUSTERDOWN"]
+        .iter()
+        .any(|p| body.starts_with(p))
+}
+
 /// Whether an error reply is `-READONLY` (the server is a replica: for a
 /// Sentinel-backed database, the primary was demoted).
 pub fn is_readonly(error_reply: &[u8]) -> bool {

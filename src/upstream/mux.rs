@@ -129,18 +129,40 @@ pub struct Batch {
     pub block: Block,
     /// Retry bookkeeping (used by shared slots; exclusive connections never retry).
     pub retry: Retry,
+    /// Where the answer goes instead of `reply` when a reply is a cluster
+    /// redirect or the batch fails (shared slots only; `None` elsewhere).
+    pub divert: Option<Divert>,
 }
 
 impl Batch {
     /// Answers the batch with `err`, counting its commands as failed.
-    fn fail(self, err: UpstreamError, stats: &DbStats) {
+    fn fail(mut self, err: UpstreamError, stats: &DbStats) {
         stats::add(&stats.upstream_failures, self.count as u64);
         stats::add(&stats.errors, self.count as u64);
-        let _ = self.reply.send(Answer {
+        let answer = Answer {
             reply: Err(err),
             attempts: self.retry.attempts,
             rest: None,
-        });
+        };
+        match self.divert.take() {
+            Some(d) => (d.0)(self, answer),
+            None => {
+                let _ = self.reply.send(answer);
+            }
+        }
+    }
+}
+
+/// Takes a batch's answer in place of its `reply` channel when the answer needs
+/// more work than passing it on: a reply is a cluster redirect
+/// ([`super::is_redirect`]: Redis did not run that command) or the batch failed.
+/// The batch comes back with it (its `divert` taken). Replies of a batch with a
+/// divert are never streamed ([`Answer::rest`]): they are seen whole first.
+pub struct Divert(pub Box<dyn FnOnce(Batch, Answer) + Send + Sync>);
+
+impl std::fmt::Debug for Divert {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("Divert")
     }
 }
 
@@ -410,6 +432,9 @@ struct InFlight {
 impl InFlight {
     /// Passes on what is ready of a large reply, if enough is.
     fn pass_on(&mut self, frames: &mut Frames) {
+        if self.batch.divert.is_some() {
+            return;
+        }
         let min = if self.parts.is_some() {
             STREAM_PART
         } else {
@@ -436,8 +461,19 @@ impl InFlight {
         }
     }
 
-    /// Answers with the last replies (or the whole of them).
-    fn answer(self, bytes: Bytes) {
+    /// Answers with the last replies (or the whole of them); `redirected`: one of
+    /// them is a cluster redirect (the batch's divert, if any, takes them).
+    fn answer(mut self, bytes: Bytes, redirected: bool) {
+        if redirected {
+            if let Some(d) = self.batch.divert.take() {
+                let answer = Answer {
+                    reply: Ok(bytes),
+                    attempts: self.batch.retry.attempts,
+                    rest: None,
+                };
+                return (d.0)(self.batch, answer);
+            }
+        }
         match self.parts {
             Some(tx) => {
                 let _ = tx.send(Ok(bytes));
@@ -606,6 +642,7 @@ async fn read_loop(
     let mut cur: Option<InFlight> = None;
     let mut done = 0u32;
     let mut errors = 0u64;
+    let mut redirected = false;
     let sleep = tokio::time::sleep(timeout);
     tokio::pin!(sleep);
     let mut armed = false;
@@ -629,6 +666,8 @@ async fn read_loop(
                     done += 1;
                     if frame.is_error {
                         errors += 1;
+                        redirected |= f.batch.divert.is_some()
+                            && super::is_redirect(frames.bytes(at.clone()));
                         not_serving |= super::is_not_serving(frames.bytes(at.clone()));
                         // `-READONLY`: a demoted primary. The watcher asks the
                         // sentinels; the reply goes to the client as Redis sent it
@@ -652,7 +691,7 @@ async fn read_loop(
                             stats::add(&stats.errors, errors);
                         }
                         if let Some(f) = cur.take() {
-                            f.answer(bytes);
+                            f.answer(bytes, std::mem::take(&mut redirected));
                         }
                         done = 0;
                         errors = 0;
@@ -814,6 +853,7 @@ mod tests {
                 reply: tx,
                 block: Block::No,
                 retry: Retry::new(origin, true, cfg),
+                divert: None,
             })
             .await;
         rx
@@ -876,6 +916,7 @@ mod tests {
                 reply: tx,
                 block: Block::No,
                 retry,
+                divert: None,
             };
             (b, rx)
         };
