@@ -8,6 +8,11 @@
 # Workloads: c50 P1 and P16 SET/GET, and MSET of 10 keys (direct: redis-benchmark's
 # cluster mode puts them in one slot with a hash tag; through the proxy: 10 random
 # keys, split across slots).
+#
+# Then, if target/release/examples/cluster_client_bench is built
+# (`cargo build --release --example cluster_client_bench`), what a cluster-aware
+# client gets: redis-rs's async cluster client straight at the cluster vs redis-rs's
+# multiplexed client (one connection) and 50 connections through the proxy, c50 P1.
 set -euo pipefail
 bin=target/release/redis-sidecar
 rounds=3
@@ -20,7 +25,9 @@ work=$(mktemp -d)
 pids=()
 cleanup() { kill "${pids[@]}" 2>/dev/null || true; sleep 0.3; rm -rf "$work"; }
 trap cleanup EXIT
-base=$((20000 + RANDOM % 20000))
+# Node ports and their cluster bus ports (+10000) below the ephemeral range
+# (32768-): a bus port an outgoing connection holds makes a node exit at start.
+base=$((10000 + RANDOM % 12000))
 ports=($base $((base + 1)) $((base + 2)))
 for p in "${ports[@]}"; do
     mkdir -p "$work/$p"
@@ -73,3 +80,22 @@ for w in "set 1" "get 1" "set 16" "get 16" "mset 1"; do
     printf '%-14s %14s %14s %8s\n' "$test P$p" "$dm" "$xm" \
         "$(awk -v a="$xm" -v b="$dm" 'BEGIN { if (b > 0) printf "%.2f", a / b }')"
 done
+ex=target/release/examples/cluster_client_bench
+if [[ -x $ex ]]; then
+    echo
+    printf '%-14s %14s %14s %14s %8s %8s\n' "redis-rs c50" cluster-client proxy-mux proxy-conns mux conns
+    for test in get set; do
+        c=() m=() k=()
+        for _ in $(seq 1 "$rounds"); do
+            c+=("$("$ex" cluster "127.0.0.1:${ports[0]}" -n "$n" -t "$test" | awk '{ print $3 }')")
+            m+=("$("$ex" mux "127.0.0.1:$pport" -n "$n" -t "$test" | awk '{ print $3 }')")
+            k+=("$("$ex" conns "127.0.0.1:$pport" -n "$n" -t "$test" | awk '{ print $3 }')")
+        done
+        cm=$(printf '%s\n' "${c[@]}" | median)
+        mm=$(printf '%s\n' "${m[@]}" | median)
+        km=$(printf '%s\n' "${k[@]}" | median)
+        printf '%-14s %14s %14s %14s %8s %8s\n' "$test P1" "$cm" "$mm" "$km" \
+            "$(awk -v a="$mm" -v b="$cm" 'BEGIN { if (b > 0) printf "%.2f", a / b }')" \
+            "$(awk -v a="$km" -v b="$cm" 'BEGIN { if (b > 0) printf "%.2f", a / b }')"
+    done
+fi

@@ -717,9 +717,13 @@ impl Cluster {
         let me = self.clone();
         let to = node.clone();
         let divert = Divert(Box::new(move |batch: Batch, answer: Answer| {
-            tokio::spawn(
-                async move { me.diverted(session, resp3, to, batch, answer, ticket).await },
-            );
+            // (No runtime: the proxy is stopping; the client gets the answer as is.)
+            match tokio::runtime::Handle::try_current() {
+                Ok(rt) => drop(rt.spawn(async move {
+                    me.diverted(session, resp3, to, batch, answer, ticket).await
+                })),
+                Err(_) => drop(batch.reply.send(answer)),
+            }
         }));
         node.slot(session, resp3)
             .send(Batch {
