@@ -79,6 +79,16 @@ impl Frames {
         Some(self.buf.split_to(n).freeze())
     }
 
+    /// The first byte after the frames found (the type of the frame being read).
+    pub fn first_unread(&self) -> Option<u8> {
+        self.buf.get(self.scanned).copied()
+    }
+
+    /// Whether [`Frames::take_partial`] with `min` would take something now.
+    pub fn take_ready(&self, min: usize) -> bool {
+        self.scanned + self.scanner.scanned(self.buf.len() - self.scanned) >= min.max(1)
+    }
+
     /// Whether bytes beyond the frames found are buffered (part of a frame, or
     /// frames not looked at yet).
     pub fn has_unread(&self) -> bool {

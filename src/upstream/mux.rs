@@ -433,7 +433,13 @@ impl InFlight {
     /// Passes on what is ready of a large reply, if enough is.
     fn pass_on(&mut self, frames: &mut Frames) {
         if self.batch.divert.is_some() {
-            return;
+            // A redirect is a short error reply: a batch of one request whose
+            // reply is not an error needs no divert and is passed on as usual.
+            let error = matches!(frames.first_unread(), None | Some(b'-' | b'!'));
+            if self.batch.count != 1 || error || !frames.take_ready(STREAM_START) {
+                return;
+            }
+            self.batch.divert = None;
         }
         let min = if self.parts.is_some() {
             STREAM_PART
@@ -937,5 +943,159 @@ mod tests {
         assert_eq!(origins, vec![2, 2]);
         assert!(r1.try_recv().expect("answered").reply.is_err());
         assert!(r3.try_recv().expect("answered").reply.is_err());
+    }
+
+    /// A scripted upstream on a loopback port: answers the connection setup, then
+    /// reads one batch and sends `reply`, then `rest` when told.
+    async fn scripted(
+        reply: Vec<u8>,
+        rest: Vec<u8>,
+    ) -> (u16, oneshot::Sender<()>, tokio::task::JoinHandle<()>) {
+        use tokio::io::{AsyncReadExt, AsyncWriteExt};
+        let l = tokio::net::TcpListener::bind("127.0.0.1:0")
+            .await
+            .expect("bind");
+        let port = l.local_addr().expect("addr").port();
+        let (go, more) = oneshot::channel::<()>();
+        let task = tokio::spawn(async move {
+            let (mut s, _) = l.accept().await.expect("accept");
+            let mut seen = Vec::new();
+            let mut buf = [0u8; 4096];
+            // The setup ends with PING; the batch's GETs follow.
+            while !seen.windows(6).any(|w| w == b"PING\r\n") {
+                let n = s.read(&mut buf).await.expect("read");
+                assert!(n > 0, "closed during setup");
+                seen.extend_from_slice(&buf[..n]);
+            }
+            let selects = seen.windows(6).filter(|w| w == b"SELECT").count();
+            s.write_all(&b"+OK\r\n".repeat(selects))
+                .await
+                .expect("write");
+            s.write_all(b"+PONG\r\n").await.expect("write");
+            seen.clear();
+            while !seen.windows(3).any(|w| w == b"GET") {
+                let n = s.read(&mut buf).await.expect("read");
+                assert!(n > 0, "closed before the batch");
+                seen.extend_from_slice(&buf[..n]);
+            }
+            s.write_all(&reply).await.expect("write");
+            let _ = more.await;
+            s.write_all(&rest).await.expect("write");
+            // Held open until the test ends.
+            let _ = s.read(&mut buf).await;
+        });
+        (port, go, task)
+    }
+
+    /// A batch of `count` GETs with a divert that reports on `diverted`.
+    async fn send_diverted(
+        port: u16,
+        count: u32,
+    ) -> (
+        oneshot::Receiver<Answer>,
+        tokio::sync::mpsc::UnboundedReceiver<Answer>,
+        MuxHandle,
+    ) {
+        let cfg = Arc::new(
+            Config::for_upstream("127.0.0.1", port).databases[0]
+                .upstream
+                .clone(),
+        );
+        let policy = Arc::new(Fixed {
+            delay: Duration::from_millis(100),
+            failures: AtomicU32::new(0),
+        });
+        let handle = MuxHandle::spawn(cfg.clone(), Arc::new(DbStats::default()), policy, false);
+        let (dtx, drx) = tokio::sync::mpsc::unbounded_channel();
+        let (tx, rx) = oneshot::channel();
+        let get = b"*2\r\n$3\r\nGET\r\n$1\r\nk\r\n";
+        handle
+            .send(Batch {
+                bytes: Bytes::from(get.repeat(count as usize)),
+                count,
+                reply: tx,
+                block: Block::No,
+                retry: Retry::new(1, true, &cfg),
+                divert: Some(Divert(Box::new(move |_batch, answer| {
+                    let _ = dtx.send(answer);
+                }))),
+            })
+            .await;
+        (rx, drx, handle)
+    }
+
+    const BIG: usize = 1_000_000;
+
+    fn big_reply() -> (Vec<u8>, Vec<u8>) {
+        let mut first = format!("${BIG}\r\n").into_bytes();
+        first.extend(std::iter::repeat_n(b'x', 2 * STREAM_START));
+        let mut rest = vec![b'x'; BIG - 2 * STREAM_START];
+        rest.extend_from_slice(b"\r\n");
+        (first, rest)
+    }
+
+    /// One request whose reply is not an error cannot be redirected: a large one
+    /// is passed on as it arrives even with a divert (which is never called).
+    #[tokio::test]
+    async fn a_divert_batch_of_one_large_reply_is_passed_on_in_parts() {
+        let (first, rest) = big_reply();
+        let total = first.len() + rest.len();
+        let (port, go, _up) = scripted(first, rest).await;
+        let (rx, mut diverted, _h) = send_diverted(port, 1).await;
+        // Only part of the reply was sent: an answer now means it was streamed.
+        let answer = tokio::time::timeout(Duration::from_secs(10), rx)
+            .await
+            .expect("the first part before the rest was sent")
+            .expect("answered");
+        let mut got = answer.reply.expect("replies").len();
+        let mut parts = answer.rest.expect("streamed");
+        let _ = go.send(());
+        while let Some(part) = tokio::time::timeout(Duration::from_secs(10), parts.recv())
+            .await
+            .expect("parts in time")
+        {
+            got += part.expect("part").len();
+        }
+        assert_eq!(got, total);
+        assert!(diverted.try_recv().is_err(), "not diverted");
+    }
+
+    /// With two requests, a later reply could still be a redirect: nothing is
+    /// passed on before the batch's replies are all in.
+    #[tokio::test]
+    async fn a_divert_batch_of_several_requests_is_answered_whole() {
+        let (big, rest) = big_reply();
+        let mut first = b"$1\r\nv\r\n".to_vec();
+        first.extend(big);
+        let total = first.len() + rest.len();
+        let (port, go, _up) = scripted(first, rest).await;
+        let (mut rx, _diverted, _h) = send_diverted(port, 2).await;
+        let early = tokio::time::timeout(Duration::from_millis(500), &mut rx).await;
+        assert!(early.is_err(), "answered before the replies were all in");
+        let _ = go.send(());
+        let answer = tokio::time::timeout(Duration::from_secs(10), rx)
+            .await
+            .expect("answer in time")
+            .expect("answered");
+        assert!(answer.rest.is_none(), "not streamed");
+        assert_eq!(answer.reply.expect("replies").len(), total);
+    }
+
+    /// A redirect goes to the divert, with the replies; the reply channel is not
+    /// used.
+    #[tokio::test]
+    async fn a_redirect_goes_to_the_divert() {
+        let moved = b"-MOVED 3999 127.0.0.1:6381\r\n".to_vec();
+        let (port, _go, _up) = scripted(moved.clone(), Vec::new()).await;
+        let (rx, mut diverted, _h) = send_diverted(port, 1).await;
+        let answer = tokio::time::timeout(Duration::from_secs(10), diverted.recv())
+            .await
+            .expect("diverted in time")
+            .expect("diverted");
+        assert_eq!(answer.reply.expect("replies"), moved);
+        assert!(
+            rx.await.is_err(),
+            "the batch's own reply channel was not used"
+        );
     }
 }
