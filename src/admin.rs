@@ -189,7 +189,9 @@ fn field(text: &str) -> String {
         .collect()
 }
 
-/// `PROXY HEALTH`: overall health and one line per database.
+/// `PROXY HEALTH`: overall health and one line per database; on a Redis Cluster
+/// database also one line per node (`db0_node_HOST:PORT`), whose probes and
+/// breakers make the database's health.
 pub fn health(ctx: &View<'_>) -> String {
     let dbs = ctx.router.databases();
     let healthy = |d: &Database| d.health.healthy.load(Relaxed) && d.breaker.state() != State::Open;
@@ -197,7 +199,16 @@ pub fn health(ctx: &View<'_>) -> String {
     let mut s = format!("# Health\r\noverall_healthy:{}\r\n", overall as u8);
     for db in dbs {
         let b = db.breaker.snapshot();
-        let h = &db.health;
+        let nodes = db.cluster().map(|c| (c.topology(), c.nodes()));
+        // A cluster database is probed through its nodes: their figures, summed
+        // (probes) or the worst of them (latency, failures, an error).
+        let h: Vec<&crate::upstream::health::HealthState> = match &nodes {
+            Some((_, nodes)) => nodes.iter().map(|n| &*n.health).collect(),
+            None => vec![&*db.health],
+        };
+        let max = |f: fn(&crate::upstream::health::HealthState) -> u64| {
+            h.iter().map(|x| f(x)).max().unwrap_or(0)
+        };
         let _ = write!(
             s,
             "db{}:name={},healthy={},circuit={},override={},last_probe_latency_ms={:.3},probes={},consecutive_failures={},breaker_consecutive_failures={},last_error={}\r\n",
@@ -206,14 +217,46 @@ pub fn health(ctx: &View<'_>) -> String {
             healthy(db) as u8,
             b.state,
             b.override_,
-            h.last_latency_us.load(Relaxed) as f64 / 1000.0,
-            h.probes.load(Relaxed),
-            h.consecutive_failures.load(Relaxed),
+            max(|x| x.last_latency_us.load(Relaxed)) as f64 / 1000.0,
+            h.iter().map(|x| x.probes.load(Relaxed)).sum::<u64>(),
+            max(|x| x.consecutive_failures.load(Relaxed)),
             b.consecutive_failures,
-            field(&h.last_error().unwrap_or_default()),
+            field(&h.iter().find_map(|x| x.last_error()).unwrap_or_default()),
         );
+        let (topo, nodes) = nodes.unwrap_or_default();
+        for n in &nodes {
+            let nb = n.breaker.snapshot();
+            let _ = write!(
+                s,
+                "db{}_node_{}:role={},healthy={},circuit={},last_probe_latency_ms={:.3},probes={},consecutive_failures={},breaker_consecutive_failures={},last_error={}\r\n",
+                db.config.index,
+                n.addr,
+                node_role(topo.as_deref(), n),
+                n.health.healthy.load(Relaxed) as u8,
+                nb.state,
+                n.health.last_latency_us.load(Relaxed) as f64 / 1000.0,
+                n.health.probes.load(Relaxed),
+                n.health.consecutive_failures.load(Relaxed),
+                nb.consecutive_failures,
+                field(&n.health.last_error().unwrap_or_default()),
+            );
+        }
     }
     s
+}
+
+/// A cluster node's role in the current map.
+fn node_role(
+    topo: Option<&crate::cluster::client::Topology>,
+    node: &crate::cluster::client::Node,
+) -> &'static str {
+    topo.map_or("unknown", |t| {
+        if t.primaries.iter().any(|p| p.addr == node.addr) {
+            "primary"
+        } else {
+            "replica"
+        }
+    })
 }
 
 fn stats_line(name: &str, c: &CommandStats) -> String {
@@ -254,6 +297,20 @@ pub fn command_stats(dbs: &[&Arc<Database>]) -> String {
         s.push_str(&stats_line("all", db.commands.all()));
         for (idx, c) in db.commands.iter_used() {
             s.push_str(&stats_line(&format!("cmd_{}", command_name(idx)), c));
+        }
+        // A Redis Cluster database: what each node was sent.
+        if let Some(cl) = db.cluster() {
+            let topo = cl.topology();
+            for n in cl.nodes() {
+                let _ = writeln!(
+                    s,
+                    "node_{}:role={},requests={},redirects={}\r",
+                    n.addr,
+                    node_role(topo.as_deref(), &n),
+                    get(&n.requests),
+                    get(&n.redirects),
+                );
+            }
         }
     }
     s
@@ -377,13 +434,7 @@ pub fn info(ctx: &View<'_>, sections: &[&str]) -> String {
                     let Some(cl) = db.cluster() else { continue };
                     let topo = cl.topology();
                     for node in cl.nodes() {
-                        let role = topo.as_ref().map_or("unknown", |t| {
-                            if t.primaries.iter().any(|p| p.addr == node.addr) {
-                                "primary"
-                            } else {
-                                "replica"
-                            }
-                        });
+                        let role = node_role(topo.as_deref(), &node);
                         let b = node.breaker.snapshot();
                         let _ = write!(
                             s,

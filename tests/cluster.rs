@@ -375,13 +375,13 @@ fn proxy_info_shows_the_slot_map_and_every_primary() {
         db0.contains(",cluster_shards=3,cluster_slots_covered=16384,"),
         "{db0}"
     );
-    let primaries = primaries(Cluster::shared());
+    let ports = primaries(Cluster::shared());
     let nodes: Vec<&str> = info
         .lines()
         .filter(|l| l.starts_with("node_db0_"))
         .collect();
     assert_eq!(nodes.len(), 3, "{info}");
-    for port in primaries {
+    for &port in &ports {
         let line = nodes
             .iter()
             .find(|l| l.starts_with(&format!("node_db0_127.0.0.1:{port}:")))
@@ -407,6 +407,38 @@ fn proxy_info_shows_the_slot_map_and_every_primary() {
         }
         assert!(Instant::now() < deadline, "db 0 never healthy: {line}");
         std::thread::sleep(Duration::from_millis(200));
+    }
+    // PROXY HEALTH: the database's probes are its nodes' (summed), and a line per
+    // node; PROXY STATS: what each node was sent.
+    let health = String::from_utf8_lossy(&c.cmd(&[b"PROXY", b"HEALTH"])).into_owned();
+    let db0 = health
+        .lines()
+        .find(|l| l.starts_with("db0:"))
+        .unwrap_or_else(|| panic!("{health}"));
+    assert!(!db0.contains(",probes=0,"), "{db0}");
+    let stats = String::from_utf8_lossy(&c.cmd(&[b"PROXY", b"STATS"])).into_owned();
+    for port in ports {
+        let node = health
+            .lines()
+            .find(|l| l.starts_with(&format!("db0_node_127.0.0.1:{port}:")))
+            .unwrap_or_else(|| panic!("primary {port} in {health}"));
+        assert!(
+            node.contains(":role=primary,healthy=1,circuit=closed,"),
+            "{node}"
+        );
+        assert!(!node.contains(",probes=0,"), "{node}");
+        let line = stats
+            .lines()
+            .find(|l| l.starts_with(&format!("node_127.0.0.1:{port}:")))
+            .unwrap_or_else(|| panic!("primary {port} in {stats}"));
+        assert!(
+            line.starts_with(&format!("node_127.0.0.1:{port}:role=primary,requests=")),
+            "{line}"
+        );
+        assert!(
+            !line.contains("requests=0,"),
+            "every primary got keys: {line}"
+        );
     }
     let mut del: Vec<Vec<u8>> = vec![b"DEL".to_vec()];
     del.extend((0..30).map(|i| format!("info:{i}").into_bytes()));
