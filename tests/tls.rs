@@ -946,3 +946,53 @@ fn tls_keys_are_layered_like_the_other_upstream_keys() {
         "{report}"
     );
 }
+
+/// `sentinel.tls`: the proxy asks a sentinel that listens only in TLS for the
+/// primary (and subscribes to it) over TLS, checked against `ca_file`; without
+/// `tls` it cannot, and the client is told which sentinel failed.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sentinels_are_reached_over_tls() {
+    let pki = pki();
+    let primary = RedisServer::start();
+    let tls_port = free_port();
+    let sentinel = support::sentinel::Sentinel::start_with(
+        primary.port(),
+        None,
+        &format!(
+            "tls-port {tls_port}\ntls-cert-file {}\ntls-key-file {}\ntls-ca-cert-file {}\ntls-auth-clients no\n",
+            pki.p("server.crt"),
+            pki.p("server.key"),
+            pki.p("ca.crt")
+        ),
+    );
+    let yaml = |tls: &str| {
+        format!(
+            "listen: 127.0.0.1:0\nmetrics_listen: null\nredis_databases:\n  main:\n    db: 0\n    sentinel:\n      nodes: [\"127.0.0.1:{tls_port}\"]\n      master: {}\n{tls}",
+            support::sentinel::MASTER
+        )
+    };
+    let with_tls = yaml(&format!(
+        "      tls: {{ ca_file: \"{}\" }}\n",
+        pki.p("ca.crt")
+    ));
+    let proxy = start_proxy(parse(&with_tls)).await;
+    let mut c = AsyncRawClient::connect(proxy.local_addr()).await;
+    assert_eq!(
+        c.cmd(&[b"SET", b"via-tls-sentinel", b"1"]).await,
+        b"+OK\r\n"
+    );
+    let mut direct = AsyncRawClient::connect(primary.addr()).await;
+    assert_eq!(
+        direct.cmd(&[b"GET", b"via-tls-sentinel"]).await,
+        b"$1\r\n1\r\n"
+    );
+    // Plain TCP to the sentinel's TLS port: no answer it can read.
+    let plain = start_proxy(parse(&yaml(""))).await;
+    let mut p = AsyncRawClient::connect(plain.local_addr()).await;
+    let reply = String::from_utf8_lossy(&p.cmd(&[b"GET", b"via-tls-sentinel"]).await).into_owned();
+    assert!(
+        reply.starts_with("-UPSTREAM") && reply.contains(&format!("127.0.0.1:{tls_port}")),
+        "{reply}"
+    );
+    drop(sentinel);
+}

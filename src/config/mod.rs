@@ -376,6 +376,10 @@ impl Config {
                         None => line("      username: null".to_string()),
                     }
                     line(format!("      password: {}", mask(s.password.as_ref())));
+                    let first = s.nodes.first().map_or("", |(h, _)| h.as_str());
+                    for l in tls_text("      ", s.tls.as_deref(), first) {
+                        line(l);
+                    }
                 }
             }
             line(format!("    upstream_db: {}", u.db));
@@ -414,26 +418,8 @@ impl Config {
                 "    health_check_interval: {}",
                 secs(r.health_check_interval)
             ));
-            match &u.tls {
-                Some(t) => {
-                    line("    tls:".to_string());
-                    for (key, path) in [
-                        ("ca_file", &t.ca_file),
-                        ("cert_file", &t.cert_file),
-                        ("key_file", &t.key_file),
-                    ] {
-                        line(format!("      {key}: {}", path_or_null(path.as_ref())));
-                    }
-                    line(format!(
-                        "      server_name: {}",
-                        t.server_name.as_deref().unwrap_or(&u.host)
-                    ));
-                    line(format!(
-                        "      insecure_skip_verify: {}",
-                        t.insecure_skip_verify
-                    ));
-                }
-                None => line("    tls: null".to_string()),
+            for l in tls_text("    ", u.tls.as_deref(), &u.host) {
+                line(l);
             }
         }
         out
@@ -444,6 +430,30 @@ impl Config {
 fn nodes_text(nodes: &[(String, u16)]) -> String {
     let nodes: Vec<String> = nodes.iter().map(|(h, p)| format!("{h}:{p}")).collect();
     nodes.join(", ")
+}
+
+/// The `tls` lines of `--check-config` at `indent` (`server_name` defaults to `host`).
+fn tls_text(indent: &str, tls: Option<&UpstreamTls>, host: &str) -> Vec<String> {
+    let Some(t) = tls else {
+        return vec![format!("{indent}tls: null")];
+    };
+    let mut out = vec![format!("{indent}tls:")];
+    for (key, path) in [
+        ("ca_file", &t.ca_file),
+        ("cert_file", &t.cert_file),
+        ("key_file", &t.key_file),
+    ] {
+        out.push(format!("{indent}  {key}: {}", path_or_null(path.as_ref())));
+    }
+    out.push(format!(
+        "{indent}  server_name: {}",
+        t.server_name.as_deref().unwrap_or(host)
+    ));
+    out.push(format!(
+        "{indent}  insecure_skip_verify: {}",
+        t.insecure_skip_verify
+    ));
+    out
 }
 
 /// A file path for the report (`null` if not set).

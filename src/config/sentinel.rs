@@ -7,6 +7,7 @@
 //!   master: mymaster
 //!   password: null      # the sentinels' own password (requirepass of sentinel.conf)
 //!   username: null
+//!   tls: null           # TLS to the sentinels: { ca_file, cert_file, key_file, server_name, insecure_skip_verify }
 //! ```
 
 use std::sync::Arc;
@@ -17,7 +18,7 @@ use super::types::SentinelConfig;
 use super::yaml::{KeyPath, Node};
 
 /// The keys of `sentinel`.
-const SENTINEL_KEYS: &[&str] = &["nodes", "master", "password", "username"];
+const SENTINEL_KEYS: &[&str] = &["nodes", "master", "password", "username", "tls"];
 
 /// How the sentinels' `nodes` are named in messages.
 const SENTINEL_NODES: NodeKind = NodeKind {
@@ -59,10 +60,15 @@ pub(super) fn parse_sentinel(
         None => None,
         Some((p, n)) => parse_username(&p, n)?,
     };
+    let tls = match map.get("tls") {
+        None => None,
+        Some((p, n)) => super::tls::parse_upstream_tls(&p, n)?,
+    };
     Ok(Some(Arc::new(SentinelConfig {
         nodes,
         master,
         username,
         password,
+        tls,
     })))
 }

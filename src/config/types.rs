@@ -305,7 +305,7 @@ impl UpstreamConfig {
 }
 
 /// A Sentinel-backed upstream (YAML `sentinel`).
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq)]
 pub struct SentinelConfig {
     /// The sentinels, asked in this order (`nodes`).
     pub nodes: Vec<(String, u16)>,
@@ -315,6 +315,9 @@ pub struct SentinelConfig {
     pub username: Option<String>,
     /// The sentinels' password (`password`; not the data connections' one).
     pub password: Option<Secret>,
+    /// TLS to the sentinels (`tls`, as an upstream's `tls`; not the data
+    /// connections' one). `None`: plain TCP.
+    pub tls: Option<Arc<UpstreamTls>>,
 }
 
 /// Which node of a shard serves read-only commands (YAML `cluster.read_from`).

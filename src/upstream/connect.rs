@@ -61,6 +61,36 @@ pub async fn connect_at(cfg: &UpstreamConfig, resp3: bool) -> Result<(Stream, u6
 /// The start of `ROLE`'s reply on a primary (RESP2 and RESP3 alike).
 const ROLE_MASTER: &[u8] = b"*3\r\n$6\r\nmaster\r\n";
 
+/// A TCP connection to `host:port` (no delay, keepalive), in TLS when `tls` is
+/// given (the certificate checked for `tls.server_name`, else `host`).
+pub async fn dial(
+    host: &str,
+    port: u16,
+    addr: &str,
+    tls: Option<&crate::config::UpstreamTls>,
+) -> Result<Stream, UpstreamError> {
+    let tcp = TcpStream::connect((host, port))
+        .await
+        .map_err(|e| UpstreamError::connect_io(addr, &e))?;
+    let _ = tcp.set_nodelay(true);
+    keepalive(&tcp);
+    let Some(tls) = tls else {
+        return Ok(Stream::Plain(tcp));
+    };
+    let failed = |reason: String| UpstreamError::Connect {
+        addr: addr.to_string(),
+        reason,
+    };
+    let name =
+        crate::tls::server_name(tls.server_name.as_deref().unwrap_or(host)).map_err(failed)?;
+    let connector = tokio_rustls::TlsConnector::from(tls.client_config.clone());
+    let session = connector
+        .connect(name, tcp)
+        .await
+        .map_err(|e| failed(format!("TLS handshake failed: {e}")))?;
+    Ok(Stream::Tls(Box::new(session.into())))
+}
+
 async fn connect_inner(
     cfg: &UpstreamConfig,
     host: &str,
@@ -69,33 +99,17 @@ async fn connect_inner(
     resp3: bool,
     generation: u64,
 ) -> Result<Stream, UpstreamError> {
-    let tcp = TcpStream::connect((host, port))
+    let mut stream = dial(host, port, addr, cfg.tls.as_deref())
         .await
-        .map_err(|e| UpstreamError::connect_io(addr, &e))?;
-    let _ = tcp.set_nodelay(true);
-    keepalive(&tcp);
-    let mut stream = match &cfg.tls {
-        None => Stream::Plain(tcp),
-        Some(tls) => {
-            let failed = |reason: String| UpstreamError::Connect {
-                addr: addr.to_string(),
-                reason,
-            };
-            let name = crate::tls::server_name(tls.server_name.as_deref().unwrap_or(host))
-                .map_err(failed)?;
-            let connector = tokio_rustls::TlsConnector::from(tls.client_config.clone());
-            let session = connector
-                .connect(name, tcp)
-                .await
-                .map_err(|e| {
+        .inspect_err(|e| {
+            if let UpstreamError::Connect { reason, .. } = e {
+                if reason.starts_with("TLS") {
                     // Always logged: a wrong CA, an expired certificate or a name
                     // mismatch is a setup problem on any kind of connection.
-                    tracing::warn!(database = %cfg.database, upstream = %addr, upstream_db = cfg.db, error = %e, "upstream TLS handshake failed");
-                    failed(format!("TLS handshake failed: {e}"))
-                })?;
-            Stream::Tls(Box::new(session.into()))
-        }
-    };
+                    tracing::warn!(database = %cfg.database, upstream = %addr, upstream_db = cfg.db, error = %reason, "upstream TLS handshake failed");
+                }
+            }
+        })?;
 
     let mut setup = Vec::new();
     let mut expected = 0;

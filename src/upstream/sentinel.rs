@@ -24,7 +24,6 @@ use std::time::Duration;
 
 use bytes::{Buf, BytesMut};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
-use tokio::net::TcpStream;
 use tokio::time::Instant;
 use tokio_util::sync::{CancellationToken, DropGuard};
 
@@ -33,21 +32,25 @@ use super::Observer;
 use crate::config::{SentinelConfig, UpstreamConfig};
 use crate::protocol::request::encode_command;
 use crate::protocol::value::{decode, Value};
+use crate::transport::Stream;
 
 /// A connection to one sentinel.
 struct Conn {
-    stream: TcpStream,
+    stream: Stream,
     buf: BytesMut,
 }
 
 impl Conn {
-    /// Connects and logs in (`AUTH` when the sentinels have a password).
+    /// Connects (in TLS with the sentinel's `tls`) and logs in (`AUTH` when the
+    /// sentinels have a password).
     async fn open(host: &str, port: u16, s: &SentinelConfig) -> Result<Conn, String> {
-        let stream = TcpStream::connect((host, port))
+        let addr = format!("{host}:{port}");
+        let stream = super::connect::dial(host, port, &addr, s.tls.as_deref())
             .await
-            .map_err(|e| e.to_string())?;
-        let _ = stream.set_nodelay(true);
-        super::connect::keepalive(&stream);
+            .map_err(|e| match e {
+                UpstreamError::Connect { reason, .. } => reason,
+                e => e.to_string(),
+            })?;
         let mut conn = Conn {
             stream,
             buf: BytesMut::with_capacity(512),

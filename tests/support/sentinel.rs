@@ -34,9 +34,14 @@ impl Sentinel {
     /// Starts a sentinel on a free port monitoring `MASTER` at `127.0.0.1:primary`;
     /// `password` is its `requirepass`, if any.
     pub fn start(primary: u16, password: Option<&str>) -> Sentinel {
+        Sentinel::start_with(primary, password, "")
+    }
+
+    /// [`Sentinel::start`] with `extra` lines in its config file (e.g. a `tls-port`).
+    pub fn start_with(primary: u16, password: Option<&str>, extra: &str) -> Sentinel {
         let mut last = String::new();
         for _ in 0..5 {
-            match Sentinel::try_start(primary, password) {
+            match Sentinel::try_start(primary, password, extra) {
                 Ok(s) => return s,
                 Err(e) => last = e,
             }
@@ -44,7 +49,7 @@ impl Sentinel {
         panic!("sentinel failed to start: {last}");
     }
 
-    fn try_start(primary: u16, password: Option<&str>) -> Result<Sentinel, String> {
+    fn try_start(primary: u16, password: Option<&str>, extra: &str) -> Result<Sentinel, String> {
         let dir = tempfile::Builder::new()
             .prefix("redis-sidecar-test-sentinel")
             .tempdir()
@@ -64,6 +69,7 @@ impl Sentinel {
         if let Some(pw) = password {
             text.push_str(&format!("requirepass {pw}\n"));
         }
+        text.push_str(extra);
         fs::write(&conf, text).expect("write sentinel.conf");
         let mut s = Sentinel {
             child: Some(spawn(&conf)),
