@@ -54,16 +54,27 @@ impl Ca {
         }
     }
 
-    /// A leaf certificate and key for `names`, valid now unless `expired`.
-    fn leaf(&self, cn: &str, names: &[&str], client: bool, expired: bool) -> (String, String) {
+    /// A leaf certificate and key for `names`, valid now unless `expired`, for a
+    /// client, a server, or both (`None`: a cluster node, which is both to the
+    /// other nodes).
+    fn leaf(
+        &self,
+        cn: &str,
+        names: &[&str],
+        client: Option<bool>,
+        expired: bool,
+    ) -> (String, String) {
         let names: Vec<String> = names.iter().map(|s| s.to_string()).collect();
         let mut params = CertificateParams::new(names).expect("leaf params");
         params.distinguished_name.push(DnType::CommonName, cn);
-        params.extended_key_usages = vec![if client {
-            ExtendedKeyUsagePurpose::ClientAuth
-        } else {
-            ExtendedKeyUsagePurpose::ServerAuth
-        }];
+        params.extended_key_usages = match client {
+            Some(true) => vec![ExtendedKeyUsagePurpose::ClientAuth],
+            Some(false) => vec![ExtendedKeyUsagePurpose::ServerAuth],
+            None => vec![
+                ExtendedKeyUsagePurpose::ServerAuth,
+                ExtendedKeyUsagePurpose::ClientAuth,
+            ],
+        };
         if expired {
             params.not_before = rcgen::date_time_ymd(2020, 1, 1);
             params.not_after = rcgen::date_time_ymd(2021, 1, 1);
@@ -105,23 +116,31 @@ fn pki() -> &'static Pki {
         write("other-ca.crt", &other.pem);
         let local = ["localhost", "127.0.0.1"];
         for (name, cn, names, client, expired, by) in [
-            ("server", "server", &local[..], false, false, &ca),
-            ("server2", "server reloaded", &local[..], false, false, &ca),
-            ("expired", "expired", &local[..], false, true, &ca),
+            ("server", "server", &local[..], Some(false), false, &ca),
+            (
+                "server2",
+                "server reloaded",
+                &local[..],
+                Some(false),
+                false,
+                &ca,
+            ),
+            ("node", "cluster node", &local[..], None, false, &ca),
+            ("expired", "expired", &local[..], Some(false), true, &ca),
             (
                 "wronghost",
                 "wrong host",
                 &["wrong.example"][..],
-                false,
+                Some(false),
                 false,
                 &ca,
             ),
-            ("client", "client", &["client"][..], true, false, &ca),
+            ("client", "client", &["client"][..], Some(true), false, &ca),
             (
                 "other-client",
                 "other client",
                 &["client"][..],
-                true,
+                Some(true),
                 false,
                 &other,
             ),
@@ -995,4 +1014,92 @@ async fn sentinels_are_reached_over_tls() {
         "{reply}"
     );
     drop(sentinel);
+}
+
+/// A Redis Cluster with `tls-cluster yes` (every node also on a `tls-port`): with
+/// `tls` the proxy learns the map from a seed's TLS port, takes the nodes'
+/// `tls-port`s from it and routes, splits and fans out over TLS.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_cluster_is_reached_over_tls() {
+    let pki = pki();
+    let (cert, key, ca) = (pki.p("node.crt"), pki.p("node.key"), pki.p("ca.crt"));
+    let nodes: Vec<(RedisServer, u16)> = (0..3)
+        .map(|_| {
+            // With `tls-cluster yes` the bus port is the TLS port + 10000.
+            let tls = support::cluster::cluster_port();
+            let args = [
+                "--cluster-enabled",
+                "yes",
+                "--cluster-config-file",
+                "nodes.conf",
+                "--tls-port",
+                &tls.to_string(),
+                "--tls-cluster",
+                "yes",
+                "--tls-cert-file",
+                &cert,
+                "--tls-key-file",
+                &key,
+                "--tls-ca-cert-file",
+                &ca,
+                "--tls-auth-clients",
+                "no",
+            ]
+            .map(str::to_string);
+            let args: Vec<&str> = args.iter().map(String::as_str).collect();
+            (RedisServer::start_with_args(&args), tls)
+        })
+        .collect();
+    let addrs: Vec<String> = nodes
+        .iter()
+        .map(|(n, _)| format!("127.0.0.1:{}", n.port()))
+        .collect();
+    let mut args = vec!["--cluster", "create"];
+    args.extend(addrs.iter().map(String::as_str));
+    args.extend(["--cluster-replicas", "0", "--cluster-yes"]);
+    let (out, status) =
+        support::redis_cli_with_timeout(nodes[0].0.port(), &args, Duration::from_secs(30));
+    assert!(status.success(), "redis-cli --cluster create: {out}");
+    let deadline = std::time::Instant::now() + Duration::from_secs(20);
+    while !nodes.iter().all(|(n, _)| {
+        support::redis_cli(n.port(), &["CLUSTER", "INFO"])
+            .0
+            .contains("cluster_state:ok")
+    }) {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the TLS cluster did not form"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    let yaml = format!(
+        "listen: 127.0.0.1:0\nmetrics_listen: null\ncluster:\n  nodes: [\"127.0.0.1:{}\"]\ntls: {{ ca_file: \"{ca}\" }}\nredis_databases:\n  main: {{ db: 0 }}\n",
+        nodes[0].1
+    );
+    let proxy = start_proxy(parse(&yaml)).await;
+    let mut c = AsyncRawClient::connect(proxy.local_addr()).await;
+    let keys: Vec<String> = (0..30).map(|i| format!("tls-cluster:{i}")).collect();
+    for k in &keys {
+        assert_eq!(
+            c.cmd(&[b"SET", k.as_bytes(), k.as_bytes()]).await,
+            b"+OK\r\n"
+        );
+    }
+    let mut mget: Vec<&[u8]> = vec![b"MGET"];
+    mget.extend(keys.iter().map(|k| k.as_bytes()));
+    let mut expected = b"*30\r\n".to_vec();
+    for k in &keys {
+        expected.extend(format!("${}\r\n{k}\r\n", k.len()).into_bytes());
+    }
+    assert_eq!(c.cmd(&mget).await, expected, "MGET split over the nodes");
+    assert_eq!(c.cmd(&[b"DBSIZE"]).await, b":30\r\n");
+    // Every node was used, at its TLS port.
+    let info = String::from_utf8_lossy(&c.cmd(&[b"PROXY", b"INFO", b"cluster"]).await).into_owned();
+    for (_, tls) in &nodes {
+        let line = info
+            .lines()
+            .find(|l| l.starts_with(&format!("node_db0_127.0.0.1:{tls}:")))
+            .unwrap_or_else(|| panic!("node at TLS port {tls} in {info}"));
+        assert!(!line.contains("requests=0,"), "{line}");
+    }
 }

@@ -34,7 +34,7 @@ pub struct Cluster {
 }
 
 /// A free port whose cluster bus port (+10000) is free and valid too.
-fn cluster_port() -> u16 {
+pub fn cluster_port() -> u16 {
     for _ in 0..500 {
         let port = free_port();
         let Some(bus) = port.checked_add(10000) else {
