@@ -48,8 +48,10 @@
 //! cluster/       Redis Cluster upstreams: slot.rs key -> hash slot (CRC16, hash
 //!                tags); map.rs the slot map from CLUSTER SHARDS/SLOTS; plan.rs where a
 //!                request goes (a slot, every primary, split per slot, SCAN, refused);
-//!                merge.rs parts' replies into one, redirects read; client.rs the
-//!                nodes' connections, the batch split per node, redirects in order
+//!                merge.rs parts' replies into one, redirects read; order.rs each
+//!                session's batches in order across redirects and map changes;
+//!                client.rs the nodes' connections, a one-node batch sent whole (a
+//!                redirect diverted back), others split per node, redirects followed
 //! resilience/    breaker, backoff, per-command latency stats (no I/O)
 //! upstream/      connection setup (TCP, TLS, AUTH/HELLO/SELECT), shared multiplexed slots
 //!                (which make the retries, in order, and pass large replies on
