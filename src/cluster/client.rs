@@ -421,6 +421,12 @@ impl Cluster {
         Some(node.pool(resp3).clone())
     }
 
+    /// The pool of the node at `addr` (where a redirect points), its
+    /// connections started on first use.
+    pub fn pool_at(&self, addr: &str, resp3: bool) -> Option<Pool> {
+        Some(self.node(addr)?.pool(resp3).clone())
+    }
+
     /// With `read_from: replica`, the node a read-only request for `slot` goes
     /// to: an online replica of the shard (spread by `session`); `None`: the
     /// primary (a write, no slot, no replica online, or reads from primaries).

@@ -34,6 +34,7 @@
 
 mod dispatch;
 mod exclusive;
+mod follow;
 mod local;
 mod memory;
 mod mode;
