@@ -1337,3 +1337,83 @@ fn exclusive_connections_follow_ask_during_a_migration() {
     assert!(asked >= 2, "ASK followed: {asked}");
     assert_eq!(there[1], b"$1\r\n2\r\n");
 }
+
+/// A sharded subscriber (RESP2 and RESP3) whose channel's slot moves to another
+/// node: Redis tells it `sunsubscribe` (seen by a subscriber connected to the node
+/// directly), the proxy subscribes it again on the new node instead, and the
+/// client keeps getting what is published (through the proxy, and on the new
+/// node directly) without seeing the sunsubscribe.
+#[test]
+fn a_sharded_subscription_follows_its_slot() {
+    let _serial = serial();
+    let cluster = Cluster::shared();
+    wait_healthy(cluster, Duration::from_secs(20));
+    let env = start();
+    let addr = env.proxy.local_addr();
+    for resp3 in [false, true] {
+        let tag = free_tag(cluster, "s");
+        let channel = format!("{{{tag}}}x");
+        let ch = channel.as_bytes();
+        let (push, n) = (if resp3 { ">3" } else { "*3" }, ch.len());
+        let node = std::net::SocketAddr::from(([127, 0, 0, 1], owner(cluster, &tag)));
+        // One subscriber through the proxy, one on the slot's node directly.
+        let (mut sub, mut watcher) = env.rt.block_on(async {
+            let mut sub = AsyncRawClient::connect(addr).await;
+            let mut watcher = AsyncRawClient::connect(node).await;
+            for c in [&mut sub, &mut watcher] {
+                c.set_timeout(Duration::from_secs(10));
+                if resp3 {
+                    c.cmd(&[b"HELLO", b"3"]).await;
+                }
+                let ok = c.cmd(&[b"SSUBSCRIBE", ch]).await;
+                assert_eq!(
+                    String::from_utf8_lossy(&ok),
+                    format!("{push}\r\n$10\r\nssubscribe\r\n${n}\r\n{channel}\r\n:1\r\n")
+                );
+            }
+            (sub, watcher)
+        });
+        move_slot_behind_the_proxys_back(cluster, &env, &tag, &[ch]);
+        let new_owner = owner(cluster, &tag);
+        let (dropped, got, direct_count) = env.rt.block_on(async {
+            // What Redis tells a subscriber of the old node.
+            let dropped = watcher.read_reply().await;
+            // Published through the proxy until the subscriber is there again.
+            let deadline = Instant::now() + Duration::from_secs(10);
+            let mut c = AsyncRawClient::connect(addr).await;
+            loop {
+                let r = c.cmd(&[b"SPUBLISH", ch, b"hello"]).await;
+                if r == b":1\r\n" {
+                    break;
+                }
+                assert!(Instant::now() < deadline, "never subscribed again: {r:?}");
+                tokio::time::sleep(Duration::from_millis(50)).await;
+            }
+            let mut d =
+                AsyncRawClient::connect(std::net::SocketAddr::from(([127, 0, 0, 1], new_owner)))
+                    .await;
+            let direct_count = d.cmd(&[b"SPUBLISH", ch, b"there"]).await;
+            let got = sub.read_replies(2).await;
+            // Still subscribed: SUNSUBSCRIBE is confirmed as Redis does.
+            let off = sub.cmd(&[b"SUNSUBSCRIBE", ch]).await;
+            (dropped, (got, off), direct_count)
+        });
+        let sunsubscribe = format!("{push}\r\n$12\r\nsunsubscribe\r\n${n}\r\n{channel}\r\n:0\r\n");
+        assert_eq!(String::from_utf8_lossy(&dropped), sunsubscribe);
+        assert_eq!(direct_count, b":1\r\n");
+        let message = |m: &str| {
+            format!(
+                "{push}\r\n$8\r\nsmessage\r\n${n}\r\n{channel}\r\n${}\r\n{m}\r\n",
+                m.len()
+            )
+        };
+        let (got, off) = got;
+        let got: Vec<String> = got
+            .iter()
+            .map(|r| String::from_utf8_lossy(r).into_owned())
+            .collect();
+        assert_eq!(got, [message("hello"), message("there")], "resp3={resp3}");
+        assert_eq!(String::from_utf8_lossy(&off), sunsubscribe);
+    }
+    wait_healthy(cluster, Duration::from_secs(10));
+}

@@ -87,6 +87,8 @@ pub(super) struct Subscribed {
     pub after_unsubscribe: u32,
     /// The private connection to go back to after the last unsubscribe.
     pub parked: Option<Private>,
+    /// Sharded subscriptions, followed to their slot's node on a cluster.
+    pub shards: super::pubsub::Shards,
 }
 
 /// The upstream connection a forwarded request used.
@@ -230,6 +232,7 @@ impl Session {
             barrier_passed: false,
             after_unsubscribe: 0,
             parked,
+            shards: Default::default(),
         });
         self.publish();
     }
