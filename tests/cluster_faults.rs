@@ -1379,16 +1379,7 @@ fn a_sharded_subscription_follows_its_slot() {
             // What Redis tells a subscriber of the old node.
             let dropped = watcher.read_reply().await;
             // Published through the proxy until the subscriber is there again.
-            let deadline = Instant::now() + Duration::from_secs(10);
-            let mut c = AsyncRawClient::connect(addr).await;
-            loop {
-                let r = c.cmd(&[b"SPUBLISH", ch, b"hello"]).await;
-                if r == b":1\r\n" {
-                    break;
-                }
-                assert!(Instant::now() < deadline, "never subscribed again: {r:?}");
-                tokio::time::sleep(Duration::from_millis(50)).await;
-            }
+            publish_until_heard(addr, ch).await;
             let mut d =
                 AsyncRawClient::connect(std::net::SocketAddr::from(([127, 0, 0, 1], new_owner)))
                     .await;
@@ -1416,4 +1407,61 @@ fn a_sharded_subscription_follows_its_slot() {
         assert_eq!(String::from_utf8_lossy(&off), sunsubscribe);
     }
     wait_healthy(cluster, Duration::from_secs(10));
+}
+
+/// Publishes `hello` on `ch` through the proxy until one subscriber gets it
+/// (bounded).
+async fn publish_until_heard(proxy: std::net::SocketAddr, ch: &[u8]) {
+    let deadline = Instant::now() + Duration::from_secs(15);
+    let mut c = AsyncRawClient::connect(proxy).await;
+    loop {
+        let r = c.cmd(&[b"SPUBLISH", ch, b"hello"]).await;
+        if r == b":1\r\n" {
+            return;
+        }
+        assert!(Instant::now() < deadline, "never subscribed again: {r:?}");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+/// A sharded subscriber whose upstream connection is lost (killed on the node,
+/// as a failover would lose it): the proxy subscribes it again on the slot's
+/// primary, and the client, still connected, gets the next message.
+#[test]
+fn a_sharded_subscription_survives_the_loss_of_its_connection() {
+    let _serial = serial();
+    let cluster = Cluster::shared();
+    wait_healthy(cluster, Duration::from_secs(20));
+    let env = start();
+    let addr = env.proxy.local_addr();
+    for resp3 in [false, true] {
+        let tag = free_tag(cluster, "k");
+        let channel = format!("{{{tag}}}x");
+        let ch = channel.as_bytes();
+        let push = if resp3 { ">3" } else { "*3" };
+        let mut sub = env.rt.block_on(async {
+            let mut sub = AsyncRawClient::connect(addr).await;
+            sub.set_timeout(Duration::from_secs(20));
+            if resp3 {
+                sub.cmd(&[b"HELLO", b"3"]).await;
+            }
+            let ok = sub.cmd(&[b"SSUBSCRIBE", ch]).await;
+            assert!(ok.ends_with(b":1\r\n"), "{ok:?}");
+            sub
+        });
+        let (killed, _) = redis_cli(owner(cluster, &tag), &["CLIENT", "KILL", "TYPE", "pubsub"]);
+        assert_ne!(killed.trim(), "0", "the subscriber's connection was killed");
+        let got = env.rt.block_on(async {
+            publish_until_heard(addr, ch).await;
+            sub.read_reply().await
+        });
+        assert_eq!(
+            String::from_utf8_lossy(&got),
+            format!(
+                "{push}\r\n$8\r\nsmessage\r\n${}\r\n{channel}\r\n$5\r\nhello\r\n",
+                ch.len()
+            ),
+            "resp3={resp3}"
+        );
+    }
 }

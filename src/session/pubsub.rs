@@ -364,7 +364,6 @@ impl Session {
             c.topology()
                 .and_then(|t| t.map.shard(slot).map(|s| s.primary.addr.clone()))
         };
-        let before = self.mode.subscribed().map(|s| s.sub.addr().to_string());
         let bound = self.state.db.config.upstream.connect_timeout;
         let end = tokio::time::Instant::now() + if closed { FOLLOW_LOST } else { FOLLOW_MOVED };
         let rounds = if closed { 4 * ROUNDS } else { ROUNDS };
@@ -380,10 +379,6 @@ impl Session {
             let Some(addr) = primary(&cluster) else {
                 continue;
             };
-            if closed && Some(&addr) == before.as_ref() {
-                // Not failed over yet.
-                continue;
-            }
             let Some((host, port)) = crate::cluster::map::split_addr(&addr) else {
                 return false;
             };

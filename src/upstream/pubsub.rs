@@ -47,8 +47,6 @@ pub struct Subscription {
     reader: tokio::task::JoinHandle<()>,
     /// Redis's `CLIENT ID` of the connection (0 until known, and once it closed).
     upstream_id: Arc<AtomicU64>,
-    /// `host:port` of the server.
-    addr: String,
 }
 
 impl Subscription {
@@ -85,13 +83,7 @@ impl Subscription {
             queued,
             reader,
             upstream_id,
-            addr: cfg.address(),
         })
-    }
-
-    /// `host:port` of the server it is connected to.
-    pub fn addr(&self) -> &str {
-        &self.addr
     }
 
     /// Redis's `CLIENT ID` of this connection (0 until `HELLO` is answered, and
