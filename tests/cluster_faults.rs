@@ -1358,20 +1358,10 @@ fn a_sharded_subscription_follows_its_slot() {
         let node = std::net::SocketAddr::from(([127, 0, 0, 1], owner(cluster, &tag)));
         // One subscriber through the proxy, one on the slot's node directly.
         let (mut sub, mut watcher) = env.rt.block_on(async {
-            let mut sub = AsyncRawClient::connect(addr).await;
-            let mut watcher = AsyncRawClient::connect(node).await;
-            for c in [&mut sub, &mut watcher] {
-                c.set_timeout(Duration::from_secs(10));
-                if resp3 {
-                    c.cmd(&[b"HELLO", b"3"]).await;
-                }
-                let ok = c.cmd(&[b"SSUBSCRIBE", ch]).await;
-                assert_eq!(
-                    String::from_utf8_lossy(&ok),
-                    format!("{push}\r\n$10\r\nssubscribe\r\n${n}\r\n{channel}\r\n:1\r\n")
-                );
-            }
-            (sub, watcher)
+            (
+                ssubscribe(addr, resp3, ch).await,
+                ssubscribe(node, resp3, ch).await,
+            )
         });
         move_slot_behind_the_proxys_back(cluster, &env, &tag, &[ch]);
         let new_owner = owner(cluster, &tag);
@@ -1409,6 +1399,27 @@ fn a_sharded_subscription_follows_its_slot() {
     wait_healthy(cluster, Duration::from_secs(10));
 }
 
+/// A client of `addr` (RESP3 after `HELLO 3`) subscribed to the shard channel
+/// `ch`, with the confirmation Redis gives.
+async fn ssubscribe(addr: std::net::SocketAddr, resp3: bool, ch: &[u8]) -> AsyncRawClient {
+    let mut c = AsyncRawClient::connect(addr).await;
+    c.set_timeout(Duration::from_secs(20));
+    if resp3 {
+        c.cmd(&[b"HELLO", b"3"]).await;
+    }
+    let ok = c.cmd(&[b"SSUBSCRIBE", ch]).await;
+    let push = if resp3 { ">3" } else { "*3" };
+    let channel = String::from_utf8_lossy(ch);
+    assert_eq!(
+        String::from_utf8_lossy(&ok),
+        format!(
+            "{push}\r\n$10\r\nssubscribe\r\n${}\r\n{channel}\r\n:1\r\n",
+            ch.len()
+        )
+    );
+    c
+}
+
 /// Publishes `hello` on `ch` through the proxy until one subscriber gets it
 /// (bounded).
 async fn publish_until_heard(proxy: std::net::SocketAddr, ch: &[u8]) {
@@ -1439,16 +1450,7 @@ fn a_sharded_subscription_survives_the_loss_of_its_connection() {
         let channel = format!("{{{tag}}}x");
         let ch = channel.as_bytes();
         let push = if resp3 { ">3" } else { "*3" };
-        let mut sub = env.rt.block_on(async {
-            let mut sub = AsyncRawClient::connect(addr).await;
-            sub.set_timeout(Duration::from_secs(20));
-            if resp3 {
-                sub.cmd(&[b"HELLO", b"3"]).await;
-            }
-            let ok = sub.cmd(&[b"SSUBSCRIBE", ch]).await;
-            assert!(ok.ends_with(b":1\r\n"), "{ok:?}");
-            sub
-        });
+        let mut sub = env.rt.block_on(ssubscribe(addr, resp3, ch));
         let (killed, _) = redis_cli(owner(cluster, &tag), &["CLIENT", "KILL", "TYPE", "pubsub"]);
         assert_ne!(killed.trim(), "0", "the subscriber's connection was killed");
         let got = env.rt.block_on(async {
