@@ -125,12 +125,15 @@ impl Session {
     /// Writes a request to the subscriber connection; `unsubscribes`: it is an
     /// UNSUBSCRIBE-family command.
     pub(super) async fn send_to_subscriber(&mut self, bytes: &[u8], unsubscribes: bool) {
+        let cluster = self.state.db.cluster().is_some();
         let Some(s) = self.mode.subscribed() else {
             return;
         };
         if unsubscribes {
             s.after_unsubscribe = 0;
-            s.shards.asked(bytes);
+            if cluster {
+                s.shards.asked(bytes);
+            }
         } else {
             s.after_unsubscribe += 1;
         }
@@ -180,9 +183,7 @@ impl Shards {
     }
 
     fn asked(&mut self, bytes: &[u8]) {
-        if let Some(s) = &mut self.0 {
-            s.asked(bytes);
-        }
+        self.state().asked(bytes);
     }
 
     /// The connection was lost: every channel is to be subscribed again.
@@ -303,8 +304,9 @@ impl Session {
     /// else the client gets the `sunsubscribe` (or, with the connection lost, is
     /// disconnected), as from Redis.
     async fn follow_shards(&mut self) {
-        // Redis drops every channel of the slot at once: take them all.
-        loop {
+        // Redis drops every channel of the slot at once: take them all (what
+        // arrives meanwhile is handled as usual, up to a bound).
+        for _ in 0..64 {
             let Some(s) = self.mode.subscribed() else {
                 return;
             };
@@ -453,4 +455,47 @@ pub(super) fn unsubscribed<L: ArgList + ?Sized>(args: &L, resp3: bool) -> Vec<u8
         }
     }
     out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::Shards;
+    use bytes::Bytes;
+
+    fn conf(kind: &str, channel: &str, count: i64) -> Bytes {
+        Bytes::from(format!(
+            "*3\r\n${}\r\n{kind}\r\n${}\r\n{channel}\r\n:{count}\r\n",
+            kind.len(),
+            channel.len()
+        ))
+    }
+
+    #[test]
+    fn only_a_sunsubscribe_the_client_did_not_ask_for_is_followed() {
+        let mut s = Shards::default();
+        assert!(!s.note(&conf("ssubscribe", "a", 1), true));
+        assert!(!s.note(&conf("ssubscribe", "b", 2), true));
+        s.asked(b"*2\r\n$12\r\nsunsubscribe\r\n$1\r\na\r\n");
+        assert!(!s.note(&conf("sunsubscribe", "a", 1), false));
+        // Redis's own (the slot moved).
+        assert!(s.note(&conf("sunsubscribe", "b", 0), false));
+        assert!(s.has_lost());
+        let (lost, closed) = s.take_lost();
+        assert_eq!(lost.len(), 1);
+        assert_eq!(lost[0].0.as_ref(), b"b");
+        assert!(!closed);
+        // SUNSUBSCRIBE without channels covers every confirmation until the last.
+        assert!(!s.note(&conf("ssubscribe", "c", 1), true));
+        assert!(!s.note(&conf("ssubscribe", "d", 2), true));
+        s.asked(b"*1\r\n$12\r\nSUNSUBSCRIBE\r\n");
+        assert!(!s.note(&conf("sunsubscribe", "c", 1), false));
+        assert!(!s.note(&conf("sunsubscribe", "d", 0), false));
+        assert!(!s.any());
+        assert!(!s.has_lost());
+        // The connection lost: every channel goes again.
+        assert!(!s.note(&conf("ssubscribe", "e", 1), true));
+        s.lose_all();
+        assert!(s.closed());
+        assert_eq!(s.take_lost().0.len(), 1);
+    }
 }
