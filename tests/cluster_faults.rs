@@ -1467,3 +1467,47 @@ fn a_sharded_subscription_survives_the_loss_of_its_connection() {
         );
     }
 }
+
+/// A RESP3 client subscribed to a shard channel sends ordinary commands on the
+/// same connection: those with keys go by slot (here to another node than the
+/// subscriber's, which would answer `-MOVED`), in order with the pushes.
+#[test]
+fn resp3_commands_while_subscribed_go_by_slot() {
+    let _serial = serial();
+    let cluster = Cluster::shared();
+    wait_healthy(cluster, Duration::from_secs(20));
+    let env = start();
+    let addr = env.proxy.local_addr();
+    let sub_tag = free_tag(cluster, "r");
+    let home = owner(cluster, &sub_tag);
+    let key_tag = (0..100)
+        .map(|i| format!("q{i}"))
+        .find(|t| owner(cluster, t) != home)
+        .expect("a tag on another node");
+    let channel = format!("{{{sub_tag}}}x");
+    let key = format!("{{{key_tag}}}k");
+    let replies = env.rt.block_on(async {
+        let mut c = ssubscribe(addr, true, channel.as_bytes()).await;
+        let mut bytes = resp_cmd(&[b"SET", key.as_bytes(), b"v"]);
+        bytes.extend_from_slice(&resp_cmd(&[b"GET", key.as_bytes()]));
+        bytes.extend_from_slice(&resp_cmd(&[b"PING"]));
+        bytes.extend_from_slice(&resp_cmd(&[b"SPUBLISH", channel.as_bytes(), b"hi"]));
+        bytes.extend_from_slice(&resp_cmd(&[b"DEL", key.as_bytes()]));
+        c.send(&bytes).await;
+        c.read_replies(6).await
+    });
+    let replies: Vec<String> = replies
+        .iter()
+        .map(|r| String::from_utf8_lossy(r).into_owned())
+        .collect();
+    let n = channel.len();
+    // The push comes after SPUBLISH's reply (when is up to its connection).
+    let push = format!(">3\r\n$8\r\nsmessage\r\n${n}\r\n{channel}\r\n$2\r\nhi\r\n");
+    let at = replies.iter().position(|r| *r == push);
+    assert!(at.is_some_and(|i| i >= 4), "{replies:?}");
+    let others: Vec<&String> = replies.iter().filter(|r| **r != push).collect();
+    assert_eq!(
+        others,
+        ["+OK\r\n", "$1\r\nv\r\n", "+PONG\r\n", ":1\r\n", ":1\r\n"]
+    );
+}
