@@ -353,7 +353,13 @@ impl Task {
             retry,
         } = b;
         let reqs = requests(&bytes);
-        let plain = !self.asking && reqs.len() == count as usize;
+        if reqs.len() != count as usize {
+            // Not a batch this task can take apart (never sent by a session):
+            // passed on as it is, and its answer as it comes.
+            let answer = self.exchange(bytes, count, block, retry, &mut client).await;
+            return answer.map(|a| client.send(a)).is_some();
+        }
+        let plain = !self.asking;
         let answer = if plain {
             self.exchange(bytes, count, block, retry, &mut client).await
         } else {
