@@ -1364,12 +1364,17 @@ fn a_sharded_subscription_follows_its_slot() {
             )
         });
         move_slot_behind_the_proxys_back(cluster, &env, &tag, &[ch]);
+        let moved_at = Instant::now();
         let new_owner = owner(cluster, &tag);
         let (dropped, got, direct_count) = env.rt.block_on(async {
             // What Redis tells a subscriber of the old node.
             let dropped = watcher.read_reply().await;
             // Published through the proxy until the subscriber is there again.
             publish_until_heard(addr, ch).await;
+            eprintln!(
+                "sharded subscription (resp3={resp3}) subscribed again within {:?} of the move",
+                moved_at.elapsed()
+            );
             let mut d =
                 AsyncRawClient::connect(std::net::SocketAddr::from(([127, 0, 0, 1], new_owner)))
                     .await;
@@ -1453,8 +1458,13 @@ fn a_sharded_subscription_survives_the_loss_of_its_connection() {
         let mut sub = env.rt.block_on(ssubscribe(addr, resp3, ch));
         let (killed, _) = redis_cli(owner(cluster, &tag), &["CLIENT", "KILL", "TYPE", "pubsub"]);
         assert_ne!(killed.trim(), "0", "the subscriber's connection was killed");
+        let killed_at = Instant::now();
         let got = env.rt.block_on(async {
             publish_until_heard(addr, ch).await;
+            eprintln!(
+                "sharded subscription (resp3={resp3}) subscribed again within {:?} of the kill",
+                killed_at.elapsed()
+            );
             sub.read_reply().await
         });
         assert_eq!(

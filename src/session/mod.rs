@@ -456,7 +456,7 @@ impl Session {
                         Some(sub) => sub.next().await,
                         None => std::future::pending().await,
                     }
-                }, if has_sub => Box::pin(self.on_pubsub(f)).await,
+                }, if has_sub => self.on_pubsub(f).await,
                 p = async {
                     match own {
                         Some(conn) => conn.next_push().await,

@@ -283,7 +283,9 @@ impl Session {
         self.on_pubsub_frame(f);
         let lost = self.mode.subscribed().is_some_and(|s| s.shards.has_lost());
         if lost {
-            self.follow_shards().await;
+            // Boxed: rare, and its future would otherwise be part of every
+            // session's task.
+            Box::pin(self.follow_shards()).await;
         }
     }
 
