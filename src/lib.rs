@@ -19,7 +19,9 @@
 //!   queue.rs     the FIFO of replies; upstream failures rendered once; the outbox
 //!   memory.rs    backpressure, output buffer limits, the client's memory
 //!   exclusive.rs MULTI/WATCH on a held connection, auth_passthrough login
-//!   pubsub.rs    subscribed sessions: streaming, counts, barrier
+//!   follow.rs    cluster: an exclusive connection follows -MOVED/-ASK of its slot
+//!   pubsub.rs    subscribed sessions: streaming, counts, barrier; sharded
+//!                subscriptions follow their slot on a cluster
 //!   tracking.rs  CLIENT TRACKING: the tracking connection, pushes, REDIRECT ids
 //!   local.rs     commands the proxy answers itself (SELECT, AUTH, HELLO, CLIENT …)
 //!   reload.rs    moving to the configuration snapshot a reload published

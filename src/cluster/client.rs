@@ -411,6 +411,12 @@ impl Cluster {
         Some(node.pool(resp3).clone())
     }
 
+    /// The pool of the node at `addr` (where a redirect points), its
+    /// connections started on first use.
+    pub fn pool_at(&self, addr: &str, resp3: bool) -> Option<Pool> {
+        Some(self.node(addr)?.pool(resp3).clone())
+    }
+
     /// The node a request for `slot` goes to: its shard's primary, or with
     /// `read_from: replica` for a read-only request an online replica of the
     /// shard (spread by `session`; the primary when none is online).

@@ -39,6 +39,15 @@ pub fn redirect(frame: &[u8]) -> Option<Redirect> {
     None
 }
 
+/// The slot a `-MOVED slot host:port` or `-ASK slot host:port` reply names.
+pub fn redirect_slot(frame: &[u8]) -> Option<u16> {
+    let body = frame
+        .strip_prefix(b"-MOVED ")
+        .or_else(|| frame.strip_prefix(b"-ASK "))?;
+    let end = body.iter().position(|&b| b == b' ')?;
+    std::str::from_utf8(&body[..end]).ok()?.parse().ok()
+}
+
 /// Whether replies (back to back, or nested in an EXEC's array) hold a
 /// `-MOVED` error.
 pub fn has_moved(replies: &[u8]) -> bool {

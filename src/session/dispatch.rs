@@ -404,6 +404,20 @@ impl Session {
         None
     }
 
+    /// Whether a request of a subscribed session goes by the slot of its keys
+    /// (RESP3 on a cluster, not MONITOR) rather than to the subscriber connection.
+    fn by_slot_while_subscribed(
+        &self,
+        buf: &[u8],
+        req: &request::Request,
+        cmd: &Descriptor,
+    ) -> bool {
+        self.state.resp3
+            && self.state.db.cluster().is_some()
+            && matches!(&self.mode, Mode::Subscribed(s) if !s.monitor)
+            && self.pin_slot(buf, req, cmd).is_some()
+    }
+
     /// The request after a MULTI held back on a cluster database (a MULTI sent
     /// alone: no key yet says which node the transaction belongs to; the client
     /// got `+OK`). EXEC/DISCARD of an empty transaction, a nested MULTI and a WATCH
@@ -683,6 +697,24 @@ impl Session {
             // Subscribed: everything goes to the subscriber connection, except
             // what the proxy answers itself, which waits behind a barrier.
             if matches!(self.mode, Mode::Subscribed(_)) {
+                if cmd.route == Route::Forward
+                    && unprefix.is_none()
+                    && self.by_slot_while_subscribed(&inbuf[run.len..], &req, &cmd)
+                {
+                    // RESP3 on a cluster: a command with keys goes by slot, after
+                    // the replies to what went to the subscriber connection.
+                    self.flush(&mut run, inbuf).await;
+                    if self.last == Conn::Sub && !self.barrier_passed().await {
+                        self.stalled = true;
+                        return;
+                    }
+                    let bytes = take_owned(inbuf, &req, owned.take());
+                    let out = Outgoing::one(bytes, Target::Shared, cmd.index(), cmd.readonly());
+                    self.last = self.shared_conn();
+                    let db = self.state.db.clone();
+                    self.send(db, out).await;
+                    continue;
+                }
                 if !matches!(cmd.route, Route::Quit | Route::Reset | Route::Proxy) {
                     self.flush(&mut run, inbuf).await;
                     let bytes = take_owned(inbuf, &req, owned.take());

@@ -27,6 +27,7 @@
 //! | `queue.rs` | the FIFO of replies, settling upstream answers, error texts, the outbox |
 //! | `memory.rs` | backpressure, output buffer limits, the client's memory |
 //! | `exclusive.rs` | MULTI/WATCH on a held connection, `auth_passthrough` login |
+//! | `follow.rs` | cluster: an exclusive connection follows `-MOVED`/`-ASK` of its slot |
 //! | `pubsub.rs` | subscribed sessions: streaming, counts, the barrier |
 //! | `tracking.rs` | `CLIENT TRACKING`: the tracking connection, pushes, REDIRECT |
 //! | `local.rs` | commands the proxy answers itself |
@@ -34,6 +35,7 @@
 
 mod dispatch;
 mod exclusive;
+mod follow;
 mod local;
 mod memory;
 mod mode;
@@ -454,7 +456,7 @@ impl Session {
                         Some(sub) => sub.next().await,
                         None => std::future::pending().await,
                     }
-                }, if has_sub => self.on_pubsub_frame(f),
+                }, if has_sub => self.on_pubsub(f).await,
                 p = async {
                     match own {
                         Some(conn) => conn.next_push().await,

@@ -20,6 +20,7 @@ use std::sync::Arc;
 
 use bytes::Bytes;
 
+use super::follow::{Follow, HeldConn, Place};
 use super::Session;
 use crate::router::Database;
 use crate::upstream::dedicated::Dedicated;
@@ -43,7 +44,7 @@ pub(super) enum Mode {
 
 /// An exclusive connection held by the session, and the MULTI/WATCH state on it.
 pub(super) struct Held {
-    pub conn: Dedicated,
+    pub conn: HeldConn,
     /// Names this connection in [`Conn::Held`].
     pub id: u64,
     /// MULTI was sent and not yet EXEC/DISCARD.
@@ -86,6 +87,8 @@ pub(super) struct Subscribed {
     pub after_unsubscribe: u32,
     /// The private connection to go back to after the last unsubscribe.
     pub parked: Option<Private>,
+    /// Sharded subscriptions, followed to their slot's node on a cluster.
+    pub shards: super::pubsub::Shards,
 }
 
 /// The upstream connection a forwarded request used.
@@ -135,7 +138,7 @@ impl Mode {
 }
 
 impl Held {
-    pub fn new(conn: Dedicated, id: u64) -> Held {
+    pub fn new(conn: HeldConn, id: u64) -> Held {
         Held {
             conn,
             id,
@@ -165,6 +168,21 @@ impl Session {
             db.label(),
             db.config.upstream.command_timeout,
         );
+        let conn = match db.cluster() {
+            // On a cluster it follows its slot if the map was stale.
+            Some(c) => HeldConn::Follow(Follow::start(
+                conn,
+                Place {
+                    cluster: c.clone(),
+                    label: db.label(),
+                    command_timeout: db.config.upstream.command_timeout,
+                    connect_timeout: db.config.upstream.connect_timeout,
+                    resp3: self.state.resp3,
+                    slot,
+                },
+            )),
+            None => HeldConn::Direct(conn),
+        };
         self.checkouts += 1;
         self.mode = Mode::Exclusive(Held::new(conn, self.checkouts));
     }
@@ -175,7 +193,7 @@ impl Session {
         self.release(false);
         self.checkouts += 1;
         self.mode = Mode::Private(Private {
-            held: Held::new(conn, self.checkouts),
+            held: Held::new(HeldConn::Direct(conn), self.checkouts),
             db,
             resp3,
         });
@@ -214,6 +232,7 @@ impl Session {
             barrier_passed: false,
             after_unsubscribe: 0,
             parked,
+            shards: Default::default(),
         });
         self.publish();
     }

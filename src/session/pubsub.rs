@@ -2,14 +2,48 @@
 //! frame from it is streamed back in arrival order, and the proxy's own replies
 //! wait behind a barrier so they never overtake a confirmation.
 
+use std::time::Duration;
+
 use bytes::Bytes;
 
 use super::queue::Pending;
 use super::Session;
-use crate::command::ArgList;
+use crate::command::{ArgList, Ranged};
 use crate::protocol::reply;
-use crate::protocol::request::encode_command;
-use crate::upstream::pubsub::{self, End};
+use crate::protocol::request::{self, encode_command};
+use crate::upstream::pubsub::{self, End, Subscription};
+
+/// Most attempts at subscribing a moved shard channel again.
+const ROUNDS: u32 = 16;
+/// How long shard channels dropped by Redis are followed: after a reshard (the map
+/// already says where the slot went), and after the node's connection was lost
+/// (a replica is promoted only after `cluster-node-timeout` and an election).
+const FOLLOW_MOVED: Duration = Duration::from_secs(5);
+const FOLLOW_LOST: Duration = Duration::from_secs(30);
+/// How long the new node's confirmations are waited for.
+const CONFIRM: Duration = Duration::from_secs(2);
+
+/// On a cluster, the session's sharded subscriptions (`SSUBSCRIBE`), so that they
+/// follow their slot: Redis drops a shard channel's subscribers (a `sunsubscribe`
+/// the client did not ask for) when its slot moves to another node, and they are
+/// lost with the node's connection on a failover.
+#[derive(Debug, Default)]
+pub(super) struct Shards(Option<Box<ShardState>>);
+
+#[derive(Debug, Default)]
+pub(super) struct ShardState {
+    /// Shard channels Redis confirmed, as named upstream.
+    channels: Vec<Bytes>,
+    /// Channels of the client's SUNSUBSCRIBEs not confirmed yet.
+    asked: Vec<Bytes>,
+    /// The client's SUNSUBSCRIBEs without channels not finished yet.
+    asked_all: u32,
+    /// Channels Redis dropped on its own, with the frame that said so (passed on
+    /// if they cannot be subscribed again).
+    lost: Vec<(Bytes, Bytes)>,
+    /// The connection was lost with shard channels only.
+    closed: bool,
+}
 
 impl Session {
     /// A frame (or the end) of the subscriber connection's stream.
@@ -17,6 +51,13 @@ impl Session {
         let frame = match f {
             Ok(frame) => frame,
             Err(end) => {
+                if end == End::Closed && self.follows_shards() {
+                    // Failover: subscribed again on the slot's new primary.
+                    if let Some(s) = self.mode.subscribed() {
+                        s.shards.lose_all();
+                    }
+                    return;
+                }
                 if end == End::Overflow {
                     tracing::warn!(
                         session = self.state.id,
@@ -51,6 +92,13 @@ impl Session {
         let mut last = false;
         if let Some(c) = pubsub::confirmation(&frame) {
             s.counts[c.shard as usize] = c.count;
+            if c.shard && self.state.db.cluster().is_some() && s.shards.note(&frame, c.subscribe) {
+                // Dropped by Redis (the slot moved): followed, unseen by the client.
+                return;
+            }
+            let Some(s) = self.mode.subscribed() else {
+                return;
+            };
             // No subscriptions left and nothing else in flight on the connection:
             // back to normal request/reply.
             last = !c.subscribe && s.counts == [0, 0] && s.after_unsubscribe == 0;
@@ -58,6 +106,11 @@ impl Session {
         if last {
             self.leave_pubsub();
         }
+        self.deliver(frame);
+    }
+
+    /// Queues a frame of the subscriber connection for the client.
+    fn deliver(&mut self, frame: Bytes) {
         let frame = match &self.state.db.config.upstream.key_prefix {
             None => frame,
             Some(p) => match super::prefix::pubsub_frame(p, frame) {
@@ -72,11 +125,15 @@ impl Session {
     /// Writes a request to the subscriber connection; `unsubscribes`: it is an
     /// UNSUBSCRIBE-family command.
     pub(super) async fn send_to_subscriber(&mut self, bytes: &[u8], unsubscribes: bool) {
+        let cluster = self.state.db.cluster().is_some();
         let Some(s) = self.mode.subscribed() else {
             return;
         };
         if unsubscribes {
             s.after_unsubscribe = 0;
+            if cluster {
+                s.shards.asked(bytes);
+            }
         } else {
             s.after_unsubscribe += 1;
         }
@@ -115,6 +172,269 @@ impl Session {
     }
 }
 
+impl Shards {
+    /// The state, made on first use (only cluster subscribers have one).
+    fn state(&mut self) -> &mut ShardState {
+        self.0.get_or_insert_with(Default::default)
+    }
+
+    fn note(&mut self, frame: &Bytes, subscribe: bool) -> bool {
+        self.state().note(frame, subscribe)
+    }
+
+    fn asked(&mut self, bytes: &[u8]) {
+        self.state().asked(bytes);
+    }
+
+    /// The connection was lost: every channel is to be subscribed again.
+    fn lose_all(&mut self) {
+        let s = self.state();
+        let channels = s.channels.clone();
+        s.lost
+            .extend(channels.into_iter().map(|c| (c, Bytes::new())));
+        s.closed = true;
+    }
+
+    fn has_lost(&self) -> bool {
+        self.0.as_ref().is_some_and(|s| !s.lost.is_empty())
+    }
+
+    fn any(&self) -> bool {
+        self.0.as_ref().is_some_and(|s| !s.channels.is_empty())
+    }
+
+    fn closed(&self) -> bool {
+        self.0.as_ref().is_some_and(|s| s.closed)
+    }
+
+    /// The channels to subscribe again, and whether the connection was lost.
+    fn take_lost(&mut self) -> (Vec<(Bytes, Bytes)>, bool) {
+        match &mut self.0 {
+            Some(s) => (std::mem::take(&mut s.lost), std::mem::take(&mut s.closed)),
+            None => (Vec::new(), false),
+        }
+    }
+
+    /// The channels subscribed on a new connection.
+    fn set(&mut self, channels: Vec<Bytes>) {
+        self.state().channels = channels;
+    }
+}
+
+impl ShardState {
+    /// Notes a shard channel's confirmation; `true` for a `sunsubscribe` the
+    /// client did not ask for (then in `lost`).
+    fn note(&mut self, frame: &Bytes, subscribe: bool) -> bool {
+        let Some(channel) = pubsub::confirmed_channel(frame) else {
+            // SUNSUBSCRIBE without subscriptions: nil.
+            self.asked_all = self.asked_all.saturating_sub(1);
+            return false;
+        };
+        let channel = Bytes::copy_from_slice(channel);
+        if subscribe {
+            if !self.channels.contains(&channel) {
+                self.channels.push(channel);
+            }
+            return false;
+        }
+        self.channels.retain(|c| *c != channel);
+        if let Some(i) = self.asked.iter().position(|c| *c == channel) {
+            self.asked.swap_remove(i);
+            return false;
+        }
+        if self.asked_all > 0 {
+            if self.channels.is_empty() {
+                self.asked_all -= 1;
+            }
+            return false;
+        }
+        self.lost.push((channel, frame.clone()));
+        true
+    }
+
+    /// The client sent an UNSUBSCRIBE-family request: SUNSUBSCRIBE's channels
+    /// (or all) are expected to be confirmed.
+    fn asked(&mut self, bytes: &[u8]) {
+        let limits = crate::config::Limits::default();
+        let mut ranges = Vec::new();
+        let Ok(Some(_)) = request::parse(bytes, &limits, &mut ranges) else {
+            return;
+        };
+        let args = Ranged {
+            buf: bytes,
+            ranges: &ranges,
+        };
+        if !args.arg(0).eq_ignore_ascii_case(b"SUNSUBSCRIBE") {
+            return;
+        }
+        if args.count() < 2 {
+            self.asked_all += 1;
+        }
+        for i in 1..args.count() {
+            self.asked.push(Bytes::copy_from_slice(args.arg(i)));
+        }
+    }
+}
+
+impl Session {
+    /// A frame (or the end) of the subscriber connection's stream; on a cluster,
+    /// shard channels Redis dropped are then followed to their slot's new node.
+    pub(super) async fn on_pubsub(&mut self, f: Result<Bytes, End>) {
+        self.on_pubsub_frame(f);
+        let lost = self.mode.subscribed().is_some_and(|s| s.shards.has_lost());
+        if lost {
+            // Boxed: rare, and its future would otherwise be part of every
+            // session's task.
+            Box::pin(self.follow_shards()).await;
+        }
+    }
+
+    /// Whether a lost subscriber connection is followed: on a cluster, with shard
+    /// channels only.
+    fn follows_shards(&mut self) -> bool {
+        let cluster = self.state.db.cluster().is_some();
+        self.mode
+            .subscribed()
+            .is_some_and(|s| cluster && !s.monitor && s.counts[0] == 0 && s.shards.any())
+    }
+
+    /// Subscribes the shard channels Redis dropped (or that were lost with the
+    /// connection) again on the new primary of their slot, on a new subscriber
+    /// connection that replaces the old one, with their confirmations kept from
+    /// the client (it asked to be subscribed, and still is). Only when nothing
+    /// else is subscribed on the old connection; within bounded time and rounds,
+    /// else the client gets the `sunsubscribe` (or, with the connection lost, is
+    /// disconnected), as from Redis.
+    async fn follow_shards(&mut self) {
+        // Redis drops every channel of the slot at once: take them all (what
+        // arrives meanwhile is handled as usual, up to a bound).
+        for _ in 0..64 {
+            let Some(s) = self.mode.subscribed() else {
+                return;
+            };
+            if s.shards.closed() {
+                break;
+            }
+            match tokio::time::timeout(Duration::from_millis(20), s.sub.next()).await {
+                Ok(f) => self.on_pubsub_frame(f),
+                Err(_) => break,
+            }
+        }
+        let Some(s) = self.mode.subscribed() else {
+            return;
+        };
+        let (lost, closed) = s.shards.take_lost();
+        let alone = s.counts == [0, 0] && s.barrier.is_none();
+        let followed = if closed || alone {
+            self.resubscribe(&lost, closed).await
+        } else {
+            false
+        };
+        if followed {
+            return;
+        }
+        if closed {
+            // As without a cluster: the client is disconnected.
+            if let Some(s) = self.mode.subscribed() {
+                s.shards = Shards::default();
+            }
+            self.on_pubsub_frame(Err(End::Closed));
+            return;
+        }
+        tracing::info!(session = self.state.id, channels = lost.len(), "shard channels dropped by Redis could not be subscribed again; passing the sunsubscribe on");
+        for (_, frame) in lost {
+            self.deliver(frame);
+        }
+        let Some(s) = self.mode.subscribed() else {
+            return;
+        };
+        if s.counts == [0, 0] && s.after_unsubscribe == 0 {
+            self.leave_pubsub();
+        }
+    }
+
+    /// Opens a subscriber connection to the primary now serving the first of
+    /// `lost`'s slot and subscribes them there (see [`Session::follow_shards`]);
+    /// `true` once it replaced the session's connection.
+    async fn resubscribe(&mut self, lost: &[(Bytes, Bytes)], closed: bool) -> bool {
+        let Some(cluster) = self.state.db.cluster().cloned() else {
+            return false;
+        };
+        let Some((first, _)) = lost.first() else {
+            return true;
+        };
+        let slot = crate::cluster::key_slot(first);
+        let primary = |c: &crate::cluster::Cluster| {
+            c.topology()
+                .and_then(|t| t.map.shard(slot).map(|s| s.primary.addr.clone()))
+        };
+        let bound = self.state.db.config.upstream.connect_timeout;
+        let end = tokio::time::Instant::now() + if closed { FOLLOW_LOST } else { FOLLOW_MOVED };
+        let rounds = if closed { 4 * ROUNDS } else { ROUNDS };
+        for round in 0..rounds {
+            if round > 0 {
+                tokio::time::sleep(Duration::from_millis(500)).await;
+            }
+            if tokio::time::Instant::now() >= end {
+                break;
+            }
+            let seen = cluster.topology().map_or(0, |t| t.generation);
+            let _ = tokio::time::timeout(bound, cluster.refresh(seen)).await;
+            let Some(addr) = primary(&cluster) else {
+                continue;
+            };
+            let Some((host, port)) = crate::cluster::map::split_addr(&addr) else {
+                return false;
+            };
+            let mut cfg = self.upstream_cfg(&self.state.db);
+            cfg.host = host;
+            cfg.port = port;
+            let limit = self.live.config.limits.pubsub_buffer_limit;
+            let Ok(Ok(mut sub)) =
+                tokio::time::timeout(bound, Subscription::open(&cfg, limit, self.state.resp3))
+                    .await
+            else {
+                continue;
+            };
+            if let Some(count) = subscribe_all(&mut sub, lost).await {
+                tracing::info!(session = self.state.id, node = %addr, channels = lost.len(), "shard channels followed their slot");
+                if let Some(s) = self.mode.subscribed() {
+                    s.sub = sub;
+                    s.counts = [0, count];
+                    s.after_unsubscribe = 0;
+                    s.shards.set(lost.iter().map(|(c, _)| c.clone()).collect());
+                }
+                return true;
+            }
+        }
+        false
+    }
+}
+
+/// Subscribes every channel of `lost` on `sub` (one SSUBSCRIBE each) and waits
+/// for their confirmations; the shard count after the last, or `None` if one was
+/// refused (`-MOVED`: the map is not there yet) or did not come in time.
+async fn subscribe_all(sub: &mut Subscription, lost: &[(Bytes, Bytes)]) -> Option<i64> {
+    let mut out = Vec::new();
+    for (c, _) in lost {
+        encode_command(&[&b"SSUBSCRIBE"[..], c], &mut out);
+    }
+    sub.send(&out).await.ok()?;
+    let mut count = 0;
+    let until = tokio::time::Instant::now() + CONFIRM;
+    for _ in lost {
+        let frame = tokio::time::timeout_at(until, sub.next())
+            .await
+            .ok()?
+            .ok()?;
+        // Nothing is published to them on this connection before their
+        // confirmations: each frame is one.
+        let c = pubsub::confirmation(&frame).filter(|c| c.subscribe && c.shard)?;
+        count = c.count;
+    }
+    Some(count)
+}
+
 /// Redis's confirmations for an UNSUBSCRIBE-family command from a client with no
 /// subscriptions: one per channel named, or one with a nil channel.
 pub(super) fn unsubscribed<L: ArgList + ?Sized>(args: &L, resp3: bool) -> Vec<u8> {
@@ -137,4 +457,47 @@ pub(super) fn unsubscribed<L: ArgList + ?Sized>(args: &L, resp3: bool) -> Vec<u8
         }
     }
     out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::Shards;
+    use bytes::Bytes;
+
+    fn conf(kind: &str, channel: &str, count: i64) -> Bytes {
+        Bytes::from(format!(
+            "*3\r\n${}\r\n{kind}\r\n${}\r\n{channel}\r\n:{count}\r\n",
+            kind.len(),
+            channel.len()
+        ))
+    }
+
+    #[test]
+    fn only_a_sunsubscribe_the_client_did_not_ask_for_is_followed() {
+        let mut s = Shards::default();
+        assert!(!s.note(&conf("ssubscribe", "a", 1), true));
+        assert!(!s.note(&conf("ssubscribe", "b", 2), true));
+        s.asked(b"*2\r\n$12\r\nsunsubscribe\r\n$1\r\na\r\n");
+        assert!(!s.note(&conf("sunsubscribe", "a", 1), false));
+        // Redis's own (the slot moved).
+        assert!(s.note(&conf("sunsubscribe", "b", 0), false));
+        assert!(s.has_lost());
+        let (lost, closed) = s.take_lost();
+        assert_eq!(lost.len(), 1);
+        assert_eq!(lost[0].0.as_ref(), b"b");
+        assert!(!closed);
+        // SUNSUBSCRIBE without channels covers every confirmation until the last.
+        assert!(!s.note(&conf("ssubscribe", "c", 1), true));
+        assert!(!s.note(&conf("ssubscribe", "d", 2), true));
+        s.asked(b"*1\r\n$12\r\nSUNSUBSCRIBE\r\n");
+        assert!(!s.note(&conf("sunsubscribe", "c", 1), false));
+        assert!(!s.note(&conf("sunsubscribe", "d", 0), false));
+        assert!(!s.any());
+        assert!(!s.has_lost());
+        // The connection lost: every channel goes again.
+        assert!(!s.note(&conf("ssubscribe", "e", 1), true));
+        s.lose_all();
+        assert!(s.closed());
+        assert_eq!(s.take_lost().0.len(), 1);
+    }
 }

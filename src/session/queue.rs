@@ -363,9 +363,9 @@ impl Session {
                 }
                 if let Some(c) = &cluster {
                     if crate::cluster::merge::has_moved(&bytes) {
-                        // An exclusive connection pinned by a stale map: the
-                        // client gets Redis's -MOVED this once, and the next
-                        // checkout goes to the slot's new node.
+                        // Passed on by an exclusive connection (a key of another
+                        // node than the transaction's, see `follow`): the map may
+                        // be stale too.
                         c.refresh_soon();
                     }
                 }

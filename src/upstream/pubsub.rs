@@ -213,9 +213,26 @@ pub fn confirmation(frame: &[u8]) -> Option<Confirmation> {
     })
 }
 
+/// The channel a confirmation names (`None`: a nil one, or not a confirmation).
+pub fn confirmed_channel(frame: &[u8]) -> Option<&[u8]> {
+    confirmation(frame)?;
+    // After the `*3`/`>3` header and the kind's bulk string.
+    let rest = &frame[4..];
+    let kind_len = rest.iter().position(|&b| b == b'\n')? + 1;
+    let n: usize = std::str::from_utf8(rest.get(1..kind_len - 2)?)
+        .ok()?
+        .parse()
+        .ok()?;
+    let rest = rest.get(kind_len + n + 2..)?;
+    let body = rest.strip_prefix(b"$")?;
+    let eol = body.iter().position(|&b| b == b'\r')?;
+    let len: usize = std::str::from_utf8(&body[..eol]).ok()?.parse().ok()?;
+    body.get(eol + 2..eol + 2 + len)
+}
+
 #[cfg(test)]
 mod tests {
-    use super::{confirmation, Confirmation};
+    use super::{confirmation, confirmed_channel, Confirmation};
 
     #[test]
     fn reads_confirmations() {
@@ -255,5 +272,25 @@ mod tests {
             None
         );
         assert_eq!(confirmation(b"+PONG\r\n"), None);
+    }
+
+    #[test]
+    fn reads_the_channel_of_a_confirmation() {
+        assert_eq!(
+            confirmed_channel(b">3\r\n$12\r\nsunsubscribe\r\n$5\r\n{c}xy\r\n:0\r\n"),
+            Some(&b"{c}xy"[..])
+        );
+        assert_eq!(
+            confirmed_channel(b"*3\r\n$10\r\nssubscribe\r\n$1\r\nb\r\n:1\r\n"),
+            Some(&b"b"[..])
+        );
+        assert_eq!(
+            confirmed_channel(b"*3\r\n$12\r\npunsubscribe\r\n$-1\r\n:0\r\n"),
+            None
+        );
+        assert_eq!(
+            confirmed_channel(b"*3\r\n$7\r\nmessage\r\n$1\r\na\r\n$1\r\nm\r\n"),
+            None
+        );
     }
 }

@@ -1,0 +1,666 @@
+//! On a Redis Cluster, a session's exclusive connection (a transaction, WATCH, a
+//! blocking command) follows its slot when the proxy's map was stale.
+//!
+//! The connection is taken from the pool of the node the map names for the slot
+//! it is pinned to (`Session::pin_slot`). If that node no longer serves the slot,
+//! Redis answers `-MOVED` (or `-ASK` during a migration, `-TRYAGAIN` /
+//! `-CLUSTERDOWN`), which prove the command did not run. A [`Follow`] task sits
+//! between the session and the connection's [`Dedicated`] task, passes batches on
+//! one at a time (as the connection itself runs them) and reads each answer: when
+//! it holds such a reply for the pinned slot, the map is learnt again (awaited,
+//! bounded), a connection to the right node is taken and what did not run is sent
+//! again there — a command outside MULTI that was redirected; a transaction with a
+//! redirected command whole (MULTI and what was queued before, from earlier
+//! batches, silently: the client already has their `+OK`/`+QUEUED`), since Redis
+//! aborts its EXEC; a transaction still open at the end of the batch, so it stays
+//! on the connection. The old connection gets DISCARD/UNWATCH and goes back to its
+//! pool. `-ASK`: the connection moves to the named node and every command (or
+//! MULTI) sent there is preceded by `ASKING`. At most [`ROUNDS`] moves per batch;
+//! then the last replies are passed on.
+//!
+//! Never resent: a command that got any other reply (it may have run), and
+//! anything while the connection holds a WATCH Redis accepted (moving would drop
+//! the watch, so the client gets the node's replies: `-MOVED`, then `-EXECABORT`;
+//! nothing ran). A redirect for another slot than the pinned one (a transaction
+//! spanning nodes) is passed on, as Redis Cluster allows one node per transaction.
+
+use std::sync::atomic::AtomicU64;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use bytes::{Bytes, BytesMut};
+use tokio::sync::{mpsc, oneshot};
+
+use crate::cluster::client::Cluster;
+use crate::cluster::merge::{self, Redirect};
+use crate::command::{Block, Descriptor, Ranged, TxOp};
+use crate::config::Limits;
+use crate::protocol::reply;
+use crate::protocol::request::{self, RequestKind};
+use crate::upstream::dedicated::{Dedicated, Pool};
+use crate::upstream::mux::{Answer, Batch, Retry};
+use crate::upstream::pubsub::End;
+use crate::upstream::UpstreamError;
+
+/// Most moves one batch makes (as the cluster client's redirects).
+const ROUNDS: u32 = 16;
+/// `ASKING`, before a command redirected by `-ASK`.
+const ASKING: &[u8] = b"*1\r\n$6\r\nASKING\r\n";
+
+/// A session's held connection: a [`Dedicated`] one, or on a cluster one that
+/// follows its slot.
+#[derive(Debug)]
+pub(super) enum HeldConn {
+    Direct(Dedicated),
+    Follow(Follow),
+}
+
+impl HeldConn {
+    /// Queues a batch; returns the pushes read before it (see [`Dedicated::send`]).
+    pub fn send(&mut self, batch: Batch) -> Vec<Bytes> {
+        match self {
+            HeldConn::Direct(d) => d.send(batch),
+            HeldConn::Follow(f) => {
+                let _ = f.tx.send(Msg::Batch(batch));
+                Vec::new()
+            }
+        }
+    }
+
+    /// Redis's `CLIENT ID` of the connection (of the node it is on now).
+    pub fn upstream_id(&self) -> Arc<AtomicU64> {
+        match self {
+            HeldConn::Direct(d) => d.upstream_id(),
+            HeldConn::Follow(f) => f.id.lock().unwrap_or_else(|e| e.into_inner()).clone(),
+        }
+    }
+
+    /// See [`Dedicated::reselect_on_release`].
+    pub fn reselect_on_release(&self) {
+        match self {
+            HeldConn::Direct(d) => d.reselect_on_release(),
+            HeldConn::Follow(f) => {
+                let _ = f.tx.send(Msg::Reselected);
+            }
+        }
+    }
+
+    /// See [`Dedicated::release`].
+    pub fn release(self) {
+        match self {
+            HeldConn::Direct(d) => d.release(),
+            HeldConn::Follow(f) => {
+                let _ = f.tx.send(Msg::Release);
+            }
+        }
+    }
+
+    /// See [`Dedicated::watches_pushes`] (a pooled connection has none).
+    pub fn watches_pushes(&self) -> bool {
+        matches!(self, HeldConn::Direct(d) if d.watches_pushes())
+    }
+
+    /// See [`Dedicated::next_push`].
+    pub async fn next_push(&mut self) -> Result<Bytes, End> {
+        match self {
+            HeldConn::Direct(d) => d.next_push().await,
+            HeldConn::Follow(_) => std::future::pending().await,
+        }
+    }
+}
+
+enum Msg {
+    Batch(Batch),
+    Release,
+    Reselected,
+}
+
+/// The session's handle to a following exclusive connection.
+#[derive(Debug)]
+pub(super) struct Follow {
+    tx: mpsc::UnboundedSender<Msg>,
+    /// The current connection's `CLIENT ID` cell.
+    id: Arc<Mutex<Arc<AtomicU64>>>,
+}
+
+/// Where the connection is, and how to get another.
+pub(super) struct Place {
+    pub cluster: Arc<Cluster>,
+    pub label: String,
+    pub command_timeout: Duration,
+    pub connect_timeout: Duration,
+    pub resp3: bool,
+    /// The slot the connection is pinned to (`None`: the first redirected one).
+    pub slot: Option<u16>,
+}
+
+impl Follow {
+    /// Serves the session on `conn` (taken for `place.slot`) and what replaces it.
+    pub fn start(conn: Dedicated, place: Place) -> Follow {
+        let (tx, rx) = mpsc::unbounded_channel();
+        let id = Arc::new(Mutex::new(conn.upstream_id()));
+        let task = Task {
+            place,
+            conn: Some(conn),
+            asking: false,
+            journal: None,
+            watched: false,
+            reselect: false,
+            id: id.clone(),
+        };
+        tokio::spawn(task.run(rx));
+        Follow { tx, id }
+    }
+}
+
+/// One request of a batch.
+struct Req {
+    bytes: Bytes,
+    op: TxOp,
+}
+
+struct Task {
+    place: Place,
+    conn: Option<Dedicated>,
+    /// The connection is on the node an `-ASK` named: `ASKING` precedes every
+    /// command outside MULTI and every MULTI.
+    asking: bool,
+    /// The open transaction: MULTI and the requests queued after it, answered.
+    journal: Option<Vec<Bytes>>,
+    /// A WATCH Redis accepted is in force on the connection.
+    watched: bool,
+    /// A SELECT was sent (see [`Dedicated::reselect_on_release`]).
+    reselect: bool,
+    id: Arc<Mutex<Arc<AtomicU64>>>,
+}
+
+/// Generous limits for re-parsing batches the session already checked.
+fn limits() -> Limits {
+    Limits {
+        max_args: usize::MAX,
+        max_bulk_len: usize::MAX,
+        max_inline_len: usize::MAX,
+        ..Limits::default()
+    }
+}
+
+/// The requests of a batch (multibulk, as sessions send them), with their
+/// transaction role.
+fn requests(bytes: &Bytes) -> Vec<Req> {
+    let limits = limits();
+    let mut ranges = Vec::new();
+    let mut out = Vec::new();
+    let mut at = 0;
+    while at < bytes.len() {
+        let Ok(Some(req)) = request::parse(&bytes[at..], &limits, &mut ranges) else {
+            break;
+        };
+        let op = match &req.kind {
+            RequestKind::Empty => None,
+            RequestKind::Multibulk => Some(
+                Descriptor::of(&Ranged {
+                    buf: &bytes[at..],
+                    ranges: &ranges,
+                })
+                .tx,
+            ),
+            RequestKind::Inline(a) => Some(Descriptor::of(&a[..]).tx),
+        };
+        if let Some(op) = op {
+            out.push(Req {
+                bytes: bytes.slice(at..at + req.len),
+                op,
+            });
+        }
+        at += req.len;
+    }
+    out
+}
+
+/// The replies of `bytes`, one per non-push frame (a push stays in front of the
+/// reply after it).
+fn frames(bytes: &Bytes) -> Vec<Bytes> {
+    let mut out = Vec::new();
+    let mut start = 0;
+    let mut at = 0;
+    while at < bytes.len() {
+        let Ok(Some(f)) = reply::scan(&bytes[at..]) else {
+            break;
+        };
+        at += f.len;
+        if !f.is_push {
+            out.push(bytes.slice(start..at));
+            start = at;
+        }
+    }
+    out
+}
+
+/// A run of requests that moves as one: a command outside MULTI, or a
+/// transaction (from MULTI, or the open one, to EXEC/DISCARD or the batch's end).
+struct Unit {
+    /// Indexes of its requests in the batch.
+    reqs: std::ops::Range<usize>,
+    /// It continues the transaction opened by an earlier batch.
+    journal: bool,
+    /// It ends with the transaction open.
+    open: bool,
+}
+
+/// Cuts a batch into units; `in_multi`: the batch starts inside MULTI.
+fn units(reqs: &[Req], mut in_multi: bool) -> Vec<Unit> {
+    let mut out = Vec::new();
+    let mut start = 0;
+    let mut journal = in_multi;
+    for (i, r) in reqs.iter().enumerate() {
+        if !in_multi && r.op != TxOp::Multi {
+            out.push(Unit {
+                reqs: i..i + 1,
+                journal: false,
+                open: false,
+            });
+            start = i + 1;
+            continue;
+        }
+        if !in_multi {
+            in_multi = true;
+            start = i;
+            continue;
+        }
+        if r.op == TxOp::End {
+            out.push(Unit {
+                reqs: start..i + 1,
+                journal: std::mem::take(&mut journal),
+                open: false,
+            });
+            in_multi = false;
+            start = i + 1;
+        }
+    }
+    if in_multi {
+        out.push(Unit {
+            reqs: start..reqs.len(),
+            journal,
+            open: true,
+        });
+    }
+    out
+}
+
+impl Task {
+    async fn run(mut self, mut rx: mpsc::UnboundedReceiver<Msg>) {
+        while let Some(msg) = rx.recv().await {
+            match msg {
+                Msg::Batch(b) => {
+                    if !self.batch(b).await {
+                        return;
+                    }
+                }
+                Msg::Reselected => {
+                    self.reselect = true;
+                    if let Some(c) = &self.conn {
+                        c.reselect_on_release();
+                    }
+                }
+                Msg::Release => {
+                    if let Some(c) = self.conn.take() {
+                        c.release();
+                    }
+                    return;
+                }
+            }
+        }
+        // Dropped without release: the connection resets itself (DISCARD, UNWATCH).
+    }
+
+    /// Sends `bytes` (`count` replies) on the connection and waits for the
+    /// answer. `None`: the session is gone (the connection is given up).
+    async fn exchange(
+        &mut self,
+        bytes: Bytes,
+        count: u32,
+        block: Block,
+        retry: Retry,
+        client: &mut oneshot::Sender<Answer>,
+    ) -> Option<Answer> {
+        let (tx, rx) = oneshot::channel();
+        let conn = self.conn.as_mut()?;
+        conn.send(Batch {
+            bytes,
+            count,
+            reply: tx,
+            block,
+            retry,
+            divert: None,
+        });
+        tokio::select! {
+            a = rx => Some(a.unwrap_or_else(|_| Answer::from(Err(UpstreamError::Lost {
+                addr: self.place.label.clone(),
+                sent: true,
+            })))),
+            // The client left (e.g. while blocked): the connection's task sees
+            // its reply dropped and discards the connection.
+            _ = client.closed() => None,
+        }
+    }
+
+    /// Serves one batch. `false`: the session is gone.
+    async fn batch(&mut self, b: Batch) -> bool {
+        let Batch {
+            bytes,
+            count,
+            reply: mut client,
+            block,
+            retry,
+            ..
+        } = b;
+        let reqs = requests(&bytes);
+        if reqs.len() != count as usize {
+            // Not a batch this task can take apart (never sent by a session):
+            // passed on as it is, and its answer as it comes.
+            let answer = self.exchange(bytes, count, block, retry, &mut client).await;
+            return answer.map(|a| client.send(a)).is_some();
+        }
+        let plain = !self.asking;
+        let answer = if plain {
+            self.exchange(bytes, count, block, retry, &mut client).await
+        } else {
+            let all: Vec<usize> = (0..reqs.len()).collect();
+            let in_multi = self.journal.is_some();
+            let (out, n) = self.encode(&[], &reqs, &all, in_multi);
+            self.exchange(out, n, block, retry, &mut client).await
+        };
+        let Some(answer) = answer else {
+            return false;
+        };
+        let Ok(first) = answer.reply else {
+            let _ = client.send(answer);
+            return true;
+        };
+        let mut got = if plain {
+            frames(&first)
+        } else {
+            self.unask(&[], &reqs, &(0..reqs.len()).collect::<Vec<_>>(), &first)
+        };
+        if got.len() != reqs.len() {
+            // Not a batch this task can take apart: as it came.
+            let _ = client.send(Answer::from(Ok(first)));
+            return true;
+        }
+        for _ in 0..ROUNDS {
+            let Some((redirect, resend)) = self.must_move(&reqs, &got) else {
+                break;
+            };
+            if !self.move_to(redirect).await {
+                break;
+            }
+            let journal = self.journal.clone().unwrap_or_default();
+            let replay_journal = resend.first().is_some_and(|u: &Unit| u.journal);
+            let which: Vec<usize> = resend.iter().flat_map(|u| u.reqs.clone()).collect();
+            let sent_journal: &[Bytes] = if replay_journal { &journal } else { &[] };
+            let (out, n) = self.encode(sent_journal, &reqs, &which, false);
+            let Some(answer) = self.exchange(out, n, block, retry, &mut client).await else {
+                return false;
+            };
+            let Ok(again) = answer.reply else {
+                let _ = client.send(answer);
+                return true;
+            };
+            let mut fresh = self.unask(sent_journal, &reqs, &which, &again);
+            if fresh.len() != sent_journal.len() + which.len() {
+                let _ = client.send(Answer::from(Ok(again)));
+                return true;
+            }
+            let journal_frames: Vec<Bytes> = fresh.drain(..sent_journal.len()).collect();
+            if journal_frames.iter().any(|f| self.ours(f).is_some()) {
+                // The open transaction's earlier commands were redirected on the
+                // new node: the whole of it goes again (its reply is the one
+                // given for its last command).
+                if let (Some(&last), Some(f)) = (which.first(), journal_frames.last()) {
+                    got[last] = f.clone();
+                }
+            }
+            for (i, f) in which.iter().zip(fresh) {
+                got[*i] = f;
+            }
+        }
+        self.after(&reqs, &got);
+        let mut out = BytesMut::new();
+        for f in &got {
+            out.extend_from_slice(f);
+        }
+        let _ = client.send(Answer::from(Ok(out.freeze())));
+        true
+    }
+
+    /// A redirect that concerns this connection: `-MOVED`/`-ASK` for the pinned
+    /// slot (the first one seen pins a connection taken for no slot), or
+    /// `-TRYAGAIN`/`-CLUSTERDOWN`.
+    fn ours(&mut self, frame: &[u8]) -> Option<Redirect> {
+        let r = merge::redirect(frame)?;
+        if r == Redirect::Again {
+            return Some(r);
+        }
+        let slot = merge::redirect_slot(frame)?;
+        match self.place.slot {
+            Some(s) if s == slot => Some(r),
+            Some(_) => None,
+            None => {
+                self.place.slot = Some(slot);
+                Some(r)
+            }
+        }
+    }
+
+    /// Whether the batch's replies `got` say the connection must move, and what
+    /// then goes again: the first redirect and the units to resend.
+    fn must_move(&mut self, reqs: &[Req], got: &[Bytes]) -> Option<(Redirect, Vec<Unit>)> {
+        // A WATCH accepted on this node would be lost with the connection.
+        let watch_ok = reqs
+            .iter()
+            .zip(got)
+            .any(|(r, f)| r.op == TxOp::Watch && f.starts_with(b"+"));
+        if self.watched || watch_ok {
+            return None;
+        }
+        let mut first = None;
+        let mut resend = Vec::new();
+        for u in units(reqs, self.journal.is_some()) {
+            let mut hit = false;
+            for i in u.reqs.clone() {
+                if let Some(r) = self.ours(&got[i]) {
+                    first.get_or_insert(r);
+                    hit = true;
+                }
+            }
+            if hit || u.open {
+                resend.push(u);
+            }
+        }
+        let first = first?;
+        Some((first, resend))
+    }
+
+    /// Replaces the connection with one to where `redirect` points (the map
+    /// learnt again first for `-MOVED`, after a pause for `-TRYAGAIN`).
+    /// `false`: no node to go to.
+    async fn move_to(&mut self, redirect: Redirect) -> bool {
+        let cluster = self.place.cluster.clone();
+        let bound = self.place.connect_timeout;
+        let seen = cluster.topology().map_or(0, |t| t.generation);
+        let resp3 = self.place.resp3;
+        let pool: Option<Pool> = match &redirect {
+            Redirect::Moved(addr) => {
+                let _ = tokio::time::timeout(bound, cluster.refresh(seen)).await;
+                self.asking = false;
+                cluster.pool_at(addr, resp3)
+            }
+            Redirect::Ask(addr) => {
+                self.asking = true;
+                cluster.pool_at(addr, resp3)
+            }
+            Redirect::Again => {
+                tokio::time::sleep(Duration::from_millis(100)).await;
+                let _ = tokio::time::timeout(bound, cluster.refresh(seen)).await;
+                self.asking = false;
+                cluster.pool(self.place.slot, 0, resp3)
+            }
+        };
+        let Some(pool) = pool else {
+            return false;
+        };
+        let counter = match redirect {
+            Redirect::Ask(_) => &cluster.asked,
+            _ => &cluster.moved,
+        };
+        counter.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        let conn = Dedicated::start(pool, self.place.label.clone(), self.place.command_timeout);
+        if self.reselect {
+            conn.reselect_on_release();
+        }
+        *self.id.lock().unwrap_or_else(|e| e.into_inner()) = conn.upstream_id();
+        // The old one resets itself (DISCARD, UNWATCH) and goes back to its pool.
+        self.conn = Some(conn);
+        true
+    }
+
+    /// The bytes to send: `journal` then the requests `which` of `reqs`, with
+    /// `ASKING` where the connection needs it; and how many replies they get.
+    fn encode(
+        &self,
+        journal: &[Bytes],
+        reqs: &[Req],
+        which: &[usize],
+        in_multi: bool,
+    ) -> (Bytes, u32) {
+        let mut out = BytesMut::new();
+        let mut n = 0;
+        let mut in_multi = in_multi;
+        let all = journal
+            .iter()
+            .enumerate()
+            .map(|(i, b)| (b, if i == 0 { TxOp::Multi } else { TxOp::None }))
+            .chain(which.iter().map(|&i| (&reqs[i].bytes, reqs[i].op)));
+        for (bytes, op) in all {
+            if self.asking && !in_multi {
+                out.extend_from_slice(ASKING);
+                n += 1;
+            }
+            in_multi = step(in_multi, op);
+            out.extend_from_slice(bytes);
+            n += 1;
+        }
+        (out.freeze(), n)
+    }
+
+    /// The replies to what [`Task::encode`] sent, without those to `ASKING`.
+    fn unask(&self, journal: &[Bytes], reqs: &[Req], which: &[usize], bytes: &Bytes) -> Vec<Bytes> {
+        let all = frames(bytes);
+        if !self.asking {
+            return all;
+        }
+        let mut out = Vec::new();
+        let mut it = all.into_iter();
+        let mut in_multi = false;
+        let ops = journal
+            .iter()
+            .enumerate()
+            .map(|(i, _)| if i == 0 { TxOp::Multi } else { TxOp::None })
+            .chain(which.iter().map(|&i| reqs[i].op));
+        for op in ops {
+            if !in_multi {
+                // ASKING's +OK.
+                let _ = it.next();
+            }
+            in_multi = step(in_multi, op);
+            if let Some(f) = it.next() {
+                out.push(f);
+            }
+        }
+        out
+    }
+
+    /// Notes what the batch left on the connection: the open transaction, a WATCH.
+    fn after(&mut self, reqs: &[Req], got: &[Bytes]) {
+        for (r, f) in reqs.iter().zip(got) {
+            match (&mut self.journal, r.op) {
+                (None, TxOp::Multi) => self.journal = Some(vec![r.bytes.clone()]),
+                (None, TxOp::Watch) if f.starts_with(b"+") => self.watched = true,
+                (None, TxOp::Unwatch) => self.watched = false,
+                (None, _) => {}
+                (Some(_), TxOp::End) => {
+                    self.journal = None;
+                    self.watched = false;
+                }
+                (Some(j), _) => j.push(r.bytes.clone()),
+            }
+        }
+    }
+}
+
+/// Whether the connection is inside MULTI after a request with role `op`.
+fn step(in_multi: bool, op: TxOp) -> bool {
+    match op {
+        TxOp::Multi => true,
+        TxOp::End => false,
+        _ => in_multi,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn batch(cmds: &[&[&[u8]]]) -> Bytes {
+        let mut out = Vec::new();
+        for c in cmds {
+            request::encode_command(c, &mut out);
+        }
+        Bytes::from(out)
+    }
+
+    #[test]
+    fn a_batch_is_cut_into_commands_and_transactions() {
+        let b = batch(&[
+            &[b"WATCH", b"k"],
+            &[b"GET", b"k"],
+            &[b"MULTI"],
+            &[b"SET", b"k", b"1"],
+            &[b"EXEC"],
+            &[b"MULTI"],
+            &[b"INCR", b"k"],
+        ]);
+        let reqs = requests(&b);
+        assert_eq!(reqs.len(), 7);
+        let u = units(&reqs, false);
+        let shape: Vec<_> = u
+            .iter()
+            .map(|u| (u.reqs.clone(), u.journal, u.open))
+            .collect();
+        assert_eq!(
+            shape,
+            [
+                (0..1, false, false),
+                (1..2, false, false),
+                (2..5, false, false),
+                (5..7, false, true)
+            ]
+        );
+        // Inside a transaction opened by an earlier batch.
+        let b = batch(&[&[b"SET", b"k", b"1"], &[b"EXEC"], &[b"GET", b"k"]]);
+        let reqs = requests(&b);
+        let shape: Vec<_> = units(&reqs, true)
+            .iter()
+            .map(|u| (u.reqs.clone(), u.journal, u.open))
+            .collect();
+        assert_eq!(shape, [(0..2, true, false), (2..3, false, false)]);
+    }
+
+    #[test]
+    fn replies_are_split_with_pushes_kept_in_front() {
+        let b = Bytes::from_static(b"+OK\r\n>2\r\n$1\r\na\r\n$1\r\nb\r\n:1\r\n*1\r\n$1\r\nx\r\n");
+        let f = frames(&b);
+        assert_eq!(f.len(), 3);
+        assert_eq!(f[1].as_ref(), b">2\r\n$1\r\na\r\n$1\r\nb\r\n:1\r\n");
+    }
+}
