@@ -17,11 +17,13 @@
 //! ([`Clients::sink_id`]).
 
 use std::collections::{BTreeMap, HashMap};
-use std::sync::atomic::{AtomicBool, AtomicU16, AtomicU64, AtomicUsize, Ordering::Relaxed};
+use std::sync::atomic::Ordering::{AcqRel, Acquire, Relaxed, Release, SeqCst};
+use std::sync::atomic::{AtomicBool, AtomicU16, AtomicU64, AtomicUsize};
+use std::net::SocketAddr;
+use std::sync::atomic::AtomicU8;
 use std::sync::{Arc, Mutex, MutexGuard};
+use std::task::{Poll, Waker};
 use std::time::Instant;
-
-use tokio_util::sync::CancellationToken;
 
 use crate::command::table;
 use crate::router::Database;
@@ -43,6 +45,8 @@ pub struct Clients {
     memory: AtomicUsize,
     /// The second (of [`Clients::seconds`], plus one) of the last eviction warning.
     warned: AtomicU64,
+    /// The proxy is shutting down: a session registered now is told at once.
+    closing: AtomicBool,
 }
 
 impl Default for Clients {
@@ -54,8 +58,27 @@ impl Default for Clients {
             sinks: tokio::sync::Mutex::new(HashMap::new()),
             memory: AtomicUsize::new(0),
             warned: AtomicU64::new(0),
+            closing: AtomicBool::new(false),
         }
     }
+}
+
+/// What a session is told through its entry ([`Client::poll_signal`]). Signals are
+/// bits of one atomic and the session's task is woken through one waker slot, so an
+/// entry costs no cancellation token (each is a heap node of its own).
+pub mod signal {
+    /// `CLIENT KILL`, or eviction for `max_client_memory`: close at once (sticky).
+    pub const KILLED: u8 = 1;
+    /// The proxy shuts down: stop reading, deliver what is pending (sticky).
+    pub const SHUTDOWN: u8 = 2;
+    /// Idle for a second or more: park if nothing is held ([`super::Clients::tick`]).
+    pub const SWEEP: u8 = 4;
+    /// A reload published a new configuration snapshot.
+    pub const RELOAD: u8 = 8;
+    /// State, not a signal: the session is parked (the sweep skips it).
+    pub(crate) const PARKED: u8 = 16;
+    /// The signals that stay set once raised.
+    pub(crate) const STICKY: u8 = KILLED | SHUTDOWN;
 }
 
 /// What a client may change about itself, as `CLIENT LIST` reports it.
@@ -86,16 +109,19 @@ pub struct ClientInfo {
 pub struct Client {
     /// Session id (`CLIENT ID`).
     pub id: u64,
-    /// The client's address (`addr=`).
-    pub addr: String,
+    /// The client's address (`addr=`; formatted when asked for, see [`Client::addr`]).
+    peer: Option<SocketAddr>,
     /// The proxy's address the client connected to (`laddr=`).
-    pub laddr: String,
+    local: Option<SocketAddr>,
     created: Instant,
-    /// Fired by `CLIENT KILL` or by the proxy's shutdown.
-    token: CancellationToken,
-    /// Fired only when the client is killed (not by shutdown).
-    evicted: CancellationToken,
-    killed: AtomicBool,
+    /// [`signal`] bits raised for the session.
+    signals: AtomicU8,
+    /// The session's task, woken when a signal is raised.
+    waker: Mutex<Option<Waker>>,
+    /// `last_active + 1` when the session last declined to park for good reasons
+    /// that only a request can change (TLS, subscribed, …): the sweep skips it
+    /// until its next request.
+    declined: AtomicU64,
     /// Bytes of the session's buffers, as it last published them.
     memory: AtomicUsize,
     /// Replies the session waits for or has not handed to its outbox yet.
@@ -125,22 +151,72 @@ pub struct Exclusive {
 }
 
 impl Client {
-    /// The token the session's task watches: cancelled on `CLIENT KILL` (then
-    /// [`Client::was_killed`] is true) or when the proxy shuts down.
-    pub fn token(&self) -> &CancellationToken {
-        &self.token
+    /// The client's address (`addr=`), `""` if unknown.
+    pub fn addr(&self) -> String {
+        self.peer.map(|a| a.to_string()).unwrap_or_default()
     }
 
-    /// Whether `CLIENT KILL` ended this session.
+    /// The proxy's address the client connected to (`laddr=`), `""` if unknown.
+    pub fn laddr(&self) -> String {
+        self.local.map(|a| a.to_string()).unwrap_or_default()
+    }
+
+    /// Whether `CLIENT KILL` (or an eviction) ended this session.
     pub fn was_killed(&self) -> bool {
-        self.killed.load(Relaxed)
+        self.signals.load(Relaxed) & signal::KILLED != 0
     }
 
-    /// The token fired only when the client is killed (`CLIENT KILL`, or evicted
-    /// for `max_client_memory`): the session stops at once, even with replies
-    /// waiting to be written.
-    pub fn evicted(&self) -> &CancellationToken {
-        &self.evicted
+    /// Ready with the raised signals among `mask` (clearing those that are not
+    /// sticky); otherwise the task is woken when one is raised.
+    pub fn poll_signal(&self, cx: &mut std::task::Context<'_>, mask: u8) -> Poll<u8> {
+        if self.signals.load(Acquire) & mask == 0 {
+            {
+                let mut w = self.waker.lock().unwrap_or_else(|e| e.into_inner());
+                if !w.as_ref().is_some_and(|w| w.will_wake(cx.waker())) {
+                    *w = Some(cx.waker().clone());
+                }
+            }
+            // (Raised before the waker was in place: seen here.)
+            if self.signals.load(Acquire) & mask == 0 {
+                return Poll::Pending;
+            }
+        }
+        let taken = mask & !signal::STICKY;
+        Poll::Ready(self.signals.fetch_and(!taken, AcqRel) & mask)
+    }
+
+    /// Resolves when the client is killed or the proxy shuts down.
+    pub async fn closed(&self) {
+        std::future::poll_fn(|cx| {
+            self.poll_signal(cx, signal::KILLED | signal::SHUTDOWN)
+                .map(|_| ())
+        })
+        .await
+    }
+
+    /// Raises `bits` and wakes the session.
+    fn raise(&self, bits: u8) {
+        self.signals.fetch_or(bits, Release);
+        let waker = self.waker.lock().unwrap_or_else(|e| e.into_inner()).take();
+        if let Some(w) = waker {
+            w.wake();
+        }
+    }
+
+    /// Marks the session parked (the sweep passes it by) or not.
+    pub fn set_parked(&self, parked: bool) {
+        if parked {
+            self.signals.fetch_or(signal::PARKED, Relaxed);
+        } else {
+            self.signals.fetch_and(!signal::PARKED, Relaxed);
+        }
+    }
+
+    /// The session cannot park until its next request: the sweep passes it by
+    /// until then.
+    pub fn decline_park(&self) {
+        self.declined
+            .store(self.last_active.load(Relaxed) + 1, Relaxed);
     }
 
     /// Bytes of the session's buffers, as it last published them.
@@ -149,9 +225,7 @@ impl Client {
     }
 
     fn kill(&self) {
-        self.killed.store(true, Relaxed);
-        self.token.cancel();
-        self.evicted.cancel();
+        self.raise(signal::KILLED);
     }
 
     /// Records activity now (for `idle=`, to the second).
@@ -221,7 +295,7 @@ impl Client {
         format!(
             "id={} addr={} name={} db={} age={} idle={} mode={} pending={} buffered={} memory={} cmd={}\n",
             self.id,
-            self.addr,
+            self.addr(),
             String::from_utf8_lossy(info.name.as_deref().unwrap_or_default()),
             info.db,
             self.created.elapsed().as_secs(),
@@ -271,8 +345,8 @@ impl Client {
         format!(
             "id={} addr={} laddr={} fd=0 name={} age={} idle={} flags={} db={} sub=0 psub=0 ssub=0 multi={} qbuf=0 qbuf-free=0 argv-mem=0 multi-mem=0 rbs=0 rbp=0 obl=0 oll=0 omem=0 tot-mem=0 events=r cmd={} user={} redir={} resp={} lib-name={} lib-ver={}\n",
             self.id,
-            self.addr,
-            self.laddr,
+            self.addr(),
+            self.laddr(),
             s(&info.name),
             self.created.elapsed().as_secs(),
             idle,
@@ -318,10 +392,10 @@ impl Filter {
         if !self.ids.is_empty() && !self.ids.contains(&c.id) {
             return false;
         }
-        if self.addr.as_deref().is_some_and(|a| a != c.addr) {
+        if self.addr.as_deref().is_some_and(|a| a != c.addr()) {
             return false;
         }
-        if self.laddr.as_deref().is_some_and(|a| a != c.laddr) {
+        if self.laddr.as_deref().is_some_and(|a| a != c.laddr()) {
             return false;
         }
         if let Some(age) = self.maxage {
@@ -354,18 +428,17 @@ impl Clients {
     pub fn register(
         self: &Arc<Self>,
         id: u64,
-        addr: String,
-        laddr: String,
-        token: CancellationToken,
+        peer: Option<SocketAddr>,
+        local: Option<SocketAddr>,
     ) -> Registration {
         let client = Arc::new(Client {
             id,
-            addr,
-            laddr,
+            peer,
+            local,
             created: Instant::now(),
-            token,
-            evicted: CancellationToken::new(),
-            killed: AtomicBool::new(false),
+            signals: AtomicU8::new(0),
+            waker: Mutex::new(None),
+            declined: AtomicU64::new(0),
             memory: AtomicUsize::new(0),
             pending: AtomicUsize::new(0),
             buffered: AtomicUsize::new(0),
@@ -380,15 +453,45 @@ impl Clients {
             own: Mutex::new(None),
         });
         self.lock().insert(id, client.clone());
+        // (After the insert: either this sees `closing`, or `shut_down` sees it.)
+        if self.closing.load(SeqCst) {
+            client.raise(signal::SHUTDOWN);
+        }
         Registration {
             clients: self.clone(),
             client,
         }
     }
 
-    /// Advances the table's clock (called once a second).
+    /// Advances the table's clock (called once a second), and asks every session
+    /// idle since an earlier second to park ([`signal::SWEEP`]), except those
+    /// parked already or that declined since their last request.
     pub fn tick(&self) {
-        self.now_secs.store(self.seconds(), Relaxed);
+        let now = self.seconds();
+        self.now_secs.store(now, Relaxed);
+        for c in self.lock().values() {
+            let last = c.last_active.load(Relaxed);
+            if now > last
+                && c.signals.load(Relaxed) & (signal::PARKED | signal::SWEEP) == 0
+                && c.declined.load(Relaxed) != last + 1
+            {
+                c.raise(signal::SWEEP);
+            }
+        }
+    }
+
+    /// The proxy shuts down: every session is told ([`signal::SHUTDOWN`]), and
+    /// so is every session registered from now on.
+    pub fn shut_down(&self) {
+        self.closing.store(true, SeqCst);
+        self.raise_all(signal::SHUTDOWN);
+    }
+
+    /// Raises `bits` for every session (a reload: [`signal::RELOAD`]).
+    pub fn raise_all(&self, bits: u8) {
+        for c in self.lock().values() {
+            c.raise(bits);
+        }
     }
 
     fn seconds(&self) -> u64 {
@@ -449,7 +552,7 @@ impl Clients {
         self.memory.fetch_sub(memory, Relaxed);
         Some(Evicted {
             id: victim.id,
-            addr: victim.addr.clone(),
+            addr: victim.addr(),
             memory,
         })
     }
@@ -527,7 +630,7 @@ impl Registration {
     /// when it was killed, or leaves it when its entry drops).
     pub fn set_memory(&self, bytes: usize) -> usize {
         let total = &self.clients.memory;
-        if self.client.killed.load(Relaxed) {
+        if self.client.was_killed() {
             return total.load(Relaxed);
         }
         let old = self.client.memory.swap(bytes, Relaxed);

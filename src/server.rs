@@ -187,6 +187,7 @@ impl Proxy {
     pub async fn shutdown(self) -> bool {
         let core = self.core;
         core.shutdown.cancel();
+        self.ctx.clients.shut_down();
         let tasks: Vec<_> = {
             let mut guard = core.listeners.lock().await;
             let l = &mut *guard;
@@ -297,6 +298,8 @@ impl Core {
         let next = Live::new(config, router, generation);
         let config = next.config.clone();
         self.ctx.publish(next);
+        // Every session moves when it can; a parked one is woken for it.
+        self.ctx.clients.raise_all(crate::clients::signal::RELOAD);
         old.router.retire_replaced(&self.ctx.live().router);
         drop(old);
         let moved = self.serve_new(&mut listeners, bound, &config);
@@ -635,10 +638,19 @@ async fn accept_loop(
         stats::add(&ctx.stats.total_connections, 1);
         stats::add(&ctx.stats.connected_clients, 1);
         let ctx = ctx.clone();
+        // A plain client's task has no handshake in it: an idle client's task is
+        // only its parked session (see `session::run`).
+        let Some(acceptor) = acceptor else {
+            sessions.spawn(async move {
+                session::run(Stream::Plain(stream), ctx.clone(), id).await;
+                stats::sub(&ctx.stats.connected_clients, 1);
+            });
+            continue;
+        };
         let token = shutdown.clone();
         sessions.spawn(async move {
-            if let Some(stream) = handshake(stream, acceptor, peer, &token).await {
-                session::run(stream, ctx.clone(), id, token).await;
+            if let Some(stream) = handshake(stream, Some(acceptor), peer, &token).await {
+                session::run(stream, ctx.clone(), id).await;
             }
             stats::sub(&ctx.stats.connected_clients, 1);
         });
