@@ -17,10 +17,10 @@
 //! ([`Clients::sink_id`]).
 
 use std::collections::{BTreeMap, HashMap};
-use std::sync::atomic::Ordering::{AcqRel, Acquire, Relaxed, Release, SeqCst};
-use std::sync::atomic::{AtomicBool, AtomicU16, AtomicU64, AtomicUsize};
 use std::net::SocketAddr;
 use std::sync::atomic::AtomicU8;
+use std::sync::atomic::Ordering::{AcqRel, Acquire, Relaxed, Release, SeqCst};
+use std::sync::atomic::{AtomicBool, AtomicU16, AtomicU64, AtomicUsize};
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::task::{Poll, Waker};
 use std::time::Instant;
@@ -29,6 +29,9 @@ use crate::command::table;
 use crate::router::Database;
 use crate::upstream::dedicated::{Dedicated, ExclusiveConn};
 use crate::upstream::UpstreamError;
+
+/// How often [`Clients::sweep`] runs.
+pub const SWEEP_EVERY: std::time::Duration = std::time::Duration::from_millis(100);
 
 /// Every open client session.
 #[derive(Debug)]
@@ -71,7 +74,8 @@ pub mod signal {
     pub const KILLED: u8 = 1;
     /// The proxy shuts down: stop reading, deliver what is pending (sticky).
     pub const SHUTDOWN: u8 = 2;
-    /// Idle for a second or more: park if nothing is held ([`super::Clients::tick`]).
+    /// Idle for a sweep period or more: park if nothing is held
+    /// ([`super::Clients::sweep`]).
     pub const SWEEP: u8 = 4;
     /// A reload published a new configuration snapshot.
     pub const RELOAD: u8 = 8;
@@ -84,24 +88,47 @@ pub mod signal {
 /// What a client may change about itself, as `CLIENT LIST` reports it.
 #[derive(Debug, Clone, Default)]
 pub struct ClientInfo {
-    /// `CLIENT SETNAME`.
-    pub name: Option<Vec<u8>>,
-    /// `CLIENT SETINFO LIB-NAME`.
-    pub lib_name: Option<Vec<u8>>,
-    /// `CLIENT SETINFO LIB-VER`.
-    pub lib_ver: Option<Vec<u8>>,
+    /// Its name, library and user, if it set any (boxed: most clients do not,
+    /// and every idle client has an entry).
+    pub names: Option<Box<Names>>,
     /// The client-facing db index.
     pub db: u32,
     /// The negotiated protocol (2 or 3).
     pub resp: u8,
-    /// The user the client is authenticated as.
-    pub user: String,
     /// The client is in subscribed (pub/sub) mode.
     pub pubsub: bool,
     /// Inside MULTI.
     pub multi: bool,
     /// `CLIENT TRACKING` is on: the redirect (`redir=`: 0 for none), and BCAST.
     pub tracking: Option<(i64, bool)>,
+}
+
+/// The names a client gave itself, and the user it authenticated as.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Names {
+    /// `CLIENT SETNAME`.
+    pub name: Option<Vec<u8>>,
+    /// `CLIENT SETINFO LIB-NAME`.
+    pub lib_name: Option<Vec<u8>>,
+    /// `CLIENT SETINFO LIB-VER`.
+    pub lib_ver: Option<Vec<u8>>,
+    /// The user the client authenticated as (`None`: the default user).
+    pub user: Option<String>,
+}
+
+impl ClientInfo {
+    fn name(&self) -> Option<&[u8]> {
+        self.names.as_ref().and_then(|n| n.name.as_deref())
+    }
+
+    /// The user's name as Redis shows it.
+    fn user(&self) -> &str {
+        self.names
+            .as_ref()
+            .and_then(|n| n.user.as_deref())
+            .filter(|u| !u.is_empty())
+            .unwrap_or("default")
+    }
 }
 
 /// One registered session.
@@ -118,10 +145,11 @@ pub struct Client {
     signals: AtomicU8,
     /// The session's task, woken when a signal is raised.
     waker: Mutex<Option<Waker>>,
-    /// `last_active + 1` when the session last declined to park for good reasons
-    /// that only a request can change (TLS, subscribed, …): the sweep skips it
-    /// until its next request.
-    declined: AtomicU64,
+    /// A request arrived since the last sweep ([`Clients::sweep`]).
+    stirred: AtomicBool,
+    /// The session declined to park for reasons only a request can change (TLS,
+    /// subscribed, …): the sweep passes it by until its next request.
+    declined: AtomicBool,
     /// Bytes of the session's buffers, as it last published them.
     memory: AtomicUsize,
     /// Replies the session waits for or has not handed to its outbox yet.
@@ -215,8 +243,7 @@ impl Client {
     /// The session cannot park until its next request: the sweep passes it by
     /// until then.
     pub fn decline_park(&self) {
-        self.declined
-            .store(self.last_active.load(Relaxed) + 1, Relaxed);
+        self.declined.store(true, Relaxed);
     }
 
     /// Bytes of the session's buffers, as it last published them.
@@ -233,6 +260,7 @@ impl Client {
     pub fn touch(&self, clients: &Clients) {
         self.last_active
             .store(clients.now_secs.load(Relaxed), Relaxed);
+        self.stirred.store(true, Relaxed);
     }
 
     /// Records the last command run (a command-table index).
@@ -293,10 +321,10 @@ impl Client {
             "shared"
         };
         format!(
-            "id={} addr={} name={} db={} age={} idle={} mode={} pending={} buffered={} memory={} cmd={}\n",
+            "id={} addr={} name={} db={} age={} idle={} mode={} pending={} buffered={} memory={} cmd={} parked={}\n",
             self.id,
             self.addr(),
-            String::from_utf8_lossy(info.name.as_deref().unwrap_or_default()),
+            String::from_utf8_lossy(info.name().unwrap_or_default()),
             info.db,
             self.created.elapsed().as_secs(),
             idle,
@@ -307,6 +335,8 @@ impl Client {
             table::COMMANDS
                 .get(self.last_cmd.load(Relaxed) as usize)
                 .map_or("NULL", |c| c.name),
+            // Idle, holding nothing but its entry (see `session::run`).
+            u8::from(self.signals.load(Relaxed) & signal::PARKED != 0),
         )
     }
 
@@ -314,12 +344,12 @@ impl Client {
     /// last command as Redis does (`client|list`, `NULL` before any).
     pub fn line(&self, clients: &Clients) -> String {
         let info = self.info().clone();
-        let s = |v: &Option<Vec<u8>>| {
-            v.as_deref()
-                .map(String::from_utf8_lossy)
+        let s = |v: Option<&[u8]>| {
+            v.map(String::from_utf8_lossy)
                 .unwrap_or_default()
                 .into_owned()
         };
+        let names = info.names.as_deref();
         let idle = clients
             .seconds()
             .saturating_sub(self.last_active.load(Relaxed));
@@ -347,7 +377,7 @@ impl Client {
             self.id,
             self.addr(),
             self.laddr(),
-            s(&info.name),
+            s(info.name()),
             self.created.elapsed().as_secs(),
             idle,
             flags,
@@ -356,11 +386,11 @@ impl Client {
             table::COMMANDS
                 .get(self.last_cmd.load(Relaxed) as usize)
                 .map_or("NULL", |c| c.name),
-            if info.user.is_empty() { "default" } else { &info.user },
+            info.user(),
             info.tracking.map_or(-1, |(redir, _)| redir),
             info.resp.max(2),
-            s(&info.lib_name),
-            s(&info.lib_ver),
+            s(names.and_then(|n| n.lib_name.as_deref())),
+            s(names.and_then(|n| n.lib_ver.as_deref())),
         )
     }
 }
@@ -409,12 +439,7 @@ impl Filter {
                 return false;
             }
             if let Some(u) = &self.user {
-                let user = if info.user.is_empty() {
-                    "default"
-                } else {
-                    &info.user
-                };
-                if u != user {
+                if u != info.user() {
                     return false;
                 }
             }
@@ -438,7 +463,8 @@ impl Clients {
             created: Instant::now(),
             signals: AtomicU8::new(0),
             waker: Mutex::new(None),
-            declined: AtomicU64::new(0),
+            stirred: AtomicBool::new(false),
+            declined: AtomicBool::new(false),
             memory: AtomicUsize::new(0),
             pending: AtomicUsize::new(0),
             buffered: AtomicUsize::new(0),
@@ -463,17 +489,24 @@ impl Clients {
         }
     }
 
-    /// Advances the table's clock (called once a second), and asks every session
-    /// idle since an earlier second to park ([`signal::SWEEP`]), except those
-    /// parked already or that declined since their last request.
+    /// Advances the table's clock (called once a second).
     pub fn tick(&self) {
-        let now = self.seconds();
-        self.now_secs.store(now, Relaxed);
+        self.now_secs.store(self.seconds(), Relaxed);
+    }
+
+    /// Asks every session that had no request since the previous sweep to park
+    /// ([`signal::SWEEP`]), except those parked already or that declined since
+    /// their last request. Called every [`SWEEP_EVERY`]: a session parks between
+    /// one and two periods after its last request. Costs a look at each entry, no
+    /// clock reads; the sessions' hot path pays one relaxed store per request.
+    pub fn sweep(&self) {
         for c in self.lock().values() {
-            let last = c.last_active.load(Relaxed);
-            if now > last
-                && c.signals.load(Relaxed) & (signal::PARKED | signal::SWEEP) == 0
-                && c.declined.load(Relaxed) != last + 1
+            if c.stirred.swap(false, Relaxed) {
+                c.declined.store(false, Relaxed);
+                continue;
+            }
+            if c.signals.load(Relaxed) & (signal::PARKED | signal::SWEEP) == 0
+                && !c.declined.load(Relaxed)
             {
                 c.raise(signal::SWEEP);
             }

@@ -54,10 +54,11 @@ use bytes::BytesMut;
 use tokio::io::{AsyncWrite, AsyncWriteExt};
 use tokio::time::Instant;
 
-use crate::clients::Registration;
+use crate::clients::{Names, Registration};
 use crate::context::{Context, Live};
 use crate::protocol::request;
 use crate::router::Database;
+use crate::stats;
 use crate::transport::Stream;
 
 use dispatch::encode;
@@ -137,77 +138,71 @@ pub(crate) struct State {
 /// task waits for the socket to become readable (or a signal, or its close
 /// deadline) in a small future, and the session, its state machine and its span
 /// are built when bytes arrive. A session goes back to that form when the client
-/// table's once-a-second sweep finds it idle ([`crate::clients::Clients::tick`])
+/// table's sweep finds it idle for 100–200 ms ([`crate::clients::Clients::sweep`])
 /// and it holds nothing: no reply pending or buffered, no partial request, the
 /// shared mode, no `CLIENT TRACKING`, no `auth_passthrough` login, replies on.
 /// A TLS session never parks (rustls may hold decrypted bytes the socket no
 /// longer signals).
-pub async fn run(stream: Stream, ctx: Arc<Context>, id: u64) {
-    let live = ctx.live();
-    let Some(db) = live.router.default_database().cloned() else {
-        return;
-    };
-    let _ = stream.set_nodelay(true);
-    crate::upstream::connect::keepalive(stream.tcp());
-    let client = ctx
-        .clients
-        .register(id, stream.peer_addr().ok(), stream.local_addr().ok());
-    client.info().db = db.config.index;
-    let now = Instant::now();
-    let mut parked = Parked {
-        authenticated: live.config.client_password.is_none(),
-        ctx,
-        live,
-        client,
-        db,
-        resp3: false,
-        admin: false,
-        auth_failures: 0,
-        checkouts: 0,
-        estimate: FIRST_ESTIMATE,
-        connected_at: now,
-        last_read: now,
-        names: None,
-    };
-    let mut stream = stream;
-    let tls = matches!(stream, Stream::Tls(_));
-    loop {
-        if !tls {
-            if let Some(why) = parked.wait(stream.tcp()).await {
-                if let Some(why) = why {
-                    tracing::info!(session = id, peer = %parked.client.addr(), "closing client: {why}");
+///
+/// The task's future is kept small for that: what runs is boxed, and the
+/// caller's count of connected clients is decremented here.
+pub fn run(mut stream: Stream, ctx: Arc<Context>, id: u64) -> impl Future<Output = ()> + Send {
+    // (Registered before the task starts; the task's future holds only the stream
+    // and this, not the arguments as well.)
+    let mut parked = Parked::new(&stream, ctx, id);
+    async move {
+        loop {
+            let Some(p) = &parked else { return };
+            if !matches!(stream, Stream::Tls(_)) {
+                if let Some(why) = p.wait(stream.tcp()).await {
+                    if let Some(why) = why {
+                        tracing::info!(session = id, peer = %p.client.addr(), "closing client: {why}");
+                    }
+                    stats::sub(&p.ctx.stats.connected_clients, 1);
+                    let _ = stream.shutdown().await;
+                    return;
                 }
-                break;
             }
-        }
-        let mut session = Session::unpark(parked);
-        // Log lines of the session's task carry its id, database and that database's
-        // upstream as fields (the span is entered per poll of the task, not per
-        // command; pool checkouts and private connections log inside it).
-        let span = tracing::error_span!(
-            "session",
-            session = id,
-            db = %session.state.db.config.name(),
-            upstream = %session.state.db.config.upstream.address(),
-            peer = %session.state.peer
-        );
-        // Boxed: the running session's future exists only while it runs.
-        let served = Box::pin(session.serve(&mut stream));
-        match tracing::Instrument::instrument(served, span).await {
-            Ok(true) => parked = session.park(),
-            Ok(false) => break,
-            Err(e) => {
-                tracing::debug!(session = id, error = %e, "client connection ended");
-                return;
-            }
+            // Boxed: the running session's future exists only while it runs.
+            let Some(p) = parked.take() else { return };
+            parked = Box::pin(active(p, &mut stream)).await;
         }
     }
-    let _ = stream.shutdown().await;
+}
+
+/// Runs the session until it ends (`None`) or may park.
+async fn active(parked: Parked, stream: &mut Stream) -> Option<Parked> {
+    let mut session = Session::unpark(parked);
+    let id = session.state.id;
+    // Log lines of the session's task carry its id, database and that database's
+    // upstream as fields (the span is entered per poll of the task, not per
+    // command; pool checkouts and private connections log inside it).
+    let span = tracing::error_span!(
+        "session",
+        session = id,
+        db = %session.state.db.config.name(),
+        upstream = %session.state.db.config.upstream.address(),
+        peer = %session.state.peer
+    );
+    let served = tracing::Instrument::instrument(session.serve(stream), span).await;
+    match served {
+        Ok(true) => return Some(session.park()),
+        Ok(false) => {
+            stats::sub(&session.ctx.stats.connected_clients, 1);
+            drop(session);
+            let _ = stream.shutdown().await;
+        }
+        Err(e) => {
+            stats::sub(&session.ctx.stats.connected_clients, 1);
+            tracing::debug!(session = id, error = %e, "client connection ended");
+        }
+    }
+    None
 }
 
 /// What an idle session keeps while parked (see [`run`]): its entry in the client
-/// table, its snapshot and database, and the few settings a client may have
-/// changed; the names it rarely set are boxed.
+/// table (which also keeps the names it set), its snapshot and database, and the
+/// few settings a client may have changed.
 struct Parked {
     ctx: Arc<Context>,
     live: Arc<Live>,
@@ -221,18 +216,40 @@ struct Parked {
     estimate: [usize; 2],
     connected_at: Instant,
     last_read: Instant,
-    names: Option<Box<Names>>,
-}
-
-/// `CLIENT SETNAME`, `CLIENT SETINFO`, the user: kept apart while parked.
-struct Names {
-    name: Option<Vec<u8>>,
-    lib_name: Option<Vec<u8>>,
-    lib_ver: Option<Vec<u8>>,
-    user: Option<String>,
 }
 
 impl Parked {
+    /// A new client's session, parked (it registers in the client table); `None`
+    /// (the connection is closed) if there is no database to serve.
+    fn new(stream: &Stream, ctx: Arc<Context>, id: u64) -> Option<Parked> {
+        let live = ctx.live();
+        let Some(db) = live.router.default_database().cloned() else {
+            stats::sub(&ctx.stats.connected_clients, 1);
+            return None;
+        };
+        let _ = stream.set_nodelay(true);
+        crate::upstream::connect::keepalive(stream.tcp());
+        let client = ctx
+            .clients
+            .register(id, stream.peer_addr().ok(), stream.local_addr().ok());
+        client.info().db = db.config.index;
+        let now = Instant::now();
+        Some(Parked {
+            authenticated: live.config.client_password.is_none(),
+            ctx,
+            live,
+            client,
+            db,
+            resp3: false,
+            admin: false,
+            auth_failures: 0,
+            checkouts: 0,
+            estimate: FIRST_ESTIMATE,
+            connected_at: now,
+            last_read: now,
+        })
+    }
+
     /// Waits until the client sent something (or closed, or an error is pending:
     /// the session reads it) or a reload asks the session to move: `None`. Or until
     /// the client is to be closed: killed, the proxy shutting down (nothing is
@@ -250,7 +267,10 @@ impl Parked {
         self.client.set_parked(true);
         let woke = poll_fn(|cx| {
             loop {
-                match self.client.poll_signal(cx, KILLED | SHUTDOWN | RELOAD | SWEEP) {
+                match self
+                    .client
+                    .poll_signal(cx, KILLED | SHUTDOWN | RELOAD | SWEEP)
+                {
                     Poll::Ready(s) if s & (KILLED | SHUTDOWN) != 0 => {
                         return Poll::Ready(Some(None))
                     }
@@ -348,7 +368,7 @@ struct Session {
 impl Session {
     /// The running session, from what it kept while parked.
     fn unpark(p: Parked) -> Box<Session> {
-        let names = p.names.map(|n| *n);
+        let names = p.client.info().names.as_deref().cloned();
         let (name, lib_name, lib_ver, user) = match names {
             Some(n) => (n.name, n.lib_name, n.lib_ver, n.user),
             None => (None, None, None, None),
@@ -400,13 +420,13 @@ impl Session {
 
     /// What the session keeps while parked (it may park: [`Session::parkable`]).
     fn park(self: Box<Self>) -> Parked {
+        // Its names stay in the client table's entry only (restored from there).
+        self.publish();
         let s = *self;
         if s.published_memory != 0 {
             s.client.set_memory(0);
         }
         let st = s.state;
-        let named =
-            st.name.is_some() || st.lib_name.is_some() || st.lib_ver.is_some() || st.user.is_some();
         Parked {
             ctx: s.ctx,
             live: s.live,
@@ -420,14 +440,6 @@ impl Session {
             estimate: s.estimate,
             connected_at: s.connected_at,
             last_read: s.last_read,
-            names: named.then(|| {
-                Box::new(Names {
-                    name: st.name,
-                    lib_name: st.lib_name,
-                    lib_ver: st.lib_ver,
-                    user: st.user,
-                })
-            }),
         }
     }
 
@@ -670,8 +682,12 @@ impl Session {
                         let busy = !inbuf.is_empty() || unparsed || unflushed;
                         match self.parkable(tls, busy) {
                             Ok(()) => return Ok(true),
-                            Err(true) => self.client.decline_park(),
-                            Err(false) => {}
+                            // (A blocked command may wait long: not asked again
+                            // every sweep.)
+                            Err(lasting) if lasting || self.waits_on_exclusive() => {
+                                self.client.decline_park()
+                            }
+                            Err(_) => {}
                         }
                     }
                 }
@@ -729,18 +745,31 @@ impl Session {
         span.record("upstream", self.state.db.config.upstream.address());
     }
 
+    /// The names the client set, if any.
+    fn names(&self) -> Option<Names> {
+        let st = &self.state;
+        let named =
+            st.name.is_some() || st.lib_name.is_some() || st.lib_ver.is_some() || st.user.is_some();
+        named.then(|| Names {
+            name: st.name.clone(),
+            lib_name: st.lib_name.clone(),
+            lib_ver: st.lib_ver.clone(),
+            user: st.user.clone(),
+        })
+    }
+
     /// Copies what CLIENT LIST shows about this session to the client table.
     fn publish(&self) {
+        let names = self.names();
         let mut info = self.client.info();
-        info.name.clone_from(&self.state.name);
-        info.lib_name.clone_from(&self.state.lib_name);
-        info.lib_ver.clone_from(&self.state.lib_ver);
+        if info.names.as_deref() != names.as_ref() {
+            info.names = names.map(Box::new);
+        }
         if info.db != self.state.db.config.index {
             self.record_db_in_span();
         }
         info.db = self.state.db.config.index;
         info.resp = if self.state.resp3 { 3 } else { 2 };
-        info.user = self.state.user.clone().unwrap_or_default();
         info.pubsub = matches!(self.mode, Mode::Subscribed(_));
         info.multi = self.mode.in_multi();
         info.tracking = self.tracking_info();
@@ -760,8 +789,8 @@ fn close_deadline(
 ) -> Option<Instant> {
     let auth = (!authenticated && cfg.client_password.is_some() && !cfg.auth_timeout.is_zero())
         .then(|| connected_at + cfg.auth_timeout);
-    let idle = (idle && !cfg.client_idle_timeout.is_zero())
-        .then(|| last_read + cfg.client_idle_timeout);
+    let idle =
+        (idle && !cfg.client_idle_timeout.is_zero()).then(|| last_read + cfg.client_idle_timeout);
     match (auth, idle) {
         (Some(a), Some(b)) => Some(a.min(b)),
         (a, b) => a.or(b),
@@ -787,4 +816,42 @@ fn poll_read_into(
     let filled = buf.filled();
     *inbuf = BytesMut::from(filled);
     Poll::Ready(Ok(filled.len()))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Issue 12, goal 4: what an idle client's task holds is the parked future,
+    /// not the session's state machine. Its size is a type's, so this bounds every
+    /// idle client (release builds are smaller than this debug bound).
+    #[tokio::test]
+    async fn a_parked_session_is_small() {
+        let yaml = "redis_databases:\n  main:\n    db: 0\n";
+        let config = crate::config::Config::from_yaml_str_with_env(yaml, None, &|_| None)
+            .expect("valid config");
+        let shutdown = tokio_util::sync::CancellationToken::new();
+        let router = crate::router::Router::new(&config, &shutdown);
+        let live = Live::new(config, router, 1);
+        let fds = crate::limits::FdLimits::unlimited(&live.config);
+        let (tx, _rx) = tokio::sync::mpsc::unbounded_channel();
+        let addr = std::net::SocketAddr::from(([127, 0, 0, 1], 0));
+        let ctx = Arc::new(Context::new(live, fds, addr, tx));
+        let listener = tokio::net::TcpListener::bind(addr).await.expect("bind");
+        let local = listener.local_addr().expect("addr");
+        let _client = tokio::net::TcpStream::connect(local)
+            .await
+            .expect("connect");
+        let (accepted, _) = listener.accept().await.expect("accept");
+        let task = run(Stream::Plain(accepted), ctx, 1);
+        let (task, parked, session, client) = (
+            std::mem::size_of_val(&task),
+            std::mem::size_of::<Parked>(),
+            std::mem::size_of::<Session>(),
+            std::mem::size_of::<crate::clients::Client>(),
+        );
+        eprintln!("session task future {task} B, Parked {parked} B, Session {session} B (boxed while running), client table entry {client} B");
+        assert!(task <= 280, "the session task's future is {task} B");
+        shutdown.cancel();
+    }
 }
