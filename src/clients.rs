@@ -41,6 +41,9 @@ pub struct Clients {
     /// second sampler), so recording activity never reads the clock.
     now_secs: AtomicU64,
     map: Mutex<BTreeMap<u64, Arc<Client>>>,
+    /// The sessions that are not parked: what the sweep looks at (10,000 parked
+    /// clients cost it nothing).
+    awake: Mutex<HashMap<u64, Arc<Client>>>,
     /// Per upstream server (`host:port`): the connection that stands for sessions
     /// without one of their own as a `CLIENT TRACKING` redirect target.
     sinks: tokio::sync::Mutex<HashMap<String, Dedicated>>,
@@ -58,6 +61,7 @@ impl Default for Clients {
             started: Instant::now(),
             now_secs: AtomicU64::new(0),
             map: Mutex::new(BTreeMap::new()),
+            awake: Mutex::new(HashMap::new()),
             sinks: tokio::sync::Mutex::new(HashMap::new()),
             memory: AtomicUsize::new(0),
             warned: AtomicU64::new(0),
@@ -145,6 +149,9 @@ pub struct Client {
     signals: AtomicU8,
     /// The session's task, woken when a signal is raised.
     waker: Mutex<Option<Waker>>,
+    /// `waker` holds the session's task's waker (always the same task's: polling
+    /// again needs no lock until a signal took it).
+    registered: AtomicBool,
     /// A request arrived since the last sweep ([`Clients::sweep`]).
     stirred: AtomicBool,
     /// The session declined to park for reasons only a request can change (TLS,
@@ -196,13 +203,19 @@ impl Client {
 
     /// Ready with the raised signals among `mask` (clearing those that are not
     /// sticky); otherwise the task is woken when one is raised.
+    /// The entry belongs to one session, polled by its one task: the waker is
+    /// stored once, and again only after a signal took it.
     pub fn poll_signal(&self, cx: &mut std::task::Context<'_>, mask: u8) -> Poll<u8> {
         if self.signals.load(Acquire) & mask == 0 {
+            if self.registered.load(Acquire) {
+                return Poll::Pending;
+            }
             {
                 let mut w = self.waker.lock().unwrap_or_else(|e| e.into_inner());
                 if !w.as_ref().is_some_and(|w| w.will_wake(cx.waker())) {
                     *w = Some(cx.waker().clone());
                 }
+                self.registered.store(true, Release);
             }
             // (Raised before the waker was in place: seen here.)
             if self.signals.load(Acquire) & mask == 0 {
@@ -225,18 +238,13 @@ impl Client {
     /// Raises `bits` and wakes the session.
     fn raise(&self, bits: u8) {
         self.signals.fetch_or(bits, Release);
-        let waker = self.waker.lock().unwrap_or_else(|e| e.into_inner()).take();
+        let waker = {
+            let mut w = self.waker.lock().unwrap_or_else(|e| e.into_inner());
+            self.registered.store(false, Release);
+            w.take()
+        };
         if let Some(w) = waker {
             w.wake();
-        }
-    }
-
-    /// Marks the session parked (the sweep passes it by) or not.
-    pub fn set_parked(&self, parked: bool) {
-        if parked {
-            self.signals.fetch_or(signal::PARKED, Relaxed);
-        } else {
-            self.signals.fetch_and(!signal::PARKED, Relaxed);
         }
     }
 
@@ -463,6 +471,7 @@ impl Clients {
             created: Instant::now(),
             signals: AtomicU8::new(0),
             waker: Mutex::new(None),
+            registered: AtomicBool::new(false),
             stirred: AtomicBool::new(false),
             declined: AtomicBool::new(false),
             memory: AtomicUsize::new(0),
@@ -479,6 +488,7 @@ impl Clients {
             own: Mutex::new(None),
         });
         self.lock().insert(id, client.clone());
+        self.awake().insert(id, client.clone());
         // (After the insert: either this sees `closing`, or `shut_down` sees it.)
         if self.closing.load(SeqCst) {
             client.raise(signal::SHUTDOWN);
@@ -495,19 +505,18 @@ impl Clients {
     }
 
     /// Asks every session that had no request since the previous sweep to park
-    /// ([`signal::SWEEP`]), except those parked already or that declined since
-    /// their last request. Called every [`SWEEP_EVERY`]: a session parks between
+    /// ([`signal::SWEEP`]), except those that declined since their last request;
+    /// parked sessions are not looked at. Called every [`SWEEP_EVERY`]: a session parks between
     /// one and two periods after its last request. Costs a look at each entry, no
     /// clock reads; the sessions' hot path pays one relaxed store per request.
     pub fn sweep(&self) {
-        for c in self.lock().values() {
-            if c.stirred.swap(false, Relaxed) {
+        for c in self.awake().values() {
+            if c.stirred.load(Relaxed) {
+                c.stirred.store(false, Relaxed);
                 c.declined.store(false, Relaxed);
                 continue;
             }
-            if c.signals.load(Relaxed) & (signal::PARKED | signal::SWEEP) == 0
-                && !c.declined.load(Relaxed)
-            {
+            if c.signals.load(Relaxed) & signal::SWEEP == 0 && !c.declined.load(Relaxed) {
                 c.raise(signal::SWEEP);
             }
         }
@@ -533,6 +542,10 @@ impl Clients {
 
     fn lock(&self) -> MutexGuard<'_, BTreeMap<u64, Arc<Client>>> {
         self.map.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    fn awake(&self) -> MutexGuard<'_, HashMap<u64, Arc<Client>>> {
+        self.awake.lock().unwrap_or_else(|e| e.into_inner())
     }
 
     /// The id of a connection to `db`'s server that is never subscribed (RESP2):
@@ -650,6 +663,18 @@ impl std::ops::Deref for Registration {
 }
 
 impl Registration {
+    /// Marks the session parked (the sweep passes it by) or awake.
+    pub fn set_parked(&self, parked: bool) {
+        let c = &self.client;
+        if parked {
+            c.signals.fetch_or(signal::PARKED, Relaxed);
+            self.clients.awake().remove(&c.id);
+        } else {
+            c.signals.fetch_and(!signal::PARKED, Relaxed);
+            self.clients.awake().insert(c.id, c.clone());
+        }
+    }
+
     /// Publishes how many replies the session waits for and how many bytes of
     /// replies wait to be written (`PROXY CLIENTS`).
     #[inline]
@@ -678,6 +703,7 @@ impl Registration {
 impl Drop for Registration {
     fn drop(&mut self) {
         self.clients.lock().remove(&self.client.id);
+        self.clients.awake().remove(&self.client.id);
         let memory = self.client.memory.swap(0, Relaxed);
         self.clients.memory.fetch_sub(memory, Relaxed);
     }

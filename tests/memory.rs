@@ -647,3 +647,44 @@ fn parked_idle_clients_cost_little() {
         assert!(c.cmd(&[b"PING"]).starts_with(b"+PONG"));
     }
 }
+
+/// A reload moves a parked session to the new configuration in place, without
+/// waking it (10,000 idle clients are not all rebuilt by a reload): here its
+/// database is removed, it stays parked, and its next command is refused as
+/// any session's on a removed database.
+#[test]
+fn a_reload_moves_a_parked_session_without_waking_it() {
+    let (_serial, redis, proxy) = warmed_proxy();
+    let mut c = proxy.client();
+    assert_eq!(c.cmd(&[b"SELECT", b"2"]), b"+OK\r\n");
+    let mut admin = proxy.client();
+    wait_parked(&mut admin, 1);
+    let yaml = format!(
+        "redis_databases:\n  zero:\n    db: 0\n  one:\n    db: 1\nhost: 127.0.0.1\nport: {}\n",
+        redis.port()
+    );
+    std::fs::write(proxy.config_path(), yaml).expect("write config");
+    proxy.send_signal("HUP");
+    let started = Instant::now();
+    while !proxy
+        .log()
+        .contains("the session's database was removed by a configuration reload")
+    {
+        assert!(
+            started.elapsed() < Duration::from_secs(10),
+            "the parked session did not move; log:\n{}",
+            proxy.log()
+        );
+        thread::sleep(Duration::from_millis(20));
+    }
+    let line = proxy_clients(&mut admin)
+        .into_iter()
+        .find(|f| f.get("db").is_some_and(|d| d == "2"))
+        .expect("the client on database 2 is listed");
+    assert_eq!(line["parked"], "1", "woken by the reload: {line:?}");
+    let refused = String::from_utf8_lossy(&c.cmd(&[b"GET", b"k"])).into_owned();
+    assert!(
+        refused.starts_with("-ERR database") && refused.contains("was removed"),
+        "{refused}"
+    );
+}

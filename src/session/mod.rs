@@ -152,15 +152,24 @@ pub fn run(mut stream: Stream, ctx: Arc<Context>, id: u64) -> impl Future<Output
     let mut parked = Parked::new(&stream, ctx, id);
     async move {
         loop {
-            let Some(p) = &parked else { return };
+            let Some(p) = &mut parked else { return };
             if !matches!(stream, Stream::Tls(_)) {
-                if let Some(why) = p.wait(stream.tcp()).await {
-                    if let Some(why) = why {
-                        tracing::info!(session = id, peer = %p.client.addr(), "closing client: {why}");
+                match p.wait(stream.tcp()).await {
+                    Wake::Serve => {}
+                    Wake::Reload => {
+                        // (Moved in place: a reload does not wake every idle session up.)
+                        p.live = p.ctx.live();
+                        p.db = reload::moved(&p.live, &p.db, id);
+                        continue;
                     }
-                    stats::sub(&p.ctx.stats.connected_clients, 1);
-                    let _ = stream.shutdown().await;
-                    return;
+                    Wake::Close(why) => {
+                        if let Some(why) = why {
+                            tracing::info!(session = id, peer = %p.client.addr(), "closing client: {why}");
+                        }
+                        stats::sub(&p.ctx.stats.connected_clients, 1);
+                        let _ = stream.shutdown().await;
+                        return;
+                    }
                 }
             }
             // Boxed: the running session's future exists only while it runs.
@@ -251,10 +260,10 @@ impl Parked {
     }
 
     /// Waits until the client sent something (or closed, or an error is pending:
-    /// the session reads it) or a reload asks the session to move: `None`. Or until
-    /// the client is to be closed: killed, the proxy shutting down (nothing is
-    /// pending), or silent past its close deadline (`Some` with why).
-    async fn wait(&self, tcp: &tokio::net::TcpStream) -> Option<Option<&'static str>> {
+    /// the session reads it), a reload asks the session to move, or the client is
+    /// to be closed: killed, the proxy shutting down (nothing is pending), or
+    /// silent past its close deadline.
+    async fn wait(&self, tcp: &tokio::net::TcpStream) -> Wake {
         use crate::clients::signal::{KILLED, RELOAD, SHUTDOWN, SWEEP};
         let deadline = close_deadline(
             &self.live.config,
@@ -272,9 +281,9 @@ impl Parked {
                     .poll_signal(cx, KILLED | SHUTDOWN | RELOAD | SWEEP)
                 {
                     Poll::Ready(s) if s & (KILLED | SHUTDOWN) != 0 => {
-                        return Poll::Ready(Some(None))
+                        return Poll::Ready(Wake::Close(None))
                     }
-                    Poll::Ready(s) if s & RELOAD != 0 => return Poll::Ready(None),
+                    Poll::Ready(s) if s & RELOAD != 0 => return Poll::Ready(Wake::Reload),
                     // (A sweep raised just before the session parked.)
                     Poll::Ready(_) => continue,
                     Poll::Pending => break,
@@ -287,15 +296,25 @@ impl Parked {
                     } else {
                         AUTH_TIMEOUT
                     };
-                    return Poll::Ready(Some(Some(why)));
+                    return Poll::Ready(Wake::Close(Some(why)));
                 }
             }
-            tcp.poll_read_ready(cx).map(|_| None)
+            tcp.poll_read_ready(cx).map(|_| Wake::Serve)
         })
         .await;
         self.client.set_parked(false);
         woke
     }
+}
+
+/// What ended a parked session's wait.
+enum Wake {
+    /// Bytes (or the end, or an error) to read: the session runs.
+    Serve,
+    /// A reload published a new snapshot.
+    Reload,
+    /// Close the client (with why, for the log).
+    Close(Option<&'static str>),
 }
 
 /// Why a silent client is closed.
