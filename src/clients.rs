@@ -17,16 +17,21 @@
 //! ([`Clients::sink_id`]).
 
 use std::collections::{BTreeMap, HashMap};
-use std::sync::atomic::{AtomicBool, AtomicU16, AtomicU64, AtomicUsize, Ordering::Relaxed};
+use std::net::SocketAddr;
+use std::sync::atomic::AtomicU8;
+use std::sync::atomic::Ordering::{AcqRel, Acquire, Relaxed, Release, SeqCst};
+use std::sync::atomic::{AtomicBool, AtomicU16, AtomicU64, AtomicUsize};
 use std::sync::{Arc, Mutex, MutexGuard};
+use std::task::{Poll, Waker};
 use std::time::Instant;
-
-use tokio_util::sync::CancellationToken;
 
 use crate::command::table;
 use crate::router::Database;
 use crate::upstream::dedicated::{Dedicated, ExclusiveConn};
 use crate::upstream::UpstreamError;
+
+/// How often [`Clients::sweep`] runs.
+pub const SWEEP_EVERY: std::time::Duration = std::time::Duration::from_millis(100);
 
 /// Every open client session.
 #[derive(Debug)]
@@ -36,6 +41,9 @@ pub struct Clients {
     /// second sampler), so recording activity never reads the clock.
     now_secs: AtomicU64,
     map: Mutex<BTreeMap<u64, Arc<Client>>>,
+    /// The sessions that are not parked: what the sweep looks at (10,000 parked
+    /// clients cost it nothing).
+    awake: Mutex<HashMap<u64, Arc<Client>>>,
     /// Per upstream server (`host:port`): the connection that stands for sessions
     /// without one of their own as a `CLIENT TRACKING` redirect target.
     sinks: tokio::sync::Mutex<HashMap<String, Dedicated>>,
@@ -43,6 +51,8 @@ pub struct Clients {
     memory: AtomicUsize,
     /// The second (of [`Clients::seconds`], plus one) of the last eviction warning.
     warned: AtomicU64,
+    /// The proxy is shutting down: a session registered now is told at once.
+    closing: AtomicBool,
 }
 
 impl Default for Clients {
@@ -51,28 +61,44 @@ impl Default for Clients {
             started: Instant::now(),
             now_secs: AtomicU64::new(0),
             map: Mutex::new(BTreeMap::new()),
+            awake: Mutex::new(HashMap::new()),
             sinks: tokio::sync::Mutex::new(HashMap::new()),
             memory: AtomicUsize::new(0),
             warned: AtomicU64::new(0),
+            closing: AtomicBool::new(false),
         }
     }
+}
+
+/// What a session is told through its entry ([`Client::poll_signal`]). Signals are
+/// bits of one atomic and the session's task is woken through one waker slot, so an
+/// entry costs no cancellation token (each is a heap node of its own).
+pub mod signal {
+    /// `CLIENT KILL`, or eviction for `max_client_memory`: close at once (sticky).
+    pub const KILLED: u8 = 1;
+    /// The proxy shuts down: stop reading, deliver what is pending (sticky).
+    pub const SHUTDOWN: u8 = 2;
+    /// Idle for a sweep period or more: park if nothing is held
+    /// ([`super::Clients::sweep`]).
+    pub const SWEEP: u8 = 4;
+    /// A reload published a new configuration snapshot.
+    pub const RELOAD: u8 = 8;
+    /// State, not a signal: the session is parked (the sweep skips it).
+    pub(crate) const PARKED: u8 = 16;
+    /// The signals that stay set once raised.
+    pub(crate) const STICKY: u8 = KILLED | SHUTDOWN;
 }
 
 /// What a client may change about itself, as `CLIENT LIST` reports it.
 #[derive(Debug, Clone, Default)]
 pub struct ClientInfo {
-    /// `CLIENT SETNAME`.
-    pub name: Option<Vec<u8>>,
-    /// `CLIENT SETINFO LIB-NAME`.
-    pub lib_name: Option<Vec<u8>>,
-    /// `CLIENT SETINFO LIB-VER`.
-    pub lib_ver: Option<Vec<u8>>,
+    /// Its name, library and user, if it set any (boxed: most clients do not,
+    /// and every idle client has an entry).
+    pub names: Option<Box<Names>>,
     /// The client-facing db index.
     pub db: u32,
     /// The negotiated protocol (2 or 3).
     pub resp: u8,
-    /// The user the client is authenticated as.
-    pub user: String,
     /// The client is in subscribed (pub/sub) mode.
     pub pubsub: bool,
     /// Inside MULTI.
@@ -81,21 +107,56 @@ pub struct ClientInfo {
     pub tracking: Option<(i64, bool)>,
 }
 
+/// The names a client gave itself, and the user it authenticated as.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Names {
+    /// `CLIENT SETNAME`.
+    pub name: Option<Vec<u8>>,
+    /// `CLIENT SETINFO LIB-NAME`.
+    pub lib_name: Option<Vec<u8>>,
+    /// `CLIENT SETINFO LIB-VER`.
+    pub lib_ver: Option<Vec<u8>>,
+    /// The user the client authenticated as (`None`: the default user).
+    pub user: Option<String>,
+}
+
+impl ClientInfo {
+    fn name(&self) -> Option<&[u8]> {
+        self.names.as_ref().and_then(|n| n.name.as_deref())
+    }
+
+    /// The user's name as Redis shows it.
+    fn user(&self) -> &str {
+        self.names
+            .as_ref()
+            .and_then(|n| n.user.as_deref())
+            .filter(|u| !u.is_empty())
+            .unwrap_or("default")
+    }
+}
+
 /// One registered session.
 #[derive(Debug)]
 pub struct Client {
     /// Session id (`CLIENT ID`).
     pub id: u64,
-    /// The client's address (`addr=`).
-    pub addr: String,
+    /// The client's address (`addr=`; formatted when asked for, see [`Client::addr`]).
+    peer: Option<SocketAddr>,
     /// The proxy's address the client connected to (`laddr=`).
-    pub laddr: String,
+    local: Option<SocketAddr>,
     created: Instant,
-    /// Fired by `CLIENT KILL` or by the proxy's shutdown.
-    token: CancellationToken,
-    /// Fired only when the client is killed (not by shutdown).
-    evicted: CancellationToken,
-    killed: AtomicBool,
+    /// [`signal`] bits raised for the session.
+    signals: AtomicU8,
+    /// The session's task, woken when a signal is raised.
+    waker: Mutex<Option<Waker>>,
+    /// `waker` holds the session's task's waker (always the same task's: polling
+    /// again needs no lock until a signal took it).
+    registered: AtomicBool,
+    /// A request arrived since the last sweep ([`Clients::sweep`]).
+    stirred: AtomicBool,
+    /// The session declined to park for reasons only a request can change (TLS,
+    /// subscribed, …): the sweep passes it by until its next request.
+    declined: AtomicBool,
     /// Bytes of the session's buffers, as it last published them.
     memory: AtomicUsize,
     /// Replies the session waits for or has not handed to its outbox yet.
@@ -125,22 +186,72 @@ pub struct Exclusive {
 }
 
 impl Client {
-    /// The token the session's task watches: cancelled on `CLIENT KILL` (then
-    /// [`Client::was_killed`] is true) or when the proxy shuts down.
-    pub fn token(&self) -> &CancellationToken {
-        &self.token
+    /// The client's address (`addr=`), `""` if unknown.
+    pub fn addr(&self) -> String {
+        self.peer.map(|a| a.to_string()).unwrap_or_default()
     }
 
-    /// Whether `CLIENT KILL` ended this session.
+    /// The proxy's address the client connected to (`laddr=`), `""` if unknown.
+    pub fn laddr(&self) -> String {
+        self.local.map(|a| a.to_string()).unwrap_or_default()
+    }
+
+    /// Whether `CLIENT KILL` (or an eviction) ended this session.
     pub fn was_killed(&self) -> bool {
-        self.killed.load(Relaxed)
+        self.signals.load(Relaxed) & signal::KILLED != 0
     }
 
-    /// The token fired only when the client is killed (`CLIENT KILL`, or evicted
-    /// for `max_client_memory`): the session stops at once, even with replies
-    /// waiting to be written.
-    pub fn evicted(&self) -> &CancellationToken {
-        &self.evicted
+    /// Ready with the raised signals among `mask` (clearing those that are not
+    /// sticky); otherwise the task is woken when one is raised.
+    /// The entry belongs to one session, polled by its one task: the waker is
+    /// stored once, and again only after a signal took it.
+    pub fn poll_signal(&self, cx: &mut std::task::Context<'_>, mask: u8) -> Poll<u8> {
+        if self.signals.load(Acquire) & mask == 0 {
+            if self.registered.load(Acquire) {
+                return Poll::Pending;
+            }
+            {
+                let mut w = self.waker.lock().unwrap_or_else(|e| e.into_inner());
+                if !w.as_ref().is_some_and(|w| w.will_wake(cx.waker())) {
+                    *w = Some(cx.waker().clone());
+                }
+                self.registered.store(true, Release);
+            }
+            // (Raised before the waker was in place: seen here.)
+            if self.signals.load(Acquire) & mask == 0 {
+                return Poll::Pending;
+            }
+        }
+        let taken = mask & !signal::STICKY;
+        Poll::Ready(self.signals.fetch_and(!taken, AcqRel) & mask)
+    }
+
+    /// Resolves when the client is killed or the proxy shuts down.
+    pub async fn closed(&self) {
+        std::future::poll_fn(|cx| {
+            self.poll_signal(cx, signal::KILLED | signal::SHUTDOWN)
+                .map(|_| ())
+        })
+        .await
+    }
+
+    /// Raises `bits` and wakes the session.
+    fn raise(&self, bits: u8) {
+        self.signals.fetch_or(bits, Release);
+        let waker = {
+            let mut w = self.waker.lock().unwrap_or_else(|e| e.into_inner());
+            self.registered.store(false, Release);
+            w.take()
+        };
+        if let Some(w) = waker {
+            w.wake();
+        }
+    }
+
+    /// The session cannot park until its next request: the sweep passes it by
+    /// until then.
+    pub fn decline_park(&self) {
+        self.declined.store(true, Relaxed);
     }
 
     /// Bytes of the session's buffers, as it last published them.
@@ -149,9 +260,7 @@ impl Client {
     }
 
     fn kill(&self) {
-        self.killed.store(true, Relaxed);
-        self.token.cancel();
-        self.evicted.cancel();
+        self.raise(signal::KILLED);
     }
 
     /// Records activity now (for `idle=`, to the second).
@@ -159,6 +268,7 @@ impl Client {
     pub fn touch(&self, clients: &Clients) {
         self.last_active
             .store(clients.now_secs.load(Relaxed), Relaxed);
+        self.stirred.store(true, Relaxed);
     }
 
     /// Records the last command run (a command-table index).
@@ -219,10 +329,10 @@ impl Client {
             "shared"
         };
         format!(
-            "id={} addr={} name={} db={} age={} idle={} mode={} pending={} buffered={} memory={} cmd={}\n",
+            "id={} addr={} name={} db={} age={} idle={} mode={} pending={} buffered={} memory={} cmd={} parked={}\n",
             self.id,
-            self.addr,
-            String::from_utf8_lossy(info.name.as_deref().unwrap_or_default()),
+            self.addr(),
+            String::from_utf8_lossy(info.name().unwrap_or_default()),
             info.db,
             self.created.elapsed().as_secs(),
             idle,
@@ -233,6 +343,8 @@ impl Client {
             table::COMMANDS
                 .get(self.last_cmd.load(Relaxed) as usize)
                 .map_or("NULL", |c| c.name),
+            // Idle, holding nothing but its entry (see `session::run`).
+            u8::from(self.signals.load(Relaxed) & signal::PARKED != 0),
         )
     }
 
@@ -240,12 +352,12 @@ impl Client {
     /// last command as Redis does (`client|list`, `NULL` before any).
     pub fn line(&self, clients: &Clients) -> String {
         let info = self.info().clone();
-        let s = |v: &Option<Vec<u8>>| {
-            v.as_deref()
-                .map(String::from_utf8_lossy)
+        let s = |v: Option<&[u8]>| {
+            v.map(String::from_utf8_lossy)
                 .unwrap_or_default()
                 .into_owned()
         };
+        let names = info.names.as_deref();
         let idle = clients
             .seconds()
             .saturating_sub(self.last_active.load(Relaxed));
@@ -271,9 +383,9 @@ impl Client {
         format!(
             "id={} addr={} laddr={} fd=0 name={} age={} idle={} flags={} db={} sub=0 psub=0 ssub=0 multi={} qbuf=0 qbuf-free=0 argv-mem=0 multi-mem=0 rbs=0 rbp=0 obl=0 oll=0 omem=0 tot-mem=0 events=r cmd={} user={} redir={} resp={} lib-name={} lib-ver={}\n",
             self.id,
-            self.addr,
-            self.laddr,
-            s(&info.name),
+            self.addr(),
+            self.laddr(),
+            s(info.name()),
             self.created.elapsed().as_secs(),
             idle,
             flags,
@@ -282,11 +394,11 @@ impl Client {
             table::COMMANDS
                 .get(self.last_cmd.load(Relaxed) as usize)
                 .map_or("NULL", |c| c.name),
-            if info.user.is_empty() { "default" } else { &info.user },
+            info.user(),
             info.tracking.map_or(-1, |(redir, _)| redir),
             info.resp.max(2),
-            s(&info.lib_name),
-            s(&info.lib_ver),
+            s(names.and_then(|n| n.lib_name.as_deref())),
+            s(names.and_then(|n| n.lib_ver.as_deref())),
         )
     }
 }
@@ -318,10 +430,10 @@ impl Filter {
         if !self.ids.is_empty() && !self.ids.contains(&c.id) {
             return false;
         }
-        if self.addr.as_deref().is_some_and(|a| a != c.addr) {
+        if self.addr.as_deref().is_some_and(|a| a != c.addr()) {
             return false;
         }
-        if self.laddr.as_deref().is_some_and(|a| a != c.laddr) {
+        if self.laddr.as_deref().is_some_and(|a| a != c.laddr()) {
             return false;
         }
         if let Some(age) = self.maxage {
@@ -335,12 +447,7 @@ impl Filter {
                 return false;
             }
             if let Some(u) = &self.user {
-                let user = if info.user.is_empty() {
-                    "default"
-                } else {
-                    &info.user
-                };
-                if u != user {
+                if u != info.user() {
                     return false;
                 }
             }
@@ -354,18 +461,19 @@ impl Clients {
     pub fn register(
         self: &Arc<Self>,
         id: u64,
-        addr: String,
-        laddr: String,
-        token: CancellationToken,
+        peer: Option<SocketAddr>,
+        local: Option<SocketAddr>,
     ) -> Registration {
         let client = Arc::new(Client {
             id,
-            addr,
-            laddr,
+            peer,
+            local,
             created: Instant::now(),
-            token,
-            evicted: CancellationToken::new(),
-            killed: AtomicBool::new(false),
+            signals: AtomicU8::new(0),
+            waker: Mutex::new(None),
+            registered: AtomicBool::new(false),
+            stirred: AtomicBool::new(false),
+            declined: AtomicBool::new(false),
             memory: AtomicUsize::new(0),
             pending: AtomicUsize::new(0),
             buffered: AtomicUsize::new(0),
@@ -380,6 +488,11 @@ impl Clients {
             own: Mutex::new(None),
         });
         self.lock().insert(id, client.clone());
+        self.awake().insert(id, client.clone());
+        // (After the insert: either this sees `closing`, or `shut_down` sees it.)
+        if self.closing.load(SeqCst) {
+            client.raise(signal::SHUTDOWN);
+        }
         Registration {
             clients: self.clone(),
             client,
@@ -391,12 +504,48 @@ impl Clients {
         self.now_secs.store(self.seconds(), Relaxed);
     }
 
+    /// Asks every session that had no request since the previous sweep to park
+    /// ([`signal::SWEEP`]), except those that declined since their last request;
+    /// parked sessions are not looked at. Called every [`SWEEP_EVERY`]: a session parks between
+    /// one and two periods after its last request. Costs a look at each entry, no
+    /// clock reads; the sessions' hot path pays one relaxed store per request.
+    pub fn sweep(&self) {
+        for c in self.awake().values() {
+            if c.stirred.load(Relaxed) {
+                c.stirred.store(false, Relaxed);
+                c.declined.store(false, Relaxed);
+                continue;
+            }
+            if c.signals.load(Relaxed) & signal::SWEEP == 0 && !c.declined.load(Relaxed) {
+                c.raise(signal::SWEEP);
+            }
+        }
+    }
+
+    /// The proxy shuts down: every session is told ([`signal::SHUTDOWN`]), and
+    /// so is every session registered from now on.
+    pub fn shut_down(&self) {
+        self.closing.store(true, SeqCst);
+        self.raise_all(signal::SHUTDOWN);
+    }
+
+    /// Raises `bits` for every session (a reload: [`signal::RELOAD`]).
+    pub fn raise_all(&self, bits: u8) {
+        for c in self.lock().values() {
+            c.raise(bits);
+        }
+    }
+
     fn seconds(&self) -> u64 {
         self.started.elapsed().as_secs()
     }
 
     fn lock(&self) -> MutexGuard<'_, BTreeMap<u64, Arc<Client>>> {
         self.map.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    fn awake(&self) -> MutexGuard<'_, HashMap<u64, Arc<Client>>> {
+        self.awake.lock().unwrap_or_else(|e| e.into_inner())
     }
 
     /// The id of a connection to `db`'s server that is never subscribed (RESP2):
@@ -449,7 +598,7 @@ impl Clients {
         self.memory.fetch_sub(memory, Relaxed);
         Some(Evicted {
             id: victim.id,
-            addr: victim.addr.clone(),
+            addr: victim.addr(),
             memory,
         })
     }
@@ -514,6 +663,18 @@ impl std::ops::Deref for Registration {
 }
 
 impl Registration {
+    /// Marks the session parked (the sweep passes it by) or awake.
+    pub fn set_parked(&self, parked: bool) {
+        let c = &self.client;
+        if parked {
+            c.signals.fetch_or(signal::PARKED, Relaxed);
+            self.clients.awake().remove(&c.id);
+        } else {
+            c.signals.fetch_and(!signal::PARKED, Relaxed);
+            self.clients.awake().insert(c.id, c.clone());
+        }
+    }
+
     /// Publishes how many replies the session waits for and how many bytes of
     /// replies wait to be written (`PROXY CLIENTS`).
     #[inline]
@@ -527,7 +688,7 @@ impl Registration {
     /// when it was killed, or leaves it when its entry drops).
     pub fn set_memory(&self, bytes: usize) -> usize {
         let total = &self.clients.memory;
-        if self.client.killed.load(Relaxed) {
+        if self.client.was_killed() {
             return total.load(Relaxed);
         }
         let old = self.client.memory.swap(bytes, Relaxed);
@@ -542,6 +703,7 @@ impl Registration {
 impl Drop for Registration {
     fn drop(&mut self) {
         self.clients.lock().remove(&self.client.id);
+        self.clients.awake().remove(&self.client.id);
         let memory = self.client.memory.swap(0, Relaxed);
         self.clients.memory.fetch_sub(memory, Relaxed);
     }

@@ -13,7 +13,8 @@
 //! server.rs      listeners (plain, client_tls): accept loop, TLS handshake,
 //!                connection limit, graceful shutdown; configuration reload
 //!                (validate, bind moved listeners, publish the next snapshot)
-//! session/       one client, as a state machine; replies back in order
+//! session/       one client, as a state machine; replies back in order; an idle
+//!                one parks (only its socket's readability awaited) until bytes arrive
 //!   mode.rs      the connection mode (shared, exclusive, private, subscribed)
 //!   dispatch.rs  parse, classify once, runs of requests, where each one goes
 //!   queue.rs     the FIFO of replies; upstream failures rendered once; the outbox
@@ -42,7 +43,8 @@
 //! context.rs     what sessions share: the config + router snapshot (replaced whole
 //!                by a reload), client table, counters
 //! clients.rs     the table of client sessions (CLIENT LIST / KILL / UNBLOCK,
-//!                TRACKING REDIRECT targets)
+//!                TRACKING REDIRECT targets); signals to sessions (kill, shutdown,
+//!                reload) and the sweep that parks idle ones
 //! slowlog.rs     PROXY SLOWLOG: slow batches, newest first, no argument values
 //! limits.rs      RLIMIT_NOFILE vs max_clients (raised at start, or max_clients
 //!                lowered), local exhaustion vs upstream failure, warning throttle

@@ -130,6 +130,7 @@ impl Proxy {
             core.serve_new(&mut listeners, bound, &config);
         }
         tokio::spawn(sample_ops(ctx.clone(), shutdown.clone()));
+        tokio::spawn(sweep_idle(ctx.clone(), shutdown.clone()));
         tokio::spawn(reload_requests(core.clone(), reload_rx));
         Ok(Proxy { ctx, core })
     }
@@ -187,6 +188,7 @@ impl Proxy {
     pub async fn shutdown(self) -> bool {
         let core = self.core;
         core.shutdown.cancel();
+        self.ctx.clients.shut_down();
         let tasks: Vec<_> = {
             let mut guard = core.listeners.lock().await;
             let l = &mut *guard;
@@ -297,6 +299,8 @@ impl Core {
         let next = Live::new(config, router, generation);
         let config = next.config.clone();
         self.ctx.publish(next);
+        // Every session moves when it can; a parked one is woken for it.
+        self.ctx.clients.raise_all(crate::clients::signal::RELOAD);
         old.router.retire_replaced(&self.ctx.live().router);
         drop(old);
         let moved = self.serve_new(&mut listeners, bound, &config);
@@ -635,12 +639,19 @@ async fn accept_loop(
         stats::add(&ctx.stats.total_connections, 1);
         stats::add(&ctx.stats.connected_clients, 1);
         let ctx = ctx.clone();
+        // A plain client's task is only its session (which decrements
+        // `connected_clients` when it ends): an idle client's task is only its
+        // parked session (see `session::run`), no handshake in it.
+        let Some(acceptor) = acceptor else {
+            sessions.spawn(session::run(Stream::Plain(stream), ctx, id));
+            continue;
+        };
         let token = shutdown.clone();
         sessions.spawn(async move {
-            if let Some(stream) = handshake(stream, acceptor, peer, &token).await {
-                session::run(stream, ctx.clone(), id, token).await;
+            match handshake(stream, Some(acceptor), peer, &token).await {
+                Some(stream) => session::run(stream, ctx, id).await,
+                None => stats::sub(&ctx.stats.connected_clients, 1),
             }
-            stats::sub(&ctx.stats.connected_clients, 1);
         });
     }
 }
@@ -700,6 +711,19 @@ fn denied_by_protected_mode(ctx: &Context, peer: std::net::SocketAddr) -> bool {
     };
     ip != std::net::IpAddr::from([127, 0, 0, 1])
         && ip != std::net::IpAddr::from(std::net::Ipv6Addr::LOCALHOST)
+}
+
+/// Asks idle sessions to park, every [`crate::clients::SWEEP_EVERY`].
+async fn sweep_idle(ctx: Arc<Context>, shutdown: CancellationToken) {
+    let mut tick = tokio::time::interval(crate::clients::SWEEP_EVERY);
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        tokio::select! {
+            _ = shutdown.cancelled() => return,
+            _ = tick.tick() => {}
+        }
+        ctx.clients.sweep();
+    }
 }
 
 /// Samples the command counters once a second for `instantaneous_ops_per_sec`.

@@ -949,9 +949,8 @@ impl Session {
         if delay.is_zero() {
             return;
         }
-        let token = self.client.token().clone();
         tokio::select! {
-            _ = token.cancelled() => {}
+            _ = self.client.closed() => {}
             _ = tokio::time::sleep(delay) => {}
         }
     }

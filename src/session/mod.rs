@@ -55,12 +55,12 @@ use std::task::Poll;
 use bytes::BytesMut;
 use tokio::io::{AsyncWrite, AsyncWriteExt};
 use tokio::time::Instant;
-use tokio_util::sync::CancellationToken;
 
-use crate::clients::Registration;
+use crate::clients::{Names, Registration};
 use crate::context::{Context, Live};
 use crate::protocol::request;
 use crate::router::Database;
+use crate::stats;
 use crate::transport::Stream;
 
 use dispatch::encode;
@@ -135,68 +135,56 @@ pub(crate) struct State {
 
 /// Serves one client until it disconnects, sends a malformed request, or the proxy
 /// shuts down (then pending replies are still delivered).
-pub async fn run(stream: Stream, ctx: Arc<Context>, id: u64, shutdown: CancellationToken) {
-    let live = ctx.live();
-    let Some(db) = live.router.default_database().cloned() else {
-        return;
-    };
-    let peer = stream
-        .peer_addr()
-        .map(|a| a.to_string())
-        .unwrap_or_default();
-    let laddr = stream
-        .local_addr()
-        .map(|a| a.to_string())
-        .unwrap_or_default();
-    let _ = stream.set_nodelay(true);
-    crate::upstream::connect::keepalive(stream.tcp());
-    // Cancelled by the proxy's shutdown, or by CLIENT KILL from another client.
-    let client = ctx
-        .clients
-        .register(id, peer.clone(), laddr, shutdown.child_token());
-    let state = State {
-        id,
-        db,
-        authenticated: live.config.client_password.is_none(),
-        name: None,
-        lib_name: None,
-        lib_ver: None,
-        resp3: false,
-        peer,
-        user: None,
-        auth_failures: 0,
-        admin: false,
-    };
-    let mut session = Session {
-        ctx,
-        live,
-        state,
-        queue: VecDeque::new(),
-        outbox: Outbox::default(),
-        inflight: 0,
-        in_flight_bytes: 0,
-        estimate: FIRST_ESTIMATE,
-        throttled: false,
-        published_memory: 0,
-        soft_since: None,
-        parser: request::Parser::new(),
-        args: Vec::new(),
-        read_closed: false,
-        closing: false,
-        done: false,
-        stalled: false,
-        mode: Mode::Shared,
-        last: Conn::None,
-        checkouts: 0,
-        reply_off: false,
-        skip_next: false,
-        client,
-        awaiting_exec: false,
-        login: None,
-        tracking: None,
-        deferred_multi: false,
-    };
-    session.publish();
+///
+/// **Parking.** An idle client on plain TCP costs only what [`Parked`] holds: the
+/// task waits for the socket to become readable (or a signal, or its close
+/// deadline) in a small future, and the session, its state machine and its span
+/// are built when bytes arrive. A session goes back to that form when the client
+/// table's sweep finds it idle for 100–200 ms ([`crate::clients::Clients::sweep`])
+/// and it holds nothing: no reply pending or buffered, no partial request, the
+/// shared mode, no `CLIENT TRACKING`, no `auth_passthrough` login, replies on.
+/// A TLS session never parks (rustls may hold decrypted bytes the socket no
+/// longer signals).
+///
+/// The task's future is kept small for that: what runs is boxed, and the
+/// caller's count of connected clients is decremented here.
+pub fn run(mut stream: Stream, ctx: Arc<Context>, id: u64) -> impl Future<Output = ()> + Send {
+    // (Registered before the task starts; the task's future holds only the stream
+    // and this, not the arguments as well.)
+    let mut parked = Parked::new(&stream, ctx, id);
+    async move {
+        loop {
+            let Some(p) = &mut parked else { return };
+            if !matches!(stream, Stream::Tls(_)) {
+                match p.wait(stream.tcp()).await {
+                    Wake::Serve => {}
+                    Wake::Reload => {
+                        // (Moved in place: a reload does not wake every idle session up.)
+                        p.live = p.ctx.live();
+                        p.db = reload::moved(&p.live, &p.db, id);
+                        continue;
+                    }
+                    Wake::Close(why) => {
+                        if let Some(why) = why {
+                            tracing::info!(session = id, peer = %p.client.addr(), "closing client: {why}");
+                        }
+                        stats::sub(&p.ctx.stats.connected_clients, 1);
+                        let _ = stream.shutdown().await;
+                        return;
+                    }
+                }
+            }
+            // Boxed: the running session's future exists only while it runs.
+            let Some(p) = parked.take() else { return };
+            parked = Box::pin(active(p, &mut stream)).await;
+        }
+    }
+}
+
+/// Runs the session until it ends (`None`) or may park.
+async fn active(parked: Parked, stream: &mut Stream) -> Option<Parked> {
+    let mut session = Session::unpark(parked);
+    let id = session.state.id;
     // Log lines of the session's task carry its id, database and that database's
     // upstream as fields (the span is entered per poll of the task, not per
     // command; pool checkouts and private connections log inside it).
@@ -208,10 +196,132 @@ pub async fn run(stream: Stream, ctx: Arc<Context>, id: u64, shutdown: Cancellat
         peer = %session.state.peer
     );
     let served = tracing::Instrument::instrument(session.serve(stream), span).await;
-    if let Err(e) = served {
-        tracing::debug!(session = id, error = %e, "client connection ended");
+    match served {
+        Ok(true) => return Some(session.park()),
+        Ok(false) => {
+            stats::sub(&session.ctx.stats.connected_clients, 1);
+            drop(session);
+            let _ = stream.shutdown().await;
+        }
+        Err(e) => {
+            stats::sub(&session.ctx.stats.connected_clients, 1);
+            tracing::debug!(session = id, error = %e, "client connection ended");
+        }
+    }
+    None
+}
+
+/// What an idle session keeps while parked (see [`run`]): its entry in the client
+/// table (which also keeps the names it set), its snapshot and database, and the
+/// few settings a client may have changed.
+struct Parked {
+    ctx: Arc<Context>,
+    live: Arc<Live>,
+    client: Registration,
+    db: Arc<Database>,
+    authenticated: bool,
+    resp3: bool,
+    admin: bool,
+    auth_failures: u32,
+    checkouts: u64,
+    estimate: [usize; 2],
+    connected_at: Instant,
+    last_read: Instant,
+}
+
+impl Parked {
+    /// A new client's session, parked (it registers in the client table); `None`
+    /// (the connection is closed) if there is no database to serve.
+    fn new(stream: &Stream, ctx: Arc<Context>, id: u64) -> Option<Parked> {
+        let live = ctx.live();
+        let Some(db) = live.router.default_database().cloned() else {
+            stats::sub(&ctx.stats.connected_clients, 1);
+            return None;
+        };
+        let _ = stream.set_nodelay(true);
+        crate::upstream::connect::keepalive(stream.tcp());
+        let client = ctx
+            .clients
+            .register(id, stream.peer_addr().ok(), stream.local_addr().ok());
+        client.info().db = db.config.index;
+        let now = Instant::now();
+        Some(Parked {
+            authenticated: live.config.client_password.is_none(),
+            ctx,
+            live,
+            client,
+            db,
+            resp3: false,
+            admin: false,
+            auth_failures: 0,
+            checkouts: 0,
+            estimate: FIRST_ESTIMATE,
+            connected_at: now,
+            last_read: now,
+        })
+    }
+
+    /// Waits until the client sent something (or closed, or an error is pending:
+    /// the session reads it), a reload asks the session to move, or the client is
+    /// to be closed: killed, the proxy shutting down (nothing is pending), or
+    /// silent past its close deadline.
+    async fn wait(&self, tcp: &tokio::net::TcpStream) -> Wake {
+        use crate::clients::signal::{KILLED, RELOAD, SHUTDOWN, SWEEP};
+        let deadline = close_deadline(
+            &self.live.config,
+            self.authenticated,
+            true,
+            self.connected_at,
+            self.last_read,
+        );
+        let mut sleep = deadline.map(|at| Box::pin(tokio::time::sleep_until(at)));
+        self.client.set_parked(true);
+        let woke = poll_fn(|cx| {
+            loop {
+                match self
+                    .client
+                    .poll_signal(cx, KILLED | SHUTDOWN | RELOAD | SWEEP)
+                {
+                    Poll::Ready(s) if s & (KILLED | SHUTDOWN) != 0 => {
+                        return Poll::Ready(Wake::Close(None))
+                    }
+                    Poll::Ready(s) if s & RELOAD != 0 => return Poll::Ready(Wake::Reload),
+                    // (A sweep raised just before the session parked.)
+                    Poll::Ready(_) => continue,
+                    Poll::Pending => break,
+                }
+            }
+            if let Some(s) = sleep.as_mut() {
+                if s.as_mut().poll(cx).is_ready() {
+                    let why = if self.authenticated {
+                        IDLE_TIMEOUT
+                    } else {
+                        AUTH_TIMEOUT
+                    };
+                    return Poll::Ready(Wake::Close(Some(why)));
+                }
+            }
+            tcp.poll_read_ready(cx).map(|_| Wake::Serve)
+        })
+        .await;
+        self.client.set_parked(false);
+        woke
     }
 }
+
+/// What ended a parked session's wait.
+enum Wake {
+    /// Bytes (or the end, or an error) to read: the session runs.
+    Serve,
+    /// A reload published a new snapshot.
+    Reload,
+    /// Close the client (with why, for the log).
+    Close(Option<&'static str>),
+}
+
+/// Why a silent client is closed.
+const IDLE_TIMEOUT: &str = "idle longer than client_idle_timeout";
+const AUTH_TIMEOUT: &str = "not authenticated within auth_timeout";
 
 struct Session {
     ctx: Arc<Context>,
@@ -270,10 +380,129 @@ struct Session {
     /// A cluster database's MULTI was answered `+OK` and waits for the first
     /// request with a key to pick the node (`dispatch::deferred_step`).
     deferred_multi: bool,
+    /// When the client connected (for `auth_timeout`).
+    connected_at: Instant,
+    /// When the client last sent something (for `client_idle_timeout`).
+    last_read: Instant,
 }
 
 impl Session {
-    async fn serve(&mut self, mut stream: Stream) -> std::io::Result<()> {
+    /// The running session, from what it kept while parked.
+    fn unpark(p: Parked) -> Box<Session> {
+        let names = p.client.info().names.as_deref().cloned();
+        let (name, lib_name, lib_ver, user) = match names {
+            Some(n) => (n.name, n.lib_name, n.lib_ver, n.user),
+            None => (None, None, None, None),
+        };
+        Box::new(Session {
+            state: State {
+                id: p.client.id,
+                db: p.db,
+                authenticated: p.authenticated,
+                name,
+                lib_name,
+                lib_ver,
+                resp3: p.resp3,
+                peer: p.client.addr(),
+                user,
+                auth_failures: p.auth_failures,
+                admin: p.admin,
+            },
+            ctx: p.ctx,
+            live: p.live,
+            queue: VecDeque::new(),
+            outbox: Outbox::default(),
+            inflight: 0,
+            in_flight_bytes: 0,
+            estimate: p.estimate,
+            throttled: false,
+            published_memory: 0,
+            soft_since: None,
+            parser: request::Parser::new(),
+            args: Vec::new(),
+            read_closed: false,
+            closing: false,
+            done: false,
+            stalled: false,
+            mode: Mode::Shared,
+            last: Conn::None,
+            checkouts: p.checkouts,
+            reply_off: false,
+            skip_next: false,
+            client: p.client,
+            awaiting_exec: false,
+            login: None,
+            tracking: None,
+            deferred_multi: false,
+            connected_at: p.connected_at,
+            last_read: p.last_read,
+        })
+    }
+
+    /// What the session keeps while parked (it may park: [`Session::parkable`]).
+    fn park(self: Box<Self>) -> Parked {
+        // Its names stay in the client table's entry only (restored from there).
+        self.publish();
+        let s = *self;
+        if s.published_memory != 0 {
+            s.client.set_memory(0);
+        }
+        let st = s.state;
+        Parked {
+            ctx: s.ctx,
+            live: s.live,
+            client: s.client,
+            db: st.db,
+            authenticated: st.authenticated,
+            resp3: st.resp3,
+            admin: st.admin,
+            auth_failures: st.auth_failures,
+            checkouts: s.checkouts,
+            estimate: s.estimate,
+            connected_at: s.connected_at,
+            last_read: s.last_read,
+        }
+    }
+
+    /// Whether the session may park now (nothing held, nothing pending): `Ok`; or
+    /// `Err(true)` when only a request can change that (TLS, a mode other than
+    /// shared, tracking, …), `Err(false)` when it may pass by itself (replies
+    /// pending).
+    fn parkable(&self, tls: bool, busy: bool) -> Result<(), bool> {
+        if tls
+            || self.closing
+            || !matches!(self.mode, Mode::Shared)
+            || self.tracking.is_some()
+            || self.login.is_some()
+            || self.reply_off
+            || self.skip_next
+            || self.deferred_multi
+            || self.state.db.is_removed()
+        {
+            return Err(true);
+        }
+        let idle = !busy
+            && self.queue.is_empty()
+            && self.outbox.is_empty()
+            && self.inflight == 0
+            && !self.stalled
+            && !self.throttled
+            && !self.read_closed
+            && !self.done
+            && !self.awaiting_exec
+            && !self.parser.in_progress()
+            && !self.stale();
+        if idle {
+            Ok(())
+        } else {
+            Err(false)
+        }
+    }
+
+    /// Serves the client until it leaves (`Ok(false)`) or the session may park
+    /// (`Ok(true)`, when the sweep asks an idle session that holds nothing).
+    async fn serve(&mut self, stream: &mut Stream) -> std::io::Result<bool> {
+        use crate::clients::signal::{KILLED, RELOAD, SHUTDOWN, SWEEP};
         // Allocated when bytes arrive, freed once they are all dispatched: an idle
         // client holds no read buffer (see `poll_read_into`).
         let mut inbuf = BytesMut::new();
@@ -282,30 +511,10 @@ impl Session {
         let mut unflushed = false;
         // Bytes were read but not parsed yet (they arrived while held back).
         let mut unparsed = false;
-        let connected_at = Instant::now();
-        let mut last_read = connected_at;
-        let token: CancellationToken = self.client.token().clone();
-        let cancelled = token.cancelled();
-        tokio::pin!(cancelled);
-        // Fired only by CLIENT KILL or an eviction: the client is closed at once,
-        // even while replies wait to be written to it.
-        let evict: CancellationToken = self.client.evicted().clone();
-        let evicted = evict.cancelled();
-        tokio::pin!(evicted);
-        // Fired when a reload replaces the session's snapshot: an idle session
-        // then lets go of what changed.
-        let mut armed = self.live.generation;
-        // (A child token of the session's own: polling it locks nothing shared.)
-        let mut replaced = Box::pin(self.live.replaced().child_token().cancelled_owned());
         loop {
             if self.stale() && self.queue.is_empty() && !self.stalled {
                 self.refresh();
             }
-            if self.live.generation != armed {
-                armed = self.live.generation;
-                replaced = Box::pin(self.live.replaced().child_token().cancelled_owned());
-            }
-            let stale = self.stale();
             self.take_ready();
             if self.queue.is_empty() && self.queue.capacity() > 0 {
                 // Nothing pending: an idle client keeps no queue memory.
@@ -352,7 +561,7 @@ impl Session {
             if can_read && !inbuf.is_empty() && inbuf.capacity() - inbuf.len() < 4096 {
                 inbuf.reserve(READ_BUFFER);
             }
-            let deadline = self.close_deadline(connected_at, last_read);
+            let deadline = self.close_deadline();
             let soft_deadline = self.soft_deadline();
             let queue = &mut self.queue;
             // (A `Close` at the front waits for the outbox to drain.)
@@ -379,6 +588,12 @@ impl Session {
             };
             let has_sub = sub.is_some();
             let has_pushes = own.as_ref().is_some_and(|c| c.watches_pushes());
+            // CLIENT KILL or an eviction close the client at once, even while
+            // replies wait to be written to it; shutdown stops the reading (what is
+            // pending is delivered); a sweep may park an idle session; a reload
+            // wakes it to move to the new snapshot (at the top of the loop).
+            let client = &self.client;
+            let late = SWEEP | RELOAD | if self.read_closed { 0 } else { SHUTDOWN };
             tokio::select! {
                 biased;
                 ev = poll_fn(|cx| match queue.front_mut() {
@@ -400,25 +615,24 @@ impl Session {
                     }
                     Front::Nothing => {}
                 },
-                _ = &mut replaced, if !stale => {}
-                _ = &mut evicted => {
+                _ = poll_fn(|cx| client.poll_signal(cx, KILLED)) => {
                     self.queue.clear();
                     self.done = true;
                 }
                 io = poll_fn(|cx| {
                     // Replies first; the client's next requests after.
                     if want_write {
-                        if let Poll::Ready(r) = Pin::new(&mut stream).poll_write(cx, outbox.front()) {
+                        if let Poll::Ready(r) = Pin::new(&mut *stream).poll_write(cx, outbox.front()) {
                             return Poll::Ready(Io::Wrote(r));
                         }
                     }
                     if want_flush {
-                        if let Poll::Ready(r) = Pin::new(&mut stream).poll_flush(cx) {
+                        if let Poll::Ready(r) = Pin::new(&mut *stream).poll_flush(cx) {
                             return Poll::Ready(Io::Flushed(r));
                         }
                     }
                     if can_read {
-                        if let Poll::Ready(r) = poll_read_into(Pin::new(&mut stream), cx, &mut inbuf) {
+                        if let Poll::Ready(r) = poll_read_into(Pin::new(&mut *stream), cx, &mut inbuf) {
                             return Poll::Ready(Io::Read(r));
                         }
                     }
@@ -443,11 +657,11 @@ impl Session {
                         self.done = true;
                     }
                     Io::Read(Ok(_)) if held_back => {
-                        last_read = Instant::now();
+                        self.last_read = Instant::now();
                         unparsed = true;
                     }
                     Io::Read(Ok(_)) => {
-                        last_read = Instant::now();
+                        self.last_read = Instant::now();
                         self.dispatch_read(&mut inbuf).await;
                     }
                 },
@@ -469,7 +683,7 @@ impl Session {
                         None => std::future::pending().await,
                     }
                 }, if deadline.is_some() => {
-                    let why = if self.state.authenticated { "idle longer than client_idle_timeout" } else { "not authenticated within auth_timeout" };
+                    let why = if self.state.authenticated { IDLE_TIMEOUT } else { AUTH_TIMEOUT };
                     tracing::info!(session = self.state.id, peer = %self.state.peer, "closing client: {why}");
                     self.queue.clear();
                     self.done = true;
@@ -481,18 +695,26 @@ impl Session {
                         None => std::future::pending().await,
                     }
                 }, if soft_deadline.is_some() => {}
-                _ = &mut cancelled, if !self.read_closed => {
-                    self.read_closed = true;
-                    if self.client.was_killed() {
-                        // CLIENT KILL: closed at once, as Redis frees the client.
-                        self.queue.clear();
-                        self.done = true;
+                signals = poll_fn(|cx| client.poll_signal(cx, late)) => {
+                    if signals & SHUTDOWN != 0 {
+                        self.read_closed = true;
+                    }
+                    if signals & SWEEP != 0 {
+                        let busy = !inbuf.is_empty() || unparsed || unflushed;
+                        match self.parkable(tls, busy) {
+                            Ok(()) => return Ok(true),
+                            // (A blocked command may wait long: not asked again
+                            // every sweep.)
+                            Err(lasting) if lasting || self.waits_on_exclusive() => {
+                                self.client.decline_park()
+                            }
+                            Err(_) => {}
+                        }
                     }
                 }
             }
         }
-        let _ = stream.shutdown().await;
-        Ok(())
+        Ok(false)
     }
 
     /// Dispatches what the read buffer holds, then gives back its memory once all of
@@ -522,20 +744,14 @@ impl Session {
     /// connecting while it has not authenticated (with `client_password` set), and
     /// `client_idle_timeout` after its last bytes while it is not subscribed and not
     /// waiting on a blocking command (as Redis's `timeout`).
-    fn close_deadline(&self, connected_at: Instant, last_read: Instant) -> Option<Instant> {
-        let cfg = &self.live.config;
-        let auth = (!self.state.authenticated
-            && cfg.client_password.is_some()
-            && !cfg.auth_timeout.is_zero())
-        .then(|| connected_at + cfg.auth_timeout);
-        let idle = (!cfg.client_idle_timeout.is_zero()
-            && !matches!(self.mode, Mode::Subscribed(_))
-            && !self.waits_on_exclusive())
-        .then(|| last_read + cfg.client_idle_timeout);
-        match (auth, idle) {
-            (Some(a), Some(b)) => Some(a.min(b)),
-            (a, b) => a.or(b),
-        }
+    fn close_deadline(&self) -> Option<Instant> {
+        close_deadline(
+            &self.live.config,
+            self.state.authenticated,
+            !matches!(self.mode, Mode::Subscribed(_)) && !self.waits_on_exclusive(),
+            self.connected_at,
+            self.last_read,
+        )
     }
 
     /// A barrier PING is on its way on the subscriber connection.
@@ -550,23 +766,55 @@ impl Session {
         span.record("upstream", self.state.db.config.upstream.address());
     }
 
+    /// The names the client set, if any.
+    fn names(&self) -> Option<Names> {
+        let st = &self.state;
+        let named =
+            st.name.is_some() || st.lib_name.is_some() || st.lib_ver.is_some() || st.user.is_some();
+        named.then(|| Names {
+            name: st.name.clone(),
+            lib_name: st.lib_name.clone(),
+            lib_ver: st.lib_ver.clone(),
+            user: st.user.clone(),
+        })
+    }
+
     /// Copies what CLIENT LIST shows about this session to the client table.
     fn publish(&self) {
+        let names = self.names();
         let mut info = self.client.info();
-        info.name.clone_from(&self.state.name);
-        info.lib_name.clone_from(&self.state.lib_name);
-        info.lib_ver.clone_from(&self.state.lib_ver);
+        if info.names.as_deref() != names.as_ref() {
+            info.names = names.map(Box::new);
+        }
         if info.db != self.state.db.config.index {
             self.record_db_in_span();
         }
         info.db = self.state.db.config.index;
         info.resp = if self.state.resp3 { 3 } else { 2 };
-        info.user = self.state.user.clone().unwrap_or_default();
         info.pubsub = matches!(self.mode, Mode::Subscribed(_));
         info.multi = self.mode.in_multi();
         info.tracking = self.tracking_info();
         drop(info);
         self.client.set_own(self.own_conn());
+    }
+}
+
+/// When a silent client is closed (see [`Session::close_deadline`]); `idle`:
+/// `client_idle_timeout` applies in the session's mode.
+fn close_deadline(
+    cfg: &crate::config::Config,
+    authenticated: bool,
+    idle: bool,
+    connected_at: Instant,
+    last_read: Instant,
+) -> Option<Instant> {
+    let auth = (!authenticated && cfg.client_password.is_some() && !cfg.auth_timeout.is_zero())
+        .then(|| connected_at + cfg.auth_timeout);
+    let idle =
+        (idle && !cfg.client_idle_timeout.is_zero()).then(|| last_read + cfg.client_idle_timeout);
+    match (auth, idle) {
+        (Some(a), Some(b)) => Some(a.min(b)),
+        (a, b) => a.or(b),
     }
 }
 
@@ -589,4 +837,42 @@ fn poll_read_into(
     let filled = buf.filled();
     *inbuf = BytesMut::from(filled);
     Poll::Ready(Ok(filled.len()))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Issue 12, goal 4: what an idle client's task holds is the parked future,
+    /// not the session's state machine. Its size is a type's, so this bounds every
+    /// idle client (release builds are smaller than this debug bound).
+    #[tokio::test]
+    async fn a_parked_session_is_small() {
+        let yaml = "redis_databases:\n  main:\n    db: 0\n";
+        let config = crate::config::Config::from_yaml_str_with_env(yaml, None, &|_| None)
+            .expect("valid config");
+        let shutdown = tokio_util::sync::CancellationToken::new();
+        let router = crate::router::Router::new(&config, &shutdown);
+        let live = Live::new(config, router, 1);
+        let fds = crate::limits::FdLimits::unlimited(&live.config);
+        let (tx, _rx) = tokio::sync::mpsc::unbounded_channel();
+        let addr = std::net::SocketAddr::from(([127, 0, 0, 1], 0));
+        let ctx = Arc::new(Context::new(live, fds, addr, tx));
+        let listener = tokio::net::TcpListener::bind(addr).await.expect("bind");
+        let local = listener.local_addr().expect("addr");
+        let _client = tokio::net::TcpStream::connect(local)
+            .await
+            .expect("connect");
+        let (accepted, _) = listener.accept().await.expect("accept");
+        let task = run(Stream::Plain(accepted), ctx, 1);
+        let (task, parked, session, client) = (
+            std::mem::size_of_val(&task),
+            std::mem::size_of::<Parked>(),
+            std::mem::size_of::<Session>(),
+            std::mem::size_of::<crate::clients::Client>(),
+        );
+        eprintln!("session task future {task} B, Parked {parked} B, Session {session} B (boxed while running), client table entry {client} B");
+        assert!(task <= 280, "the session task's future is {task} B");
+        shutdown.cancel();
+    }
 }

@@ -16,6 +16,8 @@ use std::sync::Arc;
 
 use super::mode::{Conn, Mode};
 use super::Session;
+use crate::context::Live;
+use crate::router::Database;
 
 impl Session {
     /// A reload published a snapshot newer than the session's.
@@ -36,25 +38,30 @@ impl Session {
             return false;
         }
         let live = self.ctx.live();
-        let index = self.state.db.config.index;
-        let db = match live.router.get(i64::from(index)) {
-            Some(db) => db.clone(),
-            None if self.state.db.is_removed() => self.state.db.clone(),
-            None => {
-                tracing::info!(
-                    session = self.state.id,
-                    db = index,
-                    "the session's database was removed by a configuration reload"
-                );
-                Arc::new(self.state.db.removed())
-            }
-        };
-        self.state.db = db;
+        self.state.db = moved(&live, &self.state.db, self.state.id);
         self.live = live;
         // A reload may have moved the database to another upstream.
         self.record_db_in_span();
         // The next request may use other connections for the same database.
         self.last = Conn::None;
         true
+    }
+}
+
+/// The session's database in the snapshot `live`: looked up again by index, or,
+/// if the reload removed it, a stand-in that refuses every command.
+pub(super) fn moved(live: &Live, db: &Arc<Database>, session: u64) -> Arc<Database> {
+    let index = db.config.index;
+    match live.router.get(i64::from(index)) {
+        Some(db) => db.clone(),
+        None if db.is_removed() => db.clone(),
+        None => {
+            tracing::info!(
+                session,
+                db = index,
+                "the session's database was removed by a configuration reload"
+            );
+            Arc::new(db.removed())
+        }
     }
 }
