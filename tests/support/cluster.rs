@@ -144,9 +144,12 @@ impl Cluster {
             .iter()
             .map(|n| format!("'{}'", n.dir().display()))
             .collect();
+        // A node is killed only if it still looks like one (the pid may have been
+        // reused): its arguments, or the title Redis gives itself in their place
+        // (`redis-server 127.0.0.1:7000 [cluster]`, which is what /proc shows).
         let script = format!(
             "while kill -0 {me} 2>/dev/null; do sleep 0.2; done; \
-             for p in {pids}; do grep -q cluster-enabled /proc/$p/cmdline 2>/dev/null && kill -9 $p; done; \
+             for p in {pids}; do grep -qE 'cluster-enabled|\\[cluster\\]' /proc/$p/cmdline 2>/dev/null && kill -9 $p; done; \
              rm -rf {dirs}",
             me = std::process::id(),
             pids = pids.join(" "),
