@@ -31,7 +31,7 @@ base=$((10000 + RANDOM % 12000))
 ports=($base $((base + 1)) $((base + 2)))
 for p in "${ports[@]}"; do
     mkdir -p "$work/$p"
-    (cd "$work/$p" && redis-server --port "$p" --bind 127.0.0.1 --cluster-enabled yes \
+    (cd "$work/$p" && exec redis-server --port "$p" --bind 127.0.0.1 --cluster-enabled yes \
         --cluster-config-file nodes.conf --save '' --appendonly no --daemonize no \
         --logfile "$work/$p/log" >/dev/null 2>&1) &
     pids+=($!)
