@@ -68,13 +68,13 @@ use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 
 use super::map::{self, split_addr, SlotMap};
-use super::merge::{self, Redirect};
+use super::merge::{self, Redirect, ASKING};
 use super::order::{Orders, Ticket};
 use super::plan::{self, Merge, Plan};
-use crate::command::{ArgList, Descriptor, Ranged};
-use crate::config::{Limits, ReadFrom, UpstreamConfig};
+use crate::command::{each_request, Descriptor};
+use crate::config::{ReadFrom, UpstreamConfig};
 use crate::protocol::reply;
-use crate::protocol::request::{self, encode_command, RequestKind};
+use crate::protocol::request::encode_command;
 use crate::resilience::{Backoff, Breaker, BreakerConfig, Policy};
 use crate::stats::DbStats;
 use crate::upstream::dedicated::{self, Pool};
@@ -90,10 +90,9 @@ pub const WATCH_EVERY: Duration = Duration::from_millis(500);
 pub const WATCH_FOR: Duration = Duration::from_secs(30);
 /// How long a slot-map question waits for a node before asking the next one too.
 pub const HEDGE: Duration = Duration::from_millis(200);
-/// Most rounds of redirects one request follows before its last error is passed on.
-const MAX_REDIRECTS: u32 = 16;
-/// `ASKING`, sent before a request redirected by `-ASK`.
-const ASKING: &[u8] = b"*1\r\n$6\r\nASKING\r\n";
+/// Most rounds of redirects one request follows before its last error is passed on
+/// (also the most moves of an exclusive connection and of a shard subscription).
+pub const MAX_REDIRECTS: u32 = 16;
 
 /// One cluster node's connections.
 #[derive(Debug)]
@@ -303,17 +302,6 @@ type AddUnit<'a> = dyn FnMut(Bytes, Option<&Arc<Node>>, Option<u16>, bool) -> Op
 struct Flight {
     units: Vec<usize>,
     rx: Result<oneshot::Receiver<Answer>, Bytes>,
-}
-
-/// Generous limits for re-parsing batches the session already checked.
-fn limits() -> &'static Limits {
-    static L: std::sync::OnceLock<Limits> = std::sync::OnceLock::new();
-    L.get_or_init(|| Limits {
-        max_args: usize::MAX,
-        max_bulk_len: usize::MAX,
-        max_inline_len: usize::MAX,
-        ..Limits::default()
-    })
 }
 
 impl Cluster {
@@ -674,9 +662,10 @@ impl Cluster {
     pub async fn send(self: &Arc<Self>, session: u64, resp3: bool, batch: Batch) {
         if let Some(topo) = self.topology() {
             let ticket = self.orders.begin(session, topo.generation);
-            let node = match ticket.must_wait() {
-                true => None,
-                false => self.one_node(&topo, session, &batch.bytes),
+            let node = if ticket.must_wait() {
+                None
+            } else {
+                self.one_node(&topo, session, &batch.bytes)
             };
             match node {
                 Some(node) if node.breaker.check().is_ok() => {
@@ -791,11 +780,11 @@ impl Cluster {
         };
         let mut ticket = ticket.unwrap_or_else(|| self.orders.begin(session, topo.generation));
         if ticket.must_wait() {
-            ticket.earlier_settled(None).await;
+            ticket.earlier_settled().await;
             if let Some(t) = self.topology() {
                 topo = t;
             }
-            ticket.earlier_settled(Some(topo.generation)).await;
+            ticket.goes_out_with(topo.generation);
         }
         let mut units: Vec<Unit> = Vec::new();
         let mut items: Vec<Item> = Vec::with_capacity(batch.count as usize);
@@ -1100,7 +1089,7 @@ impl Cluster {
                 break;
             }
             if !std::mem::replace(&mut waited, true) {
-                ticket.earlier_settled(None).await;
+                ticket.earlier_settled().await;
             }
             let mut moved = false;
             let mut again = false;
@@ -1155,36 +1144,6 @@ impl Cluster {
         // Settled: the session's later batches may resend.
         drop(ticket);
     }
-}
-
-/// Calls `f` with each request of `bytes` (the bytes of that request, and its
-/// arguments) until it returns false; empty inline lines are skipped. Whether
-/// every request was seen (none refused by `f`, all of `bytes` parsed).
-fn each_request(bytes: &Bytes, mut f: impl FnMut(Bytes, &dyn ArgList) -> bool) -> bool {
-    let mut ranges = Vec::new();
-    let mut at = 0;
-    while at < bytes.len() {
-        let Ok(Some(req)) = request::parse(&bytes[at..], limits(), &mut ranges) else {
-            return false;
-        };
-        let this = bytes.slice(at..at + req.len);
-        let go = match &req.kind {
-            RequestKind::Empty => true,
-            RequestKind::Multibulk => f(
-                this,
-                &Ranged {
-                    buf: &bytes[at..],
-                    ranges: &ranges,
-                },
-            ),
-            RequestKind::Inline(a) => f(this, a),
-        };
-        if !go {
-            return false;
-        }
-        at += req.len;
-    }
-    true
 }
 
 /// The length of the reply frame at the start of `bytes` (all of it if it cannot

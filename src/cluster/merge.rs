@@ -17,6 +17,9 @@ pub enum Redirect {
     Again,
 }
 
+/// `ASKING`, sent before a request an `-ASK` redirect moved to another node.
+pub const ASKING: &[u8] = b"*1\r\n$6\r\nASKING\r\n";
+
 /// What a reply says about where its command must go, if anywhere else.
 pub fn redirect(frame: &[u8]) -> Option<Redirect> {
     let body = frame.strip_prefix(b"-")?;

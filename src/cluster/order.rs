@@ -9,7 +9,8 @@
 //!   session went out with the same map generation: one map sends a slot to one
 //!   node, and one session's requests to one node share one connection (first in,
 //!   first out). With a different map, it first waits until every earlier batch is
-//!   settled ([`Ticket::must_wait`], [`Ticket::earlier_settled`]).
+//!   settled ([`Ticket::must_wait`], [`Ticket::earlier_settled`],
+//!   [`Ticket::goes_out_with`]).
 //! * **Resend.** A redirected request is resent only once every earlier batch of the
 //!   session is settled ([`Ticket::earlier_settled`]): later requests for the same
 //!   slot that were already sent got the same redirect (the node does not serve the
@@ -100,15 +101,18 @@ impl Ticket {
         self.wait
     }
 
-    /// Waits until every earlier batch of the session is settled; then the batch
-    /// goes out with map `generation` (see the module docs).
-    pub async fn earlier_settled(&mut self, generation: Option<u64>) {
+    /// Waits until every earlier batch of the session is settled (see the module
+    /// docs).
+    pub async fn earlier_settled(&mut self) {
         let _ = tokio::time::timeout(WAIT_AT_MOST, self.wait_earlier()).await;
         self.wait = false;
-        if let Some(g) = generation {
-            if let Some(s) = self.orders.lock().get_mut(&self.session) {
-                s.generation = g;
-            }
+    }
+
+    /// After [`Ticket::earlier_settled`]: the batch goes out with map `generation`
+    /// (later batches with the same map need not wait for it).
+    pub fn goes_out_with(&self, generation: u64) {
+        if let Some(s) = self.orders.lock().get_mut(&self.session) {
+            s.generation = generation;
         }
     }
 
@@ -199,7 +203,8 @@ mod tests {
         assert!(c.must_wait());
         let d = o.begin(1, 6);
         let waiting = tokio::spawn(async move {
-            c.earlier_settled(Some(6)).await;
+            c.earlier_settled().await;
+            c.goes_out_with(6);
             c
         });
         tokio::time::sleep(Duration::from_millis(10)).await;
@@ -224,7 +229,7 @@ mod tests {
         let _stuck = o.begin(1, 5);
         let mut t = o.begin(1, 6);
         let started = tokio::time::Instant::now();
-        t.earlier_settled(None).await;
+        t.earlier_settled().await;
         assert_eq!(started.elapsed(), WAIT_AT_MOST);
     }
 }

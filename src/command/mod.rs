@@ -138,6 +138,48 @@ impl ArgList for Ranged<'_> {
     }
 }
 
+/// Calls `f` with each request of a batch a session already checked (the bytes
+/// of that request, and its arguments) until it returns false; empty inline lines
+/// are skipped. Whether every request was seen (none refused by `f`, all of
+/// `bytes` parsed). Parsed with no size limits: the session applied them.
+pub fn each_request(
+    bytes: &bytes::Bytes,
+    mut f: impl FnMut(bytes::Bytes, &dyn ArgList) -> bool,
+) -> bool {
+    use crate::protocol::request::{self, RequestKind};
+    static UNLIMITED: OnceLock<crate::config::Limits> = OnceLock::new();
+    let limits = UNLIMITED.get_or_init(|| crate::config::Limits {
+        max_args: usize::MAX,
+        max_bulk_len: usize::MAX,
+        max_inline_len: usize::MAX,
+        ..crate::config::Limits::default()
+    });
+    let mut ranges = Vec::new();
+    let mut at = 0;
+    while at < bytes.len() {
+        let Ok(Some(req)) = request::parse(&bytes[at..], limits, &mut ranges) else {
+            return false;
+        };
+        let this = bytes.slice(at..at + req.len);
+        let go = match &req.kind {
+            RequestKind::Empty => true,
+            RequestKind::Multibulk => f(
+                this,
+                &Ranged {
+                    buf: &bytes[at..],
+                    ranges: &ranges,
+                },
+            ),
+            RequestKind::Inline(a) => f(this, a),
+        };
+        if !go {
+            return false;
+        }
+        at += req.len;
+    }
+    true
+}
+
 /// What a transaction-family command does to a connection's MULTI/WATCH state.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum TxOp {

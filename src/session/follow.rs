@@ -32,20 +32,16 @@ use bytes::{Bytes, BytesMut};
 use tokio::sync::{mpsc, oneshot};
 
 use crate::cluster::client::Cluster;
-use crate::cluster::merge::{self, Redirect};
-use crate::command::{Block, Descriptor, Ranged, TxOp};
-use crate::config::Limits;
+use crate::cluster::merge::{self, Redirect, ASKING};
+use crate::command::{each_request, Block, Descriptor, TxOp};
 use crate::protocol::reply;
-use crate::protocol::request::{self, RequestKind};
 use crate::upstream::dedicated::{Dedicated, Pool};
 use crate::upstream::mux::{Answer, Batch, Retry};
 use crate::upstream::pubsub::End;
 use crate::upstream::UpstreamError;
 
 /// Most moves one batch makes (as the cluster client's redirects).
-const ROUNDS: u32 = 16;
-/// `ASKING`, before a command redirected by `-ASK`.
-const ASKING: &[u8] = b"*1\r\n$6\r\nASKING\r\n";
+const ROUNDS: u32 = crate::cluster::client::MAX_REDIRECTS;
 
 /// A session's held connection: a [`Dedicated`] one, or on a cluster one that
 /// follows its slot.
@@ -174,46 +170,17 @@ struct Task {
     id: Arc<Mutex<Arc<AtomicU64>>>,
 }
 
-/// Generous limits for re-parsing batches the session already checked.
-fn limits() -> Limits {
-    Limits {
-        max_args: usize::MAX,
-        max_bulk_len: usize::MAX,
-        max_inline_len: usize::MAX,
-        ..Limits::default()
-    }
-}
-
 /// The requests of a batch (multibulk, as sessions send them), with their
 /// transaction role.
 fn requests(bytes: &Bytes) -> Vec<Req> {
-    let limits = limits();
-    let mut ranges = Vec::new();
     let mut out = Vec::new();
-    let mut at = 0;
-    while at < bytes.len() {
-        let Ok(Some(req)) = request::parse(&bytes[at..], &limits, &mut ranges) else {
-            break;
-        };
-        let op = match &req.kind {
-            RequestKind::Empty => None,
-            RequestKind::Multibulk => Some(
-                Descriptor::of(&Ranged {
-                    buf: &bytes[at..],
-                    ranges: &ranges,
-                })
-                .tx,
-            ),
-            RequestKind::Inline(a) => Some(Descriptor::of(&a[..]).tx),
-        };
-        if let Some(op) = op {
-            out.push(Req {
-                bytes: bytes.slice(at..at + req.len),
-                op,
-            });
-        }
-        at += req.len;
-    }
+    each_request(bytes, |bytes, args| {
+        out.push(Req {
+            bytes,
+            op: Descriptor::of(args).tx,
+        });
+        true
+    });
     out
 }
 
@@ -610,6 +577,7 @@ fn step(in_multi: bool, op: TxOp) -> bool {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::protocol::request;
 
     fn batch(cmds: &[&[&[u8]]]) -> Bytes {
         let mut out = Vec::new();

@@ -14,7 +14,7 @@ use crate::protocol::request::{self, encode_command};
 use crate::upstream::pubsub::{self, End, Subscription};
 
 /// Most attempts at subscribing a moved shard channel again.
-const ROUNDS: u32 = 16;
+const ROUNDS: u32 = crate::cluster::client::MAX_REDIRECTS;
 /// How long shard channels dropped by Redis are followed: after a reshard (the map
 /// already says where the slot went), and after the node's connection was lost
 /// (a replica is promoted only after `cluster-node-timeout` and an election).
