@@ -141,10 +141,12 @@ pub struct Client {
     /// Session id (`CLIENT ID`).
     pub id: u64,
     /// The client's address (`addr=`; formatted when asked for, see [`Client::addr`]).
-    peer: Option<SocketAddr>,
+    peer: Addr,
     /// The proxy's address the client connected to (`laddr=`).
-    local: Option<SocketAddr>,
-    created: Instant,
+    local: Addr,
+    /// [`Clients::seconds`] when it connected (`age=` is counted in whole seconds,
+    /// as Redis counts it).
+    created: u32,
     /// [`signal`] bits raised for the session.
     signals: AtomicU8,
     /// The session's task, woken when a signal is raised.
@@ -170,9 +172,46 @@ pub struct Client {
     /// Waiting for a blocking command's reply.
     blocked: AtomicBool,
     info: Mutex<ClientInfo>,
-    exclusive: Mutex<Option<Exclusive>>,
-    /// The session's own upstream connection, if it has one.
-    own: Mutex<Option<Exclusive>>,
+    /// The upstream connections other clients may need to reach (boxed: most
+    /// clients never have one, and every idle client has an entry).
+    conns: Mutex<Option<Box<Conns>>>,
+}
+
+/// A session's upstream connections that `CLIENT UNBLOCK` and `CLIENT TRACKING …
+/// REDIRECT` look up.
+#[derive(Debug, Default)]
+struct Conns {
+    /// The exclusive connection the client is blocked on.
+    blocked_on: Option<Exclusive>,
+    /// The session's own upstream connection.
+    own: Option<Exclusive>,
+}
+
+/// A socket address in 16 bytes (an IPv6 one boxed): every client entry has two.
+#[derive(Debug)]
+enum Addr {
+    Unknown,
+    V4(std::net::Ipv4Addr, u16),
+    V6(Box<std::net::SocketAddrV6>),
+}
+
+impl Addr {
+    fn new(addr: Option<SocketAddr>) -> Addr {
+        match addr {
+            None => Addr::Unknown,
+            Some(SocketAddr::V4(a)) => Addr::V4(*a.ip(), a.port()),
+            Some(SocketAddr::V6(a)) => Addr::V6(Box::new(a)),
+        }
+    }
+
+    /// `ip:port`, `""` if unknown.
+    fn text(&self) -> String {
+        match self {
+            Addr::Unknown => String::new(),
+            Addr::V4(ip, port) => std::net::SocketAddrV4::new(*ip, *port).to_string(),
+            Addr::V6(a) => a.to_string(),
+        }
+    }
 }
 
 /// An upstream connection of a session's: the exclusive one a blocked session waits
@@ -188,12 +227,12 @@ pub struct Exclusive {
 impl Client {
     /// The client's address (`addr=`), `""` if unknown.
     pub fn addr(&self) -> String {
-        self.peer.map(|a| a.to_string()).unwrap_or_default()
+        self.peer.text()
     }
 
     /// The proxy's address the client connected to (`laddr=`), `""` if unknown.
     pub fn laddr(&self) -> String {
-        self.local.map(|a| a.to_string()).unwrap_or_default()
+        self.local.text()
     }
 
     /// Whether `CLIENT KILL` (or an eviction) ended this session.
@@ -284,7 +323,7 @@ impl Client {
             return;
         }
         self.blocked.store(on.is_some(), Relaxed);
-        *self.exclusive.lock().unwrap_or_else(|e| e.into_inner()) = on;
+        self.change_conns(|c| c.blocked_on = on);
     }
 
     /// The fields `CLIENT LIST` reports, for the session to update.
@@ -294,20 +333,38 @@ impl Client {
 
     /// Publishes the session's own upstream connection (`None`: it has none).
     pub fn set_own(&self, own: Option<Exclusive>) {
-        *self.own.lock().unwrap_or_else(|e| e.into_inner()) = own;
+        self.change_conns(|c| c.own = own);
     }
 
     /// The session's own upstream connection, if it has one.
     pub fn own(&self) -> Option<Exclusive> {
-        self.own.lock().unwrap_or_else(|e| e.into_inner()).clone()
+        self.conns().as_ref().and_then(|c| c.own.clone())
     }
 
     /// The exclusive connection the client is blocked on, if any.
     pub fn blocked_on(&self) -> Option<Exclusive> {
-        self.exclusive
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .clone()
+        self.conns().as_ref().and_then(|c| c.blocked_on.clone())
+    }
+
+    fn conns(&self) -> MutexGuard<'_, Option<Box<Conns>>> {
+        self.conns.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// Changes the published connections (the box goes when both are gone).
+    fn change_conns(&self, change: impl FnOnce(&mut Conns)) {
+        let mut conns = self.conns();
+        change(conns.get_or_insert_with(Box::default));
+        if conns
+            .as_ref()
+            .is_some_and(|c| c.own.is_none() && c.blocked_on.is_none())
+        {
+            *conns = None;
+        }
+    }
+
+    /// Whole seconds since the client connected (`age=`).
+    fn age(&self, clients: &Clients) -> u64 {
+        clients.seconds().saturating_sub(u64::from(self.created))
     }
 
     /// The `PROXY CLIENTS` line (with its newline): what the proxy holds for the
@@ -334,7 +391,7 @@ impl Client {
             self.addr(),
             String::from_utf8_lossy(info.name().unwrap_or_default()),
             info.db,
-            self.created.elapsed().as_secs(),
+            self.age(clients),
             idle,
             mode,
             self.pending.load(Relaxed),
@@ -386,7 +443,7 @@ impl Client {
             self.addr(),
             self.laddr(),
             s(info.name()),
-            self.created.elapsed().as_secs(),
+            self.age(clients),
             idle,
             flags,
             info.db,
@@ -423,7 +480,7 @@ pub struct Filter {
 }
 
 impl Filter {
-    fn matches(&self, c: &Client) -> bool {
+    fn matches(&self, c: &Client, clients: &Clients) -> bool {
         if self.none {
             return false;
         }
@@ -437,7 +494,7 @@ impl Filter {
             return false;
         }
         if let Some(age) = self.maxage {
-            if c.created.elapsed().as_secs() < age {
+            if c.age(clients) < age {
                 return false;
             }
         }
@@ -466,9 +523,9 @@ impl Clients {
     ) -> Registration {
         let client = Arc::new(Client {
             id,
-            peer,
-            local,
-            created: Instant::now(),
+            peer: Addr::new(peer),
+            local: Addr::new(local),
+            created: u32::try_from(self.seconds()).unwrap_or(u32::MAX),
             signals: AtomicU8::new(0),
             waker: Mutex::new(None),
             registered: AtomicBool::new(false),
@@ -484,8 +541,7 @@ impl Clients {
                 resp: 2,
                 ..ClientInfo::default()
             }),
-            exclusive: Mutex::new(None),
-            own: Mutex::new(None),
+            conns: Mutex::new(None),
         });
         self.lock().insert(id, client.clone());
         self.awake().insert(id, client.clone());
@@ -611,7 +667,9 @@ impl Clients {
     /// The sessions `filter` selects, in id order.
     pub fn select(&self, filter: &Filter) -> Vec<Arc<Client>> {
         let all: Vec<Arc<Client>> = self.lock().values().cloned().collect();
-        all.into_iter().filter(|c| filter.matches(c)).collect()
+        all.into_iter()
+            .filter(|c| filter.matches(c, self))
+            .collect()
     }
 
     /// Kills the sessions `filter` selects, except `me` when `skip_me`. Returns how
