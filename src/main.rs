@@ -7,6 +7,13 @@ use clap::Parser;
 use redis_sidecar::config::Config;
 use redis_sidecar::server::Proxy;
 
+/// jemalloc: an idle client's few small allocations stay packed in its size
+/// classes, and with its background thread (see [`return_freed_memory`]) what a
+/// burst freed goes back to the system while the proxy is idle (BENCHMARKS.md,
+/// "Idle clients, session 8").
+#[global_allocator]
+static ALLOCATOR: tikv_jemallocator::Jemalloc = tikv_jemallocator::Jemalloc;
+
 /// `--version`: `redis-sidecar 0.1.0 (commit abc123456789)` (commit from build.rs).
 const VERSION: &str = concat!(
     env!("CARGO_PKG_VERSION"),
@@ -84,6 +91,33 @@ enum Command {
         #[arg(long)]
         read_only: bool,
     },
+}
+
+/// How long jemalloc keeps freed pages for reuse before returning them (its
+/// default is 10 s: a client's 100 MiB request would hold its buffer that long).
+const DIRTY_DECAY_MS: isize = 1_000;
+
+/// Makes jemalloc give freed memory back within about a second, by itself: the
+/// decay time of every arena (those to come, and those that exist) is
+/// [`DIRTY_DECAY_MS`], and its background thread (one) purges on time; without
+/// it jemalloc purges only when the proxy allocates, so an idle proxy kept what
+/// a burst of clients freed.
+fn return_freed_memory() {
+    use tikv_jemalloc_ctl::{Access, AsName};
+    let mut set = b"arenas.dirty_decay_ms\0".name().write(DIRTY_DECAY_MS);
+    if let Ok(n) = tikv_jemalloc_ctl::arenas::narenas::read() {
+        for i in 0..n {
+            let key = format!("arena.{i}.dirty_decay_ms\0");
+            // (An arena not in use yet is created with the default above.)
+            let _ = key.as_bytes().name().write(DIRTY_DECAY_MS);
+        }
+    }
+    set = set
+        .and_then(|()| tikv_jemalloc_ctl::max_background_threads::write(1))
+        .and_then(|()| tikv_jemalloc_ctl::background_thread::write(true));
+    if let Err(e) = set {
+        tracing::warn!(error = %e, "jemalloc not set to return freed memory on its own");
+    }
 }
 
 /// Loads and validates the config; on failure prints why and gives the exit code.
@@ -201,6 +235,7 @@ fn main() -> ExitCode {
         args.log_level.as_deref().unwrap_or(&config.log_level),
         args.log_json || config.log_format == "json",
     );
+    return_freed_memory();
 
     let mut rt = if args.threads == 1 {
         tokio::runtime::Builder::new_current_thread()
