@@ -120,6 +120,26 @@ pub struct Names {
     pub user: Option<String>,
 }
 
+/// [`Names`]' fields, borrowed: name, library name and version, user.
+pub type NameParts<'a> = (
+    Option<&'a [u8]>,
+    Option<&'a [u8]>,
+    Option<&'a [u8]>,
+    Option<&'a str>,
+);
+
+impl Names {
+    /// Its fields, borrowed (compared without copying them).
+    pub fn parts(&self) -> NameParts<'_> {
+        (
+            self.name.as_deref(),
+            self.lib_name.as_deref(),
+            self.lib_ver.as_deref(),
+            self.user.as_deref(),
+        )
+    }
+}
+
 impl ClientInfo {
     fn name(&self) -> Option<&[u8]> {
         self.names.as_ref().and_then(|n| n.name.as_deref())

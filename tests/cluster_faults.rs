@@ -162,6 +162,15 @@ fn start() -> Env {
     Env { rt, proxy }
 }
 
+/// How a test on the shared cluster starts: the serial lock, the cluster once
+/// healthy, and a proxy in front of it.
+fn on_shared_cluster() -> (MutexGuard<'static, ()>, &'static Cluster, Env) {
+    let serial = serial();
+    let cluster = Cluster::shared();
+    wait_healthy(cluster, Duration::from_secs(20));
+    (serial, cluster, start())
+}
+
 impl Env {
     /// The cluster upstream of database 0 (where the clients write).
     fn upstream(&self) -> Arc<redis_sidecar::cluster::Cluster> {
@@ -548,10 +557,7 @@ fn first<T>(v: &[T]) -> &[T] {
 /// a key caught mid-move gets).
 #[test]
 fn resharding_under_load_loses_and_duplicates_nothing() {
-    let _serial = serial();
-    let cluster = Cluster::shared();
-    wait_healthy(cluster, Duration::from_secs(20));
-    let env = start();
+    let (_serial, cluster, env) = on_shared_cluster();
     let topo = nodes(cluster);
     let from = topo
         .iter()
@@ -980,10 +986,7 @@ fn migration_ends(cluster: &Cluster, slot: u16) -> (Vec<NodeLine>, NodeLine, Nod
 /// Redis) is held and resent until the slot has moved, then runs once.
 #[test]
 fn slot_in_migration_asks_and_holds_split_multi_key_commands() {
-    let _serial = serial();
-    let cluster = Cluster::shared();
-    wait_healthy(cluster, Duration::from_secs(20));
-    let env = start();
+    let (_serial, cluster, env) = on_shared_cluster();
     let slot = key_slot(b"{mig}");
     let (_, from, to) = migration_ends(cluster, slot);
     let up = env.upstream();
@@ -1098,10 +1101,7 @@ fn slot_in_migration_asks_and_holds_split_multi_key_commands() {
 /// the proxy's map names): the client sees what the slot's new node answers.
 #[test]
 fn exclusive_connections_follow_a_moved_slot() {
-    let _serial = serial();
-    let cluster = Cluster::shared();
-    wait_healthy(cluster, Duration::from_secs(20));
-    let env = start();
+    let (_serial, cluster, env) = on_shared_cluster();
     move_slot_behind_the_proxys_back(cluster, &env, "tx", &[b"{tx}k", b"{tx}l"]);
     let addr = env.proxy.local_addr();
     let replies = env.rt.block_on(async {
@@ -1240,10 +1240,7 @@ fn free_tag(cluster: &Cluster, base: &str) -> String {
 /// the same bytes, never a `-MOVED` or `-EXECABORT`, and every command ran once.
 #[test]
 fn transactions_follow_a_moved_slot_as_a_node_answers() {
-    let _serial = serial();
-    let cluster = Cluster::shared();
-    wait_healthy(cluster, Duration::from_secs(20));
-    let env = start();
+    let (_serial, cluster, env) = on_shared_cluster();
     let addr = env.proxy.local_addr();
     let up = env.upstream();
     let scripts = [
@@ -1294,10 +1291,7 @@ fn transactions_follow_a_moved_slot_as_a_node_answers() {
 /// what a cluster-aware client gets there.
 #[test]
 fn exclusive_connections_follow_ask_during_a_migration() {
-    let _serial = serial();
-    let cluster = Cluster::shared();
-    wait_healthy(cluster, Duration::from_secs(20));
-    let env = start();
+    let (_serial, cluster, env) = on_shared_cluster();
     let tag = free_tag(cluster, "a");
     let slot = key_slot(tag.as_bytes());
     let (ka, kl) = (format!("{{{tag}}}a"), format!("{{{tag}}}l"));
@@ -1350,10 +1344,7 @@ fn exclusive_connections_follow_ask_during_a_migration() {
 /// node directly) without seeing the sunsubscribe.
 #[test]
 fn a_sharded_subscription_follows_its_slot() {
-    let _serial = serial();
-    let cluster = Cluster::shared();
-    wait_healthy(cluster, Duration::from_secs(20));
-    let env = start();
+    let (_serial, cluster, env) = on_shared_cluster();
     let addr = env.proxy.local_addr();
     for resp3 in [false, true] {
         let tag = free_tag(cluster, "s");
@@ -1450,10 +1441,7 @@ async fn publish_until_heard(proxy: std::net::SocketAddr, ch: &[u8]) {
 /// primary, and the client, still connected, gets the next message.
 #[test]
 fn a_sharded_subscription_survives_the_loss_of_its_connection() {
-    let _serial = serial();
-    let cluster = Cluster::shared();
-    wait_healthy(cluster, Duration::from_secs(20));
-    let env = start();
+    let (_serial, cluster, env) = on_shared_cluster();
     let addr = env.proxy.local_addr();
     for resp3 in [false, true] {
         let tag = free_tag(cluster, "k");
@@ -1488,10 +1476,7 @@ fn a_sharded_subscription_survives_the_loss_of_its_connection() {
 /// subscriber's, which would answer `-MOVED`), in order with the pushes.
 #[test]
 fn resp3_commands_while_subscribed_go_by_slot() {
-    let _serial = serial();
-    let cluster = Cluster::shared();
-    wait_healthy(cluster, Duration::from_secs(20));
-    let env = start();
+    let (_serial, cluster, env) = on_shared_cluster();
     let addr = env.proxy.local_addr();
     let sub_tag = free_tag(cluster, "r");
     let home = owner(cluster, &sub_tag);
@@ -1564,10 +1549,7 @@ fn migrate_slot(cluster: &Cluster, slot: u16, from: &NodeLine, to: &NodeLine) {
 fn one_clients_pipelined_writes_stay_in_order_while_their_slot_moves() {
     use tokio::io::{AsyncReadExt, AsyncWriteExt};
     const N: usize = 20_000;
-    let _serial = serial();
-    let cluster = Cluster::shared();
-    wait_healthy(cluster, Duration::from_secs(20));
-    let env = start();
+    let (_serial, cluster, env) = on_shared_cluster();
     let slot = key_slot(b"{ord}");
     env.cmd(&[b"DEL", b"{ord}l"]);
     let addr = env.proxy.local_addr();

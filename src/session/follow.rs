@@ -329,10 +329,15 @@ impl Task {
             return answer.map(|a| client.send(a)).is_some();
         }
         let plain = !self.asking;
+        // Every request, for the `ASKING` path (which encodes them one by one).
+        let all: Vec<usize> = if plain {
+            Vec::new()
+        } else {
+            (0..reqs.len()).collect()
+        };
         let answer = if plain {
             self.exchange(bytes, count, block, retry, &mut client).await
         } else {
-            let all: Vec<usize> = (0..reqs.len()).collect();
             let in_multi = self.journal.is_some();
             let (out, n) = self.encode(&[], &reqs, &all, in_multi);
             self.exchange(out, n, block, retry, &mut client).await
@@ -347,7 +352,7 @@ impl Task {
         let mut got = if plain {
             frames(&first)
         } else {
-            self.unask(&[], &reqs, &(0..reqs.len()).collect::<Vec<_>>(), &first)
+            self.unask(&[], &reqs, &all, &first)
         };
         if got.len() != reqs.len() {
             // Not a batch this task can take apart: as it came.

@@ -855,10 +855,18 @@ impl Session {
 
     /// Copies what CLIENT LIST shows about this session to the client table.
     fn publish(&self) {
-        let names = self.names();
+        let st = &self.state;
+        let parts = (
+            st.name.as_deref(),
+            st.lib_name.as_deref(),
+            st.lib_ver.as_deref(),
+            st.user.as_deref(),
+        );
         let mut info = self.client.info();
-        if info.names.as_deref() != names.as_ref() {
-            info.names = names.map(Box::new);
+        // (Copied only when they changed: this runs for every command the proxy
+        // answers itself, and most clients set a library name.)
+        if info.names.as_deref().map(Names::parts).unwrap_or_default() != parts {
+            info.names = self.names().map(Box::new);
         }
         if info.db != self.state.db.config.index {
             self.record_db_in_span();

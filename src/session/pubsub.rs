@@ -8,9 +8,9 @@ use bytes::Bytes;
 
 use super::queue::Pending;
 use super::Session;
-use crate::command::{ArgList, Ranged};
+use crate::command::{each_request, ArgList};
 use crate::protocol::reply;
-use crate::protocol::request::{self, encode_command};
+use crate::protocol::request::encode_command;
 use crate::upstream::pubsub::{self, End, Subscription};
 
 /// Most attempts at subscribing a moved shard channel again.
@@ -255,24 +255,18 @@ impl ShardState {
     /// The client sent an UNSUBSCRIBE-family request: SUNSUBSCRIBE's channels
     /// (or all) are expected to be confirmed.
     fn asked(&mut self, bytes: &[u8]) {
-        let limits = crate::config::Limits::default();
-        let mut ranges = Vec::new();
-        let Ok(Some(_)) = request::parse(bytes, &limits, &mut ranges) else {
-            return;
-        };
-        let args = Ranged {
-            buf: bytes,
-            ranges: &ranges,
-        };
-        if !args.arg(0).eq_ignore_ascii_case(b"SUNSUBSCRIBE") {
-            return;
-        }
-        if args.count() < 2 {
-            self.asked_all += 1;
-        }
-        for i in 1..args.count() {
-            self.asked.push(Bytes::copy_from_slice(args.arg(i)));
-        }
+        // (A copy: only a cluster subscriber's UNSUBSCRIBE-family requests come here.)
+        each_request(&Bytes::copy_from_slice(bytes), |_, args| {
+            if args.count() > 0 && args.arg(0).eq_ignore_ascii_case(b"SUNSUBSCRIBE") {
+                if args.count() < 2 {
+                    self.asked_all += 1;
+                }
+                for i in 1..args.count() {
+                    self.asked.push(Bytes::copy_from_slice(args.arg(i)));
+                }
+            }
+            true
+        });
     }
 }
 

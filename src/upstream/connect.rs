@@ -61,6 +61,9 @@ pub async fn connect_at(cfg: &UpstreamConfig, resp3: bool) -> Result<(Stream, u6
 /// The start of `ROLE`'s reply on a primary (RESP2 and RESP3 alike).
 const ROLE_MASTER: &[u8] = b"*3\r\n$6\r\nmaster\r\n";
 
+/// How [`dial`]'s error for a failed TLS handshake starts.
+const HANDSHAKE_FAILED: &str = "TLS handshake failed";
+
 /// A TCP connection to `host:port` (no delay, keepalive), in TLS when `tls` is
 /// given (the certificate checked for `tls.server_name`, else `host`).
 pub async fn dial(
@@ -87,7 +90,7 @@ pub async fn dial(
     let session = connector
         .connect(name, tcp)
         .await
-        .map_err(|e| failed(format!("TLS handshake failed: {e}")))?;
+        .map_err(|e| failed(format!("{HANDSHAKE_FAILED}: {e}")))?;
     Ok(Stream::Tls(Box::new(session.into())))
 }
 
@@ -103,7 +106,7 @@ async fn connect_inner(
         .await
         .inspect_err(|e| {
             if let UpstreamError::Connect { reason, .. } = e {
-                if reason.starts_with("TLS") {
+                if reason.starts_with(HANDSHAKE_FAILED) {
                     // Always logged: a wrong CA, an expired certificate or a name
                     // mismatch is a setup problem on any kind of connection.
                     tracing::warn!(database = %cfg.database, upstream = %addr, upstream_db = cfg.db, error = %reason, "upstream TLS handshake failed");

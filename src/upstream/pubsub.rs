@@ -190,18 +190,7 @@ pub struct Confirmation {
 /// The confirmation `frame` is (`*3`/`>3` of a (un)subscribe kind, a channel, and
 /// the count), or `None` for messages and other replies.
 pub fn confirmation(frame: &[u8]) -> Option<Confirmation> {
-    let rest = frame
-        .strip_prefix(b"*3\r\n")
-        .or_else(|| frame.strip_prefix(b">3\r\n"))?;
-    const KINDS: [(&[u8], bool, bool); 6] = [
-        (b"$9\r\nsubscribe\r\n", true, false),
-        (b"$10\r\npsubscribe\r\n", true, false),
-        (b"$10\r\nssubscribe\r\n", true, true),
-        (b"$11\r\nunsubscribe\r\n", false, false),
-        (b"$12\r\npunsubscribe\r\n", false, false),
-        (b"$12\r\nsunsubscribe\r\n", false, true),
-    ];
-    let &(_, subscribe, shard) = KINDS.iter().find(|(k, _, _)| rest.starts_with(k))?;
+    let (_, subscribe, shard) = kind(frame)?;
     let body = frame.strip_suffix(b"\r\n")?;
     let start = body.iter().rposition(|&b| b == b'\n')? + 1;
     let count = body[start..].strip_prefix(b":")?;
@@ -213,17 +202,29 @@ pub fn confirmation(frame: &[u8]) -> Option<Confirmation> {
     })
 }
 
+/// The kind of (un)subscribe confirmation `frame` starts as: what follows the
+/// kind, whether it subscribes, whether it is of shard channels.
+fn kind(frame: &[u8]) -> Option<(&[u8], bool, bool)> {
+    let rest = frame
+        .strip_prefix(b"*3\r\n")
+        .or_else(|| frame.strip_prefix(b">3\r\n"))?;
+    const KINDS: [(&[u8], bool, bool); 6] = [
+        (b"$9\r\nsubscribe\r\n", true, false),
+        (b"$10\r\npsubscribe\r\n", true, false),
+        (b"$10\r\nssubscribe\r\n", true, true),
+        (b"$11\r\nunsubscribe\r\n", false, false),
+        (b"$12\r\npunsubscribe\r\n", false, false),
+        (b"$12\r\nsunsubscribe\r\n", false, true),
+    ];
+    KINDS
+        .iter()
+        .find_map(|&(k, subscribe, shard)| Some((rest.strip_prefix(k)?, subscribe, shard)))
+}
+
 /// The channel a confirmation names (`None`: a nil one, or not a confirmation).
 pub fn confirmed_channel(frame: &[u8]) -> Option<&[u8]> {
     confirmation(frame)?;
-    // After the `*3`/`>3` header and the kind's bulk string.
-    let rest = &frame[4..];
-    let kind_len = rest.iter().position(|&b| b == b'\n')? + 1;
-    let n: usize = std::str::from_utf8(rest.get(1..kind_len - 2)?)
-        .ok()?
-        .parse()
-        .ok()?;
-    let rest = rest.get(kind_len + n + 2..)?;
+    let (rest, _, _) = kind(frame)?;
     let body = rest.strip_prefix(b"$")?;
     let eol = body.iter().position(|&b| b == b'\r')?;
     let len: usize = std::str::from_utf8(&body[..eol]).ok()?.parse().ok()?;
