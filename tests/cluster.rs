@@ -496,6 +496,63 @@ fn pubsub_sharded_pubsub_and_resp3_work_on_a_cluster() {
     assert_eq!(c3.cmd(&[b"DEL", b"r3:a", b"r3:b"]), b":2\r\n");
 }
 
+/// A seed node that is not a node of the cluster (nothing listens there) listed
+/// first: subscribers, `PUBLISH` and `PUBSUB NUMSUB` go to the next seed, one
+/// node for all of them (each node counts only its own subscribers), and
+/// `PROXY INFO` names it.
+#[test]
+fn pubsub_passes_over_a_seed_that_is_not_in_the_cluster() {
+    let cluster = Cluster::shared();
+    let dead = support::free_port();
+    let mut config = cluster_config(cluster, None);
+    for db in &mut config.databases {
+        if let Some(cc) = &mut db.upstream.cluster {
+            std::sync::Arc::make_mut(cc)
+                .nodes
+                .insert(0, ("127.0.0.1".to_string(), dead));
+        }
+    }
+    let (_rt, proxy) = Cluster::start_proxy(config);
+    let env = Env { _rt, proxy };
+    let ch: &[u8] = b"home:news";
+    let mut subs: Vec<RawClient> = (0..2).map(|_| env.client()).collect();
+    for s in &mut subs {
+        s.send(&support::resp_cmd(&[b"SUBSCRIBE", ch]));
+        assert_eq!(
+            s.read_reply(),
+            b"*3\r\n$9\r\nsubscribe\r\n$9\r\nhome:news\r\n:1\r\n"
+        );
+    }
+    let mut c = env.client();
+    assert_eq!(
+        c.cmd(&[b"PUBSUB", b"NUMSUB", ch]),
+        b"*2\r\n$9\r\nhome:news\r\n:2\r\n",
+        "both subscribers on the node PUBSUB asks"
+    );
+    assert_eq!(c.cmd(&[b"PUBLISH", ch, b"m"]), b":2\r\n");
+    for s in &mut subs {
+        assert_eq!(
+            s.read_reply(),
+            b"*3\r\n$7\r\nmessage\r\n$9\r\nhome:news\r\n$1\r\nm\r\n"
+        );
+    }
+    assert_eq!(
+        pubsub_node(&mut c),
+        cluster.seeds()[0],
+        "the first seed that is a node"
+    );
+}
+
+/// `pubsub_node` of database 0 in `PROXY INFO databases`.
+fn pubsub_node(c: &mut RawClient) -> String {
+    let info = String::from_utf8_lossy(&c.cmd(&[b"PROXY", b"INFO", b"databases"])).into_owned();
+    info.lines()
+        .find(|l| l.starts_with("db0:"))
+        .and_then(|l| l.split(',').find_map(|f| f.strip_prefix("pubsub_node=")))
+        .unwrap_or_else(|| panic!("no pubsub_node: {info}"))
+        .to_string()
+}
+
 #[test]
 fn the_readiness_check_asks_the_primary_of_its_test_key() {
     let cluster = Cluster::shared();

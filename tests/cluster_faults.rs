@@ -771,6 +771,10 @@ struct Killed {
     good_after: bool,
     /// From the fault until the proxy's map named the replica as primary.
     learnt: Option<Duration>,
+    /// After a kill: the killed node was the first seed, where the proxy's
+    /// subscribers were; from the kill until a client subscribed again through
+    /// the proxy heard a message published through it.
+    pubsub_back: Option<Duration>,
 }
 
 /// How a primary fails.
@@ -789,8 +793,24 @@ enum Fault {
 fn kill_a_primary(test: &str, clients: usize, all_hot: bool, fault: Fault) -> Killed {
     let cluster = Cluster::shared();
     wait_healthy(cluster, Duration::from_secs(20));
-    let env = start();
     let (primary, replica) = primary_with_replica(cluster);
+    // The node to fail is the first seed: where subscribers and PUBLISH go.
+    let mut config = Cluster::shared().proxy_config();
+    for db in &mut config.databases {
+        if let Some(cc) = &mut db.upstream.cluster {
+            Arc::make_mut(cc)
+                .nodes
+                .sort_by_key(|(_, p)| *p != primary.port);
+        }
+    }
+    let (rt, proxy) = Cluster::start_proxy(config);
+    let env = Env { rt, proxy };
+    let channel = format!("news:{test}");
+    let subscriber = (fault == Fault::Kill).then(|| {
+        assert!(env.pubsub_node().ends_with(&format!(":{}", primary.port)));
+        env.rt
+            .block_on(subscribe(env.proxy.local_addr(), channel.as_bytes()))
+    });
     let keys = key_names(test, clients, &|s| primary.serves(s), all_hot);
     assert_eq!(env.cmd(&[b"PING"]), b"+PONG\r\n");
     // A hung node holds requests until their deadline (connect_timeout +
@@ -821,6 +841,11 @@ fn kill_a_primary(test: &str, clients: usize, all_hot: bool, fault: Fault) -> Ki
         Fault::Kill => cluster.kill_node(primary.port),
         Fault::Pause => cluster.pause_node(primary.port),
     }
+    let pubsub_back = subscriber.map(|old| {
+        let proxy = env.proxy.local_addr();
+        env.rt
+            .spawn(pubsub_after_kill(proxy, old, channel.clone(), killed))
+    });
     let promoted = wait_promoted(cluster, &replica, Duration::from_secs(20));
     let deadline = killed + Duration::from_secs(25);
     while Instant::now() < deadline {
@@ -876,10 +901,11 @@ fn kill_a_primary(test: &str, clients: usize, all_hot: bool, fault: Fault) -> Ki
     }
     let (last_bad, good_after) = recovery(&logs, all_hot, killed);
     let learnt = env.rt.block_on(learnt_at).ok().flatten();
+    let pubsub_back = pubsub_back.and_then(|t| env.rt.block_on(t).ok().flatten());
     let audit = audit(&env, &keys, &logs);
     eprintln!(
         "{test}: replica promoted {promoted:?} after the fault (polled), in the proxy's \
-         map {learnt:?} after it; last failed write {last_bad:?} after it, writes succeeding after that: {good_after}; {} writes \
+         map {learnt:?} after it; pub/sub back {pubsub_back:?} after it; last failed write {last_bad:?} after it, writes succeeding after that: {good_after}; {} writes \
          acknowledged, {} lost, {} duplicated, {} errors ({}), {} maybe run ({})",
         audit.acked,
         audit.lost.len(),
@@ -896,7 +922,90 @@ fn kill_a_primary(test: &str, clients: usize, all_hot: bool, fault: Fault) -> Ki
         last_bad,
         good_after,
         learnt,
+        pubsub_back,
     }
+}
+
+impl Env {
+    /// `pubsub_node` of database 0 in `PROXY INFO databases`.
+    fn pubsub_node(&self) -> String {
+        let info = self.cmd(&[b"PROXY", b"INFO", b"databases"]);
+        let info = String::from_utf8_lossy(&info);
+        info.lines()
+            .find(|l| l.starts_with("db0:"))
+            .and_then(|l| l.split(',').find_map(|f| f.strip_prefix("pubsub_node=")))
+            .unwrap_or_else(|| panic!("no pubsub_node: {info}"))
+            .to_string()
+    }
+}
+
+/// A client of `proxy` subscribed to `ch`.
+async fn subscribe(proxy: std::net::SocketAddr, ch: &[u8]) -> AsyncRawClient {
+    let mut c = AsyncRawClient::connect(proxy).await;
+    let ok = c.cmd(&[b"SUBSCRIBE", ch]).await;
+    let want = format!(
+        "*3\r\n$9\r\nsubscribe\r\n${}\r\n{}\r\n:1\r\n",
+        ch.len(),
+        String::from_utf8_lossy(ch)
+    );
+    assert_eq!(String::from_utf8_lossy(&ok), want);
+    c
+}
+
+/// After the node of `old`'s subscriber connection was killed: `old`'s
+/// connection is closed (as Redis's would be), then clients subscribe again
+/// (as a client library does) until one hears a message published through the
+/// proxy; how long after `killed` (`None`: not within 25 s).
+async fn pubsub_after_kill(
+    proxy: std::net::SocketAddr,
+    mut old: AsyncRawClient,
+    ch: String,
+    killed: Instant,
+) -> Option<Duration> {
+    old.set_timeout(Duration::from_secs(10));
+    let closed = old.try_read_reply().await;
+    assert!(
+        closed
+            .as_ref()
+            .is_err_and(|e| e.kind() == std::io::ErrorKind::UnexpectedEof),
+        "the subscriber's connection closes with its node's: {closed:?}"
+    );
+    let ch = ch.as_bytes();
+    let message = format!(
+        "*3\r\n$7\r\nmessage\r\n${}\r\n{}\r\n$5\r\nhello\r\n",
+        ch.len(),
+        String::from_utf8_lossy(ch)
+    );
+    while killed.elapsed() < Duration::from_secs(25) {
+        if heard(proxy, ch, message.as_bytes()).await {
+            return Some(killed.elapsed());
+        }
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    None
+}
+
+/// Whether a new client of `proxy` subscribes to `ch` and gets `message` after
+/// another publishes it (each step within 3 s).
+async fn heard(proxy: std::net::SocketAddr, ch: &[u8], message: &[u8]) -> bool {
+    let mut sub = AsyncRawClient::connect(proxy).await;
+    sub.set_timeout(Duration::from_secs(3));
+    let mut publisher = AsyncRawClient::connect(proxy).await;
+    publisher.set_timeout(Duration::from_secs(3));
+    sub.send(&resp_cmd(&[b"SUBSCRIBE", ch])).await;
+    if !sub
+        .try_read_reply()
+        .await
+        .is_ok_and(|r| r.starts_with(b"*3\r\n$9\r\nsubscribe"))
+    {
+        return false;
+    }
+    publisher.send(&resp_cmd(&[b"PUBLISH", ch, b"hello"])).await;
+    publisher
+        .try_read_reply()
+        .await
+        .is_ok_and(|r| r == b":1\r\n")
+        && sub.try_read_reply().await.is_ok_and(|r| r == message)
 }
 
 fn assert_recovered(k: &Killed) {
@@ -919,6 +1028,16 @@ fn assert_recovered(k: &Killed) {
     a.assert_consistent();
 }
 
+/// After a kill of the first seed: subscribers and PUBLISH moved to another node
+/// within 15 s, without a restart.
+fn assert_pubsub_moved(k: &Killed) {
+    assert!(
+        k.pubsub_back.is_some_and(|d| d < Duration::from_secs(15)),
+        "pub/sub works again within 15 s of the kill: {:?}",
+        k.pubsub_back
+    );
+}
+
 /// SIGKILL to a primary while 50 clients write, half of them to its shard: the
 /// replica is promoted after `cluster-node-timeout` (5 s in the helper) and the
 /// proxy must find it without a restart. Writes to the dead shard fail meanwhile
@@ -930,6 +1049,7 @@ fn killed_primary_writes_resume_on_the_promoted_replica() {
     let _serial = serial();
     let k = kill_a_primary("killed", CLIENTS, false, Fault::Kill);
     assert_recovered(&k);
+    assert_pubsub_moved(&k);
 }
 
 /// As above, but every client writes only to the dead shard's keys: no request
@@ -941,6 +1061,7 @@ fn killed_primary_alone_in_use_is_replaced_without_other_traffic() {
     let _serial = serial();
     let k = kill_a_primary("killed-alone", 5, true, Fault::Kill);
     assert_recovered(&k);
+    assert_pubsub_moved(&k);
 }
 
 /// SIGSTOP to a primary while 50 clients write, half of them to its shard: its

@@ -112,6 +112,53 @@ pub struct Node {
     pool: Pool,
     pool3: Pool,
     probe: CancellationToken,
+    /// The last word about the node was a failure (of a request, a probe, or a
+    /// connection a session opened): set by [`NodeObserver`] and
+    /// [`Cluster::node_failed`], cleared by the next success.
+    down: Arc<AtomicBool>,
+}
+
+/// A node's observer: its breaker's policy, and [`Node::down`] kept.
+#[derive(Debug)]
+struct NodeObserver {
+    policy: Policy,
+    down: Arc<AtomicBool>,
+}
+
+impl Observer for NodeObserver {
+    fn success(&self) {
+        // (Called per batch: the flag's cache line is written only on a change.)
+        if self.down.load(Ordering::Relaxed) {
+            self.down.store(false, Ordering::Relaxed);
+        }
+        self.policy.success();
+    }
+
+    fn failure(&self) {
+        self.down.store(true, Ordering::Relaxed);
+        self.policy.failure();
+    }
+
+    fn upstream_replaced(&self) {
+        self.policy.upstream_replaced();
+    }
+
+    fn probe(&self, ok: bool) {
+        self.down.store(!ok, Ordering::Relaxed);
+        self.policy.probe(ok);
+    }
+
+    fn probe_interval(&self, configured: Duration) -> Duration {
+        self.policy.probe_interval(configured)
+    }
+
+    fn admit(&self) -> Result<(), Option<Duration>> {
+        self.policy.admit()
+    }
+
+    fn retry_delay(&self, retry: u32) -> Duration {
+        self.policy.retry_delay(retry)
+    }
 }
 
 impl Drop for Node {
@@ -132,9 +179,13 @@ impl Node {
         let cfg = Arc::new(node_config(base, host, port));
         let breaker = Arc::new(Breaker::new(breaker));
         let health = Arc::new(HealthState::default());
-        let observer: Arc<dyn Observer> = Arc::new(Policy {
-            breaker: breaker.clone(),
-            backoff: Backoff::from(&cfg.resilience),
+        let down = Arc::new(AtomicBool::new(false));
+        let observer: Arc<dyn Observer> = Arc::new(NodeObserver {
+            policy: Policy {
+                breaker: breaker.clone(),
+                backoff: Backoff::from(&cfg.resilience),
+            },
+            down: down.clone(),
         });
         let spawn = |resp3| -> Vec<MuxHandle> {
             (0..cfg.mux_connections.max(1))
@@ -161,7 +212,14 @@ impl Node {
             slots,
             slots3,
             probe,
+            down,
         })
+    }
+
+    /// Whether it may serve: the last word about it was not a failure, and its
+    /// breaker is not open.
+    fn may_serve(&self) -> bool {
+        !self.down.load(Ordering::Relaxed) && self.breaker.state() != crate::resilience::State::Open
     }
 
     fn slot(&self, session: u64, resp3: bool) -> &MuxHandle {
@@ -198,14 +256,28 @@ fn node_config(base: &UpstreamConfig, host: String, port: u16) -> UpstreamConfig
     cfg
 }
 
-/// The settings of a connection to the first seed node of `base` (what the
-/// connections that do not route by slot use: subscribers, out-of-band
-/// requests); `base` itself if it is not a cluster.
+/// The settings of a connection to the first seed node of `base` (before a
+/// cluster upstream runs: `--check-config`, the fallback pool); `base` itself if
+/// it is not a cluster. At run time see [`Cluster::home_config`].
 pub fn seed_config(base: &UpstreamConfig) -> UpstreamConfig {
     match base.cluster.as_ref().and_then(|c| c.nodes.first()) {
         Some((h, p)) => node_config(base, h.clone(), *p),
         None => base.clone(),
     }
+}
+
+/// Whether two `host:port` addresses name the same (IPv6 with or without brackets).
+fn same_addr(a: &str, b: &str) -> bool {
+    a == b || split_addr(a).is_some_and(|a| split_addr(b) == Some(a))
+}
+
+/// The node at `addr` in `topo`'s map, if it is one.
+fn map_node<'a>(topo: &'a Topology, addr: &str) -> Option<&'a map::Node> {
+    topo.map
+        .shards()
+        .iter()
+        .flat_map(|s| std::iter::once(&s.primary).chain(&s.replicas))
+        .find(|n| same_addr(&n.addr, addr))
 }
 
 /// The slot map and the node of each shard's primary.
@@ -394,7 +466,7 @@ impl Cluster {
     pub fn pool(&self, slot: Option<u16>, session: u64, resp3: bool) -> Option<Pool> {
         let node = match self.topology() {
             Some(t) => t.primary(slot, session).cloned(),
-            None => self.seed(),
+            None => self.home(),
         }?;
         Some(node.pool(resp3).clone())
     }
@@ -448,10 +520,70 @@ impl Cluster {
             .is_some_and(|c| c.read_from == ReadFrom::Replica)
     }
 
-    fn seed(&self) -> Option<Arc<Node>> {
-        let c = self.base.cluster.as_ref()?;
-        let (h, p) = c.nodes.first()?;
-        self.node(&format!("{h}:{p}"))
+    /// The node for what does not go by slot: subscribers (but `SSUBSCRIBE`'s),
+    /// `MONITOR`, `PUBLISH`, `PUBSUB CHANNELS/NUMSUB/NUMPAT`, out-of-band requests
+    /// and `auth_passthrough` logins. Of the map's nodes, the seed nodes first (in
+    /// the configured order), then the primaries (in shard order): the first that
+    /// may serve (the last word about it was not a failure, its breaker is not
+    /// open, the cluster does not mark it failed, and a replica the map calls
+    /// loading answered its probe). A seed that is not a node of the map (not, or
+    /// no longer, in the cluster; or named differently) is passed over. So every
+    /// session uses the same node while it serves (a node counts only its own
+    /// subscribers), and the next one once it fails. If none may serve, the first
+    /// of them; before the map is learnt, the first seed.
+    pub fn home(&self) -> Option<Arc<Node>> {
+        let first_seed = || {
+            let (h, p) = self.base.cluster.as_ref()?.nodes.first()?;
+            self.node(&format!("{h}:{p}"))
+        };
+        let Some(topo) = self.topology() else {
+            return first_seed();
+        };
+        let seeds = self.base.cluster.iter().flat_map(|c| &c.nodes);
+        let listed = seeds.filter_map(|(h, p)| map_node(&topo, &format!("{h}:{p}")));
+        let primaries = topo.map.shards().iter().map(|s| &s.primary);
+        let mut fallback = None;
+        for entry in listed.chain(primaries) {
+            let Some(node) = self.node(&entry.addr) else {
+                continue;
+            };
+            let ok = node.may_serve()
+                && match entry.health {
+                    map::Health::Online => true,
+                    map::Health::Failed => false,
+                    // (Redis 7.0 reports a synced replica as loading: its
+                    // probe's PING decides.)
+                    map::Health::Loading => node.health.healthy.load(Ordering::Relaxed),
+                };
+            if ok {
+                return Some(node);
+            }
+            fallback.get_or_insert(node);
+        }
+        fallback.or_else(first_seed)
+    }
+
+    /// The settings of a connection to [`Cluster::home`].
+    pub fn home_config(&self) -> UpstreamConfig {
+        match self.home().and_then(|n| split_addr(&n.addr)) {
+            Some((host, port)) => node_config(&self.base, host, port),
+            None => seed_config(&self.base),
+        }
+    }
+
+    /// A connection a session opened to the node at `addr` failed (its
+    /// subscriber connection could not connect): the node is down until it
+    /// answers again, and the map is looked at (it may have been failed over).
+    pub fn node_failed(self: &Arc<Self>, addr: &str) {
+        let node = self
+            .nodes
+            .lock()
+            .ok()
+            .and_then(|n| n.values().find(|n| same_addr(&n.addr, addr)).cloned());
+        if let Some(node) = node {
+            node.down.store(true, Ordering::Relaxed);
+            self.after_failure();
+        }
     }
 
     /// Learns the map again unless it changed since generation `seen` (someone
@@ -559,17 +691,13 @@ impl Cluster {
         if changed {
             tracing::info!(db = %self.label, generation, shards = m.shards().len(), covered = m.covered(), "cluster slot map learnt");
         }
-        let mut keep: Vec<String> = m
+        // (The home node, where subscribers are, is one of them: `home`.)
+        let keep: Vec<String> = m
             .shards()
             .iter()
             .flat_map(|s| std::iter::once(&s.primary).chain(&s.replicas))
             .map(|n| n.addr.clone())
             .collect();
-        // The first seed (where the proxy's subscribers are) keeps its connections
-        // for PUBLISH even when the map names it otherwise.
-        if let Some((h, p)) = self.base.cluster.as_ref().and_then(|c| c.nodes.first()) {
-            keep.push(format!("{h}:{p}"));
-        }
         if let Ok(mut t) = self.topology.write() {
             *t = Some(Arc::new(Topology {
                 map: m,
@@ -892,7 +1020,7 @@ impl Cluster {
                     }
                 }
                 Plan::Scan => self.plan_scan(topo, args, &mut unit),
-                Plan::Seed => match unit(this, self.seed().as_ref(), None, true) {
+                Plan::Home => match unit(this, self.home().as_ref(), None, true) {
                     Some(u) => Item::One(u),
                     None => no_nodes(),
                 },
@@ -1217,5 +1345,108 @@ fn render(item: &Item, units: &[Unit], out: &mut Vec<u8>) {
                 None => reply::error(out, "ERR cluster: SCAN cursor too large to encode"),
             }
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::protocol::value::Value;
+
+    fn bulk(t: &str) -> Value {
+        Value::Bulk(Some(t.as_bytes().to_vec()))
+    }
+
+    /// `CLUSTER SLOTS` of two primaries on loopback `a` and `b`, half the slots each.
+    fn two_shards(a: u16, b: u16) -> SlotMap {
+        let range = |from, to, port: u16, id: &str| {
+            Value::Array(Some(vec![
+                Value::Int(from),
+                Value::Int(to),
+                Value::Array(Some(vec![
+                    bulk("127.0.0.1"),
+                    Value::Int(i64::from(port)),
+                    bulk(id),
+                ])),
+            ]))
+        };
+        let reply = Value::Array(Some(vec![
+            range(0, 8191, a, "a"),
+            range(8192, 16383, b, "b"),
+        ]));
+        SlotMap::from_slots(&reply, "127.0.0.1").expect("a map")
+    }
+
+    /// The home node: seeds not in the map passed over, the first seed of the
+    /// map while it may serve; the next once a session's connection to it failed;
+    /// back when it answers again.
+    #[tokio::test]
+    async fn home_is_the_first_seed_of_the_map_that_may_serve() {
+        // Nodes that accept and never answer (their probes stay pending for the
+        // test's few milliseconds), and a port nothing listens on.
+        let a = tokio::net::TcpListener::bind("127.0.0.1:0")
+            .await
+            .expect("bind");
+        let b = tokio::net::TcpListener::bind("127.0.0.1:0")
+            .await
+            .expect("bind");
+        let (pa, pb) = (
+            a.local_addr().expect("addr").port(),
+            b.local_addr().expect("addr").port(),
+        );
+        let gone = {
+            let l = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
+            l.local_addr().expect("addr").port()
+        };
+        let mut base = crate::config::Config::for_upstream("127.0.0.1", pa).databases[0]
+            .upstream
+            .clone();
+        let seeds = [gone, pb, pa];
+        base.cluster = Some(Arc::new(crate::config::ClusterConfig {
+            nodes: seeds
+                .iter()
+                .map(|p| ("127.0.0.1".to_string(), *p))
+                .collect(),
+            read_from: ReadFrom::Primary,
+        }));
+        let stop = CancellationToken::new();
+        let cluster = Cluster::start(&base, "t".into(), Arc::default(), &stop);
+        let home = |c: &Cluster| c.home().map(|n| n.addr.clone());
+        assert_eq!(
+            home(&cluster),
+            Some(format!("127.0.0.1:{gone}")),
+            "before the map: the first seed"
+        );
+        cluster.install(two_shards(pa, pb));
+        let (at_a, at_b) = (format!("127.0.0.1:{pa}"), format!("127.0.0.1:{pb}"));
+        assert_eq!(
+            home(&cluster),
+            Some(at_b.clone()),
+            "the first seed in the map"
+        );
+        cluster.node_failed(&at_b);
+        assert_eq!(home(&cluster), Some(at_a.clone()), "the next one");
+        cluster.node_failed(&at_a);
+        assert_eq!(
+            home(&cluster),
+            Some(at_b.clone()),
+            "none may serve: the first"
+        );
+        // B answers again (its connections' observer hears a success).
+        let node = cluster.node(&at_b).expect("b");
+        let observer = NodeObserver {
+            policy: Policy {
+                breaker: node.breaker.clone(),
+                backoff: Backoff::from(&base.resilience),
+            },
+            down: node.down.clone(),
+        };
+        observer.failure();
+        assert!(!node.may_serve());
+        observer.success();
+        assert!(node.may_serve());
+        assert_eq!(home(&cluster), Some(at_b), "back on the first seed");
+        stop.cancel();
+        drop((a, b));
     }
 }

@@ -45,10 +45,10 @@ pub enum Plan {
     Every(Merge),
     /// `SCAN`: one node at a time, the node's index folded into the cursor.
     Scan,
-    /// To the first seed node, where the proxy's subscriber connections are
-    /// (`PUBLISH`, `PUBSUB CHANNELS/NUMSUB/NUMPAT`): the cluster delivers a
+    /// To the node where the proxy's subscriber connections are (`PUBLISH`,
+    /// `PUBSUB CHANNELS/NUMSUB/NUMPAT`; `Cluster::home`): the cluster delivers a
     /// message on every node, but each node counts only its own subscribers.
-    Seed,
+    Home,
     /// Answered with this error, as Redis would.
     Refuse(&'static str),
 }
@@ -118,7 +118,7 @@ fn keyless(name: &str) -> Plan {
         "keys" => Plan::Every(Merge::Concat),
         "randomkey" => Plan::Every(Merge::AnyNonNil),
         "scan" => Plan::Scan,
-        "publish" | "pubsub|channels" | "pubsub|numsub" | "pubsub|numpat" => Plan::Seed,
+        "publish" | "pubsub|channels" | "pubsub|numsub" | "pubsub|numpat" => Plan::Home,
         n if EVERY_FIRST.contains(&n) => Plan::Every(Merge::First),
         _ => Plan::Slot(None),
     }
@@ -186,8 +186,8 @@ mod tests {
             Plan::Every(Merge::First)
         );
         assert_eq!(plan_of(&["scan", "0"]), Plan::Scan);
-        assert_eq!(plan_of(&["PUBLISH", "ch", "m"]), Plan::Seed);
-        assert_eq!(plan_of(&["PUBSUB", "NUMSUB", "ch"]), Plan::Seed);
+        assert_eq!(plan_of(&["PUBLISH", "ch", "m"]), Plan::Home);
+        assert_eq!(plan_of(&["PUBSUB", "NUMSUB", "ch"]), Plan::Home);
         // EVAL with its keys in one slot goes there; with none, anywhere.
         let eval = plan_of(&["EVAL", "return 1", "1", "foo"]);
         assert_eq!(eval, Plan::Slot(Some(key_slot(b"foo"))));

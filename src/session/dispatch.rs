@@ -28,7 +28,6 @@ use crate::router::Database;
 use crate::stats;
 use crate::upstream::mux::{Batch, Retry};
 use crate::upstream::oob;
-use crate::upstream::pubsub::Subscription;
 use crate::upstream::UpstreamError;
 
 /// What [`Session::deferred_step`] did with a request.
@@ -160,27 +159,29 @@ impl Run {
 }
 
 /// On a cluster, points `cfg` at the primary serving a sharded subscription's
-/// channel (`SSUBSCRIBE`); other subscriptions stay on the seed node (Redis
-/// Cluster broadcasts `PUBLISH` to every node).
+/// channel (`SSUBSCRIBE`), and says so; other subscriptions stay on the
+/// cluster's home node (Redis Cluster broadcasts `PUBLISH` to every node).
 fn shard_node(
     db: &Database,
     cmd: &Descriptor,
     args: &dyn ArgList,
     cfg: &mut crate::config::UpstreamConfig,
-) {
+) -> bool {
     let prefix = db.config.upstream.key_prefix.as_deref();
     let slot = crate::cluster::plan::slot_of(cmd.info, args, prefix);
     let (Some(cluster), Some(slot)) = (db.cluster(), slot) else {
-        return;
+        return false;
     };
     let Some(topo) = cluster.topology() else {
-        return;
+        return false;
     };
     let addr = topo.map.shard(slot).map(|s| s.primary.addr.as_str());
-    if let Some((host, port)) = addr.and_then(crate::cluster::map::split_addr) {
-        cfg.host = host;
-        cfg.port = port;
-    }
+    let Some((host, port)) = addr.and_then(crate::cluster::map::split_addr) else {
+        return false;
+    };
+    cfg.host = host;
+    cfg.port = port;
+    true
 }
 
 /// The bytes of a request to send upstream: a slice of the buffer for multibulk,
@@ -769,6 +770,7 @@ impl Session {
                 }
                 let db = self.state.db.clone();
                 let mut cfg = self.upstream_cfg(&db);
+                let mut sharded = false;
                 if db.cluster().is_some() {
                     // SSUBSCRIBE: to the node serving the channel's slot.
                     let ranged = Ranged {
@@ -779,14 +781,9 @@ impl Session {
                         RequestKind::Inline(a) => a,
                         _ => &ranged,
                     };
-                    shard_node(&db, &cmd, args, &mut cfg);
+                    sharded = shard_node(&db, &cmd, args, &mut cfg);
                 }
-                let opened = Box::pin(Subscription::open(
-                    &cfg,
-                    self.live.config.limits.pubsub_buffer_limit,
-                    self.state.resp3,
-                ))
-                .await;
+                let opened = Box::pin(self.open_subscriber(&db, cfg, sharded)).await;
                 match opened {
                     Ok(sub) => {
                         self.enter_pubsub(sub, cmd.route == Route::Stateful(Family::Monitor));

@@ -49,9 +49,12 @@ impl Session {
     /// (subscriber, private, out of band): the database's, logged in as the
     /// session's user when it authenticated through to Redis.
     pub(super) fn upstream_cfg(&self, db: &Database) -> UpstreamConfig {
-        // On a cluster: the first seed node (subscribers, out-of-band requests,
-        // private connections do not route by slot).
-        let mut cfg = crate::cluster::client::seed_config(&db.config.upstream);
+        // On a cluster: the node for what does not route by slot (subscribers,
+        // out-of-band requests, private connections): `Cluster::home`.
+        let mut cfg = match db.cluster() {
+            Some(c) => c.home_config(),
+            None => db.config.upstream.clone(),
+        };
         if let Some(login) = &self.login {
             cfg.username.clone_from(&login.user);
             cfg.password = Some(login.password.clone());

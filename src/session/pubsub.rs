@@ -9,9 +9,12 @@ use bytes::Bytes;
 use super::queue::Pending;
 use super::Session;
 use crate::command::{each_request, ArgList};
+use crate::config::UpstreamConfig;
 use crate::protocol::reply;
 use crate::protocol::request::encode_command;
+use crate::router::Database;
 use crate::upstream::pubsub::{self, End, Subscription};
+use crate::upstream::UpstreamError;
 
 /// Most attempts at subscribing a moved shard channel again.
 const ROUNDS: u32 = crate::cluster::client::MAX_REDIRECTS;
@@ -22,6 +25,8 @@ const FOLLOW_MOVED: Duration = Duration::from_secs(5);
 const FOLLOW_LOST: Duration = Duration::from_secs(30);
 /// How long the new node's confirmations are waited for.
 const CONFIRM: Duration = Duration::from_secs(2);
+/// Most nodes a subscriber connection to a cluster's home node is tried on.
+const HOME_TRIES: u32 = 3;
 
 /// On a cluster, the session's sharded subscriptions (`SSUBSCRIBE`), so that they
 /// follow their slot: Redis drops a shard channel's subscribers (a `sunsubscribe`
@@ -46,6 +51,42 @@ pub(super) struct ShardState {
 }
 
 impl Session {
+    /// Opens the subscriber connection to `cfg`'s server. On a cluster, a
+    /// subscriber connection to the home node (not a shard's, `sharded`) that
+    /// cannot connect marks that node down and goes to the next home node, at
+    /// most [`HOME_TRIES`] times.
+    pub(super) async fn open_subscriber(
+        &self,
+        db: &Database,
+        mut cfg: UpstreamConfig,
+        sharded: bool,
+    ) -> Result<Subscription, UpstreamError> {
+        let limit = self.live.config.limits.pubsub_buffer_limit;
+        if let (Some(c), false) = (db.cluster(), sharded) {
+            // The map, to know which seeds are nodes (learnt at start; waited
+            // for only by the first requests).
+            if c.topology().is_none() && c.ready().await.is_ok() {
+                cfg = self.upstream_cfg(db);
+            }
+        }
+        let mut tries = 1;
+        loop {
+            let result = Subscription::open(&cfg, limit, self.state.resp3).await;
+            let cluster = match (&result, db.cluster()) {
+                (Err(UpstreamError::Connect { .. }), Some(c)) if !sharded => c,
+                _ => return result,
+            };
+            cluster.node_failed(&cfg.address());
+            let next = self.upstream_cfg(db);
+            if tries >= HOME_TRIES || next.address() == cfg.address() {
+                return result;
+            }
+            tracing::info!(session = self.state.id, from = %cfg.address(), to = %next.address(), "subscriber connection goes to the next cluster node");
+            cfg = next;
+            tries += 1;
+        }
+    }
+
     /// A frame (or the end) of the subscriber connection's stream.
     pub(super) fn on_pubsub_frame(&mut self, f: Result<Bytes, End>) {
         let frame = match f {
