@@ -268,7 +268,12 @@ pub fn seed_config(base: &UpstreamConfig) -> UpstreamConfig {
 
 /// Whether two `host:port` addresses name the same (IPv6 with or without brackets).
 fn same_addr(a: &str, b: &str) -> bool {
-    a == b || split_addr(a).is_some_and(|a| split_addr(b) == Some(a))
+    // (Without allocating: `home` compares every seed with the map's nodes.)
+    fn parts(addr: &str) -> Option<(&str, &str)> {
+        let (h, p) = addr.rsplit_once(':')?;
+        Some((h.trim_start_matches('[').trim_end_matches(']'), p))
+    }
+    a == b || parts(a).is_some_and(|a| parts(b) == Some(a))
 }
 
 /// The node at `addr` in `topo`'s map, if it is one.
@@ -310,6 +315,8 @@ impl Topology {
 #[derive(Debug)]
 pub struct Cluster {
     base: UpstreamConfig,
+    /// The seed nodes, `host:port`, in the configured order.
+    seeds: Vec<String>,
     label: String,
     stats: Arc<DbStats>,
     breaker: BreakerConfig,
@@ -387,6 +394,12 @@ impl Cluster {
     ) -> Arc<Cluster> {
         let cluster = Arc::new(Cluster {
             base: base.clone(),
+            seeds: base
+                .cluster
+                .iter()
+                .flat_map(|c| &c.nodes)
+                .map(|(h, p)| format!("{h}:{p}"))
+                .collect(),
             label,
             stats,
             breaker: BreakerConfig::from(&base.resilience),
@@ -532,15 +545,11 @@ impl Cluster {
     /// subscribers), and the next one once it fails. If none may serve, the first
     /// of them; before the map is learnt, the first seed.
     pub fn home(&self) -> Option<Arc<Node>> {
-        let first_seed = || {
-            let (h, p) = self.base.cluster.as_ref()?.nodes.first()?;
-            self.node(&format!("{h}:{p}"))
-        };
+        let first_seed = || self.node(self.seeds.first()?);
         let Some(topo) = self.topology() else {
             return first_seed();
         };
-        let seeds = self.base.cluster.iter().flat_map(|c| &c.nodes);
-        let listed = seeds.filter_map(|(h, p)| map_node(&topo, &format!("{h}:{p}")));
+        let listed = self.seeds.iter().filter_map(|a| map_node(&topo, a));
         let primaries = topo.map.shards().iter().map(|s| &s.primary);
         let mut fallback = None;
         for entry in listed.chain(primaries) {
@@ -608,9 +617,7 @@ impl Cluster {
                 }
             }
         }
-        if let Some(c) = &self.base.cluster {
-            asked.extend(c.nodes.iter().map(|(h, p)| (format!("{h}:{p}"), false)));
-        }
+        asked.extend(self.seeds.iter().map(|a| (a.clone(), false)));
         // Nodes in trouble (failed by the cluster's account, or with their breaker
         // not closed) are asked last.
         let troubled = |addr: &str, failed: bool| {
