@@ -553,6 +553,35 @@ fn pubsub_node(c: &mut RawClient) -> String {
         .to_string()
 }
 
+/// Shard channels are not keys: a database's `key_prefix` is not added to them
+/// (pub/sub is not per database on Redis either), so `SSUBSCRIBE` must go to the
+/// node of the channel as named, where `SPUBLISH` goes.
+#[test]
+fn sharded_pubsub_on_a_prefixed_database_goes_by_the_channels_own_slot() {
+    let env = start(Some("sp"));
+    // Channels on all three shards (their slots as named, not as prefixed).
+    for ch in ["pch:a", "pch:b", "pch:c", "pch:d", "pch:e"] {
+        let mut sub = env.client();
+        sub.send(&support::resp_cmd(&[b"SELECT", b"1"]));
+        assert_eq!(sub.read_reply(), b"+OK\r\n");
+        sub.send(&support::resp_cmd(&[b"SSUBSCRIBE", ch.as_bytes()]));
+        let want = format!("*3\r\n$10\r\nssubscribe\r\n${}\r\n{ch}\r\n:1\r\n", ch.len());
+        assert_eq!(String::from_utf8_lossy(&sub.read_reply()), want, "{ch}");
+        let mut p = env.client();
+        assert_eq!(p.cmd(&[b"SELECT", b"1"]), b"+OK\r\n");
+        assert_eq!(
+            p.cmd(&[b"SPUBLISH", ch.as_bytes(), b"hi"]),
+            b":1\r\n",
+            "{ch}"
+        );
+        let want = format!(
+            "*3\r\n$8\r\nsmessage\r\n${}\r\n{ch}\r\n$2\r\nhi\r\n",
+            ch.len()
+        );
+        assert_eq!(String::from_utf8_lossy(&sub.read_reply()), want, "{ch}");
+    }
+}
+
 #[test]
 fn the_readiness_check_asks_the_primary_of_its_test_key() {
     let cluster = Cluster::shared();

@@ -125,7 +125,7 @@ fn keyless(name: &str) -> Plan {
 }
 
 /// The slot of a request's keys, with `prefix` (`key_prefix`, not yet added to
-/// the arguments) in front of each: what pins an exclusive connection (a
+/// the arguments) in front of each key (not of a shard channel): what pins an exclusive connection (a
 /// transaction, a blocking command) to a node. `None` without keys, or with
 /// keys of several slots.
 pub fn slot_of<L: ArgList + ?Sized>(
@@ -139,7 +139,10 @@ pub fn slot_of<L: ArgList + ?Sized>(
     let mut slot = None;
     for k in found.iter().filter(|k| k.kind != KeyKind::Pattern) {
         key.clear();
-        key.extend_from_slice(prefix.unwrap_or(b""));
+        if k.kind == KeyKind::Key {
+            // (Shard channels are not prefixed: `session::prefix`.)
+            key.extend_from_slice(prefix.unwrap_or(b""));
+        }
         key.extend_from_slice(args.arg(k.index));
         let s = key_slot(&key);
         if slot.is_some_and(|x| x != s) {
@@ -172,6 +175,23 @@ mod tests {
     fn plan_of(args: &[&str]) -> Plan {
         let d = Descriptor::of(args);
         plan(d.info, args)
+    }
+
+    /// `key_prefix` goes in front of keys, not of shard channels (which the
+    /// session does not prefix).
+    #[test]
+    fn the_prefix_counts_for_keys_not_for_shard_channels() {
+        let slot = |args: &[&str], prefix: &str| {
+            let d = Descriptor::of(args);
+            slot_of(d.info, args, Some(prefix.as_bytes()))
+        };
+        assert_eq!(slot(&["SET", "k", "v"], "kb:"), Some(key_slot(b"kb:k")));
+        for cmd in ["SSUBSCRIBE", "SPUBLISH"] {
+            assert_eq!(
+                slot(&[cmd, "pch:a", "m"][..2], "kb:"),
+                Some(key_slot(b"pch:a"))
+            );
+        }
     }
 
     #[test]

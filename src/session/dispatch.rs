@@ -769,6 +769,11 @@ impl Session {
                     return;
                 }
                 let db = self.state.db.clone();
+                if let Some(c) = db.cluster().filter(|c| c.topology().is_none()) {
+                    // The map, for the home node or the shard channel's node
+                    // (learnt at start; waited for only by the first requests).
+                    let _ = c.ready().await;
+                }
                 let mut cfg = self.upstream_cfg(&db);
                 let mut sharded = false;
                 if db.cluster().is_some() {

@@ -62,13 +62,6 @@ impl Session {
         sharded: bool,
     ) -> Result<Subscription, UpstreamError> {
         let limit = self.live.config.limits.pubsub_buffer_limit;
-        if let (Some(c), false) = (db.cluster(), sharded) {
-            // The map, to know which seeds are nodes (learnt at start; waited
-            // for only by the first requests).
-            if c.topology().is_none() && c.ready().await.is_ok() {
-                cfg = self.upstream_cfg(db);
-            }
-        }
         let mut tries = 1;
         loop {
             let result = Subscription::open(&cfg, limit, self.state.resp3).await;
