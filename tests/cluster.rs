@@ -582,6 +582,65 @@ fn sharded_pubsub_on_a_prefixed_database_goes_by_the_channels_own_slot() {
     }
 }
 
+/// `PUBSUB SHARDNUMSUB` counts each shard channel on its slot's primary (where
+/// its subscribers are) and `PUBSUB SHARDCHANNELS` lists every primary's, so the
+/// client sees what one standalone Redis would say.
+#[test]
+fn shard_channel_introspection_covers_every_shard() {
+    let env = start(None);
+    let channels = ["shnum:a", "shnum:b", "shnum:c", "shnum:d"];
+    let slots: std::collections::HashSet<u16> = channels
+        .iter()
+        .map(|c| redis_sidecar::cluster::key_slot(c.as_bytes()))
+        .collect();
+    assert!(slots.len() > 1, "channels in several slots");
+    let mut subs = Vec::new();
+    for ch in channels {
+        let mut sub = env.client();
+        sub.send(&support::resp_cmd(&[b"SSUBSCRIBE", ch.as_bytes()]));
+        assert!(sub.read_reply().starts_with(b"*3\r\n$10\r\nssubscribe"));
+        subs.push(sub);
+    }
+    let mut c = env.client();
+    let mut want = String::from("*10\r\n");
+    for ch in channels {
+        want.push_str(&format!("$7\r\n{ch}\r\n:1\r\n"));
+    }
+    want.push_str("$7\r\nshnum:z\r\n:0\r\n");
+    let mut args: Vec<&[u8]> = vec![b"PUBSUB", b"SHARDNUMSUB"];
+    args.extend(channels.iter().map(|c| c.as_bytes()));
+    args.push(b"shnum:z");
+    assert_eq!(String::from_utf8_lossy(&c.cmd(&args)), want);
+    let listed = c.cmd(&[b"PUBSUB", b"SHARDCHANNELS", b"shnum:*"]);
+    let mut names: Vec<String> = match redis::parse_redis_value(&listed) {
+        Ok(redis::Value::Array(v)) => v
+            .iter()
+            .filter_map(|n| match n {
+                redis::Value::BulkString(n) => Some(String::from_utf8_lossy(n).into_owned()),
+                _ => None,
+            })
+            .collect(),
+        other => panic!("SHARDCHANNELS: {other:?}"),
+    };
+    names.sort();
+    assert_eq!(names, channels);
+    // RESP3, in the client's order, in the shape a node gives (Redis 7.0: an
+    // array; a map where a version sends one).
+    let mut node = Cluster::shared().nodes()[0].client();
+    assert!(node.cmd(&[b"HELLO", b"3"]).starts_with(b"%"));
+    let head = match node.cmd(&[b"PUBSUB", b"SHARDNUMSUB", b"x"]).first() {
+        Some(b'%') => "%2",
+        _ => "*4",
+    };
+    let mut c3 = env.client();
+    assert!(c3.cmd(&[b"HELLO", b"3"]).starts_with(b"%"));
+    let reply = c3.cmd(&[b"PUBSUB", b"SHARDNUMSUB", b"shnum:d", b"shnum:a"]);
+    assert_eq!(
+        String::from_utf8_lossy(&reply),
+        format!("{head}\r\n$7\r\nshnum:d\r\n:1\r\n$7\r\nshnum:a\r\n:1\r\n")
+    );
+}
+
 #[test]
 fn the_readiness_check_asks_the_primary_of_its_test_key() {
     let cluster = Cluster::shared();

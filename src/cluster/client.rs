@@ -1004,13 +1004,14 @@ impl Cluster {
                 Plan::Split { merge: how, parts } => {
                     let mut us = Vec::new();
                     let mut positions = Vec::new();
+                    let head = how.head();
                     for (slot, idx) in parts {
-                        let mut sub: Vec<&[u8]> = vec![args.arg(0)];
+                        let mut sub: Vec<&[u8]> = (0..head).map(|i| args.arg(i)).collect();
                         sub.extend(idx.iter().map(|&i| args.arg(i)));
                         let mut out = Vec::new();
                         encode_command(&sub, &mut out);
                         // MGET: the element of key argument i is element i-1.
-                        positions.push(idx.iter().map(|&i| i - 1).collect());
+                        positions.push(idx.iter().map(|&i| i - head).collect());
                         if let Some(u) = unit(
                             out.into(),
                             topo.primary(Some(slot), session),

@@ -78,6 +78,28 @@ pub fn elements(frame: &[u8]) -> Option<Vec<&[u8]>> {
     Some(out)
 }
 
+/// The elements of an array, or the keys and values of a RESP3 map, in order.
+fn pair_elements(frame: &[u8]) -> Option<Vec<&[u8]>> {
+    let Some(rest) = frame.strip_prefix(b"%") else {
+        return elements(frame);
+    };
+    // A map of n pairs is an array of 2n elements after its header.
+    let nl = rest.iter().position(|&b| b == b'\n')?;
+    let n: usize = std::str::from_utf8(&rest[..nl.checked_sub(1)?])
+        .ok()?
+        .parse()
+        .ok()?;
+    let count = n.checked_mul(2)?;
+    let mut out = Vec::with_capacity(count.min(1024));
+    let mut at = nl + 2;
+    for _ in 0..count {
+        let f = reply::scan(&frame[at..]).ok()??;
+        out.push(&frame[at..at + f.len]);
+        at += f.len;
+    }
+    Some(out)
+}
+
 fn integer(frame: &[u8]) -> Option<i64> {
     let body = frame.strip_prefix(b":")?;
     let end = body.iter().position(|&b| b == b'\r')?;
@@ -154,6 +176,28 @@ pub fn merge(
             reply::array_header(out, total);
             slots.iter().for_each(|e| out.extend_from_slice(e));
         }
+        Merge::Pairs => {
+            let total: usize = positions.iter().map(Vec::len).sum();
+            let mut pairs: Vec<&[u8]> = vec![b"$-1\r\n"; total * 2];
+            for (p, pos) in parts.iter().zip(positions) {
+                match pair_elements(p) {
+                    Some(e) if e.len() == pos.len() * 2 => {
+                        for (two, &at) in e.chunks(2).zip(pos) {
+                            if let Some(s) = pairs.get_mut(at * 2..at * 2 + 2) {
+                                s.copy_from_slice(two);
+                            }
+                        }
+                    }
+                    _ => return unexpected(out, "PUBSUB SHARDNUMSUB replies"),
+                }
+            }
+            if parts.first().is_some_and(|p| p.starts_with(b"%")) {
+                out.extend_from_slice(format!("%{total}\r\n").as_bytes());
+            } else {
+                reply::array_header(out, total * 2);
+            }
+            pairs.iter().for_each(|e| out.extend_from_slice(e));
+        }
         Merge::AnyNonNil => {
             let found: Vec<&&[u8]> = parts.iter().filter(|p| !is_nil(p)).collect();
             match found.len() {
@@ -209,6 +253,29 @@ mod tests {
                 &[]
             ),
             b"*2\r\n$1\r\na\r\n$1\r\nb\r\n"
+        );
+        // PUBSUB SHARDNUMSUB a b c, with a and c on one node: RESP2 and RESP3.
+        assert_eq!(
+            merged(
+                Merge::Pairs,
+                &[
+                    b"*4\r\n$1\r\na\r\n:1\r\n$1\r\nc\r\n:3\r\n",
+                    b"*2\r\n$1\r\nb\r\n:2\r\n"
+                ],
+                &[vec![0, 2], vec![1]]
+            ),
+            b"*6\r\n$1\r\na\r\n:1\r\n$1\r\nb\r\n:2\r\n$1\r\nc\r\n:3\r\n"
+        );
+        assert_eq!(
+            merged(
+                Merge::Pairs,
+                &[
+                    b"%2\r\n$1\r\na\r\n:1\r\n$1\r\nc\r\n:3\r\n",
+                    b"%1\r\n$1\r\nb\r\n:2\r\n"
+                ],
+                &[vec![0, 2], vec![1]]
+            ),
+            b"%3\r\n$1\r\na\r\n:1\r\n$1\r\nb\r\n:2\r\n$1\r\nc\r\n:3\r\n"
         );
         assert_eq!(
             merged(

@@ -25,6 +25,20 @@ pub enum Merge {
     First,
     /// A random non-nil reply (`RANDOMKEY`); nil when every part is nil.
     AnyNonNil,
+    /// `PUBSUB SHARDNUMSUB`: each part's channel-and-count pairs put back at
+    /// their channels' places (an array, or a RESP3 map).
+    Pairs,
+}
+
+impl Merge {
+    /// How many leading arguments every part repeats (`MGET`; `PUBSUB
+    /// SHARDNUMSUB`): the parts' own arguments follow.
+    pub fn head(self) -> usize {
+        match self {
+            Merge::Pairs => 2,
+            _ => 1,
+        }
+    }
 }
 
 /// Where a request goes.
@@ -81,7 +95,7 @@ pub fn plan<L: ArgList + ?Sized>(info: Option<&CommandInfo>, args: &L) -> Plan {
             .map(|k| k.index)
     };
     let Some(first) = keyed().next() else {
-        return keyless(name);
+        return keyless(name, args);
     };
     let slot = key_slot(args.arg(first));
     if keyed().skip(1).all(|i| key_slot(args.arg(i)) == slot) {
@@ -112,15 +126,42 @@ pub fn plan<L: ArgList + ?Sized>(info: Option<&CommandInfo>, args: &L) -> Plan {
 }
 
 /// A request without keys.
-fn keyless(name: &str) -> Plan {
+fn keyless<L: ArgList + ?Sized>(name: &str, args: &L) -> Plan {
     match name {
         "dbsize" => Plan::Every(Merge::Sum),
-        "keys" => Plan::Every(Merge::Concat),
+        // Each primary has the shard channels of its slots (the proxy's
+        // SSUBSCRIBEs go to primaries).
+        "keys" | "pubsub|shardchannels" => Plan::Every(Merge::Concat),
+        "pubsub|shardnumsub" => shard_numsub(args),
         "randomkey" => Plan::Every(Merge::AnyNonNil),
         "scan" => Plan::Scan,
         "publish" | "pubsub|channels" | "pubsub|numsub" | "pubsub|numpat" => Plan::Home,
         n if EVERY_FIRST.contains(&n) => Plan::Every(Merge::First),
         _ => Plan::Slot(None),
+    }
+}
+
+/// `PUBSUB SHARDNUMSUB channel…`: each channel counted on the primary of its
+/// slot (where its subscribers are), split like `MGET`.
+fn shard_numsub<L: ArgList + ?Sized>(args: &L) -> Plan {
+    let channels = 2..args.count();
+    let Some(slot) = channels.clone().next().map(|i| key_slot(args.arg(i))) else {
+        return Plan::Slot(None);
+    };
+    let mut parts: Vec<(u16, Vec<usize>)> = Vec::new();
+    for i in channels {
+        let s = key_slot(args.arg(i));
+        match parts.iter_mut().find(|(ps, _)| *ps == s) {
+            Some((_, idx)) => idx.push(i),
+            None => parts.push((s, vec![i])),
+        }
+    }
+    if parts.len() == 1 {
+        return Plan::Slot(Some(slot));
+    }
+    Plan::Split {
+        merge: Merge::Pairs,
+        parts,
     }
 }
 
@@ -208,6 +249,23 @@ mod tests {
         assert_eq!(plan_of(&["scan", "0"]), Plan::Scan);
         assert_eq!(plan_of(&["PUBLISH", "ch", "m"]), Plan::Home);
         assert_eq!(plan_of(&["PUBSUB", "NUMSUB", "ch"]), Plan::Home);
+        assert_eq!(
+            plan_of(&["PUBSUB", "SHARDCHANNELS"]),
+            Plan::Every(Merge::Concat)
+        );
+        assert_eq!(plan_of(&["PUBSUB", "SHARDNUMSUB"]), Plan::Slot(None));
+        assert_eq!(
+            plan_of(&["PUBSUB", "SHARDNUMSUB", "a", "{a}x"]),
+            Plan::Slot(Some(key_slot(b"a")))
+        );
+        match plan_of(&["PUBSUB", "SHARDNUMSUB", "a", "b", "{a}x"]) {
+            Plan::Split { merge, parts } => {
+                assert_eq!(merge, Merge::Pairs);
+                assert_eq!(parts[0], (key_slot(b"a"), vec![2, 4]));
+                assert_eq!(parts[1], (key_slot(b"b"), vec![3]));
+            }
+            other => panic!("{other:?}"),
+        }
         // EVAL with its keys in one slot goes there; with none, anywhere.
         let eval = plan_of(&["EVAL", "return 1", "1", "foo"]);
         assert_eq!(eval, Plan::Slot(Some(key_slot(b"foo"))));
