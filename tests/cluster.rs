@@ -786,3 +786,83 @@ fn read_from_replica_sends_reads_to_replicas_and_writes_to_primaries() {
     del.extend(keys.iter().map(|k| k.as_bytes()));
     assert_eq!(c.cmd(&del), b":30\r\n");
 }
+
+/// `auth_passthrough` on a cluster: a client that logs in runs every command as
+/// its user (Redis's ACL rules apply), by slot like any other client: keys on
+/// every node, `MGET` split, a transaction and a blocking command on their
+/// key's node. The user needs no permission beyond its commands (the map and
+/// the probes stay the proxy's). `RESET` logs out.
+#[test]
+fn auth_passthrough_logins_run_as_their_user_on_every_node() {
+    let cluster = Cluster::shared();
+    let acl = [
+        "ACL",
+        "SETUSER",
+        "app",
+        "on",
+        ">s3cret",
+        "~app:*",
+        "+@read",
+        "+@write",
+        "+@transaction",
+        "+@blocking",
+    ];
+    for port in cluster.ports() {
+        let (out, status) = support::redis_cli(port, &acl);
+        assert!(status.success() && out.trim() == "OK", "{port}: {out}");
+    }
+    let mut config = cluster_config(cluster, None);
+    config.auth_passthrough = true;
+    let (_rt, proxy) = Cluster::start_proxy(config);
+    let env = Env { _rt, proxy };
+    let mut c = env.client();
+    assert_eq!(
+        c.cmd(&[b"AUTH", b"app", b"wrong"]),
+        b"-WRONGPASS invalid username-password pair or user is disabled.\r\n"
+    );
+    assert_eq!(c.cmd(&[b"AUTH", b"app", b"s3cret"]), b"+OK\r\n");
+    // app:a, app:b, app:c on three different nodes.
+    let keys: [&[u8]; 4] = [b"app:a", b"app:b", b"app:c", b"app:d"];
+    for (i, k) in keys.iter().enumerate() {
+        let v = i.to_string();
+        assert_eq!(c.cmd(&[b"SET", k, v.as_bytes()]), b"+OK\r\n");
+        assert_eq!(c.cmd(&[b"GET", k]), format!("$1\r\n{v}\r\n").into_bytes());
+    }
+    assert_eq!(
+        c.cmd(&[b"MGET", keys[0], keys[1], keys[2], keys[3]]),
+        b"*4\r\n$1\r\n0\r\n$1\r\n1\r\n$1\r\n2\r\n$1\r\n3\r\n"
+    );
+    let denied = c.cmd(&[b"SET", b"other:x", b"1"]);
+    assert!(
+        denied.starts_with(b"-NOPERM"),
+        "{:?}",
+        String::from_utf8_lossy(&denied)
+    );
+    c.send(&support::resp_cmd(&[b"MULTI"]));
+    c.send(&support::resp_cmd(&[b"SET", b"app:{t}1", b"1"]));
+    c.send(&support::resp_cmd(&[b"INCR", b"app:{t}1"]));
+    c.send(&support::resp_cmd(&[b"EXEC"]));
+    assert_eq!(
+        c.read_replies(4),
+        [
+            b"+OK\r\n".to_vec(),
+            b"+QUEUED\r\n".to_vec(),
+            b"+QUEUED\r\n".to_vec(),
+            b"*2\r\n+OK\r\n:2\r\n".to_vec()
+        ]
+    );
+    assert_eq!(c.cmd(&[b"BLPOP", b"app:list", b"0.1"]), b"*-1\r\n");
+    assert_eq!(
+        c.cmd(&[b"CLIENT", b"TRACKING", b"ON"]),
+        b"-ERR CLIENT TRACKING on a Redis Cluster database is not supported by redis-sidecar\r\n"
+    );
+    // Logged out: the proxy's own user again.
+    assert_eq!(c.cmd(&[b"RESET"]), b"+RESET\r\n");
+    assert_eq!(c.cmd(&[b"SET", b"other:x", b"1"]), b"+OK\r\n");
+    let mut del: Vec<&[u8]> = vec![b"DEL", b"other:x", b"app:{t}1"];
+    del.extend(keys);
+    assert_eq!(c.cmd(&del), b":6\r\n");
+    for port in cluster.ports() {
+        support::redis_cli(port, &["ACL", "DELUSER", "app"]);
+    }
+}

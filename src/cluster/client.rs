@@ -59,7 +59,7 @@
 
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
-use std::sync::{Arc, Mutex, RwLock};
+use std::sync::{Arc, Mutex, RwLock, Weak};
 use std::time::Duration;
 
 use bytes::{Bytes, BytesMut};
@@ -72,7 +72,7 @@ use super::merge::{self, Redirect, ASKING};
 use super::order::{Orders, Ticket};
 use super::plan::{self, Merge, Plan};
 use crate::command::{each_request, Descriptor};
-use crate::config::{ReadFrom, UpstreamConfig};
+use crate::config::{ReadFrom, Secret, UpstreamConfig};
 use crate::protocol::reply;
 use crate::protocol::request::encode_command;
 use crate::resilience::{Backoff, Breaker, BreakerConfig, Policy};
@@ -115,6 +115,13 @@ pub struct Node {
     /// The last word about the node was a failure (of a request, a probe, or a
     /// connection a session opened): set by [`NodeObserver`] and
     /// [`Cluster::node_failed`], cleared by the next success.
+    down: Arc<AtomicBool>,
+}
+
+/// What a node's connections for several logins have in common.
+struct Shared {
+    breaker: Arc<Breaker>,
+    health: Arc<HealthState>,
     down: Arc<AtomicBool>,
 }
 
@@ -177,15 +184,51 @@ impl Node {
     ) -> Option<Node> {
         let (host, port) = split_addr(addr)?;
         let cfg = Arc::new(node_config(base, host, port));
-        let breaker = Arc::new(Breaker::new(breaker));
-        let health = Arc::new(HealthState::default());
-        let down = Arc::new(AtomicBool::new(false));
+        let probe = shutdown.child_token();
+        let shared = Shared {
+            breaker: Arc::new(Breaker::new(breaker)),
+            health: Arc::default(),
+            down: Arc::default(),
+        };
+        let (node, observer) = Node::build(addr, cfg.clone(), stats, shared, probe.clone());
+        health::spawn(
+            cfg,
+            node.health.clone(),
+            observer,
+            node.slots.clone(),
+            probe,
+        );
+        Some(node)
+    }
+
+    /// The same node's connections logged in as `base`'s user (a login's view,
+    /// [`Cluster::login`]): shared connections and pools of their own; the
+    /// breaker, health and down flag of `node`, whose probe speaks for the node.
+    fn for_login(node: &Node, base: &UpstreamConfig, stats: &Arc<DbStats>) -> Option<Node> {
+        let (host, port) = split_addr(&node.addr)?;
+        let cfg = Arc::new(node_config(base, host, port));
+        let shared = Shared {
+            breaker: node.breaker.clone(),
+            health: node.health.clone(),
+            down: node.down.clone(),
+        };
+        let (login, _) = Node::build(&node.addr, cfg, stats, shared, CancellationToken::new());
+        Some(login)
+    }
+
+    fn build(
+        addr: &str,
+        cfg: Arc<UpstreamConfig>,
+        stats: &Arc<DbStats>,
+        shared: Shared,
+        probe: CancellationToken,
+    ) -> (Node, Arc<dyn Observer>) {
         let observer: Arc<dyn Observer> = Arc::new(NodeObserver {
             policy: Policy {
-                breaker: breaker.clone(),
+                breaker: shared.breaker.clone(),
                 backoff: Backoff::from(&cfg.resilience),
             },
-            down: down.clone(),
+            down: shared.down.clone(),
         });
         let spawn = |resp3| -> Vec<MuxHandle> {
             (0..cfg.mux_connections.max(1))
@@ -193,18 +236,10 @@ impl Node {
                 .collect()
         };
         let (slots, slots3) = (spawn(false), spawn(true));
-        let probe = shutdown.child_token();
-        health::spawn(
-            cfg.clone(),
-            health.clone(),
-            observer,
-            slots.clone(),
-            probe.clone(),
-        );
-        Some(Node {
+        let node = Node {
             addr: addr.to_string(),
-            breaker,
-            health,
+            breaker: shared.breaker,
+            health: shared.health,
             requests: AtomicU64::new(0),
             redirects: AtomicU64::new(0),
             pool: dedicated::pool(&cfg, false),
@@ -212,8 +247,9 @@ impl Node {
             slots,
             slots3,
             probe,
-            down,
-        })
+            down: shared.down,
+        };
+        (node, observer)
     }
 
     /// Whether it may serve: the last word about it was not a failure, and its
@@ -311,6 +347,9 @@ impl Topology {
     }
 }
 
+/// A login's user and password.
+type LoginKey = (Option<String>, String);
+
 /// A Redis Cluster upstream.
 #[derive(Debug)]
 pub struct Cluster {
@@ -339,6 +378,11 @@ pub struct Cluster {
     pub moved: AtomicU64,
     /// `-ASK` replies followed.
     pub asked: AtomicU64,
+    /// For a login's view ([`Cluster::login`]): the cluster whose map, health
+    /// and refreshes it uses.
+    parent: Option<Arc<Cluster>>,
+    /// The views of the logins that use this cluster, by user and password.
+    logins: Mutex<HashMap<LoginKey, Weak<Cluster>>>,
 }
 
 /// A request, or part of one, for one node.
@@ -392,30 +436,7 @@ impl Cluster {
         stats: Arc<DbStats>,
         shutdown: &CancellationToken,
     ) -> Arc<Cluster> {
-        let cluster = Arc::new(Cluster {
-            base: base.clone(),
-            seeds: base
-                .cluster
-                .iter()
-                .flat_map(|c| &c.nodes)
-                .map(|(h, p)| format!("{h}:{p}"))
-                .collect(),
-            label,
-            stats,
-            breaker: BreakerConfig::from(&base.resilience),
-            backoff: Backoff::from(&base.resilience),
-            shutdown: shutdown.child_token(),
-            topology: RwLock::new(None),
-            nodes: Mutex::new(HashMap::new()),
-            refreshing: tokio::sync::Mutex::new(None),
-            refresh_queued: AtomicBool::new(false),
-            watching: AtomicBool::new(false),
-            orders: Arc::default(),
-            refreshes: AtomicU64::new(0),
-            refresh_failures: AtomicU64::new(0),
-            moved: AtomicU64::new(0),
-            asked: AtomicU64::new(0),
-        });
+        let cluster = Arc::new(Cluster::new(base.clone(), label, stats, shutdown, None));
         let weak = Arc::downgrade(&cluster);
         let stop = cluster.shutdown.clone();
         let every = base.resilience.health_check_interval.max(MIN_REFRESH);
@@ -437,9 +458,108 @@ impl Cluster {
         cluster
     }
 
-    /// The current map, if one was learnt.
+    fn new(
+        base: UpstreamConfig,
+        label: String,
+        stats: Arc<DbStats>,
+        shutdown: &CancellationToken,
+        parent: Option<Arc<Cluster>>,
+    ) -> Cluster {
+        Cluster {
+            seeds: base
+                .cluster
+                .iter()
+                .flat_map(|c| &c.nodes)
+                .map(|(h, p)| format!("{h}:{p}"))
+                .collect(),
+            breaker: BreakerConfig::from(&base.resilience),
+            backoff: Backoff::from(&base.resilience),
+            base,
+            label,
+            stats,
+            shutdown: shutdown.child_token(),
+            topology: RwLock::new(None),
+            nodes: Mutex::new(HashMap::new()),
+            refreshing: tokio::sync::Mutex::new(None),
+            refresh_queued: AtomicBool::new(false),
+            watching: AtomicBool::new(false),
+            orders: Arc::default(),
+            refreshes: AtomicU64::new(0),
+            refresh_failures: AtomicU64::new(0),
+            moved: AtomicU64::new(0),
+            asked: AtomicU64::new(0),
+            parent,
+            logins: Mutex::new(HashMap::new()),
+        }
+    }
+
+    /// The cluster as `user` with `password` sees it (`auth_passthrough`): the
+    /// same map, routing, health and breakers, over connections of its own logged
+    /// in as that user (shared by the sessions of that login), so Redis's ACL
+    /// rules apply to every command. The login needs no permission beyond its
+    /// commands: the map and the probes stay this cluster's. Made on first use,
+    /// dropped with the last session that uses it.
+    pub fn login(self: &Arc<Self>, user: Option<String>, password: Secret) -> Arc<Cluster> {
+        if let Some(p) = &self.parent {
+            return p.login(user, password);
+        }
+        let key = (user, password.expose().to_string());
+        let mut logins = self.logins.lock().unwrap_or_else(|p| p.into_inner());
+        if let Some(view) = logins.get(&key).and_then(Weak::upgrade) {
+            return view;
+        }
+        logins.retain(|_, v| v.strong_count() > 0);
+        let mut base = self.base.clone();
+        base.username.clone_from(&key.0);
+        base.password = Some(password);
+        let view = Arc::new(Cluster::new(
+            base,
+            self.label.clone(),
+            self.stats.clone(),
+            &self.shutdown,
+            Some(self.clone()),
+        ));
+        logins.insert(key, Arc::downgrade(&view));
+        view
+    }
+
+    /// Whether this is a login's view of `cluster` ([`Cluster::login`]).
+    pub fn is_view_of(&self, cluster: &Arc<Cluster>) -> bool {
+        self.parent
+            .as_ref()
+            .is_some_and(|p| Arc::ptr_eq(p, cluster))
+    }
+
+    /// The current map, if one was learnt (a login's view: its parent's, with
+    /// the view's nodes).
     pub fn topology(&self) -> Option<Arc<Topology>> {
-        self.topology.read().ok().and_then(|t| t.clone())
+        let mine = self.topology.read().ok().and_then(|t| t.clone());
+        let Some(parent) = &self.parent else {
+            return mine;
+        };
+        let theirs = parent.topology()?;
+        if let Some(t) = mine.filter(|t| t.generation == theirs.generation) {
+            return Some(t);
+        }
+        let primaries = theirs
+            .map
+            .shards()
+            .iter()
+            .filter_map(|s| self.node(&s.primary.addr))
+            .collect();
+        let t = Arc::new(Topology {
+            map: theirs.map.clone(),
+            primaries,
+            generation: theirs.generation,
+        });
+        if let Ok(mut w) = self.topology.write() {
+            *w = Some(t.clone());
+        }
+        if let Ok(mut nodes) = self.nodes.lock() {
+            // Nodes no longer in the cluster: their connections close once unused.
+            nodes.retain(|addr, _| map_node(&t, addr).is_some());
+        }
+        Some(t)
     }
 
     fn generation(&self) -> u64 {
@@ -463,13 +583,11 @@ impl Cluster {
         if let Some(n) = nodes.get(addr) {
             return Some(n.clone());
         }
-        let n = Arc::new(Node::start(
-            addr,
-            &self.base,
-            &self.stats,
-            self.breaker,
-            &self.shutdown,
-        )?);
+        let n = match &self.parent {
+            None => Node::start(addr, &self.base, &self.stats, self.breaker, &self.shutdown)?,
+            Some(p) => Node::for_login(p.node(addr)?.as_ref(), &self.base, &self.stats)?,
+        };
+        let n = Arc::new(n);
         nodes.insert(addr.to_string(), n.clone());
         Some(n)
     }
@@ -598,6 +716,9 @@ impl Cluster {
     /// Learns the map again unless it changed since generation `seen` (someone
     /// else refreshed); at most one refresh per [`MIN_REFRESH`].
     pub async fn refresh(&self, seen: u64) {
+        if let Some(p) = &self.parent {
+            return Box::pin(p.refresh(seen)).await;
+        }
         let mut last = self.refreshing.lock().await;
         if self.generation() != seen {
             return;
@@ -723,6 +844,9 @@ impl Cluster {
     /// queued while one already is, so a stream of failures spawns one task).
     /// Also called by sessions whose exclusive connection got `-MOVED`.
     pub fn refresh_soon(self: &Arc<Self>) {
+        if let Some(p) = &self.parent {
+            return p.refresh_soon();
+        }
         if self.refresh_queued.swap(true, Ordering::AcqRel) {
             return;
         }
@@ -742,6 +866,9 @@ impl Cluster {
     /// deadline, so without this nothing would look at the map when the replica
     /// takes over. One watch at a time.
     fn after_failure(self: &Arc<Self>) {
+        if let Some(p) = &self.parent {
+            return p.after_failure();
+        }
         self.refresh_soon();
         if self.watching.swap(true, Ordering::AcqRel) {
             return;
@@ -782,6 +909,9 @@ impl Cluster {
 
     /// The map, learnt now if there is none yet.
     pub async fn ready(&self) -> Result<Arc<Topology>, UpstreamError> {
+        if let Some(p) = &self.parent {
+            Box::pin(p.ready()).await?;
+        }
         if let Some(t) = self.topology() {
             return Ok(t);
         }

@@ -280,7 +280,11 @@ impl Session {
                 false
             }
             None => {
-                db.send_shared(self.state.id, self.state.resp3, batch).await;
+                match self.login_view() {
+                    // An `auth_passthrough` login on a cluster: its own connections.
+                    Some(view) => Box::pin(view.send(self.state.id, self.state.resp3, batch)).await,
+                    None => db.send_shared(self.state.id, self.state.resp3, batch).await,
+                }
                 true
             }
         };
@@ -617,7 +621,9 @@ impl Session {
                         prefix::plan(&pfx, &cmd, args, confined)
                     };
                     match planned {
-                        prefix::Plan::Synth(_) if self.mode.is_private() => {
+                        prefix::Plan::Synth(_)
+                            if self.mode.is_private() || self.login.is_some() =>
+                        {
                             // DBSIZE/FLUSHDB/RANDOMKEY run over the shared connection,
                             // with the proxy's credentials, not the client's own login.
                             self.flush(&mut run, inbuf).await;

@@ -5,17 +5,22 @@ use super::local;
 use super::mode::Mode;
 use super::queue::error_text;
 use super::Session;
+use crate::cluster::Cluster;
 use crate::command::TxOp;
 use crate::config::{Secret, UpstreamConfig};
 use crate::protocol::reply;
 use crate::router::Database;
 use crate::upstream::dedicated::{Dedicated, ExclusiveConn};
 use crate::upstream::UpstreamError;
+use std::sync::Arc;
 
 /// Credentials a client logged in to Redis with (`auth_passthrough`).
 pub(super) struct Login {
     pub user: Option<String>,
     pub password: Secret,
+    /// On a cluster database: the cluster as this login sees it
+    /// ([`Cluster::login`]), made for the first request that needs it.
+    pub view: Option<Arc<Cluster>>,
 }
 
 impl Session {
@@ -82,6 +87,7 @@ impl Session {
         let previous = self.login.replace(Login {
             user,
             password: Secret(password),
+            view: None,
         });
         match self.open_private(creds.resp3).await {
             Ok(()) => {
@@ -102,11 +108,20 @@ impl Session {
     }
 
     /// Opens a connection logged in as `self.login` to the current database and
-    /// makes it the session's private connection (replacing any before it).
+    /// makes it the session's private connection (replacing any before it). On a
+    /// cluster, only checks the login on the home node: the session's requests
+    /// then go by slot over the login's own connections ([`Session::login_view`]),
+    /// and it holds no private connection.
     pub(super) async fn open_private(&mut self, resp3: bool) -> Result<(), Vec<u8>> {
         let db = self.state.db.clone();
         let cfg = self.upstream_cfg(&db);
         match ExclusiveConn::open_own(&cfg, resp3).await {
+            Ok(_) if db.cluster().is_some() => {
+                if matches!(self.mode, Mode::Private(_)) {
+                    self.release(false);
+                }
+                Ok(())
+            }
             Ok(conn) => {
                 let conn = Dedicated::private(
                     conn,
@@ -130,12 +145,30 @@ impl Session {
         }
     }
 
+    /// The cluster as the session's login sees it, on a cluster database with
+    /// an `auth_passthrough` login (`None` otherwise).
+    pub(super) fn login_view(&mut self) -> Option<Arc<Cluster>> {
+        let db = self.state.db.clone();
+        let cluster = db.cluster()?;
+        let login = self.login.as_mut()?;
+        match &login.view {
+            Some(v) if v.is_view_of(cluster) => Some(v.clone()),
+            _ => {
+                let v = cluster.login(login.user.clone(), login.password.clone());
+                login.view = Some(v.clone());
+                Some(v)
+            }
+        }
+    }
+
     /// After a local command: a private connection must speak the session's
-    /// protocol and live on its database's server; if not, it is opened again.
+    /// protocol and live on its database's server; if not, it is opened again
+    /// (and a login on a cluster database that SELECTs a standalone one gets one).
     /// `Err` closes the client (its own connection to Redis is gone).
     pub(super) async fn follow_private(&mut self) -> Result<(), Vec<u8>> {
         let stale = match &self.mode {
             Mode::Private(p) => !p.db.same_server(&self.state.db) || p.resp3 != self.state.resp3,
+            Mode::Shared => self.login.is_some() && self.state.db.cluster().is_none(),
             _ => false,
         };
         if stale && self.tracking.is_some() {

@@ -162,13 +162,16 @@ impl Session {
     /// Shared → Exclusive: checks a connection out of the database's pool (on a
     /// cluster, the pool of the node serving `slot`).
     pub(super) fn hold_exclusive(&mut self, slot: Option<u16>) {
+        // An `auth_passthrough` login on a cluster: from its own pools.
+        let view = self.login_view();
         let db = &self.state.db;
-        let conn = Dedicated::start(
-            db.pool_for(self.state.resp3, slot, self.state.id),
-            db.label(),
-            db.config.upstream.command_timeout,
-        );
-        let conn = match db.cluster() {
+        let resp3 = self.state.resp3;
+        let pool = view
+            .as_ref()
+            .and_then(|v| v.pool(slot, self.state.id, resp3))
+            .unwrap_or_else(|| db.pool_for(resp3, slot, self.state.id));
+        let conn = Dedicated::start(pool, db.label(), db.config.upstream.command_timeout);
+        let conn = match view.as_ref().or(db.cluster()) {
             // On a cluster it follows its slot if the map was stale.
             Some(c) => HeldConn::Follow(Follow::start(
                 conn,

@@ -205,6 +205,14 @@ impl Session {
             );
             return None;
         }
+        if on && self.state.db.cluster().is_some() {
+            // Redis tracks per node: the keys of one client live on several.
+            self.push_reply(
+                b"-ERR CLIENT TRACKING on a Redis Cluster database is not supported by redis-sidecar\r\n"
+                    .to_vec(),
+            );
+            return None;
+        }
         if on && !self.mode.is_private() {
             // A connection of its own, where Redis will send the invalidations.
             let resp3 = self.state.resp3;
