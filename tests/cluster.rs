@@ -820,7 +820,21 @@ fn auth_passthrough_logins_run_as_their_user_on_every_node() {
         c.cmd(&[b"AUTH", b"app", b"wrong"]),
         b"-WRONGPASS invalid username-password pair or user is disabled.\r\n"
     );
-    assert_eq!(c.cmd(&[b"AUTH", b"app", b"s3cret"]), b"+OK\r\n");
+    // Logging in between two writes of a pipeline: they run in the order sent
+    // (as the proxy's user, then as app's, over other connections).
+    c.send(&support::resp_cmd(&[b"RPUSH", b"app:order", b"1"]));
+    c.send(&support::resp_cmd(&[b"AUTH", b"app", b"s3cret"]));
+    c.send(&support::resp_cmd(&[b"RPUSH", b"app:order", b"2"]));
+    c.send(&support::resp_cmd(&[b"LRANGE", b"app:order", b"0", b"-1"]));
+    assert_eq!(
+        c.read_replies(4),
+        [
+            b":1\r\n".to_vec(),
+            b"+OK\r\n".to_vec(),
+            b":2\r\n".to_vec(),
+            b"*2\r\n$1\r\n1\r\n$1\r\n2\r\n".to_vec()
+        ]
+    );
     // app:a, app:b, app:c on three different nodes.
     let keys: [&[u8]; 4] = [b"app:a", b"app:b", b"app:c", b"app:d"];
     for (i, k) in keys.iter().enumerate() {
@@ -859,9 +873,9 @@ fn auth_passthrough_logins_run_as_their_user_on_every_node() {
     // Logged out: the proxy's own user again.
     assert_eq!(c.cmd(&[b"RESET"]), b"+RESET\r\n");
     assert_eq!(c.cmd(&[b"SET", b"other:x", b"1"]), b"+OK\r\n");
-    let mut del: Vec<&[u8]> = vec![b"DEL", b"other:x", b"app:{t}1"];
+    let mut del: Vec<&[u8]> = vec![b"DEL", b"other:x", b"app:{t}1", b"app:order"];
     del.extend(keys);
-    assert_eq!(c.cmd(&del), b":6\r\n");
+    assert_eq!(c.cmd(&del), b":7\r\n");
     for port in cluster.ports() {
         support::redis_cli(port, &["ACL", "DELUSER", "app"]);
     }

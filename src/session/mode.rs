@@ -96,8 +96,9 @@ pub(super) struct Subscribed {
 pub(super) enum Conn {
     /// Nothing forwarded yet.
     None,
-    /// A database's shared connection (by client-facing index and protocol).
-    Shared { db: u32, resp3: bool },
+    /// A database's shared connection (by client-facing index and protocol;
+    /// `login`: an `auth_passthrough` login's on a cluster, `Cluster::login`).
+    Shared { db: u32, resp3: bool, login: bool },
     /// An exclusive or private connection (by [`Held::id`]).
     Held(u64),
     /// The subscriber connection.
@@ -156,6 +157,9 @@ impl Session {
         Conn::Shared {
             db: self.state.db.config.index,
             resp3: self.state.resp3,
+            // (Logging in or out switches connections: what was sent before is
+            // answered first.)
+            login: self.login.is_some(),
         }
     }
 
