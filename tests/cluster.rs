@@ -870,6 +870,15 @@ fn auth_passthrough_logins_run_as_their_user_on_every_node() {
         c.cmd(&[b"CLIENT", b"TRACKING", b"ON"]),
         b"-ERR CLIENT TRACKING on a Redis Cluster database is not supported by redis-sidecar\r\n"
     );
+    // The login's requests count on their nodes, as everyone's.
+    let info = String::from_utf8_lossy(&c.cmd(&[b"PROXY", b"INFO", b"cluster"])).into_owned();
+    let requests: u64 = info
+        .lines()
+        .filter(|l| l.starts_with("node_db0_"))
+        .filter_map(|l| l.split(',').find_map(|f| f.strip_prefix("requests=")))
+        .filter_map(|n| n.parse::<u64>().ok())
+        .sum();
+    assert!(requests >= 12, "{info}");
     // Logged out: the proxy's own user again.
     assert_eq!(c.cmd(&[b"RESET"]), b"+RESET\r\n");
     assert_eq!(c.cmd(&[b"SET", b"other:x", b"1"]), b"+OK\r\n");

@@ -103,10 +103,10 @@ pub struct Node {
     pub breaker: Arc<Breaker>,
     /// What its health probe last found.
     pub health: Arc<HealthState>,
-    /// Requests sent to it.
-    pub requests: AtomicU64,
+    /// Requests sent to it (by every login's connections).
+    pub requests: Arc<AtomicU64>,
     /// Redirects (`MOVED`/`ASK`) it answered.
-    pub redirects: AtomicU64,
+    pub redirects: Arc<AtomicU64>,
     slots: Vec<MuxHandle>,
     slots3: Vec<MuxHandle>,
     pool: Pool,
@@ -123,6 +123,8 @@ struct Shared {
     breaker: Arc<Breaker>,
     health: Arc<HealthState>,
     down: Arc<AtomicBool>,
+    requests: Arc<AtomicU64>,
+    redirects: Arc<AtomicU64>,
 }
 
 /// A node's observer: its breaker's policy, and [`Node::down`] kept.
@@ -189,6 +191,8 @@ impl Node {
             breaker: Arc::new(Breaker::new(breaker)),
             health: Arc::default(),
             down: Arc::default(),
+            requests: Arc::default(),
+            redirects: Arc::default(),
         };
         let (node, observer) = Node::build(addr, cfg.clone(), stats, shared, probe.clone());
         health::spawn(
@@ -203,7 +207,8 @@ impl Node {
 
     /// The same node's connections logged in as `base`'s user (a login's view,
     /// [`Cluster::login`]): shared connections and pools of their own; the
-    /// breaker, health and down flag of `node`, whose probe speaks for the node.
+    /// breaker, health, down flag and counters of `node`, whose probe speaks for
+    /// the node.
     fn for_login(node: &Node, base: &UpstreamConfig, stats: &Arc<DbStats>) -> Option<Node> {
         let (host, port) = split_addr(&node.addr)?;
         let cfg = Arc::new(node_config(base, host, port));
@@ -211,6 +216,8 @@ impl Node {
             breaker: node.breaker.clone(),
             health: node.health.clone(),
             down: node.down.clone(),
+            requests: node.requests.clone(),
+            redirects: node.redirects.clone(),
         };
         let (login, _) = Node::build(&node.addr, cfg, stats, shared, CancellationToken::new());
         Some(login)
@@ -240,8 +247,8 @@ impl Node {
             addr: addr.to_string(),
             breaker: shared.breaker,
             health: shared.health,
-            requests: AtomicU64::new(0),
-            redirects: AtomicU64::new(0),
+            requests: shared.requests,
+            redirects: shared.redirects,
             pool: dedicated::pool(&cfg, false),
             pool3: dedicated::pool(&cfg, true),
             slots,
@@ -521,6 +528,12 @@ impl Cluster {
         ));
         logins.insert(key, Arc::downgrade(&view));
         view
+    }
+
+    /// Where this cluster's counters (`moved`, `asked`) are kept: a login's view
+    /// counts in its parent's, which `PROXY INFO` and the metrics show.
+    pub fn counters(&self) -> &Cluster {
+        self.parent.as_deref().unwrap_or(self)
     }
 
     /// Whether this is a login's view of `cluster` ([`Cluster::login`]).
@@ -1370,10 +1383,10 @@ impl Cluster {
                         }
                         if matches!(r, Redirect::Ask(_)) {
                             unit.ask = true;
-                            self.asked.fetch_add(1, Ordering::Relaxed);
+                            self.counters().asked.fetch_add(1, Ordering::Relaxed);
                         } else {
                             moved = true;
-                            self.moved.fetch_add(1, Ordering::Relaxed);
+                            self.counters().moved.fetch_add(1, Ordering::Relaxed);
                         }
                     }
                     Redirect::Again => again = true,

@@ -482,8 +482,8 @@ impl Task {
             return false;
         };
         let counter = match redirect {
-            Redirect::Ask(_) => &cluster.asked,
-            _ => &cluster.moved,
+            Redirect::Ask(_) => &cluster.counters().asked,
+            _ => &cluster.counters().moved,
         };
         counter.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
         let conn = Dedicated::start(pool, self.place.label.clone(), self.place.command_timeout);
