@@ -1258,6 +1258,83 @@ fn exclusive_connections_follow_a_moved_slot() {
     );
 }
 
+/// An `auth_passthrough` login's own connections follow a slot moved behind the
+/// proxy's back, as the proxy's do: the login's view shares the proxy's map and
+/// its refreshes, and its connections to the new node are logged in as the user.
+#[test]
+fn a_logins_connections_follow_a_moved_slot() {
+    let _serial = serial();
+    let cluster = Cluster::shared();
+    wait_healthy(cluster, Duration::from_secs(20));
+    let live: Vec<u16> = nodes(cluster)
+        .iter()
+        .filter(|n| !n.failed)
+        .map(|n| n.port)
+        .collect();
+    let acl = [
+        "ACL",
+        "SETUSER",
+        "mover",
+        "on",
+        ">pw",
+        "~{lg}*",
+        "+@read",
+        "+@write",
+        "+@transaction",
+        "+@blocking",
+    ];
+    for port in &live {
+        cli_ok(*port, &acl);
+    }
+    let mut config = Cluster::shared().proxy_config();
+    config.auth_passthrough = true;
+    let (rt, proxy) = Cluster::start_proxy(config);
+    let env = Env { rt, proxy };
+    let addr = env.proxy.local_addr();
+    let mut c = env.rt.block_on(async {
+        let mut c = AsyncRawClient::connect(addr).await;
+        assert_eq!(c.cmd(&[b"AUTH", b"mover", b"pw"]).await, b"+OK\r\n");
+        // The view's map and connections exist before the move.
+        assert_eq!(c.cmd(&[b"GET", b"{lg}k"]).await, b"$-1\r\n");
+        c
+    });
+    move_slot_behind_the_proxys_back(cluster, &env, "lg", &[b"{lg}k", b"{lg}l"]);
+    let replies = env.rt.block_on(async {
+        let mut v = Vec::new();
+        for cmd in [
+            &[&b"SET"[..], b"{lg}k", b"1"][..],
+            &[b"GET", b"{lg}k"],
+            &[b"BLPOP", b"{lg}l", b"0.5"],
+            &[b"MULTI"],
+            &[b"INCR", b"{lg}k"],
+            &[b"EXEC"],
+            &[b"SET", b"other", b"1"],
+            &[b"DEL", b"{lg}k"],
+        ] {
+            let r = c.cmd(cmd).await;
+            v.push(String::from_utf8_lossy(&r).into_owned());
+        }
+        v
+    });
+    for port in &live {
+        redis_cli(*port, &["ACL", "DELUSER", "mover"]);
+    }
+    wait_healthy(cluster, Duration::from_secs(10));
+    assert_eq!(
+        &replies[..6],
+        [
+            "+OK\r\n",
+            "$1\r\n1\r\n",
+            "*-1\r\n",
+            "+OK\r\n",
+            "+QUEUED\r\n",
+            "*1\r\n:2\r\n"
+        ]
+    );
+    assert!(replies[6].starts_with("-NOPERM"), "{replies:?}");
+    assert_eq!(replies[7], ":1\r\n");
+}
+
 /// The proxy learns the map (a DEL of `keys`, which must not exist), then the
 /// empty slot of hash tag `{tag}` is given to another primary without its knowing.
 fn move_slot_behind_the_proxys_back(cluster: &Cluster, env: &Env, tag: &str, keys: &[&[u8]]) {
