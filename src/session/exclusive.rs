@@ -21,6 +21,8 @@ pub(super) struct Login {
     /// On a cluster database: the cluster as this login sees it
     /// ([`Cluster::login`]), made for the first request that needs it.
     pub view: Option<Arc<Cluster>>,
+    /// Which login of the session this is (its connections are not another's).
+    pub id: u64,
 }
 
 impl Session {
@@ -84,10 +86,12 @@ impl Session {
                 b"-WRONGPASS invalid username-password pair or user is disabled.\r\n".to_vec(),
             );
         };
+        self.checkouts += 1;
         let previous = self.login.replace(Login {
             user,
             password: Secret(password),
             view: None,
+            id: self.checkouts,
         });
         match self.open_private(creds.resp3).await {
             Ok(()) => {

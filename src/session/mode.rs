@@ -97,8 +97,9 @@ pub(super) enum Conn {
     /// Nothing forwarded yet.
     None,
     /// A database's shared connection (by client-facing index and protocol;
-    /// `login`: an `auth_passthrough` login's on a cluster, `Cluster::login`).
-    Shared { db: u32, resp3: bool, login: bool },
+    /// `login`: on a cluster, the `auth_passthrough` login's, by its id, whose
+    /// connections are its own, `Cluster::login`; 0 for the proxy's).
+    Shared { db: u32, resp3: bool, login: u64 },
     /// An exclusive or private connection (by [`Held::id`]).
     Held(u64),
     /// The subscriber connection.
@@ -159,7 +160,7 @@ impl Session {
             resp3: self.state.resp3,
             // (Logging in or out switches connections: what was sent before is
             // answered first.)
-            login: self.login.is_some(),
+            login: self.login.as_ref().map_or(0, |l| l.id),
         }
     }
 
