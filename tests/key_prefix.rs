@@ -637,7 +637,7 @@ async fn generated_commands_match_redis_with_keys_prefixed_by_hand() {
         let by_hand: Vec<String> = {
             let mut c2 = cmd.clone();
             let (_, info) = redis_sidecar::command::identify(&c2);
-            let mut found = Vec::new();
+            let mut found = redis_sidecar::command::keys::KeyArgs::new();
             redis_sidecar::command::keys::locate(info, &c2, &mut found).expect("locatable");
             for k in found {
                 c2[k.index] = format!("sessions:{}", c2[k.index]);
@@ -835,7 +835,7 @@ async fn located_keys_match_command_getkeys() {
         getkeys.extend(args.iter().map(|a| a.as_bytes()));
         let redis_says = strings(&d.cmd(&getkeys).await);
         let (_, info) = redis_sidecar::command::identify(&args);
-        let mut found = Vec::new();
+        let mut found = redis_sidecar::command::keys::KeyArgs::new();
         locate(info, &args, &mut found).expect("locatable");
         let ours: Vec<String> = found
             .iter()

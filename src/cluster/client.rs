@@ -958,6 +958,26 @@ impl Cluster {
     /// The node every request of `bytes` goes to, if they all go to one node and
     /// each as it is (one slot, or no key).
     fn one_node(&self, topo: &Topology, session: u64, bytes: &Bytes) -> Option<Arc<Node>> {
+        if !self.replica_reads() {
+            // Every request to a primary: compared without touching the nodes'
+            // reference counts (this runs for every batch).
+            let mut one: Option<&Arc<Node>> = None;
+            let all = each_request(bytes, |_, args| {
+                let d = Descriptor::of(args);
+                let Plan::Slot(slot) = plan::plan(d.info, args) else {
+                    return false;
+                };
+                match (topo.primary(slot, session), one) {
+                    (Some(node), None) => {
+                        one = Some(node);
+                        true
+                    }
+                    (Some(node), Some(n)) => Arc::ptr_eq(n, node),
+                    (None, _) => false,
+                }
+            });
+            return one.filter(|_| all).cloned();
+        }
         let mut one: Option<Arc<Node>> = None;
         let all = each_request(bytes, |_, args| {
             let d = Descriptor::of(args);
@@ -1020,7 +1040,7 @@ impl Cluster {
         ticket: Ticket,
     ) {
         let topo = self.topology();
-        let mut units: Vec<Unit> = Vec::new();
+        let mut units: Vec<Unit> = Vec::with_capacity(batch.count as usize);
         let mut items: Vec<Item> = Vec::with_capacity(batch.count as usize);
         if let Some(topo) = &topo {
             self.plan_batch(topo, session, &batch.bytes, &mut units, &mut items);
@@ -1064,7 +1084,7 @@ impl Cluster {
             }
             ticket.goes_out_with(topo.generation);
         }
-        let mut units: Vec<Unit> = Vec::new();
+        let mut units: Vec<Unit> = Vec::with_capacity(batch.count as usize);
         let mut items: Vec<Item> = Vec::with_capacity(batch.count as usize);
         self.plan_batch(&topo, session, &batch.bytes, &mut units, &mut items);
         let all: Vec<usize> = (0..units.len()).collect();
@@ -1253,7 +1273,11 @@ impl Cluster {
                 });
                 continue;
             }
-            let mut buf = BytesMut::new();
+            let size = group
+                .iter()
+                .map(|&u| units[u].bytes.len() + if units[u].ask { ASKING.len() } else { 0 })
+                .sum();
+            let mut buf = BytesMut::with_capacity(size);
             let mut count = 0u32;
             let mut readonly = true;
             for &u in &group {

@@ -4,7 +4,7 @@
 //! refuses it. No I/O.
 
 use super::slot::key_slot;
-use crate::command::keys::{self, KeyArg, KeyKind};
+use crate::command::keys::{self, KeyKind};
 use crate::command::table::CommandInfo;
 use crate::command::ArgList;
 
@@ -83,7 +83,7 @@ const EVERY_FIRST: &[&str] = &[
 /// Plans a request classified as `info` (`None`: unknown to the table).
 pub fn plan<L: ArgList + ?Sized>(info: Option<&CommandInfo>, args: &L) -> Plan {
     let name = info.map_or("", |i| i.name);
-    let mut found: Vec<KeyArg> = Vec::new();
+    let mut found = keys::KeyArgs::new();
     if keys::locate(info, args, &mut found).is_err() {
         // Unknown command: Redis refuses it wherever it goes.
         return Plan::Slot(None);
@@ -174,7 +174,7 @@ pub fn slot_of<L: ArgList + ?Sized>(
     args: &L,
     prefix: Option<&[u8]>,
 ) -> Option<u16> {
-    let mut found: Vec<KeyArg> = Vec::new();
+    let mut found = keys::KeyArgs::new();
     keys::locate(info, args, &mut found).ok()?;
     let mut key = Vec::new();
     let mut slot = None;

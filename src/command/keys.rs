@@ -28,6 +28,9 @@ pub enum KeyKind {
     Pattern,
 }
 
+/// The key arguments of one request (most have at most four: no allocation).
+pub type KeyArgs = smallvec::SmallVec<[KeyArg; 4]>;
+
 /// One key argument of a request.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct KeyArg {
@@ -49,7 +52,7 @@ pub struct Unlocatable;
 pub fn locate<L: ArgList + ?Sized>(
     info: Option<&CommandInfo>,
     args: &L,
-    out: &mut Vec<KeyArg>,
+    out: &mut KeyArgs,
 ) -> Result<(), Unlocatable> {
     let Some(info) = info else {
         return Err(Unlocatable);
@@ -158,7 +161,7 @@ fn find_keyword<L: ArgList + ?Sized>(args: &L, keyword: &[u8], start_from: i64) 
 
 /// SORT key [BY pattern] [LIMIT offset count] [GET pattern …] [ASC|DESC] [ALPHA]
 /// [STORE destination], parsed as Redis's `sortGetKeys` skips options.
-fn sort_keys<L: ArgList + ?Sized>(args: &L, out: &mut Vec<KeyArg>) {
+fn sort_keys<L: ArgList + ?Sized>(args: &L, out: &mut KeyArgs) {
     let argc = args.count();
     if argc < 2 {
         return;
@@ -191,7 +194,7 @@ fn sort_keys<L: ArgList + ?Sized>(args: &L, out: &mut Vec<KeyArg>) {
 
 /// MIGRATE host port key|"" destination-db timeout [COPY] [REPLACE] [AUTH pw]
 /// [AUTH2 user pw] [KEYS key …], parsed as Redis's `migrateGetKeys`.
-fn migrate_keys<L: ArgList + ?Sized>(args: &L, out: &mut Vec<KeyArg>) {
+fn migrate_keys<L: ArgList + ?Sized>(args: &L, out: &mut KeyArgs) {
     let argc = args.count();
     if argc > 3 && !args.arg(3).is_empty() {
         out.push(KeyArg {
@@ -224,7 +227,7 @@ mod tests {
 
     fn keys(args: &[&str]) -> Result<Vec<(usize, KeyKind)>, Unlocatable> {
         let (_, info) = super::super::identify(args);
-        let mut out = Vec::new();
+        let mut out = KeyArgs::new();
         locate(info, args, &mut out)?;
         Ok(out.into_iter().map(|k| (k.index, k.kind)).collect())
     }

@@ -177,7 +177,7 @@ pub(super) fn plan<L: ArgList + ?Sized>(
         // `OBJECT` alone: Redis's arity error.
         return SAME;
     }
-    let mut found = Vec::new();
+    let mut found = keys::KeyArgs::new();
     if keys::locate(cmd.info, args, &mut found).is_err() {
         return refuse(args, "its keys cannot be located");
     }
