@@ -56,6 +56,19 @@
 //! and requests to a hung node fail only at their deadline. Nodes are asked in
 //! turn, healthy ones first, the next one after [`HEDGE`] without an answer, and
 //! the first map wins, so a hung node does not hold a refresh for its timeouts.
+//!
+//! # The home node
+//!
+//! What does not go by slot (subscribers but shard ones, `PUBLISH`, `PUBSUB`'s
+//! counts, `MONITOR`, out-of-band requests, login checks) goes to one node that
+//! may serve, the same for every session ([`Cluster::home`]): a node counts only
+//! its own subscribers.
+//!
+//! # Logins
+//!
+//! An `auth_passthrough` login sees the cluster through a view
+//! ([`Cluster::login`]): this cluster's map, probes and breakers, with
+//! connections of its own logged in as the user.
 
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
