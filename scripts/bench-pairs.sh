@@ -4,22 +4,25 @@
 # (pair i runs A then B when i is odd, B then A when even, so drift cancels), then the
 # geometric mean of the per-pair ratios B/A with a 95 % bootstrap interval.
 #
-#   scripts/bench-pairs.sh [-n PAIRS] [-P PIPELINE] [-c CLIENTS] [-r REQUESTS] [-t TESTS] A_PORT B_PORT
+#   scripts/bench-pairs.sh [-n PAIRS] [-P PIPELINE] [-c CLIENTS] [-r REQUESTS] [-t TESTS]
+#                          [-k KEYSPACE] A_PORT B_PORT
 #
-# Defaults: 60 pairs, -P 16, -c 50, 1,000,000 requests, -t set,get. Loopback only.
+# Defaults: 60 pairs, -P 16, -c 50, 1,000,000 requests, -t set,get, one key
+# (`-k N` passes `-r N` to redis-benchmark: random keys, e.g. over a cluster's
+# slots). Loopback only.
 set -euo pipefail
-PAIRS=60 PIPE=16 CLIENTS=50 REQS=1000000 TESTS=set,get
-while getopts "n:P:c:r:t:" o; do
+PAIRS=60 PIPE=16 CLIENTS=50 REQS=1000000 TESTS=set,get KEYS=()
+while getopts "n:P:c:r:t:k:" o; do
     case "$o" in
         n) PAIRS=$OPTARG ;; P) PIPE=$OPTARG ;; c) CLIENTS=$OPTARG ;;
-        r) REQS=$OPTARG ;; t) TESTS=$OPTARG ;; *) exit 2 ;;
+        r) REQS=$OPTARG ;; t) TESTS=$OPTARG ;; k) KEYS=(-r "$OPTARG") ;; *) exit 2 ;;
     esac
 done
 shift $((OPTIND - 1))
 A=${1:?A port}; B=${2:?B port}
 OUT=$(mktemp)
 run() {
-    redis-benchmark -h 127.0.0.1 -p "$1" -c "$CLIENTS" -n "$REQS" -t "$TESTS" -P "$PIPE" --csv 2>/dev/null |
+    redis-benchmark -h 127.0.0.1 -p "$1" -c "$CLIENTS" -n "$REQS" -t "$TESTS" -P "$PIPE" "${KEYS[@]}" --csv 2>/dev/null |
         grep -E '^"[A-Z]+"' | cut -d, -f1,2 | tr -d '"' | tr '\n' ' '
 }
 for i in $(seq 1 "$PAIRS"); do

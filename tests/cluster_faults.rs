@@ -1740,7 +1740,10 @@ fn migrate_slot(cluster: &Cluster, slot: u16, from: &NodeLine, to: &NodeLine) {
 /// its batches meet `-ASK` (the list already moved), `-MOVED` (the slot moved) and
 /// the proxy's map changing between them. Every reply must be the list's length
 /// after that push (`:1`, `:2`, … in order: each ran once, in the order sent, and
-/// none failed), and the list must hold 0..N in order. (The reorder windows this
+/// none failed), and the list must hold 0..N in order. Every other batch also
+/// reads absent keys of other slots after each push (each `$-1` in its place), so
+/// batches sent to one node as they came and batches spread over the primaries
+/// both meet the redirects. (The reorder windows this
 /// guards are narrow: it passed on the build before `cluster::order` too; that
 /// module's unit tests prove its rules.)
 #[test]
@@ -1750,6 +1753,31 @@ fn one_clients_pipelined_writes_stay_in_order_while_their_slot_moves() {
     let (_serial, cluster, env) = on_shared_cluster();
     let slot = key_slot(b"{ord}");
     env.cmd(&[b"DEL", b"{ord}l"]);
+    // Every other batch also reads keys of other slots (absent: `$-1`), so it is
+    // spread over the primaries instead of going to one node as it came.
+    let others: Vec<String> = (0..6).map(|i| format!("ord:other:{i}")).collect();
+    for k in &others {
+        env.cmd(&[b"DEL", k.as_bytes()]);
+    }
+    let mut batches: Vec<Vec<u8>> = Vec::new();
+    let mut expected: Vec<String> = Vec::new();
+    let mut i = 0;
+    while i < N {
+        let k = (1 + batches.len() * 7 % 13).min(N - i);
+        let spread = batches.len() % 2 == 1;
+        let mut out = Vec::new();
+        for n in i..i + k {
+            out.extend(resp_cmd(&[b"RPUSH", b"{ord}l", n.to_string().as_bytes()]));
+            expected.push(format!(":{}", n + 1));
+            if spread {
+                out.extend(resp_cmd(&[b"GET", others[n % others.len()].as_bytes()]));
+                expected.push("$-1".into());
+            }
+        }
+        batches.push(out);
+        i += k;
+    }
+    let total = expected.len();
     let addr = env.proxy.local_addr();
     let done = Arc::new(AtomicBool::new(false));
     let finished = done.clone();
@@ -1757,36 +1785,27 @@ fn one_clients_pipelined_writes_stay_in_order_while_their_slot_moves() {
         let stream = tokio::net::TcpStream::connect(addr).await.expect("connect");
         let (mut rd, mut wr) = stream.into_split();
         let writer = tokio::spawn(async move {
-            let mut i = 0;
-            let mut batches = 0;
-            while i < N {
-                let k = (1 + batches * 7 % 13).min(N - i);
-                let mut out = Vec::new();
-                for n in i..i + k {
-                    out.extend(resp_cmd(&[b"RPUSH", b"{ord}l", n.to_string().as_bytes()]));
-                }
-                wr.write_all(&out).await.expect("write");
-                i += k;
-                batches += 1;
+            for (b, out) in batches.iter().enumerate() {
+                wr.write_all(out).await.expect("write");
                 // Spread the writes over the moves (a few seconds).
-                if batches % 4 == 0 {
+                if b % 4 == 3 {
                     tokio::time::sleep(Duration::from_millis(1)).await;
                 }
             }
             wr
         });
-        let mut replies = Vec::with_capacity(N);
+        let mut replies = Vec::with_capacity(total);
         let mut buf = Vec::new();
         let mut chunk = vec![0u8; 64 * 1024];
         let deadline = tokio::time::Instant::now() + Duration::from_secs(120);
-        while replies.len() < N {
+        while replies.len() < total {
             let n = tokio::time::timeout_at(deadline, rd.read(&mut chunk))
                 .await
                 .expect("every reply within 120 s")
                 .expect("read");
             assert!(n > 0, "the proxy closed the connection");
             buf.extend_from_slice(&chunk[..n]);
-            // Integer or error replies: one line each.
+            // Integer, nil or error replies: one line each.
             while let Some(end) = buf.windows(2).position(|w| w == b"\r\n") {
                 replies.push(String::from_utf8_lossy(&buf[..end]).into_owned());
                 buf.drain(..end + 2);
@@ -1809,7 +1828,7 @@ fn one_clients_pipelined_writes_stay_in_order_while_their_slot_moves() {
     let wrong: Vec<(usize, &String)> = replies
         .iter()
         .enumerate()
-        .filter(|(i, r)| **r != format!(":{}", i + 1))
+        .filter(|(i, r)| **r != expected[*i])
         .collect();
     let list = env.cmd(&[b"LRANGE", b"{ord}l", b"0", b"-1"]);
     let list = int_list(&list).expect("LRANGE's array");
