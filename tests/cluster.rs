@@ -889,3 +889,113 @@ fn auth_passthrough_logins_run_as_their_user_on_every_node() {
         support::redis_cli(port, &["ACL", "DELUSER", "app"]);
     }
 }
+
+/// The client sees a standalone Redis: what a standalone server refuses for want
+/// of cluster support (every `CLUSTER` subcommand, `READONLY`, `READWRITE`,
+/// `ASKING`) gets the same bytes from the proxy, never the nodes' addresses or
+/// another database's keys (a cluster-aware client would learn the nodes and go
+/// around the proxy and its key_prefix); arity and unknown-subcommand errors are
+/// Redis's own; `INFO` says `cluster_enabled:0`. Compared with a real standalone
+/// server, on a database without and one with a key_prefix.
+#[test]
+fn the_cluster_is_hidden_as_from_a_standalone_server() {
+    let standalone = support::RedisServer::start();
+    let mut direct = standalone.client();
+    let plain = start(None);
+    let prefixed = start(Some("hide"));
+    let requests: &[&[&str]] = &[
+        &["CLUSTER", "SLOTS"],
+        &["CLUSTER", "SHARDS"],
+        &["CLUSTER", "NODES"],
+        &["CLUSTER", "INFO"],
+        &["cluster", "myid"],
+        &["CLUSTER", "HELP"],
+        &["CLUSTER", "KEYSLOT", "k"],
+        &["CLUSTER", "GETKEYSINSLOT", "0", "10"],
+        &["CLUSTER", "COUNTKEYSINSLOT", "0"],
+        &["READONLY"],
+        &["READWRITE"],
+        &["ASKING"],
+        &["CLUSTER"],
+        &["CLUSTER", "KEYSLOT"],
+        &["READONLY", "x"],
+        &["INFO", "cluster"],
+    ];
+    for (env, label) in [(&plain, "plain"), (&prefixed, "prefixed")] {
+        let mut c = env.client();
+        c.cmd(&[b"SELECT", b"3"]);
+        for req in requests {
+            let args: Vec<&[u8]> = req.iter().map(|a| a.as_bytes()).collect();
+            assert_eq!(
+                String::from_utf8_lossy(&c.cmd(&args)),
+                String::from_utf8_lossy(&direct.cmd(&args)),
+                "{label}: {req:?}"
+            );
+        }
+        let info = c.cmd(&[b"INFO"]);
+        let text = String::from_utf8_lossy(&info);
+        assert!(
+            text.contains("\r\ncluster_enabled:0\r\n"),
+            "{label}: {text}"
+        );
+        assert!(!text.contains("cluster_enabled:1"), "{label}");
+        // RESP3: a verbatim string, rewritten the same way.
+        let (mut c3, mut direct3) = (env.client(), standalone.client());
+        assert!(c3.cmd(&[b"HELLO", b"3"]).starts_with(b"%"));
+        assert!(direct3.cmd(&[b"HELLO", b"3"]).starts_with(b"%"));
+        let info3 = c3.cmd(&[b"INFO", b"cluster"]);
+        assert!(info3.starts_with(b"=34\r\ntxt:"), "{label}");
+        assert_eq!(info3, direct3.cmd(&[b"INFO", b"cluster"]), "{label}");
+        // Inside MULTI: refused while queueing (a standalone server queues it
+        // and fails it at EXEC), so the transaction is aborted, nothing ran.
+        let mut t = env.client();
+        t.cmd(&[b"SELECT", b"3"]);
+        assert_eq!(t.cmd(&[b"MULTI"]), b"+OK\r\n");
+        assert_eq!(
+            t.cmd(&[b"CLUSTER", b"SLOTS"]),
+            b"-ERR This instance has cluster support disabled\r\n"
+        );
+        assert_eq!(t.cmd(&[b"SET", b"hidden:k", b"1"]), b"+QUEUED\r\n");
+        assert!(t.cmd(&[b"EXEC"]).starts_with(b"-EXECABORT"), "{label}");
+        assert_eq!(t.cmd(&[b"EXISTS", b"hidden:k"]), b":0\r\n", "{label}");
+        // The same after a queued command (the transaction's node is picked).
+        assert_eq!(t.cmd(&[b"MULTI"]), b"+OK\r\n");
+        assert_eq!(t.cmd(&[b"SET", b"hidden:k", b"1"]), b"+QUEUED\r\n");
+        assert!(t.cmd(&[b"READONLY"]).starts_with(b"-ERR This instance"));
+        assert!(t.cmd(&[b"EXEC"]).starts_with(b"-EXECABORT"), "{label}");
+        assert_eq!(t.cmd(&[b"EXISTS", b"hidden:k"]), b":0\r\n", "{label}");
+    }
+    // Without a key_prefix an unknown subcommand is the node's own error, as
+    // a standalone server's.
+    let mut c = plain.client();
+    assert_eq!(
+        c.cmd(&[b"CLUSTER", b"NOSUCH"]),
+        direct.cmd(&[b"CLUSTER", b"NOSUCH"])
+    );
+}
+
+/// A command refused while queueing (here by `deny_commands`) aborts the
+/// transaction at EXEC, as in Redis, also when it is the first after MULTI (which
+/// a cluster database holds back until a key picks the node).
+#[test]
+fn a_refusal_while_multi_waits_for_its_node_aborts_the_transaction() {
+    let mut config = cluster_config(Cluster::shared(), Some("deny"));
+    for db in &mut config.databases {
+        db.upstream.deny_commands = vec!["flushall".into()];
+    }
+    let (_rt, proxy) = Cluster::start_proxy(config);
+    let mut c = RawClient::connect(proxy.local_addr());
+    assert_eq!(c.cmd(&[b"MULTI"]), b"+OK\r\n");
+    assert!(c.cmd(&[b"FLUSHALL"]).starts_with(b"-NOPERM"));
+    assert_eq!(c.cmd(&[b"SET", b"denied:k", b"1"]), b"+QUEUED\r\n");
+    assert_eq!(
+        c.cmd(&[b"EXEC"]),
+        b"-EXECABORT Transaction discarded because of previous errors.\r\n"
+    );
+    assert_eq!(c.cmd(&[b"EXISTS", b"denied:k"]), b":0\r\n");
+    // Nothing left over: the next transaction runs.
+    assert_eq!(c.cmd(&[b"MULTI"]), b"+OK\r\n");
+    assert_eq!(c.cmd(&[b"SET", b"denied:k", b"1"]), b"+QUEUED\r\n");
+    assert_eq!(c.cmd(&[b"EXEC"]), b"*1\r\n+OK\r\n");
+    assert_eq!(c.cmd(&[b"DEL", b"denied:k"]), b":1\r\n");
+}

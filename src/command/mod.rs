@@ -343,6 +343,25 @@ fn classify_upper<L: ArgList + ?Sized>(name: &[u8], args: &L) -> Route {
     }
 }
 
+/// What a standalone Redis answers to the commands of [`cluster_only`].
+pub const CLUSTER_DISABLED: &str = "ERR This instance has cluster support disabled";
+
+/// Whether a standalone Redis refuses this request with [`CLUSTER_DISABLED`]:
+/// every `CLUSTER` subcommand, `READONLY`, `READWRITE` and `ASKING`, given as many
+/// arguments (`argc`, the name included) as their arity allows (else the arity
+/// error comes first; an unknown `CLUSTER` subcommand gets its own error).
+pub fn cluster_only(info: &table::CommandInfo, argc: usize) -> bool {
+    let named = info.name.starts_with("cluster|")
+        || matches!(info.name, "readonly" | "readwrite" | "asking");
+    let arity = usize::from(info.arity.unsigned_abs());
+    named
+        && if info.arity < 0 {
+            argc >= arity
+        } else {
+            argc == arity
+        }
+}
+
 /// The name of a command-table index (`other` for commands not in the table).
 pub fn command_name(idx: usize) -> String {
     table::COMMANDS
@@ -460,6 +479,36 @@ mod tests {
 #[cfg(test)]
 mod identify_tests {
     use super::*;
+
+    #[test]
+    fn cluster_only_commands_are_known_by_name_and_arity() {
+        let only = |args: &[&str]| {
+            let d = Descriptor::of(args);
+            d.info.is_some_and(|i| cluster_only(i, args.len()))
+        };
+        for args in [
+            &["CLUSTER", "SLOTS"][..],
+            &["cluster", "info"],
+            &["CLUSTER", "HELP"],
+            &["CLUSTER", "KEYSLOT", "k"],
+            &["CLUSTER", "GETKEYSINSLOT", "1", "10"],
+            &["READONLY"],
+            &["readwrite"],
+            &["ASKING"],
+        ] {
+            assert!(only(args), "{args:?}");
+        }
+        for args in [
+            &["CLUSTER"][..],
+            &["CLUSTER", "NOSUCH"],
+            &["CLUSTER", "KEYSLOT"],
+            &["READONLY", "x"],
+            &["GET", "k"],
+            &["INFO", "cluster"],
+        ] {
+            assert!(!only(args), "{args:?}");
+        }
+    }
 
     #[test]
     fn identify_routes_every_table_command_as_its_name_says() {

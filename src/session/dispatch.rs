@@ -438,11 +438,15 @@ impl Session {
     ) -> Deferred {
         if matches!(cmd.route, Route::Reset | Route::Quit) {
             self.deferred_multi = false;
+            self.deferred_dirty = false;
             return Deferred::Go;
         }
         let answer: Option<&[u8]> = match (cmd.tx, cmd.info.map_or("", |i| i.name)) {
             (TxOp::Multi, _) => Some(b"-ERR MULTI calls can not be nested\r\n"),
             (TxOp::Watch, _) => Some(b"-ERR WATCH inside MULTI is not allowed\r\n"),
+            (TxOp::End, "exec") if self.deferred_dirty => {
+                Some(b"-EXECABORT Transaction discarded because of previous errors.\r\n")
+            }
             (TxOp::End, "exec") => Some(b"*0\r\n"),
             (TxOp::End, _) => Some(b"+OK\r\n"),
             _ => None,
@@ -452,6 +456,7 @@ impl Session {
             inbuf.advance(req.len);
             if cmd.tx == TxOp::End {
                 self.deferred_multi = false;
+                self.deferred_dirty = false;
             }
             self.push_reply(text.to_vec());
             return Deferred::Answered;
@@ -474,6 +479,9 @@ impl Session {
         self.send(db, out).await;
         self.transaction_step(TxOp::Multi);
         self.deferred_multi = false;
+        if std::mem::take(&mut self.deferred_dirty) {
+            self.refused_in_multi();
+        }
         Deferred::Go
     }
 
@@ -559,9 +567,22 @@ impl Session {
                     self.flush(&mut run, inbuf).await;
                     inbuf.advance(req.len);
                     self.refuse_denied(cmd.index());
-                    if let Some(h) = self.mode.held_mut().filter(|h| h.in_multi) {
-                        // Refused while queueing: the transaction is aborted at EXEC.
-                        h.dirty = true;
+                    // Refused while queueing: the transaction is aborted at EXEC.
+                    self.refused_in_multi();
+                    continue;
+                }
+                let argc = match &req.kind {
+                    RequestKind::Inline(a) => a.len(),
+                    _ => self.args.len(),
+                };
+                if self.hides_cluster(&cmd, argc) {
+                    // A database on a Redis Cluster looks like a standalone server:
+                    // its nodes are not shown (clients would go around the proxy).
+                    if !self
+                        .refuse(&mut run, inbuf, req.len, command::CLUSTER_DISABLED)
+                        .await
+                    {
+                        return;
                     }
                     continue;
                 }
@@ -632,18 +653,8 @@ impl Session {
                             continue;
                         }
                         prefix::Plan::Refuse(text) => {
-                            self.flush(&mut run, inbuf).await;
-                            if !self.barrier_passed().await {
-                                // Subscribed: after the replies to what came before.
-                                self.stalled = true;
+                            if !self.refuse(&mut run, inbuf, req.len, &text).await {
                                 return;
-                            }
-                            inbuf.advance(req.len);
-                            let mut out = Vec::new();
-                            reply::error(&mut out, &text);
-                            self.push_reply(out);
-                            if let Some(h) = self.mode.held_mut().filter(|h| h.in_multi) {
-                                h.dirty = true;
                             }
                             continue;
                         }
@@ -686,6 +697,16 @@ impl Session {
                         }
                     }
                 }
+            }
+            if unprefix.is_none()
+                && self.state.authenticated
+                && self.state.db.cluster().is_some()
+                && cmd.info.is_some_and(|i| i.name == "info")
+            {
+                // INFO from a node: `cluster_enabled:0`, as from a standalone
+                // server. Travels alone: its reply is rewritten.
+                self.flush(&mut run, inbuf).await;
+                unprefix = Some((prefix::Unprefix::Info, Bytes::new()));
             }
             if cmd.route == Route::Forward
                 && multibulk
@@ -961,6 +982,51 @@ impl Session {
             _ = self.client.closed() => {}
             _ = tokio::time::sleep(delay) => {}
         }
+    }
+
+    /// Answers the request of `len` bytes at the front of `inbuf` (after the run
+    /// before it is sent) with the error `text`, as Redis refuses a command (inside
+    /// MULTI: the transaction is aborted at EXEC). `false`: it waits, not
+    /// consumed (subscribed: for the replies to what came before, `stalled`).
+    async fn refuse(
+        &mut self,
+        run: &mut Run,
+        inbuf: &mut BytesMut,
+        len: usize,
+        text: &str,
+    ) -> bool {
+        self.flush(run, inbuf).await;
+        if !self.barrier_passed().await {
+            self.stalled = true;
+            return false;
+        }
+        inbuf.advance(len);
+        let mut out = Vec::new();
+        reply::error(&mut out, text);
+        self.push_reply(out);
+        self.refused_in_multi();
+        true
+    }
+
+    /// A request was refused while queueing inside MULTI: EXEC will answer
+    /// `-EXECABORT` (also for a MULTI still deferred on a cluster).
+    fn refused_in_multi(&mut self) {
+        if let Some(h) = self.mode.held_mut().filter(|h| h.in_multi) {
+            h.dirty = true;
+        } else if self.deferred_multi {
+            self.deferred_dirty = true;
+        }
+    }
+
+    /// Whether the request is one a standalone Redis refuses for want of cluster
+    /// support ([`command::cluster_only`]) on a database on a Redis Cluster: the
+    /// proxy answers it so. (A RESP2 subscriber's goes to its connection, whose
+    /// node refuses it in that context first, as Redis would.)
+    fn hides_cluster(&self, cmd: &Descriptor, argc: usize) -> bool {
+        self.state.authenticated
+            && self.state.db.cluster().is_some()
+            && cmd.info.is_some_and(|i| command::cluster_only(i, argc))
+            && (self.state.resp3 || !matches!(self.mode, Mode::Subscribed(_)))
     }
 
     /// `-NOPERM` for a command in the database's `deny_commands`.

@@ -452,6 +452,9 @@ struct Session {
     /// A cluster database's MULTI was answered `+OK` and waits for the first
     /// request with a key to pick the node (`dispatch::deferred_step`).
     deferred_multi: bool,
+    /// A request was refused while `deferred_multi` (`deny_commands`, cluster
+    /// commands): EXEC answers `-EXECABORT`, as Redis after a refusal at queueing.
+    deferred_dirty: bool,
     /// When the client connected (for `auth_timeout`).
     connected_at: Instant,
     /// When the client last sent something (for `client_idle_timeout`).
@@ -506,6 +509,7 @@ impl Session {
             login: None,
             tracking: None,
             deferred_multi: false,
+            deferred_dirty: false,
             connected_at: p.connected_at,
             last_read: p.last_read,
         })

@@ -35,6 +35,10 @@ pub(super) enum Unprefix {
     /// `XREAD`/`XREADGROUP`: an array of `[key, entries]` (RESP2) or a map
     /// `key => entries` (RESP3).
     Streams,
+    /// `INFO` from a node of a Redis Cluster: `cluster_enabled:0`, as from the
+    /// standalone server the client sees (not about prefixes, rewritten the same
+    /// way; the prefix is not used).
+    Info,
 }
 
 /// A keyspace-wide command the proxy runs itself over `SCAN MATCH prefix*`.
@@ -502,6 +506,8 @@ fn rewrite(kind: Unprefix, buf: &[u8], prefix: &[u8], out: &mut Vec<u8>) -> Opti
             }
             Some(p)
         }
+        // (Rewritten by `unprefix` itself.)
+        Unprefix::Info => copy(buf, 0, out),
         Unprefix::Streams => {
             if let Some((n, mut p)) = aggregate(buf, 0, b"%") {
                 out.extend_from_slice(buf.get(..p)?);
@@ -535,6 +541,9 @@ fn rewrite(kind: Unprefix, buf: &[u8], prefix: &[u8], out: &mut Vec<u8>) -> Opti
 /// One complete reply with the prefix removed from the keys it names. Anything
 /// that does not parse as expected (an error reply) passes unchanged.
 pub(super) fn unprefix(kind: Unprefix, prefix: &[u8], reply: Bytes) -> Bytes {
+    if kind == Unprefix::Info {
+        return standalone_info(reply);
+    }
     let mut out = Vec::with_capacity(reply.len());
     match rewrite(kind, &reply, prefix, &mut out) {
         Some(end) => {
@@ -543,6 +552,18 @@ pub(super) fn unprefix(kind: Unprefix, prefix: &[u8], reply: Bytes) -> Bytes {
         }
         None => reply,
     }
+}
+
+/// `INFO`'s text with `cluster_enabled:1` read as `cluster_enabled:0` (the same
+/// length: the bulk string's header stands).
+fn standalone_info(reply: Bytes) -> Bytes {
+    const ENABLED: &[u8] = b"\ncluster_enabled:1\r\n";
+    let Some(at) = reply.windows(ENABLED.len()).position(|w| w == ENABLED) else {
+        return reply;
+    };
+    let mut out = reply.to_vec();
+    out[at + ENABLED.len() - 3] = b'0';
+    Bytes::from(out)
 }
 
 /// A reply that came in parts: gathered whole, then rewritten. The receiver
