@@ -235,6 +235,72 @@ fn scan_walks_every_node_and_sees_every_key_once() {
     assert_eq!(c.cmd(&[b"DBSIZE"]), b":0\r\n");
 }
 
+/// One `SCAN` call whose `COUNT` covers the keyspace returns it whole with
+/// cursor 0, as on a standalone server, although its keys are on three nodes: a
+/// node walked to its end with fewer keys than `COUNT` found goes on on the next
+/// node in the same call (`TYPE` and `MATCH` filters included). Compared with a
+/// real standalone server. (`COUNT` is large because other tests' keys share the
+/// cluster: the database's keys are found by `SCAN MATCH prefix*`.)
+#[test]
+fn one_scan_call_returns_a_small_keyspace_whole() {
+    let cluster = Cluster::shared();
+    let env = start(Some("scansmall-"));
+    let standalone = support::RedisServer::start();
+    let mut direct = standalone.client();
+    let mut c = env.client();
+    assert_eq!(c.cmd(&[b"SELECT", b"9"]), b"+OK\r\n");
+    assert_eq!(c.cmd(&[b"FLUSHDB"]), b"+OK\r\n");
+    // Three keys whose (prefixed) names are served by three different primaries.
+    let mut names: Vec<String> = Vec::new();
+    let mut nodes: Vec<u16> = Vec::new();
+    for i in 0..200 {
+        let name = format!("a{i}");
+        let node = serving(cluster, format!("scansmall-temp:{name}").as_bytes());
+        if !nodes.contains(&node) {
+            nodes.push(node);
+            names.push(name);
+        }
+        if names.len() == 3 {
+            break;
+        }
+    }
+    assert_eq!(names.len(), 3, "keys on three primaries");
+    for (k, kind) in names.iter().zip(["string", "set", "list"]) {
+        let k = k.as_bytes();
+        let set: &[&[u8]] = match kind {
+            "string" => &[b"SET", k, b"1"],
+            "set" => &[b"SADD", k, b"1"],
+            _ => &[b"RPUSH", k, b"1"],
+        };
+        c.cmd(set);
+        direct.cmd(set);
+    }
+    let sorted = |r: &[u8]| {
+        let (cursor, mut keys) = parse_scan(r);
+        keys.sort();
+        (cursor, keys)
+    };
+    for req in [
+        &[&b"SCAN"[..], b"0", b"COUNT", b"1000000"][..],
+        &[b"SCAN", b"0", b"MATCH", b"a*", b"COUNT", b"1000000"],
+        &[b"SCAN", b"0", b"TYPE", b"set", b"COUNT", b"1000000"],
+        &[
+            b"SCAN", b"0", b"COUNT", b"1000000", b"MATCH", b"a*", b"TYPE", b"list",
+        ],
+    ] {
+        let got = sorted(&c.cmd(req));
+        assert_eq!(got, sorted(&direct.cmd(req)), "{req:?}");
+        assert_eq!(got.0, "0");
+    }
+    let (cursor, keys) = sorted(&c.cmd(&[b"SCAN", b"0", b"COUNT", b"1000000"]));
+    assert_eq!((cursor.as_str(), keys.len()), ("0", 3));
+    // COUNT 1: the first node's walk does not end with its one call; the
+    // client's loop goes on from the cursor.
+    let (cursor, keys) = parse_scan(&c.cmd(&[b"SCAN", b"0", b"COUNT", b"1"]));
+    assert!(cursor != "0" && keys.len() <= 1, "{cursor} {keys:?}");
+    assert_eq!(c.cmd(&[b"FLUSHDB"]), b"+OK\r\n");
+}
+
 #[test]
 fn pipelines_keep_their_order_across_nodes() {
     let env = start(None);

@@ -428,11 +428,16 @@ enum Item {
         units: Vec<usize>,
         positions: Vec<Vec<usize>>,
     },
-    /// `SCAN` on node `index` of `nodes`.
+    /// `SCAN` from node `index` of `nodes`: one unit per node walked, in
+    /// order ([`Cluster::scan_on`]).
     Scan {
-        unit: usize,
+        units: Vec<usize>,
         index: usize,
         nodes: usize,
+        /// The request's `COUNT` (10 without).
+        count: usize,
+        /// The request's arguments (the cursor's place is filled per node).
+        args: Vec<Bytes>,
     },
     /// Answered without a node.
     Local(Bytes),
@@ -1241,13 +1246,90 @@ impl Cluster {
         sub.extend((2..args.count()).map(|i| args.arg(i)));
         let mut out = Vec::new();
         encode_command(&sub, &mut out);
+        let count = (2..args.count())
+            .find(|&i| args.arg(i).eq_ignore_ascii_case(b"COUNT"))
+            .and_then(|i| std::str::from_utf8(args.arg(i + 1)).ok()?.parse().ok())
+            .unwrap_or(10usize);
         match unit(out.into(), topo.primaries.get(index), None, true) {
             Some(u) => Item::Scan {
-                unit: u,
+                units: vec![u],
                 index,
                 nodes,
+                count,
+                args: (0..args.count())
+                    .map(|i| Bytes::copy_from_slice(args.arg(i)))
+                    .collect(),
             },
             None => local("ERR invalid cursor"),
+        }
+    }
+
+    /// `SCAN`: a node walked to its end with fewer keys found than the
+    /// request's `COUNT` goes on on the next nodes in the same call, as one
+    /// call on a standalone server returns a small keyspace whole (cursor 0).
+    /// A node whose walk fails is left for the client's next call.
+    async fn scan_on(
+        self: &Arc<Self>,
+        session: u64,
+        resp3: bool,
+        units: &mut Vec<Unit>,
+        items: &mut [Item],
+        retry: Retry,
+    ) {
+        for item in items.iter_mut() {
+            let Item::Scan {
+                units: walked,
+                index,
+                nodes,
+                count,
+                args,
+            } = item
+            else {
+                continue;
+            };
+            while let Some(&last) = walked.last() {
+                let next = *index + walked.len();
+                let topo = self.topology();
+                let node = topo
+                    .as_ref()
+                    .filter(|t| t.primaries.len() == *nodes)
+                    .and_then(|t| t.primaries.get(next).cloned());
+                let Some(node) = node else {
+                    break;
+                };
+                let found = walked
+                    .iter()
+                    .filter_map(|&u| scan_reply(unit_reply(units, u)))
+                    .map(|(_, keys)| keys.len())
+                    .sum::<usize>();
+                if scan_reply(unit_reply(units, last)).is_none_or(|(c, _)| c != 0)
+                    || found >= *count
+                {
+                    break;
+                }
+                let mut sub: Vec<&[u8]> = args.iter().map(|a| &a[..]).collect();
+                if let Some(c) = sub.get_mut(1) {
+                    *c = b"0";
+                }
+                let mut out = Vec::new();
+                encode_command(&sub, &mut out);
+                units.push(Unit {
+                    bytes: out.into(),
+                    node,
+                    slot: None,
+                    pinned: true,
+                    ask: false,
+                    readonly: true,
+                    reply: None,
+                });
+                let u = units.len() - 1;
+                let flights = self.dispatch(session, resp3, units, &[u], retry).await;
+                self.collect(flights, units).await;
+                if scan_reply(unit_reply(units, u)).is_none() {
+                    break;
+                }
+                walked.push(u);
+            }
         }
     }
 
@@ -1388,7 +1470,7 @@ impl Cluster {
         session: u64,
         resp3: bool,
         mut units: Vec<Unit>,
-        items: Vec<Item>,
+        mut items: Vec<Item>,
         flights: Vec<Flight>,
         mut ticket: Ticket,
         batch: Batch,
@@ -1452,6 +1534,10 @@ impl Cluster {
                 .await;
             self.collect(flights, &mut units).await;
         }
+        if items.iter().any(|i| matches!(i, Item::Scan { .. })) {
+            self.scan_on(session, resp3, &mut units, &mut items, batch.retry)
+                .await;
+        }
         let mut out = Vec::new();
         for item in &items {
             render(item, &units, &mut out);
@@ -1505,35 +1591,56 @@ fn render(item: &Item, units: &[Unit], out: &mut Vec<u8>) {
             let pick = fastrand::usize(..);
             merge::merge(*how, &parts, positions, pick, out);
         }
-        Item::Scan { unit, index, nodes } => {
-            let r = unit_reply(units, *unit);
-            let parsed = merge::elements(r).filter(|e| e.len() == 2).and_then(|e| {
-                let c = crate::protocol::value::decode(e[0], 0).ok()??.0.text()?;
-                Some((c.parse::<u64>().ok()?, e[1]))
-            });
-            let Some((next, keys)) = parsed else {
-                out.extend_from_slice(r);
+        Item::Scan {
+            units: walked,
+            index,
+            nodes,
+            ..
+        } => {
+            let replies: Vec<&[u8]> = walked.iter().map(|&u| unit_reply(units, u)).collect();
+            let parsed: Option<Vec<ScanReply<'_>>> =
+                replies.iter().map(|r| scan_reply(r)).collect();
+            let Some(parsed) = parsed.filter(|p| !p.is_empty()) else {
+                // An error (or what is not a SCAN reply): passed on as it came.
+                let odd = replies.iter().find(|r| scan_reply(r).is_none());
+                out.extend_from_slice(odd.copied().unwrap_or(b"-ERR cluster: no reply\r\n"));
                 return;
             };
+            let last = index + walked.len() - 1;
+            let next = parsed.last().map_or(0, |(c, _)| *c);
             let cursor = if next == 0 {
-                if index + 1 < *nodes {
-                    Some(*index as u64 + 1)
+                if last + 1 < *nodes {
+                    Some(last as u64 + 1)
                 } else {
                     Some(0)
                 }
             } else {
-                plan::scan_cursor(*index, *nodes, next)
+                plan::scan_cursor(last, *nodes, next)
             };
             match cursor {
                 Some(c) => {
                     reply::array_header(out, 2);
                     reply::bulk(out, c.to_string().as_bytes());
-                    out.extend_from_slice(keys);
+                    let keys = parsed.iter().flat_map(|(_, k)| k);
+                    reply::array_header(out, keys.clone().count());
+                    for k in keys {
+                        out.extend_from_slice(k);
+                    }
                 }
                 None => reply::error(out, "ERR cluster: SCAN cursor too large to encode"),
             }
         }
     }
+}
+
+/// The next cursor and the keys of a node's `SCAN` reply.
+type ScanReply<'a> = (u64, Vec<&'a [u8]>);
+
+/// A node's `SCAN` reply read ([`ScanReply`]).
+fn scan_reply(r: &[u8]) -> Option<ScanReply<'_>> {
+    let e = merge::elements(r).filter(|e| e.len() == 2)?;
+    let c = crate::protocol::value::decode(e[0], 0).ok()??.0.text()?;
+    Some((c.parse().ok()?, merge::elements(e[1])?))
 }
 
 #[cfg(test)]
