@@ -1065,3 +1065,66 @@ fn a_refusal_while_multi_waits_for_its_node_aborts_the_transaction() {
     assert_eq!(c.cmd(&[b"EXEC"]), b"*1\r\n+OK\r\n");
     assert_eq!(c.cmd(&[b"DEL", b"denied:k"]), b":1\r\n");
 }
+
+/// What changes "the server" (its settings, its users, its slow log) reaches
+/// every node of the cluster, replicas too, so the database behaves as one
+/// server, also after a failover: `CONFIG SET` and `ACL SETUSER`/`DELUSER`
+/// through the proxy are seen on each node directly.
+#[test]
+fn settings_and_users_reach_every_node() {
+    let cluster = Cluster::shared();
+    let env = start(None);
+    let mut c = env.client();
+    let on_every_node = |args: &[&[u8]]| -> Vec<Vec<u8>> {
+        cluster
+            .nodes()
+            .iter()
+            .map(|n| n.client().cmd(args))
+            .collect()
+    };
+    let max_len =
+        |v: &str| format!("*2\r\n$15\r\nslowlog-max-len\r\n${}\r\n{v}\r\n", v.len()).into_bytes();
+    let before = on_every_node(&[b"CONFIG", b"GET", b"slowlog-max-len"]);
+    assert!(before.iter().all(|r| *r == max_len("128")), "{before:?}");
+    assert_eq!(
+        c.cmd(&[b"CONFIG", b"SET", b"slowlog-max-len", b"129"]),
+        b"+OK\r\n"
+    );
+    let during = on_every_node(&[b"CONFIG", b"GET", b"slowlog-max-len"]);
+    assert_eq!(
+        c.cmd(&[b"CONFIG", b"SET", b"slowlog-max-len", b"128"]),
+        b"+OK\r\n"
+    );
+    assert_eq!(during.len(), 6, "3 primaries and 3 replicas");
+    assert!(during.iter().all(|r| *r == max_len("129")), "{during:?}");
+    let after = on_every_node(&[b"CONFIG", b"GET", b"slowlog-max-len"]);
+    assert!(after.iter().all(|r| *r == max_len("128")), "{after:?}");
+
+    assert_eq!(
+        c.cmd(&[
+            b"ACL",
+            b"SETUSER",
+            b"everynode",
+            b"on",
+            b">pw",
+            b"~*",
+            b"+get"
+        ]),
+        b"+OK\r\n"
+    );
+    let users = on_every_node(&[b"ACL", b"USERS"]);
+    assert_eq!(c.cmd(&[b"ACL", b"DELUSER", b"everynode"]), b":1\r\n");
+    assert!(
+        users
+            .iter()
+            .all(|r| r.windows(11).any(|w| w == b"\r\neverynode")),
+        "{users:?}"
+    );
+    let users = on_every_node(&[b"ACL", b"USERS"]);
+    assert!(
+        users
+            .iter()
+            .all(|r| !r.windows(9).any(|w| w == b"everynode")),
+        "{users:?}"
+    );
+}

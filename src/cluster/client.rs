@@ -1166,9 +1166,15 @@ impl Cluster {
                     reply::error(&mut out, text);
                     Item::Local(out.into())
                 }
-                Plan::Every(how) => {
-                    let us: Vec<usize> = topo
-                        .primaries
+                Plan::Every(how) | Plan::EveryNode(how) => {
+                    let all = matches!(plan, Plan::EveryNode(_));
+                    let nodes = if all {
+                        self.every_node(topo)
+                    } else {
+                        Vec::new()
+                    };
+                    let nodes = if all { &nodes } else { &topo.primaries };
+                    let us: Vec<usize> = nodes
                         .iter()
                         .filter_map(|n| unit(this.clone(), Some(n), None, true))
                         .collect();
@@ -1217,6 +1223,21 @@ impl Cluster {
             items.push(item);
             true
         });
+    }
+
+    /// Every node of the map that may serve (the cluster does not mark it
+    /// failed, the last word about it was not a failure, its breaker is not open),
+    /// primaries first.
+    fn every_node(&self, topo: &Topology) -> Vec<Arc<Node>> {
+        let shards = topo.map.shards();
+        let primaries = shards.iter().map(|s| &s.primary);
+        let replicas = shards.iter().flat_map(|s| &s.replicas);
+        primaries
+            .chain(replicas)
+            .filter(|n| n.health != map::Health::Failed)
+            .filter_map(|n| self.node(&n.addr))
+            .filter(|n| n.may_serve())
+            .collect()
     }
 
     fn plan_scan(

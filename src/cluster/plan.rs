@@ -57,6 +57,9 @@ pub enum Plan {
     },
     /// Sent to every primary; replies merged.
     Every(Merge),
+    /// Sent to every node of the map, replicas too (a server's settings and
+    /// users: a promoted replica must have them); replies merged.
+    EveryNode(Merge),
     /// `SCAN`: one node at a time, the node's index folded into the cursor.
     Scan,
     /// To the node where the proxy's subscriber connections are (`PUBLISH`,
@@ -78,6 +81,19 @@ const EVERY_FIRST: &[&str] = &[
     "function|flush",
     "function|delete",
     "function|restore",
+];
+
+/// Commands that change a server's settings or users: through the proxy they
+/// change "the server" the client sees, so every node of the cluster.
+const EVERY_NODE: &[&str] = &[
+    "config|set",
+    "config|resetstat",
+    "config|rewrite",
+    "acl|setuser",
+    "acl|deluser",
+    "acl|load",
+    "acl|save",
+    "slowlog|reset",
 ];
 
 /// Plans a request classified as `info` (`None`: unknown to the table).
@@ -137,6 +153,7 @@ fn keyless<L: ArgList + ?Sized>(name: &str, args: &L) -> Plan {
         "scan" => Plan::Scan,
         "publish" | "pubsub|channels" | "pubsub|numsub" | "pubsub|numpat" => Plan::Home,
         n if EVERY_FIRST.contains(&n) => Plan::Every(Merge::First),
+        n if EVERY_NODE.contains(&n) => Plan::EveryNode(Merge::First),
         _ => Plan::Slot(None),
     }
 }
@@ -247,6 +264,17 @@ mod tests {
             Plan::Every(Merge::First)
         );
         assert_eq!(plan_of(&["scan", "0"]), Plan::Scan);
+        for cmd in [
+            &["CONFIG", "SET", "maxmemory", "0"][..],
+            &["config", "resetstat"],
+            &["ACL", "SETUSER", "u", "on"],
+            &["ACL", "DELUSER", "u"],
+            &["SLOWLOG", "RESET"],
+        ] {
+            assert_eq!(plan_of(cmd), Plan::EveryNode(Merge::First), "{cmd:?}");
+        }
+        assert_eq!(plan_of(&["CONFIG", "GET", "maxmemory"]), Plan::Slot(None));
+        assert_eq!(plan_of(&["ACL", "GETUSER", "u"]), Plan::Slot(None));
         assert_eq!(plan_of(&["PUBLISH", "ch", "m"]), Plan::Home);
         assert_eq!(plan_of(&["PUBSUB", "NUMSUB", "ch"]), Plan::Home);
         assert_eq!(
