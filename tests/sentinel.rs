@@ -430,6 +430,13 @@ fn readonly_from_a_demoted_primary_moves_the_proxy() {
     assert_eq!(tx.cmd(&[b"INCR", b"t"]), b"+QUEUED\r\n");
     assert_eq!(tx.cmd(&[b"EXEC"]), b"*1\r\n:1\r\n");
     let (a, b) = (group.primary.port(), group.replica.port());
+    // Replication is asynchronous: the replica has the INCR before it is promoted
+    // (else the counter below starts again on it, as Redis itself would lose it).
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while redis_cli(b, &["GET", "t"]).0.trim() != "1" {
+        assert!(Instant::now() < deadline, "the replica never got t");
+        thread::sleep(Duration::from_millis(20));
+    }
     // Behind the proxy's back, with no +switch-master: the sentinels forget the
     // master and monitor the replica instead, which becomes the primary.
     for i in 0..3 {
