@@ -1128,3 +1128,53 @@ fn settings_and_users_reach_every_node() {
         "{users:?}"
     );
 }
+
+/// `SLOWLOG GET` shows what every node logged, newest first, as one server's
+/// log would (`SLOWLOG LEN` counts them all): here two GETs of keys on two
+/// primaries, logged with the threshold at 0 (every node, through the proxy).
+#[test]
+fn the_slow_log_is_every_nodes() {
+    let cluster = Cluster::shared();
+    let env = start(None);
+    let mut c = env.client();
+    let mut keys: Vec<String> = Vec::new();
+    let mut nodes: Vec<u16> = Vec::new();
+    for i in 0..200 {
+        let k = format!("slowlog:{i}");
+        let n = serving(cluster, k.as_bytes());
+        if !nodes.contains(&n) {
+            nodes.push(n);
+            keys.push(k);
+        }
+        if keys.len() == 2 {
+            break;
+        }
+    }
+    assert_eq!(
+        c.cmd(&[b"CONFIG", b"SET", b"slowlog-log-slower-than", b"0"]),
+        b"+OK\r\n"
+    );
+    // Other tests share the cluster: their commands are logged too, so the
+    // entries are looked for at once, a few times at most.
+    let mut seen = false;
+    for _ in 0..5 {
+        for k in &keys {
+            c.cmd(&[b"GET", k.as_bytes()]);
+        }
+        let log = String::from_utf8_lossy(&c.cmd(&[b"SLOWLOG", b"GET", b"-1"])).into_owned();
+        if keys.iter().all(|k| log.contains(&format!("\r\n{k}\r\n"))) {
+            seen = true;
+            break;
+        }
+    }
+    let len = c.cmd(&[b"SLOWLOG", b"LEN"]);
+    assert_eq!(
+        c.cmd(&[b"CONFIG", b"SET", b"slowlog-log-slower-than", b"10000"]),
+        b"+OK\r\n"
+    );
+    assert!(seen, "both GETs in the proxy's SLOWLOG GET");
+    let len: i64 = String::from_utf8_lossy(&len[1..len.len() - 2])
+        .parse()
+        .expect("an integer");
+    assert!(len >= 2, "SLOWLOG LEN {len}");
+}

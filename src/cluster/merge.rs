@@ -198,6 +198,26 @@ pub fn merge(
             }
             pairs.iter().for_each(|e| out.extend_from_slice(e));
         }
+        Merge::Newest(count) => {
+            let mut all: Vec<(i64, &[u8])> = Vec::new();
+            for p in parts {
+                let Some(entries) = elements(p) else {
+                    return unexpected(out, "SLOWLOG GET replies");
+                };
+                for e in entries {
+                    // An entry: [id, timestamp, duration, args, client, name].
+                    let at = elements(e).and_then(|f| integer(f.get(1)?));
+                    all.push((at.unwrap_or(0), e));
+                }
+            }
+            // Stable: entries of one second keep their node's order (newest first).
+            all.sort_by_key(|e| std::cmp::Reverse(e.0));
+            if let Ok(n) = usize::try_from(count) {
+                all.truncate(n);
+            }
+            reply::array_header(out, all.len());
+            all.iter().for_each(|(_, e)| out.extend_from_slice(e));
+        }
         Merge::AnyNonNil => {
             let found: Vec<&&[u8]> = parts.iter().filter(|p| !is_nil(p)).collect();
             match found.len() {
@@ -241,6 +261,34 @@ mod tests {
         assert!(has_moved(b"-MOVED 1 a:1\r\n"));
         assert!(has_moved(b"+QUEUED\r\n-MOVED 1 a:1\r\n"));
         assert!(!has_moved(b"$7\r\n-MOVEDx\r\n"));
+    }
+
+    #[test]
+    fn slowlog_entries_of_every_node_newest_first() {
+        // [id, timestamp, duration, args, client, name]
+        let entry = |id: u8, at: &str| {
+            format!("*6\r\n:{id}\r\n:{at}\r\n:5\r\n*1\r\n$3\r\nGET\r\n$0\r\n\r\n$0\r\n\r\n")
+        };
+        let a = format!("*2\r\n{}{}", entry(2, "300"), entry(1, "100"));
+        let b = format!("*1\r\n{}", entry(7, "200"));
+        let parts: [&[u8]; 3] = [a.as_bytes(), b"*0\r\n", b.as_bytes()];
+        let all = format!(
+            "*3\r\n{}{}{}",
+            entry(2, "300"),
+            entry(7, "200"),
+            entry(1, "100")
+        );
+        assert_eq!(merged(Merge::Newest(10), &parts, &[]), all.as_bytes());
+        assert_eq!(merged(Merge::Newest(-1), &parts, &[]), all.as_bytes());
+        let two = format!("*2\r\n{}{}", entry(2, "300"), entry(7, "200"));
+        assert_eq!(merged(Merge::Newest(2), &parts, &[]), two.as_bytes());
+        assert_eq!(merged(Merge::Newest(0), &parts, &[]), b"*0\r\n");
+        // A node's error is the client's.
+        let err: [&[u8]; 2] = [
+            a.as_bytes(),
+            b"-ERR count should be greater than or equal to -1\r\n",
+        ];
+        assert!(merged(Merge::Newest(-5), &err, &[]).starts_with(b"-ERR count"));
     }
 
     #[test]

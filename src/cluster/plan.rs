@@ -28,6 +28,9 @@ pub enum Merge {
     /// `PUBSUB SHARDNUMSUB`: each part's channel-and-count pairs put back at
     /// their channels' places (an array, or a RESP3 map).
     Pairs,
+    /// `SLOWLOG GET [count]`: every part's entries, newest first (by their
+    /// timestamps), at most `count` (negative: all).
+    Newest(i64),
 }
 
 impl Merge {
@@ -150,6 +153,18 @@ fn keyless<L: ArgList + ?Sized>(name: &str, args: &L) -> Plan {
         "keys" | "pubsub|shardchannels" => Plan::Every(Merge::Concat),
         "pubsub|shardnumsub" => shard_numsub(args),
         "randomkey" => Plan::Every(Merge::AnyNonNil),
+        // Each node logs what it ran: the client's server is all of them.
+        "slowlog|len" => Plan::EveryNode(Merge::Sum),
+        "slowlog|get" => {
+            let count = match args.count() {
+                2 => 10,
+                _ => std::str::from_utf8(args.arg(2))
+                    .ok()
+                    .and_then(|c| c.parse().ok())
+                    .unwrap_or(-1),
+            };
+            Plan::EveryNode(Merge::Newest(count))
+        }
         "scan" => Plan::Scan,
         "publish" | "pubsub|channels" | "pubsub|numsub" | "pubsub|numpat" => Plan::Home,
         n if EVERY_FIRST.contains(&n) => Plan::Every(Merge::First),
@@ -274,6 +289,15 @@ mod tests {
             assert_eq!(plan_of(cmd), Plan::EveryNode(Merge::First), "{cmd:?}");
         }
         assert_eq!(plan_of(&["CONFIG", "GET", "maxmemory"]), Plan::Slot(None));
+        assert_eq!(
+            plan_of(&["SLOWLOG", "GET"]),
+            Plan::EveryNode(Merge::Newest(10))
+        );
+        assert_eq!(
+            plan_of(&["slowlog", "get", "25"]),
+            Plan::EveryNode(Merge::Newest(25))
+        );
+        assert_eq!(plan_of(&["SLOWLOG", "LEN"]), Plan::EveryNode(Merge::Sum));
         assert_eq!(plan_of(&["ACL", "GETUSER", "u"]), Plan::Slot(None));
         assert_eq!(plan_of(&["PUBLISH", "ch", "m"]), Plan::Home);
         assert_eq!(plan_of(&["PUBSUB", "NUMSUB", "ch"]), Plan::Home);
