@@ -1167,13 +1167,13 @@ impl Cluster {
                     Item::Local(out.into())
                 }
                 Plan::Every(how) | Plan::EveryNode(how) => {
-                    let all = matches!(plan, Plan::EveryNode(_));
-                    let nodes = if all {
-                        self.every_node(topo)
+                    let every;
+                    let nodes = if matches!(plan, Plan::EveryNode(_)) {
+                        every = self.every_node(topo);
+                        &every
                     } else {
-                        Vec::new()
+                        &topo.primaries
                     };
-                    let nodes = if all { &nodes } else { &topo.primaries };
                     let us: Vec<usize> = nodes
                         .iter()
                         .filter_map(|n| unit(this.clone(), Some(n), None, true))
@@ -1308,7 +1308,12 @@ impl Cluster {
             else {
                 continue;
             };
-            while let Some(&last) = walked.last() {
+            // The first node's reply, then each next one's: its cursor and keys.
+            let mut last = walked
+                .last()
+                .and_then(|&u| scan_reply(unit_reply(units, u)));
+            let mut found = last.as_ref().map_or(0, |(_, keys)| keys.len());
+            while last.as_ref().is_some_and(|(cursor, _)| *cursor == 0) && found < *count {
                 let next = *index + walked.len();
                 let topo = self.topology();
                 let node = topo
@@ -1318,16 +1323,6 @@ impl Cluster {
                 let Some(node) = node else {
                     break;
                 };
-                let found = walked
-                    .iter()
-                    .filter_map(|&u| scan_reply(unit_reply(units, u)))
-                    .map(|(_, keys)| keys.len())
-                    .sum::<usize>();
-                if scan_reply(unit_reply(units, last)).is_none_or(|(c, _)| c != 0)
-                    || found >= *count
-                {
-                    break;
-                }
                 let mut sub: Vec<&[u8]> = args.iter().map(|a| &a[..]).collect();
                 if let Some(c) = sub.get_mut(1) {
                     *c = b"0";
@@ -1346,9 +1341,11 @@ impl Cluster {
                 let u = units.len() - 1;
                 let flights = self.dispatch(session, resp3, units, &[u], retry).await;
                 self.collect(flights, units).await;
-                if scan_reply(unit_reply(units, u)).is_none() {
+                last = scan_reply(unit_reply(units, u));
+                let Some((_, keys)) = &last else {
                     break;
-                }
+                };
+                found += keys.len();
                 walked.push(u);
             }
         }

@@ -571,11 +571,7 @@ impl Session {
                     self.refused_in_multi();
                     continue;
                 }
-                let argc = match &req.kind {
-                    RequestKind::Inline(a) => a.len(),
-                    _ => self.args.len(),
-                };
-                if self.hides_cluster(&cmd, argc) {
+                if self.hides_cluster(&cmd, &req) {
                     // A database on a Redis Cluster looks like a standalone server:
                     // its nodes are not shown (clients would go around the proxy).
                     if !self
@@ -1022,10 +1018,15 @@ impl Session {
     /// support ([`command::cluster_only`]) on a database on a Redis Cluster: the
     /// proxy answers it so. (A RESP2 subscriber's goes to its connection, whose
     /// node refuses it in that context first, as Redis would.)
-    fn hides_cluster(&self, cmd: &Descriptor, argc: usize) -> bool {
-        self.state.authenticated
-            && self.state.db.cluster().is_some()
-            && cmd.info.is_some_and(|i| command::cluster_only(i, argc))
+    fn hides_cluster(&self, cmd: &Descriptor, req: &request::Request) -> bool {
+        if !self.state.authenticated || self.state.db.cluster().is_none() {
+            return false;
+        }
+        let argc = match &req.kind {
+            RequestKind::Inline(a) => a.len(),
+            _ => self.args.len(),
+        };
+        cmd.info.is_some_and(|i| command::cluster_only(i, argc))
             && (self.state.resp3 || !matches!(self.mode, Mode::Subscribed(_)))
     }
 

@@ -506,8 +506,11 @@ fn rewrite(kind: Unprefix, buf: &[u8], prefix: &[u8], out: &mut Vec<u8>) -> Opti
             }
             Some(p)
         }
-        // (Rewritten by `unprefix` itself.)
-        Unprefix::Info => copy(buf, 0, out),
+        Unprefix::Info => {
+            let end = copy(buf, 0, out)?;
+            cluster_disabled(out);
+            Some(end)
+        }
         Unprefix::Streams => {
             if let Some((n, mut p)) = aggregate(buf, 0, b"%") {
                 out.extend_from_slice(buf.get(..p)?);
@@ -541,9 +544,6 @@ fn rewrite(kind: Unprefix, buf: &[u8], prefix: &[u8], out: &mut Vec<u8>) -> Opti
 /// One complete reply with the prefix removed from the keys it names. Anything
 /// that does not parse as expected (an error reply) passes unchanged.
 pub(super) fn unprefix(kind: Unprefix, prefix: &[u8], reply: Bytes) -> Bytes {
-    if kind == Unprefix::Info {
-        return standalone_info(reply);
-    }
     let mut out = Vec::with_capacity(reply.len());
     match rewrite(kind, &reply, prefix, &mut out) {
         Some(end) => {
@@ -556,14 +556,11 @@ pub(super) fn unprefix(kind: Unprefix, prefix: &[u8], reply: Bytes) -> Bytes {
 
 /// `INFO`'s text with `cluster_enabled:1` read as `cluster_enabled:0` (the same
 /// length: the bulk string's header stands).
-fn standalone_info(reply: Bytes) -> Bytes {
+fn cluster_disabled(info: &mut [u8]) {
     const ENABLED: &[u8] = b"\ncluster_enabled:1\r\n";
-    let Some(at) = reply.windows(ENABLED.len()).position(|w| w == ENABLED) else {
-        return reply;
-    };
-    let mut out = reply.to_vec();
-    out[at + ENABLED.len() - 3] = b'0';
-    Bytes::from(out)
+    if let Some(at) = info.windows(ENABLED.len()).position(|w| w == ENABLED) {
+        info[at + ENABLED.len() - 3] = b'0';
+    }
 }
 
 /// A reply that came in parts: gathered whole, then rewritten. The receiver
