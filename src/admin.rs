@@ -322,6 +322,23 @@ fn limit(l: Option<u64>) -> String {
 }
 
 /// Renders the INFO text for the given sections (CRLF line endings, like Redis).
+/// `busy_poll:on|off`, why it is off, its window and what it spent.
+fn busy_poll_lines(s: &mut String, decision: crate::busy_poll::Decision) {
+    use crate::busy_poll::Decision;
+    let (state, window, why) = match decision {
+        Decision::On(w) => ("on", w.as_micros(), ""),
+        Decision::Off(why) => ("off", 0, why),
+    };
+    let f = crate::busy_poll::figures();
+    let _ = write!(
+        s,
+        "busy_poll:{state}\r\nbusy_poll_us:{window}\r\nbusy_poll_off_reason:{why}\r\nbusy_poll_spins:{}\r\nbusy_poll_spin_ms:{}\r\nbusy_poll_back_offs:{}\r\n",
+        f.spins,
+        f.spin_time.as_millis(),
+        f.back_offs,
+    );
+}
+
 pub fn info(ctx: &View<'_>, sections: &[&str]) -> String {
     let mut s = String::new();
     let st = &ctx.stats;
@@ -352,6 +369,7 @@ pub fn info(ctx: &View<'_>, sections: &[&str]) -> String {
                     get(&st.config_reload_failures),
                     ctx.live.hash,
                 );
+                busy_poll_lines(&mut s, ctx.busy_poll);
             }
             "clients" => {
                 let _ = write!(

@@ -87,6 +87,8 @@ pub struct Context {
     local_addr: RwLock<SocketAddr>,
     /// Where `PROXY RELOAD` sends its request (the server's reload task).
     reload: mpsc::UnboundedSender<ReloadRequest>,
+    /// Whether the runtime busy-polls after reads (decided at start).
+    pub busy_poll: crate::busy_poll::Decision,
 }
 
 impl Context {
@@ -97,6 +99,8 @@ impl Context {
         local_addr: SocketAddr,
         reload: mpsc::UnboundedSender<ReloadRequest>,
     ) -> Context {
+        let busy_poll =
+            crate::busy_poll::decide(live.config.busy_poll_us, crate::busy_poll::Host::probe());
         let slowlog = crate::slowlog::SlowLog::new(
             live.config.slowlog_threshold,
             live.config.slowlog_max_len,
@@ -108,6 +112,7 @@ impl Context {
             clients: Default::default(),
             fds,
             slowlog,
+            busy_poll,
             local_addr: RwLock::new(local_addr),
             reload,
         }

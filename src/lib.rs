@@ -94,6 +94,7 @@
 
 pub mod acl;
 pub mod admin;
+pub mod busy_poll;
 pub mod check;
 pub mod clients;
 pub mod cluster;
@@ -110,6 +111,7 @@ pub mod router;
 pub mod server;
 pub mod session;
 pub mod slowlog;
+
 pub mod stats;
 pub mod status;
 pub mod tls;

@@ -129,6 +129,9 @@ impl Proxy {
             let mut listeners = core.listeners.lock().await;
             core.serve_new(&mut listeners, bound, &config);
         }
+        if let crate::busy_poll::Decision::On(window) = ctx.busy_poll {
+            tokio::spawn(crate::busy_poll::spin(window, shutdown.clone()));
+        }
         tokio::spawn(sample_ops(ctx.clone(), shutdown.clone()));
         tokio::spawn(sweep_idle(ctx.clone(), shutdown.clone()));
         tokio::spawn(reload_requests(core.clone(), reload_rx));
@@ -282,6 +285,9 @@ impl Core {
             || config.slowlog_max_len != old.config.slowlog_max_len
         {
             notes.push("slowlog settings need a restart (not applied)".to_string());
+        }
+        if config.busy_poll_us != old.config.busy_poll_us {
+            notes.push("busy_poll_us needs a restart (not applied)".to_string());
         }
         if config.log_format != old.config.log_format {
             notes.push("log_format needs a restart (not applied)".to_string());

@@ -162,6 +162,10 @@ pub struct Config {
     pub slowlog_threshold: Duration,
     /// `slowlog_max_len`: entries `PROXY SLOWLOG` keeps (default 128; 0 = off).
     pub slowlog_max_len: usize,
+    /// `busy_poll_us`: after a read, the runtime keeps polling its sockets this
+    /// long before it sleeps (default 50; 0 = off; at most 10000). See
+    /// `busy_poll` for where it turns itself off.
+    pub busy_poll_us: u32,
     /// `client_idle_timeout`: a client that sends nothing for this long is closed,
     /// as with Redis's `timeout` (not while subscribed or waiting on a blocking
     /// command). Zero (the default) = never.
@@ -215,6 +219,7 @@ impl Config {
             shutdown_timeout: DEFAULT_SHUTDOWN_TIMEOUT,
             slowlog_threshold: DEFAULT_SLOWLOG_THRESHOLD,
             slowlog_max_len: DEFAULT_SLOWLOG_MAX_LEN,
+            busy_poll_us: crate::busy_poll::DEFAULT_WINDOW_US,
             client_idle_timeout: Duration::ZERO,
             auth_timeout: DEFAULT_AUTH_TIMEOUT,
             databases,
@@ -321,6 +326,7 @@ impl Config {
             self.slowlog_threshold.as_millis()
         ));
         line(format!("slowlog_max_len: {}", self.slowlog_max_len));
+        line(format!("busy_poll_us: {}", self.busy_poll_us));
         line(format!("default_database: {}", self.default_database));
         line("limits:".to_string());
         line(format!("  max_bulk_len: {}", self.limits.max_bulk_len));

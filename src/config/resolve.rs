@@ -49,6 +49,7 @@ const TOP_ONLY_KEYS: &[&str] = &[
     "auth_timeout",
     "slowlog_threshold_ms",
     "slowlog_max_len",
+    "busy_poll_us",
     "limits",
     "upstream_databases",
     "default_database",
@@ -164,6 +165,15 @@ pub(super) fn parse_config(
     let slowlog_max_len = top
         .set("slowlog_max_len", parse_usize)?
         .map_or(DEFAULT_SLOWLOG_MAX_LEN, |s| s.value);
+    let busy_poll_us = top
+        .set("busy_poll_us", parse_u32(0))?
+        .map_or(crate::busy_poll::DEFAULT_WINDOW_US, |s| s.value);
+    if busy_poll_us > 10_000 {
+        return Err(Fail::at(
+            &root_path.child("busy_poll_us"),
+            format!("too large (at most 10000 microseconds), got {busy_poll_us}"),
+        ));
+    }
     let limits = match top.get("limits") {
         None => Limits::default(),
         Some((p, n)) => parse_limits(n, &p)?,
@@ -230,6 +240,7 @@ pub(super) fn parse_config(
         shutdown_timeout,
         slowlog_threshold,
         slowlog_max_len,
+        busy_poll_us,
         client_idle_timeout,
         auth_timeout,
         databases,

@@ -799,6 +799,7 @@ impl Session {
     /// it was dispatched, or that of a buffer that grew for a large request once
     /// little of it is left.
     async fn dispatch_read(&mut self, inbuf: &mut BytesMut) {
+        crate::busy_poll::kick();
         let grown = inbuf.len() > READ_BUFFER_KEEP;
         // Boxed for the time of the call: the dispatch future is the largest state
         // of the session's task, which every idle client would otherwise carry.

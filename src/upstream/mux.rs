@@ -761,7 +761,7 @@ async fn read_loop(
                     sent: true,
                 }
             }
-            Ok(_) => {}
+            Ok(_) => crate::busy_poll::kick(),
         }
     };
     tracing::debug!(upstream = %addr, error = %err, "shared upstream connection closed");
