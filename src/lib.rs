@@ -89,6 +89,8 @@
 //! tls.rs         rustls configurations from PEM files (client listener, reloaded
 //!                when the files change; upstream connections)
 //! transport.rs   Stream: plain TCP or TLS, for sessions and upstream connections
+//! busy_poll.rs   after reads, the runtime polls instead of sleeping for a short
+//!                window (kicked by sessions and shared connections; a leaf)
 //! ```
 #![forbid(unsafe_code)]
 
