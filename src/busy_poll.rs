@@ -15,9 +15,19 @@
 //! its thread's run-queue wait (`/proc/thread-self/schedstat`) every
 //! [`CHECK_EVERY`]: when the thread waited for a CPU more than
 //! [`CONTENDED_PERCENT`] of that time, others wanted the CPU it held, and it
-//! stops spinning for [`BACK_OFF`]. It is off where it cannot help or cannot
-//! tell (see [`decide`]): one CPU, a cgroup CPU quota (spinning would spend
-//! it), a multi-threaded runtime, no schedstat.
+//! stops spinning for [`BACK_OFF`]; each turn it also calls `sched_yield`, so
+//! a process woken on its CPU runs first. It stays off where it cannot help or
+//! cannot tell (see [`decide`]): one CPU, a cgroup CPU quota (spinning would
+//! spend it), a multi-threaded runtime, no schedstat.
+//!
+//! **Off by default** (`busy_poll_us: 0`). It pays where requests come back to
+//! back (one or a few clients that each send the next request as soon as the
+//! reply is in: 1.23x the throughput of a lone client on the project's 2-core
+//! VM); a client that pauses between requests got *slower* replies with it
+//! (p50 about 100 µs instead of 50 µs at 1,000-5,000 requests a second: the
+//! spinning thread holds a CPU that the client or Redis, woken, then waits
+//! for), and a paced client costs the proxy up to four times the CPU.
+//! BENCHMARKS.md, "Busy polling", has the figures.
 //!
 //! Everything here is per runtime thread (a `thread_local`); the figures for
 //! `PROXY INFO` are process-wide.
@@ -35,8 +45,10 @@ pub const CHECK_EVERY: Duration = Duration::from_micros(500);
 pub const CONTENDED_PERCENT: u64 = 5;
 /// How long spinning stays off after contention was seen.
 pub const BACK_OFF: Duration = Duration::from_millis(20);
-/// Default `busy_poll_us`.
-pub const DEFAULT_WINDOW_US: u32 = 50;
+/// Default `busy_poll_us`: off (see the module docs for when to turn it on).
+pub const DEFAULT_WINDOW_US: u32 = 0;
+/// The window the documentation suggests, and the tests use.
+pub const SUGGESTED_WINDOW_US: u32 = 50;
 
 struct Local {
     on: Cell<bool>,
@@ -213,6 +225,8 @@ pub async fn spin(window: Duration, shutdown: CancellationToken) {
         let (mut checked, mut waited) = (start, run_queue_wait());
         let mut back_off = false;
         loop {
+            // Lets a process woken on this CPU (the client, Redis) run first.
+            std::thread::yield_now();
             tokio::task::yield_now().await;
             let now = Instant::now();
             if now.duration_since(checked) >= CHECK_EVERY {
