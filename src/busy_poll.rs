@@ -20,13 +20,12 @@
 //! cannot tell (see [`decide`]): one CPU, a cgroup CPU quota (spinning would
 //! spend it), a multi-threaded runtime, no schedstat.
 //!
-//! **Off by default** (`busy_poll_us: 0`). It pays where requests come back to
-//! back (one or a few clients that each send the next request as soon as the
-//! reply is in: 1.23x the throughput of a lone client on the project's 2-core
-//! VM); a client that pauses between requests got *slower* replies with it
-//! (p50 about 100 µs instead of 50 µs at 1,000-5,000 requests a second: the
-//! spinning thread holds a CPU that the client or Redis, woken, then waits
-//! for), and a paced client costs the proxy up to four times the CPU.
+//! What it costs: CPU while requests come and go (a client pacing 5,000
+//! requests a second one at a time: 30 % of a core instead of 10 %); where CPU
+//! time is billed a quota turns it off, or `busy_poll_us: 0`. What it must
+//! not cost: latency. The run-queue reading is taken after the spinner's first
+//! turn, not before: read first, it delayed the very request that started the
+//! window, and paced clients got p50 ~100 µs instead of ~50 µs.
 //! BENCHMARKS.md, "Busy polling", has the figures.
 //!
 //! Everything here is per runtime thread (a `thread_local`); the figures for
@@ -45,10 +44,8 @@ pub const CHECK_EVERY: Duration = Duration::from_micros(500);
 pub const CONTENDED_PERCENT: u64 = 5;
 /// How long spinning stays off after contention was seen.
 pub const BACK_OFF: Duration = Duration::from_millis(20);
-/// Default `busy_poll_us`: off (see the module docs for when to turn it on).
-pub const DEFAULT_WINDOW_US: u32 = 0;
-/// The window the documentation suggests, and the tests use.
-pub const SUGGESTED_WINDOW_US: u32 = 50;
+/// Default `busy_poll_us`.
+pub const DEFAULT_WINDOW_US: u32 = 50;
 
 struct Local {
     on: Cell<bool>,
@@ -222,14 +219,18 @@ pub async fn spin(window: Duration, shutdown: CancellationToken) {
         }
         let start = Instant::now();
         let (mut seen, mut until) = (kicks(), start + window);
-        let (mut checked, mut waited) = (start, run_queue_wait());
+        // The first reading is taken after the first turn, so that the tasks
+        // the read woke run before it.
+        let (mut checked, mut waited) = (start, None);
         let mut back_off = false;
         loop {
             // Lets a process woken on this CPU (the client, Redis) run first.
             std::thread::yield_now();
             tokio::task::yield_now().await;
             let now = Instant::now();
-            if now.duration_since(checked) >= CHECK_EVERY {
+            if waited.is_none() {
+                (checked, waited) = (now, run_queue_wait());
+            } else if now.duration_since(checked) >= CHECK_EVERY {
                 let w = run_queue_wait();
                 if let (Some(a), Some(b)) = (waited, w) {
                     if contended(b.saturating_sub(a), now.duration_since(checked)) {

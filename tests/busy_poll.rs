@@ -1,6 +1,6 @@
-//! Busy polling (`busy_poll_us`, src/busy_poll.rs), as the binary runs it: when
-//! set, after reads it keeps polling for a short window, and an idle proxy does
-//! not spin; off by default.
+//! Busy polling (`busy_poll_us`, src/busy_poll.rs), as the binary runs it by
+//! default: after reads it keeps polling for a short window, an idle proxy does
+//! not spin, and `busy_poll_us: 0` turns it off.
 //! The latency it buys is measured in BENCHMARKS.md, not here. One test per
 //! binary on purpose: the figures are process-wide and the CPU time is read
 //! from the proxy's process.
@@ -9,7 +9,7 @@ mod support;
 
 use std::time::Duration;
 
-use redis_sidecar::busy_poll::{decide, Decision, Host, SUGGESTED_WINDOW_US};
+use redis_sidecar::busy_poll::{decide, Decision, Host, DEFAULT_WINDOW_US};
 use support::{databases_yaml, BinaryProxy, RawClient, RedisServer};
 
 /// `PROXY INFO server` as field -> value.
@@ -51,18 +51,14 @@ fn the_proxy_polls_after_reads_and_not_while_idle() {
     let redis = RedisServer::start();
     // The binary runs on a current-thread runtime (`--threads 1`, the default).
     let expected = decide(
-        SUGGESTED_WINDOW_US,
+        DEFAULT_WINDOW_US,
         Host {
             current_thread: true,
             ..Host::probe()
         },
     );
 
-    let yaml = format!(
-        "{}busy_poll_us: {SUGGESTED_WINDOW_US}\n",
-        databases_yaml("127.0.0.1", redis.port())
-    );
-    let proxy = BinaryProxy::start_with(&yaml, &[], &[]);
+    let proxy = BinaryProxy::start(&redis);
     let mut c = proxy.client();
     one_at_a_time(&mut c, 2000);
     let after = server_info(&mut c);
@@ -96,8 +92,12 @@ fn the_proxy_polls_after_reads_and_not_while_idle() {
     );
     drop(proxy);
 
-    // Off by default (`busy_poll_us: 0`).
-    let proxy = BinaryProxy::start(&redis);
+    // `busy_poll_us: 0` turns it off.
+    let yaml = format!(
+        "{}busy_poll_us: 0\n",
+        databases_yaml("127.0.0.1", redis.port())
+    );
+    let proxy = BinaryProxy::start_with(&yaml, &[], &[]);
     let mut c = proxy.client();
     one_at_a_time(&mut c, 200);
     let off = server_info(&mut c);

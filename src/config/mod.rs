@@ -163,8 +163,8 @@ pub struct Config {
     /// `slowlog_max_len`: entries `PROXY SLOWLOG` keeps (default 128; 0 = off).
     pub slowlog_max_len: usize,
     /// `busy_poll_us`: after a read, the runtime keeps polling its sockets this
-    /// long before it sleeps (default 0 = off; at most 10000; 50 suggested).
-    /// See `busy_poll` for when it pays and where it turns itself off.
+    /// long before it sleeps (default 50; 0 = off; at most 10000). See
+    /// `busy_poll` for what it costs and where it turns itself off.
     pub busy_poll_us: u32,
     /// `client_idle_timeout`: a client that sends nothing for this long is closed,
     /// as with Redis's `timeout` (not while subscribed or waiting on a blocking
