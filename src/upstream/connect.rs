@@ -75,6 +75,10 @@ pub async fn dial(
     let tcp = TcpStream::connect((host, port))
         .await
         .map_err(|e| UpstreamError::connect_io(addr, &e))?;
+    if self_connected(&tcp) {
+        let refused = std::io::Error::from(std::io::ErrorKind::ConnectionRefused);
+        return Err(UpstreamError::connect_io(addr, &refused));
+    }
     let _ = tcp.set_nodelay(true);
     keepalive(&tcp);
     let Some(tls) = tls else {
@@ -92,6 +96,15 @@ pub async fn dial(
         .await
         .map_err(|e| failed(format!("{HANDSHAKE_FAILED}: {e}")))?;
     Ok(Stream::Tls(Box::new(session.into())))
+}
+
+/// A connection to a local port that nothing listens on can get that very port as
+/// its own (it is in the ephemeral range): TCP's simultaneous open then connects
+/// the socket to itself, and every command would come back as its own reply (a
+/// handshake that waits for its timeout, a command echoed as an array). It is
+/// refused, as the port is, and the next attempt gets another local port.
+fn self_connected(tcp: &TcpStream) -> bool {
+    matches!((tcp.local_addr(), tcp.peer_addr()), (Ok(l), Ok(p)) if l == p)
 }
 
 async fn connect_inner(
@@ -223,4 +236,29 @@ fn role_name(reply: &[u8]) -> String {
         .map(|l| String::from_utf8_lossy(l).trim_end().to_string())
         .filter(|l| !l.is_empty())
         .unwrap_or_else(|| "unknown".into())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[tokio::test]
+    async fn a_socket_connected_to_itself_is_seen() {
+        // Bound and connected to its own address: Linux's simultaneous open.
+        let socket = tokio::net::TcpSocket::new_v4().expect("socket");
+        socket
+            .bind("127.0.0.1:0".parse().expect("addr"))
+            .expect("bind");
+        let own = socket.local_addr().expect("local addr");
+        let looped = socket.connect(own).await.expect("self-connect");
+        assert!(self_connected(&looped));
+        // An ordinary connection is not.
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+            .await
+            .expect("listen");
+        let tcp = TcpStream::connect(listener.local_addr().expect("addr"))
+            .await
+            .expect("connect");
+        assert!(!self_connected(&tcp));
+    }
 }
