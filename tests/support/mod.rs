@@ -43,16 +43,29 @@ const START_ATTEMPTS: usize = 5;
 /// in parallel threads never get the same one.
 static HANDED_OUT: Mutex<Option<HashSet<u16>>> = Mutex::new(None);
 
-/// A loopback TCP port that was free a moment ago (bind 127.0.0.1:0, read, release).
-/// Never returns the same port twice within one test process. Callers that then bind it
-/// must still tolerate a race (the helpers here retry with a new port).
+/// A loopback TCP port that was free a moment ago, below Linux's ephemeral range
+/// (32768-60999): the kernel gives ports of that range to every socket bound to
+/// port 0 and to outgoing connections, so a port from it could be taken by another
+/// test's listener, or be an outgoing connection's own port (which then connects to
+/// itself), before the test binds it or while it relies on nothing listening there.
+/// Never returns the same port twice within one test process. Callers that then bind
+/// it must still tolerate a race (the helpers here retry with a new port).
 pub fn free_port() -> u16 {
-    for _ in 0..100 {
-        let listener = TcpListener::bind((Ipv4Addr::LOCALHOST, 0)).expect("bind 127.0.0.1:0");
-        let port = listener.local_addr().expect("local_addr").port();
-        drop(listener);
+    const LOW: u32 = 20_000;
+    const SPAN: u32 = 12_000;
+    static NEXT: std::sync::atomic::AtomicU32 = std::sync::atomic::AtomicU32::new(0);
+    // Test binaries run one after another; each starts at its own place.
+    let start = std::process::id().wrapping_mul(7_919);
+    for _ in 0..1000 {
+        let n = NEXT.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        let port = (LOW + start.wrapping_add(n.wrapping_mul(104_729)) % SPAN) as u16;
         let mut guard = HANDED_OUT.lock().unwrap_or_else(|e| e.into_inner());
-        if guard.get_or_insert_with(HashSet::new).insert(port) {
+        let handed = guard.get_or_insert_with(HashSet::new);
+        if handed.contains(&port) {
+            continue;
+        }
+        if TcpListener::bind((Ipv4Addr::LOCALHOST, port)).is_ok() {
+            handed.insert(port);
             return port;
         }
     }
