@@ -271,40 +271,24 @@ mod tests {
     fn on_only_where_it_can_help_and_tell() {
         assert_eq!(decide(50, HOST), Decision::On(Duration::from_micros(50)));
         assert!(matches!(decide(0, HOST), Decision::Off(_)));
-        assert!(matches!(
-            decide(50, Host { cpus: 1, ..HOST }),
-            Decision::Off(_)
-        ));
-        assert!(matches!(
-            decide(
-                50,
-                Host {
-                    cpu_quota: true,
-                    ..HOST
-                }
-            ),
-            Decision::Off(_)
-        ));
-        assert!(matches!(
-            decide(
-                50,
-                Host {
-                    current_thread: false,
-                    ..HOST
-                }
-            ),
-            Decision::Off(_)
-        ));
-        assert!(matches!(
-            decide(
-                50,
-                Host {
-                    schedstat: false,
-                    ..HOST
-                }
-            ),
-            Decision::Off(_)
-        ));
+        let unfit = [
+            Host { cpus: 1, ..HOST },
+            Host {
+                cpu_quota: true,
+                ..HOST
+            },
+            Host {
+                current_thread: false,
+                ..HOST
+            },
+            Host {
+                schedstat: false,
+                ..HOST
+            },
+        ];
+        for host in unfit {
+            assert!(matches!(decide(50, host), Decision::Off(_)), "{host:?}");
+        }
     }
 
     #[test]

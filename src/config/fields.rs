@@ -184,8 +184,13 @@ fn parse_uint(path: &KeyPath, node: &Node, min: u64, max: u64) -> Result<u64, Fa
 }
 
 pub(super) fn parse_u32(min: u32) -> impl Fn(&KeyPath, &Node) -> Result<u32, Fail> {
+    parse_u32_in(min, u32::MAX)
+}
+
+/// An integer in `min..=max`.
+pub(super) fn parse_u32_in(min: u32, max: u32) -> impl Fn(&KeyPath, &Node) -> Result<u32, Fail> {
     move |path, node| {
-        let v = parse_uint(path, node, min.into(), u32::MAX.into())?;
+        let v = parse_uint(path, node, min.into(), max.into())?;
         u32::try_from(v).map_err(|_| Fail::at(path, "value too large"))
     }
 }

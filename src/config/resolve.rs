@@ -12,8 +12,8 @@ use super::env::apply_env;
 use super::error::{Fail, Origin};
 use super::fields::{
     nonnegative_secs, parse_bool, parse_listen, parse_log_format, parse_log_level, parse_secret,
-    parse_size, parse_string, parse_u32, parse_usize, positive_secs, set_nullable, suggest,
-    type_error, Map, Set,
+    parse_size, parse_string, parse_u32, parse_u32_in, parse_usize, positive_secs, set_nullable,
+    suggest, type_error, Map, Set,
 };
 use super::layer::{Layer, UPSTREAM_KEYS};
 use super::secs;
@@ -166,14 +166,8 @@ pub(super) fn parse_config(
         .set("slowlog_max_len", parse_usize)?
         .map_or(DEFAULT_SLOWLOG_MAX_LEN, |s| s.value);
     let busy_poll_us = top
-        .set("busy_poll_us", parse_u32(0))?
+        .set("busy_poll_us", parse_u32_in(0, 10_000))?
         .map_or(crate::busy_poll::DEFAULT_WINDOW_US, |s| s.value);
-    if busy_poll_us > 10_000 {
-        return Err(Fail::at(
-            &root_path.child("busy_poll_us"),
-            format!("too large (at most 10000 microseconds), got {busy_poll_us}"),
-        ));
-    }
     let limits = match top.get("limits") {
         None => Limits::default(),
         Some((p, n)) => parse_limits(n, &p)?,
