@@ -424,6 +424,81 @@ fn dbsize_and_keyless_commands_reach_every_primary() {
     }
 }
 
+/// The `dbN:` line of `field` in an `INFO` reply (`0` when there is none).
+fn keyspace_field(info: &[u8], db: &str, field: &str) -> u64 {
+    let text = String::from_utf8_lossy(info);
+    text.lines()
+        .find_map(|l| l.strip_prefix(&format!("{db}:")))
+        .and_then(|l| {
+            l.split(',')
+                .find_map(|kv| kv.strip_prefix(&format!("{field}=")))
+                .and_then(|v| v.parse().ok())
+        })
+        .unwrap_or(0)
+}
+
+/// `INFO` shows the keyspace of the whole cluster, as one standalone server
+/// holding every key would: each primary's `keys` and `expires` summed, not the
+/// one node's that answered; the rest of the text, `cluster_enabled:0` and RESP3's
+/// verbatim string as before. Keys with an expiry count only this test's: no
+/// other test of this binary sets one.
+#[test]
+fn info_keyspace_counts_the_keys_of_every_primary() {
+    let env = start(Some("info-"));
+    let mut c = env.client();
+    let n = 3000;
+    let mut pipe = Vec::new();
+    for i in 0..n {
+        pipe.extend(support::resp_cmd(&[
+            b"SET",
+            format!("ttl:{i}").as_bytes(),
+            b"v",
+            b"EX",
+            b"600",
+        ]));
+    }
+    c.send(&pipe);
+    assert!(c.read_replies(n).iter().all(|r| r == b"+OK\r\n"));
+    let direct: Vec<u64> = primaries(Cluster::shared())
+        .iter()
+        .map(|&p| {
+            let mut d = RawClient::connect(("127.0.0.1", p));
+            keyspace_field(&d.cmd(&[b"INFO", b"keyspace"]), "db0", "expires")
+        })
+        .collect();
+    assert_eq!(direct.iter().sum::<u64>(), n as u64, "{direct:?}");
+    assert!(direct.iter().all(|&e| e < n as u64), "spread: {direct:?}");
+    for req in [
+        &[&b"INFO"[..]][..],
+        &[b"INFO", b"keyspace"],
+        &[b"info", b"ALL"],
+    ] {
+        let info = c.cmd(req);
+        assert_eq!(keyspace_field(&info, "db0", "expires"), n as u64, "{req:?}");
+        assert!(keyspace_field(&info, "db0", "keys") >= n as u64, "{req:?}");
+        // Redis estimates it in its expiry cycle: 0 until then.
+        let avg = keyspace_field(&info, "db0", "avg_ttl");
+        assert!(avg <= 600_000, "{req:?}: avg_ttl {avg}");
+    }
+    let all = String::from_utf8(c.cmd(&[b"INFO"])).unwrap();
+    assert!(all.contains("\r\ncluster_enabled:0\r\n"));
+    assert!(all.contains("# Server\r\n") && all.contains("# Keyspace\r\n"));
+    // A section without the keyspace is one node's, unchanged.
+    assert!(!String::from_utf8_lossy(&c.cmd(&[b"INFO", b"server"])).contains("db0:"));
+    let mut c3 = env.client();
+    assert!(c3.cmd(&[b"HELLO", b"3"]).starts_with(b"%"));
+    let info3 = c3.cmd(&[b"INFO", b"keyspace"]);
+    assert!(info3.starts_with(b"="), "{info3:?}");
+    assert!(support::resp_frame_len(&info3).unwrap() == Some(info3.len()));
+    assert_eq!(keyspace_field(&info3, "db0", "expires"), n as u64);
+    for i in 0..n {
+        pipe.clear();
+        pipe.extend(support::resp_cmd(&[b"DEL", format!("ttl:{i}").as_bytes()]));
+        c.send(&pipe);
+    }
+    assert!(c.read_replies(n).iter().all(|r| r == b":1\r\n"));
+}
+
 #[test]
 fn proxy_info_shows_the_slot_map_and_every_primary() {
     let env = start(None);

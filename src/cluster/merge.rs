@@ -218,6 +218,10 @@ pub fn merge(
             reply::array_header(out, all.len());
             all.iter().for_each(|(_, e)| out.extend_from_slice(e));
         }
+        Merge::Info => match super::info::merge(parts) {
+            Some(text) => out.extend_from_slice(&text),
+            None => unexpected(out, "INFO replies"),
+        },
         Merge::AnyNonNil => {
             let found: Vec<&&[u8]> = parts.iter().filter(|p| !is_nil(p)).collect();
             match found.len() {

@@ -8,7 +8,8 @@
 //! * [`plan`]: where one request goes (its keys' slot, any primary, every
 //!   primary, split per slot, `SCAN` node by node, or refused as Redis does).
 //! * [`merge`]: the parts' replies merged into the client's one reply; the
-//!   redirect errors read.
+//!   redirect errors read; [`info`]: `INFO`'s keyspace section summed over
+//!   the primaries.
 //! * [`order`]: each session's batches in the order it sent them, across
 //!   redirects and map changes.
 //! * [`client`]: a cluster upstream at run time: the nodes' connections, the
@@ -18,6 +19,7 @@
 //! `command` (key specs) and `protocol`.
 
 pub mod client;
+pub mod info;
 pub mod map;
 pub mod merge;
 pub mod order;

@@ -31,6 +31,9 @@ pub enum Merge {
     /// `SLOWLOG GET [count]`: every part's entries, newest first (by their
     /// timestamps), at most `count` (negative: all).
     Newest(i64),
+    /// `INFO` with its keyspace section: the first part's text, with the
+    /// keyspace lines of every part summed ([`super::info`]).
+    Info,
 }
 
 impl Merge {
@@ -166,6 +169,9 @@ fn keyless<L: ArgList + ?Sized>(name: &str, args: &L) -> Plan {
             Plan::EveryNode(Merge::Newest(count))
         }
         "scan" => Plan::Scan,
+        "info" if super::info::wants_keyspace((1..args.count()).map(|i| args.arg(i))) => {
+            Plan::Every(Merge::Info)
+        }
         "publish" | "pubsub|channels" | "pubsub|numsub" | "pubsub|numpat" => Plan::Home,
         n if EVERY_FIRST.contains(&n) => Plan::Every(Merge::First),
         n if EVERY_NODE.contains(&n) => Plan::EveryNode(Merge::First),
@@ -279,6 +285,9 @@ mod tests {
             Plan::Every(Merge::First)
         );
         assert_eq!(plan_of(&["scan", "0"]), Plan::Scan);
+        assert_eq!(plan_of(&["INFO"]), Plan::Every(Merge::Info));
+        assert_eq!(plan_of(&["info", "keyspace"]), Plan::Every(Merge::Info));
+        assert_eq!(plan_of(&["INFO", "server"]), Plan::Slot(None));
         for cmd in [
             &["CONFIG", "SET", "maxmemory", "0"][..],
             &["config", "resetstat"],
