@@ -1253,3 +1253,70 @@ fn the_slow_log_is_every_nodes() {
         .expect("an integer");
     assert!(len >= 2, "SLOWLOG LEN {len}");
 }
+
+/// Persistence and pauses act on "the server" the client sees, i.e. every node:
+/// `BGSAVE` makes every primary save its keys, `LASTSAVE` is the oldest of their
+/// saves (the whole keyspace was saved by then), and `CLIENT PAUSE … WRITE` holds
+/// writes on every primary, not on the one node a keyless command would reach.
+#[test]
+fn saves_and_pauses_reach_every_primary() {
+    let cluster = Cluster::shared();
+    let env = start(None);
+    let mut c = env.client();
+    let ports = primaries(cluster);
+    assert_eq!(ports.len(), 3);
+    let lastsave = |p: u16| -> i64 {
+        let r = RawClient::connect(("127.0.0.1", p)).cmd(&[b"LASTSAVE"]);
+        String::from_utf8_lossy(&r)
+            .trim()
+            .trim_start_matches(':')
+            .parse()
+            .unwrap()
+    };
+    let before: Vec<i64> = ports.iter().map(|&p| lastsave(p)).collect();
+    // LASTSAVE counts seconds.
+    std::thread::sleep(Duration::from_millis(1100));
+    assert_eq!(c.cmd(&[b"BGSAVE"]), b"+Background saving started\r\n");
+    let deadline = Instant::now() + Duration::from_secs(20);
+    let after = loop {
+        let now: Vec<i64> = ports.iter().map(|&p| lastsave(p)).collect();
+        if now.iter().zip(&before).all(|(a, b)| a > b) {
+            break now;
+        }
+        assert!(Instant::now() < deadline, "saved: {before:?} -> {now:?}");
+        std::thread::sleep(Duration::from_millis(50));
+    };
+    let oldest = after.iter().min().unwrap();
+    assert_eq!(c.cmd(&[b"LASTSAVE"]), format!(":{oldest}\r\n").into_bytes());
+
+    // A key of each primary, written straight to it while the proxy's pause runs.
+    let keys: Vec<(u16, String)> = ports
+        .iter()
+        .map(|&p| {
+            let k = (0..500)
+                .map(|i| format!("pause:{i}"))
+                .find(|k| serving(cluster, k.as_bytes()) == p)
+                .unwrap();
+            (p, k)
+        })
+        .collect();
+    assert_eq!(c.cmd(&[b"CLIENT", b"PAUSE", b"500", b"WRITE"]), b"+OK\r\n");
+    let paused = Instant::now();
+    let waits: Vec<Duration> = keys
+        .into_iter()
+        .map(|(p, k)| {
+            std::thread::spawn(move || {
+                let mut d = RawClient::connect(("127.0.0.1", p));
+                assert_eq!(d.cmd(&[b"SET", k.as_bytes(), b"1"]), b"+OK\r\n");
+                paused.elapsed()
+            })
+        })
+        .collect::<Vec<_>>()
+        .into_iter()
+        .map(|t| t.join().unwrap())
+        .collect();
+    assert!(
+        waits.iter().all(|w| *w >= Duration::from_millis(300)),
+        "every primary held the write: {waits:?}"
+    );
+}

@@ -137,15 +137,19 @@ pub fn merge(
     }
     match how {
         Merge::First => out.extend_from_slice(parts.first().copied().unwrap_or(b"+OK\r\n")),
-        Merge::Sum => {
-            let mut total: i64 = 0;
+        Merge::Sum | Merge::Min => {
+            let mut all = Vec::with_capacity(parts.len());
             for p in parts {
                 match integer(p) {
-                    Some(n) => total = total.saturating_add(n),
+                    Some(n) => all.push(n),
                     None => return unexpected(out, "integers"),
                 }
             }
-            reply::integer(out, total);
+            let merged = match how {
+                Merge::Min => all.iter().copied().min().unwrap_or(0),
+                _ => all.iter().fold(0i64, |t, &n| t.saturating_add(n)),
+            };
+            reply::integer(out, merged);
         }
         Merge::Concat => {
             let mut all: Vec<&[u8]> = Vec::new();
@@ -298,6 +302,7 @@ mod tests {
     #[test]
     fn merges() {
         assert_eq!(merged(Merge::Sum, &[b":2\r\n", b":3\r\n"], &[]), b":5\r\n");
+        assert_eq!(merged(Merge::Min, &[b":7\r\n", b":3\r\n"], &[]), b":3\r\n");
         assert_eq!(
             merged(
                 Merge::Concat,

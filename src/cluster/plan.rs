@@ -16,6 +16,8 @@ pub const CROSSSLOT: &str = "CROSSSLOT Keys in request don't hash to the same sl
 pub enum Merge {
     /// Integers added (`DBSIZE`, `DEL`, `UNLINK`, `EXISTS`, `TOUCH`).
     Sum,
+    /// The smallest integer (`LASTSAVE`: the whole keyspace was saved by then).
+    Min,
     /// Arrays concatenated in part order (`KEYS`).
     Concat,
     /// `MGET`: each part's elements put back at their keys' places.
@@ -87,6 +89,10 @@ const EVERY_FIRST: &[&str] = &[
     "function|flush",
     "function|delete",
     "function|restore",
+    // Persistence of the whole keyspace: each primary saves its slots' keys.
+    "save",
+    "bgsave",
+    "bgrewriteaof",
 ];
 
 /// Commands that change a server's settings or users: through the proxy they
@@ -100,6 +106,12 @@ const EVERY_NODE: &[&str] = &[
     "acl|load",
     "acl|save",
     "slowlog|reset",
+    "latency|reset",
+    "memory|purge",
+    // "The server" paused for every client: every node (a failover procedure
+    // pauses writes on the primaries).
+    "client|pause",
+    "client|unpause",
 ];
 
 /// Plans a request classified as `info` (`None`: unknown to the table).
@@ -151,6 +163,7 @@ pub fn plan<L: ArgList + ?Sized>(info: Option<&CommandInfo>, args: &L) -> Plan {
 fn keyless<L: ArgList + ?Sized>(name: &str, args: &L) -> Plan {
     match name {
         "dbsize" => Plan::Every(Merge::Sum),
+        "lastsave" => Plan::Every(Merge::Min),
         // Each primary has the shard channels of its slots (the proxy's
         // SSUBSCRIBEs go to primaries).
         "keys" | "pubsub|shardchannels" => Plan::Every(Merge::Concat),
@@ -288,12 +301,16 @@ mod tests {
         assert_eq!(plan_of(&["INFO"]), Plan::Every(Merge::Info));
         assert_eq!(plan_of(&["info", "keyspace"]), Plan::Every(Merge::Info));
         assert_eq!(plan_of(&["INFO", "server"]), Plan::Slot(None));
+        assert_eq!(plan_of(&["LASTSAVE"]), Plan::Every(Merge::Min));
+        assert_eq!(plan_of(&["BGSAVE"]), Plan::Every(Merge::First));
         for cmd in [
             &["CONFIG", "SET", "maxmemory", "0"][..],
             &["config", "resetstat"],
             &["ACL", "SETUSER", "u", "on"],
             &["ACL", "DELUSER", "u"],
             &["SLOWLOG", "RESET"],
+            &["CLIENT", "PAUSE", "100", "WRITE"],
+            &["client", "unpause"],
         ] {
             assert_eq!(plan_of(cmd), Plan::EveryNode(Merge::First), "{cmd:?}");
         }
