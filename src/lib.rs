@@ -52,7 +52,8 @@
 //! cluster/       Redis Cluster upstreams: slot.rs key -> hash slot (CRC16, hash
 //!                tags); map.rs the slot map from CLUSTER SHARDS/SLOTS; plan.rs where a
 //!                request goes (a slot, every primary, split per slot, SCAN, refused);
-//!                merge.rs parts' replies into one, redirects read; order.rs each
+//!                merge.rs parts' replies into one, redirects read; info.rs INFO's
+//!                keyspace summed over the primaries; order.rs each
 //!                session's batches in order across redirects and map changes;
 //!                client.rs the nodes' connections, a one-node batch sent whole (a
 //!                redirect diverted back), others split per node, redirects followed
@@ -62,7 +63,9 @@
 //!                in parts), exclusive bb8-pooled connections (checked out in
 //!                request order), subscriber and out-of-band connections, probes;
 //!                frames.rs is the one reader of every reply stream;
-//!                sentinel.rs finds the primary through Sentinel and follows failovers
+//!                sentinel.rs finds the primary through Sentinel and follows failovers;
+//!                keyspace.rs a cluster subscriber's keyspace notifications from
+//!                every primary
 //! command/       command classification (byte-literal match), the command
 //!                table generated from Redis's metadata (flags, key specs,
 //!                read-only), and the Descriptor each request is classified into

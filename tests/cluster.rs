@@ -1320,3 +1320,84 @@ fn saves_and_pauses_reach_every_primary() {
         "every primary held the write: {waits:?}"
     );
 }
+
+/// Keyspace notifications of every key reach a subscriber, although Redis Cluster
+/// sends each only to the subscribers of the node holding the key (the proxy
+/// repeats such subscriptions on the other primaries); a `PUBLISH`, which the
+/// cluster bus brings to every node, still arrives once. RESP2 with a pattern,
+/// RESP3 with a keyevent channel, on a database with a key_prefix (names seen
+/// without it).
+#[test]
+fn keyspace_notifications_of_every_node_reach_a_subscriber() {
+    let cluster = Cluster::shared();
+    let env = start(Some("ksn-"));
+    let mut admin = env.client();
+    assert_eq!(
+        admin.cmd(&[b"CONFIG", b"SET", b"notify-keyspace-events", b"KE$"]),
+        b"+OK\r\n"
+    );
+    let n = 30;
+    // Keys of every primary.
+    let owners: HashSet<u16> = (0..n)
+        .map(|i| serving(cluster, format!("ksn-main:note:{i}").as_bytes()))
+        .collect();
+    assert_eq!(owners.len(), 3, "{owners:?}");
+
+    let mut sub = env.client();
+    sub.send(&support::resp_cmd(&[b"PSUBSCRIBE", b"__keyspace@0__:*"]));
+    sub.send(&support::resp_cmd(&[b"SUBSCRIBE", b"ksn-news"]));
+    assert!(sub.read_reply().starts_with(b"*3\r\n$10\r\npsubscribe\r\n"));
+    assert!(sub.read_reply().starts_with(b"*3\r\n$9\r\nsubscribe\r\n"));
+    let mut sub3 = env.client();
+    assert!(sub3.cmd(&[b"HELLO", b"3"]).starts_with(b"%"));
+    assert!(sub3
+        .cmd(&[b"SUBSCRIBE", b"__keyevent@0__:set"])
+        .starts_with(b">3\r\n$9\r\nsubscribe\r\n"));
+    // A confirmed subscription is repeated on the other primaries at once; a
+    // PING through each subscriber connection orders the writes after it.
+    for s in [&mut sub, &mut sub3] {
+        s.send(&support::resp_cmd(&[b"PING", b"ready"]));
+        let pong = s.read_reply();
+        assert!(pong.windows(5).any(|w| w == b"ready"), "{pong:?}");
+    }
+    std::thread::sleep(Duration::from_millis(200));
+    for i in 0..n {
+        let key = format!("note:{i}");
+        assert_eq!(admin.cmd(&[b"SET", key.as_bytes(), b"v"]), b"+OK\r\n");
+    }
+    assert_eq!(admin.cmd(&[b"PUBLISH", b"ksn-news", b"hello"]), b":1\r\n");
+
+    let mut keys: Vec<String> = Vec::new();
+    let mut news = 0;
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while keys.len() < n || news < 1 {
+        assert!(Instant::now() < deadline, "got {keys:?}, news {news}");
+        let f = String::from_utf8(sub.read_reply()).unwrap();
+        if f.contains("\r\nmessage\r\n") {
+            assert!(f.ends_with("\r\nhello\r\n"), "{f}");
+            news += 1;
+        } else {
+            let key = f.split("__keyspace@0__:").nth(2).unwrap_or("");
+            keys.push(key.split("\r\n").next().unwrap_or("").to_string());
+        }
+    }
+    let mut events: Vec<String> = Vec::new();
+    while events.len() < n {
+        assert!(Instant::now() < deadline, "RESP3 got {events:?}");
+        let f = String::from_utf8(sub3.read_reply()).unwrap();
+        assert!(f.starts_with(">3\r\n$7\r\nmessage\r\n"), "{f}");
+        events.push(f.rsplit("\r\n").nth(1).unwrap_or("").to_string());
+    }
+    // Nothing twice.
+    sub.assert_no_reply(Duration::from_millis(300));
+    sub3.assert_no_reply(Duration::from_millis(100));
+    assert_eq!(
+        admin.cmd(&[b"CONFIG", b"SET", b"notify-keyspace-events", b""]),
+        b"+OK\r\n"
+    );
+    let want: HashSet<String> = (0..n).map(|i| format!("note:{i}")).collect();
+    for (got, label) in [(keys, "keyspace"), (events, "keyevent")] {
+        assert_eq!(got.len(), n, "{label}: {got:?}");
+        assert_eq!(got.into_iter().collect::<HashSet<_>>(), want, "{label}");
+    }
+}

@@ -729,6 +729,28 @@ impl Cluster {
         }
     }
 
+    /// The settings of a connection to the primary of every shard but the one
+    /// the node at `addr` belongs to (as primary or replica): where a subscriber
+    /// whose connection goes to `addr` also subscribes, for the keyspace
+    /// notifications of their keys (`upstream::keyspace`). Empty before the map
+    /// is learnt.
+    pub fn other_primaries(&self, addr: &str) -> Vec<UpstreamConfig> {
+        let Some(topo) = self.topology() else {
+            return Vec::new();
+        };
+        topo.map
+            .shards()
+            .iter()
+            .filter(|s| {
+                !std::iter::once(&s.primary)
+                    .chain(&s.replicas)
+                    .any(|n| same_addr(&n.addr, addr))
+            })
+            .filter_map(|s| split_addr(&s.primary.addr))
+            .map(|(host, port)| node_config(&self.base, host, port))
+            .collect()
+    }
+
     /// A connection a session opened to the node at `addr` failed (its
     /// subscriber connection could not connect): the node is down until it
     /// answers again, and the map is looked at (it may have been failed over).

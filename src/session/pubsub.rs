@@ -64,7 +64,20 @@ impl Session {
         let limit = self.live.config.limits.pubsub_buffer_limit;
         let mut tries = 1;
         loop {
-            let result = Subscription::open(&cfg, limit, self.state.resp3).await;
+            // Keyspace notifications come from the node of each key.
+            let satellites = match db.cluster() {
+                Some(c) if !sharded => c
+                    .other_primaries(&cfg.address())
+                    .into_iter()
+                    .map(|mut node| {
+                        node.username.clone_from(&cfg.username);
+                        node.password.clone_from(&cfg.password);
+                        node
+                    })
+                    .collect(),
+                _ => Vec::new(),
+            };
+            let result = Subscription::open(&cfg, limit, self.state.resp3, satellites).await;
             let cluster = match (&result, db.cluster()) {
                 (Err(UpstreamError::Connect { .. }), Some(c)) if !sharded => c,
                 _ => return result,
@@ -418,9 +431,11 @@ impl Session {
             cfg.host = host;
             cfg.port = port;
             let limit = self.live.config.limits.pubsub_buffer_limit;
-            let Ok(Ok(mut sub)) =
-                tokio::time::timeout(bound, Subscription::open(&cfg, limit, self.state.resp3))
-                    .await
+            let Ok(Ok(mut sub)) = tokio::time::timeout(
+                bound,
+                Subscription::open(&cfg, limit, self.state.resp3, Vec::new()),
+            )
+            .await
             else {
                 continue;
             };

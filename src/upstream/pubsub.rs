@@ -26,6 +26,7 @@ use super::connect::connect;
 use super::dedicated::{hello_id, HELLO};
 use super::error::UpstreamError;
 use super::frames::Frames;
+use super::keyspace::{self, Satellites};
 use crate::config::UpstreamConfig;
 use crate::transport::{ReadHalf, WriteHalf};
 
@@ -47,14 +48,19 @@ pub struct Subscription {
     reader: tokio::task::JoinHandle<()>,
     /// Redis's `CLIENT ID` of the connection (0 until known, and once it closed).
     upstream_id: Arc<AtomicU64>,
+    /// On a cluster: the other primaries' keyspace notifications.
+    _satellites: Option<Satellites>,
 }
 
 impl Subscription {
     /// Opens a connection for a subscriber (bounded by the connect timeout).
+    /// `satellites`: on a cluster, the other primaries, where subscriptions that
+    /// may receive keyspace notifications are repeated ([`super::keyspace`]).
     pub async fn open(
         cfg: &UpstreamConfig,
         limit: usize,
         resp3: bool,
+        satellites: Vec<UpstreamConfig>,
     ) -> Result<Subscription, UpstreamError> {
         let stream = connect(cfg, resp3).await?;
         let (rd, mut wr) = stream.into_split();
@@ -70,12 +76,15 @@ impl Subscription {
         let (tx, frames) = mpsc::unbounded_channel();
         let queued = Arc::new(AtomicUsize::new(0));
         let upstream_id = Arc::new(AtomicU64::new(0));
+        let satellites = (!satellites.is_empty())
+            .then(|| Satellites::spawn(satellites, resp3, tx.clone(), queued.clone(), limit));
         let reader = tokio::spawn(read_frames(
             rd,
             tx,
             queued.clone(),
             limit,
             upstream_id.clone(),
+            satellites.as_ref().map(Satellites::sender),
         ));
         Ok(Subscription {
             wr,
@@ -83,6 +92,7 @@ impl Subscription {
             queued,
             reader,
             upstream_id,
+            _satellites: satellites,
         })
     }
 
@@ -125,6 +135,7 @@ async fn read_frames(
     queued: Arc<AtomicUsize>,
     limit: usize,
     upstream_id: Arc<AtomicU64>,
+    satellites: Option<mpsc::UnboundedSender<Bytes>>,
 ) {
     let _closed = ClearOnExit(upstream_id.clone());
     let mut frames = Frames::new(16 * 1024);
@@ -144,8 +155,13 @@ async fn read_frames(
                         let _ = tx.send(Err(End::Overflow));
                         return;
                     }
+                    // Confirmed here first: the satellites' notifications come after.
+                    let repeat = satellites.as_ref().and_then(|_| keyspace::follow(&bytes));
                     if tx.send(Ok(bytes)).is_err() {
                         return;
+                    }
+                    if let (Some(s), Some(r)) = (&satellites, repeat) {
+                        let _ = s.send(r);
                     }
                 }
                 Ok(None) => break,

@@ -1,0 +1,328 @@
+//! Keyspace notifications of a whole cluster for one subscriber.
+//!
+//! Redis Cluster sends a key's keyspace and keyevent notifications
+//! (`__keyspace@0__:key`, `__keyevent@0__:set`) only to the subscribers of the node
+//! that holds the key, unlike `PUBLISH`, which the cluster bus carries to every
+//! node. A client subscribed through the proxy has one subscriber connection (to
+//! the cluster's home node), so it would see the events of a third of the keys on
+//! three primaries. Here, once Redis confirms a subscription that can receive such
+//! notifications (a `__keyspace@`/`__keyevent@` channel, or a pattern that may match
+//! one), the same subscription is made on every other primary ("satellite"
+//! connections, opened on first need), and their notifications join the client's
+//! stream. Everything else a satellite sends is dropped: its confirmations (the
+//! home node's are the client's), and the `PUBLISH` messages the bus brought
+//! (the home node delivers those).
+
+use std::sync::atomic::{AtomicUsize, Ordering::Relaxed};
+use std::sync::Arc;
+
+use bytes::Bytes;
+use tokio::io::AsyncWriteExt;
+use tokio::sync::mpsc;
+
+use super::connect::connect;
+use super::frames::Frames;
+use super::pubsub::End;
+use crate::config::UpstreamConfig;
+use crate::protocol::request::encode_command;
+use crate::transport::{ReadHalf, WriteHalf};
+
+const HEADS: [&[u8]; 2] = [b"__keyspace@", b"__keyevent@"];
+
+/// The satellite connections of one subscriber: what the home node's reader
+/// hands over (`follow`), and the task that holds them.
+pub(super) struct Satellites {
+    requests: mpsc::UnboundedSender<Bytes>,
+    task: tokio::task::JoinHandle<()>,
+}
+
+impl std::fmt::Debug for Satellites {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("Satellites")
+    }
+}
+
+impl Satellites {
+    /// Starts the task for `nodes` (nothing is opened before a subscription
+    /// needs them); notifications go to `out`, counted in `queued` against `limit`.
+    pub(super) fn spawn(
+        nodes: Vec<UpstreamConfig>,
+        resp3: bool,
+        out: mpsc::UnboundedSender<Result<Bytes, End>>,
+        queued: Arc<AtomicUsize>,
+        limit: usize,
+    ) -> Satellites {
+        let (requests, rx) = mpsc::unbounded_channel();
+        let task = tokio::spawn(run(nodes, resp3, rx, out, queued, limit));
+        Satellites { requests, task }
+    }
+
+    /// A handle for the home node's reader.
+    pub(super) fn sender(&self) -> mpsc::UnboundedSender<Bytes> {
+        self.requests.clone()
+    }
+}
+
+impl Drop for Satellites {
+    fn drop(&mut self) {
+        self.task.abort();
+    }
+}
+
+/// The request that repeats, on the satellites, what the home node's `frame`
+/// confirms: `SUBSCRIBE`/`PSUBSCRIBE`/`UNSUBSCRIBE`/`PUNSUBSCRIBE` of a name that
+/// may receive keyspace notifications. `None` for anything else.
+pub(super) fn follow(frame: &[u8]) -> Option<Bytes> {
+    let (n, mut at) = header(frame)?;
+    if n != 3 {
+        return None;
+    }
+    let (kind, next) = bulk(frame, at)?;
+    at = next;
+    let pattern = match kind {
+        b"subscribe" | b"unsubscribe" => false,
+        b"psubscribe" | b"punsubscribe" => true,
+        _ => return None,
+    };
+    let (name, _) = bulk(frame, at)?;
+    let receives = if pattern {
+        HEADS.iter().any(|h| may_match(name, h))
+    } else {
+        HEADS.iter().any(|h| name.starts_with(h))
+    };
+    if !receives {
+        return None;
+    }
+    let mut out = Vec::with_capacity(name.len() + 32);
+    encode_command(&[kind, name], &mut out);
+    Some(out.into())
+}
+
+/// Whether glob `pattern` (Redis's `stringmatchlen`) may match some string that
+/// starts with `head`: walked along `head` until a `*`; a class or `?` counts as
+/// any one byte.
+fn may_match(pattern: &[u8], head: &[u8]) -> bool {
+    let mut i = 0;
+    for &want in head {
+        let Some(&c) = pattern.get(i) else {
+            return false;
+        };
+        match c {
+            b'*' => return true,
+            b'?' => i += 1,
+            b'[' => match pattern[i + 1..].iter().position(|&b| b == b']') {
+                Some(k) => i += k + 2,
+                None => return true,
+            },
+            b'\\' if i + 1 < pattern.len() => {
+                if pattern[i + 1] != want {
+                    return false;
+                }
+                i += 2;
+            }
+            _ => {
+                if c != want {
+                    return false;
+                }
+                i += 1;
+            }
+        }
+    }
+    true
+}
+
+/// The channel of a `message` or `pmessage` frame (RESP2 array or RESP3 push).
+fn message_channel(frame: &[u8]) -> Option<&[u8]> {
+    let (n, at) = header(frame)?;
+    let (kind, mut at) = bulk(frame, at)?;
+    match (kind, n) {
+        (b"message", 3) => {}
+        (b"pmessage", 4) => at = bulk(frame, at)?.1,
+        _ => return None,
+    }
+    Some(bulk(frame, at)?.0)
+}
+
+/// An array or push header: its count and where its first element starts.
+fn header(frame: &[u8]) -> Option<(usize, usize)> {
+    if !matches!(frame.first(), Some(b'*' | b'>')) {
+        return None;
+    }
+    let nl = frame.iter().position(|&b| b == b'\n')?;
+    let n = std::str::from_utf8(frame.get(1..nl.checked_sub(1)?)?)
+        .ok()?
+        .parse()
+        .ok()?;
+    Some((n, nl + 1))
+}
+
+/// The bulk string at `at` and where the next element starts.
+fn bulk(frame: &[u8], at: usize) -> Option<(&[u8], usize)> {
+    let rest = frame.get(at..)?.strip_prefix(b"$")?;
+    let nl = rest.iter().position(|&b| b == b'\n')?;
+    let len: usize = std::str::from_utf8(rest.get(..nl.checked_sub(1)?)?)
+        .ok()?
+        .parse()
+        .ok()?;
+    let start = at + 1 + nl + 1;
+    Some((frame.get(start..start + len)?, start + len + 2))
+}
+
+async fn run(
+    nodes: Vec<UpstreamConfig>,
+    resp3: bool,
+    mut requests: mpsc::UnboundedReceiver<Bytes>,
+    out: mpsc::UnboundedSender<Result<Bytes, End>>,
+    queued: Arc<AtomicUsize>,
+    limit: usize,
+) {
+    let mut writers: Vec<(String, WriteHalf)> = Vec::new();
+    let mut readers = Readers(Vec::new());
+    let mut opened = false;
+    while let Some(request) = requests.recv().await {
+        if !opened {
+            opened = true;
+            for cfg in &nodes {
+                match connect(cfg, resp3).await {
+                    Ok(stream) => {
+                        let (rd, wr) = stream.into_split();
+                        let addr = cfg.address();
+                        readers.0.push(tokio::spawn(read_node(
+                            rd,
+                            out.clone(),
+                            queued.clone(),
+                            limit,
+                            addr.clone(),
+                        )));
+                        writers.push((addr, wr));
+                    }
+                    Err(e) => {
+                        tracing::warn!(node = %cfg.address(), error = %e, "keyspace notifications of this cluster node will not reach the subscriber")
+                    }
+                }
+            }
+        }
+        for (addr, wr) in &mut writers {
+            let sent = async {
+                wr.write_all(&request).await?;
+                wr.flush().await
+            };
+            if let Err(e) = sent.await {
+                tracing::debug!(node = %addr, error = %e, "satellite subscriber connection lost");
+            }
+        }
+    }
+}
+
+/// The satellites' readers, stopped with their task.
+struct Readers(Vec<tokio::task::JoinHandle<()>>);
+
+impl Drop for Readers {
+    fn drop(&mut self) {
+        self.0.iter().for_each(|r| r.abort());
+    }
+}
+
+/// Passes on a satellite's keyspace notifications; drops the rest.
+async fn read_node(
+    mut rd: ReadHalf,
+    out: mpsc::UnboundedSender<Result<Bytes, End>>,
+    queued: Arc<AtomicUsize>,
+    limit: usize,
+    addr: String,
+) {
+    let mut frames = Frames::new(16 * 1024);
+    loop {
+        loop {
+            match frames.next_frame() {
+                Ok(Some(_)) => {
+                    let frame = frames.take();
+                    let notification = message_channel(&frame)
+                        .is_some_and(|c| HEADS.iter().any(|h| c.starts_with(h)));
+                    if !notification {
+                        continue;
+                    }
+                    if queued.fetch_add(frame.len(), Relaxed) + frame.len() > limit {
+                        let _ = out.send(Err(End::Overflow));
+                        return;
+                    }
+                    if out.send(Ok(frame)).is_err() {
+                        return;
+                    }
+                }
+                Ok(None) => break,
+                Err(_) => return,
+            }
+        }
+        if !matches!(frames.fill(&mut rd).await, Ok(n) if n > 0) {
+            tracing::info!(node = %addr, "keyspace notifications of a cluster node stopped: its connection closed");
+            return;
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn frame(kind: &str, parts: &[&str]) -> Vec<u8> {
+        let mut out = format!("{kind}{}\r\n", parts.len()).into_bytes();
+        for p in parts {
+            out.extend_from_slice(format!("${}\r\n{p}\r\n", p.len()).as_bytes());
+        }
+        out
+    }
+
+    #[test]
+    fn subscriptions_that_may_receive_notifications_are_followed() {
+        let conf = |kind: &str, name: &str| {
+            let mut f = frame("*", &[kind, name]);
+            f[1] = b'3';
+            f.extend_from_slice(b":1\r\n");
+            follow(&f)
+        };
+        let cmd = |kind: &str, name: &str| {
+            let mut out = Vec::new();
+            encode_command(&[kind.as_bytes(), name.as_bytes()], &mut out);
+            Some(Bytes::from(out))
+        };
+        for (kind, name) in [
+            ("psubscribe", "__keyspace@0__:*"),
+            ("psubscribe", "*"),
+            ("psubscribe", "__key*"),
+            ("psubscribe", "__keyevent@?__:set"),
+            ("psubscribe", "__key[a-z]pace@0__:*"),
+            ("punsubscribe", "__keyspace@*"),
+            ("subscribe", "__keyevent@0__:expired"),
+            ("unsubscribe", "__keyspace@0__:k"),
+        ] {
+            assert_eq!(conf(kind, name), cmd(kind, name), "{kind} {name}");
+        }
+        for (kind, name) in [
+            ("psubscribe", "news.*"),
+            ("psubscribe", "__keyspace"),
+            ("psubscribe", "_x*"),
+            ("subscribe", "news"),
+            ("ssubscribe", "__keyspace@0__:k"),
+        ] {
+            assert_eq!(conf(kind, name), None, "{kind} {name}");
+        }
+        // A confirmation without a channel (UNSUBSCRIBE with none left).
+        assert_eq!(follow(b"*3\r\n$11\r\nunsubscribe\r\n$-1\r\n:0\r\n"), None);
+    }
+
+    #[test]
+    fn only_notifications_pass_from_a_satellite() {
+        let ks = |f: &[u8]| message_channel(f).map(|c| c.to_vec());
+        assert_eq!(
+            ks(&frame("*", &["message", "__keyspace@0__:k", "set"])),
+            Some(b"__keyspace@0__:k".to_vec())
+        );
+        assert_eq!(
+            ks(&frame(">", &["pmessage", "*", "__keyevent@0__:del", "k"])),
+            Some(b"__keyevent@0__:del".to_vec())
+        );
+        assert_eq!(ks(&frame("*", &["psubscribe", "*"])), None);
+        assert_eq!(ks(b"+OK\r\n"), None);
+    }
+}
