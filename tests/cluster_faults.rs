@@ -1853,3 +1853,136 @@ fn one_clients_pipelined_writes_stay_in_order_while_their_slot_moves() {
         "the list in the order sent"
     );
 }
+
+/// A proxy on the shared cluster with keyspace notifications on (`E$`, every
+/// node), and a client subscribed to `__keyevent@0__:set` through it.
+struct Notified {
+    env: Env,
+    sub: support::RawClient,
+}
+
+impl Notified {
+    fn start(cluster: &Cluster) -> Notified {
+        wait_healthy(cluster, Duration::from_secs(20));
+        let (rt, proxy) = Cluster::start_proxy(cluster.proxy_config());
+        let env = Env { rt, proxy };
+        let on = env.cmd(&[b"CONFIG", b"SET", b"notify-keyspace-events", b"E$"]);
+        assert_eq!(on, b"+OK\r\n");
+        let mut sub = support::RawClient::connect(env.proxy.local_addr());
+        sub.send(&resp_cmd(&[b"SUBSCRIBE", b"__keyevent@0__:set"]));
+        assert!(sub.read_reply().starts_with(b"*3\r\n$9\r\nsubscribe\r\n"));
+        Notified { env, sub }
+    }
+
+    /// Sets `key` through the proxy until its notification arrives (`true`),
+    /// or `within` passed (`false`).
+    fn set_until_notified(&mut self, key: &str, within: Duration) -> bool {
+        let deadline = Instant::now() + within;
+        self.sub.set_timeout(Duration::from_millis(300));
+        let notified = loop {
+            // (A write to a failed-over node also makes the proxy learn its
+            // replacement, from -MOVED.)
+            let _ = self.env.cmd(&[b"SET", key.as_bytes(), b"1"]);
+            let got = self.sub.try_read_reply();
+            if got.is_ok_and(|f| f.windows(key.len()).any(|w| w == key.as_bytes())) {
+                break true;
+            }
+            if Instant::now() >= deadline {
+                break false;
+            }
+        };
+        // Later ones (of earlier attempts) are not waited for.
+        while self.sub.try_read_reply().is_ok() {}
+        self.sub.set_timeout(Duration::from_secs(5));
+        notified
+    }
+}
+
+impl Drop for Notified {
+    fn drop(&mut self) {
+        let _ = self
+            .env
+            .cmd(&[b"CONFIG", b"SET", b"notify-keyspace-events", b""]);
+    }
+}
+
+/// A key of the slots `node` serves.
+fn key_of(node: &NodeLine, test: &str) -> String {
+    (0..10_000)
+        .map(|i| format!("{test}:{i}"))
+        .find(|k| node.serves(key_slot(k.as_bytes())))
+        .unwrap()
+}
+
+/// A subscriber's keyspace notifications of a shard go on across a failover
+/// (`CLUSTER FAILOVER` on its replica), without the client doing anything.
+#[test]
+fn keyspace_notifications_follow_a_failover() {
+    let _serial = serial();
+    let cluster = Cluster::shared();
+    let mut n = Notified::start(cluster);
+    let (primary, replica) = primary_with_replica(cluster);
+    let key = key_of(&primary, "ksfail");
+    assert!(
+        n.set_until_notified(&key, Duration::from_secs(10)),
+        "before"
+    );
+    let (out, status) = redis_cli(replica.port, &["CLUSTER", "FAILOVER"]);
+    assert!(
+        status.success() && out.contains("OK"),
+        "CLUSTER FAILOVER: {out}"
+    );
+    wait_promoted(cluster, &replica, Duration::from_secs(15));
+    let promoted = Instant::now();
+    assert!(
+        n.set_until_notified(&key, Duration::from_secs(15)),
+        "no notification from the new primary {} within 15 s",
+        replica.port
+    );
+    eprintln!(
+        "keyspace notifications {:?} after the promotion of {} (home node {})",
+        promoted.elapsed(),
+        replica.port,
+        n.env.pubsub_node()
+    );
+    drop(n);
+    wait_healthy(cluster, Duration::from_secs(10));
+}
+
+/// A satellite connection (where a subscriber's keyspace subscriptions are
+/// repeated on another primary) that breaks is opened again, with the
+/// subscriptions: `CLIENT KILL TYPE pubsub` on that primary (not the subscriber's
+/// home node), and its notifications come back within a few seconds.
+#[test]
+fn a_lost_satellite_connection_is_opened_again() {
+    let _serial = serial();
+    let cluster = Cluster::shared();
+    let mut n = Notified::start(cluster);
+    let home = n.env.pubsub_node();
+    let other = nodes(cluster)
+        .into_iter()
+        .find(|p| {
+            p.primary
+                && !p.failed
+                && !p.slots.is_empty()
+                && !home.ends_with(&format!(":{}", p.port))
+        })
+        .expect("a primary that is not the home node");
+    let key = key_of(&other, "ksgone");
+    assert!(
+        n.set_until_notified(&key, Duration::from_secs(10)),
+        "before"
+    );
+    let (out, _) = redis_cli(other.port, &["CLIENT", "KILL", "TYPE", "pubsub"]);
+    assert!(out.trim().parse::<u32>().unwrap_or(0) >= 1, "killed: {out}");
+    let killed = Instant::now();
+    assert!(
+        n.set_until_notified(&key, Duration::from_secs(10)),
+        "no notification from {} within 10 s of its satellite's loss",
+        other.port
+    );
+    eprintln!(
+        "notifications back {:?} after the satellite's loss",
+        killed.elapsed()
+    );
+}

@@ -64,18 +64,22 @@ impl Session {
         let limit = self.live.config.limits.pubsub_buffer_limit;
         let mut tries = 1;
         loop {
-            // Keyspace notifications come from the node of each key.
+            // Keyspace notifications come from the node of each key: the other
+            // primaries of the map of the moment, with this connection's login.
             let satellites = match db.cluster() {
-                Some(c) if !sharded => c
-                    .other_primaries(&cfg.address())
-                    .into_iter()
-                    .map(|mut node| {
-                        node.username.clone_from(&cfg.username);
-                        node.password.clone_from(&cfg.password);
-                        node
-                    })
-                    .collect(),
-                _ => Vec::new(),
+                Some(c) if !sharded => {
+                    let (c, home) = (c.clone(), cfg.clone());
+                    let nodes: pubsub::Nodes = std::sync::Arc::new(move || {
+                        let mut nodes = c.other_primaries(&home.address());
+                        for node in &mut nodes {
+                            node.username.clone_from(&home.username);
+                            node.password.clone_from(&home.password);
+                        }
+                        nodes
+                    });
+                    Some(nodes)
+                }
+                _ => None,
             };
             let result = Subscription::open(&cfg, limit, self.state.resp3, satellites).await;
             let cluster = match (&result, db.cluster()) {
@@ -433,7 +437,7 @@ impl Session {
             let limit = self.live.config.limits.pubsub_buffer_limit;
             let Ok(Ok(mut sub)) = tokio::time::timeout(
                 bound,
-                Subscription::open(&cfg, limit, self.state.resp3, Vec::new()),
+                Subscription::open(&cfg, limit, self.state.resp3, None),
             )
             .await
             else {

@@ -15,6 +15,7 @@
 
 use std::sync::atomic::{AtomicUsize, Ordering::Relaxed};
 use std::sync::Arc;
+use std::time::Duration;
 
 use bytes::Bytes;
 use tokio::io::AsyncWriteExt;
@@ -29,10 +30,23 @@ use crate::transport::{ReadHalf, WriteHalf};
 
 const HEADS: [&[u8]; 2] = [b"__keyspace@", b"__keyevent@"];
 
+/// The primaries a subscriber's satellites go to, asked again every
+/// [`REFRESH`]: on a cluster, those of the slot map of the moment, but the
+/// home node's.
+pub type Nodes = Arc<dyn Fn() -> Vec<UpstreamConfig> + Send + Sync>;
+
+/// How often the satellites are compared with [`Nodes`]: a connection that
+/// broke is opened again (a killed primary's, to the replica promoted in its
+/// place), a shard that appeared (a reshard to a new node) gets one, and one to
+/// a node that is no longer listed is closed. (After a graceful failover the old
+/// primary, now a replica, still sends the notifications of the writes it
+/// replicates, until the map names the new primary.)
+const REFRESH: Duration = Duration::from_secs(1);
+
 /// The satellite connections of one subscriber: what the home node's reader
 /// hands over (`follow`), and the task that holds them.
 pub(super) struct Satellites {
-    requests: mpsc::UnboundedSender<Bytes>,
+    requests: mpsc::UnboundedSender<Follow>,
     task: tokio::task::JoinHandle<()>,
 }
 
@@ -46,7 +60,7 @@ impl Satellites {
     /// Starts the task for `nodes` (nothing is opened before a subscription
     /// needs them); notifications go to `out`, counted in `queued` against `limit`.
     pub(super) fn spawn(
-        nodes: Vec<UpstreamConfig>,
+        nodes: Nodes,
         resp3: bool,
         out: mpsc::UnboundedSender<Result<Bytes, End>>,
         queued: Arc<AtomicUsize>,
@@ -58,7 +72,7 @@ impl Satellites {
     }
 
     /// A handle for the home node's reader.
-    pub(super) fn sender(&self) -> mpsc::UnboundedSender<Bytes> {
+    pub(super) fn sender(&self) -> mpsc::UnboundedSender<Follow> {
         self.requests.clone()
     }
 }
@@ -69,19 +83,45 @@ impl Drop for Satellites {
     }
 }
 
-/// The request that repeats, on the satellites, what the home node's `frame`
-/// confirms: `SUBSCRIBE`/`PSUBSCRIBE`/`UNSUBSCRIBE`/`PUNSUBSCRIBE` of a name that
-/// may receive keyspace notifications. `None` for anything else.
-pub(super) fn follow(frame: &[u8]) -> Option<Bytes> {
-    let (n, mut at) = header(frame)?;
+/// A subscription change the home node confirmed, to be repeated on the
+/// satellites.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(super) struct Follow {
+    /// SUBSCRIBE/PSUBSCRIBE (else their UNSUBSCRIBE).
+    subscribe: bool,
+    /// A pattern (PSUBSCRIBE/PUNSUBSCRIBE).
+    pattern: bool,
+    name: Bytes,
+}
+
+impl Follow {
+    fn encode(&self) -> Vec<u8> {
+        let kind: &[u8] = match (self.subscribe, self.pattern) {
+            (true, false) => b"SUBSCRIBE",
+            (true, true) => b"PSUBSCRIBE",
+            (false, false) => b"UNSUBSCRIBE",
+            (false, true) => b"PUNSUBSCRIBE",
+        };
+        let mut out = Vec::with_capacity(self.name.len() + 32);
+        encode_command(&[kind, &self.name], &mut out);
+        out
+    }
+}
+
+/// What the home node's `frame` confirms, if it is the `SUBSCRIBE`,
+/// `PSUBSCRIBE`, `UNSUBSCRIBE` or `PUNSUBSCRIBE` of a name that may receive
+/// keyspace notifications. `None` for anything else.
+pub(super) fn follow(frame: &[u8]) -> Option<Follow> {
+    let (n, at) = header(frame)?;
     if n != 3 {
         return None;
     }
-    let (kind, next) = bulk(frame, at)?;
-    at = next;
-    let pattern = match kind {
-        b"subscribe" | b"unsubscribe" => false,
-        b"psubscribe" | b"punsubscribe" => true,
+    let (kind, at) = bulk(frame, at)?;
+    let (subscribe, pattern) = match kind {
+        b"subscribe" => (true, false),
+        b"psubscribe" => (true, true),
+        b"unsubscribe" => (false, false),
+        b"punsubscribe" => (false, true),
         _ => return None,
     };
     let (name, _) = bulk(frame, at)?;
@@ -90,12 +130,11 @@ pub(super) fn follow(frame: &[u8]) -> Option<Bytes> {
     } else {
         HEADS.iter().any(|h| name.starts_with(h))
     };
-    if !receives {
-        return None;
-    }
-    let mut out = Vec::with_capacity(name.len() + 32);
-    encode_command(&[kind, name], &mut out);
-    Some(out.into())
+    receives.then(|| Follow {
+        subscribe,
+        pattern,
+        name: Bytes::copy_from_slice(name),
+    })
 }
 
 /// Whether glob `pattern` (Redis's `stringmatchlen`) may match some string that
@@ -169,57 +208,115 @@ fn bulk(frame: &[u8], at: usize) -> Option<(&[u8], usize)> {
 }
 
 async fn run(
-    nodes: Vec<UpstreamConfig>,
+    nodes: Nodes,
     resp3: bool,
-    mut requests: mpsc::UnboundedReceiver<Bytes>,
+    mut requests: mpsc::UnboundedReceiver<Follow>,
     out: mpsc::UnboundedSender<Result<Bytes, End>>,
     queued: Arc<AtomicUsize>,
     limit: usize,
 ) {
-    let mut writers: Vec<(String, WriteHalf)> = Vec::new();
-    let mut readers = Readers(Vec::new());
-    let mut opened = false;
-    while let Some(request) = requests.recv().await {
-        if !opened {
-            opened = true;
-            for cfg in &nodes {
-                match connect(cfg, resp3).await {
-                    Ok(stream) => {
-                        let (rd, wr) = stream.into_split();
-                        let addr = cfg.address();
-                        readers.0.push(tokio::spawn(read_node(
-                            rd,
-                            out.clone(),
-                            queued.clone(),
-                            limit,
-                            addr.clone(),
-                        )));
-                        writers.push((addr, wr));
+    let mut subs: Vec<Follow> = Vec::new();
+    let mut conns = Conns(Vec::new());
+    let mut tick = tokio::time::interval(REFRESH);
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    let reader = |rd, addr| tokio::spawn(read_node(rd, out.clone(), queued.clone(), limit, addr));
+    loop {
+        tokio::select! {
+            r = requests.recv() => {
+                let Some(r) = r else { break };
+                let request = r.encode();
+                let active = subs.iter().position(|s| s.pattern == r.pattern && s.name == r.name);
+                match (r.subscribe, active) {
+                    (true, None) => subs.push(Follow { subscribe: true, ..r }),
+                    (false, Some(i)) => {
+                        subs.remove(i);
                     }
-                    Err(e) => {
-                        tracing::warn!(node = %cfg.address(), error = %e, "keyspace notifications of this cluster node will not reach the subscriber")
-                    }
+                    _ => {}
+                }
+                for c in &mut conns.0 {
+                    c.send(&request).await;
+                }
+                if conns.0.is_empty() && !subs.is_empty() {
+                    // First need: open them at once.
+                    sync(&nodes, &mut conns, &subs, resp3, &reader).await;
                 }
             }
-        }
-        for (addr, wr) in &mut writers {
-            let sent = async {
-                wr.write_all(&request).await?;
-                wr.flush().await
-            };
-            if let Err(e) = sent.await {
-                tracing::debug!(node = %addr, error = %e, "satellite subscriber connection lost");
+            _ = tick.tick(), if !subs.is_empty() => {
+                sync(&nodes, &mut conns, &subs, resp3, &reader).await;
             }
         }
     }
 }
 
-/// The satellites' readers, stopped with their task.
-struct Readers(Vec<tokio::task::JoinHandle<()>>);
+/// One satellite connection.
+struct Conn {
+    addr: String,
+    wr: WriteHalf,
+    reader: tokio::task::JoinHandle<()>,
+}
 
-impl Drop for Readers {
+impl Conn {
+    async fn send(&mut self, request: &[u8]) {
+        let sent = async {
+            self.wr.write_all(request).await?;
+            self.wr.flush().await
+        };
+        if let Err(e) = sent.await {
+            tracing::debug!(node = %self.addr, error = %e, "satellite subscriber connection lost");
+        }
+    }
+}
+
+/// The satellites, their readers stopped with the task.
+struct Conns(Vec<Conn>);
+
+impl Drop for Conns {
     fn drop(&mut self) {
-        self.0.iter().for_each(|r| r.abort());
+        self.0.iter().for_each(|c| c.reader.abort());
+    }
+}
+
+/// Makes the satellites those of [`Nodes`] now: a connection to a node that is
+/// no longer listed, or whose reader ended, is closed; a listed node without one
+/// gets one, with every active subscription.
+async fn sync(
+    nodes: &Nodes,
+    conns: &mut Conns,
+    subs: &[Follow],
+    resp3: bool,
+    reader: &impl Fn(ReadHalf, String) -> tokio::task::JoinHandle<()>,
+) {
+    let want = nodes();
+    conns.0.retain(|c| {
+        let keep = !c.reader.is_finished() && want.iter().any(|w| w.address() == c.addr);
+        if !keep {
+            c.reader.abort();
+        }
+        keep
+    });
+    for cfg in want {
+        let addr = cfg.address();
+        if conns.0.iter().any(|c| c.addr == addr) {
+            continue;
+        }
+        match connect(&cfg, resp3).await {
+            Ok(stream) => {
+                let (rd, wr) = stream.into_split();
+                let mut c = Conn {
+                    reader: reader(rd, addr.clone()),
+                    addr,
+                    wr,
+                };
+                for s in subs {
+                    c.send(&s.encode()).await;
+                }
+                tracing::debug!(node = %c.addr, "satellite subscriber connection opened");
+                conns.0.push(c);
+            }
+            Err(e) => {
+                tracing::debug!(node = %addr, error = %e, "satellite subscriber connection failed; tried again in 1s")
+            }
+        }
     }
 }
 
@@ -255,7 +352,7 @@ async fn read_node(
             }
         }
         if !matches!(frames.fill(&mut rd).await, Ok(n) if n > 0) {
-            tracing::info!(node = %addr, "keyspace notifications of a cluster node stopped: its connection closed");
+            tracing::debug!(node = %addr, "satellite subscriber connection closed");
             return;
         }
     }
@@ -283,8 +380,8 @@ mod tests {
         };
         let cmd = |kind: &str, name: &str| {
             let mut out = Vec::new();
-            encode_command(&[kind.as_bytes(), name.as_bytes()], &mut out);
-            Some(Bytes::from(out))
+            encode_command(&[kind.to_uppercase().as_bytes(), name.as_bytes()], &mut out);
+            Some(out)
         };
         for (kind, name) in [
             ("psubscribe", "__keyspace@0__:*"),
@@ -296,7 +393,8 @@ mod tests {
             ("subscribe", "__keyevent@0__:expired"),
             ("unsubscribe", "__keyspace@0__:k"),
         ] {
-            assert_eq!(conf(kind, name), cmd(kind, name), "{kind} {name}");
+            let followed = conf(kind, name).map(|f| f.encode());
+            assert_eq!(followed, cmd(kind, name), "{kind} {name}");
         }
         for (kind, name) in [
             ("psubscribe", "news.*"),

@@ -26,6 +26,7 @@ use super::connect::connect;
 use super::dedicated::{hello_id, HELLO};
 use super::error::UpstreamError;
 use super::frames::Frames;
+pub use super::keyspace::Nodes;
 use super::keyspace::{self, Satellites};
 use crate::config::UpstreamConfig;
 use crate::transport::{ReadHalf, WriteHalf};
@@ -60,7 +61,7 @@ impl Subscription {
         cfg: &UpstreamConfig,
         limit: usize,
         resp3: bool,
-        satellites: Vec<UpstreamConfig>,
+        satellites: Option<Nodes>,
     ) -> Result<Subscription, UpstreamError> {
         let stream = connect(cfg, resp3).await?;
         let (rd, mut wr) = stream.into_split();
@@ -76,8 +77,8 @@ impl Subscription {
         let (tx, frames) = mpsc::unbounded_channel();
         let queued = Arc::new(AtomicUsize::new(0));
         let upstream_id = Arc::new(AtomicU64::new(0));
-        let satellites = (!satellites.is_empty())
-            .then(|| Satellites::spawn(satellites, resp3, tx.clone(), queued.clone(), limit));
+        let satellites =
+            satellites.map(|n| Satellites::spawn(n, resp3, tx.clone(), queued.clone(), limit));
         let reader = tokio::spawn(read_frames(
             rd,
             tx,
@@ -135,7 +136,7 @@ async fn read_frames(
     queued: Arc<AtomicUsize>,
     limit: usize,
     upstream_id: Arc<AtomicU64>,
-    satellites: Option<mpsc::UnboundedSender<Bytes>>,
+    satellites: Option<mpsc::UnboundedSender<keyspace::Follow>>,
 ) {
     let _closed = ClearOnExit(upstream_id.clone());
     let mut frames = Frames::new(16 * 1024);
