@@ -1401,3 +1401,50 @@ fn keyspace_notifications_of_every_node_reach_a_subscriber() {
         assert_eq!(got.into_iter().collect::<HashSet<_>>(), want, "{label}");
     }
 }
+
+/// `MONITOR` shows the commands of every primary, as a standalone server's shows
+/// all of its own: each node's stream joins the client's, each command once.
+#[test]
+fn monitor_shows_the_commands_of_every_primary() {
+    let cluster = Cluster::shared();
+    let env = start(None);
+    // A key of each primary.
+    let keys: Vec<String> = primaries(cluster)
+        .into_iter()
+        .map(|p| {
+            (0..1000)
+                .map(|i| format!("montest:{i}"))
+                .find(|k| serving(cluster, k.as_bytes()) == p)
+                .unwrap()
+        })
+        .collect();
+    let mut mon = env.client();
+    assert_eq!(mon.cmd(&[b"MONITOR"]), b"+OK\r\n");
+    // The other nodes are asked once the home node accepted: a GET through
+    // the proxy until each key's shows.
+    let mut c = env.client();
+    let mut seen: Vec<usize> = vec![0; keys.len()];
+    mon.set_timeout(Duration::from_millis(200));
+    // A GET of each key, and the monitor's lines read until none comes for
+    // 200 ms: how many of them showed each GET.
+    let mut round = |seen: &mut Vec<usize>| {
+        for k in &keys {
+            c.cmd(&[b"GET", k.as_bytes()]);
+        }
+        while let Ok(line) = mon.try_read_reply() {
+            let line = String::from_utf8_lossy(&line).to_string();
+            for (i, k) in keys.iter().enumerate() {
+                seen[i] += usize::from(line.contains(&format!("\"GET\" \"{k}\"")));
+            }
+        }
+    };
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while seen.contains(&0) {
+        assert!(Instant::now() < deadline, "seen {seen:?}");
+        round(&mut seen);
+    }
+    // Each GET once.
+    let mut once = vec![0; keys.len()];
+    round(&mut once);
+    assert_eq!(once, vec![1; keys.len()], "{keys:?}");
+}

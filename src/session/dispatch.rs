@@ -811,10 +811,11 @@ impl Session {
                     };
                     sharded = shard_node(&db, &cmd, args, &mut cfg);
                 }
-                let opened = Box::pin(self.open_subscriber(&db, cfg, sharded)).await;
+                let monitor = cmd.route == Route::Stateful(Family::Monitor);
+                let opened = Box::pin(self.open_subscriber(&db, cfg, sharded, monitor)).await;
                 match opened {
                     Ok(sub) => {
-                        self.enter_pubsub(sub, cmd.route == Route::Stateful(Family::Monitor));
+                        self.enter_pubsub(sub, monitor);
                         let bytes = take_owned(inbuf, &req, owned.take());
                         self.last = Conn::Sub;
                         self.send_to_subscriber(&bytes, false).await;

@@ -54,12 +54,14 @@ impl Session {
     /// Opens the subscriber connection to `cfg`'s server. On a cluster, a
     /// subscriber connection to the home node (not a shard's, `sharded`) that
     /// cannot connect marks that node down and goes to the next home node, at
-    /// most [`HOME_TRIES`] times.
+    /// most [`HOME_TRIES`] times. Its keyspace notifications (and, `monitor`,
+    /// its MONITOR stream) are those of every primary.
     pub(super) async fn open_subscriber(
         &self,
         db: &Database,
         mut cfg: UpstreamConfig,
         sharded: bool,
+        monitor: bool,
     ) -> Result<Subscription, UpstreamError> {
         let limit = self.live.config.limits.pubsub_buffer_limit;
         let mut tries = 1;
@@ -81,7 +83,8 @@ impl Session {
                 }
                 _ => None,
             };
-            let result = Subscription::open(&cfg, limit, self.state.resp3, satellites).await;
+            let result =
+                Subscription::open(&cfg, limit, self.state.resp3, satellites, monitor).await;
             let cluster = match (&result, db.cluster()) {
                 (Err(UpstreamError::Connect { .. }), Some(c)) if !sharded => c,
                 _ => return result,
@@ -437,7 +440,7 @@ impl Session {
             let limit = self.live.config.limits.pubsub_buffer_limit;
             let Ok(Ok(mut sub)) = tokio::time::timeout(
                 bound,
-                Subscription::open(&cfg, limit, self.state.resp3, None),
+                Subscription::open(&cfg, limit, self.state.resp3, None, false),
             )
             .await
             else {

@@ -1,4 +1,4 @@
-//! Keyspace notifications of a whole cluster for one subscriber.
+//! Keyspace notifications (and `MONITOR`) of a whole cluster for one subscriber.
 //!
 //! Redis Cluster sends a key's keyspace and keyevent notifications
 //! (`__keyspace@0__:key`, `__keyevent@0__:set`) only to the subscribers of the node
@@ -12,6 +12,9 @@
 //! stream. Everything else a satellite sends is dropped: its confirmations (the
 //! home node's are the client's), and the `PUBLISH` messages the bus brought
 //! (the home node delivers those).
+//!
+//! `MONITOR` is repeated the same way once the home node accepted it: each
+//! primary shows only the commands it runs.
 
 use std::sync::atomic::{AtomicUsize, Ordering::Relaxed};
 use std::sync::Arc;
@@ -92,10 +95,25 @@ pub(super) struct Follow {
     /// A pattern (PSUBSCRIBE/PUNSUBSCRIBE).
     pattern: bool,
     name: Bytes,
+    /// `MONITOR` (no name): every command each node runs.
+    monitor: bool,
 }
 
 impl Follow {
+    /// `MONITOR`, repeated on the satellites once the home node accepted it.
+    pub(super) fn monitor() -> Follow {
+        Follow {
+            subscribe: true,
+            pattern: false,
+            name: Bytes::new(),
+            monitor: true,
+        }
+    }
+
     fn encode(&self) -> Vec<u8> {
+        if self.monitor {
+            return b"*1\r\n$7\r\nMONITOR\r\n".to_vec();
+        }
         let kind: &[u8] = match (self.subscribe, self.pattern) {
             (true, false) => b"SUBSCRIBE",
             (true, true) => b"PSUBSCRIBE",
@@ -134,6 +152,7 @@ pub(super) fn follow(frame: &[u8]) -> Option<Follow> {
         subscribe,
         pattern,
         name: Bytes::copy_from_slice(name),
+        monitor: false,
     })
 }
 
@@ -219,13 +238,24 @@ async fn run(
     let mut conns = Conns(Vec::new());
     let mut tick = tokio::time::interval(REFRESH);
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-    let reader = |rd, addr| tokio::spawn(read_node(rd, out.clone(), queued.clone(), limit, addr));
+    let reader = |rd, addr, monitor| {
+        tokio::spawn(read_node(
+            rd,
+            out.clone(),
+            queued.clone(),
+            limit,
+            addr,
+            monitor,
+        ))
+    };
     loop {
         tokio::select! {
             r = requests.recv() => {
                 let Some(r) = r else { break };
                 let request = r.encode();
-                let active = subs.iter().position(|s| s.pattern == r.pattern && s.name == r.name);
+                let active = subs
+                    .iter()
+                    .position(|s| (s.pattern, &s.name, s.monitor) == (r.pattern, &r.name, r.monitor));
                 match (r.subscribe, active) {
                     (true, None) => subs.push(Follow { subscribe: true, ..r }),
                     (false, Some(i)) => {
@@ -284,8 +314,9 @@ async fn sync(
     conns: &mut Conns,
     subs: &[Follow],
     resp3: bool,
-    reader: &impl Fn(ReadHalf, String) -> tokio::task::JoinHandle<()>,
+    reader: &impl Fn(ReadHalf, String, bool) -> tokio::task::JoinHandle<()>,
 ) {
+    let monitor = subs.iter().any(|s| s.monitor);
     let want = nodes();
     conns.0.retain(|c| {
         let keep = !c.reader.is_finished() && want.iter().any(|w| w.address() == c.addr);
@@ -303,7 +334,7 @@ async fn sync(
             Ok(stream) => {
                 let (rd, wr) = stream.into_split();
                 let mut c = Conn {
-                    reader: reader(rd, addr.clone()),
+                    reader: reader(rd, addr.clone(), monitor),
                     addr,
                     wr,
                 };
@@ -320,13 +351,21 @@ async fn sync(
     }
 }
 
-/// Passes on a satellite's keyspace notifications; drops the rest.
+/// Whether `frame` is a line of a `MONITOR` stream (`+1733150000.123456 [0
+/// 127.0.0.1:5000] "GET" "k"`), not its `+OK`.
+fn monitor_line(frame: &[u8]) -> bool {
+    frame.first() == Some(&b'+') && frame.get(1).is_some_and(u8::is_ascii_digit)
+}
+
+/// Passes on a satellite's keyspace notifications (or, `monitor`, its MONITOR
+/// lines); drops the rest.
 async fn read_node(
     mut rd: ReadHalf,
     out: mpsc::UnboundedSender<Result<Bytes, End>>,
     queued: Arc<AtomicUsize>,
     limit: usize,
     addr: String,
+    monitor: bool,
 ) {
     let mut frames = Frames::new(16 * 1024);
     loop {
@@ -334,8 +373,11 @@ async fn read_node(
             match frames.next_frame() {
                 Ok(Some(_)) => {
                     let frame = frames.take();
-                    let notification = message_channel(&frame)
-                        .is_some_and(|c| HEADS.iter().any(|h| c.starts_with(h)));
+                    let notification = match monitor {
+                        true => monitor_line(&frame),
+                        false => message_channel(&frame)
+                            .is_some_and(|c| HEADS.iter().any(|h| c.starts_with(h))),
+                    };
                     if !notification {
                         continue;
                     }
@@ -422,5 +464,11 @@ mod tests {
         );
         assert_eq!(ks(&frame("*", &["psubscribe", "*"])), None);
         assert_eq!(ks(b"+OK\r\n"), None);
+        assert!(monitor_line(
+            b"+1733150000.123456 [0 127.0.0.1:5000] \"GET\" \"k\"\r\n"
+        ));
+        assert!(!monitor_line(b"+OK\r\n"));
+        assert!(!monitor_line(b"-ERR x\r\n"));
+        assert_eq!(Follow::monitor().encode(), b"*1\r\n$7\r\nMONITOR\r\n");
     }
 }

@@ -62,6 +62,7 @@ impl Subscription {
         limit: usize,
         resp3: bool,
         satellites: Option<Nodes>,
+        monitor: bool,
     ) -> Result<Subscription, UpstreamError> {
         let stream = connect(cfg, resp3).await?;
         let (rd, mut wr) = stream.into_split();
@@ -86,6 +87,7 @@ impl Subscription {
             limit,
             upstream_id.clone(),
             satellites.as_ref().map(Satellites::sender),
+            monitor,
         ));
         Ok(Subscription {
             wr,
@@ -137,6 +139,7 @@ async fn read_frames(
     limit: usize,
     upstream_id: Arc<AtomicU64>,
     satellites: Option<mpsc::UnboundedSender<keyspace::Follow>>,
+    mut monitor: bool,
 ) {
     let _closed = ClearOnExit(upstream_id.clone());
     let mut frames = Frames::new(16 * 1024);
@@ -157,7 +160,15 @@ async fn read_frames(
                         return;
                     }
                     // Confirmed here first: the satellites' notifications come after.
-                    let repeat = satellites.as_ref().and_then(|_| keyspace::follow(&bytes));
+                    let repeat = satellites.as_ref().and_then(|_| match monitor {
+                        // MONITOR accepted: the other nodes' streams join it.
+                        true if &bytes[..] == b"+OK\r\n" => {
+                            monitor = false;
+                            Some(keyspace::Follow::monitor())
+                        }
+                        true => None,
+                        false => keyspace::follow(&bytes),
+                    });
                     if tx.send(Ok(bytes)).is_err() {
                         return;
                     }
