@@ -64,8 +64,8 @@
 //!                request order), subscriber and out-of-band connections, probes;
 //!                frames.rs is the one reader of every reply stream;
 //!                sentinel.rs finds the primary through Sentinel and follows failovers;
-//!                keyspace.rs a cluster subscriber's keyspace notifications from
-//!                every primary
+//!                satellites.rs a cluster subscriber's keyspace notifications and
+//!                MONITOR from every primary
 //! command/       command classification (byte-literal match), the command
 //!                table generated from Redis's metadata (flags, key specs,
 //!                read-only), and the Descriptor each request is classified into

@@ -732,7 +732,7 @@ impl Cluster {
     /// The settings of a connection to the primary of every shard but the one
     /// the node at `addr` belongs to: where a subscriber whose connection goes
     /// to `addr` also subscribes, for the keyspace notifications of their keys
-    /// (`upstream::keyspace`; a replica sends the notifications of the writes it
+    /// (`upstream::satellites`; a replica sends the notifications of the writes it
     /// replicates, so a home node that is one stands for its shard). Empty before
     /// the map is learnt.
     pub fn other_primaries(&self, addr: &str) -> Vec<UpstreamConfig> {

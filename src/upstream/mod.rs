@@ -7,10 +7,10 @@ pub mod dedicated;
 pub mod error;
 pub mod frames;
 pub mod health;
-mod keyspace;
 pub mod mux;
 pub mod oob;
 pub mod pubsub;
+mod satellites;
 pub mod sentinel;
 
 pub use error::UpstreamError;

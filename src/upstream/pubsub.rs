@@ -26,8 +26,8 @@ use super::connect::connect;
 use super::dedicated::{hello_id, HELLO};
 use super::error::UpstreamError;
 use super::frames::Frames;
-pub use super::keyspace::Nodes;
-use super::keyspace::{self, Satellites};
+pub use super::satellites::Nodes;
+use super::satellites::{self, Satellites};
 use crate::config::UpstreamConfig;
 use crate::transport::{ReadHalf, WriteHalf};
 
@@ -56,7 +56,7 @@ pub struct Subscription {
 impl Subscription {
     /// Opens a connection for a subscriber (bounded by the connect timeout).
     /// `satellites`: on a cluster, the other primaries, where subscriptions that
-    /// may receive keyspace notifications are repeated ([`super::keyspace`]).
+    /// may receive keyspace notifications are repeated ([`super::satellites`]).
     pub async fn open(
         cfg: &UpstreamConfig,
         limit: usize,
@@ -138,7 +138,7 @@ async fn read_frames(
     queued: Arc<AtomicUsize>,
     limit: usize,
     upstream_id: Arc<AtomicU64>,
-    satellites: Option<mpsc::UnboundedSender<keyspace::Follow>>,
+    satellites: Option<mpsc::UnboundedSender<satellites::Follow>>,
     mut monitor: bool,
 ) {
     let _closed = ClearOnExit(upstream_id.clone());
@@ -164,10 +164,10 @@ async fn read_frames(
                         // MONITOR accepted: the other nodes' streams join it.
                         true if &bytes[..] == b"+OK\r\n" => {
                             monitor = false;
-                            Some(keyspace::Follow::monitor())
+                            Some(satellites::Follow::monitor())
                         }
                         true => None,
-                        false => keyspace::follow(&bytes),
+                        false => satellites::follow(&bytes),
                     });
                     if tx.send(Ok(bytes)).is_err() {
                         return;
