@@ -1448,3 +1448,39 @@ fn monitor_shows_the_commands_of_every_primary() {
     round(&mut once);
     assert_eq!(once, vec![1; keys.len()], "{keys:?}");
 }
+
+/// `ACL LOG` shows the refusals of every node (each logs its own), the most
+/// recent first, and `ACL LOG RESET` clears every node's.
+#[test]
+fn the_acl_log_is_every_nodes() {
+    let cluster = Cluster::shared();
+    let env = start(None);
+    let mut c = env.client();
+    let names: Vec<String> = cluster
+        .nodes()
+        .iter()
+        .map(|n| {
+            let user = format!("acllog-{}", n.port());
+            // Apart in time, so that their ages order them.
+            std::thread::sleep(Duration::from_millis(20));
+            let r = n.client().cmd(&[b"AUTH", user.as_bytes(), b"wrong"]);
+            assert!(r.starts_with(b"-WRONGPASS"), "{r:?}");
+            user
+        })
+        .collect();
+    let log = String::from_utf8_lossy(&c.cmd(&[b"ACL", b"LOG", b"1000"])).to_string();
+    for user in &names {
+        assert!(log.contains(&format!("\r\n{user}\r\n")), "{user} in {log}");
+    }
+    // The most recent first: the last node's refusal before the first's.
+    let at = |u: &String| log.find(&format!("\r\n{u}\r\n")).unwrap();
+    assert!(at(&names[names.len() - 1]) < at(&names[0]), "{log}");
+    assert_eq!(c.cmd(&[b"ACL", b"LOG", b"RESET"]), b"+OK\r\n");
+    for (n, user) in cluster.nodes().iter().zip(&names) {
+        let own = n.client().cmd(&[b"ACL", b"LOG", b"1000"]);
+        assert!(
+            !String::from_utf8_lossy(&own).contains(user.as_str()),
+            "{user} still logged"
+        );
+    }
+}

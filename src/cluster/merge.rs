@@ -121,6 +121,37 @@ fn unexpected(out: &mut Vec<u8>, what: &str) {
     );
 }
 
+/// Every part's entries (each part an array of them) in the order of `key`,
+/// smallest first (stable: entries with one key keep their node's order), at
+/// most `count` (negative: all). `false` if a part is not an array.
+fn entries(parts: &[&[u8]], count: i64, key: impl Fn(&[u8]) -> f64, out: &mut Vec<u8>) -> bool {
+    let mut all: Vec<(f64, &[u8])> = Vec::new();
+    for p in parts {
+        let Some(list) = elements(p) else {
+            return false;
+        };
+        all.extend(list.into_iter().map(|e| (key(e), e)));
+    }
+    all.sort_by(|a, b| a.0.total_cmp(&b.0));
+    if let Ok(n) = usize::try_from(count) {
+        all.truncate(n);
+    }
+    reply::array_header(out, all.len());
+    all.iter().for_each(|(_, e)| out.extend_from_slice(e));
+    true
+}
+
+/// A number sent as a bulk string (RESP2) or a double (RESP3).
+fn text_number(frame: &[u8]) -> Option<f64> {
+    let body = match frame.first()? {
+        b',' => frame.get(1..)?,
+        b'$' => &frame[frame.iter().position(|&b| b == b'\n')? + 1..],
+        _ => return None,
+    };
+    let end = body.iter().position(|&b| b == b'\r')?;
+    std::str::from_utf8(&body[..end]).ok()?.parse().ok()
+}
+
 /// Merges `parts` (one reply frame each, in part order). `positions` (for
 /// [`Merge::Keys`]): per part, the place of each of its elements in the client's
 /// reply. `pick` chooses among candidates for [`Merge::AnyNonNil`].
@@ -203,24 +234,25 @@ pub fn merge(
             pairs.iter().for_each(|e| out.extend_from_slice(e));
         }
         Merge::Newest(count) => {
-            let mut all: Vec<(i64, &[u8])> = Vec::new();
-            for p in parts {
-                let Some(entries) = elements(p) else {
-                    return unexpected(out, "SLOWLOG GET replies");
-                };
-                for e in entries {
-                    // An entry: [id, timestamp, duration, args, client, name].
-                    let at = elements(e).and_then(|f| integer(f.get(1)?));
-                    all.push((at.unwrap_or(0), e));
-                }
+            // An entry: [id, timestamp, duration, args, client, name].
+            let at = |e: &[u8]| {
+                let t = elements(e).and_then(|f| integer(f.get(1)?));
+                -(t.unwrap_or(0) as f64)
+            };
+            if !entries(parts, count, at, out) {
+                unexpected(out, "SLOWLOG GET replies");
             }
-            // Stable: entries of one second keep their node's order (newest first).
-            all.sort_by_key(|e| std::cmp::Reverse(e.0));
-            if let Ok(n) = usize::try_from(count) {
-                all.truncate(n);
+        }
+        Merge::Youngest(count) => {
+            // An entry: field/value pairs (a RESP3 map), its age among them.
+            let age = |e: &[u8]| {
+                let f = pair_elements(e)?;
+                let at = f.chunks(2).find(|kv| kv[0] == b"$11\r\nage-seconds\r\n")?;
+                text_number(at.get(1)?)
+            };
+            if !entries(parts, count, |e| age(e).unwrap_or(f64::MAX), out) {
+                unexpected(out, "ACL LOG replies");
             }
-            reply::array_header(out, all.len());
-            all.iter().for_each(|(_, e)| out.extend_from_slice(e));
         }
         Merge::Info => match super::info::merge(parts) {
             Some(text) => out.extend_from_slice(&text),
@@ -297,6 +329,43 @@ mod tests {
             b"-ERR count should be greater than or equal to -1\r\n",
         ];
         assert!(merged(Merge::Newest(-5), &err, &[]).starts_with(b"-ERR count"));
+    }
+
+    #[test]
+    fn acl_log_entries_of_every_node_most_recent_first() {
+        let entry = |user: &str, age: &str| {
+            format!(
+                "*4\r\n$8\r\nusername\r\n${}\r\n{user}\r\n$11\r\nage-seconds\r\n${}\r\n{age}\r\n",
+                user.len(),
+                age.len()
+            )
+        };
+        let a = format!("*2\r\n{}{}", entry("a1", "0.5"), entry("a2", "30"));
+        let b = format!("*1\r\n{}", entry("b1", "2.25"));
+        let parts: Vec<&[u8]> = vec![a.as_bytes(), b.as_bytes()];
+        let want = format!(
+            "*3\r\n{}{}{}",
+            entry("a1", "0.5"),
+            entry("b1", "2.25"),
+            entry("a2", "30")
+        );
+        assert_eq!(merged(Merge::Youngest(10), &parts, &[]), want.as_bytes());
+        let two = format!("*2\r\n{}{}", entry("a1", "0.5"), entry("b1", "2.25"));
+        assert_eq!(merged(Merge::Youngest(2), &parts, &[]), two.as_bytes());
+        // RESP3: a map per entry, the age a double.
+        let m = |user: &str, age: &str| {
+            format!(
+                "%2\r\n$8\r\nusername\r\n${}\r\n{user}\r\n$11\r\nage-seconds\r\n,{age}\r\n",
+                user.len()
+            )
+        };
+        let a = format!("*1\r\n{}", m("old", "9.5"));
+        let b = format!("*1\r\n{}", m("new", "0.125"));
+        let want = format!("*2\r\n{}{}", m("new", "0.125"), m("old", "9.5"));
+        assert_eq!(
+            merged(Merge::Youngest(-1), &[a.as_bytes(), b.as_bytes()], &[]),
+            want.as_bytes()
+        );
     }
 
     #[test]

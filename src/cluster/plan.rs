@@ -33,6 +33,9 @@ pub enum Merge {
     /// `SLOWLOG GET [count]`: every part's entries, newest first (by their
     /// timestamps), at most `count` (negative: all).
     Newest(i64),
+    /// `ACL LOG [count]`: every part's entries, the most recent first (by
+    /// their `age-seconds`), at most `count`.
+    Youngest(i64),
     /// `INFO` with its keyspace section: the first part's text, with the
     /// keyspace lines of every part summed ([`super::info`]).
     Info,
@@ -171,16 +174,12 @@ fn keyless<L: ArgList + ?Sized>(name: &str, args: &L) -> Plan {
         "randomkey" => Plan::Every(Merge::AnyNonNil),
         // Each node logs what it ran: the client's server is all of them.
         "slowlog|len" => Plan::EveryNode(Merge::Sum),
-        "slowlog|get" => {
-            let count = match args.count() {
-                2 => 10,
-                _ => std::str::from_utf8(args.arg(2))
-                    .ok()
-                    .and_then(|c| c.parse().ok())
-                    .unwrap_or(-1),
-            };
-            Plan::EveryNode(Merge::Newest(count))
+        "slowlog|get" => Plan::EveryNode(Merge::Newest(count_arg(args))),
+        // Each node logs the refusals it made; RESET clears every node's.
+        "acl|log" if args.count() > 2 && args.arg(2).eq_ignore_ascii_case(b"reset") => {
+            Plan::EveryNode(Merge::First)
         }
+        "acl|log" => Plan::EveryNode(Merge::Youngest(count_arg(args))),
         "scan" => Plan::Scan,
         "info" if super::info::wants_keyspace((1..args.count()).map(|i| args.arg(i))) => {
             Plan::Every(Merge::Info)
@@ -189,6 +188,19 @@ fn keyless<L: ArgList + ?Sized>(name: &str, args: &L) -> Plan {
         n if EVERY_FIRST.contains(&n) => Plan::Every(Merge::First),
         n if EVERY_NODE.contains(&n) => Plan::EveryNode(Merge::First),
         _ => Plan::Slot(None),
+    }
+}
+
+/// The optional count after a subcommand (`SLOWLOG GET [count]`, `ACL LOG
+/// [count]`): 10 when absent; one that is not a number (each node answers
+/// Redis's own error) -1.
+fn count_arg<L: ArgList + ?Sized>(args: &L) -> i64 {
+    match args.count() {
+        2 => 10,
+        _ => std::str::from_utf8(args.arg(2))
+            .ok()
+            .and_then(|c| c.parse().ok())
+            .unwrap_or(-1),
     }
 }
 
@@ -302,6 +314,15 @@ mod tests {
         assert_eq!(plan_of(&["info", "keyspace"]), Plan::Every(Merge::Info));
         assert_eq!(plan_of(&["INFO", "server"]), Plan::Slot(None));
         assert_eq!(plan_of(&["LASTSAVE"]), Plan::Every(Merge::Min));
+        for (cmd, merge) in [
+            (&["ACL", "LOG"][..], Merge::Youngest(10)),
+            (&["acl", "log", "2"], Merge::Youngest(2)),
+            (&["ACL", "LOG", "reset"], Merge::First),
+            (&["SLOWLOG", "GET"], Merge::Newest(10)),
+            (&["slowlog", "get", "25"], Merge::Newest(25)),
+        ] {
+            assert_eq!(plan_of(cmd), Plan::EveryNode(merge), "{cmd:?}");
+        }
         assert_eq!(plan_of(&["BGSAVE"]), Plan::Every(Merge::First));
         for cmd in [
             &["CONFIG", "SET", "maxmemory", "0"][..],
@@ -315,14 +336,6 @@ mod tests {
             assert_eq!(plan_of(cmd), Plan::EveryNode(Merge::First), "{cmd:?}");
         }
         assert_eq!(plan_of(&["CONFIG", "GET", "maxmemory"]), Plan::Slot(None));
-        assert_eq!(
-            plan_of(&["SLOWLOG", "GET"]),
-            Plan::EveryNode(Merge::Newest(10))
-        );
-        assert_eq!(
-            plan_of(&["slowlog", "get", "25"]),
-            Plan::EveryNode(Merge::Newest(25))
-        );
         assert_eq!(plan_of(&["SLOWLOG", "LEN"]), Plan::EveryNode(Merge::Sum));
         assert_eq!(plan_of(&["ACL", "GETUSER", "u"]), Plan::Slot(None));
         assert_eq!(plan_of(&["PUBLISH", "ch", "m"]), Plan::Home);
