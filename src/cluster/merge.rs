@@ -169,13 +169,13 @@ pub fn merge(
     match how {
         Merge::First => out.extend_from_slice(parts.first().copied().unwrap_or(b"+OK\r\n")),
         Merge::Sum | Merge::Min => {
-            let mut all = Vec::with_capacity(parts.len());
-            for p in parts {
-                match integer(p) {
-                    Some(n) => all.push(n),
-                    None => return unexpected(out, "integers"),
-                }
-            }
+            let Some(all) = parts
+                .iter()
+                .map(|p| integer(p))
+                .collect::<Option<Vec<i64>>>()
+            else {
+                return unexpected(out, "integers");
+            };
             let merged = match how {
                 Merge::Min => all.iter().copied().min().unwrap_or(0),
                 _ => all.iter().fold(0i64, |t, &n| t.saturating_add(n)),

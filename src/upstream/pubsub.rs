@@ -49,14 +49,15 @@ pub struct Subscription {
     reader: tokio::task::JoinHandle<()>,
     /// Redis's `CLIENT ID` of the connection (0 until known, and once it closed).
     upstream_id: Arc<AtomicU64>,
-    /// On a cluster: the other primaries' keyspace notifications.
+    /// On a cluster: the other primaries' keyspace notifications or MONITOR lines.
     _satellites: Option<Satellites>,
 }
 
 impl Subscription {
     /// Opens a connection for a subscriber (bounded by the connect timeout).
     /// `satellites`: on a cluster, the other primaries, where subscriptions that
-    /// may receive keyspace notifications are repeated ([`super::satellites`]).
+    /// may receive keyspace notifications, or a `MONITOR` (`monitor`: the
+    /// client's request is MONITOR), are repeated ([`super::satellites`]).
     pub async fn open(
         cfg: &UpstreamConfig,
         limit: usize,
@@ -139,8 +140,10 @@ async fn read_frames(
     limit: usize,
     upstream_id: Arc<AtomicU64>,
     satellites: Option<mpsc::UnboundedSender<satellites::Follow>>,
-    mut monitor: bool,
+    monitor: bool,
 ) {
+    // A MONITOR not yet accepted by this node.
+    let mut monitor_pending = monitor;
     let _closed = ClearOnExit(upstream_id.clone());
     let mut frames = Frames::new(16 * 1024);
     let mut hello = true;
@@ -160,11 +163,11 @@ async fn read_frames(
                         return;
                     }
                     // Confirmed here first: the satellites' notifications come after.
-                    let repeat = satellites.as_ref().and_then(|_| match monitor {
+                    let repeat = satellites.as_ref().and_then(|_| match monitor_pending {
                         // MONITOR accepted: the other nodes' streams join it.
                         true if &bytes[..] == b"+OK\r\n" => {
-                            monitor = false;
-                            Some(satellites::Follow::monitor())
+                            monitor_pending = false;
+                            Some(satellites::Follow::Monitor)
                         }
                         true => None,
                         false => satellites::follow(&bytes),
@@ -218,7 +221,7 @@ pub struct Confirmation {
 /// The confirmation `frame` is (`*3`/`>3` of a (un)subscribe kind, a channel, and
 /// the count), or `None` for messages and other replies.
 pub fn confirmation(frame: &[u8]) -> Option<Confirmation> {
-    let (_, subscribe, shard) = kind(frame)?;
+    let (_, subscribe, shard, _) = kind(frame)?;
     let body = frame.strip_suffix(b"\r\n")?;
     let start = body.iter().rposition(|&b| b == b'\n')? + 1;
     let count = body[start..].strip_prefix(b":")?;
@@ -230,29 +233,35 @@ pub fn confirmation(frame: &[u8]) -> Option<Confirmation> {
     })
 }
 
+/// Whether `frame` confirms a PSUBSCRIBE or PUNSUBSCRIBE (of a pattern).
+pub fn confirms_pattern(frame: &[u8]) -> bool {
+    kind(frame).is_some_and(|(_, _, _, pattern)| pattern)
+}
+
 /// The kind of (un)subscribe confirmation `frame` starts as: what follows the
-/// kind, whether it subscribes, whether it is of shard channels.
-fn kind(frame: &[u8]) -> Option<(&[u8], bool, bool)> {
+/// kind, whether it subscribes, whether it is of shard channels, whether of a
+/// pattern.
+fn kind(frame: &[u8]) -> Option<(&[u8], bool, bool, bool)> {
     let rest = frame
         .strip_prefix(b"*3\r\n")
         .or_else(|| frame.strip_prefix(b">3\r\n"))?;
-    const KINDS: [(&[u8], bool, bool); 6] = [
-        (b"$9\r\nsubscribe\r\n", true, false),
-        (b"$10\r\npsubscribe\r\n", true, false),
-        (b"$10\r\nssubscribe\r\n", true, true),
-        (b"$11\r\nunsubscribe\r\n", false, false),
-        (b"$12\r\npunsubscribe\r\n", false, false),
-        (b"$12\r\nsunsubscribe\r\n", false, true),
+    const KINDS: [(&[u8], bool, bool, bool); 6] = [
+        (b"$9\r\nsubscribe\r\n", true, false, false),
+        (b"$10\r\npsubscribe\r\n", true, false, true),
+        (b"$10\r\nssubscribe\r\n", true, true, false),
+        (b"$11\r\nunsubscribe\r\n", false, false, false),
+        (b"$12\r\npunsubscribe\r\n", false, false, true),
+        (b"$12\r\nsunsubscribe\r\n", false, true, false),
     ];
-    KINDS
-        .iter()
-        .find_map(|&(k, subscribe, shard)| Some((rest.strip_prefix(k)?, subscribe, shard)))
+    KINDS.iter().find_map(|&(k, subscribe, shard, pattern)| {
+        Some((rest.strip_prefix(k)?, subscribe, shard, pattern))
+    })
 }
 
 /// The channel a confirmation names (`None`: a nil one, or not a confirmation).
 pub fn confirmed_channel(frame: &[u8]) -> Option<&[u8]> {
     confirmation(frame)?;
-    let (rest, _, _) = kind(frame)?;
+    let (rest, ..) = kind(frame)?;
     let body = rest.strip_prefix(b"$")?;
     let eol = body.iter().position(|&b| b == b'\r')?;
     let len: usize = std::str::from_utf8(&body[..eol]).ok()?.parse().ok()?;

@@ -26,7 +26,7 @@ use tokio::sync::mpsc;
 
 use super::connect::connect;
 use super::frames::Frames;
-use super::pubsub::End;
+use super::pubsub::{self, End};
 use crate::config::UpstreamConfig;
 use crate::protocol::request::encode_command;
 use crate::transport::{ReadHalf, WriteHalf};
@@ -86,42 +86,38 @@ impl Drop for Satellites {
     }
 }
 
-/// A subscription change the home node confirmed, to be repeated on the
-/// satellites.
+/// What the home node accepted, to be repeated on the satellites.
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub(super) struct Follow {
-    /// SUBSCRIBE/PSUBSCRIBE (else their UNSUBSCRIBE).
-    subscribe: bool,
-    /// A pattern (PSUBSCRIBE/PUNSUBSCRIBE).
-    pattern: bool,
-    name: Bytes,
-    /// `MONITOR` (no name): every command each node runs.
-    monitor: bool,
+pub(super) enum Follow {
+    /// A (P)SUBSCRIBE (`subscribe`) or (P)UNSUBSCRIBE of a name that may
+    /// receive keyspace notifications (`pattern`: a glob).
+    Sub {
+        subscribe: bool,
+        pattern: bool,
+        name: Bytes,
+    },
+    /// `MONITOR`: every command each node runs.
+    Monitor,
 }
 
 impl Follow {
-    /// `MONITOR`, repeated on the satellites once the home node accepted it.
-    pub(super) fn monitor() -> Follow {
-        Follow {
-            subscribe: true,
-            pattern: false,
-            name: Bytes::new(),
-            monitor: true,
-        }
-    }
-
     fn encode(&self) -> Vec<u8> {
-        if self.monitor {
+        let Follow::Sub {
+            subscribe,
+            pattern,
+            name,
+        } = self
+        else {
             return b"*1\r\n$7\r\nMONITOR\r\n".to_vec();
-        }
-        let kind: &[u8] = match (self.subscribe, self.pattern) {
+        };
+        let kind: &[u8] = match (subscribe, pattern) {
             (true, false) => b"SUBSCRIBE",
             (true, true) => b"PSUBSCRIBE",
             (false, false) => b"UNSUBSCRIBE",
             (false, true) => b"PUNSUBSCRIBE",
         };
-        let mut out = Vec::with_capacity(self.name.len() + 32);
-        encode_command(&[kind, &self.name], &mut out);
+        let mut out = Vec::with_capacity(name.len() + 32);
+        encode_command(&[kind, name], &mut out);
         out
     }
 }
@@ -130,29 +126,18 @@ impl Follow {
 /// `PSUBSCRIBE`, `UNSUBSCRIBE` or `PUNSUBSCRIBE` of a name that may receive
 /// keyspace notifications. `None` for anything else.
 pub(super) fn follow(frame: &[u8]) -> Option<Follow> {
-    let (n, at) = header(frame)?;
-    if n != 3 {
-        return None;
-    }
-    let (kind, at) = bulk(frame, at)?;
-    let (subscribe, pattern) = match kind {
-        b"subscribe" => (true, false),
-        b"psubscribe" => (true, true),
-        b"unsubscribe" => (false, false),
-        b"punsubscribe" => (false, true),
-        _ => return None,
-    };
-    let (name, _) = bulk(frame, at)?;
+    let c = pubsub::confirmation(frame).filter(|c| !c.shard)?;
+    let name = pubsub::confirmed_channel(frame)?;
+    let pattern = pubsub::confirms_pattern(frame);
     let receives = if pattern {
         HEADS.iter().any(|h| may_match(name, h))
     } else {
         HEADS.iter().any(|h| name.starts_with(h))
     };
-    receives.then(|| Follow {
-        subscribe,
+    receives.then(|| Follow::Sub {
+        subscribe: c.subscribe,
         pattern,
         name: Bytes::copy_from_slice(name),
-        monitor: false,
     })
 }
 
@@ -253,14 +238,12 @@ async fn run(
             r = requests.recv() => {
                 let Some(r) = r else { break };
                 let request = r.encode();
-                let active = subs
-                    .iter()
-                    .position(|s| (s.pattern, &s.name, s.monitor) == (r.pattern, &r.name, r.monitor));
-                match (r.subscribe, active) {
-                    (true, None) => subs.push(Follow { subscribe: true, ..r }),
-                    (false, Some(i)) => {
-                        subs.remove(i);
-                    }
+                // What a connection opened later is sent: the active ones.
+                match &r {
+                    Follow::Sub { subscribe: false, pattern, name } => subs.retain(|s| {
+                        !matches!(s, Follow::Sub { pattern: p, name: n, .. } if p == pattern && n == name)
+                    }),
+                    _ if !subs.contains(&r) => subs.push(r),
                     _ => {}
                 }
                 for c in &mut conns.0 {
@@ -316,7 +299,7 @@ async fn sync(
     resp3: bool,
     reader: &impl Fn(ReadHalf, String, bool) -> tokio::task::JoinHandle<()>,
 ) {
-    let monitor = subs.iter().any(|s| s.monitor);
+    let monitor = subs.contains(&Follow::Monitor);
     let want = nodes();
     conns.0.retain(|c| {
         let keep = !c.reader.is_finished() && want.iter().any(|w| w.address() == c.addr);
@@ -469,6 +452,6 @@ mod tests {
         ));
         assert!(!monitor_line(b"+OK\r\n"));
         assert!(!monitor_line(b"-ERR x\r\n"));
-        assert_eq!(Follow::monitor().encode(), b"*1\r\n$7\r\nMONITOR\r\n");
+        assert_eq!(Follow::Monitor.encode(), b"*1\r\n$7\r\nMONITOR\r\n");
     }
 }
