@@ -89,6 +89,9 @@ pub(super) struct Subscribed {
     pub parked: Option<Private>,
     /// Sharded subscriptions, followed to their slot's node on a cluster.
     pub shards: super::pubsub::Shards,
+    /// Channels and patterns, subscribed again elsewhere if the home node's
+    /// connection is lost on a cluster.
+    pub home: super::pubsub::Home,
 }
 
 /// The upstream connection a forwarded request used.
@@ -241,6 +244,7 @@ impl Session {
             after_unsubscribe: 0,
             parked,
             shards: Default::default(),
+            home: Default::default(),
         });
         self.publish();
     }

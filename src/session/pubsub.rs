@@ -50,6 +50,104 @@ pub(super) struct ShardState {
     closed: bool,
 }
 
+/// On a cluster, the session's channels and patterns as its home node will
+/// hold them once every request written there is answered, and how many
+/// replies are still to come. When the home node's connection is lost with
+/// none to come (the node failed, or its client was killed), the same
+/// subscriptions are made on a new connection to the home node of the moment
+/// and the client stays connected: nothing it sent is lost, and messages
+/// published meanwhile are missed, as pub/sub delivers at most once. With a
+/// reply outstanding the client is disconnected instead, as by Redis.
+#[derive(Debug, Default)]
+pub(super) struct Home(Option<Box<HomeState>>);
+
+#[derive(Debug, Default)]
+struct HomeState {
+    channels: Vec<Bytes>,
+    patterns: Vec<Bytes>,
+    /// Replies still to come for the requests written.
+    awaiting: u64,
+    /// A request whose replies are not counted here was written (shard
+    /// channels, followed by [`Shards`]): never followed.
+    unsure: bool,
+    /// The connection was lost with nothing to come: to be followed.
+    lost: bool,
+}
+
+impl Home {
+    /// A request (or several) written to the home node's connection.
+    fn sent(&mut self, bytes: &[u8]) {
+        let s = self.0.get_or_insert_with(Default::default);
+        each_request(&Bytes::copy_from_slice(bytes), |_, args| {
+            s.sent(args);
+            true
+        });
+    }
+
+    /// A frame read from the connection.
+    fn received(&mut self, frame: &[u8]) {
+        if let Some(s) = &mut self.0 {
+            if pubsub::answers_request(frame) {
+                s.awaiting = s.awaiting.saturating_sub(1);
+            }
+        }
+    }
+
+    /// The channels and patterns to subscribe again, when the connection may
+    /// be replaced (nothing to come on it, something to follow).
+    fn settled(&self) -> Option<&HomeState> {
+        self.0.as_deref().filter(|s| {
+            s.awaiting == 0 && !s.unsure && !(s.channels.is_empty() && s.patterns.is_empty())
+        })
+    }
+
+    fn lose(&mut self) {
+        if let Some(s) = &mut self.0 {
+            s.lost = true;
+        }
+    }
+
+    fn lost(&self) -> bool {
+        self.0.as_ref().is_some_and(|s| s.lost)
+    }
+}
+
+impl HomeState {
+    /// Counts the replies `args` will get (Redis confirms each channel named,
+    /// or each one left, or once with nil) and applies it to the sets.
+    fn sent(&mut self, args: &dyn ArgList) {
+        let named = args.count().saturating_sub(1);
+        let name = match args.count() {
+            0 => Vec::new(),
+            _ => args.arg(0).to_ascii_lowercase(),
+        };
+        let (set, subscribe) = match &name[..] {
+            b"subscribe" => (&mut self.channels, true),
+            b"psubscribe" => (&mut self.patterns, true),
+            b"unsubscribe" => (&mut self.channels, false),
+            b"punsubscribe" => (&mut self.patterns, false),
+            other => {
+                self.unsure |= other == b"ssubscribe" || other == b"sunsubscribe";
+                self.awaiting += 1;
+                return;
+            }
+        };
+        let replies = match (subscribe, named) {
+            (false, 0) => std::mem::take(set).len(),
+            _ => named,
+        };
+        self.awaiting += replies.max(1) as u64;
+        for i in 1..args.count() {
+            let c = args.arg(i);
+            match subscribe {
+                true if !set.iter().any(|s| s[..] == *c) => set.push(Bytes::copy_from_slice(c)),
+                true => {}
+                false => set.retain(|s| s[..] != *c),
+            }
+        }
+    }
+}
+
 impl Session {
     /// Opens the subscriber connection to `cfg`'s server. On a cluster, a
     /// subscriber connection to the home node (not a shard's, `sharded`) that
@@ -112,6 +210,13 @@ impl Session {
                     }
                     return;
                 }
+                if end == End::Closed && self.follows_home() {
+                    // Subscribed again on the next home node.
+                    if let Some(s) = self.mode.subscribed() {
+                        s.home.lose();
+                    }
+                    return;
+                }
                 if end == End::Overflow {
                     tracing::warn!(
                         session = self.state.id,
@@ -137,6 +242,7 @@ impl Session {
         let Some(s) = self.mode.subscribed() else {
             return;
         };
+        s.home.received(&frame);
         if s.barrier.as_ref() == Some(&frame) {
             // Every reply to what the client sent before is in the queue.
             s.barrier = None;
@@ -191,6 +297,9 @@ impl Session {
         } else {
             s.after_unsubscribe += 1;
         }
+        if cluster {
+            s.home.sent(bytes);
+        }
         if s.sub.send(bytes).await.is_err() {
             self.on_pubsub_frame(Err(End::Closed));
         }
@@ -219,6 +328,9 @@ impl Session {
         let mut ping = Vec::new();
         encode_command(&[&b"PING"[..], tag.as_bytes()], &mut ping);
         s.barrier = Some(Bytes::from(expected));
+        if self.state.db.cluster().is_some() {
+            s.home.sent(&ping);
+        }
         if s.sub.send(&ping).await.is_err() {
             self.on_pubsub_frame(Err(End::Closed));
         }
@@ -335,6 +447,75 @@ impl Session {
             // session's task.
             Box::pin(self.follow_shards()).await;
         }
+        if self.mode.subscribed().is_some_and(|s| s.home.lost()) {
+            Box::pin(self.follow_home()).await;
+        }
+    }
+
+    /// Whether a lost subscriber connection is replaced (see [`Home`]): on a
+    /// cluster, with channels or patterns and no shard channels, nothing to
+    /// come on it, no MONITOR.
+    fn follows_home(&mut self) -> bool {
+        let cluster = self.state.db.cluster().is_some();
+        self.mode.subscribed().is_some_and(|s| {
+            cluster
+                && !s.monitor
+                && s.counts[1] == 0
+                && !s.shards.any()
+                && s.barrier.is_none()
+                && s.home.settled().is_some()
+        })
+    }
+
+    /// Opens a subscriber connection to the cluster's home node of the moment
+    /// (the next one if it cannot be reached), subscribes the session's
+    /// channels and patterns there, and replaces the lost connection with it;
+    /// their confirmations are kept from the client (it is still subscribed),
+    /// messages read meanwhile are passed on. Within bounded time and rounds,
+    /// else the client is disconnected, as without a cluster.
+    async fn follow_home(&mut self) {
+        let Some(s) = self.mode.subscribed() else {
+            return;
+        };
+        let Some(home) = s.home.0.as_deref_mut() else {
+            return;
+        };
+        home.lost = false;
+        let (channels, patterns) = (home.channels.clone(), home.patterns.clone());
+        let db = self.state.db.clone();
+        let bound = db.config.upstream.connect_timeout;
+        let end = tokio::time::Instant::now() + FOLLOW_MOVED;
+        for round in 0..ROUNDS {
+            if round > 0 {
+                tokio::time::sleep(Duration::from_millis(500)).await;
+            }
+            if tokio::time::Instant::now() >= end {
+                break;
+            }
+            let cfg = self.upstream_cfg(&db);
+            let node = cfg.address();
+            let opened = tokio::time::timeout(bound, self.open_subscriber(&db, cfg, false, false));
+            let Ok(Ok(mut sub)) = opened.await else {
+                continue;
+            };
+            let Some((count, early)) = subscribe_again(&mut sub, &channels, &patterns).await else {
+                continue;
+            };
+            tracing::info!(session = self.state.id, %node, channels = channels.len(), patterns = patterns.len(), "subscriber connection lost; subscribed again on the home node");
+            if let Some(s) = self.mode.subscribed() {
+                s.sub = sub;
+                s.counts[0] = count;
+                s.after_unsubscribe = 0;
+            }
+            for frame in early {
+                self.deliver(frame);
+            }
+            return;
+        }
+        if let Some(s) = self.mode.subscribed() {
+            s.home = Home::default();
+        }
+        self.on_pubsub_frame(Err(End::Closed));
     }
 
     /// Whether a lost subscriber connection is followed: on a cluster, with shard
@@ -485,6 +666,49 @@ async fn subscribe_all(sub: &mut Subscription, lost: &[(Bytes, Bytes)]) -> Optio
     Some(count)
 }
 
+/// Subscribes `channels` and `patterns` on `sub` (a SUBSCRIBE and a
+/// PSUBSCRIBE) and waits for their confirmations: the count after the last,
+/// and the messages that came in between (published to a channel confirmed
+/// first), or `None` if anything else came, or not in time.
+async fn subscribe_again(
+    sub: &mut Subscription,
+    channels: &[Bytes],
+    patterns: &[Bytes],
+) -> Option<(i64, Vec<Bytes>)> {
+    let mut out = Vec::new();
+    for (kind, names) in [(&b"SUBSCRIBE"[..], channels), (b"PSUBSCRIBE", patterns)] {
+        if !names.is_empty() {
+            let args: Vec<&[u8]> = std::iter::once(kind)
+                .chain(names.iter().map(|n| &n[..]))
+                .collect();
+            encode_command(&args, &mut out);
+        }
+    }
+    sub.send(&out).await.ok()?;
+    let (mut count, mut early) = (0, Vec::new());
+    let mut left = channels.len() + patterns.len();
+    let until = tokio::time::Instant::now() + CONFIRM;
+    // (Bounded: a flood of messages meanwhile gives up.)
+    for _ in 0..left + 1024 {
+        if left == 0 {
+            return Some((count, early));
+        }
+        let frame = tokio::time::timeout_at(until, sub.next())
+            .await
+            .ok()?
+            .ok()?;
+        match pubsub::confirmation(&frame) {
+            Some(c) if c.subscribe && !c.shard => {
+                count = c.count;
+                left -= 1;
+            }
+            _ if !pubsub::answers_request(&frame) => early.push(frame),
+            _ => return None,
+        }
+    }
+    (left == 0).then_some((count, early))
+}
+
 /// Redis's confirmations for an UNSUBSCRIBE-family command from a client with no
 /// subscriptions: one per channel named, or one with a nil channel.
 pub(super) fn unsubscribed<L: ArgList + ?Sized>(args: &L, resp3: bool) -> Vec<u8> {
@@ -511,8 +735,58 @@ pub(super) fn unsubscribed<L: ArgList + ?Sized>(args: &L, resp3: bool) -> Vec<u8
 
 #[cfg(test)]
 mod tests {
-    use super::Shards;
+    use super::{Home, Shards};
     use bytes::Bytes;
+
+    fn cmd(args: &[&str]) -> Vec<u8> {
+        let mut out = format!("*{}\r\n", args.len());
+        for a in args {
+            out.push_str(&format!("${}\r\n{a}\r\n", a.len()));
+        }
+        out.into_bytes()
+    }
+
+    #[test]
+    fn the_home_connection_is_followed_only_with_no_reply_to_come() {
+        let mut h = Home::default();
+        h.sent(&cmd(&["SUBSCRIBE", "a", "b", "a"]));
+        // Three confirmations to come (one per channel named).
+        assert!(h.settled().is_none());
+        h.received(&conf("subscribe", "a", 1));
+        h.received(&conf("subscribe", "b", 2));
+        // A message is not a reply.
+        h.received(b"*3\r\n$7\r\nmessage\r\n$1\r\na\r\n$1\r\nm\r\n");
+        assert!(h.settled().is_none());
+        h.received(&conf("subscribe", "a", 2));
+        let s = h.settled().expect("nothing to come");
+        assert_eq!(s.channels, [Bytes::from("a"), Bytes::from("b")]);
+        // PSUBSCRIBE and a PING, pipelined.
+        let mut two = cmd(&["psubscribe", "p*"]);
+        two.extend(cmd(&["PING"]));
+        h.sent(&two);
+        h.received(b"*3\r\n$10\r\npsubscribe\r\n$2\r\np*\r\n:3\r\n");
+        assert!(h.settled().is_none());
+        h.received(b"*2\r\n$4\r\npong\r\n$0\r\n\r\n");
+        assert_eq!(h.settled().map(|s| s.patterns.len()), Some(1));
+        // UNSUBSCRIBE without channels: one confirmation per channel held.
+        h.sent(&cmd(&["UNSUBSCRIBE"]));
+        h.received(&conf("unsubscribe", "a", 2));
+        assert!(h.settled().is_none());
+        h.received(&conf("unsubscribe", "b", 1));
+        let s = h.settled().expect("the pattern is left");
+        assert!(s.channels.is_empty());
+        // PUNSUBSCRIBE of the last pattern: nothing to follow.
+        h.sent(&cmd(&["PUNSUBSCRIBE", "p*"]));
+        h.received(b"*3\r\n$12\r\npunsubscribe\r\n$2\r\np*\r\n:0\r\n");
+        assert!(h.settled().is_none());
+        // A shard channel on the connection: never followed here.
+        h.sent(&cmd(&["SUBSCRIBE", "c"]));
+        h.received(&conf("subscribe", "c", 1));
+        assert!(h.settled().is_some());
+        h.sent(&cmd(&["SSUBSCRIBE", "d"]));
+        h.received(&conf("ssubscribe", "d", 1));
+        assert!(h.settled().is_none());
+    }
 
     fn conf(kind: &str, channel: &str, count: i64) -> Bytes {
         Bytes::from(format!(

@@ -233,6 +233,20 @@ pub fn confirmation(frame: &[u8]) -> Option<Confirmation> {
     })
 }
 
+/// Whether `frame` answers a request (a confirmation, PING's reply, an error,
+/// a RESP3 reply), rather than being sent by Redis on its own (a message, a
+/// keyspace notification, an invalidation: RESP2 `message`-kind arrays and
+/// every RESP3 push but confirmations).
+pub fn answers_request(frame: &[u8]) -> bool {
+    const MESSAGES: [&[u8]; 3] = [
+        b"*3\r\n$7\r\nmessage\r\n",
+        b"*4\r\n$8\r\npmessage\r\n",
+        b"*3\r\n$8\r\nsmessage\r\n",
+    ];
+    kind(frame).is_some()
+        || !(frame.starts_with(b">") || MESSAGES.iter().any(|m| frame.starts_with(m)))
+}
+
 /// Whether `frame` confirms a PSUBSCRIBE or PUNSUBSCRIBE (of a pattern).
 pub fn confirms_pattern(frame: &[u8]) -> bool {
     kind(frame).is_some_and(|(_, _, _, pattern)| pattern)
@@ -270,7 +284,34 @@ pub fn confirmed_channel(frame: &[u8]) -> Option<&[u8]> {
 
 #[cfg(test)]
 mod tests {
-    use super::{confirmation, confirmed_channel, Confirmation};
+    use super::{answers_request, confirmation, confirmed_channel, Confirmation};
+
+    #[test]
+    fn tells_replies_from_what_redis_sends_on_its_own() {
+        for reply in [
+            &b"*3\r\n$9\r\nsubscribe\r\n$1\r\na\r\n:1\r\n"[..],
+            b">3\r\n$12\r\npunsubscribe\r\n_\r\n:0\r\n",
+            b"*2\r\n$4\r\npong\r\n$0\r\n\r\n",
+            b"+PONG\r\n",
+            b"-ERR Can't execute 'get'\r\n",
+            b"$1\r\nv\r\n",
+        ] {
+            assert!(answers_request(reply), "{}", String::from_utf8_lossy(reply));
+        }
+        for pushed in [
+            &b"*3\r\n$7\r\nmessage\r\n$1\r\na\r\n$1\r\nm\r\n"[..],
+            b"*4\r\n$8\r\npmessage\r\n$1\r\n*\r\n$1\r\na\r\n$1\r\nm\r\n",
+            b">3\r\n$8\r\nsmessage\r\n$1\r\na\r\n$1\r\nm\r\n",
+            b">3\r\n$7\r\nmessage\r\n$1\r\na\r\n$1\r\nm\r\n",
+            b">2\r\n$10\r\ninvalidate\r\n*1\r\n$1\r\nk\r\n",
+        ] {
+            assert!(
+                !answers_request(pushed),
+                "{}",
+                String::from_utf8_lossy(pushed)
+            );
+        }
+    }
 
     #[test]
     fn reads_confirmations() {
