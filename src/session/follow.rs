@@ -18,11 +18,18 @@
 //! MULTI) sent there is preceded by `ASKING`. At most [`ROUNDS`] moves per batch;
 //! then the last replies are passed on.
 //!
-//! Never resent: a command that got any other reply (it may have run), and
-//! anything while the connection holds a WATCH Redis accepted (moving would drop
-//! the watch, so the client gets the node's replies: `-MOVED`, then `-EXECABORT`;
-//! nothing ran). A redirect for another slot than the pinned one (a transaction
-//! spanning nodes) is passed on, as Redis Cluster allows one node per transaction.
+//! A WATCH Redis accepted does not move with the connection (the new node never
+//! saw it, and the key may have changed meanwhile), so the transaction it
+//! guards cannot run: from the redirected command to the end of the
+//! transaction, the connection is *doomed*. The commands go to the new node as
+//! above, but an `EXEC` is sent as `DISCARD` and answered as Redis answers an
+//! `EXEC` whose watched key changed (a null; `-EXECABORT` if a queued command
+//! was refused), so a client retries as it does after a conflict; UNWATCH and
+//! DISCARD end it too.
+//!
+//! Never resent: a command that got any other reply (it may have run). A
+//! redirect for another slot than the pinned one (a transaction spanning
+//! nodes) is passed on, as Redis Cluster allows one node per transaction.
 
 use std::sync::atomic::AtomicU64;
 use std::sync::{Arc, Mutex};
@@ -141,6 +148,7 @@ impl Follow {
             asking: false,
             journal: None,
             watched: false,
+            doomed: false,
             reselect: false,
             id: id.clone(),
         };
@@ -153,6 +161,8 @@ impl Follow {
 struct Req {
     bytes: Bytes,
     op: TxOp,
+    /// It is EXEC (not DISCARD).
+    exec: bool,
 }
 
 struct Task {
@@ -165,6 +175,9 @@ struct Task {
     journal: Option<Vec<Bytes>>,
     /// A WATCH Redis accepted is in force on the connection.
     watched: bool,
+    /// The connection moved while a WATCH was in force, and the transaction
+    /// has not ended: its EXEC must not run.
+    doomed: bool,
     /// A SELECT was sent (see [`Dedicated::reselect_on_release`]).
     reselect: bool,
     id: Arc<Mutex<Arc<AtomicU64>>>,
@@ -175,9 +188,11 @@ struct Task {
 fn requests(bytes: &Bytes) -> Vec<Req> {
     let mut out = Vec::new();
     each_request(bytes, |bytes, args| {
+        let op = Descriptor::of(args).tx;
         out.push(Req {
             bytes,
-            op: Descriptor::of(args).tx,
+            op,
+            exec: op == TxOp::End && args.arg(0).eq_ignore_ascii_case(b"EXEC"),
         });
         true
     });
@@ -328,7 +343,10 @@ impl Task {
             let answer = self.exchange(bytes, count, block, retry, &mut client).await;
             return answer.map(|a| client.send(a)).is_some();
         }
-        let plain = !self.asking;
+        let plain = !self.asking && !self.doomed;
+        // Which requests run without their WATCH: from the first one while doomed.
+        let mut doom_from = self.doomed.then_some(0);
+        let mut doom = doomed(&reqs, doom_from);
         // Every request, for the `ASKING` path (which encodes them one by one).
         let all: Vec<usize> = if plain {
             Vec::new()
@@ -339,7 +357,7 @@ impl Task {
             self.exchange(bytes, count, block, retry, &mut client).await
         } else {
             let in_multi = self.journal.is_some();
-            let (out, n) = self.encode(&[], &reqs, &all, in_multi);
+            let (out, n) = self.encode(&[], &reqs, &all, in_multi, &doom);
             self.exchange(out, n, block, retry, &mut client).await
         };
         let Some(answer) = answer else {
@@ -359,18 +377,33 @@ impl Task {
             let _ = client.send(Answer::from(Ok(first)));
             return true;
         }
+        if !plain {
+            answer_execs(
+                self.place.resp3,
+                &reqs,
+                &all,
+                &mut got,
+                &doom,
+                self.journal.is_some(),
+            );
+        }
         for _ in 0..ROUNDS {
-            let Some((redirect, resend)) = self.must_move(&reqs, &got) else {
+            let Some((redirect, resend, watched_at)) = self.must_move(&reqs, &got) else {
                 break;
             };
             if !self.move_to(redirect).await {
                 break;
             }
+            if let Some(at) = watched_at {
+                // The WATCH stays behind: what follows runs without it.
+                doom_from = Some(doom_from.map_or(at, |f| f.min(at)));
+                doom = doomed(&reqs, doom_from);
+            }
             let journal = self.journal.clone().unwrap_or_default();
             let replay_journal = resend.first().is_some_and(|u: &Unit| u.journal);
             let which: Vec<usize> = resend.iter().flat_map(|u| u.reqs.clone()).collect();
             let sent_journal: &[Bytes] = if replay_journal { &journal } else { &[] };
-            let (out, n) = self.encode(sent_journal, &reqs, &which, false);
+            let (out, n) = self.encode(sent_journal, &reqs, &which, false, &doom);
             let Some(answer) = self.exchange(out, n, block, retry, &mut client).await else {
                 return false;
             };
@@ -384,6 +417,14 @@ impl Task {
                 return true;
             }
             let journal_frames: Vec<Bytes> = fresh.drain(..sent_journal.len()).collect();
+            answer_execs(
+                self.place.resp3,
+                &reqs,
+                &which,
+                &mut fresh,
+                &doom,
+                replay_journal,
+            );
             if journal_frames.iter().any(|f| self.ours(f).is_some()) {
                 // The open transaction's earlier commands were redirected on the
                 // new node: the whole of it goes again (its reply is the one
@@ -397,6 +438,13 @@ impl Task {
             }
         }
         self.after(&reqs, &got);
+        // Doomed at the end: from a request on, with no end of the transaction
+        // or UNWATCH after it.
+        self.doomed = doom_from.is_some_and(|f| {
+            !reqs[f..]
+                .iter()
+                .any(|r| matches!(r.op, TxOp::End | TxOp::Unwatch))
+        });
         let mut out = BytesMut::new();
         for f in &got {
             out.extend_from_slice(f);
@@ -425,15 +473,26 @@ impl Task {
     }
 
     /// Whether the batch's replies `got` say the connection must move, and what
-    /// then goes again: the first redirect and the units to resend.
-    fn must_move(&mut self, reqs: &[Req], got: &[Bytes]) -> Option<(Redirect, Vec<Unit>)> {
-        // A WATCH accepted on this node would be lost with the connection.
-        let watch_ok = reqs
-            .iter()
-            .zip(got)
-            .any(|(r, f)| r.op == TxOp::Watch && f.starts_with(b"+"));
-        if self.watched || watch_ok {
-            return None;
+    /// then goes again: the first redirect, the units to resend, and the first
+    /// redirected request if a WATCH accepted on this node was in force there
+    /// (it is lost with the connection).
+    fn must_move(
+        &mut self,
+        reqs: &[Req],
+        got: &[Bytes],
+    ) -> Option<(Redirect, Vec<Unit>, Option<usize>)> {
+        let mut watching = self.watched;
+        let mut watched_at = None;
+        for (i, (r, f)) in reqs.iter().zip(got).enumerate() {
+            if self.ours(f).is_some() {
+                watched_at = watching.then_some(i);
+                break;
+            }
+            match r.op {
+                TxOp::Watch if f.starts_with(b"+") => watching = true,
+                TxOp::End | TxOp::Unwatch => watching = false,
+                _ => {}
+            }
         }
         let mut first = None;
         let mut resend = Vec::new();
@@ -450,7 +509,7 @@ impl Task {
             }
         }
         let first = first?;
-        Some((first, resend))
+        Some((first, resend, watched_at))
     }
 
     /// Replaces the connection with one to where `redirect` points (the map
@@ -491,19 +550,23 @@ impl Task {
             conn.reselect_on_release();
         }
         *self.id.lock().unwrap_or_else(|e| e.into_inner()) = conn.upstream_id();
-        // The old one resets itself (DISCARD, UNWATCH) and goes back to its pool.
+        // The old one resets itself (DISCARD, UNWATCH) and goes back to its pool,
+        // with its WATCH.
         self.conn = Some(conn);
+        self.watched = false;
         true
     }
 
     /// The bytes to send: `journal` then the requests `which` of `reqs`, with
-    /// `ASKING` where the connection needs it; and how many replies they get.
+    /// `ASKING` where the connection needs it and `DISCARD` for a `doom`ed
+    /// EXEC; and how many replies they get.
     fn encode(
         &self,
         journal: &[Bytes],
         reqs: &[Req],
         which: &[usize],
         in_multi: bool,
+        doom: &[bool],
     ) -> (Bytes, u32) {
         let mut out = BytesMut::new();
         let mut n = 0;
@@ -511,13 +574,22 @@ impl Task {
         let all = journal
             .iter()
             .enumerate()
-            .map(|(i, b)| (b, if i == 0 { TxOp::Multi } else { TxOp::None }))
-            .chain(which.iter().map(|&i| (&reqs[i].bytes, reqs[i].op)));
-        for (bytes, op) in all {
+            .map(|(i, b)| (b, if i == 0 { TxOp::Multi } else { TxOp::None }, false))
+            .chain(
+                which
+                    .iter()
+                    .map(|&i| (&reqs[i].bytes, reqs[i].op, reqs[i].exec && doom[i])),
+            );
+        for (bytes, op, doomed_exec) in all {
             if self.asking && !in_multi {
                 out.extend_from_slice(ASKING);
                 n += 1;
             }
+            let bytes = if doomed_exec && in_multi {
+                &DISCARD
+            } else {
+                bytes
+            };
             in_multi = step(in_multi, op);
             out.extend_from_slice(bytes);
             n += 1;
@@ -568,6 +640,59 @@ impl Task {
             }
         }
     }
+}
+
+/// Replaces the replies (`DISCARD`'s) of the `doom`ed EXECs among the
+/// requests `which` (answered by `frames`, one each; `in_multi`: the first
+/// is inside a transaction) with what Redis answers an EXEC whose watched
+/// key changed: a null, or `-EXECABORT` if a command of the transaction was
+/// refused when queued.
+fn answer_execs(
+    resp3: bool,
+    reqs: &[Req],
+    which: &[usize],
+    frames: &mut [Bytes],
+    doom: &[bool],
+    mut in_multi: bool,
+) {
+    let mut refused = false;
+    for (&i, f) in which.iter().zip(frames.iter_mut()) {
+        let r = &reqs[i];
+        if r.exec && doom[i] && in_multi {
+            *f = Bytes::from_static(match (refused, resp3) {
+                (true, _) => EXECABORT,
+                (false, true) => b"_\r\n",
+                (false, false) => b"*-1\r\n",
+            });
+        } else if in_multi && r.op == TxOp::None {
+            refused |= f.starts_with(b"-");
+        }
+        in_multi = step(in_multi, r.op);
+        if r.op == TxOp::Multi {
+            refused = false;
+        }
+    }
+}
+
+/// What a doomed EXEC is sent as.
+static DISCARD: Bytes = Bytes::from_static(b"*1\r\n$7\r\nDISCARD\r\n");
+/// Redis's reply to EXEC after a command of the transaction was refused.
+const EXECABORT: &[u8] = b"-EXECABORT Transaction discarded because of previous errors.\r\n";
+
+/// Which requests of a batch run without the WATCH they were sent under: from
+/// `from` to the first that ends the transaction (EXEC, DISCARD) or UNWATCH,
+/// included.
+fn doomed(reqs: &[Req], from: Option<usize>) -> Vec<bool> {
+    let mut out = vec![false; reqs.len()];
+    if let Some(from) = from {
+        for (i, r) in reqs.iter().enumerate().skip(from) {
+            out[i] = true;
+            if matches!(r.op, TxOp::End | TxOp::Unwatch) {
+                break;
+            }
+        }
+    }
+    out
 }
 
 /// Whether the connection is inside MULTI after a request with role `op`.
@@ -627,6 +752,55 @@ mod tests {
             .map(|u| (u.reqs.clone(), u.journal, u.open))
             .collect();
         assert_eq!(shape, [(0..2, true, false), (2..3, false, false)]);
+    }
+
+    #[test]
+    fn a_doomed_exec_is_answered_as_after_a_conflict() {
+        let b = batch(&[
+            &[b"GET", b"k"],
+            &[b"MULTI"],
+            &[b"INCR", b"k"],
+            &[b"EXEC"],
+            &[b"MULTI"],
+            &[b"INCR", b"k"],
+            &[b"EXEC"],
+        ]);
+        let reqs = requests(&b);
+        // From the GET to the first EXEC.
+        let doom = doomed(&reqs, Some(0));
+        assert_eq!(doom, [true, true, true, true, false, false, false]);
+        let all: Vec<usize> = (0..reqs.len()).collect();
+        let reply = |r: &'static [u8]| Bytes::from_static(r);
+        let discarded = [
+            reply(b"$-1\r\n"),
+            reply(b"+OK\r\n"),
+            reply(b"+QUEUED\r\n"),
+            reply(b"+OK\r\n"),
+            reply(b"+OK\r\n"),
+            reply(b"+QUEUED\r\n"),
+            reply(b"*1\r\n:1\r\n"),
+        ];
+        for (resp3, null) in [(false, &b"*-1\r\n"[..]), (true, b"_\r\n")] {
+            let mut got = discarded.clone();
+            answer_execs(resp3, &reqs, &all, &mut got, &doom, false);
+            assert_eq!(got[3].as_ref(), null);
+            // The second transaction ran: its EXEC's reply is Redis's.
+            assert_eq!(got[6].as_ref(), b"*1\r\n:1\r\n");
+        }
+        // A command refused when queued: -EXECABORT, as Redis says.
+        let mut got = discarded.clone();
+        got[2] = reply(b"-ERR wrong number of arguments\r\n");
+        answer_execs(false, &reqs, &all, &mut got, &doom, false);
+        assert_eq!(got[3].as_ref(), EXECABORT);
+        // UNWATCH ends it; EXEC without MULTI is not one to answer.
+        let b = batch(&[&[b"EXEC"], &[b"UNWATCH"], &[b"MULTI"], &[b"EXEC"]]);
+        let reqs = requests(&b);
+        assert_eq!(doomed(&reqs, Some(1)), [false, true, false, false]);
+        let doom = doomed(&reqs, Some(0));
+        assert_eq!(doom, [true, false, false, false]);
+        let mut got = vec![reply(b"-ERR EXEC without MULTI\r\n"); 1];
+        answer_execs(false, &reqs, &[0], &mut got, &doom, false);
+        assert_eq!(got[0].as_ref(), b"-ERR EXEC without MULTI\r\n");
     }
 
     #[test]
