@@ -242,6 +242,30 @@ pub struct Exclusive {
     pub db: Arc<Database>,
     /// Redis's `CLIENT ID` of the connection (0 until it is checked out).
     pub upstream_id: Arc<AtomicU64>,
+    /// On a cluster: where the connection is now (it follows its slot from node
+    /// to node, so `upstream_id` is of the node it started on).
+    pub moving: Option<Arc<Mutex<Located>>>,
+}
+
+/// Where a connection that may move between a cluster's nodes is: Redis's
+/// `CLIENT ID` of it there, and the node's `host:port`.
+#[derive(Debug, Clone)]
+pub struct Located {
+    pub id: Arc<AtomicU64>,
+    pub node: String,
+}
+
+impl Exclusive {
+    /// Redis's `CLIENT ID` of the connection now, and on a cluster its node.
+    pub fn now(&self) -> (u64, Option<String>) {
+        match &self.moving {
+            Some(m) => {
+                let at = m.lock().unwrap_or_else(|e| e.into_inner());
+                (at.id.load(Relaxed), Some(at.node.clone()))
+            }
+            None => (self.upstream_id.load(Relaxed), None),
+        }
+    }
 }
 
 impl Client {

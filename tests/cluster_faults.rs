@@ -1275,6 +1275,70 @@ fn exclusive_connections_follow_a_moved_slot() {
     );
 }
 
+/// `CLIENT UNBLOCK <id>` (the id `CLIENT ID` gave the blocked client through the
+/// proxy) unblocks it on the node its connection is on: one blocked on each
+/// primary, and one whose `BLPOP` was sent again to the node a slot moved to
+/// behind the proxy's back. (Ids are per node: sent to another node, the
+/// translated id would name no connection, or another client's.)
+#[test]
+fn client_unblock_reaches_the_node_of_the_blocked_connection() {
+    let (_serial, cluster, env) = on_shared_cluster();
+    let addr = env.proxy.local_addr();
+    // A tag on each primary, and one whose slot moves.
+    let mut tags: Vec<(String, u16)> = Vec::new();
+    for i in 0..200 {
+        let tag = format!("ub{i}");
+        let port = owner(cluster, &tag);
+        if !tags.iter().any(|(_, p)| *p == port) {
+            tags.push((tag, port));
+        }
+        if tags.len() == 3 {
+            break;
+        }
+    }
+    assert_eq!(tags.len(), 3, "{tags:?}");
+    let moved = free_tag(cluster, "ubm");
+    let list = format!("{{{moved}}}l");
+    move_slot_behind_the_proxys_back(cluster, &env, &moved, &[list.as_bytes()]);
+    tags.push((moved.clone(), owner(cluster, &moved)));
+    for (tag, port) in &tags {
+        let key = format!("{{{tag}}}l");
+        let (got, unblocked) = env.rt.block_on(async {
+            let mut blocked = AsyncRawClient::connect(addr).await;
+            blocked.set_timeout(Duration::from_secs(20));
+            let id = blocked.cmd(&[b"CLIENT", b"ID"]).await;
+            let id = String::from_utf8_lossy(&id[1..id.len() - 2]).into_owned();
+            blocked
+                .send(&resp_cmd(&[b"BLPOP", key.as_bytes(), b"0"]))
+                .await;
+            // Blocked on the node (polled, bounded).
+            let deadline = Instant::now() + Duration::from_secs(10);
+            loop {
+                let (info, _) = redis_cli(*port, &["INFO", "clients"]);
+                if info.lines().any(|l| {
+                    l.starts_with("blocked_clients:") && l.trim_end() != "blocked_clients:0"
+                }) {
+                    break;
+                }
+                assert!(Instant::now() < deadline, "never blocked on {port}: {info}");
+                tokio::time::sleep(Duration::from_millis(20)).await;
+            }
+            let mut other = AsyncRawClient::connect(addr).await;
+            let unblocked = other
+                .cmd(&[b"CLIENT", b"UNBLOCK", id.as_bytes(), b"ERROR"])
+                .await;
+            (blocked.read_reply().await, unblocked)
+        });
+        assert_eq!(unblocked, b":1\r\n", "{tag} on {port}");
+        assert_eq!(
+            String::from_utf8_lossy(&got),
+            "-UNBLOCKED client unblocked via CLIENT UNBLOCK\r\n",
+            "{tag} on {port}"
+        );
+    }
+    wait_healthy(cluster, Duration::from_secs(10));
+}
+
 /// An `auth_passthrough` login's own connections follow a slot moved behind the
 /// proxy's back, as the proxy's do: the login's view shares the proxy's map and
 /// its refreshes, and its connections to the new node are logged in as the user.

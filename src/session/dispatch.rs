@@ -270,6 +270,7 @@ impl Session {
                     self.client.set_blocked(Some(Exclusive {
                         db: db.clone(),
                         upstream_id: h.conn.upstream_id(),
+                        moving: h.conn.located(),
                     }));
                 }
                 // Pushes (tracking invalidations) Redis sent before this batch's
@@ -306,11 +307,17 @@ impl Session {
     }
 
     /// Sends one request that Redis runs even while busy (SCRIPT KILL …) at once on
-    /// a connection of its own, bypassing the breaker; its reply keeps its place.
-    fn out_of_band(&mut self, bytes: Bytes, cmd: u16) {
-        let db = self.state.db.clone();
+    /// a connection of its own to `cfg`'s server (of `db`), bypassing the
+    /// breaker; its reply keeps its place.
+    fn out_of_band(
+        &mut self,
+        db: Arc<Database>,
+        cfg: crate::config::UpstreamConfig,
+        bytes: Bytes,
+        cmd: u16,
+    ) {
         stats::add(&db.stats.commands, 1);
-        let rx = oob::call(self.upstream_cfg(&db), self.state.resp3, bytes);
+        let rx = oob::call(cfg, self.state.resp3, bytes);
         let silent = self.reply_off || std::mem::take(&mut self.skip_next);
         let mut cmds = CmdList::new();
         cmds.push(cmd);
@@ -590,7 +597,9 @@ impl Session {
                     // SCRIPT KILL and friends: at once, on a connection of their own.
                     self.flush(&mut run, inbuf).await;
                     let bytes = take_request(inbuf, &req);
-                    self.out_of_band(bytes, cmd.index());
+                    let db = self.state.db.clone();
+                    let cfg = self.upstream_cfg(&db);
+                    self.out_of_band(db, cfg, bytes, cmd.index());
                     continue;
                 }
             }
@@ -1187,6 +1196,15 @@ impl Session {
                 // CLIENT UNBLOCK: on the other database's shared connection.
                 let out = Outgoing::one(Bytes::from(encoded), Target::Shared, cmd.index(), false);
                 self.send(db, out).await;
+            }
+            local::Outcome::ForwardAt(db, node, encoded) => {
+                // CLIENT UNBLOCK on a cluster: to the node of the connection.
+                let mut cfg = self.upstream_cfg(&db);
+                if let Some((host, port)) = crate::cluster::map::split_addr(&node) {
+                    cfg.host = host;
+                    cfg.port = port;
+                }
+                self.out_of_band(db, cfg, Bytes::from(encoded), cmd.index());
             }
             local::Outcome::Forward(encoded) => {
                 let bytes = encoded.map(Bytes::from).unwrap_or_else(|| raw.freeze());

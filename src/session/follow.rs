@@ -38,6 +38,7 @@ use std::time::Duration;
 use bytes::{Bytes, BytesMut};
 use tokio::sync::{mpsc, oneshot};
 
+use crate::clients::Located;
 use crate::cluster::client::Cluster;
 use crate::cluster::merge::{self, Redirect, ASKING};
 use crate::command::{each_request, Block, Descriptor, TxOp};
@@ -74,7 +75,15 @@ impl HeldConn {
     pub fn upstream_id(&self) -> Arc<AtomicU64> {
         match self {
             HeldConn::Direct(d) => d.upstream_id(),
-            HeldConn::Follow(f) => f.id.lock().unwrap_or_else(|e| e.into_inner()).clone(),
+            HeldConn::Follow(f) => f.at.lock().unwrap_or_else(|e| e.into_inner()).id.clone(),
+        }
+    }
+
+    /// Where a following connection is now (updated as it moves).
+    pub fn located(&self) -> Option<Arc<Mutex<Located>>> {
+        match self {
+            HeldConn::Direct(_) => None,
+            HeldConn::Follow(f) => Some(f.at.clone()),
         }
     }
 
@@ -122,8 +131,8 @@ enum Msg {
 #[derive(Debug)]
 pub(super) struct Follow {
     tx: mpsc::UnboundedSender<Msg>,
-    /// The current connection's `CLIENT ID` cell.
-    id: Arc<Mutex<Arc<AtomicU64>>>,
+    /// The current connection's node and `CLIENT ID` cell.
+    at: Arc<Mutex<Located>>,
 }
 
 /// Where the connection is, and how to get another.
@@ -138,10 +147,14 @@ pub(super) struct Place {
 }
 
 impl Follow {
-    /// Serves the session on `conn` (taken for `place.slot`) and what replaces it.
-    pub fn start(conn: Dedicated, place: Place) -> Follow {
+    /// Serves the session on `conn` (taken for `place.slot`, from the pool of
+    /// `node`) and what replaces it.
+    pub fn start(conn: Dedicated, node: String, place: Place) -> Follow {
         let (tx, rx) = mpsc::unbounded_channel();
-        let id = Arc::new(Mutex::new(conn.upstream_id()));
+        let at = Arc::new(Mutex::new(Located {
+            id: conn.upstream_id(),
+            node,
+        }));
         let task = Task {
             place,
             conn: Some(conn),
@@ -150,10 +163,10 @@ impl Follow {
             watched: false,
             doomed: false,
             reselect: false,
-            id: id.clone(),
+            at: at.clone(),
         };
         tokio::spawn(task.run(rx));
-        Follow { tx, id }
+        Follow { tx, at }
     }
 }
 
@@ -180,7 +193,7 @@ struct Task {
     doomed: bool,
     /// A SELECT was sent (see [`Dedicated::reselect_on_release`]).
     reselect: bool,
-    id: Arc<Mutex<Arc<AtomicU64>>>,
+    at: Arc<Mutex<Located>>,
 }
 
 /// The requests of a batch (multibulk, as sessions send them), with their
@@ -545,11 +558,15 @@ impl Task {
             _ => &cluster.counters().moved,
         };
         counter.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        let node = pool.address();
         let conn = Dedicated::start(pool, self.place.label.clone(), self.place.command_timeout);
         if self.reselect {
             conn.reselect_on_release();
         }
-        *self.id.lock().unwrap_or_else(|e| e.into_inner()) = conn.upstream_id();
+        *self.at.lock().unwrap_or_else(|e| e.into_inner()) = Located {
+            id: conn.upstream_id(),
+            node,
+        };
         // The old one resets itself (DISCARD, UNWATCH) and goes back to its pool,
         // with its WATCH.
         self.conn = Some(conn);

@@ -21,6 +21,9 @@ pub(super) enum Outcome {
     Forward(Option<Vec<u8>>),
     /// Forward this request to another database's shared connection.
     ForwardTo(Arc<Database>, Vec<u8>),
+    /// Send this request to a database's cluster node (`host:port`) at once, on
+    /// a connection of its own.
+    ForwardAt(Arc<Database>, String, Vec<u8>),
     /// Write this reply, then close the connection.
     Close(Vec<u8>),
     /// Write this reply once it is produced (its place in the order is kept).
@@ -599,7 +602,8 @@ fn client_kill<L: ArgList + ?Sized>(state: &State, ctx: &View<'_>, args: &L) -> 
 
 /// `CLIENT UNBLOCK id [TIMEOUT|ERROR]`: a session blocked on an exclusive
 /// connection is unblocked there (the id is translated to that connection's id on
-/// Redis); any other session is not blocked, as Redis answers `0`.
+/// Redis, and on a cluster sent to the node the connection is on now, after any
+/// move); any other session is not blocked, as Redis answers `0`.
 fn client_unblock<L: ArgList + ?Sized>(ctx: &View<'_>, args: &L) -> Outcome {
     let n = args.count();
     if n < 3 {
@@ -622,7 +626,7 @@ fn client_unblock<L: ArgList + ?Sized>(ctx: &View<'_>, args: &L) -> Outcome {
         .and_then(|id| ctx.clients.get(id))
         .and_then(|c| c.blocked_on());
     if let Some(ex) = held {
-        let upstream = ex.upstream_id.load(std::sync::atomic::Ordering::Relaxed);
+        let (upstream, node) = ex.now();
         if upstream != 0 {
             let mut cmd: Vec<Vec<u8>> = vec![
                 b"CLIENT".to_vec(),
@@ -632,7 +636,12 @@ fn client_unblock<L: ArgList + ?Sized>(ctx: &View<'_>, args: &L) -> Outcome {
             if n == 4 {
                 cmd.push(args.arg(3).to_vec());
             }
-            return Outcome::ForwardTo(ex.db, encode(&cmd[..]));
+            // An id names a connection of one server: on a cluster, the node
+            // the connection is on now.
+            return match node {
+                Some(node) => Outcome::ForwardAt(ex.db, node, encode(&cmd[..])),
+                None => Outcome::ForwardTo(ex.db, encode(&cmd[..])),
+            };
         }
     }
     Outcome::Reply(b":0\r\n".to_vec())

@@ -178,11 +178,13 @@ impl Session {
             .as_ref()
             .and_then(|v| v.pool(slot, self.state.id, resp3))
             .unwrap_or_else(|| db.pool_for(resp3, slot, self.state.id));
+        let node = pool.address();
         let conn = Dedicated::start(pool, db.label(), db.config.upstream.command_timeout);
         let conn = match view.as_ref().or(db.cluster()) {
             // On a cluster it follows its slot if the map was stale.
             Some(c) => HeldConn::Follow(Follow::start(
                 conn,
+                node,
                 Place {
                     cluster: c.clone(),
                     label: db.label(),

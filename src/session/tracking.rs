@@ -434,10 +434,12 @@ impl Session {
             Mode::Subscribed(s) => Some(Exclusive {
                 db: self.state.db.clone(),
                 upstream_id: s.sub.upstream_id(),
+                moving: None,
             }),
             Mode::Private(p) => Some(Exclusive {
                 db: p.db.clone(),
                 upstream_id: p.held.conn.upstream_id(),
+                moving: None,
             }),
             _ => None,
         }

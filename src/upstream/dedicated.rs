@@ -324,6 +324,11 @@ pub struct Pool {
 }
 
 impl Pool {
+    /// The `host:port` of the pool's server.
+    pub fn address(&self) -> String {
+        self.manager.cfg.address()
+    }
+
     /// Open and idle connections.
     pub fn state(&self) -> bb8::State {
         self.inner.state()
