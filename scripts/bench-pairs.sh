@@ -7,6 +7,8 @@
 #   scripts/bench-pairs.sh [-n PAIRS] [-P PIPELINE] [-c CLIENTS] [-r REQUESTS] [-t TESTS]
 #                          [-k KEYSPACE] A_PORT B_PORT
 #
+# A or B may be a Unix socket's path (starting with `/`) instead of a port.
+#
 # Defaults: 60 pairs, -P 16, -c 50, 1,000,000 requests, -t set,get, one key
 # (`-k N` passes `-r N` to redis-benchmark: random keys, e.g. over a cluster's
 # slots). Loopback only.
@@ -22,7 +24,9 @@ shift $((OPTIND - 1))
 A=${1:?A port}; B=${2:?B port}
 OUT=$(mktemp)
 run() {
-    redis-benchmark -h 127.0.0.1 -p "$1" -c "$CLIENTS" -n "$REQS" -t "$TESTS" -P "$PIPE" "${KEYS[@]}" --csv 2>/dev/null |
+    local target=(-h 127.0.0.1 -p "$1")
+    [[ $1 == /* ]] && target=(-s "$1")
+    redis-benchmark "${target[@]}" -c "$CLIENTS" -n "$REQS" -t "$TESTS" -P "$PIPE" "${KEYS[@]}" --csv 2>/dev/null |
         grep -E '^"[A-Z]+"' | cut -d, -f1,2 | tr -d '"' | tr '\n' ' '
 }
 for i in $(seq 1 "$PAIRS"); do

@@ -213,6 +213,8 @@ enum Addr {
     Unknown,
     V4(std::net::Ipv4Addr, u16),
     V6(Box<std::net::SocketAddrV6>),
+    /// The path of the Unix socket the client connected to.
+    Unix(Arc<std::path::PathBuf>),
 }
 
 impl Addr {
@@ -230,6 +232,8 @@ impl Addr {
             Addr::Unknown => String::new(),
             Addr::V4(ip, port) => std::net::SocketAddrV4::new(*ip, *port).to_string(),
             Addr::V6(a) => a.to_string(),
+            // As Redis shows it: `path:0`.
+            Addr::Unix(p) => format!("{}:0", p.display()),
         }
     }
 }
@@ -478,6 +482,9 @@ impl Client {
                 flags.push('B');
             }
         }
+        if matches!(self.peer, Addr::Unix(_)) {
+            flags.push('U');
+        }
         if flags.is_empty() {
             flags.push('N');
         }
@@ -564,11 +571,20 @@ impl Clients {
         id: u64,
         peer: Option<SocketAddr>,
         local: Option<SocketAddr>,
+        unix: Option<std::path::PathBuf>,
     ) -> Registration {
+        // A Unix socket client: both addresses are the socket's path, as in Redis.
+        let (peer, local) = match unix {
+            Some(path) => {
+                let path = Arc::new(path);
+                (Addr::Unix(path.clone()), Addr::Unix(path))
+            }
+            None => (Addr::new(peer), Addr::new(local)),
+        };
         let client = Arc::new(Client {
             id,
-            peer: Addr::new(peer),
-            local: Addr::new(local),
+            peer,
+            local,
             created: u32::try_from(self.seconds()).unwrap_or(u32::MAX),
             signals: AtomicU8::new(0),
             waker: Mutex::new(None),

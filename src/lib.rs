@@ -10,7 +10,7 @@
 //!
 //! ```text
 //! main.rs        clap flags -> Config::load -> tracing -> Proxy::start -> signals
-//! server.rs      listeners (plain, client_tls): accept loop, TLS handshake,
+//! server.rs      listeners (plain, client_tls, unixsocket): accept loop, TLS handshake,
 //!                connection limit, graceful shutdown; configuration reload
 //!                (validate, bind moved listeners, publish the next snapshot)
 //! session/       one client, as a state machine; replies back in order; an idle
@@ -91,7 +91,8 @@
 //! logging.rs     PROXY LOGLEVEL: the reloadable log filter the binary installs
 //! tls.rs         rustls configurations from PEM files (client listener, reloaded
 //!                when the files change; upstream connections)
-//! transport.rs   Stream: plain TCP or TLS, for sessions and upstream connections
+//! transport.rs   Stream: plain TCP, TLS or (clients) a Unix socket, for
+//!                sessions and upstream connections
 //! busy_poll.rs   after reads, the runtime polls instead of sleeping for a short
 //!                window (kicked by sessions and shared connections; a leaf)
 //! ```

@@ -1,7 +1,7 @@
-//! The listeners (plain TCP and, with `client_tls`, TLS): accept clients (the TLS
-//! handshake in the client's own task), enforce the connection limit, and shut down
-//! gracefully (stop accepting, let sessions deliver in-flight replies within a
-//! bounded drain, then return).
+//! The listeners (plain TCP, with `client_tls` TLS, with `unixsocket` a Unix
+//! domain socket): accept clients (the TLS handshake in the client's own task),
+//! enforce the connection limit, and shut down gracefully (stop accepting, let
+//! sessions deliver in-flight replies within a bounded drain, then return).
 
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -9,7 +9,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use tokio::io::AsyncWriteExt;
-use tokio::net::{TcpListener, TcpStream};
+use tokio::net::{TcpListener, TcpStream, UnixListener, UnixStream};
 use tokio_rustls::TlsAcceptor;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
@@ -65,6 +65,15 @@ struct Listeners {
     /// The `client_tls` settings the TLS listener was started with.
     tls_config: Option<crate::config::ClientTls>,
     metrics: Option<Bound>,
+    /// The Unix socket listener (`unixsocket`): its path, and how to stop it.
+    unix: Option<UnixBound>,
+}
+
+/// The Unix socket listener.
+struct UnixBound {
+    path: std::path::PathBuf,
+    stop: CancellationToken,
+    task: tokio::task::JoinHandle<()>,
 }
 
 /// One listener: the configured address, the bound one, and how to stop it.
@@ -128,6 +137,22 @@ impl Proxy {
         {
             let mut listeners = core.listeners.lock().await;
             core.serve_new(&mut listeners, bound, &config);
+            if let Some(path) = &config.unixsocket {
+                let listener = match bind_unix(path, config.unixsocketperm) {
+                    Ok(l) => l,
+                    Err(e) => {
+                        shutdown.cancel();
+                        return Err(e);
+                    }
+                };
+                let (stop, task) = core.serve(Listener::Unix(listener), None);
+                tracing::info!(unixsocket = %path.display(), "redis-sidecar listening (Unix socket)");
+                listeners.unix = Some(UnixBound {
+                    path: path.clone(),
+                    stop,
+                    task,
+                });
+            }
         }
         if let crate::busy_poll::Decision::On(window) = ctx.busy_poll {
             tokio::spawn(crate::busy_poll::spin(window, shutdown.clone()));
@@ -192,17 +217,24 @@ impl Proxy {
         let core = self.core;
         core.shutdown.cancel();
         self.ctx.clients.shut_down();
-        let tasks: Vec<_> = {
+        let (tasks, unix) = {
             let mut guard = core.listeners.lock().await;
             let l = &mut *guard;
-            [l.plain.as_mut(), l.tls.as_mut(), l.metrics.as_mut()]
+            let tasks: Vec<_> = [l.plain.as_mut(), l.tls.as_mut(), l.metrics.as_mut()]
                 .into_iter()
                 .flatten()
                 .filter_map(Bound::stop)
-                .collect()
+                .collect();
+            (tasks, l.unix.take())
         };
         for accept in tasks {
             let _ = accept.await;
+        }
+        if let Some(u) = unix {
+            u.stop.cancel();
+            let _ = u.task.await;
+            // As Redis does on shutdown: the socket file goes.
+            let _ = std::fs::remove_file(&u.path);
         }
         core.sessions.close();
         let drain = self.ctx.live().config.shutdown_timeout;
@@ -291,6 +323,11 @@ impl Core {
         }
         if config.log_format != old.config.log_format {
             notes.push("log_format needs a restart (not applied)".to_string());
+        }
+        if config.unixsocket != old.config.unixsocket
+            || config.unixsocketperm != old.config.unixsocketperm
+        {
+            notes.push("unixsocket settings need a restart (not applied)".to_string());
         }
         let bound = self
             .bind_new(&config, &listeners)
@@ -444,7 +481,7 @@ impl Core {
         moved
     }
 
-    /// Starts an accept loop on `listener`.
+    /// Starts an accept loop on the TCP `listener`.
     fn accept(
         &self,
         configured: SocketAddr,
@@ -452,6 +489,21 @@ impl Core {
         listener: TcpListener,
         tls: Option<Arc<ServerTls>>,
     ) -> Bound {
+        let (stop, task) = self.serve(Listener::Tcp(listener), tls);
+        Bound {
+            configured,
+            local,
+            stop,
+            task: Some(task),
+        }
+    }
+
+    /// Starts an accept loop on `listener`: how to stop it, and its task.
+    fn serve(
+        &self,
+        listener: Listener,
+        tls: Option<Arc<ServerTls>>,
+    ) -> (CancellationToken, tokio::task::JoinHandle<()>) {
         let stop = self.shutdown.child_token();
         let task = tokio::spawn(accept_loop(
             listener,
@@ -464,12 +516,7 @@ impl Core {
             },
             self.sessions.clone(),
         ));
-        Bound {
-            configured,
-            local,
-            stop,
-            task: Some(task),
-        }
+        (stop, task)
     }
 }
 
@@ -510,8 +557,8 @@ fn describe(old: &Router, new: &Router) -> Vec<String> {
 /// `deny_commands` names (with the file and line of a bad name when the
 /// configuration came from a file).
 fn validate(config: &Config) -> Result<(), String> {
-    if !config.plain_listener && config.client_tls.is_none() {
-        return Err("nothing to listen on: the plain listener is off (listen: null) and client_tls is not set".into());
+    if !config.plain_listener && config.client_tls.is_none() && config.unixsocket.is_none() {
+        return Err("nothing to listen on: the plain listener is off (listen: null) and neither client_tls nor unixsocket is set".into());
     }
     crate::router::validate_deny_commands(config).map_err(|e| {
         let Some(path) = &config.source else {
@@ -561,20 +608,87 @@ async fn bind(addr: SocketAddr) -> std::io::Result<TcpListener> {
         .map_err(|e| std::io::Error::new(e.kind(), format!("cannot listen on {addr}: {e}")))
 }
 
+/// Binds the Unix socket listener at `path` (a socket left there by an earlier
+/// run is replaced, as Redis does; any other file is not) with `perm`'s mode.
+fn bind_unix(path: &std::path::Path, perm: Option<u32>) -> std::io::Result<UnixListener> {
+    use std::os::unix::fs::{FileTypeExt, PermissionsExt};
+    let failed = |e: std::io::Error| {
+        std::io::Error::new(
+            e.kind(),
+            format!("cannot listen on Unix socket {}: {e}", path.display()),
+        )
+    };
+    match std::fs::symlink_metadata(path) {
+        Ok(m) if m.file_type().is_socket() => std::fs::remove_file(path).map_err(failed)?,
+        Ok(_) => {
+            return Err(failed(std::io::Error::new(
+                std::io::ErrorKind::AlreadyExists,
+                "a file that is not a socket is there",
+            )))
+        }
+        Err(_) => {}
+    }
+    let listener = UnixListener::bind(path).map_err(failed)?;
+    if let Some(mode) = perm {
+        std::fs::set_permissions(path, std::fs::Permissions::from_mode(mode)).map_err(failed)?;
+    }
+    Ok(listener)
+}
+
 /// How long a client on the TLS listener may take to complete its handshake.
 const TLS_HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// What an accept loop listens on: TCP (plain or TLS), or the Unix socket.
+enum Listener {
+    Tcp(TcpListener),
+    Unix(UnixListener),
+}
+
+/// A client as accepted.
+enum Incoming {
+    Tcp(TcpStream),
+    Unix(UnixStream),
+}
+
+impl Listener {
+    /// The next client, and its address over TCP (a Unix socket's peer is
+    /// unnamed, and local).
+    async fn accept(&self) -> std::io::Result<(Incoming, Option<SocketAddr>)> {
+        match self {
+            Listener::Tcp(l) => l.accept().await.map(|(s, a)| (Incoming::Tcp(s), Some(a))),
+            Listener::Unix(l) => l.accept().await.map(|(s, _)| (Incoming::Unix(s), None)),
+        }
+    }
+}
+
+impl Incoming {
+    fn stream(self) -> Stream {
+        match self {
+            Incoming::Tcp(t) => Stream::Plain(t),
+            Incoming::Unix(u) => Stream::Unix(Box::new(u)),
+        }
+    }
+}
+
+/// A client's address for the log (`unix` for the Unix socket's).
+fn shown(peer: Option<SocketAddr>) -> String {
+    peer.map_or_else(|| "unix".to_string(), |p| p.to_string())
+}
 
 /// The client's stream: as accepted, or after the TLS handshake (`None`: the
 /// handshake failed or timed out, which concerns this client only).
 async fn handshake(
-    tcp: TcpStream,
+    incoming: Incoming,
     acceptor: Option<TlsAcceptor>,
-    peer: SocketAddr,
+    peer: Option<SocketAddr>,
     shutdown: &CancellationToken,
 ) -> Option<Stream> {
-    let Some(acceptor) = acceptor else {
-        return Some(Stream::Plain(tcp));
+    // (Only TLS listeners have an acceptor, and they are TCP.)
+    let (acceptor, tcp) = match (acceptor, incoming) {
+        (Some(a), Incoming::Tcp(tcp)) => (a, tcp),
+        (_, incoming) => return Some(incoming.stream()),
     };
+    let peer = shown(peer);
     let _ = tcp.set_nodelay(true);
     let accepted = tokio::select! {
         _ = shutdown.cancelled() => return None,
@@ -595,7 +709,7 @@ async fn handshake(
 }
 
 async fn accept_loop(
-    listener: TcpListener,
+    listener: Listener,
     tls: Option<Arc<ServerTls>>,
     ids: Arc<AtomicU64>,
     ctx: Arc<Context>,
@@ -619,12 +733,15 @@ async fn accept_loop(
         };
         // The certificate files are checked for changes on every TLS accept.
         let acceptor = tls.as_ref().map(|t| t.acceptor());
-        let refusal: Option<&'static [u8]> = if denied_by_protected_mode(&ctx, peer) {
-            tracing::warn!(%peer, "rejecting client: protected mode (no client_password) serves only 127.0.0.1 and ::1");
+        // (A Unix socket client is local: protected mode serves it.)
+        let refusal: Option<&'static [u8]> = if peer
+            .is_some_and(|p| denied_by_protected_mode(&ctx, p))
+        {
+            tracing::warn!(peer = %shown(peer), "rejecting client: protected mode (no client_password) serves only 127.0.0.1 and ::1");
             Some(PROTECTED_MODE_DENIED)
         } else if get(&ctx.stats.connected_clients) >= ctx.fds.max_clients as u64 {
             if let Some(suppressed) = full_log.ready() {
-                tracing::warn!(%peer, max_clients = ctx.fds.max_clients, suppressed, "rejecting client: max_clients reached");
+                tracing::warn!(peer = %shown(peer), max_clients = ctx.fds.max_clients, suppressed, "rejecting client: max_clients reached");
             }
             Some(b"-ERR max number of clients reached\r\n")
         } else {
@@ -649,7 +766,7 @@ async fn accept_loop(
         // `connected_clients` when it ends): an idle client's task is only its
         // parked session (see `session::run`), no handshake in it.
         let Some(acceptor) = acceptor else {
-            sessions.spawn(session::run(Stream::Plain(stream), ctx, id));
+            sessions.spawn(session::run(stream.stream(), ctx, id));
             continue;
         };
         let token = shutdown.clone();

@@ -1,11 +1,11 @@
-//! The byte stream under a client session or an upstream connection: plain TCP or
-//! TLS over TCP. An enum rather than a boxed trait object, so the plain path stays a
+//! The byte stream under a client session or an upstream connection: plain TCP,
+//! TLS over TCP, or (clients only) a Unix domain socket. An enum rather than a boxed trait object, so the plain path stays a
 //! direct call on the `TcpStream` (no allocation, no dynamic dispatch), and
 //! [`Stream::into_split`] keeps tokio's lock-free `into_split` for plain TCP (TLS
 //! halves share the session through `tokio::io::split`).
 //!
 //! Socket options (`TCP_NODELAY`, keepalive) and addresses are read from the TCP
-//! socket underneath, whichever variant wraps it.
+//! socket underneath, whichever variant wraps it (a Unix socket has neither).
 
 use std::io;
 use std::net::SocketAddr;
@@ -14,18 +14,21 @@ use std::task::{Context, Poll};
 
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use tokio::net::tcp::{OwnedReadHalf, OwnedWriteHalf};
-use tokio::net::TcpStream;
+use tokio::net::{unix, TcpStream, UnixStream};
 
 /// A TLS session over TCP, either side (client or server).
 pub type TlsStream = tokio_rustls::TlsStream<TcpStream>;
 
-/// Plain TCP or TLS over TCP.
+/// Plain TCP, TLS over TCP, or a Unix domain socket.
 #[derive(Debug)]
 pub enum Stream {
     /// Plain TCP.
     Plain(TcpStream),
     /// TLS (boxed: a rustls session is large, and the plain variant stays small).
     Tls(Box<TlsStream>),
+    /// A client on the Unix socket listener (`unixsocket`; boxed: a third
+    /// unboxed variant would add a tag to every idle client's task).
+    Unix(Box<UnixStream>),
 }
 
 impl From<TcpStream> for Stream {
@@ -35,27 +38,50 @@ impl From<TcpStream> for Stream {
 }
 
 impl Stream {
-    /// The TCP socket underneath.
-    pub fn tcp(&self) -> &TcpStream {
+    /// The TCP socket underneath (`None` for a Unix socket).
+    pub fn tcp(&self) -> Option<&TcpStream> {
         match self {
-            Stream::Plain(s) => s,
-            Stream::Tls(s) => s.get_ref().0,
+            Stream::Plain(s) => Some(s),
+            Stream::Tls(s) => Some(s.get_ref().0),
+            Stream::Unix(_) => None,
         }
     }
 
-    /// The peer's address.
+    /// The peer's address (an error for a Unix socket, whose peer is unnamed).
     pub fn peer_addr(&self) -> io::Result<SocketAddr> {
-        self.tcp().peer_addr()
+        self.tcp().ok_or_else(not_tcp)?.peer_addr()
     }
 
-    /// The local address.
+    /// The local address (an error for a Unix socket: see [`Stream::socket_path`]).
     pub fn local_addr(&self) -> io::Result<SocketAddr> {
-        self.tcp().local_addr()
+        self.tcp().ok_or_else(not_tcp)?.local_addr()
     }
 
-    /// Sets `TCP_NODELAY` on the socket underneath.
+    /// The path of the Unix socket the client connected to.
+    pub fn socket_path(&self) -> Option<std::path::PathBuf> {
+        match self {
+            Stream::Unix(s) => s.local_addr().ok()?.as_pathname().map(|p| p.to_path_buf()),
+            _ => None,
+        }
+    }
+
+    /// Sets `TCP_NODELAY` on the socket underneath (nothing to do on a Unix socket).
     pub fn set_nodelay(&self, on: bool) -> io::Result<()> {
-        self.tcp().set_nodelay(on)
+        match self.tcp() {
+            Some(t) => t.set_nodelay(on),
+            None => Ok(()),
+        }
+    }
+
+    /// Whether the client has sent something (or closed, or an error is
+    /// pending), waiting for it; a TLS stream is always ready (its records are
+    /// read by the session).
+    pub fn poll_read_ready(&self, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        match self {
+            Stream::Plain(s) => s.poll_read_ready(cx),
+            Stream::Tls(_) => Poll::Ready(Ok(())),
+            Stream::Unix(s) => s.poll_read_ready(cx),
+        }
     }
 
     /// Reads without waiting: `Ok(0)` at end of stream, `WouldBlock` when nothing
@@ -64,6 +90,7 @@ impl Stream {
     pub fn try_read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
         match self {
             Stream::Plain(s) => s.try_read(buf),
+            Stream::Unix(s) => s.try_read(buf),
             Stream::Tls(s) => {
                 let mut cx = Context::from_waker(std::task::Waker::noop());
                 let mut rb = ReadBuf::new(buf);
@@ -87,8 +114,19 @@ impl Stream {
                 let (r, w) = tokio::io::split(s);
                 (ReadHalf::Tls(r), WriteHalf::Tls(w))
             }
+            Stream::Unix(s) => {
+                let (r, w) = (*s).into_split();
+                (ReadHalf::Unix(r), WriteHalf::Unix(w))
+            }
         }
     }
+}
+
+fn not_tcp() -> io::Error {
+    io::Error::new(
+        io::ErrorKind::Unsupported,
+        "a Unix socket has no IP address",
+    )
 }
 
 /// The read half of a [`Stream`].
@@ -98,6 +136,8 @@ pub enum ReadHalf {
     Plain(OwnedReadHalf),
     /// TLS.
     Tls(tokio::io::ReadHalf<Box<TlsStream>>),
+    /// A Unix socket.
+    Unix(unix::OwnedReadHalf),
 }
 
 /// The write half of a [`Stream`].
@@ -107,6 +147,8 @@ pub enum WriteHalf {
     Plain(OwnedWriteHalf),
     /// TLS.
     Tls(tokio::io::WriteHalf<Box<TlsStream>>),
+    /// A Unix socket.
+    Unix(unix::OwnedWriteHalf),
 }
 
 /// `AsyncRead` for an enum whose variants all implement it.
@@ -121,6 +163,7 @@ macro_rules! delegate_read {
                 match self.get_mut() {
                     Self::Plain(s) => Pin::new(s).poll_read(cx, buf),
                     Self::Tls(s) => Pin::new(s).poll_read(cx, buf),
+                    Self::Unix(s) => Pin::new(s).poll_read(cx, buf),
                 }
             }
         }
@@ -139,6 +182,7 @@ macro_rules! delegate_write {
                 match self.get_mut() {
                     Self::Plain(s) => Pin::new(s).poll_write(cx, buf),
                     Self::Tls(s) => Pin::new(s).poll_write(cx, buf),
+                    Self::Unix(s) => Pin::new(s).poll_write(cx, buf),
                 }
             }
 
@@ -150,6 +194,7 @@ macro_rules! delegate_write {
                 match self.get_mut() {
                     Self::Plain(s) => Pin::new(s).poll_write_vectored(cx, bufs),
                     Self::Tls(s) => Pin::new(s).poll_write_vectored(cx, bufs),
+                    Self::Unix(s) => Pin::new(s).poll_write_vectored(cx, bufs),
                 }
             }
 
@@ -157,6 +202,7 @@ macro_rules! delegate_write {
                 match self {
                     Self::Plain(s) => s.is_write_vectored(),
                     Self::Tls(s) => s.is_write_vectored(),
+                    Self::Unix(s) => s.is_write_vectored(),
                 }
             }
 
@@ -164,6 +210,7 @@ macro_rules! delegate_write {
                 match self.get_mut() {
                     Self::Plain(s) => Pin::new(s).poll_flush(cx),
                     Self::Tls(s) => Pin::new(s).poll_flush(cx),
+                    Self::Unix(s) => Pin::new(s).poll_flush(cx),
                 }
             }
 
@@ -171,6 +218,7 @@ macro_rules! delegate_write {
                 match self.get_mut() {
                     Self::Plain(s) => Pin::new(s).poll_shutdown(cx),
                     Self::Tls(s) => Pin::new(s).poll_shutdown(cx),
+                    Self::Unix(s) => Pin::new(s).poll_shutdown(cx),
                 }
             }
         }

@@ -1391,3 +1391,61 @@ fn databases_on_one_cluster_need_distinct_key_prefixes() {
         "redis_databases:\n  main: {{ db: 0 }}\n  cache:\n    db: 1\n    host: 127.0.0.1\n    port: 7000\n    upstream_db: 0\n{cluster}"
     ));
 }
+
+// ---- the Unix socket listener ---------------------------------------------------------
+
+#[test]
+fn unixsocket_and_its_permissions_are_read_as_redis_writes_them() {
+    let c = parse(&format!(
+        "{MINIMAL}unixsocket: /run/sidecar/redis.sock\nunixsocketperm: 770\n"
+    ));
+    assert_eq!(
+        c.unixsocket.as_deref(),
+        Some(Path::new("/run/sidecar/redis.sock"))
+    );
+    assert_eq!(c.unixsocketperm, Some(0o770));
+    let c = parse(&format!(
+        "{MINIMAL}unixsocket: s.sock\nunixsocketperm: \"0700\"\n"
+    ));
+    assert_eq!(c.unixsocketperm, Some(0o700));
+    // Off by default; with it, the TCP listener may be off.
+    let c = parse(MINIMAL);
+    assert_eq!((c.unixsocket, c.unixsocketperm), (None, None));
+    let c = parse(&format!("{MINIMAL}listen: null\nunixsocket: s.sock\n"));
+    assert!(!c.plain_listener);
+}
+
+#[test]
+fn bad_unixsocket_settings_are_refused_with_key_and_line() {
+    assert_error(
+        &format!("{MINIMAL}unixsocket: /tmp/s.sock\nunixsocketperm: 800\n"),
+        "unixsocketperm",
+        4,
+        "octal digits up to 777",
+    );
+    assert_error(
+        &format!("{MINIMAL}unixsocketperm: 1777\n"),
+        "unixsocketperm",
+        3,
+        "octal digits up to 777",
+    );
+    assert_error(
+        &format!("{MINIMAL}unixsocket: \"\"\n"),
+        "unixsocket",
+        3,
+        "must not be empty",
+    );
+    let long = format!("/tmp/{}.sock", "x".repeat(110));
+    assert_error(
+        &format!("{MINIMAL}unixsocket: {long}\n"),
+        "unixsocket",
+        3,
+        "at most 107 bytes",
+    );
+    assert_error(
+        &format!("{MINIMAL}listen: null\n"),
+        "listen",
+        3,
+        "neither client_tls nor unixsocket",
+    );
+}

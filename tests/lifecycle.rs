@@ -788,3 +788,103 @@ fn json_log_lines_carry_session_database_and_upstream() {
     assert_eq!(failed["span"]["db"], "knowledge");
     assert_eq!(failed["span"]["upstream"], format!("127.0.0.1:{dead}"));
 }
+
+/// `unixsocket`: clients reach the proxy over a Unix domain socket as they reach
+/// Redis over its own: `redis-cli -s`, a pipeline answered in order, `CLIENT
+/// LIST` showing `addr=PATH:0 laddr=PATH:0 flags=U` as Redis does; the file has
+/// `unixsocketperm`'s mode, a socket left by an earlier run is replaced, and the
+/// file goes at shutdown. A regular file at the path is not replaced: the proxy
+/// does not start, and says why.
+#[test]
+fn unix_socket_listener_serves_clients_as_redis_does() {
+    use std::io::{Read, Write};
+    use std::os::unix::fs::{FileTypeExt, PermissionsExt};
+    let redis = RedisServer::start();
+    let dir = tempfile::tempdir().expect("tempdir");
+    let sock = dir.path().join("sidecar.sock");
+    // A socket file an earlier run left behind.
+    drop(std::os::unix::net::UnixListener::bind(&sock).expect("bind a stale socket"));
+    assert!(sock.exists());
+    let yaml = databases_yaml("127.0.0.1", redis.port())
+        + &format!("unixsocket: {}\nunixsocketperm: 770\n", sock.display());
+    let mut proxy = BinaryProxy::start_with(&yaml, &[], &[]);
+    let meta = std::fs::metadata(&sock).expect("socket file");
+    assert!(meta.file_type().is_socket());
+    assert_eq!(meta.permissions().mode() & 0o777, 0o770);
+    let cli = |args: &[&str]| {
+        let out = std::process::Command::new("redis-cli")
+            .arg("-s")
+            .arg(&sock)
+            .args(args)
+            .output()
+            .expect("run redis-cli");
+        String::from_utf8_lossy(&out.stdout).trim().to_string()
+    };
+    assert_eq!(cli(&["SET", "unix:k", "v"]), "OK");
+    assert_eq!(cli(&["GET", "unix:k"]), "v");
+    // Through TCP too: the same database.
+    assert_eq!(proxy.client().cmd(&[b"GET", b"unix:k"]), b"$1\r\nv\r\n");
+    // A pipeline, in order, and the client's own view of itself.
+    let mut c = std::os::unix::net::UnixStream::connect(&sock).expect("connect");
+    c.set_read_timeout(Some(Duration::from_secs(5)))
+        .expect("timeout");
+    c.write_all(&resp_cmd(&[b"CLIENT", b"ID"])).expect("write");
+    let mut buf = vec![0u8; 64];
+    let n = c.read(&mut buf).expect("read");
+    let id = String::from_utf8_lossy(&buf[1..n - 2]).into_owned();
+    let mut out = Vec::new();
+    for i in 0..3 {
+        out.extend(resp_cmd(&[b"ECHO", format!("m{i}").as_bytes()]));
+    }
+    out.extend(resp_cmd(&[b"CLIENT", b"LIST", b"ID", id.as_bytes()]));
+    c.write_all(&out).expect("write");
+    let mut got = Vec::new();
+    let deadline = Instant::now() + Duration::from_secs(5);
+    while !String::from_utf8_lossy(&got).contains("lib-ver=") {
+        assert!(Instant::now() < deadline, "{}", printable(&got));
+        let n = c.read(&mut buf).expect("read");
+        assert!(n > 0, "closed: {}", printable(&got));
+        got.extend_from_slice(&buf[..n]);
+    }
+    let text = String::from_utf8_lossy(&got);
+    assert!(
+        text.starts_with("$2\r\nm0\r\n$2\r\nm1\r\n$2\r\nm2\r\n"),
+        "{text}"
+    );
+    let path = sock.display();
+    assert!(
+        text.contains(&format!(" addr={path}:0 laddr={path}:0 ")),
+        "{text}"
+    );
+    assert!(text.contains(" flags=U "), "{text}");
+    drop(c);
+    proxy.send_signal("TERM");
+    proxy.wait_exit(Duration::from_secs(10)).expect("exits");
+    assert!(!sock.exists(), "the socket file is removed at shutdown");
+
+    // A regular file where the socket should go: not replaced.
+    std::fs::write(&sock, "keep me").expect("write file");
+    let config = dir.path().join("proxy.yaml");
+    std::fs::write(&config, &yaml).expect("write config");
+    let config = config.display().to_string();
+    let (stdout, stderr, status) = run_binary(
+        &[
+            "--config",
+            &config,
+            "--listen",
+            "127.0.0.1:0",
+            "--metrics-listen",
+            "127.0.0.1:0",
+        ],
+        &[],
+        Duration::from_secs(10),
+    );
+    assert!(!status.success());
+    let err = stderr + &stdout;
+    assert!(
+        err.contains(&format!("cannot listen on Unix socket {path}"))
+            && err.contains("not a socket"),
+        "{err}"
+    );
+    assert_eq!(std::fs::read_to_string(&sock).expect("kept"), "keep me");
+}

@@ -471,6 +471,41 @@ pub(super) fn parse_listen(path: &KeyPath, node: &Node) -> Result<SocketAddr, Fa
     })
 }
 
+/// `unixsocket`: a path that fits a Unix socket address (107 bytes on Linux).
+pub(super) fn parse_socket_path(path: &KeyPath, node: &Node) -> Result<std::path::PathBuf, Fail> {
+    let text = parse_string(path, node)?;
+    if text.trim().is_empty() {
+        return Err(Fail::at(path, "must not be empty (the socket file's path)"));
+    }
+    if text.len() > 107 {
+        return Err(Fail::at(
+            path,
+            format!(
+                "{} bytes: a Unix socket path is at most 107 bytes",
+                text.len()
+            ),
+        ));
+    }
+    Ok(std::path::PathBuf::from(text))
+}
+
+/// `unixsocketperm`: octal digits, as Redis writes them (`700`, or the string
+/// `"0700"`), at most `777`.
+pub(super) fn parse_socket_perm(path: &KeyPath, node: &Node) -> Result<u32, Fail> {
+    let text = match node {
+        Node::Int(i) => i.to_string(),
+        Node::Str(s) => s.trim().trim_start_matches("0o").to_string(),
+        _ => return Err(type_error(path, "octal permissions, e.g. 700", node)),
+    };
+    match u32::from_str_radix(&text, 8) {
+        Ok(m) if m <= 0o777 => Ok(m),
+        _ => Err(Fail::at(
+            path,
+            format!("invalid permissions {text:?}: expected octal digits up to 777, e.g. 700"),
+        )),
+    }
+}
+
 pub(super) fn parse_log_level(path: &KeyPath, node: &Node) -> Result<String, Fail> {
     let text = parse_string(path, node)?;
     let level = match text.trim().to_ascii_lowercase().as_str() {

@@ -124,6 +124,13 @@ pub struct Config {
     pub plain_listener: bool,
     /// The TLS listener for clients (`client_tls`), if any.
     pub client_tls: Option<ClientTls>,
+    /// YAML `unixsocket`: a Unix domain socket clients may connect to as well
+    /// (Redis's `unixsocket`), e.g. on a volume the application's container
+    /// shares; `None` (the default): no such listener.
+    pub unixsocket: Option<std::path::PathBuf>,
+    /// YAML `unixsocketperm` (octal digits, as Redis's: `700`): the socket
+    /// file's permissions; `None`: as the umask leaves them.
+    pub unixsocketperm: Option<u32>,
     /// Where the Prometheus endpoint (`GET /metrics`) listens; `None` disables it.
     /// YAML `metrics_listen` (default `127.0.0.1:9180`, `null` disables it).
     pub metrics_listen: Option<SocketAddr>,
@@ -205,6 +212,8 @@ impl Config {
             listen: DEFAULT_LISTEN,
             plain_listener: true,
             client_tls: None,
+            unixsocket: None,
+            unixsocketperm: None,
             metrics_listen: None,
             client_password: None,
             admin_password: None,
@@ -284,6 +293,14 @@ impl Config {
             line(format!("listen: {}", self.listen));
         } else {
             line("listen: null".to_string());
+        }
+        match &self.unixsocket {
+            Some(p) => line(format!("unixsocket: {}", p.display())),
+            None => line("unixsocket: null".to_string()),
+        }
+        match self.unixsocketperm {
+            Some(m) => line(format!("unixsocketperm: {m:o}")),
+            None => line("unixsocketperm: null".to_string()),
         }
         match &self.client_tls {
             Some(t) => {

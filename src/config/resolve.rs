@@ -12,8 +12,8 @@ use super::env::apply_env;
 use super::error::{Fail, Origin};
 use super::fields::{
     nonnegative_secs, parse_bool, parse_listen, parse_log_format, parse_log_level, parse_secret,
-    parse_size, parse_string, parse_u32, parse_u32_in, parse_usize, positive_secs, set_nullable,
-    suggest, type_error, Map, Set,
+    parse_size, parse_socket_path, parse_socket_perm, parse_string, parse_u32, parse_u32_in,
+    parse_usize, positive_secs, set_nullable, suggest, type_error, Map, Set,
 };
 use super::layer::{Layer, UPSTREAM_KEYS};
 use super::secs;
@@ -33,6 +33,8 @@ use crate::endpoint::Endpoint;
 const TOP_ONLY_KEYS: &[&str] = &[
     "redis_databases",
     "listen",
+    "unixsocket",
+    "unixsocketperm",
     "client_tls",
     "metrics_listen",
     "client_password",
@@ -105,10 +107,16 @@ pub(super) fn parse_config(
         },
     };
     let client_tls = set_nullable(&top, "client_tls", parse_client_tls)?.and_then(|s| s.value);
-    if !plain_listener && client_tls.is_none() {
+    let unixsocket = set_nullable(&top, "unixsocket", |p, n| parse_socket_path(p, n).map(Some))?
+        .and_then(|s| s.value);
+    let unixsocketperm = set_nullable(&top, "unixsocketperm", |p, n| {
+        parse_socket_perm(p, n).map(Some)
+    })?
+    .and_then(|s| s.value);
+    if !plain_listener && client_tls.is_none() && unixsocket.is_none() {
         return Err(Fail::at(
             &root_path.child("listen"),
-            "null turns the plain listener off, but client_tls is not set: there would be nothing to listen on",
+            "null turns the plain listener off, but neither client_tls nor unixsocket is set: there would be nothing to listen on",
         ));
     }
     let metrics_listen =
@@ -220,6 +228,8 @@ pub(super) fn parse_config(
         listen,
         plain_listener,
         client_tls,
+        unixsocket,
+        unixsocketperm,
         metrics_listen,
         client_password,
         admin_password,

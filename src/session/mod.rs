@@ -187,8 +187,8 @@ impl Future for Task {
             match step {
                 Step::Parked { stream, parked } => {
                     let wake = match stream {
-                        Stream::Plain(tcp) => std::task::ready!(parked.poll_wait(tcp, cx)),
                         Stream::Tls(_) => Wake::Serve,
+                        _ => std::task::ready!(parked.poll_wait(stream, cx)),
                     };
                     if let Wake::Reload = wake {
                         // (Moved in place: a reload does not wake every idle session up.)
@@ -290,10 +290,15 @@ impl Parked {
             return None;
         };
         let _ = stream.set_nodelay(true);
-        crate::upstream::connect::keepalive(stream.tcp());
-        let client = ctx
-            .clients
-            .register(id, stream.peer_addr().ok(), stream.local_addr().ok());
+        if let Some(tcp) = stream.tcp() {
+            crate::upstream::connect::keepalive(tcp);
+        }
+        let client = ctx.clients.register(
+            id,
+            stream.peer_addr().ok(),
+            stream.local_addr().ok(),
+            stream.socket_path(),
+        );
         client.info().db = db.config.index;
         let now = Instant::now();
         Some(Parked {
@@ -318,11 +323,7 @@ impl Parked {
     /// the session reads it), a reload asks the session to move, or the client is
     /// to be closed: killed, the proxy shutting down (nothing is pending), or
     /// silent past its close deadline.
-    fn poll_wait(
-        &mut self,
-        tcp: &tokio::net::TcpStream,
-        cx: &mut std::task::Context<'_>,
-    ) -> Poll<Wake> {
+    fn poll_wait(&mut self, stream: &Stream, cx: &mut std::task::Context<'_>) -> Poll<Wake> {
         if !self.waiting {
             let deadline = close_deadline(
                 &self.live.config,
@@ -335,18 +336,14 @@ impl Parked {
             self.client.set_parked(true);
             self.waiting = true;
         }
-        let woke = std::task::ready!(self.poll_woken(tcp, cx));
+        let woke = std::task::ready!(self.poll_woken(stream, cx));
         self.waiting = false;
         self.sleep = None;
         self.client.set_parked(false);
         Poll::Ready(woke)
     }
 
-    fn poll_woken(
-        &mut self,
-        tcp: &tokio::net::TcpStream,
-        cx: &mut std::task::Context<'_>,
-    ) -> Poll<Wake> {
+    fn poll_woken(&mut self, stream: &Stream, cx: &mut std::task::Context<'_>) -> Poll<Wake> {
         use crate::clients::signal::{KILLED, RELOAD, SHUTDOWN, SWEEP};
         loop {
             match self
@@ -372,7 +369,7 @@ impl Parked {
                 return Poll::Ready(Wake::Close(Some(why)));
             }
         }
-        tcp.poll_read_ready(cx).map(|_| Wake::Serve)
+        stream.poll_read_ready(cx).map(|_| Wake::Serve)
     }
 }
 
