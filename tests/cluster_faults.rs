@@ -1546,7 +1546,12 @@ fn transactions_follow_a_moved_slot_as_a_node_answers() {
             // The same bytes straight to the node that serves the slot now.
             let mut del: Vec<&[u8]> = vec![b"DEL"];
             del.extend_from_slice(&keys);
-            assert!(env.cmd(&del).starts_with(b":"));
+            let deleted = env.cmd(&del);
+            assert!(
+                deleted.starts_with(b":"),
+                "{text} resp3={resp3}: DEL answered {:?} (proxied: {proxied:?})",
+                String::from_utf8_lossy(&deleted)
+            );
             let node = std::net::SocketAddr::from(([127, 0, 0, 1], owner(cluster, &tag)));
             let direct = env.rt.block_on(run_script(node, resp3, &script));
             assert_eq!(proxied, direct, "{text} resp3={resp3}");
