@@ -914,7 +914,7 @@ fn tls_config_errors_name_the_key_and_line() {
         ),
         (
             format!("{db}listen: null\n"),
-            "tls.yaml, line 3: listen: null turns the plain listener off, but client_tls is not set",
+            "tls.yaml, line 3: listen: null turns the plain listener off, but neither client_tls nor unixsocket is set: there would be nothing to listen on",
         ),
         (
             format!("{db}client_tls:\n  cert_file: \"{crt}\"\n"),
