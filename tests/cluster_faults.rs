@@ -105,8 +105,7 @@ fn parse_node(line: &str) -> Option<NodeLine> {
     })
 }
 
-/// Waits (bounded) until every live node says the cluster is ok, with all slots
-/// and no open (migrating/importing) slot.
+/// [`healthy_within`], or a panic saying what is wrong.
 fn wait_healthy(cluster: &Cluster, within: Duration) {
     if let Err(why) = healthy_within(cluster, within) {
         panic!("{why}");
@@ -127,6 +126,9 @@ fn roles(text: &str) -> Vec<String> {
     v
 }
 
+/// Waits (bounded) until every live node says the cluster is ok, with all slots
+/// and no open (migrating/importing) slot, and every node sees the same primaries
+/// serving the same slots.
 fn healthy_within(cluster: &Cluster, within: Duration) -> Result<(), String> {
     let deadline = Instant::now() + within;
     loop {
@@ -162,7 +164,7 @@ fn healthy_within(cluster: &Cluster, within: Duration) -> Result<(), String> {
 /// slots in migration made stable again, and slots no primary claims given to
 /// one (`redis-cli --cluster fix` would ask before doing so).
 fn repair(cluster: &Cluster) {
-    let mut primaries = Vec::new();
+    let mut to: Option<NodeLine> = None;
     let mut claimed = vec![false; 16384];
     for port in cluster.ports() {
         let (text, status) = redis_cli(port, &["CLUSTER", "NODES"]);
@@ -183,7 +185,7 @@ fn repair(cluster: &Cluster) {
                     claimed[usize::from(slot)] = true;
                 }
             }
-            primaries.push(n);
+            to.get_or_insert(n);
         }
     }
     let lost: Vec<u16> = (0..16384u16)
@@ -195,7 +197,7 @@ fn repair(cluster: &Cluster) {
         "too many slots lost to put right: {}",
         lost.len()
     );
-    let to = primaries.first().expect("a primary").clone();
+    let to = to.expect("a primary");
     for slot in lost {
         give_slot(cluster, slot, &to);
     }
