@@ -1484,3 +1484,108 @@ fn the_acl_log_is_every_nodes() {
         );
     }
 }
+
+/// A one-node cluster of the test's own, serving every slot, and a proxy on it
+/// whose databases have `connect_timeout` 1 s and `command_timeout` 2 s.
+fn one_node_cluster() -> (support::RedisServer, tokio::runtime::Runtime, Proxy) {
+    use redis_sidecar::config::{ClusterConfig, ReadFrom};
+    let node = support::RedisServer::start_on_port_with_args(
+        support::cluster::cluster_port(),
+        &[
+            "--cluster-enabled",
+            "yes",
+            "--cluster-config-file",
+            "nodes.conf",
+        ],
+    );
+    let mut c = node.client();
+    assert_eq!(
+        c.cmd(&[b"CLUSTER", b"ADDSLOTSRANGE", b"0", b"16383"]),
+        b"+OK\r\n"
+    );
+    wait_cluster_state(&mut c, "ok");
+    let mut config = support::proxy_config(&node);
+    let cc = std::sync::Arc::new(ClusterConfig {
+        nodes: vec![("127.0.0.1".to_string(), node.port())],
+        read_from: ReadFrom::Primary,
+    });
+    for db in &mut config.databases {
+        db.upstream.cluster = Some(cc.clone());
+        db.upstream.db = 0;
+        db.upstream.connect_timeout = Duration::from_secs(1);
+        db.upstream.command_timeout = Duration::from_secs(2);
+    }
+    let (rt, proxy) = Cluster::start_proxy(config);
+    (node, rt, proxy)
+}
+
+/// Waits (at most 10 s) until `CLUSTER INFO` says `cluster_state:{state}`.
+fn wait_cluster_state(c: &mut RawClient, state: &str) {
+    let want = format!("cluster_state:{state}");
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        let info = c.cmd(&[b"CLUSTER", b"INFO"]);
+        if String::from_utf8_lossy(&info).contains(&want) {
+            return;
+        }
+        assert!(Instant::now() < deadline, "no {want} within 10 s");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
+/// A cluster that answers `-CLUSTERDOWN`: the proxy holds the request and sends
+/// it again after pauses (the cluster may be electing a new primary), but no
+/// longer than the bound of any retry, `connect_timeout + command_timeout` (3 s
+/// here) after it was sent; then the client gets Redis's own error. A cluster
+/// serving again within the bound answers the held request.
+#[test]
+fn a_cluster_that_is_down_is_waited_for_within_the_retry_bound() {
+    let (node, _rt, proxy) = one_node_cluster();
+    let mut admin = node.client();
+    let mut c = RawClient::connect(proxy.local_addr());
+    assert_eq!(c.cmd(&[b"SET", b"down:k", b"v"]), b"+OK\r\n");
+    // One slot unserved (not the key's): with full coverage required, the node
+    // answers every key with -CLUSTERDOWN.
+    let slot = redis_sidecar::cluster::key_slot(b"down:other");
+    assert_ne!(slot, redis_sidecar::cluster::key_slot(b"down:k"));
+    let slot = slot.to_string();
+    assert_eq!(
+        admin.cmd(&[b"CLUSTER", b"DELSLOTS", slot.as_bytes()]),
+        b"+OK\r\n"
+    );
+    wait_cluster_state(&mut admin, "fail");
+    assert_eq!(
+        admin.cmd(&[b"GET", b"down:k"]),
+        b"-CLUSTERDOWN The cluster is down\r\n",
+        "what Redis itself answers"
+    );
+
+    let sent = Instant::now();
+    let reply = c.cmd(&[b"GET", b"down:k"]);
+    let waited = sent.elapsed();
+    assert_eq!(reply, b"-CLUSTERDOWN The cluster is down\r\n");
+    assert!(
+        waited >= Duration::from_millis(1200) && waited < Duration::from_millis(4500),
+        "held, then answered by the bound (3 s): {waited:?}"
+    );
+
+    // Serving again 0.8 s after the request was sent: it runs.
+    let restore = std::thread::spawn(move || {
+        std::thread::sleep(Duration::from_millis(800));
+        assert_eq!(
+            admin.cmd(&[b"CLUSTER", b"ADDSLOTS", slot.as_bytes()]),
+            b"+OK\r\n"
+        );
+        wait_cluster_state(&mut admin, "ok");
+    });
+    let sent = Instant::now();
+    let reply = c.cmd(&[b"GET", b"down:k"]);
+    let waited = sent.elapsed();
+    restore.join().expect("restore");
+    assert_eq!(
+        reply, b"$1\r\nv\r\n",
+        "held until the cluster served ({waited:?})"
+    );
+    assert!(waited >= Duration::from_millis(700), "{waited:?}");
+    assert_eq!(c.cmd(&[b"DEL", b"down:k"]), b":1\r\n");
+}

@@ -23,7 +23,9 @@
 //! `-MOVED`, `-ASK`, `-TRYAGAIN` and `-CLUSTERDOWN` mean Redis did not run the
 //! command, so it is sent again (`MOVED`: to the named node, and the map is
 //! refreshed; `ASK`: to the named node after `ASKING`, map unchanged; the others:
-//! after the back-off pause, through the map). Each batch holds a [`Ticket`] in
+//! after the back-off pause, through the map, until the bound of any retry,
+//! `connect_timeout + command_timeout` after the batch was sent, when Redis's
+//! error is passed on). Each batch holds a [`Ticket`] in
 //! its session's order ([`order`](super::order)): a unit is resent only once every
 //! earlier batch of the session is settled, and a batch planned with a newer map
 //! than an unsettled earlier one waits for it before it goes out, so a client's
@@ -1519,10 +1521,17 @@ impl Cluster {
         self.collect(flights, &mut units).await;
         let mut waited = false;
         for round in 0..MAX_REDIRECTS {
+            // `-TRYAGAIN`/`-CLUSTERDOWN` are waited out within the bound of any
+            // retry (`connect_timeout + command_timeout` after the batch was
+            // sent); past it, Redis's own error is passed on. Redirects to a node
+            // are still followed (a client of a standalone Redis never sees them).
+            let pause = self.backoff.delay(round).min(Duration::from_secs(1));
+            let wait_again = Instant::now() + pause < batch.retry.bound;
             let redo: Vec<(usize, Redirect)> = units
                 .iter()
                 .enumerate()
                 .filter_map(|(i, u)| u.reply.as_deref().and_then(merge::redirect).map(|r| (i, r)))
+                .filter(|(_, r)| wait_again || *r != Redirect::Again)
                 .collect();
             if redo.is_empty() {
                 break;
@@ -1553,7 +1562,7 @@ impl Cluster {
                 }
             }
             if again {
-                tokio::time::sleep(self.backoff.delay(round).min(Duration::from_secs(1))).await;
+                tokio::time::sleep(pause).await;
                 self.refresh(self.generation()).await;
                 if let Some(t) = self.topology() {
                     for (u, r) in &redo {
