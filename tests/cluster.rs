@@ -1486,7 +1486,7 @@ fn the_acl_log_is_every_nodes() {
 }
 
 /// A one-node cluster of the test's own, serving every slot, and a proxy on it
-/// whose databases have `connect_timeout` 1 s and `command_timeout` 2 s.
+/// whose databases have `connect_timeout` 1 s and `command_timeout` 5 s.
 fn one_node_cluster() -> (support::RedisServer, tokio::runtime::Runtime, Proxy) {
     use redis_sidecar::config::{ClusterConfig, ReadFrom};
     let node = support::RedisServer::start_on_port_with_args(
@@ -1513,7 +1513,7 @@ fn one_node_cluster() -> (support::RedisServer, tokio::runtime::Runtime, Proxy) 
         db.upstream.cluster = Some(cc.clone());
         db.upstream.db = 0;
         db.upstream.connect_timeout = Duration::from_secs(1);
-        db.upstream.command_timeout = Duration::from_secs(2);
+        db.upstream.command_timeout = Duration::from_secs(5);
     }
     let (rt, proxy) = Cluster::start_proxy(config);
     (node, rt, proxy)
@@ -1535,14 +1535,20 @@ fn wait_cluster_state(c: &mut RawClient, state: &str) {
 
 /// A cluster that answers `-CLUSTERDOWN`: the proxy holds the request and sends
 /// it again after pauses (the cluster may be electing a new primary), but no
-/// longer than the bound of any retry, `connect_timeout + command_timeout` (3 s
+/// longer than the bound of any retry, `connect_timeout + command_timeout` (6 s
 /// here) after it was sent; then the client gets Redis's own error. A cluster
-/// serving again within the bound answers the held request.
+/// serving again within the bound answers the held requests: on the shared
+/// connections (`GET`) and on an exclusive one (`WATCH`).
 #[test]
 fn a_cluster_that_is_down_is_waited_for_within_the_retry_bound() {
     let (node, _rt, proxy) = one_node_cluster();
     let mut admin = node.client();
-    let mut c = RawClient::connect(proxy.local_addr());
+    let client = || {
+        let mut c = RawClient::connect(proxy.local_addr());
+        c.set_timeout(Duration::from_secs(20));
+        c
+    };
+    let mut c = client();
     assert_eq!(c.cmd(&[b"SET", b"down:k", b"v"]), b"+OK\r\n");
     // One slot unserved (not the key's): with full coverage required, the node
     // answers every key with -CLUSTERDOWN.
@@ -1565,27 +1571,48 @@ fn a_cluster_that_is_down_is_waited_for_within_the_retry_bound() {
     let waited = sent.elapsed();
     assert_eq!(reply, b"-CLUSTERDOWN The cluster is down\r\n");
     assert!(
-        waited >= Duration::from_millis(1200) && waited < Duration::from_millis(4500),
-        "held, then answered by the bound (3 s): {waited:?}"
+        waited >= Duration::from_secs(3) && waited < Duration::from_secs(7),
+        "held, then answered by the bound (6 s): {waited:?}"
     );
 
-    // Serving again 0.8 s after the request was sent: it runs.
+    // Serving again 4.5 s after the requests were sent: they run.
     let restore = std::thread::spawn(move || {
-        std::thread::sleep(Duration::from_millis(800));
+        std::thread::sleep(Duration::from_millis(4500));
         assert_eq!(
             admin.cmd(&[b"CLUSTER", b"ADDSLOTS", slot.as_bytes()]),
             b"+OK\r\n"
         );
         wait_cluster_state(&mut admin, "ok");
     });
-    let sent = Instant::now();
-    let reply = c.cmd(&[b"GET", b"down:k"]);
-    let waited = sent.elapsed();
+    let held = |args: &'static [&'static [u8]]| {
+        let mut c = client();
+        std::thread::spawn(move || {
+            let sent = Instant::now();
+            let reply = c.cmd(args);
+            (
+                String::from_utf8_lossy(&reply).into_owned(),
+                sent.elapsed(),
+                c,
+            )
+        })
+    };
+    let get = held(&[b"GET", b"down:k"]);
+    let watch = held(&[b"WATCH", b"down:k"]);
+    let (got, get_waited, _) = get.join().expect("GET");
+    let (watched, watch_waited, mut w) = watch.join().expect("WATCH");
     restore.join().expect("restore");
     assert_eq!(
-        reply, b"$1\r\nv\r\n",
-        "held until the cluster served ({waited:?})"
+        got, "$1\r\nv\r\n",
+        "GET held until the cluster served ({get_waited:?})"
     );
-    assert!(waited >= Duration::from_millis(700), "{waited:?}");
-    assert_eq!(c.cmd(&[b"DEL", b"down:k"]), b":1\r\n");
+    assert_eq!(
+        watched, "+OK\r\n",
+        "WATCH held until the cluster served ({watch_waited:?})"
+    );
+    for waited in [get_waited, watch_waited] {
+        assert!(waited >= Duration::from_millis(4300), "{waited:?}");
+    }
+    assert_eq!(w.cmd(&[b"MULTI"]), b"+OK\r\n");
+    assert_eq!(w.cmd(&[b"DEL", b"down:k"]), b"+QUEUED\r\n");
+    assert_eq!(w.cmd(&[b"EXEC"]), b"*1\r\n:1\r\n");
 }

@@ -1507,6 +1507,13 @@ impl Cluster {
         }
     }
 
+    /// The pause before round `round` of resending what `-TRYAGAIN` or
+    /// `-CLUSTERDOWN` refused: the back-off's, at most 1 s (a slot migration or
+    /// an election ends within a few).
+    pub fn again_pause(&self, round: u32) -> Duration {
+        self.backoff.delay(round).min(Duration::from_secs(1))
+    }
+
     #[allow(clippy::too_many_arguments)]
     async fn gather(
         self: Arc<Self>,
@@ -1525,7 +1532,7 @@ impl Cluster {
             // retry (`connect_timeout + command_timeout` after the batch was
             // sent); past it, Redis's own error is passed on. Redirects to a node
             // are still followed (a client of a standalone Redis never sees them).
-            let pause = self.backoff.delay(round).min(Duration::from_secs(1));
+            let pause = self.again_pause(round);
             let wait_again = Instant::now() + pause < batch.retry.bound;
             let redo: Vec<(usize, Redirect)> = units
                 .iter()

@@ -15,8 +15,10 @@
 //! aborts its EXEC; a transaction still open at the end of the batch, so it stays
 //! on the connection. The old connection gets DISCARD/UNWATCH and goes back to its
 //! pool. `-ASK`: the connection moves to the named node and every command (or
-//! MULTI) sent there is preceded by `ASKING`. At most [`ROUNDS`] moves per batch;
-//! then the last replies are passed on.
+//! MULTI) sent there is preceded by `ASKING`. `-TRYAGAIN`/`-CLUSTERDOWN`: the
+//! map learnt again after the cluster client's pause, as its shared
+//! connections do, while the bound of any retry of the batch is not passed. At
+//! most [`ROUNDS`] moves per batch; then the last replies are passed on.
 //!
 //! A WATCH Redis accepted does not move with the connection (the new node never
 //! saw it, and the key may have changed meanwhile), so the transaction it
@@ -37,6 +39,7 @@ use std::time::Duration;
 
 use bytes::{Bytes, BytesMut};
 use tokio::sync::{mpsc, oneshot};
+use tokio::time::Instant;
 
 use crate::clients::Located;
 use crate::cluster::client::Cluster;
@@ -400,11 +403,11 @@ impl Task {
                 self.journal.is_some(),
             );
         }
-        for _ in 0..ROUNDS {
+        for round in 0..ROUNDS {
             let Some((redirect, resend, watched_at)) = self.must_move(&reqs, &got) else {
                 break;
             };
-            if !self.move_to(redirect).await {
+            if !self.move_to(redirect, round, retry.bound).await {
                 break;
             }
             if let Some(at) = watched_at {
@@ -526,9 +529,10 @@ impl Task {
     }
 
     /// Replaces the connection with one to where `redirect` points (the map
-    /// learnt again first for `-MOVED`, after a pause for `-TRYAGAIN`).
-    /// `false`: no node to go to.
-    async fn move_to(&mut self, redirect: Redirect) -> bool {
+    /// learnt again first for `-MOVED`; for `-TRYAGAIN`/`-CLUSTERDOWN`, after the
+    /// pause of round `round`, if it ends before `until`, the bound of any retry
+    /// of the batch). `false`: no node to go to, or no more waiting.
+    async fn move_to(&mut self, redirect: Redirect, round: u32, until: Instant) -> bool {
         let cluster = self.place.cluster.clone();
         let bound = self.place.connect_timeout;
         let seen = cluster.topology().map_or(0, |t| t.generation);
@@ -544,7 +548,11 @@ impl Task {
                 cluster.pool_at(addr, resp3)
             }
             Redirect::Again => {
-                tokio::time::sleep(Duration::from_millis(100)).await;
+                let pause = cluster.again_pause(round);
+                if Instant::now() + pause >= until {
+                    return false;
+                }
+                tokio::time::sleep(pause).await;
                 let _ = tokio::time::timeout(bound, cluster.refresh(seen)).await;
                 self.asking = false;
                 cluster.pool(self.place.slot, 0, resp3)
