@@ -434,12 +434,13 @@ pub fn info(ctx: &View<'_>, sections: &[&str]) -> String {
                         });
                         let _ = write!(
                             s,
-                            ",cluster_shards={shards},cluster_slots_covered={covered},cluster_nodes={},map_generation={generation},map_refreshes={},map_refresh_failures={},moved={},asked={},pubsub_node={}",
+                            ",cluster_shards={shards},cluster_slots_covered={covered},cluster_nodes={},map_generation={generation},map_refreshes={},map_refresh_failures={},moved={},asked={},again={},pubsub_node={}",
                             cl.nodes().len(),
                             get(&cl.refreshes),
                             get(&cl.refresh_failures),
                             get(&cl.moved),
                             get(&cl.asked),
+                            get(&cl.again),
                             cl.home().map_or_else(|| "none".to_string(), |n| n.addr.clone()),
                         );
                     }

@@ -297,7 +297,7 @@ impl Collector for ProxyCollector {
                 failovers.push((one(name), counter(db.config.upstream.endpoint.failovers())));
             }
             if let Some(c) = db.cluster() {
-                for (kind, n) in [("moved", &c.moved), ("ask", &c.asked)] {
+                for (kind, n) in [("moved", &c.moved), ("ask", &c.asked), ("again", &c.again)] {
                     let mut l = one(name);
                     l.push(("kind", kind.into()));
                     redirects.push((l, counter(n.load(Relaxed))));
@@ -372,7 +372,7 @@ impl Collector for ProxyCollector {
         family(
             &mut encoder,
             "redis_sidecar_cluster_redirects",
-            "MOVED and ASK redirects followed (Redis Cluster databases only)",
+            "MOVED and ASK redirects followed, and TRYAGAIN/CLUSTERDOWN waited out (kind=again; Redis Cluster databases only)",
             MetricType::Counter,
             redirects,
         )?;

@@ -1615,4 +1615,14 @@ fn a_cluster_that_is_down_is_waited_for_within_the_retry_bound() {
     assert_eq!(w.cmd(&[b"MULTI"]), b"+OK\r\n");
     assert_eq!(w.cmd(&[b"DEL", b"down:k"]), b"+QUEUED\r\n");
     assert_eq!(w.cmd(&[b"EXEC"]), b"*1\r\n:1\r\n");
+    // Operators see the waits: every resend after a pause counted, at least
+    // three for each of the three requests (pauses of 0.5 s and 1 s before 4.5 s).
+    let info = String::from_utf8_lossy(&c.cmd(&[b"PROXY", b"INFO", b"databases"])).into_owned();
+    let again: u64 = info
+        .lines()
+        .find(|l| l.starts_with("db0:"))
+        .and_then(|l| l.split(',').find_map(|f| f.strip_prefix("again=")))
+        .and_then(|n| n.parse().ok())
+        .unwrap_or_else(|| panic!("no again= in {info}"));
+    assert!(again >= 9, "again={again}");
 }

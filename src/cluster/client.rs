@@ -400,6 +400,9 @@ pub struct Cluster {
     pub moved: AtomicU64,
     /// `-ASK` replies followed.
     pub asked: AtomicU64,
+    /// `-TRYAGAIN`/`-CLUSTERDOWN` replies waited out: requests sent again after
+    /// a pause.
+    pub again: AtomicU64,
     /// For a login's view ([`Cluster::login`]): the cluster whose map, health
     /// and refreshes it uses.
     parent: Option<Arc<Cluster>>,
@@ -515,6 +518,7 @@ impl Cluster {
             refresh_failures: AtomicU64::new(0),
             moved: AtomicU64::new(0),
             asked: AtomicU64::new(0),
+            again: AtomicU64::new(0),
             parent,
             logins: Mutex::new(HashMap::new()),
         }
@@ -1565,7 +1569,10 @@ impl Cluster {
                             self.counters().moved.fetch_add(1, Ordering::Relaxed);
                         }
                     }
-                    Redirect::Again => again = true,
+                    Redirect::Again => {
+                        again = true;
+                        self.counters().again.fetch_add(1, Ordering::Relaxed);
+                    }
                 }
             }
             if again {

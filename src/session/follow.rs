@@ -563,7 +563,8 @@ impl Task {
         };
         let counter = match redirect {
             Redirect::Ask(_) => &cluster.counters().asked,
-            _ => &cluster.counters().moved,
+            Redirect::Moved(_) => &cluster.counters().moved,
+            Redirect::Again => &cluster.counters().again,
         };
         counter.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
         let node = pool.address();
