@@ -893,3 +893,72 @@ async fn a_reload_changes_the_prefix_for_the_next_command() {
     assert_eq!(d.cmd(&[b"GET", b"kb2:doc"]).await, b"$3\r\nnew\r\n");
     proxy.shutdown().await;
 }
+
+/// `SLOWLOG GET` names the keys as the client sent them: the logged command's
+/// key arguments (by the command table) lose the database's prefix, its other
+/// arguments stay as they are; Redis logged them prefixed.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn slowlog_entries_show_unprefixed_keys() {
+    let redis = RedisServer::start();
+    let proxy = prefixed_proxy(&redis).await;
+    let mut d = direct(&redis).await;
+    let set = |d: &'static [u8]| [&b"CONFIG"[..], b"SET", b"slowlog-log-slower-than", d];
+    assert_eq!(d.cmd(&set(b"0")).await, b"+OK\r\n");
+    assert_eq!(d.cmd(&[b"SLOWLOG", b"RESET"]).await, b"+OK\r\n");
+    let mut c = client(&proxy, 1).await;
+    assert_eq!(c.cmd(&[b"SET", b"slowk", b"v"]).await, b"+OK\r\n");
+    let mset: [&[u8]; 5] = [b"MSET", b"slowa", b"knowledge:x", b"slowb", b"2"];
+    assert_eq!(c.cmd(&mset).await, b"+OK\r\n");
+    let commands = |reply: &[u8]| -> Vec<Vec<String>> {
+        let Value::Array(entries) = value(reply) else {
+            panic!("SLOWLOG GET: {}", String::from_utf8_lossy(reply));
+        };
+        entries
+            .iter()
+            .filter_map(|e| match e {
+                Value::Array(fields) => fields.get(3).map(strings_of),
+                _ => None,
+            })
+            .collect()
+    };
+    let shown = commands(&c.cmd(&[b"SLOWLOG", b"GET", b"100"]).await);
+    let stored = commands(&d.cmd(&[b"SLOWLOG", b"GET", b"100"]).await);
+    assert_eq!(d.cmd(&set(b"10000")).await, b"+OK\r\n");
+    let has = |log: &[Vec<String>], args: &[&str]| log.iter().any(|a| a == args);
+    assert!(has(&shown, &["SET", "slowk", "v"]), "{shown:?}");
+    assert!(
+        has(&shown, &["MSET", "slowa", "knowledge:x", "slowb", "2"]),
+        "values keep what looks like the prefix: {shown:?}"
+    );
+    assert!(has(&stored, &["SET", "knowledge:slowk", "v"]), "{stored:?}");
+    assert!(
+        has(
+            &stored,
+            &[
+                "MSET",
+                "knowledge:slowa",
+                "knowledge:x",
+                "knowledge:slowb",
+                "2"
+            ]
+        ),
+        "{stored:?}"
+    );
+    assert!(
+        !shown.iter().flatten().any(|a| a == "knowledge:slowk"),
+        "{shown:?}"
+    );
+}
+
+fn strings_of(v: &Value) -> Vec<String> {
+    match v {
+        Value::Array(items) => items
+            .iter()
+            .map(|i| match i {
+                Value::BulkString(b) => String::from_utf8_lossy(b).into_owned(),
+                other => format!("{other:?}"),
+            })
+            .collect(),
+        _ => Vec::new(),
+    }
+}

@@ -35,6 +35,11 @@ pub(super) enum Unprefix {
     /// `XREAD`/`XREADGROUP`: an array of `[key, entries]` (RESP2) or a map
     /// `key => entries` (RESP3).
     Streams,
+    /// `SLOWLOG GET`: entries `[id, time, duration, [command…], addr, name]`
+    /// whose command's key arguments (by the command table) lose the prefix.
+    /// The slow log is the server's, so other databases' commands show too, as
+    /// on Redis (with their own prefixes).
+    Slowlog,
     /// `INFO` from a node of a Redis Cluster: `cluster_enabled:0`, as from the
     /// standalone server the client sees (not about prefixes, rewritten the same
     /// way; the prefix is not used).
@@ -120,6 +125,13 @@ pub(super) fn plan<L: ArgList + ?Sized>(
     }
     let name = cmd.info.map_or("", |i| i.name);
     let count = args.count();
+    if name == "slowlog|get" {
+        // Inside MULTI the entries stay as stored (the reply is not rewritten).
+        return Plan::Forward {
+            bytes: None,
+            reply: confined.is_none().then_some(Unprefix::Slowlog),
+        };
+    }
     let synth = match name {
         "dbsize" | "randomkey" if count != 1 => return SAME,
         "dbsize" => Some(Synth::DbSize),
@@ -466,6 +478,58 @@ fn key(buf: &[u8], pos: usize, prefix: &[u8], out: &mut Vec<u8>) -> Option<usize
     copy(buf, pos, out)
 }
 
+/// Copies the `SLOWLOG GET` entry at `pos` with its command's keys unprefixed.
+fn slowlog_entry(buf: &[u8], pos: usize, prefix: &[u8], out: &mut Vec<u8>) -> Option<usize> {
+    let Some((m, mut p)) = aggregate(buf, pos, b"*").filter(|(m, _)| *m >= 4) else {
+        return copy(buf, pos, out);
+    };
+    out.extend_from_slice(buf.get(pos..p)?);
+    for _ in 0..3 {
+        p = copy(buf, p, out)?;
+    }
+    p = logged_command(buf, p, prefix, out)?;
+    for _ in 4..m {
+        p = copy(buf, p, out)?;
+    }
+    Some(p)
+}
+
+/// Copies the array of bulk strings at `pos`, a logged command (as Redis
+/// shortens it: at most 32 arguments, long ones cut), with the prefix removed
+/// from its key arguments.
+fn logged_command(buf: &[u8], pos: usize, prefix: &[u8], out: &mut Vec<u8>) -> Option<usize> {
+    let Some((n, body)) = aggregate(buf, pos, b"*") else {
+        return copy(buf, pos, out);
+    };
+    let mut args: Vec<&[u8]> = Vec::with_capacity(n);
+    let mut p = body;
+    for _ in 0..n {
+        match header(buf, p)? {
+            (b'$', len, at) if len >= 0 => {
+                let end = at.checked_add(len as usize)?;
+                args.push(buf.get(at..end)?);
+                p = end.checked_add(2)?;
+            }
+            _ => return copy(buf, pos, out),
+        }
+    }
+    let mut found = keys::KeyArgs::new();
+    if keys::locate(Descriptor::of(&args).info, &args, &mut found).is_err() {
+        found.clear();
+    }
+    out.extend_from_slice(buf.get(pos..body)?);
+    for (i, arg) in args.iter().enumerate() {
+        let key = found
+            .iter()
+            .any(|k| k.index == i && k.kind != KeyKind::Channel);
+        match arg.strip_prefix(prefix) {
+            Some(rest) if key => reply::bulk(out, rest),
+            _ => reply::bulk(out, arg),
+        }
+    }
+    Some(p)
+}
+
 /// `Some((count, body))` for an aggregate of any type in `types`.
 fn aggregate(buf: &[u8], pos: usize, types: &[u8]) -> Option<(usize, usize)> {
     let (t, n, body) = header(buf, pos)?;
@@ -503,6 +567,16 @@ fn rewrite(kind: Unprefix, buf: &[u8], prefix: &[u8], out: &mut Vec<u8>) -> Opti
             p = key(buf, p, prefix, out)?;
             for _ in 1..n {
                 p = copy(buf, p, out)?;
+            }
+            Some(p)
+        }
+        Unprefix::Slowlog => {
+            let Some((n, mut p)) = aggregate(buf, 0, b"*") else {
+                return copy(buf, 0, out);
+            };
+            out.extend_from_slice(buf.get(..p)?);
+            for _ in 0..n {
+                p = slowlog_entry(buf, p, prefix, out)?;
             }
             Some(p)
         }
@@ -976,6 +1050,7 @@ mod tests {
                 Unprefix::Scan,
                 Unprefix::FirstKey,
                 Unprefix::Streams,
+                Unprefix::Slowlog,
             ] {
                 let _ = unprefix(kind, b"kb:", Bytes::copy_from_slice(junk));
             }
@@ -987,6 +1062,50 @@ mod tests {
     #[test]
     fn glob_characters_in_the_prefix_are_escaped() {
         assert_eq!(glob_escape(b"a*b?[c]\\:"), b"a\\*b\\?\\[c\\]\\\\:");
+    }
+
+    /// `SLOWLOG GET`: the logged command's keys lose the prefix (by the
+    /// command table: `MSET`'s keys, not its values; `COPY`'s two keys), other
+    /// prefixes and non-key arguments stay; an entry's other fields pass.
+    #[test]
+    fn slowlog_entries_name_keys_without_the_prefix() {
+        let entry = |id: u8, args: &[&[u8]]| {
+            let mut e = Vec::new();
+            reply::array_header(&mut e, 6);
+            e.extend_from_slice(format!(":{id}\r\n:1700000000\r\n:15\r\n").as_bytes());
+            reply::array_header(&mut e, args.len());
+            for a in args {
+                reply::bulk(&mut e, a);
+            }
+            reply::bulk(&mut e, b"127.0.0.1:5000");
+            reply::bulk(&mut e, b"");
+            e
+        };
+        let log = |entries: &[Vec<u8>]| {
+            let mut r = Vec::new();
+            reply::array_header(&mut r, entries.len());
+            entries.iter().for_each(|e| r.extend_from_slice(e));
+            r
+        };
+        let stored = log(&[
+            entry(3, &[b"MSET", b"kb:a", b"kb:1", b"kb:b", b"2"]),
+            entry(2, &[b"COPY", b"kb:x", b"kb:y"]),
+            entry(1, &[b"GET", b"other:k"]),
+            entry(0, &[b"PUBLISH", b"kb:chan", b"kb:m"]),
+        ]);
+        let shown = log(&[
+            entry(3, &[b"MSET", b"a", b"kb:1", b"b", b"2"]),
+            entry(2, &[b"COPY", b"x", b"y"]),
+            entry(1, &[b"GET", b"other:k"]),
+            entry(0, &[b"PUBLISH", b"kb:chan", b"kb:m"]),
+        ]);
+        let un = |r: &[u8]| unprefix(Unprefix::Slowlog, b"kb:", Bytes::copy_from_slice(r));
+        assert_eq!(
+            String::from_utf8_lossy(&un(&stored)),
+            String::from_utf8_lossy(&shown)
+        );
+        assert_eq!(&un(b"*0\r\n")[..], b"*0\r\n");
+        assert_eq!(&un(b"-ERR x\r\n")[..], b"-ERR x\r\n");
     }
 
     #[test]
