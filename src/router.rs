@@ -379,7 +379,7 @@ impl Router {
 
     /// The router for a reloaded `config`: an unchanged database is the same
     /// `Arc` as in `self`; a changed one is new, carrying over what it can (see
-    /// [`Database::build`]); a removed one is left out.
+    /// `Database::build`); a removed one is left out.
     pub fn reload(&self, config: &Config, shutdown: &CancellationToken) -> Router {
         Router::build(config, Some(self), shutdown)
     }

@@ -136,7 +136,7 @@ pub(crate) struct State {
 /// Serves one client until it disconnects, sends a malformed request, or the proxy
 /// shuts down (then pending replies are still delivered).
 ///
-/// **Parking.** An idle client on plain TCP costs only what [`Parked`] holds: the
+/// **Parking.** An idle client on plain TCP costs only what `Parked` holds: the
 /// task waits for the socket to become readable (or a signal, or its close
 /// deadline) in its small form, and the session, its state machine and its span
 /// are built when bytes arrive. A session goes back to that form when the client
@@ -146,8 +146,8 @@ pub(crate) struct State {
 /// A TLS session never parks (rustls may hold decrypted bytes the socket no
 /// longer signals).
 ///
-/// The task's future is a hand-written state machine ([`Task`]) so that an idle
-/// client's task is only the stream and [`Parked`]: what runs is boxed, and the
+/// The task's future is a hand-written state machine (`Task`) so that an idle
+/// client's task is only the stream and `Parked`: what runs is boxed, and the
 /// caller's count of connected clients is decremented here.
 pub fn run(stream: Stream, ctx: Arc<Context>, id: u64) -> impl Future<Output = ()> + Send {
     // (Registered before the task starts; the task's future holds only the stream

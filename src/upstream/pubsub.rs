@@ -57,7 +57,7 @@ impl Subscription {
     /// Opens a connection for a subscriber (bounded by the connect timeout).
     /// `satellites`: on a cluster, the other primaries, where subscriptions that
     /// may receive keyspace notifications, or a `MONITOR` (`monitor`: the
-    /// client's request is MONITOR), are repeated ([`super::satellites`]).
+    /// client's request is MONITOR), are repeated (`super::satellites`).
     pub async fn open(
         cfg: &UpstreamConfig,
         limit: usize,

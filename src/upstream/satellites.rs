@@ -34,7 +34,7 @@ use crate::transport::{ReadHalf, WriteHalf};
 const HEADS: [&[u8]; 2] = [b"__keyspace@", b"__keyevent@"];
 
 /// The primaries a subscriber's satellites go to, asked again every
-/// [`REFRESH`]: on a cluster, those of the slot map of the moment, but the
+/// `REFRESH`: on a cluster, those of the slot map of the moment, but the
 /// home node's.
 pub type Nodes = Arc<dyn Fn() -> Vec<UpstreamConfig> + Send + Sync>;
 
