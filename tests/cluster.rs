@@ -1488,30 +1488,15 @@ fn the_acl_log_is_every_nodes() {
 /// A one-node cluster of the test's own, serving every slot, and a proxy on it
 /// whose databases have `connect_timeout` 1 s and `command_timeout` 5 s.
 fn one_node_cluster() -> (support::RedisServer, tokio::runtime::Runtime, Proxy) {
-    use redis_sidecar::config::{ClusterConfig, ReadFrom};
-    let node = support::RedisServer::start_on_port_with_args(
-        support::cluster::cluster_port(),
-        &[
-            "--cluster-enabled",
-            "yes",
-            "--cluster-config-file",
-            "nodes.conf",
-        ],
-    );
+    let node = support::cluster::start_node();
     let mut c = node.client();
     assert_eq!(
         c.cmd(&[b"CLUSTER", b"ADDSLOTSRANGE", b"0", b"16383"]),
         b"+OK\r\n"
     );
     wait_cluster_state(&mut c, "ok");
-    let mut config = support::proxy_config(&node);
-    let cc = std::sync::Arc::new(ClusterConfig {
-        nodes: vec![("127.0.0.1".to_string(), node.port())],
-        read_from: ReadFrom::Primary,
-    });
+    let mut config = support::cluster::proxy_config_on(&node, &[node.port()]);
     for db in &mut config.databases {
-        db.upstream.cluster = Some(cc.clone());
-        db.upstream.db = 0;
         db.upstream.connect_timeout = Duration::from_secs(1);
         db.upstream.command_timeout = Duration::from_secs(5);
     }

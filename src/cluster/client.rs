@@ -1532,18 +1532,19 @@ impl Cluster {
         self.collect(flights, &mut units).await;
         let mut waited = false;
         for round in 0..MAX_REDIRECTS {
+            let mut redo: Vec<(usize, Redirect)> = units
+                .iter()
+                .enumerate()
+                .filter_map(|(i, u)| u.reply.as_deref().and_then(merge::redirect).map(|r| (i, r)))
+                .collect();
             // `-TRYAGAIN`/`-CLUSTERDOWN` are waited out within the bound of any
             // retry (`connect_timeout + command_timeout` after the batch was
             // sent); past it, Redis's own error is passed on. Redirects to a node
             // are still followed (a client of a standalone Redis never sees them).
             let pause = self.again_pause(round);
-            let wait_again = Instant::now() + pause < batch.retry.bound;
-            let redo: Vec<(usize, Redirect)> = units
-                .iter()
-                .enumerate()
-                .filter_map(|(i, u)| u.reply.as_deref().and_then(merge::redirect).map(|r| (i, r)))
-                .filter(|(_, r)| wait_again || *r != Redirect::Again)
-                .collect();
+            if Instant::now() + pause >= batch.retry.bound {
+                redo.retain(|(_, r)| *r != Redirect::Again);
+            }
             if redo.is_empty() {
                 break;
             }

@@ -501,13 +501,16 @@ fn logged_command(buf: &[u8], pos: usize, prefix: &[u8], out: &mut Vec<u8>) -> O
     let Some((n, body)) = aggregate(buf, pos, b"*") else {
         return copy(buf, pos, out);
     };
+    // Each argument and where its frame starts.
     let mut args: Vec<&[u8]> = Vec::with_capacity(n);
+    let mut starts = Vec::with_capacity(n);
     let mut p = body;
     for _ in 0..n {
         match header(buf, p)? {
             (b'$', len, at) if len >= 0 => {
                 let end = at.checked_add(len as usize)?;
                 args.push(buf.get(at..end)?);
+                starts.push(p);
                 p = end.checked_add(2)?;
             }
             _ => return copy(buf, pos, out),
@@ -518,13 +521,14 @@ fn logged_command(buf: &[u8], pos: usize, prefix: &[u8], out: &mut Vec<u8>) -> O
         found.clear();
     }
     out.extend_from_slice(buf.get(pos..body)?);
-    for (i, arg) in args.iter().enumerate() {
-        let key = found
+    for (i, &at) in starts.iter().enumerate() {
+        if found
             .iter()
-            .any(|k| k.index == i && k.kind != KeyKind::Channel);
-        match arg.strip_prefix(prefix) {
-            Some(rest) if key => reply::bulk(out, rest),
-            _ => reply::bulk(out, arg),
+            .any(|k| k.index == i && k.kind != KeyKind::Channel)
+        {
+            key(buf, at, prefix, out)?;
+        } else {
+            copy(buf, at, out)?;
         }
     }
     Some(p)

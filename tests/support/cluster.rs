@@ -47,26 +47,47 @@ pub fn cluster_port() -> u16 {
     panic!("no free port pair (port, port+10000) for a cluster node");
 }
 
+/// A `redis-server --cluster-enabled yes` node on a free port pair
+/// ([`cluster_port`]), in no cluster yet.
+pub fn start_node() -> RedisServer {
+    RedisServer::start_on_port_with_args(
+        cluster_port(),
+        &[
+            "--cluster-enabled",
+            "yes",
+            "--cluster-config-file",
+            "nodes.conf",
+            "--cluster-node-timeout",
+            "5000",
+        ],
+    )
+}
+
+/// The 11 AutoBot databases, each on the cluster whose nodes listen on `ports`
+/// (every one a seed, reads from primaries), with `first`'s proxy config
+/// otherwise (an ephemeral loopback listener).
+pub fn proxy_config_on(first: &RedisServer, ports: &[u16]) -> Config {
+    let mut config = super::proxy_config(first);
+    let cc = Arc::new(ClusterConfig {
+        nodes: ports
+            .iter()
+            .map(|p| ("127.0.0.1".to_string(), *p))
+            .collect(),
+        read_from: ReadFrom::Primary,
+    });
+    for db in &mut config.databases {
+        db.upstream.cluster = Some(cc.clone());
+        db.upstream.db = 0;
+    }
+    config
+}
+
 impl Cluster {
     /// Starts and forms a cluster; panics (with the nodes' view) if it does not
     /// become healthy within [`FORM_TIMEOUT`].
     pub fn start() -> Cluster {
         let begun = Instant::now();
-        let nodes: Vec<RedisServer> = (0..NODES)
-            .map(|_| {
-                RedisServer::start_on_port_with_args(
-                    cluster_port(),
-                    &[
-                        "--cluster-enabled",
-                        "yes",
-                        "--cluster-config-file",
-                        "nodes.conf",
-                        "--cluster-node-timeout",
-                        "5000",
-                    ],
-                )
-            })
-            .collect();
+        let nodes: Vec<RedisServer> = (0..NODES).map(|_| start_node()).collect();
         let addrs: Vec<String> = nodes
             .iter()
             .map(|n| format!("127.0.0.1:{}", n.port()))
@@ -191,20 +212,7 @@ impl Cluster {
     /// The 11 AutoBot databases, each on this cluster (every node a seed,
     /// reads from primaries), listening on an ephemeral loopback port.
     pub fn proxy_config(&self) -> Config {
-        let mut config = super::proxy_config(&self.nodes[0]);
-        let cc = Arc::new(ClusterConfig {
-            nodes: self
-                .ports()
-                .iter()
-                .map(|p| ("127.0.0.1".to_string(), *p))
-                .collect(),
-            read_from: ReadFrom::Primary,
-        });
-        for db in &mut config.databases {
-            db.upstream.cluster = Some(cc.clone());
-            db.upstream.db = 0;
-        }
-        config
+        proxy_config_on(&self.nodes[0], &self.ports())
     }
 
     /// `config`'s proxy in process, on a runtime of its own (2 workers) that
