@@ -6,6 +6,10 @@
 //!
 //! A standalone database also carries one (cheap, never used): its address is the
 //! fixed `host`/`port` of its configuration.
+//!
+//! It also keeps what the upstream says it *is* ([`Identity`]: the `server`,
+//! `version` and `modules` of its `HELLO` reply), learnt by every connection's
+//! setup, so that the proxy's own `HELLO` reply names the client's Redis.
 
 use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
 use std::sync::{Arc, Mutex};
@@ -32,6 +36,21 @@ struct Inner {
     suspect: Notify,
     /// One resolution at a time (connections that find no address wait for it).
     resolving: tokio::sync::Mutex<()>,
+    /// What the upstream said it is at the last connection's setup.
+    identity: Mutex<Option<Arc<Identity>>>,
+}
+
+/// The upstream's own account of itself, from a `HELLO` reply: what a client's
+/// `HELLO` to the proxy shows (clients check features by `version` and `modules`).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Identity {
+    /// `server`: `redis` (or e.g. `valkey`).
+    pub server: Vec<u8>,
+    /// `version`: `7.0.15`.
+    pub version: Vec<u8>,
+    /// `modules`, encoded as a RESP2 client gets it (an array of flat arrays) and
+    /// as a RESP3 client gets it (an array of maps).
+    pub modules: [Vec<u8>; 2],
 }
 
 /// Endpoints always compare equal: they are run-time state, not settings, so two
@@ -61,6 +80,7 @@ impl Endpoint {
                 failovers: AtomicU64::new(0),
                 suspect: Notify::new(),
                 resolving: tokio::sync::Mutex::new(()),
+                identity: Mutex::new(None),
             }),
         }
     }
@@ -132,6 +152,28 @@ impl Endpoint {
     /// Changes of primary seen since start.
     pub fn failovers(&self) -> u64 {
         self.inner.failovers.load(Relaxed)
+    }
+
+    /// What the upstream said it is at the last setup that asked (`None`: no
+    /// connection has been set up yet, or the server has no `HELLO`).
+    pub fn identity(&self) -> Option<Arc<Identity>> {
+        self.inner
+            .identity
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .clone()
+    }
+
+    /// Records what a connection's setup learnt (kept when unchanged).
+    pub fn learn(&self, identity: Identity) {
+        let mut slot = self
+            .inner
+            .identity
+            .lock()
+            .unwrap_or_else(|p| p.into_inner());
+        if slot.as_deref() != Some(&identity) {
+            *slot = Some(Arc::new(identity));
+        }
     }
 
     /// Held while resolving, so concurrent connects ask the sentinels once.

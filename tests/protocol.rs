@@ -226,6 +226,56 @@ async fn requests_over_the_configured_limits_are_refused_and_closed() {
     proxy.shutdown().await;
 }
 
+/// `reply` with the value of its `id` field replaced by 0 (each connection has its own).
+fn without_id(reply: &[u8]) -> Vec<u8> {
+    const KEY: &[u8] = b"$2\r\nid\r\n:";
+    let at = reply
+        .windows(KEY.len())
+        .position(|w| w == KEY)
+        .unwrap_or_else(|| panic!("no id in {}", printable(reply)))
+        + KEY.len();
+    let end = at + reply[at..].iter().position(|&b| b == b'\r').expect("CRLF");
+    [&reply[..at], b"0", &reply[end..]].concat()
+}
+
+/// Clients decide what to use by HELLO's `server`, `version` and `modules`: through
+/// the proxy they are Redis's own (found by ioredis's suite: `server` was
+/// `redis-sidecar`, `version` the proxy's 0.1.0). Until a connection to the upstream
+/// has been set up, the proxy names itself.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn hello_names_the_upstream_redis_as_redis_itself_does() {
+    let redis = RedisServer::start();
+    let proxy = start_proxy(proxy_config(&redis)).await;
+    let mut c = AsyncRawClient::connect(proxy.local_addr()).await;
+    let mut direct = AsyncRawClient::connect(redis.addr()).await;
+    assert_eq!(c.cmd(&[b"PING"]).await, b"+PONG\r\n");
+    for args in [&[&b"HELLO"[..]][..], &[b"HELLO", b"3"], &[b"HELLO", b"2"]] {
+        let want = without_id(&direct.cmd(args).await);
+        let got = without_id(&c.cmd(args).await);
+        assert_eq!(got, want, "{}", printable(&want));
+        assert!(
+            String::from_utf8_lossy(&got).contains("$6\r\nserver\r\n$5\r\nredis\r\n"),
+            "{}",
+            printable(&got)
+        );
+    }
+    proxy.shutdown().await;
+
+    // An upstream never reached: the proxy's own name.
+    let dead = redis_sidecar::config::Config::for_upstream("127.0.0.1", support::free_port());
+    let mut config = dead;
+    config.listen = std::net::SocketAddr::from(([127, 0, 0, 1], 0));
+    let proxy = start_proxy(config).await;
+    let mut c = AsyncRawClient::connect(proxy.local_addr()).await;
+    let got = c.cmd(&[b"HELLO", b"3"]).await;
+    assert!(
+        String::from_utf8_lossy(&got).contains("$6\r\nserver\r\n$13\r\nredis-sidecar\r\n"),
+        "{}",
+        printable(&got)
+    );
+    proxy.shutdown().await;
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn hello_3_switches_to_resp3_and_hello_2_back() {
     let redis = RedisServer::start();

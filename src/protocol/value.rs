@@ -1,6 +1,7 @@
 //! Decoding small RESP2 replies into a tree, for the few places the proxy reads a
 //! reply's content itself (sentinel lookups, the cluster slot map, key_prefix's
-//! SCAN). Replies relayed to clients are never decoded: they are framed by
+//! SCAN, the upstream's `HELLO`; RESP3 maps and sets read as flat arrays, a RESP3
+//! null as a nil bulk string). Replies relayed to clients are never decoded: they are framed by
 //! [`super::reply`].
 
 use super::reply::ReplyError;
@@ -51,9 +52,12 @@ pub fn decode(buf: &[u8], depth: u32) -> Result<Option<(Value, usize)>, ReplyErr
                 Value::Bulk(Some(data))
             }
         },
-        b'*' => match usize::try_from(int()?) {
+        b'_' => Value::Bulk(None),
+        b'*' | b'~' | b'%' => match usize::try_from(int()?) {
             Err(_) => Value::Array(None),
             Ok(n) => {
+                // A map's n entries are 2n values, read as a flat array.
+                let n = if kind == b'%' { n.saturating_mul(2) } else { n };
                 let mut items = Vec::with_capacity(n.min(64));
                 for _ in 0..n {
                     match decode(&buf[used..], depth + 1)? {
@@ -73,6 +77,24 @@ pub fn decode(buf: &[u8], depth: u32) -> Result<Option<(Value, usize)>, ReplyErr
 }
 
 impl Value {
+    /// Appends the value in RESP2 (a decoded map comes out as its flat array).
+    pub fn encode(&self, out: &mut Vec<u8>) {
+        match self {
+            Value::Simple(s) => super::reply::simple(out, s),
+            Value::Error(e) => super::reply::error(out, e),
+            Value::Int(n) => super::reply::integer(out, *n),
+            Value::Bulk(Some(b)) => super::reply::bulk(out, b),
+            Value::Bulk(None) => super::reply::nil(out),
+            Value::Array(None) => out.extend_from_slice(b"*-1\r\n"),
+            Value::Array(Some(items)) => {
+                super::reply::array_header(out, items.len());
+                for item in items {
+                    item.encode(out);
+                }
+            }
+        }
+    }
+
     /// A bulk or simple string, as text (lossy).
     pub fn text(&self) -> Option<String> {
         match self {

@@ -461,12 +461,16 @@ fn hello<L: ArgList + ?Sized>(state: &mut State, ctx: &View<'_>, args: &L) -> Ou
     } else {
         reply::array_header(&mut out, 14);
     }
-    for (k, v) in [
-        ("server", "redis-sidecar"),
-        ("version", env!("CARGO_PKG_VERSION")),
-    ] {
-        reply::bulk(&mut out, k.as_bytes());
-        reply::bulk(&mut out, v.as_bytes());
+    // The upstream's server, version and modules (clients go by them); until a
+    // connection to it has been set up, the proxy's own name and version.
+    let identity = state.db.config.upstream.endpoint.identity();
+    let (server, version) = match &identity {
+        Some(id) => (&id.server[..], &id.version[..]),
+        None => (&b"redis-sidecar"[..], env!("CARGO_PKG_VERSION").as_bytes()),
+    };
+    for (k, v) in [(&b"server"[..], server), (b"version", version)] {
+        reply::bulk(&mut out, k);
+        reply::bulk(&mut out, v);
     }
     reply::bulk(&mut out, b"proto");
     reply::integer(&mut out, if state.resp3 { 3 } else { 2 });
@@ -477,7 +481,10 @@ fn hello<L: ArgList + ?Sized>(state: &mut State, ctx: &View<'_>, args: &L) -> Ou
         reply::bulk(&mut out, v.as_bytes());
     }
     reply::bulk(&mut out, b"modules");
-    reply::array_header(&mut out, 0);
+    match &identity {
+        Some(id) => out.extend_from_slice(&id.modules[usize::from(state.resp3)]),
+        None => reply::array_header(&mut out, 0),
+    }
     Outcome::Reply(out)
 }
 

@@ -24,7 +24,7 @@ pub fn keepalive(stream: &TcpStream) {
 }
 
 /// Connects to the upstream and prepares the connection (AUTH, `HELLO 3` for RESP3
-/// connections, SELECT), then checks with a PING that the server is not still
+/// connections and `HELLO 2` for the others, SELECT), then checks with a PING that the server is not still
 /// loading its data (`-LOADING` fails the setup, to be retried like any connect
 /// failure).
 pub async fn connect(cfg: &UpstreamConfig, resp3: bool) -> Result<Stream, UpstreamError> {
@@ -136,10 +136,15 @@ async fn connect_inner(
         }
         expected += 1;
     }
-    if resp3 {
-        encode_command(&[&b"HELLO"[..], b"3"], &mut setup);
-        expected += 1;
-    }
+    // HELLO: RESP3 for a RESP3 connection (refused: the setup fails), else `HELLO
+    // 2`, which changes nothing and may be refused (a Redis before 6.0). Either
+    // reply says what the server is (`Endpoint::learn`).
+    encode_command(
+        &[&b"HELLO"[..], if resp3 { b"3" } else { b"2" }],
+        &mut setup,
+    );
+    expected += 1;
+    let hello_at = expected;
     if cfg.db != 0 {
         encode_command(
             &[b"SELECT".to_vec(), cfg.db.to_string().into_bytes()],
@@ -204,7 +209,13 @@ async fn connect_inner(
                     seen += 1;
                     continue;
                 }
-                if frame.is_error && (!ping || super::is_loading(&bytes)) {
+                if hello_at == seen + 1 && !frame.is_error {
+                    if let Some(identity) = super::identity::parse(&bytes) {
+                        cfg.endpoint.learn(identity);
+                    }
+                }
+                let optional = ping || (hello_at == seen + 1 && !resp3);
+                if frame.is_error && (!optional || super::is_loading(&bytes)) {
                     let text = String::from_utf8_lossy(&bytes[1..bytes.len() - 2]).into_owned();
                     return Err(UpstreamError::Handshake {
                         addr: addr.to_string(),

@@ -7,6 +7,7 @@ pub mod dedicated;
 pub mod error;
 pub mod frames;
 pub mod health;
+pub mod identity;
 pub mod mux;
 pub mod oob;
 pub mod pubsub;
