@@ -3,13 +3,15 @@
 # and through redis-sidecar, then prints both counts and the tests that pass
 # directly but fail through the proxy (with their error messages).
 #
-#   scripts/ioredis-suite.sh IOREDIS_CHECKOUT [--proxy-auth]
+#   scripts/ioredis-suite.sh IOREDIS_CHECKOUT [--proxy-auth] [--key-prefix]
 #
 #   IOREDIS_CHECKOUT  a checkout of github.com/redis/ioredis (its tests are not in
 #                     the npm package); `npm install` is run there if needed
 #   --proxy-auth      let the proxy answer AUTH itself (its default) instead of
 #                     `auth_passthrough: true`, which hands AUTH to Redis so the
 #                     suite's ACL-user tests can pass
+#   --key-prefix      every database gets `key_prefix: "dbN:"` (numbered databases
+#                     sharing one upstream db, as on a cluster)
 #
 # ioredis's tests connect to localhost:6379 (and expect nothing on 6390, 8999 and
 # the mock servers' ports), so port 6379 must be free: the direct run puts Redis
@@ -17,13 +19,22 @@
 # Runs: test/functional/*.ts and test/functional/commands/*.ts with mocha (the
 # cluster and unit folders use mock servers and never reach Redis). Output: JSON
 # reports, logs and summary.txt in ${IOREDIS_SUITE_OUT:-target/ioredis-suite}.
+# IOREDIS_MOCHA_ARGS adds mocha options to both runs (e.g. `--exclude FILE`).
 set -euo pipefail
 
 ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 IOREDIS="${1:?usage: scripts/ioredis-suite.sh IOREDIS_CHECKOUT [--proxy-auth]}"
 IOREDIS="$(cd "$IOREDIS" && pwd)"
+shift
 PASSTHROUGH=true
-[[ "${2:-}" == "--proxy-auth" ]] && PASSTHROUGH=false
+PREFIX=0
+for arg in "$@"; do
+    case "$arg" in
+        --proxy-auth) PASSTHROUGH=false ;;
+        --key-prefix) PREFIX=1 ;;
+        *) echo "ioredis-suite: unknown argument '$arg'" >&2; exit 2 ;;
+    esac
+done
 OUT="${IOREDIS_SUITE_OUT:-$ROOT/target/ioredis-suite}"
 mkdir -p "$OUT"
 WORK="$(mktemp -d "${TMPDIR:-/tmp}/ioredis-suite.XXXXXX")"
@@ -45,7 +56,7 @@ start_redis() { # port
 }
 run_suite() { # name
     (cd "$IOREDIS" && TS_NODE_TRANSPILE_ONLY=true NODE_ENV=test timeout 1800 npx mocha \
-        --no-experimental-strip-types --reporter json "test/helpers/*.ts" \
+        --no-experimental-strip-types --reporter json ${IOREDIS_MOCHA_ARGS:-} "test/helpers/*.ts" \
         "test/functional/*.ts" "test/functional/commands/*.ts" >"$OUT/$1.json" 2>"$OUT/$1.log") || true
 }
 
@@ -59,12 +70,15 @@ PORT=$(python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1", 0)); p
 start_redis "$PORT"
 {
     echo "redis_databases:"
-    for n in $(seq 0 15); do echo "  db$n: { db: $n }"; done
+    for n in $(seq 0 15); do
+        if (( PREFIX )); then echo "  db$n: { db: $n, upstream_db: 0, key_prefix: \"db$n:\" }"
+        else echo "  db$n: { db: $n }"; fi
+    done
     echo "host: 127.0.0.1"
     echo "port: $PORT"
     echo "auth_passthrough: $PASSTHROUGH"
 } >"$WORK/proxy.yml"
-log "proxy run (proxy on 6379, Redis on $PORT, auth_passthrough: $PASSTHROUGH)"
+log "proxy run (proxy on 6379, Redis on $PORT, auth_passthrough: $PASSTHROUGH, key prefixes: $PREFIX)"
 "$ROOT/target/release/redis-sidecar" -c "$WORK/proxy.yml" --listen 127.0.0.1:6379 \
     --metrics-listen off >"$OUT/proxy-server.log" 2>&1 &
 PIDS+=($!)

@@ -644,7 +644,15 @@ impl Session {
                         } else {
                             None
                         };
-                        prefix::plan(&pfx, &cmd, args, confined)
+                        let mut planned = prefix::plan(&pfx, &cmd, args, confined);
+                        if let prefix::Plan::Refuse(text) = &mut planned {
+                            // Not a command at all: Redis's own words, when sure.
+                            let upstream = &self.state.db.config.upstream.endpoint;
+                            if let Some(t) = prefix::unknown(&cmd, args, upstream) {
+                                *text = t;
+                            }
+                        }
+                        planned
                     };
                     match planned {
                         prefix::Plan::Synth(_)

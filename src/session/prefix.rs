@@ -101,6 +101,63 @@ fn refuse<L: ArgList + ?Sized>(args: &L, why: &str) -> Plan {
     ))
 }
 
+/// Redis's own refusal of a command or subcommand it does not have (the text after
+/// `-`), for a request refused because its keys cannot be located, when the
+/// upstream is known to have no command the table lacks: the same Redis version or
+/// an older one, and no modules. `None` otherwise: a newer Redis or a module may
+/// have it, and then only the proxy's refusal is true.
+pub(super) fn unknown<L: ArgList + ?Sized>(
+    cmd: &Descriptor,
+    args: &L,
+    upstream: &crate::endpoint::Endpoint,
+) -> Option<String> {
+    let container = match cmd.info {
+        None => None,
+        Some(i) if i.has(table::CONTAINER) && !i.name.contains('|') && args.count() > 1 => {
+            Some(i.name)
+        }
+        Some(_) => return None,
+    };
+    let identity = upstream.identity()?;
+    let version = |v: &[u8]| -> Vec<u64> {
+        String::from_utf8_lossy(v)
+            .split('.')
+            .map(|n| n.parse().unwrap_or(u64::MAX))
+            .collect()
+    };
+    if identity.modules[0] != b"*0\r\n"
+        || version(&identity.version) > version(table::REDIS_VERSION.as_bytes())
+    {
+        return None;
+    }
+    let text = |b: &[u8]| String::from_utf8_lossy(b).into_owned();
+    let mut message = match container {
+        // Redis 7.0's texts (`processCommand`), its newlines made spaces.
+        Some(name) => format!(
+            "ERR unknown subcommand '{}'. Try {} HELP.",
+            text(&args.arg(1)[..args.arg(1).len().min(128)]),
+            name.to_ascii_uppercase()
+        ),
+        None => {
+            let mut shown = String::new();
+            let mut i = 1;
+            while i < args.count() && shown.len() < 128 {
+                let arg = args.arg(i);
+                let room = 128 - shown.len();
+                shown.push_str(&format!("'{}' ", text(&arg[..arg.len().min(room)])));
+                i += 1;
+            }
+            let name = args.arg(0);
+            format!(
+                "ERR unknown command '{}', with args beginning with: {shown}",
+                text(&name[..name.len().min(128)])
+            )
+        }
+    };
+    message = message.replace(['\r', '\n'], " ");
+    Some(message)
+}
+
 /// The plan for a request classified as `cmd` on a database with `prefix`
 /// (`confined`: where replies cannot be rewritten, e.g. `inside MULTI`).
 pub(super) fn plan<L: ArgList + ?Sized>(
@@ -902,6 +959,42 @@ mod tests {
     fn plan_of(args: &[&str]) -> Plan {
         let cmd = Descriptor::of(args);
         plan(b"kb:", &cmd, args, None)
+    }
+
+    #[test]
+    fn unknown_commands_get_redis_words_only_when_the_upstream_cannot_have_them() {
+        let upstream = crate::endpoint::Endpoint::new();
+        let learn = |version: &str, modules: &[u8]| {
+            upstream.learn(crate::endpoint::Identity {
+                server: b"redis".to_vec(),
+                version: version.as_bytes().to_vec(),
+                modules: [modules.to_vec(), modules.to_vec()],
+            })
+        };
+        let said = |args: &[&str]| unknown(&Descriptor::of(args), args, &upstream);
+        // Not known yet: a module or a newer Redis may have it.
+        assert_eq!(said(&["NOSUCH", "k"]), None);
+        learn(table::REDIS_VERSION, b"*0\r\n");
+        assert_eq!(
+            said(&["NOSUCH", "k", "v"]).as_deref(),
+            Some("ERR unknown command 'NOSUCH', with args beginning with: 'k' 'v' ")
+        );
+        assert_eq!(
+            said(&["object", "nosuch", "k"]).as_deref(),
+            Some("ERR unknown subcommand 'nosuch'. Try OBJECT HELP.")
+        );
+        // Known commands (refused for other reasons) are not unknown.
+        assert_eq!(said(&["FLUSHALL"]), None);
+        assert_eq!(said(&["MOVE", "k", "2"]), None);
+        learn("6.2.14", b"*0\r\n");
+        assert!(said(&["NOSUCH"]).is_some(), "an older Redis has no more");
+        learn("7.2.4", b"*0\r\n");
+        assert_eq!(said(&["NOSUCH"]), None, "a newer Redis may have it");
+        learn(
+            table::REDIS_VERSION,
+            b"*1\r\n*2\r\n$4\r\nname\r\n$2\r\nft\r\n",
+        );
+        assert_eq!(said(&["FT.SEARCH", "i", "q"]), None, "a module may have it");
     }
 
     fn sent(args: &[&str]) -> Vec<String> {
