@@ -48,6 +48,8 @@ pub struct Identity {
     pub server: Vec<u8>,
     /// `version`: `7.0.15`.
     pub version: Vec<u8>,
+    /// `role`: `master`, or `replica` for a standalone upstream that is one.
+    pub role: Vec<u8>,
     /// `modules`, encoded as a RESP2 client gets it (an array of flat arrays) and
     /// as a RESP3 client gets it (an array of maps).
     pub modules: [Vec<u8>; 2],

@@ -261,6 +261,24 @@ async fn hello_names_the_upstream_redis_as_redis_itself_does() {
     }
     proxy.shutdown().await;
 
+    // A standalone upstream that is a replica says so (`role`), as Redis would.
+    let replica = RedisServer::start();
+    let mut r = AsyncRawClient::connect(replica.addr()).await;
+    let port = redis.port().to_string();
+    let ok = r.cmd(&[b"REPLICAOF", b"127.0.0.1", port.as_bytes()]).await;
+    assert_eq!(ok, b"+OK\r\n");
+    let proxy = start_proxy(proxy_config(&replica)).await;
+    let mut c = AsyncRawClient::connect(proxy.local_addr()).await;
+    assert_eq!(c.cmd(&[b"PING"]).await, b"+PONG\r\n");
+    let want = without_id(&r.cmd(&[b"HELLO", b"3"]).await);
+    assert!(
+        String::from_utf8_lossy(&want).contains("$4\r\nrole\r\n$7\r\nreplica\r\n"),
+        "{}",
+        printable(&want)
+    );
+    assert_eq!(without_id(&c.cmd(&[b"HELLO", b"3"]).await), want);
+    proxy.shutdown().await;
+
     // An upstream never reached: the proxy's own name.
     let dead = redis_sidecar::config::Config::for_upstream("127.0.0.1", support::free_port());
     let mut config = dead;

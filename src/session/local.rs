@@ -476,9 +476,10 @@ fn hello<L: ArgList + ?Sized>(state: &mut State, ctx: &View<'_>, args: &L) -> Ou
     reply::integer(&mut out, if state.resp3 { 3 } else { 2 });
     reply::bulk(&mut out, b"id");
     reply::integer(&mut out, state.id as i64);
-    for (k, v) in [("mode", "standalone"), ("role", "master")] {
-        reply::bulk(&mut out, k.as_bytes());
-        reply::bulk(&mut out, v.as_bytes());
+    let role = identity.as_ref().map_or(&b"master"[..], |id| &id.role[..]);
+    for (k, v) in [(&b"mode"[..], &b"standalone"[..]), (b"role", role)] {
+        reply::bulk(&mut out, k);
+        reply::bulk(&mut out, v);
     }
     reply::bulk(&mut out, b"modules");
     match &identity {

@@ -968,6 +968,7 @@ mod tests {
             upstream.learn(crate::endpoint::Identity {
                 server: b"redis".to_vec(),
                 version: version.as_bytes().to_vec(),
+                role: b"master".to_vec(),
                 modules: [modules.to_vec(), modules.to_vec()],
             })
         };

@@ -209,7 +209,9 @@ async fn connect_inner(
                     seen += 1;
                     continue;
                 }
-                if hello_at == seen + 1 && !frame.is_error {
+                // (Not from a cluster replica serving reads: the database's
+                // role is its primaries'.)
+                if hello_at == seen + 1 && !frame.is_error && !cfg.replica_reads {
                     if let Some(identity) = super::identity::parse(&bytes) {
                         cfg.endpoint.learn(identity);
                     }

@@ -1,4 +1,4 @@
-//! What the upstream says it is: the `server`, `version` and `modules` fields of its
+//! What the upstream says it is: the `server`, `version`, `role` and `modules` fields of its
 //! `HELLO` reply, read at a connection's setup into an
 //! [`Identity`](crate::endpoint::Identity). The proxy answers a client's `HELLO`
 //! itself (it changes the session's protocol, name and login), and with these fields
@@ -17,12 +17,14 @@ pub fn parse(hello: &[u8]) -> Option<Identity> {
     };
     let mut server = None;
     let mut version = None;
+    let mut role = None;
     let mut modules: &[Value] = &[];
     for pair in fields.chunks_exact(2) {
         let name = pair[0].text()?;
         match (name.as_str(), &pair[1]) {
             ("server", v) => server = v.text(),
             ("version", v) => version = v.text(),
+            ("role", v) => role = v.text(),
             ("modules", Value::Array(Some(list))) => modules = list,
             _ => {}
         }
@@ -47,6 +49,7 @@ pub fn parse(hello: &[u8]) -> Option<Identity> {
     Some(Identity {
         server: server?.into_bytes(),
         version: version?.into_bytes(),
+        role: role.unwrap_or_else(|| "master".into()).into_bytes(),
         modules: [resp2, resp3],
     })
 }
@@ -62,6 +65,7 @@ mod tests {
         let id = parse(RESP2).expect("identity");
         assert_eq!(id.server, b"redis");
         assert_eq!(id.version, b"7.0.15");
+        assert_eq!(id.role, b"master");
         assert_eq!(id.modules, [b"*0\r\n".to_vec(), b"*0\r\n".to_vec()]);
     }
 
@@ -73,12 +77,13 @@ mod tests {
             )
         };
         let reply = format!(
-            "%7\r\n$6\r\nserver\r\n$6\r\nvalkey\r\n$7\r\nversion\r\n$5\r\n8.1.0\r\n$5\r\nproto\r\n:3\r\n$2\r\nid\r\n:9\r\n$4\r\nmode\r\n$7\r\ncluster\r\n$4\r\nrole\r\n$6\r\nmaster\r\n$7\r\nmodules\r\n*1\r\n{}",
+            "%7\r\n$6\r\nserver\r\n$6\r\nvalkey\r\n$7\r\nversion\r\n$5\r\n8.1.0\r\n$5\r\nproto\r\n:3\r\n$2\r\nid\r\n:9\r\n$4\r\nmode\r\n$7\r\ncluster\r\n$4\r\nrole\r\n$7\r\nreplica\r\n$7\r\nmodules\r\n*1\r\n{}",
             module("%4")
         );
         let id = parse(reply.as_bytes()).expect("identity");
         assert_eq!(id.server, b"valkey");
         assert_eq!(id.version, b"8.1.0");
+        assert_eq!(id.role, b"replica");
         assert_eq!(
             id.modules[0],
             format!("*1\r\n{}", module("*8")).into_bytes()
