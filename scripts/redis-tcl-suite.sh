@@ -60,6 +60,8 @@ PROXY=$(free_port)
     echo "host: 127.0.0.1"
     echo "port: $UP"
     echo "listen: 127.0.0.1:$PROXY"
+    # DEBUG RELOAD and friends may take longer than the default 5 s.
+    echo "command_timeout: 60"
 } >"$WORK/proxy.yml"
 "$ROOT/target/release/redis-sidecar" -c "$WORK/proxy.yml" --metrics-listen off \
     >"$OUT/proxy-server.log" 2>&1 &
