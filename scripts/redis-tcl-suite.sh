@@ -62,6 +62,8 @@ PROXY=$(free_port)
     echo "listen: 127.0.0.1:$PROXY"
     # DEBUG RELOAD and friends may take longer than the default 5 s.
     echo "command_timeout: 60"
+    # The suite logs in as ACL users it creates: Redis checks AUTH.
+    echo "auth_passthrough: true"
 } >"$WORK/proxy.yml"
 "$ROOT/target/release/redis-sidecar" -c "$WORK/proxy.yml" --metrics-listen off \
     >"$OUT/proxy-server.log" 2>&1 &

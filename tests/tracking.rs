@@ -479,6 +479,10 @@ async fn tracking_off_returns_to_shared_connections_and_a_lost_tracking_connecti
     assert_eq!(c.cmd(&[b"CLIENT", b"TRACKING", b"ON"]).await, b"+OK\r\n");
     assert_eq!(c.cmd(&[b"RESET"]).await, b"+RESET\r\n");
     tracking_conns(&mut direct, 0).await;
+    // The session knows it too (found by Redis's own suite: after RESET, AUTH was
+    // refused "while CLIENT TRACKING is on" and CLIENT INFO showed flags=t).
+    let info = text(&c.cmd(&[b"CLIENT", b"INFO"]).await);
+    assert!(info.contains(" flags=N "), "{info}");
 
     // Transactions and blocking commands run on the tracking connection.
     assert_eq!(c.cmd(&[b"CLIENT", b"TRACKING", b"ON"]).await, b"+OK\r\n");

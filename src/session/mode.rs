@@ -253,6 +253,11 @@ impl Session {
 
     /// Subscribed → Shared, or back to the parked private connection.
     pub(super) fn leave_pubsub(&mut self) {
+        // Any other mode stays as it is (a private connection, and the tracking
+        // that lives on it, is let go by `release`, not dropped here).
+        if !matches!(self.mode, Mode::Subscribed(_)) {
+            return self.publish();
+        }
         if let Mode::Subscribed(s) = std::mem::replace(&mut self.mode, Mode::Shared) {
             if let Some(p) = s.parked {
                 self.mode = Mode::Private(p);
