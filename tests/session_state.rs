@@ -164,6 +164,17 @@ async fn a_runaway_script_is_killed_through_the_proxy() {
         String::from_utf8_lossy(&killed)
     );
     assert_eq!(killer.cmd(&[b"SET", b"after", b"1"]).await, b"+OK\r\n");
+
+    // Again from a database other than 0 (found by Redis's own suite, which runs in
+    // db 9): the kill's connection used to SELECT first, which a busy Redis refuses
+    // (-BUSY), so the kill never got there. SCRIPT KILL is server-wide: no SELECT.
+    script.send(&resp_cmd(&[b"EVAL", RUNAWAY, b"0"])).await;
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    assert_eq!(killer.cmd(&[b"SELECT", b"9"]).await, b"+OK\r\n");
+    assert_eq!(killer.cmd(&[b"SCRIPT", b"KILL"]).await, b"+OK\r\n");
+    let killed = script.read_reply().await;
+    assert!(killed.starts_with(b"-ERR"), "{killed:?}");
+    assert_eq!(killer.cmd(&[b"SET", b"after", b"1"]).await, b"+OK\r\n");
     proxy.shutdown().await;
 }
 
