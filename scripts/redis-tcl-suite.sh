@@ -64,6 +64,8 @@ PROXY=$(free_port)
     echo "command_timeout: 60"
     # The suite logs in as ACL users it creates: Redis checks AUTH.
     echo "auth_passthrough: true"
+    # It runs REPLICAOF NO ONE (denied by default).
+    echo "deny_commands: []"
 } >"$WORK/proxy.yml"
 "$ROOT/target/release/redis-sidecar" -c "$WORK/proxy.yml" --metrics-listen off \
     >"$OUT/proxy-server.log" 2>&1 &
