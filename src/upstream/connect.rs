@@ -24,7 +24,7 @@ pub fn keepalive(stream: &TcpStream) {
 }
 
 /// Connects to the upstream and prepares the connection (AUTH, `HELLO 3` for RESP3
-/// connections and `HELLO 2` for the others, SELECT), then checks with a PING that the server is not still
+/// connections, SELECT), then checks with a PING that the server is not still
 /// loading its data (`-LOADING` fails the setup, to be retried like any connect
 /// failure).
 pub async fn connect(cfg: &UpstreamConfig, resp3: bool) -> Result<Stream, UpstreamError> {
@@ -136,15 +136,15 @@ async fn connect_inner(
         }
         expected += 1;
     }
-    // HELLO: RESP3 for a RESP3 connection (refused: the setup fails), else `HELLO
-    // 2`, which changes nothing and may be refused (a Redis before 6.0). Either
-    // reply says what the server is (`Endpoint::learn`).
-    encode_command(
-        &[&b"HELLO"[..], if resp3 { b"3" } else { b"2" }],
-        &mut setup,
-    );
-    expected += 1;
-    let hello_at = expected;
+    // Its reply also says what the server is (`Endpoint::learn`). (RESP2
+    // connections send no HELLO: a proxy in between, such as twemproxy, closes a
+    // connection on a command it does not know; `identity::ask` asks apart.)
+    let mut hello_at = 0;
+    if resp3 {
+        encode_command(&[&b"HELLO"[..], b"3"], &mut setup);
+        expected += 1;
+        hello_at = expected;
+    }
     if cfg.db != 0 {
         encode_command(
             &[b"SELECT".to_vec(), cfg.db.to_string().into_bytes()],
@@ -216,8 +216,7 @@ async fn connect_inner(
                         cfg.endpoint.learn(identity);
                     }
                 }
-                let optional = ping || (hello_at == seen + 1 && !resp3);
-                if frame.is_error && (!optional || super::is_loading(&bytes)) {
+                if frame.is_error && (!ping || super::is_loading(&bytes)) {
                     let text = String::from_utf8_lossy(&bytes[1..bytes.len() - 2]).into_owned();
                     return Err(UpstreamError::Handshake {
                         addr: addr.to_string(),

@@ -112,6 +112,10 @@ pub fn spawn(
                 }
             }
             was_ok = result.is_ok();
+            if was_ok && cfg.endpoint.identity().is_none() && !cfg.replica_reads {
+                // What the server is, for the proxy's HELLO (once known, kept).
+                super::identity::ask(&cfg).await;
+            }
             observer.probe(result.is_ok());
             state.record(result);
             let interval = observer.probe_interval(cfg.resilience.health_check_interval);

@@ -1,13 +1,38 @@
 //! What the upstream says it is: the `server`, `version`, `role` and `modules` fields of its
-//! `HELLO` reply, read at a connection's setup into an
+//! `HELLO` reply (asked by the health probe task until known, or read in a RESP3
+//! connection's setup) into an
 //! [`Identity`](crate::endpoint::Identity). The proxy answers a client's `HELLO`
 //! itself (it changes the session's protocol, name and login), and with these fields
 //! the reply names the client's Redis (`redis`, `7.0.15`, its modules), not the
 //! proxy: clients decide what to use by them.
 
+use crate::config::UpstreamConfig;
 use crate::endpoint::Identity;
 use crate::protocol::reply;
 use crate::protocol::value::{decode, Value};
+
+use super::dedicated::ExclusiveConn;
+
+/// Asks the upstream what it is (`HELLO 2` on a connection of its own, closed
+/// after) and records it in the database's endpoint. Best effort, within the
+/// connect and command timeouts: a Redis without `HELLO`, or a proxy in between that
+/// closes a connection on a command it does not know (twemproxy does), leaves it
+/// unknown, and nothing else used that connection. (RESP3 connections learn it
+/// from their setup's `HELLO 3`.)
+pub async fn ask(cfg: &UpstreamConfig) {
+    let asked = async {
+        let mut conn = ExclusiveConn::open(cfg, false, false).await.ok()?;
+        let reply = conn
+            .round_trip(b"*2\r\n$5\r\nHELLO\r\n$1\r\n2\r\n", 1)
+            .await
+            .ok()?;
+        parse(&reply)
+    };
+    let limit = cfg.connect_timeout + cfg.command_timeout;
+    if let Ok(Some(identity)) = tokio::time::timeout(limit, asked).await {
+        cfg.endpoint.learn(identity);
+    }
+}
 
 /// The identity in a `HELLO` reply (a RESP2 array or a RESP3 map); `None` for an
 /// error (a Redis before 6.0 has no `HELLO`) or a reply without `server`/`version`.

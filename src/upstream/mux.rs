@@ -967,11 +967,6 @@ mod tests {
                 assert!(n > 0, "closed during setup");
                 seen.extend_from_slice(&buf[..n]);
             }
-            // HELLO 2 first (a server without it refuses it), then the SELECTs.
-            let hellos = seen.windows(5).filter(|w| w == b"HELLO").count();
-            s.write_all(&b"-ERR unknown command 'HELLO'\r\n".repeat(hellos))
-                .await
-                .expect("write");
             let selects = seen.windows(6).filter(|w| w == b"SELECT").count();
             s.write_all(&b"+OK\r\n".repeat(selects))
                 .await
