@@ -8,8 +8,8 @@
 //! fixed `host`/`port` of its configuration.
 //!
 //! It also keeps what the upstream says it *is* ([`Identity`]: the `server`,
-//! `version` and `modules` of its `HELLO` reply), learnt by every connection's
-//! setup, so that the proxy's own `HELLO` reply names the client's Redis.
+//! `version`, `role` and `modules` of its `HELLO` reply; `upstream::identity`), so
+//! that the proxy's own `HELLO` reply names the client's Redis.
 
 use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
 use std::sync::{Arc, Mutex};
@@ -36,7 +36,7 @@ struct Inner {
     suspect: Notify,
     /// One resolution at a time (connections that find no address wait for it).
     resolving: tokio::sync::Mutex<()>,
-    /// What the upstream said it is at the last connection's setup.
+    /// What the upstream said it is, when last asked.
     identity: Mutex<Option<Arc<Identity>>>,
 }
 
@@ -156,8 +156,8 @@ impl Endpoint {
         self.inner.failovers.load(Relaxed)
     }
 
-    /// What the upstream said it is at the last setup that asked (`None`: no
-    /// connection has been set up yet, or the server has no `HELLO`).
+    /// What the upstream said it is when last asked (`None`: not yet, or the
+    /// server has no `HELLO`).
     pub fn identity(&self) -> Option<Arc<Identity>> {
         self.inner
             .identity
@@ -166,7 +166,7 @@ impl Endpoint {
             .clone()
     }
 
-    /// Records what a connection's setup learnt (kept when unchanged).
+    /// Records what the upstream said it is (kept when unchanged).
     pub fn learn(&self, identity: Identity) {
         let mut slot = self
             .inner

@@ -452,12 +452,7 @@ async fn refused_commands_name_themselves() {
     );
     // Not commands of this Redis (7.0, no modules: its HELLO says so): refused in
     // Redis's own words, byte for byte (found by ioredis's suite), never sent.
-    let deadline = std::time::Instant::now() + Duration::from_secs(5);
-    while !String::from_utf8_lossy(&c.cmd(&[b"HELLO"]).await).contains("$5\r\nredis\r\n") {
-        // The health probe task asks the upstream what it is at start.
-        assert!(std::time::Instant::now() < deadline, "HELLO not learnt");
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
+    support::upstream_learnt(&mut c).await;
     let long = "x".repeat(100);
     for args in [
         &[&b"NOSUCHCOMMAND"[..], b"k", b"v"][..],

@@ -238,19 +238,6 @@ fn without_id(reply: &[u8]) -> Vec<u8> {
     [&reply[..at], b"0", &reply[end..]].concat()
 }
 
-/// Waits (at most 5 s) until the proxy has learnt what its upstream is: the health
-/// probe task asks it at start.
-async fn learnt(c: &mut AsyncRawClient) {
-    let deadline = Instant::now() + Duration::from_secs(5);
-    while !String::from_utf8_lossy(&c.cmd(&[b"HELLO"]).await).contains("$5\r\nredis\r\n") {
-        assert!(
-            Instant::now() < deadline,
-            "the upstream's HELLO was not learnt"
-        );
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
-}
-
 /// Clients decide what to use by HELLO's `server`, `version` and `modules`: through
 /// the proxy they are Redis's own (found by ioredis's suite: `server` was
 /// `redis-sidecar`, `version` the proxy's 0.1.0). Until a connection to the upstream
@@ -262,7 +249,7 @@ async fn hello_names_the_upstream_redis_as_redis_itself_does() {
     let mut c = AsyncRawClient::connect(proxy.local_addr()).await;
     let mut direct = AsyncRawClient::connect(redis.addr()).await;
     assert_eq!(c.cmd(&[b"PING"]).await, b"+PONG\r\n");
-    learnt(&mut c).await;
+    support::upstream_learnt(&mut c).await;
     for args in [&[&b"HELLO"[..]][..], &[b"HELLO", b"3"], &[b"HELLO", b"2"]] {
         let want = without_id(&direct.cmd(args).await);
         let got = without_id(&c.cmd(args).await);
@@ -284,7 +271,7 @@ async fn hello_names_the_upstream_redis_as_redis_itself_does() {
     let proxy = start_proxy(proxy_config(&replica)).await;
     let mut c = AsyncRawClient::connect(proxy.local_addr()).await;
     assert_eq!(c.cmd(&[b"PING"]).await, b"+PONG\r\n");
-    learnt(&mut c).await;
+    support::upstream_learnt(&mut c).await;
     let want = without_id(&r.cmd(&[b"HELLO", b"3"]).await);
     assert!(
         String::from_utf8_lossy(&want).contains("$4\r\nrole\r\n$7\r\nreplica\r\n"),

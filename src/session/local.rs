@@ -461,8 +461,8 @@ fn hello<L: ArgList + ?Sized>(state: &mut State, ctx: &View<'_>, args: &L) -> Ou
     } else {
         reply::array_header(&mut out, 14);
     }
-    // The upstream's server, version and modules (clients go by them); until a
-    // connection to it has been set up, the proxy's own name and version.
+    // The upstream's server, version, role and modules (clients go by them);
+    // until the proxy has learnt them, its own name and version.
     let identity = state.db.config.upstream.endpoint.identity();
     let (server, version) = match &identity {
         Some(id) => (&id.server[..], &id.version[..]),

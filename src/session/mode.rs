@@ -255,12 +255,11 @@ impl Session {
     pub(super) fn leave_pubsub(&mut self) {
         // Any other mode stays as it is (a private connection, and the tracking
         // that lives on it, is let go by `release`, not dropped here).
-        if !matches!(self.mode, Mode::Subscribed(_)) {
-            return self.publish();
-        }
-        if let Mode::Subscribed(s) = std::mem::replace(&mut self.mode, Mode::Shared) {
-            if let Some(p) = s.parked {
-                self.mode = Mode::Private(p);
+        if matches!(self.mode, Mode::Subscribed(_)) {
+            if let Mode::Subscribed(s) = std::mem::replace(&mut self.mode, Mode::Shared) {
+                if let Some(p) = s.parked {
+                    self.mode = Mode::Private(p);
+                }
             }
         }
         self.publish();

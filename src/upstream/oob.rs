@@ -19,11 +19,10 @@ use crate::config::UpstreamConfig;
 /// Sends `request` (one complete multibulk request) to `cfg`'s upstream on a new
 /// connection and answers through the returned channel, within the connect and
 /// command timeouts.
-pub fn call(cfg: UpstreamConfig, resp3: bool, request: Bytes) -> oneshot::Receiver<Answer> {
+pub fn call(mut cfg: UpstreamConfig, resp3: bool, request: Bytes) -> oneshot::Receiver<Answer> {
     // These commands are server-wide: no SELECT, which a Redis busy with a script
     // refuses (`-BUSY`), failing the setup exactly when the kill is needed. (AUTH
     // and HELLO run while busy; the setup's PING and a Sentinel's ROLE may be refused.)
-    let mut cfg = cfg;
     cfg.db = 0;
     let (tx, rx) = oneshot::channel();
     tokio::spawn(async move {

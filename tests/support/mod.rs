@@ -1382,6 +1382,19 @@ pub fn open_fds() -> Option<usize> {
     fs::read_dir("/proc/self/fd").ok().map(|d| d.count())
 }
 
+/// Waits (at most 5 s) until the proxy has learnt what its upstream is (`HELLO`
+/// through `c` names Redis): the health probe task asks it at start.
+pub async fn upstream_learnt(c: &mut AsyncRawClient) {
+    let deadline = std::time::Instant::now() + Duration::from_secs(5);
+    while !String::from_utf8_lossy(&c.cmd(&[b"HELLO"]).await).contains("$5\r\nredis\r\n") {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the upstream's HELLO was not learnt"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
 /// Shows bytes for assertion messages (lossy UTF-8, truncated).
 pub fn printable(bytes: &[u8]) -> String {
     show(bytes)
