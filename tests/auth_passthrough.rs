@@ -192,3 +192,54 @@ async fn a_logged_in_session_whose_connection_dies_is_closed() {
     assert!(c.read_until_closed().await.is_empty());
     proxy.shutdown().await;
 }
+
+/// A user without `SELECT` logs in on a numbered database: Redis keeps the
+/// connection's database across `AUTH`, so the user works there (and may not
+/// leave it). The proxy's login connection selects it before logging in.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_user_without_select_logs_in_on_the_database_selected_before() {
+    let redis = RedisServer::start();
+    let (out, _) = redis_cli(
+        redis.port(),
+        &[
+            "ACL", "SETUSER", "bob", "on", ">123", "~*", "+@all", "-select",
+        ],
+    );
+    assert!(out.contains("OK"), "{out}");
+    let proxy = passthrough_proxy(&redis).await;
+    let mut direct = AsyncRawClient::connect(redis.addr()).await;
+    let mut c = AsyncRawClient::connect(proxy.local_addr()).await;
+    for (key, client) in [(&b"direct"[..], &mut direct), (b"proxied", &mut c)] {
+        assert_eq!(client.cmd(&[b"SELECT", b"5"]).await, b"+OK\r\n");
+        assert_eq!(client.cmd(&[b"AUTH", b"bob", b"123"]).await, b"+OK\r\n");
+        assert_eq!(client.cmd(&[b"SET", key, b"v"]).await, b"+OK\r\n");
+        assert_eq!(client.cmd(&[b"ACL", b"WHOAMI"]).await, resp_bulk(b"bob"));
+    }
+    // Both keys are in database 5.
+    let (out, _) = redis_cli(redis.port(), &["-n", "5", "MGET", "direct", "proxied"]);
+    assert_eq!(
+        out.split_whitespace().collect::<Vec<_>>(),
+        ["v", "v"],
+        "{out}"
+    );
+    // Leaving it is refused alike, and the session stays where it was.
+    let refused = direct.cmd(&[b"SELECT", b"6"]).await;
+    assert!(refused.starts_with(b"-NOPERM"), "{}", printable(&refused));
+    assert_eq!(
+        printable(&c.cmd(&[b"SELECT", b"6"]).await),
+        printable(&refused)
+    );
+    assert_eq!(c.cmd(&[b"GET", b"proxied"]).await, resp_bulk(b"v"));
+    // Switching to RESP3 (a new login connection) keeps it there too.
+    let hello = c.cmd(&[b"HELLO", b"3"]).await;
+    assert!(hello.starts_with(b"%7\r\n"), "{}", printable(&hello));
+    assert_eq!(c.cmd(&[b"GET", b"proxied"]).await, resp_bulk(b"v"));
+    assert_eq!(c.cmd(&[b"ACL", b"WHOAMI"]).await, resp_bulk(b"bob"));
+    // A wrong password is still Redis's refusal, and keeps the login.
+    let mut w = AsyncRawClient::connect(proxy.local_addr()).await;
+    assert_eq!(w.cmd(&[b"SELECT", b"5"]).await, b"+OK\r\n");
+    let wrong = w.cmd(&[b"AUTH", b"bob", b"nope"]).await;
+    assert!(wrong.starts_with(b"-WRONGPASS"), "{}", printable(&wrong));
+    assert_eq!(w.cmd(&[b"ACL", b"WHOAMI"]).await, resp_bulk(b"default"));
+    proxy.shutdown().await;
+}

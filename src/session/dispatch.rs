@@ -61,7 +61,8 @@ pub(super) struct Outgoing {
     pub block: Block,
     /// CLIENT REPLY SKIP: the client gets no reply for it.
     pub silent: bool,
-    /// An EXEC that switches the session to this database if it runs.
+    /// An EXEC (or a SELECT on the held connection) that switches the session to
+    /// this database if it runs.
     pub select_after: Option<Arc<Database>>,
 }
 
@@ -913,7 +914,10 @@ impl Session {
                     run.block = cmd.block;
                 }
                 if cmd.tx == TxOp::End {
-                    if let Some(db) = self.mode.held_mut().and_then(|h| h.pending_select.take()) {
+                    let pending = self.mode.held_mut().and_then(|h| h.pending_select.take());
+                    // (DISCARD: the SELECT never runs.)
+                    let exec = cmd.info.is_some_and(|i| i.name == "exec");
+                    if let Some(db) = pending.filter(|_| exec) {
                         // EXEC of a transaction with a SELECT travels alone: its
                         // reply says whether the SELECT ran.
                         self.flush(&mut run, inbuf).await;
@@ -1136,6 +1140,9 @@ impl Session {
         let held = self.mode.held().is_some();
         let in_multi = self.mode.in_multi();
         let failures_before = self.state.auth_failures;
+        // A SELECT sent on the held connection outside MULTI: the session moves
+        // once Redis has said +OK (a user may not be allowed to SELECT).
+        let mut switch = None;
         let outcome = if held && route == Route::Select {
             match local::select_in_transaction(&self.state, &View::new(&self.ctx, &self.live), args)
             {
@@ -1148,7 +1155,7 @@ impl Session {
                         } else {
                             // Under WATCH (or on a private connection), outside
                             // MULTI: it runs now.
-                            self.state.db = db;
+                            switch = Some(db);
                         }
                     }
                     local::Outcome::Forward(Some(select))
@@ -1221,8 +1228,14 @@ impl Session {
                 // CLIENT KILL/PAUSE, MOVE, SWAPDB …: never retried.
                 let mut out = Outgoing::one(bytes, target, cmd.index(), false);
                 out.silent = std::mem::take(&mut self.skip_next);
+                out.select_after = switch;
+                let switches = out.select_after.is_some();
                 let db = self.state.db.clone();
                 self.send(db, out).await;
+                if switches {
+                    // The next request runs on the database its reply leaves.
+                    return Some(true);
+                }
             }
             local::Outcome::Close(r) => {
                 self.close_after(r);

@@ -116,10 +116,28 @@ impl Session {
     /// cluster, only checks the login on the home node: the session's requests
     /// then go by slot over the login's own connections ([`Session::login_view`]),
     /// and it holds no private connection.
+    ///
+    /// A login whose connection may not `SELECT` its database (`-NOPERM` in the
+    /// setup, a standalone database other than 0) gets one that selects it with
+    /// the proxy's own credentials and only then logs in (`AUTH`): as on Redis,
+    /// where a connection keeps across `AUTH` the database selected before.
     pub(super) async fn open_private(&mut self, resp3: bool) -> Result<(), Vec<u8>> {
         let db = self.state.db.clone();
-        let cfg = self.upstream_cfg(&db);
-        match ExclusiveConn::open_own(&cfg, resp3).await {
+        let mut opened = ExclusiveConn::open_own(&self.upstream_cfg(&db), resp3).await;
+        let may_not_select = matches!(&opened, Err(UpstreamError::Handshake { reply, .. })
+            if reply.starts_with("NOPERM") && db.config.upstream.db != 0);
+        match self.login.as_ref() {
+            Some(login) if may_not_select && db.cluster().is_none() => {
+                let pw = login.password.expose().as_bytes();
+                let auth = match &login.user {
+                    Some(user) => super::dispatch::encode(&[&b"AUTH"[..], user.as_bytes(), pw][..]),
+                    None => super::dispatch::encode(&[&b"AUTH"[..], pw][..]),
+                };
+                opened = ExclusiveConn::open_own_then_auth(&db.config.upstream, resp3, &auth).await;
+            }
+            _ => {}
+        }
+        match opened {
             Ok(_) if db.cluster().is_some() => {
                 if matches!(self.mode, Mode::Private(_)) {
                     self.release(false);

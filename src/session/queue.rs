@@ -355,8 +355,10 @@ impl Session {
                 if let Some(db) = sent.select_after.take() {
                     self.awaiting_exec = false;
                     // `*N`: EXEC ran the queued commands, the SELECT among them
-                    // (`*-1`/`_`: a WATCH conflict; `-EXECABORT`: nothing ran).
-                    if bytes.starts_with(b"*") && !bytes.starts_with(b"*-1") {
+                    // (`*-1`/`_`: a WATCH conflict; `-EXECABORT`: nothing ran);
+                    // `+OK`: a SELECT outside MULTI ran (`-NOPERM`: refused).
+                    let ran = bytes.starts_with(b"*") && !bytes.starts_with(b"*-1");
+                    if ran || bytes.starts_with(b"+OK") {
                         self.state.db = db;
                         self.publish();
                     }

@@ -138,12 +138,49 @@ impl ExclusiveConn {
         cfg: &UpstreamConfig,
         resp3: bool,
     ) -> Result<ExclusiveConn, UpstreamError> {
-        let mut conn = ExclusiveConn::open(cfg, resp3, false).await?;
-        let asked = tokio::time::timeout(cfg.connect_timeout, conn.round_trip(HELLO, 1)).await;
+        let conn = ExclusiveConn::open(cfg, resp3, false).await?;
+        conn.learn_id(cfg, None).await
+    }
+
+    /// [`ExclusiveConn::open_own`] for a login that may not `SELECT`: the
+    /// connection is set up with `cfg`'s own credentials (the proxy's), its
+    /// database selected, and then logged in with `auth` (an encoded `AUTH`), as
+    /// a client that selected its database before logging in (Redis keeps a
+    /// connection's database across `AUTH`). A refused `AUTH` is Redis's reply.
+    pub async fn open_own_then_auth(
+        cfg: &UpstreamConfig,
+        resp3: bool,
+        auth: &[u8],
+    ) -> Result<ExclusiveConn, UpstreamError> {
+        let conn = ExclusiveConn::open(cfg, resp3, false).await?;
+        conn.learn_id(cfg, Some(auth)).await
+    }
+
+    /// Sends `before` (if any; an error reply to it fails the setup) and then
+    /// `HELLO`, whose reply gives the connection's `CLIENT ID`, within the connect
+    /// timeout.
+    async fn learn_id(
+        mut self,
+        cfg: &UpstreamConfig,
+        before: Option<&[u8]>,
+    ) -> Result<ExclusiveConn, UpstreamError> {
+        let asked = tokio::time::timeout(cfg.connect_timeout, async {
+            if let Some(bytes) = before {
+                let reply = self.round_trip(bytes, 1).await?;
+                if reply.starts_with(b"-") {
+                    return Err(UpstreamError::Handshake {
+                        addr: cfg.address(),
+                        reply: String::from_utf8_lossy(&reply[1..]).trim_end().to_string(),
+                    });
+                }
+            }
+            self.round_trip(HELLO, 1).await
+        })
+        .await;
         match asked {
             Ok(Ok(reply)) => {
-                conn.id = hello_id(&reply).unwrap_or(0);
-                Ok(conn)
+                self.id = hello_id(&reply).unwrap_or(0);
+                Ok(self)
             }
             Ok(Err(e)) => Err(e),
             Err(_) => Err(UpstreamError::Connect {
