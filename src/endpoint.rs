@@ -10,9 +10,14 @@
 //! It also keeps what the upstream says it *is* ([`Identity`]: the `server`,
 //! `version`, `role` and `modules` of its `HELLO` reply; `upstream::identity`), so
 //! that the proxy's own `HELLO` reply names the client's Redis.
+//!
+//! And whether a client paused its writes (`CLIENT PAUSE`, sent through the proxy):
+//! until then, a request Redis would hold back goes on a connection of its own, so
+//! that it does not hold up the other clients' reads on a shared connection.
 
 use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
-use std::sync::{Arc, Mutex};
+use std::sync::{Arc, Mutex, OnceLock};
+use std::time::{Duration, Instant};
 
 use tokio::sync::{watch, Notify};
 
@@ -38,6 +43,20 @@ struct Inner {
     resolving: tokio::sync::Mutex<()>,
     /// What the upstream said it is, when last asked.
     identity: Mutex<Option<Arc<Identity>>>,
+    /// Until when writes are paused ([`Endpoint::pause_writes`]): milliseconds
+    /// since [`epoch`], 0 for not paused.
+    paused_until: AtomicU64,
+}
+
+/// The origin of [`Inner::paused_until`]'s clock.
+fn epoch() -> Instant {
+    static EPOCH: OnceLock<Instant> = OnceLock::new();
+    *EPOCH.get_or_init(Instant::now)
+}
+
+/// Milliseconds since [`epoch`].
+fn now_ms() -> u64 {
+    u64::try_from(epoch().elapsed().as_millis()).unwrap_or(u64::MAX)
 }
 
 /// The upstream's own account of itself, from a `HELLO` reply: what a client's
@@ -83,6 +102,7 @@ impl Endpoint {
                 suspect: Notify::new(),
                 resolving: tokio::sync::Mutex::new(()),
                 identity: Mutex::new(None),
+                paused_until: AtomicU64::new(0),
             }),
         }
     }
@@ -178,6 +198,31 @@ impl Endpoint {
         }
     }
 
+    /// A client paused the server's writes for `time` (`CLIENT PAUSE time
+    /// [WRITE|ALL]`; either mode holds writes back): as Redis, the later end of
+    /// two pauses wins.
+    pub fn pause_writes(&self, time: Duration) {
+        let ms = u64::try_from(time.as_millis()).unwrap_or(u64::MAX);
+        let until = now_ms().saturating_add(ms).saturating_add(1);
+        self.inner.paused_until.fetch_max(until, Relaxed);
+    }
+
+    /// `CLIENT UNPAUSE`.
+    pub fn unpause(&self) {
+        self.inner.paused_until.store(0, Relaxed);
+    }
+
+    /// How long writes stay paused, if they are (one atomic load when not).
+    #[inline]
+    pub fn writes_paused(&self) -> Option<Duration> {
+        let until = self.inner.paused_until.load(Relaxed);
+        if until == 0 {
+            return None;
+        }
+        let now = now_ms();
+        (now < until).then(|| Duration::from_millis(until - now))
+    }
+
     /// Held while resolving, so concurrent connects ask the sentinels once.
     pub async fn resolving(&self) -> tokio::sync::MutexGuard<'_, ()> {
         self.inner.resolving.lock().await
@@ -209,5 +254,20 @@ mod tests {
         assert_eq!(e.set("b", 2), Some(("a".into(), 1)));
         assert_eq!(e.failovers(), 1);
         assert_eq!(e.current(), Some(("b".into(), 2, 4)));
+    }
+
+    #[test]
+    fn write_pauses_end_at_the_later_deadline_or_unpause() {
+        let e = Endpoint::new();
+        assert_eq!(e.writes_paused(), None);
+        e.pause_writes(Duration::from_secs(60));
+        e.pause_writes(Duration::from_millis(1));
+        let left = e.writes_paused().expect("paused");
+        assert!(left > Duration::from_secs(59), "{left:?}");
+        e.unpause();
+        assert_eq!(e.writes_paused(), None);
+        e.pause_writes(Duration::ZERO);
+        std::thread::sleep(Duration::from_millis(5));
+        assert_eq!(e.writes_paused(), None, "over");
     }
 }

@@ -87,7 +87,8 @@
 //!   error.rs     ConfigError (file, key path, line) and internal failures
 //! stats.rs       lock-free counters
 //! endpoint.rs    where a database's upstream is now (the Sentinel-resolved primary,
-//!                its generation), shared by all its connections; no I/O
+//!                its generation), shared by all its connections; what it says it is
+//!                (HELLO); until when a CLIENT PAUSE holds its writes; no I/O
 //! logging.rs     PROXY LOGLEVEL: the reloadable log filter the binary installs
 //! tls.rs         rustls configurations from PEM files (client listener, reloaded
 //!                when the files change; upstream connections)

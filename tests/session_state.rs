@@ -210,3 +210,73 @@ async fn busy_replies_do_not_open_the_breaker() {
     assert_eq!(c.cmd(&[b"GET", b"x"]).await, b"$-1\r\n");
     proxy.shutdown().await;
 }
+
+/// `blocked_clients` of Redis's `INFO clients`.
+async fn blocked_on(redis: &RedisServer) -> u64 {
+    let mut direct = AsyncRawClient::connect(redis.addr()).await;
+    let info = String::from_utf8_lossy(&direct.cmd(&[b"INFO", b"clients"]).await).into_owned();
+    info.lines()
+        .find_map(|l| l.strip_prefix("blocked_clients:"))
+        .and_then(|v| v.trim().parse().ok())
+        .unwrap_or_else(|| panic!("no blocked_clients in {info}"))
+}
+
+/// Waits (bounded) until Redis has `n` blocked clients.
+async fn wait_blocked_on(redis: &RedisServer, n: u64) {
+    let deadline = Instant::now() + Duration::from_secs(5);
+    while blocked_on(redis).await != n {
+        assert!(Instant::now() < deadline, "never {n} blocked clients");
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+}
+
+/// `CLIENT PAUSE … WRITE` through the proxy: as on Redis, a write is held back
+/// (a blocked client) while the reads of other clients — in its database and in
+/// another on the same server — are answered at once; the writer's pipeline
+/// keeps its order, and `CLIENT UNPAUSE` lets it go.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_paused_write_does_not_hold_up_other_clients_reads() {
+    let redis = RedisServer::start();
+    let proxy = start_proxy(proxy_config(&redis)).await;
+    let addr = proxy.local_addr();
+    let (mut admin, mut w, mut r) = (
+        AsyncRawClient::connect(addr).await,
+        AsyncRawClient::connect(addr).await,
+        AsyncRawClient::connect(addr).await,
+    );
+    let mut r5 = AsyncRawClient::connect(addr).await;
+    assert_eq!(r5.cmd(&[b"SELECT", b"5"]).await, b"+OK\r\n");
+    assert_eq!(r.cmd(&[b"SET", b"k", b"before"]).await, b"+OK\r\n");
+    // Reads that wait behind a paused write would not come back in time.
+    r.set_timeout(Duration::from_secs(3));
+    r5.set_timeout(Duration::from_secs(3));
+
+    let paused = admin.cmd(&[b"CLIENT", b"PAUSE", b"30000", b"WRITE"]).await;
+    assert_eq!(paused, b"+OK\r\n");
+    let pipeline = [
+        resp_cmd(&[b"SET", b"k", b"after"]),
+        resp_cmd(&[b"GET", b"k"]),
+    ]
+    .concat();
+    w.send(&pipeline).await;
+    wait_blocked_on(&redis, 1).await;
+    for _ in 0..3 {
+        assert_eq!(r.cmd(&[b"GET", b"k"]).await, b"$6\r\nbefore\r\n");
+        assert_eq!(r5.cmd(&[b"EXISTS", b"k"]).await, b":0\r\n");
+    }
+    // A write in the other database on that server is held back too.
+    r5.send(&resp_cmd(&[b"SET", b"k5", b"v"])).await;
+    wait_blocked_on(&redis, 2).await;
+    assert_eq!(r.cmd(&[b"PING"]).await, b"+PONG\r\n");
+    w.assert_no_reply(Duration::from_millis(100)).await;
+
+    assert_eq!(admin.cmd(&[b"CLIENT", b"UNPAUSE"]).await, b"+OK\r\n");
+    assert_eq!(
+        w.read_replies(2).await,
+        [&b"+OK\r\n"[..], b"$5\r\nafter\r\n"]
+    );
+    assert_eq!(r5.read_reply().await, b"+OK\r\n");
+    assert_eq!(r.cmd(&[b"GET", b"k"]).await, b"$5\r\nafter\r\n");
+    assert_eq!(blocked_on(&redis).await, 0);
+    proxy.shutdown().await;
+}

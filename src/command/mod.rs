@@ -256,6 +256,17 @@ impl Descriptor {
         self.info.is_some_and(|i| i.is_readonly())
     }
 
+    /// A forwarded command that Redis holds back while writes are paused (`CLIENT
+    /// PAUSE … WRITE`): its `write` or `may-replicate` flag (EVAL, PUBLISH,
+    /// PFCOUNT …), as Redis's `processCommand` decides.
+    #[inline]
+    pub fn pausable(&self) -> bool {
+        self.route == Route::Forward
+            && self
+                .info
+                .is_some_and(|i| i.has(table::WRITE) || i.has(table::MAY_REPLICATE))
+    }
+
     /// Runs on Redis even while it is busy with a script (SCRIPT KILL, FUNCTION
     /// KILL, FUNCTION STATS, SHUTDOWN: Redis's `allow-busy` flag on a forwarded
     /// command): the proxy sends it out of band.

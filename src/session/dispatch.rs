@@ -350,6 +350,15 @@ impl Session {
             && (self.last == self.shared_conn() || self.last == Conn::None)
     }
 
+    /// How long writes stay paused on the session's server, if `cmd` is one that
+    /// Redis holds back then and would go on the shared connection.
+    #[inline]
+    fn paused_write(&self, cmd: &Descriptor) -> Option<std::time::Duration> {
+        let left = self.state.db.config.upstream.endpoint.writes_paused()?;
+        (cmd.pausable() && self.state.authenticated && matches!(self.mode, Mode::Shared))
+            .then_some(left)
+    }
+
     /// Where a request goes, if upstream: `None` means the proxy answers it.
     fn target(&self, route: Route) -> Option<Target> {
         if !self.state.authenticated {
@@ -722,6 +731,19 @@ impl Session {
                 self.flush(&mut run, inbuf).await;
                 unprefix = Some((prefix::Unprefix::Info, Bytes::new()));
             }
+            let cmd = match self.paused_write(&cmd) {
+                // Writes paused (`CLIENT PAUSE` through the proxy): Redis would
+                // hold this request back, and everything behind it on its
+                // connection. Like a blocking command, it travels alone on a
+                // connection of its own until the pause ends, so the other
+                // clients' requests on the shared connection go on.
+                Some(left) => Descriptor {
+                    route: Route::Stateful(Family::Blocking),
+                    block: Block::For(left),
+                    ..cmd
+                },
+                None => cmd,
+            };
             if cmd.route == Route::Forward
                 && multibulk
                 && run.target == Target::Shared

@@ -740,12 +740,53 @@ fn client<L: ArgList + ?Sized>(state: &mut State, ctx: &View<'_>, args: &L) -> O
         }
         b"GETREDIR" if n == 2 => Outcome::Reply(b":-1\r\n".to_vec()),
         b"CACHING" if n == 3 => err("ERR CLIENT CACHING can be called only when the client is in tracking mode with OPTIN or OPTOUT mode enabled"),
-        b"HELP" | b"PAUSE" | b"UNPAUSE" => Outcome::Forward(None),
+        b"PAUSE" | b"UNPAUSE" => {
+            note_pause(state, ctx, args);
+            Outcome::Forward(None)
+        }
+        b"HELP" => Outcome::Forward(None),
         b"" => wrong_args(args),
         _ => err(&format!(
             "ERR CLIENT {} is not supported by redis-sidecar: it would change a shared upstream connection",
             String::from_utf8_lossy(args.arg(1)).to_ascii_uppercase()
         )),
+    }
+}
+
+/// `CLIENT PAUSE time [WRITE|ALL]` / `CLIENT UNPAUSE`, on its way to Redis: every
+/// database on the same standalone server (or Sentinel primary) knows until when
+/// writes are paused, so that its sessions send their writes meanwhile on
+/// connections of their own (`dispatch.rs`). A request Redis will refuse (a bad
+/// time or mode) changes nothing.
+fn note_pause<L: ArgList + ?Sized>(state: &State, ctx: &View<'_>, args: &L) {
+    let n = args.count();
+    let pause = if args.arg(1).eq_ignore_ascii_case(b"UNPAUSE") {
+        if n != 2 {
+            return;
+        }
+        None
+    } else {
+        let mode_ok = n == 3
+            || (n == 4
+                && (args.arg(3).eq_ignore_ascii_case(b"WRITE")
+                    || args.arg(3).eq_ignore_ascii_case(b"ALL")));
+        match parse_int(args.arg(2)) {
+            Some(ms) if mode_ok && ms >= 0 => Some(std::time::Duration::from_millis(ms as u64)),
+            _ => return,
+        }
+    };
+    let here = &state.db.config.upstream;
+    if here.cluster.is_some() {
+        return;
+    }
+    for db in ctx.router.databases() {
+        let there = &db.config.upstream;
+        if there.host == here.host && there.port == here.port && there.sentinel == here.sentinel {
+            match pause {
+                Some(time) => there.endpoint.pause_writes(time),
+                None => there.endpoint.unpause(),
+            }
+        }
     }
 }
 
