@@ -26,6 +26,9 @@ Proxy overrides (kept small and explicit; everything else comes from Redis):
   * XREAD / XREADGROUP are flagged `blocking` by Redis, but they block only when given a
     `BLOCK` argument. They get BLOCK_ARG instead of BLOCKING; the caller must check the
     arguments.
+  * EVAL, EVALSHA, FCALL, PFCOUNT, PUBLISH, SPUBLISH carry Redis's `may_replicate` flag
+    (src/commands/*.json), which Redis 7.0's COMMAND does not report: they get
+    MAY_REPLICATE (a CLIENT PAUSE ... WRITE holds them back).
 """
 
 import argparse
@@ -64,7 +67,11 @@ BITS = [
     ("SKIP_SLOWLOG", "Redis flag `skip_slowlog`: not recorded in the slow log."),
     ("FAST", "Redis flag `fast`: O(1) or O(log N); never delays the server."),
     ("NO_AUTH", "Redis flag `no_auth`: allowed before authentication."),
-    ("MAY_REPLICATE", "Redis flag `may_replicate`: may be propagated to replicas (e.g. PUBLISH)."),
+    (
+        "MAY_REPLICATE",
+        "Redis flag `may_replicate`: may be propagated to replicas (e.g. PUBLISH; set by the "
+        "proxy's overrides, as Redis 7.0's COMMAND does not report it).",
+    ),
     ("NO_MANDATORY_KEYS", "Redis flag `no_mandatory_keys`: the key arguments may be absent."),
     ("NO_MULTI", "Redis flag `no_multi`: not allowed inside MULTI."),
     (
@@ -146,6 +153,12 @@ OVERRIDES = {
     "waitaof": (["BLOCKING"], []),
     "xread": (["BLOCK_ARG"], ["BLOCKING"]),
     "xreadgroup": (["BLOCK_ARG"], ["BLOCKING"]),
+    "eval": (["MAY_REPLICATE"], []),
+    "evalsha": (["MAY_REPLICATE"], []),
+    "fcall": (["MAY_REPLICATE"], []),
+    "pfcount": (["MAY_REPLICATE"], []),
+    "publish": (["MAY_REPLICATE"], []),
+    "spublish": (["MAY_REPLICATE"], []),
 }
 
 # ---------------------------------------------------------------------------------------

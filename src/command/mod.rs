@@ -492,6 +492,32 @@ mod identify_tests {
     use super::*;
 
     #[test]
+    fn pausable_commands_are_those_redis_holds_back_during_a_write_pause() {
+        for args in [
+            &["SET", "k", "v"][..],
+            &["eval", "return 1", "0"],
+            &["EVALSHA", "x", "0"],
+            &["FCALL", "f", "0"],
+            &["PUBLISH", "c", "m"],
+            &["PFCOUNT", "h"],
+            &["DEL", "k"],
+        ] {
+            assert!(Descriptor::of(args).pausable(), "{args:?}");
+        }
+        for args in [
+            &["GET", "k"][..],
+            &["PING"],
+            &["INFO"],
+            &["CLIENT", "UNPAUSE"],
+            &["MULTI"],
+            &["BLPOP", "q", "0"],
+            &["NOSUCH"],
+        ] {
+            assert!(!Descriptor::of(args).pausable(), "{args:?}");
+        }
+    }
+
+    #[test]
     fn cluster_only_commands_are_known_by_name_and_arity() {
         let only = |args: &[&str]| {
             let d = Descriptor::of(args);
