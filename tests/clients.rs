@@ -172,7 +172,16 @@ async fn client_kill_closes_the_chosen_sessions_only() {
         &[b"CLIENT", b"KILL", b"SKIPME", b"maybe"],
         &[b"CLIENT", b"KILL", b"ID"],
         &[b"CLIENT", b"KILL"],
+        // A user Redis does not know, and one it knows that nobody is logged in as.
+        &[b"CLIENT", b"KILL", b"USER", b"nosuchuser"],
+        &[b"CLIENT", b"KILL", b"USER", b"idle-user"],
     ] {
+        if args.ends_with(&[b"idle-user"]) {
+            let made = direct
+                .cmd(&[b"ACL", b"SETUSER", b"idle-user", b"on", b">pw"])
+                .await;
+            assert_eq!(made, b"+OK\r\n");
+        }
         assert_eq!(
             printable(&killer.cmd(args).await),
             printable(&direct.cmd(args).await),

@@ -599,6 +599,11 @@ fn client_kill<L: ArgList + ?Sized>(state: &State, ctx: &View<'_>, args: &L) -> 
         i += 2;
     }
     let (killed, myself) = ctx.clients.kill(&filter, state.id, skip_me);
+    if let Some(user) = filter.user.filter(|u| killed == 0 && u != "default") {
+        // No session of that user: Redis says whether the user exists at all
+        // (`-ERR No such user '…'`, as Redis answers for an unknown user).
+        return no_such_user(state, user);
+    }
     let mut out = Vec::new();
     reply::integer(&mut out, killed as i64);
     if myself {
@@ -606,6 +611,28 @@ fn client_kill<L: ArgList + ?Sized>(state: &State, ctx: &View<'_>, args: &L) -> 
     } else {
         Outcome::Reply(out)
     }
+}
+
+/// `CLIENT KILL USER name` that killed no session: `:0` if Redis knows the user
+/// (`ACL GETUSER`, on the database's shared connection), Redis's error if not. If
+/// Redis will not say (the proxy's user may not run ACL), `:0`.
+fn no_such_user(state: &State, user: String) -> Outcome {
+    let db = state.db.clone();
+    let id = state.id;
+    let (tx, rx) = tokio::sync::oneshot::channel();
+    tokio::spawn(async move {
+        let args: [&[u8]; 3] = [b"ACL", b"GETUSER", user.as_bytes()];
+        let out = match super::prefix::call(&db, id, &args, true).await {
+            Ok(r) if r.as_ref() == b"$-1\r\n" || r.as_ref() == b"*-1\r\n" => {
+                let mut out = Vec::new();
+                reply::error(&mut out, &format!("ERR No such user '{user}'"));
+                bytes::Bytes::from(out)
+            }
+            _ => bytes::Bytes::from_static(b":0\r\n"),
+        };
+        let _ = tx.send(out);
+    });
+    Outcome::Later(rx)
 }
 
 /// `CLIENT UNBLOCK id [TIMEOUT|ERROR]`: a session blocked on an exclusive

@@ -778,7 +778,12 @@ pub(super) fn run(
 }
 
 /// One command on the database's shared connection, its reply whole.
-async fn call(db: &Database, id: u64, args: &[&[u8]], readonly: bool) -> Result<Bytes, String> {
+pub(super) async fn call(
+    db: &Database,
+    id: u64,
+    args: &[&[u8]],
+    readonly: bool,
+) -> Result<Bytes, String> {
     let mut req = Vec::new();
     encode_command(args, &mut req);
     stats::add(&db.stats.commands, 1);
