@@ -204,6 +204,20 @@ async fn busy_replies_do_not_open_the_breaker() {
         info.contains("circuit_db0:name=main,state=closed,"),
         "{info}"
     );
+    // In another database a new connection's SELECT is refused while the script
+    // runs: the client gets that -BUSY as Redis would give it to the command.
+    let mut c9 = AsyncRawClient::connect(addr).await;
+    assert_eq!(c9.cmd(&[b"SELECT", b"9"]).await, b"+OK\r\n");
+    let mut direct9 = AsyncRawClient::connect(redis.addr()).await;
+    let busy = direct9.cmd(&[b"BLPOP", b"q", b"1"]).await;
+    assert!(busy.starts_with(b"-BUSY"), "{busy:?}");
+    for args in [&[&b"BLPOP"[..], b"q", b"1"][..], &[b"GET", b"x"]] {
+        assert_eq!(
+            String::from_utf8_lossy(&c9.cmd(args).await),
+            String::from_utf8_lossy(&busy),
+            "{args:?}"
+        );
+    }
     assert_eq!(c.cmd(&[b"SCRIPT", b"KILL"]).await, b"+OK\r\n");
     let killed = direct.read_reply().await;
     assert!(killed.starts_with(b"-ERR"), "{killed:?}");

@@ -455,6 +455,14 @@ pub(super) fn error_text(db: &Database, err: &UpstreamError, attempts: u32) -> S
     if let UpstreamError::LocalResources { .. } = err {
         return format!("ERR {err} (database {})", db.label());
     }
+    if let UpstreamError::Handshake { reply, .. } = err {
+        // Refused for a reason Redis gives any command then (`BUSY` running a
+        // script, `LOADING` its dataset): the command never ran, and the client
+        // gets Redis's own error, which clients know (and may retry on).
+        if reply.starts_with("BUSY ") || reply.starts_with("LOADING ") {
+            return reply.clone();
+        }
+    }
     let mut msg = format!("UPSTREAM database {}: {}", db.label(), err);
     if attempts > 1 {
         msg.push_str(&format!(" (after {attempts} attempts)"));
