@@ -59,8 +59,8 @@
 //!                redirect diverted back), others split per node, redirects followed
 //! resilience/    breaker, backoff, per-command latency stats (no I/O)
 //! upstream/      connection setup (TCP, TLS, AUTH/HELLO/SELECT), shared multiplexed slots
-//!                (which make the retries, in order, and pass large replies on
-//!                in parts), exclusive bb8-pooled connections (checked out in
+//!                (which make the retries, in order, pass large replies on
+//!                in parts, and say when a long script keeps them busy), exclusive bb8-pooled connections (checked out in
 //!                request order), subscriber and out-of-band connections, probes;
 //!                frames.rs is the one reader of every reply stream;
 //!                sentinel.rs finds the primary through Sentinel and follows failovers;

@@ -55,6 +55,10 @@ struct Conns {
     slots: Vec<MuxHandle>,
     /// The same, speaking RESP3 (for sessions that sent `HELLO 3`).
     slots3: Vec<MuxHandle>,
+    /// One more slot of each (RESP2, RESP3) for sessions whose own slot is busy
+    /// with another client's long script ([`Database::detour`]); empty on a
+    /// cluster. Connected when first used.
+    detours: Vec<MuxHandle>,
     /// Pool of exclusive connections (transactions, blocking commands).
     pool: Pool,
     /// The same for RESP3 sessions.
@@ -97,6 +101,7 @@ impl Conns {
             return Conns {
                 slots: Vec::new(),
                 slots3: Vec::new(),
+                detours: Vec::new(),
                 pool: dedicated::pool(&seed, false),
                 pool3: dedicated::pool(&seed, true),
                 probe: StopOnDrop(probe),
@@ -109,8 +114,8 @@ impl Conns {
             breaker: with.breaker.clone(),
             backoff: Backoff::from(&db.upstream.resilience),
         });
-        let spawn = |resp3| -> Vec<MuxHandle> {
-            (0..db.upstream.mux_connections.max(1))
+        let spawn = |resp3, n: u32| -> Vec<MuxHandle> {
+            (0..n.max(1))
                 .map(|_| {
                     MuxHandle::spawn(
                         upstream.clone(),
@@ -121,7 +126,9 @@ impl Conns {
                 })
                 .collect()
         };
-        let (slots, slots3) = (spawn(false), spawn(true));
+        let n = db.upstream.mux_connections;
+        let (slots, slots3) = (spawn(false, n), spawn(true, n));
+        let detours = [spawn(false, 1), spawn(true, 1)].concat();
         // A Sentinel-backed database's watcher (follows failovers).
         let sentinel_watcher =
             sentinel::spawn_watcher(upstream.clone(), observer.clone(), shutdown);
@@ -139,6 +146,7 @@ impl Conns {
             pool3: dedicated::pool(&db.upstream, true),
             slots,
             slots3,
+            detours,
             probe: StopOnDrop(probe),
             _sentinel_watcher: sentinel_watcher,
             cluster: None,
@@ -292,14 +300,31 @@ impl Database {
         &slots[(session_id % slots.len() as u64) as usize]
     }
 
+    /// Whether a session's shared slot is busy with a long script
+    /// ([`MuxHandle::busy`]): a session with nothing in flight then sends on the
+    /// database's detour slot until it is not (standalone and Sentinel databases).
+    #[inline]
+    pub fn detour(&self, session_id: u64, resp3: bool) -> bool {
+        !self.conns.detours.is_empty() && self.slot(session_id, resp3).busy()
+    }
+
     /// Sends a batch on the session's shared connection (on a cluster, on the
-    /// shared connections of the nodes its keys live on).
-    pub async fn send_shared(&self, session_id: u64, resp3: bool, batch: Batch) {
+    /// shared connections of the nodes its keys live on); with `detour`, on the
+    /// database's detour slot ([`Database::detour`]).
+    pub async fn send_shared(&self, session_id: u64, resp3: bool, detour: bool, batch: Batch) {
         match &self.conns.cluster {
             // Boxed: the cluster's future is large, and would otherwise be part
             // of every session's task future, standalone ones included.
             Some(c) => Box::pin(c.send(session_id, resp3, batch)).await,
-            None => self.slot(session_id, resp3).send(batch).await,
+            None => match self
+                .conns
+                .detours
+                .get(usize::from(resp3))
+                .filter(|_| detour)
+            {
+                Some(slot) => slot.send(batch).await,
+                None => self.slot(session_id, resp3).send(batch).await,
+            },
         }
     }
 

@@ -294,3 +294,59 @@ async fn a_paused_write_does_not_hold_up_other_clients_reads() {
     assert_eq!(blocked_on(&redis).await, 0);
     proxy.shutdown().await;
 }
+
+/// A long script on the shared connection: Redis answers the other clients
+/// (`-BUSY` past its `busy-reply-threshold`) but not the script's connection, so
+/// clients on the same shared connection meet `-BUSY` through the proxy as they
+/// would directly, instead of waiting for the script (or the proxy's timeout);
+/// once it is killed, every client goes on, in order.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn clients_behind_a_long_script_get_busy_as_on_redis() {
+    let redis = RedisServer::start_with_args(&["--busy-reply-threshold", "100"]);
+    let mut config = proxy_config(&redis);
+    for db in &mut config.databases {
+        // One shared connection: every session of a database is on the script's.
+        db.upstream.mux_connections = 1;
+        db.upstream.command_timeout = Duration::from_secs(30);
+    }
+    let proxy = start_proxy(config).await;
+    let addr = proxy.local_addr();
+    let mut script = AsyncRawClient::connect(addr).await;
+    let mut other = AsyncRawClient::connect(addr).await;
+    let mut other9 = AsyncRawClient::connect(addr).await;
+    assert_eq!(other9.cmd(&[b"SELECT", b"9"]).await, b"+OK\r\n");
+    for c in [&mut other, &mut other9] {
+        assert_eq!(c.cmd(&[b"SET", b"k", b"v"]).await, b"+OK\r\n");
+        // Waiting for the script would take 30 s.
+        c.set_timeout(Duration::from_secs(3));
+    }
+    script.send(&resp_cmd(&[b"EVAL", RUNAWAY, b"0"])).await;
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let mut direct = AsyncRawClient::connect(redis.addr()).await;
+    let busy = direct.cmd(&[b"GET", b"k"]).await;
+    assert!(busy.starts_with(b"-BUSY"), "{busy:?}");
+    for c in [&mut other, &mut other9] {
+        for args in [&[&b"GET"[..], b"k"][..], &[b"PING"]] {
+            let r = c.cmd(args).await;
+            assert_eq!(String::from_utf8_lossy(&r), String::from_utf8_lossy(&busy));
+        }
+    }
+    assert_eq!(other.cmd(&[b"SCRIPT", b"KILL"]).await, b"+OK\r\n");
+    let killed = script.read_reply().await;
+    assert!(killed.starts_with(b"-ERR"), "{killed:?}");
+    // Everyone goes on, each in order.
+    for c in [&mut script, &mut other, &mut other9] {
+        let pipeline = [
+            resp_cmd(&[b"SET", b"k", b"w"]),
+            resp_cmd(&[b"GET", b"k"]),
+            resp_cmd(&[b"EVAL", b"return 7", b"0"]),
+        ]
+        .concat();
+        c.send(&pipeline).await;
+        assert_eq!(
+            c.read_replies(3).await,
+            [&b"+OK\r\n"[..], b"$1\r\nw\r\n", b":7\r\n"]
+        );
+    }
+    proxy.shutdown().await;
+}

@@ -1447,6 +1447,7 @@ impl Cluster {
                         ..retry
                     },
                     divert: None,
+                    script: false,
                 })
                 .await;
             flights.push(Flight {

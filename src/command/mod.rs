@@ -373,6 +373,26 @@ pub fn cluster_only(info: &table::CommandInfo, argc: usize) -> bool {
         }
 }
 
+/// Whether the command-table index `idx` runs a script: EVAL, EVALSHA, FCALL and
+/// their read-only forms (Redis answers other connections, not this one, while
+/// it runs).
+#[inline]
+pub fn runs_script(idx: u16) -> bool {
+    static SCRIPTS: OnceLock<Vec<bool>> = OnceLock::new();
+    let scripts = SCRIPTS.get_or_init(|| {
+        table::COMMANDS
+            .iter()
+            .map(|c| {
+                matches!(
+                    c.name,
+                    "eval" | "evalsha" | "eval_ro" | "evalsha_ro" | "fcall" | "fcall_ro"
+                )
+            })
+            .collect()
+    });
+    scripts.get(usize::from(idx)).copied().unwrap_or(false)
+}
+
 /// The name of a command-table index (`other` for commands not in the table).
 pub fn command_name(idx: usize) -> String {
     table::COMMANDS
@@ -490,6 +510,29 @@ mod tests {
 #[cfg(test)]
 mod identify_tests {
     use super::*;
+
+    #[test]
+    fn scripts_are_known_by_index() {
+        for name in [
+            "EVAL",
+            "evalsha",
+            "EVAL_RO",
+            "EVALSHA_RO",
+            "FCALL",
+            "fcall_ro",
+        ] {
+            assert!(
+                runs_script(Descriptor::of(&[name, "x", "0"][..]).index()),
+                "{name}"
+            );
+        }
+        for name in ["GET", "SCRIPT", "FUNCTION", "NOSUCH"] {
+            assert!(
+                !runs_script(Descriptor::of(&[name, "x", "0"][..]).index()),
+                "{name}"
+            );
+        }
+    }
 
     #[test]
     fn pausable_commands_are_those_redis_holds_back_during_a_write_pause() {

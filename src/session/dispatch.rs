@@ -259,6 +259,7 @@ impl Session {
             block: out.block,
             retry: Retry::new(self.state.id, out.readonly, &db.config.upstream),
             divert: None,
+            script: out.cmds.iter().any(|&c| command::runs_script(c)),
         };
         let held = match (out.target, self.mode.held_mut()) {
             (Target::Held, Some(h)) => Some(h),
@@ -285,7 +286,10 @@ impl Session {
                 match self.login_view() {
                     // An `auth_passthrough` login on a cluster: its own connections.
                     Some(view) => Box::pin(view.send(self.state.id, self.state.resp3, batch)).await,
-                    None => db.send_shared(self.state.id, self.state.resp3, batch).await,
+                    None => {
+                        db.send_shared(self.state.id, self.state.resp3, self.detour, batch)
+                            .await
+                    }
                 }
                 true
             }
@@ -511,6 +515,10 @@ impl Session {
             self.stalled = true;
             return;
         }
+        // The session's shared slot is busy with a long script: while so, its
+        // requests take the detour slot (the switch either way waits for what is
+        // in flight, as any change of connection does).
+        self.detour = self.state.db.detour(self.state.id, self.state.resp3);
         let mut run = Run::new();
         let log_commands = self.live.config.log_commands;
         self.client.touch(&self.ctx.clients);

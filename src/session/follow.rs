@@ -330,6 +330,7 @@ impl Task {
             block,
             retry,
             divert: None,
+            script: false,
         });
         tokio::select! {
             a = rx => Some(a.unwrap_or_else(|_| Answer::from(Err(UpstreamError::Lost {

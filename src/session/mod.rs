@@ -432,6 +432,10 @@ struct Session {
     mode: Mode,
     /// The connection of the last request forwarded.
     last: Conn,
+    /// Requests for the shared connection go to the database's detour slot: the
+    /// session's own is busy with another client's long script (decided at the
+    /// start of each dispatch; see `Database::detour`).
+    detour: bool,
     /// Exclusive and private connections held so far (they are named by number).
     checkouts: u64,
     /// CLIENT REPLY OFF is in force.
@@ -498,6 +502,7 @@ impl Session {
             stalled: false,
             mode: Mode::Shared,
             last: Conn::None,
+            detour: false,
             checkouts: p.checkouts,
             reply_off: false,
             skip_next: false,

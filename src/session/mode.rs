@@ -101,8 +101,14 @@ pub(super) enum Conn {
     None,
     /// A database's shared connection (by client-facing index and protocol;
     /// `login`: on a cluster, the `auth_passthrough` login's, by its id, whose
-    /// connections are its own, `Cluster::login`; 0 for the proxy's).
-    Shared { db: u32, resp3: bool, login: u64 },
+    /// connections are its own, `Cluster::login`; 0 for the proxy's; `detour`:
+    /// the database's detour slot, `Database::detour`).
+    Shared {
+        db: u32,
+        resp3: bool,
+        login: u64,
+        detour: bool,
+    },
     /// An exclusive or private connection (by [`Held::id`]).
     Held(u64),
     /// The subscriber connection.
@@ -164,6 +170,7 @@ impl Session {
             // (Logging in or out switches connections: what was sent before is
             // answered first.)
             login: self.login.as_ref().map_or(0, |l| l.id),
+            detour: self.detour,
         }
     }
 

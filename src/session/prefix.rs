@@ -791,6 +791,7 @@ pub(super) async fn call(
     db.send_shared(
         id,
         false,
+        false,
         Batch {
             bytes: Bytes::from(req),
             count: 1,
@@ -798,6 +799,7 @@ pub(super) async fn call(
             block: Block::No,
             retry: Retry::new(id, readonly, &db.config.upstream),
             divert: None,
+            script: false,
         },
     )
     .await;

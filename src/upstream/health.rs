@@ -142,6 +142,7 @@ fn warm(slot: MuxHandle, cfg: &UpstreamConfig) {
             block: Block::No,
             retry,
             divert: None,
+            script: false,
         })
         .await;
     });

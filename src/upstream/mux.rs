@@ -37,6 +37,7 @@
 //! way after a failure.
 
 use std::collections::VecDeque;
+use std::sync::atomic::{AtomicBool, Ordering::Relaxed};
 use std::sync::Arc;
 
 use bytes::{Bytes, BytesMut};
@@ -132,6 +133,10 @@ pub struct Batch {
     /// Where the answer goes instead of `reply` when a reply is a cluster
     /// redirect or the batch fails (shared slots only; `None` elsewhere).
     pub divert: Option<Divert>,
+    /// It runs a script (EVAL, FCALL …): while it runs long, Redis answers other
+    /// connections (`-BUSY`) but not this one, so a shared slot says so
+    /// ([`MuxHandle::busy`]).
+    pub script: bool,
 }
 
 impl Batch {
@@ -170,7 +175,12 @@ impl std::fmt::Debug for Divert {
 #[derive(Debug, Clone)]
 pub struct MuxHandle {
     tx: mpsc::Sender<Batch>,
+    /// See [`MuxHandle::busy`].
+    busy: Arc<AtomicBool>,
 }
+
+/// How long a script's batch waits for its replies before its slot counts as busy.
+pub const SCRIPT_BUSY_AFTER: Duration = Duration::from_millis(100);
 
 /// How many batches may wait for a slot's writer before senders are slowed down.
 const QUEUE: usize = 4096;
@@ -187,12 +197,24 @@ impl MuxHandle {
         resp3: bool,
     ) -> MuxHandle {
         let (tx, rx) = mpsc::channel(QUEUE);
+        let busy = Arc::new(AtomicBool::new(false));
         let span = super::span(&cfg);
         tokio::spawn(tracing::Instrument::instrument(
-            run_slot(cfg, rx, stats, observer, resp3),
+            run_slot(cfg, rx, stats, observer, resp3, busy.clone()),
             span,
         ));
-        MuxHandle { tx }
+        MuxHandle { tx, busy }
+    }
+
+    /// The oldest batch waiting for its replies runs a script and has waited
+    /// [`SCRIPT_BUSY_AFTER`]: Redis may be running it for long (until it ends or
+    /// `SCRIPT KILL`), answering other connections meanwhile — with `-BUSY` once
+    /// past its `busy-reply-threshold` — but not this one. A session with nothing
+    /// in flight then sends on another connection (`Database::detour`), as a
+    /// client of its own would.
+    #[inline]
+    pub fn busy(&self) -> bool {
+        self.busy.load(Relaxed)
     }
 
     /// Queues a batch. If the slot is gone (runtime shutting down), the batch is failed.
@@ -234,6 +256,7 @@ async fn run_slot(
     stats: Arc<DbStats>,
     observer: Arc<dyn Observer>,
     resp3: bool,
+    busy: Arc<AtomicBool>,
 ) {
     let addr = cfg.address();
     let max_attempts = cfg.resilience.retry_attempts.saturating_add(1);
@@ -301,6 +324,7 @@ async fn run_slot(
                     &stats,
                     &observer,
                     &mut moved,
+                    &busy,
                 )
                 .await;
                 stats::sub(&stats.mux_connected, 1);
@@ -499,6 +523,7 @@ impl InFlight {
 /// from `waiting` first, then from `rx`; batches not written when the connection
 /// ends are left at the front of `waiting`. Returns the error that ended the
 /// connection and the batches then in flight (oldest first), if any.
+#[allow(clippy::too_many_arguments)] // the slot's parts, passed as they are
 async fn serve(
     stream: Stream,
     waiting: &mut VecDeque<Batch>,
@@ -507,6 +532,7 @@ async fn serve(
     stats: &Arc<DbStats>,
     observer: &Arc<dyn Observer>,
     moved: &mut tokio::sync::watch::Receiver<u64>,
+    busy: &Arc<AtomicBool>,
 ) -> Option<(UpstreamError, Vec<Batch>)> {
     let addr = cfg.address();
     let (rd, mut wr) = stream.into_split();
@@ -519,6 +545,7 @@ async fn serve(
         stats.clone(),
         observer.clone(),
         cfg.endpoint.clone(),
+        busy.clone(),
     ));
     let mut out = BytesMut::with_capacity(COALESCE);
     let mut chunks: Vec<Bytes> = Vec::new();
@@ -634,6 +661,7 @@ async fn serve(
 /// batch's replies are overdue (its position in the stream is then unknown).
 /// Returns why it ended and the batches still unanswered, oldest first (`None` when
 /// the slot closed the connection with nothing in flight).
+#[allow(clippy::too_many_arguments)] // the slot's parts, passed as they are
 async fn read_loop(
     mut rd: ReadHalf,
     mut prx: mpsc::UnboundedReceiver<InFlight>,
@@ -642,8 +670,14 @@ async fn read_loop(
     stats: Arc<DbStats>,
     observer: Arc<dyn Observer>,
     endpoint: crate::endpoint::Endpoint,
+    busy: Arc<AtomicBool>,
 ) -> Option<(UpstreamError, Vec<Batch>)> {
     let mut not_serving = false;
+    // The current batch runs a script: a timer for when the slot counts as busy
+    // ([`MuxHandle::busy`]), armed once per such batch.
+    let script_timer = tokio::time::sleep(timeout);
+    tokio::pin!(script_timer);
+    let mut script_armed = false;
     let mut frames = Frames::new(64 * 1024);
     let mut cur: Option<InFlight> = None;
     let mut done = 0u32;
@@ -699,6 +733,9 @@ async fn read_loop(
                         if let Some(f) = cur.take() {
                             f.answer(bytes, std::mem::take(&mut redirected));
                         }
+                        if std::mem::take(&mut script_armed) {
+                            busy.store(false, Relaxed);
+                        }
                         done = 0;
                         errors = 0;
                     }
@@ -742,6 +779,13 @@ async fn read_loop(
                     sleep.as_mut().reset(f.deadline);
                     armed = true;
                 }
+                if f.batch.script && !script_armed {
+                    // (`deadline` is the time it was written plus the timeout.)
+                    let at = f.deadline.checked_sub(timeout).unwrap_or(f.deadline);
+                    script_timer.as_mut().reset(at + SCRIPT_BUSY_AFTER);
+                    script_armed = true;
+                }
+                let watch_script = script_armed && !busy.load(Relaxed);
                 tokio::select! {
                     r = frames.fill(&mut rd) => r,
                     _ = &mut sleep => {
@@ -749,6 +793,10 @@ async fn read_loop(
                             break UpstreamError::Timeout { addr: addr.clone(), after: timeout };
                         }
                         sleep.as_mut().reset(f.deadline);
+                        continue;
+                    }
+                    _ = &mut script_timer, if watch_script => {
+                        busy.store(true, Relaxed);
                         continue;
                     }
                 }
@@ -764,6 +812,7 @@ async fn read_loop(
             Ok(_) => crate::busy_poll::kick(),
         }
     };
+    busy.store(false, Relaxed);
     tracing::debug!(upstream = %addr, error = %err, "shared upstream connection closed");
     if cur.is_some() || !matches!(err, UpstreamError::Lost { sent: false, .. }) {
         observer.failure();
@@ -860,6 +909,7 @@ mod tests {
                 block: Block::No,
                 retry: Retry::new(origin, true, cfg),
                 divert: None,
+                script: false,
             })
             .await;
         rx
@@ -923,6 +973,7 @@ mod tests {
                 block: Block::No,
                 retry,
                 divert: None,
+                script: false,
             };
             (b, rx)
         };
@@ -1019,6 +1070,7 @@ mod tests {
                 divert: Some(Divert(Box::new(move |_batch, answer| {
                     let _ = dtx.send(answer);
                 }))),
+                script: false,
             })
             .await;
         (rx, drx, handle)
