@@ -55,9 +55,9 @@ struct Conns {
     slots: Vec<MuxHandle>,
     /// The same, speaking RESP3 (for sessions that sent `HELLO 3`).
     slots3: Vec<MuxHandle>,
-    /// One more slot of each (RESP2, RESP3) for sessions whose own slot is busy
-    /// with another client's long script ([`Database::detour`]); empty on a
-    /// cluster. Connected when first used.
+    /// One more slot of each (RESP2, RESP3) for sessions whose own slot is held
+    /// up by another client's long script or paused write ([`Database::detour`]);
+    /// empty on a cluster. Connected when first used.
     detours: Vec<MuxHandle>,
     /// Pool of exclusive connections (transactions, blocking commands).
     pool: Pool,
@@ -300,9 +300,10 @@ impl Database {
         &slots[(session_id % slots.len() as u64) as usize]
     }
 
-    /// Whether a session's shared slot is busy with a long script
-    /// ([`MuxHandle::busy`]): a session with nothing in flight then sends on the
-    /// database's detour slot until it is not (standalone and Sentinel databases).
+    /// Whether a session's shared slot is held up by a long script or a paused
+    /// write ([`MuxHandle::busy`]): a session with nothing in flight then sends on
+    /// the database's detour slot until it is not (standalone and Sentinel
+    /// databases).
     #[inline]
     pub fn detour(&self, session_id: u64, resp3: bool) -> bool {
         !self.conns.detours.is_empty() && self.slot(session_id, resp3).busy()

@@ -244,6 +244,20 @@ async fn wait_blocked_on(redis: &RedisServer, n: u64) {
     }
 }
 
+/// `admin` pauses writes for 30 s; `w` sends `SET k after` + `GET k`, and Redis
+/// holds the SET back (a blocked client).
+async fn pause_and_write(admin: &mut AsyncRawClient, w: &mut AsyncRawClient, redis: &RedisServer) {
+    let paused = admin.cmd(&[b"CLIENT", b"PAUSE", b"30000", b"WRITE"]).await;
+    assert_eq!(paused, b"+OK\r\n");
+    let pipeline = [
+        resp_cmd(&[b"SET", b"k", b"after"]),
+        resp_cmd(&[b"GET", b"k"]),
+    ]
+    .concat();
+    w.send(&pipeline).await;
+    wait_blocked_on(redis, 1).await;
+}
+
 /// `CLIENT PAUSE … WRITE` through the proxy: as on Redis, a write is held back
 /// (a blocked client) while the reads of other clients — in its database and in
 /// another on the same server — are answered at once; the writer's pipeline
@@ -265,15 +279,7 @@ async fn a_paused_write_does_not_hold_up_other_clients_reads() {
     r.set_timeout(Duration::from_secs(3));
     r5.set_timeout(Duration::from_secs(3));
 
-    let paused = admin.cmd(&[b"CLIENT", b"PAUSE", b"30000", b"WRITE"]).await;
-    assert_eq!(paused, b"+OK\r\n");
-    let pipeline = [
-        resp_cmd(&[b"SET", b"k", b"after"]),
-        resp_cmd(&[b"GET", b"k"]),
-    ]
-    .concat();
-    w.send(&pipeline).await;
-    wait_blocked_on(&redis, 1).await;
+    pause_and_write(&mut admin, &mut w, &redis).await;
     for _ in 0..3 {
         assert_eq!(r.cmd(&[b"GET", b"k"]).await, b"$6\r\nbefore\r\n");
         assert_eq!(r5.cmd(&[b"EXISTS", b"k"]).await, b":0\r\n");
@@ -295,6 +301,17 @@ async fn a_paused_write_does_not_hold_up_other_clients_reads() {
     proxy.shutdown().await;
 }
 
+/// A proxy with one shared connection per database (every session of a database
+/// on it) and a command timeout far beyond the tests' waits.
+async fn one_slot_proxy(redis: &RedisServer) -> redis_sidecar::server::Proxy {
+    let mut config = proxy_config(redis);
+    for db in &mut config.databases {
+        db.upstream.mux_connections = 1;
+        db.upstream.command_timeout = Duration::from_secs(30);
+    }
+    start_proxy(config).await
+}
+
 /// A long script on the shared connection: Redis answers the other clients
 /// (`-BUSY` past its `busy-reply-threshold`) but not the script's connection, so
 /// clients on the same shared connection meet `-BUSY` through the proxy as they
@@ -303,13 +320,7 @@ async fn a_paused_write_does_not_hold_up_other_clients_reads() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn clients_behind_a_long_script_get_busy_as_on_redis() {
     let redis = RedisServer::start_with_args(&["--busy-reply-threshold", "100"]);
-    let mut config = proxy_config(&redis);
-    for db in &mut config.databases {
-        // One shared connection: every session of a database is on the script's.
-        db.upstream.mux_connections = 1;
-        db.upstream.command_timeout = Duration::from_secs(30);
-    }
-    let proxy = start_proxy(config).await;
+    let proxy = one_slot_proxy(&redis).await;
     let addr = proxy.local_addr();
     let mut script = AsyncRawClient::connect(addr).await;
     let mut other = AsyncRawClient::connect(addr).await;
@@ -348,5 +359,37 @@ async fn clients_behind_a_long_script_get_busy_as_on_redis() {
             [&b"+OK\r\n"[..], b"$1\r\nw\r\n", b":7\r\n"]
         );
     }
+    proxy.shutdown().await;
+}
+
+/// A pause made outside the proxy (another Redis client, or `FAILOVER`): the
+/// proxy does not know of it, and a write Redis holds back keeps the shared
+/// connection waiting. Once it has waited 100 ms, the other sessions on it send
+/// on the detour connection, so their reads are answered during the pause as
+/// Redis answers its own clients'; the writer's pipeline stays in order.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn reads_go_on_during_a_pause_made_elsewhere() {
+    let redis = RedisServer::start();
+    let proxy = one_slot_proxy(&redis).await;
+    let addr = proxy.local_addr();
+    let (mut w, mut r) = (
+        AsyncRawClient::connect(addr).await,
+        AsyncRawClient::connect(addr).await,
+    );
+    assert_eq!(r.cmd(&[b"SET", b"k", b"before"]).await, b"+OK\r\n");
+    r.set_timeout(Duration::from_secs(3));
+    let mut direct = AsyncRawClient::connect(redis.addr()).await;
+    pause_and_write(&mut direct, &mut w, &redis).await;
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    for _ in 0..3 {
+        assert_eq!(r.cmd(&[b"GET", b"k"]).await, b"$6\r\nbefore\r\n");
+    }
+    w.assert_no_reply(Duration::from_millis(100)).await;
+    assert_eq!(direct.cmd(&[b"CLIENT", b"UNPAUSE"]).await, b"+OK\r\n");
+    assert_eq!(
+        w.read_replies(2).await,
+        [&b"+OK\r\n"[..], b"$5\r\nafter\r\n"]
+    );
+    assert_eq!(r.cmd(&[b"GET", b"k"]).await, b"$5\r\nafter\r\n");
     proxy.shutdown().await;
 }

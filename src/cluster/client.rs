@@ -1447,7 +1447,7 @@ impl Cluster {
                         ..retry
                     },
                     divert: None,
-                    script: false,
+                    may_hold: false,
                 })
                 .await;
             flights.push(Flight {

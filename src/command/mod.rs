@@ -373,24 +373,27 @@ pub fn cluster_only(info: &table::CommandInfo, argc: usize) -> bool {
         }
 }
 
-/// Whether the command-table index `idx` runs a script: EVAL, EVALSHA, FCALL and
-/// their read-only forms (Redis answers other connections, not this one, while
-/// it runs).
+/// Whether Redis may hold the command-table index `idx` back for long while it
+/// answers other connections: a script (EVAL, EVALSHA, FCALL and their read-only
+/// forms: others get `-BUSY` while it runs), or what a `CLIENT PAUSE … WRITE` (also
+/// `FAILOVER`'s) holds back: its `write` or `may-replicate` flag.
 #[inline]
-pub fn runs_script(idx: u16) -> bool {
-    static SCRIPTS: OnceLock<Vec<bool>> = OnceLock::new();
-    let scripts = SCRIPTS.get_or_init(|| {
+pub fn may_be_held(idx: u16) -> bool {
+    static HELD: OnceLock<Vec<bool>> = OnceLock::new();
+    let held = HELD.get_or_init(|| {
         table::COMMANDS
             .iter()
             .map(|c| {
-                matches!(
-                    c.name,
-                    "eval" | "evalsha" | "eval_ro" | "evalsha_ro" | "fcall" | "fcall_ro"
-                )
+                c.has(table::WRITE)
+                    || c.has(table::MAY_REPLICATE)
+                    || matches!(
+                        c.name,
+                        "eval" | "evalsha" | "eval_ro" | "evalsha_ro" | "fcall" | "fcall_ro"
+                    )
             })
             .collect()
     });
-    scripts.get(usize::from(idx)).copied().unwrap_or(false)
+    held.get(usize::from(idx)).copied().unwrap_or(false)
 }
 
 /// The name of a command-table index (`other` for commands not in the table).
@@ -512,25 +515,26 @@ mod identify_tests {
     use super::*;
 
     #[test]
-    fn scripts_are_known_by_index() {
-        for name in [
-            "EVAL",
-            "evalsha",
-            "EVAL_RO",
-            "EVALSHA_RO",
-            "FCALL",
-            "fcall_ro",
+    fn scripts_and_writes_may_be_held() {
+        for args in [
+            &["EVAL", "x", "0"][..],
+            &["evalsha", "x", "0"],
+            &["EVAL_RO", "x", "0"],
+            &["EVALSHA_RO", "x", "0"],
+            &["FCALL", "x", "0"],
+            &["fcall_ro", "x", "0"],
+            &["SET", "k", "v"],
+            &["PUBLISH", "c", "m"],
         ] {
-            assert!(
-                runs_script(Descriptor::of(&[name, "x", "0"][..]).index()),
-                "{name}"
-            );
+            assert!(may_be_held(Descriptor::of(args).index()), "{args:?}");
         }
-        for name in ["GET", "SCRIPT", "FUNCTION", "NOSUCH"] {
-            assert!(
-                !runs_script(Descriptor::of(&[name, "x", "0"][..]).index()),
-                "{name}"
-            );
+        for args in [
+            &["GET", "k"][..],
+            &["SCRIPT", "LOAD", "x"],
+            &["PING"],
+            &["NOSUCH"],
+        ] {
+            assert!(!may_be_held(Descriptor::of(args).index()), "{args:?}");
         }
     }
 

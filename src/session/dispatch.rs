@@ -259,7 +259,7 @@ impl Session {
             block: out.block,
             retry: Retry::new(self.state.id, out.readonly, &db.config.upstream),
             divert: None,
-            script: out.cmds.iter().any(|&c| command::runs_script(c)),
+            may_hold: out.cmds.iter().any(|&c| command::may_be_held(c)),
         };
         let held = match (out.target, self.mode.held_mut()) {
             (Target::Held, Some(h)) => Some(h),
@@ -515,9 +515,10 @@ impl Session {
             self.stalled = true;
             return;
         }
-        // The session's shared slot is busy with a long script: while so, its
-        // requests take the detour slot (the switch either way waits for what is
-        // in flight, as any change of connection does).
+        // The session's shared slot is held up (another client's long script,
+        // or a write Redis holds back in a pause): while so, its requests take
+        // the detour slot (the switch either way waits for what is in flight, as
+        // any change of connection does).
         self.detour = self.state.db.detour(self.state.id, self.state.resp3);
         let mut run = Run::new();
         let log_commands = self.live.config.log_commands;

@@ -330,7 +330,7 @@ impl Task {
             block,
             retry,
             divert: None,
-            script: false,
+            may_hold: false,
         });
         tokio::select! {
             a = rx => Some(a.unwrap_or_else(|_| Answer::from(Err(UpstreamError::Lost {

@@ -799,7 +799,7 @@ pub(super) async fn call(
             block: Block::No,
             retry: Retry::new(id, readonly, &db.config.upstream),
             divert: None,
-            script: false,
+            may_hold: false,
         },
     )
     .await;

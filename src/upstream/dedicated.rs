@@ -1184,7 +1184,7 @@ mod tests {
                 attempts: 0,
             },
             divert: None,
-            script: false,
+            may_hold: false,
         });
         assert!(before.is_empty());
         let reply = tokio::time::timeout(Duration::from_secs(5), rx)

@@ -142,7 +142,7 @@ fn warm(slot: MuxHandle, cfg: &UpstreamConfig) {
             block: Block::No,
             retry,
             divert: None,
-            script: false,
+            may_hold: false,
         })
         .await;
     });

@@ -133,10 +133,10 @@ pub struct Batch {
     /// Where the answer goes instead of `reply` when a reply is a cluster
     /// redirect or the batch fails (shared slots only; `None` elsewhere).
     pub divert: Option<Divert>,
-    /// It runs a script (EVAL, FCALL …): while it runs long, Redis answers other
-    /// connections (`-BUSY`) but not this one, so a shared slot says so
-    /// ([`MuxHandle::busy`]).
-    pub script: bool,
+    /// Redis may hold it back for long while answering other connections (a
+    /// script: `-BUSY` to others; a write during `CLIENT PAUSE`): a shared slot
+    /// says when such a batch keeps it waiting ([`MuxHandle::busy`]).
+    pub may_hold: bool,
 }
 
 impl Batch {
@@ -179,8 +179,9 @@ pub struct MuxHandle {
     busy: Arc<AtomicBool>,
 }
 
-/// How long a script's batch waits for its replies before its slot counts as busy.
-pub const SCRIPT_BUSY_AFTER: Duration = Duration::from_millis(100);
+/// How long a batch that Redis may hold back ([`Batch::may_hold`]) waits for its
+/// replies before its slot counts as busy.
+pub const HELD_AFTER: Duration = Duration::from_millis(100);
 
 /// How many batches may wait for a slot's writer before senders are slowed down.
 const QUEUE: usize = 4096;
@@ -206,12 +207,14 @@ impl MuxHandle {
         MuxHandle { tx, busy }
     }
 
-    /// The oldest batch waiting for its replies runs a script and has waited
-    /// [`SCRIPT_BUSY_AFTER`]: Redis may be running it for long (until it ends or
-    /// `SCRIPT KILL`), answering other connections meanwhile — with `-BUSY` once
-    /// past its `busy-reply-threshold` — but not this one. A session with nothing
-    /// in flight then sends on another connection (`Database::detour`), as a
-    /// client of its own would.
+    /// The oldest batch waiting for its replies is one Redis may hold back
+    /// ([`Batch::may_hold`]) and has waited [`HELD_AFTER`]: a script running for
+    /// long (until it ends or `SCRIPT KILL`), or a write held by a pause made
+    /// anywhere (`CLIENT PAUSE`, `FAILOVER`). Redis answers other connections
+    /// meanwhile (reads during a pause; `-BUSY` past its `busy-reply-threshold`
+    /// during a script) but not this one. A session with nothing in flight then
+    /// sends on another connection (`Database::detour`), as a client of its own
+    /// would.
     #[inline]
     pub fn busy(&self) -> bool {
         self.busy.load(Relaxed)
@@ -673,11 +676,13 @@ async fn read_loop(
     busy: Arc<AtomicBool>,
 ) -> Option<(UpstreamError, Vec<Batch>)> {
     let mut not_serving = false;
-    // The current batch runs a script: a timer for when the slot counts as busy
-    // ([`MuxHandle::busy`]), armed once per such batch.
-    let script_timer = tokio::time::sleep(timeout);
-    tokio::pin!(script_timer);
-    let mut script_armed = false;
+    // A timer for when the slot counts as busy ([`MuxHandle::busy`]): armed for
+    // the first batch that may be held, and, like `sleep`, re-armed only when it
+    // fires (for the current batch, if it may be held; else left off until one
+    // comes), so a stream of writes costs a timer wake-up per `HELD_AFTER`.
+    let held_timer = tokio::time::sleep(timeout);
+    tokio::pin!(held_timer);
+    let mut held_armed = false;
     let mut frames = Frames::new(64 * 1024);
     let mut cur: Option<InFlight> = None;
     let mut done = 0u32;
@@ -733,8 +738,9 @@ async fn read_loop(
                         if let Some(f) = cur.take() {
                             f.answer(bytes, std::mem::take(&mut redirected));
                         }
-                        if std::mem::take(&mut script_armed) {
+                        if busy.load(Relaxed) {
                             busy.store(false, Relaxed);
+                            held_armed = false;
                         }
                         done = 0;
                         errors = 0;
@@ -779,13 +785,13 @@ async fn read_loop(
                     sleep.as_mut().reset(f.deadline);
                     armed = true;
                 }
-                if f.batch.script && !script_armed {
-                    // (`deadline` is the time it was written plus the timeout.)
-                    let at = f.deadline.checked_sub(timeout).unwrap_or(f.deadline);
-                    script_timer.as_mut().reset(at + SCRIPT_BUSY_AFTER);
-                    script_armed = true;
+                // (`deadline` is the time it was written plus the timeout.)
+                let held_at = f.deadline.checked_sub(timeout).unwrap_or(f.deadline) + HELD_AFTER;
+                if f.batch.may_hold && !held_armed {
+                    held_timer.as_mut().reset(held_at);
+                    held_armed = true;
                 }
-                let watch_script = script_armed && !busy.load(Relaxed);
+                let watch_held = held_armed && !busy.load(Relaxed);
                 tokio::select! {
                     r = frames.fill(&mut rd) => r,
                     _ = &mut sleep => {
@@ -795,8 +801,14 @@ async fn read_loop(
                         sleep.as_mut().reset(f.deadline);
                         continue;
                     }
-                    _ = &mut script_timer, if watch_script => {
-                        busy.store(true, Relaxed);
+                    _ = &mut held_timer, if watch_held => {
+                        if !f.batch.may_hold {
+                            held_armed = false;
+                        } else if Instant::now() >= held_at {
+                            busy.store(true, Relaxed);
+                        } else {
+                            held_timer.as_mut().reset(held_at);
+                        }
                         continue;
                     }
                 }
@@ -909,7 +921,7 @@ mod tests {
                 block: Block::No,
                 retry: Retry::new(origin, true, cfg),
                 divert: None,
-                script: false,
+                may_hold: false,
             })
             .await;
         rx
@@ -973,7 +985,7 @@ mod tests {
                 block: Block::No,
                 retry,
                 divert: None,
-                script: false,
+                may_hold: false,
             };
             (b, rx)
         };
@@ -1070,7 +1082,7 @@ mod tests {
                 divert: Some(Divert(Box::new(move |_batch, answer| {
                     let _ = dtx.send(answer);
                 }))),
-                script: false,
+                may_hold: false,
             })
             .await;
         (rx, drx, handle)
