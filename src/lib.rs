@@ -60,7 +60,8 @@
 //! resilience/    breaker, backoff, per-command latency stats (no I/O)
 //! upstream/      connection setup (TCP, TLS, AUTH/HELLO/SELECT), shared multiplexed slots
 //!                (which make the retries, in order, pass large replies on
-//!                in parts, and say when a long script or a paused write holds them up), exclusive bb8-pooled connections (checked out in
+//!                in parts, and say when a long script or a paused write holds
+//!                them up), exclusive bb8-pooled connections (checked out in
 //!                request order), subscriber and out-of-band connections, probes;
 //!                frames.rs is the one reader of every reply stream;
 //!                sentinel.rs finds the primary through Sentinel and follows failovers;

@@ -261,10 +261,7 @@ impl Descriptor {
     /// PFCOUNT …), as Redis's `processCommand` decides.
     #[inline]
     pub fn pausable(&self) -> bool {
-        self.route == Route::Forward
-            && self
-                .info
-                .is_some_and(|i| i.has(table::WRITE) || i.has(table::MAY_REPLICATE))
+        self.route == Route::Forward && self.info.is_some_and(pausable)
     }
 
     /// Runs on Redis even while it is busy with a script (SCRIPT KILL, FUNCTION
@@ -373,27 +370,20 @@ pub fn cluster_only(info: &table::CommandInfo, argc: usize) -> bool {
         }
 }
 
+/// Held back by a `CLIENT PAUSE … WRITE`: Redis's `write` or `may-replicate` flag.
+fn pausable(c: &table::CommandInfo) -> bool {
+    c.has(table::WRITE) || c.has(table::MAY_REPLICATE)
+}
+
 /// Whether Redis may hold the command-table index `idx` back for long while it
-/// answers other connections: a script (EVAL, EVALSHA, FCALL and their read-only
-/// forms: others get `-BUSY` while it runs), or what a `CLIENT PAUSE … WRITE` (also
-/// `FAILOVER`'s) holds back: its `write` or `may-replicate` flag.
+/// answers other connections: what a `CLIENT PAUSE … WRITE` (also `FAILOVER`'s)
+/// holds back, or a script (EVAL, EVALSHA, FCALL and their read-only forms: the
+/// scripting commands with key arguments; others get `-BUSY` while it runs).
 #[inline]
 pub fn may_be_held(idx: u16) -> bool {
-    static HELD: OnceLock<Vec<bool>> = OnceLock::new();
-    let held = HELD.get_or_init(|| {
-        table::COMMANDS
-            .iter()
-            .map(|c| {
-                c.has(table::WRITE)
-                    || c.has(table::MAY_REPLICATE)
-                    || matches!(
-                        c.name,
-                        "eval" | "evalsha" | "eval_ro" | "evalsha_ro" | "fcall" | "fcall_ro"
-                    )
-            })
-            .collect()
-    });
-    held.get(usize::from(idx)).copied().unwrap_or(false)
+    table::COMMANDS
+        .get(usize::from(idx))
+        .is_some_and(|c| pausable(c) || c.has(table::CAT_SCRIPTING | table::MOVABLE_KEYS))
 }
 
 /// The name of a command-table index (`other` for commands not in the table).
@@ -515,53 +505,32 @@ mod identify_tests {
     use super::*;
 
     #[test]
-    fn scripts_and_writes_may_be_held() {
-        for args in [
-            &["EVAL", "x", "0"][..],
-            &["evalsha", "x", "0"],
-            &["EVAL_RO", "x", "0"],
-            &["EVALSHA_RO", "x", "0"],
-            &["FCALL", "x", "0"],
-            &["fcall_ro", "x", "0"],
-            &["SET", "k", "v"],
-            &["PUBLISH", "c", "m"],
-        ] {
-            assert!(may_be_held(Descriptor::of(args).index()), "{args:?}");
+    fn pausable_and_held_commands_are_those_redis_holds_back() {
+        // (args, held back by CLIENT PAUSE WRITE, may hold a connection for long)
+        let cases: [(&[&str], bool, bool); 16] = [
+            (&["SET", "k", "v"], true, true),
+            (&["DEL", "k"], true, true),
+            (&["eval", "return 1", "0"], true, true),
+            (&["EVALSHA", "x", "0"], true, true),
+            (&["FCALL", "f", "0"], true, true),
+            (&["PUBLISH", "c", "m"], true, true),
+            (&["PFCOUNT", "h"], true, true),
+            (&["EVAL_RO", "x", "0"], false, true),
+            (&["EVALSHA_RO", "x", "0"], false, true),
+            (&["fcall_ro", "x", "0"], false, true),
+            (&["GET", "k"], false, false),
+            (&["PING"], false, false),
+            (&["SCRIPT", "LOAD", "x"], false, false),
+            (&["CLIENT", "UNPAUSE"], false, false),
+            (&["BLPOP", "q", "0"], false, true),
+            (&["NOSUCH"], false, false),
+        ];
+        for (args, paused, held) in cases {
+            let d = Descriptor::of(args);
+            assert_eq!(d.pausable(), paused, "{args:?}");
+            assert_eq!(may_be_held(d.index()), held, "{args:?}");
         }
-        for args in [
-            &["GET", "k"][..],
-            &["SCRIPT", "LOAD", "x"],
-            &["PING"],
-            &["NOSUCH"],
-        ] {
-            assert!(!may_be_held(Descriptor::of(args).index()), "{args:?}");
-        }
-    }
-
-    #[test]
-    fn pausable_commands_are_those_redis_holds_back_during_a_write_pause() {
-        for args in [
-            &["SET", "k", "v"][..],
-            &["eval", "return 1", "0"],
-            &["EVALSHA", "x", "0"],
-            &["FCALL", "f", "0"],
-            &["PUBLISH", "c", "m"],
-            &["PFCOUNT", "h"],
-            &["DEL", "k"],
-        ] {
-            assert!(Descriptor::of(args).pausable(), "{args:?}");
-        }
-        for args in [
-            &["GET", "k"][..],
-            &["PING"],
-            &["INFO"],
-            &["CLIENT", "UNPAUSE"],
-            &["MULTI"],
-            &["BLPOP", "q", "0"],
-            &["NOSUCH"],
-        ] {
-            assert!(!Descriptor::of(args).pausable(), "{args:?}");
-        }
+        assert!(!Descriptor::of(&["MULTI"][..]).pausable());
     }
 
     #[test]

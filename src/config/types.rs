@@ -279,12 +279,17 @@ impl UpstreamConfig {
     /// Whether `other` is the same server, logged in as the same user (its db may
     /// differ).
     pub fn same_server(&self, other: &UpstreamConfig) -> bool {
+        self.same_redis(other) && self.username == other.username && self.password == other.password
+    }
+
+    /// Whether `other` is the same Redis server (or Sentinel master, or cluster),
+    /// whoever logs in to it: what is server-wide (`CLIENT PAUSE`, client ids)
+    /// holds for both.
+    pub fn same_redis(&self, other: &UpstreamConfig) -> bool {
         self.host == other.host
             && self.port == other.port
             && self.sentinel == other.sentinel
             && self.cluster == other.cluster
-            && self.username == other.username
-            && self.password == other.password
     }
 
     /// `host:port` as text, for reports. For a Sentinel-backed upstream, the current

@@ -10,6 +10,7 @@ use crate::command::TxOp;
 use crate::config::{Secret, UpstreamConfig};
 use crate::protocol::reply;
 use crate::router::Database;
+use crate::upstream::connect::encode_auth;
 use crate::upstream::dedicated::{Dedicated, ExclusiveConn};
 use crate::upstream::UpstreamError;
 use std::sync::Arc;
@@ -126,16 +127,11 @@ impl Session {
         let mut opened = ExclusiveConn::open_own(&self.upstream_cfg(&db), resp3).await;
         let may_not_select = matches!(&opened, Err(UpstreamError::Handshake { reply, .. })
             if reply.starts_with("NOPERM") && db.config.upstream.db != 0);
-        match self.login.as_ref() {
-            Some(login) if may_not_select && db.cluster().is_none() => {
-                let pw = login.password.expose().as_bytes();
-                let auth = match &login.user {
-                    Some(user) => super::dispatch::encode(&[&b"AUTH"[..], user.as_bytes(), pw][..]),
-                    None => super::dispatch::encode(&[&b"AUTH"[..], pw][..]),
-                };
-                opened = ExclusiveConn::open_own_then_auth(&db.config.upstream, resp3, &auth).await;
-            }
-            _ => {}
+        let login = self.login.as_ref();
+        if let Some(login) = login.filter(|_| may_not_select && db.cluster().is_none()) {
+            let mut auth = Vec::new();
+            encode_auth(login.user.as_deref(), login.password.expose(), &mut auth);
+            opened = ExclusiveConn::open_own_then_auth(&db.config.upstream, resp3, &auth).await;
         }
         match opened {
             Ok(_) if db.cluster().is_some() => {

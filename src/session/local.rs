@@ -808,7 +808,7 @@ fn note_pause<L: ArgList + ?Sized>(state: &State, ctx: &View<'_>, args: &L) {
     }
     for db in ctx.router.databases() {
         let there = &db.config.upstream;
-        if there.host == here.host && there.port == here.port && there.sentinel == here.sentinel {
+        if there.same_redis(here) {
             match pause {
                 Some(time) => there.endpoint.pause_writes(time),
                 None => there.endpoint.unpause(),

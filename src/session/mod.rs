@@ -433,8 +433,8 @@ struct Session {
     /// The connection of the last request forwarded.
     last: Conn,
     /// Requests for the shared connection go to the database's detour slot: the
-    /// session's own is busy with another client's long script (decided at the
-    /// start of each dispatch; see `Database::detour`).
+    /// session's own is held up by another client's long script or paused write
+    /// (decided at the start of each dispatch; see `Database::detour`).
     detour: bool,
     /// Exclusive and private connections held so far (they are named by number).
     checkouts: u64,

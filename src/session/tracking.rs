@@ -46,7 +46,6 @@ use crate::clients::Exclusive;
 use crate::command::{table, ArgList, Block, Ranged, Route};
 use crate::protocol::reply;
 use crate::protocol::request::{parse_int, Request, RequestKind};
-use crate::router::Database;
 use crate::upstream::pubsub::End;
 
 /// What the session knows of its tracking, once Redis accepted `CLIENT TRACKING ON`.
@@ -99,13 +98,6 @@ enum Redirect {
     Missing,
     /// Proxy session `.0`, standing upstream as Redis client `.1`.
     Session(u64, u64),
-}
-
-/// Two databases on the same Redis server (whatever the credentials): a client id
-/// of one is a client id of the other.
-fn same_host(a: &Database, b: &Database) -> bool {
-    let (a, b) = (&a.config.upstream, &b.config.upstream);
-    a.host == b.host && a.port == b.port
 }
 
 fn error(text: &str) -> Vec<u8> {
@@ -295,7 +287,7 @@ impl Session {
         let db = &self.state.db;
         let own = client
             .own()
-            .filter(|o| same_host(&o.db, db))
+            .filter(|o| o.db.config.upstream.same_redis(&db.config.upstream))
             .map(|o| o.upstream_id.load(Relaxed))
             .filter(|&up| up != 0);
         if let Some(up) = own {

@@ -107,6 +107,14 @@ fn self_connected(tcp: &TcpStream) -> bool {
     matches!((tcp.local_addr(), tcp.peer_addr()), (Ok(l), Ok(p)) if l == p)
 }
 
+/// `AUTH [user] password`, encoded onto `out`.
+pub fn encode_auth(user: Option<&str>, password: &str, out: &mut Vec<u8>) {
+    match user {
+        Some(user) => encode_command(&[b"AUTH", user.as_bytes(), password.as_bytes()], out),
+        None => encode_command(&[&b"AUTH"[..], password.as_bytes()], out),
+    }
+}
+
 async fn connect_inner(
     cfg: &UpstreamConfig,
     host: &str,
@@ -130,10 +138,7 @@ async fn connect_inner(
     let mut setup = Vec::new();
     let mut expected = 0;
     if let Some(pw) = &cfg.password {
-        match &cfg.username {
-            Some(user) => encode_command(&[b"AUTH", user.as_bytes(), pw.0.as_bytes()], &mut setup),
-            None => encode_command(&[&b"AUTH"[..], pw.0.as_bytes()], &mut setup),
-        }
+        encode_auth(cfg.username.as_deref(), pw.expose(), &mut setup);
         expected += 1;
     }
     // Its reply also says what the server is (`Endpoint::learn`). (RESP2
