@@ -57,7 +57,7 @@ struct Conns {
     slots3: Vec<MuxHandle>,
     /// One more slot of each (RESP2, RESP3) for sessions whose own slot is held
     /// up by another client's long script or paused write ([`Database::detour`]);
-    /// empty on a cluster. Connected when first used.
+    /// empty on a cluster (its nodes have theirs). Connected when first used.
     detours: Vec<MuxHandle>,
     /// Pool of exclusive connections (transactions, blocking commands).
     pool: Pool,
@@ -302,11 +302,14 @@ impl Database {
 
     /// Whether a session's shared slot is held up by a long script or a paused
     /// write ([`MuxHandle::busy`]): a session with nothing in flight then sends on
-    /// the database's detour slot until it is not (standalone and Sentinel
-    /// databases).
+    /// the database's detour slot until it is not (on a cluster, the nodes'
+    /// detour connections: `Cluster::detour`).
     #[inline]
     pub fn detour(&self, session_id: u64, resp3: bool) -> bool {
-        !self.conns.detours.is_empty() && self.slot(session_id, resp3).busy()
+        match &self.conns.cluster {
+            Some(c) => c.detour(session_id, resp3),
+            None => self.slot(session_id, resp3).busy(),
+        }
     }
 
     /// Sends a batch on the session's shared connection (on a cluster, on the
@@ -316,7 +319,14 @@ impl Database {
         match &self.conns.cluster {
             // Boxed: the cluster's future is large, and would otherwise be part
             // of every session's task future, standalone ones included.
-            Some(c) => Box::pin(c.send(session_id, resp3, batch)).await,
+            Some(c) => {
+                let via = cluster::client::Via {
+                    session: session_id,
+                    resp3,
+                    detour,
+                };
+                Box::pin(c.send(via, batch)).await
+            }
             None => match self
                 .conns
                 .detours

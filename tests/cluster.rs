@@ -1611,3 +1611,147 @@ fn a_cluster_that_is_down_is_waited_for_within_the_retry_bound() {
         .unwrap_or_else(|| panic!("no again= in {info}"));
     assert!(again >= 9, "again={again}");
 }
+
+/// A two-node cluster of the test's own (slots 0-8191 on the first node, the
+/// rest on the second), each node answering `-BUSY` 100 ms into a script, and a
+/// proxy with one shared connection per node (every session on it).
+fn two_node_cluster() -> ([support::RedisServer; 2], tokio::runtime::Runtime, Proxy) {
+    let nodes = [
+        support::cluster::start_node(),
+        support::cluster::start_node(),
+    ];
+    let (mut a, mut b) = (nodes[0].client(), nodes[1].client());
+    for (c, range) in [
+        (&mut a, [&b"0"[..], b"8191"]),
+        (&mut b, [b"8192", b"16383"]),
+    ] {
+        assert_eq!(
+            c.cmd(&[b"CLUSTER", b"ADDSLOTSRANGE", range[0], range[1]]),
+            b"+OK\r\n"
+        );
+        let set = [&b"CONFIG"[..], b"SET", b"busy-reply-threshold", b"100"];
+        assert_eq!(c.cmd(&set), b"+OK\r\n");
+    }
+    let port = nodes[1].port().to_string();
+    assert_eq!(
+        a.cmd(&[b"CLUSTER", b"MEET", b"127.0.0.1", port.as_bytes()]),
+        b"+OK\r\n"
+    );
+    wait_cluster_state(&mut a, "ok");
+    wait_cluster_state(&mut b, "ok");
+    let ports = [nodes[0].port(), nodes[1].port()];
+    let mut config = support::cluster::proxy_config_on(&nodes[0], &ports);
+    for db in &mut config.databases {
+        db.upstream.mux_connections = 1;
+    }
+    let (rt, proxy) = Cluster::start_proxy(config);
+    (nodes, rt, proxy)
+}
+
+/// A key whose slot is served by the first (`false`) or second (`true`) node of
+/// [`two_node_cluster`].
+fn key_on(node: &support::RedisServer, second: bool) -> String {
+    let mut c = node.client();
+    (0..1000)
+        .map(|i| format!("held:{i}"))
+        .find(|k| {
+            let r = c.cmd(&[b"CLUSTER", b"KEYSLOT", k.as_bytes()]);
+            let slot: u16 = String::from_utf8_lossy(&r[1..]).trim().parse().unwrap();
+            (slot >= 8192) == second
+        })
+        .unwrap()
+}
+
+/// A long script on one node of a cluster, and a write a pause holds back there,
+/// hold up only their own client, as on Redis: the other clients sharing the
+/// node's connection get what Redis answers its other connections (`-BUSY`
+/// for that node's keys, replies for the other node's, in one pipeline too,
+/// and reads during a pause), `SCRIPT KILL` reaches the node running the script
+/// (not the first seed), and every client's pipeline stays in order afterwards.
+#[test]
+fn a_long_script_or_a_held_write_on_one_node_holds_up_only_its_client() {
+    let (nodes, _rt, proxy) = two_node_cluster();
+    let (k1, k2) = (key_on(&nodes[0], false), key_on(&nodes[0], true));
+    let (k1, k2) = (k1.as_bytes(), k2.as_bytes());
+    let addr = proxy.local_addr();
+    let mut script = RawClient::connect(addr);
+    let mut other = RawClient::connect(addr);
+    let mut other5 = RawClient::connect(addr);
+    assert_eq!(other5.cmd(&[b"SELECT", b"5"]), b"+OK\r\n");
+    for c in [&mut other, &mut other5] {
+        assert_eq!(c.cmd(&[b"SET", k1, b"v"]), b"+OK\r\n");
+        assert_eq!(c.cmd(&[b"SET", k2, b"v"]), b"+OK\r\n");
+        // Waiting for the script would take 30 s.
+        c.set_timeout(Duration::from_secs(3));
+    }
+    script.send(&support::resp_cmd(&[
+        b"EVAL",
+        b"while true do end",
+        b"1",
+        k2,
+    ]));
+    std::thread::sleep(Duration::from_millis(300));
+    let busy = nodes[1].client().cmd(&[b"GET", k2]);
+    assert!(busy.starts_with(b"-BUSY"), "{busy:?}");
+    for c in [&mut other, &mut other5] {
+        assert_eq!(c.cmd(&[b"GET", k2]), busy);
+        assert_eq!(c.cmd(&[b"GET", k1]), b"$1\r\nv\r\n");
+        let both = [
+            support::resp_cmd(&[b"GET", k1]),
+            support::resp_cmd(&[b"GET", k2]),
+        ]
+        .concat();
+        c.send(&both);
+        assert_eq!(c.read_replies(2), [b"$1\r\nv\r\n".to_vec(), busy.clone()]);
+    }
+    assert_eq!(other.cmd(&[b"SCRIPT", b"KILL"]), b"+OK\r\n");
+    let killed = script.read_reply();
+    assert!(killed.starts_with(b"-ERR"), "{killed:?}");
+    assert!(other.cmd(&[b"SCRIPT", b"KILL"]).starts_with(b"-NOTBUSY"));
+
+    // A write held back by a pause made on the node itself.
+    let mut direct = nodes[1].client();
+    assert_eq!(
+        direct.cmd(&[b"CLIENT", b"PAUSE", b"10000", b"WRITE"]),
+        b"+OK\r\n"
+    );
+    let held = [
+        support::resp_cmd(&[b"SET", k2, b"after"]),
+        support::resp_cmd(&[b"GET", k2]),
+    ]
+    .concat();
+    script.send(&held);
+    std::thread::sleep(Duration::from_millis(300));
+    for c in [&mut other, &mut other5] {
+        assert_eq!(c.cmd(&[b"GET", k2]), b"$1\r\nv\r\n");
+        assert_eq!(c.cmd(&[b"SET", k1, b"w"]), b"+OK\r\n");
+    }
+    script.assert_no_reply(Duration::from_millis(100));
+    assert_eq!(direct.cmd(&[b"CLIENT", b"UNPAUSE"]), b"+OK\r\n");
+    assert_eq!(
+        script.read_replies(2),
+        [b"+OK\r\n".to_vec(), b"$5\r\nafter\r\n".to_vec()]
+    );
+    // Everyone goes on, each in order.
+    for c in [&mut script, &mut other, &mut other5] {
+        let pipeline = [
+            support::resp_cmd(&[b"SET", k2, b"x"]),
+            support::resp_cmd(&[b"GET", k2]),
+            support::resp_cmd(&[b"SET", k1, b"y"]),
+            support::resp_cmd(&[b"MGET", k1, k2]),
+            support::resp_cmd(&[b"EVAL", b"return 7", b"0"]),
+        ]
+        .concat();
+        c.send(&pipeline);
+        assert_eq!(
+            c.read_replies(5),
+            [
+                b"+OK\r\n".to_vec(),
+                b"$1\r\nx\r\n".to_vec(),
+                b"+OK\r\n".to_vec(),
+                b"*2\r\n$1\r\ny\r\n$1\r\nx\r\n".to_vec(),
+                b":7\r\n".to_vec()
+            ]
+        );
+    }
+}

@@ -73,7 +73,7 @@
 //! connections of its own logged in as the user.
 
 use std::collections::HashMap;
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, RwLock, Weak};
 use std::time::Duration;
 
@@ -124,6 +124,10 @@ pub struct Node {
     pub redirects: Arc<AtomicU64>,
     slots: Vec<MuxHandle>,
     slots3: Vec<MuxHandle>,
+    /// One more shared connection of each protocol (RESP2, RESP3), for the
+    /// sessions whose slot on some node is held up ([`Cluster::detour`]).
+    /// Connected when first used.
+    detours: [MuxHandle; 2],
     pool: Pool,
     pool3: Pool,
     probe: CancellationToken,
@@ -131,6 +135,15 @@ pub struct Node {
     /// connection a session opened): set by [`NodeObserver`] and
     /// [`Cluster::node_failed`], cleared by the next success.
     down: Arc<AtomicBool>,
+}
+
+/// Where a session's batch goes on each node: the session's shared slot, or
+/// with `detour` the node's detour connection ([`Cluster::detour`]).
+#[derive(Debug, Clone, Copy)]
+pub struct Via {
+    pub session: u64,
+    pub resp3: bool,
+    pub detour: bool,
 }
 
 /// What a node's connections for several logins have in common.
@@ -198,6 +211,7 @@ impl Node {
         stats: &Arc<DbStats>,
         breaker: BreakerConfig,
         shutdown: &CancellationToken,
+        held: &Arc<AtomicUsize>,
     ) -> Option<Node> {
         let (host, port) = split_addr(addr)?;
         let cfg = Arc::new(node_config(base, host, port));
@@ -209,7 +223,7 @@ impl Node {
             requests: Arc::default(),
             redirects: Arc::default(),
         };
-        let (node, observer) = Node::build(addr, cfg.clone(), stats, shared, probe.clone());
+        let (node, observer) = Node::build(addr, cfg.clone(), stats, shared, probe.clone(), held);
         health::spawn(
             cfg,
             node.health.clone(),
@@ -224,7 +238,12 @@ impl Node {
     /// [`Cluster::login`]): shared connections and pools of their own; the
     /// breaker, health, down flag and counters of `node`, whose probe speaks for
     /// the node.
-    fn for_login(node: &Node, base: &UpstreamConfig, stats: &Arc<DbStats>) -> Option<Node> {
+    fn for_login(
+        node: &Node,
+        base: &UpstreamConfig,
+        stats: &Arc<DbStats>,
+        held: &Arc<AtomicUsize>,
+    ) -> Option<Node> {
         let (host, port) = split_addr(&node.addr)?;
         let cfg = Arc::new(node_config(base, host, port));
         let shared = Shared {
@@ -234,7 +253,14 @@ impl Node {
             requests: node.requests.clone(),
             redirects: node.redirects.clone(),
         };
-        let (login, _) = Node::build(&node.addr, cfg, stats, shared, CancellationToken::new());
+        let (login, _) = Node::build(
+            &node.addr,
+            cfg,
+            stats,
+            shared,
+            CancellationToken::new(),
+            held,
+        );
         Some(login)
     }
 
@@ -244,6 +270,7 @@ impl Node {
         stats: &Arc<DbStats>,
         shared: Shared,
         probe: CancellationToken,
+        held: &Arc<AtomicUsize>,
     ) -> (Node, Arc<dyn Observer>) {
         let observer: Arc<dyn Observer> = Arc::new(NodeObserver {
             policy: Policy {
@@ -254,10 +281,15 @@ impl Node {
         });
         let spawn = |resp3| -> Vec<MuxHandle> {
             (0..cfg.mux_connections.max(1))
-                .map(|_| MuxHandle::spawn(cfg.clone(), stats.clone(), observer.clone(), resp3))
+                .map(|_| {
+                    let (cfg, stats, observer) = (cfg.clone(), stats.clone(), observer.clone());
+                    MuxHandle::spawn_counted(cfg, stats, observer, resp3, held.clone())
+                })
                 .collect()
         };
         let (slots, slots3) = (spawn(false), spawn(true));
+        let detour = |resp3| MuxHandle::spawn(cfg.clone(), stats.clone(), observer.clone(), resp3);
+        let detours = [detour(false), detour(true)];
         let node = Node {
             addr: addr.to_string(),
             breaker: shared.breaker,
@@ -268,6 +300,7 @@ impl Node {
             pool3: dedicated::pool(&cfg, true),
             slots,
             slots3,
+            detours,
             probe,
             down: shared.down,
         };
@@ -283,6 +316,14 @@ impl Node {
     fn slot(&self, session: u64, resp3: bool) -> &MuxHandle {
         let slots = if resp3 { &self.slots3 } else { &self.slots };
         &slots[(session % slots.len() as u64) as usize]
+    }
+
+    /// The shared connection a batch sent `via` takes here.
+    fn shared(&self, via: Via) -> &MuxHandle {
+        match via.detour {
+            true => &self.detours[usize::from(via.resp3)],
+            false => self.slot(via.session, via.resp3),
+        }
     }
 
     /// Its pool of exclusive connections.
@@ -392,6 +433,8 @@ pub struct Cluster {
     watching: AtomicBool,
     /// Each session's unsettled batches, in order.
     orders: Arc<Orders>,
+    /// How many of the nodes' shared slots are held up ([`Cluster::detour`]).
+    held: Arc<AtomicUsize>,
     /// Slot-map refreshes made.
     pub refreshes: AtomicU64,
     /// Slot-map refreshes that failed.
@@ -420,6 +463,8 @@ struct Unit {
     pinned: bool,
     ask: bool,
     readonly: bool,
+    /// Redis may hold it back while answering others (`Batch::may_hold`).
+    may_hold: bool,
     reply: Option<Bytes>,
 }
 
@@ -514,6 +559,7 @@ impl Cluster {
             refresh_queued: AtomicBool::new(false),
             watching: AtomicBool::new(false),
             orders: Arc::default(),
+            held: Arc::default(),
             refreshes: AtomicU64::new(0),
             refresh_failures: AtomicU64::new(0),
             moved: AtomicU64::new(0),
@@ -621,8 +667,17 @@ impl Cluster {
             return Some(n.clone());
         }
         let n = match &self.parent {
-            None => Node::start(addr, &self.base, &self.stats, self.breaker, &self.shutdown)?,
-            Some(p) => Node::for_login(p.node(addr)?.as_ref(), &self.base, &self.stats)?,
+            None => Node::start(
+                addr,
+                &self.base,
+                &self.stats,
+                self.breaker,
+                &self.shutdown,
+                &self.held,
+            )?,
+            Some(p) => {
+                Node::for_login(p.node(addr)?.as_ref(), &self.base, &self.stats, &self.held)?
+            }
         };
         let n = Arc::new(n);
         nodes.insert(addr.to_string(), n.clone());
@@ -753,6 +808,20 @@ impl Cluster {
                     .chain(&s.replicas)
                     .any(|n| same_addr(&n.addr, addr))
             })
+            .filter_map(|s| split_addr(&s.primary.addr))
+            .map(|(host, port)| node_config(&self.base, host, port))
+            .collect()
+    }
+
+    /// The settings of a connection to each primary of the map (empty before
+    /// it is learnt).
+    pub fn primary_configs(&self) -> Vec<UpstreamConfig> {
+        let Some(topo) = self.topology() else {
+            return Vec::new();
+        };
+        topo.map
+            .shards()
+            .iter()
             .filter_map(|s| split_addr(&s.primary.addr))
             .map(|(host, port)| node_config(&self.base, host, port))
             .collect()
@@ -982,24 +1051,39 @@ impl Cluster {
         })
     }
 
+    /// Whether one of the shared slots `session` uses is held up by a long script
+    /// or a write Redis holds back ([`MuxHandle::busy`]): then the session's
+    /// batches go `via` the nodes' detour connections (on every node, so that
+    /// its requests to one node stay on one connection) until none is. As on a
+    /// standalone server (`Database::detour`), the session changes connection
+    /// only with nothing in flight. One load while no slot is held up.
+    pub fn detour(&self, session: u64, resp3: bool) -> bool {
+        if self.held.load(Ordering::Relaxed) == 0 {
+            return false;
+        }
+        self.nodes
+            .lock()
+            .is_ok_and(|nodes| nodes.values().any(|n| n.slot(session, resp3).busy()))
+    }
+
     /// Sends a session's batch (see the module docs); the answer comes on
     /// `batch.reply` with the replies in the client's order.
-    pub async fn send(self: &Arc<Self>, session: u64, resp3: bool, batch: Batch) {
+    pub async fn send(self: &Arc<Self>, via: Via, batch: Batch) {
         if let Some(topo) = self.topology() {
-            let ticket = self.orders.begin(session, topo.generation);
+            let ticket = self.orders.begin(via.session, topo.generation);
             let node = if ticket.must_wait() {
                 None
             } else {
-                self.one_node(&topo, session, &batch.bytes)
+                self.one_node(&topo, via.session, &batch.bytes)
             };
             match node {
                 Some(node) if node.breaker.check().is_ok() => {
-                    return self.send_direct(session, resp3, node, batch, ticket).await;
+                    return self.send_direct(via, node, batch, ticket).await;
                 }
-                _ => return Box::pin(self.send_planned(session, resp3, batch, Some(ticket))).await,
+                _ => return Box::pin(self.send_planned(via, batch, Some(ticket))).await,
             }
         }
-        Box::pin(self.send_planned(session, resp3, batch, None)).await
+        Box::pin(self.send_planned(via, batch, None)).await
     }
 
     /// The node every request of `bytes` goes to, if they all go to one node and
@@ -1046,8 +1130,7 @@ impl Cluster {
     /// ([`Cluster::diverted`]).
     async fn send_direct(
         self: &Arc<Self>,
-        session: u64,
-        resp3: bool,
+        via: Via,
         node: Arc<Node>,
         batch: Batch,
         ticket: Ticket,
@@ -1059,13 +1142,13 @@ impl Cluster {
         let divert = Divert(Box::new(move |batch: Batch, answer: Answer| {
             // (No runtime: the proxy is stopping; the client gets the answer as is.)
             match tokio::runtime::Handle::try_current() {
-                Ok(rt) => drop(rt.spawn(async move {
-                    me.diverted(session, resp3, to, batch, answer, ticket).await
-                })),
+                Ok(rt) => {
+                    drop(rt.spawn(async move { me.diverted(via, to, batch, answer, ticket).await }))
+                }
                 Err(_) => drop(batch.reply.send(answer)),
             }
         }));
-        node.slot(session, resp3)
+        node.shared(via)
             .send(Batch {
                 block: crate::command::Block::No,
                 divert: Some(divert),
@@ -1079,8 +1162,7 @@ impl Cluster {
     /// given to its units, then gathered as any batch.
     async fn diverted(
         self: Arc<Self>,
-        session: u64,
-        resp3: bool,
+        via: Via,
         node: Arc<Node>,
         batch: Batch,
         answer: Answer,
@@ -1090,7 +1172,7 @@ impl Cluster {
         let mut units: Vec<Unit> = Vec::with_capacity(batch.count as usize);
         let mut items: Vec<Item> = Vec::with_capacity(batch.count as usize);
         if let Some(topo) = &topo {
-            self.plan_batch(topo, session, &batch.bytes, &mut units, &mut items);
+            self.plan_batch(topo, via.session, &batch.bytes, &mut units, &mut items);
         }
         for u in &mut units {
             u.node = node.clone();
@@ -1102,20 +1184,13 @@ impl Cluster {
             units: all,
             rx: Ok(rx),
         }];
-        self.gather(session, resp3, units, items, flights, ticket, batch)
-            .await
+        self.gather(via, units, items, flights, ticket, batch).await
     }
 
     /// Sends a batch whose requests are split, merged or spread over nodes (or
     /// that waits for its session's earlier batches): planned into units, sent
     /// per node, and gathered by a task.
-    async fn send_planned(
-        self: &Arc<Self>,
-        session: u64,
-        resp3: bool,
-        batch: Batch,
-        ticket: Option<Ticket>,
-    ) {
+    async fn send_planned(self: &Arc<Self>, via: Via, batch: Batch, ticket: Option<Ticket>) {
         let mut topo = match self.ready().await {
             Ok(t) => t,
             Err(e) => {
@@ -1123,7 +1198,7 @@ impl Cluster {
                 return;
             }
         };
-        let mut ticket = ticket.unwrap_or_else(|| self.orders.begin(session, topo.generation));
+        let mut ticket = ticket.unwrap_or_else(|| self.orders.begin(via.session, topo.generation));
         if ticket.must_wait() {
             ticket.earlier_settled().await;
             if let Some(t) = self.topology() {
@@ -1133,16 +1208,11 @@ impl Cluster {
         }
         let mut units: Vec<Unit> = Vec::with_capacity(batch.count as usize);
         let mut items: Vec<Item> = Vec::with_capacity(batch.count as usize);
-        self.plan_batch(&topo, session, &batch.bytes, &mut units, &mut items);
+        self.plan_batch(&topo, via.session, &batch.bytes, &mut units, &mut items);
         let all: Vec<usize> = (0..units.len()).collect();
-        let flights = self
-            .dispatch(session, resp3, &mut units, &all, batch.retry)
-            .await;
+        let flights = self.dispatch(via, &mut units, &all, batch.retry).await;
         let me = self.clone();
-        tokio::spawn(async move {
-            me.gather(session, resp3, units, items, flights, ticket, batch)
-                .await
-        });
+        tokio::spawn(async move { me.gather(via, units, items, flights, ticket, batch).await });
     }
 
     /// Plans every request of `bytes` into units and items.
@@ -1157,6 +1227,7 @@ impl Cluster {
         each_request(bytes, |this, args| {
             let d = Descriptor::of(args);
             let readonly = d.readonly();
+            let may_hold = crate::command::may_be_held(d.index());
             let plan = plan::plan(d.info, args);
             let mut unit =
                 |bytes: Bytes, node: Option<&Arc<Node>>, slot, pinned| -> Option<usize> {
@@ -1168,6 +1239,7 @@ impl Cluster {
                         pinned,
                         ask: false,
                         readonly,
+                        may_hold,
                         reply: None,
                     });
                     Some(units.len() - 1)
@@ -1320,8 +1392,7 @@ impl Cluster {
     /// A node whose walk fails is left for the client's next call.
     async fn scan_on(
         self: &Arc<Self>,
-        session: u64,
-        resp3: bool,
+        via: Via,
         units: &mut Vec<Unit>,
         items: &mut [Item],
         retry: Retry,
@@ -1365,10 +1436,11 @@ impl Cluster {
                     pinned: true,
                     ask: false,
                     readonly: true,
+                    may_hold: false,
                     reply: None,
                 });
                 let u = units.len() - 1;
-                let flights = self.dispatch(session, resp3, units, &[u], retry).await;
+                let flights = self.dispatch(via, units, &[u], retry).await;
                 self.collect(flights, units).await;
                 last = scan_reply(unit_reply(units, u));
                 let Some((_, keys)) = &last else {
@@ -1383,8 +1455,7 @@ impl Cluster {
     /// Sends the units `which` (in that order), one batch per node.
     async fn dispatch(
         &self,
-        session: u64,
-        resp3: bool,
+        via: Via,
         units: &mut [Unit],
         which: &[usize],
         retry: Retry,
@@ -1422,8 +1493,10 @@ impl Cluster {
             let mut buf = BytesMut::with_capacity(size);
             let mut count = 0u32;
             let mut readonly = true;
+            let mut may_hold = false;
             for &u in &group {
                 let unit = &units[u];
+                may_hold |= unit.may_hold;
                 if unit.ask {
                     buf.extend_from_slice(ASKING);
                     count += 1;
@@ -1435,7 +1508,7 @@ impl Cluster {
             node.requests
                 .fetch_add(group.len() as u64, Ordering::Relaxed);
             let (tx, rx) = oneshot::channel();
-            node.slot(session, resp3)
+            node.shared(via)
                 .send(Batch {
                     bytes: buf.freeze(),
                     count,
@@ -1447,7 +1520,7 @@ impl Cluster {
                         ..retry
                     },
                     divert: None,
-                    may_hold: false,
+                    may_hold,
                 })
                 .await;
             flights.push(Flight {
@@ -1522,8 +1595,7 @@ impl Cluster {
     #[allow(clippy::too_many_arguments)]
     async fn gather(
         self: Arc<Self>,
-        session: u64,
-        resp3: bool,
+        via: Via,
         mut units: Vec<Unit>,
         mut items: Vec<Item>,
         flights: Vec<Flight>,
@@ -1584,7 +1656,7 @@ impl Cluster {
                     for (u, r) in &redo {
                         let unit = &mut units[*u];
                         if *r == Redirect::Again && !unit.pinned {
-                            if let Some(n) = t.primary(unit.slot, session) {
+                            if let Some(n) = t.primary(unit.slot, via.session) {
                                 unit.node = n.clone();
                             }
                         }
@@ -1595,14 +1667,11 @@ impl Cluster {
                 self.refresh_soon();
             }
             let which: Vec<usize> = redo.iter().map(|(u, _)| *u).collect();
-            let flights = self
-                .dispatch(session, resp3, &mut units, &which, batch.retry)
-                .await;
+            let flights = self.dispatch(via, &mut units, &which, batch.retry).await;
             self.collect(flights, &mut units).await;
         }
         if items.iter().any(|i| matches!(i, Item::Scan { .. })) {
-            self.scan_on(session, resp3, &mut units, &mut items, batch.retry)
-                .await;
+            self.scan_on(via, &mut units, &mut items, batch.retry).await;
         }
         let mut out = Vec::new();
         for item in &items {

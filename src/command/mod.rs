@@ -271,6 +271,14 @@ impl Descriptor {
     pub fn runs_while_busy(&self) -> bool {
         self.route == Route::Forward && self.info.is_some_and(|i| i.has(table::ALLOW_BUSY))
     }
+
+    /// `SCRIPT KILL` or `FUNCTION KILL`: stops the script running on the server
+    /// it reaches (on a cluster, whichever node runs it).
+    #[inline]
+    pub fn kills_script(&self) -> bool {
+        self.info
+            .is_some_and(|i| matches!(i.name, "script|kill" | "function|kill"))
+    }
 }
 
 /// Classifies a command from its arguments (`arg(0)` is the name).

@@ -20,13 +20,14 @@ use super::pubsub::unsubscribed;
 use super::queue::{error_text, errors, CmdList, Pending, Sent};
 use super::Session;
 use crate::clients::Exclusive;
+use crate::cluster::client::Via;
 use crate::command::{self, ArgList, Block, Descriptor, Family, Ranged, Route, TxOp};
 use crate::context::View;
 use crate::protocol::reply;
 use crate::protocol::request::{self, encode_command, RequestKind};
 use crate::router::Database;
 use crate::stats;
-use crate::upstream::mux::{Batch, Retry};
+use crate::upstream::mux::{Answer, Batch, Retry};
 use crate::upstream::oob;
 use crate::upstream::UpstreamError;
 
@@ -285,7 +286,14 @@ impl Session {
             None => {
                 match self.login_view() {
                     // An `auth_passthrough` login on a cluster: its own connections.
-                    Some(view) => Box::pin(view.send(self.state.id, self.state.resp3, batch)).await,
+                    Some(view) => {
+                        let via = Via {
+                            session: self.state.id,
+                            resp3: self.state.resp3,
+                            detour: self.detour,
+                        };
+                        Box::pin(view.send(via, batch)).await
+                    }
                     None => {
                         db.send_shared(self.state.id, self.state.resp3, self.detour, batch)
                             .await
@@ -311,18 +319,11 @@ impl Session {
         }));
     }
 
-    /// Sends one request that Redis runs even while busy (SCRIPT KILL …) at once on
-    /// a connection of its own to `cfg`'s server (of `db`), bypassing the
-    /// breaker; its reply keeps its place.
-    fn out_of_band(
-        &mut self,
-        db: Arc<Database>,
-        cfg: crate::config::UpstreamConfig,
-        bytes: Bytes,
-        cmd: u16,
-    ) {
+    /// Queues the answer `rx` of one request that Redis runs even while busy
+    /// (SCRIPT KILL …), sent at once on a connection of its own to `db`'s server
+    /// (`oob`), bypassing the breaker; its reply keeps its place.
+    fn out_of_band(&mut self, db: Arc<Database>, rx: oneshot::Receiver<Answer>, cmd: u16) {
         stats::add(&db.stats.commands, 1);
-        let rx = oob::call(cfg, self.state.resp3, bytes);
         let silent = self.reply_off || std::mem::take(&mut self.skip_next);
         let mut cmds = CmdList::new();
         cmds.push(cmd);
@@ -519,7 +520,7 @@ impl Session {
         // or a write Redis holds back in a pause): while so, its requests take
         // the detour slot (the switch either way waits for what is in flight, as
         // any change of connection does).
-        self.detour = self.state.db.detour(self.state.id, self.state.resp3);
+        self.detour = self.held_up();
         let mut run = Run::new();
         let log_commands = self.live.config.log_commands;
         self.client.touch(&self.ctx.clients);
@@ -617,8 +618,19 @@ impl Session {
                     self.flush(&mut run, inbuf).await;
                     let bytes = take_request(inbuf, &req);
                     let db = self.state.db.clone();
-                    let cfg = self.upstream_cfg(&db);
-                    self.out_of_band(db, cfg, bytes, cmd.index());
+                    let cfgs = match db.cluster() {
+                        // The script runs on one of the nodes: ask them all.
+                        Some(c) if cmd.kills_script() => c.primary_configs(),
+                        _ => Vec::new(),
+                    };
+                    let rx = match cfgs.is_empty() {
+                        true => oob::call(self.upstream_cfg(&db), self.state.resp3, bytes),
+                        false => {
+                            let cfgs = cfgs.into_iter().map(|c| self.as_login(c)).collect();
+                            oob::call_each(cfgs, self.state.resp3, bytes)
+                        }
+                    };
+                    self.out_of_band(db, rx, cmd.index());
                     continue;
                 }
             }
@@ -1250,7 +1262,8 @@ impl Session {
                     cfg.host = host;
                     cfg.port = port;
                 }
-                self.out_of_band(db, cfg, Bytes::from(encoded), cmd.index());
+                let rx = oob::call(cfg, self.state.resp3, Bytes::from(encoded));
+                self.out_of_band(db, rx, cmd.index());
             }
             local::Outcome::Forward(encoded) => {
                 let bytes = encoded.map(Bytes::from).unwrap_or_else(|| raw.freeze());

@@ -59,10 +59,15 @@ impl Session {
     pub(super) fn upstream_cfg(&self, db: &Database) -> UpstreamConfig {
         // On a cluster: the node for what does not route by slot (subscribers,
         // out-of-band requests, private connections): `Cluster::home`.
-        let mut cfg = match db.cluster() {
+        let cfg = match db.cluster() {
             Some(c) => c.home_config(),
             None => db.config.upstream.clone(),
         };
+        self.as_login(cfg)
+    }
+
+    /// `cfg` logged in as the session's `auth_passthrough` login, if any.
+    pub(super) fn as_login(&self, mut cfg: UpstreamConfig) -> UpstreamConfig {
         if let Some(login) = &self.login {
             cfg.username.clone_from(&login.user);
             cfg.password = Some(login.password.clone());
@@ -177,6 +182,16 @@ impl Session {
                 Some(v)
             }
         }
+    }
+
+    /// Whether the session's shared connection is held up (`Database::detour`;
+    /// an `auth_passthrough` login on a cluster: its own connections').
+    pub(super) fn held_up(&mut self) -> bool {
+        let (id, resp3) = (self.state.id, self.state.resp3);
+        if self.login.is_some() && self.state.db.cluster().is_some() {
+            return self.login_view().is_some_and(|v| v.detour(id, resp3));
+        }
+        self.state.db.detour(id, resp3)
     }
 
     /// After a local command: a private connection must speak the session's

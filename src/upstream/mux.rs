@@ -37,7 +37,7 @@
 //! way after a failure.
 
 use std::collections::VecDeque;
-use std::sync::atomic::{AtomicBool, Ordering::Relaxed};
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering::Relaxed};
 use std::sync::Arc;
 
 use bytes::{Bytes, BytesMut};
@@ -176,7 +176,35 @@ impl std::fmt::Debug for Divert {
 pub struct MuxHandle {
     tx: mpsc::Sender<Batch>,
     /// See [`MuxHandle::busy`].
-    busy: Arc<AtomicBool>,
+    busy: Arc<Held>,
+}
+
+/// Whether a slot is held up ([`MuxHandle::busy`]); a slot of a group (a
+/// cluster's nodes) also counts itself in the group's total while it is, so
+/// that "is any held up?" costs one load ([`MuxHandle::spawn_counted`]).
+#[derive(Debug, Default)]
+struct Held {
+    on: AtomicBool,
+    group: Option<Arc<AtomicUsize>>,
+}
+
+impl Held {
+    #[inline]
+    fn get(&self) -> bool {
+        self.on.load(Relaxed)
+    }
+
+    fn set(&self, on: bool) {
+        if self.on.swap(on, Relaxed) != on {
+            if let Some(g) = &self.group {
+                if on {
+                    g.fetch_add(1, Relaxed);
+                } else {
+                    g.fetch_sub(1, Relaxed);
+                }
+            }
+        }
+    }
 }
 
 /// How long a batch that Redis may hold back ([`Batch::may_hold`]) waits for its
@@ -197,8 +225,34 @@ impl MuxHandle {
         observer: Arc<dyn Observer>,
         resp3: bool,
     ) -> MuxHandle {
+        Self::start(cfg, stats, observer, resp3, Held::default())
+    }
+
+    /// [`MuxHandle::spawn`], for a slot of a group: while the slot is held up
+    /// ([`MuxHandle::busy`]), it counts itself in `held`.
+    pub fn spawn_counted(
+        cfg: Arc<UpstreamConfig>,
+        stats: Arc<DbStats>,
+        observer: Arc<dyn Observer>,
+        resp3: bool,
+        held: Arc<AtomicUsize>,
+    ) -> MuxHandle {
+        let held = Held {
+            on: AtomicBool::new(false),
+            group: Some(held),
+        };
+        Self::start(cfg, stats, observer, resp3, held)
+    }
+
+    fn start(
+        cfg: Arc<UpstreamConfig>,
+        stats: Arc<DbStats>,
+        observer: Arc<dyn Observer>,
+        resp3: bool,
+        held: Held,
+    ) -> MuxHandle {
         let (tx, rx) = mpsc::channel(QUEUE);
-        let busy = Arc::new(AtomicBool::new(false));
+        let busy = Arc::new(held);
         let span = super::span(&cfg);
         tokio::spawn(tracing::Instrument::instrument(
             run_slot(cfg, rx, stats, observer, resp3, busy.clone()),
@@ -217,7 +271,7 @@ impl MuxHandle {
     /// would.
     #[inline]
     pub fn busy(&self) -> bool {
-        self.busy.load(Relaxed)
+        self.busy.get()
     }
 
     /// Queues a batch. If the slot is gone (runtime shutting down), the batch is failed.
@@ -259,7 +313,7 @@ async fn run_slot(
     stats: Arc<DbStats>,
     observer: Arc<dyn Observer>,
     resp3: bool,
-    busy: Arc<AtomicBool>,
+    busy: Arc<Held>,
 ) {
     let addr = cfg.address();
     let max_attempts = cfg.resilience.retry_attempts.saturating_add(1);
@@ -535,7 +589,7 @@ async fn serve(
     stats: &Arc<DbStats>,
     observer: &Arc<dyn Observer>,
     moved: &mut tokio::sync::watch::Receiver<u64>,
-    busy: &Arc<AtomicBool>,
+    busy: &Arc<Held>,
 ) -> Option<(UpstreamError, Vec<Batch>)> {
     let addr = cfg.address();
     let (rd, mut wr) = stream.into_split();
@@ -673,7 +727,7 @@ async fn read_loop(
     stats: Arc<DbStats>,
     observer: Arc<dyn Observer>,
     endpoint: crate::endpoint::Endpoint,
-    busy: Arc<AtomicBool>,
+    busy: Arc<Held>,
 ) -> Option<(UpstreamError, Vec<Batch>)> {
     let mut not_serving = false;
     // A timer for when the slot counts as busy ([`MuxHandle::busy`]): armed for
@@ -738,8 +792,8 @@ async fn read_loop(
                         if let Some(f) = cur.take() {
                             f.answer(bytes, std::mem::take(&mut redirected));
                         }
-                        if busy.load(Relaxed) {
-                            busy.store(false, Relaxed);
+                        if busy.get() {
+                            busy.set(false);
                             held_armed = false;
                         }
                         done = 0;
@@ -791,7 +845,7 @@ async fn read_loop(
                     held_timer.as_mut().reset(held_at);
                     held_armed = true;
                 }
-                let watch_held = held_armed && !busy.load(Relaxed);
+                let watch_held = held_armed && !busy.get();
                 tokio::select! {
                     r = frames.fill(&mut rd) => r,
                     _ = &mut sleep => {
@@ -805,7 +859,7 @@ async fn read_loop(
                         if !f.batch.may_hold {
                             held_armed = false;
                         } else if Instant::now() >= held_at {
-                            busy.store(true, Relaxed);
+                            busy.set(true);
                         } else {
                             held_timer.as_mut().reset(held_at);
                         }
@@ -824,7 +878,7 @@ async fn read_loop(
             Ok(_) => crate::busy_poll::kick(),
         }
     };
-    busy.store(false, Relaxed);
+    busy.set(false);
     tracing::debug!(upstream = %addr, error = %err, "shared upstream connection closed");
     if cur.is_some() || !matches!(err, UpstreamError::Lost { sent: false, .. }) {
         observer.failure();

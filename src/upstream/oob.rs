@@ -42,3 +42,39 @@ pub fn call(mut cfg: UpstreamConfig, resp3: bool, request: Bytes) -> oneshot::Re
     });
     rx
 }
+
+/// [`call`] on each of `cfgs` at once (`SCRIPT KILL`/`FUNCTION KILL` on a
+/// cluster: the script runs on one primary, which the proxy does not track).
+/// The answer is the first `+OK` (the one that stopped it); else the first
+/// other than `-NOTBUSY` (e.g. `-UNKILLABLE`, or a failure to reach a node);
+/// else the first, as one server with nothing running answers.
+pub fn call_each(
+    cfgs: Vec<UpstreamConfig>,
+    resp3: bool,
+    request: Bytes,
+) -> oneshot::Receiver<Answer> {
+    let calls: Vec<_> = cfgs
+        .into_iter()
+        .map(|cfg| call(cfg, resp3, request.clone()))
+        .collect();
+    let (tx, rx) = oneshot::channel();
+    tokio::spawn(async move {
+        let mut answers = Vec::with_capacity(calls.len());
+        // (Each call ends within its own time bound.)
+        for c in calls {
+            if let Ok(a) = c.await {
+                answers.push(a);
+            }
+        }
+        let rank = |a: &Answer| match &a.reply {
+            Ok(r) if r.starts_with(b"+") => 0,
+            Ok(r) if r.starts_with(b"-NOTBUSY") => 2,
+            _ => 1,
+        };
+        let best = (0..answers.len()).min_by_key(|&i| (rank(&answers[i]), i));
+        if let Some(i) = best {
+            let _ = tx.send(answers.swap_remove(i));
+        }
+    });
+    rx
+}
