@@ -14,7 +14,11 @@
 //! for a session without one, the redirect goes to a *sink*: one idle RESP2
 //! connection per upstream server that is never subscribed, so Redis drops what is
 //! sent there, as it drops invalidations for a RESP2 client that is not subscribed
-//! ([`Clients::sink_id`]).
+//! ([`Clients::sink_id`]). A RESP3 client gets invalidation pushes as redirect
+//! target whether subscribed or not, so a RESP3 session without a connection of
+//! its own is given one, opened for it and handed over through its entry: its
+//! *push connection*, read for as long as the session lives
+//! ([`Clients::push_sink_id`], [`Client::take_push_conn`]).
 
 use std::collections::{BTreeMap, HashMap};
 use std::net::SocketAddr;
@@ -81,6 +85,9 @@ pub mod signal {
     /// Idle for a sweep period or more: park if nothing is held
     /// ([`super::Clients::sweep`]).
     pub const SWEEP: u8 = 4;
+    /// A push connection was opened for the session: take it
+    /// ([`super::Client::take_push_conn`]).
+    pub const PUSHES: u8 = 32;
     /// A reload published a new configuration snapshot.
     pub const RELOAD: u8 = 8;
     /// State, not a signal: the session is parked (the sweep skips it).
@@ -205,6 +212,20 @@ struct Conns {
     blocked_on: Option<Exclusive>,
     /// The session's own upstream connection.
     own: Option<Exclusive>,
+    /// A push connection opened for the session as a RESP3 redirect target
+    /// ([`Clients::push_sink_id`]).
+    pushes: Option<PushConn>,
+}
+
+/// A connection that carries a RESP3 session's redirected invalidations.
+#[derive(Debug)]
+struct PushConn {
+    /// The server it is on.
+    upstream: crate::config::UpstreamConfig,
+    /// Redis's `CLIENT ID` of it.
+    id: u64,
+    /// Until the session takes it.
+    conn: Option<Dedicated>,
 }
 
 /// A socket address in 16 bytes (an IPv6 one boxed): every client entry has two.
@@ -399,15 +420,31 @@ impl Client {
     }
 
     /// Changes the published connections (the box goes when both are gone).
-    fn change_conns(&self, change: impl FnOnce(&mut Conns)) {
+    fn change_conns<T>(&self, change: impl FnOnce(&mut Conns) -> T) -> T {
         let mut conns = self.conns();
-        change(conns.get_or_insert_with(Box::default));
+        let out = change(conns.get_or_insert_with(Box::default));
         if conns
             .as_ref()
-            .is_some_and(|c| c.own.is_none() && c.blocked_on.is_none())
+            .is_some_and(|c| c.own.is_none() && c.blocked_on.is_none() && c.pushes.is_none())
         {
             *conns = None;
         }
+        out
+    }
+
+    /// The push connection opened for this session ([`Clients::push_sink_id`]),
+    /// for it to read from now on; its id stays published until
+    /// [`Client::push_conn_closed`].
+    pub fn take_push_conn(&self) -> Option<Dedicated> {
+        self.conns()
+            .as_mut()
+            .and_then(|c| c.pushes.as_mut())
+            .and_then(|p| p.conn.take())
+    }
+
+    /// The session's push connection closed: a later redirect opens another.
+    pub fn push_conn_closed(&self) {
+        self.change_conns(|c| c.pushes = None);
     }
 
     /// Whole seconds since the client connected (`age=`).
@@ -688,6 +725,51 @@ impl Clients {
             });
         }
         sinks.insert(key, sink);
+        Ok(id)
+    }
+
+    /// The id of the push connection to `db`'s server of the RESP3 session
+    /// `target` (see the module docs): opened with the database's credentials
+    /// when first needed and handed to the session (signal
+    /// [`signal::PUSHES`]), which then writes what Redis pushes on it.
+    pub async fn push_sink_id(
+        &self,
+        target: &Client,
+        db: &Database,
+        push_limit: usize,
+    ) -> Result<u64, UpstreamError> {
+        let cfg = &db.config.upstream;
+        let known = |c: &Conns| {
+            c.pushes
+                .as_ref()
+                .filter(|p| p.upstream.same_redis(cfg))
+                .map(|p| p.id)
+        };
+        if let Some(id) = target.conns().as_deref().and_then(known) {
+            return Ok(id);
+        }
+        let conn = ExclusiveConn::open(cfg, true, true).await?;
+        let conn = Dedicated::private(conn, db.label(), cfg.command_timeout, push_limit);
+        let id = conn.upstream_id().load(Relaxed);
+        if id == 0 {
+            return Err(UpstreamError::Connect {
+                addr: cfg.address(),
+                reason: "CLIENT ID was not answered".into(),
+            });
+        }
+        let id = target.change_conns(|c| {
+            // (Another redirect may have opened one meanwhile: that one stays.)
+            if let Some(id) = known(c) {
+                return id;
+            }
+            c.pushes = Some(PushConn {
+                upstream: cfg.clone(),
+                id,
+                conn: Some(conn),
+            });
+            id
+        });
+        target.raise(signal::PUSHES);
         Ok(id)
     }
 

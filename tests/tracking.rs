@@ -325,6 +325,96 @@ async fn resp3_redirect_to_another_tracking_client_and_to_itself() {
     proxy.shutdown().await;
 }
 
+/// A RESP3 client that neither tracks nor subscribes, named by another client's
+/// REDIRECT, gets the invalidation pushes, also while idle and while its
+/// replies are off (Redis's own `RESP3 based basic redirect invalidation with
+/// client reply off`, unit/tracking.tcl); a RESP2 one does not (it would need a
+/// subscription). When the target leaves, the tracking client is told its
+/// redirect is broken.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn resp3_redirect_to_a_client_that_neither_tracks_nor_subscribes() {
+    let redis = RedisServer::start();
+    let proxy = start_proxy(proxy_config(&redis)).await;
+    let redis_addr = redis.addr();
+    same_as_redis(redis.addr(), proxy.local_addr(), |addr| async move {
+        let mut log = Vec::new();
+        let mut redir = AsyncRawClient::connect(addr).await;
+        assert!(redir.cmd(&[b"HELLO", b"3"]).await.starts_with(b"%7\r\n"));
+        let rid = id_of(&mut redir).await.to_string();
+        let mut t = AsyncRawClient::connect(addr).await;
+        assert!(t.cmd(&[b"HELLO", b"3"]).await.starts_with(b"%7\r\n"));
+        let on = [
+            &b"CLIENT"[..],
+            b"TRACKING",
+            b"ON",
+            b"REDIRECT",
+            rid.as_bytes(),
+        ];
+        log.push(text(&t.cmd(&on).await));
+        let mut w = AsyncRawClient::connect(addr).await;
+        w.cmd(&[b"SET", b"foo", b"bar"]).await;
+        log.push(text(&t.cmd(&[b"GET", b"foo"]).await));
+        // Idle: the push arrives unasked.
+        w.cmd(&[b"SET", b"foo", b"bar2"]).await;
+        log.push(pushed(&mut redir).await);
+        log.push(text(&t.cmd(&[b"GET", b"foo"]).await));
+        redir.send(&resp_cmd(&[b"CLIENT", b"REPLY", b"OFF"])).await;
+        w.cmd(&[b"SET", b"foo", b"bar3"]).await;
+        log.push(pushed(&mut redir).await);
+        log.push(text(&redir.cmd(&[b"CLIENT", b"REPLY", b"ON"]).await));
+        log.push(text(&redir.cmd(&[b"PING"]).await));
+        // A RESP2 target that is not subscribed gets nothing.
+        let mut r2 = AsyncRawClient::connect(addr).await;
+        let r2id = id_of(&mut r2).await.to_string();
+        let on = [
+            &b"CLIENT"[..],
+            b"TRACKING",
+            b"ON",
+            b"REDIRECT",
+            r2id.as_bytes(),
+        ];
+        log.push(text(&t.cmd(&on).await));
+        log.push(text(&t.cmd(&[b"GET", b"foo"]).await));
+        w.cmd(&[b"SET", b"foo", b"bar4"]).await;
+        r2.assert_no_reply(Duration::from_millis(200)).await;
+        log.push(text(&r2.cmd(&[b"PING"]).await));
+        // Back to the RESP3 one, which then leaves.
+        let on = [
+            &b"CLIENT"[..],
+            b"TRACKING",
+            b"ON",
+            b"REDIRECT",
+            rid.as_bytes(),
+        ];
+        log.push(text(&t.cmd(&on).await));
+        log.push(text(&t.cmd(&[b"GET", b"foo"]).await));
+        drop(redir);
+        let mut direct = AsyncRawClient::connect(redis_addr).await;
+        let deadline = Instant::now() + Duration::from_secs(5);
+        // Its connection (through the proxy, the push connection opened for it:
+        // the only RESP3 one whose last command was its setup's CLIENT ID).
+        let gone = |list: String| {
+            list.lines().all(|l| match addr == redis_addr {
+                true => !l.starts_with(&format!("id={rid} ")),
+                false => !(l.contains(" resp=3") && l.contains(" cmd=client|id ")),
+            })
+        };
+        while !gone(text(&direct.cmd(&[b"CLIENT", b"LIST"]).await)) {
+            assert!(
+                Instant::now() < deadline,
+                "the redirect target is still connected"
+            );
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        w.cmd(&[b"SET", b"foo", b"bar5"]).await;
+        let r_reply = format!(":{rid}\r\n");
+        log.push(pushed(&mut t).await.replace(&r_reply, ":<r>\r\n"));
+        log
+    })
+    .await;
+    proxy.shutdown().await;
+}
+
 /// redis-py 8.1.0's `test_client_tracking` (tests/test_commands.py), as the commands
 /// it sends, in RESP2 and RESP3.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -344,16 +344,18 @@ impl Parked {
     }
 
     fn poll_woken(&mut self, stream: &Stream, cx: &mut std::task::Context<'_>) -> Poll<Wake> {
-        use crate::clients::signal::{KILLED, RELOAD, SHUTDOWN, SWEEP};
+        use crate::clients::signal::{KILLED, PUSHES, RELOAD, SHUTDOWN, SWEEP};
         loop {
             match self
                 .client
-                .poll_signal(cx, KILLED | SHUTDOWN | RELOAD | SWEEP)
+                .poll_signal(cx, KILLED | SHUTDOWN | RELOAD | SWEEP | PUSHES)
             {
                 Poll::Ready(s) if s & (KILLED | SHUTDOWN) != 0 => {
                     return Poll::Ready(Wake::Close(None))
                 }
                 Poll::Ready(s) if s & RELOAD != 0 => return Poll::Ready(Wake::Reload),
+                // A push connection to read: the session runs (and takes it).
+                Poll::Ready(s) if s & PUSHES != 0 => return Poll::Ready(Wake::Serve),
                 // (A sweep raised just before the session parked.)
                 Poll::Ready(_) => continue,
                 Poll::Pending => break,
@@ -450,6 +452,10 @@ struct Session {
     login: Option<Login>,
     /// `CLIENT TRACKING` is on (on the session's own connection).
     tracking: Option<tracking::Tracking>,
+    /// A connection opened for this RESP3 session as another client's tracking
+    /// redirect target: what Redis pushes on it is written to the client
+    /// (`crate::clients`, `Clients::push_sink_id`).
+    push_conn: Option<Box<crate::upstream::dedicated::Dedicated>>,
     /// A cluster database's MULTI was answered `+OK` and waits for the first
     /// request with a key to pick the node (`dispatch::deferred_step`).
     deferred_multi: bool,
@@ -510,6 +516,7 @@ impl Session {
             awaiting_exec: false,
             login: None,
             tracking: None,
+            push_conn: None,
             deferred_multi: false,
             deferred_dirty: false,
             connected_at: p.connected_at,
@@ -553,6 +560,7 @@ impl Session {
             || self.closing
             || !matches!(self.mode, Mode::Shared)
             || self.tracking.is_some()
+            || self.push_conn.is_some()
             || self.login.is_some()
             || self.reply_off
             || self.skip_next
@@ -582,7 +590,9 @@ impl Session {
     /// Serves the client until it leaves (`Ok(false)`) or the session may park
     /// (`Ok(true)`, when the sweep asks an idle session that holds nothing).
     async fn serve(&mut self, stream: &mut Stream) -> std::io::Result<bool> {
-        use crate::clients::signal::{KILLED, RELOAD, SHUTDOWN, SWEEP};
+        use crate::clients::signal::{KILLED, PUSHES, RELOAD, SHUTDOWN, SWEEP};
+        // (A push connection handed over while the session was parked.)
+        self.take_push_conn();
         // Allocated when bytes arrive, freed once they are all dispatched: an idle
         // client holds no read buffer (see `poll_read_into`).
         let mut inbuf = BytesMut::new();
@@ -668,12 +678,14 @@ impl Session {
             };
             let has_sub = sub.is_some();
             let has_pushes = own.as_ref().is_some_and(|c| c.watches_pushes());
+            let push_conn = self.push_conn.as_mut().filter(|_| !over);
+            let has_push_conn = push_conn.is_some();
             // CLIENT KILL or an eviction close the client at once, even while
             // replies wait to be written to it; shutdown stops the reading (what is
             // pending is delivered); a sweep may park an idle session; a reload
             // wakes it to move to the new snapshot (at the top of the loop).
             let client = &self.client;
-            let late = SWEEP | RELOAD | if self.read_closed { 0 } else { SHUTDOWN };
+            let late = SWEEP | RELOAD | PUSHES | if self.read_closed { 0 } else { SHUTDOWN };
             tokio::select! {
                 biased;
                 ev = poll_fn(|cx| match queue.front_mut() {
@@ -757,6 +769,12 @@ impl Session {
                         None => std::future::pending().await,
                     }
                 }, if has_pushes => self.on_push(p),
+                p = async {
+                    match push_conn {
+                        Some(conn) => conn.next_push().await,
+                        None => std::future::pending().await,
+                    }
+                }, if has_push_conn => self.on_redirected_push(p),
                 _ = async {
                     match deadline {
                         Some(at) => tokio::time::sleep_until(at).await,
@@ -778,6 +796,9 @@ impl Session {
                 signals = poll_fn(|cx| client.poll_signal(cx, late)) => {
                     if signals & SHUTDOWN != 0 {
                         self.read_closed = true;
+                    }
+                    if signals & PUSHES != 0 {
+                        self.take_push_conn();
                     }
                     if signals & SWEEP != 0 {
                         let busy = !inbuf.is_empty() || unparsed || unflushed;

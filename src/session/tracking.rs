@@ -293,7 +293,14 @@ impl Session {
         if let Some(up) = own {
             return Ok(Redirect::Session(id, up));
         }
-        match self.ctx.clients.sink_id(db).await {
+        let sink = if client.info().resp == 3 && db.cluster().is_none() {
+            // Redis pushes to a RESP3 target, subscribed or not.
+            let limit = self.live.config.limits.pubsub_buffer_limit;
+            self.ctx.clients.push_sink_id(&client, db, limit).await
+        } else {
+            self.ctx.clients.sink_id(db).await
+        };
+        match sink {
             Ok(up) => Ok(Redirect::Session(id, up)),
             Err(e) => Err(error(&error_text(db, &e, 1))),
         }
@@ -416,6 +423,39 @@ impl Session {
             }
             // Without tracking, the next command finds the connection gone.
             Err(End::Closed) => {}
+        }
+    }
+
+    /// Takes the push connection another session's redirect opened for this one
+    /// (`Clients::push_sink_id`), if any.
+    pub(super) fn take_push_conn(&mut self) {
+        if let Some(conn) = self.client.take_push_conn() {
+            self.push_conn = Some(Box::new(conn));
+        }
+    }
+
+    /// What Redis pushed on the push connection (invalidations redirected here):
+    /// written to a RESP3 client as Redis would (a client that went back to RESP2
+    /// is not sent them, as Redis does not without a subscription).
+    pub(super) fn on_redirected_push(&mut self, push: Result<Bytes, End>) {
+        match push {
+            Ok(push) if self.state.resp3 => self.queue.push_back(Pending::Ready(push)),
+            Ok(_) => {}
+            Err(End::Overflow) => {
+                tracing::warn!(
+                    session = self.state.id,
+                    peer = %self.state.peer,
+                    limit = self.live.config.limits.pubsub_buffer_limit,
+                    "disconnecting slow client: redirected invalidation messages beyond limits.pubsub_buffer_limit"
+                );
+                self.queue.clear();
+                self.done = true;
+            }
+            Err(End::Closed) => {
+                // The redirecting clients get Redis's `tracking-redir-broken`.
+                self.push_conn = None;
+                self.client.push_conn_closed();
+            }
         }
     }
 
