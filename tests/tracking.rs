@@ -325,6 +325,14 @@ async fn resp3_redirect_to_another_tracking_client_and_to_itself() {
     proxy.shutdown().await;
 }
 
+/// `CLIENT TRACKING ON REDIRECT id`, then `GET foo` (tracked), on `t`; both
+/// replies logged.
+async fn track_to(t: &mut AsyncRawClient, id: &str, log: &mut Vec<String>) {
+    let on: [&[u8]; 5] = [b"CLIENT", b"TRACKING", b"ON", b"REDIRECT", id.as_bytes()];
+    log.push(text(&t.cmd(&on).await));
+    log.push(text(&t.cmd(&[b"GET", b"foo"]).await));
+}
+
 /// A RESP3 client that neither tracks nor subscribes, named by another client's
 /// REDIRECT, gets the invalidation pushes, also while idle and while its
 /// replies are off (Redis's own `RESP3 based basic redirect invalidation with
@@ -343,17 +351,9 @@ async fn resp3_redirect_to_a_client_that_neither_tracks_nor_subscribes() {
         let rid = id_of(&mut redir).await.to_string();
         let mut t = AsyncRawClient::connect(addr).await;
         assert!(t.cmd(&[b"HELLO", b"3"]).await.starts_with(b"%7\r\n"));
-        let on = [
-            &b"CLIENT"[..],
-            b"TRACKING",
-            b"ON",
-            b"REDIRECT",
-            rid.as_bytes(),
-        ];
-        log.push(text(&t.cmd(&on).await));
         let mut w = AsyncRawClient::connect(addr).await;
         w.cmd(&[b"SET", b"foo", b"bar"]).await;
-        log.push(text(&t.cmd(&[b"GET", b"foo"]).await));
+        track_to(&mut t, &rid, &mut log).await;
         // Idle: the push arrives unasked.
         w.cmd(&[b"SET", b"foo", b"bar2"]).await;
         log.push(pushed(&mut redir).await);
@@ -366,28 +366,12 @@ async fn resp3_redirect_to_a_client_that_neither_tracks_nor_subscribes() {
         // A RESP2 target that is not subscribed gets nothing.
         let mut r2 = AsyncRawClient::connect(addr).await;
         let r2id = id_of(&mut r2).await.to_string();
-        let on = [
-            &b"CLIENT"[..],
-            b"TRACKING",
-            b"ON",
-            b"REDIRECT",
-            r2id.as_bytes(),
-        ];
-        log.push(text(&t.cmd(&on).await));
-        log.push(text(&t.cmd(&[b"GET", b"foo"]).await));
+        track_to(&mut t, &r2id, &mut log).await;
         w.cmd(&[b"SET", b"foo", b"bar4"]).await;
         r2.assert_no_reply(Duration::from_millis(200)).await;
         log.push(text(&r2.cmd(&[b"PING"]).await));
         // Back to the RESP3 one, which then leaves.
-        let on = [
-            &b"CLIENT"[..],
-            b"TRACKING",
-            b"ON",
-            b"REDIRECT",
-            rid.as_bytes(),
-        ];
-        log.push(text(&t.cmd(&on).await));
-        log.push(text(&t.cmd(&[b"GET", b"foo"]).await));
+        track_to(&mut t, &rid, &mut log).await;
         drop(redir);
         let mut direct = AsyncRawClient::connect(redis_addr).await;
         let deadline = Instant::now() + Duration::from_secs(5);

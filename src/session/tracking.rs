@@ -401,16 +401,7 @@ impl Session {
                 };
                 self.queue.push_back(Pending::Ready(push));
             }
-            Err(End::Overflow) => {
-                tracing::warn!(
-                    session = self.state.id,
-                    peer = %self.state.peer,
-                    limit = self.live.config.limits.pubsub_buffer_limit,
-                    "disconnecting slow client: invalidation messages beyond limits.pubsub_buffer_limit"
-                );
-                self.queue.clear();
-                self.done = true;
-            }
+            Err(End::Overflow) => self.too_slow_for_pushes(),
             Err(End::Closed) if self.tracking.is_some() => {
                 // Its cache would never be invalidated again: as with Redis, the
                 // client's connection closes and its library starts afresh.
@@ -441,22 +432,26 @@ impl Session {
         match push {
             Ok(push) if self.state.resp3 => self.queue.push_back(Pending::Ready(push)),
             Ok(_) => {}
-            Err(End::Overflow) => {
-                tracing::warn!(
-                    session = self.state.id,
-                    peer = %self.state.peer,
-                    limit = self.live.config.limits.pubsub_buffer_limit,
-                    "disconnecting slow client: redirected invalidation messages beyond limits.pubsub_buffer_limit"
-                );
-                self.queue.clear();
-                self.done = true;
-            }
+            Err(End::Overflow) => self.too_slow_for_pushes(),
             Err(End::Closed) => {
                 // The redirecting clients get Redis's `tracking-redir-broken`.
                 self.push_conn = None;
                 self.client.push_conn_closed();
             }
         }
+    }
+
+    /// Invalidation messages piled up beyond `pubsub_buffer_limit` (the client
+    /// does not read them): it is disconnected, as Redis does.
+    fn too_slow_for_pushes(&mut self) {
+        tracing::warn!(
+            session = self.state.id,
+            peer = %self.state.peer,
+            limit = self.live.config.limits.pubsub_buffer_limit,
+            "disconnecting slow client: invalidation messages beyond limits.pubsub_buffer_limit"
+        );
+        self.queue.clear();
+        self.done = true;
     }
 
     /// The session's own upstream connection (for REDIRECT from other sessions):
