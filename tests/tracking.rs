@@ -349,6 +349,9 @@ async fn resp3_redirect_to_a_client_that_neither_tracks_nor_subscribes() {
         let mut redir = AsyncRawClient::connect(addr).await;
         assert!(redir.cmd(&[b"HELLO", b"3"]).await.starts_with(b"%7\r\n"));
         let rid = id_of(&mut redir).await.to_string();
+        // Idle long enough for the proxy to park its session (the push
+        // connection then wakes it).
+        tokio::time::sleep(Duration::from_millis(400)).await;
         let mut t = AsyncRawClient::connect(addr).await;
         assert!(t.cmd(&[b"HELLO", b"3"]).await.starts_with(b"%7\r\n"));
         let mut w = AsyncRawClient::connect(addr).await;
