@@ -141,8 +141,11 @@ pub struct Node {
 /// with `detour` the node's detour connection ([`Cluster::detour`]).
 #[derive(Debug, Clone, Copy)]
 pub struct Via {
+    /// The session (which of a node's shared slots is its own).
     pub session: u64,
+    /// It speaks RESP3.
     pub resp3: bool,
+    /// Its batches take the nodes' detour connections.
     pub detour: bool,
 }
 
@@ -797,31 +800,29 @@ impl Cluster {
     /// replicates, so a home node that is one stands for its shard). Empty before
     /// the map is learnt.
     pub fn other_primaries(&self, addr: &str) -> Vec<UpstreamConfig> {
-        let Some(topo) = self.topology() else {
-            return Vec::new();
-        };
-        topo.map
-            .shards()
-            .iter()
-            .filter(|s| {
-                !std::iter::once(&s.primary)
-                    .chain(&s.replicas)
-                    .any(|n| same_addr(&n.addr, addr))
-            })
-            .filter_map(|s| split_addr(&s.primary.addr))
-            .map(|(host, port)| node_config(&self.base, host, port))
-            .collect()
+        self.primaries_where(|s| {
+            !std::iter::once(&s.primary)
+                .chain(&s.replicas)
+                .any(|n| same_addr(&n.addr, addr))
+        })
     }
 
     /// The settings of a connection to each primary of the map (empty before
     /// it is learnt).
     pub fn primary_configs(&self) -> Vec<UpstreamConfig> {
+        self.primaries_where(|_| true)
+    }
+
+    /// The settings of a connection to the primary of each shard that `keep`
+    /// keeps (empty before the map is learnt).
+    fn primaries_where(&self, keep: impl Fn(&map::Shard) -> bool) -> Vec<UpstreamConfig> {
         let Some(topo) = self.topology() else {
             return Vec::new();
         };
         topo.map
             .shards()
             .iter()
+            .filter(|s| keep(s))
             .filter_map(|s| split_addr(&s.primary.addr))
             .map(|(host, port)| node_config(&self.base, host, port))
             .collect()

@@ -618,17 +618,17 @@ impl Session {
                     self.flush(&mut run, inbuf).await;
                     let bytes = take_request(inbuf, &req);
                     let db = self.state.db.clone();
-                    let cfgs = match db.cluster() {
-                        // The script runs on one of the nodes: ask them all.
+                    // On a cluster the script runs on one of the primaries: ask
+                    // them all (before the map is learnt, the home node).
+                    let primaries = match db.cluster() {
                         Some(c) if cmd.kills_script() => c.primary_configs(),
                         _ => Vec::new(),
                     };
-                    let rx = match cfgs.is_empty() {
-                        true => oob::call(self.upstream_cfg(&db), self.state.resp3, bytes),
-                        false => {
-                            let cfgs = cfgs.into_iter().map(|c| self.as_login(c)).collect();
-                            oob::call_each(cfgs, self.state.resp3, bytes)
-                        }
+                    let rx = if primaries.is_empty() {
+                        oob::call(self.upstream_cfg(&db), self.state.resp3, bytes)
+                    } else {
+                        let cfgs = primaries.into_iter().map(|c| self.as_login(c)).collect();
+                        oob::call_each(cfgs, self.state.resp3, bytes)
                     };
                     self.out_of_band(db, rx, cmd.index());
                     continue;
