@@ -165,10 +165,32 @@ fn quota_in_cpu_max(text: &str) -> bool {
     text.split_whitespace().next().is_some_and(|q| q != "max")
 }
 
-/// Nanoseconds this thread has waited on a run queue (runnable, not running).
+/// This thread's scheduler statistics, opened once by the thread that reads
+/// them (`thread-self` names the opening thread); each [`RunQueue::wait`] is
+/// one `pread`, not the open, stat, reads and close of reading the path anew.
+struct RunQueue(std::fs::File);
+
+impl RunQueue {
+    fn open() -> Option<RunQueue> {
+        std::fs::File::open("/proc/thread-self/schedstat")
+            .ok()
+            .map(RunQueue)
+    }
+
+    /// Nanoseconds this thread has waited on a run queue (runnable, not
+    /// running): the second of `schedstat`'s three numbers.
+    fn wait(&self) -> Option<u64> {
+        use std::os::unix::fs::FileExt;
+        let mut buf = [0u8; 96];
+        let n = self.0.read_at(&mut buf, 0).ok()?;
+        let text = std::str::from_utf8(buf.get(..n)?).ok()?;
+        text.split_whitespace().nth(1)?.parse().ok()
+    }
+}
+
+/// Nanoseconds this thread has waited on a run queue, read once.
 fn run_queue_wait() -> Option<u64> {
-    let s = std::fs::read_to_string("/proc/thread-self/schedstat").ok()?;
-    s.split_whitespace().nth(1)?.parse().ok()
+    RunQueue::open()?.wait()
 }
 
 /// Others wanted the CPU: the thread waited `waited` of `elapsed` on a run queue.
@@ -211,6 +233,10 @@ pub async fn spin(window: Duration, shutdown: CancellationToken) {
         return;
     }
     let _spinning = Spinning;
+    // The spinner runs on this thread for good (a current-thread runtime).
+    let Some(run_queue) = RunQueue::open() else {
+        return;
+    };
     let kicks = || LOCAL.with(|l| l.kicks.get());
     loop {
         tokio::select! {
@@ -229,9 +255,9 @@ pub async fn spin(window: Duration, shutdown: CancellationToken) {
             tokio::task::yield_now().await;
             let now = Instant::now();
             if waited.is_none() {
-                (checked, waited) = (now, run_queue_wait());
+                (checked, waited) = (now, run_queue.wait());
             } else if now.duration_since(checked) >= CHECK_EVERY {
-                let w = run_queue_wait();
+                let w = run_queue.wait();
                 if let (Some(a), Some(b)) = (waited, w) {
                     if contended(b.saturating_sub(a), now.duration_since(checked)) {
                         back_off = true;
@@ -311,6 +337,36 @@ mod tests {
     fn this_thread_has_a_run_queue_wait() {
         // Linux with schedstat (CONFIG_SCHED_INFO), as on the CI machines.
         assert!(run_queue_wait().is_some());
+    }
+
+    #[test]
+    fn one_open_file_gives_fresh_readings() {
+        let rq = RunQueue::open().expect("schedstat");
+        let first = rq.wait().expect("a reading");
+        // Wait on a run queue for sure: more runnable threads than CPUs, each
+        // spinning, for a bounded time.
+        let cpus = std::thread::available_parallelism().map_or(2, |n| n.get());
+        let deadline = Instant::now() + Duration::from_secs(5);
+        let mut later = first;
+        while later == first && Instant::now() < deadline {
+            let spinners: Vec<_> = (0..cpus * 2)
+                .map(|_| {
+                    std::thread::spawn(|| {
+                        let until = Instant::now() + Duration::from_millis(30);
+                        while Instant::now() < until {
+                            std::hint::spin_loop();
+                        }
+                    })
+                })
+                .collect();
+            let until = Instant::now() + Duration::from_millis(30);
+            while Instant::now() < until {
+                std::hint::spin_loop();
+            }
+            spinners.into_iter().for_each(|t| t.join().expect("spun"));
+            later = rq.wait().expect("a reading");
+        }
+        assert!(later > first, "{first} then {later}");
     }
 
     #[tokio::test(flavor = "current_thread")]
