@@ -3,7 +3,13 @@
 # 3-primary cluster vs plain `redis-benchmark` through the proxy (db 0 on that
 # cluster), interleaved, R rounds, medians and the proxy/direct ratio per workload.
 #
-#   scripts/bench-cluster.sh [-b PROXY_BINARY] [-R ROUNDS] [-n REQUESTS]
+#   scripts/bench-cluster.sh [-b PROXY_BINARY] [-R ROUNDS] [-n REQUESTS] [-c]
+#
+# -c: also print, for every run, the CPU each process spent per request (user +
+# system, microseconds): the benchmark client (needs /usr/bin/time, Debian package
+# `time`), the three Redis nodes together, and the proxy; and the cores used in all
+# (CPU per request x requests/s). On a host where these add up to every core, the
+# throughput is the cores divided by the CPU per request.
 #
 # Workloads: c50 P1 and P16 SET/GET, and MSET of 10 keys (direct: redis-benchmark's
 # cluster mode puts them in one slot with a hash tag; through the proxy: 10 random
@@ -23,9 +29,11 @@ set -euo pipefail
 bin=target/release/redis-sidecar
 rounds=3
 n=200000
-while getopts "b:R:n:" o; do
-    case $o in b) bin=$OPTARG ;; R) rounds=$OPTARG ;; n) n=$OPTARG ;; *) exit 2 ;; esac
+cpu=0
+while getopts "b:R:n:c" o; do
+    case $o in b) bin=$OPTARG ;; R) rounds=$OPTARG ;; n) n=$OPTARG ;; c) cpu=1 ;; *) exit 2 ;; esac
 done
+((cpu == 0)) || [[ -x /usr/bin/time ]] || { echo "-c needs /usr/bin/time (apt-get install time)"; exit 2; }
 [[ -x $bin ]] || { echo "build it first: cargo build --release ($bin)"; exit 2; }
 work=$(mktemp -d)
 pids=()
@@ -64,14 +72,30 @@ pids+=($!)
 for _ in $(seq 1 100); do redis-cli -p "$pport" ping >/dev/null 2>&1 && break; sleep 0.1; done
 redis-cli -p "$pport" ping >/dev/null || { echo "the proxy did not start:"; cat "$work/proxy.log"; exit 1; }
 rps() { awk -F'"' '/^"/ { print $4 }' | tail -1; }
+ticks() { # utime + stime of the given processes, in clock ticks
+    local sum=0 pid
+    for pid in "$@"; do sum=$((sum + $(awk '{ print $14 + $15 }' "/proc/$pid/stat"))); done
+    echo "$sum"
+}
 run() { # target test pipeline
-    local t=$1 test=$2 p=$3 count=$n
+    local t=$1 test=$2 p=$3 count=$n target=(-p "$pport") nodes0 proxy0 out rate
     ((p > 1)) && count=$((n * 8))
-    if [[ $t == direct ]]; then
-        redis-benchmark --cluster -p "${ports[0]}" -c 50 -n "$count" -P "$p" -t "$test" -r 100000 --csv 2>/dev/null | rps
-    else
-        redis-benchmark -p "$pport" -c 50 -n "$count" -P "$p" -t "$test" -r 100000 --csv 2>/dev/null | rps
+    [[ $t == direct ]] && target=(--cluster -p "${ports[0]}")
+    if ((cpu == 0)); then
+        redis-benchmark "${target[@]}" -c 50 -n "$count" -P "$p" -t "$test" -r 100000 --csv 2>/dev/null | rps
+        return
     fi
+    nodes0=$(ticks "${pids[@]:0:3}") proxy0=$(ticks "${pids[3]}")
+    out=$(/usr/bin/time -f 'TIME %U %S' redis-benchmark "${target[@]}" -c 50 -n "$count" -P "$p" \
+        -t "$test" -r 100000 --csv 2>&1)
+    rate=$(rps <<<"$out")
+    awk -v t="$t" -v w="$test P$p" -v rate="$rate" -v n="$count" -v tick="$(getconf CLK_TCK)" \
+        -v bench="$(awk '/^TIME/ { print $2 + $3 }' <<<"$out")" \
+        -v nodes=$(($(ticks "${pids[@]:0:3}") - nodes0)) -v proxy=$(($(ticks "${pids[3]}") - proxy0)) \
+        'BEGIN { b = bench * 1e6 / n; r = nodes / tick * 1e6 / n; x = proxy / tick * 1e6 / n
+                 printf "%-8s %-8s %10.0f/s  CPU us/request: benchmark %5.2f  Redis %5.2f  proxy %5.2f  all %5.2f (%.2f cores)\n",
+                     w, t, rate, b, r, x, b + r + x, (b + r + x) * rate / 1e6 }' >>"$work/cpu.txt"
+    echo "$rate"
 }
 median() { sort -g | awk '{ a[NR] = $1 } END { print a[int((NR + 1) / 2)] }'; }
 printf '%-14s %14s %14s %8s\n' workload direct-cluster proxy ratio
@@ -87,6 +111,10 @@ for w in "set 1" "get 1" "set 16" "get 16" "mset 1"; do
     printf '%-14s %14s %14s %8s\n' "$test P$p" "$dm" "$xm" \
         "$(awk -v a="$xm" -v b="$dm" 'BEGIN { if (b > 0) printf "%.2f", a / b }')"
 done
+if ((cpu)); then
+    echo
+    cat "$work/cpu.txt"
+fi
 ex=target/release/examples/cluster_client_bench
 if [[ -x $ex ]]; then
     echo
