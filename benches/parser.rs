@@ -1,5 +1,5 @@
-//! Micro-benchmarks of the hot-path protocol code: the request parser and the reply
-//! scanner. Run with `cargo bench --bench parser`.
+//! Micro-benchmarks of the hot-path protocol code: the request parser, the reply
+//! scanner, and a cluster key's hash slot. Run with `cargo bench --bench parser`.
 //!
 //! The `big` groups parse one huge frame (a 1M-argument MSET, 1M- and 3M-element
 //! array replies like LRANGE's) in one buffer and fed in 1 KiB / 16 KiB reads
@@ -165,5 +165,21 @@ fn bench_big(c: &mut Criterion) {
     }
 }
 
-criterion_group!(benches, bench_parse, bench_big);
+/// The hash slot of 1,000 keys as `redis-benchmark -r 100000` names them
+/// (`key:000000012345`, 16 bytes): once per request routed to a cluster.
+fn bench_key_slot(c: &mut Criterion) {
+    let keys: Vec<String> = (0..1000).map(|i| format!("key:{:012}", i * 97)).collect();
+    let mut g = c.benchmark_group("key_slot");
+    g.throughput(Throughput::Elements(keys.len() as u64));
+    g.bench_function("16_byte_keys", |b| {
+        b.iter(|| {
+            keys.iter()
+                .map(|k| redis_sidecar::cluster::slot::key_slot(black_box(k.as_bytes())))
+                .fold(0u32, |a, s| a.wrapping_add(u32::from(s)))
+        })
+    });
+    g.finish();
+}
+
+criterion_group!(benches, bench_parse, bench_big, bench_key_slot);
 criterion_main!(benches);
