@@ -48,6 +48,14 @@ struct Inner {
     paused_until: AtomicU64,
 }
 
+/// What noting a pause changed ([`Endpoint::pause_writes`], [`Endpoint::unpause`]),
+/// to take it back.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Noted {
+    before: u64,
+    after: u64,
+}
+
 /// The origin of [`Inner::paused_until`]'s clock.
 fn epoch() -> Instant {
     static EPOCH: OnceLock<Instant> = OnceLock::new();
@@ -200,16 +208,31 @@ impl Endpoint {
 
     /// A client paused the server's writes for `time` (`CLIENT PAUSE time
     /// [WRITE|ALL]`; either mode holds writes back): as Redis, the later end of
-    /// two pauses wins.
-    pub fn pause_writes(&self, time: Duration) {
+    /// two pauses wins. Noted when the request goes out; [`Endpoint::take_back`]
+    /// undoes it if Redis refuses the request.
+    pub fn pause_writes(&self, time: Duration) -> Noted {
         let ms = u64::try_from(time.as_millis()).unwrap_or(u64::MAX);
         let until = now_ms().saturating_add(ms).saturating_add(1);
-        self.inner.paused_until.fetch_max(until, Relaxed);
+        let before = self.inner.paused_until.fetch_max(until, Relaxed);
+        Noted {
+            before,
+            after: before.max(until),
+        }
     }
 
     /// `CLIENT UNPAUSE`.
-    pub fn unpause(&self) {
-        self.inner.paused_until.store(0, Relaxed);
+    pub fn unpause(&self) -> Noted {
+        let before = self.inner.paused_until.swap(0, Relaxed);
+        Noted { before, after: 0 }
+    }
+
+    /// Undoes a noted pause (or unpause) that Redis refused (`-NOPERM` for a
+    /// user without `CLIENT PAUSE`, …), unless another one changed it since.
+    pub fn take_back(&self, noted: Noted) {
+        let _ =
+            self.inner
+                .paused_until
+                .compare_exchange(noted.after, noted.before, Relaxed, Relaxed);
     }
 
     /// How long writes stay paused, if they are (one atomic load when not).
@@ -232,6 +255,42 @@ impl Endpoint {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_refused_pause_is_taken_back_unless_another_came_since() {
+        let e = Endpoint::new();
+        let hour = Duration::from_secs(3600);
+        let refused = e.pause_writes(hour);
+        assert!(e.writes_paused().is_some());
+        e.take_back(refused);
+        assert_eq!(e.writes_paused(), None);
+
+        // A pause that ran, then a shorter one refused: the first stays.
+        let _ran = e.pause_writes(hour);
+        let refused = e.pause_writes(Duration::from_secs(1));
+        e.take_back(refused);
+        assert!(e
+            .writes_paused()
+            .is_some_and(|d| d > Duration::from_secs(3000)));
+
+        // A refused pause, then a later one that ran: taking back the first
+        // leaves the second.
+        e.unpause();
+        let refused = e.pause_writes(Duration::from_secs(60));
+        let _ran = e.pause_writes(hour);
+        e.take_back(refused);
+        assert!(e
+            .writes_paused()
+            .is_some_and(|d| d > Duration::from_secs(3000)));
+
+        // A refused UNPAUSE leaves the pause in force.
+        let refused = e.unpause();
+        assert_eq!(e.writes_paused(), None);
+        e.take_back(refused);
+        assert!(e
+            .writes_paused()
+            .is_some_and(|d| d > Duration::from_secs(3000)));
+    }
 
     #[test]
     fn generations_and_failovers() {

@@ -393,3 +393,77 @@ async fn reads_go_on_during_a_pause_made_elsewhere() {
     assert_eq!(r.cmd(&[b"GET", b"k"]).await, b"$5\r\nafter\r\n");
     proxy.shutdown().await;
 }
+
+/// `pool_open` of database 0 in `PROXY INFO`: connections of its own that a
+/// session took (writes during a pause the proxy knows of go on such).
+async fn pool_open(c: &mut AsyncRawClient) -> u64 {
+    let info = String::from_utf8_lossy(&c.cmd(&[b"PROXY", b"INFO"]).await).into_owned();
+    let at = info.find("pool_open=").expect("pool_open in PROXY INFO") + "pool_open=".len();
+    info[at..]
+        .split(|ch: char| !ch.is_ascii_digit())
+        .next()
+        .and_then(|n| n.parse().ok())
+        .expect("a number")
+}
+
+/// A `CLIENT PAUSE` that Redis refuses (the proxy's user may not pause) pauses
+/// nothing: writes keep going on the shared connection, as before it, instead of
+/// each taking a connection of its own for the pause the proxy noted when it
+/// sent the request (30 s here). One that Redis accepts still moves them.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_pause_redis_refuses_changes_nothing() {
+    let redis = RedisServer::start();
+    let (out, st) = support::redis_cli(
+        redis.port(),
+        &[
+            "ACL",
+            "SETUSER",
+            "limited",
+            "on",
+            ">pw",
+            "~*",
+            "&*",
+            "+@all",
+            "-client|pause",
+        ],
+    );
+    assert!(st.success() && out.trim() == "OK", "{out}");
+    let mut config = proxy_config(&redis);
+    for db in config.databases.iter_mut() {
+        db.upstream.username = Some("limited".into());
+        db.upstream.password = Some(redis_sidecar::config::Secret("pw".into()));
+    }
+    let proxy = start_proxy(config).await;
+    let addr = proxy.local_addr();
+    let (mut admin, mut w) = (
+        AsyncRawClient::connect(addr).await,
+        AsyncRawClient::connect(addr).await,
+    );
+    let refused = admin.cmd(&[b"CLIENT", b"PAUSE", b"30000", b"WRITE"]).await;
+    assert!(
+        refused.starts_with(b"-NOPERM"),
+        "{}",
+        String::from_utf8_lossy(&refused)
+    );
+    for i in 0..3 {
+        let v = format!("v{i}");
+        assert_eq!(w.cmd(&[b"SET", b"k", v.as_bytes()]).await, b"+OK\r\n");
+    }
+    assert_eq!(pool_open(&mut admin).await, 0);
+    proxy.shutdown().await;
+
+    // The same with a user that may pause: the writes take connections of their own.
+    let proxy = start_proxy(proxy_config(&redis)).await;
+    let addr = proxy.local_addr();
+    let (mut admin, mut w) = (
+        AsyncRawClient::connect(addr).await,
+        AsyncRawClient::connect(addr).await,
+    );
+    assert_eq!(
+        admin.cmd(&[b"CLIENT", b"PAUSE", b"300", b"WRITE"]).await,
+        b"+OK\r\n"
+    );
+    assert_eq!(w.cmd(&[b"SET", b"k", b"paused"]).await, b"+OK\r\n");
+    assert!(pool_open(&mut admin).await >= 1);
+    proxy.shutdown().await;
+}

@@ -316,6 +316,7 @@ impl Session {
             select_after: out.select_after,
             hook: None,
             unprefix: None,
+            pause_noted: None,
         }));
     }
 
@@ -340,6 +341,7 @@ impl Session {
             select_after: None,
             hook: None,
             unprefix: None,
+            pause_noted: None,
         }));
     }
 
@@ -1264,6 +1266,23 @@ impl Session {
                 }
                 let rx = oob::call(cfg, self.state.resp3, Bytes::from(encoded));
                 self.out_of_band(db, rx, cmd.index());
+            }
+            local::Outcome::Pause(noted) => {
+                let target = self.current_target();
+                self.last = self.conn_for(target);
+                let mut out = Outgoing::one(raw.freeze(), target, cmd.index(), false);
+                out.silent = std::mem::take(&mut self.skip_next);
+                let db = self.state.db.clone();
+                let before = self.queue.len();
+                self.send(db, out).await;
+                let queued = self.queue.len() > before;
+                match self.queue.back_mut() {
+                    Some(Pending::Upstream(sent)) if queued => {
+                        sent.pause_noted = Some(noted);
+                    }
+                    // Refused before it was sent (circuit open): it did not run.
+                    _ => noted.take_back(),
+                }
             }
             local::Outcome::Forward(encoded) => {
                 let bytes = encoded.map(Bytes::from).unwrap_or_else(|| raw.freeze());

@@ -28,6 +28,23 @@ pub(super) enum Outcome {
     Close(Vec<u8>),
     /// Write this reply once it is produced (its place in the order is kept).
     Later(tokio::sync::oneshot::Receiver<bytes::Bytes>),
+    /// Forward upstream as received: `CLIENT PAUSE`/`UNPAUSE`, already noted on
+    /// the server's databases; taken back if Redis refuses it.
+    Pause(PauseNoted),
+}
+
+/// A `CLIENT PAUSE`/`UNPAUSE` noted on every database of one server
+/// ([`crate::endpoint::Noted`] each), to take back on a refusal.
+#[derive(Debug, Default)]
+pub(super) struct PauseNoted(Vec<(crate::endpoint::Endpoint, crate::endpoint::Noted)>);
+
+impl PauseNoted {
+    /// Redis refused the request: the pause is as if it had not been sent.
+    pub(super) fn take_back(self) {
+        for (endpoint, noted) in self.0 {
+            endpoint.take_back(noted);
+        }
+    }
 }
 
 fn err(text: &str) -> Outcome {
@@ -767,10 +784,7 @@ fn client<L: ArgList + ?Sized>(state: &mut State, ctx: &View<'_>, args: &L) -> O
         }
         b"GETREDIR" if n == 2 => Outcome::Reply(b":-1\r\n".to_vec()),
         b"CACHING" if n == 3 => err("ERR CLIENT CACHING can be called only when the client is in tracking mode with OPTIN or OPTOUT mode enabled"),
-        b"PAUSE" | b"UNPAUSE" => {
-            note_pause(state, ctx, args);
-            Outcome::Forward(None)
-        }
+        b"PAUSE" | b"UNPAUSE" => Outcome::Pause(note_pause(state, ctx, args)),
         b"HELP" => Outcome::Forward(None),
         b"" => wrong_args(args),
         _ => err(&format!(
@@ -784,12 +798,14 @@ fn client<L: ArgList + ?Sized>(state: &mut State, ctx: &View<'_>, args: &L) -> O
 /// database on the same standalone server (or Sentinel primary) knows until when
 /// writes are paused, so that its sessions send their writes meanwhile on
 /// connections of their own (`dispatch.rs`). A request Redis will refuse (a bad
-/// time or mode) changes nothing.
-fn note_pause<L: ArgList + ?Sized>(state: &State, ctx: &View<'_>, args: &L) {
+/// time or mode) changes nothing; one it refuses for another reason (a user
+/// without the command) is taken back when its error arrives (`queue.rs`).
+fn note_pause<L: ArgList + ?Sized>(state: &State, ctx: &View<'_>, args: &L) -> PauseNoted {
+    let mut noted = PauseNoted::default();
     let n = args.count();
     let pause = if args.arg(1).eq_ignore_ascii_case(b"UNPAUSE") {
         if n != 2 {
-            return;
+            return noted;
         }
         None
     } else {
@@ -799,22 +815,24 @@ fn note_pause<L: ArgList + ?Sized>(state: &State, ctx: &View<'_>, args: &L) {
                     || args.arg(3).eq_ignore_ascii_case(b"ALL")));
         match parse_int(args.arg(2)) {
             Some(ms) if mode_ok && ms >= 0 => Some(std::time::Duration::from_millis(ms as u64)),
-            _ => return,
+            _ => return noted,
         }
     };
     let here = &state.db.config.upstream;
     if here.cluster.is_some() {
-        return;
+        return noted;
     }
     for db in ctx.router.databases() {
         let there = &db.config.upstream;
         if there.same_redis(here) {
-            match pause {
+            let n = match pause {
                 Some(time) => there.endpoint.pause_writes(time),
                 None => there.endpoint.unpause(),
-            }
+            };
+            noted.0.push((there.endpoint.clone(), n));
         }
     }
+    noted
 }
 
 /// MOVE key db / COPY src dst DB db / SWAPDB a b: translate client-facing indexes

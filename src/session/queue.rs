@@ -74,6 +74,9 @@ pub(super) struct Sent {
     pub hook: Option<Hook>,
     /// `key_prefix`: the reply (of one command) names keys; the prefix is removed.
     pub unprefix: Option<(Unprefix, Bytes)>,
+    /// `CLIENT PAUSE`/`UNPAUSE`, noted when sent: taken back if Redis answers
+    /// with an error (kept on `+OK`, `+QUEUED`, and when the answer is lost).
+    pub pause_noted: Option<super::local::PauseNoted>,
 }
 
 /// Replies taken off the queue, in order, waiting to be written to the client.
@@ -329,6 +332,11 @@ impl Session {
                 &self.state.peer,
                 self.state.name.as_deref(),
             );
+        }
+        if let (Some(noted), Ok(bytes)) = (sent.pause_noted.take(), &reply) {
+            if bytes.starts_with(b"-") || bytes.starts_with(b"!") {
+                noted.take_back();
+            }
         }
         let hook = sent.hook.take();
         let unprefix = sent.unprefix.take();
