@@ -106,10 +106,6 @@ fn integer(frame: &[u8]) -> Option<i64> {
     std::str::from_utf8(&body[..end]).ok()?.parse().ok()
 }
 
-fn is_error(frame: &[u8]) -> bool {
-    matches!(frame.first(), Some(b'-' | b'!'))
-}
-
 fn is_nil(frame: &[u8]) -> bool {
     frame == b"$-1\r\n" || frame == b"_\r\n" || frame == b"*-1\r\n"
 }
@@ -162,7 +158,7 @@ pub fn merge(
     pick: usize,
     out: &mut Vec<u8>,
 ) {
-    if let Some(err) = parts.iter().find(|p| is_error(p)) {
+    if let Some(err) = parts.iter().find(|p| reply::is_error(p)) {
         out.extend_from_slice(err);
         return;
     }

@@ -226,7 +226,7 @@ impl Scanner {
         self.reset();
         Ok(Some(Frame {
             len: pos,
-            is_error: matches!(first, b'-' | b'!'),
+            is_error: is_error(&[first]),
             is_push: first == b'>',
         }))
     }
@@ -246,6 +246,12 @@ impl Scanner {
 #[inline]
 pub fn scan(buf: &[u8]) -> Result<Option<Frame>, ReplyError> {
     Scanner::new().scan(buf)
+}
+
+/// Whether a reply frame is an error (`-…` simple error, RESP3 `!` blob error).
+#[inline]
+pub fn is_error(frame: &[u8]) -> bool {
+    matches!(frame.first(), Some(b'-' | b'!'))
 }
 
 /// `+text\r\n`

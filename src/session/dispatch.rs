@@ -1268,33 +1268,13 @@ impl Session {
                 self.out_of_band(db, rx, cmd.index());
             }
             local::Outcome::Pause(noted) => {
-                let target = self.current_target();
-                self.last = self.conn_for(target);
-                let mut out = Outgoing::one(raw.freeze(), target, cmd.index(), false);
-                out.silent = std::mem::take(&mut self.skip_next);
-                let db = self.state.db.clone();
-                let before = self.queue.len();
-                self.send(db, out).await;
-                let queued = self.queue.len() > before;
-                match self.queue.back_mut() {
-                    Some(Pending::Upstream(sent)) if queued => {
-                        sent.pause_noted = Some(noted);
-                    }
-                    // Refused before it was sent (circuit open): it did not run.
-                    _ => noted.take_back(),
-                }
+                self.forward_here(raw.freeze(), cmd.index(), None, Some(noted))
+                    .await;
             }
             local::Outcome::Forward(encoded) => {
                 let bytes = encoded.map(Bytes::from).unwrap_or_else(|| raw.freeze());
-                let target = self.current_target();
-                self.last = self.conn_for(target);
-                // CLIENT KILL/PAUSE, MOVE, SWAPDB …: never retried.
-                let mut out = Outgoing::one(bytes, target, cmd.index(), false);
-                out.silent = std::mem::take(&mut self.skip_next);
-                out.select_after = switch;
-                let switches = out.select_after.is_some();
-                let db = self.state.db.clone();
-                self.send(db, out).await;
+                let switches = switch.is_some();
+                self.forward_here(bytes, cmd.index(), switch, None).await;
                 if switches {
                     // The next request runs on the database its reply leaves.
                     return Some(true);
@@ -1306,6 +1286,36 @@ impl Session {
             }
         }
         None
+    }
+
+    /// Sends a request the proxy looked at (CLIENT KILL/PAUSE, MOVE, SWAPDB …,
+    /// never retried) where the session's requests go now. `select_after`: an
+    /// EXEC or SELECT whose reply moves the session; `pause`: the pause it noted,
+    /// kept with it to be taken back if Redis refuses it (at once if it was not
+    /// sent: an open circuit).
+    async fn forward_here(
+        &mut self,
+        bytes: Bytes,
+        cmd: u16,
+        select_after: Option<Arc<Database>>,
+        pause: Option<local::PauseNoted>,
+    ) {
+        let target = self.current_target();
+        self.last = self.conn_for(target);
+        let mut out = Outgoing::one(bytes, target, cmd, false);
+        out.silent = std::mem::take(&mut self.skip_next);
+        out.select_after = select_after;
+        let db = self.state.db.clone();
+        let before = self.queue.len();
+        self.send(db, out).await;
+        let Some(noted) = pause else {
+            return;
+        };
+        let queued = self.queue.len() > before;
+        match self.queue.back_mut() {
+            Some(Pending::Upstream(sent)) if queued => sent.pause_noted = Some(noted),
+            _ => noted.take_back(),
+        }
     }
 
     /// Where a forwarded request goes now: the held connection, if any.

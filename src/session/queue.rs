@@ -334,7 +334,7 @@ impl Session {
             );
         }
         if let (Some(noted), Ok(bytes)) = (sent.pause_noted.take(), &reply) {
-            if bytes.starts_with(b"-") || bytes.starts_with(b"!") {
+            if reply::is_error(bytes) {
                 noted.take_back();
             }
         }
