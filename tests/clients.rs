@@ -122,7 +122,9 @@ async fn client_kill_closes_the_chosen_sessions_only() {
     // Answered: the proxy has accepted it (a connect alone may still sit in the
     // listen backlog when the LADDR kill below runs).
     assert_eq!(survivor.cmd(&[b"PING"]).await, b"+PONG\r\n");
-    // by_id waits in a transaction: killing it must leave nothing behind.
+    // by_id waits in a transaction: killing it must leave nothing behind (its
+    // id asked first: inside MULTI, CLIENT ID is queued, as on Redis).
+    let id = id_of(&mut by_id).await;
     assert_eq!(by_id.cmd(&[b"MULTI"]).await, b"+OK\r\n");
     assert_eq!(by_id.cmd(&[b"INCR", b"n"]).await, b"+QUEUED\r\n");
 
@@ -138,7 +140,6 @@ async fn client_kill_closes_the_chosen_sessions_only() {
         "-ERR No such client\r\n"
     );
     // The filter form: a count.
-    let id = id_of(&mut by_id).await;
     assert_eq!(
         killer
             .cmd(&[b"CLIENT", b"KILL", b"ID", id.as_bytes()])

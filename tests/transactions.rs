@@ -22,6 +22,8 @@ upstream_tests!(
     multi_exec_discard_and_errors_answer_like_redis,
     watch_detects_a_write_from_another_client,
     a_client_leaving_mid_transaction_leaves_no_state_behind,
+    commands_the_proxy_answers_are_queued_inside_multi_as_on_redis,
+    a_command_the_proxy_refuses_inside_multi_aborts_the_transaction,
 );
 
 /// Sends the same commands to both, one at a time, and checks identical replies.
@@ -257,6 +259,136 @@ async fn redis_rs_atomic_pipelines_work_through_the_proxy(kind: Upstream) {
     proxy.shutdown().await;
 }
 
+/// CLIENT SETNAME/GETNAME, AUTH, a SELECT out of range: answered by the proxy, but
+/// inside MULTI queued as Redis queues them, run by EXEC (not by DISCARD or a
+/// WATCH conflict), their replies in their places in EXEC's array.
+async fn commands_the_proxy_answers_are_queued_inside_multi_as_on_redis(kind: Upstream) {
+    let up = Backend::start(kind);
+    let proxy = start_proxy(up.config()).await;
+    let mut p = AsyncRawClient::connect(proxy.local_addr()).await;
+    let mut d = up.reference().await;
+    let a = kind.tagged("a");
+    let a = a.as_bytes();
+
+    let r = same_replies(
+        &mut p,
+        &mut d,
+        &[
+            &[b"MULTI"],
+            &[b"CLIENT", b"SETNAME", b"n1"],
+            &[b"SET", a, b"1"],
+            &[b"CLIENT", b"GETNAME"],
+            &[b"SELECT", b"99"],
+            &[b"AUTH", b"nopass"],
+            &[b"INCR", a],
+            &[b"CLIENT", b"SETNAME", b"has space"],
+            &[b"EXEC"],
+            &[b"CLIENT", b"GETNAME"],
+            &[b"GET", a],
+            // Refused while queueing (arity): EXEC discards it all.
+            &[b"MULTI"],
+            &[b"CLIENT", b"SETNAME", b"n2"],
+            &[b"CLIENT", b"GETNAME", b"extra"],
+            &[b"INCR", a],
+            &[b"EXEC"],
+            &[b"CLIENT", b"GETNAME"],
+            &[b"GET", a],
+            // DISCARD: nothing runs.
+            &[b"MULTI"],
+            &[b"CLIENT", b"SETNAME", b"n3"],
+            &[b"DISCARD"],
+            &[b"CLIENT", b"GETNAME"],
+            // Only commands the proxy answers.
+            &[b"MULTI"],
+            &[b"CLIENT", b"SETNAME", b"n4"],
+            &[b"CLIENT", b"GETNAME"],
+            &[b"EXEC"],
+        ],
+    )
+    .await;
+    assert_eq!(r[1], b"+QUEUED\r\n");
+    assert_eq!(
+        printable(&r[8]),
+        printable(
+            b"*7\r\n+OK\r\n+OK\r\n$2\r\nn1\r\n-ERR DB index is out of range\r\n-ERR AUTH <password> called without any password configured for the default user. Are you sure your configuration is correct?\r\n:2\r\n-ERR Client names cannot contain spaces, newlines or special characters.\r\n"
+        )
+    );
+    assert_eq!(r[9], resp_bulk(b"n1"));
+    assert_eq!(r[10], resp_bulk(b"2"));
+    assert!(r[13].starts_with(b"-ERR wrong number of arguments"));
+    assert!(r[15].starts_with(b"-EXECABORT"), "{}", printable(&r[15]));
+    assert_eq!(r[16], resp_bulk(b"n1"));
+    assert_eq!(r[17], resp_bulk(b"2"));
+    assert_eq!(r[21], resp_bulk(b"n1"));
+    assert_eq!(r[25], b"*2\r\n+OK\r\n$2\r\nn4\r\n");
+
+    // A WATCH conflict: EXEC runs nothing, the proxy's commands included.
+    let mut writer = AsyncRawClient::connect(proxy.local_addr()).await;
+    assert_eq!(p.cmd(&[b"WATCH", a]).await, b"+OK\r\n");
+    assert_eq!(writer.cmd(&[b"SET", a, b"changed"]).await, b"+OK\r\n");
+    assert_eq!(p.cmd(&[b"MULTI"]).await, b"+OK\r\n");
+    assert_eq!(p.cmd(&[b"CLIENT", b"SETNAME", b"n5"]).await, b"+QUEUED\r\n");
+    assert_eq!(p.cmd(&[b"EXEC"]).await, b"*-1\r\n");
+    assert_eq!(p.cmd(&[b"CLIENT", b"GETNAME"]).await, resp_bulk(b"n4"));
+
+    // A client that counts EXEC's elements (redis-rs's atomic pipeline) gets one
+    // per command.
+    let mut conn = redis_rs_conn(proxy.local_addr(), 0, Duration::from_secs(5)).await;
+    let (set, name, got): (String, String, i64) = redis::pipe()
+        .atomic()
+        .cmd("SET")
+        .arg(a)
+        .arg(7)
+        .cmd("CLIENT")
+        .arg("SETNAME")
+        .arg("rs")
+        .ignore()
+        .cmd("CLIENT")
+        .arg("GETNAME")
+        .cmd("GET")
+        .arg(a)
+        .query_async(&mut conn)
+        .await
+        .expect("atomic pipeline");
+    assert_eq!((set.as_str(), name.as_str(), got), ("OK", "rs", 7));
+    proxy.shutdown().await;
+}
+
+/// What the proxy cannot run inside MULTI (SUBSCRIBE, CLIENT REPLY, HELLO, CLIENT
+/// TRACKING) is refused as Redis refuses a command while queueing: the
+/// transaction stays open and EXEC discards it, so nothing of it runs.
+async fn a_command_the_proxy_refuses_inside_multi_aborts_the_transaction(kind: Upstream) {
+    let up = Backend::start(kind);
+    let proxy = start_proxy(up.config()).await;
+    let mut p = AsyncRawClient::connect(proxy.local_addr()).await;
+    let a = kind.tagged("a");
+    let a = a.as_bytes();
+    assert_eq!(p.cmd(&[b"SET", a, b"0"]).await, b"+OK\r\n");
+    let refused: [&[&[u8]]; 4] = [
+        &[b"SUBSCRIBE", b"ch"],
+        &[b"CLIENT", b"REPLY", b"OFF"],
+        &[b"HELLO", b"3"],
+        &[b"CLIENT", b"TRACKING", b"ON"],
+    ];
+    for cmd in refused {
+        assert_eq!(p.cmd(&[b"MULTI"]).await, b"+OK\r\n");
+        assert_eq!(p.cmd(&[b"INCR", a]).await, b"+QUEUED\r\n");
+        let r = p.cmd(cmd).await;
+        let text = String::from_utf8_lossy(&r);
+        // (On the cluster's prefixed database, CLIENT TRACKING is refused for
+        // the prefix first.)
+        assert!(
+            text.starts_with("-ERR ") && text.contains(" not supported "),
+            "{text}"
+        );
+        assert_eq!(p.cmd(&[b"INCR", a]).await, b"+QUEUED\r\n");
+        let r = p.cmd(&[b"EXEC"]).await;
+        assert!(r.starts_with(b"-EXECABORT"), "{}", printable(&r));
+        assert_eq!(p.cmd(&[b"GET", a]).await, resp_bulk(b"0"));
+    }
+    proxy.shutdown().await;
+}
+
 /// Reads `key` in upstream db `db` straight from Redis.
 async fn direct_get(redis: &RedisServer, db: &[u8], key: &[u8]) -> Vec<u8> {
     let mut direct = AsyncRawClient::connect(redis.addr()).await;
@@ -362,7 +494,7 @@ async fn select_in_a_discarded_or_aborted_transaction_leaves_the_db_unchanged() 
 
 // Standalone only: two standalone servers by design.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn select_inside_a_transaction_across_servers_is_refused_and_the_transaction_stays_open() {
+async fn select_inside_a_transaction_across_servers_is_refused_and_the_transaction_aborts() {
     let redis = RedisServer::start();
     let other = RedisServer::start();
     let mut config = proxy_config(&redis);
@@ -382,11 +514,16 @@ async fn select_inside_a_transaction_across_servers_is_refused_and_the_transacti
         "{}",
         printable(&r)
     );
+    // As a command Redis refuses while queueing: the transaction stays open, and
+    // EXEC discards it (the SET meant for db 4 does not land in db 2).
     assert_eq!(c.cmd(&[b"SET", b"k", b"v"]).await, b"+QUEUED\r\n");
-    assert_eq!(c.cmd(&[b"EXEC"]).await, b"*1\r\n+OK\r\n");
-    // Still in db 2, and it landed there.
+    let r = c.cmd(&[b"EXEC"]).await;
+    assert!(r.starts_with(b"-EXECABORT"), "{}", printable(&r));
+    assert_eq!(direct_get(&redis, b"2", b"k").await, b"$-1\r\n");
+    assert_eq!(direct_get(&other, b"4", b"k").await, b"$-1\r\n");
+    // Still in db 2.
+    assert_eq!(c.cmd(&[b"SET", b"k", b"v"]).await, b"+OK\r\n");
     assert_eq!(direct_get(&redis, b"2", b"k").await, resp_bulk(b"v"));
-    assert_eq!(c.cmd(&[b"GET", b"k"]).await, resp_bulk(b"v"));
     proxy.shutdown().await;
 }
 

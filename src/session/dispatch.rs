@@ -317,6 +317,7 @@ impl Session {
             hook: None,
             unprefix: None,
             pause_noted: None,
+            splice: None,
         }));
     }
 
@@ -342,6 +343,7 @@ impl Session {
             hook: None,
             unprefix: None,
             pause_noted: None,
+            splice: None,
         }));
     }
 
@@ -523,6 +525,9 @@ impl Session {
         // the detour slot (the switch either way waits for what is in flight, as
         // any change of connection does).
         self.detour = self.held_up();
+        if std::mem::take(&mut self.auth_pause_due) {
+            self.auth_pause().await;
+        }
         let mut run = Run::new();
         let log_commands = self.live.config.log_commands;
         self.client.touch(&self.ctx.clients);
@@ -847,6 +852,7 @@ impl Session {
                         b"-ERR SUBSCRIBE and MONITOR inside a transaction are not supported by redis-sidecar\r\n"
                             .to_vec(),
                     );
+                    self.refused_in_multi();
                     continue;
                 }
                 if self.waits_upstream() {
@@ -958,10 +964,20 @@ impl Session {
                     // own deadline.
                     run.block = cmd.block;
                 }
+                let mut splice = Vec::new();
                 if cmd.tx == TxOp::End {
                     let pending = self.mode.held_mut().and_then(|h| h.pending_select.take());
                     // (DISCARD: the SELECT never runs.)
                     let exec = cmd.info.is_some_and(|i| i.name == "exec");
+                    if let Some(h) = self.mode.held_mut().filter(|_| exec) {
+                        splice = std::mem::take(&mut h.locals);
+                    }
+                    if !splice.is_empty() {
+                        // EXEC of a transaction with commands the proxy answers
+                        // itself travels alone: they run when its reply says it ran.
+                        self.flush(&mut run, inbuf).await;
+                        run.target = target;
+                    }
                     if let Some(db) = pending.filter(|_| exec) {
                         // EXEC of a transaction with a SELECT travels alone: its
                         // reply says whether the SELECT ran.
@@ -995,12 +1011,14 @@ impl Session {
                     self.send(db, out).await;
                     run.target = target;
                 }
-                let exec_switches = run.select_after.is_some();
+                let exec_switches = run.select_after.is_some() || !splice.is_empty();
                 if skip || exec_switches || unprefix.is_some() {
                     self.flush(&mut run, inbuf).await;
-                    if let (Some(u), true) = (unprefix, self.queue.len() > queued) {
-                        if let Some(Pending::Upstream(sent)) = self.queue.back_mut() {
-                            sent.unprefix = Some(u);
+                    let sent = self.queue.len() > queued;
+                    if let (Some(Pending::Upstream(sent)), true) = (self.queue.back_mut(), sent) {
+                        sent.unprefix = unprefix;
+                        if !splice.is_empty() {
+                            sent.splice = Some(splice);
                         }
                     }
                 }
@@ -1012,7 +1030,8 @@ impl Session {
                     self.release(true);
                 }
                 if exec_switches {
-                    // The next request runs on the database EXEC leaves selected.
+                    // The next request runs on the database EXEC leaves selected
+                    // (and after the commands it ran in the proxy).
                     self.stalled = true;
                     return;
                 }
@@ -1073,7 +1092,7 @@ impl Session {
 
     /// A request was refused while queueing inside MULTI: EXEC will answer
     /// `-EXECABORT` (also for a MULTI still deferred on a cluster).
-    fn refused_in_multi(&mut self) {
+    pub(super) fn refused_in_multi(&mut self) {
         if let Some(h) = self.mode.held_mut().filter(|h| h.in_multi) {
             h.dirty = true;
         } else if self.deferred_multi {
@@ -1153,6 +1172,9 @@ impl Session {
             RequestKind::Inline(a) => a,
             _ => &ranged,
         };
+        if self.queue_in_multi(cmd, args) {
+            return None;
+        }
         if route == Route::Client {
             if let Some(mode) = client_reply(args) {
                 // CLIENT REPLY OFF/SKIP themselves get no reply; ON gets +OK.
@@ -1178,6 +1200,7 @@ impl Session {
                 // connection of its own, or gets Redis's refusal.
                 if let Err(refused) = self.log_in(creds).await {
                     self.push_reply(refused);
+                    self.refused_in_multi();
                     return None;
                 }
             }
@@ -1212,7 +1235,17 @@ impl Session {
                     route,
                     args,
                 ),
-                Err(refused) => refused,
+                Err(refused) => {
+                    let view = View::new(&self.ctx, &self.live);
+                    match local::select_error(&view, args).filter(|_| in_multi) {
+                        // As Redis: queued, its error in EXEC's reply.
+                        Some(error) => {
+                            self.queue_local(route, args, Some(error));
+                            return None;
+                        }
+                        None => refused,
+                    }
+                }
             }
         } else if held && route == Route::Hello && (!self.mode.is_private() || in_multi) {
             local::Outcome::Reply(
@@ -1245,7 +1278,14 @@ impl Session {
         }
         self.publish();
         match outcome {
-            local::Outcome::Reply(r) => self.push_reply(r),
+            local::Outcome::Reply(r) => {
+                if in_multi && reply::is_error(&r) {
+                    // Refused while queueing (HELLO, a SELECT across servers, an
+                    // unknown CLIENT subcommand …).
+                    self.refused_in_multi();
+                }
+                self.push_reply(r)
+            }
             local::Outcome::Later(rx) => {
                 stats::add(&self.ctx.stats.local_commands, 1);
                 if !self.reply_off && !std::mem::take(&mut self.skip_next) {
@@ -1301,6 +1341,9 @@ impl Session {
         pause: Option<local::PauseNoted>,
     ) {
         let target = self.current_target();
+        if target == Target::Held {
+            self.queued_upstream();
+        }
         self.last = self.conn_for(target);
         let mut out = Outgoing::one(bytes, target, cmd, false);
         out.silent = std::mem::take(&mut self.skip_next);

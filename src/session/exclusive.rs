@@ -2,17 +2,20 @@
 //! `auth_passthrough` login that gives a session a private connection.
 
 use super::local;
-use super::mode::Mode;
+use super::mode::{Mode, Queued};
 use super::queue::error_text;
+use super::queue::Pending;
 use super::Session;
 use crate::cluster::Cluster;
-use crate::command::TxOp;
+use crate::command::{upper, ArgList, Descriptor, Route, TxOp};
 use crate::config::{Secret, UpstreamConfig};
+use crate::context::View;
 use crate::protocol::reply;
 use crate::router::Database;
 use crate::upstream::connect::encode_auth;
 use crate::upstream::dedicated::{Dedicated, ExclusiveConn};
 use crate::upstream::UpstreamError;
+use bytes::Bytes;
 use std::sync::Arc;
 
 /// Credentials a client logged in to Redis with (`auth_passthrough`).
@@ -36,12 +39,20 @@ impl Session {
         };
         let was_multi = held.in_multi;
         match op {
-            TxOp::Multi => held.in_multi = true,
+            TxOp::Multi if !held.in_multi => {
+                held.in_multi = true;
+                held.queued = 0;
+                held.locals.clear();
+            }
             TxOp::End => {
                 held.in_multi = false;
                 held.watching = false;
                 held.dirty = false;
+                held.queued = 0;
+                held.locals.clear();
             }
+            // Queued by Redis (a nested MULTI and a WATCH are refused at once).
+            TxOp::None | TxOp::Unwatch if held.in_multi => held.queued += 1,
             TxOp::Watch if !held.in_multi => held.watching = true,
             TxOp::Unwatch if !held.in_multi => held.watching = false,
             _ => {}
@@ -51,6 +62,189 @@ impl Session {
             self.publish();
         }
         idle
+    }
+
+    /// A request the proxy looked at went to the held connection (CLIENT PAUSE,
+    /// a SELECT, MOVE …): inside MULTI, Redis queues it.
+    pub(super) fn queued_upstream(&mut self) {
+        if let Some(h) = self.mode.held_mut().filter(|h| h.in_multi) {
+            h.queued += 1;
+        }
+    }
+
+    /// Inside MULTI, a command the proxy answers itself (CLIENT SETNAME, AUTH,
+    /// PROXY INFO …) is queued as Redis queues every command there: `+QUEUED`, and
+    /// it runs if EXEC runs the transaction ([`Session::splice_exec`]). As Redis,
+    /// a wrong number of arguments is refused at once, and so is what the proxy
+    /// cannot run at EXEC (CLIENT REPLY, CLIENT UNBLOCK, PROXY RELOAD/CHECK); both
+    /// abort the transaction. `false`: not such a request (it goes on as outside
+    /// MULTI: forwarded, which Redis queues, or answered, errors aborting).
+    pub(super) fn queue_in_multi(&mut self, cmd: &Descriptor, args: &dyn ArgList) -> bool {
+        if !self.mode.in_multi() || !self.state.authenticated {
+            return false;
+        }
+        let mut buf = [0u8; 32];
+        let sub = match args.count() {
+            1 => &b""[..],
+            _ => upper(args.arg(1), &mut buf).unwrap_or(b"?"),
+        };
+        // Some(arity): queued if it has that many arguments (Redis's notation);
+        // None: refused.
+        let arity = match cmd.route {
+            // With tracking on, the session's own connection answers CLIENT.
+            Route::Client if self.tracking.is_some() => return false,
+            Route::Client => match sub {
+                // Forwarded (Redis queues them), or refused by the tracking code.
+                b"PAUSE" | b"UNPAUSE" | b"HELP" | b"TRACKING" => return false,
+                b"REPLY" | b"UNBLOCK" => None,
+                // Redis 7.2's, answered by the proxy for any upstream version.
+                b"SETINFO" => Some(4),
+                b"NO-TOUCH" => Some(3),
+                // Unknown: refused at once (the error aborts the transaction).
+                _ => match cmd.info {
+                    // (An unknown subcommand is classified as its container.)
+                    Some(i) if i.name.contains('|') || args.count() == 1 => Some(i.arity),
+                    _ => return false,
+                },
+            },
+            Route::Proxy => match sub {
+                b"RELOAD" | b"CHECK" => None,
+                _ => Some(-2),
+            },
+            // `auth_passthrough`: the login refuses it (see `log_in`).
+            Route::Auth if self.live.config.auth_passthrough => return false,
+            Route::Auth => Some(-2),
+            _ => return false,
+        };
+        let n = args.count();
+        let mut out = Vec::new();
+        match arity {
+            Some(a) if (a < 0 && n >= a.unsigned_abs() as usize) || n == a as usize => {
+                self.queue_local(cmd.route, args, None);
+                return true;
+            }
+            Some(_) => {
+                let name = match cmd.route {
+                    Route::Client | Route::Proxy if n > 1 => format!(
+                        "{}|{}",
+                        String::from_utf8_lossy(args.arg(0)),
+                        String::from_utf8_lossy(args.arg(1))
+                    ),
+                    _ => String::from_utf8_lossy(args.arg(0)).into_owned(),
+                };
+                reply::error(
+                    &mut out,
+                    &format!(
+                        "ERR wrong number of arguments for '{}' command",
+                        name.to_ascii_lowercase()
+                    ),
+                );
+            }
+            None => reply::error(
+                &mut out,
+                &format!(
+                    "ERR {} {} inside a transaction is not supported by redis-sidecar",
+                    String::from_utf8_lossy(args.arg(0)).to_ascii_uppercase(),
+                    String::from_utf8_lossy(sub)
+                ),
+            ),
+        }
+        self.push_reply(out);
+        self.refused_in_multi();
+        true
+    }
+
+    /// Queues a command the proxy answers itself inside MULTI (`reply`: its
+    /// answer if already known) and answers `+QUEUED`.
+    pub(super) fn queue_local(&mut self, route: Route, args: &dyn ArgList, reply: Option<Vec<u8>>) {
+        if let Some(h) = self.mode.held_mut() {
+            h.locals.push(Queued {
+                after: h.queued,
+                route,
+                args: (0..args.count()).map(|i| args.arg(i).to_vec()).collect(),
+                reply,
+            });
+        }
+        self.push_reply(b"+QUEUED\r\n".to_vec());
+    }
+
+    /// EXEC's reply with the commands the proxy queued in the transaction run now
+    /// (it ran: `*N`) and their replies put in their places among its elements, as
+    /// Redis answers; `*-1`/`_` (a WATCH conflict) or an error (nothing ran) are
+    /// passed on as they are, and the queued commands do not run.
+    pub(super) fn splice_exec(&mut self, bytes: Bytes, locals: Vec<Queued>) -> Bytes {
+        // RESP3 pushes (invalidations) may come first on the session's own connection.
+        let mut at = 0;
+        while bytes.get(at) == Some(&b'>') {
+            match reply::scan(&bytes[at..]) {
+                Ok(Some(f)) => at += f.len,
+                _ => return bytes,
+            }
+        }
+        let Some((n, header)) = exec_array(&bytes[at..]) else {
+            return bytes;
+        };
+        let mut elements = Vec::with_capacity(n);
+        let mut pos = at + header;
+        for _ in 0..n {
+            match reply::scan(&bytes[pos..]) {
+                Ok(Some(f)) => {
+                    elements.push(pos..pos + f.len);
+                    pos += f.len;
+                }
+                _ => return bytes,
+            }
+        }
+        let failures = self.state.auth_failures;
+        let mut replies = Vec::with_capacity(locals.len());
+        let mut close = false;
+        for q in &locals {
+            if let Some(r) = &q.reply {
+                replies.push(r.clone());
+                continue;
+            }
+            let view = View::new(&self.ctx, &self.live);
+            replies.push(
+                match local::handle(&mut self.state, &view, q.route, &q.args) {
+                    local::Outcome::Reply(r) => r,
+                    local::Outcome::Close(r) => {
+                        close = true;
+                        r
+                    }
+                    _ => {
+                        let mut out = Vec::new();
+                        reply::error(
+                        &mut out,
+                        "ERR this command inside a transaction is not supported by redis-sidecar",
+                    );
+                        out
+                    }
+                },
+            );
+        }
+        self.publish();
+        self.auth_pause_due |= self.state.auth_failures > failures;
+        let mut out =
+            Vec::with_capacity(bytes.len() + replies.iter().map(Vec::len).sum::<usize>() + 8);
+        out.extend_from_slice(&bytes[..at]);
+        reply::array_header(&mut out, n + locals.len());
+        let mut next = locals.iter().zip(&replies).peekable();
+        for (i, e) in elements.into_iter().enumerate() {
+            while let Some((_, r)) = next.next_if(|(q, _)| q.after as usize <= i) {
+                out.extend_from_slice(r);
+            }
+            out.extend_from_slice(&bytes[e]);
+        }
+        for (_, r) in next {
+            out.extend_from_slice(r);
+        }
+        out.extend_from_slice(&bytes[pos..]);
+        if close {
+            // CLIENT KILL of the client itself: as Redis, after this reply.
+            self.queue.push_back(Pending::Close);
+            self.closing = true;
+        }
+        Bytes::from(out)
     }
 
     /// The settings for this session's own upstream connections to `db`
@@ -213,4 +407,16 @@ impl Session {
         }
         Ok(())
     }
+}
+
+/// `*N\r\n` at the start of `bytes`: N and the header's length (`None` for any
+/// other reply, `*-1` included).
+fn exec_array(bytes: &[u8]) -> Option<(usize, usize)> {
+    let rest = bytes.strip_prefix(b"*")?;
+    let end = rest.iter().position(|&b| b == b'\r')?;
+    let n = std::str::from_utf8(&rest[..end])
+        .ok()?
+        .parse::<usize>()
+        .ok()?;
+    Some((n, 1 + end + 2))
 }

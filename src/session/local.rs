@@ -144,6 +144,18 @@ fn select<L: ArgList + ?Sized>(state: &mut State, ctx: &View<'_>, args: &L) -> O
     }
 }
 
+/// The error EXEC gives for a SELECT queued inside MULTI whose index names no
+/// database (`None`: it does, or the arguments are wrong, refused at once).
+pub(super) fn select_error<L: ArgList + ?Sized>(ctx: &View<'_>, args: &L) -> Option<Vec<u8>> {
+    if args.count() != 2 {
+        return None;
+    }
+    match db_arg(ctx, args.arg(1)) {
+        Err(Outcome::Reply(r)) => Some(r),
+        _ => None,
+    }
+}
+
 /// SELECT inside a transaction: the SELECT for the exclusive connection (with the
 /// upstream's db index) and the database it selects, or the reply refusing it.
 pub(super) fn select_in_transaction<L: ArgList + ?Sized>(
@@ -787,6 +799,9 @@ fn client<L: ArgList + ?Sized>(state: &mut State, ctx: &View<'_>, args: &L) -> O
         b"PAUSE" | b"UNPAUSE" => Outcome::Pause(note_pause(state, ctx, args)),
         b"HELP" => Outcome::Forward(None),
         b"" => wrong_args(args),
+        // Known, with the wrong number of arguments: Redis's error.
+        b"ID" | b"GETNAME" | b"SETNAME" | b"SETINFO" | b"INFO" | b"NO-EVICT" | b"NO-TOUCH"
+        | b"TRACKINGINFO" | b"GETREDIR" | b"CACHING" => wrong_sub_args(args),
         _ => err(&format!(
             "ERR CLIENT {} is not supported by redis-sidecar: it would change a shared upstream connection",
             String::from_utf8_lossy(args.arg(1)).to_ascii_uppercase()

@@ -448,6 +448,9 @@ struct Session {
     client: Registration,
     /// An EXEC that may switch the database is in flight: later requests wait.
     awaiting_exec: bool,
+    /// An AUTH queued inside MULTI failed when EXEC ran it: the growing pause
+    /// after a failed AUTH comes before the next request.
+    auth_pause_due: bool,
     /// `auth_passthrough`: the credentials the client logged in to Redis with.
     login: Option<Login>,
     /// `CLIENT TRACKING` is on (on the session's own connection).
@@ -514,6 +517,7 @@ impl Session {
             skip_next: false,
             client: p.client,
             awaiting_exec: false,
+            auth_pause_due: false,
             login: None,
             tracking: None,
             push_conn: None,

@@ -53,9 +53,28 @@ pub(super) struct Held {
     pub watching: bool,
     /// The database a SELECT queued in the current MULTI switches to at EXEC.
     pub pending_select: Option<Arc<Database>>,
-    /// A command of the current MULTI was refused (`deny_commands`): as in Redis,
-    /// EXEC discards the transaction (`-EXECABORT`).
+    /// A command of the current MULTI was refused while queueing (`deny_commands`,
+    /// a command the proxy cannot run there): as in Redis, EXEC discards the
+    /// transaction (`-EXECABORT`).
     pub dirty: bool,
+    /// Requests of the current MULTI queued by Redis: EXEC's reply holds one
+    /// element for each.
+    pub queued: u32,
+    /// Commands of the current MULTI the proxy answers itself, queued as Redis
+    /// queues every command there: they run when EXEC runs the transaction.
+    pub locals: Vec<Queued>,
+}
+
+/// A command the proxy answers itself (CLIENT SETNAME, PROXY INFO …), queued inside
+/// MULTI: it runs if EXEC runs the transaction, and its reply takes its place
+/// among the elements of EXEC's.
+pub(super) struct Queued {
+    /// Requests Redis queued before it in the transaction.
+    pub after: u32,
+    pub route: crate::command::Route,
+    pub args: Vec<Vec<u8>>,
+    /// Its reply, known when it was queued (an error EXEC will give).
+    pub reply: Option<Vec<u8>>,
 }
 
 /// The session's own connection (`auth_passthrough` login, `CLIENT TRACKING`).
@@ -157,6 +176,8 @@ impl Held {
             watching: false,
             pending_select: None,
             dirty: false,
+            queued: 0,
+            locals: Vec::new(),
         }
     }
 }

@@ -77,6 +77,9 @@ pub(super) struct Sent {
     /// `CLIENT PAUSE`/`UNPAUSE`, noted when sent: taken back if Redis answers
     /// with an error (kept on `+OK`, `+QUEUED`, and when the answer is lost).
     pub pause_noted: Option<super::local::PauseNoted>,
+    /// An EXEC whose transaction queued commands the proxy answers itself: they
+    /// run if it ran, their replies put among its own ([`Session::splice_exec`]).
+    pub splice: Option<Vec<super::mode::Queued>>,
 }
 
 /// Replies taken off the queue, in order, waiting to be written to the client.
@@ -340,6 +343,7 @@ impl Session {
         }
         let hook = sent.hook.take();
         let unprefix = sent.unprefix.take();
+        let splice = sent.splice.take();
         let shared = sent.shared;
         let err = match reply {
             Ok(bytes) => {
@@ -371,6 +375,10 @@ impl Session {
                         self.publish();
                     }
                 }
+                let bytes = match splice {
+                    Some(locals) => self.splice_exec(bytes, locals),
+                    None => bytes,
+                };
                 if let Some(c) = &cluster {
                     if crate::cluster::merge::has_moved(&bytes) {
                         // Passed on by an exclusive connection (a key of another

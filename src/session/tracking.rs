@@ -195,6 +195,7 @@ impl Session {
                 b"-ERR CLIENT TRACKING inside a transaction is not supported by redis-sidecar\r\n"
                     .to_vec(),
             );
+            self.refused_in_multi();
             return None;
         }
         if on && self.state.db.cluster().is_some() {
@@ -308,6 +309,9 @@ impl Session {
 
     /// Sends `bytes` (one request) to `target`; `hook` acts on its reply.
     async fn forward(&mut self, bytes: Vec<u8>, target: Target, cmd: u16, hook: Option<Hook>) {
+        if target == Target::Held {
+            self.queued_upstream();
+        }
         self.last = match (target, self.mode.held()) {
             (Target::Held, Some(h)) => Conn::Held(h.id),
             _ => self.shared_conn(),
