@@ -337,6 +337,70 @@ async fn scan_with_match_and_count_through_the_proxy(kind: Upstream) {
     proxy.shutdown().await;
 }
 
+/// Malformed requests of commands the proxy answers itself get Redis's own errors,
+/// and change nothing (a RESET with an argument keeps the name and database).
+// Standalone only: SWAPDB/SELECT of upstream dbs.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn malformed_commands_the_proxy_answers_get_redis_errors() {
+    let redis = RedisServer::start();
+    let proxy = start_proxy(proxy_config(&redis)).await;
+    let mut p = AsyncRawClient::connect(proxy.local_addr()).await;
+    let mut d = AsyncRawClient::connect(redis.addr()).await;
+    let cases: [(&[&[u8]], &str); 8] = [
+        (
+            &[b"AUTH"],
+            "-ERR wrong number of arguments for 'auth' command\r\n",
+        ),
+        (
+            &[b"RESET", b"x"],
+            "-ERR wrong number of arguments for 'reset' command\r\n",
+        ),
+        (&[b"SWAPDB", b"a", b"b"], "-ERR invalid first DB index\r\n"),
+        (
+            &[b"SWAPDB", b"99", b"b"],
+            "-ERR invalid second DB index\r\n",
+        ),
+        (
+            &[b"SWAPDB", b"0", b"99"],
+            "-ERR DB index is out of range\r\n",
+        ),
+        (
+            &[b"CLIENT", b"ID", b"x"],
+            "-ERR wrong number of arguments for 'client|id' command\r\n",
+        ),
+        (
+            &[b"CLIENT", b"GETNAME", b"x"],
+            "-ERR wrong number of arguments for 'client|getname' command\r\n",
+        ),
+        (
+            &[b"SELECT", b"abc"],
+            "-ERR value is not an integer or out of range\r\n",
+        ),
+    ];
+    for c in [&mut p, &mut d] {
+        assert_eq!(c.cmd(&[b"CLIENT", b"SETNAME", b"kept"]).await, b"+OK\r\n");
+        assert_eq!(c.cmd(&[b"SELECT", b"3"]).await, b"+OK\r\n");
+    }
+    for (args, want) in cases {
+        let (got, direct) = (p.cmd(args).await, d.cmd(args).await);
+        assert_eq!(printable(&got), printable(&direct), "{}", cmd_text(args));
+        assert_eq!(
+            printable(&got),
+            printable(want.as_bytes()),
+            "{}",
+            cmd_text(args)
+        );
+    }
+    assert_eq!(p.cmd(&[b"CLIENT", b"GETNAME"]).await, resp_bulk(b"kept"));
+    assert_eq!(p.cmd(&[b"SET", b"here", b"1"]).await, b"+OK\r\n");
+    assert_eq!(
+        d.cmd(&[b"GET", b"here"]).await,
+        resp_bulk(b"1"),
+        "still db 3"
+    );
+    proxy.shutdown().await;
+}
+
 // Standalone only: on a cluster INFO is one node's (its port, its keyspace).
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn info_is_redis_info_of_the_upstream() {

@@ -1252,12 +1252,14 @@ impl Session {
                 b"-ERR HELLO inside a transaction is not supported by redis-sidecar\r\n".to_vec(),
             )
         } else {
-            if matches!(route, Route::Reset | Route::Quit) {
+            // (A RESET with arguments is refused, nothing reset.)
+            let resets = route == Route::Reset && args.count() == 1;
+            if resets || route == Route::Quit {
                 self.leave_pubsub();
                 self.release(false);
                 self.login = None;
             }
-            if route == Route::Reset {
+            if resets {
                 // As Redis: RESET turns replies back on (a SKIP before it still
                 // drops RESET's own reply).
                 self.reply_off = false;

@@ -99,6 +99,7 @@ pub(super) fn handle<L: ArgList + ?Sized>(
         Route::Quit => Outcome::Close(b"+OK\r\n".to_vec()),
         // Handled by the session before anything else (the client is closed).
         Route::Attack => Outcome::Close(Vec::new()),
+        Route::Reset if args.count() != 1 => wrong_args(args),
         Route::Reset => {
             state.db = ctx
                 .router
@@ -432,6 +433,7 @@ fn auth<L: ArgList + ?Sized>(state: &mut State, ctx: &View<'_>, args: &L) -> Out
     match args.count() {
         2 => check_password(state, ctx, None, args.arg(1)),
         3 => check_password(state, ctx, Some(args.arg(1)), args.arg(2)),
+        1 => wrong_args(args),
         _ => err("ERR syntax error"),
     }
 }
@@ -865,6 +867,14 @@ fn cross_db<L: ArgList + ?Sized>(state: &mut State, ctx: &View<'_>, args: &L) ->
             .collect(),
         _ => return wrong_args(args),
     };
+    if name == b"SWAPDB" {
+        // Redis reads both indexes before it looks them up.
+        for (pos, which) in [(1, "first"), (2, "second")] {
+            if parse_int(args.arg(pos)).is_none() {
+                return err(&format!("ERR invalid {which} DB index"));
+            }
+        }
+    }
     let mut new_args: Vec<Vec<u8>> = (0..args.count()).map(|i| args.arg(i).to_vec()).collect();
     for pos in positions {
         let target = match db_arg(ctx, args.arg(pos)) {
