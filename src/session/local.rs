@@ -438,6 +438,13 @@ fn auth<L: ArgList + ?Sized>(state: &mut State, ctx: &View<'_>, args: &L) -> Out
     }
 }
 
+/// `(major, minor)` of a version string such as `7.0.15`.
+fn major_minor(version: &[u8]) -> Option<(u32, u32)> {
+    let text = std::str::from_utf8(version).ok()?;
+    let mut parts = text.split('.').map(|p| p.parse::<u32>().ok());
+    Some((parts.next()??, parts.next()??))
+}
+
 fn hello<L: ArgList + ?Sized>(state: &mut State, ctx: &View<'_>, args: &L) -> Outcome {
     let mut i = 1;
     let mut protocol = None;
@@ -475,7 +482,13 @@ fn hello<L: ArgList + ?Sized>(state: &mut State, ctx: &View<'_>, args: &L) -> Ou
         }
     }
     if !state.authenticated {
-        return err("NOAUTH HELLO must be called with the client already authenticated, otherwise the HELLO <proto> AUTH <user> <pass> option can be used to authenticate the client and select the RESP protocol version at the same time");
+        // In the words of the upstream's version (Redis 7.2 added `<proto>`).
+        let identity = state.db.config.upstream.endpoint.identity();
+        let proto = match identity.as_ref().and_then(|id| major_minor(&id.version)) {
+            Some(v) if v < (7, 2) => "",
+            _ => "<proto> ",
+        };
+        return err(&format!("NOAUTH HELLO must be called with the client already authenticated, otherwise the HELLO {proto}AUTH <user> <pass> option can be used to authenticate the client and select the RESP protocol version at the same time"));
     }
     if let Some(n) = name {
         if !valid_name(&n) {
@@ -899,6 +912,15 @@ fn cross_db<L: ArgList + ?Sized>(state: &mut State, ctx: &View<'_>, args: &L) ->
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn versions_compare_by_major_and_minor() {
+        assert_eq!(major_minor(b"7.0.15"), Some((7, 0)));
+        assert_eq!(major_minor(b"7.2.4"), Some((7, 2)));
+        assert_eq!(major_minor(b"255.255.255"), Some((255, 255)));
+        assert_eq!(major_minor(b"x"), None);
+        assert!(major_minor(b"6.2.14").unwrap() < (7, 2));
+    }
 
     #[test]
     fn the_auth_delay_grows_from_nothing_to_a_second() {
