@@ -369,13 +369,18 @@ pub const CLUSTER_DISABLED: &str = "ERR This instance has cluster support disabl
 pub fn cluster_only(info: &table::CommandInfo, argc: usize) -> bool {
     let named = info.name.starts_with("cluster|")
         || matches!(info.name, "readonly" | "readwrite" | "asking");
-    let arity = usize::from(info.arity.unsigned_abs());
-    named
-        && if info.arity < 0 {
-            argc >= arity
-        } else {
-            argc == arity
-        }
+    named && arity_allows(info.arity, argc)
+}
+
+/// Whether `argc` arguments (the name included) satisfy a Redis arity: `n` exactly
+/// `n`, `-n` at least `n`.
+pub fn arity_allows(arity: i16, argc: usize) -> bool {
+    let n = usize::from(arity.unsigned_abs());
+    if arity < 0 {
+        argc >= n
+    } else {
+        argc == n
+    }
 }
 
 /// Held back by a `CLIENT PAUSE … WRITE`: Redis's `write` or `may-replicate` flag.

@@ -1344,7 +1344,8 @@ impl Session {
     ) {
         let target = self.current_target();
         if target == Target::Held {
-            self.queued_upstream();
+            // Inside MULTI, Redis queues it.
+            self.transaction_step(TxOp::None);
         }
         self.last = self.conn_for(target);
         let mut out = Outgoing::one(bytes, target, cmd, false);

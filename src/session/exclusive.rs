@@ -6,8 +6,9 @@ use super::mode::{Mode, Queued};
 use super::queue::error_text;
 use super::queue::Pending;
 use super::Session;
+use crate::cluster::merge;
 use crate::cluster::Cluster;
-use crate::command::{upper, ArgList, Descriptor, Route, TxOp};
+use crate::command::{arity_allows, upper, ArgList, Descriptor, Route, TxOp};
 use crate::config::{Secret, UpstreamConfig};
 use crate::context::View;
 use crate::protocol::reply;
@@ -51,7 +52,8 @@ impl Session {
                 held.queued = 0;
                 held.locals.clear();
             }
-            // Queued by Redis (a nested MULTI and a WATCH are refused at once).
+            // Queued by Redis (a nested MULTI and a WATCH are refused at once);
+            // also for the requests the proxy looked at before sending them here.
             TxOp::None | TxOp::Unwatch if held.in_multi => held.queued += 1,
             TxOp::Watch if !held.in_multi => held.watching = true,
             TxOp::Unwatch if !held.in_multi => held.watching = false,
@@ -62,14 +64,6 @@ impl Session {
             self.publish();
         }
         idle
-    }
-
-    /// A request the proxy looked at went to the held connection (CLIENT PAUSE,
-    /// a SELECT, MOVE …): inside MULTI, Redis queues it.
-    pub(super) fn queued_upstream(&mut self) {
-        if let Some(h) = self.mode.held_mut().filter(|h| h.in_multi) {
-            h.queued += 1;
-        }
     }
 
     /// Inside MULTI, a command the proxy answers itself (CLIENT SETNAME, AUTH,
@@ -117,38 +111,25 @@ impl Session {
             _ => return false,
         };
         let n = args.count();
-        let mut out = Vec::new();
-        match arity {
-            Some(a) if (a < 0 && n >= a.unsigned_abs() as usize) || n == a as usize => {
+        let out = match arity {
+            Some(a) if arity_allows(a, n) => {
                 self.queue_local(cmd.route, args, None);
                 return true;
             }
-            Some(_) => {
-                let name = match cmd.route {
-                    Route::Client | Route::Proxy if n > 1 => format!(
-                        "{}|{}",
-                        String::from_utf8_lossy(args.arg(0)),
-                        String::from_utf8_lossy(args.arg(1))
-                    ),
-                    _ => String::from_utf8_lossy(args.arg(0)).into_owned(),
-                };
+            Some(_) => local::arity_error(args, cmd.route != Route::Auth && n > 1),
+            None => {
+                let mut out = Vec::new();
                 reply::error(
                     &mut out,
                     &format!(
-                        "ERR wrong number of arguments for '{}' command",
-                        name.to_ascii_lowercase()
+                        "ERR {} {} inside a transaction is not supported by redis-sidecar",
+                        String::from_utf8_lossy(args.arg(0)).to_ascii_uppercase(),
+                        String::from_utf8_lossy(sub)
                     ),
                 );
+                out
             }
-            None => reply::error(
-                &mut out,
-                &format!(
-                    "ERR {} {} inside a transaction is not supported by redis-sidecar",
-                    String::from_utf8_lossy(args.arg(0)).to_ascii_uppercase(),
-                    String::from_utf8_lossy(sub)
-                ),
-            ),
-        }
+        };
         self.push_reply(out);
         self.refused_in_multi();
         true
@@ -175,70 +156,56 @@ impl Session {
     pub(super) fn splice_exec(&mut self, bytes: Bytes, locals: Vec<Queued>) -> Bytes {
         // RESP3 pushes (invalidations) may come first on the session's own connection.
         let mut at = 0;
-        while bytes.get(at) == Some(&b'>') {
-            match reply::scan(&bytes[at..]) {
-                Ok(Some(f)) => at += f.len,
-                _ => return bytes,
+        let frame = loop {
+            let Ok(Some(f)) = reply::scan(&bytes[at..]) else {
+                return bytes;
+            };
+            if bytes[at] != b'>' {
+                break &bytes[at..at + f.len];
             }
+            at += f.len;
+        };
+        // `*N`: it ran (`*-1`, `_`: a WATCH conflict; an error: nothing ran).
+        if frame.starts_with(b"*-") {
+            return bytes;
         }
-        let Some((n, header)) = exec_array(&bytes[at..]) else {
+        let Some(elements) = merge::elements(frame) else {
             return bytes;
         };
-        let mut elements = Vec::with_capacity(n);
-        let mut pos = at + header;
-        for _ in 0..n {
-            match reply::scan(&bytes[pos..]) {
-                Ok(Some(f)) => {
-                    elements.push(pos..pos + f.len);
-                    pos += f.len;
-                }
-                _ => return bytes,
-            }
-        }
         let failures = self.state.auth_failures;
-        let mut replies = Vec::with_capacity(locals.len());
         let mut close = false;
-        for q in &locals {
-            if let Some(r) = &q.reply {
-                replies.push(r.clone());
-                continue;
-            }
-            let view = View::new(&self.ctx, &self.live);
-            replies.push(
+        let mut replies = Vec::with_capacity(locals.len());
+        for q in locals {
+            let r = q.reply.unwrap_or_else(|| {
+                let view = View::new(&self.ctx, &self.live);
                 match local::handle(&mut self.state, &view, q.route, &q.args) {
                     local::Outcome::Reply(r) => r,
                     local::Outcome::Close(r) => {
                         close = true;
                         r
                     }
-                    _ => {
-                        let mut out = Vec::new();
-                        reply::error(
-                        &mut out,
-                        "ERR this command inside a transaction is not supported by redis-sidecar",
-                    );
-                        out
-                    }
-                },
-            );
+                    _ => NOT_RUN_BY_EXEC.to_vec(),
+                }
+            });
+            replies.push((q.after as usize, r));
         }
         self.publish();
         self.auth_pause_due |= self.state.auth_failures > failures;
-        let mut out =
-            Vec::with_capacity(bytes.len() + replies.iter().map(Vec::len).sum::<usize>() + 8);
+        let extra: usize = replies.iter().map(|(_, r)| r.len()).sum();
+        let mut out = Vec::with_capacity(bytes.len() + extra + 8);
         out.extend_from_slice(&bytes[..at]);
-        reply::array_header(&mut out, n + locals.len());
-        let mut next = locals.iter().zip(&replies).peekable();
-        for (i, e) in elements.into_iter().enumerate() {
-            while let Some((_, r)) = next.next_if(|(q, _)| q.after as usize <= i) {
+        reply::array_header(&mut out, elements.len() + replies.len());
+        let mut next = replies.iter().peekable();
+        for (i, e) in elements.iter().enumerate() {
+            while let Some((_, r)) = next.next_if(|(after, _)| *after <= i) {
                 out.extend_from_slice(r);
             }
-            out.extend_from_slice(&bytes[e]);
+            out.extend_from_slice(e);
         }
         for (_, r) in next {
             out.extend_from_slice(r);
         }
-        out.extend_from_slice(&bytes[pos..]);
+        out.extend_from_slice(&bytes[at + frame.len()..]);
         if close {
             // CLIENT KILL of the client itself: as Redis, after this reply.
             self.queue.push_back(Pending::Close);
@@ -409,14 +376,7 @@ impl Session {
     }
 }
 
-/// `*N\r\n` at the start of `bytes`: N and the header's length (`None` for any
-/// other reply, `*-1` included).
-fn exec_array(bytes: &[u8]) -> Option<(usize, usize)> {
-    let rest = bytes.strip_prefix(b"*")?;
-    let end = rest.iter().position(|&b| b == b'\r')?;
-    let n = std::str::from_utf8(&rest[..end])
-        .ok()?
-        .parse::<usize>()
-        .ok()?;
-    Some((n, 1 + end + 2))
-}
+/// What EXEC gives for a queued command of the proxy's whose reply comes later
+/// (`CLIENT KILL USER` asking Redis whether the user exists).
+const NOT_RUN_BY_EXEC: &[u8] =
+    b"-ERR this command inside a transaction is not supported by redis-sidecar\r\n";

@@ -57,20 +57,31 @@ fn ok() -> Outcome {
     Outcome::Reply(b"+OK\r\n".to_vec())
 }
 
-/// Redis's arity error for a subcommand (`'client|kill'`).
+/// Redis's arity error, naming the command or (`sub`) its subcommand
+/// (`'client|kill'`).
+pub(super) fn arity_error<L: ArgList + ?Sized>(args: &L, sub: bool) -> Vec<u8> {
+    let name = String::from_utf8_lossy(args.arg(0)).to_ascii_lowercase();
+    let name = match sub {
+        true => format!(
+            "{name}|{}",
+            String::from_utf8_lossy(args.arg(1)).to_ascii_lowercase()
+        ),
+        false => name,
+    };
+    let mut out = Vec::new();
+    reply::error(
+        &mut out,
+        &format!("ERR wrong number of arguments for '{name}' command"),
+    );
+    out
+}
+
 fn wrong_sub_args<L: ArgList + ?Sized>(args: &L) -> Outcome {
-    err(&format!(
-        "ERR wrong number of arguments for '{}|{}' command",
-        String::from_utf8_lossy(args.arg(0)).to_ascii_lowercase(),
-        String::from_utf8_lossy(args.arg(1)).to_ascii_lowercase()
-    ))
+    Outcome::Reply(arity_error(args, true))
 }
 
 fn wrong_args<L: ArgList + ?Sized>(args: &L) -> Outcome {
-    err(&format!(
-        "ERR wrong number of arguments for '{}' command",
-        String::from_utf8_lossy(args.arg(0)).to_ascii_lowercase()
-    ))
+    Outcome::Reply(arity_error(args, false))
 }
 
 /// Handles a request that is not a plain forward on an authenticated session.

@@ -43,7 +43,7 @@ use super::mode::{Conn, Mode};
 use super::queue::{error_text, CmdList, Pending};
 use super::Session;
 use crate::clients::Exclusive;
-use crate::command::{table, ArgList, Block, Ranged, Route};
+use crate::command::{table, ArgList, Block, Ranged, Route, TxOp};
 use crate::protocol::reply;
 use crate::protocol::request::{parse_int, Request, RequestKind};
 use crate::upstream::pubsub::End;
@@ -310,7 +310,8 @@ impl Session {
     /// Sends `bytes` (one request) to `target`; `hook` acts on its reply.
     async fn forward(&mut self, bytes: Vec<u8>, target: Target, cmd: u16, hook: Option<Hook>) {
         if target == Target::Held {
-            self.queued_upstream();
+            // Inside MULTI, Redis queues it.
+            self.transaction_step(TxOp::None);
         }
         self.last = match (target, self.mode.held()) {
             (Target::Held, Some(h)) => Conn::Held(h.id),
