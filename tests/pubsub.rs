@@ -82,22 +82,30 @@ async fn subscribers_get_messages_published_through_the_proxy_and_directly(kind:
 async fn unsubscribe_without_subscriptions_answers_like_redis(kind: Upstream) {
     let up = Backend::start(kind);
     let proxy = start_proxy(up.config()).await;
-    let mut c = AsyncRawClient::connect(proxy.local_addr()).await;
-    let mut direct = up.reference().await;
-    for args in [
-        &[&b"UNSUBSCRIBE"[..]][..],
-        &[b"UNSUBSCRIBE", b"a", b"b"],
-        &[b"PUNSUBSCRIBE", b"x*"],
-    ] {
-        let n = args.len().saturating_sub(1).max(1);
-        direct.send(&resp_cmd(args)).await;
-        c.send(&resp_cmd(args)).await;
-        for _ in 0..n {
-            assert_eq!(c.read_reply().await, direct.read_reply().await);
+    // RESP2, then RESP3 (where the channel of the one confirmation is `_`, null).
+    for resp3 in [false, true] {
+        let mut c = AsyncRawClient::connect(proxy.local_addr()).await;
+        let mut direct = up.reference().await;
+        if resp3 {
+            c.cmd(&[b"HELLO", b"3"]).await;
+            direct.cmd(&[b"HELLO", b"3"]).await;
         }
+        for args in [
+            &[&b"UNSUBSCRIBE"[..]][..],
+            &[b"PUNSUBSCRIBE"],
+            &[b"UNSUBSCRIBE", b"a", b"b"],
+            &[b"PUNSUBSCRIBE", b"x*"],
+        ] {
+            let n = args.len().saturating_sub(1).max(1);
+            direct.send(&resp_cmd(args)).await;
+            c.send(&resp_cmd(args)).await;
+            for _ in 0..n {
+                assert_eq!(c.read_reply().await, direct.read_reply().await, "{args:?}");
+            }
+        }
+        // Still a normal session (not stuck in subscribed mode).
+        assert_eq!(c.cmd(&[b"PING"]).await, b"+PONG\r\n");
     }
-    // Still a normal session (not stuck in subscribed mode).
-    assert_eq!(c.cmd(&[b"PING"]).await, b"+PONG\r\n");
     proxy.shutdown().await;
 }
 

@@ -287,9 +287,9 @@ pub fn bulk(out: &mut Vec<u8>, bytes: &[u8]) {
     out.extend_from_slice(b"\r\n");
 }
 
-/// `$-1\r\n` (RESP2 nil).
-pub fn nil(out: &mut Vec<u8>) {
-    out.extend_from_slice(b"$-1\r\n");
+/// The nil string: `$-1\r\n` in RESP2, `_\r\n` (null) in RESP3.
+pub fn nil(out: &mut Vec<u8>, resp3: bool) {
+    out.extend_from_slice(if resp3 { b"_\r\n" } else { b"$-1\r\n" });
 }
 
 /// `*n\r\n` (array header; the caller writes the elements).
@@ -385,8 +385,9 @@ mod tests {
         error(&mut out, "ERR a\r\nb");
         integer(&mut out, -3);
         bulk(&mut out, b"x");
-        nil(&mut out);
+        nil(&mut out, false);
+        nil(&mut out, true);
         array_header(&mut out, 2);
-        assert_eq!(out, b"+OK\r\n-ERR a  b\r\n:-3\r\n$1\r\nx\r\n$-1\r\n*2\r\n");
+        assert_eq!(out, b"+OK\r\n-ERR a  b\r\n:-3\r\n$1\r\nx\r\n$-1\r\n_\r\n*2\r\n");
     }
 }

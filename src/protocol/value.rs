@@ -84,7 +84,7 @@ impl Value {
             Value::Error(e) => super::reply::error(out, e),
             Value::Int(n) => super::reply::integer(out, *n),
             Value::Bulk(Some(b)) => super::reply::bulk(out, b),
-            Value::Bulk(None) => super::reply::nil(out),
+            Value::Bulk(None) => super::reply::nil(out, false),
             Value::Array(None) => out.extend_from_slice(b"*-1\r\n"),
             Value::Array(Some(items)) => {
                 super::reply::array_header(out, items.len());

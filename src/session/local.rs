@@ -751,8 +751,7 @@ fn client<L: ArgList + ?Sized>(state: &mut State, ctx: &View<'_>, args: &L) -> O
             let mut out = Vec::new();
             match &state.name {
                 Some(name) => reply::bulk(&mut out, name),
-                None if state.resp3 => out.extend_from_slice(b"_\r\n"),
-                None => reply::nil(&mut out),
+                None => reply::nil(&mut out, state.resp3),
             }
             Outcome::Reply(out)
         }

@@ -754,8 +754,7 @@ pub(super) fn run(
                 let mut out = Vec::new();
                 match k {
                     Some(k) => reply::bulk(&mut out, &k),
-                    None if resp3 => out.extend_from_slice(b"_\r\n"),
-                    None => reply::nil(&mut out),
+                    None => reply::nil(&mut out, resp3),
                 }
                 out
             }),

@@ -719,7 +719,7 @@ pub(super) fn unsubscribed<L: ArgList + ?Sized>(args: &L, resp3: bool) -> Vec<u8
         reply::bulk(&mut out, &kind);
         match channel {
             Some(c) => reply::bulk(&mut out, c),
-            None => reply::nil(&mut out),
+            None => reply::nil(&mut out, resp3),
         }
         reply::integer(&mut out, 0);
     };
