@@ -307,6 +307,24 @@ async fn pop_and_stream_replies_name_unprefixed_keys() {
     );
     let usage = a.cmd(&[b"MEMORY", b"USAGE", b"s"]).await;
     assert!(usage.starts_with(b":"), "{usage:?}");
+    // Redis's NOGROUP error names the key: as the client named it.
+    let nogroup: &[&[u8]] = &[
+        b"XREADGROUP",
+        b"GROUP",
+        b"nogrp",
+        b"c1",
+        b"STREAMS",
+        b"s",
+        b">",
+    ];
+    let through = a.cmd(nogroup).await;
+    assert_eq!(
+        through,
+        d.cmd(nogroup).await,
+        "{:?}",
+        String::from_utf8_lossy(&through)
+    );
+    assert!(through.starts_with(b"-NOGROUP"), "{through:?}");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -388,6 +388,9 @@ mod tests {
         nil(&mut out, false);
         nil(&mut out, true);
         array_header(&mut out, 2);
-        assert_eq!(out, b"+OK\r\n-ERR a  b\r\n:-3\r\n$1\r\nx\r\n$-1\r\n_\r\n*2\r\n");
+        assert_eq!(
+            out,
+            b"+OK\r\n-ERR a  b\r\n:-3\r\n$1\r\nx\r\n$-1\r\n_\r\n*2\r\n"
+        );
     }
 }

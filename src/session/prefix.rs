@@ -647,6 +647,9 @@ fn rewrite(kind: Unprefix, buf: &[u8], prefix: &[u8], out: &mut Vec<u8>) -> Opti
             Some(end)
         }
         Unprefix::Streams => {
+            if buf.starts_with(b"-NOGROUP ") {
+                return nogroup(buf, prefix, out);
+            }
             if let Some((n, mut p)) = aggregate(buf, 0, b"%") {
                 out.extend_from_slice(buf.get(..p)?);
                 for _ in 0..n {
@@ -674,6 +677,23 @@ fn rewrite(kind: Unprefix, buf: &[u8], prefix: &[u8], out: &mut Vec<u8>) -> Opti
             Some(p)
         }
     }
+}
+
+/// `XREADGROUP`'s `-NOGROUP No such key 'KEY' or consumer group …`: the key as
+/// the client named it.
+fn nogroup(buf: &[u8], prefix: &[u8], out: &mut Vec<u8>) -> Option<usize> {
+    let end = buf.windows(2).position(|w| w == b"\r\n")? + 2;
+    let quoted = [&b"'"[..], prefix].concat();
+    let mut line = &buf[..end];
+    while let Some(at) = line
+        .windows(quoted.len())
+        .position(|w| w == quoted.as_slice())
+    {
+        out.extend_from_slice(&line[..=at]);
+        line = &line[at + quoted.len()..];
+    }
+    out.extend_from_slice(line);
+    Some(end)
 }
 
 /// One complete reply with the prefix removed from the keys it names. Anything
@@ -1240,6 +1260,13 @@ mod tests {
         assert_eq!(
             &un(Unprefix::Streams, xread3)[..],
             &b"%1\r\n$1\r\ns\r\n*1\r\n*2\r\n$3\r\n1-0\r\n*2\r\n$1\r\nf\r\n$1\r\nv\r\n"[..]
+        );
+        assert_eq!(
+            &un(
+                Unprefix::Streams,
+                b"-NOGROUP No such key 'kb:s' or consumer group 'kb:g' in XREADGROUP with GROUP option\r\n"
+            )[..],
+            b"-NOGROUP No such key 's' or consumer group 'g' in XREADGROUP with GROUP option\r\n"
         );
     }
 }
