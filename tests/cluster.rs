@@ -637,6 +637,52 @@ fn pubsub_sharded_pubsub_and_resp3_work_on_a_cluster() {
     assert_eq!(c3.cmd(&[b"DEL", b"r3:a", b"r3:b"]), b":2\r\n");
 }
 
+/// A subscriber connection is on one node: an `SSUBSCRIBE` of a channel whose
+/// slot another node serves gets a refusal naming both nodes, not that node's
+/// `-MOVED` (which a client of a standalone server cannot follow); the channels
+/// on the connection's node are subscribed and get their messages.
+#[test]
+fn a_shard_channel_on_another_node_than_the_subscriptions_is_refused_not_redirected() {
+    let env = start(None);
+    let mut sub = env.client();
+    sub.send(&support::resp_cmd(&[b"SUBSCRIBE", b"news"]));
+    assert_eq!(
+        sub.read_reply(),
+        b"*3\r\n$9\r\nsubscribe\r\n$4\r\nnews\r\n:1\r\n"
+    );
+    let channels: Vec<String> = (0..12).map(|i| format!("other:{i}")).collect();
+    let (mut subscribed, mut refused) = (Vec::new(), 0);
+    for ch in &channels {
+        sub.send(&support::resp_cmd(&[b"SSUBSCRIBE", ch.as_bytes()]));
+        let r = String::from_utf8_lossy(&sub.read_reply()).into_owned();
+        if r.starts_with("*3\r\n$10\r\nssubscribe") {
+            subscribed.push(ch.clone());
+            assert!(r.ends_with(&format!(":{}\r\n", subscribed.len())), "{r}");
+        } else {
+            assert!(
+                r.starts_with(&format!("-ERR SSUBSCRIBE '{ch}': the channel's slot is served by cluster node 127.0.0.1:")),
+                "{r}"
+            );
+            refused += 1;
+        }
+    }
+    assert!(
+        refused > 0 && !subscribed.is_empty(),
+        "{refused} refused, {subscribed:?}"
+    );
+    // Still a working subscriber: messages of the subscribed channels arrive.
+    let mut p = env.client();
+    let ch = &subscribed[0];
+    assert_eq!(p.cmd(&[b"SPUBLISH", ch.as_bytes(), b"hi"]), b":1\r\n");
+    let want = format!(
+        "*3\r\n$8\r\nsmessage\r\n${}\r\n{ch}\r\n$2\r\nhi\r\n",
+        ch.len()
+    );
+    assert_eq!(String::from_utf8_lossy(&sub.read_reply()), want);
+    sub.send(&support::resp_cmd(&[b"PING"]));
+    assert_eq!(sub.read_reply(), b"*2\r\n$4\r\npong\r\n$0\r\n\r\n");
+}
+
 /// A seed node that is not a node of the cluster (nothing listens there) listed
 /// first: subscribers, `PUBLISH` and `PUBSUB NUMSUB` go to the next seed, one
 /// node for all of them (each node counts only its own subscribers), and

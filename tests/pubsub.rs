@@ -13,6 +13,7 @@ use support::{proxy_config, resp_cmd, start_proxy, AsyncRawClient, RedisServer};
 // `NAME::cluster`).
 upstream_tests!(
     unsubscribe_without_subscriptions_answers_like_redis,
+    commands_not_allowed_while_subscribed_get_redis_refusal,
     a_pipeline_after_unsubscribe_gets_its_replies,
     subscribers_get_messages_published_through_the_proxy_and_directly,
     fan_out_to_100_subscribers,
@@ -109,6 +110,36 @@ async fn unsubscribe_without_subscriptions_answers_like_redis(kind: Upstream) {
     proxy.shutdown().await;
 }
 
+/// A RESP2 subscriber's commands that Redis does not allow while subscribed get
+/// Redis's refusal; on a cluster, not the `-MOVED` of the subscriber's node for
+/// a key of another node's slot.
+async fn commands_not_allowed_while_subscribed_get_redis_refusal(kind: Upstream) {
+    let up = Backend::start(kind);
+    let proxy = start_proxy(up.config()).await;
+    let mut c = AsyncRawClient::connect(proxy.local_addr()).await;
+    let mut direct = up.reference().await;
+    for s in [&mut c, &mut direct] {
+        s.cmd(&[b"SUBSCRIBE", b"ch"]).await;
+    }
+    let keys = ["a", "b", "c", "d", "e", "f", "g", "h", "user:1", "{t}x"];
+    for key in keys {
+        for args in [
+            &[&b"GET"[..], key.as_bytes()][..],
+            &[b"SET", key.as_bytes(), b"v"],
+            &[b"MGET", key.as_bytes(), b"other"],
+        ] {
+            let want = direct.cmd(args).await;
+            assert!(want.starts_with(b"-ERR Can't execute"), "{want:?}");
+            assert_eq!(c.cmd(args).await, want, "{args:?}");
+        }
+    }
+    // Errors Redis gives first (arity, unknown commands) and PING still pass.
+    for args in [&[&b"GET"[..]][..], &[b"PING"], &[b"PING", b"x"]] {
+        assert_eq!(c.cmd(args).await, direct.cmd(args).await, "{args:?}");
+    }
+    proxy.shutdown().await;
+}
+
 async fn a_pipeline_after_unsubscribe_gets_its_replies(kind: Upstream) {
     let up = Backend::start(kind);
     let proxy = start_proxy(up.config()).await;
@@ -191,11 +222,11 @@ async fn resp3_subscribers_get_push_messages(kind: Upstream) {
         sub.read_reply().await,
         b">3\r\n$7\r\nmessage\r\n$2\r\nch\r\n$2\r\nhi\r\n"
     );
-    // RESP3 allows ordinary commands while subscribed. (On a cluster they go to the
-    // subscriber's node, the first seed, and are not routed by slot: a documented
-    // limit, so only a keyless one is checked there.)
-    if kind == Upstream::Standalone {
-        assert_eq!(sub.cmd(&[b"GET", b"nope"]).await, b"_\r\n");
+    // RESP3 allows ordinary commands while subscribed (on a cluster, a command
+    // with keys goes by the slot of its keys, whichever node the subscriber
+    // connection is on).
+    for key in [&b"nope"[..], b"a", b"b", b"c", b"d", b"e"] {
+        assert_eq!(sub.cmd(&[b"GET", key]).await, b"_\r\n");
     }
     assert_eq!(sub.cmd(&[b"ECHO", b"x"]).await, b"$1\r\nx\r\n");
     proxy.shutdown().await;

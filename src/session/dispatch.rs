@@ -186,6 +186,20 @@ fn shard_node(
     true
 }
 
+/// Calls `f` with the arguments of `req`, the request at the start of `buf`
+/// (`ranges`: where the parser found them; an inline request has its own).
+fn with_args<R>(
+    buf: &[u8],
+    ranges: &[std::ops::Range<usize>],
+    req: &request::Request,
+    f: impl FnOnce(&dyn ArgList) -> R,
+) -> R {
+    match &req.kind {
+        RequestKind::Inline(a) => f(a),
+        _ => f(&Ranged { buf, ranges }),
+    }
+}
+
 /// The bytes of a request to send upstream: a slice of the buffer for multibulk,
 /// re-encoded for inline. Consumes it from `inbuf`.
 fn take_request(inbuf: &mut BytesMut, req: &request::Request) -> Bytes {
@@ -397,16 +411,11 @@ impl Session {
     /// (pipelining clients send the whole transaction at once). `None`: any node.
     fn pin_slot(&self, buf: &[u8], req: &request::Request, cmd: &Descriptor) -> Option<u16> {
         let prefix = self.state.db.config.upstream.key_prefix.as_deref();
-        let ranged = Ranged {
-            buf,
-            ranges: &self.args,
-        };
-        let args: &dyn ArgList = match &req.kind {
-            RequestKind::Inline(a) => a,
-            _ => &ranged,
-        };
-        if let Some(s) = crate::cluster::plan::slot_of(cmd.info, args, prefix) {
-            return Some(s);
+        let slot = with_args(buf, &self.args, req, |args| {
+            crate::cluster::plan::slot_of(cmd.info, args, prefix)
+        });
+        if slot.is_some() {
+            return slot;
         }
         if cmd.tx != TxOp::Multi {
             return None;
@@ -447,6 +456,64 @@ impl Session {
             && self.state.db.cluster().is_some()
             && matches!(&self.mode, Mode::Subscribed(s) if !s.monitor)
             && self.pin_slot(buf, req, cmd).is_some()
+    }
+
+    /// On a cluster, what a subscribed session's request gets from the proxy
+    /// instead of the subscriber connection, whose node would answer `-MOVED`
+    /// (a redirect a client of a standalone server cannot follow):
+    /// * in RESP2, a command Redis does not allow while subscribed gets Redis's
+    ///   own refusal (a node checks the key's slot first);
+    /// * an `SSUBSCRIBE` of a channel whose slot another node serves than the
+    ///   one the session's subscriptions are on is refused, naming both (one
+    ///   connection subscribes on one node).
+    fn cluster_subscribed_refusal(
+        &self,
+        buf: &[u8],
+        req: &request::Request,
+        cmd: &Descriptor,
+    ) -> Option<String> {
+        self.state.db.cluster()?;
+        let Mode::Subscribed(s) = &self.mode else {
+            return None;
+        };
+        let info = cmd.info.filter(|_| !s.monitor)?;
+        with_args(buf, &self.args, req, |args| {
+            self.refusal_while_subscribed(s, info, cmd, args)
+        })
+    }
+
+    /// [`Self::cluster_subscribed_refusal`] for a known command's arguments.
+    fn refusal_while_subscribed(
+        &self,
+        s: &super::mode::Subscribed,
+        info: &crate::command::table::CommandInfo,
+        cmd: &Descriptor,
+        args: &dyn ArgList,
+    ) -> Option<String> {
+        let db = &self.state.db;
+        if !crate::command::arity_allows(info.arity, args.count()) {
+            return None;
+        }
+        let pubsub = cmd.route == Route::Stateful(Family::PubSub);
+        if !self.state.resp3 && !pubsub && !matches!(info.name, "ping" | "quit" | "reset") {
+            return Some(format!(
+                "ERR Can't execute '{}': only (P|S)SUBSCRIBE / (P|S)UNSUBSCRIBE / PING / QUIT / RESET are allowed in this context",
+                info.name
+            ));
+        }
+        if info.name != "ssubscribe" {
+            return None;
+        }
+        let mut cfg = self.upstream_cfg(db);
+        if !shard_node(db, cmd, args, &mut cfg) || cfg.address() == s.sub.addr() {
+            return None;
+        }
+        Some(format!(
+            "ERR SSUBSCRIBE '{}': the channel's slot is served by cluster node {}, and this connection's subscriptions are on {}; redis-sidecar subscribes a connection on one node: use another connection for this channel",
+            String::from_utf8_lossy(args.arg(1)),
+            cfg.address(),
+            s.sub.addr()
+        ))
     }
 
     /// The request after a MULTI held back on a cluster database (a MULTI sent
@@ -807,6 +874,12 @@ impl Session {
                     self.send(db, out).await;
                     continue;
                 }
+                if let Some(text) = self.cluster_subscribed_refusal(&inbuf[run.len..], &req, &cmd) {
+                    if !self.refuse(&mut run, inbuf, req.len, &text).await {
+                        return;
+                    }
+                    continue;
+                }
                 if !matches!(cmd.route, Route::Quit | Route::Reset | Route::Proxy) {
                     self.flush(&mut run, inbuf).await;
                     let bytes = take_owned(inbuf, &req, owned.take());
@@ -870,15 +943,9 @@ impl Session {
                 let mut sharded = false;
                 if db.cluster().is_some() {
                     // SSUBSCRIBE: to the node serving the channel's slot.
-                    let ranged = Ranged {
-                        buf: &inbuf[..req.len],
-                        ranges: &self.args,
-                    };
-                    let args: &dyn ArgList = match &req.kind {
-                        RequestKind::Inline(a) => a,
-                        _ => &ranged,
-                    };
-                    sharded = shard_node(&db, &cmd, args, &mut cfg);
+                    sharded = with_args(&inbuf[..req.len], &self.args, &req, |args| {
+                        shard_node(&db, &cmd, args, &mut cfg)
+                    });
                 }
                 let monitor = cmd.route == Route::Stateful(Family::Monitor);
                 let opened = Box::pin(self.open_subscriber(&db, cfg, sharded, monitor)).await;

@@ -51,6 +51,8 @@ pub struct Subscription {
     upstream_id: Arc<AtomicU64>,
     /// On a cluster: the other primaries' keyspace notifications or MONITOR lines.
     _satellites: Option<Satellites>,
+    /// The server's `host:port`.
+    addr: String,
 }
 
 impl Subscription {
@@ -97,7 +99,13 @@ impl Subscription {
             reader,
             upstream_id,
             _satellites: satellites,
+            addr: cfg.address(),
         })
+    }
+
+    /// The `host:port` of the server the connection goes to.
+    pub fn addr(&self) -> &str {
+        &self.addr
     }
 
     /// Redis's `CLIENT ID` of this connection (0 until `HELLO` is answered, and
