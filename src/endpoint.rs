@@ -41,8 +41,9 @@ struct Inner {
     suspect: Notify,
     /// One resolution at a time (connections that find no address wait for it).
     resolving: tokio::sync::Mutex<()>,
-    /// What the upstream said it is, when last asked.
-    identity: Mutex<Option<Arc<Identity>>>,
+    /// What the upstream said it is, when last asked (shared by the nodes of a
+    /// cluster with the database's endpoint: [`Endpoint::sharing_identity`]).
+    identity: Arc<Mutex<Option<Arc<Identity>>>>,
     /// Until when writes are paused ([`Endpoint::pause_writes`]): milliseconds
     /// since [`epoch`], 0 for not paused.
     paused_until: AtomicU64,
@@ -101,6 +102,18 @@ impl Default for Endpoint {
 impl Endpoint {
     /// An endpoint with no address known yet (generation 0).
     pub fn new() -> Endpoint {
+        Endpoint::with_identity(Arc::default())
+    }
+
+    /// A new endpoint (another server's) whose identity is `self`'s: what one
+    /// learns, both know. A cluster's nodes share the database's, so a client's
+    /// `HELLO` names the cluster's Redis (`redis`, its version) whichever node
+    /// told it.
+    pub fn sharing_identity(&self) -> Endpoint {
+        Endpoint::with_identity(self.inner.identity.clone())
+    }
+
+    fn with_identity(identity: Arc<Mutex<Option<Arc<Identity>>>>) -> Endpoint {
         Endpoint {
             inner: Arc::new(Inner {
                 addr: Mutex::new(None),
@@ -109,7 +122,7 @@ impl Endpoint {
                 failovers: AtomicU64::new(0),
                 suspect: Notify::new(),
                 resolving: tokio::sync::Mutex::new(()),
-                identity: Mutex::new(None),
+                identity,
                 paused_until: AtomicU64::new(0),
             }),
         }

@@ -637,6 +637,35 @@ fn pubsub_sharded_pubsub_and_resp3_work_on_a_cluster() {
     assert_eq!(c3.cmd(&[b"DEL", b"r3:a", b"r3:b"]), b":2\r\n");
 }
 
+/// A client's `HELLO` names the cluster's Redis (`server`, `version`, as a node's
+/// own `HELLO` says them), not the proxy, as for a standalone upstream: clients
+/// decide what to use by them. `mode` stays `standalone` (what the client sees).
+#[test]
+fn hello_names_the_clusters_redis() {
+    let env = start(None);
+    let mut c = env.client();
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    let got = loop {
+        let got = String::from_utf8_lossy(&c.cmd(&[b"HELLO", b"2"])).into_owned();
+        if got.contains("$5\r\nredis\r\n") {
+            break got;
+        }
+        assert!(std::time::Instant::now() < deadline, "not learnt: {got}");
+        std::thread::sleep(Duration::from_millis(50));
+    };
+    let node = Cluster::shared().nodes()[0].client().cmd(&[b"HELLO", b"2"]);
+    let node = String::from_utf8_lossy(&node).into_owned();
+    let field = |reply: &str, name: &str| {
+        let mut lines = reply.split("\r\n");
+        lines.position(|l| l == name)?;
+        lines.nth(1).map(str::to_string)
+    };
+    assert_eq!(field(&got, "version"), field(&node, "version"), "{got}");
+    assert!(field(&got, "version").is_some(), "{got}");
+    assert_eq!(field(&got, "mode").as_deref(), Some("standalone"), "{got}");
+    assert_eq!(field(&node, "mode").as_deref(), Some("cluster"), "{node}");
+}
+
 /// A subscriber connection is on one node: an `SSUBSCRIBE` of a channel whose
 /// slot another node serves gets a refusal naming both nodes, not that node's
 /// `-MOVED` (which a client of a standalone server cannot follow); the channels

@@ -354,7 +354,7 @@ fn node_config(base: &UpstreamConfig, host: String, port: u16) -> UpstreamConfig
     cfg.cluster = None;
     cfg.sentinel = None;
     cfg.key_prefix = None;
-    cfg.endpoint = crate::endpoint::Endpoint::new();
+    cfg.endpoint = base.endpoint.sharing_identity();
     cfg
 }
 
