@@ -1155,6 +1155,15 @@ fn the_cluster_is_hidden_as_from_a_standalone_server() {
             "{label}: {text}"
         );
         assert!(!text.contains("cluster_enabled:1"), "{label}");
+        // `redis_mode` too (another length: the bulk string's header follows).
+        let server = c.cmd(&[b"INFO", b"server"]);
+        let server = String::from_utf8_lossy(&server);
+        assert!(
+            server.contains("\r\nredis_mode:standalone\r\n"),
+            "{label}: {server}"
+        );
+        let (head, body) = server.split_once("\r\n").expect("a header");
+        assert_eq!(head, format!("${}", body.len() - 2), "{label}");
         // RESP3: a verbatim string, rewritten the same way.
         let (mut c3, mut direct3) = (env.client(), standalone.client());
         assert!(c3.cmd(&[b"HELLO", b"3"]).starts_with(b"%"));
@@ -1162,6 +1171,10 @@ fn the_cluster_is_hidden_as_from_a_standalone_server() {
         let info3 = c3.cmd(&[b"INFO", b"cluster"]);
         assert!(info3.starts_with(b"=34\r\ntxt:"), "{label}");
         assert_eq!(info3, direct3.cmd(&[b"INFO", b"cluster"]), "{label}");
+        let server3 = String::from_utf8_lossy(&c3.cmd(&[b"INFO", b"server"])).into_owned();
+        assert!(server3.contains("\r\nredis_mode:standalone\r\n"), "{label}");
+        let (head, body) = server3.split_once("\r\n").expect("a header");
+        assert_eq!(head, format!("={}", body.len() - 2), "{label}");
         // Inside MULTI: refused while queueing (a standalone server queues it
         // and fails it at EXEC), so the transaction is aborted, nothing ran.
         let mut t = env.client();

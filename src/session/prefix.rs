@@ -40,9 +40,9 @@ pub(super) enum Unprefix {
     /// The slow log is the server's, so other databases' commands show too, as
     /// on Redis (with their own prefixes).
     Slowlog,
-    /// `INFO` from a node of a Redis Cluster: `cluster_enabled:0`, as from the
-    /// standalone server the client sees (not about prefixes, rewritten the same
-    /// way; the prefix is not used).
+    /// `INFO` from a node of a Redis Cluster: `cluster_enabled:0` and
+    /// `redis_mode:standalone`, as from the standalone server the client sees (not
+    /// about prefixes, rewritten the same way; the prefix is not used).
     Info,
 }
 
@@ -642,9 +642,18 @@ fn rewrite(kind: Unprefix, buf: &[u8], prefix: &[u8], out: &mut Vec<u8>) -> Opti
             Some(p)
         }
         Unprefix::Info => {
-            let end = copy(buf, 0, out)?;
-            cluster_disabled(out);
-            Some(end)
+            let (t, n, body) = header(buf, 0)?;
+            let Some(n) = usize::try_from(n).ok().filter(|_| t == b'$' || t == b'=') else {
+                return copy(buf, 0, out);
+            };
+            let end = body.checked_add(n)?;
+            let text = standalone_info(buf.get(body..end)?);
+            out.push(t);
+            out.extend_from_slice(text.len().to_string().as_bytes());
+            out.extend_from_slice(b"\r\n");
+            out.extend_from_slice(&text);
+            out.extend_from_slice(b"\r\n");
+            Some(end + 2)
         }
         Unprefix::Streams => {
             if buf.starts_with(b"-NOGROUP ") {
@@ -709,13 +718,22 @@ pub(super) fn unprefix(kind: Unprefix, prefix: &[u8], reply: Bytes) -> Bytes {
     }
 }
 
-/// `INFO`'s text with `cluster_enabled:1` read as `cluster_enabled:0` (the same
-/// length: the bulk string's header stands).
-fn cluster_disabled(info: &mut [u8]) {
-    const ENABLED: &[u8] = b"\ncluster_enabled:1\r\n";
-    if let Some(at) = info.windows(ENABLED.len()).position(|w| w == ENABLED) {
-        info[at + ENABLED.len() - 3] = b'0';
+/// `INFO`'s text from a cluster node as a standalone server's:
+/// `cluster_enabled:0`, `redis_mode:standalone`.
+fn standalone_info(info: &[u8]) -> Vec<u8> {
+    let mut text = info.to_vec();
+    for (from, to) in [
+        (
+            &b"\ncluster_enabled:1\r\n"[..],
+            &b"\ncluster_enabled:0\r\n"[..],
+        ),
+        (b"\nredis_mode:cluster\r\n", b"\nredis_mode:standalone\r\n"),
+    ] {
+        if let Some(at) = text.windows(from.len()).position(|w| w == from) {
+            text.splice(at..at + from.len(), to.iter().copied());
+        }
     }
+    text
 }
 
 /// A reply that came in parts: gathered whole, then rewritten. The receiver
