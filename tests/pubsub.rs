@@ -14,6 +14,7 @@ use support::{proxy_config, resp_cmd, start_proxy, AsyncRawClient, RedisServer};
 upstream_tests!(
     unsubscribe_without_subscriptions_answers_like_redis,
     commands_not_allowed_while_subscribed_get_redis_refusal,
+    requests_pipelined_after_the_last_unsubscribe_are_answered,
     a_pipeline_after_unsubscribe_gets_its_replies,
     subscribers_get_messages_published_through_the_proxy_and_directly,
     fan_out_to_100_subscribers,
@@ -137,6 +138,85 @@ async fn commands_not_allowed_while_subscribed_get_redis_refusal(kind: Upstream)
     for args in [&[&b"GET"[..]][..], &[b"PING"], &[b"PING", b"x"]] {
         assert_eq!(c.cmd(args).await, direct.cmd(args).await, "{args:?}");
     }
+    proxy.shutdown().await;
+}
+
+/// Requests pipelined after the UNSUBSCRIBE that leaves no subscription are
+/// still answered (found with redis-rs, which sends UNSUBSCRIBE and PUNSUBSCRIBE
+/// back to back when a PubSub is dropped: the PUNSUBSCRIBE's reply was lost, and
+/// the client waited for it forever). Compared byte for byte with Redis.
+async fn requests_pipelined_after_the_last_unsubscribe_are_answered(kind: Upstream) {
+    let up = Backend::start(kind);
+    let proxy = start_proxy(up.config()).await;
+    let cmd = |args: &[&[u8]]| resp_cmd(args);
+    let pipelines: Vec<(Vec<u8>, Vec<u8>, usize)> = vec![
+        (
+            cmd(&[b"SUBSCRIBE", b"foo"]),
+            [cmd(&[b"UNSUBSCRIBE"]), cmd(&[b"PUNSUBSCRIBE"])].concat(),
+            2,
+        ),
+        (
+            cmd(&[b"PSUBSCRIBE", b"f*"]),
+            [cmd(&[b"PUNSUBSCRIBE"]), cmd(&[b"UNSUBSCRIBE"])].concat(),
+            2,
+        ),
+        (
+            cmd(&[b"SUBSCRIBE", b"foo"]),
+            cmd(&[b"UNSUBSCRIBE", b"foo", b"bar"]),
+            2,
+        ),
+        (
+            cmd(&[b"SUBSCRIBE", b"foo"]),
+            [
+                cmd(&[b"UNSUBSCRIBE"]),
+                cmd(&[b"UNSUBSCRIBE"]),
+                cmd(&[b"GET", b"k"]),
+            ]
+            .concat(),
+            3,
+        ),
+        (
+            cmd(&[b"SUBSCRIBE", b"foo"]),
+            [cmd(&[b"UNSUBSCRIBE"]), cmd(&[b"PING"])].concat(),
+            2,
+        ),
+    ];
+    for resp3 in [false, true] {
+        for (subscribe, pipeline, replies) in &pipelines {
+            let mut c = AsyncRawClient::connect(proxy.local_addr()).await;
+            let mut direct = up.reference().await;
+            for s in [&mut c, &mut direct] {
+                if resp3 {
+                    s.cmd(&[b"HELLO", b"3"]).await;
+                }
+                s.send(subscribe).await;
+                s.read_reply().await;
+                s.send(pipeline).await;
+            }
+            for i in 0..*replies {
+                let want = direct.read_reply().await;
+                let got = c.read_reply().await;
+                assert_eq!(
+                    got,
+                    want,
+                    "reply {i} of {:?}",
+                    String::from_utf8_lossy(pipeline)
+                );
+            }
+            // Back to request/reply, as on Redis.
+            assert_eq!(c.cmd(&[b"PING"]).await, b"+PONG\r\n");
+        }
+    }
+    // UNSUBSCRIBE then QUIT in one write: +OK after the confirmation, then closed.
+    let mut c = AsyncRawClient::connect(proxy.local_addr()).await;
+    c.cmd(&[b"SUBSCRIBE", b"foo"]).await;
+    c.send(&[cmd(&[b"UNSUBSCRIBE"]), cmd(&[b"QUIT"])].concat())
+        .await;
+    assert!(c
+        .read_reply()
+        .await
+        .starts_with(b"*3\r\n$11\r\nunsubscribe"));
+    assert_eq!(c.read_reply().await, b"+OK\r\n");
     proxy.shutdown().await;
 }
 

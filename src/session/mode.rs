@@ -95,15 +95,11 @@ pub(super) struct Subscribed {
     /// A MONITOR stream, not subscriptions.
     pub monitor: bool,
     /// A PING sent so that a command the proxy answers itself (QUIT, RESET,
-    /// PROXY) is answered after every earlier request's replies: the exact frame
-    /// that will answer it.
+    /// PROXY) is answered after every earlier request's replies: its tag, as a
+    /// bulk string (see `pubsub::is_barrier` for the replies it may get).
     pub barrier: Option<Bytes>,
     /// The barrier was passed: the stalled request may now be answered.
     pub barrier_passed: bool,
-    /// Requests written since the last UNSUBSCRIBE-family command: the
-    /// connection can only be let go when there are none (their replies would
-    /// arrive on it).
-    pub after_unsubscribe: u32,
     /// The private connection to go back to after the last unsubscribe.
     pub parked: Option<Private>,
     /// Sharded subscriptions, followed to their slot's node on a cluster.
@@ -271,7 +267,6 @@ impl Session {
             monitor,
             barrier: None,
             barrier_passed: false,
-            after_unsubscribe: 0,
             parked,
             shards: Default::default(),
             home: Default::default(),

@@ -50,10 +50,12 @@ pub(super) struct ShardState {
     closed: bool,
 }
 
-/// On a cluster, the session's channels and patterns as its home node will
-/// hold them once every request written there is answered, and how many
-/// replies are still to come. When the home node's connection is lost with
-/// none to come (the node failed, or its client was killed), the same
+/// How many replies are still to come on the subscriber connection (on any
+/// upstream: the session leaves pub/sub only when none are, so a pipelined
+/// UNSUBSCRIBE after the one that left nothing still gets its answer), and the
+/// session's channels and patterns as the server will hold them once every
+/// request written there is answered. On a cluster, when the home node's
+/// connection is lost with none to come (the node failed, or its client was killed), the same
 /// subscriptions are made on a new connection to the home node of the moment
 /// and the client stays connected: nothing it sent is lost, and messages
 /// published meanwhile are missed, as pub/sub delivers at most once. With a
@@ -65,6 +67,8 @@ pub(super) struct Home(Option<Box<HomeState>>);
 struct HomeState {
     channels: Vec<Bytes>,
     patterns: Vec<Bytes>,
+    /// Shard channels (only counted here: [`Shards`] follows them).
+    shards: Vec<Bytes>,
     /// Replies still to come for the requests written.
     awaiting: u64,
     /// A request whose replies are not counted here was written (shard
@@ -110,6 +114,18 @@ impl Home {
     fn lost(&self) -> bool {
         self.0.as_ref().is_some_and(|s| s.lost)
     }
+
+    /// Replies still to come for the requests written.
+    fn awaiting(&self) -> u64 {
+        self.0.as_ref().map_or(0, |s| s.awaiting)
+    }
+
+    /// The connection was replaced: nothing is to come on the new one.
+    fn replaced(&mut self) {
+        if let Some(s) = &mut self.0 {
+            s.awaiting = 0;
+        }
+    }
 }
 
 impl HomeState {
@@ -126,8 +142,11 @@ impl HomeState {
             b"psubscribe" => (&mut self.patterns, true),
             b"unsubscribe" => (&mut self.channels, false),
             b"punsubscribe" => (&mut self.patterns, false),
-            other => {
-                self.unsure |= other == b"ssubscribe" || other == b"sunsubscribe";
+            b"ssubscribe" | b"sunsubscribe" => {
+                self.unsure = true;
+                (&mut self.shards, name[1] == b's')
+            }
+            _ => {
                 self.awaiting += 1;
                 return;
             }
@@ -239,29 +258,35 @@ impl Session {
                 return;
             }
         };
+        let cluster = self.state.db.cluster().is_some();
         let Some(s) = self.mode.subscribed() else {
             return;
         };
+        let barrier = s.barrier.as_ref().is_some_and(|b| is_barrier(b, &frame));
+        if let Some(c) = pubsub::confirmation(&frame) {
+            s.counts[c.shard as usize] = c.count;
+            if c.shard && cluster && s.shards.note(&frame, c.subscribe) {
+                // Dropped by Redis (the slot moved): followed, unseen by the client
+                // (and no request's reply).
+                return;
+            }
+        }
         s.home.received(&frame);
-        if s.barrier.as_ref() == Some(&frame) {
+        // No subscriptions left and nothing more to come on the connection (a
+        // pipelined UNSUBSCRIBE after the one that left none is still answered
+        // there, and so is a request after it): back to normal request/reply.
+        let last = !s.monitor
+            && s.counts == [0, 0]
+            && s.home.awaiting() == 0
+            && pubsub::answers_request(&frame);
+        if barrier {
             // Every reply to what the client sent before is in the queue.
             s.barrier = None;
             s.barrier_passed = true;
-            return;
-        }
-        let mut last = false;
-        if let Some(c) = pubsub::confirmation(&frame) {
-            s.counts[c.shard as usize] = c.count;
-            if c.shard && self.state.db.cluster().is_some() && s.shards.note(&frame, c.subscribe) {
-                // Dropped by Redis (the slot moved): followed, unseen by the client.
-                return;
+            if last {
+                self.leave_pubsub();
             }
-            let Some(s) = self.mode.subscribed() else {
-                return;
-            };
-            // No subscriptions left and nothing else in flight on the connection:
-            // back to normal request/reply.
-            last = !c.subscribe && s.counts == [0, 0] && s.after_unsubscribe == 0;
+            return;
         }
         if last {
             self.leave_pubsub();
@@ -289,17 +314,10 @@ impl Session {
         let Some(s) = self.mode.subscribed() else {
             return;
         };
-        if unsubscribes {
-            s.after_unsubscribe = 0;
-            if cluster {
-                s.shards.asked(bytes);
-            }
-        } else {
-            s.after_unsubscribe += 1;
+        if unsubscribes && cluster {
+            s.shards.asked(bytes);
         }
-        if cluster {
-            s.home.sent(bytes);
-        }
+        s.home.sent(bytes);
         if s.sub.send(bytes).await.is_err() {
             self.on_pubsub_frame(Err(End::Closed));
         }
@@ -310,7 +328,6 @@ impl Session {
     /// guess) is sent on the subscriber connection and the command waits for its
     /// reply, which marks the point where every earlier request has been answered.
     pub(super) async fn barrier_passed(&mut self) -> bool {
-        let resp3 = self.state.resp3;
         let Some(s) = self.mode.subscribed() else {
             return true;
         };
@@ -320,17 +337,11 @@ impl Session {
         }
         let tag = format!("redis-sidecar-barrier-{:016x}", fastrand::u64(..));
         let mut expected = Vec::new();
-        if !resp3 {
-            // RESP2 subscribers get PING's reply as a pub/sub-style array.
-            expected.extend_from_slice(b"*2\r\n$4\r\npong\r\n");
-        }
         reply::bulk(&mut expected, tag.as_bytes());
         let mut ping = Vec::new();
         encode_command(&[&b"PING"[..], tag.as_bytes()], &mut ping);
         s.barrier = Some(Bytes::from(expected));
-        if self.state.db.cluster().is_some() {
-            s.home.sent(&ping);
-        }
+        s.home.sent(&ping);
         if s.sub.send(&ping).await.is_err() {
             self.on_pubsub_frame(Err(End::Closed));
         }
@@ -505,7 +516,7 @@ impl Session {
             if let Some(s) = self.mode.subscribed() {
                 s.sub = sub;
                 s.counts[0] = count;
-                s.after_unsubscribe = 0;
+                s.home.replaced();
             }
             for frame in early {
                 self.deliver(frame);
@@ -577,7 +588,7 @@ impl Session {
         let Some(s) = self.mode.subscribed() else {
             return;
         };
-        if s.counts == [0, 0] && s.after_unsubscribe == 0 {
+        if s.counts == [0, 0] && s.home.awaiting() == 0 {
             self.leave_pubsub();
         }
     }
@@ -632,7 +643,7 @@ impl Session {
                 if let Some(s) = self.mode.subscribed() {
                     s.sub = sub;
                     s.counts = [0, count];
-                    s.after_unsubscribe = 0;
+                    s.home.replaced();
                     s.shards.set(lost.iter().map(|(c, _)| c.clone()).collect());
                 }
                 return true;
@@ -707,6 +718,17 @@ async fn subscribe_again(
         }
     }
     (left == 0).then_some((count, early))
+}
+
+/// Whether `frame` answers the barrier PING whose tag is the bulk string `tag`:
+/// the bulk string itself (RESP3, or a connection no longer subscribed when
+/// Redis read the PING: an UNSUBSCRIBE before it left nothing), or a RESP2
+/// subscriber's pub/sub-style `["pong", tag]`.
+fn is_barrier(tag: &[u8], frame: &[u8]) -> bool {
+    frame == tag
+        || frame
+            .strip_prefix(&b"*2\r\n$4\r\npong\r\n"[..])
+            .is_some_and(|rest| rest == tag)
 }
 
 /// Redis's confirmations for an UNSUBSCRIBE-family command from a client with no
