@@ -407,17 +407,25 @@ impl Session {
                 self.queue.push_back(Pending::Ready(push));
             }
             Err(End::Overflow) => self.too_slow_for_pushes(),
-            Err(End::Closed) if self.tracking.is_some() => {
-                // Its cache would never be invalidated again: as with Redis, the
-                // client's connection closes and its library starts afresh.
+            Err(End::Closed) if self.tracking.is_some() || self.login.is_some() => {
+                // Tracking: its cache would never be invalidated again. A login
+                // (`auth_passthrough`): Redis closed the user's connection (`ACL
+                // DELUSER`, `CLIENT KILL`, a restart). Either way, as with Redis,
+                // the client's connection closes at once and its library starts
+                // afresh (not at its next command, with an error first).
                 tracing::info!(
                     session = self.state.id,
-                    "tracking upstream connection closed; closing the client"
+                    "own upstream connection closed ({}); closing the client",
+                    if self.tracking.is_some() {
+                        "tracking"
+                    } else {
+                        "login"
+                    }
                 );
                 self.queue.clear();
                 self.done = true;
             }
-            // Without tracking, the next command finds the connection gone.
+            // Otherwise the next command finds the connection gone.
             Err(End::Closed) => {}
         }
     }
