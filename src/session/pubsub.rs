@@ -69,8 +69,10 @@ struct HomeState {
     patterns: Vec<Bytes>,
     /// Shard channels (only counted here: [`Shards`] follows them).
     shards: Vec<Bytes>,
-    /// Replies still to come for the requests written.
-    awaiting: u64,
+    /// Replies still to come for each request written and not yet answered
+    /// whole, oldest first (an error reply answers its request whole: Redis
+    /// refuses a SUBSCRIBE of two channels with one error).
+    awaiting: std::collections::VecDeque<u32>,
     /// A request whose replies are not counted here was written (shard
     /// channels, followed by [`Shards`]): never followed.
     unsure: bool,
@@ -92,7 +94,14 @@ impl Home {
     fn received(&mut self, frame: &[u8]) {
         if let Some(s) = &mut self.0 {
             if pubsub::answers_request(frame) {
-                s.awaiting = s.awaiting.saturating_sub(1);
+                let whole = frame.first().is_some_and(|&t| t == b'-' || t == b'!');
+                match s.awaiting.front_mut() {
+                    Some(n) if *n > 1 && !whole => *n -= 1,
+                    Some(_) => {
+                        s.awaiting.pop_front();
+                    }
+                    None => {}
+                }
             }
         }
     }
@@ -101,7 +110,7 @@ impl Home {
     /// be replaced (nothing to come on it, something to follow).
     fn settled(&self) -> Option<&HomeState> {
         self.0.as_deref().filter(|s| {
-            s.awaiting == 0 && !s.unsure && !(s.channels.is_empty() && s.patterns.is_empty())
+            s.awaiting.is_empty() && !s.unsure && !(s.channels.is_empty() && s.patterns.is_empty())
         })
     }
 
@@ -115,15 +124,15 @@ impl Home {
         self.0.as_ref().is_some_and(|s| s.lost)
     }
 
-    /// Replies still to come for the requests written.
-    fn awaiting(&self) -> u64 {
-        self.0.as_ref().map_or(0, |s| s.awaiting)
+    /// Whether replies are still to come for the requests written.
+    fn awaiting(&self) -> bool {
+        self.0.as_ref().is_some_and(|s| !s.awaiting.is_empty())
     }
 
     /// The connection was replaced: nothing is to come on the new one.
     fn replaced(&mut self) {
         if let Some(s) = &mut self.0 {
-            s.awaiting = 0;
+            s.awaiting.clear();
         }
     }
 }
@@ -147,7 +156,7 @@ impl HomeState {
                 (&mut self.shards, name[1] == b's')
             }
             _ => {
-                self.awaiting += 1;
+                self.awaiting.push_back(1);
                 return;
             }
         };
@@ -155,7 +164,8 @@ impl HomeState {
             (false, 0) => std::mem::take(set).len(),
             _ => named,
         };
-        self.awaiting += replies.max(1) as u64;
+        self.awaiting
+            .push_back(u32::try_from(replies.max(1)).unwrap_or(u32::MAX));
         for i in 1..args.count() {
             let c = args.arg(i);
             match subscribe {
@@ -277,7 +287,7 @@ impl Session {
         // there, and so is a request after it): back to normal request/reply.
         let last = !s.monitor
             && s.counts == [0, 0]
-            && s.home.awaiting() == 0
+            && !s.home.awaiting()
             && pubsub::answers_request(&frame);
         if barrier {
             // Every reply to what the client sent before is in the queue.
@@ -588,7 +598,7 @@ impl Session {
         let Some(s) = self.mode.subscribed() else {
             return;
         };
-        if s.counts == [0, 0] && s.home.awaiting() == 0 {
+        if s.counts == [0, 0] && !s.home.awaiting() {
             self.leave_pubsub();
         }
     }
@@ -808,6 +818,31 @@ mod tests {
         h.sent(&cmd(&["SSUBSCRIBE", "d"]));
         h.received(&conf("ssubscribe", "d", 1));
         assert!(h.settled().is_none());
+    }
+
+    #[test]
+    fn replies_to_come_are_counted_per_request() {
+        let mut h = Home::default();
+        assert!(!h.awaiting());
+        // UNSUBSCRIBE then PUNSUBSCRIBE with nothing held: one reply each (nil).
+        let mut two = cmd(&["UNSUBSCRIBE"]);
+        two.extend(cmd(&["PUNSUBSCRIBE"]));
+        h.sent(&two);
+        h.received(b"*3\r\n$11\r\nunsubscribe\r\n$-1\r\n:0\r\n");
+        assert!(h.awaiting(), "the PUNSUBSCRIBE's reply is still to come");
+        h.received(b"*3\r\n$12\r\npunsubscribe\r\n$-1\r\n:0\r\n");
+        assert!(!h.awaiting());
+        // An error answers its request whole (two channels named, one error),
+        // and the next request's replies are counted after it.
+        let mut two = cmd(&["SUBSCRIBE", "a", "b"]);
+        two.extend(cmd(&["SSUBSCRIBE", "x", "y"]));
+        h.sent(&two);
+        h.received(b"-NOPERM this user has no permissions to access one of the channels\r\n");
+        assert!(h.awaiting());
+        h.received(&conf("ssubscribe", "x", 1));
+        assert!(h.awaiting(), "one shard confirmation to come");
+        h.received(&conf("ssubscribe", "y", 2));
+        assert!(!h.awaiting());
     }
 
     fn conf(kind: &str, channel: &str, count: i64) -> Bytes {
