@@ -625,6 +625,24 @@ fn pubsub_sharded_pubsub_and_resp3_work_on_a_cluster() {
         let want = format!("*3\r\n$7\r\nmessage\r\n$4\r\nnews\r\n$2\r\nm{i}\r\n");
         assert_eq!(sub.read_reply(), want.into_bytes());
     }
+    // A RESP3 subscriber may send any command: a keyless one that spans the
+    // cluster (KEYS) is fanned out as unsubscribed, not asked of the subscriber
+    // connection's node alone.
+    let mut c = env.client();
+    for i in 0..12 {
+        let k = format!("r3sub:{i}");
+        assert_eq!(c.cmd(&[b"SET", k.as_bytes(), b"v"]), b"+OK\r\n");
+    }
+    let mut s3 = env.client();
+    assert!(s3.cmd(&[b"HELLO", b"3"]).starts_with(b"%"));
+    s3.send(&support::resp_cmd(&[b"SUBSCRIBE", b"r3sub"]));
+    assert!(s3.read_reply().starts_with(b">3\r\n$9\r\nsubscribe"));
+    let keys = s3.cmd(&[b"KEYS", b"r3sub:*"]);
+    assert!(
+        keys.starts_with(b"*12\r\n"),
+        "{}",
+        String::from_utf8_lossy(&keys)
+    );
     // RESP3: the per-node RESP3 connections, merged replies in RESP3.
     let mut c3 = env.client();
     let hello = c3.cmd(&[b"HELLO", b"3"]);

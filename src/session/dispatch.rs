@@ -444,18 +444,15 @@ impl Session {
         None
     }
 
-    /// Whether a request of a subscribed session goes by the slot of its keys
-    /// (RESP3 on a cluster, not MONITOR) rather than to the subscriber connection.
-    fn by_slot_while_subscribed(
-        &self,
-        buf: &[u8],
-        req: &request::Request,
-        cmd: &Descriptor,
-    ) -> bool {
+    /// Whether a forwarded request of a subscribed session goes the way it goes
+    /// unsubscribed (RESP3 on a cluster, not MONITOR: by the slot of its keys, or
+    /// to every primary for `DBSIZE`, `KEYS`, `SCAN` …) rather than to the
+    /// subscriber connection, which is on one node. A RESP3 subscriber may send
+    /// any command, as on Redis.
+    fn cluster_routed_while_subscribed(&self) -> bool {
         self.state.resp3
             && self.state.db.cluster().is_some()
             && matches!(&self.mode, Mode::Subscribed(s) if !s.monitor)
-            && self.pin_slot(buf, req, cmd).is_some()
     }
 
     /// On a cluster, what a subscribed session's request gets from the proxy
@@ -858,10 +855,10 @@ impl Session {
             if matches!(self.mode, Mode::Subscribed(_)) {
                 if cmd.route == Route::Forward
                     && unprefix.is_none()
-                    && self.by_slot_while_subscribed(&inbuf[run.len..], &req, &cmd)
+                    && self.cluster_routed_while_subscribed()
                 {
-                    // RESP3 on a cluster: a command with keys goes by slot, after
-                    // the replies to what went to the subscriber connection.
+                    // RESP3 on a cluster: as unsubscribed (by slot, or fanned out),
+                    // after the replies to what went to the subscriber connection.
                     self.flush(&mut run, inbuf).await;
                     if self.last == Conn::Sub && !self.barrier_passed().await {
                         self.stalled = true;
