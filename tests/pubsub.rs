@@ -15,6 +15,7 @@ upstream_tests!(
     unsubscribe_without_subscriptions_answers_like_redis,
     commands_not_allowed_while_subscribed_get_redis_refusal,
     requests_pipelined_after_the_last_unsubscribe_are_answered,
+    a_resp3_subscriber_selects_and_names_its_session,
     a_pipeline_after_unsubscribe_gets_its_replies,
     subscribers_get_messages_published_through_the_proxy_and_directly,
     fan_out_to_100_subscribers,
@@ -217,6 +218,41 @@ async fn requests_pipelined_after_the_last_unsubscribe_are_answered(kind: Upstre
         .await
         .starts_with(b"*3\r\n$11\r\nunsubscribe"));
     assert_eq!(c.read_reply().await, b"+OK\r\n");
+    proxy.shutdown().await;
+}
+
+/// A RESP3 subscriber may send any command: `SELECT` and `CLIENT SETNAME` change
+/// the session (the database of its later writes, its name), not only the
+/// subscriber connection (a `SET` after `SELECT 1` while subscribed then
+/// `UNSUBSCRIBE` landed in db 0). Compared with Redis's replies.
+async fn a_resp3_subscriber_selects_and_names_its_session(kind: Upstream) {
+    let up = Backend::start(kind);
+    let proxy = start_proxy(up.config()).await;
+    let mut c = AsyncRawClient::connect(proxy.local_addr()).await;
+    let mut direct = up.reference().await;
+    let steps: &[&[&[u8]]] = &[
+        &[b"HELLO", b"3"],
+        &[b"SUBSCRIBE", b"r3state"],
+        &[b"SELECT", b"1"],
+        &[b"CLIENT", b"SETNAME", b"r3name"],
+        &[b"UNSUBSCRIBE"],
+        &[b"SET", b"r3state:z", b"1"],
+        &[b"CLIENT", b"GETNAME"],
+        &[b"GET", b"r3state:z"],
+        &[b"SELECT", b"0"],
+        &[b"GET", b"r3state:z"],
+        &[b"SELECT", b"1"],
+        &[b"EXISTS", b"r3state:z"],
+    ];
+    for args in steps {
+        let want = direct.cmd(args).await;
+        let got = c.cmd(args).await;
+        if args[0] == b"HELLO" {
+            assert!(got.starts_with(b"%"), "{got:?}");
+            continue;
+        }
+        assert_eq!(got, want, "{:?}", String::from_utf8_lossy(&args.concat()));
+    }
     proxy.shutdown().await;
 }
 

@@ -877,7 +877,35 @@ impl Session {
                     }
                     continue;
                 }
-                if !matches!(cmd.route, Route::Quit | Route::Reset | Route::Proxy) {
+                // RESP3 allows every command while subscribed: those whose state
+                // the session keeps (its database, name, protocol, login) are the
+                // proxy's to answer, as unsubscribed (forwarded, the subscriber
+                // connection's would change, not the session's).
+                let own_state = self.state.resp3
+                    && !matches!(&self.mode, Mode::Subscribed(s) if s.monitor)
+                    && match cmd.route {
+                        Route::Select | Route::Hello | Route::Auth | Route::CrossDb => true,
+                        Route::Client => with_args(&inbuf[run.len..], &self.args, &req, |a| {
+                            a.count() > 1
+                                && [&b"SETNAME"[..], b"GETNAME", b"ID", b"INFO", b"SETINFO"]
+                                    .iter()
+                                    .any(|s| a.arg(1).eq_ignore_ascii_case(s))
+                        }),
+                        _ => false,
+                    };
+                if own_state && cmd.route == Route::Hello {
+                    let to_resp2 = with_args(&inbuf[run.len..], &self.args, &req, |a| {
+                        a.count() > 1 && a.arg(1) == b"2"
+                    });
+                    if to_resp2 {
+                        let text = "ERR HELLO 2 while subscribed is not supported by redis-sidecar (the subscriber connection speaks RESP3): unsubscribe first";
+                        if !self.refuse(&mut run, inbuf, req.len, text).await {
+                            return;
+                        }
+                        continue;
+                    }
+                }
+                if !own_state && !matches!(cmd.route, Route::Quit | Route::Reset | Route::Proxy) {
                     self.flush(&mut run, inbuf).await;
                     let bytes = take_owned(inbuf, &req, owned.take());
                     let unsubscribes =
