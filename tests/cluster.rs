@@ -42,6 +42,17 @@ impl Env {
     fn client(&self) -> RawClient {
         RawClient::connect(self.proxy.local_addr())
     }
+
+    /// A client subscribed to the channel `news` (confirmed).
+    fn subscribed_to_news(&self) -> RawClient {
+        let mut sub = self.client();
+        sub.send(&support::resp_cmd(&[b"SUBSCRIBE", b"news"]));
+        assert_eq!(
+            sub.read_reply(),
+            b"*3\r\n$9\r\nsubscribe\r\n$4\r\nnews\r\n:1\r\n"
+        );
+        sub
+    }
 }
 
 /// The node (of the shared cluster) that holds `key`, asked directly.
@@ -590,12 +601,7 @@ fn proxy_info_shows_the_slot_map_and_every_primary() {
 #[test]
 fn pubsub_sharded_pubsub_and_resp3_work_on_a_cluster() {
     let env = start(None);
-    let mut sub = env.client();
-    sub.send(&support::resp_cmd(&[b"SUBSCRIBE", b"news"]));
-    assert_eq!(
-        sub.read_reply(),
-        b"*3\r\n$9\r\nsubscribe\r\n$4\r\nnews\r\n:1\r\n"
-    );
+    let mut sub = env.subscribed_to_news();
     let mut ssub = env.client();
     // Channels on all three shards: each subscription goes to its shard's node.
     for ch in ["sch:a", "sch:b", "sch:c"] {
@@ -691,12 +697,7 @@ fn hello_names_the_clusters_redis() {
 #[test]
 fn a_shard_channel_on_another_node_than_the_subscriptions_is_refused_not_redirected() {
     let env = start(None);
-    let mut sub = env.client();
-    sub.send(&support::resp_cmd(&[b"SUBSCRIBE", b"news"]));
-    assert_eq!(
-        sub.read_reply(),
-        b"*3\r\n$9\r\nsubscribe\r\n$4\r\nnews\r\n:1\r\n"
-    );
+    let mut sub = env.subscribed_to_news();
     let channels: Vec<String> = (0..12).map(|i| format!("other:{i}")).collect();
     let (mut subscribed, mut refused) = (Vec::new(), 0);
     for ch in &channels {

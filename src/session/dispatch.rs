@@ -455,39 +455,49 @@ impl Session {
             && matches!(&self.mode, Mode::Subscribed(s) if !s.monitor)
     }
 
-    /// On a cluster, what a subscribed session's request gets from the proxy
-    /// instead of the subscriber connection, whose node would answer `-MOVED`
-    /// (a redirect a client of a standalone server cannot follow):
-    /// * in RESP2, a command Redis does not allow while subscribed gets Redis's
-    ///   own refusal (a node checks the key's slot first);
-    /// * an `SSUBSCRIBE` of a channel whose slot another node serves than the
-    ///   one the session's subscriptions are on is refused, naming both (one
+    /// What a subscribed session's request gets from the proxy instead of the
+    /// subscriber connection:
+    /// * in RESP3, `HELLO 2` is refused (the subscriber connection speaks RESP3);
+    /// * on a cluster, whose nodes would answer `-MOVED` (a redirect a client of a
+    ///   standalone server cannot follow): in RESP2, a command Redis does not allow
+    ///   while subscribed gets Redis's own refusal (a node checks the key's slot
+    ///   first); an `SSUBSCRIBE` of a channel whose slot another node serves than
+    ///   the one the session's subscriptions are on is refused, naming both (one
     ///   connection subscribes on one node).
-    fn cluster_subscribed_refusal(
+    fn subscribed_refusal(
         &self,
         buf: &[u8],
         req: &request::Request,
         cmd: &Descriptor,
     ) -> Option<String> {
-        self.state.db.cluster()?;
         let Mode::Subscribed(s) = &self.mode else {
             return None;
         };
-        let info = cmd.info.filter(|_| !s.monitor)?;
+        if s.monitor {
+            return None;
+        }
         with_args(buf, &self.args, req, |args| {
-            self.refusal_while_subscribed(s, info, cmd, args)
+            if self.state.resp3
+                && cmd.route == Route::Hello
+                && args.count() > 1
+                && args.arg(1) == b"2"
+            {
+                return Some("ERR HELLO 2 while subscribed is not supported by redis-sidecar (the subscriber connection speaks RESP3): unsubscribe first".to_string());
+            }
+            self.cluster_refusal_while_subscribed(s, cmd, args)
         })
     }
 
-    /// [`Self::cluster_subscribed_refusal`] for a known command's arguments.
-    fn refusal_while_subscribed(
+    /// [`Self::subscribed_refusal`] on a cluster.
+    fn cluster_refusal_while_subscribed(
         &self,
         s: &super::mode::Subscribed,
-        info: &crate::command::table::CommandInfo,
         cmd: &Descriptor,
         args: &dyn ArgList,
     ) -> Option<String> {
         let db = &self.state.db;
+        db.cluster()?;
+        let info = cmd.info?;
         if !crate::command::arity_allows(info.arity, args.count()) {
             return None;
         }
@@ -511,6 +521,30 @@ impl Session {
             cfg.address(),
             s.sub.addr()
         ))
+    }
+
+    /// RESP3 allows every command while subscribed: those whose state the
+    /// session keeps (its database, name, protocol, login) are the proxy's to
+    /// answer, as unsubscribed (forwarded, the subscriber connection's state
+    /// would change, not the session's).
+    fn keeps_state_while_subscribed(
+        &self,
+        buf: &[u8],
+        req: &request::Request,
+        cmd: &Descriptor,
+    ) -> bool {
+        self.state.resp3
+            && !matches!(&self.mode, Mode::Subscribed(s) if s.monitor)
+            && match cmd.route {
+                Route::Select | Route::Hello | Route::Auth | Route::CrossDb => true,
+                Route::Client => with_args(buf, &self.args, req, |a| {
+                    a.count() > 1
+                        && [&b"SETNAME"[..], b"GETNAME", b"ID", b"INFO", b"SETINFO"]
+                            .iter()
+                            .any(|s| a.arg(1).eq_ignore_ascii_case(s))
+                }),
+                _ => false,
+            }
     }
 
     /// The request after a MULTI held back on a cluster database (a MULTI sent
@@ -871,41 +905,15 @@ impl Session {
                     self.send(db, out).await;
                     continue;
                 }
-                if let Some(text) = self.cluster_subscribed_refusal(&inbuf[run.len..], &req, &cmd) {
+                if let Some(text) = self.subscribed_refusal(&inbuf[run.len..], &req, &cmd) {
                     if !self.refuse(&mut run, inbuf, req.len, &text).await {
                         return;
                     }
                     continue;
                 }
-                // RESP3 allows every command while subscribed: those whose state
-                // the session keeps (its database, name, protocol, login) are the
-                // proxy's to answer, as unsubscribed (forwarded, the subscriber
-                // connection's would change, not the session's).
-                let own_state = self.state.resp3
-                    && !matches!(&self.mode, Mode::Subscribed(s) if s.monitor)
-                    && match cmd.route {
-                        Route::Select | Route::Hello | Route::Auth | Route::CrossDb => true,
-                        Route::Client => with_args(&inbuf[run.len..], &self.args, &req, |a| {
-                            a.count() > 1
-                                && [&b"SETNAME"[..], b"GETNAME", b"ID", b"INFO", b"SETINFO"]
-                                    .iter()
-                                    .any(|s| a.arg(1).eq_ignore_ascii_case(s))
-                        }),
-                        _ => false,
-                    };
-                if own_state && cmd.route == Route::Hello {
-                    let to_resp2 = with_args(&inbuf[run.len..], &self.args, &req, |a| {
-                        a.count() > 1 && a.arg(1) == b"2"
-                    });
-                    if to_resp2 {
-                        let text = "ERR HELLO 2 while subscribed is not supported by redis-sidecar (the subscriber connection speaks RESP3): unsubscribe first";
-                        if !self.refuse(&mut run, inbuf, req.len, text).await {
-                            return;
-                        }
-                        continue;
-                    }
-                }
-                if !own_state && !matches!(cmd.route, Route::Quit | Route::Reset | Route::Proxy) {
+                let answered_here = matches!(cmd.route, Route::Quit | Route::Reset | Route::Proxy)
+                    || self.keeps_state_while_subscribed(&inbuf[run.len..], &req, &cmd);
+                if !answered_here {
                     self.flush(&mut run, inbuf).await;
                     let bytes = take_owned(inbuf, &req, owned.take());
                     let unsubscribes =

@@ -693,16 +693,21 @@ fn rewrite(kind: Unprefix, buf: &[u8], prefix: &[u8], out: &mut Vec<u8>) -> Opti
 fn nogroup(buf: &[u8], prefix: &[u8], out: &mut Vec<u8>) -> Option<usize> {
     let end = buf.windows(2).position(|w| w == b"\r\n")? + 2;
     let quoted = [&b"'"[..], prefix].concat();
-    let mut line = &buf[..end];
-    while let Some(at) = line
-        .windows(quoted.len())
-        .position(|w| w == quoted.as_slice())
-    {
-        out.extend_from_slice(&line[..=at]);
-        line = &line[at + quoted.len()..];
-    }
-    out.extend_from_slice(line);
+    out.extend_from_slice(&replace_all(&buf[..end], &quoted, b"'"));
     Some(end)
+}
+
+/// `text` with every `from` replaced by `to`.
+fn replace_all(text: &[u8], from: &[u8], to: &[u8]) -> Vec<u8> {
+    let mut out = Vec::with_capacity(text.len());
+    let mut rest = text;
+    while let Some(at) = rest.windows(from.len()).position(|w| w == from) {
+        out.extend_from_slice(&rest[..at]);
+        out.extend_from_slice(to);
+        rest = &rest[at + from.len()..];
+    }
+    out.extend_from_slice(rest);
+    out
 }
 
 /// One complete reply with the prefix removed from the keys it names. Anything
@@ -721,19 +726,12 @@ pub(super) fn unprefix(kind: Unprefix, prefix: &[u8], reply: Bytes) -> Bytes {
 /// `INFO`'s text from a cluster node as a standalone server's:
 /// `cluster_enabled:0`, `redis_mode:standalone`.
 fn standalone_info(info: &[u8]) -> Vec<u8> {
-    let mut text = info.to_vec();
-    for (from, to) in [
-        (
-            &b"\ncluster_enabled:1\r\n"[..],
-            &b"\ncluster_enabled:0\r\n"[..],
-        ),
-        (b"\nredis_mode:cluster\r\n", b"\nredis_mode:standalone\r\n"),
-    ] {
-        if let Some(at) = text.windows(from.len()).position(|w| w == from) {
-            text.splice(at..at + from.len(), to.iter().copied());
-        }
-    }
-    text
+    let text = replace_all(info, b"\ncluster_enabled:1\r\n", b"\ncluster_enabled:0\r\n");
+    replace_all(
+        &text,
+        b"\nredis_mode:cluster\r\n",
+        b"\nredis_mode:standalone\r\n",
+    )
 }
 
 /// A reply that came in parts: gathered whole, then rewritten. The receiver
