@@ -1248,6 +1248,95 @@ fn a_refusal_while_multi_waits_for_its_node_aborts_the_transaction() {
     assert_eq!(c.cmd(&[b"DEL", b"denied:k"]), b":1\r\n");
 }
 
+/// Between WATCH and MULTI the client reads and writes any key, as on a
+/// standalone server: a key of another node than the watched one's is not
+/// answered that node's `-MOVED` (the watching connection is pinned to one
+/// node). The client's own write to the watched key aborts EXEC, as Redis does.
+#[test]
+fn commands_between_watch_and_multi_reach_any_node() {
+    let env = start(Some("watch"));
+    let mut c = env.client();
+    // Keys on every node (slots spread over the three primaries).
+    let keys: Vec<String> = (0..12).map(|i| format!("w{i}")).collect();
+    for k in &keys {
+        assert_eq!(c.cmd(&[b"SET", k.as_bytes(), b"v"]), b"+OK\r\n");
+    }
+    assert_eq!(c.cmd(&[b"WATCH", b"{acct}balance"]), b"+OK\r\n");
+    for k in &keys {
+        assert_eq!(c.cmd(&[b"GET", k.as_bytes()]), b"$1\r\nv\r\n", "GET {k}");
+    }
+    assert_eq!(c.cmd(&[b"DBSIZE"]), b":12\r\n");
+    assert_eq!(c.cmd(&[b"MULTI"]), b"+OK\r\n");
+    assert_eq!(c.cmd(&[b"SET", b"{acct}balance", b"10"]), b"+QUEUED\r\n");
+    assert_eq!(c.cmd(&[b"EXEC"]), b"*1\r\n+OK\r\n");
+    // The client's own write between WATCH and EXEC: the transaction must not run.
+    assert_eq!(c.cmd(&[b"WATCH", b"{acct}balance"]), b"+OK\r\n");
+    assert_eq!(c.cmd(&[b"SET", b"w3", b"x"]), b"+OK\r\n");
+    assert_eq!(c.cmd(&[b"SET", b"{acct}balance", b"11"]), b"+OK\r\n");
+    assert_eq!(c.cmd(&[b"MULTI"]), b"+OK\r\n");
+    assert_eq!(c.cmd(&[b"INCR", b"{acct}balance"]), b"+QUEUED\r\n");
+    assert_eq!(c.cmd(&[b"EXEC"]), b"*-1\r\n");
+    assert_eq!(c.cmd(&[b"GET", b"{acct}balance"]), b"$2\r\n11\r\n");
+    assert_eq!(c.cmd(&[b"FLUSHDB"]), b"+OK\r\n");
+}
+
+/// Inside MULTI a command that acts on every node outside it (`KEYS`, `SCAN`,
+/// `DBSIZE`, `FLUSHDB`, `SCRIPT LOAD`, `CONFIG SET` …) would run on the
+/// transaction's one node: refused by name, and the transaction is aborted, so
+/// nothing partial (a third of the keys flushed) happens. `PUBLISH` runs.
+#[test]
+fn commands_on_every_node_are_refused_inside_multi() {
+    for prefixes in [None, Some("every")] {
+        let env = start(prefixes);
+        let mut c = env.client();
+        let refused: &[&[&[u8]]] = &[
+            &[b"KEYS", b"*"],
+            &[b"SCAN", b"0"],
+            &[b"FLUSHDB"],
+            &[b"DBSIZE"],
+            &[b"SCRIPT", b"LOAD", b"return 1"],
+            &[b"CONFIG", b"SET", b"maxmemory-policy", b"noeviction"],
+        ];
+        for cmd in refused {
+            if cmd[0] == b"FLUSHDB" && prefixes.is_none() {
+                // (Were it run, a node of the shared cluster would lose every key.)
+                continue;
+            }
+            assert_eq!(c.cmd(&[b"MULTI"]), b"+OK\r\n");
+            assert_eq!(c.cmd(&[b"SET", b"{every}k", b"1"]), b"+QUEUED\r\n");
+            let r = c.cmd(cmd);
+            let name = String::from_utf8_lossy(cmd[0]);
+            assert!(
+                r.starts_with(
+                    format!(
+                        "-ERR '{name}' inside MULTI is not supported on a Redis Cluster database"
+                    )
+                    .as_bytes()
+                ),
+                "{prefixes:?} {name}: {}",
+                String::from_utf8_lossy(&r)
+            );
+            assert_eq!(
+                c.cmd(&[b"EXEC"]),
+                b"-EXECABORT Transaction discarded because of previous errors.\r\n"
+            );
+            assert_eq!(c.cmd(&[b"EXISTS", b"{every}k"]), b":0\r\n");
+        }
+        // Sent alone, MULTI waits for a key to pick the node: refused there too.
+        assert_eq!(c.cmd(&[b"MULTI"]), b"+OK\r\n");
+        assert!(c
+            .cmd(&[b"KEYS", b"*"])
+            .starts_with(b"-ERR 'KEYS' inside MULTI"));
+        assert!(c.cmd(&[b"EXEC"]).starts_with(b"-EXECABORT"));
+        assert_eq!(c.cmd(&[b"MULTI"]), b"+OK\r\n");
+        assert_eq!(
+            c.cmd(&[b"PUBLISH", b"every-multi-ch", b"m"]),
+            b"+QUEUED\r\n"
+        );
+        assert_eq!(c.cmd(&[b"EXEC"]), b"*1\r\n:0\r\n");
+    }
+}
+
 /// What changes "the server" (its settings, its users, its slow log) reaches
 /// every node of the cluster, replicas too, so the database behaves as one
 /// server, also after a failover: `CONFIG SET` and `ACL SETUSER`/`DELUSER`

@@ -499,11 +499,12 @@ async fn refused_commands_name_themselves() {
         tracking.starts_with(b"-ERR 'CLIENT' is not supported"),
         "{tracking:?}"
     );
-    // Inside MULTI: refused while queueing, the transaction is discarded.
+    // Inside MULTI what runs over SCAN: refused while queueing, the
+    // transaction is discarded.
     assert_eq!(c.cmd(&[b"MULTI"]).await, b"+OK\r\n");
     assert_eq!(
-        c.cmd(&[b"KEYS", b"*"]).await,
-        b"-ERR 'KEYS' inside MULTI is not supported on a database with key_prefix (its reply names keys or it runs over SCAN)\r\n"
+        c.cmd(&[b"DBSIZE"]).await,
+        b"-ERR 'DBSIZE' inside MULTI is not supported on a database with key_prefix (its reply names keys or it runs over SCAN)\r\n"
     );
     assert_eq!(c.cmd(&[b"SET", b"x", b"1"]).await, b"+QUEUED\r\n");
     let r = c.cmd(&[b"EXEC"]).await;
@@ -749,6 +750,107 @@ fn bad_key_prefixes_are_refused_with_file_key_and_line() {
         assert!(err.contains("line 4"), "{err}");
         assert!(err.contains(words), "{err}");
         assert!(err.contains(&*Path::new("redis-databases.yaml").display().to_string()));
+    }
+}
+
+/// Every consumer-group command's `-NOGROUP` names the key as the client did
+/// (the same bytes as from Redis for the same request on its own keys).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn consumer_group_errors_name_the_key_as_sent() {
+    let redis = RedisServer::start();
+    let proxy = prefixed_proxy(&redis).await;
+    let mut a = client(&proxy, 3).await;
+    let mut d = direct(&redis).await;
+    // Redis's own keys in a db the proxy does not use.
+    assert_eq!(d.cmd(&[b"SELECT", b"11"]).await, b"+OK\r\n");
+    for c in [&mut a, &mut d] {
+        assert_eq!(
+            c.cmd(&[b"XADD", b"s", b"1-1", b"f", b"v"]).await,
+            b"$3\r\n1-1\r\n"
+        );
+    }
+    let requests: &[&[&[u8]]] = &[
+        &[b"XPENDING", b"s", b"g"],
+        &[b"XPENDING", b"s", b"g", b"-", b"+", b"10"],
+        &[b"XAUTOCLAIM", b"s", b"g", b"c", b"0", b"0"],
+        &[b"XCLAIM", b"s", b"g", b"c", b"0", b"1-1"],
+        &[b"XGROUP", b"SETID", b"s", b"g", b"0"],
+        &[b"XGROUP", b"CREATECONSUMER", b"s", b"g", b"c"],
+        &[b"XGROUP", b"DELCONSUMER", b"s", b"g", b"c"],
+        &[b"XINFO", b"CONSUMERS", b"s", b"g"],
+        &[b"XPENDING", b"missing", b"g"],
+        // A group named like a prefixed key stays as named.
+        &[b"XGROUP", b"SETID", b"s", b"agents:g", b"0"],
+    ];
+    for req in requests {
+        let through = a.cmd(req).await;
+        assert!(
+            through.starts_with(b"-NOGROUP"),
+            "{:?}",
+            String::from_utf8_lossy(&through)
+        );
+        assert_eq!(
+            String::from_utf8_lossy(&through),
+            String::from_utf8_lossy(&d.cmd(req).await),
+            "{:?}",
+            String::from_utf8_lossy(req[0])
+        );
+    }
+}
+
+/// Inside MULTI, the replies that name keys (`KEYS`, `SCAN`, `LMPOP`, `BLPOP`,
+/// `XREAD`, a `-NOGROUP` error …) come in EXEC's reply without the prefix, each
+/// with the prefix of the database it ran on (a SELECT inside the transaction
+/// changes it), among the replies of the commands the proxy answers itself; the
+/// same bytes as Redis gives, RESP2 and RESP3. (They were refused.)
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn replies_inside_multi_name_unprefixed_keys() {
+    let redis = RedisServer::start();
+    let proxy = prefixed_proxy(&redis).await;
+    for protocol in [&b"2"[..], b"3"] {
+        let mut a = client(&proxy, 1).await;
+        let mut d = direct(&redis).await;
+        assert_eq!(d.cmd(&[b"SELECT", b"11"]).await, b"+OK\r\n");
+        let select_in_multi: &[u8] = b"2";
+        let select_direct: &[u8] = b"12";
+        let mut replies = Vec::new();
+        for (c, other) in [(&mut a, select_in_multi), (&mut d, select_direct)] {
+            c.cmd(&[b"HELLO", protocol]).await;
+            let steps: Vec<Vec<&[u8]>> = vec![
+                vec![b"RPUSH", b"list", b"a", b"b"],
+                vec![b"XADD", b"s", b"1-1", b"f", b"v"],
+                vec![b"MULTI"],
+                vec![b"KEYS", b"l*"],
+                vec![b"SCAN", b"0", b"MATCH", b"l*"],
+                vec![b"CLIENT", b"SETNAME", b"inside"],
+                vec![b"LMPOP", b"1", b"list", b"LEFT"],
+                vec![b"BLPOP", b"list", b"0"],
+                vec![b"XREAD", b"STREAMS", b"s", b"0"],
+                vec![b"XPENDING", b"s", b"nogroup"],
+                vec![b"SELECT", other],
+                vec![b"RPUSH", b"other", b"x"],
+                vec![b"BRPOP", b"other", b"0"],
+                vec![b"EXEC"],
+                vec![b"CLIENT", b"GETNAME"],
+            ];
+            let mut got = Vec::new();
+            for step in &steps {
+                got.push(String::from_utf8_lossy(&c.cmd(step).await).into_owned());
+            }
+            // Clean for the next protocol.
+            c.cmd(&[b"DEL", b"list", b"s", b"other"]).await;
+            replies.push(got);
+        }
+        assert_eq!(replies[0], replies[1], "RESP{}", protocol[0] as char);
+        let exec = &replies[0][13];
+        assert!(
+            exec.contains("\r\nlist\r\n") && exec.contains("\r\nother\r\n"),
+            "{exec}"
+        );
+        assert!(
+            !exec.contains("knowledge:") && !exec.contains("prompts:"),
+            "{exec}"
+        );
     }
 }
 

@@ -248,6 +248,20 @@ pub fn scan(buf: &[u8]) -> Result<Option<Frame>, ReplyError> {
     Scanner::new().scan(buf)
 }
 
+/// Where the first complete frame of `buf` that is not a RESP3 push starts and
+/// ends (a connection of a client's own may send invalidation pushes before a
+/// reply); `None` if there is none complete.
+pub fn after_pushes(buf: &[u8]) -> Option<std::ops::Range<usize>> {
+    let mut at = 0;
+    loop {
+        let f = scan(buf.get(at..)?).ok()??;
+        if buf[at] != b'>' {
+            return Some(at..at + f.len);
+        }
+        at += f.len;
+    }
+}
+
 /// Whether a reply frame is an error (`-…` simple error, RESP3 `!` blob error).
 #[inline]
 pub fn is_error(frame: &[u8]) -> bool {

@@ -388,6 +388,16 @@ impl Session {
             return None;
         }
         match route {
+            // On a cluster, WATCH pins a connection to its key's node; until
+            // MULTI, other commands go by their own keys (their slot may be
+            // another node's), as they would outside: WATCH is about what any
+            // connection changes, the client's own included.
+            Route::Forward
+                if matches!(&self.mode, Mode::Exclusive(h) if !h.in_multi)
+                    && self.state.db.cluster().is_some() =>
+            {
+                Some(Target::Shared)
+            }
             Route::Forward if self.mode.held().is_some() => Some(Target::Held),
             Route::Forward => Some(Target::Shared),
             Route::Stateful(Family::Transaction | Family::Blocking) => Some(Target::Held),
@@ -714,6 +724,12 @@ impl Session {
                     }
                     continue;
                 }
+                if let Some(text) = self.every_node_in_multi(&cmd, &req, &inbuf[run.len..]) {
+                    if !self.refuse(&mut run, inbuf, req.len, &text).await {
+                        return;
+                    }
+                    continue;
+                }
                 if cmd.runs_while_busy()
                     && self.state.authenticated
                     && !self.mode.in_multi()
@@ -773,14 +789,14 @@ impl Session {
                             RequestKind::Inline(a) => a,
                             _ => &ranged,
                         };
-                        let confined = if self.mode.in_multi() {
-                            Some("inside MULTI")
+                        let place = if self.mode.in_multi() {
+                            prefix::Place::InMulti
                         } else if matches!(self.mode, Mode::Subscribed(_)) {
-                            Some("while subscribed")
+                            prefix::Place::Subscribed
                         } else {
-                            None
+                            prefix::Place::Plain
                         };
-                        let mut planned = prefix::plan(&pfx, &cmd, args, confined);
+                        let mut planned = prefix::plan(&pfx, &cmd, args, place);
                         if let prefix::Plan::Refuse(text) = &mut planned {
                             // Not a command at all: Redis's own words, when sure.
                             let upstream = &self.state.db.config.upstream.endpoint;
@@ -838,10 +854,12 @@ impl Session {
                                     _ => Vec::new(),
                                 },
                             });
-                            if reply.is_some() {
-                                // Travels alone: its reply is rewritten.
-                                self.flush(&mut run, inbuf).await;
-                                unprefix = reply.map(|r| (r, pfx));
+                            if let Some(kind) = reply {
+                                unprefix = self.rewrite_reply(kind, pfx);
+                                if unprefix.is_some() {
+                                    // Travels alone: its reply is rewritten.
+                                    self.flush(&mut run, inbuf).await;
+                                }
                             }
                         }
                     }
@@ -854,8 +872,10 @@ impl Session {
             {
                 // INFO from a node: `cluster_enabled:0`, as from a standalone
                 // server. Travels alone: its reply is rewritten.
-                self.flush(&mut run, inbuf).await;
-                unprefix = Some((prefix::Unprefix::Info, Bytes::new()));
+                unprefix = self.rewrite_reply(prefix::Unprefix::Info, Bytes::new());
+                if unprefix.is_some() {
+                    self.flush(&mut run, inbuf).await;
+                }
             }
             let cmd = match self.paused_write(&cmd) {
                 // Writes paused (`CLIENT PAUSE` through the proxy): Redis would
@@ -1071,6 +1091,13 @@ impl Session {
                     let exec = cmd.info.is_some_and(|i| i.name == "exec");
                     if let Some(h) = self.mode.held_mut().filter(|_| exec) {
                         splice = std::mem::take(&mut h.locals);
+                        let queued = std::mem::take(&mut h.unprefix);
+                        if !queued.is_empty() {
+                            // Its reply's elements that name keys are rewritten.
+                            unprefix = Some(prefix::Rewrite::Exec(queued));
+                            self.flush(&mut run, inbuf).await;
+                            run.target = target;
+                        }
                     }
                     if !splice.is_empty() {
                         // EXEC of a transaction with commands the proxy answers
@@ -1152,6 +1179,22 @@ impl Session {
         self.flush(&mut run, inbuf).await;
     }
 
+    /// A forwarded request whose reply names keys (`key_prefix`) or is otherwise
+    /// rewritten (a cluster node's INFO): how. Inside MULTI its reply is an
+    /// element of EXEC's, noted here and rewritten there (`None`).
+    fn rewrite_reply(&mut self, kind: prefix::Unprefix, pfx: Bytes) -> Option<prefix::Rewrite> {
+        match self.mode.held_mut().filter(|h| h.in_multi) {
+            Some(h) => {
+                // Its element: after the requests Redis queued and the ones the
+                // proxy answers itself (`splice_exec` puts those in first).
+                let at = h.queued as usize + h.locals.len();
+                h.unprefix.push((at, kind, pfx));
+                None
+            }
+            None => Some(prefix::Rewrite::One(kind, pfx)),
+        }
+    }
+
     /// The growing pause after a refused AUTH / PROXY AUTH ([`local::auth_delay`]),
     /// taken before its reply is queued. It holds only this session's task; the
     /// proxy's shutdown or CLIENT KILL (the client's token) ends it at once.
@@ -1214,6 +1257,36 @@ impl Session {
         };
         cmd.info.is_some_and(|i| command::cluster_only(i, argc))
             && (self.state.resp3 || !matches!(self.mode, Mode::Subscribed(_)))
+    }
+
+    /// Inside MULTI on a database on a Redis Cluster, a command that acts on the
+    /// whole keyspace or every server (`KEYS`, `SCAN`, `DBSIZE`, `FLUSHDB`,
+    /// `SCRIPT LOAD`, `CONFIG SET` …: outside MULTI sent to every node and merged)
+    /// would run on the transaction's one node only: refused, with the text to
+    /// answer (the transaction is then aborted, as by Redis for a refused
+    /// command). `PUBLISH` (the cluster delivers it everywhere) and `INFO` go on.
+    fn every_node_in_multi(
+        &self,
+        cmd: &Descriptor,
+        req: &request::Request,
+        buf: &[u8],
+    ) -> Option<String> {
+        use crate::cluster::plan::{self, Merge, Plan};
+        let multi = self.mode.in_multi() || self.deferred_multi;
+        if !multi || !self.state.authenticated || self.state.db.cluster().is_none() {
+            return None;
+        }
+        with_args(buf, &self.args, req, |args| {
+            match plan::plan(cmd.info, args) {
+                Plan::Every(Merge::Info) => None,
+                Plan::Every(_) | Plan::EveryNode(_) | Plan::Scan => Some(format!(
+                    "ERR '{}' inside MULTI is not supported on a Redis Cluster database \
+                     (it runs on every node; a transaction runs on one)",
+                    prefix::shown(args)
+                )),
+                _ => None,
+            }
+        })
     }
 
     /// `-NOPERM` for a command in the database's `deny_commands`.

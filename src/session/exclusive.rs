@@ -44,6 +44,7 @@ impl Session {
                 held.in_multi = true;
                 held.queued = 0;
                 held.locals.clear();
+                held.unprefix.clear();
             }
             TxOp::End => {
                 held.in_multi = false;
@@ -51,6 +52,7 @@ impl Session {
                 held.dirty = false;
                 held.queued = 0;
                 held.locals.clear();
+                held.unprefix.clear();
             }
             // Queued by Redis (a nested MULTI and a WATCH are refused at once);
             // also for the requests the proxy looked at before sending them here.
@@ -155,16 +157,10 @@ impl Session {
     /// passed on as they are, and the queued commands do not run.
     pub(super) fn splice_exec(&mut self, bytes: Bytes, locals: Vec<Queued>) -> Bytes {
         // RESP3 pushes (invalidations) may come first on the session's own connection.
-        let mut at = 0;
-        let frame = loop {
-            let Ok(Some(f)) = reply::scan(&bytes[at..]) else {
-                return bytes;
-            };
-            if bytes[at] != b'>' {
-                break &bytes[at..at + f.len];
-            }
-            at += f.len;
+        let Some(range) = reply::after_pushes(&bytes) else {
+            return bytes;
         };
+        let (at, frame) = (range.start, &bytes[range]);
         // `*N`: it ran (`*-1`, `_`: a WATCH conflict; an error: nothing ran).
         if frame.starts_with(b"*-") {
             return bytes;

@@ -63,6 +63,9 @@ pub(super) struct Held {
     /// Commands of the current MULTI the proxy answers itself, queued as Redis
     /// queues every command there: they run when EXEC runs the transaction.
     pub locals: Vec<Queued>,
+    /// `key_prefix`: commands of the current MULTI whose replies name keys, by
+    /// their element of EXEC's reply ([`super::prefix::Rewrite::Exec`]).
+    pub unprefix: Vec<(usize, super::prefix::Unprefix, bytes::Bytes)>,
 }
 
 /// A command the proxy answers itself (CLIENT SETNAME, PROXY INFO …), queued inside
@@ -174,6 +177,7 @@ impl Held {
             dirty: false,
             queued: 0,
             locals: Vec::new(),
+            unprefix: Vec::new(),
         }
     }
 }

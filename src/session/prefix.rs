@@ -44,6 +44,83 @@ pub(super) enum Unprefix {
     /// `redis_mode:standalone`, as from the standalone server the client sees (not
     /// about prefixes, rewritten the same way; the prefix is not used).
     Info,
+    /// A consumer-group command (`XPENDING`, `XCLAIM`, `XGROUP SETID` …): only
+    /// its `-NOGROUP` error names the key.
+    Nogroup,
+}
+
+/// Where a request on a prefixed database is planned: what its reply may be
+/// rewritten by.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(super) enum Place {
+    /// On its own: its reply is rewritten as it comes.
+    Plain,
+    /// Queued inside MULTI: its reply is an element of EXEC's, rewritten there
+    /// ([`Rewrite::Exec`]); what runs over SCAN cannot be queued.
+    InMulti,
+    /// While subscribed: replies are not rewritten (they share the subscriber
+    /// connection's stream).
+    Subscribed,
+}
+
+impl Place {
+    fn shown(self) -> &'static str {
+        match self {
+            Place::Plain => "",
+            Place::InMulti => "inside MULTI",
+            Place::Subscribed => "while subscribed",
+        }
+    }
+}
+
+/// How the reply to one request sent upstream is rewritten: the reply of one
+/// command, or the elements of an EXEC's reply whose queued commands name keys.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(super) enum Rewrite {
+    One(Unprefix, Bytes),
+    /// For each such command: its element in EXEC's reply as the client reads
+    /// it (after the proxy's own replies are put in, `Session::splice_exec`),
+    /// how, and the prefix it was queued with (a SELECT inside MULTI changes it).
+    Exec(Vec<(usize, Unprefix, Bytes)>),
+}
+
+impl Rewrite {
+    /// `reply`, complete, rewritten.
+    pub(super) fn apply(&self, reply: Bytes) -> Bytes {
+        match self {
+            Rewrite::One(kind, prefix) => unprefix(*kind, prefix, reply),
+            Rewrite::Exec(queued) => exec(queued, reply),
+        }
+    }
+}
+
+/// EXEC's reply with the elements of `queued` rewritten; a WATCH conflict
+/// (`*-1`, `_`) or an error (nothing ran) passes unchanged.
+fn exec(queued: &[(usize, Unprefix, Bytes)], reply: Bytes) -> Bytes {
+    // RESP3 pushes (invalidations) may come first on the session's own connection.
+    let Some(range) = reply::after_pushes(&reply) else {
+        return reply;
+    };
+    let (at, frame) = (range.start, &reply[range]);
+    if frame.starts_with(b"*-") {
+        return reply;
+    }
+    let Some(elements) = crate::cluster::merge::elements(frame) else {
+        return reply;
+    };
+    let header = frame.iter().position(|&b| b == b'\n').map_or(0, |n| n + 1);
+    let mut out = Vec::with_capacity(reply.len());
+    out.extend_from_slice(&reply[..at + header]);
+    for (i, e) in elements.iter().enumerate() {
+        match queued.iter().find(|(n, ..)| *n == i) {
+            Some((_, kind, prefix)) => {
+                out.extend_from_slice(&unprefix(*kind, prefix, Bytes::copy_from_slice(e)))
+            }
+            None => out.extend_from_slice(e),
+        }
+    }
+    out.extend_from_slice(&reply[at + frame.len()..]);
+    Bytes::from(out)
 }
 
 /// A keyspace-wide command the proxy runs itself over `SCAN MATCH prefix*`.
@@ -88,7 +165,8 @@ const SCAN_COUNT: &str = "1000";
 const RANDOM_TRIES: usize = 16;
 
 /// The command as the client wrote it, upper-cased, for error texts.
-fn shown<L: ArgList + ?Sized>(args: &L) -> String {
+/// A request's command name as error texts show it.
+pub(super) fn shown<L: ArgList + ?Sized>(args: &L) -> String {
     let name = args.arg(0);
     let name = &name[..name.len().min(64)];
     String::from_utf8_lossy(name).to_ascii_uppercase()
@@ -159,12 +237,12 @@ pub(super) fn unknown<L: ArgList + ?Sized>(
 }
 
 /// The plan for a request classified as `cmd` on a database with `prefix`
-/// (`confined`: where replies cannot be rewritten, e.g. `inside MULTI`).
+/// (`place`: where its reply is rewritten, if at all).
 pub(super) fn plan<L: ArgList + ?Sized>(
     prefix: &[u8],
     cmd: &Descriptor,
     args: &L,
-    confined: Option<&str>,
+    place: Place,
 ) -> Plan {
     match cmd.route {
         Route::CrossDb => {
@@ -183,10 +261,10 @@ pub(super) fn plan<L: ArgList + ?Sized>(
     let name = cmd.info.map_or("", |i| i.name);
     let count = args.count();
     if name == "slowlog|get" {
-        // Inside MULTI the entries stay as stored (the reply is not rewritten).
+        // While subscribed the entries stay as stored (the reply is not rewritten).
         return Plan::Forward {
             bytes: None,
-            reply: confined.is_none().then_some(Unprefix::Slowlog),
+            reply: (place != Place::Subscribed).then_some(Unprefix::Slowlog),
         };
     }
     let synth = match name {
@@ -215,13 +293,26 @@ pub(super) fn plan<L: ArgList + ?Sized>(
             Some(Unprefix::FirstKey)
         }
         "xread" | "xreadgroup" => Some(Unprefix::Streams),
+        "xpending"
+        | "xautoclaim"
+        | "xclaim"
+        | "xgroup|setid"
+        | "xgroup|createconsumer"
+        | "xgroup|delconsumer"
+        | "xinfo|consumers" => Some(Unprefix::Nogroup),
         _ => None,
     };
-    if let Some(place) = confined.filter(|_| synth.is_some() || reply.is_some()) {
+    let confined = match place {
+        Place::Plain => false,
+        Place::InMulti => synth.is_some(),
+        Place::Subscribed => synth.is_some() || reply.is_some(),
+    };
+    if confined {
         return Plan::Refuse(format!(
-            "ERR '{}' {place} is not supported on a database with key_prefix (its reply \
+            "ERR '{}' {} is not supported on a database with key_prefix (its reply \
              names keys or it runs over SCAN)",
-            shown(args)
+            shown(args),
+            place.shown()
         ));
     }
     if let Some(s) = synth {
@@ -655,6 +746,8 @@ fn rewrite(kind: Unprefix, buf: &[u8], prefix: &[u8], out: &mut Vec<u8>) -> Opti
             out.extend_from_slice(b"\r\n");
             Some(end + 2)
         }
+        Unprefix::Nogroup if buf.starts_with(b"-NOGROUP ") => nogroup(buf, prefix, out),
+        Unprefix::Nogroup => copy(buf, 0, out),
         Unprefix::Streams => {
             if buf.starts_with(b"-NOGROUP ") {
                 return nogroup(buf, prefix, out);
@@ -688,12 +781,16 @@ fn rewrite(kind: Unprefix, buf: &[u8], prefix: &[u8], out: &mut Vec<u8>) -> Opti
     }
 }
 
-/// `XREADGROUP`'s `-NOGROUP No such key 'KEY' or consumer group …`: the key as
-/// the client named it.
+/// A consumer-group command's `-NOGROUP No such key 'KEY' or consumer group
+/// 'G'…` or `-NOGROUP No such consumer group 'G' for key name 'KEY'`: the key as
+/// the client named it (the group, not a key, as it is).
 fn nogroup(buf: &[u8], prefix: &[u8], out: &mut Vec<u8>) -> Option<usize> {
     let end = buf.windows(2).position(|w| w == b"\r\n")? + 2;
-    let quoted = [&b"'"[..], prefix].concat();
-    out.extend_from_slice(&replace_all(&buf[..end], &quoted, b"'"));
+    let mut text = buf[..end].to_vec();
+    for head in [&b"key '"[..], b"key name '"] {
+        text = replace_all(&text, &[head, prefix].concat(), head);
+    }
+    out.extend_from_slice(&text);
     Some(end)
 }
 
@@ -737,8 +834,7 @@ fn standalone_info(info: &[u8]) -> Vec<u8> {
 /// A reply that came in parts: gathered whole, then rewritten. The receiver
 /// gets it once the last part arrived (a broken connection: an error reply).
 pub(super) fn gather(
-    kind: Unprefix,
-    prefix: Bytes,
+    rewrite: Rewrite,
     first: Bytes,
     mut rest: mpsc::UnboundedReceiver<BatchReply>,
 ) -> oneshot::Receiver<Bytes> {
@@ -756,7 +852,7 @@ pub(super) fn gather(
                 }
             }
         }
-        let _ = tx.send(unprefix(kind, &prefix, all.freeze()));
+        let _ = tx.send(rewrite.apply(all.freeze()));
     });
     rx
 }
@@ -1000,7 +1096,7 @@ mod tests {
 
     fn plan_of(args: &[&str]) -> Plan {
         let cmd = Descriptor::of(args);
-        plan(b"kb:", &cmd, args, None)
+        plan(b"kb:", &cmd, args, Place::Plain)
     }
 
     #[test]
@@ -1111,7 +1207,20 @@ mod tests {
         assert!(sent(&["SWAPDB", "0", "1"])[0].contains("'SWAPDB'"));
         let cmd = Descriptor::of(&["KEYS", "*"][..]);
         assert!(matches!(
-            plan(b"kb:", &cmd, &["KEYS", "*"][..], Some("inside MULTI")),
+            plan(b"kb:", &cmd, &["KEYS", "*"][..], Place::Subscribed),
+            Plan::Refuse(_)
+        ));
+        // Inside MULTI: rewritten in EXEC's reply; what runs over SCAN refused.
+        assert!(matches!(
+            plan(b"kb:", &cmd, &["KEYS", "*"][..], Place::InMulti),
+            Plan::Forward {
+                reply: Some(Unprefix::List),
+                ..
+            }
+        ));
+        let cmd = Descriptor::of(&["DBSIZE"][..]);
+        assert!(matches!(
+            plan(b"kb:", &cmd, &["DBSIZE"][..], Place::InMulti),
             Plan::Refuse(_)
         ));
     }
@@ -1123,9 +1232,12 @@ mod tests {
             ["SUBSCRIBE", "__keyspace@0__:kb:k", "news"]
         );
         let cmd = Descriptor::of(&["PSUBSCRIBE", "__keyspace@*__:*"][..]);
-        let Plan::Forward { bytes: Some(b), .. } =
-            plan(b"k*:", &cmd, &["PSUBSCRIBE", "__keyspace@*__:*"][..], None)
-        else {
+        let Plan::Forward { bytes: Some(b), .. } = plan(
+            b"k*:",
+            &cmd,
+            &["PSUBSCRIBE", "__keyspace@*__:*"][..],
+            Place::Plain,
+        ) else {
             panic!("rewritten");
         };
         assert!(b.ends_with(b"$20\r\n__keyspace@*__:k\\*:*\r\n"), "{b:?}");
@@ -1282,7 +1394,32 @@ mod tests {
                 Unprefix::Streams,
                 b"-NOGROUP No such key 'kb:s' or consumer group 'kb:g' in XREADGROUP with GROUP option\r\n"
             )[..],
-            b"-NOGROUP No such key 's' or consumer group 'g' in XREADGROUP with GROUP option\r\n"
+            b"-NOGROUP No such key 's' or consumer group 'kb:g' in XREADGROUP with GROUP option\r\n"
         );
+        assert_eq!(
+            &un(
+                Unprefix::Nogroup,
+                b"-NOGROUP No such consumer group 'kb:g' for key name 'kb:s'\r\n"
+            )[..],
+            b"-NOGROUP No such consumer group 'kb:g' for key name 's'\r\n"
+        );
+        assert_eq!(&un(Unprefix::Nogroup, b":1\r\n")[..], b":1\r\n");
+    }
+
+    #[test]
+    fn exec_elements_lose_the_prefix_of_their_own_command() {
+        let pfx = Bytes::from_static(b"kb:");
+        let rw = Rewrite::Exec(vec![
+            (1, Unprefix::List, pfx.clone()),
+            (2, Unprefix::FirstKey, Bytes::from_static(b"kc:")),
+        ]);
+        let reply = b"*3\r\n$4\r\nkb:a\r\n*1\r\n$4\r\nkb:a\r\n*2\r\n$4\r\nkc:l\r\n$1\r\nv\r\n";
+        assert_eq!(
+            &rw.apply(Bytes::from_static(reply))[..],
+            &b"*3\r\n$4\r\nkb:a\r\n*1\r\n$1\r\na\r\n*2\r\n$1\r\nl\r\n$1\r\nv\r\n"[..]
+        );
+        for passes in [&b"*-1\r\n"[..], b"_\r\n", b"-EXECABORT x\r\n"] {
+            assert_eq!(&rw.apply(Bytes::copy_from_slice(passes))[..], passes);
+        }
     }
 }

@@ -12,7 +12,7 @@ use tokio::sync::{mpsc, oneshot};
 use tokio::time::Instant;
 
 use super::memory::Flight;
-use super::prefix::{self, Unprefix};
+use super::prefix::{self, Rewrite};
 use super::tracking::{self, Hook};
 use super::Session;
 use crate::protocol::reply;
@@ -72,8 +72,9 @@ pub(super) struct Sent {
     pub select_after: Option<Arc<Database>>,
     /// A tracking command whose reply changes the session or is translated.
     pub hook: Option<Hook>,
-    /// `key_prefix`: the reply (of one command) names keys; the prefix is removed.
-    pub unprefix: Option<(Unprefix, Bytes)>,
+    /// `key_prefix`: the reply names keys (of one command, or of commands an EXEC
+    /// ran); the prefix is removed.
+    pub unprefix: Option<Rewrite>,
     /// `CLIENT PAUSE`/`UNPAUSE`, noted when sent: taken back if Redis answers
     /// with an error (kept on `+OK`, `+QUEUED`, and when the answer is lost).
     pub pause_noted: Option<super::local::PauseNoted>,
@@ -392,17 +393,17 @@ impl Session {
                 } else {
                     bytes
                 };
-                if let Some((kind, pfx)) = unprefix {
+                if let Some(rewrite) = unprefix {
                     // Rewritten whole: a reply passed on in parts is gathered first.
                     self.arrive(&flight, first, true);
                     match parts {
                         Some(Pending::Parts { rx, .. }) if !silent => {
-                            let whole = prefix::gather(kind, pfx, bytes, rx);
+                            let whole = prefix::gather(rewrite, bytes, rx);
                             if let Some(front) = self.queue.front_mut() {
                                 *front = Pending::Later(whole);
                             }
                         }
-                        _ => self.finish_front(prefix::unprefix(kind, &pfx, bytes)),
+                        _ => self.finish_front(rewrite.apply(bytes)),
                     }
                     return;
                 }
