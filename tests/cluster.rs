@@ -1248,6 +1248,30 @@ fn a_refusal_while_multi_waits_for_its_node_aborts_the_transaction() {
     assert_eq!(c.cmd(&[b"DEL", b"denied:k"]), b":1\r\n");
 }
 
+/// Random command sequences (`support::commands`) through a `key_prefix`
+/// database on the cluster get the same replies, byte for byte, as from one
+/// standalone Redis: keys of every slot for the commands that split (`MGET`,
+/// `MSET`, `DEL` …) and the keyless ones (`KEYS`, `DBSIZE`, whole `SCAN`
+/// loops), one hash tag for other multi-key commands and transactions (others
+/// get `-CROSSSLOT`, as from Redis Cluster), WATCH blocks with keys of any node
+/// before MULTI; RESP2 and RESP3.
+#[test]
+fn random_command_sequences_match_a_standalone_redis() {
+    let env = start(Some("diff"));
+    let redis = support::RedisServer::start();
+    for seed in 100..=111u64 {
+        let protocol: &[u8] = if seed % 2 == 0 { b"3" } else { b"2" };
+        let mut d = RawClient::connect(redis.addr());
+        let mut p = env.client();
+        for c in [&mut d, &mut p] {
+            assert!(!c.cmd(&[b"HELLO", protocol]).starts_with(b"-"));
+        }
+        if let Err(e) = support::commands::differ(&mut [d, p], seed, 150, true) {
+            panic!("{e}");
+        }
+    }
+}
+
 /// Between WATCH and MULTI the client reads and writes any key, as on a
 /// standalone server: a key of another node than the watched one's is not
 /// answered that node's `-MOVED` (the watching connection is pinned to one

@@ -753,6 +753,35 @@ fn bad_key_prefixes_are_refused_with_file_key_and_line() {
     }
 }
 
+/// Random command sequences (`support::commands`: ~60 commands of every type,
+/// transactions, WATCH blocks, whole SCAN loops) get the same replies, byte for
+/// byte, through a `key_prefix` database as from Redis on its own keys, RESP2
+/// and RESP3. (This found the consumer-group errors and the MULTI refusals
+/// below.)
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn random_command_sequences_match_redis() {
+    let redis = RedisServer::start();
+    let proxy = prefixed_proxy(&redis).await;
+    let (at_redis, at_proxy) = (redis.addr(), proxy.local_addr());
+    let played = tokio::task::spawn_blocking(move || {
+        for seed in 1..=16u64 {
+            let protocol: &[u8] = if seed % 2 == 0 { b"3" } else { b"2" };
+            let mut d = support::RawClient::connect(at_redis);
+            assert_eq!(d.cmd(&[b"SELECT", b"11"]), b"+OK\r\n");
+            let mut p = support::RawClient::connect(at_proxy);
+            assert_eq!(p.cmd(&[b"SELECT", b"1"]), b"+OK\r\n");
+            for c in [&mut d, &mut p] {
+                assert!(!c.cmd(&[b"HELLO", protocol]).starts_with(b"-"));
+            }
+            support::commands::differ(&mut [d, p], seed, 150, false)?;
+        }
+        Ok::<(), String>(())
+    });
+    if let Err(e) = played.await.expect("player") {
+        panic!("{e}");
+    }
+}
+
 /// Every consumer-group command's `-NOGROUP` names the key as the client did
 /// (the same bytes as from Redis for the same request on its own keys).
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -25,6 +25,7 @@ use std::time::{Duration, Instant};
 use redis_sidecar::config::Config;
 use redis_sidecar::server::Proxy;
 pub mod cluster;
+pub mod commands;
 pub mod fake_upstream;
 pub mod sentinel;
 pub mod upstream;
