@@ -1,7 +1,7 @@
 //! Differential runs of random command sequences: the same seeded sequence of
 //! commands (strings, keys, lists, hashes, sets, sorted sets, streams, bitmaps,
-//! HyperLogLogs, geo, scripts, blocking pops with short timeouts, `MULTI` blocks,
-//! `WATCH` … `MULTI` blocks, `SCAN` loops) to a reference Redis and to one or more
+//! HyperLogLogs, geo, scripts, blocking pops with short timeouts, pipelines,
+//! `MULTI` blocks, `WATCH` … `MULTI` blocks, `SCAN` loops) to a reference Redis and to one or more
 //! proxy targets (a `key_prefix` database, a database on a Redis Cluster), each
 //! reply compared byte for byte. Only orders Redis leaves undefined are put in order
 //! first: the elements of `KEYS`, `SMEMBERS`, `SINTER`, `SUNION`, `SDIFF`, and the
@@ -29,6 +29,8 @@ enum Step {
     Multi(Vec<Cmd>),
     /// `WATCH key`, commands, `MULTI`, commands, `EXEC`.
     Watch(String, Vec<Cmd>, Vec<Cmd>),
+    /// Commands sent in one write (a pipeline), then their replies read.
+    Pipeline(Vec<Cmd>),
 }
 
 struct Gen {
@@ -303,6 +305,10 @@ impl Gen {
                 let body = self.commands(true, 1, 3);
                 Step::Watch(key, before, body)
             }
+            5..=7 => {
+                let n = self.rng.usize(2..9);
+                Step::Pipeline((0..n).map(|_| self.command(false)).collect())
+            }
             _ => Step::One(self.command(false)),
         }
     }
@@ -395,6 +401,14 @@ fn play(c: &mut RawClient, step: &Step) -> Vec<String> {
     match step {
         Step::One(cmd) => run(c, std::slice::from_ref(cmd)),
         Step::Scan => vec![scan_all(c)],
+        Step::Pipeline(cmds) => {
+            let wire: Vec<u8> = cmds
+                .iter()
+                .flat_map(|cmd| super::resp_cmd(&args(cmd)))
+                .collect();
+            c.send(&wire);
+            cmds.iter().map(|cmd| normal(cmd, c.read_reply())).collect()
+        }
         Step::Multi(body) => queue(c, body),
         Step::Watch(key, before, body) => {
             let mut out =
@@ -411,6 +425,10 @@ fn show(step: &Step) -> String {
     match step {
         Step::One(c) => line(c),
         Step::Scan => "SCAN 0 … (whole loop)".into(),
+        Step::Pipeline(cmds) => format!(
+            "pipelined: {}",
+            cmds.iter().map(line).collect::<Vec<_>>().join("; ")
+        ),
         Step::Multi(b) => format!(
             "MULTI; {}; EXEC",
             b.iter().map(line).collect::<Vec<_>>().join("; ")
