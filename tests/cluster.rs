@@ -1246,6 +1246,20 @@ fn a_refusal_while_multi_waits_for_its_node_aborts_the_transaction() {
     assert_eq!(c.cmd(&[b"SET", b"denied:k", b"1"]), b"+QUEUED\r\n");
     assert_eq!(c.cmd(&[b"EXEC"]), b"*1\r\n+OK\r\n");
     assert_eq!(c.cmd(&[b"DEL", b"denied:k"]), b":1\r\n");
+    // As Redis: a WATCH without a key is refused for its arity, which discards
+    // the transaction; a WATCH of a key only gets its own refusal.
+    assert_eq!(c.cmd(&[b"MULTI"]), b"+OK\r\n");
+    assert_eq!(
+        c.cmd(&[b"WATCH"]),
+        b"-ERR wrong number of arguments for 'watch' command\r\n"
+    );
+    assert!(c.cmd(&[b"EXEC"]).starts_with(b"-EXECABORT"));
+    assert_eq!(c.cmd(&[b"MULTI"]), b"+OK\r\n");
+    assert_eq!(
+        c.cmd(&[b"WATCH", b"k"]),
+        b"-ERR WATCH inside MULTI is not allowed\r\n"
+    );
+    assert_eq!(c.cmd(&[b"EXEC"]), b"*0\r\n");
 }
 
 /// Random command sequences (`support::commands`) through a `key_prefix`

@@ -98,9 +98,19 @@ async fn multi_exec_discard_and_errors_answer_like_redis(kind: Upstream) {
             &[b"MULTI"],
             &[b"MULTI"],
             &[b"EXEC"],
+            // EXEC and DISCARD without MULTI are refused and leave a WATCH as it
+            // is: the client's own write then makes its next EXEC fail.
+            &[b"WATCH", a],
+            &[b"EXEC"],
+            &[b"DISCARD"],
+            &[b"SET", a, b"5"],
+            &[b"MULTI"],
+            &[b"GET", a],
+            &[b"EXEC"],
         ],
     )
     .await;
+    assert_eq!(r[20], b"*-1\r\n", "{}", printable(&r[20]));
     assert_eq!(r[3], resp_bulk(b"2"), "DISCARD dropped the INCR");
     assert!(
         r[4].starts_with(b"-ERR EXEC without MULTI"),
@@ -555,6 +565,19 @@ async fn a_client_leaving_mid_transaction_leaves_no_state_behind(kind: Upstream)
     assert_eq!(r.cmd(&[b"RESET"]).await, b"+RESET\r\n");
     assert_eq!(r.cmd(&[b"GET", b"ghost3"]).await, b"$-1\r\n");
 
+    // Left WATCHing after EXEC and DISCARD without MULTI (Redis refuses both,
+    // and the WATCH stays on the connection).
+    let mut e = AsyncRawClient::connect(addr).await;
+    assert_eq!(e.cmd(&[b"WATCH", b"watched"]).await, b"+OK\r\n");
+    assert!(e
+        .cmd(&[b"EXEC"])
+        .await
+        .starts_with(b"-ERR EXEC without MULTI"));
+    assert!(e
+        .cmd(&[b"DISCARD"])
+        .await
+        .starts_with(b"-ERR DISCARD without MULTI"));
+    drop(e);
     let mut other = AsyncRawClient::connect(addr).await;
     assert_eq!(
         other.cmd(&[b"SET", b"watched", b"changed"]).await,

@@ -575,8 +575,17 @@ impl Session {
             self.deferred_dirty = false;
             return Deferred::Go;
         }
+        let argc = match &req.kind {
+            RequestKind::Inline(a) => a.len(),
+            _ => self.args.len(),
+        };
         let answer: Option<&[u8]> = match (cmd.tx, cmd.info.map_or("", |i| i.name)) {
             (TxOp::Multi, _) => Some(b"-ERR MULTI calls can not be nested\r\n"),
+            (TxOp::Watch, _) if argc < 2 => {
+                // Redis checks the arity first, and that aborts the transaction.
+                self.deferred_dirty = true;
+                Some(b"-ERR wrong number of arguments for 'watch' command\r\n")
+            }
             (TxOp::Watch, _) => Some(b"-ERR WATCH inside MULTI is not allowed\r\n"),
             (TxOp::End, "exec") if self.deferred_dirty => {
                 Some(b"-EXECABORT Transaction discarded because of previous errors.\r\n")

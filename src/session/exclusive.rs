@@ -46,6 +46,9 @@ impl Session {
                 held.locals.clear();
                 held.unprefix.clear();
             }
+            // EXEC or DISCARD without MULTI: Redis refuses it, and a WATCH stays
+            // (the connection must not go back to the pool watching keys).
+            TxOp::End if !held.in_multi => {}
             TxOp::End => {
                 held.in_multi = false;
                 held.watching = false;

@@ -1,7 +1,8 @@
 //! Differential runs of random command sequences: the same seeded sequence of
 //! commands (strings, keys, lists, hashes, sets, sorted sets, streams, bitmaps,
 //! HyperLogLogs, geo, scripts, blocking pops with short timeouts, pipelines,
-//! `MULTI` blocks, `WATCH` … `MULTI` blocks, `SCAN` loops) to a reference Redis and to one or more
+//! `MULTI` blocks, `WATCH` … `MULTI` blocks, transaction commands in any order,
+//! `SCAN` loops) to a reference Redis and to one or more
 //! proxy targets (a `key_prefix` database, a database on a Redis Cluster), each
 //! reply compared byte for byte. Only orders Redis leaves undefined are put in order
 //! first: the elements of `KEYS`, `SMEMBERS`, `SINTER`, `SUNION`, `SDIFF`, and the
@@ -31,6 +32,11 @@ enum Step {
     Watch(String, Vec<Cmd>, Vec<Cmd>),
     /// Commands sent in one write (a pipeline), then their replies read.
     Pipeline(Vec<Cmd>),
+    /// Transaction commands in any order (`EXEC` without `MULTI`, `WATCH`
+    /// inside it, nested `MULTI`, arity errors …) among plain ones: what a
+    /// session, and the pooled connection it gives back, must track as Redis
+    /// does. Ends with `DISCARD` and `UNWATCH`.
+    Loose(Vec<Cmd>),
 }
 
 struct Gen {
@@ -277,6 +283,25 @@ impl Gen {
         c
     }
 
+    /// A transaction command, or a plain one, of one hash tag.
+    fn loose(&mut self) -> Cmd {
+        let k = self.pick(TAGGED);
+        match self.rng.u32(..14) {
+            0 | 1 => s(&["MULTI"]),
+            2 | 3 => s(&["EXEC"]),
+            4 => s(&["DISCARD"]),
+            5 => s(&["WATCH", &k]),
+            6 => s(&["WATCH"]),
+            7 => s(&["UNWATCH"]),
+            8 => s(&["SET", &k]),
+            9 => s(&["INCR", &k]),
+            10 => s(&["LPUSH", &k, "x"]),
+            11 => s(&["GET", &k]),
+            12 => s(&["PING"]),
+            _ => s(&["EVAL", "return redis.call('INCR', KEYS[1])", "1", &k]),
+        }
+    }
+
     fn commands(&mut self, tagged: bool, lo: usize, hi: usize) -> Vec<Cmd> {
         let n = self.rng.usize(lo..hi);
         (0..n)
@@ -304,6 +329,12 @@ impl Gen {
                 let before = self.commands(false, 0, 3);
                 let body = self.commands(true, 1, 3);
                 Step::Watch(key, before, body)
+            }
+            8..=9 => {
+                let n = self.rng.usize(3..12);
+                let mut cmds: Vec<Cmd> = (0..n).map(|_| self.loose()).collect();
+                cmds.extend([s(&["DISCARD"]), s(&["UNWATCH"])]);
+                Step::Loose(cmds)
             }
             5..=7 => {
                 let n = self.rng.usize(2..9);
@@ -410,6 +441,10 @@ fn play(c: &mut RawClient, step: &Step) -> Vec<String> {
             cmds.iter().map(|cmd| normal(cmd, c.read_reply())).collect()
         }
         Step::Multi(body) => queue(c, body),
+        Step::Loose(cmds) => cmds
+            .iter()
+            .map(|cmd| String::from_utf8_lossy(&c.cmd(&args(cmd))).into_owned())
+            .collect(),
         Step::Watch(key, before, body) => {
             let mut out =
                 vec![String::from_utf8_lossy(&c.cmd(&[b"WATCH", key.as_bytes()])).into_owned()];
@@ -425,6 +460,7 @@ fn show(step: &Step) -> String {
     match step {
         Step::One(c) => line(c),
         Step::Scan => "SCAN 0 … (whole loop)".into(),
+        Step::Loose(cmds) => cmds.iter().map(line).collect::<Vec<_>>().join("; "),
         Step::Pipeline(cmds) => format!(
             "pipelined: {}",
             cmds.iter().map(line).collect::<Vec<_>>().join("; ")
