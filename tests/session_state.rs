@@ -467,3 +467,205 @@ async fn a_pause_redis_refuses_changes_nothing() {
     assert!(pool_open(&mut admin).await >= 1);
     proxy.shutdown().await;
 }
+
+/// Requests, each written as its words separated by spaces.
+fn script(lines: &[&str]) -> Vec<u8> {
+    lines
+        .iter()
+        .flat_map(|l| {
+            let words: Vec<&[u8]> = l.split(' ').map(str::as_bytes).collect();
+            resp_cmd(&words)
+        })
+        .collect()
+}
+
+/// As [`exchange`], on a connection that said `HELLO 3` first (its reply, which
+/// holds the connection's id, is left out).
+async fn exchange_resp3(addr: std::net::SocketAddr, bytes: &[u8]) -> Vec<u8> {
+    let mut c = AsyncRawClient::connect(addr).await;
+    c.send(&script(&["HELLO 3"])).await;
+    assert!(c.read_reply().await.starts_with(b"%"));
+    c.send(bytes).await;
+    let mut out = Vec::new();
+    while let Ok(Ok(r)) = tokio::time::timeout(Duration::from_millis(400), c.try_read_reply()).await
+    {
+        out.extend_from_slice(&r);
+    }
+    out
+}
+
+/// Each request list, pipelined in one write, to Redis and to the proxy: the
+/// same bytes back (`resp3`: after `HELLO 3`).
+async fn same_as_redis(
+    redis: &RedisServer,
+    proxy: std::net::SocketAddr,
+    resp3: bool,
+    cases: &[Vec<u8>],
+) {
+    for bytes in cases {
+        let (direct, proxied) = match resp3 {
+            true => (
+                exchange_resp3(redis.addr(), bytes).await,
+                exchange_resp3(proxy, bytes).await,
+            ),
+            false => (
+                exchange(redis.addr(), bytes).await,
+                exchange(proxy, bytes).await,
+            ),
+        };
+        assert!(!direct.is_empty());
+        assert_eq!(
+            String::from_utf8_lossy(&proxied),
+            String::from_utf8_lossy(&direct),
+            "request {:?}",
+            String::from_utf8_lossy(bytes)
+        );
+    }
+}
+
+/// A RESP3 client may run any command while subscribed, a transaction too: on
+/// the subscriber connection, where a barrier PING would be queued. Before, a
+/// command the proxy answers itself inside such a MULTI (CLIENT SETNAME, WAIT …)
+/// waited for a barrier that never came: EXEC was never answered, and the
+/// session never noticed its client leave. And a SELECT while subscribed changed
+/// the session's database while its commands still ran on the subscriber
+/// connection's: `GET` read, and `SET` wrote, the old database.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_resp3_subscriber_runs_transactions_and_selects_as_on_redis() {
+    let redis = RedisServer::start();
+    let mut config = proxy_config(&redis);
+    config.databases.truncate(3);
+    let proxy = start_proxy(config).await;
+    let addr = proxy.local_addr();
+    let cases = vec![
+        script(&[
+            "SUBSCRIBE ch",
+            "MULTI",
+            "PING",
+            "SET k 1",
+            "EXEC",
+            "GET k",
+            "UNSUBSCRIBE",
+            "PING",
+        ]),
+        script(&["SUBSCRIBE ch", "MULTI", "PING", "WAIT 0 0", "EXEC", "PING"]),
+        script(&["SUBSCRIBE ch", "MULTI", "PING", "RESET", "PING"]),
+        script(&[
+            "SET a 1",
+            "SUBSCRIBE ch",
+            "SELECT 2",
+            "GET a",
+            "SET a 2",
+            "SELECT 0",
+            "GET a",
+            "SELECT 2",
+            "GET a",
+            "DEL a",
+        ]),
+        // A MOVE runs on the shared connection; the GET after it waits for it.
+        script(&[
+            "SET b 3",
+            "SUBSCRIBE ch",
+            "MOVE b 2",
+            "GET b",
+            "SELECT 2",
+            "GET b",
+            "DEL b",
+        ]),
+        // CLIENT REPLY SKIP while subscribed skips the next reply, not a later one.
+        script(&[
+            "SUBSCRIBE y",
+            "CLIENT REPLY SKIP",
+            "PING",
+            "GET k",
+            "UNSUBSCRIBE",
+            "PING",
+        ]),
+    ];
+    same_as_redis(&redis, addr, true, &cases).await;
+    // What the proxy answers itself is refused inside such a transaction, as
+    // Redis refuses a command while queueing (EXEC discards it): no hang.
+    let bytes = script(&[
+        "SUBSCRIBE ch",
+        "MULTI",
+        "CLIENT SETNAME x",
+        "PING",
+        "EXEC",
+        "CLIENT GETNAME",
+        "PING",
+    ]);
+    let got = exchange_resp3(addr, &bytes).await;
+    assert_eq!(
+        String::from_utf8_lossy(&got),
+        ">3\r\n$9\r\nsubscribe\r\n$2\r\nch\r\n:1\r\n+OK\r\n\
+         -ERR CLIENT SETNAME inside a transaction on a subscribed connection is not supported by redis-sidecar\r\n\
+         +QUEUED\r\n-EXECABORT Transaction discarded because of previous errors.\r\n_\r\n+PONG\r\n"
+    );
+    // A blocking command after a SELECT of another database is refused (the
+    // subscriber connection is on the first one).
+    let bytes = script(&[
+        "SUBSCRIBE ch",
+        "SELECT 1",
+        "BLPOP q 0.01",
+        "SELECT 0",
+        "BLPOP q 0.01",
+    ]);
+    let got = String::from_utf8_lossy(&exchange_resp3(addr, &bytes).await).into_owned();
+    assert!(got.contains("-ERR BLPOP while subscribed, after a SELECT of another database than the subscriptions' (db 0), is not supported by redis-sidecar"), "{got}");
+    assert!(got.ends_with("+OK\r\n_\r\n"), "{got}");
+    proxy.shutdown().await;
+}
+
+/// Redis sends pub/sub confirmations also under CLIENT REPLY OFF (they are
+/// pushes); a SELECT pipelined after the UNSUBSCRIBE that leaves no
+/// subscriptions is the session's (Redis runs it: the client left pub/sub); an
+/// UNSUBSCRIBE inside MULTI is queued.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn pubsub_replies_under_reply_off_after_unsubscribing_and_in_multi_as_on_redis() {
+    let redis = RedisServer::start();
+    let mut config = proxy_config(&redis);
+    config.databases.truncate(3);
+    let proxy = start_proxy(config).await;
+    let cases = vec![
+        script(&[
+            "CLIENT REPLY OFF",
+            "UNSUBSCRIBE",
+            "PING",
+            "PSUBSCRIBE a*",
+            "PING",
+            "PUNSUBSCRIBE",
+            "CLIENT REPLY ON",
+            "PING",
+        ]),
+        script(&[
+            "SET c 1",
+            "SSUBSCRIBE ch",
+            "SUNSUBSCRIBE",
+            "SELECT 2",
+            "GET c",
+            "SELECT 0",
+            "DEL c",
+        ]),
+        script(&[
+            "SUBSCRIBE ch",
+            "SELECT 2",
+            "UNSUBSCRIBE",
+            "CLIENT SETNAME n",
+            "CLIENT GETNAME",
+        ]),
+        script(&["MULTI", "UNSUBSCRIBE", "PUNSUBSCRIBE a", "EXEC", "PING"]),
+    ];
+    same_as_redis(&redis, proxy.local_addr(), false, &cases).await;
+    let cases = vec![script(&[
+        "CLIENT REPLY OFF",
+        "SUBSCRIBE y",
+        "PING",
+        "GET a",
+        "UNSUBSCRIBE",
+        "PING",
+        "CLIENT REPLY ON",
+        "PING",
+    ])];
+    same_as_redis(&redis, proxy.local_addr(), true, &cases).await;
+    proxy.shutdown().await;
+}

@@ -163,6 +163,10 @@ impl Run {
 /// On a cluster, points `cfg` at the primary serving a sharded subscription's
 /// channel (`SSUBSCRIBE`), and says so; other subscriptions stay on the
 /// cluster's home node (Redis Cluster broadcasts `PUBLISH` to every node).
+/// `CLIENT REPLY SKIP`, sent before a subscribed client's request that it asked
+/// not to be answered.
+pub(super) const SKIP_NEXT: &[u8] = b"*3\r\n$6\r\nCLIENT\r\n$5\r\nREPLY\r\n$4\r\nSKIP\r\n";
+
 fn shard_node(
     db: &Database,
     cmd: &Descriptor,
@@ -401,6 +405,9 @@ impl Session {
             Route::Forward if self.mode.held().is_some() => Some(Target::Held),
             Route::Forward => Some(Target::Shared),
             Route::Stateful(Family::Transaction | Family::Blocking) => Some(Target::Held),
+            // UNSUBSCRIBE … inside MULTI: queued (it runs at EXEC, on a connection
+            // that subscribes to nothing).
+            Route::Stateful(Family::PubSub) if self.mode.in_multi() => Some(Target::Held),
             _ => None,
         }
     }
@@ -455,14 +462,16 @@ impl Session {
     }
 
     /// Whether a forwarded request of a subscribed session goes the way it goes
-    /// unsubscribed (RESP3 on a cluster, not MONITOR: by the slot of its keys, or
-    /// to every primary for `DBSIZE`, `KEYS`, `SCAN` …) rather than to the
-    /// subscriber connection, which is on one node. A RESP3 subscriber may send
-    /// any command, as on Redis.
-    fn cluster_routed_while_subscribed(&self) -> bool {
+    /// unsubscribed rather than to the subscriber connection (RESP3, not
+    /// MONITOR): on a cluster (by the slot of its keys, or to every primary for
+    /// `DBSIZE`, `KEYS`, `SCAN` …; the subscriber connection is on one node), and
+    /// after a SELECT of another database than the one the subscriber
+    /// connection was opened for (which may be another server). A RESP3
+    /// subscriber may send any command, as on Redis.
+    fn routed_while_subscribed(&self) -> bool {
         self.state.resp3
-            && self.state.db.cluster().is_some()
-            && matches!(&self.mode, Mode::Subscribed(s) if !s.monitor)
+            && matches!(&self.mode, Mode::Subscribed(s) if !s.monitor
+                && (self.state.db.cluster().is_some() || s.db != self.state.db.config.index))
     }
 
     /// What a subscribed session's request gets from the proxy instead of the
@@ -485,6 +494,19 @@ impl Session {
         };
         if s.monitor {
             return None;
+        }
+        let other_db = s.db != self.state.db.config.index;
+        if other_db
+            && matches!(
+                cmd.route,
+                Route::Stateful(Family::Transaction | Family::Blocking)
+            )
+        {
+            let name = cmd.info.map_or("?", |i| i.name).to_ascii_uppercase();
+            return Some(format!(
+                "ERR {name} while subscribed, after a SELECT of another database than the subscriptions' (db {db}), is not supported by redis-sidecar: SELECT {db} or unsubscribe first",
+                db = s.db
+            ));
         }
         with_args(buf, &self.args, req, |args| {
             if self.state.resp3
@@ -549,9 +571,16 @@ impl Session {
                 Route::Select | Route::Hello | Route::Auth | Route::CrossDb => true,
                 Route::Client => with_args(buf, &self.args, req, |a| {
                     a.count() > 1
-                        && [&b"SETNAME"[..], b"GETNAME", b"ID", b"INFO", b"SETINFO"]
-                            .iter()
-                            .any(|s| a.arg(1).eq_ignore_ascii_case(s))
+                        && [
+                            &b"SETNAME"[..],
+                            b"GETNAME",
+                            b"ID",
+                            b"INFO",
+                            b"SETINFO",
+                            b"REPLY",
+                        ]
+                        .iter()
+                        .any(|s| a.arg(1).eq_ignore_ascii_case(s))
                 }),
                 _ => false,
             }
@@ -918,10 +947,11 @@ impl Session {
             if matches!(self.mode, Mode::Subscribed(_)) {
                 if cmd.route == Route::Forward
                     && unprefix.is_none()
-                    && self.cluster_routed_while_subscribed()
+                    && self.routed_while_subscribed()
                 {
-                    // RESP3 on a cluster: as unsubscribed (by slot, or fanned out),
-                    // after the replies to what went to the subscriber connection.
+                    // RESP3 on a cluster, or on another database: as unsubscribed
+                    // (by slot, or fanned out), after the replies to what went to
+                    // the subscriber connection.
                     self.flush(&mut run, inbuf).await;
                     if self.last == Conn::Sub && !self.barrier_passed().await {
                         self.stalled = true;
@@ -940,11 +970,45 @@ impl Session {
                     }
                     continue;
                 }
+                if !self.state.resp3
+                    && matches!(
+                        cmd.route,
+                        Route::Select | Route::Hello | Route::Auth | Route::CrossDb | Route::Client
+                    )
+                    && !self.barrier_passed().await
+                {
+                    // RESP2: Redis refuses it while subscribed, but runs it after
+                    // an UNSUBSCRIBE that leaves none: whether the session is
+                    // still subscribed is known once earlier replies are in (then
+                    // it is the proxy's, as unsubscribed).
+                    self.flush(&mut run, inbuf).await;
+                    self.stalled = true;
+                    return;
+                }
                 let answered_here = matches!(cmd.route, Route::Quit | Route::Reset | Route::Proxy)
                     || self.keeps_state_while_subscribed(&inbuf[run.len..], &req, &cmd);
                 if !answered_here {
                     self.flush(&mut run, inbuf).await;
-                    let bytes = take_owned(inbuf, &req, owned.take());
+                    if (self.last != Conn::Sub && self.waits_upstream())
+                        || self.after_exec_while_subscribed()
+                        || (cmd.tx == TxOp::Multi
+                            && self.state.resp3
+                            && !self.multi_on_subscriber().await)
+                    {
+                        // After the replies of another connection (a MOVE
+                        // while subscribed runs on the shared one); see also
+                        // `pubsub::SubTx`.
+                        self.stalled = true;
+                        return;
+                    }
+                    let mut bytes = take_owned(inbuf, &req, owned.take());
+                    if std::mem::take(&mut self.skip_next) && self.state.resp3 {
+                        // CLIENT REPLY SKIP: Redis skips this reply on the
+                        // subscriber connection (and still sends pushes).
+                        let mut both = SKIP_NEXT.to_vec();
+                        both.extend_from_slice(&bytes);
+                        bytes = Bytes::from(both);
+                    }
                     let unsubscribes =
                         cmd.route == Route::Stateful(Family::PubSub) && !cmd.subscribes;
                     self.last = Conn::Sub;
@@ -956,13 +1020,36 @@ impl Session {
                     self.stalled = true;
                     return;
                 }
+                if self.multi_while_subscribed() && !matches!(cmd.route, Route::Quit | Route::Reset)
+                {
+                    // Refused, as Redis refuses a command while queueing: the
+                    // marker sent in its place discards the transaction at EXEC.
+                    let name = cmd
+                        .info
+                        .map_or("?", |i| i.name)
+                        .to_ascii_uppercase()
+                        .replace('|', " ");
+                    let text = format!("ERR {name} inside a transaction on a subscribed connection is not supported by redis-sidecar");
+                    self.flush(&mut run, inbuf).await;
+                    inbuf.advance(req.len);
+                    let mut out = Vec::new();
+                    reply::error(&mut out, &text);
+                    self.push_reply(out);
+                    continue;
+                }
             }
 
             let streams = matches!(
                 cmd.route,
                 Route::Stateful(Family::PubSub) | Route::Stateful(Family::Monitor)
             );
-            if streams && self.state.authenticated && !matches!(self.mode, Mode::Subscribed(_)) {
+            // Inside MULTI an UNSUBSCRIBE is queued, as by Redis (`target`).
+            let queued = !cmd.subscribes && self.mode.in_multi();
+            if streams
+                && self.state.authenticated
+                && !matches!(self.mode, Mode::Subscribed(_))
+                && !queued
+            {
                 self.flush(&mut run, inbuf).await;
                 if !cmd.subscribes {
                     // UNSUBSCRIBE … without subscriptions: Redis's answer, one
@@ -978,7 +1065,12 @@ impl Session {
                             self.state.resp3,
                         ),
                     };
+                    // Redis sends pub/sub confirmations also with CLIENT REPLY
+                    // OFF or SKIP (they are pushes; SKIP is used up).
+                    self.skip_next = false;
+                    let off = std::mem::replace(&mut self.reply_off, false);
                     self.push_reply(out);
+                    self.reply_off = off;
                     continue;
                 }
                 if matches!(self.mode, Mode::Exclusive(_)) || self.mode.in_multi() {

@@ -862,7 +862,7 @@ impl Session {
 
     /// A barrier PING is on its way on the subscriber connection.
     fn barrier_pending(&self) -> bool {
-        matches!(&self.mode, Mode::Subscribed(s) if s.barrier.is_some())
+        matches!(&self.mode, Mode::Subscribed(s) if s.barrier.is_some() || s.tx.as_ref().is_some_and(|t| t.waits()))
     }
 
     /// The session span's `db` and `upstream` fields follow the database in use.

@@ -110,6 +110,12 @@ pub(super) struct Subscribed {
     /// Channels and patterns, subscribed again elsewhere if the home node's
     /// connection is lost on a cluster.
     pub home: super::pubsub::Home,
+    /// A RESP3 transaction on the subscriber connection, from its MULTI until
+    /// EXEC's reply ([`super::pubsub::SubTx`]).
+    pub tx: Option<Box<super::pubsub::SubTx>>,
+    /// The client-facing database the connection was opened for: after a SELECT
+    /// of another one (RESP3), commands go where they go unsubscribed.
+    pub db: u32,
 }
 
 /// The upstream connection a forwarded request used.
@@ -274,6 +280,8 @@ impl Session {
             parked,
             shards: Default::default(),
             home: Default::default(),
+            tx: None,
+            db: self.state.db.config.index,
         });
         self.publish();
     }

@@ -80,13 +80,87 @@ struct HomeState {
     lost: bool,
 }
 
+/// A RESP3 client may run a transaction on its subscriber connection. Inside
+/// MULTI every request is queued, a barrier PING too, so the place of a command
+/// the proxy answers itself is found by counting instead: the MULTI is sent
+/// after every earlier reply has arrived (a barrier), and from there each
+/// request gets exactly one reply frame that is not a push, in order (a
+/// message, an invalidation or a confirmation is a push). A command the proxy
+/// answers itself waits for a marker sent in its place — `ECHO` without its
+/// argument, refused at once (and, inside MULTI, as Redis refuses a
+/// command while queueing, the transaction is discarded at EXEC) — whose reply
+/// is not passed on. After EXEC or DISCARD the session waits for its reply
+/// before it sends more (outside MULTI, a SUBSCRIBE's replies are all pushes).
+#[derive(Debug)]
+pub(super) struct SubTx {
+    /// MULTI sent, EXEC or DISCARD not yet.
+    in_multi: bool,
+    /// The replies still to come, oldest first: `true` for a marker's.
+    due: std::collections::VecDeque<bool>,
+}
+
+/// The marker: an `ECHO` without its argument, which Redis refuses before it
+/// would queue it (its arity), inside MULTI or not.
+const MARKER: &[u8] = b"*1\r\n$4\r\nECHO\r\n";
+
+/// Each request in `bytes`, and whether Redis answers it: not the `CLIENT REPLY
+/// SKIP` the proxy sends before a request the client asked not to be answered
+/// ([`super::dispatch::SKIP_NEXT`]), nor that request.
+fn each_answered(bytes: &[u8], mut f: impl FnMut(bool, &dyn ArgList)) {
+    let mut skip = false;
+    each_request(&Bytes::copy_from_slice(bytes), |_, args| {
+        let skipped = std::mem::take(&mut skip);
+        if args.count() == 3
+            && args.arg(0).eq_ignore_ascii_case(b"CLIENT")
+            && args.arg(1).eq_ignore_ascii_case(b"REPLY")
+        {
+            skip = true;
+        } else {
+            f(!skipped, args);
+        }
+        true
+    });
+}
+
+impl SubTx {
+    fn new() -> SubTx {
+        SubTx {
+            in_multi: true,
+            due: Default::default(),
+        }
+    }
+
+    /// Whether the session must wait before sending more: a marker's reply, or
+    /// (EXEC or DISCARD sent) the end of the transaction's replies.
+    pub(super) fn waits(&self) -> bool {
+        !self.in_multi || self.due.iter().any(|&m| m)
+    }
+
+    /// Requests written to the connection.
+    fn sent(&mut self, bytes: &[u8]) {
+        each_answered(bytes, |answered, args| {
+            if answered {
+                self.due.push_back(false);
+            }
+            if args.count() > 0
+                && [&b"EXEC"[..], b"DISCARD"]
+                    .iter()
+                    .any(|c| args.arg(0).eq_ignore_ascii_case(c))
+            {
+                self.in_multi = false;
+            }
+        });
+    }
+}
+
 impl Home {
     /// A request (or several) written to the home node's connection.
     fn sent(&mut self, bytes: &[u8]) {
         let s = self.0.get_or_insert_with(Default::default);
-        each_request(&Bytes::copy_from_slice(bytes), |_, args| {
-            s.sent(args);
-            true
+        each_answered(bytes, |answered, args| {
+            if answered {
+                s.sent(args);
+            }
         });
     }
 
@@ -282,6 +356,17 @@ impl Session {
             }
         }
         s.home.received(&frame);
+        if let Some(tx) = s.tx.as_mut().filter(|_| !frame.starts_with(b">")) {
+            let marker = tx.due.pop_front() == Some(true);
+            if !tx.in_multi && tx.due.is_empty() {
+                s.tx = None;
+            }
+            if marker {
+                // Every reply to what the client sent before is in the queue.
+                s.barrier_passed = true;
+                return;
+            }
+        }
         // No subscriptions left and nothing more to come on the connection (a
         // pipelined UNSUBSCRIBE after the one that left none is still answered
         // there, and so is a request after it): back to normal request/reply.
@@ -300,6 +385,14 @@ impl Session {
         }
         if last {
             self.leave_pubsub();
+        }
+        if self.reply_off
+            && pubsub::answers_request(&frame)
+            && pubsub::confirmation(&frame).is_none()
+        {
+            // CLIENT REPLY OFF: a reply (a PONG, an error) is dropped; pub/sub
+            // confirmations and messages are pushes, which Redis sends anyway.
+            return;
         }
         self.deliver(frame);
     }
@@ -328,9 +421,44 @@ impl Session {
             s.shards.asked(bytes);
         }
         s.home.sent(bytes);
+        if let Some(tx) = &mut s.tx {
+            tx.sent(bytes);
+            if !tx.in_multi && tx.due.is_empty() {
+                // (EXEC's reply skipped.)
+                s.tx = None;
+            }
+        }
         if s.sub.send(bytes).await.is_err() {
             self.on_pubsub_frame(Err(End::Closed));
         }
+    }
+
+    /// A MULTI is about to be sent on the subscriber connection (RESP3): `true`
+    /// once every earlier reply has arrived and the transaction's replies are
+    /// counted from here ([`SubTx`]); `false`: it waits (`stalled`).
+    pub(super) async fn multi_on_subscriber(&mut self) -> bool {
+        if matches!(self.mode.subscribed(), Some(s) if s.tx.is_some()) {
+            // A nested MULTI: refused by Redis, one reply like any other.
+            return true;
+        }
+        if !self.barrier_passed().await {
+            return false;
+        }
+        if let Some(s) = self.mode.subscribed() {
+            s.tx = Some(Box::new(SubTx::new()));
+        }
+        true
+    }
+
+    /// Whether the session is inside a transaction on its subscriber connection.
+    pub(super) fn multi_while_subscribed(&self) -> bool {
+        matches!(&self.mode, super::mode::Mode::Subscribed(s) if s.tx.as_ref().is_some_and(|t| t.in_multi))
+    }
+
+    /// Whether the session waits for the end of a transaction's replies on its
+    /// subscriber connection before it sends more.
+    pub(super) fn after_exec_while_subscribed(&self) -> bool {
+        matches!(&self.mode, super::mode::Mode::Subscribed(s) if s.tx.as_ref().is_some_and(|t| !t.in_multi))
     }
 
     /// Before a command the proxy answers itself while subscribed: `true` when it
@@ -344,6 +472,17 @@ impl Session {
         if s.monitor || std::mem::take(&mut s.barrier_passed) {
             // (A MONITOR stream would show the PING to the client.)
             return true;
+        }
+        if let Some(tx) = &mut s.tx {
+            if tx.due.iter().any(|&m| m) {
+                return false;
+            }
+            tx.due.push_back(true);
+            s.home.sent(MARKER);
+            if s.sub.send(MARKER).await.is_err() {
+                self.on_pubsub_frame(Err(End::Closed));
+            }
+            return false;
         }
         let tag = format!("redis-sidecar-barrier-{:016x}", fastrand::u64(..));
         let mut expected = Vec::new();
