@@ -669,3 +669,25 @@ async fn pubsub_replies_under_reply_off_after_unsubscribing_and_in_multi_as_on_r
     same_as_redis(&redis, proxy.local_addr(), true, &cases).await;
     proxy.shutdown().await;
 }
+
+/// With CLIENT TRACKING on (the session's own connection), CLIENT SETNAME,
+/// GETNAME and NO-EVICT inside MULTI were answered at once (`+OK`) instead of
+/// queued; now as without tracking, and as Redis.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn tracking_sessions_queue_client_commands_inside_multi() {
+    let redis = RedisServer::start();
+    let proxy = start_proxy(proxy_config(&redis)).await;
+    let cases = vec![script(&[
+        "CLIENT TRACKING ON",
+        "MULTI",
+        "CLIENT SETNAME x",
+        "CLIENT GETNAME",
+        "CLIENT NO-EVICT ON",
+        "GET a",
+        "EXEC",
+        "CLIENT GETNAME",
+    ])];
+    same_as_redis(&redis, proxy.local_addr(), false, &cases).await;
+    same_as_redis(&redis, proxy.local_addr(), true, &cases).await;
+    proxy.shutdown().await;
+}

@@ -90,8 +90,14 @@ impl Session {
         // Some(arity): queued if it has that many arguments (Redis's notation);
         // None: refused.
         let arity = match cmd.route {
-            // With tracking on, the session's own connection answers CLIENT.
-            Route::Client if self.tracking.is_some() => return false,
+            // With tracking on, the tracking connection answers these (Redis
+            // queues them there).
+            Route::Client
+                if self.tracking.is_some()
+                    && matches!(sub, b"CACHING" | b"GETREDIR" | b"TRACKINGINFO") =>
+            {
+                return false
+            }
             Route::Client => match sub {
                 // Forwarded (Redis queues them), or refused by the tracking code.
                 b"PAUSE" | b"UNPAUSE" | b"HELP" | b"TRACKING" => return false,
