@@ -562,6 +562,7 @@ async fn a_resp3_subscriber_runs_transactions_and_selects_as_on_redis() {
             "GET a",
             "DEL a",
         ]),
+        script(&["SUBSCRIBE ch", "SELECT 1", "UNWATCH", "SELECT 0", "UNWATCH"]),
         // A MOVE runs on the shared connection; the GET after it waits for it.
         script(&[
             "SET b 3",
@@ -689,5 +690,29 @@ async fn tracking_sessions_queue_client_commands_inside_multi() {
     ])];
     same_as_redis(&redis, proxy.local_addr(), false, &cases).await;
     same_as_redis(&redis, proxy.local_addr(), true, &cases).await;
+    proxy.shutdown().await;
+}
+
+/// On a `key_prefix` database a RESP2 subscriber's BLPOP, DBSIZE or FLUSHDB got
+/// the proxy's own refusal ("not supported on a database with key_prefix");
+/// Redis refuses every such command to a RESP2 subscriber with its own words,
+/// and the proxy now answers the same. After the last UNSUBSCRIBE they run (on
+/// the prefixed keys).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_resp2_subscriber_on_a_prefixed_database_gets_redis_refusals() {
+    let redis = RedisServer::start();
+    let mut config = proxy_config(&redis);
+    config.databases[0].upstream.key_prefix = Some(bytes::Bytes::from_static(b"p0:"));
+    let proxy = start_proxy(config).await;
+    let cases = vec![script(&[
+        "SUBSCRIBE ch",
+        "BLPOP q 1",
+        "DBSIZE",
+        "FLUSHDB",
+        "UNSUBSCRIBE",
+        "BLPOP q 0.01",
+        "DBSIZE",
+    ])];
+    same_as_redis(&redis, proxy.local_addr(), false, &cases).await;
     proxy.shutdown().await;
 }

@@ -163,6 +163,12 @@ impl Run {
 /// On a cluster, points `cfg` at the primary serving a sharded subscription's
 /// channel (`SSUBSCRIBE`), and says so; other subscriptions stay on the
 /// cluster's home node (Redis Cluster broadcasts `PUBLISH` to every node).
+/// Redis's refusal of a command other than the pub/sub ones to a RESP2
+/// subscriber (`name` as Redis names it: `blpop`, `client|setname`).
+fn not_in_pubsub_context(name: &str) -> String {
+    format!("ERR Can't execute '{name}': only (P|S)SUBSCRIBE / (P|S)UNSUBSCRIBE / PING / QUIT / RESET are allowed in this context")
+}
+
 /// `CLIENT REPLY SKIP`, sent before a subscribed client's request that it asked
 /// not to be answered.
 pub(super) const SKIP_NEXT: &[u8] = b"*3\r\n$6\r\nCLIENT\r\n$5\r\nREPLY\r\n$4\r\nSKIP\r\n";
@@ -497,6 +503,7 @@ impl Session {
         }
         let other_db = s.db != self.state.db.config.index;
         if other_db
+            && cmd.tx != TxOp::Unwatch
             && matches!(
                 cmd.route,
                 Route::Stateful(Family::Transaction | Family::Blocking)
@@ -535,10 +542,7 @@ impl Session {
         }
         let pubsub = cmd.route == Route::Stateful(Family::PubSub);
         if !self.state.resp3 && !pubsub && !matches!(info.name, "ping" | "quit" | "reset") {
-            return Some(format!(
-                "ERR Can't execute '{}': only (P|S)SUBSCRIBE / (P|S)UNSUBSCRIBE / PING / QUIT / RESET are allowed in this context",
-                info.name
-            ));
+            return Some(not_in_pubsub_context(info.name));
         }
         if info.name != "ssubscribe" {
             return None;
@@ -856,6 +860,16 @@ impl Session {
                             continue;
                         }
                         prefix::Plan::Refuse(text) => {
+                            // A RESP2 subscriber gets Redis's own refusal (any
+                            // command but pub/sub ones is refused there).
+                            let text = match (&self.mode, cmd.info) {
+                                (Mode::Subscribed(s), Some(info))
+                                    if !s.monitor && !self.state.resp3 =>
+                                {
+                                    not_in_pubsub_context(info.name)
+                                }
+                                _ => text,
+                            };
                             if !self.refuse(&mut run, inbuf, req.len, &text).await {
                                 return;
                             }

@@ -1,0 +1,330 @@
+#!/usr/bin/env python3
+"""Multi-session differential run (session 23): K client sessions per target, each
+step one session's random request (or pipeline) of session-state commands
+(SELECT, MULTI/EXEC/WATCH in any order, SUBSCRIBE families, CLIENT REPLY/TRACKING/
+SETNAME, HELLO 2/3, RESET, QUIT, blocking pops, MOVE/COPY/SWAPDB, scripts) and
+plain data commands; every session's stream of frames (replies and pushes) is
+compared with the same session's on a reference Redis. Connection ids in HELLO
+and TRACKINGINFO replies are masked; REDIRECT takes the target's own ids.
+
+    python3 sessions.py FIRST_SEED END_SEED STEPS REDIS_PORT,PROXY_PORT [K]
+    DUMP=log.json python3 sessions.py 13 14 150 7301,7310   # keep the failing log
+    python3 shrink.py log.json 7301,7310                    # the smallest log that still differs
+
+PREFIX=1 leaves out what a `key_prefix` database refuses by design (MOVE, SWAPDB,
+COPY … DB, CLIENT TRACKING, scripts that SELECT); FLUSH=port,… are servers
+flushed before each seed (the upstream of a prefixed proxy).
+
+The two targets must be alike: a redis-server (the reference) and the proxy in
+front of another redis-server of the same version, databases 0-3 on db 0-3 (see
+README.md here). Steps are timed (40 ms of quiet after each, 400 ms after a
+blocking command), so a difference is re-checked after 0.5 s before it counts.
+Standard library only. DUMP keeps the failing seed's whole log.
+"""
+import random, select, socket, sys, time
+
+def enc(args):
+    out = b"*%d\r\n" % len(args)
+    for a in args:
+        a = a.encode() if isinstance(a, str) else a
+        out += b"$%d\r\n%s\r\n" % (len(a), a)
+    return out
+
+def parse(buf, i=0):
+    """returns (frame, next_index) or None"""
+    nl = buf.find(b"\r\n", i)
+    if nl < 0:
+        return None
+    t = buf[i:i+1]; line = buf[i+1:nl].decode('latin1'); j = nl + 2
+    if t in b"+-:,(#_":
+        return (t.decode() + line, j)
+    if t in b"$=!":
+        n = int(line)
+        if n < 0:
+            return (t.decode() + "nil", j)
+        if len(buf) < j + n + 2:
+            return None
+        return (t.decode() + repr(buf[j:j+n])[2:-1], j + n + 2)
+    if t in b"*~>%|":
+        n = int(line)
+        if n < 0:
+            return ("*nil", j)
+        cnt = n * 2 if t in b"%|" else n
+        items = []
+        for _ in range(cnt):
+            r = parse(buf, j)
+            if r is None:
+                return None
+            items.append(r[0]); j = r[1]
+        items = norm_arr(items)
+        return (t.decode() + "[" + ", ".join(items) + "]", j)
+    return ("?BAD " + repr(buf[i:i+40]), len(buf))
+
+def norm_arr(items):
+    for k in range(0, len(items) - 1):
+        if items[k] in ("$id", "+id", "$redirect") and items[k+1].startswith(":") and items[k+1] not in (":0", ":-1"):
+            items[k+1] = "ID"
+    return items
+
+def norm_map(items):
+    out = list(items)
+    for k in range(0, len(out) - 1, 2):
+        if out[k] in ("$id", "+id"):
+            out[k+1] = "ID"
+    return out
+
+class Sess:
+    def __init__(self, port):
+        self.port = port
+        self.connect()
+    def connect(self):
+        self.s = socket.create_connection(("127.0.0.1", self.port))
+        self.s.setblocking(False)
+        self.buf = b""
+        self.frames = []
+        self.closed = False
+        # client id, out of band
+        self.s.setblocking(True)
+        self.s.sendall(enc(["CLIENT", "ID"]))
+        data = b""
+        while not data.endswith(b"\r\n"):
+            data += self.s.recv(100)
+        self.id = data[1:-2].decode()
+        self.s.setblocking(False)
+    def send(self, b):
+        if self.closed:
+            self.frames.append("<SEND-ON-CLOSED>")
+            return
+        try:
+            self.s.sendall(b)
+        except (BlockingIOError, BrokenPipeError, ConnectionResetError) as e:
+            self.frames.append("<SENDERR %s>" % type(e).__name__)
+    def feed(self):
+        try:
+            d = self.s.recv(65536)
+        except BlockingIOError:
+            return False
+        except ConnectionResetError:
+            d = b""
+        if not d:
+            self.closed = True
+            self.frames.append("<EOF>")
+            return True
+        self.buf += d
+        while True:
+            r = parse(self.buf)
+            if r is None:
+                break
+            self.frames.append(r[0]); self.buf = self.buf[r[1]:]
+        return True
+
+def drain(all_sess, idle=0.04, maxw=2.0):
+    t0 = time.time(); last = time.time()
+    while time.time() - last < idle and time.time() - t0 < maxw:
+        socks = [s.s for s in all_sess if not s.closed]
+        if not socks:
+            break
+        r, _, _ = select.select(socks, [], [], idle)
+        for s in all_sess:
+            if s.s in r:
+                if s.feed():
+                    last = time.time()
+
+KEYS = ["a", "b", "c", "{t}x"]
+CH = ["ch1", "ch2"]
+
+def gen(rng, K):
+    k = rng.choice(KEYS); ch = rng.choice(CH)
+    r = rng.random()
+    pool = [
+        (8, lambda: ["SET", k, str(rng.randint(0, 9))]),
+        (6, lambda: ["GET", k]),
+        (3, lambda: ["INCR", k]),
+        (3, lambda: ["LPUSH", k, "x"]),
+        (2, lambda: ["RPOP", k]),
+        (2, lambda: ["DEL", k]),
+        (2, lambda: ["BLPOP", k, "0.3"]),
+        (1, lambda: ["BZPOPMIN", k, "0.2"]),
+        (1, lambda: ["ZADD", k, "1", "m"]),
+        (5, lambda: ["SELECT", str(rng.choice([0, 1, 2, 3, 3, 99]))]),
+        (2, lambda: ["MOVE", k, str(rng.randint(0, 3))]),
+        (1, lambda: ["COPY", k, rng.choice(KEYS), "DB", str(rng.randint(0, 3))] + (["REPLACE"] if rng.random() < .5 else [])),
+        (1, lambda: ["SWAPDB", str(rng.randint(0, 3)), str(rng.randint(0, 3))]),
+        (1, lambda: ["FLUSHDB"]),
+        (2, lambda: ["DBSIZE"]),
+        (4, lambda: ["MULTI"]),
+        (4, lambda: ["EXEC"]),
+        (2, lambda: ["DISCARD"]),
+        (3, lambda: ["WATCH", k]),
+        (1, lambda: ["UNWATCH"]),
+        (3, lambda: ["SUBSCRIBE", ch]),
+        (2, lambda: ["UNSUBSCRIBE"] + ([ch] if rng.random() < .5 else [])),
+        (1, lambda: ["PSUBSCRIBE", "ch*"]),
+        (1, lambda: ["PUNSUBSCRIBE"]),
+        (1, lambda: ["SSUBSCRIBE", ch]),
+        (1, lambda: ["SUNSUBSCRIBE"]),
+        (3, lambda: ["PUBLISH", ch, "m"]),
+        (1, lambda: ["SPUBLISH", ch, "m"]),
+        (3, lambda: ["PING"]),
+        (1, lambda: ["PING", "x"]),
+        (1, lambda: ["ECHO", "e"]),
+        (2, lambda: ["CLIENT", "SETNAME", "n%d" % rng.randint(0, 3)]),
+        (2, lambda: ["CLIENT", "GETNAME"]),
+        (2, lambda: ["CLIENT", "REPLY", rng.choice(["ON", "OFF", "SKIP"])]),
+        (1, lambda: ["CLIENT", "NO-EVICT", rng.choice(["ON", "OFF"])]),
+        (3, lambda: ["CLIENT", "TRACKING", "ON"] + rng.choice([[], ["BCAST"], ["OPTIN"], ["OPTOUT"], ["NOLOOP"], ["REDIRECT", "{ID%d}" % rng.randrange(K)], ["BCAST", "PREFIX", "a"]])),
+        (2, lambda: ["CLIENT", "TRACKING", "OFF"]),
+        (1, lambda: ["CLIENT", "CACHING", rng.choice(["YES", "NO"])]),
+        (1, lambda: ["CLIENT", "TRACKINGINFO"]),
+        (2, lambda: ["HELLO", rng.choice(["2", "3"])]),
+        (1, lambda: ["HELLO", "3", "SETNAME", "h"]),
+        (1, lambda: ["RESET"]),
+        (1, lambda: ["WAIT", "0", "0"]),
+        (1, lambda: ["EVAL", "return redis.call('GET',KEYS[1])", "1", k]),
+        (1, lambda: ["EVAL", "redis.call('SELECT',2); return redis.call('SET',KEYS[1],'s')", "1", k]),
+        (1, lambda: ["OBJECT", "ENCODING", k]),
+        (1, lambda: ["READONLY"]),
+        (1, lambda: ["READWRITE"]),
+        (1, lambda: ["ASKING"]),
+        (1, lambda: ["CLIENT", "UNPAUSE"]),
+        (1, lambda: ["TYPE", k]),
+    ]
+    if QUIT:
+        pool.append((1, lambda: ["QUIT"]))
+    tot = sum(w for w, _ in pool)
+    x = rng.uniform(0, tot)
+    for w, f in pool:
+        x -= w
+        if x <= 0:
+            return f()
+    return ["PING"]
+
+QUIT = True
+import os
+LATE = os.environ.get('LATE')
+PREFIX = os.environ.get('PREFIX')
+FLUSH = [int(x) for x in os.environ.get('FLUSH', '').split(',') if x]
+
+def connect_all(targets, K):
+    """K sessions per target, every target (and FLUSH's servers) flushed."""
+    sess = [[Sess(p) for _ in range(K)] for p in targets]
+    for row in sess:
+        row[0].send(enc(["FLUSHALL"]))
+    for port in FLUSH:
+        x = socket.create_connection(("127.0.0.1", port)); x.sendall(enc(["FLUSHALL"])); x.recv(100); x.close()
+    drain([s for row in sess for s in row])
+    for row in sess:
+        row[0].frames.clear()
+    return sess
+
+def send_step(sess, i, cmds):
+    """one session's request(s) to every target; REDIRECT ids are each target's."""
+    for row in sess:
+        s = row[i]
+        if s.closed:
+            s.connect()
+        data = b""
+        for c in cmds:
+            c2 = [row[int(a[3:-1])].id if a.startswith("{ID") else a for a in c]
+            data += enc(c2)
+        s.send(data)
+
+def replay(log, K, targets, quiet=True):
+    """replays a dumped log; returns the first differing step or None"""
+    sess = connect_all(targets, K)
+    res = None
+    for step, (i, cmds) in enumerate(log):
+        send_step(sess, i, cmds)
+        allS = [s for row in sess for s in row]
+        blocking = any(c[0] in ("BLPOP", "BZPOPMIN") for c in cmds)
+        drain(allS, idle=0.4 if blocking else 0.04)
+        bad = [j for j in range(K) if sess[0][j].frames != sess[1][j].frames]
+        if bad:
+            drain(allS, idle=0.5, maxw=3)
+            bad = [j for j in range(K) if sess[0][j].frames != sess[1][j].frames]
+        if bad:
+            res = (step, bad[0], sess[0][bad[0]].frames, sess[1][bad[0]].frames)
+            break
+    for row in sess:
+        for s in row:
+            try: s.s.close()
+            except Exception: pass
+    return res
+
+def run(seed, steps, K, targets):
+    rng = random.Random(seed)
+    sess = connect_all(targets, K)
+    log = []
+    model = [{"multi": False, "watch": False} for _ in range(K)]
+    for step in range(steps):
+        i = rng.randrange(K)
+        n = 1 if rng.random() < .8 else rng.randint(2, 4)
+        cmds = []
+        st = model[i]
+        while len(cmds) < n:
+            c = gen(rng, K)
+            u = [x.upper() for x in c]
+            if st["multi"] and (u[0] in ("SUBSCRIBE", "PSUBSCRIBE", "SSUBSCRIBE", "HELLO") or u[:2] in (["CLIENT", "TRACKING"], ["CLIENT", "REPLY"])):
+                continue
+            if st["watch"] and (u[:2] == ["CLIENT", "TRACKING"] or u[0] in ("SUBSCRIBE", "PSUBSCRIBE", "SSUBSCRIBE", "HELLO")):
+                continue
+            if PREFIX and ("SELECT" in c[1] if u[0] == "EVAL" else False):
+                continue
+            if PREFIX and (u[0] in ("MOVE", "SWAPDB", "COPY") or u[:2] in (["CLIENT", "TRACKING"], ["CLIENT", "CACHING"], ["CLIENT", "TRACKINGINFO"])):
+                continue
+            if u[0] == "MULTI": st["multi"] = True
+            if u[0] in ("EXEC", "DISCARD") and st["multi"]: st["multi"] = False; st["watch"] = False
+            if u[0] in ("RESET", "QUIT"): st["multi"] = False; st["watch"] = False
+            if u[0] == "WATCH": st["watch"] = True
+            if u[0] == "UNWATCH" and not st["multi"]: st["watch"] = False
+            cmds.append(c)
+        log.append((i, cmds))
+        send_step(sess, i, cmds)
+        allS = [s for row in sess for s in row]
+        blocking = any(c[0] in ("BLPOP", "BZPOPMIN") for c in cmds)
+        drain(allS, idle=0.4 if blocking else 0.04)
+        def differs():
+            for j in range(K):
+                if sess[0][j].frames != sess[1][j].frames:
+                    return j
+            return None
+        j = differs()
+        if j is not None:
+            drain(allS, idle=0.5, maxw=3)
+            j = differs()
+        if j is not None:
+            print("seed %d step %d: session %d differs" % (seed, step, j))
+            if os.environ.get('DUMP'):
+                import json; json.dump(log, open(os.environ['DUMP'], 'w'))
+            for (ii, c) in log[-12:]:
+                print("   s%d: %s" % (ii, " | ".join(" ".join(x) for x in c)))
+            a, b = sess[0][j].frames, sess[1][j].frames
+            k = 0
+            while k < min(len(a), len(b)) and a[k] == b[k]:
+                k += 1
+            print("   redis: ", a[max(0, k-3):k+4])
+            print("   proxy: ", b[max(0, k-3):k+4])
+            if LATE:
+                drain(allS, idle=6, maxw=8)
+                print("   later proxy: ", sess[1][j].frames[max(0, k-3):k+4])
+            return False
+    for row in sess:
+        for s in row:
+            try:
+                s.s.close()
+            except Exception:
+                pass
+    return True
+
+if __name__ == "__main__":
+    a = int(sys.argv[1]); b = int(sys.argv[2]); steps = int(sys.argv[3])
+    ports = [int(x) for x in sys.argv[4].split(",")]
+    K = int(sys.argv[5]) if len(sys.argv) > 5 else 4
+    bad = 0
+    for seed in range(a, b):
+        ok = run(seed, steps, K, ports)
+        if not ok:
+            bad += 1
+        else:
+            print("seed %d ok" % seed, flush=True)
+    print("bad", bad)
