@@ -562,7 +562,15 @@ async fn a_resp3_subscriber_runs_transactions_and_selects_as_on_redis() {
             "GET a",
             "DEL a",
         ]),
-        script(&["SUBSCRIBE ch", "SELECT 1", "UNWATCH", "SELECT 0", "UNWATCH"]),
+        script(&[
+            "SUBSCRIBE ch",
+            "SELECT 1",
+            "UNWATCH",
+            "EXEC",
+            "DISCARD",
+            "SELECT 0",
+            "UNWATCH",
+        ]),
         // A MOVE runs on the shared connection; the GET after it waits for it.
         script(&[
             "SET b 3",

@@ -503,7 +503,9 @@ impl Session {
         }
         let other_db = s.db != self.state.db.config.index;
         if other_db
-            && cmd.tx != TxOp::Unwatch
+            // (UNWATCH, EXEC and DISCARD change nothing there: no transaction
+            // began on it after the SELECT.)
+            && !matches!(cmd.tx, TxOp::Unwatch | TxOp::End)
             && matches!(
                 cmd.route,
                 Route::Stateful(Family::Transaction | Family::Blocking)
