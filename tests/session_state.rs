@@ -568,6 +568,7 @@ async fn a_resp3_subscriber_runs_transactions_and_selects_as_on_redis() {
             "UNWATCH",
             "EXEC",
             "DISCARD",
+            "WAIT 0 0",
             "SELECT 0",
             "UNWATCH",
         ]),

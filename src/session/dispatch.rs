@@ -506,6 +506,8 @@ impl Session {
             // (UNWATCH, EXEC and DISCARD change nothing there: no transaction
             // began on it after the SELECT.)
             && !matches!(cmd.tx, TxOp::Unwatch | TxOp::End)
+            // (WAIT is about replicas, not a database.)
+            && cmd.info.is_none_or(|i| i.name != "wait")
             && matches!(
                 cmd.route,
                 Route::Stateful(Family::Transaction | Family::Blocking)
