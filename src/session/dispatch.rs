@@ -166,7 +166,12 @@ impl Run {
 /// Redis's refusal of a command other than the pub/sub ones to a RESP2
 /// subscriber (`name` as Redis names it: `blpop`, `client|setname`).
 fn not_in_pubsub_context(name: &str) -> String {
-    format!("ERR Can't execute '{name}': only (P|S)SUBSCRIBE / (P|S)UNSUBSCRIBE / PING / QUIT / RESET are allowed in this context")
+    let refusal = format!("Can't execute '{name}': only (P|S)SUBSCRIBE / (P|S)UNSUBSCRIBE / PING / QUIT / RESET are allowed in this context");
+    match name {
+        // Redis refuses EXEC so, in or out of MULTI.
+        "exec" => format!("EXECABORT Transaction discarded because of: {refusal}"),
+        _ => format!("ERR {refusal}"),
+    }
 }
 
 /// `CLIENT REPLY SKIP`, sent before a subscribed client's request that it asked
@@ -759,7 +764,7 @@ impl Session {
                     self.refused_in_multi();
                     continue;
                 }
-                if self.hides_cluster(&cmd, &req) {
+                if self.hides_cluster(&cmd, &req) && !self.mode.in_multi() && !self.deferred_multi {
                     // A database on a Redis Cluster looks like a standalone server:
                     // its nodes are not shown (clients would go around the proxy).
                     if !self
@@ -812,6 +817,19 @@ impl Session {
                     }
                     Deferred::Go => {}
                 }
+            }
+            if self.mode.in_multi() && self.hides_cluster(&cmd, &req) {
+                // Queued, as Redis queues it: its refusal is its element of EXEC's
+                // reply (`READONLY` inside MULTI does not abort).
+                self.flush(&mut run, inbuf).await;
+                let args: Vec<Vec<u8>> = with_args(&inbuf[..req.len], &self.args, &req, |a| {
+                    (0..a.count()).map(|i| a.arg(i).to_vec()).collect()
+                });
+                inbuf.advance(req.len);
+                let mut refusal = Vec::new();
+                reply::error(&mut refusal, command::CLUSTER_DISABLED);
+                self.queue_local(cmd.route, &args, Some(refusal));
+                continue;
             }
             // key_prefix: the request as rewritten, and how its reply is.
             let mut owned: Option<Vec<u8>> = None;
