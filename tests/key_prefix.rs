@@ -936,9 +936,18 @@ async fn keyspace_notifications_show_only_this_prefix_unprefixed() {
         sub.read_reply().await,
         b"*3\r\n$12\r\npunsubscribe\r\n$16\r\n__keyspace@*__:*\r\n:1\r\n"
     );
-    // Still subscribed: a command whose reply names keys is refused.
+    // Still subscribed (RESP2): refused with Redis's own words.
     assert_eq!(
-        sub.cmd(&[b"KEYS", b"*"]).await,
+        String::from_utf8_lossy(&sub.cmd(&[b"KEYS", b"*"]).await),
+        "-ERR Can't execute 'keys': only (P|S)SUBSCRIBE / (P|S)UNSUBSCRIBE / PING / QUIT / RESET are allowed in this context\r\n"
+    );
+    // A RESP3 subscriber may send it (Redis would run it): refused, its reply would
+    // name prefixed keys in the subscriber connection's stream.
+    let mut sub3 = client(&proxy, 1).await;
+    assert!(sub3.cmd(&[b"HELLO", b"3"]).await.starts_with(b"%"));
+    assert!(sub3.cmd(&[b"SUBSCRIBE", b"c"]).await.starts_with(b">3"));
+    assert_eq!(
+        sub3.cmd(&[b"KEYS", b"*"]).await,
         b"-ERR 'KEYS' while subscribed is not supported on a database with key_prefix (its reply names keys or it runs over SCAN)\r\n"
     );
 }
