@@ -13,7 +13,11 @@ use support::{proxy_config, resp_cmd, start_proxy, AsyncRawClient, RedisServer};
 /// Sends `bytes` to `addr` and reads until the connection has been quiet for a
 /// while (or closed): everything the server answered.
 async fn exchange(addr: std::net::SocketAddr, bytes: &[u8]) -> Vec<u8> {
-    let mut c = AsyncRawClient::connect(addr).await;
+    exchange_on(AsyncRawClient::connect(addr).await, bytes).await
+}
+
+/// [`exchange`] on a connection already open.
+async fn exchange_on(mut c: AsyncRawClient, bytes: &[u8]) -> Vec<u8> {
     c.send(bytes).await;
     let mut out = Vec::new();
     while let Ok(Ok(r)) = tokio::time::timeout(Duration::from_millis(400), c.try_read_reply()).await
@@ -485,13 +489,7 @@ async fn exchange_resp3(addr: std::net::SocketAddr, bytes: &[u8]) -> Vec<u8> {
     let mut c = AsyncRawClient::connect(addr).await;
     c.send(&script(&["HELLO 3"])).await;
     assert!(c.read_reply().await.starts_with(b"%"));
-    c.send(bytes).await;
-    let mut out = Vec::new();
-    while let Ok(Ok(r)) = tokio::time::timeout(Duration::from_millis(400), c.try_read_reply()).await
-    {
-        out.extend_from_slice(&r);
-    }
-    out
+    exchange_on(c, bytes).await
 }
 
 /// Each request list, pipelined in one write, to Redis and to the proxy: the
@@ -581,6 +579,14 @@ async fn a_resp3_subscriber_runs_transactions_and_selects_as_on_redis() {
             "SELECT 2",
             "GET b",
             "DEL b",
+        ]),
+        // CLIENT REPLY SKIP before SUBSCRIBE is used up by it.
+        script(&[
+            "CLIENT REPLY SKIP",
+            "SUBSCRIBE x",
+            "PING",
+            "PING",
+            "UNSUBSCRIBE",
         ]),
         // CLIENT REPLY SKIP while subscribed skips the next reply, not a later one.
         script(&[

@@ -160,9 +160,6 @@ impl Run {
     }
 }
 
-/// On a cluster, points `cfg` at the primary serving a sharded subscription's
-/// channel (`SSUBSCRIBE`), and says so; other subscriptions stay on the
-/// cluster's home node (Redis Cluster broadcasts `PUBLISH` to every node).
 /// Redis's refusal of a command other than the pub/sub ones to a RESP2
 /// subscriber (`name` as Redis names it: `blpop`, `client|setname`).
 fn not_in_pubsub_context(name: &str) -> String {
@@ -174,10 +171,9 @@ fn not_in_pubsub_context(name: &str) -> String {
     }
 }
 
-/// `CLIENT REPLY SKIP`, sent before a subscribed client's request that it asked
-/// not to be answered.
-pub(super) const SKIP_NEXT: &[u8] = b"*3\r\n$6\r\nCLIENT\r\n$5\r\nREPLY\r\n$4\r\nSKIP\r\n";
-
+/// On a cluster, points `cfg` at the primary serving a sharded subscription's
+/// channel (`SSUBSCRIBE`), and says so; other subscriptions stay on the
+/// cluster's home node (Redis Cluster broadcasts `PUBLISH` to every node).
 fn shard_node(
     db: &Database,
     cmd: &Descriptor,
@@ -1037,18 +1033,13 @@ impl Session {
                         self.stalled = true;
                         return;
                     }
-                    let mut bytes = take_owned(inbuf, &req, owned.take());
-                    if std::mem::take(&mut self.skip_next) && self.state.resp3 {
-                        // CLIENT REPLY SKIP: Redis skips this reply on the
-                        // subscriber connection (and still sends pushes).
-                        let mut both = SKIP_NEXT.to_vec();
-                        both.extend_from_slice(&bytes);
-                        bytes = Bytes::from(both);
-                    }
+                    let bytes = take_owned(inbuf, &req, owned.take());
+                    // (A RESP2 subscriber cannot ask: Redis refuses CLIENT there.)
+                    let skip = std::mem::take(&mut self.skip_next) && self.state.resp3;
                     let unsubscribes =
                         cmd.route == Route::Stateful(Family::PubSub) && !cmd.subscribes;
                     self.last = Conn::Sub;
-                    self.send_to_subscriber(&bytes, unsubscribes).await;
+                    self.send_to_subscriber(&bytes, unsubscribes, skip).await;
                     continue;
                 }
                 if !self.barrier_passed().await {
@@ -1144,7 +1135,10 @@ impl Session {
                         self.enter_pubsub(sub, monitor);
                         let bytes = take_owned(inbuf, &req, owned.take());
                         self.last = Conn::Sub;
-                        self.send_to_subscriber(&bytes, false).await;
+                        // CLIENT REPLY SKIP is used up by it (its confirmations
+                        // are pushes, which Redis sends anyway).
+                        self.skip_next = false;
+                        self.send_to_subscriber(&bytes, false, false).await;
                     }
                     Err(e) => {
                         inbuf.advance(req.len);

@@ -99,28 +99,13 @@ pub(super) struct SubTx {
     due: std::collections::VecDeque<bool>,
 }
 
+/// `CLIENT REPLY SKIP`, sent before a subscribed client's request that it asked
+/// not to be answered.
+const SKIP_NEXT: &[u8] = b"*3\r\n$6\r\nCLIENT\r\n$5\r\nREPLY\r\n$4\r\nSKIP\r\n";
+
 /// The marker: an `ECHO` without its argument, which Redis refuses before it
 /// would queue it (its arity), inside MULTI or not.
 const MARKER: &[u8] = b"*1\r\n$4\r\nECHO\r\n";
-
-/// Each request in `bytes`, and whether Redis answers it: not the `CLIENT REPLY
-/// SKIP` the proxy sends before a request the client asked not to be answered
-/// ([`super::dispatch::SKIP_NEXT`]), nor that request.
-fn each_answered(bytes: &[u8], mut f: impl FnMut(bool, &dyn ArgList)) {
-    let mut skip = false;
-    each_request(&Bytes::copy_from_slice(bytes), |_, args| {
-        let skipped = std::mem::take(&mut skip);
-        if args.count() == 3
-            && args.arg(0).eq_ignore_ascii_case(b"CLIENT")
-            && args.arg(1).eq_ignore_ascii_case(b"REPLY")
-        {
-            skip = true;
-        } else {
-            f(!skipped, args);
-        }
-        true
-    });
-}
 
 impl SubTx {
     fn new() -> SubTx {
@@ -136,10 +121,11 @@ impl SubTx {
         !self.in_multi || self.due.iter().any(|&m| m)
     }
 
-    /// Requests written to the connection.
-    fn sent(&mut self, bytes: &[u8]) {
-        each_answered(bytes, |answered, args| {
-            if answered {
+    /// Requests written to the connection (`skipped`: their replies are skipped,
+    /// see [`SKIP_NEXT`]).
+    fn sent(&mut self, bytes: &[u8], skipped: bool) {
+        each_request(&Bytes::copy_from_slice(bytes), |_, args| {
+            if !skipped {
                 self.due.push_back(false);
             }
             if args.count() > 0
@@ -149,18 +135,19 @@ impl SubTx {
             {
                 self.in_multi = false;
             }
+            true
         });
     }
 }
 
 impl Home {
-    /// A request (or several) written to the home node's connection.
-    fn sent(&mut self, bytes: &[u8]) {
+    /// A request (or several) written to the home node's connection
+    /// (`skipped`: their replies, not their pushes, are skipped).
+    fn sent(&mut self, bytes: &[u8], skipped: bool) {
         let s = self.0.get_or_insert_with(Default::default);
-        each_answered(bytes, |answered, args| {
-            if answered {
-                s.sent(args);
-            }
+        each_request(&Bytes::copy_from_slice(bytes), |_, args| {
+            s.sent(args, skipped);
+            true
         });
     }
 
@@ -214,7 +201,7 @@ impl Home {
 impl HomeState {
     /// Counts the replies `args` will get (Redis confirms each channel named,
     /// or each one left, or once with nil) and applies it to the sets.
-    fn sent(&mut self, args: &dyn ArgList) {
+    fn sent(&mut self, args: &dyn ArgList, skipped: bool) {
         let named = args.count().saturating_sub(1);
         let name = match args.count() {
             0 => Vec::new(),
@@ -230,7 +217,9 @@ impl HomeState {
                 (&mut self.shards, name[1] == b's')
             }
             _ => {
-                self.awaiting.push_back(1);
+                if !skipped {
+                    self.awaiting.push_back(1);
+                }
                 return;
             }
         };
@@ -411,8 +400,15 @@ impl Session {
     }
 
     /// Writes a request to the subscriber connection; `unsubscribes`: it is an
-    /// UNSUBSCRIBE-family command.
-    pub(super) async fn send_to_subscriber(&mut self, bytes: &[u8], unsubscribes: bool) {
+    /// UNSUBSCRIBE-family command; `skip`: the client asked not to get its reply
+    /// (CLIENT REPLY SKIP, RESP3), which Redis then skips ([`SKIP_NEXT`] sent
+    /// before it; pushes still come).
+    pub(super) async fn send_to_subscriber(
+        &mut self,
+        bytes: &[u8],
+        unsubscribes: bool,
+        skip: bool,
+    ) {
         let cluster = self.state.db.cluster().is_some();
         let Some(s) = self.mode.subscribed() else {
             return;
@@ -420,15 +416,19 @@ impl Session {
         if unsubscribes && cluster {
             s.shards.asked(bytes);
         }
-        s.home.sent(bytes);
+        s.home.sent(bytes, skip);
         if let Some(tx) = &mut s.tx {
-            tx.sent(bytes);
+            tx.sent(bytes, skip);
             if !tx.in_multi && tx.due.is_empty() {
                 // (EXEC's reply skipped.)
                 s.tx = None;
             }
         }
-        if s.sub.send(bytes).await.is_err() {
+        let sent = match skip {
+            true => s.sub.send(&[SKIP_NEXT, bytes].concat()).await,
+            false => s.sub.send(bytes).await,
+        };
+        if sent.is_err() {
             self.on_pubsub_frame(Err(End::Closed));
         }
     }
@@ -478,7 +478,7 @@ impl Session {
                 return false;
             }
             tx.due.push_back(true);
-            s.home.sent(MARKER);
+            s.home.sent(MARKER, false);
             if s.sub.send(MARKER).await.is_err() {
                 self.on_pubsub_frame(Err(End::Closed));
             }
@@ -490,7 +490,7 @@ impl Session {
         let mut ping = Vec::new();
         encode_command(&[&b"PING"[..], tag.as_bytes()], &mut ping);
         s.barrier = Some(Bytes::from(expected));
-        s.home.sent(&ping);
+        s.home.sent(&ping, false);
         if s.sub.send(&ping).await.is_err() {
             self.on_pubsub_frame(Err(End::Closed));
         }
@@ -920,7 +920,7 @@ mod tests {
     #[test]
     fn the_home_connection_is_followed_only_with_no_reply_to_come() {
         let mut h = Home::default();
-        h.sent(&cmd(&["SUBSCRIBE", "a", "b", "a"]));
+        h.sent(&cmd(&["SUBSCRIBE", "a", "b", "a"]), false);
         // Three confirmations to come (one per channel named).
         assert!(h.settled().is_none());
         h.received(&conf("subscribe", "a", 1));
@@ -934,27 +934,27 @@ mod tests {
         // PSUBSCRIBE and a PING, pipelined.
         let mut two = cmd(&["psubscribe", "p*"]);
         two.extend(cmd(&["PING"]));
-        h.sent(&two);
+        h.sent(&two, false);
         h.received(b"*3\r\n$10\r\npsubscribe\r\n$2\r\np*\r\n:3\r\n");
         assert!(h.settled().is_none());
         h.received(b"*2\r\n$4\r\npong\r\n$0\r\n\r\n");
         assert_eq!(h.settled().map(|s| s.patterns.len()), Some(1));
         // UNSUBSCRIBE without channels: one confirmation per channel held.
-        h.sent(&cmd(&["UNSUBSCRIBE"]));
+        h.sent(&cmd(&["UNSUBSCRIBE"]), false);
         h.received(&conf("unsubscribe", "a", 2));
         assert!(h.settled().is_none());
         h.received(&conf("unsubscribe", "b", 1));
         let s = h.settled().expect("the pattern is left");
         assert!(s.channels.is_empty());
         // PUNSUBSCRIBE of the last pattern: nothing to follow.
-        h.sent(&cmd(&["PUNSUBSCRIBE", "p*"]));
+        h.sent(&cmd(&["PUNSUBSCRIBE", "p*"]), false);
         h.received(b"*3\r\n$12\r\npunsubscribe\r\n$2\r\np*\r\n:0\r\n");
         assert!(h.settled().is_none());
         // A shard channel on the connection: never followed here.
-        h.sent(&cmd(&["SUBSCRIBE", "c"]));
+        h.sent(&cmd(&["SUBSCRIBE", "c"]), false);
         h.received(&conf("subscribe", "c", 1));
         assert!(h.settled().is_some());
-        h.sent(&cmd(&["SSUBSCRIBE", "d"]));
+        h.sent(&cmd(&["SSUBSCRIBE", "d"]), false);
         h.received(&conf("ssubscribe", "d", 1));
         assert!(h.settled().is_none());
     }
@@ -966,7 +966,7 @@ mod tests {
         // UNSUBSCRIBE then PUNSUBSCRIBE with nothing held: one reply each (nil).
         let mut two = cmd(&["UNSUBSCRIBE"]);
         two.extend(cmd(&["PUNSUBSCRIBE"]));
-        h.sent(&two);
+        h.sent(&two, false);
         h.received(b"*3\r\n$11\r\nunsubscribe\r\n$-1\r\n:0\r\n");
         assert!(h.awaiting(), "the PUNSUBSCRIBE's reply is still to come");
         h.received(b"*3\r\n$12\r\npunsubscribe\r\n$-1\r\n:0\r\n");
@@ -975,7 +975,7 @@ mod tests {
         // and the next request's replies are counted after it.
         let mut two = cmd(&["SUBSCRIBE", "a", "b"]);
         two.extend(cmd(&["SSUBSCRIBE", "x", "y"]));
-        h.sent(&two);
+        h.sent(&two, false);
         h.received(b"-NOPERM this user has no permissions to access one of the channels\r\n");
         assert!(h.awaiting());
         h.received(&conf("ssubscribe", "x", 1));
