@@ -731,3 +731,139 @@ async fn a_transaction_on_a_hung_redis_times_out_and_the_session_recovers() {
     assert_eq!(c.cmd(&[b"EXEC"]).await, b"*1\r\n$1\r\n1\r\n");
     proxy.shutdown().await;
 }
+
+/// Kills every client connection of `redis` (the proxy's shared and exclusive ones).
+async fn kill_upstream_connections(direct: &mut AsyncRawClient) {
+    let r = direct.cmd(&[b"CLIENT", b"KILL", b"TYPE", b"normal"]).await;
+    assert!(
+        r.starts_with(b":") && r != b":0\r\n",
+        "CLIENT KILL: {}",
+        printable(&r)
+    );
+}
+
+/// The exclusive connection of a transaction under way is lost (`CLIENT KILL` on
+/// Redis): nothing the client sends for the transaction runs outside it, and EXEC
+/// fails as Redis's would — `-EXECABORT` when the MULTI or a queued command was
+/// lost (or a command was refused while queueing), a WATCH conflict's null when
+/// only the WATCH was (the watched key may have changed unseen). Before, the
+/// session dropped back to shared connections: the rest of a MULTI ran at once,
+/// one command at a time, and an EXEC after a lost WATCH succeeded although
+/// another client had changed the key.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_transaction_whose_connection_is_lost_never_runs_outside_it() {
+    let redis = RedisServer::start();
+    let proxy = start_proxy(proxy_config(&redis)).await;
+    let mut c = AsyncRawClient::connect(proxy.local_addr()).await;
+    let mut other = AsyncRawClient::connect(proxy.local_addr()).await;
+    let mut direct = AsyncRawClient::connect(redis.addr()).await;
+    let lost = |r: Vec<u8>| {
+        assert!(r.starts_with(b"-UPSTREAM "), "{}", printable(&r));
+        assert!(
+            String::from_utf8_lossy(&r).contains("was lost"),
+            "{}",
+            printable(&r)
+        );
+    };
+    let abort = b"-EXECABORT Transaction discarded because of previous errors.\r\n";
+
+    // Lost inside MULTI: the commands after the loss are queued by the proxy and
+    // never run; EXEC aborts.
+    assert_eq!(c.cmd(&[b"MULTI"]).await, b"+OK\r\n");
+    assert_eq!(c.cmd(&[b"SET", b"a", b"1"]).await, b"+QUEUED\r\n");
+    kill_upstream_connections(&mut direct).await;
+    lost(c.cmd(&[b"SET", b"b", b"2"]).await);
+    assert_eq!(c.cmd(&[b"SET", b"c", b"3"]).await, b"+QUEUED\r\n");
+    assert_eq!(
+        c.cmd(&[b"SET", b"c"]).await,
+        b"-ERR wrong number of arguments for 'set' command\r\n"
+    );
+    assert_eq!(
+        c.cmd(&[b"MULTI"]).await,
+        b"-ERR MULTI calls can not be nested\r\n"
+    );
+    assert_eq!(c.cmd(&[b"EXEC"]).await, abort);
+    assert_eq!(
+        direct.cmd(&[b"MGET", b"a", b"b", b"c"]).await,
+        b"*3\r\n$-1\r\n$-1\r\n$-1\r\n"
+    );
+    // The session goes on: a new transaction runs.
+    assert_eq!(c.cmd(&[b"EXEC"]).await, b"-ERR EXEC without MULTI\r\n");
+    assert_eq!(c.cmd(&[b"MULTI"]).await, b"+OK\r\n");
+    assert_eq!(c.cmd(&[b"SET", b"a", b"1"]).await, b"+QUEUED\r\n");
+    assert_eq!(c.cmd(&[b"EXEC"]).await, b"*1\r\n+OK\r\n");
+    assert_eq!(c.cmd(&[b"GET", b"a"]).await, resp_bulk(b"1"));
+
+    // Lost while only a WATCH is in force, and another client changes the key:
+    // EXEC answers as for a WATCH conflict, and the write does not happen.
+    assert_eq!(c.cmd(&[b"SET", b"w", b"0"]).await, b"+OK\r\n");
+    assert_eq!(c.cmd(&[b"WATCH", b"w"]).await, b"+OK\r\n");
+    kill_upstream_connections(&mut direct).await;
+    assert_eq!(other.cmd(&[b"SET", b"w", b"changed"]).await, b"+OK\r\n");
+    lost(c.cmd(&[b"GET", b"w"]).await);
+    assert_eq!(c.cmd(&[b"EXEC"]).await, b"-ERR EXEC without MULTI\r\n");
+    assert_eq!(c.cmd(&[b"WATCH", b"w"]).await, b"+OK\r\n");
+    assert_eq!(c.cmd(&[b"MULTI"]).await, b"+OK\r\n");
+    assert_eq!(
+        c.cmd(&[b"WATCH", b"w"]).await,
+        b"-ERR WATCH inside MULTI is not allowed\r\n"
+    );
+    assert_eq!(c.cmd(&[b"SET", b"w", b"mine"]).await, b"+QUEUED\r\n");
+    assert_eq!(c.cmd(&[b"EXEC"]).await, b"*-1\r\n");
+    assert_eq!(c.cmd(&[b"GET", b"w"]).await, resp_bulk(b"changed"));
+    // Without a loss the same transaction runs.
+    assert_eq!(c.cmd(&[b"WATCH", b"w"]).await, b"+OK\r\n");
+    assert_eq!(c.cmd(&[b"MULTI"]).await, b"+OK\r\n");
+    assert_eq!(c.cmd(&[b"SET", b"w", b"mine"]).await, b"+QUEUED\r\n");
+    assert_eq!(c.cmd(&[b"EXEC"]).await, b"*1\r\n+OK\r\n");
+
+    // A lost WATCH: UNWATCH ends it (the next transaction is Redis's again); a
+    // command refused while queueing makes EXEC abort; DISCARD ends it too.
+    assert_eq!(c.cmd(&[b"WATCH", b"w"]).await, b"+OK\r\n");
+    kill_upstream_connections(&mut direct).await;
+    lost(c.cmd(&[b"GET", b"w"]).await);
+    assert_eq!(c.cmd(&[b"UNWATCH"]).await, b"+OK\r\n");
+    assert_eq!(c.cmd(&[b"MULTI"]).await, b"+OK\r\n");
+    assert_eq!(c.cmd(&[b"SET", b"w", b"u"]).await, b"+QUEUED\r\n");
+    assert_eq!(c.cmd(&[b"EXEC"]).await, b"*1\r\n+OK\r\n");
+    assert_eq!(c.cmd(&[b"WATCH", b"w"]).await, b"+OK\r\n");
+    kill_upstream_connections(&mut direct).await;
+    lost(c.cmd(&[b"GET", b"w"]).await);
+    assert_eq!(c.cmd(&[b"MULTI"]).await, b"+OK\r\n");
+    assert_eq!(
+        c.cmd(&[b"NOSUCHCOMMAND", b"x"]).await[..23],
+        b"-ERR unknown command 'N"[..]
+    );
+    assert_eq!(c.cmd(&[b"SET", b"w", b"v"]).await, b"+QUEUED\r\n");
+    assert_eq!(c.cmd(&[b"EXEC"]).await, abort);
+    assert_eq!(c.cmd(&[b"WATCH", b"w"]).await, b"+OK\r\n");
+    kill_upstream_connections(&mut direct).await;
+    lost(c.cmd(&[b"GET", b"w"]).await);
+    assert_eq!(c.cmd(&[b"MULTI"]).await, b"+OK\r\n");
+    assert_eq!(c.cmd(&[b"DISCARD"]).await, b"+OK\r\n");
+    assert_eq!(
+        c.cmd(&[b"DISCARD"]).await,
+        b"-ERR DISCARD without MULTI\r\n"
+    );
+    assert_eq!(c.cmd(&[b"GET", b"w"]).await, resp_bulk(b"u"));
+
+    // RESP3: the WATCH conflict's null is `_`; RESET ends a lost transaction.
+    let hello = c.cmd(&[b"HELLO", b"3"]).await;
+    assert!(hello.starts_with(b"%"), "{}", printable(&hello));
+    assert_eq!(c.cmd(&[b"WATCH", b"w"]).await, b"+OK\r\n");
+    kill_upstream_connections(&mut direct).await;
+    lost(c.cmd(&[b"GET", b"w"]).await);
+    assert_eq!(c.cmd(&[b"MULTI"]).await, b"+OK\r\n");
+    assert_eq!(c.cmd(&[b"SET", b"w", b"3"]).await, b"+QUEUED\r\n");
+    assert_eq!(c.cmd(&[b"EXEC"]).await, b"_\r\n");
+    assert_eq!(c.cmd(&[b"WATCH", b"w"]).await, b"+OK\r\n");
+    kill_upstream_connections(&mut direct).await;
+    lost(c.cmd(&[b"GET", b"w"]).await);
+    assert_eq!(c.cmd(&[b"MULTI"]).await, b"+OK\r\n");
+    assert_eq!(c.cmd(&[b"RESET"]).await, b"+RESET\r\n");
+    assert_eq!(c.cmd(&[b"MULTI"]).await, b"+OK\r\n");
+    assert_eq!(c.cmd(&[b"SET", b"w", b"r"]).await, b"+QUEUED\r\n");
+    assert_eq!(c.cmd(&[b"EXEC"]).await, b"*1\r\n+OK\r\n");
+    assert_eq!(direct.cmd(&[b"GET", b"w"]).await, resp_bulk(b"r"));
+    proxy.shutdown().await;
+}

@@ -272,7 +272,7 @@ impl Session {
             }
             if out.target == Target::Held && !self.mode.is_private() {
                 // The transaction cannot go on; its connection is reset.
-                self.release(false);
+                self.lose_held(false);
             }
             return;
         }
@@ -760,7 +760,7 @@ impl Session {
                     self.refused_in_multi();
                     continue;
                 }
-                if self.hides_cluster(&cmd, &req) && !self.mode.in_multi() && !self.deferred_multi {
+                if self.hides_cluster(&cmd, &req) && !self.mode.in_multi() && !self.multi_unheld() {
                     // A database on a Redis Cluster looks like a standalone server:
                     // its nodes are not shown (clients would go around the proxy).
                     if !self
@@ -780,6 +780,7 @@ impl Session {
                 if cmd.runs_while_busy()
                     && self.state.authenticated
                     && !self.mode.in_multi()
+                    && !self.multi_unheld()
                     && matches!(self.mode, Mode::Shared | Mode::Private(_))
                 {
                     // SCRIPT KILL and friends: at once, on a connection of their own.
@@ -799,6 +800,20 @@ impl Session {
                         oob::call_each(cfgs, self.state.resp3, bytes)
                     };
                     self.out_of_band(db, rx, cmd.index());
+                    continue;
+                }
+            }
+            if self.lost.is_some() {
+                // The held connection of a transaction under way was lost.
+                self.flush(&mut run, inbuf).await;
+                let ranges = std::mem::take(&mut self.args);
+                let answer = with_args(&inbuf[..req.len], &ranges, &req, |a| {
+                    self.lost_step(&cmd, a)
+                });
+                self.args = ranges;
+                if let Some(out) = answer {
+                    inbuf.advance(req.len);
+                    self.push_reply(out);
                     continue;
                 }
             }
@@ -1371,6 +1386,8 @@ impl Session {
             h.dirty = true;
         } else if self.deferred_multi {
             self.deferred_dirty = true;
+        } else if let Some(l) = self.lost.as_mut().filter(|l| l.multi) {
+            l.dirty = true;
         }
     }
 
@@ -1403,7 +1420,7 @@ impl Session {
         buf: &[u8],
     ) -> Option<String> {
         use crate::cluster::plan::{self, Merge, Plan};
-        let multi = self.mode.in_multi() || self.deferred_multi;
+        let multi = self.mode.in_multi() || self.multi_unheld();
         if !multi || !self.state.authenticated || self.state.db.cluster().is_none() {
             return None;
         }
@@ -1562,6 +1579,7 @@ impl Session {
                 self.leave_pubsub();
                 self.release(false);
                 self.login = None;
+                self.lost = None;
             }
             if resets {
                 // As Redis: RESET turns replies back on (a SKIP before it still

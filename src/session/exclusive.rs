@@ -3,6 +3,7 @@
 
 use super::local;
 use super::mode::{Mode, Queued};
+use super::prefix;
 use super::queue::error_text;
 use super::queue::Pending;
 use super::Session;
@@ -28,6 +29,19 @@ pub(super) struct Login {
     pub view: Option<Arc<Cluster>>,
     /// Which login of the session this is (its connections are not another's).
     pub id: u64,
+}
+
+/// A transaction whose held connection was lost (or refused by an open breaker)
+/// while it was under way: what was queued or watched there is gone, and the
+/// proxy answers the rest of it itself ([`Session::lost_step`]) so that nothing
+/// the client meant for the transaction runs outside it, and EXEC fails.
+pub(super) struct Lost {
+    /// Inside MULTI (the client's view: a MULTI was sent).
+    pub multi: bool,
+    /// EXEC answers `-EXECABORT`: the MULTI itself or a queued command was lost,
+    /// or a command was refused while queueing. Otherwise (only a WATCH was lost)
+    /// EXEC answers as for a WATCH conflict.
+    pub dirty: bool,
 }
 
 impl Session {
@@ -69,6 +83,106 @@ impl Session {
             self.publish();
         }
         idle
+    }
+
+    /// The held connection failed (lost, timed out, could not be opened, refused
+    /// by an open breaker): let it go. A transaction under way on it (MULTI
+    /// queued, or a WATCH in force) is not forgotten but [`Lost`]: nothing the
+    /// client sends before its EXEC or DISCARD may run outside it. Unless nothing
+    /// of it reached Redis (`may_have_run` false, and no earlier reply on the
+    /// connection): then there is no transaction, as after a MULTI that Redis
+    /// refused, and the client's next commands run as usual.
+    pub(super) fn lose_held(&mut self, may_have_run: bool) {
+        if let Mode::Exclusive(h) = &self.mode {
+            if (h.in_multi || h.watching) && (may_have_run || h.reached) {
+                self.lost = Some(Lost {
+                    multi: h.in_multi,
+                    dirty: h.in_multi,
+                });
+            }
+        }
+        self.release(false);
+    }
+
+    /// Inside a MULTI that has no held connection: deferred on a cluster until a
+    /// key names the node, or [`Lost`].
+    pub(super) fn multi_unheld(&self) -> bool {
+        self.deferred_multi || self.lost.as_ref().is_some_and(|l| l.multi)
+    }
+
+    /// A request while the session's transaction is [`Lost`], answered as Redis
+    /// answers a client whose transaction will fail: inside MULTI every command
+    /// is queued (`+QUEUED`, or Redis's refusal at queueing: a wrong number of
+    /// arguments, an unknown command; `deny_commands` before this) and never runs; EXEC
+    /// answers `-EXECABORT` when the MULTI itself was lost or a command was
+    /// refused, else what a WATCH conflict gives (`*-1`, RESP3 `_`: the watched
+    /// keys may have changed unseen). Outside MULTI (a lost WATCH) only the
+    /// transaction commands are answered here. `None`: not answered here (RESET
+    /// and QUIT, which end it, and commands outside MULTI go on as usual).
+    pub(super) fn lost_step(&mut self, cmd: &Descriptor, args: &dyn ArgList) -> Option<Vec<u8>> {
+        let lost = self.lost.as_mut()?;
+        if !matches!(self.mode, Mode::Shared) || matches!(cmd.route, Route::Reset | Route::Quit) {
+            return None;
+        }
+        let multi = lost.multi;
+        let name = cmd.info.map_or("", |i| i.name);
+        if let Some(info) = cmd.info.filter(|i| !arity_allows(i.arity, args.count())) {
+            if !multi && cmd.tx == TxOp::None {
+                return None;
+            }
+            // Redis checks the arity first; inside MULTI it aborts the transaction.
+            lost.dirty |= multi;
+            return Some(local::arity_error(args, info.name.contains('|')));
+        }
+        let reply: &[u8] = match cmd.tx {
+            TxOp::Multi if multi => b"-ERR MULTI calls can not be nested\r\n",
+            TxOp::Multi => {
+                lost.multi = true;
+                b"+OK\r\n"
+            }
+            TxOp::Watch if multi => b"-ERR WATCH inside MULTI is not allowed\r\n",
+            // More keys watched: the transaction fails all the same.
+            TxOp::Watch => b"+OK\r\n",
+            TxOp::Unwatch if !multi => {
+                self.lost = None;
+                b"+OK\r\n"
+            }
+            TxOp::End if !multi && name == "exec" => b"-ERR EXEC without MULTI\r\n",
+            TxOp::End if !multi => b"-ERR DISCARD without MULTI\r\n",
+            TxOp::End => {
+                let dirty = lost.dirty;
+                self.lost = None;
+                self.publish();
+                match (name, dirty, self.state.resp3) {
+                    ("exec", true, _) => {
+                        b"-EXECABORT Transaction discarded because of previous errors.\r\n"
+                    }
+                    ("exec", false, true) => b"_\r\n",
+                    ("exec", false, false) => b"*-1\r\n",
+                    _ => b"+OK\r\n",
+                }
+            }
+            _ if !multi => return None,
+            _ => {
+                let refusal = match cmd.info {
+                    None => prefix::unknown(cmd, args, &self.state.db.config.upstream.endpoint)
+                        .map(|t| {
+                            let mut out = Vec::new();
+                            reply::error(&mut out, &t);
+                            out
+                        }),
+                    Some(_) => None,
+                };
+                return Some(match refusal {
+                    Some(out) => {
+                        lost.dirty = true;
+                        out
+                    }
+                    None => b"+QUEUED\r\n".to_vec(),
+                });
+            }
+        };
+        Some(reply.to_vec())
     }
 
     /// Inside MULTI, a command the proxy answers itself (CLIENT SETNAME, AUTH,

@@ -465,6 +465,9 @@ struct Session {
     /// A request was refused while `deferred_multi` (`deny_commands`, cluster
     /// commands): EXEC answers `-EXECABORT`, as Redis after a refusal at queueing.
     deferred_dirty: bool,
+    /// The held connection of a transaction under way was lost: the proxy
+    /// answers the rest of the transaction (`exclusive::Lost`).
+    lost: Option<exclusive::Lost>,
     /// When the client connected (for `auth_timeout`).
     connected_at: Instant,
     /// When the client last sent something (for `client_idle_timeout`).
@@ -523,6 +526,7 @@ impl Session {
             push_conn: None,
             deferred_multi: false,
             deferred_dirty: false,
+            lost: None,
             connected_at: p.connected_at,
             last_read: p.last_read,
         })
@@ -569,6 +573,7 @@ impl Session {
             || self.reply_off
             || self.skip_next
             || self.deferred_multi
+            || self.lost.is_some()
             || self.state.db.is_removed()
         {
             return Err(true);

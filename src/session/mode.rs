@@ -49,6 +49,8 @@ pub(super) struct Held {
     pub id: u64,
     /// MULTI was sent and not yet EXEC/DISCARD.
     pub in_multi: bool,
+    /// A reply came on this connection: what was sent there reached Redis.
+    pub reached: bool,
     /// WATCH was sent and not yet cleared.
     pub watching: bool,
     /// The database a SELECT queued in the current MULTI switches to at EXEC.
@@ -178,6 +180,7 @@ impl Held {
             conn,
             id,
             in_multi: false,
+            reached: false,
             watching: false,
             pending_select: None,
             dirty: false,

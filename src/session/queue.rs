@@ -349,6 +349,11 @@ impl Session {
         let err = match reply {
             Ok(bytes) => {
                 record(sent, latency, true);
+                if !shared {
+                    if let Some(h) = self.mode.held_mut() {
+                        h.reached = true;
+                    }
+                }
                 // The rest of a large reply follows in parts, right behind (and
                 // its batch stays in flight until the last one).
                 let silent = sent.silent;
@@ -443,8 +448,8 @@ impl Session {
                 self.queue.push_back(Pending::Close);
             }
             // The exclusive connection failed (pool exhausted, connect error,
-            // connection lost): whatever transaction was under way is over.
-            self.release(false);
+            // connection lost): a transaction under way on it is lost.
+            self.lose_held(err.may_have_run());
         }
         self.land(&flight);
         self.finish_front(bytes);
