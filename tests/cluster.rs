@@ -2016,3 +2016,38 @@ fn a_long_script_or_a_held_write_on_one_node_holds_up_only_its_client() {
         );
     }
 }
+
+/// A MULTI the proxy answered itself (deferred until a key names the node) whose
+/// connection then cannot be had (the node's pool is exhausted): the client was
+/// told `+OK`, so the transaction is not silently gone. Its next commands are
+/// queued by the proxy and never run; EXEC aborts. (Before, they ran at once.)
+#[test]
+fn a_deferred_multi_whose_connection_cannot_be_had_runs_nothing_outside_it() {
+    let mut config = cluster_config(Cluster::shared(), None);
+    config.databases[0].upstream.pool_size = 1;
+    config.databases[0].upstream.connect_timeout = Duration::from_millis(300);
+    let (_rt, proxy) = Cluster::start_proxy(config);
+    let mut a = RawClient::connect(proxy.local_addr());
+    let mut b = RawClient::connect(proxy.local_addr());
+    // A holds the node's one exclusive connection.
+    assert_eq!(a.cmd(&[b"MULTI"]), b"+OK\r\n");
+    assert_eq!(a.cmd(&[b"SET", b"{lostpool}a", b"1"]), b"+QUEUED\r\n");
+    assert_eq!(b.cmd(&[b"MULTI"]), b"+OK\r\n");
+    let r = b.cmd(&[b"SET", b"{lostpool}b", b"2"]);
+    let t = String::from_utf8_lossy(&r).into_owned();
+    assert!(t.starts_with("-UPSTREAM ") && t.contains("pool"), "{t}");
+    assert_eq!(b.cmd(&[b"SET", b"{lostpool}c", b"3"]), b"+QUEUED\r\n");
+    assert_eq!(
+        b.cmd(&[b"EXEC"]),
+        b"-EXECABORT Transaction discarded because of previous errors.\r\n"
+    );
+    assert_eq!(a.cmd(&[b"EXEC"]), b"*1\r\n+OK\r\n");
+    assert_eq!(
+        b.cmd(&[b"MGET", b"{lostpool}a", b"{lostpool}b", b"{lostpool}c"]),
+        b"*3\r\n$1\r\n1\r\n$-1\r\n$-1\r\n"
+    );
+    // The session goes on: its next transaction runs.
+    assert_eq!(b.cmd(&[b"MULTI"]), b"+OK\r\n");
+    assert_eq!(b.cmd(&[b"DEL", b"{lostpool}a"]), b"+QUEUED\r\n");
+    assert_eq!(b.cmd(&[b"EXEC"]), b"*1\r\n:1\r\n");
+}

@@ -651,6 +651,11 @@ impl Session {
         }
         let slot = self.pin_slot(&inbuf[..], req, cmd);
         self.hold_exclusive(slot);
+        if let Some(h) = self.mode.held_mut() {
+            // The client was told +OK: if the connection cannot be had, the
+            // transaction is lost, not gone.
+            h.known = true;
+        }
         self.last = self.conn_for(Target::Held);
         let multi = Descriptor::of(&[&b"MULTI"[..]][..]);
         let bytes = Bytes::from_static(b"*1\r\n$5\r\nMULTI\r\n");

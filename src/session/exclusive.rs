@@ -89,12 +89,13 @@ impl Session {
     /// by an open breaker): let it go. A transaction under way on it (MULTI
     /// queued, or a WATCH in force) is not forgotten but [`Lost`]: nothing the
     /// client sends before its EXEC or DISCARD may run outside it. Unless nothing
-    /// of it reached Redis (`may_have_run` false, and no earlier reply on the
-    /// connection): then there is no transaction, as after a MULTI that Redis
-    /// refused, and the client's next commands run as usual.
+    /// of it reached Redis and the client was told of nothing (`may_have_run`
+    /// false, no earlier reply on the connection, no MULTI the proxy answered):
+    /// then there is no transaction, as after a MULTI that Redis refused, and the
+    /// client's next commands run as usual.
     pub(super) fn lose_held(&mut self, may_have_run: bool) {
         if let Mode::Exclusive(h) = &self.mode {
-            if (h.in_multi || h.watching) && (may_have_run || h.reached) {
+            if (h.in_multi || h.watching) && (may_have_run || h.known) {
                 self.lost = Some(Lost {
                     multi: h.in_multi,
                     dirty: h.in_multi,

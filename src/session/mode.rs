@@ -49,8 +49,10 @@ pub(super) struct Held {
     pub id: u64,
     /// MULTI was sent and not yet EXEC/DISCARD.
     pub in_multi: bool,
-    /// A reply came on this connection: what was sent there reached Redis.
-    pub reached: bool,
+    /// The client knows of a transaction on this connection: a reply came on it
+    /// (what was sent there reached Redis), or the proxy answered its MULTI
+    /// (deferred on a cluster until a key named the node).
+    pub known: bool,
     /// WATCH was sent and not yet cleared.
     pub watching: bool,
     /// The database a SELECT queued in the current MULTI switches to at EXEC.
@@ -180,7 +182,7 @@ impl Held {
             conn,
             id,
             in_multi: false,
-            reached: false,
+            known: false,
             watching: false,
             pending_select: None,
             dirty: false,

@@ -351,7 +351,7 @@ impl Session {
                 record(sent, latency, true);
                 if !shared {
                     if let Some(h) = self.mode.held_mut() {
-                        h.reached = true;
+                        h.known = true;
                     }
                 }
                 // The rest of a large reply follows in parts, right behind (and
