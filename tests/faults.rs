@@ -803,6 +803,134 @@ async fn incr_under_client_kill_never_applies_twice() {
     proxy.shutdown().await;
 }
 
+/// What the clients of `transactions_stay_whole_under_client_kill` saw.
+#[derive(Debug, Default)]
+struct TxTally {
+    /// EXEC answered with the transaction's replies.
+    ran: u64,
+    /// EXEC's outcome unknown (its connection lost after it was sent).
+    unknown: u64,
+    /// Transactions that hit a lost connection and were told so (an error before
+    /// EXEC, `-EXECABORT`, a WATCH conflict's null after a lost WATCH).
+    failed: u64,
+    unexpected: Vec<String>,
+}
+
+/// Optimistic-locking transactions (WATCH x, GET x, MULTI, SET x v+1, INCR y,
+/// EXEC), one command at a time as Jedis sends them, from 6 clients while every
+/// upstream connection is killed every 40 ms. Each transaction runs whole or not
+/// at all: x == y at the end, y is at least the EXECs that answered and at most
+/// those plus the EXECs whose outcome is unknown, and no command meant for a
+/// transaction is answered as run on its own. Before, a transaction whose
+/// connection was lost went on outside it (SET answered `+OK` at once).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn transactions_stay_whole_under_client_kill() {
+    let _serial = SERIAL.lock().await;
+    let redis = RedisServer::start();
+    let mut config = proxy_config(&redis);
+    fast_without_breaker(&mut config);
+    let proxy = start_proxy(config).await;
+    let addr = proxy.local_addr();
+    let stop = Arc::new(AtomicBool::new(false));
+    let clients: Vec<_> = (0..6)
+        .map(|_| {
+            let stop = stop.clone();
+            tokio::spawn(async move {
+                let mut c = AsyncRawClient::connect(addr).await;
+                let mut t = TxTally::default();
+                let deadline = Instant::now() + Duration::from_secs(20);
+                while !stop.load(Ordering::Relaxed) && Instant::now() < deadline {
+                    let w = c.cmd(&[b"WATCH", b"x"]).await;
+                    let v = c.cmd(&[b"GET", b"x"]).await;
+                    if w != b"+OK\r\n" || v.starts_with(b"-") {
+                        // As a client library does after an error: start over.
+                        assert_eq!(c.cmd(&[b"UNWATCH"]).await, b"+OK\r\n");
+                        t.failed += 1;
+                        continue;
+                    }
+                    let cur: u64 = match v.as_slice() {
+                        b"$-1\r\n" => 0,
+                        _ => text(&support::bulk_payload(&v)).parse().expect("x"),
+                    };
+                    let m = c.cmd(&[b"MULTI"]).await;
+                    if m != b"+OK\r\n" {
+                        let d = c.cmd(&[b"DISCARD"]).await;
+                        assert!(d == b"+OK\r\n" || d.starts_with(b"-ERR DISCARD without"));
+                        t.failed += 1;
+                        continue;
+                    }
+                    let next = (cur + 1).to_string();
+                    let mut queued = true;
+                    for args in [&[&b"SET"[..], b"x", next.as_bytes()][..], &[b"INCR", b"y"]] {
+                        let r = c.cmd(args).await;
+                        if r.starts_with(b"-UPSTREAM ") {
+                            queued = false;
+                        } else if r != b"+QUEUED\r\n" {
+                            t.unexpected
+                                .push(format!("{}: {}", text(args[0]), printable(&r)));
+                        }
+                    }
+                    let e = c.cmd(&[b"EXEC"]).await;
+                    if e.starts_with(b"*2\r\n+OK\r\n:") {
+                        t.ran += 1;
+                    } else if e.starts_with(b"-UPSTREAM ")
+                        && text(&e).contains("(the command may have been executed)")
+                    {
+                        t.unknown += 1;
+                    } else if e == b"*-1\r\n" && queued {
+                        // A WATCH conflict with another client (or a lost WATCH).
+                    } else if e.starts_with(b"-UPSTREAM ")
+                        || e.starts_with(b"-EXECABORT ")
+                        || e == b"*-1\r\n"
+                    {
+                        t.failed += 1;
+                    } else {
+                        t.unexpected.push(format!("EXEC: {}", printable(&e)));
+                    }
+                }
+                t
+            })
+        })
+        .collect();
+
+    let mut direct = AsyncRawClient::connect(redis.addr()).await;
+    let mut killed = 0u64;
+    for _ in 0..50 {
+        tokio::time::sleep(Duration::from_millis(40)).await;
+        let r = text(&direct.cmd(&[b"CLIENT", b"KILL", b"TYPE", b"normal"]).await);
+        killed += r
+            .strip_prefix(':')
+            .and_then(|n| n.trim_end().parse::<u64>().ok())
+            .unwrap_or_else(|| panic!("CLIENT KILL: {r}"));
+    }
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    stop.store(true, Ordering::Relaxed);
+    let mut total = TxTally::default();
+    for c in clients {
+        let t = c.await.expect("transaction client");
+        total.ran += t.ran;
+        total.unknown += t.unknown;
+        total.failed += t.failed;
+        total.unexpected.extend(t.unexpected);
+    }
+    let get = |r: Vec<u8>| -> u64 { text(&support::bulk_payload(&r)).parse().expect("integer") };
+    let x = get(direct.cmd(&[b"GET", b"x"]).await);
+    let y = get(direct.cmd(&[b"GET", b"y"]).await);
+    eprintln!("killed {killed} connections; {total:?}; x {x}, y {y}");
+    assert!(total.unexpected.is_empty(), "{:?}", total.unexpected);
+    assert!(killed > 0, "CLIENT KILL found no connection to kill");
+    assert!(total.failed > 0, "no transaction met a lost connection");
+    assert!(total.ran > 0, "no transaction ran");
+    assert_eq!(x, y, "a transaction ran in part");
+    assert!(
+        total.ran <= y && y <= total.ran + total.unknown,
+        "y {y} outside [{}, {}]",
+        total.ran,
+        total.ran + total.unknown
+    );
+    proxy.shutdown().await;
+}
+
 // ---------------------------------------------------------------------------------------
 // 5. Reads survive dropped upstream connections
 // ---------------------------------------------------------------------------------------
