@@ -768,11 +768,20 @@ async fn a_transaction_whose_connection_is_lost_never_runs_outside_it() {
     let abort = b"-EXECABORT Transaction discarded because of previous errors.\r\n";
 
     // Lost inside MULTI: the commands after the loss are queued by the proxy and
-    // never run; EXEC aborts.
+    // never run; EXEC aborts. CLIENT LIST shows the client in MULTI until then.
+    let id = c.cmd(&[b"CLIENT", b"ID"]).await;
+    let id = String::from_utf8_lossy(&id[1..id.len() - 2]).into_owned();
+    let mut flags = async || {
+        let list = other.cmd(&[b"CLIENT", b"LIST", b"ID", id.as_bytes()]).await;
+        let list = String::from_utf8_lossy(&list).into_owned();
+        let at = list.find(" flags=").expect("flags") + 7;
+        list[at..].split(' ').next().unwrap_or_default().to_string()
+    };
     assert_eq!(c.cmd(&[b"MULTI"]).await, b"+OK\r\n");
     assert_eq!(c.cmd(&[b"SET", b"a", b"1"]).await, b"+QUEUED\r\n");
     kill_upstream_connections(&mut direct).await;
     lost(c.cmd(&[b"SET", b"b", b"2"]).await);
+    assert_eq!(flags().await, "x");
     assert_eq!(c.cmd(&[b"SET", b"c", b"3"]).await, b"+QUEUED\r\n");
     assert_eq!(
         c.cmd(&[b"SET", b"c"]).await,
@@ -783,6 +792,7 @@ async fn a_transaction_whose_connection_is_lost_never_runs_outside_it() {
         b"-ERR MULTI calls can not be nested\r\n"
     );
     assert_eq!(c.cmd(&[b"EXEC"]).await, abort);
+    assert_eq!(flags().await, "N");
     assert_eq!(
         direct.cmd(&[b"MGET", b"a", b"b", b"c"]).await,
         b"*3\r\n$-1\r\n$-1\r\n$-1\r\n"

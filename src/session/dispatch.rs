@@ -638,6 +638,7 @@ impl Session {
             if cmd.tx == TxOp::End {
                 self.deferred_multi = false;
                 self.deferred_dirty = false;
+                self.publish();
             }
             self.push_reply(text.to_vec());
             return Deferred::Answered;
@@ -1193,6 +1194,7 @@ impl Session {
                             self.flush(&mut run, inbuf).await;
                             inbuf.advance(req.len);
                             self.deferred_multi = true;
+                            self.publish();
                             self.push_reply(b"+OK\r\n".to_vec());
                             continue;
                         }

@@ -139,6 +139,7 @@ impl Session {
             TxOp::Multi if multi => b"-ERR MULTI calls can not be nested\r\n",
             TxOp::Multi => {
                 lost.multi = true;
+                self.publish();
                 b"+OK\r\n"
             }
             TxOp::Watch if multi => b"-ERR WATCH inside MULTI is not allowed\r\n",

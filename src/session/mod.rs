@@ -911,7 +911,7 @@ impl Session {
         info.db = self.state.db.config.index;
         info.resp = if self.state.resp3 { 3 } else { 2 };
         info.pubsub = matches!(self.mode, Mode::Subscribed(_));
-        info.multi = self.mode.in_multi();
+        info.multi = self.mode.in_multi() || self.multi_unheld();
         info.tracking = self.tracking_info();
         drop(info);
         self.client.set_own(self.own_conn());
