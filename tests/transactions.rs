@@ -791,6 +791,10 @@ async fn a_transaction_whose_connection_is_lost_never_runs_outside_it() {
         c.cmd(&[b"MULTI"]).await,
         b"-ERR MULTI calls can not be nested\r\n"
     );
+    assert_eq!(
+        c.cmd(&[b"SAVE"]).await,
+        b"-ERR Command not allowed inside a transaction\r\n"
+    );
     assert_eq!(c.cmd(&[b"EXEC"]).await, abort);
     assert_eq!(flags().await, "N");
     assert_eq!(

@@ -9,7 +9,7 @@ use super::queue::Pending;
 use super::Session;
 use crate::cluster::merge;
 use crate::cluster::Cluster;
-use crate::command::{arity_allows, upper, ArgList, Descriptor, Route, TxOp};
+use crate::command::{arity_allows, table, upper, ArgList, Descriptor, Route, TxOp};
 use crate::config::{Secret, UpstreamConfig};
 use crate::context::View;
 use crate::protocol::reply;
@@ -173,6 +173,9 @@ impl Session {
                             reply::error(&mut out, &t);
                             out
                         }),
+                    Some(i) if i.has(table::NO_MULTI) => {
+                        Some(b"-ERR Command not allowed inside a transaction\r\n".to_vec())
+                    }
                     Some(_) => None,
                 };
                 return Some(match refusal {
