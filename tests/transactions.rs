@@ -853,6 +853,15 @@ async fn a_transaction_whose_connection_is_lost_never_runs_outside_it() {
     assert_eq!(c.cmd(&[b"WATCH", b"w"]).await, b"+OK\r\n");
     kill_upstream_connections(&mut direct).await;
     lost(c.cmd(&[b"GET", b"w"]).await);
+    // (What needs a connection of its own is refused, as while a WATCH is in force.)
+    assert_eq!(
+        c.cmd(&[b"SUBSCRIBE", b"ch"]).await,
+        b"-ERR SUBSCRIBE and MONITOR inside a transaction are not supported by redis-sidecar\r\n"
+    );
+    assert_eq!(
+        c.cmd(&[b"CLIENT", b"TRACKING", b"ON"]).await,
+        b"-ERR CLIENT TRACKING inside a transaction is not supported by redis-sidecar\r\n"
+    );
     assert_eq!(c.cmd(&[b"MULTI"]).await, b"+OK\r\n");
     assert_eq!(c.cmd(&[b"DISCARD"]).await, b"+OK\r\n");
     assert_eq!(

@@ -204,6 +204,23 @@ import os
 LATE = os.environ.get('LATE')
 PREFIX = os.environ.get('PREFIX')
 FLUSH = [int(x) for x in os.environ.get('FLUSH', '').split(',') if x]
+# KILL=port: the proxy's upstream server; after one step in ten (a quiet moment:
+# every reply in) every connection of the proxy's there is killed (CLIENT KILL
+# TYPE normal and pubsub). A session without upstream state must not notice; one
+# with state (MULTI/WATCH, subscribed, tracking, a blocking pop) may be told (see
+# `told`), and the seed ends there.
+KILL = int(os.environ.get('KILL', '0'))
+
+def told(frame):
+    """A proxy frame that tells a session its upstream state was lost."""
+    return (frame == "<EOF>" or frame.startswith("-UPSTREAM") or frame.startswith("-EXECABORT")
+            or frame in ("*-1", "_", "+QUEUED"))
+
+def kill_upstream(port):
+    x = socket.create_connection(("127.0.0.1", port))
+    for t in ("normal", "pubsub"):
+        x.sendall(enc(["CLIENT", "KILL", "TYPE", t])); x.recv(100)
+    x.close()
 
 def connect_all(targets, K):
     """K sessions per target, every target (and FLUSH's servers) flushed."""
@@ -234,6 +251,9 @@ def replay(log, K, targets, quiet=True):
     sess = connect_all(targets, K)
     res = None
     for step, (i, cmds) in enumerate(log):
+        if i < 0:
+            kill_upstream(KILL)
+            continue
         send_step(sess, i, cmds)
         allS = [s for row in sess for s in row]
         blocking = any(c[0] in ("BLPOP", "BZPOPMIN") for c in cmds)
@@ -251,11 +271,25 @@ def replay(log, K, targets, quiet=True):
             except Exception: pass
     return res
 
+def show(log, a, b, k, j=None):
+    """The last steps (of session `j` and the kills, if given), and where the two
+    sessions' frames part."""
+    mine = [x for x in log if j is None or x[0] in (j, -1)]
+    for (ii, c) in mine[-12:]:
+        if ii < 0:
+            print("   -- every upstream connection killed")
+            continue
+        print("   s%d: %s" % (ii, " | ".join(" ".join(x) for x in c)))
+    print("   redis: ", a[max(0, k-3):k+4])
+    print("   proxy: ", b[max(0, k-3):k+4])
+
 def run(seed, steps, K, targets):
     rng = random.Random(seed)
     sess = connect_all(targets, K)
     log = []
     model = [{"multi": False, "watch": False} for _ in range(K)]
+    krng = random.Random(seed * 7 + 1)
+    killed_at = None
     for step in range(steps):
         i = rng.randrange(K)
         n = 1 if rng.random() < .8 else rng.randint(2, 4)
@@ -292,22 +326,34 @@ def run(seed, steps, K, targets):
         if j is not None:
             drain(allS, idle=0.5, maxw=3)
             j = differs()
-        if j is not None:
-            print("seed %d step %d: session %d differs" % (seed, step, j))
-            if os.environ.get('DUMP'):
-                import json; json.dump(log, open(os.environ['DUMP'], 'w'))
-            for (ii, c) in log[-12:]:
-                print("   s%d: %s" % (ii, " | ".join(" ".join(x) for x in c)))
+        if j is not None and killed_at is not None:
             a, b = sess[0][j].frames, sess[1][j].frames
             k = 0
             while k < min(len(a), len(b)) and a[k] == b[k]:
                 k += 1
-            print("   redis: ", a[max(0, k-3):k+4])
-            print("   proxy: ", b[max(0, k-3):k+4])
+            if k < len(b) and told(b[k]):
+                print("seed %d step %d: session %d told of a lost state (%s) after the kill at step %d" % (seed, step, j, b[k], killed_at))
+                if os.environ.get('VERBOSE'):
+                    show(log, a, b, k, j)
+                return True
+            print("seed %d step %d: KILLED at step %d" % (seed, step, killed_at))
+        if j is not None:
+            print("seed %d step %d: session %d differs" % (seed, step, j))
+            if os.environ.get('DUMP'):
+                import json; json.dump(log, open(os.environ['DUMP'], 'w'))
+            a, b = sess[0][j].frames, sess[1][j].frames
+            k = 0
+            while k < min(len(a), len(b)) and a[k] == b[k]:
+                k += 1
+            show(log, a, b, k)
             if LATE:
                 drain(allS, idle=6, maxw=8)
                 print("   later proxy: ", sess[1][j].frames[max(0, k-3):k+4])
             return False
+        if KILL and krng.random() < 0.1:
+            kill_upstream(KILL)
+            killed_at = step
+            log.append((-1, "KILL"))
     for row in sess:
         for s in row:
             try:

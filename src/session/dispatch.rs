@@ -1121,7 +1121,10 @@ impl Session {
                     self.reply_off = off;
                     continue;
                 }
-                if matches!(self.mode, Mode::Exclusive(_)) || self.mode.in_multi() {
+                if matches!(self.mode, Mode::Exclusive(_))
+                    || self.mode.in_multi()
+                    || self.lost.is_some()
+                {
                     inbuf.advance(req.len);
                     self.push_reply(
                         b"-ERR SUBSCRIBE and MONITOR inside a transaction are not supported by redis-sidecar\r\n"

@@ -365,7 +365,7 @@ impl Session {
     /// connection (every later request goes there); on failure the reply is
     /// Redis's own error (`-WRONGPASS …`), and the session keeps its login.
     pub(super) async fn log_in(&mut self, creds: local::Credentials) -> Result<(), Vec<u8>> {
-        if matches!(self.mode, Mode::Exclusive(_)) || self.mode.in_multi() {
+        if matches!(self.mode, Mode::Exclusive(_)) || self.mode.in_multi() || self.lost.is_some() {
             return Err(
                 b"-ERR AUTH inside a transaction is not supported by redis-sidecar\r\n".to_vec(),
             );

@@ -190,7 +190,9 @@ impl Session {
             self.forward(encode(args), target, cmd, None).await;
             return None;
         }
-        if self.mode.in_multi() || (on && matches!(self.mode, Mode::Exclusive(_))) {
+        if self.mode.in_multi()
+            || (on && (matches!(self.mode, Mode::Exclusive(_)) || self.lost.is_some()))
+        {
             self.push_reply(
                 b"-ERR CLIENT TRACKING inside a transaction is not supported by redis-sidecar\r\n"
                     .to_vec(),
