@@ -870,6 +870,20 @@ async fn a_transaction_whose_connection_is_lost_never_runs_outside_it() {
     );
     assert_eq!(c.cmd(&[b"GET", b"w"]).await, resp_bulk(b"u"));
 
+    // DISCARD, or UNWATCH outside MULTI, sent on the lost connection: Redis's +OK,
+    // since what they ask for holds all the same.
+    assert_eq!(c.cmd(&[b"MULTI"]).await, b"+OK\r\n");
+    assert_eq!(c.cmd(&[b"SET", b"d", b"1"]).await, b"+QUEUED\r\n");
+    kill_upstream_connections(&mut direct).await;
+    assert_eq!(c.cmd(&[b"DISCARD"]).await, b"+OK\r\n");
+    assert_eq!(c.cmd(&[b"GET", b"d"]).await, b"$-1\r\n");
+    assert_eq!(c.cmd(&[b"WATCH", b"w"]).await, b"+OK\r\n");
+    kill_upstream_connections(&mut direct).await;
+    assert_eq!(c.cmd(&[b"UNWATCH"]).await, b"+OK\r\n");
+    assert_eq!(c.cmd(&[b"MULTI"]).await, b"+OK\r\n");
+    assert_eq!(c.cmd(&[b"SET", b"d", b"2"]).await, b"+QUEUED\r\n");
+    assert_eq!(c.cmd(&[b"EXEC"]).await, b"*1\r\n+OK\r\n");
+
     // RESP3: the WATCH conflict's null is `_`; RESET ends a lost transaction.
     let hello = c.cmd(&[b"HELLO", b"3"]).await;
     assert!(hello.starts_with(b"%"), "{}", printable(&hello));

@@ -436,11 +436,14 @@ impl Session {
             }
             _ => record(sent, latency, false),
         }
-        let bytes = errors(sent.count, &error_text(&db, &err, attempts));
+        let text = error_text(&db, &err, attempts);
         if sent.select_after.take().is_some() {
             self.awaiting_exec = false;
         }
-        if !sent.shared {
+        let count = sent.count;
+        let one_each = (!shared && sent.cmds.len() == count as usize).then(|| sent.cmds.clone());
+        let mut bytes = None;
+        if !shared {
             if self.mode.is_private() {
                 // The client's own connection to Redis is gone: as Redis would,
                 // close the client's connection (after this error reply).
@@ -450,9 +453,32 @@ impl Session {
             // The exclusive connection failed (pool exhausted, connect error,
             // connection lost): a transaction under way on it is lost.
             self.lose_held(err.may_have_run());
+            if let Some(cmds) = one_each {
+                bytes = Some(self.ended_all_the_same(&cmds, &text));
+            }
         }
+        let bytes = bytes.unwrap_or_else(|| errors(count, &text));
         self.land(&flight);
         self.finish_front(bytes);
+    }
+}
+
+impl Session {
+    /// The replies to a batch of `cmds` whose held connection failed: `text` for
+    /// each, but Redis's `+OK` for a DISCARD, and for an UNWATCH outside MULTI,
+    /// since what they ask for holds all the same (nothing of the transaction
+    /// runs, no key stays watched, whether they ran or the connection closed).
+    fn ended_all_the_same(&self, cmds: &[u16], text: &str) -> Bytes {
+        let in_multi = self.multi_unheld();
+        let mut out = Vec::new();
+        for &c in cmds {
+            match crate::command::table_name(c as usize) {
+                "discard" => out.extend_from_slice(b"+OK\r\n"),
+                "unwatch" if !in_multi => out.extend_from_slice(b"+OK\r\n"),
+                _ => reply::error(&mut out, text),
+            }
+        }
+        Bytes::from(out)
     }
 }
 
