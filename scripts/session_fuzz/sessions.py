@@ -280,6 +280,9 @@ def show(log, a, b, k, j=None):
             print("   -- every upstream connection killed")
             continue
         print("   s%d: %s" % (ii, " | ".join(" ".join(x) for x in c)))
+    if os.environ.get("FULL"):
+        print("   all redis:", a)
+        print("   all proxy:", b)
     print("   redis: ", a[max(0, k-3):k+4])
     print("   proxy: ", b[max(0, k-3):k+4])
 
@@ -345,7 +348,7 @@ def run(seed, steps, K, targets):
             k = 0
             while k < min(len(a), len(b)) and a[k] == b[k]:
                 k += 1
-            show(log, a, b, k)
+            show(log, a, b, k, j if os.environ.get("FULL") else None)
             if LATE:
                 drain(allS, idle=6, maxw=8)
                 print("   later proxy: ", sess[1][j].frames[max(0, k-3):k+4])
