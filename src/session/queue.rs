@@ -464,15 +464,20 @@ impl Session {
 }
 
 impl Session {
-    /// The replies to a batch of `cmds` whose held connection failed: `text` for
-    /// each, but Redis's `+OK` for a DISCARD, and for an UNWATCH outside MULTI,
-    /// since what they ask for holds all the same (nothing of the transaction
-    /// runs, no key stays watched, whether they ran or the connection closed).
+    /// The replies to a batch of `cmds` whose held connection failed (called
+    /// once the session knows what of its transaction is lost): `text` for each,
+    /// but what Redis answers a DISCARD, and an UNWATCH outside MULTI, whether
+    /// they ran or the connection closed: `+OK` (nothing of the transaction
+    /// runs, no key stays watched), or for a DISCARD outside MULTI (under a
+    /// WATCH, now lost) `-ERR DISCARD without MULTI`.
     fn ended_all_the_same(&self, cmds: &[u16], text: &str) -> Bytes {
+        // A lost WATCH outside MULTI: DISCARD and UNWATCH were sent outside it.
+        let watch_only = self.lost.as_ref().is_some_and(|l| !l.multi);
         let in_multi = self.multi_unheld();
         let mut out = Vec::new();
         for &c in cmds {
             match crate::command::table_name(c as usize) {
+                "discard" if watch_only => out.extend_from_slice(b"-ERR DISCARD without MULTI\r\n"),
                 "discard" => out.extend_from_slice(b"+OK\r\n"),
                 "unwatch" if !in_multi => out.extend_from_slice(b"+OK\r\n"),
                 _ => reply::error(&mut out, text),
