@@ -2420,3 +2420,21 @@ fn the_harness_puts_a_lost_slot_right() {
     wait_healthy(cluster, Duration::from_secs(20));
     assert_ne!(owner(cluster, &tag), 0);
 }
+
+/// Right after every connection of the proxy's to the cluster was killed (each
+/// node's last word a failure), a command that goes to every node (`CLIENT
+/// UNPAUSE`) is tried on them all, not refused with a `-CLUSTERDOWN` the cluster
+/// never said.
+#[test]
+fn a_command_for_every_node_right_after_a_kill_is_tried_not_refused() {
+    let (_serial, cluster, env) = on_shared_cluster();
+    // Connections to every node.
+    assert_eq!(env.cmd(&[b"CLIENT", b"UNPAUSE"]), b"+OK\r\n");
+    for node in cluster.nodes() {
+        let r = node.client().cmd(&[b"CLIENT", b"KILL", b"TYPE", b"normal"]);
+        assert!(r.starts_with(b":"), "{}", support::printable(&r));
+    }
+    std::thread::sleep(Duration::from_millis(100));
+    let r = env.cmd(&[b"CLIENT", b"UNPAUSE"]);
+    assert_eq!(r, b"+OK\r\n", "{}", support::printable(&r));
+}

@@ -1329,17 +1329,25 @@ impl Cluster {
 
     /// Every node of the map that may serve (the cluster does not mark it
     /// failed, the last word about it was not a failure, its breaker is not open),
-    /// primaries first.
+    /// primaries first; if none may, every node the cluster does not mark failed.
     fn every_node(&self, topo: &Topology) -> Vec<Arc<Node>> {
         let shards = topo.map.shards();
         let primaries = shards.iter().map(|s| &s.primary);
         let replicas = shards.iter().flat_map(|s| &s.replicas);
-        primaries
+        let known: Vec<Arc<Node>> = primaries
             .chain(replicas)
             .filter(|n| n.health != map::Health::Failed)
             .filter_map(|n| self.node(&n.addr))
-            .filter(|n| n.may_serve())
-            .collect()
+            .collect();
+        let serving: Vec<Arc<Node>> = known.iter().filter(|n| n.may_serve()).cloned().collect();
+        // When none may serve (every node's last word a failure, e.g. right
+        // after its connections were killed), every node is tried: its own
+        // error, if any, is truer than a CLUSTERDOWN the cluster never said.
+        if serving.is_empty() {
+            known
+        } else {
+            serving
+        }
     }
 
     fn plan_scan(
