@@ -204,23 +204,24 @@ import os
 LATE = os.environ.get('LATE')
 PREFIX = os.environ.get('PREFIX')
 FLUSH = [int(x) for x in os.environ.get('FLUSH', '').split(',') if x]
-# KILL=port: the proxy's upstream server; after one step in ten (a quiet moment:
+# KILL=port,…: the proxy's upstream servers; after one step in ten (a quiet moment:
 # every reply in) every connection of the proxy's there is killed (CLIENT KILL
 # TYPE normal and pubsub). A session without upstream state must not notice; one
 # with state (MULTI/WATCH, subscribed, tracking, a blocking pop) may be told (see
 # `told`), and the seed ends there.
-KILL = int(os.environ.get('KILL', '0'))
+KILL = [int(x) for x in os.environ.get('KILL', '').split(',') if x]
 
 def told(frame):
     """A proxy frame that tells a session its upstream state was lost."""
     return (frame == "<EOF>" or frame.startswith("-UPSTREAM") or frame.startswith("-EXECABORT")
             or frame in ("*-1", "_", "+QUEUED"))
 
-def kill_upstream(port):
-    x = socket.create_connection(("127.0.0.1", port))
-    for t in ("normal", "pubsub"):
-        x.sendall(enc(["CLIENT", "KILL", "TYPE", t])); x.recv(100)
-    x.close()
+def kill_upstream(ports):
+    for port in ports:
+        x = socket.create_connection(("127.0.0.1", port))
+        for t in ("normal", "pubsub"):
+            x.sendall(enc(["CLIENT", "KILL", "TYPE", t])); x.recv(100)
+        x.close()
 
 def connect_all(targets, K):
     """K sessions per target, every target (and FLUSH's servers) flushed."""
