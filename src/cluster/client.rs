@@ -1334,20 +1334,18 @@ impl Cluster {
         let shards = topo.map.shards();
         let primaries = shards.iter().map(|s| &s.primary);
         let replicas = shards.iter().flat_map(|s| &s.replicas);
-        let known: Vec<Arc<Node>> = primaries
+        let mut nodes: Vec<Arc<Node>> = primaries
             .chain(replicas)
             .filter(|n| n.health != map::Health::Failed)
             .filter_map(|n| self.node(&n.addr))
             .collect();
-        let serving: Vec<Arc<Node>> = known.iter().filter(|n| n.may_serve()).cloned().collect();
         // When none may serve (every node's last word a failure, e.g. right
         // after its connections were killed), every node is tried: its own
         // error, if any, is truer than a CLUSTERDOWN the cluster never said.
-        if serving.is_empty() {
-            known
-        } else {
-            serving
+        if nodes.iter().any(|n| n.may_serve()) {
+            nodes.retain(|n| n.may_serve());
         }
+        nodes
     }
 
     fn plan_scan(

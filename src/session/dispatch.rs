@@ -271,7 +271,8 @@ impl Session {
                 self.queue.push_back(Pending::Ready(bytes));
             }
             if out.target == Target::Held && !self.mode.is_private() {
-                // The transaction cannot go on; its connection is reset.
+                // The transaction cannot go on: its connection is let go, and a
+                // transaction the client knows of is lost (`lose_held`).
                 self.lose_held(false);
             }
             return;
