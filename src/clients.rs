@@ -10,15 +10,16 @@
 //!
 //! `CLIENT TRACKING ON REDIRECT <id>` names a session; Redis needs the id of a
 //! connection. A session with an upstream connection of its own (subscriber,
-//! tracking or `auth_passthrough` connection) publishes it here ([`Client::own`]);
-//! for a session without one, the redirect goes to a *sink*: one idle RESP2
-//! connection per upstream server that is never subscribed, so Redis drops what is
-//! sent there, as it drops invalidations for a RESP2 client that is not subscribed
-//! ([`Clients::sink_id`]). A RESP3 client gets invalidation pushes as redirect
-//! target whether subscribed or not, so a RESP3 session without a connection of
-//! its own is given one, opened for it and handed over through its entry: its
-//! *push connection*, read for as long as the session lives
-//! ([`Clients::push_sink_id`], [`Client::take_push_conn`]).
+//! tracking or `auth_passthrough` connection) publishes it here ([`Client::own`]).
+//! A session without one is given one, opened for it (RESP3) and handed over
+//! through its entry: its *push connection*, read for as long as the session lives
+//! ([`Clients::push_sink_id`], [`Client::take_push_conn`]). Redis sends a redirect
+//! target invalidations whatever it does later (a RESP3 client gets them as
+//! pushes; a RESP2 client while subscribed, as messages), and tells the
+//! redirecting clients once it is gone, so the stand-in must be the session's own
+//! and live as long as it. On a cluster database the redirect goes to a *sink*:
+//! one idle RESP2 connection per node that is never subscribed, so Redis drops
+//! what is sent there ([`Clients::sink_id`]).
 
 use std::collections::{BTreeMap, HashMap};
 use std::net::SocketAddr;

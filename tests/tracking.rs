@@ -325,6 +325,19 @@ async fn resp3_redirect_to_another_tracking_client_and_to_itself() {
     proxy.shutdown().await;
 }
 
+/// Waits until Redis's `CLIENT LIST` (asked through `direct`) satisfies `done`
+/// (a connection has gone), at most until `deadline`.
+async fn until_client_list(
+    direct: &mut AsyncRawClient,
+    deadline: Instant,
+    done: impl Fn(String) -> bool,
+) {
+    while !done(text(&direct.cmd(&[b"CLIENT", b"LIST"]).await)) {
+        assert!(Instant::now() < deadline, "the connection stays");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
 /// `CLIENT TRACKING ON REDIRECT id`, then `GET foo` (tracked), on `t`; both
 /// replies logged.
 async fn track_to(t: &mut AsyncRawClient, id: &str, log: &mut Vec<String>) {
@@ -373,8 +386,10 @@ async fn resp3_redirect_to_a_client_that_neither_tracks_nor_subscribes() {
         w.cmd(&[b"SET", b"foo", b"bar4"]).await;
         r2.assert_no_reply(Duration::from_millis(200)).await;
         log.push(text(&r2.cmd(&[b"PING"]).await));
-        // Back to the RESP3 one, which then leaves.
+        // Back to the RESP3 one, which then leaves (r2 too, so that the push
+        // connections opened for the two are the ones to go).
         track_to(&mut t, &rid, &mut log).await;
+        drop(r2);
         drop(redir);
         let mut direct = AsyncRawClient::connect(redis_addr).await;
         let deadline = Instant::now() + Duration::from_secs(5);
@@ -386,16 +401,71 @@ async fn resp3_redirect_to_a_client_that_neither_tracks_nor_subscribes() {
                 false => !(l.contains(" resp=3") && l.contains(" cmd=client|id ")),
             })
         };
-        while !gone(text(&direct.cmd(&[b"CLIENT", b"LIST"]).await)) {
-            assert!(
-                Instant::now() < deadline,
-                "the redirect target is still connected"
-            );
-            tokio::time::sleep(Duration::from_millis(20)).await;
-        }
+        until_client_list(&mut direct, deadline, gone).await;
         w.cmd(&[b"SET", b"foo", b"bar5"]).await;
         let r_reply = format!(":{rid}\r\n");
         log.push(pushed(&mut t).await.replace(&r_reply, ":<r>\r\n"));
+        log
+    })
+    .await;
+    proxy.shutdown().await;
+}
+
+/// A redirect names a client, not the connection it has at that moment: a RESP2
+/// target gets the invalidations as messages once it subscribes (to any channel),
+/// also when it subscribes after the redirect, when it redirects to itself, and
+/// after a switch from RESP3; a RESP3 tracking client is told when a RESP2 target
+/// that never subscribed leaves.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_resp2_target_gets_invalidations_once_it_subscribes_whenever_that_is() {
+    let redis = RedisServer::start();
+    let proxy = start_proxy(proxy_config(&redis)).await;
+    let redis_addr = redis.addr();
+    same_as_redis(redis.addr(), proxy.local_addr(), |addr| async move {
+        let mut log = Vec::new();
+        let mut w = AsyncRawClient::connect(addr).await;
+        // Another client, subscribed after the redirect (to some other channel).
+        let mut target = AsyncRawClient::connect(addr).await;
+        let target_id = id_of(&mut target).await.to_string();
+        let mut t = AsyncRawClient::connect(addr).await;
+        track_to(&mut t, &target_id, &mut log).await;
+        log.push(text(&target.cmd(&[b"SUBSCRIBE", b"news"]).await));
+        w.cmd(&[b"SET", b"foo", b"1"]).await;
+        log.push(pushed(&mut target).await);
+        log.push(text(&t.cmd(&[b"GET", b"foo"]).await));
+        w.cmd(&[b"FLUSHALL"]).await;
+        log.push(pushed(&mut target).await);
+        // Itself, subscribed afterwards.
+        let mut me = AsyncRawClient::connect(addr).await;
+        let my_id = id_of(&mut me).await.to_string();
+        track_to(&mut me, &my_id, &mut log).await;
+        log.push(text(&me.cmd(&[b"SSUBSCRIBE", b"shard"]).await));
+        w.cmd(&[b"SET", b"foo", b"2"]).await;
+        log.push(pushed(&mut me).await);
+        // A RESP3 target that goes back to RESP2 and subscribes.
+        let mut back = AsyncRawClient::connect(addr).await;
+        assert!(back.cmd(&[b"HELLO", b"3"]).await.starts_with(b"%7\r\n"));
+        let back_id = id_of(&mut back).await.to_string();
+        track_to(&mut t, &back_id, &mut log).await;
+        assert!(back.cmd(&[b"HELLO", b"2"]).await.starts_with(b"*14\r\n"));
+        log.push(text(&back.cmd(&[b"SUBSCRIBE", b"news"]).await));
+        w.cmd(&[b"SET", b"foo", b"3"]).await;
+        log.push(pushed(&mut back).await);
+        // A RESP3 tracking client whose RESP2 target (never subscribed) leaves.
+        let mut t3 = AsyncRawClient::connect(addr).await;
+        assert!(t3.cmd(&[b"HELLO", b"3"]).await.starts_with(b"%7\r\n"));
+        let mut gone = AsyncRawClient::connect(addr).await;
+        let gone_id = id_of(&mut gone).await.to_string();
+        track_to(&mut t3, &gone_id, &mut log).await;
+        let connections = |list: String| list.lines().count();
+        let mut direct = AsyncRawClient::connect(redis_addr).await;
+        let before = connections(text(&direct.cmd(&[b"CLIENT", b"LIST"]).await));
+        drop(gone);
+        let deadline = Instant::now() + Duration::from_secs(5);
+        until_client_list(&mut direct, deadline, |l| connections(l) < before).await;
+        w.cmd(&[b"SET", b"foo", b"4"]).await;
+        let gone_reply = format!(":{gone_id}\r\n");
+        log.push(pushed(&mut t3).await.replace(&gone_reply, ":<gone>\r\n"));
         log
     })
     .await;

@@ -16,9 +16,12 @@
 //!   It is sent to Redis as the id of that session's own upstream connection — its
 //!   subscriber connection (the RESP2 way: subscribed to `__redis__:invalidate`),
 //!   or its tracking / `auth_passthrough` connection (a RESP3 client gets pushes
-//!   there). A session without one gets the id of a connection that is never
-//!   subscribed, so Redis drops what it sends there, as it drops invalidations for a
-//!   RESP2 client that is not subscribed (see `crate::clients`). An id that is no
+//!   there). A session without one gets a *push connection* opened for it (on a
+//!   cluster, the id of a connection that is never subscribed, see
+//!   `crate::clients`), which it reads for as long as it lives and writes what
+//!   Redis pushes there as Redis would write it to the session as it is at that
+//!   moment: a push in RESP3, a message on `__redis__:invalidate` while subscribed
+//!   in RESP2, nothing otherwise. An id that is no
 //!   proxy session is sent as one no Redis client has, so Redis's own error
 //!   (`The client ID you want redirect to does not exist`) comes back, after any
 //!   other error Redis finds first.
@@ -288,16 +291,27 @@ impl Session {
             return Ok(Redirect::Missing);
         };
         let db = &self.state.db;
+        // A RESP2 client's private connection (tracking, `auth_passthrough`) is
+        // not subscribed (its subscriptions get a connection of their own), so
+        // Redis would drop what it sends there even once the client subscribes.
+        let pushed = {
+            let info = client.info();
+            info.resp == 3 || info.pubsub
+        };
         let own = client
             .own()
+            .filter(|_| pushed || db.cluster().is_some())
             .filter(|o| o.db.config.upstream.same_redis(&db.config.upstream))
             .map(|o| o.upstream_id.load(Relaxed))
             .filter(|&up| up != 0);
         if let Some(up) = own {
             return Ok(Redirect::Session(id, up));
         }
-        let sink = if client.info().resp == 3 && db.cluster().is_none() {
-            // Redis pushes to a RESP3 target, subscribed or not.
+        let sink = if db.cluster().is_none() {
+            // The target's own stand-in for as long as it lives: Redis pushes to a
+            // RESP3 target, subscribed or not, and sends a RESP2 target messages
+            // while it is subscribed, whenever that is (`on_redirected_push`); once
+            // the target is gone, the redirecting clients are told.
             let limit = self.live.config.limits.pubsub_buffer_limit;
             self.ctx.clients.push_sink_id(&client, db, limit).await
         } else {
@@ -441,11 +455,17 @@ impl Session {
     }
 
     /// What Redis pushed on the push connection (invalidations redirected here):
-    /// written to a RESP3 client as Redis would (a client that went back to RESP2
-    /// is not sent them, as Redis does not without a subscription).
+    /// written as Redis writes them to this client as it is now: a RESP3 client
+    /// gets the push, a subscribed RESP2 client a message on
+    /// `__redis__:invalidate`, any other RESP2 client nothing.
     pub(super) fn on_redirected_push(&mut self, push: Result<Bytes, End>) {
         match push {
             Ok(push) if self.state.resp3 => self.queue.push_back(Pending::Ready(push)),
+            Ok(push) if matches!(self.mode, Mode::Subscribed(_)) => {
+                if let Some(message) = invalidation_message(&push) {
+                    self.queue.push_back(Pending::Ready(message));
+                }
+            }
             Ok(_) => {}
             Err(End::Overflow) => self.too_slow_for_pushes(),
             Err(End::Closed) => {
@@ -577,6 +597,21 @@ fn broken_redirect(bytes: Bytes, upstream: u64, id: u64) -> Bytes {
 
 /// The reply of GETREDIR (`:N`) or TRACKINGINFO (`redirect` → `:N`) with a
 /// positive N replaced by proxy session `id`.
+/// An invalidation push (`>2 invalidate <keys | null>`) as Redis sends it to a
+/// subscribed RESP2 redirect target: a message on `__redis__:invalidate`, a flush
+/// (RESP3 null) as a null bulk. `None` for any other push.
+fn invalidation_message(push: &[u8]) -> Option<Bytes> {
+    const PUSH: &[u8] = b">2\r\n$10\r\ninvalidate\r\n";
+    const MESSAGE: &[u8] = b"*3\r\n$7\r\nmessage\r\n$20\r\n__redis__:invalidate\r\n";
+    let keys = push.strip_prefix(PUSH)?;
+    let keys = if keys == b"_\r\n" {
+        &b"$-1\r\n"[..]
+    } else {
+        keys
+    };
+    Some(Bytes::from([MESSAGE, keys].concat()))
+}
+
 fn redirect_back(bytes: Bytes, id: u64) -> Bytes {
     let at = reply_at(&bytes);
     let body = &bytes[at..];
@@ -644,6 +679,22 @@ mod tests {
         assert!(pushes_only(&Bytes::from_static(b"+OK\r\n")).is_empty());
         let only_push = Bytes::from_static(PUSH);
         assert_eq!(reply_at(&only_push), 0);
+    }
+
+    #[test]
+    fn invalidation_pushes_become_messages_for_resp2() {
+        assert_eq!(
+            invalidation_message(PUSH).as_deref(),
+            Some(&b"*3\r\n$7\r\nmessage\r\n$20\r\n__redis__:invalidate\r\n*1\r\n$1\r\nk\r\n"[..])
+        );
+        assert_eq!(
+            invalidation_message(b">2\r\n$10\r\ninvalidate\r\n_\r\n").as_deref(),
+            Some(&b"*3\r\n$7\r\nmessage\r\n$20\r\n__redis__:invalidate\r\n$-1\r\n"[..])
+        );
+        assert_eq!(
+            invalidation_message(b">3\r\n$7\r\nmessage\r\n$1\r\nc\r\n$1\r\nm\r\n"),
+            None
+        );
     }
 
     #[test]
