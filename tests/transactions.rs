@@ -913,3 +913,69 @@ async fn a_transaction_whose_connection_is_lost_never_runs_outside_it() {
     assert_eq!(direct.cmd(&[b"GET", b"w"]).await, resp_bulk(b"r"));
     proxy.shutdown().await;
 }
+
+/// EXEC and DISCARD outside MULTI, on the shared connections or on one of the
+/// session's own (here the tracking one), are refused as Redis refuses them,
+/// whatever becomes of the connection. Before, they went to Redis (on the shared
+/// connections, by way of a pooled one), and a DISCARD whose connection failed
+/// was answered `+OK` as if it had ended a transaction. And a SUBSCRIBE under
+/// `CLIENT REPLY OFF` whose connection cannot be opened closes the client (it
+/// would not be told, and Redis would have confirmed it); before, the client was
+/// left waiting for a confirmation that never came. (Both found with
+/// `scripts/session_fuzz/sessions.py` in its `STOP` mode.)
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn exec_and_discard_outside_multi_are_refused_whatever_the_connection_does() {
+    let mut redis = RedisServer::start();
+    let mut config = proxy_config(&redis);
+    for db in &mut config.databases {
+        db.upstream.command_timeout = Duration::from_millis(300);
+        db.upstream.connect_timeout = Duration::from_millis(300);
+    }
+    let proxy = start_proxy(config).await;
+    let mut c = AsyncRawClient::connect(proxy.local_addr()).await;
+    let mut shared = AsyncRawClient::connect(proxy.local_addr()).await;
+    let mut off = AsyncRawClient::connect(proxy.local_addr()).await;
+    assert_eq!(c.cmd(&[b"CLIENT", b"TRACKING", b"ON"]).await, b"+OK\r\n");
+    off.send(&resp_cmd(&[b"CLIENT", b"REPLY", b"OFF"])).await;
+    redis.pause();
+    let both = [resp_cmd(&[b"DISCARD"]), resp_cmd(&[b"EXEC"])].concat();
+    c.send(&both).await;
+    shared.send(&both).await;
+    off.send(&resp_cmd(&[b"SUBSCRIBE", b"ch"])).await;
+    let replies = [
+        c.read_reply().await,
+        c.read_reply().await,
+        shared.read_reply().await,
+        shared.read_reply().await,
+    ];
+    off.set_timeout(Duration::from_secs(3));
+    let rest = off.read_until_closed().await;
+    redis.resume();
+    let refused = [
+        printable(b"-ERR DISCARD without MULTI\r\n"),
+        printable(b"-ERR EXEC without MULTI\r\n"),
+    ];
+    assert_eq!(
+        replies.map(|r| printable(&r)).to_vec(),
+        [refused.clone(), refused].concat()
+    );
+    assert!(
+        rest.is_empty(),
+        "closed without a word (replies are off): {}",
+        printable(&rest)
+    );
+    // The session keeps its connection, and tracking.
+    assert_eq!(c.cmd(&[b"GET", b"k"]).await, b"$-1\r\n");
+    let info = c.cmd(&[b"CLIENT", b"TRACKINGINFO"]).await;
+    assert!(
+        info.starts_with(b"*6\r\n$5\r\nflags\r\n*1\r\n$2\r\non\r\n"),
+        "{}",
+        printable(&info)
+    );
+    // A wrong number of arguments is still Redis's to answer.
+    assert_eq!(
+        c.cmd(&[b"DISCARD", b"x"]).await,
+        b"-ERR wrong number of arguments for 'discard' command\r\n"
+    );
+    proxy.shutdown().await;
+}

@@ -420,6 +420,36 @@ impl Session {
         }
     }
 
+    /// Redis's refusal of an EXEC or DISCARD (of the right arity) sent outside
+    /// MULTI by a session on the shared connections or a private one (tracking,
+    /// an `auth_passthrough` login), which Redis answers without running
+    /// anything. (Under a WATCH on an exclusive connection it is sent: the answer
+    /// then says whether the WATCH is lost, see `ended_all_the_same`.)
+    fn end_without_multi(
+        &self,
+        buf: &[u8],
+        req: &request::Request,
+        cmd: &Descriptor,
+    ) -> Option<&'static [u8]> {
+        let outside = match &self.mode {
+            // (A lost or deferred transaction was answered before this.)
+            Mode::Shared => true,
+            Mode::Private(p) => !p.held.in_multi,
+            _ => false,
+        };
+        if cmd.tx != TxOp::End || !self.state.authenticated || !outside {
+            return None;
+        }
+        let info = cmd.info?;
+        if with_args(buf, &self.args, req, |args| args.count()) != 1 {
+            return None;
+        }
+        Some(match info.name {
+            "exec" => b"-ERR EXEC without MULTI\r\n",
+            _ => b"-ERR DISCARD without MULTI\r\n",
+        })
+    }
+
     /// The connection a request for `target` would use.
     fn conn_for(&self, target: Target) -> Conn {
         match (target, self.mode.held()) {
@@ -1169,9 +1199,26 @@ impl Session {
                         inbuf.advance(req.len);
                         let mut out = Vec::new();
                         reply::error(&mut out, &error_text(&db, &e, 1));
-                        self.push_reply(out);
+                        if self.reply_off || self.skip_next {
+                            // The client would not be told (Redis would have
+                            // confirmed the subscription even so): it is closed,
+                            // as when a subscriber connection is lost.
+                            tracing::info!(session = self.state.id, "subscriber connection could not be opened with replies off; closing the client");
+                            self.close_after(out);
+                        } else {
+                            self.push_reply(out);
+                        }
                     }
                 }
+                continue;
+            }
+
+            if let Some(reply) = self.end_without_multi(&inbuf[..req.len], &req, &cmd) {
+                // Redis refuses it and changes nothing (a WATCH stays): answered
+                // here, so the answer holds whatever becomes of the connection.
+                self.flush(&mut run, inbuf).await;
+                inbuf.advance(req.len);
+                self.push_reply(reply.to_vec());
                 continue;
             }
 
