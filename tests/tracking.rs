@@ -472,6 +472,54 @@ async fn a_resp2_target_gets_invalidations_once_it_subscribes_whenever_that_is()
     proxy.shutdown().await;
 }
 
+/// A redirect target whose stand-in connection to Redis is lost is closed, as a
+/// target Redis itself disconnects, and the tracking client is told that its
+/// redirect is broken: on Redis the target is killed, through the proxy the push
+/// connection opened for it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_redirect_target_whose_connection_is_lost_is_closed() {
+    let redis = RedisServer::start();
+    let proxy = start_proxy(proxy_config(&redis)).await;
+    let redis_addr = redis.addr();
+    same_as_redis(redis.addr(), proxy.local_addr(), |addr| async move {
+        let mut log = Vec::new();
+        let mut target = AsyncRawClient::connect(addr).await;
+        let target_id = id_of(&mut target).await.to_string();
+        let mut t = AsyncRawClient::connect(addr).await;
+        assert!(t.cmd(&[b"HELLO", b"3"]).await.starts_with(b"%7\r\n"));
+        track_to(&mut t, &target_id, &mut log).await;
+        log.push(text(&target.cmd(&[b"SUBSCRIBE", b"news"]).await));
+        let mut direct = AsyncRawClient::connect(redis_addr).await;
+        let victim = if addr == redis_addr {
+            target_id.clone()
+        } else {
+            let list = text(&direct.cmd(&[b"CLIENT", b"LIST"]).await);
+            let line = list
+                .lines()
+                .find(|l| l.contains(" resp=3") && l.contains(" cmd=client|id "))
+                .unwrap_or_else(|| panic!("no push connection in {list}"))
+                .to_string();
+            line["id=".len()..line.find(' ').unwrap_or(line.len())].to_string()
+        };
+        let killed = direct
+            .cmd(&[b"CLIENT", b"KILL", b"ID", victim.as_bytes()])
+            .await;
+        assert_eq!(killed, b":1\r\n");
+        target.set_timeout(Duration::from_secs(3));
+        log.push(format!(
+            "closed: {}",
+            text(&target.read_until_closed().await)
+        ));
+        let mut w = AsyncRawClient::connect(addr).await;
+        w.cmd(&[b"SET", b"foo", b"changed"]).await;
+        let target_reply = format!(":{target_id}\r\n");
+        log.push(pushed(&mut t).await.replace(&target_reply, ":<target>\r\n"));
+        log
+    })
+    .await;
+    proxy.shutdown().await;
+}
+
 /// redis-py 8.1.0's `test_client_tracking` (tests/test_commands.py), as the commands
 /// it sends, in RESP2 and RESP3.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -472,6 +472,19 @@ impl Session {
                 // The redirecting clients get Redis's `tracking-redir-broken`.
                 self.push_conn = None;
                 self.client.push_conn_closed();
+                if self.state.resp3 || matches!(self.mode, Mode::Subscribed(_)) {
+                    // To Redis this client has left; one that would be getting
+                    // the invalidations is closed (as when its subscriber or
+                    // tracking connection is lost), so that its library connects
+                    // again and sets up its caching anew, rather than wait for
+                    // invalidations that no longer come.
+                    tracing::info!(
+                        session = self.state.id,
+                        "push connection (CLIENT TRACKING REDIRECT target) lost; closing the client"
+                    );
+                    self.closing = true;
+                    self.queue.push_back(Pending::Close);
+                }
             }
         }
     }
