@@ -210,6 +210,28 @@ FLUSH = [int(x) for x in os.environ.get('FLUSH', '').split(',') if x]
 # with state (MULTI/WATCH, subscribed, tracking, a blocking pop) may be told (see
 # `told`), and the seed ends there.
 KILL = [int(x) for x in os.environ.get('KILL', '').split(',') if x]
+# STOP=port: the proxy's upstream server, frozen (SIGSTOP … SIGCONT) before one step
+# in ten: for STOP_LONG seconds (default 0.8; set the proxy's command_timeout below
+# it) with nothing in flight (no session may notice), or with the step sent while
+# frozen (that session may be told: the timeout error), or for STOP_SHORT seconds
+# (default 0.15, below the timeout) with the step in flight (no session may notice).
+STOP = [int(x) for x in os.environ.get('STOP', '').split(',') if x]
+STOP_LONG = float(os.environ.get('STOP_LONG', '0.8'))
+STOP_SHORT = float(os.environ.get('STOP_SHORT', '0.15'))
+
+def server_pid(port):
+    x = socket.create_connection(("127.0.0.1", port))
+    x.sendall(enc(["INFO", "server"]))
+    data = b""
+    while b"process_id:" not in data or not data.endswith(b"\r\n"):
+        data += x.recv(65536)
+    x.close()
+    return int(data.split(b"process_id:")[1].split(b"\r\n")[0])
+
+def freeze(pids, on):
+    import signal
+    for pid in pids:
+        os.kill(pid, signal.SIGSTOP if on else signal.SIGCONT)
 
 def told(frame):
     """A proxy frame that tells a session its upstream state was lost."""
@@ -247,15 +269,39 @@ def send_step(sess, i, cmds):
             data += enc(c2)
         s.send(data)
 
+def frozen_step(sess, i, cmds, mode, pids):
+    """send_step, with the proxy's upstream frozen first when `mode` says so (STOP)."""
+    if mode is None:
+        send_step(sess, i, cmds)
+        return
+    allS = [s for row in sess for s in row]
+    freeze(pids, True)
+    try:
+        if mode == "idle":
+            time.sleep(STOP_LONG)
+        else:
+            send_step(sess, i, cmds)
+            drain(allS, idle=STOP_LONG if mode == "long" else STOP_SHORT, maxw=STOP_LONG + 1)
+    finally:
+        freeze(pids, False)
+    if mode == "idle":
+        send_step(sess, i, cmds)
+
 def replay(log, K, targets, quiet=True):
     """replays a dumped log; returns the first differing step or None"""
     sess = connect_all(targets, K)
+    pids = [server_pid(p) for p in STOP]
     res = None
+    mode = None
     for step, (i, cmds) in enumerate(log):
+        if i == -2:
+            mode = cmds
+            continue
         if i < 0:
             kill_upstream(KILL)
             continue
-        send_step(sess, i, cmds)
+        frozen_step(sess, i, cmds, mode, pids)
+        mode = None
         allS = [s for row in sess for s in row]
         blocking = any(c[0] in ("BLPOP", "BZPOPMIN") for c in cmds)
         drain(allS, idle=0.4 if blocking else 0.04)
@@ -275,8 +321,11 @@ def replay(log, K, targets, quiet=True):
 def show(log, a, b, k, j=None):
     """The last steps (of session `j` and the kills, if given), and where the two
     sessions' frames part."""
-    mine = [x for x in log if j is None or x[0] in (j, -1)]
+    mine = [x for x in log if j is None or x[0] in (j, -1, -2)]
     for (ii, c) in mine[-12:]:
+        if ii == -2:
+            print("   -- upstream frozen (%s)" % c)
+            continue
         if ii < 0:
             print("   -- every upstream connection killed")
             continue
@@ -293,6 +342,8 @@ def run(seed, steps, K, targets):
     log = []
     model = [{"multi": False, "watch": False} for _ in range(K)]
     krng = random.Random(seed * 7 + 1)
+    frng = random.Random(seed * 11 + 3)
+    pids = [server_pid(p) for p in STOP]
     killed_at = None
     for step in range(steps):
         i = rng.randrange(K)
@@ -316,9 +367,14 @@ def run(seed, steps, K, targets):
             if u[0] == "WATCH": st["watch"] = True
             if u[0] == "UNWATCH" and not st["multi"]: st["watch"] = False
             cmds.append(c)
-        log.append((i, cmds))
-        send_step(sess, i, cmds)
         allS = [s for row in sess for s in row]
+        mode = None
+        if STOP and frng.random() < 0.1:
+            mode = frng.choice(["idle", "long", "short"])
+            log.append((-2, mode))
+            killed_at = step
+        log.append((i, cmds))
+        frozen_step(sess, i, cmds, mode, pids)
         blocking = any(c[0] in ("BLPOP", "BZPOPMIN") for c in cmds)
         drain(allS, idle=0.4 if blocking else 0.04)
         def differs():
@@ -336,11 +392,11 @@ def run(seed, steps, K, targets):
             while k < min(len(a), len(b)) and a[k] == b[k]:
                 k += 1
             if k < len(b) and told(b[k]):
-                print("seed %d step %d: session %d told of a lost state (%s) after the kill at step %d" % (seed, step, j, b[k], killed_at))
+                print("seed %d step %d: session %d told of a lost state (%s) after the fault at step %d" % (seed, step, j, b[k], killed_at))
                 if os.environ.get('VERBOSE'):
                     show(log, a, b, k, j)
                 return True
-            print("seed %d step %d: KILLED at step %d" % (seed, step, killed_at))
+            print("seed %d step %d: KILLED (or frozen) at step %d" % (seed, step, killed_at))
         if j is not None:
             print("seed %d step %d: session %d differs" % (seed, step, j))
             if os.environ.get('DUMP'):
