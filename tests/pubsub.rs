@@ -15,6 +15,7 @@ upstream_tests!(
     unsubscribe_without_subscriptions_answers_like_redis,
     commands_not_allowed_while_subscribed_get_redis_refusal,
     requests_pipelined_after_the_last_unsubscribe_are_answered,
+    state_made_after_the_last_unsubscribe_stays_with_the_session,
     a_resp3_subscriber_selects_and_names_its_session,
     a_pipeline_after_unsubscribe_gets_its_replies,
     subscribers_get_messages_published_through_the_proxy_and_directly,
@@ -218,6 +219,71 @@ async fn requests_pipelined_after_the_last_unsubscribe_are_answered(kind: Upstre
         .await
         .starts_with(b"*3\r\n$11\r\nunsubscribe"));
     assert_eq!(c.read_reply().await, b"+OK\r\n");
+    proxy.shutdown().await;
+}
+
+/// A MULTI, WATCH or blocking command pipelined after the UNSUBSCRIBE that leaves
+/// no subscription (RESP2) runs as on Redis, and its state stays with the
+/// session. Before, it ran on the subscriber connection, which closed once the
+/// replies were in: the queued commands never ran (`PING` then got `+PONG`,
+/// `EXEC` `-ERR EXEC without MULTI`), and a WATCH was silently dropped, so a
+/// conflicting EXEC succeeded (found with `scripts/session_fuzz/sessions.py`).
+/// Compared byte for byte with Redis.
+async fn state_made_after_the_last_unsubscribe_stays_with_the_session(kind: Upstream) {
+    let up = Backend::start(kind);
+    let proxy = start_proxy(up.config()).await;
+    let cmd = |args: &[&[u8]]| resp_cmd(args);
+    // (A pipeline sent after SUBSCRIBE foo, then requests sent one at a time.)
+    type Case<'a> = (Vec<u8>, Vec<&'a [&'a [u8]]>);
+    let cases: Vec<Case> = vec![
+        (
+            [
+                cmd(&[b"UNSUBSCRIBE"]),
+                cmd(&[b"MULTI"]),
+                cmd(&[b"INCR", b"n"]),
+            ]
+            .concat(),
+            vec![&[b"PING"], &[b"EXEC"]],
+        ),
+        (
+            [cmd(&[b"UNSUBSCRIBE"]), cmd(&[b"WATCH", b"w"])].concat(),
+            vec![
+                &[b"SET", b"w", b"mine"],
+                &[b"MULTI"],
+                &[b"SET", b"w", b"again"],
+                &[b"EXEC"],
+                &[b"GET", b"w"],
+            ],
+        ),
+        (
+            [cmd(&[b"UNSUBSCRIBE"]), cmd(&[b"BLPOP", b"q", b"0.2"])].concat(),
+            vec![&[b"PING"]],
+        ),
+    ];
+    for (pipeline, after) in &cases {
+        let mut c = AsyncRawClient::connect(proxy.local_addr()).await;
+        let mut direct = up.reference().await;
+        let mut transcripts = Vec::new();
+        for s in [&mut c, &mut direct] {
+            let mut log = Vec::new();
+            s.cmd(&[b"SUBSCRIBE", b"foo"]).await;
+            s.send(pipeline).await;
+            log.push(s.read_reply().await);
+            log.push(s.read_reply().await);
+            if pipeline.windows(4).any(|w| w == b"INCR") {
+                log.push(s.read_reply().await);
+            }
+            for args in after {
+                log.push(s.cmd(args).await);
+            }
+            transcripts.push(
+                log.iter()
+                    .map(|r| support::printable(r))
+                    .collect::<Vec<_>>(),
+            );
+        }
+        assert_eq!(transcripts[0], transcripts[1], "proxy (left) vs Redis");
+    }
     proxy.shutdown().await;
 }
 

@@ -1057,14 +1057,23 @@ impl Session {
                 if !self.state.resp3
                     && matches!(
                         cmd.route,
-                        Route::Select | Route::Hello | Route::Auth | Route::CrossDb | Route::Client
+                        Route::Select
+                            | Route::Hello
+                            | Route::Auth
+                            | Route::CrossDb
+                            | Route::Client
+                            | Route::Stateful(
+                                Family::Transaction | Family::Blocking | Family::Monitor
+                            )
                     )
                     && !self.barrier_passed().await
                 {
                     // RESP2: Redis refuses it while subscribed, but runs it after
                     // an UNSUBSCRIBE that leaves none: whether the session is
                     // still subscribed is known once earlier replies are in (then
-                    // it is the proxy's, as unsubscribed).
+                    // it is the proxy's, as unsubscribed). A MULTI, WATCH,
+                    // blocking command or MONITOR must not run on the subscriber
+                    // connection, which closes once no subscription is left.
                     self.flush(&mut run, inbuf).await;
                     self.stalled = true;
                     return;
