@@ -21,7 +21,7 @@ use super::queue::{error_text, errors, CmdList, Pending, Sent};
 use super::Session;
 use crate::clients::Exclusive;
 use crate::cluster::client::Via;
-use crate::command::{self, ArgList, Block, Descriptor, Family, Ranged, Route, TxOp};
+use crate::command::{self, arity_allows, ArgList, Block, Descriptor, Family, Ranged, Route, TxOp};
 use crate::context::View;
 use crate::protocol::reply;
 use crate::protocol::request::{self, encode_command, RequestKind};
@@ -431,23 +431,18 @@ impl Session {
         req: &request::Request,
         cmd: &Descriptor,
     ) -> Option<&'static [u8]> {
+        if cmd.tx != TxOp::End || !self.state.authenticated {
+            return None;
+        }
         let outside = match &self.mode {
             // (A lost or deferred transaction was answered before this.)
             Mode::Shared => true,
             Mode::Private(p) => !p.held.in_multi,
             _ => false,
         };
-        if cmd.tx != TxOp::End || !self.state.authenticated || !outside {
-            return None;
-        }
-        let info = cmd.info?;
-        if with_args(buf, &self.args, req, |args| args.count()) != 1 {
-            return None;
-        }
-        Some(match info.name {
-            "exec" => b"-ERR EXEC without MULTI\r\n",
-            _ => b"-ERR DISCARD without MULTI\r\n",
-        })
+        let info = cmd.info.filter(|_| outside)?;
+        let argc = with_args(buf, &self.args, req, |args| args.count());
+        arity_allows(info.arity, argc).then(|| super::exclusive::end_refusal(info.name))
     }
 
     /// The connection a request for `target` would use.

@@ -44,6 +44,15 @@ pub(super) struct Lost {
     pub dirty: bool,
 }
 
+/// Redis's refusal of EXEC (`name` "exec") or DISCARD outside MULTI, which runs
+/// nothing and leaves a WATCH in force.
+pub(super) fn end_refusal(name: &str) -> &'static [u8] {
+    match name {
+        "exec" => b"-ERR EXEC without MULTI\r\n",
+        _ => b"-ERR DISCARD without MULTI\r\n",
+    }
+}
+
 impl Session {
     /// Tracks MULTI/EXEC/WATCH for a request sent to the held connection, and
     /// returns whether the connection has no transaction state after it (an
@@ -149,8 +158,7 @@ impl Session {
                 self.lost = None;
                 b"+OK\r\n"
             }
-            TxOp::End if !multi && name == "exec" => b"-ERR EXEC without MULTI\r\n",
-            TxOp::End if !multi => b"-ERR DISCARD without MULTI\r\n",
+            TxOp::End if !multi => end_refusal(name),
             TxOp::End => {
                 let dirty = lost.dirty;
                 self.lost = None;

@@ -11,6 +11,7 @@ use smallvec::SmallVec;
 use tokio::sync::{mpsc, oneshot};
 use tokio::time::Instant;
 
+use super::exclusive::end_refusal;
 use super::memory::Flight;
 use super::prefix::{self, Rewrite};
 use super::tracking::{self, Hook};
@@ -231,6 +232,11 @@ impl Session {
     /// Queues a reply, then the end of the connection.
     pub(super) fn close_after(&mut self, bytes: Vec<u8>) {
         self.push_reply(bytes);
+        self.close_when_answered();
+    }
+
+    /// Closes the client once every reply queued so far is written.
+    pub(super) fn close_when_answered(&mut self) {
         self.queue.push_back(Pending::Close);
         self.closing = true;
     }
@@ -447,8 +453,7 @@ impl Session {
             if self.mode.is_private() {
                 // The client's own connection to Redis is gone: as Redis would,
                 // close the client's connection (after this error reply).
-                self.closing = true;
-                self.queue.push_back(Pending::Close);
+                self.close_when_answered();
             }
             // The exclusive connection failed (pool exhausted, connect error,
             // connection lost): a transaction under way on it is lost.
@@ -477,7 +482,7 @@ impl Session {
         let mut out = Vec::new();
         for &c in cmds {
             match crate::command::table_name(c as usize) {
-                "discard" if watch_only => out.extend_from_slice(b"-ERR DISCARD without MULTI\r\n"),
+                "discard" if watch_only => out.extend_from_slice(end_refusal("discard")),
                 "discard" => out.extend_from_slice(b"+OK\r\n"),
                 "unwatch" if !in_multi => out.extend_from_slice(b"+OK\r\n"),
                 _ => reply::error(&mut out, text),

@@ -482,8 +482,7 @@ impl Session {
                         session = self.state.id,
                         "push connection (CLIENT TRACKING REDIRECT target) lost; closing the client"
                     );
-                    self.closing = true;
-                    self.queue.push_back(Pending::Close);
+                    self.close_when_answered();
                 }
             }
         }
@@ -608,8 +607,6 @@ fn broken_redirect(bytes: Bytes, upstream: u64, id: u64) -> Bytes {
     out.freeze()
 }
 
-/// The reply of GETREDIR (`:N`) or TRACKINGINFO (`redirect` → `:N`) with a
-/// positive N replaced by proxy session `id`.
 /// An invalidation push (`>2 invalidate <keys | null>`) as Redis sends it to a
 /// subscribed RESP2 redirect target: a message on `__redis__:invalidate`, a flush
 /// (RESP3 null) as a null bulk. `None` for any other push.
@@ -625,6 +622,8 @@ fn invalidation_message(push: &[u8]) -> Option<Bytes> {
     Some(Bytes::from([MESSAGE, keys].concat()))
 }
 
+/// The reply of GETREDIR (`:N`) or TRACKINGINFO (`redirect` → `:N`) with a
+/// positive N replaced by proxy session `id`.
 fn redirect_back(bytes: Bytes, id: u64) -> Bytes {
     let at = reply_at(&bytes);
     let body = &bytes[at..];
