@@ -44,6 +44,9 @@ struct Inner {
     /// What the upstream said it is, when last asked (shared by the nodes of a
     /// cluster with the database's endpoint: [`Endpoint::sharing_identity`]).
     identity: Arc<Mutex<Option<Arc<Identity>>>>,
+    /// A cluster node's endpoint ([`Endpoint::sharing_identity`]): what it
+    /// learns is recorded with the role `master`, whatever the node is now.
+    as_primary: bool,
     /// Until when writes are paused ([`Endpoint::pause_writes`]): milliseconds
     /// since [`epoch`], 0 for not paused.
     paused_until: AtomicU64,
@@ -102,18 +105,20 @@ impl Default for Endpoint {
 impl Endpoint {
     /// An endpoint with no address known yet (generation 0).
     pub fn new() -> Endpoint {
-        Endpoint::with_identity(Arc::default())
+        Endpoint::with_identity(Arc::default(), false)
     }
 
     /// A new endpoint (another server's) whose identity is `self`'s: what one
     /// learns, both know. A cluster's nodes share the database's, so a client's
     /// `HELLO` names the cluster's Redis (`redis`, its version) whichever node
-    /// told it.
+    /// told it, and its role is `master` even when a replica told it (a
+    /// subscriber's home node may be one, a primary may have been demoted): the
+    /// client sees the cluster as one primary.
     pub fn sharing_identity(&self) -> Endpoint {
-        Endpoint::with_identity(self.inner.identity.clone())
+        Endpoint::with_identity(self.inner.identity.clone(), true)
     }
 
-    fn with_identity(identity: Arc<Mutex<Option<Arc<Identity>>>>) -> Endpoint {
+    fn with_identity(identity: Arc<Mutex<Option<Arc<Identity>>>>, as_primary: bool) -> Endpoint {
         Endpoint {
             inner: Arc::new(Inner {
                 addr: Mutex::new(None),
@@ -123,6 +128,7 @@ impl Endpoint {
                 suspect: Notify::new(),
                 resolving: tokio::sync::Mutex::new(()),
                 identity,
+                as_primary,
                 paused_until: AtomicU64::new(0),
             }),
         }
@@ -208,7 +214,10 @@ impl Endpoint {
     }
 
     /// Records what the upstream said it is (kept when unchanged).
-    pub fn learn(&self, identity: Identity) {
+    pub fn learn(&self, mut identity: Identity) {
+        if self.inner.as_primary {
+            identity.role = b"master".to_vec();
+        }
         let mut slot = self
             .inner
             .identity

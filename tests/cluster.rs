@@ -690,6 +690,73 @@ fn hello_names_the_clusters_redis() {
     assert_eq!(field(&node, "mode").as_deref(), Some("cluster"), "{node}");
 }
 
+/// `HELLO`'s `role` is `master` whichever node told the proxy what the cluster
+/// is: a RESP3 subscriber's home node may be a replica (a seed listed first, as
+/// here, or a primary since demoted), and a client of a standalone server that
+/// sees `replica` takes it for a read-only one.
+#[test]
+fn hello_says_master_also_when_a_replica_told_it() {
+    let cluster = Cluster::shared();
+    let primaries = primaries(cluster);
+    let mut config = cluster_config(cluster, None);
+    let mut ports = cluster.ports();
+    ports.sort_by_key(|p| primaries.contains(p));
+    assert!(!primaries.contains(&ports[0]), "{ports:?} {primaries:?}");
+    for db in &mut config.databases {
+        let mut cc = (**db.upstream.cluster.as_ref().expect("a cluster")).clone();
+        cc.nodes = ports
+            .iter()
+            .map(|p| ("127.0.0.1".to_string(), *p))
+            .collect();
+        db.upstream.cluster = Some(std::sync::Arc::new(cc));
+        // (Redis 7.0's map calls a synced replica loading: it is a home node
+        // once its probe has answered.)
+        db.upstream.resilience.health_check_interval = Duration::from_millis(100);
+    }
+    let (_rt, proxy) = Cluster::start_proxy(config);
+    // A RESP3 subscriber: its connection (set up with `HELLO 3`) goes to the
+    // home node, the replica listed first once it serves.
+    let home = cluster
+        .nodes()
+        .iter()
+        .find(|n| n.port() == ports[0])
+        .expect("node");
+    let deadline = Instant::now() + Duration::from_secs(10);
+    let mut sub = RawClient::connect(proxy.local_addr());
+    assert!(sub.cmd(&[b"HELLO", b"3"]).starts_with(b"%"));
+    loop {
+        sub.send(&support::resp_cmd(&[b"SUBSCRIBE", b"who"]));
+        assert_eq!(
+            sub.read_reply(),
+            b">3\r\n$9\r\nsubscribe\r\n$3\r\nwho\r\n:1\r\n"
+        );
+        let listed = home.client().cmd(&[b"CLIENT", b"LIST"]);
+        let listed = String::from_utf8_lossy(&listed).into_owned();
+        if listed.contains("sub=1") {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "not on the replica {}: {listed}",
+            ports[0]
+        );
+        sub.send(&support::resp_cmd(&[b"UNSUBSCRIBE"]));
+        assert!(sub.read_reply().starts_with(b">3\r\n$11\r\nunsubscribe"));
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    let mut c = RawClient::connect(proxy.local_addr());
+    let deadline = Instant::now() + Duration::from_secs(10);
+    let got = loop {
+        let got = String::from_utf8_lossy(&c.cmd(&[b"HELLO", b"2"])).into_owned();
+        if got.contains("$5\r\nredis\r\n") {
+            break got;
+        }
+        assert!(Instant::now() < deadline, "not learnt: {got}");
+        std::thread::sleep(Duration::from_millis(50));
+    };
+    assert!(got.contains("$4\r\nrole\r\n$6\r\nmaster\r\n"), "{got}");
+}
+
 /// A subscriber connection is on one node: an `SSUBSCRIBE` of a channel whose
 /// slot another node serves gets a refusal naming both nodes, not that node's
 /// `-MOVED` (which a client of a standalone server cannot follow); the channels
