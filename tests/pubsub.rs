@@ -465,3 +465,91 @@ async fn monitor_streams_commands_on_its_own_connection() {
     assert_eq!(c.cmd(&[b"GET", b"watched"]).await, b"$1\r\n1\r\n");
     proxy.shutdown().await;
 }
+
+/// A RESP3 subscriber's `HELLO 2`: on Redis the client stays subscribed and
+/// speaks RESP2 from then on (messages as arrays, only the pub/sub commands
+/// allowed, `PING` answered `["pong", ""]`), as Redis's own Tcl suite does
+/// ("Able to redirect to a RESP3 client"). The proxy refused it before. Every
+/// reply compared with Redis's (ids masked; each side its own channel).
+// Standalone only: on a cluster it is still refused (README).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_resp3_subscriber_switches_to_resp2_and_stays_subscribed() {
+    let up = Backend::start(Upstream::Standalone);
+    let proxy = start_proxy(up.config()).await;
+    // `Some(args)`: the client's request and its reply; `None`: another client
+    // publishes, and the client's next frame is the message.
+    let steps: &[Option<&[&[u8]]>] = &[
+        Some(&[b"HELLO", b"3"]),
+        Some(&[b"SUBSCRIBE", b"CH"]),
+        None,
+        Some(&[b"HELLO", b"2"]),
+        None,
+        Some(&[b"GET", b"k"]),
+        Some(&[b"PING"]),
+        Some(&[b"HELLO", b"3"]),
+        Some(&[b"CLIENT", b"SETNAME", b"x"]),
+        Some(&[b"UNSUBSCRIBE"]),
+        Some(&[b"PING"]),
+        Some(&[b"HELLO", b"3"]),
+        Some(&[b"SUBSCRIBE", b"CH"]),
+        Some(&[b"HELLO", b"2", b"SETNAME", b"named"]),
+        None,
+        Some(&[b"CLIENT", b"GETNAME"]),
+        Some(&[b"UNSUBSCRIBE"]),
+        Some(&[b"CLIENT", b"GETNAME"]),
+    ];
+    async fn play(
+        mut c: AsyncRawClient,
+        mut publisher: AsyncRawClient,
+        ch: &[u8],
+        steps: &[Option<&[&[u8]]>],
+    ) -> Vec<String> {
+        let mut out = Vec::new();
+        for (i, step) in steps.iter().enumerate() {
+            let reply = match step {
+                Some(args) => {
+                    let args: Vec<&[u8]> = args
+                        .iter()
+                        .map(|a| if *a == b"CH" { ch } else { a })
+                        .collect();
+                    c.cmd(&args).await
+                }
+                None => {
+                    let msg = format!("m{i}");
+                    assert_eq!(
+                        publisher.cmd(&[b"PUBLISH", ch, msg.as_bytes()]).await,
+                        b":1\r\n"
+                    );
+                    c.read_reply().await
+                }
+            };
+            let text = String::from_utf8_lossy(&reply).replace(&*String::from_utf8_lossy(ch), "CH");
+            // (Connection ids differ: the proxy gives its session's.)
+            let masked = match text.split_once("$2\r\nid\r\n:") {
+                Some((a, b)) => format!("{a}$2\r\nid\r\n:ID{}", &b[b.find('\r').unwrap_or(0)..]),
+                None => text,
+            };
+            out.push(masked);
+        }
+        out
+    }
+    let direct = play(
+        up.reference().await,
+        up.reference().await,
+        b"h2drct",
+        steps,
+    )
+    .await;
+    let c = AsyncRawClient::connect(proxy.local_addr()).await;
+    let publisher = AsyncRawClient::connect(proxy.local_addr()).await;
+    let proxied = play(c, publisher, b"h2prxy", steps).await;
+    for (i, (want, got)) in direct.iter().zip(&proxied).enumerate() {
+        assert_eq!(got, want, "step {i}: {:?}", steps[i]);
+    }
+    assert!(
+        direct[4].starts_with("*3\r\n$7\r\nmessage"),
+        "{}",
+        direct[4]
+    );
+    proxy.shutdown().await;
+}

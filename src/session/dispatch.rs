@@ -547,15 +547,41 @@ impl Session {
             ));
         }
         with_args(buf, &self.args, req, |args| {
-            if self.state.resp3
-                && cmd.route == Route::Hello
-                && args.count() > 1
-                && args.arg(1) == b"2"
-            {
-                return Some("ERR HELLO 2 while subscribed is not supported by redis-sidecar (the subscriber connection speaks RESP3): unsubscribe first".to_string());
+            if self.resp2_while_subscribed(s, cmd, args) == Some(false) {
+                return Some("ERR HELLO 2 while subscribed is not supported by redis-sidecar here (a transaction on the subscriber connection, a tracking or login connection, a cluster, or HELLO's AUTH): unsubscribe first".to_string());
             }
             self.cluster_refusal_while_subscribed(s, cmd, args)
         })
+    }
+
+    /// A RESP3 subscriber's `HELLO 2`: `Some(true)` when the subscriber
+    /// connection can follow the switch (Redis's client stays subscribed, now in
+    /// RESP2; `pubsub::subscriber_to_resp2`), `Some(false)` when it cannot (it is
+    /// refused): inside a transaction on that connection, with a tracking or
+    /// login connection parked (it would have to switch too), on a cluster (its
+    /// satellites and followers speak RESP3), or with `AUTH` (the login is the
+    /// session's, checked apart); `None`: not such a request.
+    fn resp2_while_subscribed(
+        &self,
+        s: &super::mode::Subscribed,
+        cmd: &Descriptor,
+        args: &dyn ArgList,
+    ) -> Option<bool> {
+        if !self.state.resp3 || cmd.route != Route::Hello || s.monitor {
+            return None;
+        }
+        if args.count() < 2 || args.arg(1) != b"2" {
+            return None;
+        }
+        let plain = match args.count() {
+            2 => true,
+            4 => {
+                args.arg(2).eq_ignore_ascii_case(b"SETNAME")
+                    && super::local::valid_name(args.arg(3))
+            }
+            _ => false,
+        };
+        Some(plain && s.tx.is_none() && s.parked.is_none() && self.state.db.cluster().is_none())
     }
 
     /// [`Self::subscribed_refusal`] on a cluster.
@@ -1097,6 +1123,16 @@ impl Session {
                     self.last = Conn::Sub;
                     self.send_to_subscriber(&bytes, unsubscribes, skip).await;
                     continue;
+                }
+                let to_resp2 = match &self.mode {
+                    Mode::Subscribed(s) => with_args(&inbuf[run.len..], &self.args, &req, |a| {
+                        self.resp2_while_subscribed(s, &cmd, a) == Some(true)
+                    }),
+                    _ => false,
+                };
+                if to_resp2 {
+                    // Before the barrier: what Redis sends after it is RESP2.
+                    self.subscriber_to_resp2().await;
                 }
                 if !self.barrier_passed().await {
                     self.flush(&mut run, inbuf).await;

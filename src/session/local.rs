@@ -544,7 +544,7 @@ fn hello<L: ArgList + ?Sized>(state: &mut State, ctx: &View<'_>, args: &L) -> Ou
     Outcome::Reply(out)
 }
 
-fn valid_name(name: &[u8]) -> bool {
+pub(super) fn valid_name(name: &[u8]) -> bool {
     name.iter().all(|&c| (b'!'..=b'~').contains(&c))
 }
 

@@ -120,6 +120,9 @@ pub(super) struct Subscribed {
     /// The client-facing database the connection was opened for: after a SELECT
     /// of another one (RESP3), commands go where they go unsubscribed.
     pub db: u32,
+    /// A RESP3 session's `HELLO 2` was sent on the connection (its reply skipped):
+    /// it speaks RESP2 from there (`pubsub::subscriber_to_resp2`).
+    pub to_resp2: bool,
 }
 
 /// The upstream connection a forwarded request used.
@@ -287,6 +290,7 @@ impl Session {
             home: Default::default(),
             tx: None,
             db: self.state.db.config.index,
+            to_resp2: false,
         });
         self.publish();
     }

@@ -433,6 +433,23 @@ impl Session {
         }
     }
 
+    /// A RESP3 subscriber's `HELLO 2` (answered by the proxy once the barrier
+    /// after it has passed): Redis's client stays subscribed, in RESP2 from
+    /// then on, so the subscriber connection switches too (once; Redis's reply
+    /// skipped: the client gets the proxy's, with its session id). Frames
+    /// before the switch reach the client as RESP3, as from Redis before its
+    /// `HELLO` reply; the barrier's and all later ones are RESP2.
+    pub(super) async fn subscriber_to_resp2(&mut self) {
+        const HELLO_2: &[u8] = b"*2\r\n$5\r\nHELLO\r\n$1\r\n2\r\n";
+        let Some(s) = self.mode.subscribed().filter(|s| !s.to_resp2) else {
+            return;
+        };
+        s.to_resp2 = true;
+        if s.sub.send(&[SKIP_NEXT, HELLO_2].concat()).await.is_err() {
+            self.on_pubsub_frame(Err(End::Closed));
+        }
+    }
+
     /// A MULTI is about to be sent on the subscriber connection (RESP3): `true`
     /// once every earlier reply has arrived and the transaction's replies are
     /// counted from here ([`SubTx`]); `false`: it waits (`stalled`).
