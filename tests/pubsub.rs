@@ -482,9 +482,12 @@ async fn a_resp3_subscriber_switches_to_resp2_and_stays_subscribed() {
         Some(&[b"HELLO", b"3"]),
         Some(&[b"SUBSCRIBE", b"CH"]),
         None,
+        Some(&[b"SELECT", b"2"]),
         Some(&[b"HELLO", b"2"]),
         None,
         Some(&[b"GET", b"k"]),
+        Some(&[b"MULTI"]),
+        Some(&[b"SELECT", b"0"]),
         Some(&[b"PING"]),
         Some(&[b"HELLO", b"3"]),
         Some(&[b"CLIENT", b"SETNAME", b"x"]),
@@ -533,13 +536,7 @@ async fn a_resp3_subscriber_switches_to_resp2_and_stays_subscribed() {
         }
         out
     }
-    let direct = play(
-        up.reference().await,
-        up.reference().await,
-        b"h2drct",
-        steps,
-    )
-    .await;
+    let direct = play(up.reference().await, up.reference().await, b"h2drct", steps).await;
     let c = AsyncRawClient::connect(proxy.local_addr()).await;
     let publisher = AsyncRawClient::connect(proxy.local_addr()).await;
     let proxied = play(c, publisher, b"h2prxy", steps).await;
@@ -547,9 +544,9 @@ async fn a_resp3_subscriber_switches_to_resp2_and_stays_subscribed() {
         assert_eq!(got, want, "step {i}: {:?}", steps[i]);
     }
     assert!(
-        direct[4].starts_with("*3\r\n$7\r\nmessage"),
+        direct[5].starts_with("*3\r\n$7\r\nmessage"),
         "{}",
-        direct[4]
+        direct[5]
     );
     proxy.shutdown().await;
 }

@@ -528,7 +528,9 @@ impl Session {
         if s.monitor {
             return None;
         }
-        let other_db = s.db != self.state.db.config.index;
+        // (RESP3: a RESP2 subscriber cannot SELECT, unless it switched with
+        // `HELLO 2` after one; Redis then refuses what is not pub/sub.)
+        let other_db = self.state.resp3 && s.db != self.state.db.config.index;
         if other_db
             // (UNWATCH, EXEC and DISCARD change nothing there: no transaction
             // began on it after the SELECT.)
