@@ -550,3 +550,64 @@ async fn a_resp3_subscriber_switches_to_resp2_and_stays_subscribed() {
     );
     proxy.shutdown().await;
 }
+
+/// A RESP3 subscriber's `SELECT` of another database on the same server moves
+/// its subscriber connection there too: a transaction, a `WATCH` or a blocking
+/// pop after it runs on that database, as on Redis (the proxy refused them
+/// before: the subscriber connection stayed on the first database). Every
+/// reply compared with Redis's (ids masked).
+// Standalone only: on a cluster (one db) a SELECT changes the key prefix.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_resp3_subscriber_that_selects_runs_its_transactions_there() {
+    let up = Backend::start(Upstream::Standalone);
+    let proxy = start_proxy(up.config()).await;
+    let steps: &[&[&[u8]]] = &[
+        &[b"HELLO", b"3"],
+        &[b"SUBSCRIBE", b"selch"],
+        &[b"SELECT", b"2"],
+        &[b"MULTI"],
+        &[b"SET", b"selk", b"v2"],
+        &[b"GET", b"selk"],
+        &[b"EXEC"],
+        &[b"BLPOP", b"selq", b"0.01"],
+        &[b"WATCH", b"selk"],
+        &[b"MULTI"],
+        &[b"INCR", b"seln"],
+        &[b"EXEC"],
+        &[b"SELECT", b"0"],
+        &[b"GET", b"selk"],
+        &[b"SELECT", b"2"],
+        &[b"UNSUBSCRIBE"],
+        &[b"GET", b"selk"],
+        &[b"GET", b"seln"],
+        &[b"DEL", b"selk", b"seln"],
+    ];
+    async fn play(mut c: AsyncRawClient, steps: &[&[&[u8]]]) -> Vec<String> {
+        let mut out = Vec::new();
+        for args in steps {
+            let text = String::from_utf8_lossy(&c.cmd(args).await).into_owned();
+            // (Connection ids differ: the proxy gives its session's.)
+            out.push(match text.split_once("$2\r\nid\r\n:") {
+                Some((a, b)) => format!("{a}$2\r\nid\r\n:ID{}", &b[b.find('\r').unwrap_or(0)..]),
+                None => text,
+            });
+        }
+        out
+    }
+    let mut direct = up.reference().await;
+    // (The reference runs in db 2 of the same server first, and cleans up.)
+    assert_eq!(direct.cmd(&[b"SELECT", b"0"]).await, b"+OK\r\n");
+    let want = play(direct, steps).await;
+    let got = play(AsyncRawClient::connect(proxy.local_addr()).await, steps).await;
+    for (i, (want, got)) in want.iter().zip(&got).enumerate() {
+        assert_eq!(
+            got,
+            want,
+            "step {i}: {:?}",
+            String::from_utf8_lossy(&steps[i].concat())
+        );
+    }
+    assert_eq!(want[6], "*2\r\n+OK\r\n$2\r\nv2\r\n");
+    assert_eq!(want[13], "_\r\n", "db 0 has no selk");
+    proxy.shutdown().await;
+}

@@ -531,8 +531,12 @@ async fn same_as_redis(
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_resp3_subscriber_runs_transactions_and_selects_as_on_redis() {
     let redis = RedisServer::start();
+    let other = RedisServer::start();
     let mut config = proxy_config(&redis);
-    config.databases.truncate(3);
+    config.databases.truncate(4);
+    // Database 3 lives on another server.
+    config.databases[3].upstream.port = other.port();
+    config.databases[3].upstream.db = 0;
     let proxy = start_proxy(config).await;
     let addr = proxy.local_addr();
     let cases = vec![
@@ -617,10 +621,13 @@ async fn a_resp3_subscriber_runs_transactions_and_selects_as_on_redis() {
          -ERR CLIENT SETNAME inside a transaction on a subscribed connection is not supported by redis-sidecar\r\n\
          +QUEUED\r\n-EXECABORT Transaction discarded because of previous errors.\r\n_\r\n+PONG\r\n"
     );
-    // A blocking command after a SELECT of another database is refused (the
-    // subscriber connection is on the first one).
+    // A blocking command after a SELECT of a database on another server is
+    // refused (the subscriber connection cannot follow it there); on the same
+    // server it runs there (the subscriber connection follows the SELECT).
     let bytes = script(&[
         "SUBSCRIBE ch",
+        "SELECT 3",
+        "BLPOP q 0.01",
         "SELECT 1",
         "BLPOP q 0.01",
         "SELECT 0",
@@ -628,7 +635,7 @@ async fn a_resp3_subscriber_runs_transactions_and_selects_as_on_redis() {
     ]);
     let got = String::from_utf8_lossy(&exchange_resp3(addr, &bytes).await).into_owned();
     assert!(got.contains("-ERR BLPOP while subscribed, after a SELECT of another database than the subscriptions' (db 0), is not supported by redis-sidecar"), "{got}");
-    assert!(got.ends_with("+OK\r\n_\r\n"), "{got}");
+    assert!(got.ends_with("+OK\r\n_\r\n+OK\r\n_\r\n"), "{got}");
     proxy.shutdown().await;
 }
 

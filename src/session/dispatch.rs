@@ -556,6 +556,45 @@ impl Session {
         })
     }
 
+    /// A RESP3 subscriber's `SELECT` of another database on the same server, with
+    /// the same credentials and key prefix, and no transaction on the subscriber
+    /// connection: the database's index and the `SELECT` that moves the subscriber
+    /// connection there too (`pubsub::subscriber_select`), so that its later
+    /// commands (a transaction, a blocking pop) run there, on that database, as
+    /// on Redis. `None`: the `SELECT` is the session's only, and its commands go
+    /// where they go unsubscribed (another server, a prefix, a cluster, a login,
+    /// an index that is no database).
+    fn subscriber_follows_select(
+        &self,
+        s: &super::mode::Subscribed,
+        args: &dyn ArgList,
+    ) -> Option<(u32, Vec<u8>)> {
+        if !self.state.resp3 || s.monitor || s.tx.is_some() || self.state.user.is_some() {
+            return None;
+        }
+        if args.count() != 2 {
+            return None;
+        }
+        let target = self
+            .live
+            .router
+            .get(super::request::parse_int(args.arg(1))?)?;
+        let on = self.live.router.get(i64::from(s.db))?;
+        let (t, o) = (&target.config.upstream, &on.config.upstream);
+        let alike = target.config.index != s.db
+            && t.cluster.is_none()
+            && o.cluster.is_none()
+            && t.same_server(o)
+            && t.key_prefix == o.key_prefix;
+        alike.then(|| {
+            let upstream = t.db.to_string();
+            (
+                target.config.index,
+                encode(&[&b"SELECT"[..], upstream.as_bytes()][..]),
+            )
+        })
+    }
+
     /// A RESP3 subscriber's `HELLO 2`: `Some(true)` when the subscriber
     /// connection can follow the switch (Redis's client stays subscribed, now in
     /// RESP2; `pubsub::subscriber_to_resp2`), `Some(false)` when it cannot (it is
@@ -1135,6 +1174,17 @@ impl Session {
                 if to_resp2 {
                     // Before the barrier: what Redis sends after it is RESP2.
                     self.subscriber_to_resp2().await;
+                }
+                let reselect = match &self.mode {
+                    Mode::Subscribed(s) if cmd.route == Route::Select => {
+                        with_args(&inbuf[run.len..], &self.args, &req, |a| {
+                            self.subscriber_follows_select(s, a)
+                        })
+                    }
+                    _ => None,
+                };
+                if let Some((index, select)) = reselect {
+                    self.subscriber_select(index, &select).await;
                 }
                 if !self.barrier_passed().await {
                     self.flush(&mut run, inbuf).await;

@@ -117,8 +117,9 @@ pub(super) struct Subscribed {
     /// A RESP3 transaction on the subscriber connection, from its MULTI until
     /// EXEC's reply ([`super::pubsub::SubTx`]).
     pub tx: Option<Box<super::pubsub::SubTx>>,
-    /// The client-facing database the connection was opened for: after a SELECT
-    /// of another one (RESP3), commands go where they go unsubscribed.
+    /// The client-facing database the connection is on (opened for, or moved to
+    /// by a RESP3 `SELECT` it could follow): after a SELECT of another one
+    /// (RESP3), commands go where they go unsubscribed.
     pub db: u32,
     /// A RESP3 session's `HELLO 2` was sent on the connection (its reply skipped):
     /// it speaks RESP2 from there (`pubsub::subscriber_to_resp2`).

@@ -450,6 +450,20 @@ impl Session {
         }
     }
 
+    /// A RESP3 subscriber's `SELECT` of database `index`, which the subscriber
+    /// connection can follow (`select`: the upstream's `SELECT`, its reply
+    /// skipped), sent before the barrier that orders the session's own reply:
+    /// the connection is on that database from then on.
+    pub(super) async fn subscriber_select(&mut self, index: u32, select: &[u8]) {
+        let Some(s) = self.mode.subscribed() else {
+            return;
+        };
+        s.db = index;
+        if s.sub.send(&[SKIP_NEXT, select].concat()).await.is_err() {
+            self.on_pubsub_frame(Err(End::Closed));
+        }
+    }
+
     /// A MULTI is about to be sent on the subscriber connection (RESP3): `true`
     /// once every earlier reply has arrived and the transaction's replies are
     /// counted from here ([`SubTx`]); `false`: it waits (`stalled`).
