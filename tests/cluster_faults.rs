@@ -1999,6 +1999,81 @@ fn a_sharded_subscription_survives_the_loss_of_its_connection() {
     }
 }
 
+/// A RESP3 shard subscriber that sent `MULTI` (or `WATCH`) on its subscriber
+/// connection, which is then lost: the proxy must not replace that connection
+/// as it does for a plain subscriber (the queued commands would then run on
+/// their own, or the transaction without its watch); the client is
+/// disconnected, as Redis's own client would be, and nothing it sent after the
+/// loss runs. (Found by the multi-session tool with `KILL` on a cluster: the
+/// `SET`s of a transaction got `+OK` each and `EXEC` `-ERR EXEC without MULTI`.)
+#[test]
+fn a_lost_subscriber_connection_with_a_transaction_is_not_replaced() {
+    let (_serial, cluster, env) = on_shared_cluster();
+    let addr = env.proxy.local_addr();
+    let home: u16 = env
+        .pubsub_node()
+        .rsplit(':')
+        .next()
+        .and_then(|p| p.parse().ok())
+        .expect("a port");
+    for (shard, watch) in [(true, false), (true, true), (false, false), (false, true)] {
+        // (A home subscriber's WATCH and MULTI go to its connection: its keys
+        // are on the home node.)
+        let tag = (0..100)
+            .map(|i| free_tag(cluster, &format!("txsub{i}x")))
+            .find(|t| shard || owner(cluster, t) == home)
+            .expect("a tag on the home node");
+        let channel = format!("{{{tag}}}ch");
+        let key = format!("{{{tag}}}key");
+        let key = key.as_bytes();
+        let mut sub = if shard {
+            env.rt.block_on(ssubscribe(addr, true, channel.as_bytes()))
+        } else {
+            // A channel on the home node (whose connection is replaced too).
+            env.rt.block_on(async {
+                let mut c = AsyncRawClient::connect(addr).await;
+                c.set_timeout(Duration::from_secs(20));
+                c.cmd(&[b"HELLO", b"3"]).await;
+                let ok = c.cmd(&[b"SUBSCRIBE", channel.as_bytes()]).await;
+                assert!(ok.starts_with(b">3\r\n$9\r\nsubscribe"), "{ok:?}");
+                c
+            })
+        };
+        let first: &[u8] = if watch { b"WATCH" } else { b"MULTI" };
+        let args: Vec<&[u8]> = if watch { vec![first, key] } else { vec![first] };
+        assert_eq!(env.rt.block_on(sub.cmd(&args)), b"+OK\r\n");
+        let node = if shard { owner(cluster, &tag) } else { home };
+        let (killed, _) = redis_cli(node, &["CLIENT", "KILL", "TYPE", "pubsub"]);
+        assert_ne!(killed.trim(), "0", "the subscriber's connection was killed");
+        let rest = env.rt.block_on(async {
+            // Another client changes the watched key: a transaction still
+            // under its watch would be aborted.
+            let mut other = AsyncRawClient::connect(addr).await;
+            assert_eq!(other.cmd(&[b"SET", key, b"other"]).await, b"+OK\r\n");
+            tokio::time::sleep(Duration::from_millis(200)).await;
+            let mut bytes = Vec::new();
+            if watch {
+                bytes.extend(resp_cmd(&[b"MULTI"]));
+            }
+            bytes.extend(resp_cmd(&[b"SET", key, b"tx"]));
+            bytes.extend(resp_cmd(&[b"EXEC"]));
+            sub.send(&bytes).await;
+            let rest = sub.read_until_closed().await;
+            (rest, other.cmd(&[b"GET", key]).await)
+        });
+        let (rest, value) = (String::from_utf8_lossy(&rest.0).into_owned(), rest.1);
+        assert_eq!(
+            String::from_utf8_lossy(&value),
+            "$5\r\nother\r\n",
+            "watch={watch}: the transaction's SET ran; the client got {rest:?}"
+        );
+        assert!(
+            !rest.contains("EXEC without MULTI"),
+            "watch={watch}: {rest:?}"
+        );
+    }
+}
+
 /// A subscriber (a channel and a pattern) whose connection to the home node is
 /// lost (killed on the node, as the node's failure would lose it): the proxy
 /// subscribes it again on the home node, and the client, still connected, gets

@@ -124,6 +124,20 @@ pub(super) struct Subscribed {
     /// A RESP3 session's `HELLO 2` was sent on the connection (its reply skipped):
     /// it speaks RESP2 from there (`pubsub::subscriber_to_resp2`).
     pub to_resp2: bool,
+    /// A `WATCH` was sent on the connection (RESP3) and no `EXEC`, `DISCARD` or
+    /// `UNWATCH` since.
+    pub watching: bool,
+}
+
+impl Subscribed {
+    /// The connection holds a transaction's state (a `MULTI` or a `WATCH` sent
+    /// on it, RESP3): it cannot be replaced by another one when lost or when
+    /// its shard channels move (on a cluster), which would run the queued
+    /// commands on their own or forget the watch; the client is disconnected
+    /// instead, as Redis's would be.
+    pub fn holds_transaction(&self) -> bool {
+        self.tx.is_some() || self.watching
+    }
 }
 
 /// The upstream connection a forwarded request used.
@@ -292,6 +306,7 @@ impl Session {
             tx: None,
             db: self.state.db.config.index,
             to_resp2: false,
+            watching: false,
         });
         self.publish();
     }

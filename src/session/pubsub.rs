@@ -417,6 +417,19 @@ impl Session {
             s.shards.asked(bytes);
         }
         s.home.sent(bytes, skip);
+        let in_multi = s.tx.as_ref().is_some_and(|t| t.in_multi);
+        each_request(&Bytes::copy_from_slice(bytes), |_, args| {
+            let name = args.arg(0);
+            if name.eq_ignore_ascii_case(b"WATCH") && !in_multi && args.count() > 1 {
+                s.watching = true;
+            } else if [&b"EXEC"[..], b"DISCARD", b"UNWATCH"]
+                .iter()
+                .any(|c| name.eq_ignore_ascii_case(c))
+            {
+                s.watching = false;
+            }
+            true
+        });
         if let Some(tx) = &mut s.tx {
             tx.sent(bytes, skip);
             if !tx.in_multi && tx.due.is_empty() {
@@ -654,6 +667,7 @@ impl Session {
                 && s.counts[1] == 0
                 && !s.shards.any()
                 && s.barrier.is_none()
+                && !s.holds_transaction()
                 && s.home.settled().is_some()
         })
     }
@@ -713,9 +727,9 @@ impl Session {
     /// channels only.
     fn follows_shards(&mut self) -> bool {
         let cluster = self.state.db.cluster().is_some();
-        self.mode
-            .subscribed()
-            .is_some_and(|s| cluster && !s.monitor && s.counts[0] == 0 && s.shards.any())
+        self.mode.subscribed().is_some_and(|s| {
+            cluster && !s.monitor && s.counts[0] == 0 && s.shards.any() && !s.holds_transaction()
+        })
     }
 
     /// Subscribes the shard channels Redis dropped (or that were lost with the
@@ -745,7 +759,7 @@ impl Session {
         };
         let (lost, closed) = s.shards.take_lost();
         let alone = s.counts == [0, 0] && s.barrier.is_none();
-        let followed = if closed || alone {
+        let followed = if (closed || alone) && !s.holds_transaction() {
             self.resubscribe(&lost, closed).await
         } else {
             false
