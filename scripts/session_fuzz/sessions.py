@@ -62,7 +62,7 @@ def parse(buf, i=0):
 
 def norm_arr(items):
     for k in range(0, len(items) - 1):
-        if items[k] in ("$id", "+id", "$redirect") and items[k+1].startswith(":") and items[k+1] not in (":0", ":-1"):
+        if items[k] in ("$id", "+id", "$redirect", "$tracking-redir-broken") and items[k+1].startswith(":") and items[k+1] not in (":0", ":-1"):
             items[k+1] = "ID"
     return items
 
