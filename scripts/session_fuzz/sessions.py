@@ -399,10 +399,15 @@ def run(seed, steps, K, targets):
         blocking = any(c[0] in ("BLPOP", "BZPOPMIN") for c in cmds)
         drain(allS, idle=0.4 if blocking else 0.04)
         def differs():
-            for j in range(K):
-                if sess[0][j].frames != sess[1][j].frames:
+            """The first differing session; one told of a lost state first (a
+            session's lost transaction may change what Redis sends another)."""
+            bad = [j for j in range(K) if sess[0][j].frames != sess[1][j].frames]
+            for j in bad:
+                a, b = sess[0][j].frames, sess[1][j].frames
+                k = next((k for k in range(min(len(a), len(b))) if a[k] != b[k]), min(len(a), len(b)))
+                if killed_at is not None and k < len(b) and told(b[k]):
                     return j
-            return None
+            return bad[0] if bad else None
         j = differs()
         if j is not None:
             drain(allS, idle=0.5, maxw=3)
