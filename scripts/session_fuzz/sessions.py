@@ -369,8 +369,9 @@ def run(seed, steps, K, targets):
                 continue
             # Redis 7.0 under CLIENT REPLY OFF (docs/compatibility.md): QUIT leaves
             # the connection open; an UNSUBSCRIBE run by EXEC is pushed anyway.
-            if st["off"] and (u[0] == "QUIT" or (st["multi"] and "SUBSCRIBE" in u[0])):
+            if (st["off"] or st.get("skip")) and (u[0] == "QUIT" or (st["multi"] and "SUBSCRIBE" in u[0])):
                 continue
+            st["skip"] = u[:3] == ["CLIENT", "REPLY", "SKIP"]
             if CLUSTER and u[0] == "WAIT":
                 continue
             # By design on a cluster, inside MULTI: what runs on every node is
