@@ -418,18 +418,22 @@ impl Session {
         }
         s.home.sent(bytes, skip);
         let in_multi = s.tx.as_ref().is_some_and(|t| t.in_multi);
-        each_request(&Bytes::copy_from_slice(bytes), |_, args| {
-            let name = args.arg(0);
-            if name.eq_ignore_ascii_case(b"WATCH") && !in_multi && args.count() > 1 {
-                s.watching = true;
-            } else if [&b"EXEC"[..], b"DISCARD", b"UNWATCH"]
-                .iter()
-                .any(|c| name.eq_ignore_ascii_case(c))
-            {
-                s.watching = false;
-            }
-            true
-        });
+        // (A RESP2 subscriber's WATCH, EXEC … are refused by Redis.)
+        let resp3 = self.state.resp3;
+        if resp3 {
+            each_request(&Bytes::copy_from_slice(bytes), |_, args| {
+                let name = args.arg(0);
+                if name.eq_ignore_ascii_case(b"WATCH") && !in_multi && args.count() > 1 {
+                    s.watching = true;
+                } else if [&b"EXEC"[..], b"DISCARD", b"UNWATCH"]
+                    .iter()
+                    .any(|c| name.eq_ignore_ascii_case(c))
+                {
+                    s.watching = false;
+                }
+                true
+            });
+        }
         if let Some(tx) = &mut s.tx {
             tx.sent(bytes, skip);
             if !tx.in_multi && tx.due.is_empty() {
@@ -458,9 +462,7 @@ impl Session {
             return;
         };
         s.to_resp2 = true;
-        if s.sub.send(&[SKIP_NEXT, HELLO_2].concat()).await.is_err() {
-            self.on_pubsub_frame(Err(End::Closed));
-        }
+        self.send_reply_skipped(HELLO_2).await;
     }
 
     /// A RESP3 subscriber's `SELECT` of database `index`, which the subscriber
@@ -472,7 +474,16 @@ impl Session {
             return;
         };
         s.db = index;
-        if s.sub.send(&[SKIP_NEXT, select].concat()).await.is_err() {
+        self.send_reply_skipped(select).await;
+    }
+
+    /// Writes the proxy's own `request` on the subscriber connection, its reply
+    /// skipped by Redis ([`SKIP_NEXT`]).
+    async fn send_reply_skipped(&mut self, request: &[u8]) {
+        let Some(s) = self.mode.subscribed() else {
+            return;
+        };
+        if s.sub.send(&[SKIP_NEXT, request].concat()).await.is_err() {
             self.on_pubsub_frame(Err(End::Closed));
         }
     }
