@@ -1999,6 +1999,67 @@ fn a_sharded_subscription_survives_the_loss_of_its_connection() {
     }
 }
 
+/// The port of the subscribers' home node.
+fn home_port(env: &Env) -> u16 {
+    env.pubsub_node()
+        .rsplit(':')
+        .next()
+        .and_then(|p| p.parse().ok())
+        .expect("a port")
+}
+
+/// A [`free_tag`] whose slot the node on `port` serves.
+fn free_tag_on(cluster: &Cluster, port: u16, base: &str) -> String {
+    (0..100)
+        .map(|i| free_tag(cluster, &format!("{base}{i}x")))
+        .find(|t| owner(cluster, t) == port)
+        .expect("a tag on that node")
+}
+
+/// A RESP3 subscriber's `MULTI` goes to its subscriber connection, and so must
+/// the commands after it until `EXEC`: Redis queues them there. Before, on a
+/// cluster, commands with keys went by slot as outside a transaction, so each
+/// ran at once (`GET` answered `_` where Redis answers `+QUEUED`), and `EXEC`
+/// ran an empty transaction. (Found by the multi-session tool on a cluster.)
+#[test]
+fn a_resp3_subscribers_transaction_queues_its_commands() {
+    let (_serial, cluster, env) = on_shared_cluster();
+    let addr = env.proxy.local_addr();
+    let home = home_port(&env);
+    let tag = free_tag_on(cluster, home, "subtx");
+    let key = format!("{{{tag}}}k");
+    let key = key.as_bytes();
+    let got = env.rt.block_on(async {
+        let mut c = AsyncRawClient::connect(addr).await;
+        c.cmd(&[b"HELLO", b"3"]).await;
+        let ok = c.cmd(&[b"SUBSCRIBE", b"subtx"]).await;
+        assert!(ok.starts_with(b">3\r\n$9\r\nsubscribe"), "{ok:?}");
+        let mut out = Vec::new();
+        for args in [
+            &[&b"MULTI"[..]][..],
+            &[b"SET", key, b"1"],
+            &[b"INCR", key],
+            &[b"GET", key],
+            &[b"EXEC"],
+            &[b"DEL", key],
+        ] {
+            out.push(String::from_utf8_lossy(&c.cmd(args).await).into_owned());
+        }
+        out
+    });
+    assert_eq!(
+        got,
+        [
+            "+OK\r\n",
+            "+QUEUED\r\n",
+            "+QUEUED\r\n",
+            "+QUEUED\r\n",
+            "*3\r\n+OK\r\n:2\r\n$1\r\n2\r\n",
+            ":1\r\n"
+        ]
+    );
+}
+
 /// A RESP3 shard subscriber that sent `MULTI` (or `WATCH`) on its subscriber
 /// connection, which is then lost: the proxy must not replace that connection
 /// as it does for a plain subscriber (the queued commands would then run on
@@ -2010,19 +2071,14 @@ fn a_sharded_subscription_survives_the_loss_of_its_connection() {
 fn a_lost_subscriber_connection_with_a_transaction_is_not_replaced() {
     let (_serial, cluster, env) = on_shared_cluster();
     let addr = env.proxy.local_addr();
-    let home: u16 = env
-        .pubsub_node()
-        .rsplit(':')
-        .next()
-        .and_then(|p| p.parse().ok())
-        .expect("a port");
+    let home = home_port(&env);
     for (shard, watch) in [(true, false), (true, true), (false, false), (false, true)] {
         // (A home subscriber's WATCH and MULTI go to its connection: its keys
         // are on the home node.)
-        let tag = (0..100)
-            .map(|i| free_tag(cluster, &format!("txsub{i}x")))
-            .find(|t| shard || owner(cluster, t) == home)
-            .expect("a tag on the home node");
+        let tag = match shard {
+            true => free_tag(cluster, "txsub"),
+            false => free_tag_on(cluster, home, "txsub"),
+        };
         let channel = format!("{{{tag}}}ch");
         let key = format!("{{{tag}}}key");
         let key = key.as_bytes();

@@ -502,7 +502,10 @@ impl Session {
     /// connection was opened for (which may be another server). A RESP3
     /// subscriber may send any command, as on Redis.
     fn routed_while_subscribed(&self) -> bool {
+        // (Inside a MULTI sent on the subscriber connection, Redis queues them
+        // there.)
         self.state.resp3
+            && !self.multi_while_subscribed()
             && matches!(&self.mode, Mode::Subscribed(s) if !s.monitor
                 && (self.state.db.cluster().is_some() || s.db != self.state.db.config.index))
     }
