@@ -1168,24 +1168,24 @@ impl Session {
                     self.send_to_subscriber(&bytes, unsubscribes, skip).await;
                     continue;
                 }
-                let to_resp2 = match &self.mode {
+                // What the subscriber connection follows (a HELLO 2, a SELECT),
+                // sent before the barrier: what Redis sends after it is as the
+                // session is after the request.
+                let (to_resp2, reselect) = match &self.mode {
                     Mode::Subscribed(s) => with_args(&inbuf[run.len..], &self.args, &req, |a| {
-                        self.resp2_while_subscribed(s, &cmd, a) == Some(true)
+                        let select = cmd.route == Route::Select;
+                        (
+                            self.resp2_while_subscribed(s, &cmd, a) == Some(true),
+                            select
+                                .then(|| self.subscriber_follows_select(s, a))
+                                .flatten(),
+                        )
                     }),
-                    _ => false,
+                    _ => (false, None),
                 };
                 if to_resp2 {
-                    // Before the barrier: what Redis sends after it is RESP2.
                     self.subscriber_to_resp2().await;
                 }
-                let reselect = match &self.mode {
-                    Mode::Subscribed(s) if cmd.route == Route::Select => {
-                        with_args(&inbuf[run.len..], &self.args, &req, |a| {
-                            self.subscriber_follows_select(s, a)
-                        })
-                    }
-                    _ => None,
-                };
                 if let Some((index, select)) = reselect {
                     self.subscriber_select(index, &select).await;
                 }

@@ -121,22 +121,19 @@ impl SubTx {
         !self.in_multi || self.due.iter().any(|&m| m)
     }
 
-    /// Requests written to the connection (`skipped`: their replies are skipped,
+    /// A request written to the connection (`skipped`: its reply is skipped,
     /// see [`SKIP_NEXT`]).
-    fn sent(&mut self, bytes: &[u8], skipped: bool) {
-        each_request(&Bytes::copy_from_slice(bytes), |_, args| {
-            if !skipped {
-                self.due.push_back(false);
-            }
-            if args.count() > 0
-                && [&b"EXEC"[..], b"DISCARD"]
-                    .iter()
-                    .any(|c| args.arg(0).eq_ignore_ascii_case(c))
-            {
-                self.in_multi = false;
-            }
-            true
-        });
+    fn sent(&mut self, args: &dyn ArgList, skipped: bool) {
+        if !skipped {
+            self.due.push_back(false);
+        }
+        if args.count() > 0
+            && [&b"EXEC"[..], b"DISCARD"]
+                .iter()
+                .any(|c| args.arg(0).eq_ignore_ascii_case(c))
+        {
+            self.in_multi = false;
+        }
     }
 }
 
@@ -144,11 +141,17 @@ impl Home {
     /// A request (or several) written to the home node's connection
     /// (`skipped`: their replies, not their pushes, are skipped).
     fn sent(&mut self, bytes: &[u8], skipped: bool) {
-        let s = self.0.get_or_insert_with(Default::default);
         each_request(&Bytes::copy_from_slice(bytes), |_, args| {
-            s.sent(args, skipped);
+            self.sent_one(args, skipped);
             true
         });
+    }
+
+    /// One request written to the connection.
+    fn sent_one(&mut self, args: &dyn ArgList, skipped: bool) {
+        self.0
+            .get_or_insert_with(Default::default)
+            .sent(args, skipped);
     }
 
     /// A frame read from the connection.
@@ -405,24 +408,24 @@ impl Session {
     /// before it; pushes still come).
     pub(super) async fn send_to_subscriber(
         &mut self,
-        bytes: &[u8],
+        bytes: &Bytes,
         unsubscribes: bool,
         skip: bool,
     ) {
         let cluster = self.state.db.cluster().is_some();
+        // (A RESP2 subscriber's WATCH, EXEC … are refused by Redis.)
+        let resp3 = self.state.resp3;
         let Some(s) = self.mode.subscribed() else {
             return;
         };
         if unsubscribes && cluster {
             s.shards.asked(bytes);
         }
-        s.home.sent(bytes, skip);
-        let in_multi = s.tx.as_ref().is_some_and(|t| t.in_multi);
-        // (A RESP2 subscriber's WATCH, EXEC … are refused by Redis.)
-        let resp3 = self.state.resp3;
-        if resp3 {
-            each_request(&Bytes::copy_from_slice(bytes), |_, args| {
+        each_request(bytes, |_, args| {
+            s.home.sent_one(args, skip);
+            if resp3 {
                 let name = args.arg(0);
+                let in_multi = s.tx.as_ref().is_some_and(|t| t.in_multi);
                 if name.eq_ignore_ascii_case(b"WATCH") && !in_multi && args.count() > 1 {
                     s.watching = true;
                 } else if [&b"EXEC"[..], b"DISCARD", b"UNWATCH"]
@@ -431,15 +434,18 @@ impl Session {
                 {
                     s.watching = false;
                 }
-                true
-            });
-        }
-        if let Some(tx) = &mut s.tx {
-            tx.sent(bytes, skip);
-            if !tx.in_multi && tx.due.is_empty() {
-                // (EXEC's reply skipped.)
-                s.tx = None;
             }
+            if let Some(tx) = &mut s.tx {
+                tx.sent(args, skip);
+            }
+            true
+        });
+        if s.tx
+            .as_ref()
+            .is_some_and(|tx| !tx.in_multi && tx.due.is_empty())
+        {
+            // (EXEC's reply skipped.)
+            s.tx = None;
         }
         let sent = match skip {
             true => s.sub.send(&[SKIP_NEXT, bytes].concat()).await,
