@@ -779,3 +779,50 @@ async fn a_logged_in_user_tracks_on_its_own_connection() {
     assert_eq!(c.cmd(&[b"AUTH", b"alice", b"pw"]).await, b"+OK\r\n");
     proxy.shutdown().await;
 }
+
+/// A RESP3 client that subscribes, then turns tracking on (on its subscriber
+/// connection, as on Redis), then unsubscribes from everything: Redis keeps
+/// tracking on that connection, so the client keeps getting invalidations and
+/// the tracking queries still say `on`. (The proxy used to close the subscriber
+/// connection at the last unsubscribe, and the tracking with it, unseen.)
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn tracking_turned_on_while_subscribed_outlives_the_subscriptions() {
+    let redis = RedisServer::start();
+    let proxy = start_proxy(proxy_config(&redis)).await;
+    same_as_redis(redis.addr(), proxy.local_addr(), |addr| async move {
+        let mut log = Vec::new();
+        let mut c = AsyncRawClient::connect(addr).await;
+        let mut w = AsyncRawClient::connect(addr).await;
+        assert!(c.cmd(&[b"HELLO", b"3"]).await.starts_with(b"%7\r\n"));
+        log.push(text(&c.cmd(&[b"SSUBSCRIBE", b"ch"]).await));
+        log.push(text(
+            &c.cmd(&[b"CLIENT", b"TRACKING", b"ON", b"OPTIN"]).await,
+        ));
+        log.push(text(&c.cmd(&[b"SUNSUBSCRIBE"]).await));
+        log.push(text(&c.cmd(&[b"CLIENT", b"CACHING", b"YES"]).await));
+        log.push(text(&c.cmd(&[b"GET", b"k"]).await));
+        log.push(text(&w.cmd(&[b"SET", b"k", b"1"]).await));
+        log.push(pushed(&mut c).await);
+        log.push(text(&c.cmd(&[b"CLIENT", b"TRACKINGINFO"]).await));
+        // A different mode while tracking is on: Redis's refusal.
+        log.push(text(
+            &c.cmd(&[b"CLIENT", b"TRACKING", b"ON", b"BCAST"]).await,
+        ));
+        // Subscribed again and left again: still tracking.
+        log.push(text(&c.cmd(&[b"SUBSCRIBE", b"ch2"]).await));
+        log.push(text(&c.cmd(&[b"UNSUBSCRIBE"]).await));
+        log.push(text(&c.cmd(&[b"CLIENT", b"CACHING", b"YES"]).await));
+        log.push(text(&c.cmd(&[b"GET", b"k"]).await));
+        w.cmd(&[b"SET", b"k", b"2"]).await;
+        log.push(pushed(&mut c).await);
+        // Off: nothing more is pushed.
+        log.push(text(&c.cmd(&[b"CLIENT", b"TRACKING", b"OFF"]).await));
+        log.push(text(&c.cmd(&[b"GET", b"k"]).await));
+        w.cmd(&[b"SET", b"k", b"3"]).await;
+        c.assert_no_reply(Duration::from_millis(200)).await;
+        log.push(text(&c.cmd(&[b"CLIENT", b"TRACKINGINFO"]).await));
+        log
+    })
+    .await;
+    proxy.shutdown().await;
+}

@@ -127,6 +127,11 @@ pub(super) struct Subscribed {
     /// A `WATCH` was sent on the connection (RESP3) and no `EXEC`, `DISCARD` or
     /// `UNWATCH` since.
     pub watching: bool,
+    /// A `CLIENT TRACKING ON` was sent on the connection (RESP3) and no `OFF`
+    /// since: Redis tracks the keys read there and pushes their invalidations
+    /// there, so the connection stays the session's after its last unsubscribe
+    /// (as Redis's client keeps its tracking), until tracking is turned off.
+    pub tracking: bool,
 }
 
 impl Subscribed {
@@ -307,6 +312,7 @@ impl Session {
             db: self.state.db.config.index,
             to_resp2: false,
             watching: false,
+            tracking: false,
         });
         self.publish();
     }

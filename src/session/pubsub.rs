@@ -365,6 +365,7 @@ impl Session {
         let last = !s.monitor
             && s.counts == [0, 0]
             && !s.home.awaiting()
+            && (!s.tracking || !self.state.resp3)
             && pubsub::answers_request(&frame);
         if barrier {
             // Every reply to what the client sent before is in the queue.
@@ -433,6 +434,18 @@ impl Session {
                     .any(|c| name.eq_ignore_ascii_case(c))
                 {
                     s.watching = false;
+                } else if name.eq_ignore_ascii_case(b"CLIENT")
+                    && args.count() > 2
+                    && args.arg(1).eq_ignore_ascii_case(b"TRACKING")
+                {
+                    // (An ON that Redis refuses leaves the flag set: the
+                    // connection is kept a little longer than needed, harmless.)
+                    let mode = args.arg(2);
+                    if mode.eq_ignore_ascii_case(b"ON") {
+                        s.tracking = true;
+                    } else if mode.eq_ignore_ascii_case(b"OFF") {
+                        s.tracking = false;
+                    }
                 }
             }
             if let Some(tx) = &mut s.tx {
