@@ -611,3 +611,72 @@ async fn a_resp3_subscriber_that_selects_runs_its_transactions_there() {
     assert_eq!(want[13], "_\r\n", "db 0 has no selk");
     proxy.shutdown().await;
 }
+
+/// A RESP3 subscriber's `SELECT` inside its transaction (which runs on the
+/// subscriber connection) is queued there by Redis and becomes the session's
+/// database when `EXEC` runs the transaction — not after `DISCARD` or an
+/// aborted `EXEC`. (The proxy refused it before.) Every reply compared with
+/// Redis's (ids masked).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_resp3_subscribers_select_inside_its_transaction_takes_effect_at_exec() {
+    let up = Backend::start(Upstream::Standalone);
+    let proxy = start_proxy(up.config()).await;
+    // Each step: requests sent in one write, and how many replies they get.
+    let steps: &[(&[&[&[u8]]], usize)] = &[
+        (&[&[b"HELLO", b"3"]], 1),
+        (&[&[b"SUBSCRIBE", b"txselch"]], 1),
+        (
+            &[&[b"MULTI"], &[b"SELECT", b"2"], &[b"SET", b"txk", b"v2"]],
+            3,
+        ),
+        (&[&[b"EXEC"]], 1),
+        (&[&[b"GET", b"txk"]], 1),
+        (&[&[b"SELECT", b"0"], &[b"GET", b"txk"]], 2),
+        (&[&[b"MULTI"], &[b"SELECT", b"2"], &[b"DISCARD"]], 3),
+        (&[&[b"GET", b"txk"]], 1),
+        (
+            &[&[b"MULTI"], &[b"SELECT", b"3"], &[b"SET", b"txk", b"v3"]],
+            3,
+        ),
+        (&[&[b"EXEC"], &[b"GET", b"txk"]], 2),
+        (&[&[b"MULTI"], &[b"SELECT", b"0"], &[b"GET"], &[b"EXEC"]], 4),
+        (&[&[b"GET", b"txk"]], 1),
+        (&[&[b"UNSUBSCRIBE"]], 1),
+        (&[&[b"GET", b"txk"]], 1),
+        (
+            &[&[b"DEL", b"txk"], &[b"SELECT", b"2"], &[b"DEL", b"txk"]],
+            3,
+        ),
+    ];
+    async fn play(mut c: AsyncRawClient, steps: &[(&[&[&[u8]]], usize)]) -> Vec<String> {
+        let mut out = Vec::new();
+        for (requests, replies) in steps {
+            let bytes: Vec<u8> = requests.iter().flat_map(|r| resp_cmd(r)).collect();
+            c.send(&bytes).await;
+            for _ in 0..*replies {
+                let text = String::from_utf8_lossy(&c.read_reply().await).into_owned();
+                out.push(match text.split_once("$2\r\nid\r\n:") {
+                    Some((a, b)) => {
+                        format!("{a}$2\r\nid\r\n:ID{}", &b[b.find('\r').unwrap_or(0)..])
+                    }
+                    None => text,
+                });
+            }
+        }
+        out
+    }
+    let want = play(up.reference().await, steps).await;
+    let mut direct = up.reference().await;
+    assert_eq!(direct.cmd(&[b"SELECT", b"0"]).await, b"+OK\r\n");
+    let got = play(AsyncRawClient::connect(proxy.local_addr()).await, steps).await;
+    assert_eq!(got, want, "proxy (left) vs redis (right)");
+    // What it checks: the SELECTs ran at EXEC, and only then.
+    assert_eq!(want[5], "*2\r\n+OK\r\n+OK\r\n");
+    assert_eq!(want[6], "$2\r\nv2\r\n");
+    assert_eq!(want[8], "_\r\n", "db 0 has no txk");
+    assert_eq!(want[12], "_\r\n", "DISCARD: still db 0");
+    assert_eq!(want[17], "$2\r\nv3\r\n", "pipelined after EXEC: db 3");
+    assert!(want[21].starts_with("-EXECABORT"), "{}", want[21]);
+    assert_eq!(want[22], "$2\r\nv3\r\n", "aborted: still db 3");
+    proxy.shutdown().await;
+}

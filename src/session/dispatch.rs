@@ -572,20 +572,48 @@ impl Session {
         s: &super::mode::Subscribed,
         args: &dyn ArgList,
     ) -> Option<(u32, Vec<u8>)> {
-        if !self.state.resp3 || s.monitor || s.tx.is_some() || self.state.user.is_some() {
+        if s.tx.is_some() {
             return None;
         }
-        if args.count() != 2 {
+        self.select_on_subscriber(s, s.db, args)
+            .filter(|(index, _)| *index != s.db)
+    }
+
+    /// A RESP3 subscriber's `SELECT` inside a transaction on its subscriber
+    /// connection, of a database on the same server with the same credentials
+    /// and key prefix as the one the transaction runs on (the connection's, or
+    /// the last SELECT queued): the database's index and the SELECT Redis
+    /// queues there. `None`: refused as before (another server, a prefix, a
+    /// cluster, a login, an index that is no database).
+    fn subscriber_select_queued(
+        &self,
+        s: &super::mode::Subscribed,
+        args: &dyn ArgList,
+    ) -> Option<(u32, Vec<u8>)> {
+        let tx = s.tx.as_ref().filter(|t| t.in_multi())?;
+        self.select_on_subscriber(s, tx.selected().unwrap_or(s.db), args)
+    }
+
+    /// A RESP3 subscriber's `SELECT` that the subscriber connection, on the
+    /// database `on`, can run too: a database on the same server with the same
+    /// credentials and key prefix, no cluster, no login of the session's own.
+    /// Its index and the `SELECT` of its upstream db.
+    fn select_on_subscriber(
+        &self,
+        s: &super::mode::Subscribed,
+        on: u32,
+        args: &dyn ArgList,
+    ) -> Option<(u32, Vec<u8>)> {
+        if !self.state.resp3 || s.monitor || self.state.user.is_some() || args.count() != 2 {
             return None;
         }
         let target = self
             .live
             .router
             .get(super::request::parse_int(args.arg(1))?)?;
-        let on = self.live.router.get(i64::from(s.db))?;
+        let on = self.live.router.get(i64::from(on))?;
         let (t, o) = (&target.config.upstream, &on.config.upstream);
-        let alike = target.config.index != s.db
-            && t.cluster.is_none()
+        let alike = t.cluster.is_none()
             && o.cluster.is_none()
             && t.same_server(o)
             && t.key_prefix == o.key_prefix;
@@ -1145,6 +1173,25 @@ impl Session {
                 }
                 let answered_here = matches!(cmd.route, Route::Quit | Route::Reset | Route::Proxy)
                     || self.keeps_state_while_subscribed(&inbuf[run.len..], &req, &cmd);
+                // A SELECT inside the transaction on the subscriber connection, of
+                // a database there: queued by Redis, and the session's when EXEC
+                // runs the transaction (`pubsub::SubTx`).
+                let queued_select = match &self.mode {
+                    Mode::Subscribed(s) if cmd.route == Route::Select => {
+                        with_args(&inbuf[run.len..], &self.args, &req, |a| {
+                            self.subscriber_select_queued(s, a)
+                        })
+                    }
+                    _ => None,
+                };
+                if let Some((index, select)) = queued_select {
+                    self.flush(&mut run, inbuf).await;
+                    inbuf.advance(req.len);
+                    let skip = std::mem::take(&mut self.skip_next);
+                    self.last = Conn::Sub;
+                    self.queue_subscriber_select(index, select, skip).await;
+                    continue;
+                }
                 if !answered_here {
                     self.flush(&mut run, inbuf).await;
                     if (self.last != Conn::Sub && self.waits_upstream())

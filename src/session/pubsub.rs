@@ -97,6 +97,10 @@ pub(super) struct SubTx {
     in_multi: bool,
     /// The replies still to come, oldest first: `true` for a marker's.
     due: std::collections::VecDeque<bool>,
+    /// The database of the last `SELECT` queued in the transaction: the
+    /// session's (and the connection's) once EXEC runs it. (EXEC's reply, which
+    /// says so, is never skipped: a `CLIENT REPLY SKIP` before it is queued.)
+    select: Option<u32>,
 }
 
 /// `CLIENT REPLY SKIP`, sent before a subscribed client's request that it asked
@@ -112,7 +116,18 @@ impl SubTx {
         SubTx {
             in_multi: true,
             due: Default::default(),
+            select: None,
         }
+    }
+
+    /// Inside MULTI (EXEC or DISCARD not yet sent).
+    pub(super) fn in_multi(&self) -> bool {
+        self.in_multi
+    }
+
+    /// The database a SELECT queued in the transaction selects.
+    pub(super) fn selected(&self) -> Option<u32> {
+        self.select
     }
 
     /// Whether the session must wait before sending more: a marker's reply, or
@@ -348,9 +363,14 @@ impl Session {
             }
         }
         s.home.received(&frame);
+        let mut selected = None;
         if let Some(tx) = s.tx.as_mut().filter(|_| !frame.starts_with(b">")) {
             let marker = tx.due.pop_front() == Some(true);
             if !tx.in_multi && tx.due.is_empty() {
+                // EXEC's reply (or DISCARD's): a queued SELECT ran if the
+                // transaction did (an array, not a conflict's null or an error).
+                let ran = frame.starts_with(b"*") && !frame.starts_with(b"*-1");
+                selected = tx.select.filter(|_| ran);
                 s.tx = None;
             }
             if marker {
@@ -359,6 +379,15 @@ impl Session {
                 return;
             }
         }
+        if let Some(index) = selected {
+            s.db = index;
+        }
+        if let Some(db) = selected.and_then(|i| self.live.router.get(i64::from(i))) {
+            self.state.db = db.clone();
+        }
+        let Some(s) = self.mode.subscribed() else {
+            return;
+        };
         // No subscriptions left and nothing more to come on the connection (a
         // pipelined UNSUBSCRIBE after the one that left none is still answered
         // there, and so is a request after it): back to normal request/reply.
@@ -494,6 +523,23 @@ impl Session {
         };
         s.db = index;
         self.send_reply_skipped(select).await;
+    }
+
+    /// A SELECT inside the transaction on the subscriber connection
+    /// (`Session::subscriber_select_queued`): sent there (Redis queues it; its
+    /// `+QUEUED` is the client's), to be the session's database once EXEC runs
+    /// the transaction.
+    pub(super) async fn queue_subscriber_select(
+        &mut self,
+        index: u32,
+        select: Vec<u8>,
+        skip: bool,
+    ) {
+        if let Some(tx) = self.mode.subscribed().and_then(|s| s.tx.as_mut()) {
+            tx.select = Some(index);
+        }
+        self.send_to_subscriber(&Bytes::from(select), false, skip)
+            .await;
     }
 
     /// Writes the proxy's own `request` on the subscriber connection, its reply
