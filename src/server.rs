@@ -99,6 +99,28 @@ struct NewListeners {
     metrics: Option<Bound>,
 }
 
+/// How long a reload waits for its new upstreams to say what they are.
+const IDENTITY_WAIT: Duration = Duration::from_secs(1);
+
+/// Asks the upstream of every database that a reload put on a new endpoint what
+/// server it is (`upstream::identity`), before the snapshot is published: a
+/// client's `HELLO` right after the reload then names that server (its name and
+/// version, by which clients choose features), not the proxy, as it did until the
+/// new database's health probe had asked. At most [`IDENTITY_WAIT`]; one not
+/// answered by then is asked by its probe, as at start.
+async fn learn_identities(router: &Router) {
+    let mut asks = tokio::task::JoinSet::new();
+    for db in router.databases() {
+        let cfg = &db.config.upstream;
+        if cfg.cluster.is_none() && !cfg.replica_reads && cfg.endpoint.identity().is_none() {
+            let cfg = cfg.clone();
+            asks.spawn(async move { crate::upstream::identity::ask(&cfg).await });
+        }
+    }
+    let all = async { while asks.join_next().await.is_some() {} };
+    let _ = tokio::time::timeout(IDENTITY_WAIT, all).await;
+}
+
 fn invalid(e: impl std::fmt::Display) -> std::io::Error {
     std::io::Error::new(std::io::ErrorKind::InvalidInput, e.to_string())
 }
@@ -335,6 +357,7 @@ impl Core {
             .map_err(|e| e.to_string())?;
         warn_insecure(&config);
         let router = old.router.reload(&config, &self.shutdown);
+        learn_identities(&router).await;
         notes.splice(0..0, describe(&old.router, &router));
         let generation = old.generation + 1;
         let log_level =

@@ -610,3 +610,39 @@ fn a_pinned_subscriber_does_not_keep_the_old_probe_alive() {
     let msg = sub.read_reply();
     assert!(msg.ends_with(b"$2\r\nhi\r\n"), "{}", printable(&msg));
 }
+
+/// A database moved by a reload to another server answers a client's `HELLO`
+/// right after the reload with that server's name and version, as Redis would
+/// (clients choose features by them), not the proxy's own while the new server's
+/// identity is not yet learnt. (Found by the multi-session tool's `RELOAD` mode:
+/// `HELLO 3` just after a reload said `redis-sidecar 0.1.0`.)
+#[test]
+fn hello_right_after_a_reload_names_the_new_server() {
+    let (a, b, mut s, proxy, mut admin) = two_servers();
+    let version = {
+        let mut direct = b.client();
+        let info =
+            String::from_utf8_lossy(&bulk_payload(&direct.cmd(&[b"INFO", b"server"]))).into_owned();
+        parse_info(&info)["redis_version"].clone()
+    };
+    let mut c = proxy.client();
+    assert_eq!(c.cmd(&[b"SELECT", b"1"]), b"+OK\r\n");
+    for round in 0..3 {
+        // Moved to B, then back to A, then to B again: each time a new endpoint.
+        s.knowledge_port = Some(if round % 2 == 0 { b.port() } else { a.port() });
+        std::fs::write(proxy.config_path(), s.yaml()).expect("write config");
+        let reply = admin.cmd(&[b"PROXY", b"RELOAD"]);
+        assert!(
+            String::from_utf8_lossy(&reply).contains("moved to"),
+            "{}",
+            printable(&reply)
+        );
+        let hello = c.cmd(&[b"HELLO", b"2"]);
+        let text = String::from_utf8_lossy(&hello).into_owned();
+        assert!(
+            text.contains("$6\r\nserver\r\n$5\r\nredis\r\n") && text.contains(&version),
+            "round {round}: {}",
+            printable(&hello)
+        );
+    }
+}
