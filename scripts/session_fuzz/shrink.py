@@ -1,6 +1,8 @@
 import json, sys
+import sessions
 from sessions import replay
 log = json.load(open(sys.argv[1])); K = 4; T = [int(x) for x in (sys.argv[2] if len(sys.argv) > 2 else "7301,7310").split(",")]
+sessions.PROXY_PORT = T[1]
 r = replay(log, K, T)
 if not r:
     print("no difference"); sys.exit(0)
