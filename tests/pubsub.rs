@@ -648,27 +648,10 @@ async fn a_resp3_subscribers_select_inside_its_transaction_takes_effect_at_exec(
             3,
         ),
     ];
-    async fn play(mut c: AsyncRawClient, steps: &[(&[&[&[u8]]], usize)]) -> Vec<String> {
-        let mut out = Vec::new();
-        for (requests, replies) in steps {
-            let bytes: Vec<u8> = requests.iter().flat_map(|r| resp_cmd(r)).collect();
-            c.send(&bytes).await;
-            for _ in 0..*replies {
-                let text = String::from_utf8_lossy(&c.read_reply().await).into_owned();
-                out.push(match text.split_once("$2\r\nid\r\n:") {
-                    Some((a, b)) => {
-                        format!("{a}$2\r\nid\r\n:ID{}", &b[b.find('\r').unwrap_or(0)..])
-                    }
-                    None => text,
-                });
-            }
-        }
-        out
-    }
-    let want = play(up.reference().await, steps).await;
+    let want = play_steps(up.reference().await, steps).await;
     let mut direct = up.reference().await;
     assert_eq!(direct.cmd(&[b"SELECT", b"0"]).await, b"+OK\r\n");
-    let got = play(AsyncRawClient::connect(proxy.local_addr()).await, steps).await;
+    let got = play_steps(AsyncRawClient::connect(proxy.local_addr()).await, steps).await;
     assert_eq!(got, want, "proxy (left) vs redis (right)");
     // What it checks: the SELECTs ran at EXEC, and only then.
     assert_eq!(want[5], "*2\r\n+OK\r\n+OK\r\n");
@@ -679,4 +662,90 @@ async fn a_resp3_subscribers_select_inside_its_transaction_takes_effect_at_exec(
     assert!(want[21].starts_with("-EXECABORT"), "{}", want[21]);
     assert_eq!(want[22], "$2\r\nv3\r\n", "aborted: still db 3");
     proxy.shutdown().await;
+}
+
+/// Inside a RESP3 subscriber's transaction (on its subscriber connection),
+/// `CLIENT SETNAME`/`GETNAME` — which the proxy answers itself — are queued
+/// and run when `EXEC` runs the transaction, their replies in their places in
+/// `EXEC`'s array, as on Redis (the proxy refused them before, and `EXEC` then
+/// discarded the transaction); not after `DISCARD` or an aborted `EXEC`.
+/// Every reply compared with Redis's.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_resp3_subscribers_transaction_queues_client_setname_and_getname() {
+    let up = Backend::start(Upstream::Standalone);
+    let proxy = start_proxy(up.config()).await;
+    let steps: &[(&[&[&[u8]]], usize)] = &[
+        (&[&[b"HELLO", b"3"]], 1),
+        (&[&[b"SUBSCRIBE", b"txnamech"]], 1),
+        (
+            &[
+                &[b"MULTI"],
+                &[b"CLIENT", b"SETNAME", b"n1"],
+                &[b"SET", b"txnk", b"v"],
+            ],
+            3,
+        ),
+        (
+            &[
+                &[b"ECHO", b"redis-sidecar:queued:0"],
+                &[b"CLIENT", b"GETNAME"],
+            ],
+            2,
+        ),
+        (&[&[b"GET", b"txnk"], &[b"EXEC"]], 2),
+        (&[&[b"CLIENT", b"GETNAME"]], 1),
+        (
+            &[&[b"MULTI"], &[b"CLIENT", b"SETNAME", b"n2"], &[b"DISCARD"]],
+            3,
+        ),
+        (&[&[b"CLIENT", b"GETNAME"]], 1),
+        (
+            &[
+                &[b"MULTI"],
+                &[b"CLIENT", b"SETNAME", b"n3"],
+                &[b"GET"],
+                &[b"EXEC"],
+            ],
+            4,
+        ),
+        (
+            &[
+                &[b"CLIENT", b"GETNAME"],
+                &[b"UNSUBSCRIBE"],
+                &[b"DEL", b"txnk"],
+            ],
+            3,
+        ),
+    ];
+    let want = play_steps(up.reference().await, steps).await;
+    let got = play_steps(AsyncRawClient::connect(proxy.local_addr()).await, steps).await;
+    assert_eq!(got, want, "proxy (left) vs redis (right)");
+    assert_eq!(
+        want[8],
+        "*5\r\n+OK\r\n+OK\r\n$22\r\nredis-sidecar:queued:0\r\n$2\r\nn1\r\n$1\r\nv\r\n"
+    );
+    assert_eq!(want[9], "$2\r\nn1\r\n");
+    assert_eq!(want[13], "$2\r\nn1\r\n", "DISCARD: the name kept");
+    assert!(want[17].starts_with("-EXECABORT"), "{}", want[17]);
+    assert_eq!(want[18], "$2\r\nn1\r\n", "aborted: the name kept");
+    proxy.shutdown().await;
+}
+
+/// Plays `steps` (requests sent in one write, and how many replies they get)
+/// on `c`: every reply as text, connection ids masked (the proxy gives its
+/// session's).
+async fn play_steps(mut c: AsyncRawClient, steps: &[(&[&[&[u8]]], usize)]) -> Vec<String> {
+    let mut out = Vec::new();
+    for (requests, replies) in steps {
+        let bytes: Vec<u8> = requests.iter().flat_map(|r| resp_cmd(r)).collect();
+        c.send(&bytes).await;
+        for _ in 0..*replies {
+            let text = String::from_utf8_lossy(&c.read_reply().await).into_owned();
+            out.push(match text.split_once("$2\r\nid\r\n:") {
+                Some((a, b)) => format!("{a}$2\r\nid\r\n:ID{}", &b[b.find('\r').unwrap_or(0)..]),
+                None => text,
+            });
+        }
+    }
+    out
 }

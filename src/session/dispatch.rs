@@ -14,7 +14,7 @@ use tokio::sync::oneshot;
 use tokio::time::Instant;
 
 use super::local;
-use super::mode::{Conn, Mode};
+use super::mode::{Conn, Mode, Queued};
 use super::prefix;
 use super::pubsub::unsubscribed;
 use super::queue::{error_text, errors, CmdList, Pending, Sent};
@@ -1192,6 +1192,27 @@ impl Session {
                     self.queue_subscriber_select(index, select, skip).await;
                     continue;
                 }
+                // A CLIENT SETNAME, GETNAME … there: queued, run at EXEC.
+                let queued_local = (cmd.route == Route::Client && self.multi_while_subscribed())
+                    .then(|| {
+                        with_args(&inbuf[run.len..], &self.args, &req, |a| {
+                            queued_while_subscribed(a).then(|| Queued {
+                                after: 0,
+                                route: cmd.route,
+                                args: (0..a.count()).map(|i| a.arg(i).to_vec()).collect(),
+                                reply: None,
+                            })
+                        })
+                    })
+                    .flatten();
+                if let Some(q) = queued_local {
+                    self.flush(&mut run, inbuf).await;
+                    inbuf.advance(req.len);
+                    let skip = std::mem::take(&mut self.skip_next);
+                    self.last = Conn::Sub;
+                    self.queue_on_subscriber(q, skip).await;
+                    continue;
+                }
                 if !answered_here {
                     self.flush(&mut run, inbuf).await;
                     if (self.last != Conn::Sub && self.waits_upstream())
@@ -1947,4 +1968,17 @@ pub(super) fn encode<L: ArgList + ?Sized>(args: &L) -> Vec<u8> {
     let mut out = Vec::new();
     encode_command(&all, &mut out);
     out
+}
+
+/// The commands the proxy answers itself that a RESP3 subscriber's transaction
+/// on its subscriber connection queues (`SubTx::locals`) rather than refuses:
+/// `CLIENT SETNAME|GETNAME|ID|INFO|SETINFO` with Redis's arity (a wrong one is
+/// refused as before).
+fn queued_while_subscribed(a: &dyn ArgList) -> bool {
+    let n = a.count();
+    let sub = if n > 1 { a.arg(1) } else { b"" };
+    let is = |name: &[u8]| sub.eq_ignore_ascii_case(name);
+    (is(b"SETNAME") && n == 3)
+        || ((is(b"GETNAME") || is(b"ID") || is(b"INFO")) && n == 2)
+        || (is(b"SETINFO") && n == 4)
 }

@@ -308,18 +308,8 @@ impl Session {
         let mut close = false;
         let mut replies = Vec::with_capacity(locals.len());
         for q in locals {
-            let r = q.reply.unwrap_or_else(|| {
-                let view = View::new(&self.ctx, &self.live);
-                match local::handle(&mut self.state, &view, q.route, &q.args) {
-                    local::Outcome::Reply(r) => r,
-                    local::Outcome::Close(r) => {
-                        close = true;
-                        r
-                    }
-                    _ => NOT_RUN_BY_EXEC.to_vec(),
-                }
-            });
-            replies.push((q.after as usize, r));
+            let after = q.after as usize;
+            replies.push((after, self.run_queued(q, &mut close)));
         }
         self.publish();
         self.auth_pause_due |= self.state.auth_failures > failures;
@@ -344,6 +334,23 @@ impl Session {
             self.closing = true;
         }
         Bytes::from(out)
+    }
+
+    /// Runs a command the proxy queued in a transaction, now that EXEC ran the
+    /// transaction: its reply (`close`: set when it closes the client, after
+    /// EXEC's reply).
+    pub(super) fn run_queued(&mut self, q: Queued, close: &mut bool) -> Vec<u8> {
+        q.reply.unwrap_or_else(|| {
+            let view = View::new(&self.ctx, &self.live);
+            match local::handle(&mut self.state, &view, q.route, &q.args) {
+                local::Outcome::Reply(r) => r,
+                local::Outcome::Close(r) => {
+                    *close = true;
+                    r
+                }
+                _ => NOT_RUN_BY_EXEC.to_vec(),
+            }
+        })
     }
 
     /// The settings for this session's own upstream connections to `db`

@@ -75,6 +75,7 @@ pub(super) struct Held {
 /// A command the proxy answers itself (CLIENT SETNAME, PROXY INFO …), queued inside
 /// MULTI: it runs if EXEC runs the transaction, and its reply takes its place
 /// among the elements of EXEC's.
+#[derive(Debug)]
 pub(super) struct Queued {
     /// Requests Redis queued before it in the transaction.
     pub after: u32,

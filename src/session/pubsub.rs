@@ -6,6 +6,7 @@ use std::time::Duration;
 
 use bytes::Bytes;
 
+use super::mode::Queued;
 use super::queue::Pending;
 use super::Session;
 use crate::command::{each_request, ArgList};
@@ -95,12 +96,28 @@ struct HomeState {
 pub(super) struct SubTx {
     /// MULTI sent, EXEC or DISCARD not yet.
     in_multi: bool,
-    /// The replies still to come, oldest first: `true` for a marker's.
-    due: std::collections::VecDeque<bool>,
+    /// The replies still to come, oldest first.
+    due: std::collections::VecDeque<Due>,
     /// The database of the last `SELECT` queued in the transaction: the
     /// session's (and the connection's) once EXEC runs it. (EXEC's reply, which
     /// says so, is never skipped: a `CLIENT REPLY SKIP` before it is queued.)
     select: Option<u32>,
+    /// Commands the proxy answers itself (`CLIENT SETNAME` …) queued in the
+    /// transaction: each stands in it as an `ECHO` of a token of its own, which
+    /// Redis queues (its `+QUEUED` is the client's); in EXEC's reply the
+    /// token's element is replaced by the command's reply, run then.
+    locals: Vec<(Vec<u8>, Queued)>,
+}
+
+/// What one reply still to come on a subscriber connection's transaction is.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Due {
+    /// A request's (passed on).
+    Reply,
+    /// A marker's (not passed on: every reply before it is in).
+    Marker,
+    /// EXEC's or DISCARD's: the transaction's end.
+    End,
 }
 
 /// `CLIENT REPLY SKIP`, sent before a subscribed client's request that it asked
@@ -117,6 +134,7 @@ impl SubTx {
             in_multi: true,
             due: Default::default(),
             select: None,
+            locals: Vec::new(),
         }
     }
 
@@ -133,20 +151,20 @@ impl SubTx {
     /// Whether the session must wait before sending more: a marker's reply, or
     /// (EXEC or DISCARD sent) the end of the transaction's replies.
     pub(super) fn waits(&self) -> bool {
-        !self.in_multi || self.due.iter().any(|&m| m)
+        !self.in_multi || self.due.contains(&Due::Marker)
     }
 
     /// A request written to the connection (`skipped`: its reply is skipped,
     /// see [`SKIP_NEXT`]).
     fn sent(&mut self, args: &dyn ArgList, skipped: bool) {
-        if !skipped {
-            self.due.push_back(false);
-        }
-        if args.count() > 0
+        let ends = args.count() > 0
             && [&b"EXEC"[..], b"DISCARD"]
                 .iter()
-                .any(|c| args.arg(0).eq_ignore_ascii_case(c))
-        {
+                .any(|c| args.arg(0).eq_ignore_ascii_case(c));
+        if !skipped {
+            self.due.push_back(if ends { Due::End } else { Due::Reply });
+        }
+        if ends {
             self.in_multi = false;
         }
     }
@@ -364,13 +382,21 @@ impl Session {
         }
         s.home.received(&frame);
         let mut selected = None;
+        let mut locals = Vec::new();
         if let Some(tx) = s.tx.as_mut().filter(|_| !frame.starts_with(b">")) {
-            let marker = tx.due.pop_front() == Some(true);
-            if !tx.in_multi && tx.due.is_empty() {
+            let due = tx.due.pop_front();
+            if due == Some(Due::End) {
                 // EXEC's reply (or DISCARD's): a queued SELECT ran if the
-                // transaction did (an array, not a conflict's null or an error).
+                // transaction did (an array, not a conflict's null or an error),
+                // and so did what the proxy queued.
                 let ran = frame.starts_with(b"*") && !frame.starts_with(b"*-1");
                 selected = tx.select.filter(|_| ran);
+                if ran {
+                    locals = std::mem::take(&mut tx.locals);
+                }
+            }
+            let marker = due == Some(Due::Marker);
+            if !tx.in_multi && tx.due.is_empty() {
                 s.tx = None;
             }
             if marker {
@@ -385,6 +411,10 @@ impl Session {
         if let Some(db) = selected.and_then(|i| self.live.router.get(i64::from(i))) {
             self.state.db = db.clone();
         }
+        let frame = match locals.is_empty() {
+            true => frame,
+            false => self.splice_subscribed_exec(frame, locals),
+        };
         let Some(s) = self.mode.subscribed() else {
             return;
         };
@@ -542,6 +572,48 @@ impl Session {
             .await;
     }
 
+    /// A command the proxy answers itself (`q`), inside the transaction on the
+    /// subscriber connection: an `ECHO` of a token stands in for it there (see
+    /// [`SubTx::locals`]).
+    pub(super) async fn queue_on_subscriber(&mut self, q: Queued, skip: bool) {
+        let Some(tx) = self.mode.subscribed().and_then(|s| s.tx.as_mut()) else {
+            return;
+        };
+        // (Random, so that no element of the client's own can be taken for it.)
+        let token = format!("redis-sidecar:queued:{:016x}", fastrand::u64(..));
+        let mut element = Vec::new();
+        reply::bulk(&mut element, token.as_bytes());
+        tx.locals.push((element, q));
+        let mut echo = Vec::new();
+        encode_command(&[&b"ECHO"[..], token.as_bytes()], &mut echo);
+        self.send_to_subscriber(&Bytes::from(echo), false, skip)
+            .await;
+    }
+
+    /// EXEC's reply (it ran the transaction) with each token's element replaced
+    /// by the reply of the command it stands for, run now, in order.
+    fn splice_subscribed_exec(&mut self, frame: Bytes, locals: Vec<(Vec<u8>, Queued)>) -> Bytes {
+        let Some(elements) = crate::cluster::merge::elements(&frame) else {
+            return frame;
+        };
+        let mut locals = locals.into_iter().peekable();
+        let mut out = Vec::with_capacity(frame.len() + 64);
+        reply::array_header(&mut out, elements.len());
+        // (What is queued this way never closes the client.)
+        let mut close = false;
+        for e in elements {
+            match locals.next_if(|(token, _)| token[..] == *e) {
+                Some((_, q)) => {
+                    let r = self.run_queued(q, &mut close);
+                    out.extend_from_slice(&r);
+                }
+                None => out.extend_from_slice(e),
+            }
+        }
+        self.publish();
+        Bytes::from(out)
+    }
+
     /// Writes the proxy's own `request` on the subscriber connection, its reply
     /// skipped by Redis ([`SKIP_NEXT`]).
     async fn send_reply_skipped(&mut self, request: &[u8]) {
@@ -594,10 +666,10 @@ impl Session {
             return true;
         }
         if let Some(tx) = &mut s.tx {
-            if tx.due.iter().any(|&m| m) {
+            if tx.due.contains(&Due::Marker) {
                 return false;
             }
-            tx.due.push_back(true);
+            tx.due.push_back(Due::Marker);
             s.home.sent(MARKER, false);
             if s.sub.send(MARKER).await.is_err() {
                 self.on_pubsub_frame(Err(End::Closed));
