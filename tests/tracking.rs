@@ -466,6 +466,17 @@ async fn a_resp2_target_gets_invalidations_once_it_subscribes_whenever_that_is()
         w.cmd(&[b"SET", b"foo", b"4"]).await;
         let gone_reply = format!(":{gone_id}\r\n");
         log.push(pushed(&mut t3).await.replace(&gone_reply, ":<gone>\r\n"));
+        // A flush seen by a RESP3 tracking client: Redis writes that client's
+        // null (`_`) to the RESP2 target as it is (a RESP2 one's is `$-1`, above).
+        let mut target3 = AsyncRawClient::connect(addr).await;
+        let target3_id = id_of(&mut target3).await.to_string();
+        let mut t4 = AsyncRawClient::connect(addr).await;
+        assert!(t4.cmd(&[b"HELLO", b"3"]).await.starts_with(b"%7\r\n"));
+        track_to(&mut t4, &target3_id, &mut log).await;
+        log.push(text(&target3.cmd(&[b"SUBSCRIBE", b"news"]).await));
+        log.push(text(&t4.cmd(&[b"GET", b"foo"]).await));
+        w.cmd(&[b"FLUSHALL"]).await;
+        log.push(pushed(&mut target3).await);
         log
     })
     .await;

@@ -608,17 +608,15 @@ fn broken_redirect(bytes: Bytes, upstream: u64, id: u64) -> Bytes {
 }
 
 /// An invalidation push (`>2 invalidate <keys | null>`) as Redis sends it to a
-/// subscribed RESP2 redirect target: a message on `__redis__:invalidate`, a flush
-/// (RESP3 null) as a null bulk. `None` for any other push.
+/// subscribed RESP2 redirect target: a message on `__redis__:invalidate`. A
+/// flush's null is passed as it came: Redis writes the null of the *tracking*
+/// client's protocol (`$-1` from a RESP2 one, `_` from a RESP3 one) to the
+/// target whatever the target speaks, and so it came to the push connection.
+/// `None` for any other push.
 fn invalidation_message(push: &[u8]) -> Option<Bytes> {
     const PUSH: &[u8] = b">2\r\n$10\r\ninvalidate\r\n";
     const MESSAGE: &[u8] = b"*3\r\n$7\r\nmessage\r\n$20\r\n__redis__:invalidate\r\n";
     let keys = push.strip_prefix(PUSH)?;
-    let keys = if keys == b"_\r\n" {
-        &b"$-1\r\n"[..]
-    } else {
-        keys
-    };
     Some(Bytes::from([MESSAGE, keys].concat()))
 }
 
@@ -701,6 +699,10 @@ mod tests {
         );
         assert_eq!(
             invalidation_message(b">2\r\n$10\r\ninvalidate\r\n_\r\n").as_deref(),
+            Some(&b"*3\r\n$7\r\nmessage\r\n$20\r\n__redis__:invalidate\r\n_\r\n"[..])
+        );
+        assert_eq!(
+            invalidation_message(b">2\r\n$10\r\ninvalidate\r\n$-1\r\n").as_deref(),
             Some(&b"*3\r\n$7\r\nmessage\r\n$20\r\n__redis__:invalidate\r\n$-1\r\n"[..])
         );
         assert_eq!(
