@@ -604,7 +604,8 @@ async fn a_resp3_subscriber_runs_transactions_and_selects_as_on_redis() {
     ];
     same_as_redis(&redis, addr, true, &cases).await;
     // What the proxy answers itself is queued inside such a transaction and
-    // runs at EXEC (CLIENT SETNAME, a SELECT on the same server), also when a
+    // runs at EXEC (CLIENT SETNAME, a SELECT on the same server, MOVE and
+    // SWAPDB of databases there, indexes translated), also when a
     // request it answers itself is pipelined right after EXEC (its barrier then
     // follows EXEC on the subscriber connection). Byte for byte as Redis.
     let queued = vec![
@@ -628,6 +629,20 @@ async fn a_resp3_subscriber_runs_transactions_and_selects_as_on_redis() {
             "DEL sk",
             "SELECT 0",
             "GET sk",
+        ]),
+        script(&[
+            "SET mk 1",
+            "SUBSCRIBE ch",
+            "MULTI",
+            "MOVE mk 2",
+            "SWAPDB 1 2",
+            "EXEC",
+            "SELECT 1",
+            "GET mk",
+            "SWAPDB 1 2",
+            "SELECT 2",
+            "GET mk",
+            "DEL mk",
         ]),
     ];
     same_as_redis(&redis, addr, true, &queued).await;

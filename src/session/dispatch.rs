@@ -594,6 +594,41 @@ impl Session {
         self.select_on_subscriber(s, tx.selected().unwrap_or(s.db), args)
     }
 
+    /// A request the proxy answers itself, inside a RESP3 subscriber's
+    /// transaction on its subscriber connection, that it queues there instead
+    /// of refusing it: a `SELECT` of a database on the same server (the
+    /// session's when EXEC runs the transaction, `pubsub::SubTx`), `CLIENT
+    /// SETNAME|GETNAME|ID|INFO|SETINFO` (run at EXEC), `MOVE`/`COPY … DB`/`SWAPDB`
+    /// of databases on the same server without a key prefix (indexes
+    /// translated). `None`: not inside such a transaction, or refused.
+    fn queued_in_subscribed_tx(&self, cmd: &Descriptor, a: &dyn ArgList) -> Option<InSubTx> {
+        let Mode::Subscribed(s) = &self.mode else {
+            return None;
+        };
+        if !self.multi_while_subscribed() {
+            return None;
+        }
+        let db = &self.state.db;
+        match cmd.route {
+            Route::Select => self
+                .subscriber_select_queued(s, a)
+                .map(|(index, select)| InSubTx::Select(index, select)),
+            Route::Client => queued_while_subscribed(a).then(|| {
+                InSubTx::Local(Queued {
+                    after: 0,
+                    route: cmd.route,
+                    args: (0..a.count()).map(|i| a.arg(i).to_vec()).collect(),
+                    reply: None,
+                })
+            }),
+            Route::CrossDb if db.config.upstream.key_prefix.is_none() && db.cluster().is_none() => {
+                let view = View::new(&self.ctx, &self.live);
+                local::cross_db_request(&self.state, &view, a).map(InSubTx::Raw)
+            }
+            _ => None,
+        }
+    }
+
     /// A RESP3 subscriber's `SELECT` that the subscriber connection, on the
     /// database `on`, can run too: a database on the same server with the same
     /// credentials and key prefix, no cluster, no login of the session's own.
@@ -1173,44 +1208,26 @@ impl Session {
                 }
                 let answered_here = matches!(cmd.route, Route::Quit | Route::Reset | Route::Proxy)
                     || self.keeps_state_while_subscribed(&inbuf[run.len..], &req, &cmd);
-                // A SELECT inside the transaction on the subscriber connection, of
-                // a database there: queued by Redis, and the session's when EXEC
-                // runs the transaction (`pubsub::SubTx`).
-                let queued_select = match &self.mode {
-                    Mode::Subscribed(s) if cmd.route == Route::Select => {
-                        with_args(&inbuf[run.len..], &self.args, &req, |a| {
-                            self.subscriber_select_queued(s, a)
-                        })
+                // What the proxy answers itself, inside the transaction on the
+                // subscriber connection, that Redis queues there as on Redis
+                // (`InSubTx`); the rest is refused below.
+                if let Some(queued) = with_args(&inbuf[run.len..], &self.args, &req, |a| {
+                    self.queued_in_subscribed_tx(&cmd, a)
+                }) {
+                    self.flush(&mut run, inbuf).await;
+                    inbuf.advance(req.len);
+                    let skip = std::mem::take(&mut self.skip_next);
+                    self.last = Conn::Sub;
+                    match queued {
+                        InSubTx::Select(index, select) => {
+                            self.queue_subscriber_select(index, select, skip).await
+                        }
+                        InSubTx::Local(q) => self.queue_on_subscriber(q, skip).await,
+                        InSubTx::Raw(bytes) => {
+                            self.send_to_subscriber(&Bytes::from(bytes), false, skip)
+                                .await
+                        }
                     }
-                    _ => None,
-                };
-                if let Some((index, select)) = queued_select {
-                    self.flush(&mut run, inbuf).await;
-                    inbuf.advance(req.len);
-                    let skip = std::mem::take(&mut self.skip_next);
-                    self.last = Conn::Sub;
-                    self.queue_subscriber_select(index, select, skip).await;
-                    continue;
-                }
-                // A CLIENT SETNAME, GETNAME … there: queued, run at EXEC.
-                let queued_local = (cmd.route == Route::Client && self.multi_while_subscribed())
-                    .then(|| {
-                        with_args(&inbuf[run.len..], &self.args, &req, |a| {
-                            queued_while_subscribed(a).then(|| Queued {
-                                after: 0,
-                                route: cmd.route,
-                                args: (0..a.count()).map(|i| a.arg(i).to_vec()).collect(),
-                                reply: None,
-                            })
-                        })
-                    })
-                    .flatten();
-                if let Some(q) = queued_local {
-                    self.flush(&mut run, inbuf).await;
-                    inbuf.advance(req.len);
-                    let skip = std::mem::take(&mut self.skip_next);
-                    self.last = Conn::Sub;
-                    self.queue_on_subscriber(q, skip).await;
                     continue;
                 }
                 if !answered_here {
@@ -1981,4 +1998,15 @@ fn queued_while_subscribed(a: &dyn ArgList) -> bool {
     (is(b"SETNAME") && n == 3)
         || ((is(b"GETNAME") || is(b"ID") || is(b"INFO")) && n == 2)
         || (is(b"SETINFO") && n == 4)
+}
+
+/// What a RESP3 subscriber's transaction on its subscriber connection queues in
+/// place of a request the proxy answers itself (`Session::queued_in_subscribed_tx`).
+enum InSubTx {
+    /// A `SELECT` (the database's index, and the `SELECT` of its upstream db).
+    Select(u32, Vec<u8>),
+    /// A command the proxy runs at EXEC.
+    Local(Queued),
+    /// The request as Redis queues it (db indexes translated).
+    Raw(Vec<u8>),
 }

@@ -877,7 +877,23 @@ fn note_pause<L: ArgList + ?Sized>(state: &State, ctx: &View<'_>, args: &L) -> P
 
 /// MOVE key db / COPY src dst DB db / SWAPDB a b: translate client-facing indexes
 /// to the upstream's, when the databases live on the same server.
-fn cross_db<L: ArgList + ?Sized>(state: &mut State, ctx: &View<'_>, args: &L) -> Outcome {
+/// `MOVE`/`COPY … DB`/`SWAPDB` with the client's database indexes translated to
+/// the upstream's, for the session's own connection to queue (inside a RESP3
+/// subscriber's transaction on its subscriber connection); `None` when the proxy
+/// would answer it itself (an error: arity, an index that is no database, another
+/// server).
+pub(super) fn cross_db_request<L: ArgList + ?Sized>(
+    state: &State,
+    ctx: &View<'_>,
+    args: &L,
+) -> Option<Vec<u8>> {
+    match cross_db(state, ctx, args) {
+        Outcome::Forward(Some(bytes)) => Some(bytes),
+        _ => None,
+    }
+}
+
+fn cross_db<L: ArgList + ?Sized>(state: &State, ctx: &View<'_>, args: &L) -> Outcome {
     let mut buf = [0u8; 32];
     let name = upper(args.arg(0), &mut buf).unwrap_or(b"").to_vec();
     let positions: Vec<usize> = match name.as_slice() {
