@@ -118,6 +118,35 @@ class Sess:
             self.frames.append(r[0]); self.buf = self.buf[r[1]:]
         return True
 
+import re as _re
+_UNSUB = _re.compile(r"^([*>])\[\$(unsubscribe|punsubscribe|sunsubscribe), (.*), (:\d+)\]$")
+
+def canon(frames):
+    """`frames` with the channels of each run of one UNSUBSCRIBE's confirmations
+    (same kind, one after the other) in sorted order, their counts kept in
+    place: Redis lists them in its dict's order, which differs between two
+    redis-server processes (a per-process hash seed), so two servers differ there
+    by themselves."""
+    out = list(frames)
+    i = 0
+    while i < len(out):
+        m = _UNSUB.match(out[i])
+        if not m:
+            i += 1
+            continue
+        j = i
+        while j < len(out) and (_UNSUB.match(out[j]) or [None, None, None])[2] == m.group(2):
+            j += 1
+        run = [_UNSUB.match(x) for x in out[i:j]]
+        names = sorted(r.group(3) for r in run)
+        for k, r in enumerate(run):
+            out[i + k] = "%s[$%s, %s, %s]" % (r.group(1), r.group(2), names[k], r.group(4))
+        i = j
+    return out
+
+def frames_of(sess, j):
+    return canon(sess[0][j].frames), canon(sess[1][j].frames)
+
 def drain(all_sess, idle=0.04, maxw=2.0):
     t0 = time.time(); last = time.time()
     while time.time() - last < idle and time.time() - t0 < maxw:
@@ -417,12 +446,12 @@ def replay(log, K, targets, quiet=True):
         allS = [s for row in sess for s in row]
         blocking = any(c[0] in ("BLPOP", "BZPOPMIN") for c in cmds)
         drain(allS, idle=0.4 if blocking else 0.04)
-        bad = [j for j in range(K) if sess[0][j].frames != sess[1][j].frames]
+        bad = [j for j in range(K) if frames_of(sess, j)[0] != frames_of(sess, j)[1]]
         if bad:
             drain(allS, idle=0.5, maxw=3)
-            bad = [j for j in range(K) if sess[0][j].frames != sess[1][j].frames]
+            bad = [j for j in range(K) if frames_of(sess, j)[0] != frames_of(sess, j)[1]]
         if bad:
-            res = (step, bad[0], sess[0][bad[0]].frames, sess[1][bad[0]].frames)
+            res = (step, bad[0]) + frames_of(sess, bad[0])
             break
     for row in sess:
         for s in row:
@@ -569,9 +598,9 @@ def run(seed, steps, K, targets):
         def differs():
             """The first differing session; one told of a lost state first (a
             session's lost transaction may change what Redis sends another)."""
-            bad = [j for j in range(K) if sess[0][j].frames != sess[1][j].frames]
+            bad = [j for j in range(K) if frames_of(sess, j)[0] != frames_of(sess, j)[1]]
             for j in bad:
-                a, b = sess[0][j].frames, sess[1][j].frames
+                a, b = frames_of(sess, j)
                 k = next((k for k in range(min(len(a), len(b))) if a[k] != b[k]), min(len(a), len(b)))
                 if killed_at is not None and k < len(b) and told(b[k]):
                     return j
@@ -581,7 +610,7 @@ def run(seed, steps, K, targets):
             drain(allS, idle=0.5, maxw=3)
             j = differs()
         if j is not None and killed_at is not None:
-            a, b = sess[0][j].frames, sess[1][j].frames
+            a, b = frames_of(sess, j)
             k = 0
             while k < min(len(a), len(b)) and a[k] == b[k]:
                 k += 1
@@ -610,7 +639,7 @@ def run(seed, steps, K, targets):
             print("seed %d step %d: session %d differs" % (seed, step, j))
             if os.environ.get('DUMP'):
                 import json; json.dump(log, open(os.environ['DUMP'], 'w'))
-            a, b = sess[0][j].frames, sess[1][j].frames
+            a, b = frames_of(sess, j)
             k = 0
             while k < min(len(a), len(b)) and a[k] == b[k]:
                 k += 1
