@@ -99,15 +99,17 @@ struct NewListeners {
     metrics: Option<Bound>,
 }
 
-/// How long a reload waits for its new upstreams to say what they are.
+/// How long the start, or a reload, waits for new upstreams to say what they are.
 const IDENTITY_WAIT: Duration = Duration::from_secs(1);
 
-/// Asks the upstream of every database that a reload put on a new endpoint what
-/// server it is (`upstream::identity`), before the snapshot is published: a
-/// client's `HELLO` right after the reload then names that server (its name and
+/// Asks the upstream of every database on an endpoint that does not know it yet
+/// (all of them at start; those a reload put on a new endpoint) what server it is
+/// (`upstream::identity`), before the proxy listens or the reload's snapshot is
+/// published: a client's `HELLO` right away then names that server (its name and
 /// version, by which clients choose features), not the proxy, as it did until the
-/// new database's health probe had asked. At most [`IDENTITY_WAIT`]; one not
-/// answered by then is asked by its probe, as at start.
+/// database's health probe had asked (7 of 10 starts for a HELLO sent as soon as
+/// the port accepted). At most [`IDENTITY_WAIT`]; one not answered by then (Redis
+/// down) is asked by its probe.
 async fn learn_identities(router: &Router) {
     let mut asks = tokio::task::JoinSet::new();
     for db in router.databases() {
@@ -136,6 +138,8 @@ impl Proxy {
         // Nothing serves yet: the context's address is set once bound.
         let unbound = SocketAddr::from(([127, 0, 0, 1], 0));
         let router = Router::new(&config, &shutdown);
+        // Before the first client can send HELLO (see `learn_identities`).
+        learn_identities(&router).await;
         let live = Live::new(config, router, 1);
         let config = live.config.clone();
         let ctx = Arc::new(Context::new(live, fds, unbound, reload_tx));

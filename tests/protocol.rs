@@ -240,8 +240,8 @@ fn without_id(reply: &[u8]) -> Vec<u8> {
 
 /// Clients decide what to use by HELLO's `server`, `version` and `modules`: through
 /// the proxy they are Redis's own (found by ioredis's suite: `server` was
-/// `redis-sidecar`, `version` the proxy's 0.1.0). Until a connection to the upstream
-/// has been set up, the proxy names itself.
+/// `redis-sidecar`, `version` the proxy's 0.1.0). Until the upstream has answered
+/// (it was down at start), the proxy names itself.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn hello_names_the_upstream_redis_as_redis_itself_does() {
     let redis = RedisServer::start();
@@ -294,6 +294,25 @@ async fn hello_names_the_upstream_redis_as_redis_itself_does() {
         printable(&got)
     );
     proxy.shutdown().await;
+}
+
+/// A client's very first `HELLO`, sent as soon as the proxy listens, names the
+/// upstream Redis too: the proxy asks what its upstreams are before it listens
+/// (for at most a second). It named itself in 7 of 10 starts before.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_first_hello_after_start_names_the_upstream() {
+    let redis = RedisServer::start();
+    for start in 0..5 {
+        let proxy = start_proxy(proxy_config(&redis)).await;
+        let mut c = AsyncRawClient::connect(proxy.local_addr()).await;
+        let got = c.cmd(&[b"HELLO", b"3"]).await;
+        assert!(
+            String::from_utf8_lossy(&got).contains("$6\r\nserver\r\n$5\r\nredis\r\n"),
+            "start {start}: {}",
+            printable(&got)
+        );
+        proxy.shutdown().await;
+    }
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
