@@ -462,22 +462,18 @@ def replay(log, K, targets, quiet=True):
 def show(log, a, b, k, j=None):
     """The last steps (of session `j` and the kills, if given), and where the two
     sessions' frames part."""
-    mine = [x for x in log if j is None or x[0] in (j, -1, -2, -3, -4, -5)]
+    faults = {
+        -1: "every upstream connection killed",
+        -2: "upstream frozen (%s)",
+        -3: "failover %s",
+        -4: "configuration reloaded (%s)",
+        -5: "sessions %s opened again, keys flushed",
+    }
+    mine = [x for x in log if j is None or x[0] == j or x[0] in faults]
     for (ii, c) in mine[-12:]:
-        if ii == -2:
-            print("   -- upstream frozen (%s)" % c)
-            continue
-        if ii == -5:
-            print("   -- sessions %s opened again, keys flushed" % c)
-            continue
-        if ii == -4:
-            print("   -- configuration reloaded (%s)" % c)
-            continue
-        if ii == -3:
-            print("   -- failover %s" % c)
-            continue
-        if ii < 0:
-            print("   -- every upstream connection killed")
+        if ii in faults:
+            text = faults[ii]
+            print("   -- " + (text % (c,) if "%s" in text else text))
             continue
         print("   s%d: %s" % (ii, " | ".join(" ".join(x) for x in c)))
     if os.environ.get("FULL"):
@@ -513,7 +509,8 @@ told_count = [0]
 def stateful(model):
     """The sessions that hold state on an upstream connection of their own (as far
     as the model knows, a superset): only they may be told of a lost connection."""
-    return [j for j, st in enumerate(model) if st["multi"] or st["watch"] or st.get("held")]
+    return [j for j, st in enumerate(model)
+            if any(st.get(k) for k in ("multi", "watch", "sub", "track", "target"))]
 
 def run(seed, steps, K, targets):
     rng = random.Random(seed)
@@ -557,26 +554,24 @@ def run(seed, steps, K, targets):
             # NOTRACKSUB=1: one session never both tracks and subscribes (the
             # known differences of a RESP3 subscriber that tracks, see
             # docs/compatibility.md, left out so that other ones stand out).
+            subscribes = "SUBSCRIBE" in u[0] and not u[0].startswith(("UN", "PUN", "SUN"))
             if NOTRACKSUB and st.get("sub") and (u[:2] in (["CLIENT", "TRACKING"], ["CLIENT", "CACHING"], ["CLIENT", "TRACKINGINFO"])):
                 continue
-            if NOTRACKSUB and st.get("track") and "SUBSCRIBE" in u[0] and not u[0].startswith(("UN", "PUN", "SUN")):
+            if NOTRACKSUB and st.get("track") and subscribes:
                 continue
-            if "SUBSCRIBE" in u[0] and not u[0].startswith(("UN", "PUN", "SUN")): st["sub"] = True
-            if u[:3] == ["CLIENT", "TRACKING", "ON"]: st["track"] = True
-            if u[0] in ("RESET", "QUIT"): st["sub"] = False; st["track"] = False
+            # Upstream state beyond MULTI/WATCH, kept loosely (a superset): once
+            # subscribed, tracking or named as a REDIRECT target, until RESET/QUIT.
+            if subscribes: st["sub"] = True
+            if u[:3] == ["CLIENT", "TRACKING", "ON"]:
+                st["track"] = True
+                if "REDIRECT" in u:
+                    model[int(c[-1][3:-1])]["target"] = True
+            if u[0] in ("RESET", "QUIT"): st["sub"] = False; st["track"] = False; st["target"] = False
             if u[0] == "MULTI": st["multi"] = True
             if u[0] in ("EXEC", "DISCARD") and st["multi"]: st["multi"] = False; st["watch"] = False
             if u[0] in ("RESET", "QUIT"): st["multi"] = False; st["watch"] = False; st["off"] = False
             if u[:2] == ["CLIENT", "REPLY"] and u[2] != "SKIP": st["off"] = u[2] == "OFF"
             if u[0] == "WATCH": st["watch"] = True
-            # Upstream state beyond MULTI/WATCH, kept loosely (a superset): once
-            # subscribed, tracking or named as a REDIRECT target, until RESET/QUIT.
-            if "SUBSCRIBE" in u[0] and not u[0].startswith(("UN", "PUN", "SUN")): st["held"] = True
-            if u[:3] == ["CLIENT", "TRACKING", "ON"]:
-                st["held"] = True
-                if "REDIRECT" in u:
-                    model[int(c[-1][3:-1])]["held"] = True
-            if u[0] in ("RESET", "QUIT"): st["held"] = False
             if u[0] == "UNWATCH" and not st["multi"]: st["watch"] = False
             cmds.append(c)
         allS = [s for row in sess for s in row]

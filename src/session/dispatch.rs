@@ -600,14 +600,11 @@ impl Session {
     /// session's when EXEC runs the transaction, `pubsub::SubTx`), `CLIENT
     /// SETNAME|GETNAME|ID|INFO|SETINFO` (run at EXEC), `MOVE`/`COPY … DB`/`SWAPDB`
     /// of databases on the same server without a key prefix (indexes
-    /// translated). `None`: not inside such a transaction, or refused.
+    /// translated). Called inside such a transaction; `None`: refused.
     fn queued_in_subscribed_tx(&self, cmd: &Descriptor, a: &dyn ArgList) -> Option<InSubTx> {
         let Mode::Subscribed(s) = &self.mode else {
             return None;
         };
-        if !self.multi_while_subscribed() {
-            return None;
-        }
         let db = &self.state.db;
         match cmd.route {
             Route::Select => self
@@ -1210,10 +1207,18 @@ impl Session {
                     || self.keeps_state_while_subscribed(&inbuf[run.len..], &req, &cmd);
                 // What the proxy answers itself, inside the transaction on the
                 // subscriber connection, that Redis queues there as on Redis
-                // (`InSubTx`); the rest is refused below.
-                if let Some(queued) = with_args(&inbuf[run.len..], &self.args, &req, |a| {
-                    self.queued_in_subscribed_tx(&cmd, a)
-                }) {
+                // (`InSubTx`); the rest is refused below. (Arguments looked at
+                // only for the routes that may be queued so.)
+                let may_queue = matches!(cmd.route, Route::Select | Route::Client | Route::CrossDb)
+                    && self.multi_while_subscribed();
+                if let Some(queued) = may_queue
+                    .then(|| {
+                        with_args(&inbuf[run.len..], &self.args, &req, |a| {
+                            self.queued_in_subscribed_tx(&cmd, a)
+                        })
+                    })
+                    .flatten()
+                {
                     self.flush(&mut run, inbuf).await;
                     inbuf.advance(req.len);
                     let skip = std::mem::take(&mut self.skip_next);
