@@ -50,6 +50,8 @@ struct Inner {
     /// Until when writes are paused ([`Endpoint::pause_writes`]): milliseconds
     /// since [`epoch`], 0 for not paused.
     paused_until: AtomicU64,
+    /// Until when every command is held back (`CLIENT PAUSE … ALL`), likewise.
+    all_paused_until: AtomicU64,
 }
 
 /// What noting a pause changed ([`Endpoint::pause_writes`], [`Endpoint::unpause`]),
@@ -58,12 +60,25 @@ struct Inner {
 pub struct Noted {
     before: u64,
     after: u64,
+    all_before: u64,
+    all_after: u64,
 }
 
 /// The origin of [`Inner::paused_until`]'s clock.
 fn epoch() -> Instant {
     static EPOCH: OnceLock<Instant> = OnceLock::new();
     *EPOCH.get_or_init(Instant::now)
+}
+
+/// How long until the time in `until` ([`now_ms`]'s clock; 0 for none), if later.
+#[inline]
+fn left(until: &AtomicU64) -> Option<Duration> {
+    let until = until.load(Relaxed);
+    if until == 0 {
+        return None;
+    }
+    let now = now_ms();
+    (now < until).then(|| Duration::from_millis(until - now))
 }
 
 /// Milliseconds since [`epoch`].
@@ -130,6 +145,7 @@ impl Endpoint {
                 identity,
                 as_primary,
                 paused_until: AtomicU64::new(0),
+                all_paused_until: AtomicU64::new(0),
             }),
         }
     }
@@ -233,39 +249,88 @@ impl Endpoint {
     /// two pauses wins. Noted when the request goes out; [`Endpoint::take_back`]
     /// undoes it if Redis refuses the request.
     pub fn pause_writes(&self, time: Duration) -> Noted {
+        self.pause(time, false)
+    }
+
+    /// `CLIENT PAUSE time [ALL]`: every command is held back, writes included
+    /// (as Redis, the stronger mode of two pauses wins, until the later end).
+    pub fn pause_all(&self, time: Duration) -> Noted {
+        self.pause(time, true)
+    }
+
+    fn pause(&self, time: Duration, all: bool) -> Noted {
         let ms = u64::try_from(time.as_millis()).unwrap_or(u64::MAX);
         let until = now_ms().saturating_add(ms).saturating_add(1);
         let before = self.inner.paused_until.fetch_max(until, Relaxed);
+        let all_before = if all {
+            self.inner.all_paused_until.fetch_max(until, Relaxed)
+        } else {
+            self.inner.all_paused_until.load(Relaxed)
+        };
         Noted {
             before,
             after: before.max(until),
+            all_before,
+            all_after: if all {
+                all_before.max(until)
+            } else {
+                all_before
+            },
         }
     }
 
-    /// `CLIENT UNPAUSE`.
+    /// `CLIENT UNPAUSE`. While everything is paused (`ALL`) Redis holds the
+    /// `UNPAUSE` back too, until the pause ends: it changes nothing.
     pub fn unpause(&self) -> Noted {
+        if self.all_paused().is_some() {
+            let now = |a: &AtomicU64| a.load(Relaxed);
+            let (w, a) = (
+                now(&self.inner.paused_until),
+                now(&self.inner.all_paused_until),
+            );
+            return Noted {
+                before: w,
+                after: w,
+                all_before: a,
+                all_after: a,
+            };
+        }
         let before = self.inner.paused_until.swap(0, Relaxed);
-        Noted { before, after: 0 }
+        let all_before = self.inner.all_paused_until.swap(0, Relaxed);
+        Noted {
+            before,
+            after: 0,
+            all_before,
+            all_after: 0,
+        }
     }
 
     /// Undoes a noted pause (or unpause) that Redis refused (`-NOPERM` for a
     /// user without `CLIENT PAUSE`, …), unless another one changed it since.
     pub fn take_back(&self, noted: Noted) {
-        let _ =
-            self.inner
-                .paused_until
-                .compare_exchange(noted.after, noted.before, Relaxed, Relaxed);
+        let i = &self.inner;
+        let _ = i
+            .paused_until
+            .compare_exchange(noted.after, noted.before, Relaxed, Relaxed);
+        let _ = i.all_paused_until.compare_exchange(
+            noted.all_after,
+            noted.all_before,
+            Relaxed,
+            Relaxed,
+        );
     }
 
     /// How long writes stay paused, if they are (one atomic load when not).
     #[inline]
     pub fn writes_paused(&self) -> Option<Duration> {
-        let until = self.inner.paused_until.load(Relaxed);
-        if until == 0 {
-            return None;
-        }
-        let now = now_ms();
-        (now < until).then(|| Duration::from_millis(until - now))
+        left(&self.inner.paused_until)
+    }
+
+    /// How long every command stays held back (`CLIENT PAUSE … ALL`), if it is:
+    /// a reply may take that much longer than the command timeout.
+    #[inline]
+    pub fn all_paused(&self) -> Option<Duration> {
+        left(&self.inner.all_paused_until)
     }
 
     /// Held while resolving, so concurrent connects ask the sentinels once.
@@ -277,6 +342,30 @@ impl Endpoint {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_pause_of_everything_is_noted_apart_and_taken_back_alike() {
+        let e = Endpoint::new();
+        let hour = Duration::from_secs(3600);
+        let _writes = e.pause_writes(hour);
+        assert!(e.writes_paused().is_some());
+        assert_eq!(e.all_paused(), None);
+        let refused = e.pause_all(Duration::from_secs(60));
+        assert!(e.all_paused().is_some());
+        e.take_back(refused);
+        assert_eq!(e.all_paused(), None);
+        assert!(e
+            .writes_paused()
+            .is_some_and(|d| d > Duration::from_secs(3000)));
+        // Redis holds an UNPAUSE back while everything is paused.
+        let _all = e.pause_all(Duration::from_secs(60));
+        e.unpause();
+        assert!(e.all_paused().is_some() && e.writes_paused().is_some());
+        let e = Endpoint::new();
+        let _writes = e.pause_writes(hour);
+        e.unpause();
+        assert_eq!((e.writes_paused(), e.all_paused()), (None, None));
+    }
 
     #[test]
     fn a_refused_pause_is_taken_back_unless_another_came_since() {

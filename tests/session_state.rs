@@ -763,3 +763,46 @@ async fn a_resp2_subscriber_on_a_prefixed_database_gets_redis_refusals() {
     same_as_redis(&redis, proxy.local_addr(), false, &cases).await;
     proxy.shutdown().await;
 }
+
+/// `CLIENT PAUSE … ALL` through the proxy: Redis holds every command back, reads
+/// included, until the pause ends — longer than the command timeout here — and
+/// then answers them. Through the proxy the pausing client and another one get
+/// those answers too (not a timeout error), in order, when the pause ends.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_pause_of_everything_longer_than_the_command_timeout_is_waited_out() {
+    let redis = RedisServer::start();
+    let mut config = proxy_config(&redis);
+    for db in &mut config.databases {
+        db.upstream.command_timeout = Duration::from_millis(800);
+    }
+    let proxy = start_proxy(config).await;
+    let addr = proxy.local_addr();
+    let (mut admin, mut other) = (
+        AsyncRawClient::connect(addr).await,
+        AsyncRawClient::connect(addr).await,
+    );
+    assert_eq!(other.cmd(&[b"SET", b"k", b"v"]).await, b"+OK\r\n");
+    let started = Instant::now();
+    let paused = admin.cmd(&[b"CLIENT", b"PAUSE", b"2000", b"ALL"]).await;
+    assert_eq!(paused, b"+OK\r\n");
+    admin
+        .send(&cmds(&[
+            &[b"GET", b"k"],
+            &[b"CLIENT", b"UNPAUSE"],
+            &[b"PING"],
+        ]))
+        .await;
+    other.send(&resp_cmd(&[b"GET", b"k"])).await;
+    assert_eq!(other.read_reply().await, b"$1\r\nv\r\n");
+    assert_eq!(
+        admin.read_replies(3).await,
+        [&b"$1\r\nv\r\n"[..], b"+OK\r\n", b"+PONG\r\n"]
+    );
+    // Redis held them back for the pause (not answered before it ended).
+    assert!(
+        started.elapsed() >= Duration::from_millis(1900),
+        "{:?}",
+        started.elapsed()
+    );
+    proxy.shutdown().await;
+}

@@ -843,6 +843,7 @@ fn client<L: ArgList + ?Sized>(state: &mut State, ctx: &View<'_>, args: &L) -> O
 fn note_pause<L: ArgList + ?Sized>(state: &State, ctx: &View<'_>, args: &L) -> PauseNoted {
     let mut noted = PauseNoted::default();
     let n = args.count();
+    let all = n == 3 || (n == 4 && args.arg(3).eq_ignore_ascii_case(b"ALL"));
     let pause = if args.arg(1).eq_ignore_ascii_case(b"UNPAUSE") {
         if n != 2 {
             return noted;
@@ -866,6 +867,7 @@ fn note_pause<L: ArgList + ?Sized>(state: &State, ctx: &View<'_>, args: &L) -> P
         let there = &db.config.upstream;
         if there.same_redis(here) {
             let n = match pause {
+                Some(time) if all => there.endpoint.pause_all(time),
                 Some(time) => there.endpoint.pause_writes(time),
                 None => there.endpoint.unpause(),
             };

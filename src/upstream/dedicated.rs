@@ -1016,9 +1016,11 @@ async fn serve(
             block,
             ..
         } = batch;
+        // Redis answers nothing until a `CLIENT PAUSE … ALL` ends.
+        let held = conn.endpoint.all_paused().unwrap_or_default();
         let limit = match block {
-            Block::No => Some(command_timeout),
-            Block::For(d) => Some(command_timeout + d),
+            Block::No => Some(command_timeout + held),
+            Block::For(d) => Some(command_timeout + d + held),
             Block::Forever => None,
         };
         let sleep = async {
