@@ -254,3 +254,121 @@ async fn a_user_without_select_logs_in_on_the_database_selected_before() {
     assert_eq!(w.cmd(&[b"ACL", b"WHOAMI"]).await, resp_bulk(b"default"));
     proxy.shutdown().await;
 }
+
+/// A session logged in on a connection of its own that logs in again does so on
+/// that connection, as a client of Redis does on its own: it keeps its database
+/// (also for a user that may not `SELECT`, also once the proxy's own user was
+/// turned off) and its tracking, and a refused `AUTH` keeps the login before it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_second_login_runs_on_the_sessions_own_connection_as_on_redis() {
+    let redis = RedisServer::start();
+    for user in [
+        &["ACL", "SETUSER", "u1", "on", ">pw1", "+acl", "+get", "~*"][..],
+        &["ACL", "SETUSER", "u2", "on", ">pw2", "+@all", "~*", "&*"],
+    ] {
+        let (out, _) = redis_cli(redis.port(), user);
+        assert!(out.contains("OK"), "{out}");
+    }
+    let (out, _) = redis_cli(redis.port(), &["-n", "2", "SET", "k", "in-db-2"]);
+    assert!(out.contains("OK"), "{out}");
+    let proxy = passthrough_proxy(&redis).await;
+    let script: &[&[&[u8]]] = &[
+        &[b"SELECT", b"2"],
+        &[b"AUTH", b"u2", b"pw2"],
+        &[b"AUTH", b"u1", b"pw1"],
+        &[b"ACL", b"WHOAMI"],
+        &[b"AUTH", b"u1", b"wrong"],
+        &[b"ACL", b"WHOAMI"],
+        &[b"GET", b"k"],
+        &[b"AUTH", b"u2", b"pw2"],
+        // The proxy's own upstream user (Redis's default) turned off: logging in
+        // again still works on the connection there is.
+        &[b"ACL", b"SETUSER", b"default", b"off"],
+        &[b"AUTH", b"u1", b"pw1"],
+        &[b"ACL", b"WHOAMI"],
+        &[b"GET", b"k"],
+        &[b"ACL", b"SETUSER", b"default", b"on"],
+    ];
+    let mut replies = Vec::new();
+    for addr in [redis.addr(), proxy.local_addr()] {
+        let mut c = AsyncRawClient::connect(addr).await;
+        let mut got = Vec::new();
+        for args in script {
+            got.push(printable(&c.cmd(args).await));
+        }
+        replies.push(got);
+    }
+    assert_eq!(replies[1], replies[0]);
+    assert_eq!(replies[0][11], printable(&resp_bulk(b"in-db-2")));
+
+    // Tracking is kept across a login (it was refused while tracking).
+    let (out, _) = redis_cli(redis.port(), &["SET", "k", "in-db-0"]);
+    assert!(out.contains("OK"), "{out}");
+    let script: &[&[&[u8]]] = &[
+        &[b"HELLO", b"3"],
+        &[b"CLIENT", b"TRACKING", b"ON"],
+        &[b"GET", b"k"],
+        &[b"AUTH", b"u2", b"pw2"],
+        &[b"ACL", b"WHOAMI"],
+        &[b"CLIENT", b"TRACKINGINFO"],
+    ];
+    let mut replies = Vec::new();
+    for addr in [redis.addr(), proxy.local_addr()] {
+        let mut c = AsyncRawClient::connect(addr).await;
+        c.cmd(script[0]).await;
+        let mut got = Vec::new();
+        for args in &script[1..] {
+            got.push(printable(&c.cmd(args).await));
+        }
+        // Another client's write: the tracking client is told, as before the login.
+        let (out, _) = redis_cli(redis.port(), &["SET", "k", "in-db-0"]);
+        assert!(out.contains("OK"), "{out}");
+        let push = c.read_reply().await;
+        got.push(printable(&push));
+        replies.push(got);
+    }
+    assert_eq!(replies[1], replies[0]);
+    assert!(replies[0][2].contains("OK"), "{:?}", replies[0]);
+    assert!(replies[0][5].contains("invalidate"), "{:?}", replies[0]);
+    proxy.shutdown().await;
+}
+
+/// A login's connection is set up without commands its user may not run: Redis's
+/// ACL LOG shows what the client did, as when it is connected directly (the setup's
+/// `PING` used to add a `command` entry for a user without it).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_login_leaves_in_the_acl_log_only_what_the_client_did() {
+    let redis = RedisServer::start();
+    let (out, _) = redis_cli(
+        redis.port(),
+        &[
+            "ACL", "SETUSER", "fu", "on", ">pass1", "+get", "+set", "+select", "~cache:*",
+        ],
+    );
+    assert!(out.contains("OK"), "{out}");
+    let proxy = passthrough_proxy(&redis).await;
+    let mut logs = Vec::new();
+    for addr in [redis.addr(), proxy.local_addr()] {
+        let (out, _) = redis_cli(redis.port(), &["ACL", "LOG", "RESET"]);
+        assert!(out.contains("OK"), "{out}");
+        let mut c = AsyncRawClient::connect(addr).await;
+        assert_eq!(c.cmd(&[b"SELECT", b"2"]).await, b"+OK\r\n");
+        let wrong = c.cmd(&[b"AUTH", b"fu", b"xxx"]).await;
+        assert!(wrong.starts_with(b"-WRONGPASS"), "{}", printable(&wrong));
+        assert_eq!(c.cmd(&[b"AUTH", b"fu", b"pass1"]).await, b"+OK\r\n");
+        assert_eq!(c.cmd(&[b"SET", b"cache:0", b"1"]).await, b"+OK\r\n");
+        assert_eq!(c.cmd(&[b"GET", b"cache:0"]).await, resp_bulk(b"1"));
+        let (out, _) = redis_cli(redis.port(), &["ACL", "LOG"]);
+        let reasons: Vec<_> = out
+            .lines()
+            .collect::<Vec<_>>()
+            .windows(2)
+            .filter(|w| w[0] == "reason" || w[0] == "object")
+            .map(|w| w[1].to_string())
+            .collect();
+        logs.push(reasons);
+    }
+    assert_eq!(logs[0], ["auth", "AUTH"], "{logs:?}");
+    assert_eq!(logs[1], logs[0]);
+    proxy.shutdown().await;
+}

@@ -592,6 +592,7 @@ impl Cluster {
         let mut base = self.base.clone();
         base.username.clone_from(&key.0);
         base.password = Some(password);
+        base.client_login = true;
         let view = Arc::new(Cluster::new(
             base,
             self.label.clone(),

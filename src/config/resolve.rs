@@ -442,6 +442,7 @@ fn resolve_upstream(
         sentinel,
         cluster,
         replica_reads: false,
+        client_login: false,
         endpoint: Endpoint::new(),
         host: value_or(&eff.host, DEFAULT_HOST.to_string()),
         port: value_or(&eff.port, DEFAULT_PORT),

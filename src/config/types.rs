@@ -233,6 +233,10 @@ pub struct UpstreamConfig {
     /// A connection to a cluster replica that serves reads (`read_from: replica`):
     /// its setup sends `READONLY`. Set by the cluster router, never by the YAML.
     pub replica_reads: bool,
+    /// Opened for a client's own login (`auth_passthrough`), with its user's
+    /// credentials: the setup sends no closing `PING` (see `upstream::connect`).
+    /// Set by the session, never by the YAML.
+    pub client_login: bool,
     /// Where the upstream is now (the sentinel-resolved primary), shared by every
     /// clone of this configuration.
     pub endpoint: crate::endpoint::Endpoint,
@@ -263,6 +267,7 @@ impl UpstreamConfig {
             sentinel: None,
             cluster: None,
             replica_reads: false,
+            client_login: false,
             endpoint: crate::endpoint::Endpoint::new(),
         }
     }

@@ -1762,6 +1762,10 @@ impl Session {
             if let Some(creds) = local::credentials(route, args, self.state.resp3) {
                 // Redis checks the credentials: the session logs in on a
                 // connection of its own, or gets Redis's refusal.
+                if route == Route::Auth && self.logs_in_place() {
+                    self.log_in_place(creds, encode(args), cmd.index()).await;
+                    return None;
+                }
                 if let Err(refused) = self.log_in(creds).await {
                     self.push_reply(refused);
                     self.refused_in_multi();

@@ -1,11 +1,13 @@
 //! Transactions on a held connection (MULTI/WATCH bookkeeping) and the
 //! `auth_passthrough` login that gives a session a private connection.
 
+use super::dispatch::Target;
 use super::local;
 use super::mode::{Mode, Queued};
 use super::prefix;
 use super::queue::error_text;
 use super::queue::Pending;
+use super::tracking::Hook;
 use super::Session;
 use crate::cluster::merge;
 use crate::cluster::Cluster;
@@ -29,6 +31,15 @@ pub(super) struct Login {
     pub view: Option<Arc<Cluster>>,
     /// Which login of the session this is (its connections are not another's).
     pub id: u64,
+}
+
+impl std::fmt::Debug for Login {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Login")
+            .field("user", &self.user)
+            .field("id", &self.id)
+            .finish_non_exhaustive()
+    }
 }
 
 /// A transaction whose held connection was lost (or refused by an open breaker)
@@ -371,6 +382,7 @@ impl Session {
         if let Some(login) = &self.login {
             cfg.username.clone_from(&login.user);
             cfg.password = Some(login.password.clone());
+            cfg.client_login = true;
         }
         cfg
     }
@@ -385,6 +397,55 @@ impl Session {
                 b"-ERR AUTH inside a transaction is not supported by redis-sidecar\r\n".to_vec(),
             );
         }
+        let resp3 = creds.resp3;
+        let login = self.login_of(creds)?;
+        let previous = self.login.replace(login);
+        match self.open_private(resp3).await {
+            Ok(()) => {
+                if let Some(login) = self.login.take() {
+                    self.logged_in(login);
+                }
+                Ok(())
+            }
+            Err(e) => {
+                self.login = previous;
+                Err(e)
+            }
+        }
+    }
+
+    /// Whether an `AUTH` (`auth_passthrough`) is sent on the session's own
+    /// connection, as on Redis, where a client logs in again on its connection
+    /// (keeping its database, its tracking, its `WATCH`): a connection of its own
+    /// to a standalone server, outside a transaction. (Opening a new one instead
+    /// would need the proxy's credentials to select the database for a user that
+    /// may not, and fails once the client has turned the proxy's user off.)
+    pub(super) fn logs_in_place(&self) -> bool {
+        matches!(&self.mode, Mode::Private(p) if !p.held.in_multi && p.db.cluster().is_none())
+            && self.lost.is_none()
+    }
+
+    /// `AUTH` sent on the session's own connection ([`Session::logs_in_place`]):
+    /// Redis's reply reaches the client, and on `+OK` the session is logged in as
+    /// `creds` ([`Hook::Login`]); on a refusal it keeps its login, as on Redis.
+    pub(super) async fn log_in_place(
+        &mut self,
+        creds: local::Credentials,
+        bytes: Vec<u8>,
+        cmd: u16,
+    ) {
+        match self.login_of(creds) {
+            Ok(login) => {
+                self.forward(bytes, Target::Held, cmd, Some(Hook::Login(Box::new(login))))
+                    .await
+            }
+            Err(refused) => self.push_reply(refused),
+        }
+    }
+
+    /// The login `creds` name, numbered; a user name or password that is not
+    /// UTF-8 gets Redis's refusal for credentials that match no user.
+    fn login_of(&mut self, creds: local::Credentials) -> Result<Login, Vec<u8>> {
         let text = |b: Vec<u8>| String::from_utf8(b).map_err(|_| ());
         let (Ok(user), Ok(password)) = (creds.user.map(text).transpose(), text(creds.password))
         else {
@@ -393,28 +454,20 @@ impl Session {
             );
         };
         self.checkouts += 1;
-        let previous = self.login.replace(Login {
+        Ok(Login {
             user,
             password: Secret(password),
             view: None,
             id: self.checkouts,
-        });
-        match self.open_private(creds.resp3).await {
-            Ok(()) => {
-                self.state.user = Some(
-                    self.login
-                        .as_ref()
-                        .and_then(|l| l.user.clone())
-                        .unwrap_or_else(|| "default".into()),
-                );
-                self.state.authenticated = true;
-                Ok(())
-            }
-            Err(e) => {
-                self.login = previous;
-                Err(e)
-            }
-        }
+        })
+    }
+
+    /// Redis accepted `login`: the session is logged in as its user.
+    pub(super) fn logged_in(&mut self, login: Login) {
+        self.state.user = Some(login.user.clone().unwrap_or_else(|| "default".into()));
+        self.state.authenticated = true;
+        self.login = Some(login);
+        self.publish();
     }
 
     /// Opens a connection logged in as `self.login` to the current database and

@@ -69,6 +69,9 @@ pub(super) enum Hook {
     Switch(Option<Tracking>),
     /// `CLIENT GETREDIR` / `TRACKINGINFO`: the redirect id is translated back.
     Redirect,
+    /// `AUTH` on the session's own connection (`auth_passthrough`): on `+OK` the
+    /// session is logged in as this (see [`Session::log_in_place`]).
+    Login(Box<super::exclusive::Login>),
 }
 
 /// The tracking subcommands of CLIENT.
@@ -166,6 +169,7 @@ impl Session {
             Route::Auth | Route::Hello
                 if self.tracking.is_some()
                     && self.live.config.auth_passthrough
+                    && !(route == Route::Auth && self.logs_in_place())
                     && local::credentials(route, args, self.state.resp3).is_some() =>
             {
                 self.push_reply(
@@ -324,7 +328,13 @@ impl Session {
     }
 
     /// Sends `bytes` (one request) to `target`; `hook` acts on its reply.
-    async fn forward(&mut self, bytes: Vec<u8>, target: Target, cmd: u16, hook: Option<Hook>) {
+    pub(super) async fn forward(
+        &mut self,
+        bytes: Vec<u8>,
+        target: Target,
+        cmd: u16,
+        hook: Option<Hook>,
+    ) {
         if target == Target::Held {
             // Inside MULTI, Redis queues it.
             self.transaction_step(TxOp::None);
@@ -396,6 +406,12 @@ impl Session {
                     self.tracking = tracking;
                 }
                 self.after_switch();
+                bytes
+            }
+            Some(Hook::Login(login)) => {
+                if &bytes[reply_at(&bytes)..] == b"+OK\r\n" {
+                    self.logged_in(*login);
+                }
                 bytes
             }
             Some(Hook::Redirect) => match &self.tracking {

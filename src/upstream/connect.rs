@@ -174,8 +174,14 @@ async fn connect_inner(
     // ready — its commands would be refused. Failing the setup instead makes the
     // normal connect-failure path wait and retry, in order. Any other answer to
     // the PING (a user not allowed PING: `-NOPERM`) does not stop the connection.
-    encode_command(&[&b"PING"[..]], &mut setup);
-    expected += 1;
+    // Not on a client's own login (`client_login`): its user may not be allowed
+    // PING, and the refusal would land in Redis's ACL LOG, where a client
+    // connected directly leaves none; its commands meet Redis as it is.
+    let ping_at = (!cfg.client_login).then(|| {
+        encode_command(&[&b"PING"[..]], &mut setup);
+        expected += 1;
+        expected
+    });
     let lost = || UpstreamError::Connect {
         addr: addr.to_string(),
         reason: "connection closed during setup".into(),
@@ -197,7 +203,7 @@ async fn connect_inner(
         match frames.next_frame() {
             Ok(Some((frame, _))) => {
                 let bytes = frames.take();
-                let ping = seen + 1 == expected;
+                let ping = ping_at == Some(seen + 1);
                 if role_at == Some(seen + 1) {
                     // A user not allowed ROLE (`-NOPERM`) cannot check it: the
                     // sentinels' word is taken.
