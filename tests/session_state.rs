@@ -774,6 +774,7 @@ async fn a_pause_of_everything_longer_than_the_command_timeout_is_waited_out() {
     let mut config = proxy_config(&redis);
     for db in &mut config.databases {
         db.upstream.command_timeout = Duration::from_millis(800);
+        db.upstream.resilience.health_check_interval = Duration::from_millis(300);
     }
     let proxy = start_proxy(config).await;
     let addr = proxy.local_addr();
@@ -804,5 +805,10 @@ async fn a_pause_of_everything_longer_than_the_command_timeout_is_waited_out() {
         "{:?}",
         started.elapsed()
     );
+    // The health probes' PINGs were held back too, and not taken for failures.
+    let health = other.cmd(&[b"PROXY", b"HEALTH"]).await;
+    let health = String::from_utf8_lossy(&health);
+    assert!(health.contains("overall_healthy:1"), "{health}");
+    assert!(!health.contains("no reply"), "{health}");
     proxy.shutdown().await;
 }

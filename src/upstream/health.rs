@@ -179,12 +179,14 @@ async fn probe(
         return Err(Failed::Upstream("no probe connection".into()));
     };
     let started = tokio::time::Instant::now();
-    let result = match tokio::time::timeout(cfg.command_timeout, manager.is_valid(c)).await {
+    // A `CLIENT PAUSE … ALL` made through the proxy holds the PING back too: the
+    // server is up, its answer comes when the pause ends.
+    let limit = cfg.command_timeout + cfg.endpoint.all_paused().unwrap_or_default();
+    let result = match tokio::time::timeout(limit, manager.is_valid(c)).await {
         Ok(Ok(())) => Ok(started.elapsed()),
         Ok(Err(e)) => Err(Failed::Upstream(e.to_string())),
         Err(_) => Err(Failed::Upstream(format!(
-            "PING got no reply within {:?}",
-            cfg.command_timeout
+            "PING got no reply within {limit:?}"
         ))),
     };
     if result.is_err() {
