@@ -31,8 +31,9 @@
 //!   `CLIENT CACHING` goes there too. With tracking off they keep the answers of
 //!   `local.rs`, which are Redis's for a client with tracking off.
 //! * While tracking is on, `SELECT` of a database on another upstream server,
-//!   `AUTH` with `auth_passthrough`, and `CLIENT TRACKING` inside a transaction are
-//!   refused (the tracking connection cannot follow them); `HELLO 2|3` switches the
+//!   `HELLO … AUTH` with `auth_passthrough`, and `CLIENT TRACKING` inside a
+//!   transaction are refused (the tracking connection cannot follow them; a plain
+//!   `AUTH` is sent on it, which keeps tracking); `HELLO 2|3` switches the
 //!   protocol of the tracking connection in place, so what Redis tracks is kept. If
 //!   the tracking connection closes, the client's connection is closed, as a
 //!   subscriber's is: its cache would otherwise never be invalidated again.
