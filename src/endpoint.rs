@@ -283,10 +283,10 @@ impl Endpoint {
     /// `UNPAUSE` back too, until the pause ends: it changes nothing.
     pub fn unpause(&self) -> Noted {
         if self.all_paused().is_some() {
-            let now = |a: &AtomicU64| a.load(Relaxed);
+            let load = |a: &AtomicU64| a.load(Relaxed);
             let (w, a) = (
-                now(&self.inner.paused_until),
-                now(&self.inner.all_paused_until),
+                load(&self.inner.paused_until),
+                load(&self.inner.all_paused_until),
             );
             return Noted {
                 before: w,
@@ -326,11 +326,18 @@ impl Endpoint {
         left(&self.inner.paused_until)
     }
 
-    /// How long every command stays held back (`CLIENT PAUSE … ALL`), if it is:
-    /// a reply may take that much longer than the command timeout.
+    /// How long every command stays held back (`CLIENT PAUSE … ALL`), if it is.
     #[inline]
     pub fn all_paused(&self) -> Option<Duration> {
         left(&self.inner.all_paused_until)
+    }
+
+    /// How long to wait for a reply sent now, given the command `timeout`: Redis
+    /// answers nothing until a `CLIENT PAUSE … ALL` made through the proxy ends
+    /// (the server is up), so its time left is allowed on top.
+    #[inline]
+    pub fn reply_within(&self, timeout: Duration) -> Duration {
+        timeout + self.all_paused().unwrap_or_default()
     }
 
     /// Held while resolving, so concurrent connects ask the sentinels once.

@@ -1016,11 +1016,9 @@ async fn serve(
             block,
             ..
         } = batch;
-        // Redis answers nothing until a `CLIENT PAUSE … ALL` ends.
-        let held = conn.endpoint.all_paused().unwrap_or_default();
         let limit = match block {
-            Block::No => Some(command_timeout + held),
-            Block::For(d) => Some(command_timeout + d + held),
+            Block::No => Some(conn.endpoint.reply_within(command_timeout)),
+            Block::For(d) => Some(conn.endpoint.reply_within(command_timeout + d)),
             Block::Forever => None,
         };
         let sleep = async {

@@ -179,9 +179,8 @@ async fn probe(
         return Err(Failed::Upstream("no probe connection".into()));
     };
     let started = tokio::time::Instant::now();
-    // A `CLIENT PAUSE … ALL` made through the proxy holds the PING back too: the
-    // server is up, its answer comes when the pause ends.
-    let limit = cfg.command_timeout + cfg.endpoint.all_paused().unwrap_or_default();
+    // (A `CLIENT PAUSE … ALL` made through the proxy holds the PING back too.)
+    let limit = cfg.endpoint.reply_within(cfg.command_timeout);
     let result = match tokio::time::timeout(limit, manager.is_valid(c)).await {
         Ok(Ok(())) => Ok(started.elapsed()),
         Ok(Err(e)) => Err(Failed::Upstream(e.to_string())),

@@ -641,9 +641,7 @@ async fn serve(
         }
         // Gather what is queued into one write.
         let mut total = batch.bytes.len();
-        // Redis answers nothing until a `CLIENT PAUSE … ALL` ends.
-        let held = cfg.endpoint.all_paused().unwrap_or_default();
-        let deadline = Instant::now() + cfg.command_timeout + held;
+        let deadline = Instant::now() + cfg.endpoint.reply_within(cfg.command_timeout);
         let mut from_queue = || {
             if total >= COALESCE {
                 return None;
