@@ -273,6 +273,82 @@ fn a_slow_reader_is_held_back_and_loses_nothing() {
     );
 }
 
+/// Writes a whole pipeline of `count` `LRANGE`s of the list `key` to `addr`
+/// before reading any reply (as hiredis's `redisAppendCommand` + `redisGetReply`
+/// and Jedis's pipelines do), then reads the replies: whether every byte could be
+/// written, and how many replies equal `expected`.
+fn write_all_then_read(
+    addr: std::net::SocketAddr,
+    key: &[u8],
+    count: usize,
+    expected: &[u8],
+    wait: Duration,
+) -> (bool, usize) {
+    let mut stream = TcpStream::connect(addr).expect("connect");
+    stream.set_write_timeout(Some(wait)).expect("write timeout");
+    stream
+        .set_read_timeout(Some(Duration::from_secs(30)))
+        .expect("read timeout");
+    let request = resp_cmd(&[b"LRANGE", key, b"0", b"-1"]);
+    let pipeline = request.repeat(count);
+    if stream.write_all(&pipeline).is_err() {
+        return (false, 0);
+    }
+    let mut r = BufReader::with_capacity(1 << 20, stream);
+    let mut got = vec![0u8; expected.len()];
+    let mut same = 0;
+    for _ in 0..count {
+        if r.read_exact(&mut got).is_err() {
+            break;
+        }
+        same += usize::from(got == expected);
+    }
+    (true, same)
+}
+
+#[test]
+fn a_client_that_writes_its_whole_pipeline_before_reading_gets_every_reply() {
+    // hiredis's own test suite pipelines 10,000 `LRANGE`s of 500 elements this
+    // way; Redis reads the whole pipeline (its output buffer for a normal client
+    // has no limit), and the proxy's backpressure must not leave such a client
+    // waiting on itself: the requests are read ahead while the replies wait.
+    let _serial = SERIAL.lock().unwrap_or_else(|e| e.into_inner());
+    let redis = RedisServer::start();
+    // A key of 128 bytes, so that 40,000 requests weigh 6 MB (more than the
+    // kernel's socket buffers hold), and a list of 100 one-byte elements, so
+    // that their replies (28 MB) are far past `client_reply_buffer`.
+    let key = vec![b'L'; 128];
+    let mut c = redis.client();
+    let mut push: Vec<&[u8]> = vec![b"RPUSH", &key];
+    push.extend(std::iter::repeat_n(&b"x"[..], 100));
+    assert_eq!(c.cmd(&push), b":100\r\n");
+    let mut expected = b"*100\r\n".to_vec();
+    for _ in 0..100 {
+        expected.extend_from_slice(b"$1\r\nx\r\n");
+    }
+    const COUNT: usize = 40_000;
+    // Directly: every reply.
+    let wait = Duration::from_secs(20);
+    assert_eq!(
+        write_all_then_read(redis.addr(), &key, COUNT, &expected, wait),
+        (true, COUNT)
+    );
+    let proxy = proxy_with_limits(&redis, &[]);
+    let (written, same) = write_all_then_read(proxy.addr(), &key, COUNT, &expected, wait);
+    assert!(
+        written,
+        "the proxy stopped reading the pipeline: the client waits on itself"
+    );
+    assert_eq!(same, COUNT, "replies missing or wrong");
+    // Without read-ahead (`client_read_ahead: 0`) the same client waits on itself
+    // (the test can tell: the write does not finish).
+    drop(proxy);
+    let proxy = proxy_with_limits(&redis, &["client_read_ahead: 0"]);
+    let short = Duration::from_secs(3);
+    let (written, _) = write_all_then_read(proxy.addr(), &key, COUNT, &expected, short);
+    assert!(!written, "the whole pipeline was read without read-ahead");
+}
+
 #[test]
 fn redis_output_buffer_limit_never_closes_the_shared_connection() {
     let _serial = SERIAL.lock().unwrap_or_else(|e| e.into_inner());
@@ -501,6 +577,7 @@ fn memory_limits_take_sizes_in_redis_units() {
     let c = load("  client_reply_buffer: 8mb\n  max_client_memory: 1gb\n  client_output_buffer_limit: { hard: 256mb, soft: 64mb, soft_seconds: 60 }\n")
         .expect("valid");
     assert_eq!(c.limits.client_reply_buffer, 8 << 20);
+    assert_eq!(c.limits.client_read_ahead, 64 << 20);
     assert_eq!(c.limits.max_client_memory, 1 << 30);
     let redis_form = OutputBufferLimit {
         hard: 256 << 20,
@@ -512,6 +589,8 @@ fn memory_limits_take_sizes_in_redis_units() {
         .expect("valid");
     assert_eq!(c.limits.client_output_buffer_limit, redis_form);
     assert_eq!(c.limits.max_client_memory, 1_000_000);
+    let c = load("  client_read_ahead: 16mb\n").expect("valid");
+    assert_eq!(c.limits.client_read_ahead, 16 << 20);
     // Defaults: backpressure at 4 MiB, Redis's `normal 0 0 0`, no client memory cap.
     let c = load("  max_args: 10\n").expect("valid");
     assert_eq!(c.limits.client_reply_buffer, 4 << 20);
@@ -523,6 +602,7 @@ fn memory_limits_take_sizes_in_redis_units() {
     for bad in [
         "  client_reply_buffer: 12parsecs\n",
         "  client_reply_buffer: 100\n",
+        "  client_read_ahead: lots\n",
         "  max_client_memory: -1\n",
         "  client_output_buffer_limit: \"1mb 2mb\"\n",
         "  client_output_buffer_limit: { hard: 1mb, sfot: 1 }\n",

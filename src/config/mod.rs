@@ -34,7 +34,7 @@
 //!   `shutdown_timeout`, `default_database` (the database a new client starts on: a
 //!   configured `db` index or name; default 0),
 //!   `log_format` (`text` or `json`), `limits` (`max_bulk_len`, `max_args`,
-//!   `max_inline_len`, `pubsub_buffer_limit`, `client_reply_buffer`,
+//!   `max_inline_len`, `pubsub_buffer_limit`, `client_reply_buffer`, `client_read_ahead`,
 //!   `client_output_buffer_limit`, `max_client_memory`), `upstream_databases`.
 //! * Upstream keys, allowed at the top level (defaults for every database) and inside
 //!   each `redis_databases` entry (overrides for that database): `host`, `port`,
@@ -356,6 +356,10 @@ impl Config {
         line(format!(
             "  client_reply_buffer: {}",
             self.limits.client_reply_buffer
+        ));
+        line(format!(
+            "  client_read_ahead: {}",
+            self.limits.client_read_ahead
         ));
         let obl = &self.limits.client_output_buffer_limit;
         line(format!(

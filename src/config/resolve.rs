@@ -67,6 +67,7 @@ const LIMIT_KEYS: &[&str] = &[
     "max_inline_len",
     "pubsub_buffer_limit",
     "client_reply_buffer",
+    "client_read_ahead",
     "client_output_buffer_limit",
     "max_client_memory",
 ];
@@ -603,6 +604,9 @@ fn parse_limits(node: &Node, path: &KeyPath) -> Result<Limits, Fail> {
             }
             Some(s) => s.value,
         },
+        client_read_ahead: map
+            .set("client_read_ahead", parse_size)?
+            .map_or(defaults.client_read_ahead, |s| s.value),
         client_output_buffer_limit: match map.get("client_output_buffer_limit") {
             None => defaults.client_output_buffer_limit,
             Some((p, n)) => parse_output_buffer_limit(n, &p)?,

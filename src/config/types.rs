@@ -93,6 +93,11 @@ pub struct Limits {
     /// Bytes of replies waiting to be written to one client past which the proxy
     /// stops reading that client's requests until it catches up (backpressure).
     pub client_reply_buffer: usize,
+    /// Bytes of a client's requests read ahead, not yet executed, while
+    /// backpressure holds its execution back: a client that writes a whole
+    /// pipeline before reading any reply (hiredis, Jedis) is not left waiting on
+    /// itself, as Redis reads such a pipeline whole (0: none read ahead).
+    pub client_read_ahead: usize,
     /// Redis's `client-output-buffer-limit normal`: past these bytes of replies
     /// waiting to be written, the client is disconnected (0: no limit).
     pub client_output_buffer_limit: OutputBufferLimit,
@@ -127,6 +132,7 @@ impl Default for Limits {
             max_inline_len: 64 * 1024,
             pubsub_buffer_limit: 32 * 1024 * 1024,
             client_reply_buffer: DEFAULT_CLIENT_REPLY_BUFFER,
+            client_read_ahead: DEFAULT_CLIENT_READ_AHEAD,
             client_output_buffer_limit: OutputBufferLimit::default(),
             max_client_memory: 0,
             unauthenticated: false,
@@ -136,6 +142,9 @@ impl Default for Limits {
 
 /// Default `limits.client_reply_buffer`.
 pub const DEFAULT_CLIENT_REPLY_BUFFER: usize = 4 * 1024 * 1024;
+
+/// Default `limits.client_read_ahead`.
+pub const DEFAULT_CLIENT_READ_AHEAD: usize = 64 * 1024 * 1024;
 
 /// Redis's `client-output-buffer-limit` for one class of clients: a client is
 /// disconnected when the replies waiting to be written to it pass `hard` bytes, or

@@ -3,14 +3,17 @@
 //!
 //! * **Backpressure** (always on). Replies waiting to be written to the client
 //!   (the outbox) are its output buffer. Past `limits.client_reply_buffer` (4 MiB)
-//!   the session stops reading the client's requests until it has caught up; and
+//!   the session stops executing the client's requests until it has caught up
+//!   (it reads on, without executing, up to `limits.client_read_ahead`, 64 MiB, so
+//!   that a client that writes a whole pipeline before reading any reply does not
+//!   wait on itself: Redis reads such a pipeline whole); and
 //!   it keeps about 512 KiB of replies in flight upstream: requests go while the
 //!   expected size of their replies fits, learnt from the last replies (apart for
 //!   batches of reads, whose values may be of any size, and batches with a write,
 //!   whose replies are mostly small; a read starts out expected at 64 KiB). Replies
 //!   already in flight still arrive and are buffered — the shared connection never
 //!   waits for one client — so a client that does not read costs about the buffer
-//!   plus what was in flight, whatever it sends. The estimate can be fooled (many
+//!   plus what was in flight plus the read-ahead, whatever it sends. The estimate can be fooled (many
 //!   small replies, then large ones): the count in flight is capped as well, and
 //!   `client_output_buffer_limit` / `max_client_memory` close such a client.
 //! * **`client_output_buffer_limit`** (off by default, as Redis's `normal` class):
@@ -25,7 +28,7 @@
 use bytes::BytesMut;
 use tokio::time::Instant;
 
-use super::{Session, IN_FLIGHT_BYTES, MAX_IN_FLIGHT, MEMORY_STEP};
+use super::{Session, HELD_BACK_READ_LIMIT, IN_FLIGHT_BYTES, MAX_IN_FLIGHT, MEMORY_STEP};
 use crate::stats;
 
 /// A batch on its way upstream, as the in-flight bound counts it.
@@ -52,7 +55,25 @@ impl Session {
         n > 0 && (n >= MAX_IN_FLIGHT || self.in_flight_bytes + expected >= self.in_flight_budget())
     }
 
-    /// The client's replies pile up: stop reading its requests.
+    /// Bytes of requests that may be read ahead while held back (`throttled`: by
+    /// backpressure, not only by a request that must be answered first).
+    pub(super) fn read_ahead(&self, throttled: bool) -> usize {
+        let exclusive = if self.waits_on_exclusive() {
+            HELD_BACK_READ_LIMIT
+        } else {
+            0
+        };
+        // (Before AUTH, no more than while a command blocks: Redis's own limits
+        // for such clients are tight.)
+        let backpressure = match throttled {
+            false => 0,
+            true if self.state.authenticated => self.live.config.limits.client_read_ahead,
+            true => self.live.config.limits.client_read_ahead.min(HELD_BACK_READ_LIMIT),
+        };
+        exclusive.max(backpressure)
+    }
+
+    /// The client's replies pile up: stop executing its requests.
     pub(super) fn over_budget(&self) -> bool {
         self.outbox.len() >= self.live.config.limits.client_reply_buffer
             || self.in_flight_full(0, true)

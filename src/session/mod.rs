@@ -651,12 +651,15 @@ impl Session {
             // is still read (buffered, up to a bound) so that a client that leaves is
             // noticed and its blocked connection discarded, as Redis frees a blocked
             // client that disconnects. Backpressure: a client whose replies pile up
-            // (it does not read them) is not read from until it catches up.
-            let held_back = self.stalled || self.queue.len() >= MAX_QUEUE || over;
+            // (it does not read them) has its requests read ahead, not executed, up
+            // to `client_read_ahead` (a client that writes its whole pipeline before
+            // reading is not left waiting on itself), then is not read from until it
+            // catches up.
+            let throttled = self.queue.len() >= MAX_QUEUE || over;
+            let held_back = self.stalled || throttled;
             let can_read = !self.read_closed
                 && !self.closing
-                && (!held_back
-                    || (inbuf.len() < HELD_BACK_READ_LIMIT && self.waits_on_exclusive()));
+                && (!held_back || inbuf.len() < self.read_ahead(throttled));
             if can_read && !inbuf.is_empty() && inbuf.capacity() - inbuf.len() < 4096 {
                 inbuf.reserve(READ_BUFFER);
             }
