@@ -350,6 +350,41 @@ fn a_client_that_writes_its_whole_pipeline_before_reading_gets_every_reply() {
 }
 
 #[test]
+fn before_auth_a_client_is_read_ahead_at_most_a_mebibyte() {
+    // A client that has not authenticated may pile up `-NOAUTH` replies; past
+    // `client_reply_buffer` its requests are read ahead only up to 1 MiB (not
+    // `client_read_ahead`), as the limits before AUTH are tight.
+    let _serial = SERIAL.lock().unwrap_or_else(|e| e.into_inner());
+    let redis = RedisServer::start();
+    let mut yaml = databases_yaml("127.0.0.1", redis.port());
+    yaml.push_str("client_password: sesame\n");
+    let proxy = BinaryProxy::start_with(&yaml, &[], &[]);
+    // 1,000,000 PINGs: 14 MB of requests; 7 MB of `+PONG`s, 34 MB of `-NOAUTH`s.
+    let pings = resp_cmd(&[b"PING"]).repeat(1_000_000);
+    let written = |login: bool, wait: Duration| {
+        let mut s = TcpStream::connect(proxy.addr()).expect("connect");
+        s.set_write_timeout(Some(wait)).expect("write timeout");
+        s.set_read_timeout(Some(Duration::from_secs(10)))
+            .expect("read timeout");
+        if login {
+            s.write_all(&resp_cmd(&[b"AUTH", b"sesame"])).expect("auth");
+            let mut ok = [0u8; 5];
+            s.read_exact(&mut ok).expect("auth reply");
+            assert_eq!(&ok, b"+OK\r\n");
+        }
+        s.write_all(&pings).is_ok()
+    };
+    assert!(
+        written(true, Duration::from_secs(30)),
+        "a logged-in client's whole pipeline was not read"
+    );
+    assert!(
+        !written(false, Duration::from_secs(3)),
+        "a client that has not authenticated was read ahead without the 1 MiB bound"
+    );
+}
+
+#[test]
 fn redis_output_buffer_limit_never_closes_the_shared_connection() {
     let _serial = SERIAL.lock().unwrap_or_else(|e| e.into_inner());
     let redis = RedisServer::start_with_args(&["--client-output-buffer-limit", "normal 1mb 1mb 0"]);

@@ -34,8 +34,9 @@
 //!   `shutdown_timeout`, `default_database` (the database a new client starts on: a
 //!   configured `db` index or name; default 0),
 //!   `log_format` (`text` or `json`), `limits` (`max_bulk_len`, `max_args`,
-//!   `max_inline_len`, `pubsub_buffer_limit`, `client_reply_buffer`, `client_read_ahead`,
-//!   `client_output_buffer_limit`, `max_client_memory`), `upstream_databases`.
+//!   `max_inline_len`, `pubsub_buffer_limit`, `client_reply_buffer`,
+//!   `client_read_ahead`, `client_output_buffer_limit`, `max_client_memory`),
+//!   `upstream_databases`.
 //! * Upstream keys, allowed at the top level (defaults for every database) and inside
 //!   each `redis_databases` entry (overrides for that database): `host`, `port`,
 //!   `username`, `password`, `timeout`, `connect_timeout`, `command_timeout`,

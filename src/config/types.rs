@@ -91,7 +91,8 @@ pub struct Limits {
     /// pubsub 32mb`).
     pub pubsub_buffer_limit: usize,
     /// Bytes of replies waiting to be written to one client past which the proxy
-    /// stops reading that client's requests until it catches up (backpressure).
+    /// stops executing that client's requests until it catches up (backpressure;
+    /// it reads ahead up to `client_read_ahead`, then stops reading).
     pub client_reply_buffer: usize,
     /// Bytes of a client's requests read ahead, not yet executed, while
     /// backpressure holds its execution back: a client that writes a whole

@@ -13,8 +13,9 @@
 //!   whose replies are mostly small; a read starts out expected at 64 KiB). Replies
 //!   already in flight still arrive and are buffered — the shared connection never
 //!   waits for one client — so a client that does not read costs about the buffer
-//!   plus what was in flight plus the read-ahead, whatever it sends. The estimate can be fooled (many
-//!   small replies, then large ones): the count in flight is capped as well, and
+//!   plus what was in flight plus the read-ahead, whatever it sends. The estimate
+//!   can be fooled (many small replies, then large ones): the count in flight is
+//!   capped as well, and
 //!   `client_output_buffer_limit` / `max_client_memory` close such a client.
 //! * **`client_output_buffer_limit`** (off by default, as Redis's `normal` class):
 //!   past `hard` bytes, or past `soft` for `soft_seconds`, the client is closed.
@@ -68,7 +69,12 @@ impl Session {
         let backpressure = match throttled {
             false => 0,
             true if self.state.authenticated => self.live.config.limits.client_read_ahead,
-            true => self.live.config.limits.client_read_ahead.min(HELD_BACK_READ_LIMIT),
+            true => self
+                .live
+                .config
+                .limits
+                .client_read_ahead
+                .min(HELD_BACK_READ_LIMIT),
         };
         exclusive.max(backpressure)
     }
