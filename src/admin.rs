@@ -374,7 +374,7 @@ pub fn info(ctx: &View<'_>, sections: &[&str]) -> String {
             "clients" => {
                 let _ = write!(
                     s,
-                    "# Clients\r\nconnected_clients:{}\r\ntotal_connections_received:{}\r\nrejected_connections:{}\r\naccept_errors:{}\r\nmax_clients:{}\r\nmax_clients_configured:{}\r\nfd_limit:{}\r\nfd_limit_hard:{}\r\nfd_reserved:{}\r\nclients_memory:{}\r\nmax_client_memory:{}\r\nclient_reply_buffer:{}\r\n",
+                    "# Clients\r\nconnected_clients:{}\r\ntotal_connections_received:{}\r\nrejected_connections:{}\r\naccept_errors:{}\r\nmax_clients:{}\r\nmax_clients_configured:{}\r\nfd_limit:{}\r\nfd_limit_hard:{}\r\nfd_reserved:{}\r\nclients_memory:{}\r\nmax_client_memory:{}\r\nclient_reply_buffer:{}\r\nclient_read_ahead:{}\r\n",
                     get(&st.connected_clients),
                     get(&st.total_connections),
                     get(&st.rejected_connections),
@@ -387,6 +387,7 @@ pub fn info(ctx: &View<'_>, sections: &[&str]) -> String {
                     ctx.clients.memory(),
                     ctx.config.limits.max_client_memory,
                     ctx.config.limits.client_reply_buffer,
+                    ctx.config.limits.client_read_ahead,
                 );
             }
             "databases" => {

@@ -342,8 +342,10 @@ fn a_client_that_writes_its_whole_pipeline_before_reading_gets_every_reply() {
     assert_eq!(same, COUNT, "replies missing or wrong");
     // Without read-ahead (`client_read_ahead: 0`) the same client waits on itself
     // (the test can tell: the write does not finish).
+    assert_eq!(info_field(&proxy, "client_read_ahead"), "67108864");
     drop(proxy);
     let proxy = proxy_with_limits(&redis, &["client_read_ahead: 0"]);
+    assert_eq!(info_field(&proxy, "client_read_ahead"), "0");
     let short = Duration::from_secs(3);
     let (written, _) = write_all_then_read(proxy.addr(), &key, COUNT, &expected, short);
     assert!(!written, "the whole pipeline was read without read-ahead");
