@@ -134,10 +134,18 @@ fn healthy_within(cluster: &Cluster, within: Duration) -> Result<(), String> {
     loop {
         let live: Vec<NodeLine> = nodes(cluster).into_iter().filter(|n| !n.failed).collect();
         let mut views = Vec::new();
+        let mut states = Vec::new();
         let ok = live.iter().all(|n| {
             let (info, _) = redis_cli(n.port, &["CLUSTER", "INFO"]);
             let (all, _) = redis_cli(n.port, &["CLUSTER", "NODES"]);
             views.push(roles(&all));
+            states.push((
+                n.port,
+                info.lines()
+                    .find(|l| l.starts_with("cluster_state"))
+                    .map(str::to_string),
+                all.clone(),
+            ));
             info.contains("cluster_state:ok")
                 && info.contains("cluster_slots_ok:16384")
                 && !all.contains("->-")
@@ -151,8 +159,10 @@ fn healthy_within(cluster: &Cluster, within: Duration) -> Result<(), String> {
             return Ok(());
         }
         if Instant::now() >= deadline {
+            // Each node's own state and view, so that a view that disagrees can
+            // be told apart (the nodes checked before the first one not ok).
             return Err(format!(
-                "the cluster is not healthy after {within:?}: {:?}",
+                "the cluster is not healthy after {within:?}: {:?}\nviews: {states:#?}",
                 nodes(cluster)
             ));
         }
