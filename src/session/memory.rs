@@ -56,27 +56,25 @@ impl Session {
         n > 0 && (n >= MAX_IN_FLIGHT || self.in_flight_bytes + expected >= self.in_flight_budget())
     }
 
-    /// Bytes of requests that may be read ahead while held back (`throttled`: by
+    /// Bytes of requests that may be read ahead while held back (`pressed`: by
     /// backpressure, not only by a request that must be answered first).
-    pub(super) fn read_ahead(&self, throttled: bool) -> usize {
-        let exclusive = if self.waits_on_exclusive() {
+    pub(super) fn read_ahead(&self, pressed: bool) -> usize {
+        let mut bound = if self.waits_on_exclusive() {
             HELD_BACK_READ_LIMIT
         } else {
             0
         };
-        // (Before AUTH, no more than while a command blocks: Redis's own limits
-        // for such clients are tight.)
-        let backpressure = match throttled {
-            false => 0,
-            true if self.state.authenticated => self.live.config.limits.client_read_ahead,
-            true => self
-                .live
-                .config
-                .limits
-                .client_read_ahead
-                .min(HELD_BACK_READ_LIMIT),
-        };
-        exclusive.max(backpressure)
+        if pressed {
+            let limit = self.live.config.limits.client_read_ahead;
+            // (Before AUTH, no more than while a command blocks: Redis's own
+            // limits for such clients are tight.)
+            let limit = match self.state.authenticated {
+                true => limit,
+                false => limit.min(HELD_BACK_READ_LIMIT),
+            };
+            bound = bound.max(limit);
+        }
+        bound
     }
 
     /// The client's replies pile up: stop executing its requests.

@@ -655,11 +655,11 @@ impl Session {
             // to `client_read_ahead` (a client that writes its whole pipeline before
             // reading is not left waiting on itself), then is not read from until it
             // catches up.
-            let throttled = self.queue.len() >= MAX_QUEUE || over;
-            let held_back = self.stalled || throttled;
+            let pressed = self.queue.len() >= MAX_QUEUE || over;
+            let held_back = self.stalled || pressed;
             let can_read = !self.read_closed
                 && !self.closing
-                && (!held_back || inbuf.len() < self.read_ahead(throttled));
+                && (!held_back || inbuf.len() < self.read_ahead(pressed));
             if can_read && !inbuf.is_empty() && inbuf.capacity() - inbuf.len() < 4096 {
                 inbuf.reserve(READ_BUFFER);
             }
