@@ -211,7 +211,7 @@ pub fn health(ctx: &View<'_>) -> String {
         };
         let _ = write!(
             s,
-            "db{}:name={},healthy={},circuit={},override={},last_probe_latency_ms={:.3},probes={},consecutive_failures={},breaker_consecutive_failures={},last_error={}\r\n",
+            "db{}:name={},healthy={},circuit={},override={},last_probe_latency_ms={:.3},probes={},probe_failures={},consecutive_failures={},breaker_consecutive_failures={},last_error={}\r\n",
             db.config.index,
             db.config.name(),
             healthy(db) as u8,
@@ -219,6 +219,7 @@ pub fn health(ctx: &View<'_>) -> String {
             b.override_,
             max(|x| x.last_latency_us.load(Relaxed)) as f64 / 1000.0,
             h.iter().map(|x| x.probes.load(Relaxed)).sum::<u64>(),
+            h.iter().map(|x| x.failures.load(Relaxed)).sum::<u64>(),
             max(|x| x.consecutive_failures.load(Relaxed)),
             b.consecutive_failures,
             field(&h.iter().find_map(|x| x.last_error()).unwrap_or_default()),
@@ -228,7 +229,7 @@ pub fn health(ctx: &View<'_>) -> String {
             let nb = n.breaker.snapshot();
             let _ = write!(
                 s,
-                "db{}_node_{}:role={},healthy={},circuit={},last_probe_latency_ms={:.3},probes={},consecutive_failures={},breaker_consecutive_failures={},last_error={}\r\n",
+                "db{}_node_{}:role={},healthy={},circuit={},last_probe_latency_ms={:.3},probes={},probe_failures={},consecutive_failures={},breaker_consecutive_failures={},last_error={}\r\n",
                 db.config.index,
                 n.addr,
                 node_role(topo.as_deref(), n),
@@ -236,6 +237,7 @@ pub fn health(ctx: &View<'_>) -> String {
                 nb.state,
                 n.health.last_latency_us.load(Relaxed) as f64 / 1000.0,
                 n.health.probes.load(Relaxed),
+                n.health.failures.load(Relaxed),
                 n.health.consecutive_failures.load(Relaxed),
                 nb.consecutive_failures,
                 field(&n.health.last_error().unwrap_or_default()),

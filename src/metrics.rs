@@ -30,6 +30,7 @@
 //! | `circuit_rejected` | counter | `db` |
 //! | `upstream_healthy` | gauge | `db` (last health probe 1/0) |
 //! | `health_probe_latency_seconds` | gauge | `db` |
+//! | `health_probe_failures_total` | counter | `db` (failed probes since start) |
 //! | `upstream_connections` | gauge | `db`, `kind` = shared / pool |
 //! | `upstream_connect_failures` | counter | `db` |
 //! | `config_reloads` | counter | |
@@ -261,6 +262,7 @@ impl Collector for ProxyCollector {
         let mut rejected = Vec::new();
         let mut healthy = Vec::new();
         let mut probe = Vec::new();
+        let mut probe_failures = Vec::new();
         let mut conns = Vec::new();
         let mut connect_failures = Vec::new();
         let mut failovers = Vec::new();
@@ -285,6 +287,7 @@ impl Collector for ProxyCollector {
                 one(name),
                 gauge(db.health.last_latency_us.load(Relaxed) as f64 / 1e6),
             ));
+            probe_failures.push((one(name), counter(db.health.failures.load(Relaxed))));
             let pool = db.pool(false).state();
             let mut shared = one(name);
             shared.push(("kind", "shared".into()));
@@ -347,6 +350,13 @@ impl Collector for ProxyCollector {
             "Round trip of the last successful health probe",
             MetricType::Gauge,
             probe,
+        )?;
+        family(
+            &mut encoder,
+            "redis_sidecar_health_probe_failures",
+            "Health probes that failed since start",
+            MetricType::Counter,
+            probe_failures,
         )?;
         family(
             &mut encoder,

@@ -1138,3 +1138,90 @@ async fn a_server_still_loading_its_data_is_waited_for_not_passed_on() {
     let mut direct = AsyncRawClient::connect(redis.addr()).await;
     assert_eq!(direct.cmd(&[b"GET", b"after"]).await, b"$1\r\n2\r\n");
 }
+
+// ---------------------------------------------------------------------------------------
+// 5. Redis closing idle connections (`timeout`)
+// ---------------------------------------------------------------------------------------
+
+/// Redis's `timeout` closes connections idle longer than it. Each shared connection
+/// it closed counted as an upstream failure for the breaker (though no command
+/// failed), so a quiet database whose `mux_connections` reached the
+/// `failure_threshold` had its breaker opened by Redis's housekeeping, and the next
+/// command got `-CIRCUITOPEN`. And with the timeout shorter than the probe interval,
+/// every other probe found its connection closed and failed ("connection … was
+/// lost"): `PROXY HEALTH` said unhealthy and the log warned, though Redis was fine.
+/// Now a connection that ends with nothing in flight counts as nothing (a dead
+/// Redis is still counted when the next connect fails), and a probe replaces a
+/// closed connection before its PING. Shared connections, pooled ones (a
+/// transaction) and a blocking command all work after each idle spell.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn redis_closing_idle_connections_opens_no_breaker_and_fails_no_probe() {
+    let _serial = SERIAL.lock().await;
+    let redis = RedisServer::start();
+    let mut direct = AsyncRawClient::connect(redis.addr()).await;
+    assert_eq!(
+        direct.cmd(&[b"CONFIG", b"SET", b"timeout", b"1"]).await,
+        b"+OK\r\n"
+    );
+    let mut config = proxy_config(&redis);
+    fast(&mut config);
+    for db in &mut config.databases {
+        db.upstream.mux_connections = 2;
+        db.upstream.resilience.failure_threshold = 2;
+        // Longer than Redis's timeout (whole seconds: idle 2 s or more is closed).
+        db.upstream.resilience.health_check_interval = Duration::from_millis(2_600);
+    }
+    let proxy = start_proxy(config).await;
+    let addr = proxy.local_addr();
+    let mut admin = AsyncRawClient::connect(addr).await;
+    let mut clients = [
+        AsyncRawClient::connect(addr).await,
+        AsyncRawClient::connect(addr).await,
+    ];
+    let started = Instant::now();
+    for round in 0..3u32 {
+        for (i, c) in clients.iter_mut().enumerate() {
+            let value = format!("v{round}.{i}");
+            assert_eq!(c.cmd(&[b"SET", b"k", value.as_bytes()]).await, b"+OK\r\n");
+            assert_eq!(c.cmd(&[b"GET", b"k"]).await, resp_bulk(value.as_bytes()));
+        }
+        let info = text(&admin.cmd(&[b"PROXY", b"INFO", b"databases"]).await);
+        assert_eq!(db_fields(&info, "db0")["shared_open"], "2", "{info}");
+        let c = &mut clients[0];
+        assert_eq!(c.cmd(&[b"MULTI"]).await, b"+OK\r\n");
+        assert_eq!(c.cmd(&[b"INCR", b"n"]).await, b"+QUEUED\r\n");
+        let exec = format!("*1\r\n:{}\r\n", round + 1);
+        assert_eq!(c.cmd(&[b"EXEC"]).await, exec.as_bytes());
+        assert_eq!(c.cmd(&[b"BLPOP", b"none", b"0.05"]).await, b"*-1\r\n");
+        // Idle for longer than Redis's timeout: it closes the proxy's connections.
+        tokio::time::sleep(Duration::from_millis(2_300)).await;
+        let c = circuit(&mut admin, 0).await;
+        assert_eq!(c["state"], "closed", "round {round}: {c:?}");
+        assert_eq!(c["consecutive_failures"], "0", "round {round}: {c:?}");
+    }
+    // Three probes at least (the first at start, then 2.6 s apart): on the code
+    // before, the second found its connection closed.
+    let deadline = Instant::now() + Duration::from_secs(20);
+    let h = loop {
+        let h = health(&mut admin, 0).await;
+        if h["probes"].parse::<u64>().expect("probes") >= 3 || Instant::now() > deadline {
+            break h;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    };
+    eprintln!("after {:?}: {h:?}", started.elapsed());
+    assert!(h["probes"].parse::<u64>().expect("probes") >= 3, "{h:?}");
+    assert_eq!(h["probe_failures"], "0", "{h:?}");
+    assert_eq!(h["healthy"], "1", "{h:?}");
+    // Redis did close them (else the test shows nothing).
+    let info = text(&admin.cmd(&[b"PROXY", b"INFO", b"databases"]).await);
+    let connects: u64 = db_fields(&info, "db0")["connects"]
+        .parse()
+        .expect("connects");
+    assert!(
+        connects >= 6,
+        "the proxy's connections were not replaced: {info}"
+    );
+    assert_eq!(db_fields(&info, "db0")["errors"], "0", "{info}");
+    proxy.shutdown().await;
+}

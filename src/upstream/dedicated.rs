@@ -193,7 +193,7 @@ impl ExclusiveConn {
     /// Whether an idle connection is still usable, without a round trip: it has
     /// nothing to read, so a read that would block means yes; end of stream (Redis
     /// restarted, or closed it for idleness), an error or stray bytes mean no.
-    fn is_alive(&mut self) -> bool {
+    pub(crate) fn is_alive(&mut self) -> bool {
         if self.broken || self.frames.has_unread() || !self.is_current() {
             return false;
         }

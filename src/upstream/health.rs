@@ -23,6 +23,8 @@ pub struct HealthState {
     pub healthy: AtomicBool,
     /// Probes run since start.
     pub probes: AtomicU64,
+    /// Probes that failed since start.
+    pub failures: AtomicU64,
     /// Consecutive failed probes.
     pub consecutive_failures: AtomicU64,
     /// Consecutive successful probes.
@@ -61,6 +63,7 @@ impl HealthState {
                 self.consecutive_successes.fetch_add(1, Relaxed);
             }
             Err(_) => {
+                self.failures.fetch_add(1, Relaxed);
                 self.consecutive_successes.store(0, Relaxed);
                 self.consecutive_failures.fetch_add(1, Relaxed);
             }
@@ -162,8 +165,11 @@ async fn probe(
     conn: &mut Option<ExclusiveConn>,
     cfg: &UpstreamConfig,
 ) -> Result<Duration, Failed> {
-    if conn.as_ref().is_some_and(|c| !c.is_current()) {
-        // The primary moved (Sentinel): probe the new one.
+    if conn.as_mut().is_some_and(|c| !c.is_alive()) {
+        // Closed by Redis while idle (its `timeout` shorter than the probe
+        // interval), or the primary moved (Sentinel): probe on a new connection, as
+        // a client's command would run on one. Only a probe that gets no answer on
+        // a connection it just checked counts as failed.
         *conn = None;
     }
     if conn.is_none() {

@@ -880,14 +880,13 @@ async fn read_loop(
     };
     busy.set(false);
     tracing::debug!(upstream = %addr, error = %err, "shared upstream connection closed");
-    if cur.is_some() || !matches!(err, UpstreamError::Lost { sent: false, .. }) {
-        observer.failure();
-    }
     prx.close();
+    let mut lost_any = false;
     let in_flight: Vec<Batch> = cur
         .into_iter()
         .chain(std::iter::from_fn(|| prx.try_recv().ok()))
         .filter_map(|f| {
+            lost_any = true;
             stats::sub(&stats.in_flight, f.batch.count as u64);
             match f.parts {
                 // Partly passed on: it cannot be retried, and its client's
@@ -900,6 +899,13 @@ async fn read_loop(
             }
         })
         .collect();
+    // A connection that ends with nothing in flight failed no command: the slot
+    // closed it, or Redis did (its `timeout` for idle clients, or a restart, which
+    // the next connect attempt then counts). Counting it would let Redis's idle
+    // timeout open a breaker on a database that is merely quiet.
+    if lost_any || !matches!(err, UpstreamError::Lost { .. }) {
+        observer.failure();
+    }
     if matches!(err, UpstreamError::Timeout { .. }) {
         let n: u64 = in_flight.iter().map(|b| b.count as u64).sum();
         stats::add(&stats.timeouts, n);
