@@ -19,28 +19,10 @@
 # Output in ${REDIS_RB_SUITE_OUT:-target/redis-rb-suite}: direct.log, proxy.log.
 set -euo pipefail
 
-ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
+SUITE=redis-rb-suite
+source "$(dirname "${BASH_SOURCE[0]}")/suite-common.sh"
 SRC="$(cd "${1:?usage: scripts/redis-rb-suite.sh REDIS_RB_SOURCE_DIR}" && pwd)"
-OUT="${REDIS_RB_SUITE_OUT:-$ROOT/target/redis-rb-suite}"
-OUT="$(mkdir -p "$OUT" && cd "$OUT" && pwd)"
-WORK="$(mktemp -d "${TMPDIR:-/tmp}/redis-rb-suite.XXXXXX")"
-PIDS=()
-cleanup() { for p in "${PIDS[@]}"; do kill "$p" 2>/dev/null || true; done; rm -rf "$WORK"; }
-trap cleanup EXIT
-log() { printf 'redis-rb-suite: %s\n' "$*" >&2; }
-free_port() { python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1])'; }
-wait_ping() { # redis-cli args...
-    for _ in $(seq 1 100); do redis-cli "$@" ping >/dev/null 2>&1 && return 0; sleep 0.1; done
-    log "nothing answers on $*"; exit 1
-}
-redis() { # port [unixsocket]
-    redis-server --port "$1" --bind 127.0.0.1 --save "" --appendonly no \
-        --enable-debug-command yes --dir "$WORK" --logfile "$WORK/redis-$1.log" \
-        ${2:+--unixsocket "$2" --unixsocketperm 700} &
-    PIDS+=($!)
-    wait_ping -p "$1"
-}
-stop_all() { for p in "${PIDS[@]}"; do kill "$p" 2>/dev/null || true; done; sleep 0.5; PIDS=(); }
+OUT="$(out_dir "${REDIS_RB_SUITE_OUT:-$ROOT/target/redis-rb-suite}")"
 run() { # name
     log "$1 run"
     (cd "$SRC" && DRIVER="${DRIVER:-ruby}" REDIS_SOCKET_PATH="$WORK/rb.sock" timeout 900 ruby -Ilib -Itest -e \
@@ -52,25 +34,20 @@ run() { # name
 ss -ltn | grep -q '127.0.0.1:6381 ' && { log "port 6381 is taken; the suite needs it"; exit 1; }
 (cd "$ROOT" && cargo build --release --quiet)
 
-redis 6381 "$WORK/rb.sock"
+start_redis 6381 --enable-debug-command yes --unixsocket "$WORK/rb.sock" --unixsocketperm 700
 run direct
-stop_all
+stop_started
 
 REDIS=$(free_port)
-redis "$REDIS"
+start_redis "$REDIS" --enable-debug-command yes
 {
-    sed -e "s/^port: .*/port: $REDIS/" -e 's/^host: .*/host: 127.0.0.1/' \
-        -e 's/^\(  backup: .*\)$/\1\n  db11: { db: 11 }\n  db12: { db: 12 }\n  db13: { db: 13 }\n  db14: { db: 14 }\n  db15: { db: 15 }/' \
-        "$ROOT/config/redis-databases.yaml"
+    proxy_config "$REDIS" 15
     echo "listen: 127.0.0.1:6381"
     echo "unixsocket: $WORK/rb.sock"
     echo "unixsocketperm: 700"
     echo "auth_passthrough: true"
 } >"$WORK/proxy.yml"
-"$ROOT/target/release/redis-sidecar" -c "$WORK/proxy.yml" --metrics-listen off \
-    >"$OUT/proxy-server.log" 2>&1 &
-PIDS+=($!)
-wait_ping -p 6381 -n 15
+start_proxy "$WORK/proxy.yml" "$OUT/proxy-server.log" -p 6381 -n 15
 run proxy
 
 # minitest -v prints "Class#test_name = 0.01 s = ." (or F / E / S) per test.

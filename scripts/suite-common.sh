@@ -1,0 +1,55 @@
+# Shared by the scripts that run an outside test suite against Redis directly and
+# then through redis-sidecar (scripts/*-suite.sh). Sourced after `set -euo pipefail`
+# with SUITE set to the script's name (the log prefix); sets ROOT (the repository)
+# and WORK (a temporary directory, removed on exit with every process started here).
+
+ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
+WORK="$(mktemp -d "${TMPDIR:-/tmp}/$SUITE.XXXXXX")"
+PIDS=()
+cleanup() { stop_started; rm -rf "$WORK"; }
+trap cleanup EXIT
+
+log() { printf '%s: %s\n' "$SUITE" "$*" >&2; }
+free_port() { python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1])'; }
+wait_ping() { # redis-cli args...
+    for _ in $(seq 1 100); do redis-cli "$@" ping >/dev/null 2>&1 && return 0; sleep 0.1; done
+    log "nothing answers on $*"; exit 1
+}
+# The output directory $1 (made), as an absolute path.
+out_dir() { mkdir -p "$1" && (cd "$1" && pwd); }
+# Kills what start_redis and start_proxy started.
+stop_started() {
+    for p in "${PIDS[@]}"; do kill "$p" 2>/dev/null || true; done
+    PIDS=()
+    sleep 0.5
+}
+
+# start_redis PORT [redis-server options...]: a throwaway redis-server on 127.0.0.1.
+start_redis() {
+    local port=$1
+    shift
+    redis-server --port "$port" --bind 127.0.0.1 --save "" --appendonly no \
+        --dir "$WORK" --logfile "$WORK/redis-$port.log" "$@" &
+    PIDS+=($!)
+    wait_ping -p "$port"
+}
+
+# proxy_config REDIS_PORT [EXTRA_DBS]: config/redis-databases.yaml pointed at
+# 127.0.0.1:REDIS_PORT, with databases 11..EXTRA_DBS added (named dbN) when given.
+# Callers append their own lines (listen, unixsocket, auth_passthrough …).
+proxy_config() {
+    local extra="" n
+    for ((n = 11; n <= ${2:-10}; n++)); do extra+="\\n  db$n: { db: $n }"; done
+    sed -e "s/^port: .*/port: $1/" -e 's/^host: .*/host: 127.0.0.1/' \
+        -e "s/^\(  backup: .*\)\$/\1$extra/" "$ROOT/config/redis-databases.yaml"
+}
+
+# start_proxy CONFIG LOG [redis-cli options to wait on]: the release build
+# (built by the caller) with CONFIG, its log in LOG.
+start_proxy() {
+    local config=$1 logfile=$2
+    shift 2
+    "$ROOT/target/release/redis-sidecar" -c "$config" --metrics-listen off >"$logfile" 2>&1 &
+    PIDS+=($!)
+    wait_ping "$@"
+}
