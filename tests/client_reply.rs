@@ -52,3 +52,66 @@ async fn client_reply_off_skip_on_match_redis_byte_for_byte() {
     assert_eq!(got[0], got[1]);
     proxy.shutdown().await;
 }
+
+/// Bad `CLIENT REPLY`s and CLIENT subcommands Redis does not have get Redis's own
+/// refusals, byte for byte (redis-py 8 sends `CLIENT MAINT_NOTIFICATIONS` on
+/// connect and reads the refusal). Before, the proxy answered `CLIENT REPLY` with
+/// the wrong number of arguments `-ERR syntax error`, and an unknown subcommand with
+/// its own "not supported" text.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn bad_client_reply_and_unknown_client_subcommands_are_refused_as_redis_refuses_them() {
+    let redis = RedisServer::start();
+    let proxy = start_proxy(proxy_config(&redis)).await;
+    let script: &[&[&[u8]]] = &[
+        &[b"CLIENT", b"REPLY"],
+        &[b"CLIENT", b"REPLY", b"ON", b"OFF"],
+        &[b"CLIENT", b"REPLY", b"maybe"],
+        &[
+            b"CLIENT",
+            b"MAINT_NOTIFICATIONS",
+            b"on",
+            b"moving-endpoint-type",
+            b"internal-ip",
+        ],
+        &[b"client", b"nosuch"],
+        &[b"PING"],
+    ];
+    let mut bytes = Vec::new();
+    for args in script {
+        bytes.extend(resp_cmd(args));
+    }
+    let exchange = |addr| {
+        let bytes = bytes.clone();
+        async move {
+            let mut c = AsyncRawClient::connect(addr).await;
+            c.send(&bytes).await;
+            let mut replies = Vec::new();
+            for _ in 0..script.len() {
+                replies.extend(c.read_reply().await);
+            }
+            replies
+        }
+    };
+    let direct = exchange(redis.addr()).await;
+    assert!(
+        String::from_utf8_lossy(&direct)
+            .contains("-ERR unknown subcommand 'MAINT_NOTIFICATIONS'. Try CLIENT HELP.\r\n"),
+        "{}",
+        String::from_utf8_lossy(&direct)
+    );
+    // Redis's own words for an unknown subcommand only once the proxy knows what
+    // the upstream is (its first health probe asks; a newer Redis may have it).
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    let through = loop {
+        let got = exchange(proxy.local_addr()).await;
+        if got == direct || std::time::Instant::now() > deadline {
+            break got;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    };
+    assert_eq!(
+        String::from_utf8_lossy(&through),
+        String::from_utf8_lossy(&direct)
+    );
+    proxy.shutdown().await;
+}

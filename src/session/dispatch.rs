@@ -1743,14 +1743,14 @@ impl Session {
             if let Some(mode) = client_reply(args) {
                 // CLIENT REPLY OFF/SKIP themselves get no reply; ON gets +OK.
                 match mode {
-                    Some(ReplyMode::On) => {
+                    Ok(ReplyMode::On) => {
                         self.reply_off = false;
                         self.skip_next = false;
                         self.push_reply(b"+OK\r\n".to_vec());
                     }
-                    Some(ReplyMode::Off) => self.reply_off = true,
-                    Some(ReplyMode::Skip) => self.skip_next = !self.reply_off,
-                    None => self.push_reply(b"-ERR syntax error\r\n".to_vec()),
+                    Ok(ReplyMode::Off) => self.reply_off = true,
+                    Ok(ReplyMode::Skip) => self.skip_next = !self.reply_off,
+                    Err(refused) => self.push_reply(refused.to_vec()),
                 }
                 return None;
             }
@@ -1950,24 +1950,26 @@ enum ReplyMode {
     Skip,
 }
 
-/// `Some(mode)` for `CLIENT REPLY <mode>` (`Some(None)` for a bad mode), `None`
-/// for any other command.
-fn client_reply<L: ArgList + ?Sized>(args: &L) -> Option<Option<ReplyMode>> {
+/// `Some(mode)` for `CLIENT REPLY <mode>` (`Some(Err(reply))`: Redis's refusal of
+/// a bad one), `None` for any other command.
+fn client_reply<L: ArgList + ?Sized>(args: &L) -> Option<Result<ReplyMode, &'static [u8]>> {
     if args.count() < 2 || !args.arg(1).eq_ignore_ascii_case(b"REPLY") {
         return None;
     }
     if args.count() != 3 {
-        return Some(None);
+        return Some(Err(
+            b"-ERR wrong number of arguments for 'client|reply' command\r\n",
+        ));
     }
     let m = args.arg(2);
     Some(if m.eq_ignore_ascii_case(b"ON") {
-        Some(ReplyMode::On)
+        Ok(ReplyMode::On)
     } else if m.eq_ignore_ascii_case(b"OFF") {
-        Some(ReplyMode::Off)
+        Ok(ReplyMode::Off)
     } else if m.eq_ignore_ascii_case(b"SKIP") {
-        Some(ReplyMode::Skip)
+        Ok(ReplyMode::Skip)
     } else {
-        None
+        Err(b"-ERR syntax error\r\n")
     })
 }
 

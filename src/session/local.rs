@@ -827,10 +827,20 @@ fn client<L: ArgList + ?Sized>(state: &mut State, ctx: &View<'_>, args: &L) -> O
         // Known, with the wrong number of arguments: Redis's error.
         b"ID" | b"GETNAME" | b"SETNAME" | b"SETINFO" | b"INFO" | b"NO-EVICT" | b"NO-TOUCH"
         | b"TRACKINGINFO" | b"GETREDIR" | b"CACHING" => wrong_sub_args(args),
-        _ => err(&format!(
-            "ERR CLIENT {} is not supported by redis-sidecar: it would change a shared upstream connection",
-            String::from_utf8_lossy(args.arg(1)).to_ascii_uppercase()
-        )),
+        _ => {
+            // A subcommand Redis does not have (redis-py 8 sends `CLIENT
+            // MAINT_NOTIFICATIONS` on connect): Redis's own refusal, when the
+            // upstream is known to lack it; else the proxy's.
+            let cmd = crate::command::Descriptor::of(args);
+            let upstream = &state.db.config.upstream.endpoint;
+            match super::prefix::unknown(&cmd, args, upstream) {
+                Some(text) => err(&text),
+                None => err(&format!(
+                    "ERR CLIENT {} is not supported by redis-sidecar: it would change a shared upstream connection",
+                    String::from_utf8_lossy(args.arg(1)).to_ascii_uppercase()
+                )),
+            }
+        }
     }
 }
 
