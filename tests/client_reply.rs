@@ -56,8 +56,9 @@ async fn client_reply_off_skip_on_match_redis_byte_for_byte() {
 /// Bad `CLIENT REPLY`s and CLIENT subcommands Redis does not have get Redis's own
 /// refusals, byte for byte (redis-py 8 sends `CLIENT MAINT_NOTIFICATIONS` on
 /// connect and reads the refusal). Before, the proxy answered `CLIENT REPLY` with
-/// the wrong number of arguments `-ERR syntax error`, and an unknown subcommand with
-/// its own "not supported" text.
+/// the wrong number of arguments `-ERR syntax error` (inside MULTI: its own "not
+/// supported inside a transaction"), and an unknown subcommand with its own "not
+/// supported" text.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn bad_client_reply_and_unknown_client_subcommands_are_refused_as_redis_refuses_them() {
     let redis = RedisServer::start();
@@ -74,6 +75,11 @@ async fn bad_client_reply_and_unknown_client_subcommands_are_refused_as_redis_re
             b"internal-ip",
         ],
         &[b"client", b"nosuch"],
+        // Inside MULTI too (Redis checks the arity before anything else).
+        &[b"MULTI"],
+        &[b"CLIENT", b"REPLY"],
+        &[b"CLIENT", b"NOSUCH"],
+        &[b"EXEC"],
         &[b"PING"],
     ];
     let mut bytes = Vec::new();

@@ -266,6 +266,13 @@ impl Session {
                 return true;
             }
             Some(_) => local::arity_error(args, cmd.route != Route::Auth && n > 1),
+            // Redis checks the number of arguments first.
+            None if cmd
+                .info
+                .is_some_and(|i| i.name.contains('|') && !arity_allows(i.arity, n)) =>
+            {
+                local::arity_error(args, true)
+            }
             None => {
                 let mut out = Vec::new();
                 reply::error(
