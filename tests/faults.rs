@@ -1140,8 +1140,20 @@ async fn a_server_still_loading_its_data_is_waited_for_not_passed_on() {
 }
 
 // ---------------------------------------------------------------------------------------
-// 5. Redis closing idle connections (`timeout`)
+// 5. Redis closing connections for its own reasons (`timeout`, output buffer limits)
 // ---------------------------------------------------------------------------------------
+
+/// [`fast`], with `mux` shared connections per database and a breaker that opens
+/// after `threshold` failures.
+fn breaker_config(redis: &RedisServer, mux: u32, threshold: u32) -> Config {
+    let mut config = proxy_config(redis);
+    fast(&mut config);
+    for db in &mut config.databases {
+        db.upstream.mux_connections = mux;
+        db.upstream.resilience.failure_threshold = threshold;
+    }
+    config
+}
 
 /// Redis's `timeout` closes connections idle longer than it. Each shared connection
 /// it closed counted as an upstream failure for the breaker (though no command
@@ -1150,9 +1162,9 @@ async fn a_server_still_loading_its_data_is_waited_for_not_passed_on() {
 /// command got `-CIRCUITOPEN`. And with the timeout shorter than the probe interval,
 /// every other probe found its connection closed and failed ("connection … was
 /// lost"): `PROXY HEALTH` said unhealthy and the log warned, though Redis was fine.
-/// Now a connection that ends with nothing in flight counts as nothing (a dead
-/// Redis is still counted when the next connect fails), and a probe replaces a
-/// closed connection before its PING. Shared connections, pooled ones (a
+/// Now a shared connection Redis closes is not counted by itself (a dead Redis is
+/// still counted when the next connect fails), and a probe replaces a closed
+/// connection before its PING. Shared connections, pooled ones (a
 /// transaction) and a blocking command all work after each idle spell.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn redis_closing_idle_connections_opens_no_breaker_and_fails_no_probe() {
@@ -1163,11 +1175,8 @@ async fn redis_closing_idle_connections_opens_no_breaker_and_fails_no_probe() {
         direct.cmd(&[b"CONFIG", b"SET", b"timeout", b"1"]).await,
         b"+OK\r\n"
     );
-    let mut config = proxy_config(&redis);
-    fast(&mut config);
+    let mut config = breaker_config(&redis, 2, 2);
     for db in &mut config.databases {
-        db.upstream.mux_connections = 2;
-        db.upstream.resilience.failure_threshold = 2;
         // Longer than Redis's timeout (whole seconds: idle 2 s or more is closed).
         db.upstream.resilience.health_check_interval = Duration::from_millis(2_600);
     }
@@ -1223,5 +1232,58 @@ async fn redis_closing_idle_connections_opens_no_breaker_and_fails_no_probe() {
         "the proxy's connections were not replaced: {info}"
     );
     assert_eq!(db_fields(&info, "db0")["errors"], "0", "{info}");
+    proxy.shutdown().await;
+}
+
+/// Redis closes a connection whose reply goes over its output buffer limit
+/// (`client-output-buffer-limit normal`, off by default). Through the proxy that is
+/// the shared connection, for one client's large reply. Each such close counted
+/// as an upstream failure, so a few large GETs opened the breaker and every client
+/// of the database got `-CIRCUITOPEN` for `recovery_timeout`, though Redis was
+/// up. A connection Redis closes is no longer counted by itself (a Redis that is
+/// gone is counted when the next connection cannot be made: see
+/// `redis_killed_under_load_bounded_latency_fast_rejection_and_recovery`).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn redis_closing_the_shared_connection_for_one_large_reply_opens_no_breaker() {
+    let _serial = SERIAL.lock().await;
+    let redis = RedisServer::start();
+    let mut direct = AsyncRawClient::connect(redis.addr()).await;
+    let big = vec![b'x'; 3 << 20];
+    assert_eq!(direct.cmd(&[b"SET", b"big", &big]).await, b"+OK\r\n");
+    assert_eq!(
+        direct
+            .cmd(&[
+                b"CONFIG",
+                b"SET",
+                b"client-output-buffer-limit",
+                b"normal 1mb 0 0"
+            ])
+            .await,
+        b"+OK\r\n"
+    );
+    let proxy = start_proxy(breaker_config(&redis, 1, 2)).await;
+    let addr = proxy.local_addr();
+    let mut admin = AsyncRawClient::connect(addr).await;
+    let mut other = AsyncRawClient::connect(addr).await;
+    assert_eq!(other.cmd(&[b"SET", b"small", b"1"]).await, b"+OK\r\n");
+    for round in 0..3 {
+        let mut c = AsyncRawClient::connect(addr).await;
+        let r = text(&c.cmd(&[b"GET", b"big"]).await);
+        // Redis closes the connection before any of the reply: the proxy's
+        // error (retried, it is a read; each attempt closed again).
+        assert!(
+            r.starts_with("-UPSTREAM"),
+            "round {round}: {}",
+            &r[..r.len().min(200)]
+        );
+        let b = circuit(&mut admin, 0).await;
+        assert_eq!(b["state"], "closed", "round {round}: {b:?}");
+        assert_eq!(b["trips"], "0", "round {round}: {b:?}");
+        // Another client of the database is served.
+        assert_eq!(
+            other.cmd(&[b"INCR", b"small"]).await,
+            format!(":{}\r\n", round + 2).as_bytes()
+        );
+    }
     proxy.shutdown().await;
 }

@@ -881,12 +881,10 @@ async fn read_loop(
     busy.set(false);
     tracing::debug!(upstream = %addr, error = %err, "shared upstream connection closed");
     prx.close();
-    let mut lost_any = false;
     let in_flight: Vec<Batch> = cur
         .into_iter()
         .chain(std::iter::from_fn(|| prx.try_recv().ok()))
         .filter_map(|f| {
-            lost_any = true;
             stats::sub(&stats.in_flight, f.batch.count as u64);
             match f.parts {
                 // Partly passed on: it cannot be retried, and its client's
@@ -899,11 +897,16 @@ async fn read_loop(
             }
         })
         .collect();
-    // A connection that ends with nothing in flight failed no command: the slot
-    // closed it, or Redis did (its `timeout` for idle clients, or a restart, which
-    // the next connect attempt then counts). Counting it would let Redis's idle
-    // timeout open a breaker on a database that is merely quiet.
-    if lost_any || !matches!(err, UpstreamError::Lost { .. }) {
+    // A connection Redis closed is not counted by itself, with commands in
+    // flight or not: Redis closes connections for one client's sake — idle ones
+    // (its `timeout`), one whose reply is over its output buffer limit
+    // (`client-output-buffer-limit normal`, which one client's large reply on a
+    // shared connection reaches), `CLIENT KILL`, `maxmemory-clients` — and
+    // counting those would let one client's large reply, or a quiet database,
+    // open the breaker for every client. A Redis that is really gone is counted
+    // when the next connection cannot be made; one that stops answering, by the
+    // timeout.
+    if !matches!(err, UpstreamError::Lost { .. }) {
         observer.failure();
     }
     if matches!(err, UpstreamError::Timeout { .. }) {
