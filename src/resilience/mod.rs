@@ -8,8 +8,11 @@
 //! # The pieces
 //!
 //! * [`breaker`] — one [`Breaker`] per database, shared through an `Arc`. It is fed by
-//!   *upstream outcomes*: [`Breaker::on_failure`] when a connection cannot be made, is
-//!   lost, or a command times out; [`Breaker::on_success`] when a reply arrives (a Redis
+//!   *upstream outcomes*: [`Breaker::on_failure`] when a connection cannot be made or a
+//!   command times out (not when Redis closes a connection: it does so for one
+//!   client's sake, e.g. its output buffer limit or idle timeout, and a Redis that is
+//!   gone shows when the next connection cannot be made);
+//!   [`Breaker::on_success`] when a reply arrives (a Redis
 //!   error reply such as `-WRONGTYPE` is a success here: the server answered). Before a
 //!   command is sent, [`Breaker::check`] decides whether it may go; while the breaker is
 //!   open, clients get an immediate error instead of waiting on a dead upstream.
