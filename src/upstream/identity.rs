@@ -1,7 +1,7 @@
 //! What the upstream says it is: the `server`, `version`, `role` and `modules` fields of its
 //! `HELLO` reply (asked by the health probe task until known, or read in a RESP3
 //! connection's setup) into an
-//! [`Identity`](crate::endpoint::Identity). The proxy answers a client's `HELLO`
+//! [`Identity`]. The proxy answers a client's `HELLO`
 //! itself (it changes the session's protocol, name and login), and with these fields
 //! the reply names the client's Redis (`redis`, `7.0.15`, its modules), not the
 //! proxy: clients decide what to use by them.
