@@ -16,20 +16,10 @@
 # Output in ${HIREDIS_SUITE_OUT:-target/hiredis-suite}: direct.log, proxy.log.
 set -euo pipefail
 
-ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
+SUITE=hiredis-suite
+source "$(dirname "${BASH_SOURCE[0]}")/suite-common.sh"
 SRC="$(cd "${1:?usage: scripts/hiredis-suite.sh HIREDIS_SOURCE_DIR}" && pwd)"
-OUT="${HIREDIS_SUITE_OUT:-$ROOT/target/hiredis-suite}"
-mkdir -p "$OUT"
-WORK="$(mktemp -d "${TMPDIR:-/tmp}/hiredis-suite.XXXXXX")"
-PIDS=()
-cleanup() { for p in "${PIDS[@]}"; do kill "$p" 2>/dev/null || true; done; rm -rf "$WORK"; }
-trap cleanup EXIT
-log() { printf 'hiredis-suite: %s\n' "$*" >&2; }
-free_port() { python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1])'; }
-wait_ping() { # redis-cli args...
-    for _ in $(seq 1 100); do redis-cli "$@" ping >/dev/null 2>&1 && return 0; sleep 0.1; done
-    log "nothing answers on $*"; exit 1
-}
+OUT="$(out_dir "${HIREDIS_SUITE_OUT:-$ROOT/target/hiredis-suite}")"
 
 (cd "$ROOT" && cargo build --release --quiet)
 python3 - "$SRC/test.c" <<'EOF'
@@ -58,28 +48,21 @@ TLS_ARGS=(--ssl-host 127.0.0.1 --ssl-ca-cert "$WORK/ca.crt" --ssl-cert "$WORK/sr
 
 REDIS=$(free_port)
 REDIS_TLS=$(free_port)
-redis-server --port "$REDIS" --bind 127.0.0.1 --save "" --appendonly no \
-    --enable-debug-command yes --dir "$WORK" --logfile "$WORK/redis.log" \
+start_redis "$REDIS" --enable-debug-command yes \
     --unixsocket "$WORK/redis.sock" --unixsocketperm 700 \
     --tls-port "$REDIS_TLS" --tls-cert-file "$WORK/srv.crt" --tls-key-file "$WORK/srv.key" \
-    --tls-ca-cert-file "$WORK/ca.crt" &
-PIDS+=($!)
-wait_ping -p "$REDIS"
+    --tls-ca-cert-file "$WORK/ca.crt"
 
 PROXY=$(free_port)
 PROXY_TLS=$(free_port)
 {
-    sed -e "s/^port: .*/port: $REDIS/" -e 's/^host: .*/host: 127.0.0.1/' \
-        "$ROOT/config/redis-databases.yaml"
+    proxy_config "$REDIS"
     echo "listen: 127.0.0.1:$PROXY"
     echo "unixsocket: $WORK/proxy.sock"
     echo "unixsocketperm: 700"
     echo "client_tls: { listen: \"127.0.0.1:$PROXY_TLS\", cert_file: $WORK/srv.crt, key_file: $WORK/srv.key, ca_file: $WORK/ca.crt }"
 } >"$WORK/proxy.yml"
-"$ROOT/target/release/redis-sidecar" -c "$WORK/proxy.yml" --metrics-listen off \
-    >"$OUT/proxy-server.log" 2>&1 &
-PIDS+=($!)
-wait_ping -p "$PROXY"
+start_proxy "$WORK/proxy.yml" "$OUT/proxy-server.log" -p "$PROXY"
 
 run() { # name port socket tls_port
     redis-cli -p "$REDIS" -n 9 flushdb >/dev/null

@@ -180,8 +180,9 @@ fn refuse<L: ArgList + ?Sized>(args: &L, why: &str) -> Plan {
 }
 
 /// Redis's own refusal of a command or subcommand it does not have (the text after
-/// `-`), for a request refused because its keys cannot be located, when the
-/// upstream is known to have no command the table lacks: the same Redis version or
+/// `-`), for a request the proxy refuses (its keys cannot be located under a
+/// prefix, or a CLIENT subcommand it does not run), when the upstream is known to
+/// have no command the table lacks: the same Redis version or
 /// an older one, and no modules. `None` otherwise: a newer Redis or a module may
 /// have it, and then only the proxy's refusal is true.
 pub(super) fn unknown<L: ArgList + ?Sized>(
