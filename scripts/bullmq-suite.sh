@@ -14,21 +14,11 @@
 # Output in ${BULLMQ_SUITE_OUT:-target/bullmq-suite}: direct.json, proxy.json.
 set -euo pipefail
 
-ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
+SUITE=bullmq-suite
+source "$(dirname "${BASH_SOURCE[0]}")/suite-common.sh"
 SRC="$(cd "${1:?usage: scripts/bullmq-suite.sh BULLMQ_SOURCE_DIR [ioredis|node-redis]}" && pwd)"
 CLIENT="${2:-ioredis}"
-OUT="${BULLMQ_SUITE_OUT:-$ROOT/target/bullmq-suite}"
-mkdir -p "$OUT"
-WORK="$(mktemp -d "${TMPDIR:-/tmp}/bullmq-suite.XXXXXX")"
-PIDS=()
-cleanup() { for p in "${PIDS[@]}"; do kill "$p" 2>/dev/null || true; done; rm -rf "$WORK"; }
-trap cleanup EXIT
-log() { printf 'bullmq-suite: %s\n' "$*" >&2; }
-free_port() { python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1])'; }
-wait_ping() { # port
-    for _ in $(seq 1 100); do redis-cli -p "$1" ping >/dev/null 2>&1 && return 0; sleep 0.1; done
-    log "nothing answers on $1"; exit 1
-}
+OUT="$(out_dir "${BULLMQ_SUITE_OUT:-$ROOT/target/bullmq-suite}")"
 
 (cd "$ROOT" && cargo build --release --quiet)
 cd "$SRC"
@@ -53,13 +43,6 @@ node ./scripts/commandTransform.js ./rawScripts ./src/scripts >>"$OUT/pretest.lo
 CONFIG=()
 [ "$CLIENT" = node-redis ] && CONFIG=(--config vitest.node-redis.config.ts)
 
-start_redis() { # port
-    mkdir -p "$WORK/$1"
-    redis-server --port "$1" --bind 127.0.0.1 --save "" --appendonly no \
-        --dir "$WORK/$1" --logfile "$WORK/$1/redis.log" &
-    PIDS+=($!)
-    wait_ping "$1"
-}
 run() { # name port
     log "$1 run ($CLIENT, port $2)"
     REDIS_PORT="$2" timeout 2400 npx vitest run --no-file-parallelism "${CONFIG[@]}" \
@@ -73,13 +56,11 @@ run direct "$DIRECT"
 UP=$(free_port)
 start_redis "$UP"
 PROXY=$(free_port)
-sed -e "s/^port: .*/port: $UP/" -e 's/^host: .*/host: 127.0.0.1/' \
-    "$ROOT/config/redis-databases.yaml" >"$WORK/proxy.yml"
-echo "listen: 127.0.0.1:$PROXY" >>"$WORK/proxy.yml"
-"$ROOT/target/release/redis-sidecar" -c "$WORK/proxy.yml" --metrics-listen off \
-    >"$OUT/proxy-server.log" 2>&1 &
-PIDS+=($!)
-wait_ping "$PROXY"
+{
+    proxy_config "$UP"
+    echo "listen: 127.0.0.1:$PROXY"
+} >"$WORK/proxy.yml"
+start_proxy "$WORK/proxy.yml" "$OUT/proxy-server.log" -p "$PROXY"
 run proxy "$PROXY"
 
 python3 - "$OUT/direct.json" "$OUT/proxy.json" <<'EOF'
