@@ -1143,6 +1143,18 @@ async fn a_server_still_loading_its_data_is_waited_for_not_passed_on() {
 // 5. Redis closing connections for its own reasons (`timeout`, output buffer limits)
 // ---------------------------------------------------------------------------------------
 
+/// `client-output-buffer-limit normal 1mb 0 0` on Redis through `direct`: Redis
+/// closes a connection at once for a reply larger than 1 MB.
+async fn close_past_1mb_replies(direct: &mut AsyncRawClient) {
+    let set = [
+        &b"CONFIG"[..],
+        b"SET",
+        b"client-output-buffer-limit",
+        b"normal 1mb 0 0",
+    ];
+    assert_eq!(direct.cmd(&set).await, b"+OK\r\n");
+}
+
 /// [`fast`], with `mux` shared connections per database and a breaker that opens
 /// after `threshold` failures.
 fn breaker_config(redis: &RedisServer, mux: u32, threshold: u32) -> Config {
@@ -1153,6 +1165,62 @@ fn breaker_config(redis: &RedisServer, mux: u32, threshold: u32) -> Config {
         db.upstream.resilience.failure_threshold = threshold;
     }
     config
+}
+
+/// After Redis closed the shared connection for one reply over its
+/// `client-output-buffer-limit normal`, the read whose reply it was is sent again
+/// (a read may run twice), and Redis closes the next connection for it again. What
+/// other sessions sent behind it on that connection failed too (a write that may
+/// have run is never sent again), on every attempt. Now a read sent again after a
+/// loss goes alone: nothing else is written until it is answered. Here the read is
+/// a `SUNION` that Redis takes about 0.6 s to compute before its 8 MB reply, and
+/// another client's `INCR` comes in the middle of its second attempt: it used to
+/// fail with `-UPSTREAM … was lost (the command may have been executed)` (and not
+/// run); now it waits for the read's attempts to end and runs once.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_read_sent_again_after_redis_closed_its_connection_takes_no_other_command_with_it() {
+    let _serial = SERIAL.lock().await;
+    let redis = RedisServer::start();
+    let mut direct = AsyncRawClient::connect(redis.addr()).await;
+    let fill = b"for i=1,400000 do redis.call('SADD', KEYS[1], i) end \
+        for i=400001,800000 do redis.call('SADD', KEYS[2], i) end return 1";
+    assert_eq!(
+        direct.cmd(&[b"EVAL", fill, b"2", b"s1", b"s2"]).await,
+        b":1\r\n"
+    );
+    close_past_1mb_replies(&mut direct).await;
+    let mut config = breaker_config(&redis, 1, u32::MAX);
+    for db in &mut config.databases {
+        // (Longer than the SUNION takes: it is lost, not timed out.)
+        db.upstream.command_timeout = Duration::from_secs(5);
+    }
+    let proxy = start_proxy(config).await;
+    let addr = proxy.local_addr();
+    let mut culprit = AsyncRawClient::connect(addr).await;
+    let mut other = AsyncRawClient::connect(addr).await;
+    assert_eq!(other.cmd(&[b"PING"]).await, b"+PONG\r\n");
+    let started = Instant::now();
+    let read = tokio::spawn(async move {
+        let r = text(&culprit.cmd(&[b"SUNION", b"s1", b"s2"]).await);
+        (r, started.elapsed())
+    });
+    // The first attempt takes about 0.6 s; the INCR comes during the second.
+    tokio::time::sleep(Duration::from_millis(900)).await;
+    let incr = text(&other.cmd(&[b"INCR", b"counter"]).await);
+    let (r, took) = read.await.expect("the SUNION client");
+    assert!(
+        r.starts_with("-UPSTREAM") && r.contains("was lost"),
+        "{}",
+        &r[..r.len().min(200)]
+    );
+    // (Each attempt closed again: it was sent more than twice.)
+    assert!(took > Duration::from_millis(1500), "{took:?}");
+    assert_eq!(
+        incr, ":1\r\n",
+        "the INCR sent behind the read's second attempt"
+    );
+    assert_eq!(direct.cmd(&[b"GET", b"counter"]).await, b"$1\r\n1\r\n");
+    proxy.shutdown().await;
 }
 
 /// Redis's `timeout` closes connections idle longer than it. Each shared connection
@@ -1250,17 +1318,7 @@ async fn redis_closing_the_shared_connection_for_one_large_reply_opens_no_breake
     let mut direct = AsyncRawClient::connect(redis.addr()).await;
     let big = vec![b'x'; 3 << 20];
     assert_eq!(direct.cmd(&[b"SET", b"big", &big]).await, b"+OK\r\n");
-    assert_eq!(
-        direct
-            .cmd(&[
-                b"CONFIG",
-                b"SET",
-                b"client-output-buffer-limit",
-                b"normal 1mb 0 0"
-            ])
-            .await,
-        b"+OK\r\n"
-    );
+    close_past_1mb_replies(&mut direct).await;
     let proxy = start_proxy(breaker_config(&redis, 1, 2)).await;
     let addr = proxy.local_addr();
     let mut admin = AsyncRawClient::connect(addr).await;

@@ -1182,6 +1182,7 @@ mod tests {
                 readonly: false,
                 bound: tokio::time::Instant::now(),
                 attempts: 0,
+                alone: false,
             },
             divert: None,
             may_hold: false,

@@ -29,7 +29,13 @@
 //!   run is kept only if all its commands are read-only, and only if no later
 //!   in-flight batch of the same session is being failed (a retried read must not
 //!   observe a write its client sent after it). Kept batches go first on the next
-//!   connection, at once.
+//!   connection, at once, and *alone*: nothing else is written on it until they
+//!   are answered. Redis closes a connection for one reply larger than its
+//!   `client-output-buffer-limit normal`, and the read behind it would close the
+//!   next connection again, failing what other sessions sent behind it there (a
+//!   write that may have run is never sent again); sent alone, it takes nothing
+//!   with it. A batch that waits meanwhile past its bound gets
+//!   [`UpstreamError::Lost`] (never sent).
 //! * Before any attempt after a failure, the circuit breaker is asked
 //!   ([`Observer::admit`]); an open breaker fails the waiting batches.
 //!
@@ -101,6 +107,9 @@ pub struct Retry {
     pub bound: Instant,
     /// Attempts made so far.
     pub attempts: u32,
+    /// Kept after a connection was lost while it may have run: its next attempt
+    /// goes alone (see the module docs).
+    pub alone: bool,
 }
 
 impl Retry {
@@ -112,6 +121,7 @@ impl Retry {
             readonly,
             bound: Instant::now() + cfg.connect_timeout + cfg.command_timeout,
             attempts: 0,
+            alone: false,
         }
     }
 }
@@ -481,7 +491,7 @@ fn keep_after_loss(
     let now = Instant::now();
     let mut failed_sessions: Vec<u64> = Vec::new();
     let mut kept = Vec::new();
-    for b in in_flight.into_iter().rev() {
+    for mut b in in_flight.into_iter().rev() {
         let r = &b.retry;
         let safe = err.is_transient()
             && (!err.may_have_run() || r.readonly)
@@ -489,6 +499,7 @@ fn keep_after_loss(
             && now < r.bound
             && !failed_sessions.contains(&r.origin);
         if safe {
+            b.retry.alone = err.may_have_run();
             kept.push(b);
         } else {
             if !failed_sessions.contains(&r.origin) {
@@ -508,6 +519,10 @@ struct InFlight {
     deadline: Instant,
     /// Its reply is being passed on in parts (see [`Answer::rest`]).
     parts: Option<mpsc::UnboundedSender<BatchReply>>,
+    /// Held by a batch sent alone: the slot writes nothing more until every such
+    /// sender is dropped (the batch answered, or given back when the connection
+    /// ended).
+    _gate: Option<mpsc::Sender<()>>,
 }
 
 impl InFlight {
@@ -639,10 +654,27 @@ async fn serve(
             // client) the batch goes at once.
             tokio::task::yield_now().await;
         }
-        // Gather what is queued into one write.
+        // Gather what is queued into one write; batches sent again after a loss
+        // go alone (they are at the front), and nothing follows them until they
+        // are answered.
+        let alone = batch.retry.alone;
+        let (gate_tx, gate) = match alone {
+            true => {
+                let (tx, rx) = mpsc::channel::<()>(1);
+                (Some(tx), Some(rx))
+            }
+            false => (None, None),
+        };
         let mut total = batch.bytes.len();
         let deadline = Instant::now() + cfg.endpoint.reply_within(cfg.command_timeout);
         let mut from_queue = || {
+            if alone {
+                return waiting
+                    .front()
+                    .is_some_and(|b| b.retry.alone)
+                    .then(|| waiting.pop_front())
+                    .flatten();
+            }
             if total >= COALESCE {
                 return None;
             }
@@ -658,11 +690,13 @@ async fn serve(
             }
             stats::add(&stats.in_flight, b.count as u64);
             b.retry.attempts += 1;
+            b.retry.alone = false;
             let bytes = b.bytes.clone();
             let f = InFlight {
                 batch: b,
                 deadline,
                 parts: None,
+                _gate: gate_tx.clone(),
             };
             if let Err(mpsc::error::SendError(f)) = ptx.send(f) {
                 // The reader just ended: this batch was never written; the next
@@ -670,6 +704,7 @@ async fn serve(
                 stats::sub(&stats.in_flight, f.batch.count as u64);
                 let mut b = f.batch;
                 b.retry.attempts -= 1;
+                b.retry.alone = alone;
                 unsent.push(b);
                 continue;
             }
@@ -705,6 +740,34 @@ async fn serve(
             let _ = wr.shutdown().await;
             drop(ptx);
             break (&mut reader).await.ok();
+        }
+        if let Some(mut gate) = gate {
+            drop(gate_tx);
+            // Until the batches sent alone are answered (every sender of the
+            // gate dropped), what arrives waits; one whose bound passes gets an
+            // error (it was never sent), as in a pause after a failed connect.
+            let mut taking = true;
+            loop {
+                let first = waiting.iter().map(|b| b.retry.bound).min();
+                tokio::select! {
+                    _ = gate.recv() => break,
+                    r = &mut reader => break 'conn r.ok(),
+                    b = rx.recv(), if taking => match b {
+                        Some(b) => waiting.push_back(b),
+                        None => taking = false,
+                    },
+                    _ = tokio::time::sleep_until(first.unwrap_or_else(Instant::now)), if first.is_some() => {
+                        let now = Instant::now();
+                        let (expired, kept): (VecDeque<Batch>, VecDeque<Batch>) =
+                            waiting.drain(..).partition(|b| b.retry.bound <= now);
+                        *waiting = kept;
+                        let err = UpstreamError::Lost { addr: addr.clone(), sent: false };
+                        for b in expired {
+                            b.fail(err.clone(), stats);
+                        }
+                    }
+                }
+            }
         }
     };
     for b in unsent.into_iter().rev() {
@@ -1111,6 +1174,110 @@ mod tests {
             let _ = s.read(&mut buf).await;
         });
         (port, go, task)
+    }
+
+    /// An upstream that closes its first connection when a batch arrives and
+    /// never answers a batch on the others; says whether it ever saw a `SET`.
+    async fn closes_then_stalls() -> (u16, Arc<AtomicBool>) {
+        use tokio::io::{AsyncReadExt, AsyncWriteExt};
+        let l = tokio::net::TcpListener::bind("127.0.0.1:0")
+            .await
+            .expect("bind");
+        let port = l.local_addr().expect("addr").port();
+        let saw_set = Arc::new(AtomicBool::new(false));
+        let saw = saw_set.clone();
+        tokio::spawn(async move {
+            for n in 0.. {
+                let Ok((mut s, _)) = l.accept().await else {
+                    return;
+                };
+                let saw = saw.clone();
+                tokio::spawn(async move {
+                    let mut seen = Vec::new();
+                    let mut buf = [0u8; 4096];
+                    while !seen.windows(6).any(|w| w == b"PING\r\n") {
+                        match s.read(&mut buf).await {
+                            Ok(0) | Err(_) => return,
+                            Ok(k) => seen.extend_from_slice(&buf[..k]),
+                        }
+                    }
+                    let selects = seen.windows(6).filter(|w| w == b"SELECT").count();
+                    let mut setup = b"+OK\r\n".repeat(selects);
+                    setup.extend_from_slice(b"+PONG\r\n");
+                    if s.write_all(&setup).await.is_err() {
+                        return;
+                    }
+                    loop {
+                        let k = match s.read(&mut buf).await {
+                            Ok(0) | Err(_) => return,
+                            Ok(k) => k,
+                        };
+                        if buf[..k].windows(3).any(|w| w == b"SET") {
+                            saw.store(true, Relaxed);
+                        }
+                        if n == 0 {
+                            return;
+                        }
+                    }
+                });
+            }
+        });
+        (port, saw_set)
+    }
+
+    /// A read kept after a loss is sent again alone; a batch of another session
+    /// that arrives meanwhile waits, and gets an error that says it was never
+    /// sent once its bound passes (here the read's next attempts time out).
+    #[tokio::test]
+    async fn a_read_sent_again_after_a_loss_goes_alone_and_the_rest_waits_within_its_bound() {
+        let (port, saw_set) = closes_then_stalls().await;
+        let mut cfg = Config::for_upstream("127.0.0.1", port).databases[0]
+            .upstream
+            .clone();
+        cfg.resilience.retry_attempts = 3;
+        cfg.connect_timeout = Duration::from_millis(50);
+        cfg.command_timeout = Duration::from_millis(400);
+        let cfg = Arc::new(cfg);
+        let policy = Arc::new(Fixed {
+            delay: Duration::from_millis(10),
+            failures: AtomicU32::new(0),
+        });
+        let handle = MuxHandle::spawn(cfg.clone(), Arc::new(DbStats::default()), policy, false);
+        let started = Instant::now();
+        let read = send(&handle, &cfg, 1).await;
+        tokio::time::sleep(Duration::from_millis(100)).await;
+        let (tx, write) = oneshot::channel();
+        handle
+            .send(Batch {
+                bytes: Bytes::from_static(b"*3\r\n$3\r\nSET\r\n$1\r\nk\r\n$1\r\nv\r\n"),
+                count: 1,
+                reply: tx,
+                block: Block::No,
+                retry: Retry::new(2, false, &cfg),
+                divert: None,
+                may_hold: false,
+            })
+            .await;
+        let w = write.await.expect("the write's answer");
+        let waited = started.elapsed();
+        assert!(
+            matches!(w.reply, Err(UpstreamError::Lost { sent: false, .. })),
+            "{w:?}"
+        );
+        assert_eq!(w.attempts, 0);
+        // Its bound: 450 ms after it was sent, 100 ms after the read.
+        assert!(
+            waited >= Duration::from_millis(540) && waited < Duration::from_millis(900),
+            "{waited:?}"
+        );
+        let r = read.await.expect("the read's answer");
+        assert!(
+            matches!(r.reply, Err(UpstreamError::Timeout { .. })),
+            "{r:?}"
+        );
+        // Lost on the first connection, then timed out on the next two alone.
+        assert_eq!(r.attempts, 3);
+        assert!(!saw_set.load(Relaxed), "the write was sent behind the read");
     }
 
     /// A batch of `count` GETs with a divert that reports on `diverted`.
