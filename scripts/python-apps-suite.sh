@@ -113,23 +113,6 @@ start_redis "$REDIS"
 start_proxy "$WORK/proxy.yml" "$OUT/proxy-server.log" -p 6379 -n 15
 run proxy
 
-python3 - "$OUT" "${APPS[@]}" <<'PY'
-import sys, xml.etree.ElementTree as ET
-out = sys.argv[1]
-def results(path):
-    r = {}
-    for c in ET.parse(path).getroot().iter('testcase'):
-        kind = 'passed'
-        for k in ('failure', 'error', 'skipped'):
-            if c.find(k) is not None:
-                kind = k
-        r[c.get('classname') + '::' + c.get('name')] = kind
-    return r
-for t in sys.argv[2:]:
-    d, p = results(f'{out}/direct-{t}.xml'), results(f'{out}/proxy-{t}.xml')
-    count = lambda r: ', '.join(f'{k} {sum(v == k for v in r.values())}' for k in ('passed', 'failure', 'error', 'skipped'))
-    print(f'{t:12} direct: {count(d)}\n{"":12} proxy:  {count(p)}')
-    for name in sorted(set(d) | set(p)):
-        if d.get(name) != p.get(name):
-            print(f'  differs: {name}: direct {d.get(name)}, proxy {p.get(name)}')
-PY
+for t in "${APPS[@]}"; do
+    compare_junit "$t" "$OUT/direct-$t.xml" "$OUT/proxy-$t.xml"
+done

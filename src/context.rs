@@ -83,6 +83,8 @@ pub struct Context {
     pub fds: crate::limits::FdLimits,
     /// `PROXY SLOWLOG`.
     pub slowlog: crate::slowlog::SlowLog,
+    /// Subscriptions in progress, which a `PUBLISH` waits for.
+    pub publish_order: Arc<crate::publish_order::PublishOrder>,
     /// The address the listener is bound to (a reload may move it).
     local_addr: RwLock<SocketAddr>,
     /// Where `PROXY RELOAD` sends its request (the server's reload task).
@@ -112,6 +114,7 @@ impl Context {
             clients: Default::default(),
             fds,
             slowlog,
+            publish_order: Default::default(),
             busy_poll,
             local_addr: RwLock::new(local_addr),
             reload,

@@ -46,6 +46,8 @@
 //!                TRACKING REDIRECT targets); signals to sessions (kill, shutdown,
 //!                reload) and the sweep that parks idle ones
 //! slowlog.rs     PROXY SLOWLOG: slow batches, newest first, no argument values
+//! publish_order.rs  subscriptions before publishes across clients: a PUBLISH
+//!                waits (bounded) for subscriber connections still being opened
 //! limits.rs      RLIMIT_NOFILE vs max_clients (raised at start, or max_clients
 //!                lowered), local exhaustion vs upstream failure, warning throttle
 //! router.rs      client db index -> Database (slots, pools, breaker, health, stats)
@@ -114,6 +116,7 @@ pub mod limits;
 pub mod logging;
 pub mod metrics;
 pub mod protocol;
+pub mod publish_order;
 pub mod resilience;
 pub mod router;
 pub mod server;

@@ -83,6 +83,79 @@ async fn subscribers_get_messages_published_through_the_proxy_and_directly(kind:
     proxy.shutdown().await;
 }
 
+/// A loopback relay to `target` that holds each new connection for `delay` before
+/// connecting it through (a server slow to accept: what a real one cannot be made
+/// to be on demand).
+async fn slow_to_connect(target: std::net::SocketAddr, delay: Duration) -> u16 {
+    let l = tokio::net::TcpListener::bind("127.0.0.1:0")
+        .await
+        .expect("bind");
+    let port = l.local_addr().expect("addr").port();
+    tokio::spawn(async move {
+        while let Ok((mut client, _)) = l.accept().await {
+            tokio::spawn(async move {
+                tokio::time::sleep(delay).await;
+                if let Ok(mut server) = tokio::net::TcpStream::connect(target).await {
+                    let _ = tokio::io::copy_bidirectional(&mut client, &mut server).await;
+                }
+            });
+        }
+    });
+    port
+}
+
+/// A client subscribes and another publishes right after, without waiting for the
+/// confirmation (predis's `testPubSubAgainstRedisServer` does this): Redis runs the
+/// SUBSCRIBE first, the subscriber gets the message. The proxy first opens the
+/// subscriber's connection (here slowed to 200 ms), and the PUBLISH, on an open
+/// shared connection, overtook it (`:0`, the message lost); now it waits until the
+/// subscription is in place.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_publish_right_after_another_clients_subscribe_reaches_it() {
+    let redis = RedisServer::start();
+    let port = slow_to_connect(redis.addr(), Duration::from_millis(200)).await;
+    let mut config = redis_sidecar::config::Config::for_upstream("127.0.0.1", port);
+    config.listen = std::net::SocketAddr::from(([127, 0, 0, 1], 0));
+    let proxy = start_proxy(config).await;
+    let mut publisher = AsyncRawClient::connect(proxy.local_addr()).await;
+    // (Its shared connection is open and ready.)
+    assert_eq!(publisher.cmd(&[b"PING"]).await, b"+PONG\r\n");
+    for round in 0..3 {
+        let channel = format!("order{round}").into_bytes();
+        let mut sub = AsyncRawClient::connect(proxy.local_addr()).await;
+        assert_eq!(sub.cmd(&[b"PING"]).await, b"+PONG\r\n");
+        sub.send(&resp_cmd(&[b"SUBSCRIBE", &channel])).await;
+        // (The proxy's session has read the SUBSCRIBE by then; its connection is
+        // still being opened.)
+        tokio::time::sleep(Duration::from_millis(20)).await;
+        let started = Instant::now();
+        assert_eq!(
+            publisher.cmd(&[b"PUBLISH", &channel, b"first"]).await,
+            b":1\r\n",
+            "round {round}: the PUBLISH reached Redis before the SUBSCRIBE"
+        );
+        assert!(started.elapsed() < Duration::from_secs(2));
+        let mut confirmed = b"*3\r\n$9\r\nsubscribe\r\n".to_vec();
+        confirmed.extend_from_slice(format!("${}\r\n", channel.len()).as_bytes());
+        confirmed.extend_from_slice(&channel);
+        confirmed.extend_from_slice(b"\r\n:1\r\n");
+        assert_eq!(sub.read_reply().await, confirmed);
+        assert_eq!(sub.read_reply().await, push(b"message", &channel, b"first"));
+        // Once subscribed, publishing waits for nothing.
+        let started = Instant::now();
+        assert_eq!(
+            publisher.cmd(&[b"PUBLISH", &channel, b"second"]).await,
+            b":1\r\n"
+        );
+        assert!(started.elapsed() < Duration::from_millis(150));
+        assert_eq!(
+            sub.read_reply().await,
+            push(b"message", &channel, b"second")
+        );
+    }
+    proxy.shutdown().await;
+}
+
 async fn unsubscribe_without_subscriptions_answers_like_redis(kind: Upstream) {
     let up = Backend::start(kind);
     let proxy = start_proxy(up.config()).await;

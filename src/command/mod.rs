@@ -399,6 +399,11 @@ pub fn may_be_held(idx: u16) -> bool {
         .is_some_and(|c| pausable(c) || c.has(table::CAT_SCRIPTING | table::MOVABLE_KEYS))
 }
 
+/// Whether the command-table index `idx` is `PUBLISH` or `SPUBLISH`.
+pub fn publishes(idx: u16) -> bool {
+    matches!(table_name(usize::from(idx)), "publish" | "spublish")
+}
+
 /// The name of a command-table index (`other` for commands not in the table).
 pub fn command_name(idx: usize) -> String {
     table::COMMANDS

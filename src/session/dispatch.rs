@@ -258,6 +258,12 @@ impl Session {
     /// Sends a batch to `db` on the shared slot or the session's held connection —
     /// unless the database's circuit breaker is open — and queues its reply slot.
     pub(super) async fn send(&mut self, db: Arc<Database>, out: Outgoing) {
+        if self.ctx.publish_order.busy() && out.cmds.iter().any(|&c| command::publishes(c)) {
+            // After other clients' subscriptions begun before it (`publish_order`).
+            let u = &db.config.upstream;
+            let bound = u.connect_timeout + u.command_timeout;
+            self.ctx.publish_order.after_subscriptions(bound).await;
+        }
         let silent = out.silent || self.reply_off;
         if let Err(rejected) = db.breaker.check() {
             for &c in &out.cmds {
@@ -1369,9 +1375,18 @@ impl Session {
                     });
                 }
                 let monitor = cmd.route == Route::Stateful(Family::Monitor);
+                // A PUBLISH that other clients send from now on waits until the
+                // subscription is in place (`publish_order`).
+                let subscribing = self.ctx.publish_order.begin();
                 let opened = Box::pin(self.open_subscriber(&db, cfg, sharded, monitor)).await;
                 match opened {
-                    Ok(sub) => {
+                    Ok(mut sub) => {
+                        if let Some(first) = sub.first_reply() {
+                            tokio::spawn(async move {
+                                let _ = first.await;
+                                drop(subscribing);
+                            });
+                        }
                         self.enter_pubsub(sub, monitor);
                         let bytes = take_owned(inbuf, &req, owned.take());
                         self.last = Conn::Sub;

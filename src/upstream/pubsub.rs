@@ -53,6 +53,8 @@ pub struct Subscription {
     _satellites: Option<Satellites>,
     /// The server's `host:port`.
     addr: String,
+    /// Closed at Redis's first reply to the client's requests (or the end).
+    first: Option<tokio::sync::oneshot::Receiver<()>>,
 }
 
 impl Subscription {
@@ -79,6 +81,7 @@ impl Subscription {
             reason: "connection closed during setup".into(),
         })?;
         let (tx, frames) = mpsc::unbounded_channel();
+        let (first_tx, first) = tokio::sync::oneshot::channel();
         let queued = Arc::new(AtomicUsize::new(0));
         let upstream_id = Arc::new(AtomicU64::new(0));
         let satellites =
@@ -91,6 +94,7 @@ impl Subscription {
             upstream_id.clone(),
             satellites.as_ref().map(Satellites::sender),
             monitor,
+            first_tx,
         ));
         Ok(Subscription {
             wr,
@@ -100,7 +104,14 @@ impl Subscription {
             upstream_id,
             _satellites: satellites,
             addr: cfg.address(),
+            first: Some(first),
         })
+    }
+
+    /// Resolves at Redis's first reply to the client's requests (the first
+    /// subscription is then in place) or when the connection ends; taken once.
+    pub fn first_reply(&mut self) -> Option<tokio::sync::oneshot::Receiver<()>> {
+        self.first.take()
     }
 
     /// The `host:port` of the server the connection goes to.
@@ -141,6 +152,7 @@ impl Drop for Subscription {
     }
 }
 
+#[allow(clippy::too_many_arguments)] // the subscription's parts, passed as they are
 async fn read_frames(
     mut rd: ReadHalf,
     tx: mpsc::UnboundedSender<Result<Bytes, End>>,
@@ -149,7 +161,9 @@ async fn read_frames(
     upstream_id: Arc<AtomicU64>,
     satellites: Option<mpsc::UnboundedSender<satellites::Follow>>,
     monitor: bool,
+    first: tokio::sync::oneshot::Sender<()>,
 ) {
+    let mut first = Some(first);
     // A MONITOR not yet accepted by this node.
     let mut monitor_pending = monitor;
     let _closed = ClearOnExit(upstream_id.clone());
@@ -165,6 +179,9 @@ async fn read_frames(
                     upstream_id.store(hello_id(&reply).unwrap_or(0), Relaxed);
                 }
                 Ok(Some(_)) => {
+                    if let Some(f) = first.take() {
+                        let _ = f.send(());
+                    }
                     let bytes = frames.take();
                     if queued.fetch_add(bytes.len(), Relaxed) + bytes.len() > limit {
                         let _ = tx.send(Err(End::Overflow));
