@@ -30,13 +30,7 @@ start_redis 6379
 run direct
 stop_started
 
-REDIS=$(free_port)
-start_redis "$REDIS"
-{
-    proxy_config "$REDIS" 15
-    echo "listen: 127.0.0.1:6379"
-} >"$WORK/proxy.yml"
-start_proxy "$WORK/proxy.yml" "$OUT/proxy-server.log" -p 6379
+proxy_in_front 6379 "$OUT/proxy-server.log"
 run proxy
 
 compare_junit predis "$OUT/direct.xml" "$OUT/proxy.xml"

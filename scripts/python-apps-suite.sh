@@ -103,14 +103,7 @@ REDIS=6379
 run direct
 stop_started
 
-REDIS=$(free_port)
-start_redis "$REDIS"
-{
-    proxy_config "$REDIS" 15
-    echo "listen: 127.0.0.1:6379"
-    echo "unixsocket: $SOCK"
-} >"$WORK/proxy.yml"
-start_proxy "$WORK/proxy.yml" "$OUT/proxy-server.log" -p 6379 -n 15
+proxy_in_front 6379 "$OUT/proxy-server.log" "unixsocket: $SOCK"
 run proxy
 
 for t in "${APPS[@]}"; do

@@ -54,6 +54,22 @@ start_proxy() {
     wait_ping "$@"
 }
 
+# proxy_in_front PORT LOG [yaml lines...]: a redis-server on a free port (REDIS) and
+# the proxy listening on 127.0.0.1:PORT in front of it (config/redis-databases.yaml
+# plus databases 11-15, and the given lines), its log in LOG.
+proxy_in_front() {
+    local port=$1 logfile=$2 line
+    shift 2
+    REDIS=$(free_port)
+    start_redis "$REDIS"
+    {
+        proxy_config "$REDIS" 15
+        echo "listen: 127.0.0.1:$port"
+        for line in "$@"; do echo "$line"; done
+    } >"$WORK/proxy.yml"
+    start_proxy "$WORK/proxy.yml" "$logfile" -p "$port" -n 15
+}
+
 # compare_junit LABEL DIRECT_XML PROXY_XML: each run's counts and every test whose
 # result differs (JUnit XML, as pytest and PHPUnit write it).
 compare_junit() {
