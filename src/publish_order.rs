@@ -9,7 +9,9 @@
 //! message was lost. So each subscriber connection being opened holds a
 //! [`Subscribing`] ticket until Redis's first reply on it (the subscription is in
 //! place), and a `PUBLISH` sent meanwhile first waits, within its bound, for the
-//! tickets taken before it.
+//! tickets taken before it. Keyspace notifications are published by the writes
+//! themselves: while a subscription to a `__keyspace@…`/`__keyevent@…` channel or
+//! pattern is being opened, writes wait for it the same way.
 
 use std::collections::BTreeSet;
 use std::sync::atomic::{AtomicUsize, Ordering::Relaxed};
@@ -23,6 +25,8 @@ use tokio::sync::Notify;
 pub struct PublishOrder {
     /// How many tickets are out (read without the lock by every `PUBLISH`).
     open: AtomicUsize,
+    /// How many of them are for keyspace notifications (read by every write).
+    keyspace: AtomicUsize,
     inner: Mutex<Inner>,
     /// Told whenever a ticket is returned.
     returned: Notify,
@@ -34,6 +38,8 @@ struct Inner {
     next: u64,
     /// The numbers of the tickets out.
     out: BTreeSet<u64>,
+    /// Those for keyspace notifications.
+    keyspace: BTreeSet<u64>,
 }
 
 /// A subscription in progress; returned when dropped.
@@ -41,14 +47,27 @@ struct Inner {
 pub struct Subscribing {
     order: Arc<PublishOrder>,
     number: u64,
+    keyspace: bool,
 }
 
 impl Drop for Subscribing {
     fn drop(&mut self) {
-        self.order.lock().out.remove(&self.number);
+        let mut inner = self.order.lock();
+        inner.out.remove(&self.number);
+        if self.keyspace {
+            inner.keyspace.remove(&self.number);
+            self.order.keyspace.fetch_sub(1, Relaxed);
+        }
+        drop(inner);
         self.order.open.fetch_sub(1, Relaxed);
         self.order.returned.notify_waiters();
     }
+}
+
+/// Whether a channel or pattern may get keyspace notifications
+/// (`__keyspace@0__:k`, `__keyevent@*__:set`, `__key*`).
+pub fn keyspace_channel(name: &[u8]) -> bool {
+    name.starts_with(b"__key")
 }
 
 impl PublishOrder {
@@ -56,16 +75,22 @@ impl PublishOrder {
         self.inner.lock().unwrap_or_else(|e| e.into_inner())
     }
 
-    /// A ticket for a subscription that begins now.
-    pub fn begin(self: &Arc<Self>) -> Subscribing {
+    /// A ticket for a subscription that begins now (`keyspace`: to keyspace
+    /// notifications).
+    pub fn begin(self: &Arc<Self>, keyspace: bool) -> Subscribing {
         let mut inner = self.lock();
         let number = inner.next;
         inner.next += 1;
         inner.out.insert(number);
+        if keyspace {
+            inner.keyspace.insert(number);
+            self.keyspace.fetch_add(1, Relaxed);
+        }
         self.open.fetch_add(1, Relaxed);
         Subscribing {
             order: self.clone(),
             number,
+            keyspace,
         }
     }
 
@@ -74,16 +99,31 @@ impl PublishOrder {
         self.open.load(Relaxed) > 0
     }
 
-    /// Waits until every subscription begun before now is in place, or `within`
-    /// passed (a publish is never held longer than its own bound).
-    pub async fn after_subscriptions(&self, within: Duration) {
+    /// Whether a subscription to keyspace notifications is in progress.
+    pub fn keyspace_busy(&self) -> bool {
+        self.keyspace.load(Relaxed) > 0
+    }
+
+    /// Waits until every subscription (`keyspace`: to keyspace notifications)
+    /// begun before now is in place, or `within` passed (a command is never held
+    /// longer than its own bound).
+    pub async fn after_subscriptions(&self, keyspace: bool, within: Duration) {
         let before = self.lock().next;
         let _ = tokio::time::timeout(within, async {
             loop {
                 let returned = self.returned.notified();
                 tokio::pin!(returned);
                 returned.as_mut().enable();
-                if self.lock().out.first().is_none_or(|&n| n >= before) {
+                let done = {
+                    let inner = self.lock();
+                    let set = if keyspace {
+                        &inner.keyspace
+                    } else {
+                        &inner.out
+                    };
+                    set.first().is_none_or(|&n| n >= before)
+                };
+                if done {
                     return;
                 }
                 returned.await;
@@ -101,15 +141,19 @@ mod tests {
     async fn a_publish_waits_for_the_subscriptions_begun_before_it_only() {
         let order = Arc::new(PublishOrder::default());
         assert!(!order.busy());
-        let first = order.begin();
+        let first = order.begin(false);
         let started = tokio::time::Instant::now();
         let waiter = {
             let order = order.clone();
-            tokio::spawn(async move { order.after_subscriptions(Duration::from_secs(10)).await })
+            tokio::spawn(async move {
+                order
+                    .after_subscriptions(false, Duration::from_secs(10))
+                    .await
+            })
         };
         tokio::time::sleep(Duration::from_millis(100)).await;
         // Begun after the publish: not waited for.
-        let later = order.begin();
+        let later = order.begin(false);
         assert!(!waiter.is_finished());
         drop(first);
         waiter.await.expect("waiter");
@@ -122,9 +166,31 @@ mod tests {
     #[tokio::test(start_paused = true)]
     async fn a_publish_waits_no_longer_than_its_bound() {
         let order = Arc::new(PublishOrder::default());
-        let _stuck = order.begin();
+        let _stuck = order.begin(false);
         let started = tokio::time::Instant::now();
-        order.after_subscriptions(Duration::from_secs(2)).await;
+        order
+            .after_subscriptions(false, Duration::from_secs(2))
+            .await;
         assert_eq!(started.elapsed(), Duration::from_secs(2));
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn writes_wait_only_for_keyspace_subscriptions() {
+        let order = Arc::new(PublishOrder::default());
+        let plain = order.begin(false);
+        assert!(order.busy() && !order.keyspace_busy());
+        let started = tokio::time::Instant::now();
+        order
+            .after_subscriptions(true, Duration::from_secs(2))
+            .await;
+        assert_eq!(started.elapsed(), Duration::ZERO);
+        let keyspace = order.begin(true);
+        assert!(order.keyspace_busy());
+        drop(keyspace);
+        assert!(!order.keyspace_busy() && order.busy());
+        drop(plain);
+        assert!(!order.busy());
+        assert!(keyspace_channel(b"__keyspace@0__:k") && keyspace_channel(b"__key*"));
+        assert!(!keyspace_channel(b"news"));
     }
 }

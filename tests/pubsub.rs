@@ -104,6 +104,14 @@ async fn slow_to_connect(target: std::net::SocketAddr, delay: Duration) -> u16 {
     port
 }
 
+/// A proxy in front of `redis` through [`slow_to_connect`] (200 ms).
+async fn proxy_slow_to_connect(redis: &RedisServer) -> redis_sidecar::server::Proxy {
+    let port = slow_to_connect(redis.addr(), Duration::from_millis(200)).await;
+    let mut config = redis_sidecar::config::Config::for_upstream("127.0.0.1", port);
+    config.listen = std::net::SocketAddr::from(([127, 0, 0, 1], 0));
+    start_proxy(config).await
+}
+
 /// A client subscribes and another publishes right after, without waiting for the
 /// confirmation (predis's `testPubSubAgainstRedisServer` does this): Redis runs the
 /// SUBSCRIBE first, the subscriber gets the message. The proxy first opens the
@@ -113,10 +121,7 @@ async fn slow_to_connect(target: std::net::SocketAddr, delay: Duration) -> u16 {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_publish_right_after_another_clients_subscribe_reaches_it() {
     let redis = RedisServer::start();
-    let port = slow_to_connect(redis.addr(), Duration::from_millis(200)).await;
-    let mut config = redis_sidecar::config::Config::for_upstream("127.0.0.1", port);
-    config.listen = std::net::SocketAddr::from(([127, 0, 0, 1], 0));
-    let proxy = start_proxy(config).await;
+    let proxy = proxy_slow_to_connect(&redis).await;
     let mut publisher = AsyncRawClient::connect(proxy.local_addr()).await;
     // (Its shared connection is open and ready.)
     assert_eq!(publisher.cmd(&[b"PING"]).await, b"+PONG\r\n");
@@ -153,6 +158,44 @@ async fn a_publish_right_after_another_clients_subscribe_reaches_it() {
             push(b"message", &channel, b"second")
         );
     }
+    proxy.shutdown().await;
+}
+
+/// The same for keyspace notifications, which the writes publish: a client
+/// subscribes to them and another writes right after; the write waits until the
+/// subscription is in place (a read does not wait).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_write_right_after_another_clients_keyspace_subscribe_is_notified() {
+    let redis = RedisServer::start();
+    let mut direct = redis.client();
+    let events = [&b"CONFIG"[..], b"SET", b"notify-keyspace-events", b"KA"];
+    assert_eq!(direct.cmd(&events), b"+OK\r\n");
+    let proxy = proxy_slow_to_connect(&redis).await;
+    let mut writer = AsyncRawClient::connect(proxy.local_addr()).await;
+    assert_eq!(writer.cmd(&[b"PING"]).await, b"+PONG\r\n");
+    let mut reader = AsyncRawClient::connect(proxy.local_addr()).await;
+    assert_eq!(reader.cmd(&[b"PING"]).await, b"+PONG\r\n");
+    let mut sub = AsyncRawClient::connect(proxy.local_addr()).await;
+    assert_eq!(sub.cmd(&[b"PING"]).await, b"+PONG\r\n");
+    sub.send(&resp_cmd(&[b"PSUBSCRIBE", b"__keyspace@0__:*"]))
+        .await;
+    tokio::time::sleep(Duration::from_millis(20)).await;
+    let started = Instant::now();
+    assert_eq!(reader.cmd(&[b"GET", b"k"]).await, b"$-1\r\n");
+    assert!(
+        started.elapsed() < Duration::from_millis(150),
+        "the read waited"
+    );
+    assert_eq!(writer.cmd(&[b"SET", b"k", b"v"]).await, b"+OK\r\n");
+    assert_eq!(
+        sub.read_reply().await,
+        b"*3\r\n$10\r\npsubscribe\r\n$16\r\n__keyspace@0__:*\r\n:1\r\n"
+    );
+    assert_eq!(
+        sub.read_reply().await,
+        b"*4\r\n$8\r\npmessage\r\n$16\r\n__keyspace@0__:*\r\n$16\r\n__keyspace@0__:k\r\n$3\r\nset\r\n",
+        "the SET reached Redis before the PSUBSCRIBE"
+    );
     proxy.shutdown().await;
 }
 

@@ -258,11 +258,16 @@ impl Session {
     /// Sends a batch to `db` on the shared slot or the session's held connection —
     /// unless the database's circuit breaker is open — and queues its reply slot.
     pub(super) async fn send(&mut self, db: Arc<Database>, out: Outgoing) {
-        if self.ctx.publish_order.busy() && out.cmds.iter().any(|&c| command::publishes(c)) {
-            // After other clients' subscriptions begun before it (`publish_order`).
-            let u = &db.config.upstream;
-            let bound = u.connect_timeout + u.command_timeout;
-            self.ctx.publish_order.after_subscriptions(bound).await;
+        let order = &self.ctx.publish_order;
+        if order.busy() {
+            // After other clients' subscriptions begun before it (`publish_order`):
+            // a PUBLISH, and a write while keyspace notifications are subscribed.
+            let publishes = out.cmds.iter().any(|&c| command::publishes(c));
+            if publishes || (order.keyspace_busy() && !out.readonly) {
+                let u = &db.config.upstream;
+                let bound = u.connect_timeout + u.command_timeout;
+                order.after_subscriptions(!publishes, bound).await;
+            }
         }
         let silent = out.silent || self.reply_off;
         if let Err(rejected) = db.breaker.check() {
@@ -1377,7 +1382,10 @@ impl Session {
                 let monitor = cmd.route == Route::Stateful(Family::Monitor);
                 // A PUBLISH that other clients send from now on waits until the
                 // subscription is in place (`publish_order`).
-                let subscribing = self.ctx.publish_order.begin();
+                let keyspace = with_args(&inbuf[..req.len], &self.args, &req, |args| {
+                    (1..args.count()).any(|i| crate::publish_order::keyspace_channel(args.arg(i)))
+                });
+                let subscribing = self.ctx.publish_order.begin(keyspace);
                 let opened = Box::pin(self.open_subscriber(&db, cfg, sharded, monitor)).await;
                 match opened {
                     Ok(mut sub) => {
