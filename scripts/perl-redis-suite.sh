@@ -1,20 +1,25 @@
 #!/usr/bin/env bash
-# Runs the test suite of Perl's Redis client (Redis.pm, the CPAN distribution
-# `Redis`) against redis-server directly, then through redis-sidecar, and lists every
-# test whose result differs.
+# Runs the test suite of a Perl Redis client — Redis.pm (the CPAN distribution
+# `Redis`) or Redis::Fast (its XS twin over hiredis) — against redis-server
+# directly, then through redis-sidecar, and lists every test whose result differs.
 #
-#   scripts/perl-redis-suite.sh REDIS_PM_SOURCE
+#   scripts/perl-redis-suite.sh SOURCE
 #
-# REDIS_PM_SOURCE: the unpacked distribution (Debian: `apt-get source libredis-perl`,
-# which needs deb-src entries; the orig tarball is enough: Redis-2.000/). Its tests
-# start their own redis-server (t/tlib/Test/SpawnRedisServer.pm) from
-# $REDIS_SERVER_PATH with a config file naming the port, a Unix socket and Redis's idle
-# `timeout`; for the run through the proxy that is a stand-in that starts
-# redis-server on a free port and the proxy (the release build) on the port and the
-# socket the test asked for, with `client_idle_timeout` set to that `timeout`. Needs
-# Perl and the suite's modules (Debian: libio-socket-timeout-perl libtry-tiny-perl
-# libtest-deep-perl libtest-fatal-perl libtest-sharedfork-perl libtest-tcp-perl
-# libio-string-perl). Output in ${PERL_SUITE_OUT:-target/perl-redis-suite}.
+# SOURCE: the unpacked distribution (Redis.pm: `apt-get source libredis-perl`, which
+# needs deb-src entries, the orig tarball is enough; Redis::Fast: a checkout of
+# github.com/shogo82148/Redis-Fast at the tag of Debian's libredis-fast-perl, whose
+# compiled module the tests then load). The tests start their own redis-server
+# (t/tlib/Test/SpawnRedisServer.pm) from $REDIS_SERVER_PATH with a config file naming
+# the port, maybe a Unix socket, Redis's idle `timeout`, `requirepass` and
+# `maxclients`; for the run through the proxy that is a stand-in that starts
+# redis-server on a free port with that config and the proxy (the release build) on
+# the port and the socket asked for, with `client_idle_timeout`, the password (for
+# clients and towards Redis) and `max_clients` from it (a Sentinel it starts as it
+# is). Needs Perl and the suites' modules (Debian: libio-socket-timeout-perl
+# libtry-tiny-perl libtest-deep-perl libtest-fatal-perl libtest-sharedfork-perl
+# libtest-tcp-perl libio-string-perl; for Redis::Fast also libredis-fast-perl
+# libtest-leaktrace-perl libparallel-forkmanager-perl libtest-unixsock-perl).
+# Output in ${PERL_SUITE_OUT:-target/perl-redis-suite}.
 set -euo pipefail
 
 SUITE=perl-redis-suite
@@ -29,21 +34,30 @@ cat >"$WORK/redis-server-behind-proxy" <<STANDIN
 # proxy, which takes the port and the Unix socket CONFIG names.
 set -u
 conf=\$1
+[ "\$*" != "\${*#*--sentinel}" ] && exec redis-server "\$@"
 field() { awk -v k="\$1" '\$1 == k { print \$2 }' "\$conf"; }
 port=\$(field port) sock=\$(field unixsocket) idle=\$(field timeout)
+password=\$(field requirepass) max=\$(field maxclients)
 redis_port=\$(python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1])')
-redis-server "\$conf" --port "\$redis_port" --unixsocket "\$sock.redis" &
+# (maxclients is the proxy's to enforce: Redis must take the proxy's connections.)
+redis-server "\$conf" --port "\$redis_port" --unixsocket "\$conf.redis.sock" --maxclients 10000 &
 redis=\$!
-for _ in \$(seq 1 100); do redis-cli -p "\$redis_port" ping >/dev/null 2>&1 && break; sleep 0.05; done
-# (The suite hands over a temporary file's path: Redis replaces whatever is there,
-# the proxy only a socket.)
-rm -f "\$sock"
+for _ in \$(seq 1 100); do redis-cli -p "\$redis_port" \${password:+-a "\$password"} ping 2>/dev/null | grep -q PONG && break; sleep 0.05; done
 {
-    sed -e "s/^port: .*/port: \$redis_port/" -e 's/^host: .*/host: 127.0.0.1/' "$ROOT/config/redis-databases.yaml"
+    sed -e "s/^port: .*/port: \$redis_port/" -e 's/^host: .*/host: 127.0.0.1/' \
+        -e "s/^password: .*/password: \${password:+\"\$password\"}/" "$ROOT/config/redis-databases.yaml"
     echo "listen: 127.0.0.1:\$port"
-    echo "unixsocket: \$sock"
-    echo "unixsocketperm: 700"
     echo "client_idle_timeout: \${idle:-0}"
+    if [ -n "\$sock" ]; then
+        # (The suite hands over a temporary file's path: Redis replaces whatever is
+        # there, the proxy only a socket.)
+        rm -f "\$sock"
+        echo "unixsocket: \$sock"
+        echo "unixsocketperm: 700"
+    fi
+    [ -n "\$password" ] && echo "client_password: \"\$password\""
+    [ -n "\$max" ] && echo "max_clients: \$max"
+    true
 } >"\$conf.proxy.yml"
 "$ROOT/target/release/redis-sidecar" -c "\$conf.proxy.yml" --metrics-listen off >>"$OUT/proxy-server.log" 2>&1 &
 proxy=\$!
