@@ -468,13 +468,19 @@ async fn pause_until(
             return;
         }
         if let Some(err) = last_err {
-            let (expired, kept): (VecDeque<Batch>, VecDeque<Batch>) =
-                waiting.drain(..).partition(|b| b.retry.bound <= now);
-            *waiting = kept;
-            for b in expired {
-                b.fail(err.clone(), stats);
-            }
+            fail_expired(waiting, now, err, stats);
         }
+    }
+}
+
+/// Answers with `err` the waiting batches whose bound has passed at `now`; the
+/// others keep their order.
+fn fail_expired(waiting: &mut VecDeque<Batch>, now: Instant, err: &UpstreamError, stats: &DbStats) {
+    let (expired, kept): (VecDeque<Batch>, VecDeque<Batch>) =
+        waiting.drain(..).partition(|b| b.retry.bound <= now);
+    *waiting = kept;
+    for b in expired {
+        b.fail(err.clone(), stats);
     }
 }
 
@@ -757,14 +763,8 @@ async fn serve(
                         None => taking = false,
                     },
                     _ = tokio::time::sleep_until(first.unwrap_or_else(Instant::now)), if first.is_some() => {
-                        let now = Instant::now();
-                        let (expired, kept): (VecDeque<Batch>, VecDeque<Batch>) =
-                            waiting.drain(..).partition(|b| b.retry.bound <= now);
-                        *waiting = kept;
                         let err = UpstreamError::Lost { addr: addr.clone(), sent: false };
-                        for b in expired {
-                            b.fail(err.clone(), stats);
-                        }
+                        fail_expired(waiting, Instant::now(), &err, stats);
                     }
                 }
             }
@@ -1134,6 +1134,24 @@ mod tests {
         assert!(r3.try_recv().expect("answered").reply.is_err());
     }
 
+    /// Reads a connection's setup (it ends with PING) and answers it: `+OK` to each
+    /// SELECT, `+PONG`. False if the connection closed first.
+    async fn answer_setup(s: &mut tokio::net::TcpStream) -> bool {
+        use tokio::io::{AsyncReadExt, AsyncWriteExt};
+        let mut seen = Vec::new();
+        let mut buf = [0u8; 4096];
+        while !seen.windows(6).any(|w| w == b"PING\r\n") {
+            match s.read(&mut buf).await {
+                Ok(0) | Err(_) => return false,
+                Ok(n) => seen.extend_from_slice(&buf[..n]),
+            }
+        }
+        let selects = seen.windows(6).filter(|w| w == b"SELECT").count();
+        let mut setup = b"+OK\r\n".repeat(selects);
+        setup.extend_from_slice(b"+PONG\r\n");
+        s.write_all(&setup).await.is_ok()
+    }
+
     /// A scripted upstream on a loopback port: answers the connection setup, then
     /// reads one batch and sends `reply`, then `rest` when told.
     async fn scripted(
@@ -1148,20 +1166,9 @@ mod tests {
         let (go, more) = oneshot::channel::<()>();
         let task = tokio::spawn(async move {
             let (mut s, _) = l.accept().await.expect("accept");
-            let mut seen = Vec::new();
             let mut buf = [0u8; 4096];
-            // The setup ends with PING; the batch's GETs follow.
-            while !seen.windows(6).any(|w| w == b"PING\r\n") {
-                let n = s.read(&mut buf).await.expect("read");
-                assert!(n > 0, "closed during setup");
-                seen.extend_from_slice(&buf[..n]);
-            }
-            let selects = seen.windows(6).filter(|w| w == b"SELECT").count();
-            s.write_all(&b"+OK\r\n".repeat(selects))
-                .await
-                .expect("write");
-            s.write_all(b"+PONG\r\n").await.expect("write");
-            seen.clear();
+            assert!(answer_setup(&mut s).await, "closed during setup");
+            let mut seen = Vec::new();
             while !seen.windows(3).any(|w| w == b"GET") {
                 let n = s.read(&mut buf).await.expect("read");
                 assert!(n > 0, "closed before the batch");
@@ -1179,7 +1186,7 @@ mod tests {
     /// An upstream that closes its first connection when a batch arrives and
     /// never answers a batch on the others; says whether it ever saw a `SET`.
     async fn closes_then_stalls() -> (u16, Arc<AtomicBool>) {
-        use tokio::io::{AsyncReadExt, AsyncWriteExt};
+        use tokio::io::AsyncReadExt;
         let l = tokio::net::TcpListener::bind("127.0.0.1:0")
             .await
             .expect("bind");
@@ -1193,18 +1200,8 @@ mod tests {
                 };
                 let saw = saw.clone();
                 tokio::spawn(async move {
-                    let mut seen = Vec::new();
                     let mut buf = [0u8; 4096];
-                    while !seen.windows(6).any(|w| w == b"PING\r\n") {
-                        match s.read(&mut buf).await {
-                            Ok(0) | Err(_) => return,
-                            Ok(k) => seen.extend_from_slice(&buf[..k]),
-                        }
-                    }
-                    let selects = seen.windows(6).filter(|w| w == b"SELECT").count();
-                    let mut setup = b"+OK\r\n".repeat(selects);
-                    setup.extend_from_slice(b"+PONG\r\n");
-                    if s.write_all(&setup).await.is_err() {
+                    if !answer_setup(&mut s).await {
                         return;
                     }
                     loop {
