@@ -79,9 +79,11 @@ run() { # name [environment...]
 run direct
 run proxy REDIS_SERVER_PATH="$WORK/redis-server-behind-proxy"
 
-python3 - "$OUT" <<'PY'
+python3 - "$OUT" "$ROOT/scripts" <<'PY'
 import re, sys
 out = sys.argv[1]
+sys.path.insert(0, sys.argv[2])
+from suite_results import report
 def results(path):
     r, unit = {}, None
     for line in open(path, errors='replace'):
@@ -99,10 +101,5 @@ def results(path):
             seen = sum(k.startswith(key + ' #') or k == key for k in r)
             r[key if not seen else f'{key} #{seen + 1}'] = kind
     return r
-d, p = results(f'{out}/direct.log'), results(f'{out}/proxy.log')
-count = lambda r: ', '.join(f'{k} {sum(v == k for v in r.values())}' for k in ('passed', 'failed', 'skipped'))
-print(f'direct: {count(d)}\nproxy:  {count(p)}')
-for name in sorted(set(d) | set(p)):
-    if d.get(name) != p.get(name):
-        print(f'  differs: {name}: direct {d.get(name)}, proxy {p.get(name)}')
+report(results(f'{out}/direct.log'), results(f'{out}/proxy.log'))
 PY

@@ -73,9 +73,11 @@ proxy_in_front() {
 # compare_junit LABEL DIRECT_XML PROXY_XML: each run's counts and every test whose
 # result differs (JUnit XML, as pytest and PHPUnit write it).
 compare_junit() {
-    python3 - "$@" <<'PY'
+    python3 - "$ROOT/scripts" "$@" <<'PY'
 import sys, xml.etree.ElementTree as ET
-label, direct, proxy = sys.argv[1:4]
+sys.path.insert(0, sys.argv[1])
+from suite_results import report
+label, direct, proxy = sys.argv[2:5]
 def results(path):
     r = {}
     for c in ET.parse(path).getroot().iter('testcase'):
@@ -85,11 +87,6 @@ def results(path):
                 kind = k
         r[(c.get('classname') or c.get('class') or '') + '::' + c.get('name')] = kind
     return r
-d, p = results(direct), results(proxy)
-count = lambda r: ', '.join(f'{k} {sum(v == k for v in r.values())}' for k in ('passed', 'failure', 'error', 'skipped'))
-print(f'{label:12} direct: {count(d)}\n{"":12} proxy:  {count(p)}')
-for name in sorted(set(d) | set(p)):
-    if d.get(name) != p.get(name):
-        print(f'  differs: {name}: direct {d.get(name)}, proxy {p.get(name)}')
+report(results(direct), results(proxy), ('passed', 'failure', 'error', 'skipped'), f'{label:12} ')
 PY
 }
