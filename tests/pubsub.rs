@@ -582,6 +582,35 @@ async fn monitor_streams_commands_on_its_own_connection() {
     proxy.shutdown().await;
 }
 
+/// RESET or QUIT pipelined behind MONITOR, as node-redis sends them ("should be
+/// able to go back to normal mode"): the proxy answers them itself, and it
+/// answered them before Redis's `+OK` to MONITOR had come, which was lost (the
+/// client then waited for it forever). They wait for the replies still to come
+/// on the MONITOR connection now; the bytes are Redis's.
+// Standalone only, as above.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn reset_or_quit_pipelined_behind_monitor_comes_after_its_ok() {
+    let redis = RedisServer::start();
+    let proxy = start_proxy(proxy_config(&redis)).await;
+    for (side, addr) in [("redis", redis.addr()), ("proxy", proxy.local_addr())] {
+        let mut c = AsyncRawClient::connect(addr).await;
+        c.send(b"MONITOR\r\nRESET\r\n").await;
+        let replies = c.read_replies(2).await;
+        assert_eq!(replies, [&b"+OK\r\n"[..], b"+RESET\r\n"], "{side}");
+        assert_eq!(c.cmd(&[b"PING"]).await, b"+PONG\r\n", "{side}");
+        let mut q = AsyncRawClient::connect(addr).await;
+        q.send(b"MONITOR\r\nPING\r\nQUIT\r\n").await;
+        let before_close = String::from_utf8_lossy(&q.read_until_closed().await).into_owned();
+        // (Redis's own monitor line for the PING may come between.)
+        let replies: Vec<&str> = before_close
+            .split("\r\n")
+            .filter(|l| !l.is_empty() && !l.contains(" ["))
+            .collect();
+        assert_eq!(replies, ["+OK", "+PONG", "+OK"], "{side}");
+    }
+    proxy.shutdown().await;
+}
+
 /// A RESP3 subscriber's `HELLO 2`: on Redis the client stays subscribed and
 /// speaks RESP2 from then on (messages as arrays, only the pub/sub commands
 /// allowed, `PING` answered `["pong", ""]`), as Redis's own Tcl suite does

@@ -868,9 +868,12 @@ impl Session {
         )
     }
 
-    /// A barrier PING is on its way on the subscriber connection.
+    /// A barrier PING is on its way on the subscriber connection (a MONITOR
+    /// connection: replies to earlier requests are).
     fn barrier_pending(&self) -> bool {
-        matches!(&self.mode, Mode::Subscribed(s) if s.barrier.is_some() || s.tx.as_ref().is_some_and(|t| t.waits()))
+        matches!(&self.mode, Mode::Subscribed(s) if s.barrier.is_some()
+            || s.tx.as_ref().is_some_and(|t| t.waits())
+            || (s.monitor && s.home.awaiting()))
     }
 
     /// The session span's `db` and `upstream` fields follow the database in use.

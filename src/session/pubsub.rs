@@ -222,7 +222,7 @@ impl Home {
     }
 
     /// Whether replies are still to come for the requests written.
-    fn awaiting(&self) -> bool {
+    pub(super) fn awaiting(&self) -> bool {
         self.0.as_ref().is_some_and(|s| !s.awaiting.is_empty())
     }
 
@@ -380,7 +380,9 @@ impl Session {
                 return;
             }
         }
-        s.home.received(&frame);
+        if !(s.monitor && pubsub::is_monitor_line(&frame)) {
+            s.home.received(&frame);
+        }
         let mut selected = None;
         let mut locals = Vec::new();
         if let Some(tx) = s.tx.as_mut().filter(|_| !frame.starts_with(b">")) {
@@ -661,8 +663,12 @@ impl Session {
         let Some(s) = self.mode.subscribed() else {
             return true;
         };
-        if s.monitor || std::mem::take(&mut s.barrier_passed) {
-            // (A MONITOR stream would show the PING to the client.)
+        if s.monitor {
+            // (A MONITOR stream would show a PING to the client, and to every
+            // other monitor: the replies still to come are counted instead.)
+            return !s.home.awaiting();
+        }
+        if std::mem::take(&mut s.barrier_passed) {
             return true;
         }
         if let Some(tx) = &mut s.tx {

@@ -258,6 +258,22 @@ pub fn confirmation(frame: &[u8]) -> Option<Confirmation> {
     })
 }
 
+/// Whether `frame` is a line of a MONITOR stream (`+1700000000.123456 [0
+/// 127.0.0.1:5000] "GET" "k"`, in RESP2 and RESP3 alike), not a reply to one of
+/// the monitoring client's own requests (no reply of Redis's starts with a
+/// time and a `[`).
+pub fn is_monitor_line(frame: &[u8]) -> bool {
+    let Some(rest) = frame.strip_prefix(b"+") else {
+        return false;
+    };
+    let secs = rest.iter().take_while(|b| b.is_ascii_digit()).count();
+    let Some(rest) = rest[secs..].strip_prefix(b".").filter(|_| secs > 0) else {
+        return false;
+    };
+    let micros = rest.iter().take_while(|b| b.is_ascii_digit()).count();
+    micros > 0 && rest[micros..].starts_with(b" [")
+}
+
 /// Whether `frame` answers a request (a confirmation, PING's reply, an error,
 /// a RESP3 reply), rather than being sent by Redis on its own (a message, a
 /// keyspace notification, an invalidation: RESP2 `message`-kind arrays and
@@ -309,7 +325,7 @@ pub fn confirmed_channel(frame: &[u8]) -> Option<&[u8]> {
 
 #[cfg(test)]
 mod tests {
-    use super::{answers_request, confirmation, confirmed_channel, Confirmation};
+    use super::{answers_request, confirmation, confirmed_channel, is_monitor_line, Confirmation};
 
     #[test]
     fn tells_replies_from_what_redis_sends_on_its_own() {
@@ -334,6 +350,32 @@ mod tests {
                 !answers_request(pushed),
                 "{}",
                 String::from_utf8_lossy(pushed)
+            );
+        }
+    }
+
+    #[test]
+    fn tells_monitor_lines_from_replies() {
+        for line in [
+            &b"+1796458181.046379 [0 127.0.0.1:58278] \"GET\" \"k\"\r\n"[..],
+            b"+1796458181.046440 [0 lua] \"ping\"\r\n",
+            b"+1.5 [3 unix:/tmp/redis.sock] \"PING\"\r\n",
+        ] {
+            assert!(is_monitor_line(line), "{}", String::from_utf8_lossy(line));
+        }
+        for reply in [
+            &b"+OK\r\n"[..],
+            b"+PONG\r\n",
+            b"+1796458181\r\n",
+            b"+1.5\r\n",
+            b"+.5 [0 lua]\r\n",
+            b"$30\r\n1796458181.046379 [0 lua] \"x\"\r\n",
+            b":1796458181\r\n",
+        ] {
+            assert!(
+                !is_monitor_line(reply),
+                "{}",
+                String::from_utf8_lossy(reply)
             );
         }
     }
