@@ -5,17 +5,22 @@
 #
 #   scripts/node-redis-suite.sh SOURCE [mocha options...]
 #
-# SOURCE: a checkout of github.com/redis/node-redis at a v4 tag (redis@4.7.1 tried);
-# its packages are installed from npm and built there (`npm install`, tsc). Needs
-# Node.js and npm. The tests start each Redis they need with `docker run` (one
-# server per set of server arguments, on a port from 6379 up); here `docker` is a
+# SOURCE: a checkout of github.com/redis/node-redis at a v4 or v5 tag (redis@4.7.1 and
+# redis@5.12.1 tried); its packages are installed from npm and built there (`npm
+# install`, tsc). Needs Node.js and npm. The tests start each Redis they need with
+# `docker run` (one server per set of server arguments, on a port from 6379 up; v4
+# passes them through `docker build`, v5 to its image); here `docker` is a
 # stand-in that starts redis-server on that port (the run against Redis), or
 # redis-server on a free port and the proxy (the release build, the shipped config
 # plus databases 11-15, the password for clients and towards Redis when the test's
-# server has one) on that port. Cluster tests (titles `cluster.*`) are left out: the
-# proxy shows a cluster to its clients as one standalone server. Redis's version is
-# given as 7.0, so tests of newer commands are skipped both ways. Extra options go to
-# mocha (e.g. `--grep GET`). Output in ${NODE_REDIS_SUITE_OUT:-target/node-redis-suite}.
+# server has one) on that port. Cluster and Sentinel tests (titles `cluster.*`,
+# lib/cluster, lib/sentinel) are left out: the proxy shows a cluster to its clients
+# as one standalone server, and v5's Sentinel tests mount files into containers.
+# Redis's version is given as 7.0, so tests of newer commands are skipped both ways.
+# Extra options go to
+# mocha (e.g. `--bail`; a `--grep` takes the place of the one that leaves out the
+# cluster tests); NODE_REDIS_PROXY_YAML adds lines to the proxy's config
+# (e.g. 'deny_commands: []'). Output in ${NODE_REDIS_SUITE_OUT:-target/node-redis-suite}.
 set -euo pipefail
 
 SUITE=node-redis-suite
@@ -24,20 +29,26 @@ SRC="$(cd "${1:?usage: scripts/node-redis-suite.sh NODE_REDIS_SOURCE [mocha opti
 shift
 OUT="$(out_dir "${NODE_REDIS_SUITE_OUT:-$ROOT/target/node-redis-suite}")"
 (cd "$ROOT" && cargo build --release --quiet)
-if [ ! -e "$SRC/packages/test-utils/dist/index.js" ]; then
+if [ ! -d "$SRC/packages/test-utils/dist" ]; then
     log "installing and building node-redis's packages"
+    build=build
+    grep -q '"build:tests-tools"' "$SRC/package.json" && build=build:tests-tools  # (v4)
     (cd "$SRC" && npm install --no-audit --no-fund --ignore-scripts >"$OUT/npm.log" 2>&1 &&
-        npm run build:tests-tools >>"$OUT/npm.log" 2>&1)
+        npm run "$build" >>"$OUT/npm.log" 2>&1)
 fi
 
 mkdir -p "$WORK/bin" "$WORK/docker"
-proxy_config @REDIS_PORT@ 15 >"$WORK/proxy-template.yml"
+{
+    proxy_config @REDIS_PORT@ 15
+    printf '%b\n' "${NODE_REDIS_PROXY_YAML:-}"
+} >"$WORK/proxy-template.yml"
 cat >"$WORK/bin/docker" <<STANDIN
 #!/usr/bin/env bash
 # docker, as node-redis's test-utils call it: \`docker build DIR -q --build-arg
 # REDIS_ARGUMENTS="..."\` (prints an image: the arguments, kept in a file),
 # \`docker run -d --network host IMAGE\` (starts it, prints its id) and
-# \`docker rm -f ID\` (stops it). MODE=proxy puts the proxy on the port asked for.
+# \`docker rm -f ID\` (kills it, as docker does). MODE=proxy puts the proxy on
+# the port asked for.
 set -u
 state=$WORK/docker
 free_port() { python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1])'; }
@@ -49,8 +60,24 @@ build)
     echo "\$image"
     ;;
 run)
-    image=\${!#} id=server\$RANDOM\$RANDOM
-    eval "set -- \$(cat "\$state/\$image")"
+    shift
+    port= id=server\$RANDOM\$RANDOM
+    while ((\$#)); do
+        case \$1 in
+        --init | -d) shift ;;
+        -e) [[ \$2 == PORT=* ]] && port=\${2#PORT=}; shift 2 ;;
+        -v | --network) shift 2 ;;
+        *) image=\$1; shift; break ;;
+        esac
+    done
+    if [ -f "\$state/\$image" ]; then
+        eval "set -- \$(cat "\$state/\$image")"  # v4: the arguments of the build
+    elif [[ \$image == redislabs/client-libs-test:* ]]; then
+        set -- --port "\$port" "\$@"              # v5: the port in the environment
+    else
+        echo "docker stand-in: no image \$image here" >&2
+        exit 1
+    fi
     args=("\$@") port= password= cluster=
     for ((i = 0; i < \${#args[@]}; i++)); do
         case \${args[i]} in
@@ -89,7 +116,7 @@ run)
     ;;
 rm)
     id=\${!#}
-    kill \$(cat "\$state/\$id/pids") 2>/dev/null
+    kill -9 \$(cat "\$state/\$id/pids") 2>/dev/null
     true
     ;;
 *)
@@ -101,17 +128,23 @@ STANDIN
 chmod +x "$WORK/bin/docker"
 : >"$OUT/proxy-server.log"
 
+# v4 runs its TypeScript through ts-node, v5 through tsx.
+if grep -q '"tsx"' "$SRC/package.json" "$SRC/packages/client/package.json"; then
+    MOCHA=(-r tsx --exit)
+else
+    MOCHA=(-r source-map-support/register -r ts-node/register)
+fi
 run() { # name [mocha options...]
     local name=$1
     shift
     log "$name run"
     (cd "$SRC/packages/client" && MODE=$name PATH="$WORK/bin:$PATH" TS_NODE_TRANSPILE_ONLY=true \
-        timeout 1800 npx mocha -r source-map-support/register -r ts-node/register \
-        './lib/**/*.spec.ts' --redis-version=7.0 --grep 'cluster\.' --invert \
+        timeout 1800 npx mocha "${MOCHA[@]}" './lib/**/*.spec.ts' --exclude './lib/cluster/**' \
+        --exclude './lib/sentinel/**' --redis-version=7.0 --grep 'cluster\.' --invert \
         --reporter xunit --reporter-option "output=$OUT/$name.xml" "$@" >"$OUT/$name.log" 2>&1) ||
         log "$name run: exit $?"
     # (Servers the run left behind, if it was cut short.)
-    for f in "$WORK"/docker/*/pids; do [ -e "$f" ] && kill $(cat "$f") 2>/dev/null; done
+    for f in "$WORK"/docker/*/pids; do [ -e "$f" ] && { kill -9 $(cat "$f") 2>/dev/null || true; }; done
     rm -rf "$WORK"/docker/*
 }
 MOCHA_ARGS=("$@")
