@@ -28,6 +28,7 @@ SRC="$(cd "${1:?usage: scripts/perl-redis-suite.sh REDIS_PM_SOURCE}" && pwd)"
 OUT="$(out_dir "${PERL_SUITE_OUT:-$ROOT/target/perl-redis-suite}")"
 (cd "$ROOT" && cargo build --release --quiet)
 
+proxy_config @REDIS_PORT@ >"$WORK/proxy-template.yml"
 cat >"$WORK/redis-server-behind-proxy" <<STANDIN
 #!/usr/bin/env bash
 # redis-server CONFIG, as the suite calls it: redis-server on a free port behind the
@@ -44,8 +45,8 @@ redis-server "\$conf" --port "\$redis_port" --unixsocket "\$conf.redis.sock" --m
 redis=\$!
 for _ in \$(seq 1 100); do redis-cli -p "\$redis_port" \${password:+-a "\$password"} ping 2>/dev/null | grep -q PONG && break; sleep 0.05; done
 {
-    sed -e "s/^port: .*/port: \$redis_port/" -e 's/^host: .*/host: 127.0.0.1/' \
-        -e "s/^password: .*/password: \${password:+\"\$password\"}/" "$ROOT/config/redis-databases.yaml"
+    sed -e "s/@REDIS_PORT@/\$redis_port/" \
+        -e "s/^password: .*/password: \${password:+\"\$password\"}/" "$WORK/proxy-template.yml"
     echo "listen: 127.0.0.1:\$port"
     echo "client_idle_timeout: \${idle:-0}"
     if [ -n "\$sock" ]; then

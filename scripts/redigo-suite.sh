@@ -24,6 +24,7 @@ OUT="$(out_dir "${REDIGO_SUITE_OUT:-$ROOT/target/redigo-suite}")"
 mkdir -p "$WORK/gopath/src/github.com/gomodule"
 cp -r "$SRC" "$WORK/gopath/src/github.com/gomodule/redigo"
 
+proxy_config @REDIS_PORT@ >"$WORK/proxy-template.yml"
 cat >"$WORK/redis-server-behind-proxy" <<STANDIN
 #!/usr/bin/env bash
 # redis-server --port N [options...], as the suite calls it: redis-server with the
@@ -37,8 +38,7 @@ done
 redis-server "\${args[@]}" >>"$OUT/redis-server.log" 2>&1 &
 redis=\$!
 {
-    sed -e "s/^port: .*/port: \$redis_port/" -e 's/^host: .*/host: 127.0.0.1/' \
-        "$ROOT/config/redis-databases.yaml"
+    sed -e "s/@REDIS_PORT@/\$redis_port/" "$WORK/proxy-template.yml"
     echo "listen: 127.0.0.1:\$port"
 } >"$WORK/proxy.yml"
 "$ROOT/target/release/redis-sidecar" -c "$WORK/proxy.yml" --metrics-listen off \
