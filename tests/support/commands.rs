@@ -399,7 +399,7 @@ fn scan_all(c: &mut RawClient) -> String {
     let mut keys = Vec::new();
     // (Bounded, but far above what a loop needs with `COUNT 3`: on the shared test
     // cluster a prefixed database's `SCAN` walks other tests' keys too, 10,000 of
-    // them while `scan_walks_every_node_and_sees_every_key_once` runs, about 4,000
+    // them while `scan_walks_every_node_and_sees_every_key_once` runs, about 2,900
     // calls; a bound of 1,000 cut the loop short and the keys compared were partial.)
     let mut ended = false;
     for _ in 0..100_000 {
