@@ -586,7 +586,9 @@ async fn monitor_streams_commands_on_its_own_connection() {
 /// able to go back to normal mode"): the proxy answers them itself, and it
 /// answered them before Redis's `+OK` to MONITOR had come, which was lost (the
 /// client then waited for it forever). They wait for the replies still to come
-/// on the MONITOR connection now; the bytes are Redis's.
+/// on the MONITOR connection now, and a RESET is sent there first, so that the
+/// stream line of the request before it (which Redis writes after that
+/// request's reply) comes before `+RESET`; the bytes are Redis's.
 // Standalone only, as above.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn reset_or_quit_pipelined_behind_monitor_comes_after_its_ok() {
@@ -597,6 +599,21 @@ async fn reset_or_quit_pipelined_behind_monitor_comes_after_its_ok() {
         c.send(b"MONITOR\r\nRESET\r\n").await;
         let replies = c.read_replies(2).await;
         assert_eq!(replies, [&b"+OK\r\n"[..], b"+RESET\r\n"], "{side}");
+        assert_eq!(c.cmd(&[b"PING"]).await, b"+PONG\r\n", "{side}");
+        // Redis writes a request's stream line after its reply: the PING's
+        // line comes before RESET's answer.
+        c.send(b"MONITOR\r\nPING\r\nRESET\r\n").await;
+        let replies = c.read_replies(4).await;
+        let line = String::from_utf8_lossy(&replies[2]).into_owned();
+        assert_eq!(
+            [&replies[0][..], &replies[1], &replies[3]],
+            [&b"+OK\r\n"[..], b"+PONG\r\n", b"+RESET\r\n"],
+            "{side}: {line}"
+        );
+        assert!(
+            line.starts_with('+') && line.contains(" [") && line.ends_with("\"PING\"\r\n"),
+            "{side}: {line}"
+        );
         assert_eq!(c.cmd(&[b"PING"]).await, b"+PONG\r\n", "{side}");
         let mut q = AsyncRawClient::connect(addr).await;
         q.send(b"MONITOR\r\nPING\r\nQUIT\r\n").await;

@@ -1290,6 +1290,11 @@ impl Session {
                 if let Some((index, select)) = reselect {
                     self.subscriber_select(index, &select).await;
                 }
+                if cmd.route == Route::Reset
+                    && with_args(&inbuf[run.len..], &self.args, &req, |a| a.count()) == 1
+                {
+                    self.monitor_reset().await;
+                }
                 if !self.barrier_passed().await {
                     self.flush(&mut run, inbuf).await;
                     self.stalled = true;

@@ -108,6 +108,10 @@ pub(super) struct Subscribed {
     pub barrier: Option<Bytes>,
     /// The barrier was passed: the stalled request may now be answered.
     pub barrier_passed: bool,
+    /// A MONITOR connection's `RESET` was sent there: Redis answers it after the
+    /// stream line of every request before it; that `+RESET` is not passed on
+    /// (the session's own follows it).
+    pub reset_sent: bool,
     /// The private connection to go back to after the last unsubscribe.
     pub parked: Option<Private>,
     /// Sharded subscriptions, followed to their slot's node on a cluster.
@@ -306,6 +310,7 @@ impl Session {
             monitor,
             barrier: None,
             barrier_passed: false,
+            reset_sent: false,
             parked,
             shards: Default::default(),
             home: Default::default(),

@@ -382,6 +382,11 @@ impl Session {
         }
         if !(s.monitor && pubsub::is_monitor_line(&frame)) {
             s.home.received(&frame);
+            if s.reset_sent && !s.home.awaiting() {
+                // Redis's `+RESET` on a MONITOR connection: the session's own
+                // follows (`monitor_reset`).
+                return;
+            }
         }
         let mut selected = None;
         let mut locals = Vec::new();
@@ -653,6 +658,28 @@ impl Session {
     /// subscriber connection before it sends more.
     pub(super) fn after_exec_while_subscribed(&self) -> bool {
         matches!(&self.mode, super::mode::Mode::Subscribed(s) if s.tx.as_ref().is_some_and(|t| !t.in_multi))
+    }
+
+    /// A `RESET` on a MONITOR connection: sent there first (once), since Redis
+    /// writes the stream line of a request after its reply, so the line of the
+    /// last request before the `RESET` comes only after that reply. Redis answers
+    /// the `RESET` after it; the reply is counted like any other (the session's
+    /// own `+RESET` waits for it, [`Session::barrier_passed`]) and not passed on.
+    /// Other monitors see the `RESET`, as they see it from a client of Redis.
+    pub(super) async fn monitor_reset(&mut self) {
+        let Some(s) = self
+            .mode
+            .subscribed()
+            .filter(|s| s.monitor && !s.reset_sent)
+        else {
+            return;
+        };
+        const RESET: &[u8] = b"*1\r\n$5\r\nRESET\r\n";
+        s.reset_sent = true;
+        s.home.sent(RESET, false);
+        if s.sub.send(RESET).await.is_err() {
+            self.on_pubsub_frame(Err(End::Closed));
+        }
     }
 
     /// Before a command the proxy answers itself while subscribed: `true` when it
