@@ -892,6 +892,25 @@ async fn a_transaction_whose_connection_is_lost_never_runs_outside_it() {
     assert_eq!(c.cmd(&[b"MULTI"]).await, b"+OK\r\n");
     assert_eq!(c.cmd(&[b"SET", b"d", b"2"]).await, b"+QUEUED\r\n");
     assert_eq!(c.cmd(&[b"EXEC"]).await, b"*1\r\n+OK\r\n");
+    // The same with a RESET pipelined behind the DISCARD: RESET lets the held
+    // connection go only once the DISCARD's fate is known (it answered `+OK`
+    // outside MULTI when the loss came after RESET had let it go).
+    for (before, discard) in [
+        (
+            &[&b"WATCH"[..], b"w"][..],
+            &b"-ERR DISCARD without MULTI\r\n"[..],
+        ),
+        (&[&b"MULTI"[..]][..], &b"+OK\r\n"[..]),
+    ] {
+        assert_eq!(c.cmd(before).await, b"+OK\r\n");
+        kill_upstream_connections(&mut direct).await;
+        c.send(b"DISCARD\r\nRESET\r\n").await;
+        assert_eq!(
+            c.read_replies(2).await,
+            [discard, b"+RESET\r\n"],
+            "{before:?}"
+        );
+    }
 
     // RESP3: the WATCH conflict's null is `_`; RESET ends a lost transaction.
     let hello = c.cmd(&[b"HELLO", b"3"]).await;

@@ -1749,7 +1749,18 @@ impl Session {
         let forwards_elsewhere = matches!(route, Route::Client | Route::CrossDb)
             && self.conn_for(self.current_target()) != self.last;
         let tracking = self.tracking_waits(route, inbuf, req);
-        if (route == Route::Hello || logs_in || moves_private || forwards_elsewhere || tracking)
+        // RESET and QUIT let the held connection go: what is in flight on it is
+        // settled first, so that a failure there is answered as the transaction
+        // state it was sent in (a DISCARD outside MULTI under a lost WATCH gets
+        // Redis's refusal, not `+OK`).
+        let releases =
+            matches!(route, Route::Reset | Route::Quit) && matches!(self.mode, Mode::Exclusive(_));
+        if (route == Route::Hello
+            || logs_in
+            || moves_private
+            || forwards_elsewhere
+            || tracking
+            || releases)
             && self.waits_upstream()
         {
             return Some(true);
