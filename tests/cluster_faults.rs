@@ -1938,6 +1938,45 @@ fn a_sharded_subscription_follows_its_slot() {
     wait_healthy(cluster, Duration::from_secs(10));
 }
 
+/// A shard subscriber's connection that Redis closes while a reply is due on it:
+/// here a `PING` sent after a script keeps the node busy and a `CLIENT KILL` is
+/// queued before it, so Redis closes the connection without answering. The proxy
+/// used to subscribe the channel again on a new connection, where that reply
+/// never comes: the client waited forever. Now it is disconnected, as by Redis
+/// (an idle subscriber is still followed: `a_sharded_subscription_follows_its_slot`).
+#[test]
+fn a_shard_subscriber_closed_with_a_reply_due_is_disconnected_not_left_waiting() {
+    let (_serial, cluster, env) = on_shared_cluster();
+    let addr = env.proxy.local_addr();
+    let tag = free_tag(cluster, "due");
+    let channel = format!("{{{tag}}}x");
+    let node = std::net::SocketAddr::from(([127, 0, 0, 1], owner(cluster, &tag)));
+    // Busy for half a second (Redis reads nothing else meanwhile).
+    const BUSY: &[u8] = b"local s = redis.call('TIME') local t0 = s[1] * 1000000 + s[2] \
+        while true do local n = redis.call('TIME') \
+        if n[1] * 1000000 + n[2] - t0 > 500000 then break end end return 1";
+    let (rest, waited) = env.rt.block_on(async {
+        let mut sub = ssubscribe(addr, false, channel.as_bytes()).await;
+        let mut busy = AsyncRawClient::connect(node).await;
+        let mut killer = AsyncRawClient::connect(node).await;
+        busy.send(&resp_cmd(&[b"EVAL", BUSY, b"0"])).await;
+        tokio::time::sleep(Duration::from_millis(50)).await;
+        killer
+            .send(&resp_cmd(&[b"CLIENT", b"KILL", b"TYPE", b"pubsub"]))
+            .await;
+        tokio::time::sleep(Duration::from_millis(50)).await;
+        sub.send(&resp_cmd(&[b"PING"])).await;
+        let started = Instant::now();
+        sub.set_timeout(Duration::from_secs(10));
+        let rest = sub.read_until_closed().await;
+        assert_eq!(busy.read_reply().await, b":1\r\n");
+        (rest, started.elapsed())
+    });
+    assert!(rest.is_empty(), "{}", String::from_utf8_lossy(&rest));
+    assert!(waited < Duration::from_secs(5), "{waited:?}");
+    wait_healthy(cluster, Duration::from_secs(10));
+}
+
 /// A client of `addr` (RESP3 after `HELLO 3`) subscribed to the shard channel
 /// `ch`, with the confirmation Redis gives.
 async fn ssubscribe(addr: std::net::SocketAddr, resp3: bool, ch: &[u8]) -> AsyncRawClient {

@@ -939,8 +939,12 @@ impl Session {
             return;
         };
         let (lost, closed) = s.shards.take_lost();
-        let alone = s.counts == [0, 0] && s.barrier.is_none();
-        let followed = if (closed || alone) && !s.holds_transaction() {
+        // Replies still due on the old connection (a request, or the barrier, in
+        // flight when it closed) would never come on a new one: then the client
+        // is not followed but told, as by Redis (disconnected, or the
+        // sunsubscribe passed on).
+        let quiet = !s.home.awaiting() && s.barrier.is_none();
+        let followed = if quiet && (closed || s.counts == [0, 0]) && !s.holds_transaction() {
             self.resubscribe(&lost, closed).await
         } else {
             false
