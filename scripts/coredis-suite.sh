@@ -25,9 +25,8 @@ source "$(dirname "${BASH_SOURCE[0]}")/suite-common.sh"
 SRC="$(cd "${1:?usage: scripts/coredis-suite.sh COREDIS_SOURCE [VENV_DIR]}" && pwd)"
 VENV=${2:-$ROOT/target/coredis-venv}
 OUT="$(out_dir "${COREDIS_SUITE_OUT:-$ROOT/target/coredis-suite}")"
-for p in 6379 6389; do
-    ss -ltn | grep -q "127.0.0.1:$p \|\*:$p \|\[::\]:$p " && { log "port $p is taken; the suite needs it"; exit 1; }
-done
+need_port 6379
+need_port 6389
 (cd "$ROOT" && cargo build --release --quiet)
 if [ ! -x "$VENV/bin/pytest" ]; then
     log "installing coredis's test requirements into $VENV"

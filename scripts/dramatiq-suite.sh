@@ -22,10 +22,10 @@ SRC="$(cd "${1:?usage: scripts/dramatiq-suite.sh SOURCE [VENV_DIR]}" && pwd)"
 VENV="$(out_dir "${2:-$ROOT/target/dramatiq-venv}")"
 OUT="$(out_dir "${DRAMATIQ_SUITE_OUT:-$ROOT/target/dramatiq-suite}")"
 
-ss -ltn | grep -q '127.0.0.1:6379 ' && { log "port 6379 is taken; the suite needs it"; exit 1; }
+need_port 6379
 [ -x "$VENV/bin/python" ] || python3 -m venv "$VENV"
 "$VENV/bin/pip" install -q -e "$SRC[redis]" pytest pytest-benchmark pytest-timeout pika pylibmc
-if ! ss -ltn | grep -q '127.0.0.1:11211 '; then
+if ! port_taken 11211; then
     memcached -u "$(id -un)" -l 127.0.0.1 -p 11211 &
     PIDS+=($!)
 fi

@@ -17,7 +17,7 @@ SUITE=predis-suite
 source "$(dirname "${BASH_SOURCE[0]}")/suite-common.sh"
 SRC="$(cd "${1:?usage: scripts/predis-suite.sh PREDIS_SOURCE}" && pwd)"
 OUT="$(out_dir "${PREDIS_SUITE_OUT:-$ROOT/target/predis-suite}")"
-ss -ltn | grep -q '127.0.0.1:6379 ' && { log "port 6379 is taken; the suite needs it"; exit 1; }
+need_port 6379
 (cd "$ROOT" && cargo build --release --quiet)
 
 run() { # name

@@ -33,7 +33,7 @@ read -r -a APPS <<<"${APPS[*]}"
 OUT="$(out_dir "${PYAPPS_SUITE_OUT:-$ROOT/target/python-apps-suite}")"
 SOCK=/tmp/redis.sock
 
-ss -ltn | grep -q '127.0.0.1:6379 ' && { log "port 6379 is taken; the suites need it"; exit 1; }
+need_port 6379
 [ -e "$SOCK" ] && { log "$SOCK exists; django-redis's suite needs it"; exit 1; }
 [ -x "$DIR/venv/bin/python" ] || python3 -m venv "$DIR/venv"
 "$DIR/venv/bin/pip" install -q redis pytest pytest-mock pytest-xdist click croniter psutil \

@@ -31,7 +31,7 @@ run() { # name
     printf '%-6s %s\n' "$1" "$(grep -E '^[0-9]+ runs' "$OUT/$1.log" || tail -n 1 "$OUT/$1.log")"
 }
 
-ss -ltn | grep -q '127.0.0.1:6381 ' && { log "port 6381 is taken; the suite needs it"; exit 1; }
+need_port 6381
 (cd "$ROOT" && cargo build --release --quiet)
 
 start_redis 6381 --enable-debug-command yes --unixsocket "$WORK/rb.sock" --unixsocketperm 700

@@ -15,6 +15,12 @@ wait_ping() { # redis-cli args...
     for _ in $(seq 1 100); do redis-cli "$@" ping >/dev/null 2>&1 && return 0; sleep 0.1; done
     log "nothing answers on $*"; exit 1
 }
+# Whether something listens on loopback port $1 (any address that takes it).
+port_taken() { ss -ltn | grep -q "127.0.0.1:$1 \|\*:$1 \|\[::\]:$1 "; }
+# Exits unless port $1, which the suite dials, is free.
+need_port() {
+    if port_taken "$1"; then log "port $1 is taken; the suite needs it"; exit 1; fi
+}
 # The output directory $1 (made), as an absolute path.
 out_dir() { mkdir -p "$1" && (cd "$1" && pwd); }
 # Kills what start_redis and start_proxy started.
