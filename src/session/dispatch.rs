@@ -14,7 +14,7 @@ use tokio::sync::oneshot;
 use tokio::time::Instant;
 
 use super::local;
-use super::mode::{Conn, Mode, Queued};
+use super::mode::{Conn, Mode, MonitorEnd, Queued};
 use super::prefix;
 use super::pubsub::unsubscribed;
 use super::queue::{error_text, errors, CmdList, Pending, Sent};
@@ -1290,10 +1290,12 @@ impl Session {
                 if let Some((index, select)) = reselect {
                     self.subscriber_select(index, &select).await;
                 }
-                if cmd.route == Route::Reset
+                if cmd.route == Route::Quit {
+                    self.monitor_end(MonitorEnd::Quit).await;
+                } else if cmd.route == Route::Reset
                     && with_args(&inbuf[run.len..], &self.args, &req, |a| a.count()) == 1
                 {
-                    self.monitor_reset().await;
+                    self.monitor_end(MonitorEnd::Reset).await;
                 }
                 if !self.barrier_passed().await {
                     self.flush(&mut run, inbuf).await;

@@ -108,10 +108,10 @@ pub(super) struct Subscribed {
     pub barrier: Option<Bytes>,
     /// The barrier was passed: the stalled request may now be answered.
     pub barrier_passed: bool,
-    /// A MONITOR connection's `RESET` was sent there: Redis answers it after the
-    /// stream line of every request before it; that `+RESET` is not passed on
-    /// (the session's own follows it).
-    pub reset_sent: bool,
+    /// A MONITOR connection's `RESET` or `QUIT` was sent there: Redis answers it
+    /// after the stream line of every request before it; that reply is not passed
+    /// on (the session's own follows it), nor the close after a `QUIT`.
+    pub end_sent: Option<MonitorEnd>,
     /// The private connection to go back to after the last unsubscribe.
     pub parked: Option<Private>,
     /// Sharded subscriptions, followed to their slot's node on a cluster.
@@ -148,6 +148,14 @@ impl Subscribed {
     pub fn holds_transaction(&self) -> bool {
         self.tx.is_some() || self.watching
     }
+}
+
+/// How a MONITOR session ends its stream: the command sent on the MONITOR
+/// connection ahead of the session's own reply (`Session::monitor_end`).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(super) enum MonitorEnd {
+    Reset,
+    Quit,
 }
 
 /// The upstream connection a forwarded request used.
@@ -310,7 +318,7 @@ impl Session {
             monitor,
             barrier: None,
             barrier_passed: false,
-            reset_sent: false,
+            end_sent: None,
             parked,
             shards: Default::default(),
             home: Default::default(),

@@ -6,7 +6,7 @@ use std::time::Duration;
 
 use bytes::Bytes;
 
-use super::mode::Queued;
+use super::mode::{MonitorEnd, Queued};
 use super::queue::Pending;
 use super::Session;
 use crate::command::{each_request, ArgList};
@@ -345,6 +345,17 @@ impl Session {
                     }
                     return;
                 }
+                if end == End::Closed
+                    && self
+                        .mode
+                        .subscribed()
+                        .is_some_and(|s| s.end_sent == Some(MonitorEnd::Quit) && !s.home.awaiting())
+                {
+                    // Redis closes a MONITOR connection after its `+OK` to the
+                    // `QUIT` sent there: the session answers the client's `QUIT`.
+                    self.leave_pubsub();
+                    return;
+                }
                 if end == End::Overflow {
                     tracing::warn!(
                         session = self.state.id,
@@ -382,9 +393,9 @@ impl Session {
         }
         if !(s.monitor && pubsub::is_monitor_line(&frame)) {
             s.home.received(&frame);
-            if s.reset_sent && !s.home.awaiting() {
-                // Redis's `+RESET` on a MONITOR connection: the session's own
-                // follows (`monitor_reset`).
+            if s.end_sent.is_some() && !s.home.awaiting() {
+                // Redis's `+RESET` (or `+OK` to `QUIT`) on a MONITOR connection:
+                // the session's own follows (`monitor_end`).
                 return;
             }
         }
@@ -660,24 +671,28 @@ impl Session {
         matches!(&self.mode, super::mode::Mode::Subscribed(s) if s.tx.as_ref().is_some_and(|t| !t.in_multi))
     }
 
-    /// A `RESET` on a MONITOR connection: sent there first (once), since Redis
-    /// writes the stream line of a request after its reply, so the line of the
-    /// last request before the `RESET` comes only after that reply. Redis answers
-    /// the `RESET` after it; the reply is counted like any other (the session's
-    /// own `+RESET` waits for it, [`Session::barrier_passed`]) and not passed on.
-    /// Other monitors see the `RESET`, as they see it from a client of Redis.
-    pub(super) async fn monitor_reset(&mut self) {
+    /// A `RESET` or `QUIT` on a MONITOR connection: sent there first (once),
+    /// since Redis writes the stream line of a request after its reply, so the
+    /// line of the last request before it comes only after that reply. Redis
+    /// answers after the line; the reply is counted like any other (the session's
+    /// own waits for it, [`Session::barrier_passed`]) and not passed on, nor the
+    /// close that follows a `QUIT`. Other monitors see the command, as they see it
+    /// from a client of Redis.
+    pub(super) async fn monitor_end(&mut self, end: MonitorEnd) {
         let Some(s) = self
             .mode
             .subscribed()
-            .filter(|s| s.monitor && !s.reset_sent)
+            .filter(|s| s.monitor && s.end_sent.is_none())
         else {
             return;
         };
-        const RESET: &[u8] = b"*1\r\n$5\r\nRESET\r\n";
-        s.reset_sent = true;
-        s.home.sent(RESET, false);
-        if s.sub.send(RESET).await.is_err() {
+        let command: &[u8] = match end {
+            MonitorEnd::Reset => b"*1\r\n$5\r\nRESET\r\n",
+            MonitorEnd::Quit => b"*1\r\n$4\r\nQUIT\r\n",
+        };
+        s.end_sent = Some(end);
+        s.home.sent(command, false);
+        if s.sub.send(command).await.is_err() {
             self.on_pubsub_frame(Err(End::Closed));
         }
     }
