@@ -84,12 +84,15 @@ fn random_reply(rng: &mut fastrand::Rng, depth: u32, out: &mut Vec<u8>) {
             let n = rng.usize(0..=5);
             header(out, tag, n as i64);
             let items = if matches!(tag, b'%' | b'|') { 2 * n } else { n };
-            for _ in 0..items {
+            // The value the attributes describe comes after them.
+            let items = items + usize::from(tag == b'|');
+            let mut made = 0;
+            while made < items {
+                let start = out.len();
                 random_reply(rng, depth - 1, out);
-            }
-            if tag == b'|' {
-                // The value the attributes describe.
-                random_reply(rng, depth - 1, out);
+                // A push inside another reply is out of band, not an element
+                // (Redis 7.0 writes messages inside EXEC's array so).
+                made += usize::from(out[start] != b'>');
             }
         }
         _ => unreachable!(),
@@ -984,6 +987,10 @@ mod reference {
                     return Ok(None);
                 };
                 let header = &buf[pos + 1..eol];
+                // A push inside another reply is out of band, not an element.
+                if tag == b'>' && pos > 0 {
+                    remaining += 1;
+                }
                 pos = eol + 2;
                 remaining -= 1;
                 match tag {

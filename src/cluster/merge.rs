@@ -63,19 +63,14 @@ pub fn elements(frame: &[u8]) -> Option<Vec<&[u8]>> {
     if !matches!(frame.first(), Some(b'*' | b'~')) {
         return None;
     }
-    let nl = frame.iter().position(|&b| b == b'\n')?;
-    let n: i64 = std::str::from_utf8(&frame[1..nl.checked_sub(1)?])
-        .ok()?
-        .parse()
-        .ok()?;
-    let mut out = Vec::with_capacity(n.max(0) as usize);
-    let mut at = nl + 1;
-    for _ in 0..n.max(0) {
-        let f = reply::scan(&frame[at..]).ok()??;
-        out.push(&frame[at..at + f.len]);
-        at += f.len;
-    }
-    Some(out)
+    let items = reply::items(frame)?;
+    Some(
+        items
+            .into_iter()
+            .filter(|(_, push)| !push)
+            .map(|(e, _)| e)
+            .collect(),
+    )
 }
 
 /// The elements of an array, or the keys and values of a RESP3 map, in order.

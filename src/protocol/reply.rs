@@ -176,8 +176,17 @@ impl Scanner {
                 return Err(ReplyError("line not terminated by CRLF"));
             }
             let header = &buf[pos + 1..nl - 1];
+            // A RESP3 push inside another reply is not one of its elements but
+            // out of band: Redis before 7.2 writes a message published by a
+            // command inside `EXEC` (to the client itself) between the elements
+            // of `EXEC`'s array, as `*2 >… :1 >… :1`; RESP3 clients (redis-py,
+            // node-redis) take such a push aside and go on with the array.
+            let nested_push = tag == b'>' && pos > 0;
             pos = nl + 1;
             remaining -= 1;
+            if nested_push {
+                remaining += 1;
+            }
             let step = match tag {
                 b'+' | b'-' | b':' | b'_' | b',' | b'#' | b'(' => Ok(()),
                 b'$' | b'=' | b'!' => match header_int(header) {
@@ -262,6 +271,41 @@ pub fn after_pushes(buf: &[u8]) -> Option<std::ops::Range<usize>> {
     }
 }
 
+/// The elements of an array, set or push reply, each with whether it is a RESP3
+/// push that Redis wrote between them (out of band, not an element: see
+/// [`Scanner::scan`]); `None` for another type or a frame that does not scan.
+pub fn items(frame: &[u8]) -> Option<Vec<(&[u8], bool)>> {
+    if !matches!(frame.first(), Some(b'*' | b'~' | b'>')) {
+        return None;
+    }
+    let nl = memchr(b'\n', frame)?;
+    let n = header_int(frame.get(1..nl.checked_sub(1)?)?)?;
+    let mut out = Vec::with_capacity(n.clamp(0, 1024) as usize);
+    let mut at = nl + 1;
+    let mut left = n.max(0);
+    while left > 0 {
+        let f = scan(frame.get(at..)?).ok()??;
+        out.push((&frame[at..at + f.len], f.is_push));
+        if !f.is_push {
+            left -= 1;
+        }
+        at += f.len;
+    }
+    Some(out)
+}
+
+/// The RESP3 pushes Redis wrote between the elements of a reply ([`items`]), back
+/// to back: what a client still gets of a reply it asked not to get
+/// (`CLIENT REPLY OFF`).
+pub fn pushes_within(frame: &[u8]) -> Vec<u8> {
+    items(frame)
+        .unwrap_or_default()
+        .into_iter()
+        .filter(|(_, push)| *push)
+        .flat_map(|(bytes, _)| bytes.iter().copied())
+        .collect()
+}
+
 /// Whether a reply frame is an error (`-…` simple error, RESP3 `!` blob error).
 #[inline]
 pub fn is_error(frame: &[u8]) -> bool {
@@ -332,6 +376,39 @@ mod tests {
 
     fn len(buf: &[u8]) -> Option<usize> {
         scan(buf).unwrap().map(|f| f.len)
+    }
+
+    /// Redis 7.0's `EXEC` reply with two messages the transaction published to
+    /// the subscriber itself between its elements.
+    const EXEC_WITH_PUSHES: &[u8] = b"*2\r\n>3\r\n$7\r\nmessage\r\n$1\r\nc\r\n$1\r\nm\r\n:1\r\n>3\r\n$7\r\nmessage\r\n$1\r\nc\r\n$1\r\nn\r\n:1\r\n";
+
+    #[test]
+    fn a_push_between_an_arrays_elements_is_not_one_of_them() {
+        let mut buf = EXEC_WITH_PUSHES.to_vec();
+        buf.extend_from_slice(b"+NEXT\r\n");
+        assert_eq!(len(&buf), Some(EXEC_WITH_PUSHES.len()));
+        // Every prefix is incomplete, resumed or not.
+        let mut scanner = Scanner::new();
+        for end in 1..EXEC_WITH_PUSHES.len() {
+            assert_eq!(scan(&EXEC_WITH_PUSHES[..end]).unwrap(), None, "{end}");
+            assert_eq!(scanner.scan(&EXEC_WITH_PUSHES[..end]).unwrap(), None);
+        }
+        let f = scanner.scan(&buf).unwrap().unwrap();
+        assert_eq!((f.len, f.is_push), (EXEC_WITH_PUSHES.len(), false));
+        // A push at the top level is still one frame of its own.
+        let push = b">2\r\n$1\r\na\r\n$1\r\nb\r\n+OK\r\n";
+        assert_eq!(len(push), Some(push.len() - 5));
+        let all = items(EXEC_WITH_PUSHES).unwrap();
+        let flags: Vec<bool> = all.iter().map(|(_, p)| *p).collect();
+        assert_eq!(flags, [true, false, true, false]);
+        assert_eq!(all[1].0, b":1\r\n");
+        assert_eq!(
+            pushes_within(EXEC_WITH_PUSHES),
+            [all[0].0, all[2].0].concat()
+        );
+        assert!(pushes_within(b"*1\r\n:1\r\n").is_empty());
+        assert_eq!(items(b"+OK\r\n"), None);
+        assert_eq!(items(b"*-1\r\n"), Some(vec![]));
     }
 
     #[test]

@@ -105,19 +105,23 @@ fn exec(queued: &[(usize, Unprefix, Bytes)], reply: Bytes) -> Bytes {
     if frame.starts_with(b"*-") {
         return reply;
     }
-    let Some(elements) = crate::cluster::merge::elements(frame) else {
+    // (A message published to the session itself inside the transaction comes
+    // between the elements, not as one: passed on, not counted.)
+    let Some(items) = reply::items(frame).filter(|_| frame.starts_with(b"*")) else {
         return reply;
     };
     let header = frame.iter().position(|&b| b == b'\n').map_or(0, |n| n + 1);
     let mut out = Vec::with_capacity(reply.len());
     out.extend_from_slice(&reply[..at + header]);
-    for (i, e) in elements.iter().enumerate() {
-        match queued.iter().find(|(n, ..)| *n == i) {
+    let mut i = 0;
+    for (e, push) in items {
+        match queued.iter().find(|(n, ..)| *n == i).filter(|_| !push) {
             Some((_, kind, prefix)) => {
                 out.extend_from_slice(&unprefix(*kind, prefix, Bytes::copy_from_slice(e)))
             }
             None => out.extend_from_slice(e),
         }
+        i += usize::from(!push);
     }
     out.extend_from_slice(&reply[at + frame.len()..]);
     Bytes::from(out)

@@ -461,7 +461,12 @@ impl Session {
             && pubsub::confirmation(&frame).is_none()
         {
             // CLIENT REPLY OFF: a reply (a PONG, an error) is dropped; pub/sub
-            // confirmations and messages are pushes, which Redis sends anyway.
+            // confirmations and messages are pushes, which Redis sends anyway,
+            // also those it wrote between the elements of EXEC's array.
+            let pushes = reply::pushes_within(&frame);
+            if !pushes.is_empty() {
+                self.deliver(Bytes::from(pushes));
+            }
             return;
         }
         self.deliver(frame);
@@ -611,16 +616,18 @@ impl Session {
     /// EXEC's reply (it ran the transaction) with each token's element replaced
     /// by the reply of the command it stands for, run now, in order.
     fn splice_subscribed_exec(&mut self, frame: Bytes, locals: Vec<(Vec<u8>, Queued)>) -> Bytes {
-        let Some(elements) = crate::cluster::merge::elements(&frame) else {
+        // (A message the transaction published to the client itself comes
+        // between the elements, as from Redis: passed on in its place.)
+        let Some(items) = reply::items(&frame).filter(|_| frame.starts_with(b"*")) else {
             return frame;
         };
         let mut locals = locals.into_iter().peekable();
         let mut out = Vec::with_capacity(frame.len() + 64);
-        reply::array_header(&mut out, elements.len());
+        reply::array_header(&mut out, items.iter().filter(|(_, push)| !push).count());
         // (What is queued this way never closes the client.)
         let mut close = false;
-        for e in elements {
-            match locals.next_if(|(token, _)| token[..] == *e) {
+        for (e, push) in items {
+            match locals.next_if(|(token, _)| !push && token[..] == *e) {
                 Some((_, q)) => {
                     let r = self.run_queued(q, &mut close);
                     out.extend_from_slice(&r);
