@@ -1285,6 +1285,21 @@ fn the_cluster_is_hidden_as_from_a_standalone_server() {
             "{label}"
         );
         assert_eq!(t.cmd(&[b"DEL", b"hidden:k"]), b":1\r\n", "{label}");
+        // And inside a RESP3 subscriber's transaction, on its subscriber
+        // connection (refused there at once before, which aborted it).
+        let mut s = env.client();
+        assert!(s.cmd(&[b"HELLO", b"3"]).starts_with(b"%"));
+        s.cmd(&[b"SELECT", b"3"]);
+        assert!(s.cmd(&[b"SUBSCRIBE", b"hidden-ch"]).starts_with(b">3"));
+        assert_eq!(s.cmd(&[b"MULTI"]), b"+OK\r\n");
+        assert_eq!(s.cmd(&[b"READWRITE"]), b"+QUEUED\r\n", "{label}");
+        assert_eq!(s.cmd(&[b"ECHO", b"e"]), b"+QUEUED\r\n");
+        assert_eq!(s.cmd(&[b"CLUSTER", b"INFO"]), b"+QUEUED\r\n", "{label}");
+        assert_eq!(
+            String::from_utf8_lossy(&s.cmd(&[b"EXEC"])),
+            format!("*3\r\n{disabled}$1\r\ne\r\n{disabled}"),
+            "{label}"
+        );
     }
     // Without a key_prefix an unknown subcommand is the node's own error, as
     // a standalone server's.

@@ -605,6 +605,23 @@ impl Session {
         self.select_on_subscriber(s, tx.selected().unwrap_or(s.db), args)
     }
 
+    /// Takes a request a database on a cluster answers as a standalone Redis
+    /// does (`CLUSTER …`, `READONLY` …) off `inbuf` to queue in a transaction:
+    /// its arguments, and the refusal that is its element of EXEC's reply.
+    fn take_hidden_cluster(
+        &self,
+        inbuf: &mut BytesMut,
+        req: &request::Request,
+    ) -> (Vec<Vec<u8>>, Vec<u8>) {
+        let args = with_args(&inbuf[..req.len], &self.args, req, |a| {
+            (0..a.count()).map(|i| a.arg(i).to_vec()).collect()
+        });
+        inbuf.advance(req.len);
+        let mut refusal = Vec::new();
+        reply::error(&mut refusal, command::CLUSTER_DISABLED);
+        (args, refusal)
+    }
+
     /// A request the proxy answers itself, inside a RESP3 subscriber's
     /// transaction on its subscriber connection, that it queues there instead
     /// of refusing it: a `SELECT` of a database on the same server (the
@@ -933,6 +950,23 @@ impl Session {
                     self.refused_in_multi();
                     continue;
                 }
+                if self.hides_cluster(&cmd, &req) && self.multi_while_subscribed() {
+                    // Inside a transaction on a RESP3 subscriber connection: queued
+                    // there as an `ECHO`, its refusal its element of EXEC's reply,
+                    // as a standalone Redis queues it (below, for MULTI otherwise).
+                    self.flush(&mut run, inbuf).await;
+                    let (args, refusal) = self.take_hidden_cluster(inbuf, &req);
+                    let queued = Queued {
+                        after: 0,
+                        route: cmd.route,
+                        args,
+                        reply: Some(refusal),
+                    };
+                    let skip = std::mem::take(&mut self.skip_next);
+                    self.last = Conn::Sub;
+                    self.queue_on_subscriber(queued, skip).await;
+                    continue;
+                }
                 if self.hides_cluster(&cmd, &req) && !self.mode.in_multi() && !self.multi_unheld() {
                     // A database on a Redis Cluster looks like a standalone server:
                     // its nodes are not shown (clients would go around the proxy).
@@ -1006,12 +1040,7 @@ impl Session {
                 // Queued, as Redis queues it: its refusal is its element of EXEC's
                 // reply (`READONLY` inside MULTI does not abort).
                 self.flush(&mut run, inbuf).await;
-                let args: Vec<Vec<u8>> = with_args(&inbuf[..req.len], &self.args, &req, |a| {
-                    (0..a.count()).map(|i| a.arg(i).to_vec()).collect()
-                });
-                inbuf.advance(req.len);
-                let mut refusal = Vec::new();
-                reply::error(&mut refusal, command::CLUSTER_DISABLED);
+                let (args, refusal) = self.take_hidden_cluster(inbuf, &req);
                 self.queue_local(cmd.route, &args, Some(refusal));
                 continue;
             }
