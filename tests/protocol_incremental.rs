@@ -987,12 +987,50 @@ mod reference {
                     return Ok(None);
                 };
                 let header = &buf[pos + 1..eol];
-                // A push inside another reply is out of band, not an element.
-                if tag == b'>' && pos > 0 {
-                    remaining += 1;
-                }
+                let at = pos;
                 pos = eol + 2;
                 remaining -= 1;
+                // A push inside another reply is out of band, not an element,
+                // unless it is a subscription confirmation (a queued command's
+                // reply in EXEC's array).
+                if tag == b'>' && at > 0 && parse_int(header).is_some_and(|n| n > 0) {
+                    let rest = &buf[pos..];
+                    match rest.first() {
+                        None => return Ok(None),
+                        Some(b'$') => {
+                            let Some(nl) = rest.iter().position(|&b| b == b'\n') else {
+                                return Ok(None);
+                            };
+                            let len = nl
+                                .checked_sub(1)
+                                .and_then(|end| rest.get(1..end))
+                                .and_then(parse_int)
+                                .filter(|n| (0..=12).contains(n));
+                            match len {
+                                Some(n) => {
+                                    let Some(kind) = rest.get(nl + 1..nl + 1 + n as usize) else {
+                                        return Ok(None);
+                                    };
+                                    let confirmations: [&[u8]; 6] = [
+                                        b"subscribe",
+                                        b"unsubscribe",
+                                        b"psubscribe",
+                                        b"punsubscribe",
+                                        b"ssubscribe",
+                                        b"sunsubscribe",
+                                    ];
+                                    if !confirmations.contains(&kind) {
+                                        remaining += 1;
+                                    }
+                                }
+                                None => remaining += 1,
+                            }
+                        }
+                        Some(_) => remaining += 1,
+                    }
+                } else if tag == b'>' && at > 0 && parse_int(header).is_some() {
+                    remaining += 1;
+                }
                 match tag {
                     b'+' | b'-' | b':' | b'_' | b',' | b'#' | b'(' => {}
                     b'$' | b'=' | b'!' => {

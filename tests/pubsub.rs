@@ -991,5 +991,26 @@ async fn messages_a_subscribers_transaction_publishes_to_itself_reach_it() {
         message("selfpub4", "m4")
     );
     assert!(want.ends_with(&off), "{want:?}");
+    // A subscription confirmation inside EXEC's array is the reply of a queued
+    // command, one of its elements (`UNSUBSCRIBE` of a session without
+    // subscriptions: `*2 >3 unsubscribe _ :0 $1 x`): taken for a message out of
+    // band at first, which left the array waiting for one more element.
+    let steps: &[&[&[u8]]] = &[
+        &[b"HELLO", b"3"],
+        &[b"MULTI"],
+        &[b"UNSUBSCRIBE"],
+        &[b"PING", b"x"],
+        &[b"EXEC"],
+        &[b"ECHO", b"selfpub-end"],
+    ];
+    let want = play(up.reference().await, steps).await;
+    let got = play(AsyncRawClient::connect(proxy.local_addr()).await, steps).await;
+    assert_eq!(got, want, "proxy (left) vs redis (right)");
+    assert!(
+        want.ends_with(
+            "*2\r\n>3\r\n$11\r\nunsubscribe\r\n_\r\n:0\r\n$1\r\nx\r\n$11\r\nselfpub-end\r\n"
+        ),
+        "{want:?}"
+    );
     proxy.shutdown().await;
 }

@@ -176,16 +176,26 @@ impl Scanner {
                 return Err(ReplyError("line not terminated by CRLF"));
             }
             let header = &buf[pos + 1..nl - 1];
-            // A RESP3 push inside another reply is not one of its elements but
-            // out of band: Redis before 7.2 writes a message published by a
-            // command inside `EXEC` (to the client itself) between the elements
-            // of `EXEC`'s array, as `*2 >… :1 >… :1`; RESP3 clients (redis-py,
-            // node-redis) take such a push aside and go on with the array.
-            let nested_push = tag == b'>' && pos > 0;
+            let at = pos;
             pos = nl + 1;
             remaining -= 1;
-            if nested_push {
-                remaining += 1;
+            if tag == b'>' && at > 0 {
+                // A RESP3 push inside another reply: Redis 7.0 writes one inside
+                // `EXEC`'s array both as the reply of a queued command (a
+                // (un)subscribe confirmation, counted by the array's header) and
+                // out of band (a message the transaction published to the client
+                // itself, or a keyspace notification, between the elements, not
+                // counted: `*2 >message… :1 >message… :1`), which RESP3 clients
+                // (redis-py, node-redis) take aside, going on with the array.
+                match nested_push_counts(&buf[pos..], header) {
+                    Some(true) => {}
+                    Some(false) => remaining += 1,
+                    None => {
+                        // Its kind is not all here: this header again later.
+                        self.save(buf, at, remaining + 1, nl);
+                        return Ok(None);
+                    }
+                }
             }
             let step = match tag {
                 b'+' | b'-' | b':' | b'_' | b',' | b'#' | b'(' => Ok(()),
@@ -271,9 +281,46 @@ pub fn after_pushes(buf: &[u8]) -> Option<std::ops::Range<usize>> {
     }
 }
 
+/// Whether a push inside another reply is one of its elements: a subscription
+/// confirmation, the reply of a command queued in a transaction (otherwise it is
+/// out of band: see [`Scanner::scan`]). `rest`: the bytes after the push's
+/// header, whose length is `header`; `None`: its kind is not all there yet.
+fn nested_push_counts(rest: &[u8], header: &[u8]) -> Option<bool> {
+    const CONFIRMATIONS: [&[u8]; 6] = [
+        b"subscribe",
+        b"unsubscribe",
+        b"psubscribe",
+        b"punsubscribe",
+        b"ssubscribe",
+        b"sunsubscribe",
+    ];
+    if header_int(header).is_none_or(|n| n <= 0) {
+        // (A malformed length is refused by the caller.)
+        return Some(false);
+    }
+    match rest.first() {
+        None => return None,
+        Some(b'$') => {}
+        Some(_) => return Some(false),
+    }
+    let nl = memchr(b'\n', rest)?;
+    let Some(len) = nl
+        .checked_sub(1)
+        .and_then(|end| rest.get(1..end))
+        .and_then(header_int)
+        .and_then(|n| usize::try_from(n).ok())
+        .filter(|&n| n <= 12)
+    else {
+        return Some(false);
+    };
+    let kind = rest.get(nl + 1..nl + 1 + len)?;
+    Some(CONFIRMATIONS.contains(&kind))
+}
+
 /// The elements of an array, set or push reply, each with whether it is a RESP3
-/// push that Redis wrote between them (out of band, not an element: see
-/// [`Scanner::scan`]); `None` for another type or a frame that does not scan.
+/// push that Redis wrote between them out of band (a message, not a command's
+/// reply: see [`Scanner::scan`]), and so not one of them; `None` for another type
+/// or a frame that does not scan.
 pub fn items(frame: &[u8]) -> Option<Vec<(&[u8], bool)>> {
     if !matches!(frame.first(), Some(b'*' | b'~' | b'>')) {
         return None;
@@ -285,8 +332,10 @@ pub fn items(frame: &[u8]) -> Option<Vec<(&[u8], bool)>> {
     let mut left = n.max(0);
     while left > 0 {
         let f = scan(frame.get(at..)?).ok()??;
-        out.push((&frame[at..at + f.len], f.is_push));
-        if !f.is_push {
+        let bytes = &frame[at..at + f.len];
+        let out_of_band = f.is_push && !is_confirmation_push(bytes);
+        out.push((bytes, out_of_band));
+        if !out_of_band {
             left -= 1;
         }
         at += f.len;
@@ -294,14 +343,22 @@ pub fn items(frame: &[u8]) -> Option<Vec<(&[u8], bool)>> {
     Some(out)
 }
 
-/// The RESP3 pushes Redis wrote between the elements of a reply ([`items`]), back
-/// to back: what a client still gets of a reply it asked not to get
-/// (`CLIENT REPLY OFF`).
+/// Whether a complete push frame is a subscription confirmation.
+fn is_confirmation_push(push: &[u8]) -> bool {
+    memchr(b'\n', push).is_some_and(|nl| {
+        let header = &push[1..nl.saturating_sub(1).max(1)];
+        nested_push_counts(&push[nl + 1..], header) == Some(true)
+    })
+}
+
+/// The RESP3 pushes among the elements of a reply ([`items`]: out of band or
+/// not), back to back: what a client still gets of a reply it asked not to get
+/// (`CLIENT REPLY OFF`), since Redis sends pushes regardless.
 pub fn pushes_within(frame: &[u8]) -> Vec<u8> {
     items(frame)
         .unwrap_or_default()
         .into_iter()
-        .filter(|(_, push)| *push)
+        .filter(|(bytes, _)| bytes.starts_with(b">"))
         .flat_map(|(bytes, _)| bytes.iter().copied())
         .collect()
 }
@@ -407,6 +464,21 @@ mod tests {
             [all[0].0, all[2].0].concat()
         );
         assert!(pushes_within(b"*1\r\n:1\r\n").is_empty());
+        // A subscription confirmation is the reply of a command queued in the
+        // transaction (Redis 7.0's `UNSUBSCRIBE` inside MULTI): an element.
+        let confirmed = b"*2\r\n>3\r\n$11\r\nunsubscribe\r\n_\r\n:0\r\n+PONG\r\n";
+        assert_eq!(len(confirmed), Some(confirmed.len()));
+        let mut scanner = Scanner::new();
+        for end in 1..confirmed.len() {
+            assert_eq!(scanner.scan(&confirmed[..end]).unwrap(), None, "{end}");
+        }
+        assert_eq!(
+            scanner.scan(confirmed).unwrap().map(|f| f.len),
+            Some(confirmed.len())
+        );
+        let flags: Vec<bool> = items(confirmed).unwrap().iter().map(|(_, o)| *o).collect();
+        assert_eq!(flags, [false, false]);
+        assert_eq!(pushes_within(confirmed), &confirmed[4..confirmed.len() - 7]);
         assert_eq!(items(b"+OK\r\n"), None);
         assert_eq!(items(b"*-1\r\n"), Some(vec![]));
     }
