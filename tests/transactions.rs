@@ -911,6 +911,28 @@ async fn a_transaction_whose_connection_is_lost_never_runs_outside_it() {
             "{before:?}"
         );
     }
+    // And with a MULTI further on in the same write: each is answered as at its
+    // own place (DISCARD and EXEC outside MULTI, refused by Redis), not as if
+    // the MULTI sent after them had come first (they got `+OK` and the
+    // lost-connection error: the multi-session tool, seed 5667).
+    assert_eq!(c.cmd(&[b"WATCH", b"w"]).await, b"+OK\r\n");
+    kill_upstream_connections(&mut direct).await;
+    let pipeline: Vec<u8> = [&[&b"DISCARD"[..]][..], &[b"EXEC"], &[b"MULTI"], &[b"PING"]]
+        .iter()
+        .flat_map(|r| resp_cmd(r))
+        .collect();
+    c.send(&pipeline).await;
+    let replies = c.read_replies(4).await;
+    assert_eq!(
+        [&replies[0][..], &replies[1]],
+        [
+            &b"-ERR DISCARD without MULTI\r\n"[..],
+            b"-ERR EXEC without MULTI\r\n"
+        ]
+    );
+    lost(replies[2].clone());
+    lost(replies[3].clone());
+    assert_eq!(c.cmd(&[b"RESET"]).await, b"+RESET\r\n");
 
     // RESP3: the WATCH conflict's null is `_`; RESET ends a lost transaction.
     let hello = c.cmd(&[b"HELLO", b"3"]).await;

@@ -303,8 +303,10 @@ impl Session {
             (Target::Held, Some(h)) => Some(h),
             _ => None,
         };
+        let mut multi_before = false;
         let shared = match held {
             Some(h) => {
+                multi_before = std::mem::replace(&mut h.sent_multi, h.in_multi);
                 if out.block != Block::No {
                     // CLIENT UNBLOCK from another client reaches this connection.
                     self.client.set_blocked(Some(Exclusive {
@@ -355,6 +357,7 @@ impl Session {
             unprefix: None,
             pause_noted: None,
             splice: None,
+            multi_before,
         }));
     }
 
@@ -381,6 +384,7 @@ impl Session {
             unprefix: None,
             pause_noted: None,
             splice: None,
+            multi_before: false,
         }));
     }
 

@@ -49,6 +49,10 @@ pub(super) struct Held {
     pub id: u64,
     /// MULTI was sent and not yet EXEC/DISCARD.
     pub in_multi: bool,
+    /// `in_multi` after the last batch sent on it: where the next batch's
+    /// requests start (their replies, if the connection is lost, are what Redis
+    /// answers each at its place, [`super::queue`]'s `ended_all_the_same`).
+    pub sent_multi: bool,
     /// The client knows of a transaction on this connection: a reply came on it
     /// (what was sent there reached Redis), or the proxy answered its MULTI
     /// (deferred on a cluster until a key named the node).
@@ -218,6 +222,7 @@ impl Held {
             conn,
             id,
             in_multi: false,
+            sent_multi: false,
             known: false,
             watching: false,
             pending_select: None,

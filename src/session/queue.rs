@@ -82,6 +82,8 @@ pub(super) struct Sent {
     /// An EXEC whose transaction queued commands the proxy answers itself: they
     /// run if it ran, their replies put among its own ([`Session::splice_exec`]).
     pub splice: Option<Vec<super::mode::Queued>>,
+    /// Sent on a held connection inside MULTI (a MULTI before this batch).
+    pub multi_before: bool,
 }
 
 /// Replies taken off the queue, in order, waiting to be written to the client.
@@ -447,7 +449,8 @@ impl Session {
             self.awaiting_exec = false;
         }
         let count = sent.count;
-        let one_each = (!shared && sent.cmds.len() == count as usize).then(|| sent.cmds.clone());
+        let one_each = (!shared && sent.cmds.len() == count as usize)
+            .then(|| (sent.cmds.clone(), sent.multi_before));
         let mut bytes = None;
         if !shared {
             if self.mode.is_private() {
@@ -458,8 +461,8 @@ impl Session {
             // The exclusive connection failed (pool exhausted, connect error,
             // connection lost): a transaction under way on it is lost.
             self.lose_held(err.may_have_run());
-            if let Some(cmds) = one_each {
-                bytes = Some(self.ended_all_the_same(&cmds, &text));
+            if let Some((cmds, multi)) = one_each {
+                bytes = Some(ended_all_the_same(&cmds, &text, multi));
             }
         }
         let bytes = bytes.unwrap_or_else(|| errors(count, &text));
@@ -468,28 +471,28 @@ impl Session {
     }
 }
 
-impl Session {
-    /// The replies to a batch of `cmds` whose held connection failed (called
-    /// once the session knows what of its transaction is lost): `text` for each,
-    /// but what Redis answers a DISCARD, and an UNWATCH outside MULTI, whether
-    /// they ran or the connection closed: `+OK` (nothing of the transaction
-    /// runs, no key stays watched), or for a DISCARD outside MULTI (under a
-    /// WATCH, now lost) `-ERR DISCARD without MULTI`.
-    fn ended_all_the_same(&self, cmds: &[u16], text: &str) -> Bytes {
-        // A lost WATCH outside MULTI: DISCARD and UNWATCH were sent outside it.
-        let watch_only = self.lost.as_ref().is_some_and(|l| !l.multi);
-        let in_multi = self.multi_unheld();
-        let mut out = Vec::new();
-        for &c in cmds {
-            match crate::command::table_name(c as usize) {
-                "discard" if watch_only => out.extend_from_slice(end_refusal("discard")),
-                "discard" => out.extend_from_slice(b"+OK\r\n"),
-                "unwatch" if !in_multi => out.extend_from_slice(b"+OK\r\n"),
-                _ => reply::error(&mut out, text),
-            }
+/// The replies to a batch of `cmds` whose held connection failed (`multi`: sent
+/// inside MULTI): `text` for each, but what Redis answers, whether they ran or
+/// the connection closed, at each one's place: `+OK` to a DISCARD inside MULTI
+/// and to an UNWATCH outside it (nothing of the transaction runs, no key stays
+/// watched), and Redis's refusal to an EXEC or DISCARD outside MULTI (under a
+/// WATCH, now lost), which runs nothing.
+fn ended_all_the_same(cmds: &[u16], text: &str, mut multi: bool) -> Bytes {
+    let mut out = Vec::new();
+    for &c in cmds {
+        match crate::command::table_name(c as usize) {
+            name @ ("discard" | "exec") if !multi => out.extend_from_slice(end_refusal(name)),
+            "discard" => out.extend_from_slice(b"+OK\r\n"),
+            "unwatch" if !multi => out.extend_from_slice(b"+OK\r\n"),
+            _ => reply::error(&mut out, text),
         }
-        Bytes::from(out)
+        match crate::command::table_name(c as usize) {
+            "multi" => multi = true,
+            "exec" | "discard" => multi = false,
+            _ => {}
+        }
     }
+    Bytes::from(out)
 }
 
 /// Records a finished batch in the database's per-command statistics.
