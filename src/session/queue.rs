@@ -480,17 +480,18 @@ impl Session {
 fn ended_all_the_same(cmds: &[u16], text: &str, mut multi: bool) -> Bytes {
     let mut out = Vec::new();
     for &c in cmds {
-        match crate::command::table_name(c as usize) {
-            name @ ("discard" | "exec") if !multi => out.extend_from_slice(end_refusal(name)),
+        let name = crate::command::table_name(c as usize);
+        match name {
+            "discard" | "exec" if !multi => out.extend_from_slice(end_refusal(name)),
             "discard" => out.extend_from_slice(b"+OK\r\n"),
             "unwatch" if !multi => out.extend_from_slice(b"+OK\r\n"),
             _ => reply::error(&mut out, text),
         }
-        match crate::command::table_name(c as usize) {
-            "multi" => multi = true,
-            "exec" | "discard" => multi = false,
-            _ => {}
-        }
+        multi = match name {
+            "multi" => true,
+            "exec" | "discard" => false,
+            _ => multi,
+        };
     }
     Bytes::from(out)
 }
