@@ -840,3 +840,82 @@ async fn tracking_turned_on_while_subscribed_outlives_the_subscriptions() {
     .await;
     proxy.shutdown().await;
 }
+
+/// A RESP3 client that turns tracking on, then subscribes: on Redis it is one
+/// connection, so what it reads while subscribed is tracked, `CLIENT CACHING`
+/// and `TRACKINGINFO` answer as for a tracking client, `NOLOOP` skips its own
+/// writes while subscribed, and after the last unsubscribe it still tracks.
+/// (Until session 35 the proxy subscribed on a connection of its own beside the
+/// tracking one: reads there went untracked, `CLIENT CACHING` was refused, and
+/// its own writes came back as invalidations.)
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn tracking_then_subscribing_stays_on_one_connection() {
+    let redis = RedisServer::start();
+    let proxy = start_proxy(proxy_config(&redis)).await;
+    same_as_redis(redis.addr(), proxy.local_addr(), |addr| async move {
+        let mut log = Vec::new();
+        let mut c = AsyncRawClient::connect(addr).await;
+        let mut w = AsyncRawClient::connect(addr).await;
+        assert!(c.cmd(&[b"HELLO", b"3"]).await.starts_with(b"%7\r\n"));
+        log.push(text(
+            &c.cmd(&[b"CLIENT", b"TRACKING", b"ON", b"OPTIN", b"NOLOOP"])
+                .await,
+        ));
+        log.push(text(&c.cmd(&[b"CLIENT", b"CACHING", b"YES"]).await));
+        log.push(text(&c.cmd(&[b"GET", b"a"]).await));
+        log.push(text(&c.cmd(&[b"SUBSCRIBE", b"ch"]).await));
+        // Read while subscribed: tracked.
+        log.push(text(&c.cmd(&[b"CLIENT", b"CACHING", b"YES"]).await));
+        log.push(text(&c.cmd(&[b"GET", b"b"]).await));
+        log.push(text(&c.cmd(&[b"CLIENT", b"TRACKINGINFO"]).await));
+        log.push(text(&w.cmd(&[b"SET", b"b", b"1"]).await));
+        log.push(pushed(&mut c).await);
+        // Read before subscribing: still tracked.
+        log.push(text(&w.cmd(&[b"SET", b"a", b"1"]).await));
+        log.push(pushed(&mut c).await);
+        log.push(text(&w.cmd(&[b"PUBLISH", b"ch", b"m"]).await));
+        log.push(pushed(&mut c).await);
+        // NOLOOP: its own write of a key it reads is not sent back.
+        log.push(text(&c.cmd(&[b"CLIENT", b"CACHING", b"YES"]).await));
+        log.push(text(&c.cmd(&[b"GET", b"own"]).await));
+        log.push(text(&c.cmd(&[b"SET", b"own", b"1"]).await));
+        log.push(text(&c.cmd(&[b"PING"]).await));
+        // A different mode while tracking is on: Redis's refusal.
+        log.push(text(
+            &c.cmd(&[b"CLIENT", b"TRACKING", b"ON", b"BCAST"]).await,
+        ));
+        // Unsubscribed: still tracking.
+        log.push(text(&c.cmd(&[b"UNSUBSCRIBE"]).await));
+        log.push(text(&c.cmd(&[b"CLIENT", b"CACHING", b"YES"]).await));
+        log.push(text(&c.cmd(&[b"GET", b"b"]).await));
+        w.cmd(&[b"SET", b"b", b"2"]).await;
+        log.push(pushed(&mut c).await);
+        // Off: nothing more is pushed.
+        log.push(text(&c.cmd(&[b"CLIENT", b"TRACKING", b"OFF"]).await));
+        log.push(text(&c.cmd(&[b"GET", b"b"]).await));
+        w.cmd(&[b"SET", b"b", b"3"]).await;
+        c.assert_no_reply(Duration::from_millis(200)).await;
+        log.push(text(&c.cmd(&[b"CLIENT", b"TRACKINGINFO"]).await));
+        log
+    })
+    .await;
+    // A WATCH on the tracking connection holds across the SUBSCRIBE: the
+    // transaction after it sees the other client's write.
+    same_as_redis(redis.addr(), proxy.local_addr(), |addr| async move {
+        let mut log = Vec::new();
+        let mut c = AsyncRawClient::connect(addr).await;
+        let mut w = AsyncRawClient::connect(addr).await;
+        assert!(c.cmd(&[b"HELLO", b"3"]).await.starts_with(b"%7\r\n"));
+        log.push(text(&c.cmd(&[b"CLIENT", b"TRACKING", b"ON"]).await));
+        log.push(text(&c.cmd(&[b"WATCH", b"k"]).await));
+        log.push(text(&c.cmd(&[b"SUBSCRIBE", b"ch"]).await));
+        log.push(text(&w.cmd(&[b"SET", b"k", b"1"]).await));
+        log.push(text(&c.cmd(&[b"MULTI"]).await));
+        log.push(text(&c.cmd(&[b"SET", b"k", b"2"]).await));
+        log.push(text(&c.cmd(&[b"EXEC"]).await));
+        log.push(text(&c.cmd(&[b"GET", b"k"]).await));
+        log
+    })
+    .await;
+    proxy.shutdown().await;
+}

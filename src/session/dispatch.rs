@@ -1426,7 +1426,15 @@ impl Session {
                     (1..args.count()).any(|i| crate::publish_order::keyspace_channel(args.arg(i)))
                 });
                 let subscribing = self.ctx.publish_order.begin(keyspace);
-                let opened = Box::pin(self.open_subscriber(&db, cfg, sharded, monitor)).await;
+                let (opened, adopted) = match self.adopt_tracking_conn(monitor).await {
+                    Some(Some((sub, watching))) => (Ok(sub), Some(watching)),
+                    // Its tracking connection was lost: the client is closed.
+                    Some(None) => return,
+                    None => (
+                        Box::pin(self.open_subscriber(&db, cfg, sharded, monitor)).await,
+                        None,
+                    ),
+                };
                 match opened {
                     Ok(mut sub) => {
                         if let Some(first) = sub.first_reply() {
@@ -1436,6 +1444,10 @@ impl Session {
                             });
                         }
                         self.enter_pubsub(sub, monitor);
+                        if let (Some(s), Some(watching)) = (self.mode.subscribed(), adopted) {
+                            s.tracking = true;
+                            s.watching = watching;
+                        }
                         let bytes = take_owned(inbuf, &req, owned.take());
                         self.last = Conn::Sub;
                         // CLIENT REPLY SKIP is used up by it (its confirmations

@@ -6,10 +6,13 @@
 //!  Shared ───────────────────────▶ Exclusive ─────────────────────────────▶ Shared
 //!    │  ▲                          AUTH (auth_passthrough), CLIENT TRACKING ON
 //!    │  └──── RESET / QUIT, TRACKING OFF ────── Private ◀──────────── Shared
-//!    │ SUBSCRIBE/MONITOR                          │ SUBSCRIBE (parked)
-//!    ▼                                            ▼
+//!    │ SUBSCRIBE/MONITOR                          │ SUBSCRIBE (parked, or, RESP3
+//!    ▼                                            ▼ tracking: the connection itself)
 //!  Subscribed ── last UNSUBSCRIBE, RESET ──▶ Shared, or the parked Private
 //! ```
+//!
+//! (A subscriber connection tracking keys in RESP3 stays `Subscribed` after its
+//! last unsubscribe, until tracking is turned off: [`Subscribed::tracking`].)
 //!
 //! Every request forwarded also names its connection ([`Conn`]); a request for a
 //! different connection than the previous one waits until every earlier reply has

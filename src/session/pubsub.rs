@@ -6,7 +6,8 @@ use std::time::Duration;
 
 use bytes::Bytes;
 
-use super::mode::{MonitorEnd, Queued};
+use super::follow::HeldConn;
+use super::mode::{Held, Mode, MonitorEnd, Private, Queued};
 use super::queue::Pending;
 use super::Session;
 use crate::command::{each_request, ArgList};
@@ -324,6 +325,61 @@ impl Session {
             cfg = next;
             tries += 1;
         }
+    }
+
+    /// A RESP3 session tracking keys on its own connection subscribes there, as
+    /// Redis's client does on the one connection it has: the connection becomes
+    /// its subscriber connection, with tracking on (`Subscribed::tracking`), so
+    /// what it reads while subscribed is tracked, `NOLOOP` knows its writes, and
+    /// the tracking queries answer as before. The pushes read before it are
+    /// queued first. `None`: not such a session (a new subscriber connection is
+    /// opened); `Some(None)`: its connection was lost, and the client is closed,
+    /// as when a tracking connection is lost; otherwise the subscription and
+    /// whether a `WATCH` is on the connection.
+    ///
+    /// Not on a cluster, nor with an `auth_passthrough` login or a `REDIRECT`
+    /// (the private connection stays apart, parked, as before).
+    pub(super) async fn adopt_tracking_conn(
+        &mut self,
+        monitor: bool,
+    ) -> Option<Option<(Subscription, bool)>> {
+        let fits = !monitor
+            && self.state.resp3
+            && self.login.is_none()
+            && self.state.db.cluster().is_none()
+            && self.tracking.as_ref().is_some_and(|t| t.redirect.is_none());
+        if !fits {
+            return None;
+        }
+        let (conn, watching) = match std::mem::replace(&mut self.mode, Mode::Shared) {
+            Mode::Private(Private {
+                held:
+                    Held {
+                        conn: HeldConn::Direct(conn),
+                        watching,
+                        in_multi: false,
+                        ..
+                    },
+                resp3: true,
+                ..
+            }) => (conn, watching),
+            other => {
+                self.mode = other;
+                return None;
+            }
+        };
+        let Some((conn, pushes)) = conn.hand_over().await else {
+            // (Tracking is still on: the client is closed.)
+            self.on_push(Err(End::Closed));
+            return Some(None);
+        };
+        for push in pushes {
+            self.on_push(Ok(push));
+        }
+        // From here Redis's tracking is the subscriber connection's.
+        self.tracking = None;
+        let limit = self.live.config.limits.pubsub_buffer_limit;
+        Some(Some((Subscription::adopt(conn, limit), watching)))
     }
 
     /// A frame (or the end) of the subscriber connection's stream.

@@ -190,6 +190,12 @@ impl ExclusiveConn {
         }
     }
 
+    /// The connection's stream, what was read from it and not yet taken, its
+    /// `host:port` and Redis's `CLIENT ID` of it.
+    pub(crate) fn into_parts(self) -> (Stream, Frames, String, u64) {
+        (self.stream, self.frames, self.addr, self.id)
+    }
+
     /// Whether an idle connection is still usable, without a round trip: it has
     /// nothing to read, so a read that would block means yes; end of stream (Redis
     /// restarted, or closed it for idleness), an error or stray bytes mean no.
@@ -436,6 +442,9 @@ enum Msg {
     /// The session sent SELECT on the connection: select the pool's db again
     /// before the connection goes back.
     Reselected,
+    /// An own connection, idle, handed to the session as it is
+    /// ([`Dedicated::hand_over`]).
+    HandOver(tokio::sync::oneshot::Sender<ExclusiveConn>),
 }
 
 /// A session's handle to its exclusive connection.
@@ -466,6 +475,7 @@ impl std::fmt::Debug for Msg {
             Msg::Batch(_) => "Batch",
             Msg::Release => "Release",
             Msg::Reselected => "Reselected",
+            Msg::HandOver(_) => "HandOver",
         })
     }
 }
@@ -620,6 +630,22 @@ impl Dedicated {
     /// The connection's state is clean after the queued batches: return it as is.
     pub fn release(self) {
         let _ = self.tx.send(Msg::Release);
+    }
+
+    /// An own connection, once every batch sent is answered, with the pushes it
+    /// read before (in order; the buffer keeps the start of any push not yet
+    /// complete). `None` if it was lost, or is pooled.
+    pub async fn hand_over(mut self) -> Option<(ExclusiveConn, Vec<Bytes>)> {
+        let (tx, rx) = tokio::sync::oneshot::channel();
+        self.tx.send(Msg::HandOver(tx)).ok()?;
+        let conn = rx.await.ok()?;
+        // Everything the task read before it let go is in the channel now.
+        let mut pushes = Vec::new();
+        let p = self.pushes.as_mut()?;
+        while let Ok(got) = p.rx.try_recv() {
+            pushes.push(got.ok()?);
+        }
+        Some((conn, pushes))
     }
 }
 
@@ -876,7 +902,7 @@ async fn run(
 ) {
     let (pool, mut turn) = match source {
         Source::Own(mut conn) => {
-            serve(
+            let handed = serve(
                 &mut conn,
                 &mut rx,
                 command_timeout,
@@ -886,6 +912,9 @@ async fn run(
                 None,
             )
             .await;
+            if let Some(to) = handed.filter(|_| !conn.broken) {
+                let _ = to.send(conn);
+            }
             return;
         }
         Source::Pool(pool, turn) => (pool, turn),
@@ -920,6 +949,7 @@ async fn run(
 /// (`home`: the pool's db index), leaves it clean for the next user or marks it
 /// broken so the pool drops it. With `watch` (an own connection), the socket is
 /// also read while no batch is in flight, and pushes are handed to the session.
+/// Returns where the session asked an own connection to be handed over, if it did.
 async fn serve(
     conn: &mut ExclusiveConn,
     rx: &mut mpsc::UnboundedReceiver<Msg>,
@@ -928,7 +958,7 @@ async fn serve(
     home: Option<u32>,
     mut watch: Option<PushTx>,
     mut turn: Option<Turn>,
-) {
+) -> Option<tokio::sync::oneshot::Sender<ExclusiveConn>> {
     upstream_id.store(conn.id, Relaxed);
     // Cleared however the task ends (the session may still be asked to unblock).
     let _cleared = ClearOnDrop(upstream_id.clone());
@@ -992,6 +1022,9 @@ async fn serve(
                 reselect = true;
                 continue;
             }
+            Msg::HandOver(to) if home.is_none() => return Some(to),
+            // (Only an own connection is handed over.)
+            Msg::HandOver(_) => continue,
         };
         if let Some(w) = &mut watch {
             w.started += 1;
@@ -1049,18 +1082,17 @@ async fn serve(
                     })
                     .into(),
                 );
-                return;
+                return None;
             }
             _ = reply.closed() => {
                 // The client left while its command was running (e.g. blocked).
                 conn.broken = true;
-                return;
+                return None;
             }
         }
     }
-    let Some(home) = home else {
-        return;
-    };
+    // (An own connection is closed as it is.)
+    let home = home?;
     if !clean && !conn.broken {
         let reset = b"*1\r\n$7\r\nDISCARD\r\n*1\r\n$7\r\nUNWATCH\r\n";
         match tokio::time::timeout(command_timeout, conn.round_trip(reset, 2)).await {
@@ -1077,6 +1109,7 @@ async fn serve(
             _ => conn.broken = true,
         }
     }
+    None
 }
 
 /// Resets a connection id to 0 when the task holding the connection ends.

@@ -23,7 +23,7 @@ use tokio::io::AsyncWriteExt;
 use tokio::sync::mpsc;
 
 use super::connect::connect;
-use super::dedicated::{hello_id, HELLO};
+use super::dedicated::{hello_id, ExclusiveConn, HELLO};
 use super::error::UpstreamError;
 use super::frames::Frames;
 pub use super::satellites::Nodes;
@@ -88,6 +88,10 @@ impl Subscription {
             satellites.map(|n| Satellites::spawn(n, resp3, tx.clone(), queued.clone(), limit));
         let reader = tokio::spawn(read_frames(
             rd,
+            Reader {
+                frames: Frames::new(16 * 1024),
+                hello: true,
+            },
             tx,
             queued.clone(),
             limit,
@@ -106,6 +110,43 @@ impl Subscription {
             addr: cfg.address(),
             first: Some(first),
         })
+    }
+
+    /// Makes a session's own connection (a RESP3 one, tracking keys for it) its
+    /// subscriber connection, as Redis's client subscribes on the connection it
+    /// tracks on: what was read from it and not yet taken is framed first, and
+    /// its `CLIENT ID` is known. (Standalone only: no satellites.)
+    pub fn adopt(conn: ExclusiveConn, limit: usize) -> Subscription {
+        let (stream, frames, addr, id) = conn.into_parts();
+        let (rd, wr) = stream.into_split();
+        let (tx, rx) = mpsc::unbounded_channel();
+        let (first_tx, first) = tokio::sync::oneshot::channel();
+        let queued = Arc::new(AtomicUsize::new(0));
+        let upstream_id = Arc::new(AtomicU64::new(id));
+        let reader = tokio::spawn(read_frames(
+            rd,
+            Reader {
+                frames,
+                hello: false,
+            },
+            tx,
+            queued.clone(),
+            limit,
+            upstream_id.clone(),
+            None,
+            false,
+            first_tx,
+        ));
+        Subscription {
+            wr,
+            frames: rx,
+            queued,
+            reader,
+            upstream_id,
+            _satellites: None,
+            addr,
+            first: Some(first),
+        }
     }
 
     /// Resolves at Redis's first reply to the client's requests (the first
@@ -152,9 +193,17 @@ impl Drop for Subscription {
     }
 }
 
+/// Where a subscription's reader starts: what was read already, and whether
+/// the reply to the proxy's `HELLO` comes first (a connection opened for it).
+struct Reader {
+    frames: Frames,
+    hello: bool,
+}
+
 #[allow(clippy::too_many_arguments)] // the subscription's parts, passed as they are
 async fn read_frames(
     mut rd: ReadHalf,
+    start: Reader,
     tx: mpsc::UnboundedSender<Result<Bytes, End>>,
     queued: Arc<AtomicUsize>,
     limit: usize,
@@ -167,8 +216,10 @@ async fn read_frames(
     // A MONITOR not yet accepted by this node.
     let mut monitor_pending = monitor;
     let _closed = ClearOnExit(upstream_id.clone());
-    let mut frames = Frames::new(16 * 1024);
-    let mut hello = true;
+    let Reader {
+        mut frames,
+        mut hello,
+    } = start;
     loop {
         loop {
             match frames.next_frame() {
