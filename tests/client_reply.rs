@@ -23,6 +23,12 @@ async fn client_reply_off_skip_on_match_redis_byte_for_byte() {
         &[b"CLIENT", b"REPLY", b"SKIP"],
         &[b"ECHO", b"skipped"],
         &[b"ECHO", b"seen"],
+        // A SKIP is used up by the OFF after it: RESET (which turns replies
+        // back on) is answered.
+        &[b"CLIENT", b"REPLY", b"SKIP"],
+        &[b"CLIENT", b"REPLY", b"OFF"],
+        &[b"RESET"],
+        &[b"ECHO", b"after"],
     ];
     let mut bytes = Vec::new();
     for args in script {
@@ -37,7 +43,7 @@ async fn client_reply_off_skip_on_match_redis_byte_for_byte() {
         }
         c.send(&bytes).await;
         let mut replies = Vec::new();
-        for _ in 0..4 {
+        for _ in 0..6 {
             replies.extend(c.read_reply().await);
         }
         c.assert_no_reply(Duration::from_millis(200)).await;
@@ -45,7 +51,7 @@ async fn client_reply_off_skip_on_match_redis_byte_for_byte() {
     }
     assert_eq!(
         got[1],
-        b"+OK\r\n$1\r\n1\r\n$1\r\n2\r\n$4\r\nseen\r\n".to_vec(),
+        b"+OK\r\n$1\r\n1\r\n$1\r\n2\r\n$4\r\nseen\r\n+RESET\r\n$5\r\nafter\r\n".to_vec(),
         "{}",
         String::from_utf8_lossy(&got[1])
     );

@@ -1834,7 +1834,11 @@ impl Session {
                         self.skip_next = false;
                         self.push_reply(b"+OK\r\n".to_vec());
                     }
-                    Ok(ReplyMode::Off) => self.reply_off = true,
+                    Ok(ReplyMode::Off) => {
+                        // (A SKIP before it is used up by it, as by any command.)
+                        self.reply_off = true;
+                        self.skip_next = false;
+                    }
                     Ok(ReplyMode::Skip) => self.skip_next = !self.reply_off,
                     Err(refused) => self.push_reply(refused.to_vec()),
                 }
