@@ -20,6 +20,15 @@ fn text(reply: &[u8]) -> String {
 /// How long an invalidation may take to arrive at an idle client.
 const PROMPT: Duration = Duration::from_secs(1);
 
+/// The `flags=` and `redir=` fields of a `CLIENT INFO` reply.
+fn flags_and_redir(reply: &[u8]) -> String {
+    text(reply)
+        .split_whitespace()
+        .filter(|f| f.starts_with("flags=") || f.starts_with("redir="))
+        .collect::<Vec<_>>()
+        .join(" ")
+}
+
 /// Reads one frame that must arrive within [`PROMPT`] without the client asking.
 async fn pushed(c: &mut AsyncRawClient) -> String {
     let started = Instant::now();
@@ -812,7 +821,9 @@ async fn tracking_turned_on_while_subscribed_outlives_the_subscriptions() {
         log.push(text(
             &c.cmd(&[b"CLIENT", b"TRACKING", b"ON", b"OPTIN"]).await,
         ));
+        log.push(flags_and_redir(&c.cmd(&[b"CLIENT", b"INFO"]).await));
         log.push(text(&c.cmd(&[b"SUNSUBSCRIBE"]).await));
+        log.push(flags_and_redir(&c.cmd(&[b"CLIENT", b"INFO"]).await));
         log.push(text(&c.cmd(&[b"CLIENT", b"CACHING", b"YES"]).await));
         log.push(text(&c.cmd(&[b"GET", b"k"]).await));
         log.push(text(&w.cmd(&[b"SET", b"k", b"1"]).await));
@@ -868,6 +879,7 @@ async fn tracking_then_subscribing_stays_on_one_connection() {
         log.push(text(&c.cmd(&[b"CLIENT", b"CACHING", b"YES"]).await));
         log.push(text(&c.cmd(&[b"GET", b"b"]).await));
         log.push(text(&c.cmd(&[b"CLIENT", b"TRACKINGINFO"]).await));
+        log.push(flags_and_redir(&c.cmd(&[b"CLIENT", b"INFO"]).await));
         log.push(text(&w.cmd(&[b"SET", b"b", b"1"]).await));
         log.push(pushed(&mut c).await);
         // Read before subscribing: still tracked.
@@ -886,6 +898,7 @@ async fn tracking_then_subscribing_stays_on_one_connection() {
         ));
         // Unsubscribed: still tracking.
         log.push(text(&c.cmd(&[b"UNSUBSCRIBE"]).await));
+        log.push(flags_and_redir(&c.cmd(&[b"CLIENT", b"INFO"]).await));
         log.push(text(&c.cmd(&[b"CLIENT", b"CACHING", b"YES"]).await));
         log.push(text(&c.cmd(&[b"GET", b"b"]).await));
         w.cmd(&[b"SET", b"b", b"2"]).await;
@@ -896,6 +909,19 @@ async fn tracking_then_subscribing_stays_on_one_connection() {
         w.cmd(&[b"SET", b"b", b"3"]).await;
         c.assert_no_reply(Duration::from_millis(200)).await;
         log.push(text(&c.cmd(&[b"CLIENT", b"TRACKINGINFO"]).await));
+        log.push(flags_and_redir(&c.cmd(&[b"CLIENT", b"INFO"]).await));
+        log
+    })
+    .await;
+    // BCAST, subscribed: CLIENT INFO's flags say so.
+    same_as_redis(redis.addr(), proxy.local_addr(), |addr| async move {
+        let mut c = AsyncRawClient::connect(addr).await;
+        assert!(c.cmd(&[b"HELLO", b"3"]).await.starts_with(b"%7\r\n"));
+        c.cmd(&[b"CLIENT", b"TRACKING", b"ON", b"BCAST"]).await;
+        c.cmd(&[b"SUBSCRIBE", b"ch"]).await;
+        let mut log = vec![flags_and_redir(&c.cmd(&[b"CLIENT", b"INFO"]).await)];
+        c.cmd(&[b"UNSUBSCRIBE"]).await;
+        log.push(flags_and_redir(&c.cmd(&[b"CLIENT", b"INFO"]).await));
         log
     })
     .await;

@@ -1427,7 +1427,7 @@ impl Session {
                 });
                 let subscribing = self.ctx.publish_order.begin(keyspace);
                 let (opened, adopted) = match self.adopt_tracking_conn(monitor).await {
-                    Some(Some((sub, watching))) => (Ok(sub), Some(watching)),
+                    Some(Some((sub, watching, bcast))) => (Ok(sub), Some((watching, bcast))),
                     // Its tracking connection was lost: the client is closed.
                     Some(None) => return,
                     None => (
@@ -1444,9 +1444,13 @@ impl Session {
                             });
                         }
                         self.enter_pubsub(sub, monitor);
-                        if let (Some(s), Some(watching)) = (self.mode.subscribed(), adopted) {
+                        if let (Some(s), Some((watching, bcast))) =
+                            (self.mode.subscribed(), adopted)
+                        {
                             s.tracking = true;
+                            s.bcast = bcast;
                             s.watching = watching;
+                            self.publish();
                         }
                         let bytes = take_owned(inbuf, &req, owned.take());
                         self.last = Conn::Sub;

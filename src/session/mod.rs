@@ -916,7 +916,9 @@ impl Session {
         }
         info.db = self.state.db.config.index;
         info.resp = if self.state.resp3 { 3 } else { 2 };
-        info.pubsub = matches!(self.mode, Mode::Subscribed(_));
+        // (A connection that tracks keys stays the subscriber connection after
+        // the last unsubscribe, out of pub/sub.)
+        info.pubsub = matches!(&self.mode, Mode::Subscribed(s) if s.monitor || !s.tracking || s.counts != [0, 0]);
         info.multi = self.mode.in_multi() || self.multi_unheld();
         info.tracking = self.tracking_info();
         drop(info);

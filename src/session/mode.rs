@@ -144,6 +144,8 @@ pub(super) struct Subscribed {
     /// there, so the connection stays the session's after its last unsubscribe
     /// (as Redis's client keeps its tracking), until tracking is turned off.
     pub tracking: bool,
+    /// That tracking is in `BCAST` mode (for `CLIENT LIST`'s flags).
+    pub bcast: bool,
 }
 
 impl Subscribed {
@@ -335,6 +337,7 @@ impl Session {
             to_resp2: false,
             watching: false,
             tracking: false,
+            bcast: false,
         });
         self.publish();
     }

@@ -334,15 +334,15 @@ impl Session {
     /// the tracking queries answer as before. The pushes read before it are
     /// queued first. `None`: not such a session (a new subscriber connection is
     /// opened); `Some(None)`: its connection was lost, and the client is closed,
-    /// as when a tracking connection is lost; otherwise the subscription and
-    /// whether a `WATCH` is on the connection.
+    /// as when a tracking connection is lost; otherwise the subscription, whether
+    /// a `WATCH` is on the connection, and whether its tracking is in `BCAST` mode.
     ///
     /// Not on a cluster, nor with an `auth_passthrough` login or a `REDIRECT`
     /// (the private connection stays apart, parked, as before).
     pub(super) async fn adopt_tracking_conn(
         &mut self,
         monitor: bool,
-    ) -> Option<Option<(Subscription, bool)>> {
+    ) -> Option<Option<(Subscription, bool, bool)>> {
         let fits = !monitor
             && self.state.resp3
             && self.login.is_none()
@@ -377,9 +377,9 @@ impl Session {
             self.on_push(Ok(push));
         }
         // From here Redis's tracking is the subscriber connection's.
-        self.tracking = None;
+        let bcast = self.tracking.take().is_some_and(|t| t.bcast);
         let limit = self.live.config.limits.pubsub_buffer_limit;
-        Some(Some((Subscription::adopt(conn, limit), watching)))
+        Some(Some((Subscription::adopt(conn, limit), watching, bcast)))
     }
 
     /// A frame (or the end) of the subscriber connection's stream.
@@ -440,13 +440,21 @@ impl Session {
         };
         let barrier = s.barrier.as_ref().is_some_and(|b| is_barrier(b, &frame));
         if let Some(c) = pubsub::confirmation(&frame) {
+            let none = s.counts == [0, 0];
             s.counts[c.shard as usize] = c.count;
             if c.shard && cluster && s.shards.note(&frame, c.subscribe) {
                 // Dropped by Redis (the slot moved): followed, unseen by the client
                 // (and no request's reply).
                 return;
             }
+            if s.tracking && none != (s.counts == [0, 0]) {
+                // Tracking on, in or out of pub/sub: CLIENT LIST's flags change.
+                self.publish();
+            }
         }
+        let Some(s) = self.mode.subscribed() else {
+            return;
+        };
         if !(s.monitor && pubsub::is_monitor_line(&frame)) {
             s.home.received(&frame);
             if s.end_sent.is_some() && !s.home.awaiting() {
@@ -560,6 +568,7 @@ impl Session {
         if unsubscribes && cluster {
             s.shards.asked(bytes);
         }
+        let tracked = (s.tracking, s.bcast);
         each_request(bytes, |_, args| {
             s.home.sent_one(args, skip);
             if resp3 {
@@ -578,9 +587,13 @@ impl Session {
                 {
                     // (An ON that Redis refuses leaves the flag set: the
                     // connection is kept a little longer than needed, harmless.)
+                    // (Nor does Redis let an ON change the mode of tracking
+                    // that is on.)
                     let mode = args.arg(2);
-                    if mode.eq_ignore_ascii_case(b"ON") {
+                    if mode.eq_ignore_ascii_case(b"ON") && !s.tracking {
                         s.tracking = true;
+                        s.bcast =
+                            (3..args.count()).any(|i| args.arg(i).eq_ignore_ascii_case(b"BCAST"));
                     } else if mode.eq_ignore_ascii_case(b"OFF") {
                         s.tracking = false;
                     }
@@ -598,10 +611,15 @@ impl Session {
             // (EXEC's reply skipped.)
             s.tx = None;
         }
+        let switched = (s.tracking, s.bcast) != tracked;
         let sent = match skip {
             true => s.sub.send(&[SKIP_NEXT, bytes].concat()).await,
             false => s.sub.send(bytes).await,
         };
+        if switched {
+            // CLIENT LIST's flags.
+            self.publish();
+        }
         if sent.is_err() {
             self.on_pubsub_frame(Err(End::Closed));
         }

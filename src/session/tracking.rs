@@ -538,9 +538,14 @@ impl Session {
 
     /// What CLIENT LIST shows of tracking: `redir=` and BCAST.
     pub(super) fn tracking_info(&self) -> Option<(i64, bool)> {
-        self.tracking
-            .as_ref()
-            .map(|t| (t.redirect.map_or(0, |r| r as i64), t.bcast))
+        match &self.mode {
+            // Tracking on the subscriber connection (without a redirect).
+            Mode::Subscribed(s) if s.tracking && self.tracking.is_none() => Some((0, s.bcast)),
+            _ => self
+                .tracking
+                .as_ref()
+                .map(|t| (t.redirect.map_or(0, |r| r as i64), t.bcast)),
+        }
     }
 
     /// `HELLO 2|3` while tracking: the tracking connection switches protocol in
