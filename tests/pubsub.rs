@@ -810,6 +810,17 @@ async fn a_resp3_subscribers_select_inside_its_transaction_takes_effect_at_exec(
         (&[&[b"EXEC"], &[b"GET", b"txk"]], 2),
         (&[&[b"MULTI"], &[b"SELECT", b"0"], &[b"GET"], &[b"EXEC"]], 4),
         (&[&[b"GET", b"txk"]], 1),
+        // A SELECT of no database: queued, its error in EXEC's reply.
+        (
+            &[
+                &[b"MULTI"],
+                &[b"SELECT", b"99"],
+                &[b"SET", b"txk", b"v99"],
+                &[b"EXEC"],
+            ],
+            4,
+        ),
+        (&[&[b"GET", b"txk"]], 1),
         (&[&[b"UNSUBSCRIBE"]], 1),
         (&[&[b"GET", b"txk"]], 1),
         (
@@ -830,6 +841,8 @@ async fn a_resp3_subscribers_select_inside_its_transaction_takes_effect_at_exec(
     assert_eq!(want[17], "$2\r\nv3\r\n", "pipelined after EXEC: db 3");
     assert!(want[21].starts_with("-EXECABORT"), "{}", want[21]);
     assert_eq!(want[22], "$2\r\nv3\r\n", "aborted: still db 3");
+    assert_eq!(want[26], "*2\r\n-ERR DB index is out of range\r\n+OK\r\n");
+    assert_eq!(want[27], "$3\r\nv99\r\n", "ran: still db 3");
     proxy.shutdown().await;
 }
 

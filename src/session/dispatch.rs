@@ -639,9 +639,19 @@ impl Session {
         };
         let db = &self.state.db;
         match cmd.route {
-            Route::Select => self
-                .subscriber_select_queued(s, a)
-                .map(|(index, select)| InSubTx::Select(index, select)),
+            Route::Select => match self.subscriber_select_queued(s, a) {
+                Some((index, select)) => Some(InSubTx::Select(index, select)),
+                // A SELECT of no database (`SELECT 99`): queued by Redis, its error
+                // is its element of EXEC's reply (as in any other MULTI).
+                None => local::select_error(&View::new(&self.ctx, &self.live), a).map(|reply| {
+                    InSubTx::Local(Queued {
+                        after: 0,
+                        route: cmd.route,
+                        args: (0..a.count()).map(|i| a.arg(i).to_vec()).collect(),
+                        reply: Some(reply),
+                    })
+                }),
+            },
             Route::Client => queued_while_subscribed(a).then(|| {
                 InSubTx::Local(Queued {
                     after: 0,
