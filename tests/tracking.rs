@@ -945,3 +945,88 @@ async fn tracking_then_subscribing_stays_on_one_connection() {
     .await;
     proxy.shutdown().await;
 }
+
+/// A RESP3 subscriber's `REDIRECT`s name proxy sessions, as they do for any
+/// client: a tracking client with a redirect that subscribes keeps it (on the
+/// connection that becomes its subscriber connection), a subscriber may turn
+/// tracking on with a redirect or change it, and `GETREDIR`, `TRACKINGINFO`,
+/// `CLIENT INFO` and `tracking-redir-broken` name the session it gave. (Until
+/// session 35 the id went to Redis untranslated while subscribed: `The client
+/// ID you want redirect to does not exist`.)
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_subscribers_redirects_name_proxy_sessions() {
+    let redis = RedisServer::start();
+    let proxy = start_proxy(proxy_config(&redis)).await;
+    let redis_addr = redis.addr();
+    same_as_redis(redis.addr(), proxy.local_addr(), |addr| async move {
+        let mut log = Vec::new();
+        let mut b = resp3_tracking(addr, &[b"BCAST", b"PREFIX", b"b:"], &mut log).await;
+        let bid = id_of(&mut b).await.to_string();
+        let mut c = resp3_tracking(addr, &[b"BCAST", b"PREFIX", b"c:"], &mut log).await;
+        let cid = id_of(&mut c).await.to_string();
+        let masked = |s: String| {
+            s.replace(&format!(":{bid}\r\n"), ":<b>\r\n")
+                .replace(&format!(":{cid}\r\n"), ":<c>\r\n")
+                .replace(&format!("redir={bid}"), "redir=<b>")
+        };
+        let mut w = AsyncRawClient::connect(addr).await;
+        let mut a = AsyncRawClient::connect(addr).await;
+        assert!(a.cmd(&[b"HELLO", b"3"]).await.starts_with(b"%7\r\n"));
+        log.push(text(
+            &a.cmd(&[b"CLIENT", b"TRACKING", b"ON", b"REDIRECT", bid.as_bytes()])
+                .await,
+        ));
+        log.push(text(&a.cmd(&[b"SUBSCRIBE", b"ch"]).await));
+        log.push(masked(text(&a.cmd(&[b"CLIENT", b"GETREDIR"]).await)));
+        log.push(masked(text(&a.cmd(&[b"CLIENT", b"TRACKINGINFO"]).await)));
+        log.push(masked(flags_and_redir(&a.cmd(&[b"CLIENT", b"INFO"]).await)));
+        // Read while subscribed: its invalidation goes to b.
+        log.push(text(&a.cmd(&[b"GET", b"k"]).await));
+        w.cmd(&[b"SET", b"k", b"1"]).await;
+        log.push(pushed(&mut b).await);
+        // Redirected to c from here; c goes away: Redis tells a, naming c.
+        log.push(text(
+            &a.cmd(&[b"CLIENT", b"TRACKING", b"ON", b"REDIRECT", cid.as_bytes()])
+                .await,
+        ));
+        log.push(masked(text(&a.cmd(&[b"CLIENT", b"GETREDIR"]).await)));
+        log.push(text(&a.cmd(&[b"GET", b"k"]).await));
+        drop(c);
+        let mut direct = AsyncRawClient::connect(redis_addr).await;
+        let deadline = Instant::now() + Duration::from_secs(5);
+        while text(&direct.cmd(&[b"CLIENT", b"LIST"]).await).contains("PREFIX") {
+            assert!(Instant::now() < deadline, "c's connection is still open");
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        while text(&direct.cmd(&[b"CLIENT", b"LIST"]).await)
+            .matches(" flags=tB ")
+            .count()
+            > 1
+        {
+            assert!(Instant::now() < deadline, "c's connection is still open");
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        w.cmd(&[b"SET", b"k", b"2"]).await;
+        log.push(masked(pushed(&mut a).await));
+        // Off, and out of pub/sub.
+        log.push(text(&a.cmd(&[b"CLIENT", b"TRACKING", b"OFF"]).await));
+        log.push(text(&a.cmd(&[b"CLIENT", b"GETREDIR"]).await));
+        log.push(text(&a.cmd(&[b"UNSUBSCRIBE"]).await));
+        log.push(flags_and_redir(&a.cmd(&[b"CLIENT", b"INFO"]).await));
+        // Subscribed first, then tracking with a redirect.
+        let mut d = AsyncRawClient::connect(addr).await;
+        assert!(d.cmd(&[b"HELLO", b"3"]).await.starts_with(b"%7\r\n"));
+        log.push(text(&d.cmd(&[b"SUBSCRIBE", b"ch"]).await));
+        log.push(text(
+            &d.cmd(&[b"CLIENT", b"TRACKING", b"ON", b"REDIRECT", bid.as_bytes()])
+                .await,
+        ));
+        log.push(masked(text(&d.cmd(&[b"CLIENT", b"GETREDIR"]).await)));
+        log.push(text(&d.cmd(&[b"GET", b"k2"]).await));
+        w.cmd(&[b"SET", b"k2", b"1"]).await;
+        log.push(pushed(&mut b).await);
+        log
+    })
+    .await;
+    proxy.shutdown().await;
+}

@@ -1289,6 +1289,36 @@ impl Session {
                     }
                     continue;
                 }
+                if !answered_here
+                    && cmd.route == Route::Client
+                    && !self.multi_while_subscribed()
+                    && with_args(&inbuf[run.len..], &self.args, &req, |a| {
+                        self.tracking_on_subscriber_wanted(a)
+                    })
+                {
+                    // CLIENT TRACKING, GETREDIR … after every earlier reply: the
+                    // next reply is theirs (redirect ids translated both ways).
+                    self.flush(&mut run, inbuf).await;
+                    if (self.last != Conn::Sub && self.waits_upstream())
+                        || !self.barrier_passed().await
+                    {
+                        self.stalled = true;
+                        return;
+                    }
+                    let raw = inbuf.split_to(req.len);
+                    let ranges = self.args.clone();
+                    let ranged = Ranged {
+                        buf: &raw,
+                        ranges: &ranges,
+                    };
+                    let args: &(dyn ArgList + Sync) = match &req.kind {
+                        RequestKind::Inline(a) => a,
+                        _ => &ranged,
+                    };
+                    self.last = Conn::Sub;
+                    self.tracking_on_subscriber(args).await;
+                    continue;
+                }
                 if !answered_here {
                     self.flush(&mut run, inbuf).await;
                     if (self.last != Conn::Sub && self.waits_upstream())
@@ -1437,7 +1467,7 @@ impl Session {
                 });
                 let subscribing = self.ctx.publish_order.begin(keyspace);
                 let (opened, adopted) = match self.adopt_tracking_conn(monitor).await {
-                    Some(Some((sub, watching, bcast))) => (Ok(sub), Some((watching, bcast))),
+                    Some(Some((sub, watching, tracking))) => (Ok(sub), Some((watching, tracking))),
                     // Its tracking connection was lost: the client is closed.
                     Some(None) => return,
                     None => (
@@ -1454,11 +1484,10 @@ impl Session {
                             });
                         }
                         self.enter_pubsub(sub, monitor);
-                        if let (Some(s), Some((watching, bcast))) =
-                            (self.mode.subscribed(), adopted)
-                        {
+                        if let (Some(s), Some((watching, t))) = (self.mode.subscribed(), adopted) {
                             s.tracking = true;
-                            s.bcast = bcast;
+                            s.bcast = t.bcast;
+                            s.redirect = t.redirect.map(|id| (id, t.upstream_redirect));
                             s.watching = watching;
                             self.publish();
                         }

@@ -42,7 +42,7 @@ pub(super) enum Mode {
     Private(Private),
     /// Subscribed (or MONITOR): requests go to the session's subscriber connection
     /// and every frame Redis sends on it is streamed back.
-    Subscribed(Subscribed),
+    Subscribed(Box<Subscribed>),
 }
 
 /// An exclusive connection held by the session, and the MULTI/WATCH state on it.
@@ -146,6 +146,13 @@ pub(super) struct Subscribed {
     pub tracking: bool,
     /// That tracking is in `BCAST` mode (for `CLIENT LIST`'s flags).
     pub bcast: bool,
+    /// That tracking's `REDIRECT`: the proxy session named, and the Redis client
+    /// id sent in its place (translated back in replies and pushes).
+    pub redirect: Option<(u64, u64)>,
+    /// A tracking request sent on the connection after every earlier reply
+    /// (`Session::tracking_on_subscriber`): what its reply, the next one that
+    /// answers a request, changes; and whether the client asked not to get it.
+    pub tracking_reply: Option<(super::tracking::OnSubscriber, bool)>,
 }
 
 impl Subscribed {
@@ -322,7 +329,7 @@ impl Session {
             Mode::Private(p) => Some(p),
             _ => None,
         };
-        self.mode = Mode::Subscribed(Subscribed {
+        self.mode = Mode::Subscribed(Box::new(Subscribed {
             sub,
             counts: [0; 2],
             monitor,
@@ -338,7 +345,9 @@ impl Session {
             watching: false,
             tracking: false,
             bcast: false,
-        });
+            redirect: None,
+            tracking_reply: None,
+        }));
         self.publish();
     }
 

@@ -335,19 +335,19 @@ impl Session {
     /// queued first. `None`: not such a session (a new subscriber connection is
     /// opened); `Some(None)`: its connection was lost, and the client is closed,
     /// as when a tracking connection is lost; otherwise the subscription, whether
-    /// a `WATCH` is on the connection, and whether its tracking is in `BCAST` mode.
+    /// a `WATCH` is on the connection, and its tracking.
     ///
-    /// Not on a cluster, nor with an `auth_passthrough` login or a `REDIRECT`
-    /// (the private connection stays apart, parked, as before).
+    /// Not on a cluster, nor with an `auth_passthrough` login (the private
+    /// connection stays apart, parked, as before).
     pub(super) async fn adopt_tracking_conn(
         &mut self,
         monitor: bool,
-    ) -> Option<Option<(Subscription, bool, bool)>> {
+    ) -> Option<Option<(Subscription, bool, super::tracking::Tracking)>> {
         let fits = !monitor
             && self.state.resp3
             && self.login.is_none()
             && self.state.db.cluster().is_none()
-            && self.tracking.as_ref().is_some_and(|t| t.redirect.is_none());
+            && self.tracking.is_some();
         if !fits {
             return None;
         }
@@ -377,9 +377,9 @@ impl Session {
             self.on_push(Ok(push));
         }
         // From here Redis's tracking is the subscriber connection's.
-        let bcast = self.tracking.take().is_some_and(|t| t.bcast);
+        let tracking = self.tracking.take()?;
         let limit = self.live.config.limits.pubsub_buffer_limit;
-        Some(Some((Subscription::adopt(conn, limit), watching, bcast)))
+        Some(Some((Subscription::adopt(conn, limit), watching, tracking)))
     }
 
     /// A frame (or the end) of the subscriber connection's stream.
@@ -497,6 +497,7 @@ impl Session {
             true => frame,
             false => self.splice_subscribed_exec(frame, locals),
         };
+        let (frame, silent) = self.tracking_on_subscriber_frame(frame);
         let Some(s) = self.mode.subscribed() else {
             return;
         };
@@ -519,6 +520,11 @@ impl Session {
         }
         if last {
             self.leave_pubsub();
+        }
+        if silent {
+            // (CLIENT REPLY SKIP before a tracking request: Redis skips nothing
+            // there.)
+            return;
         }
         if self.reply_off
             && pubsub::answers_request(&frame)

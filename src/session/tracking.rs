@@ -63,6 +63,16 @@ pub(super) struct Tracking {
     pub bcast: bool,
 }
 
+/// What the reply to a tracking request sent on a subscriber connection changes
+/// (RESP3: Redis's client tracks on the connection it subscribed on).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(super) enum OnSubscriber {
+    /// `CLIENT TRACKING ON|OFF`: on `+OK`, the redirect becomes this.
+    Switch(Option<(u64, u64)>),
+    /// `CLIENT GETREDIR` / `TRACKINGINFO`: the redirect id is translated back.
+    Back,
+}
+
 /// What the reply to a forwarded tracking command changes.
 #[derive(Debug)]
 pub(super) enum Hook {
@@ -181,6 +191,98 @@ impl Session {
             }
             _ => None,
         }
+    }
+
+    /// A RESP3 subscriber's tracking request that needs the proxy's help on its
+    /// subscriber connection: `CLIENT TRACKING ON|OFF` (a `REDIRECT` names a proxy
+    /// session), or `GETREDIR`/`TRACKINGINFO` while a redirect is on (the id
+    /// comes back translated).
+    pub(super) fn tracking_on_subscriber_wanted(&self, args: &dyn ArgList) -> bool {
+        let Mode::Subscribed(s) = &self.mode else {
+            return false;
+        };
+        if s.monitor || !self.state.resp3 {
+            return false;
+        }
+        match sub(args) {
+            Some(Sub::Tracking) => {
+                args.count() >= 3
+                    && [&b"ON"[..], b"OFF"]
+                        .iter()
+                        .any(|m| args.arg(2).eq_ignore_ascii_case(m))
+            }
+            Some(Sub::GetRedir | Sub::TrackingInfo) => s.redirect.is_some(),
+            _ => false,
+        }
+    }
+
+    /// Sends such a request on the subscriber connection (every earlier reply is
+    /// in: its reply is the next one), its `REDIRECT` id translated; the reply
+    /// is seen to in `on_pubsub_frame` ([`OnSubscriber`]). A `CLIENT REPLY SKIP`
+    /// before it is kept by the proxy (the reply must still be read).
+    pub(super) async fn tracking_on_subscriber(&mut self, args: &(dyn ArgList + Sync)) {
+        let (bytes, then) = match sub(args) {
+            Some(Sub::Tracking) => {
+                let on = args.arg(2).eq_ignore_ascii_case(b"ON");
+                match self.translate(args, on).await {
+                    Ok((encoded, tracking)) => {
+                        let redirect =
+                            tracking.and_then(|t| t.redirect.map(|id| (id, t.upstream_redirect)));
+                        (encoded, OnSubscriber::Switch(redirect))
+                    }
+                    Err(refused) => {
+                        self.push_reply(refused);
+                        return;
+                    }
+                }
+            }
+            _ => (encode(args), OnSubscriber::Back),
+        };
+        let silent = std::mem::take(&mut self.skip_next);
+        if let Some(s) = self.mode.subscribed() {
+            s.tracking_reply = Some((then, silent));
+        }
+        self.send_to_subscriber(&Bytes::from(bytes), false, false)
+            .await;
+    }
+
+    /// A frame of the subscriber connection, as the tracking on it makes it (the
+    /// redirect id in replies and pushes translated back), and whether it is the
+    /// reply of a request of [`Session::tracking_on_subscriber`] that the
+    /// client asked not to get.
+    pub(super) fn tracking_on_subscriber_frame(&mut self, frame: Bytes) -> (Bytes, bool) {
+        let Some(s) = self
+            .mode
+            .subscribed()
+            .filter(|s| s.redirect.is_some() || s.tracking_reply.is_some())
+        else {
+            return (frame, false);
+        };
+        let mut frame = match s.redirect {
+            Some((id, upstream)) => broken_redirect(frame, upstream, id),
+            None => frame,
+        };
+        let answers = crate::upstream::pubsub::answers_request(&frame)
+            && crate::upstream::pubsub::confirmation(&frame).is_none();
+        if !answers {
+            return (frame, false);
+        }
+        let Some((then, silent)) = s.tracking_reply.take() else {
+            return (frame, false);
+        };
+        match then {
+            OnSubscriber::Switch(redirect) => {
+                if &frame[..] == b"+OK\r\n" {
+                    s.redirect = redirect;
+                }
+            }
+            OnSubscriber::Back => {
+                if let Some((id, _)) = s.redirect {
+                    frame = redirect_back(frame, id);
+                }
+            }
+        }
+        (frame, silent)
     }
 
     /// `CLIENT TRACKING …`.
@@ -540,7 +642,9 @@ impl Session {
     pub(super) fn tracking_info(&self) -> Option<(i64, bool)> {
         match &self.mode {
             // Tracking on the subscriber connection (without a redirect).
-            Mode::Subscribed(s) if s.tracking && self.tracking.is_none() => Some((0, s.bcast)),
+            Mode::Subscribed(s) if s.tracking && self.tracking.is_none() => {
+                Some((s.redirect.map_or(0, |(id, _)| id as i64), s.bcast))
+            }
             _ => self
                 .tracking
                 .as_ref()
