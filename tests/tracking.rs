@@ -994,18 +994,11 @@ async fn a_subscribers_redirects_name_proxy_sessions() {
         drop(c);
         let mut direct = AsyncRawClient::connect(redis_addr).await;
         let deadline = Instant::now() + Duration::from_secs(5);
-        while text(&direct.cmd(&[b"CLIENT", b"LIST"]).await).contains("PREFIX") {
-            assert!(Instant::now() < deadline, "c's connection is still open");
-            tokio::time::sleep(Duration::from_millis(20)).await;
-        }
-        while text(&direct.cmd(&[b"CLIENT", b"LIST"]).await)
-            .matches(" flags=tB ")
-            .count()
-            > 1
-        {
-            assert!(Instant::now() < deadline, "c's connection is still open");
-            tokio::time::sleep(Duration::from_millis(20)).await;
-        }
+        // (b's tracking connection stays.)
+        until_client_list(&mut direct, deadline, |l| {
+            l.matches(" flags=tB ").count() == 1
+        })
+        .await;
         w.cmd(&[b"SET", b"k", b"2"]).await;
         log.push(masked(pushed(&mut a).await));
         // Off, and out of pub/sub.

@@ -1305,18 +1305,14 @@ impl Session {
                         self.stalled = true;
                         return;
                     }
-                    let raw = inbuf.split_to(req.len);
-                    let ranges = self.args.clone();
-                    let ranged = Ranged {
-                        buf: &raw,
-                        ranges: &ranges,
-                    };
-                    let args: &(dyn ArgList + Sync) = match &req.kind {
-                        RequestKind::Inline(a) => a,
-                        _ => &ranged,
-                    };
+                    let args = with_args(&inbuf[..req.len], &self.args, &req, |a| {
+                        (0..a.count())
+                            .map(|i| a.arg(i).to_vec())
+                            .collect::<Vec<_>>()
+                    });
+                    inbuf.advance(req.len);
                     self.last = Conn::Sub;
-                    self.tracking_on_subscriber(args).await;
+                    self.tracking_on_subscriber(&args).await;
                     continue;
                 }
                 if !answered_here {

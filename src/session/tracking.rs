@@ -641,7 +641,7 @@ impl Session {
     /// What CLIENT LIST shows of tracking: `redir=` and BCAST.
     pub(super) fn tracking_info(&self) -> Option<(i64, bool)> {
         match &self.mode {
-            // Tracking on the subscriber connection (without a redirect).
+            // Tracking on the subscriber connection.
             Mode::Subscribed(s) if s.tracking && self.tracking.is_none() => {
                 Some((s.redirect.map_or(0, |(id, _)| id as i64), s.bcast))
             }
