@@ -219,6 +219,27 @@ async fn silent_clients_are_closed_after_their_timeouts() {
         b":1\r\n"
     );
     assert!(sub.read_reply().await.ends_with(b"$2\r\nhi\r\n"));
+    // Tracking on the connection it subscribed on, then unsubscribed: out of
+    // pub/sub, so closed once idle, as by Redis (the proxy keeps that
+    // connection for its tracking).
+    let mut tracker = AsyncRawClient::connect(addr).await;
+    assert!(tracker
+        .cmd(&[b"HELLO", b"3", b"AUTH", b"default", b"pw"])
+        .await
+        .starts_with(b"%7\r\n"));
+    assert_eq!(
+        tracker.cmd(&[b"CLIENT", b"TRACKING", b"ON"]).await,
+        b"+OK\r\n"
+    );
+    tracker.cmd(&[b"SUBSCRIBE", b"news"]).await;
+    tracker.cmd(&[b"UNSUBSCRIBE"]).await;
+    let started = std::time::Instant::now();
+    assert!(tracker.read_until_closed().await.is_empty());
+    let waited = started.elapsed();
+    assert!(
+        waited >= Duration::from_millis(500) && waited < Duration::from_secs(3),
+        "{waited:?}"
+    );
     proxy.shutdown().await;
 }
 

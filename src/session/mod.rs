@@ -862,7 +862,7 @@ impl Session {
         close_deadline(
             &self.live.config,
             self.state.authenticated,
-            !matches!(self.mode, Mode::Subscribed(_)) && !self.waits_on_exclusive(),
+            !self.mode.in_pubsub() && !self.waits_on_exclusive(),
             self.connected_at,
             self.last_read,
         )
@@ -916,9 +916,7 @@ impl Session {
         }
         info.db = self.state.db.config.index;
         info.resp = if self.state.resp3 { 3 } else { 2 };
-        // (A connection that tracks keys stays the subscriber connection after
-        // the last unsubscribe, out of pub/sub.)
-        info.pubsub = matches!(&self.mode, Mode::Subscribed(s) if s.monitor || !s.tracking || s.counts != [0, 0]);
+        info.pubsub = self.mode.in_pubsub();
         info.multi = self.mode.in_multi() || self.multi_unheld();
         info.tracking = self.tracking_info();
         drop(info);

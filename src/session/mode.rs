@@ -220,6 +220,13 @@ impl Mode {
         matches!(self, Mode::Private(_))
     }
 
+    /// In pub/sub as Redis counts a client there (`CLIENT LIST`'s `P`, exempt from
+    /// `timeout`): subscribed or monitoring, not a connection that only tracks
+    /// keys after its last unsubscribe.
+    pub fn in_pubsub(&self) -> bool {
+        matches!(self, Mode::Subscribed(s) if s.monitor || !s.tracking || s.counts != [0, 0])
+    }
+
     pub fn subscribed(&mut self) -> Option<&mut Subscribed> {
         match self {
             Mode::Subscribed(s) => Some(s),
