@@ -159,7 +159,7 @@ fn find_keyword<L: ArgList + ?Sized>(args: &L, keyword: &[u8], start_from: i64) 
     }
 }
 
-/// SORT key [BY pattern] [LIMIT offset count] [GET pattern …] [ASC|DESC] [ALPHA]
+/// `SORT key [BY pattern] [LIMIT offset count] [GET pattern …] [ASC|DESC] [ALPHA]`
 /// [STORE destination], parsed as Redis's `sortGetKeys` skips options.
 fn sort_keys<L: ArgList + ?Sized>(args: &L, out: &mut KeyArgs) {
     let argc = args.count();
@@ -192,7 +192,7 @@ fn sort_keys<L: ArgList + ?Sized>(args: &L, out: &mut KeyArgs) {
     }
 }
 
-/// MIGRATE host port key|"" destination-db timeout [COPY] [REPLACE] [AUTH pw]
+/// `MIGRATE host port key|"" destination-db timeout [COPY] [REPLACE] [AUTH pw]`
 /// [AUTH2 user pw] [KEYS key …], parsed as Redis's `migrateGetKeys`.
 fn migrate_keys<L: ArgList + ?Sized>(args: &L, out: &mut KeyArgs) {
     let argc = args.count();

@@ -1,6 +1,6 @@
 //! Moving a session to the configuration snapshot a reload published.
 //!
-//! A session keeps the [`Live`](crate::context::Live) snapshot it took; at each
+//! A session keeps the [`crate::context::Live`] snapshot it took; at each
 //! batch (and when a reload wakes it while idle) it compares generations, one
 //! atomic load. It moves only at a point where nothing of its own is in flight
 //! on a shared connection, so its commands keep their order even when the

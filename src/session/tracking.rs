@@ -37,6 +37,13 @@
 //!   protocol of the tracking connection in place, so what Redis tracks is kept. If
 //!   the tracking connection closes, the client's connection is closed, as a
 //!   subscriber's is: its cache would otherwise never be invalidated again.
+//! * A RESP3 client that subscribes while tracking subscribes on its tracking
+//!   connection, as Redis's client does on the one connection it has
+//!   (`Session::adopt_tracking_conn`): the connection becomes its subscriber
+//!   connection, tracking, and stays the session's after the last unsubscribe
+//!   until tracking is turned off. There `CLIENT TRACKING` and, with a redirect,
+//!   `GETREDIR`/`TRACKINGINFO` are sent after every earlier reply, their redirect
+//!   ids translated both ways ([`OnSubscriber`]).
 
 use bytes::{Bytes, BytesMut};
 use std::sync::atomic::Ordering::Relaxed;
