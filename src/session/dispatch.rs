@@ -1480,12 +1480,8 @@ impl Session {
                             });
                         }
                         self.enter_pubsub(sub, monitor);
-                        if let (Some(s), Some((watching, t))) = (self.mode.subscribed(), adopted) {
-                            s.tracking = true;
-                            s.bcast = t.bcast;
-                            s.redirect = t.redirect.map(|id| (id, t.upstream_redirect));
-                            s.watching = watching;
-                            self.publish();
+                        if let Some((watching, tracking)) = adopted {
+                            self.adopted_keeps(watching, tracking);
                         }
                         let bytes = take_owned(inbuf, &req, owned.take());
                         self.last = Conn::Sub;

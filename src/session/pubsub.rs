@@ -382,6 +382,19 @@ impl Session {
         Some(Some((Subscription::adopt(conn, limit), watching, tracking)))
     }
 
+    /// The subscriber connection [`Session::adopt_tracking_conn`] made keeps the
+    /// state Redis keeps on it: its tracking (with its mode and redirect) and
+    /// its `WATCH`.
+    pub(super) fn adopted_keeps(&mut self, watching: bool, t: super::tracking::Tracking) {
+        if let Some(s) = self.mode.subscribed() {
+            s.tracking = true;
+            s.bcast = t.bcast;
+            s.redirect = t.redirect.map(|id| (id, t.upstream_redirect));
+            s.watching = watching;
+            self.publish();
+        }
+    }
+
     /// A frame (or the end) of the subscriber connection's stream.
     pub(super) fn on_pubsub_frame(&mut self, f: Result<Bytes, End>) {
         let frame = match f {

@@ -80,36 +80,21 @@ impl Subscription {
             addr: cfg.address(),
             reason: "connection closed during setup".into(),
         })?;
-        let (tx, frames) = mpsc::unbounded_channel();
-        let (first_tx, first) = tokio::sync::oneshot::channel();
-        let queued = Arc::new(AtomicUsize::new(0));
-        let upstream_id = Arc::new(AtomicU64::new(0));
-        let satellites =
-            satellites.map(|n| Satellites::spawn(n, resp3, tx.clone(), queued.clone(), limit));
-        let reader = tokio::spawn(read_frames(
+        let reader = Reader {
+            frames: Frames::new(16 * 1024),
+            hello: true,
+            id: 0,
+        };
+        let satellites = satellites.map(|n| (n, resp3));
+        Ok(Subscription::start(
             rd,
-            Reader {
-                frames: Frames::new(16 * 1024),
-                hello: true,
-            },
-            tx,
-            queued.clone(),
-            limit,
-            upstream_id.clone(),
-            satellites.as_ref().map(Satellites::sender),
-            monitor,
-            first_tx,
-        ));
-        Ok(Subscription {
             wr,
-            frames,
-            queued,
             reader,
-            upstream_id,
-            _satellites: satellites,
-            addr: cfg.address(),
-            first: Some(first),
-        })
+            cfg.address(),
+            limit,
+            satellites,
+            monitor,
+        ))
     }
 
     /// Makes a session's own connection (a RESP3 one, tracking keys for it) its
@@ -119,31 +104,49 @@ impl Subscription {
     pub fn adopt(conn: ExclusiveConn, limit: usize) -> Subscription {
         let (stream, frames, addr, id) = conn.into_parts();
         let (rd, wr) = stream.into_split();
-        let (tx, rx) = mpsc::unbounded_channel();
+        let reader = Reader {
+            frames,
+            hello: false,
+            id,
+        };
+        Subscription::start(rd, wr, reader, addr, limit, None, false)
+    }
+
+    /// The subscription on a connection set up for it: its reader task (and, on
+    /// a cluster, its satellites, with the protocol they speak) started.
+    fn start(
+        rd: ReadHalf,
+        wr: WriteHalf,
+        reader: Reader,
+        addr: String,
+        limit: usize,
+        satellites: Option<(Nodes, bool)>,
+        monitor: bool,
+    ) -> Subscription {
+        let (tx, frames) = mpsc::unbounded_channel();
         let (first_tx, first) = tokio::sync::oneshot::channel();
         let queued = Arc::new(AtomicUsize::new(0));
-        let upstream_id = Arc::new(AtomicU64::new(id));
+        let upstream_id = Arc::new(AtomicU64::new(reader.id));
+        let satellites = satellites
+            .map(|(n, resp3)| Satellites::spawn(n, resp3, tx.clone(), queued.clone(), limit));
         let reader = tokio::spawn(read_frames(
             rd,
-            Reader {
-                frames,
-                hello: false,
-            },
+            reader,
             tx,
             queued.clone(),
             limit,
             upstream_id.clone(),
-            None,
-            false,
+            satellites.as_ref().map(Satellites::sender),
+            monitor,
             first_tx,
         ));
         Subscription {
             wr,
-            frames: rx,
+            frames,
             queued,
             reader,
             upstream_id,
-            _satellites: None,
+            _satellites: satellites,
             addr,
             first: Some(first),
         }
@@ -193,11 +196,13 @@ impl Drop for Subscription {
     }
 }
 
-/// Where a subscription's reader starts: what was read already, and whether
-/// the reply to the proxy's `HELLO` comes first (a connection opened for it).
+/// Where a subscription's reader starts: what was read already, whether the
+/// reply to the proxy's `HELLO` comes first (a connection opened for it), and
+/// Redis's `CLIENT ID` of the connection if known (0: `HELLO` tells).
 struct Reader {
     frames: Frames,
     hello: bool,
+    id: u64,
 }
 
 #[allow(clippy::too_many_arguments)] // the subscription's parts, passed as they are
@@ -219,6 +224,7 @@ async fn read_frames(
     let Reader {
         mut frames,
         mut hello,
+        ..
     } = start;
     loop {
         loop {
