@@ -1309,6 +1309,77 @@ async fn redis_closing_idle_connections_opens_no_breaker_and_fails_no_probe() {
     proxy.shutdown().await;
 }
 
+/// A long script makes Redis answer every other command with `-BUSY`, the health
+/// probe's `PING` among them. The probe took that for "a malformed reply" and
+/// counted it, so a script that ran for `failure_threshold` probe intervals opened
+/// the breaker of every database on that server, and after the script was killed
+/// (or ended) every client got `-CIRCUITOPEN` for `recovery_timeout`. A busy
+/// server is up (as for a client's `-BUSY`, see `session_state.rs`): the probe
+/// counts it as healthy, and clients go on as soon as the script is gone.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_long_script_fails_no_probe_and_opens_no_breaker() {
+    let _serial = SERIAL.lock().await;
+    let redis = RedisServer::start_with_args(&["--busy-reply-threshold", "50"]);
+    let mut config = breaker_config(&redis, 2, 2);
+    for db in &mut config.databases {
+        db.upstream.resilience.health_check_interval = Duration::from_millis(100);
+        db.upstream.resilience.recovery_timeout = Duration::from_secs(60);
+    }
+    let proxy = start_proxy(config).await;
+    let addr = proxy.local_addr();
+    let mut admin = AsyncRawClient::connect(addr).await;
+    let probes = |h: &HashMap<String, String>| h["probes"].parse::<u64>().expect("probes");
+    let before = probes(&health(&mut admin, 0).await);
+
+    let mut script = AsyncRawClient::connect(redis.addr()).await;
+    script
+        .send(&resp_cmd(&[b"EVAL", b"while true do end", b"0"]))
+        .await;
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    let mut direct = AsyncRawClient::connect(redis.addr()).await;
+    let busy = direct.cmd(&[b"PING"]).await;
+    assert!(busy.starts_with(b"-BUSY"), "{}", text(&busy));
+    // Five probes at least while the script runs (on the code before, the second
+    // opened the breaker).
+    let deadline = Instant::now() + Duration::from_secs(10);
+    let h = loop {
+        let h = health(&mut admin, 0).await;
+        if probes(&h) >= before + 5 || Instant::now() > deadline {
+            break h;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    };
+    assert!(probes(&h) >= before + 5, "{h:?}");
+    assert_eq!(h["probe_failures"], "0", "{h:?}");
+    assert_eq!(h["healthy"], "1", "{h:?}");
+    assert_eq!(circuit(&mut admin, 0).await["state"], "closed");
+    // Clients meet Redis's own -BUSY meanwhile, a transaction's too.
+    let mut c = AsyncRawClient::connect(addr).await;
+    assert_eq!(text(&c.cmd(&[b"GET", b"k"]).await), text(&busy));
+    assert_eq!(c.cmd(&[b"WATCH", b"k"]).await, b"+OK\r\n");
+    assert_eq!(text(&c.cmd(&[b"GET", b"k"]).await), text(&busy));
+    assert_eq!(c.cmd(&[b"UNWATCH"]).await, b"+OK\r\n");
+    // In database 9 no connection is open yet: each GET's new connection has its
+    // SELECT refused (-BUSY), which the client gets as Redis's own reply to the GET;
+    // not an upstream failure either (on the code before, the second opened db 9's
+    // breaker, and the third GET got -CIRCUITOPEN).
+    let mut c9 = AsyncRawClient::connect(addr).await;
+    assert_eq!(c9.cmd(&[b"SELECT", b"9"]).await, b"+OK\r\n");
+    for _ in 0..4 {
+        assert_eq!(text(&c9.cmd(&[b"GET", b"k"]).await), text(&busy));
+    }
+    assert_eq!(circuit(&mut admin, 9).await["state"], "closed");
+
+    assert_eq!(c.cmd(&[b"SCRIPT", b"KILL"]).await, b"+OK\r\n");
+    let killed = script.read_reply().await;
+    assert!(killed.starts_with(b"-ERR"), "{}", text(&killed));
+    assert_eq!(c.cmd(&[b"SET", b"k", b"after"]).await, b"+OK\r\n");
+    assert_eq!(c.cmd(&[b"GET", b"k"]).await, b"$5\r\nafter\r\n");
+    let h = health(&mut admin, 0).await;
+    assert_eq!(h["probe_failures"], "0", "{h:?}");
+    proxy.shutdown().await;
+}
+
 /// Redis closes a connection whose reply goes over its output buffer limit
 /// (`client-output-buffer-limit normal`, off by default). Through the proxy that is
 /// the shared connection, for one client's large reply. Each such close counted

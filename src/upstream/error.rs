@@ -58,6 +58,16 @@ pub enum UpstreamError {
         /// `host:port` of the upstream.
         addr: String,
     },
+    /// The upstream answered the proxy's own `PING` (a health probe) with an error
+    /// that says it is not serving (`-LOADING`, `-NOAUTH` after a password change
+    /// …); no client's command was sent.
+    #[error("upstream {addr} answered PING with -{reply}")]
+    NotServing {
+        /// `host:port` of the upstream.
+        addr: String,
+        /// The error reply, without its leading `-` and line end.
+        reply: String,
+    },
 }
 
 impl UpstreamError {
@@ -81,9 +91,21 @@ impl UpstreamError {
     /// circuit breaker and the health state should hear of it. The proxy's own
     /// exhaustion does not: counting it would take a healthy database down for
     /// everyone because this process is short of descriptors (as `-BUSY` is not
-    /// counted, see [`super::is_not_serving`]).
+    /// counted, see [`super::is_not_serving`]). Nor does a connection setup that a
+    /// busy server refused (`-BUSY` to its `SELECT`, while one client's script runs
+    /// past `busy-reply-threshold`): the server is up, and the client gets that
+    /// `-BUSY` as Redis's own reply.
     pub fn counts_as_failure(&self) -> bool {
-        !matches!(self, UpstreamError::LocalResources { .. })
+        match self {
+            UpstreamError::LocalResources { .. } => false,
+            e => !e.is_busy(),
+        }
+    }
+
+    /// Whether a busy server refused the connection setup (`-BUSY` to its
+    /// `SELECT`): it is up, running one client's long script.
+    pub fn is_busy(&self) -> bool {
+        matches!(self, UpstreamError::Handshake { reply, .. } if reply.starts_with("BUSY "))
     }
 
     /// Whether trying again soon may succeed. A rejected AUTH/SELECT is a
@@ -103,7 +125,8 @@ impl UpstreamError {
             UpstreamError::Connect { .. }
             | UpstreamError::LocalResources { .. }
             | UpstreamError::Handshake { .. }
-            | UpstreamError::CircuitOpen { .. } => false,
+            | UpstreamError::CircuitOpen { .. }
+            | UpstreamError::NotServing { .. } => false,
             UpstreamError::Lost { sent, .. } => *sent,
             UpstreamError::Protocol { .. } | UpstreamError::Timeout { .. } => true,
         }

@@ -173,13 +173,15 @@ async fn probe(
         *conn = None;
     }
     if conn.is_none() {
-        *conn = Some(manager.connect().await.map_err(|e| {
-            if e.counts_as_failure() {
-                Failed::Upstream(e.to_string())
-            } else {
-                Failed::Local(e.to_string())
-            }
-        })?);
+        let started = tokio::time::Instant::now();
+        *conn = Some(match manager.connect().await {
+            Ok(c) => c,
+            // Its SELECT refused while a script runs: the server is up (as with
+            // `-BUSY` to the PING, see `Manager::is_valid`).
+            Err(e) if e.is_busy() => return Ok(started.elapsed()),
+            Err(e) if e.counts_as_failure() => return Err(Failed::Upstream(e.to_string())),
+            Err(e) => return Err(Failed::Local(e.to_string())),
+        });
     }
     let Some(c) = conn.as_mut() else {
         return Err(Failed::Upstream("no probe connection".into()));
