@@ -341,7 +341,14 @@ async fn steps(cfg: &UpstreamConfig, opts: CheckOptions, key: &str, r: &mut Data
     for _ in 0..3 {
         let t = Instant::now();
         match ask(&mut conn, &[b"PING"]).await {
-            Ok(reply) if reply.starts_with(b"+PONG") => pings.push(t.elapsed()),
+            // An error other than "not serving" (`-NOPERM`: the user may not PING;
+            // `-BUSY`) is an answer, as the health probes take it.
+            Ok(reply)
+                if reply.starts_with(b"+PONG")
+                    || (reply.starts_with(b"-") && !crate::upstream::is_not_serving(&reply)) =>
+            {
+                pings.push(t.elapsed())
+            }
             Ok(reply) => {
                 r.problems.push(format!(
                     "PING answered {}: the proxy's health probes will fail",

@@ -1380,6 +1380,51 @@ async fn a_long_script_fails_no_probe_and_opens_no_breaker() {
     proxy.shutdown().await;
 }
 
+/// The proxy's ACL user may lack `ping` (least privilege: `+@all -ping`, or only the
+/// application's commands). Redis then answers the health probe's `PING` with
+/// `-NOPERM`: an answer, from a server that serves. The probe took it for "a
+/// malformed reply" and counted it, so every such database's breaker opened after
+/// `failure_threshold` probe intervals and stayed open, though every client
+/// command went through. Only a reply saying the server is not serving
+/// (`-LOADING`, `-MASTERDOWN`) fails a probe, as it fails a connection's setup.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_user_without_ping_fails_no_probe() {
+    let _serial = SERIAL.lock().await;
+    let redis = RedisServer::start();
+    let acl = [
+        "ACL", "SETUSER", "noping", "on", ">pw", "~*", "&*", "+@all", "-ping",
+    ];
+    let (out, st) = support::redis_cli(redis.port(), &acl);
+    assert!(st.success() && out.trim() == "OK", "{out}");
+    let mut config = breaker_config(&redis, 2, 2);
+    for db in &mut config.databases {
+        db.upstream.username = Some("noping".into());
+        db.upstream.password = Some(redis_sidecar::config::Secret("pw".into()));
+        db.upstream.resilience.health_check_interval = Duration::from_millis(100);
+        db.upstream.resilience.recovery_timeout = Duration::from_secs(60);
+    }
+    let proxy = start_proxy(config).await;
+    let addr = proxy.local_addr();
+    let mut c = AsyncRawClient::connect(addr).await;
+    let refused = text(&c.cmd(&[b"PING"]).await);
+    assert!(refused.starts_with("-NOPERM"), "{refused}");
+    let mut admin = AsyncRawClient::connect(addr).await;
+    let deadline = Instant::now() + Duration::from_secs(10);
+    let h = loop {
+        let h = health(&mut admin, 0).await;
+        if h["probes"].parse::<u64>().expect("probes") >= 5 || Instant::now() > deadline {
+            break h;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    };
+    assert!(h["probes"].parse::<u64>().expect("probes") >= 5, "{h:?}");
+    assert_eq!(h["probe_failures"], "0", "{h:?}");
+    assert_eq!(circuit(&mut admin, 0).await["state"], "closed");
+    assert_eq!(c.cmd(&[b"SET", b"k", b"v"]).await, b"+OK\r\n");
+    assert_eq!(c.cmd(&[b"GET", b"k"]).await, b"$1\r\nv\r\n");
+    proxy.shutdown().await;
+}
+
 /// Redis closes a connection whose reply goes over its output buffer limit
 /// (`client-output-buffer-limit normal`, off by default). Through the proxy that is
 /// the shared connection, for one client's large reply. Each such close counted

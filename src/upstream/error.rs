@@ -59,8 +59,8 @@ pub enum UpstreamError {
         addr: String,
     },
     /// The upstream answered the proxy's own `PING` (a health probe) with an error
-    /// that says it is not serving (`-LOADING`, `-NOAUTH` after a password change
-    /// …); no client's command was sent.
+    /// that says it is not serving (`-LOADING`, `-MASTERDOWN`: see
+    /// [`super::is_not_serving`]); no client's command was sent.
     #[error("upstream {addr} answered PING with -{reply}")]
     NotServing {
         /// `host:port` of the upstream.
