@@ -341,14 +341,8 @@ async fn steps(cfg: &UpstreamConfig, opts: CheckOptions, key: &str, r: &mut Data
     for _ in 0..3 {
         let t = Instant::now();
         match ask(&mut conn, &[b"PING"]).await {
-            // An error other than "not serving" (`-NOPERM`: the user may not PING;
-            // `-BUSY`) is an answer, as the health probes take it.
-            Ok(reply)
-                if reply.starts_with(b"+PONG")
-                    || (reply.starts_with(b"-") && !crate::upstream::is_not_serving(&reply)) =>
-            {
-                pings.push(t.elapsed())
-            }
+            // (As the health probes take it: `-NOPERM` or `-BUSY` is an answer.)
+            Ok(reply) if crate::upstream::answers_ping(&reply) => pings.push(t.elapsed()),
             Ok(reply) => {
                 r.problems.push(format!(
                     "PING answered {}: the proxy's health probes will fail",

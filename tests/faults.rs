@@ -151,6 +151,33 @@ async fn wait_circuit(admin: &mut AsyncRawClient, index: usize, state: &str, wit
     }
 }
 
+/// The `probes` field of a `PROXY HEALTH` line.
+fn probes(h: &HashMap<String, String>) -> u64 {
+    h["probes"].parse().expect("probes")
+}
+
+/// Waits (bounded) until database `index` has made `n` health probes at least;
+/// its `PROXY HEALTH` fields then.
+async fn wait_probes(
+    admin: &mut AsyncRawClient,
+    index: usize,
+    n: u64,
+    within: Duration,
+) -> HashMap<String, String> {
+    let started = Instant::now();
+    loop {
+        let h = health(admin, index).await;
+        if probes(&h) >= n {
+            return h;
+        }
+        assert!(
+            started.elapsed() < within,
+            "db{index}: fewer than {n} probes after {within:?}: {h:?}"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
 fn percentile(samples: &[Duration], q: f64) -> Duration {
     let mut s = samples.to_vec();
     s.sort();
@@ -1284,16 +1311,8 @@ async fn redis_closing_idle_connections_opens_no_breaker_and_fails_no_probe() {
     }
     // Three probes at least (the first at start, then 2.6 s apart): on the code
     // before, the second found its connection closed.
-    let deadline = Instant::now() + Duration::from_secs(20);
-    let h = loop {
-        let h = health(&mut admin, 0).await;
-        if h["probes"].parse::<u64>().expect("probes") >= 3 || Instant::now() > deadline {
-            break h;
-        }
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    };
+    let h = wait_probes(&mut admin, 0, 3, Duration::from_secs(20)).await;
     eprintln!("after {:?}: {h:?}", started.elapsed());
-    assert!(h["probes"].parse::<u64>().expect("probes") >= 3, "{h:?}");
     assert_eq!(h["probe_failures"], "0", "{h:?}");
     assert_eq!(h["healthy"], "1", "{h:?}");
     // Redis did close them (else the test shows nothing).
@@ -1328,7 +1347,6 @@ async fn a_long_script_fails_no_probe_and_opens_no_breaker() {
     let proxy = start_proxy(config).await;
     let addr = proxy.local_addr();
     let mut admin = AsyncRawClient::connect(addr).await;
-    let probes = |h: &HashMap<String, String>| h["probes"].parse::<u64>().expect("probes");
     let before = probes(&health(&mut admin, 0).await);
 
     let mut script = AsyncRawClient::connect(redis.addr()).await;
@@ -1341,15 +1359,7 @@ async fn a_long_script_fails_no_probe_and_opens_no_breaker() {
     assert!(busy.starts_with(b"-BUSY"), "{}", text(&busy));
     // Five probes at least while the script runs (on the code before, the second
     // opened the breaker).
-    let deadline = Instant::now() + Duration::from_secs(10);
-    let h = loop {
-        let h = health(&mut admin, 0).await;
-        if probes(&h) >= before + 5 || Instant::now() > deadline {
-            break h;
-        }
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    };
-    assert!(probes(&h) >= before + 5, "{h:?}");
+    let h = wait_probes(&mut admin, 0, before + 5, Duration::from_secs(10)).await;
     assert_eq!(h["probe_failures"], "0", "{h:?}");
     assert_eq!(h["healthy"], "1", "{h:?}");
     assert_eq!(circuit(&mut admin, 0).await["state"], "closed");
@@ -1409,15 +1419,7 @@ async fn a_user_without_ping_fails_no_probe() {
     let refused = text(&c.cmd(&[b"PING"]).await);
     assert!(refused.starts_with("-NOPERM"), "{refused}");
     let mut admin = AsyncRawClient::connect(addr).await;
-    let deadline = Instant::now() + Duration::from_secs(10);
-    let h = loop {
-        let h = health(&mut admin, 0).await;
-        if h["probes"].parse::<u64>().expect("probes") >= 5 || Instant::now() > deadline {
-            break h;
-        }
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    };
-    assert!(h["probes"].parse::<u64>().expect("probes") >= 5, "{h:?}");
+    let h = wait_probes(&mut admin, 0, 5, Duration::from_secs(10)).await;
     assert_eq!(h["probe_failures"], "0", "{h:?}");
     assert_eq!(circuit(&mut admin, 0).await["state"], "closed");
     assert_eq!(c.cmd(&[b"SET", b"k", b"v"]).await, b"+OK\r\n");

@@ -334,11 +334,7 @@ impl bb8::ManageConnection for Manager {
 
     async fn is_valid(&self, conn: &mut ExclusiveConn) -> Result<(), UpstreamError> {
         let r = match conn.round_trip(b"*1\r\n$4\r\nPING\r\n", 1).await {
-            Ok(r) if r.as_ref() == b"+PONG\r\n" => return Ok(()),
-            // Another error reply is an answer from a server that serves: `-BUSY`
-            // (a script running past `busy-reply-threshold`), `-NOPERM` (the
-            // proxy's ACL user may not PING), as a connection's setup takes it.
-            Ok(r) if r.first() == Some(&b'-') && !super::is_not_serving(&r) => return Ok(()),
+            Ok(r) if super::answers_ping(&r) => return Ok(()),
             Ok(r) if r.first() == Some(&b'-') => Err(UpstreamError::NotServing {
                 addr: conn.addr.clone(),
                 reply: String::from_utf8_lossy(r.get(1..r.len().saturating_sub(2)).unwrap_or(b""))

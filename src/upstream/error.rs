@@ -96,10 +96,7 @@ impl UpstreamError {
     /// past `busy-reply-threshold`): the server is up, and the client gets that
     /// `-BUSY` as Redis's own reply.
     pub fn counts_as_failure(&self) -> bool {
-        match self {
-            UpstreamError::LocalResources { .. } => false,
-            e => !e.is_busy(),
-        }
+        !matches!(self, UpstreamError::LocalResources { .. }) && !self.is_busy()
     }
 
     /// Whether a busy server refused the connection setup (`-BUSY` to its

@@ -72,6 +72,14 @@ pub fn is_not_serving(error_reply: &[u8]) -> bool {
         .any(|p| body.starts_with(p))
 }
 
+/// Whether a reply to the proxy's own `PING` (a health probe, `redis-sidecar
+/// check`) shows a server that serves: `+PONG`, or an error other than
+/// [`is_not_serving`] (`-BUSY`: a script runs; `-NOPERM`: the proxy's ACL user may
+/// not PING), as a connection's setup takes it.
+pub fn answers_ping(reply: &[u8]) -> bool {
+    reply == b"+PONG\r\n" || (reply.first() == Some(&b'-') && !is_not_serving(reply))
+}
+
 /// Whether an error reply is a Redis Cluster redirect: `-MOVED`, `-ASK`,
 /// `-TRYAGAIN` or `-CLUSTERDOWN` (Redis did not run the command).
 pub fn is_redirect(error_reply: &[u8]) -> bool {
