@@ -81,18 +81,10 @@ proxy_run proxy foo "auth_passthrough: true"
 proxy_run proxy-shared default 'client_password: "bar"'
 
 python3 - "$OUT" "$ROOT/scripts" <<'PY'
-import re, sys
+import sys
 out = sys.argv[1]
 sys.path.insert(0, sys.argv[2])
-from suite_results import report
-def results(path):
-    kinds = {'ok': 'passed', 'FAILED': 'failed', 'ignored': 'skipped'}
-    r = {}
-    for line in open(path, errors='replace'):
-        m = re.match(r'^test (\S+) (?:- should panic )?\.\.\. (ok|FAILED|ignored)', line)
-        if m:
-            r[m.group(1)] = kinds[m.group(2)]
-    return r
+from suite_results import libtest_results as results, report
 direct = results(f'{out}/direct.log')
 print('with auth_passthrough (user foo, a connection of its own per client):')
 report(direct, results(f'{out}/proxy.log'))

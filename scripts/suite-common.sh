@@ -62,12 +62,13 @@ start_proxy() {
 
 # proxy_in_front PORT LOG [yaml lines...]: a redis-server on a free port (REDIS) and
 # the proxy listening on 127.0.0.1:PORT in front of it (config/redis-databases.yaml
-# plus databases 11-15, and the given lines), its log in LOG.
+# plus databases 11-15, and the given lines), its log in LOG. The redis-server gets
+# the options in the array REDIS_ARGS, when the caller sets it.
 proxy_in_front() {
     local port=$1 logfile=$2 line
     shift 2
     REDIS=$(free_port)
-    start_redis "$REDIS"
+    start_redis "$REDIS" ${REDIS_ARGS[@]+"${REDIS_ARGS[@]}"}
     {
         proxy_config "$REDIS" 15
         echo "listen: 127.0.0.1:$port"
