@@ -1027,3 +1027,36 @@ async fn messages_a_subscribers_transaction_publishes_to_itself_reach_it() {
     );
     proxy.shutdown().await;
 }
+
+/// A RESP3 subscriber's `WATCH` outlives its last `UNSUBSCRIBE`, as on Redis,
+/// where the client keeps its watched keys: the subscriber connection, which
+/// holds the watch, stays the session's until `EXEC`, `DISCARD` or `UNWATCH`.
+/// (Until session 37 the session went back to shared connections at the last
+/// unsubscribe and the watch was lost: a write to the watched key did not fail
+/// the `EXEC` after it. Found by the multi-session tool, seed 6804.)
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_resp3_subscribers_watch_outlives_its_last_unsubscribe() {
+    let up = Backend::start(Upstream::Standalone);
+    let proxy = start_proxy(up.config()).await;
+    let steps: &[(&[&[&[u8]]], usize)] = &[
+        (&[&[b"HELLO", b"3"]], 1),
+        (&[&[b"SUBSCRIBE", b"wch"]], 1),
+        (&[&[b"WATCH", b"wk"]], 1),
+        (&[&[b"SET", b"wk", b"1"]], 1),
+        (&[&[b"UNSUBSCRIBE"]], 1),
+        (&[&[b"MULTI"], &[b"SET", b"wk", b"2"], &[b"EXEC"]], 3),
+        (&[&[b"GET", b"wk"]], 1),
+        // Not touched: the transaction runs.
+        (&[&[b"SUBSCRIBE", b"wch"], &[b"WATCH", b"wk"]], 2),
+        (&[&[b"UNSUBSCRIBE"]], 1),
+        (&[&[b"MULTI"], &[b"SET", b"wk", b"3"], &[b"EXEC"]], 3),
+        (&[&[b"GET", b"wk"], &[b"DEL", b"wk"]], 2),
+    ];
+    let want = play_steps(up.reference().await, steps).await;
+    let got = play_steps(AsyncRawClient::connect(proxy.local_addr()).await, steps).await;
+    assert_eq!(got, want, "proxy (left) vs redis (right)");
+    assert_eq!(want[7], "_\r\n", "the watched key was written: EXEC fails");
+    assert_eq!(want[8], "$1\r\n1\r\n");
+    assert_eq!(want[14], "*1\r\n+OK\r\n");
+    proxy.shutdown().await;
+}

@@ -1023,3 +1023,82 @@ async fn a_subscribers_redirects_name_proxy_sessions() {
     .await;
     proxy.shutdown().await;
 }
+
+/// `CLIENT TRACKING ON` under a `WATCH` (outside `MULTI`) is Redis's: the watching
+/// connection, taken out of the pool, becomes the session's own and tracks there,
+/// and the watch holds. (Until session 37 the proxy refused it, `CLIENT TRACKING
+/// inside a transaction is not supported`, found by the multi-session tool, seed
+/// 6766.) The pool gets a new connection in its place: with a pool of one, other
+/// clients' transactions still run while the tracking client lives.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn tracking_turned_on_under_watch_tracks_on_the_watching_connection() {
+    let redis = RedisServer::start();
+    let mut config = proxy_config(&redis);
+    config.databases[0].upstream.pool_size = 1;
+    let proxy = start_proxy(config).await;
+    // RESP3: the watch holds, and the key read after it is tracked.
+    same_as_redis(redis.addr(), proxy.local_addr(), |addr| async move {
+        let mut log = Vec::new();
+        let mut c = AsyncRawClient::connect(addr).await;
+        let mut w = AsyncRawClient::connect(addr).await;
+        assert!(c.cmd(&[b"HELLO", b"3"]).await.starts_with(b"%7\r\n"));
+        log.push(text(&c.cmd(&[b"WATCH", b"k"]).await));
+        log.push(text(&c.cmd(&[b"CLIENT", b"TRACKING", b"ON"]).await));
+        log.push(text(&c.cmd(&[b"GET", b"k"]).await));
+        log.push(text(&c.cmd(&[b"CLIENT", b"TRACKINGINFO"]).await));
+        log.push(text(&w.cmd(&[b"SET", b"k", b"1"]).await));
+        log.push(pushed(&mut c).await);
+        log.push(text(&c.cmd(&[b"MULTI"]).await));
+        log.push(text(&c.cmd(&[b"SET", b"k", b"2"]).await));
+        log.push(text(&c.cmd(&[b"EXEC"]).await));
+        // Tracking goes on after the transaction.
+        log.push(text(&c.cmd(&[b"GET", b"k"]).await));
+        log.push(text(&w.cmd(&[b"SET", b"k", b"3"]).await));
+        log.push(pushed(&mut c).await);
+        log
+    })
+    .await;
+    // RESP2, pipelined in one write; then tracking off under a new watch, which
+    // still holds.
+    same_as_redis(redis.addr(), proxy.local_addr(), |addr| async move {
+        let mut log = Vec::new();
+        let mut c = AsyncRawClient::connect(addr).await;
+        let mut w = AsyncRawClient::connect(addr).await;
+        let mut batch = resp_cmd(&[b"WATCH", b"k"]);
+        batch.extend(resp_cmd(&[b"CLIENT", b"TRACKING", b"ON"]));
+        batch.extend(resp_cmd(&[b"GET", b"k"]));
+        batch.extend(resp_cmd(&[b"CLIENT", b"TRACKINGINFO"]));
+        c.send(&batch).await;
+        for _ in 0..4 {
+            log.push(text(&c.read_reply().await));
+        }
+        log.push(text(&c.cmd(&[b"UNWATCH"]).await));
+        log.push(text(&c.cmd(&[b"WATCH", b"j"]).await));
+        log.push(text(&c.cmd(&[b"CLIENT", b"TRACKING", b"OFF"]).await));
+        log.push(text(&w.cmd(&[b"SET", b"j", b"1"]).await));
+        log.push(text(&c.cmd(&[b"MULTI"]).await));
+        log.push(text(&c.cmd(&[b"SET", b"j", b"2"]).await));
+        log.push(text(&c.cmd(&[b"EXEC"]).await));
+        log.push(text(&c.cmd(&[b"GET", b"j"]).await));
+        log
+    })
+    .await;
+    // Two clients tracking on connections that left the pool of one; a third
+    // client's transaction gets the pool's new connection.
+    let addr = proxy.local_addr();
+    let mut held = Vec::new();
+    for _ in 0..2 {
+        let mut c = AsyncRawClient::connect(addr).await;
+        assert_eq!(c.cmd(&[b"WATCH", b"k"]).await, b"+OK\r\n");
+        assert_eq!(c.cmd(&[b"CLIENT", b"TRACKING", b"ON"]).await, b"+OK\r\n");
+        held.push(c);
+    }
+    let mut t = AsyncRawClient::connect(addr).await;
+    assert_eq!(t.cmd(&[b"MULTI"]).await, b"+OK\r\n");
+    assert_eq!(t.cmd(&[b"INCR", b"n"]).await, b"+QUEUED\r\n");
+    assert_eq!(t.cmd(&[b"EXEC"]).await, b"*1\r\n:1\r\n");
+    for c in &mut held {
+        assert_eq!(c.cmd(&[b"GET", b"n"]).await, b"$1\r\n1\r\n");
+    }
+    proxy.shutdown().await;
+}

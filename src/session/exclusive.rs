@@ -2,6 +2,7 @@
 //! `auth_passthrough` login that gives a session a private connection.
 
 use super::dispatch::Target;
+use super::follow::HeldConn;
 use super::local;
 use super::mode::{Mode, Queued};
 use super::prefix;
@@ -506,12 +507,7 @@ impl Session {
                 Ok(())
             }
             Ok(conn) => {
-                let conn = Dedicated::private(
-                    conn,
-                    db.label(),
-                    db.config.upstream.command_timeout,
-                    self.live.config.limits.pubsub_buffer_limit,
-                );
+                let conn = self.own_dedicated(conn, &db);
                 self.hold_private(conn, db, resp3);
                 Ok(())
             }
@@ -519,6 +515,40 @@ impl Session {
                 let mut out = Vec::new();
                 reply::error(&mut out, &reply);
                 Err(out)
+            }
+            Err(e) => {
+                let mut out = Vec::new();
+                reply::error(&mut out, &error_text(&db, &e, 1));
+                Err(out)
+            }
+        }
+    }
+
+    /// `conn`, served as the session's own connection on `db`.
+    fn own_dedicated(&self, conn: ExclusiveConn, db: &Database) -> Dedicated {
+        Dedicated::private(
+            conn,
+            db.label(),
+            db.config.upstream.command_timeout,
+            self.live.config.limits.pubsub_buffer_limit,
+        )
+    }
+
+    /// Exclusive → Private: the pooled connection the session holds (under
+    /// `WATCH`) is taken out of the pool and becomes its own, watch and all, so a
+    /// `CLIENT TRACKING ON` there tracks on the connection that watches, as on
+    /// Redis's one connection. Waits for the replies sent there before.
+    pub(super) async fn own_exclusive(&mut self) -> Result<(), Vec<u8>> {
+        let db = self.state.db.clone();
+        let detached = match self.mode.held_mut().map(|h| &mut h.conn) {
+            Some(HeldConn::Direct(d)) => d.detach().await,
+            _ => return Ok(()),
+        };
+        match detached {
+            Ok(conn) => {
+                let conn = self.own_dedicated(conn, &db);
+                self.own_held(conn, db);
+                Ok(())
             }
             Err(e) => {
                 let mut out = Vec::new();

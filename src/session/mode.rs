@@ -12,7 +12,9 @@
 //! ```
 //!
 //! (A subscriber connection tracking keys in RESP3 stays `Subscribed` after its
-//! last unsubscribe, until tracking is turned off: [`Subscribed::tracking`].)
+//! last unsubscribe, until tracking is turned off: [`Subscribed::tracking`].
+//! `CLIENT TRACKING ON` under a `WATCH` goes Exclusive → Private: the watching
+//! connection leaves its pool and becomes the session's own, `Session::own_held`.)
 //!
 //! Every request forwarded also names its connection ([`Conn`]); a request for a
 //! different connection than the previous one waits until every earlier reply has
@@ -164,6 +166,13 @@ impl Subscribed {
     pub fn holds_transaction(&self) -> bool {
         self.tx.is_some() || self.watching
     }
+
+    /// Redis keeps state for the client on the connection (its tracking, a
+    /// `WATCH`), so it stays the session's after the last unsubscribe, until
+    /// that state ends (RESP3: a RESP2 subscriber's `WATCH` is refused).
+    pub fn kept(&self) -> bool {
+        self.tracking || self.watching
+    }
 }
 
 /// How a MONITOR session ends its stream: the command sent on the MONITOR
@@ -224,7 +233,7 @@ impl Mode {
     /// `timeout`): subscribed or monitoring, not a connection that only tracks
     /// keys after its last unsubscribe.
     pub fn in_pubsub(&self) -> bool {
-        matches!(self, Mode::Subscribed(s) if s.monitor || !s.tracking || s.counts != [0, 0])
+        matches!(self, Mode::Subscribed(s) if s.monitor || !s.kept() || s.counts != [0, 0])
     }
 
     pub fn subscribed(&mut self) -> Option<&mut Subscribed> {
@@ -310,6 +319,19 @@ impl Session {
             resp3,
         });
         self.last = Conn::Held(self.checkouts);
+    }
+
+    /// Exclusive → Private: `conn`, the exclusive connection taken out of its
+    /// pool, is the session's own from now on, with the `WATCH` state it holds.
+    pub(super) fn own_held(&mut self, conn: Dedicated, db: Arc<Database>) {
+        if let Mode::Exclusive(mut held) = std::mem::replace(&mut self.mode, Mode::Shared) {
+            held.conn = HeldConn::Direct(conn);
+            self.mode = Mode::Private(Private {
+                held,
+                db,
+                resp3: self.state.resp3,
+            });
+        }
     }
 
     /// Lets go of an exclusive or private connection (back to Shared; a private

@@ -460,8 +460,8 @@ impl Session {
                 // (and no request's reply).
                 return;
             }
-            if s.tracking && none != (s.counts == [0, 0]) {
-                // Tracking on, in or out of pub/sub: CLIENT LIST's flags change.
+            if s.kept() && none != (s.counts == [0, 0]) {
+                // Kept, in or out of pub/sub: CLIENT LIST's flags change.
                 self.publish();
             }
         }
@@ -520,7 +520,7 @@ impl Session {
         let last = !s.monitor
             && s.counts == [0, 0]
             && !s.home.awaiting()
-            && (!s.tracking || !self.state.resp3)
+            && (!s.kept() || !self.state.resp3)
             && pubsub::answers_request(&frame);
         if barrier {
             // Every reply to what the client sent before is in the queue.

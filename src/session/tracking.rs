@@ -307,8 +307,18 @@ impl Session {
             self.forward(encode(args), target, cmd, None).await;
             return None;
         }
+        let standalone = self.state.db.cluster().is_none();
+        if on && standalone && !self.mode.in_multi() && matches!(self.mode, Mode::Exclusive(_)) {
+            // Under WATCH: tracked on the watching connection, now the session's own.
+            if let Err(refused) = self.own_exclusive().await {
+                self.push_reply(refused);
+                return None;
+            }
+        }
         if self.mode.in_multi()
-            || (on && (matches!(self.mode, Mode::Exclusive(_)) || self.lost.is_some()))
+            || (on
+                && standalone
+                && (matches!(self.mode, Mode::Exclusive(_)) || self.lost.is_some()))
         {
             self.push_reply(
                 b"-ERR CLIENT TRACKING inside a transaction is not supported by redis-sidecar\r\n"

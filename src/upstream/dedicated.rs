@@ -450,6 +450,9 @@ enum Msg {
     /// An own connection, idle, handed to the session as it is
     /// ([`Dedicated::hand_over`]).
     HandOver(tokio::sync::oneshot::Sender<ExclusiveConn>),
+    /// A pooled connection, idle, taken out of the pool for the session to keep
+    /// ([`Dedicated::detach`]).
+    Detach(tokio::sync::oneshot::Sender<Result<ExclusiveConn, UpstreamError>>),
 }
 
 /// A session's handle to its exclusive connection.
@@ -481,6 +484,7 @@ impl std::fmt::Debug for Msg {
             Msg::Release => "Release",
             Msg::Reselected => "Reselected",
             Msg::HandOver(_) => "HandOver",
+            Msg::Detach(_) => "Detach",
         })
     }
 }
@@ -651,6 +655,20 @@ impl Dedicated {
             pushes.push(got.ok()?);
         }
         Some((conn, pushes))
+    }
+
+    /// A pooled connection, once every batch sent is answered, taken out of the
+    /// pool as it is (its `WATCH`, its `SELECT`): a new connection takes its place
+    /// there. The task serving it ends; on an error (the new connection could not
+    /// be opened, the connection was lost, or it is not pooled) it goes on serving.
+    pub async fn detach(&mut self) -> Result<ExclusiveConn, UpstreamError> {
+        let (tx, rx) = tokio::sync::oneshot::channel();
+        let gone = || UpstreamError::Lost {
+            addr: String::new(),
+            sent: false,
+        };
+        self.tx.send(Msg::Detach(tx)).map_err(|_| gone())?;
+        rx.await.map_err(|_| gone())?
     }
 }
 
@@ -937,13 +955,12 @@ async fn run(
             return;
         }
     };
-    let home = pool.manager.cfg.db;
     serve(
         &mut conn,
         &mut rx,
         command_timeout,
         &upstream_id,
-        Some(home),
+        Some(&pool.manager),
         None,
         Some(turn),
     )
@@ -951,7 +968,7 @@ async fn run(
 }
 
 /// Runs the session's batches on `conn` until it lets go. For a pooled connection
-/// (`home`: the pool's db index), leaves it clean for the next user or marks it
+/// (`pooled`: the pool's manager), leaves it clean for the next user or marks it
 /// broken so the pool drops it. With `watch` (an own connection), the socket is
 /// also read while no batch is in flight, and pushes are handed to the session.
 /// Returns where the session asked an own connection to be handed over, if it did.
@@ -960,7 +977,7 @@ async fn serve(
     rx: &mut mpsc::UnboundedReceiver<Msg>,
     command_timeout: std::time::Duration,
     upstream_id: &Arc<AtomicU64>,
-    home: Option<u32>,
+    pooled: Option<&Manager>,
     mut watch: Option<PushTx>,
     mut turn: Option<Turn>,
 ) -> Option<tokio::sync::oneshot::Sender<ExclusiveConn>> {
@@ -1027,9 +1044,33 @@ async fn serve(
                 reselect = true;
                 continue;
             }
-            Msg::HandOver(to) if home.is_none() => return Some(to),
+            Msg::HandOver(to) if pooled.is_none() => return Some(to),
             // (Only an own connection is handed over.)
             Msg::HandOver(_) => continue,
+            Msg::Detach(to) => {
+                let fresh = match pooled {
+                    _ if conn.broken => Err(UpstreamError::Lost {
+                        addr: conn.addr.clone(),
+                        sent: false,
+                    }),
+                    Some(m) => bb8::ManageConnection::connect(m).await,
+                    None => Err(UpstreamError::Lost {
+                        addr: conn.addr.clone(),
+                        sent: false,
+                    }),
+                };
+                match fresh {
+                    Ok(fresh) => {
+                        // The pool gets the new one back as it is.
+                        let _ = to.send(Ok(std::mem::replace(conn, fresh)));
+                        return None;
+                    }
+                    Err(e) => {
+                        let _ = to.send(Err(e));
+                        continue;
+                    }
+                }
+            }
         };
         if let Some(w) = &mut watch {
             w.started += 1;
@@ -1097,7 +1138,7 @@ async fn serve(
         }
     }
     // (An own connection is closed as it is.)
-    let home = home?;
+    let home = pooled?.cfg.db;
     if !clean && !conn.broken {
         let reset = b"*1\r\n$7\r\nDISCARD\r\n*1\r\n$7\r\nUNWATCH\r\n";
         match tokio::time::timeout(command_timeout, conn.round_trip(reset, 2)).await {
