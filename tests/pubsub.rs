@@ -1060,3 +1060,48 @@ async fn a_resp3_subscribers_watch_outlives_its_last_unsubscribe() {
     assert_eq!(want[14], "*1\r\n+OK\r\n");
     proxy.shutdown().await;
 }
+
+/// A `WATCH`, then `SUBSCRIBE` (RESP2 and RESP3) or `HELLO`: Redis runs them on
+/// the watching connection and the watch holds until `EXEC`. The proxy refused
+/// them as if inside a transaction until session 37; now the watching connection
+/// leaves the pool and becomes the session's own (RESP3: its subscriber
+/// connection too; RESP2: parked while subscribed), switching protocol in place
+/// for `HELLO`, and goes when the watch ends. Here the client's own write breaks
+/// its watch before the `SUBSCRIBE` or `HELLO`: `EXEC` must fail after it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_watch_holds_across_subscribe_and_hello() {
+    let up = Backend::start(Upstream::Standalone);
+    let proxy = start_proxy(up.config()).await;
+    let broken: &[&[u8]] = &[b"SET", b"hk", b"1"];
+    let tx: &[&[&[u8]]] = &[&[b"MULTI"], &[b"SET", b"hk", b"2"], &[b"EXEC"]];
+    let steps: &[(&[&[&[u8]]], usize)] = &[
+        // RESP2: subscribed in between.
+        (&[&[b"WATCH", b"hk"], broken], 2),
+        (&[&[b"SUBSCRIBE", b"hch"]], 1),
+        (&[&[b"UNSUBSCRIBE"]], 1),
+        (tx, 3),
+        // HELLO 3, then subscribed in RESP3 with the transaction sent there.
+        (&[&[b"WATCH", b"hk"], broken, &[b"HELLO", b"3"]], 3),
+        (&[&[b"SUBSCRIBE", b"hch"]], 1),
+        (tx, 3),
+        (&[&[b"UNSUBSCRIBE"], &[b"GET", b"hk"]], 2),
+        // Not broken: it runs; then HELLO 2 under a watch, in one write.
+        (&[&[b"WATCH", b"hk"], &[b"HELLO", b"2"]], 2),
+        (tx, 3),
+        (&[&[b"WATCH", b"hk"], broken, &[b"HELLO", b"2"]], 3),
+        (tx, 3),
+        (&[&[b"GET", b"hk"], &[b"DEL", b"hk"]], 2),
+    ];
+    let want = play_steps(up.reference().await, steps).await;
+    let got = play_steps(AsyncRawClient::connect(proxy.local_addr()).await, steps).await;
+    assert_eq!(got, want, "proxy (left) vs redis (right)");
+    assert_eq!(want[6], "*-1\r\n", "RESP2: the watch held across SUBSCRIBE");
+    assert_eq!(
+        want[13], "_\r\n",
+        "RESP3: the watch held across HELLO and SUBSCRIBE"
+    );
+    assert_eq!(want[15], "$1\r\n1\r\n");
+    assert_eq!(want[20], "*1\r\n+OK\r\n");
+    assert_eq!(want[26], "*-1\r\n");
+    proxy.shutdown().await;
+}

@@ -1424,6 +1424,11 @@ impl Session {
                     self.reply_off = off;
                     continue;
                 }
+                if let Err(refused) = self.owns_watch().await {
+                    inbuf.advance(req.len);
+                    self.push_reply(refused);
+                    continue;
+                }
                 if matches!(self.mode, Mode::Exclusive(_))
                     || self.mode.in_multi()
                     || self.lost.is_some()
@@ -1648,12 +1653,16 @@ impl Session {
                         }
                     }
                 }
-                if target == Target::Held
-                    && self.transaction_step(cmd.tx)
-                    && matches!(self.mode, Mode::Exclusive(_))
-                {
-                    self.flush(&mut run, inbuf).await;
-                    self.release(true);
+                if target == Target::Held && self.transaction_step(cmd.tx) {
+                    if matches!(self.mode, Mode::Exclusive(_)) {
+                        self.flush(&mut run, inbuf).await;
+                        self.release(true);
+                    } else if self.tracking.is_none() && self.login.is_none() {
+                        // A connection of its own kept for a WATCH only
+                        // (`owns_watch`), now over: closed once it has answered.
+                        self.flush(&mut run, inbuf).await;
+                        self.release(false);
+                    }
                 }
                 if exec_switches {
                     // The next request runs on the database EXEC leaves selected
@@ -1896,6 +1905,13 @@ impl Session {
                     self.refused_in_multi();
                     return None;
                 }
+            }
+        }
+        if route == Route::Hello {
+            // Under WATCH: switches the watching connection, now the session's own.
+            if let Err(refused) = self.owns_watch().await {
+                self.push_reply(refused);
+                return None;
             }
         }
         let held = self.mode.held().is_some();

@@ -534,14 +534,21 @@ impl Session {
         )
     }
 
-    /// Exclusive → Private: the pooled connection the session holds (under
-    /// `WATCH`) is taken out of the pool and becomes its own, watch and all, so a
-    /// `CLIENT TRACKING ON` there tracks on the connection that watches, as on
-    /// Redis's one connection. Waits for the replies sent there before.
-    pub(super) async fn own_exclusive(&mut self) -> Result<(), Vec<u8>> {
+    /// Under a `WATCH` (outside `MULTI`, on a standalone server), Exclusive →
+    /// Private: the pooled connection that watches is taken out of the pool and
+    /// becomes the session's own, watch and all, so that what needs a connection
+    /// of the client's own (`CLIENT TRACKING ON`, `HELLO`, a subscription) runs
+    /// where the watch is, as on Redis's one connection. Waits for the replies
+    /// sent there before. Anything else: nothing to do.
+    pub(super) async fn owns_watch(&mut self) -> Result<(), Vec<u8>> {
         let db = self.state.db.clone();
-        let detached = match self.mode.held_mut().map(|h| &mut h.conn) {
-            Some(HeldConn::Direct(d)) => d.detach().await,
+        let detached = match &mut self.mode {
+            Mode::Exclusive(h) if h.watching && !h.in_multi && db.cluster().is_none() => {
+                match &mut h.conn {
+                    HeldConn::Direct(d) => d.detach().await,
+                    HeldConn::Follow(_) => return Ok(()),
+                }
+            }
             _ => return Ok(()),
         };
         match detached {
@@ -594,7 +601,10 @@ impl Session {
             Mode::Shared => self.login.is_some() && self.state.db.cluster().is_none(),
             _ => false,
         };
-        if stale && self.tracking.is_some() {
+        // Its state goes with it: tracking, or a WATCH (on the same server).
+        let watching = matches!(&self.mode,
+            Mode::Private(p) if p.held.watching && p.db.same_server(&self.state.db));
+        if stale && (self.tracking.is_some() || watching) {
             return self.tracking_switch_protocol().await;
         }
         if stale {

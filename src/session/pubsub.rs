@@ -327,27 +327,30 @@ impl Session {
         }
     }
 
-    /// A RESP3 session tracking keys on its own connection subscribes there, as
-    /// Redis's client does on the one connection it has: the connection becomes
-    /// its subscriber connection, with tracking on (`Subscribed::tracking`), so
-    /// what it reads while subscribed is tracked, `NOLOOP` knows its writes, and
-    /// the tracking queries answer as before. The pushes read before it are
-    /// queued first. `None`: not such a session (a new subscriber connection is
-    /// opened); `Some(None)`: its connection was lost, and the client is closed,
-    /// as when a tracking connection is lost; otherwise the subscription, whether
-    /// a `WATCH` is on the connection, and its tracking.
+    /// A RESP3 session tracking keys on its own connection (or watching keys
+    /// there, `Session::owns_watch`) subscribes there, as Redis's client does on
+    /// the one connection it has: the connection becomes its subscriber
+    /// connection, with tracking on (`Subscribed::tracking`), so what it reads
+    /// while subscribed is tracked, `NOLOOP` knows its writes, and the tracking
+    /// queries answer as before; a `WATCH` holds for a transaction sent there.
+    /// The pushes read before it are queued first. `None`: not such a session (a
+    /// new subscriber connection is opened); `Some(None)`: its connection was
+    /// lost, and the client is closed, as when a tracking connection is lost;
+    /// otherwise the subscription, whether a `WATCH` is on the connection, and
+    /// its tracking.
     ///
     /// Not on a cluster, nor with an `auth_passthrough` login (the private
     /// connection stays apart, parked, as before).
     pub(super) async fn adopt_tracking_conn(
         &mut self,
         monitor: bool,
-    ) -> Option<Option<(Subscription, bool, super::tracking::Tracking)>> {
+    ) -> Option<Option<(Subscription, bool, Option<super::tracking::Tracking>)>> {
         let fits = !monitor
             && self.state.resp3
             && self.login.is_none()
             && self.state.db.cluster().is_none()
-            && self.tracking.is_some();
+            && (self.tracking.is_some()
+                || matches!(&self.mode, Mode::Private(p) if p.held.watching));
         if !fits {
             return None;
         }
@@ -369,15 +372,18 @@ impl Session {
             }
         };
         let Some((conn, pushes)) = conn.hand_over().await else {
-            // (Tracking is still on: the client is closed.)
+            // (Tracking is still on: the client is closed; so it is when its
+            // WATCH is lost with the connection.)
             self.on_push(Err(End::Closed));
+            self.queue.clear();
+            self.done = true;
             return Some(None);
         };
         for push in pushes {
             self.on_push(Ok(push));
         }
         // From here Redis's tracking is the subscriber connection's.
-        let tracking = self.tracking.take()?;
+        let tracking = self.tracking.take();
         let limit = self.live.config.limits.pubsub_buffer_limit;
         Some(Some((Subscription::adopt(conn, limit), watching, tracking)))
     }
@@ -385,11 +391,13 @@ impl Session {
     /// The subscriber connection [`Session::adopt_tracking_conn`] made keeps the
     /// state Redis keeps on it: its tracking (with its mode and redirect) and
     /// its `WATCH`.
-    pub(super) fn adopted_keeps(&mut self, watching: bool, t: super::tracking::Tracking) {
+    pub(super) fn adopted_keeps(&mut self, watching: bool, t: Option<super::tracking::Tracking>) {
         if let Some(s) = self.mode.subscribed() {
-            s.tracking = true;
-            s.bcast = t.bcast;
-            s.redirect = t.redirect.map(|id| (id, t.upstream_redirect));
+            if let Some(t) = t {
+                s.tracking = true;
+                s.bcast = t.bcast;
+                s.redirect = t.redirect.map(|id| (id, t.upstream_redirect));
+            }
             s.watching = watching;
             self.publish();
         }

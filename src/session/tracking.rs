@@ -308,9 +308,9 @@ impl Session {
             return None;
         }
         let standalone = self.state.db.cluster().is_none();
-        if on && standalone && !self.mode.in_multi() && matches!(self.mode, Mode::Exclusive(_)) {
+        if on {
             // Under WATCH: tracked on the watching connection, now the session's own.
-            if let Err(refused) = self.own_exclusive().await {
+            if let Err(refused) = self.owns_watch().await {
                 self.push_reply(refused);
                 return None;
             }
@@ -669,8 +669,9 @@ impl Session {
         }
     }
 
-    /// `HELLO 2|3` while tracking: the tracking connection switches protocol in
-    /// place (a new connection would not track what the client has cached). The
+    /// `HELLO 2|3` while tracking (or watching keys on the session's own
+    /// connection): the connection switches protocol in place (a new connection
+    /// would not track what the client has cached, nor watch its keys). The
     /// client gets the proxy's HELLO reply, not this one's.
     pub(super) async fn tracking_switch_protocol(&mut self) -> Result<(), Vec<u8>> {
         let resp3 = self.state.resp3;
