@@ -372,3 +372,41 @@ async fn a_login_leaves_in_the_acl_log_only_what_the_client_did() {
     assert_eq!(logs[1], logs[0]);
     proxy.shutdown().await;
 }
+
+/// A RESP3 subscriber that logs in (`AUTH`, as a client does when its credentials
+/// are renewed) stays subscribed, as on Redis: messages published after the login
+/// reach it, and after its last unsubscribe it runs as the new user. (Until session
+/// 37 the login's new connection replaced the subscriber connection: the
+/// subscriptions were dropped without a word. Found by the multi-session tool with
+/// logins, seed 7223.)
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_subscriber_that_logs_in_stays_subscribed() {
+    let redis = RedisServer::start();
+    let (out, _) = redis_cli(
+        redis.port(),
+        &["ACL", "SETUSER", "u1", "on", ">pw1", "+@all", "~*", "&*"],
+    );
+    assert!(out.contains("OK"), "{out}");
+    let proxy = passthrough_proxy(&redis).await;
+    let mut replies = Vec::new();
+    for addr in [redis.addr(), proxy.local_addr()] {
+        let mut c = AsyncRawClient::connect(addr).await;
+        let mut p = AsyncRawClient::connect(addr).await;
+        let mut got = Vec::new();
+        got.push(printable(&c.cmd(&[b"AUTH", b"u1", b"pw1"]).await));
+        c.cmd(&[b"HELLO", b"3"]).await;
+        got.push(printable(&c.cmd(&[b"SUBSCRIBE", b"ch"]).await));
+        got.push(printable(&c.cmd(&[b"AUTH", b"u1", b"wrong"]).await));
+        got.push(printable(&c.cmd(&[b"AUTH", b"u1", b"pw1"]).await));
+        got.push(printable(&p.cmd(&[b"PUBLISH", b"ch", b"m"]).await));
+        got.push(printable(&c.read_reply().await));
+        got.push(printable(&c.cmd(&[b"UNSUBSCRIBE"]).await));
+        got.push(printable(&c.cmd(&[b"ACL", b"WHOAMI"]).await));
+        replies.push(got);
+    }
+    assert_eq!(replies[1], replies[0]);
+    assert!(replies[0][2].contains("WRONGPASS"), "{:?}", replies[0]);
+    assert!(replies[0][4].contains(":1"), "{:?}", replies[0]);
+    assert!(replies[0][5].contains("message"), "{:?}", replies[0]);
+    proxy.shutdown().await;
+}

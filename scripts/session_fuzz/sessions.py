@@ -83,8 +83,14 @@ class Sess:
         self.buf = b""
         self.frames = []
         self.closed = False
-        # client id, out of band
+        # client id, out of band (logged in first under AUTH)
         self.s.setblocking(True)
+        if AUTH:
+            self.s.sendall(enc(["AUTH"] + AUTH))
+            data = b""
+            while not data.endswith(b"\r\n"):
+                data += self.s.recv(100)
+            assert data == b"+OK\r\n", data
         self.s.sendall(enc(["CLIENT", "ID"]))
         data = b""
         while not data.endswith(b"\r\n"):
@@ -226,6 +232,9 @@ def gen(rng, K):
     ]
     if QUIT:
         pool.append((1, lambda: ["QUIT"]))
+    if AUTH:
+        pool.append((1, lambda: ["AUTH"] + AUTH))
+        pool.append((1, lambda: ["AUTH"] + AUTH[:-1] + ["wrong"]))
     tot = sum(w for w, _ in pool)
     x = rng.uniform(0, tot)
     for w, f in pool:
@@ -235,6 +244,11 @@ def gen(rng, K):
     return ["PING"]
 
 QUIT = True
+# AUTH=password or AUTH=user:password: every server wants it (requirepass, or the
+# ACL user), every session logs in first (the proxy with `auth_passthrough: true`
+# and the same password for its own connections), and a RESET, which logs the
+# connection out, is followed by the same AUTH.
+AUTH = [x for x in os.environ.get('AUTH', '').split(':', 1) if x]
 NOTRACKSUB = os.environ.get('NOTRACKSUB')
 LATE = os.environ.get('LATE')
 PREFIX = os.environ.get('PREFIX')
@@ -347,8 +361,15 @@ def reload_proxy():
     out = cli(PROXY_PORT, "PROXY", "RELOAD")
     assert out.startswith("reloaded"), "PROXY RELOAD: %r" % out
 
-def server_pid(port):
+def raw_conn(port):
+    """A connection of the tool's own to `port`, logged in under AUTH."""
     x = socket.create_connection(("127.0.0.1", port))
+    if AUTH:
+        x.sendall(enc(["AUTH"] + AUTH)); x.recv(100)
+    return x
+
+def server_pid(port):
+    x = raw_conn(port)
     x.sendall(enc(["INFO", "server"]))
     data = b""
     while b"process_id:" not in data or not data.endswith(b"\r\n"):
@@ -368,7 +389,7 @@ def told(frame):
 
 def kill_upstream(ports):
     for port in ports:
-        x = socket.create_connection(("127.0.0.1", port))
+        x = raw_conn(port)
         for t in ("normal", "pubsub"):
             x.sendall(enc(["CLIENT", "KILL", "TYPE", t])); x.recv(100)
         x.close()
@@ -379,7 +400,7 @@ def connect_all(targets, K):
     for row in sess:
         row[0].send(enc(["FLUSHALL"]))
     for port in FLUSH + ([sentinel_primary()] if FAILOVER else []):
-        x = socket.create_connection(("127.0.0.1", port)); x.sendall(enc(["FLUSHALL"])); x.recv(100); x.close()
+        x = raw_conn(port); x.sendall(enc(["FLUSHALL"])); x.recv(100); x.close()
     drain([s for row in sess for s in row])
     for row in sess:
         row[0].frames.clear()
@@ -539,6 +560,14 @@ def run(seed, steps, K, targets):
                 continue
             if PREFIX and ("SELECT" in c[1] if u[0] == "EVAL" else False):
                 continue
+            # Refused by design with an `auth_passthrough` login (README): AUTH
+            # inside MULTI, HELLO while subscribed (its login connection stays
+            # apart), SELECT and cross-database commands in a subscriber's MULTI,
+            # AUTH while subscribed and tracking.
+            if AUTH and ((st["multi"] and u[0] == "AUTH") or (st.get("sub") and u[0] == "HELLO")
+                         or (st.get("sub") and st["multi"] and u[0] in ("SELECT", "MOVE", "COPY", "SWAPDB"))
+                         or (st.get("sub") and st.get("track") and u[0] == "AUTH")):
+                continue
             # Redis 7.0 under CLIENT REPLY OFF (docs/compatibility.md): QUIT leaves
             # the connection open; an UNSUBSCRIBE run by EXEC is pushed anyway.
             if (st["off"] or st.get("skip")) and (u[0] == "QUIT" or (st["multi"] and "SUBSCRIBE" in u[0])):
@@ -575,6 +604,8 @@ def run(seed, steps, K, targets):
             if u[0] == "WATCH": st["watch"] = True
             if u[0] == "UNWATCH" and not st["multi"]: st["watch"] = False
             cmds.append(c)
+            if AUTH and u[0] == "RESET":
+                cmds.append(["AUTH"] + AUTH)
         allS = [s for row in sess for s in row]
         mode = None
         if STOP and frng.random() < 0.1:

@@ -309,8 +309,20 @@ impl Session {
     }
 
     /// Makes `conn` (logged in as the session's user, or the database's) the
-    /// session's private connection, replacing whatever it held.
+    /// session's private connection, replacing whatever it held. While subscribed
+    /// (an `AUTH` then, with `auth_passthrough`) it is parked, replacing the one
+    /// parked before: the subscriptions stay where they are, and the session goes
+    /// to the new login's connection after its last unsubscribe.
     pub(super) fn hold_private(&mut self, conn: Dedicated, db: Arc<Database>, resp3: bool) {
+        if let Mode::Subscribed(s) = &mut self.mode {
+            self.checkouts += 1;
+            s.parked = Some(Private {
+                held: Held::new(HeldConn::Direct(conn), self.checkouts),
+                db,
+                resp3,
+            });
+            return;
+        }
         self.release(false);
         self.checkouts += 1;
         self.mode = Mode::Private(Private {
