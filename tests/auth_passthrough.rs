@@ -18,6 +18,17 @@ async fn passthrough_proxy(redis: &RedisServer) -> redis_sidecar::server::Proxy 
     start_proxy(config).await
 }
 
+/// The ACL user `u1` (password `pw1`, every right) on `redis`, and the proxy in
+/// front of it.
+async fn u1_and_proxy(redis: &RedisServer) -> redis_sidecar::server::Proxy {
+    let (out, _) = redis_cli(
+        redis.port(),
+        &["ACL", "SETUSER", "u1", "on", ">pw1", "+@all", "~*", "&*"],
+    );
+    assert!(out.contains("OK"), "{out}");
+    passthrough_proxy(redis).await
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn acl_users_log_in_through_the_proxy_and_keep_their_rights() {
     let redis = RedisServer::start();
@@ -382,12 +393,7 @@ async fn a_login_leaves_in_the_acl_log_only_what_the_client_did() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_subscriber_that_logs_in_stays_subscribed() {
     let redis = RedisServer::start();
-    let (out, _) = redis_cli(
-        redis.port(),
-        &["ACL", "SETUSER", "u1", "on", ">pw1", "+@all", "~*", "&*"],
-    );
-    assert!(out.contains("OK"), "{out}");
-    let proxy = passthrough_proxy(&redis).await;
+    let proxy = u1_and_proxy(&redis).await;
     let mut replies = Vec::new();
     for addr in [redis.addr(), proxy.local_addr()] {
         let mut c = AsyncRawClient::connect(addr).await;
@@ -408,5 +414,49 @@ async fn a_subscriber_that_logs_in_stays_subscribed() {
     assert!(replies[0][2].contains("WRONGPASS"), "{:?}", replies[0]);
     assert!(replies[0][4].contains(":1"), "{:?}", replies[0]);
     assert!(replies[0][5].contains("message"), "{:?}", replies[0]);
+    proxy.shutdown().await;
+}
+
+/// A logged-in client that tracks keys and subscribes (its tracking connection
+/// waits apart while it is subscribed) and turns tracking off while subscribed:
+/// no invalidation comes after that, nor once it is back on that connection, as on
+/// Redis. (Until session 37 the `OFF` went to the subscriber connection only, and
+/// the parked one went on tracking. Found by the multi-session tool, seed 7282.)
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_logged_in_subscribers_tracking_off_holds_after_it_unsubscribes() {
+    let redis = RedisServer::start();
+    let proxy = u1_and_proxy(&redis).await;
+    let mut replies = Vec::new();
+    for addr in [redis.addr(), proxy.local_addr()] {
+        let mut c = AsyncRawClient::connect(addr).await;
+        let mut w = AsyncRawClient::connect(addr).await;
+        let mut got = Vec::new();
+        got.push(printable(&c.cmd(&[b"AUTH", b"u1", b"pw1"]).await));
+        // (Its reply names the connection's id.)
+        assert!(c.cmd(&[b"HELLO", b"3"]).await.starts_with(b"%"));
+        for args in [
+            &[&b"CLIENT"[..], b"TRACKING", b"ON"][..],
+            &[b"GET", b"tk"],
+            &[b"SUBSCRIBE", b"ch"],
+            &[b"CLIENT", b"TRACKING", b"OFF"],
+        ] {
+            got.push(printable(&c.cmd(args).await));
+        }
+        w.cmd(&[b"SET", b"tk", b"1"]).await;
+        got.push(printable(&c.cmd(&[b"PING"]).await));
+        got.push(printable(&c.cmd(&[b"UNSUBSCRIBE"]).await));
+        got.push(printable(&c.cmd(&[b"GET", b"tk"]).await));
+        w.cmd(&[b"SET", b"tk", b"2"]).await;
+        got.push(printable(&c.cmd(&[b"CLIENT", b"TRACKINGINFO"]).await));
+        got.push(printable(&c.cmd(&[b"DEL", b"tk"]).await));
+        replies.push(got);
+    }
+    assert_eq!(replies[1], replies[0]);
+    assert!(
+        replies[0].iter().all(|r| !r.contains("invalidate")),
+        "{:?}",
+        replies[0]
+    );
+    assert!(replies[0][5].contains("PONG"), "{:?}", replies[0]);
     proxy.shutdown().await;
 }

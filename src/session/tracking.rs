@@ -249,8 +249,48 @@ impl Session {
         if let Some(s) = self.mode.subscribed() {
             s.tracking_reply = Some((then, silent));
         }
+        let off =
+            matches!(sub(args), Some(Sub::Tracking)) && args.arg(2).eq_ignore_ascii_case(b"OFF");
+        if off {
+            self.tracking_off_parked();
+        }
         self.send_to_subscriber(&Bytes::from(bytes), false, false)
             .await;
+    }
+
+    /// `CLIENT TRACKING OFF` while subscribed, with the session's tracking on its
+    /// own connection parked apart (an `auth_passthrough` login): turned off there
+    /// too (its reply not waited for), so no invalidation comes after it and the
+    /// session does not track once back on that connection, as on Redis's one
+    /// connection. (Until session 37 the parked connection went on tracking.)
+    fn tracking_off_parked(&mut self) {
+        if self.tracking.is_none() {
+            return;
+        }
+        let db = self.state.db.clone();
+        let Some(p) = self.mode.subscribed().and_then(|s| s.parked.as_mut()) else {
+            return;
+        };
+        let (tx, rx) = tokio::sync::oneshot::channel();
+        let before = p.held.conn.send(crate::upstream::mux::Batch {
+            bytes: Bytes::from_static(b"*3\r\n$6\r\nCLIENT\r\n$8\r\nTRACKING\r\n$3\r\nOFF\r\n"),
+            count: 1,
+            reply: tx,
+            block: Block::No,
+            retry: crate::upstream::mux::Retry::new(self.state.id, false, &db.config.upstream),
+            divert: None,
+            may_hold: false,
+        });
+        // Kept until answered: a batch whose receiver is gone counts as abandoned,
+        // and the connection would be dropped.
+        tokio::spawn(async move {
+            let _ = rx.await;
+        });
+        self.tracking = None;
+        for push in before {
+            self.queue.push_back(Pending::Ready(push));
+        }
+        self.publish();
     }
 
     /// A frame of the subscriber connection, as the tracking on it makes it (the
