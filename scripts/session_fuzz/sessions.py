@@ -562,11 +562,15 @@ def run(seed, steps, K, targets):
                 continue
             # Refused by design with an `auth_passthrough` login (README): AUTH
             # inside MULTI, HELLO while subscribed (its login connection stays
-            # apart), SELECT and cross-database commands in a subscriber's MULTI,
-            # AUTH while subscribed and tracking.
+            # apart), SELECT while subscribed (the subscriber connection does not
+            # follow it), cross-database commands in a subscriber's MULTI, and
+            # while subscribed and tracking (the tracking stays on the login's
+            # connection, parked) AUTH and the tracking commands.
             if AUTH and ((st["multi"] and u[0] == "AUTH") or (st.get("sub") and u[0] == "HELLO")
-                         or (st.get("sub") and st["multi"] and u[0] in ("SELECT", "MOVE", "COPY", "SWAPDB"))
-                         or (st.get("sub") and st.get("track") and u[0] == "AUTH")):
+                         or (st.get("sub") and u[0] == "SELECT")
+                         or (st.get("sub") and st["multi"] and u[0] in ("MOVE", "COPY", "SWAPDB"))
+                         or (st.get("sub") and st.get("track") and (u[0] == "AUTH" or u[:2] in (
+                             ["CLIENT", "TRACKING"], ["CLIENT", "CACHING"], ["CLIENT", "TRACKINGINFO"])))):
                 continue
             # Redis 7.0 under CLIENT REPLY OFF (docs/compatibility.md): QUIT leaves
             # the connection open; an UNSUBSCRIBE run by EXEC is pushed anyway.
