@@ -1090,6 +1090,19 @@ async fn a_watch_holds_across_subscribe_and_hello() {
         (tx, 3),
         (&[&[b"WATCH", b"hk"], broken, &[b"HELLO", b"2"]], 3),
         (tx, 3),
+        // Pipelined behind a blocking command on the watching connection: the
+        // SUBSCRIBE waits for its reply, then takes the connection over.
+        (
+            &[
+                &[b"WATCH", b"hk"],
+                broken,
+                &[b"BLPOP", b"nolist", b"0.2"],
+                &[b"SUBSCRIBE", b"hch"],
+            ],
+            4,
+        ),
+        (&[&[b"UNSUBSCRIBE"]], 1),
+        (tx, 3),
         (&[&[b"GET", b"hk"], &[b"DEL", b"hk"]], 2),
     ];
     let want = play_steps(up.reference().await, steps).await;
@@ -1103,5 +1116,6 @@ async fn a_watch_holds_across_subscribe_and_hello() {
     assert_eq!(want[15], "$1\r\n1\r\n");
     assert_eq!(want[20], "*1\r\n+OK\r\n");
     assert_eq!(want[26], "*-1\r\n");
+    assert_eq!(want[34], "*-1\r\n", "behind BLPOP: the watch held");
     proxy.shutdown().await;
 }

@@ -1424,6 +1424,12 @@ impl Session {
                     self.reply_off = off;
                     continue;
                 }
+                if self.waits_upstream() {
+                    // Subscribe only after every earlier reply has arrived.
+                    self.stalled = true;
+                    return;
+                }
+                // (A WATCH's connection, taken over once idle: after the stall.)
                 if let Err(refused) = self.owns_watch().await {
                     inbuf.advance(req.len);
                     self.push_reply(refused);
@@ -1440,11 +1446,6 @@ impl Session {
                     );
                     self.refused_in_multi();
                     continue;
-                }
-                if self.waits_upstream() {
-                    // Subscribe only after every earlier reply has arrived.
-                    self.stalled = true;
-                    return;
                 }
                 let db = self.state.db.clone();
                 if let Some(c) = db.cluster().filter(|c| c.topology().is_none()) {
