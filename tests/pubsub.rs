@@ -1119,3 +1119,29 @@ async fn a_watch_holds_across_subscribe_and_hello() {
     assert_eq!(want[34], "*-1\r\n", "behind BLPOP: the watch held");
     proxy.shutdown().await;
 }
+
+/// A RESP2 subscriber's `EXEC` under a `WATCH` made before it subscribed: Redis
+/// refuses it in the pub/sub context, and its refusal of an `EXEC` discards the
+/// transaction, the watch included, so a later transaction runs whatever was
+/// written. The proxy's watching connection, parked while the client is subscribed,
+/// is unwatched too (session 37; found by the multi-session tool, seed 7435).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_resp2_subscribers_refused_exec_ends_its_watch() {
+    let up = Backend::start(Upstream::Standalone);
+    let proxy = start_proxy(up.config()).await;
+    let steps: &[(&[&[&[u8]]], usize)] = &[
+        (&[&[b"WATCH", b"xk"]], 1),
+        (&[&[b"SUBSCRIBE", b"xch"]], 1),
+        (&[&[b"EXEC"]], 1),
+        (&[&[b"UNSUBSCRIBE", b"xch"]], 1),
+        (&[&[b"SET", b"xk", b"0"]], 1),
+        (&[&[b"MULTI"], &[b"EXEC"]], 2),
+        (&[&[b"DEL", b"xk"]], 1),
+    ];
+    let want = play_steps(up.reference().await, steps).await;
+    let got = play_steps(AsyncRawClient::connect(proxy.local_addr()).await, steps).await;
+    assert_eq!(got, want, "proxy (left) vs redis (right)");
+    assert!(want[2].starts_with("-EXECABORT"), "{}", want[2]);
+    assert_eq!(want[6], "*0\r\n", "no watch left: the transaction ran");
+    proxy.shutdown().await;
+}

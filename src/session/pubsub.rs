@@ -596,8 +596,15 @@ impl Session {
             s.shards.asked(bytes);
         }
         let tracked = (s.tracking, s.bcast);
+        let mut unwatch_parked = false;
         each_request(bytes, |_, args| {
             s.home.sent_one(args, skip);
+            if !resp3 && args.arg(0).eq_ignore_ascii_case(b"EXEC") {
+                // Refused there (RESP2 pub/sub context), and Redis's refusal of
+                // an EXEC discards the transaction: the WATCH of the connection
+                // parked meanwhile ends too, as on Redis's one connection.
+                unwatch_parked = s.parked.as_ref().is_some_and(|p| p.held.watching);
+            }
             if resp3 {
                 let name = args.arg(0);
                 let in_multi = s.tx.as_ref().is_some_and(|t| t.in_multi);
@@ -639,6 +646,15 @@ impl Session {
             s.tx = None;
         }
         let switched = (s.tracking, s.bcast) != tracked;
+        if unwatch_parked {
+            if let Some(p) = s.parked.as_mut() {
+                p.held.watching = false;
+            }
+            self.send_parked(b"*1\r\n$7\r\nUNWATCH\r\n");
+        }
+        let Some(s) = self.mode.subscribed() else {
+            return;
+        };
         let sent = match skip {
             true => s.sub.send(&[SKIP_NEXT, bytes].concat()).await,
             false => s.sub.send(bytes).await,

@@ -264,16 +264,25 @@ impl Session {
     /// session does not track once back on that connection, as on Redis's one
     /// connection. (Until session 37 the parked connection went on tracking.)
     fn tracking_off_parked(&mut self) {
-        if self.tracking.is_none() {
-            return;
+        if self.tracking.is_some()
+            && self.send_parked(b"*3\r\n$6\r\nCLIENT\r\n$8\r\nTRACKING\r\n$3\r\nOFF\r\n")
+        {
+            self.tracking = None;
+            self.publish();
         }
+    }
+
+    /// Sends `request` (one, its reply not waited for) on the session's own
+    /// connection parked while it is subscribed; `false` if there is none. The
+    /// pushes read there before it are queued for the client.
+    pub(super) fn send_parked(&mut self, request: &'static [u8]) -> bool {
         let db = self.state.db.clone();
         let Some(p) = self.mode.subscribed().and_then(|s| s.parked.as_mut()) else {
-            return;
+            return false;
         };
         let (tx, rx) = tokio::sync::oneshot::channel();
         let before = p.held.conn.send(crate::upstream::mux::Batch {
-            bytes: Bytes::from_static(b"*3\r\n$6\r\nCLIENT\r\n$8\r\nTRACKING\r\n$3\r\nOFF\r\n"),
+            bytes: Bytes::from_static(request),
             count: 1,
             reply: tx,
             block: Block::No,
@@ -286,11 +295,10 @@ impl Session {
         tokio::spawn(async move {
             let _ = rx.await;
         });
-        self.tracking = None;
         for push in before {
             self.queue.push_back(Pending::Ready(push));
         }
-        self.publish();
+        true
     }
 
     /// A frame of the subscriber connection, as the tracking on it makes it (the
