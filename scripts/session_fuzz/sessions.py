@@ -249,7 +249,9 @@ QUIT = True
 # and the same password for its own connections), and a RESET, which logs the
 # connection out, is followed by the same AUTH.
 AUTH = [x for x in os.environ.get('AUTH', '').split(':', 1) if x]
-NOTRACKSUB = os.environ.get('NOTRACKSUB')
+# (Under AUTH too: a login's tracking connection stays apart while it is
+# subscribed, so what it reads then is not tracked; README, a known difference.)
+NOTRACKSUB = os.environ.get('NOTRACKSUB') or AUTH
 LATE = os.environ.get('LATE')
 PREFIX = os.environ.get('PREFIX')
 FLUSH = [int(x) for x in os.environ.get('FLUSH', '').split(',') if x]
