@@ -80,14 +80,7 @@ proxy_run() {
 proxy_run proxy foo "auth_passthrough: true"
 proxy_run proxy-shared default 'client_password: "bar"'
 
-python3 - "$OUT" "$ROOT/scripts" <<'PY'
-import sys
-out = sys.argv[1]
-sys.path.insert(0, sys.argv[2])
-from suite_results import libtest_results as results, report
-direct = results(f'{out}/direct.log')
-print('with auth_passthrough (user foo, a connection of its own per client):')
-report(direct, results(f'{out}/proxy.log'))
-print('with client_password (user default, shared connections):')
-report(direct, results(f'{out}/proxy-shared.log'))
-PY
+compare_libtest 'with auth_passthrough (user foo, a connection of its own per client):' \
+    "$OUT/direct.log" "$OUT/proxy.log"
+compare_libtest 'with client_password (user default, shared connections):' \
+    "$OUT/direct.log" "$OUT/proxy-shared.log"

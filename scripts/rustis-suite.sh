@@ -68,14 +68,5 @@ proxy_in_front 6379 "$OUT/passthrough-server.log" "command_timeout: 30" \
 run passthrough
 stop_started
 
-python3 - "$OUT" "$ROOT/scripts" <<'PY'
-import sys
-out = sys.argv[1]
-sys.path.insert(0, sys.argv[2])
-from suite_results import libtest_results, report
-direct = libtest_results(f'{out}/direct.log')
-print('shipped config:')
-report(direct, libtest_results(f'{out}/proxy.log'))
-print('auth_passthrough, nothing denied:')
-report(direct, libtest_results(f'{out}/passthrough.log'))
-PY
+compare_libtest 'shipped config:' "$OUT/direct.log" "$OUT/proxy.log"
+compare_libtest 'auth_passthrough, nothing denied:' "$OUT/direct.log" "$OUT/passthrough.log"

@@ -97,3 +97,16 @@ def results(path):
 report(results(direct), results(proxy), ('passed', 'failure', 'error', 'skipped'), f'{label:12} ')
 PY
 }
+
+# compare_libtest HEADING DIRECT_LOG PROXY_LOG: HEADING, then both runs' counts and
+# every test whose result differs (a Rust test binary's output, as cargo test prints it).
+compare_libtest() {
+    python3 - "$ROOT/scripts" "$@" <<'PY'
+import sys
+sys.path.insert(0, sys.argv[1])
+from suite_results import libtest_results, report
+heading, direct, proxy = sys.argv[2:5]
+print(heading)
+report(libtest_results(direct), libtest_results(proxy))
+PY
+}

@@ -4,7 +4,7 @@
 use super::dispatch::Target;
 use super::follow::HeldConn;
 use super::local;
-use super::mode::{Mode, Queued};
+use super::mode::{Held, Mode, Queued};
 use super::prefix;
 use super::queue::error_text;
 use super::queue::Pending;
@@ -543,12 +543,12 @@ impl Session {
     pub(super) async fn owns_watch(&mut self) -> Result<(), Vec<u8>> {
         let db = self.state.db.clone();
         let detached = match &mut self.mode {
-            Mode::Exclusive(h) if h.watching && !h.in_multi && db.cluster().is_none() => {
-                match &mut h.conn {
-                    HeldConn::Direct(d) => d.detach().await,
-                    HeldConn::Follow(_) => return Ok(()),
-                }
-            }
+            Mode::Exclusive(Held {
+                conn: HeldConn::Direct(d),
+                watching: true,
+                in_multi: false,
+                ..
+            }) if db.cluster().is_none() => d.detach().await,
             _ => return Ok(()),
         };
         match detached {

@@ -314,22 +314,18 @@ impl Session {
     /// parked before: the subscriptions stay where they are, and the session goes
     /// to the new login's connection after its last unsubscribe.
     pub(super) fn hold_private(&mut self, conn: Dedicated, db: Arc<Database>, resp3: bool) {
-        if let Mode::Subscribed(s) = &mut self.mode {
-            self.checkouts += 1;
-            s.parked = Some(Private {
-                held: Held::new(HeldConn::Direct(conn), self.checkouts),
-                db,
-                resp3,
-            });
-            return;
-        }
-        self.release(false);
         self.checkouts += 1;
-        self.mode = Mode::Private(Private {
+        let private = Private {
             held: Held::new(HeldConn::Direct(conn), self.checkouts),
             db,
             resp3,
-        });
+        };
+        if let Mode::Subscribed(s) = &mut self.mode {
+            s.parked = Some(private);
+            return;
+        }
+        self.release(false);
+        self.mode = Mode::Private(private);
         self.last = Conn::Held(self.checkouts);
     }
 

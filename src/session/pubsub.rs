@@ -650,15 +650,14 @@ impl Session {
             if let Some(p) = s.parked.as_mut() {
                 p.held.watching = false;
             }
-            self.send_parked(b"*1\r\n$7\r\nUNWATCH\r\n");
         }
-        let Some(s) = self.mode.subscribed() else {
-            return;
-        };
         let sent = match skip {
             true => s.sub.send(&[SKIP_NEXT, bytes].concat()).await,
             false => s.sub.send(bytes).await,
         };
+        if unwatch_parked {
+            self.send_parked(b"*1\r\n$7\r\nUNWATCH\r\n");
+        }
         if switched {
             // CLIENT LIST's flags.
             self.publish();

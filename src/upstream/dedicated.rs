@@ -1048,11 +1048,7 @@ async fn serve(
             // (Only an own connection is handed over.)
             Msg::HandOver(_) => continue,
             Msg::Detach(to) => {
-                let fresh = match pooled {
-                    _ if conn.broken => Err(UpstreamError::Lost {
-                        addr: conn.addr.clone(),
-                        sent: false,
-                    }),
+                let fresh = match pooled.filter(|_| !conn.broken) {
                     Some(m) => bb8::ManageConnection::connect(m).await,
                     None => Err(UpstreamError::Lost {
                         addr: conn.addr.clone(),
