@@ -214,8 +214,12 @@ struct Conns {
     /// The session's own upstream connection.
     own: Option<Exclusive>,
     /// A push connection opened for the session as a RESP3 redirect target
-    /// ([`Clients::push_sink_id`]).
+    /// ([`Clients::push_sink_id`]), or the own connection it let go while a
+    /// redirect named it ([`Client::keep_push_conn`]).
     pushes: Option<PushConn>,
+    /// Redis's `CLIENT ID` of the own connection last named by a redirect
+    /// ([`Client::hand_out`]; 0: none).
+    handed: u64,
 }
 
 /// A connection that carries a RESP3 session's redirected invalidations.
@@ -411,6 +415,40 @@ impl Client {
         self.conns().as_ref().and_then(|c| c.own.clone())
     }
 
+    /// A redirect names the session's own connection, `id`: when the session
+    /// lets go of it, it is kept as its push connection ([`Client::keep_push_conn`]).
+    pub fn hand_out(&self, id: u64) {
+        self.change_conns(|c| c.handed = id);
+    }
+
+    /// Whether a redirect named `id`, the session's own connection that it is
+    /// letting go: if so, it is to stay as the session's push connection, so
+    /// that the redirect still reaches the session (Redis names a client, not a
+    /// connection), and it is published as such (`upstream`: its server).
+    pub fn keep_push_conn(&self, id: u64, upstream: &crate::config::UpstreamConfig) -> bool {
+        self.change_conns(|c| {
+            let kept = id != 0 && c.handed == id && c.pushes.is_none();
+            if kept {
+                c.handed = 0;
+                c.pushes = Some(PushConn {
+                    upstream: upstream.clone(),
+                    id,
+                    conn: None,
+                });
+            }
+            kept
+        })
+    }
+
+    /// The id of the session's push connection to `cfg`'s server, if it has one.
+    pub fn push_id(&self, cfg: &crate::config::UpstreamConfig) -> Option<u64> {
+        self.conns()
+            .as_ref()
+            .and_then(|c| c.pushes.as_ref())
+            .filter(|p| p.upstream.same_redis(cfg))
+            .map(|p| p.id)
+    }
+
     /// The exclusive connection the client is blocked on, if any.
     pub fn blocked_on(&self) -> Option<Exclusive> {
         self.conns().as_ref().and_then(|c| c.blocked_on.clone())
@@ -424,10 +462,9 @@ impl Client {
     fn change_conns<T>(&self, change: impl FnOnce(&mut Conns) -> T) -> T {
         let mut conns = self.conns();
         let out = change(conns.get_or_insert_with(Box::default));
-        if conns
-            .as_ref()
-            .is_some_and(|c| c.own.is_none() && c.blocked_on.is_none() && c.pushes.is_none())
-        {
+        if conns.as_ref().is_some_and(|c| {
+            c.own.is_none() && c.blocked_on.is_none() && c.pushes.is_none() && c.handed == 0
+        }) {
             *conns = None;
         }
         out

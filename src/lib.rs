@@ -24,6 +24,7 @@
 //!   pubsub.rs    subscribed sessions: streaming, counts, barrier; sharded
 //!                subscriptions follow their slot on a cluster
 //!   tracking.rs  CLIENT TRACKING: the tracking connection, pushes, REDIRECT ids
+//!   stand_in.rs  the connection a REDIRECT named, kept for as long as the session
 //!   local.rs     commands the proxy answers itself (SELECT, AUTH, HELLO, CLIENT …)
 //!   reload.rs    moving to the configuration snapshot a reload published
 //!   prefix.rs    key_prefix: keys prefixed on the way in, replies unprefixed,

@@ -1102,3 +1102,87 @@ async fn tracking_turned_on_under_watch_tracks_on_the_watching_connection() {
     }
     proxy.shutdown().await;
 }
+
+/// A redirect names a client for as long as it is connected, whatever becomes of
+/// the connection it had when it was named: a RESP2 target that unsubscribes
+/// (its last `UNSUBSCRIBE`, or `RESET`) and subscribes again, a RESP3 target
+/// that unsubscribes, and a RESP3 target that stops tracking, keep receiving what
+/// Redis sends them, and the redirecting client's redirect is never broken.
+/// (Through the proxy the connection the target had when it was named is its
+/// own, let go when it unsubscribed or stopped tracking: `CLIENT TRACKINGINFO`
+/// then showed `broken_redirect`. Found by the multi-session tool, seed 7935.)
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_redirect_target_keeps_its_id_after_it_lets_go_of_its_connection() {
+    let redis = RedisServer::start();
+    let proxy = start_proxy(proxy_config(&redis)).await;
+    let redis_addr = redis.addr();
+    same_as_redis(redis.addr(), proxy.local_addr(), |addr| async move {
+        let mut log = Vec::new();
+        let mut w = AsyncRawClient::connect(addr).await;
+        // RESP2, subscribed when named; then RESET, then subscribed again.
+        let mut r2 = AsyncRawClient::connect(addr).await;
+        let r2id = id_of(&mut r2).await.to_string();
+        log.push(text(&r2.cmd(&[b"SUBSCRIBE", b"ch1"]).await));
+        let mut t = AsyncRawClient::connect(addr).await;
+        track_to(&mut t, &r2id, &mut log).await;
+        log.push(text(&r2.cmd(&[b"RESET"]).await));
+        w.cmd(&[b"SET", b"foo", b"1"]).await;
+        let tracking_info = [&b"CLIENT"[..], b"TRACKINGINFO"];
+        let masked = |s: String, id: &str| s.replace(&format!(":{id}\r\n"), ":<id>\r\n");
+        log.push(masked(text(&t.cmd(&tracking_info).await), &r2id));
+        r2.assert_no_reply(Duration::from_millis(200)).await;
+        log.push(text(&r2.cmd(&[b"SUBSCRIBE", b"ch2"]).await));
+        log.push(text(&t.cmd(&[b"GET", b"foo"]).await));
+        w.cmd(&[b"SET", b"foo", b"2"]).await;
+        log.push(pushed(&mut r2).await);
+        // The same with the last UNSUBSCRIBE.
+        log.push(text(&r2.cmd(&[b"UNSUBSCRIBE"]).await));
+        log.push(text(&t.cmd(&[b"GET", b"foo"]).await));
+        w.cmd(&[b"SET", b"foo", b"3"]).await;
+        log.push(masked(text(&t.cmd(&tracking_info).await), &r2id));
+        log.push(text(&r2.cmd(&[b"PING"]).await));
+        log.push(text(&r2.cmd(&[b"PSUBSCRIBE", b"p*"]).await));
+        log.push(text(&t.cmd(&[b"GET", b"foo"]).await));
+        w.cmd(&[b"SET", b"foo", b"4"]).await;
+        log.push(pushed(&mut r2).await);
+        // RESP3, subscribed when named, then unsubscribed.
+        let mut r3 = AsyncRawClient::connect(addr).await;
+        assert!(r3.cmd(&[b"HELLO", b"3"]).await.starts_with(b"%7\r\n"));
+        let r3id = id_of(&mut r3).await.to_string();
+        log.push(text(&r3.cmd(&[b"SUBSCRIBE", b"ch1"]).await));
+        track_to(&mut t, &r3id, &mut log).await;
+        log.push(text(&r3.cmd(&[b"UNSUBSCRIBE"]).await));
+        w.cmd(&[b"SET", b"foo", b"5"]).await;
+        log.push(pushed(&mut r3).await);
+        log.push(masked(text(&t.cmd(&tracking_info).await), &r3id));
+        // RESP3, tracking when named, then not.
+        let mut own = resp3_tracking(addr, &[], &mut log).await;
+        let own_id = id_of(&mut own).await.to_string();
+        track_to(&mut t, &own_id, &mut log).await;
+        log.push(text(&own.cmd(&[b"CLIENT", b"TRACKING", b"OFF"]).await));
+        w.cmd(&[b"SET", b"foo", b"6"]).await;
+        log.push(pushed(&mut own).await);
+        log.push(text(&t.cmd(&[b"GET", b"foo"]).await));
+        log.push(text(&own.cmd(&[b"RESET"]).await));
+        assert!(own.cmd(&[b"HELLO", b"3"]).await.starts_with(b"%7\r\n"));
+        w.cmd(&[b"SET", b"foo", b"7"]).await;
+        log.push(pushed(&mut own).await);
+        log.push(masked(text(&t.cmd(&tracking_info).await), &own_id));
+        // The connections kept for the three (RESP3, last command their
+        // setup's `HELLO 3`) close when they leave.
+        // (Directly, `own`'s connection is one of them.)
+        let set_up = |list: String| {
+            list.lines()
+                .filter(|l| l.contains(" resp=3") && l.contains(" cmd=hello"))
+                .count()
+        };
+        let mut direct = AsyncRawClient::connect(redis_addr).await;
+        assert!(set_up(text(&direct.cmd(&[b"CLIENT", b"LIST"]).await)) >= 1);
+        drop((r2, r3, own));
+        let deadline = Instant::now() + Duration::from_secs(5);
+        until_client_list(&mut direct, deadline, |list| set_up(list) == 0).await;
+        log
+    })
+    .await;
+    proxy.shutdown().await;
+}

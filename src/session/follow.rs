@@ -110,6 +110,14 @@ impl HeldConn {
         }
     }
 
+    /// The session's own connection (`None`: one that follows its slot).
+    pub fn into_direct(self) -> Option<Dedicated> {
+        match self {
+            HeldConn::Direct(d) => Some(d),
+            HeldConn::Follow(_) => None,
+        }
+    }
+
     /// See [`Dedicated::watches_pushes`] (a pooled connection has none).
     pub fn watches_pushes(&self) -> bool {
         matches!(self, HeldConn::Direct(d) if d.watches_pushes())

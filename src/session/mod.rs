@@ -30,6 +30,7 @@
 //! | `follow.rs` | cluster: an exclusive connection follows `-MOVED`/`-ASK` of its slot |
 //! | `pubsub.rs` | subscribed sessions: streaming, counts, the barrier |
 //! | `tracking.rs` | `CLIENT TRACKING`: the tracking connection, pushes, REDIRECT |
+//! | `stand_in.rs` | the connection a REDIRECT names, kept while the session lives |
 //! | `local.rs` | commands the proxy answers itself |
 //! | `reload.rs` | moving to the configuration a reload published |
 
@@ -43,6 +44,7 @@ mod prefix;
 mod pubsub;
 mod queue;
 mod reload;
+mod stand_in;
 mod tracking;
 
 use std::collections::VecDeque;
@@ -458,7 +460,7 @@ struct Session {
     /// A connection opened for this RESP3 session as another client's tracking
     /// redirect target: what Redis pushes on it is written to the client
     /// (`crate::clients`, `Clients::push_sink_id`).
-    push_conn: Option<Box<crate::upstream::dedicated::Dedicated>>,
+    push_conn: Option<Box<stand_in::StandIn>>,
     /// A cluster database's MULTI was answered `+OK` and waits for the first
     /// request with a key to pick the node (`dispatch::deferred_step`).
     deferred_multi: bool,

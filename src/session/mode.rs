@@ -351,8 +351,12 @@ impl Session {
         match std::mem::replace(&mut self.mode, Mode::Shared) {
             Mode::Exclusive(held) if clean => held.conn.release(),
             Mode::Subscribed(s) => self.mode = Mode::Subscribed(s),
-            // The session's own connection closes, and its tracking with it.
-            Mode::Private(_) => self.tracking = None,
+            // The session's own connection closes, and its tracking with it
+            // (unless a redirect named it: `stand_in`).
+            Mode::Private(p) => {
+                self.tracking = None;
+                self.let_go_of_private(p);
+            }
             _ => {}
         }
         if was_multi {
@@ -394,8 +398,12 @@ impl Session {
         // that lives on it, is let go by `release`, not dropped here).
         if matches!(self.mode, Mode::Subscribed(_)) {
             if let Mode::Subscribed(s) = std::mem::replace(&mut self.mode, Mode::Shared) {
+                let s = *s;
                 if let Some(p) = s.parked {
                     self.mode = Mode::Private(p);
+                }
+                if !s.monitor {
+                    self.let_go_of_subscriber(s.sub);
                 }
             }
         }

@@ -21,7 +21,10 @@
 //!   `crate::clients`), which it reads for as long as it lives and writes what
 //!   Redis pushes there as Redis would write it to the session as it is at that
 //!   moment: a push in RESP3, a message on `__redis__:invalidate` while subscribed
-//!   in RESP2, nothing otherwise. An id that is no
+//!   in RESP2, nothing otherwise. An own connection that a redirect named is
+//!   kept as that push connection when the session lets go of it
+//!   (`super::stand_in`), and a redirect to a session that has a push
+//!   connection names it. An id that is no
 //!   proxy session is sent as one no Redis client has, so Redis's own error
 //!   (`The client ID you want redirect to does not exist`) comes back, after any
 //!   other error Redis finds first.
@@ -463,6 +466,12 @@ impl Session {
             return Ok(Redirect::Missing);
         };
         let db = &self.state.db;
+        if db.cluster().is_none() {
+            // The stand-in that lives as long as the session, once it has one.
+            if let Some(up) = client.push_id(&db.config.upstream) {
+                return Ok(Redirect::Session(id, up));
+            }
+        }
         // A RESP2 client's private connection (tracking, `auth_passthrough`) is
         // not subscribed (its subscriptions get a connection of their own), so
         // Redis would drop what it sends there even once the client subscribes.
@@ -477,6 +486,10 @@ impl Session {
             .map(|o| o.upstream_id.load(Relaxed))
             .filter(|&up| up != 0);
         if let Some(up) = own {
+            // Kept as its push connection when it lets go of it.
+            if db.cluster().is_none() {
+                client.hand_out(up);
+            }
             return Ok(Redirect::Session(id, up));
         }
         let sink = if db.cluster().is_none() {
@@ -634,7 +647,7 @@ impl Session {
     /// (`Clients::push_sink_id`), if any.
     pub(super) fn take_push_conn(&mut self) {
         if let Some(conn) = self.client.take_push_conn() {
-            self.push_conn = Some(Box::new(conn));
+            self.push_conn = Some(Box::new(super::stand_in::StandIn::Opened(conn)));
         }
     }
 

@@ -175,6 +175,22 @@ impl Subscription {
         self.wr.flush().await
     }
 
+    /// Writes `bytes`, advanced past what is written: cancellation-safe (called
+    /// again, it goes on where it stopped).
+    pub async fn write_from(&mut self, bytes: &mut Bytes) -> std::io::Result<()> {
+        use bytes::Buf;
+        use std::pin::Pin;
+        use tokio::io::AsyncWrite;
+        while !bytes.is_empty() {
+            let n = std::future::poll_fn(|cx| Pin::new(&mut self.wr).poll_write(cx, bytes)).await?;
+            if n == 0 {
+                return Err(std::io::ErrorKind::WriteZero.into());
+            }
+            bytes.advance(n);
+        }
+        std::future::poll_fn(|cx| Pin::new(&mut self.wr).poll_flush(cx)).await
+    }
+
     /// The next frame from Redis, in arrival order, or why the stream ended.
     pub async fn next(&mut self) -> Result<Bytes, End> {
         match self.frames.recv().await {

@@ -1,0 +1,119 @@
+//! The connection that stands in for a session named by other clients'
+//! `CLIENT TRACKING … REDIRECT`.
+//!
+//! Redis names a client in a redirect, and the name holds for as long as the
+//! client is connected, whatever it does meanwhile. Through the proxy the name
+//! is a connection: the session's own one (subscriber, tracking or login
+//! connection) while it has one, else a push connection opened for it
+//! (`Clients::push_sink_id`). An own connection can end before the session does
+//! (its last `UNSUBSCRIBE`, `RESET`, `CLIENT TRACKING OFF`, the end of a
+//! `WATCH`); if a redirect named it, closing it would break the redirecting
+//! clients' tracking, where Redis's goes on. So it is kept instead, as the
+//! session's push connection ([`StandIn`]): its subscriptions, transaction and
+//! own tracking ended and its protocol switched to RESP3, so that Redis pushes
+//! every invalidation redirected there, and the session writes them as Redis
+//! would write them to it as it is now (`Session::on_redirected_push`). From then
+//! on, redirects to the session name it.
+
+use std::sync::atomic::Ordering::Relaxed;
+
+use bytes::Bytes;
+
+use super::mode::{Held, Private};
+use super::Session;
+use crate::command::Block;
+use crate::upstream::dedicated::Dedicated;
+use crate::upstream::mux::{Batch, Retry};
+use crate::upstream::pubsub::{End, Subscription};
+
+/// Ends what a kept connection may still be in, then makes it RESP3: a
+/// subscriber connection's subscriptions (a RESP3 one's transaction first) …
+const SUBSCRIBER_SETUP: &[u8] = b"*1\r\n$7\r\nDISCARD\r\n*1\r\n$11\r\nUNSUBSCRIBE\r\n*1\r\n$12\r\nPUNSUBSCRIBE\r\n*1\r\n$12\r\nSUNSUBSCRIBE\r\n*3\r\n$6\r\nCLIENT\r\n$8\r\nTRACKING\r\n$3\r\nOFF\r\n*2\r\n$5\r\nHELLO\r\n$1\r\n3\r\n";
+/// … and a private connection's transaction and tracking (three replies).
+const PRIVATE_SETUP: &[u8] = b"*1\r\n$7\r\nDISCARD\r\n*3\r\n$6\r\nCLIENT\r\n$8\r\nTRACKING\r\n$3\r\nOFF\r\n*2\r\n$5\r\nHELLO\r\n$1\r\n3\r\n";
+
+/// A session's push connection: where invalidations redirected to it arrive.
+#[derive(Debug)]
+pub(super) enum StandIn {
+    /// Opened for the session, or its private connection kept.
+    Opened(Dedicated),
+    /// Its subscriber connection, kept; `setup` is what is left to write of
+    /// [`SUBSCRIBER_SETUP`].
+    Subscriber { sub: Subscription, setup: Bytes },
+}
+
+impl StandIn {
+    /// The next invalidation Redis pushed (anything else read there, the replies
+    /// to the setup and what came before them, is dropped), or why the stream
+    /// ended. Cancellation-safe.
+    pub async fn next_push(&mut self) -> Result<Bytes, End> {
+        loop {
+            let frame = match self {
+                StandIn::Opened(conn) => conn.next_push().await?,
+                StandIn::Subscriber { sub, setup } => {
+                    if !setup.is_empty() {
+                        sub.write_from(setup).await.map_err(|_| End::Closed)?;
+                    }
+                    sub.next().await?
+                }
+            };
+            if frame.starts_with(b">2\r\n$10\r\ninvalidate\r\n") {
+                return Ok(frame);
+            }
+        }
+    }
+}
+
+impl Session {
+    /// The session lets go of its subscriber connection `sub`: kept as its push
+    /// connection if a redirect named it (see the module docs), else closed.
+    pub(super) fn let_go_of_subscriber(&mut self, sub: Subscription) {
+        let db = self.state.db.clone();
+        if self.keeps(sub.upstream_id().load(Relaxed), &db.config.upstream) {
+            self.push_conn = Some(Box::new(StandIn::Subscriber {
+                sub,
+                setup: Bytes::from_static(SUBSCRIBER_SETUP),
+            }));
+        }
+    }
+
+    /// The session lets go of its private connection: kept as its push
+    /// connection if a redirect named it, else closed.
+    pub(super) fn let_go_of_private(&mut self, private: Private) {
+        let Private {
+            held: Held { conn, .. },
+            db,
+            ..
+        } = private;
+        let Some(mut conn) = conn.into_direct() else {
+            return;
+        };
+        if !self.keeps(conn.upstream_id().load(Relaxed), &db.config.upstream) {
+            return;
+        }
+        let (tx, rx) = tokio::sync::oneshot::channel();
+        // (What it read before is not for the client.)
+        let _ = conn.send(Batch {
+            bytes: Bytes::from_static(PRIVATE_SETUP),
+            count: 3,
+            reply: tx,
+            block: Block::No,
+            retry: Retry::new(self.state.id, false, &db.config.upstream),
+            divert: None,
+            may_hold: false,
+        });
+        // Kept until answered: a batch whose receiver is gone counts as
+        // abandoned, and the connection would be dropped.
+        tokio::spawn(async move {
+            let _ = rx.await;
+        });
+        self.push_conn = Some(Box::new(StandIn::Opened(conn)));
+    }
+
+    /// Whether the own connection `id` to `upstream`, being let go, is kept as
+    /// the session's push connection (a redirect named it, and the session has
+    /// none yet).
+    fn keeps(&self, id: u64, upstream: &crate::config::UpstreamConfig) -> bool {
+        self.push_conn.is_none() && self.client.keep_push_conn(id, upstream)
+    }
+}
