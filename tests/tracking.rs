@@ -1168,7 +1168,21 @@ async fn a_redirect_target_keeps_its_id_after_it_lets_go_of_its_connection() {
         w.cmd(&[b"SET", b"foo", b"7"]).await;
         log.push(pushed(&mut own).await);
         log.push(masked(text(&t.cmd(&tracking_info).await), &own_id));
-        // The connections kept for the three (RESP3, last command their
+        // RESET inside MULTI: its own tracking ends (its read of `bar` no longer
+        // invalidated), the redirected one goes on.
+        let mut in_multi = resp3_tracking(addr, &[], &mut log).await;
+        let in_multi_id = id_of(&mut in_multi).await.to_string();
+        track_to(&mut t, &in_multi_id, &mut log).await;
+        log.push(text(&in_multi.cmd(&[b"GET", b"bar"]).await));
+        log.push(text(&in_multi.cmd(&[b"MULTI"]).await));
+        log.push(text(&in_multi.cmd(&[b"RESET"]).await));
+        assert!(in_multi.cmd(&[b"HELLO", b"3"]).await.starts_with(b"%7\r\n"));
+        w.cmd(&[b"SET", b"bar", b"1"]).await;
+        w.cmd(&[b"SET", b"foo", b"8"]).await;
+        log.push(pushed(&mut in_multi).await);
+        log.push(text(&in_multi.cmd(&[b"PING"]).await));
+        log.push(masked(text(&t.cmd(&tracking_info).await), &in_multi_id));
+        // The connections kept for the four (RESP3, last command their
         // setup's `HELLO 3`) close when they leave.
         // (Directly, `own`'s connection is one of them.)
         let set_up = |list: String| {
@@ -1178,7 +1192,7 @@ async fn a_redirect_target_keeps_its_id_after_it_lets_go_of_its_connection() {
         };
         let mut direct = AsyncRawClient::connect(redis_addr).await;
         assert!(set_up(text(&direct.cmd(&[b"CLIENT", b"LIST"]).await)) >= 1);
-        drop((r2, r3, own));
+        drop((r2, r3, own, in_multi));
         let deadline = Instant::now() + Duration::from_secs(5);
         until_client_list(&mut direct, deadline, |list| set_up(list) == 0).await;
         log

@@ -403,7 +403,7 @@ impl Session {
                     self.mode = Mode::Private(p);
                 }
                 if !s.monitor {
-                    self.let_go_of_subscriber(s.sub);
+                    self.let_go_of_subscriber(s.sub, s.tx.is_some());
                 }
             }
         }

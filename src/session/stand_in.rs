@@ -26,11 +26,22 @@ use crate::upstream::dedicated::Dedicated;
 use crate::upstream::mux::{Batch, Retry};
 use crate::upstream::pubsub::{End, Subscription};
 
+/// Ends a kept connection's transaction, if it is in one.
+const DISCARD: &[u8] = b"*1\r\n$7\r\nDISCARD\r\n";
 /// Ends what a kept connection may still be in, then makes it RESP3: a
-/// subscriber connection's subscriptions (a RESP3 one's transaction first) …
-const SUBSCRIBER_SETUP: &[u8] = b"*1\r\n$7\r\nDISCARD\r\n*1\r\n$11\r\nUNSUBSCRIBE\r\n*1\r\n$12\r\nPUNSUBSCRIBE\r\n*1\r\n$12\r\nSUNSUBSCRIBE\r\n*3\r\n$6\r\nCLIENT\r\n$8\r\nTRACKING\r\n$3\r\nOFF\r\n*2\r\n$5\r\nHELLO\r\n$1\r\n3\r\n";
-/// … and a private connection's transaction and tracking (three replies).
-const PRIVATE_SETUP: &[u8] = b"*1\r\n$7\r\nDISCARD\r\n*3\r\n$6\r\nCLIENT\r\n$8\r\nTRACKING\r\n$3\r\nOFF\r\n*2\r\n$5\r\nHELLO\r\n$1\r\n3\r\n";
+/// subscriber connection's subscriptions …
+const SUBSCRIBER_SETUP: &[u8] = b"*1\r\n$11\r\nUNSUBSCRIBE\r\n*1\r\n$12\r\nPUNSUBSCRIBE\r\n*1\r\n$12\r\nSUNSUBSCRIBE\r\n*3\r\n$6\r\nCLIENT\r\n$8\r\nTRACKING\r\n$3\r\nOFF\r\n*2\r\n$5\r\nHELLO\r\n$1\r\n3\r\n";
+/// … and a private connection's tracking (two replies).
+const PRIVATE_SETUP: &[u8] =
+    b"*3\r\n$6\r\nCLIENT\r\n$8\r\nTRACKING\r\n$3\r\nOFF\r\n*2\r\n$5\r\nHELLO\r\n$1\r\n3\r\n";
+
+/// `setup`, after a `DISCARD` if the connection is inside `MULTI`.
+fn setup(setup: &'static [u8], in_multi: bool) -> Bytes {
+    match in_multi {
+        true => Bytes::from([DISCARD, setup].concat()),
+        false => Bytes::from_static(setup),
+    }
+}
 
 /// A session's push connection: where invalidations redirected to it arrive.
 #[derive(Debug)]
@@ -67,12 +78,12 @@ impl StandIn {
 impl Session {
     /// The session lets go of its subscriber connection `sub`: kept as its push
     /// connection if a redirect named it (see the module docs), else closed.
-    pub(super) fn let_go_of_subscriber(&mut self, sub: Subscription) {
+    pub(super) fn let_go_of_subscriber(&mut self, sub: Subscription, in_multi: bool) {
         let db = self.state.db.clone();
         if self.keeps(sub.upstream_id().load(Relaxed), &db.config.upstream) {
             self.push_conn = Some(Box::new(StandIn::Subscriber {
                 sub,
-                setup: Bytes::from_static(SUBSCRIBER_SETUP),
+                setup: setup(SUBSCRIBER_SETUP, in_multi),
             }));
         }
     }
@@ -81,7 +92,9 @@ impl Session {
     /// connection if a redirect named it, else closed.
     pub(super) fn let_go_of_private(&mut self, private: Private) {
         let Private {
-            held: Held { conn, .. },
+            held: Held {
+                conn, sent_multi, ..
+            },
             db,
             ..
         } = private;
@@ -94,8 +107,8 @@ impl Session {
         let (tx, rx) = tokio::sync::oneshot::channel();
         // (What it read before is not for the client.)
         let _ = conn.send(Batch {
-            bytes: Bytes::from_static(PRIVATE_SETUP),
-            count: 3,
+            bytes: setup(PRIVATE_SETUP, sent_multi),
+            count: 2 + u32::from(sent_multi),
             reply: tx,
             block: Block::No,
             retry: Retry::new(self.state.id, false, &db.config.upstream),
