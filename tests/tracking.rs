@@ -1200,3 +1200,30 @@ async fn a_redirect_target_keeps_its_id_after_it_lets_go_of_its_connection() {
     .await;
     proxy.shutdown().await;
 }
+
+/// `FLUSHDB` then `RESET` (or `QUIT`) in one write from a RESP3 tracking client:
+/// Redis writes the flush's invalidation between the two replies, and so does
+/// the proxy. (Until session 38 the session let go of its tracking connection at
+/// `RESET` without waiting for what Redis pushed there after `FLUSHDB`'s reply:
+/// the invalidation was lost. Found by the multi-session tool, seed 8021.)
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn pushes_before_reset_or_quit_reach_the_client() {
+    let redis = RedisServer::start();
+    let proxy = start_proxy(proxy_config(&redis)).await;
+    same_as_redis(redis.addr(), proxy.local_addr(), |addr| async move {
+        let mut log = Vec::new();
+        for end in [&b"RESET"[..], b"QUIT"] {
+            let mut c = resp3_tracking(addr, &[], &mut log).await;
+            log.push(text(&c.cmd(&[b"GET", b"k"]).await));
+            let mut pipeline = resp_cmd(&[b"FLUSHDB"]);
+            pipeline.extend(resp_cmd(&[end]));
+            c.send(&pipeline).await;
+            for _ in 0..3 {
+                log.push(text(&c.read_reply().await));
+            }
+        }
+        log
+    })
+    .await;
+    proxy.shutdown().await;
+}

@@ -464,6 +464,10 @@ struct Session {
     /// A cluster database's MULTI was answered `+OK` and waits for the first
     /// request with a key to pick the node (`dispatch::deferred_step`).
     deferred_multi: bool,
+    /// A `RESET` or `QUIT` waits for the reply of a `PING` sent on the
+    /// session's own RESP3 connection (`dispatch`'s `local`): the pushes Redis
+    /// sent before it are written first, as Redis writes them before its reply.
+    end_barrier: bool,
     /// A request was refused while `deferred_multi` (`deny_commands`, cluster
     /// commands): EXEC answers `-EXECABORT`, as Redis after a refusal at queueing.
     deferred_dirty: bool,
@@ -527,6 +531,7 @@ impl Session {
             tracking: None,
             push_conn: None,
             deferred_multi: false,
+            end_barrier: false,
             deferred_dirty: false,
             lost: None,
             connected_at: p.connected_at,

@@ -716,6 +716,12 @@ impl Session {
         }
     }
 
+    /// Whether Redis may push on the session's own connection (a RESP3
+    /// private connection whose pushes are read).
+    pub(super) fn own_pushes(&self) -> bool {
+        matches!(&self.mode, Mode::Private(p) if p.resp3 && p.held.conn.watches_pushes())
+    }
+
     /// What CLIENT LIST shows of tracking: `redir=` and BCAST.
     pub(super) fn tracking_info(&self) -> Option<(i64, bool)> {
         match &self.mode {
