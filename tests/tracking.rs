@@ -1212,14 +1212,32 @@ async fn pushes_before_reset_or_quit_reach_the_client() {
     let proxy = start_proxy(proxy_config(&redis)).await;
     same_as_redis(redis.addr(), proxy.local_addr(), |addr| async move {
         let mut log = Vec::new();
-        for end in [&b"RESET"[..], b"QUIT"] {
-            let mut c = resp3_tracking(addr, &[], &mut log).await;
+        let bcast: &[&[u8]] = &[b"BCAST"];
+        for (options, end) in [(&[][..], &b"RESET"[..]), (&[], b"QUIT"), (bcast, b"RESET")] {
+            let mut c = resp3_tracking(addr, options, &mut log).await;
             log.push(text(&c.cmd(&[b"GET", b"k"]).await));
             let mut pipeline = resp_cmd(&[b"FLUSHDB"]);
             pipeline.extend(resp_cmd(&[end]));
             c.send(&pipeline).await;
             for _ in 0..3 {
                 log.push(text(&c.read_reply().await));
+            }
+        }
+        // A BCAST client's own write right before: Redis would send its
+        // invalidation once it has run the whole read, RESET and QUIT too, so
+        // it does not.
+        for end in [&b"RESET"[..], b"QUIT"] {
+            let mut c = resp3_tracking(addr, bcast, &mut log).await;
+            let mut pipeline = resp_cmd(&[b"SET", b"k", b"1"]);
+            pipeline.extend(resp_cmd(&[end]));
+            c.send(&pipeline).await;
+            for _ in 0..2 {
+                log.push(text(&c.read_reply().await));
+            }
+            if end == b"RESET" {
+                log.push(text(&c.cmd(&[b"PING"]).await));
+            } else {
+                log.push(text(&c.read_until_closed().await));
             }
         }
         log

@@ -782,15 +782,17 @@ fn reply_at(bytes: &[u8]) -> usize {
     at
 }
 
-/// Only the pushes of `bytes` (what a client that turned replies off still gets).
-pub(super) fn pushes_only(bytes: &Bytes) -> Bytes {
+/// Only the pushes of `bytes` (what a client that turned replies off still
+/// gets); `keys: false`, without invalidations that name keys.
+pub(super) fn pushes_only(bytes: &Bytes, keys: bool) -> Bytes {
     if !bytes.contains(&b'>') {
         return Bytes::new();
     }
     let mut out = BytesMut::new();
     let mut at = 0;
     while let Ok(Some(frame)) = reply::scan(&bytes[at..]) {
-        if frame.is_push {
+        let named = || bytes[at..].starts_with(b">2\r\n$10\r\ninvalidate\r\n*");
+        if frame.is_push && (keys || !named()) {
             out.extend_from_slice(&bytes[at..at + frame.len]);
         }
         at += frame.len;
@@ -894,10 +896,15 @@ mod tests {
         let both = Bytes::from([PUSH, b"+OK\r\n", PUSH].concat());
         assert_eq!(&both[reply_at(&both)..], [&b"+OK\r\n"[..], PUSH].concat());
         assert_eq!(
-            pushes_only(&both).as_ref(),
+            pushes_only(&both, true).as_ref(),
             [PUSH, PUSH].concat().as_slice()
         );
-        assert!(pushes_only(&Bytes::from_static(b"+OK\r\n")).is_empty());
+        assert!(pushes_only(&Bytes::from_static(b"+OK\r\n"), true).is_empty());
+        let keys = b">2\r\n$10\r\ninvalidate\r\n*1\r\n$1\r\na\r\n";
+        let flush = b">2\r\n$10\r\ninvalidate\r\n_\r\n";
+        let mixed = Bytes::from([&keys[..], flush, b"+PONG\r\n", keys].concat());
+        assert_eq!(pushes_only(&mixed, false).as_ref(), flush);
+        assert_eq!(pushes_only(&mixed, true), [&keys[..], flush, keys].concat());
         let only_push = Bytes::from_static(PUSH);
         assert_eq!(reply_at(&only_push), 0);
     }
