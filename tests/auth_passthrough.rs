@@ -460,3 +460,46 @@ async fn a_logged_in_subscribers_tracking_off_holds_after_it_unsubscribes() {
     assert!(replies[0][5].contains("PONG"), "{:?}", replies[0]);
     proxy.shutdown().await;
 }
+
+/// A logged-in client's `WATCH` and a subscription: in RESP2 the login's
+/// connection, watching, waits while the client is subscribed (Redis refuses
+/// transactions there) and the watch holds after it unsubscribes, as on Redis;
+/// in RESP3, where a subscriber's transaction would run on its subscriber
+/// connection, which does not watch, the `SUBSCRIBE` is refused and the watch
+/// holds. (Until session 38 it was accepted and the transaction then ran
+/// although the watched key had changed. Found by the multi-session tool, seed
+/// 8230.)
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_logged_in_watch_is_never_lost_to_a_subscription() {
+    let redis = RedisServer::start();
+    let proxy = u1_and_proxy(&redis).await;
+    let mut replies = Vec::new();
+    for addr in [redis.addr(), proxy.local_addr()] {
+        let mut c = AsyncRawClient::connect(addr).await;
+        let mut got = Vec::new();
+        got.push(printable(&c.cmd(&[b"AUTH", b"u1", b"pw1"]).await));
+        got.push(printable(&c.cmd(&[b"WATCH", b"wk"]).await));
+        got.push(printable(&c.cmd(&[b"SET", b"wk", b"1"]).await));
+        got.push(printable(&c.cmd(&[b"SUBSCRIBE", b"ch"]).await));
+        got.push(printable(&c.cmd(&[b"UNSUBSCRIBE"]).await));
+        got.push(printable(&c.cmd(&[b"MULTI"]).await));
+        got.push(printable(&c.cmd(&[b"EXEC"]).await));
+        replies.push(got);
+    }
+    assert_eq!(replies[1], replies[0]);
+    assert!(replies[0][6].contains("*-1"), "{:?}", replies[0]);
+    // RESP3, through the proxy.
+    let mut c = AsyncRawClient::connect(proxy.local_addr()).await;
+    c.cmd(&[b"AUTH", b"u1", b"pw1"]).await;
+    assert!(c.cmd(&[b"HELLO", b"3"]).await.starts_with(b"%"));
+    assert_eq!(c.cmd(&[b"WATCH", b"wk"]).await, b"+OK\r\n");
+    assert_eq!(c.cmd(&[b"SET", b"wk", b"2"]).await, b"+OK\r\n");
+    let refused = printable(&c.cmd(&[b"SUBSCRIBE", b"ch"]).await);
+    assert!(refused.contains("SUBSCRIBE under WATCH"), "{refused}");
+    assert_eq!(c.cmd(&[b"MULTI"]).await, b"+OK\r\n");
+    assert_eq!(c.cmd(&[b"EXEC"]).await, b"_\r\n");
+    // Once the watch is over, it subscribes.
+    let subscribed = printable(&c.cmd(&[b"SUBSCRIBE", b"ch"]).await);
+    assert!(subscribed.contains("subscribe"), "{subscribed}");
+    proxy.shutdown().await;
+}

@@ -595,6 +595,11 @@ def run(seed, steps, K, targets):
                 continue
             if NOTRACKSUB and st.get("track") and subscribes:
                 continue
+            # With a login, a RESP3 session's SUBSCRIBE under WATCH is refused by
+            # design (its subscriber connection would not be the watching one;
+            # left out in RESP2 too, the tool does not follow the protocol).
+            if AUTH and st["watch"] and subscribes and not st.get("sub"):
+                continue
             # Upstream state beyond MULTI/WATCH, kept loosely (a superset): once
             # subscribed, tracking or named as a REDIRECT target, until RESET/QUIT.
             if subscribes: st["sub"] = True

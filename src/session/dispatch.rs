@@ -1447,6 +1447,17 @@ impl Session {
                     self.refused_in_multi();
                     continue;
                 }
+                let monitor = cmd.route == Route::Stateful(Family::Monitor);
+                if !monitor && self.login_watch_apart() {
+                    // A RESP3 subscriber's transaction runs on its subscriber
+                    // connection, which would not be the one that watches.
+                    inbuf.advance(req.len);
+                    self.push_reply(
+                        b"-ERR SUBSCRIBE under WATCH with an auth_passthrough login is not supported by redis-sidecar (EXEC, DISCARD or UNWATCH first)\r\n"
+                            .to_vec(),
+                    );
+                    continue;
+                }
                 let db = self.state.db.clone();
                 if let Some(c) = db.cluster().filter(|c| c.topology().is_none()) {
                     // The map, for the home node or the shard channel's node
@@ -1461,7 +1472,6 @@ impl Session {
                         shard_node(&db, &cmd, args, &mut cfg)
                     });
                 }
-                let monitor = cmd.route == Route::Stateful(Family::Monitor);
                 // A PUBLISH that other clients send from now on waits until the
                 // subscription is in place (`publish_order`).
                 let keyspace = with_args(&inbuf[..req.len], &self.args, &req, |args| {

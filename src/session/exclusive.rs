@@ -565,6 +565,15 @@ impl Session {
         }
     }
 
+    /// A RESP3 session whose `auth_passthrough` login connection watches keys:
+    /// its subscriber connection would be another one (the login's stays apart,
+    /// parked), so a transaction it ran while subscribed would not be watched.
+    pub(super) fn login_watch_apart(&self) -> bool {
+        self.login.is_some()
+            && self.state.resp3
+            && matches!(&self.mode, Mode::Private(p) if p.held.watching)
+    }
+
     /// The cluster as the session's login sees it, on a cluster database with
     /// an `auth_passthrough` login (`None` otherwise).
     pub(super) fn login_view(&mut self) -> Option<Arc<Cluster>> {
