@@ -1168,6 +1168,16 @@ async fn a_redirect_target_keeps_its_id_after_it_lets_go_of_its_connection() {
         w.cmd(&[b"SET", b"foo", b"7"]).await;
         log.push(pushed(&mut own).await);
         log.push(masked(text(&t.cmd(&tracking_info).await), &own_id));
+        // Tracking when named, back to RESP2, then not tracking, then
+        // subscribed: Redis sends it the invalidations as messages.
+        let mut back = resp3_tracking(addr, &[], &mut log).await;
+        let back_id = id_of(&mut back).await.to_string();
+        track_to(&mut t, &back_id, &mut log).await;
+        assert!(back.cmd(&[b"HELLO", b"2"]).await.starts_with(b"*14\r\n"));
+        log.push(text(&back.cmd(&[b"CLIENT", b"TRACKING", b"OFF"]).await));
+        log.push(text(&back.cmd(&[b"SUBSCRIBE", b"ch1"]).await));
+        w.cmd(&[b"SET", b"foo", b"9"]).await;
+        log.push(pushed(&mut back).await);
         // RESET inside MULTI: its own tracking ends (its read of `bar` no longer
         // invalidated), the redirected one goes on.
         let mut in_multi = resp3_tracking(addr, &[], &mut log).await;
@@ -1182,7 +1192,7 @@ async fn a_redirect_target_keeps_its_id_after_it_lets_go_of_its_connection() {
         log.push(pushed(&mut in_multi).await);
         log.push(text(&in_multi.cmd(&[b"PING"]).await));
         log.push(masked(text(&t.cmd(&tracking_info).await), &in_multi_id));
-        // The connections kept for the four (RESP3, last command their
+        // The connections kept for them (RESP3, last command their
         // setup's `HELLO 3`) close when they leave.
         // (Directly, `own`'s connection is one of them.)
         let set_up = |list: String| {
@@ -1192,7 +1202,7 @@ async fn a_redirect_target_keeps_its_id_after_it_lets_go_of_its_connection() {
         };
         let mut direct = AsyncRawClient::connect(redis_addr).await;
         assert!(set_up(text(&direct.cmd(&[b"CLIENT", b"LIST"]).await)) >= 1);
-        drop((r2, r3, own, in_multi));
+        drop((r2, r3, own, in_multi, back));
         let deadline = Instant::now() + Duration::from_secs(5);
         until_client_list(&mut direct, deadline, |list| set_up(list) == 0).await;
         log

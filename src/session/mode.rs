@@ -354,8 +354,8 @@ impl Session {
             // The session's own connection closes, and its tracking with it
             // (unless a redirect named it: `stand_in`).
             Mode::Private(p) => {
-                self.tracking = None;
-                self.let_go_of_private(p);
+                let tracking = self.tracking.take().is_some();
+                self.let_go_of_private(p, tracking);
             }
             _ => {}
         }

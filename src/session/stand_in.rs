@@ -22,26 +22,20 @@ use bytes::Bytes;
 use super::mode::{Held, Private};
 use super::Session;
 use crate::command::Block;
+use crate::router::Database;
 use crate::upstream::dedicated::Dedicated;
 use crate::upstream::mux::{Batch, Retry};
 use crate::upstream::pubsub::{End, Subscription};
 
 /// Ends a kept connection's transaction, if it is in one.
 const DISCARD: &[u8] = b"*1\r\n$7\r\nDISCARD\r\n";
-/// Ends what a kept connection may still be in, then makes it RESP3: a
-/// subscriber connection's subscriptions …
-const SUBSCRIBER_SETUP: &[u8] = b"*1\r\n$11\r\nUNSUBSCRIBE\r\n*1\r\n$12\r\nPUNSUBSCRIBE\r\n*1\r\n$12\r\nSUNSUBSCRIBE\r\n*3\r\n$6\r\nCLIENT\r\n$8\r\nTRACKING\r\n$3\r\nOFF\r\n*2\r\n$5\r\nHELLO\r\n$1\r\n3\r\n";
-/// … and a private connection's tracking (two replies).
-const PRIVATE_SETUP: &[u8] =
-    b"*3\r\n$6\r\nCLIENT\r\n$8\r\nTRACKING\r\n$3\r\nOFF\r\n*2\r\n$5\r\nHELLO\r\n$1\r\n3\r\n";
-
-/// `setup`, after a `DISCARD` if the connection is inside `MULTI`.
-fn setup(setup: &'static [u8], in_multi: bool) -> Bytes {
-    match in_multi {
-        true => Bytes::from([DISCARD, setup].concat()),
-        false => Bytes::from_static(setup),
-    }
-}
+/// Ends a kept connection's own tracking.
+const TRACKING_OFF: &[u8] = b"*3\r\n$6\r\nCLIENT\r\n$8\r\nTRACKING\r\n$3\r\nOFF\r\n";
+/// Makes a kept connection RESP3.
+const HELLO_3: &[u8] = b"*2\r\n$5\r\nHELLO\r\n$1\r\n3\r\n";
+/// Ends a kept subscriber connection's subscriptions.
+const UNSUBSCRIBE_ALL: &[u8] =
+    b"*1\r\n$11\r\nUNSUBSCRIBE\r\n*1\r\n$12\r\nPUNSUBSCRIBE\r\n*1\r\n$12\r\nSUNSUBSCRIBE\r\n";
 
 /// A session's push connection: where invalidations redirected to it arrive.
 #[derive(Debug)]
@@ -49,7 +43,7 @@ pub(super) enum StandIn {
     /// Opened for the session, or its private connection kept.
     Opened(Dedicated),
     /// Its subscriber connection, kept; `setup` is what is left to write of
-    /// [`SUBSCRIBER_SETUP`].
+    /// what sets it up (`Session::let_go_of_subscriber`).
     Subscriber { sub: Subscription, setup: Bytes },
 }
 
@@ -81,22 +75,27 @@ impl Session {
     pub(super) fn let_go_of_subscriber(&mut self, sub: Subscription, in_multi: bool) {
         let db = self.state.db.clone();
         if self.keeps(sub.upstream_id().load(Relaxed), &db.config.upstream) {
+            // (A RESP3 subscriber's transaction first: inside it the rest would
+            // be queued.)
+            let discard = if in_multi { DISCARD } else { b"" };
+            let setup = [discard, UNSUBSCRIBE_ALL, TRACKING_OFF, HELLO_3].concat();
             self.push_conn = Some(Box::new(StandIn::Subscriber {
                 sub,
-                setup: setup(SUBSCRIBER_SETUP, in_multi),
+                setup: Bytes::from(setup),
             }));
         }
     }
 
-    /// The session lets go of its private connection: kept as its push
-    /// connection if a redirect named it, else closed.
-    pub(super) fn let_go_of_private(&mut self, private: Private) {
+    /// The session lets go of its private connection (`tracking`: tracking
+    /// was on there): kept as its push connection if a redirect named it, else
+    /// closed.
+    pub(super) fn let_go_of_private(&mut self, private: Private, tracking: bool) {
         let Private {
             held: Held {
                 conn, sent_multi, ..
             },
             db,
-            ..
+            resp3,
         } = private;
         let Some(mut conn) = conn.into_direct() else {
             return;
@@ -104,11 +103,33 @@ impl Session {
         if !self.keeps(conn.upstream_id().load(Relaxed), &db.config.upstream) {
             return;
         }
+        // Only what it needs: a setup's round trip is a moment in which the
+        // invalidations it reads go with the setup's replies, not to the client.
+        let steps = [
+            (sent_multi, DISCARD),
+            (tracking, TRACKING_OFF),
+            (!resp3, HELLO_3),
+        ];
+        let setup: Vec<u8> = steps
+            .iter()
+            .filter(|s| s.0)
+            .flat_map(|s| s.1)
+            .copied()
+            .collect();
+        if !setup.is_empty() {
+            self.set_up_private(&mut conn, setup, steps.iter().filter(|s| s.0).count(), &db);
+        }
+        self.push_conn = Some(Box::new(StandIn::Opened(conn)));
+    }
+
+    /// Sends `setup` (`count` requests) on a kept private connection, its
+    /// replies not waited for.
+    fn set_up_private(&self, conn: &mut Dedicated, setup: Vec<u8>, count: usize, db: &Database) {
         let (tx, rx) = tokio::sync::oneshot::channel();
         // (What it read before is not for the client.)
         let _ = conn.send(Batch {
-            bytes: setup(PRIVATE_SETUP, sent_multi),
-            count: 2 + u32::from(sent_multi),
+            bytes: Bytes::from(setup),
+            count: count as u32,
             reply: tx,
             block: Block::No,
             retry: Retry::new(self.state.id, false, &db.config.upstream),
@@ -120,7 +141,6 @@ impl Session {
         tokio::spawn(async move {
             let _ = rx.await;
         });
-        self.push_conn = Some(Box::new(StandIn::Opened(conn)));
     }
 
     /// Whether the own connection `id` to `upstream`, being let go, is kept as
