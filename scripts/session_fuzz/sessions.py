@@ -691,6 +691,16 @@ def run(seed, steps, K, targets):
             killed_at = step
             may_tell.update(stateful(model))
             log.append((-1, "KILL"))
+            # A session with state and its replies off (CLIENT REPLY OFF) can
+            # never be told (a lost transaction's EXEC answers nothing), yet the
+            # two sides' keys part there: opened again at once, as a told one.
+            mute = [r for r in stateful(model) if model[r]["off"]]
+            if CONTINUE and mute:
+                recover(sess, mute, targets)
+                log.append((-5, mute))
+                for r in mute:
+                    model[r] = {"multi": False, "watch": False, "off": False}
+                    may_tell.discard(r)
         if FAILOVER and krng.random() < FAILOVER_EVERY:
             old, new = failover()
             killed_at = step
