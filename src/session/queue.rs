@@ -293,14 +293,16 @@ impl Session {
     /// Replaces the front batch with the bytes its client gets (none if the
     /// client turned replies off with CLIENT REPLY).
     fn finish_front(&mut self, bytes: Bytes) {
-        // The pushes in front of the PING before a RESET or QUIT: a BCAST
-        // client's invalidations of keys, which Redis sends once it has run
-        // every command of the read (RESET's, QUIT's too), are not sent then.
+        // Replies on the session's own connection while a RESET or QUIT waits
+        // (the PING before it): a BCAST client's invalidations of keys, which
+        // Redis sends once it has run every command of the read (RESET's,
+        // QUIT's too), are not sent then.
         let keys = !(self.end_barrier && self.tracking.as_ref().is_some_and(|t| t.bcast));
         if let Some(front) = self.queue.front_mut() {
             let silent = matches!(front, Pending::Upstream(s) if s.silent);
             let own = matches!(front, Pending::Upstream(s) if !s.shared);
             *front = Pending::Ready(match (silent, own) {
+                (false, true) if !keys => tracking::without_key_pushes(bytes),
                 (false, _) => bytes,
                 // As on Redis, pushes (invalidations) still reach a client that
                 // turned replies off.

@@ -788,11 +788,32 @@ pub(super) fn pushes_only(bytes: &Bytes, keys: bool) -> Bytes {
     if !bytes.contains(&b'>') {
         return Bytes::new();
     }
+    frames_where(bytes, |frame, at| {
+        frame.is_push && (keys || !names_keys(&bytes[at..]))
+    })
+}
+
+/// `bytes` without its invalidations that name keys.
+pub(super) fn without_key_pushes(bytes: Bytes) -> Bytes {
+    if !bytes.contains(&b'>') {
+        return bytes;
+    }
+    frames_where(&bytes, |frame, at| {
+        !(frame.is_push && names_keys(&bytes[at..]))
+    })
+}
+
+/// Whether the frame at the start of `bytes` is an invalidation naming keys.
+fn names_keys(bytes: &[u8]) -> bool {
+    bytes.starts_with(b">2\r\n$10\r\ninvalidate\r\n*")
+}
+
+/// The frames of `bytes` that `keep` (given a frame and where it starts) keeps.
+fn frames_where(bytes: &Bytes, keep: impl Fn(&reply::Frame, usize) -> bool) -> Bytes {
     let mut out = BytesMut::new();
     let mut at = 0;
     while let Ok(Some(frame)) = reply::scan(&bytes[at..]) {
-        let named = || bytes[at..].starts_with(b">2\r\n$10\r\ninvalidate\r\n*");
-        if frame.is_push && (keys || !named()) {
+        if keep(&frame, at) {
             out.extend_from_slice(&bytes[at..at + frame.len]);
         }
         at += frame.len;
@@ -905,6 +926,10 @@ mod tests {
         let mixed = Bytes::from([&keys[..], flush, b"+PONG\r\n", keys].concat());
         assert_eq!(pushes_only(&mixed, false).as_ref(), flush);
         assert_eq!(pushes_only(&mixed, true), [&keys[..], flush, keys].concat());
+        assert_eq!(
+            without_key_pushes(mixed).as_ref(),
+            [&flush[..], b"+PONG\r\n"].concat().as_slice()
+        );
         let only_push = Bytes::from_static(PUSH);
         assert_eq!(reply_at(&only_push), 0);
     }

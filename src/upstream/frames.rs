@@ -51,6 +51,22 @@ impl Frames {
         Ok(Some((frame, at)))
     }
 
+    /// The complete push at the start of the buffer, taken off it (`None`: no
+    /// frame found yet, and none there that is complete and a push).
+    pub fn take_push(&mut self) -> Option<Bytes> {
+        if self.scanned != 0 || self.buf.first() != Some(&b'>') {
+            return None;
+        }
+        match self.next_frame() {
+            Ok(Some((frame, _))) if frame.is_push => Some(self.take()),
+            Ok(Some(_)) => {
+                // (Not a push after all: left found, for the reader to judge.)
+                None
+            }
+            _ => None,
+        }
+    }
+
     /// The bytes of a frame [`Frames::next_frame`] found (until the next `take`).
     pub fn bytes(&self, at: Range<usize>) -> &[u8] {
         &self.buf[at]
