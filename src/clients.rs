@@ -222,6 +222,16 @@ struct Conns {
     handed: u64,
 }
 
+impl Conns {
+    /// The id of the push connection to `cfg`'s server, if there is one.
+    fn push_id(&self, cfg: &crate::config::UpstreamConfig) -> Option<u64> {
+        self.pushes
+            .as_ref()
+            .filter(|p| p.upstream.same_redis(cfg))
+            .map(|p| p.id)
+    }
+}
+
 /// A connection that carries a RESP3 session's redirected invalidations.
 #[derive(Debug)]
 struct PushConn {
@@ -442,11 +452,7 @@ impl Client {
 
     /// The id of the session's push connection to `cfg`'s server, if it has one.
     pub fn push_id(&self, cfg: &crate::config::UpstreamConfig) -> Option<u64> {
-        self.conns()
-            .as_ref()
-            .and_then(|c| c.pushes.as_ref())
-            .filter(|p| p.upstream.same_redis(cfg))
-            .map(|p| p.id)
+        self.conns().as_deref().and_then(|c| c.push_id(cfg))
     }
 
     /// The exclusive connection the client is blocked on, if any.
@@ -777,13 +783,7 @@ impl Clients {
         push_limit: usize,
     ) -> Result<u64, UpstreamError> {
         let cfg = &db.config.upstream;
-        let known = |c: &Conns| {
-            c.pushes
-                .as_ref()
-                .filter(|p| p.upstream.same_redis(cfg))
-                .map(|p| p.id)
-        };
-        if let Some(id) = target.conns().as_deref().and_then(known) {
+        if let Some(id) = target.push_id(cfg) {
             return Ok(id);
         }
         let conn = ExclusiveConn::open(cfg, true, true).await?;
@@ -797,7 +797,7 @@ impl Clients {
         }
         let id = target.change_conns(|c| {
             // (Another redirect may have opened one meanwhile: that one stays.)
-            if let Some(id) = known(c) {
+            if let Some(id) = c.push_id(cfg) {
                 return id;
             }
             c.pushes = Some(PushConn {

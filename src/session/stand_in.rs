@@ -20,11 +20,9 @@ use std::sync::atomic::Ordering::Relaxed;
 use bytes::Bytes;
 
 use super::mode::{Held, Private};
+use super::tracking::{unanswered, INVALIDATE};
 use super::Session;
-use crate::command::Block;
-use crate::router::Database;
 use crate::upstream::dedicated::Dedicated;
-use crate::upstream::mux::{Batch, Retry};
 use crate::upstream::pubsub::{End, Subscription};
 
 /// Ends a kept connection's transaction, if it is in one.
@@ -62,7 +60,7 @@ impl StandIn {
                     sub.next().await?
                 }
             };
-            if frame.starts_with(b">2\r\n$10\r\ninvalidate\r\n") {
+            if frame.starts_with(INVALIDATE) {
                 return Ok(frame);
             }
         }
@@ -117,30 +115,11 @@ impl Session {
             .copied()
             .collect();
         if !setup.is_empty() {
-            self.set_up_private(&mut conn, setup, steps.iter().filter(|s| s.0).count(), &db);
+            let count = steps.iter().filter(|s| s.0).count() as u32;
+            // (What it read before is not for the client.)
+            let _ = conn.send(unanswered(Bytes::from(setup), count, self.state.id, &db));
         }
         self.push_conn = Some(Box::new(StandIn::Opened(conn)));
-    }
-
-    /// Sends `setup` (`count` requests) on a kept private connection, its
-    /// replies not waited for.
-    fn set_up_private(&self, conn: &mut Dedicated, setup: Vec<u8>, count: usize, db: &Database) {
-        let (tx, rx) = tokio::sync::oneshot::channel();
-        // (What it read before is not for the client.)
-        let _ = conn.send(Batch {
-            bytes: Bytes::from(setup),
-            count: count as u32,
-            reply: tx,
-            block: Block::No,
-            retry: Retry::new(self.state.id, false, &db.config.upstream),
-            divert: None,
-            may_hold: false,
-        });
-        // Kept until answered: a batch whose receiver is gone counts as
-        // abandoned, and the connection would be dropped.
-        tokio::spawn(async move {
-            let _ = rx.await;
-        });
     }
 
     /// Whether the own connection `id` to `upstream`, being let go, is kept as

@@ -283,21 +283,8 @@ impl Session {
         let Some(p) = self.mode.subscribed().and_then(|s| s.parked.as_mut()) else {
             return false;
         };
-        let (tx, rx) = tokio::sync::oneshot::channel();
-        let before = p.held.conn.send(crate::upstream::mux::Batch {
-            bytes: Bytes::from_static(request),
-            count: 1,
-            reply: tx,
-            block: Block::No,
-            retry: crate::upstream::mux::Retry::new(self.state.id, false, &db.config.upstream),
-            divert: None,
-            may_hold: false,
-        });
-        // Kept until answered: a batch whose receiver is gone counts as abandoned,
-        // and the connection would be dropped.
-        tokio::spawn(async move {
-            let _ = rx.await;
-        });
+        let batch = unanswered(Bytes::from_static(request), 1, self.state.id, &db);
+        let before = p.held.conn.send(batch);
         for push in before {
             self.queue.push_back(Pending::Ready(push));
         }
@@ -782,6 +769,34 @@ fn reply_at(bytes: &[u8]) -> usize {
     at
 }
 
+/// A batch of `count` requests sent on a session's own connection whose replies
+/// nobody waits for (`origin`: the session).
+pub(super) fn unanswered(
+    bytes: Bytes,
+    count: u32,
+    origin: u64,
+    db: &crate::router::Database,
+) -> crate::upstream::mux::Batch {
+    let (tx, rx) = tokio::sync::oneshot::channel();
+    // Kept until answered: a batch whose receiver is gone counts as abandoned,
+    // and the connection would be dropped.
+    tokio::spawn(async move {
+        let _ = rx.await;
+    });
+    crate::upstream::mux::Batch {
+        bytes,
+        count,
+        reply: tx,
+        block: Block::No,
+        retry: crate::upstream::mux::Retry::new(origin, false, &db.config.upstream),
+        divert: None,
+        may_hold: false,
+    }
+}
+
+/// The start of every invalidation push.
+pub(super) const INVALIDATE: &[u8] = b">2\r\n$10\r\ninvalidate\r\n";
+
 /// Only the pushes of `bytes` (what a client that turned replies off still
 /// gets); `keys: false`, without invalidations that name keys.
 pub(super) fn pushes_only(bytes: &Bytes, keys: bool) -> Bytes {
@@ -805,7 +820,9 @@ pub(super) fn without_key_pushes(bytes: Bytes) -> Bytes {
 
 /// Whether the frame at the start of `bytes` is an invalidation naming keys.
 fn names_keys(bytes: &[u8]) -> bool {
-    bytes.starts_with(b">2\r\n$10\r\ninvalidate\r\n*")
+    bytes
+        .strip_prefix(INVALIDATE)
+        .is_some_and(|k| k.starts_with(b"*"))
 }
 
 /// The frames of `bytes` that `keep` (given a frame and where it starts) keeps.
@@ -848,9 +865,8 @@ fn broken_redirect(bytes: Bytes, upstream: u64, id: u64) -> Bytes {
 /// target whatever the target speaks, and so it came to the push connection.
 /// `None` for any other push.
 fn invalidation_message(push: &[u8]) -> Option<Bytes> {
-    const PUSH: &[u8] = b">2\r\n$10\r\ninvalidate\r\n";
     const MESSAGE: &[u8] = b"*3\r\n$7\r\nmessage\r\n$20\r\n__redis__:invalidate\r\n";
-    let keys = push.strip_prefix(PUSH)?;
+    let keys = push.strip_prefix(INVALIDATE)?;
     Some(Bytes::from([MESSAGE, keys].concat()))
 }
 

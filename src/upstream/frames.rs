@@ -59,10 +59,8 @@ impl Frames {
         }
         match self.next_frame() {
             Ok(Some((frame, _))) if frame.is_push => Some(self.take()),
-            Ok(Some(_)) => {
-                // (Not a push after all: left found, for the reader to judge.)
-                None
-            }
+            // (A frame that is not a push after all stays found, for the reader
+            // to judge.)
             _ => None,
         }
     }
