@@ -633,6 +633,15 @@ def run(seed, steps, K, targets):
         frozen_step(sess, i, cmds, mode, pids)
         blocking = any(c[0] in ("BLPOP", "BZPOPMIN") for c in cmds)
         drain(allS, idle=0.4 if blocking else 0.04)
+        # As after a kill: a session with state whose step went through a long
+        # freeze with its replies off can never be told (its lost transaction's
+        # EXEC answers nothing, and runs nothing: a PUBLISH in it reaches no one),
+        # so it is opened again at once.
+        if CONTINUE and mode == "long" and i in stateful(model) and model[i]["off"]:
+            recover(sess, [i], targets)
+            log.append((-5, [i]))
+            model[i] = {"multi": False, "watch": False, "off": False}
+            may_tell.discard(i)
         def differs():
             """The first differing session; one told of a lost state first (a
             session's lost transaction may change what Redis sends another)."""
