@@ -127,3 +127,43 @@ async fn bad_client_reply_and_unknown_client_subcommands_are_refused_as_redis_re
     );
     proxy.shutdown().await;
 }
+
+/// A `CLIENT REPLY SKIP` before a `CLIENT UNBLOCK` of a client blocked in another
+/// database (which the proxy sends on that database's connection) is used up by
+/// the `UNBLOCK`, as on Redis: until session 39 it was left for the next request,
+/// whose reply was then dropped instead, so the client read `:1` as its `PING`'s
+/// reply.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_skip_before_an_unblock_in_another_database_skips_the_unblock() {
+    let redis = RedisServer::start();
+    let proxy = start_proxy(proxy_config(&redis)).await;
+    for addr in [redis.addr(), proxy.local_addr()] {
+        let mut blocked = AsyncRawClient::connect(addr).await;
+        let id = blocked.cmd(&[b"CLIENT", b"ID"]).await;
+        let id = id[1..id.len() - 2].to_vec();
+        assert_eq!(blocked.cmd(&[b"SELECT", b"1"]).await, b"+OK\r\n");
+        blocked
+            .send(&resp_cmd(&[b"BLPOP", b"no-such-list", b"5"]))
+            .await;
+        let mut other = AsyncRawClient::connect(addr).await;
+        // (Blocked once Redis lists it so.)
+        let mut listed = false;
+        for _ in 0..100 {
+            let list = other.cmd(&[b"CLIENT", b"LIST"]).await;
+            if String::from_utf8_lossy(&list).contains("cmd=blpop") {
+                listed = true;
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        assert!(listed, "the BLPOP never blocked ({addr})");
+        let mut bytes = resp_cmd(&[b"CLIENT", b"REPLY", b"SKIP"]);
+        bytes.extend(resp_cmd(&[b"CLIENT", b"UNBLOCK", &id]));
+        bytes.extend(resp_cmd(&[b"PING"]));
+        other.send(&bytes).await;
+        assert_eq!(other.read_reply().await, b"+PONG\r\n", "{addr}");
+        other.assert_no_reply(Duration::from_millis(200)).await;
+        assert_eq!(blocked.read_reply().await, b"*-1\r\n", "{addr}");
+    }
+    proxy.shutdown().await;
+}

@@ -661,6 +661,33 @@ fn pubsub_sharded_pubsub_and_resp3_work_on_a_cluster() {
     assert_eq!(c3.cmd(&[b"DEL", b"r3:a", b"r3:b"]), b":2\r\n");
 }
 
+/// A RESP3 subscriber's `CLIENT REPLY SKIP` on a cluster: the next command,
+/// which goes by its key's slot (not to the subscriber connection), gets no
+/// reply, as on Redis (until session 39 it was answered, and the skip was lost:
+/// the client read that reply as its next command's). Keys on every node.
+#[test]
+fn a_resp3_subscribers_skip_holds_for_a_command_sent_by_slot() {
+    let env = start(None);
+    let mut s3 = env.client();
+    assert!(s3.cmd(&[b"HELLO", b"3"]).starts_with(b"%"));
+    s3.send(&support::resp_cmd(&[b"SSUBSCRIBE", b"skipch"]));
+    assert!(s3.read_reply().starts_with(b">3\r\n$10\r\nssubscribe"));
+    let keys = ["r3skip:a", "r3skip:b", "r3skip:c", "r3skip:d", "r3skip:e"];
+    let nodes: HashSet<u16> = keys
+        .iter()
+        .map(|k| serving(Cluster::shared(), k.as_bytes()))
+        .collect();
+    assert!(nodes.len() > 1, "the keys are on one node");
+    for key in keys {
+        let mut bytes = support::resp_cmd(&[b"CLIENT", b"REPLY", b"SKIP"]);
+        bytes.extend(support::resp_cmd(&[b"SET", key.as_bytes(), b"v"]));
+        bytes.extend(support::resp_cmd(&[b"GET", key.as_bytes()]));
+        s3.send(&bytes);
+        assert_eq!(s3.read_reply(), b"$1\r\nv\r\n", "{key}");
+    }
+    assert_eq!(s3.cmd(&[b"PING"]), b"+PONG\r\n");
+}
+
 /// A client's `HELLO` names the cluster's Redis (`server`, `version`, as a node's
 /// own `HELLO` says them), not the proxy, as for a standalone upstream: clients
 /// decide what to use by them. `mode` stays `standalone` (what the client sees).

@@ -1221,7 +1221,9 @@ impl Session {
                         return;
                     }
                     let bytes = take_owned(inbuf, &req, owned.take());
-                    let out = Outgoing::one(bytes, Target::Shared, cmd.index(), cmd.readonly());
+                    let mut out = Outgoing::one(bytes, Target::Shared, cmd.index(), cmd.readonly());
+                    // (CLIENT REPLY SKIP: as on the general path below.)
+                    out.silent = std::mem::take(&mut self.skip_next);
                     self.last = self.shared_conn();
                     let db = self.state.db.clone();
                     self.send(db, out).await;
@@ -2029,7 +2031,9 @@ impl Session {
             }
             local::Outcome::ForwardTo(db, encoded) => {
                 // CLIENT UNBLOCK: on the other database's shared connection.
-                let out = Outgoing::one(Bytes::from(encoded), Target::Shared, cmd.index(), false);
+                let mut out =
+                    Outgoing::one(Bytes::from(encoded), Target::Shared, cmd.index(), false);
+                out.silent = std::mem::take(&mut self.skip_next);
                 self.send(db, out).await;
             }
             local::Outcome::ForwardAt(db, node, encoded) => {
