@@ -688,6 +688,33 @@ fn a_resp3_subscribers_skip_holds_for_a_command_sent_by_slot() {
     assert_eq!(s3.cmd(&[b"PING"]), b"+PONG\r\n");
 }
 
+/// A RESP2 subscriber on a cluster gets Redis's own refusals in Redis's order:
+/// an unknown subcommand (and a wrong number of arguments) before "only
+/// (P|S)SUBSCRIBE … are allowed in this context" (until session 39 the proxy
+/// answered the second for an unknown `CLIENT` subcommand).
+#[test]
+fn a_resp2_subscriber_gets_redis_refusal_of_an_unknown_subcommand() {
+    let env = start(None);
+    let node = Cluster::shared().nodes()[0].port();
+    for (who, mut c) in [
+        ("node", RawClient::connect(("127.0.0.1", node))),
+        ("proxy", env.client()),
+    ] {
+        c.send(&support::resp_cmd(&[b"SUBSCRIBE", b"unknownsub"]));
+        assert!(c.read_reply().starts_with(b"*3\r\n$9\r\nsubscribe"));
+        assert_eq!(
+            c.cmd(&[b"CLIENT", b"NO-SUCH-SUB", b"ON"]),
+            b"-ERR unknown subcommand 'NO-SUCH-SUB'. Try CLIENT HELP.\r\n",
+            "{who}"
+        );
+        assert_eq!(
+            c.cmd(&[b"CLIENT", b"GETNAME"]),
+            b"-ERR Can't execute 'client|getname': only (P|S)SUBSCRIBE / (P|S)UNSUBSCRIBE / PING / QUIT / RESET are allowed in this context\r\n",
+            "{who}"
+        );
+    }
+}
+
 /// A client's `HELLO` names the cluster's Redis (`server`, `version`, as a node's
 /// own `HELLO` says them), not the proxy, as for a standalone upstream: clients
 /// decide what to use by them. `mode` stays `standalone` (what the client sees).

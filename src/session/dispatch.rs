@@ -740,7 +740,11 @@ impl Session {
         let db = &self.state.db;
         db.cluster()?;
         let info = cmd.info?;
-        if !crate::command::arity_allows(info.arity, args.count()) {
+        // Redis refuses an unknown subcommand (its entry is the container's) and
+        // a wrong number of arguments first: its own refusal, from the node.
+        if !crate::command::arity_allows(info.arity, args.count())
+            || info.has(crate::command::table::CONTAINER)
+        {
             return None;
         }
         let pubsub = cmd.route == Route::Stateful(Family::PubSub);
