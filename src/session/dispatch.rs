@@ -247,6 +247,20 @@ fn take_owned(inbuf: &mut BytesMut, req: &request::Request, owned: Option<Vec<u8
 }
 
 impl Session {
+    /// One request of the client's, alone: a pending `CLIENT REPLY SKIP` is used
+    /// up by it (its reply dropped), as by any request Redis runs.
+    fn client_request(
+        &mut self,
+        bytes: Bytes,
+        target: Target,
+        cmd: u16,
+        readonly: bool,
+    ) -> Outgoing {
+        let mut out = Outgoing::one(bytes, target, cmd, readonly);
+        out.silent = std::mem::take(&mut self.skip_next);
+        out
+    }
+
     /// Sends what the run holds and starts a new one.
     async fn flush(&mut self, run: &mut Run, inbuf: &mut BytesMut) {
         if let Some(out) = run.take(inbuf) {
@@ -1225,9 +1239,8 @@ impl Session {
                         return;
                     }
                     let bytes = take_owned(inbuf, &req, owned.take());
-                    let mut out = Outgoing::one(bytes, Target::Shared, cmd.index(), cmd.readonly());
-                    // (CLIENT REPLY SKIP: as on the general path below.)
-                    out.silent = std::mem::take(&mut self.skip_next);
+                    let out =
+                        self.client_request(bytes, Target::Shared, cmd.index(), cmd.readonly());
                     self.last = self.shared_conn();
                     let db = self.state.db.clone();
                     self.send(db, out).await;
@@ -2035,9 +2048,8 @@ impl Session {
             }
             local::Outcome::ForwardTo(db, encoded) => {
                 // CLIENT UNBLOCK: on the other database's shared connection.
-                let mut out =
-                    Outgoing::one(Bytes::from(encoded), Target::Shared, cmd.index(), false);
-                out.silent = std::mem::take(&mut self.skip_next);
+                let out =
+                    self.client_request(Bytes::from(encoded), Target::Shared, cmd.index(), false);
                 self.send(db, out).await;
             }
             local::Outcome::ForwardAt(db, node, encoded) => {
@@ -2089,8 +2101,7 @@ impl Session {
             self.transaction_step(TxOp::None);
         }
         self.last = self.conn_for(target);
-        let mut out = Outgoing::one(bytes, target, cmd, false);
-        out.silent = std::mem::take(&mut self.skip_next);
+        let mut out = self.client_request(bytes, target, cmd, false);
         out.select_after = select_after;
         let db = self.state.db.clone();
         let before = self.queue.len();
