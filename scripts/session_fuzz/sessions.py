@@ -387,7 +387,7 @@ def freeze(pids, on):
 def told(frame):
     """A proxy frame that tells a session its upstream state was lost."""
     return (frame == "<EOF>" or frame.startswith("-UPSTREAM") or frame.startswith("-EXECABORT")
-            or frame in ("*-1", "_", "+QUEUED"))
+            or frame in ("*-1", "*nil", "_", "+QUEUED"))
 
 def kill_upstream(ports):
     for port in ports:
@@ -410,9 +410,14 @@ def connect_all(targets, K):
 
 def send_step(sess, i, cmds):
     """one session's request(s) to every target; REDIRECT ids are each target's."""
+    # A session closed on every target (QUIT) is opened again; one closed on one
+    # side only (the proxy closed a subscriber whose connection was killed, its
+    # EOF read while another session was opened again) stays closed, so that the
+    # EOF is compared, not lost.
+    again = all(row[i].closed for row in sess)
     for row in sess:
         s = row[i]
-        if s.closed:
+        if again:
             s.connect()
         data = b""
         for c in cmds:
