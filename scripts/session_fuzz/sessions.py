@@ -621,7 +621,9 @@ def run(seed, steps, K, targets):
             if u[0] == "MULTI": st["multi"] = True
             if u[0] in ("EXEC", "DISCARD") and st["multi"]: st["multi"] = False; st["watch"] = False
             if u[0] in ("RESET", "QUIT"): st["multi"] = False; st["watch"] = False; st["off"] = False
-            if u[:2] == ["CLIENT", "REPLY"] and u[2] != "SKIP": st["off"] = u[2] == "OFF"
+            # (A RESP2 subscriber's CLIENT REPLY ON is refused, silently while
+            # replies are off: once subscribed, off stays off for the model.)
+            if u[:2] == ["CLIENT", "REPLY"] and u[2] != "SKIP": st["off"] = u[2] == "OFF" or (st["off"] and st.get("sub"))
             if u[0] == "WATCH": st["watch"] = True
             if u[0] == "UNWATCH" and not st["multi"]: st["watch"] = False
             cmds.append(c)
