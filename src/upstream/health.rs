@@ -134,9 +134,13 @@ pub fn spawn(
 /// Sends one PING through a slot after a jittered delay (its reply is discarded),
 /// which makes the slot reconnect.
 fn warm(slot: MuxHandle, cfg: &UpstreamConfig) {
-    let retry = Retry::new(u64::MAX, true, cfg);
+    let cfg = cfg.clone();
     tokio::spawn(async move {
         tokio::time::sleep(Duration::from_millis(fastrand::u64(0..1000))).await;
+        // Its time bound starts now, not before the delay (which would take up to
+        // a second off it: with short timeouts the reconnect failed, and counted
+        // as a failure, against an upstream that was fine).
+        let retry = Retry::new(u64::MAX, true, &cfg);
         let (tx, _rx) = tokio::sync::oneshot::channel();
         slot.send(Batch {
             bytes: bytes::Bytes::from_static(b"*1\r\n$4\r\nPING\r\n"),
@@ -200,4 +204,31 @@ async fn probe(
         *conn = None;
     }
     result
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// The PING that makes a slot reconnect once the upstream is healthy again is
+    /// sent after a jittered delay of up to a second; its time bound (connect and
+    /// command timeouts) counts from when it is sent, not from before the delay,
+    /// or with timeouts under a second its reconnect failed at once (and counted
+    /// against the breaker) while the upstream was fine.
+    #[tokio::test(start_paused = true)]
+    async fn a_warming_ping_gets_its_whole_time_bound_after_the_delay() {
+        let mut cfg = crate::config::Config::for_upstream("127.0.0.1", 6379).databases[0]
+            .upstream
+            .clone();
+        cfg.connect_timeout = Duration::from_millis(200);
+        cfg.command_timeout = Duration::from_millis(200);
+        for _ in 0..20 {
+            let (slot, mut rx) = MuxHandle::channel();
+            warm(slot, &cfg);
+            let batch = rx.recv().await.expect("the warming PING");
+            let sent = tokio::time::Instant::now();
+            assert_eq!(&batch.bytes[..], b"*1\r\n$4\r\nPING\r\n");
+            assert_eq!(batch.retry.bound - sent, Duration::from_millis(400));
+        }
+    }
 }

@@ -238,6 +238,14 @@ impl MuxHandle {
         Self::start(cfg, stats, observer, resp3, Held::default())
     }
 
+    /// A handle whose batches arrive on the returned receiver (no slot task).
+    #[cfg(test)]
+    pub(crate) fn channel() -> (MuxHandle, mpsc::Receiver<Batch>) {
+        let (tx, rx) = mpsc::channel(QUEUE);
+        let busy = Arc::new(Held::default());
+        (MuxHandle { tx, busy }, rx)
+    }
+
     /// [`MuxHandle::spawn`], for a slot of a group: while the slot is held up
     /// ([`MuxHandle::busy`]), it counts itself in `held`.
     pub fn spawn_counted(
