@@ -557,6 +557,9 @@ def run(seed, steps, K, targets):
         n = 1 if rng.random() < .8 else rng.randint(2, 4)
         cmds = []
         st = model[i]
+        # Whether a reply of this step may be silenced (replies off, or a SKIP
+        # before it or in it).
+        silenced = st["off"] or st.get("skip")
         while len(cmds) < n:
             c = gen(rng, K)
             u = [x.upper() for x in c]
@@ -564,6 +567,13 @@ def run(seed, steps, K, targets):
                 continue
             # (Under WATCH, since session 37, as on Redis; on a cluster still refused.)
             if CLUSTER and st["watch"] and (u[:2] == ["CLIENT", "TRACKING"] or u[0] in ("SUBSCRIBE", "PSUBSCRIBE", "SSUBSCRIBE", "HELLO")):
+                continue
+            # Refused by design (README): on a cluster, HELLO 2 while subscribed;
+            # with key_prefix databases, a subscriber's MULTI or blocking pop after
+            # a SELECT of another database than its subscriptions'.
+            if CLUSTER and st.get("sub") and u[:2] == ["HELLO", "2"]:
+                continue
+            if PREFIX and st.get("sub") and st.get("db", 0) != st.get("subdb", 0) and u[0] in ("MULTI", "BLPOP", "BZPOPMIN"):
                 continue
             if PREFIX and ("SELECT" in c[1] if u[0] == "EVAL" else False):
                 continue
@@ -612,7 +622,9 @@ def run(seed, steps, K, targets):
                 continue
             # Upstream state beyond MULTI/WATCH, kept loosely (a superset): once
             # subscribed, tracking or named as a REDIRECT target, until RESET/QUIT.
+            if subscribes and not st.get("sub"): st["subdb"] = st.get("db", 0)
             if subscribes: st["sub"] = True
+            if u[0] == "SELECT" and not st["multi"] and c[1] in ("0", "1", "2", "3"): st["db"] = int(c[1])
             if u[:3] == ["CLIENT", "TRACKING", "ON"]:
                 st["track"] = True
                 if "REDIRECT" in u:
@@ -620,7 +632,7 @@ def run(seed, steps, K, targets):
             if u[0] in ("RESET", "QUIT"): st["sub"] = False; st["track"] = False; st["target"] = False
             if u[0] == "MULTI": st["multi"] = True
             if u[0] in ("EXEC", "DISCARD") and st["multi"]: st["multi"] = False; st["watch"] = False
-            if u[0] in ("RESET", "QUIT"): st["multi"] = False; st["watch"] = False; st["off"] = False
+            if u[0] in ("RESET", "QUIT"): st["multi"] = False; st["watch"] = False; st["off"] = False; st["db"] = 0
             # (A RESP2 subscriber's CLIENT REPLY ON is refused, silently while
             # replies are off: once subscribed, off stays off for the model.)
             if u[:2] == ["CLIENT", "REPLY"] and u[2] != "SKIP": st["off"] = u[2] == "OFF" or (st["off"] and st.get("sub"))
@@ -646,10 +658,13 @@ def run(seed, steps, K, targets):
         blocking = any(c[0] in ("BLPOP", "BZPOPMIN") for c in cmds)
         drain(allS, idle=0.4 if blocking else 0.04)
         # As after a kill: a session with state whose step went through a long
-        # freeze with its replies off can never be told (its lost transaction's
+        # freeze with its replies off (or a SKIP: a CLIENT TRACKING ON whose
+        # tracking connection could not be opened, its error skipped) can never be told (its lost transaction's
         # EXEC answers nothing, and runs nothing: a PUBLISH in it reaches no one),
         # so it is opened again at once.
-        if CONTINUE and mode == "long" and i in stateful(model) and model[i]["off"]:
+        silenced = silenced or model[i]["off"] or any(
+            [x.upper() for x in c[:2]] == ["CLIENT", "REPLY"] and c[2].upper() in ("OFF", "SKIP") for c in cmds if len(c) > 2)
+        if CONTINUE and mode == "long" and i in stateful(model) and silenced:
             recover(sess, [i], targets)
             log.append((-5, [i]))
             model[i] = {"multi": False, "watch": False, "off": False}
@@ -677,8 +692,19 @@ def run(seed, steps, K, targets):
                 print("seed %d step %d: session %d told of a lost state (%s) without cause (no step in flight through a long freeze, or no upstream state at a kill or failover)" % (seed, step, j, b[k]))
                 show(log, a, b, k, j)
                 return False
-            if k < len(b) and told(b[k]):
-                print("seed %d step %d: session %d told of a lost state (%s) after the fault at step %d" % (seed, step, j, b[k], killed_at))
+            # A PUBLISH right after a fault counts fewer receivers when a session
+            # that was subscribed lost its subscriber connection (it is told at
+            # its next step, or was opened again): that session's lost state, seen
+            # by the publisher. Treated as the subscriber's telling.
+            fewer = (j == i and k < len(a) and k < len(b) and a[k][:1] == b[k][:1] == ":"
+                     and int(b[k][1:]) < int(a[k][1:])
+                     and any(c[0].upper() in ("PUBLISH", "SPUBLISH") for c in cmds)
+                     and any(model[r].get("sub") for r in may_tell))
+            if fewer:
+                print("seed %d step %d: session %d's PUBLISH counted %s receivers, Redis %s, after the fault at step %d (a subscriber's connection lost)" % (seed, step, j, b[k][1:], a[k][1:], killed_at))
+            if k < len(b) and (told(b[k]) or fewer):
+                if not fewer:
+                    print("seed %d step %d: session %d told of a lost state (%s) after the fault at step %d" % (seed, step, j, b[k], killed_at))
                 if os.environ.get('VERBOSE'):
                     show(log, a, b, k, j)
                 if not CONTINUE:
