@@ -570,10 +570,10 @@ def run(seed, steps, K, targets):
                 continue
             # Refused by design (README): on a cluster, HELLO 2 while subscribed;
             # with key_prefix databases, a subscriber's MULTI or blocking pop after
-            # a SELECT of another database than its subscriptions'.
+            # a SELECT of another database than its subscriptions' (WATCH too).
             if CLUSTER and st.get("sub") and u[:2] == ["HELLO", "2"]:
                 continue
-            if PREFIX and st.get("sub") and st.get("db", 0) != st.get("subdb", 0) and u[0] in ("MULTI", "BLPOP", "BZPOPMIN"):
+            if PREFIX and st.get("sub") and st.get("db", 0) != st.get("subdb", 0) and u[0] in ("MULTI", "WATCH", "BLPOP", "BZPOPMIN"):
                 continue
             if PREFIX and ("SELECT" in c[1] if u[0] == "EVAL" else False):
                 continue
