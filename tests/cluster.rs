@@ -688,6 +688,45 @@ fn a_resp3_subscribers_skip_holds_for_a_command_sent_by_slot() {
     assert_eq!(s3.cmd(&[b"PING"]), b"+PONG\r\n");
 }
 
+/// A RESP3 subscriber that publishes to its own channel gets the message before
+/// `PUBLISH`'s reply, as from one node (which sends both on the one connection);
+/// so for `SPUBLISH` of its own shard channel. Until session 40 the proxy sent
+/// the `PUBLISH` by slot on a shared connection, and the reply often came first.
+#[test]
+fn a_resp3_subscriber_gets_its_own_message_before_the_publish_reply() {
+    let env = start(None);
+    let channel = b"ownmsg{r3own}";
+    let node = serving(Cluster::shared(), channel);
+    for (who, mut c) in [
+        ("node", RawClient::connect(("127.0.0.1", node))),
+        ("proxy", env.client()),
+    ] {
+        assert!(c.cmd(&[b"HELLO", b"3"]).starts_with(b"%"), "{who}");
+        // (Shard channel first: the subscriber connection is then on its node.)
+        c.send(&support::resp_cmd(&[b"SSUBSCRIBE", channel]));
+        assert!(
+            c.read_reply().starts_with(b">3\r\n$10\r\nssubscribe"),
+            "{who}"
+        );
+        c.send(&support::resp_cmd(&[b"SUBSCRIBE", channel]));
+        assert!(
+            c.read_reply().starts_with(b">3\r\n$9\r\nsubscribe"),
+            "{who}"
+        );
+        for i in 0..20 {
+            for (publish, kind) in [(&b"PUBLISH"[..], "message"), (b"SPUBLISH", "smessage")] {
+                c.send(&support::resp_cmd(&[publish, channel, b"m"]));
+                let message = format!(
+                    ">3\r\n${}\r\n{kind}\r\n$13\r\nownmsg{{r3own}}\r\n$1\r\nm\r\n",
+                    kind.len()
+                );
+                assert_eq!(c.read_reply(), message.as_bytes(), "{who} {kind} {i}");
+                assert_eq!(c.read_reply(), b":1\r\n", "{who} {kind} {i}");
+            }
+        }
+    }
+}
+
 /// A RESP2 subscriber on a cluster gets Redis's own refusals in Redis's order:
 /// an unknown subcommand (and a wrong number of arguments) before "only
 /// (P|S)SUBSCRIBE … are allowed in this context" (until session 39 the proxy

@@ -539,6 +539,44 @@ impl Session {
                 && (self.state.db.cluster().is_some() || s.db != self.state.db.config.index))
     }
 
+    /// A RESP3 subscriber's `PUBLISH` on a cluster database (the one its
+    /// subscriptions are on), or its `SPUBLISH` of a channel whose slot the
+    /// subscriber connection's node serves: sent on the subscriber connection,
+    /// so that a message it gets itself comes before the reply, as on Redis's one
+    /// connection (sent by slot, on another connection, the two raced: until
+    /// session 40 the reply often came first). `PUBLISH` reaches the whole
+    /// cluster from any node.
+    fn publishes_on_subscriber(
+        &self,
+        buf: &[u8],
+        req: &request::Request,
+        cmd: &Descriptor,
+    ) -> bool {
+        let Mode::Subscribed(s) = &self.mode else {
+            return false;
+        };
+        let db = &self.state.db;
+        let Some(info) = cmd.info else {
+            return false;
+        };
+        if db.cluster().is_none()
+            || s.db != db.config.index
+            || !matches!(info.name, "publish" | "spublish")
+        {
+            return false;
+        }
+        with_args(buf, &self.args, req, |args| {
+            if !crate::command::arity_allows(info.arity, args.count()) {
+                return false;
+            }
+            if info.name == "publish" {
+                return true;
+            }
+            let mut cfg = self.upstream_cfg(db);
+            shard_node(db, cmd, args, &mut cfg) && cfg.address() == s.sub.addr()
+        })
+    }
+
     /// What a subscribed session's request gets from the proxy instead of the
     /// subscriber connection:
     /// * in RESP3, `HELLO 2` is refused (the subscriber connection speaks RESP3);
@@ -1229,6 +1267,7 @@ impl Session {
                 if cmd.route == Route::Forward
                     && unprefix.is_none()
                     && self.routed_while_subscribed()
+                    && !self.publishes_on_subscriber(&inbuf[run.len..], &req, &cmd)
                 {
                     // RESP3 on a cluster, or on another database: as unsubscribed
                     // (by slot, or fanned out), after the replies to what went to
