@@ -2621,3 +2621,45 @@ fn a_command_for_every_node_right_after_a_kill_is_tried_not_refused() {
     let r = env.cmd(&[b"CLIENT", b"UNPAUSE"]);
     assert_eq!(r, b"+OK\r\n", "{}", support::printable(&r));
 }
+
+/// A MULTI held back on a cluster (no key yet) is opened on a node by the first
+/// request after it; when that is one the proxy queues itself (`ASKING`,
+/// `READONLY`: a standalone server's refusal in EXEC's reply), EXEC is the first
+/// request sent on the connection after MULTI. If the connection was lost
+/// meanwhile, EXEC tells the client so; until session 40 it answered "EXEC
+/// without MULTI" (the proxy took the batch for one sent outside MULTI), so the
+/// client took its transaction for never begun.
+#[test]
+fn exec_after_only_local_requests_on_a_lost_connection_is_told_as_lost() {
+    let (_serial, cluster, env) = on_shared_cluster();
+    let addr = env.proxy.local_addr();
+    for queued in [&b"ASKING"[..], b"READONLY"] {
+        let replies = env.rt.block_on(async {
+            let mut c = AsyncRawClient::connect(addr).await;
+            let mut out = vec![c.cmd(&[b"MULTI"]).await, c.cmd(&[queued]).await];
+            for node in cluster.nodes() {
+                let r = node.client().cmd(&[b"CLIENT", b"KILL", b"TYPE", b"normal"]);
+                assert!(r.starts_with(b":"), "{}", support::printable(&r));
+            }
+            tokio::time::sleep(Duration::from_millis(100)).await;
+            out.push(c.cmd(&[b"EXEC"]).await);
+            // The session goes on: a transaction after it runs.
+            out.push(c.cmd(&[b"MULTI"]).await);
+            out.push(c.cmd(&[b"SET", b"{lostexec}k", b"v"]).await);
+            out.push(c.cmd(&[b"EXEC"]).await);
+            out
+        });
+        let text: Vec<String> = replies.iter().map(|r| support::printable(r)).collect();
+        assert_eq!(&replies[..2], [&b"+OK\r\n"[..], b"+QUEUED\r\n"], "{text:?}");
+        assert!(
+            replies[2].starts_with(b"-UPSTREAM")
+                && replies[2].ends_with(b"was lost (the command may have been executed)\r\n"),
+            "{text:?}"
+        );
+        assert_eq!(
+            &replies[3..],
+            [&b"+OK\r\n"[..], b"+QUEUED\r\n", b"*1\r\n+OK\r\n"],
+            "{text:?}"
+        );
+    }
+}

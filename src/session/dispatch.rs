@@ -916,9 +916,16 @@ impl Session {
         let bytes = Bytes::from_static(b"*1\r\n$5\r\nMULTI\r\n");
         let mut out = Outgoing::one(bytes, Target::Held, multi.index(), false);
         out.silent = true;
+        // In MULTI before it is sent, as for a MULTI the client sent (its run is
+        // sent after each request's step): the batch after it is then known to
+        // be inside MULTI (until session 40 an EXEC that was the first request
+        // on the connection after it, behind only requests the proxy queues
+        // itself, `ASKING`, `READONLY`, got "EXEC without MULTI" when the
+        // connection was lost), and a MULTI whose connection cannot be had is a
+        // lost transaction, not none.
+        self.transaction_step(TxOp::Multi);
         let db = self.state.db.clone();
         self.send(db, out).await;
-        self.transaction_step(TxOp::Multi);
         self.deferred_multi = false;
         if std::mem::take(&mut self.deferred_dirty) {
             self.refused_in_multi();
