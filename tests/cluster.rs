@@ -727,6 +727,48 @@ fn a_resp3_subscriber_gets_its_own_message_before_the_publish_reply() {
     }
 }
 
+/// A MULTI held back on a cluster (no key yet) whose connection cannot be had
+/// when the first request after it comes (the breaker open) is a lost
+/// transaction: what the client sends for it is queued and never runs, and EXEC
+/// aborts. Until session 40 the transaction was forgotten, so once the breaker
+/// let requests through again a write queued for it ran at once, outside any
+/// transaction, and EXEC answered "EXEC without MULTI".
+#[test]
+fn a_held_back_multi_refused_by_an_open_breaker_is_a_lost_transaction() {
+    let mut config = cluster_config(Cluster::shared(), None);
+    config.admin_password = Some(redis_sidecar::config::Secret("adm".into()));
+    let (_rt, proxy) = Cluster::start_proxy(config);
+    let env = Env { _rt, proxy };
+    let mut c = env.client();
+    let mut admin = env.client();
+    assert_eq!(admin.cmd(&[b"PROXY", b"AUTH", b"adm"]), b"+OK\r\n");
+    assert_eq!(c.cmd(&[b"MULTI"]), b"+OK\r\n");
+    assert_eq!(
+        admin.cmd(&[b"PROXY", b"CIRCUIT", b"0", b"OPEN"]),
+        b"+OK\r\n"
+    );
+    let first = c.cmd(&[b"SET", b"{dmulti}a", b"1"]);
+    assert_eq!(
+        admin.cmd(&[b"PROXY", b"CIRCUIT", b"0", b"AUTO"]),
+        b"+OK\r\n"
+    );
+    let second = c.cmd(&[b"SET", b"{dmulti}b", b"2"]);
+    let exec = c.cmd(&[b"EXEC"]);
+    let text = |r: &[u8]| support::printable(r);
+    assert_eq!(second, b"+QUEUED\r\n", "{} {}", text(&first), text(&second));
+    assert!(exec.starts_with(b"-EXECABORT"), "{}", text(&exec));
+    let node = serving(Cluster::shared(), b"{dmulti}b");
+    let mut direct = RawClient::connect(("127.0.0.1", node));
+    assert_eq!(
+        direct.cmd(&[b"EXISTS", b"{dmulti}a", b"{dmulti}b"]),
+        b":0\r\n"
+    );
+    // The session goes on.
+    assert_eq!(c.cmd(&[b"SET", b"{dmulti}c", b"3"]), b"+OK\r\n");
+    assert_eq!(direct.cmd(&[b"GET", b"{dmulti}c"]), b"$1\r\n3\r\n");
+    assert_eq!(direct.cmd(&[b"DEL", b"{dmulti}c"]), b":1\r\n");
+}
+
 /// A RESP2 subscriber on a cluster gets Redis's own refusals in Redis's order:
 /// an unknown subcommand (and a wrong number of arguments) before "only
 /// (P|S)SUBSCRIBE … are allowed in this context" (until session 39 the proxy
