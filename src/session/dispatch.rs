@@ -569,12 +569,19 @@ impl Session {
             if !crate::command::arity_allows(info.arity, args.count()) {
                 return false;
             }
-            if info.name == "publish" {
-                return true;
-            }
-            let mut cfg = self.upstream_cfg(db);
-            shard_node(db, cmd, args, &mut cfg) && cfg.address() == s.sub.addr()
+            info.name == "publish"
+                || self
+                    .shard_addr(cmd, args)
+                    .is_some_and(|node| node == s.sub.addr())
         })
+    }
+
+    /// The `host:port` of the cluster node serving the slot of the shard channel
+    /// `args` name (`SSUBSCRIBE`, `SPUBLISH`), if the map knows it.
+    fn shard_addr(&self, cmd: &Descriptor, args: &dyn ArgList) -> Option<String> {
+        let db = &self.state.db;
+        let mut cfg = self.upstream_cfg(db);
+        shard_node(db, cmd, args, &mut cfg).then(|| cfg.address())
     }
 
     /// What a subscribed session's request gets from the proxy instead of the
@@ -806,14 +813,13 @@ impl Session {
         if info.name != "ssubscribe" {
             return None;
         }
-        let mut cfg = self.upstream_cfg(db);
-        if !shard_node(db, cmd, args, &mut cfg) || cfg.address() == s.sub.addr() {
-            return None;
-        }
+        let node = self
+            .shard_addr(cmd, args)
+            .filter(|node| node != s.sub.addr())?;
         Some(format!(
             "ERR SSUBSCRIBE '{}': the channel's slot is served by cluster node {}, and this connection's subscriptions are on {}; redis-sidecar subscribes a connection on one node: use another connection for this channel",
             String::from_utf8_lossy(args.arg(1)),
-            cfg.address(),
+            node,
             s.sub.addr()
         ))
     }
