@@ -1227,9 +1227,27 @@ async fn a_read_sent_again_after_redis_closed_its_connection_takes_no_other_comm
     let mut other = AsyncRawClient::connect(addr).await;
     assert_eq!(other.cmd(&[b"PING"]).await, b"+PONG\r\n");
     assert_eq!(direct.cmd(&[b"CONFIG", b"RESETSTAT"]).await, b"+OK\r\n");
+    let connects = |info: String| -> u64 {
+        db_fields(&info, "db0")["connects"]
+            .trim()
+            .parse()
+            .unwrap_or_else(|_| panic!("connects in {info}"))
+    };
+    let info = [&b"PROXY"[..], b"INFO", b"databases"];
+    let before = connects(text(&other.cmd(&info).await));
     let read = tokio::spawn(async move { text(&culprit.cmd(&[b"SUNION", b"s1", b"s2"]).await) });
-    // The first attempt takes about 0.6 s; the INCR comes during the second.
-    tokio::time::sleep(Duration::from_millis(900)).await;
+    // The INCR comes once the proxy has reconnected after the first attempt's
+    // loss (about 0.6 s in; a fixed 0.9 s sleep failed once in CI, where the
+    // first attempt took longer and the INCR went behind it on the connection
+    // Redis then closed, as it must).
+    let waiting = tokio::time::Instant::now();
+    while connects(text(&other.cmd(&info).await)) == before {
+        assert!(
+            waiting.elapsed() < Duration::from_secs(10),
+            "no reconnect after the first attempt"
+        );
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
     let incr = text(&other.cmd(&[b"INCR", b"counter"]).await);
     let r = read.await.expect("the SUNION client");
     assert!(
