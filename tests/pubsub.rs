@@ -1061,6 +1061,43 @@ async fn a_resp3_subscribers_watch_outlives_its_last_unsubscribe() {
     proxy.shutdown().await;
 }
 
+/// A RESP3 subscriber's `EXEC` or `DISCARD` without `MULTI` is refused by Redis
+/// and leaves its `WATCH` in force; so does `UNWATCH` with an argument. The proxy
+/// took each for the end of the watch, gave up the watching connection at the
+/// last `UNSUBSCRIBE`, and ran the next transaction unwatched: `EXEC` succeeded
+/// though the watched key had been written (found by the multi-session tool,
+/// `AUTH` run, seed 8514). An `EXEC` refused for its arity does end the watch.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_resp3_subscribers_refused_exec_or_discard_keeps_its_watch() {
+    let up = Backend::start(Upstream::Standalone);
+    let proxy = start_proxy(up.config()).await;
+    let mut steps: Vec<(&[&[&[u8]]], usize)> = vec![(&[&[b"HELLO", b"3"]], 1)];
+    let refused: [&[&[&[u8]]]; 4] = [
+        &[&[b"EXEC"]],
+        &[&[b"DISCARD"]],
+        &[&[b"UNWATCH", b"x"]],
+        &[&[b"EXEC", b"x"]],
+    ];
+    for r in &refused {
+        steps.extend_from_slice(&[
+            (&[&[b"SUBSCRIBE", b"rch"]], 1),
+            (&[&[b"WATCH", b"rk"]], 1),
+            (&[&[b"SET", b"rk", b"1"]], 1),
+            (r, 1),
+            (&[&[b"UNSUBSCRIBE"]], 1),
+            (&[&[b"MULTI"], &[b"SET", b"rk", b"2"], &[b"EXEC"]], 3),
+        ]);
+    }
+    let want = play_steps(up.reference().await, &steps).await;
+    let got = play_steps(AsyncRawClient::connect(proxy.local_addr()).await, &steps).await;
+    assert_eq!(got, want, "proxy (left) vs redis (right)");
+    // Each round's EXEC reply: aborted while the watch holds, run after `EXEC x`.
+    let execs: Vec<&str> = (0..4).map(|i| want[1 + 8 * i + 7].as_str()).collect();
+    assert_eq!(execs[..3], ["_\r\n"; 3], "{want:?}");
+    assert_eq!(execs[3], "*1\r\n+OK\r\n", "{want:?}");
+    proxy.shutdown().await;
+}
+
 /// A `WATCH`, then `SUBSCRIBE` (RESP2 and RESP3) or `HELLO`: Redis runs them on
 /// the watching connection and the watch holds until `EXEC`. The proxy refused
 /// them as if inside a transaction until session 37; now the watching connection

@@ -608,11 +608,18 @@ impl Session {
             if resp3 {
                 let name = args.arg(0);
                 let in_multi = s.tx.as_ref().is_some_and(|t| t.in_multi);
-                if name.eq_ignore_ascii_case(b"WATCH") && !in_multi && args.count() > 1 {
+                // What ends a watch on Redis: `EXEC` or `DISCARD` in `MULTI`,
+                // `UNWATCH` outside it, and an `EXEC` refused for its arity
+                // (Redis aborts the transaction). `EXEC` or `DISCARD` without
+                // `MULTI` is refused and leaves the watch, as does any other
+                // arity error.
+                let bare = args.count() == 1;
+                let is = |c: &[u8]| name.eq_ignore_ascii_case(c);
+                if is(b"WATCH") && !in_multi && args.count() > 1 {
                     s.watching = true;
-                } else if [&b"EXEC"[..], b"DISCARD", b"UNWATCH"]
-                    .iter()
-                    .any(|c| name.eq_ignore_ascii_case(c))
+                } else if (is(b"EXEC") && (in_multi || !bare))
+                    || (is(b"DISCARD") && in_multi && bare)
+                    || (is(b"UNWATCH") && !in_multi && bare)
                 {
                     s.watching = false;
                 } else if name.eq_ignore_ascii_case(b"CLIENT")
