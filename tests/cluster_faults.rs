@@ -1731,96 +1731,114 @@ fn transactions_follow_a_moved_slot_as_a_node_answers() {
 /// Redis aborts one whose watched key changed (the same bytes as a node sends
 /// for a real conflict), whether the commands after WATCH are pipelined or
 /// sent one by one; the commands before EXEC are answered by the new node,
-/// nothing of the transaction ran, and the client's retry succeeds.
+/// nothing of the transaction ran, and the client's retry succeeds. The same
+/// after requests Redis refuses and that leave the watch in force (`EXEC` and
+/// `DISCARD` without `MULTI`, `UNWATCH` with an argument), sent on the old node
+/// before the moved slot is seen (until session 42 they were taken for the
+/// end of the watch, and the transaction ran unwatched on the new node).
 #[test]
 fn a_watch_left_behind_by_a_moved_slot_aborts_its_transaction() {
     let (_serial, cluster, env) = on_shared_cluster();
     let addr = env.proxy.local_addr();
     let up = env.upstream();
     let mut round = 0;
-    for resp3 in [false, true] {
-        for pipelined in [true, false] {
-            round += 1;
-            let tag = free_tag(cluster, &format!("w{round}-"));
-            let key = format!("{{{tag}}}a");
-            let k = key.as_bytes();
-            let moved0 = up.moved.load(Ordering::Relaxed);
-            let (mut c, watched) = env.rt.block_on(async {
-                let mut c = AsyncRawClient::connect(addr).await;
-                c.set_timeout(Duration::from_secs(20));
-                if resp3 {
-                    c.cmd(&[b"HELLO", b"3"]).await;
-                }
-                let w = c.cmd(&[b"WATCH", k]).await;
-                (c, w)
-            });
-            assert_eq!(watched, b"+OK\r\n");
-            move_slot_behind_the_proxys_back(cluster, &env, &tag, &[k]);
-            let cmds: [&[&[u8]]; 4] = [&[b"GET", k], &[b"MULTI"], &[b"INCR", k], &[b"EXEC"]];
-            let got: Vec<String> = env.rt.block_on(async {
-                let mut out = Vec::new();
-                if pipelined {
-                    c.send(
-                        &cmds
-                            .iter()
-                            .map(|a| resp_cmd(a))
-                            .collect::<Vec<_>>()
-                            .concat(),
-                    )
-                    .await;
-                    out = c.read_replies(4).await;
-                } else {
-                    for a in cmds {
-                        out.push(c.cmd(a).await);
-                    }
-                }
-                out.into_iter()
-                    .map(|r| String::from_utf8_lossy(&r).into_owned())
-                    .collect()
-            });
-            // What the slot's node answers to EXEC after a watched key changed.
-            let node = std::net::SocketAddr::from(([127, 0, 0, 1], owner(cluster, &tag)));
-            let conflict = env.rt.block_on(async {
-                let mut d = AsyncRawClient::connect(node).await;
-                let mut other = AsyncRawClient::connect(node).await;
-                if resp3 {
-                    d.cmd(&[b"HELLO", b"3"]).await;
-                }
-                // (A key of the same slot, served there.)
-                let x = format!("{{{tag}}}x");
-                let x = x.as_bytes();
-                d.cmd(&[b"WATCH", x]).await;
-                other.cmd(&[b"SET", x, b"1"]).await;
-                other.cmd(&[b"DEL", x]).await;
-                d.cmd(&[b"MULTI"]).await;
-                d.cmd(&[b"SET", x, b"2"]).await;
-                String::from_utf8_lossy(&d.cmd(&[b"EXEC"]).await).into_owned()
-            });
-            let nil = if resp3 { "_\r\n" } else { "$-1\r\n" };
-            assert_eq!(
-                got,
-                [nil, "+OK\r\n", "+QUEUED\r\n", conflict.as_str()],
-                "resp3={resp3} pipelined={pipelined}"
-            );
-            assert!(conflict == "*-1\r\n" || conflict == "_\r\n", "{conflict}");
-            assert!(
-                up.moved.load(Ordering::Relaxed) > moved0,
-                "the connection moved"
-            );
-            // Nothing ran; the retry does.
-            assert_eq!(env.cmd(&[b"EXISTS", k]), b":0\r\n");
-            let retry: Vec<Vec<u8>> = env.rt.block_on(async {
-                let script: [&[&[u8]]; 4] =
-                    [&[b"WATCH", k], &[b"MULTI"], &[b"INCR", k], &[b"EXEC"]];
-                let mut out = Vec::new();
-                for a in script {
+    for (resp3, pipelined, refused_first) in [false, true]
+        .into_iter()
+        .flat_map(|r| [true, false].map(|p| (r, p)))
+        .flat_map(|(r, p)| [false, true].map(|f| (r, p, f)))
+    {
+        round += 1;
+        let tag = free_tag(cluster, &format!("w{round}-"));
+        let key = format!("{{{tag}}}a");
+        let k = key.as_bytes();
+        let moved0 = up.moved.load(Ordering::Relaxed);
+        let (mut c, watched) = env.rt.block_on(async {
+            let mut c = AsyncRawClient::connect(addr).await;
+            c.set_timeout(Duration::from_secs(20));
+            if resp3 {
+                c.cmd(&[b"HELLO", b"3"]).await;
+            }
+            let w = c.cmd(&[b"WATCH", k]).await;
+            (c, w)
+        });
+        assert_eq!(watched, b"+OK\r\n");
+        move_slot_behind_the_proxys_back(cluster, &env, &tag, &[k]);
+        let refused: [&[&[u8]]; 3] = [&[b"EXEC"], &[b"UNWATCH", b"x"], &[b"DISCARD"]];
+        let tx: [&[&[u8]]; 4] = [&[b"GET", k], &[b"MULTI"], &[b"INCR", k], &[b"EXEC"]];
+        let cmds: Vec<&[&[u8]]> = match refused_first {
+            true => refused.iter().chain(&tx).copied().collect(),
+            false => tx.to_vec(),
+        };
+        let got: Vec<String> = env.rt.block_on(async {
+            let mut out = Vec::new();
+            if pipelined {
+                c.send(
+                    &cmds
+                        .iter()
+                        .map(|a| resp_cmd(a))
+                        .collect::<Vec<_>>()
+                        .concat(),
+                )
+                .await;
+                out = c.read_replies(cmds.len()).await;
+            } else {
+                for a in cmds {
                     out.push(c.cmd(a).await);
                 }
-                out
-            });
-            assert_eq!(retry[3], b"*1\r\n:1\r\n", "{retry:?}");
-            assert_eq!(env.cmd(&[b"DEL", k]), b":1\r\n");
+            }
+            out.into_iter()
+                .map(|r| String::from_utf8_lossy(&r).into_owned())
+                .collect()
+        });
+        // What the slot's node answers to EXEC after a watched key changed.
+        let node = std::net::SocketAddr::from(([127, 0, 0, 1], owner(cluster, &tag)));
+        let conflict = env.rt.block_on(async {
+            let mut d = AsyncRawClient::connect(node).await;
+            let mut other = AsyncRawClient::connect(node).await;
+            if resp3 {
+                d.cmd(&[b"HELLO", b"3"]).await;
+            }
+            // (A key of the same slot, served there.)
+            let x = format!("{{{tag}}}x");
+            let x = x.as_bytes();
+            d.cmd(&[b"WATCH", x]).await;
+            other.cmd(&[b"SET", x, b"1"]).await;
+            other.cmd(&[b"DEL", x]).await;
+            d.cmd(&[b"MULTI"]).await;
+            d.cmd(&[b"SET", x, b"2"]).await;
+            String::from_utf8_lossy(&d.cmd(&[b"EXEC"]).await).into_owned()
+        });
+        let nil = if resp3 { "_\r\n" } else { "$-1\r\n" };
+        let mut want = vec![];
+        if refused_first {
+            want.extend([
+                "-ERR EXEC without MULTI\r\n",
+                "-ERR wrong number of arguments for 'unwatch' command\r\n",
+                "-ERR DISCARD without MULTI\r\n",
+            ]);
         }
+        want.extend([nil, "+OK\r\n", "+QUEUED\r\n", conflict.as_str()]);
+        assert_eq!(
+            got, want,
+            "resp3={resp3} pipelined={pipelined} refused_first={refused_first}"
+        );
+        assert!(conflict == "*-1\r\n" || conflict == "_\r\n", "{conflict}");
+        assert!(
+            up.moved.load(Ordering::Relaxed) > moved0,
+            "the connection moved"
+        );
+        // Nothing ran; the retry does.
+        assert_eq!(env.cmd(&[b"EXISTS", k]), b":0\r\n");
+        let retry: Vec<Vec<u8>> = env.rt.block_on(async {
+            let script: [&[&[u8]]; 4] = [&[b"WATCH", k], &[b"MULTI"], &[b"INCR", k], &[b"EXEC"]];
+            let mut out = Vec::new();
+            for a in script {
+                out.push(c.cmd(a).await);
+            }
+            out
+        });
+        assert_eq!(retry[3], b"*1\r\n:1\r\n", "{retry:?}");
+        assert_eq!(env.cmd(&[b"DEL", k]), b":1\r\n");
     }
     wait_healthy(cluster, Duration::from_secs(10));
 }

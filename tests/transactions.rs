@@ -24,6 +24,7 @@ upstream_tests!(
     a_client_leaving_mid_transaction_leaves_no_state_behind,
     commands_the_proxy_answers_are_queued_inside_multi_as_on_redis,
     a_command_the_proxy_refuses_inside_multi_aborts_the_transaction,
+    transaction_commands_refused_for_their_arity_act_as_on_redis,
 );
 
 /// Sends the same commands to both, one at a time, and checks identical replies.
@@ -120,6 +121,144 @@ async fn multi_exec_discard_and_errors_answer_like_redis(kind: Upstream) {
     assert!(r[9].starts_with(b"-EXECABORT"), "{}", printable(&r[9]));
     assert_eq!(r[10], resp_bulk(b"2"));
     assert_eq!(r[13], b"*0\r\n");
+    proxy.shutdown().await;
+}
+
+/// `MULTI`, `EXEC`, `DISCARD`, `WATCH` and `UNWATCH` with a wrong number of
+/// arguments: Redis refuses them as it refuses any command so (inside `MULTI`
+/// the transaction then aborts at `EXEC`), except that an `EXEC` so refused
+/// ends the transaction and the `WATCH`. Same replies and same writes as Redis,
+/// typed one by one or pipelined, RESP2 and RESP3, with another client's write
+/// to the watched key where `OTHER` stands; and what is left on the upstream
+/// connections lets another client's transaction run as usual. Until session 42
+/// a `DISCARD x` inside `MULTI` ended the transaction in the proxy: the queued
+/// write after it ran at once (Redis: `+QUEUED`, then `-EXECABORT`), and the
+/// connection went back to the pool still inside `MULTI`, where the next client's
+/// `WATCH` got `-ERR WATCH inside MULTI is not allowed`.
+async fn transaction_commands_refused_for_their_arity_act_as_on_redis(kind: Upstream) {
+    let up = Backend::start(kind);
+    let proxy = start_proxy(up.config()).await;
+    let key = kind.tagged("arity");
+    let k = key.as_bytes();
+    let scripts = [
+        "SET K 0|WATCH K|OTHER|EXEC x|MULTI|SET K 1|EXEC",
+        "SET K 0|WATCH K|OTHER|DISCARD x|MULTI|SET K 1|EXEC",
+        "SET K 0|WATCH K|OTHER|UNWATCH x|MULTI|SET K 1|EXEC",
+        "SET K 0|WATCH K|OTHER|MULTI|UNWATCH x|EXEC",
+        "SET K 0|WATCH K|OTHER|MULTI|MULTI x|SET K 1|EXEC",
+        "SET K 0|WATCH K|OTHER|MULTI|EXEC x|MULTI|SET K 1|EXEC",
+        "SET K 0|WATCH|MULTI|SET K 1|EXEC",
+        "SET K 0|MULTI|DISCARD x|SET K 1|EXEC|GET K",
+        "SET K 0|MULTI|DISCARD x|SET K 1|DISCARD|MULTI|SET K 2|EXEC",
+        "SET K 0|MULTI|EXEC x|SET K 1|GET K",
+        "SET K 0|MULTI x|SET K 1|EXEC",
+    ];
+    let args = |step: &str| -> Vec<Vec<u8>> {
+        step.split(' ')
+            .map(|w| {
+                if w == "K" {
+                    k.to_vec()
+                } else {
+                    w.as_bytes().to_vec()
+                }
+            })
+            .collect()
+    };
+    // One script on one side: its replies, then the key's value. `other_at`:
+    // another client writes the key before that step; `pipelined`: the steps
+    // from there (or from the second one) are sent at once.
+    async fn run(
+        me: &mut AsyncRawClient,
+        other: &mut AsyncRawClient,
+        steps: &[Vec<Vec<u8>>],
+        other_at: Option<usize>,
+        pipelined: bool,
+        k: &[u8],
+    ) -> Vec<String> {
+        let split = other_at.unwrap_or(1);
+        let mut out = Vec::new();
+        for (i, a) in steps.iter().enumerate() {
+            if other_at == Some(i) {
+                assert_eq!(other.cmd(&[b"SET", k, b"other"]).await, b"+OK\r\n");
+            }
+            if pipelined && i == split {
+                let rest = &steps[i..];
+                let bytes: Vec<u8> = rest
+                    .iter()
+                    .flat_map(|a| resp_cmd(&a.iter().map(|x| &x[..]).collect::<Vec<_>>()))
+                    .collect();
+                me.send(&bytes).await;
+                out.extend(me.read_replies(rest.len()).await);
+                break;
+            }
+            out.push(me.cmd(&a.iter().map(|x| &x[..]).collect::<Vec<_>>()).await);
+        }
+        out.push(other.cmd(&[b"GET", k]).await);
+        out.iter().map(|r| printable(r)).collect()
+    }
+    let mut checked = 0;
+    for resp3 in [false, true] {
+        for pipelined in [false, true] {
+            for script in scripts {
+                let mut steps: Vec<Vec<Vec<u8>>> = Vec::new();
+                let mut other_at = None;
+                for step in script.split('|') {
+                    match step {
+                        "OTHER" => other_at = Some(steps.len()),
+                        _ => steps.push(args(step)),
+                    }
+                }
+                let mut sides = Vec::new();
+                for direct in [false, true] {
+                    let (mut me, mut other) = if direct {
+                        (up.reference().await, up.reference().await)
+                    } else {
+                        (
+                            AsyncRawClient::connect(proxy.local_addr()).await,
+                            AsyncRawClient::connect(proxy.local_addr()).await,
+                        )
+                    };
+                    if resp3 {
+                        me.cmd(&[b"HELLO", b"3"]).await;
+                    }
+                    sides.push(run(&mut me, &mut other, &steps, other_at, pipelined, k).await);
+                }
+                assert_eq!(
+                    sides[0], sides[1],
+                    "{script} resp3={resp3} pipelined={pipelined}: proxy vs Redis"
+                );
+                // A new client's transaction on what the pool holds now.
+                let mut next = AsyncRawClient::connect(proxy.local_addr()).await;
+                let tx = [
+                    resp_cmd(&[b"WATCH", k]),
+                    resp_cmd(&[b"MULTI"]),
+                    resp_cmd(&[b"SET", k, b"next"]),
+                    resp_cmd(&[b"EXEC"]),
+                ]
+                .concat();
+                next.send(&tx).await;
+                let got: Vec<String> = next
+                    .read_replies(4)
+                    .await
+                    .iter()
+                    .map(|r| printable(r))
+                    .collect();
+                assert_eq!(
+                    got,
+                    [
+                        &b"+OK\r\n"[..],
+                        b"+OK\r\n",
+                        b"+QUEUED\r\n",
+                        b"*1\r\n+OK\r\n"
+                    ]
+                    .map(printable),
+                    "after {script} resp3={resp3} pipelined={pipelined}"
+                );
+                checked += 1;
+            }
+        }
+    }
+    assert_eq!(checked, 4 * scripts.len());
     proxy.shutdown().await;
 }
 

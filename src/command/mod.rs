@@ -180,10 +180,14 @@ pub fn each_request(
     true
 }
 
-/// What a transaction-family command does to a connection's MULTI/WATCH state.
+/// What a transaction-family command does to a connection's MULTI/WATCH state,
+/// as Redis (7.0) does it. A transaction command with a wrong number of
+/// arguments is refused before it runs, like any other: it is [`TxOp::None`]
+/// (inside MULTI the refusal aborts the transaction at EXEC), except EXEC,
+/// which Redis then takes for the end of the transaction: [`TxOp::Abort`].
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum TxOp {
-    /// Not a transaction command.
+    /// Not a transaction command (or one refused for its arity).
     None,
     /// MULTI.
     Multi,
@@ -193,6 +197,37 @@ pub enum TxOp {
     Watch,
     /// UNWATCH.
     Unwatch,
+    /// EXEC with arguments: `-EXECABORT`, in MULTI or not; the transaction, if
+    /// any, is discarded and the WATCH ended.
+    Abort,
+}
+
+impl TxOp {
+    /// Whether a connection is inside MULTI after a request with this role
+    /// (`in_multi`: before it). A nested MULTI is refused.
+    #[inline]
+    pub fn in_multi_after(self, in_multi: bool) -> bool {
+        match self {
+            TxOp::Multi => true,
+            TxOp::End | TxOp::Abort => false,
+            _ => in_multi,
+        }
+    }
+
+    /// Whether a request with this role ends a WATCH in force (`in_multi`: sent
+    /// inside MULTI): EXEC or DISCARD ending a MULTI, UNWATCH outside MULTI
+    /// (inside, it is queued, and EXEC ends the watch anyway), and an EXEC
+    /// refused for its arity. EXEC or DISCARD without MULTI is refused, and the
+    /// keys stay watched. The one rule every path that tracks a WATCH follows.
+    #[inline]
+    pub fn ends_watch(self, in_multi: bool) -> bool {
+        match self {
+            TxOp::End => in_multi,
+            TxOp::Abort => true,
+            TxOp::Unwatch => !in_multi,
+            _ => false,
+        }
+    }
 }
 
 /// A request classified once: what the session decides from. Later code reads
@@ -218,11 +253,17 @@ impl Descriptor {
     pub fn of<L: ArgList + ?Sized>(args: &L) -> Descriptor {
         let (route, info) = identify(args);
         let name = info.map_or("", |i| i.name);
-        let tx = match (route, name) {
-            (Route::Stateful(Family::Transaction), "multi") => TxOp::Multi,
-            (Route::Stateful(Family::Transaction), "exec" | "discard") => TxOp::End,
-            (Route::Stateful(Family::Transaction), "watch") => TxOp::Watch,
-            (Route::Stateful(Family::Transaction), "unwatch") => TxOp::Unwatch,
+        let tx = match (route, info) {
+            (Route::Stateful(Family::Transaction), Some(i)) => {
+                match (i.name, arity_allows(i.arity, args.count())) {
+                    ("multi", true) => TxOp::Multi,
+                    ("exec" | "discard", true) => TxOp::End,
+                    ("exec", false) => TxOp::Abort,
+                    ("watch", true) => TxOp::Watch,
+                    ("unwatch", true) => TxOp::Unwatch,
+                    _ => TxOp::None,
+                }
+            }
             _ => TxOp::None,
         };
         let block = if route == Route::Stateful(Family::Blocking) {

@@ -21,7 +21,7 @@ use super::queue::{error_text, errors, CmdList, Pending, Sent};
 use super::Session;
 use crate::clients::Exclusive;
 use crate::cluster::client::Via;
-use crate::command::{self, arity_allows, ArgList, Block, Descriptor, Family, Ranged, Route, TxOp};
+use crate::command::{self, ArgList, Block, Descriptor, Family, Ranged, Route, TxOp};
 use crate::context::View;
 use crate::protocol::reply;
 use crate::protocol::request::{self, encode_command, RequestKind};
@@ -454,12 +454,7 @@ impl Session {
     /// an `auth_passthrough` login), which Redis answers without running
     /// anything. (Under a WATCH on an exclusive connection it is sent: the answer
     /// then says whether the WATCH is lost, see `ended_all_the_same`.)
-    fn end_without_multi(
-        &self,
-        buf: &[u8],
-        req: &request::Request,
-        cmd: &Descriptor,
-    ) -> Option<&'static [u8]> {
+    fn end_without_multi(&self, cmd: &Descriptor) -> Option<&'static [u8]> {
         if cmd.tx != TxOp::End || !self.state.authenticated {
             return None;
         }
@@ -469,9 +464,9 @@ impl Session {
             Mode::Private(p) => !p.held.in_multi,
             _ => false,
         };
+        // (`End`: of the right arity.)
         let info = cmd.info.filter(|_| outside)?;
-        let argc = with_args(buf, &self.args, req, |args| args.count());
-        arity_allows(info.arity, argc).then(|| super::exclusive::end_refusal(info.name))
+        Some(super::exclusive::end_refusal(info.name))
     }
 
     /// The connection a request for `target` would use.
@@ -512,7 +507,7 @@ impl Session {
                 ranges: &ranges,
             };
             let d = Descriptor::of(&args);
-            if d.tx == TxOp::End {
+            if matches!(d.tx, TxOp::End | TxOp::Abort) {
                 return None;
             }
             if let Some(s) = crate::cluster::plan::slot_of(d.info, &args, prefix) {
@@ -611,7 +606,7 @@ impl Session {
         if other_db
             // (UNWATCH, EXEC and DISCARD change nothing there: no transaction
             // began on it after the SELECT.)
-            && !matches!(cmd.tx, TxOp::Unwatch | TxOp::End)
+            && !matches!(cmd.tx, TxOp::Unwatch | TxOp::End | TxOp::Abort)
             // (WAIT is about replicas, not a database.)
             && cmd.info.is_none_or(|i| i.name != "wait")
             && matches!(
@@ -873,18 +868,10 @@ impl Session {
             self.deferred_dirty = false;
             return Deferred::Go;
         }
-        let argc = match &req.kind {
-            RequestKind::Inline(a) => a.len(),
-            _ => self.args.len(),
-        };
         let answer: Option<&[u8]> = match (cmd.tx, cmd.info.map_or("", |i| i.name)) {
             (TxOp::Multi, _) => Some(b"-ERR MULTI calls can not be nested\r\n"),
-            (TxOp::Watch, _) if argc < 2 => {
-                // Redis checks the arity first, and that aborts the transaction.
-                self.deferred_dirty = true;
-                Some(b"-ERR wrong number of arguments for 'watch' command\r\n")
-            }
             (TxOp::Watch, _) => Some(b"-ERR WATCH inside MULTI is not allowed\r\n"),
+            (TxOp::Abort, _) => Some(super::local::EXEC_ABORT_ARITY),
             (TxOp::End, "exec") if self.deferred_dirty => {
                 Some(b"-EXECABORT Transaction discarded because of previous errors.\r\n")
             }
@@ -895,7 +882,7 @@ impl Session {
         self.flush(run, inbuf).await;
         if let Some(text) = answer {
             inbuf.advance(req.len);
-            if cmd.tx == TxOp::End {
+            if matches!(cmd.tx, TxOp::End | TxOp::Abort) {
                 self.deferred_multi = false;
                 self.deferred_dirty = false;
                 self.publish();
@@ -1595,7 +1582,7 @@ impl Session {
                 continue;
             }
 
-            if let Some(reply) = self.end_without_multi(&inbuf[..req.len], &req, &cmd) {
+            if let Some(reply) = self.end_without_multi(&cmd) {
                 // Redis refuses it and changes nothing (a WATCH stays): answered
                 // here, so the answer holds whatever becomes of the connection.
                 self.flush(&mut run, inbuf).await;
@@ -1671,10 +1658,10 @@ impl Session {
                     run.block = cmd.block;
                 }
                 let mut splice = Vec::new();
-                if cmd.tx == TxOp::End {
+                if matches!(cmd.tx, TxOp::End | TxOp::Abort) {
                     let pending = self.mode.held_mut().and_then(|h| h.pending_select.take());
-                    // (DISCARD: the SELECT never runs.)
-                    let exec = cmd.info.is_some_and(|i| i.name == "exec");
+                    // (DISCARD, an aborted EXEC: the SELECT never runs.)
+                    let exec = cmd.tx == TxOp::End && cmd.info.is_some_and(|i| i.name == "exec");
                     if let Some(h) = self.mode.held_mut().filter(|_| exec) {
                         splice = std::mem::take(&mut h.locals);
                         let queued = std::mem::take(&mut h.unprefix);

@@ -74,30 +74,26 @@ impl Session {
             return true;
         };
         let was_multi = held.in_multi;
-        match op {
-            TxOp::Multi if !held.in_multi => {
-                held.in_multi = true;
-                held.queued = 0;
-                held.locals.clear();
-                held.unprefix.clear();
-            }
-            // EXEC or DISCARD without MULTI: Redis refuses it, and a WATCH stays
-            // (the connection must not go back to the pool watching keys).
-            TxOp::End if !held.in_multi => {}
-            TxOp::End => {
-                held.in_multi = false;
-                held.watching = false;
-                held.dirty = false;
-                held.queued = 0;
-                held.locals.clear();
-                held.unprefix.clear();
-            }
+        let in_multi = op.in_multi_after(was_multi);
+        if in_multi != was_multi {
+            // MULTI, or the end of the transaction (EXEC, DISCARD, an EXEC
+            // refused for its arity). (EXEC or DISCARD without MULTI is refused,
+            // and a WATCH stays: the connection must not go back to the pool
+            // watching keys.)
+            held.in_multi = in_multi;
+            held.dirty = false;
+            held.queued = 0;
+            held.locals.clear();
+            held.unprefix.clear();
+        } else if was_multi && matches!(op, TxOp::None | TxOp::Unwatch) {
             // Queued by Redis (a nested MULTI and a WATCH are refused at once);
             // also for the requests the proxy looked at before sending them here.
-            TxOp::None | TxOp::Unwatch if held.in_multi => held.queued += 1,
-            TxOp::Watch if !held.in_multi => held.watching = true,
-            TxOp::Unwatch if !held.in_multi => held.watching = false,
-            _ => {}
+            held.queued += 1;
+        }
+        if op.ends_watch(was_multi) {
+            held.watching = false;
+        } else if op == TxOp::Watch && !was_multi {
+            held.watching = true;
         }
         let idle = !held.in_multi && !held.watching;
         if was_multi != held.in_multi {
@@ -148,6 +144,12 @@ impl Session {
         }
         let multi = lost.multi;
         let name = cmd.info.map_or("", |i| i.name);
+        if cmd.tx == TxOp::Abort {
+            // Refused for its arity, in MULTI or not; it ends the transaction.
+            self.lost = None;
+            self.publish();
+            return Some(local::EXEC_ABORT_ARITY.to_vec());
+        }
         if let Some(info) = cmd.info.filter(|i| !arity_allows(i.arity, args.count())) {
             if !multi && cmd.tx == TxOp::None {
                 return None;

@@ -273,7 +273,7 @@ fn units(reqs: &[Req], mut in_multi: bool) -> Vec<Unit> {
             start = i;
             continue;
         }
-        if r.op == TxOp::End {
+        if !r.op.in_multi_after(true) {
             out.push(Unit {
                 reqs: start..i + 1,
                 journal: std::mem::take(&mut journal),
@@ -371,7 +371,8 @@ impl Task {
         let plain = !self.asking && !self.doomed;
         // Which requests run without their WATCH: from the first one while doomed.
         let mut doom_from = self.doomed.then_some(0);
-        let mut doom = doomed(&reqs, doom_from);
+        let started_in_multi = self.journal.is_some();
+        let (mut doom, mut still_doomed) = doomed(&reqs, doom_from, started_in_multi);
         // Every request, for the `ASKING` path (which encodes them one by one).
         let all: Vec<usize> = if plain {
             Vec::new()
@@ -422,7 +423,7 @@ impl Task {
             if let Some(at) = watched_at {
                 // The WATCH stays behind: what follows runs without it.
                 doom_from = Some(doom_from.map_or(at, |f| f.min(at)));
-                doom = doomed(&reqs, doom_from);
+                (doom, still_doomed) = doomed(&reqs, doom_from, started_in_multi);
             }
             let journal = self.journal.clone().unwrap_or_default();
             let replay_journal = resend.first().is_some_and(|u: &Unit| u.journal);
@@ -463,13 +464,9 @@ impl Task {
             }
         }
         self.after(&reqs, &got);
-        // Doomed at the end: from a request on, with no end of the transaction
-        // or UNWATCH after it.
-        self.doomed = doom_from.is_some_and(|f| {
-            !reqs[f..]
-                .iter()
-                .any(|r| matches!(r.op, TxOp::End | TxOp::Unwatch))
-        });
+        // Doomed at the end: from a request on, with nothing after it that ends
+        // the watch.
+        self.doomed = still_doomed;
         let mut out = BytesMut::new();
         for f in &got {
             out.extend_from_slice(f);
@@ -507,17 +504,19 @@ impl Task {
         got: &[Bytes],
     ) -> Option<(Redirect, Vec<Unit>, Option<usize>)> {
         let mut watching = self.watched;
+        let mut in_multi = self.journal.is_some();
         let mut watched_at = None;
         for (i, (r, f)) in reqs.iter().zip(got).enumerate() {
             if self.ours(f).is_some() {
                 watched_at = watching.then_some(i);
                 break;
             }
-            match r.op {
-                TxOp::Watch if f.starts_with(b"+") => watching = true,
-                TxOp::End | TxOp::Unwatch => watching = false,
-                _ => {}
+            if r.op.ends_watch(in_multi) {
+                watching = false;
+            } else if r.op == TxOp::Watch && !in_multi && f.starts_with(b"+") {
+                watching = true;
             }
+            in_multi = r.op.in_multi_after(in_multi);
         }
         let mut first = None;
         let mut resend = Vec::new();
@@ -662,15 +661,14 @@ impl Task {
     /// Notes what the batch left on the connection: the open transaction, a WATCH.
     fn after(&mut self, reqs: &[Req], got: &[Bytes]) {
         for (r, f) in reqs.iter().zip(got) {
+            if r.op.ends_watch(self.journal.is_some()) {
+                self.watched = false;
+            }
             match (&mut self.journal, r.op) {
                 (None, TxOp::Multi) => self.journal = Some(vec![r.bytes.clone()]),
                 (None, TxOp::Watch) if f.starts_with(b"+") => self.watched = true,
-                (None, TxOp::Unwatch) => self.watched = false,
                 (None, _) => {}
-                (Some(_), TxOp::End) => {
-                    self.journal = None;
-                    self.watched = false;
-                }
+                (Some(_), op) if !op.in_multi_after(true) => self.journal = None,
                 (Some(j), _) => j.push(r.bytes.clone()),
             }
         }
@@ -715,28 +713,31 @@ static DISCARD: Bytes = Bytes::from_static(b"*1\r\n$7\r\nDISCARD\r\n");
 const EXECABORT: &[u8] = b"-EXECABORT Transaction discarded because of previous errors.\r\n";
 
 /// Which requests of a batch run without the WATCH they were sent under: from
-/// `from` to the first that ends the transaction (EXEC, DISCARD) or UNWATCH,
-/// included.
-fn doomed(reqs: &[Req], from: Option<usize>) -> Vec<bool> {
+/// `from` to the first that ends the watch ([`TxOp::ends_watch`]: an EXEC or
+/// DISCARD without MULTI does not), included; and whether the watch is still
+/// lost after the batch (a request from `from` on, none after it ending the
+/// watch). `in_multi`: the batch starts inside MULTI.
+fn doomed(reqs: &[Req], from: Option<usize>, mut in_multi: bool) -> (Vec<bool>, bool) {
     let mut out = vec![false; reqs.len()];
-    if let Some(from) = from {
-        for (i, r) in reqs.iter().enumerate().skip(from) {
+    let Some(from) = from else {
+        return (out, false);
+    };
+    for (i, r) in reqs.iter().enumerate() {
+        let ends = r.op.ends_watch(in_multi);
+        in_multi = r.op.in_multi_after(in_multi);
+        if i >= from {
             out[i] = true;
-            if matches!(r.op, TxOp::End | TxOp::Unwatch) {
-                break;
+            if ends {
+                return (out, false);
             }
         }
     }
-    out
+    (out, true)
 }
 
 /// Whether the connection is inside MULTI after a request with role `op`.
 fn step(in_multi: bool, op: TxOp) -> bool {
-    match op {
-        TxOp::Multi => true,
-        TxOp::End => false,
-        _ => in_multi,
-    }
+    op.in_multi_after(in_multi)
 }
 
 #[cfg(test)]
@@ -802,8 +803,9 @@ mod tests {
         ]);
         let reqs = requests(&b);
         // From the GET to the first EXEC.
-        let doom = doomed(&reqs, Some(0));
+        let (doom, still) = doomed(&reqs, Some(0), false);
         assert_eq!(doom, [true, true, true, true, false, false, false]);
+        assert!(!still);
         let all: Vec<usize> = (0..reqs.len()).collect();
         let reply = |r: &'static [u8]| Bytes::from_static(r);
         let discarded = [
@@ -827,15 +829,70 @@ mod tests {
         got[2] = reply(b"-ERR wrong number of arguments\r\n");
         answer_execs(false, &reqs, &all, &mut got, &doom, false);
         assert_eq!(got[3].as_ref(), EXECABORT);
-        // UNWATCH ends it; EXEC without MULTI is not one to answer.
+        // UNWATCH ends it; EXEC without MULTI neither ends it (Redis refuses it
+        // and the keys stay watched) nor is one to answer.
         let b = batch(&[&[b"EXEC"], &[b"UNWATCH"], &[b"MULTI"], &[b"EXEC"]]);
         let reqs = requests(&b);
-        assert_eq!(doomed(&reqs, Some(1)), [false, true, false, false]);
-        let doom = doomed(&reqs, Some(0));
-        assert_eq!(doom, [true, false, false, false]);
+        assert_eq!(
+            doomed(&reqs, Some(1), false),
+            (vec![false, true, false, false], false)
+        );
+        let (doom, _) = doomed(&reqs, Some(0), false);
+        assert_eq!(doom, [true, true, false, false]);
         let mut got = vec![reply(b"-ERR EXEC without MULTI\r\n"); 1];
         answer_execs(false, &reqs, &[0], &mut got, &doom, false);
         assert_eq!(got[0].as_ref(), b"-ERR EXEC without MULTI\r\n");
+        // Nor do DISCARD without MULTI, UNWATCH inside it, or the refused
+        // (wrong arity) DISCARD or UNWATCH: the watch is still lost after them.
+        let b = batch(&[
+            &[b"DISCARD"],
+            &[b"UNWATCH", b"x"],
+            &[b"MULTI"],
+            &[b"UNWATCH"],
+            &[b"DISCARD", b"x"],
+            &[b"INCR", b"k"],
+        ]);
+        let reqs = requests(&b);
+        assert_eq!(doomed(&reqs, Some(0), false), (vec![true; 6], true));
+        // (The same inside a MULTI of an earlier batch.) Its EXEC does …
+        assert_eq!(doomed(&reqs[4..], Some(0), true), (vec![true, true], true));
+        let b = batch(&[&[b"EXEC"], &[b"GET", b"k"]]);
+        let reqs = requests(&b);
+        assert_eq!(doomed(&reqs, Some(0), true), (vec![true, false], false));
+        // … and so does an EXEC refused for its arity, in MULTI or not.
+        let b = batch(&[&[b"EXEC", b"x"], &[b"GET", b"k"]]);
+        let reqs = requests(&b);
+        assert_eq!(reqs[0].op, TxOp::Abort);
+        assert!(!reqs[0].exec);
+        for in_multi in [false, true] {
+            assert_eq!(doomed(&reqs, Some(0), in_multi), (vec![true, false], false));
+        }
+    }
+
+    #[test]
+    fn a_refused_discard_leaves_the_transaction_open_and_exec_x_ends_it() {
+        let b = batch(&[
+            &[b"MULTI"],
+            &[b"DISCARD", b"x"],
+            &[b"SET", b"k", b"1"],
+            &[b"EXEC"],
+            &[b"MULTI"],
+            &[b"EXEC", b"x"],
+            &[b"GET", b"k"],
+        ]);
+        let reqs = requests(&b);
+        let shape: Vec<_> = units(&reqs, false)
+            .iter()
+            .map(|u| (u.reqs.clone(), u.journal, u.open))
+            .collect();
+        assert_eq!(
+            shape,
+            [
+                (0..4, false, false),
+                (4..6, false, false),
+                (6..7, false, false)
+            ]
+        );
     }
 
     #[test]

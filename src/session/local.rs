@@ -76,6 +76,12 @@ pub(super) fn arity_error<L: ArgList + ?Sized>(args: &L, sub: bool) -> Vec<u8> {
     out
 }
 
+/// Redis's refusal of an EXEC with arguments ([`TxOp::Abort`]), in MULTI or not.
+///
+/// [`TxOp::Abort`]: crate::command::TxOp::Abort
+pub(super) const EXEC_ABORT_ARITY: &[u8] =
+    b"-EXECABORT Transaction discarded because of: wrong number of arguments for 'exec' command\r\n";
+
 fn wrong_sub_args<L: ArgList + ?Sized>(args: &L) -> Outcome {
     Outcome::Reply(arity_error(args, true))
 }

@@ -10,7 +10,7 @@ use super::follow::HeldConn;
 use super::mode::{Held, Mode, MonitorEnd, Private, Queued};
 use super::queue::Pending;
 use super::Session;
-use crate::command::{each_request, ArgList};
+use crate::command::{each_request, ArgList, Descriptor, TxOp};
 use crate::config::UpstreamConfig;
 use crate::protocol::reply;
 use crate::protocol::request::encode_command;
@@ -158,10 +158,8 @@ impl SubTx {
     /// A request written to the connection (`skipped`: its reply is skipped,
     /// see [`SKIP_NEXT`]).
     fn sent(&mut self, args: &dyn ArgList, skipped: bool) {
-        let ends = args.count() > 0
-            && [&b"EXEC"[..], b"DISCARD"]
-                .iter()
-                .any(|c| args.arg(0).eq_ignore_ascii_case(c));
+        // (A DISCARD refused for its arity is queued as refused.)
+        let ends = !Descriptor::of(args).tx.in_multi_after(true);
         if !skipped {
             self.due.push_back(if ends { Due::End } else { Due::Reply });
         }
@@ -608,19 +606,10 @@ impl Session {
             if resp3 {
                 let name = args.arg(0);
                 let in_multi = s.tx.as_ref().is_some_and(|t| t.in_multi);
-                // What ends a watch on Redis: `EXEC` or `DISCARD` in `MULTI`,
-                // `UNWATCH` outside it, and an `EXEC` refused for its arity
-                // (Redis aborts the transaction). `EXEC` or `DISCARD` without
-                // `MULTI` is refused and leaves the watch, as does any other
-                // arity error.
-                let bare = args.count() == 1;
-                let is = |c: &[u8]| name.eq_ignore_ascii_case(c);
-                if is(b"WATCH") && !in_multi && args.count() > 1 {
+                let op = Descriptor::of(args).tx;
+                if op == TxOp::Watch && !in_multi {
                     s.watching = true;
-                } else if (is(b"EXEC") && (in_multi || !bare))
-                    || (is(b"DISCARD") && in_multi && bare)
-                    || (is(b"UNWATCH") && !in_multi && bare)
-                {
+                } else if op.ends_watch(in_multi) {
                     s.watching = false;
                 } else if name.eq_ignore_ascii_case(b"CLIENT")
                     && args.count() > 2
