@@ -232,6 +232,13 @@ def gen(rng, K):
     ]
     if QUIT:
         pool.append((1, lambda: ["QUIT"]))
+    if ARITY:
+        # Transaction commands with a wrong number of arguments (session 42).
+        pool.append((1, lambda: ["EXEC", "x"]))
+        pool.append((1, lambda: ["DISCARD", "x"]))
+        pool.append((1, lambda: ["UNWATCH", "x"]))
+        pool.append((1, lambda: ["MULTI", "x"]))
+        pool.append((1, lambda: ["WATCH"]))
     if AUTH:
         pool.append((1, lambda: ["AUTH"] + AUTH))
         pool.append((1, lambda: ["AUTH"] + AUTH[:-1] + ["wrong"]))
@@ -244,6 +251,9 @@ def gen(rng, K):
     return ["PING"]
 
 QUIT = True
+# ARITY=1: also MULTI, EXEC, DISCARD, WATCH and UNWATCH with a wrong number of
+# arguments (off by default: the seeds of earlier runs give the same scripts).
+ARITY = os.environ.get('ARITY')
 # AUTH=password or AUTH=user:password: every server wants it (requirepass, or the
 # ACL user), every session logs in first (the proxy with `auth_passthrough: true`
 # and the same password for its own connections), and a RESET, which logs the
@@ -630,14 +640,18 @@ def run(seed, steps, K, targets):
                 if "REDIRECT" in u:
                     model[int(c[-1][3:-1])]["target"] = True
             if u[0] in ("RESET", "QUIT"): st["sub"] = False; st["track"] = False; st["target"] = False
-            if u[0] == "MULTI": st["multi"] = True
-            if u[0] in ("EXEC", "DISCARD") and st["multi"]: st["multi"] = False; st["watch"] = False
+            # (By arity, as Redis checks it: EXEC with arguments ends the
+            # transaction and the watch; the others so refused do nothing.)
+            bare = len(u) == 1
+            if u[0] == "MULTI" and bare: st["multi"] = True
+            if u[0] == "EXEC" and not bare: st["multi"] = False; st["watch"] = False
+            if u[0] in ("EXEC", "DISCARD") and bare and st["multi"]: st["multi"] = False; st["watch"] = False
             if u[0] in ("RESET", "QUIT"): st["multi"] = False; st["watch"] = False; st["off"] = False; st["db"] = 0
             # (A RESP2 subscriber's CLIENT REPLY ON is refused, silently while
             # replies are off: once subscribed, off stays off for the model.)
             if u[:2] == ["CLIENT", "REPLY"] and u[2] != "SKIP": st["off"] = u[2] == "OFF" or (st["off"] and st.get("sub"))
-            if u[0] == "WATCH": st["watch"] = True
-            if u[0] == "UNWATCH" and not st["multi"]: st["watch"] = False
+            if u[0] == "WATCH" and not bare: st["watch"] = True
+            if u[0] == "UNWATCH" and bare and not st["multi"]: st["watch"] = False
             cmds.append(c)
             if AUTH and u[0] == "RESET":
                 cmds.append(["AUTH"] + AUTH)

@@ -593,6 +593,36 @@ mod identify_tests {
     }
 
     #[test]
+    fn transaction_roles_follow_redis_arity_checks() {
+        let tx = |a: &[&str]| Descriptor::of(a).tx;
+        assert_eq!(tx(&["multi"]), TxOp::Multi);
+        assert_eq!(tx(&["Exec"]), TxOp::End);
+        assert_eq!(tx(&["discard"]), TxOp::End);
+        assert_eq!(tx(&["watch", "a", "b"]), TxOp::Watch);
+        assert_eq!(tx(&["unwatch"]), TxOp::Unwatch);
+        // Refused for their arity, as any command: no role.
+        for a in [
+            &["multi", "x"][..],
+            &["discard", "x"],
+            &["watch"],
+            &["unwatch", "x"],
+        ] {
+            assert_eq!(tx(a), TxOp::None, "{a:?}");
+        }
+        // But EXEC so refused ends the transaction and the watch.
+        assert_eq!(tx(&["exec", "x"]), TxOp::Abort);
+        assert!(TxOp::Abort.ends_watch(false) && TxOp::Abort.ends_watch(true));
+        assert!(!TxOp::Abort.in_multi_after(true));
+        // EXEC/DISCARD end a watch only inside MULTI, UNWATCH only outside.
+        assert!(TxOp::End.ends_watch(true) && !TxOp::End.ends_watch(false));
+        assert!(TxOp::Unwatch.ends_watch(false) && !TxOp::Unwatch.ends_watch(true));
+        assert!(!TxOp::None.ends_watch(true) && !TxOp::Watch.ends_watch(false));
+        // A nested MULTI is refused: still inside.
+        assert!(TxOp::Multi.in_multi_after(true) && TxOp::None.in_multi_after(true));
+        assert!(!TxOp::End.in_multi_after(true) && !TxOp::Unwatch.in_multi_after(false));
+    }
+
+    #[test]
     fn cluster_only_commands_are_known_by_name_and_arity() {
         let only = |args: &[&str]| {
             let d = Descriptor::of(args);
