@@ -790,17 +790,79 @@ async fn an_exhausted_exclusive_pool_gives_a_clear_error_then_recovers() {
 }
 
 // Standalone only: stops and restarts its one server.
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn multi_while_redis_is_down_fails_fast_with_the_real_cause_and_leaves_no_transaction() {
+/// A proxy whose Redis is not up (on the port returned) and a client of it.
+/// Raw failures: with retries and the breaker on, retries would open the
+/// circuit and commands would (rightly) get -CIRCUITOPEN instead of the cause.
+async fn proxy_to_nothing() -> (u16, redis_sidecar::server::Proxy, AsyncRawClient) {
     let port = support::free_port();
     let mut config = redis_sidecar::config::Config::for_upstream("127.0.0.1", port);
     config.listen = std::net::SocketAddr::from(([127, 0, 0, 1], 0));
-    // Raw failures: with retries and the breaker on, GET's retries would open the
-    // circuit and MULTI would (rightly) get -CIRCUITOPEN instead of the cause.
     support::without_retries_or_breaker(&mut config);
     let proxy = start_proxy(config).await;
     let mut c = AsyncRawClient::connect(proxy.local_addr()).await;
     c.set_timeout(Duration::from_secs(15));
+    (port, proxy, c)
+}
+
+/// A transaction command with a wrong number of arguments outside MULTI is
+/// refused by Redis without changing anything: the proxy answers it itself, as
+/// Redis does, so it needs no connection and its answer holds while Redis is
+/// unreachable (until session 42 it took an exclusive connection, and `UNWATCH
+/// x` got `+OK` when that failed). The same bytes, sent to Redis once it is up,
+/// get the same replies.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn transaction_commands_refused_for_their_arity_need_no_connection() {
+    let (port, proxy, mut c) = proxy_to_nothing().await;
+    let script: [&[&[u8]]; 6] = [
+        &[b"DISCARD", b"x"],
+        &[b"UNWATCH", b"x"],
+        &[b"MULTI", b"x"],
+        &[b"WATCH"],
+        &[b"exec", b"x"],
+        &[b"GET", b"k"],
+    ];
+    let mut proxied = Vec::new();
+    for a in script {
+        proxied.push(printable(&c.cmd(a).await));
+    }
+    // Redis is down: only the GET needed it.
+    assert!(proxied[5].contains("-UPSTREAM"), "{proxied:?}");
+    let redis = tokio::task::spawn_blocking(move || RedisServer::start_on_port(port))
+        .await
+        .unwrap();
+    let mut d = AsyncRawClient::connect(std::net::SocketAddr::from(([127, 0, 0, 1], port))).await;
+    let mut direct = Vec::new();
+    for a in &script[..5] {
+        direct.push(printable(&d.cmd(a).await));
+    }
+    assert_eq!(proxied[..5], direct[..]);
+    assert!(direct[0].contains("wrong number of arguments for 'discard'"));
+    assert!(direct[4].starts_with("\"-EXECABORT"), "{direct:?}");
+    // And inside MULTI (Redis up now): the refusal aborts the transaction.
+    let tx: [&[&[u8]]; 4] = [
+        &[b"MULTI"],
+        &[b"DISCARD", b"x"],
+        &[b"SET", b"k", b"1"],
+        &[b"EXEC"],
+    ];
+    let mut got = Vec::new();
+    for a in tx {
+        got.push(printable(&c.cmd(a).await));
+    }
+    let mut want = Vec::new();
+    for a in tx {
+        want.push(printable(&d.cmd(a).await));
+    }
+    assert_eq!(got, want);
+    assert!(got[3].contains("EXECABORT"), "{got:?}");
+    assert_eq!(d.cmd(&[b"EXISTS", b"k"]).await, b":0\r\n");
+    drop(redis);
+    proxy.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn multi_while_redis_is_down_fails_fast_with_the_real_cause_and_leaves_no_transaction() {
+    let (port, proxy, mut c) = proxy_to_nothing().await;
 
     // The shared path answers at once with the cause; MULTI should do no worse.
     let shared = String::from_utf8_lossy(&c.cmd(&[b"GET", b"k"]).await).into_owned();

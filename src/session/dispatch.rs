@@ -452,21 +452,38 @@ impl Session {
     /// Redis's refusal of an EXEC or DISCARD (of the right arity) sent outside
     /// MULTI by a session on the shared connections or a private one (tracking,
     /// an `auth_passthrough` login), which Redis answers without running
-    /// anything. (Under a WATCH on an exclusive connection it is sent: the answer
-    /// then says whether the WATCH is lost, see `ended_all_the_same`.)
+    /// anything; so too an EXEC with arguments ([`TxOp::Abort`]) where no WATCH
+    /// is in force. (Under a WATCH on an exclusive connection it is sent: the
+    /// answer then says whether the WATCH is lost, see `ended_all_the_same`.)
     fn end_without_multi(&self, cmd: &Descriptor) -> Option<&'static [u8]> {
-        if cmd.tx != TxOp::End || !self.state.authenticated {
+        if !matches!(cmd.tx, TxOp::End | TxOp::Abort) || !self.state.authenticated {
             return None;
         }
         let outside = match &self.mode {
             // (A lost or deferred transaction was answered before this.)
             Mode::Shared => true,
-            Mode::Private(p) => !p.held.in_multi,
+            Mode::Private(p) => !p.held.in_multi && (cmd.tx == TxOp::End || !p.held.watching),
             _ => false,
         };
-        // (`End`: of the right arity.)
         let info = cmd.info.filter(|_| outside)?;
-        Some(super::exclusive::end_refusal(info.name))
+        Some(match cmd.tx {
+            TxOp::Abort => super::local::EXEC_ABORT_ARITY,
+            _ => super::exclusive::end_refusal(info.name),
+        })
+    }
+
+    /// Whether the request is a MULTI, DISCARD, WATCH or UNWATCH with a wrong
+    /// number of arguments (their [`TxOp::None`]), which Redis refuses without
+    /// changing anything on the connection: answered here with Redis's refusal,
+    /// in or out of MULTI (where it aborts the
+    /// transaction at EXEC, as on Redis), so that no connection is taken for it
+    /// and the answer holds whatever becomes of one. (A subscriber's goes to
+    /// its connection, whose transaction Redis keeps.)
+    fn arity_refused(&self, cmd: &Descriptor) -> bool {
+        self.state.authenticated
+            && cmd.tx == TxOp::None
+            && cmd.route == Route::Stateful(Family::Transaction)
+            && !matches!(self.mode, Mode::Subscribed(_))
     }
 
     /// The connection a request for `target` would use.
@@ -1590,6 +1607,16 @@ impl Session {
                 self.push_reply(reply.to_vec());
                 continue;
             }
+            if self.arity_refused(&cmd) {
+                self.flush(&mut run, inbuf).await;
+                let reply = with_args(&inbuf[..req.len], &self.args, &req, |a| {
+                    super::local::arity_error(a, false)
+                });
+                inbuf.advance(req.len);
+                self.push_reply(reply);
+                self.refused_in_multi();
+                continue;
+            }
 
             if let Some(target) = self.target(cmd.route) {
                 let conn = self.conn_for(target);
@@ -1627,25 +1654,36 @@ impl Session {
                 let aborts = cmd.tx == TxOp::End
                     && cmd.info.is_some_and(|i| i.name == "exec")
                     && self.mode.held().is_some_and(|h| h.dirty);
-                if aborts {
+                // An EXEC with arguments: Redis's refusal ends the transaction
+                // and the WATCH.
+                let arity = cmd.tx == TxOp::Abort && self.mode.held().is_some();
+                if aborts || arity {
                     // As Redis: a transaction with a refused command is discarded at
-                    // EXEC. The connection gets DISCARD; the client, EXECABORT.
+                    // EXEC. The connection gets DISCARD (UNWATCH outside MULTI);
+                    // the client, EXECABORT.
                     self.flush(&mut run, inbuf).await;
                     inbuf.advance(req.len);
+                    let in_multi = self.mode.in_multi();
                     if let Some(h) = self.mode.held_mut() {
                         h.pending_select = None;
                     }
-                    let discard = Bytes::from_static(b"*1\r\n$7\r\nDISCARD\r\n");
-                    let mut out = Outgoing::one(discard, Target::Held, cmd.index(), false);
+                    let reset = Bytes::from_static(match in_multi {
+                        true => b"*1\r\n$7\r\nDISCARD\r\n",
+                        false => b"*1\r\n$7\r\nUNWATCH\r\n",
+                    });
+                    let mut out = Outgoing::one(reset, Target::Held, cmd.index(), false);
                     out.silent = true;
                     let db = self.state.db.clone();
                     self.last = conn;
                     self.send(db, out).await;
-                    self.push_reply(
-                        b"-EXECABORT Transaction discarded because of previous errors.\r\n"
-                            .to_vec(),
-                    );
-                    if self.transaction_step(TxOp::End) && matches!(self.mode, Mode::Exclusive(_)) {
+                    self.push_reply(match arity {
+                        true => super::local::EXEC_ABORT_ARITY.to_vec(),
+                        false => {
+                            b"-EXECABORT Transaction discarded because of previous errors.\r\n"
+                                .to_vec()
+                        }
+                    });
+                    if self.transaction_step(cmd.tx) && matches!(self.mode, Mode::Exclusive(_)) {
                         self.release(true);
                     }
                     continue;
