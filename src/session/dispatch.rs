@@ -453,8 +453,9 @@ impl Session {
     /// MULTI by a session on the shared connections or a private one (tracking,
     /// an `auth_passthrough` login), which Redis answers without running
     /// anything; so too an EXEC with arguments ([`TxOp::Abort`]) where no WATCH
-    /// is in force. (Under a WATCH on an exclusive connection it is sent: the
-    /// answer then says whether the WATCH is lost, see `ended_all_the_same`.)
+    /// is in force. (Under a WATCH on an exclusive connection an EXEC is sent:
+    /// the answer then says whether the WATCH is lost, see `ended_all_the_same`;
+    /// an EXEC with arguments there sends UNWATCH, see `aborts` in dispatch.)
     fn end_without_multi(&self, cmd: &Descriptor) -> Option<&'static [u8]> {
         if !matches!(cmd.tx, TxOp::End | TxOp::Abort) || !self.state.authenticated {
             return None;
@@ -475,10 +476,10 @@ impl Session {
     /// Whether the request is a MULTI, DISCARD, WATCH or UNWATCH with a wrong
     /// number of arguments (their [`TxOp::None`]), which Redis refuses without
     /// changing anything on the connection: answered here with Redis's refusal,
-    /// in or out of MULTI (where it aborts the
-    /// transaction at EXEC, as on Redis), so that no connection is taken for it
-    /// and the answer holds whatever becomes of one. (A subscriber's goes to
-    /// its connection, whose transaction Redis keeps.)
+    /// in or out of MULTI (where it aborts the transaction at EXEC, as on
+    /// Redis), so that no connection is taken for it and the answer holds
+    /// whatever becomes of one. (A subscriber's goes to its connection, whose
+    /// transaction Redis keeps.)
     fn arity_refused(&self, cmd: &Descriptor) -> bool {
         self.state.authenticated
             && cmd.tx == TxOp::None

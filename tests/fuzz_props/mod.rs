@@ -528,8 +528,14 @@ pub fn redis_protocol_frames(buf: &[u8]) -> Vec<(&'static str, usize, bool)> {
         // (Nor a push after attributes, `|0 >1 …`, which the scanner takes for a
         // push inside the attribute frame: Redis sends no attributes.)
         let after_attributes = matches!(f, resp3::types::OwnedFrame::Push { .. }) && buf[0] != b'>';
-        if !holds_push(&f) && !after_attributes {
-            out.push(("resp3", n, canonical3(&f, &buf[..n])));
+        // (Nor a frame it did not decode whole that has a `>` in it: a map's
+        // duplicate key is dropped with its value, which may be that push,
+        // `%2 _ :1 _ >1 :2`; found by `damaged_reply_streams_keep_the_properties`
+        // in session 42's CI.)
+        let canonical = canonical3(&f, &buf[..n]);
+        let lost_push = !canonical && buf[..n].contains(&b'>');
+        if !holds_push(&f) && !after_attributes && !lost_push {
+            out.push(("resp3", n, canonical));
         }
     }
     out
