@@ -722,6 +722,104 @@ async fn tracking_off_returns_to_shared_connections_and_a_lost_tracking_connecti
     proxy.shutdown().await;
 }
 
+/// Redis keeps the keys it tracked for a client after `CLIENT TRACKING OFF` (a key
+/// leaves its table only when written), and once tracking is on again it reports
+/// a write of any of them, whatever the database. Found by the multi-session tool
+/// (seed 9246): the proxy closed the tracking connection at OFF and opened a new
+/// one at ON, so those invalidations never came.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn tracking_turned_on_again_reports_keys_read_before_it_was_turned_off() {
+    let redis = RedisServer::start();
+    let proxy = start_proxy(proxy_config(&redis)).await;
+    same_as_redis(redis.addr(), proxy.local_addr(), |addr| async move {
+        let mut log = Vec::new();
+        let mut c = resp3_tracking(addr, &[], &mut log).await;
+        let mut w = AsyncRawClient::connect(addr).await;
+        for key in [&b"k1"[..], b"k2", b"k3", b"k4"] {
+            log.push(text(&c.cmd(&[b"GET", key]).await));
+        }
+        log.push(text(&c.cmd(&[b"CLIENT", b"TRACKING", b"OFF"]).await));
+        // Written while tracking is off: no message, and the key leaves the table
+        // (a key of that name in any database, by any client).
+        log.push(text(&w.cmd(&[b"SET", b"k2", b"x"]).await));
+        log.push(text(&c.cmd(&[b"SELECT", b"1"]).await));
+        log.push(text(&c.cmd(&[b"SET", b"k3", b"in db 1"]).await));
+        c.assert_no_reply(Duration::from_millis(100)).await;
+        log.push(text(&c.cmd(&[b"CLIENT", b"TRACKING", b"ON"]).await));
+        // Keys read before OFF, written in db 0 by another client.
+        log.push(text(&w.cmd(&[b"SET", b"k1", b"x"]).await));
+        log.push(pushed(&mut c).await);
+        log.push(text(&w.cmd(&[b"SET", b"k2", b"y"]).await));
+        log.push(text(&w.cmd(&[b"SET", b"k3", b"y"]).await));
+        log.push(text(&w.cmd(&[b"SET", b"k4", b"y"]).await));
+        log.push(pushed(&mut c).await);
+        log.push(text(&c.cmd(&[b"PING"]).await));
+        // Reported once: the table forgot them.
+        log.push(text(&w.cmd(&[b"SET", b"k1", b"z"]).await));
+        log.push(text(&c.cmd(&[b"GET", b"k4"]).await));
+        log.push(text(&c.cmd(&[b"CLIENT", b"TRACKING", b"OFF"]).await));
+        // A RESP2 client now, with a redirect to a subscriber of the channel.
+        // (Its numbers masked: the id, the version.)
+        let hello = text(&c.cmd(&[b"HELLO", b"2"]).await);
+        let mut masked = String::new();
+        for ch in hello.chars() {
+            if !ch.is_ascii_digit() {
+                masked.push(ch);
+            } else if !masked.ends_with('N') {
+                masked.push('N');
+            }
+        }
+        log.push(masked);
+        let mut s = AsyncRawClient::connect(addr).await;
+        let sid = id_of(&mut s).await.to_string();
+        log.push(text(&s.cmd(&[b"SUBSCRIBE", b"__redis__:invalidate"]).await));
+        let on = [
+            &b"CLIENT"[..],
+            b"TRACKING",
+            b"ON",
+            b"REDIRECT",
+            sid.as_bytes(),
+        ];
+        log.push(text(&c.cmd(&on).await));
+        log.push(text(&w.cmd(&[b"SET", b"k4", b"read in db 1"]).await));
+        log.push(pushed(&mut s).await);
+        c.assert_no_reply(Duration::from_millis(100)).await;
+        log.push(text(&c.cmd(&[b"PING"]).await));
+        log
+    })
+    .await;
+
+    // The kept connection is lost while tracking is off: tracking comes back
+    // on a new one, tracking what is read from then on.
+    let mut direct = AsyncRawClient::connect(redis.addr()).await;
+    let mut c = AsyncRawClient::connect(proxy.local_addr()).await;
+    let mut w = AsyncRawClient::connect(proxy.local_addr()).await;
+    assert!(c.cmd(&[b"HELLO", b"3"]).await.starts_with(b"%7\r\n"));
+    assert_eq!(c.cmd(&[b"CLIENT", b"TRACKING", b"ON"]).await, b"+OK\r\n");
+    let list = text(&direct.cmd(&[b"CLIENT", b"LIST"]).await);
+    let tracking: Vec<&str> = list
+        .lines()
+        .filter(|l| l.contains(" flags=t "))
+        .filter_map(|l| l.strip_prefix("id=")?.split(' ').next())
+        .collect();
+    assert_eq!(tracking.len(), 1, "{list}");
+    assert_eq!(c.cmd(&[b"CLIENT", b"TRACKING", b"OFF"]).await, b"+OK\r\n");
+    let killed = direct
+        .cmd(&[b"CLIENT", b"KILL", b"ID", tracking[0].as_bytes()])
+        .await;
+    assert_eq!(killed, b":1\r\n", "the connection is kept after OFF");
+    // (Tracking is off: the client is not told.)
+    c.assert_no_reply(Duration::from_millis(200)).await;
+    assert_eq!(c.cmd(&[b"CLIENT", b"TRACKING", b"ON"]).await, b"+OK\r\n");
+    assert_eq!(c.cmd(&[b"GET", b"k9"]).await, b"_\r\n");
+    assert_eq!(w.cmd(&[b"SET", b"k9", b"v"]).await, b"+OK\r\n");
+    assert_eq!(
+        pushed(&mut c).await,
+        ">2\r\n$10\r\ninvalidate\r\n*1\r\n$2\r\nk9\r\n"
+    );
+    proxy.shutdown().await;
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn tracking_needs_authentication_and_a_blocked_tracking_client_can_be_unblocked() {
     let redis = RedisServer::start();

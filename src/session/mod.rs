@@ -461,6 +461,9 @@ struct Session {
     /// redirect target: what Redis pushes on it is written to the client
     /// (`crate::clients`, `Clients::push_sink_id`).
     push_conn: Option<Box<stand_in::StandIn>>,
+    /// The tracking connection `CLIENT TRACKING OFF` let go of, kept for the next
+    /// `CLIENT TRACKING ON` (`stand_in::Dormant`).
+    dormant: Option<Box<stand_in::Dormant>>,
     /// A cluster database's MULTI was answered `+OK` and waits for the first
     /// request with a key to pick the node (`dispatch::deferred_step`).
     deferred_multi: bool,
@@ -530,6 +533,7 @@ impl Session {
             login: None,
             tracking: None,
             push_conn: None,
+            dormant: None,
             deferred_multi: false,
             end_barrier: false,
             deferred_dirty: false,
@@ -576,6 +580,7 @@ impl Session {
             || !matches!(self.mode, Mode::Shared)
             || self.tracking.is_some()
             || self.push_conn.is_some()
+            || self.dormant.is_some()
             || self.login.is_some()
             || self.reply_off
             || self.skip_next

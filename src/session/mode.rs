@@ -355,7 +355,7 @@ impl Session {
             // (unless a redirect named it: `stand_in`).
             Mode::Private(p) => {
                 let tracking = self.tracking.take().is_some();
-                self.let_go_of_private(p, tracking);
+                self.let_go_of_private(p, tracking, false);
             }
             _ => {}
         }

@@ -14,14 +14,28 @@
 //! every invalidation redirected there, and the session writes them as Redis
 //! would write them to it as it is now (`Session::on_redirected_push`). From then
 //! on, redirects to the session name it.
+//!
+//! A tracking connection that `CLIENT TRACKING OFF` lets go of (and no redirect
+//! named) is kept too, idle, as the session's [`Dormant`] connection: Redis keeps
+//! the keys it tracked for a client after tracking is turned off (they leave its
+//! table only when written), and once the client turns tracking on again it
+//! reports a write of any of them, wherever it comes from. So the next
+//! `CLIENT TRACKING ON` on that server takes the dormant connection back
+//! (`Session::revive_dormant`) rather than opening one that tracks nothing.
 
 use std::sync::atomic::Ordering::Relaxed;
 
 use bytes::Bytes;
 
-use super::mode::{Held, Private};
+use std::sync::Arc;
+
+use super::dispatch::{encode, Outgoing, Target};
+use super::mode::{Held, Mode, Private};
+use super::queue::CmdList;
 use super::tracking::{unanswered, INVALIDATE};
 use super::Session;
+use crate::command::{table, Block};
+use crate::router::Database;
 use crate::upstream::dedicated::Dedicated;
 use crate::upstream::pubsub::{End, Subscription};
 
@@ -31,6 +45,8 @@ const DISCARD: &[u8] = b"*1\r\n$7\r\nDISCARD\r\n";
 const TRACKING_OFF: &[u8] = b"*3\r\n$6\r\nCLIENT\r\n$8\r\nTRACKING\r\n$3\r\nOFF\r\n";
 /// Makes a kept connection RESP3.
 const HELLO_3: &[u8] = b"*2\r\n$5\r\nHELLO\r\n$1\r\n3\r\n";
+/// Makes a revived connection RESP2.
+const HELLO_2: &[u8] = b"*2\r\n$5\r\nHELLO\r\n$1\r\n2\r\n";
 /// Ends a kept subscriber connection's subscriptions.
 const UNSUBSCRIBE_ALL: &[u8] =
     b"*1\r\n$11\r\nUNSUBSCRIBE\r\n*1\r\n$12\r\nPUNSUBSCRIBE\r\n*1\r\n$12\r\nSUNSUBSCRIBE\r\n";
@@ -67,7 +83,73 @@ impl StandIn {
     }
 }
 
+/// A tracking connection let go by `CLIENT TRACKING OFF`, kept idle (see the
+/// module docs).
+pub(super) struct Dormant {
+    conn: Dedicated,
+    /// The database it was on (its server, and the db it selected).
+    db: Arc<Database>,
+    resp3: bool,
+}
+
 impl Session {
+    /// `CLIENT TRACKING OFF` was answered `+OK`: the session lets go of its
+    /// private connection, which is kept as its push connection if a redirect
+    /// named it, else as its dormant one.
+    pub(super) fn let_go_after_tracking(&mut self) {
+        if let Mode::Private(p) = std::mem::replace(&mut self.mode, Mode::Shared) {
+            self.let_go_of_private(p, false, true);
+        }
+    }
+
+    /// `CLIENT TRACKING ON` with no connection of the session's own: its dormant
+    /// connection becomes its private one again, if it is on the session's
+    /// server and still open (`false`: a new one is needed). It is switched to
+    /// the session's protocol and database first, silently.
+    pub(super) async fn revive_dormant(&mut self) -> bool {
+        let Some(dormant) = self.dormant.take() else {
+            return false;
+        };
+        let Dormant {
+            mut conn,
+            db,
+            resp3,
+        } = *dormant;
+        let now = self.state.db.clone();
+        if !db.same_server(&now) || !conn.still_open() {
+            return false;
+        }
+        let mut setup: Vec<&[u8]> = Vec::new();
+        if resp3 != self.state.resp3 {
+            setup.push(if self.state.resp3 { HELLO_3 } else { HELLO_2 });
+        }
+        let selected = now.config.upstream.db;
+        let select = encode(&[&b"SELECT"[..], selected.to_string().as_bytes()][..]);
+        if selected != db.config.upstream.db {
+            setup.push(&select);
+        }
+        let resp3 = self.state.resp3;
+        self.hold_private(conn, now.clone(), resp3);
+        if !setup.is_empty() {
+            let mut cmds = CmdList::new();
+            for _ in &setup {
+                cmds.push(table::COUNT as u16);
+            }
+            let out = Outgoing {
+                bytes: Bytes::from(setup.concat()),
+                count: setup.len() as u32,
+                target: Target::Held,
+                cmds,
+                readonly: false,
+                block: Block::No,
+                silent: true,
+                select_after: None,
+            };
+            self.send(now, out).await;
+        }
+        true
+    }
+
     /// The session lets go of its subscriber connection `sub`: kept as its push
     /// connection if a redirect named it (see the module docs), else closed.
     pub(super) fn let_go_of_subscriber(&mut self, sub: Subscription, in_multi: bool) {
@@ -86,8 +168,9 @@ impl Session {
 
     /// The session lets go of its private connection (`tracking`: tracking
     /// was on there): kept as its push connection if a redirect named it, else
-    /// closed.
-    pub(super) fn let_go_of_private(&mut self, private: Private, tracking: bool) {
+    /// as its dormant connection (`dormant`: tracking was just turned off
+    /// there), else closed.
+    pub(super) fn let_go_of_private(&mut self, private: Private, tracking: bool, dormant: bool) {
         let Private {
             held: Held {
                 conn, sent_multi, ..
@@ -99,6 +182,13 @@ impl Session {
             return;
         };
         if !self.keeps(conn.upstream_id().load(Relaxed), &db.config.upstream) {
+            if dormant {
+                self.dormant = Some(Box::new(Dormant {
+                    conn,
+                    db: self.state.db.clone(),
+                    resp3,
+                }));
+            }
             return;
         }
         // Only what it needs: a setup's round trip is a moment in which the

@@ -11,7 +11,10 @@
 //!
 //! * `CLIENT TRACKING OFF` (Redis's `+OK`) turns tracking off; a session that has no
 //!   other reason for its own connection (no `auth_passthrough` login, no WATCH)
-//!   goes back to the shared connections, and the tracking connection closes.
+//!   goes back to the shared connections, and the tracking connection is kept
+//!   idle for the next `CLIENT TRACKING ON`: Redis still holds the keys it
+//!   tracked there, and reports them once tracking is on again
+//!   (`super::stand_in::Dormant`).
 //! * `REDIRECT <id>` names a proxy session (its `CLIENT ID` through the proxy).
 //!   It is sent to Redis as the id of that session's own upstream connection — its
 //!   subscriber connection (the RESP2 way: subscribed to `__redis__:invalidate`),
@@ -373,7 +376,7 @@ impl Session {
             );
             return None;
         }
-        if on && !self.mode.is_private() {
+        if on && !self.mode.is_private() && !self.revive_dormant().await {
             // A connection of its own, where Redis will send the invalidations.
             let resp3 = self.state.resp3;
             if let Err(refused) = self.open_private(resp3).await {
@@ -387,7 +390,7 @@ impl Session {
             Ok(t) => t,
             Err(refused) => {
                 self.push_reply(refused);
-                self.after_switch();
+                self.after_switch(false);
                 return None;
             }
         };
@@ -530,18 +533,24 @@ impl Session {
         match self.queue.back_mut() {
             Some(Pending::Upstream(sent)) if queued => sent.hook = hook,
             // Refused before it was sent (circuit open): nothing changes.
-            _ if matches!(hook, Some(Hook::Switch(_))) => self.after_switch(),
+            _ if matches!(hook, Some(Hook::Switch(_))) => self.after_switch(false),
             _ => {}
         }
     }
 
     /// After a `CLIENT TRACKING` request was answered (or refused): with tracking
-    /// off and no other reason to keep it, the session's own connection is let go.
-    fn after_switch(&mut self) {
+    /// off and no other reason to keep it, the session's own connection is let go
+    /// (`turned_off`: tracking was on until this reply; the connection is kept, as
+    /// Redis still tracks what it read there, `stand_in::Dormant`).
+    fn after_switch(&mut self, turned_off: bool) {
         if self.tracking.is_none() && self.login.is_none() {
             if let Mode::Private(p) = &self.mode {
                 if !p.held.in_multi && !p.held.watching {
-                    self.release(false);
+                    if turned_off {
+                        self.let_go_after_tracking();
+                    } else {
+                        self.release(false);
+                    }
                 }
             }
         }
@@ -570,10 +579,12 @@ impl Session {
         match hook {
             None => bytes,
             Some(Hook::Switch(tracking)) => {
+                let mut turned_off = false;
                 if &bytes[reply_at(&bytes)..] == b"+OK\r\n" {
+                    turned_off = self.tracking.is_some() && tracking.is_none();
                     self.tracking = tracking;
                 }
-                self.after_switch();
+                self.after_switch(turned_off);
                 bytes
             }
             Some(Hook::Login(login)) => {

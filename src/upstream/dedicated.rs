@@ -601,6 +601,26 @@ impl Dedicated {
         before
     }
 
+    /// Whether an own connection kept idle is still open: its stream of pushes
+    /// has not ended and it still has its `CLIENT ID`. What Redis pushed there
+    /// meanwhile is dropped (nobody was waiting for it).
+    pub fn still_open(&mut self) -> bool {
+        if let Some(p) = &mut self.pushes {
+            while p.ended.is_none() {
+                match p.rx.try_recv() {
+                    Ok(Ok(push)) => {
+                        p.queued.fetch_sub(push.len(), Relaxed);
+                    }
+                    Ok(Err(end)) => p.ended = Some(end),
+                    Err(mpsc::error::TryRecvError::Empty) => break,
+                    Err(mpsc::error::TryRecvError::Disconnected) => p.ended = Some(End::Closed),
+                }
+            }
+        }
+        self.pushes.as_ref().is_some_and(|p| p.ended.is_none())
+            && self.upstream_id.load(Relaxed) != 0
+    }
+
     /// Whether this connection's pushes are watched (an own connection whose
     /// stream of pushes has not ended).
     pub fn watches_pushes(&self) -> bool {
