@@ -820,6 +820,69 @@ async fn tracking_turned_on_again_reports_keys_read_before_it_was_turned_off() {
     proxy.shutdown().await;
 }
 
+/// The same wherever tracking was turned off: on a RESP3 subscriber's
+/// connection (tracking turned on before or after subscribing; turned on again
+/// unsubscribed, or after subscribing again; turned off before subscribing),
+/// by `RESET`, under a `WATCH`, and
+/// after Redis refused the `CLIENT TRACKING ON`. Steps: `a:`/`b:` a command of
+/// client `a` (RESP3) or `b` and its reply; `a<` a push `a` gets unasked.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn tracking_turned_off_anywhere_reports_keys_read_before_once_on_again() {
+    const SCENARIOS: &[&str] = &[
+        // Tracking turned on, then subscribed (the same connection).
+        "a:CLIENT TRACKING ON|a:GET k|a:SUBSCRIBE ch|a:UNSUBSCRIBE ch|a:CLIENT TRACKING OFF\
+         |a:CLIENT TRACKING ON|b:SET k 1|a<|a:PING",
+        // Subscribed, then tracking; on again in another database.
+        "a:SUBSCRIBE ch|a:CLIENT TRACKING ON|a:GET k|a:CLIENT TRACKING OFF|a:UNSUBSCRIBE ch\
+         |a:SELECT 2|a:CLIENT TRACKING ON|a:SET x 1|b:SET k 1|a<|b:SELECT 2|b:GET x|a:PING",
+        // Subscribed again before tracking is on again.
+        "a:CLIENT TRACKING ON|a:GET k|a:SUBSCRIBE ch|a:UNSUBSCRIBE ch|a:CLIENT TRACKING OFF\
+         |a:SUBSCRIBE ch2|a:CLIENT TRACKING ON|b:SET k 1|a<|b:PUBLISH ch2 m|a<\
+         |a:UNSUBSCRIBE|a:PING",
+        // Tracking off, then subscribed: on again while subscribed, or after.
+        "a:CLIENT TRACKING ON|a:GET k|a:CLIENT TRACKING OFF|a:SUBSCRIBE ch\
+         |a:CLIENT TRACKING ON|b:SET k 1|a<|a:PING",
+        "a:CLIENT TRACKING ON|a:GET k|a:CLIENT TRACKING OFF|a:SUBSCRIBE ch|b:SET k 1\
+         |a:UNSUBSCRIBE ch|a:CLIENT TRACKING ON|b:SET k 2|a:PING",
+        "a:CLIENT TRACKING ON|a:GET k|a:RESET|a:HELLO 3|a:CLIENT TRACKING ON|b:SET k 1|a<|a:PING",
+        "a:CLIENT TRACKING ON|a:GET k|a:WATCH x|a:CLIENT TRACKING OFF|a:UNWATCH\
+         |a:CLIENT TRACKING ON|b:SET k 1|a<|a:PING",
+        // Redis refuses the ON: tracking stays off (CLIENT INFO's flags too).
+        "a:CLIENT TRACKING ON|a:GET k|a:SUBSCRIBE ch|a:UNSUBSCRIBE ch|a:CLIENT TRACKING OFF\
+         |a:CLIENT TRACKING ON REDIRECT 999999|a:CLIENT INFO|a:CLIENT TRACKING ON|b:SET k 2\
+         |a<|a:PING",
+    ];
+    let redis = RedisServer::start();
+    let proxy = start_proxy(proxy_config(&redis)).await;
+    for steps in SCENARIOS {
+        same_as_redis(redis.addr(), proxy.local_addr(), |addr| async move {
+            let mut log = Vec::new();
+            let mut a = AsyncRawClient::connect(addr).await;
+            assert!(a.cmd(&[b"HELLO", b"3"]).await.starts_with(b"%7\r\n"));
+            let mut b = AsyncRawClient::connect(addr).await;
+            for step in steps.split('|') {
+                let (who, command) = step.split_at(2);
+                let args: Vec<&[u8]> = command.split(' ').map(str::as_bytes).collect();
+                let got = match who {
+                    "a<" => pushed(&mut a).await,
+                    "a:" => text(&a.cmd(&args).await),
+                    _ => text(&b.cmd(&args).await),
+                };
+                // (Only what is the same on every connection: flags, redirect.)
+                let got = match command {
+                    "HELLO 3" => got.starts_with("%7").to_string(),
+                    "CLIENT INFO" => flags_and_redir(got.as_bytes()),
+                    _ => got,
+                };
+                log.push(format!("{step} -> {got}"));
+            }
+            log
+        })
+        .await;
+    }
+    proxy.shutdown().await;
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn tracking_needs_authentication_and_a_blocked_tracking_client_can_be_unblocked() {
     let redis = RedisServer::start();

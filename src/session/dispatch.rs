@@ -1279,6 +1279,18 @@ impl Session {
                 continue;
             }
 
+            if cmd.route == Route::Client
+                && self.dormant.is_some()
+                && with_args(&inbuf[run.len..], &self.args, &req, |a| {
+                    self.dormant_subscriber_fits(a)
+                })
+            {
+                // Tracking on again where it was on (`stand_in::Dormant`): back to
+                // the subscriber connection, where it is sent below.
+                self.flush(&mut run, inbuf).await;
+                self.revive_dormant_subscriber().await;
+            }
+
             // Subscribed: everything goes to the subscriber connection, except
             // what the proxy answers itself, which waits behind a barrier.
             if matches!(self.mode, Mode::Subscribed(_)) {
@@ -1554,14 +1566,23 @@ impl Session {
                     (1..args.count()).any(|i| crate::publish_order::keyspace_channel(args.arg(i)))
                 });
                 let subscribing = self.ctx.publish_order.begin(keyspace);
-                let (opened, adopted) = match self.adopt_tracking_conn(monitor).await {
-                    Some(Some((sub, watching, tracking))) => (Ok(sub), Some((watching, tracking))),
-                    // Its tracking connection was lost: the client is closed.
-                    Some(None) => return,
-                    None => (
-                        Box::pin(self.open_subscriber(&db, cfg, sharded, monitor)).await,
-                        None,
-                    ),
+                let revived = self.dormant_subscriber(monitor);
+                if revived.is_none() && !monitor && self.state.resp3 {
+                    // (Or a dormant private one, adopted below.)
+                    self.revive_dormant().await;
+                }
+                let (opened, adopted, revived) = match revived {
+                    Some((sub, was_on)) => (Ok(sub), None, Some(was_on)),
+                    None => match self.adopt_tracking_conn(monitor).await {
+                        Some(Some((sub, kept))) => (Ok(sub), Some(kept), None),
+                        // Its tracking connection was lost: the client is closed.
+                        Some(None) => return,
+                        None => (
+                            Box::pin(self.open_subscriber(&db, cfg, sharded, monitor)).await,
+                            None,
+                            None,
+                        ),
+                    },
                 };
                 match opened {
                     Ok(mut sub) => {
@@ -1572,8 +1593,11 @@ impl Session {
                             });
                         }
                         self.enter_pubsub(sub, monitor);
-                        if let Some((watching, tracking)) = adopted {
-                            self.adopted_keeps(watching, tracking);
+                        if let Some(kept) = adopted {
+                            self.adopted_keeps(kept);
+                        }
+                        if let Some(was_on) = revived {
+                            self.settle_revived(&was_on).await;
                         }
                         let bytes = take_owned(inbuf, &req, owned.take());
                         self.last = Conn::Sub;

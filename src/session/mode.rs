@@ -100,6 +100,9 @@ pub(super) struct Private {
     /// The database (server) and protocol it was opened for.
     pub db: Arc<Database>,
     pub resp3: bool,
+    /// Tracking was on here at some time: Redis may still hold keys it tracked
+    /// for this connection (`super::stand_in::Dormant`).
+    pub tracked: bool,
 }
 
 /// A subscriber (or MONITOR) connection and what the session knows of it.
@@ -146,6 +149,12 @@ pub(super) struct Subscribed {
     /// there, so the connection stays the session's after its last unsubscribe
     /// (as Redis's client keeps its tracking), until tracking is turned off.
     pub tracking: bool,
+    /// Tracking was on here at some time: Redis may still hold keys it tracked
+    /// for this connection (`super::stand_in::Dormant`).
+    pub tracked: bool,
+    /// Taken back from dormancy for a `CLIENT TRACKING ON` not sent yet
+    /// (`Session::revive_dormant_subscriber`): kept until it is.
+    pub revived: bool,
     /// That tracking is in `BCAST` mode (for `CLIENT LIST`'s flags).
     pub bcast: bool,
     /// That tracking's `REDIRECT`: the proxy session named, and the Redis client
@@ -171,7 +180,7 @@ impl Subscribed {
     /// `WATCH`), so it stays the session's after the last unsubscribe, until
     /// that state ends (RESP3: a RESP2 subscriber's `WATCH` is refused).
     pub fn kept(&self) -> bool {
-        self.tracking || self.watching
+        self.tracking || self.watching || self.revived
     }
 }
 
@@ -223,6 +232,15 @@ impl Mode {
     /// Inside MULTI.
     pub fn in_multi(&self) -> bool {
         self.held().is_some_and(|h| h.in_multi)
+    }
+
+    /// The session's own connection, also while parked under a subscription.
+    pub fn private_mut(&mut self) -> Option<&mut Private> {
+        match self {
+            Mode::Private(p) => Some(p),
+            Mode::Subscribed(s) => s.parked.as_mut(),
+            _ => None,
+        }
     }
 
     pub fn is_private(&self) -> bool {
@@ -319,6 +337,7 @@ impl Session {
             held: Held::new(HeldConn::Direct(conn), self.checkouts),
             db,
             resp3,
+            tracked: false,
         };
         if let Mode::Subscribed(s) = &mut self.mode {
             s.parked = Some(private);
@@ -338,6 +357,7 @@ impl Session {
                 held,
                 db,
                 resp3: self.state.resp3,
+                tracked: false,
             });
         }
     }
@@ -355,7 +375,7 @@ impl Session {
             // (unless a redirect named it: `stand_in`).
             Mode::Private(p) => {
                 let tracking = self.tracking.take().is_some();
-                self.let_go_of_private(p, tracking, false);
+                self.let_go_of_private(p, tracking);
             }
             _ => {}
         }
@@ -385,6 +405,8 @@ impl Session {
             to_resp2: false,
             watching: false,
             tracking: false,
+            tracked: false,
+            revived: false,
             bcast: false,
             redirect: None,
             tracking_reply: None,
@@ -399,11 +421,18 @@ impl Session {
         if matches!(self.mode, Mode::Subscribed(_)) {
             if let Mode::Subscribed(s) = std::mem::replace(&mut self.mode, Mode::Shared) {
                 let s = *s;
+                // Tracking ended there, subscribed to nothing: kept idle.
+                let dormant = s.tracked
+                    && !s.kept()
+                    && s.tx.is_none()
+                    && !s.to_resp2
+                    && s.counts == [0, 0]
+                    && s.parked.is_none();
                 if let Some(p) = s.parked {
                     self.mode = Mode::Private(p);
                 }
                 if !s.monitor {
-                    self.let_go_of_subscriber(s.sub, s.tx.is_some());
+                    self.let_go_of_subscriber(s.sub, s.tx.is_some(), dormant.then_some(s.db));
                 }
             }
         }

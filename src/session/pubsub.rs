@@ -275,6 +275,17 @@ impl HomeState {
     }
 }
 
+/// What a subscriber connection adopted from the session's own connection
+/// keeps of it ([`Session::adopt_tracking_conn`]).
+pub(super) struct Adopted {
+    /// A `WATCH` is on it.
+    watching: bool,
+    /// Tracking was on there at some time (`super::stand_in::Dormant`).
+    tracked: bool,
+    /// Its tracking, if on.
+    tracking: Option<super::tracking::Tracking>,
+}
+
 impl Session {
     /// Opens the subscriber connection to `cfg`'s server. On a cluster, a
     /// subscriber connection to the home node (not a shard's, `sharded`) that
@@ -342,17 +353,17 @@ impl Session {
     pub(super) async fn adopt_tracking_conn(
         &mut self,
         monitor: bool,
-    ) -> Option<Option<(Subscription, bool, Option<super::tracking::Tracking>)>> {
+    ) -> Option<Option<(Subscription, Adopted)>> {
         let fits = !monitor
             && self.state.resp3
             && self.login.is_none()
             && self.state.db.cluster().is_none()
             && (self.tracking.is_some()
-                || matches!(&self.mode, Mode::Private(p) if p.held.watching));
+                || matches!(&self.mode, Mode::Private(p) if p.held.watching || p.tracked));
         if !fits {
             return None;
         }
-        let (conn, watching) = match std::mem::replace(&mut self.mode, Mode::Shared) {
+        let (conn, watching, tracked) = match std::mem::replace(&mut self.mode, Mode::Shared) {
             Mode::Private(Private {
                 held:
                     Held {
@@ -362,14 +373,20 @@ impl Session {
                         ..
                     },
                 resp3: true,
+                tracked,
                 ..
-            }) => (conn, watching),
+            }) => (conn, watching, tracked),
             other => {
                 self.mode = other;
                 return None;
             }
         };
         let Some((conn, pushes)) = conn.hand_over().await else {
+            if self.tracking.is_none() && !watching {
+                // A dormant connection taken back (`stand_in`): nothing is lost
+                // but the keys it tracked; a new subscriber connection is opened.
+                return None;
+            }
             // (Tracking is still on: the client is closed; so it is when its
             // WATCH is lost with the connection.)
             self.on_push(Err(End::Closed));
@@ -383,20 +400,26 @@ impl Session {
         // From here Redis's tracking is the subscriber connection's.
         let tracking = self.tracking.take();
         let limit = self.live.config.limits.pubsub_buffer_limit;
-        Some(Some((Subscription::adopt(conn, limit), watching, tracking)))
+        let adopted = Adopted {
+            watching,
+            tracked,
+            tracking,
+        };
+        Some(Some((Subscription::adopt(conn, limit), adopted)))
     }
 
     /// The subscriber connection [`Session::adopt_tracking_conn`] made keeps the
     /// state Redis keeps on it: its tracking (with its mode and redirect) and
     /// its `WATCH`.
-    pub(super) fn adopted_keeps(&mut self, watching: bool, t: Option<super::tracking::Tracking>) {
+    pub(super) fn adopted_keeps(&mut self, adopted: Adopted) {
         if let Some(s) = self.mode.subscribed() {
-            if let Some(t) = t {
+            if let Some(t) = adopted.tracking {
                 s.tracking = true;
                 s.bcast = t.bcast;
                 s.redirect = t.redirect.map(|id| (id, t.upstream_redirect));
             }
-            s.watching = watching;
+            s.tracked = adopted.tracked || s.tracking;
+            s.watching = adopted.watching;
             self.publish();
         }
     }
@@ -590,6 +613,7 @@ impl Session {
         let Some(s) = self.mode.subscribed() else {
             return;
         };
+        s.revived = false;
         if unsubscribes && cluster {
             s.shards.asked(bytes);
         }
@@ -622,6 +646,7 @@ impl Session {
                     let mode = args.arg(2);
                     if mode.eq_ignore_ascii_case(b"ON") && !s.tracking {
                         s.tracking = true;
+                        s.tracked = true;
                         s.bcast =
                             (3..args.count()).any(|i| args.arg(i).eq_ignore_ascii_case(b"BCAST"));
                     } else if mode.eq_ignore_ascii_case(b"OFF") {

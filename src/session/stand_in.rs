@@ -1,5 +1,6 @@
-//! The connection that stands in for a session named by other clients'
-//! `CLIENT TRACKING … REDIRECT`.
+//! Own connections a session keeps after letting go of them: the one that
+//! stands in for a session named by other clients' `CLIENT TRACKING …
+//! REDIRECT`, and the dormant one that tracked keys for it.
 //!
 //! Redis names a client in a redirect, and the name holds for as long as the
 //! client is connected, whatever it does meanwhile. Through the proxy the name
@@ -15,32 +16,40 @@
 //! would write them to it as it is now (`Session::on_redirected_push`). From then
 //! on, redirects to the session name it.
 //!
-//! A tracking connection that `CLIENT TRACKING OFF` lets go of (and no redirect
-//! named) is kept too, idle, as the session's [`Dormant`] connection: Redis keeps
-//! the keys it tracked for a client after tracking is turned off (they leave its
-//! table only when written), and once the client turns tracking on again it
-//! reports a write of any of them, wherever it comes from. So the next
-//! `CLIENT TRACKING ON` on that server takes the dormant connection back
-//! (`Session::revive_dormant`) rather than opening one that tracks nothing.
+//! A connection that tracked keys for the session is kept too when the session
+//! lets go of it (tracking turned off, `RESET`, the end of a `WATCH` it kept,
+//! a RESP3 subscriber's last unsubscribe after tracking ended there) and no
+//! redirect named it: idle, as the session's [`Dormant`] connection, its
+//! transaction and tracking ended. Redis keeps the keys it tracked for a client
+//! after tracking is turned off (they leave its table only when written, by
+//! anyone, in any database), and once the client turns tracking on again it
+//! reports a write of any of them. So the next `CLIENT TRACKING ON` on that
+//! server takes the dormant connection back (`Session::revive_dormant`; a
+//! RESP3 subscriber's goes back to pub/sub mode subscribed to nothing,
+//! `Session::revive_dormant_subscriber`, and a RESP3 session's subscription is
+//! made there too) rather than opening one that tracks nothing. Only a
+//! connection logged in as the database's user is kept (an `auth_passthrough`
+//! login's is closed); if it closes meanwhile, tracking starts afresh.
 
 use std::sync::atomic::Ordering::Relaxed;
+use std::sync::Arc;
 
 use bytes::Bytes;
-
-use std::sync::Arc;
 
 use super::dispatch::{encode, Outgoing, Target};
 use super::mode::{Held, Mode, Private};
 use super::queue::CmdList;
 use super::tracking::{unanswered, INVALIDATE};
 use super::Session;
-use crate::command::{table, Block};
+use crate::command::{table, ArgList, Block};
 use crate::router::Database;
 use crate::upstream::dedicated::Dedicated;
 use crate::upstream::pubsub::{End, Subscription};
 
 /// Ends a kept connection's transaction, if it is in one.
 const DISCARD: &[u8] = b"*1\r\n$7\r\nDISCARD\r\n";
+/// Ends a kept connection's `WATCH`.
+const UNWATCH: &[u8] = b"*1\r\n$7\r\nUNWATCH\r\n";
 /// Ends a kept connection's own tracking.
 const TRACKING_OFF: &[u8] = b"*3\r\n$6\r\nCLIENT\r\n$8\r\nTRACKING\r\n$3\r\nOFF\r\n";
 /// Makes a kept connection RESP3.
@@ -83,39 +92,45 @@ impl StandIn {
     }
 }
 
-/// A tracking connection let go by `CLIENT TRACKING OFF`, kept idle (see the
-/// module docs).
+/// A connection that tracked keys for the session, let go of and kept idle (see
+/// the module docs).
 pub(super) struct Dormant {
-    conn: Dedicated,
-    /// The database it was on (its server, and the db it selected).
+    conn: Kept,
+    /// The database it is on (its server, and the db it selected).
     db: Arc<Database>,
     resp3: bool,
 }
 
-impl Session {
-    /// `CLIENT TRACKING OFF` was answered `+OK`: the session lets go of its
-    /// private connection, which is kept as its push connection if a redirect
-    /// named it, else as its dormant one.
-    pub(super) fn let_go_after_tracking(&mut self) {
-        if let Mode::Private(p) = std::mem::replace(&mut self.mode, Mode::Shared) {
-            self.let_go_of_private(p, false, true);
-        }
-    }
+/// What kind of connection a [`Dormant`] one is.
+enum Kept {
+    /// A private connection (tracking, or a `WATCH` under which tracking was on).
+    Own(Dedicated),
+    /// A RESP3 subscriber connection that tracked keys, with no subscriptions
+    /// left: a `CLIENT TRACKING ON` takes the session back to it (subscribed to
+    /// nothing, as after its last unsubscribe while tracking).
+    Subscriber(Subscription),
+}
 
+impl Session {
     /// `CLIENT TRACKING ON` with no connection of the session's own: its dormant
-    /// connection becomes its private one again, if it is on the session's
-    /// server and still open (`false`: a new one is needed). It is switched to
-    /// the session's protocol and database first, silently.
+    /// private connection becomes its private one again, if it is on the
+    /// session's server and still open (`false`: a new one is needed; a dormant
+    /// subscriber connection is closed here, see
+    /// [`Session::dormant_subscriber_fits`]). It is switched to the session's
+    /// protocol and database first, silently.
     pub(super) async fn revive_dormant(&mut self) -> bool {
+        if !matches!(self.mode, Mode::Shared) {
+            // (Subscribed, RESP2: tracking goes on a connection parked apart.)
+            return false;
+        }
         let Some(dormant) = self.dormant.take() else {
             return false;
         };
-        let Dormant {
-            mut conn,
-            db,
-            resp3,
-        } = *dormant;
+        let Dormant { conn, db, resp3 } = *dormant;
         let now = self.state.db.clone();
+        let Kept::Own(mut conn) = conn else {
+            return false;
+        };
         if !db.same_server(&now) || !conn.still_open() {
             return false;
         }
@@ -130,6 +145,9 @@ impl Session {
         }
         let resp3 = self.state.resp3;
         self.hold_private(conn, now.clone(), resp3);
+        if let Some(p) = self.mode.private_mut() {
+            p.tracked = true;
+        }
         if !setup.is_empty() {
             let mut cmds = CmdList::new();
             for _ in &setup {
@@ -150,9 +168,98 @@ impl Session {
         true
     }
 
+    /// Whether `args`, a request of a session on the shared connections, is a
+    /// `CLIENT TRACKING ON` that goes to the session's dormant subscriber
+    /// connection ([`Session::revive_dormant_subscriber`]): a RESP3 session,
+    /// on that server, outside a transaction, the connection still open.
+    pub(super) fn dormant_subscriber_fits(&self, args: &dyn ArgList) -> bool {
+        matches!(self.mode, Mode::Shared)
+            && self.state.authenticated
+            && self.lost.is_none()
+            && !self.deferred_multi
+            && self.dormant_subscriber_usable(false)
+            && args.count() >= 3
+            && args.arg(0).eq_ignore_ascii_case(b"CLIENT")
+            && args.arg(1).eq_ignore_ascii_case(b"TRACKING")
+            && args.arg(2).eq_ignore_ascii_case(b"ON")
+    }
+
+    /// The session goes back to its dormant subscriber connection, subscribed
+    /// to nothing, on the session's database; the `CLIENT TRACKING ON` that
+    /// [`Session::dormant_subscriber_fits`] is then sent there, as a RESP3
+    /// subscriber's is.
+    pub(super) async fn revive_dormant_subscriber(&mut self) {
+        if let Some((sub, db)) = self.dormant_subscriber(false) {
+            self.enter_pubsub(sub, false);
+            if let Some(s) = self.mode.subscribed() {
+                s.revived = true;
+            }
+            self.settle_revived(&db).await;
+        }
+    }
+
+    /// A RESP3 session's dormant subscriber connection, taken for a
+    /// subscription (or a `CLIENT TRACKING ON`, [`Session::revive_dormant_subscriber`])
+    /// if it is on the session's server and still open, with the database it is
+    /// on: Redis's client subscribes on the connection whose keys it tracked.
+    pub(super) fn dormant_subscriber(
+        &mut self,
+        monitor: bool,
+    ) -> Option<(Subscription, Arc<Database>)> {
+        if !self.dormant_subscriber_usable(monitor) {
+            return None;
+        }
+        match *self.dormant.take()? {
+            Dormant {
+                conn: Kept::Subscriber(sub),
+                db,
+                ..
+            } => Some((sub, db)),
+            _ => None,
+        }
+    }
+
+    /// Whether the session has a dormant subscriber connection it can take back
+    /// (`monitor`: for a MONITOR, which never does).
+    fn dormant_subscriber_usable(&self, monitor: bool) -> bool {
+        !monitor
+            && self.state.resp3
+            && self.login.is_none()
+            && self.state.db.cluster().is_none()
+            && matches!(self.dormant.as_deref(), Some(Dormant {
+                conn: Kept::Subscriber(sub),
+                db,
+                ..
+            }) if db.same_server(&self.state.db) && sub.upstream_id().load(Relaxed) != 0)
+    }
+
+    /// The subscriber connection taken back from dormancy, once the session is
+    /// subscribed there: it tracked keys, and it moves to the session's
+    /// database (a `SELECT`, its reply skipped) if it is on another.
+    pub(super) async fn settle_revived(&mut self, was_on: &Database) {
+        let now = self.state.db.clone();
+        if let Some(s) = self.mode.subscribed() {
+            s.tracked = true;
+            s.db = now.config.index;
+        }
+        if now.config.upstream.db != was_on.config.upstream.db {
+            let upstream = now.config.upstream.db.to_string();
+            let select = encode(&[&b"SELECT"[..], upstream.as_bytes()][..]);
+            self.subscriber_select(now.config.index, &select).await;
+        }
+    }
+
     /// The session lets go of its subscriber connection `sub`: kept as its push
-    /// connection if a redirect named it (see the module docs), else closed.
-    pub(super) fn let_go_of_subscriber(&mut self, sub: Subscription, in_multi: bool) {
+    /// connection if a redirect named it (see the module docs), else as its
+    /// dormant connection (`dormant`: it tracked keys once and is left as
+    /// Redis leaves a client that turned tracking off, with no subscriptions,
+    /// on this database), else closed.
+    pub(super) fn let_go_of_subscriber(
+        &mut self,
+        sub: Subscription,
+        in_multi: bool,
+        dormant: Option<u32>,
+    ) {
         let db = self.state.db.clone();
         if self.keeps(sub.upstream_id().load(Relaxed), &db.config.upstream) {
             // (A RESP3 subscriber's transaction first: inside it the rest would
@@ -163,28 +270,49 @@ impl Session {
                 sub,
                 setup: Bytes::from(setup),
             }));
+            return;
+        }
+        let on = dormant.and_then(|index| self.live.router.get(i64::from(index)).cloned());
+        if let Some(db) = on.filter(|_| self.login.is_none()) {
+            self.dormant = Some(Box::new(Dormant {
+                conn: Kept::Subscriber(sub),
+                db,
+                resp3: true,
+            }));
         }
     }
 
     /// The session lets go of its private connection (`tracking`: tracking
-    /// was on there): kept as its push connection if a redirect named it, else
-    /// as its dormant connection (`dormant`: tracking was just turned off
-    /// there), else closed.
-    pub(super) fn let_go_of_private(&mut self, private: Private, tracking: bool, dormant: bool) {
+    /// is on there): kept as its push connection if a redirect named it, else
+    /// as its dormant connection if it tracked keys once and is logged in as
+    /// the database's user (no `auth_passthrough` login), else closed.
+    pub(super) fn let_go_of_private(&mut self, private: Private, tracking: bool) {
         let Private {
-            held: Held {
-                conn, sent_multi, ..
-            },
+            held:
+                Held {
+                    conn,
+                    sent_multi,
+                    watching,
+                    ..
+                },
             db,
             resp3,
+            tracked,
         } = private;
         let Some(mut conn) = conn.into_direct() else {
             return;
         };
         if !self.keeps(conn.upstream_id().load(Relaxed), &db.config.upstream) {
-            if dormant {
+            if tracked && self.login.is_none() {
+                // Left as Redis leaves a client that turned tracking off.
+                let steps = [
+                    (sent_multi, DISCARD),
+                    (watching, UNWATCH),
+                    (tracking, TRACKING_OFF),
+                ];
+                self.set_up(&mut conn, &steps, &db);
                 self.dormant = Some(Box::new(Dormant {
-                    conn,
+                    conn: Kept::Own(conn),
                     db: self.state.db.clone(),
                     resp3,
                 }));
@@ -198,6 +326,13 @@ impl Session {
             (tracking, TRACKING_OFF),
             (!resp3, HELLO_3),
         ];
+        self.set_up(&mut conn, &steps, &db);
+        self.push_conn = Some(Box::new(StandIn::Opened(conn)));
+    }
+
+    /// Sends a kept connection the requests of `steps` that apply, their replies
+    /// not waited for.
+    fn set_up(&self, conn: &mut Dedicated, steps: &[(bool, &[u8])], db: &Database) {
         let setup: Vec<u8> = steps
             .iter()
             .filter(|s| s.0)
@@ -207,9 +342,8 @@ impl Session {
         if !setup.is_empty() {
             let count = steps.iter().filter(|s| s.0).count() as u32;
             // (What it read before is not for the client.)
-            let _ = conn.send(unanswered(Bytes::from(setup), count, self.state.id, &db));
+            let _ = conn.send(unanswered(Bytes::from(setup), count, self.state.id, db));
         }
-        self.push_conn = Some(Box::new(StandIn::Opened(conn)));
     }
 
     /// Whether the own connection `id` to `upstream`, being let go, is kept as

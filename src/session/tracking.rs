@@ -80,8 +80,9 @@ pub(super) struct Tracking {
 /// (RESP3: Redis's client tracks on the connection it subscribed on).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub(super) enum OnSubscriber {
-    /// `CLIENT TRACKING ON|OFF`: on `+OK`, the redirect becomes this.
-    Switch(Option<(u64, u64)>),
+    /// `CLIENT TRACKING ON|OFF`: on `+OK`, the redirect becomes this; on a
+    /// refusal, tracking is as it was (`bool`: on) before the request.
+    Switch(Option<(u64, u64)>, bool),
     /// `CLIENT GETREDIR` / `TRACKINGINFO`: the redirect id is translated back.
     Back,
 }
@@ -241,7 +242,8 @@ impl Session {
                     Ok((encoded, tracking)) => {
                         let redirect =
                             tracking.and_then(|t| t.redirect.map(|id| (id, t.upstream_redirect)));
-                        (encoded, OnSubscriber::Switch(redirect))
+                        let before = matches!(&self.mode, Mode::Subscribed(s) if s.tracking);
+                        (encoded, OnSubscriber::Switch(redirect, before))
                     }
                     Err(refused) => {
                         self.push_reply(refused);
@@ -319,9 +321,13 @@ impl Session {
             return (frame, false);
         };
         match then {
-            OnSubscriber::Switch(redirect) => {
+            OnSubscriber::Switch(redirect, before) => {
                 if &frame[..] == b"+OK\r\n" {
                     s.redirect = redirect;
+                } else if s.tracking != before {
+                    // Refused: nothing changed (CLIENT LIST's flags neither).
+                    s.tracking = before;
+                    self.publish();
                 }
             }
             OnSubscriber::Back => {
@@ -390,7 +396,7 @@ impl Session {
             Ok(t) => t,
             Err(refused) => {
                 self.push_reply(refused);
-                self.after_switch(false);
+                self.after_switch();
                 return None;
             }
         };
@@ -533,24 +539,18 @@ impl Session {
         match self.queue.back_mut() {
             Some(Pending::Upstream(sent)) if queued => sent.hook = hook,
             // Refused before it was sent (circuit open): nothing changes.
-            _ if matches!(hook, Some(Hook::Switch(_))) => self.after_switch(false),
+            _ if matches!(hook, Some(Hook::Switch(_))) => self.after_switch(),
             _ => {}
         }
     }
 
     /// After a `CLIENT TRACKING` request was answered (or refused): with tracking
-    /// off and no other reason to keep it, the session's own connection is let go
-    /// (`turned_off`: tracking was on until this reply; the connection is kept, as
-    /// Redis still tracks what it read there, `stand_in::Dormant`).
-    fn after_switch(&mut self, turned_off: bool) {
+    /// off and no other reason to keep it, the session's own connection is let go.
+    fn after_switch(&mut self) {
         if self.tracking.is_none() && self.login.is_none() {
             if let Mode::Private(p) = &self.mode {
                 if !p.held.in_multi && !p.held.watching {
-                    if turned_off {
-                        self.let_go_after_tracking();
-                    } else {
-                        self.release(false);
-                    }
+                    self.release(false);
                 }
             }
         }
@@ -579,12 +579,13 @@ impl Session {
         match hook {
             None => bytes,
             Some(Hook::Switch(tracking)) => {
-                let mut turned_off = false;
                 if &bytes[reply_at(&bytes)..] == b"+OK\r\n" {
-                    turned_off = self.tracking.is_some() && tracking.is_none();
+                    if let (Some(_), Some(p)) = (&tracking, self.mode.private_mut()) {
+                        p.tracked = true;
+                    }
                     self.tracking = tracking;
                 }
-                self.after_switch(turned_off);
+                self.after_switch();
                 bytes
             }
             Some(Hook::Login(login)) => {
