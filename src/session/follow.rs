@@ -624,7 +624,7 @@ impl Task {
             } else {
                 bytes
             };
-            in_multi = step(in_multi, op);
+            in_multi = op.in_multi_after(in_multi);
             out.extend_from_slice(bytes);
             n += 1;
         }
@@ -650,7 +650,7 @@ impl Task {
                 // ASKING's +OK.
                 let _ = it.next();
             }
-            in_multi = step(in_multi, op);
+            in_multi = op.in_multi_after(in_multi);
             if let Some(f) = it.next() {
                 out.push(f);
             }
@@ -700,7 +700,7 @@ fn answer_execs(
         } else if in_multi && r.op == TxOp::None {
             refused |= f.starts_with(b"-");
         }
-        in_multi = step(in_multi, r.op);
+        in_multi = r.op.in_multi_after(in_multi);
         if r.op == TxOp::Multi {
             refused = false;
         }
@@ -733,11 +733,6 @@ fn doomed(reqs: &[Req], from: Option<usize>, mut in_multi: bool) -> (Vec<bool>, 
         }
     }
     (out, true)
-}
-
-/// Whether the connection is inside MULTI after a request with role `op`.
-fn step(in_multi: bool, op: TxOp) -> bool {
-    op.in_multi_after(in_multi)
 }
 
 #[cfg(test)]
