@@ -763,13 +763,7 @@ impl Session {
             && o.cluster.is_none()
             && t.same_server(o)
             && t.key_prefix == o.key_prefix;
-        alike.then(|| {
-            let upstream = t.db.to_string();
-            (
-                target.config.index,
-                encode(&[&b"SELECT"[..], upstream.as_bytes()][..]),
-            )
-        })
+        alike.then(|| (target.config.index, local::upstream_select(target)))
     }
 
     /// A RESP3 subscriber's `HELLO 2`: `Some(true)` when the subscriber

@@ -194,11 +194,13 @@ pub(super) fn select_in_transaction<L: ArgList + ?Sized>(
             db.config.upstream.address()
         )));
     }
+    Ok((db.clone(), upstream_select(db)))
+}
+
+/// The `SELECT` of `db`'s upstream db, as sent to its server.
+pub(super) fn upstream_select(db: &Database) -> Vec<u8> {
     let upstream = db.config.upstream.db.to_string();
-    Ok((
-        db.clone(),
-        encode(&[&b"SELECT"[..], upstream.as_bytes()][..]),
-    ))
+    encode(&[&b"SELECT"[..], upstream.as_bytes()][..])
 }
 
 /// Credentials from AUTH or `HELLO … AUTH`: user (`None`: the one-argument AUTH),

@@ -36,12 +36,10 @@ use std::sync::Arc;
 
 use bytes::Bytes;
 
-use super::dispatch::{encode, Outgoing, Target};
 use super::mode::{Held, Mode, Private};
-use super::queue::CmdList;
-use super::tracking::{unanswered, INVALIDATE};
-use super::Session;
-use crate::command::{table, ArgList, Block};
+use super::tracking::{self, unanswered, INVALIDATE};
+use super::{local, Session};
+use crate::command::ArgList;
 use crate::router::Database;
 use crate::upstream::dedicated::Dedicated;
 use crate::upstream::pubsub::{End, Subscription};
@@ -98,13 +96,13 @@ pub(super) struct Dormant {
     conn: Kept,
     /// The database it is on (its server, and the db it selected).
     db: Arc<Database>,
-    resp3: bool,
 }
 
 /// What kind of connection a [`Dormant`] one is.
 enum Kept {
-    /// A private connection (tracking, or a `WATCH` under which tracking was on).
-    Own(Dedicated),
+    /// A private connection (tracking, or a `WATCH` under which tracking was
+    /// on), and whether it speaks RESP3.
+    Own(Dedicated, bool),
     /// A RESP3 subscriber connection that tracked keys, with no subscriptions
     /// left: a `CLIENT TRACKING ON` takes the session back to it (subscribed to
     /// nothing, as after its last unsubscribe while tracking).
@@ -126,50 +124,35 @@ impl Session {
         let Some(dormant) = self.dormant.take() else {
             return false;
         };
-        let Dormant { conn, db, resp3 } = *dormant;
+        let Dormant { conn, db } = *dormant;
         let now = self.state.db.clone();
-        let Kept::Own(mut conn) = conn else {
+        let Kept::Own(mut conn, was_resp3) = conn else {
             return false;
         };
         if !db.same_server(&now) || !conn.still_open() {
             return false;
         }
-        let mut setup: Vec<&[u8]> = Vec::new();
-        if resp3 != self.state.resp3 {
-            setup.push(if self.state.resp3 { HELLO_3 } else { HELLO_2 });
-        }
-        let selected = now.config.upstream.db;
-        let select = encode(&[&b"SELECT"[..], selected.to_string().as_bytes()][..]);
-        if selected != db.config.upstream.db {
-            setup.push(&select);
-        }
         let resp3 = self.state.resp3;
-        self.hold_private(conn, now.clone(), resp3);
+        let mut setup = Vec::new();
+        if was_resp3 != resp3 {
+            setup.push(if resp3 { HELLO_3 } else { HELLO_2 }.to_vec());
+        }
+        if now.config.upstream.db != db.config.upstream.db {
+            setup.push(local::upstream_select(&now));
+        }
+        self.hold_private(conn, now, resp3);
         if let Some(p) = self.mode.private_mut() {
             p.tracked = true;
         }
         if !setup.is_empty() {
-            let mut cmds = CmdList::new();
-            for _ in &setup {
-                cmds.push(table::COUNT as u16);
-            }
-            let out = Outgoing {
-                bytes: Bytes::from(setup.concat()),
-                count: setup.len() as u32,
-                target: Target::Held,
-                cmds,
-                readonly: false,
-                block: Block::No,
-                silent: true,
-                select_after: None,
-            };
-            self.send(now, out).await;
+            let count = setup.len() as u32;
+            self.send_silently(setup.concat(), count).await;
         }
         true
     }
 
-    /// Whether `args`, a request of a session on the shared connections, is a
-    /// `CLIENT TRACKING ON` that goes to the session's dormant subscriber
+    /// Whether `args`, a `CLIENT` request of a session on the shared
+    /// connections, is a `CLIENT TRACKING ON` that goes to the session's dormant subscriber
     /// connection ([`Session::revive_dormant_subscriber`]): a RESP3 session,
     /// on that server, outside a transaction, the connection still open.
     pub(super) fn dormant_subscriber_fits(&self, args: &dyn ArgList) -> bool {
@@ -179,8 +162,7 @@ impl Session {
             && !self.deferred_multi
             && self.dormant_subscriber_usable(false)
             && args.count() >= 3
-            && args.arg(0).eq_ignore_ascii_case(b"CLIENT")
-            && args.arg(1).eq_ignore_ascii_case(b"TRACKING")
+            && tracking::sub(args) == Some(tracking::Sub::Tracking)
             && args.arg(2).eq_ignore_ascii_case(b"ON")
     }
 
@@ -243,8 +225,7 @@ impl Session {
             s.db = now.config.index;
         }
         if now.config.upstream.db != was_on.config.upstream.db {
-            let upstream = now.config.upstream.db.to_string();
-            let select = encode(&[&b"SELECT"[..], upstream.as_bytes()][..]);
+            let select = local::upstream_select(&now);
             self.subscriber_select(now.config.index, &select).await;
         }
     }
@@ -277,7 +258,6 @@ impl Session {
             self.dormant = Some(Box::new(Dormant {
                 conn: Kept::Subscriber(sub),
                 db,
-                resp3: true,
             }));
         }
     }
@@ -312,9 +292,8 @@ impl Session {
                 ];
                 self.set_up(&mut conn, &steps, &db);
                 self.dormant = Some(Box::new(Dormant {
-                    conn: Kept::Own(conn),
+                    conn: Kept::Own(conn, resp3),
                     db: self.state.db.clone(),
-                    resp3,
                 }));
             }
             return;

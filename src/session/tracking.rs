@@ -101,14 +101,15 @@ pub(super) enum Hook {
 
 /// The tracking subcommands of CLIENT.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-enum Sub {
+pub(super) enum Sub {
     Tracking,
     Caching,
     GetRedir,
     TrackingInfo,
 }
 
-fn sub<L: ArgList + ?Sized>(args: &L) -> Option<Sub> {
+/// Which tracking subcommand of CLIENT `args` is, if any.
+pub(super) fn sub<L: ArgList + ?Sized>(args: &L) -> Option<Sub> {
     let name = args.arg(1);
     [
         (&b"TRACKING"[..], Sub::Tracking),
@@ -749,13 +750,22 @@ impl Session {
                 ))
             }
         }
+        let hello = encode(&[&b"HELLO"[..], if resp3 { b"3" } else { b"2" }][..]);
+        self.send_silently(hello, 1).await;
+        Ok(())
+    }
+
+    /// Sends `count` requests of the proxy's own to the session's private
+    /// connection, in line with the session's requests; their replies are not
+    /// the client's.
+    pub(super) async fn send_silently(&mut self, bytes: Vec<u8>, count: u32) {
         let mut cmds = CmdList::new();
-        cmds.push(table::COUNT as u16);
+        for _ in 0..count {
+            cmds.push(table::COUNT as u16);
+        }
         let out = Outgoing {
-            bytes: Bytes::from(encode(
-                &[&b"HELLO"[..], if resp3 { b"3" } else { b"2" }][..],
-            )),
-            count: 1,
+            bytes: Bytes::from(bytes),
+            count,
             target: Target::Held,
             cmds,
             readonly: false,
@@ -765,7 +775,6 @@ impl Session {
         };
         let db = self.state.db.clone();
         self.send(db, out).await;
-        Ok(())
     }
 }
 
