@@ -1159,6 +1159,81 @@ async fn a_transaction_whose_connection_is_lost_never_runs_outside_it() {
     proxy.shutdown().await;
 }
 
+/// A `HELLO` under a `WATCH` makes the watching connection the session's own
+/// (`owns_watch`); once the watch is over the session has nothing there, and a
+/// loss of the proxy's connections afterwards must not reach it: its next
+/// command is served (a lost connection retried) as for any client. Every way a
+/// watch ends is tried. An `EXEC` with arguments (Redis's `-EXECABORT`, which
+/// ends the transaction and the watch) kept the connection, and the next
+/// command got `-UPSTREAM … lost before the command was sent` (the
+/// multi-session tool, seed 8723, session 44).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_watch_ended_after_hello_leaves_no_connection_to_lose() {
+    let redis = RedisServer::start();
+    let proxy = start_proxy(proxy_config(&redis)).await;
+    let mut direct = AsyncRawClient::connect(redis.addr()).await;
+    let abort_arity =
+        &b"-EXECABORT Transaction discarded because of: wrong number of arguments for 'exec' command\r\n"[..];
+    type Requests<'a> = &'a [&'a [&'a [u8]]];
+    let endings: &[(Requests, &[&[u8]])] = &[
+        (&[&[b"EXEC", b"x"]], &[abort_arity]),
+        (&[&[b"MULTI"], &[b"EXEC", b"x"]], &[b"+OK\r\n", abort_arity]),
+        (
+            &[&[b"MULTI"], &[b"NOSUCHCMD"], &[b"EXEC"]],
+            &[
+                b"+OK\r\n",
+                b"-ERR unknown command 'NOSUCHCMD', with args beginning with: \r\n",
+                b"-EXECABORT Transaction discarded because of previous errors.\r\n",
+            ],
+        ),
+        (&[&[b"MULTI"], &[b"EXEC"]], &[b"+OK\r\n", b"*0\r\n"]),
+        (&[&[b"MULTI"], &[b"DISCARD"]], &[b"+OK\r\n", b"+OK\r\n"]),
+        (&[&[b"UNWATCH"]], &[b"+OK\r\n"]),
+    ];
+    for hello in [&b"3"[..], b"2"] {
+        for (ending, replies) in endings {
+            let label = format!(
+                "HELLO {}, then {}",
+                String::from_utf8_lossy(hello),
+                ending
+                    .iter()
+                    .map(|r| String::from_utf8_lossy(&r.join(&b' ')).into_owned())
+                    .collect::<Vec<_>>()
+                    .join(" | ")
+            );
+            let mut c = AsyncRawClient::connect(proxy.local_addr()).await;
+            assert_eq!(c.cmd(&[b"WATCH", b"hw"]).await, b"+OK\r\n");
+            let reply = c.cmd(&[b"HELLO", hello]).await;
+            assert!(
+                reply.starts_with(b"%") || reply.starts_with(b"*"),
+                "{}",
+                printable(&reply)
+            );
+            for (request, reply) in ending.iter().zip(replies.iter()) {
+                assert_eq!(
+                    printable(&c.cmd(request).await),
+                    printable(reply),
+                    "{label}"
+                );
+            }
+            kill_upstream_connections(&mut direct).await;
+            assert_eq!(
+                printable(&c.cmd(&[b"DEL", b"hw"]).await),
+                printable(b":0\r\n"),
+                "{label}, then every upstream connection killed"
+            );
+        }
+    }
+    // While the watch holds, the loss is the session's: told, as before.
+    let mut c = AsyncRawClient::connect(proxy.local_addr()).await;
+    assert_eq!(c.cmd(&[b"WATCH", b"hw"]).await, b"+OK\r\n");
+    assert!(c.cmd(&[b"HELLO", b"3"]).await.starts_with(b"%"));
+    kill_upstream_connections(&mut direct).await;
+    let r = c.cmd(&[b"DEL", b"hw"]).await;
+    assert!(r.starts_with(b"-UPSTREAM "), "{}", printable(&r));
+    proxy.shutdown().await;
+}
+
 /// EXEC and DISCARD outside MULTI, on the shared connections or on one of the
 /// session's own (here the tracking one), are refused as Redis refuses them,
 /// whatever becomes of the connection. Before, they went to Redis (on the shared

@@ -1702,8 +1702,8 @@ impl Session {
                                 .to_vec()
                         }
                     });
-                    if self.transaction_step(cmd.tx) && matches!(self.mode, Mode::Exclusive(_)) {
-                        self.release(true);
+                    if let Some(clean) = self.held_done(cmd.tx) {
+                        self.release(clean);
                     }
                     continue;
                 }
@@ -1779,15 +1779,10 @@ impl Session {
                         }
                     }
                 }
-                if target == Target::Held && self.transaction_step(cmd.tx) {
-                    if matches!(self.mode, Mode::Exclusive(_)) {
+                if target == Target::Held {
+                    if let Some(clean) = self.held_done(cmd.tx) {
                         self.flush(&mut run, inbuf).await;
-                        self.release(true);
-                    } else if self.tracking.is_none() && self.login.is_none() {
-                        // A connection of its own kept for a WATCH only
-                        // (`owns_watch`), now over: closed once it has answered.
-                        self.flush(&mut run, inbuf).await;
-                        self.release(false);
+                        self.release(clean);
                     }
                 }
                 if exec_switches {

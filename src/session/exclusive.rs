@@ -102,6 +102,25 @@ impl Session {
         idle
     }
 
+    /// [`Session::transaction_step`] for a request sent to the held connection;
+    /// once the connection has no transaction state, how to let go of it
+    /// ([`Session::release`]'s `clean`): an exclusive one goes back to the pool
+    /// (`true`); a connection of the session's own kept for a WATCH only
+    /// ([`Session::owns_watch`]) closes once it has answered (`false`), so that
+    /// the session, with nothing on a connection of its own, is served by the
+    /// shared ones again (a lost one is then retried, as for any client).
+    /// `None`: kept.
+    pub(super) fn held_done(&mut self, op: TxOp) -> Option<bool> {
+        if !self.transaction_step(op) {
+            return None;
+        }
+        match self.mode {
+            Mode::Exclusive(_) => Some(true),
+            Mode::Private(_) if self.tracking.is_none() && self.login.is_none() => Some(false),
+            _ => None,
+        }
+    }
+
     /// The held connection failed (lost, timed out, could not be opened, refused
     /// by an open breaker): let it go. A transaction under way on it (MULTI
     /// queued, or a WATCH in force) is not forgotten but [`Lost`]: nothing the
