@@ -1159,6 +1159,95 @@ async fn a_transaction_whose_connection_is_lost_never_runs_outside_it() {
     proxy.shutdown().await;
 }
 
+/// A MULTI or WATCH whose reply the client skipped (`CLIENT REPLY SKIP`, or
+/// replies off) is a transaction the client takes as begun. When the connection
+/// it needs cannot be had (here Redis refuses new connections: `maxclients`),
+/// or is lost before Redis answered anything there, the transaction is lost,
+/// not gone: nothing sent for it runs outside it, and EXEC aborts (or fails as
+/// for a WATCH conflict). Before, the proxy counted a transaction as known to
+/// the client only once a reply came on its connection: it was forgotten, the
+/// commands after it ran one by one on the shared connections, and EXEC got
+/// `-ERR EXEC without MULTI` (the multi-session tool, `KILL`, seed 8687, session
+/// 43: killed between the MULTI's checkout and its reply).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_transaction_begun_with_its_reply_skipped_is_lost_with_its_connection() {
+    let redis = RedisServer::start();
+    let mut config = proxy_config(&redis);
+    for db in &mut config.databases {
+        db.upstream.connect_timeout = Duration::from_millis(300);
+    }
+    let mut direct = AsyncRawClient::connect(redis.addr()).await;
+    let skip = resp_cmd(&[b"CLIENT", b"REPLY", b"SKIP"]);
+    let off = resp_cmd(&[b"CLIENT", b"REPLY", b"OFF"]);
+    let on = resp_cmd(&[b"CLIENT", b"REPLY", b"ON"]);
+    let multi = resp_cmd(&[b"MULTI"]);
+    let watch = resp_cmd(&[b"WATCH", b"sk"]);
+    let cases: [(&str, Vec<u8>, &[u8]); 3] = [
+        (
+            "SKIP MULTI",
+            [&skip[..], &multi].concat(),
+            b"-EXECABORT Transaction discarded because of previous errors.\r\n",
+        ),
+        ("SKIP WATCH", [&skip[..], &watch].concat(), b"*-1\r\n"),
+        ("OFF WATCH ON", [&off[..], &watch, &on].concat(), b"*-1\r\n"),
+    ];
+    for (name, begin, exec) in cases {
+        // (A proxy of its own: no connection of an earlier case idle in its pool.)
+        let proxy = start_proxy(config.clone()).await;
+        let mut c = AsyncRawClient::connect(proxy.local_addr()).await;
+        assert_eq!(c.cmd(&[b"PING"]).await, b"+PONG\r\n");
+        // No connection more: the transaction's own cannot be opened.
+        let info = String::from_utf8_lossy(&direct.cmd(&[b"INFO", b"clients"]).await).into_owned();
+        let clients = info
+            .lines()
+            .find_map(|l| l.strip_prefix("connected_clients:"))
+            .expect("connected_clients");
+        let set = |n: &str| resp_cmd(&[b"CONFIG", b"SET", b"maxclients", n.as_bytes()]);
+        direct.send(&set(clients)).await;
+        assert_eq!(direct.read_replies(1).await, [b"+OK\r\n"], "{name}");
+        if name == "SKIP MULTI" {
+            // Redis's refusal (sent as it accepts, before it closes) fails the
+            // setup: the command was never sent, and the client is told so.
+            let r =
+                String::from_utf8_lossy(&c.cmd(&[b"BLPOP", b"nolist", b"0.1"]).await).into_owned();
+            assert!(
+                r.contains("rejected the connection setup: ERR max number of clients reached"),
+                "{r}"
+            );
+        }
+        c.send(&begin).await;
+        if name.ends_with("ON") {
+            assert_eq!(c.read_replies(1).await, [b"+OK\r\n"], "{name}");
+        }
+        // Past the connect timeout: the connection could not be had.
+        tokio::time::sleep(Duration::from_millis(700)).await;
+        direct.send(&set("10000")).await;
+        assert_eq!(direct.read_replies(1).await, [b"+OK\r\n"], "{name}");
+        if name.contains("WATCH") {
+            assert_eq!(c.cmd(&[b"MULTI"]).await, b"+OK\r\n", "{name}");
+        }
+        assert_eq!(
+            c.cmd(&[b"SET", b"sk", b"1"]).await,
+            b"+QUEUED\r\n",
+            "{name}"
+        );
+        assert_eq!(
+            printable(&c.cmd(&[b"EXEC"]).await),
+            printable(exec),
+            "{name}"
+        );
+        assert_eq!(
+            direct.cmd(&[b"EXISTS", b"sk"]).await,
+            b":0\r\n",
+            "{name}: ran outside"
+        );
+        // The session goes on.
+        assert_eq!(c.cmd(&[b"MULTI"]).await, b"+OK\r\n", "{name}");
+        assert_eq!(c.cmd(&[b"EXEC"]).await, b"*0\r\n", "{name}");
+        proxy.shutdown().await;
+    }
+}
+
 /// A `HELLO` under a `WATCH` makes the watching connection the session's own
 /// (`owns_watch`); once the watch is over the session has nothing there, and a
 /// loss of the proxy's connections afterwards must not reach it: its next

@@ -1750,6 +1750,14 @@ impl Session {
                     run.target = target;
                     run.silent = true;
                 }
+                if skip || self.reply_off {
+                    // The client takes a request whose reply it skipped as run: a
+                    // transaction begun so is one it knows of (`lose_held`), even
+                    // if the connection is lost before Redis answered anything.
+                    if let Some(h) = self.mode.held_mut().filter(|_| target == Target::Held) {
+                        h.known = true;
+                    }
+                }
                 let queued = self.queue.len();
                 if multibulk {
                     run.push(req.len, &cmd, owned.as_deref());

@@ -227,7 +227,12 @@ async fn connect_inner(
                         cfg.endpoint.learn(identity);
                     }
                 }
-                if frame.is_error && (!ping || super::is_loading(&bytes)) {
+                // Nor a connection Redis refused past `maxclients` (its error
+                // comes first, whatever was sent, then the connection closes):
+                // else it would be handed out, and its first command reported
+                // as one that may have run.
+                let refused = super::is_loading(&bytes) || super::is_max_clients(&bytes);
+                if frame.is_error && (!ping || refused) {
                     let text = String::from_utf8_lossy(&bytes[1..bytes.len() - 2]).into_owned();
                     return Err(UpstreamError::Handshake {
                         addr: addr.to_string(),

@@ -99,3 +99,9 @@ pub fn is_readonly(error_reply: &[u8]) -> bool {
 pub fn is_loading(error_reply: &[u8]) -> bool {
     error_reply.get(1..).unwrap_or(b"").starts_with(b"LOADING")
 }
+
+/// Whether an error reply is Redis's refusal of a connection past `maxclients`
+/// (sent unasked as the connection is accepted, which Redis then closes).
+pub fn is_max_clients(error_reply: &[u8]) -> bool {
+    error_reply.starts_with(b"-ERR max number of clients reached")
+}
