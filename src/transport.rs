@@ -84,6 +84,25 @@ impl Stream {
         }
     }
 
+    /// Whether the peer closed the connection (or it failed), asked of the socket
+    /// itself with a peek that waits for nothing. [`Stream::try_read`] trusts the
+    /// runtime's last word on readiness, which has not yet seen a close that
+    /// arrived since the reactor last turned (a busy runtime lags by
+    /// milliseconds): an idle connection Redis just closed would pass for alive.
+    /// `false` when bytes are waiting (they say nothing of the end) or nothing is.
+    pub fn peer_closed(&self) -> bool {
+        let tcp = match self {
+            Stream::Plain(s) => s,
+            Stream::Tls(s) => s.get_ref().0,
+            Stream::Unix(_) => return false,
+        };
+        let mut probe = [std::mem::MaybeUninit::<u8>::uninit(); 1];
+        match socket2::SockRef::from(tcp).peek(&mut probe) {
+            Ok(n) => n == 0,
+            Err(e) => e.kind() != io::ErrorKind::WouldBlock,
+        }
+    }
+
     /// Reads without waiting: `Ok(0)` at end of stream, `WouldBlock` when nothing
     /// is there. For TLS, records that carry no data (a TLS 1.3 session ticket) are
     /// consumed and do not count as bytes.
@@ -229,3 +248,38 @@ delegate_read!(Stream);
 delegate_write!(Stream);
 delegate_read!(ReadHalf);
 delegate_write!(WriteHalf);
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::io::Write;
+    use tokio::io::AsyncReadExt;
+
+    /// A close that arrived while the runtime did not turn: `try_read` still goes
+    /// by the last readiness it saw ("would block": alive), the socket knows.
+    #[tokio::test]
+    async fn a_close_the_runtime_has_not_seen_yet_is_seen_by_the_socket() {
+        let listener = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
+        let addr = listener.local_addr().expect("addr");
+        let tcp = TcpStream::connect(addr).await.expect("connect");
+        let (mut peer, _) = listener.accept().expect("accept");
+        let mut stream = Stream::Plain(tcp);
+        peer.write_all(b"+OK\r\n").expect("write");
+        let mut buf = [0u8; 5];
+        stream.read_exact(&mut buf).await.expect("read");
+        assert!(!stream.peer_closed(), "open, nothing to read");
+        let mut probe = [0u8; 1];
+        let e = stream.try_read(&mut probe).expect_err("nothing to read");
+        assert_eq!(e.kind(), io::ErrorKind::WouldBlock);
+        // Closed while this (current-thread) runtime does not turn.
+        drop(peer);
+        std::thread::sleep(std::time::Duration::from_millis(20));
+        let e = stream.try_read(&mut probe).expect_err("unseen close");
+        assert_eq!(
+            e.kind(),
+            io::ErrorKind::WouldBlock,
+            "the runtime has not turned"
+        );
+        assert!(stream.peer_closed());
+    }
+}

@@ -199,8 +199,15 @@ impl ExclusiveConn {
     /// Whether an idle connection is still usable, without a round trip: it has
     /// nothing to read, so a read that would block means yes; end of stream (Redis
     /// restarted, or closed it for idleness), an error or stray bytes mean no.
+    /// The end is asked of the socket itself first ([`Stream::peer_closed`]): the
+    /// runtime's readiness may not have seen a close that just came (a
+    /// connection killed a moment before was handed out under load, and its
+    /// command reported as one that may have run).
     pub(crate) fn is_alive(&mut self) -> bool {
         if self.broken || self.frames.has_unread() || !self.is_current() {
+            return false;
+        }
+        if self.stream.peer_closed() {
             return false;
         }
         let mut probe = [0u8; 1];
