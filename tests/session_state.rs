@@ -648,11 +648,15 @@ async fn a_resp3_subscriber_runs_transactions_and_selects_as_on_redis() {
     same_as_redis(&redis, addr, true, &queued).await;
     // A blocking command after a SELECT of a database on another server is
     // refused (the subscriber connection cannot follow it there); on the same
-    // server it runs there (the subscriber connection follows the SELECT).
+    // server it runs there (the subscriber connection follows the SELECT). One
+    // with a wrong number of arguments gets Redis's refusal, which comes first
+    // (a `DISCARD x` got the proxy's: the multi-session tool, cluster, seed 9355).
     let bytes = script(&[
         "SUBSCRIBE ch",
         "SELECT 3",
         "BLPOP q 0.01",
+        "BLPOP q",
+        "DISCARD x",
         "SELECT 1",
         "BLPOP q 0.01",
         "SELECT 0",
@@ -660,6 +664,7 @@ async fn a_resp3_subscriber_runs_transactions_and_selects_as_on_redis() {
     ]);
     let got = String::from_utf8_lossy(&exchange_resp3(addr, &bytes).await).into_owned();
     assert!(got.contains("-ERR BLPOP while subscribed, after a SELECT of another database than the subscriptions' (db 0), is not supported by redis-sidecar"), "{got}");
+    assert!(got.contains("redis-sidecar: SELECT 0 or unsubscribe first\r\n-ERR wrong number of arguments for 'blpop' command\r\n-ERR wrong number of arguments for 'discard' command\r\n+OK\r\n"), "{got}");
     assert!(got.ends_with("+OK\r\n_\r\n+OK\r\n_\r\n"), "{got}");
     proxy.shutdown().await;
 }

@@ -621,6 +621,14 @@ impl Session {
         // (RESP3: a RESP2 subscriber cannot SELECT, unless it switched with
         // `HELLO 2` after one; Redis then refuses what is not pub/sub.)
         let other_db = self.state.resp3 && s.db != self.state.db.config.index;
+        // (Redis checks the arity first: a wrong one gets its refusal as usual.)
+        let arity_ok = || {
+            cmd.info.is_none_or(|i| {
+                with_args(buf, &self.args, req, |args| {
+                    crate::command::arity_allows(i.arity, args.count())
+                })
+            })
+        };
         if other_db
             // (UNWATCH, EXEC and DISCARD change nothing there: no transaction
             // began on it after the SELECT.)
@@ -631,6 +639,7 @@ impl Session {
                 cmd.route,
                 Route::Stateful(Family::Transaction | Family::Blocking)
             )
+            && arity_ok()
         {
             let name = cmd.info.map_or("?", |i| i.name).to_ascii_uppercase();
             return Some(format!(
