@@ -1531,10 +1531,11 @@ impl Session {
                     || self.lost.is_some()
                 {
                     inbuf.advance(req.len);
-                    self.push_reply(
+                    let refusal = self.lost_watch_refusal("SUBSCRIBE and MONITOR").unwrap_or_else(|| {
                         b"-ERR SUBSCRIBE and MONITOR inside a transaction are not supported by redis-sidecar\r\n"
-                            .to_vec(),
-                    );
+                            .to_vec()
+                    });
+                    self.push_reply(refusal);
                     self.refused_in_multi();
                     continue;
                 }

@@ -141,6 +141,14 @@ impl Session {
         self.release(false);
     }
 
+    /// The refusal of `what` (which needs a connection of the session's own)
+    /// while a WATCH whose connection was lost is in force outside MULTI
+    /// ([`Lost`]): it says so, not "inside a transaction".
+    pub(super) fn lost_watch_refusal(&self, what: &str) -> Option<Vec<u8>> {
+        self.lost.as_ref().filter(|l| !l.multi)?;
+        Some(format!("-ERR {what} under a WATCH whose connection was lost is not supported by redis-sidecar: UNWATCH first (EXEC would fail as for a changed key)\r\n").into_bytes())
+    }
+
     /// Inside a MULTI that has no held connection: deferred on a cluster until a
     /// key names the node, or [`Lost`].
     pub(super) fn multi_unheld(&self) -> bool {
