@@ -1531,10 +1531,7 @@ impl Session {
                     || self.lost.is_some()
                 {
                     inbuf.advance(req.len);
-                    let refusal = self.lost_watch_refusal("SUBSCRIBE and MONITOR").unwrap_or_else(|| {
-                        b"-ERR SUBSCRIBE and MONITOR inside a transaction are not supported by redis-sidecar\r\n"
-                            .to_vec()
-                    });
+                    let refusal = self.transaction_refusal("SUBSCRIBE and MONITOR", "are");
                     self.push_reply(refusal);
                     self.refused_in_multi();
                     continue;

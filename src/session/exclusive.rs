@@ -141,12 +141,15 @@ impl Session {
         self.release(false);
     }
 
-    /// The refusal of `what` (which needs a connection of the session's own)
-    /// while a WATCH whose connection was lost is in force outside MULTI
-    /// ([`Lost`]): it says so, not "inside a transaction".
-    pub(super) fn lost_watch_refusal(&self, what: &str) -> Option<Vec<u8>> {
-        self.lost.as_ref().filter(|l| !l.multi)?;
-        Some(format!("-ERR {what} under a WATCH whose connection was lost is not supported by redis-sidecar: UNWATCH first (EXEC would fail as for a changed key)\r\n").into_bytes())
+    /// The refusal of `what` (which needs a connection of the session's own,
+    /// `verb` "is" or "are") inside a transaction; while a WATCH whose connection
+    /// was lost is in force outside MULTI ([`Lost`]), it says that instead.
+    pub(super) fn transaction_refusal(&self, what: &str, verb: &str) -> Vec<u8> {
+        let text = match &self.lost {
+            Some(l) if !l.multi => format!("{what} under a WATCH whose connection was lost is not supported by redis-sidecar: UNWATCH first (EXEC would fail as for a changed key)"),
+            _ => format!("{what} inside a transaction {verb} not supported by redis-sidecar"),
+        };
+        format!("-ERR {text}\r\n").into_bytes()
     }
 
     /// Inside a MULTI that has no held connection: deferred on a cluster until a

@@ -368,10 +368,7 @@ impl Session {
                 && standalone
                 && (matches!(self.mode, Mode::Exclusive(_)) || self.lost.is_some()))
         {
-            let refusal = self.lost_watch_refusal("CLIENT TRACKING").unwrap_or_else(|| {
-                b"-ERR CLIENT TRACKING inside a transaction is not supported by redis-sidecar\r\n"
-                    .to_vec()
-            });
+            let refusal = self.transaction_refusal("CLIENT TRACKING", "is");
             self.push_reply(refusal);
             self.refused_in_multi();
             return None;
