@@ -1239,11 +1239,16 @@ mod tests {
             }
             // Then it closes.
         });
+        over(tokio::net::TcpStream::connect(addr).await.unwrap())
+    }
+
+    /// A connection over `tcp`, as opened and set up.
+    fn over(tcp: tokio::net::TcpStream) -> ExclusiveConn {
         ExclusiveConn {
-            stream: tokio::net::TcpStream::connect(addr).await.unwrap().into(),
+            addr: tcp.peer_addr().expect("peer").to_string(),
+            stream: tcp.into(),
             frames: Frames::new(4096),
             broken: false,
-            addr: addr.to_string(),
             id: 0,
             endpoint: crate::endpoint::Endpoint::new(),
             generation: 0,
@@ -1319,5 +1324,34 @@ mod tests {
         assert_eq!(end, Err(End::Closed));
         assert!(!d.watches_pushes());
         assert_eq!(d.upstream_id().load(Relaxed), 0);
+    }
+
+    /// A pooled connection Redis closed a moment before its checkout, while the
+    /// runtime did not turn (a busy one lags by milliseconds): the checkout's
+    /// check finds it dead, so no command is sent on it (until session 44 it was
+    /// handed out, and its command reported as one that may have run).
+    #[tokio::test]
+    async fn an_idle_connection_closed_unseen_by_the_runtime_is_not_alive() {
+        use std::io::{Read, Write};
+        let listener = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
+        let addr = listener.local_addr().expect("addr");
+        let tcp = tokio::net::TcpStream::connect(addr).await.expect("connect");
+        let (mut peer, _) = listener.accept().expect("accept");
+        let mut conn = over(tcp);
+        peer.write_all(b"+PONG\r\n").expect("write");
+        let got = conn.round_trip(b"*1\r\n$4\r\nPING\r\n", 1).await;
+        assert_eq!(got.expect("reply").as_ref(), b"+PONG\r\n");
+        let mut buf = [0u8; 64];
+        assert_eq!(peer.read(&mut buf).expect("read"), 14);
+        assert!(conn.is_alive(), "open and idle");
+        // Closed (a FIN: everything was read) while this current-thread runtime
+        // does not turn.
+        drop(peer);
+        std::thread::sleep(Duration::from_millis(20));
+        // The premise: the runtime's readiness has not seen the close.
+        let mut probe = [0u8; 1];
+        let e = conn.stream.try_read(&mut probe).expect_err("unseen close");
+        assert_eq!(e.kind(), std::io::ErrorKind::WouldBlock);
+        assert!(!conn.is_alive());
     }
 }
