@@ -1104,6 +1104,10 @@ impl Session {
             if self.lost.is_some() {
                 // The held connection of a transaction under way was lost.
                 self.flush(&mut run, inbuf).await;
+                if self.lost_watch_subscribed(&cmd) && !self.barrier_passed().await {
+                    self.stalled = true;
+                    return;
+                }
                 let ranges = std::mem::take(&mut self.args);
                 let answer = with_args(&inbuf[..req.len], &ranges, &req, |a| {
                     self.lost_step(&cmd, a)
@@ -1425,6 +1429,14 @@ impl Session {
                     let skip = std::mem::take(&mut self.skip_next) && self.state.resp3;
                     let unsubscribes =
                         cmd.route == Route::Stateful(Family::PubSub) && !cmd.subscribes;
+                    if !self.state.resp3
+                        && (cmd.tx == TxOp::Abort
+                            || (cmd.tx == TxOp::End && cmd.info.is_some_and(|i| i.name == "exec")))
+                    {
+                        // Redis refuses a RESP2 subscriber's EXEC with
+                        // `-EXECABORT`, which ends its WATCH: a lost one too.
+                        self.lost = None;
+                    }
                     self.last = Conn::Sub;
                     self.send_to_subscriber(&bytes, unsubscribes, skip).await;
                     continue;
@@ -1526,17 +1538,23 @@ impl Session {
                     self.push_reply(refused);
                     continue;
                 }
+                let monitor = cmd.route == Route::Stateful(Family::Monitor);
+                // (Under a WATCH whose connection was lost, outside MULTI, a
+                // subscription goes on, and so does the lost WATCH, see
+                // `lost_step`; a MONITOR is refused.)
                 if matches!(self.mode, Mode::Exclusive(_))
                     || self.mode.in_multi()
-                    || self.lost.is_some()
+                    || (self.lost.is_some() && monitor)
                 {
                     inbuf.advance(req.len);
-                    let refusal = self.transaction_refusal("SUBSCRIBE and MONITOR", "are");
+                    let refusal = match self.lost {
+                        Some(_) => self.transaction_refusal("MONITOR", "is"),
+                        None => self.transaction_refusal("SUBSCRIBE and MONITOR", "are"),
+                    };
                     self.push_reply(refusal);
                     self.refused_in_multi();
                     continue;
                 }
-                let monitor = cmd.route == Route::Stateful(Family::Monitor);
                 if !monitor && self.login_watch_apart() {
                     // A RESP3 subscriber's transaction runs on its subscriber
                     // connection, which would not be the one that watches.

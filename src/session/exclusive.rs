@@ -152,6 +152,20 @@ impl Session {
         format!("-ERR {text}\r\n").into_bytes()
     }
 
+    /// Whether `cmd`, from a RESP3 session subscribed under a lost WATCH, may be
+    /// answered by [`Session::lost_step`]: a transaction command, or anything
+    /// inside the MULTI begun since. It is answered once every earlier request
+    /// sent to the subscriber connection is (a barrier), as whatever else the
+    /// proxy answers while subscribed.
+    pub(super) fn lost_watch_subscribed(&self, cmd: &Descriptor) -> bool {
+        matches!(self.mode, Mode::Subscribed(_))
+            && self.state.resp3
+            && !matches!(cmd.route, Route::Reset | Route::Quit)
+            && self.lost.as_ref().is_some_and(|l| {
+                l.multi || cmd.route == Route::Stateful(crate::command::Family::Transaction)
+            })
+    }
+
     /// Inside a MULTI that has no held connection: deferred on a cluster until a
     /// key names the node, or [`Lost`].
     pub(super) fn multi_unheld(&self) -> bool {
@@ -167,9 +181,19 @@ impl Session {
     /// keys may have changed unseen). Outside MULTI (a lost WATCH) only the
     /// transaction commands are answered here. `None`: not answered here (RESET
     /// and QUIT, which end it, and commands outside MULTI go on as usual).
+    ///
+    /// A session subscribed under a lost WATCH ([`Session::lost_watch_subscribed`])
+    /// is answered so in RESP3, where Redis runs transactions on a subscribed
+    /// connection; in RESP2 Redis refuses them there, and the subscriber
+    /// connection answers (its refused `EXEC` ends the watch, see dispatch).
     pub(super) fn lost_step(&mut self, cmd: &Descriptor, args: &dyn ArgList) -> Option<Vec<u8>> {
         let lost = self.lost.as_mut()?;
-        if !matches!(self.mode, Mode::Shared) || matches!(cmd.route, Route::Reset | Route::Quit) {
+        let answered = match &self.mode {
+            Mode::Shared => true,
+            Mode::Subscribed(_) => self.state.resp3,
+            _ => false,
+        };
+        if !answered || matches!(cmd.route, Route::Reset | Route::Quit) {
             return None;
         }
         let multi = lost.multi;
