@@ -1194,8 +1194,9 @@ async fn a_subscription_under_a_lost_watch_goes_on_as_on_redis() {
             true,
             "SUBSCRIBE ch; MULTI; SET w mine; UNSUBSCRIBE; EXEC; GET w; UNSUBSCRIBE",
         ),
-        // RESP3: EXEC without MULTI keeps the watch; UNWATCH ends it.
-        (true, "SUBSCRIBE ch; EXEC; UNWATCH"),
+        // RESP3: EXEC without MULTI keeps the watch, and so do transaction
+        // commands refused for their arity (Redis's refusals); UNWATCH ends it.
+        (true, "SUBSCRIBE ch; EXEC; WATCH; MULTI x; DISCARD x; UNWATCH"),
         // RESP3: still watched after the last unsubscribe.
         (true, "SUBSCRIBE ch; PING; UNSUBSCRIBE ch"),
         // RESP3, in one write: what the proxy answers comes after the replies to

@@ -1104,7 +1104,8 @@ impl Session {
             if self.lost.is_some() {
                 // The held connection of a transaction under way was lost.
                 self.flush(&mut run, inbuf).await;
-                if self.lost_watch_subscribed(&cmd) && !self.barrier_passed().await {
+                let behind_barrier = self.lost_watch_subscribed(&cmd);
+                if behind_barrier && !self.barrier_passed().await {
                     self.stalled = true;
                     return;
                 }
@@ -1117,6 +1118,11 @@ impl Session {
                     inbuf.advance(req.len);
                     self.push_reply(out);
                     continue;
+                }
+                if let Some(s) = self.mode.subscribed().filter(|_| behind_barrier) {
+                    // Not answered here (a refusal for its arity, Redis's): the
+                    // barrier still holds for whatever answers it below.
+                    s.barrier_passed = true;
                 }
             }
             if self.deferred_multi && self.state.authenticated {
