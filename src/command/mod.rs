@@ -297,6 +297,13 @@ impl Descriptor {
         self.info.is_some_and(|i| i.is_readonly())
     }
 
+    /// EXEC of the right arity ([`TxOp::End`]; one with arguments is
+    /// [`TxOp::Abort`]).
+    #[inline]
+    pub fn is_exec(&self) -> bool {
+        self.tx == TxOp::End && self.info.is_some_and(|i| i.name == "exec")
+    }
+
     /// A forwarded command that Redis holds back while writes are paused (`CLIENT
     /// PAUSE … WRITE`): its `write` or `may-replicate` flag (EVAL, PUBLISH,
     /// PFCOUNT …), as Redis's `processCommand` decides.

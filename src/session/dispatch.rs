@@ -1435,10 +1435,7 @@ impl Session {
                     let skip = std::mem::take(&mut self.skip_next) && self.state.resp3;
                     let unsubscribes =
                         cmd.route == Route::Stateful(Family::PubSub) && !cmd.subscribes;
-                    if !self.state.resp3
-                        && (cmd.tx == TxOp::Abort
-                            || (cmd.tx == TxOp::End && cmd.info.is_some_and(|i| i.name == "exec")))
-                    {
+                    if !self.state.resp3 && (cmd.tx == TxOp::Abort || cmd.is_exec()) {
                         // Redis refuses a RESP2 subscriber's EXEC with
                         // `-EXECABORT`, which ends its WATCH: a lost one too.
                         self.lost = None;
@@ -1701,9 +1698,7 @@ impl Session {
                     };
                     self.hold_exclusive(slot);
                 }
-                let aborts = cmd.tx == TxOp::End
-                    && cmd.info.is_some_and(|i| i.name == "exec")
-                    && self.mode.held().is_some_and(|h| h.dirty);
+                let aborts = cmd.is_exec() && self.mode.held().is_some_and(|h| h.dirty);
                 // An EXEC with arguments: Redis's refusal ends the transaction
                 // and the WATCH.
                 let arity = cmd.tx == TxOp::Abort && self.mode.held().is_some();
@@ -1749,7 +1744,7 @@ impl Session {
                 if matches!(cmd.tx, TxOp::End | TxOp::Abort) {
                     let pending = self.mode.held_mut().and_then(|h| h.pending_select.take());
                     // (DISCARD, an aborted EXEC: the SELECT never runs.)
-                    let exec = cmd.tx == TxOp::End && cmd.info.is_some_and(|i| i.name == "exec");
+                    let exec = cmd.is_exec();
                     if let Some(h) = self.mode.held_mut().filter(|_| exec) {
                         splice = std::mem::take(&mut h.locals);
                         let queued = std::mem::take(&mut h.unprefix);
