@@ -88,6 +88,11 @@ enum Io {
 
 /// Most queue entries a session may have before it stops reading (backpressure).
 const MAX_QUEUE: usize = 1024;
+/// Queue room an empty queue keeps while the session is active (a pipeline of
+/// this many requests, a few KiB): a client sending one request at a time does
+/// not allocate a queue per request. A larger queue is let go once empty, and an
+/// idle session lets go of it all when it parks or declines to (a sweep).
+const QUEUE_KEEP: usize = 16;
 /// Bytes of replies a session may have in flight upstream (at most
 /// `limits.client_reply_buffer`): requests are sent while the expected size of
 /// their replies fits. Small, so that Redis's own output buffer for a shared
@@ -627,8 +632,8 @@ impl Session {
                 self.refresh();
             }
             self.take_ready();
-            if self.queue.is_empty() && self.queue.capacity() > 0 {
-                // Nothing pending: an idle client keeps no queue memory.
+            if self.queue.is_empty() && self.queue.capacity() > QUEUE_KEEP {
+                // Nothing pending: the room of a long pipeline is let go.
                 self.queue = VecDeque::new();
             }
             self.account(&inbuf);
@@ -826,6 +831,10 @@ impl Session {
                     }
                     if signals & SWEEP != 0 {
                         let busy = !inbuf.is_empty() || unparsed || unflushed;
+                        if self.queue.is_empty() {
+                            // Idle: it keeps no queue memory, parked or not.
+                            self.queue = VecDeque::new();
+                        }
                         match self.parkable(tls, busy) {
                             Ok(()) => return Ok(true),
                             // (A blocked command may wait long: not asked again
