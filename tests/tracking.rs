@@ -1444,3 +1444,89 @@ async fn a_push_right_after_a_reply_comes_before_the_next_local_answer() {
     .await;
     proxy.shutdown().await;
 }
+
+/// A `BCAST` client's invalidations of keys come after every reply of the read
+/// that wrote them, as Redis sends them once it has run the whole read
+/// (`beforeSleep`), also where the proxy answers part of the read itself or
+/// sends it to Redis in several batches (a `HELLO` or `SELECT` waits for the
+/// replies before it). Until session 46 they came right after the reply of the
+/// write's batch (multi-session tool, seed 8762). A flush's invalidation, sent
+/// at once, keeps its place; a `CLIENT TRACKING OFF` in the read means none.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_bcast_clients_invalidations_follow_the_whole_read() {
+    let redis = RedisServer::start();
+    let proxy = start_proxy(proxy_config(&redis)).await;
+    // (HELLO's reply names the connection's id.)
+    let masked = |reply: &[u8]| {
+        let t = text(reply);
+        match t.find("id\r\n:") {
+            Some(at) => {
+                let end = at + t[at..].find("\r\n$4").unwrap_or(t.len() - at);
+                format!("{}id\r\n:ID{}", &t[..at], &t[end..])
+            }
+            None => t,
+        }
+    };
+    same_as_redis(redis.addr(), proxy.local_addr(), |addr| async move {
+        let mut log = Vec::new();
+        let cases: [(&[&[&[u8]]], usize); 6] = [
+            (
+                &[
+                    &[b"SET", b"k", b"1"],
+                    &[b"CLIENT", b"GETNAME"],
+                    &[b"ECHO", b"x"],
+                ],
+                4,
+            ),
+            (
+                &[
+                    &[b"SET", b"k", b"1"],
+                    &[b"CLIENT", b"SETNAME", b"n"],
+                    &[b"GET", b"k"],
+                ],
+                4,
+            ),
+            (
+                &[
+                    &[b"DBSIZE"],
+                    &[b"SET", b"b", b"1"],
+                    &[b"HELLO", b"3", b"SETNAME", b"h"],
+                ],
+                4,
+            ),
+            (
+                &[&[b"SET", b"b", b"2"], &[b"SELECT", b"0"], &[b"GET", b"b"]],
+                4,
+            ),
+            (
+                &[
+                    &[b"SET", b"k", b"1"],
+                    &[b"FLUSHDB"],
+                    &[b"CLIENT", b"GETNAME"],
+                ],
+                5,
+            ),
+            (
+                &[
+                    &[b"SET", b"k", b"1"],
+                    &[b"CLIENT", b"TRACKING", b"OFF"],
+                    &[b"PING"],
+                ],
+                3,
+            ),
+        ];
+        for (requests, frames) in cases {
+            let mut c = resp3_tracking(addr, &[b"BCAST"], &mut log).await;
+            let pipeline: Vec<u8> = requests.iter().flat_map(|r| resp_cmd(r)).collect();
+            c.send(&pipeline).await;
+            for _ in 0..frames {
+                log.push(masked(&c.read_reply().await));
+            }
+            // Nothing else was pending (an invalidation sent twice would be).
+            log.push(text(&c.cmd(&[b"PING"]).await));
+        }
+        log
+    })
+    .await;
+    proxy.shutdown().await;
+}

@@ -476,6 +476,11 @@ struct Session {
     /// session's own RESP3 connection (`dispatch`'s `local`): the pushes Redis
     /// sent before it are written first, as Redis writes them before its reply.
     end_barrier: bool,
+    /// A `BCAST` client's invalidations of keys that Redis sent after a batch of
+    /// a read whose later requests wait (`stalled`): Redis sends them once it has
+    /// run every command of the read, so they follow its last reply
+    /// (`tracking::Session::hold_bcast`).
+    bcast_held: Vec<bytes::Bytes>,
     /// A request was refused while `deferred_multi` (`deny_commands`, cluster
     /// commands): EXEC answers `-EXECABORT`, as Redis after a refusal at queueing.
     deferred_dirty: bool,
@@ -541,6 +546,7 @@ impl Session {
             dormant: None,
             deferred_multi: false,
             end_barrier: false,
+            bcast_held: Vec::new(),
             deferred_dirty: false,
             lost: None,
             connected_at: p.connected_at,
@@ -860,6 +866,9 @@ impl Session {
         // Boxed for the time of the call: the dispatch future is the largest state
         // of the session's task, which every idle client would otherwise carry.
         Box::pin(self.dispatch(inbuf)).await;
+        if !self.stalled && !self.bcast_held.is_empty() {
+            self.release_bcast();
+        }
         if inbuf.is_empty() {
             // (The bytes already taken off it live on in their batches.)
             *inbuf = BytesMut::new();

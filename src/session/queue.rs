@@ -297,18 +297,31 @@ impl Session {
         // (the PING before it): a BCAST client's invalidations of keys, which
         // Redis sends once it has run every command of the read (RESET's,
         // QUIT's too), are not sent then.
-        let keys = !(self.end_barrier && self.tracking.as_ref().is_some_and(|t| t.bcast));
+        let bcast = self.tracking.as_ref().is_some_and(|t| t.bcast);
+        let keys = !(self.end_barrier && bcast);
+        let mut after = None;
         if let Some(front) = self.queue.front_mut() {
             let silent = matches!(front, Pending::Upstream(s) if s.silent);
             let own = matches!(front, Pending::Upstream(s) if !s.shared);
             *front = Pending::Ready(match (silent, own) {
                 (false, true) if !keys => tracking::without_key_pushes(bytes),
+                (false, true) if bcast => {
+                    // Invalidations Redis sent after the batch's last reply: it
+                    // sends a BCAST client's once it has run the whole read, so
+                    // they follow the rest of the read's replies.
+                    let (replies, pushes) = tracking::split_trailing_key_pushes(bytes);
+                    after = pushes;
+                    replies
+                }
                 (false, _) => bytes,
                 // As on Redis, pushes (invalidations) still reach a client that
                 // turned replies off.
                 (true, true) => tracking::pushes_only(&bytes, keys),
                 (true, false) => Bytes::new(),
             });
+        }
+        if let Some(pushes) = after {
+            self.hold_bcast(pushes);
         }
     }
 

@@ -602,10 +602,45 @@ impl Session {
         }
     }
 
+    /// Invalidations of keys Redis sent a `BCAST` client after a batch of one of
+    /// its reads: they go after every reply of that read, as Redis sends them
+    /// once it has run the whole read (`beforeSleep`), where the proxy may have
+    /// split the read into several batches or answered part of it itself. While
+    /// the read's later requests wait (`stalled`) they are held until it is
+    /// dispatched ([`Session::release_bcast`]); otherwise every request of the
+    /// read is queued already and they go at the end of the queue.
+    pub(super) fn hold_bcast(&mut self, pushes: Bytes) {
+        if self.stalled {
+            self.bcast_held.push(pushes);
+        } else {
+            self.queue.push_back(Pending::Ready(pushes));
+        }
+    }
+
+    /// The read whose later requests waited is dispatched: the invalidations
+    /// held meanwhile follow its replies, unless the client no longer tracks in
+    /// `BCAST` mode (a `RESET` in the read: Redis would not send them then).
+    pub(super) fn release_bcast(&mut self) {
+        let held = std::mem::take(&mut self.bcast_held);
+        if self.tracking.as_ref().is_some_and(|t| t.bcast) {
+            for pushes in held {
+                self.queue.push_back(Pending::Ready(pushes));
+            }
+        }
+    }
+
     /// A push the session's own connection sent while no command was in flight, or
     /// the end of its pushes.
     pub(super) fn on_push(&mut self, push: Result<Bytes, End>) {
         match push {
+            // (A BCAST client's invalidation while the rest of a read waits.)
+            Ok(push)
+                if self.stalled
+                    && self.tracking.as_ref().is_some_and(|t| t.bcast)
+                    && names_keys(&push) =>
+            {
+                self.bcast_held.push(push)
+            }
             Ok(push) => {
                 let push = match self.tracking {
                     Some(Tracking {
@@ -837,6 +872,28 @@ pub(super) fn without_key_pushes(bytes: Bytes) -> Bytes {
     })
 }
 
+/// `bytes` split after its last frame that is not an invalidation naming keys:
+/// the replies (and any pushes among or before them), and the key
+/// invalidations after them, if any.
+pub(super) fn split_trailing_key_pushes(mut bytes: Bytes) -> (Bytes, Option<Bytes>) {
+    if !bytes.contains(&b'>') {
+        return (bytes, None);
+    }
+    let (mut at, mut end) = (0, 0);
+    while let Ok(Some(frame)) = reply::scan(&bytes[at..]) {
+        if !(frame.is_push && names_keys(&bytes[at..])) {
+            end = at + frame.len;
+        }
+        at += frame.len;
+    }
+    // (None after the replies, or bytes that are not whole frames: as they are.)
+    if end == at || at != bytes.len() {
+        return (bytes, None);
+    }
+    let pushes = bytes.split_off(end);
+    (bytes, Some(pushes))
+}
+
 /// Whether the frame at the start of `bytes` is an invalidation naming keys.
 fn names_keys(bytes: &[u8]) -> bool {
     bytes
@@ -967,6 +1024,26 @@ mod tests {
         );
         let only_push = Bytes::from_static(PUSH);
         assert_eq!(reply_at(&only_push), 0);
+    }
+
+    #[test]
+    fn splits_off_the_key_invalidations_after_the_last_reply() {
+        let keys: &[u8] = b">2\r\n$10\r\ninvalidate\r\n*1\r\n$1\r\na\r\n";
+        let flush: &[u8] = b">2\r\n$10\r\ninvalidate\r\n_\r\n";
+        let split = |parts: &[&[u8]]| split_trailing_key_pushes(Bytes::from(parts.concat()));
+        // After the last reply: split off, both of them.
+        let (replies, after) = split(&[keys, b"+OK\r\n", b":1\r\n", keys, keys]);
+        assert_eq!(replies, [keys, b"+OK\r\n", b":1\r\n"].concat());
+        assert_eq!(after.as_deref(), Some([keys, keys].concat().as_slice()));
+        // None after it, or a flush's last (sent at once, not held): as it is.
+        for parts in [
+            &[keys, b"+OK\r\n"][..],
+            &[b"+OK\r\n", keys, flush],
+            &[b"+OK\r\n"],
+        ] {
+            let (replies, after) = split(parts);
+            assert_eq!((replies, after), (Bytes::from(parts.concat()), None));
+        }
     }
 
     #[test]
