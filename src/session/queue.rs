@@ -315,7 +315,13 @@ impl Session {
                 }
                 (false, _) => bytes,
                 // As on Redis, pushes (invalidations) still reach a client that
-                // turned replies off.
+                // turned replies off (a BCAST client's after the read, as above).
+                (true, true) if bcast && keys => {
+                    let pushes = tracking::pushes_only(&bytes, true);
+                    let (flushes, later) = tracking::split_trailing_key_pushes(pushes);
+                    after = later;
+                    flushes
+                }
                 (true, true) => tracking::pushes_only(&bytes, keys),
                 (true, false) => Bytes::new(),
             });
