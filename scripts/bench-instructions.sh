@@ -33,37 +33,21 @@ shift $((OPTIND - 1))
 for tool in valgrind callgrind_control callgrind_annotate redis-server redis-benchmark redis-cli; do
     command -v "$tool" >/dev/null || { echo "$0: $tool not found" >&2; exit 2; }
 done
-free_port() {
-    python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])'
-}
-DIR=$(mktemp -d)
+SUITE=bench-instructions
+# (free_port, wait_ping, start_redis, WORK and the cleanup of what was started.)
+. "$(dirname "$0")/suite-common.sh"
+# A proxy under valgrind takes seconds to start.
+PING_TRIES=600
 REDIS_PORT=$(free_port)
-PIDS=()
-cleanup() {
-    for p in "${PIDS[@]}"; do kill "$p" 2>/dev/null || true; done
-    redis-cli -p "$REDIS_PORT" shutdown nosave >/dev/null 2>&1 || true
-    rm -rf "$DIR"
-}
-trap cleanup EXIT
-redis-server --port "$REDIS_PORT" --bind 127.0.0.1 --save '' --appendonly no \
-    --daemonize yes --dir "$DIR" --logfile "$DIR/redis.log"
+start_redis "$REDIS_PORT"
 redis-cli -p "$REDIS_PORT" set key:__rand_int__ xxx >/dev/null
-wait_ping() {
-    for _ in $(seq 1 120); do
-        redis-cli -p "$1" ping >/dev/null 2>&1 && return 0
-        sleep 0.5
-    done
-    echo "$0: nothing answers on port $1" >&2
-    return 1
-}
-wait_ping "$REDIS_PORT"
 bench() {
     redis-benchmark -p "$1" -c "$CLIENTS" -n "$2" -P "$PIPE" -t "$TEST" --csv 2>/dev/null | tail -1 >/dev/null
 }
 echo "workload: redis-benchmark -c $CLIENTS -P $PIPE -t $TEST -n $REQS (after $((REQS / 4)) to warm up)"
 for bin in "$@"; do
     port=$(free_port)
-    cat >"$DIR/proxy.yaml" <<EOF
+    cat >"$WORK/proxy.yaml" <<EOF
 listen: "127.0.0.1:$port"
 host: 127.0.0.1
 port: $REDIS_PORT
@@ -71,18 +55,18 @@ busy_poll_us: 0
 redis_databases:
   main: {db: 0}
 EOF
-    valgrind --tool=callgrind --callgrind-out-file="$DIR/cg.%p" \
-        "$bin" --config "$DIR/proxy.yaml" --metrics-listen off >"$DIR/proxy.log" 2>&1 &
+    valgrind --tool=callgrind --callgrind-out-file="$WORK/cg.%p" \
+        "$bin" --config "$WORK/proxy.yaml" --metrics-listen off >"$WORK/proxy.log" 2>&1 &
     pid=$!
     PIDS+=("$pid")
-    wait_ping "$port"
+    wait_ping -p "$port"
     bench "$port" $((REQS / 4))
     callgrind_control -z "$pid" >/dev/null 2>&1
     bench "$port" "$REQS"
     callgrind_control -d "$pid" >/dev/null 2>&1
     kill -INT "$pid" 2>/dev/null || true
     wait "$pid" 2>/dev/null || true
-    dump=$(ls "$DIR"/cg."$pid".* 2>/dev/null | head -1)
+    dump=$(ls "$WORK"/cg."$pid".* 2>/dev/null | head -1)
     [[ -n $dump ]] || { echo "$0: no callgrind dump for $bin" >&2; exit 1; }
     total=$(callgrind_annotate "$dump" 2>/dev/null | awk '/PROGRAM TOTALS/ {gsub(",", "", $1); print $1}')
     printf '%s: %s instructions, %d per request\n' "$bin" "$total" $((total / REQS))
@@ -94,5 +78,5 @@ EOF
                 -e 'rt.rs:std::rt' -e 'function.rs:std::' -e '???:main' -e 'ld-linux' -e '^---' |
             head -n "$TOP" | cut -c1-160
     fi
-    rm -f "$DIR"/cg."$pid"*
+    rm -f "$WORK"/cg."$pid"*
 done

@@ -11,8 +11,8 @@ trap cleanup EXIT
 
 log() { printf '%s: %s\n' "$SUITE" "$*" >&2; }
 free_port() { python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1])'; }
-wait_ping() { # redis-cli args...
-    for _ in $(seq 1 100); do redis-cli "$@" ping >/dev/null 2>&1 && return 0; sleep 0.1; done
+wait_ping() { # redis-cli args... (PING_TRIES tries, 0.1 s apart; default 100)
+    for _ in $(seq 1 "${PING_TRIES:-100}"); do redis-cli "$@" ping >/dev/null 2>&1 && return 0; sleep 0.1; done
     log "nothing answers on $*"; exit 1
 }
 # Whether something listens on loopback port $1 (any address that takes it).

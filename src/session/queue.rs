@@ -297,7 +297,7 @@ impl Session {
         // (the PING before it): a BCAST client's invalidations of keys, which
         // Redis sends once it has run every command of the read (RESET's,
         // QUIT's too), are not sent then.
-        let bcast = self.tracking.as_ref().is_some_and(|t| t.bcast);
+        let bcast = self.tracks_bcast();
         let keys = !(self.end_barrier && bcast);
         let mut after = None;
         if let Some(front) = self.queue.front_mut() {

@@ -602,6 +602,11 @@ impl Session {
         }
     }
 
+    /// `CLIENT TRACKING` is on, in `BCAST` mode, on the session's own connection.
+    pub(super) fn tracks_bcast(&self) -> bool {
+        self.tracking.as_ref().is_some_and(|t| t.bcast)
+    }
+
     /// Invalidations of keys Redis sent a `BCAST` client after a batch of one of
     /// its reads: they go after every reply of that read, as Redis sends them
     /// once it has run the whole read (`beforeSleep`), where the proxy may have
@@ -622,7 +627,7 @@ impl Session {
     /// `BCAST` mode (a `RESET` in the read: Redis would not send them then).
     pub(super) fn release_bcast(&mut self) {
         let held = std::mem::take(&mut self.bcast_held);
-        if self.tracking.as_ref().is_some_and(|t| t.bcast) {
+        if self.tracks_bcast() {
             for pushes in held {
                 self.queue.push_back(Pending::Ready(pushes));
             }
@@ -633,14 +638,8 @@ impl Session {
     /// the end of its pushes.
     pub(super) fn on_push(&mut self, push: Result<Bytes, End>) {
         match push {
-            // (A BCAST client's invalidation while the rest of a read waits.)
-            Ok(push)
-                if self.stalled
-                    && self.tracking.as_ref().is_some_and(|t| t.bcast)
-                    && names_keys(&push) =>
-            {
-                self.bcast_held.push(push)
-            }
+            // (After the rest of the read, if one waits.)
+            Ok(push) if self.tracks_bcast() && names_keys(&push) => self.hold_bcast(push),
             Ok(push) => {
                 let push = match self.tracking {
                     Some(Tracking {
