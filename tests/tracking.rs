@@ -1445,6 +1445,85 @@ async fn a_push_right_after_a_reply_comes_before_the_next_local_answer() {
     proxy.shutdown().await;
 }
 
+/// The keys a `BCAST` client's read wrote come in one invalidation per prefix of
+/// the client's, keys in byte order, each once, as Redis builds them once it has
+/// run the whole read (`trackingBroadcastInvalidationMessages`), also where the
+/// proxy sends the read to Redis in several batches: a `SELECT` or `HELLO` waits
+/// for the replies before it, `CLIENT REPLY OFF` ends a batch. Until session 47
+/// each batch's invalidation came on its own. Prefixes add up over `CLIENT
+/// TRACKING ON`s (one without a prefix adds `""`, so a key can be named twice).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_bcast_clients_read_sent_in_batches_gets_one_invalidation_per_prefix() {
+    let redis = RedisServer::start();
+    let proxy = start_proxy(proxy_config(&redis)).await;
+    same_as_redis(redis.addr(), proxy.local_addr(), |addr| async move {
+        let mut log = Vec::new();
+        type Case<'a> = (&'a [&'a [&'a [u8]]], &'a [&'a [u8]], usize);
+        let split: &[&[u8]] = &[
+            b"SET b1 1",
+            b"SET a1 1",
+            b"SELECT 1",
+            b"SET a0 2",
+            b"SET c 1",
+            b"SELECT 0",
+        ];
+        let cases: [Case; 6] = [
+            (
+                &[&[]],
+                &[b"SET b 1", b"SELECT 1", b"SET a 2", b"SELECT 0"],
+                5,
+            ),
+            (
+                &[&[]],
+                &[b"MSET c 1 b 2", b"HELLO 3", b"DEL a b", b"SET a 1"],
+                5,
+            ),
+            (
+                &[&[]],
+                &[
+                    b"SET z 1",
+                    b"CLIENT REPLY OFF",
+                    b"SET y 1",
+                    b"CLIENT REPLY ON",
+                    b"SET x 1",
+                ],
+                4,
+            ),
+            (&[&[b"PREFIX", b"b", b"PREFIX", b"a"]], split, 8),
+            (&[&[b"PREFIX", b"b"], &[b"PREFIX", b"a"]], split, 8),
+            (&[&[b"PREFIX", b"b"], &[]], split, 8),
+        ];
+        for (ons, requests, frames) in cases {
+            let mut c = resp3_tracking(addr, &[b"BCAST"], &mut log).await;
+            c.cmd(&[b"CLIENT", b"TRACKING", b"OFF"]).await;
+            for on in ons {
+                let mut args: Vec<&[u8]> = vec![b"CLIENT", b"TRACKING", b"ON", b"BCAST"];
+                args.extend_from_slice(on);
+                log.push(text(&c.cmd(&args).await));
+            }
+            let pipeline: Vec<u8> = requests
+                .iter()
+                .flat_map(|r| resp_cmd(&r.split(|&b| b == b' ').collect::<Vec<_>>()))
+                .collect();
+            c.send(&pipeline).await;
+            for _ in 0..frames {
+                let reply = text(&c.read_reply().await);
+                // (HELLO's reply names the connection's id.)
+                log.push(if reply.starts_with('%') {
+                    "HELLO".into()
+                } else {
+                    reply
+                });
+            }
+            // Nothing else was pending (an invalidation sent twice would be).
+            log.push(text(&c.cmd(&[b"PING"]).await));
+        }
+        log
+    })
+    .await;
+    proxy.shutdown().await;
+}
+
 /// A `BCAST` client's invalidations of keys come after every reply of the read
 /// that wrote them, as Redis sends them once it has run the whole read
 /// (`beforeSleep`), also where the proxy answers part of the read itself or

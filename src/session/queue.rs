@@ -29,9 +29,15 @@ const DIRECT_WRITE: usize = 16 * 1024;
 pub(super) type CmdList = SmallVec<[u16; 16]>;
 
 /// A reply slot in the session's FIFO.
+// Most slots are `Upstream`: boxing its `Sent` would allocate once a batch.
+#[allow(clippy::large_enum_variant)]
 pub(super) enum Pending {
     /// A reply the proxy produced.
     Ready(Bytes),
+    /// A `BCAST` client's invalidations of keys, after the replies of the read
+    /// that wrote them; those of a later batch of that read join them while they
+    /// wait (`Session::queue_bcast`).
+    Pushes(Bytes),
     /// Replies to a batch sent upstream.
     Upstream(Sent),
     /// The rest of a large reply, passed on in parts as it arrives (`silent`: the
@@ -185,7 +191,7 @@ impl Session {
     pub(super) fn take_ready(&mut self) {
         while let Some(front) = self.queue.front_mut() {
             let bytes = match front {
-                Pending::Ready(b) => std::mem::take(b),
+                Pending::Ready(b) | Pending::Pushes(b) => std::mem::take(b),
                 Pending::Close => {
                     if self.outbox.is_empty() {
                         self.done = true;

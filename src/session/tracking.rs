@@ -74,6 +74,9 @@ pub(super) struct Tracking {
     pub upstream_redirect: u64,
     /// BCAST mode.
     pub bcast: bool,
+    /// BCAST: the prefixes Redis holds for the client (`""` for none given),
+    /// every `CLIENT TRACKING ON` adding its own, as Redis does.
+    pub prefixes: Vec<Vec<u8>>,
 }
 
 /// What the reply to a tracking request sent on a subscriber connection changes
@@ -423,6 +426,7 @@ impl Session {
             redirect: None,
             upstream_redirect: 0,
             bcast: false,
+            prefixes: Vec::new(),
         };
         let mut j = 3;
         while j < n {
@@ -443,10 +447,14 @@ impl Session {
                 }
             } else if opt.eq_ignore_ascii_case(b"PREFIX") && more {
                 j += 1;
+                tracking.prefixes.push(args.arg(j).to_vec());
             } else if opt.eq_ignore_ascii_case(b"BCAST") {
                 tracking.bcast = true;
             }
             j += 1;
+        }
+        if tracking.prefixes.is_empty() {
+            tracking.prefixes.push(Vec::new());
         }
         Ok((encode(&out[..]), on.then_some(tracking)))
     }
@@ -582,7 +590,18 @@ impl Session {
                     if let (Some(_), Some(p)) = (&tracking, self.mode.private_mut()) {
                         p.tracked = true;
                     }
-                    self.tracking = tracking;
+                    self.tracking = match (tracking, self.tracking.take()) {
+                        // Redis adds the prefixes to those the client has.
+                        (Some(mut new), Some(old)) if new.bcast && old.bcast => {
+                            for p in old.prefixes {
+                                if !new.prefixes.contains(&p) {
+                                    new.prefixes.push(p);
+                                }
+                            }
+                            Some(new)
+                        }
+                        (new, _) => new,
+                    };
                 }
                 self.after_switch();
                 bytes
@@ -618,7 +637,29 @@ impl Session {
         if self.stalled {
             self.bcast_held.push(pushes);
         } else {
-            self.queue.push_back(Pending::Ready(pushes));
+            self.queue_bcast(pushes);
+        }
+    }
+
+    /// Queues a `BCAST` client's invalidations of keys after everything queued;
+    /// invalidations queued before them and not yet written (those of an earlier
+    /// batch of the same read, whose later batch was still in flight) become one
+    /// with them, as Redis sends the keys of a whole read at once: one push per
+    /// prefix ([`merge_key_pushes`]).
+    fn queue_bcast(&mut self, pushes: Bytes) {
+        let prefixes = match &self.tracking {
+            Some(t) => &t.prefixes[..],
+            None => &[],
+        };
+        match self.queue.back_mut() {
+            Some(Pending::Pushes(before)) => {
+                let both = [&before[..], &pushes[..]].concat();
+                *before = merge_key_pushes(&both, prefixes).unwrap_or_else(|| both.into());
+            }
+            _ => {
+                let pushes = merge_key_pushes(&pushes, prefixes).unwrap_or(pushes);
+                self.queue.push_back(Pending::Pushes(pushes));
+            }
         }
     }
 
@@ -629,7 +670,7 @@ impl Session {
         let held = std::mem::take(&mut self.bcast_held);
         if self.tracks_bcast() {
             for pushes in held {
-                self.queue.push_back(Pending::Ready(pushes));
+                self.queue_bcast(pushes);
             }
         }
     }
@@ -893,6 +934,53 @@ pub(super) fn split_trailing_key_pushes(mut bytes: Bytes) -> (Bytes, Option<Byte
     (bytes, Some(pushes))
 }
 
+/// Invalidations of keys (`>2 invalidate [keys]`, back to back) for a `BCAST`
+/// client whose prefixes are `prefixes`, as Redis sends those of one turn of its
+/// event loop (`trackingBroadcastInvalidationMessages`): for each prefix, in
+/// byte order, one push naming the keys under it, in byte order, each once.
+/// `None` for anything else among `pushes`, or a key under none of `prefixes`.
+pub(super) fn merge_key_pushes(pushes: &[u8], prefixes: &[Vec<u8>]) -> Option<Bytes> {
+    let mut keys = std::collections::BTreeSet::new();
+    let mut at = 0;
+    while at < pushes.len() {
+        let frame = reply::scan(&pushes[at..]).ok()??;
+        let array = pushes[at..at + frame.len].strip_prefix(INVALIDATE)?;
+        for (item, out_of_band) in reply::items(array)? {
+            let key = item.strip_prefix(b"$").and_then(|_| {
+                let nl = item.iter().position(|&b| b == b'\n')?;
+                item.get(nl + 1..item.len().checked_sub(2)?)
+            });
+            keys.insert(key.filter(|_| !out_of_band)?);
+        }
+        at += frame.len;
+    }
+    let mut prefixes: Vec<&[u8]> = prefixes.iter().map(Vec::as_slice).collect();
+    prefixes.sort_unstable();
+    prefixes.dedup();
+    if !keys
+        .iter()
+        .all(|k| prefixes.iter().any(|p| k.starts_with(p)))
+    {
+        return None;
+    }
+    let mut out = Vec::with_capacity(pushes.len());
+    for prefix in prefixes {
+        let under: Vec<&[u8]> = keys
+            .iter()
+            .filter(|k| k.starts_with(prefix))
+            .copied()
+            .collect();
+        if !under.is_empty() {
+            out.extend_from_slice(INVALIDATE);
+            reply::array_header(&mut out, under.len());
+            for key in under {
+                reply::bulk(&mut out, key);
+            }
+        }
+    }
+    Some(Bytes::from(out))
+}
+
 /// Whether the frame at the start of `bytes` is an invalidation naming keys.
 fn names_keys(bytes: &[u8]) -> bool {
     bytes
@@ -1043,6 +1131,44 @@ mod tests {
             let (replies, after) = split(parts);
             assert_eq!((replies, after), (Bytes::from(parts.concat()), None));
         }
+    }
+
+    #[test]
+    fn merges_key_invalidations_as_redis_sends_those_of_one_turn() {
+        let push = |keys: &[&str]| {
+            let mut out = INVALIDATE.to_vec();
+            reply::array_header(&mut out, keys.len());
+            for k in keys {
+                reply::bulk(&mut out, k.as_bytes());
+            }
+            out
+        };
+        let merge = |parts: &[Vec<u8>], prefixes: &[&str]| {
+            let prefixes: Vec<Vec<u8>> = prefixes.iter().map(|p| p.as_bytes().to_vec()).collect();
+            merge_key_pushes(&parts.concat(), &prefixes).map(|b| b.to_vec())
+        };
+        // One prefix (none given): the keys sorted, each once.
+        assert_eq!(
+            merge(&[push(&["b", "ab"]), push(&["a", "b"])], &[""]),
+            Some(push(&["a", "ab", "b"]))
+        );
+        // Several: one push per prefix, in byte order; a key under two is named twice.
+        assert_eq!(
+            merge(&[push(&["b1"]), push(&["a0", "b1", "a1"])], &["b", "a"]),
+            Some([push(&["a0", "a1"]), push(&["b1"])].concat())
+        );
+        assert_eq!(
+            merge(&[push(&["b1", "c"])], &["b", ""]),
+            Some([push(&["b1", "c"]), push(&["b1"])].concat())
+        );
+        // A key under no prefix, a flush's null, another push, bytes that do not
+        // scan: not merged.
+        let flush = b">2\r\n$10\r\ninvalidate\r\n_\r\n".to_vec();
+        let message = b">3\r\n$7\r\nmessage\r\n$1\r\nc\r\n$1\r\nm\r\n".to_vec();
+        assert_eq!(merge(&[push(&["c"])], &["a"]), None);
+        assert_eq!(merge(&[push(&["a"]), flush], &[""]), None);
+        assert_eq!(merge(&[push(&["a"]), message], &[""]), None);
+        assert_eq!(merge(&[push(&["a"])[..20].to_vec()], &[""]), None);
     }
 
     #[test]
