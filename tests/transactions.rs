@@ -1057,18 +1057,15 @@ async fn a_transaction_whose_connection_is_lost_never_runs_outside_it() {
     assert_eq!(c.cmd(&[b"WATCH", b"w"]).await, b"+OK\r\n");
     kill_upstream_connections(&mut direct).await;
     lost(c.cmd(&[b"GET", b"w"]).await);
-    // (MONITOR and tracking are refused, saying why: until session 44 "inside a
+    // (MONITOR is refused, saying why: until session 44 "inside a
     // transaction", which it is not; the multi-session tool, seed 8847, where
-    // the client had not been told of the loss. A subscription goes on, see
-    // `a_subscription_under_a_lost_watch_goes_on_as_on_redis`.)
+    // the client had not been told of the loss. A subscription and tracking go
+    // on, see `a_subscription_under_a_lost_watch_goes_on_as_on_redis` and
+    // `tracking_under_a_lost_watch_goes_on_as_on_redis`.)
     let why = "under a WATCH whose connection was lost is not supported by redis-sidecar: UNWATCH first (EXEC would fail as for a changed key)\r\n";
     assert_eq!(
         String::from_utf8_lossy(&c.cmd(&[b"MONITOR"]).await),
         format!("-ERR MONITOR {why}")
-    );
-    assert_eq!(
-        String::from_utf8_lossy(&c.cmd(&[b"CLIENT", b"TRACKING", b"ON"]).await),
-        format!("-ERR CLIENT TRACKING {why}")
     );
     assert_eq!(c.cmd(&[b"MULTI"]).await, b"+OK\r\n");
     assert_eq!(c.cmd(&[b"DISCARD"]).await, b"+OK\r\n");
@@ -1168,21 +1165,12 @@ async fn a_transaction_whose_connection_is_lost_never_runs_outside_it() {
 /// fails at EXEC as for a changed key (the proxy answers it: nothing queued runs);
 /// a RESP2 subscriber's EXEC is refused by Redis with `-EXECABORT`, which ends
 /// the watch, and otherwise the watch is still in force after the last
-/// unsubscribe. Each sequence runs against Redis, where another client's write
-/// makes the WATCH fail, and through the proxy, where the watching connection
-/// is killed as well; the replies are compared byte for byte. Until session 45
-/// the proxy refused `SUBSCRIBE` there (the multi-session tool, seeds 8847 and
-/// 9114).
+/// unsubscribe. Compared byte for byte with Redis ([`under_a_lost_watch`]).
+/// Until session 45 the proxy refused `SUBSCRIBE` there (the multi-session tool,
+/// seeds 8847 and 9114).
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_subscription_under_a_lost_watch_goes_on_as_on_redis() {
-    let redis = RedisServer::start();
-    let reference = RedisServer::start();
-    let proxy = start_proxy(proxy_config(&redis)).await;
-    let mut direct = AsyncRawClient::connect(redis.addr()).await;
-    let mut other = AsyncRawClient::connect(reference.addr()).await;
-    // Each case, then a transaction that shows whether the watch is still in
-    // force: `MULTI; SET w mine; EXEC; GET w`.
-    let cases = [
+    under_a_lost_watch(&[
         // RESP2: the refused EXEC ends the watch; the next transaction runs.
         (false, "SUBSCRIBE ch; EXEC; UNSUBSCRIBE"),
         // RESP2: UNWATCH and MULTI are refused; the watch outlives the
@@ -1203,10 +1191,60 @@ async fn a_subscription_under_a_lost_watch_goes_on_as_on_redis() {
         // what went to the subscriber connection before it.
         (
             true,
-            "SUBSCRIBE ch ch2 | MULTI | SET w mine | EXEC | UNSUBSCRIBE ch | WATCH w | PING | MULTI | EXEC",
+            "SUBSCRIBE ch ch2 | MULTI | SET w mine | EXEC | UNSUBSCRIBE ch | WATCH w | PING | MULTI | EXEC +1",
         ),
-    ];
-    for (resp3, steps) in cases {
+    ])
+    .await;
+}
+
+/// `CLIENT TRACKING ON` under a WATCH whose connection was lost turns tracking on
+/// (invalidations come), and the lost WATCH goes on, as the WATCH does on Redis:
+/// a transaction fails at EXEC as for a changed key (the proxy answers it on the
+/// tracking connection too: nothing queued runs), `EXEC` without `MULTI` keeps
+/// it, `UNWATCH` ends it, also after tracking is off again. Until session 47 the
+/// proxy refused `CLIENT TRACKING ON` there (the multi-session tool, seeds 8352
+/// and 9117).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn tracking_under_a_lost_watch_goes_on_as_on_redis() {
+    under_a_lost_watch(&[
+        // RESP3: tracking works; the transaction fails; its EXEC ends the watch.
+        (
+            true,
+            "CLIENT TRACKING ON; GET t; OTHER SET t 1; PING; MULTI; SET w mine; GET t; EXEC; GET w",
+        ),
+        // RESP2: EXEC without MULTI keeps the watch; more keys watched too.
+        (false, "CLIENT TRACKING ON; EXEC; WATCH x; GET w"),
+        // UNWATCH ends it: the transaction runs on the tracking connection.
+        (
+            true,
+            "CLIENT TRACKING ON BCAST; UNWATCH; MULTI; SET w mine; EXEC; PING",
+        ),
+        // Still watched once tracking is off again.
+        (true, "CLIENT TRACKING ON; CLIENT TRACKING OFF; GET w"),
+        // In one write.
+        (
+            true,
+            "CLIENT TRACKING ON | GET t | MULTI | SET t 2 | EXEC | UNWATCH | MULTI | EXEC +0",
+        ),
+    ])
+    .await;
+}
+
+/// Runs each case (RESP3?, its steps) against Redis, where another client's
+/// write makes the client's `WATCH w` fail, and through the proxy, where the
+/// watching connection is killed as well, and compares the replies byte for
+/// byte; then a transaction shows whether the watch is still in force: `MULTI;
+/// SET w mine; EXEC; GET w`. Steps are split at `;` (one at a time: `OTHER …`
+/// is sent by another client, on both sides) or at `|` (one write, ending in
+/// `+N` for N frames more than requests; the fifth must be the failed EXEC's
+/// `_`).
+async fn under_a_lost_watch(cases: &[(bool, &'static str)]) {
+    let redis = RedisServer::start();
+    let reference = RedisServer::start();
+    let proxy = start_proxy(proxy_config(&redis)).await;
+    let mut direct = AsyncRawClient::connect(redis.addr()).await;
+    let mut other = AsyncRawClient::connect(reference.addr()).await;
+    for &(resp3, steps) in cases {
         let mut p = AsyncRawClient::connect(proxy.local_addr()).await;
         let mut r = AsyncRawClient::connect(reference.addr()).await;
         if resp3 {
@@ -1233,13 +1271,14 @@ async fn a_subscription_under_a_lost_watch_goes_on_as_on_redis() {
                 .map(|c| c.split_whitespace().map(str::as_bytes).collect())
                 .collect()
         };
-        if steps.contains('|') {
+        if let Some((steps, more)) = steps.rsplit_once(" +") {
+            let more: usize = more.parse().expect("+N");
             let pipeline: Vec<u8> = words(steps).iter().flat_map(|c| resp_cmd(c)).collect();
-            let n = words(steps).len();
+            let n = words(steps).len() + more;
             let mut replies = Vec::new();
             for c in [&mut p, &mut r] {
                 c.send(&pipeline).await;
-                let got = c.read_replies(n + 1).await;
+                let got = c.read_replies(n).await;
                 replies.push(got.iter().map(|r| printable(r)).collect::<Vec<_>>());
             }
             assert_eq!(replies[0], replies[1], "{steps}: proxy vs Redis");
@@ -1248,8 +1287,15 @@ async fn a_subscription_under_a_lost_watch_goes_on_as_on_redis() {
         }
         let mut script = words(steps);
         script.extend(words("MULTI; SET w mine; EXEC; GET w"));
-        let script: Vec<&[&[u8]]> = script.iter().map(Vec::as_slice).collect();
-        same_replies(&mut p, &mut r, &script).await;
+        for step in &script {
+            if step[0] == b"OTHER" {
+                for c in [&mut direct, &mut other] {
+                    c.cmd(&step[1..]).await;
+                }
+                continue;
+            }
+            same_replies(&mut p, &mut r, &[step.as_slice()]).await;
+        }
     }
     proxy.shutdown().await;
 }

@@ -189,7 +189,9 @@ impl Session {
     pub(super) fn lost_step(&mut self, cmd: &Descriptor, args: &dyn ArgList) -> Option<Vec<u8>> {
         let lost = self.lost.as_mut()?;
         let answered = match &self.mode {
-            Mode::Shared => true,
+            // (A connection of the session's own under a lost WATCH: one
+            // `CLIENT TRACKING ON` opened since, with nothing watched there.)
+            Mode::Shared | Mode::Private(_) => true,
             Mode::Subscribed(_) => self.state.resp3,
             _ => false,
         };

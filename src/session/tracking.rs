@@ -366,10 +366,12 @@ impl Session {
                 return None;
             }
         }
+        // (Under a WATCH whose connection was lost, outside MULTI, tracking goes
+        // on, on a connection of the session's own, and so does the lost WATCH:
+        // `lost_step` answers the transaction there.)
         if self.mode.in_multi()
-            || (on
-                && standalone
-                && (matches!(self.mode, Mode::Exclusive(_)) || self.lost.is_some()))
+            || self.lost.as_ref().is_some_and(|l| l.multi)
+            || (on && standalone && matches!(self.mode, Mode::Exclusive(_)))
         {
             let refusal = self.transaction_refusal("CLIENT TRACKING", "is");
             self.push_reply(refusal);
