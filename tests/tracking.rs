@@ -1445,6 +1445,37 @@ async fn a_push_right_after_a_reply_comes_before_the_next_local_answer() {
     proxy.shutdown().await;
 }
 
+/// Sends `pipeline` in one write and logs its `frames` frames (a `HELLO`
+/// reply's connection id masked), then a `PING`'s reply: nothing else was
+/// pending (an invalidation sent twice would be).
+async fn log_pipeline(
+    c: &mut AsyncRawClient,
+    pipeline: &[u8],
+    frames: usize,
+    log: &mut Vec<String>,
+) {
+    c.send(pipeline).await;
+    for _ in 0..frames {
+        let t = text(&c.read_reply().await);
+        log.push(match t.find("id\r\n:") {
+            Some(at) => {
+                let end = at + t[at..].find("\r\n$4").unwrap_or(t.len() - at);
+                format!("{}id\r\n:ID{}", &t[..at], &t[end..])
+            }
+            None => t,
+        });
+    }
+    log.push(text(&c.cmd(&[b"PING"]).await));
+}
+
+/// Requests written with their arguments separated by spaces, encoded.
+fn spaced(requests: &[&[u8]]) -> Vec<u8> {
+    requests
+        .iter()
+        .flat_map(|r| resp_cmd(&r.split(|&b| b == b' ').collect::<Vec<_>>()))
+        .collect()
+}
+
 /// The keys a `BCAST` client's read wrote come in one invalidation per prefix of
 /// the client's, keys in byte order, each once, as Redis builds them once it has
 /// run the whole read (`trackingBroadcastInvalidationMessages`), also where the
@@ -1501,22 +1532,56 @@ async fn a_bcast_clients_read_sent_in_batches_gets_one_invalidation_per_prefix()
                 args.extend_from_slice(on);
                 log.push(text(&c.cmd(&args).await));
             }
-            let pipeline: Vec<u8> = requests
-                .iter()
-                .flat_map(|r| resp_cmd(&r.split(|&b| b == b' ').collect::<Vec<_>>()))
-                .collect();
-            c.send(&pipeline).await;
-            for _ in 0..frames {
-                let reply = text(&c.read_reply().await);
-                // (HELLO's reply names the connection's id.)
-                log.push(if reply.starts_with('%') {
-                    "HELLO".into()
-                } else {
-                    reply
-                });
+            log_pipeline(&mut c, &spaced(requests), frames, &mut log).await;
+        }
+        log
+    })
+    .await;
+    proxy.shutdown().await;
+}
+
+/// The same for a RESP3 client subscribed on the connection it tracks on
+/// (tracking turned on before or after subscribing): the requests it sends
+/// there are written one by one, and Redis answered each on its own, so the
+/// invalidation of a write came right after its reply, before the rest of the
+/// read's (also before a `PING`'s `+PONG` in the same pipeline). Now they are
+/// held until every reply of the read is in, and come as one (session 47).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_bcast_subscribers_invalidations_follow_the_whole_read() {
+    let redis = RedisServer::start();
+    let proxy = start_proxy(proxy_config(&redis)).await;
+    same_as_redis(redis.addr(), proxy.local_addr(), |addr| async move {
+        let mut log = Vec::new();
+        let cases: [(&[&[u8]], usize); 4] = [
+            (&[b"SET b 1", b"SELECT 1", b"SET a 2", b"SELECT 0"], 5),
+            (&[b"SET b 1", b"CLIENT GETNAME", b"SET a 2"], 4),
+            (
+                &[
+                    b"SET z 1",
+                    b"CLIENT REPLY OFF",
+                    b"SET y 1",
+                    b"CLIENT REPLY ON",
+                    b"SET x 1",
+                ],
+                4,
+            ),
+            (&[b"SET k 1", b"PING"], 3),
+        ];
+        for subscribe_first in [true, false] {
+            for (requests, frames) in cases {
+                let mut c = AsyncRawClient::connect(addr).await;
+                assert!(c.cmd(&[b"HELLO", b"3"]).await.starts_with(b"%7\r\n"));
+                let subscribe: &[&[u8]] = &[b"SUBSCRIBE", b"ch"];
+                let track: &[&[u8]] = &[b"CLIENT", b"TRACKING", b"ON", b"BCAST"];
+                let setup = match subscribe_first {
+                    true => [subscribe, track],
+                    false => [track, subscribe],
+                };
+                for request in setup {
+                    log.push(text(&c.cmd(request).await));
+                }
+                log_pipeline(&mut c, &spaced(requests), frames, &mut log).await;
             }
-            // Nothing else was pending (an invalidation sent twice would be).
-            log.push(text(&c.cmd(&[b"PING"]).await));
         }
         log
     })
@@ -1535,17 +1600,6 @@ async fn a_bcast_clients_read_sent_in_batches_gets_one_invalidation_per_prefix()
 async fn a_bcast_clients_invalidations_follow_the_whole_read() {
     let redis = RedisServer::start();
     let proxy = start_proxy(proxy_config(&redis)).await;
-    // (HELLO's reply names the connection's id.)
-    let masked = |reply: &[u8]| {
-        let t = text(reply);
-        match t.find("id\r\n:") {
-            Some(at) => {
-                let end = at + t[at..].find("\r\n$4").unwrap_or(t.len() - at);
-                format!("{}id\r\n:ID{}", &t[..at], &t[end..])
-            }
-            None => t,
-        }
-    };
     same_as_redis(redis.addr(), proxy.local_addr(), |addr| async move {
         let mut log = Vec::new();
         let cases: [(&[&[&[u8]]], usize); 6] = [
@@ -1597,12 +1651,7 @@ async fn a_bcast_clients_invalidations_follow_the_whole_read() {
         for (requests, frames) in cases {
             let mut c = resp3_tracking(addr, &[b"BCAST"], &mut log).await;
             let pipeline: Vec<u8> = requests.iter().flat_map(|r| resp_cmd(r)).collect();
-            c.send(&pipeline).await;
-            for _ in 0..frames {
-                log.push(masked(&c.read_reply().await));
-            }
-            // Nothing else was pending (an invalidation sent twice would be).
-            log.push(text(&c.cmd(&[b"PING"]).await));
+            log_pipeline(&mut c, &pipeline, frames, &mut log).await;
         }
         log
     })

@@ -869,6 +869,9 @@ impl Session {
         if !self.stalled && !self.bcast_held.is_empty() {
             self.release_bcast();
         }
+        if !self.stalled {
+            self.sub_bcast_dispatched();
+        }
         if inbuf.is_empty() {
             // (The bytes already taken off it live on in their batches.)
             *inbuf = BytesMut::new();

@@ -157,6 +157,17 @@ pub(super) struct Subscribed {
     pub revived: bool,
     /// That tracking is in `BCAST` mode (for `CLIENT LIST`'s flags).
     pub bcast: bool,
+    /// `BCAST`: the prefixes Redis holds for the connection (as
+    /// `tracking::Tracking::prefixes`), and those of a `CLIENT TRACKING ON`
+    /// sent there and not answered yet.
+    pub prefixes: Vec<Vec<u8>>,
+    pub asked_prefixes: Vec<Vec<u8>>,
+    /// `BCAST`: invalidations of keys held until every reply of the read
+    /// before them is in (`Session::hold_sub_bcast`), and how many requests
+    /// written there are still to be answered first (`None`: the read is
+    /// still being dispatched).
+    pub bcast_held: Vec<bytes::Bytes>,
+    pub bcast_due: Option<usize>,
     /// That tracking's `REDIRECT`: the proxy session named, and the Redis client
     /// id sent in its place (translated back in replies and pushes).
     pub redirect: Option<(u64, u64)>,
@@ -408,6 +419,10 @@ impl Session {
             tracked: false,
             revived: false,
             bcast: false,
+            prefixes: Vec::new(),
+            asked_prefixes: Vec::new(),
+            bcast_held: Vec::new(),
+            bcast_due: None,
             redirect: None,
             tracking_reply: None,
         }));

@@ -225,6 +225,11 @@ impl Home {
         self.0.as_ref().is_some_and(|s| !s.awaiting.is_empty())
     }
 
+    /// How many requests written are not yet answered whole.
+    pub(super) fn pending(&self) -> usize {
+        self.0.as_ref().map_or(0, |s| s.awaiting.len())
+    }
+
     /// The connection was replaced: nothing is to come on the new one.
     fn replaced(&mut self) {
         if let Some(s) = &mut self.0 {
@@ -416,6 +421,7 @@ impl Session {
             if let Some(t) = adopted.tracking {
                 s.tracking = true;
                 s.bcast = t.bcast;
+                s.prefixes = t.prefixes;
                 s.redirect = t.redirect.map(|id| (id, t.upstream_redirect));
             }
             s.tracked = adopted.tracked || s.tracking;
@@ -566,6 +572,9 @@ impl Session {
         if silent {
             // (CLIENT REPLY SKIP before a tracking request: Redis skips nothing
             // there.)
+            return;
+        }
+        if self.hold_sub_bcast(&frame) {
             return;
         }
         if self.reply_off
@@ -984,7 +993,12 @@ impl Session {
     /// A frame (or the end) of the subscriber connection's stream; on a cluster,
     /// shard channels Redis dropped are then followed to their slot's new node.
     pub(super) async fn on_pubsub(&mut self, f: Result<Bytes, End>) {
-        self.on_pubsub_frame(f);
+        let mut next = Some(f);
+        while let Some(f) = next.take() {
+            let pending = self.mode.subscribed().map_or(0, |s| s.home.pending());
+            self.on_pubsub_frame(f);
+            next = self.sub_bcast_answered(pending);
+        }
         let lost = self.mode.subscribed().is_some_and(|s| s.shards.has_lost());
         if lost {
             // Boxed: rare, and its future would otherwise be part of every

@@ -244,9 +244,13 @@ impl Session {
                 let on = args.arg(2).eq_ignore_ascii_case(b"ON");
                 match self.translate(args, on).await {
                     Ok((encoded, tracking)) => {
-                        let redirect =
-                            tracking.and_then(|t| t.redirect.map(|id| (id, t.upstream_redirect)));
+                        let redirect = tracking
+                            .as_ref()
+                            .and_then(|t| t.redirect.map(|id| (id, t.upstream_redirect)));
                         let before = matches!(&self.mode, Mode::Subscribed(s) if s.tracking);
+                        if let Some(s) = self.mode.subscribed() {
+                            s.asked_prefixes = tracking.map(|t| t.prefixes).unwrap_or_default();
+                        }
                         (encoded, OnSubscriber::Switch(redirect, before))
                     }
                     Err(refused) => {
@@ -328,6 +332,19 @@ impl Session {
             OnSubscriber::Switch(redirect, before) => {
                 if &frame[..] == b"+OK\r\n" {
                     s.redirect = redirect;
+                    // Redis adds the prefixes of an ON to those it holds.
+                    let asked = std::mem::take(&mut s.asked_prefixes);
+                    match (s.tracking && s.bcast, before) {
+                        (false, _) => s.prefixes.clear(),
+                        (true, false) => s.prefixes = asked,
+                        (true, true) => {
+                            for p in asked {
+                                if !s.prefixes.contains(&p) {
+                                    s.prefixes.push(p);
+                                }
+                            }
+                        }
+                    }
                 } else if s.tracking != before {
                     // Refused: nothing changed (CLIENT LIST's flags neither).
                     s.tracking = before;
@@ -653,14 +670,104 @@ impl Session {
             Some(t) => &t.prefixes[..],
             None => &[],
         };
-        match self.queue.back_mut() {
-            Some(Pending::Pushes(before)) => {
-                let both = [&before[..], &pushes[..]].concat();
-                *before = merge_key_pushes(&both, prefixes).unwrap_or_else(|| both.into());
+        queue_merged(&mut self.queue, pushes, prefixes);
+    }
+
+    /// A RESP3 subscriber that tracks in `BCAST` mode on its subscriber
+    /// connection: an invalidation of keys read there (`frame`) is held while
+    /// the read being dispatched waits (`stalled`) or replies to requests
+    /// written there are still to come, so that it follows them, as Redis sends
+    /// a `BCAST` client's invalidations once it has run the whole read; the
+    /// requests written there are sent one by one, and Redis answers each on
+    /// its own. Held until as many requests as were unanswered when the read
+    /// was dispatched are answered ([`Session::sub_bcast_answered`]), not
+    /// longer: a client that pipelines without a pause still gets them.
+    /// `false`: not held (passed on as it came).
+    pub(super) fn hold_sub_bcast(&mut self, frame: &Bytes) -> bool {
+        let stalled = self.stalled;
+        let Some(s) = self.mode.subscribed().filter(|s| s.tracking && s.bcast) else {
+            return false;
+        };
+        if !names_keys(frame) {
+            return false;
+        }
+        let pending = s.home.pending();
+        if !stalled && pending == 0 && s.bcast_held.is_empty() {
+            return false;
+        }
+        s.bcast_held.push(frame.clone());
+        if !stalled && s.bcast_due.is_none() {
+            s.bcast_due = Some(pending);
+        }
+        true
+    }
+
+    /// After a frame of the subscriber connection (`pending`: requests
+    /// unanswered before it): once the requests the held invalidations wait for
+    /// are answered, they follow, with those Redis wrote right behind the last
+    /// reply (read already, taken off the connection here); the first other
+    /// frame taken off is returned, to be handled next.
+    pub(super) fn sub_bcast_answered(&mut self, pending: usize) -> Option<Result<Bytes, End>> {
+        let s = self.mode.subscribed()?;
+        let due = s.bcast_due?;
+        let due = due.saturating_sub(pending.saturating_sub(s.home.pending()));
+        s.bcast_due = Some(due);
+        if due > 0 {
+            return None;
+        }
+        self.release_sub_bcast_read()
+    }
+
+    /// The read whose requests the held invalidations of a subscriber waited
+    /// for was dispatched: they wait for the requests written and not yet
+    /// answered (follow at once if none).
+    pub(super) fn sub_bcast_dispatched(&mut self) {
+        let Some(s) = self.mode.subscribed() else {
+            return;
+        };
+        if s.bcast_due.is_some() || s.bcast_held.is_empty() {
+            return;
+        }
+        let pending = s.home.pending();
+        s.bcast_due = Some(pending);
+        if pending == 0 {
+            // (What else was read already is handled here, in order.)
+            let mut next = self.release_sub_bcast_read();
+            while let Some(f) = next.take() {
+                let pending = self.mode.subscribed().map_or(0, |s| s.home.pending());
+                self.on_pubsub_frame(f);
+                next = self.sub_bcast_answered(pending);
             }
-            _ => {
-                let pushes = merge_key_pushes(&pushes, prefixes).unwrap_or(pushes);
-                self.queue.push_back(Pending::Pushes(pushes));
+        }
+    }
+
+    /// The held invalidations of a subscriber follow what is queued, with
+    /// those Redis wrote right behind the last reply they waited for (read
+    /// already: taken off the connection here, as Redis sent them all at once);
+    /// the first other frame taken off is returned, to be handled next.
+    fn release_sub_bcast_read(&mut self) -> Option<Result<Bytes, End>> {
+        let s = self.mode.subscribed()?;
+        let next = loop {
+            match s.sub.try_next() {
+                Some(Ok(f)) if names_keys(&f) => s.bcast_held.push(f),
+                other => break other,
+            }
+        };
+        self.release_sub_bcast();
+        next
+    }
+
+    /// The held invalidations of a subscriber follow what is queued (dropped if
+    /// the read turned `BCAST` tracking off: Redis would not send them).
+    fn release_sub_bcast(&mut self) {
+        let Some(s) = self.mode.subscribed() else {
+            return;
+        };
+        s.bcast_due = None;
+        let held = std::mem::take(&mut s.bcast_held);
+        if s.tracking && s.bcast {
+            for pushes in held {
+                queue_merged(&mut self.queue, pushes, &s.prefixes);
             }
         }
     }
@@ -981,6 +1088,25 @@ pub(super) fn merge_key_pushes(pushes: &[u8], prefixes: &[Vec<u8>]) -> Option<By
         }
     }
     Some(Bytes::from(out))
+}
+
+/// Queues `pushes` (a `BCAST` client's invalidations of keys) after everything
+/// queued, one with those queued before them and not yet written.
+fn queue_merged(
+    queue: &mut std::collections::VecDeque<Pending>,
+    pushes: Bytes,
+    prefixes: &[Vec<u8>],
+) {
+    match queue.back_mut() {
+        Some(Pending::Pushes(before)) => {
+            let both = [&before[..], &pushes[..]].concat();
+            *before = merge_key_pushes(&both, prefixes).unwrap_or_else(|| both.into());
+        }
+        _ => {
+            let pushes = merge_key_pushes(&pushes, prefixes).unwrap_or(pushes);
+            queue.push_back(Pending::Pushes(pushes));
+        }
+    }
 }
 
 /// Whether the frame at the start of `bytes` is an invalidation naming keys.

@@ -191,6 +191,19 @@ impl Subscription {
         std::future::poll_fn(|cx| Pin::new(&mut self.wr).poll_flush(cx)).await
     }
 
+    /// The next frame from Redis if one was read already (`None`: none yet).
+    pub fn try_next(&mut self) -> Option<Result<Bytes, End>> {
+        match self.frames.try_recv() {
+            Ok(Ok(frame)) => {
+                self.queued.fetch_sub(frame.len(), Relaxed);
+                Some(Ok(frame))
+            }
+            Ok(Err(end)) => Some(Err(end)),
+            Err(mpsc::error::TryRecvError::Empty) => None,
+            Err(mpsc::error::TryRecvError::Disconnected) => Some(Err(End::Closed)),
+        }
+    }
+
     /// The next frame from Redis, in arrival order, or why the stream ended.
     pub async fn next(&mut self) -> Result<Bytes, End> {
         match self.frames.recv().await {
