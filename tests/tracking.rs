@@ -1482,7 +1482,8 @@ fn spaced(requests: &[&[u8]]) -> Vec<u8> {
 /// proxy sends the read to Redis in several batches: a `SELECT` or `HELLO` waits
 /// for the replies before it, `CLIENT REPLY OFF` ends a batch. Until session 47
 /// each batch's invalidation came on its own. Prefixes add up over `CLIENT
-/// TRACKING ON`s (one without a prefix adds `""`, so a key can be named twice).
+/// TRACKING ON`s (one without a prefix adds `""`, so a key can be named twice,
+/// in two pushes, as in the last case: multi-session tool, seed 9559).
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_bcast_clients_read_sent_in_batches_gets_one_invalidation_per_prefix() {
     let redis = RedisServer::start();
@@ -1534,6 +1535,16 @@ async fn a_bcast_clients_read_sent_in_batches_gets_one_invalidation_per_prefix()
             }
             log_pipeline(&mut c, &spaced(requests), frames, &mut log).await;
         }
+        // Another client's write of a key under both prefixes: Redis's two
+        // pushes, passed on one at a time, each keep their one prefix (this
+        // session's first merge named the key under both for each: four).
+        let mut c = resp3_tracking(addr, &[b"BCAST", b"PREFIX", b"a"], &mut log).await;
+        log.push(text(
+            &c.cmd(&[b"CLIENT", b"TRACKING", b"ON", b"BCAST"]).await,
+        ));
+        let mut other = AsyncRawClient::connect(addr).await;
+        log.push(text(&other.cmd(&[b"SET", b"a", b"8"]).await));
+        log_pipeline(&mut c, b"", 2, &mut log).await;
         log
     })
     .await;

@@ -682,10 +682,17 @@ impl Session {
     /// its own. Held until as many requests as were unanswered when the read
     /// was dispatched are answered ([`Session::sub_bcast_answered`]), not
     /// longer: a client that pipelines without a pause still gets them.
-    /// `false`: not held (passed on as it came).
+    /// `false`: not held (passed on as it came; always on a cluster).
     pub(super) fn hold_sub_bcast(&mut self, frame: &Bytes) -> bool {
         let stalled = self.stalled;
-        let Some(s) = self.mode.subscribed().filter(|s| s.tracking && s.bcast) else {
+        // (On a cluster the subscriber connection is one node's, which sees
+        // only its own keys: left as it comes.)
+        let standalone = self.state.db.cluster().is_none();
+        let Some(s) = self
+            .mode
+            .subscribed()
+            .filter(|s| s.tracking && s.bcast && standalone)
+        else {
             return false;
         };
         if !names_keys(frame) {
@@ -1047,44 +1054,49 @@ pub(super) fn split_trailing_key_pushes(mut bytes: Bytes) -> (Bytes, Option<Byte
 /// client whose prefixes are `prefixes`, as Redis sends those of one turn of its
 /// event loop (`trackingBroadcastInvalidationMessages`): for each prefix, in
 /// byte order, one push naming the keys under it, in byte order, each once.
-/// `None` for anything else among `pushes`, or a key under none of `prefixes`.
+/// Each push given is Redis's for one prefix: the first of the client's under
+/// which all its keys lie, after the previous push's (Redis sends a turn's in
+/// that order, and a key under two prefixes, one a prefix of the other, in
+/// both), else the first (a later turn's); merged are only the keys of pushes
+/// of the same prefix, so a part of a turn stays a part. `None` for anything
+/// else among `pushes`, or a push under none of `prefixes`.
 pub(super) fn merge_key_pushes(pushes: &[u8], prefixes: &[Vec<u8>]) -> Option<Bytes> {
-    let mut keys = std::collections::BTreeSet::new();
+    use std::collections::{BTreeMap, BTreeSet};
+    let mut prefixes: Vec<&[u8]> = prefixes.iter().map(Vec::as_slice).collect();
+    prefixes.sort_unstable();
+    prefixes.dedup();
+    let mut groups: BTreeMap<&[u8], BTreeSet<&[u8]>> = BTreeMap::new();
+    let mut last: Option<&[u8]> = None;
     let mut at = 0;
     while at < pushes.len() {
         let frame = reply::scan(&pushes[at..]).ok()??;
         let array = pushes[at..at + frame.len].strip_prefix(INVALIDATE)?;
+        let mut keys = Vec::new();
         for (item, out_of_band) in reply::items(array)? {
             let key = item.strip_prefix(b"$").and_then(|_| {
                 let nl = item.iter().position(|&b| b == b'\n')?;
                 item.get(nl + 1..item.len().checked_sub(2)?)
             });
-            keys.insert(key.filter(|_| !out_of_band)?);
+            keys.push(key.filter(|_| !out_of_band)?);
         }
+        let mut under = prefixes
+            .iter()
+            .copied()
+            .filter(|p| keys.iter().all(|k| k.starts_with(p)));
+        let first = under.clone().next()?;
+        let prefix = under
+            .find(|p| last.is_some_and(|l| *p > l))
+            .unwrap_or(first);
+        last = Some(prefix);
+        groups.entry(prefix).or_default().extend(keys);
         at += frame.len;
     }
-    let mut prefixes: Vec<&[u8]> = prefixes.iter().map(Vec::as_slice).collect();
-    prefixes.sort_unstable();
-    prefixes.dedup();
-    if !keys
-        .iter()
-        .all(|k| prefixes.iter().any(|p| k.starts_with(p)))
-    {
-        return None;
-    }
     let mut out = Vec::with_capacity(pushes.len());
-    for prefix in prefixes {
-        let under: Vec<&[u8]> = keys
-            .iter()
-            .filter(|k| k.starts_with(prefix))
-            .copied()
-            .collect();
-        if !under.is_empty() {
-            out.extend_from_slice(INVALIDATE);
-            reply::array_header(&mut out, under.len());
-            for key in under {
-                reply::bulk(&mut out, key);
-            }
+    for keys in groups.values() {
+        out.extend_from_slice(INVALIDATE);
+        reply::array_header(&mut out, keys.len());
+        for key in keys {
+            reply::bulk(&mut out, key);
         }
     }
     Some(Bytes::from(out))
@@ -1280,15 +1292,24 @@ mod tests {
             merge(&[push(&["b", "ab"]), push(&["a", "b"])], &[""]),
             Some(push(&["a", "ab", "b"]))
         );
-        // Several: one push per prefix, in byte order; a key under two is named twice.
+        // Several: one push per prefix, in byte order.
         assert_eq!(
-            merge(&[push(&["b1"]), push(&["a0", "b1", "a1"])], &["b", "a"]),
+            merge(&[push(&["b1"]), push(&["a1"]), push(&["a0"])], &["b", "a"]),
             Some([push(&["a0", "a1"]), push(&["b1"])].concat())
         );
+        // A key under two prefixes is in both pushes of its turn (prefixes "" and
+        // "b"): turns told apart by the order of their pushes.
+        let (all, b) = (push(&["b1", "c"]), push(&["b1"]));
         assert_eq!(
-            merge(&[push(&["b1", "c"])], &["b", ""]),
-            Some([push(&["b1", "c"]), push(&["b1"])].concat())
+            merge(&[all.clone(), b.clone(), push(&["a"])], &["b", ""]),
+            Some([push(&["a", "b1", "c"]), b.clone()].concat())
         );
+        assert_eq!(
+            merge(&[b.clone(), b.clone(), b.clone(), b.clone()], &["b", ""]),
+            Some([b.clone(), b.clone()].concat())
+        );
+        // A part of a turn (its other push written already) stays a part.
+        assert_eq!(merge(std::slice::from_ref(&b), &["b", ""]), Some(b.clone()));
         // A key under no prefix, a flush's null, another push, bytes that do not
         // scan: not merged.
         let flush = b">2\r\n$10\r\ninvalidate\r\n_\r\n".to_vec();
