@@ -431,6 +431,12 @@ impl Client {
         self.change_conns(|c| c.handed = id);
     }
 
+    /// Whether a redirect named the session's own connection (and the session
+    /// still has it): other clients' invalidations may come there.
+    pub fn handed_out(&self) -> bool {
+        self.conns().as_ref().is_some_and(|c| c.handed != 0)
+    }
+
     /// Whether a redirect named `id`, the session's own connection that it is
     /// letting go: if so, it is to stay as the session's push connection, so
     /// that the redirect still reaches the session (Redis names a client, not a

@@ -1594,6 +1594,22 @@ async fn a_bcast_subscribers_invalidations_follow_the_whole_read() {
                 log_pipeline(&mut c, &spaced(requests), frames, &mut log).await;
             }
         }
+        // Another client's REDIRECT names this one: its invalidations come on
+        // the same connection, Redis's default mode's, and stay where Redis put
+        // them (multi-session tool, seed 8864: merged with the client's own).
+        let mut c = AsyncRawClient::connect(addr).await;
+        assert!(c.cmd(&[b"HELLO", b"3"]).await.starts_with(b"%7\r\n"));
+        log.push(text(
+            &c.cmd(&[b"CLIENT", b"TRACKING", b"ON", b"BCAST"]).await,
+        ));
+        log.push(text(&c.cmd(&[b"SUBSCRIBE", b"ch"]).await));
+        let id = text(&c.cmd(&[b"CLIENT", b"ID"]).await);
+        let id = id.trim_start_matches(':').trim_end().to_string();
+        let mut other = AsyncRawClient::connect(addr).await;
+        let on: &[&[u8]] = &[b"CLIENT", b"TRACKING", b"ON", b"REDIRECT", id.as_bytes()];
+        log.push(text(&other.cmd(on).await));
+        log.push(text(&other.cmd(&[b"GET", b"c"]).await));
+        log_pipeline(&mut c, &spaced(&[b"SET c 7"]), 3, &mut log).await;
         log
     })
     .await;

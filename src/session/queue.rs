@@ -305,13 +305,15 @@ impl Session {
         // QUIT's too), are not sent then.
         let bcast = self.tracks_bcast();
         let keys = !(self.end_barrier && bcast);
+        // (Not where other clients' invalidations come too: `holds_bcast`.)
+        let hold = bcast && self.holds_bcast();
         let mut after = None;
         if let Some(front) = self.queue.front_mut() {
             let silent = matches!(front, Pending::Upstream(s) if s.silent);
             let own = matches!(front, Pending::Upstream(s) if !s.shared);
             *front = Pending::Ready(match (silent, own) {
                 (false, true) if !keys => tracking::without_key_pushes(bytes),
-                (false, true) if bcast => {
+                (false, true) if hold => {
                     // Invalidations Redis sent after the batch's last reply: it
                     // sends a BCAST client's once it has run the whole read, so
                     // they follow the rest of the read's replies.
@@ -322,7 +324,7 @@ impl Session {
                 (false, _) => bytes,
                 // As on Redis, pushes (invalidations) still reach a client that
                 // turned replies off (a BCAST client's after the read, as above).
-                (true, true) if bcast && keys => {
+                (true, true) if hold && keys => {
                     let pushes = tracking::pushes_only(&bytes, true);
                     let (flushes, later) = tracking::split_trailing_key_pushes(pushes);
                     after = later;

@@ -645,6 +645,15 @@ impl Session {
         self.tracking.as_ref().is_some_and(|t| t.bcast)
     }
 
+    /// Whether the invalidations of keys on the session's own connection are
+    /// all its own `BCAST` ones, to be held and merged: not once another
+    /// client's `REDIRECT` named that connection, where Redis sends that
+    /// client's invalidations (at once, not after the read) that no byte tells
+    /// apart (the multi-session tool, seed 8864: two pushes of one key merged).
+    pub(super) fn holds_bcast(&self) -> bool {
+        self.tracks_bcast() && !self.client.handed_out()
+    }
+
     /// Invalidations of keys Redis sent a `BCAST` client after a batch of one of
     /// its reads: they go after every reply of that read, as Redis sends them
     /// once it has run the whole read (`beforeSleep`), where the proxy may have
@@ -695,7 +704,7 @@ impl Session {
         else {
             return false;
         };
-        if !names_keys(frame) {
+        if !names_keys(frame) || self.client.handed_out() {
             return false;
         }
         let pending = s.home.pending();
@@ -796,7 +805,7 @@ impl Session {
     pub(super) fn on_push(&mut self, push: Result<Bytes, End>) {
         match push {
             // (After the rest of the read, if one waits.)
-            Ok(push) if self.tracks_bcast() && names_keys(&push) => self.hold_bcast(push),
+            Ok(push) if names_keys(&push) && self.holds_bcast() => self.hold_bcast(push),
             Ok(push) => {
                 let push = match self.tracking {
                     Some(Tracking {
