@@ -956,7 +956,7 @@ pub(super) async fn call(
 }
 
 /// The bulk string at `pos` and where it ends.
-fn bulk_at(buf: &[u8], pos: usize) -> Option<(&[u8], usize)> {
+pub(super) fn bulk_at(buf: &[u8], pos: usize) -> Option<(&[u8], usize)> {
     let (t, n, body) = header(buf, pos)?;
     if t != b'$' || n < 0 {
         return None;

@@ -990,15 +990,21 @@ impl ShardState {
 }
 
 impl Session {
-    /// A frame (or the end) of the subscriber connection's stream; on a cluster,
-    /// shard channels Redis dropped are then followed to their slot's new node.
-    pub(super) async fn on_pubsub(&mut self, f: Result<Bytes, End>) {
+    /// `f`, then any frames taken off the connection with held `BCAST`
+    /// invalidations that it let follow (`Session::sub_bcast_answered`).
+    pub(super) fn pubsub_frames(&mut self, f: Result<Bytes, End>) {
         let mut next = Some(f);
         while let Some(f) = next.take() {
             let pending = self.mode.subscribed().map_or(0, |s| s.home.pending());
             self.on_pubsub_frame(f);
             next = self.sub_bcast_answered(pending);
         }
+    }
+
+    /// A frame (or the end) of the subscriber connection's stream; on a cluster,
+    /// shard channels Redis dropped are then followed to their slot's new node.
+    pub(super) async fn on_pubsub(&mut self, f: Result<Bytes, End>) {
+        self.pubsub_frames(f);
         let lost = self.mode.subscribed().is_some_and(|s| s.shards.has_lost());
         if lost {
             // Boxed: rare, and its future would otherwise be part of every

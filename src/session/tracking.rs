@@ -337,13 +337,7 @@ impl Session {
                     match (s.tracking && s.bcast, before) {
                         (false, _) => s.prefixes.clear(),
                         (true, false) => s.prefixes = asked,
-                        (true, true) => {
-                            for p in asked {
-                                if !s.prefixes.contains(&p) {
-                                    s.prefixes.push(p);
-                                }
-                            }
-                        }
+                        (true, true) => add_prefixes(&mut s.prefixes, asked),
                     }
                 } else if s.tracking != before {
                     // Refused: nothing changed (CLIENT LIST's flags neither).
@@ -612,11 +606,7 @@ impl Session {
                     self.tracking = match (tracking, self.tracking.take()) {
                         // Redis adds the prefixes to those the client has.
                         (Some(mut new), Some(old)) if new.bcast && old.bcast => {
-                            for p in old.prefixes {
-                                if !new.prefixes.contains(&p) {
-                                    new.prefixes.push(p);
-                                }
-                            }
+                            add_prefixes(&mut new.prefixes, old.prefixes);
                             Some(new)
                         }
                         (new, _) => new,
@@ -748,11 +738,8 @@ impl Session {
         s.bcast_due = Some(pending);
         if pending == 0 {
             // (What else was read already is handled here, in order.)
-            let mut next = self.release_sub_bcast_read();
-            while let Some(f) = next.take() {
-                let pending = self.mode.subscribed().map_or(0, |s| s.home.pending());
-                self.on_pubsub_frame(f);
-                next = self.sub_bcast_answered(pending);
+            if let Some(f) = self.release_sub_bcast_read() {
+                self.pubsub_frames(f);
             }
         }
     }
@@ -1082,10 +1069,7 @@ pub(super) fn merge_key_pushes(pushes: &[u8], prefixes: &[Vec<u8>]) -> Option<By
         let array = pushes[at..at + frame.len].strip_prefix(INVALIDATE)?;
         let mut keys = Vec::new();
         for (item, out_of_band) in reply::items(array)? {
-            let key = item.strip_prefix(b"$").and_then(|_| {
-                let nl = item.iter().position(|&b| b == b'\n')?;
-                item.get(nl + 1..item.len().checked_sub(2)?)
-            });
+            let key = super::prefix::bulk_at(item, 0).map(|(key, _)| key);
             keys.push(key.filter(|_| !out_of_band)?);
         }
         let mut under = prefixes
@@ -1109,6 +1093,16 @@ pub(super) fn merge_key_pushes(pushes: &[u8], prefixes: &[Vec<u8>]) -> Option<By
         }
     }
     Some(Bytes::from(out))
+}
+
+/// Adds to `prefixes` those of `more` it does not hold (Redis keeps a client's
+/// `BCAST` prefixes as a set).
+fn add_prefixes(prefixes: &mut Vec<Vec<u8>>, more: Vec<Vec<u8>>) {
+    for p in more {
+        if !prefixes.contains(&p) {
+            prefixes.push(p);
+        }
+    }
 }
 
 /// Queues `pushes` (a `BCAST` client's invalidations of keys) after everything
